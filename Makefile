@@ -1,0 +1,41 @@
+# The two README commands: `make run` and `make test`. Both bootstrap .venv first.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+NATIVE := $(VENV)/.native
+
+.PHONY: run test bench lint native clean
+
+$(STAMP): requirements.txt pyproject.toml setup.py
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
+		{ echo "Python 3.11+ is required ($(PYTHON))"; exit 1; }
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@echo "installing pinned dependencies into $(VENV) ..."
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements.txt
+	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
+	@touch $@
+
+$(NATIVE): $(STAMP) $(wildcard native/*.pyx native/*.pxd)
+	@echo "building native extensions ..."
+	$(PY) setup.py -q build_ext --inplace
+	@touch $@
+
+native: $(NATIVE)
+
+run: $(NATIVE)
+	$(PY) -m core.launcher
+
+test: $(NATIVE)
+	$(PY) -m ruff check .
+	$(PY) -m pytest -q
+
+bench: $(NATIVE)
+	$(PY) -m bench.idgen_bench
+
+lint: $(STAMP)
+	$(PY) -m ruff check .
+
+clean:
+	rm -rf build $(VENV) var native/*.c native/*.so

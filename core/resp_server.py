@@ -1,0 +1,359 @@
+"""The asyncio RESP server every RESP daemon stands on: connections, one command table,
+dispatch with arity and auth checked once, and the commands every daemon answers.
+
+A daemon hands `RespServer` its own `Command` table and an INFO callback; the base adds
+PING, ECHO, HELLO, AUTH, INFO, QUIT, COMMAND, CLIENT, CONFIG GET and SELECT.
+
+Per connection the order of replies is the order of commands, also for commands whose
+handler must wait (the handler then returns a coroutine). While one of those is
+in flight the connection stops reading and keeps the commands already parsed, so memory
+stays bounded and the pipeline order holds. A protocol error is answered after the replies
+of the commands before it, then the connection is closed (Redis does the same: the stream
+cannot be resynchronised).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fnmatch
+import logging
+import time
+from collections.abc import Callable, Coroutine, Iterable
+from dataclasses import dataclass, field
+from time import perf_counter_ns
+from types import CoroutineType
+from typing import Any
+
+from core import resp_commands
+from core.resp import CommandError, RequestParser, encode, encode_error
+from core.stats import LatencyHistogram, ProcessFigures, command_stats_info
+
+log = logging.getLogger(__name__)
+
+ERR_MAX_CLIENTS = "ERR max number of clients reached"
+ERR_NOAUTH = "NOAUTH Authentication required."
+ERR_UNKNOWN_COMMAND = "ERR unknown command '{}', with args beginning with: {}"
+ERR_ARITY = "ERR wrong number of arguments for '{}' command"
+ERR_INTERNAL = "ERR internal error while running '{}' (logged on the server)"
+
+Handler = Callable[["Session", list[bytes]], Any]
+
+
+@dataclass(frozen=True)
+class Command:
+    """One row of a daemon's command table.
+
+    arity follows Redis: N means exactly N words including the name, -N at least N.
+    flags: "noauth" (allowed before AUTH). A handler may return a coroutine when it must
+    wait (idgen waiting out a clock step); its reply is written when it completes.
+    """
+
+    name: str
+    handler: Handler
+    arity: int
+    flags: frozenset[str] = frozenset()
+    summary: str = ""
+    latency: LatencyHistogram = field(default_factory=LatencyHistogram, compare=False)
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one client may make the server hold. Bytes unless the name says otherwise."""
+
+    max_inline: int = 64 * 1024
+    max_bulk: int = 512 * 1024
+    max_elements: int = 1024 * 1024
+    max_buffer: int = 4 * 1024 * 1024
+    max_clients: int = 10_000
+    # Replies waiting in the socket's buffer before we stop reading from that client.
+    write_high_water: int = 1024 * 1024
+
+
+@dataclass(eq=False)
+class Session:
+    """What the server knows of one client connection."""
+
+    id: int
+    peer: str
+    authenticated: bool
+    protocol: int = 2
+    name: str = ""
+    lib_name: str = ""
+    lib_ver: str = ""
+    last_command: str = ""
+    created: float = field(default_factory=time.monotonic)
+    close_after_reply: bool = False
+
+
+class RespServer:
+    """A RESP server for one daemon. `commands` are the daemon's own; `info` returns extra
+    INFO sections ({"Idgen": {"worker_id": 3, ...}}); `config` extra CONFIG GET values."""
+
+    def __init__(
+        self,
+        name: str,
+        version: str,
+        commands: Iterable[Command],
+        *,
+        password: str | None = None,
+        limits: Limits | None = None,
+        info: Callable[[], dict[str, dict[str, object]]] | None = None,
+        config: dict[str, str] | None = None,
+    ) -> None:
+        self.name = name
+        self.version = version
+        self.password = password
+        self.limits = limits or Limits()
+        self._daemon_info = info or dict
+        self.config = dict(config or {})
+        self.commands_processed = 0
+        self.process = ProcessFigures()
+        self.sessions: dict[int, Session] = {}
+        self.counters = {
+            "total_connections_received": 0,
+            "rejected_connections": 0,
+            "protocol_errors": 0,
+        }
+        self.commands: dict[bytes, Command] = {}
+        for command in [*resp_commands.common_commands(self), *commands]:
+            self.commands[command.name.encode()] = command
+        self._next_id = 0
+        self._server: asyncio.AbstractServer | None = None
+        self._connections: set[ServerConnection] = set()
+        self.port = 0
+
+    # -- lifecycle ---------------------------------------------------------------------
+    async def start(self, host: str, port: int) -> None:
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            lambda: ServerConnection(self), host, port, reuse_address=True, backlog=1024
+        )
+        self.port = self._server.sockets[0].getsockname()[1]
+        self.config.setdefault("bind", host)
+        self.config.setdefault("port", str(self.port))
+        log.info("%s listening on %s:%d", self.name, host, self.port)
+
+    async def stop(self, grace: float = 5.0) -> None:
+        """Stop accepting, let in-flight commands finish (up to `grace` s), close clients."""
+        if self._server is not None:
+            self._server.close()
+        busy = [c.in_flight for c in self._connections if c.in_flight is not None]
+        if busy:
+            await asyncio.wait(busy, timeout=grace)
+        for conn in list(self._connections):
+            conn.transport.close()
+        if self._server is not None:
+            await self._server.wait_closed()
+
+    # -- dispatch ----------------------------------------------------------------------
+    def new_session(self, peer: str) -> Session:
+        self._next_id += 1
+        session = Session(self._next_id, peer, authenticated=self.password is None)
+        self.sessions[session.id] = session
+        return session
+
+    def dispatch(self, session: Session, args: list[bytes]) -> bytes | Coroutine[Any, Any, bytes]:
+        """Run one command; encoded reply bytes, or a coroutine when the handler must wait.
+
+        This is every daemon's hot path: an integer reply skips the generic encoder.
+        """
+        self.commands_processed += 1
+        command = self.commands.get(args[0]) or self.commands.get(args[0].upper())
+        if command is None:
+            return encode_error(_unknown_command(args))
+        if not session.authenticated and "noauth" not in command.flags:
+            return encode_error(ERR_NOAUTH)
+        arity = command.arity
+        if (arity > 0 and len(args) != arity) or len(args) < -arity:
+            return encode_error(ERR_ARITY.format(command.name.lower()))
+        session.last_command = command.name
+        started = perf_counter_ns()
+        try:
+            result = command.handler(session, args)
+        except CommandError as err:
+            command.latency.errors += 1
+            return encode_error(err.message)
+        except Exception:
+            return self._internal_error(command)
+        kind = type(result)
+        if kind is int:
+            reply = b":%d\r\n" % result
+        elif kind is CoroutineType:
+            return self._finish(command, session, result, started)
+        else:
+            reply = encode(result, session.protocol)
+        command.latency.record((perf_counter_ns() - started) // 1000)
+        return reply
+
+    async def _finish(
+        self, command: Command, session: Session, pending: Coroutine[Any, Any, Any], started: int
+    ) -> bytes:
+        try:
+            result = await pending
+        except CommandError as err:
+            command.latency.errors += 1
+            return encode_error(err.message)
+        except Exception:
+            return self._internal_error(command)
+        command.latency.record((perf_counter_ns() - started) // 1000)
+        return encode(result, session.protocol)
+
+    def _internal_error(self, command: Command) -> bytes:
+        log.exception("command %s failed", command.name)
+        command.latency.errors += 1
+        return encode_error(ERR_INTERNAL.format(command.name))
+
+    # -- figures -----------------------------------------------------------------------
+    def info_sections(self) -> dict[str, dict[str, object]]:
+        """Every INFO section, in the order INFO prints them."""
+        sections: dict[str, dict[str, object]] = {
+            "Server": {
+                "server_name": self.name,
+                "server_version": self.version,
+                "tcp_port": self.port,
+                **self.process.info(),
+            },
+            "Clients": {
+                "connected_clients": len(self._connections),
+                "maxclients": self.limits.max_clients,
+            },
+            "Stats": {"total_commands_processed": self.commands_processed, **self.counters},
+        }
+        sections.update(self._daemon_info())
+        sections["Commandstats"] = command_stats_info(
+            {c.name: c.latency for c in self.commands.values()}
+        )
+        return sections
+
+    def config_get(self, patterns: list[str]) -> dict[str, str]:
+        values = {
+            "maxclients": str(self.limits.max_clients),
+            "proto-max-bulk-len": str(self.limits.max_bulk),
+            "client-query-buffer-limit": str(self.limits.max_buffer),
+            "timeout": "0",
+            # redis-benchmark asks for these two on start; we keep no RDB/AOF of Redis's kind.
+            "save": "",
+            "appendonly": "no",
+            **self.config,
+        }
+        return {
+            key: value
+            for key, value in values.items()
+            if any(fnmatch.fnmatchcase(key, pattern.lower()) for pattern in patterns)
+        }
+
+    def connection_opened(self, conn: ServerConnection) -> bool:
+        """Admit a new connection, or refuse it when the server is full."""
+        self.counters["total_connections_received"] += 1
+        if len(self._connections) >= self.limits.max_clients:
+            self.counters["rejected_connections"] += 1
+            return False
+        self._connections.add(conn)
+        return True
+
+    def connection_closed(self, conn: ServerConnection) -> None:
+        self._connections.discard(conn)
+        if conn.session is not None:
+            self.sessions.pop(conn.session.id, None)
+
+
+def _unknown_command(args: list[bytes]) -> str:
+    shown = " ".join(f"'{a[:128].decode('utf-8', 'replace')}'" for a in args[1:])
+    name = args[0][:128].decode("utf-8", "replace")
+    return ERR_UNKNOWN_COMMAND.format(name, shown + " " if shown else "")
+
+
+class ServerConnection(asyncio.Protocol):
+    """One client: read, feed the parser, dispatch, write. Nothing else lives here."""
+
+    def __init__(self, server: RespServer) -> None:
+        self.server = server
+        self.session: Session | None = None
+        self.transport: asyncio.Transport = None  # type: ignore[assignment]
+        self.parser: RequestParser = None  # type: ignore[assignment]
+        self.in_flight: asyncio.Task[None] | None = None
+        self._queued: list[list[bytes]] = []
+        self._write_paused = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        if not self.server.connection_opened(self):
+            self.transport.write(encode_error(ERR_MAX_CLIENTS))
+            self.transport.close()
+            return
+        peer = transport.get_extra_info("peername")
+        self.session = self.server.new_session(f"{peer[0]}:{peer[1]}" if peer else "?")
+        limits = self.server.limits
+        self.parser = RequestParser(
+            limits.max_inline,
+            limits.max_bulk,
+            limits.max_elements,
+            limits.max_buffer,
+            self.session.authenticated,
+        )
+        self.transport.set_write_buffer_limits(high=limits.write_high_water)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.server.connection_closed(self)
+        if self.in_flight is not None:
+            self.in_flight.cancel()
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+        self.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        if self.in_flight is None and not self.transport.is_closing():
+            self.transport.resume_reading()
+
+    def data_received(self, data: bytes) -> None:
+        if self.session is None:
+            return
+        self._run(self.parser.feed(data), 0)
+
+    def _run(self, commands: list[list[bytes]], start: int) -> None:
+        """Dispatch commands[start:], writing replies in order; stop at one that waits."""
+        session = self.session
+        assert session is not None
+        dispatch = self.server.dispatch
+        replies: list[bytes] = []
+        for index in range(start, len(commands)):
+            reply = dispatch(session, commands[index])
+            if type(reply) is not bytes:
+                self._write(replies)
+                self.transport.pause_reading()
+                self.in_flight = asyncio.get_running_loop().create_task(
+                    self._await_reply(reply, commands, index + 1)  # type: ignore[arg-type]
+                )
+                return
+            replies.append(reply)
+            if session.close_after_reply:
+                self._write(replies)
+                self.transport.close()
+                return
+            if not self.parser.authenticated and session.authenticated:
+                self.parser.authenticated = True
+        self._write(replies)
+        if self.parser.error is not None:
+            self.server.counters["protocol_errors"] += 1
+            self.transport.write(encode_error("ERR " + str(self.parser.error)))
+            self.transport.close()
+
+    async def _await_reply(
+        self, pending: Coroutine[Any, Any, bytes], commands: list[list[bytes]], resume_at: int
+    ) -> None:
+        reply = await pending
+        self.in_flight = None
+        if self.transport.is_closing():
+            return
+        self.transport.write(reply)
+        self._run(commands, resume_at)
+        if self.in_flight is None and not self._write_paused and not self.transport.is_closing():
+            self.transport.resume_reading()
+
+    def _write(self, replies: list[bytes]) -> None:
+        if len(replies) == 1:
+            self.transport.write(replies[0])
+        elif replies:
+            self.transport.write(b"".join(replies))

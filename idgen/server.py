@@ -1,0 +1,248 @@
+"""The idgen daemon: the asyncio layer around `IdGenerator`, the data directory and peers.
+
+Order of effects: a high-water mark is fsynced (in a worker thread, so the event loop keeps
+issuing below the old mark) before the generator is told about it; ids above a mark are
+never issued before it is durable. A keeper task renews the mark ahead of the clock so NEXT
+rarely waits for the disk. A watcher task re-checks the peers and stops NEXT on conflict.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import UTC, datetime
+
+from core.clock import Clock
+from core.resp import CommandError
+from core.resp_commands import parse_int
+from core.resp_server import Command, Limits, RespServer, Session
+from core.storage import FatalStorageError
+from idgen import peers
+from idgen.generator import IdGenerator, IssueRefused, Wait
+from idgen.layout import parse
+from idgen.store import IdgenStore
+from native import snowflake
+
+log = logging.getLogger(__name__)
+
+VERSION = "0.1.0"
+MAX_BATCH = 100_000
+ERR_BATCH = f"ERR count must be an integer between 1 and {MAX_BATCH}"
+ERR_BAD_ID = "ERR id must be an integer between 0 and 9223372036854775807"
+YEARS_LEFT_WARNING = 1.0
+# Commands are tiny: the parser may hold little per client.
+LIMITS = Limits(max_bulk=64 * 1024, max_elements=1024, max_buffer=1024 * 1024)
+
+
+class IdgenServer:
+    """One running idgen daemon. `start()`, then `close()`; `fatal` is set on a disk error."""
+
+    def __init__(
+        self,
+        store: IdgenStore,
+        clock: Clock,
+        *,
+        password: str | None = None,
+        max_backward_ms: int = 5,
+        reserve_ms: int = 1000,
+        peer_addresses: list[str] | None = None,
+        max_skew_ms: int = 1000,
+        peer_check_interval_s: float = 5.0,
+        max_clients: int = 10_000,
+    ) -> None:
+        self.store = store
+        self.clock = clock
+        self.password = password
+        self.generator = IdGenerator(
+            store.worker_id,
+            store.epoch_ms,
+            clock,
+            store.hwm_ms,
+            max_backward_ms=max_backward_ms,
+            reserve_ms=reserve_ms,
+        )
+        self.peer_addresses = peer_addresses or []
+        self.max_skew_ms = max_skew_ms
+        self.peer_check_interval_s = peer_check_interval_s
+        self.peer_readings: list[peers.PeerReading] = []
+        self.fatal = asyncio.Event()
+        self._reserving: asyncio.Task[None] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._warned_years = False
+        limits = Limits(
+            max_bulk=LIMITS.max_bulk,
+            max_elements=LIMITS.max_elements,
+            max_buffer=LIMITS.max_buffer,
+            max_clients=max_clients,
+        )
+        self.resp = RespServer(
+            "idgen", VERSION, self.commands(), password=password, limits=limits, info=self.info
+        )
+
+    def commands(self) -> list[Command]:
+        return [
+            Command("NEXT", self.cmd_next, -1, summary="NEXT [count]: one id, or an array"),
+            Command("PARSE", self.cmd_parse, 2, summary="PARSE id: time, worker, sequence"),
+            Command("IDGEN.WHOAMI", self.cmd_whoami, 1, summary="Worker id and wall clock"),
+        ]
+
+    # -- lifecycle ---------------------------------------------------------------------
+    async def check_peers(self) -> str | None:
+        """Probe the peers once; set or clear the generator's fault. Returns the fault."""
+        if not self.peer_addresses:
+            return None
+        self.peer_readings = await peers.probe_peers(
+            self.peer_addresses, self.clock, self.password
+        )
+        fault = peers.judge(self.store.worker_id, self.peer_readings, self.max_skew_ms)
+        if fault != self.generator.fault:
+            if fault:
+                log.error("stopping NEXT: %s", fault)
+            else:
+                log.warning("peer check passes again; NEXT resumes")
+        self.generator.fault = fault
+        return fault
+
+    async def start(self, host: str, port: int) -> None:
+        await self.reserve()
+        self._check_years_left()
+        await self.resp.start(host, port)
+        self._tasks = [asyncio.create_task(self._keep_reserving())]
+        if self.peer_addresses:
+            self._tasks.append(asyncio.create_task(self._watch_peers()))
+
+    async def close(self) -> None:
+        await self.resp.stop()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._reserving is not None:
+            await asyncio.gather(self._reserving, return_exceptions=True)
+        self.store.close()
+
+    # -- the high-water mark -----------------------------------------------------------
+    async def reserve(self) -> None:
+        """Make sure a mark ahead of the clock is durable; one fsync in flight at a time."""
+        if self._reserving is None:
+            target = self.generator.reservation()
+            if target is None:
+                return
+            self._reserving = asyncio.create_task(self._persist(target))
+        await asyncio.shield(self._reserving)
+
+    async def _persist(self, target: int) -> None:
+        try:
+            await asyncio.to_thread(self.store.record_hwm, target)
+            self.generator.reserved(target)
+        except FatalStorageError:
+            # Never retried: NEXT refuses from now on and the daemon exits.
+            log.critical("cannot persist the high-water mark; stopping", exc_info=True)
+            self.generator.fault = "IOERR the data directory cannot be written"
+            self.fatal.set()
+        finally:
+            self._reserving = None
+
+    async def _keep_reserving(self) -> None:
+        period = max(self.generator.reserve_ms / 4000, 0.01)
+        while True:
+            await asyncio.sleep(period)
+            await self.reserve()
+            self._check_years_left()
+
+    async def _watch_peers(self) -> None:
+        while True:
+            await asyncio.sleep(self.peer_check_interval_s)
+            await self.check_peers()
+
+    def _check_years_left(self) -> None:
+        years = self.generator.years_left()
+        if years < YEARS_LEFT_WARNING and not self._warned_years:
+            self._warned_years = True
+            log.warning("only %.2f years left before the 41 time bits run out", years)
+
+    # -- commands ----------------------------------------------------------------------
+    def cmd_next(self, session: Session, args: list[bytes]) -> object:
+        gen = self.generator
+        try:
+            if len(args) == 1:
+                result = gen.next_one()
+                if type(result) is int:
+                    return result
+                return self._next_slow([], 1, result, single=True)
+            if len(args) > 2:
+                raise CommandError("ERR wrong number of arguments for 'next' command")
+            count = parse_int(args[1], ERR_BATCH)
+            if not 1 <= count <= MAX_BATCH:
+                raise CommandError(ERR_BATCH)
+            out: list[int] = []
+            wait = gen.fill(out, count)
+            if wait is None:
+                return out
+            return self._next_slow(out, count, wait, single=False)
+        except IssueRefused as exc:
+            raise CommandError(str(exc)) from None
+
+    async def _next_slow(self, out: list[int], count: int, wait: Wait, single: bool) -> object:
+        gen = self.generator
+        while True:
+            if wait.kind == "reserve":
+                await self.reserve()
+            elif wait.kind == "sleep":
+                await asyncio.sleep(wait.ms / 1000)
+            else:
+                await asyncio.sleep(0)  # next ms soon: let other clients in meanwhile
+            try:
+                next_wait = gen.fill(out, count - len(out))
+            except IssueRefused as exc:
+                raise CommandError(str(exc)) from None
+            if next_wait is None:
+                return out[0] if single else out
+            wait = next_wait
+
+    def cmd_parse(self, session: Session, args: list[bytes]) -> object:
+        id_ = parse_int(args[1], ERR_BAD_ID)
+        try:
+            parsed = parse(id_, self.store.epoch_ms)
+        except ValueError:
+            raise CommandError(ERR_BAD_ID) from None
+        return {
+            "id": parsed.id,
+            "time_ms": parsed.time_ms,
+            "time": parsed.time_iso,
+            "worker": parsed.worker,
+            "sequence": parsed.sequence,
+        }
+
+    def cmd_whoami(self, session: Session, args: list[bytes]) -> object:
+        return {
+            "worker_id": self.store.worker_id,
+            "wall_ms": self.clock.wall_ms(),
+            "epoch_ms": self.store.epoch_ms,
+        }
+
+    # -- figures -----------------------------------------------------------------------
+    def info(self) -> dict[str, dict[str, object]]:
+        gen = self.generator
+        epoch = datetime.fromtimestamp(self.store.epoch_ms / 1000, tz=UTC)
+        section: dict[str, object] = {
+            "worker_id": self.store.worker_id,
+            "epoch_ms": self.store.epoch_ms,
+            "epoch": epoch.isoformat().replace("+00:00", "Z"),
+            "ids_issued": gen.issued,
+            "clock_state": gen.clock_state(),
+            "wall_ms": self.clock.wall_ms(),
+            "last_issued_ms": gen.last_issued_ms,
+            "durable_hwm_ms": gen.durable_hwm_ms,
+            "reserve_ms": gen.reserve_ms,
+            "max_backward_ms": gen.max_backward_ms,
+            "years_left": f"{gen.years_left():.2f}",
+            "generator": snowflake.IMPLEMENTATION,
+            "data_dir": str(self.store.path),
+        }
+        if self.peer_addresses:
+            section["peers"] = ",".join(self.peer_addresses)
+            section["peers_reachable"] = len(self.peer_readings)
+            section["peer_offsets_ms"] = ",".join(
+                f"{r.address}={r.offset_ms:+.1f}" for r in self.peer_readings
+            )
+        return {"Idgen": section}

@@ -1,0 +1,99 @@
+"""Real daemon processes for tests: start, signal, restart on the same data dir, stop.
+
+Every daemon under test runs as its own process (`python -m <daemon> serve ...`) bound to its
+own loopback address, as the design's one-machine cluster rule asks. Output goes to a log
+file next to the data directory so a failing test can show it.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.conftest import find_free_port, wait_for_tcp_port
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class Daemon:
+    """One daemon process. `argv` is everything after `python -m`."""
+
+    def __init__(self, argv: list[str], host: str, port: int, log_path: Path) -> None:
+        self.argv = argv
+        self.host = host
+        self.port = port
+        self.log_path = log_path
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    def start(self, wait: bool = True) -> Daemon:
+        log = open(self.log_path, "ab")  # noqa: SIM115 - the child owns it
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", *self.argv], stdout=log, stderr=log, cwd=ROOT, env=env
+        )
+        log.close()
+        if wait:
+            try:
+                wait_for_tcp_port(self.host, self.port, timeout=20, proc=self.proc)
+            except (RuntimeError, TimeoutError) as exc:
+                raise RuntimeError(f"{exc}\n--- log ---\n{self.log()}") from None
+        return self
+
+    def run_to_exit(self, timeout: float = 20) -> int:
+        """Start and wait for the process to exit by itself (a refused start)."""
+        self.start(wait=False)
+        assert self.proc is not None
+        return self.proc.wait(timeout=timeout)
+
+    def signal(self, signum: int) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signum)
+
+    def kill(self) -> None:
+        """SIGKILL and reap: nothing is flushed, nothing is closed."""
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.wait(timeout=10)
+
+    def stop(self, timeout: float = 15) -> int:
+        """SIGTERM and wait; returns the exit code (0 for a clean shutdown)."""
+        if self.proc is None or self.proc.poll() is not None:
+            return self.proc.returncode if self.proc else 0
+        self.proc.send_signal(signal.SIGCONT)  # in case a test left it stopped
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            raise
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+def idgen_daemon(
+    tmp: Path,
+    worker_id: int,
+    host: str = "127.0.0.1",
+    port: int | None = None,
+    extra: list[str] | None = None,
+) -> Daemon:
+    """An idgen daemon (not started) with its data dir under `tmp`."""
+    port = port or find_free_port(host)
+    data_dir = tmp / f"idgen-{worker_id}-{host}-{port}"
+    argv = [
+        "idgen", "serve", "--listen", f"{host}:{port}", "--worker-id", str(worker_id),
+        "--data-dir", str(data_dir), *(extra or []),
+    ]
+    return Daemon(argv, host, port, tmp / f"idgen-{worker_id}-{host}-{port}.log")

@@ -5,6 +5,7 @@ Handlers return plain values and the connection encodes them for the client's pr
     int -> integer          bytes / str -> bulk string     None -> null
     list / tuple -> array   dict -> map (RESP2: flat array) bool -> boolean (RESP2: 0/1)
     float -> double (RESP2: bulk)   Simple -> +status       Verbatim -> = (RESP2: bulk)
+    Raw -> written as it is (pre-encoded, e.g. native.resp.encode_int_array)
     CommandError (raised or returned) -> -error
 
 Request parsing lives in `native.resp` (Cython with a pure twin); the client side of the
@@ -21,6 +22,7 @@ __all__ = [
     "CommandError",
     "ProtocolError",
     "RequestParser",
+    "Raw",
     "Simple",
     "Verbatim",
     "OK",
@@ -31,6 +33,11 @@ __all__ = [
 
 class Simple(str):
     """A status reply (`+OK`); must not contain CR or LF."""
+
+
+class Raw(bytes):
+    """A reply already encoded as RESP that reads the same in RESP2 and RESP3
+    (`native.resp.encode_int_array`); written as it is."""
 
 
 class Verbatim(str):
@@ -111,6 +118,8 @@ def _encode_rare(value: Any, protocol: int, out: list[bytes]) -> None:
             out.append(b"=%d\r\ntxt:%s\r\n" % (len(text) + 4, text))
         else:
             out.append(_bulk(text))
+    elif isinstance(value, Raw):
+        out.append(value)
     elif isinstance(value, CommandError):
         out.append(encode_error(value.message))
     elif isinstance(value, int):

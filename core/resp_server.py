@@ -25,7 +25,7 @@ from types import CoroutineType
 from typing import Any
 
 from core import resp_commands
-from core.resp import CommandError, RequestParser, encode, encode_error
+from core.resp import CommandError, Raw, RequestParser, encode, encode_error
 from core.stats import LatencyHistogram, ProcessFigures, command_stats_info
 
 log = logging.getLogger(__name__)
@@ -178,6 +178,8 @@ class RespServer:
         kind = type(result)
         if kind is int:
             reply = b":%d\r\n" % result
+        elif kind is Raw:
+            reply = result
         elif kind is CoroutineType:
             return self._finish(command, session, result, started)
         else:

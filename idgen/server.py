@@ -13,7 +13,7 @@ import logging
 from datetime import UTC, datetime
 
 from core.clock import Clock
-from core.resp import CommandError
+from core.resp import CommandError, Raw
 from core.resp_commands import parse_int
 from core.resp_server import Command, Limits, RespServer, Session
 from core.storage import FatalStorageError
@@ -22,6 +22,7 @@ from idgen.generator import IdGenerator, IssueRefused, Wait
 from idgen.layout import parse
 from idgen.store import IdgenStore
 from native import snowflake
+from native.resp import encode_int_array
 
 log = logging.getLogger(__name__)
 
@@ -177,7 +178,7 @@ class IdgenServer:
             out: list[int] = []
             wait = gen.fill(out, count)
             if wait is None:
-                return out
+                return Raw(encode_int_array(out))
             return self._next_slow(out, count, wait, single=False)
         except IssueRefused as exc:
             raise CommandError(str(exc)) from None
@@ -196,7 +197,7 @@ class IdgenServer:
             except IssueRefused as exc:
                 raise CommandError(str(exc)) from None
             if next_wait is None:
-                return out[0] if single else out
+                return out[0] if single else Raw(encode_int_array(out))
             wait = next_wait
 
     def cmd_parse(self, session: Session, args: list[bytes]) -> object:

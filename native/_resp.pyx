@@ -524,3 +524,59 @@ cdef class RequestParser:
         if end - start > self._max_inline:
             return _TOO_BIG
         return _INVALID
+
+
+# -- reply encoding -------------------------------------------------------------------------
+
+cdef inline Py_ssize_t _put_int(char* out, long long value) noexcept:
+    """Write `value` in decimal at `out`; return the number of bytes written."""
+    cdef char digits[24]
+    cdef Py_ssize_t n = 0, i
+    cdef unsigned long long v
+    cdef bint negative = value < 0
+    if negative:
+        v = <unsigned long long>(-(value + 1)) + 1
+    else:
+        v = <unsigned long long>value
+    while True:
+        digits[n] = <char>(48 + v % 10)
+        n += 1
+        v //= 10
+        if v == 0:
+            break
+    cdef Py_ssize_t written = 0
+    if negative:
+        out[0] = 45
+        written = 1
+    for i in range(n - 1, -1, -1):
+        out[written] = digits[i]
+        written += 1
+    return written
+
+
+def encode_int_array(list values):
+    """A RESP array of integers; see native.resp_pure.encode_int_array (the reference)."""
+    cdef Py_ssize_t count = len(values)
+    # Each element takes at most ':' + 20 digits + sign + CRLF = 24 bytes.
+    cdef Py_ssize_t capacity = 32 + 24 * count
+    cdef char* buf = <char*>malloc(capacity)
+    if buf == NULL:
+        raise MemoryError()
+    cdef Py_ssize_t pos = 0, i
+    cdef long long value
+    try:
+        buf[0] = 42
+        pos = 1 + _put_int(buf + 1, count)
+        buf[pos] = 13
+        buf[pos + 1] = 10
+        pos += 2
+        for i in range(count):
+            value = values[i]  # OverflowError / TypeError for what is not a 64-bit int
+            buf[pos] = 58
+            pos += 1 + _put_int(buf + pos + 1, value)
+            buf[pos] = 13
+            buf[pos + 1] = 10
+            pos += 2
+        return PyBytes_FromStringAndSize(buf, pos)
+    finally:
+        free(buf)

@@ -23,6 +23,7 @@ from native.resp_pure import (
 _impl = load("native._resp", "native.resp_pure")
 
 RequestParser = _impl.RequestParser
+encode_int_array = _impl.encode_int_array
 # Which twin is in use: "native" (compiled) or "pure" (the reference).
 IMPLEMENTATION: str = "pure" if _impl.__name__ == "native.resp_pure" else "native"
 
@@ -36,5 +37,6 @@ __all__ = [
     "UNAUTH_MAX_ELEMENTS",
     "ProtocolError",
     "RequestParser",
+    "encode_int_array",
     "split_inline",
 ]

@@ -227,3 +227,11 @@ class RequestParser:
             args.append(buf[pos : pos + size])
             pos += size + 2  # Redis skips the CRLF after a bulk without checking it
         return args, pos
+
+
+def encode_int_array(values: list[int]) -> bytes:
+    """A RESP array of integers (`*n` then `:v` each): identical in RESP2 and RESP3.
+
+    idgen's `NEXT n` replies are these, up to 100,000 long, hence the native twin.
+    """
+    return b"*%d\r\n" % len(values) + b"".join([b":%d\r\n" % v for v in values])

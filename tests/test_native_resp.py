@@ -514,3 +514,11 @@ def test_garbage_same_outcome(data: st.DataObject, stream: bytes, options: dict[
         assert native.feed(kind(chunk)) == pure.feed(kind(chunk))
         assert error_text(native) == error_text(pure)
         assert native.buffered == pure.buffered
+
+
+@given(st.lists(st.integers(min_value=-(2**63), max_value=2**63 - 1), max_size=300))
+def test_encode_int_array_twins_agree(values: list[int]) -> None:
+    expected = b"*%d\r\n" % len(values) + b"".join(b":%d\r\n" % v for v in values)
+    assert resp_pure.encode_int_array(values) == expected
+    if NATIVE is not None:
+        assert NATIVE.encode_int_array(values) == expected

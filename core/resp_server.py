@@ -322,7 +322,7 @@ class ServerConnection(asyncio.Protocol):
         replies: list[bytes] = []
         for index in range(start, len(commands)):
             reply = dispatch(session, commands[index])
-            if type(reply) is not bytes:
+            if type(reply) is CoroutineType:
                 self._write(replies)
                 self.transport.pause_reading()
                 self.in_flight = asyncio.get_running_loop().create_task(

@@ -14,7 +14,7 @@ import statistics
 from dataclasses import dataclass
 
 from core.clock import Clock
-from core.resp_client import AsyncRespConnection
+from core.resp_client import AsyncRespConnection, ReplyError
 
 log = logging.getLogger(__name__)
 

@@ -57,8 +57,8 @@ async def probe_peer(address: str, clock: Clock, password: str | None) -> PeerRe
         conn = await AsyncRespConnection.connect(
             host, int(port), timeout=PROBE_TIMEOUT_S, password=password
         )
-    except (TimeoutError, OSError, ConnectionError) as exc:
-        log.debug("peer %s unreachable: %s", address, exc)
+    except (TimeoutError, OSError, ConnectionError, ReplyError) as exc:
+        log.info("peer %s unreachable or refused us: %s", address, exc)
         return None
     try:
         sent = clock.monotonic()

@@ -26,7 +26,12 @@ from typing import Any
 
 from core import resp_commands
 from core.resp import CommandError, Raw, RequestParser, encode, encode_error
-from core.stats import LatencyHistogram, ProcessFigures, command_stats_info
+from core.stats import (
+    LATENCY_SAMPLE_EVERY,
+    LatencyHistogram,
+    ProcessFigures,
+    command_stats_info,
+)
 
 log = logging.getLogger(__name__)
 
@@ -167,11 +172,14 @@ class RespServer:
         if (arity > 0 and len(args) != arity) or len(args) < -arity:
             return encode_error(ERR_ARITY.format(command.name.lower()))
         session.last_command = command.name
-        started = perf_counter_ns()
+        latency = command.latency
+        latency.calls += 1
+        timed = not latency.calls & (LATENCY_SAMPLE_EVERY - 1)
+        started = perf_counter_ns() if timed else 0
         try:
             result = command.handler(session, args)
         except CommandError as err:
-            command.latency.errors += 1
+            latency.errors += 1
             return encode_error(err.message)
         except Exception:
             return self._internal_error(command)
@@ -181,10 +189,11 @@ class RespServer:
         elif kind is Raw:
             reply = result
         elif kind is CoroutineType:
-            return self._finish(command, session, result, started)
+            return self._finish(command, session, result, started or perf_counter_ns())
         else:
             reply = encode(result, session.protocol)
-        command.latency.record((perf_counter_ns() - started) // 1000)
+        if timed:
+            latency.record(perf_counter_ns() - started)
         return reply
 
     async def _finish(
@@ -197,7 +206,7 @@ class RespServer:
             return encode_error(err.message)
         except Exception:
             return self._internal_error(command)
-        command.latency.record((perf_counter_ns() - started) // 1000)
+        command.latency.record(perf_counter_ns() - started)
         return encode(result, session.protocol)
 
     def _internal_error(self, command: Command) -> bytes:
@@ -345,8 +354,15 @@ class ServerConnection(asyncio.Protocol):
     async def _await_reply(
         self, pending: Coroutine[Any, Any, bytes], commands: list[list[bytes]], resume_at: int
     ) -> None:
-        reply = await pending
-        self.in_flight = None
+        try:
+            reply = await pending
+        except BaseException:
+            # dispatch answers every failure itself; anything else (cancellation) ends the
+            # connection rather than leave it paused with replies missing.
+            self.transport.close()
+            raise
+        finally:
+            self.in_flight = None
         if self.transport.is_closing():
             return
         self.transport.write(reply)

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 from core.clock import Clock
-from core.resp import CommandError, Raw
+from core.resp import CommandError, Raw, encode_error
 from core.resp_commands import parse_int
 from core.resp_server import Command, Limits, RespServer, Session
 from core.storage import FatalStorageError
@@ -33,6 +34,19 @@ ERR_BAD_ID = "ERR id must be an integer between 0 and 9223372036854775807"
 YEARS_LEFT_WARNING = 1.0
 # Commands are tiny: the parser may hold little per client.
 LIMITS = Limits(max_bulk=64 * 1024, max_elements=1024, max_buffer=1024 * 1024)
+
+
+def _first_id(ids: list[int]) -> int:
+    return ids[0]
+
+
+def _id_array(ids: list[int]) -> Raw:
+    return Raw(encode_int_array(ids))
+
+
+def _id_replies(ids: list[int]) -> Raw:
+    """One integer reply per id, as `len(ids)` separate NEXT commands would get."""
+    return Raw((b":%d\r\n" * len(ids)) % tuple(ids))
 
 
 class IdgenServer:
@@ -82,7 +96,10 @@ class IdgenServer:
 
     def commands(self) -> list[Command]:
         return [
-            Command("NEXT", self.cmd_next, -1, summary="NEXT [count]: one id, or an array"),
+            Command(
+                "NEXT", self.cmd_next, -1, summary="NEXT [count]: one id, or an array",
+                batch=self.next_run,
+            ),
             Command("PARSE", self.cmd_parse, 2, summary="PARSE id: time, worker, sequence"),
             Command("IDGEN.WHOAMI", self.cmd_whoami, 1, summary="Worker id and wall clock"),
         ]
@@ -169,7 +186,7 @@ class IdgenServer:
                 result = gen.next_one()
                 if type(result) is int:
                     return result
-                return self._next_slow([], 1, result, single=True)
+                return self._next_slow([], 1, result, _first_id)
             if len(args) > 2:
                 raise CommandError("ERR wrong number of arguments for 'next' command")
             count = parse_int(args[1], ERR_BATCH)
@@ -179,11 +196,25 @@ class IdgenServer:
             wait = gen.fill(out, count)
             if wait is None:
                 return Raw(encode_int_array(out))
-            return self._next_slow(out, count, wait, single=False)
+            return self._next_slow(out, count, wait, _id_array)
         except IssueRefused as exc:
             raise CommandError(str(exc)) from None
 
-    async def _next_slow(self, out: list[int], count: int, wait: Wait, single: bool) -> object:
+    def next_run(self, session: Session, count: int) -> object:
+        """`count` pipelined plain NEXTs at once: `count` integer replies, one fill."""
+        out: list[int] = []
+        try:
+            wait = self.generator.fill(out, count)
+        except IssueRefused as exc:
+            return _id_replies(out) + encode_error(str(exc)) * (count - len(out))
+        if wait is None:
+            return _id_replies(out)
+        return self._next_slow(out, count, wait, _id_replies)
+
+    async def _next_slow(
+        self, out: list[int], count: int, wait: Wait, finish: Callable[[list[int]], object]
+    ) -> object:
+        """Issue the rest of `count` ids once the generator can; `finish` encodes them."""
         gen = self.generator
         while True:
             if wait.kind == "reserve":
@@ -195,9 +226,11 @@ class IdgenServer:
             try:
                 next_wait = gen.fill(out, count - len(out))
             except IssueRefused as exc:
+                if finish is _id_replies:
+                    return _id_replies(out) + encode_error(str(exc)) * (count - len(out))
                 raise CommandError(str(exc)) from None
             if next_wait is None:
-                return out[0] if single else Raw(encode_int_array(out))
+                return finish(out)
             wait = next_wait
 
     def cmd_parse(self, session: Session, args: list[bytes]) -> object:

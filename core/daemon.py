@@ -69,23 +69,39 @@ def add_common_options(parser: argparse.ArgumentParser, default_port: int) -> No
 
 
 def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
-    """Parse argv; keys of the `--config` TOML file become defaults that argv overrides."""
+    """Parse argv; keys of the `--config` TOML file become defaults that argv overrides.
+
+    The keys are those of the (sub)command that takes `--config`, e.g. `idgen serve`'s.
+    """
     args = parser.parse_args(argv)
     if getattr(args, "config", None):
         try:
             config = tomllib.loads(Path(args.config).read_text())
         except (OSError, tomllib.TOMLDecodeError) as exc:
             raise ConfigError(f"cannot read config {args.config}: {exc}") from exc
-        known = {action.dest for action in parser._actions}
+        target = _parser_of_config(parser, args)
+        known = {action.dest for action in target._actions}
         defaults = {}
         for key, value in config.items():
             dest = key.replace("-", "_")
             if dest not in known or dest in ("help", "config"):
                 raise ConfigError(f"{args.config}: unknown key {key!r}")
             defaults[dest] = value
-        parser.set_defaults(**defaults)
+        target.set_defaults(**defaults)
         args = parser.parse_args(argv)
     return args
+
+
+def _parser_of_config(
+    parser: argparse.ArgumentParser, args: argparse.Namespace
+) -> argparse.ArgumentParser:
+    """The parser that owns `--config`: the chosen subcommand's, or `parser` itself."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            chosen = action.choices.get(getattr(args, action.dest))
+            if chosen is not None:
+                return _parser_of_config(chosen, args)
+    return parser
 
 
 def check_bind(host: str, password: str | None, protected_mode: str) -> None:

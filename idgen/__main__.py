@@ -110,7 +110,12 @@ def serve(args: argparse.Namespace) -> int:
             log.error("refusing to start: %s", fault)
             store.close()
             return 1
-        await server.start(host, port)
+        try:
+            await server.start(host, port)
+        except OSError as exc:
+            log.error("refusing to start: cannot listen on %s:%d: %s", host, port, exc)
+            await server.close()
+            return 1
         log.info("worker %d ready on %s:%d", store.worker_id, host, server.resp.port)
         stop_wait = asyncio.create_task(stop.wait())
         fatal_wait = asyncio.create_task(server.fatal.wait())

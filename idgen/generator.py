@@ -64,6 +64,7 @@ class IdGenerator:
         *,
         max_backward_ms: int = DEFAULT_MAX_BACKWARD_MS,
         reserve_ms: int = DEFAULT_RESERVE_MS,
+        hwm_reserve_ms: int = 0,
     ) -> None:
         if not 0 <= worker_id <= MAX_WORKER_ID:
             raise ValueError(f"worker id {worker_id} is outside 0..{MAX_WORKER_ID}")
@@ -83,7 +84,8 @@ class IdGenerator:
             self._seq = snowflake.Sequencer(worker_id, epoch_ms, durable_hwm_ms - epoch_ms)
         self._limit = self.durable_hwm_ms - epoch_ms
         self.resuming = durable_hwm_ms is not None
-        self.resume_wait_ms = reserve_ms + max_backward_ms
+        # The mark may have been reserved with a larger --reserve-ms than this run's.
+        self.resume_wait_ms = max(reserve_ms, hwm_reserve_ms) + max_backward_ms
 
     # -- issuing -----------------------------------------------------------------------
     def next_one(self) -> int | Wait:
@@ -99,7 +101,8 @@ class IdGenerator:
 
     def fill(self, out: list[int], n: int) -> Wait | None:
         """Append up to `n` ids to `out`; None when all were added, else what to do first.
-        Ids appended before a Wait or an IssueRefused are issued and must be delivered."""
+        Ids appended before a Wait or an IssueRefused are issued: the caller delivers them
+        or drops them (a gap, never a duplicate)."""
         if self.fault is not None:
             raise IssueRefused(self.fault)
         before = len(out)

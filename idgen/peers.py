@@ -40,11 +40,11 @@ def judge(worker_id: int, readings: list[PeerReading], max_skew_ms: int) -> str 
             )
     if not readings:
         return None
-    # Our own offset to ourselves is 0: the median includes this node.
+    # Offsets are peer minus us; ours to ourselves is 0, so the median includes this node.
     median = statistics.median([0.0] + [r.offset_ms for r in readings])
     if abs(median) > max_skew_ms:
         return (
-            f"SKEW this clock is {median:+.0f} ms from the median of the peers "
+            f"SKEW this clock is {-median:+.0f} ms from the median of the peers "
             f"(limit {max_skew_ms} ms); refusing to issue ids"
         )
     return None

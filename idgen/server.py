@@ -75,6 +75,7 @@ class IdgenServer:
             store.hwm_ms,
             max_backward_ms=max_backward_ms,
             reserve_ms=reserve_ms,
+            hwm_reserve_ms=store.hwm_reserve_ms,
         )
         self.peer_addresses = peer_addresses or []
         self.max_skew_ms = max_skew_ms
@@ -150,7 +151,7 @@ class IdgenServer:
 
     async def _persist(self, target: int) -> None:
         try:
-            await asyncio.to_thread(self.store.record_hwm, target)
+            await asyncio.to_thread(self.store.record_hwm, target, self.generator.reserve_ms)
             self.generator.reserved(target)
         except FatalStorageError:
             # Never retried: NEXT refuses from now on and the daemon exits.

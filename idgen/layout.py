@@ -11,12 +11,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-TIME_BITS = 41
-WORKER_BITS = 10
-SEQUENCE_BITS = 12
-MAX_TIME_MS = (1 << TIME_BITS) - 1
-MAX_WORKER_ID = (1 << WORKER_BITS) - 1
-MAX_SEQUENCE = (1 << SEQUENCE_BITS) - 1
+# The bit widths are the sequencer's (native/snowflake_pure.py is the reference).
+from native.snowflake_pure import MAX_SEQUENCE, SEQUENCE_BITS, TIME_BITS, WORKER_BITS
+from native.snowflake_pure import MAX_TIME as MAX_TIME_MS
+from native.snowflake_pure import MAX_WORKER as MAX_WORKER_ID
+
+__all__ = [
+    "DEFAULT_EPOCH_MS", "IDS_PER_MS", "MAX_ID", "MAX_SEQUENCE", "MAX_TIME_MS", "MAX_WORKER_ID",
+    "SEQUENCE_BITS", "TIME_BITS", "WORKER_BITS", "ParsedId", "parse", "years_left",
+]
 MAX_ID = (1 << 63) - 1
 IDS_PER_MS = MAX_SEQUENCE + 1
 

@@ -1,0 +1,1 @@
+"""kvcache: a memcached-compatible cache daemon, consistent-hashed (ketama) across daemons."""

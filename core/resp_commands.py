@@ -84,7 +84,11 @@ def cmd_auth(server: RespServer, session: Session, args: list[bytes]) -> object:
         raise CommandError(ERR_SYNTAX)
     username = args[1] if len(args) == 3 else b"default"
     if server.password is None and len(args) == 3:
-        raise CommandError(ERR_WRONGPASS)
+        # As Redis's passwordless default user: any password for "default" is accepted.
+        if username != b"default":
+            raise CommandError(ERR_WRONGPASS)
+        session.authenticated = True
+        return OK
     _check_password(server, username, args[-1])
     session.authenticated = True
     return OK
@@ -109,7 +113,8 @@ def cmd_hello(server: RespServer, session: Session, args: list[bytes]) -> object
             name = _client_name(args[index + 1])
             index += 2
         else:
-            raise CommandError(f"ERR Syntax error in HELLO option '{args[index].decode()}'")
+            option = args[index].decode(errors="replace")
+            raise CommandError(f"ERR Syntax error in HELLO option '{option}'")
     if not session.authenticated:
         raise CommandError(ERR_HELLO_NOAUTH)
     session.protocol = protocol
@@ -212,7 +217,9 @@ def _client_line(session: Session) -> str:
 
 
 def cmd_config(server: RespServer, session: Session, args: list[bytes]) -> object:
-    if args[1].upper() == b"GET" and len(args) >= 3:
+    if args[1].upper() == b"GET" and len(args) < 3:
+        raise CommandError("ERR wrong number of arguments for 'config|get' command")
+    if args[1].upper() == b"GET":
         return server.config_get([a.decode("utf-8", "replace") for a in args[2:]])
     raise CommandError(ERR_UNKNOWN_SUBCOMMAND.format(args[1].decode(errors="replace"), "CONFIG"))
 

@@ -40,6 +40,9 @@ ERR_NOAUTH = "NOAUTH Authentication required."
 ERR_UNKNOWN_COMMAND = "ERR unknown command '{}', with args beginning with: {}"
 ERR_ARITY = "ERR wrong number of arguments for '{}' command"
 ERR_INTERNAL = "ERR internal error while running '{}' (logged on the server)"
+# Replies are written at least every WRITE_CHUNK bytes, so a full write buffer
+# (pause_writing) is noticed between two commands of one read.
+WRITE_CHUNK = 64 * 1024
 
 Handler = Callable[["Session", list[bytes]], Any]
 
@@ -298,9 +301,13 @@ class RespServer:
 
 
 def _unknown_command(args: list[bytes]) -> str:
-    shown = " ".join(f"'{a[:128].decode('utf-8', 'replace')}'" for a in args[1:])
-    name = args[0][:128].decode("utf-8", "replace")
-    return ERR_UNKNOWN_COMMAND.format(name, shown + " " if shown else "")
+    # As Redis: arguments are shown while fewer than 128 characters are, each cut to fit.
+    shown = ""
+    for arg in args[1:]:
+        if len(shown) >= 128:
+            break
+        shown += f"'{arg[: 128 - len(shown)].decode('utf-8', 'replace')}' "
+    return ERR_UNKNOWN_COMMAND.format(args[0][:128].decode("utf-8", "replace"), shown)
 
 
 class ServerConnection(asyncio.Protocol):
@@ -312,7 +319,8 @@ class ServerConnection(asyncio.Protocol):
         self.transport: asyncio.Transport = None  # type: ignore[assignment]
         self.parser: RequestParser = None  # type: ignore[assignment]
         self.in_flight: asyncio.Task[None] | None = None
-        self._queued: list[list[bytes]] = []
+        # Commands parsed but not yet run: the client stopped reading its replies.
+        self._held: tuple[list[list[bytes]], int] | None = None
         self._write_paused = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -344,7 +352,19 @@ class ServerConnection(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self._write_paused = False
-        if self.in_flight is None and not self.transport.is_closing():
+        if self._held is not None and self.in_flight is None:
+            commands, index = self._held
+            self._held = None
+            self._run(commands, index)
+        self._resume_reading_if_idle()
+
+    def _resume_reading_if_idle(self) -> None:
+        if (
+            self.in_flight is None
+            and self._held is None
+            and not self._write_paused
+            and not self.transport.is_closing()
+        ):
             self.transport.resume_reading()
 
     def data_received(self, data: bytes) -> None:
@@ -359,8 +379,16 @@ class ServerConnection(asyncio.Protocol):
         server = self.server
         batchable = server.batchable
         replies: list[bytes] = []
+        pending = 0
         index, end = start, len(commands)
         while index < end:
+            if pending > WRITE_CHUNK:
+                self._write(replies)
+                replies, pending = [], 0
+            if self._write_paused:  # the client is not reading: hold the rest
+                self._write(replies)
+                self._held = (commands, index)
+                return
             args = commands[index]
             command = batchable.get(args[0]) if len(args) == 1 else None
             run = 1
@@ -380,6 +408,7 @@ class ServerConnection(asyncio.Protocol):
                 )
                 return
             replies.append(reply)  # type: ignore[arg-type]
+            pending += len(reply)  # type: ignore[arg-type]
             if session.close_after_reply:
                 self._write(replies)
                 self.transport.close()
@@ -408,8 +437,7 @@ class ServerConnection(asyncio.Protocol):
             return
         self.transport.write(reply)
         self._run(commands, resume_at)
-        if self.in_flight is None and not self._write_paused and not self.transport.is_closing():
-            self.transport.resume_reading()
+        self._resume_reading_if_idle()
 
     def _write(self, replies: list[bytes]) -> None:
         if len(replies) == 1:

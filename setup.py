@@ -6,7 +6,7 @@ If Cython or a C compiler is missing the build still succeeds without the extens
 
 from setuptools import setup
 
-NATIVE_MODULES = ["native._snowflake", "native._resp"]
+NATIVE_MODULES = ["native._snowflake", "native._resp", "native._ketama"]
 
 
 def extensions() -> list:

@@ -1,0 +1,212 @@
+"""Durable Raft storage on core.storage: a record log plus an atomically replaced snapshot.
+
+Files in the data directory (the caller holds its DataDirLock):
+- `raft.log`: a RecordLog of msgpack records, each one of
+    ["H", term, vote, commit]       the hard state from here on;
+    ["E", [[index, term, type, data], ...]]   entries, dropping any stored at or after the
+                                    first one's index (a truncation is just a later record).
+- `raft.snapshot`: msgpack [index, term, voters, data], replaced with atomic_write.
+
+Strategy:
+- `persist(ready)` is the Ready's step 1 as one group commit: the entries and the hard
+  state go out in one write and, when `ready.must_sync`, one fsync. Only then may the
+  caller send. (A hard state whose only change is the commit index is written unsynced:
+  a lost commit index is recomputed from the leader after a restart.)
+- Installing a leader's snapshot writes the snapshot file first, then atomically rewrites
+  the log to hold only the hard state and the entries after the snapshot.
+- `create_snapshot` writes the snapshot file; `compact` then rewrites the log without the
+  entries up to the compaction index. Between the two a crash is harmless.
+- Recovery reads the snapshot, replays the log, and keeps the logged entries after the
+  snapshot only if the log holds the snapshot's own entry (same index and term); otherwise
+  the log predates an install that the crash interrupted, and its tail is dropped.
+- Reads are served from an in-memory MemoryStorage mirror. FatalStorageError from below
+  propagates: the caller must exit (never retry an fsync).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from pathlib import Path
+
+import msgpack
+
+from core.raft.errors import InvariantError
+from core.raft.log import MemoryStorage
+from core.raft.messages import Entry, HardState, Snapshot
+from core.raft.ready import Ready
+from core.storage import DEFAULT_MAX_RECORD_BYTES, RecordLog, atomic_write, read_file
+from core.storage import remove_stale_temp_files as _remove_stale_temp_files
+
+__all__ = ["DiskStorage"]
+
+LOG_NAME = "raft.log"
+SNAPSHOT_NAME = "raft.snapshot"
+MAX_ENTRIES_RECORD_BYTES = 8 * 1024 * 1024  # split larger entry batches over records
+
+
+class DiskStorage:
+    """A durable `Storage` (see the module header). Open with `DiskStorage.open(dir)`."""
+
+    def __init__(self, directory: Path, log: RecordLog, mem: MemoryStorage) -> None:
+        self.directory = directory
+        self._log = log
+        self._mem = mem
+        self.fsyncs = 0  # group commits issued (for tests and stats)
+
+    @classmethod
+    def open(cls, directory: str | os.PathLike[str],
+             max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES) -> DiskStorage:
+        """Open or create the Raft state in `directory` (which must exist and be locked).
+
+        Raises CorruptLogError for corruption in the middle of the log, InvariantError for
+        records that are not Raft records, FatalStorageError for failed writes.
+        """
+        path = Path(directory)
+        snapshot_path = path / SNAPSHOT_NAME
+        _remove_stale_temp_files(snapshot_path)
+        snapshot = _decode_snapshot(read_file(snapshot_path))
+        log, records = RecordLog.open(path / LOG_NAME, max_record_bytes)
+        hard_state, entries = _replay(records, path / LOG_NAME)
+        mem = MemoryStorage()
+        if snapshot.index:
+            mem.apply_snapshot(snapshot)
+            matching = [e for e in entries if e.index == snapshot.index]
+            if not matching or matching[0].term != snapshot.term:
+                entries = []  # the log predates an interrupted snapshot install
+            entries = [e for e in entries if e.index > snapshot.index]
+        mem.append(entries)
+        mem.set_hard_state(hard_state)
+        return cls(path, log, mem)
+
+    # -- Storage (reads) -----------------------------------------------------------------------
+
+    def initial_state(self) -> HardState:
+        return self._mem.initial_state()
+
+    def entries(self, lo: int, hi: int, max_size: int | None = None) -> list[Entry]:
+        return self._mem.entries(lo, hi, max_size)
+
+    def term(self, index: int) -> int:
+        return self._mem.term(index)
+
+    def first_index(self) -> int:
+        return self._mem.first_index()
+
+    def last_index(self) -> int:
+        return self._mem.last_index()
+
+    def snapshot(self) -> Snapshot:
+        return self._mem.snapshot()
+
+    # -- writes --------------------------------------------------------------------------------
+
+    def persist(self, ready: Ready) -> None:
+        """Step 1 of the Ready loop; durable on return when `ready.must_sync`."""
+        if ready.snapshot is not None:
+            self._install(ready)
+            return
+        records = _entry_records(ready.entries)
+        if ready.hard_state is not None:
+            records.append(_hard_state_record(ready.hard_state))
+        if records:
+            self._log.append_many(records, sync=ready.must_sync)
+            self.fsyncs += ready.must_sync
+        self._mem.persist(ready)
+
+    def _install(self, ready: Ready) -> None:
+        snapshot = ready.snapshot
+        assert snapshot is not None
+        atomic_write(self.directory / SNAPSHOT_NAME, _encode_snapshot(snapshot))
+        self._mem.persist(ready)
+        self._rewrite()
+
+    def create_snapshot(self, index: int, voters: tuple[int, ...], data: bytes) -> Snapshot:
+        """Durably record the application's snapshot at `index` (see MemoryStorage)."""
+        snapshot = self._mem.create_snapshot(index, voters, data)
+        atomic_write(self.directory / SNAPSHOT_NAME, _encode_snapshot(snapshot))
+        self.fsyncs += 1
+        return snapshot
+
+    def compact(self, index: int) -> None:
+        """Drop entries up to `index` (<= snapshot index) and rewrite the log without them."""
+        before = self._mem.first_index()
+        self._mem.compact(index)
+        if self._mem.first_index() != before:
+            self._rewrite()
+
+    def _rewrite(self) -> None:
+        """Atomically replace the log by the hard state and the stored entries."""
+        mem = self._mem
+        first, last = mem.first_index(), mem.last_index()
+        kept = mem.entries(first, last + 1) if last >= first else []
+        snapshot = mem.snapshot()
+        if snapshot.index and snapshot.index == first - 1:
+            # An anchor for the compacted snapshot entry, so that recovery can tell this
+            # log continues the snapshot (see the module header).
+            kept = [Entry(snapshot.index, snapshot.term), *kept]
+        self._log.rewrite([_hard_state_record(mem.initial_state()), *_entry_records(kept)])
+        self.fsyncs += 1
+
+    def close(self) -> None:
+        self._log.close()
+
+    def __repr__(self) -> str:
+        return f"DiskStorage({str(self.directory)!r}, {self._mem!r})"
+
+
+def _hard_state_record(hs: HardState) -> bytes:
+    return msgpack.packb(["H", hs.term, hs.vote, hs.commit])
+
+
+def _entry_records(entries: Iterable[Entry]) -> list[bytes]:
+    records: list[bytes] = []
+    batch: list[list[object]] = []
+    size = 0
+    for entry in entries:
+        batch.append(entry.to_wire())
+        size += entry.size()
+        if size >= MAX_ENTRIES_RECORD_BYTES:
+            records.append(msgpack.packb(["E", batch]))
+            batch, size = [], 0
+    if batch:
+        records.append(msgpack.packb(["E", batch]))
+    return records
+
+
+def _replay(records: list[bytes], path: Path) -> tuple[HardState, list[Entry]]:
+    hard_state = HardState()
+    entries: list[Entry] = []
+    for k, record in enumerate(records):
+        try:
+            kind, *body = msgpack.unpackb(record)
+            if kind == "H":
+                term, vote, commit = body
+                hard_state = HardState(term, vote, commit)
+            elif kind == "E":
+                batch = [Entry.from_wire(w) for w in body[0]]
+                if batch:
+                    first = batch[0].index
+                    while entries and entries[-1].index >= first:
+                        entries.pop()
+                    if entries and entries[-1].index + 1 != first:
+                        raise ValueError(f"gap before entry {first}")
+                    entries.extend(batch)
+            else:
+                raise ValueError(f"unknown record kind {kind!r}")
+        except (ValueError, TypeError, msgpack.UnpackException) as exc:
+            raise InvariantError(f"{path}: record {k} is not a raft record: {exc}") from exc
+    return hard_state, entries
+
+
+def _encode_snapshot(snapshot: Snapshot) -> bytes:
+    return msgpack.packb(snapshot.to_wire())
+
+
+def _decode_snapshot(data: bytes | None) -> Snapshot:
+    if data is None:
+        return Snapshot()
+    try:
+        return Snapshot.from_wire(msgpack.unpackb(data))
+    except (ValueError, TypeError, msgpack.UnpackException) as exc:
+        raise InvariantError(f"snapshot file is not a raft snapshot: {exc}") from exc

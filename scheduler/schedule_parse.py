@@ -1,0 +1,272 @@
+"""Schedule text -> `Cron` or `Every`, sans I/O. Evaluation lives in `scheduler.schedule`.
+
+Grammar (whitespace separates fields; names and macros are case-insensitive):
+
+- 5 fields `minute hour day-of-month month day-of-week` (Vixie cron), or 6 fields with
+  seconds first `second minute hour day-of-month month day-of-week` (dkron, Quartz).
+- Each field is a comma list of items: `*`, `N`, `A-B`, `*/S`, `A-B/S`, `A/S` (A to the
+  field's maximum, step S, as dkron and Quartz). `?` means `*` and is allowed in the two
+  day fields only (Quartz). Ranges do not wrap (`FRI-MON` is an error).
+- Ranges: second 0-59, minute 0-59, hour 0-23, day-of-month 1-31, month 1-12 or JAN-DEC,
+  day-of-week 0-7 or SUN-SAT with 0 and 7 both Sunday (Vixie and dkron numbering; Quartz's
+  1=SUN numbering is NOT used: write names to be unambiguous).
+- Day rule (Vixie cron): when the day-of-month or the day-of-week field starts with `*` or
+  `?` (so `*/2` too), a day must match both; when both are restricted, either matches.
+- Macros: `@yearly`/`@annually` = `0 0 1 1 *`, `@monthly` = `0 0 1 * *`, `@weekly` =
+  `0 0 * * 0`, `@daily`/`@midnight` = `0 0 * * *`, `@hourly` = `0 * * * *`.
+- `@every DURATION`: elapsed time, e.g. `500ms`, `10s`, `5m`, `1h30m`, `1d` (24 h elapsed);
+  units h, m, s, ms (and d) each at most once, largest first; a decimal number is allowed
+  when the result is a whole number of ms. Between `MIN_EVERY_MS` and `MAX_EVERY_MS`.
+- Not supported, with a clear error: Quartz `L`, `W`, `#`, a year field, `@reboot`, and a
+  `TZ=`/`CRON_TZ=` prefix (the zone is the job's TZ option).
+
+Every error is a `ScheduleError` whose message names the bad field.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import date, datetime
+from functools import lru_cache
+
+MAX_SCHEDULE_LEN = 256
+MIN_EVERY_MS = 100
+MAX_EVERY_MS = 10 * 366 * 86_400_000  # about ten years
+
+MACROS = {
+    "@yearly": "0 0 1 1 *",
+    "@annually": "0 0 1 1 *",
+    "@monthly": "0 0 1 * *",
+    "@weekly": "0 0 * * 0",
+    "@daily": "0 0 * * *",
+    "@midnight": "0 0 * * *",
+    "@hourly": "0 * * * *",
+}
+_MONTHS = "JAN FEB MAR APR MAY JUN JUL AUG SEP OCT NOV DEC".split()
+_DAYS = "SUN MON TUE WED THU FRI SAT".split()
+# Days a month can have (February counts its leap day), to reject schedules that never fire.
+_MONTH_MAX_DAYS = (31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)
+_UNIT_MS = {"d": 86_400_000, "h": 3_600_000, "m": 60_000, "s": 1000, "ms": 1}
+_DURATION_PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|d|h|m|s)")
+_DIGITS = re.compile(r"[0-9]{1,3}")
+_QUARTZ = re.compile(r"[0-9]*L|[0-9]+W|LW|[0-9A-Z]+#[0-9]+|L-[0-9]+")  # L, 5L, 15W, FRI#3
+
+
+class ScheduleError(ValueError):
+    """The schedule text is invalid; the message says which field and why."""
+
+
+@dataclass(frozen=True)
+class _Field:
+    name: str
+    low: int
+    high: int
+    names: tuple[str, ...] = ()  # names[i] stands for low + i
+    question: bool = False  # `?` allowed
+
+
+_SECOND = _Field("second", 0, 59)
+_MINUTE = _Field("minute", 0, 59)
+_HOUR = _Field("hour", 0, 23)
+_DOM = _Field("day-of-month", 1, 31, question=True)
+_MONTH = _Field("month", 1, 12, tuple(_MONTHS))
+_DOW = _Field("day-of-week", 0, 7, tuple(_DAYS), question=True)
+
+
+@dataclass(frozen=True)
+class Cron:
+    """A parsed cron expression. Each field holds its matching values, ascending.
+
+    Invariants: every tuple is non-empty and sorted; `dows` uses 0-6 with Sunday 0 (a 7 in
+    the text is folded to 0); `seconds` is (0,) for 5-field text. `dom_star`/`dow_star`
+    drive the Vixie day rule; `hour_star` (hour field starts with `*`) selects the DST class
+    of the schedule (see `scheduler.schedule`). There is at least one date that matches.
+    """
+
+    text: str
+    seconds: tuple[int, ...]
+    minutes: tuple[int, ...]
+    hours: tuple[int, ...]
+    doms: tuple[int, ...]
+    months: tuple[int, ...]
+    dows: tuple[int, ...]
+    dom_star: bool
+    dow_star: bool
+    hour_star: bool
+
+    def matches_date(self, day: date) -> bool:
+        """Whether the calendar date matches month and the day fields (Vixie rule)."""
+        if day.month not in self.months:
+            return False
+        dom_ok = day.day in self.doms
+        dow_ok = day.isoweekday() % 7 in self.dows
+        if self.dom_star or self.dow_star:
+            return dom_ok and dow_ok
+        return dom_ok or dow_ok
+
+    def matches_wall(self, wall: datetime) -> bool:
+        """Whether a wall-clock time (whole second) matches every field."""
+        return (
+            wall.microsecond == 0
+            and wall.second in self.seconds
+            and wall.minute in self.minutes
+            and wall.hour in self.hours
+            and self.matches_date(wall.date())
+        )
+
+
+@dataclass(frozen=True)
+class Every:
+    """`@every DURATION`: fires at anchor + k * period_ms for k >= 1 (elapsed time)."""
+
+    text: str
+    period_ms: int
+
+
+Schedule = Cron | Every
+
+
+@lru_cache(maxsize=4096)
+def parse_schedule(text: str) -> Schedule:
+    """Parse schedule text; raise ScheduleError naming the bad field. Results are cached
+    (they are immutable)."""
+    if not isinstance(text, str):
+        raise ScheduleError("schedule must be text")
+    if len(text) > MAX_SCHEDULE_LEN:
+        raise ScheduleError(f"schedule longer than {MAX_SCHEDULE_LEN} characters")
+    parts = text.split()
+    if not parts:
+        raise ScheduleError("schedule is empty")
+    head = parts[0].lower()
+    if head.startswith(("tz=", "cron_tz=")):
+        raise ScheduleError("time zone prefix not supported: give the zone in the TZ option")
+    if head == "@every":
+        if len(parts) != 2:
+            raise ScheduleError("@every takes one duration, e.g. '@every 1h30m'")
+        return Every(text, parse_duration_ms(parts[1]))
+    if head.startswith("@"):
+        if len(parts) != 1:
+            raise ScheduleError(f"macro {parts[0]} takes no fields")
+        if head not in MACROS:
+            raise ScheduleError(f"unknown macro {parts[0]!r} (known: {', '.join(MACROS)}, @every)")
+        return _parse_cron(text, MACROS[head].split())
+    return _parse_cron(text, parts)
+
+
+def parse_duration_ms(text: str) -> int:
+    """`1h30m`, `500ms`, `1.5s` -> milliseconds, within MIN_EVERY_MS..MAX_EVERY_MS."""
+    where = f"@every duration {text!r}"
+    pos, total, last_rank = 0, 0, -1
+    order = ["d", "h", "m", "s", "ms"]
+    while pos < len(text):
+        found = _DURATION_PART.match(text, pos)
+        if found is None:
+            raise ScheduleError(f"{where}: expected a number and a unit (h, m, s, ms)")
+        number, unit = found.groups()
+        rank = order.index(unit)
+        if rank <= last_rank:
+            raise ScheduleError(f"{where}: units must appear once each, largest first")
+        last_rank = rank
+        whole, _, frac = number.partition(".")
+        if len(whole) > 15 or len(frac) > 3:
+            raise ScheduleError(f"{where}: number too long")
+        scale = 10 ** len(frac)
+        value = int(whole + frac) * _UNIT_MS[unit]
+        if value % scale:
+            raise ScheduleError(f"{where}: not a whole number of milliseconds")
+        total += value // scale
+        pos = found.end()
+    if not text:
+        raise ScheduleError("@every needs a duration")
+    if total < MIN_EVERY_MS:
+        raise ScheduleError(f"{where}: shorter than the minimum {MIN_EVERY_MS}ms")
+    if total > MAX_EVERY_MS:
+        raise ScheduleError(f"{where}: longer than the maximum {MAX_EVERY_MS // 86_400_000}d")
+    return total
+
+
+def _parse_cron(text: str, parts: list[str]) -> Cron:
+    if len(parts) == 5:
+        parts = ["0", *parts]
+    elif len(parts) != 6:
+        raise ScheduleError(
+            f"expected 5 fields (minute hour day-of-month month day-of-week) or 6 with "
+            f"seconds first, got {len(parts)}"
+        )
+    fields = (_SECOND, _MINUTE, _HOUR, _DOM, _MONTH, _DOW)
+    values = [_parse_field(spec, part) for spec, part in zip(fields, parts, strict=True)]
+    dows = tuple(sorted({d % 7 for d in values[5]}))
+    cron = Cron(
+        text=text,
+        seconds=values[0],
+        minutes=values[1],
+        hours=values[2],
+        doms=values[3],
+        months=values[4],
+        dows=dows,
+        dom_star=parts[3].startswith(("*", "?")),
+        dow_star=parts[5].startswith(("*", "?")),
+        hour_star=parts[2].startswith("*"),
+    )
+    # Both restricted: either matches, and some weekday always exists. Otherwise a day
+    # must lie in some month: every valid (month, day) falls on every weekday in time.
+    if cron.dom_star or cron.dow_star:
+        if not any(d <= _MONTH_MAX_DAYS[m - 1] for m in cron.months for d in cron.doms):
+            raise ScheduleError(
+                f"day-of-month field {parts[3]!r}: no such day in month field {parts[4]!r}"
+            )
+    return cron
+
+
+def _parse_field(spec: _Field, text: str) -> tuple[int, ...]:
+    where = f"{spec.name} field {text!r}"
+    found: set[int] = set()
+    for item in text.split(","):
+        found.update(_parse_item(spec, item, where))
+    return tuple(sorted(found))
+
+
+def _parse_item(spec: _Field, item: str, where: str) -> range:
+    if not item:
+        raise ScheduleError(f"{where}: empty list item")
+    span, slash, step_text = item.partition("/")
+    step = 1
+    if slash:
+        if not _DIGITS.fullmatch(step_text) or not 1 <= int(step_text) <= spec.high - spec.low + 1:
+            raise ScheduleError(
+                f"{where}: step {step_text!r} must be 1 to {spec.high - spec.low + 1}"
+            )
+        step = int(step_text)
+    if span in ("*", "?"):
+        if span == "?" and not spec.question:
+            raise ScheduleError(f"{where}: '?' is only allowed in day-of-month and day-of-week")
+        if span == "?" and slash:
+            raise ScheduleError(f"{where}: '?' takes no step")
+        return range(spec.low, spec.high + 1, step)
+    first_text, dash, last_text = span.partition("-")
+    first = _value(spec, first_text, where)
+    if dash:
+        last = _value(spec, last_text, where)
+        if last < first:
+            raise ScheduleError(f"{where}: range {span} runs backwards (ranges do not wrap)")
+    else:
+        last = spec.high if slash else first  # `A/S` runs from A to the field's maximum
+    return range(first, last + 1, step)
+
+
+def _value(spec: _Field, text: str, where: str) -> int:
+    if text.upper() in spec.names:
+        return spec.low + spec.names.index(text.upper())
+    if not _DIGITS.fullmatch(text):
+        if _QUARTZ.fullmatch(text.upper()):
+            raise ScheduleError(f"{where}: Quartz L, W and # are not supported")
+        raise ScheduleError(f"{where}: {text!r} is not a number{_name_hint(spec)}")
+    value = int(text)
+    if not spec.low <= value <= spec.high:
+        raise ScheduleError(f"{where}: {value} is out of range {spec.low}-{spec.high}")
+    return value
+
+
+def _name_hint(spec: _Field) -> str:
+    return f" or a name ({spec.names[0]}-{spec.names[-1]})" if spec.names else ""

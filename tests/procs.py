@@ -97,3 +97,15 @@ def idgen_daemon(
         "--data-dir", str(data_dir), *(extra or []),
     ]
     return Daemon(argv, host, port, tmp / f"idgen-{worker_id}-{host}-{port}.log")
+
+
+def kvcache_daemon(
+    tmp: Path,
+    host: str = "127.0.0.1",
+    port: int | None = None,
+    extra: list[str] | None = None,
+) -> Daemon:
+    """A kvcache daemon (not started) taking memcached's flags; `extra` adds more."""
+    port = port or find_free_port(host)
+    argv = ["kvcache", "serve", "-l", host, "-p", str(port), *(extra or [])]
+    return Daemon(argv, host, port, tmp / f"kvcache-{host}-{port}.log")

@@ -1,0 +1,386 @@
+"""The thin asyncio layer: sockets in, requests through the engine, replies out.
+
+Per connection: bytes go to a `RequestParser`; each request it yields is executed at once
+and its reply queued; the queue is written in one call when the parser runs dry, so a
+pipeline of N commands costs one write. Nothing waits inside a command, so replies keep the
+order of the requests by construction.
+
+Backpressure: when the socket's write buffer passes WRITE_HIGH_WATER the connection stops
+parsing *and* reading; requests already buffered stay in the parser (bounded by the framing
+limits of kvcache/protocol.py) and resume when the buffer drains. Multi-get replies come
+from the engine as streams and are written piece by piece under the same rule.
+
+Connection limit (-c): a client beyond it is told `ERROR Too many open connections` and
+closed, as memcached's maxconns_fast does.
+
+A maintenance task ticks the cache clock (whole seconds, memcached's `current_time`) and
+runs the expiry crawler in small slices: a pass over the LRU every CRAWL_PASS_INTERVAL_S,
+or at once after `lru_crawler crawl`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gc
+import logging
+import os
+from collections.abc import Iterator
+
+import psutil
+
+from core.clock import Clock
+from kvcache import replies
+from kvcache.commands import FLUSH_AFTER, Closing, Engine, Stream
+from kvcache.items import Item
+from kvcache.protocol import Close, RequestParser
+from kvcache.settings import Settings
+from kvcache.slabs import SlabClasses
+from kvcache.stats import ProcessView
+from kvcache.storage import Storage
+
+log = logging.getLogger("kvcache")
+
+WRITE_HIGH_WATER = 1024 * 1024
+WRITE_FLUSH_BYTES = 256 * 1024  # queued replies are written once they reach this much
+CRAWL_PASS_INTERVAL_S = 10.0
+GC_FREEZE_INTERVAL_S = 1.0
+GC_FULL_INTERVAL_S = 3600.0
+GRACE_S = 5.0
+
+
+class KvcacheServer:
+    """One kvcache daemon: storage, engine, listeners and connections."""
+
+    def __init__(self, settings: Settings, clock: Clock) -> None:
+        self.settings = settings
+        self.clock = clock
+        now = clock.wall_ms() // 1000
+        slabs = SlabClasses(settings.item_size_max, settings.growth_factor,
+                            settings.slab_min_size)
+        self.storage = Storage(settings.maxbytes, settings.item_size_max, now,
+                               evict=settings.evict_to_free, slabs=slabs)
+        self.stats = self.storage.stats
+        process = psutil.Process(os.getpid())
+        self.view = ProcessView(
+            pid=process.pid,
+            started=now,
+            cpu_times=lambda: tuple(process.cpu_times()[:2]),  # type: ignore[arg-type,return-value]
+            event_loop="asyncio",
+            connections=self._connection_table,
+        )
+        self.stop_requested = asyncio.Event()
+        self.engine = Engine(self.storage, settings, self.view,
+                             on_shutdown=self.stop_requested.set,
+                             on_verbosity=_follow_verbosity)
+        self.connections: set[Connection] = set()
+        self.current: Connection | None = None  # the one whose requests are running
+        self._servers: list[asyncio.AbstractServer] = []
+        self._maintenance: asyncio.Task[None] | None = None
+        self._next_pass = 0.0
+        self._next_freeze = 0.0
+        self._next_full_gc = clock.monotonic() + GC_FULL_INTERVAL_S
+        self.port = 0
+
+    # -- lifecycle -----------------------------------------------------------------------
+    async def start(self, hosts: list[str], port: int) -> None:
+        """Listen on `hosts`:`port` (port 0: any free one), or on the -s UNIX socket."""
+        loop = asyncio.get_running_loop()
+        self.view.event_loop = _event_loop_name(loop)
+        path = self.settings.unix_socket
+        if path:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+            server = await loop.create_unix_server(lambda: Connection(self), path,
+                                                   backlog=self.settings.backlog)
+            os.chmod(path, self.settings.unix_mask)
+            self._servers.append(server)
+            self._maintenance = loop.create_task(self._maintain())
+            log.info("listening on unix:%s", path)
+            return
+        for host in hosts:
+            server = await loop.create_server(
+                lambda: Connection(self), host, port, reuse_address=True,
+                backlog=self.settings.backlog,
+            )
+            self._servers.append(server)
+            if port == 0:
+                port = server.sockets[0].getsockname()[1]
+        self.port = port
+        self.settings.port = port
+        self._maintenance = loop.create_task(self._maintain())
+        for host in hosts:
+            log.info("listening on %s:%d", host, port)
+
+    async def close(self) -> None:
+        """Stop accepting, flush what each client was sent, close everything."""
+        for server in self._servers:
+            server.close()
+        if self._maintenance is not None:
+            self._maintenance.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._maintenance
+        for conn in list(self.connections):
+            conn.transport.close()
+        deadline = asyncio.get_running_loop().time() + GRACE_S
+        while self.connections and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.01)
+        for server in self._servers:
+            await server.wait_closed()
+
+    # -- maintenance ---------------------------------------------------------------------
+    async def _maintain(self) -> None:
+        interval = self.settings.crawl_interval_s
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                self.maintain_once()
+            except Exception:  # never let the clock stop
+                log.exception("maintenance step failed")
+
+    def maintain_once(self) -> None:
+        """Advance the cache clock; keep the garbage collector off the items; run one
+        slice of the crawler when a pass is due."""
+        storage = self.storage
+        now = self.clock.wall_ms() // 1000
+        if now != storage.now:
+            storage.tick(now)
+        mono = self.clock.monotonic()
+        self._collect_garbage(mono)
+        if not self.engine.crawler_enabled:
+            return
+        if not storage.crawling and not self.engine.crawl_requested and mono < self._next_pass:
+            return
+        if not storage.crawling:
+            self.engine.crawl_requested = False
+            self.stats.crawler_starts += 1
+        reclaimed = storage.crawl(self.settings.crawl_items_per_tick)
+        if reclaimed:
+            log.debug("crawler reclaimed %d expired items", reclaimed)
+        if not storage.crawling:
+            self._next_pass = mono + CRAWL_PASS_INTERVAL_S
+
+    def _collect_garbage(self, mono: float) -> None:
+        """Every item is an object the cyclic GC would traverse: at a million items a full
+        collection stalls the loop for ~130 ms, and CPython runs one each time the
+        long-lived objects grow by a quarter. Items never form cycles (unlinking clears
+        their links) and are freed by reference counting, so objects that survived a
+        second are frozen out of the GC's reach; a full collection still runs hourly as a
+        safety net for cycles elsewhere."""
+        if mono >= self._next_full_gc:
+            self._next_full_gc = mono + GC_FULL_INTERVAL_S
+            gc.unfreeze()
+            gc.collect()
+        if mono >= self._next_freeze:
+            self._next_freeze = mono + GC_FREEZE_INTERVAL_S
+            gc.freeze()
+
+    # -- connections ---------------------------------------------------------------------
+    def admit(self, conn: Connection) -> bool:
+        stats = self.stats
+        if len(self.connections) >= self.settings.maxconns:
+            stats.rejected_connections += 1
+            return False
+        self.connections.add(conn)
+        stats.total_connections += 1
+        stats.curr_connections = len(self.connections)
+        return True
+
+    def release(self, conn: Connection) -> None:
+        self.connections.discard(conn)
+        self.stats.curr_connections = len(self.connections)
+
+    def _connection_table(self) -> list[tuple[int, str, str, str, int]]:
+        now = self.storage.now
+        rows = []
+        for server in self._servers:
+            for sock in server.sockets:
+                rows.append((sock.fileno(), _address(sock.getsockname()), "",
+                             "conn_listening", 0))
+        for conn in self.connections:
+            state = "conn_parse_cmd" if conn is self.current else "conn_waiting"
+            rows.append((conn.fd, conn.peer, conn.local, state,
+                         max(0, now - conn.last_command)))
+        return sorted(rows)
+
+
+class Connection(asyncio.Protocol):
+    """One client. Read, parse, execute, write; nothing else lives here."""
+
+    def __init__(self, server: KvcacheServer) -> None:
+        self.server = server
+        self.engine = server.engine
+        self.transport: asyncio.Transport = None  # type: ignore[assignment]
+        self.parser = RequestParser(server.settings.item_size_max)
+        self.fd = -1
+        self.peer = "?"
+        self.local = "?"
+        self.last_command = server.storage.now
+        self._admitted = False
+        self._write_paused = False
+        self._stream: Iterator[bytes] | None = None
+        self._pinned: set[Item] = set()  # see Engine.pinned
+        self._reqs_per_event = server.settings.reqs_per_event
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            self.fd = sock.fileno()
+            self.local = _address(transport.get_extra_info("sockname"))
+            self.peer = _address(transport.get_extra_info("peername"))
+            if self.peer == "unix:":
+                self.peer = self.local
+        if not self.server.admit(self):
+            rejected = self.server.stats.rejected_connections
+            if rejected & (rejected - 1) == 0:  # 1st, 2nd, 4th, 8th...: a flood stays short
+                log.warning("refusing %s: too many open connections (%d refused so far)",
+                            self.peer, rejected)
+            self.transport.write(replies.line(replies.TOO_MANY_CONNECTIONS))
+            self.transport.close()
+            return
+        self._admitted = True
+        self.transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
+        if self.server.settings.verbose:
+            log.info("<%d new client connection from %s", self.fd, self.peer)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        # Nothing may keep this object alive through a cycle: it is likely frozen out of
+        # the garbage collector's reach (KvcacheServer._collect_garbage).
+        self._stream = None
+        self._pinned.clear()
+        if not self._admitted:
+            return
+        self.server.release(self)
+        if self.server.current is self:
+            self.server.current = None
+        if self.server.settings.verbose:
+            log.info("<%d connection closed%s", self.fd, f": {exc}" if exc else "")
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+        self.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        if self.transport.is_closing():
+            return
+        self._process()
+        if not self._write_paused and not self.transport.is_closing():
+            self.transport.resume_reading()
+
+    def data_received(self, data: bytes) -> None:
+        if not self._admitted:
+            return
+        self.server.stats.bytes_read += len(data)
+        self.parser.feed(data)
+        self._process()
+
+    def _process(self) -> None:
+        """Run buffered requests until the parser needs bytes or the socket is full.
+
+        Replies are queued and written in one call when the input runs dry (or the queue
+        grows large). memcached writes its queue out after a retrieval or `mn`, every -R
+        (reqs_per_event) commands and when its input runs dry, and loses what it has not
+        written when it drops a connection; those points are kept as `committed` marks, so
+        a connection dropped here loses exactly what memcached's would, without paying a
+        system call per get."""
+        if self._stream is not None and not self._drain_stream():
+            return
+        parser = self.parser
+        engine = self.engine
+        pinned = engine.pinned = self._pinned
+        self.server.current = self
+        execute = engine.execute
+        out: list[bytes] = []
+        size = 0
+        committed = 0  # replies in out[:committed] are past a memcached write point
+        count = 0  # commands since the last write point
+        settings = self.server.settings
+        reqs_per_event = settings.reqs_per_event
+        self.last_command = self.server.storage.now
+        while not self._write_paused:
+            request = parser.next_request()
+            if request is None:
+                break
+            if settings.verbose >= 2:
+                log.debug("<%d %r", self.fd, request)
+            try:
+                reply = execute(request)
+            except Exception:
+                log.exception("request %.200r failed; closing the connection", request)
+                self._write([*out, replies.line(replies.INTERNAL_ERROR)])
+                self.transport.close()
+                return
+            kind = type(reply)
+            if kind is bytes:
+                if reply:
+                    out.append(reply)  # type: ignore[arg-type]
+                    size += len(reply)  # type: ignore[arg-type]
+                count += 1
+                if (count >= reqs_per_event
+                        or (type(request) is list and request and request[0] in FLUSH_AFTER)):
+                    committed = len(out)
+                    count = 0
+                    pinned.clear()
+                if size >= WRITE_FLUSH_BYTES:
+                    self._write(out)
+                    out, size, committed = [], 0, 0
+                continue
+            if kind is Stream:
+                self._write(out)
+                out, size, committed, count = [], 0, 0, 0
+                self._stream = reply.chunks  # type: ignore[union-attr]
+                if not self._drain_stream():
+                    return
+                continue
+            assert isinstance(reply, Closing)
+            self._write(out if reply.flush else out[:committed])
+            if type(request) is Close:
+                log.info("closing %s: %s", self.peer, request.reason)
+            self.transport.close()
+            return
+        self._write(out)
+
+    def _drain_stream(self) -> bool:
+        """Write stream pieces while the socket takes them; True when the stream is done."""
+        stream = self._stream
+        assert stream is not None
+        for chunk in stream:
+            self._write([chunk])
+            if self._write_paused or self.transport.is_closing():
+                return False
+        self._stream = None
+        return True
+
+    def _write(self, out: list[bytes]) -> None:
+        if not out or self.transport.is_closing():
+            return
+        self._pinned.clear()
+        data = out[0] if len(out) == 1 else b"".join(out)
+        self.server.stats.bytes_written += len(data)
+        self.transport.write(data)
+
+
+def _follow_verbosity(level: int) -> None:
+    """`verbosity 2` turns the per-command trace on, as -vv does; lower levels turn it off."""
+    logging.getLogger().setLevel(logging.DEBUG if level >= 2 else logging.INFO)
+    log.info("verbosity set to %d", level)
+
+
+def _address(addr: object) -> str:
+    if isinstance(addr, tuple) and len(addr) >= 2:
+        host = addr[0]
+        return f"tcp:[{host}]:{addr[1]}" if ":" in host else f"tcp:{host}:{addr[1]}"
+    if isinstance(addr, str | bytes):  # a UNIX socket path (empty for the client side)
+        return f"unix:{addr.decode() if isinstance(addr, bytes) else addr}"
+    return str(addr)
+
+
+def _event_loop_name(loop: asyncio.AbstractEventLoop) -> str:
+    """What `stats` prints where memcached prints its libevent version."""
+    if type(loop).__module__.split(".")[0] == "uvloop":
+        import uvloop
+
+        return f"uvloop-{uvloop.__version__}"
+    return "asyncio"

@@ -1,0 +1,311 @@
+"""Counters and the `stats` family of replies, with memcached 1.6.18's names and order.
+
+Every stat name memcached prints is printed, in its order, so tools that scrape `stats`
+find what they expect. Where a figure describes machinery kvcache does not have (slab
+pages, worker threads, extstore, TLS) the value describes kvcache instead: one event loop,
+one LRU, no TLS. Per-class figures use memcached's slab classes as size buckets
+(kvcache/slabs.py); kvcache's own memory use is `bytes` (see kvcache/storage.py).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from kvcache.replies import VERSION
+from kvcache.slabs import MAX_SLAB_CLASSES
+
+if TYPE_CHECKING:
+    from kvcache.settings import Settings
+    from kvcache.storage import Storage
+
+_CLASS_FIELDS = (
+    # items.c
+    "number", "peak", "requested", "evicted", "evicted_nonzero", "evicted_time",
+    "outofmemory", "reclaimed", "expired_unfetched", "evicted_unfetched", "crawler_reclaimed",
+    "crawler_items_checked",
+    # slabs.c (slab_stats)
+    "get_hits", "set_cmds", "delete_hits", "incr_hits", "decr_hits", "cas_hits", "cas_badval",
+    "touch_hits",
+)
+_SUMMED_SLAB_FIELDS = ("get_hits", "set_cmds", "delete_hits", "incr_hits", "decr_hits",
+                       "cas_hits", "cas_badval", "touch_hits")
+
+
+class SlabStats:
+    """Per-class counters: each field is a list indexed by class id (0 unused)."""
+
+    number: list[int]
+    peak: list[int]
+    requested: list[int]
+    evicted: list[int]
+    evicted_nonzero: list[int]
+    evicted_time: list[int]
+    outofmemory: list[int]
+    reclaimed: list[int]
+    expired_unfetched: list[int]
+    evicted_unfetched: list[int]
+    crawler_reclaimed: list[int]
+    crawler_items_checked: list[int]
+    get_hits: list[int]
+    set_cmds: list[int]
+    delete_hits: list[int]
+    incr_hits: list[int]
+    decr_hits: list[int]
+    cas_hits: list[int]
+    cas_badval: list[int]
+    touch_hits: list[int]
+
+    def __init__(self) -> None:
+        for name in _CLASS_FIELDS:
+            setattr(self, name, [0] * (MAX_SLAB_CLASSES + 1))
+
+    def total(self, name: str) -> int:
+        return sum(getattr(self, name))
+
+    def reset(self) -> None:
+        """stats reset: counters go to zero; what the cache holds (number...) stays."""
+        for name in _CLASS_FIELDS:
+            if name not in ("number", "peak", "requested"):
+                setattr(self, name, [0] * (MAX_SLAB_CLASSES + 1))
+
+
+class CacheStats:
+    """Every counter `stats` prints; storage and commands both write here."""
+
+    def __init__(self) -> None:
+        self.slab = SlabStats()
+        # state, not counters: survive `stats reset`
+        self.bytes = 0
+        self.curr_items = 0
+        self.curr_connections = 0
+        self.reset()
+
+    def reset(self) -> None:
+        self.slab.reset()
+        self.total_items = 0
+        self.get_cmds = 0
+        self.get_misses = 0
+        self.get_expired = 0
+        self.get_flushed = 0
+        self.touch_cmds = 0
+        self.touch_misses = 0
+        self.delete_misses = 0
+        self.incr_misses = 0
+        self.decr_misses = 0
+        self.cas_misses = 0
+        self.flush_cmds = 0
+        self.meta_cmds = 0
+        self.store_too_large = 0
+        self.store_no_memory = 0
+        self.bytes_read = 0
+        self.bytes_written = 0
+        self.total_connections = 0
+        self.rejected_connections = 0
+        self.crawler_starts = 0
+
+
+@dataclass
+class ProcessView:
+    """What `stats` needs from outside the cache: filled in by the server."""
+
+    pid: int
+    started: int  # Unix time the daemon started
+    cpu_times: Callable[[], tuple[float, float]]
+    event_loop: str  # printed where memcached prints its libevent version
+    connections: Callable[[], list[tuple[int, str, str, str, int]]]
+    # (fd, addr, listen_addr or "", state, seconds since last command)
+
+
+Stat = tuple[str, object]
+
+
+def render(stats: Iterable[Stat]) -> bytes:
+    """STAT lines and END."""
+    return b"".join(b"STAT %s %s\r\n" % (k.encode(), str(v).encode()) for k, v in stats) + (
+        b"END\r\n"
+    )
+
+
+def _cpu(seconds: float) -> str:
+    """memcached's "%ld.%06ld" of a timeval."""
+    micros = round(seconds * 1_000_000)
+    return f"{micros // 1_000_000}.{micros % 1_000_000:06d}"
+
+
+def general(view: ProcessView, settings: Settings, storage: Storage) -> list[Stat]:
+    """`stats` with no argument."""
+    stats = storage.stats
+    slab = stats.slab
+    user, system = view.cpu_times()
+    now = storage.now
+    index_bytes = storage.used_bytes - stats.bytes
+    return [
+        ("pid", view.pid), ("uptime", max(0, now - view.started)), ("time", now),
+        ("version", VERSION), ("libevent", view.event_loop), ("pointer_size", 64),
+        ("rusage_user", _cpu(user)), ("rusage_system", _cpu(system)),
+        ("max_connections", settings.maxconns),
+        ("curr_connections", stats.curr_connections),
+        ("total_connections", stats.total_connections),
+        ("rejected_connections", stats.rejected_connections),
+        ("connection_structures", stats.curr_connections + 1),
+        ("response_obj_oom", 0), ("response_obj_count", 0), ("response_obj_bytes", 0),
+        ("read_buf_count", 0), ("read_buf_bytes", 0), ("read_buf_bytes_free", 0),
+        ("read_buf_oom", 0), ("reserved_fds", 0),
+        ("cmd_get", stats.get_cmds), ("cmd_set", slab.total("set_cmds")),
+        ("cmd_flush", stats.flush_cmds), ("cmd_touch", stats.touch_cmds),
+        ("cmd_meta", stats.meta_cmds),
+        ("get_hits", slab.total("get_hits")), ("get_misses", stats.get_misses),
+        ("get_expired", stats.get_expired), ("get_flushed", stats.get_flushed),
+        ("delete_misses", stats.delete_misses), ("delete_hits", slab.total("delete_hits")),
+        ("incr_misses", stats.incr_misses), ("incr_hits", slab.total("incr_hits")),
+        ("decr_misses", stats.decr_misses), ("decr_hits", slab.total("decr_hits")),
+        ("cas_misses", stats.cas_misses), ("cas_hits", slab.total("cas_hits")),
+        ("cas_badval", slab.total("cas_badval")),
+        ("touch_hits", slab.total("touch_hits")), ("touch_misses", stats.touch_misses),
+        ("store_too_large", stats.store_too_large),
+        ("store_no_memory", stats.store_no_memory),
+        ("auth_cmds", 0), ("auth_errors", 0),
+        ("bytes_read", stats.bytes_read), ("bytes_written", stats.bytes_written),
+        ("limit_maxbytes", storage.limit_bytes), ("accepting_conns", 1),
+        ("listen_disabled_num", 0), ("time_in_listen_disabled_us", 0), ("threads", 1),
+        ("conn_yields", 0),
+        ("hash_power_level", max(1, index_bytes // 20).bit_length()),
+        ("hash_bytes", index_bytes), ("hash_is_expanding", 0),
+        ("slab_reassign_rescues", 0), ("slab_reassign_chunk_rescues", 0),
+        ("slab_reassign_evictions_nomem", 0), ("slab_reassign_inline_reclaim", 0),
+        ("slab_reassign_busy_items", 0), ("slab_reassign_busy_deletes", 0),
+        ("slab_reassign_running", 0), ("slabs_moved", 0),
+        ("lru_crawler_running", 0), ("lru_crawler_starts", stats.crawler_starts),
+        ("lru_maintainer_juggles", 0), ("malloc_fails", 0),
+        ("log_worker_dropped", 0), ("log_worker_written", 0), ("log_watcher_skipped", 0),
+        ("log_watcher_sent", 0), ("log_watchers", 0), ("unexpected_napi_ids", 0),
+        ("round_robin_fallback", 0),
+        ("bytes", stats.bytes), ("curr_items", stats.curr_items),
+        ("total_items", stats.total_items), ("slab_global_page_pool", 0),
+        ("expired_unfetched", slab.total("expired_unfetched")),
+        ("evicted_unfetched", slab.total("evicted_unfetched")), ("evicted_active", 0),
+        ("evictions", slab.total("evicted")), ("reclaimed", slab.total("reclaimed")),
+        ("crawler_reclaimed", slab.total("crawler_reclaimed")),
+        ("crawler_items_checked", slab.total("crawler_items_checked")),
+        ("lrutail_reflocked", 0), ("moves_to_cold", 0), ("moves_to_warm", 0),
+        ("moves_within_lru", 0), ("direct_reclaims", 0), ("lru_bumps_dropped", 0),
+    ]
+
+
+def settings_stats(settings: Settings, storage: Storage) -> list[Stat]:
+    """`stats settings`."""
+    oldest = storage.oldest_live
+    return [
+        ("maxbytes", storage.limit_bytes), ("maxconns", settings.maxconns),
+        ("tcpport", 0 if settings.unix_socket else settings.port), ("udpport", 0),
+        ("inter", "NULL" if settings.unix_socket else settings.inter or "NULL"),
+        ("verbosity", settings.verbose), ("oldest", oldest),
+        ("evictions", "on" if settings.evict_to_free else "off"),
+        ("domain_socket", settings.unix_socket or "NULL"),
+        ("umask", f"{settings.unix_mask:o}"),
+        ("shutdown_command", _yes(settings.shutdown_command)),
+        ("growth_factor", f"{settings.growth_factor:.2f}"),
+        ("chunk_size", settings.slab_min_size), ("num_threads", 1),
+        ("num_threads_per_udp", 1), ("stat_key_prefix", ":"), ("detail_enabled", "no"),
+        ("reqs_per_event", settings.reqs_per_event), ("cas_enabled", "yes"),
+        ("tcp_backlog", settings.backlog),
+        ("binding_protocol", "ascii"), ("auth_enabled_sasl", "no"),
+        ("auth_enabled_ascii", "no"), ("item_size_max", storage.slabs.item_size_max),
+        ("maxconns_fast", "yes"), ("hashpower_init", 0), ("slab_reassign", "yes"),
+        ("slab_automove", 0), ("slab_automove_ratio", "0.80"), ("slab_automove_window", 30),
+        ("slab_chunk_max", storage.slabs.chunk_max), ("lru_crawler", "yes"),
+        ("lru_crawler_sleep", int(settings.crawl_interval_s * 1_000_000)),
+        ("lru_crawler_tocrawl", settings.crawl_items_per_tick), ("tail_repair_time", 0),
+        ("flush_enabled", _yes(settings.flush_enabled)),
+        ("dump_enabled", _yes(settings.dump_enabled)), ("hash_algorithm", "siphash"),
+        ("lru_maintainer_thread", "no"), ("lru_segmented", "no"), ("hot_lru_pct", 0),
+        ("warm_lru_pct", 0), ("hot_max_factor", "0.00"), ("warm_max_factor", "0.00"),
+        ("temp_lru", "no"), ("temporary_ttl", 0), ("idle_timeout", 0),
+        ("watcher_logbuf_size", 0), ("worker_logbuf_size", 0), ("read_buf_mem_limit", 0),
+        ("track_sizes", "no"), ("inline_ascii_response", "no"), ("ext_item_size", 0),
+        ("ext_item_age", 0), ("ext_low_ttl", 0), ("ext_recache_rate", 0),
+        ("ext_wbuf_size", 0), ("ext_compact_under", 0), ("ext_drop_under", 0),
+        ("ext_max_sleep", 0), ("ext_max_frag", "0.00"), ("slab_automove_freeratio", "0.000"),
+        ("ext_drop_unread", "no"), ("ssl_enabled", "no"), ("ssl_chain_cert", "(null)"),
+        ("ssl_key", "(null)"), ("ssl_verify_mode", 0), ("ssl_keyformat", 0),
+        ("ssl_ciphers", "NULL"), ("ssl_ca_cert", "NULL"), ("ssl_wbuf_size", 0),
+        ("ssl_session_cache", "no"), ("ssl_kernel_tls", "no"), ("ssl_min_version", "none"),
+        ("num_napi_ids", "(null)"), ("memory_file", "(null)"),
+    ]
+
+
+def _yes(flag: bool) -> str:
+    return "yes" if flag else "no"
+
+
+def items_stats(storage: Storage) -> list[Stat]:
+    """`stats items`: one block per size class holding items (all in one LRU: "cold")."""
+    slab = storage.stats.slab
+    age = storage.oldest_age()
+    out: list[Stat] = []
+    for cls in range(1, storage.slabs.largest + 1):
+        number = slab.number[cls]
+        if not number:
+            continue
+        p = f"items:{cls}:"
+        out += [
+            (p + "number", number), (p + "number_hot", 0), (p + "number_warm", 0),
+            (p + "number_cold", number), (p + "age_hot", 0), (p + "age_warm", 0),
+            (p + "age", age), (p + "mem_requested", slab.requested[cls]),
+            (p + "evicted", slab.evicted[cls]), (p + "evicted_nonzero", slab.evicted_nonzero[cls]),
+            (p + "evicted_time", slab.evicted_time[cls]),
+            (p + "outofmemory", slab.outofmemory[cls]), (p + "tailrepairs", 0),
+            (p + "reclaimed", slab.reclaimed[cls]),
+            (p + "expired_unfetched", slab.expired_unfetched[cls]),
+            (p + "evicted_unfetched", slab.evicted_unfetched[cls]), (p + "evicted_active", 0),
+            (p + "crawler_reclaimed", slab.crawler_reclaimed[cls]),
+            (p + "crawler_items_checked", slab.crawler_items_checked[cls]),
+            (p + "lrutail_reflocked", 0), (p + "moves_to_cold", 0), (p + "moves_to_warm", 0),
+            (p + "moves_within_lru", 0), (p + "direct_reclaims", 0), (p + "hits_to_hot", 0),
+            (p + "hits_to_warm", 0), (p + "hits_to_cold", slab.get_hits[cls]),
+            (p + "hits_to_temp", 0),
+        ]
+    return out
+
+
+def slabs_stats(storage: Storage) -> list[Stat]:
+    """`stats slabs`: classes that ever held an item; pages as memcached would have had."""
+    slab = storage.stats.slab
+    classes = storage.slabs
+    out: list[Stat] = []
+    active = 0
+    for cls in range(1, classes.largest + 1):
+        if not slab.peak[cls]:
+            continue
+        active += 1
+        per_page = classes.per_page(cls)
+        pages = max(1, math.ceil(slab.peak[cls] / per_page))
+        used = slab.number[cls]
+        p = f"{cls}:"
+        out += [
+            (p + "chunk_size", classes.chunk_size(cls)), (p + "chunks_per_page", per_page),
+            (p + "total_pages", pages), (p + "total_chunks", pages * per_page),
+            (p + "used_chunks", used), (p + "free_chunks", pages * per_page - used),
+            (p + "free_chunks_end", 0),
+            *((p + ("cmd_set" if f == "set_cmds" else f), getattr(slab, f)[cls])
+              for f in _SUMMED_SLAB_FIELDS),
+        ]
+    out += [("active_slabs", active), ("total_malloced", storage.used_bytes)]
+    return out
+
+
+def conns_stats(view: ProcessView) -> list[Stat]:
+    """`stats conns`: the listener and every client, by file descriptor."""
+    out: list[Stat] = []
+    for fd, addr, listen_addr, state, idle in view.connections():
+        out.append((f"{fd}:addr", addr))
+        if listen_addr:
+            out.append((f"{fd}:listen_addr", listen_addr))
+        out += [(f"{fd}:state", state), (f"{fd}:secs_since_last_cmd", idle)]
+    return out
+
+
+SIZES_DISABLED: list[Stat] = [("sizes_status", "disabled")]

@@ -1,0 +1,322 @@
+"""The cache core alone (kvcache/storage.py): no sockets, time moved by hand with `tick`."""
+
+from __future__ import annotations
+
+import random
+import tracemalloc
+
+import pytest
+
+from kvcache.items import STALE, Mode, Outcome, item_cost
+from kvcache.storage import REALTIME_MAXDELTA, Storage
+
+NOW = 1_750_000_000
+MB = 1024 * 1024
+
+
+def make(limit: int = 64 * MB, item_size_max: int = MB) -> Storage:
+    return Storage(limit, item_size_max, NOW)
+
+
+def put(s: Storage, key: bytes, value: bytes = b"v", exptime: int = 0, flags: int = 0) -> None:
+    outcome, _ = s.store(Mode.SET, key, value, flags, s.expiry(exptime))
+    assert outcome is Outcome.STORED
+
+
+def check_accounting(s: Storage) -> None:
+    """`bytes` is exactly the cost of what is linked, and never above the limit."""
+    items = s.items()
+    assert s.stats.curr_items == len(items) == len(s)
+    assert s.stats.bytes == sum(item_cost(i.key, i.value, i.flags, i.exptime) for i in items)
+    assert s.used_bytes <= s.limit_bytes
+
+
+# -- expiry ---------------------------------------------------------------------------------
+def test_relative_exptime_expires_when_the_clock_reaches_it() -> None:
+    s = make()
+    put(s, b"a", exptime=10)
+    s.tick(NOW + 9)
+    assert s.get(b"a") is not None
+    s.tick(NOW + 10)
+    assert s.get(b"a") is None
+    assert s.stats.get_expired == 1
+
+
+def test_thirty_days_is_relative_and_one_second_more_is_absolute() -> None:
+    s = make()
+    assert s.expiry(REALTIME_MAXDELTA) == NOW + REALTIME_MAXDELTA
+    assert s.expiry(REALTIME_MAXDELTA + 1) == REALTIME_MAXDELTA + 1  # 1970: already past
+    put(s, b"rel", exptime=REALTIME_MAXDELTA)
+    put(s, b"abs-past", exptime=REALTIME_MAXDELTA + 1)
+    put(s, b"abs-future", exptime=NOW + 100)
+    assert s.get(b"rel") is not None
+    assert s.get(b"abs-past") is None
+    s.tick(NOW + 99)
+    assert s.get(b"abs-future") is not None
+    s.tick(NOW + 100)
+    assert s.get(b"abs-future") is None
+
+
+def test_negative_exptime_is_already_expired() -> None:
+    s = make()
+    put(s, b"a", exptime=-1)
+    assert s.find(b"a") is None
+
+
+def test_touch_moves_the_expiry_and_the_charge_follows() -> None:
+    s = make()
+    put(s, b"a")
+    before = s.stats.bytes
+    assert s.touch(b"a", s.expiry(5)) is not None
+    assert s.stats.bytes == before + 32  # the exptime now needs an int object of its own
+    check_accounting(s)
+    s.tick(NOW + 5)
+    assert s.touch(b"a", 0) is None
+    check_accounting(s)
+
+
+# -- flush_all ------------------------------------------------------------------------------
+def test_flush_now_kills_what_exists_and_spares_what_comes_after() -> None:
+    s = make()
+    put(s, b"old")
+    s.flush(0)
+    put(s, b"new")  # same second as the flush
+    assert s.get(b"old") is None
+    assert s.get(b"new") is not None
+    assert s.stats.get_flushed == 1
+
+
+def test_delayed_flush_acts_at_its_deadline() -> None:
+    s = make()
+    put(s, b"a")
+    s.flush(10)
+    s.tick(NOW + 5)
+    put(s, b"b")
+    assert s.get(b"a") is not None and s.get(b"b") is not None
+    s.tick(NOW + 9)  # deadline - 1: memcached's oldest_live
+    assert s.get(b"a") is None
+    assert s.get(b"b") is None  # read at NOW+5, before the deadline: flushed too
+    s.tick(NOW + 10)
+    put(s, b"c")
+    assert s.get(b"c") is not None
+
+
+def test_flushed_items_are_reclaimed_by_the_crawler() -> None:
+    s = make()
+    for i in range(100):
+        put(s, b"k%d" % i)
+    s.flush(0)
+    assert s.stats.curr_items == 100  # lazily, as memcached
+    assert s.crawl(1000) == 100
+    assert s.stats.curr_items == 0
+    assert s.stats.slab.total("expired_unfetched") == 0  # flushed is not expired
+    check_accounting(s)
+
+
+# -- eviction -------------------------------------------------------------------------------
+def test_eviction_keeps_bytes_under_the_limit() -> None:
+    limit = 2 * MB
+    s = make(limit=limit)
+    rng = random.Random(7)
+    for i in range(20000):
+        put(s, b"key:%d" % i, b"x" * rng.randrange(1, 400))
+        assert s.used_bytes <= limit
+    assert s.stats.slab.total("evicted") > 0
+    assert s.stats.total_items == 20000
+    assert s.stats.slab.total("evicted") == 20000 - s.stats.curr_items
+    check_accounting(s)
+
+
+def test_recently_read_items_survive_eviction() -> None:
+    s = make(limit=MB)
+    for i in range(1000):
+        put(s, b"key:%d" % i, b"x" * 100)
+    hot = [b"key:%d" % i for i in range(0, 1000, 10)]  # the oldest ones, read again
+    for key in hot:
+        assert s.get(key) is not None
+    for i in range(1000, 3500):  # ~3000 fit: about 500 of the first 1000 must go
+        put(s, b"key:%d" % i, b"x" * 100)
+    assert s.stats.slab.total("evicted") > 100
+    assert all(s.find(key) is not None for key in hot)
+    assert s.find(b"key:1") is None  # old and never read: evicted
+    assert s.stats.slab.total("evicted_unfetched") > 0
+
+
+def test_expired_tail_items_are_reclaimed_before_anything_is_evicted() -> None:
+    s = make(limit=MB)
+    for i in range(2000):
+        put(s, b"ttl:%d" % i, b"x" * 100, exptime=5)
+    s.tick(NOW + 5)
+    for i in range(2000):
+        put(s, b"live:%d" % i, b"x" * 100)
+    assert s.stats.slab.total("evicted") == 0
+    assert s.stats.slab.total("reclaimed") > 0
+    assert s.stats.slab.total("expired_unfetched") == s.stats.slab.total("reclaimed")
+
+
+def test_an_item_larger_than_the_limit_is_refused() -> None:
+    s = make(limit=64 * 1024, item_size_max=32 * 1024)
+    outcome, _ = s.store(Mode.SET, b"a", b"x" * 70_000, 0, 0)
+    assert outcome is Outcome.NO_MEMORY
+    check_accounting(s)
+
+
+def test_no_evictions_mode_refuses_writes_when_full() -> None:
+    s = Storage(MB, MB, NOW, evict=False)
+    outcomes = {s.store(Mode.SET, b"k%d" % i, b"x" * 1000, 0, 0)[0] for i in range(2000)}
+    assert Outcome.NO_MEMORY in outcomes
+    assert s.stats.slab.total("evicted") == 0
+    check_accounting(s)
+
+
+# -- crawler --------------------------------------------------------------------------------
+def test_crawler_counts_reclaimed_and_expired_unfetched() -> None:
+    s = make()
+    for i in range(10):
+        put(s, b"t%d" % i, exptime=3)
+    put(s, b"forever")
+    assert s.get(b"t0") is not None  # fetched once: not "unfetched"
+    s.tick(NOW + 3)
+    reclaimed = 0
+    while True:
+        reclaimed += s.crawl(4)
+        if not s.crawling:
+            break
+    assert reclaimed == 10
+    slab = s.stats.slab
+    assert slab.total("crawler_reclaimed") == 10
+    assert slab.total("reclaimed") == 10
+    assert slab.total("expired_unfetched") == 9
+    assert slab.total("crawler_items_checked") == 11
+    assert s.find(b"forever") is not None
+    check_accounting(s)
+
+
+def test_crawler_survives_items_moving_and_vanishing_under_it() -> None:
+    s = make()
+    for i in range(100):
+        put(s, b"k%d" % i, exptime=10 if i % 2 else 0)
+    s.crawl(30)
+    assert s.crawling
+    for i in range(0, 100, 3):
+        s.get(b"k%d" % i)
+        s.delete(b"k%d" % (i + 1))
+    s.tick(NOW + 10)
+    while s.crawling:
+        s.crawl(7)
+    s.crawl(1000)
+    assert all(not s.items()[j].exptime for j in range(len(s)))
+    check_accounting(s)
+
+
+# -- CAS and the store modes ----------------------------------------------------------------
+def test_every_store_gets_a_new_unique_cas() -> None:
+    s = make()
+    seen = set()
+    for i in range(100):
+        _, item = s.store(Mode.SET, b"k%d" % (i % 7), b"v", 0, 0)
+        assert item is not None and item.cas not in seen
+        seen.add(item.cas)
+    s.store(Mode.SET, b"n", b"1", 0, 0)
+    item = s.delta(b"n", True, 1).item
+    assert item is not None and item.cas > max(seen)
+
+
+def test_cas_mode() -> None:
+    s = make()
+    assert s.store(Mode.CAS, b"a", b"x", 0, 0, 1)[0] is Outcome.NOT_FOUND
+    assert s.stats.cas_misses == 1
+    _, item = s.store(Mode.SET, b"a", b"x", 0, 0)
+    assert item is not None
+    assert s.store(Mode.CAS, b"a", b"y", 0, 0, item.cas + 1)[0] is Outcome.EXISTS
+    assert s.store(Mode.CAS, b"a", b"y", 0, 0, item.cas)[0] is Outcome.STORED
+    assert s.store(Mode.CAS, b"a", b"z", 0, 0, item.cas)[0] is Outcome.EXISTS
+    assert s.stats.slab.total("cas_hits") == 1
+    assert s.stats.slab.total("cas_badval") == 2
+
+
+def test_stale_cas_write_is_kept_but_marked() -> None:
+    s = make()
+    _, item = s.store(Mode.SET, b"a", b"x", 0, s.expiry(100))
+    assert item is not None
+    s.invalidate(item, None)
+    assert item.casbits & STALE
+    outcome, new = s.store(Mode.CAS, b"a", b"y", 0, 0, 1, set_stale=True)
+    assert outcome is Outcome.STORED and new is not None
+    assert new.casbits & STALE and new.exptime == item.exptime
+
+
+def test_add_replace_append_prepend() -> None:
+    s = make()
+    assert s.store(Mode.REPLACE, b"a", b"x", 0, 0)[0] is Outcome.NOT_STORED
+    assert s.store(Mode.APPEND, b"a", b"x", 0, 0)[0] is Outcome.NOT_STORED
+    assert s.store(Mode.ADD, b"a", b"mid", 7, s.expiry(50))[0] is Outcome.STORED
+    assert s.store(Mode.ADD, b"a", b"x", 0, 0)[0] is Outcome.NOT_STORED
+    s.store(Mode.APPEND, b"a", b">", 1, 0)
+    s.store(Mode.PREPEND, b"a", b"<", 2, 0)
+    item = s.get(b"a")
+    assert item is not None
+    assert (item.value, item.flags, item.exptime) == (b"<mid>", 7, NOW + 50)
+    check_accounting(s)
+
+
+# -- incr / decr ----------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("value", "incr", "delta", "number", "stored"),
+    [
+        (b"100", False, 1, 99, b"99 "),
+        (b"99", True, 1, 100, b"100"),
+        (b"18446744073709551615", True, 1, 0, b"0" + b" " * 19),
+        (b"5", False, 10, 0, b"0"),
+        (b"  12", True, 1, 13, b"13  "),
+        (b"7 tail", True, 1, 8, b"8     "),
+    ],
+)
+def test_delta(value: bytes, incr: bool, delta: int, number: int, stored: bytes) -> None:
+    s = make()
+    put(s, b"n", value)
+    outcome, result, _, _ = s.delta(b"n", incr, delta)
+    assert (outcome, result) == (Outcome.STORED, number)
+    item = s.find(b"n")
+    assert item is not None and item.value == stored
+    check_accounting(s)
+
+
+@pytest.mark.parametrize("value", [b"abc", b"", b"-1", b"1x", b"18446744073709551616", b"   "])
+def test_delta_on_non_numbers(value: bytes) -> None:
+    s = make()
+    put(s, b"n", value)
+    assert s.delta(b"n", True, 1)[0] is Outcome.NON_NUMERIC
+
+
+# -- accounting -----------------------------------------------------------------------------
+def test_bytes_return_to_zero() -> None:
+    s = make()
+    for i in range(500):
+        put(s, b"k%d" % i, b"x" * i, exptime=i % 3, flags=i)
+    check_accounting(s)
+    for i in range(500):
+        s.delete(b"k%d" % i)
+    assert s.stats.bytes == 0 and s.stats.curr_items == 0
+
+
+def test_item_cost_covers_what_python_really_allocates() -> None:
+    """tracemalloc sees the requested sizes; our charge (with allocator rounding) must cover
+    them and not be wildly above."""
+    s = make()
+    n = 20000
+    values = [bytes([65 + i % 26]) * 100 for i in range(n)]  # distinct objects
+    keys = [b"key:%08d" % i for i in range(n)]
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for key, value in zip(keys, values, strict=True):
+            s.store(Mode.SET, key, value, 0, 0)
+        traced = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    # the keys and values existed before: add what their objects take
+    objects = sum(33 + len(k) + 33 + len(v) for k, v in zip(keys, values, strict=True))
+    real = traced + objects
+    charged = s.used_bytes
+    assert real <= charged <= real * 1.25

@@ -43,6 +43,18 @@ def idgen_nodes() -> list[Node]:
     return nodes
 
 
+def kvcache_nodes() -> list[Node]:
+    """Three memcached-compatible caches; clients hash keys across them (ketama)."""
+    nodes = []
+    for index, port in enumerate([11311, 11312, 11313], start=1):
+        argv = [
+            sys.executable, "-m", "kvcache", "serve", "-l", "127.0.0.1", "-p", str(port),
+            "-m", "64",
+        ]
+        nodes.append(Node(f"kvcache-{index}", argv, "127.0.0.1", port))
+    return nodes
+
+
 def wait_for_port(host: str, port: int, process: subprocess.Popen[bytes]) -> bool:
     deadline = time.monotonic() + START_TIMEOUT_S
     while time.monotonic() < deadline:
@@ -93,12 +105,18 @@ Try:
   .venv/bin/python -c "from idgen.client import IdgenClient; \\
 c = IdgenClient(['127.0.0.1:7101', '127.0.0.1:7102'], prefetch=10000); print(c.next_id())"
 
+  printf 'set greeting 0 0 5\\r\\nhello\\r\\nget greeting\\r\\n' | nc -q1 127.0.0.1 11311
+  printf 'mg greeting v t\\r\\nstats settings\\r\\n' | nc -q1 127.0.0.1 11311
+  .venv/bin/python -c "from kvcache.client import Client; \\
+c = Client(['127.0.0.1:11311', '127.0.0.1:11312', '127.0.0.1:11313']); \\
+c.set('k', b'v'); print(c.get('k'))"
+
 Logs are in var/*.log. Ctrl-C stops everything.
 """
 
 
 def main() -> int:
-    nodes = idgen_nodes()
+    nodes = idgen_nodes() + kvcache_nodes()
     print(f"starting {len(nodes)} daemons, data under {VAR.resolve()}", flush=True)
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     try:

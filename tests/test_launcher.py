@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -39,15 +40,21 @@ def test_launcher_starts_the_cluster_and_stops_it_on_ctrl_c(tmp_path: Path) -> N
     try:
         assert ready.wait(60), "".join(lines)
         output = "".join(lines)
-        assert output.count(" up") == 3, output
+        assert output.count(" up") == 6, output
         assert "redis-cli -p 7101 NEXT" in output
         ids = [redis.Redis(port=port).execute_command("NEXT") for port in (7101, 7102, 7103)]
         assert len(set(ids)) == 3
+        with socket.create_connection(("127.0.0.1", 11311), timeout=10) as cache:
+            cache.sendall(b"set k 0 0 1\r\nv\r\nget k\r\n")
+            reply = b""
+            while not reply.endswith(b"END\r\n"):
+                reply += cache.recv(4096)
+        assert reply == b"STORED\r\nVALUE k 0 1\r\nv\r\nEND\r\n"
     finally:
         proc.send_signal(signal.SIGINT)
         code = proc.wait(timeout=30)
         reader.join(timeout=5)
     output = "".join(lines)
     assert code == 0, output
-    assert output.count("exited with 0") == 3, output
+    assert output.count("exited with 0") == 6, output
     assert (tmp_path / "var" / "idgen-1" / "idgen.json").exists()

@@ -106,12 +106,23 @@ class DiskStorage:
         if ready.snapshot is not None:
             self._install(ready)
             return
+        self.write(ready)
+        self.remember(ready)
+
+    def write(self, ready: Ready) -> None:
+        """The durable half of `persist` for a Ready without a snapshot: append its entries
+        and hard state (one fsync). Touches only the file, so a worker thread may run it
+        while the event loop reads the in-memory copy; call `remember` after it."""
+        assert ready.snapshot is None, "a snapshot is installed by persist()"
         records = _entry_records(ready.entries)
         if ready.hard_state is not None:
             records.append(_hard_state_record(ready.hard_state))
         if records:
             self._log.append_many(records, sync=ready.must_sync)
             self.fsyncs += ready.must_sync
+
+    def remember(self, ready: Ready) -> None:
+        """The in-memory half of `persist`, after `write` returned."""
         self._mem.persist(ready)
 
     def _install(self, ready: Ready) -> None:

@@ -50,7 +50,6 @@ from typing import Any
 
 import msgpack
 
-from core.raft import disk
 from core.raft.config import Config
 from core.raft.disk import DiskStorage
 from core.raft.errors import NotLeader, ProposalDropped, RaftError, WireError
@@ -525,15 +524,10 @@ class RaftDriver:
         if rd.snapshot is not None or not rd.must_sync or not self.config.fsync_in_thread:
             storage.persist(rd)
             return
-        # The file write and fsync run in a thread; the in-memory mirror, which the node
-        # reads, is only updated here on the loop. (DiskStorage.persist does both at once;
-        # see the report: it should offer this split itself.)
-        records = disk._entry_records(rd.entries)
-        if rd.hard_state is not None:
-            records.append(disk._hard_state_record(rd.hard_state))
-        await asyncio.to_thread(storage._log.append_many, records, True)
-        storage.fsyncs += 1
-        storage._mem.persist(rd)
+        # The file write and fsync run in a thread; the in-memory copy, which the node
+        # reads, is only updated here on the loop.
+        await asyncio.to_thread(storage.write, rd)
+        storage.remember(rd)
 
     def _send(self, rd: Ready) -> None:
         node, rpc = self._node(), self.rpc

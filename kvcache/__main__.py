@@ -40,6 +40,7 @@ import sys
 from pathlib import Path
 
 from core import daemon
+from kvcache.proxy import add_proxy_parser, run_proxy
 from kvcache.replies import VERSION
 from kvcache.settings import (
     DEFAULT_ITEM_SIZE_MAX,
@@ -127,6 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="action", required=True)
     serve = sub.add_parser("serve", help="run a cache daemon (takes memcached's flags)")
     add_serve_options(serve)
+    add_proxy_parser(sub)
     return parser
 
 
@@ -278,6 +280,8 @@ def main(argv: list[str] | None = None) -> int:
         args = daemon.parse_args(parser, argv)
         if args.action == "serve":
             return serve(args)
+        if args.action == "proxy":
+            return run_proxy(args)
     except daemon.ConfigError as exc:
         print(f"kvcache: {exc}", file=sys.stderr)
         return 2

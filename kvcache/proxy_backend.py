@@ -1,0 +1,352 @@
+"""The proxy's backends: a small pipelined connection pool per backend, health and probes.
+
+Connections: each backend has `pool_size` connection slots; client connection number i
+always uses slot i % pool_size, so one client's requests to one backend travel in order on
+one TCP connection (memcached answers a connection in order), which is what keeps
+`set k noreply` followed by `get k` coherent. Many clients share a slot: requests are
+pipelined, each connection is a FIFO of (future, reply shape, deadline) answered in order by
+kvcache/proxy_wire.py's framer. A slot connects on first use and again after a failure.
+
+Bounds: at most MAX_PENDING_PER_CONN requests wait on one connection (more are refused with
+`SERVER_ERROR backend busy`, without counting against the backend's health); each client
+connection bounds its own in-flight requests (kvcache/proxy.py), so the bytes queued toward
+a backend are bounded too. Reply lines and values are bounded by the framer.
+
+Timeouts and failures: every request has a deadline (`timeout` after it was sent). When the
+oldest request of a connection passes it, or the connection fails (connect error, reset,
+closed with requests pending, a reply that breaks the protocol), the connection is dropped
+and every request on it fails: a late reply can never be taken for another request's. Each
+such event is one failure for the backend's `Router` health (kvcache/ring.py): at
+`failure_threshold` consecutive failures the backend is marked down; a reply marks it up.
+A down backend is probed with `version` on a fresh connection, on the Router's backoff.
+Requests are never retried here (a timed-out write may have been applied); the caller
+decides (reads fail over to the next replica, see kvcache/proxy_exec.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+import time
+from collections import deque
+from typing import Literal
+
+from core.stats import LatencyHistogram
+from kvcache import proxy_plan
+from kvcache.proxy_wire import ReplyFramer, Values
+from kvcache.ring import Router, ServerSpec, parse_server
+
+log = logging.getLogger("kvcache.proxy")
+
+MAX_PENDING_PER_CONN = 4096
+PROBE_TICK_S = 0.1
+PROBE_REPLY_BYTES = 256
+
+Reply = bytes | Values
+
+
+class BackendFailure(Exception):
+    """A request that got no reply from `server`; `line` is what the client is told."""
+
+    def __init__(self, server: str, line: bytes, reason: str) -> None:
+        super().__init__(f"{server}: {reason}")
+        self.server = server
+        self.line = line
+
+
+def _consume(fut: asyncio.Future[Reply]) -> None:
+    """Done callback of a future nobody awaits: retrieve its exception (no warning)."""
+    if not fut.cancelled():
+        fut.exception()
+
+
+def ignore(fut: asyncio.Future[Reply]) -> None:
+    """Let a request run for its side effect only."""
+    fut.add_done_callback(_consume)
+
+
+class _Pending:
+    __slots__ = ("fut", "shape", "deadline", "started")
+
+    def __init__(self, fut: asyncio.Future[Reply], shape: str, deadline: float) -> None:
+        self.fut = fut
+        self.shape = shape
+        self.deadline = deadline
+        self.started = time.perf_counter_ns()
+
+
+class BackendConn(asyncio.Protocol):
+    """One pipelined connection to a backend. Invariant: `pending` holds the requests
+    written (or queued in `_out` while connecting) and not yet answered, oldest first."""
+
+    def __init__(self, backend: Backend, slot: int) -> None:
+        self.backend = backend
+        self.pool = backend.pool
+        self.slot = slot
+        self.loop = asyncio.get_running_loop()
+        self.pending: deque[_Pending] = deque()
+        self.framer = ReplyFramer()
+        self.transport: asyncio.Transport | None = None
+        self.closed = False
+        self._out: list[bytes] = []  # written once connected, or at the end of this tick
+        self._flush_soon = False
+        self._timer: asyncio.TimerHandle | None = None
+        self._connecting = self.loop.create_task(self._connect())
+
+    async def _connect(self) -> None:
+        backend = self.backend
+        try:
+            async with asyncio.timeout(self.pool.timeout):
+                await self.loop.create_connection(lambda: self, backend.host, backend.port)
+        except TimeoutError:
+            self._break(proxy_plan.TIMEOUT, "connect timed out")
+        except OSError as exc:
+            self._break(proxy_plan.CONNECTION_ERROR, f"connect failed: {exc.strerror or exc}")
+
+    # -- asyncio.Protocol ----------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        if self.closed:
+            transport.abort()
+            return
+        self.transport = transport  # type: ignore[assignment]
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self._write_out()
+
+    def data_received(self, data: bytes) -> None:
+        framer = self.framer
+        framer.feed(data)
+        pending = self.pending
+        backend = self.backend
+        answered = False
+        try:
+            while pending:
+                head = pending[0]
+                reply = framer.take(head.shape)
+                if reply is None:
+                    break
+                pending.popleft()
+                backend.latency.record(time.perf_counter_ns() - head.started)
+                answered = True
+                if not head.fut.done():
+                    head.fut.set_result(reply)
+            else:
+                if framer.buffered():
+                    raise ValueError("reply without a request")
+        except ValueError as exc:
+            self._break(proxy_plan.PROTOCOL_ERROR, f"bad reply: {exc}")
+            return
+        if answered:
+            self.pool.replied(backend.address)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.closed:
+            return
+        if self.pending:
+            self._break(proxy_plan.CONNECTION_ERROR, f"connection lost: {exc or 'closed'}")
+        else:
+            self.closed = True
+            self.backend.detach(self)
+            log.info("backend %s closed an idle connection", self.backend.address)
+
+    # -- requests ------------------------------------------------------------------------
+    def send(self, payload: bytes, shape: str) -> asyncio.Future[Reply]:
+        fut: asyncio.Future[Reply] = self.loop.create_future()
+        if len(self.pending) >= MAX_PENDING_PER_CONN:
+            fut.set_exception(BackendFailure(self.backend.address, proxy_plan.BUSY, "busy"))
+            return fut
+        deadline = self.loop.time() + self.pool.timeout
+        self.pending.append(_Pending(fut, shape, deadline))
+        self.backend.latency.calls += 1
+        # Requests made in one event-loop tick leave in one write (one syscall, not one each).
+        self._out.append(payload)
+        if self.transport is not None and not self._flush_soon:
+            self._flush_soon = True
+            self.loop.call_soon(self._write_out)
+        if self._timer is None:
+            self._timer = self.loop.call_at(deadline, self._check_deadline)
+        return fut
+
+    def _write_out(self) -> None:
+        self._flush_soon = False
+        if self._out and self.transport is not None and not self.closed:
+            self.transport.write(b"".join(self._out))
+            self._out = []
+
+    def _check_deadline(self) -> None:
+        self._timer = None
+        if self.closed or not self.pending:
+            return
+        deadline = self.pending[0].deadline
+        if deadline <= self.loop.time():
+            self.backend.timeouts += 1
+            self._break(proxy_plan.TIMEOUT, f"no reply within {self.pool.timeout:g}s")
+            return
+        self._timer = self.loop.call_at(deadline, self._check_deadline)
+
+    def _break(self, line: bytes, reason: str, count: bool = True) -> None:
+        """Drop the connection and fail every request on it; one failure for health."""
+        if self.closed:
+            return
+        self.closed = True
+        if self.transport is not None:
+            self.transport.abort()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        pending, self.pending = self.pending, deque()
+        backend = self.backend
+        backend.latency.errors += len(pending)
+        backend.detach(self)
+        for request in pending:
+            if not request.fut.done():
+                request.fut.set_exception(BackendFailure(backend.address, line, reason))
+        if count:
+            self.pool.connection_failed(backend.address, reason, len(pending))
+
+    def abort(self) -> None:
+        """Close now (proxy shutdown): requests still waiting fail."""
+        self._connecting.cancel()
+        self._break(proxy_plan.CONNECTION_ERROR, "proxy shutting down", count=False)
+
+
+class Backend:
+    """One backend: its connection slots and its figures."""
+
+    def __init__(self, pool: BackendPool, address: str, pool_size: int) -> None:
+        self.pool = pool
+        self.address = address
+        self.host, self.port, _ = parse_server(address)
+        self.conns: list[BackendConn | None] = [None] * pool_size
+        self.latency = LatencyHistogram()  # calls: requests sent; errors: requests failed
+        self.timeouts = 0
+        self.marked_down = 0
+        self.probes = 0
+
+    def conn(self, index: int) -> BackendConn:
+        slot = index % len(self.conns)
+        conn = self.conns[slot]
+        if conn is None or conn.closed:
+            conn = self.conns[slot] = BackendConn(self, slot)
+        return conn
+
+    def detach(self, conn: BackendConn) -> None:
+        if self.conns[conn.slot] is conn:
+            self.conns[conn.slot] = None
+
+    def open_connections(self) -> int:
+        return sum(1 for c in self.conns if c is not None and c.transport is not None)
+
+    def inflight(self) -> int:
+        return sum(len(c.pending) for c in self.conns if c is not None)
+
+
+class BackendPool:
+    """Every backend, the Router that knows their health, and the probe loop."""
+
+    def __init__(
+        self,
+        servers: list[ServerSpec],
+        *,
+        timeout: float,
+        pool_size: int,
+        failure_threshold: int,
+        retry_backoff: tuple[float, float],
+        on_down: Literal["fail", "remap"],
+    ) -> None:
+        self.router = Router(servers, failure_threshold, retry_backoff, on_down, time.monotonic)
+        self.timeout = timeout
+        self.backends = {a: Backend(self, a, pool_size) for a in self.router.ring.servers}
+        self._probes: set[asyncio.Task[None]] = set()
+
+    @property
+    def servers(self) -> tuple[str, ...]:
+        return self.router.ring.servers
+
+    def is_down(self, server: str) -> bool:
+        return self.router.health[server].down
+
+    def send(self, server: str, index: int, payload: bytes, shape: str) -> asyncio.Future[Reply]:
+        """Send on client connection `index`'s slot of `server`; the future is the reply
+        (BackendFailure if none comes)."""
+        return self.backends[server].conn(index).send(payload, shape)
+
+    def targets(self, key: bytes, replicas: int) -> list[str]:
+        """The backends for `key` now, in ring order: its home and up to replicas-1
+        successors, without the ones marked down ("remap": the ring without them)."""
+        router = self.router
+        if replicas == 1:
+            server = router.route(key)
+            return [] if server is None else [server]
+        ring = router.live if router.on_down == "remap" else router.ring
+        if not len(ring):
+            return []
+        health = router.health
+        return [s for s in ring.get_servers(key, replicas) if not health[s].down]
+
+    # -- health --------------------------------------------------------------------------
+    def replied(self, server: str) -> None:
+        health = self.router.health[server]
+        if health.failures or health.down:
+            was_down = health.down
+            self.router.succeeded(server)
+            if was_down:
+                log.warning("backend %s is up again (it answered)", server)
+
+    def connection_failed(self, server: str, reason: str, requests: int) -> None:
+        health = self.router.health[server]
+        was_down = health.down
+        self.router.failed(server)
+        if was_down:
+            log.debug("backend %s (down): %s", server, reason)
+            return
+        log.warning("backend %s: %s; %d request(s) failed (%d consecutive failure(s))",
+                    server, reason, requests, health.failures)
+        if health.down:
+            self.backends[server].marked_down += 1
+            log.warning("backend %s marked down after %d consecutive failures; probing "
+                        "with version every %g s or more", server, health.failures,
+                        health.backoff)
+
+    async def probe_forever(self) -> None:
+        """Start the probes the Router says are due, every PROBE_TICK_S."""
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(PROBE_TICK_S)
+            for server in self.router.due_probes():
+                task = loop.create_task(self._probe(server))
+                self._probes.add(task)
+                task.add_done_callback(self._probes.discard)
+
+    async def _probe(self, server: str) -> None:
+        backend = self.backends[server]
+        backend.probes += 1
+        line = b""
+        try:
+            async with asyncio.timeout(self.timeout):
+                reader, writer = await asyncio.open_connection(backend.host, backend.port)
+                try:
+                    writer.write(b"version\r\n")
+                    line = await reader.readuntil(b"\r\n")
+                finally:
+                    writer.close()
+        except (OSError, TimeoutError, ValueError, asyncio.IncompleteReadError) as exc:
+            log.debug("probe of %s failed: %r", server, exc)
+        if line.startswith(b"VERSION "):
+            self.router.succeeded(server)
+            log.warning("backend %s is up again (probe answered %s)", server,
+                        line.strip().decode(errors="replace"))
+        else:
+            self.router.failed(server)
+
+    def close(self) -> None:
+        for task in list(self._probes):
+            task.cancel()
+        for backend in self.backends.values():
+            for conn in list(backend.conns):
+                if conn is not None:
+                    conn.abort()

@@ -1,0 +1,156 @@
+"""The proxy's view of backend replies, sans-I/O: bytes in, whole raw replies out.
+
+The proxy passes replies through byte for byte, so unlike `kvcache.client.ReplyReader`
+(which decodes values into Items and raises on error lines) this framer only finds where
+each reply ends and hands back its raw bytes. A backend connection is a FIFO of requests;
+the caller knows what each reply looks like and asks for that shape:
+
+- LINE: one line (storage, delete, incr/decr, touch, flush_all, version).
+- VALUES: `VALUE` blocks up to `END`, or an error line instead (get/gets/gat/gats). The
+  blocks come back one per key so a multi-get can be merged with other backends' blocks.
+- META: one meta reply: a line, followed by a data block when it is `VA <size> ...`.
+- FENCED: what a quiet command (meta `q`, classic `noreply`) sent before the `mn` the proxy
+  appended to it: zero or more replies, then `MN`. The fence is what keeps a pipelined
+  connection in step when the backend may or may not answer.
+
+Any other byte sequence means the connection is out of step: `take` raises ValueError and
+the caller drops the connection (a reply is never handed to the wrong request).
+"""
+
+from __future__ import annotations
+
+from kvcache.client import MAX_LINE_BYTES, MAX_VALUE_BYTES
+
+LINE, VALUES, META, FENCED = "line", "values", "meta", "fenced"
+FENCE = b"mn\r\n"
+
+_ERRORS = (b"ERROR", b"CLIENT_ERROR", b"SERVER_ERROR")
+# What a LINE reply may start with (besides a number: incr/decr).
+_LINE_REPLIES = (b"STORED", b"NOT_STORED", b"EXISTS", b"NOT_FOUND", b"DELETED", b"TOUCHED",
+                 b"OK", b"VERSION ", *_ERRORS)
+_META_CODES = frozenset((b"HD", b"VA", b"EN", b"NF", b"NS", b"EX", b"ME"))
+
+Values = tuple[list[tuple[bytes, bytes]], bytes]
+"""A VALUES reply: [(key, raw VALUE block with its data and CRLF)], then the raw line that
+ended it (`END\\r\\n`, or an error line)."""
+
+
+def is_error(line: bytes) -> bool:
+    """An error reply line (ERROR, CLIENT_ERROR ..., SERVER_ERROR ...)."""
+    return line.startswith(_ERRORS)
+
+
+class ReplyFramer:
+    """Raw replies of one backend connection: `feed(data)`, then `take(shape)` returns the
+    next reply of that shape (bytes; `Values` for VALUES) or None until it is complete.
+
+    Invariant: between two complete replies no state is kept but the unread bytes; a VALUES
+    or FENCED reply in progress keeps the blocks already parsed so a large multi-get is
+    scanned once, not once per arriving packet.
+    """
+
+    def __init__(self, max_line: int = MAX_LINE_BYTES, max_value: int = MAX_VALUE_BYTES):
+        self._buf = bytearray()
+        self._pos = 0
+        self._hits: list[tuple[bytes, bytes]] = []
+        self._parts: list[bytes] = []
+        self.max_line = max_line
+        self.max_value = max_value
+
+    def feed(self, data: bytes) -> None:
+        if self._pos:
+            del self._buf[: self._pos]
+            self._pos = 0
+        self._buf += data
+
+    def buffered(self) -> int:
+        return len(self._buf) - self._pos
+
+    def take(self, shape: str) -> bytes | Values | None:
+        if shape == VALUES:
+            return self._values()
+        if shape == LINE:
+            return self._line_reply()
+        if shape == META:
+            return self._meta(fenced=False)
+        return self._fenced()
+
+    # -- pieces --------------------------------------------------------------------------
+    def _line(self) -> bytes | None:
+        """The next line without its CRLF (the position moves past it), or None."""
+        end = self._buf.find(b"\r\n", self._pos)
+        if end < 0:
+            if len(self._buf) - self._pos > self.max_line:
+                raise ValueError("reply line too long")
+            return None
+        line = bytes(self._buf[self._pos:end])
+        self._pos = end + 2
+        return line
+
+    def _block(self, start: int, size_token: bytes) -> bytes | None:
+        """The data block after a header line read from `start`: the raw header and block,
+        or None (position back at `start`) until the whole block arrived."""
+        if not size_token.isdigit():
+            raise ValueError(f"bad value size {size_token[:20]!r}")
+        size = int(size_token)
+        if size > self.max_value:
+            raise ValueError(f"value of {size} bytes is over the limit")
+        end = self._pos + size
+        if len(self._buf) < end + 2:
+            self._pos = start
+            return None
+        if self._buf[end:end + 2] != b"\r\n":
+            raise ValueError("value block not terminated by CRLF")
+        self._pos = end + 2
+        return bytes(self._buf[start:end + 2])
+
+    def _line_reply(self) -> bytes | None:
+        start = self._pos
+        line = self._line()
+        if line is None:
+            return None
+        if not (line.startswith(_LINE_REPLIES) or line.isdigit()):
+            raise ValueError(f"unexpected reply {line[:80]!r}")
+        return bytes(self._buf[start:self._pos])
+
+    def _meta(self, fenced: bool) -> bytes | None:
+        """One meta reply (or error line); under a fence `MN` itself comes back as b""."""
+        start = self._pos
+        line = self._line()
+        if line is None:
+            return None
+        if line.startswith(b"VA "):
+            parts = line.split(b" ", 2)
+            return self._block(start, parts[1])
+        if fenced:  # a quiet command may be answered by any line: pass it on
+            return b"" if line == b"MN" else bytes(self._buf[start:self._pos])
+        if (line[:2] not in _META_CODES or line[2:3] not in (b"", b" ")) and not is_error(line):
+            raise ValueError(f"unexpected reply {line[:80]!r}")
+        return bytes(self._buf[start:self._pos])
+
+    def _values(self) -> Values | None:
+        while True:
+            start = self._pos
+            line = self._line()
+            if line is None:
+                return None
+            if line == b"END" or is_error(line):
+                hits, self._hits = self._hits, []
+                return hits, bytes(self._buf[start:self._pos])
+            parts = line.split(b" ")
+            if parts[0] != b"VALUE" or len(parts) not in (4, 5):
+                raise ValueError(f"unexpected reply {line[:80]!r}")
+            block = self._block(start, parts[3])
+            if block is None:
+                return None
+            self._hits.append((parts[1], block))
+
+    def _fenced(self) -> bytes | None:
+        while True:
+            reply = self._meta(fenced=True)
+            if reply is None:
+                return None
+            if reply == b"":
+                parts, self._parts = self._parts, []
+                return b"".join(parts)
+            self._parts.append(reply)

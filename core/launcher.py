@@ -44,7 +44,8 @@ def idgen_nodes() -> list[Node]:
 
 
 def kvcache_nodes() -> list[Node]:
-    """Three memcached-compatible caches; clients hash keys across them (ketama)."""
+    """Three memcached-compatible caches (clients hash keys across them with ketama) and a
+    routing proxy in front of them, for clients that know one address only."""
     nodes = []
     for index, port in enumerate([11311, 11312, 11313], start=1):
         argv = [
@@ -52,6 +53,9 @@ def kvcache_nodes() -> list[Node]:
             "-m", "64",
         ]
         nodes.append(Node(f"kvcache-{index}", argv, "127.0.0.1", port))
+    servers = ",".join(f"127.0.0.1:{n.port}" for n in nodes)
+    proxy = [sys.executable, "-m", "kvcache", "proxy", "-p", "11310", "--servers", servers]
+    nodes.append(Node("kvproxy", proxy, "127.0.0.1", 11310))
     return nodes
 
 
@@ -107,6 +111,7 @@ c = IdgenClient(['127.0.0.1:7101', '127.0.0.1:7102'], prefetch=10000); print(c.n
 
   printf 'set greeting 0 0 5\\r\\nhello\\r\\nget greeting\\r\\n' | nc -q1 127.0.0.1 11311
   printf 'mg greeting v t\\r\\nstats settings\\r\\n' | nc -q1 127.0.0.1 11311
+  printf 'set a 0 0 1\\r\\n1\\r\\nget a greeting\\r\\nstats\\r\\n' | nc -q1 127.0.0.1 11310  # proxy
   .venv/bin/python -c "from kvcache.client import Client; \\
 c = Client(['127.0.0.1:11311', '127.0.0.1:11312', '127.0.0.1:11313']); \\
 c.set('k', b'v'); print(c.get('k'))"

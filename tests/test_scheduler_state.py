@@ -1,0 +1,217 @@
+"""scheduler.state alone: the exactly-once fire rule, misfire after a gap, claims, the
+history cap and snapshots. No sockets, no clock: times are passed in."""
+
+from __future__ import annotations
+
+import msgpack
+
+from scheduler import state as S
+from scheduler.jobs import FIRED, STARTED, SUCCEEDED, parse_job_add, plan_slots
+from scheduler.state import SchedulerState
+
+T0 = 1_700_000_000_000  # a whole second
+
+
+def make(*extra: str, name: str = "j") -> tuple[SchedulerState, object]:
+    state = SchedulerState()
+    job = parse_job_add([name, "@every 1s", "true", *extra], T0)
+    assert state.apply_entry(S.encode_add(job)) is None
+    return state, job
+
+
+def fire_due(state: SchedulerState, name: str, now_ms: int) -> list[dict]:
+    """What a leader does: plan from the replicated handled slot, commit the fire entry."""
+    plan = plan_slots(state.jobs[name], state.handled[name], now_ms)
+    entry = S.encode_fire(name, plan.fire, plan.handled_ms, now_ms, plan.missed)
+    return state.apply_entry(entry)
+
+
+def slots(runs: list[dict]) -> list[int]:
+    return [run["slot_ms"] for run in runs]
+
+
+def test_fire_is_idempotent() -> None:
+    state, _ = make()
+    entry = S.encode_fire("j", [T0 + 1000], T0 + 1000, T0 + 1000)
+    assert slots(state.apply_entry(entry)) == [T0 + 1000]
+    assert state.apply_entry(entry) == []  # the same entry again: no-op
+    assert state.handled["j"] == T0 + 1000
+    assert len(state.runs["j"]) == 1
+
+
+def test_two_leaders_computing_the_same_slots_fire_once() -> None:
+    state, _ = make()
+    old = S.encode_fire("j", [T0 + 1000, T0 + 2000], T0 + 2000, T0 + 2000)
+    new = S.encode_fire("j", [T0 + 2000, T0 + 3000], T0 + 3000, T0 + 3000)
+    assert slots(state.apply_entry(old)) == [T0 + 1000, T0 + 2000]
+    assert slots(state.apply_entry(new)) == [T0 + 3000]  # slot 2000 is not fired twice
+    assert slots(state.apply_entry(old)) == []  # a late duplicate of an old entry
+    assert sorted(r.slot_ms for r in state.runs["j"].values()) == [
+        T0 + 1000, T0 + 2000, T0 + 3000]
+
+
+def test_misfire_all_catches_up_within_deadline() -> None:
+    state, _ = make("MISFIRE", "ALL", "DEADLINE", "60")
+    assert slots(fire_due(state, "j", T0 + 1000)) == [T0 + 1000]
+    # no leader for 10 s: the next leader fires every slot of the gap once
+    assert slots(fire_due(state, "j", T0 + 11_000)) == [T0 + k * 1000 for k in range(2, 12)]
+    assert fire_due(state, "j", T0 + 11_000) == []
+
+
+def test_misfire_skip_and_once_after_a_gap() -> None:
+    state, _ = make("MISFIRE", "SKIP", name="j")
+    fire_due(state, "j", T0 + 1000)
+    # only the on-time slots (at most ON_TIME_MS late) fire; the rest is missed
+    assert slots(fire_due(state, "j", T0 + 11_000)) == [T0 + 10_000, T0 + 11_000]
+    assert state.missed["j"] == 8
+    state2, _ = make("MISFIRE", "ONCE", name="j")
+    fire_due(state2, "j", T0 + 1000)
+    assert slots(fire_due(state2, "j", T0 + 11_500)) == [T0 + 11_000]
+    assert state2.handled["j"] == T0 + 11_500
+
+
+def test_paused_job_fires_nothing_and_resume_skips_the_pause() -> None:
+    state, _ = make("MISFIRE", "ALL")
+    assert state.apply_entry(S.encode_name(S.OP_PAUSE, "j", T0)) is None
+    assert fire_due(state, "j", T0 + 5000) == []
+    assert state.apply_entry(S.encode_name(S.OP_RESUME, "j", T0 + 9000)) is None
+    assert slots(fire_due(state, "j", T0 + 10_000)) == [T0 + 10_000]
+
+
+def test_claim_starts_a_run_once_and_done_finishes_it() -> None:
+    state, _ = make()
+    fire_due(state, "j", T0 + 1000)
+    assert state.pending()
+    first = state.apply_entry(S.encode_claim("w1", [], T0 + 1100))
+    assert [r["run_id"] for r in first] == [f"j@{T0 + 1000}/0"]
+    assert state.apply_entry(S.encode_claim("w2", [], T0 + 1200)) == []  # not twice
+    assert state.apply_entry(S.encode_claim("w1", [], T0 + 1300)) == []
+    again = state.apply_entry(S.encode_claim("w1", [], T0 + 1300, resync=True))
+    assert again == first  # a lost reply: delivered again on resync
+    run_id = first[0]["run_id"]
+    assert state.runs["j"][run_id].state == STARTED
+    assert state.apply_entry(S.encode_done("j", run_id, 0, "ok", T0 + 1400)) is None
+    assert state.runs["j"][run_id].state == SUCCEEDED
+    assert state.apply_entry(S.encode_done("j", run_id, 1, "late", T0 + 1500)) is None
+    assert state.runs["j"][run_id].state == SUCCEEDED
+
+
+def test_tagged_job_goes_to_matching_workers_only() -> None:
+    state, _ = make("TARGET", "gpu")
+    fire_due(state, "j", T0 + 1000)
+    assert not state.pending(["cpu"])
+    assert state.apply_entry(S.encode_claim("w1", ["cpu"], T0 + 1100)) == []
+    assert len(state.apply_entry(S.encode_claim("w2", ["gpu"], T0 + 1100))) == 1
+
+
+def test_forbid_skips_a_slot_while_a_run_is_active() -> None:
+    state, _ = make("CONCURRENCY", "FORBID")
+    assert len(fire_due(state, "j", T0 + 1000)) == 1
+    assert fire_due(state, "j", T0 + 2000) == []
+    assert [r.state for r in state.history("j", 2)] == ["skipped", FIRED]
+
+
+def test_history_is_capped_per_job() -> None:
+    state, _ = make("HISTORY", "3")
+    for k in range(1, 8):
+        fire_due(state, "j", T0 + k * 1000)
+    assert [r.slot_ms for r in state.history("j", 10)] == [T0 + 7000, T0 + 6000, T0 + 5000]
+    assert state.handled["j"] == T0 + 7000  # the cap never forgets what was handled
+
+
+def test_add_del_errors() -> None:
+    state, job = make()
+    assert state.apply_entry(S.encode_add(job)) == S.ERR_EXISTS.format("j")
+    assert state.apply_entry(S.encode_name(S.OP_DEL, "nope")) == S.ERR_NO_JOB.format("nope")
+    assert state.apply_entry(S.encode_name(S.OP_PAUSE, "nope")) == S.ERR_NO_JOB.format("nope")
+    assert state.apply_entry(b"\xc1garbage").startswith("ERR bad log entry")
+    assert state.apply_entry(msgpack.packb({"op": "nope"})).startswith("ERR bad log entry")
+    assert state.apply_entry(S.encode_name(S.OP_DEL, "j")) is None
+    assert state.jobs == {} and state.runs == {}
+    assert fire_due.__name__  # deleted jobs fire nothing:
+    assert state.apply_entry(S.encode_fire("j", [T0 + 1000], T0 + 1000, T0 + 1000)) == []
+
+
+def test_run_now_fires_once_per_request_time() -> None:
+    state, _ = make()
+    assert len(state.apply_entry(S.encode_run("j", T0 + 123))) == 1
+    assert state.apply_entry(S.encode_run("j", T0 + 123)) == []
+    assert state.apply_entry(S.encode_run("x", T0)) == S.ERR_NO_JOB.format("x")
+
+
+def test_snapshot_round_trip() -> None:
+    state, _ = make("MISFIRE", "ALL", "HISTORY", "5")
+    other = parse_job_add(["k", "*/2 * * * * *", "echo hi", "TZ", "Europe/Berlin"], T0)
+    state.apply_entry(S.encode_add(other))
+    for k in range(1, 4):
+        fire_due(state, "j", T0 + k * 1000)
+    state.apply_entry(S.encode_claim("w1", [], T0 + 3500))
+    state.apply_entry(S.encode_name(S.OP_PAUSE, "k", T0))
+    copy = SchedulerState()
+    copy.restore(state.snapshot())
+    assert copy.jobs == state.jobs
+    assert copy.handled == state.handled
+    assert copy.missed == state.missed
+    assert {n: list(r.items()) for n, r in copy.runs.items()} == {
+        n: list(r.items()) for n, r in state.runs.items()}
+    assert copy.snapshot() == state.snapshot()
+    # the copy goes on exactly as the original would
+    assert fire_due(copy, "j", T0 + 4000) == fire_due(state, "j", T0 + 4000)
+
+
+def test_failed_run_retries_after_backoff_then_gives_up() -> None:
+    state, _ = make("RETRIES", "1", "BACKOFF", "5")
+    fire_due(state, "j", T0 + 1000)
+    (run,) = state.apply_entry(S.encode_claim("w1", [], T0 + 1000))
+    run_id = run["run_id"]
+    state.apply_entry(S.encode_done("j", run_id, 2, "boom", T0 + 2000, attempt=1))
+    record = state.runs["j"][run_id]
+    assert (record.state, record.attempt, record.retry_at_ms) == ("retry_wait", 2, T0 + 7000)
+    assert state.due_entries(T0 + 6999) == []
+    (entry,) = state.due_entries(T0 + 7000)
+    assert len(state.apply_entry(entry)) == 1
+    assert state.apply_entry(entry) == []  # the same retry twice: once
+    (again,) = state.apply_entry(S.encode_claim("w2", [], T0 + 7100))
+    assert (again["run_id"], again["attempt"]) == (run_id, 2)
+    # a late report of attempt 1 does not finish attempt 2
+    state.apply_entry(S.encode_done("j", run_id, 0, "", T0 + 7200, attempt=1))
+    assert state.runs["j"][run_id].state == STARTED
+    state.apply_entry(S.encode_done("j", run_id, 1, "boom", T0 + 7300, attempt=2))
+    assert state.runs["j"][run_id].state == "failed"  # RETRIES 1 used up
+    assert state.due_entries(T0 + 100_000) == []
+
+
+def test_success_with_retries_left_is_final() -> None:
+    state, _ = make("RETRIES", "3")
+    fire_due(state, "j", T0 + 1000)
+    (run,) = state.apply_entry(S.encode_claim("w1", [], T0 + 1000))
+    assert state.apply_entry(S.encode_done("j", run["run_id"], 0, "", T0 + 1500)) is None
+    assert state.runs["j"][run["run_id"]].state == SUCCEEDED
+
+
+def test_timeout_expires_an_attempt_once() -> None:
+    state, _ = make("TIMEOUT", "10")
+    fire_due(state, "j", T0 + 1000)
+    state.apply_entry(S.encode_claim("w1", [], T0 + 1500))
+    assert state.due_entries(T0 + 11_499) == []
+    (entry,) = state.due_entries(T0 + 11_500)
+    assert state.apply_entry(entry) is None
+    record = state.runs["j"][f"j@{T0 + 1000}/0"]
+    assert record.state == "timed_out"
+    assert state.apply_entry(entry) is None and state.runs["j"][record.run_id] == record
+    state.apply_entry(S.encode_done("j", record.run_id, 0, "", T0 + 12_000, attempt=1))
+    assert state.runs["j"][record.run_id].state == "timed_out"  # too late to count
+
+
+def test_after_job_fires_once_per_parent_success() -> None:
+    state, _ = make()
+    child = parse_job_add(["c", "@after", "true", "AFTER", "j"], T0)
+    assert state.apply_entry(S.encode_add(child)) is None
+    assert state.apply_entry(S.encode_name(S.OP_DEL, "j")).startswith("ERR job 'j' is the AFTER")
+    fire_due(state, "j", T0 + 1000)
+    (run,) = state.apply_entry(S.encode_claim("w1", [], T0 + 1000))
+    done = S.encode_done("j", run["run_id"], 0, "", T0 + 1500, attempt=1)
+    assert slots(state.apply_entry(done)) == [T0 + 1000]
+    assert state.runs["c"][f"c@{T0 + 1000}/0"].state == FIRED
+    assert state.apply_entry(done) is None  # a repeated report fires nothing more
+    assert fire_due(state, "c", T0 + 5000) == []  # AFTER jobs have no slots of their own

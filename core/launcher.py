@@ -59,6 +59,26 @@ def kvcache_nodes() -> list[Node]:
     return nodes
 
 
+def scheduler_nodes() -> list[Node]:
+    """A three-node scheduler (Raft between 7501-7503, clients on 7401-7403) and a worker.
+    The worker listens on nothing: port 0 means "up while the process runs"."""
+    ids = [1, 2, 3]
+    nodes = []
+    for node_id in ids:
+        peers = ",".join(f"{i}=127.0.0.1:{7500 + i}" for i in ids if i != node_id)
+        argv = [
+            sys.executable, "-m", "scheduler", "serve", "--id", str(node_id),
+            "--listen", f"127.0.0.1:{7400 + node_id}", "--peer-listen",
+            f"127.0.0.1:{7500 + node_id}", "--peers", peers,
+            "--data-dir", str(VAR / f"scheduler-{node_id}"),
+        ]
+        nodes.append(Node(f"scheduler-{node_id}", argv, "127.0.0.1", 7400 + node_id))
+    servers = ",".join(f"127.0.0.1:{7400 + i}" for i in ids)
+    worker = [sys.executable, "-m", "scheduler", "worker", "--scheduler", servers]
+    nodes.append(Node("sched-worker", worker, "127.0.0.1", 0))
+    return nodes
+
+
 def wait_for_port(host: str, port: int, process: subprocess.Popen[bytes]) -> bool:
     deadline = time.monotonic() + START_TIMEOUT_S
     while time.monotonic() < deadline:
@@ -79,7 +99,11 @@ def start(nodes: list[Node]) -> None:
         node.process = subprocess.Popen(node.argv, stdout=log_file, stderr=log_file)
     for index, node in enumerate(nodes, start=1):
         assert node.process is not None
-        ok = wait_for_port(node.host, node.port, node.process)
+        if node.port:
+            ok = wait_for_port(node.host, node.port, node.process)
+        else:
+            time.sleep(0.5)
+            ok = node.process.poll() is None
         state = "up" if ok else f"FAILED (see {VAR / (node.name + '.log')})"
         print(f"[{index}/{len(nodes)}] {node.name:10} {node.host}:{node.port} {state}", flush=True)
 
@@ -116,12 +140,16 @@ c = IdgenClient(['127.0.0.1:7101', '127.0.0.1:7102'], prefetch=10000); print(c.n
 c = Client(['127.0.0.1:11311', '127.0.0.1:11312', '127.0.0.1:11313']); \\
 c.set('k', b'v'); print(c.get('k'))"
 
+  redis-cli -p 7401 JOB.ADD tick '@every 1s' 'date +%T.%N >> /tmp/ticks'
+  redis-cli -p 7402 JOB.HISTORY tick 3
+  redis-cli -p 7403 CLUSTER.INFO
+
 Logs are in var/*.log. Ctrl-C stops everything.
 """
 
 
 def main() -> int:
-    nodes = idgen_nodes() + kvcache_nodes()
+    nodes = idgen_nodes() + kvcache_nodes() + scheduler_nodes()
     print(f"starting {len(nodes)} daemons, data under {VAR.resolve()}", flush=True)
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     try:

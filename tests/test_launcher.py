@@ -40,7 +40,7 @@ def test_launcher_starts_the_cluster_and_stops_it_on_ctrl_c(tmp_path: Path) -> N
     try:
         assert ready.wait(60), "".join(lines)
         output = "".join(lines)
-        assert output.count(" up") == 7, output
+        assert output.count(" up") == 11, output
         assert "redis-cli -p 7101 NEXT" in output
         ids = [redis.Redis(port=port).execute_command("NEXT") for port in (7101, 7102, 7103)]
         assert len(set(ids)) == 3
@@ -56,5 +56,5 @@ def test_launcher_starts_the_cluster_and_stops_it_on_ctrl_c(tmp_path: Path) -> N
         reader.join(timeout=5)
     output = "".join(lines)
     assert code == 0, output
-    assert output.count("exited with 0") == 7, output
+    assert output.count("exited with 0") == 11, output
     assert (tmp_path / "var" / "idgen-1" / "idgen.json").exists()

@@ -466,3 +466,25 @@ def summarise_profile(path: Path, top: int = 15) -> dict[str, list[tuple[str, fl
 
     return {"samples": [("total", float(total))], "self": shares(self_samples),
             "inclusive": shares(inclusive)}
+
+
+def profile_processes(
+    profiles: dict[str, Any], name: str, targets: list[tuple[str, int]], out: Path,
+    prefix: str, seconds: int,
+) -> None:
+    """Record each (role, pid) of `targets` with py-spy for `seconds` while a load runs,
+    and file a summary of each under `profiles["<name> (<role>)"]`."""
+    slug = "".join(c if c.isalnum() else "-" for c in name.lower()).strip("-")
+    spies = []
+    for role, pid in targets:
+        path = out / f"{prefix}{slug}-{role}.txt"
+        spies.append((role, path, pyspy_record(pid, seconds, path)))
+    for role, path, spy in spies:
+        _, err = spy.communicate(timeout=seconds + 60)
+        if spy.returncode != 0 or not path.exists():
+            progress(f"profile {name} {role}: py-spy failed: {err.decode(errors='replace')[-300:]}")
+            continue
+        summary = summarise_profile(path)
+        profiles[f"{name} ({role})"] = {"file": str(path), **summary}
+        top = ", ".join(f"{frame} {share:.0%}" for frame, share in summary["self"][:3])
+        progress(f"profile {name} {role}: {path.name}; top self: {top}")

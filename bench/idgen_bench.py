@@ -50,10 +50,9 @@ from bench.common import (
     machine,
     median,
     plot,
+    profile_processes,
     progress,
-    pyspy_record,
     redis_server,
-    summarise_profile,
     table,
     write_json,
 )
@@ -435,24 +434,11 @@ def profile_server(rec: Recorder, server: ServerProcess, name: str, out: Path,
                    load_argv: list[str], profile_client: bool = False) -> None:
     """Run `load_argv` against the server (not measured) and record the server (and the
     load's process, with `profile_client`) with py-spy for PROFILE_SECONDS."""
-    slug = "".join(c if c.isalnum() else "-" for c in name.lower()).strip("-")
     load = subprocess.Popen(load_argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             cwd=ROOT, env=_child_env())
     time.sleep(1.0)  # past start-up and connection set-up
     targets = [("server", server.pid)] + ([("client", load.pid)] if profile_client else [])
-    spies = []
-    for role, pid in targets:
-        path = out / f"profile-{slug}-{role}.txt"
-        spies.append((role, path, pyspy_record(pid, PROFILE_SECONDS, path)))
-    for role, path, spy in spies:
-        _, err = spy.communicate(timeout=PROFILE_SECONDS + 60)
-        if spy.returncode != 0 or not path.exists():
-            progress(f"profile {name} {role}: py-spy failed: {err.decode(errors='replace')[-300:]}")
-            continue
-        summary = summarise_profile(path)
-        rec.profiles[f"{name} ({role})"] = {"file": str(path), **summary}
-        top = ", ".join(f"{frame} {share:.0%}" for frame, share in summary["self"][:3])
-        progress(f"profile {name} {role}: {path.name}; top self: {top}")
+    profile_processes(rec.profiles, name, targets, out, "profile-", PROFILE_SECONDS)
     with contextlib.suppress(subprocess.TimeoutExpired):
         load.wait(timeout=120)
     if load.poll() is None:

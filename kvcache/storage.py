@@ -49,6 +49,9 @@ _NTOTAL_FIXED = item_ntotal(0, 0, 0)  # what memcached adds to the key and value
 __all__ = ["REALTIME_MAXDELTA", "Delta", "Item", "Mode", "Outcome", "Storage", "item_cost"]
 
 
+ITEM_UPDATE_INTERVAL_S = 60  # memcached's: a read moves an item only once a minute
+
+
 class Storage:
     """A memcached-semantics cache bounded to `limit_bytes`. Single-threaded; `now` is
     the current Unix time in whole seconds, advanced by `tick`."""
@@ -155,10 +158,13 @@ class Storage:
         return item
 
     def bump(self, item: Item) -> None:
-        """Mark `item` fetched and most recently used."""
-        item.atime = self.now
+        """Mark `item` fetched and most recently used. As memcached (ITEM_UPDATE_INTERVAL),
+        an item used within the last minute is not moved again: hot keys cost no relinking."""
         if not item.casbits & FETCHED:
             item.casbits |= FETCHED
+        if item.atime > self.now - ITEM_UPDATE_INTERVAL_S and item.atime != 0:
+            return
+        item.atime = self.now
         lru = self._lru
         if lru.next is not item:
             prev, nxt = item.prev, item.next

@@ -132,6 +132,7 @@ def test_recently_read_items_survive_eviction() -> None:
     for i in range(1000):
         put(s, b"key:%d" % i, b"x" * 100)
     hot = [b"key:%d" % i for i in range(0, 1000, 10)]  # the oldest ones, read again
+    s.tick(NOW + 61)  # a read moves an item only once a minute (ITEM_UPDATE_INTERVAL)
     for key in hot:
         assert s.get(key) is not None
     for i in range(1000, 3500):  # ~3000 fit: about 500 of the first 1000 must go
@@ -139,6 +140,16 @@ def test_recently_read_items_survive_eviction() -> None:
     assert s.stats.slab.total("evicted") > 100
     assert all(s.find(key) is not None for key in hot)
     assert s.find(b"key:1") is None  # old and never read: evicted
+
+
+def test_a_read_within_a_minute_does_not_move_the_item() -> None:
+    s = make(limit=MB)
+    for i in range(1000):
+        put(s, b"key:%d" % i, b"x" * 100)
+    assert s.get(b"key:0") is not None  # stored this second: not moved to the front
+    for i in range(1000, 3500):
+        put(s, b"key:%d" % i, b"x" * 100)
+    assert s.find(b"key:0") is None
     assert s.stats.slab.total("evicted_unfetched") > 0
 
 

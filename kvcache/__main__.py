@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import ctypes
 import ipaddress
 import logging
 import os
@@ -232,6 +233,23 @@ def _daemonize() -> None:
     os.close(null)
 
 
+# glibc's mallopt parameter number for the mmap threshold (malloc.h: M_MMAP_THRESHOLD).
+M_MMAP_THRESHOLD = -3
+MMAP_THRESHOLD_BYTES = 128 * 1024
+
+
+def _return_big_frees_to_the_os() -> None:
+    """Serve allocations of 128 KiB and more (the index's tables) with mmap, so a table
+    freed by a resize goes back to the OS instead of staying in the heap and counting
+    against -m. glibc raises its threshold dynamically by default; fixing it keeps RSS near
+    what the storage accounts. A no-op where glibc's mallopt is missing."""
+    try:
+        libc = ctypes.CDLL(None)
+        libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)
+    except (OSError, AttributeError):
+        log.debug("mallopt unavailable; the allocator keeps its defaults")
+
+
 def serve(args: argparse.Namespace) -> int:
     from kvcache.server import KvcacheServer
 
@@ -245,6 +263,7 @@ def serve(args: argparse.Namespace) -> int:
     daemon.setup_logging(level)
     _log_accepted(args, settings, hosts)
     _raise_fd_limit(settings.maxconns)
+    _return_big_frees_to_the_os()
     pidfile = Path(args.pidfile) if args.pidfile else None
     clock = daemon.clock_from_args(args)
 

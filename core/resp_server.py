@@ -370,7 +370,24 @@ class ServerConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.session is None:
             return
-        self._run(self.parser.feed(data), 0)
+        parser = self.parser
+        was_authenticated = parser.authenticated
+        self._run(parser.feed(data), 0)
+        # Before AUTH the parser stops ahead of a command over the unauthenticated limits
+        # when commands precede it (one may be AUTH): now that they ran, parse on.
+        while (
+            not was_authenticated
+            and parser.buffered
+            and parser.error is None
+            and self.in_flight is None
+            and self._held is None
+            and not self.transport.is_closing()
+        ):
+            was_authenticated = parser.authenticated
+            commands = parser.feed(b"")
+            if not commands and parser.error is None:
+                break
+            self._run(commands, 0)
 
     def _run(self, commands: list[list[bytes]], start: int) -> None:
         """Dispatch commands[start:], writing replies in order; stop at one that waits."""

@@ -56,6 +56,7 @@ cdef enum:
     _OK = 0          # a whole element / header / command was taken
     _INCOMPLETE = 1  # the buffer ends inside it: wait for more bytes
     _FAILED = 2      # protocol error, already recorded in `error`
+    _UNAUTH = 5      # a bulk over the unauthenticated limit (not recorded: see _parse)
 
 # Outcome of reading a count header (`*N\r\n` or `$N\r\n`) besides _OK and _INCOMPLETE.
 cdef enum:
@@ -380,6 +381,8 @@ cdef class RequestParser:
                 pos = self._mb_pos
                 count = self._mb_left
                 status = self._parse_elements(s, n, &pos, args, &count, authed)
+                if status == _UNAUTH:
+                    return self._fail(ERR_UNAUTH_BULK)
                 if status == _FAILED:
                     return _FAILED
                 if status == _INCOMPLETE:
@@ -399,11 +402,19 @@ cdef class RequestParser:
                 if status == _INVALID or count > self._max_elements:
                     return self._fail(ERR_INVALID_MBULK)
                 if not authed and count > _UNAUTH_ELEMENTS:
+                    if commands:  # stop before it: a command before may be AUTH
+                        consumed[0] = start
+                        return _OK
                     return self._fail(ERR_UNAUTH_MBULK)
                 if count <= 0:
                     continue  # `*0` and `*-1` carry no command
                 args = []
                 status = self._parse_elements(s, n, &pos, args, &count, authed)
+                if status == _UNAUTH:
+                    if commands:  # stop before it, as above
+                        consumed[0] = start
+                        return _OK
+                    return self._fail(ERR_UNAUTH_BULK)
                 if status == _FAILED:
                     return _FAILED
                 if status == _INCOMPLETE:
@@ -470,7 +481,7 @@ cdef class RequestParser:
             if status == _INVALID or size < 0 or size > self._max_bulk:
                 return self._fail(ERR_INVALID_BULK)
             if not authed and size > _UNAUTH_BULK:
-                return self._fail(ERR_UNAUTH_BULK)
+                return _UNAUTH
             if data_pos + size + 2 > n:
                 break
             args.append(PyBytes_FromStringAndSize(<char*>s + data_pos, <Py_ssize_t>size))

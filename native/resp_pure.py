@@ -45,6 +45,12 @@ class _Incomplete(Exception):
     """Internal: the buffer ends inside a command."""
 
 
+class _UnauthLimit(ProtocolError):
+    """Internal: a command over the unauthenticated limits. When commands precede it in
+    the same feed the parser stops before it instead (one of them may be AUTH); the server
+    runs them and feeds b"" to go on, as Redis runs each command before parsing the next."""
+
+
 def _parse_count(raw: bytes) -> int | None:
     """Redis's string2ll for lengths: optional '-', ASCII digits only, no '+', no spaces."""
     digits = raw[1:] if raw[:1] == b"-" else raw
@@ -170,6 +176,11 @@ class RequestParser:
                     commands.append(args)
         except _Incomplete:
             pass
+        except _UnauthLimit as exc:
+            if not commands:
+                self.error = ProtocolError(str(exc))
+                self._buf = b""
+                return commands
         except ProtocolError as exc:
             self.error = exc
             self._buf = b""
@@ -209,7 +220,7 @@ class RequestParser:
         if count is None or count > self.max_elements:
             raise ProtocolError(ERR_INVALID_MBULK)
         if not self.authenticated and count > UNAUTH_MAX_ELEMENTS:
-            raise ProtocolError(ERR_UNAUTH_MBULK)
+            raise _UnauthLimit(ERR_UNAUTH_MBULK)
         args: list[bytes] = []
         for _ in range(count):
             if pos >= len(buf):
@@ -221,7 +232,7 @@ class RequestParser:
             if size is None or size < 0 or size > self.max_bulk:
                 raise ProtocolError(ERR_INVALID_BULK)
             if not self.authenticated and size > UNAUTH_MAX_BULK_BYTES:
-                raise ProtocolError(ERR_UNAUTH_BULK)
+                raise _UnauthLimit(ERR_UNAUTH_BULK)
             if pos + size + 2 > len(buf):
                 raise _Incomplete
             args.append(buf[pos : pos + size])

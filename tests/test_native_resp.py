@@ -522,3 +522,18 @@ def test_encode_int_array_twins_agree(values: list[int]) -> None:
     assert resp_pure.encode_int_array(values) == expected
     if NATIVE is not None:
         assert NATIVE.encode_int_array(values) == expected
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_unauth_limit_after_other_commands_stops_before_it(impl: ModuleType) -> None:
+    # Redis runs each command before parsing the next: an AUTH first may lift the limits.
+    big = mbulk(*[b"a"] * (UNAUTH_MAX_ELEMENTS + 1))
+    parser = impl.RequestParser(authenticated=False)
+    assert parser.feed(b"AUTH pw\r\n" + big) == [[b"AUTH", b"pw"]]
+    assert parser.error is None and parser.buffered == len(big)
+    parser.authenticated = True
+    assert parser.feed(b"") == [[b"a"] * (UNAUTH_MAX_ELEMENTS + 1)]
+    # Without AUTH the stopped command fails on the next feed, as the first one would.
+    parser = impl.RequestParser(authenticated=False)
+    assert parser.feed(b"PING\r\n" + big) == [[b"PING"]]
+    assert parser.feed(b"") == [] and str(parser.error) == ERR_UNAUTH_MBULK

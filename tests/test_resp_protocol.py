@@ -554,12 +554,6 @@ def test_hello_auth_setname_in_one_command(auth_daemon: Daemon) -> None:
         assert isinstance(client.call("NEXT"), int)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known difference from Redis: a command pipelined in the same packet right after "
-    "AUTH is parsed with the unauthenticated limits (the parser reads the packet before AUTH "
-    "runs); real clients wait for AUTH's reply",
-)
 def test_command_pipelined_after_auth_gets_the_full_limits(auth_daemon: Daemon) -> None:
     # Redis parses each command after running the one before, so this is accepted there.
     with connect(auth_daemon) as client:

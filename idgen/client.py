@@ -392,30 +392,17 @@ class _Refiller:
         self.caller.close()  # this thread was the last user of the connections
 
 
-class IdgenClient:
-    """Blocking idgen client with failover and optional prefetching; safe to share by threads.
+class _ClientBase:
+    """What the blocking and the asyncio client share: settings and the prefetch buffer."""
 
-    `servers`: "host:port", a comma-separated list of them, or a list. `timeout` bounds each
-    connect and each request, per server tried. `prefetch=P > 0` keeps up to about P ids
-    locally (see the module docstring); `batch` ids are requested per refill (default P - P//2).
-    """
-
-    __slots__ = (
-        "_buf", "_low", "_caller", "_refiller", "_finalizer", "servers", "timeout", "prefetch",
-        "batch", "__weakref__",
-    )
+    __slots__ = ("_buf", "_low", "servers", "timeout", "prefetch", "batch")
 
     parse = staticmethod(layout.parse)
 
-    def __init__(
-        self,
-        servers: str | Sequence[str],
-        *,
-        password: str | None = None,
-        timeout: float = DEFAULT_TIMEOUT_S,
-        prefetch: int = 0,
-        batch: int | None = None,
-    ) -> None:
+    def _setup(
+        self, servers: str | Sequence[str], timeout: float, prefetch: int, batch: int | None
+    ) -> tuple[list[tuple[str, int]], int, float]:
+        """Validate and store the settings; (addresses, low-water mark, refill wait)."""
         if timeout <= 0:
             raise ValueError("timeout must be > 0")
         addresses = parse_servers(servers)
@@ -428,10 +415,40 @@ class IdgenClient:
         # leaves fewer than _low (the refiller's threshold) behind. Without prefetch _low is 0
         # and _buf stays empty, so next_id always takes the slow path.
         self._low = low if prefetch else 0
+        return addresses, low, 2 * timeout * len(addresses)
+
+    @property
+    def buffered(self) -> int:
+        """Prefetched ids held locally right now."""
+        return len(self._buf)
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {','.join(self.servers)} prefetch={self.prefetch}>"
+
+
+class IdgenClient(_ClientBase):
+    """Blocking idgen client with failover and optional prefetching; safe to share by threads.
+
+    `servers`: "host:port", a comma-separated list of them, or a list. `timeout` bounds each
+    connect and each request, per server tried. `prefetch=P > 0` keeps up to about P ids
+    locally (see the module docstring); `batch` ids are requested per refill (default P - P//2).
+    """
+
+    __slots__ = ("_caller", "_refiller", "_finalizer", "__weakref__")
+
+    def __init__(
+        self,
+        servers: str | Sequence[str],
+        *,
+        password: str | None = None,
+        timeout: float = DEFAULT_TIMEOUT_S,
+        prefetch: int = 0,
+        batch: int | None = None,
+    ) -> None:
+        addresses, low, wait_s = self._setup(servers, timeout, prefetch, batch)
         self._caller = _Caller(_Pool(addresses), password, timeout)
         self._refiller: _Refiller | None = None
         if prefetch:
-            wait_s = 2 * timeout * len(addresses)
             self._refiller = _Refiller(self._caller, self._buf, low, self.batch, wait_s)
         self._finalizer = weakref.finalize(self, _shutdown, self._caller, self._refiller)
 
@@ -453,11 +470,6 @@ class IdgenClient:
             return refiller.take()
         refiller.wake()  # after the pop, so the refiller sees the buffer below its mark
         return id_
-
-    @property
-    def buffered(self) -> int:
-        """Prefetched ids held locally right now."""
-        return len(self._buf)
 
     def next_ids(self, n: int) -> list[int]:
         """`n` new ids straight from a server (not from the prefetch buffer).
@@ -489,9 +501,6 @@ class IdgenClient:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
-
-    def __repr__(self) -> str:
-        return f"<IdgenClient {','.join(self.servers)} prefetch={self.prefetch}>"
 
 
 def _shutdown(caller: _Caller, refiller: _Refiller | None) -> None:
@@ -645,18 +654,14 @@ class _AsyncRefiller:
             self._filled.set()
 
 
-class AsyncIdgenClient:
+class AsyncIdgenClient(_ClientBase):
     """Asyncio idgen client with failover and optional prefetching, for one event loop.
 
     Same arguments and behaviour as `IdgenClient`; methods are coroutines. Prefetching starts
     at `async with` or at the first `next_id()`.
     """
 
-    __slots__ = (
-        "_buf", "_low", "_caller", "_refiller", "servers", "timeout", "prefetch", "batch",
-    )
-
-    parse = staticmethod(layout.parse)
+    __slots__ = ("_caller", "_refiller")
 
     def __init__(
         self,
@@ -667,19 +672,10 @@ class AsyncIdgenClient:
         prefetch: int = 0,
         batch: int | None = None,
     ) -> None:
-        if timeout <= 0:
-            raise ValueError("timeout must be > 0")
-        addresses = parse_servers(servers)
-        self.servers = [f"{host}:{port}" for host, port in addresses]
-        self.timeout = timeout
-        self.prefetch = prefetch
-        self.batch, low = _prefetch_plan(prefetch, batch)
-        self._buf: deque[int] = deque()
-        self._low = low if prefetch else 0  # see IdgenClient
+        addresses, low, wait_s = self._setup(servers, timeout, prefetch, batch)
         self._caller = _AsyncCaller(_Pool(addresses), password, timeout)
         self._refiller: _AsyncRefiller | None = None
         if prefetch:
-            wait_s = 2 * timeout * len(addresses)
             self._refiller = _AsyncRefiller(self._caller, self._buf, low, self.batch, wait_s)
 
     async def next_id(self) -> int:
@@ -701,11 +697,6 @@ class AsyncIdgenClient:
         refiller.wake()
         await asyncio.sleep(0)  # a tight consumer loop never yields otherwise: let it refill
         return id_
-
-    @property
-    def buffered(self) -> int:
-        """Prefetched ids held locally right now."""
-        return len(self._buf)
 
     async def next_ids(self, n: int) -> list[int]:
         """`n` new ids straight from a server; see `IdgenClient.next_ids`."""
@@ -732,6 +723,3 @@ class AsyncIdgenClient:
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self.close()
-
-    def __repr__(self) -> str:
-        return f"<AsyncIdgenClient {','.join(self.servers)} prefetch={self.prefetch}>"

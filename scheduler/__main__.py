@@ -1,4 +1,13 @@
-"""Command line: `scheduler serve` (a Raft node) and `scheduler worker` (runs the jobs)."""
+"""Command line: `scheduler serve` (a Raft node), `scheduler worker` (runs the jobs), and the
+client commands against `--server H:P,...`:
+
+    scheduler job add NAME SCHEDULE COMMAND [OPTION VALUE ...]
+    scheduler job list | get NAME | del NAME | pause NAME | resume NAME | run NAME
+    scheduler history JOB [count]
+    scheduler cluster info
+
+Exit status: 0, 1 when the cluster refused the request or did not answer, 2 on bad usage.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +17,7 @@ import ipaddress
 import logging
 import sys
 from pathlib import Path
+from typing import Any
 
 from core import daemon
 from core.raft.driver import DriverConfig, RaftDriver
@@ -51,6 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--tick-ms", type=int, default=20)
     serve.add_argument("--election-tick", type=int, default=15)
     serve.add_argument("--snapshot-every", type=int, default=10_000)
+    serve.add_argument("--worker-timeout-ms", type=int, default=10_000,
+                       help="a run's worker silent this long: the run is lost (retried)")
 
     worker = sub.add_parser("worker", help="run jobs for a scheduler cluster")
     worker.add_argument("--scheduler", required=True, help="H:P,H:P,... RESP ports of nodes")
@@ -58,7 +70,36 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--id", default=None, help="worker id (default host-pid)")
     worker.add_argument("--password", default=None)
     worker.add_argument("--concurrency", type=int, default=8)
+    worker.add_argument("--heartbeat-ms", type=int, default=2000,
+                        help="WORKER.HEARTBEAT interval while runs are in flight")
     worker.add_argument("--log-level", default="INFO")
+
+    client = argparse.ArgumentParser(add_help=False)
+    client.add_argument("--server", default=f"127.0.0.1:{DEFAULT_PORT}",
+                        help="H:P,H:P,... RESP ports of scheduler nodes (any of them)")
+    client.add_argument("--password", default=None)
+    client.add_argument("--deadline", type=float, default=30.0,
+                        help="seconds to keep trying the nodes before giving up")
+
+    job = sub.add_parser("job", help="add, list, show, delete, pause, resume or run jobs")
+    ops = job.add_subparsers(dest="op", required=True)
+    add = ops.add_parser("add", parents=[client], help="JOB.ADD")
+    add.add_argument("name")
+    add.add_argument("schedule")
+    add.add_argument("command")
+    add.add_argument("options", nargs="*",
+                     help="OPTION VALUE ... as JOB.ADD takes them (e.g. MISFIRE ALL)")
+    ops.add_parser("list", parents=[client], help="JOB.LIST")
+    for op in ("get", "del", "pause", "resume", "run"):
+        ops.add_parser(op, parents=[client], help=f"JOB.{op.upper()}").add_argument("name")
+
+    history = sub.add_parser("history", parents=[client], help="a job's latest runs")
+    history.add_argument("job")
+    history.add_argument("count", nargs="?", type=int, default=10)
+
+    cluster = sub.add_parser("cluster", help="cluster status")
+    cluster_ops = cluster.add_subparsers(dest="op", required=True)
+    cluster_ops.add_parser("info", parents=[client], help="CLUSTER.INFO")
     return parser
 
 
@@ -68,7 +109,9 @@ def main(argv: list[str] | None = None) -> int:
         args = daemon.parse_args(parser, argv)
         if args.action == "serve":
             return serve(args)
-        return work(args)
+        if args.action == "worker":
+            return work(args)
+        return client_command(args)
     except daemon.ConfigError as exc:
         print(f"scheduler: {exc}", file=sys.stderr)
         return 2
@@ -89,6 +132,8 @@ def serve(args: argparse.Namespace) -> int:
             "(or --protected-mode no if the network is trusted)")
     if args.id < 1:
         raise daemon.ConfigError("--id must be >= 1")
+    if args.worker_timeout_ms < 1:
+        raise daemon.ConfigError("--worker-timeout-ms must be >= 1")
     peers = parse_peers(args.peers)
     peers.setdefault(args.id, (peer_host, peer_port))
     config = DriverConfig(
@@ -104,7 +149,8 @@ def serve(args: argparse.Namespace) -> int:
             return RaftDriver(config, apply, snapshot, restore)
 
         server = SchedulerServer(factory, clock, password=args.requirepass,
-                                 max_clients=args.maxclients)
+                                 max_clients=args.maxclients,
+                                 worker_timeout_ms=args.worker_timeout_ms)
         try:
             await server.start(host, port)
         except OSError as exc:
@@ -134,13 +180,85 @@ def work(args: argparse.Namespace) -> int:
     servers = [daemon.parse_hostport(s.strip()) for s in args.scheduler.split(",") if s.strip()]
     tags = [t for t in args.tags.split(",") if t]
     worker = Worker(servers, tags, worker_id=args.id, password=args.password,
-                    concurrency=args.concurrency)
+                    concurrency=args.concurrency, heartbeat_s=args.heartbeat_ms / 1000)
 
     async def run(stop: asyncio.Event) -> int:
         await worker.run(stop)
         return 0
 
     return daemon.run(run)
+
+
+def _text(value: Any) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+
+
+def _fields(reply: Any) -> dict[str, Any]:
+    """A map reply (RESP3) or its RESP2 form, a flat list of keys and values."""
+    if isinstance(reply, dict):
+        items = list(reply.items())
+    else:
+        items = list(zip(reply[::2], reply[1::2], strict=True))
+    return {_text(k): v for k, v in items}
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, dict):
+        return ",".join(f"{_text(k)}={_show(v)}" for k, v in value.items())
+    if isinstance(value, list):
+        return ",".join(_show(v) for v in value)
+    return _text(value)
+
+
+HISTORY_COLUMNS = ("run_id", "state", "attempt", "worker", "slot_ms", "fired_ms", "exit_code",
+                   "message")
+
+
+def client_command(args: argparse.Namespace) -> int:
+    """`scheduler job|history|cluster ...`: one request, printed; 1 on a refusal."""
+    from scheduler.client import SchedulerClient, SchedulerError
+
+    nodes = [daemon.parse_hostport(s.strip(), DEFAULT_PORT)
+             for s in args.server.split(",") if s.strip()]
+    if not nodes:
+        raise daemon.ConfigError("--server names no node")
+    out: list[str] = []
+    try:
+        with SchedulerClient(nodes, password=args.password,
+                             deadline_s=args.deadline) as client:
+            out = _client_request(client, args)
+    except SchedulerError as exc:
+        print(f"scheduler: {exc}", file=sys.stderr)
+        return 1
+    for line in out:
+        print(line)
+    return 0
+
+
+def _client_request(client: Any, args: argparse.Namespace) -> list[str]:
+    if args.action == "history":
+        if args.count < 1:
+            raise daemon.ConfigError("count must be a positive integer")
+        lines = ["\t".join(HISTORY_COLUMNS)]
+        for run in client.history(args.job, args.count):
+            fields = _fields(run)
+            lines.append("\t".join(_show(fields.get(c, "")) for c in HISTORY_COLUMNS))
+        return lines
+    if args.action == "cluster":
+        return [f"{k}: {_show(v)}" for k, v in _fields(client.cluster_info()).items()]
+    if args.op == "add":
+        options = args.options[1:] if args.options[:1] == ["--"] else args.options
+        client.call("JOB.ADD", args.name, args.schedule, args.command, *options)
+        return ["OK"]
+    if args.op == "list":
+        return client.list()
+    if args.op == "get":
+        return [f"{k}: {_show(v)}" for k, v in _fields(client.get(args.name)).items()]
+    if args.op == "run":
+        run_id = client.run(args.name)
+        return [run_id if run_id is not None else "(not fired: a run of this slot exists)"]
+    {"del": client.delete, "pause": client.pause, "resume": client.resume}[args.op](args.name)
+    return ["OK"]
 
 
 if __name__ == "__main__":

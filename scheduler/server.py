@@ -37,6 +37,7 @@ MAX_POLL_MS = 30_000
 DEFAULT_POLL_MS = 1000
 MAX_OUTPUT_BYTES = 1024
 DEFAULT_HISTORY_COUNT = 10
+DEFAULT_WORKER_TIMEOUT_MS = 10_000
 
 ERR_NO_JOB = "ERR no such job '{}'"
 ERR_UNAVAILABLE = "TRYAGAIN the cluster cannot take the request now: {}"
@@ -44,6 +45,8 @@ ERR_RUN_ID = "ERR bad run id '{}'"
 ERR_COUNT = "ERR count must be a positive integer"
 ERR_TIMEOUT_MS = f"ERR timeout must be an integer from 0 to {MAX_POLL_MS} (ms)"
 ERR_UTF8 = "ERR arguments must be UTF-8 text"
+ERR_NODE_ID = "ERR node id must be a positive integer"
+ERR_ADDRESS = "ERR bad address '{}': expected HOST:PORT"
 
 
 def _text(raw: bytes) -> str:
@@ -51,6 +54,21 @@ def _text(raw: bytes) -> str:
         return raw.decode("utf-8")
     except UnicodeDecodeError:
         raise CommandError(ERR_UTF8) from None
+
+
+def _address(raw: bytes) -> tuple[str, int]:
+    text = _text(raw)
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise CommandError(ERR_ADDRESS.format(text))
+    return host, int(port)
+
+
+def _node_id(raw: bytes) -> int:
+    node_id = parse_int(raw, ERR_NODE_ID)
+    if node_id < 1:
+        raise CommandError(ERR_NODE_ID)
+    return node_id
 
 
 def job_fields(job: Job, handled_ms: int, next_ms: int | None) -> dict[str, object]:
@@ -74,7 +92,9 @@ class SchedulerServer:
     """One scheduler node: `start()`, then `stop()`."""
 
     def __init__(self, driver_factory: Any, clock: Clock, *, password: str | None = None,
-                 max_clients: int = 10_000) -> None:
+                 max_clients: int = 10_000,
+                 worker_timeout_ms: int = DEFAULT_WORKER_TIMEOUT_MS) -> None:
+        self.worker_timeout_ms = worker_timeout_ms
         self.state = SchedulerState()
         self.clock = clock
         self.driver: RaftDriver = driver_factory(self.apply, self.state.snapshot,
@@ -82,7 +102,8 @@ class SchedulerServer:
         self.resp = RespServer("scheduler", VERSION, self.commands(), password=password,
                                limits=Limits(max_clients=max_clients), info=self.info)
         self.fired = asyncio.Event()  # set whenever an applied entry fired runs
-        self.counters = {"fire_entries": 0, "runs_fired": 0, "claims": 0, "results": 0}
+        self.counters = {"fire_entries": 0, "runs_fired": 0, "claims": 0, "results": 0,
+                         "heartbeats": 0}
         self._fire_task: asyncio.Task[None] | None = None
         self._jobs_changed = asyncio.Event()
 
@@ -163,8 +184,8 @@ class SchedulerServer:
                             job.misfire)
 
     async def _expire_and_retry(self) -> None:
-        """Commit the due timeouts and retries (each a no-op if it is no longer due)."""
-        for entry in self.state.due_entries(self.clock.wall_ms()):
+        """Commit the due timeouts, lost runs and retries (each a no-op if no longer due)."""
+        for entry in self.state.due_entries(self.clock.wall_ms(), self.worker_timeout_ms):
             if not self._leads():
                 return
             await self.driver.execute(entry)
@@ -227,6 +248,12 @@ class SchedulerServer:
                     summary="JOB.HISTORY name [count]: the latest runs, newest first"),
             Command("CLUSTER.INFO", self.cmd_cluster_info, 1,
                     summary="Members, leader, term, commit index"),
+            Command("CLUSTER.ADD", self.cmd_cluster_add, -3,
+                    summary="CLUSTER.ADD id host:peerport [host:clientport]: add a voter"),
+            Command("CLUSTER.REMOVE", self.cmd_cluster_remove, 2,
+                    summary="CLUSTER.REMOVE id: remove a voter"),
+            Command("WORKER.HEARTBEAT", self.cmd_heartbeat, 2,
+                    summary="WORKER.HEARTBEAT worker_id: the worker is alive"),
             Command("WORKER.POLL", self.cmd_poll, -2,
                     summary="WORKER.POLL worker_id [tags [timeout_ms [resync]]]"),
             Command("WORKER.DONE", self.cmd_done, -3,
@@ -313,7 +340,50 @@ class SchedulerServer:
             "id": status["id"], "role": status["role"], "leader": status["leader"],
             "term": status["term"], "commit_index": status["commit"],
             "applied_index": status["applied"], "members": status["members"],
+            "clients": {str(k): v for k, v in sorted(self.state.clients.items())},
         }
+
+    async def _membership(self, change: Any) -> int:
+        try:
+            return int(await change)
+        except (RaftError, TimeoutError) as exc:
+            raise CommandError(ERR_UNAVAILABLE.format(exc or type(exc).__name__)) from None
+
+    def cmd_cluster_add(self, session: Any, args: list[bytes]) -> Any:
+        if len(args) > 4:
+            raise CommandError("ERR wrong number of arguments for 'cluster.add' command")
+        node_id = _node_id(args[1])
+        peer = _address(args[2])
+        client = "{}:{}".format(*_address(args[3])) if len(args) > 3 else ""
+
+        async def run() -> Any:
+            index = await self._membership(self.driver.add_node(node_id, peer, forward=True))
+            if client:
+                await self._write(S.encode_member(node_id, client))
+            return index
+
+        return run()
+
+    def cmd_cluster_remove(self, session: Any, args: list[bytes]) -> Any:
+        node_id = _node_id(args[1])
+
+        async def run() -> Any:
+            index = await self._membership(self.driver.remove_node(node_id, forward=True))
+            if node_id in self.state.clients:
+                await self._write(S.encode_member(node_id, ""))
+            return index
+
+        return run()
+
+    def cmd_heartbeat(self, session: Any, args: list[bytes]) -> Any:
+        worker = _text(args[1])
+
+        async def run() -> Any:
+            await self._write(S.encode_beat(worker, self.clock.wall_ms()))
+            self.counters["heartbeats"] += 1
+            return OK
+
+        return run()
 
     def cmd_poll(self, session: Any, args: list[bytes]) -> Any:
         if len(args) > 5:

@@ -38,6 +38,8 @@ from scheduler.jobs import (
     FIRE,
     FIRED,
     KILL,
+    LOSE,
+    MAX_MESSAGE_LEN,
     RETRY_WAIT,
     RETRYABLE,
     START,
@@ -62,6 +64,7 @@ from scheduler.jobs import (
 OP_ADD, OP_DEL, OP_PAUSE, OP_RESUME = "add", "del", "pause", "resume"
 OP_FIRE, OP_RUN, OP_CLAIM, OP_DONE = "fire", "run", "claim", "done"
 OP_EXPIRE, OP_RETRY = "expire", "retry"
+OP_BEAT, OP_LOSE, OP_MEMBER = "beat", "lose", "member"
 MAX_CLAIM = 16  # runs one claim hands to one worker
 
 ERR_EXISTS = "ERR job '{}' already exists"
@@ -80,6 +83,8 @@ class SchedulerState:
         self.handled: dict[str, int] = {}  # job -> last slot handled (fired/skipped/missed)
         self.runs: dict[str, dict[str, RunRecord]] = {}
         self.missed: dict[str, int] = {}  # job -> slots dropped by the misfire policy
+        self.workers: dict[str, int] = {}  # worker -> when the cluster last heard it (ms)
+        self.clients: dict[int, str] = {}  # Raft node id -> its RESP address (CLUSTER.ADD)
         self.applied = 0  # index of the last applied entry
 
     # -- applying entries ----------------------------------------------------------------
@@ -203,6 +208,7 @@ class SchedulerState:
         are delivered again; the worker runs a run id once)."""
         worker, tags, now_ms = entry["worker"], set(entry.get("tags", ())), entry["now_ms"]
         resync = bool(entry.get("resync", False))
+        self._heard(worker, now_ms)
         limit = min(int(entry.get("max", MAX_CLAIM)), MAX_CLAIM)
         out: list[dict[str, Any]] = []
         for name, runs in self.runs.items():
@@ -260,9 +266,45 @@ class SchedulerState:
             return []
         if record.retry_at_ms is None or record.retry_at_ms > entry["now_ms"]:
             return []
-        record = step(record, FIRE, entry["now_ms"])
+        ended = f"attempt {record.attempt - 1}: {record.message}" if record.message else ""
+        record = replace(step(record, FIRE, entry["now_ms"]), message=ended[:MAX_MESSAGE_LEN])
         self.runs[job.name][record.run_id] = record
         return [record.to_dict()]
+
+    def _heard(self, worker: str, now_ms: int) -> None:
+        if worker:
+            self.workers[worker] = max(self.workers.get(worker, 0), now_ms)
+
+    def _beat(self, entry: dict[str, Any]) -> Any:
+        """WORKER.HEARTBEAT: the worker is alive at `now_ms`."""
+        self._heard(entry["worker"], entry["now_ms"])
+        return None
+
+    def last_heard(self, record: RunRecord) -> int:
+        """When the worker holding a STARTED run was last heard of (at least its start)."""
+        return max(self.workers.get(record.worker, 0), record.started_ms or 0)
+
+    def _lose(self, entry: dict[str, Any]) -> Any:
+        """A STARTED attempt whose worker has been silent for `timeout_ms` (checked against
+        the entry's time) is LOST, then RETRY_WAIT if retries are left. No-op unless due."""
+        record, job = self._find(entry)
+        if record is None or job is None or record.state != STARTED:
+            return None
+        silent_ms = entry["now_ms"] - self.last_heard(record)
+        if silent_ms < entry["timeout_ms"]:
+            return None
+        message = f"lost: worker {record.worker} silent for {silent_ms} ms"
+        record = step(record, LOSE, entry["now_ms"], message=message)
+        self.runs[job.name][record.run_id] = self._maybe_retry(record)
+        return None
+
+    def _member(self, entry: dict[str, Any]) -> Any:
+        """The RESP address of Raft node `id` ("" forgets it)."""
+        if entry["addr"]:
+            self.clients[int(entry["id"])] = entry["addr"]
+        else:
+            self.clients.pop(int(entry["id"]), None)
+        return None
 
     def _find(self, entry: dict[str, Any]) -> tuple[RunRecord | None, Job | None]:
         job = self.jobs.get(entry["job"])
@@ -277,8 +319,9 @@ class SchedulerState:
             return record
         return retry_run(job, record)
 
-    def due_entries(self, now_ms: int) -> list[bytes]:
-        """The expire and retry entries the leader should propose at `now_ms`."""
+    def due_entries(self, now_ms: int, worker_timeout_ms: int | None = None) -> list[bytes]:
+        """The expire, lose and retry entries the leader should propose at `now_ms`
+        (lose: a STARTED run whose worker was silent for `worker_timeout_ms`)."""
         out: list[bytes] = []
         for name, runs in self.runs.items():
             job = self.jobs[name]
@@ -286,6 +329,9 @@ class SchedulerState:
                 due = timeout_at_ms(job, record)
                 if due is not None and due <= now_ms:
                     out.append(encode_attempt(OP_EXPIRE, record, now_ms))
+                elif (worker_timeout_ms is not None and record.state == STARTED
+                      and self.last_heard(record) + worker_timeout_ms <= now_ms):
+                    out.append(encode_lose(record, now_ms, worker_timeout_ms))
                 elif record.state == RETRY_WAIT and (record.retry_at_ms or 0) <= now_ms:
                     out.append(encode_attempt(OP_RETRY, record, now_ms))
         return out
@@ -317,6 +363,8 @@ class SchedulerState:
             "handled": self.handled,
             "missed": self.missed,
             "runs": {n: [r.to_dict() for r in runs.values()] for n, runs in self.runs.items()},
+            "workers": self.workers,
+            "clients": {str(k): v for k, v in self.clients.items()},  # msgpack: str keys
         })
 
     def restore(self, blob: bytes) -> None:
@@ -328,6 +376,8 @@ class SchedulerState:
             self.jobs[job.name] = job
         self.handled = dict(data["handled"])
         self.missed = dict(data["missed"])
+        self.workers = dict(data.get("workers", {}))
+        self.clients = {int(k): v for k, v in data.get("clients", {}).items()}
         self.runs = {}
         for name, records in data["runs"].items():
             runs = (RunRecord.from_dict(r) for r in records)
@@ -345,6 +395,9 @@ _HANDLERS = {
     OP_DONE: SchedulerState._done,
     OP_EXPIRE: SchedulerState._expire,
     OP_RETRY: SchedulerState._retry,
+    OP_BEAT: SchedulerState._beat,
+    OP_LOSE: SchedulerState._lose,
+    OP_MEMBER: SchedulerState._member,
 }
 
 
@@ -402,3 +455,17 @@ def encode_attempt(op: str, record: RunRecord, now_ms: int) -> bytes:
     """OP_EXPIRE or OP_RETRY of the current attempt of `record`."""
     return _pack(op=op, job=record.job, run_id=record.run_id, attempt=record.attempt,
                  now_ms=now_ms)
+
+
+def encode_lose(record: RunRecord, now_ms: int, timeout_ms: int) -> bytes:
+    """OP_LOSE of the current attempt of `record` (its worker silent for `timeout_ms`)."""
+    return _pack(op=OP_LOSE, job=record.job, run_id=record.run_id, attempt=record.attempt,
+                 now_ms=now_ms, timeout_ms=timeout_ms)
+
+
+def encode_beat(worker: str, now_ms: int) -> bytes:
+    return _pack(op=OP_BEAT, worker=worker, now_ms=now_ms)
+
+
+def encode_member(node_id: int, address: str) -> bytes:
+    return _pack(op=OP_MEMBER, id=node_id, addr=address)

@@ -35,6 +35,7 @@ CALL_TIMEOUT_S = 15.0  # above POLL_MS plus a forwarded proposal's timeout
 RETRY_S = 0.2
 OUTPUT_TAIL_BYTES = 1024
 EXIT_TIMED_OUT = 124  # as timeout(1)
+HEARTBEAT_S = 2.0  # WORKER.HEARTBEAT interval while runs are in flight
 STOP_GRACE_S = 10.0  # on SIGTERM, runs in flight get this long to finish and report
 
 
@@ -43,19 +44,21 @@ class Worker:
 
     def __init__(self, servers: Sequence[tuple[str, int]], tags: Sequence[str] = (), *,
                  worker_id: str | None = None, password: str | None = None,
-                 concurrency: int = 8) -> None:
+                 concurrency: int = 8, heartbeat_s: float = HEARTBEAT_S) -> None:
         if not servers:
             raise ValueError("no scheduler address")
         self.servers = list(servers)
         self.tags = list(tags)
         self.worker_id = worker_id or f"{socket.gethostname()}-{os.getpid()}"
         self.password = password
+        self.heartbeat_s = heartbeat_s
         self.slots = asyncio.Semaphore(concurrency)
         self.seen: OrderedDict[str, None] = OrderedDict()
         self.tasks: set[asyncio.Task[None]] = set()
-        # channel 0 polls, channel 1 reports (a report never waits behind a long poll)
-        self._conns: list[AsyncRespConnection | None] = [None, None]
-        self._next = [0, 1]
+        # channel 0 polls, channel 1 reports (a report never waits behind a long poll),
+        # channel 2 heartbeats
+        self._conns: list[AsyncRespConnection | None] = [None, None, None]
+        self._next = [0, 1, 2]
 
     async def call(self, *args: object, channel: int = 0) -> Any:
         """One command on the channel's node; after a connection error, the next node."""
@@ -78,6 +81,28 @@ class Worker:
             self._conns[channel] = None
 
     async def run(self, stop: asyncio.Event) -> None:
+        beats = asyncio.create_task(self._heartbeats(stop))
+        try:
+            await self._run(stop)
+        finally:
+            beats.cancel()
+            await asyncio.gather(beats, return_exceptions=True)
+            self._drop(2)
+
+    async def _heartbeats(self, stop: asyncio.Event) -> None:
+        """While runs are in flight, tell the cluster this worker is alive (a worker silent
+        for the cluster's --worker-timeout-ms loses its runs to a retry elsewhere)."""
+        while not stop.is_set():
+            await asyncio.sleep(self.heartbeat_s)
+            if not self.tasks:
+                continue
+            try:
+                await self.call("WORKER.HEARTBEAT", self.worker_id, channel=2)
+            except (OSError, ReplyError, TimeoutError) as exc:
+                log.info("heartbeat failed (%s); trying the next node", exc)
+                self._drop(2)
+
+    async def _run(self, stop: asyncio.Event) -> None:
         resync = True
         while not stop.is_set():
             try:

@@ -215,3 +215,44 @@ def test_after_job_fires_once_per_parent_success() -> None:
     assert state.runs["c"][f"c@{T0 + 1000}/0"].state == FIRED
     assert state.apply_entry(done) is None  # a repeated report fires nothing more
     assert fire_due(state, "c", T0 + 5000) == []  # AFTER jobs have no slots of their own
+
+
+def test_a_silent_workers_run_is_lost_then_retried() -> None:
+    state, _ = make("RETRIES", "1", "BACKOFF", "0")
+    [run] = fire_due(state, "j", T0 + 1000)
+    rid = f"j@{run['slot_ms']}/0"
+    [claimed] = state.apply_entry(S.encode_claim("w1", [], T0 + 1000))
+    assert claimed["run_id"] == rid
+    assert state.due_entries(T0 + 3999, worker_timeout_ms=3000) == []
+    # a heartbeat moves the deadline; nothing is due until 3 s after it
+    assert state.apply_entry(S.encode_beat("w1", T0 + 3000)) is None
+    assert state.due_entries(T0 + 5999, worker_timeout_ms=3000) == []
+    [entry] = state.due_entries(T0 + 6000, worker_timeout_ms=3000)
+    assert msgpack.unpackb(entry)["op"] == S.OP_LOSE
+    stale = S.encode_lose(state.runs["j"][rid], T0 + 6000, 3000)
+    state.apply_entry(S.encode_beat("w1", T0 + 5000))  # heard again: the entry is a no-op
+    assert state.apply_entry(stale) is None
+    assert state.runs["j"][rid].state == STARTED
+    assert state.apply_entry(S.encode_lose(state.runs["j"][rid], T0 + 8000,
+                                           3000)) is None
+    record = state.runs["j"][rid]
+    assert record.state == "retry_wait" and record.attempt == 2
+    assert record.message.startswith("lost: worker w1 silent for 3000 ms")
+    [retry] = state.due_entries(T0 + 8000, worker_timeout_ms=3000)
+    [fired] = state.apply_entry(retry)
+    assert fired["attempt"] == 2 and fired["state"] == FIRED
+    assert fired["message"].startswith("attempt 1: lost: worker w1")
+    # the late report of attempt 1 is ignored; attempt 2 on another worker counts
+    state.apply_entry(S.encode_claim("w2", [], T0 + 8100))
+    done = S.encode_done("j", rid, 0, "", T0 + 8200, attempt=1)
+    assert state.apply_entry(done) is None
+    assert state.runs["j"][rid].state == STARTED
+    state.apply_entry(S.encode_done("j", rid, 0, "", T0 + 8300, attempt=2))
+    assert state.runs["j"][rid].state == SUCCEEDED
+    # the heard-of times and member addresses survive a snapshot
+    state.apply_entry(S.encode_member(4, "127.0.0.5:7380"))
+    copy = SchedulerState()
+    copy.restore(state.snapshot())
+    assert copy.workers == state.workers and copy.clients == {4: "127.0.0.5:7380"}
+    copy.apply_entry(S.encode_member(4, ""))
+    assert copy.clients == {}

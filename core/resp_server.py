@@ -6,10 +6,11 @@ PING, ECHO, HELLO, AUTH, INFO, QUIT, COMMAND, CLIENT, CONFIG GET and SELECT.
 
 Per connection the order of replies is the order of commands, also for commands whose
 handler must wait (the handler then returns a coroutine). While one of those is
-in flight the connection stops reading and keeps the commands already parsed, so memory
-stays bounded and the pipeline order holds. A protocol error is answered after the replies
-of the commands before it, then the connection is closed (Redis does the same: the stream
-cannot be resynchronised).
+in flight the connection queues the commands that follow and runs them after it; it keeps
+reading (so a client that hangs up is noticed and its waiting command cancelled) until
+MAX_WAITING_COMMANDS are queued, so memory stays bounded and the pipeline order holds.
+A protocol error is answered after the replies of the commands before it, then the
+connection is closed (Redis does the same: the stream cannot be resynchronised).
 """
 
 from __future__ import annotations
@@ -43,6 +44,8 @@ ERR_INTERNAL = "ERR internal error while running '{}' (logged on the server)"
 # Replies are written at least every WRITE_CHUNK bytes, so a full write buffer
 # (pause_writing) is noticed between two commands of one read.
 WRITE_CHUNK = 64 * 1024
+# Commands a connection may queue behind one that waits before it stops reading.
+MAX_WAITING_COMMANDS = 1024
 
 Handler = Callable[["Session", list[bytes]], Any]
 
@@ -321,6 +324,10 @@ class ServerConnection(asyncio.Protocol):
         self.in_flight: asyncio.Task[None] | None = None
         # Commands parsed but not yet run: the client stopped reading its replies.
         self._held: tuple[list[list[bytes]], int] | None = None
+        # Commands that arrived after one still waiting for its reply, run once it has it.
+        # Reading goes on meanwhile (up to MAX_WAITING_COMMANDS), so a client that hangs
+        # up is noticed and its waiting command cancelled.
+        self._waiting: list[list[bytes]] = []
         self._write_paused = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -371,6 +378,11 @@ class ServerConnection(asyncio.Protocol):
         if self.session is None:
             return
         parser = self.parser
+        if self.in_flight is not None:
+            self._waiting.extend(parser.feed(data))
+            if len(self._waiting) > MAX_WAITING_COMMANDS or parser.error is not None:
+                self.transport.pause_reading()
+            return
         was_authenticated = parser.authenticated
         self._run(parser.feed(data), 0)
         # Before AUTH the parser stops ahead of a command over the unauthenticated limits
@@ -419,9 +431,9 @@ class ServerConnection(asyncio.Protocol):
             index += run
             if type(reply) is CoroutineType:
                 self._write(replies)
-                self.transport.pause_reading()
+                self._waiting = commands[index:]
                 self.in_flight = asyncio.get_running_loop().create_task(
-                    self._await_reply(reply, commands, index)  # type: ignore[arg-type]
+                    self._await_reply(reply)  # type: ignore[arg-type]
                 )
                 return
             replies.append(reply)  # type: ignore[arg-type]
@@ -438,9 +450,7 @@ class ServerConnection(asyncio.Protocol):
             self.transport.write(encode_error("ERR " + str(self.parser.error)))
             self.transport.close()
 
-    async def _await_reply(
-        self, pending: Coroutine[Any, Any, bytes], commands: list[list[bytes]], resume_at: int
-    ) -> None:
+    async def _await_reply(self, pending: Coroutine[Any, Any, bytes]) -> None:
         try:
             reply = await pending
         except BaseException:
@@ -453,7 +463,8 @@ class ServerConnection(asyncio.Protocol):
         if self.transport.is_closing():
             return
         self.transport.write(reply)
-        self._run(commands, resume_at)
+        commands, self._waiting = self._waiting, []
+        self._run(commands, 0)
         self._resume_reading_if_idle()
 
     def _write(self, replies: list[bytes]) -> None:

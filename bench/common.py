@@ -488,3 +488,20 @@ def profile_processes(
         profiles[f"{name} ({role})"] = {"file": str(path), **summary}
         top = ", ".join(f"{frame} {share:.0%}" for frame, share in summary["self"][:3])
         progress(f"profile {name} {role}: {path.name}; top self: {top}")
+
+
+def write_results(
+    out: Path, name: str, stamp: str, document: dict[str, Any], figures: Sequence[Figure],
+    title: str,
+) -> None:
+    """Write `<name>-<stamp>.json` (and the PNG plot when there are figures), then say
+    which goals were missed."""
+    json_path = out / f"{name}-{stamp}.json"
+    png_path = out / f"{name}-{stamp}.png"
+    write_json(json_path, document)
+    if figures:
+        plot(png_path, figures, title)
+    progress(f"wrote {json_path}" + (f" and {png_path}" if figures else ""))
+    missed = [f for f in figures if f.met is False]
+    if missed:
+        progress("goals missed: " + "; ".join(f"{f.section} {f.label}" for f in missed))

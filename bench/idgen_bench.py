@@ -49,12 +49,11 @@ from bench.common import (
     idgen_server,
     machine,
     median,
-    plot,
     profile_processes,
     progress,
     redis_server,
     table,
-    write_json,
+    write_results,
 )
 from bench.idgen_loads import CEILING_IDS_PER_S, MARK_BEGIN, MARK_END
 
@@ -537,17 +536,9 @@ def main(argv: list[str] | None = None) -> int:
         "server_logs": SERVER_LOGS,
         "table": text,
     }
-    json_path = out / f"idgen-{stamp}.json"
-    png_path = out / f"idgen-{stamp}.png"
-    write_json(json_path, document)
-    if rec.figures:
-        title = (f"idgen, {started:%Y-%m-%d %H:%M} UTC, {info['cpu_count']} cpus "
+    title = (f"idgen, {started:%Y-%m-%d %H:%M} UTC, {info['cpu_count']} cpus "
                  f"{info['cpu_model']}, python {info['python']}")
-        plot(png_path, rec.figures, title)
-    progress(f"wrote {json_path}" + (f" and {png_path}" if rec.figures else ""))
-    missed = [f for f in rec.figures if f.met is False]
-    if missed:
-        progress("goals missed: " + "; ".join(f"{f.section} {f.label}" for f in missed))
+    write_results(out, "idgen", stamp, document, rec.figures, title)
     return 0
 
 

@@ -54,11 +54,10 @@ from bench.common import (
     find_free_port,
     machine,
     median,
-    plot,
     profile_processes,
     progress,
     table,
-    write_json,
+    write_results,
 )
 from bench.idgen_bench import Recorder, _cpu_note
 
@@ -585,17 +584,9 @@ def main(argv: list[str] | None = None) -> int:
         "server_logs": SERVER_LOGS,
         "table": text,
     }
-    json_path = out / f"kvcache-{stamp}.json"
-    png_path = out / f"kvcache-{stamp}.png"
-    write_json(json_path, document)
-    if rec.figures:
-        title = (f"kvcache vs memcached, {started:%Y-%m-%d %H:%M} UTC, {info['cpu_count']} "
+    title = (f"kvcache vs memcached, {started:%Y-%m-%d %H:%M} UTC, {info['cpu_count']} "
                  f"cpus {info['cpu_model']}, python {info['python']}")
-        plot(png_path, rec.figures, title)
-    progress(f"wrote {json_path}" + (f" and {png_path}" if rec.figures else ""))
-    missed = [f for f in rec.figures if f.met is False]
-    if missed:
-        progress("goals missed: " + "; ".join(f"{f.section} {f.label}" for f in missed))
+    write_results(out, "kvcache", stamp, document, rec.figures, title)
     return 0
 
 

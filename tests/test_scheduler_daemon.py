@@ -122,6 +122,26 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
                 daemon.stop()
 
 
+def stop_and_check_each_second_fired_once(
+    cluster: Cluster, job: str, out: Path, history: int
+) -> list[int]:
+    """Pause an every-second `job`, wait for its runs to finish, and check that the slots
+    written to `out` are each there once and none is missing. Returns them sorted."""
+    assert cluster.call("JOB.PAUSE", job) == "OK"
+
+    def settled() -> bool:
+        runs = cluster.call("JOB.HISTORY", job, str(history))
+        return all(run["state"] in ("succeeded", "failed") for run in runs)
+
+    wait_until(settled, "the last runs to finish", cluster)
+    seen = fires(out)
+    assert len(seen) == len(set(seen)), f"a slot fired twice: {sorted(seen)}"
+    seen.sort()
+    expected = list(range(seen[0], seen[-1] + 1, 1000))
+    assert seen == expected, f"missing: {sorted(set(expected) - set(seen))}"
+    return seen
+
+
 def fires(path: Path) -> list[int]:
     if not path.exists():
         return []
@@ -165,18 +185,7 @@ def test_every_second_fires_exactly_once_through_leader_kills(cluster: Cluster) 
     follower.start()
     leader.start()
     wait_until(lambda: len(fires(out)) >= before + 5, "fires after quorum came back", cluster)
-    assert cluster.call("JOB.PAUSE", "tick") == "OK"
-
-    def settled() -> bool:
-        runs = cluster.call("JOB.HISTORY", "tick", "100")
-        return all(run["state"] in ("succeeded", "failed") for run in runs)
-
-    wait_until(settled, "the last runs to finish", cluster)
-    seen = fires(out)
-    assert len(seen) == len(set(seen)), f"a slot fired twice: {sorted(seen)}"
-    seen.sort()
-    expected = list(range(seen[0], seen[-1] + 1, 1000))
-    assert seen == expected, f"missing: {sorted(set(expected) - set(seen))}"
+    seen = stop_and_check_each_second_fired_once(cluster, "tick", out, history=100)
     assert len(seen) >= 20
     history = cluster.call("JOB.HISTORY", "tick", "100")
     late = [run for run in history if run["fired_ms"] - run["slot_ms"] > 1000]

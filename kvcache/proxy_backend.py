@@ -19,6 +19,15 @@ and every request on it fails: a late reply can never be taken for another reque
 such event is one failure for the backend's `Router` health (kvcache/ring.py): at
 `failure_threshold` consecutive failures the backend is marked down; a reply marks it up.
 A down backend is probed with `version` on a fresh connection, on the Router's backoff.
+With `flush_on_return` (the proxy sets it for `--on-down remap` and for `--replicas` > 1)
+the probe then sends `flush_all` before the backend is marked up: while it was down its
+keys were written elsewhere only (its ring successor, or the other replicas), so what it
+kept through a hang (SIGSTOP) or a cut may be older than the last write; dropping it costs
+hits, never a wrong value (with replicas a miss is asked of the next replica, see
+kvcache/proxy_exec.py, so it costs no hits there). In remap mode the copies written on the
+successors meanwhile would be read, older than the home's, in the backend's next outage, so
+once it is back the proxy deletes them there (`kvcache.ring.Router` remembers which; past
+its bound those backends are flushed).
 Requests are never retried here (a timed-out write may have been applied); the caller
 decides (reads fail over to the next replica, see kvcache/proxy_exec.py).
 """
@@ -35,7 +44,7 @@ from typing import Literal
 
 from core.stats import LatencyHistogram
 from kvcache import proxy_plan
-from kvcache.proxy_wire import ReplyFramer, Values
+from kvcache.proxy_wire import FENCED, LINE, ReplyFramer, Values
 from kvcache.ring import Router, ServerSpec, parse_server
 
 log = logging.getLogger("kvcache.proxy")
@@ -257,9 +266,11 @@ class BackendPool:
         failure_threshold: int,
         retry_backoff: tuple[float, float],
         on_down: Literal["fail", "remap"],
+        flush_on_return: bool = False,
     ) -> None:
         self.router = Router(servers, failure_threshold, retry_backoff, on_down, time.monotonic)
         self.timeout = timeout
+        self.flush_on_return = flush_on_return
         self.backends = {a: Backend(self, a, pool_size) for a in self.router.ring.servers}
         self._probes: set[asyncio.Task[None]] = set()
 
@@ -275,18 +286,22 @@ class BackendPool:
         (BackendFailure if none comes)."""
         return self.backends[server].conn(index).send(payload, shape)
 
-    def targets(self, key: bytes, replicas: int) -> list[str]:
+    def targets(self, key: bytes, replicas: int, write: bool = False) -> list[str]:
         """The backends for `key` now, in ring order: its home and up to replicas-1
-        successors, without the ones marked down ("remap": the ring without them)."""
+        successors, without the ones marked down ("remap": the ring without them). For a
+        `write`, the Router remembers the backends that take it in a down one's place."""
         router = self.router
         if replicas == 1:
             server = router.route(key)
-            return [] if server is None else [server]
-        ring = router.live if router.on_down == "remap" else router.ring
-        if not len(ring):
-            return []
-        health = router.health
-        return [s for s in ring.get_servers(key, replicas) if not health[s].down]
+            servers = [] if server is None else [server]
+        else:
+            ring = router.live if router.on_down == "remap" else router.ring
+            successors = ring.get_servers(key, replicas) if len(ring) else []
+            servers = [s for s in successors if not router.health[s].down]
+        if write and router.any_down:
+            for server in servers:
+                router.wrote(key, server, replicas)
+        return servers
 
     # -- health --------------------------------------------------------------------------
     def replied(self, server: str) -> None:
@@ -325,23 +340,42 @@ class BackendPool:
     async def _probe(self, server: str) -> None:
         backend = self.backends[server]
         backend.probes += 1
-        line = b""
+        line = flushed = b""
         try:
             async with asyncio.timeout(self.timeout):
                 reader, writer = await asyncio.open_connection(backend.host, backend.port)
                 try:
-                    writer.write(b"version\r\n")
-                    line = await reader.readuntil(b"\r\n")
+                    line = await _ask(reader, writer, b"version\r\n")
+                    if line.startswith(b"VERSION ") and self.flush_on_return:
+                        flushed = await _ask(reader, writer, b"flush_all\r\n")
                 finally:
                     writer.close()
         except (OSError, TimeoutError, ValueError, asyncio.IncompleteReadError) as exc:
             log.debug("probe of %s failed: %r", server, exc)
-        if line.startswith(b"VERSION "):
+        if line.startswith(b"VERSION ") and (flushed == b"OK\r\n" or not self.flush_on_return):
             self.router.succeeded(server)
             log.warning("backend %s is up again (probe answered %s)", server,
                         line.strip().decode(errors="replace"))
+            self._clean_up_after(server)
         else:
             self.router.failed(server)
+
+    def _clean_up_after(self, home: str) -> None:
+        """Delete the copies written elsewhere in `home`'s place while it was down (remap),
+        or flush a backend that got too many to name: read later, in a next outage of
+        `home`, they would be older than its value."""
+        keys, flooded = self.router.take_moved(home)
+        for server in flooded:
+            if not self.is_down(server):  # a down one is flushed on its own return
+                ignore(self.send(server, 0, b"flush_all\r\n", LINE))
+        for server, names in keys.items():
+            if server not in flooded and not self.is_down(server):
+                for key in names:
+                    ignore(self.send(server, 0, proxy_plan.delete_quietly(key).payload, FENCED))
+        if keys or flooded:
+            log.info("backend %s is back: cleaned %d copies written in its place elsewhere%s",
+                     home, sum(map(len, keys.values())),
+                     f", flushed {', '.join(sorted(flooded))}" if flooded else "")
 
     def close(self) -> None:
         for task in list(self._probes):
@@ -350,3 +384,9 @@ class BackendPool:
             for conn in list(backend.conns):
                 if conn is not None:
                     conn.abort()
+
+
+async def _ask(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, line: bytes) -> bytes:
+    """One request line on a probe's connection, and its one-line reply."""
+    writer.write(line)
+    return await reader.readuntil(b"\r\n")

@@ -10,6 +10,9 @@ What each command does with `--replicas R` (the key's home and its R-1 ring succ
 minus the backends marked down; R = 1 is plain ketama sharding):
 - reads (get, gets, mg, me): the first healthy replica; if its request fails (connection
   error, timeout) the next replica is asked, so losing a node does not lose its keys' hits.
+  A miss on get, gets or mg (without N, which would vivify the key) is asked of the next
+  replica too: a replica back from down was flushed (kvcache/proxy_backend.py) while the
+  others kept the key, so its return does not empty its share of the cache either.
   Multi-gets group keys per backend, one request each, all sent at once, merged back in the
   client's order with one END.
 - gat, gats: every replica (so every copy's TTL moves); the value is the first replica's
@@ -158,7 +161,7 @@ class Executor:
             counters.cmd_set += 1
         elif plan.name == b"touch":
             counters.cmd_touch += 1
-        targets = self.pool.targets(plan.key, self.replicas)
+        targets = self.pool.targets(plan.key, self.replicas, plan.write)
         if not targets:
             return self._unavailable(plan.silent)
         send = self.pool.send
@@ -177,13 +180,22 @@ class Executor:
 
     async def _read(self, plan: Forward, targets: list[str], first: asyncio.Future[Reply],
                     index: int) -> Reply:
-        fut = first
+        fut, miss = first, None
         for server in targets[1:]:
             try:
-                return await fut
+                reply = await fut
+                if not _is_plain_miss(plan, reply):
+                    return reply
+                miss = reply  # the answer unless a later replica has the key
             except BackendFailure:
-                fut = self.pool.send(server, index, plan.payload, plan.shape)
-        return await fut
+                pass
+            fut = self.pool.send(server, index, plan.payload, plan.shape)
+        try:
+            return await fut
+        except BackendFailure:
+            if miss is None:
+                raise
+            return miss
 
     async def _compare(self, plan: Forward, targets: list[str], first: asyncio.Future[Reply],
                        index: int) -> Reply:
@@ -202,7 +214,7 @@ class Executor:
         raise results[0]
 
     def _side_effect(self, plan: Forward, index: int) -> None:
-        for server in self.pool.targets(plan.key, self.replicas):
+        for server in self.pool.targets(plan.key, self.replicas, plan.write):
             ignore(self.pool.send(server, index, plan.payload, plan.shape))
 
     # -- per-backend commands --------------------------------------------------------------
@@ -285,7 +297,11 @@ class Executor:
                     for key in keys:
                         errors.setdefault(key, terminal)
                     continue
-                self._record(server, keys, hits, candidates, answers)
+                for key in self._record(server, keys, hits, candidates, answers):
+                    nxt = tried[key] + 1  # a miss: the next replica may have it
+                    if not touch and nxt < len(candidates[key]):
+                        tried[key] = nxt
+                        retry.setdefault(candidates[key][nxt], []).append(key)
             groups = retry
             futs = self._send_groups(plan, groups, index)
         return self._reply(plan, answers, errors)
@@ -293,12 +309,20 @@ class Executor:
     @staticmethod
     def _record(server: str, keys: list[bytes], hits: list[tuple[bytes, bytes]],
                 candidates: dict[bytes, list[str]],
-                answers: dict[bytes, tuple[int, bytes]]) -> None:
+                answers: dict[bytes, tuple[int, bytes]]) -> list[bytes]:
+        """Keep each key's best answer (a hit over a miss, then the first replica's); the
+        keys `server` missed."""
         blocks = dict(hits)
+        missed = []
         for key in keys:
-            rank = candidates[key].index(server)
-            if key not in answers or rank < answers[key][0]:
-                answers[key] = (rank, blocks.get(key, b""))
+            rank, block = candidates[key].index(server), blocks.get(key, b"")
+            if not block:
+                missed.append(key)
+            old = answers.get(key)
+            if (old is None or (block and not old[1])
+                    or (bool(block) == bool(old[1]) and rank < old[0])):
+                answers[key] = (rank, block)
+        return missed
 
     def _reply(self, plan: Retrieve, answers: dict[bytes, tuple[int, bytes]],
                errors: dict[bytes, bytes]) -> bytes:
@@ -319,3 +343,9 @@ class Executor:
         out.append(replies.END)
         return b"".join(out)
 
+
+def _is_plain_miss(plan: Forward, reply: Reply) -> bool:
+    """A read's miss that another replica may answer: `EN` to an mg without N (vivify)."""
+    if plan.name != b"mg" or reply != b"EN\r\n":
+        return False
+    return not any(token.startswith(b"N") for token in plan.payload.split()[2:])

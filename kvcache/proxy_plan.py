@@ -132,7 +132,7 @@ def _fenced(payload: bytes, quiet: bool) -> tuple[bytes, str | None]:
 
 
 # -- storage ---------------------------------------------------------------------------------
-def _delete_quietly(key: bytes) -> Forward:
+def delete_quietly(key: bytes) -> Forward:
     """md by base64 key (any bytes route and travel), quiet and fenced."""
     payload = b"md " + encode_key(key) + b" b q\r\n" + FENCE
     return Forward(b"md", key, payload, FENCED, write=True, silent=True)
@@ -154,7 +154,7 @@ def _plan_store(request: Store) -> Plan:
     name, key, noreply = request.command, request.key, request.noreply
     if request.too_large:
         # memcached drops the old value of a set it refuses for size; so do the backends.
-        also = _delete_quietly(key) if name == b"set" else None
+        also = delete_quietly(key) if name == b"set" else None
         return Local(b"" if noreply else replies.line(replies.TOO_LARGE), also)
     data = request.data
     if data is None:
@@ -176,7 +176,7 @@ def _plan_ms(request: Store) -> Plan:
     meta = request.meta
     assert meta is not None
     if request.too_large:
-        return Local(replies.line(replies.TOO_LARGE), _delete_quietly(request.key))
+        return Local(replies.line(replies.TOO_LARGE), delete_quietly(request.key))
     data = request.data
     if data is None:
         return Local(replies.line(replies.BAD_DATA_CHUNK))

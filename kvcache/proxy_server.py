@@ -78,6 +78,9 @@ class ProxyServer:
             list(config.servers), timeout=config.timeout, pool_size=config.pool_size,
             failure_threshold=config.failure_threshold, retry_backoff=config.retry_backoff,
             on_down=config.on_down,
+            # a backend back from down may hold values older than the copies written
+            # elsewhere meanwhile (kvcache/proxy_backend.py)
+            flush_on_return=config.on_down == "remap" or config.replicas > 1,
         )
         self.counters = ProxyCounters()
         self.executor = Executor(self.pool, config.replicas, self.counters, self.stats_reply)

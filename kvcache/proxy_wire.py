@@ -19,7 +19,7 @@ the caller drops the connection (a reply is never handed to the wrong request).
 
 from __future__ import annotations
 
-from kvcache.client import MAX_LINE_BYTES, MAX_VALUE_BYTES
+from kvcache.client_codec import MAX_LINE_BYTES, MAX_VALUE_BYTES
 
 LINE, VALUES, META, FENCED = "line", "values", "meta", "fenced"
 FENCE = b"mn\r\n"

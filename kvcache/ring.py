@@ -15,7 +15,10 @@ thread sees either the old or the new ring, never half of one.
 
 `Router` adds each server's health to a ring: where a key goes *now*, when a down server is
 due for a probe, and whether its keys fail fast or go to the ring without it. It is sans-I/O:
-the client reports each call's outcome and passes the clock in.
+the client reports each call's outcome and passes the clock in. In remap mode it also keeps
+which keys were written away from their home while it was down (`wrote`, `take_moved`), so
+those copies can be deleted when the home is back: left there, they would be read, older
+than the home's, the next time the home goes down.
 
 Servers are written "host:port" ("[v6addr]:port" for IPv6), port 11211 when left out, or as a
 tuple (host, port) or (host, port, weight). Keys are bytes, or str (hashed as UTF-8).
@@ -29,6 +32,8 @@ from dataclasses import dataclass
 from typing import Literal, TypeAlias
 
 from native.ketama import DEFAULT_PORT, Continuum, build, server_name
+
+MAX_MOVED_KEYS = 10_000  # remapped writes remembered per down server; past it: flush instead
 
 ServerSpec: TypeAlias = str | tuple[str, int] | tuple[str, int, int]
 Key: TypeAlias = bytes | str
@@ -244,11 +249,20 @@ class Router:
         self.clock = clock
         self._down: set[str] = set()
         self._lock = threading.Lock()
+        # remap: down home -> {key: the server its write went to}; past MAX_MOVED_KEYS the
+        # servers written to are only named in _flooded (they get flushed instead)
+        self._moved: dict[str, dict[bytes, str]] = {}
+        self._flooded: dict[str, set[str]] = {}
 
     @property
     def down(self) -> frozenset[str]:
         """The servers marked down now."""
         return frozenset(self._down)
+
+    @property
+    def any_down(self) -> bool:
+        """Whether a server is marked down now (cheaper than `down` on a hot path)."""
+        return bool(self._down)
 
     def route(self, key: bytes) -> str | None:
         """The server to ask for `key` now; None if the call must fail fast (its server is
@@ -291,6 +305,35 @@ class Router:
                 self._down.add(server)
                 self._rebuild()
             health.next_probe = now + health.backoff
+
+    def wrote(self, key: bytes, server: str, replicas: int = 1) -> None:
+        """A write of `key` went to `server` (whatever its outcome: a timed-out write may have
+        been applied). Remembered when remapping sent it away from the key's `replicas`
+        ring successors because one of them is down."""
+        if self.on_down != "remap" or not self._down:
+            return
+        normal = self.ring.get_servers(key, replicas)
+        home = next((s for s in normal if s in self._down), None)
+        if home is None or server in normal:
+            return
+        with self._lock:
+            moved = self._moved.setdefault(home, {})
+            if len(moved) < MAX_MOVED_KEYS or key in moved:
+                moved[key] = server  # a later write elsewhere replaces an earlier one
+            else:
+                self._flooded.setdefault(home, set()).add(server)
+
+    def take_moved(self, home: str) -> tuple[dict[str, list[bytes]], set[str]]:
+        """What to clean as `home` returns: {server: keys written there in its place} to
+        delete, and the servers that got more than MAX_MOVED_KEYS of them, to flush."""
+        with self._lock:
+            moved = self._moved.pop(home, {})
+            flooded = self._flooded.pop(home, set())
+        keys: dict[str, list[bytes]] = {}
+        for key, server in moved.items():
+            if server not in flooded:
+                keys.setdefault(server, []).append(key)
+        return keys, flooded
 
     def _rebuild(self) -> None:
         if self.on_down == "remap":

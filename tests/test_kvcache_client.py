@@ -40,9 +40,9 @@ from kvcache.client import (
     ReplyReader,
     ServerDown,
     ServerError,
-    _AsyncConn,
-    _Conn,
 )
+from kvcache.client_async import _AsyncConn
+from kvcache.client_sync import _Conn
 from kvcache.ring import Ring, parse_server
 from tests.conftest import find_free_port, wait_for_tcp_port
 
@@ -299,15 +299,29 @@ def test_get_many_asks_each_server_once(
         for i, key in enumerate(keys[:150]):
             c.set(key, b"%d" % i, flags=i)
         sent: list[bytes] = []
-        original = _Conn.send
+        steps: list[str] = []
+        send, receive = _Conn.send, _Conn.receive
 
         def counting(self: _Conn, command: Any, deadline: float) -> None:
             sent.append(command.payload)
-            original(self, command, deadline)
+            steps.append("write")
+            send(self, command, deadline)
+
+        def reading(self: _Conn, command: Any, deadline: float) -> Any:
+            steps.append("read")
+            return receive(self, command, deadline)
 
         monkeypatch.setattr(_Conn, "send", counting)
+        monkeypatch.setattr(_Conn, "receive", reading)
         got = c.get_many(keys + [b"many:0"])
+        # one request per server, every one written before any reply is read: one round trip
         assert len(sent) == 3 and all(p.startswith(b"get ") for p in sent)
+        assert steps == ["write"] * 3 + ["read"] * 3
+        ring = Ring(c.servers)
+        asked = sorted(k for p in sent for k in p.split()[1:])
+        assert asked == sorted(k.encode() for k in keys)  # the repeated key asked once
+        for payload in sent:  # each request holds exactly one server's keys
+            assert len({ring.get_server(k) for k in payload.split()[1:]}) == 1
         want: dict[str | bytes, Item] = {k: Item(b"%d" % i, i, None) for i, k in enumerate(keys)}
         assert got == {**{k: want[k] for k in keys[:150]}, b"many:0": want["many:0"]}
         with_cas = c.get_many(keys[:5], cas=True)
@@ -357,10 +371,11 @@ def test_pymemcache_hashclient_with_ketama_agrees(three: list[CacheProcess]) -> 
     for key in keys:
         theirs.set(key, key.encode(), noreply=False)
     ring = Ring(by_address)
+    hasher = theirs.hasher  # the UhashringKetama pymemcache placed each key with
     with Client(list(by_address)) as ours:
         for key in keys:
             holders = [a for a, p in by_address.items() if p.holds(key) is not None]
-            assert holders == [ring.get_server(key)]
+            assert holders == [hasher.get_node(key)] == [ring.get_server(key)]
             assert ours.get(key) == Item(key.encode(), 0, None)
         assert ours.get_many(keys) == {k: Item(k.encode(), 0, None) for k in keys}
     theirs.close()
@@ -580,7 +595,7 @@ def test_async_get_many_asks_all_servers_at_once(
     three: list[CacheProcess], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     in_flight, most = 0, 0
-    original = _AsyncConn.exchange
+    original = _AsyncConn.exchange_one
 
     async def tracking(self: _AsyncConn, command: Any) -> Any:
         nonlocal in_flight, most
@@ -595,7 +610,7 @@ def test_async_get_many_asks_all_servers_at_once(
         async with AsyncClient([p.address for p in three]) as c:
             for i in range(60):
                 await c.set(f"m:{i}", b"v")
-            monkeypatch.setattr(_AsyncConn, "exchange", tracking)
+            monkeypatch.setattr(_AsyncConn, "exchange_one", tracking)
             assert len(await c.get_many([f"m:{i}" for i in range(60)])) == 60
 
     asyncio.run(drill())
@@ -667,6 +682,8 @@ def test_async_stopped_server_times_out_and_returns(fresh: list[CacheProcess]) -
                         await c.get(key)
                 assert c.down_servers == {victim.address}
                 assert await c.get(theirs[0]) is None  # remapped: a miss on the successor
+                assert await c.set(theirs[0], b"newer")  # written on the successor
+                assert await c.delete(theirs[1]) is False  # deleted there (a miss)
             finally:
                 victim.signal(signal.SIGCONT)
             for _ in range(500):
@@ -675,6 +692,10 @@ def test_async_stopped_server_times_out_and_returns(fresh: list[CacheProcess]) -
                     break
                 await asyncio.sleep(0.02)
             assert not c.down_servers
-            assert await c.get(theirs[0]) == Item(theirs[0].encode(), 0, None)  # home again
+            # Home again, flushed by the probe: the copies it kept through the hang are gone,
+            # so neither the overwritten nor the deleted key reads its older value.
+            assert victim.holds(theirs[0]) is None and victim.holds(theirs[1]) is None
+            assert await c.get(theirs[0]) is None and await c.get(theirs[1]) is None
+            assert await c.get_many(others) == {k: Item(k.encode(), 0, None) for k in others}
 
     asyncio.run(drill())

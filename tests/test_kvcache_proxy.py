@@ -107,14 +107,16 @@ class Node:
 class Cluster:
     """Three backends and a proxy in front of them (`extra`: proxy options)."""
 
-    def __init__(self, tmp: Path, kind: str = "memcached", extra: tuple[str, ...] = ()):
+    def __init__(self, tmp: Path, kind: str = "memcached", extra: tuple[str, ...] = (),
+                 weights: tuple[int, ...] = (1, 1, 1)):
         self.nodes = [Node(tmp, host, kind) for host in HOSTS]
         for node in self.nodes:
             node.start()
-        self.ring = Ring([n.address for n in self.nodes])
+        self.ring = Ring([(n.host, n.port, w) for n, w in zip(self.nodes, weights, strict=True)])
         port = find_free_port()
+        servers = [f"{n.address}:{w}" for n, w in zip(self.nodes, weights, strict=True)]
         argv = [*PROXY_MODULE, "-l", "127.0.0.1", "-p", str(port),
-                "--servers", ",".join(n.address for n in self.nodes), *extra]
+                "--servers", ",".join(servers), *extra]
         self.proxy = Daemon(argv, "127.0.0.1", port, tmp / f"proxy-{port}.log").start()
         self.port = port
 
@@ -166,8 +168,8 @@ def make_cluster(tmp_path: Path) -> Iterator[Callable[..., Cluster]]:
     """A fresh memcached cluster per fault drill."""
     made: list[Cluster] = []
 
-    def make(*extra: str) -> Cluster:
-        made.append(Cluster(tmp_path, "memcached", extra))
+    def make(*extra: str, weights: tuple[int, ...] = (1, 1, 1)) -> Cluster:
+        made.append(Cluster(tmp_path, "memcached", extra, weights))
         return made[-1]
 
     yield make
@@ -342,6 +344,11 @@ CASES: dict[str, bytes] = {
               "mg miss q v", "ma n", "ma n N0 J10 v", "ma n MD D3 v", "mg a zz", "mg a v v",
               "md a C999", "ms a 2 MX", "hi", "mg " + K251, "mg", "md a q", "mg a v",
               "ms Zm9v 3 b", "bar", "mg Zm9v b v k", "get foo", "me foo", "mn"),
+    "meta-quiet": L(*[f"ms mq{i} 1 q O{i}\r\n{i % 10}" for i in range(24)], "mn",
+                    *[f"mg mq{i} q k v O{i}\r\nmg mq{i}x q k v O{i}" for i in range(24)], "mn",
+                    "ma mq1 q", "ma mq1 q v D5", "ma nope q", "md mq2 q", "md mq2 q",
+                    "mg mq2 v", "mn", "ms mq3 1 q I\r\nz", "md mq4 q I T30", "mg mq4 v",
+                    "mn"),
     "meta-errors": L("ms a", "ms a 2 " + " ".join(f"O{i}" for i in range(20)), "hi",
                      "ms a x", "ms a 2 F", "hi", "md", "ma a MX", "mg a O" + "1" * 40, "mn"),
 }
@@ -436,6 +443,12 @@ def test_sigkill_in_fail_mode(make_cluster: Callable[..., Cluster]) -> None:
     stats = cluster.stats()
     assert stats[f"backend:{victim.address}:state"] == "down"
     assert int(stats[f"backend:{victim.address}:marked_down"]) == 1
+    assert int(stats[f"backend:{victim.address}:errors"]) >= 3  # requests it failed
+    assert int(stats[f"backend:{victim.address}:failures"]) >= 3  # consecutive
+    for node in cluster.nodes:
+        if node is not victim:
+            assert stats[f"backend:{node.address}:state"] == "up"
+            assert stats[f"backend:{node.address}:errors"] == "0"
     assert int(stats["proxy_errors"]) > 0
     victim.start()  # the same port, empty
     wait_until(lambda: cluster.state(victim.address) == "up", "the probe to see it back")

@@ -342,6 +342,40 @@ def test_router_remap_routes_to_the_ring_without_the_down_servers() -> None:
     assert [router.route(k) for k in keys] == [router.ring.get_server(k) for k in keys]
 
 
+def test_router_remembers_writes_made_in_a_down_servers_place(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    router = Router(["a:1", "b:1", "c:1"], 1, (1.0, 4.0), "remap", FakeClock())
+    keys = [b"k%d" % i for i in range(300)]
+    homed_a = [k for k in keys if router.ring.get_server(k) == "a:1"]
+    router.wrote(homed_a[0], "a:1")  # nothing is down: nothing to remember
+    router.failed("a:1")
+    for key in keys:
+        router.wrote(key, router.route(key))  # type: ignore[arg-type]
+    moved, flooded = router.take_moved("a:1")
+    assert flooded == set() and sorted(k for ks in moved.values() for k in ks) == sorted(homed_a)
+    assert all(router.live.get_server(k) == s for s, ks in moved.items() for k in ks)
+    assert router.take_moved("a:1") == ({}, set())  # handed out once
+    # with replicas, a write to one of the key's normal replicas is not a moved copy
+    for key in homed_a:
+        for server in router.live.get_servers(key, 2):
+            router.wrote(key, server, replicas=2)
+    moved, _ = router.take_moved("a:1")
+    assert all(s not in router.ring.get_servers(k, 2) for s, ks in moved.items() for k in ks)
+    assert moved and len([k for ks in moved.values() for k in ks]) == len(homed_a)
+    # past the bound, the servers written to are flushed instead of named key by key
+    monkeypatch.setattr(ring_module, "MAX_MOVED_KEYS", 3)
+    for key in homed_a:
+        router.wrote(key, router.route(key))  # type: ignore[arg-type]
+    moved, flooded = router.take_moved("a:1")
+    assert flooded and sum(map(len, moved.values())) <= 3
+    assert flooded.isdisjoint(moved)
+    fail = Router(["a:1", "b:1"], 1, (1.0, 4.0), "fail", FakeClock())
+    fail.failed("a:1")
+    fail.wrote(homed_a[0], "b:1")  # "fail" never moves a key
+    assert fail.take_moved("a:1") == ({}, set())
+
+
 # -- server specs ------------------------------------------------------------------------------
 
 

@@ -6,7 +6,8 @@ If Cython or a C compiler is missing the build still succeeds without the extens
 
 from setuptools import setup
 
-NATIVE_MODULES = ["native._snowflake", "native._resp", "native._ketama"]
+NATIVE_MODULES = ["native._snowflake", "native._resp", "native._ketama", "native._kvarena",
+                  "native._kvstore"]
 
 
 def extensions() -> list:

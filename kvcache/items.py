@@ -1,30 +1,20 @@
-"""One cached item, the interface types of the storage, and what an item costs.
+"""The interface types of the storage: items, store modes, outcomes; and what an item costs.
 
-Layout, chosen to keep the bytes per item low in pure Python:
-- `Item` has __slots__ and no per-item dict; the storage's dict maps key -> Item;
-- the LRU links `prev`/`next` live in the item (an intrusive list, no separate nodes);
-- the CAS and four state bits share one int (`casbits`): CAS << 4 | bits;
-- `atime` points at the storage's per-second int (shared by every item stamped in that
-  second); `exptime` 0 and flags up to 256 are CPython's cached small ints.
+Both storage twins (kvcache/storage.py picks one) hand out objects with the attributes of
+`Item`: the pure twin its own `Item`s, the native one read-only views of arena records built
+on demand (their identity is their record, so `in`-tests over held items work for both).
+Callers only read them; every change goes through a `Storage` method.
 
-What an item costs this process, for a key of K bytes and a value of V bytes on 64-bit
-CPython 3.11 (measured with sys.getsizeof, checked with tracemalloc in
-tests/test_kvcache_storage.py):
-
-    alloc(n)   = n rounded up to 16 (pymalloc, n <= 512) or n + 8 rounded up to 16 (malloc)
-    item_cost  = 96 (Item: 16 header + 8 slots * 8 + 16 GC head)
-               + alloc(33 + K) + alloc(33 + V)      (the key and value bytes objects)
-               + 32                                 (the casbits int)
-               + 32 if exptime != 0, + 32 if flags > 256   (their own int objects)
-    index      = sys.getsizeof(dict), about 30-60 bytes per item depending on fill
-
-For K = 11, V = 100: 96 + 48 + 144 + 32 = 320 bytes, plus ~42 bytes of index at 1M items.
+What an item costs is the same for both: the arena chunk its record needs (kvcache/slabs.py:
+`item_cost`, `record_bytes`), e.g. 176 bytes for a 14-byte key and a 100-byte value.
 """
 
 from __future__ import annotations
 
 from enum import IntEnum
 from typing import NamedTuple
+
+from kvcache.slabs import item_cost
 
 # Bits of Item.casbits below the CAS.
 FETCHED = 1  # read at least once since stored (mg h, me fetch=)
@@ -34,32 +24,18 @@ KEY_BINARY = 8  # stored with a base64 key (meta k flag answers in base64)
 CAS_SHIFT = 4
 BITS_MASK = (1 << CAS_SHIFT) - 1
 
-ITEM_OBJECT_BYTES = 96
-INT_OBJECT_BYTES = 32
-SMALL_INT_MAX = 256  # CPython caches ints up to here
-def alloc_size(nbytes: int) -> int:
-    """Bytes an allocation of `nbytes` really takes (pymalloc classes or glibc chunks)."""
-    if nbytes <= 512:
-        return (nbytes + 15) & ~15
-    return (nbytes + 8 + 15) & ~15
-
-
-def item_cost(key: bytes, value: bytes, flags: int, exptime: int) -> int:
-    """What one item costs this process, in bytes (the formula in the module docstring)."""
-    cost = ITEM_OBJECT_BYTES + INT_OBJECT_BYTES
-    cost += alloc_size(33 + len(key)) + alloc_size(33 + len(value))
-    if exptime:
-        cost += INT_OBJECT_BYTES
-    if flags > SMALL_INT_MAX:
-        cost += INT_OBJECT_BYTES
-    return cost
+__all__ = ["BITS_MASK", "CAS_SHIFT", "FETCHED", "KEY_BINARY", "STALE", "TOKEN_SENT", "Delta",
+           "Item", "Mode", "Outcome", "item_cost"]
 
 
 class Item:
     """One cached value. `value` excludes the CRLF; `exptime` is a Unix time (0: never);
-    `atime` the time it was stored or last read."""
+    `atime` the time it was stored or last read. The pure twin links items into its LRU
+    lanes (kvcache/storage_pure.py) through `prev`/`next`; `lane` says which, `active`
+    whether the item was read twice since it last moved."""
 
-    __slots__ = ("key", "value", "flags", "exptime", "atime", "casbits", "prev", "next")
+    __slots__ = ("key", "value", "flags", "exptime", "atime", "casbits", "lane", "active",
+                 "prev", "next")
 
     key: bytes
     value: bytes
@@ -67,6 +43,8 @@ class Item:
     exptime: int
     atime: int
     casbits: int
+    lane: int
+    active: bool
     prev: Item
     next: Item
 

@@ -142,7 +142,7 @@ def _mg_hit(engine: Engine, flags: MetaFlags, item: Item, created: bool) -> byte
             won = True
     if won:
         out.append(b" W")
-        item.casbits |= TOKEN_SENT
+        storage.grant_token(item)
     out.append(CRLF)
     if flags.value:
         out.append(value)

@@ -3,7 +3,7 @@
 Every stat name memcached prints is printed, in its order, so tools that scrape `stats`
 find what they expect. Where a figure describes machinery kvcache does not have (slab
 pages, worker threads, extstore, TLS) the value describes kvcache instead: one event loop,
-one LRU, no TLS. Per-class figures use memcached's slab classes as size buckets
+no TLS. Per-class figures use memcached's slab classes as size buckets
 (kvcache/slabs.py); kvcache's own memory use is `bytes` (see kvcache/storage.py).
 """
 
@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from kvcache.replies import VERSION
-from kvcache.slabs import MAX_SLAB_CLASSES
+from kvcache.slabs import HOT_PERCENT, MAX_SLAB_CLASSES, WARM_PERCENT
 
 if TYPE_CHECKING:
     from kvcache.settings import Settings
@@ -221,8 +221,8 @@ def settings_stats(settings: Settings, storage: Storage) -> list[Stat]:
         ("lru_crawler_tocrawl", settings.crawl_items_per_tick), ("tail_repair_time", 0),
         ("flush_enabled", _yes(settings.flush_enabled)),
         ("dump_enabled", _yes(settings.dump_enabled)), ("hash_algorithm", "siphash"),
-        ("lru_maintainer_thread", "no"), ("lru_segmented", "no"), ("hot_lru_pct", 0),
-        ("warm_lru_pct", 0), ("hot_max_factor", "0.00"), ("warm_max_factor", "0.00"),
+        ("lru_maintainer_thread", "no"), ("lru_segmented", "yes"), ("hot_lru_pct", HOT_PERCENT),
+        ("warm_lru_pct", WARM_PERCENT), ("hot_max_factor", "0.00"), ("warm_max_factor", "0.00"),
         ("temp_lru", "no"), ("temporary_ttl", 0), ("idle_timeout", 0),
         ("watcher_logbuf_size", 0), ("worker_logbuf_size", 0), ("read_buf_mem_limit", 0),
         ("track_sizes", "no"), ("inline_ascii_response", "no"), ("ext_item_size", 0),

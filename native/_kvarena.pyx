@@ -1,0 +1,247 @@
+# cython: boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
+"""The arena under native/_kvstore.pyx: memory, chunks, the hash index and the LRU lanes.
+
+The rules (what to store, evict, reclaim, count) are _kvstore's; this layer only keeps the
+structures, as memcached keeps slabs.c apart from items.c. The model and its arithmetic
+are the pure twin's (kvcache/storage_pure.py, kvcache/slabs.py):
+
+- Memory is one anonymous mapping, reserved for the limit plus one chunk of every class
+  (a class's first chunk may go over the limit); the kernel backs it with pages only as
+  chunks are carved from it, bottom up, so RSS follows what is carved. Records are named
+  by 32-bit references, their offset in 8-byte units (0 is none): 32 GiB at most.
+- A freed chunk goes on its class's free list, linked through its `hnext` field.
+- The index is a chained hash table of u32 heads (FNV-1a over the key), chained through
+  `hnext`, doubled as kvcache.slabs.grown_buckets says while the limit allows.
+- Each class has three lanes (HOT, WARM, COLD) linked through `prev`/`next`; a record's
+  segment and active bit sit in the upper bits of `bits`; `balance` keeps the shares.
+"""
+
+from libc.stdlib cimport calloc, free
+from libc.string cimport memcmp
+
+from kvcache.slabs import INITIAL_BUCKETS, RECORD_HEADER_BYTES
+
+
+cdef extern from "sys/mman.h":
+    void* mmap(void* addr, size_t length, int prot, int flags, int fd, long offset)
+    int munmap(void* addr, size_t length)
+    void* mremap(void* old_address, size_t old_size, size_t new_size, int flags, ...)
+    void* MAP_FAILED
+    int PROT_READ, PROT_WRITE, MAP_PRIVATE, MAP_ANONYMOUS, MAP_NORESERVE, MREMAP_MAYMOVE
+
+assert sizeof(Rec) == RECORD_HEADER_BYTES
+
+cdef size_t MAX_ARENA = (<size_t>1) << 35  # what 32-bit references to 8-byte units reach
+cdef size_t RESERVE_ALIGN = 1 << 21
+
+
+cdef inline uint64_t fnv1a(const unsigned char* p, Py_ssize_t n) noexcept nogil:
+    cdef uint64_t h = 14695981039346656037ULL
+    cdef Py_ssize_t i
+    for i in range(n):
+        h = (h ^ p[i]) * 1099511628211ULL
+    return h ^ (h >> 29)
+
+
+cdef class Arena:
+    """Chunks of the size classes `sizes` (kvcache.slabs.ArenaClasses), carved while the
+    limit allows, plus the index and the lanes over them."""
+
+    def __cinit__(self, list sizes, int64_t limit):
+        cdef int i
+        cdef int n = len(sizes) + 1  # class ids start at 1
+        self.nclasses = len(sizes)
+        self.csizes = <uint32_t*>calloc(n, sizeof(uint32_t))
+        self.heads = <uint32_t*>calloc(n * LANES, sizeof(uint32_t))
+        self.tails = <uint32_t*>calloc(n * LANES, sizeof(uint32_t))
+        self.counts = <uint32_t*>calloc(n * LANES, sizeof(uint32_t))
+        self.free_heads = <uint32_t*>calloc(n, sizeof(uint32_t))
+        self.carved = <uint64_t*>calloc(n, sizeof(uint64_t))
+        self.nbuckets = INITIAL_BUCKETS
+        self.table = <uint32_t*>calloc(self.nbuckets, sizeof(uint32_t))
+        if not (self.csizes and self.heads and self.tails and self.counts and self.free_heads
+                and self.carved and self.table):
+            raise MemoryError()
+        for i in range(self.nclasses):
+            self.csizes[i + 1] = sizes[i]
+            self.first_chunks += sizes[i]
+        self.reserved = self.reserve_for(limit)
+        self.base = <char*>mmap(NULL, self.reserved, PROT_READ | PROT_WRITE,
+                                MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0)
+        if self.base == <char*>MAP_FAILED:
+            self.base = NULL
+            raise MemoryError(f"cannot reserve {self.reserved} bytes of arena")
+        self.top = 8  # reference 0 means none
+
+    def __dealloc__(self):
+        if self.base != NULL:
+            munmap(self.base, self.reserved)
+        free(self.csizes)
+        free(self.heads)
+        free(self.tails)
+        free(self.counts)
+        free(self.free_heads)
+        free(self.carved)
+        free(self.table)
+
+    # -- memory --------------------------------------------------------------------------
+    cdef size_t reserve_for(self, int64_t limit) noexcept:
+        # Everything the limit allows, plus the first chunk of every class.
+        cdef size_t want = <size_t>(limit if limit > 0 else 0) + self.first_chunks + 8
+        want = (want + RESERVE_ALIGN - 1) // RESERVE_ALIGN * RESERVE_ALIGN
+        return want if want < MAX_ARENA else MAX_ARENA
+
+    cdef void grow_reserve(self, int64_t limit) noexcept:
+        cdef size_t want = self.reserve_for(limit)
+        cdef void* moved
+        if want > self.reserved:
+            moved = mremap(self.base, self.reserved, want, MREMAP_MAYMOVE)
+            if moved != MAP_FAILED:  # else carving stays bounded by the old reservation
+                self.base = <char*>moved
+                self.reserved = want
+
+    cdef size_t used_bytes(self) noexcept:
+        """Carved chunks plus the hash table: what the limit is checked against."""
+        return self.carved_bytes + <size_t>self.nbuckets * sizeof(uint32_t)
+
+    cdef int cls_of(self, size_t nbytes) noexcept:
+        """The class whose chunks hold `nbytes` (bisect); 0 if none does."""
+        cdef int lo = 1, hi = self.nclasses + 1, mid
+        while lo < hi:
+            mid = (lo + hi) >> 1
+            if self.csizes[mid] < nbytes:
+                lo = mid + 1
+            else:
+                hi = mid
+        return lo if lo <= self.nclasses else 0
+
+    cdef uint32_t take_chunk(self, int cls, int64_t limit) noexcept:
+        """A free chunk of class `cls`, else a newly carved one if the limit allows (or it
+        is the class's first), else 0: the caller evicts and asks again."""
+        cdef uint32_t ref = self.free_heads[cls]
+        cdef size_t size = self.csizes[cls]
+        cdef size_t table = <size_t>self.nbuckets * sizeof(uint32_t)
+        cdef size_t room = <size_t>(limit if limit > 0 else 0)
+        if ref:
+            self.free_heads[cls] = rec_at(self.base, ref).hnext
+            return ref
+        if (self.carved_bytes + table + size <= room or (
+                self.carved[cls] == 0 and table + size <= room)) and (
+                self.top + size <= self.reserved):
+            ref = <uint32_t>(self.top >> UNIT_SHIFT)
+            self.top += size
+            self.carved_bytes += size
+            self.carved[cls] += 1
+        return ref
+
+    cdef void free_chunk(self, Rec* r, uint32_t ref) noexcept:
+        r.hnext = self.free_heads[r.cls]
+        self.free_heads[r.cls] = ref
+        r.gen += 1  # views of the item it held no longer match
+
+    cdef uint32_t victim(self, int cls) noexcept:
+        """Who goes to make room in `cls`: COLD's tail, else WARM's, else HOT's."""
+        cdef int base = cls * LANES
+        return self.tails[base + COLD] or self.tails[base + WARM] or self.tails[base + HOT]
+
+    # -- the index -----------------------------------------------------------------------
+    cdef uint32_t lookup(self, const char* key, Py_ssize_t n) noexcept:
+        cdef uint32_t ref = self.table[
+            fnv1a(<const unsigned char*>key, n) & (self.nbuckets - 1)]
+        cdef Rec* r
+        while ref:
+            r = rec_at(self.base, ref)
+            if r.nkey == n and memcmp(key_of(r), key, n) == 0:
+                return ref
+            ref = r.hnext
+        return 0
+
+    cdef void index(self, Rec* r, uint32_t ref) noexcept:
+        cdef uint32_t* bucket = &self.table[
+            fnv1a(<const unsigned char*>key_of(r), r.nkey) & (self.nbuckets - 1)]
+        r.hnext = bucket[0]
+        bucket[0] = ref
+        self.count += 1
+
+    cdef void unindex(self, Rec* r, uint32_t ref) noexcept:
+        cdef uint32_t* link = &self.table[
+            fnv1a(<const unsigned char*>key_of(r), r.nkey) & (self.nbuckets - 1)]
+        while link[0] != ref:
+            link = &rec_at(self.base, link[0]).hnext
+        link[0] = r.hnext
+        self.count -= 1
+
+    cdef void maybe_grow_table(self, int64_t limit) except *:
+        """Double the table once it holds more items than buckets, if the limit allows."""
+        cdef uint32_t nb = self.nbuckets * 2
+        cdef uint32_t* grown
+        cdef uint32_t i, ref, nxt
+        cdef Rec* r
+        cdef uint32_t* bucket
+        if self.count <= self.nbuckets or limit < 0 or (
+                self.carved_bytes + <size_t>nb * sizeof(uint32_t) > <size_t>limit):
+            return
+        grown = <uint32_t*>calloc(nb, sizeof(uint32_t))
+        if grown == NULL:
+            raise MemoryError()
+        for i in range(self.nbuckets):
+            ref = self.table[i]
+            while ref:
+                r = rec_at(self.base, ref)
+                nxt = r.hnext
+                bucket = &grown[fnv1a(<const unsigned char*>key_of(r), r.nkey) & (nb - 1)]
+                r.hnext = bucket[0]
+                bucket[0] = ref
+                ref = nxt
+        free(self.table)
+        self.table = grown
+        self.nbuckets = nb
+
+    # -- the lanes -----------------------------------------------------------------------
+    cdef void push(self, Rec* r, uint32_t ref, int lane) noexcept:
+        cdef uint32_t head = self.heads[lane]
+        r.bits = (r.bits & ~SEG_MASK) | ((lane % LANES) << SEG_SHIFT)
+        r.prev = 0
+        r.next = head
+        if head:
+            rec_at(self.base, head).prev = ref
+        else:
+            self.tails[lane] = ref
+        self.heads[lane] = ref
+        self.counts[lane] += 1
+
+    cdef void pop(self, Rec* r, uint32_t ref) noexcept:
+        cdef int lane = lane_of(r)
+        if ref == self.cursor:
+            self.cursor = r.prev
+        if r.prev:
+            rec_at(self.base, r.prev).next = r.next
+        else:
+            self.heads[lane] = r.next
+        if r.next:
+            rec_at(self.base, r.next).prev = r.prev
+        else:
+            self.tails[lane] = r.prev
+        self.counts[lane] -= 1
+
+    cdef void move(self, Rec* r, uint32_t ref, int lane) noexcept:
+        self.pop(r, ref)
+        self.push(r, ref, lane)
+
+    cdef void balance(self, int cls) noexcept:
+        """Keep HOT and WARM within their shares of the class (the pure twin's rules)."""
+        cdef int hot = cls * LANES + HOT
+        cdef int warm = hot + WARM, cold = hot + COLD
+        cdef uint64_t total = <uint64_t>self.counts[hot] + self.counts[warm] + self.counts[cold]
+        cdef uint32_t ref
+        cdef Rec* r
+        while self.counts[hot] > total * HOT_PERCENT // 100:
+            ref = self.tails[hot]
+            r = rec_at(self.base, ref)
+            self.move(r, ref, warm if r.bits & ACTIVE else cold)
+            r.bits &= ~ACTIVE
+        while self.counts[warm] > total * WARM_PERCENT // 100:
+            ref = self.tails[warm]
+            r = rec_at(self.base, ref)
+            self.move(r, ref, warm if r.bits & ACTIVE else cold)
+            r.bits &= ~ACTIVE

@@ -6,8 +6,8 @@ If Cython or a C compiler is missing the build still succeeds without the extens
 
 from setuptools import setup
 
-NATIVE_MODULES = ["native._snowflake", "native._resp", "native._ketama", "native._kvarena",
-                  "native._kvstore"]
+NATIVE_MODULES = ["native._snowflake", "native._resp", "native._ketama", "native._mcproto",
+                  "native._kvarena", "native._kvstore"]
 
 
 def extensions() -> list:

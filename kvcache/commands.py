@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from kvcache import admin, meta, replies
 from kvcache.items import Item, Mode, Outcome
 from kvcache.numbers import strtol32, strtoull
-from kvcache.protocol import MAX_KEY_BYTES, Close, Reject, Store, has_noreply, ntokens
+from kvcache.protocol import MAX_KEY_BYTES, Close, Reject, Store, get_reply, has_noreply, ntokens
 from kvcache.settings import Settings
 from kvcache.stats import ProcessView
 from kvcache.storage import Storage
@@ -28,7 +28,6 @@ from kvcache.storage import Storage
 log = logging.getLogger("kvcache")
 
 STREAM_CHUNK_BYTES = 256 * 1024  # a multi-get reply is produced in pieces about this big
-STREAM_KEYS = 32  # gets of more keys than this are streamed
 
 
 class Stream:
@@ -122,23 +121,25 @@ class Engine:
 
     def dispatch(self, tokens: list[bytes]) -> Reply:
         """A command line without a data block, routed as memcached routes it."""
-        if not tokens or len(tokens[0]) < 2:
+        if not tokens:
             return replies.ERROR
         name = tokens[0]
+        command = self.commands.get(name)
+        if command is not None:  # first: the table holds no word the rules below route
+            count = ntokens(tokens)
+            if count < command.min_tokens or count > command.max_tokens:
+                return replies.ERROR
+            return command.handler(self, tokens)
+        if len(name) < 2:
+            return replies.ERROR
         if name[0] == 0x6D and len(name) == 2:  # m?
             handler = self.meta.get(name)
             return handler(self, tokens) if handler is not None else replies.ERROR
-        command = self.commands.get(name)
-        if command is None:
-            if name[0] in _FAMILIES:
-                return replies.ERROR
-            if tokens[ntokens(tokens) - 2].startswith(b"HTTP/"):
-                return CLOSE_NOW
+        if name[0] in _FAMILIES:
             return replies.ERROR
-        count = ntokens(tokens)
-        if count < command.min_tokens or count > command.max_tokens:
-            return replies.ERROR
-        return command.handler(self, tokens)
+        if tokens[ntokens(tokens) - 2].startswith(b"HTTP/"):
+            return CLOSE_NOW
+        return replies.ERROR
 
     def store(self, request: Store) -> bytes:
         """A classic storage command with its data block (or the reason it has none)."""
@@ -166,37 +167,52 @@ _reply = replies.unless
 
 
 # -- retrieval --------------------------------------------------------------------------------
-def _value(key: bytes, flags: int, value: bytes, cas: int | None) -> bytes:
-    if cas is None:
-        return b"VALUE %s %d %d\r\n%s\r\n" % (key, flags, len(value), value)
-    return b"VALUE %s %d %d %d\r\n%s\r\n" % (key, flags, len(value), cas, value)
-
-
-def _lookup(engine: Engine, key: bytes, with_cas: bool, exptime: int | None) -> bytes:
-    """One key of a get/gets/gat/gats: its VALUE block (b"" on a miss), stats counted."""
+def _blocks(engine: Engine, keys: list[bytes], start: int, with_cas: bool,
+            exptime: int | None, parts: list[bytes]) -> int:
+    """Look up keys[start:] for a get/gets (`exptime` None) or gat/gats, appending their VALUE
+    blocks to `parts` until those reach STREAM_CHUNK_BYTES; the index of the first key not
+    looked up. The loop is the hot path of multi-gets: counters are summed locally and
+    added once, before the caller can hand the chunk out."""
     storage = engine.storage
     stats = engine.stats
+    lookup = storage.get if exptime is None else storage.touch
+    clsid_of = storage.clsid_of
+    hits = stats.slab.get_hits if exptime is None else stats.slab.touch_hits
+    size = misses = 0
+    index = start
+    count = len(keys)
+    while index < count:
+        key = keys[index]
+        index += 1
+        item = lookup(key) if exptime is None else lookup(key, exptime)
+        if item is None:
+            misses += 1
+            continue
+        hits[clsid_of(item)] += 1
+        value = item.value
+        if with_cas:
+            block = b"VALUE %s %d %d %d\r\n%s\r\n" % (key, item.flags, len(value), item.cas,
+                                                     value)
+        else:
+            block = b"VALUE %s %d %d\r\n%s\r\n" % (key, item.flags, len(value), value)
+        parts.append(block)
+        size += len(block)
+        if size >= STREAM_CHUNK_BYTES:
+            break
     if exptime is None:
-        item = storage.get(key)
-        stats.get_cmds += 1
-        if item is None:
-            stats.get_misses += 1
-            return b""
-        stats.slab.get_hits[storage.clsid_of(item)] += 1
+        stats.get_cmds += index - start
+        stats.get_misses += misses
     else:
-        item = storage.touch(key, exptime)
-        stats.touch_cmds += 1
-        if item is None:
-            stats.touch_misses += 1
-            return b""
-        stats.slab.touch_hits[storage.clsid_of(item)] += 1
-    return _value(key, item.flags, item.value, item.cas if with_cas else None)
+        stats.touch_cmds += index - start
+        stats.touch_misses += misses
+    return index
 
 
 def _retrieve(engine: Engine, tokens: list[bytes], with_cas: bool, touch: bool) -> Reply:
     """process_get_command: every key answered in order, then END. A key over 250 bytes
     ends the command with an error (the keys before it were looked up, their values are
-    dropped), as memcached does."""
+    dropped), as memcached does. A reply that outgrows STREAM_CHUNK_BYTES goes on as a
+    Stream, so it never sits whole in memory."""
     exptime = None
     first = 1
     if touch:
@@ -207,45 +223,33 @@ def _retrieve(engine: Engine, tokens: list[bytes], with_cas: bool, touch: bool) 
         first = 2
     keys = tokens[first:]
     if any(len(key) > MAX_KEY_BYTES for key in keys):
-        for key in keys:
-            if len(key) > MAX_KEY_BYTES:
-                break
-            _lookup(engine, key, with_cas, exptime)
+        valid = keys[:next(i for i, key in enumerate(keys) if len(key) > MAX_KEY_BYTES)]
+        index = 0
+        while index < len(valid):
+            index = _blocks(engine, valid, index, with_cas, exptime, [])
         return replies.line(replies.BAD_FORMAT)
-    if len(keys) <= STREAM_KEYS:
-        return b"".join([_lookup(engine, key, with_cas, exptime) for key in keys]) + replies.END
-    return Stream(_stream_values(engine, keys, with_cas, exptime))
-
-
-def _stream_values(engine: Engine, keys: list[bytes], with_cas: bool,
-                   exptime: int | None) -> Iterator[bytes]:
     parts: list[bytes] = []
-    size = 0
-    for key in keys:
-        block = _lookup(engine, key, with_cas, exptime)
-        if block:
-            parts.append(block)
-            size += len(block)
-            if size >= STREAM_CHUNK_BYTES:
-                yield b"".join(parts)
-                parts, size = [], 0
-    parts.append(replies.END)
-    yield b"".join(parts)
+    index = _blocks(engine, keys, 0, with_cas, exptime, parts)
+    if index == len(keys):
+        parts.append(replies.END)
+        return b"".join(parts)
+    return Stream(_stream_values(engine, keys, index, with_cas, exptime, b"".join(parts)))
+
+
+def _stream_values(engine: Engine, keys: list[bytes], index: int, with_cas: bool,
+                   exptime: int | None, first: bytes) -> Iterator[bytes]:
+    yield first
+    while index < len(keys):
+        parts: list[bytes] = []
+        index = _blocks(engine, keys, index, with_cas, exptime, parts)
+        if index == len(keys):
+            parts.append(replies.END)
+        yield b"".join(parts)
 
 
 def cmd_get(engine: Engine, tokens: list[bytes]) -> Reply:
-    if len(tokens) == 2 and len(tokens[1]) <= MAX_KEY_BYTES:  # the common case, inlined
-        key = tokens[1]
-        storage = engine.storage
-        stats = engine.stats
-        stats.get_cmds += 1
-        item = storage.get(key)
-        if item is None:
-            stats.get_misses += 1
-            return replies.END
-        stats.slab.get_hits[storage.clsid_of(item)] += 1
-        value = item.value
-        return b"VALUE %s %d %d\r\n%s\r\nEND\r\n" % (key, item.flags, len(value), value)
+    if len(tokens) == 2 and len(tokens[1]) <= MAX_KEY_BYTES:  # the common case, compiled
+        return get_reply(engine.storage, engine.stats, tokens[1])
     return _retrieve(engine, tokens, with_cas=False, touch=False)
 
 
@@ -372,3 +376,6 @@ COMMANDS = [
     Command(b"quit", cmd_quit),
     *(Command(name, handler, low, high) for name, handler, low, high in admin.ADMIN_COMMANDS),
 ]
+# Engine.dispatch looks words up in the table before memcached's routing rules, which is
+# only the same routing while no word in it is one letter or meta-shaped (m + one letter).
+assert all(len(c.name) > 1 and not (c.name[0] == 0x6D and len(c.name) == 2) for c in COMMANDS)

@@ -3,7 +3,9 @@
 Per connection: bytes go to a `RequestParser`; each request it yields is executed at once
 and its reply queued; the queue is written in one call when the parser runs dry, so a
 pipeline of N commands costs one write. Nothing waits inside a command, so replies keep the
-order of the requests by construction.
+order of the requests by construction. A read that is exactly one plain `get <key>` (most of
+a cache's traffic) takes a compiled fast lane instead (`answer_get`, kvcache/protocol.py):
+the same reply and counters, without the request loop.
 
 Backpressure: when the socket's write buffer passes WRITE_HIGH_WATER the connection stops
 parsing *and* reading; requests already buffered stay in the parser (bounded by the framing
@@ -33,7 +35,7 @@ from core.clock import Clock
 from kvcache import replies
 from kvcache.commands import FLUSH_AFTER, Closing, Engine, Stream
 from kvcache.items import Item
-from kvcache.protocol import Close, RequestParser
+from kvcache.protocol import Close, RequestParser, answer_get
 from kvcache.settings import Settings
 from kvcache.slabs import SlabClasses
 from kvcache.stats import ProcessView
@@ -220,7 +222,6 @@ class Connection(asyncio.Protocol):
         self._write_paused = False
         self._stream: Iterator[bytes] | None = None
         self._pinned: set[Item] = set()  # see Engine.pinned
-        self._reqs_per_event = server.settings.reqs_per_event
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -272,7 +273,17 @@ class Connection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if not self._admitted:
             return
-        self.server.stats.bytes_read += len(data)
+        server = self.server
+        stats = server.stats
+        stats.bytes_read += len(data)
+        if self._stream is None and not self._write_paused and server.settings.verbose < 2:
+            # The fast lane: a read that is one plain get is answered without the request
+            # loop (same reply, counters and parser state; kvcache/protocol.py).
+            reply = answer_get(self.parser, data, server.storage, stats)
+            if reply is not None:
+                self.last_command = server.storage.now
+                self._send(reply)
+                return
         self.parser.feed(data)
         self._process()
 
@@ -287,39 +298,40 @@ class Connection(asyncio.Protocol):
         system call per get."""
         if self._stream is not None and not self._drain_stream():
             return
-        parser = self.parser
+        server = self.server
+        server.current = self
+        self.last_command = server.storage.now
         engine = self.engine
         pinned = engine.pinned = self._pinned
-        self.server.current = self
+        next_request = self.parser.next_request
         execute = engine.execute
+        dispatch = engine.dispatch
+        settings = server.settings
+        reqs_per_event = settings.reqs_per_event
         out: list[bytes] = []
         size = 0
         committed = 0  # replies in out[:committed] are past a memcached write point
         count = 0  # commands since the last write point
-        settings = self.server.settings
-        reqs_per_event = settings.reqs_per_event
-        self.last_command = self.server.storage.now
         while not self._write_paused:
-            request = parser.next_request()
+            request = next_request()
             if request is None:
                 break
-            if settings.verbose >= 2:
+            if settings.verbose >= 2:  # per request: `verbosity 2` takes effect at once
                 log.debug("<%d %r", self.fd, request)
+            line = type(request) is list
             try:
-                reply = execute(request)
+                reply = dispatch(request) if line else execute(request)
             except Exception:
                 log.exception("request %.200r failed; closing the connection", request)
                 self._write([*out, replies.line(replies.INTERNAL_ERROR)])
                 self.transport.close()
                 return
-            kind = type(reply)
-            if kind is bytes:
+            if type(reply) is bytes:
                 if reply:
                     out.append(reply)  # type: ignore[arg-type]
                     size += len(reply)  # type: ignore[arg-type]
                 count += 1
-                if (count >= reqs_per_event
-                        or (type(request) is list and request and request[0] in FLUSH_AFTER)):
+                if count >= reqs_per_event or (line and request and request[0] in FLUSH_AFTER):
                     committed = len(out)
                     count = 0
                     pinned.clear()
@@ -327,7 +339,7 @@ class Connection(asyncio.Protocol):
                     self._write(out)
                     out, size, committed = [], 0, 0
                 continue
-            if kind is Stream:
+            if type(reply) is Stream:
                 self._write(out)
                 out, size, committed, count = [], 0, 0, 0
                 self._stream = reply.chunks  # type: ignore[union-attr]
@@ -354,10 +366,14 @@ class Connection(asyncio.Protocol):
         return True
 
     def _write(self, out: list[bytes]) -> None:
-        if not out or self.transport.is_closing():
+        if out:
+            self._send(out[0] if len(out) == 1 else b"".join(out))
+
+    def _send(self, data: bytes) -> None:
+        """One write: a write point (Engine.pinned is released), counted in bytes_written."""
+        if self.transport.is_closing():
             return
         self._pinned.clear()
-        data = out[0] if len(out) == 1 else b"".join(out)
         self.server.stats.bytes_written += len(data)
         self.transport.write(data)
 

@@ -1,6 +1,7 @@
 """Hypothesis against the parser, the engine and a live daemon.
 
-- The parser takes any bytes in any chunking without raising: it yields requests, or needs
+- The parser (both twins: native._mcproto and native.mcproto_pure) takes any bytes in any
+  chunking without raising: it yields requests, or needs
   more data, or decides to close, and after closing yields nothing more.
 - Chunking does not change what a stream means (while no line is long enough for the
   2048-byte rule, which depends on how bytes arrive, in memcached too).
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import os
 import socket
+from types import ModuleType
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -21,11 +23,12 @@ from hypothesis import strategies as st
 
 from kvcache.commands import Closing, Engine, Stream
 from kvcache.items import item_cost
-from kvcache.protocol import Close, Reject, RequestParser, Store
+from kvcache.protocol import Close, Reject, Store
 from kvcache.settings import Settings
 from kvcache.storage import Storage
 from tests.kvcache_wire import Memcached, masked, reference_missing, request, stat_values
 from tests.procs import kvcache_daemon
+from tests.test_native_mcproto import IMPLS
 
 NOW = 1_750_000_000
 ITEM_SIZE_MAX = 4096
@@ -49,8 +52,8 @@ streams = st.lists(st.tuples(lines, separators, payloads), max_size=12).map(
 noise = st.binary(max_size=600)
 
 
-def requests_of(data: bytes, cuts: list[int]) -> list[object]:
-    parser = RequestParser(ITEM_SIZE_MAX)
+def requests_of(module: ModuleType, data: bytes, cuts: list[int]) -> list[object]:
+    parser = module.RequestParser(ITEM_SIZE_MAX)
     out: list[object] = []
     pieces = []
     last = 0
@@ -83,21 +86,24 @@ def describe(request: object) -> object:
     return tuple(request)
 
 
+@pytest.mark.parametrize("module", IMPLS)
 @settings(max_examples=300, deadline=None)
 @given(data=streams | noise, cuts=st.lists(st.integers(0, 2000), max_size=6))
-def test_parser_never_raises_and_chunking_does_not_matter(data: bytes, cuts: list[int]) -> None:
-    whole = requests_of(data, [])
-    chunked = requests_of(data, cuts)
+def test_parser_never_raises_and_chunking_does_not_matter(module: ModuleType, data: bytes,
+                                                          cuts: list[int]) -> None:
+    whole = requests_of(module, data, [])
+    chunked = requests_of(module, data, cuts)
     if max((len(line) for line in data.split(b"\n")), default=0) < 2000:
         assert chunked == whole
 
 
+@pytest.mark.parametrize("module", IMPLS)
 @settings(max_examples=200, deadline=None)
 @given(data=streams | noise)
-def test_engine_runs_anything_the_parser_yields(data: bytes) -> None:
+def test_engine_runs_anything_the_parser_yields(module: ModuleType, data: bytes) -> None:
     storage = Storage(256 * 1024, ITEM_SIZE_MAX, NOW)
     engine = Engine(storage, Settings(item_size_max=ITEM_SIZE_MAX, maxbytes=256 * 1024))
-    parser = RequestParser(ITEM_SIZE_MAX)
+    parser = module.RequestParser(ITEM_SIZE_MAX)
     parser.feed(data)
     while (request := parser.next_request()) is not None:
         reply = engine.execute(request)

@@ -1,0 +1,82 @@
+"""The plain-get fast lane through a live daemon, against a real memcached.
+
+A read that is exactly one `get <key>\\r\\n` is answered by `answer_get` instead of the
+request loop (kvcache/server.py). Here each request is sent as its own read and its reply
+awaited before the next, so every well-formed single get takes the lane; the replies and the
+get counters must be memcached's, byte for byte, and the lane must give way to the loop
+where it has to (a pipeline, a bare `\\n`, a key too long, a set waiting for its block).
+"""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+
+from tests.kvcache_wire import Memcached, masked, reference_missing, request, stat_values
+from tests.procs import kvcache_daemon
+
+# What a reply ends with, for each kind of request in SCRIPT.
+ENDINGS = (b"END\r\n", b"ERROR\r\n", b"STORED\r\n", b"format\r\n")
+LONG = b"k" * 250
+SCRIPT = [
+    b"set a 5 0 3\r\nabc\r\n",
+    b"get a\r\n",  # a hit
+    b"get nothing\r\n",  # a miss
+    b"set " + LONG + b" 4294967295 0 1\r\nx\r\n",
+    b"get " + LONG + b"\r\n",  # the longest key, the largest flags
+    b"get " + LONG + b"k\r\n",  # one byte too long: the loop's error
+    b"get a\n",  # a bare newline: the loop
+    b"get a nothing a\r\n",  # several keys: the loop
+    b"get a\r\nget a\r\n",  # a pipeline: the loop
+    b"get  a\r\n",  # two spaces
+    b"get a\tb\r\n",  # a tab belongs to the key
+    b"set b 0 0 2\r\n",  # a set waiting for its block...
+    b"get a\r\n",  # ...takes this read as data (bad data chunk)
+    b"gets a\r\n",
+]
+COUNTERS = ("cmd_get", "get_hits", "get_misses", "bytes_read", "bytes_written")
+
+
+def converse_by_reads(host: str, port: int) -> list[bytes]:
+    """Send SCRIPT one read at a time, each after the previous reply; the replies."""
+    replies = []
+    with socket.create_connection((host, port), timeout=10) as sock:
+        for data in SCRIPT:
+            sock.sendall(data)
+            if data.endswith(b" 2\r\n"):  # the set waits for its block: no reply yet
+                continue
+            reply = b""
+            # a pipeline of two gets is answered twice (memcached may write each apart)
+            want = 2 if data.count(b"\n") == 2 and data.startswith(b"get") else 1
+            while sum(reply.count(ending) for ending in ENDINGS) < want:
+                chunk = sock.recv(65536)
+                assert chunk, f"closed after {reply!r}"
+                reply += chunk
+            replies.append(reply)
+    return replies
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory: pytest.TempPathFactory):
+    reason = reference_missing()
+    if reason is not None:
+        pytest.skip(reason)
+    tmp = tmp_path_factory.mktemp("fastlane")
+    flags = ["-m", "64", "-t", "1", "-U", "0"]
+    real = Memcached(tmp, flags).start()
+    ours = kvcache_daemon(tmp, extra=flags).start()
+    yield (real.host, real.port), (ours.host, ours.port)
+    real.stop()
+    assert ours.stop() == 0, ours.log()
+
+
+def test_single_gets_answer_as_memcached_does(pair) -> None:
+    (real_host, real_port), (our_host, our_port) = pair
+    theirs = converse_by_reads(real_host, real_port)
+    ours = converse_by_reads(our_host, our_port)
+    assert [masked(reply) for reply in ours] == [masked(reply) for reply in theirs]
+    assert ours[1] == b"VALUE a 5 3\r\nabc\r\nEND\r\n"
+    got = stat_values(request(our_host, our_port, b"stats\r\n"))
+    expected = stat_values(request(real_host, real_port, b"stats\r\n"))
+    assert {k: got[k] for k in COUNTERS} == {k: expected[k] for k in COUNTERS}

@@ -1,4 +1,5 @@
-"""A small blocking client for the scheduler cluster: `SchedulerClient`.
+"""A small blocking client for the scheduler cluster: `SchedulerClient`; and the embedded
+worker API (`EmbeddedWorker`, `Run`: see scheduler/embedded.py).
 
 Failover: nodes are tried in order, starting from the one that answered last. A node that
 cannot be reached, times out or answers TRYAGAIN (no leader, no quorum) is skipped; after a
@@ -17,8 +18,10 @@ from collections.abc import Sequence
 from typing import Any
 
 from core.resp_client import ReplyError, RespConnection, RespConnectionError
+from scheduler.embedded import EmbeddedWorker
+from scheduler.worker import Run
 
-__all__ = ["SchedulerClient", "SchedulerError", "SchedulerUnavailable"]
+__all__ = ["EmbeddedWorker", "Run", "SchedulerClient", "SchedulerError", "SchedulerUnavailable"]
 
 RETRY_S = 0.2
 DEFAULT_TIMEOUT_S = 15.0  # per request: above a forwarded proposal's own timeout

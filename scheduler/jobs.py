@@ -17,8 +17,10 @@ Time enters only as arguments (epoch ms); nothing here reads a clock, a disk or 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, fields, replace
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, fields, replace
+from functools import cached_property
+from operator import attrgetter
 
 from core.resp import CommandError
 from scheduler.schedule import (
@@ -145,7 +147,7 @@ class Job:
 
     def to_dict(self) -> dict[str, object]:
         """Plain str/int/bool values, msgpack-friendly."""
-        return asdict(self)
+        return _shallow_dict(self)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, object]) -> Job:
@@ -358,12 +360,16 @@ class RunRecord:
         """The run's identity: one slot of one job on one shard fires once."""
         return (self.job, self.slot_ms, self.shard)
 
-    @property
-    def run_id(self) -> str:
+    @cached_property
+    def run_id(self) -> str:  # cached: claims and the active-run index ask often
         return f"{self.job}@{self.slot_ms}/{self.shard}"
 
     def to_dict(self) -> dict[str, object]:
-        return asdict(self)
+        return _shallow_dict(self)
+
+    def to_row(self) -> tuple[object, ...]:
+        """The field values in RUN_FIELDS order (a compact form for snapshots)."""
+        return _run_row(self)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, object]) -> RunRecord:
@@ -521,8 +527,10 @@ def decide_overlap(job: Job, runs: Iterable[RunRecord]) -> OverlapDecision:
     """What a due slot of `job` does given its runs (the active ones count: fired, started
     or waiting to retry, on any shard): allow fires anyway; forbid skips the slot; replace
     kills the active runs, then fires."""
+    if job.concurrency == ALLOW:  # the common case needs no look at the runs
+        return OverlapDecision(fire=True, skip=False)
     active = tuple(run for run in runs if run.job == job.name and run.state in ACTIVE)
-    if not active or job.concurrency == ALLOW:
+    if not active:
         return OverlapDecision(fire=True, skip=False)
     if job.concurrency == FORBID:
         return OverlapDecision(fire=False, skip=True)
@@ -532,22 +540,38 @@ def decide_overlap(job: Job, runs: Iterable[RunRecord]) -> OverlapDecision:
 # -- dict forms -------------------------------------------------------------------------------
 
 
+def _shallow_dict(obj: Job | RunRecord) -> dict[str, object]:
+    # every field is a scalar, so dataclasses.asdict's deep copy is only cost (snapshots
+    # and fire results turn thousands of records into dicts)
+    return {name: getattr(obj, name) for name in _FIELD_NAMES[type(obj)]}
+
+
 def _typed_fields(cls: type, data: Mapping[str, object], what: str) -> dict[str, object]:
     """`data` checked against the dataclass fields: the same keys, each of its type."""
     if not isinstance(data, Mapping):
         raise JobError(ERR_RECORD.format(what, "not a map"))
-    names = {field.name: field for field in fields(cls)}
-    if set(data) != set(names):
+    names = _FIELD_NAMES[cls]
+    if data.keys() != set(names):
         wrong = sorted(set(map(str, data)) ^ set(names))
         raise JobError(ERR_RECORD.format(what, f"keys {', '.join(wrong)}"))
-    for name, field in names.items():
-        value, kind = data[name], str(field.type)
-        ok = (
-            (kind == "str" and isinstance(value, str))
-            or (kind == "bool" and isinstance(value, bool))
-            or (kind == "int" and type(value) is int)
-            or (kind == "int | None" and (value is None or type(value) is int))
-        )
-        if not ok:
+    for name, ok in _FIELD_CHECKS[cls]:  # (a snapshot restore checks every record)
+        if not ok(data[name]):
             raise JobError(ERR_RECORD.format(what, f"field {name}"))
     return dict(data)
+
+
+_FIELD_NAMES: dict[type, tuple[str, ...]] = {
+    cls: tuple(field.name for field in fields(cls)) for cls in (Job, RunRecord)
+}
+_KIND_CHECKS: dict[str, Callable[[object], bool]] = {  # annotation -> its value's test
+    "str": lambda v: isinstance(v, str),
+    "bool": lambda v: isinstance(v, bool),
+    "int": lambda v: type(v) is int,  # not a bool
+    "int | None": lambda v: v is None or type(v) is int,
+}
+_FIELD_CHECKS: dict[type, tuple[tuple[str, Callable[[object], bool]], ...]] = {
+    cls: tuple((field.name, _KIND_CHECKS[str(field.type)]) for field in fields(cls))
+    for cls in (Job, RunRecord)
+}
+RUN_FIELDS = _FIELD_NAMES[RunRecord]  # the order of `RunRecord.to_row`
+_run_row = attrgetter(*RUN_FIELDS)

@@ -26,16 +26,20 @@ from core.resp import OK, CommandError
 from core.resp_commands import parse_int
 from core.resp_server import Command, Limits, RespServer
 from scheduler import state as S
-from scheduler.jobs import Job, JobError, RunRecord, parse_job_add, plan_slots
+from scheduler.jobs import MAX_RETRIES, Job, JobError, RunRecord, parse_job_add, plan_slots
 from scheduler.state import SchedulerState
 
 log = logging.getLogger("scheduler.server")
 
 VERSION = "0.1.0"
 MAX_FIRE_SLEEP_S = 0.2  # the loop looks at the jobs at least this often
+CHECK_RUNS_S = 0.1  # ... and at the active runs (timeouts, lost workers, retries) at most
 MAX_POLL_MS = 30_000
 DEFAULT_POLL_MS = 1000
 MAX_OUTPUT_BYTES = 1024
+MAX_RESULTS = 256  # runs one WORKER.RESULTS reports
+# exit codes: a 32-bit int, as any process or handler reports (and msgpack carries)
+MIN_EXIT_CODE, MAX_EXIT_CODE = -(2**31), 2**31 - 1
 DEFAULT_HISTORY_COUNT = 10
 DEFAULT_WORKER_TIMEOUT_MS = 10_000
 
@@ -44,9 +48,14 @@ ERR_UNAVAILABLE = "TRYAGAIN the cluster cannot take the request now: {}"
 ERR_RUN_ID = "ERR bad run id '{}'"
 ERR_COUNT = "ERR count must be a positive integer"
 ERR_TIMEOUT_MS = f"ERR timeout must be an integer from 0 to {MAX_POLL_MS} (ms)"
+ERR_MAX_RUNS = f"ERR max runs must be an integer from 1 to {S.MAX_CLAIM}"
 ERR_UTF8 = "ERR arguments must be UTF-8 text"
 ERR_NODE_ID = "ERR node id must be a positive integer"
 ERR_ADDRESS = "ERR bad address '{}': expected HOST:PORT"
+ERR_MEMBER = "ERR node {} is already a member"
+ERR_NOT_MEMBER = "ERR node {} is not a member"
+ERR_EXIT_CODE = f"ERR exit code must be an integer from {MIN_EXIT_CODE} to {MAX_EXIT_CODE}"
+ERR_ATTEMPT = f"ERR attempt must be an integer from 1 to {MAX_RETRIES + 1}"
 
 
 def _text(raw: bytes) -> str:
@@ -62,6 +71,26 @@ def _address(raw: bytes) -> tuple[str, int]:
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise CommandError(ERR_ADDRESS.format(text))
     return host, int(port)
+
+
+def _result(args: list[bytes]) -> S.Result:
+    """`run_id exit_code [output_tail [attempt]]` (of WORKER.DONE or WORKER.RESULTS)."""
+    run_id = _text(args[0])
+    job, at, _ = run_id.partition("@")
+    if not job or not at:
+        raise CommandError(ERR_RUN_ID.format(run_id))
+    exit_code = _bounded(args[1], MIN_EXIT_CODE, MAX_EXIT_CODE, ERR_EXIT_CODE)
+    output = args[2][-MAX_OUTPUT_BYTES:].decode("utf-8", "replace") if len(args) > 2 else ""
+    attempt = _bounded(args[3], 1, MAX_RETRIES + 1, ERR_ATTEMPT) if len(args) > 3 else None
+    return job, run_id, exit_code, output, attempt
+
+
+def _bounded(raw: bytes, low: int, high: int, error: str) -> int:
+    """An integer argument from `low` to `high`, or CommandError(`error`)."""
+    value = parse_int(raw, error)
+    if not low <= value <= high:
+        raise CommandError(error)
+    return value
 
 
 def _node_id(raw: bytes) -> int:
@@ -106,6 +135,10 @@ class SchedulerServer:
                          "heartbeats": 0}
         self._fire_task: asyncio.Task[None] | None = None
         self._jobs_changed = asyncio.Event()
+        # job -> (the Job, its handled slot, its next slot): a schedule is evaluated once
+        # per handled slot, not on every turn of the firing loop
+        self._next_cache: dict[str, tuple[Job, int, int | None]] = {}
+        self._runs_checked = 0.0  # loop time of the last _expire_and_retry
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -151,7 +184,9 @@ class SchedulerServer:
                     caught_up_term = term
                     log.info("leading in term %d: firing loop running", term)
                 await self._fire_due()
-                await self._expire_and_retry()
+                if asyncio.get_running_loop().time() >= self._runs_checked + CHECK_RUNS_S:
+                    self._runs_checked = asyncio.get_running_loop().time()
+                    await self._expire_and_retry()
                 await self._sleep_until_next()
             except asyncio.CancelledError:
                 raise
@@ -164,39 +199,64 @@ class SchedulerServer:
                 await asyncio.sleep(MAX_FIRE_SLEEP_S)
 
     async def _fire_due(self) -> None:
-        for name, job in list(self.state.jobs.items()):
-            if job.paused or job.after or not self._leads():
-                continue
-            handled = self.state.handled.get(name)
-            if handled is None:
-                continue
-            now = self.clock.wall_ms()
-            next_ms = job.next_fire(handled)
-            if next_ms is None or next_ms > now:
-                continue
-            plan = plan_slots(job, handled, now)
-            entry = S.encode_fire(name, plan.fire, plan.handled_ms, now, plan.missed)
-            fired = await self.driver.execute(entry)
+        """Commit a fire entry for every job with a due slot, all at once: the driver's
+        group commit then covers them with one fsync instead of one each."""
+        now = self.clock.wall_ms()
+        entries = [entry for name, job in list(self.state.jobs.items())
+                   if (entry := self._fire_entry(name, job, now)) is not None]
+        if not entries or not self._leads():
+            return
+        results = await asyncio.gather(*(self.driver.execute(e) for e in entries),
+                                       return_exceptions=True)
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
             self.counters["fire_entries"] += 1
-            self.counters["runs_fired"] += len(fired or ())
-            if plan.missed:
-                log.warning("job %s: %d slot(s) missed (misfire %s)", name, plan.missed,
-                            job.misfire)
+            self.counters["runs_fired"] += len(result or ())
+
+    def _fire_entry(self, name: str, job: Job, now: int) -> bytes | None:
+        """The fire entry of `job` if a slot is due at `now` (`plan_slots` from the
+        replicated handled slot), else None."""
+        next_ms = self._next_fire(name, job)
+        if next_ms is None or next_ms > now:
+            return None
+        plan = plan_slots(job, self.state.handled[name], now)
+        if plan.missed:
+            log.warning("job %s: %d slot(s) missed (misfire %s)", name, plan.missed,
+                        job.misfire)
+        workers = self._live_workers(now) if job.broadcast else ()
+        return S.encode_fire(name, plan.fire, plan.handled_ms, now, plan.missed, workers)
+
+    def _next_fire(self, name: str, job: Job) -> int | None:
+        """The job's next slot after its handled one (None: paused, AFTER, or none)."""
+        handled = self.state.handled.get(name)
+        if job.paused or job.after or handled is None:
+            return None
+        cached = self._next_cache.get(name)
+        if cached is not None and cached[0] is job and cached[1] == handled:
+            return cached[2]
+        if len(self._next_cache) > 2 * len(self.state.jobs):
+            self._next_cache.clear()  # deleted jobs' entries
+        next_ms = job.next_fire(handled)
+        self._next_cache[name] = (job, handled, next_ms)
+        return next_ms
 
     async def _expire_and_retry(self) -> None:
-        """Commit the due timeouts, lost runs and retries (each a no-op if no longer due)."""
-        for entry in self.state.due_entries(self.clock.wall_ms(), self.worker_timeout_ms):
-            if not self._leads():
-                return
-            await self.driver.execute(entry)
+        """Commit the due timeouts, lost runs and retries (each a no-op if no longer due),
+        all at once (one group commit)."""
+        entries = self.state.due_entries(self.clock.wall_ms(), self.worker_timeout_ms)
+        if entries and self._leads():
+            results = await asyncio.gather(*(self.driver.execute(e) for e in entries),
+                                           return_exceptions=True)
+            for result in results:
+                if isinstance(result, BaseException):
+                    raise result
 
     async def _sleep_until_next(self) -> None:
         now = self.clock.wall_ms()
         soonest = now + int(MAX_FIRE_SLEEP_S * 1000)
         for name, job in self.state.jobs.items():
-            if job.paused or job.after:
-                continue
-            next_ms = job.next_fire(self.state.handled.get(name, now))
+            next_ms = self._next_fire(name, job)
             if next_ms is not None:
                 soonest = min(soonest, next_ms)
         self._jobs_changed.clear()
@@ -208,6 +268,10 @@ class SchedulerServer:
             pass
 
     # -- helpers ----------------------------------------------------------------------------
+
+    def _live_workers(self, now_ms: int) -> list[str]:
+        """A broadcast's worker list, committed in the entry that fires it."""
+        return self.state.live_workers(now_ms, self.worker_timeout_ms)
 
     async def _write(self, entry: bytes) -> Any:
         """Commit `entry` (forwarded to the leader); an error text result becomes the reply."""
@@ -253,9 +317,12 @@ class SchedulerServer:
             Command("CLUSTER.REMOVE", self.cmd_cluster_remove, 2,
                     summary="CLUSTER.REMOVE id: remove a voter"),
             Command("WORKER.HEARTBEAT", self.cmd_heartbeat, 2,
-                    summary="WORKER.HEARTBEAT worker_id: the worker is alive"),
+                    summary="WORKER.HEARTBEAT worker_id: the worker is alive; the reply "
+                    "names its attempts killed by REPLACE (run_id#attempt)"),
             Command("WORKER.POLL", self.cmd_poll, -2,
-                    summary="WORKER.POLL worker_id [tags [timeout_ms [resync]]]"),
+                    summary="WORKER.POLL worker_id [tags [timeout_ms [resync [max_runs]]]]"),
+            Command("WORKER.RESULTS", self.cmd_results, -3,
+                    summary="WORKER.RESULTS run_id exit_code output_tail attempt [...]"),
             Command("WORKER.DONE", self.cmd_done, -3,
                     summary="WORKER.DONE run_id exit_code [output_tail [attempt]]"),
         ]
@@ -311,7 +378,9 @@ class SchedulerServer:
         name = _text(args[1])
 
         async def run() -> Any:
-            fired = await self._write(S.encode_run(name, self.clock.wall_ms()))
+            now, job = self.clock.wall_ms(), self.state.jobs.get(name)
+            workers = self._live_workers(now) if job is not None and job.broadcast else ()
+            fired = await self._write(S.encode_run(name, now, workers))
             if not fired:
                 return None
             return RunRecord.from_dict(fired[0]).run_id
@@ -343,6 +412,11 @@ class SchedulerServer:
             "clients": {str(k): v for k, v in sorted(self.state.clients.items())},
         }
 
+    def _members(self) -> list[int]:
+        """The voters as this node last applied them (a check of obvious mistakes; the
+        leader's driver decides)."""
+        return list(self.driver.status()["members"])
+
     async def _membership(self, change: Any) -> int:
         try:
             return int(await change)
@@ -355,6 +429,8 @@ class SchedulerServer:
         node_id = _node_id(args[1])
         peer = _address(args[2])
         client = "{}:{}".format(*_address(args[3])) if len(args) > 3 else ""
+        if node_id in self._members():  # else the driver would first publish the new
+            raise CommandError(ERR_MEMBER.format(node_id))  # address, cutting the node off
 
         async def run() -> Any:
             index = await self._membership(self.driver.add_node(node_id, peer, forward=True))
@@ -366,6 +442,8 @@ class SchedulerServer:
 
     def cmd_cluster_remove(self, session: Any, args: list[bytes]) -> Any:
         node_id = _node_id(args[1])
+        if node_id not in self._members():
+            raise CommandError(ERR_NOT_MEMBER.format(node_id))
 
         async def run() -> Any:
             index = await self._membership(self.driver.remove_node(node_id, forward=True))
@@ -379,14 +457,15 @@ class SchedulerServer:
         worker = _text(args[1])
 
         async def run() -> Any:
-            await self._write(S.encode_beat(worker, self.clock.wall_ms()))
+            now = self.clock.wall_ms()
+            await self._write(S.encode_beat(worker, now))
             self.counters["heartbeats"] += 1
-            return OK
+            return self.state.killed_attempts(worker, now)
 
         return run()
 
     def cmd_poll(self, session: Any, args: list[bytes]) -> Any:
-        if len(args) > 5:
+        if len(args) > 6:
             raise CommandError("ERR wrong number of arguments for 'worker.poll' command")
         worker = _text(args[1])
         tags = [t for t in _text(args[2]).split(",") if t] if len(args) > 2 else []
@@ -396,21 +475,27 @@ class SchedulerServer:
             if not 0 <= timeout_ms <= MAX_POLL_MS:
                 raise CommandError(ERR_TIMEOUT_MS)
         resync = len(args) > 4 and args[4] == b"1"
-        return self._poll(worker, tags, timeout_ms / 1000, resync)
+        limit = S.DEFAULT_CLAIM
+        if len(args) > 5:
+            limit = parse_int(args[5], ERR_MAX_RUNS)
+            if not 1 <= limit <= S.MAX_CLAIM:
+                raise CommandError(ERR_MAX_RUNS)
+        return self._poll(worker, tags, timeout_ms / 1000, resync, limit)
 
-    async def _poll(self, worker: str, tags: list[str], timeout: float, resync: bool) -> Any:
+    async def _poll(self, worker: str, tags: list[str], timeout: float, resync: bool,
+                    limit: int) -> Any:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         while True:
-            if resync or self.state.pending(tags):
+            if resync or self.state.pending(tags, worker):
                 self.fired.clear()
-                entry = S.encode_claim(worker, tags, self.clock.wall_ms(), resync=resync)
+                entry = S.encode_claim(worker, tags, self.clock.wall_ms(), limit, resync)
                 runs = await self._write(entry)
                 self.counters["claims"] += 1
                 if runs:
                     return [
                         [r["run_id"], r["job"], r["command"], r["slot_ms"], r["attempt"],
-                         r["timeout_s"]]
+                         r["timeout_s"], r["shard"], r["shards"]]
                         for r in runs
                     ]
                 resync = False
@@ -427,19 +512,22 @@ class SchedulerServer:
     def cmd_done(self, session: Any, args: list[bytes]) -> Any:
         if len(args) > 5:
             raise CommandError("ERR wrong number of arguments for 'worker.done' command")
-        run_id = _text(args[1])
-        job, at, _ = run_id.partition("@")
-        if not job or not at:
-            raise CommandError(ERR_RUN_ID.format(run_id))
-        exit_code = parse_int(args[2])
-        output = args[3][-MAX_OUTPUT_BYTES:].decode("utf-8", "replace") if len(args) > 3 else ""
-        attempt = parse_int(args[4]) if len(args) > 4 else None
+        return self._report([_result(args[1:])])
 
+    def cmd_results(self, session: Any, args: list[bytes]) -> Any:
+        """WORKER.RESULTS: WORKER.DONE's four arguments for each of several runs, committed
+        as one entry (a worker with many short runs reports them together)."""
+        if (len(args) - 1) % 4 or len(args) - 1 > 4 * MAX_RESULTS:
+            raise CommandError("ERR wrong number of arguments for 'worker.results' command")
+        return self._report([_result(args[i:i + 4]) for i in range(1, len(args), 4)])
+
+    def _report(self, results: list[S.Result]) -> Any:
         async def run() -> Any:
             now = self.clock.wall_ms()
-            entry = S.encode_done(job, run_id, exit_code, output, now, attempt)
-            await self._write(entry)
-            self.counters["results"] += 1
+            broadcast = any(self.state.has_broadcast_dependent(r[0]) for r in results)
+            workers = self._live_workers(now) if broadcast else ()
+            await self._write(S.encode_done_many(results, now, workers))
+            self.counters["results"] += len(results)
             return OK
 
         return run()
@@ -459,6 +547,7 @@ class SchedulerServer:
                 "members": ",".join(map(str, status.get("members", []))),
                 "jobs": len(self.state.jobs),
                 "active_runs": self.state.active_runs(),
+                "live_workers": len(self._live_workers(self.clock.wall_ms())),
                 **self.counters,
             }
         }

@@ -2,16 +2,30 @@
 
     python -m scheduler worker --scheduler 127.0.0.2:7380,127.0.0.3:7380 [--tags a,b]
 
-Any node answers (writes are forwarded to the leader); when the one in use fails, the
-worker moves to the next. `WORKER.POLL id tags timeout_ms resync` returns the runs the
-cluster committed to this worker (a claim: a run is claimed once). After any error the
-next poll asks with resync=1 so runs whose claim reply was lost come back; a run id seen
-before (the same attempt) is never executed again (the last MAX_REMEMBERED are kept).
+`Worker` is the one place where polling, heartbeats, at-most-once delivery, timeouts and
+reporting live; what a run does is its `executor` (`Run` -> exit code and output tail).
+The shell worker's executor is `shell_executor`; the embedded worker of scheduler.embedded
+calls Python handlers instead.
 
-A run executes through `/bin/sh -c` in its own process group (killed as a group on its
-TIMEOUT) with SCHED_JOB, SCHED_SCHEDULED_AT (epoch ms), SCHED_RUN_ID and SCHED_ATTEMPT in
-the environment; its exit code and the tail of its output go back with WORKER.DONE, retried
+Any node answers (writes are forwarded to the leader); when the one in use fails, the
+worker moves to the next. `WORKER.POLL id tags timeout_ms resync max_runs` returns the
+runs the cluster committed to this worker (a claim: a run is claimed once); max_runs is
+what its free slots can take. After any error the next poll asks with resync=1 so runs
+whose claim reply was lost come back; a run id seen before (the same attempt) is never
+executed again (the last MAX_REMEMBERED are kept). Results are queued and sent in batches
+(WORKER.RESULTS, one Raft entry each) over REPORT_CHANNELS connections.
+
+An attempt past its TIMEOUT is cancelled (the shell executor then kills its process group)
+and reported as EXIT_TIMED_OUT. The shell executor runs the command through `/bin/sh -c` in
+its own process group with SCHED_JOB, SCHED_SCHEDULED_AT (epoch ms), SCHED_RUN_ID,
+SCHED_ATTEMPT, SCHED_SHARD and SCHED_SHARDS (shard i of n of a TARGET ALL broadcast; 0 of 1
+otherwise) in the environment. Exit code and output tail go back with WORKER.DONE, retried
 until the cluster takes it (a repeated report is a no-op there).
+
+The worker heartbeats every `heartbeat_s` even when idle: the cluster counts a worker live
+(for lost-run detection and for the worker list of a broadcast) while it hears from it.
+The heartbeat's reply names this worker's attempts the cluster killed (CONCURRENCY REPLACE);
+their tasks are cancelled as on a TIMEOUT (the group is killed) and nothing is reported.
 """
 
 from __future__ import annotations
@@ -21,8 +35,10 @@ import logging
 import os
 import signal
 import socket
+import traceback
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from core.resp_client import AsyncRespConnection, ReplyError, RespConnectionError
@@ -35,32 +51,86 @@ CALL_TIMEOUT_S = 15.0  # above POLL_MS plus a forwarded proposal's timeout
 RETRY_S = 0.2
 OUTPUT_TAIL_BYTES = 1024
 EXIT_TIMED_OUT = 124  # as timeout(1)
-HEARTBEAT_S = 2.0  # WORKER.HEARTBEAT interval while runs are in flight
+EXIT_FAILED = 1  # the executor raised
+HEARTBEAT_S = 2.0  # WORKER.HEARTBEAT interval
+REPORT_CHANNELS = 4  # report batches in flight at once: each waits for a Raft commit
+MAX_REPORT_BATCH = 256  # results in one WORKER.RESULTS (the cluster's MAX_RESULTS)
+POLL, BEAT, FIRST_REPORT = 0, 1, 2  # connection channels (see Worker.__init__)
 STOP_GRACE_S = 10.0  # on SIGTERM, runs in flight get this long to finish and report
 
 
+@dataclass(frozen=True)
+class Run:
+    """One attempt of a run as a worker receives it. `scheduled_at_ms` is the slot (epoch
+    ms); `shard` of `shards` is this worker's part of a TARGET ALL broadcast (0 of 1 for
+    any other job); `command` is the job's command (the handler name for an embedded
+    worker); `timeout_s` 0 means none."""
+
+    job: str
+    scheduled_at_ms: int
+    run_id: str
+    attempt: int
+    shard: int = 0
+    shards: int = 1
+    command: str = ""
+    timeout_s: int = 0
+
+    @classmethod
+    def from_wire(cls, raw: Sequence[Any]) -> Run:
+        """A WORKER.POLL reply item: run_id job command slot_ms attempt timeout_s
+        [shard shards] (clusters before broadcast send no shard fields)."""
+        shard, shards = (int(raw[6]), int(raw[7])) if len(raw) >= 8 else (0, 1)
+        return cls(job=_str(raw[1]), scheduled_at_ms=int(raw[3]), run_id=_str(raw[0]),
+                   attempt=int(raw[4]), shard=shard, shards=shards, command=_str(raw[2]),
+                   timeout_s=int(raw[5]))
+
+    def environment(self) -> dict[str, str]:
+        """The SCHED_* variables a shell command sees."""
+        return {"SCHED_JOB": self.job, "SCHED_SCHEDULED_AT": str(self.scheduled_at_ms),
+                "SCHED_RUN_ID": self.run_id, "SCHED_ATTEMPT": str(self.attempt),
+                "SCHED_SHARD": str(self.shard), "SCHED_SHARDS": str(self.shards)}
+
+
+Executor = Callable[[Run], Awaitable[tuple[int, bytes]]]  # -> (exit code, output tail)
+
+
+async def shell_executor(run: Run) -> tuple[int, bytes]:
+    """Run the job's command with /bin/sh, the SCHED_* variables added to the environment.
+    The worker cancels it on TIMEOUT, which kills its process group."""
+    return await run_command(run.command, {**os.environ, **run.environment()}, 0)
+
+
 class Worker:
-    """Poll, execute, report. `run(stop)` returns once `stop` is set and runs finished."""
+    """Poll, execute, report. `run(stop)` returns once `stop` is set and runs finished.
+    `executor` runs one attempt (default: the job's command through the shell)."""
 
     def __init__(self, servers: Sequence[tuple[str, int]], tags: Sequence[str] = (), *,
                  worker_id: str | None = None, password: str | None = None,
-                 concurrency: int = 8, heartbeat_s: float = HEARTBEAT_S) -> None:
+                 concurrency: int = 8, heartbeat_s: float = HEARTBEAT_S,
+                 executor: Executor = shell_executor) -> None:
         if not servers:
             raise ValueError("no scheduler address")
+        self.executor = executor
         self.servers = list(servers)
         self.tags = list(tags)
         self.worker_id = worker_id or f"{socket.gethostname()}-{os.getpid()}"
         self.password = password
         self.heartbeat_s = heartbeat_s
+        self.concurrency = concurrency
         self.slots = asyncio.Semaphore(concurrency)
         self.seen: OrderedDict[str, None] = OrderedDict()
         self.tasks: set[asyncio.Task[None]] = set()
-        # channel 0 polls, channel 1 reports (a report never waits behind a long poll),
-        # channel 2 heartbeats
-        self._conns: list[AsyncRespConnection | None] = [None, None, None]
-        self._next = [0, 1, 2]
+        self.running: dict[str, asyncio.Task[None]] = {}  # "run_id#attempt" -> its task
+        self._held = 0  # runs claimed and not yet executed: a poll asks for the rest
+        # one connection per channel: POLL, BEAT, then REPORT_CHANNELS for reports, so a
+        # report never waits behind a long poll and several commit at once (one fsync)
+        channels = FIRST_REPORT + REPORT_CHANNELS
+        self._conns: list[AsyncRespConnection | None] = [None] * channels
+        self._next = list(range(channels))  # spread the first connections over the nodes
+        self._results: asyncio.Queue[tuple[tuple[str, int, bytes, int],
+                                           asyncio.Future[None]]] = asyncio.Queue()
 
-    async def call(self, *args: object, channel: int = 0) -> Any:
+    async def call(self, *args: object, channel: int = POLL) -> Any:
         """One command on the channel's node; after a connection error, the next node."""
         conn = self._conns[channel]
         if conn is None or conn.closed:
@@ -74,33 +144,42 @@ class Worker:
             self._conns[channel] = None
             raise
 
-    def _drop(self, channel: int = 0) -> None:
+    def _drop(self, channel: int = POLL) -> None:
         conn = self._conns[channel]
         if conn is not None:
             conn.abort()
             self._conns[channel] = None
 
     async def run(self, stop: asyncio.Event) -> None:
-        beats = asyncio.create_task(self._heartbeats(stop))
+        helpers = [asyncio.create_task(self._heartbeats(stop))]
+        helpers += [asyncio.create_task(self._reporter(channel))
+                    for channel in range(FIRST_REPORT, len(self._conns))]
         try:
             await self._run(stop)
         finally:
-            beats.cancel()
-            await asyncio.gather(beats, return_exceptions=True)
-            self._drop(2)
+            for task in helpers:
+                task.cancel()
+            await asyncio.gather(*helpers, return_exceptions=True)
+            for channel in range(len(self._conns)):
+                self._drop(channel)
 
     async def _heartbeats(self, stop: asyncio.Event) -> None:
-        """While runs are in flight, tell the cluster this worker is alive (a worker silent
-        for the cluster's --worker-timeout-ms loses its runs to a retry elsewhere)."""
+        """Tell the cluster this worker is alive, idle or not: a worker silent for the
+        cluster's --worker-timeout-ms loses its runs to a retry elsewhere, and only live
+        workers get a shard of a broadcast."""
         while not stop.is_set():
             await asyncio.sleep(self.heartbeat_s)
-            if not self.tasks:
-                continue
             try:
-                await self.call("WORKER.HEARTBEAT", self.worker_id, channel=2)
+                killed = await self.call("WORKER.HEARTBEAT", self.worker_id, channel=BEAT)
             except (OSError, ReplyError, TimeoutError) as exc:
                 log.info("heartbeat failed (%s); trying the next node", exc)
-                self._drop(2)
+                self._drop(BEAT)
+                continue
+            for key in killed if isinstance(killed, list) else ():  # (old clusters: OK)
+                task = self.running.get(_str(key))
+                if task is not None:  # cancelling it kills the run's process group
+                    log.info("run %s: killed by the cluster (replaced)", _str(key))
+                    task.cancel()
 
     async def _run(self, stop: asyncio.Event) -> None:
         resync = True
@@ -108,8 +187,9 @@ class Worker:
             try:
                 await self.slots.acquire()
                 self.slots.release()
+                wanted = max(1, self.concurrency - self._held)
                 runs = await self.call("WORKER.POLL", self.worker_id, ",".join(self.tags),
-                                       POLL_MS, 1 if resync else 0)
+                                       POLL_MS, 1 if resync else 0, wanted)
                 resync = False
             except (OSError, ReplyError, TimeoutError) as exc:
                 log.info("poll failed (%s); trying the next node", exc)
@@ -124,8 +204,6 @@ class Worker:
             for task in late:
                 task.cancel()
             await asyncio.gather(*late, return_exceptions=True)
-        self._drop(0)
-        self._drop(1)
 
     def _start(self, run: list[Any]) -> None:
         run_id = _str(run[0])
@@ -135,29 +213,67 @@ class Worker:
         self.seen[key] = None
         while len(self.seen) > MAX_REMEMBERED:
             self.seen.popitem(last=False)
+        self._held += 1
         task = asyncio.create_task(self._execute(run_id, run))
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
+        self.running[key] = task
+        task.add_done_callback(lambda _: self.running.pop(key, None))
 
-    async def _execute(self, run_id: str, run: list[Any]) -> None:
-        job, command, slot_ms, attempt, timeout_s = (
-            _str(run[1]), _str(run[2]), int(run[3]), int(run[4]), int(run[5]))
-        env = {**os.environ, "SCHED_JOB": job, "SCHED_SCHEDULED_AT": str(slot_ms),
-               "SCHED_RUN_ID": run_id, "SCHED_ATTEMPT": str(attempt)}
-        async with self.slots:
-            log.info("run %s: %s", run_id, command)
-            code, output = await run_command(command, env, timeout_s)
-        await self._report(run_id, code, output, attempt)
+    async def _execute(self, run_id: str, raw: list[Any]) -> None:
+        try:
+            run = Run.from_wire(raw)
+            async with self.slots:
+                log.debug("run %s: %s", run_id, run.command)
+                code, output = await self._attempt(run)
+        finally:
+            self._held -= 1
+        await self._report(run_id, code, output, run.attempt)
+
+    async def _attempt(self, run: Run) -> tuple[int, bytes]:
+        """The executor under the run's TIMEOUT (on expiry its task is cancelled). An
+        exception it raises is a failure whose output is the traceback's last line."""
+        deadline = asyncio.timeout(run.timeout_s or None)
+        try:
+            async with deadline:
+                return await self.executor(run)
+        except Exception as exc:
+            if isinstance(exc, TimeoutError) and deadline.expired():
+                return EXIT_TIMED_OUT, b"timed out"
+            log.info("run %s failed: %r", run.run_id, exc)
+            return EXIT_FAILED, failure_message(exc).encode()
 
     async def _report(self, run_id: str, code: int, output: bytes, attempt: int) -> None:
+        """Queue the result for a reporter; return once the cluster has taken it."""
+        taken: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._results.put_nowait(((run_id, code, output, attempt), taken))
+        await taken
+
+    async def _reporter(self, channel: int) -> None:
+        """Send the queued results, up to MAX_REPORT_BATCH in one WORKER.RESULTS (one Raft
+        entry), retried until the cluster takes them (a repeated report is a no-op)."""
         while True:
-            try:
-                await self.call("WORKER.DONE", run_id, code, output, attempt, channel=1)
-                return
-            except (OSError, ReplyError, TimeoutError) as exc:
-                log.info("report of %s failed (%s); retrying", run_id, exc)
-                self._drop(1)
-                await asyncio.sleep(RETRY_S)
+            batch = [await self._results.get()]
+            while len(batch) < MAX_REPORT_BATCH and not self._results.empty():
+                batch.append(self._results.get_nowait())
+            args = [value for result, _ in batch for value in result]
+            while True:
+                try:
+                    await self.call("WORKER.RESULTS", *args, channel=channel)
+                    break
+                except ReplyError as exc:
+                    if not str(exc).startswith(("TRYAGAIN", "LOADING")):
+                        log.error("the cluster refused %d result(s): %s", len(batch), exc)
+                        break  # it never will take them: their runs time out or are lost
+                    log.info("report of %d result(s) failed (%s); retrying", len(batch), exc)
+                    await asyncio.sleep(RETRY_S)
+                except (OSError, TimeoutError) as exc:
+                    log.info("report of %d result(s) failed (%s); retrying", len(batch), exc)
+                    self._drop(channel)
+                    await asyncio.sleep(RETRY_S)
+            for _, taken in batch:
+                if not taken.done():  # (its run's task may have been cancelled)
+                    taken.set_result(None)
 
 
 async def run_command(command: str, env: dict[str, str], timeout_s: int) -> tuple[int, bytes]:
@@ -185,6 +301,11 @@ async def _kill_group(proc: asyncio.subprocess.Process) -> None:
     except ProcessLookupError:
         pass
     await proc.wait()
+
+
+def failure_message(exc: BaseException) -> str:
+    """The last line of `exc`'s traceback, e.g. "ValueError: no such account"."""
+    return traceback.format_exception_only(exc)[-1].strip()
 
 
 def _str(value: Any) -> str:

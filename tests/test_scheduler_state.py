@@ -256,3 +256,205 @@ def test_a_silent_workers_run_is_lost_then_retried() -> None:
     assert copy.workers == state.workers and copy.clients == {4: "127.0.0.5:7380"}
     copy.apply_entry(S.encode_member(4, ""))
     assert copy.clients == {}
+
+
+# -- TARGET ALL: one run per live worker, shard i of n ----------------------------------------
+
+WORKERS = ["w1", "w2", "w3"]
+
+
+def broadcast(*extra: str) -> SchedulerState:
+    """A broadcast job "b" and three workers heard at T0 + 500."""
+    state, _ = make("TARGET", "ALL", *extra, name="b")
+    for worker in WORKERS:
+        state.apply_entry(S.encode_beat(worker, T0 + 500))
+    return state
+
+
+def fire_broadcast(state: SchedulerState, now_ms: int, timeout_ms: int = 3000) -> list[dict]:
+    """The leader's side: the live workers go into the fire entry."""
+    plan = plan_slots(state.jobs["b"], state.handled["b"], now_ms)
+    workers = state.live_workers(now_ms, timeout_ms)
+    entry = S.encode_fire("b", plan.fire, plan.handled_ms, now_ms, plan.missed, workers)
+    return state.apply_entry(entry)
+
+
+def shards(runs: list[dict]) -> list[tuple[int, int, str]]:
+    return [(run["shard"], run["shards"], run["worker"]) for run in runs]
+
+
+def test_live_workers_are_those_heard_within_the_timeout() -> None:
+    state = broadcast()
+    state.apply_entry(S.encode_beat("w4", T0 + 100))
+    assert state.live_workers(T0 + 3099, 3000) == ["w1", "w2", "w3", "w4"]
+    assert state.live_workers(T0 + 3100, 3000) == WORKERS  # w4 silent for 3000 ms
+    assert state.live_workers(T0 + 3500, 3000) == []
+
+
+def test_broadcast_fires_one_bound_shard_per_live_worker_once() -> None:
+    state = broadcast()
+    runs = fire_broadcast(state, T0 + 1000)
+    assert shards(runs) == [(0, 3, "w1"), (1, 3, "w2"), (2, 3, "w3")]
+    assert {run["slot_ms"] for run in runs} == {T0 + 1000}
+    assert sorted(state.runs["b"]) == [f"b@{T0 + 1000}/{i}" for i in range(3)]
+    again = S.encode_fire("b", [T0 + 1000], T0 + 1000, T0 + 1000, 0, ["x", "y"])
+    assert state.apply_entry(again) == []  # the slot fired already: no shard twice
+    assert len(state.runs["b"]) == 3
+
+
+def test_a_shard_is_claimed_by_its_own_worker_only() -> None:
+    state = broadcast()
+    fire_broadcast(state, T0 + 1000)
+    assert not state.pending([], "w9") and state.pending([], "w2") and state.pending([])
+    assert state.apply_entry(S.encode_claim("w9", [], T0 + 1100)) == []
+    [mine] = state.apply_entry(S.encode_claim("w2", ["any", "tags"], T0 + 1100))
+    assert (mine["shard"], mine["shards"], mine["run_id"]) == (1, 3, f"b@{T0 + 1000}/1")
+    assert state.apply_entry(S.encode_claim("w2", [], T0 + 1200)) == []
+    assert not state.pending([], "w2")
+    for worker, shard in (("w3", 2), ("w1", 0)):
+        [run] = state.apply_entry(S.encode_claim(worker, [], T0 + 1300))
+        assert run["shard"] == shard
+    assert {r.worker for r in state.runs["b"].values()} == set(WORKERS)
+    assert all(r.state == STARTED for r in state.runs["b"].values())
+
+
+def test_broadcast_without_live_workers_fires_one_open_run() -> None:
+    state = broadcast()
+    [run] = fire_broadcast(state, T0 + 10_000)  # everyone silent for 9.5 s
+    assert shards([run]) == [(0, 1, "")]
+    assert state.due_entries(T0 + 100_000, worker_timeout_ms=3000) == []  # not held: waits
+    [claimed] = state.apply_entry(S.encode_claim("late", [], T0 + 100_000))
+    assert claimed["run_id"] == f"b@{T0 + 10_000}/0"
+
+
+def test_job_run_of_a_broadcast_job_fires_every_shard() -> None:
+    state = broadcast()
+    runs = state.apply_entry(S.encode_run("b", T0 + 1234, WORKERS[:2]))
+    assert shards(runs) == [(0, 2, "w1"), (1, 2, "w2")]
+    assert state.apply_entry(S.encode_run("b", T0 + 1234, WORKERS[:2])) == []
+    # workers in a non-broadcast job's entry change nothing
+    state2, _ = make()
+    assert shards(state2.apply_entry(S.encode_run("j", T0 + 1, WORKERS))) == [(0, 1, "")]
+
+
+def test_a_shard_of_a_silent_worker_is_lost_and_its_retry_open_to_any() -> None:
+    state = broadcast("RETRIES", "1", "BACKOFF", "0")
+    fire_broadcast(state, T0 + 1000)
+    for worker in ("w1", "w3"):
+        state.apply_entry(S.encode_claim(worker, [], T0 + 1100))
+        state.apply_entry(S.encode_beat(worker, T0 + 4000))
+    # w2 never claimed its shard and went silent: the FIRED shard it holds is lost
+    [entry] = state.due_entries(T0 + 4000, worker_timeout_ms=3000)
+    assert msgpack.unpackb(entry)["run_id"] == f"b@{T0 + 1000}/1"
+    state.apply_entry(entry)
+    [retry] = state.due_entries(T0 + 4000, worker_timeout_ms=3000)
+    [fired] = state.apply_entry(retry)
+    assert (fired["shard"], fired["shards"], fired["attempt"], fired["worker"]) == (1, 3, 2, "")
+    assert fired["message"].startswith("attempt 1: lost: worker w2 silent")
+    [taken] = state.apply_entry(S.encode_claim("w1", [], T0 + 4100))
+    assert (taken["run_id"], taken["attempt"]) == (f"b@{T0 + 1000}/1", 2)
+
+
+def test_after_a_broadcast_parent_the_child_fires_when_every_shard_succeeded() -> None:
+    state = broadcast()
+    child = parse_job_add(["c", "@after", "true", "AFTER", "b", "TARGET", "ALL"], T0)
+    assert state.apply_entry(S.encode_add(child)) is None
+    assert state.has_broadcast_dependent("b") and not state.has_broadcast_dependent("c")
+    fire_broadcast(state, T0 + 1000)
+    for worker in WORKERS:
+        state.apply_entry(S.encode_claim(worker, [], T0 + 1100))
+    ids = [f"b@{T0 + 1000}/{i}" for i in range(3)]
+    for run_id in ids[:2]:
+        done = S.encode_done("b", run_id, 0, "", T0 + 1200, 1, WORKERS)
+        assert state.apply_entry(done) is None  # shards left: no child yet
+    last = S.encode_done("b", ids[2], 0, "", T0 + 1300, 1, WORKERS[:2])
+    children = state.apply_entry(last)
+    assert shards(children) == [(0, 2, "w1"), (1, 2, "w2")]  # the child broadcasts too
+    assert {run["slot_ms"] for run in children} == {T0 + 1000}
+    assert state.apply_entry(last) is None  # a repeated report fires nothing more
+
+
+def test_a_failed_shard_holds_the_child_back() -> None:
+    state = broadcast()
+    child = parse_job_add(["c", "@after", "true", "AFTER", "b"], T0)
+    state.apply_entry(S.encode_add(child))
+    fire_broadcast(state, T0 + 1000)
+    for worker in WORKERS:
+        state.apply_entry(S.encode_claim(worker, [], T0 + 1100))
+    codes = {0: 0, 1: 3, 2: 0}
+    for shard, code in codes.items():
+        done = S.encode_done("b", f"b@{T0 + 1000}/{shard}", code, "", T0 + 1200, 1)
+        assert state.apply_entry(done) is None
+    assert state.runs["c"] == {}
+
+
+def test_bound_shards_survive_a_snapshot() -> None:
+    state = broadcast()
+    fire_broadcast(state, T0 + 1000)
+    copy = SchedulerState()
+    copy.restore(state.snapshot())
+    assert copy.runs == state.runs
+    assert copy.apply_entry(S.encode_claim("w9", [], T0 + 1100)) == []
+    assert len(copy.apply_entry(S.encode_claim("w3", [], T0 + 1100))) == 1
+
+
+# -- batched results, claim sizes and the active-run index ------------------------------------
+
+
+def test_many_results_in_one_entry_finish_each_run_once() -> None:
+    state, _ = make("RETRIES", "1", "BACKOFF", "0")
+    for k in (1, 2, 3):
+        fire_due(state, "j", T0 + k * 1000)
+    claimed = state.apply_entry(S.encode_claim("w1", [], T0 + 3100, limit=3))
+    ids = [run["run_id"] for run in claimed]
+    assert len(ids) == 3
+    results = [("j", ids[0], 0, "", 1), ("j", ids[1], 2, "boom", 1), ("j", "j@1/0", 0, "", 1)]
+    entry = S.encode_done_many(results, T0 + 3200)
+    assert state.apply_entry(entry) is None  # an unknown run id is a no-op, as in "done"
+    assert [state.runs["j"][i].state for i in ids] == [SUCCEEDED, "retry_wait", STARTED]
+    assert state.apply_entry(entry) is None  # the same batch again changes nothing
+    assert [state.runs["j"][i].state for i in ids] == [SUCCEEDED, "retry_wait", STARTED]
+
+
+def test_a_claim_takes_what_the_worker_asks_for_up_to_max_claim() -> None:
+    state, _ = make("MISFIRE", "ALL")
+    fire_due(state, "j", T0 + 1000)
+    assert len(fire_due(state, "j", T0 + 40_000)) == 39
+    assert len(state.apply_entry(S.encode_claim("w1", [], T0 + 40_000))) == S.DEFAULT_CLAIM
+    assert len(state.apply_entry(S.encode_claim("w1", [], T0 + 40_000, limit=5))) == 5
+    rest = state.apply_entry(S.encode_claim("w1", [], T0 + 40_000, limit=10_000))
+    assert len(rest) == 40 - S.DEFAULT_CLAIM - 5
+    assert not state.pending() and state.active_runs() == 40
+
+
+def test_claims_hand_out_the_same_runs_on_a_restored_replica() -> None:
+    """The active-run index is rebuilt on restore in another order; claims must not
+    depend on it (oldest fire first, then run id), or replicas would diverge."""
+    state, _ = make("MISFIRE", "ALL")
+    other = parse_job_add(["k", "@every 1s", "true", "MISFIRE", "ALL"], T0)
+    state.apply_entry(S.encode_add(other))
+    for k in range(1, 6):
+        fire_due(state, "k", T0 + k * 1000)
+        fire_due(state, "j", T0 + k * 1000)
+    state.apply_entry(S.encode_claim("w1", [], T0 + 5000, limit=3))
+    copy = SchedulerState()
+    copy.restore(state.snapshot())
+    for limit in (4, 1, 16):
+        entry = S.encode_claim("w2", [], T0 + 6000, limit=limit)
+        assert copy.apply_entry(entry) == state.apply_entry(entry)
+    resync = S.encode_claim("w1", [], T0 + 7000, resync=True)
+    assert copy.apply_entry(resync) == state.apply_entry(resync)
+    assert copy.snapshot() == state.snapshot()
+    got = [(r["slot_ms"], r["job"]) for r in state.apply_entry(resync)]
+    assert got == sorted(got)  # the oldest first
+
+
+def test_a_snapshot_of_run_maps_from_before_rows_still_restores() -> None:
+    state = broadcast()
+    fire_broadcast(state, T0 + 1000)
+    data = msgpack.unpackb(state.snapshot())
+    names, rows = data.pop("run_fields"), data.pop("run_rows")
+    data["runs"] = {n: [dict(zip(names, row, strict=True)) for row in rs] for n, rs in rows.items()}
+    copy = SchedulerState()
+    copy.restore(msgpack.packb(data))
+    assert copy.runs == state.runs and copy.snapshot() == state.snapshot()

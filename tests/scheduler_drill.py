@@ -1,0 +1,143 @@
+"""Helpers of the scheduler drills (tests/test_scheduler_drills.py): a cluster started,
+stopped and restarted with a shifted wall clock, run histories, and process-group checks.
+
+The cluster itself is `tests.test_scheduler_daemon.Cluster` (three nodes on 127.0.0.2-4
+and one worker process); these helpers only add the clock offset and the bookkeeping.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from tests.conftest import wait_for_tcp_port
+from tests.test_scheduler_daemon import HANG_S, Cluster, wait_until
+
+OFFSET_FLAG = "--clock-offset-ms"
+FINAL = frozenset({"succeeded", "failed", "timed_out", "lost", "killed", "skipped"})
+HISTORY_ALL = "1000"  # JOB.HISTORY count that returns every run the drills make
+WORKER_TIMEOUT_MS = 3000  # the nodes' --worker-timeout-ms
+
+
+def wall_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def set_offset(cluster: Cluster, offset_ms: int) -> None:
+    """Make the nodes' next start read a wall clock shifted by `offset_ms`."""
+    for node in cluster.nodes:
+        argv = node.argv
+        if OFFSET_FLAG in argv:
+            at = argv.index(OFFSET_FLAG)
+            del argv[at:at + 2]
+        argv += [OFFSET_FLAG, str(offset_ms)]
+
+
+def start_nodes(cluster: Cluster, offset_ms: int = 0) -> None:
+    """Start (or restart, on their data directories) the three nodes, all together."""
+    set_offset(cluster, offset_ms)
+    for node in cluster.nodes:
+        node.start(wait=False)
+    for node in cluster.nodes:
+        wait_for_tcp_port(node.host, node.port, timeout=HANG_S, proc=node.proc)
+
+
+def stop_nodes(cluster: Cluster) -> None:
+    """SIGTERM every node and wait: a clean shutdown of the whole cluster."""
+    for node in cluster.nodes:
+        node.signal(signal.SIGTERM)
+    for node in cluster.nodes:
+        node.stop()
+
+
+@contextmanager
+def running_cluster(tmp: Path, offset_ms: int = 0,
+                    worker_timeout_ms: int = WORKER_TIMEOUT_MS) -> Iterator[Cluster]:
+    """A fresh cluster and its worker, stopped (SIGTERM) on the way out. The worker
+    heartbeats six times per `worker_timeout_ms`, so only a real silence loses its runs."""
+    cluster = Cluster(tmp)
+    for node in cluster.nodes:
+        node.argv += ["--worker-timeout-ms", str(worker_timeout_ms)]
+    cluster.worker.argv += ["--heartbeat-ms", str(worker_timeout_ms // 6)]
+    try:
+        start_nodes(cluster, offset_ms)
+        cluster.worker.start(wait=False)
+        yield cluster
+    finally:
+        for daemon in (cluster.worker, *cluster.nodes):
+            if daemon.proc is not None:
+                daemon.stop()
+
+
+def history(cluster: Cluster, job: str) -> list[dict[str, Any]]:
+    """Every run of `job`, oldest first."""
+    return list(reversed(cluster.call("JOB.HISTORY", job, HISTORY_ALL)))
+
+
+def fired_slots(cluster: Cluster, job: str) -> list[int]:
+    """The slots of `job` that fired (skipped slots left out), ascending."""
+    return sorted(run["slot_ms"] for run in history(cluster, job) if run["state"] != "skipped")
+
+
+def settled(cluster: Cluster, *jobs: str) -> bool:
+    """Whether every run of `jobs` has reached a final state."""
+    return all(run["state"] in FINAL for job in jobs for run in history(cluster, job))
+
+
+def job_definition(cluster: Cluster, job: str) -> dict[str, Any]:
+    """JOB.GET without the fields that move as time passes."""
+    fields = dict(cluster.call("JOB.GET", job))
+    for moving in ("handled_ms", "next_ms"):
+        fields.pop(moving)
+    return fields
+
+
+def cron_at(ms: int) -> str:
+    """A 6-field schedule (UTC) whose only slot each year is the whole second `ms`."""
+    at = datetime.fromtimestamp(ms / 1000, UTC)
+    return f"{at.second} {at.minute} {at.hour} {at.day} {at.month} *"
+
+
+def append_slot(path: Path) -> str:
+    """A command that appends its run's slot to `path`."""
+    return f'echo "$SCHED_SCHEDULED_AT" >> {path}'
+
+
+def gated(path: Path, gate: Path) -> str:
+    """A command that appends its slot to `path`, then waits until `gate` exists."""
+    return f"{append_slot(path)}; while [ ! -e {gate} ]; do sleep 0.1; done"
+
+
+def group_alive(pgid: int) -> bool:
+    """Whether a live (not zombie) process is left in process group `pgid`."""
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat") as stat:
+                fields = stat.read().rsplit(")", 1)[1].split()
+        except (FileNotFoundError, ProcessLookupError, IndexError):
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":  # fields: state ppid pgrp ...
+            return True
+    return False
+
+
+def kill_groups(pgids: list[int]) -> None:
+    """SIGKILL what is left of the process groups a drill started (cleanup only)."""
+    for pgid in pgids:
+        try:
+            os.killpg(pgid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def wait_slot_reached(cluster: Cluster, job: str, slot_ms: int, what: str) -> None:
+    """Wait until `job` has fired a slot at or after `slot_ms`."""
+    wait_until(lambda: any(s >= slot_ms for s in fired_slots(cluster, job)), what, cluster)

@@ -60,7 +60,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--cluster-secret", default=None)
     serve.add_argument("--tick-ms", type=int, default=20)
     serve.add_argument("--election-tick", type=int, default=15)
-    serve.add_argument("--snapshot-every", type=int, default=10_000)
+    # etcd's default: a snapshot pauses the loop (1,000 jobs x 100 records: ~0.2 s), so a
+    # busy cluster should take one every minute or so, not every few seconds.
+    serve.add_argument("--snapshot-every", type=int, default=100_000,
+                       help="applied entries between snapshots (log compaction)")
     serve.add_argument("--worker-timeout-ms", type=int, default=10_000,
                        help="a run's worker silent this long: the run is lost (retried)")
 
@@ -69,9 +72,10 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--tags", default="", help="a,b: tags this worker serves")
     worker.add_argument("--id", default=None, help="worker id (default host-pid)")
     worker.add_argument("--password", default=None)
-    worker.add_argument("--concurrency", type=int, default=8)
+    worker.add_argument("--slots", "--concurrency", dest="slots", type=int, default=8,
+                        help="runs this worker executes at once")
     worker.add_argument("--heartbeat-ms", type=int, default=2000,
-                        help="WORKER.HEARTBEAT interval while runs are in flight")
+                        help="WORKER.HEARTBEAT interval (liveness: lost runs, TARGET ALL)")
     worker.add_argument("--log-level", default="INFO")
 
     client = argparse.ArgumentParser(add_help=False)
@@ -180,7 +184,7 @@ def work(args: argparse.Namespace) -> int:
     servers = [daemon.parse_hostport(s.strip()) for s in args.scheduler.split(",") if s.strip()]
     tags = [t for t in args.tags.split(",") if t]
     worker = Worker(servers, tags, worker_id=args.id, password=args.password,
-                    concurrency=args.concurrency, heartbeat_s=args.heartbeat_ms / 1000)
+                    concurrency=args.slots, heartbeat_s=args.heartbeat_ms / 1000)
 
     async def run(stop: asyncio.Event) -> int:
         await worker.run(stop)

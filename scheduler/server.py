@@ -38,6 +38,7 @@ MAX_POLL_MS = 30_000
 DEFAULT_POLL_MS = 1000
 MAX_OUTPUT_BYTES = 1024
 MAX_RESULTS = 256  # runs one WORKER.RESULTS reports
+MAX_WORKER_ID_BYTES = 255  # ids live in the replicated state (last heard), so they are bounded
 # exit codes: a 32-bit int, as any process or handler reports (and msgpack carries)
 MIN_EXIT_CODE, MAX_EXIT_CODE = -(2**31), 2**31 - 1
 DEFAULT_HISTORY_COUNT = 10
@@ -56,6 +57,7 @@ ERR_MEMBER = "ERR node {} is already a member"
 ERR_NOT_MEMBER = "ERR node {} is not a member"
 ERR_EXIT_CODE = f"ERR exit code must be an integer from {MIN_EXIT_CODE} to {MAX_EXIT_CODE}"
 ERR_ATTEMPT = f"ERR attempt must be an integer from 1 to {MAX_RETRIES + 1}"
+ERR_WORKER_ID = f"ERR worker id must be 1 to {MAX_WORKER_ID_BYTES} bytes"
 
 
 def _text(raw: bytes) -> str:
@@ -83,6 +85,12 @@ def _result(args: list[bytes]) -> S.Result:
     output = args[2][-MAX_OUTPUT_BYTES:].decode("utf-8", "replace") if len(args) > 2 else ""
     attempt = _bounded(args[3], 1, MAX_RETRIES + 1, ERR_ATTEMPT) if len(args) > 3 else None
     return job, run_id, exit_code, output, attempt
+
+
+def _worker_id(raw: bytes) -> str:
+    if not 0 < len(raw) <= MAX_WORKER_ID_BYTES:
+        raise CommandError(ERR_WORKER_ID)
+    return _text(raw)
 
 
 def _bounded(raw: bytes, low: int, high: int, error: str) -> int:
@@ -139,6 +147,7 @@ class SchedulerServer:
         # per handled slot, not on every turn of the firing loop
         self._next_cache: dict[str, tuple[Job, int, int | None]] = {}
         self._runs_checked = 0.0  # loop time of the last _expire_and_retry
+        self._leading_since_ms = 0  # wall time this node's firing loop last took over
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -182,6 +191,7 @@ class SchedulerServer:
                     # apply everything earlier leaders committed before planning slots
                     await self.driver.read_barrier()
                     caught_up_term = term
+                    self._leading_since_ms = self.clock.wall_ms()
                     log.info("leading in term %d: firing loop running", term)
                 await self._fire_due()
                 if asyncio.get_running_loop().time() >= self._runs_checked + CHECK_RUNS_S:
@@ -244,7 +254,12 @@ class SchedulerServer:
     async def _expire_and_retry(self) -> None:
         """Commit the due timeouts, lost runs and retries (each a no-op if no longer due),
         all at once (one group commit)."""
-        entries = self.state.due_entries(self.clock.wall_ms(), self.worker_timeout_ms)
+        now = self.clock.wall_ms()
+        # A new leader gives every worker one timeout to be heard before calling its runs
+        # lost: heartbeats sent while no leader could commit them (an election, a whole-
+        # cluster restart) are missing from the replicated last-heard times.
+        settled = now - self._leading_since_ms >= self.worker_timeout_ms
+        entries = self.state.due_entries(now, self.worker_timeout_ms if settled else None)
         if entries and self._leads():
             results = await asyncio.gather(*(self.driver.execute(e) for e in entries),
                                            return_exceptions=True)
@@ -454,7 +469,7 @@ class SchedulerServer:
         return run()
 
     def cmd_heartbeat(self, session: Any, args: list[bytes]) -> Any:
-        worker = _text(args[1])
+        worker = _worker_id(args[1])
 
         async def run() -> Any:
             now = self.clock.wall_ms()
@@ -467,7 +482,7 @@ class SchedulerServer:
     def cmd_poll(self, session: Any, args: list[bytes]) -> Any:
         if len(args) > 6:
             raise CommandError("ERR wrong number of arguments for 'worker.poll' command")
-        worker = _text(args[1])
+        worker = _worker_id(args[1])
         tags = [t for t in _text(args[2]).split(",") if t] if len(args) > 2 else []
         timeout_ms = DEFAULT_POLL_MS
         if len(args) > 3:

@@ -22,50 +22,49 @@ order and returns one result per entry (or None); `snapshot() -> bytes` and
                         machine.apply, machine.snapshot, machine.restore)
     await driver.start()
     index = await driver.propose(b"command")      # applied here when it returns
-    await driver.read_barrier(); machine.read(...)  # a linearizable read
-    await driver.stop()                           # SIGTERM: transfer leadership, then stop
-
 Entry data carries a one-byte tag: TAG_APP for application commands (the application sees
 only the bytes after it) and TAG_ADDRESS for the replicated address book (node id ->
 host:port), so a node added at run time becomes reachable from every member. Snapshots
-wrap the application's blob with the address book.
+wrap the application's blob with the address book (core/raft/driver_types.py).
 
 Errors: NotLeaderError (leader id and address) when this node cannot take a request,
 ProposalDropped when an entry was overwritten by another leader, ProposalUnknown when the
 outcome cannot be known (timeout, connection lost to the leader). A storage failure or a
 broken invariant is fatal: the driver stops and `wait()` raises it; the process must exit.
+
+Modules by role: this one holds life, the API, the network handler and the Ready loop;
+core/raft/driver_propose.py submits, forwards and waits for proposals;
+core/raft/driver_apply.py applies committed entries, the address book, configuration
+changes and snapshots; core/raft/driver_types.py holds the settings, errors and formats.
 """
 
 from __future__ import annotations
 
 import asyncio
-import heapq
 import itertools
 import logging
 import random
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
-
-import msgpack
 
 from core.raft.config import Config
 from core.raft.disk import DiskStorage
-from core.raft.errors import NotLeader, ProposalDropped, RaftError, WireError
-from core.raft.messages import (
-    NONE,
-    ConfChange,
-    ConfChangeOp,
-    Entry,
-    EntryType,
-    Snapshot,
-    SnapshotRequest,
-    message_from_wire,
+from core.raft.driver_apply import ApplySide
+from core.raft.driver_propose import ProposeSide
+from core.raft.driver_types import (
+    DEFAULT_TIMEOUT_S,
+    Apply,
+    DriverConfig,
+    NotLeaderError,
+    ProposalUnknown,
+    fail_future,
+    format_address,
 )
+from core.raft.errors import NotLeader, RaftError, WireError
+from core.raft.messages import NONE, SnapshotRequest, message_from_wire
 from core.raft.node import Node
 from core.raft.ready import Ready, Role
-from core.rpc import Address, PeerUnavailable, RequestRefused, RpcClient, RpcError, RpcServer
+from core.rpc import Address, RequestRefused, RpcClient, RpcError, RpcServer
 from core.storage import DataDirLock
 
 __all__ = [
@@ -77,53 +76,8 @@ __all__ = [
 
 log = logging.getLogger("core.raft.driver")
 
-TAG_APP = b"\x00"
-TAG_ADDRESS = b"\x01"
-SNAPSHOT_FORMAT = 1
-DEFAULT_TIMEOUT_S = 10.0
 
-Apply = Callable[[Sequence[tuple[int, bytes]]], Sequence[Any] | None]
-
-
-class NotLeaderError(NotLeader):
-    """This node is not the leader; `leader` is the known leader's id (0: none known) and
-    `address` its RPC address (None if unknown)."""
-
-    def __init__(self, leader: int, address: Address | None) -> None:
-        super().__init__(leader)
-        self.address = address
-        if address is not None:
-            self.args = (f"{self.args[0]} at {address[0]}:{address[1]}",)
-
-
-class ProposalUnknown(RaftError):
-    """The proposal may or may not have been committed (timeout, lost connection)."""
-
-
-@dataclass(frozen=True)
-class DriverConfig:
-    """Settings of one driver. `peers` maps node ids to RPC addresses (this node's own
-    entry is ignored); `founders` are the founding voters, the same on every founder, and
-    empty for a node that joins a running cluster (it learns the rest from the leader)."""
-
-    node_id: int
-    data_dir: Path
-    listen: Address
-    peers: Mapping[int, Address] = field(default_factory=dict)
-    founders: tuple[int, ...] = ()
-    secret: str | bytes | None = None
-    tick_s: float = 0.02
-    election_tick: int = 15
-    heartbeat_tick: int = 2
-    snapshot_every: int = 10_000  # applied entries between snapshots; 0: never
-    compaction_margin: int = 1_000  # entries kept behind a snapshot for slow followers
-    fsync_in_thread: bool = True
-    seed: int | None = None  # of the node's election-timeout randomness; None: from the OS
-    raft_options: Mapping[str, Any] = field(default_factory=dict)  # more core.raft.Config
-    rpc_options: Mapping[str, Any] = field(default_factory=dict)  # more Peer options
-
-
-class RaftDriver:
+class RaftDriver(ProposeSide, ApplySide):
     """See the module header. Create, `await start()`, use, `await stop()`."""
 
     def __init__(self, config: DriverConfig, apply: Apply, snapshot: Callable[[], bytes],
@@ -226,7 +180,7 @@ class RaftDriver:
         futures: list[asyncio.Future[Any]] = [f for _, f in self._waiters.values()]
         futures += [f for _, _, f in self._apply_waiters] + list(self._reads.values())
         for future in futures:
-            _fail(future, stopped)
+            fail_future(future, stopped)
         if self.storage is not None:
             self.storage.close()
         if self._lock is not None:
@@ -329,121 +283,16 @@ class RaftDriver:
         assert storage is not None and self.rpc is not None
         return {
             "id": self.id, "role": node.role.value, "term": node.term, "leader": node.lead,
-            "leader_address": _fmt(self.addresses.get(node.lead)), "commit": node.committed,
+            "leader_address": format_address(self.addresses.get(node.lead)),
+            "commit": node.committed,
             "applied": self.applied, "last_index": node.log.last_index(),
             "snapshot_index": storage.snapshot().index, "first_index": storage.first_index(),
             "members": sorted(node.voters),
-            "addresses": {k: _fmt(v) for k, v in sorted(self.addresses.items())},
+            "addresses": {k: format_address(v) for k, v in sorted(self.addresses.items())},
             "fsyncs": storage.fsyncs, "pending_proposals": len(self._waiters),
             "connected_peers": sorted(k for k, p in self.rpc.peers.items() if p.connected),
             **self.stats,
         }
-
-    # -- proposals -----------------------------------------------------------------------------
-
-    async def _submit(self, body: dict[str, Any], forward: bool,
-                      timeout: float) -> tuple[int, Any]:
-        try:
-            async with asyncio.timeout(timeout):
-                return await self._submit_until(body, forward)
-        except TimeoutError:
-            raise ProposalUnknown(f"no outcome within {timeout}s") from None
-
-    async def _submit_until(self, body: dict[str, Any], forward: bool) -> tuple[int, Any]:
-        node = self._node()
-        while True:
-            if self._stopping:
-                raise ProposalUnknown("the driver is stopping")
-            if node.role is Role.LEADER:
-                try:
-                    return await self._run_here(body)
-                except NotLeader:  # lost leadership before appending: nothing to undo
-                    if not forward:
-                        raise
-                    continue
-            if not forward:
-                raise self._not_leader()
-            leader = node.lead
-            reply = None if leader in (NONE, self.id) else await self._forward(leader, body)
-            if reply is None:  # no leader known, or it refused: nothing was appended
-                await asyncio.sleep(self.config.tick_s)
-                continue
-            index, result = reply
-            await self._wait_applied(index)
-            return index, result
-
-    async def _forward(self, leader: int, body: dict[str, Any]) -> tuple[int, Any] | None:
-        assert self.rpc is not None
-        try:
-            reply = await self.rpc.request(leader, body, timeout=DEFAULT_TIMEOUT_S)
-        except PeerUnavailable as exc:
-            if exc.sent:
-                raise ProposalUnknown(f"lost the leader {leader} under a proposal: {exc}") from exc
-            return None
-        except RpcError as exc:
-            raise ProposalUnknown(f"forwarding to node {leader} failed: {exc}") from exc
-        if not isinstance(reply, dict) or "index" not in reply:
-            return None
-        return reply["index"], reply.get("result")
-
-    async def _run_here(self, body: dict[str, Any]) -> tuple[int, Any]:
-        """Carry out a request on the leader (this node)."""
-        op, node = body.get("op"), self._node()
-        if op == "propose":
-            return await self._append(lambda: node.propose(TAG_APP + body["data"]))
-        if op == "add":
-            node_id, (host, port) = body["id"], body["addr"]
-            address = TAG_ADDRESS + msgpack.packb([node_id, [host, port]])
-            await self._append(lambda: node.propose(address))
-            return await self._append(lambda: node.propose_conf_change(ConfChangeOp.ADD, node_id))
-        if op == "remove":
-            return await self._append(
-                lambda: node.propose_conf_change(ConfChangeOp.REMOVE, body["id"]))
-        raise ValueError(f"unknown operation {op!r}")
-
-    async def _append(self, propose: Callable[[], int]) -> tuple[int, Any]:
-        """Append with `propose` (a Node method), retrying while the leader refuses for now
-        (a transfer or a configuration change under way); wait until the entry is applied."""
-        node = self._node()
-        while True:
-            try:
-                index = propose()
-                break
-            except NotLeader:
-                raise self._not_leader() from None
-            except ProposalDropped:
-                await asyncio.sleep(self.config.tick_s)
-        self.stats["proposals"] += 1
-        return await self._wait_entry(index, node.term)
-
-    async def _wait_entry(self, index: int, term: int) -> tuple[int, Any]:
-        future: asyncio.Future[tuple[int, Any]] = asyncio.get_running_loop().create_future()
-        old = self._waiters.get(index)
-        if old is not None:
-            _fail(old[1], ProposalDropped(f"entry {index} was overwritten"))
-        self._waiters[index] = (term, future)
-        self._wake.set()
-        try:
-            return await future
-        finally:
-            if self._waiters.get(index, (0, None))[1] is future:
-                del self._waiters[index]
-
-    async def _wait_applied(self, index: int) -> None:
-        if self.applied >= index:
-            return
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        heapq.heappush(self._apply_waiters, (index, next(self._seq), future))
-        await future
-
-    def _not_leader(self) -> NotLeaderError:
-        lead = self._node().lead
-        return NotLeaderError(lead, self.addresses.get(lead) if lead else None)
-
-    def _node(self) -> Node:
-        if self.node is None:
-            raise RuntimeError("the driver is not started")
-        return self.node
 
     # -- RpcHandler ----------------------------------------------------------------------------
 
@@ -543,136 +392,3 @@ class RaftDriver:
                 node.report_unreachable(msg.to)
             if isinstance(msg, SnapshotRequest):
                 node.report_snapshot(msg.to, delivered)
-
-    def _apply(self, rd: Ready) -> None:
-        if rd.snapshot is not None:
-            self._restore(rd.snapshot)
-            self._resolve_snapshot(rd.snapshot.index)
-        entries = rd.committed_entries
-        results: dict[int, Any] = {}
-        batch: list[tuple[int, bytes]] = []
-        for entry in entries:
-            if entry.type is EntryType.NORMAL:
-                tag = entry.data[:1]
-                if tag == TAG_APP:
-                    batch.append((entry.index, entry.data[1:]))
-                    continue
-                self._apply_batch(batch, results)
-                if tag == TAG_ADDRESS:
-                    self._apply_address(entry)
-            elif entry.type is EntryType.CONF_CHANGE:
-                self._apply_batch(batch, results)
-                self._apply_conf_change(entry)
-        self._apply_batch(batch, results)
-        if entries:
-            self.applied = entries[-1].index
-            self.stats["applied_entries"] += len(entries)
-            if self._waiters:
-                self._resolve_entries(entries, results)
-        self._resolve_applied()
-        for read in rd.read_states:
-            future = self._reads.get(read.ctx)
-            if future is not None and not future.done():
-                future.set_result(read.index)
-
-    def _apply_batch(self, batch: list[tuple[int, bytes]], results: dict[int, Any]) -> None:
-        if not batch:
-            return
-        out = self._apply_fn(batch)
-        if out is not None and self._waiters:
-            waiters = self._waiters
-            for (index, _), result in zip(batch, out, strict=True):
-                if index in waiters:
-                    results[index] = result
-        batch.clear()
-
-    def _resolve_entries(self, entries: Sequence[Entry], results: dict[int, Any]) -> None:
-        waiters = self._waiters
-        for entry in entries:
-            waiter = waiters.pop(entry.index, None)
-            if waiter is None:
-                continue
-            term, future = waiter
-            if term == entry.term:
-                _resolve(future, (entry.index, results.get(entry.index)))
-            else:
-                _fail(future, ProposalDropped(f"entry {entry.index} was overwritten by the "
-                                              f"leader of term {entry.term}"))
-
-    def _resolve_applied(self) -> None:
-        heap = self._apply_waiters
-        while heap and heap[0][0] <= self.applied:
-            _resolve(heapq.heappop(heap)[2], None)
-
-    def _resolve_snapshot(self, index: int) -> None:
-        self.applied = max(self.applied, index)
-        for waiter_index in [i for i in self._waiters if i <= index]:
-            _, future = self._waiters.pop(waiter_index)
-            _fail(future, ProposalUnknown(f"entry {waiter_index} was covered by a snapshot"))
-
-    def _apply_address(self, entry: Entry) -> None:
-        node_id, (host, port) = msgpack.unpackb(entry.data[1:])
-        self._set_address(node_id, (host, port))
-
-    def _set_address(self, node_id: int, address: Address) -> None:
-        if self.addresses.get(node_id) == address:
-            return
-        self.addresses[node_id] = address
-        log.info("raft: node %d is at %s:%d", node_id, address[0], address[1])
-        if node_id != self.id and self.rpc is not None:
-            self.rpc.set_address(node_id, address)
-
-    def _apply_conf_change(self, entry: Entry) -> None:
-        change = ConfChange.decode(entry.data)
-        if change.node_id == NONE:
-            return  # the founding configuration
-        verb = "added" if change.op is ConfChangeOp.ADD else "removed"
-        log.info("raft: node %d %s at index %d; voters now %s", change.node_id, verb,
-                 entry.index, list(change.voters))
-        if change.op is ConfChangeOp.REMOVE and change.node_id == self.id:
-            log.warning("raft: this node (%d) was removed from the cluster", self.id)
-
-    # -- snapshots -----------------------------------------------------------------------------
-
-    def _maybe_snapshot(self) -> None:
-        every = self.config.snapshot_every
-        storage, node = self.storage, self._node()
-        assert storage is not None
-        last = storage.snapshot().index
-        if not every or self.applied - last < every or node.applied != self.applied:
-            return
-        index = self.applied
-        addresses = {k: list(v) for k, v in self.addresses.items()}
-        blob = msgpack.packb([SNAPSHOT_FORMAT, addresses, self._snapshot_fn()])
-        storage.create_snapshot(index, node.voters_at(index), blob)
-        compact_to = index - self.config.compaction_margin
-        if compact_to >= storage.first_index():
-            storage.compact(compact_to)
-        self.stats["snapshots"] += 1
-        log.info("raft: node %d took a snapshot at %d (%d bytes), log now %d..%d", self.id,
-                 index, len(blob), storage.first_index(), storage.last_index())
-
-    def _restore(self, snap: Snapshot) -> None:
-        fmt, addresses, blob = msgpack.unpackb(snap.data, strict_map_key=False)
-        if fmt != SNAPSHOT_FORMAT:
-            raise RaftError(f"unknown snapshot format {fmt!r}")
-        for node_id, (host, port) in addresses.items():
-            self._set_address(node_id, (host, port))
-        self._restore_fn(blob)
-        self.applied = max(self.applied, snap.index)
-        log.info("raft: node %d restored the snapshot at %d", self.id, snap.index)
-
-
-def _resolve(future: asyncio.Future[Any], value: Any) -> None:
-    if not future.done():
-        future.set_result(value)
-
-
-def _fail(future: asyncio.Future[Any], exc: BaseException) -> None:
-    if not future.done():
-        future.set_exception(exc)
-
-
-def _fmt(address: Address | None) -> str | None:
-    return f"{address[0]}:{address[1]}" if address else None
-

@@ -444,8 +444,8 @@ class SchedulerServer:
         node_id = _node_id(args[1])
         peer = _address(args[2])
         client = "{}:{}".format(*_address(args[3])) if len(args) > 3 else ""
-        if node_id in self._members():  # else the driver would first publish the new
-            raise CommandError(ERR_MEMBER.format(node_id))  # address, cutting the node off
+        if node_id in self._members():  # the leader's driver refuses it too
+            raise CommandError(ERR_MEMBER.format(node_id))
 
         async def run() -> Any:
             index = await self._membership(self.driver.add_node(node_id, peer, forward=True))

@@ -322,6 +322,10 @@ def test_add_and_remove_a_node_while_proposals_run(
     fourth.daemon.start()
     assert followers[0].cmd(f"ADD 4 {HOSTS[3]}:{port4}")[0].startswith("OK")
     wait_until(lambda: fourth.status()["members"] == [1, 2, 3, 4], "node 4 to join")
+    # adding a member again is refused before its address is republished (that would cut
+    # node 4 off; the writes below go on reaching it)
+    again = followers[0].cmd(f"ADD 4 {HOSTS[3]}:1")[0]
+    assert again.startswith("ERR") and "already a voter" in again, again
     assert leader.cmd(f"REMOVE {leader.id}")[0].startswith("OK")  # even the leader
     rest = [*followers, fourth]
     new = cluster.leader(among=rest, exclude=leader.id)

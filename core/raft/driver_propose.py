@@ -106,6 +106,8 @@ class ProposeSide:
             return await self._append(lambda: node.propose(TAG_APP + body["data"]))
         if op == "add":
             node_id, (host, port) = body["id"], body["addr"]
+            if node_id in node.voters:  # before publishing: a new address would cut it off
+                raise ValueError(f"node {node_id} is already a voter")
             address = TAG_ADDRESS + msgpack.packb([node_id, [host, port]])
             await self._append(lambda: node.propose(address))
             return await self._append(lambda: node.propose_conf_change(ConfChangeOp.ADD, node_id))

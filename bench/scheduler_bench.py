@@ -1,0 +1,470 @@
+"""Benchmark of the scheduler: `.venv/bin/python -m bench.scheduler_bench [--quick]`.
+
+Real daemons: three `scheduler serve` nodes on 127.0.0.2-4 (bench.scheduler_cluster) and one
+embedded-handler worker in a child process (bench.scheduler_loads). Sections:
+
+1. Firing lateness: N jobs (100, 1,000) firing every second, either spread over the second
+   (`@every 1s`, anchored at each job's creation, the jobs added at staggered times) or all
+   on the second boundary (`* * * * * *`). For every slot in the measured window: fired
+   (`fired_ms` of the run record, the leader's clock when it planned the fire), claimed
+   (`started_ms`, when a worker's poll claimed it) and handler start (the worker's clock as
+   its handler is entered) minus the scheduled time; p50/p99/max. A slot still unclaimed or
+   unhandled when the worker stops counts as late until then (a lower bound). Goal: handler
+   start p99 <= 20 ms at 1,000 fires/s.
+2. Failover: jobs `@every 100ms` in four phases; the leader gets SIGKILL (goal: next fire
+   within 3 s) or SIGTERM (leadership transfer, goal 0.5 s), alternately, restarted on its
+   data directory after each; time from the signal to the first run fired after it.
+   Duplicate and missed slots from JOB.HISTORY and from the worker's notes (goal: none).
+3. Raft alone: committed 100-byte entries per second on three `tests.raft_kv_demo` nodes
+   (fsync on), 1,000 concurrent proposers in the leader (its BENCH command, as
+   tests/test_raft_driver.py's throughput figure). Goal >= 10,000/s.
+
+Rows with a time limit are "lower is better": ratio = value / limit, met when <= 1. Prints a
+table (stdout) and progress (stderr); writes JSON and a PNG to --out (bench/results/).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from bench.common import (
+    ROOT,
+    SERVER_LOGS,
+    CpuMeter,
+    Figure,
+    machine,
+    median,
+    progress,
+    table,
+    write_results,
+)
+from bench.idgen_bench import Recorder
+from bench.scheduler_cluster import SchedulerCluster, WorkerChild, wait_for
+from bench.scheduler_loads import HANDLER, SLOTS, embedded_worker_class
+from bench.scheduler_slots import accounting, first_start_after, lateness, starts
+from scheduler.client import SchedulerClient, SchedulerError
+
+DEFAULT_OUT = ROOT / "bench" / "results"
+LATENESS_GOAL_MS = 20.0
+KILL_GOAL_MS = 3000.0
+TERM_GOAL_MS = 500.0
+RAFT_GOAL_PER_S = 10_000
+RAFT_ENTRY_BYTES = 100
+RAFT_PROPOSERS = 1000
+FAILOVER_JOBS = 4  # @every 100ms, a quarter period apart: a fire every 25 ms
+FAILOVER_PERIOD_MS = 100
+STEADY_S = 1.0  # fires before each kill
+HISTORY_READ = 1000  # run records read per job after each failover event
+DRAIN_S = 2.0  # after section 1's window, before the worker stops
+ADDERS = 16  # threads adding section 1's jobs
+MIN_HISTORY = 60  # section 1 reads each job's history after the window: it must hold it
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How long and how often each section measures."""
+
+    job_counts: tuple[int, ...]
+    warmup_s: float
+    window_s: float
+    kills: int  # of each signal
+    raft_entries: int
+    raft_runs: int
+    history: int | None  # JOB.ADD HISTORY for section 1 (None: the daemon's default)
+    slots: int  # the embedded worker's slots
+
+
+def make_plan(args: argparse.Namespace) -> Plan:
+    if args.quick:
+        return Plan(args.jobs, 2.0, 5.0, 2, 10_000, 1, args.history, args.slots)
+    return Plan(args.jobs, 5.0, 20.0, args.kills, 30_000, 3, args.history, args.slots)
+
+
+def ceiling_figure(section: str, label: str, value: float, unit: str, limit: float,
+                   goal: bool, detail: dict[str, Any]) -> Figure:
+    """A lower-is-better row: ratio = value / limit; met when value <= limit (if `goal`)."""
+    figure = Figure(section, label, value, unit, "limit", limit, 1.0 if goal else None,
+                    f"<= {limit:,.0f} {unit}" if goal else "-", detail=detail)
+    figure.met = (value <= limit) if goal else None
+    return figure
+
+
+def _fmt(stats: dict[str, float]) -> str:
+    return f"p50 {stats['p50']:.1f} / p99 {stats['p99']:.1f} / max {stats['max']:.1f} ms"
+
+
+@contextlib.contextmanager
+def failures_as_runtime_errors() -> Iterator[None]:
+    """Recorder.attempt records RuntimeError/OSError/ValueError as a failed run and goes
+    on; the cluster client's, a child's wait and the raft drill's hang errors become one."""
+    try:
+        yield
+    except (SchedulerError, subprocess.TimeoutExpired, AssertionError) as exc:
+        raise RuntimeError(f"{type(exc).__name__}: {exc}") from exc
+
+
+@contextlib.contextmanager
+def worker_for(cluster: SchedulerCluster, slots: int) -> Iterator[WorkerChild]:
+    worker = WorkerChild(cluster, slots).start()
+    try:
+        yield worker
+    finally:
+        worker.kill()  # only if still running: finish() normally reaped it
+
+
+# -- 1. firing lateness ------------------------------------------------------------------
+
+
+def add_jobs(cluster: SchedulerCluster, count: int, spread: bool, history: int | None
+             ) -> list[str]:
+    """Add `count` jobs from ADDERS threads; spread: `@every 1s`, job i added about i/count
+    s after the start (each anchors at its creation), else `* * * * * *`. Concurrent adds
+    share the leader's fsyncs: one at a time, adding to a cluster already firing hundreds
+    of jobs each second took minutes on a loaded machine."""
+    names = [f"j{i:04d}" for i in range(count)]
+    options = {"history": history} if history else {}
+    schedule = "@every 1s" if spread else "* * * * * *"
+    started = time.monotonic()
+    local = threading.local()
+    opened: list[SchedulerClient] = []
+
+    def add(i: int) -> None:
+        if spread:
+            time.sleep(max(0.0, started + i / count - time.monotonic()))
+        if not hasattr(local, "client"):
+            local.client = cluster.client()
+            opened.append(local.client)
+        local.client.add(names[i], schedule, HANDLER, **options)
+
+    try:
+        with ThreadPoolExecutor(ADDERS) as pool:
+            list(pool.map(add, range(count)))
+    finally:
+        for client in opened:
+            client.close()
+    progress(f"1 added {count} jobs ({schedule}) in {time.monotonic() - started:.1f} s")
+    return names
+
+
+def lateness_run(plan: Plan, count: int, spread: bool) -> dict[str, Any]:
+    """One cluster, one worker, `count` jobs; the lateness of every slot in the window."""
+    with (failures_as_runtime_errors(), SchedulerCluster() as cluster,
+          worker_for(cluster, plan.slots) as worker):
+        names = add_jobs(cluster, count, spread, plan.history)
+        time.sleep(plan.warmup_s)
+        meter = CpuMeter([n.pid for n in cluster.nodes] + [worker.pid])
+        begin_ms = time.time() * 1000
+        meter.begin()
+        time.sleep(plan.window_s)
+        meter.end()
+        end_ms = time.time() * 1000
+        time.sleep(DRAIN_S)  # the window's last slots reach the worker
+        stopped_ms = time.time() * 1000
+        notes, worker_cpu = worker.finish()
+        with cluster.client() as client:
+            records = [r for name in names
+                       for r in cluster.history(client, name, int(plan.window_s) + 100)]
+        leader = cluster.nodes[cluster.leader()].info()
+    schedule = "@every 1s" if spread else "* * * * * *"
+    result = lateness(records, notes, begin_ms, end_ms, stopped_ms, 1000)
+    if not result["slots_in_window"]:
+        raise RuntimeError("no run record of the window left in JOB.HISTORY (raise --history)")
+    result.update(jobs=count, schedule=schedule, window_s=plan.window_s, cpu=meter.result,
+                  worker_cpu_s=worker_cpu, leader_info=leader,
+                  command=f"{count} jobs '{schedule}' -> {HANDLER} (embedded worker)")
+    return result
+
+
+def section_lateness(plan: Plan, rec: Recorder) -> None:
+    section = "1 lateness"
+    if embedded_worker_class() is None:
+        progress("1 skipped: scheduler has no EmbeddedWorker yet")
+        rec.add(None, section, "handler start")
+        return
+    for count in plan.job_counts:
+        for spread in (True, False):
+            how = "spread" if spread else "aligned"
+            label = f"{count} jobs/s {how}"
+            result = rec.attempt(section, label, partial(lateness_run, plan, count, spread))
+            if result is None:
+                rec.add(None, section, label)
+                continue
+            progress(f"1 {label}: {result['fires_per_s']:.0f} fires/s; fired "
+                     f"{_fmt(result['fired_ms'])}; claimed {_fmt(result['claimed_ms'])}; "
+                     f"handler {_fmt(result['handler_start_ms'])}; not handled "
+                     f"{result['not_handled']}, missed {result['missed_slots']}, twice "
+                     f"{result['handled_twice']}; cores {_cores(result['cpu'])}")
+            goal = count >= 1000
+            rec.add(Figure(section, f"{label}: fires/s", result["fires_per_s"], "/s",
+                           "scheduled", count, None, "-",
+                           detail={k: result[k] for k in ("missed_slots", "not_handled")}),
+                    section, label)
+            for stage in ("fired_ms", "handler_start_ms"):
+                stats = result[stage]
+                name = "fired" if stage == "fired_ms" else "handler start"
+                rec.add(ceiling_figure(section, f"{label}: {name} p99", stats["p99"], "ms",
+                                       LATENESS_GOAL_MS, goal and stage != "fired_ms",
+                                       detail={"stats": stats}), section, label)
+
+
+def _cores(cpu: dict[str, Any]) -> str:
+    nodes = "+".join(f"{c:.2f}" for c in cpu["server_cores"])
+    return f"servers {nodes}, others {cpu['others_cores']:.2f}"
+
+
+# -- 2. failover -------------------------------------------------------------------------
+
+
+def add_phased_jobs(cluster: SchedulerCluster) -> list[str]:
+    """FAILOVER_JOBS jobs @every FAILOVER_PERIOD_MS, a fraction of the period apart."""
+    names = [f"fo{i}" for i in range(FAILOVER_JOBS)]
+    step_s = FAILOVER_PERIOD_MS / FAILOVER_JOBS / 1000
+    with cluster.client() as client:
+        for name in names:
+            started = time.monotonic()
+            client.add(name, f"@every {FAILOVER_PERIOD_MS}ms", HANDLER, misfire="ALL",
+                       deadline=60, history=HISTORY_READ * 2)
+            time.sleep(max(0.0, step_s - (time.monotonic() - started)))
+    return names
+
+
+def fires_around(cluster: SchedulerCluster, names: list[str], at_ms: float
+                 ) -> tuple[float, float] | None:
+    """(last fired_ms at or before `at_ms`, first after it) among the latest runs of
+    `names`; None while nothing fired after `at_ms`."""
+    with cluster.client() as client:
+        times = [r["fired_ms"] for name in names for r in cluster.history(client, name, 40)]
+    after = [t for t in times if t > at_ms]
+    before = [t for t in times if t <= at_ms]
+    return (max(before, default=float("nan")), min(after)) if after else None
+
+
+def one_failover(cluster: SchedulerCluster, names: list[str], signum: int) -> dict[str, Any]:
+    """Signal the leader, time the next fire, restart the node; the event's figures."""
+    old = cluster.leader()
+    time.sleep(STEADY_S)
+    signalled_ms = time.time() * 1000
+    cluster.kill(old, signum)
+    last_fire, next_fire = wait_for(lambda: fires_around(cluster, names, signalled_ms),
+                                    "a fire after the signal")
+    exit_code = cluster.reap(old)
+    new = cluster.leader(exclude=old)
+    cluster.restart(old)
+    return {"signal": signal.Signals(signum).name, "old_leader": old + 1,
+            "new_leader": new + 1, "signalled_ms": signalled_ms,
+            "next_fire_ms": next_fire - signalled_ms, "fire_gap_ms": next_fire - last_fire,
+            "exit_code": exit_code}
+
+
+def failover_run(plan: Plan) -> dict[str, Any]:
+    records: dict[str, dict[str, Any]] = {}
+    events: list[dict[str, Any]] = []
+    with (failures_as_runtime_errors(), SchedulerCluster() as cluster,
+          worker_for(cluster, plan.slots) as worker):
+        names = add_phased_jobs(cluster)
+        time.sleep(2.0)
+        for signum in [signal.SIGKILL, signal.SIGTERM] * plan.kills:
+            event = one_failover(cluster, names, signum)
+            events.append(event)
+            progress(f"2 {event['signal']} of node {event['old_leader']}: next fire after "
+                     f"{event['next_fire_ms']:.0f} ms, {event['fire_gap_ms']:.0f} ms after "
+                     f"the last one (new leader {event['new_leader']})")
+            _merge_history(cluster, names, records)
+        with cluster.client() as client:
+            for name in names:
+                client.pause(name)
+        time.sleep(2.0)  # the last fired runs reach the worker
+        _merge_history(cluster, names, records)
+        notes, _ = worker.finish()
+    handled = starts(notes)
+    for event in events:  # when the worker started the first run fired after the signal
+        event["next_handler_ms"] = first_start_after(records.values(), handled,
+                                                     event["signalled_ms"])
+    return {"events": events,
+            **accounting(list(records.values()), notes, FAILOVER_PERIOD_MS),
+            "command": f"{plan.kills} x SIGKILL and SIGTERM of the leader"}
+
+
+def _merge_history(cluster: SchedulerCluster, names: list[str],
+                   records: dict[str, dict[str, Any]]) -> None:
+    with cluster.client() as client:
+        for name in names:
+            for run in cluster.history(client, name, HISTORY_READ):
+                records[run["run_id"]] = run
+
+
+def section_failover(plan: Plan, rec: Recorder) -> None:
+    section = "2 failover"
+    if embedded_worker_class() is None:
+        progress("2 skipped: scheduler has no EmbeddedWorker yet")
+        rec.add(None, section, "next fire")
+        return
+    result = rec.attempt(section, "failover", partial(failover_run, plan))
+    if result is None:
+        rec.add(None, section, "next fire")
+        return
+    progress(f"2 slots {result['slots']}: history duplicates {result['history_duplicates']}, "
+             f"missed {result['history_missed']}, skipped {result['skipped']}; worker: "
+             f"handled twice {result['handled_twice']}, never {result['never_handled']}")
+    for name, limit in (("SIGKILL", KILL_GOAL_MS), ("SIGTERM", TERM_GOAL_MS)):
+        events = [e for e in result["events"] if e["signal"] == name]
+        if not events:
+            continue
+        times = [e["next_fire_ms"] for e in events]
+        handler = [e["next_handler_ms"] for e in events]
+        progress(f"2 {name}: next fire median {median(times):.0f} ms, max {max(times):.0f}; "
+                 f"next handler start median {median(handler):.0f} ms, max {max(handler):.0f}")
+        rec.add(ceiling_figure(section, f"{name} -> next fire, max of {len(times)}",
+                               max(times), "ms", limit, True,
+                               detail={"ms": times, "median": median(times),
+                                       "handler_ms": handler,
+                                       "gap_ms": [e["fire_gap_ms"] for e in events]}),
+                section, name)
+    bad = (result["history_duplicates"] + result["history_missed"] + result["skipped"]
+           + result["handled_twice"] + result["never_handled"])
+    rec.add(ceiling_figure(section, "duplicate + missed slots", bad, "slots", 0, True,
+                           detail={k: v for k, v in result.items() if k != "events"}),
+            section, "slots")
+
+
+# -- 3. raft alone -----------------------------------------------------------------------
+
+
+def raft_run(plan: Plan) -> dict[str, Any]:
+    """tests.test_raft_driver's three-node cluster of tests.raft_kv_demo processes; its
+    leader's BENCH command proposes `raft_entries` entries from RAFT_PROPOSERS coroutines."""
+    from tests.test_raft_driver import Cluster
+
+    with failures_as_runtime_errors(), tempfile.TemporaryDirectory(prefix="bench-raft-") as tmp:
+        cluster = Cluster(Path(tmp)).start()
+        try:
+            leader = cluster.leader()
+            leader.cmd(f"BENCH 2000 {RAFT_ENTRY_BYTES} {RAFT_PROPOSERS}")  # warm-up
+            pids = [n.daemon.proc.pid for n in cluster.nodes.values()  # type: ignore[union-attr]
+                    ]
+            runs = []
+            for _ in range(plan.raft_runs):
+                fsyncs = leader.status()["fsyncs"]
+                meter = CpuMeter(pids)
+                meter.begin()
+                reply = leader.cmd(f"BENCH {plan.raft_entries} {RAFT_ENTRY_BYTES} "
+                                   f"{RAFT_PROPOSERS}")[0].split()
+                meter.end()
+                if reply[0] != "BENCH":
+                    raise RuntimeError(f"BENCH failed: {' '.join(reply)}")
+                entries, seconds = int(reply[1]), float(reply[2])
+                runs.append({"entries_per_s": entries / seconds, "seconds": seconds,
+                             "leader_fsyncs": leader.status()["fsyncs"] - fsyncs,
+                             "cpu": meter.result})
+                progress(f"3 {entries / seconds:,.0f} entries/s, "
+                         f"{runs[-1]['leader_fsyncs']} leader fsyncs; {_cores(meter.result)}")
+            cluster.converged()
+        finally:
+            cluster.stop()
+    return {"runs": runs, "command": f"BENCH {plan.raft_entries} {RAFT_ENTRY_BYTES} "
+                                     f"{RAFT_PROPOSERS} on the leader of 3 raft_kv_demo nodes"}
+
+
+def section_raft(plan: Plan, rec: Recorder) -> None:
+    section = "3 raft"
+    label = f"{RAFT_ENTRY_BYTES} B entries, {RAFT_PROPOSERS} proposers, fsync"
+    result = rec.attempt(section, label, partial(raft_run, plan))
+    rates = [r["entries_per_s"] for r in result["runs"]] if result else []
+    rec.add(Figure(section, label, median(rates), "entries/s", "goal", RAFT_GOAL_PER_S, 1.0,
+                   f">= {RAFT_GOAL_PER_S:,}/s", detail={"entries_per_s": rates})
+            if rates else None, section, label)
+
+
+# -- main --------------------------------------------------------------------------------
+
+
+SECTIONS = ("1", "2", "3")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.scheduler_bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true",
+                        help="short windows, 2 kills of each signal, one raft run")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="directory for JSON/PNG")
+    parser.add_argument("--sections", default=",".join(SECTIONS),
+                        help="comma-separated subset of 1,2,3 (default all)")
+    parser.add_argument("--kills", type=int, default=10,
+                        help="leader kills of each signal in section 2 (default 10)")
+    parser.add_argument("--history", type=int, default=None,
+                        help=f"JOB.ADD HISTORY of section 1's jobs, at least {MIN_HISTORY} "
+                             "(it must still hold the window when read; default: the "
+                             "daemon's)")
+    parser.add_argument("--slots", type=int, default=SLOTS,
+                        help=f"the embedded worker's slots (default {SLOTS})")
+    parser.add_argument("--jobs", default="100,1000",
+                        help="section 1's job counts, comma-separated (default 100,1000)")
+    args = parser.parse_args(argv)
+    try:
+        args.jobs = tuple(int(n) for n in args.jobs.split(",") if n.strip())
+    except ValueError:
+        parser.error("--jobs takes comma-separated integers")
+    chosen = [s.strip() for s in args.sections.split(",") if s.strip()]
+    if not chosen or any(s not in SECTIONS for s in chosen):
+        parser.error("--sections takes a comma-separated subset of 1,2,3")
+    args.sections = chosen
+    if args.history is not None and args.history < MIN_HISTORY:
+        parser.error(f"--history must be at least {MIN_HISTORY}")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    plan = make_plan(args)
+    out: Path = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    started = datetime.now(UTC)
+    rec = Recorder()
+    info = machine()
+    progress(f"scheduler bench on {info['cpu_count']} cpus ({info['cpu_model']}), python "
+             f"{info['python']}, load average {info['loadavg_at_start'][0]:.2f}; "
+             f"results to {out}")
+    steps = {"1": ("1 firing lateness", section_lateness),
+             "2": ("2 failover", section_failover), "3": ("3 raft alone", section_raft)}
+    for key in args.sections:
+        name, run = steps[key]
+        began = time.monotonic()
+        progress(f"section {name} ...")
+        run(plan, rec)
+        progress(f"section {name} done in {time.monotonic() - began:.0f} s")
+    info["loadavg_at_end"] = list(os.getloadavg())
+    text = table(rec.figures, rec.skipped)
+    text += (f"\nLoad average {info['loadavg_at_start'][0]:.2f} at start, "
+             f"{info['loadavg_at_end'][0]:.2f} at the end ({info['cpu_count']} cpus).")
+    print(text, flush=True)
+    document = {
+        "benchmark": "scheduler", "started": started.isoformat(),
+        "finished": datetime.now(UTC).isoformat(), "quick": args.quick,
+        "plan": plan.__dict__, "machine": info, "figures": rec.figures,
+        "skipped": rec.skipped, "sections": rec.sections, "server_logs": SERVER_LOGS,
+        "table": text,
+    }
+    title = (f"scheduler, {started:%Y-%m-%d %H:%M} UTC, {info['cpu_count']} cpus "
+             f"{info['cpu_model']}, python {info['python']}")
+    write_results(out, "scheduler", started.strftime("%Y%m%d-%H%M%S"), document,
+                  rec.figures, title)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -160,6 +160,9 @@ class SchedulerServer:
         if self._fire_task is not None:
             self._fire_task.cancel()
             await asyncio.gather(self._fire_task, return_exceptions=True)
+        # Hand leadership over before draining clients: a worker's long poll can hold the
+        # drain for a second, and no node would fire meanwhile.
+        await self.driver.hand_over()
         await self.resp.stop()
         await self.driver.stop(transfer=True)
 

@@ -147,16 +147,26 @@ class RaftDriver(ProposeSide, ApplySide):
         storage and release the data directory. Idempotent."""
         if self._stopping or self.node is None:
             return
-        if transfer and self.node.role is Role.LEADER and len(self.node.voters) > 1:
-            try:
-                new = await self.transfer_leadership()
-                log.info("raft: node %d handed leadership to node %d", self.id, new)
-            except (RaftError, TimeoutError) as exc:
-                log.warning("raft: node %d could not hand over leadership: %r", self.id, exc)
+        if transfer:
+            await self.hand_over()
         self._stopping = True
         await self._shutdown()
         if self._done is not None and not self._done.done():
             self._done.set_result(None)
+
+    async def hand_over(self) -> None:
+        """If this node leads a cluster of several, hand leadership to another voter (a
+        failure is logged: the cluster then elects after the election timeout). An
+        application stopping calls this first, before draining its clients' requests, so
+        the cluster is not without a leader while they finish."""
+        node = self.node
+        if node is None or node.role is not Role.LEADER or len(node.voters) < 2:
+            return
+        try:
+            new = await self.transfer_leadership()
+            log.info("raft: node %d handed leadership to node %d", self.id, new)
+        except (RaftError, TimeoutError) as exc:
+            log.warning("raft: node %d could not hand over leadership: %r", self.id, exc)
 
     async def wait(self) -> None:
         """Until the driver stops; raises the fatal error if it stopped on one."""

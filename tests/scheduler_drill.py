@@ -16,8 +16,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from tests.conftest import wait_for_tcp_port
-from tests.test_scheduler_daemon import HANG_S, Cluster, wait_until
+from tests import test_scheduler_daemon as daemon_tests
+from tests.test_scheduler_daemon import Cluster, wait_until
 
 OFFSET_FLAG = "--clock-offset-ms"
 FINAL = frozenset({"succeeded", "failed", "timed_out", "lost", "killed", "skipped"})
@@ -40,12 +40,9 @@ def set_offset(cluster: Cluster, offset_ms: int) -> None:
 
 
 def start_nodes(cluster: Cluster, offset_ms: int = 0) -> None:
-    """Start (or restart, on their data directories) the three nodes, all together."""
+    """Start (or restart) the three nodes with their wall clock shifted by `offset_ms`."""
     set_offset(cluster, offset_ms)
-    for node in cluster.nodes:
-        node.start(wait=False)
-    for node in cluster.nodes:
-        wait_for_tcp_port(node.host, node.port, timeout=HANG_S, proc=node.proc)
+    cluster.start_nodes()
 
 
 def stop_nodes(cluster: Cluster) -> None:
@@ -61,18 +58,11 @@ def running_cluster(tmp: Path, offset_ms: int = 0,
                     worker_timeout_ms: int = WORKER_TIMEOUT_MS) -> Iterator[Cluster]:
     """A fresh cluster and its worker, stopped (SIGTERM) on the way out. The worker
     heartbeats six times per `worker_timeout_ms`, so only a real silence loses its runs."""
-    cluster = Cluster(tmp)
-    for node in cluster.nodes:
-        node.argv += ["--worker-timeout-ms", str(worker_timeout_ms)]
-    cluster.worker.argv += ["--heartbeat-ms", str(worker_timeout_ms // 6)]
-    try:
-        start_nodes(cluster, offset_ms)
-        cluster.worker.start(wait=False)
+    with daemon_tests.running_cluster(
+            tmp, node_args=["--worker-timeout-ms", str(worker_timeout_ms),
+                            OFFSET_FLAG, str(offset_ms)],
+            worker_args=["--heartbeat-ms", str(worker_timeout_ms // 6)]) as cluster:
         yield cluster
-    finally:
-        for daemon in (cluster.worker, *cluster.nodes):
-            if daemon.proc is not None:
-                daemon.stop()
 
 
 def history(cluster: Cluster, job: str) -> list[dict[str, Any]]:

@@ -14,25 +14,16 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import wait_for_tcp_port
 from tests.procs import Daemon
-from tests.test_scheduler_daemon import Cluster, fires, wait_until
+from tests.test_scheduler_daemon import Cluster, fires, running_cluster, wait_until
 
 WORKERS = ("w1", "w2", "w3")
 
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    c = Cluster(tmp_path_factory.mktemp("scheduler-broadcast"))
-    for node in c.nodes:
-        node.start(wait=False)
-    try:
-        for node in c.nodes:
-            wait_for_tcp_port(node.host, node.port, timeout=20, proc=node.proc)
+    with running_cluster(tmp_path_factory.mktemp("scheduler-broadcast"), worker=False) as c:
         yield c
-    finally:
-        for node in c.nodes:
-            node.stop()
 
 
 def start_workers(cluster: Cluster) -> list[Daemon]:

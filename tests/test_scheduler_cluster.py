@@ -13,11 +13,12 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.conftest import find_free_port, wait_for_tcp_port
+from tests.conftest import find_free_port
 from tests.procs import Daemon
 from tests.test_scheduler_daemon import (
     Cluster,
     fires,
+    running_cluster,
     stop_and_check_each_second_fired_once,
     wait_until,
 )
@@ -28,19 +29,9 @@ FOURTH = "127.0.0.5"
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    c = Cluster(tmp_path_factory.mktemp("scheduler-cluster"))
-    for node in c.nodes:
-        node.argv += ["--worker-timeout-ms", str(WORKER_TIMEOUT_MS)]
-        node.start(wait=False)
-    try:
-        for node in c.nodes:
-            wait_for_tcp_port(node.host, node.port, timeout=20, proc=node.proc)
-        c.worker.start(wait=False)
+    with running_cluster(tmp_path_factory.mktemp("scheduler-cluster"),
+                         node_args=["--worker-timeout-ms", str(WORKER_TIMEOUT_MS)]) as c:
         yield c
-    finally:
-        for daemon in (c.worker, *c.nodes):
-            if daemon.proc is not None:
-                daemon.stop()
 
 
 def _peers(cluster: Cluster) -> str:

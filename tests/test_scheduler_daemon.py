@@ -15,7 +15,8 @@ import asyncio
 import os
 import signal
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +51,18 @@ class Cluster:
         servers = ",".join(n.address for n in self.nodes)
         self.worker = Daemon(["scheduler", "worker", "--scheduler", servers, "--id", "w1"],
                              "127.0.0.1", 0, tmp / "worker.log")
+
+    def start_nodes(self) -> None:
+        """Start (or restart, on their data directories) the three nodes, all together."""
+        for node in self.nodes:
+            node.start(wait=False)
+        for node in self.nodes:
+            wait_for_tcp_port(node.host, node.port, timeout=20, proc=node.proc)
+
+    def stop_all(self) -> None:
+        for daemon in (self.worker, *self.nodes):
+            if daemon.proc is not None:
+                daemon.stop()
 
     def client(self, node: Daemon, timeout: float = 15) -> redis.Redis:
         # no client-side retries: Cluster.call does its own, across nodes
@@ -106,20 +119,28 @@ def wait_until(probe: Callable[[], Any], what: str, cluster: Cluster | None = No
         time.sleep(0.1)
 
 
+@contextmanager
+def running_cluster(tmp: Path, *, node_args: Sequence[str] = (), worker: bool = True,
+                    worker_args: Sequence[str] = ()) -> Iterator[Cluster]:
+    """A fresh cluster (and its worker process unless `worker` is false), every process
+    stopped on the way out."""
+    cluster = Cluster(tmp)
+    for node in cluster.nodes:
+        node.argv += node_args
+    cluster.worker.argv += worker_args
+    try:
+        cluster.start_nodes()
+        if worker:
+            cluster.worker.start(wait=False)
+        yield cluster
+    finally:
+        cluster.stop_all()
+
+
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    c = Cluster(tmp_path_factory.mktemp("scheduler"))
-    for node in c.nodes:
-        node.start(wait=False)
-    try:
-        for node in c.nodes:
-            wait_for_tcp_port(node.host, node.port, timeout=20, proc=node.proc)
-        c.worker.start(wait=False)
+    with running_cluster(tmp_path_factory.mktemp("scheduler")) as c:
         yield c
-    finally:
-        for daemon in (c.worker, *c.nodes):
-            if daemon.proc is not None:
-                daemon.stop()
 
 
 def stop_and_check_each_second_fired_once(

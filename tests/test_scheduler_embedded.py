@@ -19,10 +19,10 @@ import pytest
 
 from scheduler.client import EmbeddedWorker, Run
 from scheduler.embedded import EXIT_NO_HANDLER
+from scheduler.entries import MAX_CLAIM
 from scheduler.worker import EXIT_TIMED_OUT
-from tests.conftest import wait_for_tcp_port
 from tests.procs import Daemon
-from tests.test_scheduler_daemon import Cluster, wait_until
+from tests.test_scheduler_daemon import Cluster, running_cluster, wait_until
 
 WORKER_TIMEOUT_MS = 3000
 TAG = "emb"
@@ -47,17 +47,9 @@ class Calls:
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    c = Cluster(tmp_path_factory.mktemp("scheduler-embedded"))
-    for node in c.nodes:
-        node.argv += ["--worker-timeout-ms", str(WORKER_TIMEOUT_MS)]
-        node.start(wait=False)
-    try:
-        for node in c.nodes:
-            wait_for_tcp_port(node.host, node.port, timeout=20, proc=node.proc)
+    with running_cluster(tmp_path_factory.mktemp("scheduler-embedded"), worker=False,
+                         node_args=["--worker-timeout-ms", str(WORKER_TIMEOUT_MS)]) as c:
         yield c
-    finally:
-        for node in c.nodes:
-            node.stop()
 
 
 def make_worker(cluster: Cluster, calls: Calls, worker_id: str) -> EmbeddedWorker:
@@ -215,11 +207,11 @@ def test_worker_results_and_poll_bad_input(cluster: Cluster) -> None:
         (("WORKER.RESULTS", "j@1/0", "zero", "", "1"), "exit code must be"),
         (("WORKER.RESULTS", *["j@1/0", "0", "", "1"] * 257), "wrong number of arguments"),
         (("WORKER.POLL", "w", "", "0", "0", "0"), "max runs must be"),
-        (("WORKER.POLL", "w", "", "0", "0", "257"), "max runs must be"),
+        (("WORKER.POLL", "w", "", "0", "0", str(MAX_CLAIM + 1)), "max runs must be"),
         (("WORKER.POLL", "w", "", "0", "0", "1", "x"), "wrong number of arguments"),
     ]:
         with pytest.raises(redis.ResponseError, match=text):
             cluster.call(*args)
     # results of unknown runs are no-ops, as repeated reports are
     assert cluster.call("WORKER.RESULTS", "j@1/0", "0", "", "1", "k@2/0", "1", "x", "1") == "OK"
-    assert cluster.call("WORKER.POLL", "w-idle", "", "0", "0", "256") == []
+    assert cluster.call("WORKER.POLL", "w-idle", "", "0", "0", str(MAX_CLAIM)) == []

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from kvcache import admin, meta, replies
 from kvcache.items import Item, Mode, Outcome
 from kvcache.numbers import strtol32, strtoull
-from kvcache.protocol import MAX_KEY_BYTES, Close, Reject, Store, get_reply, has_noreply, ntokens
+from kvcache.protocol import MAX_KEY_BYTES, Close, Reject, Store, has_noreply, ntokens
 from kvcache.settings import Settings
 from kvcache.stats import ProcessView
 from kvcache.storage import Storage
@@ -152,13 +152,12 @@ class Engine:
             return b"" if request.noreply else replies.line(replies.TOO_LARGE)
         data = request.data
         key = request.key
-        if data is None:
+        if data is None:  # a bad chunk: memcached counts the set of the item it allocated
+            stats.slab.set_cmds[storage.clsid_for(len(key), request.flags, request.size)] += 1
             return b"" if request.noreply else replies.line(replies.BAD_DATA_CHUNK)
-        stats.slab.set_cmds[storage.clsid_for(len(key), request.flags, len(data))] += 1
-        outcome, _ = storage.store(_STORE_MODES[request.command], key, data, request.flags,
-                                   storage.expiry(request.exptime), request.cas)
-        if outcome is Outcome.NO_MEMORY:
-            stats.store_no_memory += 1
+        outcome = storage.store_command(_STORE_MODES[request.command], key, data,
+                                        request.flags, storage.expiry(request.exptime),
+                                        request.cas)
         return b"" if request.noreply else _STORE_REPLIES[outcome]
 
 
@@ -249,7 +248,7 @@ def _stream_values(engine: Engine, keys: list[bytes], index: int, with_cas: bool
 
 def cmd_get(engine: Engine, tokens: list[bytes]) -> Reply:
     if len(tokens) == 2 and len(tokens[1]) <= MAX_KEY_BYTES:  # the common case, compiled
-        return get_reply(engine.storage, engine.stats, tokens[1])
+        return engine.storage.get_reply(tokens[1])
     return _retrieve(engine, tokens, with_cas=False, touch=False)
 
 

@@ -4,10 +4,10 @@
 native.mcproto_pure (with a warning; INFRA_PURE=1 forces the twin). The twins have the same
 API and behaviour (tests/test_native_mcproto.py proves it); native/mcproto_pure.py is the
 reference and documents the framing rules. The same twin also supplies the fast lane
-(`answer_get`, `get_reply`) that answers a read holding one plain `get` without the general
-request loop. Everything else here (the request types, the
-limits, the token helpers) is the reference module's own object, so `type(request) is
-Store` holds whichever parser produced the request.
+(`answer`) that answers a read holding one plain `get` or `set` without the general request
+loop, and `Lane`, the server's read callback built around it. Everything else here (the
+request types, the limits, the token helpers) is the reference module's own object, so
+`type(request) is Store` holds whichever parser produced the request.
 """
 
 from __future__ import annotations
@@ -33,15 +33,16 @@ from native.mcproto_pure import (
 _impl = load("native._mcproto", "native.mcproto_pure")
 
 RequestParser = _impl.RequestParser
-# The fast lane for a read that is one plain `get <key>` (see native/mcproto_pure.py).
-answer_get = _impl.answer_get
-get_reply = _impl.get_reply
+# The fast lane for a read that is one plain `get` or `set` (see native/mcproto_pure.py).
+answer = _impl.answer
+Lane = _impl.Lane
 # Which twin is in use: "native" (compiled) or "pure" (the reference).
 IMPLEMENTATION: str = "pure" if _impl.__name__ == "native.mcproto_pure" else "native"
 
 __all__ = [
     "CLASSIC_STORAGE",
     "IMPLEMENTATION",
+    "Lane",
     "LINE_WITHOUT_NEWLINE_BYTES",
     "MAX_KEY_BYTES",
     "MAX_MULTIGET_LINE_BYTES",
@@ -52,8 +53,7 @@ __all__ = [
     "Request",
     "RequestParser",
     "Store",
-    "answer_get",
-    "get_reply",
+    "answer",
     "has_noreply",
     "ntokens",
     "storage_header",

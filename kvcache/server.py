@@ -3,9 +3,11 @@
 Per connection: bytes go to a `RequestParser`; each request it yields is executed at once
 and its reply queued; the queue is written in one call when the parser runs dry, so a
 pipeline of N commands costs one write. Nothing waits inside a command, so replies keep the
-order of the requests by construction. A read that is exactly one plain `get <key>` (most of
-a cache's traffic) takes a compiled fast lane instead (`answer_get`, kvcache/protocol.py):
-the same reply and counters, without the request loop.
+order of the requests by construction. A read that is exactly one plain `get <key>` or one
+plain `set` with its data (most of a cache's traffic) takes a compiled fast lane instead:
+each connection's `Lane` (kvcache/protocol.py) is installed as its `data_received`, answers
+those reads itself (the same reply, counters and parser state) and hands every other read
+to the request loop (`Connection._read`).
 
 Backpressure: when the socket's write buffer passes WRITE_HIGH_WATER the connection stops
 parsing *and* reading; requests already buffered stay in the parser (bounded by the framing
@@ -35,7 +37,7 @@ from core.clock import Clock
 from kvcache import replies
 from kvcache.commands import FLUSH_AFTER, Closing, Engine, Stream
 from kvcache.items import Item
-from kvcache.protocol import Close, RequestParser, answer_get
+from kvcache.protocol import Close, Lane, RequestParser
 from kvcache.settings import Settings
 from kvcache.slabs import SlabClasses
 from kvcache.stats import ProcessView
@@ -217,11 +219,18 @@ class Connection(asyncio.Protocol):
         self.fd = -1
         self.peer = "?"
         self.local = "?"
-        self.last_command = server.storage.now
         self._admitted = False
         self._write_paused = False
         self._stream: Iterator[bytes] | None = None
         self._pinned: set[Item] = set()  # see Engine.pinned
+        self.lane = Lane(self.parser, server.storage, server.settings, self._pinned, self._read)
+        # The event loop calls this for every read: the lane, compiled, not a Python frame.
+        self.data_received = self.lane.data_received  # type: ignore[method-assign]
+
+    @property
+    def last_command(self) -> int:
+        """The cache time of the last command served (stats conns)."""
+        return self.lane.last_command  # type: ignore[no-any-return]
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -241,6 +250,7 @@ class Connection(asyncio.Protocol):
             self.transport.close()
             return
         self._admitted = True
+        self.lane.attach(transport)
         self.transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
         if self.server.settings.verbose:
             log.info("<%d new client connection from %s", self.fd, self.peer)
@@ -250,6 +260,7 @@ class Connection(asyncio.Protocol):
         # the garbage collector's reach (KvcacheServer._collect_garbage).
         self._stream = None
         self._pinned.clear()
+        self.lane.release()
         if not self._admitted:
             return
         self.server.release(self)
@@ -260,6 +271,7 @@ class Connection(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         self._write_paused = True
+        self._open_lane()
         self.transport.pause_reading()
 
     def resume_writing(self) -> None:
@@ -267,23 +279,24 @@ class Connection(asyncio.Protocol):
         if self.transport.is_closing():
             return
         self._process()
+        self._open_lane()
         if not self._write_paused and not self.transport.is_closing():
             self.transport.resume_reading()
 
+    def _open_lane(self) -> None:
+        """The lane may answer while the connection is neither streaming nor paused:
+        otherwise a reply of its own would overtake the queued ones."""
+        self.lane.open = self._admitted and self._stream is None and not self._write_paused
+
     def data_received(self, data: bytes) -> None:
+        """What the event loop calls per read; __init__ puts the lane's in its place."""
+        self.lane.data_received(data)
+
+    def _read(self, data: bytes) -> None:
+        """A read the lane did not answer: through the parser and the request loop."""
         if not self._admitted:
             return
-        server = self.server
-        stats = server.stats
-        stats.bytes_read += len(data)
-        if self._stream is None and not self._write_paused and server.settings.verbose < 2:
-            # The fast lane: a read that is one plain get is answered without the request
-            # loop (same reply, counters and parser state; kvcache/protocol.py).
-            reply = answer_get(self.parser, data, server.storage, stats)
-            if reply is not None:
-                self.last_command = server.storage.now
-                self._send(reply)
-                return
+        self.server.stats.bytes_read += len(data)
         self.parser.feed(data)
         self._process()
 
@@ -300,7 +313,7 @@ class Connection(asyncio.Protocol):
             return
         server = self.server
         server.current = self
-        self.last_command = server.storage.now
+        self.lane.last_command = server.storage.now
         engine = self.engine
         pinned = engine.pinned = self._pinned
         next_request = self.parser.next_request
@@ -343,6 +356,7 @@ class Connection(asyncio.Protocol):
                 self._write(out)
                 out, size, committed, count = [], 0, 0, 0
                 self._stream = reply.chunks  # type: ignore[union-attr]
+                self._open_lane()
                 if not self._drain_stream():
                     return
                 continue
@@ -363,19 +377,13 @@ class Connection(asyncio.Protocol):
             if self._write_paused or self.transport.is_closing():
                 return False
         self._stream = None
+        self._open_lane()
         return True
 
     def _write(self, out: list[bytes]) -> None:
+        """Queued replies in one write (Lane.send: a write point, counted)."""
         if out:
-            self._send(out[0] if len(out) == 1 else b"".join(out))
-
-    def _send(self, data: bytes) -> None:
-        """One write: a write point (Engine.pinned is released), counted in bytes_written."""
-        if self.transport.is_closing():
-            return
-        self._pinned.clear()
-        self.server.stats.bytes_written += len(data)
-        self.transport.write(data)
+            self.lane.send(out[0] if len(out) == 1 else b"".join(out))
 
 
 def _follow_verbosity(level: int) -> None:

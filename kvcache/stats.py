@@ -10,9 +10,10 @@ no TLS. Per-class figures use memcached's slab classes as size buckets
 from __future__ import annotations
 
 import math
+from array import array
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from kvcache.replies import VERSION
 from kvcache.slabs import HOT_PERCENT, MAX_SLAB_CLASSES, WARM_PERCENT
@@ -30,37 +31,52 @@ _CLASS_FIELDS = (
     "get_hits", "set_cmds", "delete_hits", "incr_hits", "decr_hits", "cas_hits", "cas_badval",
     "touch_hits",
 )
+# The segmented LRU's figures, per class as memcached's `stats items` rows. Arrays of int64
+# rather than lists: the native storage writes them through a buffer on every LRU move, so
+# they are never replaced, only zeroed in place. number_hot and number_warm are state
+# (number_cold is number minus both); the moves are counters.
+_LRU_FIELDS = ("number_hot", "number_warm", "moves_to_cold", "moves_to_warm", "moves_within_lru")
+_LRU_STATE = ("number_hot", "number_warm")
 _SUMMED_SLAB_FIELDS = ("get_hits", "set_cmds", "delete_hits", "incr_hits", "decr_hits",
                        "cas_hits", "cas_badval", "touch_hits")
 
 
 class SlabStats:
-    """Per-class counters: each field is a list indexed by class id (0 unused)."""
+    """Per-class counters: each field is an int64 array indexed by class id (0 unused).
+    Arrays, never replaced (`reset` zeroes them in place): the native storage and the
+    server's compiled fast lane write some of them through a buffer."""
 
-    number: list[int]
-    peak: list[int]
-    requested: list[int]
-    evicted: list[int]
-    evicted_nonzero: list[int]
-    evicted_time: list[int]
-    outofmemory: list[int]
-    reclaimed: list[int]
-    expired_unfetched: list[int]
-    evicted_unfetched: list[int]
-    crawler_reclaimed: list[int]
-    crawler_items_checked: list[int]
-    get_hits: list[int]
-    set_cmds: list[int]
-    delete_hits: list[int]
-    incr_hits: list[int]
-    decr_hits: list[int]
-    cas_hits: list[int]
-    cas_badval: list[int]
-    touch_hits: list[int]
+    number: array[int]
+    peak: array[int]
+    requested: array[int]
+    evicted: array[int]
+    evicted_nonzero: array[int]
+    evicted_time: array[int]
+    outofmemory: array[int]
+    reclaimed: array[int]
+    expired_unfetched: array[int]
+    evicted_unfetched: array[int]
+    crawler_reclaimed: array[int]
+    crawler_items_checked: array[int]
+    get_hits: array[int]
+    set_cmds: array[int]
+    delete_hits: array[int]
+    incr_hits: array[int]
+    decr_hits: array[int]
+    cas_hits: array[int]
+    cas_badval: array[int]
+    touch_hits: array[int]
+    number_hot: array[int]
+    number_warm: array[int]
+    moves_to_cold: array[int]  # HOT or WARM tail -> COLD (not active)
+    moves_to_warm: array[int]  # active HOT tail, or active item in COLD -> WARM
+    moves_within_lru: array[int]  # active WARM tail -> WARM head
 
     def __init__(self) -> None:
         for name in _CLASS_FIELDS:
-            setattr(self, name, [0] * (MAX_SLAB_CLASSES + 1))
+            setattr(self, name, array("q", bytes(8 * (MAX_SLAB_CLASSES + 1))))
+        for name in _LRU_FIELDS:
+            setattr(self, name, array("q", bytes(8 * (MAX_SLAB_CLASSES + 1))))
 
     def total(self, name: str) -> int:
         return sum(getattr(self, name))
@@ -69,13 +85,43 @@ class SlabStats:
         """stats reset: counters go to zero; what the cache holds (number...) stays."""
         for name in _CLASS_FIELDS:
             if name not in ("number", "peak", "requested"):
-                setattr(self, name, [0] * (MAX_SLAB_CLASSES + 1))
+                counters = getattr(self, name)
+                counters[:] = array("q", bytes(8 * len(counters)))
+        for name in _LRU_FIELDS:
+            if name not in _LRU_STATE:
+                counters = getattr(self, name)
+                counters[:] = array("q", bytes(8 * len(counters)))
+
+
+class _HotCounter:
+    """An attribute of CacheStats that lives in its `hot` array."""
+
+    def __init__(self, index: int) -> None:
+        self.index = index
+
+    def __get__(self, stats: CacheStats | None, owner: type | None = None) -> Any:
+        return self if stats is None else stats.hot[self.index]
+
+    def __set__(self, stats: CacheStats, value: int) -> None:
+        stats.hot[self.index] = value
+
+
+# The counters every plain get or set moves, by their index in CacheStats.hot: the compiled
+# fast lane and storage add to them in C, through a buffer, not as Python attributes.
+HOT_COUNTERS = ("get_cmds", "get_misses", "bytes_read", "bytes_written")
 
 
 class CacheStats:
-    """Every counter `stats` prints; storage and commands both write here."""
+    """Every counter `stats` prints; storage and commands both write here. The ones in
+    HOT_COUNTERS are kept in `hot`, an int64 array never replaced (reset zeroes it)."""
+
+    get_cmds = _HotCounter(HOT_COUNTERS.index("get_cmds"))
+    get_misses = _HotCounter(HOT_COUNTERS.index("get_misses"))
+    bytes_read = _HotCounter(HOT_COUNTERS.index("bytes_read"))
+    bytes_written = _HotCounter(HOT_COUNTERS.index("bytes_written"))
 
     def __init__(self) -> None:
+        self.hot = array("q", bytes(8 * len(HOT_COUNTERS)))
         self.slab = SlabStats()
         # state, not counters: survive `stats reset`
         self.bytes = 0
@@ -190,8 +236,10 @@ def general(view: ProcessView, settings: Settings, storage: Storage) -> list[Sta
         ("evictions", slab.total("evicted")), ("reclaimed", slab.total("reclaimed")),
         ("crawler_reclaimed", slab.total("crawler_reclaimed")),
         ("crawler_items_checked", slab.total("crawler_items_checked")),
-        ("lrutail_reflocked", 0), ("moves_to_cold", 0), ("moves_to_warm", 0),
-        ("moves_within_lru", 0), ("direct_reclaims", 0), ("lru_bumps_dropped", 0),
+        ("lrutail_reflocked", 0), ("moves_to_cold", slab.total("moves_to_cold")),
+        ("moves_to_warm", slab.total("moves_to_warm")),
+        ("moves_within_lru", slab.total("moves_within_lru")), ("direct_reclaims", 0),
+        ("lru_bumps_dropped", 0),
     ]
 
 
@@ -242,7 +290,8 @@ def _yes(flag: bool) -> str:
 
 
 def items_stats(storage: Storage) -> list[Stat]:
-    """`stats items`: one block per size class holding items (all in one LRU: "cold")."""
+    """`stats items`: one block per size class holding items, with its LRU segments. Hits
+    are not told apart by segment (the commands count them): all show as hits_to_cold."""
     slab = storage.stats.slab
     age = storage.oldest_age()
     out: list[Stat] = []
@@ -251,9 +300,10 @@ def items_stats(storage: Storage) -> list[Stat]:
         if not number:
             continue
         p = f"items:{cls}:"
+        hot, warm = slab.number_hot[cls], slab.number_warm[cls]
         out += [
-            (p + "number", number), (p + "number_hot", 0), (p + "number_warm", 0),
-            (p + "number_cold", number), (p + "age_hot", 0), (p + "age_warm", 0),
+            (p + "number", number), (p + "number_hot", hot), (p + "number_warm", warm),
+            (p + "number_cold", number - hot - warm), (p + "age_hot", 0), (p + "age_warm", 0),
             (p + "age", age), (p + "mem_requested", slab.requested[cls]),
             (p + "evicted", slab.evicted[cls]), (p + "evicted_nonzero", slab.evicted_nonzero[cls]),
             (p + "evicted_time", slab.evicted_time[cls]),
@@ -263,8 +313,10 @@ def items_stats(storage: Storage) -> list[Stat]:
             (p + "evicted_unfetched", slab.evicted_unfetched[cls]), (p + "evicted_active", 0),
             (p + "crawler_reclaimed", slab.crawler_reclaimed[cls]),
             (p + "crawler_items_checked", slab.crawler_items_checked[cls]),
-            (p + "lrutail_reflocked", 0), (p + "moves_to_cold", 0), (p + "moves_to_warm", 0),
-            (p + "moves_within_lru", 0), (p + "direct_reclaims", 0), (p + "hits_to_hot", 0),
+            (p + "lrutail_reflocked", 0), (p + "moves_to_cold", slab.moves_to_cold[cls]),
+            (p + "moves_to_warm", slab.moves_to_warm[cls]),
+            (p + "moves_within_lru", slab.moves_within_lru[cls]), (p + "direct_reclaims", 0),
+            (p + "hits_to_hot", 0),
             (p + "hits_to_warm", 0), (p + "hits_to_cold", slab.get_hits[cls]),
             (p + "hits_to_temp", 0),
         ]

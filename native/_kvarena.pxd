@@ -78,4 +78,3 @@ cdef class Arena:
     cdef void push(self, Rec* r, uint32_t ref, int lane) noexcept
     cdef void pop(self, Rec* r, uint32_t ref) noexcept
     cdef void move(self, Rec* r, uint32_t ref, int lane) noexcept
-    cdef void balance(self, int cls) noexcept

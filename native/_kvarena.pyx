@@ -13,7 +13,8 @@ are the pure twin's (kvcache/storage_pure.py, kvcache/slabs.py):
 - The index is a chained hash table of u32 heads (FNV-1a over the key), chained through
   `hnext`, doubled as kvcache.slabs.grown_buckets says while the limit allows.
 - Each class has three lanes (HOT, WARM, COLD) linked through `prev`/`next`; a record's
-  segment and active bit sit in the upper bits of `bits`; `balance` keeps the shares.
+  segment and active bit sit in the upper bits of `bits` (native/_kvlru.pyx keeps
+  the segments' shares and counts the moves).
 """
 
 from libc.stdlib cimport calloc, free
@@ -227,21 +228,3 @@ cdef class Arena:
     cdef void move(self, Rec* r, uint32_t ref, int lane) noexcept:
         self.pop(r, ref)
         self.push(r, ref, lane)
-
-    cdef void balance(self, int cls) noexcept:
-        """Keep HOT and WARM within their shares of the class (the pure twin's rules)."""
-        cdef int hot = cls * LANES + HOT
-        cdef int warm = hot + WARM, cold = hot + COLD
-        cdef uint64_t total = <uint64_t>self.counts[hot] + self.counts[warm] + self.counts[cold]
-        cdef uint32_t ref
-        cdef Rec* r
-        while self.counts[hot] > total * HOT_PERCENT // 100:
-            ref = self.tails[hot]
-            r = rec_at(self.base, ref)
-            self.move(r, ref, warm if r.bits & ACTIVE else cold)
-            r.bits &= ~ACTIVE
-        while self.counts[warm] > total * WARM_PERCENT // 100:
-            ref = self.tails[warm]
-            r = rec_at(self.base, ref)
-            self.move(r, ref, warm if r.bits & ACTIVE else cold)
-            r.bits &= ~ACTIVE

@@ -2,131 +2,89 @@
 """kvcache's storage over arena memory: the compiled twin of kvcache/storage_pure.py.
 
 Same rules, same interface, same figures (tests/test_kvcache_storage_twins.py drives both);
-the rules are documented in the pure twin, and the memory layout in native/_kvarena.pyx
-(records in size-class chunks of one mapping, a chained hash index, HOT/WARM/COLD lanes).
-
-Items handed out are `ItemView`s: snapshots of a record built on demand (the value copied
-out). Storage methods that change an item also update the view they are given. A view's
-identity is its record and the chunk's generation (bumped whenever the chunk is given an
-item or freed), so a set of views held over a pipeline (Engine.pinned) answers `in` as the
-pure twin's item objects do (unless one chunk is reused 128 times while a view is held).
+the rules are documented in the pure twin. As there, this module holds what the commands
+mean (store modes and CAS, incr/decr, touch, meta's invalidation, flush_all, lookups that
+reclaim what they meet) over the item layer of native/_kvlru.pyx (its base class `Lru`:
+views, linking, eviction, the LRU, the crawler, the per-class counts), which sits on the
+arena of native/_kvarena.pyx.
 """
 
 from libc.stdint cimport int64_t, uint8_t, uint32_t, uint64_t
-from libc.string cimport memcmp, memcpy
+from libc.string cimport memcpy
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
-from cpython.mem cimport PyMem_Free, PyMem_Malloc
 
-from native._kvarena cimport (
-    ACTIVE,
-    BITS_MASK,
-    CAS_SHIFT,
-    COLD,
-    FETCHED,
-    HOT,
-    HOT_PERCENT,
-    KEY_BINARY,
-    LANES,
-    SEG_MASK,
-    SEG_SHIFT,
-    STALE,
-    TOKEN_SENT,
-    UNIT_SHIFT,
-    WARM,
-    WARM_PERCENT,
-    Arena,
-    Rec,
-    key_of,
-    rec_at,
-)
+from native._kvarena cimport KEY_BINARY, STALE, TOKEN_SENT, Rec, key_of, rec_at
+from native._kvlru cimport ItemView, Lru
 
-from kvcache import items as _items
 from kvcache import storage_pure as _pure
 from kvcache.items import Delta, Mode, Outcome
 from kvcache.numbers import parse_u64_prefix
-from kvcache.slabs import ArenaClasses, SlabClasses, item_ntotal
-from kvcache.stats import CacheStats
+from kvcache.replies import END
+from kvcache.slabs import item_ntotal
+from kvcache.stats import HOT_COUNTERS
 
 cdef enum:
-    ITEM_UPDATE_INTERVAL_S = 60
     REALTIME_MAXDELTA = 2592000
 
-assert (FETCHED, TOKEN_SENT, STALE, KEY_BINARY, CAS_SHIFT) == (
-    _items.FETCHED, _items.TOKEN_SENT, _items.STALE, _items.KEY_BINARY, _items.CAS_SHIFT)
-assert (ITEM_UPDATE_INTERVAL_S, REALTIME_MAXDELTA, HOT, WARM, COLD, LANES, HOT_PERCENT,
-        WARM_PERCENT) == (
-    _pure.ITEM_UPDATE_INTERVAL_S, _pure.REALTIME_MAXDELTA, _pure.HOT, _pure.WARM, _pure.COLD,
-    _pure.LANES, _pure.HOT_PERCENT, _pure.WARM_PERCENT)
+assert REALTIME_MAXDELTA == _pure.REALTIME_MAXDELTA
 
-cdef int64_t NTOTAL_FIXED = item_ntotal(0, 0, 0)
 cdef object U64_MASK = (1 << 64) - 1
 cdef object _SET = Mode.SET, _ADD = Mode.ADD, _CAS = Mode.CAS
 cdef object _APPEND = Mode.APPEND, _PREPEND = Mode.PREPEND
+cdef object _STORED = Outcome.STORED, _NO_MEMORY = Outcome.NO_MEMORY
+cdef bytes _END = END
+cdef Py_ssize_t _GET_CMDS = HOT_COUNTERS.index("get_cmds")
+cdef Py_ssize_t _GET_MISSES = HOT_COUNTERS.index("get_misses")
 
 
-cdef class ItemView:
-    """A read-only snapshot of one arena record, with the attributes of kvcache.items.Item."""
-
-    cdef readonly bytes key
-    cdef readonly bytes value
-    cdef readonly uint32_t flags
-    cdef readonly int64_t exptime
-    cdef readonly int64_t atime
-    cdef readonly uint64_t casbits
-    cdef uint32_t ref
-    cdef uint8_t gen
-
-    @property
-    def cas(self) -> int:
-        return self.casbits >> CAS_SHIFT
-
-    def __hash__(self) -> int:
-        return self.ref
-
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, ItemView):
-            return NotImplemented
-        return (<ItemView>other).ref == self.ref and (<ItemView>other).gen == self.gen
-
-    def __repr__(self) -> str:
-        return f"ItemView({self.key!r}, {len(self.value)} bytes, cas={self.cas})"
+cdef int _decimal(char* w, uint32_t n) noexcept:
+    """` <n>` written at w (snprintf's formatting costs more than the rest of a get)."""
+    cdef char digits[10]
+    cdef int count = 0, i
+    while True:
+        digits[count] = <char>(48 + n % 10)
+        count += 1
+        n //= 10
+        if n == 0:
+            break
+    w[0] = 32
+    for i in range(count):
+        w[1 + i] = digits[count - 1 - i]
+    return count + 1
 
 
-cdef class Storage:
+cdef bytes _value_reply(Rec* r):
+    """`VALUE <key> <flags> <bytes>\\r\\n<value>\\r\\nEND\\r\\n` from a record, one allocation."""
+    cdef char numbers[32]
+    cdef int nnum = _decimal(numbers, r.flags)
+    nnum += _decimal(numbers + nnum, r.nvalue)
+    numbers[nnum] = 13
+    numbers[nnum + 1] = 10
+    nnum += 2
+    cdef bytes out = PyBytes_FromStringAndSize(NULL, 6 + r.nkey + nnum + r.nvalue + 7)
+    cdef char* w = PyBytes_AS_STRING(out)
+    memcpy(w, b"VALUE ", 6)
+    memcpy(w + 6, key_of(r), r.nkey)
+    w += 6 + r.nkey
+    memcpy(w, numbers, nnum)
+    memcpy(w + nnum, key_of(r) + r.nkey, r.nvalue)
+    memcpy(w + nnum + r.nvalue, b"\r\nEND\r\n", 7)
+    return out
+
+
+cdef class Storage(Lru):
     """A memcached-semantics cache bounded to `limit_bytes`, over arena memory. Single-
-    threaded; `now` is the current Unix time in whole seconds, advanced by `tick`."""
+    threaded; `now` is the current Unix time in whole seconds, advanced by `tick`.
+    Constructed as `Lru`: `Storage(limit_bytes, item_size_max, now, *, evict=True,
+    stats=None, slabs=None)`."""
 
-    cdef public object stats, slabs, arena
-    cdef public bint evict
-    cdef public int64_t limit_bytes, now, oldest_live, oldest_cas
-    cdef uint64_t last_cas
-    cdef Arena a
-    cdef int nmc
-    cdef uint32_t* mcsizes     # memcached's class sizes, 0-based (stats buckets)
-    cdef int crawl_lane        # 0: no crawl pass under way; the record next: a.cursor
+    # counters a plain get or set moves, written in C (kvcache/stats.py: HOT_COUNTERS)
+    cdef long long[::1] hot, get_hits, set_cmds
 
-    def __cinit__(self, int64_t limit_bytes, int64_t item_size_max, int64_t now, *,
-                  bint evict=True, stats=None, slabs=None):
-        cdef int i
-        self.limit_bytes = limit_bytes
-        self.slabs = slabs or SlabClasses(item_size_max)
-        self.arena = ArenaClasses(item_size_max)
-        self.evict = evict
-        self.now = now
-        self.stats = stats or CacheStats()
-        self.a = Arena(list(self.arena.sizes), limit_bytes)
-        self.nmc = len(self.slabs.sizes)
-        self.mcsizes = <uint32_t*>PyMem_Malloc(self.nmc * sizeof(uint32_t))
-        if self.mcsizes == NULL:
-            raise MemoryError()
-        for i in range(self.nmc):
-            self.mcsizes[i] = self.slabs.sizes[i]
-
-    def __dealloc__(self):
-        PyMem_Free(self.mcsizes)
-
-    cdef inline Rec* rec(self, uint32_t ref) noexcept:
-        return rec_at(self.a.base, ref)
+    def __cinit__(self, *args, **kwargs):
+        stats = self.stats
+        self.hot, self.get_hits, self.set_cmds = (stats.hot, stats.slab.get_hits,
+                                                  stats.slab.set_cmds)
 
     # -- time ----------------------------------------------------------------------------
     def tick(self, int64_t now) -> None:
@@ -143,86 +101,13 @@ cdef class Storage:
             return exptime
         return self.now + exptime
 
-    def next_cas(self) -> int:
-        self.last_cas += 1
-        return self.last_cas
-
-    # -- size ----------------------------------------------------------------------------
-    def __len__(self) -> int:
-        return self.a.count
-
-    @property
-    def used_bytes(self) -> int:
-        """Carved chunks plus the hash table: what the limit is checked against."""
-        return self.a.used_bytes()
-
-    cdef int _mclsid(self, int64_t nkey, uint32_t flags, int64_t nvalue) noexcept:
-        cdef int64_t ntotal = NTOTAL_FIXED + nkey + nvalue + (4 if flags else 0)
-        cdef int lo = 0, hi = self.nmc, mid
-        while lo < hi:  # bisect_left
-            mid = (lo + hi) >> 1
-            if self.mcsizes[mid] < ntotal:
-                lo = mid + 1
-            else:
-                hi = mid
-        return lo + 1 if lo < self.nmc else self.nmc
-
-    def clsid_of(self, ItemView item not None) -> int:
-        """The memcached size class `item` falls in."""
-        return self._mclsid(len(item.key), item.flags, len(item.value))
-
-    def clsid_for(self, int64_t nkey, uint32_t flags, int64_t nvalue) -> int:
-        """The size class of an item of these dimensions."""
-        return self._mclsid(nkey, flags, nvalue)
-
-    def set_limit(self, int64_t limit_bytes) -> None:
-        """cache_memlimit: a new limit for what is carved from now on."""
-        self.a.grow_reserve(limit_bytes)
-        self.limit_bytes = limit_bytes
-
-    # -- views ---------------------------------------------------------------------------
-    cdef ItemView _view(self, uint32_t ref):
-        cdef Rec* r = self.rec(ref)
-        cdef char* k = key_of(r)
-        cdef ItemView v = ItemView.__new__(ItemView)
-        v.ref = ref
-        v.gen = r.gen
-        v.key = PyBytes_FromStringAndSize(k, r.nkey)
-        v.value = PyBytes_FromStringAndSize(k + r.nkey, r.nvalue)
-        v.flags = r.flags
-        v.exptime = r.exptime
-        v.atime = r.atime
-        v.casbits = r.cas << CAS_SHIFT | (r.bits & BITS_MASK)
-        return v
-
-    cdef uint32_t _ref_of(self, ItemView v) except 0:
-        """The record behind a view; it must still hold the view's item (be linked)."""
-        cdef Rec* r = self.rec(v.ref)
-        cdef Py_ssize_t n = PyBytes_GET_SIZE(v.key)
-        if v.ref == 0 or <size_t>v.ref << UNIT_SHIFT >= self.a.top or r.gen != v.gen or (
-                r.nkey != n) or memcmp(
-                key_of(r), PyBytes_AS_STRING(v.key), n) != 0:
-            raise ValueError(f"{v!r} is no longer in the cache")
-        return v.ref
-
-    cdef inline void _sync(self, ItemView v, Rec* r) noexcept:
-        v.exptime = r.exptime
-        v.atime = r.atime
-        v.casbits = r.cas << CAS_SHIFT | (r.bits & BITS_MASK)
-
     # -- lookups -------------------------------------------------------------------------
-    cdef bint _flushed(self, int64_t atime, uint64_t cas) noexcept:
-        if self.oldest_live > self.now:
-            return False
-        return atime <= self.oldest_live or (self.oldest_cas != 0 and
-                                            cas < <uint64_t>self.oldest_cas)
-
     cdef uint32_t _find(self, bytes key) except? 0:
         cdef uint32_t ref = self.a.lookup(PyBytes_AS_STRING(key), PyBytes_GET_SIZE(key))
         cdef Rec* r
         if ref == 0:
             return 0
-        r = self.rec(ref)
+        r = rec_at(self.a.base, ref)
         if self.oldest_live and self._flushed(r.atime, r.cas):
             self._unlink(ref)
             self.stats.get_flushed += 1
@@ -246,36 +131,19 @@ cdef class Storage:
         self._bump(ref)
         return self._view(ref)
 
-    cdef void _bump(self, uint32_t ref) noexcept:
-        # do_item_bump: fetched, then active (see the pure twin's bump)
-        cdef Rec* r = self.rec(ref)
-        if r.bits & ACTIVE:
-            return
-        if not r.bits & FETCHED:
-            r.bits |= FETCHED
-            return
-        r.bits |= ACTIVE
-        r.atime = <uint32_t>self.now
-        if (r.bits & SEG_MASK) >> SEG_SHIFT == COLD:
-            self.a.move(r, ref, r.cls * LANES + WARM)
-            self.a.balance(r.cls)
-
-    cdef void _refresh(self, uint32_t ref) noexcept:
-        cdef Rec* r = self.rec(ref)
-        if <int64_t>r.atime < self.now - ITEM_UPDATE_INTERVAL_S:
-            r.atime = <uint32_t>self.now
-
-    def bump(self, ItemView item not None) -> None:
-        """Mark `item` fetched and most recently used (at most once a minute)."""
-        cdef uint32_t ref = self._ref_of(item)
+    def get_reply(self, bytes key not None):
+        """The whole reply to `get <key>`, written from the record (see the pure twin)."""
+        cdef uint32_t ref
+        cdef Rec* r
+        self.hot[_GET_CMDS] += 1
+        ref = self._find(key)
+        if ref == 0:
+            self.hot[_GET_MISSES] += 1
+            return _END
         self._bump(ref)
-        self._sync(item, self.rec(ref))
-
-    def refresh(self, ItemView item not None) -> None:
-        """do_item_update: most recently used again, without counting as a read."""
-        cdef uint32_t ref = self._ref_of(item)
-        self._refresh(ref)
-        self._sync(item, self.rec(ref))
+        r = rec_at(self.a.base, ref)
+        self.get_hits[self._mclsid(r.nkey, r.flags, r.nvalue)] += 1
+        return _value_reply(r)
 
     def touch(self, bytes key not None, int64_t exptime):
         """gat/touch: read the item and give it a new (already converted) exptime."""
@@ -283,18 +151,18 @@ cdef class Storage:
         if ref == 0:
             return None
         self._bump(ref)
-        self.rec(ref).exptime = <uint32_t>exptime
+        rec_at(self.a.base, ref).exptime = <uint32_t>exptime
         return self._view(ref)
 
     def set_exptime(self, ItemView item not None, int64_t exptime) -> None:
         """A new (converted) exptime for a linked item."""
-        cdef Rec* r = self.rec(self._ref_of(item))
+        cdef Rec* r = rec_at(self.a.base, self._ref_of(item))
         r.exptime = <uint32_t>exptime
         self._sync(item, r)
 
     def grant_token(self, ItemView item not None) -> None:
         """mg W: this client won the recache token; others see Z until it is stored."""
-        cdef Rec* r = self.rec(self._ref_of(item))
+        cdef Rec* r = rec_at(self.a.base, self._ref_of(item))
         r.bits |= TOKEN_SENT
         self._sync(item, r)
 
@@ -316,7 +184,7 @@ cdef class Storage:
             if mode is _SET or mode is _ADD:
                 return self._store_new(key, value, flags, exptime, bits, 0)
             return Outcome.NOT_STORED, None
-        r = self.rec(old)
+        r = rec_at(self.a.base, old)
         old_cas = r.cas
         if mode is _ADD:
             self._refresh(old)
@@ -349,6 +217,20 @@ cdef class Storage:
             return Outcome.NO_MEMORY, None
         return Outcome.STORED, self._view(ref)
 
+    def store_command(self, mode, bytes key not None, bytes value not None, uint32_t flags,
+                      int64_t exptime, uint64_t cas=0):
+        """A classic storage command, counted (see the pure twin)."""
+        cdef uint32_t ref
+        self.set_cmds[self._mclsid(len(key), flags, len(value))] += 1
+        if mode is _SET:  # the common case, without a view of the new item
+            ref = self._insert(key, value, flags, exptime, 0, self._find(key))
+            outcome = _STORED if ref else _NO_MEMORY
+        else:
+            outcome = self.store(mode, key, value, flags, exptime, cas)[0]
+        if outcome is _NO_MEMORY:
+            self.stats.store_no_memory += 1
+        return outcome
+
     def delete(self, bytes key not None):
         """Remove a live item; returns it (None if there was none)."""
         cdef uint32_t ref = self._find(key)
@@ -364,7 +246,7 @@ cdef class Storage:
 
     def invalidate(self, ItemView item not None, exptime) -> None:
         """md with I: mark stale, new CAS, token up for grabs again, optionally a new TTL."""
-        cdef Rec* r = self.rec(self._ref_of(item))
+        cdef Rec* r = rec_at(self.a.base, self._ref_of(item))
         if exptime is not None:
             r.exptime = <uint32_t>exptime
         r.bits = (r.bits & ~TOKEN_SENT) | STALE
@@ -384,7 +266,7 @@ cdef class Storage:
         cdef Rec* r
         if ref == 0:
             return Delta(Outcome.NOT_FOUND, 0, None, False)
-        r = self.rec(ref)
+        r = rec_at(self.a.base, ref)
         ntotal = item_ntotal(r.nkey, r.flags, r.nvalue)
         if r.nvalue == 0 or self.slabs.chunked(ntotal):
             return Delta(Outcome.NON_NUMERIC, 0, None, False)
@@ -420,167 +302,3 @@ cdef class Storage:
         self.oldest_live = deadline - 1
         if self.oldest_live <= self.now:
             self.oldest_cas = self.last_cas + 1
-
-    # -- reclaiming ----------------------------------------------------------------------
-    @property
-    def crawling(self) -> bool:
-        """A crawl pass is under way."""
-        return self.crawl_lane != 0
-
-    def crawl(self, int budget) -> int:
-        """Check up to `budget` items from where the last crawl stopped (class by class,
-        each from its LRU tail), reclaiming the expired and flushed ones."""
-        cdef int lane, mcls
-        cdef uint32_t ref, prev
-        cdef Rec* r
-        cdef bint flushed
-        cdef int reclaimed = 0
-        slab = self.stats.slab
-        cdef int lanes_end = (self.a.nclasses + 1) * LANES
-        if self.crawl_lane == 0:
-            self.crawl_lane = LANES
-            self.a.cursor = self.a.tails[LANES]
-        lane, ref = self.crawl_lane, self.a.cursor
-        while budget > 0:
-            if ref == 0:
-                lane += 1
-                if lane == lanes_end:
-                    break
-                ref = self.a.tails[lane]
-                continue
-            budget -= 1
-            r = self.rec(ref)
-            prev = r.prev
-            mcls = self._mclsid(r.nkey, r.flags, r.nvalue)
-            slab.crawler_items_checked[mcls] += 1
-            flushed = self.oldest_live != 0 and self._flushed(r.atime, r.cas)
-            if flushed or (r.exptime and r.exptime <= self.now):
-                if not flushed and not r.bits & FETCHED:
-                    slab.expired_unfetched[mcls] += 1
-                slab.crawler_reclaimed[mcls] += 1
-                slab.reclaimed[mcls] += 1
-                self._unlink(ref)
-                reclaimed += 1
-            ref = prev
-        if lane == lanes_end:
-            self.crawl_lane, self.a.cursor = 0, 0
-        else:
-            self.crawl_lane, self.a.cursor = lane, ref
-        return reclaimed
-
-    def oldest_age(self) -> int:
-        """Seconds since the oldest LRU tail was last stored or read (stats items `age`)."""
-        cdef int lane
-        cdef int64_t age, oldest = 0
-        for lane in range(LANES, (self.a.nclasses + 1) * LANES):
-            if self.a.tails[lane]:
-                age = self.now - <int64_t>self.rec(self.a.tails[lane]).atime
-                if age > oldest:
-                    oldest = age
-        return oldest
-
-    def alive(self, ItemView item not None) -> bool:
-        """Neither expired nor flushed (a linked item may be either until reclaimed)."""
-        if item.exptime and item.exptime <= self.now:
-            return False
-        return not (self.oldest_live and self._flushed(item.atime, item.casbits >> CAS_SHIFT))
-
-    def items(self) -> list:
-        """Every linked item, lane by lane, most recent first (for tests and dumps)."""
-        cdef int lane
-        cdef uint32_t ref
-        out = []
-        for lane in range(LANES, (self.a.nclasses + 1) * LANES):
-            ref = self.a.heads[lane]
-            while ref:
-                out.append(self._view(ref))
-                ref = self.rec(ref).next
-        return out
-
-    # -- internals -----------------------------------------------------------------------
-    cdef uint32_t _insert(self, bytes key, bytes value, uint32_t flags, int64_t exptime,
-                          uint8_t bits, uint32_t old) except? 0:
-        cdef Py_ssize_t nkey = PyBytes_GET_SIZE(key), nvalue = PyBytes_GET_SIZE(value)
-        cdef int cls, mcls
-        cdef uint32_t ref = 0
-        cdef Rec* r
-        cdef char* k
-        if old:
-            self._unlink(old)
-        cls = self.a.cls_of(sizeof(Rec) + nkey + nvalue)
-        if cls:
-            ref = self._take_chunk(cls)
-        slab = self.stats.slab
-        if ref == 0:
-            slab.outofmemory[self._mclsid(nkey, flags, nvalue)] += 1
-            return 0
-        r = self.rec(ref)
-        r.nkey = <uint8_t>nkey
-        r.nvalue = <uint32_t>nvalue
-        r.flags = flags
-        r.exptime = <uint32_t>exptime
-        r.atime = <uint32_t>self.now
-        r.cls = <uint8_t>cls
-        r.bits = bits
-        r.gen += 1  # a fresh carve is zeroed; a reused chunk counts on from its last item
-        self.last_cas += 1
-        r.cas = self.last_cas
-        k = key_of(r)
-        memcpy(k, PyBytes_AS_STRING(key), nkey)
-        memcpy(k + nkey, PyBytes_AS_STRING(value), nvalue)
-        self.a.push(r, ref, cls * LANES + HOT)
-        self.a.balance(cls)
-        self.a.index(r, ref)
-        stats = self.stats
-        stats.bytes += self.a.csizes[cls]
-        stats.curr_items += 1
-        stats.total_items += 1
-        mcls = self._mclsid(nkey, flags, nvalue)
-        number = slab.number[mcls] + 1
-        slab.number[mcls] = number
-        if number > slab.peak[mcls]:
-            slab.peak[mcls] = number
-        slab.requested[mcls] += NTOTAL_FIXED + nkey + nvalue + (4 if flags else 0)
-        self.a.maybe_grow_table(self.limit_bytes)
-        return ref
-
-    cdef uint32_t _take_chunk(self, int cls) except? 0:
-        """A chunk of class `cls`: a free one, a newly carved one, or the LRU tail's."""
-        cdef uint32_t ref = self.a.take_chunk(cls, self.limit_bytes)
-        if ref or not self.evict:
-            return ref
-        ref = self.a.victim(cls)
-        if ref == 0:
-            return 0
-        self._evict(ref)
-        return self.a.take_chunk(cls, self.limit_bytes)
-
-    cdef void _evict(self, uint32_t ref) except *:
-        cdef Rec* r = self.rec(ref)
-        cdef int mcls = self._mclsid(r.nkey, r.flags, r.nvalue)
-        cdef bint flushed = self.oldest_live != 0 and self._flushed(r.atime, r.cas)
-        slab = self.stats.slab
-        if flushed or (r.exptime and r.exptime <= self.now):
-            slab.reclaimed[mcls] += 1
-            if not flushed and not r.bits & FETCHED:
-                slab.expired_unfetched[mcls] += 1
-        else:
-            slab.evicted[mcls] += 1
-            slab.evicted_time[mcls] = self.now - <int64_t>r.atime
-            if r.exptime:
-                slab.evicted_nonzero[mcls] += 1
-            if not r.bits & FETCHED:
-                slab.evicted_unfetched[mcls] += 1
-        self._unlink(ref)
-
-    cdef void _unlink(self, uint32_t ref) except *:
-        cdef Rec* r = self.rec(ref)
-        cdef int mcls = self._mclsid(r.nkey, r.flags, r.nvalue)
-        self.a.unindex(r, ref)
-        self.a.pop(r, ref)
-        stats = self.stats
-        stats.bytes -= self.a.csizes[r.cls]
-        stats.curr_items -= 1
-        stats.slab.number[mcls] -= 1
-        stats.slab.requested[mcls] -= NTOTAL_FIXED + r.nkey + r.nvalue + (4 if r.flags else 0)
-        self.a.free_chunk(r, ref)

@@ -1,4 +1,5 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
+# cython: initializedcheck=False
 """memcached text-protocol request parser, compiled: the hot path of native/mcproto_pure.py.
 
 Same API, requests (the reference module's own Store, Reject and Close classes) and framing
@@ -9,13 +10,13 @@ agree on random streams cut at random points. What differs is only how:
   of plain digits short enough that no wrapping or range rule applies) is read in C; every
   other storage line, `ms` included, goes to the reference's `storage_header`, so the
   memcached quirks (signs, whitespace, truncation, meta flags) are written once;
-- the fast lane's `VALUE` reply is written into one bytes object with memcpy.
+- the fast lane (`answer`: a read that is one plain get or set) is read in C over the
+  read's char*; the storage does the rest (`Storage.get_reply`, `Storage.store_command`).
 One difference: `feed` takes `bytes` only (what asyncio hands a protocol); the pure twin
 also takes other bytes-like objects.
 """
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
-from libc.stdio cimport snprintf
 from libc.string cimport memchr, memcmp, memcpy
 
 from native.mcproto_pure import (
@@ -31,7 +32,10 @@ from native.mcproto_pure import (
     Store,
     storage_header,
 )
-from kvcache.slabs import SlabClasses
+from kvcache import replies
+from kvcache.items import Mode, Outcome
+from kvcache.slabs import SlabClasses, item_ntotal
+from kvcache.stats import HOT_COUNTERS
 
 cdef Py_ssize_t _KEY_MAX = MAX_KEY_BYTES
 cdef Py_ssize_t _NO_NEWLINE_MAX = LINE_WITHOUT_NEWLINE_BYTES
@@ -115,9 +119,11 @@ cdef class RequestParser:
     cdef long long _need  # size of that block, CRLF included
     cdef list _parts  # pieces of a big block still incomplete (None otherwise)
     cdef long long _parts_len
+    cdef readonly long long lane_value_max  # the fast lane's sets: values surely fitting
 
     def __init__(self, item_size_max, max_multiget_line=MAX_MULTIGET_LINE_BYTES):
         self.slabs = SlabClasses(item_size_max)
+        self.lane_value_max = item_size_max - item_ntotal(_KEY_MAX, 1, 0)
         self.max_multiget_line = max_multiget_line
         self._buf = b""
         self._pos = 0
@@ -241,6 +247,7 @@ cdef class RequestParser:
         """Wait for `vlen` bytes and CRLF, or swallow them if the item cannot be stored."""
         meta = request.meta
         nflags = meta.client_flags if meta is not None else request.flags
+        request.size = vlen
         if not self.slabs.fits(len(request.key), nflags, vlen):
             request.too_large = True
             self._swallow = vlen + 2
@@ -264,51 +271,150 @@ cdef class RequestParser:
         return request
 
 
-# -- the fast lane: one plain get per read (see native/mcproto_pure.py) -----------------------
-cdef bytes _END = b"END\r\n"
+# -- the fast lane: one plain get or set per read (see native/mcproto_pure.py) ---------------
+cdef bytes _STORED = replies.STORED
+cdef bytes _NO_MEMORY = replies.line(replies.OUT_OF_MEMORY_STORING)
+cdef Py_ssize_t _BYTES_READ = HOT_COUNTERS.index("bytes_read")
+cdef Py_ssize_t _BYTES_WRITTEN = HOT_COUNTERS.index("bytes_written")
+cdef object _SET = Mode.SET, _OUTCOME_STORED = Outcome.STORED  # a set stores or finds no memory
 
 
-def get_reply(storage, stats, bytes key not None):
-    """The reply to `get <key>`, counted as memcached counts a get (see the reference)."""
-    stats.get_cmds += 1
-    item = storage.get(key)
-    if item is None:
-        stats.get_misses += 1
-        return _END
-    stats.slab.get_hits[storage.clsid_of(item)] += 1
-    return _value_reply(key, item.flags, item.value)
+cdef inline bint _idle(RequestParser parser):
+    """Nothing buffered, nothing pending, not closed: a read may bypass the parser."""
+    return not (parser.closed or parser._pos != PyBytes_GET_SIZE(parser._buf)
+                or parser._swallow or parser._pending is not None
+                or parser._parts is not None)
 
 
-cdef bytes _value_reply(bytes key, unsigned long long flags, bytes value):
-    """`VALUE <key> <flags> <bytes>\r\n<value>\r\nEND\r\n`, written in one allocation."""
-    cdef char numbers[48]
-    cdef Py_ssize_t nkey = PyBytes_GET_SIZE(key), nvalue = PyBytes_GET_SIZE(value)
-    cdef int nnum = snprintf(numbers, sizeof(numbers), " %llu %lld\r\n", flags,
-                             <long long>nvalue)
-    cdef bytes out = PyBytes_FromStringAndSize(NULL, 6 + nkey + nnum + nvalue + 7)
-    cdef char* w = PyBytes_AS_STRING(out)
-    memcpy(w, b"VALUE ", 6)
-    memcpy(w + 6, PyBytes_AS_STRING(key), nkey)
-    w += 6 + nkey
-    memcpy(w, numbers, nnum)
-    memcpy(w + nnum, PyBytes_AS_STRING(value), nvalue)
-    memcpy(w + nnum + nvalue, b"\r\nEND\r\n", 7)
-    return out
+def answer(RequestParser parser not None, bytes data not None, storage):
+    """The reply if `data` is exactly one plain get or set on an idle parser, else None."""
+    return _answer(parser, data, storage.get_reply, storage.store_command, storage.expiry)
 
 
-def answer_get(RequestParser parser not None, bytes data not None, storage, stats):
-    """The reply if `data` is exactly one `get <key>\\r\\n` on an idle parser, else None."""
-    cdef Py_ssize_t n = PyBytes_GET_SIZE(data)
+cdef class Lane:
+    """One connection's read callback, fast lane first (see the pure twin)."""
+
+    cdef public bint open
+    cdef public long long last_command
+    cdef RequestParser parser
+    cdef object storage, settings, transport, fallback
+    cdef set pinned
+    # bound once: a method looked up per read is a measurable part of a get
+    cdef object get_reply, store_command, expiry, write, is_closing
+    cdef long long[::1] hot  # CacheStats.hot: bytes_read and bytes_written, added in C
+
+    def __init__(self, RequestParser parser not None, storage, settings, set pinned not None,
+                 fallback):
+        self.parser = parser
+        self.storage = storage
+        self.get_reply = storage.get_reply
+        self.store_command = storage.store_command
+        self.expiry = storage.expiry
+        self.hot = storage.stats.hot
+        self.settings = settings
+        self.pinned = pinned
+        self.fallback = fallback
+        self.last_command = storage.now
+        self.open = False
+
+    def attach(self, transport):
+        """The connection is admitted: replies go to `transport`, the lane may answer."""
+        self.transport = transport
+        self.write = transport.write
+        self.is_closing = transport.is_closing
+        self.open = True
+
+    def release(self):
+        """The connection is gone: drop the transport and the fallback (no cycles)."""
+        self.open = False
+        self.transport = self.write = self.is_closing = None
+        self.fallback = None
+
+    def data_received(self, bytes data not None):
+        """Answer `data` if it is one plain get or set and the lane is open; else hand it
+        to the fallback (the connection's request loop)."""
+        if self.open and self.settings.verbose < 2:
+            reply = _answer(self.parser, data, self.get_reply, self.store_command, self.expiry)
+            if reply is not None:
+                self.hot[_BYTES_READ] += PyBytes_GET_SIZE(data)
+                self.last_command = self.storage.now
+                self.send(reply)
+                return
+        if self.fallback is not None:
+            self.fallback(data)
+
+    cpdef send(self, bytes data):
+        """One write: a write point (the pinned items are released), counted in
+        bytes_written; nothing once the transport is closing."""
+        if self.transport is None or self.is_closing():
+            return
+        if len(self.pinned):
+            self.pinned.clear()
+        self.hot[_BYTES_WRITTEN] += PyBytes_GET_SIZE(data)
+        self.write(data)
+
+
+cdef object _answer(RequestParser parser, bytes data, get_reply, store_command, expiry):
     cdef const char* p = PyBytes_AS_STRING(data)
+    cdef Py_ssize_t n = PyBytes_GET_SIZE(data)
+    if n < 7 or not _idle(parser):
+        return None
+    if memcmp(p, b"get ", 4) == 0:
+        return _answer_get(p, n, get_reply)
+    if memcmp(p, b"set ", 4) == 0:
+        return _answer_set(parser, p, n, store_command, expiry)
+    return None
+
+
+cdef object _answer_get(const char* p, Py_ssize_t n, get_reply):
     cdef Py_ssize_t nkey = n - 6
-    if (parser.closed or parser._pos != PyBytes_GET_SIZE(parser._buf) or parser._swallow
-            or parser._pending is not None or parser._parts is not None):
-        return None
-    if nkey <= 0 or nkey > _KEY_MAX or memcmp(p, b"get ", 4) != 0:
-        return None
-    if p[n - 2] != 13 or p[n - 1] != 10:
+    if nkey > _KEY_MAX or p[n - 2] != 13 or p[n - 1] != 10:
         return None
     if (memchr(p + 4, 32, nkey) != NULL or memchr(p + 4, 10, nkey) != NULL
             or memchr(p + 4, 0, nkey) != NULL):
         return None
-    return get_reply(storage, stats, PyBytes_FromStringAndSize(p + 4, nkey))
+    return get_reply(PyBytes_FromStringAndSize(p + 4, nkey))
+
+
+cdef long long _field(const char* p, Py_ssize_t* pos, Py_ssize_t end, char stop):
+    """The 1.._SHORT_DIGITS digits at *pos, ended by `stop` (or by `end` when stop is 0);
+    *pos moves past the stop. -1 when the field is anything else."""
+    cdef Py_ssize_t i = pos[0]
+    cdef long long value = 0
+    while i < end and p[i] >= 48 and p[i] <= 57 and i - pos[0] < _SHORT_DIGITS:
+        value = value * 10 + (p[i] - 48)
+        i += 1
+    if i == pos[0] or (stop and (i >= end or p[i] != stop)) or (not stop and i != end):
+        return -1
+    pos[0] = i + 1
+    return value
+
+
+cdef object _answer_set(RequestParser parser, const char* p, Py_ssize_t n, store_command,
+                        expiry):
+    cdef const char* hit = <const char*>memchr(p, 10, n)
+    cdef Py_ssize_t head, pos, nkey
+    cdef long long flags, exptime, vlen
+    if hit == NULL:
+        return None
+    head = hit - p - 1  # where the header's CR must be
+    if head < 4 or p[head] != 13 or memchr(p, 0, head) != NULL:
+        return None
+    hit = <const char*>memchr(p + 4, 32, head - 4)
+    if hit == NULL:
+        return None
+    nkey = hit - p - 4
+    pos = 4 + nkey + 1
+    if nkey == 0 or nkey > _KEY_MAX:
+        return None
+    flags = _field(p, &pos, head, 32)
+    exptime = _field(p, &pos, head, 32) if flags >= 0 else -1
+    vlen = _field(p, &pos, head, 0) if exptime >= 0 else -1
+    if vlen < 0 or vlen > parser.lane_value_max or n != head + 2 + vlen + 2:
+        return None
+    if p[n - 2] != 13 or p[n - 1] != 10:
+        return None
+    outcome = store_command(_SET, PyBytes_FromStringAndSize(p + 4, nkey),
+                            PyBytes_FromStringAndSize(p + head + 2, vlen), flags,
+                            expiry(exptime))
+    return _STORED if outcome is _OUTCOME_STORED else _NO_MEMORY

@@ -32,12 +32,14 @@ Framing rules, each measured against memcached 1.6.18:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from kvcache import replies
+from kvcache.items import Mode, Outcome
 from kvcache.metaflags import MAX_META_TOKENS, MAX_OPAQUE_BYTES, MetaFlags, parse_meta_flags
 from kvcache.numbers import strtol32, strtoul32, strtoull
-from kvcache.slabs import SlabClasses
+from kvcache.slabs import SlabClasses, item_ntotal
 
 MAX_KEY_BYTES = 250  # KEY_MAX_LENGTH
 MAX_TOKENS = 24  # memcached tokenises at most 23 words (+ a terminal token) at a time
@@ -57,11 +59,12 @@ class Store:
 
     `data` is the value (without its CRLF) or None when there is none to store: `too_large`
     (refused for size, block swallowed) or a bad data chunk. `meta` carries the parsed flags
-    of an `ms`. exptime is the wire value (signed 32-bit); the storage converts it.
+    of an `ms`. exptime is the wire value (signed 32-bit); the storage converts it. `size` is
+    the value length the line announced (memcached counts a bad chunk's set by it).
     """
 
     __slots__ = ("command", "key", "flags", "exptime", "cas", "noreply", "data", "too_large",
-                 "meta")
+                 "meta", "size")
 
     def __init__(
         self,
@@ -82,6 +85,7 @@ class Store:
         self.data: bytes | None = None
         self.too_large = False
         self.meta = meta
+        self.size = 0
 
 
 class Reject:
@@ -133,6 +137,8 @@ class RequestParser:
 
     def __init__(self, item_size_max: int, max_multiget_line: int = MAX_MULTIGET_LINE_BYTES):
         self.slabs = SlabClasses(item_size_max)
+        # the fast lane's sets: values that fit whatever the key and flags (see `answer`)
+        self.lane_value_max = item_size_max - item_ntotal(MAX_KEY_BYTES, 1, 0)
         self.max_multiget_line = max_multiget_line
         self._buf = b""
         self._pos = 0
@@ -238,6 +244,7 @@ class RequestParser:
     def _expect_block(self, request: Store, vlen: int) -> Request | None:
         """Wait for `vlen` bytes and CRLF, or swallow them if the item cannot be stored."""
         nflags = request.meta.client_flags if request.meta is not None else request.flags
+        request.size = vlen
         if not self.slabs.fits(len(request.key), nflags, vlen):
             request.too_large = True
             self._swallow = vlen + 2
@@ -329,39 +336,122 @@ def _meta_set(tokens: list[bytes]) -> tuple[Store | Reject, int]:
     return request, vlen
 
 
-# -- the fast lane: one plain get per read ------------------------------------------------------
-# Most reads a cache sees are one `get <key>`. For those the server can skip the general
-# request loop; these two functions are the whole of that path (native._mcproto compiles
-# them). They take the storage and the counters (kvcache.storage.Storage, kvcache.stats.
-# CacheStats) as arguments, so this module still imports neither.
-_GET_PREFIX = b"get "
+# -- the fast lane: one plain get or set per read ----------------------------------------------
+# Most reads a cache sees are one `get <key>`, most of the rest one `set`. For those the
+# server can skip the general request loop; `answer` is the whole of that path
+# (native._mcproto compiles it). The storage it is given (kvcache.storage.Storage) writes the
+# reply and counts the command (`get_reply`, `store_command`), so this module imports no
+# storage.
 _LINE_END = b"\r\n"
+LANE_DIGITS = 9  # a set's numbers in the lane: 1..9 plain digits, below every range rule
+_STORED = replies.STORED
+_NO_MEMORY = replies.line(replies.OUT_OF_MEMORY_STORING)
 
 
-def get_reply(storage: Any, stats: Any, key: bytes) -> bytes:
-    """The reply to `get <key>` (key already checked: 1..MAX_KEY_BYTES bytes), counted in
-    `stats` as memcached counts a get: cmd_get, then get_misses or the class's get_hits."""
-    stats.get_cmds += 1
-    item = storage.get(key)
-    if item is None:
-        stats.get_misses += 1
-        return replies.END
-    stats.slab.get_hits[storage.clsid_of(item)] += 1
-    value = item.value
-    return b"VALUE %s %d %d\r\n%s\r\nEND\r\n" % (key, item.flags, len(value), value)
+def _idle(parser: RequestParser) -> bool:
+    """Nothing buffered, nothing pending, not closed: a read may bypass the parser."""
+    return not (parser.closed or parser._pos != len(parser._buf) or parser._swallow
+                or parser._pending is not None or parser._parts is not None)
 
 
-def answer_get(parser: RequestParser, data: bytes, storage: Any, stats: Any) -> bytes | None:
-    """If `data` is exactly one `get <key>\\r\\n` and `parser` holds nothing (no bytes, no
-    pending block, not closed), its reply; else None, and the caller feeds `data` to the
-    parser as usual. Either way the outcome is what feeding it would have given: the
-    parser is left as feeding and consuming the line would leave it."""
-    if (parser.closed or parser._pos != len(parser._buf) or parser._swallow
-            or parser._pending is not None or parser._parts is not None):
+def answer(parser: RequestParser, data: bytes, storage: Any) -> bytes | None:
+    """If `data` is exactly one `get <key>\\r\\n`, or one `set <key> <flags> <exptime>
+    <bytes>\\r\\n` with its whole data block (plain digits, no noreply, a value that surely
+    fits), and `parser` holds nothing (no bytes, no pending block, not closed): its reply,
+    the command counted and carried out. Else None, and the caller feeds `data` to the
+    parser as usual. Either way the outcome is what feeding it would have given: the parser
+    is left as feeding and consuming the request would leave it."""
+    if len(data) < 7 or not _idle(parser):
         return None
-    if not (data.startswith(_GET_PREFIX) and data.endswith(_LINE_END)):
+    if data.startswith(b"get "):
+        return _answer_get(data, storage)
+    if data.startswith(b"set "):
+        return _answer_set(parser, data, storage)
+    return None
+
+
+class Lane:
+    """One connection's read callback, fast lane first: the server installs
+    `data_received` as its protocol's, so a plain get or set is answered, counted and
+    written without a Python frame of the server's (compiled). `fallback(data)` takes
+    every other read (the connection's request loop). `open` says whether the lane may
+    answer (the server closes it while the connection is not admitted, is streaming a reply
+    or its writes are paused); `verbosity 2` (per-command traces) closes it too. `send` is
+    the connection's one way to write."""
+
+    def __init__(self, parser: RequestParser, storage: Any, settings: Any, pinned: set[Any],
+                 fallback: Callable[[bytes], None]) -> None:
+        self.parser = parser
+        self.storage = storage
+        self.stats = storage.stats
+        self.settings = settings
+        self.pinned = pinned  # items a pipeline's replies refer to (Engine.pinned)
+        self.fallback: Callable[[bytes], None] | None = fallback
+        self.transport: Any = None
+        self.last_command: int = storage.now  # the cache time of the last command served
+        self.open = False
+
+    def attach(self, transport: Any) -> None:
+        """The connection is admitted: replies go to `transport`, the lane may answer."""
+        self.transport = transport
+        self.open = True
+
+    def release(self) -> None:
+        """The connection is gone: drop the transport and the fallback (no cycles)."""
+        self.open = False
+        self.transport = None
+        self.fallback = None
+
+    def data_received(self, data: bytes) -> None:
+        """Answer `data` if it is one plain get or set and the lane is open; else hand it
+        to the fallback."""
+        if self.open and self.settings.verbose < 2:
+            reply = answer(self.parser, data, self.storage)
+            if reply is not None:
+                self.stats.bytes_read += len(data)
+                self.last_command = self.storage.now
+                self.send(reply)
+                return
+        if self.fallback is not None:
+            self.fallback(data)
+
+    def send(self, data: bytes) -> None:
+        """One write: a write point (the pinned items are released), counted in
+        bytes_written; nothing once the transport is closing."""
+        if self.transport is None or self.transport.is_closing():
+            return
+        if self.pinned:
+            self.pinned.clear()
+        self.stats.bytes_written += len(data)
+        self.transport.write(data)
+
+
+def _answer_get(data: bytes, storage: Any) -> bytes | None:
+    if not data.endswith(_LINE_END):
         return None
     key = data[4:-2]
-    if not 0 < len(key) <= MAX_KEY_BYTES or b" " in key or b"\n" in key or b"\0" in key:
+    if len(key) > MAX_KEY_BYTES or b" " in key or b"\n" in key or b"\0" in key:
         return None
-    return get_reply(storage, stats, key)
+    return storage.get_reply(key)  # type: ignore[no-any-return]
+
+
+def _lane_number(token: bytes) -> int | None:
+    return int(token) if 0 < len(token) <= LANE_DIGITS and token.isdigit() else None
+
+
+def _answer_set(parser: RequestParser, data: bytes, storage: Any) -> bytes | None:
+    end = data.find(b"\n")
+    if end < 5 or data[end - 1] != 0x0D or b"\0" in data[:end]:
+        return None
+    words = data[:end - 1].split(b" ")
+    if len(words) != 5 or not 0 < len(words[1]) <= MAX_KEY_BYTES:
+        return None
+    key = words[1]
+    flags, exptime, vlen = (_lane_number(word) for word in words[2:])
+    if flags is None or exptime is None or vlen is None or vlen > parser.lane_value_max:
+        return None
+    if len(data) != end + 1 + vlen + 2 or not data.endswith(_LINE_END):
+        return None
+    outcome = storage.store_command(Mode.SET, key, data[end + 1:end + 1 + vlen], flags,
+                                    storage.expiry(exptime))
+    return _STORED if outcome is Outcome.STORED else _NO_MEMORY  # a set stores or finds no memory

@@ -1,10 +1,12 @@
 """The plain-get fast lane through a live daemon, against a real memcached.
 
-A read that is exactly one `get <key>\\r\\n` is answered by `answer_get` instead of the
-request loop (kvcache/server.py). Here each request is sent as its own read and its reply
-awaited before the next, so every well-formed single get takes the lane; the replies and the
-get counters must be memcached's, byte for byte, and the lane must give way to the loop
-where it has to (a pipeline, a bare `\\n`, a key too long, a set waiting for its block).
+A read that is exactly one `get <key>\\r\\n`, or one plain `set` with its whole data block,
+is answered by the connection's lane (`Lane`, `answer`) instead of the request loop
+(kvcache/server.py). Here each request is sent as its own read and its reply
+awaited before the next, so every well-formed single get or set takes the lane; the replies and the
+get and set counters must be memcached's, byte for byte, and the lane must give way to the
+loop where it has to (a pipeline, a bare `\\n`, a key too long, a set waiting for its block,
+numbers out of its range, a bad data chunk).
 """
 
 from __future__ import annotations
@@ -34,8 +36,19 @@ SCRIPT = [
     b"set b 0 0 2\r\n",  # a set waiting for its block...
     b"get a\r\n",  # ...takes this read as data (bad data chunk)
     b"gets a\r\n",
+    b"set s 1 0 5\r\nhello\r\n",  # a plain set with its data in one read: the lane
+    b"get s\r\n",
+    b"set s 2 100 0\r\n\r\n",  # an empty value, an exptime: the lane
+    b"get s\r\n",
+    b"set s 3 -1 1\r\nx\r\n",  # a negative exptime (stored already expired): the loop
+    b"get s\r\n",
+    b"set s 4294967295 0 1\r\nx\r\n",  # ten-digit flags: the loop
+    b"get s\r\n",
+    b"set a 7 0 2\r\nxyz\r\n",  # a block longer than announced: the loop's bad data chunk
+    b"get a\r\n",
 ]
-COUNTERS = ("cmd_get", "get_hits", "get_misses", "bytes_read", "bytes_written")
+COUNTERS = ("cmd_get", "get_hits", "get_misses", "bytes_read", "bytes_written", "cmd_set",
+            "curr_items", "total_items", "get_expired")
 
 
 def converse_by_reads(host: str, port: int) -> list[bytes]:

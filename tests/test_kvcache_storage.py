@@ -9,6 +9,7 @@ import pytest
 
 from kvcache.items import STALE, Mode, Outcome, item_cost
 from kvcache.slabs import INITIAL_BUCKETS, record_bytes, table_bytes
+from kvcache.stats import items_stats
 from kvcache.storage import REALTIME_MAXDELTA, Storage
 
 NOW = 1_750_000_000
@@ -343,3 +344,49 @@ def test_a_full_class_evicts_from_its_own_lru_only() -> None:
     assert s.find(b"big") is not None  # another class: untouched by the small items
     assert s.used_bytes <= s.limit_bytes
     check_accounting(s)
+
+
+# -- stats items: the LRU segments ----------------------------------------------------------
+def segment_rows(s: Storage, key: bytes) -> dict[str, int]:
+    """The `stats items` row of `key`'s size class, without the `items:N:` prefix."""
+    prefix = f"items:{s.clsid_of(s.find(key))}:"
+    return {k[len(prefix):]: int(v) for k, v in items_stats(s) if k.startswith(prefix)}
+
+
+def test_stats_items_counts_each_segment_and_the_moves_between_them() -> None:
+    s = make()
+    for i in range(100):
+        put(s, b"k%03d" % i)
+    row = segment_rows(s, b"k000")
+    assert row["number"] == 100
+    assert (row["number_hot"], row["number_warm"], row["number_cold"]) == (20, 0, 80)
+    assert (row["moves_to_cold"], row["moves_to_warm"], row["moves_within_lru"]) == (80, 0, 0)
+    for i in range(10):  # the oldest: in COLD; read twice they are active and go to WARM
+        s.get(b"k%03d" % i)
+        s.get(b"k%03d" % i)
+    row = segment_rows(s, b"k000")
+    assert (row["number_hot"], row["number_warm"], row["number_cold"]) == (20, 10, 70)
+    assert row["moves_to_warm"] == 10
+    s.stats.reset()  # `stats reset`: the moves are counters, the segments are state
+    row = segment_rows(s, b"k000")
+    assert (row["moves_to_cold"], row["moves_to_warm"]) == (0, 0)
+    assert (row["number_hot"], row["number_warm"], row["number_cold"]) == (20, 10, 70)
+    for i in range(99):
+        s.delete(b"k%03d" % i)
+    row = segment_rows(s, b"k099")
+    assert (row["number"], row["number_hot"], row["number_warm"], row["number_cold"]) == (
+        1, 1, 0, 0)
+
+
+def test_an_overfull_warm_sends_its_active_tail_round_and_the_rest_to_cold() -> None:
+    s = make()
+    for i in range(100):
+        put(s, b"k%03d" % i)
+    for i in range(60):  # more than WARM's 40% share wants to leave COLD
+        s.get(b"k%03d" % i)
+        s.get(b"k%03d" % i)
+    row = segment_rows(s, b"k000")
+    assert row["moves_within_lru"] > 0  # active WARM tails went round once
+    assert row["number_warm"] <= 40 and row["number_hot"] <= 20
+    assert row["number_hot"] + row["number_warm"] + row["number_cold"] == 100
+    assert s.stats.slab.total("moves_to_cold") == row["moves_to_cold"]  # what `stats` sums

@@ -1,10 +1,11 @@
 """The two storage twins agree: native._kvstore against kvcache.storage_pure, its reference.
 
-Hypothesis drives both with the same random operation sequences (every store mode, reads,
-touch, delete, incr/decr with items pinned by earlier reads, flush with and without delay,
-the clock moving, the crawler, the per-item mutations meta commands make, eviction under
-a small limit) and after every step compares what each returned, what each holds (items
-with their CAS, flags, times and bits, in LRU order) and every counter.
+Hypothesis drives both with the same random operation sequences (every store mode, counted
+or not, reads, whole `get` replies, touch, delete, incr/decr with items pinned by earlier
+reads, flush with and without delay, the clock moving, the crawler, the per-item mutations
+meta commands make, eviction under a small limit) and after every step compares what each
+returned, what each holds (items with their CAS, flags, times and bits, in LRU order) and
+every counter.
 """
 
 from __future__ import annotations
@@ -37,7 +38,8 @@ pytestmark = pytest.mark.skipif(NATIVE is None,
 NOW = 1_750_000_000
 ITEM_SIZE_MAX = 8 * 1024
 KEYS = [b"k%d" % i for i in range(8)]
-COUNTERS = ("bytes", "curr_items", "total_items", "get_expired", "get_flushed", "cas_misses")
+COUNTERS = ("bytes", "curr_items", "total_items", "get_expired", "get_flushed", "cas_misses",
+            "get_cmds", "get_misses", "store_no_memory")
 SLAB_FIELDS = tuple(SlabStats().__dict__)
 LIMIT_FLOOR = table_bytes(INITIAL_BUCKETS)  # limits just above it make every class evict
 
@@ -57,6 +59,9 @@ operations = st.one_of(
               st.sampled_from([0, 1, 300, 2**32 - 1]), wire_exptimes,
               cas_backs, st.booleans(), st.booleans()),
     st.tuples(st.just("get"), keys),
+    st.tuples(st.just("get_reply"), keys),  # the fast lane's get: the reply bytes
+    st.tuples(st.just("store_command"), st.sampled_from(list(Mode)), keys, values,
+              st.sampled_from([0, 1, 2**32 - 1]), wire_exptimes, cas_backs),
     st.tuples(st.just("find"), keys),
     st.tuples(st.just("touch"), keys, wire_exptimes),
     st.tuples(st.just("delete"), keys),
@@ -87,7 +92,7 @@ def observe(result: Any) -> Any:
         return (result.outcome, result.number, snapshot(result.item), result.in_place)
     if isinstance(result, tuple):
         return tuple(observe(r) for r in result)
-    if result is None or isinstance(result, (int, bool)):
+    if result is None or isinstance(result, (int, bool, bytes)):
         return result
     return snapshot(result)
 
@@ -121,7 +126,11 @@ class Driver:
             cas = max(0, s.next_cas() - cas_back) if cas_back else 0  # near-current CAS
             return s.store(mode, key, value, flags, s.expiry(wire), cas,
                            set_stale=stale, key_binary=binary)
-        if name in ("get", "find", "delete"):
+        if name == "store_command":  # the counted store of the commands and the fast lane
+            mode, key, value, flags, wire, cas_back = args
+            cas = max(0, s.next_cas() - cas_back) if cas_back else 0
+            return s.store_command(mode, key, value, flags, s.expiry(wire), cas)
+        if name in ("get", "find", "delete", "get_reply"):
             return getattr(s, name)(args[0])
         if name == "touch":
             return s.touch(args[0], s.expiry(args[1]))

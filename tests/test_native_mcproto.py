@@ -5,9 +5,9 @@ lines with plain and quirky numbers, meta sets, multi-gets, big and oversized bl
 lines, noise) and checks that after every read they yield the same requests (compared field
 by field), keep the same number of bytes buffered and agree on closing. A few fixed cases
 pin the paths where the compiled parser reads a storage line itself against the ones it
-hands to the reference. Last, the fast lane (`answer_get`: a read that is one plain get):
-the twins agree on it whatever the parser holds, and where it answers, the general request
-loop answers the same with the same counters.
+hands to the reference. Last, the fast lane (`answer`: a read that is one plain get or
+set): the twins agree on it whatever the parser holds, and where it answers, the general
+request loop answers the same with the same counters and the same cache contents.
 """
 
 from __future__ import annotations
@@ -49,7 +49,8 @@ def describe(request: object) -> object:
         meta = request.meta
         flags = None if meta is None else (meta.tokens, meta.key, meta.error, meta.mode)
         return ("store", request.command, request.key, request.flags, request.exptime,
-                request.cas, request.noreply, request.data, request.too_large, flags)
+                request.cas, request.noreply, request.data, request.too_large, request.size,
+                flags)
     if isinstance(request, Reject):
         return ("reject", request.reply)
     if isinstance(request, Close):
@@ -157,22 +158,24 @@ def test_twins_agree_on_noise(data: bytes, points: list[int]) -> None:
 @pytest.mark.parametrize(
     ("line", "expected"),
     [
-        (b"set k 1 2 3\r\nabc\r\n", ("store", b"set", b"k", 1, 2, 0, False, b"abc", False, None)),
+        (b"set k 1 2 3\r\nabc\r\n",
+         ("store", b"set", b"k", 1, 2, 0, False, b"abc", False, 3, None)),
         (b"cas k 1 2 3 99 noreply\r\nabc\r\n",
-         ("store", b"cas", b"k", 1, 2, 99, True, b"abc", False, None)),
+         ("store", b"cas", b"k", 1, 2, 99, True, b"abc", False, 3, None)),
         # a last word that is not `noreply` is accepted and ignored, as by memcached
         (b"set k 1 2 3 later\r\nabc\r\n",
-         ("store", b"set", b"k", 1, 2, 0, False, b"abc", False, None)),
+         ("store", b"set", b"k", 1, 2, 0, False, b"abc", False, 3, None)),
         # numbers the C path leaves to the reference: wrapped, signed, padded
         (b"set k 4294967297 -1 3\r\nabc\r\n",
-         ("store", b"set", b"k", 1, -1, 0, False, b"abc", False, None)),
+         ("store", b"set", b"k", 1, -1, 0, False, b"abc", False, 3, None)),
         (b"set k +1 2\t 3\r\nabc\r\n",
-         ("store", b"set", b"k", 1, 2, 0, False, b"abc", False, None)),
+         ("store", b"set", b"k", 1, 2, 0, False, b"abc", False, 3, None)),
         (b"set k 0 0 3 noreply\r\nabcd\r\n",
-         ("store", b"set", b"k", 0, 0, 0, True, None, False, None)),
-        (b"set k 0 0 4000\r\n", ("store", b"set", b"k", 0, 0, 0, False, None, True, None)),
+         ("store", b"set", b"k", 0, 0, 0, True, None, False, 3, None)),
+        (b"set k 0 0 4000\r\n",
+         ("store", b"set", b"k", 0, 0, 0, False, None, True, 4000, None)),
         (b"set k 0 0 1000000000\r\n",
-         ("store", b"set", b"k", 0, 0, 0, False, None, True, None)),
+         ("store", b"set", b"k", 0, 0, 0, False, None, True, 1000000000, None)),
         (b"set k 0 0 2147483646\r\n", ("reject", b"CLIENT_ERROR bad command line format\r\n")),
         (b"set k 0 0 3 noreply extra\r\n", ("reject", b"ERROR\r\n")),
     ],
@@ -193,49 +196,66 @@ def test_the_compiled_twin_is_the_default() -> None:
         assert protocol.RequestParser is NATIVE.RequestParser
 
 
-# -- the fast lane: answer_get ----------------------------------------------------------------
+# -- the fast lane: answer ------------------------------------------------------------------
 NOW = 1_750_000_000
 STORED_KEYS = [b"k", b"key", b"a\tb", b"k" * 250, b"x\r"]
 lane_keys = st.sampled_from([*STORED_KEYS, b"miss", b"k" * 251, b"", b"a b", b"a\x00b",
                              b"a\nget b", b" k", b"k "])
-lane_reads = st.one_of(
+get_reads = st.one_of(
     st.sampled_from([*STORED_KEYS, b"miss"]).map(lambda key: b"get " + key + b"\r\n"),
     st.tuples(st.sampled_from([b"get ", b"gets ", b"get  ", b"GET ", b"get", b"gat 0 "]),
               lane_keys, st.sampled_from([b"\r\n", b"\n", b"\r\r\n", b"", b"\r\nget k\r\n"]))
     .map(b"".join),
-    st.binary(max_size=20),
 )
+set_reads = st.tuples(
+    st.sampled_from([b"set ", b"set ", b"set  ", b"add ", b"set"]),
+    lane_keys,
+    st.sampled_from([b" 0 0", b" 7 100", b" 123456789 2592001", b" 1234567890 0", b" -1 0",
+                     b" 0 -1", b"  0 0", b" 0", b" 0 0 0", b" 4294967295 0"]),
+    st.binary(max_size=12),  # the value
+    st.sampled_from([0, 0, 0, 1, -1, 9000]),  # the announced length minus the real one
+    st.sampled_from([b"\r\n", b"\r\n", b"\n", b" noreply\r\n", b"\r\r\n"]),
+    st.sampled_from([b"\r\n", b"\r\n", b"xx", b"\r\nget k\r\n", b"", b"\r"]),
+).map(lambda t: t[0] + t[1] + t[2] + b" %d" % (len(t[3]) + t[4]) + t[5] + t[3] + t[6])
+lane_reads = st.one_of(get_reads, set_reads, st.binary(max_size=20))
 # What the parser holds before the read: nothing, a consumed line, a partial line, a set
 # waiting for its block, a block being swallowed, a closed stream.
 lane_before = st.sampled_from([b"", b"version\r\n", b"", b"get", b"set k 0 0 3\r\n",
                                b"set k 0 0 5000\r\n", b"x" * 3000])
 
 
-def _cache() -> tuple[Any, Any]:
+def _cache() -> Any:
     from kvcache.storage import Storage
 
     storage = Storage(1 << 20, ITEM_SIZE_MAX, NOW)
     for number, key in enumerate(STORED_KEYS):
         storage.store(Mode.SET, key, b"v%d" % number, number * 1000, 0, 0)
-    return storage, storage.stats
+    return storage
+
+
+def _effects(storage: Any) -> tuple[object, ...]:
+    """The counters a get or set moves, and what the cache holds."""
+    stats = storage.stats
+    return (stats.get_cmds, stats.get_misses, list(stats.slab.get_hits),
+            list(stats.slab.set_cmds), stats.store_no_memory,
+            sorted((i.key, i.value, i.flags, i.exptime) for i in storage.items()))
 
 
 def _lane(module: ModuleType, before: bytes, data: bytes) -> tuple[object, ...]:
-    """answer_get's reply, the counters, and what the parser yields afterwards."""
-    storage, stats = _cache()
+    """answer's reply, its effects, and what the parser yields afterwards."""
+    storage = _cache()
     parser = module.RequestParser(ITEM_SIZE_MAX)
     parser.feed(before)
     while parser.next_request() is not None:
         pass
-    reply = module.answer_get(parser, data, storage, stats)
+    reply = module.answer(parser, data, storage)
     if reply is None:
         parser.feed(data)
     later = []
     parser.feed(b"version\r\n")
     while (request := parser.next_request()) is not None:
         later.append(describe(request))
-    counters = (stats.get_cmds, stats.get_misses, sum(stats.slab.get_hits))
-    return reply, counters, later, parser.buffered(), parser.closed
+    return reply, _effects(storage), later, parser.buffered(), parser.closed
 
 
 @needs_native
@@ -250,21 +270,21 @@ def test_twins_agree_on_the_fast_lane(before: bytes, data: bytes) -> None:
 @given(data=lane_reads)
 def test_fast_lane_answers_as_the_request_loop_does(module: ModuleType, data: bytes) -> None:
     """Where the lane answers, the engine given the same read answers the same, with the
-    same counters; where it declines, nothing was counted."""
+    same counters and cache contents; where it declines, it did nothing."""
     from kvcache.commands import Engine
     from kvcache.settings import Settings
 
-    lane_storage, lane_stats = _cache()
-    reply = module.answer_get(module.RequestParser(ITEM_SIZE_MAX), data, lane_storage,
-                              lane_stats)
-    storage, stats = _cache()
+    lane_storage = _cache()
+    untouched = _effects(lane_storage)
+    reply = module.answer(module.RequestParser(ITEM_SIZE_MAX), data, lane_storage)
+    storage = _cache()
     engine = Engine(storage, Settings(item_size_max=ITEM_SIZE_MAX, maxbytes=1 << 20))
     parser = module.RequestParser(ITEM_SIZE_MAX)
     parser.feed(data)
     replies = [engine.execute(request) for request in iter(parser.next_request, None)]
     if reply is None:
-        assert (lane_stats.get_cmds, lane_stats.get_misses) == (0, 0)
+        assert _effects(lane_storage) == untouched
         return
     assert replies == [reply]
-    assert (lane_stats.get_cmds, lane_stats.get_misses, lane_stats.slab.get_hits) == (
-        stats.get_cmds, stats.get_misses, stats.slab.get_hits)
+    assert parser.buffered() == 0
+    assert _effects(lane_storage) == _effects(storage)

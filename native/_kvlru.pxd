@@ -1,0 +1,45 @@
+# The item layer under native/_kvstore.pyx: views, linking, eviction, the LRU, the crawler.
+
+from libc.stdint cimport int64_t, uint8_t, uint32_t, uint64_t
+
+from native._kvarena cimport Arena, Rec
+
+
+cdef class ItemView:
+    cdef readonly bytes key
+    cdef readonly bytes value
+    cdef readonly uint32_t flags
+    cdef readonly int64_t exptime
+    cdef readonly int64_t atime
+    cdef readonly uint64_t casbits
+    cdef uint32_t ref
+    cdef uint8_t gen
+
+
+cdef class Lru:
+    cdef public object stats, slabs, arena
+    cdef public bint evict
+    cdef public int64_t limit_bytes, now, oldest_live, oldest_cas
+    cdef uint64_t last_cas
+    cdef Arena a
+    cdef int nmc
+    cdef uint32_t* mcsizes     # memcached's class sizes, 0-based (stats buckets)
+    cdef int crawl_lane        # 0: no crawl pass under way; the record next: a.cursor
+    # [mcls] the arrays of stats.slab (kvcache.stats._LRU_FIELDS), written on every move
+    cdef long long[::1] number_hot, number_warm, moves_to_cold, moves_to_warm
+    cdef long long[::1] moves_within_lru
+
+    cdef int _mclsid(self, int64_t nkey, uint32_t flags, int64_t nvalue) noexcept
+    cdef ItemView _view(self, uint32_t ref)
+    cdef uint32_t _ref_of(self, ItemView v) except 0
+    cdef void _sync(self, ItemView v, Rec* r) noexcept
+    cdef bint _flushed(self, int64_t atime, uint64_t cas) noexcept
+    cdef void _bump(self, uint32_t ref) noexcept
+    cdef void _refresh(self, uint32_t ref) noexcept
+    cdef void _move(self, Rec* r, uint32_t ref, int lane) noexcept
+    cdef void _balance(self, int cls) noexcept
+    cdef uint32_t _insert(self, bytes key, bytes value, uint32_t flags, int64_t exptime,
+                          uint8_t bits, uint32_t old) except? 0
+    cdef uint32_t _take_chunk(self, int cls) except? 0
+    cdef void _evict(self, uint32_t ref) except *
+    cdef void _unlink(self, uint32_t ref) except *

@@ -1,0 +1,130 @@
+"""The connection's read callback (`Lane`), both twins, with a recording transport.
+
+The server installs `Lane.data_received` as each connection's read callback: a read the
+lane answers is written and counted there; any other read, and every read while the lane is
+closed (connection not admitted, streaming, paused) or `verbosity 2` traces commands, goes
+to the fallback untouched. Hypothesis sends both twins the same reads and compares what
+each wrote, handed on and counted.
+"""
+
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from kvcache.items import Mode
+from kvcache.settings import Settings
+from kvcache.storage import Storage
+from native import mcproto_pure
+
+ITEM_SIZE_MAX = 1024 * 1024
+NOW = 1_750_000_000
+
+
+def _import_native() -> ModuleType | None:
+    try:
+        return importlib.import_module("native._mcproto")
+    except ImportError:
+        return None
+
+
+NATIVE = _import_native()
+IMPLS = [pytest.param(mcproto_pure, id="pure"),
+         pytest.param(NATIVE, id="native", marks=pytest.mark.skipif(
+             NATIVE is None, reason="native._mcproto is not built (make native)"))]
+
+
+class Transport:
+    """Records writes; `closing` as asyncio's is_closing()."""
+
+    def __init__(self) -> None:
+        self.written: list[bytes] = []
+        self.closing = False
+
+    def write(self, data: bytes) -> None:
+        self.written.append(data)
+
+    def is_closing(self) -> bool:
+        return self.closing
+
+
+class Harness:
+    """A lane over a small cache, its transport, and what reached the fallback."""
+
+    def __init__(self, module: ModuleType, verbose: int = 0) -> None:
+        self.storage = Storage(1 << 20, ITEM_SIZE_MAX, NOW)
+        self.storage.store(Mode.SET, b"k", b"value", 3, 0)
+        self.parser = module.RequestParser(ITEM_SIZE_MAX)
+        self.pinned: set[Any] = {object()}
+        self.handed: list[bytes] = []
+        self.transport = Transport()
+        self.lane = module.Lane(self.parser, self.storage, Settings(verbose=verbose),
+                                self.pinned, self.handed.append)
+
+    def seen(self) -> tuple[object, ...]:
+        stats = self.storage.stats
+        return (self.transport.written, self.handed, stats.bytes_read, stats.bytes_written,
+                stats.get_cmds, list(stats.slab.set_cmds), len(self.pinned),
+                self.lane.last_command)
+
+
+reads = st.one_of(
+    st.sampled_from([b"get k\r\n", b"get miss\r\n", b"set k 1 0 2\r\nab\r\n",
+                     b"set n 0 0 1\r\nx\r\n", b"get k\r\nget k\r\n", b"set k 0 0 1\r\n",
+                     b"version\r\n", b"gets k\r\n"]),
+    st.binary(max_size=16),
+)
+
+
+@pytest.mark.parametrize("module", IMPLS)
+def test_answers_plain_reads_and_hands_on_the_rest(module: ModuleType) -> None:
+    h = Harness(module)
+    h.lane.data_received(b"get k\r\n")  # closed until attached: handed on
+    h.lane.attach(h.transport)
+    h.lane.data_received(b"get k\r\n")
+    h.lane.data_received(b"set n 0 0 1\r\nx\r\n")
+    h.lane.data_received(b"get k\r\nget k\r\n")  # a pipeline: the request loop's
+    assert h.transport.written == [b"VALUE k 3 5\r\nvalue\r\nEND\r\n", b"STORED\r\n"]
+    assert h.handed == [b"get k\r\n", b"get k\r\nget k\r\n"]
+    stats = h.storage.stats
+    assert stats.bytes_read == 7 + 16  # only what the lane answered; the loop counts its own
+    assert stats.bytes_written == 25 + 8
+    assert not h.pinned  # a write is a write point: the items a pipeline held are released
+
+
+@pytest.mark.parametrize("module", IMPLS)
+def test_closed_traced_closing_and_released(module: ModuleType) -> None:
+    traced = Harness(module, verbose=2)
+    traced.lane.attach(traced.transport)
+    traced.lane.data_received(b"get k\r\n")  # -vv traces every command: the loop's
+    assert traced.handed == [b"get k\r\n"] and not traced.transport.written
+    h = Harness(module)
+    h.lane.attach(h.transport)
+    h.lane.open = False  # streaming or paused
+    h.lane.data_received(b"get k\r\n")
+    h.transport.closing = True
+    h.lane.send(b"late")
+    assert h.handed == [b"get k\r\n"] and not h.transport.written
+    h.lane.release()
+    h.lane.data_received(b"get k\r\n")  # after connection_lost: nothing happens
+    assert h.handed == [b"get k\r\n"] and h.storage.stats.get_cmds == 0
+
+
+@pytest.mark.skipif(NATIVE is None, reason="native._mcproto is not built (make native)")
+@settings(max_examples=150, deadline=None)
+@given(data=st.lists(st.tuples(reads, st.booleans()), max_size=8))
+def test_twins_agree(data: list[tuple[bytes, bool]]) -> None:
+    seen = []
+    for module in (NATIVE, mcproto_pure):
+        h = Harness(module)
+        h.lane.attach(h.transport)
+        for read, open_ in data:
+            h.lane.open = open_
+            h.lane.data_received(read)
+        seen.append(h.seen())
+    assert seen[0] == seen[1]

@@ -80,7 +80,7 @@ class AsyncClient(PoolCore):
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         super().__init__(servers, timeout, failure_threshold, retry_backoff, on_down, clock)
-        self._probes: set[asyncio.Task[None]] = set()
+        self._probes: dict[str, asyncio.Task[None]] = {}  # at most one running per server
 
     async def __aenter__(self) -> AsyncClient:
         return self
@@ -90,7 +90,7 @@ class AsyncClient(PoolCore):
 
     async def close(self) -> None:
         """Close idle connections and stop running probes (the client stays usable)."""
-        for task in list(self._probes):
+        for task in list(self._probes.values()):
             task.cancel()
         for server in self.servers:
             for conn in self._drain(server):
@@ -103,9 +103,13 @@ class AsyncClient(PoolCore):
     def _probe(self) -> None:
         """Start the due probes as tasks: no call waits for a probe."""
         for server in self.router.due_probes():
-            task = asyncio.get_running_loop().create_task(self._probe_one(server))
-            self._probes.add(task)
-            task.add_done_callback(self._probes.discard)
+            # One at a time: a probe can outlast the claim (timeout > backoff cap), and a
+            # second one's stale outcome would count a failure against, or flush, a server
+            # the first had just brought back.
+            if server not in self._probes:
+                task = asyncio.get_running_loop().create_task(self._probe_one(server))
+                self._probes[server] = task
+                task.add_done_callback(lambda _, s=server: self._probes.pop(s, None))
 
     async def _probe_one(self, server: str) -> None:
         try:

@@ -151,7 +151,7 @@ class PoolCore:
         else:
             close(conn)
         if command.reply != NONE:  # a noreply call can not tell success
-            self.router.succeeded(server)
+            self.router.answered(server)  # a down server is left to its probe
 
     def _broken(self, server: str, conn: Closable | None, exc: BaseException) -> NetworkError:
         """Close `conn` (and the idle ones: they likely broke too); count the failure.

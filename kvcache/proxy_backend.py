@@ -17,8 +17,10 @@ oldest request of a connection passes it, or the connection fails (connect error
 closed with requests pending, a reply that breaks the protocol), the connection is dropped
 and every request on it fails: a late reply can never be taken for another request's. Each
 such event is one failure for the backend's `Router` health (kvcache/ring.py): at
-`failure_threshold` consecutive failures the backend is marked down; a reply marks it up.
-A down backend is probed with `version` on a fresh connection, on the Router's backoff.
+`failure_threshold` consecutive failures the backend is marked down; a reply resets the
+count. A down backend is sent no request but its probe, `version` on a fresh connection on
+the Router's backoff, and only that probe marks it up (a late reply to a request sent
+before it went down does not: in remap mode it would come back without its flush).
 With `flush_on_return` (the proxy sets it for `--on-down remap` and for `--replicas` > 1)
 the probe then sends `flush_all` before the backend is marked up: while it was down its
 keys were written elsewhere only (its ring successor, or the other replicas), so what it
@@ -272,7 +274,7 @@ class BackendPool:
         self.timeout = timeout
         self.flush_on_return = flush_on_return
         self.backends = {a: Backend(self, a, pool_size) for a in self.router.ring.servers}
-        self._probes: set[asyncio.Task[None]] = set()
+        self._probes: dict[str, asyncio.Task[None]] = {}  # at most one running per backend
 
     @property
     def servers(self) -> tuple[str, ...]:
@@ -305,12 +307,8 @@ class BackendPool:
 
     # -- health --------------------------------------------------------------------------
     def replied(self, server: str) -> None:
-        health = self.router.health[server]
-        if health.failures or health.down:
-            was_down = health.down
-            self.router.succeeded(server)
-            if was_down:
-                log.warning("backend %s is up again (it answered)", server)
+        if self.router.health[server].failures:  # cheap test first: this is the hot path
+            self.router.answered(server)
 
     def connection_failed(self, server: str, reason: str, requests: int) -> None:
         health = self.router.health[server]
@@ -333,9 +331,12 @@ class BackendPool:
         while True:
             await asyncio.sleep(PROBE_TICK_S)
             for server in self.router.due_probes():
-                task = loop.create_task(self._probe(server))
-                self._probes.add(task)
-                task.add_done_callback(self._probes.discard)
+                # One probe at a time: a probe can outlast the claim (timeout > backoff cap),
+                # and a second one's stale outcome would count a failure against, or flush,
+                # a backend the first had just brought back.
+                if server not in self._probes:
+                    task = self._probes[server] = loop.create_task(self._probe(server))
+                    task.add_done_callback(lambda _, s=server: self._probes.pop(s, None))
 
     async def _probe(self, server: str) -> None:
         backend = self.backends[server]
@@ -378,7 +379,7 @@ class BackendPool:
                      f", flushed {', '.join(sorted(flooded))}" if flooded else "")
 
     def close(self) -> None:
-        for task in list(self._probes):
+        for task in list(self._probes.values()):
             task.cancel()
         for backend in self.backends.values():
             for conn in list(backend.conns):

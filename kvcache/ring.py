@@ -221,8 +221,9 @@ class Health:
 class Router:
     """A ring plus each server's health: where a key goes now. Sans-I/O, thread-safe.
 
-    The caller reports outcomes: `succeeded(server)` for any reply (an error reply is an
-    answer), `failed(server)` for a connect error, timeout or broken reply. At
+    The caller reports outcomes: `answered(server)` for a call's reply (an error reply is an
+    answer), `failed(server)` for a connect error, timeout or broken reply, `succeeded(server)`
+    for an answered probe: only a probe brings a down server back. At
     `failure_threshold` consecutive failures the server is down; `due_probes()` then hands it
     out for a probe `retry_backoff[0]` seconds later, the delay doubling after each failed
     probe up to `retry_backoff[1]`. `on_down` says where a down server's keys go: "fail"
@@ -283,8 +284,18 @@ class Router:
                 self.health[server].next_probe = now + self.backoff[1]
         return due
 
+    def answered(self, server: str) -> None:
+        """A call got a reply (error replies included): the failure count starts again. A
+        down server stays down: the reply is late, to a call sent before it was marked down,
+        and only its probe brings it back (the probe may flush it first; see the callers)."""
+        health = self.health[server]
+        if health.failures and not health.down:
+            with self._lock:
+                if not health.down:
+                    health.failures = 0
+
     def succeeded(self, server: str) -> None:
-        """A reply came back (error replies included), or a probe was answered."""
+        """A probe was answered: the server is up again."""
         health = self.health[server]
         if health.failures or health.down:
             with self._lock:

@@ -44,6 +44,7 @@ from kvcache.client import (
 from kvcache.client_async import _AsyncConn
 from kvcache.client_sync import _Conn
 from kvcache.ring import Ring, parse_server
+from tests import hang
 from tests.conftest import find_free_port, wait_for_tcp_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -58,6 +59,7 @@ KINDS = [
     ),
 ]
 FAST = {"timeout": 1.0, "failure_threshold": 3, "retry_backoff": (0.05, 0.4)}
+HANG_S = 60.0  # a timeout no drill should reach: a call on a stopped server stays pending
 
 
 # -- sans-I/O: the reply reader --------------------------------------------------------------
@@ -164,8 +166,9 @@ class CacheProcess:
         return self
 
     def signal(self, signum: int) -> None:
+        """Send `signum`; SIGSTOP returns once every thread stopped (tests/hang.py)."""
         assert self.proc is not None
-        self.proc.send_signal(signum)
+        hang.send(self.proc, signum)
 
     def kill(self) -> None:
         assert self.proc is not None
@@ -659,6 +662,22 @@ def test_async_kill_fail_and_remap(fresh: list[CacheProcess]) -> None:
     asyncio.run(drill())
 
 
+async def cancelled_while_waiting(addresses: list[str], victim: CacheProcess, key: str) -> None:
+    """A call cancelled while it waits on a hung server drops its connection and counts no
+    failure. Certain, not timed: the server is stopped, the timeout is far off, and the
+    cancel comes once the request sits unread in the server's socket."""
+    async with AsyncClient(addresses, timeout=HANG_S) as c:
+        task = asyncio.ensure_future(c.get(key))
+        deadline = time.monotonic() + HANG_S
+        while not hang.unread_bytes(victim.host, victim.port):
+            assert not task.done() and time.monotonic() < deadline, "the request never left"
+            await asyncio.sleep(0.01)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert c.router.health[victim.address].failures == 0
+
+
 def test_async_stopped_server_times_out_and_returns(fresh: list[CacheProcess]) -> None:
     addresses = [p.address for p in fresh]
     ring, victim = Ring(addresses), fresh[0]
@@ -670,13 +689,7 @@ def test_async_stopped_server_times_out_and_returns(fresh: list[CacheProcess]) -
                 await c.set(key, key.encode())
             victim.signal(signal.SIGSTOP)
             try:
-                # a call cancelled while it waits drops its connection and counts no failure
-                task = asyncio.ensure_future(c.get(theirs[0]))
-                await asyncio.sleep(0.05)
-                task.cancel()
-                with pytest.raises(asyncio.CancelledError):
-                    await task
-                assert c.router.health[victim.address].failures == 0
+                await cancelled_while_waiting(addresses, victim, theirs[0])
                 for key in theirs[:3]:
                     with pytest.raises(NetworkError, match="timed out"):
                         await c.get(key)

@@ -8,6 +8,9 @@ line each connection sends and either hangs up on it ("dead") or answers it like
 ("alive"). With the client's injected clock they show, without timing anything, that a down
 server gets no I/O at all until its backoff ends, then exactly one probe, `version` (and
 `flush_all` under on_down="remap"), on a fresh connection, the delay doubling to its cap.
+Held lines (answered only when the test says) show that a late reply to a call sent before
+the mark-down leaves the server down for its probe, and that a probe outlasting the cap is
+not joined by a second one.
 The last drill is real: a SIGSTOPped server under a remapping blocking client, written
 meanwhile on its successor, must never read its older copy once it is back.
 """
@@ -25,9 +28,17 @@ import pytest
 
 from kvcache.client import AsyncClient, Client, Item, NetworkError, ServerDown
 from kvcache.ring import Ring
-from tests.test_kvcache_client import KINDS, CacheProcess, split, start_three, wait_until
+from tests.test_kvcache_client import (
+    HANG_S,
+    KINDS,
+    CacheProcess,
+    split,
+    start_three,
+    wait_until,
+)
 
 ANSWERS = {b"version": b"VERSION 1.6.18-stub\r\n", b"flush_all 0": b"OK\r\n"}
+HELD = b"get late"  # a request the recorder answers only when told to
 
 
 class Recorder:
@@ -37,6 +48,8 @@ class Recorder:
         self.listener = socket.create_server(("127.0.0.6", 0))
         self.address = f"127.0.0.6:{self.listener.getsockname()[1]}"
         self.alive = False
+        self.held = {HELD}  # lines answered only once `release` is set
+        self.release = threading.Event()
         self.connections: list[list[bytes]] = []  # the lines of each connection, in order
         self._thread = threading.Thread(target=self._serve, daemon=True)
         self._thread.start()
@@ -58,6 +71,8 @@ class Recorder:
                 lines.append(line)  # logged before any answer or hang-up the client waits on
                 if not self.alive:
                     return
+                if line in self.held:
+                    self.release.wait()
                 reply = b"END\r\n" if line.startswith(b"get ") else ANSWERS.get(line)
                 conn.sendall(reply or b"ERROR\r\n")
 
@@ -136,9 +151,73 @@ def test_async_probe_is_version_and_flush_in_remap_mode(recorder: Recorder) -> N
         clock.now += 1.0
         with pytest.raises(ServerDown):
             await client.get("k")  # starts the probe as a task; this call does not wait
-        await asyncio.gather(*client._probes)
+        await asyncio.gather(*client._probes.values())
         assert recorder.connections[3:] == [[b"version", b"flush_all 0"]]
         assert not client.down_servers and await client.get("k") is None
+        await client.close()
+
+    asyncio.run(drill())
+
+
+def test_a_late_reply_leaves_a_down_server_to_its_probe(recorder: Recorder) -> None:
+    """A reply to a call sent before the server was marked down does not bring it back:
+    only the probe does (under remap it flushes the server first), as mcrouter's TKO."""
+    clock = Clock()
+
+    async def drill() -> None:
+        client = AsyncClient([recorder.address], timeout=HANG_S, retry_backoff=(1.0, 4.0),
+                             on_down="remap", clock=clock)  # fmt: skip
+        recorder.alive = True
+        late = asyncio.ensure_future(client.get("late"))
+        while not any(HELD in lines for lines in recorder.connections):
+            assert not late.done()
+            await asyncio.sleep(0.01)  # a condition polled: the request reached the server
+        recorder.alive = False
+        for _ in range(3):
+            with pytest.raises(NetworkError):
+                await client.get("k")
+        assert client.down_servers == {recorder.address}
+        recorder.release.set()
+        assert await late is None  # its END came back ...
+        assert client.down_servers == {recorder.address}  # ... and the server stays down
+        recorder.alive = True
+        clock.now += 1.0
+        with pytest.raises(ServerDown):
+            await client.get("k")  # starts the due probe
+        await asyncio.gather(*client._probes.values())
+        assert recorder.connections[-1] == [b"version", b"flush_all 0"]
+        assert not client.down_servers
+        await client.close()
+
+    asyncio.run(drill())
+
+
+def test_one_probe_at_a_time_even_past_the_backoff_cap(recorder: Recorder) -> None:
+    """A probe that outlasts the backoff cap is not joined by a second one, whose outcome
+    would land after the first's (a stale failure, or a flush of a server back in use)."""
+    clock = Clock()
+
+    async def drill() -> None:
+        client = AsyncClient([recorder.address], timeout=HANG_S, retry_backoff=(1.0, 4.0),
+                             on_down="remap", clock=clock)  # fmt: skip
+        for _ in range(3):
+            with pytest.raises(NetworkError):
+                await client.get("k")
+        recorder.alive, recorder.held = True, {b"version"}
+        clock.now += 1.0
+        with pytest.raises(ServerDown):
+            await client.get("k")  # starts the probe; its version waits for `release`
+        first = client._probes[recorder.address]
+        while [b"version"] not in recorder.connections:
+            await asyncio.sleep(0.01)  # a condition polled: the probe reached the server
+        clock.now += 10.0  # past the cap: the claim on the probe has run out
+        with pytest.raises(ServerDown):
+            await client.get("k")
+        assert list(client._probes.values()) == [first]  # no second probe
+        recorder.release.set()
+        await first
+        assert not client.down_servers
+        assert recorder.connections[3:] == [[b"version", b"flush_all 0"]]
         await client.close()
 
     asyncio.run(drill())

@@ -25,6 +25,7 @@ from pymemcache.client.base import Client
 from kvcache.proxy_plan import Forward, Local, Retrieve, plan
 from kvcache.proxy_wire import FENCED, LINE, META, VALUES, ReplyFramer
 from kvcache.ring import Ring
+from tests import hang
 from tests.conftest import find_free_port
 from tests.kvcache_wire import MEMCACHED, MEMCCAPABLE, Memcached, converse, masked, request
 from tests.procs import ROOT, Daemon, kvcache_daemon
@@ -88,7 +89,8 @@ class Node:
         return self
 
     def signal(self, signum: int) -> None:
-        self.proc.send_signal(signum)
+        """Send `signum`; SIGSTOP returns once every thread stopped (tests/hang.py)."""
+        hang.send(self.proc, signum)
 
     def kill(self) -> None:
         self.proc.kill()

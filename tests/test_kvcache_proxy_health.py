@@ -17,6 +17,7 @@ from collections.abc import Callable
 import pytest
 from uhashring import HashRing
 
+from kvcache.proxy_backend import BackendPool
 from native.ketama import server_name
 from tests.test_kvcache_proxy import (
     MEMCACHED,
@@ -144,8 +145,9 @@ def test_copies_written_in_a_backends_place_are_deleted_when_it_returns(
     def outage(write: bytes | None) -> None:
         victim.signal(signal.SIGSTOP)
         try:
-            wait_until(lambda: not raw.get(mine[0]).startswith(b"SERVER_ERROR"),
-                       "the hung backend to be ejected")
+            # Only the successor answers MISS (the home holds the key, and is surely
+            # stopped): the backend is marked down, so the proxy sends it nothing more.
+            wait_until(lambda: raw.get(mine[0]) == b"MISS", "the hung backend to be ejected")
             client = proxied.client()
             for key in mine:  # remapped: nothing there, in both hangs
                 assert client.get(key) is None, key
@@ -163,3 +165,20 @@ def test_copies_written_in_a_backends_place_are_deleted_when_it_returns(
         assert client.set(key, b"home again", noreply=False)
     outage(None)
     assert _values(proxied, mine) == dict.fromkeys(mine)  # home flushed on return: misses
+
+
+def test_a_late_reply_leaves_a_down_backend_to_its_probe() -> None:
+    """A reply to a request sent before the backend was marked down resets nothing: only
+    the probe (version, then flush_all in remap mode) brings it back, as mcrouter's TKO."""
+    pool = BackendPool(["127.0.0.2:1", "127.0.0.3:1"], timeout=1.0, pool_size=2,
+                       failure_threshold=3, retry_backoff=(1.0, 4.0), on_down="remap",
+                       flush_on_return=True)  # fmt: skip
+    server = pool.servers[0]
+    pool.connection_failed(server, "no reply", 1)
+    pool.replied(server)  # an answer ends a run of failures ...
+    assert pool.router.health[server].failures == 0
+    for _ in range(3):
+        pool.connection_failed(server, "no reply", 1)
+    assert pool.is_down(server)
+    pool.replied(server)  # ... but not a down backend's: its probe decides
+    assert pool.is_down(server) and pool.targets(b"k", 1) == [pool.servers[1]]

@@ -233,16 +233,14 @@ def cmd_stats(args: Sequence[str]) -> Command:
 # -- replies ---------------------------------------------------------------------------------
 
 
-class ReplyReader:
-    """Bytes from one connection in, whole replies out: `feed(data)`, then `read_<shape>()`
-    returns the reply or None until enough bytes came. Error replies raise ServerError or
-    CommandError once consumed; broken framing raises ValueError (the caller drops the link)."""
+class ReplyBuffer:
+    """The unread bytes of one connection and the framing both reply readers share (the
+    client's ReplyReader and the proxy's ReplyFramer): lines up to `max_line`, value blocks
+    up to `max_value`; broken framing raises ValueError (the caller drops the link)."""
 
     def __init__(self, max_line: int = MAX_LINE_BYTES, max_value: int = MAX_VALUE_BYTES):
         self._buf = bytearray()
         self._pos = 0
-        self._items: dict[bytes, Item] = {}
-        self._stats: dict[str, str] = {}
         self.max_line = max_line
         self.max_value = max_value
 
@@ -252,7 +250,11 @@ class ReplyReader:
             self._pos = 0
         self._buf += data
 
-    def _line(self) -> bytes | None:
+    def buffered(self) -> int:
+        return len(self._buf) - self._pos
+
+    def _raw_line(self) -> bytes | None:
+        """The next line without its CRLF (the position moves past it), or None."""
         end = self._buf.find(b"\r\n", self._pos)
         if end < 0:
             if len(self._buf) - self._pos > self.max_line:
@@ -260,6 +262,38 @@ class ReplyReader:
             return None
         line = bytes(self._buf[self._pos : end])
         self._pos = end + 2
+        return line
+
+    def _block_end(self, size_token: bytes) -> int | None:
+        """Where the data block of `size_token` bytes at the position ends (before its
+        CRLF), or None until the whole block and its CRLF arrived."""
+        if not size_token.isdigit():
+            raise ValueError(f"bad value size {size_token[:20]!r}")
+        size = int(size_token)
+        if size > self.max_value:
+            raise ValueError(f"value of {size} bytes is over the limit")
+        end = self._pos + size
+        if len(self._buf) < end + 2:
+            return None
+        if self._buf[end : end + 2] != b"\r\n":
+            raise ValueError("value block not terminated by CRLF")
+        return end
+
+
+class ReplyReader(ReplyBuffer):
+    """Bytes from one connection in, whole replies out: `feed(data)`, then `read_<shape>()`
+    returns the reply or None until enough bytes came. Error replies raise ServerError or
+    CommandError once consumed; broken framing raises ValueError (the caller drops the link)."""
+
+    def __init__(self, max_line: int = MAX_LINE_BYTES, max_value: int = MAX_VALUE_BYTES):
+        super().__init__(max_line, max_value)
+        self._items: dict[bytes, Item] = {}
+        self._stats: dict[str, str] = {}
+
+    def _line(self) -> bytes | None:
+        line = self._raw_line()
+        if line is None:
+            return None
         if line.startswith((b"ERROR", b"CLIENT_ERROR", b"SERVER_ERROR")):
             self._items, self._stats = {}, {}
             kind, _, message = line.partition(b" ")
@@ -287,15 +321,10 @@ class ReplyReader:
                 or not all(p.isdigit() for p in parts[2:])
             ):
                 raise ValueError(f"unexpected reply {line[:80]!r}")
-            size = int(parts[3])
-            if size > self.max_value:
-                raise ValueError(f"value of {size} bytes is over the limit")
-            if len(self._buf) - self._pos < size + 2:
+            end = self._block_end(parts[3])
+            if end is None:
                 self._pos = start  # wait for the whole block; the header is parsed again
                 return None
-            end = self._pos + size
-            if self._buf[end : end + 2] != b"\r\n":
-                raise ValueError("value block not terminated by CRLF")
             cas = int(parts[4]) if len(parts) == 5 else None
             self._items[parts[1]] = Item(bytes(self._buf[self._pos : end]), int(parts[2]), cas)
             self._pos = end + 2

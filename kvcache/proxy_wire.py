@@ -19,7 +19,7 @@ the caller drops the connection (a reply is never handed to the wrong request).
 
 from __future__ import annotations
 
-from kvcache.client_codec import MAX_LINE_BYTES, MAX_VALUE_BYTES
+from kvcache.client_codec import MAX_LINE_BYTES, MAX_VALUE_BYTES, ReplyBuffer
 
 LINE, VALUES, META, FENCED = "line", "values", "meta", "fenced"
 FENCE = b"mn\r\n"
@@ -40,7 +40,7 @@ def is_error(line: bytes) -> bool:
     return line.startswith(_ERRORS)
 
 
-class ReplyFramer:
+class ReplyFramer(ReplyBuffer):
     """Raw replies of one backend connection: `feed(data)`, then `take(shape)` returns the
     next reply of that shape (bytes; `Values` for VALUES) or None until it is complete.
 
@@ -50,21 +50,9 @@ class ReplyFramer:
     """
 
     def __init__(self, max_line: int = MAX_LINE_BYTES, max_value: int = MAX_VALUE_BYTES):
-        self._buf = bytearray()
-        self._pos = 0
+        super().__init__(max_line, max_value)
         self._hits: list[tuple[bytes, bytes]] = []
         self._parts: list[bytes] = []
-        self.max_line = max_line
-        self.max_value = max_value
-
-    def feed(self, data: bytes) -> None:
-        if self._pos:
-            del self._buf[: self._pos]
-            self._pos = 0
-        self._buf += data
-
-    def buffered(self) -> int:
-        return len(self._buf) - self._pos
 
     def take(self, shape: str) -> bytes | Values | None:
         if shape == VALUES:
@@ -77,30 +65,15 @@ class ReplyFramer:
 
     # -- pieces --------------------------------------------------------------------------
     def _line(self) -> bytes | None:
-        """The next line without its CRLF (the position moves past it), or None."""
-        end = self._buf.find(b"\r\n", self._pos)
-        if end < 0:
-            if len(self._buf) - self._pos > self.max_line:
-                raise ValueError("reply line too long")
-            return None
-        line = bytes(self._buf[self._pos:end])
-        self._pos = end + 2
-        return line
+        return self._raw_line()
 
     def _block(self, start: int, size_token: bytes) -> bytes | None:
         """The data block after a header line read from `start`: the raw header and block,
         or None (position back at `start`) until the whole block arrived."""
-        if not size_token.isdigit():
-            raise ValueError(f"bad value size {size_token[:20]!r}")
-        size = int(size_token)
-        if size > self.max_value:
-            raise ValueError(f"value of {size} bytes is over the limit")
-        end = self._pos + size
-        if len(self._buf) < end + 2:
+        end = self._block_end(size_token)
+        if end is None:
             self._pos = start
             return None
-        if self._buf[end:end + 2] != b"\r\n":
-            raise ValueError("value block not terminated by CRLF")
         self._pos = end + 2
         return bytes(self._buf[start:end + 2])
 

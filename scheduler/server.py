@@ -4,9 +4,9 @@ Every node answers every command. Writes (JOB.ADD/DEL/PAUSE/RESUME/RUN, worker c
 results) are Raft entries proposed with `forward=True`, so a follower hands them to the
 leader; reads (JOB.GET/LIST/HISTORY) wait for a read barrier, then read the local state.
 
-The leader's firing loop (`_fire_loop`): once it leads and has applied everything its
-predecessors committed (a read barrier), it repeatedly computes, for each job whose next
-slot is due, `jobs.plan_slots` from the replicated handled slot and commits a fire entry.
+The leader's firing loop is scheduler/fireloop.py (a base class): it commits the fires of
+the due jobs in a few entries, which also carry the claims of the workers' polls waiting
+here (scheduler/polls.py): one commit fires and dispatches.
 Dispatch is the commit of a worker's claim (see scheduler/state.py): a leader that lost its
 quorum cannot commit one, so it cannot dispatch, and a run is claimed at most once.
 """
@@ -19,21 +19,23 @@ from collections.abc import Sequence
 from typing import Any
 
 from core.clock import Clock
-from core.raft.driver import NotLeaderError, ProposalUnknown, RaftDriver
+from core.gcfreeze import GcFreezer
+from core.raft.driver import NotLeaderError, RaftDriver
 from core.raft.errors import RaftError
-from core.raft.ready import Role
 from core.resp import OK, CommandError
 from core.resp_commands import parse_int
 from core.resp_server import Command, Limits, RespServer
 from scheduler import state as S
-from scheduler.jobs import MAX_RETRIES, Job, JobError, RunRecord, parse_job_add, plan_slots
+from scheduler.fireloop import ERR_UNAVAILABLE, FiringLoop
+from scheduler.firing import FirePlanner
+from scheduler.jobs import MAX_RETRIES, Job, JobError, RunRecord, parse_job_add
+from scheduler.polls import ParkedPolls
 from scheduler.state import SchedulerState
 
 log = logging.getLogger("scheduler.server")
 
 VERSION = "0.1.0"
-MAX_FIRE_SLEEP_S = 0.2  # the loop looks at the jobs at least this often
-CHECK_RUNS_S = 0.1  # ... and at the active runs (timeouts, lost workers, retries) at most
+EAGER_CLAIM_WAIT_S = 0.2  # a poll waits this long for the firing loop to claim for it
 MAX_POLL_MS = 30_000
 DEFAULT_POLL_MS = 1000
 MAX_OUTPUT_BYTES = 1024
@@ -45,7 +47,6 @@ DEFAULT_HISTORY_COUNT = 10
 DEFAULT_WORKER_TIMEOUT_MS = 10_000
 
 ERR_NO_JOB = "ERR no such job '{}'"
-ERR_UNAVAILABLE = "TRYAGAIN the cluster cannot take the request now: {}"
 ERR_RUN_ID = "ERR bad run id '{}'"
 ERR_COUNT = "ERR count must be a positive integer"
 ERR_TIMEOUT_MS = f"ERR timeout must be an integer from 0 to {MAX_POLL_MS} (ms)"
@@ -108,6 +109,12 @@ def _node_id(raw: bytes) -> int:
     return node_id
 
 
+def _poll_reply(runs: list[dict[str, Any]]) -> list[list[Any]]:
+    """WORKER.POLL's reply: one item per claimed run (see scheduler.worker.Run.from_wire)."""
+    return [[r["run_id"], r["job"], r["command"], r["slot_ms"], r["attempt"], r["timeout_s"],
+             r["shard"], r["shards"]] for r in runs]
+
+
 def job_fields(job: Job, handled_ms: int, next_ms: int | None) -> dict[str, object]:
     """JOB.GET's reply: the job's fields plus its handled and next slot."""
     fields: dict[str, object] = {
@@ -125,7 +132,7 @@ def run_fields(record: RunRecord) -> dict[str, object]:
     return out
 
 
-class SchedulerServer:
+class SchedulerServer(FiringLoop):
     """One scheduler node: `start()`, then `stop()`."""
 
     def __init__(self, driver_factory: Any, clock: Clock, *, password: str | None = None,
@@ -139,15 +146,18 @@ class SchedulerServer:
         self.resp = RespServer("scheduler", VERSION, self.commands(), password=password,
                                limits=Limits(max_clients=max_clients), info=self.info)
         self.fired = asyncio.Event()  # set whenever an applied entry fired runs
+        self.parked = ParkedPolls()  # polls whose claims ride on the next fire entry
         self.counters = {"fire_entries": 0, "runs_fired": 0, "claims": 0, "results": 0,
                          "heartbeats": 0}
         self._fire_task: asyncio.Task[None] | None = None
         self._jobs_changed = asyncio.Event()
-        # job -> (the Job, its handled slot, its next slot): a schedule is evaluated once
-        # per handled slot, not on every turn of the firing loop
-        self._next_cache: dict[str, tuple[Job, int, int | None]] = {}
+        self.planner = FirePlanner()  # which jobs are due (a heap of next slots)
+        self._commits: set[asyncio.Task[None]] = set()  # fire entries being committed
         self._runs_checked = 0.0  # loop time of the last _expire_and_retry
         self._leading_since_ms = 0  # wall time this node's firing loop last took over
+        # 1,000 jobs x 100 run records: a full GC collection would pause the loop ~30+ ms
+        # every ~20 s; records are acyclic, so survivors are frozen out of its reach
+        self._gc: GcFreezer | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -160,6 +170,9 @@ class SchedulerServer:
         if self._fire_task is not None:
             self._fire_task.cancel()
             await asyncio.gather(self._fire_task, return_exceptions=True)
+        for task in list(self._commits):
+            task.cancel()
+        await asyncio.gather(*self._commits, return_exceptions=True)
         # Hand leadership over before draining clients: a worker's long poll can hold the
         # drain for a second, and no node would fire meanwhile.
         await self.driver.hand_over()
@@ -170,126 +183,14 @@ class SchedulerServer:
         """The driver's apply hook: the state machine, plus wake-ups for waiters."""
         results = self.state.apply(entries)
         for result in results:
+            if isinstance(result, dict):  # fire_many
+                result = result["fired"]
             if isinstance(result, list) and result:
                 self.fired.set()
         self._jobs_changed.set()
         return results
 
-    # -- the firing loop (leader only) ---------------------------------------------------------
-
-    def _leads(self) -> bool:
-        node = self.driver.node
-        return node is not None and node.role is Role.LEADER
-
-    async def _fire_loop(self) -> None:
-        caught_up_term = -1
-        while True:
-            try:
-                if not self._leads():
-                    caught_up_term = -1
-                    await asyncio.sleep(MAX_FIRE_SLEEP_S)
-                    continue
-                term = self.driver.node.term  # type: ignore[union-attr]
-                if caught_up_term != term:
-                    # apply everything earlier leaders committed before planning slots
-                    await self.driver.read_barrier()
-                    caught_up_term = term
-                    self._leading_since_ms = self.clock.wall_ms()
-                    log.info("leading in term %d: firing loop running", term)
-                await self._fire_due()
-                if asyncio.get_running_loop().time() >= self._runs_checked + CHECK_RUNS_S:
-                    self._runs_checked = asyncio.get_running_loop().time()
-                    await self._expire_and_retry()
-                await self._sleep_until_next()
-            except asyncio.CancelledError:
-                raise
-            except (RaftError, TimeoutError, ProposalUnknown) as exc:
-                log.warning("firing loop: %s", exc)
-                caught_up_term = -1
-                await asyncio.sleep(MAX_FIRE_SLEEP_S)
-            except Exception:
-                log.exception("firing loop failed; retrying")
-                await asyncio.sleep(MAX_FIRE_SLEEP_S)
-
-    async def _fire_due(self) -> None:
-        """Commit a fire entry for every job with a due slot, all at once: the driver's
-        group commit then covers them with one fsync instead of one each."""
-        now = self.clock.wall_ms()
-        entries = [entry for name, job in list(self.state.jobs.items())
-                   if (entry := self._fire_entry(name, job, now)) is not None]
-        if not entries or not self._leads():
-            return
-        results = await asyncio.gather(*(self.driver.execute(e) for e in entries),
-                                       return_exceptions=True)
-        for result in results:
-            if isinstance(result, BaseException):
-                raise result
-            self.counters["fire_entries"] += 1
-            self.counters["runs_fired"] += len(result or ())
-
-    def _fire_entry(self, name: str, job: Job, now: int) -> bytes | None:
-        """The fire entry of `job` if a slot is due at `now` (`plan_slots` from the
-        replicated handled slot), else None."""
-        next_ms = self._next_fire(name, job)
-        if next_ms is None or next_ms > now:
-            return None
-        plan = plan_slots(job, self.state.handled[name], now)
-        if plan.missed:
-            log.warning("job %s: %d slot(s) missed (misfire %s)", name, plan.missed,
-                        job.misfire)
-        workers = self._live_workers(now) if job.broadcast else ()
-        return S.encode_fire(name, plan.fire, plan.handled_ms, now, plan.missed, workers)
-
-    def _next_fire(self, name: str, job: Job) -> int | None:
-        """The job's next slot after its handled one (None: paused, AFTER, or none)."""
-        handled = self.state.handled.get(name)
-        if job.paused or job.after or handled is None:
-            return None
-        cached = self._next_cache.get(name)
-        if cached is not None and cached[0] is job and cached[1] == handled:
-            return cached[2]
-        if len(self._next_cache) > 2 * len(self.state.jobs):
-            self._next_cache.clear()  # deleted jobs' entries
-        next_ms = job.next_fire(handled)
-        self._next_cache[name] = (job, handled, next_ms)
-        return next_ms
-
-    async def _expire_and_retry(self) -> None:
-        """Commit the due timeouts, lost runs and retries (each a no-op if no longer due),
-        all at once (one group commit)."""
-        now = self.clock.wall_ms()
-        # A new leader gives every worker one timeout to be heard before calling its runs
-        # lost: heartbeats sent while no leader could commit them (an election, a whole-
-        # cluster restart) are missing from the replicated last-heard times.
-        settled = now - self._leading_since_ms >= self.worker_timeout_ms
-        entries = self.state.due_entries(now, self.worker_timeout_ms if settled else None)
-        if entries and self._leads():
-            results = await asyncio.gather(*(self.driver.execute(e) for e in entries),
-                                           return_exceptions=True)
-            for result in results:
-                if isinstance(result, BaseException):
-                    raise result
-
-    async def _sleep_until_next(self) -> None:
-        now = self.clock.wall_ms()
-        soonest = now + int(MAX_FIRE_SLEEP_S * 1000)
-        for name, job in self.state.jobs.items():
-            next_ms = self._next_fire(name, job)
-            if next_ms is not None:
-                soonest = min(soonest, next_ms)
-        self._jobs_changed.clear()
-        delay = max(0.0, (soonest - now) / 1000)
-        try:
-            async with asyncio.timeout(delay):
-                await self._jobs_changed.wait()
-        except TimeoutError:
-            pass
-
     # -- helpers ----------------------------------------------------------------------------
-
-    def _live_workers(self, now_ms: int) -> list[str]:
-        """A broadcast's worker list, committed in the entry that fires it."""
-        return self.state.live_workers(now_ms, self.worker_timeout_ms)
 
     async def _write(self, entry: bytes) -> Any:
         """Commit `entry` (forwarded to the leader); an error text result becomes the reply."""
@@ -506,26 +407,56 @@ class SchedulerServer:
         deadline = loop.time() + timeout
         while True:
             if resync or self.state.pending(tags, worker):
-                self.fired.clear()
-                entry = S.encode_claim(worker, tags, self.clock.wall_ms(), limit, resync)
-                runs = await self._write(entry)
-                self.counters["claims"] += 1
+                runs = None if resync else await self._claim_with_fires(worker, tags, limit)
+                if runs is None:  # not the leader, or its firing loop did not take it
+                    self.fired.clear()
+                    entry = S.encode_claim(worker, tags, self.clock.wall_ms(), limit, resync)
+                    runs = await self._write(entry)
+                    self.counters["claims"] += 1
                 if runs:
-                    return [
-                        [r["run_id"], r["job"], r["command"], r["slot_ms"], r["attempt"],
-                         r["timeout_s"], r["shard"], r["shards"]]
-                        for r in runs
-                    ]
+                    return _poll_reply(runs)
                 resync = False
             left = deadline - loop.time()
             if left <= 0:
                 return []
-            self.fired.clear()
-            try:
-                async with asyncio.timeout(left):
-                    await self.fired.wait()
-            except TimeoutError:
-                return []
+            runs = await self._wait_for_runs(worker, tags, limit, left)
+            if runs:
+                return _poll_reply(runs)
+
+    async def _claim_with_fires(self, worker: str, tags: list[str],
+                                limit: int) -> list[dict[str, Any]] | None:
+        """On the leader, claim in the firing loop's next entry (scheduler/polls.py): the
+        runs it claimed for this poll, or None if it did not take the poll in time."""
+        if not self._leads():
+            return None
+        poll = self.parked.park(worker, tags, limit, eager=True)
+        self._jobs_changed.set()  # wake the firing loop
+        try:
+            await asyncio.wait_for(asyncio.shield(poll.runs), EAGER_CLAIM_WAIT_S)
+        except TimeoutError:
+            pass
+        finally:
+            self.parked.unpark(poll)
+        return await poll.runs if poll.taken else None
+
+    async def _wait_for_runs(self, worker: str, tags: list[str], limit: int,
+                             left: float) -> list[dict[str, Any]]:
+        """Wait up to `left` s for runs to fire. On the leader the poll parks meanwhile, so
+        the next fire entry also claims for it (scheduler/polls.py): those runs are
+        returned; [] when it was not taken or they went to other claims."""
+        self.fired.clear()
+        poll = self.parked.park(worker, tags, limit) if self._leads() else None
+        try:
+            async with asyncio.timeout(left):
+                await self.fired.wait()
+        except TimeoutError:
+            pass
+        finally:
+            if poll is not None:
+                self.parked.unpark(poll)
+        if poll is None or not poll.taken:
+            return []
+        return await poll.runs
 
     def cmd_done(self, session: Any, args: list[bytes]) -> Any:
         if len(args) > 5:

@@ -28,11 +28,12 @@ part of the work still gets done when its worker is gone. With no live worker th
 one run, shard 0 of 1, open to any worker. An AFTER child of a broadcast parent fires when
 every shard of the parent's slot has succeeded.
 
-Dispatch is a second committed step: a worker's poll becomes a "claim" entry that moves
-FIRED runs to STARTED with the worker's id. A run can be claimed once, so a run delivered
-by two leaders still starts once; and a leader without quorum cannot commit a claim, so it
-cannot dispatch. Results come back as "done" entries (STARTED -> SUCCEEDED/FAILED); a done
-for a run that is not STARTED is a no-op.
+Dispatch is a second committed step: a worker's poll becomes a "claim" that moves FIRED
+runs to STARTED with the worker's id, an entry of its own or one of the claims a
+"fire_many" entry applies after its fires (the polls waiting at the leader). A run can be
+claimed once, so a run delivered by two leaders still starts once; and a leader without
+quorum cannot commit a claim, so it cannot dispatch. Results come back as "done" entries
+(STARTED -> SUCCEEDED/FAILED); a done for a run that is not STARTED is a no-op.
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ from scheduler.entries import (
     OP_DONE_MANY,
     OP_EXPIRE,
     OP_FIRE,
+    OP_FIRE_MANY,
     OP_LOSE,
     OP_MEMBER,
     OP_PAUSE,
@@ -61,6 +63,7 @@ from scheduler.entries import (
     OP_RETRY,
     OP_RUN,
     Result,
+    claim_fields,
     encode_add,
     encode_attempt,
     encode_beat,
@@ -68,10 +71,12 @@ from scheduler.entries import (
     encode_done,
     encode_done_many,
     encode_fire,
+    encode_fire_many,
     encode_lose,
     encode_member,
     encode_name,
     encode_run,
+    fire_fields,
 )
 from scheduler.jobs import (
     ACTIVE,
@@ -110,10 +115,13 @@ from scheduler.jobs import (
 __all__ = [
     "SchedulerState", "ERR_BAD_ENTRY", "ERR_EXISTS", "ERR_HAS_DEPENDENTS", "ERR_NO_JOB",
     "KILL_NOTICE_MS", "TIMED_OUT_MESSAGE", "DEFAULT_CLAIM", "MAX_CLAIM", "OP_ADD", "OP_BEAT",
-    "OP_CLAIM", "OP_DEL", "OP_DONE", "OP_DONE_MANY", "OP_EXPIRE", "OP_FIRE", "OP_LOSE",
+    "OP_CLAIM", "OP_DEL", "OP_DONE", "OP_DONE_MANY", "OP_EXPIRE", "OP_FIRE",
+    "OP_FIRE_MANY", "OP_LOSE",
     "OP_MEMBER", "OP_PAUSE", "OP_RESUME", "OP_RETRY", "OP_RUN", "Result", "encode_add",
     "encode_attempt", "encode_beat", "encode_claim", "encode_done", "encode_done_many",
-    "encode_fire", "encode_lose", "encode_member", "encode_name", "encode_run",
+    "encode_fire",
+    "encode_fire_many", "fire_fields", "claim_fields", "encode_lose", "encode_member",
+    "encode_name", "encode_run",
 ]
 
 TIMED_OUT_MESSAGE = "timed out"
@@ -138,12 +146,16 @@ class SchedulerState:
         self.workers: dict[str, int] = {}  # worker -> when the cluster last heard it (ms)
         self.clients: dict[int, str] = {}  # Raft node id -> its RESP address (CLUSTER.ADD)
         self.applied = 0  # index of the last applied entry
+        self.jobs_changes = 0  # grows on every add, delete, pause, resume and restore
         # (job, run id) of every run that may be ACTIVE, and of every run that may be
         # FIRED, so claims and the leader's timeout/lost/retry checks need not scan the
         # whole history. Supersets: a run enters when it fires (or fires a retry) and is
         # dropped when found in another state (`_records`).
         self._active: set[tuple[str, str]] = set()
         self._fired: set[tuple[str, str]] = set()
+        # parent job -> its AFTER children, in the jobs' order (every replica fires them in
+        # the same order): each finished run looks up its children instead of every job
+        self._children: dict[str, list[str]] = {}
 
     # -- applying entries ----------------------------------------------------------------
 
@@ -157,7 +169,8 @@ class SchedulerState:
 
     def apply_entry(self, data: bytes) -> Any:
         """Apply one encoded entry. Returns None, an error text (str starting with "ERR")
-        the client should see, or for fire/run/claim the list of run dicts that moved."""
+        the client should see, for fire/run/claim the list of run dicts that moved, or for
+        fire_many a dict of them (see `_fire_many`)."""
         try:
             entry = msgpack.unpackb(data)
             op = entry["op"]
@@ -175,6 +188,9 @@ class SchedulerState:
             return ERR_EXISTS.format(job.name)
         check_after(self.jobs, job)
         self.jobs[job.name] = job
+        if job.after:
+            self._children.setdefault(job.after, []).append(job.name)
+        self.jobs_changes += 1
         self.handled[job.name] = job.created_ms
         self.runs[job.name] = {}
         self.missed[job.name] = 0
@@ -184,11 +200,15 @@ class SchedulerState:
         name = entry["name"]
         if name not in self.jobs:
             return ERR_NO_JOB.format(name)
-        for other in self.jobs.values():
-            if other.after == name:
-                return ERR_HAS_DEPENDENTS.format(name, other.name)
-        for table in (self.jobs, self.handled, self.runs, self.missed):
+        children = self._children.get(name)
+        if children:
+            return ERR_HAS_DEPENDENTS.format(name, children[0])
+        parent = self.jobs[name].after
+        if parent:
+            self._children[parent].remove(name)
+        for table in (self.jobs, self.handled, self.runs, self.missed, self._children):
             table.pop(name, None)
+        self.jobs_changes += 1
         return None
 
     def _pause(self, entry: dict[str, Any]) -> Any:
@@ -202,6 +222,7 @@ class SchedulerState:
         if job is None:
             return ERR_NO_JOB.format(name)
         self.jobs[name] = replace(job, paused=paused)
+        self.jobs_changes += 1
         if not paused:  # slots that fell due while paused are not caught up
             self.handled[name] = max(self.handled[name], at_ms)
         return None
@@ -226,6 +247,16 @@ class SchedulerState:
         else:
             self.handled[name] = last
         return fired
+
+    def _fire_many(self, entry: dict[str, Any]) -> Any:
+        """Several jobs' fires (`fire_fields` each), then the claims of waiting workers
+        (`claim_fields` each), in order. Returns {"fired": the runs fired, "claimed": the
+        runs each claim took} (a run fired and claimed here is in both)."""
+        fired: list[dict[str, Any]] = []
+        for fire in entry["fires"]:
+            fired.extend(self._fire(fire))
+        claimed = [self._claim(claim) for claim in entry.get("claims", ())]
+        return {"fired": fired, "claimed": claimed}
 
     def _fire_slot(self, job: Job, slot: int, now_ms: int,
                    workers: Sequence[str] = ()) -> list[dict[str, Any]]:
@@ -329,7 +360,8 @@ class SchedulerState:
         if finished.shards > 1 and not self._all_shards_succeeded(finished):
             return []
         fired: list[dict[str, Any]] = []
-        for child in dependents_to_fire(self.jobs.values(), finished):
+        children = (self.jobs[name] for name in self._children.get(finished.job, ()))
+        for child in dependents_to_fire(children, finished):
             fired.extend(self._fire_slot(child, finished.slot_ms, now_ms, workers))
         return fired
 
@@ -400,7 +432,7 @@ class SchedulerState:
 
     def has_broadcast_dependent(self, name: str) -> bool:
         """Whether a TARGET ALL job runs AFTER `name` (its done entries need workers)."""
-        return any(job.after == name and job.broadcast for job in self.jobs.values())
+        return any(self.jobs[child].broadcast for child in self._children.get(name, ()))
 
     def _lose(self, entry: dict[str, Any]) -> Any:
         """A held attempt (STARTED, or FIRED bound to a worker) whose worker has been silent
@@ -504,9 +536,13 @@ class SchedulerState:
         """Replace the state with a `snapshot()` blob."""
         data = msgpack.unpackb(blob)
         self.jobs = {}
+        self._children = {}
+        self.jobs_changes += 1
         for raw in data["jobs"]:
             job = Job.from_dict(raw)
             self.jobs[job.name] = job
+            if job.after:
+                self._children.setdefault(job.after, []).append(job.name)
         self.handled = dict(data["handled"])
         self.missed = dict(data["missed"])
         self.workers = dict(data.get("workers", {}))
@@ -532,6 +568,7 @@ _HANDLERS = {
     OP_PAUSE: SchedulerState._pause,
     OP_RESUME: SchedulerState._resume,
     OP_FIRE: SchedulerState._fire,
+    OP_FIRE_MANY: SchedulerState._fire_many,
     OP_RUN: SchedulerState._run,
     OP_CLAIM: SchedulerState._claim,
     OP_DONE: SchedulerState._done,

@@ -8,12 +8,15 @@ The shell worker's executor is `shell_executor`; the embedded worker of schedule
 calls Python handlers instead.
 
 Any node answers (writes are forwarded to the leader); when the one in use fails, the
-worker moves to the next. `WORKER.POLL id tags timeout_ms resync max_runs` returns the
-runs the cluster committed to this worker (a claim: a run is claimed once); max_runs is
-what its free slots can take. After any error the next poll asks with resync=1 so runs
-whose claim reply was lost come back; a run id seen before (the same attempt) is never
-executed again (the last MAX_REMEMBERED are kept). Results are queued and sent in batches
-(WORKER.RESULTS, one Raft entry each) over REPORT_CHANNELS connections.
+worker moves to the next. Polls go to the leader when one is found (CLUSTER.INFO of each
+node, asked when the poll connection opens, and checked at each heartbeat): there a poll
+waiting for runs is claimed for by the fire entry itself, and nothing is forwarded.
+`WORKER.POLL id tags timeout_ms resync max_runs` returns the runs the cluster committed
+to this worker (a claim: a run is claimed once); max_runs is what its free slots can take.
+After any error the next poll asks with resync=1 so runs whose claim reply was lost come
+back; a run id seen before (the same attempt) is never executed again (the last
+MAX_REMEMBERED are kept). Results are queued and sent in batches (WORKER.RESULTS, one Raft
+entry each) over REPORT_CHANNELS connections.
 
 An attempt past its TIMEOUT is cancelled (the shell executor then kills its process group)
 and reported as EXIT_TIMED_OUT. The shell executor runs the command through `/bin/sh -c` in
@@ -57,6 +60,7 @@ REPORT_CHANNELS = 4  # report batches in flight at once: each waits for a Raft c
 MAX_REPORT_BATCH = 256  # results in one WORKER.RESULTS (the cluster's MAX_RESULTS)
 POLL, BEAT, FIRST_REPORT = 0, 1, 2  # connection channels (see Worker.__init__)
 STOP_GRACE_S = 10.0  # on SIGTERM, runs in flight get this long to finish and report
+FIND_LEADER_TIMEOUT_S = 1.0  # per node asked, when the poll connection opens
 
 
 @dataclass(frozen=True)
@@ -129,20 +133,57 @@ class Worker:
         self._next = list(range(channels))  # spread the first connections over the nodes
         self._results: asyncio.Queue[tuple[tuple[str, int, bytes, int],
                                            asyncio.Future[None]]] = asyncio.Queue()
+        self._poll_node = 0  # Raft id of the node polled, when it led as we connected
+        self._repick = False  # it no longer leads: reconnect before the next poll
 
     async def call(self, *args: object, channel: int = POLL) -> Any:
         """One command on the channel's node; after a connection error, the next node."""
         conn = self._conns[channel]
         if conn is None or conn.closed:
-            host, port = self.servers[self._next[channel] % len(self.servers)]
-            self._next[channel] += 1
-            conn = self._conns[channel] = await AsyncRespConnection.connect(
-                host, port, timeout=CALL_TIMEOUT_S, password=self.password)
+            conn = await self._find_leader() if channel == POLL else None
+            if conn is None:
+                host, port = self.servers[self._next[channel] % len(self.servers)]
+                self._next[channel] += 1
+                conn = await AsyncRespConnection.connect(
+                    host, port, timeout=CALL_TIMEOUT_S, password=self.password)
+            self._conns[channel] = conn
         try:
             return await conn.call(*args)  # type: ignore[arg-type]
         except RespConnectionError:
             self._conns[channel] = None
             raise
+
+    async def _find_leader(self) -> AsyncRespConnection | None:
+        """A connection to the node that leads (asked in turn), or None if none says so."""
+        self._poll_node = 0
+        for host, port in self.servers:
+            try:
+                conn = await AsyncRespConnection.connect(
+                    host, port, timeout=FIND_LEADER_TIMEOUT_S, password=self.password)
+            except (OSError, ReplyError, TimeoutError):
+                continue
+            try:
+                info = _as_dict(await conn.call("CLUSTER.INFO"))
+                if info.get("role") == "leader":
+                    self._poll_node = int(info["id"])
+                    conn.timeout = CALL_TIMEOUT_S
+                    return conn
+            except (OSError, ReplyError, TimeoutError, KeyError, ValueError):
+                pass
+            conn.abort()
+        return None
+
+    async def _check_leader(self) -> None:
+        """If the node polled no longer leads, poll the leader from the next poll on."""
+        if not self._poll_node:
+            return
+        reply = await self.call("CLUSTER.INFO", channel=BEAT)
+        try:
+            leader = int(_as_dict(reply).get("leader") or 0)
+        except (TypeError, ValueError):
+            return  # not a reply we know: keep polling where we are
+        if leader not in (0, self._poll_node):
+            self._repick = True
 
     def _drop(self, channel: int = POLL) -> None:
         conn = self._conns[channel]
@@ -171,6 +212,7 @@ class Worker:
             await asyncio.sleep(self.heartbeat_s)
             try:
                 killed = await self.call("WORKER.HEARTBEAT", self.worker_id, channel=BEAT)
+                await self._check_leader()
             except (OSError, ReplyError, TimeoutError) as exc:
                 log.info("heartbeat failed (%s); trying the next node", exc)
                 self._drop(BEAT)
@@ -187,6 +229,9 @@ class Worker:
             try:
                 await self.slots.acquire()
                 self.slots.release()
+                if self._repick:  # (between polls: no claim reply can be lost)
+                    self._repick = False
+                    self._drop(POLL)
                 wanted = max(1, self.concurrency - self._held)
                 runs = await self.call("WORKER.POLL", self.worker_id, ",".join(self.tags),
                                        POLL_MS, 1 if resync else 0, wanted)
@@ -199,6 +244,8 @@ class Worker:
                 continue
             for run in runs or ():
                 self._start(run)
+            if runs:  # let them start (short ones end) before asking for the free slots
+                await asyncio.sleep(0)
         if self.tasks:  # finish and report what runs, for a while; then give up
             _, late = await asyncio.wait(set(self.tasks), timeout=STOP_GRACE_S)
             for task in late:
@@ -306,6 +353,14 @@ async def _kill_group(proc: asyncio.subprocess.Process) -> None:
 def failure_message(exc: BaseException) -> str:
     """The last line of `exc`'s traceback, e.g. "ValueError: no such account"."""
     return traceback.format_exception_only(exc)[-1].strip()
+
+
+def _as_dict(reply: Any) -> dict[str, Any]:
+    """A map reply (RESP3 map, or RESP2 flat [key, value, ...]) with str keys and values
+    (other values as they are)."""
+    items = reply.items() if isinstance(reply, dict) else zip(reply[::2], reply[1::2],
+                                                                strict=True)
+    return {_str(k): (_str(v) if isinstance(v, bytes) else v) for k, v in items}
 
 
 def _str(value: Any) -> str:

@@ -1,0 +1,197 @@
+"""The scheduler node's firing loop (leader only): fires, their claims, timeouts and retries.
+
+`FiringLoop` is a base class of `scheduler.server.SchedulerServer` (as core/raft's
+`ProposeSide` is of its driver); the state it uses is set up by the server's __init__.
+Once the node leads and has applied everything its predecessors committed (a read
+barrier), the loop repeatedly takes the jobs whose next slot is due (scheduler/firing.py),
+plans each with `jobs.plan_due` from the replicated handled slot, and starts committing
+their fires, MAX_FIRES_PER_ENTRY jobs to an entry, with the claims of the polls parked
+here (scheduler/polls.py) in the last one: one commit fires and dispatches. It does not
+wait for the commit; it checks the active runs (timeouts, lost workers, retries) every
+CHECK_RUNS_S, then sleeps until the next slot or until an applied entry wakes it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from core.clock import Clock
+from core.gcfreeze import GcFreezer
+from core.raft.driver import ProposalUnknown, RaftDriver
+from core.raft.errors import RaftError
+from core.raft.ready import Role
+from core.resp import CommandError
+from scheduler import state as S
+from scheduler.firing import FirePlanner
+from scheduler.jobs import Job, plan_due
+from scheduler.polls import ParkedPoll, ParkedPolls
+from scheduler.state import SchedulerState
+
+__all__ = ["ERR_UNAVAILABLE", "FiringLoop"]
+
+log = logging.getLogger("scheduler.server")
+
+MAX_FIRE_SLEEP_S = 0.2  # the loop looks at the jobs at least this often
+MAX_FIRE_SLEEP_MS = int(MAX_FIRE_SLEEP_S * 1000)
+CHECK_RUNS_S = 0.1  # ... and at the active runs (timeouts, lost workers, retries) at most
+# jobs fired by one entry: a second's burst of 1,000 due jobs is 4 entries, not 1,000
+# (each entry costs the leader and every follower a proposal, an append and an apply)
+MAX_FIRES_PER_ENTRY = 256
+
+ERR_UNAVAILABLE = "TRYAGAIN the cluster cannot take the request now: {}"
+ERR_FIRE_UNKNOWN = "the fire entry claiming for this poll has no known outcome"
+
+
+class FiringLoop:
+    """Firing-loop behaviour; the state it uses is initialised by SchedulerServer.__init__."""
+
+    driver: RaftDriver
+    state: SchedulerState
+    clock: Clock
+    worker_timeout_ms: int
+    counters: dict[str, int]
+    fired: asyncio.Event  # set whenever an applied entry fired runs (wakes polls)
+    parked: ParkedPolls
+    planner: FirePlanner
+    _commits: set[asyncio.Task[None]]  # fire entries being committed
+    _jobs_changed: asyncio.Event  # wakes the loop (an applied entry, a poll to claim for)
+    _runs_checked: float  # loop time of the last _expire_and_retry
+    _leading_since_ms: int  # wall time this node's firing loop last took over
+    _gc: GcFreezer | None
+
+    def _leads(self) -> bool:
+        node = self.driver.node
+        return node is not None and node.role is Role.LEADER
+
+    async def _fire_loop(self) -> None:
+        caught_up_term = -1
+        loop = asyncio.get_running_loop()
+        self._gc = GcFreezer(loop.time())
+        while True:
+            self._gc.tick(loop.time())
+            try:
+                if not self._leads():
+                    caught_up_term = -1
+                    await asyncio.sleep(MAX_FIRE_SLEEP_S)
+                    continue
+                term = self.driver.node.term  # type: ignore[union-attr]
+                if caught_up_term != term:
+                    # apply everything earlier leaders committed before planning slots
+                    await self.driver.read_barrier()
+                    caught_up_term = term
+                    self._leading_since_ms = self.clock.wall_ms()
+                    self.planner.refresh(self.state, force=True)
+                    log.info("leading in term %d: firing loop running", term)
+                self._fire_due()
+                if asyncio.get_running_loop().time() >= self._runs_checked + CHECK_RUNS_S:
+                    self._runs_checked = asyncio.get_running_loop().time()
+                    await self._expire_and_retry()
+                await self._sleep_until_next()
+            except asyncio.CancelledError:
+                raise
+            except (RaftError, TimeoutError, ProposalUnknown) as exc:
+                log.warning("firing loop: %s", exc)
+                caught_up_term = -1
+                await asyncio.sleep(MAX_FIRE_SLEEP_S)
+            except Exception:
+                log.exception("firing loop failed; retrying")
+                await asyncio.sleep(MAX_FIRE_SLEEP_S)
+
+    def _fire_due(self) -> None:
+        """Start committing the fires of every due job, MAX_FIRES_PER_ENTRY jobs to an
+        entry (the driver's group commit covers entries proposed together with one fsync).
+        The loop does not wait for the commit: jobs that fall due meanwhile fire at once
+        (a job in flight is not planned again, see scheduler/firing.py)."""
+        now = self.clock.wall_ms()
+        self.planner.refresh(self.state)
+        fires, names = [], []
+        for name, job in self.planner.take_due(self.state, now):
+            names.append(name)
+            if (fire := self._fire_fields(name, job, now)) is not None:
+                fires.append(fire)
+        if not self._leads() or not (fires or self.parked.eager):
+            self.planner.settled(self.state, names)
+            return
+        chunks = [fires[i:i + MAX_FIRES_PER_ENTRY]
+                  for i in range(0, len(fires), MAX_FIRES_PER_ENTRY)] or [[]]
+        # the waiting polls claim in the last entry, after every fire of this turn
+        polls, claims = self.parked.take(now)
+        entries = [S.encode_fire_many(chunk, claims if i == len(chunks) - 1 else ())
+                   for i, chunk in enumerate(chunks)]
+        task = asyncio.create_task(self._commit_fires(entries, polls, names))
+        self._commits.add(task)
+        task.add_done_callback(self._commits.discard)
+
+    async def _commit_fires(self, entries: list[bytes], polls: list[ParkedPoll],
+                            names: list[str]) -> None:
+        """Commit fire entries; hand the taken polls what the last one claimed for them."""
+        try:
+            results = await asyncio.gather(*(self.driver.execute(e) for e in entries),
+                                           return_exceptions=True)
+            if not isinstance(results[-1], BaseException):
+                ParkedPolls.resolve(polls, results[-1]["claimed"])
+                if polls:
+                    self.fired.set()  # the taken polls reply now, even if nothing fired
+            for result in results:
+                if isinstance(result, BaseException):
+                    log.warning("firing: %r", result)  # replanned from the handled slot
+                    continue
+                self.counters["fire_entries"] += 1
+                self.counters["runs_fired"] += len(result["fired"])
+            self.counters["claims"] += len(polls)
+        finally:  # the others (also when cancelled: a taken poll must not wait forever)
+            ParkedPolls.fail(polls, CommandError(ERR_UNAVAILABLE.format(ERR_FIRE_UNKNOWN)))
+            self.planner.settled(self.state, names)
+            self._jobs_changed.set()  # their next slots are known: the loop may sleep less
+
+    def _fire_fields(self, name: str, job: Job, now: int) -> dict[str, Any] | None:
+        """The fire of `job` (`S.fire_fields`) if a slot is due at `now` (`plan_slots` from
+        the replicated handled slot), else None."""
+        next_ms = self.planner.next_fire(self.state, name, job)
+        if next_ms is None or next_ms > now:
+            return None
+        plan = plan_due(job, self.state.handled[name], next_ms, now)
+        if plan.next_ms is not None:  # the next slot, once this fire has applied
+            self.planner.remember(name, job, plan.handled_ms, plan.next_ms)
+        if plan.missed:
+            log.warning("job %s: %d slot(s) missed (misfire %s)", name, plan.missed,
+                        job.misfire)
+        workers = self._live_workers(now) if job.broadcast else ()
+        return S.fire_fields(name, plan.fire, plan.handled_ms, now, plan.missed, workers)
+
+    async def _expire_and_retry(self) -> None:
+        """Commit the due timeouts, lost runs and retries (each a no-op if no longer due),
+        all at once (one group commit)."""
+        now = self.clock.wall_ms()
+        # A new leader gives every worker one timeout to be heard before calling its runs
+        # lost: heartbeats sent while no leader could commit them (an election, a whole-
+        # cluster restart) are missing from the replicated last-heard times.
+        settled = now - self._leading_since_ms >= self.worker_timeout_ms
+        entries = self.state.due_entries(now, self.worker_timeout_ms if settled else None)
+        if entries and self._leads():
+            results = await asyncio.gather(*(self.driver.execute(e) for e in entries),
+                                           return_exceptions=True)
+            for result in results:
+                if isinstance(result, BaseException):
+                    raise result
+
+    async def _sleep_until_next(self) -> None:
+        now = self.clock.wall_ms()
+        self.planner.refresh(self.state)  # (jobs added since the turn began)
+        soonest = min(self.planner.soonest() or now + MAX_FIRE_SLEEP_MS,
+                      now + MAX_FIRE_SLEEP_MS)
+        if self.parked.eager:
+            soonest = now  # a poll waits to claim (it may have woken us while we were busy)
+        self._jobs_changed.clear()
+        delay = max(0.0, (soonest - now) / 1000)
+        try:
+            async with asyncio.timeout(delay):
+                await self._jobs_changed.wait()
+        except TimeoutError:
+            pass
+
+    def _live_workers(self, now_ms: int) -> list[str]:
+        """A broadcast's worker list, committed in the entry that fires it."""
+        return self.state.live_workers(now_ms, self.worker_timeout_ms)

@@ -8,7 +8,7 @@ need not look at them: every `freeze_every_s`, `GcFreezer.tick` collects the you
 generations (cheap) and freezes (`gc.freeze()`) every object left, so a full collection
 only scans objects younger than the last freeze. Once every `full_every_s` it unfreezes
 and collects everything, as a safety net for cycles that were frozen alive and died later.
-kvcache/server.py does the same inline.
+kvcache and the scheduler use it.
 """
 
 from __future__ import annotations

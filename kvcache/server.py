@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import logging
 import os
 from collections.abc import Iterator
@@ -34,6 +33,7 @@ from collections.abc import Iterator
 import psutil
 
 from core.clock import Clock
+from core.gcfreeze import GcFreezer
 from kvcache import replies
 from kvcache.commands import FLUSH_AFTER, Closing, Engine, Stream
 from kvcache.items import Item
@@ -48,8 +48,6 @@ log = logging.getLogger("kvcache")
 WRITE_HIGH_WATER = 1024 * 1024
 WRITE_FLUSH_BYTES = 256 * 1024  # queued replies are written once they reach this much
 CRAWL_PASS_INTERVAL_S = 10.0
-GC_FREEZE_INTERVAL_S = 1.0
-GC_FULL_INTERVAL_S = 3600.0
 GRACE_S = 5.0
 
 
@@ -82,8 +80,9 @@ class KvcacheServer:
         self._servers: list[asyncio.AbstractServer] = []
         self._maintenance: asyncio.Task[None] | None = None
         self._next_pass = 0.0
-        self._next_freeze = 0.0
-        self._next_full_gc = clock.monotonic() + GC_FULL_INTERVAL_S
+        # Connections, buffers and (with the pure storage twin) items are long-lived
+        # objects the cyclic GC would traverse in every full collection: see core/gcfreeze.
+        self._gc = GcFreezer(clock.monotonic())
         self.port = 0
 
     # -- lifecycle -----------------------------------------------------------------------
@@ -150,7 +149,7 @@ class KvcacheServer:
         if now != storage.now:
             storage.tick(now)
         mono = self.clock.monotonic()
-        self._collect_garbage(mono)
+        self._gc.tick(mono)
         if not self.engine.crawler_enabled:
             return
         if not storage.crawling and not self.engine.crawl_requested and mono < self._next_pass:
@@ -163,21 +162,6 @@ class KvcacheServer:
             log.debug("crawler reclaimed %d expired items", reclaimed)
         if not storage.crawling:
             self._next_pass = mono + CRAWL_PASS_INTERVAL_S
-
-    def _collect_garbage(self, mono: float) -> None:
-        """Every item is an object the cyclic GC would traverse: at a million items a full
-        collection stalls the loop for ~130 ms, and CPython runs one each time the
-        long-lived objects grow by a quarter. Items never form cycles (unlinking clears
-        their links) and are freed by reference counting, so objects that survived a
-        second are frozen out of the GC's reach; a full collection still runs hourly as a
-        safety net for cycles elsewhere."""
-        if mono >= self._next_full_gc:
-            self._next_full_gc = mono + GC_FULL_INTERVAL_S
-            gc.unfreeze()
-            gc.collect()
-        if mono >= self._next_freeze:
-            self._next_freeze = mono + GC_FREEZE_INTERVAL_S
-            gc.freeze()
 
     # -- connections ---------------------------------------------------------------------
     def admit(self, conn: Connection) -> bool:
@@ -257,7 +241,7 @@ class Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         # Nothing may keep this object alive through a cycle: it is likely frozen out of
-        # the garbage collector's reach (KvcacheServer._collect_garbage).
+        # the garbage collector's reach (core/gcfreeze.py).
         self._stream = None
         self._pinned.clear()
         self.lane.release()

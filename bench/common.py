@@ -9,6 +9,7 @@ their ratio, and the goal for that ratio.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -30,6 +31,7 @@ import psutil
 from core.resp_client import RespConnection
 
 ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_OUT = ROOT / "bench" / "results"
 START_TIMEOUT_S = 20.0
 STOP_TIMEOUT_S = 15.0
 # Every server stopped in this process: name, exit code and log tail (for the JSON).
@@ -505,3 +507,25 @@ def write_results(
     missed = [f for f in figures if f.met is False]
     if missed:
         progress("goals missed: " + "; ".join(f"{f.section} {f.label}" for f in missed))
+
+
+def bench_parser(prog: str, description: str, sections: Sequence[str],
+                 quick_help: str) -> argparse.ArgumentParser:
+    """The options every side-by-side benchmark takes: --quick, --out, --sections."""
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser.add_argument("--quick", action="store_true", help=quick_help)
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="directory for JSON/PNG")
+    parser.add_argument("--sections", default=",".join(sections),
+                        help=f"comma-separated subset of {','.join(sections)} (default all)")
+    return parser
+
+
+def parse_bench_args(parser: argparse.ArgumentParser, argv: list[str] | None,
+                     sections: Sequence[str]) -> argparse.Namespace:
+    """Parse, and turn --sections into the list of sections chosen (or exit with usage)."""
+    args = parser.parse_args(argv)
+    chosen = [s.strip() for s in args.sections.split(",") if s.strip()]
+    if not chosen or any(s not in sections for s in chosen):
+        parser.error(f"--sections takes a comma-separated subset of {','.join(sections)}")
+    args.sections = chosen
+    return args

@@ -46,9 +46,11 @@ from bench.common import (
     Figure,
     ServerProcess,
     Skipped,
+    bench_parser,
     idgen_server,
     machine,
     median,
+    parse_bench_args,
     profile_processes,
     progress,
     redis_server,
@@ -57,7 +59,6 @@ from bench.common import (
 )
 from bench.idgen_loads import CEILING_IDS_PER_S, MARK_BEGIN, MARK_END
 
-DEFAULT_OUT = ROOT / "bench" / "results"
 CLIENTS = 50
 BATCH = 1000
 PROFILE_SECONDS = 5
@@ -452,13 +453,8 @@ SECTIONS = ("1", "2", "3", "4")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="python -m bench.idgen_bench", description=__doc__.splitlines()[0]
-    )
-    parser.add_argument("--quick", action="store_true", help="short runs, one round each")
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="directory for JSON/PNG")
-    parser.add_argument("--sections", default=",".join(SECTIONS),
-                        help="comma-separated subset of 1,2,3,4 (default all)")
+    parser = bench_parser("python -m bench.idgen_bench", __doc__.splitlines()[0], SECTIONS,
+                          "short runs, one round each")
     parser.add_argument("--rounds", type=int, default=3,
                         help="interleaved redis-benchmark rounds (default 3; --quick: 1)")
     parser.add_argument("--depth", type=int, default=4,
@@ -466,11 +462,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--prefetch", type=int, default=10_000, help="IdgenClient prefetch")
     parser.add_argument("--profile", action="store_true",
                         help="after measuring, py-spy profile each loaded server into --out")
-    args = parser.parse_args(argv)
-    chosen = [s.strip() for s in args.sections.split(",") if s.strip()]
-    if not chosen or any(s not in SECTIONS for s in chosen):
-        parser.error("--sections takes a comma-separated subset of 1,2,3,4")
-    args.sections = chosen
+    args = parse_bench_args(parser, argv, SECTIONS)
     return args
 
 

@@ -51,9 +51,11 @@ from bench.common import (
     Figure,
     ServerProcess,
     Skipped,
+    bench_parser,
     find_free_port,
     machine,
     median,
+    parse_bench_args,
     profile_processes,
     progress,
     table,
@@ -61,7 +63,6 @@ from bench.common import (
 )
 from bench.idgen_bench import Recorder, _cpu_note
 
-DEFAULT_OUT = ROOT / "bench" / "results"
 HOST = "127.0.0.1"
 MB = 1024 * 1024
 CONCURRENCY = 32
@@ -484,25 +485,15 @@ SECTIONS = ("1", "2", "3", "4")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="python -m bench.kvcache_bench", description=__doc__.splitlines()[0]
-    )
-    parser.add_argument("--quick", action="store_true",
-                        help="short runs, one round, smaller fills (~1 min)")
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="directory for JSON/PNG")
-    parser.add_argument("--sections", default=",".join(SECTIONS),
-                        help="comma-separated subset of 1,2,3,4 (default all)")
+    parser = bench_parser("python -m bench.kvcache_bench", __doc__.splitlines()[0], SECTIONS,
+                          "short runs, one round, smaller fills (~1 min)")
     parser.add_argument("--rounds", type=int, default=3,
                         help="interleaved memcaslap rounds per section (default 3)")
     parser.add_argument("--seconds", type=int, default=7,
                         help="memcaslap -t of each run, seconds (default 7)")
     parser.add_argument("--profile", action="store_true",
                         help="after measuring, py-spy profile kvcache under each load")
-    args = parser.parse_args(argv)
-    chosen = [s.strip() for s in args.sections.split(",") if s.strip()]
-    if not chosen or any(s not in SECTIONS for s in chosen):
-        parser.error("--sections takes a comma-separated subset of 1,2,3,4")
-    args.sections = chosen
+    args = parse_bench_args(parser, argv, SECTIONS)
     return args
 
 

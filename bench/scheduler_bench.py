@@ -43,12 +43,13 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import (
-    ROOT,
     SERVER_LOGS,
     CpuMeter,
     Figure,
+    bench_parser,
     machine,
     median,
+    parse_bench_args,
     progress,
     table,
     write_results,
@@ -59,7 +60,6 @@ from bench.scheduler_loads import HANDLER, SLOTS, embedded_worker_class
 from bench.scheduler_slots import accounting, first_start_after, lateness, starts
 from scheduler.client import SchedulerClient, SchedulerError
 
-DEFAULT_OUT = ROOT / "bench" / "results"
 LATENESS_GOAL_MS = 20.0
 KILL_GOAL_MS = 3000.0
 TERM_GOAL_MS = 500.0
@@ -397,13 +397,8 @@ SECTIONS = ("1", "2", "3")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="python -m bench.scheduler_bench", description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true",
-                        help="short windows, 2 kills of each signal, one raft run")
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="directory for JSON/PNG")
-    parser.add_argument("--sections", default=",".join(SECTIONS),
-                        help="comma-separated subset of 1,2,3 (default all)")
+    parser = bench_parser("python -m bench.scheduler_bench", __doc__.splitlines()[0], SECTIONS,
+                          "short windows, 2 kills of each signal, one raft run")
     parser.add_argument("--kills", type=int, default=10,
                         help="leader kills of each signal in section 2 (default 10)")
     parser.add_argument("--history", type=int, default=None,
@@ -414,15 +409,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help=f"the embedded worker's slots (default {SLOTS})")
     parser.add_argument("--jobs", default="100,1000",
                         help="section 1's job counts, comma-separated (default 100,1000)")
-    args = parser.parse_args(argv)
+    args = parse_bench_args(parser, argv, SECTIONS)
     try:
         args.jobs = tuple(int(n) for n in args.jobs.split(",") if n.strip())
     except ValueError:
         parser.error("--jobs takes comma-separated integers")
-    chosen = [s.strip() for s in args.sections.split(",") if s.strip()]
-    if not chosen or any(s not in SECTIONS for s in chosen):
-        parser.error("--sections takes a comma-separated subset of 1,2,3")
-    args.sections = chosen
     if args.history is not None and args.history < MIN_HISTORY:
         parser.error(f"--history must be at least {MIN_HISTORY}")
     return args

@@ -470,6 +470,21 @@ def summarise_profile(path: Path, top: int = 15) -> dict[str, list[tuple[str, fl
             "inclusive": shares(inclusive)}
 
 
+def profile_under_load(
+    profiles: dict[str, Any], name: str, load: subprocess.Popen[bytes], settle_s: float,
+    targets: list[tuple[str, int]], out: Path, prefix: str, seconds: int,
+) -> None:
+    """With `load` started (not measured), wait `settle_s` for it to get going, record
+    `targets` (see profile_processes), then let the load finish (stopped after 120 s)."""
+    time.sleep(settle_s)
+    profile_processes(profiles, name, targets, out, prefix, seconds)
+    try:
+        load.wait(timeout=120)
+    except subprocess.TimeoutExpired:
+        load.terminate()
+        load.wait()
+
+
 def profile_processes(
     profiles: dict[str, Any], name: str, targets: list[tuple[str, int]], out: Path,
     prefix: str, seconds: int,

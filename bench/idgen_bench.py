@@ -51,7 +51,7 @@ from bench.common import (
     machine,
     median,
     parse_bench_args,
-    profile_processes,
+    profile_under_load,
     progress,
     redis_server,
     table,
@@ -436,14 +436,9 @@ def profile_server(rec: Recorder, server: ServerProcess, name: str, out: Path,
     load's process, with `profile_client`) with py-spy for PROFILE_SECONDS."""
     load = subprocess.Popen(load_argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             cwd=ROOT, env=_child_env())
-    time.sleep(1.0)  # past start-up and connection set-up
     targets = [("server", server.pid)] + ([("client", load.pid)] if profile_client else [])
-    profile_processes(rec.profiles, name, targets, out, "profile-", PROFILE_SECONDS)
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        load.wait(timeout=120)
-    if load.poll() is None:
-        load.terminate()
-        load.wait()
+    # 1 s: past start-up and connection set-up
+    profile_under_load(rec.profiles, name, load, 1.0, targets, out, "profile-", PROFILE_SECONDS)
 
 
 # -- main --------------------------------------------------------------------------------

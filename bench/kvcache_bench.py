@@ -56,7 +56,7 @@ from bench.common import (
     machine,
     median,
     parse_bench_args,
-    profile_processes,
+    profile_under_load,
     progress,
     table,
     write_results,
@@ -468,14 +468,10 @@ def profile(rec: Recorder, targets: list[tuple[str, McServer]], name: str, out: 
     """Run `load_argv` (not measured) and record each target with py-spy for
     PROFILE_SECONDS."""
     load = subprocess.Popen(load_argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    time.sleep(1.5)  # memcaslap builds its random table and connects
     pids = [(role, server.pid) for role, server in targets]
-    profile_processes(rec.profiles, name, pids, out, "kvcache-profile-", PROFILE_SECONDS)
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        load.wait(timeout=60)
-    if load.poll() is None:
-        load.terminate()
-        load.wait()
+    # 1.5 s: memcaslap builds its random table and connects
+    profile_under_load(rec.profiles, name, load, 1.5, pids, out, "kvcache-profile-",
+                       PROFILE_SECONDS)
 
 
 # -- main --------------------------------------------------------------------------------

@@ -13,7 +13,8 @@ from typing import Any
 
 import msgpack
 
-from scheduler.jobs import Job, RunRecord
+from scheduler.jobs import Job
+from scheduler.runs import RunRecord
 
 OP_ADD, OP_DEL, OP_PAUSE, OP_RESUME = "add", "del", "pause", "resume"
 OP_FIRE, OP_RUN, OP_CLAIM, OP_DONE = "fire", "run", "claim", "done"

@@ -25,7 +25,8 @@ from core.raft.ready import Role
 from core.resp import CommandError
 from scheduler import state as S
 from scheduler.firing import FirePlanner
-from scheduler.jobs import Job, plan_due
+from scheduler.jobs import Job
+from scheduler.planning import plan_due
 from scheduler.polls import ParkedPoll, ParkedPolls
 from scheduler.state import SchedulerState
 

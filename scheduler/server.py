@@ -28,8 +28,9 @@ from core.resp_server import Command, Limits, RespServer
 from scheduler import state as S
 from scheduler.fireloop import ERR_UNAVAILABLE, FiringLoop
 from scheduler.firing import FirePlanner
-from scheduler.jobs import MAX_RETRIES, Job, JobError, RunRecord, parse_job_add
+from scheduler.jobs import MAX_RETRIES, Job, JobError, parse_job_add
 from scheduler.polls import ParkedPolls
+from scheduler.runs import RunRecord
 from scheduler.state import SchedulerState
 
 log = logging.getLogger("scheduler.server")

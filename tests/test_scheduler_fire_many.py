@@ -14,8 +14,10 @@ from hypothesis import strategies as st
 
 from scheduler import state as S
 from scheduler.firing import FirePlanner
-from scheduler.jobs import STARTED, SUCCEEDED, parse_job_add, plan_due, plan_slots
+from scheduler.jobs import parse_job_add
+from scheduler.planning import plan_due, plan_slots
 from scheduler.polls import ParkedPolls
+from scheduler.runs import STARTED, SUCCEEDED
 from scheduler.state import SchedulerState
 
 T0 = 1_700_000_000_000  # a whole second

@@ -10,22 +10,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from scheduler import jobs as J
-from scheduler.jobs import (
+from scheduler.jobs import Job, JobError, RunStateError, check_after, parse_job_add
+from scheduler.planning import MisfirePlan, OverlapDecision, decide_overlap, plan_slots
+from scheduler.runs import (
     ACTIVE,
     EVENTS,
     STATES,
     TRANSITIONS,
-    Job,
-    JobError,
-    MisfirePlan,
     RunRecord,
-    RunStateError,
-    check_after,
-    decide_overlap,
     dependents_to_fire,
     fire_run,
-    parse_job_add,
-    plan_slots,
     retry_delay_ms,
     retry_run,
     skipped_run,
@@ -408,11 +402,11 @@ def test_overlap_decisions() -> None:
     for policy in ("allow", "forbid", "replace"):
         idle = decide_overlap(job(policy), [done, other])
         assert (idle.fire, idle.skip, idle.kill) == (True, False, ())
-    assert decide_overlap(job("allow"), [running]) == J.OverlapDecision(True, False)
-    assert decide_overlap(job("forbid"), [running, done]) == J.OverlapDecision(False, True)
-    assert decide_overlap(job("forbid"), [waiting]) == J.OverlapDecision(False, True)
+    assert decide_overlap(job("allow"), [running]) == OverlapDecision(True, False)
+    assert decide_overlap(job("forbid"), [running, done]) == OverlapDecision(False, True)
+    assert decide_overlap(job("forbid"), [waiting]) == OverlapDecision(False, True)
     replace = decide_overlap(job("replace"), [running, waiting, done, other])
-    assert replace == J.OverlapDecision(True, False, (running, waiting))
+    assert replace == OverlapDecision(True, False, (running, waiting))
     assert all(step(run, "kill", 5).state == "killed" for run in replace.kill)
     assert waiting.state in ACTIVE and done.state not in ACTIVE
 

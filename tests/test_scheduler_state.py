@@ -6,7 +6,9 @@ from __future__ import annotations
 import msgpack
 
 from scheduler import state as S
-from scheduler.jobs import FIRED, STARTED, SUCCEEDED, parse_job_add, plan_slots
+from scheduler.jobs import parse_job_add
+from scheduler.planning import plan_slots
+from scheduler.runs import FIRED, STARTED, SUCCEEDED
 from scheduler.state import SchedulerState
 
 T0 = 1_700_000_000_000  # a whole second

@@ -5,7 +5,8 @@ attempts killed by CONCURRENCY REPLACE. No sockets, no clock: times are passed i
 from __future__ import annotations
 
 from scheduler import state as S
-from scheduler.jobs import TIMED_OUT, RunRecord, parse_job_add
+from scheduler.jobs import parse_job_add
+from scheduler.runs import TIMED_OUT, RunRecord
 from scheduler.state import SchedulerState
 
 T0 = 1_700_000_000_000  # a whole second

@@ -1,0 +1,402 @@
+"""The scheduler state's apply side: one handler per log entry op, run deterministically.
+
+`ApplySide` is a base class of `scheduler.state.SchedulerState`, over
+`scheduler.state_queries.QuerySide` (the indexes and helpers the handlers share);
+`apply_entry` decodes an entry and dispatches on its "op" through `_HANDLERS`. Each handler
+changes the state as scheduler/state.py describes (the exactly-once fire rule, claims,
+results, timeouts, retries, losses, AFTER dependents) and returns None, an "ERR ..." text
+for the client, or the runs that moved. The entry formats are in scheduler/entries.py.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import replace
+from typing import Any
+
+import msgpack
+
+from scheduler.entries import (
+    DEFAULT_CLAIM,
+    MAX_CLAIM,
+    OP_ADD,
+    OP_BEAT,
+    OP_CLAIM,
+    OP_DEL,
+    OP_DONE,
+    OP_DONE_MANY,
+    OP_EXPIRE,
+    OP_FIRE,
+    OP_FIRE_MANY,
+    OP_LOSE,
+    OP_MEMBER,
+    OP_PAUSE,
+    OP_RESUME,
+    OP_RETRY,
+    OP_RUN,
+)
+from scheduler.jobs import MAX_MESSAGE_LEN, Job, JobError, check_after
+from scheduler.planning import decide_overlap
+from scheduler.runs import (
+    ACTIVE,
+    FAIL,
+    FIRE,
+    FIRED,
+    KILL,
+    LOSE,
+    RETRY_WAIT,
+    RETRYABLE,
+    START,
+    STARTED,
+    SUCCEED,
+    SUCCEEDED,
+    TIME_OUT,
+    RunRecord,
+    dependents_to_fire,
+    fire_run,
+    retry_run,
+    skipped_run,
+    step,
+    timeout_at_ms,
+)
+from scheduler.state_queries import (
+    QuerySide,
+    _claimable,
+    _held,
+    _matches,
+)
+
+TIMED_OUT_MESSAGE = "timed out"
+
+ERR_EXISTS = "ERR job '{}' already exists"
+ERR_NO_JOB = "ERR no such job '{}'"
+ERR_HAS_DEPENDENTS = "ERR job '{}' is the AFTER parent of '{}'"
+ERR_BAD_ENTRY = "ERR bad log entry: {}"
+
+
+class ApplySide(QuerySide):
+    """Apply-side behaviour; the state it changes is initialised by SchedulerState.__init__."""
+
+    handled: dict[str, int]
+    missed: dict[str, int]
+    clients: dict[int, str]
+    applied: int
+    jobs_changes: int
+
+    def apply(self, entries: Sequence[tuple[int, bytes]]) -> list[Any]:
+        """The driver's apply hook: one result per entry (see `apply_entry`)."""
+        out: list[Any] = []
+        for index, data in entries:
+            out.append(self.apply_entry(data))
+            self.applied = index
+        return out
+
+    def apply_entry(self, data: bytes) -> Any:
+        """Apply one encoded entry. Returns None, an error text (str starting with "ERR")
+        the client should see, for fire/run/claim the list of run dicts that moved, or for
+        fire_many a dict of them (see `_fire_many`)."""
+        try:
+            entry = msgpack.unpackb(data)
+            op = entry["op"]
+            handler = _HANDLERS[op]
+        except Exception as exc:  # a foreign entry must not stop the replica
+            return ERR_BAD_ENTRY.format(type(exc).__name__)
+        try:
+            return handler(self, entry)
+        except JobError as exc:
+            return exc.message
+
+    def _add(self, entry: dict[str, Any]) -> Any:
+        job = Job.from_dict(entry["job"])
+        if job.name in self.jobs:
+            return ERR_EXISTS.format(job.name)
+        check_after(self.jobs, job)
+        self.jobs[job.name] = job
+        if job.after:
+            self._children.setdefault(job.after, []).append(job.name)
+        self.jobs_changes += 1
+        self.handled[job.name] = job.created_ms
+        self.runs[job.name] = {}
+        self.missed[job.name] = 0
+        return None
+
+    def _del(self, entry: dict[str, Any]) -> Any:
+        name = entry["name"]
+        if name not in self.jobs:
+            return ERR_NO_JOB.format(name)
+        children = self._children.get(name)
+        if children:
+            return ERR_HAS_DEPENDENTS.format(name, children[0])
+        parent = self.jobs[name].after
+        if parent:
+            self._children[parent].remove(name)
+        for table in (self.jobs, self.handled, self.runs, self.missed, self._children):
+            table.pop(name, None)
+        self.jobs_changes += 1
+        return None
+
+    def _pause(self, entry: dict[str, Any]) -> Any:
+        return self._set_paused(entry["name"], True, entry.get("at_ms", 0))
+
+    def _resume(self, entry: dict[str, Any]) -> Any:
+        return self._set_paused(entry["name"], False, entry.get("at_ms", 0))
+
+    def _set_paused(self, name: str, paused: bool, at_ms: int) -> Any:
+        job = self.jobs.get(name)
+        if job is None:
+            return ERR_NO_JOB.format(name)
+        self.jobs[name] = replace(job, paused=paused)
+        self.jobs_changes += 1
+        if not paused:  # slots that fell due while paused are not caught up
+            self.handled[name] = max(self.handled[name], at_ms)
+        return None
+
+    def _fire(self, entry: dict[str, Any]) -> Any:
+        """Fire `slots` (ascending) of a job, those after its handled slot; then mark
+        everything up to `handled_ms` handled. Returns the runs fired."""
+        name, now_ms, workers = entry["job"], entry["now_ms"], entry.get("workers", ())
+        job = self.jobs.get(name)
+        if job is None:
+            return []
+        last = self.handled[name]
+        fired: list[dict[str, Any]] = []
+        for slot in entry["slots"]:
+            if slot <= last:
+                continue  # already handled: the exactly-once rule
+            fired.extend(self._fire_slot(job, slot, now_ms, workers))
+            last = slot
+        if entry["handled_ms"] > self.handled[name]:
+            self.missed[name] = self.missed.get(name, 0) + entry.get("missed", 0)
+            self.handled[name] = max(last, entry["handled_ms"])
+        else:
+            self.handled[name] = last
+        return fired
+
+    def _fire_many(self, entry: dict[str, Any]) -> Any:
+        """Several jobs' fires (`fire_fields` each), then the claims of waiting workers
+        (`claim_fields` each), in order. Returns {"fired": the runs fired, "claimed": the
+        runs each claim took} (a run fired and claimed here is in both)."""
+        fired: list[dict[str, Any]] = []
+        for fire in entry["fires"]:
+            fired.extend(self._fire(fire))
+        claimed = [self._claim(claim) for claim in entry.get("claims", ())]
+        return {"fired": fired, "claimed": claimed}
+
+    def _fire_slot(self, job: Job, slot: int, now_ms: int,
+                   workers: Sequence[str] = ()) -> list[dict[str, Any]]:
+        runs = self.runs[job.name]
+        if fire_run(job, slot, now_ms).run_id in runs:
+            return []  # this slot of this job fired already (shard 0 is always fired)
+        decision = decide_overlap(job, runs.values())
+        for active in decision.kill:
+            runs[active.run_id] = step(active, KILL, now_ms, message="replaced")
+        if decision.skip:
+            self._record(job, skipped_run(job, slot, now_ms, "an earlier run is active"))
+            return []
+        return self._fire_runs(job, slot, now_ms, workers)
+
+    def _fire_runs(self, job: Job, slot: int, now_ms: int,
+                   workers: Sequence[str]) -> list[dict[str, Any]]:
+        """The runs of one slot: one open to any worker, or for a broadcast job with live
+        `workers`, shard i of n bound to workers[i]."""
+        bound: Sequence[str] = workers if job.broadcast and workers else ("",)
+        fired: list[dict[str, Any]] = []
+        for shard, worker in enumerate(bound):
+            record = replace(fire_run(job, slot, now_ms, shard, len(bound)), worker=worker)
+            if record.run_id not in self.runs[job.name]:
+                self._record(job, record)
+                fired.append(record.to_dict())
+        return fired
+
+    def _run(self, entry: dict[str, Any]) -> Any:
+        """JOB.RUN: fire one slot now, outside the schedule (slot = the request time)."""
+        job = self.jobs.get(entry["job"])
+        if job is None:
+            return ERR_NO_JOB.format(entry["job"])
+        now_ms = entry["now_ms"]
+        return self._fire_runs(job, now_ms, now_ms, entry.get("workers", ()))
+
+    def _record(self, job: Job, record: RunRecord) -> None:
+        runs = self.runs[job.name]
+        runs[record.run_id] = record
+        if record.state in ACTIVE:
+            self._active.add((job.name, record.run_id))
+        if record.state == FIRED:
+            self._fired.add((job.name, record.run_id))
+        while len(runs) > job.history:
+            del runs[next(iter(runs))]  # the oldest record goes first
+
+    def _claim(self, entry: dict[str, Any]) -> Any:
+        """Hand up to `max` FIRED runs matching the worker's tags to `worker`; with
+        `resync`, also the runs this worker already holds STARTED (after a lost reply they
+        are delivered again; the worker runs a run id once)."""
+        worker, tags, now_ms = entry["worker"], set(entry.get("tags", ())), entry["now_ms"]
+        resync = bool(entry.get("resync", False))
+        self._heard(worker, now_ms)
+        limit = min(int(entry.get("max", DEFAULT_CLAIM)), MAX_CLAIM)
+        out: list[dict[str, Any]] = []
+        if resync:
+            held = (r for r in self.active_records() if r.state == STARTED and r.worker == worker)
+            out = [_dispatch(self.jobs[r.job], r) for r in _ordered(held)][:limit]
+        for record in _ordered(self._records(self._fired, (FIRED,))):
+            if len(out) >= limit:
+                break
+            job = self.jobs[record.job]
+            if _claimable(record, worker) and _matches(job, tags):
+                record = step(record, START, now_ms, worker=worker)
+                self.runs[job.name][record.run_id] = record
+                out.append(_dispatch(job, record))
+        return out
+
+    def _done(self, entry: dict[str, Any]) -> Any:
+        name, run_id = entry["job"], entry["run_id"]
+        record = self.runs.get(name, {}).get(run_id)
+        if record is None or record.state != STARTED:
+            return None  # unknown, or reported already: a repeated report is a no-op
+        if entry.get("attempt") not in (None, record.attempt):
+            return None  # the report of an attempt that timed out earlier
+        event = SUCCEED if entry["exit_code"] == 0 else FAIL
+        due = timeout_at_ms(self.jobs[name], record)
+        if event == FAIL and due is not None and due <= entry["now_ms"]:
+            # the worker killed it at its TIMEOUT before our expire committed: record what
+            # `_expire` would, so the history does not depend on which came first
+            record = step(record, TIME_OUT, entry["now_ms"], message=TIMED_OUT_MESSAGE)
+        else:
+            record = step(record, event, entry["now_ms"], exit_code=entry["exit_code"],
+                          message=entry.get("message", ""))
+        self.runs[name][run_id] = self._maybe_retry(record)
+        workers = entry.get("workers", ())
+        return self._fire_dependents(record, entry["now_ms"], workers) or None
+
+    def _done_many(self, entry: dict[str, Any]) -> Any:
+        """Several results in one entry: each as a "done" entry of the same time."""
+        fired: list[dict[str, Any]] = []
+        for job, run_id, exit_code, message, attempt in entry["results"]:
+            one = {"job": job, "run_id": run_id, "exit_code": exit_code, "message": message,
+                   "attempt": attempt, "now_ms": entry["now_ms"], "workers": entry["workers"]}
+            fired.extend(self._done(one) or ())
+        return fired or None
+
+    def _fire_dependents(self, finished: RunRecord, now_ms: int,
+                         workers: Sequence[str] = ()) -> list[dict[str, Any]]:
+        """AFTER jobs of a succeeded run fire with the parent's slot, once per slot; for a
+        broadcast parent, when the last of its shards has succeeded."""
+        if finished.shards > 1 and not self._all_shards_succeeded(finished):
+            return []
+        fired: list[dict[str, Any]] = []
+        children = (self.jobs[name] for name in self._children.get(finished.job, ()))
+        for child in dependents_to_fire(children, finished):
+            fired.extend(self._fire_slot(child, finished.slot_ms, now_ms, workers))
+        return fired
+
+    def _all_shards_succeeded(self, run: RunRecord) -> bool:
+        runs = self.runs[run.job]
+        for shard in range(run.shards):
+            other = runs.get(replace(run, shard=shard).run_id)
+            if other is None or other.state != SUCCEEDED:
+                return False
+        return True
+
+    def _expire(self, entry: dict[str, Any]) -> Any:
+        """An attempt ran past its TIMEOUT (checked against the entry's time): TIMED_OUT,
+        then RETRY_WAIT if retries are left. No-op unless still due."""
+        record, job = self._find(entry)
+        if record is None or job is None:
+            return None
+        due = timeout_at_ms(job, record)
+        if due is None or due > entry["now_ms"]:
+            return None
+        record = step(record, TIME_OUT, entry["now_ms"], message=TIMED_OUT_MESSAGE)
+        self.runs[job.name][record.run_id] = self._maybe_retry(record)
+        return None
+
+    def _retry(self, entry: dict[str, Any]) -> Any:
+        """A RETRY_WAIT run whose retry time has come fires its next attempt."""
+        record, job = self._find(entry)
+        if record is None or job is None or record.state != RETRY_WAIT:
+            return []
+        if record.retry_at_ms is None or record.retry_at_ms > entry["now_ms"]:
+            return []
+        ended = f"attempt {record.attempt - 1}: {record.message}" if record.message else ""
+        record = replace(step(record, FIRE, entry["now_ms"]), message=ended[:MAX_MESSAGE_LEN])
+        self.runs[job.name][record.run_id] = record
+        self._fired.add((job.name, record.run_id))
+        return [record.to_dict()]
+
+    def _heard(self, worker: str, now_ms: int) -> None:
+        if worker:
+            self.workers[worker] = max(self.workers.get(worker, 0), now_ms)
+
+    def _beat(self, entry: dict[str, Any]) -> Any:
+        """WORKER.HEARTBEAT: the worker is alive at `now_ms`."""
+        self._heard(entry["worker"], entry["now_ms"])
+        return None
+
+    def _lose(self, entry: dict[str, Any]) -> Any:
+        """A held attempt (STARTED, or FIRED bound to a worker) whose worker has been silent
+        for `timeout_ms` (checked against the entry's time) is LOST, then RETRY_WAIT if
+        retries are left. No-op unless due."""
+        record, job = self._find(entry)
+        if record is None or job is None or not _held(record):
+            return None
+        silent_ms = entry["now_ms"] - self.last_heard(record)
+        if silent_ms < entry["timeout_ms"]:
+            return None
+        message = f"lost: worker {record.worker} silent for {silent_ms} ms"
+        record = step(record, LOSE, entry["now_ms"], message=message)
+        self.runs[job.name][record.run_id] = self._maybe_retry(record)
+        return None
+
+    def _member(self, entry: dict[str, Any]) -> Any:
+        """The RESP address of Raft node `id` ("" forgets it)."""
+        if entry["addr"]:
+            self.clients[int(entry["id"])] = entry["addr"]
+        else:
+            self.clients.pop(int(entry["id"]), None)
+        return None
+
+    def _find(self, entry: dict[str, Any]) -> tuple[RunRecord | None, Job | None]:
+        job = self.jobs.get(entry["job"])
+        record = self.runs.get(entry["job"], {}).get(entry["run_id"])
+        if record is None or record.attempt != entry["attempt"]:
+            return None, job
+        return record, job
+
+    def _maybe_retry(self, record: RunRecord) -> RunRecord:
+        job = self.jobs[record.job]
+        if record.state not in RETRYABLE or record.attempt > job.retries:
+            return record
+        return retry_run(job, record)
+
+
+_HANDLERS = {
+    OP_ADD: ApplySide._add,
+    OP_DEL: ApplySide._del,
+    OP_PAUSE: ApplySide._pause,
+    OP_RESUME: ApplySide._resume,
+    OP_FIRE: ApplySide._fire,
+    OP_FIRE_MANY: ApplySide._fire_many,
+    OP_RUN: ApplySide._run,
+    OP_CLAIM: ApplySide._claim,
+    OP_DONE: ApplySide._done,
+    OP_DONE_MANY: ApplySide._done_many,
+    OP_EXPIRE: ApplySide._expire,
+    OP_RETRY: ApplySide._retry,
+    OP_BEAT: ApplySide._beat,
+    OP_LOSE: ApplySide._lose,
+    OP_MEMBER: ApplySide._member,
+}
+
+
+def _ordered(records: Iterable[RunRecord]) -> list[RunRecord]:
+    """One order every replica agrees on (fired time, then run id), whatever the order of
+    the index sets: so a claim hands out the same runs on each."""
+    return sorted(records, key=lambda r: (r.fired_ms, r.run_id))
+
+
+def _dispatch(job: Job, record: RunRecord) -> dict[str, Any]:
+    return {
+        "run_id": record.run_id, "job": job.name, "command": job.command,
+        "slot_ms": record.slot_ms, "attempt": record.attempt, "timeout_s": job.timeout_s,
+        "shard": record.shard, "shards": record.shards,
+    }

@@ -1,0 +1,126 @@
+"""The scheduler state's queries and run indexes: what the leader and the server ask it.
+
+`QuerySide` is a base class of `scheduler.state.SchedulerState` (through
+`scheduler.state_apply.ApplySide`); it reads the replicated state and never changes it,
+except to drop stale keys from the run indexes (`_records`). It answers which runs are
+active or waiting (`active_records`, `pending`), a job's history, which workers are live
+and which of their attempts were killed, and which expire/lose/retry entries are due
+(`due_entries`). The helpers at the bottom (`_claimable`, `_matches`, `_held`) are shared
+with the apply handlers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+
+from scheduler.entries import OP_EXPIRE, OP_RETRY, encode_attempt, encode_lose
+from scheduler.jobs import REPLACE, TARGET_ALL, TARGET_ANY, Job
+from scheduler.runs import (
+    ACTIVE,
+    FIRED,
+    KILLED,
+    RETRY_WAIT,
+    STARTED,
+    RunRecord,
+    timeout_at_ms,
+)
+
+KILL_NOTICE_MS = 60_000  # a killed attempt is named to its worker's heartbeats this long
+
+
+class QuerySide:
+    """Read-side behaviour; the state it reads is initialised by SchedulerState.__init__."""
+
+    jobs: dict[str, Job]
+    runs: dict[str, dict[str, RunRecord]]
+    workers: dict[str, int]
+    _active: set[tuple[str, str]]
+    _fired: set[tuple[str, str]]
+    _children: dict[str, list[str]]
+
+    def last_heard(self, record: RunRecord) -> int:
+        """When the worker holding a run (STARTED, or FIRED bound to it) was last heard of
+        (at least when the attempt started or was fired)."""
+        began = record.started_ms if record.started_ms is not None else record.fired_ms
+        return max(self.workers.get(record.worker, 0), began)
+
+    def killed_attempts(self, worker: str, now_ms: int) -> list[str]:
+        """"run_id#attempt" of the attempts `worker` started that the cluster killed (a
+        CONCURRENCY REPLACE) within KILL_NOTICE_MS before `now_ms`: the worker's heartbeat
+        reply, so it kills their process groups. Only REPLACE jobs kill runs, so only their
+        histories are read."""
+        since = now_ms - KILL_NOTICE_MS
+        return [f"{r.run_id}#{r.attempt}" for name, job in self.jobs.items()
+                if job.concurrency == REPLACE for r in self.runs[name].values()
+                if r.state == KILLED and r.worker == worker and r.started_ms is not None
+                and (r.finished_ms or 0) >= since]
+
+    def live_workers(self, now_ms: int, timeout_ms: int) -> list[str]:
+        """The workers heard within `timeout_ms` before `now_ms`, sorted: a broadcast's
+        worker list (the others' runs are lost by the same rule, see `due_entries`)."""
+        return sorted(w for w, heard in self.workers.items() if heard + timeout_ms > now_ms)
+
+    def has_broadcast_dependent(self, name: str) -> bool:
+        """Whether a TARGET ALL job runs AFTER `name` (its done entries need workers)."""
+        return any(self.jobs[child].broadcast for child in self._children.get(name, ()))
+
+    def due_entries(self, now_ms: int, worker_timeout_ms: int | None = None) -> list[bytes]:
+        """The expire, lose and retry entries the leader should propose at `now_ms`
+        (lose: a STARTED run whose worker was silent for `worker_timeout_ms`)."""
+        out: list[bytes] = []
+        for record in self.active_records():
+            due = timeout_at_ms(self.jobs[record.job], record)
+            if due is not None and due <= now_ms:
+                out.append(encode_attempt(OP_EXPIRE, record, now_ms))
+            elif (worker_timeout_ms is not None and _held(record)
+                  and self.last_heard(record) + worker_timeout_ms <= now_ms):
+                out.append(encode_lose(record, now_ms, worker_timeout_ms))
+            elif record.state == RETRY_WAIT and (record.retry_at_ms or 0) <= now_ms:
+                out.append(encode_attempt(OP_RETRY, record, now_ms))
+        return out
+
+    def active_records(self) -> Iterator[RunRecord]:
+        """The ACTIVE runs of every job, in no particular order."""
+        return self._records(self._active, ACTIVE)
+
+    def _records(self, index: set[tuple[str, str]],
+                 states: Iterable[str]) -> Iterator[RunRecord]:
+        """The runs of `index` in one of `states`; drops the others from the index."""
+        for key in list(index):
+            record = self.runs.get(key[0], {}).get(key[1])
+            if record is None or record.state not in states:
+                index.discard(key)
+            else:
+                yield record
+
+    def pending(self, tags: Iterable[str] = (), worker: str = "") -> bool:
+        """Whether a FIRED run waits for `worker` with `tags` (any worker if "")."""
+        wanted = set(tags)
+        return any(
+            (_claimable(record, worker) if worker else record.state == FIRED)
+            and _matches(self.jobs[record.job], wanted)
+            for record in self._records(self._fired, (FIRED,))
+        )
+
+    def history(self, name: str, count: int) -> list[RunRecord]:
+        """The latest `count` runs of a job, newest first."""
+        return list(reversed(list(self.runs.get(name, {}).values())))[:count]
+
+    def active_runs(self) -> int:
+        return sum(1 for _ in self.active_records())
+
+
+def _matches(job: Job, tags: set[str]) -> bool:
+    # a broadcast run is for every worker, whatever its tags (_claimable binds it to one)
+    return job.target in (TARGET_ANY, TARGET_ALL) or job.target in tags
+
+
+def _claimable(record: RunRecord, worker: str) -> bool:
+    """A FIRED run open to any worker, or bound to this one (a broadcast shard)."""
+    return record.state == FIRED and record.worker in ("", worker)
+
+
+def _held(record: RunRecord) -> bool:
+    """An attempt that waits on one worker: started by it, or fired bound to it."""
+    return record.state == STARTED or (record.state == FIRED and record.worker != "")
+

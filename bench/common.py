@@ -544,3 +544,19 @@ def parse_bench_args(parser: argparse.ArgumentParser, argv: list[str] | None,
         parser.error(f"--sections takes a comma-separated subset of {','.join(sections)}")
     args.sections = chosen
     return args
+
+
+def figures_text(figures: Sequence[Figure], skipped: Sequence[Skipped],
+                 sections: dict[str, dict[str, Any]], info: dict[str, Any], windows: str) -> str:
+    """The figures table, with how much CPU other processes took during `windows` (the
+    runs' `cpu.others_cores`; also filed in `info` as others_cores_mean)."""
+    others = [run["cpu"]["others_cores"]
+              for sec in sections.values() for run in sec["runs"] if "cpu" in run]
+    info["others_cores_mean"] = sum(others) / len(others) if others else None
+    text = table(figures, skipped)
+    if others:
+        text += (f"\nOther processes used {info['others_cores_mean']:.2f} of "
+                 f"{info['cpu_count']} cores on average during {windows}"
+                 f" (max {max(others):.2f}); the per CPU-s rows are the steadier comparison "
+                 "when that is high.")
+    return text

@@ -47,6 +47,7 @@ from bench.common import (
     ServerProcess,
     Skipped,
     bench_parser,
+    figures_text,
     idgen_server,
     machine,
     median,
@@ -54,7 +55,6 @@ from bench.common import (
     profile_under_load,
     progress,
     redis_server,
-    table,
     write_results,
 )
 from bench.idgen_loads import CEILING_IDS_PER_S, MARK_BEGIN, MARK_END
@@ -496,17 +496,7 @@ def main(argv: list[str] | None = None) -> int:
             section_prefetch(plan, rec, profile_dir)
     finished = datetime.now(UTC)
     info["loadavg_at_end"] = list(os.getloadavg())
-    others = [
-        run["cpu"]["others_cores"]
-        for sec in rec.sections.values() for run in sec["runs"] if "cpu" in run
-    ]
-    info["others_cores_mean"] = sum(others) / len(others) if others else None
-    text = table(rec.figures, rec.skipped)
-    if others:
-        text += (f"\nOther processes used {info['others_cores_mean']:.2f} of "
-                 f"{info['cpu_count']} cores on average during the timed windows"
-                 f" (max {max(others):.2f}); the per CPU-s rows are the steadier comparison "
-                 "when that is high.")
+    text = figures_text(rec.figures, rec.skipped, rec.sections, info, "the timed windows")
     print(text, flush=True)
     document = {
         "benchmark": "idgen",

@@ -52,13 +52,13 @@ from bench.common import (
     ServerProcess,
     Skipped,
     bench_parser,
+    figures_text,
     find_free_port,
     machine,
     median,
     parse_bench_args,
     profile_under_load,
     progress,
-    table,
     write_results,
 )
 from bench.idgen_bench import Recorder, _cpu_note
@@ -543,17 +543,7 @@ def main(argv: list[str] | None = None) -> int:
             section_memory(plan, rec)
     finished = datetime.now(UTC)
     info["loadavg_at_end"] = list(os.getloadavg())
-    others = [
-        run["cpu"]["others_cores"]
-        for sec in rec.sections.values() for run in sec["runs"] if "cpu" in run
-    ]
-    info["others_cores_mean"] = sum(others) / len(others) if others else None
-    text = table(rec.figures, rec.skipped)
-    if others:
-        text += (f"\nOther processes used {info['others_cores_mean']:.2f} of "
-                 f"{info['cpu_count']} cores on average during the memcaslap runs"
-                 f" (max {max(others):.2f}); the per CPU-s rows are the steadier comparison "
-                 "when that is high.")
+    text = figures_text(rec.figures, rec.skipped, rec.sections, info, "the memcaslap runs")
     print(text, flush=True)
     document = {
         "benchmark": "kvcache",

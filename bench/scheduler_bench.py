@@ -6,9 +6,10 @@ embedded-handler worker in a child process (bench.scheduler_loads). Sections:
 1. Firing lateness: N jobs (100, 1,000) firing every second, either spread over the second
    (`@every 1s`, anchored at each job's creation, the jobs added at staggered times) or all
    on the second boundary (`* * * * * *`). For every slot in the measured window: fired
-   (`fired_ms` of the run record, the leader's clock when it planned the fire), claimed
-   (`started_ms`, when a worker's poll claimed it) and handler start (the worker's clock as
-   its handler is entered) minus the scheduled time; p50/p99/max. A slot still unclaimed or
+   (`fired_ms` of the run record, the leader's clock when it planned the fire: negative for
+   a run fired ahead, see --fire-ahead-ms), claimed (`started_ms`: when a worker's poll
+   claimed it, or the slot if that was later) and handler start (the worker's clock as its
+   handler is entered) minus the scheduled time; p50/p99/max. A slot still unclaimed or
    unhandled when the worker stops counts as late until then (a lower bound). Goal: handler
    start p99 <= 20 ms at 1,000 fires/s.
 2. Failover: jobs `@every 100ms` in four phases; the leader gets SIGKILL (goal: next fire
@@ -87,12 +88,15 @@ class Plan:
     raft_runs: int
     history: int | None  # JOB.ADD HISTORY for section 1 (None: the daemon's default)
     slots: int  # the embedded worker's slots
+    node_args: tuple[str, ...] = ()  # extra `scheduler serve` options (--fire-ahead-ms)
 
 
 def make_plan(args: argparse.Namespace) -> Plan:
+    node_args = () if args.fire_ahead_ms is None else ("--fire-ahead-ms", str(args.fire_ahead_ms))
     if args.quick:
-        return Plan(args.jobs, 2.0, 5.0, 2, 10_000, 1, args.history, args.slots)
-    return Plan(args.jobs, 5.0, 20.0, args.kills, 30_000, 3, args.history, args.slots)
+        return Plan(args.jobs, 2.0, 5.0, 2, 10_000, 1, args.history, args.slots, node_args)
+    return Plan(args.jobs, 5.0, 20.0, args.kills, 30_000, 3, args.history, args.slots,
+                node_args)
 
 
 def ceiling_figure(section: str, label: str, value: float, unit: str, limit: float,
@@ -163,7 +167,7 @@ def add_jobs(cluster: SchedulerCluster, count: int, spread: bool, history: int |
 
 def lateness_run(plan: Plan, count: int, spread: bool) -> dict[str, Any]:
     """One cluster, one worker, `count` jobs; the lateness of every slot in the window."""
-    with (failures_as_runtime_errors(), SchedulerCluster() as cluster,
+    with (failures_as_runtime_errors(), SchedulerCluster(plan.node_args) as cluster,
           worker_for(cluster, plan.slots) as worker):
         names = add_jobs(cluster, count, spread, plan.history)
         time.sleep(plan.warmup_s)
@@ -274,7 +278,7 @@ def one_failover(cluster: SchedulerCluster, names: list[str], signum: int) -> di
 def failover_run(plan: Plan) -> dict[str, Any]:
     records: dict[str, dict[str, Any]] = {}
     events: list[dict[str, Any]] = []
-    with (failures_as_runtime_errors(), SchedulerCluster() as cluster,
+    with (failures_as_runtime_errors(), SchedulerCluster(plan.node_args) as cluster,
           worker_for(cluster, plan.slots) as worker):
         names = add_phased_jobs(cluster)
         time.sleep(2.0)
@@ -407,6 +411,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                              "daemon's)")
     parser.add_argument("--slots", type=int, default=SLOTS,
                         help=f"the embedded worker's slots (default {SLOTS})")
+    parser.add_argument("--fire-ahead-ms", type=int, default=None,
+                        help="the nodes' --fire-ahead-ms (default: the daemon's)")
     parser.add_argument("--jobs", default="100,1000",
                         help="section 1's job counts, comma-separated (default 100,1000)")
     args = parse_bench_args(parser, argv, SECTIONS)

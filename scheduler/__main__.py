@@ -21,6 +21,7 @@ from typing import Any
 
 from core import daemon
 from core.raft.driver import DriverConfig, RaftDriver
+from scheduler.fireloop import DEFAULT_FIRE_AHEAD_MS, MAX_FIRE_AHEAD_MS
 
 log = logging.getLogger("scheduler")
 
@@ -66,6 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="applied entries between snapshots (log compaction)")
     serve.add_argument("--worker-timeout-ms", type=int, default=10_000,
                        help="a run's worker silent this long: the run is lost (retried)")
+    serve.add_argument("--fire-ahead-ms", type=int, default=DEFAULT_FIRE_AHEAD_MS,
+                       help="commit and dispatch a CONCURRENCY allow job's run this long "
+                            "before its slot; the worker starts it at the slot (0: off)")
 
     worker = sub.add_parser("worker", help="run jobs for a scheduler cluster")
     worker.add_argument("--scheduler", required=True, help="H:P,H:P,... RESP ports of nodes")
@@ -138,6 +142,8 @@ def serve(args: argparse.Namespace) -> int:
         raise daemon.ConfigError("--id must be >= 1")
     if args.worker_timeout_ms < 1:
         raise daemon.ConfigError("--worker-timeout-ms must be >= 1")
+    if not 0 <= args.fire_ahead_ms <= MAX_FIRE_AHEAD_MS:
+        raise daemon.ConfigError(f"--fire-ahead-ms must be 0..{MAX_FIRE_AHEAD_MS}")
     peers = parse_peers(args.peers)
     peers.setdefault(args.id, (peer_host, peer_port))
     config = DriverConfig(
@@ -154,7 +160,8 @@ def serve(args: argparse.Namespace) -> int:
 
         server = SchedulerServer(factory, clock, password=args.requirepass,
                                  max_clients=args.maxclients,
-                                 worker_timeout_ms=args.worker_timeout_ms)
+                                 worker_timeout_ms=args.worker_timeout_ms,
+                                 fire_ahead_ms=args.fire_ahead_ms)
         try:
             await server.start(host, port)
         except OSError as exc:

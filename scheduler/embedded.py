@@ -49,6 +49,7 @@ class EmbeddedWorker(Worker):
                          concurrency=slots, heartbeat_s=heartbeat_s,
                          executor=self._call_handler)
         self.handlers: dict[str, Handler] = {}
+        self._coroutine: set[str] = set()  # handlers that are coroutine functions
         self._slots = slots
         self._pool: ThreadPoolExecutor | None = None
 
@@ -61,6 +62,8 @@ class EmbeddedWorker(Worker):
             if name in self.handlers:
                 raise ValueError(f"handler {name!r} is registered already")
             self.handlers[name] = fn
+            if inspect.iscoroutinefunction(fn):
+                self._coroutine.add(name)
             return fn
 
         return register
@@ -71,8 +74,8 @@ class EmbeddedWorker(Worker):
             known = ", ".join(sorted(self.handlers)) or "none"
             return EXIT_NO_HANDLER, ERR_NO_HANDLER.format(run.command, self.worker_id,
                                                           known).encode()
-        if inspect.iscoroutinefunction(fn):
-            await fn(run)
+        if run.command in self._coroutine:
+            await fn(run)  # type: ignore[misc]
         else:
             if self._pool is None:
                 self._pool = ThreadPoolExecutor(self._slots, thread_name_prefix="sched-run")

@@ -11,13 +11,17 @@ or when asked (a new term). A job handed out by `take_due` is in flight: out of 
 until `settled` puts it back with its next slot from the handled slot it then has, so its
 slot is not planned again while its fire entry commits (a failed fire leaves the handled
 slot as it was: the same slot is due again at once).
+
+With a fire-ahead window (`scheduler serve --fire-ahead-ms`), a job that may overlap
+itself (CONCURRENCY allow) is due that long before its slot: the heap holds each job's
+fire time, its next slot minus its lead (`lead`). See scheduler/fireloop.py.
 """
 
 from __future__ import annotations
 
 import heapq
 
-from scheduler.jobs import Job
+from scheduler.jobs import ALLOW, Job
 from scheduler.state import SchedulerState
 
 __all__ = ["FirePlanner"]
@@ -27,13 +31,20 @@ class FirePlanner:
     """See the module header. Invariant: a job is in at most one of `in_flight` and
     `_next` (the jobs with a heap entry); a heap entry is live iff `_next` holds its time."""
 
-    def __init__(self) -> None:
+    def __init__(self, fire_ahead_ms: int = 0) -> None:
+        self.fire_ahead_ms = fire_ahead_ms
         # job -> (the Job, its handled slot, its next slot after that)
         self._cache: dict[str, tuple[Job, int, int | None]] = {}
         self._next: dict[str, int] = {}
         self._heap: list[tuple[int, str]] = []
         self._seen_changes = -1
         self.in_flight: set[str] = set()
+
+    def lead(self, job: Job) -> int:
+        """How long before its slot `job` fires: the fire-ahead window for a job that may
+        overlap itself. For forbid and replace the decision needs the earlier run's state
+        at the slot, so they fire on time."""
+        return self.fire_ahead_ms if job.concurrency == ALLOW else 0
 
     def next_fire(self, state: SchedulerState, name: str, job: Job) -> int | None:
         """The job's next slot after its handled one (None: paused, AFTER, or none)."""
@@ -63,12 +74,13 @@ class FirePlanner:
         for name, job in state.jobs.items():
             next_ms = None if name in self.in_flight else self.next_fire(state, name, job)
             if next_ms is not None:
-                self._next[name] = next_ms
+                self._next[name] = next_ms - self.lead(job)
         self._heap = [(t, name) for name, t in self._next.items()]
         heapq.heapify(self._heap)
 
     def take_due(self, state: SchedulerState, now_ms: int) -> list[tuple[str, Job]]:
-        """The jobs whose next slot is at or before `now_ms`, now in flight."""
+        """The jobs whose fire time (next slot minus lead) is at or before `now_ms`, now
+        in flight."""
         out: list[tuple[str, Job]] = []
         heap = self._heap
         while heap and heap[0][0] <= now_ms:
@@ -89,12 +101,15 @@ class FirePlanner:
             self.in_flight.discard(name)
             job = state.jobs.get(name)
             next_ms = None if job is None else self.next_fire(state, name, job)
-            if next_ms is not None and self._next.get(name) != next_ms:
-                self._next[name] = next_ms
-                heapq.heappush(self._heap, (next_ms, name))
+            if job is None or next_ms is None:
+                continue
+            fire_ms = next_ms - self.lead(job)
+            if self._next.get(name) != fire_ms:
+                self._next[name] = fire_ms
+                heapq.heappush(self._heap, (fire_ms, name))
 
     def soonest(self) -> int | None:
-        """The earliest next slot of a job not in flight (None: none)."""
+        """The earliest fire time of a job not in flight (None: none)."""
         heap = self._heap
         while heap and self._next.get(heap[0][1]) != heap[0][0]:
             heapq.heappop(heap)  # stale

@@ -83,6 +83,13 @@ def plan_due(job: Job, last_ms: int, next_ms: int, now_ms: int) -> MisfirePlan:
     return MisfirePlan((next_ms,), 0, now_ms, after)
 
 
+def plan_ahead(job: Job, next_ms: int) -> MisfirePlan:
+    """The fire of `next_ms`, a slot still ahead of now (within the fire-ahead window, see
+    scheduler/fireloop.py): that one slot fires, nothing is missed, and the handled slot
+    moves to it (not to now: the slots after it fire on their own turns)."""
+    return MisfirePlan((next_ms,), 0, next_ms, job.next_fire(next_ms))
+
+
 @dataclass(frozen=True)
 class OverlapDecision:
     """fire: fire the slot. skip: record it as skipped (`skipped_run`) instead.

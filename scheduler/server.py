@@ -26,7 +26,7 @@ from core.resp import OK, CommandError
 from core.resp_commands import parse_int
 from core.resp_server import Command, Limits, RespServer
 from scheduler import state as S
-from scheduler.fireloop import ERR_UNAVAILABLE, FiringLoop
+from scheduler.fireloop import DEFAULT_FIRE_AHEAD_MS, ERR_UNAVAILABLE, FiringLoop
 from scheduler.firing import FirePlanner
 from scheduler.jobs import MAX_RETRIES, Job, JobError, parse_job_add
 from scheduler.polls import ParkedPolls
@@ -113,7 +113,7 @@ def _node_id(raw: bytes) -> int:
 def _poll_reply(runs: list[dict[str, Any]]) -> list[list[Any]]:
     """WORKER.POLL's reply: one item per claimed run (see scheduler.worker.Run.from_wire)."""
     return [[r["run_id"], r["job"], r["command"], r["slot_ms"], r["attempt"], r["timeout_s"],
-             r["shard"], r["shards"]] for r in runs]
+             r["shard"], r["shards"], r.get("start_in_ms", 0)] for r in runs]
 
 
 def job_fields(job: Job, handled_ms: int, next_ms: int | None) -> dict[str, object]:
@@ -138,7 +138,8 @@ class SchedulerServer(FiringLoop):
 
     def __init__(self, driver_factory: Any, clock: Clock, *, password: str | None = None,
                  max_clients: int = 10_000,
-                 worker_timeout_ms: int = DEFAULT_WORKER_TIMEOUT_MS) -> None:
+                 worker_timeout_ms: int = DEFAULT_WORKER_TIMEOUT_MS,
+                 fire_ahead_ms: int = DEFAULT_FIRE_AHEAD_MS) -> None:
         self.worker_timeout_ms = worker_timeout_ms
         self.state = SchedulerState()
         self.clock = clock
@@ -152,7 +153,7 @@ class SchedulerServer(FiringLoop):
                          "heartbeats": 0}
         self._fire_task: asyncio.Task[None] | None = None
         self._jobs_changed = asyncio.Event()
-        self.planner = FirePlanner()  # which jobs are due (a heap of next slots)
+        self.planner = FirePlanner(fire_ahead_ms)  # which jobs are due (a heap)
         self._commits: set[asyncio.Task[None]] = set()  # fire entries being committed
         self._runs_checked = 0.0  # loop time of the last _expire_and_retry
         self._leading_since_ms = 0  # wall time this node's firing loop last took over

@@ -237,15 +237,17 @@ class ApplySide(QuerySide):
         out: list[dict[str, Any]] = []
         if resync:
             held = (r for r in self.active_records() if r.state == STARTED and r.worker == worker)
-            out = [_dispatch(self.jobs[r.job], r) for r in _ordered(held)][:limit]
+            out = [_dispatch(self.jobs[r.job], r, now_ms) for r in _ordered(held)][:limit]
         for record in _ordered(self._records(self._fired, (FIRED,))):
             if len(out) >= limit:
                 break
             job = self.jobs[record.job]
             if _claimable(record, worker) and _matches(job, tags):
-                record = step(record, START, now_ms, worker=worker)
+                # a run fired ahead starts at its slot: its TIMEOUT counts from there
+                began = max(now_ms, record.slot_ms)
+                record = step(record, START, began, worker=worker)
                 self.runs[job.name][record.run_id] = record
-                out.append(_dispatch(job, record))
+                out.append(_dispatch(job, record, now_ms))
         return out
 
     def _done(self, entry: dict[str, Any]) -> Any:
@@ -394,9 +396,12 @@ def _ordered(records: Iterable[RunRecord]) -> list[RunRecord]:
     return sorted(records, key=lambda r: (r.fired_ms, r.run_id))
 
 
-def _dispatch(job: Job, record: RunRecord) -> dict[str, Any]:
+def _dispatch(job: Job, record: RunRecord, now_ms: int) -> dict[str, Any]:
+    """A claimed run as its worker gets it. start_in_ms: how long after the claim (by the
+    proposer's clock) the worker starts it: its slot, for a run fired ahead."""
     return {
         "run_id": record.run_id, "job": job.name, "command": job.command,
         "slot_ms": record.slot_ms, "attempt": record.attempt, "timeout_s": job.timeout_s,
         "shard": record.shard, "shards": record.shards,
+        "start_in_ms": max(0, (record.started_ms or now_ms) - now_ms),
     }

@@ -18,6 +18,9 @@ back; a run id seen before (the same attempt) is never executed again (the last
 MAX_REMEMBERED are kept). Results are queued and sent in batches (WORKER.RESULTS, one Raft
 entry each) over REPORT_CHANNELS connections.
 
+A run the cluster fired ahead of its slot (`scheduler serve --fire-ahead-ms`) is held until
+the slot (`start_delay`) and counts against the worker's slots meanwhile.
+
 An attempt past its TIMEOUT is cancelled (the shell executor then kills its process group)
 and reported as EXIT_TIMED_OUT. The shell executor runs the command through `/bin/sh -c` in
 its own process group with SCHED_JOB, SCHED_SCHEDULED_AT (epoch ms), SCHED_RUN_ID,
@@ -38,6 +41,7 @@ import logging
 import os
 import signal
 import socket
+import time
 import traceback
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
@@ -68,7 +72,8 @@ class Run:
     """One attempt of a run as a worker receives it. `scheduled_at_ms` is the slot (epoch
     ms); `shard` of `shards` is this worker's part of a TARGET ALL broadcast (0 of 1 for
     any other job); `command` is the job's command (the handler name for an embedded
-    worker); `timeout_s` 0 means none."""
+    worker); `timeout_s` 0 means none. `start_in_ms`: how long after its claim the run
+    starts, for a run the cluster fired ahead of its slot (see `Worker.start_delay`)."""
 
     job: str
     scheduled_at_ms: int
@@ -78,15 +83,16 @@ class Run:
     shards: int = 1
     command: str = ""
     timeout_s: int = 0
+    start_in_ms: int = 0
 
     @classmethod
     def from_wire(cls, raw: Sequence[Any]) -> Run:
         """A WORKER.POLL reply item: run_id job command slot_ms attempt timeout_s
-        [shard shards] (clusters before broadcast send no shard fields)."""
+        [shard shards [start_in_ms]] (older clusters send fewer fields)."""
         shard, shards = (int(raw[6]), int(raw[7])) if len(raw) >= 8 else (0, 1)
         return cls(job=_str(raw[1]), scheduled_at_ms=int(raw[3]), run_id=_str(raw[0]),
                    attempt=int(raw[4]), shard=shard, shards=shards, command=_str(raw[2]),
-                   timeout_s=int(raw[5]))
+                   timeout_s=int(raw[5]), start_in_ms=int(raw[8]) if len(raw) >= 9 else 0)
 
     def environment(self) -> dict[str, str]:
         """The SCHED_* variables a shell command sees."""
@@ -126,6 +132,9 @@ class Worker:
         self.tasks: set[asyncio.Task[None]] = set()
         self.running: dict[str, asyncio.Task[None]] = {}  # "run_id#attempt" -> its task
         self._held = 0  # runs claimed and not yet executed: a poll asks for the rest
+        self._freed = asyncio.Event()  # set when a held run ends
+        # slot -> the wake-ups of its runs fired ahead, all set by one timer at the slot
+        self._gates: dict[int, list[asyncio.Future[None]]] = {}
         # one connection per channel: POLL, BEAT, then REPORT_CHANNELS for reports, so a
         # report never waits behind a long poll and several commit at once (one fsync)
         channels = FIRST_REPORT + REPORT_CHANNELS
@@ -227,12 +236,13 @@ class Worker:
         resync = True
         while not stop.is_set():
             try:
-                await self.slots.acquire()
-                self.slots.release()
+                while self._held >= self.concurrency:  # (runs waiting for a slot count)
+                    self._freed.clear()
+                    await self._freed.wait()
                 if self._repick:  # (between polls: no claim reply can be lost)
                     self._repick = False
                     self._drop(POLL)
-                wanted = max(1, self.concurrency - self._held)
+                wanted = self.concurrency - self._held
                 runs = await self.call("WORKER.POLL", self.worker_id, ",".join(self.tags),
                                        POLL_MS, 1 if resync else 0, wanted)
                 resync = False
@@ -252,40 +262,71 @@ class Worker:
                 task.cancel()
             await asyncio.gather(*late, return_exceptions=True)
 
-    def _start(self, run: list[Any]) -> None:
-        run_id = _str(run[0])
-        key = f"{run_id}#{int(run[4])}"  # each attempt of a run executes once
+    def _start(self, raw: list[Any]) -> None:
+        run = Run.from_wire(raw)
+        key = f"{run.run_id}#{run.attempt}"  # each attempt of a run executes once
         if key in self.seen:
             return  # delivered twice: executed once
         self.seen[key] = None
         while len(self.seen) > MAX_REMEMBERED:
             self.seen.popitem(last=False)
         self._held += 1
-        task = asyncio.create_task(self._execute(run_id, run))
+        task = asyncio.create_task(self._execute(run, self._slot_gate(run)))
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
         self.running[key] = task
         task.add_done_callback(lambda _: self.running.pop(key, None))
 
-    async def _execute(self, run_id: str, raw: list[Any]) -> None:
+    def _slot_gate(self, run: Run) -> asyncio.Future[None] | None:
+        """What a run fired ahead waits on to start at its slot (None: start now). One
+        timer per slot sets them all: a timer per run costs ~4 us more at the slot, the
+        4 ms a burst of 1,000 runs would wait before its first handler starts."""
+        now = time.time()
+        delay = start_delay(run, now)
+        if delay <= 0:
+            return None
+        loop = asyncio.get_running_loop()
+        waiters = self._gates.get(run.scheduled_at_ms)
+        if waiters is None:
+            waiters = self._gates[run.scheduled_at_ms] = []
+            loop.call_later(delay, self._open_gate, run.scheduled_at_ms, now + delay)
+        gate: asyncio.Future[None] = loop.create_future()  # one each: cancelling a run
+        waiters.append(gate)  # cancels only its own
+        return gate
+
+    def _open_gate(self, slot_ms: int, at_s: float) -> None:
+        """Start the runs of `slot_ms`, not before wall time `at_s` (the loop's timers run
+        on the monotonic clock, and may be early by its resolution)."""
+        if (early := at_s - time.time()) > 0:
+            asyncio.get_running_loop().call_later(early, self._open_gate, slot_ms, at_s)
+            return
+        for gate in self._gates.pop(slot_ms, ()):
+            if not gate.done():
+                gate.set_result(None)
+
+    async def _execute(self, run: Run, gate: asyncio.Future[None] | None) -> None:
         try:
-            run = Run.from_wire(raw)
+            if gate is not None:  # fired ahead: it starts at its slot
+                await gate
             async with self.slots:
-                log.debug("run %s: %s", run_id, run.command)
+                log.debug("run %s: %s", run.run_id, run.command)
                 code, output = await self._attempt(run)
         finally:
             self._held -= 1
-        await self._report(run_id, code, output, run.attempt)
+            self._freed.set()
+        await self._report(run.run_id, code, output, run.attempt)
 
     async def _attempt(self, run: Run) -> tuple[int, bytes]:
         """The executor under the run's TIMEOUT (on expiry its task is cancelled). An
         exception it raises is a failure whose output is the traceback's last line."""
-        deadline = asyncio.timeout(run.timeout_s or None)
+        deadline = asyncio.timeout(run.timeout_s) if run.timeout_s else None
         try:
+            if deadline is None:  # (no timer to set and cancel for each run)
+                return await self.executor(run)
             async with deadline:
                 return await self.executor(run)
         except Exception as exc:
-            if isinstance(exc, TimeoutError) and deadline.expired():
+            if isinstance(exc, TimeoutError) and deadline is not None and deadline.expired():
                 return EXIT_TIMED_OUT, b"timed out"
             log.info("run %s failed: %r", run.run_id, exc)
             return EXIT_FAILED, failure_message(exc).encode()
@@ -348,6 +389,16 @@ async def _kill_group(proc: asyncio.subprocess.Process) -> None:
     except ProcessLookupError:
         pass
     await proc.wait()
+
+
+def start_delay(run: Run, now_s: float) -> float:
+    """Seconds from now (wall `now_s`) to a run's start: at its slot by this host's clock,
+    but never later than `start_in_ms` after its receipt. A run the cluster fired ahead
+    waits for its slot; if this clock lags the leader's, the wait is still at most what
+    the leader meant (the skew, not the wait, is what a cron across hosts cannot fix)."""
+    if run.start_in_ms <= 0:
+        return 0.0
+    return max(0.0, min(run.start_in_ms / 1000, run.scheduled_at_ms / 1000 - now_s))
 
 
 def failure_message(exc: BaseException) -> str:

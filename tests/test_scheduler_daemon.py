@@ -271,12 +271,12 @@ def test_job_commands_and_errors(cluster: Cluster) -> None:
 
 
 def test_worker_executes_a_run_id_once(monkeypatch: pytest.MonkeyPatch) -> None:
-    from scheduler.worker import Worker
+    from scheduler.worker import Run, Worker
 
     executed: list[str] = []
 
-    async def record(self: Worker, run_id: str, run: list[Any]) -> None:
-        executed.append(run_id)
+    async def record(self: Worker, run: Run, gate: object) -> None:
+        executed.append(run.run_id)
 
     monkeypatch.setattr(Worker, "_execute", record)
 

@@ -173,6 +173,7 @@ class FiringLoop:
             return None
         if next_ms > now:
             plan = plan_ahead(job, next_ms)
+            self.counters["fires_planned_ahead"] += 1
         else:
             plan = plan_due(job, self.state.handled[name], next_ms, now)
         if plan.next_ms is not None:  # the next slot, once this fire has applied

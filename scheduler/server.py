@@ -149,8 +149,8 @@ class SchedulerServer(FiringLoop):
                                limits=Limits(max_clients=max_clients), info=self.info)
         self.fired = asyncio.Event()  # set whenever an applied entry fired runs
         self.parked = ParkedPolls()  # polls whose claims ride on the next fire entry
-        self.counters = {"fire_entries": 0, "runs_fired": 0, "claims": 0, "results": 0,
-                         "heartbeats": 0}
+        self.counters = {"fire_entries": 0, "runs_fired": 0, "fires_planned_ahead": 0,
+                         "claims": 0, "results": 0, "heartbeats": 0}
         self._fire_task: asyncio.Task[None] | None = None
         self._jobs_changed = asyncio.Event()
         self.planner = FirePlanner(fire_ahead_ms)  # which jobs are due (a heap)
@@ -499,6 +499,7 @@ class SchedulerServer(FiringLoop):
                 "jobs": len(self.state.jobs),
                 "active_runs": self.state.active_runs(),
                 "live_workers": len(self._live_workers(self.clock.wall_ms())),
+                "fire_ahead_ms": self.planner.fire_ahead_ms,
                 **self.counters,
             }
         }

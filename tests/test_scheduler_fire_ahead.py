@@ -34,6 +34,7 @@ class Planning(FiringLoop):
     def __init__(self, state: SchedulerState, fire_ahead_ms: int) -> None:
         self.state = state
         self.planner = FirePlanner(fire_ahead_ms)
+        self.counters = {"fires_planned_ahead": 0}
 
     def _live_workers(self, now_ms: int) -> list[str]:
         return []
@@ -81,6 +82,7 @@ def test_a_run_fired_ahead_is_claimed_with_its_wait_and_starts_at_the_slot() -> 
     loop = Planning(state, 200)
     [run] = loop.turn(T0 + 810)
     assert (run["slot_ms"], run["fired_ms"]) == (T0 + 1000, T0 + 810)
+    assert loop.counters["fires_planned_ahead"] == 1  # (INFO reports it)
     [claimed] = state.apply_entry(S.encode_claim("w1", [], T0 + 830))
     assert claimed["start_in_ms"] == 170
     record = state.runs["j"][claimed["run_id"]]

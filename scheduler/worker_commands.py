@@ -1,0 +1,189 @@
+"""The worker-facing commands of a scheduler node: WORKER.HEARTBEAT, WORKER.POLL,
+WORKER.RESULTS and WORKER.DONE.
+
+`WorkerCommands` is a base class of `scheduler.server.SchedulerServer` (as the firing loop
+of scheduler/fireloop.py is); the server's `commands()` lists them with the others. A poll
+at the leader first asks the firing loop to claim for it inside its next fire entry
+(scheduler/polls.py), then waits there for runs to fire; elsewhere it commits a claim entry
+(forwarded to the leader). Results go back as one entry per WORKER.RESULTS.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from core.clock import Clock
+from core.resp import OK, CommandError
+from core.resp_commands import parse_int
+from scheduler import state as S
+from scheduler.arguments import bounded_int, text_arg
+from scheduler.jobs import MAX_RETRIES
+from scheduler.polls import ParkedPolls
+from scheduler.state import SchedulerState
+
+EAGER_CLAIM_WAIT_S = 0.2  # a poll waits this long for the firing loop to claim for it
+MAX_POLL_MS = 30_000
+DEFAULT_POLL_MS = 1000
+MAX_OUTPUT_BYTES = 1024
+MAX_RESULTS = 256  # runs one WORKER.RESULTS reports
+MAX_WORKER_ID_BYTES = 255  # ids live in the replicated state (last heard), so they are bounded
+# exit codes: a 32-bit int, as any process or handler reports (and msgpack carries)
+MIN_EXIT_CODE, MAX_EXIT_CODE = -(2**31), 2**31 - 1
+
+ERR_RUN_ID = "ERR bad run id '{}'"
+ERR_TIMEOUT_MS = f"ERR timeout must be an integer from 0 to {MAX_POLL_MS} (ms)"
+ERR_MAX_RUNS = f"ERR max runs must be an integer from 1 to {S.MAX_CLAIM}"
+ERR_EXIT_CODE = f"ERR exit code must be an integer from {MIN_EXIT_CODE} to {MAX_EXIT_CODE}"
+ERR_ATTEMPT = f"ERR attempt must be an integer from 1 to {MAX_RETRIES + 1}"
+ERR_WORKER_ID = f"ERR worker id must be 1 to {MAX_WORKER_ID_BYTES} bytes"
+
+
+def _result(args: list[bytes]) -> S.Result:
+    """`run_id exit_code [output_tail [attempt]]` (of WORKER.DONE or WORKER.RESULTS)."""
+    run_id = text_arg(args[0])
+    job, at, _ = run_id.partition("@")
+    if not job or not at:
+        raise CommandError(ERR_RUN_ID.format(run_id))
+    exit_code = bounded_int(args[1], MIN_EXIT_CODE, MAX_EXIT_CODE, ERR_EXIT_CODE)
+    output = args[2][-MAX_OUTPUT_BYTES:].decode("utf-8", "replace") if len(args) > 2 else ""
+    attempt = bounded_int(args[3], 1, MAX_RETRIES + 1, ERR_ATTEMPT) if len(args) > 3 else None
+    return job, run_id, exit_code, output, attempt
+
+
+def _worker_id(raw: bytes) -> str:
+    if not 0 < len(raw) <= MAX_WORKER_ID_BYTES:
+        raise CommandError(ERR_WORKER_ID)
+    return text_arg(raw)
+
+
+def _poll_reply(runs: list[dict[str, Any]]) -> list[list[Any]]:
+    """WORKER.POLL's reply: one item per claimed run (see scheduler.worker.Run.from_wire)."""
+    return [[r["run_id"], r["job"], r["command"], r["slot_ms"], r["attempt"], r["timeout_s"],
+             r["shard"], r["shards"], r.get("start_in_ms", 0)] for r in runs]
+
+
+class WorkerCommands:
+    """Worker-command behaviour; the state it uses is initialised by SchedulerServer."""
+
+    state: SchedulerState
+    clock: Clock
+    counters: dict[str, int]
+    fired: asyncio.Event
+    parked: ParkedPolls
+    _jobs_changed: asyncio.Event
+
+    # the firing loop's and the server's
+    _leads: Callable[[], bool]
+    _write: Callable[[bytes], Awaitable[Any]]
+    _live_workers: Callable[[int], list[str]]
+
+    def cmd_heartbeat(self, session: Any, args: list[bytes]) -> Any:
+        worker = _worker_id(args[1])
+
+        async def run() -> Any:
+            now = self.clock.wall_ms()
+            await self._write(S.encode_beat(worker, now))
+            self.counters["heartbeats"] += 1
+            return self.state.killed_attempts(worker, now)
+
+        return run()
+
+    def cmd_poll(self, session: Any, args: list[bytes]) -> Any:
+        if len(args) > 6:
+            raise CommandError("ERR wrong number of arguments for 'worker.poll' command")
+        worker = _worker_id(args[1])
+        tags = [t for t in text_arg(args[2]).split(",") if t] if len(args) > 2 else []
+        timeout_ms = DEFAULT_POLL_MS
+        if len(args) > 3:
+            timeout_ms = parse_int(args[3], ERR_TIMEOUT_MS)
+            if not 0 <= timeout_ms <= MAX_POLL_MS:
+                raise CommandError(ERR_TIMEOUT_MS)
+        resync = len(args) > 4 and args[4] == b"1"
+        limit = S.DEFAULT_CLAIM
+        if len(args) > 5:
+            limit = parse_int(args[5], ERR_MAX_RUNS)
+            if not 1 <= limit <= S.MAX_CLAIM:
+                raise CommandError(ERR_MAX_RUNS)
+        return self._poll(worker, tags, timeout_ms / 1000, resync, limit)
+
+    async def _poll(self, worker: str, tags: list[str], timeout: float, resync: bool,
+                    limit: int) -> Any:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            if resync or self.state.pending(tags, worker):
+                runs = None if resync else await self._claim_with_fires(worker, tags, limit)
+                if runs is None:  # not the leader, or its firing loop did not take it
+                    self.fired.clear()
+                    entry = S.encode_claim(worker, tags, self.clock.wall_ms(), limit, resync)
+                    runs = await self._write(entry)
+                    self.counters["claims"] += 1
+                if runs:
+                    return _poll_reply(runs)
+                resync = False
+            left = deadline - loop.time()
+            if left <= 0:
+                return []
+            runs = await self._wait_for_runs(worker, tags, limit, left)
+            if runs:
+                return _poll_reply(runs)
+
+    async def _claim_with_fires(self, worker: str, tags: list[str],
+                                limit: int) -> list[dict[str, Any]] | None:
+        """On the leader, claim in the firing loop's next entry (scheduler/polls.py): the
+        runs it claimed for this poll, or None if it did not take the poll in time."""
+        if not self._leads():
+            return None
+        poll = self.parked.park(worker, tags, limit, eager=True)
+        self._jobs_changed.set()  # wake the firing loop
+        try:
+            await asyncio.wait_for(asyncio.shield(poll.runs), EAGER_CLAIM_WAIT_S)
+        except TimeoutError:
+            pass
+        finally:
+            self.parked.unpark(poll)
+        return await poll.runs if poll.taken else None
+
+    async def _wait_for_runs(self, worker: str, tags: list[str], limit: int,
+                             left: float) -> list[dict[str, Any]]:
+        """Wait up to `left` s for runs to fire. On the leader the poll parks meanwhile, so
+        the next fire entry also claims for it (scheduler/polls.py): those runs are
+        returned; [] when it was not taken or they went to other claims."""
+        self.fired.clear()
+        poll = self.parked.park(worker, tags, limit) if self._leads() else None
+        try:
+            async with asyncio.timeout(left):
+                await self.fired.wait()
+        except TimeoutError:
+            pass
+        finally:
+            if poll is not None:
+                self.parked.unpark(poll)
+        if poll is None or not poll.taken:
+            return []
+        return await poll.runs
+
+    def cmd_done(self, session: Any, args: list[bytes]) -> Any:
+        if len(args) > 5:
+            raise CommandError("ERR wrong number of arguments for 'worker.done' command")
+        return self._report([_result(args[1:])])
+
+    def cmd_results(self, session: Any, args: list[bytes]) -> Any:
+        """WORKER.RESULTS: WORKER.DONE's four arguments for each of several runs, committed
+        as one entry (a worker with many short runs reports them together)."""
+        if (len(args) - 1) % 4 or len(args) - 1 > 4 * MAX_RESULTS:
+            raise CommandError("ERR wrong number of arguments for 'worker.results' command")
+        return self._report([_result(args[i:i + 4]) for i in range(1, len(args), 4)])
+
+    def _report(self, results: list[S.Result]) -> Any:
+        async def run() -> Any:
+            now = self.clock.wall_ms()
+            broadcast = any(self.state.has_broadcast_dependent(r[0]) for r in results)
+            workers = self._live_workers(now) if broadcast else ()
+            await self._write(S.encode_done_many(results, now, workers))
+            self.counters["results"] += len(results)
+            return OK
+
+        return run()

@@ -20,9 +20,12 @@ Strategy
 
 Layers, each its own module:
 - idgen/client_core.py, no I/O: errors, limits, the server list and its failover state,
-  reply checks, prefetch arithmetic, and `_ClientBase` (settings and the prefetch buffer).
+  reply checks, prefetch arithmetic, `_ClientBase` (settings and the prefetch buffer), and
+  every decision of the callers (`_CallerCore`: which server next, what an attempt's outcome
+  means) and of the refillers (`_RefillCore`: when a wait gives up, what a failure leaves).
 - idgen/client_sync.py: `IdgenClient`, its failover caller and its refiller thread.
 - idgen/client_async.py: `AsyncIdgenClient`, its failover caller and its refiller task.
+  Both carry out the core's decisions on their connections, threads or tasks.
 This module re-exports the public names, so `from idgen.client import ...` is the API.
 
 Offline decoding is `idgen.layout.parse`, re-exported here as `parse`.

@@ -1,8 +1,9 @@
 """The asyncio client: `AsyncIdgenClient`, with a failover caller and a refiller task.
 
 `_AsyncCaller` serialises requests (an asyncio lock) over one connection per server,
-failing over as idgen/client_core.py's `_Pool` decides; `_AsyncRefiller` is the task that
-keeps the prefetch buffer above its low-water mark. Strategy: idgen/client.py.
+failing over as idgen/client_core.py's `_CallerCore` decides; `_AsyncRefiller` is the task
+that keeps the prefetch buffer above its low-water mark, as `_RefillCore` decides. Both only
+do the I/O and the waiting here. Strategy: idgen/client.py.
 """
 
 from __future__ import annotations
@@ -12,104 +13,77 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 
-from core.resp_client import AsyncRespConnection, ProtocolError, ReplyError
+from core.resp_client import AsyncRespConnection
 from idgen.client_core import (
+    ATTEMPT_ERRORS,
     DEFAULT_TIMEOUT_S,
-    RETRY_PAUSE_MAX_S,
-    RETRY_PAUSE_MIN_S,
-    IdgenError,
-    IdgenUnavailable,
-    IdgenUsageError,
     T,
+    _CallerCore,
     _check_many,
     _check_one,
     _check_parsed,
     _ClientBase,
-    _copy_error,
     _count_ids,
-    _is_usage_error,
     _Pool,
-    _Refused,
-    log,
+    _refill_error,
+    _RefillCore,
+    _set_up,
 )
 from idgen.layout import ParsedId
 
 
-class _AsyncCaller:
+class _AsyncCaller(_CallerCore[AsyncRespConnection]):
     """Async requests with failover; one connection per server; requests serialised by a lock."""
 
     def __init__(self, pool: _Pool, password: str | None, timeout: float) -> None:
-        self.pool = pool
-        self.password = password
-        self.timeout = timeout
-        self.closed = False
+        super().__init__(pool, password, timeout)
         self._lock = asyncio.Lock()
-        self._conns: list[AsyncRespConnection | None] = [None] * len(pool.servers)
 
     async def call(self, check: Callable[[object], T], *args: str | int) -> T:
         async with self._lock:
-            if self.closed:
-                raise IdgenError("the idgen client is closed")
-            pool = self.pool
-            for index in pool.order(time.monotonic()):
+            for index in self.attempts(time.monotonic()):
                 try:
                     result = check(await (await self._conn(index)).call(*args))
-                except ReplyError as exc:
-                    if _is_usage_error(exc):
-                        pool.succeeded(index)
-                        raise IdgenUsageError(exc.message) from None
-                    failure: BaseException = exc
-                except (OSError, ProtocolError, _Refused) as exc:
-                    failure = exc
+                except ATTEMPT_ERRORS as exc:
+                    _abort(self.failed(index, exc, time.monotonic()))
                 else:
-                    pool.succeeded(index)
-                    return result
-                self._drop(index)
-                pool.failed(index, time.monotonic(), failure)
-            raise pool.unavailable()
+                    return self.answered(index, result)
+            raise self.pool.unavailable()
 
     async def _conn(self, index: int) -> AsyncRespConnection:
-        conn = self._conns[index]
-        if conn is None or conn.closed:
-            server = self.pool.servers[index]
-            try:
+        conn = self.live(index)
+        if conn is None:
+            with _set_up():
                 conn = await AsyncRespConnection.connect(
-                    server.host, server.port, self.timeout, password=self.password
+                    *self.address(index), self.timeout, password=self.password
                 )
-            except ReplyError as exc:
-                raise _Refused(f"connection set-up refused: {exc}") from exc
-            self._conns[index] = conn
+            self.keep(index, conn)
         return conn
-
-    def _drop(self, index: int) -> None:
-        conn, self._conns[index] = self._conns[index], None
-        if conn is not None:
-            conn.abort()
 
     async def close(self) -> None:
         self.closed = True
         async with self._lock:
-            conns, self._conns = self._conns, [None] * len(self._conns)
-            for conn in conns:
+            for index in range(len(self._conns)):
+                conn = self.detach(index)
                 if conn is not None:
                     await conn.close()
 
 
-class _AsyncRefiller:
+def _abort(conn: AsyncRespConnection | None) -> None:
+    if conn is not None:
+        conn.abort()
+
+
+class _AsyncRefiller(_RefillCore):
     """The background side of async prefetching: a task that keeps `len(buf) >= low`."""
+
+    caller: _AsyncCaller
 
     def __init__(
         self, caller: _AsyncCaller, buf: deque[int], low: int, batch: int, wait_s: float
     ) -> None:
-        self.caller = caller
-        self.buf = buf
-        self.low = low
-        self.batch = batch
-        self.wait_s = wait_s
-        self.closed = False
+        super().__init__(caller, buf, low, batch, wait_s)
         self.task: asyncio.Task[None] | None = None
-        self.error: IdgenError | None = None
-        self.failures = 0
         self._wake = asyncio.Event()
         self._filled = asyncio.Event()
 
@@ -123,26 +97,16 @@ class _AsyncRefiller:
 
     async def take(self) -> int:
         """An id, waiting up to `wait_s` for a refill; raises the refill's failure."""
-        buf = self.buf
-        seen = self.failures
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.wait_s
-        while True:
-            if buf:
-                return buf.popleft()
-            if self.closed:
-                raise IdgenError("the idgen client is closed")
-            if self.failures != seen and self.error is not None:
-                raise _copy_error(self.error)
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                raise IdgenUnavailable(f"no prefetched id arrived within {self.wait_s:.1f} s")
+        seen, deadline = self.failures, loop.time() + self.wait_s
+        while (id_ := self.poll(seen, deadline, loop.time())) is None:
             self._filled.clear()
             try:
-                async with asyncio.timeout(remaining):
+                async with asyncio.timeout_at(deadline):
                     await self._filled.wait()
             except TimeoutError:
                 pass
+        return id_
 
     async def stop(self) -> None:
         self.closed = True
@@ -162,14 +126,9 @@ class _AsyncRefiller:
             try:
                 ids = await self.caller.call(check, "NEXT", self.batch)
             except Exception as exc:
-                if not isinstance(exc, IdgenError):
-                    log.exception("idgen prefetch failed unexpectedly")
-                    exc = IdgenUnavailable(f"prefetch failed: {exc!r}")
-                self.error = exc
-                self.failures += 1
+                pause = self.refill_failed(_refill_error(exc), time.monotonic())
                 self._filled.set()
-                pause = self.caller.pool.retry_in(time.monotonic())
-                await asyncio.sleep(min(max(pause, RETRY_PAUSE_MIN_S), RETRY_PAUSE_MAX_S))
+                await asyncio.sleep(pause)
                 continue
             buf.extend(ids)
             self._filled.set()

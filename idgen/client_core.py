@@ -2,17 +2,23 @@
 
 Errors, limits, the server list and its failover state (`_Pool`, fed `now` by the caller),
 reply checks, prefetch arithmetic and `_ClientBase` (settings and the prefetch buffer).
-idgen/client_sync.py and idgen/client_async.py carry these out on their connections;
-idgen/client.py documents the strategy and re-exports the public names.
+Every decision of a request with failover sits in `_CallerCore` (which server next, what an
+attempt's outcome means: return, raise a usage error, or mark the server down and try the
+next) and every decision of prefetching in `_RefillCore` (when a waiting `take()` gives up,
+what a failed refill leaves behind, how long to pause after it). idgen/client_sync.py and
+idgen/client_async.py subclass both and only connect, send, close, wait and wake, so the
+two clients can not drift apart. idgen/client.py documents the strategy and re-exports the
+public names.
 """
 
 from __future__ import annotations
 
 import logging
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Final, TypeVar
+from typing import Any, Final, Generic, Protocol, TypeVar
 
 from core.resp_client import ProtocolError, ReplyError
 from idgen import layout
@@ -34,6 +40,7 @@ CANNOT_ISSUE_CODES: Final = frozenset(
 )
 # -ERR replies that are the server's trouble rather than the caller's.
 SERVER_TROUBLE_PREFIXES: Final = ("ERR max number of clients", "ERR internal error")
+CLOSED_MESSAGE: Final = "the idgen client is closed"
 
 T = TypeVar("T")
 
@@ -60,6 +67,22 @@ class IdgenUnavailable(IdgenError, ConnectionError):
 
 class _Refused(Exception):
     """A server refused the connection set-up (AUTH); counts as a server failure."""
+
+
+# What ends one attempt on a server (`_CallerCore.failed` judges it): an error reply, a
+# socket failure or timeout, a reply that breaks the protocol or fails its check, a refused
+# set-up. Anything else (a bug, a cancellation) passes through and leaves the pool alone.
+ATTEMPT_ERRORS: Final = (ReplyError, OSError, ProtocolError, _Refused)
+
+
+@contextmanager
+def _set_up() -> Iterator[None]:
+    """Around a connect: an error reply to its AUTH or HELLO is the server refusing us, a
+    server failure, not the caller's usage error that the same reply to a request would be."""
+    try:
+        yield
+    except ReplyError as exc:
+        raise _Refused(f"connection set-up refused: {exc}") from exc
 
 
 def parse_servers(servers: str | Sequence[str]) -> list[tuple[str, int]]:
@@ -136,6 +159,129 @@ class _Pool:
         }
         detail = "; ".join(f"{name}: {error}" for name, error in errors.items())
         return IdgenUnavailable(f"no idgen server can issue ids ({detail})", errors)
+
+
+class _Link(Protocol):
+    """What the core needs of a connection: whether it is still usable."""
+
+    @property
+    def closed(self) -> bool: ...
+
+
+L = TypeVar("L", bound=_Link)
+
+
+class _CallerCore(Generic[L]):
+    """A failover caller's state and decisions: the pool and one connection slot per server.
+
+    The blocking and the asyncio callers subclass it and carry out one request as:
+    for each index of `attempts(now)`: connect if `live(index)` is None (under `_set_up()`,
+    then `keep`), send, check the reply; then `answered(index, result)` and return it, or on
+    one of ATTEMPT_ERRORS `failed(index, error, now)` and close what it hands back. Once
+    every index is spent, raise `pool.unavailable()`.
+    """
+
+    def __init__(self, pool: _Pool, password: str | None, timeout: float) -> None:
+        self.pool = pool
+        self.password = password
+        self.timeout = timeout
+        self.closed = False
+        self._conns: list[L | None] = [None] * len(pool.servers)
+
+    def attempts(self, now: float) -> list[int]:
+        """The servers one request may try, in order; IdgenError once the caller is closed."""
+        if self.closed:
+            raise IdgenError(CLOSED_MESSAGE)
+        return self.pool.order(now)
+
+    def live(self, index: int) -> L | None:
+        """The open connection to server `index`, or None: connect first."""
+        conn = self._conns[index]
+        return None if conn is None or conn.closed else conn
+
+    def address(self, index: int) -> tuple[str, int]:
+        server = self.pool.servers[index]
+        return server.host, server.port
+
+    def keep(self, index: int, conn: L) -> None:
+        """Hold a new connection to server `index` for the next requests."""
+        self._conns[index] = conn
+
+    def answered(self, index: int, result: T) -> T:
+        """Server `index` answered and its reply passed the check: it becomes the current one."""
+        self.pool.succeeded(index)
+        return result
+
+    def failed(self, index: int, error: BaseException, now: float) -> L | None:
+        """An attempt on server `index` ended with `error`, one of ATTEMPT_ERRORS.
+
+        An error reply that is the caller's mistake raises IdgenUsageError: the server
+        answered, so it stays current and keeps its connection, and no other server is tried.
+        Anything else is the server's failure: it is marked down and its connection (None if
+        there was none) is handed back, out of its slot, to be closed; try the next index."""
+        if isinstance(error, ReplyError) and _is_usage_error(error):
+            self.pool.succeeded(index)
+            raise IdgenUsageError(error.message) from None
+        conn = self.detach(index)
+        self.pool.failed(index, now, error)
+        return conn
+
+    def detach(self, index: int) -> L | None:
+        """Take server `index`'s connection (or None) out of its slot, for the caller to close."""
+        conn, self._conns[index] = self._conns[index], None
+        return conn
+
+
+class _RefillCore:
+    """A refiller's state and decisions: the buffer, its low-water mark, the last failure.
+
+    The thread (idgen/client_sync.py) and the task (idgen/client_async.py) subclass it and
+    only wait and wake: a consumer's `take()` loops on `poll`, waiting for a refill in
+    between; a failed refill goes through `_refill_error` and `refill_failed`, then pauses.
+    """
+
+    def __init__(
+        self, caller: _CallerCore[Any], buf: deque[int], low: int, batch: int, wait_s: float
+    ) -> None:
+        self.caller = caller
+        self.buf = buf
+        self.low = low
+        self.batch = batch
+        self.wait_s = wait_s
+        self.closed = False
+        self.error: IdgenError | None = None
+        self.failures = 0  # failed refills so far; take() raises on a change
+
+    def poll(self, seen: int, deadline: float, now: float) -> int | None:
+        """One look of a `take()` that began when `failures` was `seen`: an id from the
+        buffer, or None to wait for a refill until `deadline`. Raises once the refiller is
+        closed, when a refill failed since the take began, or when the deadline is past."""
+        if self.buf:
+            return self.buf.popleft()
+        if self.closed:
+            raise IdgenError(CLOSED_MESSAGE)
+        if self.failures != seen and self.error is not None:
+            raise _copy_error(self.error)
+        if deadline - now <= 0:
+            raise IdgenUnavailable(f"no prefetched id arrived within {self.wait_s:.1f} s")
+        return None
+
+    def refill_failed(self, error: IdgenError, now: float) -> float:
+        """Record a failed refill for the waiting `take()`s to raise; the pause before the
+        next refill: until the first marked-down server may be tried again, within bounds."""
+        self.error = error
+        self.failures += 1
+        pause = self.caller.pool.retry_in(now)
+        return min(max(pause, RETRY_PAUSE_MIN_S), RETRY_PAUSE_MAX_S)
+
+
+def _refill_error(exc: Exception) -> IdgenError:
+    """A failed refill's exception as the IdgenError a consumer gets; a surprise is logged.
+    Call it while `exc` is being handled, so the log carries its traceback."""
+    if isinstance(exc, IdgenError):
+        return exc
+    log.exception("idgen prefetch failed unexpectedly")
+    return IdgenUnavailable(f"prefetch failed: {exc!r}")
 
 
 def _is_usage_error(error: ReplyError) -> bool:

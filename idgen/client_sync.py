@@ -1,8 +1,9 @@
 """The blocking client: `IdgenClient`, with a failover caller and a refiller thread.
 
 `_Caller` sends one request at a time (a lock) over one connection per server, failing
-over as idgen/client_core.py's `_Pool` decides; `_Refiller` is the daemon thread that keeps
-the prefetch buffer above its low-water mark. Strategy: idgen/client.py.
+over as idgen/client_core.py's `_CallerCore` decides; `_Refiller` is the daemon thread that
+keeps the prefetch buffer above its low-water mark, as `_RefillCore` decides. Both only do
+the I/O and the locking here. Strategy: idgen/client.py.
 """
 
 from __future__ import annotations
@@ -13,79 +14,52 @@ import weakref
 from collections import deque
 from collections.abc import Callable, Sequence
 
-from core.resp_client import ProtocolError, ReplyError, RespConnection
+from core.resp_client import RespConnection
 from idgen.client_core import (
+    ATTEMPT_ERRORS,
     DEFAULT_TIMEOUT_S,
-    RETRY_PAUSE_MAX_S,
-    RETRY_PAUSE_MIN_S,
-    IdgenError,
-    IdgenUnavailable,
-    IdgenUsageError,
     T,
+    _CallerCore,
     _check_many,
     _check_one,
     _check_parsed,
     _ClientBase,
-    _copy_error,
     _count_ids,
-    _is_usage_error,
     _Pool,
-    _Refused,
-    log,
+    _refill_error,
+    _RefillCore,
+    _set_up,
 )
 from idgen.layout import ParsedId
 
 
-class _Caller:
+class _Caller(_CallerCore[RespConnection]):
     """Blocking requests with failover; one connection per server; thread-safe by a lock."""
 
     def __init__(self, pool: _Pool, password: str | None, timeout: float) -> None:
-        self.pool = pool
-        self.password = password
-        self.timeout = timeout
-        self.closed = False
+        super().__init__(pool, password, timeout)
         self._lock = threading.Lock()
-        self._conns: list[RespConnection | None] = [None] * len(pool.servers)
 
     def call(self, check: Callable[[object], T], *args: str | int) -> T:
         with self._lock:
-            if self.closed:
-                raise IdgenError("the idgen client is closed")
-            pool = self.pool
-            for index in pool.order(time.monotonic()):
+            for index in self.attempts(time.monotonic()):
                 try:
                     result = check(self._conn(index).call(*args))
-                except ReplyError as exc:
-                    if _is_usage_error(exc):
-                        pool.succeeded(index)
-                        raise IdgenUsageError(exc.message) from None
-                    failure: BaseException = exc
-                except (OSError, ProtocolError, _Refused) as exc:
-                    failure = exc
+                except ATTEMPT_ERRORS as exc:
+                    _close(self.failed(index, exc, time.monotonic()))
                 else:
-                    pool.succeeded(index)
-                    return result
-                self._drop(index)
-                pool.failed(index, time.monotonic(), failure)
-            raise pool.unavailable()
+                    return self.answered(index, result)
+            raise self.pool.unavailable()
 
     def _conn(self, index: int) -> RespConnection:
-        conn = self._conns[index]
-        if conn is None or conn.closed:
-            server = self.pool.servers[index]
-            try:
+        conn = self.live(index)
+        if conn is None:
+            with _set_up():
                 conn = RespConnection.connect(
-                    server.host, server.port, self.timeout, password=self.password
+                    *self.address(index), self.timeout, password=self.password
                 )
-            except ReplyError as exc:
-                raise _Refused(f"connection set-up refused: {exc}") from exc
-            self._conns[index] = conn
+            self.keep(index, conn)
         return conn
-
-    def _drop(self, index: int) -> None:
-        conn, self._conns[index] = self._conns[index], None
-        if conn is not None:
-            conn.close()
 
     def close(self) -> None:
         self.closed = True
@@ -93,13 +67,18 @@ class _Caller:
         got = self._lock.acquire(timeout=self.timeout * 2 * len(self._conns) + 1)
         try:
             for index in range(len(self._conns)):
-                self._drop(index)
+                _close(self.detach(index))
         finally:
             if got:
                 self._lock.release()
 
 
-class _Refiller:
+def _close(conn: RespConnection | None) -> None:
+    if conn is not None:
+        conn.close()
+
+
+class _Refiller(_RefillCore):
     """The background side of prefetching: a daemon thread that keeps `len(buf) >= low`.
 
     Consumers call `wake()` after taking an id that may have left fewer than `low`, and
@@ -107,20 +86,15 @@ class _Refiller:
     dropped client can be collected (a finalizer then stops the thread).
     """
 
+    caller: _Caller
+
     def __init__(
         self, caller: _Caller, buf: deque[int], low: int, batch: int, wait_s: float
     ) -> None:
-        self.caller = caller
-        self.buf = buf
-        self.low = low
-        self.batch = batch
-        self.wait_s = wait_s
+        super().__init__(caller, buf, low, batch, wait_s)
         self.cond = threading.Condition()
-        self.closed = False
         # Invariant: while the thread waits for work, wake_pending is False or a notify is due.
         self.wake_pending = False
-        self.error: IdgenError | None = None
-        self.failures = 0  # failed refills so far; take() raises on a change
         self.thread = threading.Thread(target=self._run, name="idgen-prefetch", daemon=True)
         self.thread.start()
 
@@ -132,21 +106,11 @@ class _Refiller:
 
     def take(self) -> int:
         """An id, waiting up to `wait_s` for a refill; raises the refill's failure."""
-        buf = self.buf
         with self.cond:
-            seen = self.failures
-            deadline = time.monotonic() + self.wait_s
-            while True:
-                if buf:
-                    return buf.popleft()
-                if self.closed:
-                    raise IdgenError("the idgen client is closed")
-                if self.failures != seen and self.error is not None:
-                    raise _copy_error(self.error)
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise IdgenUnavailable(f"no prefetched id arrived within {self.wait_s:.1f} s")
-                self.cond.wait(remaining)
+            seen, deadline = self.failures, time.monotonic() + self.wait_s
+            while (id_ := self.poll(seen, deadline, time.monotonic())) is None:
+                self.cond.wait(deadline - time.monotonic())
+            return id_
 
     def stop(self) -> None:
         with self.cond:
@@ -167,16 +131,12 @@ class _Refiller:
             try:
                 ids = self.caller.call(check, "NEXT", self.batch)
             except Exception as exc:
-                if not isinstance(exc, IdgenError):
-                    log.exception("idgen prefetch failed unexpectedly")
-                    exc = IdgenUnavailable(f"prefetch failed: {exc!r}")
+                error = _refill_error(exc)
                 with cond:
-                    self.error = exc
-                    self.failures += 1
+                    pause = self.refill_failed(error, time.monotonic())
                     cond.notify_all()
-                    pause = self.caller.pool.retry_in(time.monotonic())
                     if not self.closed:
-                        cond.wait(min(max(pause, RETRY_PAUSE_MIN_S), RETRY_PAUSE_MAX_S))
+                        cond.wait(pause)
                 continue
             buf.extend(ids)
             with cond:

@@ -174,20 +174,24 @@ def _blocks(engine: Engine, keys: list[bytes], start: int, with_cas: bool,
     added once, before the caller can hand the chunk out."""
     storage = engine.storage
     stats = engine.stats
-    lookup = storage.get if exptime is None else storage.touch
+    read, touch = storage.read, storage.touch
     clsid_of = storage.clsid_of
-    hits = stats.slab.get_hits if exptime is None else stats.slab.touch_hits
+    touch_hits = stats.slab.touch_hits
     size = misses = 0
     index = start
     count = len(keys)
     while index < count:
         key = keys[index]
         index += 1
-        item = lookup(key) if exptime is None else lookup(key, exptime)
+        if exptime is None:
+            item = read(key)  # counts the hit, by the LRU segment it was found in
+        else:
+            item = touch(key, exptime)
+            if item is not None:
+                touch_hits[clsid_of(item)] += 1
         if item is None:
             misses += 1
             continue
-        hits[clsid_of(item)] += 1
         value = item.value
         if with_cas:
             block = b"VALUE %s %d %d %d\r\n%s\r\n" % (key, item.flags, len(value), item.cas,

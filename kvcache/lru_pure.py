@@ -36,6 +36,7 @@ from kvcache.items import CAS_SHIFT, FETCHED, Item, Outcome
 from kvcache.slabs import (
     HOT_PERCENT,
     INITIAL_BUCKETS,
+    RECORD_HEADER_BYTES,
     WARM_PERCENT,
     ArenaClasses,
     SlabClasses,
@@ -202,6 +203,54 @@ class Lru:
         """Seconds since the oldest LRU tail was last stored or read (stats items `age`)."""
         return max((max(0, self.now - lane.prev.atime) for lane in self._lanes[LANES:]
                     if lane.prev is not lane), default=0)
+
+    def tail_ages(self) -> tuple[dict[int, int], dict[int, int], dict[int, int]]:
+        """For HOT, WARM and COLD: memcached class -> the age (now minus atime, at least 0)
+        of the class's tail in that segment (`stats items` age_hot, age_warm, age); a class
+        with no item in the segment is absent. Lanes are per arena class, which do not line
+        up with memcached's, so a class's tail is its item nearest a lane's tail, the oldest
+        of those if it sits in several lanes. Each lane is walked from its tail until it has
+        shown every memcached class it can hold that the segment holds: a few items
+        usually, a whole lane when such a class has its items in a neighbouring lane only."""
+        ages: tuple[dict[int, int], dict[int, int], dict[int, int]] = ({}, {}, {})
+        for cls in range(1, len(self.arena.sizes) + 1):
+            low, high = self._mcls_span(cls)
+            for segment in (HOT, WARM, COLD):
+                wanted = self._holding(segment, low, high)
+                if wanted:
+                    self._walk_tail(self._lanes[cls * LANES + segment], wanted, ages[segment])
+        return ages
+
+    def _mcls_span(self, cls: int) -> tuple[int, int]:
+        """The memcached classes items of arena class `cls` can fall in (either flags)."""
+        low = self.arena.sizes[cls - 2] + 1 if cls > 1 else 0
+        return (self.clsid_for(max(0, low - RECORD_HEADER_BYTES), 0, 0),
+                self.clsid_for(self.arena.sizes[cls - 1] - RECORD_HEADER_BYTES, 1, 0))
+
+    def _holding(self, segment: int, low: int, high: int) -> int:
+        """The memcached classes in [low, high] with items in `segment`, as a bit mask."""
+        slab = self.stats.slab
+        mask = 0
+        for mcls in range(low, high + 1):
+            hot, warm = slab.number_hot[mcls], slab.number_warm[mcls]
+            count = (hot if segment == HOT else warm if segment == WARM
+                     else slab.number[mcls] - hot - warm)
+            if count:
+                mask |= 1 << mcls
+        return mask
+
+    def _walk_tail(self, sentinel: Item, wanted: int, ages: dict[int, int]) -> None:
+        """Note in `ages` the age of each class's item nearest the tail of this lane,
+        until every class in the `wanted` mask has been met."""
+        met = 0
+        item = sentinel.prev
+        while wanted & ~met and item is not sentinel:
+            bit = 1 << self.clsid_of(item)
+            if not met & bit:
+                met |= bit
+                mcls = bit.bit_length() - 1
+                ages[mcls] = max(ages.get(mcls, 0), self.now - item.atime)
+            item = item.prev
 
     def alive(self, item: Item) -> bool:
         """Neither expired nor flushed (a linked item may be either until reclaimed)."""

@@ -147,17 +147,16 @@ def _mg_hit(engine: Engine, flags: MetaFlags, item: Item, created: bool) -> byte
     if flags.value:
         out.append(value)
         out.append(CRLF)
+    stats = engine.stats
+    if ttl_set:
+        stats.touch_cmds += 1
+        stats.slab.touch_hits[storage.clsid_of(item)] += 1
+    else:  # before the bump: the hit counts to the segment the item was found in
+        stats.get_cmds += 1
+        storage.count_hit(item)
     if not flags.no_update:
         storage.bump(item)
     engine.pinned.add(item)
-    stats = engine.stats
-    cls = storage.clsid_of(item)
-    if ttl_set:
-        stats.touch_cmds += 1
-        stats.slab.touch_hits[cls] += 1
-    else:
-        stats.get_cmds += 1
-        stats.slab.get_hits[cls] += 1
     return b"".join(out)
 
 

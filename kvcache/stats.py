@@ -34,8 +34,11 @@ _CLASS_FIELDS = (
 # The segmented LRU's figures, per class as memcached's `stats items` rows. Arrays of int64
 # rather than lists: the native storage writes them through a buffer on every LRU move, so
 # they are never replaced, only zeroed in place. number_hot and number_warm are state
-# (number_cold is number minus both); the moves are counters.
-_LRU_FIELDS = ("number_hot", "number_warm", "moves_to_cold", "moves_to_warm", "moves_within_lru")
+# (number_cold is number minus both); the moves and hits are counters. A get hit counts to
+# get_hits and to the segment the item was in when found (memcached's lru_hits), so
+# get_hits == hits_to_hot + hits_to_warm + hits_to_cold per class.
+_LRU_FIELDS = ("number_hot", "number_warm", "moves_to_cold", "moves_to_warm", "moves_within_lru",
+               "hits_to_hot", "hits_to_warm", "hits_to_cold")
 _LRU_STATE = ("number_hot", "number_warm")
 _SUMMED_SLAB_FIELDS = ("get_hits", "set_cmds", "delete_hits", "incr_hits", "decr_hits",
                        "cas_hits", "cas_badval", "touch_hits")
@@ -71,6 +74,9 @@ class SlabStats:
     moves_to_cold: array[int]  # HOT or WARM tail -> COLD (not active)
     moves_to_warm: array[int]  # active HOT tail, or active item in COLD -> WARM
     moves_within_lru: array[int]  # active WARM tail -> WARM head
+    hits_to_hot: array[int]  # get hits on an item found in HOT (before the read bumps it)
+    hits_to_warm: array[int]
+    hits_to_cold: array[int]
 
     def __init__(self) -> None:
         for name in _CLASS_FIELDS:
@@ -290,10 +296,11 @@ def _yes(flag: bool) -> str:
 
 
 def items_stats(storage: Storage) -> list[Stat]:
-    """`stats items`: one block per size class holding items, with its LRU segments. Hits
-    are not told apart by segment (the commands count them): all show as hits_to_cold."""
+    """`stats items`: one block per size class holding items, with its LRU segments: the
+    age (now minus last access) of each segment's tail, 0 when it is empty, and the get hits
+    by the segment the item was found in. No TEMP LRU: hits_to_temp stays 0."""
     slab = storage.stats.slab
-    age = storage.oldest_age()
+    ages_hot, ages_warm, ages_cold = storage.tail_ages()
     out: list[Stat] = []
     for cls in range(1, storage.slabs.largest + 1):
         number = slab.number[cls]
@@ -303,8 +310,9 @@ def items_stats(storage: Storage) -> list[Stat]:
         hot, warm = slab.number_hot[cls], slab.number_warm[cls]
         out += [
             (p + "number", number), (p + "number_hot", hot), (p + "number_warm", warm),
-            (p + "number_cold", number - hot - warm), (p + "age_hot", 0), (p + "age_warm", 0),
-            (p + "age", age), (p + "mem_requested", slab.requested[cls]),
+            (p + "number_cold", number - hot - warm), (p + "age_hot", ages_hot.get(cls, 0)),
+            (p + "age_warm", ages_warm.get(cls, 0)), (p + "age", ages_cold.get(cls, 0)),
+            (p + "mem_requested", slab.requested[cls]),
             (p + "evicted", slab.evicted[cls]), (p + "evicted_nonzero", slab.evicted_nonzero[cls]),
             (p + "evicted_time", slab.evicted_time[cls]),
             (p + "outofmemory", slab.outofmemory[cls]), (p + "tailrepairs", 0),
@@ -316,9 +324,9 @@ def items_stats(storage: Storage) -> list[Stat]:
             (p + "lrutail_reflocked", 0), (p + "moves_to_cold", slab.moves_to_cold[cls]),
             (p + "moves_to_warm", slab.moves_to_warm[cls]),
             (p + "moves_within_lru", slab.moves_within_lru[cls]), (p + "direct_reclaims", 0),
-            (p + "hits_to_hot", 0),
-            (p + "hits_to_warm", 0), (p + "hits_to_cold", slab.get_hits[cls]),
-            (p + "hits_to_temp", 0),
+            (p + "hits_to_hot", slab.hits_to_hot[cls]),
+            (p + "hits_to_warm", slab.hits_to_warm[cls]),
+            (p + "hits_to_cold", slab.hits_to_cold[cls]), (p + "hits_to_temp", 0),
         ]
     return out
 

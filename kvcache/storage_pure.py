@@ -99,17 +99,37 @@ class Storage(Lru):
             self.bump(item)
         return item
 
+    def count_hit(self, item: Item) -> None:
+        """Count a get hit on `item`, found and not yet bumped: to its class's get_hits and
+        to the segment it is in (memcached counts lru_hits by the LRU the item is in when
+        found; its move out of COLD comes later, ours comes with the bump)."""
+        slab = self.stats.slab
+        mcls = self.clsid_of(item)
+        slab.get_hits[mcls] += 1
+        segment = item.lane % LANES
+        hits = (slab.hits_to_hot if segment == HOT else
+                slab.hits_to_warm if segment == WARM else slab.hits_to_cold)
+        hits[mcls] += 1
+
+    def read(self, key: bytes) -> Item | None:
+        """A get/gets/mg of one key as memcached counts its hit: the live item, its hit
+        counted (count_hit), then bumped. Misses and cmd_get are the caller's to count."""
+        item = self.find(key)
+        if item is not None:
+            self.count_hit(item)
+            self.bump(item)
+        return item
+
     def get_reply(self, key: bytes) -> bytes:
         """The whole reply to `get <key>` (one key, at most MAX_KEY_BYTES): its VALUE block
-        and END, read as `get` reads and counted as memcached counts a get: cmd_get, then
-        get_misses or the class's get_hits. The server's fast lane and `get` use it."""
+        and END, read and counted as memcached counts a get: cmd_get, then get_misses or
+        the hit (`read`). The server's fast lane and `get` use it."""
         stats = self.stats
         stats.get_cmds += 1
-        item = self.get(key)
+        item = self.read(key)
         if item is None:
             stats.get_misses += 1
             return END
-        stats.slab.get_hits[self.clsid_of(item)] += 1
         value = item.value
         return b"VALUE %s %d %d\r\n%s\r\nEND\r\n" % (key, item.flags, len(value), value)
 

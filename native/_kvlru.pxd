@@ -43,3 +43,5 @@ cdef class Lru:
     cdef uint32_t _take_chunk(self, int cls) except? 0
     cdef void _evict(self, uint32_t ref) except *
     cdef void _unlink(self, uint32_t ref) except *
+    cdef uint64_t _holding(self, int segment, int low, int high, number)
+    cdef void _walk_tail(self, uint32_t ref, uint64_t wanted, dict ages)

@@ -13,7 +13,18 @@ from libc.stdint cimport int64_t, uint8_t, uint32_t, uint64_t
 from libc.string cimport memcpy
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 
-from native._kvarena cimport KEY_BINARY, STALE, TOKEN_SENT, Rec, key_of, rec_at
+from native._kvarena cimport (
+    HOT,
+    KEY_BINARY,
+    SEG_MASK,
+    SEG_SHIFT,
+    STALE,
+    TOKEN_SENT,
+    WARM,
+    Rec,
+    key_of,
+    rec_at,
+)
 from native._kvlru cimport ItemView, Lru
 
 from kvcache import storage_pure as _pure
@@ -80,11 +91,14 @@ cdef class Storage(Lru):
 
     # counters a plain get or set moves, written in C (kvcache/stats.py: HOT_COUNTERS)
     cdef long long[::1] hot, get_hits, set_cmds
+    cdef long long[::1] hits_to_hot, hits_to_warm, hits_to_cold  # [mcls], by segment
 
     def __cinit__(self, *args, **kwargs):
         stats = self.stats
-        self.hot, self.get_hits, self.set_cmds = (stats.hot, stats.slab.get_hits,
-                                                  stats.slab.set_cmds)
+        slab = stats.slab
+        self.hot, self.get_hits, self.set_cmds = stats.hot, slab.get_hits, slab.set_cmds
+        self.hits_to_hot, self.hits_to_warm, self.hits_to_cold = (
+            slab.hits_to_hot, slab.hits_to_warm, slab.hits_to_cold)
 
     # -- time ----------------------------------------------------------------------------
     def tick(self, int64_t now) -> None:
@@ -131,6 +145,32 @@ cdef class Storage(Lru):
         self._bump(ref)
         return self._view(ref)
 
+    cdef void _count_hit(self, Rec* r) noexcept:
+        # a get hit: to the class's get_hits and to the segment the record is in (before
+        # the bump, see the pure twin's count_hit)
+        cdef int mcls = self._mclsid(r.nkey, r.flags, r.nvalue)
+        cdef int segment = (r.bits & SEG_MASK) >> SEG_SHIFT
+        self.get_hits[mcls] += 1
+        if segment == HOT:
+            self.hits_to_hot[mcls] += 1
+        elif segment == WARM:
+            self.hits_to_warm[mcls] += 1
+        else:
+            self.hits_to_cold[mcls] += 1
+
+    def count_hit(self, ItemView item not None) -> None:
+        """Count a get hit on `item`, found and not yet bumped (see the pure twin)."""
+        self._count_hit(rec_at(self.a.base, self._ref_of(item)))
+
+    def read(self, bytes key not None):
+        """A get/gets/mg of one key: the live item, its hit counted, then bumped."""
+        cdef uint32_t ref = self._find(key)
+        if ref == 0:
+            return None
+        self._count_hit(rec_at(self.a.base, ref))
+        self._bump(ref)
+        return self._view(ref)
+
     def get_reply(self, bytes key not None):
         """The whole reply to `get <key>`, written from the record (see the pure twin)."""
         cdef uint32_t ref
@@ -140,9 +180,9 @@ cdef class Storage(Lru):
         if ref == 0:
             self.hot[_GET_MISSES] += 1
             return _END
-        self._bump(ref)
         r = rec_at(self.a.base, ref)
-        self.get_hits[self._mclsid(r.nkey, r.flags, r.nvalue)] += 1
+        self._count_hit(r)
+        self._bump(ref)
         return _value_reply(r)
 
     def touch(self, bytes key not None, int64_t exptime):

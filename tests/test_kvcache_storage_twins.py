@@ -4,8 +4,8 @@ Hypothesis drives both with the same random operation sequences (every store mod
 or not, reads, whole `get` replies, touch, delete, incr/decr with items pinned by earlier
 reads, flush with and without delay, the clock moving, the crawler, the per-item mutations
 meta commands make, eviction under a small limit) and after every step compares what each
-returned, what each holds (items with their CAS, flags, times and bits, in LRU order) and
-every counter.
+returned, what each holds (items with their CAS, flags, times and bits, in LRU order),
+every counter (get hits by LRU segment too) and the ages of the segments' tails.
 """
 
 from __future__ import annotations
@@ -50,6 +50,8 @@ values = st.one_of(
     numbers.map(lambda n: b"%d" % n),
     st.binary(max_size=40),
     st.integers(100, 3000).map(lambda n: b"v" * n),  # other size classes
+    # around the first class boundaries: an arena lane holds items of two memcached classes
+    st.integers(20, 120).map(lambda n: b"s" * n),
 )
 cas_backs = st.sampled_from([0, 0, 0, 1, 2])  # 0: no CAS; else near the current one
 wire_exptimes = st.sampled_from([0, 0, 0, 1, 2, 5, 100, -1, 2_592_001, NOW + 3])
@@ -60,6 +62,7 @@ operations = st.one_of(
               cas_backs, st.booleans(), st.booleans()),
     st.tuples(st.just("get"), keys),
     st.tuples(st.just("get_reply"), keys),  # the fast lane's get: the reply bytes
+    st.tuples(st.just("read"), keys),  # the counted get of get/gets and mg
     st.tuples(st.just("store_command"), st.sampled_from(list(Mode)), keys, values,
               st.sampled_from([0, 1, 2**32 - 1]), wire_exptimes, cas_backs),
     st.tuples(st.just("find"), keys),
@@ -74,10 +77,30 @@ operations = st.one_of(
     st.tuples(st.just("crawl"), st.integers(1, 20)),
     st.tuples(st.just("mutate"), keys,
               st.sampled_from(["bump", "refresh", "grant", "exptime", "invalidate",
-                               "invalidate_ttl", "remove"])),
+                               "invalidate_ttl", "remove", "count_hit"])),
     st.tuples(st.just("vivify"), keys, st.booleans()),
     st.tuples(st.just("limit"), st.integers(LIMIT_FLOOR, LIMIT_FLOOR + 40_000)),
 )
+
+
+def check_hits_add_up(s: Any) -> None:
+    """Every get hit counts to exactly one segment (memcached: get_hits sums lru_hits)."""
+    slab = s.stats.slab
+    assert list(slab.get_hits) == [h + w + c for h, w, c in zip(
+        slab.hits_to_hot, slab.hits_to_warm, slab.hits_to_cold, strict=True)]
+
+
+def check_tail_ages(s: storage_pure.Storage) -> None:
+    """The pure twin's tail_ages, which stops walking a lane early, against every item: per
+    lane, the item of each class nearest the tail; per class, the oldest of those."""
+    tails: dict[tuple[int, int], Any] = {}
+    for item in s.items():  # lane by lane, head to tail: the last one met is the tail-most
+        tails[item.lane, s.clsid_of(item)] = item
+    expected: tuple[dict[int, int], ...] = ({}, {}, {})
+    for (lane, mcls), item in tails.items():
+        ages = expected[lane % storage_pure.LANES]
+        ages[mcls] = max(ages.get(mcls, 0), s.now - item.atime)
+    assert s.tail_ages() == expected
 
 
 def snapshot(item: Any) -> tuple | None:
@@ -105,6 +128,7 @@ def state(s: Any) -> dict:
         "used": s.used_bytes,
         "crawling": s.crawling,
         "age": s.oldest_age(),
+        "tail_ages": s.tail_ages(),  # stats items: age_hot, age_warm, age per class
         "flush": (s.oldest_live, s.oldest_cas),
         "counters": [getattr(stats, name) for name in COUNTERS],
         "slab": {name: list(getattr(stats.slab, name)) for name in SLAB_FIELDS},
@@ -130,7 +154,7 @@ class Driver:
             mode, key, value, flags, wire, cas_back = args
             cas = max(0, s.next_cas() - cas_back) if cas_back else 0
             return s.store_command(mode, key, value, flags, s.expiry(wire), cas)
-        if name in ("get", "find", "delete", "get_reply"):
+        if name in ("get", "find", "delete", "get_reply", "read"):
             return getattr(s, name)(args[0])
         if name == "touch":
             return s.touch(args[0], s.expiry(args[1]))
@@ -167,6 +191,8 @@ class Driver:
             s.bump(item)
         elif how == "refresh":
             s.refresh(item)
+        elif how == "count_hit":  # mg: its hit counted apart from the bump
+            s.count_hit(item)
         elif how == "grant":
             s.grant_token(item)
         elif how == "exptime":
@@ -189,6 +215,8 @@ def test_twins_agree_step_by_step(limit: int, ops: list[tuple]) -> None:
         expected = observe(pure.step(op))
         assert observe(native.step(op)) == expected, (number, op)
         assert state(native.s) == state(pure.s), (number, op)
+    check_hits_add_up(pure.s)
+    check_tail_ages(pure.s)
 
 
 many_keys = st.sampled_from([b"r%d" % i for i in range(40)])
@@ -197,8 +225,8 @@ read_heavy = st.one_of(  # one size class, many keys, reads repeated: every segm
               st.just(0), st.sampled_from([0, 0, 3]), st.just(0), st.just(False),
               st.just(False)),
     st.tuples(st.just("get"), many_keys),
-    st.tuples(st.just("get"), many_keys),
-    st.tuples(st.just("get"), many_keys),
+    st.tuples(st.just("read"), many_keys),
+    st.tuples(st.just("get_reply"), many_keys),
     st.tuples(st.just("delta"), many_keys, st.booleans(), st.integers(0, 5), st.just(0)),
     st.tuples(st.just("tick"), st.sampled_from([1, 61])),
     st.tuples(st.just("crawl"), st.integers(1, 20)),
@@ -214,6 +242,31 @@ def test_twins_agree_on_a_read_heavy_mix(limit: int, ops: list[tuple]) -> None:
     for number, op in enumerate(ops):
         assert observe(native.step(op)) == observe(pure.step(op)), (number, op)
         assert state(native.s) == state(pure.s), (number, op)
+    check_hits_add_up(pure.s)
+    check_tail_ages(pure.s)
+
+
+straddling = st.one_of(  # sizes either side of memcached's first class boundary, which
+    # falls inside one arena class: its lanes hold items of two memcached classes
+    st.tuples(st.just("store_command"), st.just(Mode.SET), many_keys,
+              st.integers(26, 40).map(lambda n: b"s" * n), st.sampled_from([0, 1]),
+              st.just(0), st.just(0)),
+    st.tuples(st.just("read"), many_keys),
+    st.tuples(st.just("get_reply"), many_keys),
+    st.tuples(st.just("delete"), many_keys),
+    st.tuples(st.just("tick"), st.sampled_from([1, 2, 61])),
+)
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(ops=st.lists(straddling, min_size=20, max_size=200))
+def test_twins_agree_on_lanes_shared_by_two_classes(ops: list[tuple]) -> None:
+    pure, native = Driver(storage_pure, 1 << 20), Driver(NATIVE, 1 << 20)
+    for number, op in enumerate(ops):
+        assert observe(native.step(op)) == observe(pure.step(op)), (number, op)
+        assert state(native.s) == state(pure.s), (number, op)
+    check_hits_add_up(pure.s)
+    check_tail_ages(pure.s)
 
 
 def test_views_follow_storage_changes_and_refuse_reuse_after_removal() -> None:

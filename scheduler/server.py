@@ -92,7 +92,7 @@ class SchedulerServer(FiringLoop, WorkerCommands):
         self.worker_timeout_ms = worker_timeout_ms
         self.state = SchedulerState()
         self.clock = clock
-        self.driver: RaftDriver = driver_factory(self.apply, self.state.snapshot,
+        self.driver: RaftDriver = driver_factory(self.apply, self.state.capture_snapshot,
                                                  self.state.restore)
         self.resp = RespServer("scheduler", VERSION, self.commands(), password=password,
                                limits=Limits(max_clients=max_clients), info=self.info)

@@ -1,17 +1,40 @@
 """The scheduler state's snapshot and restore: the whole replicated state as one blob.
 
 `SnapshotSide` is a base class of `scheduler.state.SchedulerState`; its `snapshot` and
-`restore` are the Raft driver's snapshot hooks. Run histories travel as rows in RUN_FIELDS
-order (a snapshot holds every job's history); a snapshot written before rows (maps) still
-restores. Restore rebuilds the AFTER children and the active/fired run indexes.
+`restore` are the Raft driver's snapshot hooks, and `capture_snapshot` is the hook that
+lets the driver encode off the event loop: it only copies the containers (on the loop; Job
+and RunRecord are frozen, so the records themselves are shared) and returns the encoder,
+which reads that view alone and may run in any thread while entries keep applying. The
+encoder packs piece by piece (one small msgpack call per job or record list) so that the
+loop gets the GIL back between pieces; the bytes equal one `msgpack.packb` of the map.
+
+Run histories travel as rows in RUN_FIELDS order (a snapshot holds every job's history); a
+snapshot written before rows (maps) still restores. Restore rebuilds the AFTER children and
+the active/fired run indexes.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
 
 import msgpack
 
 from scheduler.jobs import Job
 from scheduler.runs import ACTIVE, FIRED, RUN_FIELDS, RunRecord
+
+
+@dataclass(frozen=True, slots=True)
+class _View:
+    """The state's containers as of one applied index, copied; the values are immutable."""
+
+    jobs: list[Job]
+    handled: dict[str, int]
+    missed: dict[str, int]
+    runs: dict[str, list[RunRecord]]
+    workers: dict[str, int]
+    clients: dict[int, str]
 
 
 class SnapshotSide:
@@ -29,17 +52,16 @@ class SnapshotSide:
     _children: dict[str, list[str]]
 
     def snapshot(self) -> bytes:
-        """The whole state as bytes (the driver's snapshot hook)."""
-        return msgpack.packb({
-            "jobs": [job.to_dict() for job in self.jobs.values()],
-            "handled": self.handled,
-            "missed": self.missed,
-            # rows, not maps: a snapshot holds every job's history (the driver waits on it)
-            "run_fields": RUN_FIELDS,
-            "run_rows": {n: [r.to_row() for r in runs.values()] for n, runs in self.runs.items()},
-            "workers": self.workers,
-            "clients": {str(k): v for k, v in self.clients.items()},  # msgpack: str keys
-        })
+        """The whole state as bytes (the driver's snapshot hook, encoding on the loop)."""
+        return self.capture_snapshot()()
+
+    def capture_snapshot(self) -> Callable[[], bytes]:
+        """The driver's off-loop snapshot hook: a view of the state now, and its encoder
+        (which returns what `snapshot()` would have returned now)."""
+        view = _View(list(self.jobs.values()), dict(self.handled), dict(self.missed),
+                     {name: list(runs.values()) for name, runs in self.runs.items()},
+                     dict(self.workers), dict(self.clients))
+        return partial(_encode, view)
 
     def restore(self, blob: bytes) -> None:
         """Replace the state with a `snapshot()` blob."""
@@ -69,3 +91,23 @@ class SnapshotSide:
         self._active = {(r.job, r.run_id) for runs in self.runs.values()
                         for r in runs.values() if r.state in ACTIVE}
         self._fired = {key for key in self._active if self.runs[key[0]][key[1]].state == FIRED}
+
+
+def _encode(view: _View) -> bytes:
+    """msgpack of the snapshot map, built from pieces. Each piece's objects (a job's dict,
+    its rows) die as soon as it is packed: had they piled up, the cyclic GC would scan them,
+    holding the GIL for tens of milliseconds."""
+    packer = msgpack.Packer()
+    pack = packer.pack
+    parts = [packer.pack_map_header(7), pack("jobs"), packer.pack_array_header(len(view.jobs))]
+    parts += [pack(job.to_dict()) for job in view.jobs]
+    parts += [pack("handled"), pack(view.handled), pack("missed"), pack(view.missed)]
+    # rows, not maps: a snapshot holds every job's history
+    parts += [pack("run_fields"), pack(RUN_FIELDS)]
+    parts += [pack("run_rows"), packer.pack_map_header(len(view.runs))]
+    for name, runs in view.runs.items():
+        parts += [pack(name), pack([r.to_row() for r in runs])]
+    parts += [pack("workers"), pack(view.workers)]
+    clients = {str(k): v for k, v in view.clients.items()}  # msgpack: str keys
+    parts += [pack("clients"), pack(clients)]
+    return b"".join(parts)

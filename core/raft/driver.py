@@ -10,12 +10,15 @@ core/raft/ready.py documents:
    in a worker thread while the loop keeps stepping messages and taking proposals;
 2. send the messages (a Peer that is down makes the leader probe: report_unreachable);
 3. restore a received snapshot, apply committed entries through `apply`, answer reads;
-4. advance; then take a snapshot every `snapshot_every` applied entries and compact.
+4. advance; then take a snapshot every `snapshot_every` applied entries and compact (an
+   encoder the application returns runs in a thread: core/raft/driver_apply.py).
 
 The application gives three callbacks: `apply(entries)` gets [(index, data), ...] in log
-order and returns one result per entry (or None); `snapshot() -> bytes` and
-`restore(bytes)`. Its API: `propose`/`execute` (optionally forwarded to the leader),
-`read_barrier`, `transfer_leadership`, `add_node`/`remove_node`, `status`, `stop`:
+order and returns one result per entry (or None); `snapshot()`, which returns the blob or,
+to have it encoded and written in a worker thread, an encoder of a view it captured
+(driver_types.SnapshotHook); and `restore(bytes)`. Its API: `propose`/`execute`
+(optionally forwarded to the leader), `read_barrier`, `transfer_leadership`,
+`add_node`/`remove_node`, `status`, `stop`:
 
     driver = RaftDriver(DriverConfig(node_id=1, data_dir=..., listen=("127.0.0.2", 7002),
                                      peers={...}, founders=(1, 2, 3), secret=...),
@@ -57,11 +60,12 @@ from core.raft.driver_types import (
     DriverConfig,
     NotLeaderError,
     ProposalUnknown,
+    SnapshotHook,
     fail_future,
     format_address,
 )
 from core.raft.errors import NotLeader, RaftError, WireError
-from core.raft.messages import NONE, SnapshotRequest, message_from_wire
+from core.raft.messages import NONE, Snapshot, SnapshotRequest, message_from_wire
 from core.raft.node import Node
 from core.raft.ready import Ready, Role
 from core.rpc import Address, RequestRefused, RpcClient, RpcError, RpcServer
@@ -80,7 +84,7 @@ log = logging.getLogger("core.raft.driver")
 class RaftDriver(ProposeSide, ApplySide):
     """See the module header. Create, `await start()`, use, `await stop()`."""
 
-    def __init__(self, config: DriverConfig, apply: Apply, snapshot: Callable[[], bytes],
+    def __init__(self, config: DriverConfig, apply: Apply, snapshot: SnapshotHook,
                  restore: Callable[[bytes], None]) -> None:
         self.config = config
         self.id = config.node_id
@@ -99,6 +103,8 @@ class RaftDriver(ProposeSide, ApplySide):
         self._seq = itertools.count(1)
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
+        self._snapshot_task: asyncio.Task[Snapshot | None] | None = None
+        self._snapshot_skip = False
         self._stopping = False
         self._closed = False
         self._failure: BaseException | None = None
@@ -182,6 +188,7 @@ class RaftDriver(ProposeSide, ApplySide):
             task.cancel()
         await asyncio.gather(*(t for t in self._tasks if t is not asyncio.current_task()),
                              return_exceptions=True)
+        await self._snapshot_drain()
         if self.server is not None:
             await self.server.close()
         if self.rpc is not None:
@@ -354,6 +361,7 @@ class RaftDriver(ProposeSide, ApplySide):
             while not self._stopping:
                 await self._wake.wait()
                 self._wake.clear()
+                self._settle_snapshot()
                 while node.has_ready() and not self._stopping:
                     rd = node.ready()
                     self._observe(rd)
@@ -380,6 +388,8 @@ class RaftDriver(ProposeSide, ApplySide):
     async def _persist(self, rd: Ready) -> None:
         storage = self.storage
         assert storage is not None
+        if rd.snapshot is not None:
+            await self._snapshot_yield()
         if rd.snapshot is not None or not rd.must_sync or not self.config.fsync_in_thread:
             storage.persist(rd)
             return

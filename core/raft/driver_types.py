@@ -6,6 +6,12 @@ entry starts with a one-byte tag, TAG_APP for application commands (the applicat
 only the bytes after it) and TAG_ADDRESS for the replicated address book (msgpack
 [node id, [host, port]]). A snapshot is msgpack [SNAPSHOT_FORMAT, address book,
 application blob].
+
+The application's snapshot hook (`SnapshotHook`) returns either the blob, encoded on the
+event loop, or a zero-argument encoder: the hook then only captures a consistent view of
+its state (on the loop, while no entry is being applied) and the driver calls the encoder
+in a worker thread, so a large state does not stall the loop. The encoder must read only
+its captured view, never the live state, which keeps changing meanwhile.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ __all__ = [
     "DriverConfig",
     "NotLeaderError",
     "ProposalUnknown",
+    "SnapshotHook",
     "fail_future",
     "format_address",
     "resolve_future",
@@ -39,6 +46,7 @@ SNAPSHOT_FORMAT = 1
 DEFAULT_TIMEOUT_S = 10.0
 
 Apply = Callable[[Sequence[tuple[int, bytes]]], Sequence[Any] | None]
+SnapshotHook = Callable[[], bytes | Callable[[], bytes]]  # the blob, or its encoder
 
 
 class NotLeaderError(NotLeader):

@@ -17,9 +17,10 @@ due in the same millisecond (~80 ms of planning, applying and dispatching on thi
 and the worker's) starts on time. A slot is fired ahead at most once and alone
 (`planning.plan_ahead`); exactly-once is unchanged, since the run record is committed
 before dispatch as always. What moves is the point of no return: a pause or delete
-committed inside a slot's window does not stop a run fired ahead for it. Jobs with forbid
-or replace fire at their slot, because their decision depends on the earlier run's state
-then.
+committed inside a slot's window stops a run fired ahead for it only if no worker has taken
+it yet (a pause kills it, a delete drops it); a worker that holds it starts it at the slot.
+Jobs with forbid or replace fire at their slot, because their decision depends on the
+earlier run's state then.
 """
 
 from __future__ import annotations

@@ -149,6 +149,15 @@ class ApplySide(QuerySide):
         self.jobs_changes += 1
         if not paused:  # slots that fell due while paused are not caught up
             self.handled[name] = max(self.handled[name], at_ms)
+            return None
+        # Runs fired ahead of a slot after the pause (scheduler/fireloop.py) that no worker
+        # took yet are killed: no worker gets them. One a worker holds runs at its slot
+        # (killing it would not reach the worker in time, and the record would say it did
+        # not run).
+        runs = self.runs[name]
+        for record in list(runs.values()):
+            if record.state == FIRED and record.slot_ms > at_ms:
+                runs[record.run_id] = step(record, KILL, at_ms, message=MSG_PAUSED_AHEAD)
         return None
 
     def _fire(self, entry: dict[str, Any]) -> Any:
@@ -388,6 +397,9 @@ _HANDLERS = {
     OP_LOSE: ApplySide._lose,
     OP_MEMBER: ApplySide._member,
 }
+
+
+MSG_PAUSED_AHEAD = "the job was paused before its slot"
 
 
 def _ordered(records: Iterable[RunRecord]) -> list[RunRecord]:

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from tests import test_scheduler_daemon as daemon_tests
-from tests.test_scheduler_daemon import Cluster, wait_until
+from tests.test_scheduler_daemon import Cluster, paused_ahead, wait_until
 
 OFFSET_FLAG = "--clock-offset-ms"
 FINAL = frozenset({"succeeded", "failed", "timed_out", "lost", "killed", "skipped"})
@@ -71,8 +71,10 @@ def history(cluster: Cluster, job: str) -> list[dict[str, Any]]:
 
 
 def fired_slots(cluster: Cluster, job: str) -> list[int]:
-    """The slots of `job` that fired (skipped slots left out), ascending."""
-    return sorted(run["slot_ms"] for run in history(cluster, job) if run["state"] != "skipped")
+    """The slots of `job` that fired (skipped slots and runs its pause killed before they
+    ran left out), ascending."""
+    return sorted(run["slot_ms"] for run in history(cluster, job)
+                  if run["state"] != "skipped" and not paused_ahead(run))
 
 
 def settled(cluster: Cluster, *jobs: str) -> bool:

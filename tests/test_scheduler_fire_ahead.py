@@ -23,6 +23,7 @@ from scheduler.jobs import parse_job_add
 from scheduler.planning import plan_ahead
 from scheduler.runs import SKIPPED, STARTED, timeout_at_ms
 from scheduler.state import SchedulerState
+from scheduler.state_apply import MSG_PAUSED_AHEAD
 from scheduler.worker import Run, start_delay
 
 T0 = 1_700_000_000_000  # a whole second
@@ -92,6 +93,20 @@ def test_a_run_fired_ahead_is_claimed_with_its_wait_and_starts_at_the_slot() -> 
     # delivered again after a lost reply: the wait left, from the new claim's time
     [again] = state.apply_entry(S.encode_claim("w1", [], T0 + 900, resync=True))
     assert (again["run_id"], again["start_in_ms"]) == (claimed["run_id"], 100)
+
+
+def test_a_pause_kills_the_runs_fired_ahead_that_no_worker_took() -> None:
+    state = state_with(["held", "@every 1s", "true", "TARGET", "a"],
+                       ["waiting", "@every 1s", "true", "TARGET", "b"])
+    assert len(Planning(state, 200).turn(T0 + 850)) == 2  # both fired for T0 + 1000
+    [held] = state.apply_entry(S.encode_claim("w1", ["a"], T0 + 860))
+    for name in ("held", "waiting"):
+        assert state.apply_entry(S.encode_name(S.OP_PAUSE, name, T0 + 900)) is None
+    [waiting] = state.runs["waiting"].values()
+    assert (waiting.state, waiting.message) == ("killed", MSG_PAUSED_AHEAD)
+    assert state.apply_entry(S.encode_claim("w2", ["b"], T0 + 950)) == []
+    # the run a worker holds starts at its slot, as the worker will start it
+    assert state.runs["held"][held["run_id"]].state == STARTED
 
 
 def test_a_run_claimed_after_its_slot_starts_at_once() -> None:

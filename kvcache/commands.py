@@ -163,6 +163,7 @@ class Engine:
 
 _noreply = has_noreply
 _reply = replies.unless
+value_block = replies.value_block
 
 
 # -- retrieval --------------------------------------------------------------------------------
@@ -192,12 +193,7 @@ def _blocks(engine: Engine, keys: list[bytes], start: int, with_cas: bool,
         if item is None:
             misses += 1
             continue
-        value = item.value
-        if with_cas:
-            block = b"VALUE %s %d %d %d\r\n%s\r\n" % (key, item.flags, len(value), item.cas,
-                                                     value)
-        else:
-            block = b"VALUE %s %d %d\r\n%s\r\n" % (key, item.flags, len(value), value)
+        block = value_block(key, item.flags, item.value, item.cas if with_cas else None)
         parts.append(block)
         size += len(block)
         if size >= STREAM_CHUNK_BYTES:

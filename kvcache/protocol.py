@@ -4,10 +4,11 @@
 native.mcproto_pure (with a warning; INFRA_PURE=1 forces the twin). The twins have the same
 API and behaviour (tests/test_native_mcproto.py proves it); native/mcproto_pure.py is the
 reference and documents the framing rules. The same twin also supplies the fast lane
-(`answer`) that answers a read holding one plain `get` or `set` without the general request
-loop, and `Lane`, the server's read callback built around it. Everything else here (the
-request types, the limits, the token helpers) is the reference module's own object, so
-`type(request) is Store` holds whichever parser produced the request.
+(`answer`) that answers a read holding one plain `get`/`gets` line (one key or many) or one
+plain `set` without the general request loop, and `Lane`, the server's read callback built
+around it. Everything else here (the request types, the limits, the token helpers) is the
+reference module's own object, so `type(request) is Store` holds whichever parser produced
+the request.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from native.mcproto_pure import (
 _impl = load("native._mcproto", "native.mcproto_pure")
 
 RequestParser = _impl.RequestParser
-# The fast lane for a read that is one plain `get` or `set` (see native/mcproto_pure.py).
+# The fast lane for a read that is one plain get/gets line or one `set` (native/mcproto_pure.py).
 answer = _impl.answer
 Lane = _impl.Lane
 # Which twin is in use: "native" (compiled) or "pure" (the reference).

@@ -33,6 +33,15 @@ NOT_FOUND = b"NOT_FOUND\r\n"
 DELETED = b"DELETED\r\n"
 TOUCHED = b"TOUCHED\r\n"
 END = b"END\r\n"
+
+
+def value_block(key: bytes, flags: int, value: bytes, cas: int | None = None) -> bytes:
+    """One hit of get/gets/gat/gats: the VALUE line (with the CAS for gets/gats) and data."""
+    if cas is None:
+        return b"VALUE %s %d %d\r\n%s\r\n" % (key, flags, len(value), value)
+    return b"VALUE %s %d %d %d\r\n%s\r\n" % (key, flags, len(value), cas, value)
+
+
 OK = b"OK\r\n"
 RESET = b"RESET\r\n"
 VERSION_LINE = line("VERSION " + VERSION)

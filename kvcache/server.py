@@ -3,11 +3,11 @@
 Per connection: bytes go to a `RequestParser`; each request it yields is executed at once
 and its reply queued; the queue is written in one call when the parser runs dry, so a
 pipeline of N commands costs one write. Nothing waits inside a command, so replies keep the
-order of the requests by construction. A read that is exactly one plain `get <key>` or one
-plain `set` with its data (most of a cache's traffic) takes a compiled fast lane instead:
-each connection's `Lane` (kvcache/protocol.py) is installed as its `data_received`, answers
-those reads itself (the same reply, counters and parser state) and hands every other read
-to the request loop (`Connection._read`).
+order of the requests by construction. A read that is exactly one plain `get` (of one key
+or many), one `gets`, or one plain `set` with its data (most of a cache's traffic) takes a
+compiled fast lane instead: each connection's `Lane` (kvcache/protocol.py) is installed as
+its `data_received`, answers those reads itself (the same reply, counters and parser state)
+and hands every other read to the request loop (`Connection._read`).
 
 Backpressure: when the socket's write buffer passes WRITE_HIGH_WATER the connection stops
 parsing *and* reading; requests already buffered stay in the parser (bounded by the framing

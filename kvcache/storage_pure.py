@@ -41,14 +41,17 @@ from kvcache.lru_pure import (
     Lru,
 )
 from kvcache.numbers import parse_u64_prefix
-from kvcache.replies import END
+from kvcache.replies import END, value_block
 from kvcache.slabs import item_ntotal
 
 REALTIME_MAXDELTA = 60 * 60 * 24 * 30  # exptimes above this are Unix times
 U64_MASK = (1 << 64) - 1
+# A VALUE block's bytes besides its key and value, at most: "VALUE ", three numbers with
+# their spaces (flags < 2**32, length < 2**31, CAS < 2**64) and two CRLFs.
+VALUE_BLOCK_SLACK = 6 + 11 + 11 + 21 + 4
 
 __all__ = ["COLD", "HOT", "HOT_PERCENT", "ITEM_UPDATE_INTERVAL_S", "LANES", "REALTIME_MAXDELTA",
-           "WARM", "WARM_PERCENT", "Delta", "Item", "Mode", "Outcome",
+           "VALUE_BLOCK_SLACK", "WARM", "WARM_PERCENT", "Delta", "Item", "Mode", "Outcome",
            "Storage", "item_cost"]
 
 
@@ -132,6 +135,39 @@ class Storage(Lru):
             return END
         value = item.value
         return b"VALUE %s %d %d\r\n%s\r\nEND\r\n" % (key, item.flags, len(value), value)
+
+    def get_many_reply(self, keys: list[bytes], with_cas: bool, most: int) -> bytes | None:
+        """The whole reply to `get`/`gets` of `keys` (each at most MAX_KEY_BYTES): every
+        hit's VALUE block in order (with its CAS for gets), then END, read and counted as
+        the request loop counts a multi-get (cmd_get and get_misses per key, each hit by
+        `read`). None, and nothing read or counted, when the reply could be longer than
+        `most` bytes (`reply_bound`): the request loop streams such replies."""
+        if self.reply_bound(keys) > most:
+            return None
+        stats = self.stats
+        read = self.read
+        parts = []
+        for key in keys:
+            item = read(key)
+            if item is None:
+                stats.get_misses += 1
+                continue
+            parts.append(value_block(key, item.flags, item.value, item.cas if with_cas else None))
+        stats.get_cmds += len(keys)
+        parts.append(END)
+        return b"".join(parts)
+
+    def reply_bound(self, keys: list[bytes]) -> int:
+        """At least the length of a get/gets reply to `keys`, without reading them: every
+        item the index holds under each key (live or not) with the longest header, and END.
+        Both twins compute exactly this figure, so they decline the same multi-gets."""
+        index = self._index
+        bound = len(END)
+        for key in keys:
+            item = index.get(key)
+            if item is not None:
+                bound += len(key) + len(item.value) + VALUE_BLOCK_SLACK
+        return bound
 
     def touch(self, key: bytes, exptime: int) -> Item | None:
         """gat/touch: read the item and give it a new (already converted) exptime."""

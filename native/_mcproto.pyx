@@ -10,8 +10,9 @@ agree on random streams cut at random points. What differs is only how:
   of plain digits short enough that no wrapping or range rule applies) is read in C; every
   other storage line, `ms` included, goes to the reference's `storage_header`, so the
   memcached quirks (signs, whitespace, truncation, meta flags) are written once;
-- the fast lane (`answer`: a read that is one plain get or set) is read in C over the
-  read's char*; the storage does the rest (`Storage.get_reply`, `Storage.store_command`).
+- the fast lane (`answer`: a read that is one plain get, multi-get, gets or set) is read in C
+  over the read's char*; the storage does the rest (`Storage.get_reply`,
+  `Storage.get_many_reply`, `Storage.store_command`).
 One difference: `feed` takes `bytes` only (what asyncio hands a protocol); the pure twin
 also takes other bytes-like objects.
 """
@@ -22,6 +23,9 @@ from libc.string cimport memchr, memcmp, memcpy
 from native.mcproto_pure import (
     CLASSIC_STORAGE,
     COLLECT_BLOCKS_OVER,
+    LANE_LINE_BYTES,
+    LANE_MAX_KEYS,
+    LANE_REPLY_BYTES,
     LINE_WITHOUT_NEWLINE_BYTES,
     MAX_KEY_BYTES,
     MAX_LEADING_SPACES,
@@ -42,6 +46,9 @@ cdef Py_ssize_t _NO_NEWLINE_MAX = LINE_WITHOUT_NEWLINE_BYTES
 cdef Py_ssize_t _READ_BUFFER = READ_BUFFER_BYTES
 cdef Py_ssize_t _LEADING_SPACES = MAX_LEADING_SPACES
 cdef long long _COLLECT_OVER = COLLECT_BLOCKS_OVER
+cdef Py_ssize_t _LANE_LINE = LANE_LINE_BYTES
+cdef Py_ssize_t _LANE_KEYS = LANE_MAX_KEYS
+cdef Py_ssize_t _LANE_REPLY = LANE_REPLY_BYTES
 # Digits a number may have for the C path: below every wrap and range limit it would meet
 # (flags < 2**32, exptime and length < 2**31 - 2, CAS < 2**63).
 cdef Py_ssize_t _SHORT_DIGITS = 9
@@ -271,7 +278,7 @@ cdef class RequestParser:
         return request
 
 
-# -- the fast lane: one plain get or set per read (see native/mcproto_pure.py) ---------------
+# -- the fast lane: one plain get, gets or set per read (see native/mcproto_pure.py) ----------
 cdef bytes _STORED = replies.STORED
 cdef bytes _NO_MEMORY = replies.line(replies.OUT_OF_MEMORY_STORING)
 cdef Py_ssize_t _BYTES_READ = HOT_COUNTERS.index("bytes_read")
@@ -287,8 +294,10 @@ cdef inline bint _idle(RequestParser parser):
 
 
 def answer(RequestParser parser not None, bytes data not None, storage):
-    """The reply if `data` is exactly one plain get or set on an idle parser, else None."""
-    return _answer(parser, data, storage.get_reply, storage.store_command, storage.expiry)
+    """The reply if `data` is exactly one plain get, gets or set on an idle parser, else
+    None."""
+    return _answer(parser, data, storage.get_reply, storage.get_many_reply,
+                   storage.store_command, storage.expiry)
 
 
 cdef class Lane:
@@ -300,7 +309,7 @@ cdef class Lane:
     cdef object storage, settings, transport, fallback
     cdef set pinned
     # bound once: a method looked up per read is a measurable part of a get
-    cdef object get_reply, store_command, expiry, write, is_closing
+    cdef object get_reply, get_many_reply, store_command, expiry, write, is_closing
     cdef long long[::1] hot  # CacheStats.hot: bytes_read and bytes_written, added in C
 
     def __init__(self, RequestParser parser not None, storage, settings, set pinned not None,
@@ -308,6 +317,7 @@ cdef class Lane:
         self.parser = parser
         self.storage = storage
         self.get_reply = storage.get_reply
+        self.get_many_reply = storage.get_many_reply
         self.store_command = storage.store_command
         self.expiry = storage.expiry
         self.hot = storage.stats.hot
@@ -331,10 +341,11 @@ cdef class Lane:
         self.fallback = None
 
     def data_received(self, bytes data not None):
-        """Answer `data` if it is one plain get or set and the lane is open; else hand it
-        to the fallback (the connection's request loop)."""
+        """Answer `data` if it is one plain get, gets or set and the lane is open; else
+        hand it to the fallback (the connection's request loop)."""
         if self.open and self.settings.verbose < 2:
-            reply = _answer(self.parser, data, self.get_reply, self.store_command, self.expiry)
+            reply = _answer(self.parser, data, self.get_reply, self.get_many_reply,
+                            self.store_command, self.expiry)
             if reply is not None:
                 self.hot[_BYTES_READ] += PyBytes_GET_SIZE(data)
                 self.last_command = self.storage.now
@@ -354,26 +365,43 @@ cdef class Lane:
         self.write(data)
 
 
-cdef object _answer(RequestParser parser, bytes data, get_reply, store_command, expiry):
+cdef object _answer(RequestParser parser, bytes data, get_reply, get_many_reply,
+                    store_command, expiry):
     cdef const char* p = PyBytes_AS_STRING(data)
     cdef Py_ssize_t n = PyBytes_GET_SIZE(data)
     if n < 7 or not _idle(parser):
         return None
     if memcmp(p, b"get ", 4) == 0:
-        return _answer_get(p, n, get_reply)
+        return _answer_get(p, n, 4, False, get_reply, get_many_reply)
+    if memcmp(p, b"gets ", 5) == 0:
+        return _answer_get(p, n, 5, True, get_reply, get_many_reply)
     if memcmp(p, b"set ", 4) == 0:
         return _answer_set(parser, p, n, store_command, expiry)
     return None
 
 
-cdef object _answer_get(const char* p, Py_ssize_t n, get_reply):
-    cdef Py_ssize_t nkey = n - 6
-    if nkey > _KEY_MAX or p[n - 2] != 13 or p[n - 1] != 10:
+cdef object _answer_get(const char* p, Py_ssize_t n, Py_ssize_t start, bint with_cas,
+                        get_reply, get_many_reply):
+    """A get of one key (get_reply) or a multi-get or gets (get_many_reply) whose keys
+    start at p[start]."""
+    cdef Py_ssize_t nline = n - 2 - start
+    cdef Py_ssize_t i
+    cdef list keys
+    if n > _LANE_LINE or p[n - 2] != 13 or p[n - 1] != 10:
         return None
-    if (memchr(p + 4, 32, nkey) != NULL or memchr(p + 4, 10, nkey) != NULL
-            or memchr(p + 4, 0, nkey) != NULL):
+    if memchr(p + start, 10, nline) != NULL or memchr(p + start, 0, nline) != NULL:
         return None
-    return get_reply(PyBytes_FromStringAndSize(p + 4, nkey))
+    if not with_cas and memchr(p + start, 32, nline) == NULL:
+        if nline > _KEY_MAX:
+            return None
+        return get_reply(PyBytes_FromStringAndSize(p + start, nline))
+    keys = _tokenize(p + start, nline)
+    if not keys or len(keys) > _LANE_KEYS:
+        return None
+    for i in range(len(keys)):
+        if PyBytes_GET_SIZE(keys[i]) > _KEY_MAX:
+            return None
+    return get_many_reply(keys, with_cas, _LANE_REPLY)
 
 
 cdef long long _field(const char* p, Py_ssize_t* pos, Py_ssize_t end, char stop):

@@ -336,14 +336,22 @@ def _meta_set(tokens: list[bytes]) -> tuple[Store | Reject, int]:
     return request, vlen
 
 
-# -- the fast lane: one plain get or set per read ----------------------------------------------
-# Most reads a cache sees are one `get <key>`, most of the rest one `set`. For those the
-# server can skip the general request loop; `answer` is the whole of that path
+# -- the fast lane: one plain get, gets or set per read ----------------------------------------
+# Most reads a cache sees are one `get <key>` (or a multi-get), most of the rest one `set`.
+# For those the server can skip the general request loop; `answer` is the whole of that path
 # (native._mcproto compiles it). The storage it is given (kvcache.storage.Storage) writes the
-# reply and counts the command (`get_reply`, `store_command`), so this module imports no
-# storage.
+# reply and counts the command (`get_reply`, `get_many_reply`, `store_command`), so this
+# module imports no storage.
 _LINE_END = b"\r\n"
 LANE_DIGITS = 9  # a set's numbers in the lane: 1..9 plain digits, below every range rule
+# A multi-get in the lane: one line of at most LANE_LINE_BYTES (what memcached reads at
+# once) holding at most LANE_MAX_KEYS keys, whose reply surely fits in LANE_REPLY_BYTES
+# (at most kvcache.commands.STREAM_CHUNK_BYTES, which this module cannot import: a longer
+# reply is the request loop's, which streams it). These bound what one read may cost and
+# hold; past them the loop answers, with the same bytes and counts.
+LANE_LINE_BYTES = READ_BUFFER_BYTES
+LANE_MAX_KEYS = 512
+LANE_REPLY_BYTES = 256 * 1024
 _STORED = replies.STORED
 _NO_MEMORY = replies.line(replies.OUT_OF_MEMORY_STORING)
 
@@ -355,7 +363,8 @@ def _idle(parser: RequestParser) -> bool:
 
 
 def answer(parser: RequestParser, data: bytes, storage: Any) -> bytes | None:
-    """If `data` is exactly one `get <key>\\r\\n`, or one `set <key> <flags> <exptime>
+    """If `data` is exactly one `get <keys>\\r\\n` or `gets <keys>\\r\\n` (see
+    LANE_MAX_KEYS: each key at most MAX_KEY_BYTES), or one `set <key> <flags> <exptime>
     <bytes>\\r\\n` with its whole data block (plain digits, no noreply, a value that surely
     fits), and `parser` holds nothing (no bytes, no pending block, not closed): its reply,
     the command counted and carried out. Else None, and the caller feeds `data` to the
@@ -364,7 +373,9 @@ def answer(parser: RequestParser, data: bytes, storage: Any) -> bytes | None:
     if len(data) < 7 or not _idle(parser):
         return None
     if data.startswith(b"get "):
-        return _answer_get(data, storage)
+        return _answer_get(data, 4, False, storage)
+    if data.startswith(b"gets "):
+        return _answer_get(data, 5, True, storage)
     if data.startswith(b"set "):
         return _answer_set(parser, data, storage)
     return None
@@ -372,9 +383,9 @@ def answer(parser: RequestParser, data: bytes, storage: Any) -> bytes | None:
 
 class Lane:
     """One connection's read callback, fast lane first: the server installs
-    `data_received` as its protocol's, so a plain get or set is answered, counted and
-    written without a Python frame of the server's (compiled). `fallback(data)` takes
-    every other read (the connection's request loop). `open` says whether the lane may
+    `data_received` as its protocol's, so a plain get, multi-get, gets or set is answered,
+    counted and written without a Python frame of the server's (compiled). `fallback(data)`
+    takes every other read (the connection's request loop). `open` says whether the lane may
     answer (the server closes it while the connection is not admitted, is streaming a reply
     or its writes are paused); `verbosity 2` (per-command traces) closes it too. `send` is
     the connection's one way to write."""
@@ -403,8 +414,8 @@ class Lane:
         self.fallback = None
 
     def data_received(self, data: bytes) -> None:
-        """Answer `data` if it is one plain get or set and the lane is open; else hand it
-        to the fallback."""
+        """Answer `data` if it is one plain get, gets or set and the lane is open (see
+        `answer`); else hand it to the fallback."""
         if self.open and self.settings.verbose < 2:
             reply = answer(self.parser, data, self.storage)
             if reply is not None:
@@ -426,13 +437,20 @@ class Lane:
         self.transport.write(data)
 
 
-def _answer_get(data: bytes, storage: Any) -> bytes | None:
-    if not data.endswith(_LINE_END):
+def _answer_get(data: bytes, start: int, with_cas: bool, storage: Any) -> bytes | None:
+    """A get (one key: `get_reply`) or a multi-get or gets (`get_many_reply`) whose keys
+    start at data[start]."""
+    if not data.endswith(_LINE_END) or len(data) > LANE_LINE_BYTES:
         return None
-    key = data[4:-2]
-    if len(key) > MAX_KEY_BYTES or b" " in key or b"\n" in key or b"\0" in key:
+    line = data[start:-2]
+    if b"\n" in line or b"\0" in line:
         return None
-    return storage.get_reply(key)  # type: ignore[no-any-return]
+    if not with_cas and b" " not in line:
+        return storage.get_reply(line) if len(line) <= MAX_KEY_BYTES else None
+    keys = tokenize(line)
+    if not keys or len(keys) > LANE_MAX_KEYS or max(map(len, keys)) > MAX_KEY_BYTES:
+        return None
+    return storage.get_many_reply(keys, with_cas, LANE_REPLY_BYTES)  # type: ignore[no-any-return]
 
 
 def _lane_number(token: bytes) -> int | None:

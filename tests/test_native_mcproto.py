@@ -7,7 +7,9 @@ by field), keep the same number of bytes buffered and agree on closing. A few fi
 pin the paths where the compiled parser reads a storage line itself against the ones it
 hands to the reference. Last, the fast lane (`answer`: a read that is one plain get or
 set): the twins agree on it whatever the parser holds, and where it answers, the general
-request loop answers the same with the same counters and the same cache contents.
+request loop answers the same with the same counters and the same cache contents: single
+gets, multi-gets and gets (hits, misses and expired items mixed, keys repeated, a key too
+long, lines cut short) and sets.
 """
 
 from __future__ import annotations
@@ -199,12 +201,19 @@ def test_the_compiled_twin_is_the_default() -> None:
 # -- the fast lane: answer ------------------------------------------------------------------
 NOW = 1_750_000_000
 STORED_KEYS = [b"k", b"key", b"a\tb", b"k" * 250, b"x\r"]
+EXPIRED_KEY = b"old"  # stored already expired: a read reclaims it and counts get_expired
 lane_keys = st.sampled_from([*STORED_KEYS, b"miss", b"k" * 251, b"", b"a b", b"a\x00b",
-                             b"a\nget b", b" k", b"k "])
+                             b"a\nget b", b" k", b"k ", EXPIRED_KEY])
+# the keys of a multi-get, with the spaces between them (one or more, leading, trailing)
+multi_keys = st.lists(st.tuples(st.sampled_from([b" ", b" ", b"  "]), lane_keys),
+                      min_size=1, max_size=30).map(lambda pairs: b"".join(map(b"".join, pairs)))
 get_reads = st.one_of(
     st.sampled_from([*STORED_KEYS, b"miss"]).map(lambda key: b"get " + key + b"\r\n"),
     st.tuples(st.sampled_from([b"get ", b"gets ", b"get  ", b"GET ", b"get", b"gat 0 "]),
               lane_keys, st.sampled_from([b"\r\n", b"\n", b"\r\r\n", b"", b"\r\nget k\r\n"]))
+    .map(b"".join),
+    st.tuples(st.sampled_from([b"get", b"gets", b"get", b"gets", b"gat 0"]), multi_keys,
+              st.sampled_from([b"\r\n", b"\r\n", b"\r\n", b"\n", b"", b"\r\nget k\r\n"]))
     .map(b"".join),
 )
 set_reads = st.tuples(
@@ -230,15 +239,19 @@ def _cache() -> Any:
     storage = Storage(1 << 20, ITEM_SIZE_MAX, NOW)
     for number, key in enumerate(STORED_KEYS):
         storage.store(Mode.SET, key, b"v%d" % number, number * 1000, 0, 0)
+    storage.store(Mode.SET, EXPIRED_KEY, b"gone", 0, NOW - 1, 0)
     return storage
 
 
 def _effects(storage: Any) -> tuple[object, ...]:
-    """The counters a get or set moves, and what the cache holds."""
+    """The counters a get or set moves, and what the cache holds (with each item's CAS and
+    LRU bump: fetched or active)."""
     stats = storage.stats
-    return (stats.get_cmds, stats.get_misses, list(stats.slab.get_hits),
-            list(stats.slab.set_cmds), stats.store_no_memory,
-            sorted((i.key, i.value, i.flags, i.exptime) for i in storage.items()))
+    slab = stats.slab
+    return (stats.get_cmds, stats.get_misses, stats.get_expired, list(slab.get_hits),
+            list(slab.hits_to_hot), list(slab.hits_to_warm), list(slab.hits_to_cold),
+            list(slab.set_cmds), stats.store_no_memory,
+            sorted((i.key, i.value, i.flags, i.exptime, i.casbits) for i in storage.items()))
 
 
 def _lane(module: ModuleType, before: bytes, data: bytes) -> tuple[object, ...]:
@@ -288,3 +301,63 @@ def test_fast_lane_answers_as_the_request_loop_does(module: ModuleType, data: by
     assert replies == [reply]
     assert parser.buffered() == 0
     assert _effects(lane_storage) == _effects(storage)
+
+
+@pytest.mark.parametrize("module", IMPLS)
+def test_fast_lane_bounds_a_multi_get(module: ModuleType) -> None:
+    """Past LANE_MAX_KEYS keys, or a line longer than LANE_LINE_BYTES, the lane declines
+    and touches nothing; up to them it answers. A reply it answers is never bigger than a
+    piece of the loop's streamed ones."""
+    from kvcache.commands import STREAM_CHUNK_BYTES
+
+    assert mcproto_pure.LANE_REPLY_BYTES <= STREAM_CHUNK_BYTES
+    storage = _cache()
+    untouched = _effects(storage)
+    most = mcproto_pure.LANE_MAX_KEYS
+    for data in (b"get" + b" k" * (most + 1) + b"\r\n",
+                 b"gets k " + b" " * mcproto_pure.LANE_LINE_BYTES + b"\r\n"):
+        assert module.answer(module.RequestParser(ITEM_SIZE_MAX), data, storage) is None
+    assert _effects(storage) == untouched
+    reply = module.answer(module.RequestParser(ITEM_SIZE_MAX), b"get" + b" k" * most + b"\r\n",
+                          storage)
+    assert reply == b"VALUE k 0 2\r\nv0\r\n" * most + b"END\r\n"
+    assert storage.stats.get_cmds == most
+
+
+def _twin_stores() -> list[Any]:
+    """Both storage twins (the compiled one if built), each holding 40 items of one size
+    (so the older ones sit in COLD) and one expired."""
+    from kvcache import storage_pure
+
+    twins = [storage_pure.Storage]
+    try:
+        twins.append(importlib.import_module("native._kvstore").Storage)
+    except ImportError:
+        pass
+    stores = []
+    for twin in twins:
+        storage = twin(1 << 20, ITEM_SIZE_MAX, NOW)
+        for number in range(40):
+            storage.store(Mode.SET, b"k%d" % number, b"v" * 100, number, 0, 0)
+        storage.store(Mode.SET, EXPIRED_KEY, b"gone", 0, NOW - 1, 0)
+        stores.append(storage)
+    return stores
+
+
+@settings(max_examples=100, deadline=None)
+@given(reads=st.lists(st.tuples(
+    st.lists(st.sampled_from([b"k%d" % n for n in range(0, 40, 3)] + [b"miss", EXPIRED_KEY]),
+             min_size=1, max_size=12),
+    st.booleans(), st.sampled_from([1 << 20, 1000, 200])), min_size=1, max_size=5))
+def test_storage_twins_agree_on_multi_gets(
+        reads: list[tuple[list[bytes], bool, int]]) -> None:
+    """get_many_reply on both storage twins: the same replies (None past `most`), and the
+    same counters, per class and per LRU segment, and items (CAS, fetched) after each."""
+    seen = []
+    for storage in _twin_stores():
+        trace = []
+        for keys, with_cas, most in reads:
+            trace.append((storage.reply_bound(keys), storage.get_many_reply(keys, with_cas, most),
+                          _effects(storage), list(storage.stats.slab.moves_to_warm)))
+        seen.append(trace)
+    assert all(trace == seen[0] for trace in seen[1:])

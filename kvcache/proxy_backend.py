@@ -2,10 +2,11 @@
 
 Connections: each backend has `pool_size` connection slots; client connection number i
 always uses slot i % pool_size, so one client's requests to one backend travel in order on
-one TCP connection (memcached answers a connection in order), which is what keeps
-`set k noreply` followed by `get k` coherent. Many clients share a slot: requests are
-pipelined, each connection is a FIFO of (future, reply shape, deadline) answered in order by
-kvcache/proxy_wire.py's framer. A slot connects on first use and again after a failure.
+one TCP connection (memcached answers a connection in order), which is what keeps `set k
+noreply` followed by `get k` coherent. Many clients share a slot: requests are pipelined,
+each connection is a FIFO of (waiter, reply shape, deadline) answered in order by
+kvcache/proxy_wire.py's framer (a waiter is a future or the client's reply slot itself). A
+slot connects on first use and again after a failure.
 
 Bounds: at most MAX_PENDING_PER_CONN requests wait on one connection (more are refused with
 `SERVER_ERROR backend busy`, without counting against the backend's health); each client
@@ -42,11 +43,12 @@ import logging
 import socket
 import time
 from collections import deque
-from typing import Literal
+from time import perf_counter_ns
+from typing import Literal, Protocol, TypeVar, overload
 
 from core.stats import LatencyHistogram
 from kvcache import proxy_plan
-from kvcache.proxy_wire import FENCED, LINE, ReplyFramer, Values
+from kvcache.proxy_wire import FENCED, LINE, ReplyFramer, Values, WholeValues
 from kvcache.ring import Router, ServerSpec, parse_server
 
 log = logging.getLogger("kvcache.proxy")
@@ -55,7 +57,8 @@ MAX_PENDING_PER_CONN = 4096
 PROBE_TICK_S = 0.1
 PROBE_REPLY_BYTES = 256
 
-Reply = bytes | Values
+Reply = bytes | Values | WholeValues
+W = TypeVar("W", bound="Waiter")
 
 
 class BackendFailure(Exception):
@@ -78,14 +81,19 @@ def ignore(fut: asyncio.Future[Reply]) -> None:
     fut.add_done_callback(_consume)
 
 
-class _Pending:
-    __slots__ = ("fut", "shape", "deadline", "started")
+class Waiter(Protocol):
+    """What gets a request's reply: an asyncio.Future, or the client's reply slot itself
+    (kvcache/proxy_exec.py `Answer`: no future and no callback per request on the hot
+    path). `set_result`/`set_exception` are called at most once, never when `done()`."""
 
-    def __init__(self, fut: asyncio.Future[Reply], shape: str, deadline: float) -> None:
-        self.fut = fut
-        self.shape = shape
-        self.deadline = deadline
-        self.started = time.perf_counter_ns()
+    def done(self) -> bool: ...
+    def set_result(self, reply: Reply, /) -> None: ...
+    def set_exception(self, exc: BaseException, /) -> None: ...
+
+
+# A request written and not answered yet: (waiter, reply shape, deadline on the loop's
+# clock, perf_counter_ns when sent). A plain tuple: one is made per request.
+_Pending = tuple[Waiter, str, float, int]
 
 
 class BackendConn(asyncio.Protocol):
@@ -133,18 +141,20 @@ class BackendConn(asyncio.Protocol):
         framer.feed(data)
         pending = self.pending
         backend = self.backend
+        record = backend.latency.record
+        now = perf_counter_ns()  # the replies in this read all arrived by now
         answered = False
         try:
             while pending:
-                head = pending[0]
-                reply = framer.take(head.shape)
+                waiter, shape, _, started = pending[0]
+                reply = framer.take(shape)
                 if reply is None:
                     break
                 pending.popleft()
-                backend.latency.record(time.perf_counter_ns() - head.started)
+                record(now - started)
                 answered = True
-                if not head.fut.done():
-                    head.fut.set_result(reply)
+                if not waiter.done():
+                    waiter.set_result(reply)
             else:
                 if framer.buffered():
                     raise ValueError("reply without a request")
@@ -165,13 +175,13 @@ class BackendConn(asyncio.Protocol):
             log.info("backend %s closed an idle connection", self.backend.address)
 
     # -- requests ------------------------------------------------------------------------
-    def send(self, payload: bytes, shape: str) -> asyncio.Future[Reply]:
-        fut: asyncio.Future[Reply] = self.loop.create_future()
+    def send(self, payload: bytes, shape: str, waiter: Waiter) -> None:
+        """Queue `payload`; `waiter` gets the reply (or a BackendFailure)."""
         if len(self.pending) >= MAX_PENDING_PER_CONN:
-            fut.set_exception(BackendFailure(self.backend.address, proxy_plan.BUSY, "busy"))
-            return fut
+            waiter.set_exception(BackendFailure(self.backend.address, proxy_plan.BUSY, "busy"))
+            return
         deadline = self.loop.time() + self.pool.timeout
-        self.pending.append(_Pending(fut, shape, deadline))
+        self.pending.append((waiter, shape, deadline, perf_counter_ns()))
         self.backend.latency.calls += 1
         # Requests made in one event-loop tick leave in one write (one syscall, not one each).
         self._out.append(payload)
@@ -180,7 +190,6 @@ class BackendConn(asyncio.Protocol):
             self.loop.call_soon(self._write_out)
         if self._timer is None:
             self._timer = self.loop.call_at(deadline, self._check_deadline)
-        return fut
 
     def _write_out(self) -> None:
         self._flush_soon = False
@@ -192,7 +201,7 @@ class BackendConn(asyncio.Protocol):
         self._timer = None
         if self.closed or not self.pending:
             return
-        deadline = self.pending[0].deadline
+        deadline = self.pending[0][2]
         if deadline <= self.loop.time():
             self.backend.timeouts += 1
             self._break(proxy_plan.TIMEOUT, f"no reply within {self.pool.timeout:g}s")
@@ -213,9 +222,9 @@ class BackendConn(asyncio.Protocol):
         backend = self.backend
         backend.latency.errors += len(pending)
         backend.detach(self)
-        for request in pending:
-            if not request.fut.done():
-                request.fut.set_exception(BackendFailure(backend.address, line, reason))
+        for waiter, _, _, _ in pending:
+            if not waiter.done():
+                waiter.set_exception(BackendFailure(backend.address, line, reason))
         if count:
             self.pool.connection_failed(backend.address, reason, len(pending))
 
@@ -283,10 +292,21 @@ class BackendPool:
     def is_down(self, server: str) -> bool:
         return self.router.health[server].down
 
+    @overload
     def send(self, server: str, index: int, payload: bytes, shape: str) -> asyncio.Future[Reply]:
-        """Send on client connection `index`'s slot of `server`; the future is the reply
-        (BackendFailure if none comes)."""
-        return self.backends[server].conn(index).send(payload, shape)
+        ...
+
+    @overload
+    def send(self, server: str, index: int, payload: bytes, shape: str, waiter: W) -> W: ...
+
+    def send(self, server: str, index: int, payload: bytes, shape: str,
+             waiter: Waiter | None = None) -> Waiter:
+        """Send on client connection `index`'s slot of `server`; the reply (BackendFailure
+        if none comes) goes to `waiter`, by default a new future; returns the waiter."""
+        if waiter is None:
+            waiter = asyncio.get_running_loop().create_future()
+        self.backends[server].conn(index).send(payload, shape, waiter)
+        return waiter
 
     def targets(self, key: bytes, replicas: int, write: bool = False) -> list[str]:
         """The backends for `key` now, in ring order: its home and up to replicas-1

@@ -52,7 +52,7 @@ from kvcache.proxy_plan import (
     Retrieve,
     compare_succeeded,
 )
-from kvcache.proxy_wire import FENCED, VALUES, is_error
+from kvcache.proxy_wire import FENCED, VALUES, WHOLE_VALUES, is_error
 
 log = logging.getLogger("kvcache.proxy")
 
@@ -60,10 +60,11 @@ _STORAGE = frozenset((b"set", b"add", b"replace", b"append", b"prepend", b"cas",
 
 
 class ProxyCounters:
-    """The proxy's own command figures (`stats`)."""
+    """The proxy's own command figures (`stats`). `commands` counts by the command's bytes
+    (decoded only when `stats` is asked: this is the hot path)."""
 
     def __init__(self) -> None:
-        self.commands: Counter[str] = Counter()
+        self.commands: Counter[bytes] = Counter()
         self.cmd_get = 0
         self.cmd_set = 0
         self.cmd_touch = 0
@@ -79,19 +80,20 @@ class ProxyCounters:
 class Slot:
     """One request's place in its client's reply order: a reply now, a future of one, or
     (`later`) a reply made when its turn comes, after every earlier reply (stats).
-    `barrier`: the client's later requests must wait until this one is done."""
+    `barrier`: the client's later requests must wait until this one is done. (`Answer` is
+    the slot of a request one backend answers; `waiting` is always False here.)"""
 
-    __slots__ = ("fut", "reply", "silent", "barrier", "later", "keys")
+    __slots__ = ("fut", "reply", "silent", "barrier", "later")
+    waiting = False
 
     def __init__(self, reply: bytes = b"", fut: asyncio.Future[Any] | None = None,
                  silent: bool = False, barrier: bool = False,
-                 later: Callable[[], bytes] | None = None, keys: int = 0) -> None:
+                 later: Callable[[], bytes] | None = None) -> None:
         self.reply = reply
         self.fut = fut
         self.silent = silent
         self.barrier = barrier
         self.later = later
-        self.keys = keys  # a retrieval answered by one backend: its VALUES, for `keys` keys
 
     def done(self) -> bool:
         return self.fut is None or self.fut.done()
@@ -102,11 +104,6 @@ class Slot:
             return self.reply if self.later is None else self.later()
         try:
             reply = fut.result()
-            if self.keys:
-                hits, terminal = reply
-                reply = b"".join(block for _, block in hits) + terminal
-                counters.get_hits += len(hits)
-                counters.get_misses += self.keys - len(hits)
         except BackendFailure as failure:
             counters.proxy_errors += 1
             reply = failure.line
@@ -115,6 +112,54 @@ class Slot:
             counters.proxy_errors += 1
             reply = replies.line(replies.INTERNAL_ERROR)
         return b"" if self.silent else reply
+
+
+class Answer:
+    """The slot of a request one backend answers (most requests): the backend connection
+    delivers the reply straight into it, as the waiter of `BackendConn.send` (the interface
+    of an asyncio.Future), so the hot path makes no future and schedules no callback per
+    request. `notify()` (set by the client connection while `waiting`) is called once the
+    reply or failure is in. `keys`: a retrieval of that many keys, whose reply (WHOLE_VALUES)
+    is passed on byte for byte."""
+
+    __slots__ = ("reply", "error", "silent", "keys", "waiting", "notify")
+    fut = None
+    barrier = False
+
+    def __init__(self, silent: bool, keys: int) -> None:
+        self.reply: Reply = b""
+        self.error: BackendFailure | None = None
+        self.silent = silent
+        self.keys = keys
+        self.waiting = True
+        self.notify: Callable[[], None] | None = None
+
+    def done(self) -> bool:
+        return not self.waiting
+
+    def set_result(self, reply: Reply) -> None:
+        self.reply = reply
+        self.waiting = False
+        if self.notify is not None:
+            self.notify()
+
+    def set_exception(self, exc: BaseException) -> None:
+        assert isinstance(exc, BackendFailure)
+        self.error = exc
+        self.waiting = False
+        if self.notify is not None:
+            self.notify()
+
+    def result(self, counters: ProxyCounters) -> bytes:
+        if self.error is not None:
+            counters.proxy_errors += 1
+            return b"" if self.silent else self.error.line
+        reply = self.reply
+        if self.keys:
+            reply, hits = reply  # type: ignore[misc]
+            counters.get_hits += hits
+            counters.get_misses += self.keys - hits
+        return b"" if self.silent else reply  # type: ignore[return-value]
 
 
 class Executor:
@@ -128,19 +173,19 @@ class Executor:
         self.admin = admin
         self.loop = asyncio.get_running_loop()
 
-    def run(self, plan: Plan, index: int) -> Slot:
+    def run(self, plan: Plan, index: int) -> Slot | Answer:
         """Start `plan` for client connection `index` (QUIT/CLOSE_NOW are the caller's)."""
         kind = type(plan)
-        if kind is Forward:
-            return self._forward(plan, index)  # type: ignore[arg-type]
         if kind is Retrieve:
             return self._retrieve(plan, index)  # type: ignore[arg-type]
+        if kind is Forward:
+            return self._forward(plan, index)  # type: ignore[arg-type]
         if kind is Local:
             if plan.also is not None:  # type: ignore[union-attr]
                 self._side_effect(plan.also, index)  # type: ignore[union-attr]
             return Slot(plan.reply)  # type: ignore[union-attr]
         if kind is Admin:
-            self.counters.commands["stats"] += 1
+            self.counters.commands[b"stats"] += 1
             tokens = plan.tokens  # type: ignore[union-attr]
             return Slot(later=lambda: self.admin(tokens))
         assert kind is Broadcast
@@ -154,9 +199,9 @@ class Executor:
         return Slot(fut=self.loop.create_task(coro), silent=silent, barrier=barrier)
 
     # -- keyed commands --------------------------------------------------------------------
-    def _forward(self, plan: Forward, index: int) -> Slot:
+    def _forward(self, plan: Forward, index: int) -> Slot | Answer:
         counters = self.counters
-        counters.commands[plan.name.decode()] += 1
+        counters.commands[plan.name] += 1
         if plan.name in _STORAGE:
             counters.cmd_set += 1
         elif plan.name == b"touch":
@@ -165,9 +210,9 @@ class Executor:
         if not targets:
             return self._unavailable(plan.silent)
         send = self.pool.send
-        if len(targets) == 1:
-            return Slot(fut=send(targets[0], index, plan.payload, plan.shape),
-                        silent=plan.silent)
+        if len(targets) == 1:  # the common case: the backend answers into the slot
+            return send(targets[0], index, plan.payload, plan.shape,
+                        Answer(plan.silent, 0))
         if not plan.write:
             first = send(targets[0], index, plan.payload, plan.shape)
             return self._task(self._read(plan, targets, first, index), plan.silent)
@@ -220,7 +265,7 @@ class Executor:
     # -- per-backend commands --------------------------------------------------------------
     def _broadcast(self, plan: Broadcast, index: int) -> Slot:
         self.counters.cmd_flush += 1
-        self.counters.commands["flush_all"] += 1
+        self.counters.commands[b"flush_all"] += 1
         pool = self.pool
         down = [s for s in pool.servers if pool.is_down(s)]
         futs = [pool.send(s, index, plan.payload, plan.shape)
@@ -243,13 +288,20 @@ class Executor:
         return replies.OK
 
     # -- retrieval -------------------------------------------------------------------------
-    def _retrieve(self, plan: Retrieve, index: int) -> Slot:
+    def _retrieve(self, plan: Retrieve, index: int) -> Slot | Answer:
         counters = self.counters
-        counters.commands[plan.verb.decode()] += 1
+        counters.commands[plan.verb] += 1
+        keys = plan.keys
         touch = plan.exptime is not None
         if touch:
-            counters.cmd_touch += len(plan.keys)
-        counters.cmd_get += len(plan.keys)
+            counters.cmd_touch += len(keys)
+        counters.cmd_get += len(keys)
+        if len(keys) == 1 and self.replicas == 1:  # the common case, without the grouping
+            server = self.pool.router.route(keys[0])
+            if server is None:
+                counters.get_misses += 1
+                return self._unavailable(False)
+            return self._single(plan, server, index)
         candidates: dict[bytes, list[str]] = {}
         groups: dict[str, list[bytes]] = {}
         for key in dict.fromkeys(plan.keys):
@@ -258,11 +310,14 @@ class Executor:
                 groups.setdefault(server, []).append(key)
         if len(groups) == 1 and all(len(c) == 1 for c in candidates.values()):
             # One backend holds every key: its reply is the answer, byte for byte.
-            server = next(iter(groups))
-            fut = self.pool.send(server, index, plan.payload(plan.keys), VALUES)
-            return Slot(fut=fut, keys=len(plan.keys))
+            return self._single(plan, next(iter(groups)), index)
         futs = self._send_groups(plan, groups, index)
         return self._task(self._merge(plan, candidates, groups, futs, index))
+
+    def _single(self, plan: Retrieve, server: str, index: int) -> Answer:
+        """One backend holds every key: its reply is the answer, byte for byte."""
+        return self.pool.send(server, index, plan.payload(plan.keys), WHOLE_VALUES,
+                              Answer(False, len(plan.keys)))
 
     def _send_groups(self, plan: Retrieve, groups: dict[str, list[bytes]],
                      index: int) -> list[asyncio.Future[Reply]]:

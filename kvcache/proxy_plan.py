@@ -72,8 +72,11 @@ class Retrieve:
     keys: list[bytes]
 
     def payload(self, keys: list[bytes]) -> bytes:
-        head = [self.verb] if self.exptime is None else [self.verb, self.exptime]
-        return b" ".join(head + keys) + CRLF
+        if self.exptime is None:
+            if len(keys) == 1:  # most gets
+                return self.verb + b" " + keys[0] + CRLF
+            return self.verb + b" " + b" ".join(keys) + CRLF
+        return b" ".join([self.verb, self.exptime, *keys]) + CRLF
 
 
 @dataclass(slots=True)
@@ -341,6 +344,8 @@ _FAMILIES = b"gsacidt"
 def plan(request: Request) -> Plan:
     """The plan for one request from the parser (see the module docstring)."""
     if type(request) is list:
+        if len(request) == 2 and request[0] == b"get" and len(request[1]) <= MAX_KEY_BYTES:
+            return Retrieve(b"get", None, request[1:])  # the commonest: as _plan_retrieve
         return _plan_tokens(request)
     if isinstance(request, Store):
         return _plan_store(request)

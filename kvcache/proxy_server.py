@@ -2,12 +2,14 @@
 
 Per client connection, each request takes a slot in a FIFO as it is parsed (kvcache/
 protocol.py's parser, then kvcache/proxy_plan.py and kvcache/proxy_exec.py); a slot holds a
-reply or a future of one, and replies are written strictly in slot order, so a slow backend
-delays only the replies after it on that connection. Replies completed in one event-loop
-tick leave in one write. At most MAX_INFLIGHT slots wait per connection: the proxy then
-stops reading it (requests already buffered wait in the parser, bounded by its framing
-limits); a client that does not read its replies is paused at WRITE_HIGH_WATER bytes.
-`quit` closes after the replies before it are written.
+reply, a future of one, or (most requests, one backend) the reply the backend connection
+delivers into it, and replies are written strictly in slot order, so a slow backend delays
+only the replies after it on that connection. Replies completed in one event-loop tick leave
+in one write per connection: connections with replies to write are flushed together, once
+per tick, after the tick's backend reads. At most MAX_INFLIGHT slots wait per connection:
+the proxy then stops reading it (requests already buffered wait in the parser, bounded by
+its framing limits); a client that does not read its replies is paused at WRITE_HIGH_WATER
+bytes. `quit` closes after the replies before it are written.
 
 `stats` answers the proxy's own figures (memcached's names where they mean the same, then
 `backend:<host:port>:<figure>` for each backend: state up/down, weight, requests, errors,
@@ -32,7 +34,7 @@ from core.stats import LatencyHistogram, ProcessFigures
 from kvcache import replies
 from kvcache.protocol import RequestParser
 from kvcache.proxy_backend import BackendPool
-from kvcache.proxy_exec import Executor, ProxyCounters, Slot
+from kvcache.proxy_exec import Answer, Executor, ProxyCounters, Slot
 from kvcache.proxy_plan import CLOSE_NOW, QUIT, VERSION_LINE, plan
 from kvcache.settings import DEFAULT_ITEM_SIZE_MAX, DEFAULT_MAX_CONNECTIONS
 
@@ -92,6 +94,8 @@ class ProxyServer:
         self.bytes_written = 0
         self._ids = itertools.count()
         self._servers: list[asyncio.AbstractServer] = []
+        self._ready: list[ClientConnection] = []  # connections with replies to write
+        self._loop = asyncio.get_running_loop()
         self._probe_task: asyncio.Task[None] | None = None
         self.port = 0
 
@@ -130,6 +134,19 @@ class ProxyServer:
 
     def next_index(self) -> int:
         return next(self._ids)
+
+    def reply_ready(self, conn: ClientConnection) -> None:
+        """`conn` has replies to write: every such connection is flushed once, after this
+        event-loop tick's callbacks (one read from a backend answers many clients)."""
+        ready = self._ready
+        if not ready:
+            self._loop.call_soon(self._flush_ready)
+        ready.append(conn)
+
+    def _flush_ready(self) -> None:
+        ready, self._ready = self._ready, []
+        for conn in ready:
+            conn.after_replies()
 
     # -- stats ---------------------------------------------------------------------------
     def stats_reply(self, tokens: list[bytes]) -> bytes:
@@ -183,7 +200,8 @@ class ProxyServer:
             ("backends", len(self.pool.servers)),
             ("backends_down", len(down)),
         ]
-        lines += [(f"proxy_cmd_{name}", n) for name, n in sorted(counters.commands.items())]
+        lines += [(f"proxy_cmd_{name.decode()}", n)
+                  for name, n in sorted(counters.commands.items())]
         return lines
 
     def _backends(self) -> list[tuple[str, object]]:
@@ -231,7 +249,7 @@ class ClientConnection(asyncio.Protocol):
         self.proxy = proxy
         self.parser = RequestParser(proxy.config.item_size_max)
         self.index = proxy.next_index()
-        self.queue: deque[Slot] = deque()
+        self.queue: deque[Slot | Answer] = deque()
         self.transport: asyncio.Transport = None  # type: ignore[assignment]
         self.peer = "?"
         self.closed = False
@@ -239,7 +257,8 @@ class ClientConnection(asyncio.Protocol):
         self._quitting = False  # no more requests: close once the queue is written
         self._write_paused = False
         self._reading = True
-        self._barrier: Slot | None = None
+        self._barrier: Slot | Answer | None = None
+        self._notify = self._on_reply  # made once, not per request
         self._flush_soon = False
 
     # -- asyncio.Protocol ----------------------------------------------------------------
@@ -322,11 +341,14 @@ class ClientConnection(asyncio.Protocol):
                     self.transport.close()
                     return
                 queue.append(slot)
-                if slot.fut is not None:
+                if slot.waiting:
+                    slot.notify = self._notify  # type: ignore[union-attr]
+                elif slot.fut is not None:
                     slot.fut.add_done_callback(self._on_done)
                     if slot.barrier:
                         self._barrier = slot
-            self._flush()
+            if (queue and queue[0].done()) or self._quitting:  # most wait for a backend
+                self._flush()
             # Writing may have freed room: requests already buffered must not wait for
             # more bytes from the client (which may have sent its whole pipeline).
             if not held or self._blocked() or self._quitting or self.closed:
@@ -334,13 +356,16 @@ class ClientConnection(asyncio.Protocol):
         self._set_reading()
 
     def _on_done(self, _fut: asyncio.Future[Any]) -> None:
+        self._on_reply()
+
+    def _on_reply(self) -> None:
         # Replies that complete in one tick (one backend read answers many) go out in one
         # write: the flush runs once, after this tick's callbacks.
         if not self._flush_soon and not self.closed:
             self._flush_soon = True
-            asyncio.get_running_loop().call_soon(self._after_replies)
+            self.proxy.reply_ready(self)
 
-    def _after_replies(self) -> None:
+    def after_replies(self) -> None:
         self._flush_soon = False
         if self.closed:
             return
@@ -357,13 +382,14 @@ class ClientConnection(asyncio.Protocol):
             reply = queue.popleft().result(counters)
             if reply:
                 out.append(reply)
-        self._write(out)
+        if out:
+            self._write(out)
         if self._quitting and not queue and not self.closed:
             self.transport.close()
 
     def _write(self, out: list[bytes]) -> None:
         if out and not self.closed:
-            data = b"".join(out)
+            data = out[0] if len(out) == 1 else b"".join(out)
             self.proxy.bytes_written += len(data)
             self.transport.write(data)
 

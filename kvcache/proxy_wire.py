@@ -8,6 +8,8 @@ the caller knows what each reply looks like and asks for that shape:
 - LINE: one line (storage, delete, incr/decr, touch, flush_all, version).
 - VALUES: `VALUE` blocks up to `END`, or an error line instead (get/gets/gat/gats). The
   blocks come back one per key so a multi-get can be merged with other backends' blocks.
+- WHOLE_VALUES: the same reply when one backend answers the whole retrieval: it comes back
+  as one piece of bytes, with its number of VALUE blocks (no copy per block, no join).
 - META: one meta reply: a line, followed by a data block when it is `VA <size> ...`.
 - FENCED: what a quiet command (meta `q`, classic `noreply`) sent before the `mn` the proxy
   appended to it: zero or more replies, then `MN`. The fence is what keeps a pipelined
@@ -21,18 +23,22 @@ from __future__ import annotations
 
 from kvcache.client_codec import MAX_LINE_BYTES, MAX_VALUE_BYTES, ReplyBuffer
 
-LINE, VALUES, META, FENCED = "line", "values", "meta", "fenced"
+LINE, VALUES, WHOLE_VALUES, META, FENCED = "line", "values", "whole", "meta", "fenced"
 FENCE = b"mn\r\n"
 
 _ERRORS = (b"ERROR", b"CLIENT_ERROR", b"SERVER_ERROR")
 # What a LINE reply may start with (besides a number: incr/decr).
 _LINE_REPLIES = (b"STORED", b"NOT_STORED", b"EXISTS", b"NOT_FOUND", b"DELETED", b"TOUCHED",
                  b"OK", b"VERSION ", *_ERRORS)
+_END = b"END\r\n"
 _META_CODES = frozenset((b"HD", b"VA", b"EN", b"NF", b"NS", b"EX", b"ME"))
 
 Values = tuple[list[tuple[bytes, bytes]], bytes]
 """A VALUES reply: [(key, raw VALUE block with its data and CRLF)], then the raw line that
 ended it (`END\\r\\n`, or an error line)."""
+WholeValues = tuple[bytes, int]
+"""A WHOLE_VALUES reply: its raw bytes (VALUE blocks, then END or an error line) and the
+number of VALUE blocks in it."""
 
 
 def is_error(line: bytes) -> bool:
@@ -46,15 +52,31 @@ class ReplyFramer(ReplyBuffer):
 
     Invariant: between two complete replies no state is kept but the unread bytes; a VALUES
     or FENCED reply in progress keeps the blocks already parsed so a large multi-get is
-    scanned once, not once per arriving packet.
+    scanned once, not once per arriving packet. A WHOLE_VALUES reply in progress stays in
+    the buffer from `_whole_start` (feed keeps it) with `_whole_hits` blocks checked.
     """
 
     def __init__(self, max_line: int = MAX_LINE_BYTES, max_value: int = MAX_VALUE_BYTES):
         super().__init__(max_line, max_value)
         self._hits: list[tuple[bytes, bytes]] = []
         self._parts: list[bytes] = []
+        self._whole_start = -1  # where the WHOLE_VALUES reply in progress starts, or -1
+        self._whole_hits = 0
 
-    def take(self, shape: str) -> bytes | Values | None:
+    def feed(self, data: bytes) -> None:
+        start = self._whole_start
+        if start < 0:
+            super().feed(data)
+            return
+        if start:  # drop what came before the reply in progress, keep the reply
+            del self._buf[:start]
+            self._pos -= start
+            self._whole_start = 0
+        self._buf += data
+
+    def take(self, shape: str) -> bytes | Values | WholeValues | None:
+        if shape == WHOLE_VALUES:
+            return self._whole_values()
         if shape == VALUES:
             return self._values()
         if shape == LINE:
@@ -101,22 +123,58 @@ class ReplyFramer(ReplyBuffer):
             raise ValueError(f"unexpected reply {line[:80]!r}")
         return bytes(self._buf[start:self._pos])
 
+    def _value_piece(self) -> tuple[bool, bytes] | None:
+        """The next piece of a retrieval reply, the position moved past it: (True, key) for a
+        whole VALUE block (header, data, CRLF), (False, the raw line) for the line that ends
+        the reply (END or an error line); None (position unchanged) until it arrived whole."""
+        buf = self._buf
+        start = self._pos
+        # `END` is most replies' last line: matched in place, without copying it out
+        if buf.startswith(_END, start):
+            self._pos = start + len(_END)
+            return False, _END
+        line = self._raw_line()
+        if line is None:
+            return None
+        if line.startswith(b"VALUE "):
+            parts = line.split(b" ")
+            if len(parts) not in (4, 5):
+                raise ValueError(f"unexpected reply {line[:80]!r}")
+            end = self._block_end(parts[3])
+            if end is None:
+                self._pos = start
+                return None
+            self._pos = end + 2
+            return True, parts[1]
+        if is_error(line):
+            return False, bytes(buf[start:self._pos])
+        raise ValueError(f"unexpected reply {line[:80]!r}")
+
     def _values(self) -> Values | None:
         while True:
             start = self._pos
-            line = self._line()
-            if line is None:
+            piece = self._value_piece()
+            if piece is None:
                 return None
-            if line == b"END" or is_error(line):
+            block, data = piece
+            if not block:
                 hits, self._hits = self._hits, []
-                return hits, bytes(self._buf[start:self._pos])
-            parts = line.split(b" ")
-            if parts[0] != b"VALUE" or len(parts) not in (4, 5):
-                raise ValueError(f"unexpected reply {line[:80]!r}")
-            block = self._block(start, parts[3])
-            if block is None:
+                return hits, data
+            self._hits.append((data, bytes(self._buf[start:self._pos])))
+
+    def _whole_values(self) -> WholeValues | None:
+        if self._whole_start < 0:
+            self._whole_start = self._pos
+        while True:
+            piece = self._value_piece()
+            if piece is None:
                 return None
-            self._hits.append((parts[1], block))
+            if not piece[0]:
+                break
+            self._whole_hits += 1
+        reply = bytes(self._buf[self._whole_start:self._pos]), self._whole_hits
+        self._whole_start, self._whole_hits = -1, 0
+        return reply
 
     def _fenced(self) -> bytes | None:
         while True:

@@ -168,18 +168,26 @@ async def encoding(machine: GatedMachine) -> None:
     assert await asyncio.to_thread(machine.entered.wait, HANG_S), "hang: no snapshot began"
 
 
+async def held_in_encoding(
+        tmp_path: Path) -> tuple[tuple[str, int], GatedMachine, RaftDriver, list[bytes]]:
+    """A one-node driver on a fresh data directory whose first snapshot is encoding, held at
+    the machine's gate; (its address, the machine, the driver, the items proposed)."""
+    listen = ("127.0.0.1", find_free_port("127.0.0.1"))
+    machine = GatedMachine(tmp_path)
+    driver = await started(machine, listen)
+    machine.gate.clear()
+    acked = await propose(driver, "a", EVERY)
+    await encoding(machine)
+    return listen, machine, driver, acked
+
+
 def run(main: Callable[[], Any]) -> None:
     asyncio.run(asyncio.wait_for(main(), HANG_S * 3))
 
 
 def test_entries_applied_while_a_snapshot_encodes_survive_a_restart(tmp_path: Path) -> None:
     async def main() -> None:
-        listen = ("127.0.0.1", find_free_port("127.0.0.1"))
-        machine = GatedMachine(tmp_path)
-        driver = await started(machine, listen)
-        machine.gate.clear()
-        acked = await propose(driver, "a", EVERY)
-        await encoding(machine)
+        listen, machine, driver, acked = await held_in_encoding(tmp_path)
         acked += await propose(driver, "b", 3 * EVERY)  # applied while it encodes
         assert machine.items == acked and machine.captures == 1  # one in flight at most
         assert driver.stats["snapshots"] == 0
@@ -204,12 +212,7 @@ def test_entries_applied_while_a_snapshot_encodes_survive_a_restart(tmp_path: Pa
 
 def test_stop_waits_for_the_snapshot_encoding(tmp_path: Path) -> None:
     async def main() -> None:
-        listen = ("127.0.0.1", find_free_port("127.0.0.1"))
-        machine = GatedMachine(tmp_path)
-        driver = await started(machine, listen)
-        machine.gate.clear()
-        acked = await propose(driver, "a", EVERY)
-        await encoding(machine)
+        listen, machine, driver, acked = await held_in_encoding(tmp_path)
         stopping = asyncio.create_task(driver.stop())
         # whatever the time given, stop cannot finish while the encoder is held
         await asyncio.wait([stopping], timeout=0.5)
@@ -231,12 +234,7 @@ def test_a_leaders_snapshot_arriving_while_one_encodes_wins(
     """The install waits for the encoding, which then writes nothing: the older snapshot
     cannot replace the leader's, on disk or in memory, nor fail the driver."""
     async def main() -> None:
-        listen = ("127.0.0.1", find_free_port("127.0.0.1"))
-        machine = GatedMachine(tmp_path)
-        driver = await started(machine, listen)
-        machine.gate.clear()
-        await propose(driver, "a", EVERY)
-        await encoding(machine)
+        listen, machine, driver, _ = await held_in_encoding(tmp_path)
         term = driver.status()["term"] + 1
         book = {1: list(listen), 2: ["127.0.0.1", find_free_port("127.0.0.1")]}
         data = msgpack.packb([SNAPSHOT_FORMAT, book, msgpack.packb([b"installed"])])

@@ -26,6 +26,7 @@ Strategy:
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -53,6 +54,9 @@ class DiskStorage:
         self._log = log
         self._mem = mem
         self.fsyncs = 0  # group commits issued (for tests and stats)
+        # the log appends and a snapshot may each run in a worker thread at once (see
+        # core/raft/driver_apply.py): `+=` from two threads can lose a count
+        self._fsyncs_lock = threading.Lock()
 
     @classmethod
     def open(cls, directory: str | os.PathLike[str],
@@ -119,7 +123,7 @@ class DiskStorage:
             records.append(_hard_state_record(ready.hard_state))
         if records:
             self._log.append_many(records, sync=ready.must_sync)
-            self.fsyncs += ready.must_sync
+            self._count_fsyncs(int(ready.must_sync))
 
     def remember(self, ready: Ready) -> None:
         """The in-memory half of `persist`, after `write` returned."""
@@ -136,7 +140,7 @@ class DiskStorage:
         """Durably record the application's snapshot at `index` (see MemoryStorage)."""
         snapshot = self._mem.create_snapshot(index, voters, data)
         atomic_write(self.directory / SNAPSHOT_NAME, _encode_snapshot(snapshot))
-        self.fsyncs += 1
+        self._count_fsyncs(1)
         return snapshot
 
     def compact(self, index: int) -> None:
@@ -157,7 +161,11 @@ class DiskStorage:
             # log continues the snapshot (see the module header).
             kept = [Entry(snapshot.index, snapshot.term), *kept]
         self._log.rewrite([_hard_state_record(mem.initial_state()), *_entry_records(kept)])
-        self.fsyncs += 1
+        self._count_fsyncs(1)
+
+    def _count_fsyncs(self, count: int) -> None:
+        with self._fsyncs_lock:
+            self.fsyncs += count
 
     def close(self) -> None:
         self._log.close()

@@ -73,7 +73,7 @@ class Run:
     ms); `shard` of `shards` is this worker's part of a TARGET ALL broadcast (0 of 1 for
     any other job); `command` is the job's command (the handler name for an embedded
     worker); `timeout_s` 0 means none. `start_in_ms`: how long after its claim the run
-    starts, for a run the cluster fired ahead of its slot (see `Worker.start_delay`)."""
+    starts, for a run the cluster fired ahead of its slot (see `start_delay`)."""
 
     job: str
     scheduled_at_ms: int
@@ -263,7 +263,11 @@ class Worker:
             await asyncio.gather(*late, return_exceptions=True)
 
     def _start(self, raw: list[Any]) -> None:
-        run = Run.from_wire(raw)
+        try:
+            run = Run.from_wire(raw)
+        except (ValueError, TypeError, IndexError):  # not from a cluster we know: no run
+            log.error("poll reply item not understood, skipped: %r", raw)
+            return
         key = f"{run.run_id}#{run.attempt}"  # each attempt of a run executes once
         if key in self.seen:
             return  # delivered twice: executed once

@@ -298,6 +298,18 @@ def test_worker_executes_a_run_id_once(monkeypatch: pytest.MonkeyPatch) -> None:
     assert executed == ["j@1000/0"]
 
 
+def test_worker_skips_a_poll_item_it_cannot_read() -> None:
+    from scheduler.worker import Worker
+
+    async def deliver() -> None:
+        worker = Worker([("127.0.0.1", 1)], worker_id="w")
+        for bad in (["j@1/0", "j", "true", "soon", 1, 0], ["j@1/0", "j"], [None] * 6):
+            worker._start(bad)  # logged and skipped: the poll loop goes on
+        assert not worker.tasks and worker._held == 0
+
+    asyncio.run(deliver())
+
+
 def test_run_command_environment_and_group_kill(tmp_path: Path) -> None:
     from scheduler.worker import EXIT_TIMED_OUT, run_command
 

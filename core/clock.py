@@ -16,6 +16,11 @@ class Clock(Protocol):
         """Milliseconds since the Unix epoch, as the host believes it to be."""
         ...
 
+    def wall_s(self) -> float:
+        """The same wall time in seconds, finer than a millisecond: for waits aimed at a
+        wall time, which whole milliseconds would make up to 1 ms late."""
+        ...
+
     def monotonic(self) -> float:
         """Seconds from an arbitrary origin; never goes backwards."""
         ...
@@ -36,6 +41,9 @@ class SystemClock:
     def wall_ms(self) -> int:
         return time.time_ns() // 1_000_000 + self.offset_ms
 
+    def wall_s(self) -> float:
+        return time.time() + self.offset_ms / 1000
+
     def monotonic(self) -> float:
         return time.monotonic()
 
@@ -51,6 +59,9 @@ class ManualClock:
 
     def wall_ms(self) -> int:
         return self._wall_ms
+
+    def wall_s(self) -> float:
+        return self._wall_ms / 1000
 
     def monotonic(self) -> float:
         return self._mono

@@ -27,6 +27,7 @@ import threading
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
+from core.clock import Clock
 from scheduler.worker import HEARTBEAT_S, Run, Worker
 
 __all__ = ["EXIT_NO_HANDLER", "EmbeddedWorker", "Handler", "Run"]
@@ -43,11 +44,12 @@ class EmbeddedWorker(Worker):
 
     def __init__(self, servers: Sequence[tuple[str, int]], tags: Sequence[str] = (),
                  slots: int = 64, password: str | None = None,
-                 worker_id: str | None = None, *, heartbeat_s: float = HEARTBEAT_S) -> None:
+                 worker_id: str | None = None, *, heartbeat_s: float = HEARTBEAT_S,
+                 clock: Clock | None = None) -> None:
         worker_id = worker_id or f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
         super().__init__(servers, tags, worker_id=worker_id, password=password,
                          concurrency=slots, heartbeat_s=heartbeat_s,
-                         executor=self._call_handler)
+                         executor=self._call_handler, clock=clock)
         self.handlers: dict[str, Handler] = {}
         self._coroutine: set[str] = set()  # handlers that are coroutine functions
         self._slots = slots

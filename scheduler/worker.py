@@ -41,13 +41,13 @@ import logging
 import os
 import signal
 import socket
-import time
 import traceback
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from core.clock import Clock, SystemClock
 from core.resp_client import AsyncRespConnection, ReplyError, RespConnectionError
 
 log = logging.getLogger("scheduler.worker")
@@ -117,10 +117,11 @@ class Worker:
     def __init__(self, servers: Sequence[tuple[str, int]], tags: Sequence[str] = (), *,
                  worker_id: str | None = None, password: str | None = None,
                  concurrency: int = 8, heartbeat_s: float = HEARTBEAT_S,
-                 executor: Executor = shell_executor) -> None:
+                 executor: Executor = shell_executor, clock: Clock | None = None) -> None:
         if not servers:
             raise ValueError("no scheduler address")
         self.executor = executor
+        self.clock = clock or SystemClock()  # wall time: when a run fired ahead starts
         self.servers = list(servers)
         self.tags = list(tags)
         self.worker_id = worker_id or f"{socket.gethostname()}-{os.getpid()}"
@@ -285,7 +286,7 @@ class Worker:
         """What a run fired ahead waits on to start at its slot (None: start now). One
         timer per slot sets them all: a timer per run costs ~4 us more at the slot, the
         4 ms a burst of 1,000 runs would wait before its first handler starts."""
-        now = time.time()
+        now = self.clock.wall_s()
         delay = start_delay(run, now)
         if delay <= 0:
             return None
@@ -299,9 +300,9 @@ class Worker:
         return gate
 
     def _open_gate(self, slot_ms: int, at_s: float) -> None:
-        """Start the runs of `slot_ms`, not before wall time `at_s` (the loop's timers run
-        on the monotonic clock, and may be early by its resolution)."""
-        if (early := at_s - time.time()) > 0:
+        """Start the runs of `slot_ms`, not before wall time `at_s` by the worker's clock
+        (the loop's timers run on the monotonic clock, and may be early by its resolution)."""
+        if (early := at_s - self.clock.wall_s()) > 0:
             asyncio.get_running_loop().call_later(early, self._open_gate, slot_ms, at_s)
             return
         for gate in self._gates.pop(slot_ms, ()):

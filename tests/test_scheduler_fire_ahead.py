@@ -9,6 +9,7 @@ never starts before its slot) is in tests/test_scheduler_embedded.py.
 
 from __future__ import annotations
 
+import asyncio
 from collections import Counter
 from typing import Any
 
@@ -16,6 +17,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from core.clock import ManualClock, SystemClock
 from scheduler import state as S
 from scheduler.fireloop import FiringLoop
 from scheduler.firing import FirePlanner
@@ -24,9 +26,10 @@ from scheduler.planning import plan_ahead
 from scheduler.runs import SKIPPED, STARTED, timeout_at_ms
 from scheduler.state import SchedulerState
 from scheduler.state_apply import MSG_PAUSED_AHEAD
-from scheduler.worker import Run, start_delay
+from scheduler.worker import Run, Worker, start_delay
 
 T0 = 1_700_000_000_000  # a whole second
+HANG_S = 30.0
 
 
 class Planning(FiringLoop):
@@ -169,7 +172,52 @@ def test_a_worker_starts_a_run_at_its_slot_but_waits_no_longer_than_the_leader_m
     assert start_delay(run, now) == pytest.approx(expected)
 
 
+def test_runs_fired_ahead_start_only_once_the_workers_clock_reaches_the_slot() -> None:
+    """The gate's timer runs on the loop's clock; the worker's wall clock decides. A wall
+    clock held before the slot keeps the runs waiting however often the timer fires."""
+    clock = ManualClock(wall_ms=T0)
+    entered: list[str] = []
+
+    async def executor(run: Run) -> tuple[int, bytes]:
+        entered.append(run.run_id)
+        return 0, b""
+
+    async def all_entered() -> None:
+        while len(entered) < 3:
+            await asyncio.sleep(0.005)
+
+    async def main() -> None:
+        worker = Worker([("127.0.0.1", 1)], worker_id="w", executor=executor, clock=clock)
+        worker._report = _no_report  # type: ignore[method-assign]
+        for i in range(3):  # three runs of one slot, 30 ms ahead; one of the next slot
+            worker._start([f"j{i}@{T0 + 30}/0", f"j{i}", "c", T0 + 30, 1, 0, 0, 1, 30])
+        worker._start([f"k@{T0 + 1030}/0", "k", "c", T0 + 1030, 1, 0, 0, 1, 1030])
+        assert len(worker._gates) == 2 and len(worker._gates[T0 + 30]) == 3
+        await asyncio.sleep(0.1)  # the timers fired (loop clock); the wall clock did not move
+        assert entered == []
+        clock.step_wall(30)  # the slot, by the worker's clock
+        await asyncio.wait_for(all_entered(), HANG_S)  # (only a hang fails here)
+        assert sorted(entered) == [f"j{i}@{T0 + 30}/0" for i in range(3)]
+        assert list(worker._gates) == [T0 + 1030]  # the next slot's run still waits
+        for task in worker.tasks:
+            task.cancel()
+
+    asyncio.run(main())
+
+
+async def _no_report(*_: object) -> None:
+    return None
+
+
 def test_the_poll_reply_carries_the_wait_to_the_worker() -> None:
     raw = ["j@5/0", "j", "cmd", 5, 1, 0, 0, 1, 170]
     assert Run.from_wire(raw).start_in_ms == 170
     assert Run.from_wire(raw[:8]).start_in_ms == 0  # an older cluster: start at once
+
+
+def test_the_system_clocks_fine_wall_reading_agrees_with_its_milliseconds() -> None:
+    clock = SystemClock(offset_ms=120_000)  # shifted, as --clock-offset-ms does
+    before = clock.wall_ms()
+    fine = clock.wall_s() * 1000
+    after = clock.wall_ms()
+    assert before <= fine < after + 1

@@ -7,7 +7,7 @@ If Cython or a C compiler is missing the build still succeeds without the extens
 from setuptools import setup
 
 NATIVE_MODULES = ["native._snowflake", "native._resp", "native._ketama", "native._mcproto",
-                  "native._kvarena", "native._kvlru", "native._kvstore"]
+                  "native._kvarena", "native._kvlru", "native._kvstore", "native._crc16"]
 
 
 def extensions() -> list:

@@ -54,6 +54,7 @@ class DiskStorage:
         self._log = log
         self._mem = mem
         self.fsyncs = 0  # group commits issued (for tests and stats)
+        self.unsynced = False  # records appended without their fsync (everysec groups)
         # the log appends and a snapshot may each run in a worker thread at once (see
         # core/raft/driver_apply.py): `+=` from two threads can lose a count
         self._fsyncs_lock = threading.Lock()
@@ -113,17 +114,28 @@ class DiskStorage:
         self.write(ready)
         self.remember(ready)
 
-    def write(self, ready: Ready) -> None:
+    def write(self, ready: Ready, fsync: bool = True) -> None:
         """The durable half of `persist` for a Ready without a snapshot: append its entries
-        and hard state (one fsync). Touches only the file, so a worker thread may run it
-        while the event loop reads the in-memory copy; call `remember` after it."""
+        and hard state (one fsync when `ready.must_sync`, unless `fsync` is False: the
+        caller then calls `sync` later, as an `everysec` group does). Touches only the
+        file, so a worker thread may run it while the event loop reads the in-memory copy;
+        call `remember` after it."""
         assert ready.snapshot is None, "a snapshot is installed by persist()"
         records = _entry_records(ready.entries)
         if ready.hard_state is not None:
             records.append(_hard_state_record(ready.hard_state))
         if records:
-            self._log.append_many(records, sync=ready.must_sync)
-            self._count_fsyncs(int(ready.must_sync))
+            sync = ready.must_sync and fsync
+            self._log.append_many(records, sync=sync)
+            self._count_fsyncs(int(sync))
+            self.unsynced = self.unsynced or not sync
+
+    def sync(self) -> None:
+        """fsync what `write(..., fsync=False)` appended (a no-op when nothing waits)."""
+        if self.unsynced:
+            self.unsynced = False
+            self._log.sync()
+            self._count_fsyncs(1)
 
     def remember(self, ready: Ready) -> None:
         """The in-memory half of `persist`, after `write` returned."""

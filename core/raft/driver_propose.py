@@ -1,6 +1,6 @@
 """The Raft driver's proposal side: submitting, forwarding to the leader, waiting.
 
-`ProposeSide` is a base class of `core.raft.driver.RaftDriver`, next to `ApplySide`
+`ProposeSide` is a base class of `core.raft.group.RaftGroup`, next to `ApplySide`
 (core/raft/driver_apply.py, which resolves what waits here). A request is a small dict
 (`{"op": "propose" | "add" | "remove", ...}`) so that the same body runs on this node when
 it leads (`_run_here`) or travels to the leader over RPC (`_forward`, answered by

@@ -44,6 +44,9 @@ class Config:
     check_quorum: leader steps down without a quorum's contact; followers keep a lease.
     applied: the index the application's state machine already reflects on restart (a
         persistent state machine); 0 means "rebuild from the snapshot".
+    quiesce: an idle group stops ticking and sending heartbeats (core/raft/node.py,
+        "Quiescence"); the caller must then call `Node.wake()` on a quiesced follower
+        whose leader's node it believes down. Off: the node ticks forever, as before.
     """
 
     id: int
@@ -57,6 +60,7 @@ class Config:
     pre_vote: bool = True
     check_quorum: bool = True
     applied: int = 0
+    quiesce: bool = False
 
     def validate(self) -> None:
         """Raise ConfigError naming the first field out of range."""

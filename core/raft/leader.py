@@ -12,6 +12,10 @@ Ready, so all proposals made between two Readies travel in one message per follo
 
 Commit (Raft 5.4.2): the commit index is the highest index a quorum of the current voters
 has, and only if that entry is of the current term (earlier entries commit with it).
+
+Quiescence (Config.quiesce; the contract is in core/raft/node.py's header): at a heartbeat
+tick, a leader with nothing left to do (`_idle`) sends one heartbeat marked `quiesce` and
+stops ticking; every request below wakes it first (`_wake`, provided by Node).
 """
 
 from __future__ import annotations
@@ -55,6 +59,7 @@ class LeaderRole:
     role: Role
     election_elapsed: int
     heartbeat_elapsed: int
+    _quiesced: bool  # see Node.quiesced
     # Leader-only state, reset on every role change (Node._reset):
     progress: dict[int, Progress]  # every voter and this node; invariant: match < next
     lead_transferee: int  # NONE unless a leadership transfer is under way
@@ -72,6 +77,9 @@ class LeaderRole:
     def _become_follower(self, term: int, lead: int) -> None:
         raise NotImplementedError
 
+    def _wake(self, poke_leader: bool) -> None:
+        raise NotImplementedError
+
     # -- public requests (called through Node) -------------------------------------------------
 
     def propose(self, data: bytes) -> int:
@@ -81,6 +89,7 @@ class LeaderRole:
         the term of the proposal (another leader may overwrite the index with another entry:
         compare terms). Raises NotLeader, or ProposalDropped during a leadership transfer.
         """
+        self._wake(poke_leader=False)
         self._check_accepting()
         return self._append_local(EntryType.NORMAL, bytes(data))
 
@@ -93,6 +102,7 @@ class LeaderRole:
         2015 raft-dev post); ValueError for adding a voter, removing a non-voter or the last
         voter. A removed leader keeps leading until the change commits, then steps down.
         """
+        self._wake(poke_leader=False)
         self._check_accepting()
         if node_id <= 0:
             raise ValueError("node ids are positive")
@@ -120,6 +130,7 @@ class LeaderRole:
         Proposals are refused until the transfer completes or aborts (after election_tick
         ticks). Raises NotLeader; ValueError if `to` is not a voter. A no-op for self.
         """
+        self._wake(poke_leader=False)
         if self.role is not Role.LEADER:
             raise NotLeader(self.lead)
         if to == self.id:
@@ -239,13 +250,13 @@ class LeaderRole:
                 while self._send_append(node, send_if_empty=False):
                     pass  # pipeline up to the inflight limit
 
-    def _bcast_heartbeat(self) -> None:
+    def _bcast_heartbeat(self, quiesce: bool = False) -> None:
         seq = self.read_tracker.seq
         for node, pr in self.progress.items():
             if node != self.id:
                 self._send(HeartbeatRequest(frm=self.id, to=node, term=self.term,
                                             commit=min(pr.match, self.log.committed),
-                                            read_seq=seq))
+                                            read_seq=seq, quiesce=quiesce))
 
     def _flush_leader_sends(self) -> None:
         """Send what proposals and reads deferred (called when the caller takes a Ready)."""
@@ -273,7 +284,24 @@ class LeaderRole:
             self.lead_transferee = NONE  # a transfer not done within a timeout is aborted
         if self.heartbeat_elapsed >= self.config.heartbeat_tick:
             self.heartbeat_elapsed = 0
-            self._bcast_heartbeat()
+            quiesce = self.config.quiesce and self._idle()
+            self._bcast_heartbeat(quiesce=quiesce)
+            self._quiesced = quiesce
+
+    def _idle(self) -> bool:
+        """May this leader quiesce? Every voter holds the whole log, all of it is committed
+        and applied, and no read, transfer, configuration change or send is pending."""
+        log = self.log
+        last = log.last_index()
+        if (log.committed != last or log.applied != last or log.unstable.entries
+                or self.membership.last_change_index > last):
+            return False
+        if (self.lead_transferee != NONE or self.reads_waiting or self.read_states
+                or self.read_tracker.has_pending() or self.heartbeat_pending
+                or self.bcast_pending):
+            return False
+        progress = self.progress
+        return all(v in progress and progress[v].match == last for v in self.membership.voters)
 
     def _quorum_active(self) -> bool:
         """Check quorum: did a quorum of voters talk to us since the last check? Resets."""

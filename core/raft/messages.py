@@ -5,6 +5,11 @@ Every type here is a small frozen dataclass. Messages travel between nodes as ms
 msgpack encodes as is, and `message_from_wire(d)` rebuilds the message, raising `WireError`
 for anything malformed (it is remote input: every field is type-checked).
 
+Fields added after a message type was first shipped are optional on the wire
+(`OPTIONAL_FIELDS`): `to_wire()` leaves them out while they hold their default, and a
+decoder reads an absent one as its default, so old and new nodes understand each other as
+long as the new field is not used.
+
 Node ids are positive ints; `NONE` (0) means "no node" (no vote, no known leader).
 Terms and indexes start at 0 ("nothing"); the first real log entry has index 1.
 """
@@ -45,6 +50,8 @@ __all__ = [
 
 NONE = 0
 ENTRY_OVERHEAD_BYTES = 16  # what an entry costs beyond its data, for the size limits
+# Fields added to a message after it first shipped: name -> default (see the module header).
+OPTIONAL_FIELDS: dict[str, object] = {"quiesce": False}
 
 
 class EntryType(IntEnum):
@@ -170,6 +177,8 @@ class Message:
         out: dict[str, Any] = {"type": self.TAG}
         for f in fields(self):
             value = getattr(self, f.name)
+            if f.name in OPTIONAL_FIELDS and value == OPTIONAL_FIELDS[f.name]:
+                continue
             if f.name == "entries":
                 value = [e.to_wire() for e in value]
             elif f.name == "snapshot":
@@ -238,11 +247,14 @@ class AppendResponse(Message):
 @dataclass(frozen=True, slots=True, kw_only=True)
 class HeartbeatRequest(Message):
     """Leader liveness. `commit` is min(leader commit, the follower's match index).
-    `read_seq` numbers the read-index rounds this heartbeat confirms (0: none)."""
+    `read_seq` numbers the read-index rounds this heartbeat confirms (0: none).
+    `quiesce`: the leader's last heartbeat before it stops ticking (core/raft/node.py,
+    quiescence); a follower that is caught up stops ticking too and does not answer."""
 
     TAG: ClassVar[int] = 5
     commit: int = 0
     read_seq: int = 0
+    quiesce: bool = False
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -321,6 +333,7 @@ _FIELD_DECODERS: dict[str, Callable[[object, str], object]] = {
     "pre_vote": _bool,
     "transfer": _bool,
     "reject": _bool,
+    "quiesce": _bool,
     "ctx": _bytes,
     "entries": _entries,
     "snapshot": lambda v, _what: Snapshot.from_wire(v),
@@ -336,12 +349,17 @@ def message_from_wire(w: Mapping[str, Any]) -> Message:
     if cls is None:
         raise WireError(f"unknown message type {tag!r}")
     kwargs: dict[str, object] = {}
+    present = 0
     for f in fields(cls):
         if f.name not in w:
+            if f.name in OPTIONAL_FIELDS:
+                kwargs[f.name] = OPTIONAL_FIELDS[f.name]
+                continue
             raise WireError(f"{cls.__name__} lacks field {f.name!r}")
         decode = _FIELD_DECODERS.get(f.name, _int)
         kwargs[f.name] = decode(w[f.name], f.name)
-    if len(w) != len(kwargs) + 1:
+        present += 1
+    if len(w) != present + 1:
         extra = sorted(set(w) - set(kwargs) - {"type"})
         raise WireError(f"{cls.__name__} has unknown fields {extra}")
     return cls(**kwargs)  # type: ignore[arg-type]

@@ -30,6 +30,34 @@ Roles: FOLLOWER -> (election timeout) PRE_CANDIDATE -> (pre-vote quorum) CANDIDA
 (vote quorum) LEADER; any role -> FOLLOWER on a higher term. The leader's half lives in
 core/raft/leader.py. Invariants: a node votes at most once per term (vote is persisted
 with term); at most one leader per term; applied <= committed <= last index.
+
+Quiescence (Config.quiesce, off by default; CockroachDB's idea), so that a process can host
+many idle groups: a quiesced node (`quiesced`) ignores `tick()` entirely (no election
+timer, no heartbeats, no check-quorum counting), so the caller may stop ticking it.
+- A leader quiesces at a heartbeat tick when every voter's match is its last index, that
+  index is committed and applied, and no read index, leadership transfer, unapplied
+  configuration change or proposal is pending; its last heartbeats say `quiesce=True`.
+- A follower quiesces on such a heartbeat from its leader of the current term if its own
+  last index equals its commit index equals the heartbeat's commit (applied may lag), and
+  then does not answer it. Otherwise it answers as to any heartbeat, which wakes the
+  leader; the leader tries again at its next heartbeat tick.
+- Everything else wakes a node: propose, propose_conf_change, read_index, campaign,
+  transfer_leadership, and every stepped message but a quiesce heartbeat. A woken leader
+  sends heartbeats at once (waking its followers); a woken follower restarts its election
+  timer from 0, and if the message came from another node than its leader (a stray vote
+  request, say) it pokes the leader awake with an empty HeartbeatResponse.
+- `wake()`: the caller's node-level liveness says a quiesced follower's leader is down;
+  the follower ticks again and campaigns after its election timeout, pre-vote and check
+  quorum as usual.
+Leases while quiesced: `_in_lease` is "heard from the leader less than election_tick ticks
+ago"; a quiesced node's ticks are frozen at 0 (the quiesce heartbeat just reset them), so it
+stays in lease and rejects disruptive (pre-)votes as long as the caller has not called
+`wake()`, that is as long as the leader's node is believed alive. Safety never depends on
+quiescence: the lease only decides whether a vote request is considered, never whether a
+node votes twice or for a shorter log; reads still need a quorum's heartbeat answers; a
+quiesced leader cut off from the others keeps its role but can commit nothing and confirm
+no read, and steps down on the first message of a higher term. Only liveness depends on the
+caller calling `wake()` when a leader's node dies.
 """
 
 from __future__ import annotations
@@ -39,6 +67,7 @@ from enum import Enum
 
 from core.raft.config import Config
 from core.raft.errors import ConfigError, InvariantError, NotLeader, RaftError
+from core.raft.follower import answer_append, answer_snapshot
 from core.raft.leader import LeaderRole
 from core.raft.log import Storage
 from core.raft.membership import Membership
@@ -118,6 +147,7 @@ class Node(LeaderRole):
         self.role = Role.FOLLOWER
         self.randomized_election_timeout = config.election_tick
         self._outstanding: Ready | None = None
+        self._quiesced = False
         self._reset(self.term)
         if last == 0 and snapshot.index == 0 and hard_state == HardState() and config.peers:
             self._bootstrap(config.peers)
@@ -152,6 +182,11 @@ class Node(LeaderRole):
         """The last index handed out in a Ready and acknowledged by `advance`."""
         return self.log.applied
 
+    @property
+    def quiesced(self) -> bool:
+        """True while this node is quiesced (see the module header): `tick()` does nothing."""
+        return self._quiesced
+
     def soft_state(self) -> SoftState:
         return SoftState(self.lead, self.role)
 
@@ -165,7 +200,9 @@ class Node(LeaderRole):
     # -- inputs --------------------------------------------------------------------------------
 
     def tick(self) -> None:
-        """Advance logical time by one tick."""
+        """Advance logical time by one tick; nothing at all while quiesced."""
+        if self._quiesced:
+            return
         if self.role is Role.LEADER:
             self._tick_leader()
             return
@@ -176,6 +213,7 @@ class Node(LeaderRole):
 
     def campaign(self) -> None:
         """Start an election now (pre-vote first if enabled), as if the timeout fired."""
+        self._wake(poke_leader=False)
         if self.role is not Role.LEADER and self._promotable():
             self._campaign(transfer=False)
 
@@ -186,6 +224,7 @@ class Node(LeaderRole):
         the leader. No answer comes if leadership changes meanwhile: the caller retries after
         a timeout. Raises NotLeader if no leader is known.
         """
+        self._wake(poke_leader=False)
         if self.role is Role.LEADER:
             self._leader_read(bytes(ctx), self.id)
         elif self.lead != NONE:
@@ -199,6 +238,8 @@ class Node(LeaderRole):
         fine. Raises ValueError for a message addressed to another node."""
         if m.to != self.id:
             raise ValueError(f"message for node {m.to} stepped into node {self.id}")
+        if self._quiesced and not (isinstance(m, HeartbeatRequest) and m.quiesce):
+            self._wake(poke_leader=m.frm != self.lead)
         if m.term > self.term:
             if not self._accept_higher_term(m):
                 return
@@ -213,6 +254,23 @@ class Node(LeaderRole):
             self._step_follower(m)
         else:
             self._step_candidate(m)
+
+    def wake(self) -> None:
+        """Leave quiescence (a no-op if not quiesced). The caller calls it on a quiesced
+        follower when it believes the leader's node down: the follower ticks again and
+        campaigns after its election timeout. On a leader: heartbeats resume at once."""
+        self._wake(poke_leader=True)
+
+    def _wake(self, poke_leader: bool) -> None:
+        if not self._quiesced:
+            return
+        self._quiesced = False
+        self.election_elapsed = 0
+        self.heartbeat_elapsed = 0
+        if self.role is Role.LEADER:
+            self.heartbeat_pending = True
+        elif poke_leader and self.lead != NONE:
+            self._send(HeartbeatResponse(frm=self.id, to=self.lead, term=self.term))
 
     # -- the Ready cycle -----------------------------------------------------------------------
 
@@ -287,7 +345,8 @@ class Node(LeaderRole):
     # -- terms ---------------------------------------------------------------------------------
 
     def _in_lease(self) -> bool:
-        """Check quorum's follower lease: heard from a leader within election_tick ticks."""
+        """Check quorum's follower lease: heard from a leader within election_tick ticks.
+        Quiesced: ticks are frozen, so in lease until woken (see the module header)."""
         return (self.config.check_quorum and self.lead != NONE
                 and self.election_elapsed < self.config.election_tick)
 
@@ -339,6 +398,7 @@ class Node(LeaderRole):
         self.lead = NONE
         self.election_elapsed = 0
         self.heartbeat_elapsed = 0
+        self._quiesced = False
         self.randomized_election_timeout = self._rng.randrange(self.config.election_tick,
                                                                2 * self.config.election_tick)
         self.votes = {}
@@ -438,50 +498,27 @@ class Node(LeaderRole):
             self.election_elapsed = 0
             self.lead = m.frm
             if isinstance(m, AppendRequest):
-                self._handle_append(m)
+                self._send(answer_append(self.log, self.membership, self.id, self.term, m))
             elif isinstance(m, HeartbeatRequest):
-                self.log.commit_to(m.commit)
-                self._send(HeartbeatResponse(frm=self.id, to=m.frm, term=self.term,
-                                             read_seq=m.read_seq))
+                self._handle_heartbeat(m)
             else:
-                self._handle_snapshot(m)
+                self._send(answer_snapshot(self.log, self.membership, self.id, self.term, m))
         elif isinstance(m, TimeoutNow):
             if self._promotable():
                 self._campaign(transfer=True)
         elif isinstance(m, ReadIndexResponse):
             self.read_states.append(ReadState(m.index, m.ctx))
 
-    def _handle_append(self, m: AppendRequest) -> None:
+    def _handle_heartbeat(self, m: HeartbeatRequest) -> None:
         log = self.log
-        if m.prev_index < log.committed:
-            self._send(AppendResponse(frm=self.id, to=m.frm, term=self.term,
-                                      index=log.committed))
+        log.commit_to(m.commit)
+        if (m.quiesce and self.config.quiesce
+                and log.last_index() == log.committed == m.commit):
+            self._quiesced = True  # caught up with our leader: stop ticking, do not answer
             return
-        result = log.maybe_append(m.prev_index, m.prev_term, m.commit, m.entries)
-        if result is not None:
-            last_new, appended = result
-            if appended:
-                self.membership.on_append(appended)
-            self._send(AppendResponse(frm=self.id, to=m.frm, term=self.term, index=last_new))
-            return
-        hint_index, hint_term = log.find_conflict_by_term(min(m.prev_index, log.last_index()),
-                                                          m.prev_term)
-        self._send(AppendResponse(frm=self.id, to=m.frm, term=self.term, index=m.prev_index,
-                                  reject=True, hint_index=hint_index, hint_term=hint_term))
-
-    def _handle_snapshot(self, m: SnapshotRequest) -> None:
-        snapshot = m.snapshot
-        log = self.log
-        if snapshot.index <= log.committed:
-            index = log.committed
-        elif log.match_term(snapshot.index, snapshot.term):
-            log.commit_to(snapshot.index)  # we have the entries: just learn they are committed
-            index = log.committed
-        else:
-            log.restore(snapshot)
-            self.membership.reset(snapshot.index, snapshot.voters)
-            index = log.last_index()
-        self._send(AppendResponse(frm=self.id, to=m.frm, term=self.term, index=index))
+        self._wake(poke_leader=False)
+        self._send(HeartbeatResponse(frm=self.id, to=m.frm, term=self.term,
+                                     read_seq=m.read_seq))
 
     def _send(self, m: Message) -> None:
         self.msgs.append(m)

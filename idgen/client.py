@@ -1,12 +1,15 @@
 """Client library for idgen: `IdgenClient` (blocking) and `AsyncIdgenClient` (asyncio).
 
 Strategy
-- Failover. Servers are tried in order, starting from the one that answered last. A server
-  that cannot be reached, times out, breaks the protocol or answers one of the "cannot issue
-  now" errors (CLOCK, CONFLICT, SKEW, OVERFLOW, NOAUTH, IOERR, ...) is marked down for a
-  backoff (1 s, doubling up to 30 s) and the next one is tried. When every server is marked
-  down, the one whose backoff ends first is probed; if nothing answers, `IdgenUnavailable`.
-  An `-ERR` reply is the caller's mistake and raises `IdgenUsageError` without failover.
+- Failover is core/failover.py's, whose header states it: nodes are tried in rounds from
+  the one that answered last (or that a leader hint named), a failed node is skipped for a
+  backoff that doubles per failure, TRYAGAIN/LOADING moves on to the next node, MOVED/ASK
+  redirect, `-ERR` is the caller's mistake (no failover), jittered pauses separate rounds up
+  to the deadline, and giving up raises one error that lists each node's last failure.
+  For idgen: a server also fails by answering one of the "cannot issue now" codes (CLOCK,
+  CONFLICT, SKEW, OVERFLOW, NOAUTH, IOERR, LOADING, ...); its backoff is 1 s doubling up to
+  30 s; there is no deadline: a request makes one round, then raises `IdgenUnavailable` (a
+  prefetching client's refiller retries on its own); the mistake is `IdgenUsageError`.
 - Prefetch. With `prefetch=P`, ids wait in a local deque and `next_id()` pops one: a length
   check and a `popleft` on the fast path. Once the deque holds fewer than P//2 ids, a
   background refiller (a daemon thread, or an asyncio task) asks for `NEXT batch` until it
@@ -19,10 +22,10 @@ Strategy
 
 
 Layers, each its own module:
-- idgen/client_core.py, no I/O: errors, limits, the server list and its failover state,
-  reply checks, prefetch arithmetic, `_ClientBase` (settings and the prefetch buffer), and
-  every decision of the callers (`_CallerCore`: which server next, what an attempt's outcome
-  means) and of the refillers (`_RefillCore`: when a wait gives up, what a failure leaves).
+- idgen/client_core.py, no I/O: errors, limits, how idgen's error replies are read and its
+  failover policy (for core/failover.py), reply checks, prefetch arithmetic, `_ClientBase`
+  (settings and the prefetch buffer), the callers' state (`_CallerCore`) and every decision
+  of the refillers (`_RefillCore`: when a wait gives up, what a failure leaves).
 - idgen/client_sync.py: `IdgenClient`, its failover caller and its refiller thread.
 - idgen/client_async.py: `AsyncIdgenClient`, its failover caller and its refiller task.
   Both carry out the core's decisions on their connections, threads or tasks.

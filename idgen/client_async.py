@@ -1,9 +1,10 @@
 """The asyncio client: `AsyncIdgenClient`, with a failover caller and a refiller task.
 
-`_AsyncCaller` serialises requests (an asyncio lock) over one connection per server,
-failing over as idgen/client_core.py's `_CallerCore` decides; `_AsyncRefiller` is the task
-that keeps the prefetch buffer above its low-water mark, as `_RefillCore` decides. Both only
-do the I/O and the waiting here. Strategy: idgen/client.py.
+`_AsyncCaller` serialises requests (an asyncio lock) over one connection per server through
+core/failover_io.py, failing over as core/failover.py decides (its header says how);
+`_AsyncRefiller` is the task that keeps the prefetch buffer above its low-water mark, as
+idgen/client_core.py's `_RefillCore` decides. Both only do the I/O and the waiting here.
+Strategy: idgen/client.py.
 """
 
 from __future__ import annotations
@@ -13,10 +14,12 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 
+from core.failover import Failover
+from core.failover_io import call_async
 from core.resp_client import AsyncRespConnection
 from idgen.client_core import (
-    ATTEMPT_ERRORS,
     DEFAULT_TIMEOUT_S,
+    RAISES,
     T,
     _CallerCore,
     _check_many,
@@ -24,10 +27,9 @@ from idgen.client_core import (
     _check_parsed,
     _ClientBase,
     _count_ids,
-    _Pool,
+    _pool,
     _refill_error,
     _RefillCore,
-    _set_up,
 )
 from idgen.layout import ParsedId
 
@@ -35,43 +37,25 @@ from idgen.layout import ParsedId
 class _AsyncCaller(_CallerCore[AsyncRespConnection]):
     """Async requests with failover; one connection per server; requests serialised by a lock."""
 
-    def __init__(self, pool: _Pool, password: str | None, timeout: float) -> None:
+    def __init__(self, pool: Failover[AsyncRespConnection], password: str | None,
+                 timeout: float) -> None:
         super().__init__(pool, password, timeout)
         self._lock = asyncio.Lock()
 
     async def call(self, check: Callable[[object], T], *args: str | int) -> T:
         async with self._lock:
-            for index in self.attempts(time.monotonic()):
-                try:
-                    result = check(await (await self._conn(index)).call(*args))
-                except ATTEMPT_ERRORS as exc:
-                    _abort(self.failed(index, exc, time.monotonic()))
-                else:
-                    return self.answered(index, result)
-            raise self.pool.unavailable()
+            self.check_open()
+            return await call_async(self.pool, args, check, self._connect, RAISES)
 
-    async def _conn(self, index: int) -> AsyncRespConnection:
-        conn = self.live(index)
-        if conn is None:
-            with _set_up():
-                conn = await AsyncRespConnection.connect(
-                    *self.address(index), self.timeout, password=self.password
-                )
-            self.keep(index, conn)
-        return conn
+    async def _connect(self, host: str, port: int) -> AsyncRespConnection:
+        return await AsyncRespConnection.connect(host, port, self.timeout,
+                                                 password=self.password)
 
     async def close(self) -> None:
         self.closed = True
         async with self._lock:
-            for index in range(len(self._conns)):
-                conn = self.detach(index)
-                if conn is not None:
-                    await conn.close()
-
-
-def _abort(conn: AsyncRespConnection | None) -> None:
-    if conn is not None:
-        conn.abort()
+            for conn in self.pool.detach_all():
+                await conn.close()
 
 
 class _AsyncRefiller(_RefillCore):
@@ -153,7 +137,7 @@ class AsyncIdgenClient(_ClientBase):
         batch: int | None = None,
     ) -> None:
         addresses, low, wait_s = self._setup(servers, timeout, prefetch, batch)
-        self._caller = _AsyncCaller(_Pool(addresses), password, timeout)
+        self._caller = _AsyncCaller(_pool(addresses), password, timeout)
         self._refiller: _AsyncRefiller | None = None
         if prefetch:
             self._refiller = _AsyncRefiller(self._caller, self._buf, low, self.batch, wait_s)

@@ -1,25 +1,25 @@
 """What the blocking and the asyncio idgen clients share; no sockets, no clock, no threads.
 
-Errors, limits, the server list and its failover state (`_Pool`, fed `now` by the caller),
+Errors, limits, how idgen's error replies are read and its failover policy (for
+core/failover.py, which decides which server next and what an attempt's outcome means),
 reply checks, prefetch arithmetic and `_ClientBase` (settings and the prefetch buffer).
-Every decision of a request with failover sits in `_CallerCore` (which server next, what an
-attempt's outcome means: return, raise a usage error, or mark the server down and try the
-next) and every decision of prefetching in `_RefillCore` (when a waiting `take()` gives up,
-what a failed refill leaves behind, how long to pause after it). idgen/client_sync.py and
-idgen/client_async.py subclass both and only connect, send, close, wait and wake, so the
-two clients can not drift apart. idgen/client.py documents the strategy and re-exports the
-public names.
+`_CallerCore` holds a caller's failover state and the errors it raises, and `_RefillCore`
+every decision of prefetching (when a waiting `take()` gives up, what a failed refill leaves
+behind, how long to pause after it). idgen/client_sync.py and idgen/client_async.py carry
+a request through core/failover_io.py and only connect, wait and wake, so the two clients
+can not drift apart. idgen/client.py documents the strategy and re-exports the public names.
 """
 
 from __future__ import annotations
 
 import logging
+import random
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
-from dataclasses import dataclass
-from typing import Any, Final, Generic, Protocol, TypeVar
+from collections.abc import Callable, Sequence
+from typing import Any, Final, Generic, TypeVar
 
+from core.failover import ErrorRules, Failover, GiveUp, Link, RetryPolicy, parse_address
+from core.failover_io import Raises
 from core.resp_client import ProtocolError, ReplyError
 from idgen import layout
 from idgen.layout import ParsedId
@@ -65,171 +65,63 @@ class IdgenUnavailable(IdgenError, ConnectionError):
         return self.message
 
 
-class _Refused(Exception):
-    """A server refused the connection set-up (AUTH); counts as a server failure."""
-
-
-# What ends one attempt on a server (`_CallerCore.failed` judges it): an error reply, a
-# socket failure or timeout, a reply that breaks the protocol or fails its check, a refused
-# set-up. Anything else (a bug, a cancellation) passes through and leaves the pool alone.
-ATTEMPT_ERRORS: Final = (ReplyError, OSError, ProtocolError, _Refused)
-
-
-@contextmanager
-def _set_up() -> Iterator[None]:
-    """Around a connect: an error reply to its AUTH or HELLO is the server refusing us, a
-    server failure, not the caller's usage error that the same reply to a request would be."""
-    try:
-        yield
-    except ReplyError as exc:
-        raise _Refused(f"connection set-up refused: {exc}") from exc
-
-
 def parse_servers(servers: str | Sequence[str]) -> list[tuple[str, int]]:
     """`"h:p,h:p"` or `["h:p", ...]` (IPv6 as `[::1]:p`) as (host, port) pairs."""
     items = servers.split(",") if isinstance(servers, str) else list(servers)
     out: list[tuple[str, int]] = []
     for item in items:
-        text = item.strip()
-        host, sep, port_text = text.rpartition(":")
-        if not sep or not host or not port_text.isdigit() or not 0 < int(port_text) < 65536:
-            raise ValueError(f"server must be HOST:PORT, not {item!r}")
-        out.append((host.removeprefix("[").removesuffix("]"), int(port_text)))
+        try:
+            out.append(parse_address(item))
+        except ValueError:
+            raise ValueError(f"server must be HOST:PORT, not {item!r}") from None
     if not out:
         raise ValueError("at least one server is needed")
     return out
 
 
-@dataclass
-class _Server:
-    host: str
-    port: int
-    down_until: float = 0.0  # monotonic seconds; the server is skipped before then
-    backoff: float = 0.0  # length of the last down period; 0 while healthy
-    last_error: BaseException | None = None
-
-    @property
-    def name(self) -> str:
-        return f"{self.host}:{self.port}"
+# How idgen's replies are read: a "cannot issue now" code or a server-trouble -ERR marks the
+# server down; idgen sends no TRYAGAIN and no redirects. One round per request: a caller that
+# wants to wait retries (the refiller does).
+RULES: Final = ErrorRules(not_now_codes=frozenset(), down_codes=CANNOT_ISSUE_CODES,
+                          down_prefixes=SERVER_TROUBLE_PREFIXES)
+POLICY: Final = RetryPolicy(deadline_s=None, node_backoff_initial_s=BACKOFF_INITIAL_S,
+                            node_backoff_max_s=BACKOFF_MAX_S)
 
 
-class _Pool:
-    """Which server to try next and which are marked down. Pure: `now` is passed in."""
-
-    def __init__(self, addresses: list[tuple[str, int]]) -> None:
-        self.servers = [_Server(host, port) for host, port in addresses]
-        self.current = 0
-
-    def order(self, now: float) -> list[int]:
-        """Servers to try, from the current one on, skipping those marked down; if all are
-        down, only the one whose backoff ends first (a probe)."""
-        count = len(self.servers)
-        rotation = [(self.current + i) % count for i in range(count)]
-        ready = [i for i in rotation if self.servers[i].down_until <= now]
-        if ready:
-            return ready
-        return [min(rotation, key=lambda i: self.servers[i].down_until)]
-
-    def succeeded(self, index: int) -> None:
-        self.current = index
-        server = self.servers[index]
-        if server.backoff:
-            log.info("idgen server %s is answering again", server.name)
-            server.backoff = 0.0
-            server.down_until = 0.0
-
-    def failed(self, index: int, now: float, error: BaseException) -> None:
-        server = self.servers[index]
-        was_up = not server.backoff
-        server.backoff = min(max(server.backoff * 2, BACKOFF_INITIAL_S), BACKOFF_MAX_S)
-        server.down_until = now + server.backoff
-        server.last_error = error
-        log.log(
-            logging.WARNING if was_up else logging.DEBUG,
-            "idgen server %s marked down for %.0f s: %s", server.name, server.backoff, error,
-        )
-
-    def retry_in(self, now: float) -> float:
-        """Seconds until the first marked-down server may be tried again (0: one is up)."""
-        return max(0.0, min(s.down_until for s in self.servers) - now)
-
-    def unavailable(self) -> IdgenUnavailable:
-        errors: dict[str, BaseException] = {
-            s.name: s.last_error for s in self.servers if s.last_error is not None
-        }
-        detail = "; ".join(f"{name}: {error}" for name, error in errors.items())
-        return IdgenUnavailable(f"no idgen server can issue ids ({detail})", errors)
+def _pool(addresses: list[tuple[str, int]], rng: random.Random | None = None) -> Failover[Any]:
+    """The failover state of one idgen caller over `addresses`."""
+    return Failover(addresses, rng or random.Random(), policy=POLICY, rules=RULES, log=log,
+                    label="idgen server")
 
 
-class _Link(Protocol):
-    """What the core needs of a connection: whether it is still usable."""
-
-    @property
-    def closed(self) -> bool: ...
+def _usage(error: ReplyError) -> IdgenUsageError:
+    return IdgenUsageError(error.message)
 
 
-L = TypeVar("L", bound=_Link)
+def _unavailable(give_up: GiveUp) -> IdgenUnavailable:
+    return IdgenUnavailable(f"no idgen server can issue ids ({give_up.detail})", give_up.errors)
+
+
+RAISES: Final = Raises(usage=_usage, unavailable=_unavailable)
+
+L = TypeVar("L", bound=Link)
 
 
 class _CallerCore(Generic[L]):
-    """A failover caller's state and decisions: the pool and one connection slot per server.
+    """A failover caller's state: its `Failover` (servers, health, one connection slot per
+    server), credentials, timeout and whether it is closed. The blocking and the asyncio
+    callers subclass it and send each request through core/failover_io.py with `RAISES`."""
 
-    The blocking and the asyncio callers subclass it and carry out one request as:
-    for each index of `attempts(now)`: connect if `live(index)` is None (under `_set_up()`,
-    then `keep`), send, check the reply; then `answered(index, result)` and return it, or on
-    one of ATTEMPT_ERRORS `failed(index, error, now)` and close what it hands back. Once
-    every index is spent, raise `pool.unavailable()`.
-    """
-
-    def __init__(self, pool: _Pool, password: str | None, timeout: float) -> None:
+    def __init__(self, pool: Failover[L], password: str | None, timeout: float) -> None:
         self.pool = pool
         self.password = password
         self.timeout = timeout
         self.closed = False
-        self._conns: list[L | None] = [None] * len(pool.servers)
 
-    def attempts(self, now: float) -> list[int]:
-        """The servers one request may try, in order; IdgenError once the caller is closed."""
+    def check_open(self) -> None:
+        """IdgenError once the caller is closed."""
         if self.closed:
             raise IdgenError(CLOSED_MESSAGE)
-        return self.pool.order(now)
-
-    def live(self, index: int) -> L | None:
-        """The open connection to server `index`, or None: connect first."""
-        conn = self._conns[index]
-        return None if conn is None or conn.closed else conn
-
-    def address(self, index: int) -> tuple[str, int]:
-        server = self.pool.servers[index]
-        return server.host, server.port
-
-    def keep(self, index: int, conn: L) -> None:
-        """Hold a new connection to server `index` for the next requests."""
-        self._conns[index] = conn
-
-    def answered(self, index: int, result: T) -> T:
-        """Server `index` answered and its reply passed the check: it becomes the current one."""
-        self.pool.succeeded(index)
-        return result
-
-    def failed(self, index: int, error: BaseException, now: float) -> L | None:
-        """An attempt on server `index` ended with `error`, one of ATTEMPT_ERRORS.
-
-        An error reply that is the caller's mistake raises IdgenUsageError: the server
-        answered, so it stays current and keeps its connection, and no other server is tried.
-        Anything else is the server's failure: it is marked down and its connection (None if
-        there was none) is handed back, out of its slot, to be closed; try the next index."""
-        if isinstance(error, ReplyError) and _is_usage_error(error):
-            self.pool.succeeded(index)
-            raise IdgenUsageError(error.message) from None
-        conn = self.detach(index)
-        self.pool.failed(index, now, error)
-        return conn
-
-    def detach(self, index: int) -> L | None:
-        """Take server `index`'s connection (or None) out of its slot, for the caller to close."""
-        conn, self._conns[index] = self._conns[index], None
-        return conn
 
 
 class _RefillCore:
@@ -282,12 +174,6 @@ def _refill_error(exc: Exception) -> IdgenError:
         return exc
     log.exception("idgen prefetch failed unexpectedly")
     return IdgenUnavailable(f"prefetch failed: {exc!r}")
-
-
-def _is_usage_error(error: ReplyError) -> bool:
-    if error.code in CANNOT_ISSUE_CODES:
-        return False
-    return not error.message.startswith(SERVER_TROUBLE_PREFIXES)
 
 
 def _check_one(reply: object) -> int:

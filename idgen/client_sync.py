@@ -1,9 +1,10 @@
 """The blocking client: `IdgenClient`, with a failover caller and a refiller thread.
 
-`_Caller` sends one request at a time (a lock) over one connection per server, failing
-over as idgen/client_core.py's `_CallerCore` decides; `_Refiller` is the daemon thread that
-keeps the prefetch buffer above its low-water mark, as `_RefillCore` decides. Both only do
-the I/O and the locking here. Strategy: idgen/client.py.
+`_Caller` sends one request at a time (a lock) over one connection per server through
+core/failover_io.py, failing over as core/failover.py decides (its header says how);
+`_Refiller` is the daemon thread that keeps the prefetch buffer above its low-water mark, as
+idgen/client_core.py's `_RefillCore` decides. Both only do the I/O and the locking here.
+Strategy: idgen/client.py.
 """
 
 from __future__ import annotations
@@ -14,10 +15,12 @@ import weakref
 from collections import deque
 from collections.abc import Callable, Sequence
 
+from core.failover import Failover
+from core.failover_io import call_blocking
 from core.resp_client import RespConnection
 from idgen.client_core import (
-    ATTEMPT_ERRORS,
     DEFAULT_TIMEOUT_S,
+    RAISES,
     T,
     _CallerCore,
     _check_many,
@@ -25,10 +28,9 @@ from idgen.client_core import (
     _check_parsed,
     _ClientBase,
     _count_ids,
-    _Pool,
+    _pool,
     _refill_error,
     _RefillCore,
-    _set_up,
 )
 from idgen.layout import ParsedId
 
@@ -36,46 +38,29 @@ from idgen.layout import ParsedId
 class _Caller(_CallerCore[RespConnection]):
     """Blocking requests with failover; one connection per server; thread-safe by a lock."""
 
-    def __init__(self, pool: _Pool, password: str | None, timeout: float) -> None:
+    def __init__(self, pool: Failover[RespConnection], password: str | None,
+                 timeout: float) -> None:
         super().__init__(pool, password, timeout)
         self._lock = threading.Lock()
 
     def call(self, check: Callable[[object], T], *args: str | int) -> T:
         with self._lock:
-            for index in self.attempts(time.monotonic()):
-                try:
-                    result = check(self._conn(index).call(*args))
-                except ATTEMPT_ERRORS as exc:
-                    _close(self.failed(index, exc, time.monotonic()))
-                else:
-                    return self.answered(index, result)
-            raise self.pool.unavailable()
+            self.check_open()
+            return call_blocking(self.pool, args, check, self._connect, RAISES)
 
-    def _conn(self, index: int) -> RespConnection:
-        conn = self.live(index)
-        if conn is None:
-            with _set_up():
-                conn = RespConnection.connect(
-                    *self.address(index), self.timeout, password=self.password
-                )
-            self.keep(index, conn)
-        return conn
+    def _connect(self, host: str, port: int) -> RespConnection:
+        return RespConnection.connect(host, port, self.timeout, password=self.password)
 
     def close(self) -> None:
         self.closed = True
         # A request in flight ends within its timeout; wait for it rather than pull its socket.
-        got = self._lock.acquire(timeout=self.timeout * 2 * len(self._conns) + 1)
+        got = self._lock.acquire(timeout=self.timeout * 2 * len(self.pool.nodes) + 1)
         try:
-            for index in range(len(self._conns)):
-                _close(self.detach(index))
+            for conn in self.pool.detach_all():
+                conn.close()
         finally:
             if got:
                 self._lock.release()
-
-
-def _close(conn: RespConnection | None) -> None:
-    if conn is not None:
-        conn.close()
 
 
 class _Refiller(_RefillCore):
@@ -165,7 +150,7 @@ class IdgenClient(_ClientBase):
         batch: int | None = None,
     ) -> None:
         addresses, low, wait_s = self._setup(servers, timeout, prefetch, batch)
-        self._caller = _Caller(_Pool(addresses), password, timeout)
+        self._caller = _Caller(_pool(addresses), password, timeout)
         self._refiller: _Refiller | None = None
         if prefetch:
             self._refiller = _Refiller(self._caller, self._buf, low, self.batch, wait_s)

@@ -2,14 +2,16 @@
 (asyncio), with the same methods; and the embedded worker API (`EmbeddedWorker`, `Run`: see
 scheduler/embedded.py).
 
-Failover is core/failover.py's, as its header says: nodes tried in rounds from the one that
-answered last (or the leader a TRYAGAIN names), a failed node skipped for a backoff,
-TRYAGAIN/LOADING -> the next node, `-ERR` -> the caller's mistake, jittered pauses between
-rounds up to a deadline, then one error listing each node's last failure. Here the mistake
-is `SchedulerError` and the give-up `SchedulerUnavailable`. Any node takes any command
-(writes are forwarded to the leader). A write whose node vanished mid-request may or may not
-have been applied; the client retries it, which the state machine makes safe for
-JOB.PAUSE/RESUME and reports as "already exists"/"no such job" for JOB.ADD/DEL.
+Failover is core/failover.py's, whose header states it: nodes are tried in rounds from the
+one that answered last (or that a leader hint named), a failed node is skipped for a backoff
+that doubles per failure, TRYAGAIN/LOADING moves on to the next node, MOVED/ASK redirect,
+`-ERR` is the caller's mistake (no failover), jittered pauses separate rounds up to the
+deadline, and giving up raises one error that lists each node's last failure.
+For the scheduler: the mistake is `SchedulerError`, the give-up `SchedulerUnavailable`.
+Any node takes any command (writes are forwarded to the leader). A write whose node vanished
+mid-request may or may not have been applied; the client retries it, which the state
+machine makes safe for JOB.PAUSE/RESUME and reports as "already exists"/"no such job" for
+JOB.ADD/DEL.
 """
 
 from __future__ import annotations

@@ -1,79 +1,104 @@
-"""The idgen client's sans-I/O core alone: no sockets, no threads, no clock.
+"""The idgen client's sans-I/O parts alone: no sockets, no threads, no clock.
 
-`_CallerCore` decides what one attempt on a server means (return, raise a usage error, or
-mark the server down and try the next) and `_Pool` which server comes next; `_RefillCore`
+idgen's error rules and failover policy (idgen/client_core.py: `RULES`, `POLICY`, `_pool`)
+decide, through core/failover.py, what one attempt on a server means (return, raise a usage
+error, or mark the server down and try the next) and which server comes next; `_RefillCore`
 decides when a waiting take gives up and what a failed refill leaves behind. Time is the
 `now` each test passes in, so backoffs are checked exactly without waiting. `drive` below
-is the request loop both real callers run (idgen/client_sync.py, client_async.py), with
-each server's answer scripted instead of sent.
+runs one request through the real loop both callers use (core/failover_io.call_blocking)
+over fake connections whose answers are scripted.
 """
 
 from __future__ import annotations
 
 import logging
+import random
 from collections import deque
 from collections.abc import Mapping
 
 import pytest
 
+from core.failover import Refused
+from core.failover_io import call_blocking, connection_set_up
 from core.resp_client import ProtocolError, ReplyError
 from idgen.client_core import (
-    ATTEMPT_ERRORS,
     BACKOFF_INITIAL_S,
     BACKOFF_MAX_S,
     CLOSED_MESSAGE,
+    RAISES,
     RETRY_PAUSE_MAX_S,
     RETRY_PAUSE_MIN_S,
     IdgenError,
     IdgenUnavailable,
     IdgenUsageError,
     _CallerCore,
-    _Pool,
+    _pool,
     _refill_error,
     _RefillCore,
-    _Refused,
-    _set_up,
 )
 
 A, B, C = 0, 1, 2
 ADDRESSES = [("127.0.0.2", 7001), ("127.0.0.3", 7002), ("127.0.0.4", 7003)]
 
-
-class FakeConn:
-    """Stands for a connection: the core only asks whether it is closed."""
-
-    def __init__(self) -> None:
-        self.closed = False
-
-
 Answer = object | BaseException
 
 
-def make_core(count: int = 3) -> _CallerCore[FakeConn]:
-    core: _CallerCore[FakeConn] = _CallerCore(_Pool(ADDRESSES[:count]), None, 1.0)
+class Script:
+    """The answers of the current request, per server index, and the servers it tried."""
+
+    def __init__(self) -> None:
+        self.answers: Mapping[int, Answer] = {}
+        self.tried: list[int] = []
+
+
+class FakeConn:
+    """Stands for a connection: its server's scripted answer to every command."""
+
+    def __init__(self, script: Script, index: int) -> None:
+        self.script = script
+        self.index = index
+        self.closed = False
+
+    def call(self, *args: object) -> object:
+        self.script.tried.append(self.index)
+        answer = self.script.answers[self.index]  # KeyError if unscripted: not an attempt error
+        if isinstance(answer, BaseException):
+            raise answer
+        return answer
+
+    def close(self) -> None:
+        self.closed = True
+
+
+class Core(_CallerCore[FakeConn]):
+    script: Script
+
+
+def make_core(count: int = 3) -> Core:
+    core = Core(_pool(ADDRESSES[:count], random.Random(1)), None, 1.0)
+    core.script = Script()
     for index in range(count):
-        core.keep(index, FakeConn())
+        core.pool.keep(index, FakeConn(core.script, index))
     return core
 
 
 def drive(
-    core: _CallerCore[FakeConn], answers: Mapping[int, Answer], now: float = 0.0
-) -> tuple[object, list[int], list[FakeConn | None]]:
+    core: Core, answers: Mapping[int, Answer], now: float = 0.0
+) -> tuple[object, list[int], list[FakeConn]]:
     """One request as the real callers run it, each server's outcome taken from `answers`.
-    Returns (result, servers tried in order, connections handed back to close)."""
-    tried: list[int] = []
-    closed: list[FakeConn | None] = []
-    for index in core.attempts(now):
-        tried.append(index)
-        try:
-            answer = answers[index]
-            if isinstance(answer, BaseException):
-                raise answer
-        except ATTEMPT_ERRORS as exc:
-            closed.append(core.failed(index, exc, now))
-        else:
-            return core.answered(index, answer), tried, closed
-    raise core.pool.unavailable()
+    Returns (result, servers tried in order, connections closed)."""
+    script = core.script
+    script.answers, script.tried = answers, []
+    held = [core.pool.live(i) for i in range(len(core.pool.nodes))]
+
+    def connect(host: str, port: int) -> FakeConn:
+        return FakeConn(script, ADDRESSES.index((host, port)))
+
+    core.check_open()
+    result = call_blocking(core.pool, ("NEXT",), lambda r: r, connect,  # type: ignore[arg-type]
+                           RAISES, clock=lambda: now)
+    closed = [conn for conn in held if conn is not None and conn.closed]
+    return result, list(script.tried), closed
 
 
 # -- what one attempt's error means --
@@ -93,89 +118,89 @@ SERVER_FAILURES: list[BaseException] = [
     ConnectionRefusedError(111, "Connection refused"),
     TimeoutError("timed out"),
     ProtocolError("NEXT answered b'x', not an integer"),
-    _Refused("connection set-up refused: WRONGPASS invalid password"),
+    Refused("connection set-up refused: WRONGPASS invalid password"),
 ]
 
 
 @pytest.mark.parametrize("message", USAGE)
 def test_usage_error_keeps_the_server_up_and_stops(message: str) -> None:
     core = make_core()
-    conn = core.live(A)
+    conn = core.pool.live(A)
     with pytest.raises(IdgenUsageError) as info:
         drive(core, {A: ReplyError(message), B: 7})
     assert str(info.value) == message
     assert info.value.__suppress_context__  # raised `from None`, as before the core
-    server = core.pool.servers[A]
+    server = core.pool.nodes[A]
     assert (server.down_until, server.backoff, server.last_error) == (0.0, 0.0, None)
-    assert core.live(A) is conn  # the connection stays: the server answered
-    assert core.attempts(0.0) == [A, B, C]
+    assert core.pool.live(A) is conn  # the connection stays: the server answered
+    assert core.pool.order(0.0) == [A, B, C]
 
 
 @pytest.mark.parametrize("error", SERVER_FAILURES, ids=lambda e: type(e).__name__)
 def test_server_failure_marks_down_and_moves_on(error: BaseException) -> None:
     core = make_core()
-    conn = core.live(A)
+    conn = core.pool.live(A)
     result, tried, closed = drive(core, {A: error, B: 42}, now=10.0)
     assert (result, tried, closed) == (42, [A, B], [conn])
-    server = core.pool.servers[A]
+    server = core.pool.nodes[A]
     assert server.down_until == 10.0 + BACKOFF_INITIAL_S
     assert server.last_error is error
-    assert core.live(A) is None  # handed back to be closed; the next attempt reconnects
+    assert core.pool.live(A) is None  # handed back to be closed; the next attempt reconnects
     # B answered: it is the current server, and A is skipped until its backoff ends.
-    assert core.attempts(10.5) == [B, C]
-    assert core.attempts(10.0 + BACKOFF_INITIAL_S) == [B, C, A]
+    assert core.pool.order(10.5) == [B, C]
+    assert core.pool.order(10.0 + BACKOFF_INITIAL_S) == [B, C, A]
 
 
 def test_an_error_outside_the_attempt_errors_leaves_the_pool_alone() -> None:
     core = make_core()
     with pytest.raises(KeyError):  # a bug in a check, say: not the server's fault
         drive(core, {B: 1})
-    assert core.pool.servers[A].down_until == 0.0
-    assert core.live(A) is not None
+    assert core.pool.nodes[A].down_until == 0.0
+    assert core.pool.live(A) is not None
 
 
 def test_answered_makes_the_server_current_and_closes_what_failed() -> None:
     core = make_core()
-    conns = [core.live(A), core.live(B)]
+    conns = [core.pool.live(A), core.pool.live(B)]
     result, tried, closed = drive(core, {A: OSError("reset"), B: OSError("reset"), C: 5})
     assert (result, tried, closed) == (5, [A, B, C], conns)
-    assert core.pool.current == C
-    assert core.attempts(0.5) == [C]
+    assert core.pool.preferred == C
+    assert core.pool.order(0.5) == [C]
 
 
 def test_a_failure_without_a_connection_hands_back_none() -> None:
-    core: _CallerCore[FakeConn] = _CallerCore(_Pool(ADDRESSES[:2]), None, 1.0)
-    assert core.live(A) is None
+    core = _CallerCore(_pool(ADDRESSES[:2]), None, 1.0)
+    assert core.pool.live(A) is None
     refused = ConnectionRefusedError(111, "Connection refused")
-    assert core.failed(A, refused, 0.0) is None
-    assert core.pool.servers[A].last_error is refused
+    assert core.pool.mark_down(A, refused, 0.0) is None
+    assert core.pool.nodes[A].last_error is refused
 
 
 def test_a_closed_connection_is_not_live() -> None:
     core = make_core(1)
-    conn = core.live(A)
+    conn = core.pool.live(A)
     assert conn is not None
     conn.closed = True
-    assert core.live(A) is None
-    assert core.address(A) == ADDRESSES[0]
+    assert core.pool.live(A) is None
+    assert core.pool.address(A) == ADDRESSES[0]
 
 
 def test_a_refused_set_up_is_a_server_failure_not_a_usage_error() -> None:
     core = make_core(2)
-    with pytest.raises(_Refused) as info:
-        with _set_up():
+    with pytest.raises(Refused) as info:
+        with connection_set_up():
             raise ReplyError("WRONGPASS invalid username-password pair")
     assert str(info.value) == (
         "connection set-up refused: WRONGPASS invalid username-password pair"
     )
     assert isinstance(info.value.__cause__, ReplyError)
     assert drive(core, {A: info.value, B: 3})[:2] == (3, [A, B])
-    assert core.pool.servers[A].backoff == BACKOFF_INITIAL_S
+    assert core.pool.nodes[A].backoff == BACKOFF_INITIAL_S
 
 
 def test_set_up_lets_other_errors_through() -> None:
     with pytest.raises(ConnectionRefusedError):
-        with _set_up():
+        with connection_set_up():
             raise ConnectionRefusedError(111, "Connection refused")
 
 
@@ -183,15 +208,16 @@ def test_closed_caller_refuses_before_any_attempt() -> None:
     core = make_core()
     core.closed = True
     with pytest.raises(IdgenError, match=CLOSED_MESSAGE):
-        core.attempts(0.0)
+        drive(core, {A: 1})
+    assert core.script.tried == []
 
 
 def test_detach_empties_the_slot() -> None:
     core = make_core(2)
-    conn = core.live(B)
-    assert core.detach(B) is conn
-    assert core.detach(B) is None
-    assert core.live(A) is not None
+    conn = core.pool.live(B)
+    assert core.pool.detach(B) is conn
+    assert core.pool.detach(B) is None
+    assert core.pool.live(A) is not None
 
 
 # -- which server next, backoff, the probe --
@@ -203,14 +229,14 @@ def test_all_down_gives_a_probe_of_the_soonest() -> None:
     with pytest.raises(IdgenUnavailable):
         drive(core, down, now=0.0)
     # A failed again later, so its second, doubled backoff ends last; B's ends first.
-    core.failed(A, OSError("a again"), 0.5)
-    assert core.pool.servers[A].backoff == 2 * BACKOFF_INITIAL_S
-    assert core.attempts(0.6) == [B]
+    core.pool.mark_down(A, OSError("a again"), 0.5)
+    assert core.pool.nodes[A].backoff == 2 * BACKOFF_INITIAL_S
+    assert core.pool.order(0.6) == [B]
     assert core.pool.retry_in(0.6) == pytest.approx(BACKOFF_INITIAL_S - 0.6)
     # The probe fails: B is marked down longer, and C is now the soonest.
     with pytest.raises(IdgenUnavailable):
         drive(core, {B: TimeoutError("timed out")}, now=0.6)
-    assert core.attempts(0.7) == [C]
+    assert core.pool.order(0.7) == [C]
 
 
 def test_backoff_doubles_up_to_its_cap_and_clears_on_an_answer(
@@ -223,8 +249,8 @@ def test_backoff_doubles_up_to_its_cap_and_clears_on_an_answer(
         for _ in range(8):
             with pytest.raises(IdgenUnavailable):
                 drive(core, {A: OSError("down")}, now)
-            seen.append(core.pool.servers[A].backoff)
-            now = core.pool.servers[A].down_until
+            seen.append(core.pool.nodes[A].backoff)
+            now = core.pool.nodes[A].down_until
     assert seen == [min(BACKOFF_INITIAL_S * 2**i, BACKOFF_MAX_S) for i in range(8)]
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1  # the first mark-down warns; the repeats are debug
@@ -235,7 +261,7 @@ def test_backoff_doubles_up_to_its_cap_and_clears_on_an_answer(
     assert [r.getMessage() for r in caplog.records] == [
         "idgen server 127.0.0.2:7001 is answering again"
     ]
-    assert (core.pool.servers[A].backoff, core.pool.servers[A].down_until) == (0.0, 0.0)
+    assert (core.pool.nodes[A].backoff, core.pool.nodes[A].down_until) == (0.0, 0.0)
 
 
 def test_unavailable_error_lists_each_servers_last_error() -> None:
@@ -301,12 +327,12 @@ def test_refill_pause_follows_the_pool_within_bounds() -> None:
     pool = refill.caller.pool
     error = IdgenUnavailable("down")
     assert refill.refill_failed(error, 0.0) == RETRY_PAUSE_MIN_S  # a server is up
-    for index in range(len(pool.servers)):
-        pool.failed(index, 0.0, OSError("down"))
+    for index in range(len(pool.nodes)):
+        pool.mark_down(index, OSError("down"), 0.0)
     assert refill.refill_failed(error, 0.5) == pytest.approx(BACKOFF_INITIAL_S - 0.5)
     for _ in range(3):
-        for index in range(len(pool.servers)):
-            pool.failed(index, 0.0, OSError("down"))
+        for index in range(len(pool.nodes)):
+            pool.mark_down(index, OSError("down"), 0.0)
     assert refill.refill_failed(error, 0.0) == RETRY_PAUSE_MAX_S
     assert (refill.failures, refill.error) == (3, error)
 

@@ -11,11 +11,10 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Callable
-from typing import TYPE_CHECKING
 from urllib.parse import quote
 
 from kvcache import replies
+from kvcache.engine import CLOSE_NOW, Engine, Handler, Reply
 from kvcache.items import FETCHED
 from kvcache.numbers import strtol32, strtoul32
 from kvcache.protocol import has_noreply, ntokens
@@ -30,9 +29,6 @@ from kvcache.stats import (
     settings_stats,
     slabs_stats,
 )
-
-if TYPE_CHECKING:
-    from kvcache.commands import Engine, Reply
 
 log = logging.getLogger("kvcache")
 
@@ -113,8 +109,6 @@ def _cachedump(engine: Engine, tokens: list[bytes]) -> Reply:
 
 
 def cmd_shutdown(engine: Engine, tokens: list[bytes]) -> Reply:
-    from kvcache.commands import CLOSE_NOW
-
     if not engine.settings.shutdown_command:
         return replies.line(replies.SHUTDOWN_DISABLED)
     count = ntokens(tokens)
@@ -257,8 +251,6 @@ def cmd_lru(engine: Engine, tokens: list[bytes]) -> Reply:
 def cmd_watch(engine: Engine, tokens: list[bytes]) -> Reply:
     return replies.unless(has_noreply(tokens), replies.WATCH_NOT_ALLOWED)
 
-
-Handler = Callable[["Engine", list[bytes]], "Reply"]
 
 # name, handler, fewest and most tokens (memcached counts its terminal token too)
 ADMIN_COMMANDS: list[tuple[bytes, Handler, int, int]] = [

@@ -1,63 +1,37 @@
 """The classic memcached commands: one function per command, one table, one dispatcher.
 
-`Engine.execute(request)` runs one parsed request (kvcache/protocol.py) against the storage
-and returns the reply bytes (b"" when noreply silences it), a `Stream` for multi-key gets
-(written chunk by chunk, so a reply never has to sit whole in memory), or a `Closing`.
+`execute(engine, request)` runs one parsed request (kvcache/protocol.py) against the
+Engine's storage (kvcache/engine.py) and returns its `Reply`: the reply bytes (b"" when
+noreply silences it), a `Stream` for multi-key gets (written chunk by chunk, so a reply never
+has to sit whole in memory), or a `Closing`.
 
 Dispatch follows memcached's process_command_ascii: a word shorter than two letters is an
-ERROR; meta commands are the two-letter words starting with `m`; words starting with one of
-g s a c i d t are looked up in that letter's family only; any other unknown word whose last
-token starts with `HTTP/` closes the connection silently (a browser or an HTTP health check
-knocked). Token counts are checked once, from the table, as memcached's WANT_TOKENS does.
+ERROR; meta commands are the two-letter words starting with `m` (kvcache/meta.py); words
+starting with one of g s a c i d t are looked up in that letter's family only; any other
+unknown word whose last token starts with `HTTP/` closes the connection silently (a browser
+or an HTTP health check knocked). Token counts are checked once, from the table, as
+memcached's WANT_TOKENS does. The operator commands (kvcache/admin.py) join the table.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from kvcache import admin, meta, replies
-from kvcache.items import Item, Mode, Outcome
+from kvcache.engine import CLOSE_AFTER_REPLIES, CLOSE_NOW, Engine, Handler, Reply, Stream
+from kvcache.items import Mode, Outcome
 from kvcache.numbers import strtol32, strtoull
 from kvcache.protocol import MAX_KEY_BYTES, Close, Reject, Store, has_noreply, ntokens
-from kvcache.settings import Settings
-from kvcache.stats import ProcessView
-from kvcache.storage import Storage
 
 log = logging.getLogger("kvcache")
 
 STREAM_CHUNK_BYTES = 256 * 1024  # a multi-get reply is produced in pieces about this big
 
-
-class Stream:
-    """A reply produced piece by piece (the server writes each as the socket drains)."""
-
-    __slots__ = ("chunks",)
-
-    def __init__(self, chunks: Iterator[bytes]) -> None:
-        self.chunks = chunks
-
-
-class Closing:
-    """Close the connection. `flush`: write the replies queued before it first (quit);
-    otherwise drop the ones not yet written, as memcached does when it gives up on a stream
-    (an HTTP request line, a command line too long)."""
-
-    __slots__ = ("flush",)
-
-    def __init__(self, flush: bool) -> None:
-        self.flush = flush
-
-
-CLOSE_AFTER_REPLIES = Closing(flush=True)
-CLOSE_NOW = Closing(flush=False)
 # memcached writes its queued replies out after these (and when its input runs dry, and
 # every -R (reqs_per_event) commands); a closed connection loses the replies not written.
 FLUSH_AFTER = frozenset((b"get", b"gets", b"gat", b"gats", b"bget", b"mn"))
-
-Reply = bytes | Stream | Closing
-Handler = Callable[["Engine", list[bytes]], Reply]
 
 
 @dataclass(frozen=True)
@@ -79,86 +53,61 @@ _STORE_REPLIES = {Outcome.STORED: replies.STORED, Outcome.NOT_STORED: replies.NO
 _FAMILIES = b"gsacidt"
 
 
-class Engine:
-    """Runs requests for every connection of one daemon (single-threaded)."""
+def execute(engine: Engine, request: list[bytes] | Store | Reject | Close) -> Reply:
+    """Run one request from the parser; the reply (see the module docstring)."""
+    kind = type(request)
+    if kind is list:
+        return dispatch(engine, request)  # type: ignore[arg-type]
+    if kind is Store:
+        if request.meta is not None:  # type: ignore[union-attr]
+            return meta.finish_set(engine, request)  # type: ignore[arg-type]
+        return store(engine, request)  # type: ignore[arg-type]
+    if kind is Reject:
+        return request.reply  # type: ignore[union-attr]
+    return CLOSE_NOW
 
-    def __init__(
-        self,
-        storage: Storage,
-        settings: Settings,
-        view: ProcessView | None = None,
-        on_shutdown: Callable[[], None] | None = None,
-        on_verbosity: Callable[[int], None] | None = None,
-    ) -> None:
-        self.storage = storage
-        self.stats = storage.stats
-        self.settings = settings
-        self.view = view
-        self.on_shutdown = on_shutdown
-        self.on_verbosity = on_verbosity
-        self.crawl_requested = False
-        self.crawler_enabled = True
-        # Items an mg reply refers to until the connection writes it out. memcached holds a
-        # reference for each, and a held item is not incremented in place; the server
-        # points this at the running connection's set and clears it on every write.
-        self.pinned: set[Item] = set()
-        self.commands = {c.name: c for c in COMMANDS}
-        self.meta = meta.META_COMMANDS
 
-    # -- dispatch ------------------------------------------------------------------------
-    def execute(self, request: list[bytes] | Store | Reject | Close) -> Reply:
-        """Run one request from the parser; the reply (see the module docstring)."""
-        kind = type(request)
-        if kind is list:
-            return self.dispatch(request)  # type: ignore[arg-type]
-        if kind is Store:
-            if request.meta is not None:  # type: ignore[union-attr]
-                return meta.finish_set(self, request)  # type: ignore[arg-type]
-            return self.store(request)  # type: ignore[arg-type]
-        if kind is Reject:
-            return request.reply  # type: ignore[union-attr]
-        return CLOSE_NOW
-
-    def dispatch(self, tokens: list[bytes]) -> Reply:
-        """A command line without a data block, routed as memcached routes it."""
-        if not tokens:
-            return replies.ERROR
-        name = tokens[0]
-        command = self.commands.get(name)
-        if command is not None:  # first: the table holds no word the rules below route
-            count = ntokens(tokens)
-            if count < command.min_tokens or count > command.max_tokens:
-                return replies.ERROR
-            return command.handler(self, tokens)
-        if len(name) < 2:
-            return replies.ERROR
-        if name[0] == 0x6D and len(name) == 2:  # m?
-            handler = self.meta.get(name)
-            return handler(self, tokens) if handler is not None else replies.ERROR
-        if name[0] in _FAMILIES:
-            return replies.ERROR
-        if tokens[ntokens(tokens) - 2].startswith(b"HTTP/"):
-            return CLOSE_NOW
+def dispatch(engine: Engine, tokens: list[bytes]) -> Reply:
+    """A command line without a data block, routed as memcached routes it."""
+    if not tokens:
         return replies.ERROR
+    name = tokens[0]
+    command = TABLE.get(name)
+    if command is not None:  # first: the table holds no word the rules below route
+        count = ntokens(tokens)
+        if count < command.min_tokens or count > command.max_tokens:
+            return replies.ERROR
+        return command.handler(engine, tokens)
+    if len(name) < 2:
+        return replies.ERROR
+    if name[0] == 0x6D and len(name) == 2:  # m?
+        handler = meta.META_COMMANDS.get(name)
+        return handler(engine, tokens) if handler is not None else replies.ERROR
+    if name[0] in _FAMILIES:
+        return replies.ERROR
+    if tokens[ntokens(tokens) - 2].startswith(b"HTTP/"):
+        return CLOSE_NOW
+    return replies.ERROR
 
-    def store(self, request: Store) -> bytes:
-        """A classic storage command with its data block (or the reason it has none)."""
-        stats = self.stats
-        storage = self.storage
-        if request.too_large:
-            stats.store_too_large += 1
-            if request.command == b"set":
-                storage.delete(request.key)  # no stale value may survive a failed set
-            return b"" if request.noreply else replies.line(replies.TOO_LARGE)
-        data = request.data
-        key = request.key
-        if data is None:  # a bad chunk: memcached counts the set of the item it allocated
-            stats.slab.set_cmds[storage.clsid_for(len(key), request.flags, request.size)] += 1
-            return b"" if request.noreply else replies.line(replies.BAD_DATA_CHUNK)
-        outcome = storage.store_command(_STORE_MODES[request.command], key, data,
-                                        request.flags, storage.expiry(request.exptime),
-                                        request.cas)
-        return b"" if request.noreply else _STORE_REPLIES[outcome]
+
+def store(engine: Engine, request: Store) -> bytes:
+    """A classic storage command with its data block (or the reason it has none)."""
+    stats = engine.stats
+    storage = engine.storage
+    if request.too_large:
+        stats.store_too_large += 1
+        if request.command == b"set":
+            storage.delete(request.key)  # no stale value may survive a failed set
+        return b"" if request.noreply else replies.line(replies.TOO_LARGE)
+    data = request.data
+    key = request.key
+    if data is None:  # a bad chunk: memcached counts the set of the item it allocated
+        stats.slab.set_cmds[storage.clsid_for(len(key), request.flags, request.size)] += 1
+        return b"" if request.noreply else replies.line(replies.BAD_DATA_CHUNK)
+    outcome = storage.store_command(_STORE_MODES[request.command], key, data,
+                                    request.flags, storage.expiry(request.exptime),
+                                    request.cas)
+    return b"" if request.noreply else _STORE_REPLIES[outcome]
 
 
 _noreply = has_noreply
@@ -375,6 +324,7 @@ COMMANDS = [
     Command(b"quit", cmd_quit),
     *(Command(name, handler, low, high) for name, handler, low, high in admin.ADMIN_COMMANDS),
 ]
-# Engine.dispatch looks words up in the table before memcached's routing rules, which is
-# only the same routing while no word in it is one letter or meta-shaped (m + one letter).
+TABLE = {c.name: c for c in COMMANDS}
+# dispatch looks words up in the table before memcached's routing rules, which is only the
+# same routing while no word in it is one letter or meta-shaped (m + one letter).
 assert all(len(c.name) > 1 and not (c.name[0] == 0x6D and len(c.name) == 2) for c in COMMANDS)

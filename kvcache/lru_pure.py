@@ -32,6 +32,7 @@ from __future__ import annotations
 
 from bisect import bisect_left
 
+from kvcache.counters import CacheStats
 from kvcache.items import CAS_SHIFT, FETCHED, Item, Outcome
 from kvcache.slabs import (
     HOT_PERCENT,
@@ -44,7 +45,6 @@ from kvcache.slabs import (
     item_ntotal,
     table_bytes,
 )
-from kvcache.stats import CacheStats
 
 _NTOTAL_FIXED = item_ntotal(0, 0, 0)  # what memcached adds to the key and value lengths
 

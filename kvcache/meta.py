@@ -12,9 +12,9 @@ kvcache/protocol.py and arrives here as a `Store` with its MetaFlags.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 from kvcache import replies
+from kvcache.engine import Engine
 from kvcache.items import FETCHED, KEY_BINARY, STALE, TOKEN_SENT, Item, Mode, Outcome
 from kvcache.metaflags import (
     MAX_META_TOKENS,
@@ -26,9 +26,6 @@ from kvcache.metaflags import (
 )
 from kvcache.protocol import MAX_KEY_BYTES, Store, ntokens
 from kvcache.slabs import item_ntotal
-
-if TYPE_CHECKING:
-    from kvcache.commands import Engine
 
 CRLF = replies.CRLF
 _O, _K = 0x4F, 0x6B

@@ -34,8 +34,9 @@ import psutil
 
 from core.clock import Clock
 from core.gcfreeze import GcFreezer
-from kvcache import replies
-from kvcache.commands import FLUSH_AFTER, Closing, Engine, Stream
+from kvcache import commands, replies
+from kvcache.commands import FLUSH_AFTER
+from kvcache.engine import Closing, Engine, Stream
 from kvcache.items import Item
 from kvcache.protocol import Close, Lane, RequestParser
 from kvcache.settings import Settings
@@ -301,8 +302,8 @@ class Connection(asyncio.Protocol):
         engine = self.engine
         pinned = engine.pinned = self._pinned
         next_request = self.parser.next_request
-        execute = engine.execute
-        dispatch = engine.dispatch
+        execute = commands.execute
+        dispatch = commands.dispatch
         settings = server.settings
         reqs_per_event = settings.reqs_per_event
         out: list[bytes] = []
@@ -317,7 +318,7 @@ class Connection(asyncio.Protocol):
                 log.debug("<%d %r", self.fd, request)
             line = type(request) is list
             try:
-                reply = dispatch(request) if line else execute(request)
+                reply = dispatch(engine, request) if line else execute(engine, request)
             except Exception:
                 log.exception("request %.200r failed; closing the connection", request)
                 self._write([*out, replies.line(replies.INTERNAL_ERROR)])

@@ -25,7 +25,7 @@ cdef class Lru:
     cdef int nmc
     cdef uint32_t* mcsizes     # memcached's class sizes, 0-based (stats buckets)
     cdef int crawl_lane        # 0: no crawl pass under way; the record next: a.cursor
-    # [mcls] the arrays of stats.slab (kvcache.stats._LRU_FIELDS), written on every move
+    # [mcls] the arrays of stats.slab (kvcache.counters._LRU_FIELDS), written on every move
     cdef long long[::1] number_hot, number_warm, moves_to_cold, moves_to_warm
     cdef long long[::1] moves_within_lru
 

@@ -46,7 +46,7 @@ from native._kvarena cimport (
 from kvcache import items as _items
 from kvcache import lru_pure as _pure
 from kvcache.slabs import ArenaClasses, SlabClasses, item_ntotal
-from kvcache.stats import CacheStats
+from kvcache.counters import CacheStats
 
 cdef enum:
     ITEM_UPDATE_INTERVAL_S = 60

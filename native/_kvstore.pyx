@@ -33,7 +33,7 @@ from kvcache.items import Delta, Mode, Outcome
 from kvcache.numbers import parse_u64_prefix
 from kvcache.replies import END
 from kvcache.slabs import item_ntotal
-from kvcache.stats import HOT_COUNTERS
+from kvcache.counters import HOT_COUNTERS
 
 cdef enum:
     REALTIME_MAXDELTA = 2592000
@@ -126,7 +126,7 @@ cdef class Storage(Lru):
     Constructed as `Lru`: `Storage(limit_bytes, item_size_max, now, *, evict=True,
     stats=None, slabs=None)`."""
 
-    # counters a plain get or set moves, written in C (kvcache/stats.py: HOT_COUNTERS)
+    # counters a plain get or set moves, written in C (kvcache/counters.py: HOT_COUNTERS)
     cdef long long[::1] hot, get_hits, set_cmds
     cdef long long[::1] hits_to_hot, hits_to_warm, hits_to_cold  # [mcls], by segment
 

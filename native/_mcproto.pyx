@@ -39,7 +39,7 @@ from native.mcproto_pure import (
 from kvcache import replies
 from kvcache.items import Mode, Outcome
 from kvcache.slabs import SlabClasses, item_ntotal
-from kvcache.stats import HOT_COUNTERS
+from kvcache.counters import HOT_COUNTERS
 
 cdef Py_ssize_t _KEY_MAX = MAX_KEY_BYTES
 cdef Py_ssize_t _NO_NEWLINE_MAX = LINE_WITHOUT_NEWLINE_BYTES

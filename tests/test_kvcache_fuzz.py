@@ -21,7 +21,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from kvcache.commands import Closing, Engine, Stream
+from kvcache.commands import execute
+from kvcache.engine import Closing, Engine, Stream
 from kvcache.items import item_cost
 from kvcache.protocol import Close, Reject, Store
 from kvcache.settings import Settings
@@ -106,7 +107,7 @@ def test_engine_runs_anything_the_parser_yields(module: ModuleType, data: bytes)
     parser = module.RequestParser(ITEM_SIZE_MAX)
     parser.feed(data)
     while (request := parser.next_request()) is not None:
-        reply = engine.execute(request)
+        reply = execute(engine, request)
         if isinstance(reply, Stream):
             b"".join(reply.chunks)
         elif isinstance(reply, Closing):

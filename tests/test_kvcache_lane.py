@@ -20,7 +20,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kvcache.commands import Engine, Stream
+from kvcache.commands import execute
+from kvcache.engine import Engine, Stream
 from kvcache.items import Mode
 from kvcache.settings import Settings
 from kvcache.storage import Storage
@@ -173,7 +174,7 @@ class Loop(Harness):
         self.parser.feed(data)
         out = []
         while (request := self.parser.next_request()) is not None:
-            reply = self.engine.execute(request)
+            reply = execute(self.engine, request)
             out.append(b"".join(reply.chunks) if isinstance(reply, Stream) else reply)
         if any(out):
             self.lane.send(b"".join(out))

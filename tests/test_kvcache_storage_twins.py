@@ -19,9 +19,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from kvcache import storage_pure
+from kvcache.counters import SlabStats
 from kvcache.items import Delta, Mode
 from kvcache.slabs import INITIAL_BUCKETS, table_bytes
-from kvcache.stats import SlabStats
 
 
 def _import_native() -> ModuleType | None:

@@ -284,7 +284,8 @@ def test_twins_agree_on_the_fast_lane(before: bytes, data: bytes) -> None:
 def test_fast_lane_answers_as_the_request_loop_does(module: ModuleType, data: bytes) -> None:
     """Where the lane answers, the engine given the same read answers the same, with the
     same counters and cache contents; where it declines, it did nothing."""
-    from kvcache.commands import Engine
+    from kvcache.commands import execute
+    from kvcache.engine import Engine
     from kvcache.settings import Settings
 
     lane_storage = _cache()
@@ -294,7 +295,7 @@ def test_fast_lane_answers_as_the_request_loop_does(module: ModuleType, data: by
     engine = Engine(storage, Settings(item_size_max=ITEM_SIZE_MAX, maxbytes=1 << 20))
     parser = module.RequestParser(ITEM_SIZE_MAX)
     parser.feed(data)
-    replies = [engine.execute(request) for request in iter(parser.next_request, None)]
+    replies = [execute(engine, request) for request in iter(parser.next_request, None)]
     if reply is None:
         assert _effects(lane_storage) == untouched
         return

@@ -125,6 +125,9 @@ class SnapshotReceiver:
         self.idle_ticks = idle_ticks
         self._current: _Transfer | None = None
         self._completed: ReceivedSnapshot | None = None
+        # (leader, term, index, size) of the last transfer completed, kept after release so
+        # that a sender whose final ack was lost hears it again instead of starting over
+        self._finished: tuple[int, int, int, int] | None = None
         self.stats = {"chunks": 0, "bytes": 0, "nacks": 0, "completed": 0, "aborted": 0}
         remove_stale_temp_files(self.directory / INCOMING_NAME)
 
@@ -153,10 +156,9 @@ class SnapshotReceiver:
         reason = self._refusal(chunk, current_term)
         if reason is not None:
             return self._nack(chunk, 0, reason), None
-        done = self._completed
-        if done is not None and (done.leader, done.term, done.meta.index) == (
-                chunk.frm, chunk.term, chunk.index):
-            return self._ack(chunk, done.size), None  # the last ack was lost: say it again
+        finished = self._finished
+        if finished is not None and finished[:3] == (chunk.frm, chunk.term, chunk.index):
+            return self._ack(chunk, finished[3]), None  # the last ack was lost: say it again
         cur = self._current
         if cur is None or (cur.leader, cur.key) != (chunk.frm, (chunk.term, chunk.index)):
             if chunk.offset != 0:
@@ -202,14 +204,14 @@ class SnapshotReceiver:
         if chunk.total > self.max_snapshot_bytes:
             return NACK_TOO_LARGE
         key = (chunk.term, chunk.index)
-        newest = [(t.term, t.meta.index) for t in (self._current, self._completed) if t]
-        if chunk.term < current_term or any(key < other for other in newest):
+        known = [(cur.leader, cur.key)] if (cur := self._current) is not None else []
+        if self._finished is not None:
+            leader, term, index, _ = self._finished
+            known.append((leader, (term, index)))
+        if chunk.term < current_term or any(key < other for _, other in known):
             return NACK_STALE
-        # the same transfer from another leader: Raft allows one leader per term
-        for other in (self._current, self._completed):
-            if other is not None and (other.term, other.meta.index) == key \
-                    and other.leader != chunk.frm:
-                return NACK_STALE
+        if any(key == other and leader != chunk.frm for leader, other in known):
+            return NACK_STALE  # the same transfer from another leader: one leader per term
         return None
 
     def _begin(self, chunk: Chunk) -> _Transfer:
@@ -265,6 +267,7 @@ class SnapshotReceiver:
         done = ReceivedSnapshot(cur.leader, cur.term, cur.meta, cur.path, cur.total,
                                 chunk.digest)
         self._completed = done
+        self._finished = (done.leader, done.term, done.meta.index, done.size)
         self.stats["completed"] += 1
         return self._ack(chunk, cur.total), done
 

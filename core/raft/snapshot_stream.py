@@ -462,6 +462,14 @@ class SnapshotOutbox:
                             sender.failure)
         return [(to, s.state is SenderState.DONE) for to, s in done]
 
+    def cancel(self, to: int) -> None:
+        """Stop the stream to `to`, if any (the Node no longer wants it sent: its progress
+        left the snapshot state, or the follower was removed); close its source."""
+        sender = self._senders.pop(to, None)
+        if sender is not None:
+            sender.cancel()
+            sender.close()
+
     def cancel_all(self) -> None:
         """Stop every stream (this node no longer leads); close their sources."""
         for sender in self._senders.values():

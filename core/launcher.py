@@ -1,11 +1,16 @@
 """`make run`: a local cluster of every daemon on loopback, data under ./var/.
 
-Starts each daemon as its own process, prints the endpoints and commands to try, and on
-Ctrl-C (or SIGTERM) stops them all with SIGTERM, waiting for each to exit cleanly.
+Strategy: the launcher knows no daemon. Every top-level package with a `launch` module
+declares its part (core/launch_spec.py: the processes, and the lines to print); `discover`
+finds those modules in the project root in name order, so a new daemon joins `make run` by
+adding its declaration. The launcher starts every process (each its own, output to
+var/<name>.log), waits for each one's address, prints the endpoints and the commands to try,
+and on Ctrl-C (or SIGTERM) stops them all with SIGTERM, waiting for each to exit cleanly.
 """
 
 from __future__ import annotations
 
+import importlib
 import os
 import signal
 import socket
@@ -15,68 +20,45 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from core.launch_spec import DECLARATION, Declare, LocalCluster, Process
+
+__all__ = ["ROOT", "VAR", "Running", "discover", "local_clusters", "main"]
+
+ROOT = Path(__file__).resolve().parent.parent  # the project root: where daemons are found
 VAR = Path("var")
+LAUNCH_MODULE = "launch"
 START_TIMEOUT_S = 15.0
+STOP_TIMEOUT_S = 10.0
+PORTLESS_SETTLE_S = 0.5  # a process without a port is up if it still runs after this
+POLL_S = 0.1
+WATCH_S = 0.5
+FOOTER = "Logs are in var/*.log. Ctrl-C stops everything."
 
 
 @dataclass
-class Node:
-    name: str
-    argv: list[str]
-    host: str
-    port: int
+class Running:
+    """A declared process and, once started, its handle."""
+
+    spec: Process
     process: subprocess.Popen[bytes] | None = None
 
 
-def idgen_nodes() -> list[Node]:
-    ports = [7101, 7102, 7103]
-    addresses = [f"127.0.0.1:{p}" for p in ports]
-    nodes = []
-    for worker, port in enumerate(ports, start=1):
-        peers = ",".join(a for a in addresses if not a.endswith(f":{port}"))
-        argv = [
-            sys.executable, "-m", "idgen", "serve", "--listen", f"127.0.0.1:{port}",
-            "--worker-id", str(worker), "--data-dir", str(VAR / f"idgen-{worker}"),
-            "--peers", peers,
-        ]
-        nodes.append(Node(f"idgen-{worker}", argv, "127.0.0.1", port))
-    return nodes
+def discover(root: Path = ROOT) -> list[tuple[str, Declare]]:
+    """(package, its `local_cluster` function) for every package directly under `root`
+    that has a `launch` module, in package-name order. `root` must be on sys.path."""
+    found = []
+    for module_file in sorted(root.glob(f"*/{LAUNCH_MODULE}.py")):
+        package = module_file.parent
+        if not package.name.isidentifier() or not (package / "__init__.py").exists():
+            continue
+        module = importlib.import_module(f"{package.name}.{LAUNCH_MODULE}")
+        found.append((package.name, getattr(module, DECLARATION)))
+    return found
 
 
-def kvcache_nodes() -> list[Node]:
-    """Three memcached-compatible caches (clients hash keys across them with ketama) and a
-    routing proxy in front of them, for clients that know one address only."""
-    nodes = []
-    for index, port in enumerate([11311, 11312, 11313], start=1):
-        argv = [
-            sys.executable, "-m", "kvcache", "serve", "-l", "127.0.0.1", "-p", str(port),
-            "-m", "64",
-        ]
-        nodes.append(Node(f"kvcache-{index}", argv, "127.0.0.1", port))
-    servers = ",".join(f"127.0.0.1:{n.port}" for n in nodes)
-    proxy = [sys.executable, "-m", "kvcache", "proxy", "-p", "11310", "--servers", servers]
-    nodes.append(Node("kvproxy", proxy, "127.0.0.1", 11310))
-    return nodes
-
-
-def scheduler_nodes() -> list[Node]:
-    """A three-node scheduler (Raft between 7501-7503, clients on 7401-7403) and a worker.
-    The worker listens on nothing: port 0 means "up while the process runs"."""
-    ids = [1, 2, 3]
-    nodes = []
-    for node_id in ids:
-        peers = ",".join(f"{i}=127.0.0.1:{7500 + i}" for i in ids if i != node_id)
-        argv = [
-            sys.executable, "-m", "scheduler", "serve", "--id", str(node_id),
-            "--listen", f"127.0.0.1:{7400 + node_id}", "--peer-listen",
-            f"127.0.0.1:{7500 + node_id}", "--peers", peers,
-            "--data-dir", str(VAR / f"scheduler-{node_id}"),
-        ]
-        nodes.append(Node(f"scheduler-{node_id}", argv, "127.0.0.1", 7400 + node_id))
-    servers = ",".join(f"127.0.0.1:{7400 + i}" for i in ids)
-    worker = [sys.executable, "-m", "scheduler", "worker", "--scheduler", servers]
-    nodes.append(Node("sched-worker", worker, "127.0.0.1", 0))
-    return nodes
+def local_clusters(var: Path, root: Path = ROOT) -> list[LocalCluster]:
+    """Every discovered declaration, called with `var`."""
+    return [declare(var) for _, declare in discover(root)]
 
 
 def wait_for_port(host: str, port: int, process: subprocess.Popen[bytes]) -> bool:
@@ -88,75 +70,64 @@ def wait_for_port(host: str, port: int, process: subprocess.Popen[bytes]) -> boo
             socket.create_connection((host, port), timeout=0.2).close()
             return True
         except OSError:
-            time.sleep(0.1)
+            time.sleep(POLL_S)
     return False
 
 
-def start(nodes: list[Node]) -> None:
+def _is_up(node: Running) -> bool:
+    assert node.process is not None
+    if node.spec.port:
+        return wait_for_port(node.spec.host, node.spec.port, node.process)
+    time.sleep(PORTLESS_SETTLE_S)
+    return node.process.poll() is None
+
+
+def start(nodes: list[Running]) -> None:
+    """Start every process, then report each one as up or failed, in order."""
     VAR.mkdir(exist_ok=True)
     for node in nodes:
-        log_file = open(VAR / f"{node.name}.log", "ab")  # noqa: SIM115 - lives with the child
-        node.process = subprocess.Popen(node.argv, stdout=log_file, stderr=log_file)
+        log_file = open(VAR / f"{node.spec.name}.log", "ab")  # noqa: SIM115 - lives with the child
+        node.process = subprocess.Popen(node.spec.argv, stdout=log_file, stderr=log_file)
     for index, node in enumerate(nodes, start=1):
-        assert node.process is not None
-        if node.port:
-            ok = wait_for_port(node.host, node.port, node.process)
-        else:
-            time.sleep(0.5)
-            ok = node.process.poll() is None
-        state = "up" if ok else f"FAILED (see {VAR / (node.name + '.log')})"
-        print(f"[{index}/{len(nodes)}] {node.name:10} {node.host}:{node.port} {state}", flush=True)
+        spec = node.spec
+        state = "up" if _is_up(node) else f"FAILED (see {VAR / (spec.name + '.log')})"
+        print(f"[{index}/{len(nodes)}] {spec.name:10} {spec.host}:{spec.port} {state}",
+              flush=True)
 
 
-def stop(nodes: list[Node]) -> None:
+def stop(nodes: list[Running]) -> None:
+    """SIGTERM to everything still running, then wait for each (SIGKILL after a while)."""
     for node in nodes:
         if node.process and node.process.poll() is None:
             node.process.send_signal(signal.SIGTERM)
     for node in nodes:
         if node.process:
             try:
-                code = node.process.wait(timeout=10)
+                code = node.process.wait(timeout=STOP_TIMEOUT_S)
             except subprocess.TimeoutExpired:
                 node.process.kill()
                 code = node.process.wait()
-            print(f"{node.name} exited with {code}")
+            print(f"{node.spec.name} exited with {code}")
 
 
-TRY = """
-Try:
-  redis-cli -p 7101 NEXT                      # one id
-  redis-cli -p 7102 NEXT 5                    # five ids
-  redis-cli -p 7101 PARSE <id>                # time, worker, sequence
-  redis-cli -p 7103 INFO idgen
-  printf 'NEXT 3\\r\\n' | nc -q1 127.0.0.1 7101
-  .venv/bin/idgen next -n 3 --server 127.0.0.1:7101,127.0.0.1:7102
-  .venv/bin/python -c "from idgen.client import IdgenClient; \\
-c = IdgenClient(['127.0.0.1:7101', '127.0.0.1:7102'], prefetch=10000); print(c.next_id())"
-
-  printf 'set greeting 0 0 5\\r\\nhello\\r\\nget greeting\\r\\n' | nc -q1 127.0.0.1 11311
-  printf 'mg greeting v t\\r\\nstats settings\\r\\n' | nc -q1 127.0.0.1 11311
-  printf 'set a 0 0 1\\r\\n1\\r\\nget a greeting\\r\\nstats\\r\\n' | nc -q1 127.0.0.1 11310  # proxy
-  .venv/bin/python -c "from kvcache.client import Client; \\
-c = Client(['127.0.0.1:11311', '127.0.0.1:11312', '127.0.0.1:11313']); \\
-c.set('k', b'v'); print(c.get('k'))"
-
-  redis-cli -p 7401 JOB.ADD tick '@every 1s' 'date +%T.%N >> /tmp/ticks'
-  redis-cli -p 7402 JOB.HISTORY tick 3
-  redis-cli -p 7403 CLUSTER.INFO
-
-Logs are in var/*.log. Ctrl-C stops everything.
-"""
+def try_text(clusters: list[LocalCluster]) -> str:
+    """The "Try:" block: each daemon's lines, a blank line between daemons."""
+    blocks = ["\n".join(c.try_lines) for c in clusters if c.try_lines]
+    return "\nTry:\n" + "\n\n".join(blocks) + f"\n\n{FOOTER}\n"
 
 
-def main() -> int:
-    nodes = idgen_nodes() + kvcache_nodes() + scheduler_nodes()
+def main(root: Path = ROOT) -> int:
+    """Run the local cluster of every declaration under `root` until Ctrl-C or SIGTERM (0)
+    or until a process exits by itself (1)."""
+    clusters = local_clusters(VAR, root)
+    nodes = [Running(spec) for cluster in clusters for spec in cluster.processes]
     print(f"starting {len(nodes)} daemons, data under {VAR.resolve()}", flush=True)
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     try:
         start(nodes)
-        print(TRY, flush=True)
+        print(try_text(clusters), flush=True)
         while all(n.process and n.process.poll() is None for n in nodes):
-            time.sleep(0.5)
+            time.sleep(WATCH_S)
         print("a daemon exited; stopping the rest", flush=True)
         return_code = 1
     except KeyboardInterrupt:

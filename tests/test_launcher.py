@@ -1,7 +1,9 @@
-"""`make run`'s launcher: starts the local cluster, prints how to use it, stops on Ctrl-C."""
+"""`make run`'s launcher: starts the local cluster, prints how to use it, stops on Ctrl-C;
+the daemons join it by their declarations (`<package>/launch.py`)."""
 
 from __future__ import annotations
 
+import re
 import signal
 import socket
 import subprocess
@@ -9,7 +11,11 @@ import sys
 import threading
 from pathlib import Path
 
+import pytest
 import redis
+
+from core import launcher
+from tests.conftest import find_free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -58,3 +64,69 @@ def test_launcher_starts_the_cluster_and_stops_it_on_ctrl_c(tmp_path: Path) -> N
     assert code == 0, output
     assert output.count("exited with 0") == 11, output
     assert (tmp_path / "var" / "idgen-1" / "idgen.json").exists()
+
+
+# -- the declarations ---------------------------------------------------------------------------
+
+
+def test_discovery_finds_every_declaration_in_name_order() -> None:
+    declared = sorted(p.parent.name for p in ROOT.glob("*/launch.py")
+                      if (p.parent / "__init__.py").exists())
+    found = [name for name, _ in launcher.discover()]
+    assert found == declared
+    assert {"idgen", "kvcache", "scheduler"} <= set(found)
+    processes = [p for c in launcher.local_clusters(Path("var")) for p in c.processes]
+    names = [p.name for p in processes]
+    assert len(names) == len(set(names)) == 11
+    ports = [(p.host, p.port) for p in processes if p.port]
+    assert len(ports) == len(set(ports))
+
+
+FAKE_DECLARATION = '''
+import sys
+from pathlib import Path
+
+from core.launch_spec import LocalCluster, Process
+
+PORT = {port}
+# Listens a moment, then exits by itself: the launcher then stops the rest.
+CODE = ("import socket, time; s = socket.socket(); s.bind(('127.0.0.1', PORT)); "
+        "s.listen(); time.sleep(1)").replace("PORT", str(PORT))
+
+
+def local_cluster(var: Path) -> LocalCluster:
+    return LocalCluster(
+        [Process("fake-1", [sys.executable, "-c", CODE], "127.0.0.1", PORT),
+         Process("fake-2", [sys.executable, "-c", "import time; time.sleep(30)"])],
+        ["  fake-cli ping    # a line of the fake daemon"],
+    )
+'''
+
+
+def test_a_declaration_in_a_new_package_joins_without_editing_the_launcher(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root = tmp_path / "project"
+    package = root / "fakedaemon_for_launcher_test"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    (package / "launch.py").write_text(FAKE_DECLARATION.format(port=find_free_port()))
+    (root / "notapackage").mkdir()
+    (root / "notapackage" / "launch.py").write_text("raise AssertionError('imported')\n")
+    monkeypatch.syspath_prepend(str(root))
+    monkeypatch.chdir(tmp_path)
+
+    assert [name for name, _ in launcher.discover(root)] == ["fakedaemon_for_launcher_test"]
+    previous = signal.getsignal(signal.SIGTERM)
+    try:
+        code = launcher.main(root)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    output = capsys.readouterr().out
+    assert code == 1, output  # fake-1 exited by itself
+    assert re.search(r"\[1/2\] fake-1 +127\.0\.0\.1:\d+ up", output), output
+    assert "[2/2] fake-2     127.0.0.1:0 up" in output, output
+    assert "Try:\n  fake-cli ping    # a line of the fake daemon\n" in output, output
+    assert "a daemon exited; stopping the rest" in output, output
+    assert "fake-1 exited with 0" in output and "fake-2 exited with -15" in output, output
+    assert (tmp_path / "var" / "fake-1.log").exists()

@@ -7,10 +7,12 @@ reporting live; what a run does is its `executor` (`Run` -> exit code and output
 The shell worker's executor is `shell_executor`; the embedded worker of scheduler.embedded
 calls Python handlers instead.
 
-Any node answers (writes are forwarded to the leader); when the one in use fails, the
-worker moves to the next. Polls go to the leader when one is found (CLUSTER.INFO of each
-node, asked when the poll connection opens, and checked at each heartbeat): there a poll
-waiting for runs is claimed for by the fire entry itself, and nothing is forwarded.
+Any node answers (writes are forwarded to the leader); which node each connection goes to
+is scheduler/worker_links.py's, on core/failover.py's node list and health: when the one in
+use fails, it is marked down and the worker moves to another. Polls go to the leader when
+one is found (CLUSTER.INFO of each node, asked when the poll connection opens, and checked
+at each heartbeat): there a poll waiting for runs is claimed for by the fire entry itself,
+and nothing is forwarded.
 `WORKER.POLL id tags timeout_ms resync max_runs` returns the runs the cluster committed
 to this worker (a claim: a run is claimed once); max_runs is what its free slots can take.
 After any error the next poll asks with resync=1 so runs whose claim reply was lost come
@@ -48,7 +50,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from core.clock import Clock, SystemClock
-from core.resp_client import AsyncRespConnection, ReplyError, RespConnectionError
+from core.failover import ErrorRules, Verdict
+from core.resp_client import ReplyError
+from scheduler.worker_links import NodeLinks
 
 log = logging.getLogger("scheduler.worker")
 
@@ -65,6 +69,7 @@ MAX_REPORT_BATCH = 256  # results in one WORKER.RESULTS (the cluster's MAX_RESUL
 POLL, BEAT, FIRST_REPORT = 0, 1, 2  # connection channels (see Worker.__init__)
 STOP_GRACE_S = 10.0  # on SIGTERM, runs in flight get this long to finish and report
 FIND_LEADER_TIMEOUT_S = 1.0  # per node asked, when the poll connection opens
+_RULES = ErrorRules()  # what an error reply means (core/failover.py): TRYAGAIN -> retry
 
 
 @dataclass(frozen=True)
@@ -138,80 +143,43 @@ class Worker:
         self._gates: dict[int, list[asyncio.Future[None]]] = {}
         # one connection per channel: POLL, BEAT, then REPORT_CHANNELS for reports, so a
         # report never waits behind a long poll and several commit at once (one fsync)
-        channels = FIRST_REPORT + REPORT_CHANNELS
-        self._conns: list[AsyncRespConnection | None] = [None] * channels
-        self._next = list(range(channels))  # spread the first connections over the nodes
+        self.links = NodeLinks(self.servers, FIRST_REPORT + REPORT_CHANNELS, POLL,
+                               password=password, call_timeout_s=CALL_TIMEOUT_S,
+                               find_timeout_s=FIND_LEADER_TIMEOUT_S, as_dict=_as_dict)
         self._results: asyncio.Queue[tuple[tuple[str, int, bytes, int],
                                            asyncio.Future[None]]] = asyncio.Queue()
-        self._poll_node = 0  # Raft id of the node polled, when it led as we connected
-        self._repick = False  # it no longer leads: reconnect before the next poll
+        self._repick = False  # the node polled no longer leads: reconnect before the next poll
 
     async def call(self, *args: object, channel: int = POLL) -> Any:
-        """One command on the channel's node; after a connection error, the next node."""
-        conn = self._conns[channel]
-        if conn is None or conn.closed:
-            conn = await self._find_leader() if channel == POLL else None
-            if conn is None:
-                host, port = self.servers[self._next[channel] % len(self.servers)]
-                self._next[channel] += 1
-                conn = await AsyncRespConnection.connect(
-                    host, port, timeout=CALL_TIMEOUT_S, password=self.password)
-            self._conns[channel] = conn
-        try:
-            return await conn.call(*args)  # type: ignore[arg-type]
-        except RespConnectionError:
-            self._conns[channel] = None
-            raise
-
-    async def _find_leader(self) -> AsyncRespConnection | None:
-        """A connection to the node that leads (asked in turn), or None if none says so."""
-        self._poll_node = 0
-        for host, port in self.servers:
-            try:
-                conn = await AsyncRespConnection.connect(
-                    host, port, timeout=FIND_LEADER_TIMEOUT_S, password=self.password)
-            except (OSError, ReplyError, TimeoutError):
-                continue
-            try:
-                info = _as_dict(await conn.call("CLUSTER.INFO"))
-                if info.get("role") == "leader":
-                    self._poll_node = int(info["id"])
-                    conn.timeout = CALL_TIMEOUT_S
-                    return conn
-            except (OSError, ReplyError, TimeoutError, KeyError, ValueError):
-                pass
-            conn.abort()
-        return None
+        """One command on the channel's node (see scheduler/worker_links.py)."""
+        return await self.links.call(channel, *args)
 
     async def _check_leader(self) -> None:
         """If the node polled no longer leads, poll the leader from the next poll on."""
-        if not self._poll_node:
+        if not self.links.poll_node:
             return
         reply = await self.call("CLUSTER.INFO", channel=BEAT)
         try:
             leader = int(_as_dict(reply).get("leader") or 0)
         except (TypeError, ValueError):
             return  # not a reply we know: keep polling where we are
-        if leader not in (0, self._poll_node):
+        if leader not in (0, self.links.poll_node):
             self._repick = True
 
     def _drop(self, channel: int = POLL) -> None:
-        conn = self._conns[channel]
-        if conn is not None:
-            conn.abort()
-            self._conns[channel] = None
+        self.links.drop(channel)
 
     async def run(self, stop: asyncio.Event) -> None:
         helpers = [asyncio.create_task(self._heartbeats(stop))]
         helpers += [asyncio.create_task(self._reporter(channel))
-                    for channel in range(FIRST_REPORT, len(self._conns))]
+                    for channel in range(FIRST_REPORT, len(self.links.conns))]
         try:
             await self._run(stop)
         finally:
             for task in helpers:
                 task.cancel()
             await asyncio.gather(*helpers, return_exceptions=True)
-            for channel in range(len(self._conns)):
+            for channel in range(len(self.links.conns)):
                 self._drop(channel)
 
     async def _heartbeats(self, stop: asyncio.Event) -> None:
@@ -355,7 +323,7 @@ class Worker:
                     await self.call("WORKER.RESULTS", *args, channel=channel)
                     break
                 except ReplyError as exc:
-                    if not str(exc).startswith(("TRYAGAIN", "LOADING")):
+                    if _RULES.verdict(exc)[0] is not Verdict.NOT_NOW:
                         log.error("the cluster refused %d result(s): %s", len(batch), exc)
                         break  # it never will take them: their runs time out or are lost
                     log.info("report of %d result(s) failed (%s); retrying", len(batch), exc)

@@ -20,6 +20,9 @@ from scheduler.client import (
     SchedulerError,
     SchedulerUnavailable,
 )
+from scheduler.worker import _as_dict
+from scheduler.worker_links import NodeLinks
+from tests.conftest import find_free_port
 from tests.test_scheduler_daemon import HANG_S, Cluster, running_cluster
 
 
@@ -83,6 +86,30 @@ def test_async_client_survives_sigkill_of_its_node(cluster: Cluster) -> None:
                 assert now_on != talking_to
             finally:
                 victim.start()
+
+    asyncio.run(main())
+
+
+def test_worker_links_mark_a_dead_node_down_and_connect_elsewhere(cluster: Cluster) -> None:
+    dead = ("127.0.0.2", find_free_port("127.0.0.2"))  # nothing listens there
+
+    async def main() -> None:
+        links = NodeLinks([dead, *nodes(cluster)], 5, 0, password=None, call_timeout_s=HANG_S,
+                          find_timeout_s=HANG_S, as_dict=_as_dict)
+        try:
+            with pytest.raises(ConnectionError):
+                await links.call(4, "PING")  # channel 4's turn (4 of 4 nodes) is the dead one
+            assert links.failover.nodes[0].down_until > 0
+            assert await links.call(4, "PING") == "PONG"  # its next turn skips the dead node
+            deadline = asyncio.get_running_loop().time() + HANG_S
+            while not links.poll_node:  # the poll channel connects to the leader (0: none yet)
+                assert asyncio.get_running_loop().time() < deadline, "hang: no leader"
+                links.drop(0)
+                await links.call(0, "PING")
+            assert links.poll_node in (1, 2, 3)
+        finally:
+            for channel in range(5):
+                links.drop(channel)
 
     asyncio.run(main())
 

@@ -129,7 +129,10 @@ VERDICTS: list[tuple[BaseException, Verdict, tuple[str, int] | None, int | None]
     (ReplyError("TRYAGAIN no leader"), Verdict.NOT_NOW, None, None),
     (ReplyError("LOADING the dataset is loading"), Verdict.NOT_NOW, None, None),
     (tryagain(D), Verdict.NOT_NOW, D, None),
+    (ReplyError("TRYAGAIN the cluster cannot take the request now: no leader"
+                " leader=10.0.0.4:7004"), Verdict.NOT_NOW, D, None),  # core/raft_service's
     (ReplyError("TRYAGAIN no leader leader=[::1]:7000"), Verdict.NOT_NOW, ("::1", 7000), None),
+    (ReplyError("TRYAGAIN no leader leader=::1:7000"), Verdict.NOT_NOW, ("::1", 7000), None),
     (ReplyError("TRYAGAIN no leader leader=nonsense"), Verdict.NOT_NOW, None, None),
     (ReplyError("MOVED 3999 10.0.0.4:7004"), Verdict.MOVED, D, 3999),
     (ReplyError("ASK 12 10.0.0.4:7004"), Verdict.ASK, D, 12),

@@ -176,8 +176,8 @@ class Cluster:
             host.create_group(gid, host.group_config(gid, founders=(1, 2, 3), seed=i),
                               machine.apply, machine.snapshot, machine.restore)
 
-    def leader(self, gid: int) -> RaftHost | None:
-        for host in self.hosts.values():
+    def leader(self, gid: int, among: list[RaftHost] | None = None) -> RaftHost | None:
+        for host in among or list(self.hosts.values()):
             group = host.group(gid)
             if group is not None and group.node is not None and \
                     group.node.role.value == "leader":
@@ -305,5 +305,39 @@ def test_everysec_is_for_single_member_groups_only(tmp_path: Path) -> None:
                 await other.start()
         finally:
             await host.stop()
+
+    run(main)
+
+
+def test_idle_groups_quiesce_and_wake_when_their_leaders_node_dies(tmp_path: Path) -> None:
+    async def main() -> None:
+        cluster = Cluster(tmp_path)
+        await cluster.start()
+        try:
+            for gid in range(1, 21):
+                cluster.create(gid)
+            for gid in range(1, 21):
+                await until(lambda g=gid: cluster.leader(g), f"a leader of group {gid}")
+            await until(lambda: all(h.status()["quiesced"] == 20
+                                    for h in cluster.hosts.values()), "every group quiesced")
+            host1 = cluster.hosts[1]
+            before = host1.status()["messages_sent"]
+            await asyncio.sleep(0.3)  # 30 ticks: only the per-peer liveness frames go out
+            assert host1.status()["messages_sent"] == before
+            # the node leading the most groups dies (no hand-over): every group it led
+            # elects a new leader among the other two, which were quiesced
+            victim = max(cluster.hosts.values(), key=lambda h: h.status()["leading"])
+            led = [g for g in range(1, 21) if cluster.leader(g) is victim]
+            assert led
+            await victim.stop(transfer=False)
+            rest = [h for h in cluster.hosts.values() if h is not victim]
+            for gid in led:
+                await until(lambda g=gid: cluster.leader(g, rest), f"group {gid} re-elected")
+                survivor = rest[0].groups[gid]
+                assert await survivor.execute(b"after", forward=True) >= 1
+            assert sum(h.stats["woken_groups"] for h in rest) >= len(led)
+        finally:
+            for host in cluster.hosts.values():
+                await host.stop(transfer=False)
 
     run(main)

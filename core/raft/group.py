@@ -349,6 +349,6 @@ class RaftGroup(ProposeSide, ApplySide):
             "fsyncs": storage.fsyncs, "pending_proposals": len(self._waiters),
             "connected_peers": sorted(k for k in node.voters
                                       if k != self.id and self.host.transport.connected(k)),
-            "quiesced": bool(getattr(node, "quiesced", False)),
+            "quiesced": node.quiesced,
             **self.stats,
         }

@@ -177,9 +177,11 @@ class RaftHost:
 
     def group_config(self, group_id: int, founders: tuple[int, ...] = (),
                      **options: Any) -> GroupConfig:
-        """A GroupConfig in this node's directory, with the host's timing."""
+        """A GroupConfig in this node's directory, with the host's timing; its groups
+        quiesce when idle unless `raft_options` says `quiesce=False`."""
         cfg = self.config
         options.setdefault("directory", cfg.data_dir / GROUPS_DIR / str(group_id))
+        options["raft_options"] = {"quiesce": True, **options.get("raft_options", {})}
         return GroupConfig(founders=founders, tick_s=cfg.tick_s,
                            election_tick=cfg.election_tick,
                            heartbeat_tick=cfg.heartbeat_tick, **options)
@@ -257,7 +259,7 @@ class RaftHost:
             ticks += 1
             for group in list(self.groups.values()):
                 node = group.node
-                if node is not None and not getattr(node, "quiesced", False):
+                if node is not None and not node.quiesced:
                     node.tick()
                     self.mark(group)
             if ticks % beat_every == 0:
@@ -280,8 +282,7 @@ class RaftHost:
         dead: dict[int, bool] = {}
         for group in self.groups.values():
             node = group.node
-            if node is None or not getattr(node, "quiesced", False) or \
-                    node.role is Role.LEADER:
+            if node is None or not node.quiesced or node.role is Role.LEADER:
                 continue
             lead = node.lead
             if lead not in dead:
@@ -402,7 +403,7 @@ class RaftHost:
             "node_id": self.node_id, "groups": len(groups),
             "leading": sum(1 for g in groups if g.node is not None
                            and g.node.role is Role.LEADER),
-            "quiesced": sum(1 for g in groups if getattr(g.node, "quiesced", False)),
+            "quiesced": sum(1 for g in groups if g.node is not None and g.node.quiesced),
             "fsyncs": sum(g.storage.fsyncs for g in groups if g.storage is not None),
             "applied_entries": sum(g.stats["applied_entries"] for g in groups),
             **self.stats,

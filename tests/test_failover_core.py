@@ -58,9 +58,9 @@ class Ran:
     closed: tuple[FakeConn, ...] = ()
 
 
-def make(nodes: Sequence[tuple[str, int]] = (A, B, C), **policy: float | None) -> Failover[
-    FakeConn
-]:
+def make(nodes: Sequence[tuple[str, int]] = (A, B, C),
+         **policy: float | None) -> Failover[FakeConn]:
+    """A failover over `nodes` (a seeded random), each holding an open fake connection."""
     failover: Failover[FakeConn] = Failover(
         list(nodes), random.Random(7), policy=RetryPolicy(**policy)  # type: ignore[arg-type]
     )

@@ -13,14 +13,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import ipaddress
 import logging
 import sys
-from pathlib import Path
 from typing import Any
 
-from core import daemon
-from core.raft.driver import DriverConfig, RaftDriver
+from core import cluster_options, daemon
+from core.raft.driver import RaftDriver
 from scheduler.fireloop import DEFAULT_FIRE_AHEAD_MS, MAX_FIRE_AHEAD_MS
 
 log = logging.getLogger("scheduler")
@@ -29,38 +27,13 @@ DEFAULT_PORT = 7380
 DEFAULT_PEER_PORT = 7381
 
 
-def parse_peers(text: str) -> dict[int, tuple[str, int]]:
-    """`ID=HOST:PORT,...` (Raft addresses) -> {id: (host, port)}."""
-    peers: dict[int, tuple[str, int]] = {}
-    for item in filter(None, (part.strip() for part in text.split(","))):
-        node_id, sep, address = item.partition("=")
-        if not sep or not node_id.isdigit():
-            raise daemon.ConfigError(f"--peers item {item!r}: expected ID=HOST:PORT")
-        peers[int(node_id)] = daemon.parse_hostport(address)
-    return peers
-
-
-def _loopback(host: str) -> bool:
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return host == "localhost"
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="scheduler", description="distributed cron on Raft")
     sub = parser.add_subparsers(dest="action", required=True)
 
     serve = sub.add_parser("serve", help="run a scheduler node")
     daemon.add_common_options(serve, DEFAULT_PORT)
-    serve.add_argument("--id", type=int, required=True, help="this node's Raft id (>= 1)")
-    serve.add_argument("--peer-listen", default=f"127.0.0.1:{DEFAULT_PEER_PORT}",
-                       help="HOST:PORT for Raft traffic")
-    serve.add_argument("--peers", default="", help="ID=HOST:PORT,... Raft addresses of all")
-    serve.add_argument("--join", action="store_true", help="join a running cluster")
-    serve.add_argument("--cluster-secret", default=None)
-    serve.add_argument("--tick-ms", type=int, default=20)
-    serve.add_argument("--election-tick", type=int, default=15)
+    cluster_options.add_cluster_options(serve, DEFAULT_PEER_PORT)
     # etcd's default. A snapshot is encoded and written in a thread (the loop pauses ~15 ms
     # at 1,000 jobs x 100 records, for the capture, the GIL and compaction), but it still
     # costs ~50 ms of CPU and a 7 MB write: every minute or so, not every few seconds.
@@ -130,29 +103,15 @@ def serve(args: argparse.Namespace) -> int:
     from scheduler.server import SchedulerServer
 
     daemon.setup_logging(args.log_level)
-    host, port = daemon.parse_hostport(args.listen, DEFAULT_PORT)
-    daemon.check_bind(host, args.requirepass, args.protected_mode)
-    peer_host, peer_port = daemon.parse_hostport(args.peer_listen, DEFAULT_PEER_PORT)
-    if not args.data_dir:
-        raise daemon.ConfigError("--data-dir is required: the Raft log lives there")
-    if not args.cluster_secret and args.protected_mode == "yes" and not _loopback(peer_host):
-        raise daemon.ConfigError(
-            f"refusing Raft traffic on {peer_host} without --cluster-secret "
-            "(or --protected-mode no if the network is trusted)")
-    if args.id < 1:
-        raise daemon.ConfigError("--id must be >= 1")
+    settings = cluster_options.cluster_settings(args, default_port=DEFAULT_PORT,
+                                                default_peer_port=DEFAULT_PEER_PORT)
     if args.worker_timeout_ms < 1:
         raise daemon.ConfigError("--worker-timeout-ms must be >= 1")
     if not 0 <= args.fire_ahead_ms <= MAX_FIRE_AHEAD_MS:
         raise daemon.ConfigError(f"--fire-ahead-ms must be 0..{MAX_FIRE_AHEAD_MS}")
-    peers = parse_peers(args.peers)
-    peers.setdefault(args.id, (peer_host, peer_port))
-    config = DriverConfig(
-        node_id=args.id, data_dir=Path(args.data_dir), listen=(peer_host, peer_port),
-        peers=peers, founders=() if args.join else tuple(sorted(peers)),
-        secret=args.cluster_secret, tick_s=args.tick_ms / 1000,
-        election_tick=args.election_tick, snapshot_every=args.snapshot_every,
-    )
+    config = cluster_options.driver_config(settings, snapshot_every=args.snapshot_every)
+    host, port = settings.listen
+    peer_host, peer_port = settings.peer_listen
     clock = daemon.clock_from_args(args)
 
     async def run(stop: asyncio.Event) -> int:

@@ -34,6 +34,7 @@ from core.gcfreeze import GcFreezer
 from core.raft.driver import ProposalUnknown, RaftDriver
 from core.raft.errors import RaftError
 from core.raft.ready import Role
+from core.raft_service import ERR_TRYAGAIN
 from core.resp import CommandError
 from scheduler import state as S
 from scheduler.firing import FirePlanner
@@ -60,7 +61,7 @@ MAX_FIRES_PER_ENTRY = 256
 DEFAULT_FIRE_AHEAD_MS = 200
 MAX_FIRE_AHEAD_MS = 10_000
 
-ERR_UNAVAILABLE = "TRYAGAIN the cluster cannot take the request now: {}"
+ERR_UNAVAILABLE = ERR_TRYAGAIN  # (core.raft_service's TRYAGAIN text)
 ERR_FIRE_UNKNOWN = "the fire entry claiming for this poll has no known outcome"
 
 

@@ -1,8 +1,11 @@
-"""The scheduler daemon's asyncio layer: Raft driver, RESP commands and the firing loop.
+"""The scheduler daemon's asyncio layer: its state machine and commands on the RESP-on-Raft
+service (core/raft_service.py), and the firing loop.
 
 Every node answers every command. Writes (JOB.ADD/DEL/PAUSE/RESUME/RUN, worker claims and
-results) are Raft entries proposed with `forward=True`, so a follower hands them to the
-leader; reads (JOB.GET/LIST/HISTORY) wait for a read barrier, then read the local state.
+results) are Raft entries the service forwards to the leader from any node; reads
+(JOB.GET/LIST/HISTORY) wait for the service's read barrier, then read the local state. The
+service answers TRYAGAIN while there is no leader or quorum, the CLUSTER.* commands, and
+keeps the nodes' client address book.
 
 The leader's firing loop is scheduler/fireloop.py (a base class): it commits the fires of
 the due jobs in a few entries, which also carry the claims of the workers' polls waiting
@@ -16,19 +19,20 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from core.clock import Clock
+from core.cluster_commands import ERR_ADDRESS, ERR_MEMBER, ERR_NODE_ID, ERR_NOT_MEMBER
 from core.gcfreeze import GcFreezer
 from core.raft.driver import NotLeaderError, RaftDriver
-from core.raft.errors import RaftError
+from core.raft_service import RaftService
 from core.resp import OK, CommandError
 from core.resp_commands import parse_int
-from core.resp_server import Command, Limits, RespServer
+from core.resp_server import Command, Limits
 from scheduler import state as S
 from scheduler.arguments import text_arg
-from scheduler.fireloop import DEFAULT_FIRE_AHEAD_MS, ERR_UNAVAILABLE, FiringLoop
+from scheduler.fireloop import DEFAULT_FIRE_AHEAD_MS, FiringLoop
 from scheduler.firing import FirePlanner
 from scheduler.jobs import Job, JobError, parse_job_add
 from scheduler.polls import ParkedPolls
@@ -44,25 +48,6 @@ DEFAULT_WORKER_TIMEOUT_MS = 10_000
 
 ERR_NO_JOB = "ERR no such job '{}'"
 ERR_COUNT = "ERR count must be a positive integer"
-ERR_NODE_ID = "ERR node id must be a positive integer"
-ERR_ADDRESS = "ERR bad address '{}': expected HOST:PORT"
-ERR_MEMBER = "ERR node {} is already a member"
-ERR_NOT_MEMBER = "ERR node {} is not a member"
-
-
-def _address(raw: bytes) -> tuple[str, int]:
-    text = text_arg(raw)
-    host, sep, port = text.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise CommandError(ERR_ADDRESS.format(text))
-    return host, int(port)
-
-
-def _node_id(raw: bytes) -> int:
-    node_id = parse_int(raw, ERR_NODE_ID)
-    if node_id < 1:
-        raise CommandError(ERR_NODE_ID)
-    return node_id
 
 
 def job_fields(job: Job, handled_ms: int, next_ms: int | None) -> dict[str, object]:
@@ -92,10 +77,11 @@ class SchedulerServer(FiringLoop, WorkerCommands):
         self.worker_timeout_ms = worker_timeout_ms
         self.state = SchedulerState()
         self.clock = clock
-        self.driver: RaftDriver = driver_factory(self.apply, self.state.capture_snapshot,
-                                                 self.state.restore)
-        self.resp = RespServer("scheduler", VERSION, self.commands(), password=password,
-                               limits=Limits(max_clients=max_clients), info=self.info)
+        self.service = RaftService("scheduler", VERSION, self, driver_factory, self.commands(),
+                                   password=password, limits=Limits(max_clients=max_clients),
+                                   info=self.info)
+        self.driver: RaftDriver = self.service.driver
+        self.resp = self.service.resp
         self.fired = asyncio.Event()  # set whenever an applied entry fired runs
         self.parked = ParkedPolls()  # polls whose claims ride on the next fire entry
         self.counters = {"fire_entries": 0, "runs_fired": 0, "fires_planned_ahead": 0,
@@ -113,8 +99,7 @@ class SchedulerServer(FiringLoop, WorkerCommands):
     # -- lifecycle -------------------------------------------------------------------------
 
     async def start(self, host: str, port: int) -> None:
-        await self.driver.start()
-        await self.resp.start(host, port)
+        await self.service.start(host, port)
         self._fire_task = asyncio.create_task(self._fire_loop())
 
     async def stop(self) -> None:
@@ -124,15 +109,16 @@ class SchedulerServer(FiringLoop, WorkerCommands):
         for task in list(self._commits):
             task.cancel()
         await asyncio.gather(*self._commits, return_exceptions=True)
-        # Hand leadership over before draining clients: a worker's long poll can hold the
-        # drain for a second, and no node would fire meanwhile.
-        await self.driver.hand_over()
-        await self.resp.stop()
-        await self.driver.stop(transfer=True)
+        # The service hands leadership over before draining clients: a worker's long poll
+        # can hold the drain for a second, and no node would fire meanwhile.
+        await self.service.stop()
+
+    # -- the state machine the service replicates (core.service_machine.StateMachine) -------
 
     def apply(self, entries: Sequence[tuple[int, bytes]]) -> list[Any]:
-        """The driver's apply hook: the state machine, plus wake-ups for waiters."""
+        """The apply hook: the state machine, plus wake-ups for waiters."""
         results = self.state.apply(entries)
+        self._adopt_legacy_clients()
         for result in results:
             if isinstance(result, dict):  # fire_many
                 result = result["fired"]
@@ -141,23 +127,31 @@ class SchedulerServer(FiringLoop, WorkerCommands):
         self._jobs_changed.set()
         return results
 
+    def snapshot(self) -> Callable[[], bytes]:
+        """The snapshot hook: a view captured now, encoded off the loop by the driver."""
+        return self.state.capture_snapshot()
+
+    def restore(self, blob: bytes) -> None:
+        """The restore hook."""
+        self.state.restore(blob)
+        self._adopt_legacy_clients()
+
+    def _adopt_legacy_clients(self) -> None:
+        """Client addresses of old "member" entries and snapshots (the address book lived in
+        the scheduler's state before core.raft_service kept it) move into the service's."""
+        if self.state.clients:
+            self.service.book.merge_legacy(self.state.clients)
+            self.state.clients.clear()
+
     # -- helpers ----------------------------------------------------------------------------
 
     async def _write(self, entry: bytes) -> Any:
-        """Commit `entry` (forwarded to the leader); an error text result becomes the reply."""
-        try:
-            result = await self.driver.execute(entry, forward=True)
-        except (RaftError, TimeoutError) as exc:
-            raise CommandError(ERR_UNAVAILABLE.format(exc)) from None
-        if isinstance(result, str):
-            raise CommandError(result)
-        return result
+        """Commit `entry` (forwarded to the leader); an error text result becomes the reply,
+        no leader or quorum TRYAGAIN (core.raft_service)."""
+        return await self.service.write(entry)
 
     async def _barrier(self) -> None:
-        try:
-            await self.driver.read_barrier()
-        except (RaftError, TimeoutError) as exc:
-            raise CommandError(ERR_UNAVAILABLE.format(exc or "no leader")) from None
+        await self.service.barrier()
 
     def _job(self, raw: bytes) -> Job:
         name = text_arg(raw)
@@ -180,12 +174,6 @@ class SchedulerServer(FiringLoop, WorkerCommands):
             Command("JOB.RUN", self.cmd_run, 2, summary="JOB.RUN name: run once, now"),
             Command("JOB.HISTORY", self.cmd_history, -2,
                     summary="JOB.HISTORY name [count]: the latest runs, newest first"),
-            Command("CLUSTER.INFO", self.cmd_cluster_info, 1,
-                    summary="Members, leader, term, commit index"),
-            Command("CLUSTER.ADD", self.cmd_cluster_add, -3,
-                    summary="CLUSTER.ADD id host:peerport [host:clientport]: add a voter"),
-            Command("CLUSTER.REMOVE", self.cmd_cluster_remove, 2,
-                    summary="CLUSTER.REMOVE id: remove a voter"),
             Command("WORKER.HEARTBEAT", self.cmd_heartbeat, 2,
                     summary="WORKER.HEARTBEAT worker_id: the worker is alive; the reply "
                     "names its attempts killed by REPLACE (run_id#attempt)"),
@@ -273,56 +261,6 @@ class SchedulerServer(FiringLoop, WorkerCommands):
 
         return run()
 
-    def cmd_cluster_info(self, session: Any, args: list[bytes]) -> Any:
-        status = self.driver.status()
-        return {
-            "id": status["id"], "role": status["role"], "leader": status["leader"],
-            "term": status["term"], "commit_index": status["commit"],
-            "applied_index": status["applied"], "members": status["members"],
-            "clients": {str(k): v for k, v in sorted(self.state.clients.items())},
-        }
-
-    def _members(self) -> list[int]:
-        """The voters as this node last applied them (a check of obvious mistakes; the
-        leader's driver decides)."""
-        return list(self.driver.status()["members"])
-
-    async def _membership(self, change: Any) -> int:
-        try:
-            return int(await change)
-        except (RaftError, TimeoutError) as exc:
-            raise CommandError(ERR_UNAVAILABLE.format(exc or type(exc).__name__)) from None
-
-    def cmd_cluster_add(self, session: Any, args: list[bytes]) -> Any:
-        if len(args) > 4:
-            raise CommandError("ERR wrong number of arguments for 'cluster.add' command")
-        node_id = _node_id(args[1])
-        peer = _address(args[2])
-        client = "{}:{}".format(*_address(args[3])) if len(args) > 3 else ""
-        if node_id in self._members():  # the leader's driver refuses it too
-            raise CommandError(ERR_MEMBER.format(node_id))
-
-        async def run() -> Any:
-            index = await self._membership(self.driver.add_node(node_id, peer, forward=True))
-            if client:
-                await self._write(S.encode_member(node_id, client))
-            return index
-
-        return run()
-
-    def cmd_cluster_remove(self, session: Any, args: list[bytes]) -> Any:
-        node_id = _node_id(args[1])
-        if node_id not in self._members():
-            raise CommandError(ERR_NOT_MEMBER.format(node_id))
-
-        async def run() -> Any:
-            index = await self._membership(self.driver.remove_node(node_id, forward=True))
-            if node_id in self.state.clients:
-                await self._write(S.encode_member(node_id, ""))
-            return index
-
-        return run()
-
     # -- INFO ---------------------------------------------------------------------------------
 
     def info(self) -> dict[str, dict[str, object]]:
@@ -345,4 +283,6 @@ class SchedulerServer(FiringLoop, WorkerCommands):
         }
 
 
-__all__ = ["NotLeaderError", "SchedulerServer"]
+# the CLUSTER.* errors, re-exported for the tests (the commands are core.cluster_commands')
+__all__ = ["ERR_ADDRESS", "ERR_MEMBER", "ERR_NODE_ID", "ERR_NOT_MEMBER", "NotLeaderError",
+           "SchedulerServer"]

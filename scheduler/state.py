@@ -116,7 +116,10 @@ class SchedulerState(ApplySide, SnapshotSide):
         self.runs: dict[str, dict[str, RunRecord]] = {}
         self.missed: dict[str, int] = {}  # job -> slots dropped by the misfire policy
         self.workers: dict[str, int] = {}  # worker -> when the cluster last heard it (ms)
-        self.clients: dict[int, str] = {}  # Raft node id -> its RESP address (CLUSTER.ADD)
+        # Raft node id -> its RESP address ("": forget it), as old "member" entries and
+        # snapshots carry it; the server moves it into core.raft_service's address book
+        # after every apply and restore, so it is empty between them
+        self.clients: dict[int, str] = {}
         self.applied = 0  # index of the last applied entry
         self.jobs_changes = 0  # grows on every add, delete, pause, resume and restore
         # (job, run id) of every run that may be ACTIVE, and of every run that may be

@@ -359,11 +359,10 @@ class ApplySide(QuerySide):
         return None
 
     def _member(self, entry: dict[str, Any]) -> Any:
-        """The RESP address of Raft node `id` ("" forgets it)."""
-        if entry["addr"]:
-            self.clients[int(entry["id"])] = entry["addr"]
-        else:
-            self.clients.pop(int(entry["id"]), None)
+        """The RESP address of Raft node `id` ("" forgets it), from a log written before
+        the address book moved into core.raft_service: kept in `clients` as an update the
+        server hands to the service's book (which then forgets a node for "")."""
+        self.clients[int(entry["id"])] = entry["addr"]
         return None
 
     def _find(self, entry: dict[str, Any]) -> tuple[RunRecord | None, Job | None]:

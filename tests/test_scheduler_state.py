@@ -251,13 +251,44 @@ def test_a_silent_workers_run_is_lost_then_retried() -> None:
     assert state.runs["j"][rid].state == STARTED
     state.apply_entry(S.encode_done("j", rid, 0, "", T0 + 8300, attempt=2))
     assert state.runs["j"][rid].state == SUCCEEDED
-    # the heard-of times and member addresses survive a snapshot
+    # the heard-of times survive a snapshot, and so do the member addresses of old "member"
+    # entries (pending moves to the service's address book: test_old_member_entries_...)
     state.apply_entry(S.encode_member(4, "127.0.0.5:7380"))
     copy = SchedulerState()
     copy.restore(state.snapshot())
     assert copy.workers == state.workers and copy.clients == {4: "127.0.0.5:7380"}
     copy.apply_entry(S.encode_member(4, ""))
-    assert copy.clients == {}
+    assert copy.clients == {4: ""}
+
+
+def test_old_member_entries_and_snapshots_fill_the_service_address_book() -> None:
+    """The client address book moved from the scheduler's state into core.raft_service:
+    a log or snapshot written before still fills it (scheduler.server._adopt_legacy_clients),
+    and a snapshot written now carries it beside the scheduler's blob."""
+    from core.clock import ManualClock
+    from core.service_machine import encode_client
+    from scheduler.server import SchedulerServer
+
+    def server() -> SchedulerServer:
+        return SchedulerServer(lambda apply, snapshot, restore: object(), ManualClock(T0))
+
+    old = SchedulerState()
+    old.apply_entry(S.encode_member(4, "127.0.0.5:7380"))
+    old.apply_entry(S.encode_member(5, "127.0.0.6:7380"))
+    node = server()
+    node.service.machine.restore(old.snapshot())  # a snapshot from before the move
+    assert node.service.book.clients == {4: "127.0.0.5:7380", 5: "127.0.0.6:7380"}
+    results = node.service.machine.apply([(1, S.encode_member(4, "")),
+                                          (2, encode_client(6, "127.0.0.7:7380")),
+                                          (3, S.encode_add(parse_job_add(["j", "@hourly",
+                                                                          "true"], T0)))])
+    assert results == [None, None, None] and "j" in node.state.jobs
+    assert node.service.book.clients == {5: "127.0.0.6:7380", 6: "127.0.0.7:7380"}
+    assert node.state.clients == {}
+    blob = node.service.machine.snapshot()
+    copy = server()
+    copy.service.machine.restore(blob() if callable(blob) else blob)
+    assert copy.service.book.clients == node.service.book.clients and "j" in copy.state.jobs
 
 
 # -- TARGET ALL: one run per live worker, shard i of n ----------------------------------------

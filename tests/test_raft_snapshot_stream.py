@@ -527,6 +527,17 @@ def test_the_file_source_reads_the_data_of_a_disk_storage_snapshot(tmp_path: Pat
         snapshot_file_source(tmp_path / "raft.log", 100, 2)
 
 
+def test_a_cut_snapshot_file_is_refused_by_the_file_source(tmp_path: Path) -> None:
+    path = install_on_disk(tmp_path, Snapshot(100, 2, (1, 2, 3), blob(70_000)))
+    whole = path.read_bytes()
+    path.write_bytes(whole[:-1])
+    with pytest.raises(OSError):
+        snapshot_file_source(path, 100, 2)
+    path.write_bytes(whole[:12])
+    with pytest.raises((OSError, ValueError)):
+        snapshot_file_source(path, 100, 2)
+
+
 def test_a_snapshot_streams_from_the_leaders_snapshot_file(tmp_path: Path) -> None:
     leader_dir, follower_dir = tmp_path / "l", tmp_path / "f"
     leader_dir.mkdir()

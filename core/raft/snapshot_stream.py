@@ -86,6 +86,7 @@ DEFAULT_WINDOW_CHUNKS = 4  # chunks sent beyond the last acknowledged offset
 DEFAULT_RESEND_TICKS = 50  # ticks without progress before resending from the acked offset
 DEFAULT_MAX_STALLS = 5  # such timeouts in a row before the transfer has failed
 DEFAULT_MAX_RESTARTS = 3  # whole-snapshot digest mismatches before the transfer has failed
+SNAPSHOT_HEADER_PROBE_BYTES = 64 * 1024  # read to find the data in a raft.snapshot file
 
 FAIL_TIMED_OUT = "timed out"
 FAIL_RESTARTS = "the receiver rejected the whole snapshot's digest too often"
@@ -133,17 +134,24 @@ class FileSource:
 
     def __init__(self, path: str | os.PathLike[str], offset: int = 0,
                  length: int | None = None) -> None:
+        self._name = os.fspath(path)
         self._fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         try:
-            file_size = os.fstat(self._fd).st_size
-            self._base = offset
-            self._size = file_size - offset if length is None else length
-            if offset < 0 or self._size < 0 or offset + self._size > file_size:
-                raise OSError(f"{os.fspath(path)}: window [{offset}, +{self._size}) is not "
-                              f"inside a file of {file_size} bytes")
+            self._file_size = os.fstat(self._fd).st_size
+            self._base, self._size = 0, self._file_size
+            self.narrow(offset, self._file_size - offset if length is None else length)
         except BaseException:
-            os.close(self._fd)
+            self.close()
             raise
+
+    def narrow(self, offset: int, length: int) -> None:
+        """From now on read only bytes [offset, offset + length) of the current window.
+        OSError if that is not inside it."""
+        if offset < 0 or length < 0 or offset + length > self._size:
+            raise OSError(f"{self._name}: window [{self._base + offset}, +{length}) is not "
+                          f"inside [{self._base}, +{self._size}) of the file")
+        self._base += offset
+        self._size = length
 
     def size(self) -> int:
         return self._size
@@ -171,24 +179,31 @@ def snapshot_file_source(path: str | os.PathLike[str], index: int, term: int) ->
     [index, term, voters, data], data last), without loading it. Raises ValueError if the
     file holds another snapshot than (`index`, `term`) (a newer one replaced it: send that
     one instead), OSError if it cannot be read."""
-    with open(path, "rb") as f:
-        unpacker = msgpack.Unpacker(f, max_buffer_size=MAX_CHUNK_BYTES)
+    source = FileSource(path)  # opened once: what is checked here is what is sent
+    try:
+        unpacker = msgpack.Unpacker()
+        unpacker.feed(source.read(0, min(source.size(), SNAPSHOT_HEADER_PROBE_BYTES)))
         try:
             if unpacker.read_array_header() != 4:
                 raise ValueError("not a raft snapshot file")
             stored = (unpacker.unpack(), unpacker.unpack())
             unpacker.skip()  # voters
             header_end = unpacker.tell()
-        except (msgpack.UnpackException, msgpack.OutOfData) as exc:
+        except (msgpack.UnpackException, msgpack.OutOfData, ValueError) as exc:
             raise ValueError(f"not a raft snapshot file: {exc}") from exc
-        f.seek(header_end)
-        length, header_bytes = _bin_header(f.read(5))
-    if stored != (index, term):
-        raise ValueError(f"the file holds snapshot {stored}, not ({index}, {term})")
-    return FileSource(path, header_end + header_bytes, length)
+        if stored != (index, term):
+            raise ValueError(f"the file holds snapshot {stored}, not ({index}, {term})")
+        length, header_bytes = _bin_header(source.read(header_end, min(
+            _MAX_BIN_HEADER_BYTES, source.size() - header_end)))
+        source.narrow(header_end + header_bytes, length)
+    except BaseException:
+        source.close()
+        raise
+    return source
 
 
 _BIN_HEADER_BYTES = {0xC4: 2, 0xC5: 3, 0xC6: 5}  # msgpack bin 8/16/32: type byte + length
+_MAX_BIN_HEADER_BYTES = 5
 
 
 def _bin_header(head: bytes) -> tuple[int, int]:

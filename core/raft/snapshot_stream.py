@@ -3,14 +3,15 @@
 Today a SnapshotRequest carries the whole snapshot in one rpc frame, which caps it at the
 frame limit. Here the leader's transport turns that message into a run of chunk payloads
 (core/raft/snapshot_wire.py) and the follower writes them to a temporary file as they arrive
-(core/raft/snapshot_receive.py, re-exported here); once the file is complete, fsynced and
-verified, the follower steps the snapshot into its Node as if it had come in one message.
+(core/raft/snapshot_receive.py); once the file is complete, fsynced and verified, the
+follower steps the snapshot into its Node as if it had come in one message. This module
+re-exports what a caller needs from those two and from core/raft/snapshot_source.py.
 
 Strategy, sans-I/O: no asyncio, no clock, no sockets. A `SnapshotSender` hands out payloads
 (`poll`), takes replies (`on_reply`) and ticks (`tick`); the caller sends what `poll`
 returns and reports `state`. The snapshot's bytes come from a `SnapshotSource`: in memory
 (`BytesSource`) or a window of a file (`FileSource`, read with pread one chunk at a time),
-so a multi-GiB snapshot is never one bytes object on the leader.
+so a snapshot on disk is never one bytes object on the leader.
 
 Flow control, as TCP's in miniature: at most `window` chunks beyond the last acknowledged
 offset are out; an ack moves the window on; a gap or checksum nack, or `resend_ticks` ticks
@@ -21,17 +22,28 @@ last chunk.
 
 `SnapshotOutbox` holds one leader's senders, one per follower, so that a SnapshotRequest
 the Node repeats for a transfer already under way does not restart it.
+
+How a group uses it (payloads travel as one-way messages of their own service, e.g.
+`transport.send(peer, "raft.snap", group_id, payload)`):
+- leader, for each SnapshotRequest in a Ready's messages: `outbox.start(msg)` instead of
+  sending the message; on a reply from `peer`: `outbox.on_reply(peer, payload)`; on each
+  tick: `outbox.tick()`; after any of these: send every `(to, payload)` of `outbox.poll()`
+  and call `node.report_snapshot(to, ok)` for every `(to, ok)` of `outbox.finished()`;
+  `outbox.cancel_all()` when leadership is lost, `outbox.cancel(to)` when a follower is
+  removed;
+- follower: `reply, done = receiver.on_chunk(payload, node.term)`, send `reply` back; when
+  `done`: `node.step(done.to_request(node.id))`, persist and restore the Ready as usual,
+  then `receiver.release()`; `receiver.tick()` on each tick; `receiver.close()` when the
+  group stops. SnapshotPayloadError from either side: log and drop the payload.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Sequence
 from enum import Enum
-from typing import Any, Protocol
+from typing import Any
 
-import msgpack
 import xxhash
 
 from core.raft.messages import SnapshotRequest
@@ -40,6 +52,12 @@ from core.raft.snapshot_receive import (
     INCOMING_NAME,
     ReceivedSnapshot,
     SnapshotReceiver,
+)
+from core.raft.snapshot_source import (
+    BytesSource,
+    FileSource,
+    SnapshotSource,
+    snapshot_file_source,
 )
 from core.raft.snapshot_wire import (
     DEFAULT_CHUNK_BYTES,
@@ -86,134 +104,10 @@ DEFAULT_WINDOW_CHUNKS = 4  # chunks sent beyond the last acknowledged offset
 DEFAULT_RESEND_TICKS = 50  # ticks without progress before resending from the acked offset
 DEFAULT_MAX_STALLS = 5  # such timeouts in a row before the transfer has failed
 DEFAULT_MAX_RESTARTS = 3  # whole-snapshot digest mismatches before the transfer has failed
-SNAPSHOT_HEADER_PROBE_BYTES = 64 * 1024  # read to find the data in a raft.snapshot file
 
 FAIL_TIMED_OUT = "timed out"
 FAIL_RESTARTS = "the receiver rejected the whole snapshot's digest too often"
 FAIL_CANCELLED = "cancelled"
-
-
-# ---------------------------------------------------------------------------------------------
-# Sources of a snapshot's bytes
-
-
-class SnapshotSource(Protocol):
-    """Where a sender reads the snapshot from: `size` bytes, read by ranges."""
-
-    def size(self) -> int: ...
-
-    def read(self, offset: int, length: int) -> bytes:
-        """Bytes [offset, offset + length), all of them; OSError if they cannot be read."""
-        ...
-
-    def close(self) -> None: ...
-
-
-class BytesSource:
-    """A snapshot held in memory (today's `Snapshot.data`)."""
-
-    def __init__(self, data: bytes) -> None:
-        self._view = memoryview(data)
-
-    def size(self) -> int:
-        return len(self._view)
-
-    def read(self, offset: int, length: int) -> bytes:
-        return bytes(self._view[offset:offset + length])
-
-    def close(self) -> None:
-        self._view.release()
-
-
-class FileSource:
-    """Bytes [offset, offset + length) of a file, read with pread one range at a time.
-
-    The file is opened here, so a later rename over its path (a newer snapshot) does not
-    change what this source reads. Raises OSError if the file cannot be opened or is
-    shorter than the window."""
-
-    def __init__(self, path: str | os.PathLike[str], offset: int = 0,
-                 length: int | None = None) -> None:
-        self._name = os.fspath(path)
-        self._fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            self._file_size = os.fstat(self._fd).st_size
-            self._base, self._size = 0, self._file_size
-            self.narrow(offset, self._file_size - offset if length is None else length)
-        except BaseException:
-            self.close()
-            raise
-
-    def narrow(self, offset: int, length: int) -> None:
-        """From now on read only bytes [offset, offset + length) of the current window.
-        OSError if that is not inside it."""
-        if offset < 0 or length < 0 or offset + length > self._size:
-            raise OSError(f"{self._name}: window [{self._base + offset}, +{length}) is not "
-                          f"inside [{self._base}, +{self._size}) of the file")
-        self._base += offset
-        self._size = length
-
-    def size(self) -> int:
-        return self._size
-
-    def read(self, offset: int, length: int) -> bytes:
-        parts: list[bytes] = []
-        at, left = self._base + offset, length
-        while left > 0:
-            part = os.pread(self._fd, left, at)
-            if not part:
-                raise OSError(f"the snapshot file ended {left} bytes early")
-            parts.append(part)
-            at += len(part)
-            left -= len(part)
-        return parts[0] if len(parts) == 1 else b"".join(parts)
-
-    def close(self) -> None:
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
-
-
-def snapshot_file_source(path: str | os.PathLike[str], index: int, term: int) -> FileSource:
-    """The data of the snapshot stored at `path` in core/raft/disk.py's format (msgpack
-    [index, term, voters, data], data last), without loading it. Raises ValueError if the
-    file holds another snapshot than (`index`, `term`) (a newer one replaced it: send that
-    one instead), OSError if it cannot be read."""
-    source = FileSource(path)  # opened once: what is checked here is what is sent
-    try:
-        unpacker = msgpack.Unpacker()
-        unpacker.feed(source.read(0, min(source.size(), SNAPSHOT_HEADER_PROBE_BYTES)))
-        try:
-            if unpacker.read_array_header() != 4:
-                raise ValueError("not a raft snapshot file")
-            stored = (unpacker.unpack(), unpacker.unpack())
-            unpacker.skip()  # voters
-            header_end = unpacker.tell()
-        except (msgpack.UnpackException, msgpack.OutOfData, ValueError) as exc:
-            raise ValueError(f"not a raft snapshot file: {exc}") from exc
-        if stored != (index, term):
-            raise ValueError(f"the file holds snapshot {stored}, not ({index}, {term})")
-        length, header_bytes = _bin_header(source.read(header_end, min(
-            _MAX_BIN_HEADER_BYTES, source.size() - header_end)))
-        source.narrow(header_end + header_bytes, length)
-    except BaseException:
-        source.close()
-        raise
-    return source
-
-
-_BIN_HEADER_BYTES = {0xC4: 2, 0xC5: 3, 0xC6: 5}  # msgpack bin 8/16/32: type byte + length
-_MAX_BIN_HEADER_BYTES = 5
-
-
-def _bin_header(head: bytes) -> tuple[int, int]:
-    """(data length, header length) of the msgpack bin header at the start of `head`."""
-    if not head or head[0] not in _BIN_HEADER_BYTES:
-        raise ValueError("the snapshot's data is not a msgpack bin")
-    header_bytes = _BIN_HEADER_BYTES[head[0]]
-    if len(head) < header_bytes:
-        raise ValueError("the snapshot file ends inside its data header")
-    return int.from_bytes(head[1:header_bytes], "big"), header_bytes
 
 
 # ---------------------------------------------------------------------------------------------

@@ -38,6 +38,7 @@ import random
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
+from typing import Protocol
 
 import msgpack
 import xxhash
@@ -232,32 +233,63 @@ class Network:
 class SafetyFail:
     """Raises SafetyViolation with the seed, the reproduction command and the trace."""
 
-    def __init__(self, seed: int, trace: deque[tuple[object, ...]]) -> None:
+    def __init__(self, seed: int, trace: deque[tuple[object, ...]],
+                 test_file: str = "tests/test_raft_sim.py") -> None:
         self.seed = seed
         self.trace = trace
+        self.test_file = test_file
 
     def __call__(self, what: str) -> None:
         lines = "\n".join(" ".join(str(x) for x in event) for event in self.trace)
         raise SafetyViolation(f"{what}\nseed {self.seed}: reproduce with RAFT_SEED={self.seed} "
-                              f"pytest tests/test_raft_sim.py\nlast events:\n{lines}")
+                              f"pytest {self.test_file}\nlast events:\n{lines}")
+
+
+class Link(Protocol):
+    """Where a cluster's nodes send: `Network`, or one group's link into a shared one."""
+
+    def send(self, m: Message, now: int) -> None: ...
+
+
+@dataclass(frozen=True)
+class GroupSetup:
+    """A Cluster that is one group of a multi-group simulation (tests/raftsim_multi.py):
+    the founding voters among the simulated hosts, the shared link, trace and failure
+    report, the hosts a conf change may add, and the group's tag in the trace."""
+
+    founders: tuple[int, ...]
+    link: Link
+    trace: deque[tuple[object, ...]]
+    fail: SafetyFail
+    hosts: tuple[int, ...]
+    quiesce: bool
+    tag: str
 
 
 class Cluster:
     """The simulated cluster of one schedule; `run()` executes it and raises on failure."""
 
-    def __init__(self, params: Params) -> None:
+    def __init__(self, params: Params, setup: GroupSetup | None = None) -> None:
+        """A whole single-group cluster, or (with `setup`) one group of a multi-group
+        simulation, whose driver then owns the network, the clock and the hosts."""
         self.params = params
+        self.setup = setup
         self.rng = random.Random(params.seed)
         self.now = 0
-        self.trace: deque[tuple[object, ...]] = deque(maxlen=TRACE_LINES)
-        self.fail = SafetyFail(params.seed, self.trace)
+        if setup is None:
+            self.trace: deque[tuple[object, ...]] = deque(maxlen=TRACE_LINES)
+            self.fail = SafetyFail(params.seed, self.trace)
+            self.net = Network(self.rng, params)
+            self.link: Link = self.net
+            founders = tuple(range(1, params.nodes + 1))
+        else:
+            self.trace, self.fail, self.link = setup.trace, setup.fail, setup.link
+            founders = setup.founders
         self.check = SafetyChecker(self.fail)
-        self.net = Network(self.rng, params)
-        founders = tuple(range(1, params.nodes + 1))
         self.sims: dict[int, SimNode] = {}
         for node_id in founders:
             self._add_sim(node_id, founders)
-        self.next_id = params.nodes + 1
+        self.next_id = max(founders) + 1
         self.reads: dict[bytes, int] = {}  # ctx -> highest commit observed when issued
         self.read_seq = 0
         self.proposal_seq = 0
@@ -271,7 +303,8 @@ class Cluster:
                         heartbeat_tick=p.heartbeat_tick, pre_vote=p.pre_vote,
                         check_quorum=p.check_quorum, max_entries_per_msg=p.max_entries_per_msg,
                         max_size_per_msg=p.max_size_per_msg, max_inflight_msgs=p.max_inflight,
-                        max_committed_size_per_ready=p.max_committed)
+                        max_committed_size_per_ready=p.max_committed,
+                        quiesce=self.setup is not None and self.setup.quiesce)
         sim = SimNode(node_id, config)
         self.sims[node_id] = sim
         sim.start(self.rng.getrandbits(32))
@@ -289,7 +322,7 @@ class Cluster:
         node = sim.node
         assert node is not None
         if node.role is Role.LEADER and self.check.leaders.get(node.term) != node.id:
-            self.trace.append((self.now, "leader", node.id, "term", node.term))
+            self.event("leader", node.id, "term", node.term)
             self.stats["elections"] += 1
             self.check.on_leader(node)
         while node.has_ready():
@@ -317,10 +350,10 @@ class Cluster:
         for m in rd.messages:
             if isinstance(m, TimeoutNow):
                 self.stats["timeout_now"] += 1
-            self.net.send(m, self.now)
+            self.link.send(m, self.now)
         # 3. apply
         if rd.snapshot is not None:
-            self.trace.append((self.now, "restore", sim.id, rd.snapshot.index))
+            self.event("restore", sim.id, rd.snapshot.index)
             self.stats["restores"] += 1
             restored = StateMachine.load(rd.snapshot.data)
             if restored.index != rd.snapshot.index:
@@ -350,7 +383,7 @@ class Cluster:
         if change.op is ConfChangeOp.REMOVE:
             sim = self.sims.get(change.node_id)
             if sim is not None and not sim.decommissioned:
-                self.trace.append((self.now, "decommission", sim.id))
+                self.event("decommission", sim.id)
                 sim.decommissioned = True
                 sim.crash()
 
@@ -395,7 +428,7 @@ class Cluster:
         if p.p_partition and rng.random() < p.p_partition:
             self.partition()
         if self.net.group and rng.random() < p.p_heal:
-            self.trace.append((self.now, "heal"))
+            self.event("heal")
             self.net.heal()
         if p.p_snapshot and rng.random() < p.p_snapshot:
             self.snapshot_one()
@@ -403,6 +436,27 @@ class Cluster:
             self.change_membership()
         if p.p_transfer and rng.random() < p.p_transfer:
             self.transfer()
+
+    def group_events(self) -> None:
+        """The random events that concern this group alone (a multi-group driver's part)."""
+        p, rng = self.params, self.rng
+        if rng.random() < p.p_propose:
+            self.propose_some()
+        if p.p_read and rng.random() < p.p_read:
+            self.issue_read()
+        if p.p_snapshot and rng.random() < p.p_snapshot:
+            self.snapshot_one()
+        if p.p_conf and rng.random() < p.p_conf:
+            self.change_membership()
+        if p.p_transfer and rng.random() < p.p_transfer:
+            self.transfer()
+
+    def event(self, *what: object) -> None:
+        """Append one line to the trace (tagged with the group in a multi-group run)."""
+        if self.setup is None:
+            self.trace.append((self.now, *what))
+        else:
+            self.trace.append((self.now, self.setup.tag, *what))
 
     def propose_some(self) -> None:
         leader = self.leader()
@@ -416,7 +470,7 @@ class Cluster:
             except ProposalDropped:
                 return
             self.stats["proposed"] += 1
-            self.trace.append((self.now, "propose", leader.id, index))
+            self.event("propose", leader.id, index)
         self.after_input(self.sims[leader.id])
 
     def issue_read(self) -> None:
@@ -433,7 +487,7 @@ class Cluster:
             return
         self.reads[ctx] = self.check.max_commit
         self.stats["reads"] += 1
-        self.trace.append((self.now, "read", sim.id, ctx, self.check.max_commit))
+        self.event("read", sim.id, ctx, self.check.max_commit)
         self.after_input(sim)
 
     def crash_one(self) -> None:
@@ -443,7 +497,7 @@ class Cluster:
             candidates = [self.sims[leader.id]]  # leader changes with entries half replicated
         if candidates:
             sim = self.rng.choice(candidates)
-            self.trace.append((self.now, "crash", sim.id))
+            self.event("crash", sim.id)
             self.stats["crashes"] += 1
             sim.crash(lose_unsynced=self.rng.random() < 0.5)
 
@@ -454,7 +508,7 @@ class Cluster:
             self.restart(sim)
 
     def restart(self, sim: SimNode) -> None:
-        self.trace.append((self.now, "restart", sim.id))
+        self.event("restart", sim.id)
         sim.start(self.rng.getrandbits(32), self.params.persistent_sm)
         self.after_input(sim)
 
@@ -468,7 +522,7 @@ class Cluster:
             ids.insert(0, leader.id)
             cut = self.rng.randint(1, max(1, len(ids) // 2 - 1))
         self.net.group = {node_id: 1 for node_id in ids[:cut]}
-        self.trace.append((self.now, "partition", sorted(ids[:cut]), sorted(ids[cut:])))
+        self.event("partition", sorted(ids[:cut]), sorted(ids[cut:]))
 
     def snapshot_one(self) -> None:
         candidates = [(s, n) for s, n in self.live() if n.applied > s.storage.snapshot().index]
@@ -482,7 +536,7 @@ class Cluster:
         keep = self.rng.choice((0, 2, 10))
         sim.storage.compact(max(index - keep, sim.storage.first_index() - 1))
         self.stats["snapshots"] += 1
-        self.trace.append((self.now, "snapshot", sim.id, index))
+        self.event("snapshot", sim.id, index)
 
     def change_membership(self) -> None:
         leader = self.leader()
@@ -495,7 +549,10 @@ class Cluster:
             op, node_id = ConfChangeOp.REMOVE, self.rng.choice(sorted(voters))
         elif len(voters) < self.params.max_voters:
             op = ConfChangeOp.ADD
-            node_id = self.rng.choice(spare) if spare else self.next_id
+            fresh = self._fresh_id()
+            node_id = self.rng.choice(spare) if spare else fresh
+            if node_id is None:
+                return
         else:
             return
         try:
@@ -503,18 +560,25 @@ class Cluster:
         except ProposalDropped:
             return
         self.stats["conf_changes"] += 1
-        self.trace.append((self.now, "conf", leader.id, op.name, node_id))
-        if node_id == self.next_id:
-            self.next_id += 1
+        self.event("conf", leader.id, op.name, node_id)
+        if node_id not in self.sims:
+            self.next_id = max(self.next_id, node_id + 1)
             self._add_sim(node_id, ())
         self.after_input(self.sims[leader.id])
+
+    def _fresh_id(self) -> int | None:
+        """An id for a brand-new member: the next unused one, or in a group an unused host."""
+        if self.setup is None:
+            return self.next_id
+        unused = [h for h in self.setup.hosts if h not in self.sims]
+        return unused[0] if unused else None
 
     def transfer(self) -> None:
         leader = self.leader()
         if leader is None or len(leader.voters) < 2:
             return
         to = self.rng.choice(sorted(leader.voters - {leader.id}))
-        self.trace.append((self.now, "transfer", leader.id, to))
+        self.event("transfer", leader.id, to)
         self.stats["transfers"] += 1
         leader.transfer_leadership(to)
         self.after_input(self.sims[leader.id])
@@ -537,7 +601,7 @@ class Cluster:
         return "\n".join(" ".join(str(x) for x in event) for event in self.trace)
 
     def heal_and_check_liveness(self) -> None:
-        self.trace.append((self.now, "heal all"))
+        self.event("heal all")
         self.net.heal()
         self.net.loss = 0.0
         self.net.duplicate = 0.0
@@ -548,32 +612,45 @@ class Cluster:
                 self.restart(sim)
         target: tuple[int, int] | None = None  # (index, term) of the liveness proposal
         start = self.now
-        # Lagging followers first have to catch up: allow time for the backlog of entries
-        # (at worst one entry per round trip with tiny messages and one inflight).
-        lasts = [node.log.last_index() for _sim, node in self.live()]
-        backlog = max(lasts) - min(lasts) if lasts else 0
-        bound = self.params.heal_ticks + BACKLOG_TICKS_PER_ENTRY * backlog
+        bound = self.liveness_bound()
         while self.now - start < bound:
             self.tick(chaos=False)
-            leader = self.leader()
-            if leader is None:
-                continue
-            if target is None or (target[1] != leader.term
-                                  and self.check.committed.get(target[0]) != target[1]):
-                try:
-                    target = (leader.propose(b"liveness"), leader.term)
-                except ProposalDropped:
-                    continue
-                self.after_input(self.sims[leader.id])
-                continue
-            if self.check.committed.get(target[0]) != target[1]:
-                continue
-            if all(self.sims[v].sm.index >= target[0] for v in leader.voters):
+            target, done = self.liveness_probe(target)
+            if done:
                 return
+        self.liveness_failed(bound, target)
+
+    def liveness_bound(self) -> int:
+        """Ticks allowed after healing. Lagging followers first have to catch up: allow
+        time for the backlog (at worst one entry per round trip with tiny messages and one
+        inflight)."""
+        lasts = [node.log.last_index() for _sim, node in self.live()]
+        backlog = max(lasts) - min(lasts) if lasts else 0
+        return self.params.heal_ticks + BACKLOG_TICKS_PER_ENTRY * backlog
+
+    def liveness_probe(self, target: tuple[int, int] | None
+                       ) -> tuple[tuple[int, int] | None, bool]:
+        """One look after a healed tick: propose the liveness entry (again, if its term's
+        leader lost it), and say whether the leader's voters have all applied it."""
+        leader = self.leader()
+        if leader is None:
+            return target, False
+        if target is None or (target[1] != leader.term
+                              and self.check.committed.get(target[0]) != target[1]):
+            try:
+                target = (leader.propose(b"liveness"), leader.term)
+            except ProposalDropped:
+                return target, False
+            self.after_input(self.sims[leader.id])
+            return target, False
+        if self.check.committed.get(target[0]) != target[1]:
+            return target, False
+        return target, all(self.sims[v].sm.index >= target[0] for v in leader.voters)
+
+    def liveness_failed(self, bound: int, target: tuple[int, int] | None) -> None:
         state = {s.id: repr(s.node) for s in self.sims.values()}
         self.fail(f"liveness: nothing committed and applied everywhere within "
                   f"{bound} ticks of healing; target {target}; nodes {state}")
-
 
 def run_schedule(seed: int, nodes: int | None = None, ticks: int | None = None) -> dict[str, int]:
     """Run one schedule; returns its event counts or raises SafetyViolation (with the seed)."""

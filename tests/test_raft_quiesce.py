@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable
+from dataclasses import replace
 
 import msgpack
 import pytest
 
 from core.raft import (
     AppendRequest,
+    AppendResponse,
     ConfChangeOp,
     Entry,
     HeartbeatRequest,
@@ -217,11 +219,30 @@ def test_a_leader_does_not_quiesce_during_a_transfer() -> None:
     assert not net.nodes[1].quiesced
 
 
-def test_the_quiesce_flag_on_the_wire_is_backward_compatible() -> None:
-    """HeartbeatRequest.quiesce: absent on the wire means False, and False is left out."""
-    old = HeartbeatRequest(frm=1, to=2, term=3, commit=4, read_seq=5)
-    wire = old.to_wire()
-    assert "quiesce" not in wire  # an old decoder (all fields required) accepts it
-    assert message_from_wire(wire) == old
-    new = HeartbeatRequest(frm=1, to=2, term=3, commit=4, quiesce=True)
-    assert message_from_wire(msgpack.unpackb(msgpack.packb(new.to_wire()))) == new
+def test_a_quiesced_leader_drops_late_answers_to_its_last_heartbeats() -> None:
+    """Wake rule, the exception: a plain HeartbeatResponse or an AppendResponse that
+    acknowledges no more than the known match is an echo and does not wake the leader;
+    a HeartbeatResponse marked `wake` (a follower's poke) does."""
+    net = quiet_group()
+    leader = net.nodes[1]
+    last = leader.log.last_index()
+    net.deliver([HeartbeatResponse(frm=2, to=1, term=leader.term),
+                 AppendResponse(frm=3, to=1, term=leader.term, index=last)])
+    assert leader.quiesced
+    net.deliver([HeartbeatResponse(frm=2, to=1, term=leader.term, wake=True)])
+    assert not leader.quiesced
+
+
+@pytest.mark.parametrize(("message", "field"), [
+    (HeartbeatRequest(frm=1, to=2, term=3, commit=4, read_seq=5), "quiesce"),
+    (HeartbeatResponse(frm=2, to=1, term=3, read_seq=5), "wake"),
+])
+def test_the_quiesce_flags_on_the_wire_are_backward_compatible(message: Message,
+                                                                field: str) -> None:
+    """HeartbeatRequest.quiesce, HeartbeatResponse.wake: absent on the wire means False,
+    and False is left out, so an old decoder (every field required) accepts it."""
+    wire = message.to_wire()
+    assert field not in wire
+    assert message_from_wire(wire) == message
+    flagged = replace(message, **{field: True})
+    assert message_from_wire(msgpack.unpackb(msgpack.packb(flagged.to_wire()))) == flagged

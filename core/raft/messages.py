@@ -51,7 +51,7 @@ __all__ = [
 NONE = 0
 ENTRY_OVERHEAD_BYTES = 16  # what an entry costs beyond its data, for the size limits
 # Fields added to a message after it first shipped: name -> default (see the module header).
-OPTIONAL_FIELDS: dict[str, object] = {"quiesce": False}
+OPTIONAL_FIELDS: dict[str, object] = {"quiesce": False, "wake": False}
 
 
 class EntryType(IntEnum):
@@ -259,10 +259,13 @@ class HeartbeatRequest(Message):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class HeartbeatResponse(Message):
-    """Echoes the heartbeat's `read_seq`."""
+    """Echoes the heartbeat's `read_seq`. `wake`: not an answer but a follower's request
+    that its quiesced leader wake up (core/raft/node.py, quiescence); a quiesced leader
+    ignores plain answers, which may be late echoes of its last heartbeats."""
 
     TAG: ClassVar[int] = 6
     read_seq: int = 0
+    wake: bool = False
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -334,6 +337,7 @@ _FIELD_DECODERS: dict[str, Callable[[object, str], object]] = {
     "transfer": _bool,
     "reject": _bool,
     "quiesce": _bool,
+    "wake": _bool,
     "ctx": _bytes,
     "entries": _entries,
     "snapshot": lambda v, _what: Snapshot.from_wire(v),

@@ -42,10 +42,13 @@ timer, no heartbeats, no check-quorum counting), so the caller may stop ticking 
   then does not answer it. Otherwise it answers as to any heartbeat, which wakes the
   leader; the leader tries again at its next heartbeat tick.
 - Everything else wakes a node: propose, propose_conf_change, read_index, campaign,
-  transfer_leadership, and every stepped message but a quiesce heartbeat. A woken leader
-  sends heartbeats at once (waking its followers); a woken follower restarts its election
-  timer from 0, and if the message came from another node than its leader (a stray vote
-  request, say) it pokes the leader awake with an empty HeartbeatResponse.
+  transfer_leadership, and every stepped message but a quiesce heartbeat, except that a
+  quiesced leader drops the late answers to its last heartbeats and appends (a plain
+  HeartbeatResponse, an AppendResponse acknowledging no more than the known match): over
+  a network slower than a heartbeat interval they would otherwise wake it forever. A
+  woken leader sends heartbeats at once (waking its followers); a woken follower restarts
+  its election timer from 0, and if the message came from another node than its leader
+  (a stray vote request, say) it pokes the leader awake (HeartbeatResponse, `wake`).
 - `wake()`: the caller's node-level liveness says a quiesced follower's leader is down;
   the follower ticks again and campaigns after its election timeout, pre-vote and check
   quorum as usual.
@@ -238,8 +241,11 @@ class Node(LeaderRole):
         fine. Raises ValueError for a message addressed to another node."""
         if m.to != self.id:
             raise ValueError(f"message for node {m.to} stepped into node {self.id}")
-        if self._quiesced and not (isinstance(m, HeartbeatRequest) and m.quiesce):
-            self._wake(poke_leader=m.frm != self.lead)
+        if self._quiesced:
+            if self._is_echo(m):
+                return
+            if not (isinstance(m, HeartbeatRequest) and m.quiesce):
+                self._wake(poke_leader=m.frm != self.lead)
         if m.term > self.term:
             if not self._accept_higher_term(m):
                 return
@@ -261,6 +267,18 @@ class Node(LeaderRole):
         campaigns after its election timeout. On a leader: heartbeats resume at once."""
         self._wake(poke_leader=True)
 
+    def _is_echo(self, m: Message) -> bool:
+        """A quiesced leader's view of `m`: a late answer to its heartbeats or appends from
+        before it quiesced, carrying nothing new. Dropped, so that it does not wake."""
+        if self.role is not Role.LEADER or m.term != self.term:
+            return False
+        if isinstance(m, HeartbeatResponse):
+            return not m.wake
+        if isinstance(m, AppendResponse) and not m.reject:
+            pr = self.progress.get(m.frm)
+            return pr is not None and m.index <= pr.match
+        return False
+
     def _wake(self, poke_leader: bool) -> None:
         if not self._quiesced:
             return
@@ -270,7 +288,7 @@ class Node(LeaderRole):
         if self.role is Role.LEADER:
             self.heartbeat_pending = True
         elif poke_leader and self.lead != NONE:
-            self._send(HeartbeatResponse(frm=self.id, to=self.lead, term=self.term))
+            self._send(HeartbeatResponse(frm=self.id, to=self.lead, term=self.term, wake=True))
 
     # -- the Ready cycle -----------------------------------------------------------------------
 

@@ -8,43 +8,40 @@ The host owns what the groups share: the data-directory lock, the node-to-node t
 the ticker and the Ready loop, which calls into a group in the documented order (persist,
 send, apply, advance: core/raft/ready.py) through `take_ready`, `outgoing` and `finish`.
 
-The proposal side (submitting, forwarding, waiting) is core/raft/driver_propose.py and the
-apply side (committed entries, the address book, snapshots) core/raft/driver_apply.py; a
-group is made of both. Errors: NotLeaderError (leader id and address), ProposalDropped,
-ProposalUnknown (core/raft/driver_types.py).
+A group is made of parts it holds and calls by name: `waiters` (who waits for an entry,
+an applied index or a read: core/raft/waiters.py), `proposer` (submitting, forwarding to
+the leader: core/raft/proposer.py) and `applier` (committed entries, the address book,
+snapshots: core/raft/applier.py). Errors: NotLeaderError (leader id and address),
+ProposalDropped, ProposalUnknown (core/raft/driver_types.py).
 """
 
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
+from core.raft.applier import Applier
 from core.raft.config import Config
 from core.raft.disk import DiskStorage
-from core.raft.driver_apply import ApplySide
-from core.raft.driver_propose import ProposeSide
 from core.raft.driver_types import (
     DEFAULT_TIMEOUT_S,
     Apply,
     ProposalUnknown,
     SnapshotHook,
-    fail_future,
     format_address,
 )
 from core.raft.errors import ConfigError, NotLeader, RaftError, WireError
-from core.raft.messages import NONE, Message, Snapshot, message_from_wire
+from core.raft.messages import NONE, Message, message_from_wire
 from core.raft.node import Node
+from core.raft.proposer import Proposer
 from core.raft.ready import Ready, Role
+from core.raft.waiters import Waiters
 from core.rpc import Address, RequestRefused
-
-if TYPE_CHECKING:
-    from core.raft.host import RaftHost
 
 __all__ = ["FSYNC_ALWAYS", "FSYNC_EVERYSEC", "GroupConfig", "RaftGroup"]
 
@@ -86,22 +83,18 @@ class GroupConfig:
             raise ConfigError(ERR_EVERYSEC_MEMBERS)
 
 
-class _Wake:
-    """What the proposal and apply sides call `_wake.set()` on: marks the group for the
-    host's Ready loop."""
+class GroupHost(Protocol):
+    """What a group needs of the host that holds it (core/raft/host.py's RaftHost)."""
 
-    __slots__ = ("group",)
+    node_id: int
+    addresses: dict[int, Address]
+    transport: Any  # a core.rpc.NodeTransport
 
-    def __init__(self, group: RaftGroup) -> None:
-        self.group = group
-
-    def set(self) -> None:
-        self.group.host.mark(self.group)
+    def mark(self, group: RaftGroup) -> None: ...
 
 
 class _Link:
-    """The group's view of the node transport: requests and addresses (driver_propose and
-    driver_apply call `request` and `set_address`)."""
+    """The group's view of the node transport: forwarded requests and peer addresses."""
 
     __slots__ = ("group_id", "transport")
 
@@ -116,31 +109,39 @@ class _Link:
         self.transport.set_address(peer_id, address)
 
 
-class RaftGroup(ProposeSide, ApplySide):
+class RaftGroup:
     """A group of a RaftHost: made by `RaftHost.create_group`, gone with `destroy_group`."""
 
-    def __init__(self, host: RaftHost, group_id: int, config: GroupConfig, apply: Apply,
+    def __init__(self, host: GroupHost, group_id: int, config: GroupConfig, apply: Apply,
                  snapshot: SnapshotHook, restore: Callable[[bytes], None]) -> None:
         config.check()
         self.host = host
         self.group_id = group_id
         self.config = config
         self.id = host.node_id
-        self._apply_fn, self._snapshot_fn, self._restore_fn = apply, snapshot, restore
-        self.addresses: dict[int, Address] = dict(host.addresses)
+        self.addresses: dict[int, Address] = dict(host.addresses)  # the replicated book
         self.storage: DiskStorage | None = None
         self.node: Node | None = None
-        self.rpc = _Link(host.transport, group_id)
-        self.applied = 0
-        self._waiters: dict[int, tuple[int, asyncio.Future[tuple[int, Any]]]] = {}
-        self._apply_waiters: list[tuple[int, int, asyncio.Future[None]]] = []  # heap
-        self._reads: dict[bytes, asyncio.Future[int]] = {}
-        self._seq = itertools.count(1)
-        self._wake = _Wake(self)
-        self._snapshot_task: asyncio.Task[Snapshot | None] | None = None
-        self._snapshot_skip = False
-        self._stopping = False
+        self.link = _Link(host.transport, group_id)
+        self.waiters = Waiters()
+        self.proposer = Proposer(self)
+        self.applier = Applier(self, apply, snapshot, restore)
+        self.stopping = False
         self.stats = {"readies": 0, "proposals": 0, "applied_entries": 0, "snapshots": 0}
+
+    @property
+    def applied(self) -> int:
+        """The last index applied here (entries or a snapshot)."""
+        return self.applier.applied
+
+    def live_node(self) -> Node:
+        if self.node is None:
+            raise RuntimeError("the group is not open")
+        return self.node
+
+    def wake(self) -> None:
+        """Something changed: look at this group in the host's next Ready pass."""
+        self.host.mark(self)
 
     # -- life (called by the host) -------------------------------------------------------------
 
@@ -151,14 +152,14 @@ class RaftGroup(ProposeSide, ApplySide):
         self.storage = DiskStorage.open(cfg.directory)
         snap = self.storage.snapshot()
         if snap.index:
-            self._restore(snap)
+            self.applier.restore(snap)
         options = dict(cfg.raft_options)
         raft_config = Config(id=self.id, peers=tuple(sorted(cfg.founders)),
                              election_tick=cfg.election_tick,
                              heartbeat_tick=cfg.heartbeat_tick, **options)
         seed = None if cfg.seed is None else cfg.seed * 1_000_003 + self.group_id
         self.node = Node(raft_config, self.storage, random.Random(seed))
-        self.applied = self.node.applied
+        self.applier.applied = self.node.applied
         log.info("raft: node %d group %d opened at applied %d (log %d..%d, snapshot %d, term "
                  "%d)", self.id, self.group_id, self.applied, self.storage.first_index(),
                  self.storage.last_index(), snap.index, self.node.term)
@@ -166,13 +167,9 @@ class RaftGroup(ProposeSide, ApplySide):
     async def close(self) -> None:
         """Stop taking requests, wait for a snapshot in flight, fail what waits, close the
         storage. The host calls it after its Ready loop stopped or for a destroyed group."""
-        self._stopping = True
-        await self._snapshot_drain()
-        stopped = ProposalUnknown("the group stopped")
-        futures: list[asyncio.Future[Any]] = [f for _, f in self._waiters.values()]
-        futures += [f for _, _, f in self._apply_waiters] + list(self._reads.values())
-        for future in futures:
-            fail_future(future, stopped)
+        self.stopping = True
+        await self.applier.snapshot_drain()
+        self.waiters.fail_all(ProposalUnknown("the group stopped"))
         if self.storage is not None:
             self.storage.close()
 
@@ -194,9 +191,9 @@ class RaftGroup(ProposeSide, ApplySide):
 
     def take_ready(self) -> Ready | None:
         """Settle a finished off-loop snapshot, then the node's Ready if it has one."""
-        node = self._node()
-        self._settle_snapshot()
-        if self._stopping or not node.has_ready():
+        node = self.live_node()
+        self.applier.settle_snapshot()
+        if self.stopping or not node.has_ready():
             return None
         rd = node.ready()
         soft = rd.soft_state
@@ -211,16 +208,16 @@ class RaftGroup(ProposeSide, ApplySide):
 
     def finish(self, rd: Ready) -> None:
         """Steps 3 and 4 after the host persisted and sent `rd`: apply, advance, snapshot."""
-        node = self._node()
-        self._apply(rd)
+        node = self.live_node()
+        self.applier.apply(rd)
         node.advance(rd)
         self.stats["readies"] += 1
-        self._maybe_snapshot()
+        self.applier.maybe_snapshot()
 
     def step_wire(self, peer_id: int, wire: Any) -> None:
         """A Raft message for this group from node `peer_id`; bad ones are dropped."""
         node = self.node
-        if node is None or self._stopping:
+        if node is None or self.stopping:
             return
         try:
             msg = message_from_wire(wire)
@@ -233,17 +230,17 @@ class RaftGroup(ProposeSide, ApplySide):
                         self.group_id, msg.frm, msg.to, peer_id)
             return
         node.step(msg)  # a RaftError here is fatal: the host stops
-        self._wake.set()
+        self.wake()
 
     async def on_request(self, peer_id: int, body: Any) -> Any:
         """A follower forwards a command: run it if we lead, else say who does."""
         if not isinstance(body, dict) or body.get("op") not in FORWARDED_OPS:
             raise RequestRefused("unknown request")
-        if self._stopping or self.node is None or self.node.role is not Role.LEADER:
+        if self.stopping or self.node is None or self.node.role is not Role.LEADER:
             return {"not_leader": self.node.lead if self.node else NONE}
         try:
             async with asyncio.timeout(DEFAULT_TIMEOUT_S):
-                index, result = await self._run_here(body)
+                index, result = await self.proposer.run_here(body)
         except NotLeader as exc:
             return {"not_leader": exc.leader}
         return {"index": index, "result": result}
@@ -260,35 +257,38 @@ class RaftGroup(ProposeSide, ApplySide):
         connection to the leader, shutdown: it may or may not be committed). During a
         leadership transfer proposals wait for the new leader.
         """
-        index, _ = await self._submit({"op": "propose", "data": bytes(data)}, forward, timeout)
+        body = {"op": "propose", "data": bytes(data)}
+        index, _ = await self.proposer.submit(body, forward, timeout)
         return index
 
     async def execute(self, data: bytes, *, forward: bool = False,
                       timeout: float = DEFAULT_TIMEOUT_S) -> Any:
         """Like `propose`, but return what `apply` returned for this entry (on the leader;
         it must be msgpack-encodable when forwarded)."""
-        _, result = await self._submit({"op": "propose", "data": bytes(data)}, forward, timeout)
+        body = {"op": "propose", "data": bytes(data)}
+        _, result = await self.proposer.submit(body, forward, timeout)
         return result
 
     async def read_barrier(self, timeout: float = DEFAULT_TIMEOUT_S) -> int:
         """Wait until reads of the local state machine are linearizable (Raft read index,
         confirmed by a quorum of heartbeats); return that index. Works on followers too.
         Raises TimeoutError (no leader, or no quorum), ProposalUnknown (stopped)."""
-        node = self._node()
+        node = self.live_node()
+        reads = self.waiters.reads
         async with asyncio.timeout(timeout):
             while True:
-                if self._stopping:
+                if self.stopping:
                     raise ProposalUnknown("the group is stopping")
-                ctx = next(self._seq).to_bytes(8, "big")
+                ctx = self.waiters.next_ctx()
                 future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-                self._reads[ctx] = future
+                reads[ctx] = future
                 try:
                     try:
                         node.read_index(ctx)
                     except NotLeader:
                         await asyncio.sleep(self.config.tick_s)
                         continue
-                    self._wake.set()
+                    self.wake()
                     attempt = self.config.tick_s * self.config.election_tick * 2
                     try:
                         async with asyncio.timeout(attempt):
@@ -296,22 +296,22 @@ class RaftGroup(ProposeSide, ApplySide):
                     except TimeoutError:
                         continue  # leadership changed and the request was lost: ask again
                 finally:
-                    self._reads.pop(ctx, None)
+                    reads.pop(ctx, None)
 
     async def transfer_leadership(self, to: int | None = None,
                                   timeout: float | None = None) -> int:
         """Hand leadership to voter `to` (default: the most up-to-date other voter); return
         the new leader's id once this node knows it. Raises NotLeaderError, TimeoutError."""
-        node = self._node()
+        node = self.live_node()
         if node.role is not Role.LEADER:
-            raise self._not_leader()
+            raise self.proposer.not_leader()
         others = sorted(node.voters - {self.id})
         if not others:
             return self.id
         if to is None:
             to = max(others, key=lambda v: (node.progress[v].match, -v))
         node.transfer_leadership(to)
-        self._wake.set()
+        self.wake()
         limit = timeout or self.config.tick_s * self.config.election_tick * 3
         async with asyncio.timeout(limit):
             while node.lead in (self.id, NONE):
@@ -323,18 +323,18 @@ class RaftGroup(ProposeSide, ApplySide):
         """Make `node_id` (reachable at `address`) a voter; return the change's index once
         applied here. Publish the address first so every member can reach it."""
         body = {"op": "add", "id": node_id, "addr": [address[0], address[1]]}
-        index, _ = await self._submit(body, forward, timeout)
+        index, _ = await self.proposer.submit(body, forward, timeout)
         return index
 
     async def remove_node(self, node_id: int, *, forward: bool = False,
                           timeout: float = DEFAULT_TIMEOUT_S) -> int:
         """Remove voter `node_id`; return the change's index once applied here."""
-        index, _ = await self._submit({"op": "remove", "id": node_id}, forward, timeout)
+        index, _ = await self.proposer.submit({"op": "remove", "id": node_id}, forward, timeout)
         return index
 
     def status(self) -> dict[str, Any]:
         """A snapshot of this node's view of the group, for INFO/STATUS commands and tests."""
-        node = self._node()
+        node = self.live_node()
         storage = self.storage
         assert storage is not None
         return {
@@ -346,7 +346,7 @@ class RaftGroup(ProposeSide, ApplySide):
             "snapshot_index": storage.snapshot().index, "first_index": storage.first_index(),
             "members": sorted(node.voters),
             "addresses": {k: format_address(v) for k, v in sorted(self.addresses.items())},
-            "fsyncs": storage.fsyncs, "pending_proposals": len(self._waiters),
+            "fsyncs": storage.fsyncs, "pending_proposals": len(self.waiters.entries),
             "connected_peers": sorted(k for k in node.voters
                                       if k != self.id and self.host.transport.connected(k)),
             "quiesced": node.quiesced,

@@ -344,7 +344,7 @@ class RaftHost:
             storage = group.storage
             assert storage is not None
             if rd.snapshot is not None:
-                await group._snapshot_yield()
+                await group.applier.snapshot_yield()
                 storage.persist(rd)
             elif rd.must_sync and self.config.fsync_in_thread:
                 threaded.append((group, rd))

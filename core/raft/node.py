@@ -51,7 +51,7 @@ timer, no heartbeats, no check-quorum counting), so the caller may stop ticking 
   (a stray vote request, say) it pokes the leader awake (HeartbeatResponse, `wake`).
 - `wake()`: the caller's node-level liveness says a quiesced follower's leader is down;
   the follower ticks again and campaigns after its election timeout, pre-vote and check
-  quorum as usual.
+  quorum as usual. It also pokes the leader, so a mistaken wake costs one heartbeat round.
 Leases while quiesced: `_in_lease` is "heard from the leader less than election_tick ticks
 ago"; a quiesced node's ticks are frozen at 0 (the quiesce heartbeat just reset them), so it
 stays in lease and rejects disruptive (pre-)votes as long as the caller has not called
@@ -257,7 +257,8 @@ class Node(LeaderRole):
     def wake(self) -> None:
         """Leave quiescence (a no-op if not quiesced). The caller calls it on a quiesced
         follower when it believes the leader's node down: the follower ticks again and
-        campaigns after its election timeout. On a leader: heartbeats resume at once."""
+        campaigns after its election timeout (it pokes the leader too, in case it is alive).
+        On a leader: heartbeats resume at once."""
         self._wake(poke_leader=True)
 
     def _wake(self, poke_leader: bool) -> None:

@@ -91,8 +91,7 @@ def start(nodes: list[Running]) -> None:
     for index, node in enumerate(nodes, start=1):
         spec = node.spec
         state = "up" if _is_up(node) else f"FAILED (see {VAR / (spec.name + '.log')})"
-        note = f"  {spec.note}" if spec.note else ""
-        print(f"[{index}/{len(nodes)}] {spec.name:10} {spec.host}:{spec.port} {state}{note}",
+        print(f"[{index}/{len(nodes)}] {spec.name:10} {spec.host}:{spec.port} {state}",
               flush=True)
 
 

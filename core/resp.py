@@ -5,6 +5,7 @@ Handlers return plain values and the connection encodes them for the client's pr
     int -> integer          bytes / str -> bulk string     None -> null
     list / tuple -> array   dict -> map (RESP2: flat array) bool -> boolean (RESP2: 0/1)
     float -> double (RESP2: bulk)   Simple -> +status       Verbatim -> = (RESP2: bulk)
+    RespSet -> set `~` (RESP2: array)
     Raw -> written as it is (pre-encoded, e.g. native.resp.encode_int_array)
     CommandError (raised or returned) -> -error
 
@@ -23,6 +24,7 @@ __all__ = [
     "ProtocolError",
     "RequestParser",
     "Raw",
+    "RespSet",
     "Simple",
     "Verbatim",
     "OK",
@@ -42,6 +44,11 @@ class Raw(bytes):
 
 class Verbatim(str):
     """Human-readable text (INFO): RESP3 verbatim string `=...txt:`, RESP2 bulk string."""
+
+
+class RespSet(list):  # type: ignore[type-arg]
+    """An unordered collection of distinct replies: RESP3 set `~`, RESP2 array (COMMAND INFO's
+    flags and categories, as Redis sends them)."""
 
 
 class CommandError(Exception):
@@ -120,6 +127,10 @@ def _encode_rare(value: Any, protocol: int, out: list[bytes]) -> None:
             out.append(_bulk(text))
     elif isinstance(value, Raw):
         out.append(value)
+    elif isinstance(value, RespSet):
+        out.append(b"~%d\r\n" % len(value) if protocol == 3 else b"*%d\r\n" % len(value))
+        for item in value:
+            _encode_into(item, protocol, out)
     elif isinstance(value, CommandError):
         out.append(encode_error(value.message))
     elif isinstance(value, int):

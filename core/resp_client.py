@@ -32,6 +32,8 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Final, TypeAlias
 
+from core.limits import REDIS_MAX_BULK_BYTES
+
 __all__ = [
     "NEED_DATA",
     "AsyncRespConnection",
@@ -47,7 +49,7 @@ __all__ = [
 
 # Limits, overridable per parser. Aggregate counts above MAX_ELEMENTS and bulks above
 # MAX_BULK_BYTES are refused before any memory is reserved for them.
-MAX_BULK_BYTES: Final = 512 * 1024 * 1024
+MAX_BULK_BYTES: Final = REDIS_MAX_BULK_BYTES  # replies of real Redis too
 MAX_ELEMENTS: Final = 1024 * 1024
 MAX_LINE_BYTES: Final = 64 * 1024  # simple strings, errors, numbers and type headers
 MAX_DEPTH: Final = 64  # nesting of aggregates

@@ -1,18 +1,24 @@
 """The commands every RESP daemon answers, with Redis's replies and error texts, so that
 redis-cli, redis-benchmark and redis-py work unchanged against our daemons.
 
-One function per command; `common_commands(server)` returns their table rows.
+One function per command or subcommand; `common_commands(server)` returns their table rows,
+whose arity, flags, ACL categories and tips are Redis 7's for the same commands (the
+dispatcher checks arity from them, so no handler counts its arguments). COMMAND and its
+subcommands answer from the server's table (core.command_info builds the reply shapes).
+Handlers see the server as a core.resp_session.ServerView, never core.resp_server itself.
 """
 
 from __future__ import annotations
 
 import hmac
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from fnmatch import fnmatchcase
+from typing import Any
 
+from core.command_info import docs_entry, help_lines, info_entry
+from core.command_table import Command, KeysError, Resolved, get_keys
 from core.resp import OK, CommandError, Simple, Verbatim
-
-if TYPE_CHECKING:
-    from core.resp_server import Command, RespServer, Session
+from core.resp_session import ServerView, Session
 
 ERR_NOPROTO = "NOPROTO unsupported protocol version"
 ERR_WRONGPASS = "WRONGPASS invalid username-password pair or user is disabled."
@@ -25,32 +31,119 @@ ERR_HELLO_NOAUTH = (
     "HELLO <proto> AUTH <user> <pass> option can be used to authenticate the client and "
     "select the RESP protocol version at the same time"
 )
+ERR_HELLO_OPTION = "ERR Syntax error in HELLO option '{}'"
 ERR_SYNTAX = "ERR syntax error"
-ERR_UNKNOWN_SUBCOMMAND = "ERR unknown subcommand '{}'. Try {} HELP."
 ERR_CLIENT_NAME = "ERR Client names cannot contain spaces, newlines or special characters."
+ERR_CLIENT_OPTION = "ERR Unrecognized option '{}'"
 ERR_DB_RANGE = "ERR DB index is out of range"
 ERR_NOT_INTEGER = "ERR value is not an integer or out of range"
+ERR_GETKEYS_COMMAND = "ERR Invalid command specified"
+ERR_GETKEYS_ARITY = "ERR Invalid number of arguments specified for command"
+ERR_GETKEYS_NONE = "ERR The command has no key arguments"
+ERR_GETKEYS_ARGS = "ERR Invalid arguments specified for command"
 DEFAULT_INFO_SKIPS = {"commandstats"}
 
+CONNECTION = "connection"
+SERVER = "server"
+# Redis's flag sets for these commands.
+SESSION_FLAGS = ("noscript", "loading", "stale", "fast", "no_auth", "allow_busy")
+QUICK_FLAGS = ("loading", "stale", "fast")
+INTROSPECTION_FLAGS = ("loading", "stale")
+CLIENT_FLAGS = ("noscript", "loading", "stale")
+ADMIN_FLAGS = ("admin", "noscript", "loading", "stale")
+ALL_SHARDS_TIPS = ("request_policy:all_shards", "response_policy:all_succeeded")
 
-def common_commands(server: RespServer) -> list[Command]:
-    from core.resp_server import Command
+ServerHandler = Callable[[ServerView, Session, list[bytes]], Any]
 
-    def row(name: str, handler, arity: int, *flags: str, summary: str = "") -> Command:
-        return Command(name, lambda s, a: handler(server, s, a), arity, frozenset(flags), summary)
 
+def common_commands(server: ServerView) -> list[Command]:
+    """The rows of the commands every RESP daemon answers, bound to `server`."""
+
+    def row(
+        name: str, handler: ServerHandler | None, arity: int, flags: tuple[str, ...] = (),
+        **more: Any,
+    ) -> Command:
+        bound = None if handler is None else _bind(handler, server)
+        return Command(name, bound, arity, frozenset(flags), **more)
+
+    command_subs = (
+        row("COUNT", cmd_command_count, 2, INTROSPECTION_FLAGS, acl=(CONNECTION,),
+            summary="Number of commands in the table"),
+        row("LIST", cmd_command_list, -2, INTROSPECTION_FLAGS, acl=(CONNECTION,),
+            tips=("nondeterministic_output_order",),
+            summary="Names of every command and subcommand [FILTERBY ACLCAT c|PATTERN p]"),
+        row("INFO", cmd_command_info, -2, INTROSPECTION_FLAGS, acl=(CONNECTION,),
+            tips=("nondeterministic_output_order",),
+            summary="Arity, flags, key positions and key specs of the named commands"),
+        row("DOCS", cmd_command_docs, -2, INTROSPECTION_FLAGS, acl=(CONNECTION,),
+            tips=("nondeterministic_output_order",),
+            summary="Summary, since and group of the named commands"),
+        row("GETKEYS", cmd_command_getkeys, -4, INTROSPECTION_FLAGS, acl=(CONNECTION,),
+            summary="The keys a full command names"),
+        _help_row(row, "COMMAND", acl=(CONNECTION,)),
+    )
+    client_subs = (
+        row("SETNAME", cmd_client_setname, 3, CLIENT_FLAGS, acl=(CONNECTION,),
+            summary="Name this connection"),
+        row("GETNAME", cmd_client_getname, 2, CLIENT_FLAGS, acl=(CONNECTION,),
+            summary="This connection's name"),
+        row("ID", cmd_client_id, 2, CLIENT_FLAGS, acl=(CONNECTION,),
+            summary="This connection's id"),
+        row("SETINFO", cmd_client_setinfo, 4, CLIENT_FLAGS, acl=(CONNECTION,),
+            summary="Record the client library's name (lib-name) or version (lib-ver)"),
+        row("LIST", cmd_client_list, -2, ADMIN_FLAGS, acl=(CONNECTION,),
+            tips=("nondeterministic_output",), summary="One line per open connection"),
+        row("INFO", cmd_client_info, 2, CLIENT_FLAGS, acl=(CONNECTION,),
+            tips=("nondeterministic_output",), summary="This connection's line"),
+        _help_row(row, "CLIENT", acl=(CONNECTION,)),
+    )
+    config_subs = (
+        row("GET", cmd_config_get, -3, ADMIN_FLAGS,
+            summary="Settings whose names match the glob patterns, with their values"),
+        _help_row(row, "CONFIG"),
+    )
     return [
-        row("PING", cmd_ping, -1, summary="Answer PONG, or echo the argument"),
-        row("ECHO", cmd_echo, 2, summary="Echo the argument"),
-        row("HELLO", cmd_hello, -1, "noauth", summary="Choose RESP2 or RESP3, authenticate"),
-        row("AUTH", cmd_auth, -2, "noauth", summary="Authenticate with --requirepass"),
-        row("QUIT", cmd_quit, -1, "noauth", summary="Close the connection"),
-        row("INFO", cmd_info, -1, summary="Server figures by section"),
-        row("COMMAND", cmd_command, -1, summary="Describe the command table"),
-        row("CLIENT", cmd_client, -2, summary="Connection name, id, library info"),
-        row("CONFIG", cmd_config, -2, summary="CONFIG GET of the known settings"),
-        row("SELECT", cmd_select, 2, summary="Accepts database 0 only"),
+        row("PING", cmd_ping, -1, ("fast",), max_arity=2, acl=(CONNECTION,), group=CONNECTION,
+            tips=ALL_SHARDS_TIPS, summary="PONG, or the argument back"),
+        row("ECHO", cmd_echo, 2, QUICK_FLAGS, acl=(CONNECTION,), group=CONNECTION,
+            summary="The argument back"),
+        row("HELLO", cmd_hello, -1, SESSION_FLAGS, acl=(CONNECTION,), group=CONNECTION,
+            summary="Choose RESP2 or RESP3, authenticate, name the connection"),
+        row("AUTH", cmd_auth, -2, SESSION_FLAGS, acl=(CONNECTION,), group=CONNECTION,
+            summary="Authenticate with the --requirepass password"),
+        row("QUIT", cmd_quit, -1, SESSION_FLAGS, acl=(CONNECTION,), group=CONNECTION,
+            summary="Close the connection after the reply"),
+        row("INFO", cmd_info, -1, INTROSPECTION_FLAGS, acl=("dangerous",), group=SERVER,
+            tips=("nondeterministic_output", "request_policy:all_shards",
+                  "response_policy:special"),
+            summary="Server figures by section"),
+        row("COMMAND", cmd_command, -1, INTROSPECTION_FLAGS, acl=(CONNECTION,), group=SERVER,
+            tips=("nondeterministic_output_order",), subcommands=command_subs,
+            summary="Every command's arity, flags, key positions and key specs"),
+        row("CLIENT", None, -2, group=CONNECTION, subcommands=client_subs,
+            summary="Connection name, id and library, the list of connections"),
+        row("CONFIG", None, -2, group=SERVER, subcommands=config_subs,
+            summary="Read the settings"),
+        row("SELECT", cmd_select, 2, QUICK_FLAGS, acl=(CONNECTION,), group=CONNECTION,
+            summary="Accepts database 0 only"),
     ]
+
+
+def _bind(handler: ServerHandler, server: ServerView) -> Callable[[Session, list[bytes]], Any]:
+    def bound(session: Session, args: list[bytes]) -> Any:
+        return handler(server, session, args)
+
+    return bound
+
+
+def _help_row(row: Callable[..., Command], parent: str, **more: Any) -> Command:
+    # The reply lists the parent's other subcommands; cmd_help finds the parent by name.
+    def handler(server: ServerView, session: Session, args: list[bytes]) -> object:
+        container = server.table.get(parent.encode())
+        assert container is not None
+        return help_lines(container)
+
+    return row("HELP", handler, 2, INTROSPECTION_FLAGS, summary="This help", **more)
 
 
 def parse_int(raw: bytes, error: str = ERR_NOT_INTEGER) -> int:
@@ -61,17 +154,15 @@ def parse_int(raw: bytes, error: str = ERR_NOT_INTEGER) -> int:
     return int(raw)
 
 
-def cmd_ping(server: RespServer, session: Session, args: list[bytes]) -> object:
-    if len(args) > 2:
-        raise CommandError("ERR wrong number of arguments for 'ping' command")
+def cmd_ping(server: ServerView, session: Session, args: list[bytes]) -> object:
     return args[1] if len(args) == 2 else Simple("PONG")
 
 
-def cmd_echo(server: RespServer, session: Session, args: list[bytes]) -> object:
+def cmd_echo(server: ServerView, session: Session, args: list[bytes]) -> object:
     return args[1]
 
 
-def _check_password(server: RespServer, username: bytes, password: bytes) -> None:
+def _check_password(server: ServerView, username: bytes, password: bytes) -> None:
     if server.password is None:
         raise CommandError(ERR_NO_PASSWORD)
     good = hmac.compare_digest(password, server.password.encode())
@@ -79,7 +170,7 @@ def _check_password(server: RespServer, username: bytes, password: bytes) -> Non
         raise CommandError(ERR_WRONGPASS)
 
 
-def cmd_auth(server: RespServer, session: Session, args: list[bytes]) -> object:
+def cmd_auth(server: ServerView, session: Session, args: list[bytes]) -> object:
     if len(args) > 3:
         raise CommandError(ERR_SYNTAX)
     username = args[1] if len(args) == 3 else b"default"
@@ -94,7 +185,7 @@ def cmd_auth(server: RespServer, session: Session, args: list[bytes]) -> object:
     return OK
 
 
-def cmd_hello(server: RespServer, session: Session, args: list[bytes]) -> object:
+def cmd_hello(server: ServerView, session: Session, args: list[bytes]) -> object:
     protocol = session.protocol
     if len(args) >= 2:
         digits = args[1]
@@ -114,7 +205,7 @@ def cmd_hello(server: RespServer, session: Session, args: list[bytes]) -> object
             index += 2
         else:
             option = args[index].decode(errors="replace")
-            raise CommandError(f"ERR Syntax error in HELLO option '{option}'")
+            raise CommandError(ERR_HELLO_OPTION.format(option))
     if not session.authenticated:
         raise CommandError(ERR_HELLO_NOAUTH)
     session.protocol = protocol
@@ -131,12 +222,12 @@ def cmd_hello(server: RespServer, session: Session, args: list[bytes]) -> object
     }
 
 
-def cmd_quit(server: RespServer, session: Session, args: list[bytes]) -> object:
+def cmd_quit(server: ServerView, session: Session, args: list[bytes]) -> object:
     session.close_after_reply = True
     return OK
 
 
-def cmd_info(server: RespServer, session: Session, args: list[bytes]) -> object:
+def cmd_info(server: ServerView, session: Session, args: list[bytes]) -> object:
     wanted = {a.decode("utf-8", "replace").lower() for a in args[1:]}
     everything = not wanted or bool(wanted & {"all", "everything"})
     lines: list[str] = []
@@ -150,32 +241,64 @@ def cmd_info(server: RespServer, session: Session, args: list[bytes]) -> object:
     return Verbatim("\r\n".join(lines) + "\r\n" if lines else "")
 
 
-def _command_info(command: Command) -> list[object]:
-    flags = [Simple(f) for f in sorted(command.flags)]
-    return [command.name.lower(), command.arity, flags, 0, 0, 0, [], [], [], []]
+def cmd_command(server: ServerView, session: Session, args: list[bytes]) -> object:
+    return [info_entry(Resolved(c, c.name.lower())) for c in server.table]
 
 
-def cmd_command(server: RespServer, session: Session, args: list[bytes]) -> object:
-    table = server.commands
-    if len(args) == 1:
-        return [_command_info(c) for c in table.values()]
-    sub = args[1].upper()
-    if sub == b"COUNT":
-        return len(table)
-    if sub == b"LIST":
-        return [c.name.lower() for c in table.values()]
-    if sub == b"INFO":
-        return [
-            _command_info(table[n.upper()]) if n.upper() in table else None for n in args[2:]
-        ]
-    if sub == b"DOCS":
-        names = [n.upper() for n in args[2:]] or list(table)
-        return {
-            table[n].name.lower(): {"summary": table[n].summary, "since": "0.1.0"}
-            for n in names
-            if n in table
-        }
-    raise CommandError(ERR_UNKNOWN_SUBCOMMAND.format(args[1].decode(errors="replace"), "COMMAND"))
+def cmd_command_count(server: ServerView, session: Session, args: list[bytes]) -> object:
+    return len(server.table)
+
+
+def cmd_command_list(server: ServerView, session: Session, args: list[bytes]) -> object:
+    names = list(server.table.walk())
+    if len(args) == 2:
+        return [r.full_name for r in names]
+    if len(args) != 5 or args[2].upper() != b"FILTERBY":
+        raise CommandError(ERR_SYNTAX)
+    kind, value = args[3].upper(), args[4].decode("utf-8", "replace")
+    if kind == b"PATTERN":
+        return [r.full_name for r in names if fnmatchcase(r.full_name, value.lower())]
+    if kind == b"ACLCAT":
+        category = value.lower()
+        return [r.full_name for r in names if category in r.command.acl_categories]
+    if kind == b"MODULE":
+        return []
+    raise CommandError(ERR_SYNTAX)
+
+
+def cmd_command_info(server: ServerView, session: Session, args: list[bytes]) -> object:
+    if len(args) == 2:
+        return cmd_command(server, session, args)
+    found = (server.table.find(name) for name in args[2:])
+    return [None if resolved is None else info_entry(resolved) for resolved in found]
+
+
+def cmd_command_docs(server: ServerView, session: Session, args: list[bytes]) -> object:
+    if len(args) == 2:
+        chosen = [Resolved(c, c.name.lower()) for c in server.table]
+    else:
+        chosen = [r for r in map(server.table.find, args[2:]) if r is not None]
+    return {r.full_name: docs_entry(r, server.version, server.name) for r in chosen}
+
+
+def cmd_command_getkeys(server: ServerView, session: Session, args: list[bytes]) -> object:
+    request = args[2:]
+    command = server.table.get(request[0])
+    if command is not None and command.subcommands:
+        command = command.by_name.get(request[1].upper()) if len(request) > 1 else None
+    if command is None:
+        raise CommandError(ERR_GETKEYS_COMMAND)
+    if not command.key_specs:
+        raise CommandError(ERR_GETKEYS_NONE)
+    if not command.min_args <= len(request) <= command.max_args:
+        raise CommandError(ERR_GETKEYS_ARITY)
+    try:
+        keys = get_keys(command, request)
+    except KeysError:
+        raise CommandError(ERR_GETKEYS_ARGS) from None
+    if not keys and "no_mandatory_keys" not in command.flags:
+        raise CommandError(ERR_GETKEYS_ARGS)
+    return keys
 
 
 def _client_name(raw: bytes) -> str:
@@ -184,28 +307,38 @@ def _client_name(raw: bytes) -> str:
     return raw.decode()
 
 
-def cmd_client(server: RespServer, session: Session, args: list[bytes]) -> object:
-    sub = args[1].upper()
-    if sub == b"SETNAME" and len(args) == 3:
-        session.name = _client_name(args[2])
-        return OK
-    if sub == b"GETNAME" and len(args) == 2:
-        return session.name or None
-    if sub == b"ID" and len(args) == 2:
-        return session.id
-    if sub == b"SETINFO" and len(args) == 4:
-        attr = args[2].lower()
-        if attr == b"lib-name":
-            session.lib_name = _client_name(args[3])
-        elif attr == b"lib-ver":
-            session.lib_ver = _client_name(args[3])
-        else:
-            raise CommandError(f"ERR Unrecognized option '{args[2].decode(errors='replace')}'")
-        return OK
-    if sub in (b"LIST", b"INFO") and len(args) == 2:
-        chosen = server.sessions.values() if sub == b"LIST" else [session]
-        return "".join(_client_line(s) for s in chosen)
-    raise CommandError(ERR_UNKNOWN_SUBCOMMAND.format(args[1].decode(errors="replace"), "CLIENT"))
+def cmd_client_setname(server: ServerView, session: Session, args: list[bytes]) -> object:
+    session.name = _client_name(args[2])
+    return OK
+
+
+def cmd_client_getname(server: ServerView, session: Session, args: list[bytes]) -> object:
+    return session.name or None
+
+
+def cmd_client_id(server: ServerView, session: Session, args: list[bytes]) -> object:
+    return session.id
+
+
+def cmd_client_setinfo(server: ServerView, session: Session, args: list[bytes]) -> object:
+    attr = args[2].lower()
+    if attr == b"lib-name":
+        session.lib_name = _client_name(args[3])
+    elif attr == b"lib-ver":
+        session.lib_ver = _client_name(args[3])
+    else:
+        raise CommandError(ERR_CLIENT_OPTION.format(args[2].decode(errors="replace")))
+    return OK
+
+
+def cmd_client_list(server: ServerView, session: Session, args: list[bytes]) -> object:
+    if len(args) > 2:  # Redis's TYPE and ID filters are not offered
+        raise CommandError(ERR_SYNTAX)
+    return "".join(_client_line(s) for s in server.sessions.values())
+
+
+def cmd_client_info(server: ServerView, session: Session, args: list[bytes]) -> object:
+    return _client_line(session)
 
 
 def _client_line(session: Session) -> str:
@@ -216,15 +349,11 @@ def _client_line(session: Session) -> str:
     )
 
 
-def cmd_config(server: RespServer, session: Session, args: list[bytes]) -> object:
-    if args[1].upper() == b"GET" and len(args) < 3:
-        raise CommandError("ERR wrong number of arguments for 'config|get' command")
-    if args[1].upper() == b"GET":
-        return server.config_get([a.decode("utf-8", "replace") for a in args[2:]])
-    raise CommandError(ERR_UNKNOWN_SUBCOMMAND.format(args[1].decode(errors="replace"), "CONFIG"))
+def cmd_config_get(server: ServerView, session: Session, args: list[bytes]) -> object:
+    return server.config_get([a.decode("utf-8", "replace") for a in args[2:]])
 
 
-def cmd_select(server: RespServer, session: Session, args: list[bytes]) -> object:
+def cmd_select(server: ServerView, session: Session, args: list[bytes]) -> object:
     if parse_int(args[1]) != 0:
         raise CommandError(ERR_DB_RANGE)
     return OK

@@ -18,27 +18,32 @@ from __future__ import annotations
 import asyncio
 import fnmatch
 import logging
-import time
 from collections.abc import Callable, Coroutine, Iterable
-from dataclasses import dataclass, field
 from time import perf_counter_ns
 from types import CoroutineType
 from typing import Any
 
 from core import resp_commands
+from core.command_table import Command, CommandTable, Handler, full_name_of
+from core.limits import DEFAULT_LIMITS, Limits
 from core.resp import CommandError, Raw, RequestParser, encode, encode_error
+from core.resp_session import Session
 from core.stats import (
     LATENCY_SAMPLE_EVERY,
-    LatencyHistogram,
     ProcessFigures,
     command_stats_info,
 )
+
+# Command, Handler, Limits and Session are defined apart (core.command_table, core.limits,
+# core.resp_session) and offered here too, where daemons have always imported them from.
+__all__ = ["Command", "Handler", "Limits", "RespServer", "ServerConnection", "Session"]
 
 log = logging.getLogger(__name__)
 
 ERR_MAX_CLIENTS = "ERR max number of clients reached"
 ERR_NOAUTH = "NOAUTH Authentication required."
 ERR_UNKNOWN_COMMAND = "ERR unknown command '{}', with args beginning with: {}"
+ERR_UNKNOWN_SUBCOMMAND = "ERR unknown subcommand '{}'. Try {} HELP."
 ERR_ARITY = "ERR wrong number of arguments for '{}' command"
 ERR_INTERNAL = "ERR internal error while running '{}' (logged on the server)"
 # Replies are written at least every WRITE_CHUNK bytes, so a full write buffer
@@ -46,58 +51,8 @@ ERR_INTERNAL = "ERR internal error while running '{}' (logged on the server)"
 WRITE_CHUNK = 64 * 1024
 # Commands a connection may queue behind one that waits before it stops reading.
 MAX_WAITING_COMMANDS = 1024
-
-Handler = Callable[["Session", list[bytes]], Any]
-
-
-@dataclass(frozen=True)
-class Command:
-    """One row of a daemon's command table.
-
-    arity follows Redis: N means exactly N words including the name, -N at least N.
-    flags: "noauth" (allowed before AUTH). A handler may return a coroutine when it must
-    wait (idgen waiting out a clock step); its reply is written when it completes.
-    batch: optional; answers k consecutive argument-less calls of the command in one go,
-    returning the k replies concatenated (or a coroutine giving them). Pipelines of the
-    same command (`redis-benchmark -P 16 NEXT`) then cost one call instead of k.
-    """
-
-    name: str
-    handler: Handler
-    arity: int
-    flags: frozenset[str] = frozenset()
-    summary: str = ""
-    batch: Callable[[Session, int], Any] | None = None
-    latency: LatencyHistogram = field(default_factory=LatencyHistogram, compare=False)
-
-
-@dataclass(frozen=True)
-class Limits:
-    """What one client may make the server hold. Bytes unless the name says otherwise."""
-
-    max_inline: int = 64 * 1024
-    max_bulk: int = 512 * 1024
-    max_elements: int = 1024 * 1024
-    max_buffer: int = 4 * 1024 * 1024
-    max_clients: int = 10_000
-    # Replies waiting in the socket's buffer before we stop reading from that client.
-    write_high_water: int = 1024 * 1024
-
-
-@dataclass(eq=False)
-class Session:
-    """What the server knows of one client connection."""
-
-    id: int
-    peer: str
-    authenticated: bool
-    protocol: int = 2
-    name: str = ""
-    lib_name: str = ""
-    lib_ver: str = ""
-    last_command: str = ""
-    created: float = field(default_factory=time.monotonic)
-    close_after_reply: bool = False
+# Redis shows at most this many characters of an unknown (sub)command and its arguments.
+MAX_SHOWN_CHARS = 128
 
 
 class RespServer:
@@ -118,7 +73,7 @@ class RespServer:
         self.name = name
         self.version = version
         self.password = password
-        self.limits = limits or Limits()
+        self.limits = limits or DEFAULT_LIMITS
         self._daemon_info = info or dict
         self.config = dict(config or {})
         self.commands_processed = 0
@@ -129,9 +84,9 @@ class RespServer:
             "rejected_connections": 0,
             "protocol_errors": 0,
         }
-        self.commands: dict[bytes, Command] = {}
-        for command in [*resp_commands.common_commands(self), *commands]:
-            self.commands[command.name.encode()] = command
+        # The daemon's rows after the common ones, so a daemon may replace one of those.
+        self.table = CommandTable([*resp_commands.common_commands(self), *commands])
+        self.commands: dict[bytes, Command] = self.table.rows
         # Batchable commands by the exact spellings clients send (upper and lower case).
         self.batchable: dict[bytes, Command] = {}
         for command in self.commands.values():
@@ -182,12 +137,20 @@ class RespServer:
         command = self.commands.get(args[0]) or self.commands.get(args[0].upper())
         if command is None:
             return encode_error(_unknown_command(args))
-        if not session.authenticated and "noauth" not in command.flags:
+        if not session.authenticated and not command.no_auth:
             return encode_error(ERR_NOAUTH)
-        arity = command.arity
-        if (arity > 0 and len(args) != arity) or len(args) < -arity:
+        if not command.min_args <= len(args) <= command.max_args:
             return encode_error(ERR_ARITY.format(command.name.lower()))
-        session.last_command = command.name
+        if command.subcommands and len(args) > 1:
+            sub = command.by_name.get(args[1].upper())
+            if sub is None:
+                return encode_error(_unknown_subcommand(command, args[1]))
+            if not sub.min_args <= len(args) <= sub.max_args:
+                return encode_error(ERR_ARITY.format(full_name_of(command, sub)))
+            session.last_command = full_name_of(command, sub)
+            command = sub
+        else:
+            session.last_command = command.name
         latency = command.latency
         latency.calls += 1
         timed = not latency.calls & (LATENCY_SAMPLE_EVERY - 1)
@@ -267,7 +230,7 @@ class RespServer:
         }
         sections.update(self._daemon_info())
         sections["Commandstats"] = command_stats_info(
-            {c.name: c.latency for c in self.commands.values()}
+            {r.full_name: r.command.latency for r in self.table.walk() if r.command.handler}
         )
         return sections
 
@@ -307,10 +270,18 @@ def _unknown_command(args: list[bytes]) -> str:
     # As Redis: arguments are shown while fewer than 128 characters are, each cut to fit.
     shown = ""
     for arg in args[1:]:
-        if len(shown) >= 128:
+        if len(shown) >= MAX_SHOWN_CHARS:
             break
-        shown += f"'{arg[: 128 - len(shown)].decode('utf-8', 'replace')}' "
-    return ERR_UNKNOWN_COMMAND.format(args[0][:128].decode("utf-8", "replace"), shown)
+        shown += f"'{arg[: MAX_SHOWN_CHARS - len(shown)].decode('utf-8', 'replace')}' "
+    return ERR_UNKNOWN_COMMAND.format(_shown(args[0]), shown)
+
+
+def _unknown_subcommand(container: Command, name: bytes) -> str:
+    return ERR_UNKNOWN_SUBCOMMAND.format(_shown(name), container.name.upper())
+
+
+def _shown(word: bytes) -> str:
+    return word[:MAX_SHOWN_CHARS].decode("utf-8", "replace")
 
 
 class ServerConnection(asyncio.Protocol):

@@ -16,11 +16,13 @@ more input. Error texts are Redis's own, so clients and tests see what they woul
 
 from __future__ import annotations
 
-# Limits, in bytes or elements. Redis's defaults, except the buffer, which is per daemon.
+# Limits, in bytes or elements: the defaults of every RESP daemon (core.limits.Limits takes
+# them from here). Inline and element counts are Redis's; bulks and the buffer are smaller
+# than Redis's 512 MiB and 1 GiB, so a daemon's memory stays bounded unless it asks for more.
 MAX_INLINE_BYTES = 64 * 1024
-MAX_BULK_BYTES = 512 * 1024 * 1024
+MAX_BULK_BYTES = 512 * 1024
 MAX_ELEMENTS = 1024 * 1024
-MAX_BUFFER_BYTES = 1024 * 1024 * 1024
+MAX_BUFFER_BYTES = 4 * 1024 * 1024
 # Before AUTH succeeds a client may send only small commands (as Redis does).
 UNAUTH_MAX_ELEMENTS = 10
 UNAUTH_MAX_BULK_BYTES = 16 * 1024

@@ -9,7 +9,6 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -49,17 +48,8 @@ def test_launcher_starts_the_cluster_and_stops_it_on_ctrl_c(tmp_path: Path) -> N
         output = "".join(lines)
         assert output.count(" up") == 11, output
         assert "redis-cli -p 7101 NEXT" in output
-        assert "(node 1, peers check it on 127.0.0.1:7201)" in output
         ids = [redis.Redis(port=port).execute_command("NEXT") for port in (7101, 7102, 7103)]
         assert len(set(ids)) == 3
-        # The idgen daemons reach each other over their node ports (core/rpc).
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            info = redis.Redis(port=7101).info("idgen")
-            if info.get("peers_reachable") == 2:
-                break
-            time.sleep(0.2)
-        assert info.get("peers_reachable") == 2, info
         with socket.create_connection(("127.0.0.1", 11311), timeout=10) as cache:
             cache.sendall(b"set k 0 0 1\r\nv\r\nget k\r\n")
             reply = b""

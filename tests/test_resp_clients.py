@@ -140,7 +140,9 @@ def test_redis_py_pipeline_of_100_next(client: redis.Redis) -> None:
 def test_redis_py_config_get_and_command_count(client: redis.Redis) -> None:
     config = client.config_get("*")
     assert config["maxclients"] in ("10000", b"10000")
-    assert client.command_count() == len(client.command_list())
+    # COMMAND LIST also names the subcommands ("config|get"), as Redis 7's does.
+    names = [n.decode() if isinstance(n, bytes) else n for n in client.command_list()]
+    assert client.command_count() == len([n for n in names if "|" not in n])
 
 
 @pytest.mark.parametrize("protocol", [2, 3])

@@ -1,1 +1,0 @@
-"""Fault drills on real network partitions: the host harness, client histories and checkers."""

@@ -33,6 +33,7 @@ PORTLESS_SETTLE_S = 0.5  # a process without a port is up if it still runs after
 POLL_S = 0.1
 WATCH_S = 0.5
 FOOTER = "Logs are in var/*.log. Ctrl-C stops everything."
+ERR_NO_DECLARATION = "{} defines no {}(var) function"
 
 
 @dataclass
@@ -52,7 +53,10 @@ def discover(root: Path = ROOT) -> list[tuple[str, Declare]]:
         if not package.name.isidentifier() or not (package / "__init__.py").exists():
             continue
         module = importlib.import_module(f"{package.name}.{LAUNCH_MODULE}")
-        found.append((package.name, getattr(module, DECLARATION)))
+        declare = getattr(module, DECLARATION, None)
+        if not callable(declare):
+            raise TypeError(ERR_NO_DECLARATION.format(module.__name__, DECLARATION))
+        found.append((package.name, declare))
     return found
 
 
@@ -91,7 +95,8 @@ def start(nodes: list[Running]) -> None:
     for index, node in enumerate(nodes, start=1):
         spec = node.spec
         state = "up" if _is_up(node) else f"FAILED (see {VAR / (spec.name + '.log')})"
-        print(f"[{index}/{len(nodes)}] {spec.name:10} {spec.host}:{spec.port} {state}",
+        note = f"  {spec.note}" if spec.note else ""
+        print(f"[{index}/{len(nodes)}] {spec.name:10} {spec.host}:{spec.port} {state}{note}",
               flush=True)
 
 

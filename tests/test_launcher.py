@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -48,8 +49,17 @@ def test_launcher_starts_the_cluster_and_stops_it_on_ctrl_c(tmp_path: Path) -> N
         output = "".join(lines)
         assert output.count(" up") == 11, output
         assert "redis-cli -p 7101 NEXT" in output
+        assert "(node 1, peers check it on 127.0.0.1:7201)" in output
         ids = [redis.Redis(port=port).execute_command("NEXT") for port in (7101, 7102, 7103)]
         assert len(set(ids)) == 3
+        # The idgen daemons reach each other over their node ports (core/rpc).
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            info = redis.Redis(port=7101).info("idgen")
+            if info.get("peers_reachable") == 2:
+                break
+            time.sleep(0.2)
+        assert info.get("peers_reachable") == 2, info
         with socket.create_connection(("127.0.0.1", 11311), timeout=10) as cache:
             cache.sendall(b"set k 0 0 1\r\nv\r\nget k\r\n")
             reply = b""
@@ -130,3 +140,16 @@ def test_a_declaration_in_a_new_package_joins_without_editing_the_launcher(
     assert "a daemon exited; stopping the rest" in output, output
     assert "fake-1 exited with 0" in output and "fake-2 exited with -15" in output, output
     assert (tmp_path / "var" / "fake-1.log").exists()
+
+
+def test_a_launch_module_without_the_declaration_is_named(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    package = tmp_path / "fakedaemon_without_declaration"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "launch.py").write_text("PORTS = [1]\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(TypeError, match=r"fakedaemon_without_declaration\.launch defines no "
+                                        r"local_cluster\(var\) function"):
+        launcher.discover(tmp_path)

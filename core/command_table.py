@@ -266,7 +266,13 @@ def get_keys(command: Command, args: list[bytes]) -> list[bytes]:
 
     Raises KeysError when a spec points past the arguments or at a bad key count.
     """
-    keys: list[bytes] = []
+    return [key for key, _ in keys_and_specs(command, args)]
+
+
+def keys_and_specs(command: Command, args: list[bytes]) -> list[tuple[bytes, KeySpec]]:
+    """Each key of request `args` with the key spec that found it (COMMAND GETKEYSANDFLAGS
+    shows the spec's flags). Raises KeysError as get_keys does."""
+    keys: list[tuple[bytes, KeySpec]] = []
     for spec in command.key_specs:
         begin = _begin_position(spec.begin, args)
         if begin is None:
@@ -278,7 +284,7 @@ def get_keys(command: Command, args: list[bytes]) -> list[bytes]:
             if "incomplete" in spec.flags:
                 continue
             raise KeysError(f"key spec of {command.name} points past the arguments")
-        keys.extend(args[first : last + 1 : step])
+        keys.extend((key, spec) for key in args[first : last + 1 : step])
     return keys
 
 

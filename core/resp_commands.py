@@ -16,8 +16,8 @@ from fnmatch import fnmatchcase
 from typing import Any
 
 from core.command_info import docs_entry, help_lines, info_entry
-from core.command_table import Command, KeysError, Resolved, get_keys
-from core.resp import OK, CommandError, Simple, Verbatim
+from core.command_table import Command, KeysError, KeySpec, Resolved, keys_and_specs
+from core.resp import OK, CommandError, RespSet, Simple, Verbatim
 from core.resp_session import ServerView, Session
 
 ERR_NOPROTO = "NOPROTO unsupported protocol version"
@@ -80,6 +80,8 @@ def common_commands(server: ServerView) -> list[Command]:
             summary="Summary, since and group of the named commands"),
         row("GETKEYS", cmd_command_getkeys, -4, INTROSPECTION_FLAGS, acl=(CONNECTION,),
             summary="The keys a full command names"),
+        row("GETKEYSANDFLAGS", cmd_command_getkeysandflags, -4, INTROSPECTION_FLAGS,
+            acl=(CONNECTION,), summary="The keys a full command names, each with its flags"),
         _help_row(row, "COMMAND", acl=(CONNECTION,)),
     )
     client_subs = (
@@ -282,7 +284,20 @@ def cmd_command_docs(server: ServerView, session: Session, args: list[bytes]) ->
 
 
 def cmd_command_getkeys(server: ServerView, session: Session, args: list[bytes]) -> object:
-    request = args[2:]
+    return [key for key, _ in _request_keys(server, args[2:])]
+
+
+def cmd_command_getkeysandflags(
+    server: ServerView, session: Session, args: list[bytes]
+) -> object:
+    return [
+        [key, RespSet(Simple(flag) for flag in spec.flags)]
+        for key, spec in _request_keys(server, args[2:])
+    ]
+
+
+def _request_keys(server: ServerView, request: list[bytes]) -> list[tuple[bytes, KeySpec]]:
+    """The keys of a full request and their specs, or Redis's COMMAND GETKEYS errors."""
     command = server.table.get(request[0])
     if command is not None and command.subcommands:
         command = command.by_name.get(request[1].upper()) if len(request) > 1 else None
@@ -293,7 +308,7 @@ def cmd_command_getkeys(server: ServerView, session: Session, args: list[bytes])
     if not command.min_args <= len(request) <= command.max_args:
         raise CommandError(ERR_GETKEYS_ARITY)
     try:
-        keys = get_keys(command, request)
+        keys = keys_and_specs(command, request)
     except KeysError:
         raise CommandError(ERR_GETKEYS_ARGS) from None
     if not keys and "no_mandatory_keys" not in command.flags:

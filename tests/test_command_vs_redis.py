@@ -26,9 +26,20 @@ from typing import Any
 
 import pytest
 import redis
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from redis._parsers.commands import CommandsParser
 
-from core.command_table import BeginKeyword, Command, FindRange, KeySpec, key_at, keys_from
+from core.command_table import (
+    BeginIndex,
+    BeginKeyword,
+    Command,
+    FindKeynum,
+    FindRange,
+    KeySpec,
+    key_at,
+    keys_from,
+)
 from core.resp_server import RespServer
 from tests.procs import Daemon, idgen_daemon
 from tests.redis_proc import needs_redis, redis_server
@@ -243,7 +254,8 @@ def test_errors_match_redis(idgen_port: int, redis_port: int) -> None:
 
 
 class KeyedRows:
-    """GET, MSET and a movable-keys command over a dict, with Redis's metadata for GET/MSET."""
+    """GET and MSET over a dict, RENAME and ZUNIONSTORE that do nothing, all with Redis's
+    metadata, and a movable-keys command of our own."""
 
     def __init__(self) -> None:
         self.data: dict[bytes, bytes] = {}
@@ -255,7 +267,14 @@ class KeyedRows:
             Command("MSET", self.mset, -3, frozenset({"write", "denyoom"}), acl=("string",),
                     key_specs=(keys_from(1, "OW", "update", step=2),), group="string",
                     tips=("request_policy:multi_shard", "response_policy:all_succeeded")),
-            Command("KV.DROP", self.drop, -2, frozenset({"write"}), group="generic",
+            Command("RENAME", self.noop, 3, frozenset({"write"}), acl=("keyspace",),
+                    key_specs=(key_at(1, "RW", "access", "delete"), key_at(2, "OW", "update")),
+                    group="generic"),
+            Command("ZUNIONSTORE", self.noop, -4, frozenset({"write", "denyoom"}),
+                    acl=("sortedset",), group="sorted-set",
+                    key_specs=(key_at(1, "OW", "update"),
+                               KeySpec(BeginIndex(2), FindKeynum(0, 1, 1), ("RO", "access")))),
+            Command("KV.DROP", self.noop, -2, frozenset({"write"}), group="generic",
                     key_specs=(KeySpec(BeginKeyword("KEYS", 1), FindRange(-1, 1, 0), ("RM",)),)),
         ]
 
@@ -266,7 +285,7 @@ class KeyedRows:
         self.data.update(zip(args[1::2], args[2::2], strict=True))
         return b"OK"
 
-    def drop(self, session: Any, args: list[bytes]) -> object:
+    def noop(self, session: Any, args: list[bytes]) -> object:
         return 0
 
 
@@ -297,11 +316,15 @@ def keyed_port() -> Iterator[int]:
 @pytest.mark.parametrize("protocol", [2, 3])
 def test_keyed_rows_read_as_redis_s(keyed_port: int, redis_port: int, protocol: int) -> None:
     requests = [
-        ("COMMAND", "INFO", "get", "mset"),
+        ("COMMAND", "INFO", "get", "mset", "rename", "zunionstore"),
+        ("COMMAND", "GETKEYSANDFLAGS", "rename", "a", "b"),
+        ("COMMAND", "GETKEYS", "zunionstore", "d", "2", "a", "b", "WEIGHTS", "1", "2"),
         ("COMMAND", "GETKEYS", "mset", "a", "1", "b", "2"),
         ("COMMAND", "GETKEYS", "GET", "k"),
         ("COMMAND", "GETKEYS", "get", "a", "b"),
         ("COMMAND", "GETKEYS", "mset", "a", "1", "b"),
+        ("COMMAND", "GETKEYSANDFLAGS", "mset", "a", "1", "b", "2"),
+        ("COMMAND", "GETKEYSANDFLAGS", "get", "k"),
     ]
     ours, theirs = TypedClient(keyed_port, protocol), TypedClient(redis_port, protocol)
     try:
@@ -354,3 +377,25 @@ def test_readme_style_redis_cli(idgen_port: int, tmp_path: Path) -> None:
         capture_output=True, check=True, text=True, timeout=STOP_TIMEOUT_S,
     ).stdout.split()
     assert out[:3] == ["config|get", "-3", "admin"]
+
+
+REQUEST_WORDS = st.sampled_from(["a", "b", "{t}x", "1", "2", "", "keys", "KEYS"])
+
+
+@settings(max_examples=150, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    name=st.sampled_from(["get", "MSET", "mset", "rename", "Rename"]),
+    words=st.lists(REQUEST_WORDS, max_size=6),
+    flags=st.booleans(),
+)
+def test_getkeys_matches_redis_on_any_request(
+    keyed_port: int, redis_port: int, name: str, words: list[str], flags: bool
+) -> None:
+    request = ("COMMAND", "GETKEYSANDFLAGS" if flags else "GETKEYS", name, *words)
+    ours, theirs = TypedClient(keyed_port, 2), TypedClient(redis_port, 2)
+    try:
+        assert ours.raw(*request) == theirs.raw(*request), request
+    finally:
+        ours.close()
+        theirs.close()

@@ -23,12 +23,14 @@ LOOPBACK = "127.0.0.1"
 class Process:
     """One process to start. Its output goes to `var/<name>.log`. It is "up" once
     `host:port` accepts connections; with port 0 it listens on nothing and is up while it
-    keeps running a moment after its start."""
+    keeps running a moment after its start. `note` follows its status line (e.g. other
+    ports it listens on)."""
 
     name: str
     argv: list[str]
     host: str = LOOPBACK
     port: int = 0
+    note: str = ""
 
 
 @dataclass(frozen=True)

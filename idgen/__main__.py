@@ -1,4 +1,14 @@
-"""Command line: `idgen serve`, `idgen next`, `idgen parse`."""
+"""Command line: `idgen serve`, `idgen next`, `idgen parse`.
+
+`serve` checks every option before it opens anything. The peer check runs over the node
+port: `--peer-listen` (this node's core/rpc address, where peers check it), `--id` (this
+node's id there, >= 1, independent of `--worker-id`), `--peers ID=HOST:PORT,...` (the other
+idgen nodes' ids and node ports, the form every clustered daemon takes) and
+`--cluster-secret` (required beyond loopback, as core/rpc demands). The node id is
+not derived from the worker id on purpose: core/rpc's handshake checks the id it expects,
+so a mistyped worker id that also moved the node id would make the check skip the very peer
+holding the duplicate worker id instead of asking it.
+"""
 
 from __future__ import annotations
 
@@ -6,15 +16,65 @@ import argparse
 import asyncio
 import logging
 import sys
+from dataclasses import dataclass
 from datetime import datetime
 
-from core import daemon
+from core import cluster_options, daemon
+from core.rpc import Address, InsecureConfig, NodeTransport
 from core.storage import StorageError
 from idgen.layout import DEFAULT_EPOCH_MS, MAX_WORKER_ID, parse
 
 log = logging.getLogger("idgen")
 
 DEFAULT_PORT = 7379
+
+ERR_PEERS_NEED_PORT = "--peers needs --peer-listen: the peers check this node there too"
+ERR_NEED_ID = "--peer-listen needs --id: this node's id on the node port, named in --peers"
+ERR_NODE_ID = "--id must be >= 1"
+ERR_SELF_ADDRESS = ("--peers gives this node's id {} the address {}, but its --peer-listen "
+                    "is {}: two nodes cannot share an id")
+# core/rpc never runs beyond loopback without a secret, --protected-mode no or not.
+ERR_NO_SECRET = "refusing node-to-node traffic on {} without --cluster-secret"
+
+
+@dataclass(frozen=True)
+class NodePort:
+    """This node's place on the node port: its id, its address, its peers (node id ->
+    address, itself excluded) and the cluster secret."""
+
+    node_id: int
+    listen: Address
+    peers: dict[int, Address]
+    secret: str | None
+
+    def transport(self) -> NodeTransport:
+        """The core/rpc transport; ConfigError if core/rpc refuses the addresses."""
+        try:
+            return NodeTransport(self.node_id, self.listen, self.peers, self.secret)
+        except InsecureConfig as exc:
+            raise daemon.ConfigError(str(exc)) from None
+
+
+def node_port(args: argparse.Namespace) -> NodePort | None:
+    """The checked node-port options of `serve`; None when the node has no node port."""
+    if args.peer_listen is None:
+        if args.peers.strip():
+            raise daemon.ConfigError(ERR_PEERS_NEED_PORT)
+        return None
+    if args.id is None:
+        raise daemon.ConfigError(ERR_NEED_ID)
+    if args.id < 1:
+        raise daemon.ConfigError(ERR_NODE_ID)
+    listen = daemon.parse_hostport(args.peer_listen)
+    secret = args.cluster_secret or None
+    if secret is None and not cluster_options.is_loopback(listen[0]):
+        raise daemon.ConfigError(ERR_NO_SECRET.format(listen[0]))
+    peers = cluster_options.parse_peers(args.peers)
+    own = peers.pop(args.id, listen)
+    if own != listen:
+        raise daemon.ConfigError(ERR_SELF_ADDRESS.format(
+            args.id, f"{own[0]}:{own[1]}", f"{listen[0]}:{listen[1]}"))
+    return NodePort(args.id, listen, peers, secret)
 
 
 def epoch_arg(text: str) -> int:
@@ -40,7 +100,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--epoch", type=epoch_arg, default=None,
         help="epoch as ms or ISO date (default 2024-01-01T00:00:00Z; fixed per data dir)",
     )
-    serve.add_argument("--peers", default="", help="other idgen servers, H:P,H:P")
+    serve.add_argument("--peer-listen", default=None,
+                       help="HOST:PORT of this node's node-to-node port (peer checks)")
+    serve.add_argument("--id", type=int, default=None,
+                       help="this node's id on the node port (>= 1; not the worker id)")
+    serve.add_argument("--peers", default="",
+                       help="ID=HOST:PORT,... the other idgen nodes' ids and node ports")
+    serve.add_argument("--cluster-secret", default=None,
+                       help="shared secret of the node port (needed beyond loopback)")
     serve.add_argument("--max-backward-ms", type=int, default=5,
                        help="clock steps back up to this are waited out; larger ones refused")
     serve.add_argument("--max-skew-ms", type=int, default=1000,
@@ -85,13 +152,14 @@ def serve(args: argparse.Namespace) -> int:
         raise daemon.ConfigError(f"--worker-id must be within 0..{MAX_WORKER_ID}")
     if not args.data_dir:
         raise daemon.ConfigError("--data-dir is required: the high-water mark lives there")
+    node = node_port(args)
+    transport = node.transport() if node is not None else None
     clock = daemon.clock_from_args(args)
     try:
         store = IdgenStore(args.data_dir, args.worker_id, args.epoch, DEFAULT_EPOCH_MS)
     except (IdentityMismatch, StorageError) as exc:
         log.error("refusing to start: %s", exc)
         return 1
-    peer_list = [p.strip() for p in args.peers.split(",") if p.strip()]
 
     async def run(stop: asyncio.Event) -> int:
         server = IdgenServer(
@@ -100,15 +168,23 @@ def serve(args: argparse.Namespace) -> int:
             password=args.requirepass,
             max_backward_ms=args.max_backward_ms,
             reserve_ms=args.reserve_ms,
-            peer_addresses=peer_list,
+            transport=transport,
+            peer_nodes=node.peers if node is not None else None,
             max_skew_ms=args.max_skew_ms,
             peer_check_interval_s=args.peer_check_interval_ms / 1000,
             max_clients=args.maxclients,
         )
+        try:
+            await server.open_node_port()
+        except OSError as exc:
+            log.error("refusing to start: cannot listen for peers on %s: %s",
+                      args.peer_listen, exc)
+            await server.close()
+            return 1
         fault = await server.check_peers()
         if fault is not None:
             log.error("refusing to start: %s", fault)
-            store.close()
+            await server.close()
             return 1
         try:
             await server.start(host, port)

@@ -1,9 +1,17 @@
 """Checking this worker against its peers: no shared worker id, no clock skew.
 
-Each peer is asked `IDGEN.WHOAMI` (its worker id and wall clock). Its clock offset from
-ours is estimated as NTP does for one exchange: the peer read its clock about half a round
-trip before our reply arrived. The verdict (`judge`) is pure; `probe_peers` does the I/O.
-Unreachable peers are skipped: a peer that is down cannot issue ids.
+Peers talk over the node-to-node port (core/rpc, a `NodeTransport` shared with nothing else
+in idgen): each daemon registers the `idgen` service, whose one request (`whoami`) answers
+the daemon's worker id, wall clock and epoch. The cluster secret is checked per connection
+by core/rpc before any request. Peers are named by node id, as every daemon's `--peers
+ID=HOST:PORT` does; an idgen node's id is its worker id unless it was started with `--id`,
+and the worker id that counts is the one the peer answers, never the one its id suggests.
+
+A peer's clock offset from ours is estimated as NTP does for one exchange: the peer read its
+clock about half a round trip before its answer arrived. The verdict (`judge`) is pure;
+`PeerCheck` does the I/O. Peers that cannot be asked (down, timed out, or refusing our
+cluster secret, which core/rpc logs on both sides) are skipped: a peer that is down cannot
+issue ids.
 """
 
 from __future__ import annotations
@@ -11,21 +19,29 @@ from __future__ import annotations
 import asyncio
 import logging
 import statistics
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from core.clock import Clock
-from core.resp_client import AsyncRespConnection, ReplyError
+from core.rpc import Address, NodeTransport, RequestRefused, RpcError, UnknownGroup
 
 log = logging.getLogger(__name__)
 
+SERVICE = "idgen"  # the service name on the node port
+GROUP = 0  # idgen has no groups
+OP_WHOAMI = "whoami"
 PROBE_TIMEOUT_S = 1.0
+ERR_UNKNOWN_REQUEST = "idgen: unknown request {!r} (expected {{'op': 'whoami'}})"
+ERR_BAD_ANSWER = "answer is not a whoami reply: {!r}"
 
 
 @dataclass(frozen=True)
 class PeerReading:
     """What one reachable peer said: its worker id and its clock minus ours (ms)."""
 
-    address: str
+    node_id: int
+    address: str  # its node port, HOST:PORT
     worker_id: int
     offset_ms: float
 
@@ -35,7 +51,7 @@ def judge(worker_id: int, readings: list[PeerReading], max_skew_ms: int) -> str 
     for reading in readings:
         if reading.worker_id == worker_id:
             return (
-                f"CONFLICT worker id {worker_id} is also held by the peer at "
+                f"CONFLICT worker id {worker_id} is also held by peer {reading.node_id} at "
                 f"{reading.address}; refusing to issue ids"
             )
     if not readings:
@@ -50,34 +66,89 @@ def judge(worker_id: int, readings: list[PeerReading], max_skew_ms: int) -> str 
     return None
 
 
-async def probe_peer(address: str, clock: Clock, password: str | None) -> PeerReading | None:
-    """Ask one peer who it is; None if it cannot be reached or answers nonsense."""
-    host, _, port = address.rpartition(":")
-    try:
-        conn = await AsyncRespConnection.connect(
-            host, int(port), timeout=PROBE_TIMEOUT_S, password=password
-        )
-    except (TimeoutError, OSError, ConnectionError, ReplyError) as exc:
-        log.info("peer %s unreachable or refused us: %s", address, exc)
-        return None
-    try:
-        sent = clock.monotonic()
-        reply = await conn.call("IDGEN.WHOAMI")
-        received = clock.monotonic()
-        ours = clock.wall_ms()
-        fields = dict(zip(reply[::2], reply[1::2], strict=True))
-        peer_wall = int(fields[b"wall_ms"])
-        offset = peer_wall - (ours - (received - sent) * 1000 / 2)
-        return PeerReading(address, int(fields[b"worker_id"]), offset)
-    except Exception as exc:  # a peer's bad answer must not stop this daemon
-        log.warning("peer %s gave no usable answer: %s", address, exc)
-        return None
-    finally:
-        await conn.close()
+def clock_offset_ms(peer_wall_ms: int, sent_s: float, received_s: float, our_wall_ms: int) -> float:
+    """The peer's clock minus ours: it read `peer_wall_ms` about half the round trip
+    (`sent_s` to `received_s`, monotonic seconds) before we read `our_wall_ms`."""
+    return peer_wall_ms - (our_wall_ms - (received_s - sent_s) * 1000 / 2)
 
 
-async def probe_peers(
-    addresses: list[str], clock: Clock, password: str | None
-) -> list[PeerReading]:
-    results = await asyncio.gather(*(probe_peer(a, clock, password) for a in addresses))
-    return [r for r in results if r is not None]
+def whoami_request() -> dict[str, str]:
+    """The request body a peer check sends."""
+    return {"op": OP_WHOAMI}
+
+
+def read_whoami(answer: Any) -> tuple[int, int]:
+    """(worker_id, wall_ms) from a peer's answer; ValueError if it is not one."""
+    if not isinstance(answer, dict):
+        raise ValueError(ERR_BAD_ANSWER.format(answer))
+    worker_id, wall_ms = answer.get("worker_id"), answer.get("wall_ms")
+    if type(worker_id) is not int or type(wall_ms) is not int:
+        raise ValueError(ERR_BAD_ANSWER.format(answer))
+    return worker_id, wall_ms
+
+
+class WhoamiService:
+    """The `idgen` service of the node port (a core.rpc ServiceHandler): answers `whoami`
+    with `answer()`; anything else is refused, never a crash."""
+
+    def __init__(self, answer: Callable[[], dict[str, int]]) -> None:
+        self.answer = answer
+
+    def on_message(self, peer_id: int, group: int, payload: Any) -> None:
+        log.debug("ignoring a one-way message from node %d: %r", peer_id, payload)
+
+    async def on_request(self, peer_id: int, group: int, payload: Any) -> dict[str, int]:
+        if group != GROUP:
+            raise UnknownGroup(SERVICE, group)
+        if payload != whoami_request():
+            raise RequestRefused(ERR_UNKNOWN_REQUEST.format(payload))
+        return self.answer()
+
+
+class PeerCheck:
+    """Asks the peers `{node id: node port}` who they are, over `transport`.
+
+    A peer that cannot be asked is logged when it goes away and when it comes back, not on
+    every check (core/rpc logs why its connection fails).
+    """
+
+    def __init__(self, transport: NodeTransport, peers: Mapping[int, Address], clock: Clock,
+                 timeout: float = PROBE_TIMEOUT_S) -> None:
+        self.transport = transport
+        self.peers = dict(peers)
+        self.clock = clock
+        self.timeout = timeout
+        self.unreachable: set[int] = set()
+
+    def address(self, node_id: int) -> str:
+        host, port = self.peers[node_id]
+        return f"{host}:{port}"
+
+    async def probe(self, node_id: int) -> PeerReading | None:
+        """Ask one peer; None if it cannot be asked or answers nonsense."""
+        clock = self.clock
+        try:
+            sent = clock.monotonic()
+            answer = await self.transport.request(node_id, SERVICE, GROUP, whoami_request(),
+                                                  self.timeout)
+            received = clock.monotonic()
+            worker_id, wall_ms = read_whoami(answer)
+        except (RpcError, ValueError) as exc:
+            self._down(node_id, exc)
+            return None
+        if node_id in self.unreachable:
+            self.unreachable.discard(node_id)
+            log.info("peer %d at %s answers again", node_id, self.address(node_id))
+        offset = clock_offset_ms(wall_ms, sent, received, clock.wall_ms())
+        return PeerReading(node_id, self.address(node_id), worker_id, offset)
+
+    async def probe_all(self) -> list[PeerReading]:
+        """Readings of every peer that answered, in node id order."""
+        results = await asyncio.gather(*(self.probe(n) for n in sorted(self.peers)))
+        return [r for r in results if r is not None]
+
+    def _down(self, node_id: int, exc: Exception) -> None:
+        if node_id not in self.unreachable:
+            self.unreachable.add(node_id)
+            log.warning("peer %d at %s skipped (cannot be asked): %s", node_id,
+                        self.address(node_id), exc)

@@ -3,20 +3,22 @@
 Order of effects: a high-water mark is fsynced (in a worker thread, so the event loop keeps
 issuing below the old mark) before the generator is told about it; ids above a mark are
 never issued before it is durable. A keeper task renews the mark ahead of the clock so NEXT
-rarely waits for the disk. A watcher task re-checks the peers and stops NEXT on conflict.
+rarely waits for the disk. With a node port (core/rpc) the daemon answers its peers' checks
+there, and a watcher task re-checks the peers (idgen/peers.py) and stops NEXT on conflict.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 
 from core.clock import Clock
 from core.resp import CommandError, Raw, encode_error
 from core.resp_commands import parse_int
 from core.resp_server import Command, Limits, RespServer, Session
+from core.rpc import Address, NodeTransport
 from core.storage import FatalStorageError
 from idgen import peers
 from idgen.generator import IdGenerator, IssueRefused, Wait
@@ -50,7 +52,10 @@ def _id_replies(ids: list[int]) -> Raw:
 
 
 class IdgenServer:
-    """One running idgen daemon. `start()`, then `close()`; `fatal` is set on a disk error."""
+    """One running idgen daemon. `open_node_port()` (with a transport), `check_peers()`,
+    `start()`, then `close()`; `fatal` is set on a disk error. `transport` is this node's
+    core/rpc port, where the `idgen` service answers peers; `peer_nodes` (node id -> node
+    port) are the daemons this one checks."""
 
     def __init__(
         self,
@@ -60,7 +65,8 @@ class IdgenServer:
         password: str | None = None,
         max_backward_ms: int = 5,
         reserve_ms: int = 1000,
-        peer_addresses: list[str] | None = None,
+        transport: NodeTransport | None = None,
+        peer_nodes: Mapping[int, Address] | None = None,
         max_skew_ms: int = 1000,
         peer_check_interval_s: float = 5.0,
         max_clients: int = 10_000,
@@ -77,7 +83,12 @@ class IdgenServer:
             reserve_ms=reserve_ms,
             hwm_reserve_ms=store.hwm_reserve_ms,
         )
-        self.peer_addresses = peer_addresses or []
+        self.transport = transport
+        self.peer_check: peers.PeerCheck | None = None
+        if transport is not None:
+            transport.register(peers.SERVICE, peers.WhoamiService(self.whoami))
+            if peer_nodes:
+                self.peer_check = peers.PeerCheck(transport, peer_nodes, clock)
         self.max_skew_ms = max_skew_ms
         self.peer_check_interval_s = peer_check_interval_s
         self.peer_readings: list[peers.PeerReading] = []
@@ -114,11 +125,9 @@ class IdgenServer:
     # -- lifecycle ---------------------------------------------------------------------
     async def check_peers(self) -> str | None:
         """Probe the peers once; set or clear the generator's fault. Returns the fault."""
-        if not self.peer_addresses:
+        if self.peer_check is None:
             return None
-        self.peer_readings = await peers.probe_peers(
-            self.peer_addresses, self.clock, self.password
-        )
+        self.peer_readings = await self.peer_check.probe_all()
         fault = peers.judge(self.store.worker_id, self.peer_readings, self.max_skew_ms)
         if fault != self.generator.fault:
             if fault:
@@ -128,12 +137,18 @@ class IdgenServer:
         self.generator.fault = fault
         return fault
 
+    async def open_node_port(self) -> None:
+        """Listen for peers (before the first check, so peers starting together meet).
+        Raises OSError (address in use) or core.rpc.InsecureConfig."""
+        if self.transport is not None:
+            await self.transport.start()
+
     async def start(self, host: str, port: int) -> None:
         await self.reserve()
         self._check_years_left()
         await self.resp.start(host, port)
         self._tasks = [asyncio.create_task(self._keep_reserving())]
-        if self.peer_addresses:
+        if self.peer_check is not None:
             self._tasks.append(asyncio.create_task(self._watch_peers()))
 
     async def close(self) -> None:
@@ -141,6 +156,8 @@ class IdgenServer:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.transport is not None:
+            await self.transport.close()
         if self._reserving is not None:
             await asyncio.gather(self._reserving, return_exceptions=True)
         self.store.close()
@@ -253,6 +270,10 @@ class IdgenServer:
         }
 
     def cmd_whoami(self, session: Session, args: list[bytes]) -> object:
+        return self.whoami()
+
+    def whoami(self) -> dict[str, int]:
+        """Worker id, wall clock and epoch: IDGEN.WHOAMI's reply and the peers' answer."""
         return {
             "worker_id": self.store.worker_id,
             "wall_ms": self.clock.wall_ms(),
@@ -278,10 +299,14 @@ class IdgenServer:
             "generator": snowflake.IMPLEMENTATION,
             "data_dir": str(self.store.path),
         }
-        if self.peer_addresses:
-            section["peers"] = ",".join(self.peer_addresses)
+        if self.transport is not None:
+            section["node_id"] = self.transport.node_id
+            section["peer_listen"] = f"{self.transport.listen[0]}:{self.transport.port}"
+        if self.peer_check is not None:
+            check = self.peer_check
+            section["peers"] = ",".join(f"{n}={check.address(n)}" for n in sorted(check.peers))
             section["peers_reachable"] = len(self.peer_readings)
             section["peer_offsets_ms"] = ",".join(
-                f"{r.address}={r.offset_ms:+.1f}" for r in self.peer_readings
+                f"{r.node_id}={r.offset_ms:+.1f}" for r in self.peer_readings
             )
         return {"Idgen": section}

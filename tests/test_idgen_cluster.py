@@ -1,16 +1,19 @@
 """idgen as a cluster of real processes: the issue's acceptance test and the peer checks.
 
-Three daemons on 127.0.0.2, .3 and .4 (worker ids 1-3), each with the other two as
---peers. Twelve client threads fetch well over a million ids with a mix of `NEXT` and
-`NEXT n`; in the middle one daemon is SIGKILLed and restarted on its data directory. Its
-clients retry elsewhere while it is down and come back to it once it listens again.
+Three daemons on 127.0.0.2, .3 and .4 (worker ids and node ids 1-3), each with a node port
+(core/rpc) and the other two as --peers (`ID=HOST:PORT` of their node ports). Twelve client
+threads fetch well over a million ids with a mix of `NEXT` and `NEXT n`; in the middle one
+daemon is SIGKILLed and restarted on its data directory. Its clients retry elsewhere while it
+is down and come back to it once it listens again.
 
 Checked: no id is issued twice across everything collected, ids on one connection strictly
 increase, every id carries the worker id of the daemon that gave it, and the restarted
-daemon's ids are all greater than every id its previous process issued. Then: a daemon whose
-worker id a reachable peer already holds is refused, as is one whose clock is 5 s off the
-peers' median, and a running daemon that later meets a peer with its own worker id stops
-NEXT with -CONFLICT (and resumes once that peer is gone).
+daemon's ids are all greater than every id its previous process issued. Then, every peer
+check going over core/rpc: a daemon whose worker id a reachable peer already holds is
+refused, as is one whose clock is 5 s off the peers' median; a running daemon that later
+meets a peer with its own worker id stops NEXT with -CONFLICT (and resumes once that peer is
+gone); a peer that is down is skipped; a wrong cluster secret is refused and logged on both
+sides; option mistakes are refused before anything listens.
 
 Timing is never asserted: every wait polls a condition, and deadlines only detect hangs.
 """
@@ -174,31 +177,61 @@ def restart(daemon: Daemon) -> Daemon:
 
 
 @dataclass
+class Node:
+    """An idgen daemon with a node port: its node id and node-port address."""
+
+    daemon: Daemon
+    node_id: int
+    peer_address: str  # HOST:PORT of its node port
+
+
+def node(
+    tmp: Path, worker_id: int, node_id: int, host: str,
+    peers: dict[int, str] | None = None, extra: list[str] | None = None,
+) -> Node:
+    """An idgen daemon (not started) with `--id node_id`, a node port on `host` and
+    `peers` ({node id: node-port address}) as its --peers."""
+    peer_address = f"{host}:{find_free_port(host)}"
+    options = ["--id", str(node_id), "--peer-listen", peer_address]
+    if peers:
+        options += ["--peers", ",".join(f"{i}={a}" for i, a in sorted(peers.items()))]
+    daemon = idgen_daemon(tmp, worker_id, host=host, extra=options + (extra or []))
+    return Node(daemon, node_id, peer_address)
+
+
+@dataclass
 class Cluster:
-    daemons: list[Daemon]
-    worker_of: dict[str, int]  # address -> worker id
+    nodes: list[Node]
+    worker_of: dict[str, int]  # client address -> worker id
+
+    @property
+    def daemons(self) -> list[Daemon]:
+        return [n.daemon for n in self.nodes]
 
     @property
     def addresses(self) -> list[str]:
-        return [d.address for d in self.daemons]
+        return [n.daemon.address for n in self.nodes]
+
+    @property
+    def peers(self) -> dict[int, str]:
+        """Every node's id and node port: what a newcomer passes as --peers."""
+        return {n.node_id: n.peer_address for n in self.nodes}
 
 
 @pytest.fixture
 def cluster(tmp_path: Path, procs: list[Daemon]) -> Cluster:
-    ports = [find_free_port(host) for host in HOSTS]
-    addresses = [f"{h}:{p}" for h, p in zip(HOSTS, ports, strict=True)]
-    daemons = []
-    for index, (host, port) in enumerate(zip(HOSTS, ports, strict=True)):
-        others = ",".join(a for j, a in enumerate(addresses) if j != index)
-        daemons.append(
-            idgen_daemon(
-                tmp_path, index + 1, host=host, port=port,
-                extra=["--peers", others, "--peer-check-interval-ms", "500"],
-            )
-        )
-    procs.extend(daemons)
-    start_all(daemons)
-    return Cluster(daemons, {d.address: i + 1 for i, d in enumerate(daemons)})
+    peer_ports = {i + 1: f"{h}:{find_free_port(h)}" for i, h in enumerate(HOSTS)}
+    nodes = []
+    for index, host in enumerate(HOSTS):
+        node_id = index + 1
+        others = [f"{i}={a}" for i, a in peer_ports.items() if i != node_id]
+        extra = ["--id", str(node_id), "--peer-listen", peer_ports[node_id],
+                 "--peers", ",".join(others), "--peer-check-interval-ms", "500"]
+        daemon = idgen_daemon(tmp_path, node_id, host=host, extra=extra)
+        nodes.append(Node(daemon, node_id, peer_ports[node_id]))
+    procs.extend(n.daemon for n in nodes)
+    start_all([n.daemon for n in nodes])
+    return Cluster(nodes, {n.daemon.address: n.node_id for n in nodes})
 
 
 # -- the load -----------------------------------------------------------------------------------
@@ -322,7 +355,7 @@ def test_a_million_ids_across_a_crash(cluster: Cluster, procs: list[Daemon]) -> 
         procs.append(reborn)
         reborn.start()
         new_pid = pid_of(reborn)
-        cluster.daemons[1] = reborn
+        cluster.nodes[1].daemon = reborn
         poll(
             lambda: bool(shared.crashes) or (
                 shared.total >= TOTAL_IDS
@@ -377,77 +410,79 @@ def test_a_million_ids_across_a_crash(cluster: Cluster, procs: list[Daemon]) -> 
 # -- refused starts -----------------------------------------------------------------------------
 
 
-def test_worker_id_held_by_a_reachable_peer_is_refused(
-    cluster: Cluster, tmp_path: Path
-) -> None:
-    taken = cluster.daemons[1]
-    intruder = idgen_daemon(
-        tmp_path, 2, host="127.0.0.5", extra=["--peers", ",".join(cluster.addresses)]
-    )
-    code = intruder.run_to_exit(timeout=60)
-    log = intruder.log()
-    assert code != 0, log
-    assert "refusing to start" in log, log
-    assert f"CONFLICT worker id 2 is also held by the peer at {taken.address}" in log, log
-    # It never listened, and the cluster is untouched.
-    with pytest.raises(OSError):
-        socket.create_connection((intruder.host, intruder.port), timeout=2).close()
+def next_works(cluster: Cluster) -> None:
+    """Every daemon of the cluster still issues ids with its own worker id."""
     for daemon in cluster.daemons:
         with Conn(daemon.host, daemon.port) as conn:
             assert parse(next_ids(conn, None)[0]).worker == cluster.worker_of[daemon.address]
+
+
+def test_worker_id_held_by_a_reachable_peer_is_refused(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    taken = cluster.nodes[1]
+    intruder = node(tmp_path, 2, 9, "127.0.0.5", peers=cluster.peers).daemon
+    code = intruder.run_to_exit(timeout=60)
+    log = intruder.log()
+    assert code == 1, log
+    assert "refusing to start" in log, log
+    assert (f"CONFLICT worker id 2 is also held by peer 2 at {taken.peer_address}; "
+            "refusing to issue ids") in log, log
+    # It never listened for clients, and the cluster is untouched.
+    with pytest.raises(OSError):
+        socket.create_connection((intruder.host, intruder.port), timeout=2).close()
+    next_works(cluster)
 
 
 @pytest.mark.parametrize("offset_ms", [5000, -5000])
 def test_clock_far_from_the_peers_is_refused(
     cluster: Cluster, tmp_path: Path, offset_ms: int
 ) -> None:
-    skewed = idgen_daemon(
-        tmp_path, 9, host="127.0.0.6",
-        extra=["--peers", ",".join(cluster.addresses), "--clock-offset-ms", str(offset_ms)],
-    )
+    skewed = node(tmp_path, 9, 9, "127.0.0.6", peers=cluster.peers,
+                  extra=["--clock-offset-ms", str(offset_ms)]).daemon
     code = skewed.run_to_exit(timeout=60)
     log = skewed.log()
-    assert code != 0, log
+    assert code == 1, log
     match = re.search(r"refusing to start: SKEW this clock is ([+-]\d+) ms from the median "
                       r"of the peers \(limit 1000 ms\)", log)
     assert match, log
     assert abs(int(match.group(1))) > 1000
+    assert (match.group(1)[0] == "+") == (offset_ms > 0), log
 
 
 def test_skew_message_gives_the_direction_of_this_clock(
     tmp_path: Path, procs: list[Daemon]
 ) -> None:
-    reference = idgen_daemon(tmp_path, 1, host="127.0.0.2")
-    procs.append(reference)
-    reference.start()
-    ahead = idgen_daemon(
-        tmp_path, 2, host="127.0.0.3",
-        extra=["--peers", reference.address, "--clock-offset-ms", "5000"],
-    )
+    reference = node(tmp_path, 1, 1, "127.0.0.2")
+    procs.append(reference.daemon)
+    reference.daemon.start()
+    ahead = node(tmp_path, 2, 2, "127.0.0.3", peers={1: reference.peer_address},
+                 extra=["--clock-offset-ms", "5000"]).daemon
     assert ahead.run_to_exit(timeout=60) != 0
     # The clock is 5 s ahead of its peer (median of itself and the peer: +2.5 s).
     assert re.search(r"SKEW this clock is \+\d+ ms", ahead.log()), ahead.log()
 
 
-# -- a conflict that appears while running ------------------------------------------------------
+# -- a conflict that appears while running, and a peer that is down ------------------------------
 
 
 def test_running_daemon_stops_next_when_a_peer_shares_its_worker_id(
     tmp_path: Path, procs: list[Daemon]
 ) -> None:
-    # A watches a peer address where nothing listens yet, so it starts alone.
+    # A's peer (node 2) is down when A starts: it is skipped, and A starts alone.
     b_host = "127.0.0.3"
-    b_port = find_free_port(b_host)
-    a = idgen_daemon(
-        tmp_path, 5, host="127.0.0.2",
-        extra=["--peers", f"{b_host}:{b_port}", "--peer-check-interval-ms", "200"],
-    )
+    b_peer = f"{b_host}:{find_free_port(b_host)}"
+    a = node(tmp_path, 5, 1, "127.0.0.2", peers={2: b_peer},
+             extra=["--peer-check-interval-ms", "200"]).daemon
     procs.append(a)
     a.start()
+    assert f"peer 2 at {b_peer} skipped (cannot be asked)" in a.log(), a.log()
     with Conn(a.host, a.port) as conn:
+        assert conn.info("idgen")["peers_reachable"] == "0"
         before = next_ids(conn, 100)
         # B takes the same worker id and knows no peers, so nothing stops it starting.
-        b = idgen_daemon(tmp_path, 5, host=b_host, port=b_port)
+        b = idgen_daemon(tmp_path, 5, host=b_host,
+                         extra=["--id", "2", "--peer-listen", b_peer])
         procs.append(b)
         b.start()
         with Conn(b.host, b.port) as b_conn:
@@ -465,8 +500,7 @@ def test_running_daemon_stops_next_when_a_peer_shares_its_worker_id(
 
         poll(a_refuses, "A to notice the peer with its worker id")
         assert refusal[0] == (
-            f"CONFLICT worker id 5 is also held by the peer at {b.address}; "
-            "refusing to issue ids"
+            f"CONFLICT worker id 5 is also held by peer 2 at {b_peer}; refusing to issue ids"
         )
         with pytest.raises(ServerError, match=r"^CONFLICT "):
             next_ids(conn, 10)  # batches too
@@ -495,14 +529,78 @@ def test_second_daemon_with_the_running_ones_worker_id_is_refused_when_it_knows_
     tmp_path: Path, procs: list[Daemon]
 ) -> None:
     """The other side of the scenario above: B configured with A as its peer refuses."""
-    a = idgen_daemon(tmp_path, 5, host="127.0.0.2")
-    procs.append(a)
-    a.start()
-    b = idgen_daemon(tmp_path, 5, host="127.0.0.3", extra=["--peers", a.address])
+    a = node(tmp_path, 5, 1, "127.0.0.2")
+    procs.append(a.daemon)
+    a.daemon.start()
+    b = node(tmp_path, 5, 2, "127.0.0.3", peers={1: a.peer_address}).daemon
     assert b.run_to_exit(timeout=60) != 0
-    assert f"refusing to start: CONFLICT worker id 5 is also held by the peer at {a.address}" \
-        in b.log()
+    assert (f"refusing to start: CONFLICT worker id 5 is also held by peer 1 at "
+            f"{a.peer_address}") in b.log()
     # A never noticed (it has no peers) and still serves.
-    with Conn(a.host, a.port) as conn:
+    with Conn(a.daemon.host, a.daemon.port) as conn:
         assert parse(next_ids(conn, None)[0]).worker == 5
-    assert a.stop() == 0
+    assert a.daemon.stop() == 0
+
+
+# -- the cluster secret -------------------------------------------------------------------------
+
+
+def test_a_wrong_cluster_secret_is_refused_and_logged(
+    tmp_path: Path, procs: list[Daemon]
+) -> None:
+    a = node(tmp_path, 1, 1, "127.0.0.2", extra=["--cluster-secret", "right"])
+    procs.append(a.daemon)
+    a.daemon.start()
+    # With the right secret a peer is asked; with a wrong one it cannot be.
+    good = node(tmp_path, 2, 2, "127.0.0.3", peers={1: a.peer_address},
+                extra=["--cluster-secret", "right"]).daemon
+    wrong = node(tmp_path, 3, 3, "127.0.0.4", peers={1: a.peer_address},
+                 extra=["--cluster-secret", "wrong"]).daemon
+    procs.extend([good, wrong])
+    start_all([good, wrong])
+    with Conn(good.host, good.port) as conn:
+        assert conn.info("idgen")["peers_reachable"] == "1"
+    with Conn(wrong.host, wrong.port) as conn:
+        assert conn.info("idgen")["peers_reachable"] == "0"
+    # Refused by A (logged there), and the refusal logged by the one that tried.
+    poll(lambda: "wrong cluster secret" in a.daemon.log(), "A to log the refusal")
+    assert re.search(r"rpc: refusing .*wrong cluster secret", a.daemon.log()), a.daemon.log()
+    log = wrong.log()
+    assert re.search(r"rpc: node 3 cannot reach node 1 at .*peer refused authentication", log), \
+        log
+    assert f"peer 1 at {a.peer_address} skipped (cannot be asked)" in log, log
+    for daemon in (a.daemon, good, wrong):
+        assert daemon.stop() == 0, daemon.log()
+        assert "Traceback" not in daemon.log(), daemon.log()
+
+
+# -- option mistakes: refused before anything listens --------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (["--peers", "2=127.0.0.3:7000"], "--peers needs --peer-listen"),
+        (["--peer-listen", "127.0.0.2:7000"], "--peer-listen needs --id"),
+        (["--id", "0", "--peer-listen", "127.0.0.2:7000"], "--id must be >= 1"),
+        (["--id", "1", "--peer-listen", "127.0.0.2:7000", "--peers", "127.0.0.3:7000"],
+         "--peers item '127.0.0.3:7000': expected ID=HOST:PORT"),
+        (["--id", "2", "--peer-listen", "127.0.0.2:7000", "--peers", "2=127.0.0.3:7000"],
+         "--peers gives this node's id 2 the address 127.0.0.3:7000, but its --peer-listen "
+         "is 127.0.0.2:7000: two nodes cannot share an id"),
+        (["--id", "1", "--peer-listen", "192.0.2.1:7000"],
+         "refusing node-to-node traffic on 192.0.2.1 without --cluster-secret"),
+        (["--id", "1", "--peer-listen", "192.0.2.1:7000", "--protected-mode", "no",
+          "--requirepass", "pw"],
+         "refusing node-to-node traffic on 192.0.2.1 without --cluster-secret"),
+        (["--id", "1", "--peer-listen", "127.0.0.2:7000", "--peers", "2=192.0.2.1:7000"],
+         "node-to-node traffic with 192.0.2.1 needs a cluster secret"),
+    ],
+)
+def test_node_port_option_mistakes_are_refused(
+    tmp_path: Path, options: list[str], message: str
+) -> None:
+    daemon = idgen_daemon(tmp_path, 1, host="127.0.0.2", extra=options)
+    assert daemon.run_to_exit(timeout=60) == 2, daemon.log()
+    assert message in daemon.log(), daemon.log()
+    assert not (tmp_path / f"idgen-1-{daemon.host}-{daemon.port}").exists()

@@ -41,7 +41,6 @@ from typing import Any
 
 from core.cluster_commands import ClusterCommands
 from core.raft.driver import NotLeaderError
-from core.raft.driver_types import DEFAULT_TIMEOUT_S
 from core.raft.errors import RaftError
 from core.raft_groups import (
     MAIN_GROUP,
@@ -65,6 +64,7 @@ ERR_TRYAGAIN = "TRYAGAIN the cluster cannot take the request now: {}"
 LEADER_HINT = " leader={}"
 ERR_NO_GROUP = "ERR this node hosts no group {}"
 REASON_NO_LEADER = "no leader"
+DEFAULT_TIMEOUT_S = 10.0  # a write or read barrier waits this long (the driver's default)
 PUBLISH_CHECK_S = 1.0  # how often a node checks that the book has its client address
 
 

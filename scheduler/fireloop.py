@@ -1,7 +1,10 @@
 """The scheduler node's firing loop (leader only): fires, their claims, timeouts and retries.
 
-`FiringLoop` is a base class of `scheduler.server.SchedulerServer` (as core/raft's
-`ProposeSide` is of its driver); the state it uses is set up by the server's __init__.
+`FiringLoop` is an object the server (`scheduler.server.SchedulerServer`) holds: it owns
+the planner, the polls parked at this node and the wake-up events; the server starts and
+stops it, tells it what each applied batch did (`applied`), and the worker commands
+(scheduler/worker_commands.py) park polls and wait on it.
+
 Once the node leads and has applied everything its predecessors committed (a read
 barrier), the loop repeatedly takes the jobs whose next slot is due (scheduler/firing.py),
 plans each with `jobs.plan_due` from the replicated handled slot, and starts committing
@@ -66,25 +69,64 @@ ERR_FIRE_UNKNOWN = "the fire entry claiming for this poll has no known outcome"
 
 
 class FiringLoop:
-    """Firing-loop behaviour; the state it uses is initialised by SchedulerServer.__init__."""
+    """The leader's firing loop of one node: `start()`, `await stop()`; `counters` is the
+    server's INFO counters, which the loop adds to."""
 
-    driver: RaftDriver
-    state: SchedulerState
-    clock: Clock
-    worker_timeout_ms: int
-    counters: dict[str, int]
-    fired: asyncio.Event  # set whenever an applied entry fired runs (wakes polls)
-    parked: ParkedPolls
-    planner: FirePlanner
-    _commits: set[asyncio.Task[None]]  # fire entries being committed
-    _jobs_changed: asyncio.Event  # wakes the loop (an applied entry, a poll to claim for)
-    _runs_checked: float  # loop time of the last _expire_and_retry
-    _leading_since_ms: int  # wall time this node's firing loop last took over
-    _gc: GcFreezer | None
+    def __init__(self, state: SchedulerState, clock: Clock, counters: dict[str, int], *,
+                 worker_timeout_ms: int, fire_ahead_ms: int = DEFAULT_FIRE_AHEAD_MS) -> None:
+        self.driver: RaftDriver | None = None  # the Raft group it fires through (start)
+        self.state = state
+        self.clock = clock
+        self.counters = counters
+        self.worker_timeout_ms = worker_timeout_ms
+        self.fired = asyncio.Event()  # set whenever an applied entry fired runs (wakes polls)
+        self.parked = ParkedPolls()  # polls whose claims ride on the next fire entry
+        self.planner = FirePlanner(fire_ahead_ms)  # which jobs are due (a heap)
+        self._task: asyncio.Task[None] | None = None
+        self._commits: set[asyncio.Task[None]] = set()  # fire entries being committed
+        # wakes the loop (an applied entry, a poll to claim for)
+        self._jobs_changed = asyncio.Event()
+        self._runs_checked = 0.0  # loop time of the last _expire_and_retry
+        self._leading_since_ms = 0  # wall time this node's firing loop last took over
+        # 1,000 jobs x 100 run records: a full GC collection would pause the loop ~30+ ms
+        # every ~20 s; records are acyclic, so survivors are frozen out of its reach
+        self._gc: GcFreezer | None = None
 
-    def _leads(self) -> bool:
-        node = self.driver.node
+    def start(self, driver: RaftDriver) -> None:
+        """Run the loop as a task, firing through `driver` while this node leads it."""
+        self.driver = driver
+        self._task = asyncio.create_task(self._fire_loop())
+
+    async def stop(self) -> None:
+        """Stop the loop and the fire entries being committed (their polls fail)."""
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        for task in list(self._commits):
+            task.cancel()
+        await asyncio.gather(*self._commits, return_exceptions=True)
+
+    def applied(self, results: list[Any]) -> None:
+        """An applied batch's results: wake the polls if runs fired, and the loop."""
+        for result in results:
+            if isinstance(result, dict):  # fire_many
+                result = result["fired"]
+            if isinstance(result, list) and result:
+                self.fired.set()
+        self._jobs_changed.set()
+
+    def wake(self) -> None:
+        """Make the loop look again now (a poll parked with runs to claim)."""
+        self._jobs_changed.set()
+
+    def leads(self) -> bool:
+        """Whether this node leads now."""
+        node = self.driver.node if self.driver is not None else None
         return node is not None and node.role is Role.LEADER
+
+    def _group(self) -> RaftDriver:
+        assert self.driver is not None, "start() first"
+        return self.driver
 
     async def _fire_loop(self) -> None:
         caught_up_term = -1
@@ -93,14 +135,14 @@ class FiringLoop:
         while True:
             self._gc.tick(loop.time())
             try:
-                if not self._leads():
+                if not self.leads():
                     caught_up_term = -1
                     await asyncio.sleep(MAX_FIRE_SLEEP_S)
                     continue
-                term = self.driver.node.term  # type: ignore[union-attr]
+                term = self._group().node.term  # type: ignore[union-attr]
                 if caught_up_term != term:
                     # apply everything earlier leaders committed before planning slots
-                    await self.driver.read_barrier()
+                    await self._group().read_barrier()
                     caught_up_term = term
                     self._leading_since_ms = self.clock.wall_ms()
                     self.planner.refresh(self.state, force=True)
@@ -132,7 +174,7 @@ class FiringLoop:
             names.append(name)
             if (fire := self._fire_fields(name, job, now)) is not None:
                 fires.append(fire)
-        if not self._leads() or not (fires or self.parked.eager):
+        if not self.leads() or not (fires or self.parked.eager):
             self.planner.settled(self.state, names)
             return
         chunks = [fires[i:i + MAX_FIRES_PER_ENTRY]
@@ -149,7 +191,7 @@ class FiringLoop:
                             names: list[str]) -> None:
         """Commit fire entries; hand the taken polls what the last one claimed for them."""
         try:
-            results = await asyncio.gather(*(self.driver.execute(e) for e in entries),
+            results = await asyncio.gather(*(self._group().execute(e) for e in entries),
                                            return_exceptions=True)
             if not isinstance(results[-1], BaseException):
                 ParkedPolls.resolve(polls, results[-1]["claimed"])
@@ -183,7 +225,7 @@ class FiringLoop:
         if plan.missed:
             log.warning("job %s: %d slot(s) missed (misfire %s)", name, plan.missed,
                         job.misfire)
-        workers = self._live_workers(now) if job.broadcast else ()
+        workers = self.live_workers(now) if job.broadcast else ()
         return S.fire_fields(name, plan.fire, plan.handled_ms, now, plan.missed, workers)
 
     async def _expire_and_retry(self) -> None:
@@ -195,8 +237,8 @@ class FiringLoop:
         # cluster restart) are missing from the replicated last-heard times.
         settled = now - self._leading_since_ms >= self.worker_timeout_ms
         entries = self.state.due_entries(now, self.worker_timeout_ms if settled else None)
-        if entries and self._leads():
-            results = await asyncio.gather(*(self.driver.execute(e) for e in entries),
+        if entries and self.leads():
+            results = await asyncio.gather(*(self._group().execute(e) for e in entries),
                                            return_exceptions=True)
             for result in results:
                 if isinstance(result, BaseException):
@@ -217,6 +259,6 @@ class FiringLoop:
         except TimeoutError:
             pass
 
-    def _live_workers(self, now_ms: int) -> list[str]:
+    def live_workers(self, now_ms: int) -> list[str]:
         """A broadcast's worker list, committed in the entry that fires it."""
         return self.state.live_workers(now_ms, self.worker_timeout_ms)

@@ -7,24 +7,23 @@ results) are Raft entries the service forwards to the leader from any node; read
 service answers TRYAGAIN while there is no leader or quorum, the CLUSTER.* commands, and
 keeps the nodes' client address book.
 
-The leader's firing loop is scheduler/fireloop.py (a base class): it commits the fires of
-the due jobs in a few entries, which also carry the claims of the workers' polls waiting
-here (scheduler/polls.py): one commit fires and dispatches. The WORKER.* commands are
-scheduler/worker_commands.py (another base class).
+The server holds its parts and calls them by name: the leader's firing loop
+(scheduler/fireloop.py, `self.firing`) commits the fires of the due jobs in a few entries,
+which also carry the claims of the workers' polls waiting here (scheduler/polls.py): one
+commit fires and dispatches. The WORKER.* handlers are scheduler/worker_commands.py
+(`self.workers`).
 Dispatch is the commit of a worker's claim (see scheduler/state.py): a leader that lost its
 quorum cannot commit one, so it cannot dispatch, and a run is claimed at most once.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from core.clock import Clock
 from core.cluster_commands import ERR_ADDRESS, ERR_MEMBER, ERR_NODE_ID, ERR_NOT_MEMBER
-from core.gcfreeze import GcFreezer
 from core.raft.driver import NotLeaderError, RaftDriver
 from core.raft_service import RaftService
 from core.resp import OK, CommandError
@@ -33,9 +32,7 @@ from core.resp_server import Command, Limits
 from scheduler import state as S
 from scheduler.arguments import text_arg
 from scheduler.fireloop import DEFAULT_FIRE_AHEAD_MS, FiringLoop
-from scheduler.firing import FirePlanner
 from scheduler.jobs import Job, JobError, parse_job_add
-from scheduler.polls import ParkedPolls
 from scheduler.runs import RunRecord
 from scheduler.state import SchedulerState
 from scheduler.worker_commands import WorkerCommands
@@ -67,48 +64,37 @@ def run_fields(record: RunRecord) -> dict[str, object]:
     return out
 
 
-class SchedulerServer(FiringLoop, WorkerCommands):
-    """One scheduler node: `start()`, then `stop()`."""
+class SchedulerServer:
+    """One scheduler node: `start()`, then `stop()`. It holds the RESP-on-Raft service,
+    the firing loop and the worker commands, and answers the JOB.* commands itself."""
 
     def __init__(self, driver_factory: Any, clock: Clock, *, password: str | None = None,
                  max_clients: int = 10_000,
                  worker_timeout_ms: int = DEFAULT_WORKER_TIMEOUT_MS,
                  fire_ahead_ms: int = DEFAULT_FIRE_AHEAD_MS) -> None:
-        self.worker_timeout_ms = worker_timeout_ms
         self.state = SchedulerState()
         self.clock = clock
-        self.service = RaftService("scheduler", VERSION, self, driver_factory, self.commands(),
-                                   password=password, limits=Limits(max_clients=max_clients),
-                                   info=self.info)
-        self.driver: RaftDriver = self.service.driver
-        self.resp = self.service.resp
-        self.fired = asyncio.Event()  # set whenever an applied entry fired runs
-        self.parked = ParkedPolls()  # polls whose claims ride on the next fire entry
         self.counters = {"fire_entries": 0, "runs_fired": 0, "fires_planned_ahead": 0,
                          "claims": 0, "results": 0, "heartbeats": 0}
-        self._fire_task: asyncio.Task[None] | None = None
-        self._jobs_changed = asyncio.Event()
-        self.planner = FirePlanner(fire_ahead_ms)  # which jobs are due (a heap)
-        self._commits: set[asyncio.Task[None]] = set()  # fire entries being committed
-        self._runs_checked = 0.0  # loop time of the last _expire_and_retry
-        self._leading_since_ms = 0  # wall time this node's firing loop last took over
-        # 1,000 jobs x 100 run records: a full GC collection would pause the loop ~30+ ms
-        # every ~20 s; records are acyclic, so survivors are frozen out of its reach
-        self._gc: GcFreezer | None = None
+        self.firing = FiringLoop(self.state, clock, self.counters,
+                                 worker_timeout_ms=worker_timeout_ms,
+                                 fire_ahead_ms=fire_ahead_ms)
+        self.workers = WorkerCommands(self.firing, self._write, self.state, clock,
+                                      self.counters)
+        self.service = RaftService("scheduler", VERSION, self, driver_factory,
+                                   self.commands(), password=password,
+                                   limits=Limits(max_clients=max_clients), info=self.info)
+        self.driver: RaftDriver = self.service.driver
+        self.resp = self.service.resp
 
     # -- lifecycle -------------------------------------------------------------------------
 
     async def start(self, host: str, port: int) -> None:
         await self.service.start(host, port)
-        self._fire_task = asyncio.create_task(self._fire_loop())
+        self.firing.start(self.driver)
 
     async def stop(self) -> None:
-        if self._fire_task is not None:
-            self._fire_task.cancel()
-            await asyncio.gather(self._fire_task, return_exceptions=True)
-        for task in list(self._commits):
-            task.cancel()
-        await asyncio.gather(*self._commits, return_exceptions=True)
+        await self.firing.stop()
         # The service hands leadership over before draining clients: a worker's long poll
         # can hold the drain for a second, and no node would fire meanwhile.
         await self.service.stop()
@@ -119,12 +105,7 @@ class SchedulerServer(FiringLoop, WorkerCommands):
         """The apply hook: the state machine, plus wake-ups for waiters."""
         results = self.state.apply(entries)
         self._adopt_legacy_clients()
-        for result in results:
-            if isinstance(result, dict):  # fire_many
-                result = result["fired"]
-            if isinstance(result, list) and result:
-                self.fired.set()
-        self._jobs_changed.set()
+        self.firing.applied(results)
         return results
 
     def snapshot(self) -> Callable[[], bytes]:
@@ -174,14 +155,14 @@ class SchedulerServer(FiringLoop, WorkerCommands):
             Command("JOB.RUN", self.cmd_run, 2, summary="JOB.RUN name: run once, now"),
             Command("JOB.HISTORY", self.cmd_history, -2,
                     summary="JOB.HISTORY name [count]: the latest runs, newest first"),
-            Command("WORKER.HEARTBEAT", self.cmd_heartbeat, 2,
+            Command("WORKER.HEARTBEAT", self.workers.cmd_heartbeat, 2,
                     summary="WORKER.HEARTBEAT worker_id: the worker is alive; the reply "
                     "names its attempts killed by REPLACE (run_id#attempt)"),
-            Command("WORKER.POLL", self.cmd_poll, -2,
+            Command("WORKER.POLL", self.workers.cmd_poll, -2,
                     summary="WORKER.POLL worker_id [tags [timeout_ms [resync [max_runs]]]]"),
-            Command("WORKER.RESULTS", self.cmd_results, -3,
+            Command("WORKER.RESULTS", self.workers.cmd_results, -3,
                     summary="WORKER.RESULTS run_id exit_code output_tail attempt [...]"),
-            Command("WORKER.DONE", self.cmd_done, -3,
+            Command("WORKER.DONE", self.workers.cmd_done, -3,
                     summary="WORKER.DONE run_id exit_code [output_tail [attempt]]"),
         ]
 
@@ -237,7 +218,7 @@ class SchedulerServer(FiringLoop, WorkerCommands):
 
         async def run() -> Any:
             now, job = self.clock.wall_ms(), self.state.jobs.get(name)
-            workers = self._live_workers(now) if job is not None and job.broadcast else ()
+            workers = self.firing.live_workers(now) if job is not None and job.broadcast else ()
             fired = await self._write(S.encode_run(name, now, workers))
             if not fired:
                 return None
@@ -276,8 +257,8 @@ class SchedulerServer(FiringLoop, WorkerCommands):
                 "members": ",".join(map(str, status.get("members", []))),
                 "jobs": len(self.state.jobs),
                 "active_runs": self.state.active_runs(),
-                "live_workers": len(self._live_workers(self.clock.wall_ms())),
-                "fire_ahead_ms": self.planner.fire_ahead_ms,
+                "live_workers": len(self.firing.live_workers(self.clock.wall_ms())),
+                "fire_ahead_ms": self.firing.planner.fire_ahead_ms,
                 **self.counters,
             }
         }

@@ -85,7 +85,7 @@ from scheduler.state_apply import (
     ERR_HAS_DEPENDENTS,
     ERR_NO_JOB,
     TIMED_OUT_MESSAGE,
-    ApplySide,
+    SchedulerEntryHandlers,
 )
 from scheduler.state_queries import KILL_NOTICE_MS
 from scheduler.state_snapshot import SnapshotSide
@@ -105,7 +105,7 @@ __all__ = [
 ]
 
 
-class SchedulerState(ApplySide, SnapshotSide):
+class SchedulerState(SchedulerEntryHandlers, SnapshotSide):
     """All replicated state. Invariants: `handled[name]` only grows while the job exists;
     `runs[name]` holds at most `jobs[name].history` records, oldest first, each keyed by
     its run id; a run id appears in at most one job's map."""

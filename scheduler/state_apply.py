@@ -1,6 +1,6 @@
 """The scheduler state's apply side: one handler per log entry op, run deterministically.
 
-`ApplySide` is a base class of `scheduler.state.SchedulerState`, over
+`SchedulerEntryHandlers` is a base class of `scheduler.state.SchedulerState`, over
 `scheduler.state_queries.QuerySide` (the indexes and helpers the handlers share);
 `apply_entry` decodes an entry and dispatches on its "op" through `_HANDLERS`. Each handler
 changes the state as scheduler/state.py describes (the exactly-once fire rule, claims,
@@ -74,7 +74,7 @@ ERR_HAS_DEPENDENTS = "ERR job '{}' is the AFTER parent of '{}'"
 ERR_BAD_ENTRY = "ERR bad log entry: {}"
 
 
-class ApplySide(QuerySide):
+class SchedulerEntryHandlers(QuerySide):
     """Apply-side behaviour; the state it changes is initialised by SchedulerState.__init__."""
 
     handled: dict[str, int]
@@ -380,21 +380,21 @@ class ApplySide(QuerySide):
 
 
 _HANDLERS = {
-    OP_ADD: ApplySide._add,
-    OP_DEL: ApplySide._del,
-    OP_PAUSE: ApplySide._pause,
-    OP_RESUME: ApplySide._resume,
-    OP_FIRE: ApplySide._fire,
-    OP_FIRE_MANY: ApplySide._fire_many,
-    OP_RUN: ApplySide._run,
-    OP_CLAIM: ApplySide._claim,
-    OP_DONE: ApplySide._done,
-    OP_DONE_MANY: ApplySide._done_many,
-    OP_EXPIRE: ApplySide._expire,
-    OP_RETRY: ApplySide._retry,
-    OP_BEAT: ApplySide._beat,
-    OP_LOSE: ApplySide._lose,
-    OP_MEMBER: ApplySide._member,
+    OP_ADD: SchedulerEntryHandlers._add,
+    OP_DEL: SchedulerEntryHandlers._del,
+    OP_PAUSE: SchedulerEntryHandlers._pause,
+    OP_RESUME: SchedulerEntryHandlers._resume,
+    OP_FIRE: SchedulerEntryHandlers._fire,
+    OP_FIRE_MANY: SchedulerEntryHandlers._fire_many,
+    OP_RUN: SchedulerEntryHandlers._run,
+    OP_CLAIM: SchedulerEntryHandlers._claim,
+    OP_DONE: SchedulerEntryHandlers._done,
+    OP_DONE_MANY: SchedulerEntryHandlers._done_many,
+    OP_EXPIRE: SchedulerEntryHandlers._expire,
+    OP_RETRY: SchedulerEntryHandlers._retry,
+    OP_BEAT: SchedulerEntryHandlers._beat,
+    OP_LOSE: SchedulerEntryHandlers._lose,
+    OP_MEMBER: SchedulerEntryHandlers._member,
 }
 
 

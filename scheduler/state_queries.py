@@ -1,7 +1,7 @@
 """The scheduler state's queries and run indexes: what the leader and the server ask it.
 
 `QuerySide` is a base class of `scheduler.state.SchedulerState` (through
-`scheduler.state_apply.ApplySide`); it reads the replicated state and never changes it,
+`scheduler.state_apply.SchedulerEntryHandlers`); it reads the replicated state and never changes it,
 except to drop stale keys from the run indexes (`_records`). It answers which runs are
 active or waiting (`active_records`, `pending`), a job's history, which workers are live
 and which of their attempts were killed, and which expire/lose/retry entries are due

@@ -1,8 +1,9 @@
 """The worker-facing commands of a scheduler node: WORKER.HEARTBEAT, WORKER.POLL,
 WORKER.RESULTS and WORKER.DONE.
 
-`WorkerCommands` is a base class of `scheduler.server.SchedulerServer` (as the firing loop
-of scheduler/fireloop.py is); the server's `commands()` lists them with the others. A poll
+`WorkerCommands` is an object the server (`scheduler.server.SchedulerServer`) holds, beside
+its firing loop (scheduler/fireloop.py), whose parked polls and wake-ups it uses; the
+server's `commands()` lists these handlers with the others. A poll
 at the leader first asks the firing loop to claim for it inside its next fire entry
 (scheduler/polls.py), then waits there for runs to fire; elsewhere it commits a claim entry
 (forwarded to the leader). Results go back as one entry per WORKER.RESULTS.
@@ -19,8 +20,8 @@ from core.resp import OK, CommandError
 from core.resp_commands import parse_int
 from scheduler import state as S
 from scheduler.arguments import bounded_int, text_arg
+from scheduler.fireloop import FiringLoop
 from scheduler.jobs import MAX_RETRIES
-from scheduler.polls import ParkedPolls
 from scheduler.state import SchedulerState
 
 EAGER_CLAIM_WAIT_S = 0.2  # a poll waits this long for the firing loop to claim for it
@@ -65,19 +66,16 @@ def _poll_reply(runs: list[dict[str, Any]]) -> list[list[Any]]:
 
 
 class WorkerCommands:
-    """Worker-command behaviour; the state it uses is initialised by SchedulerServer."""
+    """The WORKER.* handlers of one node. `write` commits an entry (the server's, through
+    the RESP-on-Raft service); `counters` is the server's INFO counters."""
 
-    state: SchedulerState
-    clock: Clock
-    counters: dict[str, int]
-    fired: asyncio.Event
-    parked: ParkedPolls
-    _jobs_changed: asyncio.Event
-
-    # the firing loop's and the server's
-    _leads: Callable[[], bool]
-    _write: Callable[[bytes], Awaitable[Any]]
-    _live_workers: Callable[[int], list[str]]
+    def __init__(self, firing: FiringLoop, write: Callable[[bytes], Awaitable[Any]],
+                 state: SchedulerState, clock: Clock, counters: dict[str, int]) -> None:
+        self.firing = firing
+        self._write = write
+        self.state = state
+        self.clock = clock
+        self.counters = counters
 
     def cmd_heartbeat(self, session: Any, args: list[bytes]) -> Any:
         worker = _worker_id(args[1])
@@ -116,7 +114,7 @@ class WorkerCommands:
             if resync or self.state.pending(tags, worker):
                 runs = None if resync else await self._claim_with_fires(worker, tags, limit)
                 if runs is None:  # not the leader, or its firing loop did not take it
-                    self.fired.clear()
+                    self.firing.fired.clear()
                     entry = S.encode_claim(worker, tags, self.clock.wall_ms(), limit, resync)
                     runs = await self._write(entry)
                     self.counters["claims"] += 1
@@ -134,16 +132,16 @@ class WorkerCommands:
                                 limit: int) -> list[dict[str, Any]] | None:
         """On the leader, claim in the firing loop's next entry (scheduler/polls.py): the
         runs it claimed for this poll, or None if it did not take the poll in time."""
-        if not self._leads():
+        if not self.firing.leads():
             return None
-        poll = self.parked.park(worker, tags, limit, eager=True)
-        self._jobs_changed.set()  # wake the firing loop
+        poll = self.firing.parked.park(worker, tags, limit, eager=True)
+        self.firing.wake()
         try:
             await asyncio.wait_for(asyncio.shield(poll.runs), EAGER_CLAIM_WAIT_S)
         except TimeoutError:
             pass
         finally:
-            self.parked.unpark(poll)
+            self.firing.parked.unpark(poll)
         return await poll.runs if poll.taken else None
 
     async def _wait_for_runs(self, worker: str, tags: list[str], limit: int,
@@ -151,16 +149,16 @@ class WorkerCommands:
         """Wait up to `left` s for runs to fire. On the leader the poll parks meanwhile, so
         the next fire entry also claims for it (scheduler/polls.py): those runs are
         returned; [] when it was not taken or they went to other claims."""
-        self.fired.clear()
-        poll = self.parked.park(worker, tags, limit) if self._leads() else None
+        self.firing.fired.clear()
+        poll = self.firing.parked.park(worker, tags, limit) if self.firing.leads() else None
         try:
             async with asyncio.timeout(left):
-                await self.fired.wait()
+                await self.firing.fired.wait()
         except TimeoutError:
             pass
         finally:
             if poll is not None:
-                self.parked.unpark(poll)
+                self.firing.parked.unpark(poll)
         if poll is None or not poll.taken:
             return []
         return await poll.runs
@@ -181,7 +179,7 @@ class WorkerCommands:
         async def run() -> Any:
             now = self.clock.wall_ms()
             broadcast = any(self.state.has_broadcast_dependent(r[0]) for r in results)
-            workers = self._live_workers(now) if broadcast else ()
+            workers = self.firing.live_workers(now) if broadcast else ()
             await self._write(S.encode_done_many(results, now, workers))
             self.counters["results"] += len(results)
             return OK

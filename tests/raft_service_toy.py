@@ -7,11 +7,18 @@ a state machine and four commands, everything else from core/raft_service.py.
     FAIL text              a write whose apply result is the error text `text`
 
 `ToyCluster` runs three nodes in one event loop on 127.0.0.2-4, each with its own Raft
-driver, data directory and RESP port.
+driver, data directory and RESP port. As a process, with the shared cluster options
+(core/cluster_options.py) and `--timeout-ms` (the service's wait before TRYAGAIN):
+
+    python -m tests.raft_service_toy --id 1 --listen H:P --peer-listen H:P --peers ... \
+        --data-dir DIR
 """
 
 from __future__ import annotations
 
+import argparse
+import asyncio
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +26,7 @@ from typing import Any
 
 import msgpack
 
+from core import cluster_options, daemon
 from core.raft.driver import DriverConfig, RaftDriver
 from core.raft_service import RaftService, Redirect, Routing
 from core.resp import OK
@@ -131,3 +139,28 @@ class ToyCluster:
         for node_id in sorted(self.running):
             await self.nodes[node_id].service.stop()
         self.running.clear()
+
+
+def serve(argv: list[str]) -> int:
+    """One toy node as a process (see the module header); exits 0 on SIGTERM."""
+    parser = argparse.ArgumentParser(prog="raft_service_toy")
+    daemon.add_common_options(parser, 7900)
+    cluster_options.add_cluster_options(parser, 7901)
+    parser.add_argument("--timeout-ms", type=int, default=5000)
+    args = parser.parse_args(argv)
+    daemon.setup_logging(args.log_level)
+    settings = cluster_options.cluster_settings(args, default_port=7900,
+                                                default_peer_port=7901)
+    node = ToyNode(cluster_options.driver_config(settings), timeout_s=args.timeout_ms / 1000)
+
+    async def run(stop: asyncio.Event) -> int:
+        await node.service.start(*settings.listen)
+        await stop.wait()
+        await node.service.stop()
+        return 0
+
+    return daemon.run(run)
+
+
+if __name__ == "__main__":
+    raise SystemExit(serve(sys.argv[1:]))

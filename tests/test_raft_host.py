@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import msgpack
 import pytest
 
 from core.raft.errors import ConfigError
@@ -72,10 +73,10 @@ class Counter:
         return out
 
     def snapshot(self) -> bytes:
-        return b"\n".join(self.items)
+        return msgpack.packb(self.items)
 
     def restore(self, blob: bytes) -> None:
-        self.items = blob.split(b"\n") if blob else []
+        self.items = msgpack.unpackb(blob)
 
 
 # -- the router, sans network ------------------------------------------------------------------
@@ -339,5 +340,45 @@ def test_idle_groups_quiesce_and_wake_when_their_leaders_node_dies(tmp_path: Pat
         finally:
             for host in cluster.hosts.values():
                 await host.stop(transfer=False)
+
+    run(main)
+
+
+def test_a_lagging_replica_gets_a_multi_chunk_snapshot_streamed(tmp_path: Path) -> None:
+    """The state is several MiB, the log behind it compacted: the restarted replica can only
+    catch up by InstallSnapshot, which travels as chunks written to its disk as they come."""
+    async def main() -> None:
+        cluster = Cluster(tmp_path)
+        await cluster.start()
+        options = {"snapshot_every": 20, "compaction_margin": 0}
+        for i, host in cluster.hosts.items():
+            machine = cluster.machines[(i, 1)] = Counter()
+            host.create_group(1, host.group_config(1, founders=(1, 2, 3), seed=i, **options),
+                              machine.apply, machine.snapshot, machine.restore)
+        leader = await until(lambda: cluster.leader(1), "a leader")
+        lagging = next(i for i, h in cluster.hosts.items() if h is not leader)
+        await cluster.hosts[lagging].stop(transfer=False)
+        for k in range(60):  # 60 x 64 KiB: about 4 MiB of state, in four chunks or more
+            await leader.groups[1].execute(bytes([k]) * 65536, forward=True)
+        group = leader.groups[1]
+        await until(lambda: group.storage is not None and group.storage.first_index() > 2,
+                    "the leader compacting its log")
+        host = RaftHost(HostConfig(node_id=lagging, data_dir=tmp_path / f"n{lagging}",
+                                   listen=cluster.book[lagging], peers=cluster.book,
+                                   secret=SECRET, tick_s=0.01, election_tick=10,
+                                   heartbeat_tick=2))
+        await host.start()
+        cluster.hosts[lagging] = host
+        machine = cluster.machines[(lagging, 1)] = Counter()
+        replica = host.create_group(1, host.group_config(1, founders=(1, 2, 3), **options),
+                                    machine.apply, machine.snapshot, machine.restore)
+        try:
+            await until(lambda: len(machine.items) == 60, "the replica catching up")
+            assert machine.items == cluster.machines[(leader.node_id, 1)].items
+            assert replica.status()["snapshots_received"] == 1
+            assert group.status()["snapshots_streamed"] >= 1
+            assert not list((tmp_path / f"n{lagging}").rglob("*incoming*"))
+        finally:
+            await cluster.stop()
 
     run(main)

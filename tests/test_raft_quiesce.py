@@ -169,17 +169,32 @@ def test_a_woken_follower_waits_for_its_election_timeout() -> None:
 
 
 def test_a_quiesced_follower_keeps_its_lease_against_a_disruptive_pre_vote() -> None:
-    """Leases while quiesced: a follower woken by mistake campaigns, but the quiesced
-    follower still counts its leader alive and rejects the pre-vote; the leader keeps
-    its term and the group settles again."""
+    """Leases while quiesced: node 3 is cut off from the leader alone, so its host wakes
+    it and it campaigns; node 2, quiesced with its leader alive, still counts it alive and
+    ignores the pre-vote, so the leader keeps its term. Healed, the group settles again."""
     net = quiet_group()
     term = net.nodes[1].term
-    net.nodes[3].wake()  # the host wrongly believes node 1 down
-    net.tick(3, times=2 * ELECTION_TICK)
-    assert net.nodes[1].role is Role.LEADER and net.nodes[1].term == term
+    net.cut(1, 3)
+    net.nodes[3].wake()  # node liveness: node 1 is unreachable from node 3
+    net.tick(times=4 * ELECTION_TICK)
+    assert any(isinstance(m, VoteRequest) and m.frm == 3 for m in net.sent)
+    assert net.nodes[1].role is Role.LEADER
     assert all(n.term == term for n in net.nodes.values())
-    net.tick(times=3)
-    assert all_quiesced(net)
+    net.recover()
+    net.tick(times=3 * ELECTION_TICK)
+    assert net.nodes[1].role is Role.LEADER and all_quiesced(net)
+
+
+def test_a_mistaken_wake_costs_one_round() -> None:
+    """wake() pokes the leader: if it is alive after all, it heartbeats the follower back
+    to sleep before any election timeout."""
+    net = quiet_group()
+    term = net.nodes[1].term
+    net.nodes[3].wake()
+    net.deliver()
+    assert not net.nodes[1].quiesced  # the poke woke it
+    net.tick(times=2)
+    assert all_quiesced(net) and all(n.term == term for n in net.nodes.values())
 
 
 def test_a_stray_message_wakes_a_follower_which_pokes_its_leader() -> None:

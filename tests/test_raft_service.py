@@ -8,6 +8,7 @@ snapshots) and the shared cluster options. Timeouts only detect hangs.
 from __future__ import annotations
 
 import asyncio
+import signal
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -21,6 +22,8 @@ from redis.exceptions import MovedError, ResponseError, TryAgainError
 from core import cluster_commands, cluster_options, daemon
 from core.raft_service import ERR_NO_GROUP, LEADER_HINT, Routing
 from core.service_machine import SNAPSHOT_MAGIC, ServiceMachine, encode_client
+from tests.conftest import find_free_port
+from tests.procs import Daemon
 from tests.raft_service_toy import HOSTS, ToyCluster, ToyMachine
 from tests.test_raft_driver import needs_aliases
 
@@ -168,6 +171,54 @@ def test_tryagain_without_a_hint_while_no_leader_is_known(tmp_path: Path) -> Non
         assert await c.execute_command("CLUSTER.LEADER") == [0, None]
 
     run_cluster(tmp_path, test, node_options={"timeout_s": 0.3})
+
+
+@needs_aliases
+def test_tryagain_names_the_leader_while_it_is_sigstopped(tmp_path: Path) -> None:
+    """Real processes: the leader hangs (SIGSTOP) for less than an election timeout; a
+    follower answers TRYAGAIN with its client address, then works again after SIGCONT."""
+    raft = [find_free_port(h) for h in HOSTS]
+    ports = [find_free_port(h) for h in HOSTS]
+    peers = ",".join(f"{i + 1}={h}:{p}" for i, (h, p) in enumerate(zip(HOSTS, raft,
+                                                                        strict=True)))
+    nodes = [Daemon(["tests.raft_service_toy", "--id", str(i + 1), "--listen", f"{h}:{ports[i]}",
+                     "--peer-listen", f"{h}:{raft[i]}", "--peers", peers,
+                     "--data-dir", str(tmp_path / f"n{i + 1}"), "--tick-ms", "10",
+                     "--election-tick", "300", "--timeout-ms", "300"],
+                    h, ports[i], tmp_path / f"n{i + 1}.log") for i, h in enumerate(HOSTS)]
+
+    async def test() -> None:
+        clients = [aredis.Redis(host=h, port=p, decode_responses=True,
+                                socket_timeout=HANG_S) for h, p in zip(HOSTS, ports,
+                                                                       strict=True)]
+
+        async def settled() -> int:
+            infos = [await c.execute_command("CLUSTER.INFO") for c in clients]
+            full = all(len(i["clients"]) == 3 for i in infos)
+            return int(infos[0]["leader"]) if full and infos[0]["leader"] else 0
+
+        leader = await eventually(settled, "a leader and a full address book")
+        follower = clients[leader % 3]  # another node
+        assert await follower.execute_command("PUT", "k", "v") == "OK"
+        nodes[leader - 1].signal(signal.SIGSTOP)
+        try:
+            for args in (("PUT", "k", "w"), ("GET", "k")):
+                with pytest.raises(TryAgainError) as info:
+                    await follower.execute_command(*args)
+                assert str(info.value).endswith(
+                    LEADER_HINT.format(f"{HOSTS[leader - 1]}:{ports[leader - 1]}"))
+        finally:
+            nodes[leader - 1].signal(signal.SIGCONT)
+        assert await follower.execute_command("PUT", "k", "w") == "OK"
+        assert await clients[leader - 1].execute_command("GET", "k") == "w"
+
+    try:
+        for node in nodes:
+            node.start()
+        asyncio.run(test())
+    finally:
+        for node in nodes:  # (a graceful stop would wait out hand-overs to stopped nodes)
+            node.kill()
 
 
 # -- the redirect hook --------------------------------------------------------------------------

@@ -33,14 +33,13 @@ HANG_S = 30.0
 
 
 class Planning(FiringLoop):
-    """The firing loop's planning step with no server around it."""
+    """The firing loop's planning step with no server and no Raft group around it."""
 
     def __init__(self, state: SchedulerState, fire_ahead_ms: int) -> None:
-        self.state = state
-        self.planner = FirePlanner(fire_ahead_ms)
-        self.counters = {"fires_planned_ahead": 0}
+        super().__init__(state, SystemClock(), {"fires_planned_ahead": 0},
+                         worker_timeout_ms=10_000, fire_ahead_ms=fire_ahead_ms)
 
-    def _live_workers(self, now_ms: int) -> list[str]:
+    def live_workers(self, now_ms: int) -> list[str]:
         return []
 
     def turn(self, now_ms: int) -> list[dict[str, Any]]:

@@ -36,7 +36,8 @@ from core.raft.driver_types import (
     format_address,
 )
 from core.raft.errors import ConfigError, NotLeader, RaftError, WireError
-from core.raft.messages import NONE, Message, message_from_wire
+from core.raft.group_snapshots import SnapshotTransfers
+from core.raft.messages import NONE, Message, SnapshotRequest, message_from_wire
 from core.raft.node import Node
 from core.raft.proposer import Proposer
 from core.raft.ready import Ready, Role
@@ -126,6 +127,7 @@ class RaftGroup:
         self.waiters = Waiters()
         self.proposer = Proposer(self)
         self.applier = Applier(self, apply, snapshot, restore)
+        self.snapshots: SnapshotTransfers | None = None  # made by open()
         self.stopping = False
         self.stats = {"readies": 0, "proposals": 0, "applied_entries": 0, "snapshots": 0}
 
@@ -150,6 +152,7 @@ class RaftGroup:
         cfg = self.config
         cfg.directory.mkdir(parents=True, exist_ok=True)
         self.storage = DiskStorage.open(cfg.directory)
+        self.snapshots = SnapshotTransfers(cfg.directory, self.id)
         snap = self.storage.snapshot()
         if snap.index:
             self.applier.restore(snap)
@@ -170,6 +173,8 @@ class RaftGroup:
         self.stopping = True
         await self.applier.snapshot_drain()
         self.waiters.fail_all(ProposalUnknown("the group stopped"))
+        if self.snapshots is not None:
+            self.snapshots.close()
         if self.storage is not None:
             self.storage.close()
 
@@ -200,11 +205,20 @@ class RaftGroup:
         if soft is not None:
             log.info("raft: node %d group %d is %s in term %d, leader %s", self.id,
                      self.group_id, soft.role.value, node.term, soft.lead or "unknown")
+            if soft.role is not Role.LEADER and self.snapshots is not None:
+                self.snapshots.leadership_lost()
         return rd
 
     def outgoing(self, rd: Ready) -> list[Message]:
-        """The messages to send for `rd` (the host batches them per peer)."""
-        return list(rd.messages)
+        """The messages to send for `rd` (the host batches them per peer); a snapshot is
+        not sent as a message but streamed (core/raft/group_snapshots.py)."""
+        out = []
+        for msg in rd.messages:
+            if isinstance(msg, SnapshotRequest) and self.snapshots is not None:
+                self.snapshots.start(msg)
+            else:
+                out.append(msg)
+        return out
 
     def finish(self, rd: Ready) -> None:
         """Steps 3 and 4 after the host persisted and sent `rd`: apply, advance, snapshot."""
@@ -351,4 +365,5 @@ class RaftGroup:
                                       if k != self.id and self.host.transport.connected(k)),
             "quiesced": node.quiesced,
             **self.stats,
+            **(self.snapshots.stats if self.snapshots is not None else {}),
         }

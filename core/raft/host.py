@@ -43,7 +43,7 @@ from typing import Any
 
 from core.raft.driver_types import Apply, SnapshotHook
 from core.raft.group import FSYNC_EVERYSEC, SERVICE, GroupConfig, RaftGroup
-from core.raft.messages import SnapshotRequest
+from core.raft.group_snapshots import SNAPSHOT_SERVICE
 from core.raft.ready import Ready, Role
 from core.rpc import Address, RpcError, UnknownGroup
 from core.rpc.router import NodeTransport
@@ -111,6 +111,7 @@ class RaftHost:
         self._lock = DataDirLock.acquire(self.config.data_dir)
         try:
             self.transport.register(SERVICE, self)
+            self.transport.register(SNAPSHOT_SERVICE, _SnapshotService(self))
             if self._own_transport:
                 await self.transport.start()
         except BaseException:
@@ -161,6 +162,7 @@ class RaftHost:
         if self._own_transport:
             await self.transport.close()
         self.transport.router.unregister(SERVICE)
+        self.transport.router.unregister(SNAPSHOT_SERVICE)
         if self._pool is not None:
             self._pool.shutdown(wait=True)
         if self._lock is not None:
@@ -262,6 +264,9 @@ class RaftHost:
                 if node is not None and not node.quiesced:
                     node.tick()
                     self.mark(group)
+                if group.snapshots is not None and group.snapshots.active:
+                    group.snapshots.tick()
+                    self.flush_snapshots(group)
             if ticks % beat_every == 0:
                 self._beat()
                 self._wake_orphans()
@@ -374,13 +379,21 @@ class RaftHost:
         for peer, items in outbox.items():
             delivered = self._send_items(peer, items)
             self._sent_since_beat.add(peer)
-            for group, msg in senders[peer]:
-                node = group.node
-                assert node is not None
-                if not delivered:
-                    node.report_unreachable(peer)
-                if isinstance(msg, SnapshotRequest):
-                    node.report_snapshot(peer, delivered)
+            if not delivered:
+                for group, _ in senders[peer]:
+                    assert group.node is not None
+                    group.node.report_unreachable(peer)
+        for group, _ in batch:
+            self.flush_snapshots(group)
+
+    def flush_snapshots(self, group: RaftGroup) -> None:
+        """Send the group's snapshot payloads that are due (chunks, acks, nacks)."""
+        transfers, node = group.snapshots, group.node
+        if transfers is None or node is None:
+            return
+        for to, payload in transfers.drain(node):
+            self.transport.send(to, SNAPSHOT_SERVICE, group.group_id, payload)
+            self._sent_since_beat.add(to)
 
     def _send_items(self, peer: int, items: list[list[Any]]) -> bool:
         delivered = True
@@ -408,6 +421,24 @@ class RaftHost:
             "applied_entries": sum(g.stats["applied_entries"] for g in groups),
             **self.stats,
         }
+
+
+class _SnapshotService:
+    """The core/rpc service "raft.snap": snapshot chunks and their replies, by group."""
+
+    def __init__(self, host: RaftHost) -> None:
+        self.host = host
+
+    def on_message(self, peer_id: int, group_id: int, payload: Any) -> None:
+        group = self.host.groups.get(group_id)
+        if group is None or group.snapshots is None or group.node is None or group.stopping:
+            return
+        group.snapshots.on_payload(peer_id, payload, group.node)
+        self.host.flush_snapshots(group)
+        self.host.mark(group)
+
+    async def on_request(self, peer_id: int, group_id: int, payload: Any) -> Any:
+        raise UnknownGroup(SNAPSHOT_SERVICE, group_id)  # the service takes messages only
 
 
 def _write(group: RaftGroup, rd: Ready) -> None:

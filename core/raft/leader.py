@@ -15,7 +15,8 @@ has, and only if that entry is of the current term (earlier entries commit with 
 
 Quiescence (Config.quiesce; the contract is in core/raft/node.py's header): at a heartbeat
 tick, a leader with nothing left to do (`_idle`) sends one heartbeat marked `quiesce` and
-stops ticking; every request below wakes it first (`_wake`, provided by Node).
+stops ticking; every request below wakes it first (`_wake`, provided by Node), and so does
+every message but the late answers to its last round (`_is_echo`).
 """
 
 from __future__ import annotations
@@ -288,13 +289,25 @@ class LeaderRole:
             self._bcast_heartbeat(quiesce=quiesce)
             self._quiesced = quiesce
 
+    def _is_echo(self, m: Message) -> bool:
+        """A quiesced leader's view of `m`: a late answer to its heartbeats or appends from
+        before it quiesced, carrying nothing new. Dropped, so that it does not wake."""
+        if self.role is not Role.LEADER or m.term != self.term:
+            return False
+        if isinstance(m, HeartbeatResponse):
+            return not m.wake
+        if isinstance(m, AppendResponse) and not m.reject:
+            pr = self.progress.get(m.frm)
+            return pr is not None and m.index <= pr.match
+        return False
+
     def _idle(self) -> bool:
         """May this leader quiesce? Every voter holds the whole log, all of it is committed
         and applied, and no read, transfer, configuration change or send is pending."""
         log = self.log
         last = log.last_index()
         if (log.committed != last or log.applied != last or log.unstable.entries
-                or self.membership.last_change_index > last):
+                or self.membership.last_change_index > log.applied):
             return False
         if (self.lead_transferee != NONE or self.reads_waiting or self.read_states
                 or self.read_tracker.has_pending() or self.heartbeat_pending

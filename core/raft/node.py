@@ -51,7 +51,7 @@ timer, no heartbeats, no check-quorum counting), so the caller may stop ticking 
   (a stray vote request, say) it pokes the leader awake (HeartbeatResponse, `wake`).
 - `wake()`: the caller's node-level liveness says a quiesced follower's leader is down;
   the follower ticks again and campaigns after its election timeout, pre-vote and check
-  quorum as usual.
+  quorum as usual. It also pokes the leader, so a mistaken wake costs one heartbeat round.
 Leases while quiesced: `_in_lease` is "heard from the leader less than election_tick ticks
 ago"; a quiesced node's ticks are frozen at 0 (the quiesce heartbeat just reset them), so it
 stays in lease and rejects disruptive (pre-)votes as long as the caller has not called
@@ -66,7 +66,6 @@ caller calling `wake()` when a leader's node dies.
 from __future__ import annotations
 
 import random
-from enum import Enum
 
 from core.raft.config import Config
 from core.raft.errors import ConfigError, InvariantError, NotLeader, RaftError
@@ -93,7 +92,7 @@ from core.raft.messages import (
     VoteRequest,
     VoteResponse,
 )
-from core.raft.progress import quorum_size
+from core.raft.progress import VoteResult, tally_votes
 from core.raft.raftlog import RaftLog
 from core.raft.readindex import ReadIndexTracker
 from core.raft.ready import ReadState, Ready, Role, SoftState
@@ -101,12 +100,6 @@ from core.raft.ready import ReadState, Ready, Role, SoftState
 __all__ = ["Node"]
 
 _LEADER_MESSAGES = (AppendRequest, HeartbeatRequest, SnapshotRequest)
-
-
-class _Poll(Enum):
-    PENDING = 0
-    WON = 1
-    LOST = 2
 
 
 class Node(LeaderRole):
@@ -264,20 +257,9 @@ class Node(LeaderRole):
     def wake(self) -> None:
         """Leave quiescence (a no-op if not quiesced). The caller calls it on a quiesced
         follower when it believes the leader's node down: the follower ticks again and
-        campaigns after its election timeout. On a leader: heartbeats resume at once."""
+        campaigns after its election timeout (it pokes the leader too, in case it is alive).
+        On a leader: heartbeats resume at once."""
         self._wake(poke_leader=True)
-
-    def _is_echo(self, m: Message) -> bool:
-        """A quiesced leader's view of `m`: a late answer to its heartbeats or appends from
-        before it quiesced, carrying nothing new. Dropped, so that it does not wake."""
-        if self.role is not Role.LEADER or m.term != self.term:
-            return False
-        if isinstance(m, HeartbeatResponse):
-            return not m.wake
-        if isinstance(m, AppendResponse) and not m.reject:
-            pr = self.progress.get(m.frm)
-            return pr is not None and m.index <= pr.match
-        return False
 
     def _wake(self, poke_leader: bool) -> None:
         if not self._quiesced:
@@ -467,7 +449,7 @@ class Node(LeaderRole):
             self._request_votes(pre_vote=False, transfer=transfer)
 
     def _request_votes(self, pre_vote: bool, transfer: bool) -> None:
-        if self._poll(self.id, True) is _Poll.WON:
+        if self._poll(self.id, True) is VoteResult.WON:
             self._won(transfer)
             return
         vote_term = self.term + 1 if pre_vote else self.term
@@ -485,17 +467,9 @@ class Node(LeaderRole):
         else:
             self._become_leader()
 
-    def _poll(self, voter: int, granted: bool) -> _Poll:
+    def _poll(self, voter: int, granted: bool) -> VoteResult:
         self.votes.setdefault(voter, granted)  # the first answer of each voter counts
-        voters = self.membership.voters
-        yes = sum(1 for v in voters if self.votes.get(v) is True)
-        no = sum(1 for v in voters if self.votes.get(v) is False)
-        quorum = quorum_size(len(voters))
-        if yes >= quorum:
-            return _Poll.WON
-        if no > len(voters) - quorum:
-            return _Poll.LOST
-        return _Poll.PENDING
+        return tally_votes(self.membership.voters, self.votes)
 
     def _step_candidate(self, m: Message) -> None:
         if isinstance(m, _LEADER_MESSAGES):
@@ -504,9 +478,9 @@ class Node(LeaderRole):
             self._step_follower(m)
         elif isinstance(m, VoteResponse) and m.pre_vote == (self.role is Role.PRE_CANDIDATE):
             result = self._poll(m.frm, not m.reject)
-            if result is _Poll.WON:
+            if result is VoteResult.WON:
                 self._won(transfer=False)
-            elif result is _Poll.LOST:
+            elif result is VoteResult.LOST:
                 self._become_follower(self.term, NONE)
 
     # -- follower ------------------------------------------------------------------------------

@@ -17,7 +17,8 @@ from collections import deque
 from collections.abc import Iterable, Mapping
 from enum import Enum
 
-__all__ = ["Inflights", "Progress", "ProgressState", "quorum_size", "quorum_value"]
+__all__ = ["Inflights", "Progress", "ProgressState", "VoteResult", "quorum_size", "quorum_value",
+           "tally_votes"]
 
 
 class ProgressState(Enum):
@@ -150,3 +151,23 @@ def quorum_value(voters: Iterable[int], value_of: Mapping[int, int], default: in
     if not values:
         return 0
     return values[quorum_size(len(values)) - 1]
+
+
+class VoteResult(Enum):
+    PENDING = 0
+    WON = 1
+    LOST = 2
+
+
+def tally_votes(voters: Iterable[int], votes: Mapping[int, bool]) -> VoteResult:
+    """An election's outcome so far: WON once a quorum of `voters` granted, LOST once so
+    many refused that a quorum can no longer grant; votes of non-voters do not count."""
+    members = list(voters)
+    yes = sum(1 for v in members if votes.get(v) is True)
+    no = sum(1 for v in members if votes.get(v) is False)
+    quorum = quorum_size(len(members))
+    if yes >= quorum:
+        return VoteResult.WON
+    if no > len(members) - quorum:
+        return VoteResult.LOST
+    return VoteResult.PENDING

@@ -30,7 +30,7 @@ __all__ = [
 ]
 
 FRAME_HEADER = struct.Struct(">I")  # payload length in bytes
-DEFAULT_MAX_FRAME_BYTES = 64 * 1024 * 1024  # a Raft snapshot travels in one frame
+DEFAULT_MAX_FRAME_BYTES = 64 * 1024 * 1024  # Raft batches and snapshot chunks are far smaller
 MAX_HANDSHAKE_FRAME_BYTES = 1024  # unauthenticated peers get a much tighter limit
 _MAX_LENGTH_FIELD = 2**32 - 1
 

@@ -1,0 +1,1 @@
+"""Fault drills on real network partitions: the host harness, client histories and checkers."""

@@ -17,7 +17,7 @@ $(STAMP): requirements.txt pyproject.toml setup.py
 	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
 	@touch $@
 
-$(NATIVE): $(STAMP) $(wildcard native/*.pyx native/*.pxd)
+$(NATIVE): $(STAMP) $(wildcard native/*.pyx native/*.pxd kvcache/*.pyx kvcache/*.pxd)
 	@echo "building native extensions ..."
 	$(PY) setup.py -q build_ext --inplace
 	@touch $@
@@ -38,4 +38,4 @@ lint: $(STAMP)
 	$(PY) -m ruff check .
 
 clean:
-	rm -rf build $(VENV) var native/*.c native/*.so
+	rm -rf build $(VENV) var native/*.c native/*.so kvcache/*.c kvcache/*.so

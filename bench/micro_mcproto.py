@@ -71,7 +71,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3, help="runs per figure (best kept)")
     args = parser.parse_args()
     impls: dict[str, ModuleType] = {}
-    for name, module in [("pure", "native.mcproto_pure"), ("native", "native._mcproto")]:
+    for name, module in [("pure", "kvcache.mcproto_pure"), ("native", "kvcache._mcproto")]:
         try:
             impls[name] = importlib.import_module(module)
         except ImportError as exc:

@@ -4,7 +4,7 @@
 (store modes, CAS, incr/decr, touch, flush); this layer links and unlinks items, charges
 their memory, keeps their LRU and counts all of it per memcached size class, as memcached
 keeps items.c (link, unlink, LRU, alloc with eviction) apart from do_store_item. The native
-twin has the same split (native/_kvlru.pyx under native/_kvstore.pyx).
+twin has the same split (kvcache/_kvlru.pyx under kvcache/_kvstore.pyx).
 
 Memory is modelled on memcached's slab allocator, with the arithmetic of kvcache/slabs.py
 (`ArenaClasses`): an item takes one chunk of its size class; chunks are carved from the

@@ -1,13 +1,22 @@
 """The thin asyncio layer: sockets in, requests through the engine, replies out.
 
-Per connection: bytes go to a `RequestParser`; each request it yields is executed at once
-and its reply queued; the queue is written in one call when the parser runs dry, so a
-pipeline of N commands costs one write. Nothing waits inside a command, so replies keep the
-order of the requests by construction. A read that is exactly one plain `get` (of one key
-or many), one `gets`, or one plain `set` with its data (most of a cache's traffic) takes a
-compiled fast lane instead: each connection's `Lane` (kvcache/protocol.py) is installed as
-its `data_received`, answers those reads itself (the same reply, counters and parser state)
-and hands every other read to the request loop (`Connection._read`).
+The path of a `get`, socket to reply (every step in kvcache/; the compiled modules are
+chosen in kvcache/twins.py, each beside its pure twin, which documents the same rules):
+1. The event loop calls the connection's `data_received`, which is its `Lane`'s
+   (kvcache/_mcproto.pyx, twin kvcache/mcproto_pure.py; installed in `Connection.__init__`).
+2. A read that is exactly one plain `get`/`gets` line (one key or many) or one plain `set`
+   with its data is answered there: `answer` reads the line and calls the storage
+   (`Storage.get_reply` / `get_many_reply` / `store_command`, kvcache/_kvstore.pyx, twin
+   kvcache/storage_pure.py), which counts it and returns the reply bytes; `Lane.send` writes
+   them.
+3. Any other read goes to `Connection._read`: the `RequestParser` (same modules) cuts it into
+   requests and `_process` runs each through kvcache/commands.py (`dispatch` to `cmd_get`,
+   which reads the same storage) and writes the queued replies with `Lane.send`.
+
+Per connection: each request the parser yields is executed at once and its reply queued;
+the queue is written in one call when the parser runs dry, so a pipeline of N commands costs
+one write. Nothing waits inside a command, so replies keep the order of the requests by
+construction; the lane answers only while nothing is queued or streaming (`_open_lane`).
 
 Backpressure: when the socket's write buffer passes WRITE_HIGH_WATER the connection stops
 parsing *and* reading; requests already buffered stay in the parser (bounded by the framing
@@ -209,7 +218,8 @@ class Connection(asyncio.Protocol):
         self._stream: Iterator[bytes] | None = None
         self._pinned: set[Item] = set()  # see Engine.pinned
         self.lane = Lane(self.parser, server.storage, server.settings, self._pinned, self._read)
-        # The event loop calls this for every read: the lane, compiled, not a Python frame.
+        # The event loop calls this for every read: the lane, compiled, not a Python frame
+        # (asyncio.Protocol's data_received is never reached).
         self.data_received = self.lane.data_received  # type: ignore[method-assign]
 
     @property
@@ -272,10 +282,6 @@ class Connection(asyncio.Protocol):
         """The lane may answer while the connection is neither streaming nor paused:
         otherwise a reply of its own would overtake the queued ones."""
         self.lane.open = self._admitted and self._stream is None and not self._write_paused
-
-    def data_received(self, data: bytes) -> None:
-        """What the event loop calls per read; __init__ puts the lane's in its place."""
-        self.lane.data_received(data)
 
     def _read(self, data: bytes) -> None:
         """A read the lane did not answer: through the parser and the request loop."""

@@ -5,7 +5,7 @@ depend on it and are reproduced from it: the largest value a `-I` limit admits (
 counts its 48-byte item header, the key, the flags and the CAS against `-I`), the
 `cls=`/`size=` of `me`, and the per-class sections of `stats items` / `stats slabs`.
 
-And kvcache's own arena (`ArenaClasses`), shared by both storage twins (native/_kvstore.pyx
+And kvcache's own arena (`ArenaClasses`), shared by both storage twins (kvcache/_kvstore.pyx
 and kvcache/storage_pure.py) so they charge and evict identically: an item is one record
 (a RECORD_HEADER_BYTES header, the key, the value) in a chunk of its size class; chunks are
 carved from one arena on demand and freed chunks go to their class's free list. What the

@@ -1,4 +1,4 @@
-"""The cache itself, sans I/O, in pure Python: the reference twin of native/_kvstore.pyx.
+"""The cache itself, sans I/O, in pure Python: the reference twin of kvcache/_kvstore.pyx.
 
 kvcache/storage.py picks one of the two; both keep exactly these rules, and
 tests/test_kvcache_storage_twins.py drives them side by side to prove it.

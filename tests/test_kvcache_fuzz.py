@@ -1,6 +1,6 @@
 """Hypothesis against the parser, the engine and a live daemon.
 
-- The parser (both twins: native._mcproto and native.mcproto_pure) takes any bytes in any
+- The parser (both twins: kvcache._mcproto and kvcache.mcproto_pure) takes any bytes in any
   chunking without raising: it yields requests, or needs
   more data, or decides to close, and after closing yields nothing more.
 - Chunking does not change what a stream means (while no line is long enough for the
@@ -29,7 +29,7 @@ from kvcache.settings import Settings
 from kvcache.storage import Storage
 from tests.kvcache_wire import Memcached, masked, reference_missing, request, stat_values
 from tests.procs import kvcache_daemon
-from tests.test_native_mcproto import IMPLS
+from tests.test_kvcache_mcproto import IMPLS
 
 NOW = 1_750_000_000
 ITEM_SIZE_MAX = 4096

@@ -20,12 +20,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from kvcache import mcproto_pure
 from kvcache.commands import execute
 from kvcache.engine import Engine, Stream
 from kvcache.items import Mode
 from kvcache.settings import Settings
 from kvcache.storage import Storage
-from native import mcproto_pure
 
 ITEM_SIZE_MAX = 1024 * 1024
 NOW = 1_750_000_000
@@ -34,7 +34,7 @@ BIG = b"b" * (200 * 1024)  # two of these make a reply the request loop streams
 
 def _import_native() -> ModuleType | None:
     try:
-        return importlib.import_module("native._mcproto")
+        return importlib.import_module("kvcache._mcproto")
     except ImportError:
         return None
 
@@ -42,7 +42,7 @@ def _import_native() -> ModuleType | None:
 NATIVE = _import_native()
 IMPLS = [pytest.param(mcproto_pure, id="pure"),
          pytest.param(NATIVE, id="native", marks=pytest.mark.skipif(
-             NATIVE is None, reason="native._mcproto is not built (make native)"))]
+             NATIVE is None, reason="kvcache._mcproto is not built (make native)"))]
 
 
 class Transport:
@@ -144,7 +144,7 @@ def test_closed_traced_closing_and_released(module: ModuleType) -> None:
     assert h.handed == [b"get k\r\n"] and h.storage.stats.get_cmds == 0
 
 
-@pytest.mark.skipif(NATIVE is None, reason="native._mcproto is not built (make native)")
+@pytest.mark.skipif(NATIVE is None, reason="kvcache._mcproto is not built (make native)")
 @settings(max_examples=150, deadline=None)
 @given(data=st.lists(st.tuples(reads, st.booleans()), max_size=8))
 def test_twins_agree(data: list[tuple[bytes, bool]]) -> None:

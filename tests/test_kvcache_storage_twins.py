@@ -1,4 +1,4 @@
-"""The two storage twins agree: native._kvstore against kvcache.storage_pure, its reference.
+"""The two storage twins agree: kvcache._kvstore against kvcache.storage_pure, its reference.
 
 Hypothesis drives both with the same random operation sequences (every store mode, counted
 or not, reads, whole `get` replies, touch, delete, incr/decr with items pinned by earlier
@@ -26,14 +26,14 @@ from kvcache.slabs import INITIAL_BUCKETS, table_bytes
 
 def _import_native() -> ModuleType | None:
     try:
-        return importlib.import_module("native._kvstore")
+        return importlib.import_module("kvcache._kvstore")
     except ImportError:
         return None
 
 
 NATIVE = _import_native()
 pytestmark = pytest.mark.skipif(NATIVE is None,
-                                reason="native._kvstore is not built (make native)")
+                                reason="kvcache._kvstore is not built (make native)")
 
 NOW = 1_750_000_000
 ITEM_SIZE_MAX = 8 * 1024

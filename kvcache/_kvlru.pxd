@@ -1,8 +1,8 @@
-# The item layer under native/_kvstore.pyx: views, linking, eviction, the LRU, the crawler.
+# The item layer under kvcache/_kvstore.pyx: views, linking, eviction, the LRU, the crawler.
 
 from libc.stdint cimport int64_t, uint8_t, uint32_t, uint64_t
 
-from native._kvarena cimport Arena, Rec
+from kvcache._kvarena cimport Arena, Rec
 
 
 cdef class ItemView:

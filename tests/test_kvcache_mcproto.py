@@ -1,4 +1,4 @@
-"""The memcached request parser: native._mcproto against native.mcproto_pure, its reference.
+"""The memcached request parser: kvcache._mcproto against kvcache.mcproto_pure, its reference.
 
 Hypothesis feeds both twins the same byte stream cut at the same random points (storage
 lines with plain and quirky numbers, meta sets, multi-gets, big and oversized blocks, long
@@ -23,21 +23,22 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from kvcache import mcproto_pure
 from kvcache.items import Mode
-from native import FORCE_PURE_ENV, mcproto_pure
-from native.mcproto_pure import COLLECT_BLOCKS_OVER, Close, Reject, Store
+from kvcache.mcproto_pure import COLLECT_BLOCKS_OVER, Close, Reject, Store
+from native import FORCE_PURE_ENV
 
 
 def _import_native() -> ModuleType | None:
     try:
-        return importlib.import_module("native._mcproto")
+        return importlib.import_module("kvcache._mcproto")
     except ImportError:
         return None
 
 
 NATIVE = _import_native()
 needs_native = pytest.mark.skipif(NATIVE is None,
-                                  reason="native._mcproto is not built (make native)")
+                                  reason="kvcache._mcproto is not built (make native)")
 IMPLS = [
     pytest.param(mcproto_pure, id="pure"),
     pytest.param(NATIVE, id="native", marks=needs_native),
@@ -332,7 +333,7 @@ def _twin_stores() -> list[Any]:
 
     twins = [storage_pure.Storage]
     try:
-        twins.append(importlib.import_module("native._kvstore").Storage)
+        twins.append(importlib.import_module("kvcache._kvstore").Storage)
     except ImportError:
         pass
     stores = []

@@ -1,5 +1,5 @@
 # cython: boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
-"""The arena under native/_kvstore.pyx: memory, chunks, the hash index and the LRU lanes.
+"""The arena under kvcache/_kvstore.pyx: memory, chunks, the hash index and the LRU lanes.
 
 The rules (what to store, evict, reclaim, count) are _kvstore's; this layer only keeps the
 structures, as memcached keeps slabs.c apart from items.c. The model and its arithmetic
@@ -13,7 +13,7 @@ are the pure twin's (kvcache/storage_pure.py, kvcache/slabs.py):
 - The index is a chained hash table of u32 heads (FNV-1a over the key), chained through
   `hnext`, doubled as kvcache.slabs.grown_buckets says while the limit allows.
 - Each class has three lanes (HOT, WARM, COLD) linked through `prev`/`next`; a record's
-  segment and active bit sit in the upper bits of `bits` (native/_kvlru.pyx keeps
+  segment and active bit sit in the upper bits of `bits` (kvcache/_kvlru.pyx keeps
   the segments' shares and counts the moves).
 """
 

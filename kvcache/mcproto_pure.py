@@ -1,8 +1,7 @@
 """The memcached text protocol as a sans-I/O parser, pure-Python reference: the twin of
-native._mcproto (kvcache/protocol.py picks one; tests/test_native_mcproto.py proves them equal).
-
-It sits in native/ beside its twin; the memcached rules it shares with the rest of kvcache
-(numbers, meta flags, reply texts, item sizes) come from the kvcache modules that own them.
+kvcache._mcproto (kvcache/twins.py picks one; tests/test_kvcache_mcproto.py proves them
+equal). The memcached rules it shares with the rest of kvcache (numbers, meta flags, reply
+texts, item sizes) come from the kvcache modules that own them.
 
 `RequestParser.feed(data)` takes whatever arrived; `next_request()` returns the next request
 or None when it needs more bytes. It never touches a socket, a clock or the cache.
@@ -268,7 +267,7 @@ class RequestParser:
         return request
 
 
-# -- storage headers (shared with native._mcproto, which handles only the plainest lines
+# -- storage headers (shared with kvcache._mcproto, which handles only the plainest lines
 # itself and hands every other one to storage_header) ----------------------------------------
 def storage_header(tokens: list[bytes]) -> tuple[Store | Reject, int]:
     """The header of a storage line (`tokens[0]` is a classic storage word or `ms`).
@@ -339,7 +338,7 @@ def _meta_set(tokens: list[bytes]) -> tuple[Store | Reject, int]:
 # -- the fast lane: one plain get, gets or set per read ----------------------------------------
 # Most reads a cache sees are one `get <key>` (or a multi-get), most of the rest one `set`.
 # For those the server can skip the general request loop; `answer` is the whole of that path
-# (native._mcproto compiles it). The storage it is given (kvcache.storage.Storage) writes the
+# (kvcache._mcproto compiles it). The storage it is given (kvcache.storage.Storage) writes the
 # reply and counts the command (`get_reply`, `get_many_reply`, `store_command`), so this
 # module imports no storage.
 _LINE_END = b"\r\n"

@@ -1,11 +1,11 @@
 # cython: boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
 """The item layer of the native storage twin: the compiled twin of kvcache/lru_pure.py.
 
-`Lru` is the base class of native._kvstore.Storage, which adds what the commands mean; this
+`Lru` is the base class of kvcache._kvstore.Storage, which adds what the commands mean; this
 layer links and unlinks records, allocates chunks (evicting when a class may carve no
 more), keeps the segmented LRU's bumps, walks the lanes for the crawler, and counts it all
 per memcached size class. The rules are documented in kvcache/lru_pure.py, the memory
-layout in native/_kvarena.pyx (records in size-class chunks of one mapping, a chained hash
+layout in kvcache/_kvarena.pyx (records in size-class chunks of one mapping, a chained hash
 index, HOT/WARM/COLD lanes).
 
 Items handed out are `ItemView`s: snapshots of a record built on demand (the value copied
@@ -20,7 +20,7 @@ from libc.string cimport memcmp, memcpy
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.mem cimport PyMem_Free, PyMem_Malloc
 
-from native._kvarena cimport (
+from kvcache._kvarena cimport (
     ACTIVE,
     BITS_MASK,
     CAS_SHIFT,

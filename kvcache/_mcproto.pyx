@@ -1,9 +1,9 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
 # cython: initializedcheck=False
-"""memcached text-protocol request parser, compiled: the hot path of native/mcproto_pure.py.
+"""memcached text-protocol request parser, compiled: the hot path of kvcache/mcproto_pure.py.
 
 Same API, requests (the reference module's own Store, Reject and Close classes) and framing
-as the pure twin, which documents the rules; tests/test_native_mcproto.py proves the two
+as the pure twin, which documents the rules; tests/test_kvcache_mcproto.py proves the two
 agree on random streams cut at random points. What differs is only how:
 - lines are found with memchr and split into tokens in C over the buffer's char*;
 - the plainest storage line (`set k 0 0 5`, `cas k 0 0 5 7`, optional `noreply`: numbers
@@ -20,7 +20,7 @@ also takes other bytes-like objects.
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from libc.string cimport memchr, memcmp, memcpy
 
-from native.mcproto_pure import (
+from kvcache.mcproto_pure import (
     CLASSIC_STORAGE,
     COLLECT_BLOCKS_OVER,
     LANE_LINE_BYTES,
@@ -114,7 +114,7 @@ cdef object _plain_header(list tokens, long long* vlen):
 
 
 cdef class RequestParser:
-    """Turns one connection's byte stream into requests (see native/mcproto_pure.py)."""
+    """Turns one connection's byte stream into requests (see kvcache/mcproto_pure.py)."""
 
     cdef public object slabs
     cdef public long long max_multiget_line
@@ -278,7 +278,7 @@ cdef class RequestParser:
         return request
 
 
-# -- the fast lane: one plain get, gets or set per read (see native/mcproto_pure.py) ----------
+# -- the fast lane: one plain get, gets or set per read (see kvcache/mcproto_pure.py) ----------
 cdef bytes _STORED = replies.STORED
 cdef bytes _NO_MEMORY = replies.line(replies.OUT_OF_MEMORY_STORING)
 cdef Py_ssize_t _BYTES_READ = HOT_COUNTERS.index("bytes_read")

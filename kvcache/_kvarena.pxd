@@ -1,4 +1,4 @@
-# The arena under native/_kvstore.pyx: records, chunks, the hash index and the LRU lanes.
+# The arena under kvcache/_kvstore.pyx: records, chunks, the hash index and the LRU lanes.
 
 from libc.stdint cimport int64_t, uint8_t, uint32_t, uint64_t
 

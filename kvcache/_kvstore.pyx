@@ -4,9 +4,9 @@
 Same rules, same interface, same figures (tests/test_kvcache_storage_twins.py drives both);
 the rules are documented in the pure twin. As there, this module holds what the commands
 mean (store modes and CAS, incr/decr, touch, meta's invalidation, flush_all, lookups that
-reclaim what they meet) over the item layer of native/_kvlru.pyx (its base class `Lru`:
+reclaim what they meet) over the item layer of kvcache/_kvlru.pyx (its base class `Lru`:
 views, linking, eviction, the LRU, the crawler, the per-class counts), which sits on the
-arena of native/_kvarena.pyx.
+arena of kvcache/_kvarena.pyx.
 """
 
 from libc.stdint cimport int64_t, uint8_t, uint32_t, uint64_t
@@ -14,7 +14,7 @@ from libc.string cimport memcpy
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.mem cimport PyMem_Free, PyMem_Malloc
 
-from native._kvarena cimport (
+from kvcache._kvarena cimport (
     HOT,
     KEY_BINARY,
     SEG_MASK,
@@ -26,7 +26,7 @@ from native._kvarena cimport (
     key_of,
     rec_at,
 )
-from native._kvlru cimport ItemView, Lru
+from kvcache._kvlru cimport ItemView, Lru
 
 from kvcache import storage_pure as _pure
 from kvcache.items import Delta, Mode, Outcome

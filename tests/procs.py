@@ -21,11 +21,21 @@ ROOT = Path(__file__).resolve().parent.parent
 class Daemon:
     """One daemon process. `argv` is everything after `python -m`."""
 
-    def __init__(self, argv: list[str], host: str, port: int, log_path: Path) -> None:
+    def __init__(
+        self,
+        argv: list[str],
+        host: str,
+        port: int,
+        log_path: Path,
+        env: dict[str, str] | None = None,
+        cwd: Path | None = None,
+    ) -> None:
         self.argv = argv
         self.host = host
         self.port = port
         self.log_path = log_path
+        self.env = env or {}  # added to (and overriding) the test's environment
+        self.cwd = cwd or ROOT
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -34,9 +44,9 @@ class Daemon:
 
     def start(self, wait: bool = True) -> Daemon:
         log = open(self.log_path, "ab")  # noqa: SIM115 - the child owns it
-        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        env = {**os.environ, "PYTHONPATH": str(ROOT), **self.env}
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", *self.argv], stdout=log, stderr=log, cwd=ROOT, env=env
+            [sys.executable, "-m", *self.argv], stdout=log, stderr=log, cwd=self.cwd, env=env
         )
         log.close()
         if wait:

@@ -3,7 +3,7 @@ small replicated key-value map, for the multi-group process drill and bench/raft
 
     python -m tests.raft_groups_demo --id 1 --listen 127.0.0.2:7001 --raft 127.0.0.2:7002 \\
         --data-dir var/g1 --peers 1=127.0.0.2:7002,2=127.0.0.3:7002,3=127.0.0.4:7002 \\
-        --groups 50 [--quiesce]
+        --groups 50 [--quiesce | --no-quiesce]
 
 The process hosts group 0 (the "config" group) and data groups 1..N; every node of `--peers`
 founds every group. Each group's state machine is tests.raft_kv_demo's KvMachine (a map of
@@ -22,14 +22,17 @@ command, pipelining allowed (replies come in order), as tests/raft_kv_demo.py do
     TRANSFER g to     -> OK <new leader>   (this node must lead g)
     BENCH n size c    -> BENCH <groups> <entries> <seconds>: in every data group this node
                          leads, n proposals of `size` bytes from `c` coroutines, all at once
-Errors are `ERR <type>: <message>`. With `--quiesce` the groups run with Raft's quiescence
-(core/raft/node.py) when this tree's core.raft.Config has it; STATUS then says so.
+    PROFILE s path    -> OK <path>: cProfile of the event loop's thread for s seconds (pstats)
+Errors are `ERR <type>: <message>`. `--quiesce` / `--no-quiesce` turn Raft's quiescence of
+idle groups (core/raft/node.py) on or off (default: what RaftHost.group_config does); STATUS
+says whether it is on.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import cProfile
 import dataclasses
 import json
 import logging
@@ -141,8 +144,10 @@ class GroupsService(Service):
                            for gid, g in sorted(self.groups.host.groups.items())})
 
     async def cmd_status(self, args: list[bytes]) -> str:
-        return json.dumps({**self.groups.host.status(),
-                           "quiesce": bool(self.groups.raft_options.get("quiesce"))})
+        groups = self.groups.host.groups.values()
+        quiesce = [g.node.config.quiesce for g in groups
+                   if g.node is not None and hasattr(g.node.config, "quiesce")]
+        return json.dumps({**self.groups.host.status(), "quiesce": any(quiesce)})
 
     async def cmd_gstatus(self, args: list[bytes]) -> str:
         group, _ = self.groups.group(args[0])
@@ -151,6 +156,18 @@ class GroupsService(Service):
     async def cmd_transfer(self, args: list[bytes]) -> str:
         group, _ = self.groups.group(args[0])
         return f"OK {await group.transfer_leadership(to=int(args[1]))}"
+
+    async def cmd_profile(self, args: list[bytes]) -> str:
+        """cProfile the event loop's thread for `seconds`, write pstats to `path`."""
+        seconds, path = float(args[0]), args[1].decode()
+        profiler = cProfile.Profile()
+        profiler.enable()
+        try:
+            await asyncio.sleep(seconds)
+        finally:
+            profiler.disable()
+        profiler.dump_stats(path)
+        return f"OK {path}"
 
     async def cmd_bench(self, args: list[bytes]) -> str:
         n, size, concurrency = (int(a) for a in args)
@@ -167,7 +184,7 @@ COMMANDS: dict[tuple[bytes, int], Any] = {
     (b"LDUMP", 1): GroupsService.cmd_ldump, (b"DIGESTS", 0): GroupsService.cmd_digests,
     (b"LEADERS", 0): GroupsService.cmd_leaders, (b"STATUS", 0): GroupsService.cmd_status,
     (b"GSTATUS", 1): GroupsService.cmd_gstatus, (b"TRANSFER", 2): GroupsService.cmd_transfer,
-    (b"BENCH", 3): GroupsService.cmd_bench,
+    (b"BENCH", 3): GroupsService.cmd_bench, (b"PROFILE", 2): GroupsService.cmd_profile,
 }
 
 
@@ -203,7 +220,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", required=True)
     p.add_argument("--peers", required=True, help="ID=HOST:PORT,... (Raft addresses, founders)")
     p.add_argument("--groups", type=int, default=50, help="data groups besides group 0")
-    p.add_argument("--quiesce", action="store_true", help="idle groups stop ticking")
+    p.add_argument("--quiesce", action=argparse.BooleanOptionalAction, default=None,
+                   help="idle groups stop ticking (default: RaftHost.group_config's)")
     p.add_argument("--cluster-secret", default=None)
     p.add_argument("--tick-ms", type=int, default=20)
     p.add_argument("--election-tick", type=int, default=15)
@@ -220,13 +238,22 @@ def host_config(args: argparse.Namespace) -> HostConfig:
                       election_tick=args.election_tick)
 
 
+def raft_options(quiesce: bool | None) -> dict[str, Any]:
+    """The groups' core.raft.Config options for --quiesce / --no-quiesce (None: the host's
+    default)."""
+    if quiesce is None:
+        return {}
+    if not quiesce_supported():
+        log.warning("raft_groups_demo: this tree has no quiescence; --quiesce is ignored")
+        return {}
+    return {"quiesce": quiesce}
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.log_level)
     config = host_config(args)
-    options = {"quiesce": True} if args.quiesce and quiesce_supported() else {}
-    if args.quiesce and not options:
-        log.warning("raft_groups_demo: this tree has no quiescence; --quiesce is ignored")
+    options = raft_options(args.quiesce)
     host_name, port = parse_hostport(args.listen)
 
     async def serve(stop: asyncio.Event) -> int:

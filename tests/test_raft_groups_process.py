@@ -84,12 +84,18 @@ class GroupsCluster:
         self.nodes = {i: GroupsNode(tmp, i, HOSTS[i - 1], p, peers, groups, extra or [])
                       for i, p in raft_ports.items()}
 
-    def start(self) -> GroupsCluster:
+    def start(self, timeout: float = HANG_S) -> GroupsCluster:
+        """Start every node at once; return when each listens for clients (its groups are
+        open then)."""
         for node in self.nodes.values():
             node.daemon.start(wait=False)
-        for node in self.nodes.values():  # started together: each waits for the others
+        for node in self.nodes.values():
             assert node.daemon.proc is not None
-            wait_for_tcp_port(node.host, node.daemon.port, timeout=HANG_S, proc=node.daemon.proc)
+            try:
+                wait_for_tcp_port(node.host, node.daemon.port, timeout, node.daemon.proc)
+            except (RuntimeError, TimeoutError) as exc:
+                raise RuntimeError(f"node {node.id}: {exc}\n--- log ---\n"
+                                   f"{node.daemon.log()[-4000:]}") from None
         return self
 
     def live(self) -> list[GroupsNode]:

@@ -125,12 +125,16 @@ class PeerCheck:
         return f"{host}:{port}"
 
     async def probe(self, node_id: int) -> PeerReading | None:
-        """Ask one peer; None if it cannot be asked or answers nonsense."""
+        """Ask one peer; None if it cannot be asked or answers nonsense. On a new
+        connection the peer is asked twice, so the round trip measured is one exchange and
+        not also the connect and the handshake."""
         clock = self.clock
+        request = self.transport.request
         try:
+            if not self.transport.connected(node_id):
+                await request(node_id, SERVICE, GROUP, whoami_request(), self.timeout)
             sent = clock.monotonic()
-            answer = await self.transport.request(node_id, SERVICE, GROUP, whoami_request(),
-                                                  self.timeout)
+            answer = await request(node_id, SERVICE, GROUP, whoami_request(), self.timeout)
             received = clock.monotonic()
             worker_id, wall_ms = read_whoami(answer)
         except (RpcError, ValueError) as exc:

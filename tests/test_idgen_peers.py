@@ -82,6 +82,10 @@ def test_a_peer_is_asked_over_the_node_port() -> None:
         assert (got.node_id, got.worker_id, got.offset_ms) == (2, 7, 2000.0)
         assert got.address == f"{two.listen[0]}:{two.listen[1]}"
         assert judge(7, [got], 1000) is not None and judge(1, [got], 5000) is None
+        # A new connection is warmed up first: the exchange measured is a request alone.
+        assert two.server.stats["requests"] == 2
+        await check.probe_all()
+        assert two.server.stats["requests"] == 3
 
     run(body)
 

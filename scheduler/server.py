@@ -24,6 +24,7 @@ from typing import Any
 
 from core.clock import Clock
 from core.cluster_commands import ERR_ADDRESS, ERR_MEMBER, ERR_NODE_ID, ERR_NOT_MEMBER
+from core.command_table import key_at
 from core.raft.driver import NotLeaderError, RaftDriver
 from core.raft_service import RaftService
 from core.resp import OK, CommandError
@@ -40,6 +41,9 @@ from scheduler.worker_commands import WorkerCommands
 log = logging.getLogger("scheduler.server")
 
 VERSION = "0.1.0"
+# Command flags of the table's rows (Redis's words): writes go through the Raft log.
+WRITE = frozenset({"write"})
+READ = frozenset({"readonly"})
 DEFAULT_HISTORY_COUNT = 10
 DEFAULT_WORKER_TIMEOUT_MS = 10_000
 
@@ -145,24 +149,31 @@ class SchedulerServer:
 
     def commands(self) -> list[Command]:
         return [
-            Command("JOB.ADD", self.cmd_add, -4,
+            # A job's name is its key (key specs), as a cluster client would route it.
+            Command("JOB.ADD", self.cmd_add, -4, WRITE, key_specs=(key_at(1, "RW", "insert"),),
                     summary="JOB.ADD name schedule command [option value ...]"),
-            Command("JOB.GET", self.cmd_get, 2, summary="JOB.GET name: the job's fields"),
-            Command("JOB.LIST", self.cmd_list, 1, summary="The job names"),
-            Command("JOB.DEL", self.cmd_del, 2, summary="JOB.DEL name"),
-            Command("JOB.PAUSE", self.cmd_pause, 2, summary="JOB.PAUSE name"),
-            Command("JOB.RESUME", self.cmd_resume, 2, summary="JOB.RESUME name"),
-            Command("JOB.RUN", self.cmd_run, 2, summary="JOB.RUN name: run once, now"),
-            Command("JOB.HISTORY", self.cmd_history, -2,
+            Command("JOB.GET", self.cmd_get, 2, READ, key_specs=(key_at(1, "RO", "access"),),
+                    summary="JOB.GET name: the job's fields"),
+            Command("JOB.LIST", self.cmd_list, 1, READ, summary="The job names"),
+            Command("JOB.DEL", self.cmd_del, 2, WRITE, key_specs=(key_at(1, "RM", "delete"),),
+                    summary="JOB.DEL name"),
+            Command("JOB.PAUSE", self.cmd_pause, 2, WRITE,
+                    key_specs=(key_at(1, "RW", "update"),), summary="JOB.PAUSE name"),
+            Command("JOB.RESUME", self.cmd_resume, 2, WRITE,
+                    key_specs=(key_at(1, "RW", "update"),), summary="JOB.RESUME name"),
+            Command("JOB.RUN", self.cmd_run, 2, WRITE, key_specs=(key_at(1, "RW", "access"),),
+                    summary="JOB.RUN name: run once, now"),
+            Command("JOB.HISTORY", self.cmd_history, -2, READ, max_arity=3,
+                    key_specs=(key_at(1, "RO", "access"),),
                     summary="JOB.HISTORY name [count]: the latest runs, newest first"),
-            Command("WORKER.HEARTBEAT", self.workers.cmd_heartbeat, 2,
+            Command("WORKER.HEARTBEAT", self.workers.cmd_heartbeat, 2, WRITE,
                     summary="WORKER.HEARTBEAT worker_id: the worker is alive; the reply "
                     "names its attempts killed by REPLACE (run_id#attempt)"),
-            Command("WORKER.POLL", self.workers.cmd_poll, -2,
+            Command("WORKER.POLL", self.workers.cmd_poll, -2, WRITE | {"blocking"}, max_arity=6,
                     summary="WORKER.POLL worker_id [tags [timeout_ms [resync [max_runs]]]]"),
-            Command("WORKER.RESULTS", self.workers.cmd_results, -3,
+            Command("WORKER.RESULTS", self.workers.cmd_results, -5, WRITE,
                     summary="WORKER.RESULTS run_id exit_code output_tail attempt [...]"),
-            Command("WORKER.DONE", self.workers.cmd_done, -3,
+            Command("WORKER.DONE", self.workers.cmd_done, -3, WRITE, max_arity=5,
                     summary="WORKER.DONE run_id exit_code [output_tail [attempt]]"),
         ]
 
@@ -227,8 +238,6 @@ class SchedulerServer:
         return run()
 
     def cmd_history(self, session: Any, args: list[bytes]) -> Any:
-        if len(args) > 3:
-            raise CommandError("ERR wrong number of arguments for 'job.history' command")
         count = DEFAULT_HISTORY_COUNT
         if len(args) == 3:
             count = parse_int(args[2], ERR_COUNT)

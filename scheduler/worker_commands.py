@@ -89,8 +89,6 @@ class WorkerCommands:
         return run()
 
     def cmd_poll(self, session: Any, args: list[bytes]) -> Any:
-        if len(args) > 6:
-            raise CommandError("ERR wrong number of arguments for 'worker.poll' command")
         worker = _worker_id(args[1])
         tags = [t for t in text_arg(args[2]).split(",") if t] if len(args) > 2 else []
         timeout_ms = DEFAULT_POLL_MS
@@ -164,8 +162,6 @@ class WorkerCommands:
         return await poll.runs
 
     def cmd_done(self, session: Any, args: list[bytes]) -> Any:
-        if len(args) > 5:
-            raise CommandError("ERR wrong number of arguments for 'worker.done' command")
         return self._report([_result(args[1:])])
 
     def cmd_results(self, session: Any, args: list[bytes]) -> Any:

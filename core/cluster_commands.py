@@ -108,6 +108,12 @@ async def _checked(service: ClusterHost, handle: GroupHandle,
         raise service.unavailable(handle, exc) from None
 
 
+# Command flags (Redis's words): reading the membership works while loading or without a
+# leader; changing it is an admin command.
+_VIEW = frozenset({"loading", "stale"})
+_CHANGE = frozenset({"admin"})
+
+
 class ClusterCommands:
     """The CLUSTER.* commands of one service (see the module header)."""
 
@@ -117,18 +123,18 @@ class ClusterCommands:
     def commands(self) -> list[Command]:
         """The command-table rows."""
         return [
-            Command("CLUSTER.INFO", self.cmd_info, -1,
+            Command("CLUSTER.INFO", self.cmd_info, -1, _VIEW,
                     summary="CLUSTER.INFO [GROUP gid]: members, leader, term, commit index"),
-            Command("CLUSTER.ADD", self.cmd_add, -3,
+            Command("CLUSTER.ADD", self.cmd_add, -3, _CHANGE,
                     summary="CLUSTER.ADD id host:peerport [host:clientport] [GROUP gid]: "
                     "add a voter"),
-            Command("CLUSTER.REMOVE", self.cmd_remove, -2,
+            Command("CLUSTER.REMOVE", self.cmd_remove, -2, _CHANGE,
                     summary="CLUSTER.REMOVE id [GROUP gid]: remove a voter"),
-            Command("CLUSTER.LEADER", self.cmd_leader, -1,
+            Command("CLUSTER.LEADER", self.cmd_leader, -1, _VIEW,
                     summary="CLUSTER.LEADER [GROUP gid]: the leader's id and client address"),
-            Command("CLUSTER.TRANSFER", self.cmd_transfer, -1,
+            Command("CLUSTER.TRANSFER", self.cmd_transfer, -1, _CHANGE,
                     summary="CLUSTER.TRANSFER [id] [GROUP gid]: hand leadership over"),
-            Command("CLUSTER.GROUPS", self.cmd_groups, 1,
+            Command("CLUSTER.GROUPS", self.cmd_groups, 1, _VIEW,
                     summary="The Raft groups this node hosts, one map each"),
         ]
 

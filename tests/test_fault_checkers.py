@@ -336,6 +336,66 @@ def test_one_impossible_read_makes_them_fail(ops: list[Operation], data: st.Data
     assert result.details["blocked_op"] == bad.id
 
 
+@st.composite
+def counter_histories(draw: st.DrawFn) -> list[Operation]:
+    """A history of a real counter (incr returns the new value or nothing), read last."""
+    count = draw(st.integers(min_value=1, max_value=20))
+    state = 0
+    ops = []
+    for i in range(count + 1):
+        point = 10 * i + 5
+        start, end = point - draw(st.integers(0, 30)), point + draw(st.integers(0, 30))
+        if i == count or draw(st.booleans()):
+            ops.append(Operation(i, f"p{i}", "read", "n", None, state, OK, start, end))
+            continue
+        delta = draw(st.integers(1, 3))
+        status = draw(st.sampled_from([OK, OK, INFO, FAIL]))
+        if status == OK or (status == INFO and draw(st.booleans())):
+            state += delta
+        result = state if status == OK and draw(st.booleans()) else None
+        ops.append(Operation(i, f"p{i}", "incr", "n", delta, result, status, start, end))
+    return ops
+
+
+@settings(max_examples=100, deadline=None)
+@given(counter_histories(), st.booleans())
+def test_counter_histories_pass_and_an_impossible_final_read_fails(
+        ops: list[Operation], high: bool) -> None:
+    assert check_counter(ops).valid is True
+    assert check_linearizable(ops, Counter()).valid is True
+    attempted = sum(op.value for op in ops if op.f == "incr" and op.status != FAIL)
+    final = ops[-1]
+    ops[-1] = Operation(final.id, final.process, "read", "n", None,
+                        attempted + 1 if high else -1, OK, final.invoke_time, final.complete_time)
+    assert check_counter(ops).valid is False
+    assert check_linearizable(ops, Counter()).valid is False
+
+
+def test_report_table_shows_open_and_unknown_ends() -> None:
+    rows: list[Row] = [
+        ("a", "write", "k", 1, None, OK, 1_000_000, 3_500_000),
+        ("b", "write", "k", 2, None, INFO, 2_000_000, 4_000_000),
+        ("c", "write", "k", "x" * 80, None, INFO, 2_000_000, None),
+        ("d", "read", "k", None, 3, OK, 5_000_000, 6_000_000),
+    ]
+    result = check_linearizable(ops_of(rows))
+    assert result.valid is False
+    table = result.report().splitlines()
+    assert table[0].split() == ["op", "process", "f", "key", "value", "result", "status",
+                                "invoke", "ms", "end", "ms"]
+    assert table[2].split()[-2:] == ["0.000", "2.500"]
+    assert "3.000 (info)" in result.report() and "..." in result.report()
+    assert table[-2].split()[-1] == "5.000"
+
+
+def test_recorder_op_left_uncompleted_is_unknown() -> None:
+    rec = Recorder(clock=ticking_clock())
+    with rec.op("c1", "write", "k", 1):
+        pass
+    op = rec.history().operations()[0]
+    assert op.status == INFO and op.error == "completion never recorded"
+
+
 # --- sets -----------------------------------------------------------------------------------
 
 def test_set_with_every_acknowledged_add_passes() -> None:

@@ -37,6 +37,7 @@ CLOCK_EVERY_STEPS = 256
 PREFIX_CONTEXT_OPS = 3
 MAX_CONCURRENT_SHOWN = 8
 MAX_STATES_SHOWN = 8
+MAX_STATE_CHARS = 40
 
 ERR_UNKNOWN_F = "the {model} model has no operation {f!r}"
 ERR_CAS_VALUE = "a cas value is a pair (expected, new), got {value!r}"
@@ -294,7 +295,7 @@ def _failure(key: Any, key_ops: list[Operation], outcome: _Outcome, model: Model
     window = {op.id: op for op in context}
     window.update({op.id: op for op in concurrent[:MAX_CONCURRENT_SHOWN]})
     window[blocked.id] = blocked
-    states = ", ".join(repr(s) for s in outcome.states)
+    states = ", ".join(_short(repr(state)) for state in outcome.states)
     tail = ", ".join(str(op.id) for op in context) or "nothing"
     text = (f"key {key!r}: operation {blocked.id} ({blocked.f} {blocked.value!r} -> "
             f"{blocked.result!r} by {blocked.process!r}) cannot be linearized: the longest "
@@ -316,6 +317,10 @@ def _overlaps(op: Operation, other: Operation) -> bool:
     other_end = _INF if other.known_end is None else other.known_end
     op_end = _INF if op.known_end is None else op.known_end
     return op.invoke_time <= other_end and other.invoke_time <= op_end
+
+
+def _short(text: str) -> str:
+    return text if len(text) <= MAX_STATE_CHARS else text[: MAX_STATE_CHARS - 3] + "..."
 
 
 def _pair(value: Any) -> tuple[Any, Any]:

@@ -16,7 +16,8 @@ Each group is a tests.raftsim.Cluster in group mode (GroupSetup): its own Safety
 checks every Raft safety property after every input of every replica, and its random
 events (proposals, reads, snapshots, conf changes, transfers) are its own. The end: heal
 everything, and every group must commit and apply a fresh entry on all its voters (its
-liveness check); then every group with quiescence on must quiesce and stay silent.
+liveness check); then, once replicas outside their group's configuration are destroyed
+(replica GC), every group with quiescence on must quiesce and stay silent.
 
 One `random.Random` per seed drives it all: `RAFT_SEED=<seed> pytest
 tests/test_raft_multigroup_sim.py` replays a failure (RAFT_TRACE=1 prints the trace).
@@ -334,6 +335,7 @@ class MultiCluster:
         self.net.max_delay = 0
         for _ in range(in_flight):
             self.tick(chaos=False)
+        self.collect_orphans()
         quiet = [g for g in self.groups if g.setup is not None and g.setup.quiesce]
         bound = 4 * max((g.params.election_tick for g in quiet), default=0) + 20
         for _ in range(bound):
@@ -353,6 +355,21 @@ class MultiCluster:
             if group in quiet and self.net.sent[index] != before[index]:
                 self.fail(f"quiescence: quiesced group g{index} sent "
                           f"{self.net.sent[index] - before[index]} messages while idle")
+
+    def collect_orphans(self) -> None:
+        """Replica GC, as a host does it: a running replica that its group's configuration
+        (the leader's, committed once liveness is shown) does not hold is destroyed. Such a
+        replica (added by a leader whose entry was then overwritten) campaigns forever, and
+        each campaign would wake its group."""
+        for group in self.groups:
+            leader = group.leader()
+            if leader is None:
+                continue
+            for sim, _node in group.live():
+                if sim.id not in leader.voters:
+                    group.event("replica gc", sim.id)
+                    sim.decommissioned = True
+                    sim.crash()
 
     @staticmethod
     def group_quiesced(group: Cluster) -> bool:

@@ -32,6 +32,8 @@ SERVICE = "idgen"  # the service name on the node port
 GROUP = 0  # idgen has no groups
 OP_WHOAMI = "whoami"
 PROBE_TIMEOUT_S = 1.0
+# The first request on a new connection also waits for the connect and the handshake.
+FIRST_CONTACT_TIMEOUT_S = 5.0
 ERR_UNKNOWN_REQUEST = "idgen: unknown request {!r} (expected {{'op': 'whoami'}})"
 ERR_BAD_ANSWER = "answer is not a whoami reply: {!r}"
 
@@ -113,11 +115,13 @@ class PeerCheck:
     """
 
     def __init__(self, transport: NodeTransport, peers: Mapping[int, Address], clock: Clock,
-                 timeout: float = PROBE_TIMEOUT_S) -> None:
+                 timeout: float = PROBE_TIMEOUT_S,
+                 first_contact_timeout: float = FIRST_CONTACT_TIMEOUT_S) -> None:
         self.transport = transport
         self.peers = dict(peers)
         self.clock = clock
         self.timeout = timeout
+        self.first_contact_timeout = first_contact_timeout
         self.unreachable: set[int] = set()
 
     def address(self, node_id: int) -> str:
@@ -126,13 +130,15 @@ class PeerCheck:
 
     async def probe(self, node_id: int) -> PeerReading | None:
         """Ask one peer; None if it cannot be asked or answers nonsense. On a new
-        connection the peer is asked twice, so the round trip measured is one exchange and
-        not also the connect and the handshake."""
+        connection the peer is asked twice (the first time with the longer
+        `first_contact_timeout`), so the round trip measured is one exchange and not also
+        the connect and the handshake."""
         clock = self.clock
         request = self.transport.request
         try:
             if not self.transport.connected(node_id):
-                await request(node_id, SERVICE, GROUP, whoami_request(), self.timeout)
+                await request(node_id, SERVICE, GROUP, whoami_request(),
+                              self.first_contact_timeout)
             sent = clock.monotonic()
             answer = await request(node_id, SERVICE, GROUP, whoami_request(), self.timeout)
             received = clock.monotonic()

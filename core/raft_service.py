@@ -11,7 +11,8 @@ CLUSTER.* commands (core/cluster_commands.py), and offers the daemon's handlers 
   FORWARD (the default): any node that hosts the group accepts the write and forwards it
   to the leader, then waits until it has applied the entry itself, so the client reads its
   own write wherever it asks. Routing REDIRECT: a follower answers with the daemon's
-  redirect hook instead (e.g. `-MOVED slot host:port`, pointing at the leader);
+  redirect hook instead (e.g. `-MOVED slot host:port`, pointing at the leader; without a
+  hook it forwards);
 - `await service.barrier(group=None)`: wait until local reads are linearizable (Raft read
   index, confirmed by a quorum), on any node of the group.
 

@@ -64,6 +64,7 @@ class MultiParams:
     p_cut: float
     p_heal: float
     p_busy: float  # chance per tick that a group runs its random events at all
+    quiesce_share: float = 0.6  # chance that a group has Config.quiesce on
 
     @classmethod
     def from_seed(cls, seed: int, groups: int | None = None,
@@ -165,7 +166,8 @@ class MultiCluster:
         self.net.sent.append(0)
         setup = GroupSetup(founders=founders, link=GroupLink(self.net, index),
                            trace=self.trace, fail=self.fail, hosts=self.hosts,
-                           quiesce=rng.random() < 0.6, tag=f"g{index}")
+                           quiesce=rng.random() < self.params.quiesce_share,
+                           tag=f"g{index}")
         self.trace.append((0, f"g{index}", "voters", founders, "quiesce", setup.quiesce))
         return Cluster(params, setup)
 
@@ -226,7 +228,7 @@ class MultiCluster:
                 group.group_events()
         self.keep_down_hosts_down()
         if p.p_crash and rng.random() < p.p_crash:
-            self.crash_host()
+            self.crash_some_host()
         if self.down and rng.random() < p.p_restart:
             self.restart_host(rng.choice(sorted(self.down)))
         if p.p_partition and rng.random() < p.p_partition:
@@ -248,13 +250,17 @@ class MultiCluster:
                 if sim is not None and sim.node is not None:
                     sim.crash()
 
-    def crash_host(self) -> None:
+    def crash_some_host(self) -> None:
+        """Crash a host, half the time one that leads a group."""
         up = [h for h in self.hosts if h not in self.down]
         leaders = [n.id for g in self.groups if (n := g.leader()) is not None and n.id in up]
         pool = leaders if leaders and self.rng.random() < 0.5 else up
-        if not pool:
-            return
-        host = self.rng.choice(pool)
+        if pool:
+            self.crash_host(self.rng.choice(pool))
+
+    def crash_host(self, host: int) -> None:
+        """Every replica on `host` goes down at once (each may lose an unsynced hard
+        state)."""
         self.down.add(host)
         self.stats["host_crashes"] += 1
         self.trace.append((self.now, "crash host", host))

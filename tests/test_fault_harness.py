@@ -9,6 +9,7 @@ exact reason where namespaces cannot be built (not root, no `ip`, no `nft`).
 
 from __future__ import annotations
 
+import asyncio
 import os
 import random
 import signal
@@ -189,6 +190,29 @@ def test_relay_forwards_delays_pauses_and_cuts(harness: Harness) -> None:
         assert sock.recv(16) == b"back"
 
 
+def test_clients_on_a_host_through_threads_and_loops(harness: Harness) -> None:
+    def round_trip() -> bytes:
+        with socket.create_connection(addr(harness, "n2"), timeout=OK_TIMEOUT_S) as sock:
+            sock.sendall(b"thread")
+            return sock.recv(16)
+
+    async def async_round_trip() -> bytes:
+        reader, writer = await asyncio.open_connection(*addr(harness, "n2"))
+        writer.write(b"loop")
+        data = await reader.read(16)
+        writer.close()
+        return data
+
+    executor, loop = harness.executor("n1"), harness.loop("n1")
+    assert executor.submit(round_trip).result() == b"thread"
+    assert loop.run(async_round_trip()) == b"loop"
+    harness.one_way("n2", "n1")  # replies from n2 never reach n1: the handshake fails
+    with pytest.raises(OSError):
+        executor.submit(socket.create_connection, addr(harness, "n2"), CUT_TIMEOUT_S).result()
+    with pytest.raises(OSError):
+        loop.run(asyncio.wait_for(asyncio.open_connection(*addr(harness, "n2")), CUT_TIMEOUT_S))
+
+
 def node_clocks(h: Harness, host: str, port: int) -> tuple[float, float]:
     """The (wall, monotonic) time the echo node on `host`:`port` reads now."""
     with h.socket(host, socket.SOCK_DGRAM) as sock:
@@ -323,3 +347,11 @@ def test_rules_follow_the_plan_alone() -> None:
         plan.lose("a", "b", 1.5)
     plan.clear()
     assert nft.input_rules(plan, "b", addresses) == []
+
+
+def test_unavailable_reasons_name_the_missing_thing(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(netns.os, "geteuid", lambda: 1000)
+    assert netns.unavailable_reason() == "network namespaces need root (running as uid 1000)"
+    monkeypatch.setattr(netns.os, "geteuid", lambda: 0)
+    monkeypatch.setattr(netns.shutil, "which", lambda tool: None if tool == "nft" else tool)
+    assert netns.unavailable_reason() == "`nft` is not installed (Debian package nftables)"

@@ -7,7 +7,8 @@ the host end `eth0` in the host's), so nothing is added to the machine's own net
 (`netns.name_prefix`), so parallel runs never clash and a later run deletes what a crashed one
 left (`netns.remove_stale`). Nodes are `tests.procs.Daemon`s started from a thread that has
 entered the host's namespace, so the process and everything it forks live there; the test
-process reaches a host the same way (`socket(host)`, `in_host(host)`).
+process reaches a host the same way: `socket(host)`, `connect(...)`, `in_host(host)` for a
+block, `executor(host)` for blocking clients and `loop(host)` for asyncio ones.
 
 Faults are calls usable at any moment: `isolate`, `split`, `bridge`, `one_way`,
 `random_loss`, `heal` edit one `nft.FaultPlan` and re-derive each host's nftables table
@@ -25,6 +26,7 @@ import signal
 import socket
 import threading
 from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType, TracebackType
@@ -144,6 +146,8 @@ class Harness:
         self._clocks: dict[str, clock.ClockFile] = {}
         self._relays: list[RelayHandle] = []
         self._loop: LoopThread | None = None
+        self._host_loops: list[LoopThread] = []
+        self._executors: list[ThreadPoolExecutor] = []
 
     # -- life cycle ------------------------------------------------------------------------
 
@@ -186,9 +190,12 @@ class Harness:
             with contextlib.suppress(Exception):
                 handle.close()
         self._relays.clear()
-        if self._loop is not None:
-            with contextlib.suppress(Exception):
-                self._loop.stop()
+        for loop in [self._loop, *self._host_loops]:
+            if loop is not None:
+                with contextlib.suppress(Exception):
+                    loop.stop()
+        for executor in self._executors:
+            executor.shutdown(wait=False, cancel_futures=True)
         for node in self.nodes:
             with contextlib.suppress(Exception):
                 node.kill()
@@ -245,6 +252,24 @@ class Harness:
             raise
         return sock
 
+    def executor(self, ref: HostRef, workers: int = 1) -> ThreadPoolExecutor:
+        """Worker threads living in the host's namespace: blocking clients (redis-py, ...)
+        submitted there open their sockets on that host. Shut down by `close()`."""
+        host = self.host(ref)
+        executor = ThreadPoolExecutor(
+            workers, f"{self.prefix}{host.name}", initializer=netns.enter, initargs=(host.netns,)
+        )
+        self._executors.append(executor)
+        return executor
+
+    def loop(self, ref: HostRef) -> LoopThread:
+        """An asyncio loop in a thread living in the host's namespace: every socket its
+        coroutines open is on that host (`loop.run(coro)`). Stopped by `close()`."""
+        host = self.host(ref)
+        loop = LoopThread(initializer=lambda: netns.enter(host.netns))
+        self._host_loops.append(loop)
+        return loop
+
     def spawn(
         self,
         ref: HostRef,
@@ -253,19 +278,22 @@ class Harness:
         name: str | None = None,
         faked_clock: bool = False,
         env: dict[str, str] | None = None,
+        cwd: Path | None = None,
         start: bool = True,
     ) -> Node:
         """A node running `python -m <argv>` on the host, logging to `<workdir>/<name>.log`.
 
         With `port`, starting waits until host:port accepts connections. With `faked_clock`,
-        the process runs on the host's clock file (`clock(host)`).
+        the process runs on the host's clock file (`clock(host)`). `env` adds variables;
+        `cwd` defaults to the repository root.
         """
         host = self.host(ref)
         name = name or f"{host.name}-{len(self.nodes)}"
         full_env = dict(env or {})
         if faked_clock:
             full_env.update(self.clock(host).env())
-        daemon = Daemon(argv, host.address, port or 0, self.workdir / f"{name}.log", full_env)
+        log_path = self.workdir / f"{name}.log"
+        daemon = Daemon(argv, host.address, port or 0, log_path, full_env, cwd)
         node = Node(host, daemon, port)
         self.nodes.append(node)
         return node.start() if start else node

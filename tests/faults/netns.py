@@ -115,17 +115,22 @@ def in_netns(name: str) -> Iterator[None]:
     """
     home = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
     try:
-        target = os.open(f"{NETNS_DIR}/{name}", os.O_RDONLY)
-        try:
-            _setns(target)
-        finally:
-            os.close(target)
+        enter(name)
         try:
             yield
         finally:
             _setns(home)
     finally:
         os.close(home)
+
+
+def enter(name: str) -> None:
+    """Move this thread into namespace `name` for good (for worker threads of one host)."""
+    target = os.open(f"{NETNS_DIR}/{name}", os.O_RDONLY)
+    try:
+        _setns(target)
+    finally:
+        os.close(target)
 
 
 def unavailable_reason() -> str | None:

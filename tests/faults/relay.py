@@ -233,12 +233,22 @@ class Relay:
 
 
 class LoopThread:
-    """An asyncio event loop in a daemon thread, for relays driven from synchronous tests."""
+    """An asyncio event loop in a daemon thread, for relays driven from synchronous tests.
 
-    def __init__(self) -> None:
+    `initializer`, when given, runs first in the loop's thread (the harness uses it to move
+    the thread into a host's network namespace for good).
+    """
+
+    def __init__(self, initializer: Callable[[], None] | None = None) -> None:
         self.loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self._initializer = initializer
+        self._thread = threading.Thread(target=self._main, daemon=True)
         self._thread.start()
+
+    def _main(self) -> None:
+        if self._initializer is not None:
+            self._initializer()
+        self.loop.run_forever()
 
     def run(self, coro: Coroutine[Any, Any, T]) -> T:
         """Run `coro` on the loop and return its result."""

@@ -1,8 +1,11 @@
 """The asyncio RESP server every RESP daemon stands on: connections, one command table,
 dispatch with arity and auth checked once, and the commands every daemon answers.
 
-A daemon hands `RespServer` its own `Command` table and an INFO callback; the base adds
-PING, ECHO, HELLO, AUTH, INFO, QUIT, COMMAND, CLIENT, CONFIG GET and SELECT.
+A daemon hands `RespServer` its own `Command` rows (core.command_table), its `Limits`
+(core.limits) and an INFO callback; the base adds PING, ECHO, HELLO, AUTH, INFO, QUIT,
+COMMAND, CLIENT, CONFIG and SELECT (core.resp_commands). Dispatch finds the row (a container's
+subcommand by its second word), then checks authentication and the row's arity bounds, so
+arity and unknown-subcommand errors come from the table with Redis's wording.
 
 Per connection the order of replies is the order of commands, also for commands whose
 handler must wait (the handler then returns a coroutine). While one of those is
@@ -25,6 +28,7 @@ from typing import Any
 
 from core import resp_commands
 from core.command_table import Command, CommandTable, Handler, full_name_of
+from core.connections import Connections, Listeners
 from core.limits import DEFAULT_LIMITS, Limits
 from core.resp import CommandError, Raw, RequestParser, encode, encode_error
 from core.resp_session import Session
@@ -94,32 +98,24 @@ class RespServer:
                 self.batchable[command.name.encode()] = command
                 self.batchable[command.name.lower().encode()] = command
         self._next_id = 0
-        self._server: asyncio.AbstractServer | None = None
-        self._connections: set[ServerConnection] = set()
+        # Listening, admission and shutdown: core/connections.py, as for every daemon.
+        self._listeners = Listeners()
+        self._connections = Connections(name, self.limits.max_clients,
+                                        encode_error(ERR_MAX_CLIENTS), self.limits.write_high_water)
         self.port = 0
 
     # -- lifecycle ---------------------------------------------------------------------
     async def start(self, host: str, port: int) -> None:
-        loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(
-            lambda: ServerConnection(self), host, port, reuse_address=True, backlog=1024
-        )
-        self.port = self._server.sockets[0].getsockname()[1]
+        self.port = await self._listeners.tcp(lambda: ServerConnection(self), [host], port)
         self.config.setdefault("bind", host)
         self.config.setdefault("port", str(self.port))
         log.info("%s listening on %s:%d", self.name, host, self.port)
 
     async def stop(self, grace: float = 5.0) -> None:
-        """Stop accepting, let in-flight commands finish (up to `grace` s), close clients."""
-        if self._server is not None:
-            self._server.close()
-        busy = [c.in_flight for c in self._connections if c.in_flight is not None]
-        if busy:
-            await asyncio.wait(busy, timeout=grace)
-        for conn in list(self._connections):
-            conn.transport.close()
-        if self._server is not None:
-            await self._server.wait_closed()
+        """Stop accepting, let in-flight commands finish (up to `grace` s), close clients
+        (aborting those still open after `grace` s)."""
+        busy = [c.in_flight for c in self._connections.open if c.in_flight is not None]
+        await self._listeners.shutdown(self._connections, grace, busy)
 
     # -- dispatch ----------------------------------------------------------------------
     def new_session(self, peer: str) -> Session:
@@ -251,17 +247,16 @@ class RespServer:
             if any(fnmatch.fnmatchcase(key, pattern.lower()) for pattern in patterns)
         }
 
-    def connection_opened(self, conn: ServerConnection) -> bool:
-        """Admit a new connection, or refuse it when the server is full."""
+    def connection_opened(self, conn: ServerConnection, peer: str) -> bool:
+        """Admit a new connection, or refuse it (told so and closed) when the server is full."""
         self.counters["total_connections_received"] += 1
-        if len(self._connections) >= self.limits.max_clients:
+        if not self._connections.admit(conn, peer):
             self.counters["rejected_connections"] += 1
             return False
-        self._connections.add(conn)
         return True
 
     def connection_closed(self, conn: ServerConnection) -> None:
-        self._connections.discard(conn)
+        self._connections.release(conn)
         if conn.session is not None:
             self.sessions.pop(conn.session.id, None)
 
@@ -303,12 +298,11 @@ class ServerConnection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
-        if not self.server.connection_opened(self):
-            self.transport.write(encode_error(ERR_MAX_CLIENTS))
-            self.transport.close()
+        address = transport.get_extra_info("peername")
+        peer = f"{address[0]}:{address[1]}" if address else "?"
+        if not self.server.connection_opened(self, peer):
             return
-        peer = transport.get_extra_info("peername")
-        self.session = self.server.new_session(f"{peer[0]}:{peer[1]}" if peer else "?")
+        self.session = self.server.new_session(peer)
         limits = self.server.limits
         self.parser = RequestParser(
             limits.max_inline,
@@ -317,7 +311,6 @@ class ServerConnection(asyncio.Protocol):
             limits.max_buffer,
             self.session.authenticated,
         )
-        self.transport.set_write_buffer_limits(high=limits.write_high_water)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.server.connection_closed(self)

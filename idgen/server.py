@@ -34,7 +34,8 @@ MAX_BATCH = 100_000
 ERR_BATCH = f"ERR count must be an integer between 1 and {MAX_BATCH}"
 ERR_BAD_ID = "ERR id must be an integer between 0 and 9223372036854775807"
 YEARS_LEFT_WARNING = 1.0
-# Commands are tiny: the parser may hold little per client.
+# Commands are tiny: the parser may hold little per client (smaller than core.limits'
+# defaults: 64 KiB arguments, 1,024 of them, 1 MiB of unparsed input).
 LIMITS = Limits(max_bulk=64 * 1024, max_elements=1024, max_buffer=1024 * 1024)
 
 
@@ -96,12 +97,7 @@ class IdgenServer:
         self._reserving: asyncio.Task[None] | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._warned_years = False
-        limits = Limits(
-            max_bulk=LIMITS.max_bulk,
-            max_elements=LIMITS.max_elements,
-            max_buffer=LIMITS.max_buffer,
-            max_clients=max_clients,
-        )
+        limits = LIMITS.with_clients(max_clients)
         self.resp = RespServer(
             "idgen", VERSION, self.commands(), password=password, limits=limits, info=self.info
         )

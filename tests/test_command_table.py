@@ -266,3 +266,26 @@ def test_later_rows_replace_earlier_ones() -> None:
     found = table.find(b"GET")
     assert len(table) == 1 and found is not None and found.command.arity == 3
     assert table.find(b"config|get") is None
+
+
+# -- one Limits ----------------------------------------------------------------------------
+
+
+def test_one_limits_for_parser_server_and_config() -> None:
+    from core.limits import DEFAULT_LIMITS, Limits
+    from native.resp import RequestParser
+
+    parser = RequestParser()
+    assert (parser.max_inline, parser.max_bulk, parser.max_elements, parser.max_buffer) == (
+        DEFAULT_LIMITS.max_inline, DEFAULT_LIMITS.max_bulk, DEFAULT_LIMITS.max_elements,
+        DEFAULT_LIMITS.max_buffer,
+    )
+    # The server's default is the same object's values, and CONFIG GET reports them.
+    server = RespServer("kv", "9.9.9", [])
+    assert server.limits == Limits()
+    assert call(server, "CONFIG", "GET", "proto-max-bulk-len") == [
+        b"proto-max-bulk-len", str(DEFAULT_LIMITS.max_bulk).encode()
+    ]
+    smaller = Limits(max_bulk=1024).with_clients(5)
+    assert (smaller.max_bulk, smaller.max_clients) == (1024, 5)
+    assert smaller.max_buffer == DEFAULT_LIMITS.max_buffer

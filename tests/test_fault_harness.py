@@ -320,6 +320,32 @@ def test_stale_namespaces_of_a_killed_run_are_removed(tmp_path: Path) -> None:
         time.sleep(0.05)
 
 
+INTERRUPTED_RUN = """
+import sys, time
+from pathlib import Path
+from tests.faults.hosts import Harness
+with Harness(2, Path(sys.argv[1])) as h:
+    node = h.spawn("n1", ["tests.faults.echo", "10.77.0.1", "7000"], port=7000)
+    print(h.prefix, node.pid, flush=True)
+    time.sleep(120)
+"""
+
+
+def test_sigterm_to_the_test_process_still_tears_down(tmp_path: Path) -> None:
+    skip_unless_available()
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen(
+        [sys.executable, "-c", INTERRUPTED_RUN, str(tmp_path)],
+        stdout=subprocess.PIPE, text=True, env=env, cwd=ROOT,
+    )
+    assert proc.stdout is not None
+    prefix, node_pid = proc.stdout.readline().split()
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) == 128 + signal.SIGTERM
+    assert netns.ours(prefix) == []
+    assert not running(int(node_pid))
+
+
 def running(pid: int) -> bool:
     """Whether `pid` exists and is not a zombie waiting for its reaper."""
     try:

@@ -7,7 +7,8 @@ categories, tips and the one-line summary, `since` and `group` that COMMAND DOCS
 
 From the key specs come, as Redis derives them: the legacy (first key, last key, step) that
 COMMAND reports and cluster clients route by, the `movablekeys` flag when no fixed range can
-say where the keys are, and `get_keys` (COMMAND GETKEYS). From the flags come the implicit
+say where the keys are, `get_keys` (COMMAND GETKEYS) and `request_slot` (the Redis Cluster
+slot of a request's keys, CRC16 from native.crc16). From the flags come the implicit
 ACL categories. Rows are checked when built: an unknown flag or category is a ValueError,
 so a typo in a daemon's table fails at start, not in a client.
 
@@ -23,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from core.stats import LatencyHistogram
+from native.crc16 import key_slot
 
 # Command flags in the order Redis replies with them (COMMAND INFO), movablekeys last.
 FLAG_ORDER = (
@@ -55,6 +57,7 @@ KEY_SPEC_FLAGS = (
     "variable_flags",
 )
 SUBCOMMAND_SEPARATOR = "|"
+ERR_CROSSSLOT = "CROSSSLOT Keys in request don't hash to the same slot"
 # max_args of a row with a negative arity and no max_arity.
 UNBOUNDED_ARGS = 1 << 62
 
@@ -261,12 +264,26 @@ class KeysError(ValueError):
     """The request's arguments do not hold the keys its key specs promise."""
 
 
+class CrossSlotError(ValueError):
+    """The request's keys hash to more than one cluster slot (Redis's CROSSSLOT)."""
+
+
 def get_keys(command: Command, args: list[bytes]) -> list[bytes]:
     """The keys of request `args` (name first) by `command`'s key specs, in spec order.
 
     Raises KeysError when a spec points past the arguments or at a bad key count.
     """
     return [key for key, _ in keys_and_specs(command, args)]
+
+
+def request_slot(command: Command, args: list[bytes]) -> int | None:
+    """The Redis Cluster slot every key of the request hashes to (hash tags honoured), or
+    None when it names no key. Raises CrossSlotError when its keys span slots, KeysError as
+    get_keys does. A sharded daemon routes (or answers MOVED) by it."""
+    slots = {key_slot(key) for key in get_keys(command, args)}
+    if len(slots) > 1:
+        raise CrossSlotError(ERR_CROSSSLOT)
+    return slots.pop() if slots else None
 
 
 def keys_and_specs(command: Command, args: list[bytes]) -> list[tuple[bytes, KeySpec]]:

@@ -289,3 +289,15 @@ def test_one_limits_for_parser_server_and_config() -> None:
     smaller = Limits(max_bulk=1024).with_clients(5)
     assert (smaller.max_bulk, smaller.max_clients) == (1024, 5)
     assert smaller.max_buffer == DEFAULT_LIMITS.max_buffer
+
+
+def test_request_slot() -> None:
+    from core.command_table import CrossSlotError, request_slot
+
+    assert request_slot(GET, [b"GET", b"somekey"]) == 11058
+    assert request_slot(MSET, [b"MSET", b"{t}a", b"1", b"{t}b", b"2"]) == request_slot(
+        GET, [b"GET", b"t"]
+    )
+    with pytest.raises(CrossSlotError, match="CROSSSLOT"):
+        request_slot(MSET, [b"MSET", b"a", b"1", b"b", b"2"])
+    assert request_slot(Command("PING", _noop, -1), [b"PING"]) is None

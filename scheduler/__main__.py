@@ -34,9 +34,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="run a scheduler node")
     daemon.add_common_options(serve, DEFAULT_PORT)
     cluster_options.add_cluster_options(serve, DEFAULT_PEER_PORT)
-    # etcd's default. A snapshot is encoded and written in a thread (the loop pauses ~15 ms
-    # at 1,000 jobs x 100 records, for the capture, the GIL and compaction), but it still
-    # costs ~50 ms of CPU and a 7 MB write: every minute or so, not every few seconds.
+    # etcd's default. A snapshot is encoded and written in a thread (the loop pauses only
+    # for the capture, the GIL and compaction), but it still costs CPU and a write of the
+    # whole state: every minute or so, not every few seconds (bench/micro_snapshot.py).
     serve.add_argument("--snapshot-every", type=int, default=100_000,
                        help="applied entries between snapshots (log compaction)")
     serve.add_argument("--worker-timeout-ms", type=int, default=10_000,

@@ -59,8 +59,8 @@ CHECK_RUNS_S = 0.1  # ... and at the active runs (timeouts, lost workers, retrie
 # (each entry costs the leader and every follower a proposal, an append and an apply)
 MAX_FIRES_PER_ENTRY = 256
 
-# a second's burst of 1,000 runs due in one millisecond takes ~80 ms to commit and hand
-# to a worker on this 2-core machine; the window leaves room for a slow fsync or GC pause
+# the window covers committing a burst of runs due in one millisecond and handing them to
+# workers, with room for a slow fsync or GC pause (bench/README.md has the figures)
 DEFAULT_FIRE_AHEAD_MS = 200
 MAX_FIRE_AHEAD_MS = 10_000
 
@@ -88,8 +88,8 @@ class FiringLoop:
         self._jobs_changed = asyncio.Event()
         self._runs_checked = 0.0  # loop time of the last _expire_and_retry
         self._leading_since_ms = 0  # wall time this node's firing loop last took over
-        # 1,000 jobs x 100 run records: a full GC collection would pause the loop ~30+ ms
-        # every ~20 s; records are acyclic, so survivors are frozen out of its reach
+        # many jobs' run records make a full GC collection a long pause of the loop; records
+        # are acyclic, so survivors are frozen out of its reach
         self._gc: GcFreezer | None = None
 
     def start(self, driver: RaftDriver) -> None:

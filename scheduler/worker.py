@@ -252,8 +252,8 @@ class Worker:
 
     def _slot_gate(self, run: Run) -> asyncio.Future[None] | None:
         """What a run fired ahead waits on to start at its slot (None: start now). One
-        timer per slot sets them all: a timer per run costs ~4 us more at the slot, the
-        4 ms a burst of 1,000 runs would wait before its first handler starts."""
+        timer per slot sets them all: a timer per run would add its own cost at the slot
+        for every run of a burst, before the burst's first handler starts."""
         now = self.clock.wall_s()
         delay = start_delay(run, now)
         if delay <= 0:

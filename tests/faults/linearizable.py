@@ -7,7 +7,10 @@ Strategy (as in Porcupine and Knossos's linear checker, written afresh here):
   completion, in one doubly linked list sorted by time (calls before returns at equal times,
   the permissive order). Failed operations are dropped (they did not happen); an info
   operation's return sits at +infinity, so it may be linearized at any point after its call
-  or never; an info read constrains nothing and is dropped.
+  or never; an info read constrains nothing and is dropped, and so (for registers) is an
+  info write whose value nothing observes.
+- Before searching, a quick necessary test (a register read of a value no write attempted
+  in time) catches the grossest violations even where the search would time out.
 - The search walks the list from its head: at a call it tries to apply the operation to the
   model; if the model accepts and the pair (set of linearized operations as a bitset, model
   state) was never seen before, the call and its return are lifted out of the list, the
@@ -63,8 +66,12 @@ class Model(Protocol):
         """
         ...
 
-    def constrains_if_unknown(self, op: Operation) -> bool:
-        """False for operations that, with an unknown outcome, can be dropped (reads)."""
+    def reduce(self, ops: list[Operation]) -> list[Operation]:
+        """One key's operations (none failed) less those that cannot change the verdict."""
+        ...
+
+    def impossible(self, ops: list[Operation]) -> Operation | None:
+        """An operation no linearization can explain, by a quick necessary test, or None."""
         ...
 
 
@@ -94,8 +101,46 @@ class Register:
             return state != expected, state
         raise ValueError(ERR_UNKNOWN_F.format(model=self.name, f=op.f))
 
-    def constrains_if_unknown(self, op: Operation) -> bool:
-        return op.f != "read"
+    def reduce(self, ops: list[Operation]) -> list[Operation]:
+        """Drop unknown reads, and unknown writes of values nothing ever observes.
+
+        Sound when no ok cas reports a mismatch: leaving such a write out only changes the
+        state during a stretch in which no operation looks at it (no read returns its value
+        and no cas expects it), and an unknown write may always be left out.
+        """
+        ops = [op for op in ops if not (op.status == INFO and op.f == "read")]
+        if any(op.f == "cas" and op.status != INFO and op.result is False for op in ops):
+            return ops
+        seen = {op.result for op in ops if op.f == "read"}
+        seen |= {_pair(op.value)[0] for op in ops if op.f == "cas"}
+        return [op for op in ops
+                if not (op.status == INFO and op.f == "write" and op.value not in seen)]
+
+    def impossible(self, ops: list[Operation]) -> Operation | None:
+        """The first read (or swapping cas) of a value not written before it completed."""
+        first: dict[Hashable, int] = {}
+        for op in ops:
+            if op.f in ("write", "cas"):
+                value = op.value if op.f == "write" else _pair(op.value)[1]
+                first[value] = min(first.get(value, op.invoke_time), op.invoke_time)
+        for op in ops:
+            seen = _observed(op)
+            if op.status != INFO and seen is not _NOTHING and seen != self.initial \
+                    and first.get(seen, _INF) > op.complete_time:  # type: ignore[operator]
+                return op
+        return None
+
+
+_NOTHING = object()
+
+
+def _observed(op: Operation) -> Any:
+    """The value an ok read returned or an ok swapping cas expected, else _NOTHING."""
+    if op.f == "read":
+        return op.result
+    if op.f == "cas" and op.result in (True, None):
+        return _pair(op.value)[0]
+    return _NOTHING
 
 
 @dataclass(frozen=True)
@@ -121,8 +166,13 @@ class Counter:
             return op.result == state, state
         raise ValueError(ERR_UNKNOWN_F.format(model=self.name, f=op.f))
 
-    def constrains_if_unknown(self, op: Operation) -> bool:
-        return op.f != "read"
+    def reduce(self, ops: list[Operation]) -> list[Operation]:
+        """Drop unknown reads."""
+        return [op for op in ops if not (op.status == INFO and op.f == "read")]
+
+    def impossible(self, ops: list[Operation]) -> Operation | None:
+        """No quick test here: tests/faults/checkers.py check_counter bounds the reads."""
+        return None
 
 
 @dataclass
@@ -180,9 +230,13 @@ def check_linearizable(
     budget = _Budget(time_limit, max_steps, clock)
     undecided = []
     for key, key_ops in sorted(by_key.items(), key=lambda item: len(item[1])):
-        outcome = _search(_usable(key_ops, model), model, budget)
+        usable = model.reduce([op for op in key_ops if op.status != FAIL])
+        bad = model.impossible(usable)
+        if bad is not None:
+            return _impossible(key, usable, bad, model, origin)
+        outcome = _search(usable, model, budget)
         if outcome.valid is False:
-            return _failure(key, key_ops, outcome, model, origin, budget)
+            return _failure(key, usable, outcome, model, origin, budget)
         if outcome.valid == UNKNOWN:
             undecided.append(key)
     if undecided:
@@ -196,11 +250,6 @@ def check_linearizable(
 
 def _key(key: Any) -> Any:
     return tuple(key) if isinstance(key, list) else key
-
-
-def _usable(ops: list[Operation], model: Model) -> list[Operation]:
-    return [op for op in ops
-            if op.status != FAIL and (op.status != INFO or model.constrains_if_unknown(op))]
 
 
 def _build_list(ops: list[Operation]) -> tuple[list[int], list[int], list[int], list[float]]:
@@ -280,9 +329,21 @@ def _search(ops: list[Operation], model: Model, budget: _Budget) -> _Outcome:
     return _Outcome(True, steps)
 
 
-def _failure(key: Any, key_ops: list[Operation], outcome: _Outcome, model: Model,
+def _impossible(key: Any, usable: list[Operation], bad: Operation, model: Model,
+                origin: int) -> CheckResult:
+    writes = [op for op in usable if op.f != "read" and op.id != bad.id
+              and op.invoke_time <= (bad.complete_time or 0)]
+    window = sorted([*writes[-PREFIX_CONTEXT_OPS:], bad], key=lambda op: (op.invoke_time, op.id))
+    text = (f"key {key!r}: operation {bad.id} ({bad.f} {bad.value!r} -> {bad.result!r} by "
+            f"{bad.process!r}) saw {_short(repr(_observed(bad)))}, which is neither the "
+            f"{model.name}'s initial value nor written by any operation invoked before it "
+            "completed")
+    details = {"key": key, "blocked_op": bad.id, "longest_prefix": None, "states": None}
+    return CheckResult(CHECKER, False, text, tuple(window), details, origin)
+
+
+def _failure(key: Any, usable: list[Operation], outcome: _Outcome, model: Model,
              origin: int, budget: _Budget) -> CheckResult:
-    usable = _usable(key_ops, model)
     blocked = usable[outcome.blocked_op]
     prefix = [usable[i] for i in outcome.prefix]
     in_prefix = {op.id for op in prefix}

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from core import daemon
-from core.raft.driver import DriverConfig
+from core.raft.driver_types import DriverConfig
 
 __all__ = [
     "DEFAULT_ELECTION_TICK", "DEFAULT_TICK_MS", "ClusterSettings", "add_cluster_options",

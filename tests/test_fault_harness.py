@@ -98,9 +98,7 @@ def test_every_host_reaches_every_other(harness: Harness) -> None:
 def test_isolate_cuts_both_ways_and_heal_restores(harness: Harness) -> None:
     harness.isolate("n3")
     harness.isolate("n3")  # idempotent: same plan, same rules
-    assert harness.plan.cuts == {
-        ("n3", "n1"), ("n3", "n2"), ("n1", "n3"), ("n2", "n3")
-    }
+    assert harness.plan.cuts == {("n3", "n1"), ("n3", "n2"), ("n1", "n3"), ("n2", "n3")}
     assert unreachable(harness, "n1", "n3")
     assert unreachable(harness, "n3", "n2")
     assert echoes(harness, "n1", "n2")
@@ -238,8 +236,11 @@ def test_clock_fault_moves_the_wall_clock_at_run_time(harness: Harness) -> None:
     clock_port = PORT + 1
     harness.clock("n1").set(3600)
     node = harness.spawn(
-        "n1", ["tests.faults.echo", harness.host("n1").address, str(clock_port)],
-        port=clock_port, name="clock", faked_clock=True,
+        "n1",
+        ["tests.faults.echo", harness.host("n1").address, str(clock_port)],
+        port=clock_port,
+        name="clock",
+        faked_clock=True,
     )
     _, mono_ahead = wait_for_offset(harness, "n1", clock_port, 3600)
     harness.clock("n1").jump(-3600 - 600)  # back, to 10 minutes behind
@@ -305,7 +306,12 @@ def test_stale_namespaces_of_a_killed_run_are_removed(tmp_path: Path) -> None:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     out = subprocess.run(
         [sys.executable, "-c", CRASHING_RUN, str(tmp_path)],
-        capture_output=True, text=True, env=env, cwd=ROOT, timeout=60, check=False,
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        timeout=60,
+        check=False,
     )
     assert out.returncode == -signal.SIGKILL, out.stderr
     prefix, orphan = out.stdout.split()
@@ -336,7 +342,10 @@ def test_sigterm_to_the_test_process_still_tears_down(tmp_path: Path) -> None:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen(
         [sys.executable, "-c", INTERRUPTED_RUN, str(tmp_path)],
-        stdout=subprocess.PIPE, text=True, env=env, cwd=ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env,
+        cwd=ROOT,
     )
     assert proc.stdout is not None
     prefix, node_pid = proc.stdout.readline().split()

@@ -27,13 +27,13 @@ import socket
 import threading
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType, TracebackType
 
 import pytest
 
 from tests.faults import clock, netns, nft
+from tests.faults.node import Host, HostRef, Node
 from tests.faults.relay import LoopThread, Relay, RelayHandle
 from tests.procs import Daemon
 
@@ -58,72 +58,6 @@ def skip_unless_available(clock_faults: bool = False) -> None:
         reason = clock.unavailable_reason()
     if reason is not None:
         pytest.skip(f"fault harness unavailable: {reason}")
-
-
-@dataclass(frozen=True)
-class Host:
-    """One host: its short name (`n1`), 1-based index, IPv4 address and namespace."""
-
-    name: str
-    index: int
-    address: str
-    netns: str
-
-
-HostRef = Host | str
-
-
-class Node:
-    """A daemon process on a host; `daemon` is the underlying `tests.procs.Daemon`."""
-
-    def __init__(self, host: Host, daemon: Daemon, ready_port: int | None) -> None:
-        self.host = host
-        self.daemon = daemon
-        self.ready_port = ready_port
-
-    @property
-    def pid(self) -> int:
-        """The process id (of the current incarnation)."""
-        assert self.daemon.proc is not None
-        return self.daemon.proc.pid
-
-    def start(self) -> Node:
-        """Start in the host's namespace; wait for `ready_port` to listen when one is set."""
-        with netns.in_netns(self.host.netns):
-            self.daemon.start(wait=self.ready_port is not None)
-        return self
-
-    def kill(self) -> None:
-        """SIGKILL and reap (resumed first so a stopped process dies too)."""
-        if self.alive():
-            self.daemon.signal(signal.SIGCONT)
-        if self.daemon.proc is not None and self.daemon.proc.poll() is None:
-            self.daemon.kill()
-
-    def pause(self) -> None:
-        """SIGSTOP: the process hangs; its sockets stay open."""
-        self.daemon.signal(signal.SIGSTOP)
-
-    def resume(self) -> None:
-        """SIGCONT after `pause()`."""
-        self.daemon.signal(signal.SIGCONT)
-
-    def stop(self) -> int:
-        """SIGTERM and wait; the exit code."""
-        return self.daemon.stop()
-
-    def restart(self) -> Node:
-        """Kill if running, then start again with the same argv (the same data directory)."""
-        self.kill()
-        return self.start()
-
-    def alive(self) -> bool:
-        """Whether the process is running (a stopped one counts as running)."""
-        return self.daemon.alive()
-
-    def log(self) -> str:
-        """Everything the process wrote to its log so far."""
-        return self.daemon.log()
 
 
 class Harness:
@@ -178,14 +112,27 @@ class Harness:
             ]
         _ip_batch(self.bridge_netns, script)
         for host in self.hosts:
-            _ip_batch(host.netns, [
-                f"addr add {host.address}/{PREFIX_LEN} dev {nft.INNER_LINK}",
-                f"link set {nft.INNER_LINK} up",
-            ])
+            _ip_batch(
+                host.netns,
+                [
+                    f"addr add {host.address}/{PREFIX_LEN} dev {nft.INNER_LINK}",
+                    f"link set {nft.INNER_LINK} up",
+                ],
+            )
             self._apply(host)
 
     def close(self) -> None:
-        """Stop relays, kill every node, delete every namespace. Idempotent; never raises."""
+        """Stop relays, kill every node, delete every namespace. Idempotent; never raises.
+
+        A second SIGTERM arriving meanwhile is ignored until the cleanup is over.
+        """
+        with _sigterm_ignored():
+            self._close()
+        _open_harnesses.discard(self)
+        if not _open_harnesses:
+            _untrap_sigterm()
+
+    def _close(self) -> None:
         for handle in self._relays:
             with contextlib.suppress(Exception):
                 handle.close()
@@ -194,8 +141,11 @@ class Harness:
             if loop is not None:
                 with contextlib.suppress(Exception):
                     loop.stop()
+        self._loop = None
+        self._host_loops.clear()
         for executor in self._executors:
             executor.shutdown(wait=False, cancel_futures=True)
+        self._executors.clear()
         for node in self.nodes:
             with contextlib.suppress(Exception):
                 node.kill()
@@ -203,9 +153,7 @@ class Harness:
             with contextlib.suppress(Exception):
                 netns.delete(name)
         self._created.clear()
-        _open_harnesses.discard(self)
-        if not _open_harnesses:
-            _untrap_sigterm()
+        self._applied.clear()
 
     def __enter__(self) -> Harness:
         return self.open()
@@ -323,7 +271,7 @@ class Harness:
         if len(flat) != len(set(flat)):
             raise ValueError(f"a host appears in two groups: {names}")
         for i, group in enumerate(names):
-            for other in names[i + 1:]:
+            for other in names[i + 1 :]:
                 self._cut_between(group, other)
         self._sync()
 
@@ -434,6 +382,22 @@ def _trap_sigterm() -> None:
         return
     if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
         signal.signal(signal.SIGTERM, _raise_exit)
+
+
+@contextlib.contextmanager
+def _sigterm_ignored() -> Iterator[None]:
+    """Ignore SIGTERM for the block when the harness's own handler is installed."""
+    trapped = (
+        threading.current_thread() is threading.main_thread()
+        and signal.getsignal(signal.SIGTERM) is _raise_exit
+    )
+    if trapped:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        if trapped:
+            signal.signal(signal.SIGTERM, _raise_exit)
 
 
 def _untrap_sigterm() -> None:

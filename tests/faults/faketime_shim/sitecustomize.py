@@ -20,7 +20,8 @@ def _select_sleep(seconds: float) -> None:
     select.select([], [], [], seconds)
 
 
-if "faketime" in os.environ.get("LD_PRELOAD", "") and os.environ.get(
-    "FAKETIME_DONT_FAKE_MONOTONIC"
-) == "1":
+if (
+    "faketime" in os.environ.get("LD_PRELOAD", "")
+    and os.environ.get("FAKETIME_DONT_FAKE_MONOTONIC") == "1"
+):
     time.sleep = _select_sleep

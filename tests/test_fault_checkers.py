@@ -26,6 +26,7 @@ from tests.faults.checkers import (
     check_set,
     check_unique,
     format_table,
+    write_report,
 )
 from tests.faults.history import FAIL, INFO, OK, History, Operation, Recorder
 
@@ -411,6 +412,21 @@ def test_report_table_shows_open_and_unknown_ends() -> None:
     assert table[5].split()[-3:] == ["ok", "4.000", "5.000"]
     result = check_linearizable(ops_of(rows))
     assert result.valid is False and result.report().startswith("op  process  f")
+
+
+def test_report_file_puts_failures_first_and_the_whole_history_last(tmp_path: Any) -> None:
+    rows: list[Row] = [
+        ("a", "write", "k", 1, None, OK, 0, 10),
+        ("b", "read", "k", None, 2, OK, 20, 30),
+        ("c", "next_id", None, None, 5, OK, 40, 50),
+    ]
+    ops = ops_of(rows)
+    path = tmp_path / "report.txt"
+    write_report(path, [check_unique(ops), check_linearizable(ops, fs=["write", "read"])], ops)
+    text = path.read_text()
+    assert text.startswith("op  process")
+    assert text.index("linearizable: valid=False") < text.index("unique: valid=True")
+    assert "whole history, 3 operations" in text and "next_id" in text.split("whole")[1]
 
 
 def test_recorder_op_left_uncompleted_is_unknown() -> None:

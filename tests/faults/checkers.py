@@ -22,7 +22,14 @@ from typing import Any
 
 from tests.faults.history import FAIL, INFO, OK, History, Operation
 from tests.faults.linearizable import Counter, Register, check_linearizable
-from tests.faults.report import UNKNOWN, CheckResult, as_operations, format_table, origin_of
+from tests.faults.report import (
+    UNKNOWN,
+    CheckResult,
+    as_operations,
+    format_table,
+    origin_of,
+    write_report,
+)
 
 __all__ = [
     "CheckResult",
@@ -34,6 +41,7 @@ __all__ = [
     "check_set",
     "check_unique",
     "format_table",
+    "write_report",
 ]
 
 MAX_LISTED = 10
@@ -109,7 +117,8 @@ def _set_key(key: Any, final: Operation, adds: list[Operation], figures: Tally[s
 
 def check_unique(source: Source, *, f: str = "next_id",
                  per_process_increasing: bool = False) -> CheckResult:
-    """No id is returned twice across all clients (ok results of `f`; a list is a batch).
+    """No id is returned twice across all clients (ok results of `f`; a list is a batch,
+    None is no id).
 
     With `per_process_increasing`, each process's ids also strictly increase in the order
     it invoked its operations (and within a batch).
@@ -270,9 +279,8 @@ def _sort_key(value: Hashable) -> tuple[int, Any]:
 
 
 def _ids(op: Operation) -> list[Hashable]:
-    if isinstance(op.result, list | tuple):
-        return [_hashable(value) for value in op.result]
-    return [_hashable(op.result)]
+    values = op.result if isinstance(op.result, list | tuple) else [op.result]
+    return [_hashable(value) for value in values if value is not None]
 
 
 def _delta(op: Operation) -> int:

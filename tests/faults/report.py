@@ -4,13 +4,15 @@ Strategy: every checker returns one `CheckResult`; `valid` is True, False or "un
 checker ran out of time or steps, or the evidence is not enough either way): "unknown" is
 never a pass. A failure carries the smallest window of operations that shows it, and
 `report()` prints that window first, as a table with times in milliseconds relative to the
-first event of the history, then the explanation.
+first event of the history, then the explanation; `write_report` puts the reports of a
+drill's checkers in a file, failures first, with the whole history after them.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 from tests.faults.history import INFO, History, Operation
@@ -77,6 +79,17 @@ def format_table(ops: Sequence[Operation], origin: int = 0) -> str:
              .rstrip() for row in rows]
     lines.insert(1, "  ".join("-" * width for width in widths))
     return "\n".join(lines)
+
+
+def write_report(path: str | Path, results: Iterable[CheckResult],
+                 source: History | Iterable[Operation] | None = None) -> None:
+    """Write each result's report (failures first), then the whole history as one table."""
+    ordered = sorted(results, key=lambda result: {False: 0, UNKNOWN: 1}.get(result.valid, 2))
+    parts = [result.report() for result in ordered]
+    if source is not None:
+        ops = as_operations(source)
+        parts.append(f"whole history, {len(ops)} operations:\n" + format_table(ops, origin_of(ops)))
+    Path(path).write_text("\n\n".join(parts) + "\n", encoding="utf-8")
 
 
 def _row(op: Operation, origin: int) -> tuple[str, ...]:

@@ -28,6 +28,7 @@ import argparse
 import contextlib
 import math
 import os
+import pstats
 import sys
 import tempfile
 import time
@@ -60,11 +61,14 @@ IDLE_GROUPS = 1000
 IDLE_CPU_GOAL = 5.0  # % of one core per process
 LOAD_GROUPS = 100
 ENTRY_BYTES = 100
-PROPOSERS = 1000  # in all: PROPOSERS // LOAD_GROUPS per group in section 2
+PROPOSERS = 1000  # in all by default: PROPOSERS // LOAD_GROUPS per group in section 2
 START_TIMEOUT_S = 300.0  # opening 1,001 groups on a busy machine
 SETTLE_TIMEOUT_S = 300.0  # until every group has an agreed leader (and is quiesced)
 QUIET_S = 2.0  # after the groups settled, before the window
+PROFILE_S = 5.0  # node 1's event loop profiled after the window (not metered)
+PROFILE_TOP = 12
 NODE_ARGS = ["--log-level", "WARNING"]
+MAX_SINGLE_RETRIES = 3  # section 3's BENCH runs again when the lead moved during it
 
 
 @dataclass(frozen=True)
@@ -76,12 +80,13 @@ class Plan:
     load_groups: int
     entries: int  # per run, in all groups together (section 3: in its one group)
     runs: int
+    proposers: int  # in all groups together (section 3: in its one group)
 
 
 def make_plan(args: argparse.Namespace) -> Plan:
     if args.quick:
-        return Plan(args.idle_groups, 5.0, args.load_groups, 10_000, 1)
-    return Plan(args.idle_groups, 15.0, args.load_groups, 30_000, 3)
+        return Plan(args.idle_groups, 5.0, args.load_groups, 10_000, 1, args.proposers)
+    return Plan(args.idle_groups, 15.0, args.load_groups, 30_000, 3, args.proposers)
 
 
 def ceiling_figure(section: str, label: str, value: float, unit: str, limit: float,
@@ -142,6 +147,7 @@ def idle_run(plan: Plan, quiesce: bool | None) -> dict[str, Any]:
             with CpuMeter(_pids(cluster)) as meter:
                 time.sleep(plan.idle_window_s)
             after = _sum_status(nodes, IDLE_FIELDS)
+            profile = loop_profile(nodes[0], Path(tmp) / "idle.pstats", PROFILE_S)
         finally:
             cluster.stop()
     wall = meter.result["wall_s"]
@@ -152,11 +158,26 @@ def idle_run(plan: Plan, quiesce: bool | None) -> dict[str, Any]:
              f"{', '.join(f'{p:.2f}%' for p in percent)}; frames/s "
              f"{', '.join(f'{r:.0f}' for r in rates['frames_sent_per_s'])}; settled in "
              f"{settled:.0f} s; other processes {meter.result['others_cores']:.2f} cores")
+    progress("1 node 1's loop, most self time: " + "; ".join(
+        f"{row.get('function')} {row.get('self_s')} s" for row in profile[:4]))
     return {"quiesce": on, "cpu_percent": percent, "cpu": meter.result, "rates": rates,
             "status_after": after, "opened_s": opened, "elected_s": elected,
-            "settled_s": settled,
+            "settled_s": settled, "node1_loop_profile": profile,
             "command": f"3 x tests.raft_groups_demo --groups {plan.idle_groups} "
                        f"{' '.join(flag + NODE_ARGS)}; CPU over {plan.idle_window_s:.0f} s"}
+
+
+def loop_profile(node: GroupsNode, path: Path, seconds: float) -> list[dict[str, Any]]:
+    """The functions that took the most time on `node`'s event-loop thread (its PROFILE
+    command: cProfile, which slows what it watches) over `seconds`, after the window."""
+    reply = node.cmd(f"PROFILE {seconds} {path}")[0]
+    if not reply.startswith("OK"):
+        return [{"error": reply}]
+    stats = pstats.Stats(str(path)).stats  # type: ignore[attr-defined]
+    rows = sorted(stats.items(), key=lambda item: -item[1][2])[:PROFILE_TOP]
+    return [{"function": f"{Path(file).name}:{line}({name})", "calls": calls,
+             "self_s": round(tottime, 4), "cumulative_s": round(cumtime, 4)}
+            for (file, line, name), (_, calls, tottime, cumtime, _) in rows]
 
 
 def section_idle(plan: Plan, rec: Recorder) -> None:
@@ -215,7 +236,7 @@ def bench_all(nodes: list[GroupsNode], per_group: int, per_group_proposers: int
 def load_run(plan: Plan) -> dict[str, Any]:
     """3 nodes of `load_groups` data groups, balanced; `runs` timed BENCH rounds."""
     groups = plan.load_groups
-    per_group, proposers = plan.entries // groups, max(1, PROPOSERS // groups)
+    per_group, proposers = plan.entries // groups, max(1, plan.proposers // groups)
     with failures_as_runtime_errors(), tempfile.TemporaryDirectory(prefix="bench-groups-") as tmp:
         cluster = GroupsCluster(Path(tmp), groups, NODE_ARGS).start(START_TIMEOUT_S)
         try:
@@ -241,16 +262,26 @@ def _load_round(cluster: GroupsCluster, nodes: list[GroupsNode], per_group: int,
     delta = {f: [a - b for a, b in zip(after[f], before[f], strict=True)] for f in LOAD_FIELDS}
     entries = sum(int(r[2]) for r in replies)
     groups = sum(int(r[1]) for r in replies)
-    result = {"entries": entries, "groups_led": [int(r[1]) for r in replies],
+    result = {"entries": entries, "failed": sum(int(r[4]) for r in replies),
+              "groups_led": [int(r[1]) for r in replies],
               "node_seconds": [float(r[3]) for r in replies], "wall_s": wall,
               "entries_per_s": entries / wall, "per_group_per_s": entries / wall / groups,
+              "entries_per_cpu_s": per_cpu_s(entries, meter.result),
               "fsyncs_per_entry": sum(delta["fsyncs"]) / max(1, sum(delta["applied_entries"])),
               "delta": delta, "cpu": meter.result}
     progress(f"2 {groups} groups: {result['entries_per_s']:,.0f} entries/s "
              f"({result['per_group_per_s']:,.0f} per group), "
-             f"{result['fsyncs_per_entry']:.3f} fsyncs per applied entry; CPU "
+             f"{result['fsyncs_per_entry']:.3f} fsyncs per applied entry, "
+             f"{result['failed']} proposals failed (a lead moved); CPU "
              f"{', '.join(f'{c:.2f}' for c in meter.result['server_cores'])} cores")
     return result
+
+
+def per_cpu_s(entries: int, cpu: dict[str, Any]) -> float:
+    """Entries per CPU-second of the three server processes together (steadier than
+    entries/s when other processes take CPU)."""
+    used = sum(cpu["server_cores"]) * cpu["wall_s"]
+    return entries / used if used else 0.0
 
 
 # -- 3. one group ------------------------------------------------------------------------
@@ -265,15 +296,21 @@ def single_run(plan: Plan) -> dict[str, Any]:
         try:
             leader = cluster.leader()
             nodes = list(cluster.nodes.values())
-            leader.cmd(f"BENCH {max(1, plan.entries // 10)} {ENTRY_BYTES} {PROPOSERS}")
+            leader.cmd(f"BENCH {max(1, plan.entries // 10)} {ENTRY_BYTES} {plan.proposers}")
             pids = [n.daemon.proc.pid for n in nodes]  # type: ignore[union-attr]
             runs = []
-            for _ in range(plan.runs):
+            failures: list[str] = []
+            while len(runs) < plan.runs:
                 before = [n.status() for n in nodes]
                 with CpuMeter(pids) as meter:
-                    reply = leader.cmd(f"BENCH {plan.entries} {ENTRY_BYTES} {PROPOSERS}")[0]
-                if not reply.startswith("BENCH"):
-                    raise RuntimeError(f"BENCH failed: {reply}")
+                    reply = leader.cmd(f"BENCH {plan.entries} {ENTRY_BYTES} {plan.proposers}")[0]
+                if not reply.startswith("BENCH"):  # the lead moved during the run
+                    failures.append(reply)
+                    if len(failures) > MAX_SINGLE_RETRIES:
+                        raise RuntimeError(f"BENCH failed: {failures}")
+                    progress(f"3 one group: {reply}; again on the new leader")
+                    leader = cluster.leader()
+                    continue
                 cluster.converged()
                 after = [n.status() for n in nodes]
                 fsyncs = sum(a["fsyncs"] - b["fsyncs"] for a, b in zip(after, before,
@@ -281,14 +318,15 @@ def single_run(plan: Plan) -> dict[str, Any]:
                 applied = sum(a["applied_entries"] - b["applied_entries"]
                               for a, b in zip(after, before, strict=True))
                 entries, seconds = int(reply.split()[1]), float(reply.split()[2])
-                runs.append({"entries": entries, "seconds": seconds,
+                runs.append({"entries": entries, "seconds": seconds, "failures": failures,
                              "entries_per_s": entries / seconds,
+                             "entries_per_cpu_s": per_cpu_s(entries, meter.result),
                              "fsyncs_per_entry": fsyncs / max(1, applied), "cpu": meter.result})
                 progress(f"3 one group: {entries / seconds:,.0f} entries/s, "
                          f"{runs[-1]['fsyncs_per_entry']:.3f} fsyncs per applied entry")
         finally:
             cluster.stop()
-    return {"runs": runs, "command": f"BENCH {plan.entries} {ENTRY_BYTES} {PROPOSERS} on the "
+    return {"runs": runs, "command": f"BENCH {plan.entries} {ENTRY_BYTES} {plan.proposers} on the "
                                      "leader of 3 tests.raft_kv_demo nodes"}
 
 
@@ -302,10 +340,13 @@ def load_figures(plan: Plan, rec: Recorder, many: dict[str, Any] | None,
         return median([r[key] for r in result["runs"]]) if result else 0.0
 
     one_rate, one_fsyncs = med(one, "entries_per_s"), med(one, "fsyncs_per_entry")
+    one_cpu = med(one, "entries_per_cpu_s")
     if one:
-        rec.add(Figure("3 one group", f"{ENTRY_BYTES} B entries, {PROPOSERS} proposers",
+        rec.add(Figure("3 one group", f"{ENTRY_BYTES} B entries, {plan.proposers} proposers",
                        one_rate, "entries/s", "-", one_rate, None, "-", detail=one),
                 "3 one group", "entries/s")
+        rec.add(Figure("3 one group", "entries per server CPU-s", one_cpu, "entries", "-",
+                       one_cpu, None, "-"), "3 one group", "per CPU-s")
         rec.add(Figure("3 one group", "fsyncs per applied entry", one_fsyncs, "", "-",
                        one_fsyncs, None, "-"), "3 one group", "fsyncs")
     if not many:
@@ -318,6 +359,8 @@ def load_figures(plan: Plan, rec: Recorder, many: dict[str, Any] | None,
              many),
             (f"{n} groups: committed entries/s per group", per_group, "entries/s",
              one_rate or per_group, {}),
+            (f"{n} groups: entries per server CPU-s", med(many, "entries_per_cpu_s"),
+             "entries", one_cpu or med(many, "entries_per_cpu_s"), {}),
             (f"{n} groups: fsyncs per applied entry", fsyncs, "", one_fsyncs or fsyncs, {})]
     for label, value, unit, peer_value, detail in rows:
         rec.add(Figure(section, label, value, unit, peer, peer_value, None, "-",
@@ -334,6 +377,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help=f"data groups per process in section 1 (default {IDLE_GROUPS})")
     parser.add_argument("--load-groups", type=int, default=LOAD_GROUPS,
                         help=f"data groups in section 2 (default {LOAD_GROUPS})")
+    parser.add_argument("--proposers", type=int, default=PROPOSERS,
+                        help=f"concurrent proposers in sections 2 (spread over the groups) "
+                             f"and 3 (default {PROPOSERS})")
     return parse_bench_args(parser, argv, SECTIONS)
 
 

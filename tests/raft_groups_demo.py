@@ -20,8 +20,9 @@ command, pipelining allowed (replies come in order), as tests/raft_kv_demo.py do
     STATUS            -> JSON RaftHost.status() (fsyncs, applied_entries, quiesced, ...)
     GSTATUS g         -> JSON RaftGroup.status()
     TRANSFER g to     -> OK <new leader>   (this node must lead g)
-    BENCH n size c    -> BENCH <groups> <entries> <seconds>: in every data group this node
-                         leads, n proposals of `size` bytes from `c` coroutines, all at once
+    BENCH n size c    -> BENCH <groups> <committed> <seconds> <failed>: in every data group
+                         this node leads, n proposals of `size` bytes from `c` coroutines,
+                         all at once (a group whose lead moves away stops early)
     PROFILE s path    -> OK <path>: cProfile of the event loop's thread for s seconds (pstats)
 Errors are `ERR <type>: <message>`. `--quiesce` / `--no-quiesce` turn Raft's quiescence of
 idle groups (core/raft/node.py) on or off (default: what RaftHost.group_config does); STATUS
@@ -44,6 +45,7 @@ import msgpack
 
 from core.daemon import parse_hostport, run, setup_logging
 from core.raft.config import Config
+from core.raft.errors import RaftError
 from core.raft.group import RaftGroup
 from core.raft.host import HostConfig, RaftHost
 from tests.raft_kv_demo import MAX_LINE_BYTES, OP_BENCH, OP_SET, KvMachine, Service, parse_peers
@@ -173,9 +175,9 @@ class GroupsService(Service):
         n, size, concurrency = (int(a) for a in args)
         led = self.groups.led_data_groups()
         started = time.perf_counter()
-        await asyncio.gather(*(_bench_group(g, n, size, concurrency) for g in led))
+        done = await asyncio.gather(*(_bench_group(g, n, size, concurrency) for g in led))
         elapsed = time.perf_counter() - started
-        return f"BENCH {len(led)} {n * len(led)} {elapsed:.3f}"
+        return f"BENCH {len(led)} {sum(done)} {elapsed:.3f} {n * len(led) - sum(done)}"
 
 
 COMMANDS: dict[tuple[bytes, int], Any] = {
@@ -199,17 +201,25 @@ def _dump(group: RaftGroup, machine: KvMachine) -> str:
     return json.dumps({"applied": group.applied, "data": data})
 
 
-async def _bench_group(group: RaftGroup, n: int, size: int, concurrency: int) -> None:
-    """n proposals of `size` bytes to `group` (led here) from `concurrency` coroutines."""
+async def _bench_group(group: RaftGroup, n: int, size: int, concurrency: int) -> int:
+    """Up to n proposals of `size` bytes to `group` (led here) from `concurrency`
+    coroutines; return how many were committed. A proposal that fails (this node lost the
+    lead, or does not know) is not counted, and its proposer stops."""
     payload = OP_BENCH + b"x" * (size - 1)
     left = [n]
+    committed = [0]
 
     async def proposer() -> None:
         while left[0] > 0:
             left[0] -= 1
-            await group.propose(payload)
+            try:
+                await group.propose(payload)
+            except RaftError:
+                return
+            committed[0] += 1
 
     await asyncio.gather(*(proposer() for _ in range(concurrency)))
+    return committed[0]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -152,6 +152,20 @@ def test_history_file_lists_read_back_as_tuples(tmp_path: Any) -> None:
     assert History.read_jsonl(path).operations()[0].result == (1, (2, 3))
 
 
+def test_history_from_operations_gives_them_back() -> None:
+    rows: list[Row] = [
+        ("a", "write", "k", 1, None, OK, 0, 0),      # instant
+        ("a", "read", "k", None, 1, OK, 0, 10),      # same process, same instant
+        ("b", "write", "k", 2, None, INFO, 5, 20),
+        ("b", "write", "k", 3, None, FAIL, 20, 30),  # invoked as the last one completed
+        ("c", "read", "k", None, None, INFO, 25, None),
+    ]
+    ops = ops_of(rows)
+    back = History.from_operations(ops).operations()
+    assert [(op.process, op.f, op.key, op.value, op.result, op.status, op.invoke_time,
+             op.complete_time) for op in back] == rows
+
+
 # --- linearizability ------------------------------------------------------------------------
 
 def test_sequential_and_concurrent_register_histories_pass() -> None:

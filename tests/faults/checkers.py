@@ -240,8 +240,8 @@ def check_exactly_once(
     fires: dict[tuple[Hashable, Hashable], list[Operation]] = defaultdict(list)
     for op in ops:
         fires[(_hashable(op.key), _hashable(op.value))].append(op)
-    allowed = {(job, slot) for job, slots in (may_skip or {}).items() for slot in slots}
-    required = {(job, slot) for job, slots in expected.items() for slot in slots} - allowed
+    allowed = _slots(may_skip or {})
+    required = _slots(expected) - allowed
     double = {js: fs for js, fs in fires.items() if sum(op.status == OK for op in fs) > 1}
     missing = sorted(required - set(fires), key=repr)
     unexpected = sorted(set(fires) - required - allowed, key=repr)
@@ -263,6 +263,10 @@ def check_exactly_once(
     details = {"double": list(double), "missing": missing, "unexpected": unexpected}
     window_ops = _ordered({op.id: op for op in window}.values())[:MAX_WINDOW_OPS]
     return CheckResult("exactly-once", False, "; ".join(parts), window_ops, details, origin)
+
+
+def _slots(by_job: Mapping[Hashable, Iterable[Hashable]]) -> set[tuple[Hashable, Hashable]]:
+    return {(_hashable(job), _hashable(slot)) for job, slots in by_job.items() for slot in slots}
 
 
 def _neighbours(job: Hashable, slot: Hashable,

@@ -176,17 +176,21 @@ class History:
     def from_operations(ops: Iterable[Operation]) -> History:
         """Rebuild the events of whole operations (handy for hand-written test histories).
 
-        Invocations and completions are merged by time (a completion before an invocation
-        at the same instant); an info operation without a completion time stays open.
+        Invocations and completions are merged by time; at one instant, completions of
+        operations that took time come first, then invocations in the given order (an
+        instant operation's completion right after its invocation). An info operation
+        without a completion time stays open.
         """
-        rows: list[tuple[int, int, Operation, str]] = []
-        for op in ops:
-            rows.append((op.invoke_time, 1, op, INVOKE))
+        rows: list[tuple[int, int, int, int, Operation, str]] = []
+        for order, op in enumerate(ops):
+            rows.append((op.invoke_time, 1, order, 0, op, INVOKE))
             if op.complete_time is not None:
-                rows.append((op.complete_time, 0, op, op.status))
-        rows.sort(key=lambda row: (row[0], row[1]))
+                instant = op.complete_time == op.invoke_time
+                rank, seq = (1, order) if instant else (0, 0)
+                rows.append((op.complete_time, rank, seq, 1, op, op.status))
+        rows.sort(key=lambda row: row[:4])
         events = []
-        for index, (at, _, op, kind) in enumerate(rows):
+        for index, (at, _, _, _, op, kind) in enumerate(rows):
             value = op.value if kind == INVOKE else op.result
             error = None if kind in (INVOKE, OK) else op.error
             events.append(Event(index, kind, op.process, op.f, op.key, value, at, error))

@@ -211,6 +211,36 @@ def test_clients_on_a_host_through_threads_and_loops(harness: Harness) -> None:
         loop.run(asyncio.wait_for(asyncio.open_connection(*addr(harness, "n2")), CUT_TIMEOUT_S))
 
 
+def test_a_real_daemon_runs_on_a_host(harness: Harness, tmp_path: Path) -> None:
+    redis = pytest.importorskip("redis")
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    n2 = harness.host("n2")
+    port = PORT + 2
+    argv = ["idgen", "serve", "--listen", f"{n2.address}:{port}", "--worker-id", "5",
+            "--data-dir", str(tmp_path / "idgen"), "--requirepass", "pw"]  # fmt: skip
+    node = harness.spawn(n2, argv, port=port, name="idgen")
+
+    def next_id(timeout: float) -> int:
+        client = redis.Redis(n2.address, port, password="pw", socket_timeout=timeout,
+                             socket_connect_timeout=timeout, protocol=2,
+                             retry=Retry(NoBackoff(), 0))  # fmt: skip
+        try:
+            return int(client.execute_command("NEXT"))
+        finally:
+            client.close()
+
+    client_thread = harness.executor("n1")
+    first = client_thread.submit(next_id, OK_TIMEOUT_S).result()
+    harness.isolate("n2")
+    with pytest.raises((redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)):
+        client_thread.submit(next_id, CUT_TIMEOUT_S).result()
+    harness.heal()
+    node.restart()  # the same data directory
+    assert client_thread.submit(next_id, OK_TIMEOUT_S).result() > first
+
+
 def node_clocks(h: Harness, host: str, port: int) -> tuple[float, float]:
     """The (wall, monotonic) time the echo node on `host`:`port` reads now."""
     with h.socket(host, socket.SOCK_DGRAM) as sock:

@@ -23,8 +23,9 @@ parsing *and* reading; requests already buffered stay in the parser (bounded by 
 limits of kvcache/protocol.py) and resume when the buffer drains. Multi-get replies come
 from the engine as streams and are written piece by piece under the same rule.
 
-Connection limit (-c): a client beyond it is told `ERROR Too many open connections` and
-closed, as memcached's maxconns_fast does.
+Listening, admission and shutdown are core/connections.py's, as for every daemon: a client
+beyond the connection limit (-c) is told `ERROR Too many open connections` and closed, as
+memcached's maxconns_fast does.
 
 A maintenance task ticks the cache clock (whole seconds, memcached's `current_time`) and
 runs the expiry crawler in small slices: a pass over the LRU every CRAWL_PASS_INTERVAL_S,
@@ -42,6 +43,7 @@ from collections.abc import Iterator
 import psutil
 
 from core.clock import Clock
+from core.connections import Connections, Listeners
 from core.gcfreeze import GcFreezer
 from kvcache import commands, replies
 from kvcache.commands import FLUSH_AFTER
@@ -85,9 +87,10 @@ class KvcacheServer:
         self.engine = Engine(self.storage, settings, self.view,
                              on_shutdown=self.stop_requested.set,
                              on_verbosity=_follow_verbosity)
-        self.connections: set[Connection] = set()
+        self.clients = Connections("kvcache", settings.maxconns,
+                                   replies.line(replies.TOO_MANY_CONNECTIONS), WRITE_HIGH_WATER)
         self.current: Connection | None = None  # the one whose requests are running
-        self._servers: list[asyncio.AbstractServer] = []
+        self._listeners = Listeners(settings.backlog)
         self._maintenance: asyncio.Task[None] | None = None
         self._next_pass = 0.0
         # Connections, buffers and (with the pure storage twin) items are long-lived
@@ -102,23 +105,11 @@ class KvcacheServer:
         self.view.event_loop = _event_loop_name(loop)
         path = self.settings.unix_socket
         if path:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(path)
-            server = await loop.create_unix_server(lambda: Connection(self), path,
-                                                   backlog=self.settings.backlog)
-            os.chmod(path, self.settings.unix_mask)
-            self._servers.append(server)
+            await self._listeners.unix(lambda: Connection(self), path, self.settings.unix_mask)
             self._maintenance = loop.create_task(self._maintain())
             log.info("listening on unix:%s", path)
             return
-        for host in hosts:
-            server = await loop.create_server(
-                lambda: Connection(self), host, port, reuse_address=True,
-                backlog=self.settings.backlog,
-            )
-            self._servers.append(server)
-            if port == 0:
-                port = server.sockets[0].getsockname()[1]
+        port = await self._listeners.tcp(lambda: Connection(self), hosts, port)
         self.port = port
         self.settings.port = port
         self._maintenance = loop.create_task(self._maintain())
@@ -126,20 +117,13 @@ class KvcacheServer:
             log.info("listening on %s:%d", host, port)
 
     async def close(self) -> None:
-        """Stop accepting, flush what each client was sent, close everything."""
-        for server in self._servers:
-            server.close()
+        """Stop accepting, flush what each client was sent, close everything (a client
+        still open after GRACE_S is aborted)."""
         if self._maintenance is not None:
             self._maintenance.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._maintenance
-        for conn in list(self.connections):
-            conn.transport.close()
-        deadline = asyncio.get_running_loop().time() + GRACE_S
-        while self.connections and asyncio.get_running_loop().time() < deadline:
-            await asyncio.sleep(0.01)
-        for server in self._servers:
-            await server.wait_closed()
+        await self._listeners.shutdown(self.clients, GRACE_S)
 
     # -- maintenance ---------------------------------------------------------------------
     async def _maintain(self) -> None:
@@ -175,27 +159,25 @@ class KvcacheServer:
 
     # -- connections ---------------------------------------------------------------------
     def admit(self, conn: Connection) -> bool:
+        """Admit `conn` or refuse it (core/connections.py), counted in `stats`."""
         stats = self.stats
-        if len(self.connections) >= self.settings.maxconns:
+        if not self.clients.admit(conn, conn.peer):
             stats.rejected_connections += 1
             return False
-        self.connections.add(conn)
         stats.total_connections += 1
-        stats.curr_connections = len(self.connections)
+        stats.curr_connections = len(self.clients)
         return True
 
     def release(self, conn: Connection) -> None:
-        self.connections.discard(conn)
-        self.stats.curr_connections = len(self.connections)
+        self.clients.release(conn)
+        self.stats.curr_connections = len(self.clients)
 
     def _connection_table(self) -> list[tuple[int, str, str, str, int]]:
         now = self.storage.now
         rows = []
-        for server in self._servers:
-            for sock in server.sockets:
-                rows.append((sock.fileno(), _address(sock.getsockname()), "",
-                             "conn_listening", 0))
-        for conn in self.connections:
+        for sock in self._listeners.sockets():
+            rows.append((sock.fileno(), _address(sock.getsockname()), "", "conn_listening", 0))
+        for conn in self.clients.open:
             state = "conn_parse_cmd" if conn is self.current else "conn_waiting"
             rows.append((conn.fd, conn.peer, conn.local, state,
                          max(0, now - conn.last_command)))
@@ -237,16 +219,9 @@ class Connection(asyncio.Protocol):
             if self.peer == "unix:":
                 self.peer = self.local
         if not self.server.admit(self):
-            rejected = self.server.stats.rejected_connections
-            if rejected & (rejected - 1) == 0:  # 1st, 2nd, 4th, 8th...: a flood stays short
-                log.warning("refusing %s: too many open connections (%d refused so far)",
-                            self.peer, rejected)
-            self.transport.write(replies.line(replies.TOO_MANY_CONNECTIONS))
-            self.transport.close()
             return
         self._admitted = True
         self.lane.attach(transport)
-        self.transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
         if self.server.settings.verbose:
             log.info("<%d new client connection from %s", self.fd, self.peer)
 

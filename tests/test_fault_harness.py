@@ -149,6 +149,7 @@ def test_random_loss_all_none_and_some(harness: Harness) -> None:
 def test_relay_forwards_delays_pauses_and_cuts(harness: Harness) -> None:
     relay = harness.relay("n1", "n2", PORT, seed=7)
     payload = random.Random(1).randbytes(1 << 20)
+    relay.shape(0.001, jitter=0.01)  # jitter never reorders bytes of one connection
     with harness.connect("n1", relay.address, OK_TIMEOUT_S) as sock:
         sock.sendall(payload)
         got = b""

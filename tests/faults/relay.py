@@ -5,8 +5,10 @@ connection to the target (through a socket factory, so the harness can create th
 a chosen network namespace) and runs one pump per direction. A pump reads chunks, stamps each
 with a due time `now + delay + uniform(0, jitter)`, raised to the previous chunk's due time so
 bytes never overtake each other within a connection, and a writer delivers them when due.
-Connections are independent, so jitter lets chunks of different connections overtake each
-other: that is the only reordering a TCP relay can show. `pause()` holds every byte (and new
+Between connections the same holds by default (one due-time floor per direction), so jitter
+delays but never reorders; `allow_reorder(True)` drops that shared floor, and chunks of
+different connections may then overtake each other: the only reordering a TCP relay can show
+(TCP itself never reorders bytes of one connection). `pause()` holds every byte (and new
 connections' bytes) until `resume()`; `cut()` aborts every connection (RST to both sides) and
 refuses new ones until `restore()`. Delay, jitter, pause and cut take effect at run time.
 `LoopThread` and `RelayHandle` drive a relay from synchronous test code.
@@ -97,6 +99,8 @@ class Relay:
         self._flowing = asyncio.Event()
         self._flowing.set()
         self._cut = False
+        self._reorder = False
+        self._floor = dict.fromkeys(DIRECTIONS, 0.0)  # latest due time given, per direction
         self._server: asyncio.Server | None = None
         self.connections = 0
         self.bytes = dict.fromkeys(DIRECTIONS, 0)
@@ -125,6 +129,10 @@ class Relay:
         for name in DIRECTIONS if direction is None else (direction,):
             self._shapes[name] = Shape(delay, jitter)
 
+    def allow_reorder(self, allowed: bool) -> None:
+        """Whether chunks of different connections may overtake each other under jitter."""
+        self._reorder = allowed
+
     def pause(self) -> None:
         """Hold every byte in both directions until `resume()`; connections stay open."""
         self._flowing.clear()
@@ -149,7 +157,11 @@ class Relay:
     def _due(self, direction: str, last_due: float) -> float:
         shape = self._shapes[direction]
         extra = self._rng.uniform(0.0, shape.jitter) if shape.jitter else 0.0
-        return max(last_due, asyncio.get_running_loop().time() + shape.delay + extra)
+        due = max(last_due, asyncio.get_running_loop().time() + shape.delay + extra)
+        if not self._reorder:
+            due = max(due, self._floor[direction])
+        self._floor[direction] = max(self._floor[direction], due)
+        return due
 
     async def _on_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         if self._cut:
@@ -286,6 +298,10 @@ class RelayHandle:
     def shape(self, delay: float, jitter: float = 0.0, direction: str | None = None) -> None:
         """See `Relay.shape`."""
         self._loop.call(self.relay.shape, delay, jitter, direction)
+
+    def allow_reorder(self, allowed: bool) -> None:
+        """See `Relay.allow_reorder`."""
+        self._loop.call(self.relay.allow_reorder, allowed)
 
     def pause(self) -> None:
         """See `Relay.pause`."""

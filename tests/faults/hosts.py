@@ -3,10 +3,11 @@
 Strategy: `Harness(n, workdir)` builds one namespace per host plus one for a bridge, joined by
 veth pairs created inside those namespaces (the bridge end `v<i>` in the bridge's namespace,
 the host end `eth0` in the host's), so nothing is added to the machine's own network. Host i
-(1-based) is `n<i>` at SUBNET.<i>/24. Names carry the owning pid and a serial
-(`netns.name_prefix`), so parallel runs never clash and a later run deletes what a crashed one
-left (`netns.remove_stale`). Nodes are `tests.procs.Daemon`s started from a thread that has
-entered the host's namespace, so the process and everything it forks live there; the test
+(1-based) is `n<i>` at SUBNET.<i>/24; every harness may use the same addresses, since each
+has a bridge of its own. Names carry the owning pid and a serial (`netns.name_prefix`), so
+parallel runs never clash and a later run deletes what a crashed one left
+(`netns.remove_stale`). Nodes (`node.Node`, wrapping `tests.procs.Daemon`) are started from a
+thread that has entered the host's namespace, so the process and everything it forks live there; the test
 process reaches a host the same way: `socket(host)`, `connect(...)`, `in_host(host)` for a
 block, `executor(host)` for blocking clients and `loop(host)` for asyncio ones.
 

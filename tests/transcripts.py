@@ -148,7 +148,7 @@ def parse_reply(buf: bytes, pos: int = 0) -> tuple[Any, int]:
         value = Verbatim(data[4:])
         value.fmt = data[:3].decode("ascii", "replace")
         return value, pos
-    if kind in (b"*", b"%"):
+    if kind in (b"*", b"%", b"~"):  # ~ a RESP3 set, read as a list
         count = _count(line)
         if kind == b"*" and count == -1:
             return None, pos
@@ -158,7 +158,7 @@ def parse_reply(buf: bytes, pos: int = 0) -> tuple[Any, int]:
         for _ in range(count * (2 if kind == b"%" else 1)):
             item, pos = parse_reply(buf, pos)
             items.append(item)
-        if kind == b"*":
+        if kind != b"%":
             return items, pos
         return dict(zip(items[::2], items[1::2], strict=True)), pos
     raise MalformedReply(f"unknown reply type {kind!r} at {pos}")

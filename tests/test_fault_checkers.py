@@ -2,8 +2,9 @@
 
 Histories are written by hand as rows (process, f, key, value, result, status, invoke,
 complete) with times in abstract ticks; the hypothesis tests build register histories from
-a real sequential register with random overlapping intervals around each linearization
-point, so they are linearizable by construction, then break one read.
+a real sequential register (and counter) with random overlapping intervals around each
+linearization point, so they are linearizable by construction, then break one read. The
+recorder and its file are tested in tests/test_fault_history.py.
 """
 
 from __future__ import annotations

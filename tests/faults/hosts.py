@@ -7,9 +7,9 @@ the host end `eth0` in the host's), so nothing is added to the machine's own net
 has a bridge of its own. Names carry the owning pid and a serial (`netns.name_prefix`), so
 parallel runs never clash and a later run deletes what a crashed one left
 (`netns.remove_stale`). Nodes (`node.Node`, wrapping `tests.procs.Daemon`) are started from a
-thread that has entered the host's namespace, so the process and everything it forks live there; the test
-process reaches a host the same way: `socket(host)`, `connect(...)`, `in_host(host)` for a
-block, `executor(host)` for blocking clients and `loop(host)` for asyncio ones.
+thread that has entered the host's namespace, so the process and everything it forks live
+there; the test process reaches a host the same way: `socket(host)`, `connect(...)`,
+`in_host(host)` for a block, `executor(host)` for blocking clients, `loop(host)` for asyncio.
 
 Faults are calls usable at any moment: `isolate`, `split`, `bridge`, `one_way`,
 `random_loss`, `heal` edit one `nft.FaultPlan` and re-derive each host's nftables table

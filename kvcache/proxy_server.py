@@ -9,7 +9,8 @@ in one write per connection: connections with replies to write are flushed toget
 per tick, after the tick's backend reads. At most MAX_INFLIGHT slots wait per connection:
 the proxy then stops reading it (requests already buffered wait in the parser, bounded by
 its framing limits); a client that does not read its replies is paused at WRITE_HIGH_WATER
-bytes. `quit` closes after the replies before it are written.
+bytes. `quit` closes after the replies before it are written. Listening, admission (-c),
+that pause and shutdown are core/connections.py's, as for every daemon.
 
 `stats` answers the proxy's own figures (memcached's names where they mean the same, then
 `backend:<host:port>:<figure>` for each backend: state up/down, weight, requests, errors,
@@ -30,6 +31,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from core import daemon
+from core.connections import Connections, Listeners
 from core.stats import LatencyHistogram, ProcessFigures
 from kvcache import replies
 from kvcache.protocol import RequestParser
@@ -87,50 +89,32 @@ class ProxyServer:
         self.counters = ProxyCounters()
         self.executor = Executor(self.pool, config.replicas, self.counters, self.stats_reply)
         self.process = ProcessFigures()
-        self.connections: set[ClientConnection] = set()
-        self.total_connections = 0
-        self.rejected_connections = 0
+        self.clients = Connections("kvcache proxy", config.max_connections,
+                                   replies.line(replies.TOO_MANY_CONNECTIONS), WRITE_HIGH_WATER)
         self.bytes_read = 0
         self.bytes_written = 0
         self._ids = itertools.count()
-        self._servers: list[asyncio.AbstractServer] = []
+        self._listeners = Listeners()
         self._ready: list[ClientConnection] = []  # connections with replies to write
         self._loop = asyncio.get_running_loop()
         self._probe_task: asyncio.Task[None] | None = None
         self.port = 0
 
     async def start(self, hosts: list[str], port: int) -> None:
-        loop = asyncio.get_running_loop()
-        for host in hosts:
-            server = await loop.create_server(lambda: ClientConnection(self), host, port,
-                                              reuse_address=True)
-            self._servers.append(server)
-            if port == 0:
-                port = server.sockets[0].getsockname()[1]
+        port = await self._listeners.tcp(lambda: ClientConnection(self), hosts, port)
         self.port = port
-        self._probe_task = loop.create_task(self.pool.probe_forever())
+        self._probe_task = asyncio.get_running_loop().create_task(self.pool.probe_forever())
         for host in hosts:
             log.info("proxy listening on %s:%d for %d backends (replicas %d, on-down %s)",
                      host, port, len(self.pool.servers), self.config.replicas,
                      self.config.on_down)
 
     async def close(self) -> None:
-        """Stop accepting; let queued replies be written; close everything."""
-        for server in self._servers:
-            server.close()
-        for conn in list(self.connections):
-            conn.drain()
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + GRACE_S
-        while self.connections and loop.time() < deadline:
-            await asyncio.sleep(0.01)
-        for conn in list(self.connections):
-            conn.transport.abort()
+        """Stop accepting; let queued replies be written (up to GRACE_S); close everything."""
+        await self._listeners.shutdown(self.clients, GRACE_S, finish=ClientConnection.drain)
         if self._probe_task is not None:
             self._probe_task.cancel()
         self.pool.close()
-        for server in self._servers:
-            await server.wait_closed()
 
     def next_index(self) -> int:
         return next(self._ids)
@@ -182,9 +166,9 @@ class ProxyServer:
             ("rusage_system", proc["used_cpu_sys"]),
             ("rss", proc["used_memory_rss"]),
             ("max_connections", self.config.max_connections),
-            ("curr_connections", len(self.connections)),
-            ("total_connections", self.total_connections),
-            ("rejected_connections", self.rejected_connections),
+            ("curr_connections", len(self.clients)),
+            ("total_connections", self.clients.total),
+            ("rejected_connections", self.clients.rejected),
             ("cmd_get", counters.cmd_get),
             ("cmd_set", counters.cmd_set),
             ("cmd_flush", counters.cmd_flush),
@@ -265,24 +249,16 @@ class ClientConnection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
         self.peer = str(transport.get_extra_info("peername"))
-        proxy = self.proxy
-        if len(proxy.connections) >= proxy.config.max_connections:
-            proxy.rejected_connections += 1
-            log.warning("refusing %s: too many open connections", self.peer)
-            self.transport.write(replies.line(replies.TOO_MANY_CONNECTIONS))
-            self.transport.close()
+        if not self.proxy.clients.admit(self, self.peer):
             return
         self._admitted = True
-        proxy.connections.add(self)
-        proxy.total_connections += 1
-        self.transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
         log.debug("client %s connected", self.peer)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         if not self._admitted:
             return
-        self.proxy.connections.discard(self)
+        self.proxy.clients.release(self)
         for slot in self.queue:  # their replies have nowhere to go; writes still finish
             if slot.fut is not None:
                 slot.fut.add_done_callback(_consume)

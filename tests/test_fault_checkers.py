@@ -9,6 +9,7 @@ recorder and its file are tested in tests/test_fault_history.py.
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 import pytest
@@ -254,6 +255,61 @@ def test_one_impossible_read_makes_them_fail(ops: list[Operation], data: st.Data
         assert result.details["blocked_op"] == bad.id
     assert len(result.details["longest_prefix"]) >= len([
         op for op in ops if op.status == OK and op.complete_time < bad.invoke_time])
+
+
+@st.composite
+def random_register_histories(draw: st.DrawFn) -> list[Operation]:
+    """Small histories with arbitrary outcomes: mostly not linearizable, some that are."""
+    ops = []
+    for i in range(draw(st.integers(1, 6))):
+        f = draw(st.sampled_from(["read", "write", "cas"]))
+        status = draw(st.sampled_from([OK, OK, INFO, FAIL]))
+        start = draw(st.integers(0, 20))
+        end = start + draw(st.integers(0, 10))
+        value: Any = {"read": None, "write": draw(st.integers(0, 2)),
+                      "cas": (draw(st.integers(0, 2)), draw(st.integers(0, 2)))}[f]
+        result: Any = None
+        if status == OK and f == "read":
+            result = draw(st.sampled_from([None, 0, 1, 2]))
+        elif status == OK and f == "cas":
+            result = draw(st.booleans())
+        ops.append(Operation(i, f"p{i}", f, "k", value, result, status, start, end))
+    return ops
+
+
+def brute_force_linearizable(ops: list[Operation]) -> bool:
+    """Try every subset of unknown operations and every order of them with the known ones."""
+    model = Register()
+    known = [op for op in ops if op.status == OK]
+    maybe = [op for op in ops if op.status == INFO and op.f != "read"]
+    for chosen in itertools.product([False, True], repeat=len(maybe)):
+        picked = known + [op for op, take in zip(maybe, chosen, strict=True) if take]
+        for order in itertools.permutations(picked):
+            if _respects_real_time(order) and _legal(model, order):
+                return True
+    return False
+
+
+def _respects_real_time(order: tuple[Operation, ...]) -> bool:
+    return not any(later.known_end is not None and later.known_end < earlier.invoke_time
+                   for i, earlier in enumerate(order) for later in order[i + 1:])
+
+
+def _legal(model: Register, order: tuple[Operation, ...]) -> bool:
+    state = model.init()
+    for op in order:
+        legal, state = model.step(state, op)
+        if not legal:
+            return False
+    return True
+
+
+@settings(max_examples=300, deadline=None)
+@given(random_register_histories())
+def test_the_search_agrees_with_brute_force(ops: list[Operation]) -> None:
+    expected = brute_force_linearizable(ops)
+    for model in (Register(), SearchOnlyRegister()):
+        assert check_linearizable(ops, model).valid is expected
 
 
 @st.composite

@@ -277,9 +277,8 @@ def random_register_histories(draw: st.DrawFn) -> list[Operation]:
     return ops
 
 
-def brute_force_linearizable(ops: list[Operation]) -> bool:
+def brute_force_linearizable(ops: list[Operation], model: Register | Counter) -> bool:
     """Try every subset of unknown operations and every order of them with the known ones."""
-    model = Register()
     known = [op for op in ops if op.status == OK]
     maybe = [op for op in ops if op.status == INFO and op.f != "read"]
     for chosen in itertools.product([False, True], repeat=len(maybe)):
@@ -295,7 +294,7 @@ def _respects_real_time(order: tuple[Operation, ...]) -> bool:
                    for i, earlier in enumerate(order) for later in order[i + 1:])
 
 
-def _legal(model: Register, order: tuple[Operation, ...]) -> bool:
+def _legal(model: Register | Counter, order: tuple[Operation, ...]) -> bool:
     state = model.init()
     for op in order:
         legal, state = model.step(state, op)
@@ -307,9 +306,33 @@ def _legal(model: Register, order: tuple[Operation, ...]) -> bool:
 @settings(max_examples=300, deadline=None)
 @given(random_register_histories())
 def test_the_search_agrees_with_brute_force(ops: list[Operation]) -> None:
-    expected = brute_force_linearizable(ops)
+    expected = brute_force_linearizable(ops, Register())
     for model in (Register(), SearchOnlyRegister()):
         assert check_linearizable(ops, model).valid is expected
+
+
+@st.composite
+def random_counter_histories(draw: st.DrawFn) -> list[Operation]:
+    """Small counter histories with arbitrary outcomes."""
+    ops = []
+    for i in range(draw(st.integers(1, 6))):
+        f = draw(st.sampled_from(["read", "incr"]))
+        status = draw(st.sampled_from([OK, OK, INFO, FAIL]))
+        start = draw(st.integers(0, 20))
+        end = start + draw(st.integers(0, 10))
+        value = draw(st.integers(1, 2)) if f == "incr" else None
+        result = draw(st.sampled_from([None, 0, 1, 2, 3])) if status == OK else None
+        ops.append(Operation(i, f"p{i}", f, "n", value, result, status, start, end))
+    return ops
+
+
+@settings(max_examples=200, deadline=None)
+@given(random_counter_histories())
+def test_the_counter_search_agrees_with_brute_force(ops: list[Operation]) -> None:
+    expected = brute_force_linearizable(ops, Counter())
+    assert check_linearizable(ops, Counter()).valid is expected
+    if expected:  # the bound is a necessary condition of linearizability
+        assert check_counter(ops).valid is True
 
 
 @st.composite

@@ -29,11 +29,13 @@ class Clock(Protocol):
 class SystemClock:
     """The host's clocks, wall time shifted by `offset_ms` (0 in production).
 
-    `native.snowflake` recognises this exact type and reads CLOCK_REALTIME in C instead of
-    calling `wall_ms`, adding the same offset.
+    `native.snowflake` recognises a class that sets READS_CLOCK_REALTIME itself (this one;
+    not a subclass) and reads CLOCK_REALTIME in C instead of calling `wall_ms`, adding the
+    same offset.
     """
 
     __slots__ = ("offset_ms",)
+    READS_CLOCK_REALTIME = True  # wall_ms() is CLOCK_REALTIME in whole ms plus offset_ms
 
     def __init__(self, offset_ms: int = 0) -> None:
         self.offset_ms = offset_ms

@@ -5,17 +5,18 @@ Same API, rules, clock-read pattern, error types and messages as the pure twin; 
 docstrings for the contract. What differs is only how:
 - state lives in C integers of a cdef class; `fill` issues each ms's run of ids in a C loop
   (one int object and one list append per id, no Python calls);
-- a clock of the exact type core.clock.SystemClock is read with clock_gettime(CLOCK_REALTIME)
-  in C plus its `offset_ms`, which is what its `wall_ms()` computes
+- a clock whose own class (not a base class) sets `READS_CLOCK_REALTIME = True`, as
+  core.clock.SystemClock does, is read with clock_gettime(CLOCK_REALTIME) in C plus its
+  `offset_ms`, which is what such a clock's `wall_ms()` promises to compute
   (time.time_ns() // 1_000_000 + offset_ms). Any other clock, a subclass included, or an
   offset that is not a plain int within +-(2**62 - 1), goes through `clock.wall_ms()`.
+  (A marker rather than the type itself, so native/ imports nothing outside itself.)
 """
 
 from cpython.long cimport PyLong_AsLongLongAndOverflow, PyLong_FromLongLong
 from cpython.number cimport PyNumber_Index
 from posix.time cimport CLOCK_REALTIME, clock_gettime, timespec
 
-from core.clock import SystemClock as _SystemClock
 
 TIME_BITS = 41
 WORKER_BITS = 10
@@ -49,7 +50,19 @@ cdef long long C_MAX_TIME = (1LL << 41) - 1
 cdef long long C_MS_BOUND = (1LL << 62) - 1
 cdef long long C_LLONG_MAX = 0x7FFFFFFFFFFFFFFF
 
-cdef object _SYSTEM_CLOCK = _SystemClock
+cdef object _REALTIME_TYPE = None  # the last clock class seen to carry the marker
+
+
+cdef inline bint _reads_realtime(object clock):
+    """Whether `clock`'s own class promises wall_ms() == CLOCK_REALTIME ms + offset_ms."""
+    global _REALTIME_TYPE
+    cdef object cls = type(clock)
+    if cls is _REALTIME_TYPE:
+        return True
+    if cls.__dict__.get("READS_CLOCK_REALTIME") is True:
+        _REALTIME_TYPE = cls
+        return True
+    return False
 
 
 cdef long long _checked(str name, object value, long long low, long long high) except? -1:
@@ -162,7 +175,7 @@ cdef class Sequencer:
         cdef long long offset
         cdef int overflow = 0
         cdef timespec ts
-        if type(clock) is _SYSTEM_CLOCK:
+        if _reads_realtime(clock):
             offset_ms = clock.offset_ms
             if type(offset_ms) is int:
                 offset = PyLong_AsLongLongAndOverflow(offset_ms, &overflow)

@@ -34,11 +34,8 @@ _CYTHON_FROM = re.compile(r"^\s*from\s+(\.*[\w.]*)\s+c?import\s+(.+)$")
 _CYTHON_IMPORT = re.compile(r"^\s*c?import\s+([\w.]+(?:\s*,\s*[\w.]+)*)\s*$")
 
 # Layer breaches known when this test landed, each an expected failure until it is gone
-# (then its entry goes too). native._snowflake -> core.clock: the compiled Snowflake
-# sequencer recognises core.clock.SystemClock by type to read CLOCK_REALTIME in C.
-KNOWN_BREACHES: list[str] = [
-    "native._snowflake -> core.clock",
-]
+# (then its entry goes too).
+KNOWN_BREACHES: list[str] = []
 
 
 @dataclass

@@ -10,6 +10,8 @@ What is written here once:
 - back-pressure: an admitted client's transport calls the protocol's `pause_writing` once
   `high_water` bytes of replies wait in its socket buffer (each protocol then stops reading
   from that client, and resumes in `resume_writing` when the buffer drains);
+- idle timeouts (`Connections.close_idle`): the server calls it from its own timer with its
+  clock's reading and each client's last activity, and the idle clients are closed;
 - graceful shutdown (`Listeners.shutdown`): stop accepting, let the requests in flight finish
   (up to the grace period), close every client, wait for them to go, abort whatever is still
   open when the grace period ends (a client that stopped reading can hold a close forever),
@@ -78,6 +80,18 @@ class Connections:
     def release(self, client: Client) -> None:
         """`client` is gone (harmless for one never admitted)."""
         self.open.discard(client)
+
+    def close_idle(self, now: float, timeout: float,
+                   last_active: Callable[[Any], float | None]) -> int:
+        """Close every client idle for more than `timeout` (now - last_active(client), in
+        the caller's unit; a client for which last_active is None is busy, never idle).
+        The number closed."""
+        idle = [client for client in self.open
+                if (since := last_active(client)) is not None and now - since > timeout
+                and not client.transport.is_closing()]
+        for client in idle:
+            client.transport.close()
+        return len(idle)
 
 
 class Listeners:

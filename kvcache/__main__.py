@@ -14,10 +14,11 @@ after `kvcache serve`:
     -b N         listen backlog (1024)      -f, -n          slab growth factor, min chunk
     -V           print the version and exit
     -R N         write queued replies out at least every N commands (20)
+    -o idle_timeout=N  close a client idle for more than N seconds (0, the default: never)
     -t N, -U N, -u USER, -o OPTS, -L, -k, -r, -D C, -W, -C
                  accepted for compatibility and logged: one event loop serves every
                  client (-t), UDP is not served (-U), kvcache does not change user, CAS
-                 stays on (-C)
+                 stays on (-C), other -o options are ignored
     -S, -Y, -Z, -e, -B binary   refused: SASL, auth files, TLS, memory files and the binary
                  protocol are not implemented (refusing beats silently serving without them)
 
@@ -57,6 +58,7 @@ from kvcache.settings import (
 log = logging.getLogger("kvcache")
 
 FD_HEADROOM = 64  # listeners, logs, the event loop's own descriptors
+IDLE_TIMEOUT_OPTION = "idle_timeout"  # the one -o option kvcache takes
 
 
 def _size(text: str) -> int:
@@ -106,7 +108,8 @@ def add_serve_options(serve: argparse.ArgumentParser) -> None:
     add("-U", "--udp-port", dest="udp_port", type=int, default=0,
         help="UDP port; only 0 (disabled) is supported")
     add("-u", "--user", default=None, help="accepted, ignored")
-    add("-o", "--extended", action="append", default=[], help="accepted, ignored")
+    add("-o", "--extended", action="append", default=[],
+        help="idle_timeout=N is taken; other options are accepted and ignored")
     for flag, long in (("-L", "--enable-largepages"), ("-k", "--lock-memory"),
                        ("-r", "--enable-coredumps"), ("-W", "--disable-watch"),
                        ("-C", "--disable-cas")):
@@ -153,6 +156,7 @@ def settings_from_args(args: argparse.Namespace) -> tuple[Settings, list[str]]:
         unix_mask = int(args.unix_mask, 8)
     except ValueError:
         raise daemon.ConfigError(f"-a {args.unix_mask!r}: expected an octal mode") from None
+    idle_timeout, _ = _extended(args.extended)
     settings = Settings(
         port=port,
         inter=",".join(hosts),
@@ -171,12 +175,29 @@ def settings_from_args(args: argparse.Namespace) -> tuple[Settings, list[str]]:
         slab_min_size=args.slab_min_size,
         unix_socket=args.unix_socket,
         unix_mask=unix_mask,
+        idle_timeout=idle_timeout,
     )
     try:
         settings.validate()
     except SettingsError as exc:
         raise daemon.ConfigError(str(exc)) from None
     return settings, hosts
+
+
+def _extended(values: list[str]) -> tuple[int, list[str]]:
+    """The -o options (each a comma list of name[=value], as memcached takes them): the
+    idle_timeout, and every other option, which is accepted and ignored."""
+    idle_timeout, ignored = 0, []
+    for value in values:
+        for option in filter(None, (o.strip() for o in value.split(","))):
+            name, _, setting = option.partition("=")
+            if name != IDLE_TIMEOUT_OPTION:
+                ignored.append(option)
+                continue
+            if not setting.isdigit():
+                raise daemon.ConfigError(f"-o {option}: expected whole seconds")
+            idle_timeout = int(setting)
+    return idle_timeout, ignored
 
 
 def _beyond_loopback(host: str) -> bool:
@@ -201,7 +222,7 @@ def _log_accepted(args: argparse.Namespace, settings: Settings, hosts: list[str]
         log.info("-u %s ignored: kvcache does not change user", args.user)
     if args.disable_cas:
         log.warning("-C ignored: CAS stays enabled")
-    for option in args.extended:
+    for option in _extended(args.extended)[1]:
         log.info("-o %s ignored", option)
     for name in ("enable_largepages", "lock_memory", "enable_coredumps", "disable_watch"):
         if getattr(args, name):

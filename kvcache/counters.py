@@ -147,4 +147,5 @@ class CacheStats:
         self.bytes_written = 0
         self.total_connections = 0
         self.rejected_connections = 0
+        self.idle_kicks = 0
         self.crawler_starts = 0

@@ -23,9 +23,10 @@ parsing *and* reading; requests already buffered stay in the parser (bounded by 
 limits of kvcache/protocol.py) and resume when the buffer drains. Multi-get replies come
 from the engine as streams and are written piece by piece under the same rule.
 
-Listening, admission and shutdown are core/connections.py's, as for every daemon: a client
-beyond the connection limit (-c) is told `ERROR Too many open connections` and closed, as
-memcached's maxconns_fast does.
+Listening, admission, idle timeouts and shutdown are core/connections.py's, as for every
+daemon: a client beyond the connection limit (-c) is told `ERROR Too many open connections`
+and closed, as memcached's maxconns_fast does; with `-o idle_timeout=N` a client idle for more
+than N seconds of cache time is closed (counted in idle_kicks), as memcached does.
 
 A maintenance task ticks the cache clock (whole seconds, memcached's `current_time`) and
 runs the expiry crawler in small slices: a pass over the LRU every CRAWL_PASS_INTERVAL_S,
@@ -142,6 +143,8 @@ class KvcacheServer:
         now = self.clock.wall_ms() // 1000
         if now != storage.now:
             storage.tick(now)
+            if self.settings.idle_timeout:
+                self._close_idle(now)
         mono = self.clock.monotonic()
         self._gc.tick(mono)
         if not self.engine.crawler_enabled:
@@ -158,6 +161,14 @@ class KvcacheServer:
             self._next_pass = mono + CRAWL_PASS_INTERVAL_S
 
     # -- connections ---------------------------------------------------------------------
+    def _close_idle(self, now: int) -> None:
+        """memcached's idle_timeout: close every client idle for more than that many seconds."""
+        kicked = self.clients.close_idle(now, self.settings.idle_timeout, Connection.idle_since)
+        if kicked:
+            self.stats.idle_kicks += kicked
+            log.info("closed %d idle connection(s) (idle_timeout %d s)", kicked,
+                     self.settings.idle_timeout)
+
     def admit(self, conn: Connection) -> bool:
         """Admit `conn` or refuse it (core/connections.py), counted in `stats`."""
         stats = self.stats
@@ -208,6 +219,13 @@ class Connection(asyncio.Protocol):
     def last_command(self) -> int:
         """The cache time of the last command served (stats conns)."""
         return self.lane.last_command  # type: ignore[no-any-return]
+
+    def idle_since(self) -> int | None:
+        """The cache time of the last command, or None while a reply is streaming or the
+        client is not reading its replies: busy, never idle (memcached's rule too)."""
+        if self._stream is not None or self._write_paused:
+            return None
+        return self.last_command  # type: ignore[no-any-return]
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]

@@ -40,6 +40,7 @@ class Settings:
     unix_socket: str | None = None  # -s: listen here instead of TCP
     unix_mask: int = 0o700  # -a
     crawl_items_per_tick: int = 5000
+    idle_timeout: int = 0  # -o idle_timeout: seconds a client may sit idle (0: for ever)
     crawl_interval_s: float = 0.1
 
     def validate(self) -> None:
@@ -64,6 +65,8 @@ class Settings:
             raise SettingsError("Number of requests per event must be greater than 0")
         if self.backlog <= 0:
             raise SettingsError("listen backlog must be positive")
+        if self.idle_timeout < 0:
+            raise SettingsError("idle_timeout must not be negative")
 
 
 def parse_size(text: str) -> int:

@@ -89,6 +89,8 @@ def general(view: ProcessView, settings: Settings, storage: Storage) -> list[Sta
         ("store_too_large", stats.store_too_large),
         ("store_no_memory", stats.store_no_memory),
         ("auth_cmds", 0), ("auth_errors", 0),
+        # memcached prints idle_kicks only when an idle timeout is set
+        *((("idle_kicks", stats.idle_kicks),) if settings.idle_timeout else ()),
         ("bytes_read", stats.bytes_read), ("bytes_written", stats.bytes_written),
         ("limit_maxbytes", storage.limit_bytes), ("accepting_conns", 1),
         ("listen_disabled_num", 0), ("time_in_listen_disabled_us", 0), ("threads", 1),
@@ -146,7 +148,7 @@ def settings_stats(settings: Settings, storage: Storage) -> list[Stat]:
         ("dump_enabled", _yes(settings.dump_enabled)), ("hash_algorithm", "siphash"),
         ("lru_maintainer_thread", "no"), ("lru_segmented", "yes"), ("hot_lru_pct", HOT_PERCENT),
         ("warm_lru_pct", WARM_PERCENT), ("hot_max_factor", "0.00"), ("warm_max_factor", "0.00"),
-        ("temp_lru", "no"), ("temporary_ttl", 0), ("idle_timeout", 0),
+        ("temp_lru", "no"), ("temporary_ttl", 0), ("idle_timeout", settings.idle_timeout),
         ("watcher_logbuf_size", 0), ("worker_logbuf_size", 0), ("read_buf_mem_limit", 0),
         ("track_sizes", "no"), ("inline_ascii_response", "no"), ("ext_item_size", 0),
         ("ext_item_age", 0), ("ext_low_ttl", 0), ("ext_recache_rate", 0),

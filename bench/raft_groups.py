@@ -155,7 +155,8 @@ def idle_run(plan: Plan, quiesce: bool | None) -> dict[str, Any]:
              for f in ("frames_sent", "messages_sent", "passes", "readies", "fsyncs")}
     percent = [100 * c for c in meter.result["server_cores"]]
     progress(f"1 idle, quiesce {'on' if on else 'off'}: CPU per process "
-             f"{', '.join(f'{p:.2f}%' for p in percent)}; frames/s "
+             f"{', '.join(f'{p:.2f}%' for p in percent)}; Raft frames/s (liveness beats not "
+             f"counted) "
              f"{', '.join(f'{r:.0f}' for r in rates['frames_sent_per_s'])}; settled in "
              f"{settled:.0f} s; other processes {meter.result['others_cores']:.2f} cores")
     progress("1 node 1's loop, most self time: " + "; ".join(

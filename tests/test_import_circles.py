@@ -33,11 +33,6 @@ SOURCE_SUFFIXES = (".py", ".pyx", ".pxd")
 _CYTHON_FROM = re.compile(r"^\s*from\s+(\.*[\w.]*)\s+c?import\s+(.+)$")
 _CYTHON_IMPORT = re.compile(r"^\s*c?import\s+([\w.]+(?:\s*,\s*[\w.]+)*)\s*$")
 
-# Layer breaches known when this test landed, each an expected failure until it is gone
-# (then its entry goes too).
-KNOWN_BREACHES: list[str] = []
-
-
 @dataclass
 class Graph:
     """Modules by dotted name and, for each, the modules of ours it imports."""
@@ -269,16 +264,6 @@ def test_no_import_circles(ours: Graph) -> None:
     assert not found, "import circles:\n" + "\n".join(" <-> ".join(c) for c in found)
 
 
-def _known(breach: str) -> bool:
-    return breach.split(":")[0] in KNOWN_BREACHES
-
-
 def test_layering(ours: Graph) -> None:
-    breaches = [b for b in layering_breaches(ours) if not _known(b)]
+    breaches = layering_breaches(ours)
     assert not breaches, "imports across the layers of DESIGN.md:\n" + "\n".join(breaches)
-
-
-@pytest.mark.parametrize("known", KNOWN_BREACHES)
-def test_known_breaches(ours: Graph, known: str) -> None:
-    if any(b.startswith(known + ":") for b in layering_breaches(ours)):
-        pytest.xfail("a known breach of the layers; drop it from KNOWN_BREACHES when gone")

@@ -57,6 +57,8 @@ GROUPS_DIR = "groups"
 EVERYSEC_S = 1.0
 FSYNC_THREADS = 8  # log files fsynced at once: the file system can merge their journal commits
 MAX_BATCH_BYTES = 4 * 1024 * 1024  # a per-peer batch is cut into frames of about this size
+MESSAGE_OVERHEAD = 64  # bytes of a message's fields, as an estimate when cutting batches
+ENTRY_OVERHEAD = 32  # bytes of an entry's index, term and type
 
 
 @dataclass(frozen=True)
@@ -91,6 +93,8 @@ class RaftHost:
             config.node_id, config.listen, self.addresses, config.secret, **config.rpc_options)
         self.groups: dict[int, RaftGroup] = {}
         self._dirty: dict[int, RaftGroup] = {}  # touched since the last pass, in order
+        self._awake: dict[int, RaftGroup] = {}  # maybe not quiesced: the ticker's groups
+        self._streaming: dict[int, RaftGroup] = {}  # with a snapshot transfer under way
         self._wake = asyncio.Event()
         self._lock: DataDirLock | None = None
         self._pool: ThreadPoolExecutor | None = None
@@ -100,7 +104,8 @@ class RaftHost:
         self._done: asyncio.Future[None] | None = None
         self._sent_since_beat: set[int] = set()
         self.stats = {"passes": 0, "readies": 0, "fsync_batches": 0, "frames_sent": 0,
-                      "messages_sent": 0, "unknown_group_messages": 0, "woken_groups": 0}
+                      "messages_sent": 0, "beats_sent": 0, "unknown_group_messages": 0,
+                      "woken_groups": 0}
 
     # -- life ----------------------------------------------------------------------------------
 
@@ -208,6 +213,8 @@ class RaftHost:
         if group is None:
             return
         self._dirty.pop(group_id, None)
+        self._awake.pop(group_id, None)
+        self._streaming.pop(group_id, None)
         await group.close()
         if remove_files:
             await asyncio.to_thread(shutil.rmtree, group.config.directory, True)
@@ -222,6 +229,7 @@ class RaftHost:
     def mark(self, group: RaftGroup) -> None:
         """Something touched `group`: look at it in the next pass of the Ready loop."""
         self._dirty[group.group_id] = group
+        self._awake[group.group_id] = group
         self._wake.set()
 
     # -- core/rpc service "raft" ---------------------------------------------------------------
@@ -259,17 +267,32 @@ class RaftHost:
         while not self._stopping:
             await asyncio.sleep(cfg.tick_s)
             ticks += 1
-            for group in list(self.groups.values()):
-                node = group.node
-                if node is not None and not node.quiesced:
-                    node.tick()
-                    self.mark(group)
-                if group.snapshots is not None and group.snapshots.active:
-                    group.snapshots.tick()
-                    self.flush_snapshots(group)
+            self._tick_awake()
+            self._tick_streams()
             if ticks % beat_every == 0:
                 self._beat()
                 self._wake_orphans()
+
+    def _tick_awake(self) -> None:
+        """Tick the groups that may be awake; forget those found quiesced. A group can only
+        wake through a step, a proposal or `wake()`, each of which marks it, and marking
+        puts it back here (`mark`), so idle groups cost nothing per tick."""
+        for gid, group in list(self._awake.items()):
+            node = group.node
+            if node is None or node.quiesced:
+                del self._awake[gid]
+                continue
+            node.tick()
+            self.mark(group)
+
+    def _tick_streams(self) -> None:
+        for gid, group in list(self._streaming.items()):
+            transfers = group.snapshots
+            if transfers is None or not transfers.active:
+                del self._streaming[gid]
+                continue
+            transfers.tick()
+            self.flush_snapshots(group)
 
     def _beat(self) -> None:
         """One empty frame to each peer this node said nothing to since the last beat."""
@@ -278,21 +301,23 @@ class RaftHost:
         self._sent_since_beat.clear()
         for peer in quiet:
             self.transport.send(peer, SERVICE, 0, [])
+            self.stats["beats_sent"] += 1
 
     def _wake_orphans(self) -> None:
         """Wake quiesced followers whose leader's node has gone quiet for an election
-        timeout, so they elect another leader."""
+        timeout, so they elect another leader. Only while some peer is quiet are the groups
+        looked at."""
         cfg = self.config
         timeout = cfg.tick_s * cfg.election_tick
-        dead: dict[int, bool] = {}
+        dead = {p for p in self.addresses
+                if p != self.node_id and not self.transport.heard_within(p, timeout)}
+        if not dead:
+            return
         for group in self.groups.values():
             node = group.node
             if node is None or not node.quiesced or node.role is Role.LEADER:
                 continue
-            lead = node.lead
-            if lead not in dead:
-                dead[lead] = not self.transport.heard_within(lead, timeout)
-            if dead[lead]:
+            if node.lead in dead:
                 node.wake()
                 self.stats["woken_groups"] += 1
                 self.mark(group)
@@ -391,6 +416,8 @@ class RaftHost:
         transfers, node = group.snapshots, group.node
         if transfers is None or node is None:
             return
+        if transfers.active:
+            self._streaming[group.group_id] = group
         for to, payload in transfers.drain(node):
             self.transport.send(to, SNAPSHOT_SERVICE, group.group_id, payload)
             self._sent_since_beat.add(to)
@@ -462,11 +489,8 @@ def _chunks(items: list[list[Any]]) -> list[list[list[Any]]]:
 
 
 def _weight(wire: Any) -> int:
-    """A cheap upper-ish estimate of a wire message's encoded size (entries dominate)."""
-    if isinstance(wire, dict):
-        return 16 + sum(_weight(x) for x in wire.values())
-    if isinstance(wire, list | tuple):
-        return 16 + sum(_weight(x) for x in wire)
-    if isinstance(wire, bytes | str):
-        return len(wire) + 8
-    return 9
+    """An estimate of a wire message's encoded size: entries' data dominate the rest."""
+    entries = wire.get("entries") if isinstance(wire, dict) else None
+    if not entries:
+        return MESSAGE_OVERHEAD
+    return MESSAGE_OVERHEAD + sum(ENTRY_OVERHEAD + len(e[3]) for e in entries)

@@ -1,8 +1,10 @@
 """A toy RESP-on-Raft daemon for the service's tests: a replicated key-value map declared as
-a state machine and four commands, everything else from core/raft_service.py.
+a state machine and five commands, everything else from core/raft_service.py.
 
     PUT key value          a write (forwarded to the leader, or redirected)
     GET key                a linearizable read (read barrier, then the local map)
+    CAS key expected new   a write that sets `new` only if the value is `expected`: 1 if
+                           it swapped, 0 if not (decided when the entry is applied)
     GPUT gid key value     a write to group `gid` (this node hosts group 0 only)
     FAIL text              a write whose apply result is the error text `text`
 
@@ -38,7 +40,8 @@ TICK_S = 0.01
 
 
 class ToyMachine:
-    """The replicated map: entries are msgpack [key, value] or ["!fail", text]."""
+    """The replicated map: entries are msgpack [key, value], ["!cas", key, expected, new]
+    or ["!fail", text]."""
 
     def __init__(self) -> None:
         self.data: dict[str, str] = {}
@@ -46,7 +49,15 @@ class ToyMachine:
     def apply(self, entries: Sequence[tuple[int, bytes]]) -> list[Any]:
         out: list[Any] = []
         for _, raw in entries:
-            key, value = msgpack.unpackb(raw)
+            item = msgpack.unpackb(raw)
+            if item[0] == "!cas":
+                _, key, expected, new = item
+                swapped = self.data.get(key) == expected
+                if swapped:
+                    self.data[key] = new
+                out.append(int(swapped))
+                continue
+            key, value = item
             if key == "!fail":
                 out.append(value)
                 continue
@@ -76,7 +87,8 @@ class ToyNode:
 
     def commands(self) -> list[Command]:
         return [Command("PUT", self.cmd_set, 3), Command("GET", self.cmd_get, 2),
-                Command("GPUT", self.cmd_gset, 4), Command("FAIL", self.cmd_fail, 2)]
+                Command("GPUT", self.cmd_gset, 4), Command("FAIL", self.cmd_fail, 2),
+                Command("CAS", self.cmd_cas, 4)]
 
     async def cmd_set(self, session: Any, args: list[bytes]) -> Any:
         await self.service.write(msgpack.packb([args[1].decode(), args[2].decode()]))
@@ -90,6 +102,10 @@ class ToyNode:
         entry = msgpack.packb([args[2].decode(), args[3].decode()])
         await self.service.write(entry, group=int(args[1]))
         return OK
+
+    async def cmd_cas(self, session: Any, args: list[bytes]) -> Any:
+        entry = msgpack.packb(["!cas", *(arg.decode() for arg in args[1:4])])
+        return await self.service.write(entry)
 
     async def cmd_fail(self, session: Any, args: list[bytes]) -> Any:
         return await self.service.write(msgpack.packb(["!fail", args[1].decode()]))

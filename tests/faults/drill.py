@@ -22,18 +22,19 @@ from __future__ import annotations
 import logging
 import random
 import threading
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tests.faults.history import History, Recorder
+from tests.faults.history import COMPLETIONS, History, Operation, Recorder
 from tests.faults.hosts import Harness
 from tests.faults.node import Host, Node
 from tests.faults.report import CheckResult, write_report
 
 __all__ = [
     "ALL_KINDS", "FAULT_F", "HEAL_F", "HISTORY_FILE", "NEMESIS_PROCESS", "NETWORK_KINDS",
-    "PROCESS_KINDS", "REPORT_FILE", "DrillReport", "Nemesis", "finish",
+    "PROCESS_KINDS", "REPORT_FILE", "DrillReport", "Nemesis", "finish", "outcome_counts",
 ]
 
 log = logging.getLogger("tests.faults.drill")
@@ -94,13 +95,24 @@ def finish(daemon: str, seed: int, history: History, results: list[CheckResult],
            faults: int, workdir: Path, notes: Sequence[str] = ()) -> DrillReport:
     """The round's DrillReport; on failure the history (HISTORY_FILE) and a readable report
     (REPORT_FILE, the failing checkers' windows first) are written into `workdir`."""
-    operations = sum(1 for op in history.operations() if op.process != NEMESIS_PROCESS)
-    report = DrillReport(daemon, seed, operations, faults, results, workdir, list(notes))
+    ops = [op for op in history.operations() if op.process != NEMESIS_PROCESS]
+    notes = [*notes, outcome_counts(ops)]
+    report = DrillReport(daemon, seed, len(ops), faults, results, workdir, notes)
     if not report.passed:
         workdir.mkdir(parents=True, exist_ok=True)
         history.write_jsonl(workdir / HISTORY_FILE)
         write_report(workdir / REPORT_FILE, results, history)
     return report
+
+
+def outcome_counts(ops: Sequence[Operation]) -> str:
+    """One line counting the operations by f and status: `read ok=9 fail=2; write ok=4 ...`."""
+    counts: dict[str, Counter[str]] = {}
+    for op in ops:
+        counts.setdefault(op.f, Counter())[op.status] += 1
+    parts = [f + " " + " ".join(f"{status}={tally[status]}" for status in COMPLETIONS)
+             for f, tally in sorted(counts.items())]
+    return "outcomes: " + ("; ".join(parts) or "no operations")
 
 
 @dataclass

@@ -31,4 +31,5 @@ def lazy(module: str, function: str = "drill") -> Drill:
 DRILLS: dict[str, Drill] = {
     "raft": lazy("tests.faults.raft_register"),
     "idgen": lazy("tests.faults.idgen_drill"),
+    "kvcache": lazy("tests.faults.kvcache_drill"),
 }

@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 NATIVE := $(VENV)/.native
 
-.PHONY: run test bench lint native clean
+.PHONY: run test bench lint native clean drills
 
 $(STAMP): requirements.txt pyproject.toml setup.py
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
@@ -30,6 +30,10 @@ run: $(NATIVE)
 test: $(NATIVE)
 	$(PY) -m ruff check .
 	$(PY) -m pytest -q
+
+# Long randomized rounds of every fault drill (root: network namespaces); DRILL_MINUTES=20.
+drills: $(NATIVE)
+	$(PY) -m tests.faults.run_drills --minutes $(or $(DRILL_MINUTES),20)
 
 bench: $(NATIVE)
 	$(PY) -m bench.idgen_bench

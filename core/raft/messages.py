@@ -16,6 +16,7 @@ Terms and indexes start at 0 ("nothing"); the first real log entry has index 1.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
 from enum import IntEnum
@@ -175,15 +176,15 @@ class Message:
     def to_wire(self) -> dict[str, Any]:
         """A msgpack-friendly dict: {"type": tag, field: value, ...}."""
         out: dict[str, Any] = {"type": self.TAG}
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if f.name in OPTIONAL_FIELDS and value == OPTIONAL_FIELDS[f.name]:
+        for name in field_names(type(self)):
+            value = getattr(self, name)
+            if name in OPTIONAL_FIELDS and value == OPTIONAL_FIELDS[name]:
                 continue
-            if f.name == "entries":
+            if name == "entries":
                 value = [e.to_wire() for e in value]
-            elif f.name == "snapshot":
+            elif name == "snapshot":
                 value = value.to_wire()
-            out[f.name] = value
+            out[name] = value
         return out
 
     @staticmethod
@@ -344,6 +345,13 @@ _FIELD_DECODERS: dict[str, Callable[[object, str], object]] = {
 }
 
 
+@functools.cache
+def field_names(cls: type) -> tuple[str, ...]:
+    """The dataclass fields of a message class, in order (computed once per class: this is
+    on the path of every message in and out)."""
+    return tuple(f.name for f in fields(cls))
+
+
 def message_from_wire(w: Mapping[str, Any]) -> Message:
     """Rebuild a message from `Message.to_wire()` output; WireError if anything is off."""
     if not isinstance(w, Mapping):
@@ -354,14 +362,14 @@ def message_from_wire(w: Mapping[str, Any]) -> Message:
         raise WireError(f"unknown message type {tag!r}")
     kwargs: dict[str, object] = {}
     present = 0
-    for f in fields(cls):
-        if f.name not in w:
-            if f.name in OPTIONAL_FIELDS:
-                kwargs[f.name] = OPTIONAL_FIELDS[f.name]
+    for name in field_names(cls):
+        if name not in w:
+            if name in OPTIONAL_FIELDS:
+                kwargs[name] = OPTIONAL_FIELDS[name]
                 continue
-            raise WireError(f"{cls.__name__} lacks field {f.name!r}")
-        decode = _FIELD_DECODERS.get(f.name, _int)
-        kwargs[f.name] = decode(w[f.name], f.name)
+            raise WireError(f"{cls.__name__} lacks field {name!r}")
+        decode = _FIELD_DECODERS.get(name, _int)
+        kwargs[name] = decode(w[name], name)
         present += 1
     if len(w) != present + 1:
         extra = sorted(set(w) - set(kwargs) - {"type"})

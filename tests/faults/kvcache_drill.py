@@ -2,13 +2,15 @@
 
 Strategy: hosts n1-n3 each run one `kvcache serve`; host n4 runs `kvcache proxy --servers
 n1,n2,n3 --on-down MODE`; host n5 runs the clients, pymemcache connections to the proxy that
-`set` (each value written once: client, round, counter) and `get` a small set of keys, every
-request recorded. The drill runs rounds; in each, one backend (seeded) is cut from the proxy
-(seeded: isolated, or one way only, proxy-to-backend or backend-to-proxy), the drill waits
-until the proxy's `stats backends` calls it down and the clients did more requests, heals,
-waits until the proxy calls it up again, lets the clients work on, then sets a few of its keys
-through the proxy and reads them straight from that backend. The cut, the mark-down, the heal
-and the mark-up are instants in the history (process NEMESIS_PROCESS, and `observer`).
+`set` (each value written once: client and counter) and `get` a small set of keys, every
+request recorded. The drill runs rounds; in each, a Nemesis given one backend (seeded) and
+the proxy cuts the link between them (split: both ways; one_way: either direction, so
+requests or replies are lost), the drill waits until the proxy's `stats backends` calls the
+backend down and the clients did more requests, heals, waits until the proxy calls it up
+again, lets the clients work on, then sets a few keys of that backend through the proxy
+(keys no client uses) and reads them straight from the backend. The fault and the heal
+(process NEMESIS_PROCESS), and the instants the drill saw the cut, the mark-down, the heal
+coming and the mark-up (process `observer`), are in the history.
 
 A request answered `SERVER_ERROR backend unavailable` was not sent to any backend (fail);
 another SERVER_ERROR (timeout, connection error) may have been applied (info); no answer
@@ -32,6 +34,7 @@ kvcache is a cache: a miss is always allowed, so nothing here is about durabilit
 
 from __future__ import annotations
 
+import itertools
 import random
 import socket
 import threading
@@ -45,7 +48,7 @@ from pymemcache.client.base import Client
 from pymemcache.exceptions import MemcacheError, MemcacheServerError
 
 from kvcache.ring import Ring
-from tests.faults.drill import FAULT_F, HEAL_F, NEMESIS_PROCESS, DrillReport, finish
+from tests.faults.drill import NEMESIS_PROCESS, DrillReport, Nemesis, finish
 from tests.faults.history import Operation, Recorder
 from tests.faults.hosts import Harness
 from tests.faults.kvcache_checks import (
@@ -60,7 +63,7 @@ from tests.faults.kvcache_checks import (
     check_recovery,
     check_stale_reads,
 )
-from tests.faults.node import Host
+from tests.faults.node import Host, Node
 from tests.faults.report import CheckResult
 
 BACKENDS = 3
@@ -80,7 +83,9 @@ KEYS = tuple(f"key:{i}" for i in range(24))
 OPS_PER_PHASE = 30  # requests each client makes in each phase of a round
 HOME_PROBES = 3
 ROUND_S = 10.0  # the short round's duration_s buys this many rounds (at least one)
-CUTS = ("isolate", "one_way_in", "one_way_out")
+# The Nemesis is given the cut backend and the proxy: a split of those two cuts the link both
+# ways, a one_way drops it in one direction (either); the clients' host is never cut.
+CUTS = ("split", "one_way")
 MODES = ("fail", "remap")
 F_STATE = "state"
 OBSERVER, PROBE = "observer", "probe"
@@ -93,15 +98,16 @@ class Cluster:
         self.harness = harness
         self.backends: list[Host] = harness.hosts[:BACKENDS]
         self.proxy_host = harness.host(PROXY_HOST)
-        for host in self.backends:
+        self.nodes: list[Node] = [
             harness.spawn(host, ["kvcache", "serve", "-l", host.address, "-p", str(BACKEND_PORT),
                                  *BACKEND_FLAGS], port=BACKEND_PORT, name=f"kvcache-{host.name}")
+            for host in self.backends
+        ]
         servers = ",".join(f"{h.address}:{BACKEND_PORT}" for h in self.backends)
-        harness.spawn(self.proxy_host, ["kvcache", "proxy", "-l", self.proxy_host.address,
-                                        "-p", str(PROXY_PORT), "--servers", servers,
-                                        "--on-down", mode, "--timeout", str(PROXY_TIMEOUT_S),
-                                        "--retry-backoff", RETRY_BACKOFF],
-                      port=PROXY_PORT, name=f"proxy-{mode}")
+        argv = ["kvcache", "proxy", "-l", self.proxy_host.address, "-p", str(PROXY_PORT),
+                "--servers", servers, "--on-down", mode, "--timeout", str(PROXY_TIMEOUT_S),
+                "--retry-backoff", RETRY_BACKOFF]
+        self.proxy = harness.spawn(self.proxy_host, argv, port=PROXY_PORT, name=f"proxy-{mode}")
         self.ring = Ring([(h.address, BACKEND_PORT, 1) for h in self.backends])
         self.owner = {key: self.ring.get_server(key) for key in KEYS}
 
@@ -216,39 +222,32 @@ class Rounds:
     def run(self) -> None:
         """One round: cut a backend, see it marked down, heal, see it up, probe it."""
         self.clients_work()
-        host = self.rng.choice(self.cluster.backends)
-        kind = self.rng.choice(CUTS)
-        cut = Round(self.cluster.address(host), kind)
-        self.cut(host, kind)
-        cut.cut_at = instant(self.recorder, NEMESIS_PROCESS, FAULT_F, kind, f"{kind} {host.name}")
+        node = self.rng.choice(self.cluster.nodes)
+        nemesis = Nemesis(self.harness, random.Random(self.rng.random()),
+                          [node, self.cluster.proxy], kinds=CUTS, recorder=self.recorder)
+        kind = nemesis.step().split()[1]  # "fault <kind> <hosts>": the fault is in force
+        cut = Round(self.cluster.address(node.host), kind)
+        cut.cut_at = instant(self.recorder, OBSERVER, F_STATE, cut.victim, "cut")
         wait_until(lambda: self.state_is(cut.victim, "down"), f"{cut.victim} marked down")
         cut.down_at = instant(self.recorder, OBSERVER, F_STATE, cut.victim, "down")
         self.clients_work()
-        cut.heal_at = instant(self.recorder, NEMESIS_PROCESS, HEAL_F, kind, f"heal {host.name}")
-        self.harness.heal()
+        cut.heal_at = instant(self.recorder, OBSERVER, F_STATE, cut.victim, "healing")
+        nemesis.step()
         wait_until(lambda: self.state_is(cut.victim, "up"), f"{cut.victim} marked up")
         cut.up_at = instant(self.recorder, OBSERVER, F_STATE, cut.victim, "up")
         self.clients_work()
-        self.observer.submit(self.probe_home, host, len(self.done)).result()
+        self.observer.submit(self.probe_home, node.host, len(self.done)).result()
         self.done.append(cut)
-
-    def cut(self, host: Host, kind: str) -> None:
-        proxy = self.cluster.proxy_host
-        if kind == "isolate":
-            self.harness.isolate(host)
-        elif kind == "one_way_in":
-            self.harness.one_way(proxy, host)
-        else:
-            self.harness.one_way(host, proxy)
 
     def probe_home(self, host: Host, round_no: int) -> None:
         """Set keys of `host` through the proxy (keys no client uses), read them on `host`."""
         address = self.cluster.address(host)
-        keys = (f"probe:{i}" for i in range(1 << 16))
-        mine = [key for key in keys if self.cluster.ring.get_server(key) == address]
+        keys = (f"probe:{i}" for i in itertools.count())
+        mine = list(itertools.islice(
+            (key for key in keys if self.cluster.ring.get_server(key) == address), HOME_PROBES))
         proxy, home = self.cluster.client(), self.cluster.client(host)
         try:
-            for i, key in enumerate(mine[:HOME_PROBES]):
+            for i, key in enumerate(mine):
                 value = f"probe-r{round_no}-{i}"
                 request(self.recorder, PROBE, proxy, F_SET, key, value)
                 with self.recorder.op(PROBE, F_HOME_GET, key, value) as op:

@@ -33,10 +33,10 @@ DEFAULT_BACKLOG = 1024
 DEFAULT_GRACE_S = 5.0
 SHUTDOWN_POLL_S = 0.01  # how often shutdown looks whether every client has gone
 
-__all__ = ["DEFAULT_BACKLOG", "DEFAULT_GRACE_S", "Client", "Connections", "Listeners"]
+__all__ = ["DEFAULT_BACKLOG", "DEFAULT_GRACE_S", "ClientConnection", "Connections", "Listeners"]
 
 
-class Client(Protocol):
+class ClientConnection(Protocol):
     """What the layer needs of a connection: its transport, set once it is made."""
 
     transport: asyncio.Transport
@@ -60,7 +60,7 @@ class Connections:
     def __len__(self) -> int:
         return len(self.open)
 
-    def admit(self, client: Client, peer: str) -> bool:
+    def admit(self, client: ClientConnection, peer: str) -> bool:
         """Admit `client` (its transport made), or refuse it: refusal written, transport
         closed, False returned."""
         transport = client.transport
@@ -77,7 +77,7 @@ class Connections:
         transport.set_write_buffer_limits(high=self.high_water)
         return True
 
-    def release(self, client: Client) -> None:
+    def release(self, client: ClientConnection) -> None:
         """`client` is gone (harmless for one never admitted)."""
         self.open.discard(client)
 

@@ -59,7 +59,7 @@ __all__ = [
     "Failure",
     "GiveUp",
     "Link",
-    "Node",
+    "NodeState",
     "Pause",
     "RandomSource",
     "Refused",
@@ -200,7 +200,7 @@ class RetryPolicy:
 
 
 @dataclass
-class Node:
+class NodeState:
     """One node and its health. Invariant: `backoff` is 0 exactly while it is not marked
     down by a failure since its last answer."""
 
@@ -266,7 +266,7 @@ class Failover(Generic[L]):
     ) -> None:
         if not addresses:
             raise ValueError("at least one node is needed")
-        self.nodes = [Node(host, port) for host, port in addresses]
+        self.nodes = [NodeState(host, port) for host, port in addresses]
         self.rng = rng
         self.policy = policy or RetryPolicy()
         self.rules = rules or ErrorRules()
@@ -285,7 +285,7 @@ class Failover(Generic[L]):
         for index, node in enumerate(self.nodes):
             if (node.host, node.port) == address:
                 return index
-        self.nodes.append(Node(*address))
+        self.nodes.append(NodeState(*address))
         self._conns.append(None)
         return len(self.nodes) - 1
 

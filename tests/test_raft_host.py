@@ -21,7 +21,7 @@ import pytest
 from core.raft.errors import ConfigError
 from core.raft.group import FSYNC_EVERYSEC
 from core.raft.host import HostConfig, RaftHost
-from core.rpc import NodeTransport, RemoteError, Router, UnknownGroup
+from core.rpc import NodeTransport, RemoteError, ServiceRouter, UnknownGroup
 from core.storage import DataDirLockedError
 from tests.conftest import find_free_port
 
@@ -83,7 +83,7 @@ class Counter:
 
 
 def test_router_drops_malformed_and_unknown_messages_and_counts_them() -> None:
-    router = Router()
+    router = ServiceRouter()
     echo = Echo("a")
     router.register("a", echo)
     for body in [None, [], ["a", 1], ["a", "1", 2], ["", 0, 1], [1, 0, 1], ["x" * 65, 0, 1]]:

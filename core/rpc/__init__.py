@@ -5,7 +5,7 @@ challenge-response on the shared cluster secret before any other frame (core/rpc
 sans-I/O), and the asyncio layer: `RpcServer` (accepts, authenticates, delivers to an
 `RpcHandler`) and `Peer` / `RpcClient` (one persistent connection per peer, reconnect with
 backoff, bounded queues, fire-and-forget `send` and `request` with timeouts). One port per
-process serves every service and Raft group: `NodeTransport` puts a `Router` behind the
+process serves every service and Raft group: `NodeTransport` puts a `ServiceRouter` behind the
 server, and every frame names its service and group (core/rpc/router.py).
 
     server = RpcServer(1, "127.0.0.2", 7001, secret, handler)   # handler.on_message/on_request
@@ -31,7 +31,7 @@ from core.rpc.errors import (
 )
 from core.rpc.framing import DEFAULT_MAX_FRAME_BYTES, FrameDecoder, encode_frame
 from core.rpc.peer import Address, Peer, RpcClient
-from core.rpc.router import NodeTransport, Router, ServiceHandler, UnknownGroup
+from core.rpc.router import NodeTransport, ServiceHandler, ServiceRouter, UnknownGroup
 from core.rpc.server import RpcHandler, RpcServer
 
 __all__ = [
@@ -54,7 +54,7 @@ __all__ = [
     "RpcHandler",
     "RpcServer",
     "RpcTimeout",
-    "Router",
+    "ServiceRouter",
     "ServiceHandler",
     "UnknownGroup",
     "check_auth_allowed",

@@ -3,7 +3,7 @@
 Every frame body between nodes is an envelope `[service, group, payload]`: `service` a short
 string naming who handles it ("raft", "raft.snap", "idgen", ...), `group` an int naming the
 Raft group or other partition inside that service (0 when the service has none), `payload`
-whatever msgpack value the service defines. `Router` is the RpcHandler an RpcServer
+whatever msgpack value the service defines. `ServiceRouter` is the RpcHandler an RpcServer
 delivers to: it unwraps the envelope and calls the service registered under that name.
 
 What cannot be delivered never crashes anything: a malformed envelope or an unknown
@@ -33,7 +33,7 @@ from core.rpc.errors import RequestRefused
 from core.rpc.peer import DEFAULT_REQUEST_TIMEOUT_S, Address, RpcClient
 from core.rpc.server import RpcServer
 
-__all__ = ["NodeTransport", "Router", "ServiceHandler", "UnknownGroup"]
+__all__ = ["NodeTransport", "ServiceRouter", "ServiceHandler", "UnknownGroup"]
 
 log = logging.getLogger("core.rpc.router")
 
@@ -70,7 +70,7 @@ def _envelope(body: Any) -> tuple[str, int, Any] | None:
     return service, group, payload
 
 
-class Router:
+class ServiceRouter:
     """An RpcHandler dispatching envelopes to services by name (see the module header)."""
 
     def __init__(self) -> None:
@@ -132,13 +132,13 @@ class Router:
 
 class NodeTransport:
     """The node-to-node side of one process: an RpcServer on `listen` whose handler is a
-    Router, and an RpcClient to the peers. `peer_options` go to every Peer."""
+    ServiceRouter, and an RpcClient to the peers. `peer_options` go to every Peer."""
 
     def __init__(self, node_id: int, listen: Address, peers: Mapping[int, Address],
                  secret: str | bytes | None, **peer_options: Any) -> None:
         self.node_id = node_id
         self.listen = listen
-        self.router = Router()
+        self.router = ServiceRouter()
         self.client = RpcClient(node_id, secret,
                                 {k: v for k, v in peers.items() if k != node_id},
                                 **peer_options)

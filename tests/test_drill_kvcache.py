@@ -13,6 +13,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tests.faults.history import FAIL, INFO, OK, Operation
 from tests.faults.hosts import skip_unless_available
@@ -116,3 +118,34 @@ def test_hangs_and_a_backend_not_used_after_its_return_are_caught() -> None:
     assert check_recovery([found], [a_round()]).passed
     stale = op(1, "home_get", "probe:1", "p1", "p0", OK, 700, 710, process="probe")
     assert check_recovery([stale], [a_round()]).valid is False
+
+
+def brute_stale(ops: list[Operation]) -> bool:
+    """Whether some hit is stale or phantom, by the definition, pair by pair."""
+    sets = {o.value: o for o in ops if o.f == "set"}
+    for get in (o for o in ops if o.f == "get" and o.ok and o.result is not None):
+        wrote = sets.get(get.result)
+        if wrote is None or wrote.status == FAIL or wrote.invoke_time > get.complete_time:
+            return True
+        if wrote.ok and any(s.ok and s.invoke_time > wrote.complete_time
+                            and s.complete_time < get.invoke_time for s in sets.values()):
+            return True
+    return False
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.booleans(), st.integers(0, 40), st.integers(1, 15),
+                          st.sampled_from([OK, OK, FAIL, INFO]), st.integers(0, 9)),
+                min_size=1, max_size=14))
+def test_the_stale_read_search_agrees_with_brute_force(
+        rows: list[tuple[bool, int, int, str, int]]) -> None:
+    ops = []
+    for i, (is_set, start, length, status, pick) in enumerate(rows):
+        if is_set:
+            ops.append(op(i, "set", "k", f"v{i}", f"v{i}" if status == OK else None, status,
+                          start, start + length, process=f"p{i}"))
+        else:
+            result = None if pick == 0 else f"v{pick}"
+            ops.append(op(i, "get", "k", None, result, OK, start, start + length,
+                          process=f"p{i}"))
+    assert check_stale_reads(ops).passed is not brute_stale(ops)

@@ -12,6 +12,7 @@ kvcache_drill.py's header.
 
 from __future__ import annotations
 
+from bisect import bisect_left, bisect_right
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -58,7 +59,41 @@ def end(op: Operation) -> int:
 
 
 def _kv(ops: Iterable[Operation]) -> list[Operation]:
-    return [op for op in ops if op.f in (F_SET, F_GET)]
+    return sorted((op for op in ops if op.f in (F_SET, F_GET)), key=lambda op: op.invoke_time)
+
+
+def _invoked_between(ops: list[Operation], start: int, stop: int) -> list[Operation]:
+    """The operations of `ops` (sorted by invocation) invoked after `start`, before `stop`."""
+    times = [op.invoke_time for op in ops]
+    return ops[bisect_right(times, start):bisect_left(times, stop)]
+
+
+class _Overwrites:
+    """Per key, the acknowledged sets by invocation, with the earliest completion among each
+    suffix: whether some set began after an instant and ended before another is one search."""
+
+    def __init__(self, sets: Iterable[Operation]) -> None:
+        by_key: dict[str, list[Operation]] = defaultdict(list)
+        for op in sets:
+            by_key[op.key].append(op)
+        self.invokes: dict[str, list[int]] = {}
+        self.first_done: dict[str, list[Operation]] = {}
+        for key, ops in by_key.items():
+            ops.sort(key=lambda op: op.invoke_time)
+            self.invokes[key] = [op.invoke_time for op in ops]
+            suffix: list[Operation] = []
+            for op in reversed(ops):
+                suffix.append(op if not suffix or end(op) < end(suffix[-1]) else suffix[-1])
+            self.first_done[key] = suffix[::-1]
+
+    def within(self, key: str, after: int, before: int) -> Operation | None:
+        """An acknowledged set of `key` invoked after `after` that ended before `before`."""
+        times = self.invokes.get(key, [])
+        at = bisect_right(times, after)
+        if at == len(times):
+            return None
+        candidate = self.first_done[key][at]
+        return candidate if end(candidate) < before else None
 
 
 def _fail(name: str, text: str, window: Iterable[Operation], ops: list[Operation]
@@ -72,10 +107,7 @@ def check_stale_reads(ops: list[Operation]) -> CheckResult:
     began, nor one no set could have written (never attempted before the get ended, or only
     by a set the proxy never sent). Misses are always allowed."""
     sets = {op.value: op for op in ops if op.f == F_SET}
-    acked: dict[str, list[Operation]] = defaultdict(list)
-    for op in sets.values():
-        if op.ok:
-            acked[op.key].append(op)
+    overwrites = _Overwrites(op for op in sets.values() if op.ok)
     reads = 0
     for get in (op for op in ops if op.f == F_GET and op.ok and op.result is not None):
         reads += 1
@@ -86,11 +118,11 @@ def check_stale_reads(ops: list[Operation]) -> CheckResult:
                          "which no set could have written by then", window, ops)
         if not wrote.ok:
             continue  # an unknown set may take effect at any time after its invocation
-        for later in acked[get.key]:
-            if later.invoke_time > end(wrote) and end(later) < get.invoke_time:
-                text = (f"get {get.id} of {get.key!r} returned {get.result!r} (set {wrote.id}), "
-                        f"overwritten by set {later.id} ({later.value!r}) before the get began")
-                return _fail("stale reads", text, [wrote, later, get], ops)
+        later = overwrites.within(get.key, end(wrote), get.invoke_time)
+        if later is not None:
+            text = (f"get {get.id} of {get.key!r} returned {get.result!r} (set {wrote.id}), "
+                    f"overwritten by set {later.id} ({later.value!r}) before the get began")
+            return _fail("stale reads", text, [wrote, later, get], ops)
     return CheckResult("stale reads", True, f"{reads} hits, none stale or phantom")
 
 
@@ -102,11 +134,12 @@ def check_cut_routing(ops: list[Operation], rounds: list[Round], mode: str,
     kv = _kv(ops)
     seen = 0
     for cut in rounds:
-        for op in kv:
+        during = _invoked_between(kv, cut.cut_at, cut.heal_at)
+        for op in during:
             if cut.cut(op) and owner(op.key) != cut.victim and not op.ok:
                 return _fail("cut routing", f"op {op.id} on {op.key!r} of a healthy backend "
                              f"failed during the cut of {cut.victim}: {op.error}", [op], ops)
-        mine = [op for op in kv if cut.down(op) and owner(op.key) == cut.victim]
+        mine = [op for op in during if cut.down(op) and owner(op.key) == cut.victim]
         seen += len(mine)
         failure = (_fail_fast if mode == FAIL_MODE else _remapped)(mine, cut, ops)
         if failure is not None:
@@ -156,7 +189,7 @@ def check_recovery(ops: list[Operation], rounds: list[Round]) -> CheckResult:
     the proxy are found on that backend itself."""
     kv = _kv(ops)
     for cut in rounds:
-        for op in kv:
+        for op in _invoked_between(kv, cut.up_at, cut.next_at):
             if cut.back(op) and not op.ok:
                 return _fail("recovery", f"op {op.id} on {op.key!r} failed after {cut.victim} "
                              f"was back: {op.error}", [op], ops)

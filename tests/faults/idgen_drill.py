@@ -69,7 +69,7 @@ CLOCK_ERROR = "CLOCK"
 
 
 class Cluster:
-    """The three daemons of a drill on hosts n1-n3, and a client connection per daemon."""
+    """The three daemons of a drill on hosts n1-n3, started together (with their peers)."""
 
     def __init__(self, harness: Harness, workdir: Path) -> None:
         self.harness = harness

@@ -6,19 +6,19 @@ declarations (core.launcher.local_clusters) with its data in a temporary directo
 README's examples use the addresses `make run` prints. A python block runs as typed into an
 interactive session: each top-level statement is compiled in 'single' mode, so the values the
 session would show go to a displayhook that records them, and `print` is recorded too. A
-check per block (found by the block's first line) says what those values must be. Shell lines
-run through the shell from the project root, each checked against what its comment says; a
-terminal shows redis-cli's formatted replies, which the test asks for with `--no-raw`. A
-block or a line without a check fails the test, so a new example needs one. The `serve`
-lines (how to start a daemon by hand) are started in a temporary directory, each on its own,
-and must come up, answer and stop cleanly on SIGTERM. Timeouts only detect hangs.
+check per block (found by the import line it has) says what those values must be. Shell
+lines run through the shell from the project root, each checked against what its comment
+says; a terminal shows redis-cli's formatted replies, which the test asks for with
+`--no-raw`. A block or a line without a check fails the test, so a new example needs one.
+The `serve` lines (how to start a daemon by hand) are run by tests/test_readme_promises.py.
+The shell worker's environment, which the README describes in prose, is checked here too,
+on the same cluster. Timeouts only detect hangs.
 """
 
 from __future__ import annotations
 
 import ast
 import re
-import shlex
 import signal
 import socket
 import subprocess
@@ -419,36 +419,18 @@ def test_shell_lines_against_make_runs_cluster(cluster: Cluster) -> None:
         shell_check(command)(run_shell(command), comment)
 
 
-# -- serve lines --------------------------------------------------------------------------------
-
-
-def serve_lines() -> list[str]:
-    return [split_comment(line)[0] for line in shell_lines()
-            if SERVE_LINE.match(line) and " serve " in line]
-
-
-def listen_address(argv: list[str]) -> tuple[str, int]:
-    if "--listen" in argv:
-        host, _, port = argv[argv.index("--listen") + 1].rpartition(":")
-        return host, int(port)
-    host = argv[argv.index("-l") + 1] if "-l" in argv else "127.0.0.1"
-    return host, int(argv[argv.index("-p") + 1])
-
-
-@pytest.mark.parametrize("line", serve_lines())
-def test_serve_lines_start_a_daemon(line: str, tmp_path: Path) -> None:
-    """Each `serve` line, run in an empty directory, listens where it says, answers a ping
-    and exits 0 on SIGTERM (its peers, if it names any, are not running)."""
-    argv = shlex.split(line)
-    daemon = Path(argv[0]).name
-    argv[0] = str(ROOT / argv[0])
-    host, port = listen_address(argv)
-    process = start(Process(daemon, argv), tmp_path, cwd=tmp_path)
-    try:
-        wait_until(lambda: port_is_open(host, port), f"{line!r} to listen")
-        with socket.create_connection((host, port), timeout=COMMAND_S) as conn:
-            conn.sendall(b"version\r\n" if daemon == "kvcache" else b"PING\r\n")
-            assert conn.recv(100).startswith((b"VERSION ", b"+PONG")), line
-    finally:
-        code = stop(process)
-    assert code == 0, (tmp_path / f"{daemon}.log").read_text()
+def test_the_shell_worker_runs_a_command_in_its_own_process_group_with_the_run(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    """The README's SCHED_* variables, and the process group, of make run's shell worker."""
+    out = tmp_path / "env"
+    command = ('echo "$SCHED_JOB $SCHED_SCHEDULED_AT $SCHED_RUN_ID $SCHED_ATTEMPT $$ '
+               f'$(cut -d" " -f5 /proc/$$/stat)" >> {out}')
+    client = redis.Redis(port=7402, socket_timeout=COMMAND_S, decode_responses=True)
+    assert client.execute_command("JOB.ADD", "envcheck", "@every 1h", command) == "OK"
+    run_id = client.execute_command("JOB.RUN", "envcheck")
+    wait_until(lambda: out.exists() and out.read_text().endswith("\n"), "the run's output")
+    job, scheduled_at, seen_run_id, attempt, pid, pgid = out.read_text().split("\n")[0].split()
+    assert (job, seen_run_id, attempt) == ("envcheck", run_id, "1")
+    assert run_id == f"envcheck@{scheduled_at}/0"
+    assert pid == pgid  # the shell leads its own process group

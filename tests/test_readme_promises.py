@@ -1,11 +1,15 @@
-"""README.md's promises that are not examples: the `serve` lines start a daemon, and the
-idgen daemon warns once when its time bits have less than a year left.
+"""README.md's promises that are not examples: the `serve` lines start a daemon, the
+clusters by hand work, and the idgen daemon warns once when its time bits have less than a
+year left.
 
 Strategy: each `serve` line of the README (tests/test_readme.py reads them) runs in an empty
 temporary directory, must listen where it says, answer a ping and exit 0 on SIGTERM; its
-peers, if it names any, are not running. The warning is read from a real daemon's log,
-started on a wall clock (libfaketime, tests/faults/clock.py) half a year before the
-default epoch's time bits run out. Timeouts only detect hangs.
+peers, if it names any, are not running. The lines of node 1 of a cluster by hand ("and
+nodes 2, 3") are completed to three nodes from their --peers: the idgen daemons then reach
+each other over their node ports, and the scheduler's worker line runs a job. The warning
+is read from a real daemon's log, started on a wall clock (libfaketime,
+tests/faults/clock.py) half a year before the default epoch's time bits run out. Timeouts
+only detect hangs.
 """
 
 from __future__ import annotations
@@ -23,12 +27,14 @@ import redis
 
 from core.launch_spec import Process
 from idgen.layout import DEFAULT_EPOCH_MS, MAX_TIME_MS
+from scheduler.client import SchedulerClient
 from tests.conftest import find_free_port
 from tests.faults import clock
 from tests.test_readme import (
     COMMAND_S,
     ROOT,
     SERVE_LINE,
+    START_S,
     port_is_open,
     shell_lines,
     split_comment,
@@ -75,6 +81,85 @@ def test_serve_lines_start_a_daemon(line: str, tmp_path: Path) -> None:
     finally:
         code = stop(process)
     assert code == 0, (tmp_path / f"{daemon}.log").read_text()
+
+
+# -- the clusters by hand ----------------------------------------------------------------------
+
+
+def option(argv: list[str], name: str) -> str:
+    return argv[argv.index(name) + 1]
+
+
+def with_option(argv: list[str], name: str, value: str) -> list[str]:
+    out = list(argv)
+    out[out.index(name) + 1] = value
+    return out
+
+
+def sibling(argv: list[str], node: int) -> list[str]:
+    """Node `node` of the cluster whose node 1 `argv` starts ("and nodes 2, 3"): its node
+    port and client host from node 1's --peers, every other node as its peers."""
+    peers = dict(item.split("=") for item in option(argv, "--peers").split(","))
+    peers["1"] = option(argv, "--peer-listen")
+    host = peers[str(node)].rpartition(":")[0]
+    port = option(argv, "--listen").rpartition(":")[2]
+    out = with_option(argv, "--id", str(node))
+    out = with_option(out, "--peer-listen", peers[str(node)])
+    out = with_option(out, "--peers", ",".join(f"{i}={a}" for i, a in sorted(peers.items())
+                                               if i != str(node)))
+    out = with_option(out, "--listen", f"{host}:{port}")
+    out = with_option(out, "--data-dir", option(argv, "--data-dir")[:-1] + str(node))
+    return with_option(out, "--worker-id", str(node)) if "--worker-id" in out else out
+
+
+def cluster_line(daemon: str) -> list[str]:
+    """The README's serve line of node 1 of a `daemon` cluster (the one with --peers)."""
+    [line] = [line for line in serve_lines() if line.startswith(f".venv/bin/{daemon} ")
+              and "--peers" in line]
+    argv = shlex.split(line)
+    return [str(ROOT / argv[0]), *argv[1:]]
+
+
+def start_cluster(daemon: str, tmp_path: Path) -> list[subprocess.Popen[bytes]]:
+    node_1 = cluster_line(daemon)
+    nodes = [node_1, sibling(node_1, 2), sibling(node_1, 3)]
+    return [start(Process(f"{daemon}-{i}", argv), tmp_path, cwd=tmp_path)
+            for i, argv in enumerate(nodes, start=1)]
+
+
+def stop_all(processes: list[subprocess.Popen[bytes]], tmp_path: Path) -> None:
+    codes = [stop(process) for process in processes]
+    logs = {f.name: f.read_text()[-2000:] for f in tmp_path.glob("*.log")}
+    assert codes == [0] * len(codes), logs
+
+
+def test_the_idgen_cluster_by_hand_checks_itself_over_the_node_ports(tmp_path: Path) -> None:
+    processes = start_cluster("idgen", tmp_path)
+    try:
+        for host in ("127.0.0.2", "127.0.0.3", "127.0.0.4"):
+            client = redis.Redis(host, 7379, socket_timeout=COMMAND_S)
+            wait_until(lambda c=client: c.info("idgen")["peers_reachable"] == 2,
+                       f"{host} to reach its two peers")
+    finally:
+        stop_all(processes, tmp_path)
+
+
+def test_the_scheduler_cluster_by_hand_runs_a_job_on_its_worker(tmp_path: Path) -> None:
+    [worker_line] = [split_comment(line)[0] for line in shell_lines()
+                     if line.startswith(".venv/bin/scheduler worker ")]
+    worker = shlex.split(worker_line)
+    processes = start_cluster("scheduler", tmp_path)
+    processes.append(start(Process("worker", [str(ROOT / worker[0]), *worker[1:]]),
+                           tmp_path, cwd=tmp_path))
+    out = tmp_path / "ran"
+    try:
+        with SchedulerClient(option(worker, "--scheduler").split(","),
+                             deadline_s=START_S) as client:
+            client.add("hand", "@every 1h", f"echo $SCHED_JOB >> {out}")
+            client.run("hand")
+        wait_until(lambda: out.exists() and out.read_text() == "hand\n", "the run")
+    finally:
+        stop_all(processes, tmp_path)
 
 
 @pytest.mark.skipif(clock.unavailable_reason() is not None,

@@ -25,6 +25,7 @@ from tests.faults.kvcache_checks import (
     check_no_hangs,
     check_recovery,
     check_stale_reads,
+    shadow_chances,
 )
 
 SEED = 11
@@ -149,3 +150,13 @@ def test_the_stale_read_search_agrees_with_brute_force(
             ops.append(op(i, "get", "k", None, result, OK, start, start + length,
                           process=f"p{i}"))
     assert check_stale_reads(ops).passed is not brute_stale(ops)
+
+
+def test_reads_a_stale_copy_would_fail_are_counted() -> None:
+    ops = [op(0, "set", "v", "v0", "v0", OK, 10, 20),
+           op(1, "set", "v", "v1", "v1", OK, 250, 260),
+           op(2, "get", "v", None, None, OK, 700, 710),  # a miss: the flushed home
+           op(3, "get", "v", None, None, OK, 720, 730)]  # counted once per key and cut
+    assert shadow_chances(ops, [a_round()], OWNERS.__getitem__) == 1
+    rewritten = [*ops[:2], op(2, "set", "v", "v2", "v2", OK, 650, 660), ops[3]]
+    assert shadow_chances(rewritten, [a_round()], OWNERS.__getitem__) == 0

@@ -204,5 +204,28 @@ def check_recovery(ops: list[Operation], rounds: list[Round]) -> CheckResult:
     return CheckResult("recovery", True, f"{len(probes)} keys found on their returned backend")
 
 
+def shadow_chances(ops: list[Operation], rounds: list[Round],
+                   owner: Callable[[str], str]) -> int:
+    """How many times a stale copy could have shown: a key of a cut backend, set before the
+    cut and again while it was down, then read after its return before any newer set. Each
+    such read is one the stale-read check would fail if a returning backend kept old values
+    (in fail mode the backend holds the key's only copy, so there are none)."""
+    kv = _kv(ops)
+    chances = 0
+    for cut in rounds:
+        before = {op.key for op in kv if op.f == F_SET and op.ok and end(op) < cut.cut_at
+                  and owner(op.key) == cut.victim}
+        during = {op.key for op in _invoked_between(kv, cut.down_at, cut.heal_at)
+                  if op.f == F_SET and op.ok and cut.down(op)} & before
+        written: set[str] = set()
+        for op in _invoked_between(kv, cut.up_at, cut.next_at):
+            if op.f == F_SET:
+                written.add(op.key)
+            elif op.key in during and op.key not in written and op.ok:
+                chances += 1
+                during.discard(op.key)
+    return chances
+
+
 __all__ = ["Round", "check_cut_routing", "check_no_hangs", "check_recovery",
-           "check_stale_reads"]
+           "check_stale_reads", "shadow_chances"]

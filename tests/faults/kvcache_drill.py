@@ -62,6 +62,7 @@ from tests.faults.kvcache_checks import (
     check_no_hangs,
     check_recovery,
     check_stale_reads,
+    shadow_chances,
 )
 from tests.faults.node import Host, Node
 from tests.faults.report import CheckResult
@@ -285,7 +286,7 @@ def drill_mode(mode: str, seed: int, duration_s: float, workdir: Path) -> DrillR
     ops = [op for op in history.operations() if op.f != F_STATE and op.process != NEMESIS_PROCESS]
     results = verdicts(ops, rounds.done, mode, cluster.owner.get)
     return finish(f"kvcache-{mode}", seed, history, results, len(rounds.done), workdir,
-                  [tally(ops, rounds.done)])
+                  [tally(ops, rounds.done, cluster.owner.get)])
 
 
 def verdicts(ops: list[Operation], rounds: list[Round], mode: str,
@@ -298,11 +299,14 @@ def verdicts(ops: list[Operation], rounds: list[Round], mode: str,
             check_no_hangs(ops), check_recovery(ops, rounds)]
 
 
-def tally(ops: list[Operation], rounds: list[Round]) -> str:
-    """A line of figures: outcomes by status and the cuts made."""
+def tally(ops: list[Operation], rounds: list[Round], owner: Callable[[str], str | None]
+          ) -> str:
+    """A line of figures: outcomes by status, the cuts made, and the reads after a return
+    that a stale copy would have failed (kvcache_checks.shadow_chances)."""
     status = Counter(f"{op.f} {op.status}" for op in ops)
     cuts = Counter(cut.kind for cut in rounds)
-    return f"requests {dict(status)}; cuts {dict(cuts)}"
+    chances = shadow_chances(ops, rounds, lambda key: owner(key) or "")
+    return f"requests {dict(status)}; cuts {dict(cuts)}; reads a stale copy would fail: {chances}"
 
 
 def drill(seed: int, duration_s: float, workdir: Path) -> DrillReport:

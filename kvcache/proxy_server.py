@@ -9,7 +9,9 @@ in one write per connection: connections with replies to write are flushed toget
 per tick, after the tick's backend reads. At most MAX_INFLIGHT slots wait per connection:
 the proxy then stops reading it (requests already buffered wait in the parser, bounded by
 its framing limits); a client that does not read its replies is paused at WRITE_HIGH_WATER
-bytes. `quit` closes after the replies before it are written. Listening, admission (-c),
+bytes. `quit` closes after the replies before it are written; so does the client's half-close
+(EOF, `shutdown(SHUT_WR)`, `nc -q1`): the requests it sent before the FIN are all run and
+answered, in order, then the proxy closes, as memcached does. Listening, admission (-c),
 that pause and shutdown are core/connections.py's, as for every daemon.
 
 `stats` answers the proxy's own figures (memcached's names where they mean the same, then
@@ -241,6 +243,7 @@ class ClientConnection(asyncio.Protocol):
         self._quitting = False  # no more requests: close once the queue is written
         self._write_paused = False
         self._reading = True
+        self._eof = False  # the client half-closed: no more bytes will come
         self._barrier: Slot | Answer | None = None
         self._notify = self._on_reply  # made once, not per request
         self._flush_soon = False
@@ -272,6 +275,15 @@ class ClientConnection(asyncio.Protocol):
         self.parser.feed(data)
         self._process()
 
+    def eof_received(self) -> bool:
+        """The client half-closed: answer every complete request it sent, then close
+        (a partial request left in the parser is dropped, as memcached drops it). True keeps
+        the transport open for those replies."""
+        self._eof = True
+        if self._admitted and not self.closed:
+            self._process()
+        return True
+
     def pause_writing(self) -> None:
         self._write_paused = True
         self._set_reading()
@@ -300,6 +312,8 @@ class ClientConnection(asyncio.Protocol):
                     break
                 request = parser.next_request()
                 if request is None:
+                    if self._eof:  # nothing more can come: close once answered
+                        self._quitting = True
                     break
                 action = plan(request)
                 if action is QUIT:
@@ -345,7 +359,7 @@ class ClientConnection(asyncio.Protocol):
         self._flush_soon = False
         if self.closed:
             return
-        if not self._reading:  # held back by MAX_INFLIGHT or a barrier: maybe no longer
+        if not self._reading or self._eof:  # requests held back (MAX_INFLIGHT, a barrier)
             self._process()
         else:
             self._flush()
@@ -370,8 +384,8 @@ class ClientConnection(asyncio.Protocol):
             self.transport.write(data)
 
     def _set_reading(self) -> None:
-        if self.closed:
-            return
+        if self.closed or self._eof:  # after EOF the transport reads nothing (resuming
+            return  # it would deliver the EOF again)
         want = not self._blocked() and not self._quitting
         if want != self._reading:
             self._reading = want

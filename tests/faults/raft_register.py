@@ -32,11 +32,12 @@ from tests.faults.drill import NETWORK_KINDS, PROCESS_KINDS, DrillReport, Nemesi
 from tests.faults.history import Invocation, Recorder
 from tests.faults.hosts import Harness
 from tests.faults.linearizable import Register, check_linearizable
-from tests.faults.node import Host, Node
+from tests.faults.node import Node
 
 log = logging.getLogger("tests.faults.raft_register")
 
 DAEMON = "raft"
+TOY_MODULE = "tests.raft_service_toy"
 NODES = 3
 CLIENT_HOST = "n4"
 RESP_PORT = 7000
@@ -73,37 +74,45 @@ def drill(seed: int, duration_s: float, workdir: Path) -> DrillReport:
     recorder = Recorder()
     with Harness(NODES + 1, workdir, seed=seed) as harness:
         cluster = _Cluster(harness, [_spawn(harness, workdir, i) for i in range(1, NODES + 1)])
-        _settle(cluster, harness.host(CLIENT_HOST))
+        _settle(cluster)
         nemesis = Nemesis(harness, random.Random(rng.random()), cluster.nodes,
                           kinds=(*NETWORK_KINDS, *PROCESS_KINDS), recorder=recorder)
-        stop = threading.Event()
-        clients = [_Client(cluster, recorder, process, random.Random(rng.random()), stop)
+        clients = [_Client(cluster, recorder, process, random.Random(rng.random()))
                    for process in range(len(harness.hosts))]
-        futures = [harness.executor(host).submit(client.run)
-                   for client, host in zip(clients, harness.hosts, strict=True)]
-        fault_thread = threading.Thread(target=nemesis.run, args=(stop, NEMESIS_PAUSE_S),
-                                        name="nemesis", daemon=True)
-        fault_thread.start()
-        stop.wait(duration_s)
-        stop.set()
-        fault_thread.join()
-        for future in futures:
-            future.result()
+        _under_faults(harness, clients, nemesis, duration_s)
         nemesis.heal_all()
-        _settle(cluster, harness.host(CLIENT_HOST))
-        final = harness.executor(CLIENT_HOST).submit(clients[-1].final_reads)
-        final.result()
+        _settle(cluster)
+        harness.executor(CLIENT_HOST).submit(clients[-1].final_reads).result()
     history = recorder.history()
     result = check_linearizable(history, Register(), fs=FS, time_limit=CHECK_TIME_LIMIT_S)
     return finish(DAEMON, seed, history, [result], nemesis.faults, workdir,
                   notes=[f"nemesis: {'; '.join(nemesis.events)}"])
 
 
+def _under_faults(harness: Harness, clients: list[_Client], nemesis: Nemesis,
+                  duration_s: float) -> None:
+    """Client i runs on host i while the nemesis runs, for `duration_s` seconds."""
+    stop = threading.Event()
+    fault_thread = threading.Thread(target=nemesis.run, args=(stop, NEMESIS_PAUSE_S),
+                                    name="nemesis", daemon=True)
+    try:
+        futures = [harness.executor(host).submit(client.run, stop)
+                   for client, host in zip(clients, harness.hosts, strict=True)]
+        fault_thread.start()
+        stop.wait(duration_s)
+    finally:
+        stop.set()
+        if fault_thread.is_alive():
+            fault_thread.join()
+    for future in futures:
+        future.result()
+
+
 def _spawn(harness: Harness, workdir: Path, node_id: int) -> Node:
     host = harness.host(f"n{node_id}")
     peers = ",".join(f"{i}={harness.host(f'n{i}').address}:{RAFT_PORT}"
                      for i in range(1, NODES + 1))
-    argv = ["tests.raft_service_toy", "--id", str(node_id),
+    argv = [TOY_MODULE, "--id", str(node_id),
             "--listen", f"{host.address}:{RESP_PORT}",
             "--peer-listen", f"{host.address}:{RAFT_PORT}", "--peers", peers,
             "--data-dir", str(workdir / f"data-n{node_id}"), "--protected-mode", "no",
@@ -113,8 +122,8 @@ def _spawn(harness: Harness, workdir: Path, node_id: int) -> Node:
     return harness.spawn(host, argv, port=RESP_PORT, name=f"toy-n{node_id}")
 
 
-def _settle(cluster: _Cluster, host: Host) -> None:
-    """Wait (from `host`) until some node serves a linearizable read."""
+def _settle(cluster: _Cluster) -> None:
+    """Wait (from the client host) until some node serves a linearizable read."""
     def probe() -> None:
         deadline = time.monotonic() + SETTLE_TIMEOUT_S
         while time.monotonic() < deadline:
@@ -128,29 +137,28 @@ def _settle(cluster: _Cluster, host: Host) -> None:
                     time.sleep(0.1)
         raise TimeoutError(ERR_NOT_SETTLED.format(SETTLE_TIMEOUT_S))
 
-    cluster.harness.executor(host).submit(probe).result()
+    cluster.harness.executor(CLIENT_HOST).submit(probe).result()
 
 
 class _Client:
-    """One client process: random operations on random nodes until `stop` is set."""
+    """One client process: random operations on random nodes, each recorded."""
 
     def __init__(self, cluster: _Cluster, recorder: Recorder, process: int,
-                 rng: random.Random, stop: threading.Event) -> None:
+                 rng: random.Random) -> None:
         self.cluster = cluster
         self.recorder = recorder
         self.process = process
         self.rng = rng
-        self.stop = stop
         self.conns: dict[int, RespConnection] = {}
         self.seen: dict[str, str | None] = dict.fromkeys(KEYS)
         self.written = 0
 
-    def run(self) -> None:
-        """The workload loop (runs in a thread of the client's host)."""
+    def run(self, stop: threading.Event) -> None:
+        """The workload loop until `stop` is set (runs in a thread of the client's host)."""
         try:
-            while not self.stop.is_set():
+            while not stop.is_set():
                 self.one()
-                self.stop.wait(self.rng.uniform(*THINK_S))
+                stop.wait(self.rng.uniform(*THINK_S))
         finally:
             self.close()
 

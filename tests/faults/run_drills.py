@@ -43,7 +43,7 @@ ROUND_GRACE_S = 240.0  # beyond its duration, a round may take this long to set 
 STOP_WAIT_S = 30.0  # after SIGTERM, a round has this long to tear down before SIGKILL
 POLL_S = 0.5
 BAR_WIDTH = 30
-MAX_SEEDS_SHOWN = 12
+MAX_SEEDS_SHOWN = 5  # the table lists this many seeds per daemon; the JSON has all
 RESULT_FILE = "result.json"
 ROUND_LOG = "round.log"
 
@@ -140,14 +140,15 @@ def run_round(name: str, seed: int, duration_s: float, workdir: Path, progress: 
     limit = duration_s + ROUND_GRACE_S
     with open(workdir / ROUND_LOG, "wb") as log:
         child = subprocess.Popen(argv, cwd=ROOT, stdout=log, stderr=log)
-        while child.poll() is None:
-            progress.show(rounds_done, f"{name} seed={seed} {time.monotonic() - began:.0f}"
-                                       f"/{duration_s:.0f}s")
-            if time.monotonic() - began > limit:
-                _stop(child)
-                return Round(name, seed, duration_s, error=ERR_TIMED_OUT.format(seconds=limit),
-                             workdir=str(workdir), wall_s=time.monotonic() - began)
-            time.sleep(POLL_S)
+        try:
+            timed_out = _watch(child, began + limit, progress, rounds_done,
+                               f"{name} seed={seed}", duration_s)
+        except KeyboardInterrupt:
+            _stop(child)
+            raise
+    if timed_out:
+        return Round(name, seed, duration_s, error=ERR_TIMED_OUT.format(seconds=limit),
+                     workdir=str(workdir), wall_s=time.monotonic() - began)
     result = workdir / RESULT_FILE
     if not result.exists():
         return Round(name, seed, duration_s, workdir=str(workdir),
@@ -156,6 +157,19 @@ def run_round(name: str, seed: int, duration_s: float, workdir: Path, progress: 
     outcome = Round(**json.loads(result.read_text()))
     outcome.wall_s = time.monotonic() - began
     return outcome
+
+
+def _watch(child: subprocess.Popen[bytes], deadline: float, progress: Progress,
+           rounds_done: int, label: str, duration_s: float) -> bool:
+    """Redraw the bar until the child exits (False) or the deadline passes (True: stopped)."""
+    began = time.monotonic()
+    while child.poll() is None:
+        progress.show(rounds_done, f"{label} {time.monotonic() - began:.0f}/{duration_s:.0f}s")
+        if time.monotonic() > deadline:
+            _stop(child)
+            return True
+        time.sleep(POLL_S)
+    return False
 
 
 def _stop(child: subprocess.Popen[bytes]) -> None:
@@ -179,7 +193,11 @@ def run_all(names: list[str], minutes: float, seed: int, out: Path) -> list[Roun
         duration = round(max(MIN_ROUND_S, min(rng.uniform(MIN_ROUND_S, MAX_ROUND_S), left)))
         round_seed = rng.randrange(1 << 31)
         workdir = out / f"{name}-{round_seed}"
-        outcome = run_round(name, round_seed, duration, workdir, progress, len(rounds))
+        try:
+            outcome = run_round(name, round_seed, duration, workdir, progress, len(rounds))
+        except KeyboardInterrupt:
+            progress.note(f"interrupted during {name} seed={round_seed}; that round is left out")
+            break
         rounds.append(outcome)
         verdict = "FAILED" if outcome.failed else "passed"
         progress.note(f"{name} seed={round_seed} {duration:.0f}s: {verdict}, "

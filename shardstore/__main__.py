@@ -1,0 +1,98 @@
+"""Command line: `shardstore serve ...`, one node of a shardstore cluster.
+
+    shardstore serve --id N --listen H:P --peer-listen H:P --peers 1=H:P,2=H:P,3=H:P \\
+        --data-dir D [--shards S] [--replicas R] [--fsync always|everysec] \\
+        [--cluster-secret ...] [--requirepass ...]
+
+The shared cluster options are core/cluster_options.py's; `--shards` and `--replicas`
+only matter when the cluster is made (the first leader of the configuration group writes
+the slot map), and are checked here against the number of `--peers`. `--fsync everysec`
+is for single-replica shards only (Raft's votes and log must survive a power cut), as
+Redis's `appendfsync everysec`: up to a second of acknowledged writes may be lost.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+
+from core import cluster_options, daemon
+
+log = logging.getLogger("shardstore")
+
+DEFAULT_PORT = 7400
+DEFAULT_PEER_PORT = 7500
+DEFAULT_SHARDS = 3
+DEFAULT_REPLICAS = 3
+ERR_REPLICAS = "--replicas must be 1..{} (the number of --peers)"
+ERR_SHARDS = "--shards must be 1..16384"
+ERR_EVERYSEC = "--fsync everysec is only allowed with --replicas 1"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="shardstore")
+    sub = parser.add_subparsers(dest="action", required=True)
+    serve = sub.add_parser("serve", help="run a shardstore node")
+    daemon.add_common_options(serve, DEFAULT_PORT)
+    cluster_options.add_cluster_options(serve, DEFAULT_PEER_PORT)
+    serve.add_argument("--shards", type=int, default=DEFAULT_SHARDS,
+                       help="shards of a new cluster (16384 slots split evenly)")
+    serve.add_argument("--replicas", type=int, default=DEFAULT_REPLICAS,
+                       help="nodes per shard of a new cluster (1 or 3)")
+    serve.add_argument("--fsync", default="always", choices=["always", "everysec"],
+                       help="as Redis's appendfsync (everysec: --replicas 1 only)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = daemon.parse_args(parser, argv)
+        return serve(args)
+    except daemon.ConfigError as exc:
+        print(f"shardstore: {exc}", file=sys.stderr)
+        return 2
+
+
+def serve(args: argparse.Namespace) -> int:
+    from shardstore.server import NodeOptions, ShardNode
+
+    daemon.setup_logging(args.log_level)
+    settings = cluster_options.cluster_settings(args, default_port=DEFAULT_PORT,
+                                                default_peer_port=DEFAULT_PEER_PORT)
+    if not 1 <= args.shards <= 16384:
+        raise daemon.ConfigError(ERR_SHARDS)
+    if not 1 <= args.replicas <= len(settings.peers):
+        raise daemon.ConfigError(ERR_REPLICAS.format(len(settings.peers)))
+    if args.fsync == "everysec" and args.replicas != 1:
+        raise daemon.ConfigError(ERR_EVERYSEC)
+    options = NodeOptions(shards=args.shards, replicas=args.replicas, fsync=args.fsync)
+
+    async def run(stop: asyncio.Event) -> int:
+        node = ShardNode(settings, options)
+        try:
+            await node.start()
+        except OSError as exc:
+            log.error("refusing to start: %s", exc)
+            return 1
+        log.info("shardstore node %d ready on %s (raft %s:%d)", settings.node_id,
+                 settings.advertise, *settings.peer_listen)
+        failed = asyncio.ensure_future(node.wait_failed())
+        stopping = asyncio.ensure_future(stop.wait())
+        await asyncio.wait({failed, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        stopping.cancel()
+        if failed.done():
+            log.error("raft host stopped: %r", failed.exception())
+            return 1
+        failed.cancel()
+        await node.stop()
+        log.info("shardstore node %d stopped", settings.node_id)
+        return 0
+
+    return daemon.run(run)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,333 @@
+"""The slot map and the configuration group's state machine, and the Redis Cluster replies
+built from them; sans I/O.
+
+Strategy: group 0 of every node is the configuration group, founded by all the `--peers`.
+Its state (`ClusterConfig`) is the slot map: 16384 slots in ranges -> shard id; shard id ->
+its Raft group id (the shard id itself: group 0 is the configuration) and its members'
+node ids; node id -> its 40-hex Redis Cluster name; and the epoch of the map. Its entries
+are msgpack maps with an "op":
+
+- OP_INIT {nodes, shards, replicas}: the first one makes the map (`layout`: shard i gets
+  `replicas` of the nodes round-robin from the i-th, and the i-th even range of the slots)
+  at epoch 1; later ones change nothing (every node's first leader proposes one, so the
+  first committed wins). Result: True if this entry made the map.
+- OP_NAME {id, name}: node `id` is called `name` in CLUSTER NODES/SLOTS/SHARDS.
+
+Client addresses come from the service's address book (core/service_machine.py), not
+from here. The replies (`slots_reply`, `shards_reply`, `nodes_reply`, `info_reply`) take a
+`ClusterView`: the config plus what one node sees (the book, the shard leaders it knows).
+A shard's Raft leader is its Redis "master"; its other members are "replicas". A shard
+whose leader this node does not know shows its first member with a known address first.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import msgpack
+
+from core.resp import Verbatim
+from native.crc16 import SLOT_COUNT, key_slot
+
+__all__ = [
+    "CONFIG_GROUP", "ERR_BAD_ENTRY", "OP_INIT", "OP_NAME", "ClusterConfig", "ClusterView",
+    "ConfigMachine", "Shard", "encode_init", "encode_name", "info_reply", "layout",
+    "load_node_name", "moved", "nodes_reply", "shards_reply", "slots_reply",
+]
+
+CONFIG_GROUP = 0
+OP_INIT = "init"
+OP_NAME = "name"
+ERR_BAD_ENTRY = "ERR bad configuration entry: {!r}"
+MOVED = "MOVED {} {}"
+NODE_NAME_FILE = "shardstore-node-name"
+NAME_HEX_CHARS = 40
+
+
+@dataclass
+class Shard:
+    """One shard: its Raft group and members (node ids, in founding order)."""
+
+    shard_id: int
+    group: int
+    members: list[int]
+
+
+@dataclass
+class ClusterConfig:
+    """The replicated configuration. `ranges`: [(first slot, last slot, shard id)] in slot
+    order, covering every slot once when initialised; `epoch` 0: not initialised yet."""
+
+    epoch: int = 0
+    shards: dict[int, Shard] = field(default_factory=dict)
+    ranges: list[tuple[int, int, int]] = field(default_factory=list)
+    names: dict[int, str] = field(default_factory=dict)
+    slot_shard: list[int] = field(default_factory=list)  # derived: slot -> shard id
+
+    @property
+    def initialised(self) -> bool:
+        return self.epoch > 0
+
+    def shard_of_slot(self, slot: int) -> Shard | None:
+        """The shard that owns `slot`, None before the map exists."""
+        if not self.slot_shard:
+            return None
+        return self.shards.get(self.slot_shard[slot])
+
+    def shard_of_key(self, key: bytes) -> Shard | None:
+        return self.shard_of_slot(key_slot(key))
+
+    def hosted_by(self, node_id: int) -> list[Shard]:
+        """The shards `node_id` is a member of, by shard id."""
+        return [s for _, s in sorted(self.shards.items()) if node_id in s.members]
+
+    def shard_ranges(self, shard_id: int) -> list[tuple[int, int]]:
+        return [(a, b) for a, b, sid in self.ranges if sid == shard_id]
+
+    def rebuild(self) -> None:
+        """Recompute the slot -> shard table from `ranges`."""
+        table = [0] * SLOT_COUNT
+        for first, last, sid in self.ranges:
+            table[first:last + 1] = [sid] * (last - first + 1)
+        self.slot_shard = table if self.ranges else []
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"epoch": self.epoch,
+                "shards": [[s.shard_id, s.group, s.members] for s in self.shards.values()],
+                "ranges": [list(r) for r in self.ranges],
+                "names": {str(k): v for k, v in self.names.items()}}
+
+    @classmethod
+    def from_wire(cls, wire: dict[str, Any]) -> ClusterConfig:
+        config = cls(epoch=int(wire["epoch"]),
+                     shards={int(s[0]): Shard(int(s[0]), int(s[1]), [int(m) for m in s[2]])
+                             for s in wire["shards"]},
+                     ranges=[(int(a), int(b), int(c)) for a, b, c in wire["ranges"]],
+                     names={int(k): str(v) for k, v in wire["names"].items()})
+        config.rebuild()
+        return config
+
+
+def layout(nodes: Sequence[int], shards: int, replicas: int
+           ) -> tuple[dict[int, Shard], list[tuple[int, int, int]]]:
+    """Shards 1..`shards`: shard i gets `replicas` of the sorted `nodes` round-robin from
+    the (i-1)-th, and the i-th of `shards` even ranges of the slots. ValueError when the
+    numbers cannot work."""
+    ordered = sorted(nodes)
+    if shards < 1 or shards > SLOT_COUNT:
+        raise ValueError(f"shards must be 1..{SLOT_COUNT}")
+    if not 1 <= replicas <= len(ordered):
+        raise ValueError(f"replicas must be 1..{len(ordered)} (the number of nodes)")
+    table: dict[int, Shard] = {}
+    ranges: list[tuple[int, int, int]] = []
+    for i in range(shards):
+        members = [ordered[(i + j) % len(ordered)] for j in range(replicas)]
+        table[i + 1] = Shard(i + 1, i + 1, members)
+        ranges.append((i * SLOT_COUNT // shards, (i + 1) * SLOT_COUNT // shards - 1, i + 1))
+    return table, ranges
+
+
+def encode_init(nodes: Sequence[int], shards: int, replicas: int) -> bytes:
+    return msgpack.packb({"op": OP_INIT, "nodes": sorted(nodes), "shards": shards,
+                          "replicas": replicas})
+
+
+def encode_name(node_id: int, name: str) -> bytes:
+    return msgpack.packb({"op": OP_NAME, "id": node_id, "name": name})
+
+
+class ConfigMachine:
+    """The configuration group's state machine (apply, snapshot, restore) over `config`."""
+
+    def __init__(self) -> None:
+        self.config = ClusterConfig()
+
+    def apply(self, entries: Sequence[tuple[int, bytes]]) -> list[Any]:
+        return [self._apply_one(data) for _, data in entries]
+
+    def _apply_one(self, data: bytes) -> Any:
+        try:
+            entry = msgpack.unpackb(data)
+            if entry["op"] == OP_INIT:
+                return self._init(entry)
+            if entry["op"] == OP_NAME:
+                self.config.names[int(entry["id"])] = str(entry["name"])
+                return None
+        except (ValueError, KeyError, TypeError, msgpack.UnpackException) as exc:
+            return ERR_BAD_ENTRY.format(exc)
+        return ERR_BAD_ENTRY.format(entry)
+
+    def _init(self, entry: dict[str, Any]) -> bool:
+        if self.config.initialised:
+            return False
+        shards, ranges = layout(entry["nodes"], int(entry["shards"]), int(entry["replicas"]))
+        self.config.shards, self.config.ranges, self.config.epoch = shards, ranges, 1
+        self.config.rebuild()
+        return True
+
+    def snapshot(self) -> bytes:
+        return msgpack.packb(self.config.to_wire())
+
+    def restore(self, blob: bytes) -> None:
+        self.config = ClusterConfig.from_wire(msgpack.unpackb(blob))
+
+
+def load_node_name(data_dir: Path, node_id: int) -> str:
+    """This node's 40-hex Redis Cluster name: read from the data dir, or derived from the
+    node id and the data dir's path and written there, so it stays the same for life."""
+    path = data_dir / NODE_NAME_FILE
+    if path.exists():
+        name = path.read_text().strip()
+        if len(name) == NAME_HEX_CHARS:
+            return name
+    seed = f"shardstore:{node_id}:{data_dir.resolve()}".encode()
+    name = hashlib.sha1(seed).hexdigest()
+    path.write_text(name + "\n")
+    return name
+
+
+def moved(slot: int, address: str) -> str:
+    """The text of Redis's MOVED redirection."""
+    return MOVED.format(slot, address)
+
+
+# -- the Redis Cluster replies ----------------------------------------------------------------
+
+@dataclass
+class ClusterView:
+    """What one node knows: the config, itself, client addresses (the book) and the leader
+    of each shard it hosts (0 or absent: unknown); `offsets`: applied index per shard."""
+
+    config: ClusterConfig
+    me: int
+    addresses: dict[int, str]
+    leaders: dict[int, int] = field(default_factory=dict)
+    offsets: dict[int, int] = field(default_factory=dict)
+
+    def name(self, node_id: int) -> str:
+        """The node's 40-hex name (a stable stand-in until its own is published)."""
+        return self.config.names.get(node_id) or hashlib.sha1(
+            f"shardstore-unnamed:{node_id}".encode()).hexdigest()
+
+    def ordered_members(self, shard: Shard) -> list[int]:
+        """The members with a known address, the "master" (leader) first."""
+        known = [m for m in shard.members if m in self.addresses]
+        leader = self.leaders.get(shard.shard_id, 0)
+        if leader in known:
+            known.remove(leader)
+            known.insert(0, leader)
+        return known
+
+    def host_port(self, node_id: int) -> tuple[str, int]:
+        host, _, port = self.addresses[node_id].rpartition(":")
+        return host, int(port)
+
+    def masters(self) -> dict[int, int]:
+        """shard id -> the node reported as its master (shards with no known address left
+        out)."""
+        out: dict[int, int] = {}
+        for sid, shard in self.config.shards.items():
+            members = self.ordered_members(shard)
+            if members:
+                out[sid] = members[0]
+        return out
+
+    @property
+    def complete(self) -> bool:
+        """The map exists and the client address of every shard member is known."""
+        return self.config.initialised and all(
+            m in self.addresses for s in self.config.shards.values() for m in s.members)
+
+
+def slots_reply(view: ClusterView) -> list[Any]:
+    """CLUSTER SLOTS: [first, last, master, replica...] per range, each node
+    [ip, port, name, []] (Redis 7's shape, with no extra networking metadata)."""
+    out: list[Any] = []
+    for first, last, sid in view.config.ranges:
+        members = view.ordered_members(view.config.shards[sid])
+        if not members:
+            continue
+        nodes = [[*_split(view, m), view.name(m), []] for m in members]
+        out.append([first, last, *nodes])
+    return out
+
+
+def _split(view: ClusterView, node_id: int) -> list[Any]:
+    host, port = view.host_port(node_id)
+    return [host.encode(), port]
+
+
+def shards_reply(view: ClusterView) -> list[Any]:
+    """CLUSTER SHARDS: per shard a map of "slots" (flat first/last pairs) and "nodes"
+    (maps of id, port, ip, endpoint, replication-offset, role, health)."""
+    out: list[Any] = []
+    for sid, shard in sorted(view.config.shards.items()):
+        slots: list[int] = []
+        for first, last in view.config.shard_ranges(sid):
+            slots.extend((first, last))
+        members = view.ordered_members(shard)
+        nodes = [_shard_node(view, sid, m, role="master" if i == 0 else "replica")
+                 for i, m in enumerate(members)]
+        out.append({b"slots": slots, b"nodes": nodes})
+    return out
+
+
+def _shard_node(view: ClusterView, sid: int, node_id: int, role: str) -> dict[bytes, Any]:
+    host, port = view.host_port(node_id)
+    return {b"id": view.name(node_id).encode(), b"port": port, b"ip": host.encode(),
+            b"endpoint": host.encode(), b"replication-offset": view.offsets.get(sid, 0),
+            b"role": role.encode(), b"health": b"online"}
+
+
+def nodes_reply(view: ClusterView) -> Verbatim:
+    """CLUSTER NODES: one line per node with a known address. A node that is the master of
+    some shard is a master with those shards' slots; any other is a replica ("slave") of
+    the master of the first shard it is a member of."""
+    masters = view.masters()
+    lines = []
+    for node_id in sorted(view.addresses):
+        led = [sid for sid, m in masters.items() if m == node_id]
+        flags = ["myself"] if node_id == view.me else []
+        if led:
+            flags.append("master")
+            master = "-"
+            slots = [f"{a}-{b}" if a != b else str(a)
+                     for a, b, sid in view.config.ranges if sid in led]
+        else:
+            flags.append("slave")
+            hosted = view.config.hosted_by(node_id)
+            lead = masters.get(hosted[0].shard_id) if hosted else None
+            master = view.name(lead) if lead else "-"
+            slots = []
+        host, port = view.host_port(node_id)
+        fields = [view.name(node_id), f"{host}:{port}@0", ",".join(flags), master, "0", "0",
+                  str(view.config.epoch), "connected", *slots]
+        lines.append(" ".join(fields))
+    return Verbatim("".join(line + "\n" for line in lines))
+
+
+def info_reply(view: ClusterView) -> Verbatim:
+    """CLUSTER INFO: Redis's fields, `cluster_state:ok` once the map exists and every
+    shard member's client address is known (`ClusterView.complete`)."""
+    config = view.config
+    ok = view.complete
+    assigned = SLOT_COUNT if config.initialised else 0
+    fields = {
+        "cluster_state": "ok" if ok else "fail",
+        "cluster_slots_assigned": assigned,
+        "cluster_slots_ok": assigned if ok else 0,
+        "cluster_slots_pfail": 0,
+        "cluster_slots_fail": 0 if ok else assigned,
+        "cluster_known_nodes": len(view.addresses),
+        "cluster_size": len(config.shards),
+        "cluster_current_epoch": config.epoch,
+        "cluster_my_epoch": config.epoch,
+        "cluster_stats_messages_sent": 0,
+        "cluster_stats_messages_received": 0,
+        "total_cluster_links_buffer_limit_exceeded": 0,
+    }
+    return Verbatim("".join(f"{k}:{v}\r\n" for k, v in fields.items()))

@@ -1,0 +1,244 @@
+"""The client port's commands of a shardstore node: the command layer's rows bound to
+routing, and the Redis Cluster commands.
+
+Strategy: each row of shardstore.commands.COMMANDS (but the connection and server rows
+core answers for every daemon: COMMON_NAMES) gets a handler here by its key specs:
+
+- a row with keys: `request_slot` (CROSSSLOT when the keys span slots); the slot's shard
+  from the slot map; a shard this node does not host answers `-MOVED slot host:port`
+  (its master as CLUSTER SLOTS reports it); a write ("write" flag) is committed through
+  the shard's Raft group (forwarded to its leader by the service) and answered with what
+  its apply returned; a read runs on the local replica after the shard's read barrier,
+  or without one on a connection that sent READONLY (as Redis Cluster replicas serve);
+- a row without keys (DBSIZE, SCAN, FLUSHALL, ...): about the shards this node leads, as
+  Redis Cluster's commands are about one node: a write goes through each of them, a read
+  runs over them together (machine.MergedKV).
+
+While a shard has no leader the service answers `-TRYAGAIN ...`. The CLUSTER container
+(SLOTS SHARDS NODES INFO MYID KEYSLOT COUNTKEYSINSLOT GETKEYSINSLOT) and ASKING, READONLY,
+READWRITE answer as Redis does (replies built in shardstore/cluster.py).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Coroutine, Iterable
+from typing import Any, Protocol
+
+from core.command_table import ERR_CROSSSLOT, Command, CrossSlotError, KeysError, request_slot
+from core.raft_service import RaftService
+from core.resp import OK, CommandError
+from core.resp_commands import parse_int
+from core.resp_session import Session
+from native.crc16 import SLOT_COUNT, key_slot
+from shardstore import cluster
+from shardstore.cluster import ClusterConfig, ClusterView, Shard
+from shardstore.machine import MergedKV, ShardMachine, decode_reply, encode_command
+
+__all__ = ["COMMON_NAMES", "ERR_CLUSTERDOWN", "ClientCommands", "NodeView"]
+
+ERR_CLUSTERDOWN = "CLUSTERDOWN Hash slot not served"
+ERR_INVALID_SLOT = "ERR Invalid or out of range slot"
+ERR_INVALID_KEYS = "ERR Invalid number of keys"
+ERR_KEYS = "ERR wrong number of arguments for '{}' command"
+# Answered by core for every RESP daemon (core.resp_commands): not rebound here.
+COMMON_NAMES = frozenset({"PING", "ECHO", "HELLO", "AUTH", "QUIT", "INFO", "COMMAND",
+                          "CLIENT", "CONFIG", "SELECT"})
+WALK_CHUNK = 1000  # keys read at a time when walking a shard for a slot's keys
+READONLY_ATTR = "shardstore_readonly"  # set on a Session by READONLY
+WRITE_FLAG = "write"
+
+
+class NodeView(Protocol):
+    """What the handlers need of the node (shardstore.server.ShardNode)."""
+
+    me: int
+    name: str
+    layer: Any  # shardstore.commands
+    service: RaftService
+    machines: dict[int, ShardMachine]
+
+    @property
+    def config(self) -> ClusterConfig: ...
+
+    def now_ms(self) -> int: ...
+
+    def view(self) -> ClusterView: ...
+
+    def led_shards(self) -> list[Shard]: ...
+
+
+def _readonly(session: Session) -> bool:
+    return bool(getattr(session, READONLY_ATTR, False))
+
+
+class ClientCommands:
+    """The node's command rows (see the module header)."""
+
+    def __init__(self, node: NodeView) -> None:
+        self.node = node
+
+    def rows(self) -> list[Command]:
+        self.layer = self.node.layer
+        table: Iterable[Command] = self.layer.COMMANDS
+        if isinstance(table, dict):
+            table = table.values()
+        bound = [self._bind(row) for row in table if row.name.upper() not in COMMON_NAMES]
+        return [*bound, *self._cluster_rows()]
+
+    def _bind(self, row: Command) -> Command:
+        handler = self._keyed(row) if row.key_specs else self._keyless(row)
+        return dataclasses.replace(row, handler=handler, subcommands=())
+
+    # -- commands with keys --------------------------------------------------------------------
+
+    def _keyed(self, row: Command) -> Any:
+        write = WRITE_FLAG in row.flags
+
+        def handler(session: Session, args: list[bytes]) -> Coroutine[Any, Any, Any]:
+            try:
+                slot = request_slot(row, args)
+            except CrossSlotError:
+                raise CommandError(ERR_CROSSSLOT) from None
+            except KeysError:
+                raise CommandError(ERR_KEYS.format(row.name.lower())) from None
+            if slot is None:
+                return self._keyless(row)(session, args)
+            shard = self._local_shard(slot)
+            if write:
+                return self._write(shard, args)
+            return self._read(shard, args, _readonly(session))
+
+        return handler
+
+    def _local_shard(self, slot: int) -> Shard:
+        """The shard of `slot` if this node hosts it; else CommandError MOVED/CLUSTERDOWN."""
+        shard = self.node.config.shard_of_slot(slot)
+        if shard is None:
+            raise CommandError(ERR_CLUSTERDOWN)
+        if shard.shard_id in self.node.machines:
+            return shard
+        view = self.node.view()
+        members = view.ordered_members(shard)
+        if not members:
+            raise CommandError(ERR_CLUSTERDOWN)
+        raise CommandError(cluster.moved(slot, view.addresses[members[0]]))
+
+    async def _write(self, shard: Shard, args: list[bytes]) -> Any:
+        entry = encode_command(self.node.now_ms(), args)
+        reply = decode_reply(await self.node.service.write(entry, group=shard.group))
+        if isinstance(reply, CommandError):
+            raise reply
+        return reply
+
+    async def _read(self, shard: Shard, args: list[bytes], stale_ok: bool) -> Any:
+        if not stale_ok:
+            await self.node.service.barrier(shard.group)
+        machine = self.node.machines.get(shard.shard_id)
+        if machine is None:
+            raise CommandError(ERR_CLUSTERDOWN)
+        return self._reply(self.layer.execute_read(machine.engine, self.node.now_ms(), args))
+
+    @staticmethod
+    def _reply(reply: Any) -> Any:
+        if isinstance(reply, CommandError):
+            raise reply
+        return reply
+
+    # -- commands without keys: the shards this node leads -------------------------------------
+
+    def _keyless(self, row: Command) -> Any:
+        write = WRITE_FLAG in row.flags
+
+        def handler(session: Session, args: list[bytes]) -> Coroutine[Any, Any, Any]:
+            if write:
+                return self._write_led(args)
+            return self._read_led(args, _readonly(session))
+
+        return handler
+
+    async def _write_led(self, args: list[bytes]) -> Any:
+        reply: Any = OK
+        for shard in self.node.led_shards():
+            reply = await self._write(shard, args)
+        return reply
+
+    async def _read_led(self, args: list[bytes], stale_ok: bool) -> Any:
+        shards = self.node.led_shards()
+        if not stale_ok:
+            for shard in shards:
+                await self.node.service.barrier(shard.group)
+        machines = [self.node.machines[s.shard_id] for s in shards
+                    if s.shard_id in self.node.machines]
+        kv = MergedKV([m.engine for m in machines])
+        return self._reply(self.layer.execute_read(kv, self.node.now_ms(), args))
+
+    # -- Redis Cluster commands ----------------------------------------------------------------
+
+    def _cluster_rows(self) -> list[Command]:
+        view_flags = frozenset({"loading", "stale"})
+        subs = (
+            Command("SLOTS", lambda s, a: cluster.slots_reply(self.node.view()), 2, view_flags),
+            Command("SHARDS", lambda s, a: cluster.shards_reply(self.node.view()), 2,
+                    view_flags),
+            Command("NODES", lambda s, a: cluster.nodes_reply(self.node.view()), 2,
+                    view_flags),
+            Command("INFO", lambda s, a: cluster.info_reply(self.node.view()), 2, view_flags),
+            Command("MYID", lambda s, a: self.node.name.encode(), 2, view_flags),
+            Command("KEYSLOT", lambda s, a: key_slot(a[2]), 3, view_flags),
+            Command("COUNTKEYSINSLOT", self.cmd_countkeysinslot, 3, view_flags),
+            Command("GETKEYSINSLOT", self.cmd_getkeysinslot, 4, view_flags),
+        )
+        fast = frozenset({"fast", "loading", "stale"})
+        return [
+            Command("CLUSTER", None, -2, subcommands=subs, summary="Redis Cluster commands"),
+            Command("ASKING", lambda s, a: OK, 1, fast),
+            Command("READONLY", self.cmd_readonly, 1, fast),
+            Command("READWRITE", self.cmd_readwrite, 1, fast),
+        ]
+
+    def cmd_readonly(self, session: Session, args: list[bytes]) -> Any:
+        setattr(session, READONLY_ATTR, True)
+        return OK
+
+    def cmd_readwrite(self, session: Session, args: list[bytes]) -> Any:
+        setattr(session, READONLY_ATTR, False)
+        return OK
+
+    def _slot_keys(self, slot: int, limit: int) -> list[bytes]:
+        """Up to `limit` keys of `slot` in the local replica of its shard (a walk of the
+        shard's keys: linear in the shard's size)."""
+        shard = self.node.config.shard_of_slot(slot)
+        machine = self.node.machines.get(shard.shard_id) if shard else None
+        if machine is None:
+            return []
+        found: list[bytes] = []
+        cursor = b""
+        while len(found) < limit:
+            keys = machine.engine.keys_after(cursor, WALK_CHUNK)
+            found.extend(k for k in keys if key_slot(k) == slot)
+            if len(keys) < WALK_CHUNK:
+                break
+            cursor = keys[-1]
+        return found[:limit]
+
+    def cmd_countkeysinslot(self, session: Session, args: list[bytes]) -> Any:
+        slot = _slot_arg(args[2])
+        return len(self._slot_keys(slot, SLOT_KEYS_UNBOUNDED))
+
+    def cmd_getkeysinslot(self, session: Session, args: list[bytes]) -> Any:
+        slot = _slot_arg(args[2])
+        count = parse_int(args[3], ERR_INVALID_KEYS)
+        if count < 0:
+            raise CommandError(ERR_INVALID_KEYS)
+        return self._slot_keys(slot, count)
+
+
+SLOT_KEYS_UNBOUNDED = 1 << 62
+
+
+def _slot_arg(raw: bytes) -> int:
+    slot = parse_int(raw, ERR_INVALID_SLOT)
+    if not 0 <= slot < SLOT_COUNT:
+        raise CommandError(ERR_INVALID_SLOT)
+    return slot

@@ -1,0 +1,223 @@
+"""A shard's replicated state machine: the storage engine under the command layer; sans I/O.
+
+Strategy: a shard's Raft entries are msgpack lists, built by the node that takes the
+request and applied identically by every replica:
+
+- [KIND_COMMAND, now_ms, [arg, ...]]: a write command; `execute_write(kv, now_ms, args,
+  index)` of the command layer computes its effect and writes it in one engine batch
+  that carries the entry's index;
+- [KIND_EXPIRE, now_ms, [key, ...]]: the leader's expiry sweep (`expired_keys`); each key
+  that still exists and has expired at `now_ms` is deleted, in one batch with the index.
+
+An entry at or below the engine's stored `applied_index` was applied before a restart and
+is skipped (the engine is the state machine's durable copy; Raft replays the log tail
+from its last snapshot). Snapshots are the engine's `dump()` pieces framed with their
+lengths behind a header naming the applied index; `restore` of a snapshot that is not
+ahead of the engine leaves the engine alone (a restart), otherwise it loads the pieces.
+
+Replies come back from `apply` as msgpack-safe values (a leader's result crosses the
+node link to a follower that forwarded the write): `encode_reply` tags the core.resp types
+and `decode_reply` turns them back.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import struct
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, Protocol
+
+import msgpack
+
+from core.resp import CommandError, RespSet, Simple, Verbatim
+
+__all__ = [
+    "KIND_COMMAND", "KIND_EXPIRE", "CommandLayer", "MergedKV", "ShardMachine", "decode_reply",
+    "encode_command", "encode_expire", "encode_reply", "expired_keys",
+]
+
+KIND_COMMAND = 0
+KIND_EXPIRE = 1
+SNAPSHOT_MAGIC = b"SSHARD1"
+_HEADER = struct.Struct(">Q")  # the applied index of the snapshot
+_PIECE = struct.Struct(">I")  # the length of each engine piece
+ERR_BAD_ENTRY = "ERR bad shard entry: {!r}"
+ERR_MERGED_WRITE = "ERR a write must go to one shard"
+# Reply tags (msgpack lists [tag, payload]); plain bytes, ints, None stay as they are.
+TAG_SIMPLE, TAG_ERROR, TAG_LIST, TAG_SET, TAG_MAP, TAG_VERBATIM, TAG_STR = range(7)
+
+
+class CommandLayer(Protocol):
+    """What the machine needs of shardstore.commands."""
+
+    def execute_write(self, kv: Any, now_ms: int, args: list[bytes],
+                      applied_index: int) -> Any: ...
+
+
+def encode_command(now_ms: int, args: Sequence[bytes]) -> bytes:
+    return msgpack.packb([KIND_COMMAND, now_ms, list(args)])
+
+
+def encode_expire(now_ms: int, keys: Sequence[bytes]) -> bytes:
+    return msgpack.packb([KIND_EXPIRE, now_ms, list(keys)])
+
+
+def encode_reply(value: Any) -> Any:
+    """A reply value as msgpack-safe data (see the module header)."""
+    if value is None or type(value) in (bytes, int, bool, float):
+        return value
+    if isinstance(value, CommandError):
+        return [TAG_ERROR, value.message]
+    if isinstance(value, Simple):
+        return [TAG_SIMPLE, str(value)]
+    if isinstance(value, Verbatim):
+        return [TAG_VERBATIM, str(value)]
+    if isinstance(value, str):
+        return [TAG_STR, value]
+    if isinstance(value, RespSet):
+        return [TAG_SET, [encode_reply(v) for v in value]]
+    if isinstance(value, dict):
+        return [TAG_MAP, [[encode_reply(k), encode_reply(v)] for k, v in value.items()]]
+    if isinstance(value, list | tuple):
+        return [TAG_LIST, [encode_reply(v) for v in value]]
+    if isinstance(value, bytes):
+        return bytes(value)
+    if isinstance(value, int):
+        return int(value)
+    raise TypeError(f"cannot carry a {type(value).__name__} reply")
+
+
+_DECODERS: dict[int, Callable[[Any], Any]] = {
+    TAG_SIMPLE: Simple,
+    TAG_ERROR: CommandError,
+    TAG_VERBATIM: Verbatim,
+    TAG_STR: str,
+    TAG_LIST: lambda items: [decode_reply(v) for v in items],
+    TAG_SET: lambda items: RespSet(decode_reply(v) for v in items),
+    TAG_MAP: lambda pairs: {decode_reply(k): decode_reply(v) for k, v in pairs},
+}
+
+
+def decode_reply(data: Any) -> Any:
+    """The reply value `encode_reply` made `data` of (msgpack may turn tuples to lists)."""
+    if isinstance(data, list | tuple):
+        return _DECODERS[data[0]](data[1])
+    return data
+
+
+def expired_keys(kv: Any, now_ms: int, cursor: bytes, limit: int
+                 ) -> tuple[list[bytes], bytes]:
+    """Up to `limit` keys after `cursor` looked at: those expired at `now_ms`, and the
+    cursor to go on from (b"" once the walk wrapped around)."""
+    keys = kv.keys_after(cursor, limit)
+    expired = []
+    for key in keys:
+        found = kv.get(key)
+        if found is not None and 0 < found[1] <= now_ms:
+            expired.append(key)
+    return expired, (keys[-1] if len(keys) == limit else b"")
+
+
+class ShardMachine:
+    """apply/snapshot/restore of one shard over `engine` (a KV with applied_index, dump
+    and the Engine's load: see the module header); `load(pieces, index)` replaces the
+    engine's contents and returns the engine to use from then on."""
+
+    def __init__(self, engine: Any, commands: CommandLayer,
+                 load: Callable[[Iterator[bytes], int], Any]) -> None:
+        self.engine = engine
+        self.commands = commands
+        self._load = load
+
+    def apply(self, entries: Sequence[tuple[int, bytes]]) -> list[Any]:
+        return [self._apply_one(index, data) for index, data in entries]
+
+    def _apply_one(self, index: int, data: bytes) -> Any:
+        if index <= self.engine.applied_index:
+            return None  # applied before a restart
+        try:
+            kind, now_ms, items = msgpack.unpackb(data)
+        except (ValueError, TypeError, msgpack.UnpackException) as exc:
+            self.engine.write([], applied_index=index)
+            return encode_reply(CommandError(ERR_BAD_ENTRY.format(exc)))
+        if kind == KIND_EXPIRE:
+            self._expire(index, now_ms, items)
+            return encode_reply(len(items))
+        try:
+            reply = self.commands.execute_write(self.engine, now_ms, list(items), index)
+        except CommandError as err:
+            reply = err
+            if self.engine.applied_index < index:
+                self.engine.write([], applied_index=index)
+        return encode_reply(reply)
+
+    def _expire(self, index: int, now_ms: int, keys: list[bytes]) -> None:
+        batch: list[tuple[bytes, bytes | None, int]] = []
+        for key in keys:
+            found = self.engine.get(key)
+            if found is not None and 0 < found[1] <= now_ms:
+                batch.append((key, None, 0))
+        self.engine.write(batch, applied_index=index)
+
+    def snapshot(self) -> Callable[[], bytes]:
+        """An encoder of the engine's consistent dump (run off the event loop)."""
+        index = self.engine.applied_index
+        pieces = self.engine.dump()
+
+        def encode() -> bytes:
+            out = [SNAPSHOT_MAGIC, _HEADER.pack(index)]
+            for piece in pieces:
+                out.append(_PIECE.pack(len(piece)))
+                out.append(piece)
+            return b"".join(out)
+
+        return encode
+
+    def restore(self, blob: bytes) -> None:
+        if not blob.startswith(SNAPSHOT_MAGIC):
+            raise ValueError("not a shard snapshot")
+        (index,) = _HEADER.unpack_from(blob, len(SNAPSHOT_MAGIC))
+        if index <= self.engine.applied_index:
+            return  # the engine is at or ahead of it already (a restart)
+        self.engine = self._load(_pieces(blob, len(SNAPSHOT_MAGIC) + _HEADER.size), index)
+
+
+def _pieces(blob: bytes, start: int) -> Iterator[bytes]:
+    pos = start
+    while pos < len(blob):
+        (length,) = _PIECE.unpack_from(blob, pos)
+        pos += _PIECE.size
+        yield blob[pos:pos + length]
+        pos += length
+
+
+class MergedKV:
+    """Several shards' stores read as one (DBSIZE, SCAN, KEYS of a node: the shards it
+    leads): a key lives in one shard, keys come in key order across them; no writes."""
+
+    def __init__(self, kvs: Sequence[Any]) -> None:
+        self.kvs = list(kvs)
+
+    def get(self, key: bytes) -> tuple[bytes, int] | None:
+        for kv in self.kvs:
+            found = kv.get(key)
+            if found is not None:
+                return found
+        return None
+
+    def write(self, batch: Any, applied_index: int | None = None) -> None:
+        raise CommandError(ERR_MERGED_WRITE)
+
+    def scan(self, start: bytes = b"", end: bytes | None = None,
+             limit: int | None = None) -> list[tuple[bytes, bytes, int]]:
+        rows = heapq.merge(*(kv.scan(start, end, limit) for kv in self.kvs),
+                           key=lambda row: row[0])
+        return list(itertools.islice(rows, limit))
+
+    def count(self) -> int:
+        return sum(kv.count() for kv in self.kvs)
+
+    def keys_after(self, cursor: bytes, limit: int) -> list[bytes]:
+        keys = heapq.merge(*(kv.keys_after(cursor, limit) for kv in self.kvs))
+        return list(itertools.islice(keys, limit))

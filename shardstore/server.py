@@ -1,0 +1,292 @@
+"""One shardstore node: a RaftHost with the configuration group and this node's shard
+groups, the RESP service around them, and the node's background work.
+
+Strategy: `ShardNode` builds a `RaftService` (core/raft_service.py) whose driver is
+`HostDriver`, a RaftHost that opens the configuration group 0 (shardstore/cluster.py)
+when it starts; the service gives the client port, the address book (node id -> client
+address, in group 0), forwarding of writes to a group's leader, read barriers and
+TRYAGAIN. The client commands live in shardstore/handlers.py. Background tasks:
+
+- `_reconcile` (every RECONCILE_S): the config group's leader makes the slot map if
+  there is none yet (`--shards`, `--replicas` over all `--peers`); this node publishes its
+  40-hex name once; it opens each shard group the map makes it a member of (engine under
+  `<data-dir>/shards/<id>/`, Raft log under `<data-dir>/groups/<id>/`) and destroys those
+  it is no longer a member of;
+- `_expire` (every EXPIRE_S): for each shard this node leads, sample keys
+  (machine.expired_keys) and propose the expired ones' deletion (an expire entry);
+- `_everysec` (fsync "everysec" only): sync each engine once a second.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import shutil
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from core.cluster_options import ClusterSettings
+from core.limits import REDIS_MAX_BULK_BYTES, Limits
+from core.raft.driver_types import Apply, SnapshotHook
+from core.raft.errors import RaftError
+from core.raft.group import RaftGroup
+from core.raft.host import HostConfig, RaftHost
+from core.raft_service import RaftService
+from shardstore import cluster
+from shardstore.cluster import CONFIG_GROUP, ClusterView, ConfigMachine, Shard
+from shardstore.handlers import ClientCommands
+from shardstore.machine import ShardMachine, encode_expire, expired_keys
+
+__all__ = ["FSYNC_POLICIES", "HostDriver", "NodeOptions", "ShardNode"]
+
+log = logging.getLogger("shardstore.server")
+
+NAME = "shardstore"
+VERSION = "0.1.0"
+FSYNC_POLICIES = ("always", "everysec")
+SHARDS_DIR = "shards"
+RECONCILE_S = 0.2
+EXPIRE_S = 0.5
+EXPIRE_SAMPLE = 200  # keys looked at per shard per sweep
+EVERYSEC_S = 1.0
+SNAPSHOT_EVERY = 10_000  # applied entries between a shard's Raft snapshots
+WRITE_TIMEOUT_S = 10.0
+
+
+@dataclass(frozen=True)
+class NodeOptions:
+    """shardstore's own options: the map's shape when the cluster is made, fsync."""
+
+    shards: int = 3
+    replicas: int = 3
+    fsync: str = "always"
+    timeout_s: float = WRITE_TIMEOUT_S
+
+
+class HostDriver:
+    """A RaftHost seen as the service's driver: it opens group 0 with the service's hooks
+    on start, and is the directory of every group it hosts."""
+
+    def __init__(self, host: RaftHost, apply: Apply, snapshot: SnapshotHook,
+                 restore: Any, founders: tuple[int, ...]) -> None:
+        self.host = host
+        self._hooks = (apply, snapshot, restore)
+        self.founders = founders
+
+    async def start(self) -> None:
+        await self.host.start()
+        config = self.host.group_config(CONFIG_GROUP, founders=self.founders)
+        self.host.create_group(CONFIG_GROUP, config, *self._hooks)
+
+    async def hand_over(self) -> None:
+        await self.host.hand_over()
+
+    async def stop(self, transfer: bool = True) -> None:
+        await self.host.stop(transfer=transfer)
+
+    def group(self, gid: int) -> RaftGroup | None:
+        return self.host.group(gid)
+
+    def group_ids(self) -> list[int]:
+        return self.host.group_ids()
+
+
+class ShardNode:
+    """See the module header. `await start()`, serve, `await stop()`; `wait_failed()`
+    returns when the Raft host stopped on a fatal error."""
+
+    def __init__(self, settings: ClusterSettings, options: NodeOptions, *,
+                 layer: Any = None, engine_class: Any = None) -> None:
+        if layer is None:
+            from shardstore import commands as layer
+        if engine_class is None:
+            from shardstore.engine import Engine as engine_class
+        self.layer = layer  # the command layer (shardstore.commands)
+        self.engine_class = engine_class  # shardstore.engine.Engine
+        self.settings = settings
+        self.options = options
+        self.me = settings.node_id
+        self.data_dir = settings.data_dir
+        self.config_machine = ConfigMachine()
+        self.machines: dict[int, ShardMachine] = {}  # shard id -> its machine here
+        self.name = ""
+        host_config = HostConfig(node_id=self.me, data_dir=settings.data_dir,
+                                 listen=settings.peer_listen, peers=settings.peers,
+                                 secret=settings.secret, tick_s=settings.tick_s,
+                                 election_tick=settings.election_tick)
+        self.host = RaftHost(host_config)
+
+        def factory(apply: Apply, snapshot: SnapshotHook, restore: Any) -> HostDriver:
+            return HostDriver(self.host, apply, snapshot, restore, settings.founders)
+
+        self.commands = ClientCommands(self)
+        limits = Limits(max_bulk=REDIS_MAX_BULK_BYTES)
+        self.service = RaftService(NAME, VERSION, self.config_machine, factory,
+                                   self.commands.rows(), password=settings.password,
+                                   limits=limits, info=self.info,
+                                   advertise=settings.advertise, timeout_s=options.timeout_s)
+        self._tasks: list[asyncio.Task[None]] = []
+        self._cursors: dict[int, bytes] = {}
+
+    @property
+    def config(self) -> cluster.ClusterConfig:
+        return self.config_machine.config
+
+    # -- life ----------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self.settings.data_dir.mkdir(parents=True, exist_ok=True)
+        self.name = cluster.load_node_name(self.data_dir, self.me)
+        await self.service.start(*self.settings.listen)
+        loops = [self._reconcile(), self._expire()]
+        if self.options.fsync == "everysec":
+            loops.append(self._everysec())
+        self._tasks = [asyncio.create_task(loop) for loop in loops]
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.service.stop()
+        for machine in self.machines.values():
+            machine.engine.close()
+        self.machines.clear()
+
+    async def wait_failed(self) -> None:
+        """Returns (raising the error) if the Raft host stops on a fatal error."""
+        await self.host.wait()
+
+    # -- what the handlers ask -----------------------------------------------------------------
+
+    def now_ms(self) -> int:
+        return int(time.time() * 1000)
+
+    def view(self) -> ClusterView:
+        """This node's view of the cluster for the CLUSTER replies."""
+        leaders: dict[int, int] = {}
+        offsets: dict[int, int] = {}
+        for sid in self.machines:
+            group = self.host.group(self.config.shards[sid].group)
+            if group is not None and group.node is not None:
+                leaders[sid] = group.node.lead
+                offsets[sid] = group.applied
+        return ClusterView(self.config, self.me, dict(self.service.book.clients), leaders,
+                           offsets)
+
+    def leads(self, shard: Shard) -> bool:
+        group = self.host.group(shard.group)
+        return group is not None and group.node is not None and group.node.lead == self.me
+
+    def led_shards(self) -> list[Shard]:
+        """The shards this node hosts and leads now."""
+        return [s for sid, s in sorted(self.config.shards.items())
+                if sid in self.machines and self.leads(s)]
+
+    # -- background ----------------------------------------------------------------------------
+
+    async def _reconcile(self) -> None:
+        while True:
+            try:
+                await self._reconcile_once()
+            except asyncio.CancelledError:
+                raise
+            except (RaftError, TimeoutError) as exc:
+                log.debug("reconcile: %r", exc)
+            except Exception as exc:  # a CommandError (TRYAGAIN) or an engine's refusal
+                log.warning("reconcile: %r", exc)
+            await asyncio.sleep(RECONCILE_S)
+
+    async def _reconcile_once(self) -> None:
+        group0 = self.host.group(CONFIG_GROUP)
+        if group0 is None or group0.node is None:
+            return
+        config = self.config
+        if not config.initialised and self.settings.founders and group0.node.lead == self.me:
+            entry = cluster.encode_init(sorted(self.settings.peers), self.options.shards,
+                                        self.options.replicas)
+            await self.service.write(entry)
+        if config.initialised and config.names.get(self.me) != self.name and group0.node.lead:
+            await self.service.write(cluster.encode_name(self.me, self.name))
+        hosted = {s.shard_id: s for s in config.hosted_by(self.me)}
+        for sid, shard in hosted.items():
+            if sid not in self.machines:
+                await self._open_shard(shard)
+        for sid in [s for s in self.machines if s not in hosted]:
+            await self._close_shard(sid)
+
+    async def _open_shard(self, shard: Shard) -> None:
+        engine_class = self.engine_class
+        directory = self.data_dir / SHARDS_DIR / str(shard.shard_id)
+        directory.mkdir(parents=True, exist_ok=True)
+        fsync = self.options.fsync
+        engine = await asyncio.to_thread(engine_class.open, directory, fsync=fsync)
+
+        def load(pieces: Any, index: int) -> Any:
+            machine.engine.close()
+            loaded = engine_class.load(directory, pieces, index)
+            return loaded if loaded is not None else engine_class.open(directory, fsync=fsync)
+
+        machine = ShardMachine(engine, self.layer, load)
+        config = self.host.group_config(shard.group, founders=tuple(shard.members),
+                                        fsync=fsync, snapshot_every=SNAPSHOT_EVERY)
+        self.host.create_group(shard.group, config, machine.apply, machine.snapshot,
+                               machine.restore)
+        self.machines[shard.shard_id] = machine
+        log.info("node %d: shard %d open (group %d, members %s)", self.me, shard.shard_id,
+                 shard.group, shard.members)
+
+    async def _close_shard(self, sid: int) -> None:
+        machine = self.machines.pop(sid)
+        await self.host.destroy_group(sid)
+        machine.engine.close()
+        directory = self.data_dir / SHARDS_DIR / str(sid)
+        await asyncio.to_thread(shutil.rmtree, directory, True)
+
+    async def _expire(self) -> None:
+        while True:
+            await asyncio.sleep(EXPIRE_S)
+            for shard in self.led_shards():
+                try:
+                    await self._expire_shard(shard)
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:  # TRYAGAIN, a lost leadership: next round
+                    log.debug("expiry of shard %d: %r", shard.shard_id, exc)
+
+    async def _expire_shard(self, shard: Shard) -> None:
+        machine = self.machines.get(shard.shard_id)
+        if machine is None:
+            return
+        now = self.now_ms()
+        cursor = self._cursors.get(shard.shard_id, b"")
+        keys, self._cursors[shard.shard_id] = expired_keys(machine.engine, now, cursor,
+                                                           EXPIRE_SAMPLE)
+        if keys:
+            await self.service.write(encode_expire(now, keys), group=shard.group)
+
+    async def _everysec(self) -> None:
+        while True:
+            await asyncio.sleep(EVERYSEC_S)
+            for machine in list(self.machines.values()):
+                await asyncio.to_thread(machine.engine.sync)
+
+    # -- INFO ----------------------------------------------------------------------------------
+
+    def info(self) -> dict[str, dict[str, object]]:
+        """The Shardstore and Raft sections of INFO."""
+        led = self.led_shards()
+        section: dict[str, object] = {
+            "node_id": self.me, "node_name": self.name, "config_epoch": self.config.epoch,
+            "shards_total": len(self.config.shards),
+            "shards_hosted": ",".join(str(s) for s in sorted(self.machines)),
+            "shards_leading": ",".join(str(s.shard_id) for s in led),
+            "fsync": self.options.fsync,
+        }
+        for sid, machine in sorted(self.machines.items()):
+            stats = dict(getattr(machine.engine, "stats", {}) or {})
+            section[f"shard{sid}"] = ",".join(
+                [f"applied={machine.engine.applied_index}",
+                 *(f"{k}={v}" for k, v in sorted(stats.items()))])
+        raft = {k: v for k, v in self.host.status().items() if isinstance(v, int | str)}
+        return {"Shardstore": section, "Raft": raft}

@@ -17,6 +17,8 @@ Differences, justified, and how the comparison allows for them:
 - SCAN's cursors are positions in key order, not Redis's hash-table cursors, and a page
   holds up to COUNT keys examined: the pages differ, a full iteration's key set must not
   (compared as `SCANALL`, our iteration against Redis's, with the same options).
+- COMMAND INFO: Redis's SET key spec carries a `notes` text (a comment for humans);
+  core.command_table's KeySpec has no such field, so it is left out before comparing.
 - HGETALL of a hash Redis stores as a hash table (over 128 fields or a value over 64
   bytes) comes in Redis's table order, ours in insertion order; scripts stay below those
   sizes, where Redis answers in insertion order as we do.
@@ -33,6 +35,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from core.command_info import info_entry
+from core.command_table import Resolved
 from core.resp import encode
 from shardstore import commands
 from shardstore.kvview import DictKV
@@ -272,3 +276,53 @@ def _command() -> st.SearchStrategy[list[bytes]]:
 @given(script=st.lists(_command(), min_size=1, max_size=15))
 def test_generated_scripts(pair: Pair, script: Script) -> None:
     pair.run(script)
+
+
+# -- glob patterns, COMMAND INFO, binary data -----------------------------------------------
+
+GLOB_KEYS = [b"a", b"b", b"ab", b"ba", b"a*", b"a?", b"[a]", b"^", b"-", b"\\", b"a\\b",
+             b"]", b"abc", b"", b"\x00a", b"\xff"]
+GLOB_ALPHABET = [b"a", b"b", b"*", b"?", b"[", b"]", b"^", b"-", b"\\", b"!", b"\xff"]
+
+
+@settings(max_examples=150, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(pattern=st.lists(st.sampled_from(GLOB_ALPHABET), min_size=1, max_size=6).map(b"".join))
+def test_scan_match_patterns_as_redis(pair: Pair, pattern: bytes) -> None:
+    """Our glob (shardstore.glob) selects the same keys as Redis's for awkward patterns."""
+    keys = [key for key in GLOB_KEYS if key]
+    pair.run([[b"MSET", *[part for key in keys for part in (key, b"v")]],
+              [b"SCANALL", b"MATCH", pattern]])
+
+
+def _without_notes(entry: Any) -> Any:
+    specs = entry[8]
+    for spec in specs:
+        if isinstance(spec, dict):
+            spec.pop(b"notes", None)
+        elif spec[:1] == [b"notes"]:
+            del spec[:2]
+    return entry
+
+
+def test_command_info_equals_redis(pair: Pair) -> None:
+    for row in commands.COMMANDS:
+        theirs = _without_notes(pair.redis.call("COMMAND", "INFO", row.name)[0])
+        ours = parse_reply(encode(info_entry(Resolved(row, row.name)), pair.protocol))[0]
+        assert typed(ours) == typed(theirs), row.name
+
+
+def test_binary_keys_and_values(pair: Pair) -> None:
+    odd = [b"\x00", b"\r\n", b"\xff\xfe", b" ", b"\x00k\x00", b"*3\r\n"]
+    script: Script = []
+    for i, key in enumerate(odd):
+        script += [[b"SET", key, odd[-1 - i]], [b"GET", key], [b"APPEND", key, key],
+                   [b"STRLEN", key], [b"HSET", key + b"h", key, key], [b"HGETALL", key + b"h"]]
+    script += [[b"MGET", *odd], [b"SCANALL"], [b"DBSIZE"], [b"DEL", *odd]]
+    pair.run(script)
+
+
+def test_large_values(pair: Pair) -> None:
+    big = b"x" * 300_000
+    pair.run([[b"SET", b"k", big], [b"APPEND", b"k", big], [b"STRLEN", b"k"],
+              [b"GET", b"k"], [b"HSET", b"h", b"f", b"y" * 50], [b"HGETALL", b"h"]])

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from core.resp import OK, CommandError, Simple
 from shardstore.glob import glob_match
-from shardstore.kvview import View
+from shardstore.kvview import View, walk_keys
 from shardstore.scan_cursor import ScanCursors, decode_cursor, encode_cursor
 from shardstore.values import (
     ERR_EXPIRE_GT_LT,
@@ -160,9 +160,9 @@ def cmd_flushall(view: View, args: list[bytes]) -> object:
     """FLUSHALL [SYNC|ASYNC]: every key deleted, in this command's one batch."""
     if len(args) > 2 or (len(args) == 2 and args[1].upper() not in FLUSH_MODES):
         raise CommandError(ERR_SYNTAX)
-    cursor = b""
+    cursor: bytes | None = None
     while True:
-        keys = view.kv.keys_after(cursor, FLUSH_CHUNK_KEYS)
+        keys = walk_keys(view.kv, cursor, FLUSH_CHUNK_KEYS)
         if not keys:
             return OK
         for key in keys:
@@ -197,7 +197,7 @@ def scan(view: View, args: list[bytes], cursors: ScanCursors | None = None) -> o
     match; the cursor is b"0" once the last key has been examined."""
     position = decode_cursor(args[1], cursors)
     count, pattern, type_name = parse_scan_options(args[2:])
-    examined = view.kv.keys_after(position, count)
+    examined = walk_keys(view.kv, position, count)
     found: list[bytes] = []
     for key in examined:
         if pattern is not None and not glob_match(pattern, key):

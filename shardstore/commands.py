@@ -32,7 +32,7 @@ from core.resp import CommandError
 from shardstore import cmd_hashes as h
 from shardstore import cmd_keys as k
 from shardstore import cmd_strings as s
-from shardstore.kvview import KV, DictKV, View
+from shardstore.kvview import KV, DictKV, View, walk_keys
 from shardstore.scan_cursor import ScanCursors
 from shardstore.values import ERR_ARITY, ERR_UNKNOWN_COMMAND
 
@@ -237,16 +237,16 @@ def _apply_sweep(view: View, keys: list[bytes]) -> int:
     return removed
 
 
-def expire_sweep(kv: KV, now_ms: int, limit: int, *, after: bytes = b"",
+def expire_sweep(kv: KV, now_ms: int, limit: int, *, after: bytes | None = None,
                  budget: int | None = None) -> list[bytes]:
-    """Up to `limit` keys expired at `now_ms`, in key order after `after` (b"" = from the
+    """Up to `limit` keys expired at `now_ms`, in key order after `after` (None = from the
     start). `budget`, if given, caps how many keys are examined, so a sweep of a large
     store can proceed in slices (resume after the last key examined)."""
     found: list[bytes] = []
     cursor, examined = after, 0
     while len(found) < limit and (budget is None or examined < budget):
         chunk = SWEEP_CHUNK_KEYS if budget is None else min(SWEEP_CHUNK_KEYS, budget - examined)
-        keys = kv.keys_after(cursor, chunk)
+        keys = walk_keys(kv, cursor, chunk)
         if not keys:
             break
         for key in keys:

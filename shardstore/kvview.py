@@ -81,9 +81,19 @@ class DictKV:
         return len(self.data)
 
     def keys_after(self, cursor: bytes, limit: int) -> list[bytes]:
-        """Up to `limit` keys strictly after `cursor` (all keys for b""), in key order."""
-        first = bisect.bisect_right(self.sorted_keys, cursor) if cursor else 0
+        """Up to `limit` keys strictly after `cursor`, in key order (as the engine's: the
+        empty key is never after anything; see walk_keys)."""
+        first = bisect.bisect_right(self.sorted_keys, cursor)
         return self.sorted_keys[first : first + limit]
+
+
+def walk_keys(kv: KV, after: bytes | None, limit: int) -> list[bytes]:
+    """Up to `limit` stored keys in key order, strictly after `after`, or from the very
+    first (the empty key included, which KV.keys_after never returns) when `after` is None."""
+    if after is not None:
+        return kv.keys_after(after, limit)
+    head = [b""] if kv.get(b"") is not None else []
+    return head + kv.keys_after(b"", limit - len(head)) if limit > len(head) else head
 
 
 class View:

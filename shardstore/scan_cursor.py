@@ -5,6 +5,8 @@ it, so a full iteration returns every key that existed throughout, never loops, 
 terminates (keys are ordered, and new keys sort somewhere ahead or behind, as Redis's
 guarantees allow). Cursor 0 is the start and the end.
 
+The empty key is a key like any other: its cursor is 1 (0x01 and no byte), the start's 0.
+
 Encoding, chosen so the cursors of short keys need no server state:
 - a key of at most SHORT_KEY_BYTES bytes: the integer of the bytes 0x01 + key (big-endian),
   below 2**57, so it fits the unsigned 64-bit cursor redis-cli and hiredis parse;
@@ -50,9 +52,9 @@ class ScanCursors:
             self.positions.popitem(last=False)
         return cursor
 
-    def position(self, cursor: int) -> bytes:
-        """The key of id `cursor`, or b"" (the start) for an id not held."""
-        return self.positions.get(cursor, b"")
+    def position(self, cursor: int) -> bytes | None:
+        """The key of id `cursor`, or None (the start) for an id not held."""
+        return self.positions.get(cursor)
 
 
 def encode_cursor(key: bytes, cursors: ScanCursors | None = None) -> bytes:
@@ -73,11 +75,11 @@ def parse_cursor(text: bytes) -> int:
     return (UINT64_SPAN - value) % UINT64_SPAN if sign == b"-" else value
 
 
-def decode_cursor(text: bytes, cursors: ScanCursors | None = None) -> bytes:
-    """The position (resume strictly after this key; b"" = the start) of cursor `text`."""
+def decode_cursor(text: bytes, cursors: ScanCursors | None = None) -> bytes | None:
+    """The position of cursor `text`: resume strictly after this key; None = the start."""
     value = parse_cursor(text)
     if value == 0:
-        return b""
+        return None
     if cursors is not None and TABLE_BASE <= value < TABLE_END:
         return cursors.position(value)
     raw = value.to_bytes((value.bit_length() + 7) // 8, "big")

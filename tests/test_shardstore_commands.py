@@ -206,6 +206,7 @@ def test_cursor_round_trip(key: bytes) -> None:
         text = encode_cursor(key, table)
         assert text.isdigit() and text != b"0" or key == b""
         assert decode_cursor(text, table) == key
+    assert decode_cursor(b"0") is None and encode_cursor(b"") == b"1"
     if len(key) <= 7:
         assert int(encode_cursor(key)) < 1 << 63
 
@@ -216,7 +217,7 @@ def test_cursor_table_forgets_the_oldest(db: Store) -> None:
     encode_cursor(b"y" * 20, cursors)
     encode_cursor(b"z" * 20, cursors)
     assert int(first) >= TABLE_BASE
-    assert decode_cursor(first, cursors) == b""
+    assert decode_cursor(first, cursors) is None
 
 
 def test_cursor_syntax() -> None:
@@ -253,6 +254,18 @@ def test_scan_returns_every_key_once_even_while_keys_are_added(db: Store) -> Non
     seen = _scan_all(db, "COUNT", "7", during=add)
     assert len(seen) == len(set(seen))
     assert set(keys) <= set(seen)
+
+
+def test_the_empty_key_is_walked_like_any_other(db: Store) -> None:
+    db("SET", "", "v", "PX", 5)
+    db("SET", "a", "v")
+    assert _scan_all(db, "COUNT", "1") == [b"", b"a"]
+    db.now_ms += 5
+    assert expire_sweep(db.kv, db.now_ms, 10) == [b""]
+    assert _scan_all(db, "COUNT", "1") == [b"a"]
+    db("SET", "", "v")
+    db("FLUSHALL")
+    assert db.kv.count() == 0
 
 
 def test_scan_match_and_type(db: Store) -> None:

@@ -224,6 +224,12 @@ EDGE_SCRIPTS = {
         "SCAN 0 COUNT -1", "SCAN 0 COUNT x", "SCAN 0 MATCH", "SCAN 0 FOO bar", "SCAN x",
         "SCAN 1.5", "SCANALL MATCH \\a", "SCANALL MATCH [^a]", "SCANALL MATCH *b",
     ),
+    "empty_key": [
+        [b"SET", b"", b"v"], [b"GET", b""], [b"SET", b"a", b""], [b"GET", b"a"],
+        [b"STRLEN", b"a"], [b"SCANALL", b"COUNT", b"1"], [b"SCANALL", b"MATCH", b""],
+        [b"HSET", b"h", b"", b""], [b"HGETALL", b"h"], [b"DEL", b""], [b"EXISTS", b""],
+        [b"SET", b"", b"w"], [b"FLUSHALL"], [b"DBSIZE"],
+    ],
     "arity": _script(
         "GET", "GET a b", "SET a", "INCR", "INCRBY a", "HGET h", "HLEN", "TTL", "DBSIZE x",
         "TYPE", "APPEND a", "GETDEL", "HINCRBY h f", "HMGET h", "HDEL h",

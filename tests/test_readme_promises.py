@@ -64,7 +64,8 @@ def listen_address(argv: list[str]) -> tuple[str, int]:
     return host, int(argv[argv.index("-p") + 1])
 
 
-@pytest.mark.parametrize("line", serve_lines())
+@pytest.mark.parametrize("line", serve_lines(),
+                         ids=lambda line: " ".join(line.split()[:4]).removeprefix(".venv/bin/"))
 def test_serve_lines_start_a_daemon(line: str, tmp_path: Path) -> None:
     """Each `serve` line, run in an empty directory, listens where it says, answers a ping
     and exits 0 on SIGTERM (its peers, if it names any, are not running)."""

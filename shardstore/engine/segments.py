@@ -1,0 +1,235 @@
+"""Segment files, their names, and rebuilding the keydir from them when a store opens.
+
+Layout of a store directory (the caller owns it and its LOCK):
+
+- `CURRENT`: the generation number in ASCII (missing = 0). A snapshot restore writes a whole
+  new generation and then replaces CURRENT atomically, so a crash leaves the old contents or
+  the new, never a mix; files of any other generation are leftovers and are deleted on open.
+- `<gen>-<id>.seg`: segments written by `Engine.write`, appended to until they pass the size
+  limit. Only the highest-id `.seg` may have a torn tail (it is truncated); every other one
+  was fsynced when it was sealed, so a bad frame there is corruption.
+- `<gen>-<id>.cmp`: compaction outputs, written under a temporary name, fsynced, then renamed:
+  never torn. Their first frame names the segments they replace (see records.py).
+- `.<anything>.tmp`: an unfinished compaction output; deleted on open.
+
+Recovery keeps, per key, the entry with the highest seq (records.py), then counts live bytes
+per segment so compaction knows what to reclaim.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sortedcontainers import SortedDict
+
+from shardstore.engine.errors import CorruptStore
+from shardstore.engine.files import FileHandle, FileLayer
+from shardstore.engine.records import (
+    NO_APPLIED_INDEX,
+    Entry,
+    entry_bytes,
+    scan_segment,
+    supersedes_bytes,
+)
+
+__all__ = [
+    "CURRENT_FILE",
+    "KIND_COMPACTED",
+    "KIND_WRITTEN",
+    "NO_SEQ",
+    "Location",
+    "Recovered",
+    "Segment",
+    "read_generation",
+    "recover",
+    "remove_generation",
+    "remove_other_generations",
+    "segment_path",
+    "temp_path",
+]
+
+log = logging.getLogger(__name__)
+
+CURRENT_FILE = "CURRENT"
+KIND_WRITTEN = "seg"
+KIND_COMPACTED = "cmp"
+TEMP_SUFFIX = ".tmp"
+NAME_RE = re.compile(r"^(\d{6})-(\d{10})\.(seg|cmp)$")
+NO_SEQ = 2**64  # min_seq of a segment without entries
+
+# A keydir value: (segment id, value offset, value length, expire_at_ms, seq). Positions only:
+# values stay on disk.
+Location = tuple[int, int, int, int, int]
+
+
+@dataclass(eq=False)
+class Segment:
+    """One open segment file and what the engine knows about it.
+
+    `live_bytes` counts the entries the keydir points into; `overhead` the SUPERSEDES frame;
+    the rest of `size` is dead (overwritten, deleted, tombstones). `pins` counts dumps still
+    reading it; a `doomed` segment is deleted when the last pin goes.
+    """
+
+    seg_id: int
+    kind: str
+    path: Path
+    handle: FileHandle
+    size: int
+    live_bytes: int = 0
+    overhead: int = 0
+    min_seq: int = NO_SEQ
+    applied_index: int = NO_APPLIED_INDEX
+    pins: int = 0
+    doomed: bool = False
+    sealed: bool = True
+    supersedes: list[int] = field(default_factory=list)
+
+    @property
+    def dead_bytes(self) -> int:
+        return self.size - self.live_bytes - self.overhead
+
+
+def segment_path(directory: Path, gen: int, seg_id: int, kind: str) -> Path:
+    return directory / f"{gen:06d}-{seg_id:010d}.{kind}"
+
+
+def temp_path(final: Path) -> Path:
+    return final.with_name(f".{final.name}{TEMP_SUFFIX}")
+
+
+def read_generation(layer: FileLayer, directory: Path) -> int:
+    """The generation CURRENT names (0 if it is missing)."""
+    data = layer.read_small(directory / CURRENT_FILE)
+    if data is None:
+        return 0
+    try:
+        return int(data.decode("ascii").strip())
+    except ValueError:
+        raise CorruptStore(directory / CURRENT_FILE, 0, "not a generation number") from None
+
+
+def remove_other_generations(layer: FileLayer, directory: Path, gen: int) -> None:
+    """Delete temp files and segments of generations other than `gen` (crash leftovers)."""
+    doomed = []
+    for name in layer.listdir(directory):
+        match = NAME_RE.match(name)
+        if name.endswith(TEMP_SUFFIX) or (match and int(match.group(1)) != gen):
+            doomed.append(name)
+    for name in doomed:
+        log.warning("%s: removing leftover %s", directory, name)
+        layer.unlink(directory / name)
+    if doomed:
+        layer.fsync_dir(directory)
+
+
+def remove_generation(layer: FileLayer, directory: Path, gen: int) -> None:
+    """Delete every segment of generation `gen` (the leftovers of an unfinished restore)."""
+    doomed = [name for name in layer.listdir(directory)
+              if (match := NAME_RE.match(name)) and int(match.group(1)) == gen]
+    for name in doomed:
+        layer.unlink(directory / name)
+    if doomed:
+        layer.fsync_dir(directory)
+
+
+@dataclass
+class Recovered:
+    """The state rebuilt from a generation's segments."""
+
+    segments: dict[int, Segment]
+    keydir: SortedDict  # bytes -> Location
+    next_seq: int
+    next_segment_id: int
+    applied_index: int
+
+
+def _list_segments(layer: FileLayer, directory: Path, gen: int) -> list[tuple[int, str]]:
+    found = []
+    for name in layer.listdir(directory):
+        match = NAME_RE.match(name)
+        if match and int(match.group(1)) == gen:
+            found.append((int(match.group(2)), match.group(3)))
+    return sorted(found)
+
+
+def recover(layer: FileLayer, directory: Path, gen: int) -> Recovered:
+    """Open every segment of generation `gen`, truncate a torn tail, rebuild the keydir.
+
+    Raises CorruptStore on a bad frame anywhere but the tail of the newest written segment.
+    """
+    listed = _list_segments(layer, directory, gen)
+    newest_written = max((i for i, kind in listed if kind == KIND_WRITTEN), default=-1)
+    scanned: list[tuple[Segment, list[Entry]]] = []
+    try:
+        for seg_id, kind in listed:
+            scanned.append(_open_segment(layer, directory, gen, seg_id, kind,
+                                         tail_ok=seg_id == newest_written))
+        superseded = {i for seg, _ in scanned for i in seg.supersedes}
+        kept = [(s, e) for s, e in scanned if s.seg_id not in superseded]
+        _remove_superseded(layer, directory, [s for s, _ in scanned if s.seg_id in superseded])
+    except BaseException:
+        for seg, _ in scanned:
+            layer.close(seg.handle)
+        raise
+    return _rebuild(kept, next_id=(listed[-1][0] + 1) if listed else 1)
+
+
+def _open_segment(layer: FileLayer, directory: Path, gen: int, seg_id: int, kind: str,
+                  *, tail_ok: bool) -> tuple[Segment, list[Entry]]:
+    path = segment_path(directory, gen, seg_id, kind)
+    handle = layer.open(path, create=False)
+    try:
+        size = layer.size(handle)
+        result = scan_segment(path, lambda n, off: layer.pread(handle, n, off), size,
+                              tail_ok=tail_ok)
+        if result.torn:
+            log.warning("%s: dropping torn tail of %d bytes at byte offset %d",
+                        path, size - result.good_end, result.good_end)
+            layer.truncate(handle, result.good_end)
+    except BaseException:
+        layer.close(handle)
+        raise
+    seg = Segment(seg_id, kind, path, handle, result.good_end,
+                  applied_index=result.applied_index, supersedes=result.supersedes)
+    seg.min_seq = min((e.seq for e in result.entries), default=NO_SEQ)
+    if result.supersedes:
+        seg.overhead = supersedes_bytes(len(result.supersedes))
+    return seg, result.entries
+
+
+def _remove_superseded(layer: FileLayer, directory: Path, segments: Iterable[Segment]) -> None:
+    removed = False
+    for seg in segments:
+        log.warning("%s: removing %s, replaced by a finished compaction", directory, seg.path)
+        layer.close(seg.handle)
+        layer.unlink(seg.path)
+        removed = True
+    if removed:
+        layer.fsync_dir(directory)
+
+
+def _rebuild(scanned: list[tuple[Segment, list[Entry]]], next_id: int) -> Recovered:
+    """Highest seq wins per key; then live bytes per segment."""
+    best: dict[bytes, tuple[int, Entry]] = {}
+    for seg, entries in scanned:
+        for entry in entries:
+            current = best.get(entry.key)
+            if current is None or current[1].seq < entry.seq:
+                best[entry.key] = (seg.seg_id, entry)
+    segments = {seg.seg_id: seg for seg, _ in scanned}
+    keydir = SortedDict()
+    max_seq = 0
+    for key, (seg_id, entry) in best.items():
+        max_seq = max(max_seq, entry.seq)
+        if entry.tombstone:
+            continue
+        keydir[key] = (seg_id, entry.value_offset, entry.value_len, entry.expire_at_ms,
+                       entry.seq)
+        segments[seg_id].live_bytes += entry_bytes(len(key), entry.value_len)
+    applied = max((s.applied_index for s in segments.values()), default=NO_APPLIED_INDEX)
+    return Recovered(segments, keydir, max_seq + 1, next_id, applied)

@@ -191,3 +191,15 @@ def test_the_registry_and_the_runner_table() -> None:
     assert lines[3].endswith("all: 13")
     assert "--one raft --seed 12 --duration 30" in lines[4]
     assert DrillReport("x", 1, 0, 0, [], Path()).passed
+
+
+def test_a_preferred_node_is_hit_more_often() -> None:
+    harness = FakeHarness()
+    nodes = [FakeNode(i, harness.calls) for i in (1, 2, 3, 4, 5)]
+    nem = Nemesis(harness, random.Random(9), nodes, ("kill", "isolate"),  # type: ignore[arg-type]
+                  prefer=lambda: nodes[2])
+    for _ in range(200):
+        nem.step()
+    hits = [call[1] for call in harness.calls if call[0] in ("kill", "isolate")]
+    assert len(hits) == 100
+    assert hits.count("n3") >= 40, hits  # about 60 expected; 20 with no preference

@@ -47,6 +47,7 @@ FAULT_F = "fault"
 HEAL_F = "heal"
 LOSS_RANGE = (0.2, 0.6)  # the probability of a random-loss fault is drawn from this range
 CLOCK_JUMP_RANGE_S = (5.0, 300.0)  # a clock fault steps the wall clock by this much, +/-
+PREFER_PROBABILITY = 0.5  # how often a fault aims at the preferred node, when there is one
 DEFAULT_PAUSE_S = (1.0, 3.0)  # seconds between two nemesis steps, drawn uniformly
 HISTORY_FILE = "history.jsonl"
 REPORT_FILE = "report.txt"
@@ -127,13 +128,16 @@ class Nemesis:
 
     `kinds`: the faults to draw from (ALL_KINDS by default); `recorder`: where faults and
     heals are written as process NEMESIS_PROCESS; `restart(node)`: how a killed node comes
-    back (node.restart() by default). `faults` counts the faults injected so far; `events`
-    lists every injection and heal as text, in order.
+    back (node.restart() by default); `prefer()`: a node to aim at (the current leader,
+    say; None when unknown), hit by a fault's first target with probability
+    PREFER_PROBABILITY. `faults` counts the faults injected so far; `events` lists every
+    injection and heal as text, in order.
     """
 
     def __init__(self, harness: Harness, rng: random.Random, nodes: list[Node],
                  kinds: Sequence[str] = ALL_KINDS, recorder: Recorder | None = None,
-                 restart: Callable[[Node], object] | None = None) -> None:
+                 restart: Callable[[Node], object] | None = None,
+                 prefer: Callable[[], Node | None] | None = None) -> None:
         if not nodes:
             raise ValueError(ERR_NO_NODES)
         for kind in kinds:
@@ -146,9 +150,11 @@ class Nemesis:
         self.kinds = tuple(kinds)
         self.recorder = recorder
         self.restart = restart
+        self.prefer = prefer
         self.faults = 0
         self.events: list[str] = []
         self._held: _Fault | None = None
+        self._aimed: str | None = None  # the preferred host the fault being made aims at
         self._lock = threading.Lock()
 
     # -- the loop ------------------------------------------------------------------------------
@@ -158,7 +164,10 @@ class Nemesis:
         with self._lock:
             if self._held is not None:
                 return self._heal_held()
+            self._aimed = None
             fault = self._inject(self.rng.choice(self.kinds))
+            if self._aimed is not None:
+                fault.description += f" (aimed at {self._aimed})"
             self._held = fault
             self.faults += 1
             self._note(FAULT_F, fault.kind, fault.description)
@@ -226,14 +235,14 @@ class Nemesis:
         return _Fault(kind, description, self.harness.heal)
 
     def _isolate(self) -> _Fault:
-        host = self.rng.choice(self.hosts)
+        host = self._hosts()[0]
         self.harness.isolate(host)
         return self._network("isolate", f"isolate {host.name}")
 
     def _split(self) -> _Fault:
         if len(self.hosts) < 2:
             return self._isolate()
-        hosts = self.rng.sample(self.hosts, len(self.hosts))
+        hosts = self._hosts()
         size = self.rng.randint(1, max(1, (len(hosts) - 1) // 2))
         minority, majority = hosts[:size], hosts[size:]
         self.harness.split(minority, majority)
@@ -242,7 +251,7 @@ class Nemesis:
     def _bridge(self) -> _Fault:
         if len(self.hosts) < 3:
             return self._isolate()
-        hub, *rest = self.rng.sample(self.hosts, len(self.hosts))
+        hub, *rest = self._hosts()
         half = len(rest) // 2
         left, right = rest[:half], rest[half:]
         self.harness.bridge(hub, left, right)
@@ -251,33 +260,59 @@ class Nemesis:
     def _one_way(self) -> _Fault:
         if len(self.hosts) < 2:
             return self._isolate()
-        src, dst = self.rng.sample(self.hosts, 2)
+        src, dst = self._hosts()[:2]
         self.harness.one_way(src, dst)
         return self._network("one_way", f"one_way {src.name} -/-> {dst.name}")
 
     def _loss(self) -> _Fault:
-        host = self.rng.choice(self.hosts)
+        host = self._hosts()[0]
         probability = round(self.rng.uniform(*LOSS_RANGE), 2)
         self.harness.random_loss(host, probability)
         return self._network("loss", f"loss {probability:.2f} at {host.name}")
 
     def _kill(self) -> _Fault:
-        node = self.rng.choice(self.nodes)
+        node = self._node()
         name = _node_name(node)
         node.kill()
         return _Fault("kill", f"kill {name}", lambda: self._revive(node))
 
     def _pause(self) -> _Fault:
-        node = self.rng.choice(self.nodes)
+        node = self._node()
         node.pause()
         return _Fault("pause", f"pause {_node_name(node)}", node.resume)
 
     def _clock(self) -> _Fault:
-        host = self.rng.choice(self.hosts)
+        host = self._hosts()[0]
         delta = round(self.rng.choice((-1, 1)) * self.rng.uniform(*CLOCK_JUMP_RANGE_S), 3)
         clock = self.harness.clock(host)
         clock.jump(delta)
         return _Fault("clock", f"clock {host.name} {delta:+.3f}s", lambda: clock.set(0.0))
+
+    def _node(self) -> Node:
+        """A node to fault: the preferred one (sometimes), else one drawn at random."""
+        preferred = self._preferred()
+        return preferred if preferred is not None else self.rng.choice(self.nodes)
+
+    def _hosts(self) -> list[Host]:
+        """Every host in a random order, the preferred node's first (sometimes)."""
+        hosts = self.rng.sample(self.hosts, len(self.hosts))
+        preferred = self._preferred()
+        if preferred is not None and preferred.host in hosts:
+            hosts.remove(preferred.host)
+            hosts.insert(0, preferred.host)
+        return hosts
+
+    def _preferred(self) -> Node | None:
+        if self.prefer is None or self.rng.random() >= PREFER_PROBABILITY:
+            return None
+        try:
+            preferred = self.prefer()
+        except Exception:  # noqa: BLE001 - no preference is a fine answer
+            log.exception("the nemesis's prefer() failed")
+            return None
+        if preferred is not None:
+            self._aimed = preferred.host.name
+        return preferred
 
     def _revive(self, node: Node) -> None:
         if self.restart is not None:

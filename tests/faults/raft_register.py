@@ -7,8 +7,9 @@ keeps talking to a leader that the nemesis has cut off from its peers. One clien
 over read (GET, through the read barrier), write (PUT, forwarded to the leader) and
 compare-and-set (CAS) on a few keys against a node drawn at random, every written value
 unique. The nemesis isolates, splits, bridges, cuts one way, drops at random, kills and
-pauses nodes meanwhile. Then everything is healed, the cluster settles, every key is read
-once more, and each key's history must be linearizable against a register.
+pauses nodes meanwhile, half of the time aiming at the node that leads. Then everything is
+healed, the cluster settles, every key is read once more, and each key's history must be
+linearizable against a register.
 
 What an outcome means for the history:
 - a connection refused or not made: nothing was sent, so the operation failed;
@@ -24,7 +25,6 @@ import random
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 from core.resp_client import ReplyError, RespConnection, RespConnectionError
@@ -49,6 +49,7 @@ TICK_MS = 20
 ELECTION_TICK = 15
 SERVICE_TIMEOUT_MS = 1000  # a node answers TRYAGAIN after this long without a quorum
 OP_TIMEOUT_S = 2.0  # a client gives up (info) after this long
+LEADER_QUERY_TIMEOUT_S = 0.5  # the nemesis asks each node this long who leads
 THINK_S = (0.0, 0.02)  # a client waits this long between operations
 NEMESIS_PAUSE_S = (1.0, 3.0)
 SETTLE_TIMEOUT_S = 60.0  # after healing, how long the cluster has to serve again
@@ -59,13 +60,33 @@ WARMUP_KEY = "warmup"  # read (not recorded) until the cluster serves: no regist
 ERR_NOT_SETTLED = "the cluster did not serve a read within {}s of healing"
 
 
-@dataclass
 class _Cluster:
-    harness: Harness
-    nodes: list[Node]
+    """The toy nodes, and a thread on the client host to ask them who leads."""
+
+    def __init__(self, harness: Harness, nodes: list[Node]) -> None:
+        self.harness = harness
+        self.nodes = nodes
+        self._asker = harness.executor(CLIENT_HOST)
 
     def address(self, index: int) -> tuple[str, int]:
         return self.nodes[index].host.address, RESP_PORT
+
+    def leader(self) -> Node | None:
+        """The node some node names as leader (CLUSTER.LEADER), None if none answers."""
+        return self._asker.submit(self._ask_leader).result()
+
+    def _ask_leader(self) -> Node | None:
+        for index in range(len(self.nodes)):
+            try:
+                with RespConnection.connect(*self.address(index),
+                                            timeout=LEADER_QUERY_TIMEOUT_S) as conn:
+                    reply = conn.call("CLUSTER.LEADER")
+            except (ReplyError, RespConnectionError):
+                continue
+            leader = int(reply[0]) if isinstance(reply, list) and reply else 0
+            if 1 <= leader <= len(self.nodes):
+                return self.nodes[leader - 1]
+        return None
 
 
 def drill(seed: int, duration_s: float, workdir: Path) -> DrillReport:
@@ -76,7 +97,8 @@ def drill(seed: int, duration_s: float, workdir: Path) -> DrillReport:
         cluster = _Cluster(harness, [_spawn(harness, workdir, i) for i in range(1, NODES + 1)])
         _settle(cluster)
         nemesis = Nemesis(harness, random.Random(rng.random()), cluster.nodes,
-                          kinds=(*NETWORK_KINDS, *PROCESS_KINDS), recorder=recorder)
+                          kinds=(*NETWORK_KINDS, *PROCESS_KINDS), recorder=recorder,
+                          prefer=cluster.leader)
         clients = [_Client(cluster, recorder, process, random.Random(rng.random()))
                    for process in range(len(harness.hosts))]
         _under_faults(harness, clients, nemesis, duration_s)

@@ -1,9 +1,10 @@
 """Redis's glob patterns (KEYS, SCAN MATCH) as compiled byte regexes.
 
 The rules are Redis's stringmatchlen, case-sensitive: `*` any run, `?` one byte,
-`[abc]`, `[^abc]`, `[a-z]` (a reversed range is swapped), `\\x` the byte x literally, inside
-brackets too. An unclosed `[` runs to the end of the pattern; `[]` matches nothing and
-`[^]` any one byte. A trailing lone backslash is a literal backslash.
+`[abc]`, `[^abc]`, `[a-z]` (a reversed range is swapped; bytes compare as signed C
+chars, as Redis on x86-64 compares them, so 0x80-0xff sort below 0x00), `\\x` the byte
+x literally, inside brackets too. An unclosed `[` runs to the end of the pattern; `[]`
+matches nothing and `[^]` any one byte. A trailing lone backslash is a literal backslash.
 """
 
 from __future__ import annotations
@@ -15,6 +16,9 @@ from functools import lru_cache
 PATTERN_CACHE_SIZE = 256
 NEVER = b"(?!)"
 ANY_BYTE = b"."
+# Redis compares pattern bytes as C chars, signed on the platforms it is built for:
+# bytes from here up order below 0x00 in a range.
+SIGNED_CHAR_LIMIT = 0x80
 
 
 @lru_cache(maxsize=PATTERN_CACHE_SIZE)
@@ -52,8 +56,7 @@ def _bracket(pattern: bytes, i: int) -> tuple[bytes, int]:
             i += 1
             parts.append(_class_byte(pattern[i]))
         elif i + 2 < len(pattern) and pattern[i + 1 : i + 2] == b"-":
-            low, high = sorted((pattern[i], pattern[i + 2]))
-            parts.append(_class_byte(low) + b"-" + _class_byte(high))
+            parts.extend(_byte_range(pattern[i], pattern[i + 2]))
             i += 2
         else:
             parts.append(_class_byte(pattern[i]))
@@ -62,6 +65,18 @@ def _bracket(pattern: bytes, i: int) -> tuple[bytes, int]:
     if not parts:
         return (ANY_BYTE if negate else NEVER), i
     return b"[" + (b"^" if negate else b"") + b"".join(parts) + b"]", i
+
+
+def _signed(value: int) -> int:
+    return value - 256 if value >= SIGNED_CHAR_LIMIT else value
+
+
+def _byte_range(first: int, last: int) -> list[bytes]:
+    """Class pieces for the range first-last compared as C chars: bytes 0x80-0xff are
+    below 0x00 (so [\xff-a] holds 0xff and 0x00-a)."""
+    low, high = sorted((_signed(first), _signed(last)))
+    spans = [(low, high)] if low >= 0 or high < 0 else [(0, high), (low, -1)]
+    return [_class_byte(a % 256) + b"-" + _class_byte(b % 256) for a, b in spans]
 
 
 def _class_byte(value: int) -> bytes:

@@ -28,6 +28,7 @@ from shardstore.commands import (
     is_write,
     sweep_request,
 )
+from shardstore.glob import glob_match
 from shardstore.kvview import DictKV
 from shardstore.scan_cursor import (
     TABLE_BASE,
@@ -312,3 +313,17 @@ def test_build_rows_binds_the_daemons_handlers() -> None:
     assert by_name["get"].handler is not None
     assert by_name["get"].handler(None, []) == "get"
     assert by_name["set"].reply_flags == ("write", "denyoom")
+
+
+# -- globs (the same patterns run against redis-server in test_shardstore_vs_redis) ---------
+
+@pytest.mark.parametrize(("pattern", "subject", "expected"), [
+    (b"a*", b"abc", True), (b"a?c", b"abc", True), (b"a?c", b"ac", False),
+    (b"[b-a]", b"a", True), (b"[^a]", b"b", True), (b"[^a]", b"a", False),
+    (b"[]", b"a", False), (b"[^]", b"a", True), (b"[a", b"a", True), (b"\\*", b"*", True),
+    (b"\\*", b"a", False), (b"a\\", b"a\\", True), (b"[\\]]", b"]", True),
+    (b"[\xff-a]", b"\x00", True), (b"[\xff-a]", b"\xfe", False), (b"[\xff-a]", b"b", False),
+    (b"[a-]", b"]", True), (b"*", b"line\nbreak", True),
+])
+def test_glob(pattern: bytes, subject: bytes, expected: bool) -> None:
+    assert glob_match(pattern, subject) is expected

@@ -223,6 +223,7 @@ EDGE_SCRIPTS = {
         "SCANALL TYPE nosuch", "SCANALL MATCH [a-b] COUNT 2", "SCAN 0 COUNT 0",
         "SCAN 0 COUNT -1", "SCAN 0 COUNT x", "SCAN 0 MATCH", "SCAN 0 FOO bar", "SCAN x",
         "SCAN 1.5", "SCANALL MATCH \\a", "SCANALL MATCH [^a]", "SCANALL MATCH *b",
+        "SCANALL TYPE HASH", "SCANALL TYPE hash TYPE string", "SCANALL MATCH a MATCH h*",
     ),
     "empty_key": [
         [b"SET", b"", b"v"], [b"GET", b""], [b"SET", b"a", b""], [b"GET", b"a"],
@@ -287,8 +288,8 @@ def test_generated_scripts(pair: Pair, script: Script) -> None:
 # -- glob patterns, COMMAND INFO, binary data -----------------------------------------------
 
 GLOB_KEYS = [b"a", b"b", b"ab", b"ba", b"a*", b"a?", b"[a]", b"^", b"-", b"\\", b"a\\b",
-             b"]", b"abc", b"", b"\x00a", b"\xff"]
-GLOB_ALPHABET = [b"a", b"b", b"*", b"?", b"[", b"]", b"^", b"-", b"\\", b"!", b"\xff"]
+             b"]", b"abc", b"", b"\x00a", b"\xff", b"\x7f", b"\x80"]
+GLOB_ALPHABET = [b"a", b"b", b"*", b"?", b"[", b"]", b"^", b"-", b"\\", b"!", b"\xff", b"\x80"]
 
 
 @settings(max_examples=150, deadline=None,

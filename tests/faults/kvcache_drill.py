@@ -301,12 +301,14 @@ def verdicts(ops: list[Operation], rounds: list[Round], mode: str,
 
 def tally(ops: list[Operation], rounds: list[Round], owner: Callable[[str], str | None]
           ) -> str:
-    """A line of figures: outcomes by status, the cuts made, and the reads after a return
-    that a stale copy would have failed (kvcache_checks.shadow_chances)."""
+    """A line of figures: outcomes by status, errors by kind, the cuts made, and the reads
+    after a return that a stale copy would have failed (kvcache_checks.shadow_chances)."""
     status = Counter(f"{op.f} {op.status}" for op in ops)
+    errors = Counter((op.error or "").split(":")[0] for op in ops if not op.ok)
     cuts = Counter(cut.kind for cut in rounds)
     chances = shadow_chances(ops, rounds, lambda key: owner(key) or "")
-    return f"requests {dict(status)}; cuts {dict(cuts)}; reads a stale copy would fail: {chances}"
+    return (f"requests {dict(status)}; errors {dict(errors)}; cuts {dict(cuts)}; "
+            f"reads a stale copy would fail: {chances}")
 
 
 def drill(seed: int, duration_s: float, workdir: Path) -> DrillReport:

@@ -11,13 +11,17 @@ are msgpack maps with an "op":
   `replicas` of the nodes round-robin from the i-th, and the i-th even range of the slots)
   at epoch 1; later ones change nothing (every node's first leader proposes one, so the
   first committed wins). Result: True if this entry made the map.
-- OP_NAME {id, name}: node `id` is called `name` in CLUSTER NODES/SLOTS/SHARDS.
+- OP_NAME {id, name}: node `id` is called `name` in CLUSTER NODES/SLOTS/SHARDS;
+- OP_LEADER {shard, node, term}: node `node` became the Raft leader of the shard in
+  `term` (a hint a new leader publishes, kept unless an older term comes late), so every
+  node reports the same master for shards it does not host.
 
 Client addresses come from the service's address book (core/service_machine.py), not
 from here. The replies (`slots_reply`, `shards_reply`, `nodes_reply`, `info_reply`) take a
-`ClusterView`: the config plus what one node sees (the book, the shard leaders it knows).
-A shard's Raft leader is its Redis "master"; its other members are "replicas". A shard
-whose leader this node does not know shows its first member with a known address first.
+`ClusterView`: the config plus what one node sees (the book, the leaders of the shards
+it hosts). A shard's Raft leader is its Redis "master" (as this node sees it, else as the
+leader hint says); its other members are "replicas". A shard with neither shows its first
+member with a known address first.
 """
 
 from __future__ import annotations
@@ -34,14 +38,15 @@ from core.resp import Verbatim
 from native.crc16 import SLOT_COUNT, key_slot
 
 __all__ = [
-    "CONFIG_GROUP", "ERR_BAD_ENTRY", "OP_INIT", "OP_NAME", "ClusterConfig", "ClusterView",
-    "ConfigMachine", "Shard", "encode_init", "encode_name", "info_reply", "layout",
-    "load_node_name", "moved", "nodes_reply", "shards_reply", "slots_reply",
+    "CONFIG_GROUP", "ERR_BAD_ENTRY", "OP_INIT", "OP_LEADER", "OP_NAME", "ClusterConfig",
+    "ClusterView", "ConfigMachine", "Shard", "encode_init", "encode_leader", "encode_name",
+    "info_reply", "layout", "load_node_name", "moved", "nodes_reply", "shards_reply", "slots_reply",
 ]
 
 CONFIG_GROUP = 0
 OP_INIT = "init"
 OP_NAME = "name"
+OP_LEADER = "leader"
 ERR_BAD_ENTRY = "ERR bad configuration entry: {!r}"
 MOVED = "MOVED {} {}"
 NODE_NAME_FILE = "shardstore-node-name"
@@ -66,6 +71,7 @@ class ClusterConfig:
     shards: dict[int, Shard] = field(default_factory=dict)
     ranges: list[tuple[int, int, int]] = field(default_factory=list)
     names: dict[int, str] = field(default_factory=dict)
+    leaders: dict[int, tuple[int, int]] = field(default_factory=dict)  # shard: (node, term)
     slot_shard: list[int] = field(default_factory=list)  # derived: slot -> shard id
 
     @property
@@ -99,7 +105,8 @@ class ClusterConfig:
         return {"epoch": self.epoch,
                 "shards": [[s.shard_id, s.group, s.members] for s in self.shards.values()],
                 "ranges": [list(r) for r in self.ranges],
-                "names": {str(k): v for k, v in self.names.items()}}
+                "names": {str(k): v for k, v in self.names.items()},
+                "leaders": {str(k): list(v) for k, v in self.leaders.items()}}
 
     @classmethod
     def from_wire(cls, wire: dict[str, Any]) -> ClusterConfig:
@@ -107,7 +114,9 @@ class ClusterConfig:
                      shards={int(s[0]): Shard(int(s[0]), int(s[1]), [int(m) for m in s[2]])
                              for s in wire["shards"]},
                      ranges=[(int(a), int(b), int(c)) for a, b, c in wire["ranges"]],
-                     names={int(k): str(v) for k, v in wire["names"].items()})
+                     names={int(k): str(v) for k, v in wire["names"].items()},
+                     leaders={int(k): (int(v[0]), int(v[1]))
+                              for k, v in wire.get("leaders", {}).items()})
         config.rebuild()
         return config
 
@@ -136,6 +145,10 @@ def encode_init(nodes: Sequence[int], shards: int, replicas: int) -> bytes:
                           "replicas": replicas})
 
 
+def encode_leader(shard_id: int, node_id: int, term: int) -> bytes:
+    return msgpack.packb({"op": OP_LEADER, "shard": shard_id, "node": node_id, "term": term})
+
+
 def encode_name(node_id: int, name: str) -> bytes:
     return msgpack.packb({"op": OP_NAME, "id": node_id, "name": name})
 
@@ -157,6 +170,9 @@ class ConfigMachine:
             if entry["op"] == OP_NAME:
                 self.config.names[int(entry["id"])] = str(entry["name"])
                 return None
+            if entry["op"] == OP_LEADER:
+                return self._leader(int(entry["shard"]), int(entry["node"]),
+                                    int(entry["term"]))
         except (ValueError, KeyError, TypeError, msgpack.UnpackException) as exc:
             return ERR_BAD_ENTRY.format(exc)
         return ERR_BAD_ENTRY.format(entry)
@@ -167,6 +183,12 @@ class ConfigMachine:
         shards, ranges = layout(entry["nodes"], int(entry["shards"]), int(entry["replicas"]))
         self.config.shards, self.config.ranges, self.config.epoch = shards, ranges, 1
         self.config.rebuild()
+        return True
+
+    def _leader(self, shard_id: int, node_id: int, term: int) -> bool:
+        if self.config.leaders.get(shard_id, (0, -1))[1] > term:
+            return False
+        self.config.leaders[shard_id] = (node_id, term)
         return True
 
     def snapshot(self) -> bytes:
@@ -216,7 +238,7 @@ class ClusterView:
     def ordered_members(self, shard: Shard) -> list[int]:
         """The members with a known address, the "master" (leader) first."""
         known = [m for m in shard.members if m in self.addresses]
-        leader = self.leaders.get(shard.shard_id, 0)
+        leader = self.leader(shard.shard_id)
         if leader in known:
             known.remove(leader)
             known.insert(0, leader)
@@ -236,11 +258,18 @@ class ClusterView:
                 out[sid] = members[0]
         return out
 
+    def leader(self, shard_id: int) -> int:
+        """The shard's leader as this node knows it, else as the hint says (0: neither)."""
+        return self.leaders.get(shard_id) or self.config.leaders.get(shard_id, (0, 0))[0]
+
     @property
     def complete(self) -> bool:
-        """The map exists and the client address of every shard member is known."""
+        """The map exists, the client address of every shard member is known, and every
+        shard's leader."""
+        shards = self.config.shards.values()
         return self.config.initialised and all(
-            m in self.addresses for s in self.config.shards.values() for m in s.members)
+            m in self.addresses for s in shards for m in s.members) and all(
+            self.leader(s.shard_id) for s in shards)
 
 
 def slots_reply(view: ClusterView) -> list[Any]:
@@ -312,7 +341,7 @@ def nodes_reply(view: ClusterView) -> Verbatim:
 
 def info_reply(view: ClusterView) -> Verbatim:
     """CLUSTER INFO: Redis's fields, `cluster_state:ok` once the map exists and every
-    shard member's client address is known (`ClusterView.complete`)."""
+    shard's members and leader are known (`ClusterView.complete`)."""
     config = view.config
     ok = view.complete
     assigned = SLOT_COUNT if config.initialised else 0

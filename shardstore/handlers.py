@@ -80,6 +80,8 @@ class ClientCommands:
 
     def rows(self) -> list[Command]:
         self.layer = self.node.layer
+        cursor_table = getattr(self.layer, "ScanCursors", None)
+        self.cursors = cursor_table() if cursor_table is not None else None
         table: Iterable[Command] = self.layer.COMMANDS
         if isinstance(table, dict):
             table = table.values()
@@ -171,7 +173,8 @@ class ClientCommands:
         machines = [self.node.machines[s.shard_id] for s in shards
                     if s.shard_id in self.node.machines]
         kv = MergedKV([m.engine for m in machines])
-        return self._reply(self.layer.execute_read(kv, self.node.now_ms(), args))
+        return self._reply(self.layer.execute_read(kv, self.node.now_ms(), args,
+                                                   cursors=self.cursors))
 
     # -- Redis Cluster commands ----------------------------------------------------------------
 

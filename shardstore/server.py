@@ -9,7 +9,8 @@ TRYAGAIN. The client commands live in shardstore/handlers.py. Background tasks:
 
 - `_reconcile` (every RECONCILE_S): the config group's leader makes the slot map if
   there is none yet (`--shards`, `--replicas` over all `--peers`); this node publishes its
-  40-hex name once; it opens each shard group the map makes it a member of (engine under
+  40-hex name once, and a leader hint for each shard it has become the leader of; it
+  opens each shard group the map makes it a member of (engine under
   `<data-dir>/shards/<id>/`, Raft log under `<data-dir>/groups/<id>/`) and destroys those
   it is no longer a member of;
 - `_expire` (every EXPIRE_S): for each shard this node leads, sample keys
@@ -179,9 +180,11 @@ class ShardNode:
         return group is not None and group.node is not None and group.node.lead == self.me
 
     def led_shards(self) -> list[Shard]:
-        """The shards this node hosts and leads now."""
+        """The shards this node hosts and reports as their master (CLUSTER SLOTS): those
+        it leads now, as far as it knows."""
+        masters = self.view().masters()
         return [s for sid, s in sorted(self.config.shards.items())
-                if sid in self.machines and self.leads(s)]
+                if sid in self.machines and masters.get(sid) == self.me]
 
     # -- background ----------------------------------------------------------------------------
 
@@ -214,6 +217,17 @@ class ShardNode:
                 await self._open_shard(shard)
         for sid in [s for s in self.machines if s not in hosted]:
             await self._close_shard(sid)
+        await self._publish_leaders()
+
+    async def _publish_leaders(self) -> None:
+        for sid in list(self.machines):
+            shard = self.config.shards[sid]
+            group = self.host.group(shard.group)
+            if group is None or group.node is None or group.node.lead != self.me:
+                continue
+            term = group.node.term
+            if self.config.leaders.get(sid) != (self.me, term):
+                await self.service.write(cluster.encode_leader(sid, self.me, term))
 
     async def _open_shard(self, shard: Shard) -> None:
         engine_class = self.engine_class

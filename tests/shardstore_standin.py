@@ -116,7 +116,7 @@ def execute_write(kv: Any, now_ms: int, args: list[bytes], applied_index: int) -
     return reply
 
 
-def execute_read(kv: Any, now_ms: int, args: list[bytes]) -> Any:
+def execute_read(kv: Any, now_ms: int, args: list[bytes], **options: Any) -> Any:
     name = args[0].upper()
     if name == b"GET":
         return _live(kv, args[1], now_ms)

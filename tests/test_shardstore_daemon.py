@@ -1,0 +1,314 @@
+"""The shardstore daemon on real sockets: three nodes on 127.0.0.2-4.
+
+In one event loop (fast, the real command layer over a stand-in engine): 3 shards of 2
+replicas, so each node hosts two shards and answers MOVED for the third; redis-py's
+RedisCluster follows it; CROSSSLOT, hash tags, READONLY, DBSIZE per node, INFO.
+As processes (`python -m shardstore serve`, the real engine): 3 shards of 3 replicas;
+RedisCluster and `redis-cli -c` over every slot range; SIGKILL of a shard leader under
+writes loses no acknowledged write; a restart on the data dirs keeps everything.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import subprocess
+import threading
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+import redis.asyncio as aredis
+from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
+from redis.cluster import RedisCluster
+from redis.exceptions import ClusterCrossSlotError, MovedError
+
+from core.cluster_options import ClusterSettings
+from native.crc16 import key_slot
+from shardstore import commands
+from shardstore.server import NodeOptions, ShardNode
+from tests import shardstore_standin as standin
+from tests.conftest import find_free_port
+from tests.procs import Daemon
+
+HOSTS = ("127.0.0.2", "127.0.0.3", "127.0.0.4")
+READY_S = 30.0
+
+
+def _aliases_work() -> bool:
+    try:
+        find_free_port(HOSTS[2])
+        return True
+    except OSError:
+        return False
+
+
+needs_aliases = pytest.mark.skipif(not _aliases_work(), reason="no 127.0.0.2-4")
+
+
+def _keys_for_every_shard(count: int) -> list[str]:
+    """Keys spread over the whole slot space (every shard's range gets some)."""
+    keys, ranges = [], set()
+    i = 0
+    while len(keys) < count or len(ranges) < 3:
+        key = f"key:{i}"
+        keys.append(key)
+        ranges.add(key_slot(key.encode()) * 3 // 16384)
+        i += 1
+    return keys
+
+
+# -- in one event loop ------------------------------------------------------------------------
+
+class LoopCluster:
+    """Three ShardNodes in this loop, the real command layer over the stand-in engine."""
+
+    def __init__(self, tmp: Path, shards: int = 3, replicas: int = 2) -> None:
+        raft = {i + 1: (h, find_free_port(h)) for i, h in enumerate(HOSTS)}
+        self.nodes = []
+        for i, host in enumerate(HOSTS):
+            settings = ClusterSettings(
+                node_id=i + 1, listen=(host, find_free_port(host)), peer_listen=raft[i + 1],
+                peers=raft, founders=(1, 2, 3), data_dir=tmp / f"n{i + 1}", secret=None,
+                password=None, tick_s=0.02, election_tick=15)
+            self.nodes.append(ShardNode(settings, NodeOptions(shards, replicas, timeout_s=5),
+                                        layer=commands, engine_class=standin.DictEngine))
+
+    async def start(self) -> None:
+        for node in self.nodes:
+            await node.start()
+        await _until_ok([n.settings.advertise for n in self.nodes])
+
+    async def stop(self) -> None:
+        await asyncio.gather(*(node.stop() for node in self.nodes))
+
+    def client(self, index: int) -> aredis.Redis:
+        host, port = self.nodes[index].settings.listen
+        return aredis.Redis(host=host, port=port)
+
+
+async def _until_ok(addresses: list[str]) -> None:
+    """Until every node says cluster_state:ok with the same slot map."""
+    deadline = time.monotonic() + READY_S
+    while True:
+        states = []
+        for address in addresses:
+            host, port = address.rsplit(":", 1)
+            client = aredis.Redis(host=host, port=int(port))
+            try:
+                states.append(await client.execute_command("CLUSTER", "INFO"))
+            except redis.RedisError:
+                states.append(b"")
+            finally:
+                await client.aclose()
+        if all(b"cluster_state:ok" in s and b"cluster_known_nodes:3" in s for s in states):
+            return
+        assert time.monotonic() < deadline, states
+        await asyncio.sleep(0.1)
+
+
+def run_loop(tmp: Path, test: Callable[[LoopCluster], Awaitable[None]]) -> None:
+    async def main() -> None:
+        cluster = LoopCluster(tmp)
+        await cluster.start()
+        try:
+            await test(cluster)
+        finally:
+            await cluster.stop()
+
+    asyncio.run(main())
+
+
+@needs_aliases
+def test_cluster_clients_route_by_the_slot_map(tmp_path: Path) -> None:
+    async def test(cluster: LoopCluster) -> None:
+        rc = AsyncRedisCluster(host=HOSTS[1], port=cluster.nodes[1].settings.listen[1])
+        try:
+            keys = _keys_for_every_shard(60)
+            for key in keys:
+                assert await rc.set(key, key.upper())
+            for key in keys:
+                assert await rc.get(key) == key.upper().encode()
+            sizes = []
+            for i in range(3):  # DBSIZE is per node: its master shards
+                node = cluster.client(i)
+                sizes.append(await node.dbsize())
+                await node.aclose()
+            assert sum(sizes) == len(keys)
+            assert await rc.mset({"{user1}:a": "1", "{user1}:b": "2"})
+            assert await rc.mget("{user1}:a", "{user1}:b") == [b"1", b"2"]
+            assert await rc.incr("{user1}:n") == 1
+            assert await rc.hset("h", mapping={"f": "v"}) == 1
+            assert await rc.hgetall("h") == {b"f": b"v"}
+        finally:
+            await rc.aclose()
+        await _check_single_node_replies(cluster)
+
+    run_loop(tmp_path, test)
+
+
+async def _check_single_node_replies(cluster: LoopCluster) -> None:
+    node = cluster.nodes[0]
+    foreign = next(s for s in node.config.shards.values() if 1 not in s.members)
+    slot = node.config.ranges[foreign.shard_id - 1][0]
+    key = next(f"k{i}" for i in range(100_000) if key_slot(f"k{i}".encode()) == slot)
+    c = cluster.client(0)
+    try:
+        with pytest.raises(MovedError, match=f"^{slot} 127.0.0.[34]:"):
+            await c.execute_command("GET", key)
+        with pytest.raises(ClusterCrossSlotError, match="^Keys in request don't hash to the"):
+            await c.execute_command("MSET", "a", "1", "b", "2")
+        assert await c.execute_command("CLUSTER", "KEYSLOT", "{user1}:a") == key_slot(b"user1")
+        assert await c.execute_command("CLUSTER", "MYID") == node.name.encode()
+        assert await c.execute_command("READONLY") in (b"OK", True)
+        assert await c.execute_command("ASKING") in (b"OK", True)
+        own = next(s for s in node.config.shards.values() if 1 in s.members)
+        slot = node.config.ranges[own.shard_id - 1][0]
+        key = next(f"k{i}" for i in range(100_000) if key_slot(f"k{i}".encode()) == slot)
+        await c.execute_command("READWRITE")
+        await c.execute_command("SET", key, "here")
+        await c.execute_command("READONLY")
+        assert await c.execute_command("GET", key) == b"here"
+        info = await c.info("shardstore")
+        assert info["node_id"] == 1 and info["config_epoch"] == 1
+        assert "applied_entries" in await c.info("raft")
+    finally:
+        await c.aclose()
+
+
+# -- as processes -----------------------------------------------------------------------------
+
+def _engine_ready() -> bool:
+    try:
+        from shardstore.engine import Engine  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+needs_engine = pytest.mark.skipif(not _engine_ready(), reason="shardstore.engine not there")
+
+
+class ProcCluster:
+    """Three `shardstore serve` processes, ids 1-3, on HOSTS."""
+
+    def __init__(self, tmp: Path, shards: int = 3, replicas: int = 3) -> None:
+        raft = {i + 1: (h, find_free_port(h)) for i, h in enumerate(HOSTS)}
+        peers = ",".join(f"{i}={h}:{p}" for i, (h, p) in raft.items())
+        self.daemons: list[Daemon] = []
+        for i, host in enumerate(HOSTS):
+            port = find_free_port(host)
+            argv = ["shardstore", "serve", "--id", str(i + 1), "--listen", f"{host}:{port}",
+                    "--peer-listen", f"{host}:{raft[i + 1][1]}", "--peers", peers,
+                    "--data-dir", str(tmp / f"n{i + 1}"), "--shards", str(shards),
+                    "--replicas", str(replicas)]
+            self.daemons.append(Daemon(argv, host, port, tmp / f"n{i + 1}.log"))
+
+    def start(self) -> None:
+        for daemon in self.daemons:
+            daemon.start()
+        asyncio.run(_until_ok([d.address for d in self.daemons]))
+
+    def client(self) -> RedisCluster:
+        first = self.daemons[0]
+        return RedisCluster(host=first.host, port=first.port, cluster_error_retry_attempts=10)
+
+    def leader_of(self, key: str) -> int:
+        """The index of the daemon reported as master of the key's slot."""
+        with redis.Redis(host=self.daemons[0].host, port=self.daemons[0].port) as c:
+            slot = key_slot(key.encode())
+            for first, last, master, *_ in c.execute_command("CLUSTER", "SLOTS"):
+                if first <= slot <= last:
+                    return [d.port for d in self.daemons].index(master[1])
+        raise AssertionError("no master")
+
+    def stop(self) -> None:
+        for daemon in self.daemons:
+            daemon.stop()
+
+
+@pytest.fixture
+def procs(tmp_path: Path) -> Any:
+    cluster = ProcCluster(tmp_path)
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@needs_aliases
+@needs_engine
+def test_processes_serve_redis_cluster_clients_and_survive_a_leader_kill(
+        procs: ProcCluster) -> None:
+    rc = procs.client()
+    keys = _keys_for_every_shard(90)
+    for key in keys:
+        assert rc.set(key, key)
+    assert rc.mget_nonatomic(keys) == [k.encode() for k in keys]
+    _check_redis_cli(procs)
+    acked = _writes_while_killing(procs, rc)
+    rc.close()
+    rc = procs.client()
+    for key, value in acked.items():
+        assert rc.get(key) == value.encode(), key
+    rc.close()
+    for daemon in procs.daemons:  # every node down, then up on its data dir
+        daemon.stop()
+    for daemon in procs.daemons:
+        daemon.start()
+    asyncio.run(_until_ok([d.address for d in procs.daemons]))
+    rc = procs.client()
+    assert rc.mget_nonatomic(keys) == [k.encode() for k in keys]
+    for key, value in acked.items():
+        assert rc.get(key) == value.encode(), key
+    rc.close()
+
+
+def _check_redis_cli(procs: ProcCluster) -> None:
+    cli = shutil.which("redis-cli")
+    if cli is None:
+        return
+    first = procs.daemons[0]
+    base = [cli, "-c", "-h", first.host, "-p", str(first.port)]
+    for key in ("alpha", "beta", "gamma", "delta"):  # slots all over the map
+        out = subprocess.run([*base, "SET", key, key + "!"], capture_output=True, text=True,
+                             timeout=20, check=True)
+        assert out.stdout.strip() == "OK", out
+        out = subprocess.run([*base, "GET", key], capture_output=True, text=True, timeout=20,
+                             check=True)
+        assert out.stdout.strip() == key + "!", out
+
+
+def _writes_while_killing(procs: ProcCluster, rc: RedisCluster) -> dict[str, str]:
+    """Write counters from a thread while the master of one shard is SIGKILLed and
+    restarted; return what was acknowledged."""
+    acked: dict[str, str] = {}
+    stop = threading.Event()
+
+    def writer() -> None:
+        i = 0
+        while not stop.is_set():
+            key, value = f"w:{i % 300}", str(i)
+            try:
+                if rc.set(key, value):
+                    acked[key] = value
+            except redis.RedisError:
+                pass  # unknown outcome: not counted, and the key is written again later
+            i += 1
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    time.sleep(1.0)
+    victim = procs.daemons[procs.leader_of("w:0")]
+    victim.kill()
+    time.sleep(2.0)
+    victim.start()
+    time.sleep(1.0)
+    stop.set()
+    thread.join(timeout=60)
+    assert acked
+    return acked

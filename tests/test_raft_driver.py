@@ -345,9 +345,13 @@ def test_throughput_figure(cluster_factory: Callable[..., Cluster]) -> None:
     """Committed entries/s, 3 nodes, fsync on, 100-byte entries, 1000 concurrent proposers
     in the leader's process. Printed, not asserted (timed assertions do not belong here)."""
     cluster = cluster_factory()
-    leader = cluster.leader()
-    leader.cmd("BENCH 2000 100 1000")  # warm up
-    reply = leader.cmd("BENCH 30000 100 1000")[0].split()
+    for _ in range(3):  # on a busy machine a burst can stall the leader into an election
+        leader = cluster.leader()
+        leader.cmd("BENCH 2000 100 1000")  # warm up
+        reply = leader.cmd("BENCH 30000 100 1000")[0].split()
+        if reply[1].isdigit():
+            break
+        print(f"\nthe benchmark lost its leader ({' '.join(reply)}); again")
     n, seconds = int(reply[1]), float(reply[2])
     fsyncs = leader.status()["fsyncs"]
     print(f"\nraft driver throughput: {n / seconds:,.0f} committed entries/s "

@@ -156,7 +156,8 @@ def test_a_wrong_cluster_secret_never_reaches_a_service() -> None:
 class Cluster:
     """Three RaftHosts on 127.0.0.1, each holding the same groups (all three voters)."""
 
-    def __init__(self, tmp: Path) -> None:
+    def __init__(self, tmp: Path, election_tick: int = 10) -> None:
+        self.election_tick = election_tick
         ports = {i: find_free_port() for i in (1, 2, 3)}
         self.book = {i: ("127.0.0.1", p) for i, p in ports.items()}
         self.tmp = tmp
@@ -167,7 +168,8 @@ class Cluster:
         for i in self.book:
             host = RaftHost(HostConfig(node_id=i, data_dir=self.tmp / f"n{i}",
                                        listen=self.book[i], peers=self.book, secret=SECRET,
-                                       tick_s=0.01, election_tick=10, heartbeat_tick=2))
+                                       tick_s=0.01, election_tick=self.election_tick,
+                                       heartbeat_tick=2))
             await host.start()
             self.hosts[i] = host
 
@@ -312,7 +314,9 @@ def test_everysec_is_for_single_member_groups_only(tmp_path: Path) -> None:
 
 def test_idle_groups_quiesce_and_wake_when_their_leaders_node_dies(tmp_path: Path) -> None:
     async def main() -> None:
-        cluster = Cluster(tmp_path)
+        # a long liveness timeout (0.6 s): a busy machine's loop lag must not look like a
+        # node going down and back, which wakes groups and would send messages
+        cluster = Cluster(tmp_path, election_tick=60)
         await cluster.start()
         try:
             for gid in range(1, 21):
@@ -378,6 +382,49 @@ def test_a_lagging_replica_gets_a_multi_chunk_snapshot_streamed(tmp_path: Path) 
             assert replica.status()["snapshots_received"] == 1
             assert group.status()["snapshots_streamed"] >= 1
             assert not list((tmp_path / f"n{lagging}").rglob("*incoming*"))
+        finally:
+            await cluster.stop()
+
+    run(main)
+
+
+def test_groups_quiesce_with_a_member_down_and_catch_it_up_when_it_returns(
+        tmp_path: Path) -> None:
+    """A leader quiesces without waiting for a member whose node is down (a quorum has the
+    log); when that node comes back, the leader wakes and catches its replica up."""
+    async def main() -> None:
+        cluster = Cluster(tmp_path)
+        await cluster.start()
+        try:
+            for gid in range(1, 6):
+                cluster.create(gid)
+            leaders = [await until(lambda g=gid: cluster.leader(g), f"a leader of {gid}")
+                       for gid in range(1, 6)]
+            # stop a node that leads none of the groups (transfer away from node 3 first)
+            for gid, leader in zip(range(1, 6), leaders, strict=True):
+                if leader.node_id == 3:
+                    await leader.groups[gid].transfer_leadership(1)
+            down = cluster.hosts[3]
+            await down.stop(transfer=False)
+            rest = [cluster.hosts[1], cluster.hosts[2]]
+            for gid in range(1, 6):
+                writer = await until(lambda g=gid: cluster.leader(g, rest), f"leader {gid}")
+                await writer.groups[gid].execute(b"while 3 is down", forward=True)
+            await until(lambda: all(h.status()["quiesced"] == 5 for h in rest),
+                        "every group quiesced with node 3 down")
+            host = RaftHost(HostConfig(node_id=3, data_dir=tmp_path / "n3",
+                                       listen=cluster.book[3], peers=cluster.book,
+                                       secret=SECRET, tick_s=0.01, election_tick=10,
+                                       heartbeat_tick=2))
+            await host.start()
+            cluster.hosts[3] = host
+            for gid in range(1, 6):
+                machine = cluster.machines[(3, gid)] = Counter()
+                host.create_group(gid, host.group_config(gid, founders=(1, 2, 3), seed=3),
+                                  machine.apply, machine.snapshot, machine.restore)
+            for gid in range(1, 6):
+                await until(lambda g=gid: b"while 3 is down" in cluster.machines[(3, g)].items,
+                            f"node 3 catching up group {gid}")
         finally:
             await cluster.stop()
 

@@ -103,6 +103,7 @@ class RaftHost:
         self._closed = False
         self._done: asyncio.Future[None] | None = None
         self._sent_since_beat: set[int] = set()
+        self._down: frozenset[int] = frozenset()  # peer nodes not heard from lately
         self.stats = {"passes": 0, "readies": 0, "fsync_batches": 0, "frames_sent": 0,
                       "messages_sent": 0, "beats_sent": 0, "unknown_group_messages": 0,
                       "woken_groups": 0}
@@ -203,6 +204,8 @@ class RaftHost:
             raise ValueError(f"group {group_id} already exists on node {self.node_id}")
         group = RaftGroup(self, group_id, config, apply, snapshot, restore)
         group.open()
+        assert group.node is not None
+        group.node.set_down_peers(self._down)
         self.groups[group_id] = group
         self.mark(group)
         return group
@@ -271,7 +274,7 @@ class RaftHost:
             self._tick_streams()
             if ticks % beat_every == 0:
                 self._beat()
-                self._wake_orphans()
+                self._check_liveness()
 
     def _tick_awake(self) -> None:
         """Tick the groups that may be awake; forget those found quiesced. A group can only
@@ -303,14 +306,17 @@ class RaftHost:
             self.transport.send(peer, SERVICE, 0, [])
             self.stats["beats_sent"] += 1
 
-    def _wake_orphans(self) -> None:
-        """Wake quiesced followers whose leader's node has gone quiet for an election
-        timeout, so they elect another leader. Only while some peer is quiet are the groups
-        looked at."""
+    def _check_liveness(self) -> None:
+        """Node liveness: a peer not heard from for an election timeout is down. Wake
+        quiesced followers whose leader's node is down, so they elect another leader; tell
+        the groups when the set of down nodes changes. Only while some peer is down are the
+        groups looked at."""
         cfg = self.config
         timeout = cfg.tick_s * cfg.election_tick
-        dead = {p for p in self.addresses
-                if p != self.node_id and not self.transport.heard_within(p, timeout)}
+        dead = frozenset(p for p in self.addresses
+                         if p != self.node_id and not self.transport.heard_within(p, timeout))
+        if dead != self._down:
+            self._liveness_changed(dead)
         if not dead:
             return
         for group in self.groups.values():
@@ -320,6 +326,21 @@ class RaftHost:
             if node.lead in dead:
                 node.wake()
                 self.stats["woken_groups"] += 1
+                self.mark(group)
+
+    def _liveness_changed(self, down: frozenset[int]) -> None:
+        """Tell every group which peer nodes are down (their leaders may then quiesce
+        without them), and wake the quiesced leaders of groups a returning node belongs to,
+        so they catch it up."""
+        back = self._down - down
+        self._down = down
+        for group in self.groups.values():
+            node = group.node
+            if node is None:
+                continue
+            node.set_down_peers(down)
+            if back and node.quiesced and node.role is Role.LEADER and back & node.voters:
+                node.wake()
                 self.mark(group)
 
     async def _everysec(self) -> None:

@@ -61,6 +61,7 @@ class LeaderRole:
     election_elapsed: int
     heartbeat_elapsed: int
     _quiesced: bool  # see Node.quiesced
+    down_peers: frozenset[int]  # see Node.set_down_peers
     # Leader-only state, reset on every role change (Node._reset):
     progress: dict[int, Progress]  # every voter and this node; invariant: match < next
     lead_transferee: int  # NONE unless a leadership transfer is under way
@@ -302,8 +303,9 @@ class LeaderRole:
         return False
 
     def _idle(self) -> bool:
-        """May this leader quiesce? Every voter holds the whole log, all of it is committed
-        and applied, and no read, transfer, configuration change or send is pending."""
+        """May this leader quiesce? Every voter holds the whole log (but those the caller
+        says are down), all of it is committed and applied (so a quorum holds it), and no
+        read, transfer, configuration change or send is pending."""
         log = self.log
         last = log.last_index()
         if (log.committed != last or log.applied != last or log.unstable.entries
@@ -313,8 +315,9 @@ class LeaderRole:
                 or self.read_tracker.has_pending() or self.heartbeat_pending
                 or self.bcast_pending):
             return False
-        progress = self.progress
-        return all(v in progress and progress[v].match == last for v in self.membership.voters)
+        progress, down = self.progress, self.down_peers
+        return all(v in progress and (progress[v].match == last or v in down)
+                   for v in self.membership.voters)
 
     def _quorum_active(self) -> bool:
         """Check quorum: did a quorum of voters talk to us since the last check? Resets."""

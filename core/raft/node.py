@@ -144,6 +144,7 @@ class Node(LeaderRole):
         self.randomized_election_timeout = config.election_tick
         self._outstanding: Ready | None = None
         self._quiesced = False
+        self.down_peers: frozenset[int] = frozenset()  # the caller's node liveness
         self._reset(self.term)
         if last == 0 and snapshot.index == 0 and hard_state == HardState() and config.peers:
             self._bootstrap(config.peers)
@@ -253,6 +254,14 @@ class Node(LeaderRole):
             self._step_follower(m)
         else:
             self._step_candidate(m)
+
+    def set_down_peers(self, peers: frozenset[int]) -> None:
+        """The caller's node liveness: the nodes it believes down. A leader may quiesce
+        without waiting for them to catch up (as long as a quorum holds the whole log), so
+        a group with a dead member still goes idle; the caller wakes the leader when one of
+        them comes back (`wake`), and the leader then catches it up. Liveness only: safety
+        never depends on it."""
+        self.down_peers = frozenset(peers)
 
     def wake(self) -> None:
         """Leave quiescence (a no-op if not quiesced). The caller calls it on a quiesced

@@ -32,4 +32,5 @@ DRILLS: dict[str, Drill] = {
     "raft": lazy("tests.faults.raft_register"),
     "idgen": lazy("tests.faults.idgen_drill"),
     "kvcache": lazy("tests.faults.kvcache_drill"),
+    "scheduler": lazy("tests.faults.scheduler_drill"),
 }

@@ -105,6 +105,10 @@ class EngineMachine(RuleBasedStateMachine):
     def compact(self) -> None:
         self.engine.compact()
 
+    @rule(ratio=st.sampled_from([0.2, 0.5, 0.9]))
+    def compact_the_deadest(self, ratio: float) -> None:
+        self.engine.compact(ratio)
+
     @rule()
     def dump_and_load(self) -> None:
         pieces = list(self.engine.dump())
@@ -174,6 +178,34 @@ def test_compaction_reclaims_overwritten_and_deleted_space(tmp_path: Path) -> No
     assert reopened.scan() == model_scan(model, b"", None, None)
     assert reopened.stats["dead_bytes"] == after["dead_bytes"]
     reopened.close()
+
+
+def test_a_tombstone_outlives_the_put_it_hides(tmp_path: Path) -> None:
+    engine = Engine.open(tmp_path, fsync="no", max_segment_bytes=1_000_000,
+                         background_compaction=False)
+    engine.write([(b"victim", b"old value", 0)] + [(b"live%d" % i, b"x" * 50, 0)
+                                                   for i in range(20)])
+    engine.seal_active()  # segment A: mostly live, holds the victim's put
+    engine.write([(b"victim", None, 0)])
+    for i in range(20):
+        engine.write([(b"churn", b"y" * 50 + b"%d" % i, 0)])
+    engine.compact(0.6)  # segment B only: mostly dead, holds the tombstone
+    assert engine.stats["compactions"] == 1
+    engine.close()
+    reopened = Engine.open(tmp_path, background_compaction=False)
+    assert reopened.get(b"victim") is None
+    reopened.compact()  # now A and B's output go together: the tombstone may go
+    assert reopened.get(b"victim") is None
+    reopened.close()
+    assert contents_of(tmp_path).get(b"victim") is None
+
+
+def contents_of(directory: Path) -> dict[bytes, bytes]:
+    engine = Engine.open(directory, background_compaction=False)
+    try:
+        return {k: v for k, v, _ in engine.scan()}
+    finally:
+        engine.close()
 
 
 def test_background_compaction_races_writes_and_the_writes_win(tmp_path: Path) -> None:

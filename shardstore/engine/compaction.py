@@ -89,11 +89,14 @@ class Background:
 # -- entry points ------------------------------------------------------------------------------
 
 
-def compact_all(engine: EngineHost) -> None:
-    """Seal the active segment and compact every sealed segment with dead bytes (or small)."""
+def compact_all(engine: EngineHost, dead_ratio: float | None = None) -> None:
+    """Seal the active segment and compact every sealed segment with dead bytes (or small),
+    or, given `dead_ratio`, only those whose dead share reaches it (as the thread does)."""
     engine.seal_active()
     with engine.compaction_mutex:
-        for group in _groups(engine, _all_candidates(engine)):
+        candidates = (_all_candidates(engine) if dead_ratio is None
+                      else _background_candidates(engine, dead_ratio))
+        for group in _groups(engine, candidates):
             _compact_group(engine, group, None)
 
 
@@ -159,8 +162,9 @@ def _dead_ratio(seg: Segment) -> float:
     return seg.dead_bytes / seg.size if seg.size else 0.0
 
 
-def _background_candidates(engine: EngineHost) -> list[Segment]:
-    return [s for s in _sealed(engine) if _dead_ratio(s) >= engine.compact_dead_ratio]
+def _background_candidates(engine: EngineHost, ratio: float | None = None) -> list[Segment]:
+    threshold = engine.compact_dead_ratio if ratio is None else ratio
+    return [s for s in _sealed(engine) if _dead_ratio(s) >= threshold]
 
 
 def _worth_it(engine: EngineHost) -> bool:

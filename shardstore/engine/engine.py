@@ -332,11 +332,12 @@ class Engine:
 
     # -- compaction, snapshots, stats ----------------------------------------------------------
 
-    def compact(self) -> None:
+    def compact(self, dead_ratio: float | None = None) -> None:
         """Compact now, in this thread: seal the active segment, then rewrite every sealed
-        segment that has dead bytes (or is small) into as few new ones as fit. Reads and
-        writes from other threads go on meanwhile."""
-        compact_all(self)
+        segment that has dead bytes (or is small) into as few new ones as fit; with
+        `dead_ratio`, only the segments whose dead share reaches it (what the background
+        thread picks). Reads and writes from other threads go on meanwhile."""
+        compact_all(self, dead_ratio)
 
     def _maybe_compact_in_background(self) -> None:
         if not self.background_compaction:

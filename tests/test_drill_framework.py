@@ -203,3 +203,22 @@ def test_a_preferred_node_is_hit_more_often() -> None:
     hits = [call[1] for call in harness.calls if call[0] in ("kill", "isolate")]
     assert len(hits) == 100
     assert hits.count("n3") >= 40, hits  # about 60 expected; 20 with no preference
+
+
+def test_several_faults_at_once_one_per_family() -> None:
+    nem, harness = nemesis(17)
+    nem.max_faults = 3
+    most = 0
+    for _ in range(300):
+        nem.step()
+        held = [fault.kind for fault in nem._held]
+        most = max(most, len(held))
+        families = [k in ("kill", "pause") and "process" or k == "clock" and "clock" or "network"
+                    for k in held]
+        assert len(families) == len(set(families)), held
+    assert most == 3
+    assert nem.faults > 150
+    nem.heal_all()
+    assert nem._held == [] and harness.calls[-1][0] == "clock.set"
+    with pytest.raises(ValueError, match="one kind"):
+        nemesis(1, kinds=())

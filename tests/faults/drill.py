@@ -1,8 +1,11 @@
 """The drill framework: a nemesis that injects seeded faults, and the report every drill returns.
 
-Strategy, after Jepsen's nemesis: one `Nemesis` per drill holds at most one fault at a time.
-Each `step()` either injects the next fault (when none is held) or ends the held one, so the
-time between two steps is how long a fault is held and how long the system runs healed. What
+Strategy, after Jepsen's nemesis: one `Nemesis` per drill holds at most `max_faults` faults
+at a time (one by default), at most one of each family (network, process, clock: one
+network heal lifts every cut). Each `step()` either injects the next fault or ends the
+oldest held one (always when the limit is reached or no family is free, else with
+HEAL_PROBABILITY), so the time between two steps is how long faults are held and how long
+the system runs healed. What
 to break is drawn from a seeded `random.Random`, so a seed names the same sequence of faults
 (their timing, and hence the interleaving with clients, stays the machine's). Every fault and
 every heal is logged and, with a recorder, written into the history under process
@@ -47,12 +50,14 @@ FAULT_F = "fault"
 HEAL_F = "heal"
 LOSS_RANGE = (0.2, 0.6)  # the probability of a random-loss fault is drawn from this range
 CLOCK_JUMP_RANGE_S = (5.0, 300.0)  # a clock fault steps the wall clock by this much, +/-
+HEAL_PROBABILITY = 0.5  # with faults held but room for more, a step heals this often
 PREFER_PROBABILITY = 0.5  # how often a fault aims at the preferred node, when there is one
 DEFAULT_PAUSE_S = (1.0, 3.0)  # seconds between two nemesis steps, drawn uniformly
 HISTORY_FILE = "history.jsonl"
 REPORT_FILE = "report.txt"
 
 ERR_NO_NODES = "a nemesis needs at least one node"
+ERR_NO_KINDS = "a nemesis needs at least one kind of fault"
 ERR_UNKNOWN_KIND = "unknown fault kind {kind!r}; kinds are {kinds}"
 
 
@@ -128,7 +133,8 @@ class Nemesis:
 
     `kinds`: the faults to draw from (ALL_KINDS by default); `recorder`: where faults and
     heals are written as process NEMESIS_PROCESS; `restart(node)`: how a killed node comes
-    back (node.restart() by default); `prefer()`: a node to aim at (the current leader,
+    back (node.restart() by default); `max_faults`: how many may be held at once (see the
+    module header); `prefer()`: a node to aim at (the current leader,
     say; None when unknown), hit by a fault's first target with probability
     PREFER_PROBABILITY. `faults` counts the faults injected so far; `events` lists every
     injection and heal as text, in order.
@@ -137,9 +143,9 @@ class Nemesis:
     def __init__(self, harness: Harness, rng: random.Random, nodes: list[Node],
                  kinds: Sequence[str] = ALL_KINDS, recorder: Recorder | None = None,
                  restart: Callable[[Node], object] | None = None,
-                 prefer: Callable[[], Node | None] | None = None) -> None:
-        if not nodes:
-            raise ValueError(ERR_NO_NODES)
+                 prefer: Callable[[], Node | None] | None = None, max_faults: int = 1) -> None:
+        if not nodes or not kinds:
+            raise ValueError(ERR_NO_NODES if not nodes else ERR_NO_KINDS)
         for kind in kinds:
             if kind not in ALL_KINDS:
                 raise ValueError(ERR_UNKNOWN_KIND.format(kind=kind, kinds=ALL_KINDS))
@@ -151,24 +157,27 @@ class Nemesis:
         self.recorder = recorder
         self.restart = restart
         self.prefer = prefer
+        self.max_faults = max_faults
         self.faults = 0
         self.events: list[str] = []
-        self._held: _Fault | None = None
+        self._held: list[_Fault] = []  # oldest first
         self._aimed: str | None = None  # the preferred host the fault being made aims at
         self._lock = threading.Lock()
 
     # -- the loop ------------------------------------------------------------------------------
 
     def step(self) -> str:
-        """Inject the next fault when none is held, else heal the held one; what was done."""
+        """Inject the next fault or heal the oldest held one; what was done (module header)."""
         with self._lock:
-            if self._held is not None:
-                return self._heal_held()
+            kinds = self._free_kinds()
+            if self._held and (len(self._held) >= self.max_faults or not kinds
+                               or self.rng.random() < HEAL_PROBABILITY):
+                return self._heal_oldest()
             self._aimed = None
-            fault = self._inject(self.rng.choice(self.kinds))
+            fault = self._inject(self.rng.choice(kinds))
             if self._aimed is not None:
                 fault.description += f" (aimed at {self._aimed})"
-            self._held = fault
+            self._held.append(fault)
             self.faults += 1
             self._note(FAULT_F, fault.kind, fault.description)
             return f"{FAULT_F} {fault.description}"
@@ -190,12 +199,11 @@ class Nemesis:
     def heal_all(self) -> None:
         """End every fault: the held one, the network, paused, killed and clock-shifted nodes."""
         with self._lock:
-            if self._held is not None:
+            while self._held:
                 try:
-                    self._heal_held()
+                    self._heal_oldest()
                 except Exception:  # noqa: BLE001 - the sweep below still runs
-                    log.exception("healing %s failed", self._held.description)
-                    self._held = None
+                    log.exception("healing %s failed", self._held.pop(0).description)
             self.harness.heal()
             for node in self.nodes:
                 if not node.alive():
@@ -206,11 +214,17 @@ class Nemesis:
                 for host in self.hosts:
                     self.harness.clock(host).set(0.0)
 
-    def _heal_held(self) -> str:
-        assert self._held is not None
-        fault = self._held
+    def _free_kinds(self) -> tuple[str, ...]:
+        """The kinds that may be injected now: none of a family already held."""
+        held = {fault.kind for fault in self._held}
+        busy = {family for family in (NETWORK_KINDS, PROCESS_KINDS, ("clock",))
+                if held & set(family)}
+        return tuple(k for k in self.kinds if not any(k in family for family in busy))
+
+    def _heal_oldest(self) -> str:
+        fault = self._held[0]
         fault.undo()
-        self._held = None
+        self._held.pop(0)
         self._note(HEAL_F, fault.kind, fault.description)
         return f"{HEAL_F} {fault.description}"
 

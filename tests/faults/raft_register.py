@@ -7,9 +7,9 @@ keeps talking to a leader that the nemesis has cut off from its peers. One clien
 over read (GET, through the read barrier), write (PUT, forwarded to the leader) and
 compare-and-set (CAS) on a few keys against a node drawn at random, every written value
 unique. The nemesis isolates, splits, bridges, cuts one way, drops at random, kills and
-pauses nodes meanwhile, half of the time aiming at the node that leads. Then everything is
-healed, the cluster settles, every key is read once more, and each key's history must be
-linearizable against a register.
+pauses nodes meanwhile (a partition and a process fault may overlap), half of the time
+aiming at the node that leads. Then everything is healed, the cluster settles, every key
+is read once more, and each key's history must be linearizable against a register.
 
 What an outcome means for the history:
 - a connection refused or not made: nothing was sent, so the operation failed;
@@ -52,6 +52,7 @@ OP_TIMEOUT_S = 2.0  # a client gives up (info) after this long
 LEADER_QUERY_TIMEOUT_S = 0.5  # the nemesis asks each node this long who leads
 THINK_S = (0.0, 0.02)  # a client waits this long between operations
 NEMESIS_PAUSE_S = (1.0, 3.0)
+MAX_FAULTS = 2  # a partition and a kill or pause may overlap
 SETTLE_TIMEOUT_S = 60.0  # after healing, how long the cluster has to serve again
 CHECK_TIME_LIMIT_S = 20.0  # the linearizability search gives "unknown" after this long
 CLUSTER_SECRET = "drill-secret"  # node-to-node traffic beyond loopback needs one
@@ -98,7 +99,7 @@ def drill(seed: int, duration_s: float, workdir: Path) -> DrillReport:
         _settle(cluster)
         nemesis = Nemesis(harness, random.Random(rng.random()), cluster.nodes,
                           kinds=(*NETWORK_KINDS, *PROCESS_KINDS), recorder=recorder,
-                          prefer=cluster.leader)
+                          prefer=cluster.leader, max_faults=MAX_FAULTS)
         clients = [_Client(cluster, recorder, process, random.Random(rng.random()))
                    for process in range(len(harness.hosts))]
         _under_faults(harness, clients, nemesis, duration_s)

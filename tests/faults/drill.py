@@ -5,13 +5,14 @@ at a time (one by default), at most one of each family (network, process, clock:
 network heal lifts every cut). Each `step()` either injects the next fault or ends the
 oldest held one (always when the limit is reached or no family is free, else with
 HEAL_PROBABILITY), so the time between two steps is how long faults are held and how long
-the system runs healed. What
-to break is drawn from a seeded `random.Random`, so a seed names the same sequence of faults
-(their timing, and hence the interleaving with clients, stays the machine's). Every fault and
-every heal is logged and, with a recorder, written into the history under process
-`NEMESIS_PROCESS` (f `FAULT_F` or `HEAL_F`, key the kind, value a description), so a report
-shows them in time order between the clients' operations; checkers that take every
-operation of a history (check_linearizable) must be given the clients' fs.
+the system runs healed. What to break is drawn from a seeded `random.Random`, so a seed
+names the same sequence of faults (their timing, and hence the interleaving with clients,
+stays the machine's); `prefer()` (the current leader, say) makes half of the faults aim at
+one node. Every fault and every heal is logged and, with a recorder, written into the
+history under process `NEMESIS_PROCESS` (f `FAULT_F` or `HEAL_F`, key the kind, value a
+description), so a report shows them in time order between the clients' operations;
+checkers that take every operation of a history (check_linearizable) must be given the
+clients' fs.
 
 A drill is a function `drill(seed, duration_s, workdir) -> DrillReport` registered in
 tests/faults/drills.py: it starts its daemon's nodes in harness hosts, runs clients that
@@ -129,15 +130,15 @@ class _Fault:
 
 
 class Nemesis:
-    """Injects seeded faults on `nodes` through `harness`, one at a time (module header).
+    """Injects seeded faults on `nodes` through `harness`, a few at a time (module header).
 
     `kinds`: the faults to draw from (ALL_KINDS by default); `recorder`: where faults and
     heals are written as process NEMESIS_PROCESS; `restart(node)`: how a killed node comes
     back (node.restart() by default); `max_faults`: how many may be held at once (see the
-    module header); `prefer()`: a node to aim at (the current leader,
-    say; None when unknown), hit by a fault's first target with probability
-    PREFER_PROBABILITY. `faults` counts the faults injected so far; `events` lists every
-    injection and heal as text, in order.
+    module header); `prefer()`: a node to aim at (the current leader, say; None when
+    unknown), made a fault's first target with probability PREFER_PROBABILITY. `faults`
+    counts the faults injected so far; `events` lists every injection and heal as text, in
+    order.
     """
 
     def __init__(self, harness: Harness, rng: random.Random, nodes: list[Node],

@@ -34,7 +34,7 @@ from shardstore import cmd_keys as k
 from shardstore import cmd_strings as s
 from shardstore.kvview import KV, DictKV, View, walk_keys
 from shardstore.scan_cursor import ScanCursors
-from shardstore.values import ERR_ARITY, ERR_UNKNOWN_COMMAND
+from shardstore.values import ERR_ARITY, ERR_NOT_A_READ, ERR_NOT_A_WRITE, ERR_UNKNOWN_COMMAND
 
 __all__ = [
     "COMMANDS", "KV", "SPECS", "SWEEP_COMMAND", "CommandSpec", "DictKV", "ScanCursors",
@@ -191,7 +191,7 @@ def execute_read(kv: KV, now_ms: int, args: list[bytes], *,
     try:
         spec = _resolve(args)
         if spec.is_write:
-            raise CommandError(f"ERR '{spec.name}' is a write command")
+            raise CommandError(ERR_NOT_A_READ.format(spec.name))
         if spec.name == "scan":
             return k.scan(view, args, cursors)
         return spec.fn(view, args)
@@ -218,7 +218,7 @@ def _run_write(view: View, args: list[bytes]) -> object:
         return _apply_sweep(view, args[1:])
     spec = _resolve(args)
     if not spec.is_write:
-        raise CommandError(f"ERR '{spec.name}' is not a write command")
+        raise CommandError(ERR_NOT_A_WRITE.format(spec.name))
     return spec.fn(view, args)
 
 

@@ -49,6 +49,9 @@ ERR_UNKNOWN_COMMAND = "ERR unknown command '{}', with args beginning with: {}"
 ERR_UNSUPPORTED_OPTION = "ERR Unsupported option {}"
 ERR_EXPIRE_NX = "ERR NX and XX, GT or LT options at the same time are not compatible"
 ERR_EXPIRE_GT_LT = "ERR GT and LT options at the same time are not compatible"
+# Misuse by the daemon (a write run as a read, or the reverse), never a client's doing.
+ERR_NOT_A_READ = "ERR '{}' is a write command"
+ERR_NOT_A_WRITE = "ERR '{}' is not a write command"
 
 
 @dataclass(frozen=True)

@@ -238,8 +238,7 @@ class ShardNode:
 
         def load(pieces: Any, index: int) -> Any:
             machine.engine.close()
-            loaded = engine_class.load(directory, pieces, index)
-            return loaded if loaded is not None else engine_class.open(directory, fsync=fsync)
+            return engine_class.load(directory, pieces, index, fsync=fsync)
 
         machine = ShardMachine(engine, self.layer, load)
         config = self.host.group_config(shard.group, founders=tuple(shard.members),

@@ -27,7 +27,8 @@ class DictEngine:
         return cls(_STORES.setdefault(directory, {"data": {}, "applied": 0}))
 
     @classmethod
-    def load(cls, directory: Path, pieces: Iterable[bytes], applied_index: int) -> DictEngine:
+    def load(cls, directory: Path, pieces: Iterable[bytes], applied_index: int,
+             **options: Any) -> DictEngine:
         data = {}
         for piece in pieces:
             key_len = int.from_bytes(piece[:4], "big")

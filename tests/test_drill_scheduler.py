@@ -20,7 +20,8 @@ import pytest
 from tests.faults import scheduler_checks as checks
 from tests.faults.history import OK, Operation
 from tests.faults.hosts import skip_unless_available
-from tests.faults.scheduler_drill import Round, command, run_round
+from tests.faults.scheduler_cluster import command
+from tests.faults.scheduler_drill import Round, run_round
 
 SEED = 11
 DURATION_S = 0.0  # the scripted faults only: no random phase in the short round

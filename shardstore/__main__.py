@@ -22,8 +22,8 @@ from core import cluster_options, daemon
 
 log = logging.getLogger("shardstore")
 
-DEFAULT_PORT = 7400
-DEFAULT_PEER_PORT = 7500
+DEFAULT_PORT = 7600
+DEFAULT_PEER_PORT = 7700
 DEFAULT_SHARDS = 3
 DEFAULT_REPLICAS = 3
 ERR_REPLICAS = "--replicas must be 1..{} (the number of --peers)"

@@ -47,7 +47,7 @@ def test_launcher_starts_the_cluster_and_stops_it_on_ctrl_c(tmp_path: Path) -> N
     try:
         assert ready.wait(60), "".join(lines)
         output = "".join(lines)
-        assert output.count(" up") == 11, output
+        assert output.count(" up") == 14, output
         assert "redis-cli -p 7101 NEXT" in output
         assert "(node 1, peers check it on 127.0.0.1:7201)" in output
         ids = [redis.Redis(port=port).execute_command("NEXT") for port in (7101, 7102, 7103)]
@@ -72,7 +72,7 @@ def test_launcher_starts_the_cluster_and_stops_it_on_ctrl_c(tmp_path: Path) -> N
         reader.join(timeout=5)
     output = "".join(lines)
     assert code == 0, output
-    assert output.count("exited with 0") == 11, output
+    assert output.count("exited with 0") == 14, output
     assert (tmp_path / "var" / "idgen-1" / "idgen.json").exists()
 
 
@@ -87,7 +87,7 @@ def test_discovery_finds_every_declaration_in_name_order() -> None:
     assert {"idgen", "kvcache", "scheduler"} <= set(found)
     processes = [p for c in launcher.local_clusters(Path("var")) for p in c.processes]
     names = [p.name for p in processes]
-    assert len(names) == len(set(names)) == 11
+    assert len(names) == len(set(names)) == 14
     ports = [(p.host, p.port) for p in processes if p.port]
     assert len(ports) == len(set(ports))
 

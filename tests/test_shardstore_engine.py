@@ -10,6 +10,7 @@ import shutil
 import tempfile
 import threading
 import tracemalloc
+from collections.abc import Callable
 from pathlib import Path
 
 import hypothesis.strategies as st
@@ -18,7 +19,7 @@ from hypothesis import HealthCheck, settings
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from core.storage import DataDirLock
-from shardstore.engine import CorruptStore, Engine, EngineError, StorageFailed
+from shardstore.engine import CorruptStore, Engine, EngineError, OsFiles, StorageFailed
 from shardstore.engine.powercut import PowerCutFiles
 
 SMALL_SEGMENT_BYTES = 600
@@ -206,6 +207,59 @@ def contents_of(directory: Path) -> dict[bytes, bytes]:
         return {k: v for k, v, _ in engine.scan()}
     finally:
         engine.close()
+
+
+class HookedFiles(OsFiles):
+    """The real file layer, running `hook` once just before the first rename (the moment a
+    compaction has copied everything and is about to commit its output)."""
+
+    def __init__(self) -> None:
+        self.hook: Callable[[], None] | None = None
+
+    def rename(self, src: Path, dst: Path) -> None:
+        hook, self.hook = self.hook, None
+        if hook is not None:
+            hook()
+        super().rename(src, dst)
+
+
+def test_a_write_racing_a_compaction_wins(tmp_path: Path) -> None:
+    layer = HookedFiles()
+    engine = Engine.open(tmp_path, file_layer=layer, max_segment_bytes=256,
+                         background_compaction=False)
+    for i in range(30):
+        engine.write([(b"a", b"old-a-%d" % i, 0), (b"b", b"old-b", 0), (b"c", b"old-c", 0)])
+
+    def race() -> None:
+        engine.write([(b"a", b"new-a", 7), (b"b", None, 0)])
+
+    layer.hook = race
+    engine.compact()
+    assert engine.stats["compactions"] >= 1
+    assert layer.hook is None
+    expected = [(b"a", b"new-a", 7), (b"c", b"old-c", 0)]
+    assert engine.scan() == expected
+    engine.close()
+    reopened = Engine.open(tmp_path, background_compaction=False)
+    assert reopened.scan() == expected
+    reopened.compact()
+    assert reopened.scan() == expected
+    reopened.close()
+
+
+def test_an_fsync_error_during_compaction_is_fatal(tmp_path: Path) -> None:
+    layer = PowerCutFiles()
+    engine = Engine.open(tmp_path, fsync="no", file_layer=layer, max_segment_bytes=256,
+                         background_compaction=False)
+    for i in range(30):
+        engine.write([(b"k", b"v%d" % i, 0)])
+    layer.fail_fsync = True
+    with pytest.raises(StorageFailed):
+        engine.compact()
+    with pytest.raises(StorageFailed):
+        engine.write([(b"k", b"after", 0)])
+    assert engine.get(b"k") == (b"v29", 0)
+    engine.close()
 
 
 def test_background_compaction_races_writes_and_the_writes_win(tmp_path: Path) -> None:

@@ -58,6 +58,7 @@ DEFAULT_MAX_SEGMENT_BYTES = 64 * 1024 * 1024
 DEFAULT_COMPACT_DEAD_RATIO = 0.5
 DEFAULT_COMPACT_MIN_DEAD_BYTES = 4 * 1024 * 1024
 NO_EXPIRY = 0
+COMPACT_CHECK_EVERY = 64  # writes between two looks at the dead bytes (a sum over segments)
 
 Batch = Sequence[tuple[bytes, bytes | None, int]]
 T = TypeVar("T")
@@ -95,6 +96,7 @@ class Engine:
         self.next_segment_id = 1
         self._applied_index = 0
         self._dirty = False
+        self._writes_unchecked = 0
         self._failure: StorageFailed | None = None
         self._closed = False
         self.counters = {"compactions": 0, "fsyncs": 0}
@@ -340,8 +342,11 @@ class Engine:
         compact_all(self, dead_ratio)
 
     def _maybe_compact_in_background(self) -> None:
-        if not self.background_compaction:
+        """Every COMPACT_CHECK_EVERY writes, start the thread if enough is dead."""
+        self._writes_unchecked += 1
+        if not self.background_compaction or self._writes_unchecked < COMPACT_CHECK_EVERY:
             return
+        self._writes_unchecked = 0
         maybe_start_background(self)
 
     def dump(self) -> Iterator[bytes]:

@@ -6,10 +6,18 @@ finds those modules in the project root in name order, so a new daemon joins `ma
 adding its declaration. The launcher starts every process (each its own, output to
 var/<name>.log), waits for each one's address, prints the endpoints and the commands to try,
 and on Ctrl-C (or SIGTERM) stops them all with SIGTERM, waiting for each to exit cleanly.
+
+Each process runs in its own process group, so the terminal's Ctrl-C reaches the launcher
+alone and every daemon gets exactly one signal, the launcher's SIGTERM (a daemon signalled
+twice may take the second while it is already stopping, after its handler is gone, and die
+of it). The process dies with the launcher (PR_SET_PDEATHSIG where Linux offers it), so a
+killed launcher leaves no daemon behind. The status lines are aligned columns computed from
+the declarations before the first process starts; a process without a port shows `-`.
 """
 
 from __future__ import annotations
 
+import ctypes
 import importlib
 import os
 import signal
@@ -34,6 +42,8 @@ POLL_S = 0.1
 WATCH_S = 0.5
 FOOTER = "Logs are in var/*.log. Ctrl-C stops everything."
 ERR_NO_DECLARATION = "{} defines no {}(var) function"
+NO_PORT = "-"  # the address column of a process that listens on nothing
+PR_SET_PDEATHSIG = 1  # prctl(2): the signal a child gets when its parent dies
 
 
 @dataclass
@@ -86,25 +96,62 @@ def _is_up(node: Running) -> bool:
     return node.process.poll() is None
 
 
+def _die_with_parent() -> None:
+    """In the child before exec: SIGTERM when the launcher dies (a no-op off Linux)."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):
+        pass
+
+
+def address(spec: Process) -> str:
+    """The address column: `host:port`, or NO_PORT for a process without a port."""
+    return f"{spec.host}:{spec.port}" if spec.port else NO_PORT
+
+
+def status_line(index: int, specs: list[Process], state: str) -> str:
+    """`[ i/n] name  address  state  note`, every column as wide as its widest value."""
+    spec = specs[index - 1]
+    count = str(len(specs))
+    name_width = max(len(s.name) for s in specs)
+    address_width = max(len(address(s)) for s in specs)
+    note = f"  {spec.note}" if spec.note else ""
+    return (f"[{index:>{len(count)}}/{count}] {spec.name:<{name_width}}  "
+            f"{address(spec):<{address_width}}  {state}{note}")
+
+
 def start(nodes: list[Running]) -> None:
-    """Start every process, then report each one as up or failed, in order."""
+    """Start every process (each in its own process group), then report each one as up or
+    failed, in order."""
     VAR.mkdir(exist_ok=True)
     for node in nodes:
         log_file = open(VAR / f"{node.spec.name}.log", "ab")  # noqa: SIM115 - lives with the child
-        node.process = subprocess.Popen(node.spec.argv, stdout=log_file, stderr=log_file)
+        node.process = subprocess.Popen(node.spec.argv, stdout=log_file, stderr=log_file,
+                                        process_group=0, preexec_fn=_die_with_parent)
+    specs = [node.spec for node in nodes]
     for index, node in enumerate(nodes, start=1):
-        spec = node.spec
-        state = "up" if _is_up(node) else f"FAILED (see {VAR / (spec.name + '.log')})"
-        note = f"  {spec.note}" if spec.note else ""
-        print(f"[{index}/{len(nodes)}] {spec.name:10} {spec.host}:{spec.port} {state}{note}",
-              flush=True)
+        log = VAR / f"{node.spec.name}.log"
+        state = "up" if _is_up(node) else f"FAILED (see {log})"
+        print(status_line(index, specs, state), flush=True)
+
+
+def exit_text(code: int) -> str:
+    """How a process ended: `exited with N`, or the signal that killed it."""
+    if code < 0:
+        return f"killed by {signal.Signals(-code).name}"
+    return f"exited with {code}"
 
 
 def stop(nodes: list[Running]) -> None:
-    """SIGTERM to everything still running, then wait for each (SIGKILL after a while)."""
+    """SIGTERM, once, to everything still running, then wait for each (SIGKILL after
+    STOP_TIMEOUT_S); one aligned line per process says how it ended. Ctrl-C is ignored
+    meanwhile: the stop is already under way."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     for node in nodes:
         if node.process and node.process.poll() is None:
             node.process.send_signal(signal.SIGTERM)
+    width = max((len(node.spec.name) for node in nodes), default=0)
     for node in nodes:
         if node.process:
             try:
@@ -112,7 +159,7 @@ def stop(nodes: list[Running]) -> None:
             except subprocess.TimeoutExpired:
                 node.process.kill()
                 code = node.process.wait()
-            print(f"{node.spec.name} exited with {code}")
+            print(f"{node.spec.name:<{width}}  {exit_text(code)}", flush=True)
 
 
 def try_text(clusters: list[LocalCluster]) -> str:
@@ -121,13 +168,19 @@ def try_text(clusters: list[LocalCluster]) -> str:
     return "\nTry:\n" + "\n\n".join(blocks) + f"\n\n{FOOTER}\n"
 
 
+def _interrupt(*_: object) -> None:
+    raise KeyboardInterrupt
+
+
 def main(root: Path = ROOT) -> int:
     """Run the local cluster of every declaration under `root` until Ctrl-C or SIGTERM (0)
-    or until a process exits by itself (1)."""
+    or until a process exits by itself (1). The signal handlers are restored on return."""
     clusters = local_clusters(VAR, root)
     nodes = [Running(spec) for cluster in clusters for spec in cluster.processes]
     print(f"starting {len(nodes)} daemons, data under {VAR.resolve()}", flush=True)
-    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    previous = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
+    signal.signal(signal.SIGINT, _interrupt)
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         start(nodes)
         print(try_text(clusters), flush=True)
@@ -140,6 +193,8 @@ def main(root: Path = ROOT) -> int:
         return_code = 0
     finally:
         stop(nodes)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
     return return_code
 
 

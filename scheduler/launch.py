@@ -37,5 +37,6 @@ def local_cluster(var: Path) -> LocalCluster:
     servers = ",".join(f"{LOOPBACK}:{CLIENT_PORT_BASE + i}" for i in NODE_IDS)
     worker = [sys.executable, "-m", "scheduler", "worker", "--scheduler", servers]
     processes = [_node(var, node_id) for node_id in NODE_IDS]
-    processes.append(Process("sched-worker", worker, LOOPBACK, 0))
+    note = "(a shell worker: no port, it polls the three nodes)"
+    processes.append(Process("sched-worker", worker, LOOPBACK, 0, note))
     return LocalCluster(processes, TRY)

@@ -16,7 +16,8 @@ core answers for every daemon: COMMON_NAMES) gets a handler here by its key spec
 
 While a shard has no leader the service answers `-TRYAGAIN ...`. The CLUSTER container
 (SLOTS SHARDS NODES INFO MYID KEYSLOT COUNTKEYSINSLOT GETKEYSINSLOT) and ASKING, READONLY,
-READWRITE answer as Redis does (replies built in shardstore/cluster.py).
+READWRITE answer as Redis does (replies built in shardstore/cluster.py); WAIT answers at
+once from the commit state of the shards this node leads.
 """
 
 from __future__ import annotations
@@ -41,6 +42,9 @@ ERR_CLUSTERDOWN = "CLUSTERDOWN Hash slot not served"
 ERR_INVALID_SLOT = "ERR Invalid or out of range slot"
 ERR_INVALID_KEYS = "ERR Invalid number of keys"
 ERR_KEYS = "ERR wrong number of arguments for '{}' command"
+ERR_NOT_INTEGER = "ERR value is not an integer or out of range"
+ERR_TIMEOUT_NEGATIVE = "ERR timeout is negative"
+ERR_OPENING = "TRYAGAIN shard {} is opening on this node"
 # Answered by core for every RESP daemon (core.resp_commands): not rebound here.
 COMMON_NAMES = frozenset({"PING", "ECHO", "HELLO", "AUTH", "QUIT", "INFO", "COMMAND",
                           "CLIENT", "CONFIG", "SELECT"})
@@ -66,6 +70,8 @@ class NodeView(Protocol):
     def view(self) -> ClusterView: ...
 
     def led_shards(self) -> list[Shard]: ...
+
+    def replicas_in_sync(self) -> int: ...
 
 
 def _readonly(session: Session) -> bool:
@@ -120,6 +126,8 @@ class ClientCommands:
             raise CommandError(ERR_CLUSTERDOWN)
         if shard.shard_id in self.node.machines:
             return shard
+        if self.node.me in shard.members:
+            raise CommandError(ERR_OPENING.format(shard.shard_id))
         view = self.node.view()
         members = view.ordered_members(shard)
         if not members:
@@ -198,6 +206,8 @@ class ClientCommands:
             Command("ASKING", lambda s, a: OK, 1, fast),
             Command("READONLY", self.cmd_readonly, 1, fast),
             Command("READWRITE", self.cmd_readwrite, 1, fast),
+            Command("WAIT", self.cmd_wait, 3, frozenset({"noscript"}),
+                    tips=("request_policy:all_shards", "response_policy:agg_min")),
         ]
 
     def cmd_readonly(self, session: Session, args: list[bytes]) -> Any:
@@ -207,6 +217,14 @@ class ClientCommands:
     def cmd_readwrite(self, session: Session, args: list[bytes]) -> Any:
         setattr(session, READONLY_ATTR, False)
         return OK
+
+    def cmd_wait(self, session: Session, args: list[bytes]) -> Any:
+        """WAIT numreplicas timeout: answered at once from the commit state (a write is
+        acknowledged once committed, so it never needs to wait for more)."""
+        parse_int(args[1], ERR_NOT_INTEGER)
+        if parse_int(args[2], ERR_NOT_INTEGER) < 0:
+            raise CommandError(ERR_TIMEOUT_NEGATIVE)
+        return self.node.replicas_in_sync()
 
     def _slot_keys(self, slot: int, limit: int) -> list[bytes]:
         """Up to `limit` keys of `slot` in the local replica of its shard (a walk of the

@@ -186,6 +186,19 @@ class ShardNode:
         return [s for sid, s in sorted(self.config.shards.items())
                 if sid in self.machines and masters.get(sid) == self.me]
 
+    def replicas_in_sync(self) -> int:
+        """WAIT's answer from the commit state: over the shards this node leads, the least
+        number of other members whose log has everything committed (0: it leads none)."""
+        counts = []
+        for shard in self.led_shards():
+            group = self.host.group(shard.group)
+            node = group.node if group is not None else None
+            if node is None or node.lead != self.me:
+                continue
+            counts.append(sum(1 for peer, progress in node.progress.items()
+                              if peer != self.me and progress.match >= node.committed))
+        return min(counts) if counts else 0
+
     # -- background ----------------------------------------------------------------------------
 
     async def _reconcile(self) -> None:

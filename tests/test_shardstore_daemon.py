@@ -149,6 +149,7 @@ def test_cluster_clients_route_by_the_slot_map(tmp_path: Path) -> None:
         finally:
             await rc.aclose()
         await _check_single_node_replies(cluster)
+        await _check_node_wide_commands(cluster)
 
     run_loop(tmp_path, test)
 
@@ -180,6 +181,43 @@ async def _check_single_node_replies(cluster: LoopCluster) -> None:
         assert "applied_entries" in await c.info("raft")
     finally:
         await c.aclose()
+
+
+async def _check_node_wide_commands(cluster: LoopCluster) -> None:
+    """Expiry sweeps, the slot's keys, WAIT, SCAN and FLUSHALL of each node's masters."""
+    node = cluster.nodes[0]
+    own = next(s for s in node.config.shards.values() if 1 in s.members)
+    slot = node.config.ranges[own.shard_id - 1][0]
+    keys = [f"k{i}" for i in range(200_000) if key_slot(f"k{i}".encode()) == slot][:3]
+    c = cluster.client(0)
+    try:
+        for key in keys:
+            await c.execute_command("SET", key, "1")
+        await c.execute_command("SET", keys[0], "gone", "PX", "50")
+        assert await c.execute_command("CLUSTER", "COUNTKEYSINSLOT", slot) == 3
+        assert sorted(await c.execute_command("CLUSTER", "GETKEYSINSLOT", slot, 10)) == \
+            sorted(k.encode() for k in keys)
+        engine = node.machines[own.shard_id].engine
+        deadline = time.monotonic() + 10
+        while engine.get(keys[0].encode()) is not None:  # the leader's sweep deletes it
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.1)
+        assert await c.execute_command("WAIT", 1, 0) in (0, 1)
+        with pytest.raises(redis.ResponseError, match="timeout is negative"):
+            await c.execute_command("WAIT", 1, -1)
+    finally:
+        await c.aclose()
+    seen: set[bytes] = set()
+    for i in range(3):
+        client = cluster.client(i)
+        seen.update([k async for k in client.scan_iter(count=7)])
+        assert await client.execute_command("FLUSHALL") in (b"OK", True)
+        await client.aclose()
+    assert {k.encode() for k in keys[1:]} <= seen
+    for i in range(3):
+        client = cluster.client(i)
+        assert await client.dbsize() == 0
+        await client.aclose()
 
 
 # -- as processes -----------------------------------------------------------------------------

@@ -416,3 +416,17 @@ def test_the_directory_lock_is_the_callers(tmp_path: Path) -> None:
     engine.close()
     with pytest.raises(EngineError):
         engine.write([(b"k", b"v", 0)])
+
+
+def test_open_removes_only_its_own_leftovers(tmp_path: Path) -> None:
+    engine = Engine.open(tmp_path)
+    engine.write([(b"k", b"v", 0)])
+    engine.close()
+    (tmp_path / ".000000-0000000099.cmp.tmp").write_bytes(b"half a compaction")
+    (tmp_path / "000007-0000000001.seg").write_bytes(b"an abandoned restore")
+    (tmp_path / "raft.log.tmp").write_bytes(b"someone else's")
+    engine = Engine.open(tmp_path)
+    assert engine.scan() == [(b"k", b"v", 0)]
+    engine.close()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["000000-0000000001.seg",
+                                                          "raft.log.tmp"]

@@ -161,6 +161,7 @@ class Engine:
     def get(self, key: bytes) -> tuple[bytes, int] | None:
         """(value, expire_at_ms) of a live key, or None. Expiry is not judged here."""
         with self.lock:
+            self._check_open()
             loc = self.keydir.get(key)
             if loc is None:
                 return None
@@ -177,6 +178,7 @@ class Engine:
              limit: int | None = None) -> list[tuple[bytes, bytes, int]]:
         """Live (key, value, expire_at_ms) with start <= key < end, in key order, at most limit."""
         with self.lock:
+            self._check_open()
             keys = self.keydir.irange(start, end, inclusive=(True, False))
             out = []
             for key in keys:
@@ -307,9 +309,12 @@ class Engine:
 
     # -- failure -------------------------------------------------------------------------------
 
-    def _check_writable(self) -> None:
+    def _check_open(self) -> None:
         if self._closed:
             raise EngineError(f"{self.directory}: engine is closed")
+
+    def _check_writable(self) -> None:
+        self._check_open()
         if self._failure is not None:
             raise StorageFailed(f"{self.directory}: storage failed earlier "
                                 f"({self._failure}); refusing writes") from self._failure

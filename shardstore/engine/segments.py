@@ -10,7 +10,9 @@ Layout of a store directory (the caller owns it and its LOCK):
   was fsynced when it was sealed, so a bad frame there is corruption.
 - `<gen>-<id>.cmp`: compaction outputs, written under a temporary name, fsynced, then renamed:
   never torn. Their first frame names the segments they replace (see records.py).
-- `.<anything>.tmp`: an unfinished compaction output; deleted on open.
+- `.<gen>-<id>.cmp.tmp`: an unfinished compaction output; deleted on open.
+
+Other files in the directory are left alone.
 
 Recovery keeps, per key, the entry with the highest seq (records.py), then counts live bytes
 per segment so compaction knows what to reclaim.
@@ -59,6 +61,7 @@ KIND_WRITTEN = "seg"
 KIND_COMPACTED = "cmp"
 TEMP_SUFFIX = ".tmp"
 NAME_RE = re.compile(r"^(\d{6})-(\d{10})\.(seg|cmp)$")
+TEMP_RE = re.compile(r"^\.\d{6}-\d{10}\.cmp\.tmp$")
 NO_SEQ = 2**64  # min_seq of a segment without entries
 
 # A keydir value: (segment id, value offset, value length, expire_at_ms, seq). Positions only:
@@ -118,7 +121,7 @@ def remove_other_generations(layer: FileLayer, directory: Path, gen: int) -> Non
     doomed = []
     for name in layer.listdir(directory):
         match = NAME_RE.match(name)
-        if name.endswith(TEMP_SUFFIX) or (match and int(match.group(1)) != gen):
+        if TEMP_RE.match(name) or (match and int(match.group(1)) != gen):
             doomed.append(name)
     for name in doomed:
         log.warning("%s: removing leftover %s", directory, name)

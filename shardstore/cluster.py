@@ -274,13 +274,13 @@ class ClusterView:
 
 def slots_reply(view: ClusterView) -> list[Any]:
     """CLUSTER SLOTS: [first, last, master, replica...] per range, each node
-    [ip, port, name, []] (Redis 7's shape, with no extra networking metadata)."""
+    [ip, port, name, {}] (Redis 7's shape: an empty map of more networking metadata)."""
     out: list[Any] = []
     for first, last, sid in view.config.ranges:
         members = view.ordered_members(view.config.shards[sid])
         if not members:
             continue
-        nodes = [[*_split(view, m), view.name(m), []] for m in members]
+        nodes = [[*_split(view, m), view.name(m), {}] for m in members]
         out.append([first, last, *nodes])
     return out
 

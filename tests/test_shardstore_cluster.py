@@ -85,7 +85,8 @@ def test_cluster_slots_as_redis_py_reads_them() -> None:
     assert len(slots[(5461, 10921)]["replicas"]) == 2
     # the wire shape: start, end, then [ip, port, id, metadata] per node
     first = cluster.slots_reply(_view())[0]
-    assert first[2] == [b"127.0.0.3", 7002, f"{2:040x}", []]
+    assert first[2] == [b"127.0.0.3", 7002, f"{2:040x}", {}]
+    assert encode(first[2], 2).endswith(b"*0\r\n") and encode(first[2], 3).endswith(b"%0\r\n")
 
 
 def test_cluster_nodes_shards_and_info_as_redis_py_reads_them() -> None:

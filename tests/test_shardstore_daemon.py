@@ -301,8 +301,8 @@ def test_processes_serve_redis_cluster_clients_and_survive_a_leader_kill(
     for key, value in acked.items():
         assert rc.get(key) == value.encode(), key
     rc.close()
-    for daemon in procs.daemons:  # every node down, then up on its data dir
-        daemon.stop()
+    for daemon in procs.daemons:  # every node down (cleanly), then up on its data dir
+        assert daemon.stop() == 0, daemon.log()[-2000:]
     for daemon in procs.daemons:
         daemon.start()
     asyncio.run(_until_ok([d.address for d in procs.daemons]))

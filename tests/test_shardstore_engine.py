@@ -21,6 +21,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 from core.storage import DataDirLock
 from shardstore.engine import CorruptStore, Engine, EngineError, OsFiles, StorageFailed
 from shardstore.engine.powercut import PowerCutFiles
+from shardstore.engine.records import read_supersedes
 
 SMALL_SEGMENT_BYTES = 600
 Model = dict[bytes, tuple[bytes, int]]
@@ -430,3 +431,35 @@ def test_open_removes_only_its_own_leftovers(tmp_path: Path) -> None:
     engine.close()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["000000-0000000001.seg",
                                                           "raft.log.tmp"]
+
+
+class CrashOnUnlink(OsFiles):
+    """The real file layer, except that the process "dies" at the first unlink."""
+
+    def unlink(self, path: Path) -> None:
+        raise KeyboardInterrupt(f"crash before removing {path}")
+
+
+def test_a_crash_between_a_compactions_commit_and_its_cleanup(tmp_path: Path) -> None:
+    engine = Engine.open(tmp_path, file_layer=CrashOnUnlink(), max_segment_bytes=200,
+                         background_compaction=False)
+    model: Model = {}
+    for i in range(40):
+        batch = [(b"k%d" % (i % 6), b"v%d" % i, 0), (b"d%d" % (i % 4), None, 0)]
+        engine.write(batch, i + 1)
+        apply_model(model, batch)
+    with pytest.raises(KeyboardInterrupt):
+        engine.compact()
+    (output,) = [p for p in tmp_path.iterdir() if p.suffix == ".cmp"]
+    data = output.read_bytes()
+    replaced = set(read_supersedes(output, lambda n, off: data[off:off + n], len(data)))
+    on_disk = {int(p.stem.split("-")[1]) for p in tmp_path.iterdir() if p.suffix == ".seg"}
+    assert replaced and replaced <= on_disk  # committed, but nothing removed yet
+    reopened = Engine.open(tmp_path, background_compaction=False)
+    assert reopened.scan() == model_scan(model, b"", None, None)
+    assert reopened.applied_index == 40
+    on_disk = {int(p.stem.split("-")[1]) for p in tmp_path.iterdir() if p.suffix == ".seg"}
+    assert not replaced & on_disk
+    reopened.close()
+    engine.layer = OsFiles()
+    engine.close()

@@ -40,6 +40,7 @@ __all__ = [
     "encode_frame",
     "encode_supersedes",
     "entry_bytes",
+    "read_supersedes",
     "scan_segment",
     "supersedes_bytes",
 ]
@@ -146,6 +147,18 @@ def scan_segment(path: Path, read: Reader, file_size: int, *, tail_ok: bool) -> 
         offset = end
         result.good_end = end
     return result
+
+
+def read_supersedes(path: Path, read: Reader, file_size: int) -> list[int]:
+    """The segment ids named by the SUPERSEDES frame a compaction output starts with.
+
+    Compaction outputs are fsynced before they get their name, so a bad first frame is
+    corruption (CorruptStore), never a torn tail.
+    """
+    result = ScanResult([], 0, NO_APPLIED_INDEX, False, [])
+    if _scan_frame(path, read, 0, file_size, result) is None or not result.supersedes:
+        raise CorruptStore(path, 0, "a compaction output must start with a supersedes frame")
+    return result.supersedes
 
 
 def _scan_frame(path: Path, read: Reader, offset: int, file_size: int,

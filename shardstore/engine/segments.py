@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,6 +33,7 @@ from shardstore.engine.records import (
     NO_APPLIED_INDEX,
     Entry,
     entry_bytes,
+    read_supersedes,
     scan_segment,
     supersedes_bytes,
 )
@@ -163,23 +163,47 @@ def _list_segments(layer: FileLayer, directory: Path, gen: int) -> list[tuple[in
 def recover(layer: FileLayer, directory: Path, gen: int) -> Recovered:
     """Open every segment of generation `gen`, truncate a torn tail, rebuild the keydir.
 
+    Segments a finished compaction replaced are deleted unread. The others are scanned one
+    at a time, so memory holds one entry per key, never a segment's worth of values.
     Raises CorruptStore on a bad frame anywhere but the tail of the newest written segment.
     """
     listed = _list_segments(layer, directory, gen)
     newest_written = max((i for i, kind in listed if kind == KIND_WRITTEN), default=-1)
-    scanned: list[tuple[Segment, list[Entry]]] = []
+    superseded = _superseded(layer, directory, gen, listed)
+    _remove_superseded(layer, directory, [segment_path(directory, gen, i, kind)
+                                          for i, kind in listed if i in superseded])
+    segments: dict[int, Segment] = {}
+    best: dict[bytes, tuple[int, Entry]] = {}
     try:
         for seg_id, kind in listed:
-            scanned.append(_open_segment(layer, directory, gen, seg_id, kind,
-                                         tail_ok=seg_id == newest_written))
-        superseded = {i for seg, _ in scanned for i in seg.supersedes}
-        kept = [(s, e) for s, e in scanned if s.seg_id not in superseded]
-        _remove_superseded(layer, directory, [s for s, _ in scanned if s.seg_id in superseded])
+            if seg_id in superseded:
+                continue
+            seg, entries = _open_segment(layer, directory, gen, seg_id, kind,
+                                         tail_ok=seg_id == newest_written)
+            segments[seg_id] = seg
+            _merge(best, seg_id, entries)
     except BaseException:
-        for seg, _ in scanned:
+        for seg in segments.values():
             layer.close(seg.handle)
         raise
-    return _rebuild(kept, next_id=(listed[-1][0] + 1) if listed else 1)
+    return _rebuild(segments, best, next_id=(listed[-1][0] + 1) if listed else 1)
+
+
+def _superseded(layer: FileLayer, directory: Path, gen: int,
+                listed: list[tuple[int, str]]) -> set[int]:
+    """Ids named by the SUPERSEDES frame that starts every compaction output."""
+    found: set[int] = set()
+    for seg_id, kind in listed:
+        if kind != KIND_COMPACTED:
+            continue
+        path = segment_path(directory, gen, seg_id, kind)
+        handle = layer.open(path, create=False)
+        try:
+            found.update(read_supersedes(path, lambda n, off, h=handle: layer.pread(h, n, off),
+                                         layer.size(handle)))
+        finally:
+            layer.close(handle)
+    return found
 
 
 def _open_segment(layer: FileLayer, directory: Path, gen: int, seg_id: int, kind: str,
@@ -205,26 +229,25 @@ def _open_segment(layer: FileLayer, directory: Path, gen: int, seg_id: int, kind
     return seg, result.entries
 
 
-def _remove_superseded(layer: FileLayer, directory: Path, segments: Iterable[Segment]) -> None:
-    removed = False
-    for seg in segments:
-        log.warning("%s: removing %s, replaced by a finished compaction", directory, seg.path)
-        layer.close(seg.handle)
-        layer.unlink(seg.path)
-        removed = True
-    if removed:
+def _remove_superseded(layer: FileLayer, directory: Path, paths: list[Path]) -> None:
+    for path in paths:
+        log.warning("%s: removing %s, replaced by a finished compaction", directory, path.name)
+        layer.unlink(path)
+    if paths:
         layer.fsync_dir(directory)
 
 
-def _rebuild(scanned: list[tuple[Segment, list[Entry]]], next_id: int) -> Recovered:
-    """Highest seq wins per key; then live bytes per segment."""
-    best: dict[bytes, tuple[int, Entry]] = {}
-    for seg, entries in scanned:
-        for entry in entries:
-            current = best.get(entry.key)
-            if current is None or current[1].seq < entry.seq:
-                best[entry.key] = (seg.seg_id, entry)
-    segments = {seg.seg_id: seg for seg, _ in scanned}
+def _merge(best: dict[bytes, tuple[int, Entry]], seg_id: int, entries: list[Entry]) -> None:
+    """Keep, per key, the entry with the highest seq."""
+    for entry in entries:
+        current = best.get(entry.key)
+        if current is None or current[1].seq < entry.seq:
+            best[entry.key] = (seg_id, entry)
+
+
+def _rebuild(segments: dict[int, Segment], best: dict[bytes, tuple[int, Entry]],
+             next_id: int) -> Recovered:
+    """The keydir of the winners that are not tombstones; live bytes per segment."""
     keydir = SortedDict()
     max_seq = 0
     for key, (seg_id, entry) in best.items():

@@ -18,10 +18,11 @@ from pathlib import Path
 import pytest
 
 from tests.faults import scheduler_checks as checks
-from tests.faults.history import OK, Operation
+from tests.faults.drill import FAULT_F, HEAL_F, NEMESIS_PROCESS
+from tests.faults.history import OK, Operation, Recorder
 from tests.faults.hosts import skip_unless_available
 from tests.faults.scheduler_cluster import command
-from tests.faults.scheduler_drill import Round, run_round
+from tests.faults.scheduler_drill import Round, nemesis_spans, run_round
 
 SEED = 11
 DURATION_S = 0.0  # the scripted faults only: no random phase in the short round
@@ -139,3 +140,18 @@ def test_fires_sit_in_the_history_at_their_wall_times() -> None:
     [op] = checks.fire_operations("j", [ex(1000, 1_250)], [], base, False, iter([7]))
     assert op == Operation(7, "worker-n1", checks.FIRE_F, "j", 1000, None, OK,
                            5_250_000_000, 5_250_000_000)
+
+
+def test_nemesis_faults_become_spans_with_their_cut_off_hosts() -> None:
+    ticks = iter(range(0, 1 << 40, 1_000_000))  # each clock reading 1 ms after the last
+    recorder = Recorder(clock=lambda: next(ticks))
+    recorder.invoke("client", "run", "manual").ok(1)  # not the nemesis's: ignored
+    for f, kind, text in [(FAULT_F, "isolate", "isolate n2"), (HEAL_F, "isolate", "isolate n2"),
+                          (FAULT_F, "split", "split n1 | n2,n3"),
+                          (HEAL_F, "split", "split n1 | n2,n3"),
+                          (FAULT_F, "one_way", "one_way n1 -/-> n2")]:
+        recorder.invoke(NEMESIS_PROCESS, f, kind, text).ok(text)
+    spans = nemesis_spans(recorder.history(), checks.TimeBase(1000, 0), 99_000)
+    assert spans == [checks.Span("isolate", 1002, 1004, "n2"),
+                     checks.Span("split", 1006, 1008, "n1"),
+                     checks.Span("one_way", 1010, 99_000, None)]

@@ -17,13 +17,14 @@ retried), split it and one follower from the other follower, a bridge through a 
 one-way cuts from the leader, random loss at the leader, its wall clock stepped forward and
 back, SIGKILL and restart. Then, if the round's duration leaves time, the framework's
 Nemesis draws network, kill and pause faults (no clock faults: its jumps of minutes would
-move the leader's handled slots beyond the round). Every fault is healed and the cluster
+move the leader's handled slots beyond the round), each read back from the history as a
+span. Every fault is healed and the cluster
 settles: each job fires again, then every job is paused and every run reaches a final state.
 
 Checked (tests/faults/scheduler_checks.py): exactly-once per job, executions-committed,
 cut-off-no-dispatch. Slots a SKIP or ONCE job may drop are those within a fault's window
-(WINDOW_BEFORE_MS before it to WINDOW_AFTER_MS after its heal; the start-up and the whole
-random phase count as windows) and those the MISFIRE ALL job's runs show the leader reached
+(WINDOW_BEFORE_MS before it to WINDOW_AFTER_MS after its heal; the start-up counts as a
+fault) and those the MISFIRE ALL job's runs show the leader reached
 LATE_MS late or more (a loaded machine); the report's notes count the latter. And, reported
 apart because it is the known gap of issue 15 (workers do not fence themselves yet),
 no-overlap-after-loss of the slow job: `run_round` returns it as `Round.gap`; the
@@ -200,22 +201,52 @@ def warm_up(cluster: Cluster, faults: Faults, start_ms: int) -> None:
 
 def random_phase(cluster: Cluster, recorder: Recorder, rng: random.Random, until: float,
                  faults: Faults) -> int:
-    """The framework's Nemesis until `until` (monotonic s); the faults it injected. The
-    whole phase is one window in which a skipping job may skip (its faults overlap)."""
+    """The framework's Nemesis until `until` (monotonic s); the faults it injected. Each
+    of its faults becomes a span (`nemesis_spans`)."""
     if time.monotonic() + max(NEMESIS_PAUSE_S) >= until:
         return 0
     nemesis = Nemesis(cluster.harness, rng, list(cluster.nodes.values()), NEMESIS_KINDS,
                       recorder)
     stop = threading.Event()
-    start_ms = wall_ms()
+    began = checks.TimeBase.now()
     thread = threading.Thread(target=nemesis.run, args=(stop, NEMESIS_PAUSE_S), daemon=True)
     thread.start()
     time.sleep(max(0.0, until - time.monotonic()))
     stop.set()
     thread.join(HANG_S)
     nemesis.heal_all()
-    faults.spans.append(checks.Span("nemesis", start_ms, wall_ms()))
+    faults.spans += nemesis_spans(recorder.history(), began, wall_ms())
     return nemesis.faults
+
+
+def nemesis_spans(history: History, began: checks.TimeBase, ended_ms: int) -> list[checks.Span]:
+    """The Nemesis's faults recorded since `began`, each from its fault to its heal entry
+    (or `ended_ms`). A host it isolated, or split off alone, is cut off meanwhile."""
+    spans = []
+    held: tuple[str, str, int] | None = None
+    for op in history.operations():
+        if op.process != NEMESIS_PROCESS or op.invoke_time < began.mono_ns:
+            continue
+        at_ms = began.wall_ms + (op.invoke_time - began.mono_ns) // 1_000_000
+        if op.f == FAULT_F:
+            held = (op.key, str(op.value), at_ms)
+        elif op.f == HEAL_F and held is not None:
+            spans.append(checks.Span(held[0], held[2], at_ms, _cut_off(held[1])))
+            held = None
+    if held is not None:
+        spans.append(checks.Span(held[0], held[2], ended_ms, _cut_off(held[1])))
+    return spans
+
+
+def _cut_off(description: str) -> str | None:
+    """The host a Nemesis fault cut off from the others, from its description
+    (`isolate n2`, `split n2 | n1,n3`), or None."""
+    words = description.split()
+    if words[:1] == ["isolate"] and len(words) == 2:
+        return words[1]
+    if words[:1] == ["split"] and len(words) == 4 and "," not in words[1]:
+        return words[1]
+    return None
 
 
 def settle(cluster: Cluster, healed_ms: int) -> tuple[int, dict[str, dict[str, Any]]]:

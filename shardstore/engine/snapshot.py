@@ -14,6 +14,7 @@ Strategy:
 
 from __future__ import annotations
 
+import contextlib
 import struct
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -92,7 +93,8 @@ class SnapshotReader:
                 release_segment(self._engine, seg)
 
     def __del__(self) -> None:
-        self.close()
+        with contextlib.suppress(Exception):  # at interpreter exit the engine may be gone
+            self.close()
 
 
 def encode_piece(body: bytes) -> bytes:

@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import msgpack
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from redis._parsers.helpers import parse_cluster_info, parse_cluster_nodes
@@ -194,3 +195,29 @@ def test_merged_kv_reads_shards_as_one(tmp_path: Path) -> None:
     assert merged.count() == 3 and merged.get(b"b") == (b"2", 0)
     assert merged.keys_after(b"", 2) == [b"a", b"b"]
     assert [k for k, _, _ in merged.scan(b"b")] == [b"b", b"c"]
+
+
+def test_snapshots_of_the_real_engine_move_a_shard(tmp_path: Path) -> None:
+    engine_module = pytest.importorskip("shardstore.engine")
+    from shardstore import commands
+
+    def machine(name: str) -> ShardMachine:
+        directory = tmp_path / name
+        directory.mkdir()
+
+        def load(pieces: object, index: int) -> object:
+            shard.engine.close()
+            return engine_module.Engine.load(directory, pieces, index)  # type: ignore[arg-type]
+
+        shard = ShardMachine(engine_module.Engine.open(directory), commands, load)
+        return shard
+
+    source, target = machine("source"), machine("target")
+    source.apply([(i + 1, encode_command(0, [b"HSET", b"h%d" % i, b"f", b"%d" % i]))
+                  for i in range(50)])
+    blob = source.snapshot()()  # type: ignore[operator]
+    target.restore(blob)
+    assert target.engine.applied_index == 50 and target.engine.count() == 50
+    assert commands.execute_read(target.engine, 0, [b"HGET", b"h7", b"f"]) == b"7"
+    source.engine.close()
+    target.engine.close()

@@ -264,11 +264,12 @@ class ClusterView:
 
     @property
     def complete(self) -> bool:
-        """The map exists, the client address of every shard member is known, and every
-        shard's leader."""
+        """The map exists, and every shard member's client address and name are known, and
+        every shard's leader (so the ids and masters clients cache are final)."""
         shards = self.config.shards.values()
+        members = {m for s in shards for m in s.members}
         return self.config.initialised and all(
-            m in self.addresses for s in shards for m in s.members) and all(
+            m in self.addresses and m in self.config.names for m in members) and all(
             self.leader(s.shard_id) for s in shards)
 
 
@@ -341,7 +342,7 @@ def nodes_reply(view: ClusterView) -> Verbatim:
 
 def info_reply(view: ClusterView) -> Verbatim:
     """CLUSTER INFO: Redis's fields, `cluster_state:ok` once the map exists and every
-    shard's members and leader are known (`ClusterView.complete`)."""
+    shard's members (addresses, names) and leader are known (`ClusterView.complete`)."""
     config = view.config
     ok = view.complete
     assigned = SLOT_COUNT if config.initialised else 0

@@ -176,6 +176,11 @@ async def _check_single_node_replies(cluster: LoopCluster) -> None:
         await c.execute_command("SET", key, "here")
         await c.execute_command("READONLY")
         assert await c.execute_command("GET", key) == b"here"
+        resp3 = aredis.Redis(host=node.settings.listen[0], port=node.settings.listen[1],
+                             protocol=3)
+        shards = await resp3.execute_command("CLUSTER", "SHARDS")
+        await resp3.aclose()
+        assert all(set(s) == {b"slots", b"nodes"} for s in shards), shards  # RESP3 maps
         info = await c.info("shardstore")
         assert info["node_id"] == 1 and info["config_epoch"] == 1
         assert "applied_entries" in await c.info("raft")

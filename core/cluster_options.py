@@ -92,9 +92,14 @@ def add_cluster_options(parser: argparse.ArgumentParser, default_peer_port: int)
                         help="HOST:PORT for Raft traffic")
     parser.add_argument("--peers", default="", help="ID=HOST:PORT,... Raft addresses of all")
     parser.add_argument("--join", action="store_true", help="join a running cluster")
-    parser.add_argument("--cluster-secret", default=None)
-    parser.add_argument("--tick-ms", type=int, default=DEFAULT_TICK_MS)
-    parser.add_argument("--election-tick", type=int, default=DEFAULT_ELECTION_TICK)
+    parser.add_argument("--cluster-secret", default=None,
+                        help="shared secret of the node port, the same on every node "
+                             "(required beyond loopback)")
+    parser.add_argument("--tick-ms", type=int, default=DEFAULT_TICK_MS,
+                        help=f"Raft's tick in ms ({DEFAULT_TICK_MS}): heartbeats go every tick")
+    parser.add_argument("--election-tick", type=int, default=DEFAULT_ELECTION_TICK,
+                        help="ticks without a leader before a follower stands for election "
+                             f"({DEFAULT_ELECTION_TICK}; randomized up to twice that)")
 
 
 def cluster_settings(args: argparse.Namespace, *, default_port: int,

@@ -1,5 +1,9 @@
 """Command line: `idgen serve`, `idgen next`, `idgen parse`.
 
+`next` asks `--server`'s servers, else those of `$IDGEN_SERVERS`, else `make run`'s
+(core/client_cli.py), and fails at once when none answers. A count below 1 is sent as it
+is, so the server's own error is printed and the exit status is 1.
+
 `serve` checks every option before it opens anything. The peer check runs over the node
 port: `--peer-listen` (this node's core/rpc address, where peers check it), `--id` (this
 node's id there, >= 1, independent of `--worker-id`), `--peers ID=HOST:PORT,...` (the other
@@ -18,15 +22,25 @@ import logging
 import sys
 from dataclasses import dataclass
 from datetime import datetime
+from typing import TYPE_CHECKING
 
-from core import cluster_options, daemon
+from core import client_cli, cluster_options, daemon
+from core.resp_client import ReplyError, RespConnection
 from core.rpc import Address, InsecureConfig, NodeTransport
 from core.storage import StorageError
+from idgen.launch import client_addresses
 from idgen.layout import DEFAULT_EPOCH_MS, MAX_WORKER_ID, parse
+
+if TYPE_CHECKING:
+    from idgen.client import IdgenClient
 
 log = logging.getLogger("idgen")
 
 DEFAULT_PORT = 7379
+SERVERS_ENV = "IDGEN_SERVERS"  # `idgen next`'s servers when --server is not given
+WHAT = "idgen server"
+MAX_IDS_PER_REQUEST = 100_000  # a NEXT's largest count; more ids take several requests
+REQUEST_TIMEOUT_S = 5.0
 
 ERR_PEERS_NEED_PORT = "--peers needs --peer-listen: the peers check this node there too"
 ERR_NEED_ID = "--peer-listen needs --id: this node's id on the node port, named in --peers"
@@ -114,16 +128,19 @@ def build_parser() -> argparse.ArgumentParser:
                        help="refuse when the clock is this far from the peers' median")
     serve.add_argument("--reserve-ms", type=int, default=1000,
                        help="how far ahead of the clock the durable high-water mark runs")
-    serve.add_argument("--peer-check-interval-ms", type=int, default=5000)
+    serve.add_argument("--peer-check-interval-ms", type=int, default=5000,
+                       help="how often the peers are asked again while serving (5000)")
 
     nxt = sub.add_parser("next", help="fetch ids from servers")
-    nxt.add_argument("-n", type=int, default=1, help="how many ids")
-    nxt.add_argument("--server", default=f"127.0.0.1:{DEFAULT_PORT}", help="H:P[,H:P...]")
-    nxt.add_argument("--password", default=None)
+    nxt.add_argument("-n", type=int, default=1, help="how many ids (>= 1)")
+    client_cli.add_server_option(nxt, SERVERS_ENV, client_addresses(), "idgen servers")
+    nxt.add_argument("--password", default=None, help="the servers' --requirepass")
 
     prs = sub.add_parser("parse", help="decode an id offline")
-    prs.add_argument("id", type=int)
-    prs.add_argument("--epoch", type=epoch_arg, default=DEFAULT_EPOCH_MS)
+    prs.add_argument("id", type=int, help="the id to decode")
+    prs.add_argument("--epoch", type=epoch_arg, default=DEFAULT_EPOCH_MS,
+                     help="the epoch the id was made with, as ms or ISO date "
+                          "(default 2024-01-01T00:00:00Z)")
     return parser
 
 
@@ -133,11 +150,11 @@ def main(argv: list[str] | None = None) -> int:
         args = daemon.parse_args(parser, argv)
         if args.action == "serve":
             return serve(args)
+        if args.action == "next":
+            return cli_next(args)
     except daemon.ConfigError as exc:
         print(f"idgen: {exc}", file=sys.stderr)
         return 2
-    if args.action == "next":
-        return cli_next(args)
     return cli_parse(args)
 
 
@@ -206,21 +223,50 @@ def serve(args: argparse.Namespace) -> int:
 
 
 def cli_next(args: argparse.Namespace) -> int:
+    """`idgen next`: the ids, one a line; 1 (and the error) when no server answers or the
+    server refuses the request."""
     from idgen.client import IdgenClient, IdgenError
 
-    servers = [s.strip() for s in args.server.split(",") if s.strip()]
+    servers = client_cli.resolve_servers(args.server, SERVERS_ENV, client_addresses(),
+                                         DEFAULT_PORT)
     try:
-        with IdgenClient(servers, password=args.password) as client:
-            remaining = args.n
-            while remaining > 0:
-                batch = client.next_ids(min(remaining, 100_000))
-                sys.stdout.write("".join(f"{i}\n" for i in batch))
-                remaining -= len(batch)
-                if args.n > 100_000:
-                    print(f"{args.n - remaining}/{args.n} ids", file=sys.stderr)
-    except IdgenError as exc:
+        first = client_cli.first_answering(servers, WHAT, SERVERS_ENV)
+        if args.n < 1:
+            return _refused_count(first, args)
+        addresses = [f"{host}:{port}" for host, port in
+                     [first, *(node for node in servers.nodes if node != first)]]
+        with IdgenClient(addresses, password=args.password) as client:
+            _print_ids(client, args.n)
+    except (IdgenError, client_cli.NoNodeAnswers) as exc:
         print(f"idgen: {exc}", file=sys.stderr)
         return 1
+    return 0
+
+
+def _print_ids(client: IdgenClient, count: int) -> None:
+    remaining = count
+    while remaining > 0:
+        batch = client.next_ids(min(remaining, MAX_IDS_PER_REQUEST))
+        sys.stdout.write("".join(f"{i}\n" for i in batch))
+        remaining -= len(batch)
+        if count > MAX_IDS_PER_REQUEST:
+            print(f"{count - remaining}/{count} ids", file=sys.stderr)
+
+
+def _refused_count(node: tuple[str, int], args: argparse.Namespace) -> int:
+    """`-n` below 1: one `NEXT n` to `node`, whose error reply is printed (exit 1)."""
+    try:
+        conn = RespConnection.connect(node[0], node[1], REQUEST_TIMEOUT_S,
+                                      password=args.password)
+        try:
+            reply = conn.call("NEXT", args.n)
+        finally:
+            conn.close()
+    except (ReplyError, OSError) as exc:
+        print(f"idgen: {exc}", file=sys.stderr)
+        return 1
+    ids = reply if isinstance(reply, list) else [reply]
+    sys.stdout.write("".join(f"{i}\n" for i in ids))
     return 0
 
 

@@ -26,6 +26,11 @@ TRY = [
 ]
 
 
+def client_addresses() -> list[str]:
+    """The servers' client addresses, `host:port` each: what `idgen next` asks by default."""
+    return [f"{LOOPBACK}:{CLIENT_PORT_BASE + worker}" for worker in WORKER_IDS]
+
+
 def _node(var: Path, worker: int) -> Process:
     port = CLIENT_PORT_BASE + worker
     peers = ",".join(f"{w}={LOOPBACK}:{PEER_PORT_BASE + w}" for w in WORKER_IDS if w != worker)

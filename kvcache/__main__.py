@@ -58,6 +58,7 @@ from kvcache.settings import (
 log = logging.getLogger("kvcache")
 
 FD_HEADROOM = 64  # listeners, logs, the event loop's own descriptors
+DEFAULT_THREADS = Settings.threads_requested  # memcached's -t default, when -t is not given
 IDLE_TIMEOUT_OPTION = "idle_timeout"  # the one -o option kvcache takes
 
 
@@ -94,17 +95,23 @@ def add_serve_options(serve: argparse.ArgumentParser) -> None:
         help="refuse writes instead of evicting")
     add("-A", "--enable-shutdown", dest="enable_shutdown", action="store_true",
         help="allow the shutdown command")
-    add("-F", "--disable-flush-all", dest="disable_flush_all", action="store_true")
-    add("-X", "--disable-dumping", dest="disable_dumping", action="store_true")
+    add("-F", "--disable-flush-all", dest="disable_flush_all", action="store_true",
+        help="refuse the flush_all command")
+    add("-X", "--disable-dumping", dest="disable_dumping", action="store_true",
+        help="refuse lru_crawler metadump and stats cachedump")
     add("-d", "--daemon", action="store_true", help="run in the background")
     add("-P", "--pidfile", default=None, help="write the PID to this file")
-    add("-b", "--listen-backlog", dest="backlog", type=int, default=1024)
-    add("-f", "--slab-growth-factor", dest="growth_factor", type=float, default=1.25)
-    add("-n", "--slab-min-size", dest="slab_min_size", type=int, default=48)
-    add("-R", "--max-reqs-per-event", dest="reqs_per_event", type=int, default=20)
+    add("-b", "--listen-backlog", dest="backlog", type=int, default=1024,
+        help="pending connections the listener queues (1024)")
+    add("-f", "--slab-growth-factor", dest="growth_factor", type=float, default=1.25,
+        help="chunk size factor between size classes (1.25)")
+    add("-n", "--slab-min-size", dest="slab_min_size", type=int, default=48,
+        help="smallest chunk of key, value and flags, in bytes (48)")
+    add("-R", "--max-reqs-per-event", dest="reqs_per_event", type=int, default=20,
+        help="write queued replies out at least every N commands (20)")
     add("-V", "--version", action="store_true", help="print the version and exit")
-    add("-t", "--threads", type=int, default=4,
-        help="accepted; one event loop serves all clients")
+    add("-t", "--threads", type=int, default=None,
+        help="accepted (logged when given); one event loop serves all clients")
     add("-U", "--udp-port", dest="udp_port", type=int, default=0,
         help="UDP port; only 0 (disabled) is supported")
     add("-u", "--user", default=None, help="accepted, ignored")
@@ -164,7 +171,7 @@ def settings_from_args(args: argparse.Namespace) -> tuple[Settings, list[str]]:
         maxconns=args.conn_limit,
         item_size_max=args.max_item_size,
         verbose=min(args.verbose, 2),
-        threads_requested=args.threads,
+        threads_requested=DEFAULT_THREADS if args.threads is None else args.threads,
         evict_to_free=not args.disable_evictions,
         shutdown_command=args.enable_shutdown,
         flush_enabled=not args.disable_flush_all,
@@ -215,7 +222,8 @@ def _log_accepted(args: argparse.Namespace, settings: Settings, hosts: list[str]
                 log.warning("listening on %s: the memcached text protocol has no "
                             "authentication; anyone who can reach it can read and write the "
                             "cache", host)
-    log.info("-t %d: one event loop serves every client", settings.threads_requested)
+    if args.threads is not None:
+        log.info("-t %d: one event loop serves every client", args.threads)
     if args.udp_port:
         log.warning("-U %d ignored: kvcache serves TCP only", args.udp_port)
     if args.user:

@@ -6,6 +6,10 @@ client commands against `--server H:P,...`:
     scheduler history JOB [count]
     scheduler cluster info
 
+The client commands ask `--server`'s nodes, else those of `$SCHEDULER_SERVERS`, else
+`make run`'s (core/client_cli.py); when none answers within a second (or `--deadline`, if
+shorter) they fail at once with a message saying which nodes were asked.
+
 Exit status: 0, 1 when the cluster refused the request or did not answer, 2 on bad usage.
 """
 
@@ -17,14 +21,18 @@ import logging
 import sys
 from typing import Any
 
-from core import cluster_options, daemon
+from core import client_cli, cluster_options, daemon
 from core.raft.driver import RaftDriver
 from scheduler.fireloop import DEFAULT_FIRE_AHEAD_MS, MAX_FIRE_AHEAD_MS
+from scheduler.launch import client_addresses
 
 log = logging.getLogger("scheduler")
 
 DEFAULT_PORT = 7380
 DEFAULT_PEER_PORT = 7381
+SERVERS_ENV = "SCHEDULER_SERVERS"  # the client commands' nodes when --server is not given
+WHAT = "scheduler node"
+DEFAULT_DEADLINE_S = 30.0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -49,35 +57,39 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--scheduler", required=True, help="H:P,H:P,... RESP ports of nodes")
     worker.add_argument("--tags", default="", help="a,b: tags this worker serves")
     worker.add_argument("--id", default=None, help="worker id (default host-pid)")
-    worker.add_argument("--password", default=None)
+    worker.add_argument("--password", default=None,
+                        help="the nodes' --requirepass (the worker AUTHs with it)")
     worker.add_argument("--slots", "--concurrency", dest="slots", type=int, default=8,
                         help="runs this worker executes at once")
     worker.add_argument("--heartbeat-ms", type=int, default=2000,
                         help="WORKER.HEARTBEAT interval (liveness: lost runs, TARGET ALL)")
-    worker.add_argument("--log-level", default="INFO")
+    worker.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
 
     client = argparse.ArgumentParser(add_help=False)
-    client.add_argument("--server", default=f"127.0.0.1:{DEFAULT_PORT}",
-                        help="H:P,H:P,... RESP ports of scheduler nodes (any of them)")
-    client.add_argument("--password", default=None)
-    client.add_argument("--deadline", type=float, default=30.0,
-                        help="seconds to keep trying the nodes before giving up")
+    client_cli.add_server_option(client, SERVERS_ENV, client_addresses(), "scheduler nodes")
+    client.add_argument("--password", default=None, help="the nodes' --requirepass")
+    client.add_argument("--deadline", type=float, default=DEFAULT_DEADLINE_S,
+                        help="seconds to keep trying the nodes before giving up (when no "
+                             f"node answers at all: {client_cli.PROBE_WITHIN_S:g} s at most)")
 
     job = sub.add_parser("job", help="add, list, show, delete, pause, resume or run jobs")
     ops = job.add_subparsers(dest="op", required=True)
     add = ops.add_parser("add", parents=[client], help="JOB.ADD")
-    add.add_argument("name")
-    add.add_argument("schedule")
-    add.add_argument("command")
+    add.add_argument("name", help="the job's name (A-Z a-z 0-9 _ . -)")
+    add.add_argument("schedule", help="cron (5 fields, or 6 with seconds first), a macro "
+                                      "such as @hourly, or '@every 10s'")
+    add.add_argument("command", help="the shell command (or an embedded worker's handler)")
     add.add_argument("options", nargs="*",
                      help="OPTION VALUE ... as JOB.ADD takes them (e.g. MISFIRE ALL)")
     ops.add_parser("list", parents=[client], help="JOB.LIST")
     for op in ("get", "del", "pause", "resume", "run"):
-        ops.add_parser(op, parents=[client], help=f"JOB.{op.upper()}").add_argument("name")
+        ops.add_parser(op, parents=[client], help=f"JOB.{op.upper()}").add_argument(
+            "name", help="the job's name")
 
     history = sub.add_parser("history", parents=[client], help="a job's latest runs")
-    history.add_argument("job")
-    history.add_argument("count", nargs="?", type=int, default=10)
+    history.add_argument("job", help="the job's name")
+    history.add_argument("count", nargs="?", type=int, default=10,
+                         help="how many of the latest runs (10)")
 
     cluster = sub.add_parser("cluster", help="cluster status")
     cluster_ops = cluster.add_subparsers(dest="op", required=True)
@@ -189,16 +201,21 @@ def client_command(args: argparse.Namespace) -> int:
     """`scheduler job|history|cluster ...`: one request, printed; 1 on a refusal."""
     from scheduler.client import SchedulerClient, SchedulerError
 
-    nodes = [daemon.parse_hostport(s.strip(), DEFAULT_PORT)
-             for s in args.server.split(",") if s.strip()]
-    if not nodes:
-        raise daemon.ConfigError("--server names no node")
+    if args.deadline <= 0:
+        raise daemon.ConfigError("--deadline must be > 0")
+    if args.action == "history" and args.count < 1:
+        raise daemon.ConfigError("count must be a positive integer")
+    servers = client_cli.resolve_servers(args.server, SERVERS_ENV, client_addresses(),
+                                         DEFAULT_PORT)
     out: list[str] = []
     try:
+        first = client_cli.first_answering(servers, WHAT, SERVERS_ENV,
+                                           min(client_cli.PROBE_WITHIN_S, args.deadline))
+        nodes = [first] + [node for node in servers.nodes if node != first]
         with SchedulerClient(nodes, password=args.password,
                              deadline_s=args.deadline) as client:
             out = _client_request(client, args)
-    except SchedulerError as exc:
+    except (SchedulerError, client_cli.NoNodeAnswers) as exc:
         print(f"scheduler: {exc}", file=sys.stderr)
         return 1
     for line in out:
@@ -208,8 +225,6 @@ def client_command(args: argparse.Namespace) -> int:
 
 def _client_request(client: Any, args: argparse.Namespace) -> list[str]:
     if args.action == "history":
-        if args.count < 1:
-            raise daemon.ConfigError("count must be a positive integer")
         lines = ["\t".join(HISTORY_COLUMNS)]
         for run in client.history(args.job, args.count):
             fields = _fields(run)

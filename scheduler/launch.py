@@ -20,6 +20,11 @@ TRY = [
 ]
 
 
+def client_addresses() -> list[str]:
+    """The nodes' client addresses, `host:port` each: what client commands ask by default."""
+    return [f"{LOOPBACK}:{CLIENT_PORT_BASE + i}" for i in NODE_IDS]
+
+
 def _node(var: Path, node_id: int) -> Process:
     peers = ",".join(f"{i}={LOOPBACK}:{PEER_PORT_BASE + i}" for i in NODE_IDS if i != node_id)
     port = CLIENT_PORT_BASE + node_id
@@ -34,7 +39,7 @@ def _node(var: Path, node_id: int) -> Process:
 
 def local_cluster(var: Path) -> LocalCluster:
     """The three nodes, then the worker (see the module header)."""
-    servers = ",".join(f"{LOOPBACK}:{CLIENT_PORT_BASE + i}" for i in NODE_IDS)
+    servers = ",".join(client_addresses())
     worker = [sys.executable, "-m", "scheduler", "worker", "--scheduler", servers]
     processes = [_node(var, node_id) for node_id in NODE_IDS]
     note = "(a shell worker: no port, it polls the three nodes)"

@@ -19,6 +19,9 @@ Grammar (whitespace separates fields; names and macros are case-insensitive):
   when the result is a whole number of ms. Between `MIN_EVERY_MS` and `MAX_EVERY_MS`.
 - Not supported, with a clear error: Quartz `L`, `W`, `#`, a year field, `@reboot`, and a
   `TZ=`/`CRON_TZ=` prefix (the zone is the job's TZ option).
+- `@after` is no schedule of its own: it is the schedule of a job with the AFTER option
+  (scheduler/jobs.py), which never reaches this parser; here it is refused, by name. An
+  unknown macro, with fields or without, is refused with the list of every known one.
 
 Every error is a `ScheduleError` whose message names the bad field.
 """
@@ -50,6 +53,12 @@ _MONTH_MAX_DAYS = (31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)
 _UNIT_MS = {"d": 86_400_000, "h": 3_600_000, "m": 60_000, "s": 1000, "ms": 1}
 _DURATION_PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|d|h|m|s)")
 _DIGITS = re.compile(r"[0-9]{1,3}")
+EVERY_MACRO = "@every"
+AFTER_MACRO = "@after"  # scheduler.jobs.AFTER_SCHEDULE: a job that runs after another
+KNOWN_MACROS = (*MACROS, EVERY_MACRO, AFTER_MACRO)
+ERR_UNKNOWN_MACRO = "unknown macro {!r} (known: {})"
+ERR_MACRO_FIELDS = "macro {} takes no fields"
+ERR_AFTER_MACRO = f"{AFTER_MACRO} is the schedule of a job with the AFTER option, alone"
 _QUARTZ = re.compile(r"[0-9]*L|[0-9]+W|LW|[0-9A-Z]+#[0-9]+|L-[0-9]+")  # L, 5L, 15W, FRI#3
 
 
@@ -141,17 +150,24 @@ def parse_schedule(text: str) -> Schedule:
     head = parts[0].lower()
     if head.startswith(("tz=", "cron_tz=")):
         raise ScheduleError("time zone prefix not supported: give the zone in the TZ option")
-    if head == "@every":
+    if head == EVERY_MACRO:
         if len(parts) != 2:
             raise ScheduleError("@every takes one duration, e.g. '@every 1h30m'")
         return Every(text, parse_duration_ms(parts[1]))
     if head.startswith("@"):
-        if len(parts) != 1:
-            raise ScheduleError(f"macro {parts[0]} takes no fields")
-        if head not in MACROS:
-            raise ScheduleError(f"unknown macro {parts[0]!r} (known: {', '.join(MACROS)}, @every)")
-        return _parse_cron(text, MACROS[head].split())
+        return _parse_macro(text, parts)
     return _parse_cron(text, parts)
+
+
+def _parse_macro(text: str, parts: list[str]) -> Cron:
+    head = parts[0].lower()
+    if head not in KNOWN_MACROS:
+        raise ScheduleError(ERR_UNKNOWN_MACRO.format(parts[0], ", ".join(KNOWN_MACROS)))
+    if head == AFTER_MACRO:
+        raise ScheduleError(ERR_AFTER_MACRO)
+    if len(parts) != 1:
+        raise ScheduleError(ERR_MACRO_FIELDS.format(parts[0]))
+    return _parse_cron(text, MACROS[head].split())
 
 
 def parse_duration_ms(text: str) -> int:

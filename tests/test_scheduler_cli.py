@@ -1,0 +1,126 @@
+"""`scheduler job|history|cluster ...`, the client command line, run as a user runs it.
+
+Which nodes it asks (`--server`, else `$SCHEDULER_SERVERS`, else make run's), that it gives
+up at once with a message naming them when none answers (the `--deadline` it was given is
+the window it says it used; nothing here measures time), that a node that does not answer
+ahead of one that does costs nothing but the probe, and that the schedule parser's errors
+reach the user as they are. A single-node scheduler (it elects itself) serves the requests.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from core.client_cli import SOURCE_DEFAULT, resolve_servers
+from core.launcher import local_clusters
+from scheduler.__main__ import DEFAULT_PORT, SERVERS_ENV, build_parser
+from scheduler.launch import client_addresses
+from scheduler.schedule_parse import ScheduleError, parse_schedule
+from tests.conftest import find_free_port
+from tests.procs import ROOT, Daemon
+
+COMMAND_S = 60.0  # hang detection only
+
+
+def scheduler_cli(*words: str,
+                  env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    environ = {k: v for k, v in os.environ.items() if k != SERVERS_ENV}
+    environ.update(PYTHONPATH=str(ROOT), **(env or {}))
+    return subprocess.run([sys.executable, "-m", "scheduler", *words], capture_output=True,
+                          text=True, cwd=ROOT, env=environ, timeout=COMMAND_S, check=False)
+
+
+def nowhere() -> str:
+    return f"127.0.0.1:{find_free_port()}"
+
+
+@pytest.fixture(scope="module")
+def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
+    tmp = tmp_path_factory.mktemp("scheduler-cli")
+    port, raft = find_free_port(), find_free_port()
+    argv = ["scheduler", "serve", "--id", "1", "--listen", f"127.0.0.1:{port}",
+            "--peer-listen", f"127.0.0.1:{raft}", "--data-dir", str(tmp / "node")]
+    daemon = Daemon(argv, "127.0.0.1", port, tmp / "node.log").start()
+    try:
+        yield daemon
+    finally:
+        assert daemon.stop() == 0, daemon.log()
+
+
+def test_without_server_the_commands_ask_make_runs_nodes() -> None:
+    declared = [f"{p.host}:{p.port}" for c in local_clusters(Path("var"))
+                for p in c.processes if p.name.startswith("scheduler-")]
+    assert client_addresses() == declared
+    servers = resolve_servers(None, SERVERS_ENV, client_addresses(), DEFAULT_PORT, {})
+    assert servers.source == SOURCE_DEFAULT
+    assert [f"{h}:{p}" for h, p in servers.nodes] == declared
+    args = build_parser().parse_args(["job", "list"])
+    assert args.server is None  # left to resolve_servers: the variable, then make run's
+
+
+def test_no_node_answering_is_a_clear_error_within_the_deadline_given() -> None:
+    down = nowhere()
+    done = scheduler_cli("job", "list", "--server", down, "--deadline", "0.3")
+    assert done.returncode == 1 and done.stdout == "", done
+    [message] = done.stderr.splitlines()
+    assert message.startswith(f"scheduler: no scheduler node answered within 0.3 s at {down} "
+                              "(from --server)"), message
+    assert "make run" in message and SERVERS_ENV in message, message
+
+
+def test_the_environment_variable_names_the_nodes(node: Daemon) -> None:
+    down = nowhere()
+    done = scheduler_cli("cluster", "info", env={SERVERS_ENV: down})
+    assert done.returncode == 1, done
+    assert f"at {down} (from ${SERVERS_ENV})" in done.stderr, done.stderr
+    # A node that does not answer ahead of one that does: the request goes to the live one.
+    done = scheduler_cli("cluster", "info", env={SERVERS_ENV: f"{down},{node.address}"})
+    assert done.returncode == 0, done.stderr
+    info = dict(line.split(": ", 1) for line in done.stdout.splitlines())
+    assert info["id"] == "1" and info["leader"] == "1", info
+
+
+def test_the_flag_wins_over_the_variable(node: Daemon) -> None:
+    done = scheduler_cli("job", "list", "--server", node.address,
+                         env={SERVERS_ENV: nowhere()})
+    assert done.returncode == 0, done.stderr
+
+
+@pytest.mark.parametrize("schedule", ["@foo", "@foo bar"])
+def test_an_unknown_macro_is_named_with_the_known_ones(node: Daemon, schedule: str) -> None:
+    done = scheduler_cli("job", "add", "macro-job", schedule, "true", "--server", node.address)
+    assert done.returncode == 1, done
+    message = done.stderr.strip()
+    assert message.startswith("scheduler: ERR invalid schedule: unknown macro '@foo'"), message
+    for known in ("@yearly", "@annually", "@monthly", "@weekly", "@daily", "@midnight",
+                  "@hourly", "@every", "@after"):
+        assert known in message, (known, message)
+
+
+@pytest.mark.parametrize(("schedule", "error"), [
+    ("@foo", "unknown macro '@foo' (known: @yearly, @annually, @monthly, @weekly, @daily, "
+             "@midnight, @hourly, @every, @after)"),
+    ("@foo bar", "unknown macro '@foo' (known: "),
+    ("@after", "@after is the schedule of a job with the AFTER option, alone"),
+    ("@after parent", "@after is the schedule of a job with the AFTER option, alone"),
+    ("@daily 5", "macro @daily takes no fields"),
+])
+def test_the_parser_names_macros_the_same_way_with_fields_or_without(
+    schedule: str, error: str
+) -> None:
+    with pytest.raises(ScheduleError) as raised:
+        parse_schedule(schedule)
+    assert str(raised.value).startswith(error), raised.value
+
+
+def test_a_bad_count_or_deadline_is_a_usage_error() -> None:
+    done = scheduler_cli("history", "some-job", "0", "--server", nowhere())
+    assert done.returncode == 2 and "count must be a positive integer" in done.stderr, done
+    done = scheduler_cli("job", "list", "--deadline", "0")
+    assert done.returncode == 2 and "--deadline must be > 0" in done.stderr, done

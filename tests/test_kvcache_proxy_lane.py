@@ -1,6 +1,8 @@
-"""The proxy's lane (kvcache/proxy_plan.py `lane_request`, `may_hold_a_block`): a client read
-that is one plain get or set skips the parser, so the lane must agree with the parser on
-every read it takes, and must never take a read while the parser waits for a block.
+"""The proxy's fast paths. The lane (kvcache/proxy_plan.py `lane_request`, `may_hold_a_block`):
+a client read that is one plain get or set skips the parser, so the lane must agree with the
+parser on every read it takes, and must never take a read while the parser waits for a
+block. Backend replies read straight from a read's bytes (kvcache/proxy_wire.py
+`quick_take`) must be the replies the framer reads from the same bytes.
 
 Properties (hypothesis) against the pure parser, whose state can be looked at: a read the
 lane takes parses to exactly that one request and leaves the parser idle; after any cut of a
@@ -26,6 +28,7 @@ from hypothesis import strategies as st
 
 from kvcache.mcproto_pure import RequestParser, Store, _idle
 from kvcache.proxy_plan import lane_request, may_hold_a_block
+from kvcache.proxy_wire import LINE, WHOLE_VALUES, ReplyFramer, quick_take
 from kvcache.settings import DEFAULT_ITEM_SIZE_MAX
 from tests.conftest import find_free_port, wait_for_tcp_port
 from tests.procs import Daemon, kvcache_daemon
@@ -106,6 +109,34 @@ def test_an_idle_looking_parser_is_idle(requests: list[bytes], cuts: list[int]) 
                 not isinstance(request, Store) or request.too_large)
         if parser.buffered() == 0 and not swallowing and not may_hold_a_block(data, held_before):
             assert _idle(parser), (data, parser._pending, parser._swallow)
+
+
+_replies = st.sampled_from([
+    b"STORED\r\n", b"NOT_STORED\r\n", b"DELETED\r\n", b"42\r\n", b"END\r\n",
+    b"VALUE a 0 1\r\n1\r\n", b"VALUE bb 5 3 77\r\nxyz\r\n", b"VALUE c 0 2\r\n\r\n\r\n",
+    b"VALUE d 0 x\r\n", b"VALUE e 0 3\r\nab\r\n", b"SERVER_ERROR out of memory\r\n",
+    b"ERROR\r\n", b"bogus\r\n", b"VALUE f 0 1 2 3\r\nz\r\n", b"END\r", b"\r\n",
+])
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(_replies, max_size=6), st.integers(0, 60),
+       st.lists(st.sampled_from([LINE, WHOLE_VALUES]), min_size=1, max_size=4))
+def test_quick_replies_are_the_framers(pieces: list[bytes], cut: int, shapes: list[str]
+                                       ) -> None:
+    """Whatever `quick_take` reads from a read's bytes, the framer reads the same replies
+    from them, and it ends where the framer's does."""
+    data = b"".join(pieces)[:cut] if cut else b"".join(pieces)
+    framer = ReplyFramer()
+    framer.feed(data)
+    pos = 0
+    for shape in shapes:
+        quick = quick_take(data, pos, shape)
+        if quick is None:
+            return
+        reply, pos = quick
+        assert framer.take(shape) == reply
+        assert framer.buffered() == len(data) - pos
 
 
 # -- real processes --------------------------------------------------------------------------

@@ -28,7 +28,8 @@ keys = st.sampled_from([b"", b"a", b"b", b"key", b"k" * 60])
 batches = st.lists(st.tuples(keys, st.one_of(st.none(), st.binary(max_size=80)),
                              st.sampled_from([0, 5])), max_size=4)
 ops_strategy = st.lists(st.one_of(st.tuples(st.just("write"), batches),
-                                  st.tuples(st.sampled_from(["sync", "compact"]), st.just([]))),
+                                  st.tuples(st.sampled_from(["sync", "compact", "reopen"]),
+                                            st.just([]))),
                         min_size=1, max_size=25)
 torn = st.floats(min_value=0.0, max_value=1.0)
 powercut_settings = settings(max_examples=120, deadline=None,
@@ -49,6 +50,10 @@ def keep_fraction(fraction: float) -> Callable[[Path, int], int]:
     return lambda _path, n: int(n * fraction)
 
 
+def keep_prefix(fraction: float) -> Callable[[int], int]:
+    return lambda n: int(n * fraction)
+
+
 def contents(directory: Path) -> tuple[Model, int]:
     engine = Engine.open(directory, background_compaction=False)
     try:
@@ -57,14 +62,20 @@ def contents(directory: Path) -> tuple[Model, int]:
         engine.close()
 
 
-def run_until_cut(directory: Path, fsync: str, ops: list[Op], cut_at: int,
-                  fraction: float) -> tuple[list[Model], int, Model | None]:
+def run_until_cut(directory: Path, fsync: str, ops: list[Op], cut_at: int, fraction: float,
+                  dir_fraction: float) -> tuple[list[Model], int, Model | None]:
     """Run `ops` until the power goes. Returns the model after each write that returned, the
-    index in that list of the last write known durable, and the model of a write in flight."""
+    index in that list of the last write known durable, and the model of a write in flight.
+    `fraction` of each file's unsynced bytes and `dir_fraction` of the unsynced directory
+    changes (a prefix) survive the cut."""
     layer = PowerCutFiles()
-    engine = Engine.open(directory, fsync=fsync, file_layer=layer,
-                         max_segment_bytes=SMALL_SEGMENT_BYTES, background_compaction=False)
-    layer.arm(cut_at, keep_fraction(fraction))
+
+    def reopen() -> Engine:
+        return Engine.open(directory, fsync=fsync, file_layer=layer,
+                           max_segment_bytes=SMALL_SEGMENT_BYTES, background_compaction=False)
+
+    engine = reopen()
+    layer.arm(cut_at, keep_fraction(fraction), keep_prefix(dir_fraction))
     models: list[Model] = [{}]
     durable = 0
     inflight: Model | None = None
@@ -79,10 +90,14 @@ def run_until_cut(directory: Path, fsync: str, ops: list[Op], cut_at: int,
             elif name == "sync":
                 engine.sync()
                 durable = len(models) - 1
+            elif name == "reopen":
+                engine.close()  # fsyncs what is pending
+                durable = len(models) - 1
+                engine = reopen()
             else:
                 engine.compact()
                 durable = len(models) - 1
-        layer.power_cut(keep_fraction(fraction))
+        layer.power_cut(keep_fraction(fraction), keep_prefix(dir_fraction))
     except PowerCut:
         pass
     return models, durable, inflight
@@ -100,12 +115,14 @@ def check_survivors(directory: Path, models: list[Model], durable: int,
 
 
 @powercut_settings
-@given(ops=ops_strategy, cut_at=st.integers(0, 80), fraction=torn)
+@given(ops=ops_strategy, cut_at=st.integers(0, 80), fraction=torn, dir_fraction=torn)
 def test_fsync_always_keeps_every_write_that_returned(ops: list[Op], cut_at: int,
-                                                      fraction: float) -> None:
+                                                      fraction: float,
+                                                      dir_fraction: float) -> None:
     directory = Path(tempfile.mkdtemp(prefix="ss-cut-"))
     try:
-        models, durable, inflight = run_until_cut(directory, "always", ops, cut_at, fraction)
+        models, durable, inflight = run_until_cut(directory, "always", ops, cut_at, fraction,
+                                                  dir_fraction)
         assert durable == len(models) - 1
         check_survivors(directory, models, durable, inflight)
     finally:
@@ -113,12 +130,13 @@ def test_fsync_always_keeps_every_write_that_returned(ops: list[Op], cut_at: int
 
 
 @powercut_settings
-@given(ops=ops_strategy, cut_at=st.integers(0, 80), fraction=torn)
+@given(ops=ops_strategy, cut_at=st.integers(0, 80), fraction=torn, dir_fraction=torn)
 def test_fsync_everysec_loses_at_most_what_came_after_the_last_sync(
-        ops: list[Op], cut_at: int, fraction: float) -> None:
+        ops: list[Op], cut_at: int, fraction: float, dir_fraction: float) -> None:
     directory = Path(tempfile.mkdtemp(prefix="ss-cut-"))
     try:
-        models, durable, inflight = run_until_cut(directory, "everysec", ops, cut_at, fraction)
+        models, durable, inflight = run_until_cut(directory, "everysec", ops, cut_at, fraction,
+                                                  dir_fraction)
         check_survivors(directory, models, durable, inflight)
     finally:
         shutil.rmtree(directory, ignore_errors=True)

@@ -9,8 +9,9 @@ mutating operation from now cut the power instead of running, and raise `PowerCu
 append that triggers the cut first lands in the buffer, so a torn prefix may include it.
 `fail_fsync` makes every later fsync raise EIO.
 
-Limits: directory entries (creations, renames, unlinks) are applied to the real directory at
-once and so survive a cut even without a directory fsync; only file contents are simulated.
+Directory entries are simulated too: a creation, rename or unlink not yet followed by
+`fsync_dir` of its directory is undone by a cut (the adversarial choice: a real file system
+may or may not have kept it). An unlinked file is parked under a hidden name until then.
 Not thread-safe: use it with background compaction off.
 """
 
@@ -27,8 +28,21 @@ from core.storage import atomic_write
 __all__ = ["PowerCut", "PowerCutFiles"]
 
 DATA_FILE_MODE = 0o600
+PARKED_PREFIX = ".powercut-unlinked-"
 
 TornKeep = Callable[[Path, int], int]  # (path, unsynced bytes) -> how many of them survive
+DirKeep = Callable[[int], int]  # unsynced directory changes -> how many (a prefix) survive
+CREATE = "create"
+RENAME = "rename"
+UNLINK = "unlink"
+
+
+def _undo(kind: str, path: Path, other: Path) -> None:
+    """Revert one directory change the power cut lost (a rename or an unlink moves back)."""
+    if kind == CREATE:
+        path.unlink(missing_ok=True)
+    else:
+        os.rename(other, path)
 
 
 class PowerCut(Exception):
@@ -62,17 +76,27 @@ class PowerCutFiles:
         self.ops = 0
         self.fail_fsync = False
         self.cut = False
+        self._dir_keep: DirKeep | None = None
+        # directory changes since their directory's last fsync, in order:
+        # (CREATE, path, path) / (RENAME, src, dst) / (UNLINK, path, parked copy)
+        self._dir_ops: list[tuple[str, Path, Path]] = []
 
     # -- the power -----------------------------------------------------------------------------
 
-    def arm(self, after_ops: int, torn_keep: TornKeep | None = None) -> None:
-        """Cut the power at the `after_ops`-th mutating operation from now (0 = the next)."""
+    def arm(self, after_ops: int, torn_keep: TornKeep | None = None,
+            dir_keep: DirKeep | None = None) -> None:
+        """Cut the power at the `after_ops`-th mutating operation from now (0 = the next),
+        with `torn_keep` and `dir_keep` as `power_cut` takes them."""
         self._countdown = after_ops
         self._torn_keep = torn_keep
+        self._dir_keep = dir_keep
 
-    def power_cut(self, torn_keep: TornKeep | None = None) -> None:
-        """Drop every unsynced byte (keeping `torn_keep(path, n)` of a file's n, if given) and
-        close every file. The layer refuses all later operations; open a new one."""
+    def power_cut(self, torn_keep: TornKeep | None = None,
+                  dir_keep: DirKeep | None = None) -> None:
+        """Drop every unsynced byte (keeping `torn_keep(path, n)` of a file's n, if given),
+        undo the directory changes not yet made durable (keeping the first `dir_keep(n)` of
+        the n, as a journaling file system keeps a prefix) and close every file. The layer
+        refuses all later operations; open a new one."""
         for path, pending in self._pending.items():
             keep = torn_keep(path, len(pending.data)) if torn_keep and pending.data else 0
             if keep and path.exists():
@@ -82,6 +106,13 @@ class PowerCutFiles:
         for handle in self._open:
             os.close(handle.fd)
         self._open.clear()
+        keep = dir_keep(len(self._dir_ops)) if dir_keep and self._dir_ops else 0
+        for kind, _path, other in self._dir_ops[:keep]:
+            if kind == UNLINK:
+                os.unlink(other)
+        for kind, path, other in reversed(self._dir_ops[keep:]):
+            _undo(kind, path, other)
+        self._dir_ops.clear()
         self.cut = True
 
     def _tick(self, handle: _Handle | None = None, data: bytes = b"") -> None:
@@ -95,7 +126,7 @@ class PowerCutFiles:
             return
         if handle is not None:
             handle.pending.data += data
-        self.power_cut(self._torn_keep)
+        self.power_cut(self._torn_keep, self._dir_keep)
         raise PowerCut(f"power cut at operation {self.ops}")
 
     # -- the file layer ------------------------------------------------------------------------
@@ -107,6 +138,8 @@ class PowerCutFiles:
         if create:
             flags |= os.O_CREAT | os.O_EXCL
         fd = os.open(path, flags, DATA_FILE_MODE)
+        if create:
+            self._dir_ops.append((CREATE, path, path))
         handle = _Handle(path, fd, self._pending.setdefault(path, _Pending()))
         self._open.append(handle)
         return handle
@@ -152,6 +185,7 @@ class PowerCutFiles:
     def rename(self, src: Path, dst: Path) -> None:
         self._tick()
         os.rename(src, dst)
+        self._dir_ops.append((RENAME, src, dst))
         self._pending[dst] = self._pending.pop(src, _Pending())
         for handle in self._open:
             if handle.path == src:
@@ -159,11 +193,18 @@ class PowerCutFiles:
 
     def unlink(self, path: Path) -> None:
         self._tick()
-        os.unlink(path)
+        parked = path.with_name(f"{PARKED_PREFIX}{self.ops}-{path.name}")
+        os.rename(path, parked)
+        self._dir_ops.append((UNLINK, path, parked))
         self._pending.pop(path, None)
 
     def fsync_dir(self, directory: Path) -> None:
+        """Every creation, rename and unlink in `directory` so far becomes durable."""
         self._tick()
+        for kind, path, other in self._dir_ops:
+            if kind == UNLINK and path.parent == directory:
+                os.unlink(other)
+        self._dir_ops = [op for op in self._dir_ops if op[1].parent != directory]
 
     def read_small(self, path: Path) -> bytes | None:
         try:

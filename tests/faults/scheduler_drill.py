@@ -23,12 +23,13 @@ settles: each job fires again, then every job is paused and every run reaches a 
 
 Checked (tests/faults/scheduler_checks.py): exactly-once per job, executions-committed,
 cut-off-no-dispatch. Slots a SKIP or ONCE job may drop are those within a fault's window
-(WINDOW_BEFORE_MS before it to WINDOW_AFTER_MS after its heal; the start-up counts as a
-fault) and those the MISFIRE ALL job's runs show the leader reached
-LATE_MS late or more (a loaded machine); the report's notes count the latter. And, reported
-apart because it is the known gap of issue 15 (workers do not fence themselves yet),
-no-overlap-after-loss of the slow job: `run_round` returns it as `Round.gap`; the
-DrillReport's results leave it out and its notes carry its verdict.
+(WINDOW_BEFORE_MS before it to WINDOW_AFTER_MS after its heal, CLOCK_WINDOW_MS more for a
+clock fault; the start-up counts as a fault) and those the MISFIRE ALL job's runs show the
+leader reached LATE_MS late or more (a loaded machine); the report's notes count the latter.
+And, reported apart because it is the known gap of issue 15 (workers do not fence themselves
+yet), no-overlap-after-loss of the slow job: `run_round` returns it as `Round.gap`; the
+DrillReport's results leave it out and its notes carry its verdict. The history's operations
+are the clients' JOB.RUN calls, the fault notes, and one fire per execution line or lost run.
 """
 
 from __future__ import annotations
@@ -75,7 +76,8 @@ CLOCK_STEP_S = 3.0
 LOSS = 0.3
 RESUMED_SLOTS = 2  # after the last heal each cron job fires this many slots before the pause
 WINDOW_BEFORE_MS = 1500  # a fault may disturb slots this long before it (fire-ahead, lateness)
-WINDOW_AFTER_MS = 3000 + int(CLOCK_STEP_S * 1000)  # ... and this long after its heal
+WINDOW_AFTER_MS = 3000  # ... and this long after its heal (an election, a read barrier)
+CLOCK_WINDOW_MS = int(CLOCK_STEP_S * 1000)  # more after a clock fault: slots move by the step
 NEMESIS_KINDS = ("isolate", "split", "bridge", "one_way", "loss", "kill", "pause")
 NEMESIS_PAUSE_S = (1.0, 2.5)
 MAX_NOTED = 20  # lost runs listed in a report's notes
@@ -281,7 +283,9 @@ class Verdicts:
 def judge(cluster: Cluster, recorder: Recorder, spans: list[checks.Span], base: checks.TimeBase,
           paused_ms: int, jobs: dict[str, dict[str, Any]]) -> Verdicts:
     """Run every checker on what the clients saw, the files hold and the cluster recorded."""
-    windows = [(s.start_ms - WINDOW_BEFORE_MS, s.end_ms + WINDOW_AFTER_MS) for s in spans]
+    windows = [(s.start_ms - WINDOW_BEFORE_MS,
+                s.end_ms + WINDOW_AFTER_MS + (CLOCK_WINDOW_MS if s.kind == "clock" else 0))
+               for s in spans]
     ids = iter(range(checks.FIRST_FIRE_ID, checks.FIRST_FIRE_ID * 2))
     acked = [op.result for op in recorder.history().operations() if op.f == "run" and op.ok]
     results: list[CheckResult] = []

@@ -19,9 +19,10 @@ import pytest
 
 from core.client_cli import SOURCE_DEFAULT, resolve_servers
 from core.launcher import local_clusters
+from scheduler import jobs
 from scheduler.__main__ import DEFAULT_PORT, SERVERS_ENV, build_parser
 from scheduler.launch import client_addresses
-from scheduler.schedule_parse import ScheduleError, parse_schedule
+from scheduler.schedule_parse import KNOWN_MACROS, ScheduleError, parse_schedule
 from tests.conftest import find_free_port
 from tests.procs import ROOT, Daemon
 
@@ -124,3 +125,34 @@ def test_a_bad_count_or_deadline_is_a_usage_error() -> None:
     assert done.returncode == 2 and "count must be a positive integer" in done.stderr, done
     done = scheduler_cli("job", "list", "--deadline", "0")
     assert done.returncode == 2 and "--deadline must be > 0" in done.stderr, done
+
+
+def readme_option_rows() -> dict[str, str]:
+    text = (ROOT / "README.md").read_text()
+    rows = [line for line in text.splitlines() if line.startswith("| `")]
+    return {row.split("`")[1]: row for row in rows}
+
+
+def test_the_readme_lists_every_job_add_option_with_its_limits() -> None:
+    rows = readme_option_rows()
+    assert set(jobs.OPTIONS) <= set(rows), sorted(set(jobs.OPTIONS) - set(rows))
+    for option, numbers in {
+        "DEADLINE": (1, jobs.MAX_DEADLINE_S, jobs.DEFAULT_DEADLINE_S),
+        "TIMEOUT": (0, jobs.MAX_TIMEOUT_S),
+        "RETRIES": (0, jobs.MAX_RETRIES),
+        "BACKOFF": (0, jobs.MAX_BACKOFF_S, jobs.DEFAULT_BACKOFF_S),
+        "HISTORY": (1, jobs.MAX_HISTORY, jobs.DEFAULT_HISTORY),
+    }.items():
+        for number in numbers:
+            assert str(number) in rows[option], (option, number, rows[option])
+    assert f"(`{jobs.DEFAULT_TZ}`)" in rows["TZ"] and f"(`{jobs.ALLOW}`)" in rows["CONCURRENCY"]
+    assert f"(`{jobs.ONCE}`)" in rows["MISFIRE"]
+    assert f"at most {jobs.MAX_CATCHUP_SLOTS}" in rows["MISFIRE"]
+
+
+def test_the_readme_names_every_macro_and_its_six_field_example_parses() -> None:
+    text = (ROOT / "README.md").read_text()
+    for macro in KNOWN_MACROS:
+        assert f"`{macro}" in text, macro
+    assert "`*/10 * * * * *`" in text
+    assert parse_schedule("*/10 * * * * *").seconds == (0, 10, 20, 30, 40, 50)

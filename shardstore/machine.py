@@ -4,10 +4,13 @@ Strategy: a shard's Raft entries are msgpack lists, built by the node that takes
 request and applied identically by every replica:
 
 - [KIND_COMMAND, now_ms, [arg, ...]]: a write command; `execute_write(kv, now_ms, args,
-  index)` of the command layer computes its effect and writes it in one engine batch
-  that carries the entry's index;
+  index)` of the command layer computes its effect and writes it with the entry's index;
 - [KIND_EXPIRE, now_ms, [key, ...]]: the leader's expiry sweep (`expired_keys`); each key
-  that still exists and has expired at `now_ms` is deleted, in one batch with the index.
+  that still exists and has expired at `now_ms` is deleted.
+
+The writes of all the entries of one `apply` call gather in a `BatchKV` (later entries read
+what earlier ones wrote) and reach the engine as one atomic batch carrying the last index:
+one append and one fsync per apply run, not per entry.
 
 An entry at or below the engine's stored `applied_index` was applied before a restart and
 is skipped (the engine is the state machine's durable copy; Raft replays the log tail
@@ -33,8 +36,8 @@ import msgpack
 from core.resp import CommandError, RespSet, Simple, Verbatim
 
 __all__ = [
-    "KIND_COMMAND", "KIND_EXPIRE", "CommandLayer", "MergedKV", "ShardMachine", "decode_reply",
-    "encode_command", "encode_expire", "encode_reply", "expired_keys",
+    "KIND_COMMAND", "KIND_EXPIRE", "BatchKV", "CommandLayer", "MergedKV", "ShardMachine",
+    "decode_reply", "encode_command", "encode_expire", "encode_reply", "expired_keys",
 ]
 
 KIND_COMMAND = 0
@@ -131,34 +134,39 @@ class ShardMachine:
         self._load = load
 
     def apply(self, entries: Sequence[tuple[int, bytes]]) -> list[Any]:
-        return [self._apply_one(index, data) for index, data in entries]
+        """One result per entry; the run's writes reach the engine as one batch (one
+        append, one fsync) before the results go back."""
+        kv = BatchKV(self.engine)
+        results = [self._apply_one(kv, index, data) for index, data in entries]
+        kv.flush()
+        return results
 
-    def _apply_one(self, index: int, data: bytes) -> Any:
+    def _apply_one(self, kv: BatchKV, index: int, data: bytes) -> Any:
         if index <= self.engine.applied_index:
             return None  # applied before a restart
         try:
             kind, now_ms, items = msgpack.unpackb(data)
         except (ValueError, TypeError, msgpack.UnpackException) as exc:
-            self.engine.write([], applied_index=index)
+            kv.write([], applied_index=index)
             return encode_reply(CommandError(ERR_BAD_ENTRY.format(exc)))
         if kind == KIND_EXPIRE:
-            self._expire(index, now_ms, items)
-            return encode_reply(len(items))
+            return encode_reply(self._expire(kv, index, now_ms, items))
         try:
-            reply = self.commands.execute_write(self.engine, now_ms, list(items), index)
+            reply = self.commands.execute_write(kv, now_ms, list(items), index)
         except CommandError as err:
             reply = err
-            if self.engine.applied_index < index:
-                self.engine.write([], applied_index=index)
+        kv.write([], applied_index=index)  # no-op if the command wrote with the index
         return encode_reply(reply)
 
-    def _expire(self, index: int, now_ms: int, keys: list[bytes]) -> None:
+    @staticmethod
+    def _expire(kv: BatchKV, index: int, now_ms: int, keys: list[bytes]) -> int:
         batch: list[tuple[bytes, bytes | None, int]] = []
         for key in keys:
-            found = self.engine.get(key)
+            found = kv.get(key)
             if found is not None and 0 < found[1] <= now_ms:
                 batch.append((key, None, 0))
-        self.engine.write(batch, applied_index=index)
+        kv.write(batch, applied_index=index)
+        return len(batch)
 
     def snapshot(self) -> Callable[[], bytes]:
         """An encoder of the engine's consistent dump (run off the event loop)."""
@@ -221,3 +229,48 @@ class MergedKV:
     def keys_after(self, cursor: bytes, limit: int) -> list[bytes]:
         keys = heapq.merge(*(kv.keys_after(cursor, limit) for kv in self.kvs))
         return list(itertools.islice(keys, limit))
+
+
+class BatchKV:
+    """The engine as the commands of one apply run see it: their writes gather here
+    (reads see them) and `flush` hands them to the engine as one batch carrying the last
+    index. A scan or count flushes first, so it reads the engine itself."""
+
+    def __init__(self, engine: Any) -> None:
+        self.engine = engine
+        self.pending: dict[bytes, tuple[bytes | None, int]] = {}
+        self.index: int | None = None
+
+    def get(self, key: bytes) -> tuple[bytes, int] | None:
+        if key in self.pending:
+            value, expire = self.pending[key]
+            return None if value is None else (value, expire)
+        return self.engine.get(key)
+
+    def write(self, batch: Sequence[tuple[bytes, bytes | None, int]],
+              applied_index: int | None = None) -> None:
+        for key, value, expire in batch:
+            self.pending[key] = (value, expire)
+        if applied_index is not None:
+            self.index = applied_index
+
+    def flush(self) -> None:
+        """Write what gathered (and the index) to the engine; nothing if nothing did."""
+        if not self.pending and self.index is None:
+            return
+        batch = [(key, value, expire) for key, (value, expire) in self.pending.items()]
+        self.engine.write(batch, applied_index=self.index)
+        self.pending, self.index = {}, None
+
+    def scan(self, start: bytes = b"", end: bytes | None = None,
+             limit: int | None = None) -> list[tuple[bytes, bytes, int]]:
+        self.flush()
+        return self.engine.scan(start, end, limit)
+
+    def count(self) -> int:
+        self.flush()
+        return int(self.engine.count())
+
+    def keys_after(self, cursor: bytes, limit: int) -> list[bytes]:
+        self.flush()
+        return self.engine.keys_after(cursor, limit)

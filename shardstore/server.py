@@ -12,7 +12,10 @@ TRYAGAIN. The client commands live in shardstore/handlers.py. Background tasks:
   40-hex name once, and a leader hint for each shard it has become the leader of; it
   opens each shard group the map makes it a member of (engine under
   `<data-dir>/shards/<id>/`, Raft log under `<data-dir>/groups/<id>/`) and destroys those
-  it is no longer a member of;
+  it is no longer a member of; and it hands the leadership of a shard it leads to the
+  shard's first member, its preferred leader, once that one has the whole log (at most
+  once per BALANCE_S per shard), so the masters spread over the nodes as in a Redis
+  Cluster (redis-benchmark --cluster wants two masters or more);
 - `_expire` (every EXPIRE_S): for each shard this node leads, sample keys
   (machine.expired_keys) and propose the expired ones' deletion (an expire entry);
 - `_everysec` (fsync "everysec" only): sync each engine once a second.
@@ -53,6 +56,7 @@ EXPIRE_SAMPLE = 200  # keys looked at per shard per sweep
 EVERYSEC_S = 1.0
 SNAPSHOT_EVERY = 10_000  # applied entries between a shard's Raft snapshots
 WRITE_TIMEOUT_S = 10.0
+BALANCE_S = 5.0  # between two hand-overs of one shard to its preferred leader
 
 
 @dataclass(frozen=True)
@@ -129,6 +133,7 @@ class ShardNode:
                                    advertise=settings.advertise, timeout_s=options.timeout_s)
         self._tasks: list[asyncio.Task[None]] = []
         self._cursors: dict[int, bytes] = {}
+        self._balanced: dict[int, float] = {}  # shard id -> when it was last handed over
 
     @property
     def config(self) -> cluster.ClusterConfig:
@@ -231,6 +236,27 @@ class ShardNode:
         for sid in [s for s in self.machines if s not in hosted]:
             await self._close_shard(sid)
         await self._publish_leaders()
+        await self._prefer_leaders()
+
+    async def _prefer_leaders(self) -> None:
+        now = time.monotonic()
+        for sid in list(self.machines):
+            shard = self.config.shards[sid]
+            group = self.host.group(shard.group)
+            node = group.node if group is not None else None
+            preferred = shard.members[0]
+            if (node is None or node.lead != self.me or preferred == self.me
+                    or now - self._balanced.get(sid, -BALANCE_S) < BALANCE_S):
+                continue
+            progress = node.progress.get(preferred)
+            if progress is None or progress.match < node.committed:
+                continue
+            self._balanced[sid] = now
+            assert group is not None
+            try:
+                await group.transfer_leadership(preferred)
+            except (RaftError, TimeoutError) as exc:
+                log.info("shard %d: no hand-over to node %d: %r", sid, preferred, exc)
 
     async def _publish_leaders(self) -> None:
         for sid in list(self.machines):
@@ -311,8 +337,6 @@ class ShardNode:
         }
         for sid, machine in sorted(self.machines.items()):
             stats = dict(getattr(machine.engine, "stats", {}) or {})
-            section[f"shard{sid}"] = ",".join(
-                [f"applied={machine.engine.applied_index}",
-                 *(f"{k}={v}" for k, v in sorted(stats.items()))])
+            section[f"shard{sid}"] = ",".join(f"{k}={v}" for k, v in sorted(stats.items()))
         raft = {k: v for k, v in self.host.status().items() if isinstance(v, int | str)}
         return {"Shardstore": section, "Raft": raft}

@@ -160,6 +160,26 @@ def test_apply_runs_writes_once_and_skips_what_the_engine_has(tmp_path: Path) ->
     assert machine.engine.get(b"n") == (b"1", 0)
 
 
+def test_one_apply_run_is_one_engine_write_and_entries_see_each_other(tmp_path: Path) -> None:
+    machine = _shard(tmp_path)
+    writes: list[int | None] = []
+    original = machine.engine.write
+
+    def counted(batch: object, applied_index: int | None = None) -> None:
+        writes.append(applied_index)
+        original(batch, applied_index)  # type: ignore[arg-type]
+
+    machine.engine.write = counted  # type: ignore[method-assign]
+    out = machine.apply([(1, encode_command(0, [b"INCR", b"n"])),
+                         (2, encode_command(0, [b"INCR", b"n"])),
+                         (3, encode_command(0, [b"SET", b"a", b"1"])),
+                         (4, encode_command(0, [b"FLUSHALL"])),
+                         (5, encode_command(0, [b"INCR", b"n"]))])
+    assert [decode_reply(r) for r in out] == [1, 2, OK, OK, 1]
+    assert writes == [3, 5]  # FLUSHALL walks the engine: what gathered is written first
+    assert machine.engine.get(b"n") == (b"1", 0) and machine.engine.applied_index == 5
+
+
 def test_expire_entries_delete_only_what_expired_at_their_time(tmp_path: Path) -> None:
     machine = _shard(tmp_path)
     machine.apply([(1, encode_command(1000, [b"SET", b"a", b"1", b"PX", b"10"])),

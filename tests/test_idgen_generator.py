@@ -93,7 +93,9 @@ def test_ids_never_pass_the_durable_mark() -> None:
     out: list[int] = []
     assert gen.fill(out, 5) == RESERVE and out == []
     gen.reserved(gen.reservation())  # type: ignore[arg-type]
-    assert isinstance(gen.next_one(), int)
+    renewed = gen.next_one()
+    assert isinstance(renewed, int)
+    assert parse(renewed, EPOCH).time_ms == clock.wall_ms() > mark  # issued past the old mark
 
 
 def test_reservation_renews_at_half_the_reserve() -> None:
@@ -143,13 +145,18 @@ def test_fault_stops_issuing() -> None:
     with pytest.raises(IssueRefused, match="CONFLICT"):
         gen.fill([], 2)
     gen.fault = None
-    assert isinstance(gen.next_one(), int)
+    first, second = gen.next_one(), gen.next_one()
+    assert isinstance(first, int) and isinstance(second, int)
+    assert (parse(first, EPOCH).time_ms, parse(first, EPOCH).worker) == (T0, 1)
+    assert second == first + 1  # the sequence goes on where it was
 
 
 def test_time_bits_exhausted_is_refused() -> None:
     clock = ManualClock(EPOCH + MAX_TIME_MS - 1)
     gen = ready(clock)
-    assert isinstance(gen.next_one(), int)
+    last = gen.next_one()
+    assert isinstance(last, int)
+    assert parse(last, EPOCH).time_ms == EPOCH + MAX_TIME_MS - 1  # the last ms still issues
     assert gen.years_left() < 0.001
     clock.advance(5)
     with pytest.raises(IssueRefused, match="OVERFLOW"):

@@ -3,6 +3,7 @@ flow control and membership bookkeeping."""
 
 from __future__ import annotations
 
+import inspect
 import random
 
 import msgpack
@@ -129,7 +130,16 @@ def memory_with(last: int) -> MemoryStorage:
 
 
 def test_memory_storage_is_a_storage() -> None:
-    assert isinstance(MemoryStorage(), Storage)
+    """Every method of the Storage protocol, with its parameters, and a fresh storage's
+    answers: an empty log after index 0, no snapshot data, an empty hard state."""
+    storage = MemoryStorage()
+    for name in ("initial_state", "entries", "term", "first_index", "last_index", "snapshot"):
+        expected = inspect.signature(getattr(Storage, name)).parameters
+        assert list(inspect.signature(getattr(storage, name)).parameters) == list(expected)[1:]
+    assert (storage.first_index(), storage.last_index(), storage.term(0)) == (1, 0, 0)
+    assert storage.entries(1, 1) == []
+    assert storage.snapshot().index == 0
+    assert storage.initial_state().term == 0
 
 
 def test_memory_storage_reads_and_errors() -> None:

@@ -241,7 +241,8 @@ needs_engine = pytest.mark.skipif(not _engine_ready(), reason="shardstore.engine
 class ProcCluster:
     """Three `shardstore serve` processes, ids 1-3, on HOSTS."""
 
-    def __init__(self, tmp: Path, shards: int = 3, replicas: int = 3) -> None:
+    def __init__(self, tmp: Path, shards: int = 3, replicas: int = 3,
+                 extra: tuple[str, ...] = ()) -> None:
         raft = {i + 1: (h, find_free_port(h)) for i, h in enumerate(HOSTS)}
         peers = ",".join(f"{i}={h}:{p}" for i, (h, p) in raft.items())
         self.daemons: list[Daemon] = []
@@ -250,7 +251,7 @@ class ProcCluster:
             argv = ["shardstore", "serve", "--id", str(i + 1), "--listen", f"{host}:{port}",
                     "--peer-listen", f"{host}:{raft[i + 1][1]}", "--peers", peers,
                     "--data-dir", str(tmp / f"n{i + 1}"), "--shards", str(shards),
-                    "--replicas", str(replicas)]
+                    "--replicas", str(replicas), *extra]
             self.daemons.append(Daemon(argv, host, port, tmp / f"n{i + 1}.log"))
 
     def start(self) -> None:
@@ -374,6 +375,34 @@ def _writes_while_killing(procs: ProcCluster, rc: RedisCluster
     thread.join(timeout=60)
     assert before > 0 and oks[0] > before  # writes went on after the kill
     return acked, tried
+
+
+@needs_aliases
+@needs_engine
+def test_single_replica_shards_with_fsync_everysec(tmp_path: Path) -> None:
+    cluster = ProcCluster(tmp_path, shards=3, replicas=1, extra=("--fsync", "everysec"))
+    try:
+        cluster.start()
+        rc = cluster.client()
+        keys = _keys_for_every_shard(30)
+        for key in keys:
+            assert rc.set(key, key)
+        assert rc.mget_nonatomic(keys) == [k.encode() for k in keys]
+        rc.close()
+        first = cluster.daemons[0]
+        with redis.Redis(host=first.host, port=first.port) as c:
+            moved = [k for k in keys if k.encode() != _get_or_moved(c, k)]
+            assert moved  # node 1 hosts one shard of three: the others' keys are MOVED
+            assert c.info("shardstore")["fsync"] == "everysec"
+    finally:
+        cluster.stop()
+
+
+def _get_or_moved(client: redis.Redis, key: str) -> bytes | None:
+    try:
+        return client.get(key)
+    except MovedError:
+        return None
 
 
 def test_serve_refuses_what_cannot_work(tmp_path: Path) -> None:

@@ -12,7 +12,6 @@ drills quick; no test asserts on elapsed time.
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import os
 import shutil
 import signal
@@ -48,15 +47,10 @@ from tests import hang
 from tests.conftest import find_free_port, wait_for_tcp_port
 
 ROOT = Path(__file__).resolve().parent.parent
-HAS_KVCACHE = importlib.util.find_spec("kvcache.__main__") is not None
 needs_memcached = pytest.mark.skipif(shutil.which("memcached") is None, reason="no memcached")
 KINDS = [
     pytest.param("memcached", id="memcached", marks=needs_memcached),
-    pytest.param(
-        "kvcache",
-        id="kvcache",
-        marks=pytest.mark.skipif(not HAS_KVCACHE, reason="kvcache server not written yet"),
-    ),
+    pytest.param("kvcache", id="kvcache"),
 ]
 FAST = {"timeout": 1.0, "failure_threshold": 3, "retry_backoff": (0.05, 0.4)}
 HANG_S = 60.0  # a timeout no drill should reach: a call on a stopped server stays pending

@@ -152,6 +152,20 @@ def test_a_cut_after_a_sync_with_nothing_torn_keeps_exactly_the_synced(tmp_path:
     assert contents(tmp_path) == ({b"a": (b"1", 0)}, 1)
 
 
+def test_group_commit_writes_are_durable_once_synced(tmp_path: Path) -> None:
+    layer = PowerCutFiles()
+    engine = Engine.open(tmp_path, file_layer=layer)
+    for i in range(5):
+        engine.write([(b"k%d" % i, b"v", 0)], i + 1, sync=False)
+    fsyncs = engine.stats["fsyncs"]
+    engine.sync()
+    assert engine.stats["fsyncs"] == fsyncs + 1
+    engine.write([(b"late", b"v", 0)], 6, sync=False)
+    layer.power_cut()
+    state, index = contents(tmp_path)
+    assert sorted(state) == [b"k%d" % i for i in range(5)] and index == 5
+
+
 # -- torn tails and corruption on the real file system -----------------------------------------
 
 

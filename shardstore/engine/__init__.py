@@ -11,7 +11,8 @@ The contract of issue 12's shared plan, as built (additions and precisions marke
 - `get`, `write(batch, applied_index=None)`, `sync`, `applied_index`, `scan`, `count`,
   `keys_after`, `stats`, `close` as agreed. + `keys_after(cursor, limit)` returns keys
   strictly after `cursor`, so the empty key is never returned (callers check `get(b"")`).
-  + Reads after `close` raise EngineError.
+  + Reads after `close` raise EngineError. + `write(..., sync=False)` skips the fsync of
+  "always" so a caller can group several writes under one `sync()` (group commit).
 - `dump()` returns a `SnapshotReader`: an iterator of pieces with `close()` (also on
   exhaustion or garbage collection) that releases the segments it pins.
 - `Engine.load(directory, pieces, applied_index, **open_options)` is a classmethod: close

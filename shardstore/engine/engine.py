@@ -219,12 +219,15 @@ class Engine:
 
     # -- writes --------------------------------------------------------------------------------
 
-    def write(self, batch: Batch, applied_index: int | None = None) -> None:
+    def write(self, batch: Batch, applied_index: int | None = None, *,
+              sync: bool = True) -> None:
         """Apply (key, value or None to delete, expire_at_ms) items as one atomic append.
 
-        With fsync="always" the batch is durable when this returns (one fsync). An empty batch
-        still records `applied_index`. Raises StorageFailed if the disk fails (then and on
-        every later call), EngineError if the engine is closed.
+        With fsync="always" the batch is durable when this returns (one fsync), unless `sync`
+        is False: then the caller groups several writes and calls `sync()` once before it
+        acknowledges any of them (group commit). An empty batch still records
+        `applied_index`. Raises StorageFailed if the disk fails (then and on every later
+        call), EngineError if the engine is closed.
         """
         with self.lock:
             self._check_writable()
@@ -234,7 +237,7 @@ class Engine:
             frame, offsets = encode_frame(items, applied_index, seg.size)
             self._guard(f"append to {seg.path}", self.layer.append, seg.handle, frame)
             self._dirty = True
-            if self.fsync_mode == FSYNC_ALWAYS:
+            if sync and self.fsync_mode == FSYNC_ALWAYS:
                 self._sync_active()
             seg.size += len(frame)
             self.next_seq += len(items)

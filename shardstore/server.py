@@ -37,6 +37,7 @@ from core.raft.errors import RaftError
 from core.raft.group import RaftGroup
 from core.raft.host import HostConfig, RaftHost
 from core.raft_service import RaftService
+from core.resp import CommandError
 from shardstore import cluster
 from shardstore.cluster import CONFIG_GROUP, ClusterView, ConfigMachine, Shard
 from shardstore.handlers import ClientCommands
@@ -134,6 +135,7 @@ class ShardNode:
         self._tasks: list[asyncio.Task[None]] = []
         self._cursors: dict[int, bytes] = {}
         self._balanced: dict[int, float] = {}  # shard id -> when it was last handed over
+        self._failed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
     @property
     def config(self) -> cluster.ClusterConfig:
@@ -160,8 +162,13 @@ class ShardNode:
         self.machines.clear()
 
     async def wait_failed(self) -> None:
-        """Returns (raising the error) if the Raft host stops on a fatal error."""
-        await self.host.wait()
+        """Returns (raising the error) when the Raft host stops on a fatal error or a
+        shard's engine cannot open (corruption, a failing disk): the process must exit."""
+        host = asyncio.ensure_future(self.host.wait())
+        done, _ = await asyncio.wait({host, self._failed}, return_when=asyncio.FIRST_COMPLETED)
+        host.cancel()
+        for future in done:
+            future.result()
 
     # -- what the handlers ask -----------------------------------------------------------------
 
@@ -179,10 +186,6 @@ class ShardNode:
                 offsets[sid] = group.applied
         return ClusterView(self.config, self.me, dict(self.service.book.clients), leaders,
                            offsets)
-
-    def leads(self, shard: Shard) -> bool:
-        group = self.host.group(shard.group)
-        return group is not None and group.node is not None and group.node.lead == self.me
 
     def led_shards(self) -> list[Shard]:
         """The shards this node hosts and reports as their master (CLUSTER SLOTS): those
@@ -212,10 +215,13 @@ class ShardNode:
                 await self._reconcile_once()
             except asyncio.CancelledError:
                 raise
-            except (RaftError, TimeoutError) as exc:
+            except (RaftError, TimeoutError, CommandError) as exc:  # no leader yet: retry
                 log.debug("reconcile: %r", exc)
-            except Exception as exc:  # a CommandError (TRYAGAIN) or an engine's refusal
-                log.warning("reconcile: %r", exc)
+            except Exception as exc:  # an engine that refuses to open, a failing disk
+                log.critical("node %d stops: %r", self.me, exc)
+                if not self._failed.done():
+                    self._failed.set_exception(exc)
+                return
             await asyncio.sleep(RECONCILE_S)
 
     async def _reconcile_once(self) -> None:

@@ -415,3 +415,29 @@ def test_serve_refuses_what_cannot_work(tmp_path: Path) -> None:
         daemon = Daemon([*base, *extra], "127.0.0.1", 0, tmp_path / "refused.log")
         assert daemon.run_to_exit() == 2
         assert text in daemon.log()
+
+
+class _CorruptEngine(standin.DictEngine):
+    @classmethod
+    def open(cls, directory: Path, **options: Any) -> standin.DictEngine:
+        raise OSError(f"{directory}: unreadable (a test's failing disk)")
+
+
+def test_a_shard_engine_that_cannot_open_stops_the_node(tmp_path: Path) -> None:
+    async def main() -> None:
+        host = HOSTS[0] if _aliases_work() else "127.0.0.1"
+        raft = {1: (host, find_free_port(host))}
+        settings = ClusterSettings(
+            node_id=1, listen=(host, find_free_port(host)), peer_listen=raft[1], peers=raft,
+            founders=(1,), data_dir=tmp_path / "n1", secret=None, password=None,
+            tick_s=0.02, election_tick=15)
+        node = ShardNode(settings, NodeOptions(1, 1), layer=commands,
+                         engine_class=_CorruptEngine)
+        await node.start()
+        try:
+            with pytest.raises(OSError, match="a test's failing disk"):
+                await asyncio.wait_for(node.wait_failed(), READY_S)
+        finally:
+            await node.stop()
+
+    asyncio.run(main())

@@ -90,7 +90,8 @@ class Cluster:
                 "--peer-listen", f"{host.address}:{PEER_PORT}", "--peers", peers,
                 "--data-dir", str(self.workdir / f"data-{host.name}"),
                 "--requirepass", PASSWORD, "--cluster-secret", SECRET,
-                "--worker-timeout-ms", str(WORKER_TIMEOUT_MS), "--snapshot-every", "200"]
+                "--worker-timeout-ms", str(WORKER_TIMEOUT_MS),
+                "--snapshot-every", "200"]  # a restarted node restores from a snapshot too
 
     def connect(self, host: Host, timeout: float = CALL_TIMEOUT_S) -> redis.Redis:
         """A redis-py client of the node on `host`; use it from a thread on a host."""
@@ -128,7 +129,7 @@ class Cluster:
         return True
 
     def leader(self) -> Host:
-        """The host of the node that leads (waits for one that the others follow)."""
+        """The host of the node that says it leads in the highest term (waits for one)."""
 
         def find() -> Host | None:
             leaders = []

@@ -262,9 +262,18 @@ def settle(cluster: Cluster, healed_ms: int) -> tuple[int, dict[str, dict[str, A
     paused_ms = wall_ms()
     for job in (*JOBS, MANUAL):
         cluster.call("JOB.PAUSE", job)
-    cluster.wait(lambda: all(r["state"] in FINAL for job in (*JOBS, MANUAL)
-                             for r in cluster.history(job)), "the last runs to end",
-                 SETTLE_POLL_S)
+    unfinished: list[str] = []
+
+    def ended() -> bool:
+        unfinished[:] = [f"{r['run_id']} {r['state']} attempt {r['attempt']} worker "
+                         f"{r.get('worker')!r} {r['message']!r}" for job in (*JOBS, MANUAL)
+                         for r in cluster.history(job) if r["state"] not in FINAL]
+        return not unfinished
+
+    try:
+        cluster.wait(ended, "the last runs to end", SETTLE_POLL_S)
+    except TimeoutError as exc:
+        raise TimeoutError(f"{exc}; runs not ended: {unfinished[:MAX_NOTED]}") from None
     return paused_ms, {job: cluster.call("JOB.GET", job) for job in JOBS}
 
 

@@ -39,8 +39,8 @@ from shardstore.machine import MergedKV, ShardMachine, decode_reply, encode_comm
 __all__ = ["COMMON_NAMES", "ERR_CLUSTERDOWN", "ClientCommands", "NodeView"]
 
 ERR_CLUSTERDOWN = "CLUSTERDOWN Hash slot not served"
-ERR_INVALID_SLOT = "ERR Invalid or out of range slot"
-ERR_INVALID_KEYS = "ERR Invalid number of keys"
+ERR_INVALID_SLOT = "ERR Invalid slot"  # COUNTKEYSINSLOT
+ERR_INVALID_SLOT_OR_COUNT = "ERR Invalid slot or number of keys"  # GETKEYSINSLOT
 ERR_KEYS = "ERR wrong number of arguments for '{}' command"
 ERR_NOT_INTEGER = "ERR value is not an integer or out of range"
 ERR_TIMEOUT_NEGATIVE = "ERR timeout is negative"
@@ -49,6 +49,7 @@ ERR_OPENING = "TRYAGAIN shard {} is opening on this node"
 COMMON_NAMES = frozenset({"PING", "ECHO", "HELLO", "AUTH", "QUIT", "INFO", "COMMAND",
                           "CLIENT", "CONFIG", "SELECT"})
 WALK_CHUNK = 1000  # keys read at a time when walking a shard for a slot's keys
+SLOT_KEYS_UNBOUNDED = 1 << 62  # COUNTKEYSINSLOT counts them all
 READONLY_ATTR = "shardstore_readonly"  # set on a Session by READONLY
 WRITE_FLAG = "write"
 
@@ -244,22 +245,14 @@ class ClientCommands:
         return found[:limit]
 
     def cmd_countkeysinslot(self, session: Session, args: list[bytes]) -> Any:
-        slot = _slot_arg(args[2])
+        slot = parse_int(args[2], ERR_NOT_INTEGER)
+        if not 0 <= slot < SLOT_COUNT:
+            raise CommandError(ERR_INVALID_SLOT)
         return len(self._slot_keys(slot, SLOT_KEYS_UNBOUNDED))
 
     def cmd_getkeysinslot(self, session: Session, args: list[bytes]) -> Any:
-        slot = _slot_arg(args[2])
-        count = parse_int(args[3], ERR_INVALID_KEYS)
-        if count < 0:
-            raise CommandError(ERR_INVALID_KEYS)
+        slot = parse_int(args[2], ERR_NOT_INTEGER)
+        count = parse_int(args[3], ERR_NOT_INTEGER)
+        if not 0 <= slot < SLOT_COUNT or count < 0:
+            raise CommandError(ERR_INVALID_SLOT_OR_COUNT)
         return self._slot_keys(slot, count)
-
-
-SLOT_KEYS_UNBOUNDED = 1 << 62
-
-
-def _slot_arg(raw: bytes) -> int:
-    slot = parse_int(raw, ERR_INVALID_SLOT)
-    if not 0 <= slot < SLOT_COUNT:
-        raise CommandError(ERR_INVALID_SLOT)
-    return slot

@@ -202,6 +202,10 @@ async def _check_node_wide_commands(cluster: LoopCluster) -> None:
         assert await c.execute_command("CLUSTER", "COUNTKEYSINSLOT", slot) == 3
         assert sorted(await c.execute_command("CLUSTER", "GETKEYSINSLOT", slot, 10)) == \
             sorted(k.encode() for k in keys)
+        with pytest.raises(redis.ResponseError, match="^Invalid slot$"):
+            await c.execute_command("CLUSTER", "COUNTKEYSINSLOT", 16384)
+        with pytest.raises(redis.ResponseError, match="^Invalid slot or number of keys$"):
+            await c.execute_command("CLUSTER", "GETKEYSINSLOT", 1, -1)
         engine = node.machines[own.shard_id].engine
         deadline = time.monotonic() + 10
         while engine.get(keys[0].encode()) is not None:  # the leader's sweep deletes it

@@ -17,6 +17,7 @@ TRY = [
     "  redis-cli -p 7401 JOB.ADD tick '@every 1s' 'date +%T.%N >> /tmp/ticks'",
     "  redis-cli -p 7402 JOB.HISTORY tick 3",
     "  redis-cli -p 7403 CLUSTER.INFO",
+    "  .venv/bin/scheduler job list                # no --server: these three nodes",
 ]
 
 

@@ -43,7 +43,7 @@ STOP_S = 15.0
 POLL_S = 0.1
 COMMAND_S = 30.0
 FENCE = re.compile(r"^```(\w*)\n(.*?)^```", re.M | re.S)
-DAEMON_LINE = re.compile(r"^(redis-cli|printf|\.venv/bin/\w+ (next|parse))\b")
+DAEMON_LINE = re.compile(r"^(redis-cli|printf|\.venv/bin/\w+ (next|parse|job))\b")
 SERVE_LINE = re.compile(r"^\.venv/bin/(\w+) (serve|worker)\b")
 
 
@@ -328,6 +328,11 @@ def check_ok(output: str, comment: str) -> None:
     assert output == "OK\n", output
 
 
+def check_job_list(output: str, comment: str) -> None:
+    job = comment.split(":")[0]
+    assert job in output.split(), output  # found on make run's nodes without --server
+
+
 def check_history(output: str, comment: str) -> None:
     def fired() -> bool:
         return "run_id" in run_shell("redis-cli -p 7402 JOB.HISTORY tick 3")
@@ -383,6 +388,7 @@ SHELL_CHECKS: dict[str, Callable[[str, str], None]] = {
     r"printf 'set (\w+) 0 0 \d+\\r\\n\w+\\r\\nget \1\\r\\n' \| nc -q1 127\.0\.0\.1 113[01]\d":
         check_memcached,
     r"redis-cli -p 740\d JOB\.ADD tick .*": check_ok,
+    r"\.venv/bin/scheduler job list": check_job_list,
     r"redis-cli -p 740\d JOB\.HISTORY tick \d+": check_history,
     r"redis-cli -p 740\d CLUSTER\.INFO": check_cluster_info,
     r"redis-cli -p 740\d CLUSTER\.LEADER": check_leader,

@@ -35,6 +35,7 @@ from tests.procs import Daemon, kvcache_daemon
 
 READ_TIMEOUT_S = 20.0
 PAUSE_S = 0.05
+CHUNK = 256 * 1024  # a swallowed block sent in reads of this size
 MEMCACHED = shutil.which("memcached")
 
 _keys = st.binary(min_size=0, max_size=12).map(lambda b: b.replace(b"\n", b"")) | st.sampled_from(
@@ -212,8 +213,8 @@ def test_swallowed_bytes_that_read_like_a_get(peers: Peers) -> None:
         header = b"set %s 0 0 %d\r\n" % (key, size)
         line = b"get %s\r\n" % key
         block = line * (size // len(line)) + b"x" * (size % len(line)) + b"\r\n"
-        reads = [b"set %s 0 0 1\r\n1\r\n" % key, header, *[block[i:i + 65536] for i in
-                 range(0, len(block), 65536)], b"get %s\r\n" % key, b"version\r\n"]
+        reads = [b"set %s 0 0 1\r\n1\r\n" % key, header, *[block[i:i + CHUNK] for i in
+                 range(0, len(block), CHUNK)], b"get %s\r\n" % key, b"version\r\n"]
         got = _talk(address, reads, b"VERSION ")
         assert got.startswith(b"STORED\r\nSERVER_ERROR object too large for cache\r\n"
                               b"END\r\nVERSION "), (name, got[:300])

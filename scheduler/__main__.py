@@ -24,6 +24,7 @@ from typing import Any
 from core import client_cli, cluster_options, daemon
 from core.raft.driver import RaftDriver
 from scheduler.fireloop import DEFAULT_FIRE_AHEAD_MS, MAX_FIRE_AHEAD_MS
+from scheduler.jobs import OPTIONS as JOB_ADD_OPTIONS
 from scheduler.launch import client_addresses
 
 log = logging.getLogger("scheduler")
@@ -80,7 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
                                       "such as @hourly, or '@every 10s'")
     add.add_argument("command", help="the shell command (or an embedded worker's handler)")
     add.add_argument("options", nargs="*",
-                     help="OPTION VALUE ... as JOB.ADD takes them (e.g. MISFIRE ALL)")
+                     help="OPTION VALUE ... as JOB.ADD takes them (e.g. MISFIRE ALL): "
+                          f"{' '.join(JOB_ADD_OPTIONS)}")
     ops.add_parser("list", parents=[client], help="JOB.LIST")
     for op in ("get", "del", "pause", "resume", "run"):
         ops.add_parser(op, parents=[client], help=f"JOB.{op.upper()}").add_argument(

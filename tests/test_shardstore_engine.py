@@ -586,3 +586,68 @@ def test_writes_dumps_and_background_compaction_together(tmp_path: Path) -> None
     assert engine.scan() == model_scan(model, b"", None, None)
     engine.close()
     assert contents_of(tmp_path) == {k: v for k, (v, _e) in model.items()}
+
+
+# -- hint files ----------------------------------------------------------------------------------
+
+
+class CountingFiles(OsFiles):
+    """The real file layer, counting the bytes read with pread."""
+
+    def __init__(self) -> None:
+        self.read = 0
+
+    def pread(self, handle: object, length: int, offset: int) -> bytes:
+        data = super().pread(handle, length, offset)  # type: ignore[arg-type]
+        self.read += len(data)
+        return data
+
+
+def compacted_store(directory: Path) -> Model:
+    engine = Engine.open(directory, fsync="no", max_segment_bytes=64 * 1024,
+                         background_compaction=False)
+    model: Model = {}
+    for i in range(400):
+        batch = [(b"k%03d" % (i % 150), bytes([i % 256]) * 1000, i), (b"d%d" % (i % 9), None, 0)]
+        engine.write(batch, i + 1)
+        apply_model(model, batch)
+    engine.compact()
+    engine.close()
+    return model
+
+
+def keydir_of(directory: Path) -> tuple[dict[bytes, object], dict[str, int]]:
+    engine = Engine.open(directory, background_compaction=False)
+    try:
+        stats = engine.stats
+        return {k: engine.locate(k) for k, _, _ in engine.scan()}, {
+            k: stats[k] for k in ("keys", "live_bytes", "dead_bytes", "segments",
+                                  "applied_index")}
+    finally:
+        engine.close()
+
+
+def test_opening_a_compacted_store_reads_hints_not_values(tmp_path: Path) -> None:
+    model = compacted_store(tmp_path)
+    assert any(p.suffix == ".hint" for p in tmp_path.iterdir())
+    layer = CountingFiles()
+    engine = Engine.open(tmp_path, file_layer=layer, background_compaction=False)
+    assert layer.read < disk_bytes(tmp_path) // 10
+    assert engine.scan() == model_scan(model, b"", None, None)
+    engine.close()
+
+
+def test_a_hint_gives_the_keydir_a_scan_gives_and_a_bad_one_is_ignored(tmp_path: Path) -> None:
+    compacted_store(tmp_path)
+    with_hints = keydir_of(tmp_path)
+    hints = sorted(p for p in tmp_path.iterdir() if p.suffix == ".hint")
+    damaged = bytearray(hints[0].read_bytes())
+    damaged[len(damaged) // 2] ^= 0xFF
+    hints[0].write_bytes(bytes(damaged))
+    assert keydir_of(tmp_path) == with_hints
+    for hint in hints:
+        hint.unlink()
+    assert keydir_of(tmp_path) == with_hints
+    (tmp_path / "000000-0000009999.hint").write_bytes(b"orphan")
+    keydir_of(tmp_path)
+    assert not (tmp_path / "000000-0000009999.hint").exists()

@@ -8,7 +8,8 @@ Strategy (one compaction at a time, `Engine.compaction_mutex`):
    the group (its seq is above the lowest seq outside). Values are read and written to the
    output outside the lock. Entries keep their seq, so replay order never matters.
 3. The output is written under a temporary name, starting with a SUPERSEDES frame naming the
-   group; fsync, rename to its `.cmp` name, fsync the directory. That rename is the commit
+   group; its hint file (hints.py) is written, fsynced and renamed first; then the output is
+   fsynced, renamed to its `.cmp` name, and the directory fsynced. That rename is the commit
    point: from then on recovery ignores the group's files even if a crash leaves them behind.
 4. Swap, under the lock, chunk by chunk: a keydir entry moves to the output only if it still
    equals what was copied, so a write racing the compaction always wins. Then the group leaves
@@ -22,9 +23,10 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from shardstore.engine.errors import EngineError, StorageFailed
+from shardstore.engine.hints import encode_hint, hint_path
 from shardstore.engine.host import EngineHost
 from shardstore.engine.records import (
     Entry,
@@ -40,6 +42,7 @@ from shardstore.engine.segments import (
     Segment,
     segment_path,
     temp_path,
+    unlink_if_there,
 )
 
 __all__ = [
@@ -62,9 +65,9 @@ class _Output:
     """The compaction output being written: its segment and the live entries copied into it."""
 
     segment: Segment
-    final_path_name: str
+    supersedes: list[int]
     copied: list[tuple[bytes, Location, int]] = field(default_factory=list)
-    entries: int = 0
+    hint: list[Entry] = field(default_factory=list)  # every entry written, for the hint file
 
 
 class Background:
@@ -130,6 +133,8 @@ def release_segment(engine: EngineHost, seg: Segment) -> None:
             engine.layer.close(seg.handle)
             try:
                 engine.layer.unlink(seg.path)
+                if seg.kind == KIND_COMPACTED:
+                    unlink_if_there(engine.layer, hint_path(seg.path))
                 engine.layer.fsync_dir(engine.directory)
             except OSError as exc:
                 engine.fail(StorageFailed(f"removing {seg.path} failed: {exc}"))
@@ -222,12 +227,13 @@ def _start_output(engine: EngineHost, group: list[Segment]) -> _Output:
     seg_id = engine.allocate_segment_id()
     final = segment_path(engine.directory, engine.gen, seg_id, KIND_COMPACTED)
     applied = max(s.applied_index for s in group)
-    frame = encode_supersedes(sorted(s.seg_id for s in group), applied)
+    replaced = sorted(s.seg_id for s in group)
+    frame = encode_supersedes(replaced, applied)
     handle = engine.layer.open(temp_path(final), create=True)
     engine.layer.append(handle, frame)
     seg = Segment(seg_id, KIND_COMPACTED, final, handle, len(frame), overhead=len(frame),
                   applied_index=applied)
-    return _Output(seg, final.name)
+    return _Output(seg, replaced)
 
 
 def _copy_segment(engine: EngineHost, seg: Segment, out: _Output,
@@ -270,18 +276,31 @@ def _append(engine: EngineHost, seg: Segment, out: _Output,
     frame, offsets = encode_frame(items, out.segment.applied_index, out.segment.size)
     layer.append(out.segment.handle, frame)
     out.segment.size += len(frame)
-    out.entries += len(items)
     for (entry, loc), offset in zip(kept, offsets, strict=True):
         out.segment.min_seq = min(out.segment.min_seq, entry.seq)
+        out.hint.append(replace(entry, value_offset=offset,
+                                value_len=0 if loc is None else entry.value_len))
         if loc is not None:
             out.copied.append((entry.key, loc, offset))
 
 
 def _commit_output(engine: EngineHost, out: _Output) -> None:
+    """Hint first (fsynced, renamed), then the output: the output's rename commits both."""
     layer = engine.layer
-    layer.fsync(out.segment.handle)
-    layer.rename(temp_path(out.segment.path), out.segment.path)
+    seg = out.segment
+    hint = hint_path(seg.path)
+    handle = layer.open(temp_path(hint), create=True)
+    try:
+        layer.append(handle, encode_hint(seg.size, seg.applied_index, out.supersedes,
+                                         out.hint))
+        layer.fsync(handle)
+    finally:
+        layer.close(handle)
+    layer.rename(temp_path(hint), hint)
+    layer.fsync(seg.handle)
+    layer.rename(temp_path(seg.path), seg.path)
     layer.fsync_dir(engine.directory)
+    out.hint = []
 
 
 def _abandon(engine: EngineHost, out: _Output) -> None:

@@ -7,8 +7,9 @@ Strategy:
 - The keydir maps key -> (segment, value offset, value length, expire, seq): keys and
   positions in memory, values on disk (one pread per get). It is a SortedDict, so scans and
   SCAN cursors walk keys in order without a second index.
-- Opening rebuilds the keydir by scanning the segments (segments.py): a torn tail of the
-  newest written segment is truncated, any other bad frame refuses to open (CorruptStore).
+- Opening rebuilds the keydir from the hint files of compaction outputs (hints.py) and by
+  scanning the other segments (segments.py): a torn tail of the newest written segment is
+  truncated, any other bad frame refuses to open (CorruptStore).
 - Compaction (compaction.py) rewrites sealed segments with many dead bytes in a background
   thread and swaps keydir entries under the lock only where they still point at the old copy,
   so a write racing it always wins. Dumps (snapshot.py) freeze the keydir and pin segments.

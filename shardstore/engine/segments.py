@@ -10,7 +10,9 @@ Layout of a store directory (the caller owns it and its LOCK):
   was fsynced when it was sealed, so a bad frame there is corruption.
 - `<gen>-<id>.cmp`: compaction outputs, written under a temporary name, fsynced, then renamed:
   never torn. Their first frame names the segments they replace (see records.py).
-- `.<gen>-<id>.cmp.tmp`: an unfinished compaction output; deleted on open.
+- `<gen>-<id>.hint`: the keydir entries of a `.cmp`, read instead of scanning it (hints.py);
+  one without its `.cmp` is deleted on open.
+- `.<gen>-<id>.cmp.tmp`, `.<gen>-<id>.hint.tmp`: unfinished compaction outputs; deleted.
 
 Other files in the directory are left alone.
 
@@ -29,9 +31,11 @@ from sortedcontainers import SortedDict
 
 from shardstore.engine.errors import CorruptStore
 from shardstore.engine.files import FileHandle, FileLayer
+from shardstore.engine.hints import decode_hint, hint_path
 from shardstore.engine.records import (
     NO_APPLIED_INDEX,
     Entry,
+    ScanResult,
     entry_bytes,
     read_supersedes,
     scan_segment,
@@ -52,6 +56,7 @@ __all__ = [
     "remove_other_generations",
     "segment_path",
     "temp_path",
+    "unlink_if_there",
 ]
 
 log = logging.getLogger(__name__)
@@ -61,7 +66,8 @@ KIND_WRITTEN = "seg"
 KIND_COMPACTED = "cmp"
 TEMP_SUFFIX = ".tmp"
 NAME_RE = re.compile(r"^(\d{6})-(\d{10})\.(seg|cmp)$")
-TEMP_RE = re.compile(r"^\.\d{6}-\d{10}\.cmp\.tmp$")
+HINT_RE = re.compile(r"^(\d{6})-(\d{10})\.hint$")
+TEMP_RE = re.compile(r"^\.\d{6}-\d{10}\.(cmp|hint)\.tmp$")
 NO_SEQ = 2**64  # min_seq of a segment without entries
 
 # A keydir value: (segment id, value offset, value length, expire_at_ms, seq). Positions only:
@@ -120,7 +126,7 @@ def remove_other_generations(layer: FileLayer, directory: Path, gen: int) -> Non
     """Delete temp files and segments of generations other than `gen` (crash leftovers)."""
     doomed = []
     for name in layer.listdir(directory):
-        match = NAME_RE.match(name)
+        match = NAME_RE.match(name) or HINT_RE.match(name)
         if TEMP_RE.match(name) or (match and int(match.group(1)) != gen):
             doomed.append(name)
     for name in doomed:
@@ -133,7 +139,8 @@ def remove_other_generations(layer: FileLayer, directory: Path, gen: int) -> Non
 def remove_generation(layer: FileLayer, directory: Path, gen: int) -> None:
     """Delete every segment of generation `gen` (the leftovers of an unfinished restore)."""
     doomed = [name for name in layer.listdir(directory)
-              if (match := NAME_RE.match(name)) and int(match.group(1)) == gen]
+              if (match := NAME_RE.match(name) or HINT_RE.match(name))
+              and int(match.group(1)) == gen]
     for name in doomed:
         layer.unlink(directory / name)
     if doomed:
@@ -172,6 +179,9 @@ def recover(layer: FileLayer, directory: Path, gen: int) -> Recovered:
     superseded = _superseded(layer, directory, gen, listed)
     _remove_superseded(layer, directory, [segment_path(directory, gen, i, kind)
                                           for i, kind in listed if i in superseded])
+    _remove_orphan_hints(layer, directory, gen, {i for i, kind in listed
+                                                 if kind == KIND_COMPACTED
+                                                 and i not in superseded})
     segments: dict[int, Segment] = {}
     best: dict[bytes, tuple[int, Entry]] = {}
     try:
@@ -212,8 +222,9 @@ def _open_segment(layer: FileLayer, directory: Path, gen: int, seg_id: int, kind
     handle = layer.open(path, create=False)
     try:
         size = layer.size(handle)
-        result = scan_segment(path, lambda n, off: layer.pread(handle, n, off), size,
-                              tail_ok=tail_ok)
+        hint = _read_hint(layer, path, size) if kind == KIND_COMPACTED else None
+        result = hint or scan_segment(path, lambda n, off: layer.pread(handle, n, off), size,
+                                      tail_ok=tail_ok)
         if result.torn:
             log.warning("%s: dropping torn tail of %d bytes at byte offset %d",
                         path, size - result.good_end, result.good_end)
@@ -229,12 +240,44 @@ def _open_segment(layer: FileLayer, directory: Path, gen: int, seg_id: int, kind
     return seg, result.entries
 
 
+def _read_hint(layer: FileLayer, path: Path, size: int) -> ScanResult | None:
+    """The scan result a valid hint of `path` stands for, or None (then scan)."""
+    data = layer.read_small(hint_path(path))
+    hint = decode_hint(data, size) if data is not None else None
+    if hint is None:
+        if data is not None:
+            log.warning("%s: ignoring a damaged or stale hint file", path)
+        return None
+    return ScanResult(hint.entries, size, hint.applied_index, False, hint.supersedes)
+
+
 def _remove_superseded(layer: FileLayer, directory: Path, paths: list[Path]) -> None:
     for path in paths:
         log.warning("%s: removing %s, replaced by a finished compaction", directory, path.name)
         layer.unlink(path)
+        if path.suffix == f".{KIND_COMPACTED}":
+            unlink_if_there(layer, hint_path(path))
     if paths:
         layer.fsync_dir(directory)
+
+
+def _remove_orphan_hints(layer: FileLayer, directory: Path, gen: int,
+                         outputs: set[int]) -> None:
+    orphans = [name for name in layer.listdir(directory)
+               if (match := HINT_RE.match(name)) and int(match.group(1)) == gen
+               and int(match.group(2)) not in outputs]
+    for name in orphans:
+        layer.unlink(directory / name)
+    if orphans:
+        layer.fsync_dir(directory)
+
+
+def unlink_if_there(layer: FileLayer, path: Path) -> None:
+    """Unlink `path`; a file already gone is fine."""
+    try:
+        layer.unlink(path)
+    except FileNotFoundError:
+        pass
 
 
 def _merge(best: dict[bytes, tuple[int, Entry]], seg_id: int, entries: list[Entry]) -> None:

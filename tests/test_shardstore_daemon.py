@@ -1,12 +1,13 @@
 """The shardstore daemon on real sockets: three nodes on 127.0.0.2-4.
 
-In one event loop (fast, the real command layer over a stand-in engine): 3 shards of 2
-replicas, so each node hosts two shards and answers MOVED for the third; redis-py's
-RedisCluster follows it; CROSSSLOT, hash tags, READONLY, DBSIZE per node, INFO.
-As processes (`python -m shardstore serve`, the real engine): 3 shards of 3 replicas;
-RedisCluster and `redis-cli -c` over every slot range; SIGKILL of a shard leader under
-writes loses no acknowledged write; a restart on the data dirs keeps everything.
-"""
+In one event loop (fast): 3 shards of 2 replicas, so each node hosts two shards and
+answers MOVED for the third; redis-py's RedisCluster follows it; CROSSSLOT, hash tags,
+READONLY, DBSIZE, SCAN and FLUSHALL per node, the expiry sweep, WAIT, INFO; a shard engine
+that cannot open stops the node.
+As processes (`python -m shardstore serve`): 3 shards of 3 replicas; RedisCluster and
+`redis-cli -c` over every slot range; SIGKILL of a shard leader under writes loses no
+acknowledged write; a restart on the data dirs keeps everything; single-replica shards
+with fsync everysec; serve's refusals of options that cannot work."""
 
 from __future__ import annotations
 
@@ -31,8 +32,8 @@ from redis.retry import Retry
 from core.cluster_options import ClusterSettings
 from native.crc16 import key_slot
 from shardstore import commands
+from shardstore.engine import Engine
 from shardstore.server import NodeOptions, ShardNode
-from tests import shardstore_standin as standin
 from tests.conftest import find_free_port
 from tests.procs import Daemon
 
@@ -67,7 +68,7 @@ def _keys_for_every_shard(count: int) -> list[str]:
 # -- in one event loop ------------------------------------------------------------------------
 
 class LoopCluster:
-    """Three ShardNodes in this loop, the real command layer over the stand-in engine."""
+    """Three ShardNodes in this loop."""
 
     def __init__(self, tmp: Path, shards: int = 3, replicas: int = 2) -> None:
         raft = {i + 1: (h, find_free_port(h)) for i, h in enumerate(HOSTS)}
@@ -78,7 +79,7 @@ class LoopCluster:
                 peers=raft, founders=(1, 2, 3), data_dir=tmp / f"n{i + 1}", secret=None,
                 password=None, tick_s=0.02, election_tick=15)
             self.nodes.append(ShardNode(settings, NodeOptions(shards, replicas, timeout_s=5),
-                                        layer=commands, engine_class=standin.DictEngine))
+                                        layer=commands, engine_class=Engine))
 
     async def start(self) -> None:
         for node in self.nodes:
@@ -231,17 +232,6 @@ async def _check_node_wide_commands(cluster: LoopCluster) -> None:
 
 # -- as processes -----------------------------------------------------------------------------
 
-def _engine_ready() -> bool:
-    try:
-        from shardstore.engine import Engine  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-needs_engine = pytest.mark.skipif(not _engine_ready(), reason="shardstore.engine not there")
-
-
 class ProcCluster:
     """Three `shardstore serve` processes, ids 1-3, on HOSTS."""
 
@@ -293,7 +283,6 @@ def procs(tmp_path: Path) -> Any:
 
 
 @needs_aliases
-@needs_engine
 def test_processes_serve_redis_cluster_clients_and_survive_a_leader_kill(
         procs: ProcCluster) -> None:
     rc = procs.client()
@@ -382,7 +371,6 @@ def _writes_while_killing(procs: ProcCluster, rc: RedisCluster
 
 
 @needs_aliases
-@needs_engine
 def test_single_replica_shards_with_fsync_everysec(tmp_path: Path) -> None:
     cluster = ProcCluster(tmp_path, shards=3, replicas=1, extra=("--fsync", "everysec"))
     try:
@@ -421,9 +409,9 @@ def test_serve_refuses_what_cannot_work(tmp_path: Path) -> None:
         assert text in daemon.log()
 
 
-class _CorruptEngine(standin.DictEngine):
+class _CorruptEngine(Engine):
     @classmethod
-    def open(cls, directory: Path, **options: Any) -> standin.DictEngine:
+    def open(cls, directory: Path, **options: Any) -> Engine:
         raise OSError(f"{directory}: unreadable (a test's failing disk)")
 
 

@@ -2,7 +2,7 @@
 
     shardstore serve --id N --listen H:P --peer-listen H:P --peers 1=H:P,2=H:P,3=H:P \\
         --data-dir D [--shards S] [--replicas R] [--fsync always|everysec] \\
-        [--cluster-secret ...] [--requirepass ...]
+        [--snapshot-every N] [--cluster-secret ...] [--requirepass ...]
 
 The shared cluster options are core/cluster_options.py's; `--shards` and `--replicas`
 only matter when the cluster is made (the first leader of the configuration group writes
@@ -19,6 +19,7 @@ import logging
 import sys
 
 from core import cluster_options, daemon
+from shardstore.server import COMPACTION_MARGIN, SNAPSHOT_EVERY, NodeOptions, ShardNode
 
 log = logging.getLogger("shardstore")
 
@@ -29,6 +30,7 @@ DEFAULT_REPLICAS = 3
 ERR_REPLICAS = "--replicas must be 1..{} (the number of --peers)"
 ERR_SHARDS = "--shards must be 1..16384"
 ERR_EVERYSEC = "--fsync everysec is only allowed with --replicas 1"
+ERR_SNAPSHOT = "--snapshot-every must be >= 1"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -43,6 +45,11 @@ def build_parser() -> argparse.ArgumentParser:
                        help="nodes per shard of a new cluster (1 or 3)")
     serve.add_argument("--fsync", default="always", choices=["always", "everysec"],
                        help="as Redis's appendfsync (everysec: --replicas 1 only)")
+    serve.add_argument("--snapshot-every", type=int, default=SNAPSHOT_EVERY,
+                       help="entries a shard applies between snapshots of its engine")
+    # Tests make a lagging replica catch up by a snapshot sooner with a small margin.
+    serve.add_argument("--compaction-margin", type=int, default=COMPACTION_MARGIN,
+                       help=argparse.SUPPRESS)
     return parser
 
 
@@ -57,8 +64,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def serve(args: argparse.Namespace) -> int:
-    from shardstore.server import NodeOptions, ShardNode
-
     daemon.setup_logging(args.log_level)
     settings = cluster_options.cluster_settings(args, default_port=DEFAULT_PORT,
                                                 default_peer_port=DEFAULT_PEER_PORT)
@@ -68,7 +73,11 @@ def serve(args: argparse.Namespace) -> int:
         raise daemon.ConfigError(ERR_REPLICAS.format(len(settings.peers)))
     if args.fsync == "everysec" and args.replicas != 1:
         raise daemon.ConfigError(ERR_EVERYSEC)
-    options = NodeOptions(shards=args.shards, replicas=args.replicas, fsync=args.fsync)
+    if args.snapshot_every < 1 or args.compaction_margin < 0:
+        raise daemon.ConfigError(ERR_SNAPSHOT)
+    options = NodeOptions(shards=args.shards, replicas=args.replicas, fsync=args.fsync,
+                          snapshot_every=args.snapshot_every,
+                          compaction_margin=args.compaction_margin)
 
     async def run(stop: asyncio.Event) -> int:
         node = ShardNode(settings, options)

@@ -56,18 +56,22 @@ EXPIRE_S = 0.5
 EXPIRE_SAMPLE = 200  # keys looked at per shard per sweep
 EVERYSEC_S = 1.0
 SNAPSHOT_EVERY = 10_000  # applied entries between a shard's Raft snapshots
+COMPACTION_MARGIN = 1_000  # entries a shard keeps behind its snapshot for slow followers
 WRITE_TIMEOUT_S = 10.0
 BALANCE_S = 5.0  # between two hand-overs of one shard to its preferred leader
 
 
 @dataclass(frozen=True)
 class NodeOptions:
-    """shardstore's own options: the map's shape when the cluster is made, fsync."""
+    """shardstore's own options: the map's shape when the cluster is made, fsync, and
+    how often a shard's Raft log is cut behind a snapshot of its engine."""
 
     shards: int = 3
     replicas: int = 3
     fsync: str = "always"
     timeout_s: float = WRITE_TIMEOUT_S
+    snapshot_every: int = SNAPSHOT_EVERY
+    compaction_margin: int = COMPACTION_MARGIN
 
 
 class HostDriver:
@@ -287,7 +291,9 @@ class ShardNode:
 
         machine = ShardMachine(engine, self.layer, load)
         config = self.host.group_config(shard.group, founders=tuple(shard.members),
-                                        fsync=fsync, snapshot_every=SNAPSHOT_EVERY)
+                                        fsync=fsync,
+                                        snapshot_every=self.options.snapshot_every,
+                                        compaction_margin=self.options.compaction_margin)
         self.host.create_group(shard.group, config, machine.apply, machine.snapshot,
                                machine.restore)
         self.machines[shard.shard_id] = machine

@@ -397,6 +397,31 @@ def _get_or_moved(client: redis.Redis, key: str) -> bytes | None:
         return None
 
 
+def test_a_replica_that_fell_behind_catches_up_from_a_snapshot(tmp_path: Path) -> None:
+    cluster = ProcCluster(tmp_path, extra=("--snapshot-every", "50",
+                                           "--compaction-margin", "20"))
+    try:
+        cluster.start()
+        late = cluster.daemons[2]
+        late.stop()
+        rc = cluster.client()
+        for i in range(300):  # one shard: its log is cut behind snapshots meanwhile
+            assert rc.set(f"{{snap}}:{i}", i)
+        rc.close()
+        late.start()
+        with redis.Redis(host=late.host, port=late.port) as c:
+            c.execute_command("READONLY")  # the late replica's own copy, no barrier
+            deadline = time.monotonic() + READY_S
+            while c.get("{snap}:299") != b"299":
+                assert time.monotonic() < deadline, late.log()[-3000:]
+                time.sleep(0.2)
+            assert c.mget([f"{{snap}}:{i}" for i in range(300)]) == \
+                [str(i).encode() for i in range(300)]
+        assert "restored the snapshot" in late.log()  # core/raft's line: not by the log
+    finally:
+        cluster.stop()
+
+
 def test_serve_refuses_what_cannot_work(tmp_path: Path) -> None:
     base = ["shardstore", "serve", "--id", "1", "--listen", "127.0.0.1:0",
             "--peers", "1=127.0.0.1:1,2=127.0.0.1:2,3=127.0.0.1:3",

@@ -324,7 +324,7 @@ def _check_redis_cli(procs: ProcCluster) -> None:
         return
     first = procs.daemons[0]
     base = [cli, "-c", "-h", first.host, "-p", str(first.port)]
-    for key in ("alpha", "beta", "gamma", "delta"):  # slots all over the map
+    for key in ("alpha", "beta", "gamma", "delta"):  # in each of three shards
         out = subprocess.run([*base, "SET", key, key + "!"], capture_output=True, text=True,
                              timeout=20, check=True)
         assert out.stdout.strip() == "OK", out
@@ -386,6 +386,7 @@ def test_single_replica_shards_with_fsync_everysec(tmp_path: Path) -> None:
             moved = [k for k in keys if k.encode() != _get_or_moved(c, k)]
             assert moved  # node 1 hosts one shard of three: the others' keys are MOVED
             assert c.info("shardstore")["fsync"] == "everysec"
+        _check_redis_cli(cluster)  # redis-cli -c follows those MOVED replies
     finally:
         cluster.stop()
 

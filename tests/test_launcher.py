@@ -3,6 +3,7 @@ the daemons join it by their declarations (`<package>/launch.py`)."""
 
 from __future__ import annotations
 
+import os
 import re
 import signal
 import socket
@@ -23,7 +24,9 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_launcher_starts_the_cluster_and_stops_it_on_ctrl_c(tmp_path: Path) -> None:
-    # The launcher writes ./var relative to its working directory: run it in tmp_path.
+    # The launcher writes ./var relative to its working directory: run it in tmp_path. It
+    # leads a process group, as a shell's foreground job does, and Ctrl-C below goes to the
+    # whole group, as a terminal sends it.
     proc = subprocess.Popen(
         [sys.executable, "-m", "core.launcher"],
         cwd=tmp_path,
@@ -31,6 +34,7 @@ def test_launcher_starts_the_cluster_and_stops_it_on_ctrl_c(tmp_path: Path) -> N
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
+        process_group=0,
     )
     assert proc.stdout is not None
     lines: list[str] = []
@@ -71,7 +75,7 @@ def test_launcher_starts_the_cluster_and_stops_it_on_ctrl_c(tmp_path: Path) -> N
                 reply += cache.recv(4096)
         assert reply == b"STORED\r\nVALUE k 0 1\r\nv\r\nEND\r\n"
     finally:
-        proc.send_signal(signal.SIGINT)
+        os.killpg(proc.pid, signal.SIGINT)
         code = proc.wait(timeout=30)
         reader.join(timeout=5)
     output = "".join(lines)
@@ -174,3 +178,54 @@ def test_a_launch_module_without_the_declaration_is_named(
     with pytest.raises(TypeError, match=r"fakedaemon_without_declaration\.launch defines no "
                                         r"local_cluster\(var\) function"):
         launcher.discover(tmp_path)
+
+
+ORPHAN_DECLARATION = """
+import sys
+from pathlib import Path
+
+from core.launch_spec import LocalCluster, Process
+
+PIDS = {pids!r}
+CODE = ("import os, time; open(PIDS, 'a').write(str(os.getpid()) + ' '); time.sleep(60)"
+        ).replace("PIDS", repr(PIDS))
+
+
+def local_cluster(var: Path) -> LocalCluster:
+    return LocalCluster([Process("orphan-1", [sys.executable, "-c", CODE]),
+                         Process("orphan-2", [sys.executable, "-c", CODE])])
+"""
+
+
+def test_a_killed_launcher_takes_its_daemons_with_it(tmp_path: Path) -> None:
+    """The daemons die with the launcher (PR_SET_PDEATHSIG), even one killed by SIGKILL."""
+    root = tmp_path / "project"
+    package = root / "fakedaemon_orphans"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    pids_file = tmp_path / "pids"
+    (package / "launch.py").write_text(ORPHAN_DECLARATION.format(pids=str(pids_file)))
+    code = ("import sys; from pathlib import Path; from core import launcher; "
+            f"sys.exit(launcher.main(Path({str(root)!r})))")
+    proc = subprocess.Popen([sys.executable, "-c", code], cwd=tmp_path,
+                            env={"PYTHONPATH": f"{ROOT}:{root}", "PATH": "/usr/bin:/bin"},
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    assert proc.stdout is not None
+    for line in proc.stdout:  # both are up once the "Try:" block is printed
+        if launcher.FOOTER in line:
+            break
+    pids = [int(pid) for pid in pids_file.read_text().split()] if pids_file.exists() else []
+    assert len(pids) == 2, proc.stdout.read() if proc.poll() is not None else pids
+    proc.kill()
+    proc.wait(timeout=30)
+    deadline = time.monotonic() + 30  # hang detection only
+    while any(Path(f"/proc/{pid}").exists() and not zombie(pid) for pid in pids):
+        assert time.monotonic() < deadline, f"daemons {pids} outlived their launcher"
+        time.sleep(0.1)
+
+
+def zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except (OSError, IndexError):
+        return True

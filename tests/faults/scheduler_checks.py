@@ -37,6 +37,7 @@ FIRE_F = "fire"
 START, END = "start", "end"
 SLOT_MS = 1000  # every cron job of the drill fires each second
 LOST = "lost"
+ENDED = frozenset({"succeeded", "failed", "timed_out", "lost", "killed", "skipped"})
 NEVER_RAN = frozenset({"skipped"})
 FIRST_FIRE_ID = 1 << 40  # ids of synthesized fires, far above any recorder event index
 MAX_LISTED = 8
@@ -143,7 +144,8 @@ def late_slots(runs: Iterable[Mapping[str, Any]], late_ms: int) -> frozenset[int
 
 def fire_operations(job: str, executions: Iterable[Execution], runs: Iterable[Mapping[str, Any]],
                     base: TimeBase, retried: bool, ids: Iterable[int]) -> list[Operation]:
-    """Ok fires for the started attempts, info fires for the lost runs (see the header)."""
+    """Ok fires for the started attempts, info fires for the runs lost or never ended (the
+    cluster does not know whether their command ran; see `check_ended`)."""
     numbers = iter(ids)
     ops = []
     for ex in executions:
@@ -154,10 +156,11 @@ def fire_operations(job: str, executions: Iterable[Execution], runs: Iterable[Ma
         ops.append(Operation(next(numbers), f"worker-{ex.host}", FIRE_F, job, value, None, OK,
                              at, at))
     for run in runs:
-        if run["state"] == LOST:
+        if run["state"] == LOST or run["state"] not in ENDED:
             value = (run["slot_ms"], run["attempt"]) if retried else run["slot_ms"]
-            ops.append(Operation(next(numbers), f"lost-{job}-{value}", FIRE_F, job, value,
-                                 None, INFO, base.mono(run["fired_ms"]), None, "worker lost"))
+            ops.append(Operation(next(numbers), f"{run['state']}-{job}-{value}", FIRE_F, job,
+                                 value, None, INFO, base.mono(run["fired_ms"]), None,
+                                 f"run {run['state']}"))
     return ops
 
 
@@ -227,6 +230,17 @@ def check_cut_off(executions: Iterable[Execution], spans: Iterable[Span],
         return CheckResult("cut-off-no-dispatch", False, text, details={"started": bad})
     return CheckResult("cut-off-no-dispatch", True,
                        f"{len(cuts)} cuts, no dispatch to a cut-off worker after any")
+
+
+def check_ended(unfinished: list[Mapping[str, Any]]) -> CheckResult:
+    """Every run fired before the final pause reached a final state while the drill waited
+    (all workers alive, every fault healed)."""
+    if unfinished:
+        shown = [(r["run_id"], r["state"], r.get("worker"), r["attempt"]) for r in unfinished]
+        return CheckResult("runs-ended", False, f"{len(unfinished)} runs never ended (run, "
+                           f"state, worker, attempt): {_listed(shown)}",
+                           details={"unfinished": shown})
+    return CheckResult("runs-ended", True, "every run reached a final state")
 
 
 def check_no_overlap(job: str, executions: Iterable[Execution]) -> CheckResult:

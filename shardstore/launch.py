@@ -17,7 +17,7 @@ SHARDS = 3
 REPLICAS = 3
 
 TRY = [
-    "  redis-cli -c -p 7601 SET user:1 alice        # follows MOVED to the shard's leader",
+    "  redis-cli -c -p 7601 SET user:1 alice        # any node: the write goes to the leader",
     "  redis-cli -c -p 7602 GET user:1",
     "  redis-cli -c -p 7601 MSET {user1}:a 1 {user1}:b 2   # one slot by the hash tag",
     "  redis-cli -p 7601 CLUSTER SLOTS              # ranges, leader first, then replicas",

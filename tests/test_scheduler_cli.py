@@ -16,6 +16,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from core.client_cli import SOURCE_DEFAULT, resolve_servers
 from core.launcher import local_clusters
@@ -118,6 +120,18 @@ def test_the_parser_names_macros_the_same_way_with_fields_or_without(
     with pytest.raises(ScheduleError) as raised:
         parse_schedule(schedule)
     assert str(raised.value).startswith(error), raised.value
+
+
+@given(name=st.from_regex(r"@[A-Za-z]{1,12}", fullmatch=True),
+       fields=st.lists(st.from_regex(r"[0-9A-Za-z*/,-]{1,6}", fullmatch=True), max_size=6))
+def test_every_unknown_macro_is_named_with_or_without_fields(name: str,
+                                                             fields: list[str]) -> None:
+    if name.lower() in KNOWN_MACROS:
+        return
+    with pytest.raises(ScheduleError) as raised:
+        parse_schedule(" ".join([name, *fields]))
+    assert str(raised.value) == (f"unknown macro {name!r} (known: "
+                                 f"{', '.join(KNOWN_MACROS)})")
 
 
 def test_a_bad_count_or_deadline_is_a_usage_error() -> None:

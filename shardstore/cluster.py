@@ -222,13 +222,15 @@ def moved(slot: int, address: str) -> str:
 @dataclass
 class ClusterView:
     """What one node knows: the config, itself, client addresses (the book) and the leader
-    of each shard it hosts (0 or absent: unknown); `offsets`: applied index per shard."""
+    of each shard it hosts (0 or absent: unknown); `offsets`: applied index per shard;
+    `bus_ports`: each node's node-to-node (Raft) port, CLUSTER NODES's cluster bus port."""
 
     config: ClusterConfig
     me: int
     addresses: dict[int, str]
     leaders: dict[int, int] = field(default_factory=dict)
     offsets: dict[int, int] = field(default_factory=dict)
+    bus_ports: dict[int, int] = field(default_factory=dict)
 
     def name(self, node_id: int) -> str:
         """The node's 40-hex name (a stable stand-in until its own is published)."""
@@ -334,7 +336,8 @@ def nodes_reply(view: ClusterView) -> Verbatim:
             master = view.name(lead) if lead else "-"
             slots = []
         host, port = view.host_port(node_id)
-        fields = [view.name(node_id), f"{host}:{port}@0", ",".join(flags), master, "0", "0",
+        address = f"{host}:{port}@{view.bus_ports.get(node_id, 0)}"
+        fields = [view.name(node_id), address, ",".join(flags), master, "0", "0",
                   str(view.config.epoch), "connected", *slots]
         lines.append(" ".join(fields))
     return Verbatim("".join(line + "\n" for line in lines))

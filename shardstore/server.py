@@ -189,7 +189,7 @@ class ShardNode:
                 leaders[sid] = group.node.lead
                 offsets[sid] = group.applied
         return ClusterView(self.config, self.me, dict(self.service.book.clients), leaders,
-                           offsets)
+                           offsets, {k: v[1] for k, v in self.settings.peers.items()})
 
     def led_shards(self) -> list[Shard]:
         """The shards this node hosts and reports as their master (CLUSTER SLOTS): those

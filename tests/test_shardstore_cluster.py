@@ -91,7 +91,10 @@ def test_cluster_slots_as_redis_py_reads_them() -> None:
 
 def test_cluster_nodes_shards_and_info_as_redis_py_reads_them() -> None:
     view = _view(leaders={1: 2, 2: 2, 3: 2})
-    nodes = parse_cluster_nodes(str(cluster.nodes_reply(view)))
+    view.bus_ports = {1: 7701, 2: 7702, 3: 7703}
+    text = str(cluster.nodes_reply(view))
+    assert f"{1:040x} 127.0.0.2:7001@7701 myself,slave {2:040x} 0 0 1 connected\n" in text
+    nodes = parse_cluster_nodes(text)
     me = nodes["127.0.0.2:7001"]
     assert me["flags"] == "myself,slave" and me["master_id"] == f"{2:040x}"
     leader = nodes["127.0.0.3:7002"]

@@ -55,7 +55,7 @@ log = logging.getLogger("core.raft.host")
 
 GROUPS_DIR = "groups"
 EVERYSEC_S = 1.0
-FSYNC_THREADS = 8  # log files fsynced at once: the file system can merge their journal commits
+FSYNC_THREADS = 8  # group logs written and fsynced at once in a pass (one fsync per file touched)
 MAX_BATCH_BYTES = 4 * 1024 * 1024  # a per-peer batch is cut into frames of about this size
 MESSAGE_OVERHEAD = 64  # bytes of a message's fields, as an estimate when cutting batches
 ENTRY_OVERHEAD = 32  # bytes of an entry's index, term and type

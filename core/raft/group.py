@@ -35,7 +35,7 @@ from core.raft.driver_types import (
     SnapshotHook,
     format_address,
 )
-from core.raft.errors import ConfigError, NotLeader, RaftError, WireError
+from core.raft.errors import ConfigError, NotLeader, ProposalDropped, RaftError, WireError
 from core.raft.group_snapshots import SnapshotTransfers
 from core.raft.messages import NONE, Message, SnapshotRequest, message_from_wire
 from core.raft.node import Node
@@ -257,6 +257,12 @@ class RaftGroup:
                 index, result = await self.proposer.run_here(body)
         except NotLeader as exc:
             return {"not_leader": exc.leader}
+        except ProposalDropped as exc:  # definitely not committed: the follower may retry
+            return {"dropped": str(exc)}
+        except (ProposalUnknown, TimeoutError) as exc:  # may or may not be committed
+            return {"unknown": str(exc) or "no outcome in time"}
+        except ValueError as exc:  # refused by the rules (a voter added twice)
+            return {"refused": str(exc)}
         return {"index": index, "result": result}
 
     # -- application API -----------------------------------------------------------------------

@@ -81,8 +81,16 @@ class Proposer:
             return None
         except RpcError as exc:
             raise ProposalUnknown(f"forwarding to node {leader} failed: {exc}") from exc
-        if not isinstance(reply, dict) or "index" not in reply:
+        if not isinstance(reply, dict):
             return None
+        if "dropped" in reply:
+            raise ProposalDropped(f"the leader {leader} dropped it: {reply['dropped']}")
+        if "unknown" in reply:
+            raise ProposalUnknown(f"the leader {leader} cannot tell: {reply['unknown']}")
+        if "refused" in reply:
+            raise ValueError(reply["refused"])
+        if "index" not in reply:
+            return None  # not the leader (any more): nothing was appended
         return reply["index"], reply.get("result")
 
     async def run_here(self, body: dict[str, Any]) -> tuple[int, Any]:

@@ -237,8 +237,11 @@ class SchedulerEntryHandlers(QuerySide):
 
     def _claim(self, entry: dict[str, Any]) -> Any:
         """Hand up to `max` FIRED runs matching the worker's tags to `worker`; with
-        `resync`, also the runs this worker already holds STARTED (after a lost reply they
-        are delivered again; the worker runs a run id once)."""
+        `resync`, first every run this worker already holds STARTED, whatever `max` (after a
+        lost reply they are delivered again; the worker runs a run id once). Cutting those
+        to `max` let the runs the worker executes crowd out one it never received, which then
+        stayed STARTED for good (tests/test_scheduler_resync_limit.py). The held runs count
+        against `max` for new claims, so the state changes exactly as before."""
         worker, tags, now_ms = entry["worker"], set(entry.get("tags", ())), entry["now_ms"]
         resync = bool(entry.get("resync", False))
         self._heard(worker, now_ms)
@@ -246,7 +249,7 @@ class SchedulerEntryHandlers(QuerySide):
         out: list[dict[str, Any]] = []
         if resync:
             held = (r for r in self.active_records() if r.state == STARTED and r.worker == worker)
-            out = [_dispatch(self.jobs[r.job], r, now_ms) for r in _ordered(held)][:limit]
+            out = [_dispatch(self.jobs[r.job], r, now_ms) for r in _ordered(held)]
         for record in _ordered(self._records(self._fired, (FIRED,))):
             if len(out) >= limit:
                 break

@@ -7,9 +7,10 @@ core answers for every daemon: COMMON_NAMES) gets a handler here by its key spec
 - a row with keys: `request_slot` (CROSSSLOT when the keys span slots); the slot's shard
   from the slot map; a shard this node does not host answers `-MOVED slot host:port`
   (its master as CLUSTER SLOTS reports it); a write ("write" flag) is committed through
-  the shard's Raft group (forwarded to its leader by the service) and answered with what
-  its apply returned; a read runs on the local replica after the shard's read barrier,
-  or without one on a connection that sent READONLY (as Redis Cluster replicas serve);
+  the shard's Raft group, stamped and appended by its leader (shardstore/writes.py), and
+  answered with what its apply returned; a read runs on the local replica after the
+  shard's read barrier, or without one on a connection that sent READONLY (as Redis
+  Cluster replicas serve);
 - a row without keys (DBSIZE, SCAN, FLUSHALL, ...): about the shards this node leads, as
   Redis Cluster's commands are about one node: a write goes through each of them, a read
   runs over them together (machine.MergedKV).
@@ -27,6 +28,7 @@ from collections.abc import Coroutine, Iterable
 from typing import Any, Protocol
 
 from core.command_table import ERR_CROSSSLOT, Command, CrossSlotError, KeysError, request_slot
+from core.raft.errors import RaftError
 from core.raft_service import RaftService
 from core.resp import OK, CommandError
 from core.resp_commands import parse_int
@@ -34,7 +36,8 @@ from core.resp_session import Session
 from native.crc16 import SLOT_COUNT, key_slot
 from shardstore import cluster
 from shardstore.cluster import ClusterConfig, ClusterView, Shard
-from shardstore.machine import MergedKV, ShardMachine, decode_reply, encode_command
+from shardstore.machine import MergedKV, ShardMachine, decode_reply
+from shardstore.writes import LeaderWrites
 
 __all__ = ["COMMON_NAMES", "ERR_CLUSTERDOWN", "ClientCommands", "NodeView"]
 
@@ -61,6 +64,7 @@ class NodeView(Protocol):
     name: str
     layer: Any  # shardstore.commands
     service: RaftService
+    writes: LeaderWrites
     machines: dict[int, ShardMachine]
 
     @property
@@ -136,8 +140,12 @@ class ClientCommands:
         raise CommandError(cluster.moved(slot, view.addresses[members[0]]))
 
     async def _write(self, shard: Shard, args: list[bytes]) -> Any:
-        entry = encode_command(self.node.now_ms(), args)
-        reply = decode_reply(await self.node.service.write(entry, group=shard.group))
+        try:
+            result = await self.node.writes.write(shard.group, args)
+        except (RaftError, TimeoutError) as exc:
+            service = self.node.service
+            raise service.unavailable(service.handle(shard.group), exc) from None
+        reply = decode_reply(result)
         if isinstance(reply, CommandError):
             raise reply
         return reply

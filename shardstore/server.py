@@ -42,6 +42,7 @@ from shardstore import cluster
 from shardstore.cluster import CONFIG_GROUP, ClusterView, ConfigMachine, Shard
 from shardstore.handlers import ClientCommands
 from shardstore.machine import ShardMachine, encode_expire, expired_keys
+from shardstore.writes import SERVICE_WRITE, LeaderWrites
 
 __all__ = ["FSYNC_POLICIES", "HostDriver", "NodeOptions", "ShardNode"]
 
@@ -126,6 +127,7 @@ class ShardNode:
                                  secret=settings.secret, tick_s=settings.tick_s,
                                  election_tick=settings.election_tick)
         self.host = RaftHost(host_config)
+        self.writes = LeaderWrites(self.host, self.now_ms, options.timeout_s)
 
         def factory(apply: Apply, snapshot: SnapshotHook, restore: Any) -> HostDriver:
             return HostDriver(self.host, apply, snapshot, restore, settings.founders)
@@ -150,6 +152,7 @@ class ShardNode:
     async def start(self) -> None:
         self.settings.data_dir.mkdir(parents=True, exist_ok=True)
         self.name = cluster.load_node_name(self.data_dir, self.me)
+        self.host.transport.register(SERVICE_WRITE, self.writes)
         await self.service.start(*self.settings.listen)
         loops = [self._reconcile(), self._expire()]
         if self.options.fsync == "everysec":
@@ -161,6 +164,7 @@ class ShardNode:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.service.stop()
+        self.host.transport.router.unregister(SERVICE_WRITE)
         for machine in self.machines.values():
             machine.engine.close()
         self.machines.clear()

@@ -39,6 +39,7 @@ from tests.procs import Daemon
 
 HOSTS = ("127.0.0.2", "127.0.0.3", "127.0.0.4")
 READY_S = 30.0
+HOUR_MS = 3_600_000
 CLIENT_RETRIES = 10
 
 
@@ -150,6 +151,7 @@ def test_cluster_clients_route_by_the_slot_map(tmp_path: Path) -> None:
         finally:
             await rc.aclose()
         await _check_single_node_replies(cluster)
+        await _check_the_leader_stamps_the_time(cluster)
         await _check_node_wide_commands(cluster)
 
     run_loop(tmp_path, test)
@@ -187,6 +189,31 @@ async def _check_single_node_replies(cluster: LoopCluster) -> None:
         assert "applied_entries" in await c.info("raft")
     finally:
         await c.aclose()
+
+
+async def _check_the_leader_stamps_the_time(cluster: LoopCluster) -> None:
+    """A write sent to a follower is stamped with the leader's clock: a follower whose
+    clock is an hour ahead sets the expiry time the leader would."""
+    pairs = [(n, s) for n in cluster.nodes for s in n.config.hosted_by(n.me)
+             if n.view().leader(s.shard_id) not in (0, n.me)]
+    follower, shard = pairs[0]
+    leader = follower.view().leader(shard.shard_id)
+    slot = follower.config.ranges[shard.shard_id - 1][0]
+    key = next(f"t{i}" for i in range(200_000) if key_slot(f"t{i}".encode()) == slot)
+
+    def ahead() -> int:
+        return int(time.time() * 1000) + HOUR_MS
+
+    follower.now_ms = follower.writes.now_ms = ahead  # type: ignore[method-assign]
+    c, at_leader = cluster.client(cluster.nodes.index(follower)), cluster.client(leader - 1)
+    try:
+        assert await c.execute_command("SET", key, "v", "PX", 100_000) in (b"OK", True)
+        assert 0 < await at_leader.execute_command("PTTL", key) <= 100_000
+    finally:
+        del follower.now_ms
+        follower.writes.now_ms = follower.now_ms
+        await c.aclose()
+        await at_leader.aclose()
 
 
 async def _check_node_wide_commands(cluster: LoopCluster) -> None:

@@ -18,9 +18,8 @@ from its last snapshot). Snapshots are the engine's `dump()` pieces framed with 
 lengths behind a header naming the applied index; `restore` of a snapshot that is not
 ahead of the engine leaves the engine alone (a restart), otherwise it loads the pieces.
 
-`now_ms` is stamped by the node that takes the request (the shard's leader when clients
-route by CLUSTER SLOTS; a follower that forwards a write stamps its own clock, as Raft
-carries the entry unchanged). Every replica applies the same stamp, so they agree.
+`now_ms` is stamped by the shard's leader (shardstore/writes.py; the expiry sweep's by
+the leader that sweeps). Every replica applies the same stamp, so they agree.
 
 Replies come back from `apply` as msgpack-safe values (a leader's result crosses the
 node link to a follower that forwarded the write): `encode_reply` tags the core.resp types

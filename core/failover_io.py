@@ -58,10 +58,12 @@ def call_blocking(
     raises: Raises,
     clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], None] = time.sleep,
+    slot: int | None = None,
 ) -> T:
     """One command with failover over blocking connections; `connect(host, port)` opens one
-    (AUTH included), `check(reply)` returns the result or raises ProtocolError."""
-    request = failover.begin(clock())
+    (AUTH included), `check(reply)` returns the result or raises ProtocolError; `slot` routes
+    it to the slot's known node first (`Failover.begin`)."""
+    request = failover.begin(clock(), slot)
     while True:
         step = request.next(clock())
         if isinstance(step, GiveUp):
@@ -101,9 +103,10 @@ async def call_async(
     connect: Callable[[str, int], Awaitable[AsyncRespConnection]],
     raises: Raises,
     clock: Callable[[], float] = time.monotonic,
+    slot: int | None = None,
 ) -> T:
     """`call_blocking` for asyncio: the same steps, awaited; pauses are asyncio sleeps."""
-    request = failover.begin(clock())
+    request = failover.begin(clock(), slot)
     while True:
         step = request.next(clock())
         if isinstance(step, GiveUp):

@@ -1,0 +1,179 @@
+"""shardstore.client against real `shardstore serve` processes (three nodes on 127.0.0.2-4).
+
+Single-replica shards (each node hosts one shard of three and answers MOVED for the other
+two): both clients, seeded with one node, over keys of every slot range; the phase-1 command
+methods and `execute`; CROSSSLOT raised as the caller's error; SCAN over every master; a map
+made stale by hand is corrected by the node's MOVED. Three-replica shards: a SIGKILLed shard
+leader; the client goes on, and its refreshed map names the new master.
+Offline: the slot map taken from a CLUSTER SLOTS reply, and key routing."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from core.failover import Failover
+from native.crc16 import key_slot
+from shardstore.client import (
+    AsyncShardstoreClient,
+    CrossSlotError,
+    ShardstoreClient,
+    ShardstoreError,
+)
+from shardstore.client_core import SlotRouter, slot_of
+from tests.test_shardstore_daemon import ProcCluster, needs_aliases
+
+READY_S = 30.0
+POLL_S = 0.2
+
+
+def _keys_over_every_range(count: int) -> list[str]:
+    """`count` keys at least, with some in each third of the slot space."""
+    keys: list[str] = []
+    thirds: set[int] = set()
+    i = 0
+    while len(keys) < count or len(thirds) < 3:
+        keys.append(f"ck:{i}")
+        thirds.add(key_slot(keys[-1].encode()) * 3 // 16384)
+        i += 1
+    return keys
+
+
+# -- offline ----------------------------------------------------------------------------------
+
+def test_the_slot_map_comes_from_cluster_slots() -> None:
+    failover: Failover[object] = Failover([("127.0.0.9", 1)], random.Random(1))
+    router = SlotRouter(failover, clock=lambda: 100.0)
+    reply = [[0, 5460, [b"10.0.0.1", 7001, b"id1"], [b"10.0.0.2", 7001, b"id2"]],
+             [5461, 16383, [b"10.0.0.2", 7001, b"id2"]]]
+    assert router.wants_refresh()
+    router.load(reply)
+    assert not router.wants_refresh()
+    first, second = failover.index_of(("10.0.0.1", 7001)), failover.index_of(("10.0.0.2", 7001))
+    assert failover.slots[0] == failover.slots[5460] == first
+    assert failover.slots[5461] == failover.slots[16383] == second
+    assert router.masters == [("10.0.0.1", 7001), ("10.0.0.2", 7001)]
+    failover.preferred = second
+    router.settled(0)  # another node than the mapped master answered for slot 0
+    assert router.stale and not router.wants_refresh()  # refreshed less than a second ago
+    with pytest.raises(ShardstoreError):
+        router.load([[0, "x"]])
+
+
+def test_commands_are_routed_by_their_key() -> None:
+    assert slot_of(("GET", "{user1}:a")) == slot_of(("SET", b"{user1}:b", 1)) == \
+        key_slot(b"user1")
+    assert slot_of(("PING",)) is None and slot_of(("cluster", "slots")) is None
+    assert slot_of(("DBSIZE", "x")) is None
+
+
+# -- single-replica shards: MOVED for two thirds of the keys --------------------------------
+
+@pytest.fixture(scope="module")
+def single(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProcCluster]:
+    cluster = ProcCluster(tmp_path_factory.mktemp("single"), shards=3, replicas=1)
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@needs_aliases
+def test_the_blocking_client_over_every_slot_range(single: ProcCluster) -> None:
+    seed = single.daemons[0].address
+    keys = _keys_over_every_range(60)
+    with ShardstoreClient([seed], rng=random.Random(7)) as client:
+        for key in keys:
+            assert client.set(key, key)
+        assert [client.get(k) for k in keys] == [k.encode() for k in keys]
+        assert len(client.router.masters) == 3
+        assert not client.set(keys[0], "x", nx=True) and client.set(keys[0], "y", xx=True)
+        assert client.set("ck:ttl", 1, ex=100) and 0 < client.ttl("ck:ttl") <= 100
+        assert client.set("ck:pttl", 1, px=100_000) and client.ttl("ck:pttl") > 0
+        assert client.expire(keys[1], 50) and client.ttl(keys[2]) == -1
+        assert client.incr("ck:n") == 1 and client.incrby("ck:n", 41) == 42
+        tagged = {f"{{t}}:{i}": str(i) for i in range(5)}
+        assert client.mset(tagged)
+        assert client.mget(*tagged) == [v.encode() for v in tagged.values()]
+        assert client.exists(*tagged) == 5 and client.delete("{t}:0", "{t}:1") == 2
+        assert client.hset("ck:h", {"a": 1, "b": 2}) == 2 and client.hget("ck:h", "a") == b"1"
+        assert client.hgetall("ck:h") == {b"a": b"1", b"b": b"2"}
+        assert client.hdel("ck:h", "a", "zz") == 1
+        assert client.execute("STRLEN", keys[3]) == len(keys[3])
+        assert client.execute("PING") == "PONG"
+        with pytest.raises(CrossSlotError):
+            client.mget(keys[0], keys[1], keys[2], keys[3])
+        with pytest.raises(ShardstoreError, match="WRONGTYPE"):
+            client.get("ck:h")
+        found = set(client.scan_iter(match="ck:*"))
+        assert found == {k.encode() for k in [*keys, "ck:ttl", "ck:pttl", "ck:n", "ck:h"]}
+
+
+@needs_aliases
+def test_a_stale_map_is_mended_by_moved(single: ProcCluster) -> None:
+    with ShardstoreClient([single.daemons[1].address], rng=random.Random(3)) as client:
+        client.refresh_slots()
+        key = "moved:1"
+        slot = key_slot(key.encode())
+        right = client._failover.slots[slot]
+        wrong = next(i for i in set(client._failover.slots.values()) if i != right)
+        client._failover.slots[slot] = wrong  # as if the slot had moved since the fetch
+        assert client.set(key, "v")  # the wrong node answers MOVED; the client follows it
+        assert client._failover.slots[slot] == right
+        assert client.get(key) == b"v"
+
+
+@needs_aliases
+def test_the_async_client_over_every_slot_range(single: ProcCluster) -> None:
+    keys = _keys_over_every_range(30)
+
+    async def main() -> None:
+        seeds = [d.address for d in single.daemons[2:]]
+        async with AsyncShardstoreClient(seeds, rng=random.Random(5)) as client:
+            for key in keys:
+                assert await client.set(key, "a:" + key)
+            assert await asyncio.gather(*(client.get(k) for k in keys)) == \
+                [f"a:{k}".encode() for k in keys]
+            assert await client.incrby("ca:n", 5) == 5 and await client.incr("ca:n") == 6
+            assert await client.mset({"{u}:a": 1, "{u}:b": 2})
+            assert await client.mget("{u}:a", "{u}:b") == [b"1", b"2"]
+            assert await client.hset("ca:h", {"f": "v"}) == 1
+            assert await client.hgetall("ca:h") == {b"f": b"v"}
+            with pytest.raises(CrossSlotError):
+                await client.delete(*keys)
+            found = {k async for k in client.scan_iter(match="ck:*")}
+            assert {k.encode() for k in keys} <= found
+
+    asyncio.run(main())
+
+
+# -- three-replica shards: a shard leader killed ----------------------------------------------
+
+@needs_aliases
+def test_a_killed_shard_leader_moves_its_slots_master(tmp_path: Path) -> None:
+    cluster = ProcCluster(tmp_path)
+    try:
+        cluster.start()
+        key = "lead:1"
+        victim = cluster.daemons[cluster.leader_of(key)]
+        with ShardstoreClient([d.address for d in cluster.daemons],
+                              rng=random.Random(11)) as client:
+            assert client.set(key, "before")
+            assert (victim.host, victim.port) in client.router.masters
+            victim.kill()
+            assert client.set(key, "after")  # another member forwards, or TRYAGAIN, retried
+            deadline = time.monotonic() + READY_S
+            while client._failover.address(client._failover.slots[key_slot(key.encode())]) \
+                    == (victim.host, victim.port):
+                assert time.monotonic() < deadline, "the map still names the killed leader"
+                assert client.get(key) == b"after"
+                time.sleep(POLL_S)
+            assert client.get(key) == b"after"
+    finally:
+        cluster.stop()

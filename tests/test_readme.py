@@ -215,12 +215,17 @@ def check_async_client(session: Session) -> None:
     assert "bill" in names
 
 
+def check_shardstore_client(session: Session) -> None:
+    assert session.shown == [True, True, [b"1", b"2"], b"ada"]
+
+
 PYTHON_CHECKS: dict[str, Callable[[Session], None]] = {
     "from idgen.client import IdgenClient": check_idgen_client,
     "from kvcache.client import Client": check_kvcache_client,
     "from scheduler.client import EmbeddedWorker, Run": check_embedded_worker,
     "from scheduler.client import SchedulerClient": check_blocking_client,
     "from scheduler.client import AsyncSchedulerClient": check_async_client,
+    "from shardstore.client import ShardstoreClient": check_shardstore_client,
 }
 
 

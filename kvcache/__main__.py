@@ -15,10 +15,11 @@ after `kvcache serve`:
     -V           print the version and exit
     -R N         write queued replies out at least every N commands (20)
     -o idle_timeout=N  close a client idle for more than N seconds (0, the default: never)
-    -t N, -U N, -u USER, -o OPTS, -L, -k, -r, -D C, -W, -C
+    -U N         also serve UDP on port N (0, the default: off), memcached's framing
+    -t N, -u USER, -o OPTS, -L, -k, -r, -D C, -W, -C
                  accepted for compatibility and logged: one event loop serves every
-                 client (-t), UDP is not served (-U), kvcache does not change user, CAS
-                 stays on (-C), other -o options are ignored
+                 client (-t), kvcache does not change user, CAS stays on (-C), other -o
+                 options are ignored
     -S, -Y, -Z, -e, -B binary   refused: SASL, auth files, TLS, memory files and the binary
                  protocol are not implemented (refusing beats silently serving without them)
 
@@ -113,7 +114,7 @@ def add_serve_options(serve: argparse.ArgumentParser) -> None:
     add("-t", "--threads", type=int, default=None,
         help="accepted (logged when given); one event loop serves all clients")
     add("-U", "--udp-port", dest="udp_port", type=int, default=0,
-        help="UDP port; only 0 (disabled) is supported")
+        help="also serve UDP on this port (0: off, the default)")
     add("-u", "--user", default=None, help="accepted, ignored")
     add("-o", "--extended", action="append", default=[],
         help="idle_timeout=N is taken; other options are accepted and ignored")
@@ -183,6 +184,7 @@ def settings_from_args(args: argparse.Namespace) -> tuple[Settings, list[str]]:
         unix_socket=args.unix_socket,
         unix_mask=unix_mask,
         idle_timeout=idle_timeout,
+        udp_port=0 if args.unix_socket else args.udp_port,
     )
     try:
         settings.validate()
@@ -224,8 +226,8 @@ def _log_accepted(args: argparse.Namespace, settings: Settings, hosts: list[str]
                             "cache", host)
     if args.threads is not None:
         log.info("-t %d: one event loop serves every client", args.threads)
-    if args.udp_port:
-        log.warning("-U %d ignored: kvcache serves TCP only", args.udp_port)
+    if args.udp_port and settings.unix_socket:
+        log.warning("-U %d ignored: -s serves the UNIX socket only", args.udp_port)
     if args.user:
         log.info("-u %s ignored: kvcache does not change user", args.user)
     if args.disable_cas:

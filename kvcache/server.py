@@ -46,7 +46,7 @@ import psutil
 from core.clock import Clock
 from core.connections import Connections, Listeners
 from core.gcfreeze import GcFreezer
-from kvcache import commands, replies
+from kvcache import commands, replies, udp
 from kvcache.commands import FLUSH_AFTER
 from kvcache.engine import Closing, Engine, Stream
 from kvcache.items import Item
@@ -98,6 +98,8 @@ class KvcacheServer:
         # objects the cyclic GC would traverse in every full collection: see core/gcfreeze.
         self._gc = GcFreezer(clock.monotonic())
         self.port = 0
+        self.udp_port = 0
+        self._udp: list[asyncio.DatagramTransport] = []
 
     # -- lifecycle -----------------------------------------------------------------------
     async def start(self, hosts: list[str], port: int) -> None:
@@ -113,6 +115,11 @@ class KvcacheServer:
         port = await self._listeners.tcp(lambda: Connection(self), hosts, port)
         self.port = port
         self.settings.port = port
+        if self.settings.udp_port:
+            self._udp = await udp.listen(self.engine, self.settings.item_size_max, hosts,
+                                         self.settings.udp_port)
+            self.udp_port = self._udp[0].get_extra_info("sockname")[1]
+            log.info("serving UDP on port %d", self.udp_port)
         self._maintenance = loop.create_task(self._maintain())
         for host in hosts:
             log.info("listening on %s:%d", host, port)
@@ -120,6 +127,8 @@ class KvcacheServer:
     async def close(self) -> None:
         """Stop accepting, flush what each client was sent, close everything (a client
         still open after GRACE_S is aborted)."""
+        for transport in self._udp:
+            transport.close()
         if self._maintenance is not None:
             self._maintenance.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -39,6 +39,7 @@ class Settings:
     slab_min_size: int = 48
     unix_socket: str | None = None  # -s: listen here instead of TCP
     unix_mask: int = 0o700  # -a
+    udp_port: int = 0  # -U: serve UDP on this port too (0, the default: no UDP)
     crawl_items_per_tick: int = 5000
     idle_timeout: int = 0  # -o idle_timeout: seconds a client may sit idle (0: for ever)
     crawl_interval_s: float = 0.1

@@ -125,7 +125,7 @@ def settings_stats(settings: Settings, storage: Storage) -> list[Stat]:
     oldest = storage.oldest_live
     return [
         ("maxbytes", storage.limit_bytes), ("maxconns", settings.maxconns),
-        ("tcpport", 0 if settings.unix_socket else settings.port), ("udpport", 0),
+        ("tcpport", 0 if settings.unix_socket else settings.port), ("udpport", settings.udp_port),
         ("inter", "NULL" if settings.unix_socket else settings.inter or "NULL"),
         ("verbosity", settings.verbose), ("oldest", oldest),
         ("evictions", "on" if settings.evict_to_free else "off"),

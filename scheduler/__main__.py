@@ -64,6 +64,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="runs this worker executes at once")
     worker.add_argument("--heartbeat-ms", type=int, default=2000,
                         help="WORKER.HEARTBEAT interval (liveness: lost runs, TARGET ALL)")
+    worker.add_argument("--worker-timeout-ms", type=int, default=10_000,
+                        help="the cluster's --worker-timeout-ms: cut off from every node for "
+                             "this less a margin, the worker kills its runs (fences itself) "
+                             "and reports them abandoned on reconnection (0: never fence)")
     worker.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
 
     client = argparse.ArgumentParser(add_help=False)
@@ -159,13 +163,21 @@ def serve(args: argparse.Namespace) -> int:
 
 
 def work(args: argparse.Namespace) -> int:
-    from scheduler.worker import Worker
+    from scheduler.reaper import process_reaper
+    from scheduler.worker import Worker, fence_delay_s
 
     daemon.setup_logging(args.log_level)
     servers = [daemon.parse_hostport(s.strip()) for s in args.scheduler.split(",") if s.strip()]
     tags = [t for t in args.tags.split(",") if t]
+    heartbeat_s = args.heartbeat_ms / 1000
+    try:
+        fence_s = (fence_delay_s(args.worker_timeout_ms, heartbeat_s)
+                   if args.worker_timeout_ms else None)
+    except ValueError as exc:
+        raise daemon.ConfigError(str(exc)) from None
+    process_reaper()  # before the first run: its groups die with this process
     worker = Worker(servers, tags, worker_id=args.id, password=args.password,
-                    concurrency=args.slots, heartbeat_s=args.heartbeat_ms / 1000)
+                    concurrency=args.slots, heartbeat_s=heartbeat_s, fence_after_s=fence_s)
 
     async def run(stop: asyncio.Event) -> int:
         await worker.run(stop)

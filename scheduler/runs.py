@@ -5,7 +5,8 @@ through `TRANSITIONS` (`step`); an event the table lacks raises `RunStateError` 
 run, the state and the event. (job, slot_ms, shard) is the run's identity: the leader fires
 a slot by committing its record, so a new leader sees it and never fires it again.
 `retry_run` gives the next attempt and when, `timeout_at_ms` when an attempt times out,
-`dependents_to_fire` the AFTER jobs a finished run fires. The job model, the limits and the
+`dependents_to_fire` the AFTER jobs a finished run fires; `was_lost` and `note_late` record a
+result that arrives for an attempt already declared lost. The job model, the limits and the
 error texts are in scheduler/jobs.py; slot planning is in scheduler/planning.py.
 
 Time enters only as arguments (epoch ms); nothing here reads a clock, a disk or a socket.
@@ -163,6 +164,32 @@ def step(
         record, state=state, fired_ms=at_ms, started_ms=None, finished_ms=None,
         retry_at_ms=None, worker="", exit_code=None, message="",
     )
+
+
+# -- late results ------------------------------------------------------------------------------
+
+LOST_PREFIX = "lost: "  # the message of a LOST attempt begins so (scheduler/state_apply.py)
+LATE_NOTE = "; late result of attempt {}: exit {} (ignored: the attempt was lost)"
+
+
+def was_lost(record: RunRecord, attempt: int) -> bool:
+    """Whether `record` shows attempt `attempt` declared lost: the record is that attempt,
+    LOST; or its next attempt, whose message still tells how `attempt` ended (RETRY_WAIT
+    keeps the LOST message, the retry's fire prefixes it with "attempt N: ")."""
+    if record.attempt == attempt:
+        return record.state == LOST
+    if record.attempt != attempt + 1 or record.state not in ACTIVE:
+        return False
+    return record.message.startswith((LOST_PREFIX, f"attempt {attempt}: {LOST_PREFIX}"))
+
+
+def note_late(record: RunRecord, attempt: int, exit_code: int) -> RunRecord:
+    """`record` with a late result of `attempt` noted in its message; its state, attempt
+    and exit code stay: a late result never overrides the retry."""
+    note = LATE_NOTE.format(attempt, exit_code)
+    if note in record.message:
+        return record  # the same report again
+    return replace(record, message=(record.message + note)[:MAX_MESSAGE_LEN])
 
 
 # -- retries and timeouts ---------------------------------------------------------------------

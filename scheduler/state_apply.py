@@ -44,6 +44,7 @@ from scheduler.runs import (
     FIRED,
     KILL,
     LOSE,
+    LOST_PREFIX,
     RETRY_WAIT,
     RETRYABLE,
     START,
@@ -54,10 +55,12 @@ from scheduler.runs import (
     RunRecord,
     dependents_to_fire,
     fire_run,
+    note_late,
     retry_run,
     skipped_run,
     step,
     timeout_at_ms,
+    was_lost,
 )
 from scheduler.state_queries import (
     QuerySide,
@@ -265,9 +268,14 @@ class SchedulerEntryHandlers(QuerySide):
     def _done(self, entry: dict[str, Any]) -> Any:
         name, run_id = entry["job"], entry["run_id"]
         record = self.runs.get(name, {}).get(run_id)
+        attempt = entry.get("attempt")
+        if record is not None and attempt is not None and was_lost(record, attempt):
+            # late: the attempt was declared lost (and maybe retried); noted, never applied
+            self.runs[name][run_id] = note_late(record, attempt, entry["exit_code"])
+            return None
         if record is None or record.state != STARTED:
             return None  # unknown, or reported already: a repeated report is a no-op
-        if entry.get("attempt") not in (None, record.attempt):
+        if attempt not in (None, record.attempt):
             return None  # the report of an attempt that timed out earlier
         event = SUCCEED if entry["exit_code"] == 0 else FAIL
         due = timeout_at_ms(self.jobs[name], record)
@@ -356,7 +364,7 @@ class SchedulerEntryHandlers(QuerySide):
         silent_ms = entry["now_ms"] - self.last_heard(record)
         if silent_ms < entry["timeout_ms"]:
             return None
-        message = f"lost: worker {record.worker} silent for {silent_ms} ms"
+        message = f"{LOST_PREFIX}worker {record.worker} silent for {silent_ms} ms"
         record = step(record, LOSE, entry["now_ms"], message=message)
         self.runs[job.name][record.run_id] = self._maybe_retry(record)
         return None

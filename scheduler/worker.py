@@ -34,6 +34,15 @@ The worker heartbeats every `heartbeat_s` even when idle: the cluster counts a w
 (for lost-run detection and for the worker list of a broadcast) while it hears from it.
 The heartbeat's reply names this worker's attempts the cluster killed (CONCURRENCY REPLACE);
 their tasks are cancelled as on a TIMEOUT (the group is killed) and nothing is reported.
+
+Fencing: a shell run's process group dies with the worker process, however it dies
+(scheduler/reaper.py). A worker cut off from every node (a partition, not a crash) fences
+itself: once `fence_after_s` has passed since it sent the last heartbeat or poll the cluster
+answered (the cluster last heard from it no earlier than that), it cancels every run it
+holds, which kills their process groups, and reports each as EXIT_ABANDONED when a node
+answers again. `fence_after_s` is the cluster's --worker-timeout-ms less a margin
+(`fence_delay_s`), so the runs are dead before the cluster may declare them lost and retry
+them elsewhere; a report the cluster gets after that is late and changes nothing there.
 """
 
 from __future__ import annotations
@@ -43,6 +52,7 @@ import logging
 import os
 import signal
 import socket
+import time
 import traceback
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
@@ -52,6 +62,7 @@ from typing import Any
 from core.clock import Clock, SystemClock
 from core.failover import ErrorRules, Verdict
 from core.resp_client import ReplyError
+from scheduler.reaper import process_reaper
 from scheduler.worker_links import NodeLinks
 
 log = logging.getLogger("scheduler.worker")
@@ -69,6 +80,14 @@ MAX_REPORT_BATCH = 256  # results in one WORKER.RESULTS (the cluster's MAX_RESUL
 POLL, BEAT, FIRST_REPORT = 0, 1, 2  # connection channels (see Worker.__init__)
 STOP_GRACE_S = 10.0  # on SIGTERM, runs in flight get this long to finish and report
 FIND_LEADER_TIMEOUT_S = 1.0  # per node asked, when the poll connection opens
+EXIT_ABANDONED = 125  # a run this worker killed when cut off from every node (fenced)
+ABANDONED_MESSAGE = b"abandoned: the worker was cut off from every node and fenced itself"
+FENCE_MARGIN_FRACTION = 0.25  # of the worker timeout: the fence falls this much before it
+FENCE_MARGIN_MIN_S = 0.5  # and at least this much before it
+FENCE_CHECK_S = 0.1  # how often a fenced worker looks for runs to fence (none arrive cut off)
+DEFAULT_WORKER_TIMEOUT_MS = 10_000  # the cluster's default --worker-timeout-ms
+ERR_FENCE = ("--worker-timeout-ms {} leaves no fence margin above --heartbeat-ms {}: "
+             "the worker would fence itself between heartbeats")
 _RULES = ErrorRules()  # what an error reply means (core/failover.py): TRYAGAIN -> retry
 
 
@@ -122,7 +141,8 @@ class Worker:
     def __init__(self, servers: Sequence[tuple[str, int]], tags: Sequence[str] = (), *,
                  worker_id: str | None = None, password: str | None = None,
                  concurrency: int = 8, heartbeat_s: float = HEARTBEAT_S,
-                 executor: Executor = shell_executor, clock: Clock | None = None) -> None:
+                 executor: Executor = shell_executor, clock: Clock | None = None,
+                 fence_after_s: float | None = None) -> None:
         if not servers:
             raise ValueError("no scheduler address")
         self.executor = executor
@@ -149,6 +169,9 @@ class Worker:
         self._results: asyncio.Queue[tuple[tuple[str, int, bytes, int],
                                            asyncio.Future[None]]] = asyncio.Queue()
         self._repick = False  # the node polled no longer leads: reconnect before the next poll
+        self.fence_after_s = fence_after_s  # None: never fence (see the module docstring)
+        self._contact = time.monotonic()  # when the last call the cluster answered was sent
+        self.fenced: set[str] = set()  # "run_id#attempt" of the runs this worker abandoned
 
     async def call(self, *args: object, channel: int = POLL) -> Any:
         """One command on the channel's node (see scheduler/worker_links.py)."""
@@ -171,6 +194,8 @@ class Worker:
 
     async def run(self, stop: asyncio.Event) -> None:
         helpers = [asyncio.create_task(self._heartbeats(stop))]
+        if self.fence_after_s is not None:
+            helpers.append(asyncio.create_task(self._fence(self.fence_after_s)))
         helpers += [asyncio.create_task(self._reporter(channel))
                     for channel in range(FIRST_REPORT, len(self.links.conns))]
         try:
@@ -189,7 +214,9 @@ class Worker:
         while not stop.is_set():
             await asyncio.sleep(self.heartbeat_s)
             try:
+                sent = time.monotonic()
                 killed = await self.call("WORKER.HEARTBEAT", self.worker_id, channel=BEAT)
+                self._answered(sent)
                 await self._check_leader()
             except (OSError, ReplyError, TimeoutError) as exc:
                 log.info("heartbeat failed (%s); trying the next node", exc)
@@ -212,8 +239,10 @@ class Worker:
                     self._repick = False
                     self._drop(POLL)
                 wanted = self.concurrency - self._held
+                sent = time.monotonic()
                 runs = await self.call("WORKER.POLL", self.worker_id, ",".join(self.tags),
                                        POLL_MS, 1 if resync else 0, wanted)
+                self._answered(sent)
                 resync = False
             except (OSError, ReplyError, TimeoutError) as exc:
                 log.info("poll failed (%s); trying the next node", exc)
@@ -230,6 +259,27 @@ class Worker:
             for task in late:
                 task.cancel()
             await asyncio.gather(*late, return_exceptions=True)
+
+    def _answered(self, sent: float) -> None:
+        """A heartbeat or poll sent at monotonic `sent` was answered: the cluster has heard
+        from this worker since then."""
+        self._contact = max(self._contact, sent)
+
+    async def _fence(self, fence_after_s: float) -> None:
+        """Abandon every run held once nothing sent for `fence_after_s` got an answer."""
+        while True:
+            wait = self._contact + fence_after_s - time.monotonic()
+            if wait > 0:
+                await asyncio.sleep(wait)
+                continue
+            for key, task in list(self.running.items()):
+                if key not in self.fenced:
+                    log.warning("run %s: cut off from every node for %.1f s: killed "
+                                "(fenced), reported as abandoned on reconnection", key,
+                                time.monotonic() - self._contact)
+                    self.fenced.add(key)
+                    task.cancel()
+            await asyncio.sleep(FENCE_CHECK_S)
 
     def _start(self, raw: list[Any]) -> None:
         try:
@@ -284,9 +334,17 @@ class Worker:
             async with self.slots:
                 log.debug("run %s: %s", run.run_id, run.command)
                 code, output = await self._attempt(run)
+        except asyncio.CancelledError:
+            if f"{run.run_id}#{run.attempt}" not in self.fenced:
+                raise
+            task = asyncio.current_task()
+            if task is not None:
+                task.uncancel()  # fenced: its group is dead; report it once reconnected
+            code, output = EXIT_ABANDONED, ABANDONED_MESSAGE
         finally:
             self._held -= 1
             self._freed.set()
+        self.running.pop(f"{run.run_id}#{run.attempt}", None)  # ended: nothing to kill
         await self._report(run.run_id, code, output, run.attempt)
 
     async def _attempt(self, run: Run) -> tuple[int, bytes]:
@@ -343,6 +401,8 @@ async def run_command(command: str, env: dict[str, str], timeout_s: int) -> tupl
     proc = await asyncio.create_subprocess_shell(
         command, env=env, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT, start_new_session=True)
+    reaper = process_reaper()
+    reaper.watch(proc.pid)  # the group dies with this process (scheduler/reaper.py)
     try:
         async with asyncio.timeout(timeout_s or None):
             output, _ = await proc.communicate()
@@ -352,6 +412,8 @@ async def run_command(command: str, env: dict[str, str], timeout_s: int) -> tupl
     except asyncio.CancelledError:
         await _kill_group(proc)
         raise
+    finally:
+        reaper.unwatch(proc.pid)
     code = proc.returncode if proc.returncode is not None else -1
     return (code if code >= 0 else 128 - code), output[-OUTPUT_TAIL_BYTES:]
 
@@ -362,6 +424,18 @@ async def _kill_group(proc: asyncio.subprocess.Process) -> None:
     except ProcessLookupError:
         pass
     await proc.wait()
+
+
+def fence_delay_s(worker_timeout_ms: int, heartbeat_s: float) -> float:
+    """How long a worker cut off from every node waits before it kills its runs: the
+    cluster's worker timeout less a margin (FENCE_MARGIN_FRACTION of it, at least
+    FENCE_MARGIN_MIN_S). ValueError if that leaves no more than one heartbeat interval,
+    where a worker that is merely between heartbeats would fence itself."""
+    timeout_s = worker_timeout_ms / 1000
+    delay = timeout_s - max(timeout_s * FENCE_MARGIN_FRACTION, FENCE_MARGIN_MIN_S)
+    if delay <= heartbeat_s:
+        raise ValueError(ERR_FENCE.format(worker_timeout_ms, round(heartbeat_s * 1000)))
+    return delay
 
 
 def start_delay(run: Run, now_s: float) -> float:

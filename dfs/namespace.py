@@ -103,7 +103,11 @@ def check_path(path: str) -> list[str]:
     """The names of an absolute path (root: []); PathError when it is not a valid path."""
     if not path.startswith("/") or len(path.encode()) > MAX_PATH or "\x00" in path:
         raise PathError(ERR_BAD_PATH.format(path))
-    names = path.strip("/").split("/") if path.strip("/") else []
+    if path == "/":
+        return []
+    names = path[1:].split("/")
+    if len(names) > 1 and names[-1] == "":  # one trailing "/" after a name
+        names.pop()
     for name in names:
         if name in ("", ".", "..") or len(name.encode()) > MAX_NAME:
             raise PathError(ERR_BAD_PATH.format(path))

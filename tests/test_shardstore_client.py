@@ -5,25 +5,28 @@ two): both clients, seeded with one node, over keys of every slot range; the pha
 methods and `execute`; CROSSSLOT raised as the caller's error; SCAN over every master; a map
 made stale by hand is corrected by the node's MOVED. Three-replica shards: a SIGKILLed shard
 leader; the client goes on, and its refreshed map names the new master.
-Offline: the slot map taken from a CLUSTER SLOTS reply, and key routing."""
+Offline: the slot map taken from a CLUSTER SLOTS reply, and key routing; scripted nodes on
+loopback for what phase 1 never sends (ASK, TRYAGAIN until the deadline)."""
 
 from __future__ import annotations
 
 import asyncio
 import random
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from core.failover import Failover
+from core.resp_client import NEED_DATA, ReplyParser
 from native.crc16 import key_slot
 from shardstore.client import (
     AsyncShardstoreClient,
     CrossSlotError,
     ShardstoreClient,
     ShardstoreError,
+    ShardstoreUnavailable,
 )
 from shardstore.client_core import SlotRouter, slot_of
 from tests.test_shardstore_daemon import ProcCluster, needs_aliases
@@ -70,6 +73,94 @@ def test_commands_are_routed_by_their_key() -> None:
         key_slot(b"user1")
     assert slot_of(("PING",)) is None and slot_of(("cluster", "slots")) is None
     assert slot_of(("DBSIZE", "x")) is None
+
+
+class ScriptedNode:
+    """A loopback RESP node answering each command with `answer(words, asking)`: a reply's
+    raw bytes. Records the commands it got."""
+
+    def __init__(self, answer: Callable[[list[bytes], bool], bytes]) -> None:
+        self.answer = answer
+        self.got: list[list[bytes]] = []
+        self.port = 0
+        self._server: asyncio.Server | None = None
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def stop(self) -> None:
+        assert self._server is not None
+        self._server.close()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        parser, asking = ReplyParser(), False
+        while data := await reader.read(4096):
+            parser.feed(data)
+            while (words := parser.next_reply()) is not NEED_DATA:
+                assert isinstance(words, list)
+                self.got.append(words)
+                if words[0].upper() == b"ASKING":
+                    asking = True
+                    writer.write(b"+OK\r\n")
+                    continue
+                writer.write(self.answer(words, asking))
+                asking = False
+            await writer.drain()
+        writer.close()
+
+
+def _cluster_slots_on(port: int) -> bytes:
+    return b"*1\r\n*3\r\n:0\r\n:16383\r\n*2\r\n$9\r\n127.0.0.1\r\n:%d\r\n" % port
+
+
+def test_ask_is_followed_once_with_asking_and_leaves_the_map() -> None:
+    async def main() -> None:
+        slot = key_slot(b"k")
+        target = ScriptedNode(lambda w, asking: b"$1\r\nv\r\n" if asking
+                              else b"-MOVED %d 127.0.0.1:1\r\n" % slot)
+        await target.start()
+        home = ScriptedNode(lambda w, asking: _cluster_slots_on(home.port)
+                            if w[0] == b"CLUSTER"
+                            else b"-ASK %d 127.0.0.1:%d\r\n" % (slot, target.port))
+        await home.start()
+        async with AsyncShardstoreClient([f"127.0.0.1:{home.port}"]) as client:
+            assert await client.get("k") == b"v"
+            assert client._failover.address(client._failover.slots[slot]) == \
+                ("127.0.0.1", home.port)  # ASK is for one request: the map stays
+            assert await client.get("k") == b"v"
+        assert target.got == [[b"ASKING"], [b"GET", b"k"]] * 2
+        await home.stop()
+        await target.stop()
+
+    asyncio.run(main())
+
+
+def test_tryagain_is_retried_until_the_deadline_then_unavailable() -> None:
+    async def main() -> None:
+        busy = {"left": 3}
+
+        def answer(words: list[bytes], asking: bool) -> bytes:
+            if words[0] == b"CLUSTER":
+                return _cluster_slots_on(node.port)
+            if words[0] == b"INCR" and busy["left"] > 0:
+                busy["left"] -= 1
+                return b"-TRYAGAIN shard 1 has no leader\r\n"
+            if words[0] == b"INCR":
+                return b":1\r\n"
+            return b"-TRYAGAIN shard 1 has no leader\r\n"
+
+        node = ScriptedNode(answer)
+        await node.start()
+        async with AsyncShardstoreClient([f"127.0.0.1:{node.port}"], deadline_s=2.0,
+                                         rng=random.Random(2)) as client:
+            assert await client.incr("n") == 1  # after three TRYAGAIN
+            with pytest.raises(ShardstoreUnavailable, match="TRYAGAIN") as caught:
+                await client.get("n")
+            assert list(caught.value.errors) == [f"127.0.0.1:{node.port}"]
+        await node.stop()
+
+    asyncio.run(main())
 
 
 # -- single-replica shards: MOVED for two thirds of the keys --------------------------------

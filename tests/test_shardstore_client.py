@@ -17,6 +17,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from core.failover import Failover
 from core.resp_client import NEED_DATA, ReplyParser
@@ -28,7 +30,7 @@ from shardstore.client import (
     ShardstoreError,
     ShardstoreUnavailable,
 )
-from shardstore.client_core import SlotRouter, slot_of
+from shardstore.client_core import SlotRouter, set_args, slot_of
 from tests.test_shardstore_daemon import ProcCluster, needs_aliases
 
 READY_S = 30.0
@@ -68,11 +70,36 @@ def test_the_slot_map_comes_from_cluster_slots() -> None:
         router.load([[0, "x"]])
 
 
+@given(cuts=st.lists(st.integers(1, 16383), max_size=12, unique=True),
+       owners=st.lists(st.integers(0, 4), min_size=13, max_size=13))
+def test_every_slot_maps_to_its_ranges_master(cuts: list[int], owners: list[int]) -> None:
+    bounds = [0, *sorted(cuts), 16384]
+    ranges = [(first, nxt - 1, owners[i]) for i, (first, nxt) in
+              enumerate(zip(bounds, bounds[1:], strict=False))]
+    reply = [[first, last, [f"10.0.0.{owner}".encode(), 7000 + owner, b"id"]]
+             for first, last, owner in ranges]
+    failover: Failover[object] = Failover([("127.0.0.9", 1)], random.Random(1))
+    router = SlotRouter(failover, clock=lambda: 0.0)
+    router.load(reply)
+    assert len(failover.slots) == 16384
+    for first, last, owner in ranges:
+        for slot in (first, last, (first + last) // 2):
+            assert failover.address(failover.slots[slot]) == (f"10.0.0.{owner}", 7000 + owner)
+    assert len(router.masters) == len({owner for *_, owner in ranges})
+
+
 def test_commands_are_routed_by_their_key() -> None:
     assert slot_of(("GET", "{user1}:a")) == slot_of(("SET", b"{user1}:b", 1)) == \
         key_slot(b"user1")
     assert slot_of(("PING",)) is None and slot_of(("cluster", "slots")) is None
     assert slot_of(("DBSIZE", "x")) is None
+
+
+def test_set_refuses_options_that_exclude_each_other() -> None:
+    assert set_args("k", 1, 5, None, True, False) == ("SET", "k", 1, "EX", 5, "NX")
+    for ex, px, nx, xx in ((1, 1, False, False), (None, None, True, True)):
+        with pytest.raises(ValueError, match="exclude each other"):
+            set_args("k", 1, ex, px, nx, xx)
 
 
 class ScriptedNode:

@@ -8,5 +8,6 @@ shardstore/machine.py. The slot map lives in the configuration group 0
 (shardstore/server.py) hosts group 0 and the shard groups the map gives it, and its client
 port (shardstore/handlers.py) routes each request by its keys' slot: through the shard's
 Raft group, or `-MOVED` to the node that leads it. Run with `python -m shardstore serve`;
-shardstore/launch.py is its part of `make run`.
+shardstore/launch.py is its part of `make run`. shardstore/client.py holds the
+cluster-aware clients (blocking and asyncio), shardstore/client_core.py what they share.
 """

@@ -15,7 +15,9 @@ directory only over an empty directory, a file only over a file); the replaced n
 dropped, not trashed.
 
 Paths are absolute, `/`-separated, without empty, "." or ".." names (a trailing `/` is
-allowed and ignored). Errors are returned as the reply's error text (the ERR_* strings).
+allowed and ignored). A change returns None, a delete its trash id, a purge how many items
+it dropped; a refusal returns its error text (the ERR_* strings), as core's StateMachine
+contract says.
 A snapshot is the tree in pre-order as a flat list (no recursion, however deep the tree).
 """
 
@@ -228,7 +230,7 @@ class Namespace:
         parent.children[name] = node
         parent.mtime_ms = self.clock_ms
 
-    def _mkdir(self, path: str, parents: bool) -> str:
+    def _mkdir(self, path: str, parents: bool) -> None:
         if parents:
             return self._mkdir_parents(path)
         if not check_path(path):
@@ -237,9 +239,9 @@ class Namespace:
         if name in parent.children:
             raise PathError(ERR_EXISTS.format(canonical(path)))
         self._link(parent, name, self._new(DIR))
-        return "OK"
+        return None
 
-    def _mkdir_parents(self, path: str) -> str:
+    def _mkdir_parents(self, path: str) -> None:
         """mkdir -p: create what is missing; an existing directory is fine."""
         node = self.root
         names = check_path(path)
@@ -251,16 +253,16 @@ class Namespace:
             elif child.kind != DIR:
                 raise PathError(ERR_NOT_DIR.format("/" + "/".join(names[:i + 1])))
             node = child
-        return "OK"
+        return None
 
-    def _create(self, path: str) -> str:
+    def _create(self, path: str) -> None:
         parent, name = self._parent(path)
         if name in parent.children:
             raise PathError(ERR_EXISTS.format(canonical(path)))
         self._link(parent, name, self._new(FILE))
-        return "OK"
+        return None
 
-    def _rename(self, src: str, dst: str, replace: bool) -> str:
+    def _rename(self, src: str, dst: str, replace: bool) -> None:
         src_names, dst_names = check_path(src), check_path(dst)
         if not src_names:
             raise PathError(ERR_ROOT)
@@ -275,7 +277,7 @@ class Namespace:
         del old_parent.children[old_name]
         old_parent.mtime_ms = self.clock_ms
         self._link(new_parent, new_name, node)
-        return "OK"
+        return None
 
     @staticmethod
     def _check_replace(node: Node, old: Node, dst: str, replace: bool) -> None:

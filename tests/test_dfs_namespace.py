@@ -32,7 +32,7 @@ def test_the_operations_and_their_error_texts() -> None:
                ns.encode_rename(17, "/a", "/a/b", False),
                ns.encode_rename(18, "/", "/b", False),
                ns.encode_create(19, "a/b")) == [
-        "OK", "OK", ns.ERR_NOT_DIR.format("/a/f"), ns.ERR_EXISTS.format("/a/f"),
+        None, None, ns.ERR_NOT_DIR.format("/a/f"), ns.ERR_EXISTS.format("/a/f"),
         ns.ERR_NO_ENTRY.format("/x"), ns.ERR_EXISTS.format("/"),
         ns.ERR_DIR_NOT_EMPTY.format("/a"), ns.ERR_INTO_ITSELF.format("/a", "/a/b"),
         ns.ERR_ROOT, ns.ERR_BAD_PATH.format("a/b")]
@@ -56,7 +56,7 @@ def test_mkdir_parents_is_mkdir_p() -> None:
     assert run(m, ns.encode_mkdir(1, "/a/b/c", True), ns.encode_mkdir(2, "/a/b", True),
                ns.encode_create(3, "/a/f"), ns.encode_mkdir(4, "/a/f/g", True),
                ns.encode_mkdir(5, "/", True)) == [
-        "OK", "OK", "OK", ns.ERR_NOT_DIR.format("/a/f"), "OK"]
+        None, None, None, ns.ERR_NOT_DIR.format("/a/f"), None]
     assert m.ls("/a") == ["b/", "f"] and m.ls("/a/b") == ["c/"]
 
 
@@ -66,7 +66,7 @@ def test_rename_moves_subtrees_and_replaces_only_when_asked() -> None:
         ns.encode_mkdir(3, "/d", False), ns.encode_create(4, "/g"),
         ns.encode_mkdir(5, "/e/x", True))
     inode = m.stat("/a/b/f")["inode"]
-    assert run(m, ns.encode_rename(6, "/a", "/d/a", False)) == ["OK"]
+    assert run(m, ns.encode_rename(6, "/a", "/d/a", False)) == [None]
     assert m.ls("/") == ["d/", "e/", "g"] and m.stat("/d/a/b/f")["inode"] == inode
     assert run(m, ns.encode_rename(7, "/g", "/d/a/b/f", False),
                ns.encode_rename(8, "/d/a", "/g", True),
@@ -75,7 +75,7 @@ def test_rename_moves_subtrees_and_replaces_only_when_asked() -> None:
                ns.encode_rename(11, "/g", "/d/a/b/f", True),
                ns.encode_rename(12, "/e/x", "/d/a", True)) == [
         ns.ERR_EXISTS.format("/d/a/b/f"), ns.ERR_NOT_DIR.format("/g"),
-        ns.ERR_IS_DIR.format("/e"), ns.ERR_DIR_NOT_EMPTY.format("/e"), "OK",
+        ns.ERR_IS_DIR.format("/e"), ns.ERR_DIR_NOT_EMPTY.format("/e"), None,
         ns.ERR_DIR_NOT_EMPTY.format("/d/a")]
     assert m.ls("/") == ["d/", "e/"] and m.stat("/d/a/b/f")["mtime_ms"] == 4
     assert m.stat("/d/a/b")["mtime_ms"] == 11  # the directories changed are stamped
@@ -92,14 +92,14 @@ def test_delete_goes_to_the_trash_and_a_purge_drops_what_expired() -> None:
     assert m.ls("/") == [] and not m.expired(111) and m.expired(112)
     assert run(m, ns.encode_purge(115), ns.encode_purge(116)) == [1, 0]
     assert m.trash_listing() == [[2, "/f", "file", 102, 122]]
-    assert run(m, ns.encode_create(117, "/f")) == ["OK"]  # a deleted name is free again
+    assert run(m, ns.encode_create(117, "/f")) == [None]  # a deleted name is free again
 
 
 def test_a_deep_tree_snapshots_without_recursion() -> None:
     m = Namespace()
     path = "/d" * 2000  # deeper than Python's recursion limit
     assert run(m, ns.encode_mkdir(1, path, True), ns.encode_create(2, path + "/f")) == [
-        "OK", "OK"]
+        None, None]
     copy = Namespace()
     copy.restore(m.snapshot())
     assert copy.snapshot() == m.snapshot() and copy.ls(path) == ["f"]
@@ -144,7 +144,7 @@ class Model:
     def under(self, path: str) -> list[str]:
         return [p for p in self.kinds if p == path or p.startswith(path + "/")]
 
-    def mkdir(self, path: str, parents: bool) -> str:
+    def mkdir(self, path: str, parents: bool) -> None:
         if parents:
             prefix = ""
             for name in path.strip("/").split("/") if path != "/" else []:
@@ -153,19 +153,19 @@ class Model:
                     self.kinds[prefix] = ns.DIR
                 elif self.kinds[prefix] == ns.FILE:
                     raise ns.PathError(ns.ERR_NOT_DIR.format(prefix))
-            return "OK"
+            return None
         if path == "/":
             raise ns.PathError(ns.ERR_EXISTS.format("/"))
         return self.create(path, ns.DIR)
 
-    def create(self, path: str, kind: str = ns.FILE) -> str:
+    def create(self, path: str, kind: str = ns.FILE) -> None:
         self.parent_dir(path)
         if path in self.kinds:
             raise ns.PathError(ns.ERR_EXISTS.format(path))
         self.kinds[path] = kind
-        return "OK"
+        return None
 
-    def rename(self, src: str, dst: str, replace: bool) -> str:
+    def rename(self, src: str, dst: str, replace: bool) -> None:
         if src == "/":
             raise ns.PathError(ns.ERR_ROOT)
         kind = self.lookup(src)
@@ -185,7 +185,7 @@ class Model:
             del self.kinds[dst]
         for p in self.under(src):
             self.kinds[dst + p[len(src):]] = self.kinds.pop(p)
-        return "OK"
+        return None
 
     def delete(self, path: str, recursive: bool, keep: int) -> int:
         self.parent_dir(path)

@@ -74,7 +74,7 @@ class Cluster:
                               "--listen", f"{h}:{self.ports[i]}",
                               "--peer-listen", f"{h}:{raft[i]}", "--peers", peers,
                               "--data-dir", str(tmp / f"m{i + 1}"), "--tick-ms", "10",
-                              "--election-tick", "30", "--timeout-ms", "2000",
+                              "--election-tick", "100", "--timeout-ms", "3000",
                               "--snapshot-every", "20", "--trash-keep-ms", str(KEEP_MS),
                               "--purge-every-ms", "50"],
                              h, self.ports[i], tmp / f"m{i + 1}.log")

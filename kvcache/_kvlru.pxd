@@ -19,6 +19,7 @@ cdef class ItemView:
 cdef class Lru:
     cdef public object stats, slabs, arena
     cdef public bint evict
+    cdef public int hot_percent, warm_percent  # `lru tune` (the pure twin's attributes)
     cdef public int64_t limit_bytes, now, oldest_live, oldest_cas
     cdef uint64_t last_cas
     cdef Arena a

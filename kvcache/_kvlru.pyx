@@ -92,6 +92,8 @@ cdef class Lru:
         self.evict = evict
         self.now = now
         self.stats = stats or CacheStats()
+        self.hot_percent = HOT_PERCENT
+        self.warm_percent = WARM_PERCENT
         self.a = Arena(list(self.arena.sizes), limit_bytes)
         self.nmc = len(self.slabs.sizes)
         self.mcsizes = <uint32_t*>PyMem_Malloc(self.nmc * sizeof(uint32_t))
@@ -464,12 +466,12 @@ cdef class Lru:
         cdef uint64_t total = <uint64_t>counts[hot] + counts[warm] + counts[cold]
         cdef uint32_t ref
         cdef Rec* r
-        while counts[hot] > total * HOT_PERCENT // 100:
+        while counts[hot] > total * <uint64_t>self.hot_percent // 100:
             ref = self.a.tails[hot]
             r = rec_at(self.a.base, ref)
             self._move(r, ref, warm if r.bits & ACTIVE else cold)
             r.bits &= ~ACTIVE
-        while counts[warm] > total * WARM_PERCENT // 100:
+        while counts[warm] > total * <uint64_t>self.warm_percent // 100:
             ref = self.a.tails[warm]
             r = rec_at(self.a.base, ref)
             self._move(r, ref, warm if r.bits & ACTIVE else cold)

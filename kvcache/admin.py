@@ -1,10 +1,13 @@
 """The operator commands: stats, verbosity, shutdown, cache_memlimit, slabs, lru,
 lru_crawler and watch, answered with memcached 1.6.18's words.
 
-kvcache has no slab pages and one plain LRU, so the commands that tune those answer what
-memcached would answer on a server where there is nothing to do: `slabs reassign` finds no
-spare page, `lru tune` and `lru mode` validate their arguments and change nothing. `watch`
-(a live log stream) is not offered: it is answered as a memcached started without it.
+kvcache has no slab pages, so `slabs reassign` answers as memcached does where it finds no
+spare page. Each class has a segmented LRU without memcached's LRU maintainer thread:
+`lru tune` sets the HOT and WARM shares the LRU keeps (the age factors are validated and
+reported by `stats settings`, not applied: no age caps are modelled); `lru mode` and
+`lru temp_ttl` are answered ERROR, as memcached answers them when its maintainer thread is
+off (`stats settings`: lru_maintainer_thread no). `watch` (a live log stream) is not
+offered: it is answered as a memcached started without it.
 """
 
 from __future__ import annotations
@@ -238,13 +241,11 @@ def cmd_lru(engine: Engine, tokens: list[bytes]) -> Reply:
             return replies.unless(noreply, replies.LRU_PCTS_TOO_HIGH)
         if factor <= 0 or hot_factor <= 0:
             return replies.unless(noreply, replies.LRU_FACTORS_NOT_POSITIVE)
+        engine.storage.hot_percent, engine.storage.warm_percent = hot, warm
+        engine.settings.hot_max_factor, engine.settings.warm_max_factor = hot_factor, factor
         return replies.unless(noreply, replies.OK)
-    if sub == b"mode" and count >= 4:
-        ok = tokens[2] in (b"flat", b"segmented")
-        return replies.unless(noreply, replies.OK if ok else replies.ERROR)
-    if sub == b"temp_ttl" and count >= 4:
-        ok = strtol32(tokens[2]) is not None
-        return replies.unless(noreply, replies.OK if ok else replies.ERROR)
+    # `lru mode` and `lru temp_ttl` need memcached's LRU maintainer thread, which kvcache
+    # does not have: memcached without it answers both ERROR, whatever the arguments.
     return replies.unless(noreply, replies.ERROR)
 
 

@@ -19,9 +19,10 @@ and `next` in the item, around a sentinel, most recent at `sentinel.next`). We c
 class's segment a lane, numbered cls * LANES + segment. A new item enters HOT. A read only
 sets bits: the first marks the item fetched, the second active (and stamps its atime); an
 active item in COLD is moved to WARM at once (memcached does it a moment later). After each
-insert or move `_balance` keeps HOT within HOT_PERCENT and WARM within WARM_PERCENT of the
-class's items: HOT's tail goes to WARM if active, else to COLD; WARM's tail goes round WARM
-once more if active, else to COLD; moving clears the active bit. Eviction takes COLD's tail
+insert or move `_balance` keeps HOT within hot_percent and WARM within warm_percent of
+the class's items (HOT_PERCENT and WARM_PERCENT unless `lru tune` changed them): HOT's
+tail goes to WARM if active, else to COLD; WARM's tail goes round WARM once more if
+active, else to COLD; moving clears the active bit. Eviction takes COLD's tail
 (WARM's, then HOT's, if COLD is empty). So hits cost no relinking and an item read twice
 survives a burst of new writes. Expired and flushed items are reclaimed when a lookup or an
 eviction meets them, and by `crawl`, which walks every lane in order, each from its tail, a
@@ -84,6 +85,9 @@ class Lru:
         self.evict = evict
         self.now = now
         self.stats = stats or CacheStats()
+        # `lru tune`: the shares of a class's items HOT and WARM may hold, in percent.
+        self.hot_percent = HOT_PERCENT
+        self.warm_percent = WARM_PERCENT
         self.arena = ArenaClasses(item_size_max)
         classes = len(self.arena.sizes) + 1  # index 0 unused, as class ids start at 1
         self._index: dict[bytes, Item] = {}
@@ -411,11 +415,11 @@ class Lru:
         warm, cold = hot + WARM, hot + COLD
         counts, lanes = self._counts, self._lanes
         total = counts[hot] + counts[warm] + counts[cold]
-        while counts[hot] > total * HOT_PERCENT // 100:
+        while counts[hot] > total * self.hot_percent // 100:
             item = lanes[hot].prev
             self._move(item, warm if item.active else cold)
             item.active = False
-        while counts[warm] > total * WARM_PERCENT // 100:
+        while counts[warm] > total * self.warm_percent // 100:
             item = lanes[warm].prev
             self._move(item, warm if item.active else cold)
             item.active = False

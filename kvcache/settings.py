@@ -40,6 +40,8 @@ class Settings:
     unix_socket: str | None = None  # -s: listen here instead of TCP
     unix_mask: int = 0o700  # -a
     udp_port: int = 0  # -U: serve UDP on this port too (0, the default: no UDP)
+    hot_max_factor: float = 0.2  # `lru tune`'s age factors (memcached's defaults):
+    warm_max_factor: float = 2.0  # reported by `stats settings`, not applied
     crawl_items_per_tick: int = 5000
     idle_timeout: int = 0  # -o idle_timeout: seconds a client may sit idle (0: for ever)
     crawl_interval_s: float = 0.1

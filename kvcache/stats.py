@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from kvcache.replies import VERSION
-from kvcache.slabs import HOT_PERCENT, WARM_PERCENT
 
 if TYPE_CHECKING:
     from kvcache.settings import Settings
@@ -146,8 +145,10 @@ def settings_stats(settings: Settings, storage: Storage) -> list[Stat]:
         ("lru_crawler_tocrawl", settings.crawl_items_per_tick), ("tail_repair_time", 0),
         ("flush_enabled", _yes(settings.flush_enabled)),
         ("dump_enabled", _yes(settings.dump_enabled)), ("hash_algorithm", "siphash"),
-        ("lru_maintainer_thread", "no"), ("lru_segmented", "yes"), ("hot_lru_pct", HOT_PERCENT),
-        ("warm_lru_pct", WARM_PERCENT), ("hot_max_factor", "0.00"), ("warm_max_factor", "0.00"),
+        ("lru_maintainer_thread", "no"), ("lru_segmented", "yes"),
+        ("hot_lru_pct", storage.hot_percent), ("warm_lru_pct", storage.warm_percent),
+        ("hot_max_factor", f"{settings.hot_max_factor:.2f}"),
+        ("warm_max_factor", f"{settings.warm_max_factor:.2f}"),
         ("temp_lru", "no"), ("temporary_ttl", 0), ("idle_timeout", settings.idle_timeout),
         ("watcher_logbuf_size", 0), ("worker_logbuf_size", 0), ("read_buf_mem_limit", 0),
         ("track_sizes", "no"), ("inline_ascii_response", "no"), ("ext_item_size", 0),

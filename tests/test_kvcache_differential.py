@@ -218,8 +218,9 @@ CASES: dict[str, bytes] = {
                "lru_crawler sleep 100", "lru_crawler sleep 2000000", "lru_crawler sleep x",
                "lru_crawler foo", "lru_crawler", "lru_crawler enable", "lru_crawler metadump",
                "lru tune 20 40 0.2 2.0", "lru tune 50 50 0.1 0.1",
-               "lru tune 10 10 0 0.1", "lru tune x 10 0.1 0.1", "lru mode segmented",
-               "lru mode x", "lru temp_ttl -1", "lru temp_ttl x", "lru x", "lru",
+               "lru tune 10 10 0 0.1", "lru tune x 10 0.1 0.1",
+               # lru mode / temp_ttl: tests/test_kvcache_lru_settings.py (no maintainer)
+               "lru mode x", "lru temp_ttl x", "lru x", "lru",
                "shutdown", "shutdown graceful", "shutdown x"),
     # -- stats ------------------------------------------------------------------------------
     "stats-misc": L("stats reset", "stats reset extra", "stats foo", "stats detail",

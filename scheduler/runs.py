@@ -169,6 +169,8 @@ def step(
 # -- late results ------------------------------------------------------------------------------
 
 LOST_PREFIX = "lost: "  # the message of a LOST attempt begins so (scheduler/state_apply.py)
+EXIT_ABANDONED = 256  # reported for a run its worker killed when fenced: no process exits so
+FENCED_MESSAGE = "worker {} fenced itself (cut off from every node) and killed the attempt"
 LATE_NOTE = "; late result of attempt {}: exit {} (ignored: the attempt was lost)"
 
 

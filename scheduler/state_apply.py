@@ -39,7 +39,9 @@ from scheduler.jobs import MAX_MESSAGE_LEN, Job, JobError, check_after
 from scheduler.planning import decide_overlap
 from scheduler.runs import (
     ACTIVE,
+    EXIT_ABANDONED,
     FAIL,
+    FENCED_MESSAGE,
     FIRE,
     FIRED,
     KILL,
@@ -279,7 +281,10 @@ class SchedulerEntryHandlers(QuerySide):
             return None  # the report of an attempt that timed out earlier
         event = SUCCEED if entry["exit_code"] == 0 else FAIL
         due = timeout_at_ms(self.jobs[name], record)
-        if event == FAIL and due is not None and due <= entry["now_ms"]:
+        if entry["exit_code"] == EXIT_ABANDONED:  # the worker fenced itself: as if lost
+            message = LOST_PREFIX + FENCED_MESSAGE.format(record.worker)
+            record = step(record, LOSE, entry["now_ms"], message=message)
+        elif event == FAIL and due is not None and due <= entry["now_ms"]:
             # the worker killed it at its TIMEOUT before our expire committed: record what
             # `_expire` would, so the history does not depend on which came first
             record = step(record, TIME_OUT, entry["now_ms"], message=TIMED_OUT_MESSAGE)

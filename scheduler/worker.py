@@ -40,7 +40,8 @@ Fencing: a shell run's process group dies with the worker process, however it di
 itself: once `fence_after_s` has passed since it sent the last heartbeat or poll the cluster
 answered (the cluster last heard from it no earlier than that), it cancels every run it
 holds, which kills their process groups, and reports each as EXIT_ABANDONED when a node
-answers again. `fence_after_s` is the cluster's --worker-timeout-ms less a margin
+answers again (the cluster records the attempt as lost and retries it by the job's
+RETRIES). `fence_after_s` is the cluster's --worker-timeout-ms less a margin
 (`fence_delay_s`), so the runs are dead before the cluster may declare them lost and retry
 them elsewhere; a report the cluster gets after that is late and changes nothing there.
 """
@@ -63,6 +64,7 @@ from core.clock import Clock, SystemClock
 from core.failover import ErrorRules, Verdict
 from core.resp_client import ReplyError
 from scheduler.reaper import process_reaper
+from scheduler.runs import EXIT_ABANDONED
 from scheduler.worker_links import NodeLinks
 
 log = logging.getLogger("scheduler.worker")
@@ -80,7 +82,6 @@ MAX_REPORT_BATCH = 256  # results in one WORKER.RESULTS (the cluster's MAX_RESUL
 POLL, BEAT, FIRST_REPORT = 0, 1, 2  # connection channels (see Worker.__init__)
 STOP_GRACE_S = 10.0  # on SIGTERM, runs in flight get this long to finish and report
 FIND_LEADER_TIMEOUT_S = 1.0  # per node asked, when the poll connection opens
-EXIT_ABANDONED = 125  # a run this worker killed when cut off from every node (fenced)
 ABANDONED_MESSAGE = b"abandoned: the worker was cut off from every node and fenced itself"
 FENCE_MARGIN_FRACTION = 0.25  # of the worker timeout: the fence falls this much before it
 FENCE_MARGIN_MIN_S = 0.5  # and at least this much before it

@@ -20,12 +20,22 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from scheduler import state as S
 from scheduler.jobs import MAX_MESSAGE_LEN
 from scheduler.reaper import Reaper, apply_line
-from scheduler.runs import LOST, RETRY_WAIT, SUCCEEDED, RunRecord, note_late, was_lost
+from scheduler.runs import (
+    EXIT_ABANDONED,
+    LOST,
+    RETRY_WAIT,
+    SUCCEEDED,
+    RunRecord,
+    note_late,
+    was_lost,
+)
 from scheduler.worker import fence_delay_s
 from tests.procs import Daemon
 from tests.test_scheduler_daemon import Cluster, _alive, running_cluster, wait_until
+from tests.test_scheduler_state import T0, fire_due, make
 
 WORKER_TIMEOUT_MS = 3000  # the cluster's and the workers' --worker-timeout-ms
 SCHEDULE = "0 3 1 1 *"  # never due during the test: runs are started by JOB.RUN
@@ -95,8 +105,8 @@ def test_a_worker_cut_off_from_every_node_kills_its_run(cluster: Cluster) -> Non
         assert "fenced" in worker.log()
         run = wait_until(lambda: (r := last_run(cluster, "cut"))["state"] == RETRY_WAIT and r,
                          "the abandoned or lost attempt to end", cluster)
-        assert run["attempt"] == 2 and ("abandoned" in run["message"]
-                                        or "lost" in run["message"]), run
+        # abandoned (the worker's report came first) or lost (the cluster's timeout did)
+        assert run["attempt"] == 2 and run["message"].startswith("lost: worker w-cut"), run
     finally:
         worker.stop()
 
@@ -165,3 +175,21 @@ def test_a_late_note_changes_only_the_message_once() -> None:
     assert note_late(noted, 1, 0) == noted  # the same report again
     full = RunRecord("j", 1000, LOST, message="m" * MAX_MESSAGE_LEN)
     assert len(note_late(full, 1, 3).message) == MAX_MESSAGE_LEN
+
+
+def test_an_abandoned_attempt_is_recorded_lost_and_retried() -> None:
+    state, _ = make("RETRIES", "1", "BACKOFF", "0")
+    [run] = fire_due(state, "j", T0 + 1000)
+    [claimed] = state.apply_entry(S.encode_claim("w1", [], T0 + 1000))
+    rid = claimed["run_id"]
+    state.apply_entry(S.encode_done("j", rid, EXIT_ABANDONED, "abandoned", T0 + 1500,
+                                    attempt=1))
+    record = state.runs["j"][rid]
+    assert (record.state, record.attempt) == (RETRY_WAIT, 2)
+    assert record.message.startswith("lost: worker w1 fenced itself"), record
+    # a result of attempt 1 after that is late: noted, and the retry goes on
+    state.apply_entry(S.encode_done("j", rid, 0, "", T0 + 1600, attempt=1))
+    again = state.runs["j"][rid]
+    assert (again.state, again.attempt, again.retry_at_ms) == (RETRY_WAIT, 2,
+                                                               record.retry_at_ms)
+    assert "late result of attempt 1: exit 0" in again.message

@@ -28,6 +28,9 @@ daemon: a client beyond the connection limit (-c) is told `ERROR Too many open c
 and closed, as memcached's maxconns_fast does; with `-o idle_timeout=N` a client idle for more
 than N seconds of cache time is closed (counted in idle_kicks), as memcached does.
 
+With -U PORT the same engine also answers UDP datagrams on every interface, framed as
+memcached frames them (kvcache/udp.py); UDP is off by default, as in memcached 1.6.
+
 A maintenance task ticks the cache clock (whole seconds, memcached's `current_time`) and
 runs the expiry crawler in small slices: a pass over the LRU every CRAWL_PASS_INTERVAL_S,
 or at once after `lru_crawler crawl`.

@@ -80,7 +80,8 @@ class Cluster:
         servers = ",".join(f"{h.address}:{NODE_PORT}" for h in self.harness.hosts)
         for host in self.harness.hosts:
             argv = ["scheduler", "worker", "--scheduler", servers, "--id", f"w-{host.name}",
-                    "--password", PASSWORD, "--heartbeat-ms", str(HEARTBEAT_MS)]
+                    "--password", PASSWORD, "--heartbeat-ms", str(HEARTBEAT_MS),
+                    "--worker-timeout-ms", str(WORKER_TIMEOUT_MS)]  # the fence (issue 15)
             self.workers[host.name] = self.harness.spawn(
                 host, argv, name=f"worker-{host.name}", env={"DRILL_HOST": host.name})
 

@@ -42,8 +42,11 @@ class Reaper:
         """Start the reaper process (idempotent)."""
         if self._proc is not None and self._proc.poll() is None:
             return
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        path = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", "")) if p)
         self._proc = subprocess.Popen([sys.executable, "-m", "scheduler.reaper"],
-                                      stdin=subprocess.PIPE, close_fds=True)
+                                      stdin=subprocess.PIPE, close_fds=True,
+                                      env={**os.environ, "PYTHONPATH": path})
 
     @property
     def pid(self) -> int | None:

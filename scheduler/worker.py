@@ -37,8 +37,9 @@ their tasks are cancelled as on a TIMEOUT (the group is killed) and nothing is r
 
 Fencing: a shell run's process group dies with the worker process, however it dies
 (scheduler/reaper.py). A worker cut off from every node (a partition, not a crash) fences
-itself: once `fence_after_s` has passed since it sent the last heartbeat or poll the cluster
-answered (the cluster last heard from it no earlier than that), it cancels every run it
+itself: once `fence_after_s` has passed since it sent the last heartbeat the cluster
+answered, or poll it answered with runs (each committed an entry: the cluster last heard
+from it no earlier than that; an empty poll reply commits nothing), it cancels every run it
 holds, which kills their process groups, and reports each as EXIT_ABANDONED when a node
 answers again (the cluster records the attempt as lost and retries it by the job's
 RETRIES). `fence_after_s` is the cluster's --worker-timeout-ms less a margin
@@ -243,7 +244,8 @@ class Worker:
                 sent = time.monotonic()
                 runs = await self.call("WORKER.POLL", self.worker_id, ",".join(self.tags),
                                        POLL_MS, 1 if resync else 0, wanted)
-                self._answered(sent)
+                if runs:  # claims were committed; an empty reply may come from a stale
+                    self._answered(sent)  # leader that can commit nothing
                 resync = False
             except (OSError, ReplyError, TimeoutError) as exc:
                 log.info("poll failed (%s); trying the next node", exc)
@@ -262,8 +264,8 @@ class Worker:
             await asyncio.gather(*late, return_exceptions=True)
 
     def _answered(self, sent: float) -> None:
-        """A heartbeat or poll sent at monotonic `sent` was answered: the cluster has heard
-        from this worker since then."""
+        """A heartbeat, or a poll that got runs, sent at monotonic `sent` was answered: the
+        cluster has committed hearing from this worker since then."""
         self._contact = max(self._contact, sent)
 
     async def _fence(self, fence_after_s: float) -> None:

@@ -87,7 +87,6 @@ ABANDONED_MESSAGE = b"abandoned: the worker was cut off from every node and fenc
 FENCE_MARGIN_FRACTION = 0.25  # of the worker timeout: the fence falls this much before it
 FENCE_MARGIN_MIN_S = 0.5  # and at least this much before it
 FENCE_CHECK_S = 0.1  # how often a fenced worker looks for runs to fence (none arrive cut off)
-DEFAULT_WORKER_TIMEOUT_MS = 10_000  # the cluster's default --worker-timeout-ms
 ERR_FENCE = ("--worker-timeout-ms {} leaves no fence margin above --heartbeat-ms {}: "
              "the worker would fence itself between heartbeats")
 _RULES = ErrorRules()  # what an error reply means (core/failover.py): TRYAGAIN -> retry
@@ -347,8 +346,10 @@ class Worker:
         finally:
             self._held -= 1
             self._freed.set()
-        self.running.pop(f"{run.run_id}#{run.attempt}", None)  # ended: nothing to kill
+        key = f"{run.run_id}#{run.attempt}"
+        self.running.pop(key, None)  # ended: nothing to kill
         await self._report(run.run_id, code, output, run.attempt)
+        self.fenced.discard(key)
 
     async def _attempt(self, run: Run) -> tuple[int, bytes]:
         """The executor under the run's TIMEOUT (on expiry its task is cancelled). An

@@ -75,6 +75,8 @@ def test_in_process_cluster_api(tmp_path: Path) -> None:
             await asyncio.sleep(0.02)
         leader = next(d for d in drivers.values() if d.status()["role"] == "leader")
         follower = next(d for d in drivers.values() if d is not leader)
+        while follower.status()["leader"] != leader.id:  # its first message may be under way
+            await asyncio.sleep(0.02)
         with pytest.raises(NotLeaderError) as info:
             await follower.propose(b"S" + b"\x92\xa1k\xa1v")
         assert info.value.leader == leader.id and info.value.address == raft[leader.id]

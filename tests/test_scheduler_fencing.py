@@ -11,6 +11,7 @@ delay, and the late-result rules of scheduler/runs.py. Waits only detect hangs.
 
 from __future__ import annotations
 
+import asyncio
 import signal
 import subprocess
 from collections.abc import Iterator
@@ -32,9 +33,9 @@ from scheduler.runs import (
     note_late,
     was_lost,
 )
-from scheduler.worker import fence_delay_s
+from scheduler.worker import ABANDONED_MESSAGE, fence_delay_s
 from tests.procs import Daemon
-from tests.test_scheduler_daemon import Cluster, _alive, running_cluster, wait_until
+from tests.test_scheduler_daemon import HANG_S, Cluster, _alive, running_cluster, wait_until
 from tests.test_scheduler_state import T0, fire_due, make
 
 WORKER_TIMEOUT_MS = 3000  # the cluster's and the workers' --worker-timeout-ms
@@ -193,3 +194,44 @@ def test_an_abandoned_attempt_is_recorded_lost_and_retried() -> None:
     assert (again.state, again.attempt, again.retry_at_ms) == (RETRY_WAIT, 2,
                                                                record.retry_at_ms)
     assert "late result of attempt 1: exit 0" in again.message
+
+
+def test_empty_poll_replies_do_not_keep_the_fence_away() -> None:
+    """A stale leader answers polls with no runs and commits nothing: the worker, whose
+    heartbeats fail, fences its run and reports it abandoned once a report goes through."""
+    from scheduler.worker import Run, Worker
+
+    reported: list[tuple[object, ...]] = []
+    item = [b"j@1000/0", b"j", b"h", 1000, 1, 0]
+
+    async def main() -> None:
+        never = asyncio.Event()
+
+        async def executor(run: Run) -> tuple[int, bytes]:
+            await never.wait()  # runs until cancelled
+            return 0, b""
+
+        worker = Worker([("127.0.0.1", 1)], worker_id="w", heartbeat_s=0.05,
+                        executor=executor, fence_after_s=0.3)
+        polls = iter([[item]])
+
+        async def call(*args: object, channel: int = 0) -> object:
+            if args[0] == "WORKER.POLL":
+                await asyncio.sleep(0.01)
+                return next(polls, [])  # the stale leader: no runs, nothing committed
+            if args[0] == "WORKER.RESULTS":
+                reported.append(args[1:])
+                return b"OK"
+            raise OSError("no quorum")  # heartbeats fail
+
+        worker.call = call  # type: ignore[method-assign]
+        stop = asyncio.Event()
+        running = asyncio.create_task(worker.run(stop))
+        async with asyncio.timeout(HANG_S):
+            while not reported:
+                await asyncio.sleep(0.05)
+        stop.set()
+        await running
+
+    asyncio.run(main())
+    assert reported == [("j@1000/0", EXIT_ABANDONED, ABANDONED_MESSAGE, 1)]

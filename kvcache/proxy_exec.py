@@ -51,9 +51,8 @@ from kvcache.proxy_plan import (
     Plan,
     Retrieve,
     compare_succeeded,
-    lane_request,
 )
-from kvcache.proxy_wire import FENCED, LINE, VALUES, WHOLE_VALUES, is_error
+from kvcache.proxy_wire import FENCED, VALUES, WHOLE_VALUES, is_error
 
 log = logging.getLogger("kvcache.proxy")
 
@@ -191,38 +190,6 @@ class Executor:
             return Slot(later=lambda: self.admin(tokens))
         assert kind is Broadcast
         return self._broadcast(plan, index)  # type: ignore[arg-type]
-
-    def lane(self, data: bytes, index: int, value_max: int) -> Answer | None:
-        """If `data` is one plain get or set (kvcache/proxy_plan.py `lane_request`) whose
-        key has a backend, and each key has one copy (--replicas 1): `data` sent as it is
-        on client connection `index`'s slot, counted as the plan would count it; its slot.
-        Else None, nothing done: the caller parses `data`."""
-        if self.replicas != 1:
-            return None
-        found = lane_request(data, value_max)
-        if found is None:
-            return None
-        key, store = found
-        pool = self.pool
-        counters = self.counters
-        if store:
-            targets = pool.targets(key, 1, True)
-            if not targets:
-                return None
-            server = targets[0]
-            counters.commands[b"set"] += 1
-            counters.cmd_set += 1
-            answer, shape = Answer(False, 0), LINE
-        else:
-            home = pool.router.route(key)
-            if home is None:
-                return None
-            server = home
-            counters.commands[b"get"] += 1
-            counters.cmd_get += 1
-            answer, shape = Answer(False, 1), WHOLE_VALUES
-        pool.backends[server].conn(index).send(data, shape, answer)
-        return answer
 
     def _unavailable(self, silent: bool) -> Slot:
         self.counters.proxy_errors += 1

@@ -15,12 +15,6 @@ Plans:
 - `Admin`: stats, answered from the proxy's own figures.
 - `QUIT` / `CLOSE_NOW`: close after the replies before it / at once.
 
-The lane (`lane_request`, `may_hold_a_block`): a client read that is exactly one plain `get
-<key>` or one plain `set` with its whole block, while the parser holds nothing, skips the
-parser and the plan: its bytes are forwarded as they came (kvcache/proxy_exec.py
-`Executor.lane`). The bytes are what `plan` would send for that get, and an equivalent set
-line (plan re-renders the numbers); the checks are the parser's, kept inside its ranges.
-
 Quiet commands (meta `q`, classic `noreply`) are forwarded as they are and followed by `mn`,
 so the backend connection stays in step whether or not the backend answers; classic noreply
 replies are then dropped, meta quiet ones passed on (`q` only hides the nominal reply).
@@ -34,17 +28,7 @@ from dataclasses import dataclass
 from kvcache import replies
 from kvcache.metaflags import decode_key, encode_key, parse_meta_flags
 from kvcache.numbers import strtol32, strtoul32, strtoull
-from kvcache.protocol import (
-    CLASSIC_STORAGE,
-    MAX_KEY_BYTES,
-    Close,
-    Reject,
-    Request,
-    Store,
-    has_noreply,
-    ntokens,
-    tokenize,
-)
+from kvcache.protocol import MAX_KEY_BYTES, Close, Reject, Request, Store, has_noreply, ntokens
 from kvcache.proxy_wire import FENCE, FENCED, LINE, META
 
 CRLF = b"\r\n"
@@ -59,9 +43,6 @@ PROTOCOL_ERROR = b"SERVER_ERROR backend protocol error\r\n"
 BUSY = b"SERVER_ERROR backend busy\r\n"
 ERROR = replies.ERROR
 BAD_FORMAT = replies.line(replies.BAD_FORMAT)
-LANE_DIGITS = 9  # a lane set's numbers: 1 to 9 plain digits, inside every range check
-_GET = b"get "
-_SET = b"set "
 
 
 @dataclass(slots=True)
@@ -392,47 +373,3 @@ def _plan_tokens(tokens: list[bytes]) -> Plan:
     if count < command.min_tokens or count > command.max_tokens:
         return Local(ERROR)
     return command.handler(tokens)
-
-
-# -- the lane --------------------------------------------------------------------------------
-def lane_request(data: bytes, value_max: int) -> tuple[bytes, bool] | None:
-    """If `data` is exactly one `get <key>\r\n`, or one `set <key> <flags> <exptime>
-    <bytes>\r\n` with its whole block and CRLF (numbers of 1 to LANE_DIGITS plain digits, no
-    noreply, a block of at most `value_max` bytes, so surely storable): (its key, whether
-    it is the set). Else None: the request goes through the parser."""
-    if data.startswith(_GET):
-        key = data[4:-2]
-        if (not data.endswith(CRLF) or not 0 < len(key) <= MAX_KEY_BYTES or b" " in key
-                or b"\n" in key or b"\0" in key):
-            return None
-        return key, False
-    if not data.startswith(_SET):
-        return None
-    end = data.find(b"\n")
-    if end < 5 or data[end - 1] != 0x0D or b"\0" in data[:end]:
-        return None
-    words = data[:end - 1].split(b" ")
-    if len(words) != 5 or not 0 < len(words[1]) <= MAX_KEY_BYTES:
-        return None
-    for number in words[2:]:
-        if not 0 < len(number) <= LANE_DIGITS or not number.isdigit():
-            return None
-    size = int(words[4])
-    if size > value_max or len(data) != end + 1 + size + 2 or not data.endswith(CRLF):
-        return None
-    return words[1], True
-
-
-def may_hold_a_block(data: bytes, held_before: bool) -> bool:
-    """Whether the parser may wait for a storage block (or swallow one) although it holds no
-    bytes, after being fed `data` (`held_before`: it held bytes before): true when the last
-    line received is, or may be, a storage command's header. Conservative: a data block's
-    last line that reads like a header says true too."""
-    start = data.rfind(b"\n", 0, len(data) - 1) + 1
-    if start == 0 and held_before:  # the last line began in an earlier read
-        return True
-    line = data[start:]
-    if b"\0" in line:
-        return True
-    tokens = tokenize(line.rstrip(b"\r\n"))
-    return bool(tokens) and (tokens[0] in CLASSIC_STORAGE or tokens[0] == b"ms")

@@ -15,10 +15,6 @@ the caller knows what each reply looks like and asks for that shape:
   appended to it: zero or more replies, then `MN`. The fence is what keeps a pipelined
   connection in step when the backend may or may not answer.
 
-`quick_take` reads the plainest LINE and WHOLE_VALUES replies straight from a read's bytes,
-without the buffer, while the framer holds nothing; anything else (a reply cut by the end of
-the read, an error line, a malformed one) is left to the framer, which judges it.
-
 Any other byte sequence means the connection is out of step: `take` raises ValueError and
 the caller drops the connection (a reply is never handed to the wrong request).
 """
@@ -35,8 +31,6 @@ _ERRORS = (b"ERROR", b"CLIENT_ERROR", b"SERVER_ERROR")
 _LINE_REPLIES = (b"STORED", b"NOT_STORED", b"EXISTS", b"NOT_FOUND", b"DELETED", b"TOUCHED",
                  b"OK", b"VERSION ", *_ERRORS)
 _END = b"END\r\n"
-_VALUE = b"VALUE "
-_CRLF = b"\r\n"
 _META_CODES = frozenset((b"HD", b"VA", b"EN", b"NF", b"NS", b"EX", b"ME"))
 
 Values = tuple[list[tuple[bytes, bytes]], bytes]
@@ -45,42 +39,6 @@ ended it (`END\\r\\n`, or an error line)."""
 WholeValues = tuple[bytes, int]
 """A WHOLE_VALUES reply: its raw bytes (VALUE blocks, then END or an error line) and the
 number of VALUE blocks in it."""
-
-
-def quick_take(data: bytes, pos: int, shape: str) -> tuple[bytes | WholeValues, int] | None:
-    """The LINE or WHOLE_VALUES reply at data[pos:], when it is whole in `data` and of the
-    plainest form (a success line; VALUE blocks then END): (the reply as `take` returns it,
-    the position after it). None otherwise: nothing consumed, the framer reads it."""
-    if shape == WHOLE_VALUES:
-        start, hits = pos, 0
-        while not data.startswith(_END, pos):
-            if not data.startswith(_VALUE, pos):
-                return None
-            eol = data.find(_CRLF, pos)
-            if eol < 0:
-                return None
-            parts = data[pos:eol].split(b" ")
-            if len(parts) not in (4, 5) or not parts[3].isdigit():
-                return None
-            size = int(parts[3])
-            if size > MAX_VALUE_BYTES:
-                return None
-            pos = eol + 2 + size
-            if data[pos:pos + 2] != _CRLF:
-                return None
-            pos += 2
-            hits += 1
-        end = pos + len(_END)
-        return (data if start == 0 and end == len(data) else data[start:end], hits), end
-    if shape == LINE:
-        eol = data.find(_CRLF, pos)
-        if eol < 0:
-            return None
-        line = data[pos:eol]
-        if not (line.startswith(_LINE_REPLIES) or line.isdigit()) or line.startswith(_ERRORS):
-            return None
-        return (data if pos == 0 and eol + 2 == len(data) else data[pos:eol + 2]), eol + 2
-    return None
 
 
 def is_error(line: bytes) -> bool:
@@ -115,11 +73,6 @@ class ReplyFramer(ReplyBuffer):
             self._pos -= start
             self._whole_start = 0
         self._buf += data
-
-    def idle(self) -> bool:
-        """No byte unread and no reply in progress: the next read starts a reply."""
-        return (self._pos == len(self._buf) and self._whole_start < 0 and not self._hits
-                and not self._parts)
 
     def take(self, shape: str) -> bytes | Values | WholeValues | None:
         if shape == WHOLE_VALUES:

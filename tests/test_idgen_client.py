@@ -470,7 +470,7 @@ def test_async_prefetch(spawn: Spawn, loop: str) -> None:
         return ids
 
     ids = LOOPS[loop](main())
-    assert len(set(ids)) == len(ids) > 50_000
+    assert len(set(ids)) == len(ids) >= 50_000  # the drain loop may take none: a refill ran
 
 
 @pytest.mark.parametrize("prefetch", [0, 2000])

@@ -196,7 +196,10 @@ def commands(draw: st.DrawFn) -> bytes:
         return b"delete %s%s\r\n" % (key, noreply)
     if kind == "touch":
         return b"touch %s %s%s\r\n" % (key, draw(exptimes), noreply)
-    flags = b"".join(b" " + f for f in draw(meta_flags))
+    chosen = draw(meta_flags)
+    if kind == "ms" and b"b" in chosen and ({b"MA", b"MP"} & set(chosen)):
+        chosen.remove(b"b")  # a known difference: test_binary_key_append_keeps_the_plain_key
+    flags = b"".join(b" " + f for f in chosen)
     if kind == "ms":
         value = draw(values)
         return b"ms %s %d%s\r\n%s\r\n" % (key, len(value), flags, value)
@@ -230,3 +233,12 @@ def test_random_streams_match_memcached(pair, script: list[bytes]) -> None:
     assert masked(ours[:cut]) == masked(theirs[:their_cut])
     got, expected = stat_values(ours[cut:]), stat_values(theirs[their_cut:])
     assert {k: got[k] for k in COUNTERS} == {k: expected[k] for k in COUNTERS}
+
+
+@pytest.mark.xfail(strict=True, reason="known difference found by the fuzzer: an `ms` append or "
+                   "prepend with a base64 key (b flag) marks the item's key binary, so `me` "
+                   "shows it in base64; memcached 1.6.18 keeps showing the plain key")
+def test_binary_key_append_keeps_the_plain_key(pair) -> None:  # noqa: ANN001
+    theirs, ours = pair
+    script = b"set a 0 0 0\r\n\r\nms YQ== 0 MA b\r\n\r\nme a\r\n"
+    assert request(ours[0], ours[1], script) == request(theirs[0], theirs[1], script)

@@ -77,7 +77,7 @@ class Reaper:
             proc.stdin.write(line.encode())
             proc.stdin.flush()
         except (BrokenPipeError, ValueError, OSError):
-            pass
+            pass  # the reaper is gone (the worker is stopping): nothing left to tell it
 
 
 _PROCESS_REAPER: Reaper | None = None

@@ -125,6 +125,6 @@ class NodeLinks:
             except ATTEMPT_ERRORS as exc:
                 self._judge(index, exc)
             except (KeyError, ValueError):
-                pass
+                pass  # a CLUSTER.INFO without a usable id: not the leader; try the next node
             conn.abort()
         return None

@@ -53,6 +53,7 @@ from core.raft_groups import (
 from core.resp import CommandError
 from core.resp_server import Command, Limits, RespServer
 from core.service_machine import AddressBook, ServiceMachine, StateMachine, encode_client
+from core.users import UserDirectory
 
 __all__ = [
     "ERR_NO_GROUP", "ERR_TRYAGAIN", "LEADER_HINT", "MAIN_GROUP", "GroupDirectory",
@@ -89,12 +90,13 @@ class RaftService:
     the daemon's command table (the CLUSTER.* rows are added). `advertise`: this node's
     client address for the book (default: the address `start` listens on); `redirect` and
     `routing`: see the module header; `timeout_s`: how long a write or read barrier may
-    wait before TRYAGAIN.
+    wait before TRYAGAIN; `users`: named users `AUTH user pass` may name (core.users).
     """
 
     def __init__(self, name: str, version: str, machine: StateMachine,
                  driver_factory: DriverFactory, commands: Iterable[Command], *,
-                 password: str | None = None, limits: Limits | None = None,
+                 password: str | None = None, users: UserDirectory | None = None,
+                 limits: Limits | None = None,
                  info: Callable[[], dict[str, dict[str, object]]] | None = None,
                  advertise: str | None = None, redirect: Redirect | None = None,
                  routing: Routing = Routing.FORWARD, main_group: int = MAIN_GROUP,
@@ -114,7 +116,7 @@ class RaftService:
         self.publish_address = publish_address
         self.cluster = ClusterCommands(self)
         self.resp = RespServer(name, version, [*commands, *self.cluster.commands()],
-                               password=password, limits=limits, info=info)
+                               password=password, users=users, limits=limits, info=info)
         self._publisher: asyncio.Task[None] | None = None
 
     # -- life ----------------------------------------------------------------------------------

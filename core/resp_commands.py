@@ -19,6 +19,7 @@ from core.command_info import docs_entry, help_lines, info_entry
 from core.command_table import Command, KeysError, KeySpec, Resolved, keys_and_specs
 from core.resp import OK, CommandError, RespSet, Simple, Verbatim
 from core.resp_session import ServerView, Session
+from core.users import DEFAULT_USER
 
 ERR_NOPROTO = "NOPROTO unsupported protocol version"
 ERR_WRONGPASS = "WRONGPASS invalid username-password pair or user is disabled."
@@ -112,7 +113,7 @@ def common_commands(server: ServerView) -> list[Command]:
         row("HELLO", cmd_hello, -1, SESSION_FLAGS, acl=(CONNECTION,), group=CONNECTION,
             summary="Choose RESP2 or RESP3, authenticate, name the connection"),
         row("AUTH", cmd_auth, -2, SESSION_FLAGS, acl=(CONNECTION,), group=CONNECTION,
-            summary="Authenticate with the --requirepass password"),
+            summary="Authenticate as a named user, or as the default user with --requirepass"),
         row("QUIT", cmd_quit, -1, SESSION_FLAGS, acl=(CONNECTION,), group=CONNECTION,
             summary="Close the connection after the reply"),
         row("INFO", cmd_info, -1, INTROSPECTION_FLAGS, acl=("dangerous",), group=SERVER,
@@ -164,26 +165,33 @@ def cmd_echo(server: ServerView, session: Session, args: list[bytes]) -> object:
     return args[1]
 
 
-def _check_password(server: ServerView, username: bytes, password: bytes) -> None:
-    if server.password is None:
-        raise CommandError(ERR_NO_PASSWORD)
-    good = hmac.compare_digest(password, server.password.encode())
-    if username != b"default" or not good:
-        raise CommandError(ERR_WRONGPASS)
+def _check_password(server: ServerView, session: Session, username: bytes,
+                    password: bytes) -> None:
+    """Authenticate `session` as `username` or raise Redis's error: a named user is checked
+    against the daemon's user table (core.users), the default user against --requirepass."""
+    name = username.decode("utf-8", "replace")
+    if name != DEFAULT_USER:
+        if server.users is None or not server.users.verify(name, password):
+            raise CommandError(ERR_WRONGPASS)
+    else:
+        if server.password is None:
+            raise CommandError(ERR_NO_PASSWORD)
+        if not hmac.compare_digest(password, server.password.encode()):
+            raise CommandError(ERR_WRONGPASS)
+    session.user = name
+    session.authenticated = True
 
 
 def cmd_auth(server: ServerView, session: Session, args: list[bytes]) -> object:
     if len(args) > 3:
         raise CommandError(ERR_SYNTAX)
-    username = args[1] if len(args) == 3 else b"default"
-    if server.password is None and len(args) == 3:
+    username = args[1] if len(args) == 3 else DEFAULT_USER.encode()
+    if server.password is None and len(args) == 3 and username == DEFAULT_USER.encode():
         # As Redis's passwordless default user: any password for "default" is accepted.
-        if username != b"default":
-            raise CommandError(ERR_WRONGPASS)
+        session.user = DEFAULT_USER
         session.authenticated = True
         return OK
-    _check_password(server, username, args[-1])
-    session.authenticated = True
+    _check_password(server, session, username, args[-1])
     return OK
 
 
@@ -199,8 +207,7 @@ def cmd_hello(server: ServerView, session: Session, args: list[bytes]) -> object
     while index < len(args):
         option = args[index].upper()
         if option == b"AUTH" and index + 2 < len(args):
-            _check_password(server, args[index + 1], args[index + 2])
-            session.authenticated = True
+            _check_password(server, session, args[index + 1], args[index + 2])
             index += 3
         elif option == b"SETNAME" and index + 1 < len(args):
             name = _client_name(args[index + 1])

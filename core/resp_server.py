@@ -37,6 +37,7 @@ from core.stats import (
     ProcessFigures,
     command_stats_info,
 )
+from core.users import UserDirectory
 
 # Command, Handler, Limits and Session are defined apart (core.command_table, core.limits,
 # core.resp_session) and offered here too, where daemons have always imported them from.
@@ -70,6 +71,7 @@ class RespServer:
         commands: Iterable[Command],
         *,
         password: str | None = None,
+        users: UserDirectory | None = None,
         limits: Limits | None = None,
         info: Callable[[], dict[str, dict[str, object]]] | None = None,
         config: dict[str, str] | None = None,
@@ -77,6 +79,7 @@ class RespServer:
         self.name = name
         self.version = version
         self.password = password
+        self.users = users  # named users for `AUTH user pass` (core.users); None: default only
         self.limits = limits or DEFAULT_LIMITS
         self._daemon_info = info or dict
         self.config = dict(config or {})

@@ -12,15 +12,18 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from core.command_table import CommandTable
+from core.users import DEFAULT_USER, UserDirectory
 
 
 @dataclass(eq=False)
 class Session:
-    """What the server knows of one client connection."""
+    """What the server knows of one client connection. `user`: who is calling (the default
+    user until AUTH names another), so a daemon's handler can check what it may do."""
 
     id: int
     peer: str
     authenticated: bool
+    user: str = DEFAULT_USER
     protocol: int = 2
     name: str = ""
     lib_name: str = ""
@@ -36,6 +39,7 @@ class ServerView(Protocol):
     name: str
     version: str
     password: str | None
+    users: UserDirectory | None
     sessions: dict[int, Session]
     table: CommandTable
 

@@ -35,8 +35,9 @@ test: $(NATIVE)
 drills: $(NATIVE)
 	$(PY) -m tests.faults.run_drills --minutes $(or $(DRILL_MINUTES),20)
 
+# Every benchmark (bench/suite.py), then bench/README.md's tables; QUICK=1: a few minutes.
 bench: $(NATIVE)
-	$(PY) -m bench.idgen_bench
+	$(PY) -m bench.suite $(if $(QUICK),--quick)
 
 lint: $(STAMP)
 	$(PY) -m ruff check .

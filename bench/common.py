@@ -507,21 +507,67 @@ def profile_processes(
         progress(f"profile {name} {role}: {path.name}; top self: {top}")
 
 
+def uptime() -> str:
+    """The `uptime` line (load averages, how long up), for the JSON: the machine is shared."""
+    line = _command_version(["uptime"])
+    return line or f"load average {os.getloadavg()}"
+
+
+def goal_outcome(figures: Sequence[Figure], skipped: Sequence[Skipped]) -> dict[str, Any]:
+    """What the run concluded: the goals met and missed (by figure), the figures not
+    measured, and `met` (every goal met and nothing left unmeasured)."""
+    goals = [f for f in figures if f.met is not None]
+    missed = [f"{f.section} {f.label}" for f in goals if not f.met]
+    unmeasured = [f"{s.section} {s.label}: {s.reason}" for s in skipped]
+    return {
+        "met": not missed and not unmeasured,
+        "goals": len(goals), "missed": missed, "not_measured": unmeasured,
+    }
+
+
+def settings_of(document: dict[str, Any]) -> dict[str, Any]:
+    """The settings a run was made with: its `settings`, else its `plan`, else the plain
+    scalar options it recorded at the top level (rounds, seconds...)."""
+    if isinstance(document.get("settings"), dict):
+        return dict(document["settings"])
+    if isinstance(document.get("plan"), dict):
+        return dict(document["plan"])
+    skip = {"benchmark", "started", "finished", "table", "python", "root"}
+    return {k: v for k, v in document.items()
+            if k not in skip and isinstance(v, int | float | str | bool)}
+
+
 def write_results(
     out: Path, name: str, stamp: str, document: dict[str, Any], figures: Sequence[Figure],
     title: str,
 ) -> None:
-    """Write `<name>-<stamp>.json` (and the PNG plot when there are figures), then say
-    which goals were missed."""
-    json_path = out / f"{name}-{stamp}.json"
-    png_path = out / f"{name}-{stamp}.png"
+    """Write `<name>.json` (and `<name>.png` when there are figures) into `out`, each run
+    replacing the last one's (git keeps the history; bench/tables.py turns them into
+    bench/README.md's tables), then say which goals were missed. The JSON gets the fields
+    every results file carries: `date` (the run's UTC stamp), `settings`, `uptime` and
+    `outcome` (see goal_outcome)."""
+    skipped = [s for s in document.get("skipped", []) if isinstance(s, Skipped)]
+    document.setdefault("date", stamp)
+    document.setdefault("settings", settings_of(document))
+    document.setdefault("uptime", uptime())
+    document["outcome"] = goal_outcome(figures, skipped)
+    json_path = out / f"{name}.json"
+    png_path = out / f"{name}.png"
     write_json(json_path, document)
     if figures:
         plot(png_path, figures, title)
     progress(f"wrote {json_path}" + (f" and {png_path}" if figures else ""))
-    missed = [f for f in figures if f.met is False]
-    if missed:
-        progress("goals missed: " + "; ".join(f"{f.section} {f.label}" for f in missed))
+    outcome = document["outcome"]
+    if outcome["missed"]:
+        progress("goals missed: " + "; ".join(outcome["missed"]))
+    if outcome["not_measured"]:
+        progress("not measured: " + "; ".join(outcome["not_measured"]))
+
+
+def exit_status(document: dict[str, Any]) -> int:
+    """A benchmark's exit status from its written document: 0 when every goal was met
+    and every figure measured, else 1."""
+    return 0 if document["outcome"]["met"] else 1
 
 
 def bench_parser(prog: str, description: str, sections: Sequence[str],

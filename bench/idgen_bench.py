@@ -47,6 +47,7 @@ from bench.common import (
     ServerProcess,
     Skipped,
     bench_parser,
+    exit_status,
     figures_text,
     idgen_server,
     machine,
@@ -516,7 +517,7 @@ def main(argv: list[str] | None = None) -> int:
     title = (f"idgen, {started:%Y-%m-%d %H:%M} UTC, {info['cpu_count']} cpus "
                  f"{info['cpu_model']}, python {info['python']}")
     write_results(out, "idgen", stamp, document, rec.figures, title)
-    return 0
+    return exit_status(document)
 
 
 if __name__ == "__main__":

@@ -52,6 +52,7 @@ from bench.common import (
     ServerProcess,
     Skipped,
     bench_parser,
+    exit_status,
     figures_text,
     find_free_port,
     machine,
@@ -564,7 +565,7 @@ def main(argv: list[str] | None = None) -> int:
     title = (f"kvcache vs memcached, {started:%Y-%m-%d %H:%M} UTC, {info['cpu_count']} "
                  f"cpus {info['cpu_model']}, python {info['python']}")
     write_results(out, "kvcache", stamp, document, rec.figures, title)
-    return 0
+    return exit_status(document)
 
 
 if __name__ == "__main__":

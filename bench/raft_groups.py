@@ -45,6 +45,7 @@ from bench.common import (
     CpuMeter,
     Figure,
     bench_parser,
+    exit_status,
     figures_text,
     machine,
     median,
@@ -419,15 +420,7 @@ def main(argv: list[str] | None = None) -> int:
              f"{info['cpu_model']}, python {info['python']}")
     write_results(out, "raft_groups", started.strftime("%Y%m%d-%H%M%S"), document,
                   rec.figures, title)
-    return exit_code(args.sections, rec)
-
-
-def exit_code(sections: list[str], rec: Recorder) -> int:
-    """1 when section 1 was asked for and a goal row of it is missed or missing."""
-    if "1" not in sections:
-        return 0
-    goals = [f for f in rec.figures if f.section == "1 idle" and f.goal_ratio is not None]
-    return 0 if goals and all(f.met for f in goals) else 1
+    return exit_status(document)
 
 
 if __name__ == "__main__":

@@ -48,6 +48,7 @@ from bench.common import (
     CpuMeter,
     Figure,
     bench_parser,
+    exit_status,
     machine,
     median,
     parse_bench_args,
@@ -460,7 +461,7 @@ def main(argv: list[str] | None = None) -> int:
              f"{info['cpu_model']}, python {info['python']}")
     write_results(out, "scheduler", started.strftime("%Y%m%d-%H%M%S"), document,
                   rec.figures, title)
-    return 0
+    return exit_status(document)
 
 
 if __name__ == "__main__":

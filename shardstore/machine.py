@@ -6,7 +6,18 @@ request and applied identically by every replica:
 - [KIND_COMMAND, now_ms, [arg, ...]]: a write command; `execute_write(kv, now_ms, args,
   index)` of the command layer computes its effect and writes it with the entry's index;
 - [KIND_EXPIRE, now_ms, [key, ...]]: the leader's expiry sweep (`expired_keys`); each key
-  that still exists and has expired at `now_ms` is deleted.
+  that still exists and has expired at `now_ms` is deleted;
+- the entries of a move (shardstore/migrate.py), whose items start with the move's id:
+  [KIND_FREEZE, now_ms, [move, keyset]] fences the key set (shardstore/fences.py: from
+  this entry on, commands on those keys are refused, TRYAGAIN, with no effect);
+  [KIND_COPY, now_ms, [move, [[key, value, expire_at], ...]]] writes copied records as
+  they are (idempotent: a resumed copy writes the same records again);
+  [KIND_LIFT, now_ms, [move, keyset]] lifts fences on the key set (keys moving back in);
+  [KIND_PURGE, now_ms, [move, keyset, [key, ...]]] deletes those keys that are in the set
+  (the moved-out copy).
+
+A command's keys (`keys_of(args)`, from the command table) are checked against the fences
+when it is applied, so every replica refuses the same entries.
 
 The writes of all the entries of one `apply` call gather in a `BatchKV` (later entries read
 what earlier ones wrote) and reach the engine as one atomic batch carrying the last index:
@@ -37,14 +48,21 @@ from typing import Any, Protocol
 import msgpack
 
 from core.resp import CommandError, RespSet, Simple, Verbatim
+from shardstore.fences import ERR_FENCED, Fences, HiddenKV
+from shardstore.keysets import KeySet
 
 __all__ = [
-    "KIND_COMMAND", "KIND_EXPIRE", "BatchKV", "CommandLayer", "MergedKV", "ShardMachine",
+    "KIND_COMMAND", "KIND_COPY", "KIND_EXPIRE", "KIND_FREEZE", "KIND_LIFT", "KIND_PURGE",
+    "BatchKV", "CommandLayer", "MergedKV", "ShardMachine",
     "decode_reply", "encode_command", "encode_expire", "encode_reply", "expired_keys",
 ]
 
 KIND_COMMAND = 0
 KIND_EXPIRE = 1
+KIND_FREEZE = 2
+KIND_COPY = 3
+KIND_LIFT = 4
+KIND_PURGE = 5
 SNAPSHOT_MAGIC = b"SSHARD1"
 _HEADER = struct.Struct(">Q")  # the applied index of the snapshot
 _PIECE = struct.Struct(">I")  # the length of each engine piece
@@ -67,6 +85,11 @@ def encode_command(now_ms: int, args: Sequence[bytes]) -> bytes:
 
 def encode_expire(now_ms: int, keys: Sequence[bytes]) -> bytes:
     return msgpack.packb([KIND_EXPIRE, now_ms, list(keys)])
+
+
+def encode_move(kind: int, now_ms: int, move_id: int, *items: Any) -> bytes:
+    """A move's entry (KIND_FREEZE, KIND_COPY, KIND_LIFT, KIND_PURGE: see the header)."""
+    return msgpack.packb([kind, now_ms, [move_id, *items]])
 
 
 def encode_reply(value: Any) -> Any:
@@ -131,10 +154,23 @@ class ShardMachine:
     engine's contents and returns the engine to use from then on."""
 
     def __init__(self, engine: Any, commands: CommandLayer,
-                 load: Callable[[Iterator[bytes], int], Any]) -> None:
+                 load: Callable[[Iterator[bytes], int], Any],
+                 keys_of: Callable[[list[bytes]], list[bytes]] | None = None) -> None:
         self.engine = engine
         self.commands = commands
         self._load = load
+        self.keys_of = keys_of
+        self.fences = Fences.load(engine)
+
+    @property
+    def store(self) -> HiddenKV:
+        """The engine as client commands see it (the reserved keys hidden)."""
+        return HiddenKV(self.engine)
+
+    def refusing(self, keys: Sequence[bytes]) -> CommandError | None:
+        """The TRYAGAIN error for a request on `keys` if a fence holds one of them."""
+        move = self.fences.refusing(keys)
+        return None if move is None else CommandError(ERR_FENCED.format(move))
 
     def apply(self, entries: Sequence[tuple[int, bytes]]) -> list[Any]:
         """One result per entry; the run's writes reach the engine as one batch (one
@@ -154,8 +190,12 @@ class ShardMachine:
             return encode_reply(CommandError(ERR_BAD_ENTRY.format(exc)))
         if kind == KIND_EXPIRE:
             return encode_reply(self._expire(kv, index, now_ms, items))
+        if kind in _MOVE_KINDS:
+            return self._move_entry(kv, index, kind, items)
+        reply = self.refusing(self.keys_of(list(items))) if self.keys_of else None
         try:
-            reply = self.commands.execute_write(kv, now_ms, list(items), index)
+            if reply is None:
+                reply = self.commands.execute_write(HiddenKV(kv), now_ms, list(items), index)
         except CommandError as err:
             reply = err
         kv.write([], applied_index=index)  # no-op if the command wrote with the index
@@ -170,6 +210,28 @@ class ShardMachine:
                 batch.append((key, None, 0))
         kv.write(batch, applied_index=index)
         return len(batch)
+
+    def _move_entry(self, kv: BatchKV, index: int, kind: int, items: list[Any]) -> Any:
+        """Apply a move's entry (see the module header); its count of keys written, or
+        1/0 whether a fence changed."""
+        try:
+            move_id, *rest = items
+            if kind == KIND_COPY:
+                rows = [(bytes(k), bytes(v), int(e)) for k, v, e in rest[0]]
+                HiddenKV(kv).write(rows, applied_index=index)
+                return len(rows)
+            keys = KeySet.from_wire(rest[0])
+            if kind == KIND_PURGE:
+                gone = [(bytes(k), None, 0) for k in rest[1] if k in keys]
+                HiddenKV(kv).write(gone, applied_index=index)
+                return len(gone)
+            changed = (self.fences.add(int(move_id), keys) if kind == KIND_FREEZE
+                       else self.fences.lift(keys))
+        except (ValueError, TypeError, IndexError) as exc:
+            kv.write([], applied_index=index)
+            return encode_reply(CommandError(ERR_BAD_ENTRY.format(exc)))
+        kv.write([self.fences.record()] if changed else [], applied_index=index)
+        return int(changed)
 
     def snapshot(self) -> Callable[[], bytes]:
         """An encoder of the engine's consistent dump (run off the event loop)."""
@@ -192,6 +254,7 @@ class ShardMachine:
         if index <= self.engine.applied_index:
             return  # the engine is at or ahead of it already (a restart)
         self.engine = self._load(_pieces(blob, len(SNAPSHOT_MAGIC) + _HEADER.size), index)
+        self.fences = Fences.load(self.engine)
 
 
 def _pieces(blob: bytes, start: int) -> Iterator[bytes]:
@@ -201,6 +264,9 @@ def _pieces(blob: bytes, start: int) -> Iterator[bytes]:
         pos += _PIECE.size
         yield blob[pos:pos + length]
         pos += length
+
+
+_MOVE_KINDS = (KIND_FREEZE, KIND_COPY, KIND_LIFT, KIND_PURGE)
 
 
 class MergedKV:

@@ -1,0 +1,198 @@
+"""Moves in the configuration group: what is moving, from where to where, how far; sans I/O.
+
+Strategy: a move of a key set (shardstore/keysets.py) from a source shard to a target
+shard is a record in the configuration (`ClusterConfig.moves`), so whoever leads the
+configuration group drives it, and a new leader resumes it from the record after a crash.
+Its life, one configuration entry per step (ops, each a msgpack map):
+
+- OP_BEGIN {keys, source, target}: the record is made in state COPY and the epoch goes
+  up; refused (an error string) when a slot is not the source's or is already moving;
+  the result is the move's id;
+- OP_STEP {id, state, cursor, done}: how far the copy (state COPY) or the purge (state
+  PURGE) got: the key to go on after and the keys handled so far. Advisory: a resumed
+  step starts there, and every step is idempotent anyway;
+- OP_END {id}: the target owns the key set (for slots: the slot map changes), the epoch
+  goes up, state PURGE (the source deletes its copy);
+- OP_FINISH {id}: the record goes; `moves_done` counts it.
+
+What the shards' logs get meanwhile (freeze, copy, lift, purge) is shardstore/migrate.py's
+part. A range key set changes no slot map at OP_END: the table catalog owns range maps
+(the `on_end` hook of `apply_move` tells it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import msgpack
+
+from native.crc16 import SLOT_COUNT
+from shardstore.keysets import KIND_SLOTS, KeySet
+
+__all__ = [
+    "OP_BEGIN", "OP_END", "OP_FINISH", "OP_PREFIX", "OP_STEP", "STATE_COPY", "STATE_PURGE",
+    "Move", "apply_move", "encode_begin", "encode_end", "encode_finish", "encode_step",
+    "ranges_of",
+]
+
+OP_PREFIX = "move."
+OP_BEGIN = "move.begin"
+OP_STEP = "move.step"
+OP_END = "move.end"
+OP_FINISH = "move.finish"
+STATE_COPY = "copy"
+STATE_PURGE = "purge"
+ERR_NO_SHARD = "ERR no shard {}"
+ERR_SAME_SHARD = "ERR a move needs two different shards"
+ERR_NOT_OWNER = "ERR slot {} is not owned by shard {}"
+ERR_MOVING = "ERR slot {} is already moving (move {})"
+ERR_NO_MOVE = "ERR no move {}"
+ERR_EMPTY = "ERR a move needs at least one slot"
+ERR_UNKNOWN_OP = "ERR unknown move op {!r}"
+
+
+@dataclass
+class Move:
+    """One move's record. `cursor`: the last key handled by the current state's walk
+    (None: from the start); `copied`/`purged`: keys handled so far."""
+
+    move_id: int
+    keys: KeySet
+    source: int
+    target: int
+    state: str = STATE_COPY
+    cursor: bytes | None = None
+    copied: int = 0
+    purged: int = 0
+    began_epoch: int = 0
+
+    def to_wire(self) -> list[Any]:
+        return [self.move_id, self.keys.to_wire(), self.source, self.target, self.state,
+                self.cursor, self.copied, self.purged, self.began_epoch]
+
+    @classmethod
+    def from_wire(cls, wire: list[Any]) -> Move:
+        mid, keys, source, target, state, cursor, copied, purged, began = wire
+        return cls(int(mid), KeySet.from_wire(keys), int(source), int(target), str(state),
+                   cursor, int(copied), int(purged), int(began))
+
+
+class MovesConfig(Protocol):
+    """What the ops need of shardstore.cluster.ClusterConfig."""
+
+    epoch: int
+    shards: dict[int, Any]
+    moves: dict[int, Move]
+    next_move: int
+    moves_done: int
+    slot_shard: list[int]
+    ranges: list[tuple[int, int, int]]
+
+
+def encode_begin(keys: KeySet, source: int, target: int) -> bytes:
+    return msgpack.packb({"op": OP_BEGIN, "keys": keys.to_wire(), "source": source,
+                          "target": target})
+
+
+def encode_step(move_id: int, state: str, cursor: bytes | None, done: int) -> bytes:
+    return msgpack.packb({"op": OP_STEP, "id": move_id, "state": state, "cursor": cursor,
+                          "done": done})
+
+
+def encode_end(move_id: int) -> bytes:
+    return msgpack.packb({"op": OP_END, "id": move_id})
+
+
+def encode_finish(move_id: int) -> bytes:
+    return msgpack.packb({"op": OP_FINISH, "id": move_id})
+
+
+def apply_move(config: MovesConfig, entry: dict[str, Any],
+               on_end: Callable[[Move], None] | None = None) -> Any:
+    """Apply one move op to `config` (see the module header): the op's result, or an
+    error string the service replies with."""
+    op = entry["op"]
+    if op == OP_BEGIN:
+        return _begin(config, KeySet.from_wire(entry["keys"]), int(entry["source"]),
+                      int(entry["target"]))
+    move = config.moves.get(int(entry["id"]))
+    if move is None:
+        return False if op in (OP_END, OP_FINISH, OP_STEP) else ERR_UNKNOWN_OP.format(op)
+    if op == OP_STEP:
+        return _step(move, str(entry["state"]), entry["cursor"], int(entry["done"]))
+    if op == OP_END:
+        return _end(config, move, on_end)
+    if op == OP_FINISH:
+        if move.state != STATE_PURGE:
+            return False
+        del config.moves[move.move_id]
+        config.moves_done += 1
+        return True
+    return ERR_UNKNOWN_OP.format(op)
+
+
+def _begin(config: MovesConfig, keys: KeySet, source: int, target: int) -> Any:
+    for shard in (source, target):
+        if shard not in config.shards:
+            return ERR_NO_SHARD.format(shard)
+    if source == target:
+        return ERR_SAME_SHARD
+    if keys.kind == KIND_SLOTS:
+        refusal = _slots_refusal(config, keys, source)
+        if refusal:
+            return refusal
+    config.next_move += 1
+    config.epoch += 1
+    move = Move(config.next_move, keys, source, target, began_epoch=config.epoch)
+    config.moves[move.move_id] = move
+    return move.move_id
+
+
+def _slots_refusal(config: MovesConfig, keys: KeySet, source: int) -> str | None:
+    if keys.empty:
+        return ERR_EMPTY
+    for slot in sorted(keys.slots):
+        if config.slot_shard[slot] != source:
+            return ERR_NOT_OWNER.format(slot, source)
+    for other in config.moves.values():
+        if other.keys.kind == KIND_SLOTS and other.keys.slots & keys.slots:
+            return ERR_MOVING.format(min(other.keys.slots & keys.slots), other.move_id)
+    return None
+
+
+def _step(move: Move, state: str, cursor: bytes | None, done: int) -> bool:
+    if state != move.state:
+        return False
+    move.cursor = cursor
+    if state == STATE_COPY:
+        move.copied = max(move.copied, done)
+    else:
+        move.purged = max(move.purged, done)
+    return True
+
+
+def _end(config: MovesConfig, move: Move, on_end: Callable[[Move], None] | None) -> bool:
+    if move.state != STATE_COPY:
+        return False
+    if move.keys.kind == KIND_SLOTS:
+        for slot in move.keys.slots:
+            config.slot_shard[slot] = move.target
+        config.ranges = ranges_of(config.slot_shard)
+    elif on_end is not None:
+        on_end(move)
+    move.state, move.cursor = STATE_PURGE, None
+    config.epoch += 1
+    return True
+
+
+def ranges_of(slot_shard: list[int]) -> list[tuple[int, int, int]]:
+    """The slot table as [(first, last, shard id)] runs in slot order."""
+    ranges: list[tuple[int, int, int]] = []
+    first = 0
+    for slot in range(1, SLOT_COUNT + 1):
+        if slot == SLOT_COUNT or slot_shard[slot] != slot_shard[first]:
+            ranges.append((first, slot - 1, slot_shard[first]))
+            first = slot
+    return ranges

@@ -1,0 +1,184 @@
+"""Moves, sans I/O: key sets (shardstore/keysets.py), the move records of the configuration
+(shardstore/moves.py through cluster.ConfigMachine), and a shard machine's fences
+(shardstore/fences.py through machine.ShardMachine): a write applied after the freeze is
+refused on every replica and has no effect, a copy is idempotent, fences survive a restart
+and a snapshot, and the reserved record is invisible to commands."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import msgpack
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from core.command_table import get_keys
+from core.resp import CommandError
+from native.crc16 import SLOT_COUNT, key_slot
+from shardstore import cluster, commands
+from shardstore.cluster import ConfigMachine
+from shardstore.engine import Engine
+from shardstore.fences import FENCES_KEY, Fences, HiddenKV
+from shardstore.keysets import KeySet, format_slots, parse_slots
+from shardstore.machine import (
+    KIND_COPY,
+    KIND_FREEZE,
+    KIND_LIFT,
+    KIND_PURGE,
+    ShardMachine,
+    decode_reply,
+    encode_command,
+    encode_move,
+)
+from shardstore.moves import (
+    STATE_PURGE,
+    encode_begin,
+    encode_end,
+    encode_finish,
+    encode_step,
+    ranges_of,
+)
+
+ROWS = {row.name.upper(): row for row in commands.COMMANDS}
+
+
+def keys_of(args: list[bytes]) -> list[bytes]:
+    row = ROWS.get(args[0].decode().upper())
+    return list(get_keys(row, args)) if row is not None and row.key_specs else []
+
+
+# -- key sets ---------------------------------------------------------------------------------
+
+def test_key_sets_hold_their_keys_and_subtract() -> None:
+    slots = KeySet.of_slots([key_slot(b"a"), key_slot(b"b")])
+    assert b"a" in slots and b"b" in slots and b"{a}x" in slots
+    assert KeySet.from_wire(msgpack.unpackb(msgpack.packb(slots.to_wire()))) == slots
+    assert slots.minus(KeySet.of_slots([key_slot(b"a")])) == \
+        [KeySet.of_slots([key_slot(b"b")])]
+    rng = KeySet.of_range(b"2024-01", b"2024-03")
+    assert b"2024-02-10" in rng and b"2024-03" not in rng and b"2023" not in rng
+    assert rng.minus(KeySet.of_range(b"2024-01-15", b"2024-02")) == [
+        KeySet.of_range(b"2024-01", b"2024-01-15"), KeySet.of_range(b"2024-02", b"2024-03")]
+    assert rng.minus(slots) == [rng]
+    with pytest.raises(ValueError, match="bad key set"):
+        KeySet.from_wire(["nope", 1])
+
+
+@given(st.sets(st.integers(0, SLOT_COUNT - 1), min_size=1, max_size=50))
+def test_slot_lists_round_trip(slots: set[int]) -> None:
+    assert parse_slots(format_slots(slots)) == KeySet.of_slots(slots)
+
+
+@given(st.text(max_size=30))
+def test_the_slot_list_parser_refuses_clearly(text: str) -> None:
+    try:
+        keys = parse_slots(text)
+    except ValueError as exc:
+        assert "slot" in str(exc)
+    else:
+        assert all(0 <= s < SLOT_COUNT for s in keys.slots)
+
+
+# -- the configuration's move records ---------------------------------------------------------
+
+def _config() -> ConfigMachine:
+    machine = ConfigMachine()
+    machine.apply([(1, cluster.encode_init([1, 2, 3], 3, 3))])
+    return machine
+
+
+def test_a_move_begins_ends_and_finishes_in_the_configuration() -> None:
+    machine = _config()
+    keys = KeySet.of_slots(range(0, 10))
+    [mid] = machine.apply([(2, encode_begin(keys, 1, 2))])
+    config = machine.config
+    assert mid == 1 and config.epoch == 2 and config.moves[1].keys == keys
+    refused = machine.apply([(3, encode_begin(KeySet.of_slots([5]), 1, 3)),
+                             (4, encode_begin(KeySet.of_slots([6000]), 1, 3)),
+                             (5, encode_begin(keys, 1, 1))])
+    assert refused == ["ERR slot 5 is already moving (move 1)",
+                       "ERR slot 6000 is not owned by shard 1",
+                       "ERR a move needs two different shards"]
+    assert machine.apply([(6, encode_step(1, "copy", b"k9", 42))]) == [True]
+    copy = ConfigMachine()
+    copy.restore(machine.snapshot())
+    assert copy.config.moves[1].cursor == b"k9" and copy.config.moves[1].copied == 42
+    assert machine.apply([(7, encode_end(1)), (8, encode_end(1))]) == [True, False]
+    assert config.epoch == 3 and config.moves[1].state == STATE_PURGE
+    assert config.ranges[:2] == [(0, 9, 2), (10, 5460, 1)]
+    assert config.shard_of_slot(3).shard_id == 2
+    assert machine.apply([(9, encode_finish(1))]) == [True]
+    assert not config.moves and config.moves_done == 1
+    assert ranges_of(config.slot_shard) == config.ranges
+
+
+# -- a shard machine's fences -----------------------------------------------------------------
+
+def _shard(directory: Path) -> ShardMachine:
+    def load(pieces: Any, index: int) -> Engine:
+        machine.engine.close()
+        return Engine.load(directory, pieces, index)
+
+    directory.mkdir(exist_ok=True)
+    machine = ShardMachine(Engine.open(directory), commands, load, keys_of=keys_of)
+    return machine
+
+
+def _set(key: bytes, value: bytes) -> bytes:
+    return encode_command(1_000, [b"SET", key, value])
+
+
+def test_writes_after_the_freeze_are_refused_and_a_copy_is_idempotent(tmp_path: Path) -> None:
+    source = _shard(tmp_path / "a")
+    keys = KeySet.of_slots([key_slot(b"moving")])
+    out = source.apply([(1, _set(b"moving", b"1")),
+                        (2, encode_move(KIND_FREEZE, 1_000, 7, keys.to_wire())),
+                        (3, _set(b"moving", b"2")), (4, _set(b"staying", b"x")),
+                        (5, encode_move(KIND_FREEZE, 1_000, 7, keys.to_wire()))])
+    replies = [decode_reply(r) for r in out]
+    assert replies[1] == 1 and replies[4] == 0  # a resumed freeze changes nothing
+    assert isinstance(replies[2], CommandError) and replies[2].message.startswith("TRYAGAIN")
+    assert source.engine.get(b"moving")[0].endswith(b"1")
+    assert source.refusing([b"moving"]) is not None and source.refusing([b"staying"]) is None
+    rows = [list(r) for r in source.store.scan() if r[0] in keys]
+    target = _shard(tmp_path / "b")
+    copy = encode_move(KIND_COPY, 1_000, 7, rows)
+    assert [decode_reply(r) for r in target.apply([(1, copy), (2, copy)])] == [1, 1]
+    assert target.engine.get(b"moving") == source.engine.get(b"moving")
+    purge = encode_move(KIND_PURGE, 1_000, 7, keys.to_wire(), [b"moving", b"staying"])
+    assert decode_reply(source.apply([(6, purge)])[0]) == 1
+    assert source.engine.get(b"moving") is None and source.engine.get(b"staying") is not None
+    assert source.store.count() == 1 and source.engine.get(FENCES_KEY) is not None
+
+
+def test_fences_survive_a_restart_and_a_snapshot_and_lift(tmp_path: Path) -> None:
+    shard = _shard(tmp_path / "a")
+    keys = KeySet.of_slots([key_slot(b"k")])
+    shard.apply([(1, encode_move(KIND_FREEZE, 1_000, 3, keys.to_wire()))])
+    blob = shard.snapshot()()
+    shard.engine.close()
+    again = _shard(tmp_path / "a")
+    assert again.fences.holds(3)
+    other = _shard(tmp_path / "b")
+    other.restore(blob)
+    assert other.fences.holds(3)
+    assert decode_reply(other.apply([(2, encode_move(KIND_LIFT, 1, 9,
+                                                     keys.to_wire()))])[0]) == 1
+    assert not other.fences and other.engine.get(FENCES_KEY) is None
+    assert not isinstance(decode_reply(other.apply([(3, _set(b"k", b"v"))])[0]), CommandError)
+    again.engine.close()
+
+
+def test_the_reserved_record_is_invisible_to_commands(tmp_path: Path) -> None:
+    shard = _shard(tmp_path / "a")
+    shard.apply([(1, encode_move(KIND_FREEZE, 1, 1, KeySet.of_slots([1]).to_wire())),
+                 (2, _set(b"\xff\xff\xff", b"after the record")), (3, _set(b"a", b"1"))])
+    store = shard.store
+    assert store.count() == 2 and store.get(FENCES_KEY) is None
+    assert [r[0] for r in store.scan(limit=2)] == [b"a", b"\xff\xff\xff"]
+    assert store.keys_after(b"", 2) == [b"a", b"\xff\xff\xff"]
+    shard.apply([(4, encode_command(1, [b"FLUSHALL"])),
+                 (5, encode_command(1, [b"SET", FENCES_KEY, b"forged"]))])
+    assert Fences.load(shard.engine).holds(1) and HiddenKV(shard.engine).count() == 0

@@ -11,6 +11,8 @@ are msgpack maps with an "op":
   `replicas` of the nodes round-robin from the i-th, and the i-th even range of the slots)
   at epoch 1; later ones change nothing (every node's first leader proposes one, so the
   first committed wins). Result: True if this entry made the map.
+- "move.*" ops: slot moves (shardstore/moves.py: begin, step, end, finish), their records
+  in `moves`; OP_END changes the slot map and each of begin and end raises the epoch.
 - OP_NAME {id, name}: node `id` is called `name` in CLUSTER NODES/SLOTS/SHARDS;
 - OP_LEADER {shard, node, term}: node `node` became the Raft leader of the shard in
   `term` (a hint a new leader publishes, kept unless an older term comes late), so every
@@ -36,6 +38,8 @@ import msgpack
 
 from core.resp import Verbatim
 from native.crc16 import SLOT_COUNT, key_slot
+from shardstore import moves as moves_ops
+from shardstore.moves import Move
 
 __all__ = [
     "CONFIG_GROUP", "ERR_BAD_ENTRY", "OP_INIT", "OP_LEADER", "OP_NAME", "ClusterConfig",
@@ -73,6 +77,9 @@ class ClusterConfig:
     names: dict[int, str] = field(default_factory=dict)
     leaders: dict[int, tuple[int, int]] = field(default_factory=dict)  # shard: (node, term)
     slot_shard: list[int] = field(default_factory=list)  # derived: slot -> shard id
+    moves: dict[int, Move] = field(default_factory=dict)  # the moves under way, by id
+    next_move: int = 0  # the id of the last move begun
+    moves_done: int = 0
 
     @property
     def initialised(self) -> bool:
@@ -106,7 +113,9 @@ class ClusterConfig:
                 "shards": [[s.shard_id, s.group, s.members] for s in self.shards.values()],
                 "ranges": [list(r) for r in self.ranges],
                 "names": {str(k): v for k, v in self.names.items()},
-                "leaders": {str(k): list(v) for k, v in self.leaders.items()}}
+                "leaders": {str(k): list(v) for k, v in self.leaders.items()},
+                "moves": [m.to_wire() for m in self.moves.values()],
+                "next_move": self.next_move, "moves_done": self.moves_done}
 
     @classmethod
     def from_wire(cls, wire: dict[str, Any]) -> ClusterConfig:
@@ -116,7 +125,12 @@ class ClusterConfig:
                      ranges=[(int(a), int(b), int(c)) for a, b, c in wire["ranges"]],
                      names={int(k): str(v) for k, v in wire["names"].items()},
                      leaders={int(k): (int(v[0]), int(v[1]))
-                              for k, v in wire.get("leaders", {}).items()})
+                              for k, v in wire.get("leaders", {}).items()},
+                     next_move=int(wire.get("next_move", 0)),
+                     moves_done=int(wire.get("moves_done", 0)))
+        for move_wire in wire.get("moves", []):
+            move = Move.from_wire(move_wire)
+            config.moves[move.move_id] = move
         config.rebuild()
         return config
 
@@ -173,6 +187,8 @@ class ConfigMachine:
             if entry["op"] == OP_LEADER:
                 return self._leader(int(entry["shard"]), int(entry["node"]),
                                     int(entry["term"]))
+            if str(entry["op"]).startswith(moves_ops.OP_PREFIX):
+                return moves_ops.apply_move(self.config, entry)
         except (ValueError, KeyError, TypeError, msgpack.UnpackException) as exc:
             return ERR_BAD_ENTRY.format(exc)
         return ERR_BAD_ENTRY.format(entry)

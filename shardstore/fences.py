@@ -8,6 +8,14 @@ requests for those keys here, and they are refused by what this shard's own log 
 never by a clock. A move that brings keys back in lifts the fence for them (after the
 copy, before the slot map names this shard their owner).
 
+A move's entries may come twice (a resumed move) or late (a coordinator that lost the
+configuration group's leadership and has not noticed yet), so the fences also remember
+which moves were ever frozen here (`frozen`: a second freeze of one is a no-op, even once
+lifted) and into which moves' copies were closed by their lift (`closed`: a late copy of
+one is refused, so it can never overwrite a write made after the move ended). A purge
+deletes only keys the move's fence still holds here (a key set moved back in since is
+not touched). Both id sets grow by one small integer per move.
+
 The fences are part of the shard's durable state: they live in the engine under the
 reserved key FENCES_KEY, written in the same atomic batch as the entry that changed them
 (so a restart or a snapshot carries them with the data, with no second file to keep in
@@ -36,8 +44,11 @@ class Fences:
     """The fenced key sets of one shard: (move id, KeySet) pairs (a range fence cut in two
     by a move back in keeps both halves under its id)."""
 
-    def __init__(self, fenced: Iterable[tuple[int, KeySet]] = ()) -> None:
+    def __init__(self, fenced: Iterable[tuple[int, KeySet]] = (),
+                 frozen: Iterable[int] = (), closed: Iterable[int] = ()) -> None:
         self.fenced: list[tuple[int, KeySet]] = list(fenced)
+        self.frozen: set[int] = set(frozen)  # moves ever frozen here
+        self.closed: set[int] = set(closed)  # moves whose copy into here is over
 
     @classmethod
     def load(cls, kv: Any) -> Fences:
@@ -45,31 +56,41 @@ class Fences:
         found = kv.get(FENCES_KEY)
         if found is None:
             return cls()
-        wire = msgpack.unpackb(found[0])
-        return cls((int(mid), KeySet.from_wire(ks)) for mid, ks in wire)
+        fenced, frozen, closed = msgpack.unpackb(found[0])
+        return cls(((int(mid), KeySet.from_wire(ks)) for mid, ks in fenced), frozen, closed)
 
     def record(self) -> tuple[bytes, bytes | None, int]:
         """The engine write that stores these fences (a delete when there are none)."""
-        if not self.fenced:
+        if not (self.fenced or self.frozen or self.closed):
             return (FENCES_KEY, None, 0)
-        wire = [[mid, ks.to_wire()] for mid, ks in self.fenced]
+        wire = [[[mid, ks.to_wire()] for mid, ks in self.fenced], sorted(self.frozen),
+                sorted(self.closed)]
         return (FENCES_KEY, msgpack.packb(wire), 0)
 
     def add(self, move_id: int, keys: KeySet) -> bool:
-        """Fence `keys` for move `move_id`; False if it was fenced already (a resumed move)."""
-        if (move_id, keys) in self.fenced:
+        """Fence `keys` for move `move_id`; False if that move was frozen here before (a
+        resumed or late freeze: nothing changes)."""
+        if move_id in self.frozen:
             return False
+        self.frozen.add(move_id)
         self.fenced.append((move_id, keys))
         return True
 
-    def lift(self, keys: KeySet) -> bool:
-        """Unfence `keys` from every fence; False if none of them was fenced."""
+    def lift(self, move_id: int, keys: KeySet) -> bool:
+        """Close move `move_id`'s copy into this shard and unfence `keys` from every
+        fence; False if the copy was closed before."""
+        if move_id in self.closed:
+            return False
+        self.closed.add(move_id)
         kept: list[tuple[int, KeySet]] = []
         for mid, fenced in self.fenced:
             kept.extend((mid, piece) for piece in fenced.minus(keys))
-        changed = kept != self.fenced
         self.fenced = kept
-        return changed
+        return True
+
+    def holds_key(self, move_id: int, key: bytes) -> bool:
+        """Whether move `move_id`'s fence here still holds `key`."""
+        return any(mid == move_id and key in fenced for mid, fenced in self.fenced)
 
     def holds(self, move_id: int) -> bool:
         return any(mid == move_id for mid, _ in self.fenced)

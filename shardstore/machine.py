@@ -11,10 +11,12 @@ request and applied identically by every replica:
   [KIND_FREEZE, now_ms, [move, keyset]] fences the key set (shardstore/fences.py: from
   this entry on, commands on those keys are refused, TRYAGAIN, with no effect);
   [KIND_COPY, now_ms, [move, [[key, value, expire_at], ...]]] writes copied records as
-  they are (idempotent: a resumed copy writes the same records again);
-  [KIND_LIFT, now_ms, [move, keyset]] lifts fences on the key set (keys moving back in);
-  [KIND_PURGE, now_ms, [move, keyset, [key, ...]]] deletes those keys that are in the set
-  (the moved-out copy).
+  they are (idempotent: a resumed copy writes the same records again; refused once the
+  move's lift was applied here);
+  [KIND_LIFT, now_ms, [move, keyset]] closes the move's copy into this shard and lifts
+  fences on the key set (keys moving back in);
+  [KIND_PURGE, now_ms, [move, keyset, [key, ...]]] deletes those keys the move's fence
+  still holds here (the moved-out copy).
 
 A command's keys (`keys_of(args)`, from the command table) are checked against the fences
 when it is applied, so every replica refuses the same entries.
@@ -68,6 +70,7 @@ _HEADER = struct.Struct(">Q")  # the applied index of the snapshot
 _PIECE = struct.Struct(">I")  # the length of each engine piece
 ERR_BAD_ENTRY = "ERR bad shard entry: {!r}"
 ERR_MERGED_WRITE = "ERR a write must go to one shard"
+ERR_CLOSED = "ERR the copy of move {} into this shard is closed"
 # Reply tags (msgpack lists [tag, payload]); plain bytes, ints, None stay as they are.
 TAG_SIMPLE, TAG_ERROR, TAG_LIST, TAG_SET, TAG_MAP, TAG_VERBATIM, TAG_STR = range(7)
 
@@ -172,6 +175,12 @@ class ShardMachine:
         move = self.fences.refusing(keys)
         return None if move is None else CommandError(ERR_FENCED.format(move))
 
+    def refuse_request(self, args: list[bytes]) -> CommandError | None:
+        """`refusing` for the keys of the request `args` (none without `keys_of`)."""
+        if self.keys_of is None or not self.fences:
+            return None
+        return self.refusing(self.keys_of(args))
+
     def apply(self, entries: Sequence[tuple[int, bytes]]) -> list[Any]:
         """One result per entry; the run's writes reach the engine as one batch (one
         append, one fsync) before the results go back."""
@@ -192,7 +201,7 @@ class ShardMachine:
             return encode_reply(self._expire(kv, index, now_ms, items))
         if kind in _MOVE_KINDS:
             return self._move_entry(kv, index, kind, items)
-        reply = self.refusing(self.keys_of(list(items))) if self.keys_of else None
+        reply = self.refuse_request(list(items))
         try:
             if reply is None:
                 reply = self.commands.execute_write(HiddenKV(kv), now_ms, list(items), index)
@@ -216,17 +225,21 @@ class ShardMachine:
         1/0 whether a fence changed."""
         try:
             move_id, *rest = items
+            move_id = int(move_id)
             if kind == KIND_COPY:
-                rows = [(bytes(k), bytes(v), int(e)) for k, v, e in rest[0]]
+                closed = move_id in self.fences.closed
+                rows = [] if closed else [(bytes(k), bytes(v), int(e)) for k, v, e in rest[0]]
                 HiddenKV(kv).write(rows, applied_index=index)
-                return len(rows)
+                return encode_reply(CommandError(ERR_CLOSED.format(move_id))) if closed \
+                    else len(rows)
             keys = KeySet.from_wire(rest[0])
             if kind == KIND_PURGE:
-                gone = [(bytes(k), None, 0) for k in rest[1] if k in keys]
+                gone = [(bytes(k), None, 0) for k in rest[1]
+                        if self.fences.holds_key(move_id, bytes(k))]
                 HiddenKV(kv).write(gone, applied_index=index)
                 return len(gone)
-            changed = (self.fences.add(int(move_id), keys) if kind == KIND_FREEZE
-                       else self.fences.lift(keys))
+            changed = (self.fences.add(move_id, keys) if kind == KIND_FREEZE
+                       else self.fences.lift(move_id, keys))
         except (ValueError, TypeError, IndexError) as exc:
             kv.write([], applied_index=index)
             return encode_reply(CommandError(ERR_BAD_ENTRY.format(exc)))

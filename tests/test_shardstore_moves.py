@@ -147,6 +147,10 @@ def test_writes_after_the_freeze_are_refused_and_a_copy_is_idempotent(tmp_path: 
     copy = encode_move(KIND_COPY, 1_000, 7, rows)
     assert [decode_reply(r) for r in target.apply([(1, copy), (2, copy)])] == [1, 1]
     assert target.engine.get(b"moving") == source.engine.get(b"moving")
+    lift = encode_move(KIND_LIFT, 1_000, 7, keys.to_wire())
+    late = target.apply([(3, lift), (4, _set(b"moving", b"3")), (5, copy)])
+    assert decode_reply(late[0]) == 1 and "closed" in str(decode_reply(late[2]))
+    assert target.engine.get(b"moving")[0].endswith(b"3")  # the late copy changed nothing
     purge = encode_move(KIND_PURGE, 1_000, 7, keys.to_wire(), [b"moving", b"staying"])
     assert decode_reply(source.apply([(6, purge)])[0]) == 1
     assert source.engine.get(b"moving") is None and source.engine.get(b"staying") is not None
@@ -166,7 +170,9 @@ def test_fences_survive_a_restart_and_a_snapshot_and_lift(tmp_path: Path) -> Non
     assert other.fences.holds(3)
     assert decode_reply(other.apply([(2, encode_move(KIND_LIFT, 1, 9,
                                                      keys.to_wire()))])[0]) == 1
-    assert not other.fences and other.engine.get(FENCES_KEY) is None
+    assert not other.fences.fenced and other.fences.closed == {9}
+    late = encode_move(KIND_FREEZE, 1_000, 3, keys.to_wire())  # move 3 again: a no-op
+    assert decode_reply(other.apply([(5, late)])[0]) == 0 and not other.fences.fenced
     assert not isinstance(decode_reply(other.apply([(3, _set(b"k", b"v"))])[0]), CommandError)
     again.engine.close()
 

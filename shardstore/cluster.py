@@ -39,6 +39,8 @@ import msgpack
 from core.resp import Verbatim
 from native.crc16 import SLOT_COUNT, key_slot
 from shardstore import moves as moves_ops
+from shardstore.catalog import DEFAULT_KEYSPACE, Catalog
+from shardstore.catalog import OP_PREFIX as OP_TABLE_PREFIX
 from shardstore.moves import Move
 
 __all__ = [
@@ -172,6 +174,7 @@ class ConfigMachine:
 
     def __init__(self) -> None:
         self.config = ClusterConfig()
+        self.catalog = Catalog()  # the tables (shardstore/catalog.py)
 
     def apply(self, entries: Sequence[tuple[int, bytes]]) -> list[Any]:
         return [self._apply_one(data) for _, data in entries]
@@ -179,6 +182,8 @@ class ConfigMachine:
     def _apply_one(self, data: bytes) -> Any:
         try:
             entry = msgpack.unpackb(data)
+            if str(entry["op"]).startswith(OP_TABLE_PREFIX):  # the tables' own entries
+                return self.catalog.apply(entry, self.config.shards, (DEFAULT_KEYSPACE,))
             if entry["op"] == OP_INIT:
                 return self._init(entry)
             if entry["op"] == OP_NAME:
@@ -208,10 +213,12 @@ class ConfigMachine:
         return True
 
     def snapshot(self) -> bytes:
-        return msgpack.packb(self.config.to_wire())
+        return msgpack.packb({**self.config.to_wire(), "tables": self.catalog.to_wire()})
 
     def restore(self, blob: bytes) -> None:
-        self.config = ClusterConfig.from_wire(msgpack.unpackb(blob))
+        wire = msgpack.unpackb(blob)
+        self.config = ClusterConfig.from_wire(wire)
+        self.catalog = Catalog.from_wire(wire.get("tables", []))
 
 
 def load_node_name(data_dir: Path, node_id: int) -> str:

@@ -36,6 +36,7 @@ from core.resp_session import Session
 from native.crc16 import SLOT_COUNT, key_slot
 from shardstore import cluster
 from shardstore.cluster import ClusterConfig, ClusterView, Shard
+from shardstore.cmd_tables import TableCommands
 from shardstore.machine import MergedKV, ShardMachine, decode_reply
 from shardstore.writes import LeaderWrites
 
@@ -88,6 +89,7 @@ class ClientCommands:
 
     def __init__(self, node: NodeView) -> None:
         self.node = node
+        self.tables = TableCommands(node)  # type: ignore[arg-type]  # TABLE.*, range rows
 
     def rows(self) -> list[Command]:
         self.layer = self.node.layer
@@ -97,7 +99,7 @@ class ClientCommands:
         if isinstance(table, dict):
             table = table.values()
         bound = [self._bind(row) for row in table if row.name.upper() not in COMMON_NAMES]
-        return [*bound, *self._cluster_rows()]
+        return [*bound, *self._cluster_rows(), *self.tables.rows()]
 
     def _bind(self, row: Command) -> Command:
         handler = self._keyed(row) if row.key_specs else self._keyless(row)
@@ -109,6 +111,10 @@ class ClientCommands:
         write = WRITE_FLAG in row.flags
 
         def handler(session: Session, args: list[bytes]) -> Coroutine[Any, Any, Any]:
+            ranged = self.tables.range_shard(row, args)  # rows of range tables: no slots
+            if ranged is not None:
+                return (self._write(ranged, args) if write
+                        else self._read(ranged, args, _readonly(session)))
             try:
                 slot = request_slot(row, args)
             except CrossSlotError:

@@ -342,7 +342,7 @@ class ShardNode:
     # -- INFO ----------------------------------------------------------------------------------
 
     def info(self) -> dict[str, dict[str, object]]:
-        """The Shardstore and Raft sections of INFO."""
+        """The Shardstore, Raft and Tables (shardstore/cmd_tables.py) sections of INFO."""
         led = self.led_shards()
         section: dict[str, object] = {
             "node_id": self.me, "node_name": self.name, "config_epoch": self.config.epoch,
@@ -355,4 +355,4 @@ class ShardNode:
             stats = dict(getattr(machine.engine, "stats", {}) or {})
             section[f"shard{sid}"] = ",".join(f"{k}={v}" for k, v in sorted(stats.items()))
         raft = {k: v for k, v in self.host.status().items() if isinstance(v, int | str)}
-        return {"Shardstore": section, "Raft": raft}
+        return {"Shardstore": section, "Raft": raft, "Tables": self.commands.tables.stats()}

@@ -1,0 +1,362 @@
+"""Tables: key prefixes bound to a keyspace and a sharding rule, kept in the configuration
+group; sans I/O.
+
+Strategy: a table `orders` owns the keys `orders:<rest>`. Its rule is HASH (its keys are
+slot-addressed like every other key: the catalog only records it) or RANGE on an ordered
+part of the key (shardstore/table_keys.py: a date, or the time inside a Snowflake id).
+A range table's map is its ordered split points s1 < s2 < ... < sn, cutting the positions
+into n + 1 ranges (-inf, s1), [s1, s2), ..., [sn, +inf), each held by one shard (a Raft
+group of the configuration); routing a key is one bisect of its position.
+
+The catalog changes only by configuration entries (msgpack maps whose "op" starts with
+"table."), which `ConfigMachine` (shardstore/cluster.py) hands to `Catalog.apply` with the
+configuration they apply against:
+
+- OP_CREATE {name, keyspace, rule, kind, epoch, splits, shards}: a new table;
+- OP_SPLIT {name, at, shard}: the range holding position `at` is cut there; [at, its end)
+  goes to `shard`. The proposer (shardstore/cmd_tables.py) checked that no key lies there
+  when the shard changes (moving keys waits for resharding's generic move).
+
+Apply results are True, or an error reply's text. The syntax of TABLE.CREATE and
+TABLE.SPLIT is parsed here too (`parse_create`, `parse_split`), into those entries.
+"""
+
+from __future__ import annotations
+
+import bisect
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgpack
+
+from shardstore import table_keys
+from shardstore.table_keys import (
+    KIND_DATE,
+    KINDS,
+    MAX_POSITION,
+    MIN_POSITION,
+    SNOWFLAKE_EPOCH_MS,
+    KeyFormatError,
+)
+
+__all__ = [
+    "DEFAULT_KEYSPACE", "OP_CREATE", "OP_PREFIX", "OP_SPLIT", "RULE_HASH", "RULE_RANGE",
+    "Catalog", "CatalogError", "Table", "encode_create", "encode_split", "parse_create",
+    "parse_split",
+]
+
+OP_PREFIX = "table."
+OP_CREATE = "table.create"
+OP_SPLIT = "table.split"
+RULE_HASH = "HASH"
+RULE_RANGE = "RANGE"
+DEFAULT_KEYSPACE = "default"
+SEPARATOR = b":"
+MAX_TABLES = 1024
+MAX_RANGES = 4096  # ranges of one table
+MAX_NAME_CHARS = 64
+NAME_PATTERN = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+ERR_SYNTAX = "ERR syntax error"
+ERR_NAME = "ERR bad table name {!r} (1..64 of A-Z a-z 0-9 _ . -)"
+ERR_EXISTS = "ERR table {!r} exists"
+ERR_NO_TABLE = "ERR no such table {!r}"
+ERR_TOO_MANY_TABLES = "ERR too many tables (at most 1024)"
+ERR_TOO_MANY_RANGES = "ERR too many ranges (at most 4096 per table)"
+ERR_NO_KEYSPACE = "ERR no such keyspace {!r} (the keyspaces are: {})"
+ERR_NO_MAP = "ERR the cluster has no slot map yet"
+ERR_NO_SHARD = "ERR no such shard {} (the shards are: {})"
+ERR_SPLITS_ORDER = "ERR split points must be strictly increasing"
+ERR_SHARDS_COUNT = "ERR SHARDS needs one shard per range: {} (the split points plus one)"
+ERR_NOT_RANGE = "ERR table {!r} is not a RANGE table"
+ERR_SPLIT_EXISTS = "ERR table {!r} is already split at {}"
+ERR_KEY = "ERR key {!r} of range table {!r}: {}"
+ERR_POINT = "ERR {}"
+ERR_MIXED = "ERR keys of range tables and other keys in one command"
+ERR_SPAN = "ERR the keys of range table rows lie on different shards ({})"
+
+
+class CatalogError(ValueError):
+    """A request the catalog refuses; the message is the error reply's text."""
+
+
+@dataclass
+class Table:
+    """One table. RANGE only: `kind` (DATE or SNOWFLAKE), `epoch_ms` (SNOWFLAKE), `splits`
+    strictly increasing positions and `shards` the shard id of each of the
+    len(splits) + 1 ranges, in order."""
+
+    name: str
+    keyspace: str = DEFAULT_KEYSPACE
+    rule: str = RULE_HASH
+    kind: str = ""
+    epoch_ms: int = SNOWFLAKE_EPOCH_MS
+    splits: list[int] = field(default_factory=list)
+    shards: list[int] = field(default_factory=list)
+
+    @property
+    def prefix(self) -> bytes:
+        return self.name.encode() + SEPARATOR
+
+    @property
+    def ranged(self) -> bool:
+        return self.rule == RULE_RANGE
+
+    def position(self, key: bytes) -> int:
+        """The position of one of this table's keys; CatalogError if it has none."""
+        try:
+            return table_keys.key_position(self.kind, key[len(self.prefix):], self.epoch_ms)
+        except KeyFormatError as exc:
+            shown = key.decode("utf-8", "replace")
+            raise CatalogError(ERR_KEY.format(shown, self.name, exc)) from None
+
+    def shard_at(self, position: int) -> int:
+        """The shard of the range holding `position`."""
+        return self.shards[bisect.bisect_right(self.splits, position)]
+
+    def ranges(self) -> list[tuple[int, int, int]]:
+        """Every range as (low, high, shard), the open ends MIN_POSITION / MAX_POSITION."""
+        edges = [MIN_POSITION, *self.splits, MAX_POSITION]
+        return [(edges[i], edges[i + 1], sid) for i, sid in enumerate(self.shards)]
+
+    def pieces(self, low: int, high: int) -> list[tuple[int, int, int]]:
+        """The ranges [low, high) meets, clipped to it, in order: (low, high, shard)."""
+        return [(max(low, a), min(high, b), sid) for a, b, sid in self.ranges()
+                if max(low, a) < min(high, b)]
+
+    def rule_text(self) -> str:
+        return f"{RULE_RANGE} {self.kind}" if self.ranged else RULE_HASH
+
+    def to_wire(self) -> list[Any]:
+        return [self.name, self.keyspace, self.rule, self.kind, self.epoch_ms,
+                list(self.splits), list(self.shards)]
+
+    @classmethod
+    def from_wire(cls, wire: Sequence[Any]) -> Table:
+        name, keyspace, rule, kind, epoch, splits, shards = wire
+        return cls(str(name), str(keyspace), str(rule), str(kind), int(epoch),
+                   [int(s) for s in splits], [int(s) for s in shards])
+
+
+class Catalog:
+    """The tables by name (see the module header)."""
+
+    def __init__(self) -> None:
+        self.tables: dict[str, Table] = {}
+        self.version = 0  # bumped by every change, so readers can cache
+
+    def table_of(self, key: bytes) -> Table | None:
+        """The table a key belongs to by its prefix, or None."""
+        name, sep, _ = key.partition(SEPARATOR)
+        if not sep:
+            return None
+        return self.tables.get(name.decode("utf-8", "replace"))
+
+    @property
+    def has_ranges(self) -> bool:
+        return any(t.ranged for t in self.tables.values())
+
+    def range_shard(self, keys: Iterable[bytes]) -> int | None:
+        """The one shard the keys of a command go to when they are rows of range tables;
+        None when none is (the slot map decides). CatalogError when some are and some are
+        not, when they lie on several shards, or when a key has no position."""
+        shards: set[int] = set()
+        others = 0
+        for key in keys:
+            table = self.table_of(key)
+            if table is None or not table.ranged:
+                others += 1
+                continue
+            shards.add(table.shard_at(table.position(key)))
+        if not shards:
+            return None
+        if others:
+            raise CatalogError(ERR_MIXED)
+        if len(shards) > 1:
+            raise CatalogError(ERR_SPAN.format(", ".join(str(s) for s in sorted(shards))))
+        return shards.pop()
+
+    # -- entries -------------------------------------------------------------------------------
+
+    def apply(self, entry: dict[str, Any], shard_ids: Iterable[int],
+              keyspaces: Iterable[str]) -> Any:
+        """Apply one "table.*" entry against the configuration's shards and keyspaces;
+        True, or an error reply's text (the catalog is then unchanged)."""
+        try:
+            if entry["op"] == OP_CREATE:
+                self._create(entry, sorted(shard_ids), set(keyspaces))
+            elif entry["op"] == OP_SPLIT:
+                self._split(entry, set(shard_ids))
+            else:
+                return ERR_SYNTAX
+        except CatalogError as exc:
+            return str(exc)
+        self.version += 1
+        return True
+
+    def _create(self, entry: dict[str, Any], shard_ids: list[int], keyspaces: set[str]) -> None:
+        table = Table(str(entry["name"]), str(entry["keyspace"]), str(entry["rule"]),
+                      str(entry.get("kind", "")), int(entry.get("epoch", SNOWFLAKE_EPOCH_MS)),
+                      [int(s) for s in entry.get("splits", [])],
+                      [int(s) for s in entry.get("shards", [])])
+        _check_name(table.name)
+        if table.name in self.tables:
+            raise CatalogError(ERR_EXISTS.format(table.name))
+        if len(self.tables) >= MAX_TABLES:
+            raise CatalogError(ERR_TOO_MANY_TABLES)
+        if table.keyspace not in keyspaces:
+            raise CatalogError(ERR_NO_KEYSPACE.format(table.keyspace,
+                                                      ", ".join(sorted(keyspaces))))
+        if table.ranged:
+            _check_range(table, shard_ids)
+        self.tables[table.name] = table
+
+    def _split(self, entry: dict[str, Any], shard_ids: set[int]) -> None:
+        table = self.range_table(str(entry["name"]))
+        at, shard = int(entry["at"]), int(entry["shard"])
+        if shard not in shard_ids:
+            raise CatalogError(ERR_NO_SHARD.format(shard, _listed(shard_ids)))
+        if at in table.splits:
+            raise CatalogError(ERR_SPLIT_EXISTS.format(table.name,
+                                                       table_keys.point_text(table.kind, at)))
+        if len(table.shards) >= MAX_RANGES:
+            raise CatalogError(ERR_TOO_MANY_RANGES)
+        index = bisect.bisect_right(table.splits, at)
+        table.splits.insert(index, at)
+        table.shards.insert(index + 1, shard)
+
+    def range_table(self, name: str) -> Table:
+        """The RANGE table `name`; CatalogError if there is none."""
+        table = self.tables.get(name)
+        if table is None:
+            raise CatalogError(ERR_NO_TABLE.format(name))
+        if not table.ranged:
+            raise CatalogError(ERR_NOT_RANGE.format(name))
+        return table
+
+    def to_wire(self) -> list[Any]:
+        return [t.to_wire() for _, t in sorted(self.tables.items())]
+
+    @classmethod
+    def from_wire(cls, wire: Sequence[Any]) -> Catalog:
+        catalog = cls()
+        catalog.tables = {str(t[0]): Table.from_wire(t) for t in wire}
+        return catalog
+
+
+def _listed(ids: Iterable[int]) -> str:
+    return ", ".join(str(i) for i in sorted(ids)) or "none"
+
+
+def _check_name(name: str) -> None:
+    if not NAME_PATTERN.fullmatch(name):
+        raise CatalogError(ERR_NAME.format(name))
+
+
+def _check_range(table: Table, shard_ids: list[int]) -> None:
+    if table.kind not in KINDS:
+        raise CatalogError(ERR_SYNTAX)
+    if not shard_ids:
+        raise CatalogError(ERR_NO_MAP)
+    if any(b <= a for a, b in zip(table.splits, table.splits[1:], strict=False)):
+        raise CatalogError(ERR_SPLITS_ORDER)
+    if len(table.splits) + 1 > MAX_RANGES:
+        raise CatalogError(ERR_TOO_MANY_RANGES)
+    if not table.shards:  # round-robin over the shards, in shard id order
+        table.shards = [shard_ids[i % len(shard_ids)] for i in range(len(table.splits) + 1)]
+    if len(table.shards) != len(table.splits) + 1:
+        raise CatalogError(ERR_SHARDS_COUNT.format(len(table.splits) + 1))
+    for sid in table.shards:
+        if sid not in shard_ids:
+            raise CatalogError(ERR_NO_SHARD.format(sid, _listed(shard_ids)))
+
+
+# -- the syntax of TABLE.CREATE and TABLE.SPLIT ---------------------------------------------
+
+def _word(args: Sequence[bytes], i: int) -> str:
+    if i >= len(args):
+        raise CatalogError(ERR_SYNTAX)
+    return args[i].decode("utf-8", "replace")
+
+
+def _int(text: str) -> int:
+    if not re.fullmatch(r"-?[0-9]{1,18}", text):
+        raise CatalogError(ERR_SYNTAX)
+    return int(text)
+
+
+def _point(kind: str, word: bytes) -> int:
+    try:
+        return table_keys.parse_point(kind, word)
+    except KeyFormatError as exc:
+        raise CatalogError(ERR_POINT.format(exc)) from None
+
+
+def parse_create(args: Sequence[bytes]) -> dict[str, Any]:
+    """The entry of `TABLE.CREATE name [KEYSPACE ks] HASH` or `TABLE.CREATE name
+    [KEYSPACE ks] RANGE DATE|SNOWFLAKE [EPOCH ms] [SPLITS point ...] [SHARDS id ...]`
+    (args: every word, the command's first). CatalogError on bad syntax."""
+    name = _word(args, 1)
+    _check_name(name)
+    entry: dict[str, Any] = {"op": OP_CREATE, "name": name, "keyspace": DEFAULT_KEYSPACE}
+    i = 2
+    if _word(args, i).upper() == "KEYSPACE":
+        entry["keyspace"] = _word(args, i + 1)
+        i += 2
+    rule = _word(args, i).upper()
+    if rule == RULE_HASH and len(args) == i + 1:
+        entry["rule"] = RULE_HASH
+        return entry
+    if rule != RULE_RANGE:
+        raise CatalogError(ERR_SYNTAX)
+    kind = _word(args, i + 1).upper()
+    if kind not in KINDS:
+        raise CatalogError(ERR_SYNTAX)
+    entry.update(rule=RULE_RANGE, kind=kind, epoch=SNOWFLAKE_EPOCH_MS, splits=[], shards=[])
+    _range_options(entry, kind, args[i + 2:])
+    return entry
+
+
+def _range_options(entry: dict[str, Any], kind: str, words: Sequence[bytes]) -> None:
+    """EPOCH ms (SNOWFLAKE only), SPLITS point ..., SHARDS id ..., each at most once."""
+    current, i = "", 0
+    seen: set[str] = set()
+    while i < len(words):
+        word = words[i].decode("utf-8", "replace").upper()
+        i += 1
+        if word in ("SPLITS", "SHARDS") and word not in seen:
+            current = word
+        elif word == "EPOCH" and word not in seen and kind != KIND_DATE:
+            entry["epoch"] = _int(_word(words, i))
+            current, i = "", i + 1
+        elif current == "SPLITS":
+            entry["splits"].append(_point(kind, words[i - 1]))
+            continue
+        elif current == "SHARDS":
+            entry["shards"].append(_int(word))
+            continue
+        else:
+            raise CatalogError(ERR_SYNTAX)
+        seen.add(word)
+
+
+def parse_split(args: Sequence[bytes], catalog: Catalog) -> dict[str, Any]:
+    """The entry of `TABLE.SPLIT name point [SHARD id]` against `catalog` (without SHARD:
+    the range's own shard, a pure map change). CatalogError on bad syntax or table."""
+    table = catalog.range_table(_word(args, 1))
+    at = _point(table.kind, args[2] if len(args) > 2 else b"")
+    shard = table.shard_at(at)
+    if len(args) == 5 and _word(args, 3).upper() == "SHARD":
+        shard = _int(_word(args, 4))
+    elif len(args) != 3:
+        raise CatalogError(ERR_SYNTAX)
+    return {"op": OP_SPLIT, "name": table.name, "at": at, "shard": shard}
+
+
+def encode_create(entry: dict[str, Any]) -> bytes:
+    return msgpack.packb(entry)
+
+
+def encode_split(entry: dict[str, Any]) -> bytes:
+    return msgpack.packb(entry)

@@ -1,0 +1,270 @@
+"""The TABLE.* commands of a shardstore node, and the routing decision for rows of range
+tables.
+
+Strategy: the catalog (shardstore/catalog.py) lives in the configuration group, so
+TABLE.CREATE and TABLE.SPLIT parse their words into a "table.*" entry and commit it
+there (any node: core forwards to group 0's leader); TABLE.LIST and TABLE.INFO read this
+node's copy. Rows of range tables are not slot-addressed: `range_shard`, which
+shardstore/handlers.py asks before the slot map, finds the shard of a command's keys by
+the table's range map and returns it when this node hosts it; otherwise the node refuses
+with an error naming the router (never `-MOVED`, which would poison a cluster client's slot
+map). `TABLE.RANGE table from to [COUNT n]` reads the keys with a position in [from, to),
+in key order, from the shards whose ranges meet [from, to) only (all must be hosted here:
+the router, shardstore/router.py, sends each node its part); the shards it touched are
+counted, per table in TABLE.INFO and in the `Tables` section of INFO.
+
+Syntax (points as shardstore/table_keys.py reads them; `-` and `+` are the open ends):
+
+    TABLE.CREATE name [KEYSPACE ks] HASH
+    TABLE.CREATE name [KEYSPACE ks] RANGE DATE|SNOWFLAKE [EPOCH ms] [SPLITS point ...]
+                 [SHARDS id ...]                 (one shard per range; default round-robin)
+    TABLE.SPLIT name point [SHARD id]            (default: the range's own shard)
+    TABLE.LIST                                   -> [[name, keyspace, rule], ...]
+    TABLE.INFO name                              -> a map (see `cmd_info`)
+    TABLE.RANGE name from to [COUNT n]           -> keys
+
+A split that gives [point, end) to another shard while the old shard holds keys there
+would need them moved; until resharding's generic move lands it is refused
+(ERR_SPLIT_MOVES), checked on a node that hosts the old shard after a read barrier.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Coroutine
+from typing import Any, Protocol
+
+from core.command_table import Command, KeysError, get_keys
+from core.raft_service import RaftService
+from core.resp import OK, CommandError
+from core.resp_commands import parse_int
+from core.resp_session import Session
+from shardstore import catalog as catalog_mod
+from shardstore.catalog import Catalog, CatalogError, Table
+from shardstore.cluster import ClusterConfig, ClusterView, ConfigMachine, Shard
+from shardstore.machine import ShardMachine
+from shardstore.table_keys import (
+    KIND_SNOWFLAKE,
+    MAX_POSITION,
+    KeyFormatError,
+    parse_bound,
+    point_text,
+)
+from shardstore.table_scan import merge_keys, range_keys
+
+__all__ = ["ERR_NOT_SERVED", "MAX_RANGE_KEYS", "TableCommands"]
+
+MAX_RANGE_KEYS = 100_000  # keys one TABLE.RANGE answers at most (its COUNT's ceiling)
+INFO_COUNT_MAX = 100_000  # keys TABLE.INFO counts per range at most
+READONLY_ATTR = "shardstore_readonly"  # handlers.py's READONLY mark on a Session
+ERR_NOT_SERVED = ("ERR {} of range table {!r} lies on shard {}, which this node does not "
+                  "serve (its master: {}): use the router or shardstore.client")
+ERR_OPENING = "TRYAGAIN shard {} is opening on this node"
+ERR_NO_SHARD = "CLUSTERDOWN shard {} of range table {!r} is not in the map"
+ERR_SPLIT_MOVES = ("ERR TABLE.SPLIT would move keys of {!r} from shard {} to shard {}: "
+                   "moving keys waits for resharding (split at a point with no keys "
+                   "beyond it, or without SHARD)")
+ERR_NOT_INTEGER = "ERR value is not an integer or out of range"
+ERR_COUNT = "ERR COUNT must be 1..100000"
+ERR_SYNTAX = "ERR syntax error"
+UNKNOWN = "unknown"
+
+
+class TablesNode(Protocol):
+    """What the table commands need of the node (shardstore.server.ShardNode)."""
+
+    me: int
+    service: RaftService
+    machines: dict[int, ShardMachine]
+    config_machine: ConfigMachine
+
+    @property
+    def config(self) -> ClusterConfig: ...
+
+    def now_ms(self) -> int: ...
+
+    def view(self) -> ClusterView: ...
+
+
+class TableCommands:
+    """The TABLE.* rows and `range_shard` (see the module header)."""
+
+    def __init__(self, node: TablesNode) -> None:
+        self.node = node
+        self.reads = 0  # TABLE.RANGE calls answered
+        self.shards_touched = 0  # shards they read, summed
+        self.by_table: dict[str, list[int]] = {}  # name -> [reads, shards touched, last]
+
+    @property
+    def catalog(self) -> Catalog:
+        return self.node.config_machine.catalog
+
+    def rows(self) -> list[Command]:
+        write = frozenset({"write"})
+        read = frozenset({"readonly"})
+        return [
+            Command("TABLE.CREATE", self.cmd_create, -3, write,
+                    summary="Create a table: a key prefix with a HASH or RANGE rule"),
+            Command("TABLE.SPLIT", self.cmd_split, -3, write,
+                    summary="Cut a range table's range at a point"),
+            Command("TABLE.LIST", self.cmd_list, 1, read, summary="The tables"),
+            Command("TABLE.INFO", self.cmd_info, 2, read,
+                    summary="A table's rule, ranges, shards and range-read figures"),
+            Command("TABLE.RANGE", self.cmd_range, -4, read,
+                    summary="Keys of a range table with a position in [from, to)"),
+        ]
+
+    def stats(self) -> dict[str, object]:
+        """The Tables section of INFO."""
+        return {"tables": len(self.catalog.tables), "range_reads": self.reads,
+                "range_shards_touched": self.shards_touched}
+
+    # -- the routing decision ------------------------------------------------------------------
+
+    def range_shard(self, row: Command, args: list[bytes]) -> Shard | None:
+        """The shard of a command whose keys are rows of range tables, hosted here; None
+        when its keys are no such rows (the slot map decides). CommandError: the keys
+        span shards or mix kinds, a key has no position, or the shard is not served here."""
+        catalog = self.catalog
+        if not catalog.has_ranges:
+            return None
+        try:
+            keys = get_keys(row, args)
+        except KeysError:
+            return None  # the slot path answers the arity error
+        try:
+            sid = catalog.range_shard(keys)
+        except CatalogError as exc:
+            raise CommandError(str(exc)) from None
+        if sid is None:
+            return None
+        table = catalog.table_of(keys[0])
+        name = table.name if table else ""
+        return self._hosted(sid, name, f"key {keys[0].decode('utf-8', 'replace')!r}")
+
+    def _hosted(self, sid: int, table: str, what: str) -> Shard:
+        shard = self.node.config.shards.get(sid)
+        if shard is None:
+            raise CommandError(ERR_NO_SHARD.format(sid, table))
+        if sid in self.node.machines:
+            return shard
+        if self.node.me in shard.members:
+            raise CommandError(ERR_OPENING.format(sid))
+        view = self.node.view()
+        members = view.ordered_members(shard)
+        master = view.addresses[members[0]] if members else UNKNOWN
+        raise CommandError(ERR_NOT_SERVED.format(what, table, sid, master))
+
+    # -- commands ------------------------------------------------------------------------------
+
+    def cmd_create(self, session: Session, args: list[bytes]) -> Coroutine[Any, Any, Any]:
+        try:
+            entry = catalog_mod.parse_create(args)
+        except CatalogError as exc:
+            raise CommandError(str(exc)) from None
+        return self._commit(catalog_mod.encode_create(entry))
+
+    async def _commit(self, data: bytes) -> Any:
+        await self.node.service.write(data)
+        return OK
+
+    async def cmd_split(self, session: Session, args: list[bytes]) -> Any:
+        try:
+            entry = catalog_mod.parse_split(args, self.catalog)
+            table = self.catalog.range_table(entry["name"])
+        except CatalogError as exc:
+            raise CommandError(str(exc)) from None
+        old = table.shard_at(entry["at"])
+        if entry["shard"] != old:
+            await self._check_nothing_moves(table, entry["at"], old, entry["shard"])
+        return await self._commit(catalog_mod.encode_split(entry))
+
+    async def _check_nothing_moves(self, table: Table, at: int, old: int, new: int) -> None:
+        _, high, _ = table.pieces(at, MAX_POSITION)[0]  # the rest of the range at `at`
+        shard = self._hosted(old, table.name, "TABLE.SPLIT of a range")
+        await self.node.service.barrier(shard.group)
+        engine = self.node.machines[old].engine
+        if range_keys(engine, table, at, high, 1, self.node.now_ms()):
+            raise CommandError(ERR_SPLIT_MOVES.format(table.name, old, new))
+
+    def cmd_list(self, session: Session, args: list[bytes]) -> Any:
+        """[[name, keyspace, rule], ...] by name; rule HASH, RANGE DATE or RANGE SNOWFLAKE."""
+        return [[t.name.encode(), t.keyspace.encode(), t.rule_text().encode()]
+                for _, t in sorted(self.catalog.tables.items())]
+
+    def cmd_info(self, session: Session, args: list[bytes]) -> Any:
+        """name, keyspace, rule, kind, epoch, ranges ([from, to, shard, [address ...]
+        master first, keys here or -1 when this node does not host the shard]) and the
+        range-read figures of this node: range_reads, range_shards_touched, last."""
+        name = args[1].decode("utf-8", "replace")
+        table = self.catalog.tables.get(name)
+        if table is None:
+            raise CommandError(catalog_mod.ERR_NO_TABLE.format(name))
+        reads, touched, last = self.by_table.get(name, [0, 0, 0])
+        reply: dict[bytes, Any] = {
+            b"name": table.name.encode(), b"keyspace": table.keyspace.encode(),
+            b"rule": table.rule.encode(), b"kind": table.kind.encode(),
+            b"epoch": table.epoch_ms if table.kind == KIND_SNOWFLAKE else 0,
+            b"ranges": self._ranges(table) if table.ranged else [],
+            b"range_reads": reads, b"range_shards_touched": touched,
+            b"last_range_shards": last,
+        }
+        return reply
+
+    def _ranges(self, table: Table) -> list[Any]:
+        view = self.node.view()
+        out: list[Any] = []
+        for low, high, sid in table.ranges():
+            shard = self.node.config.shards.get(sid)
+            members = view.ordered_members(shard) if shard else []
+            machine = self.node.machines.get(sid)
+            keys = -1
+            if machine is not None:
+                keys = len(range_keys(machine.engine, table, low, high, INFO_COUNT_MAX,
+                                      self.node.now_ms()))
+            out.append([point_text(table.kind, low).encode(),
+                        point_text(table.kind, high).encode(), sid,
+                        [view.addresses[m].encode() for m in members], keys])
+        return out
+
+    async def cmd_range(self, session: Session, args: list[bytes]) -> Any:
+        table, low, high, count = self._range_args(args)
+        pieces = table.pieces(low, high)
+        sids = list(dict.fromkeys(sid for _, _, sid in pieces))
+        shards = [self._hosted(sid, table.name, "part of the range") for sid in sids]
+        if not getattr(session, READONLY_ATTR, False):
+            for shard in shards:
+                await self.node.service.barrier(shard.group)
+        now = self.node.now_ms()
+        parts = []
+        for piece_low, piece_high, sid in pieces:
+            machine = self.node.machines.get(sid)
+            if machine is None:
+                raise CommandError(ERR_OPENING.format(sid))
+            parts.append(range_keys(machine.engine, table, piece_low, piece_high, count, now))
+        self._count(table.name, len(sids))
+        return merge_keys(parts, count)
+
+    def _range_args(self, args: list[bytes]) -> tuple[Table, int, int, int]:
+        try:
+            table = self.catalog.range_table(args[1].decode("utf-8", "replace"))
+            low = parse_bound(table.kind, args[2], low=True)
+            high = parse_bound(table.kind, args[3], low=False)
+        except (CatalogError, KeyFormatError) as exc:
+            text = str(exc)
+            raise CommandError(text if text.startswith("ERR") else f"ERR {text}") from None
+        count = MAX_RANGE_KEYS
+        if len(args) == 6 and args[4].upper() == b"COUNT":
+            count = parse_int(args[5], ERR_NOT_INTEGER)
+            if not 1 <= count <= MAX_RANGE_KEYS:
+                raise CommandError(ERR_COUNT)
+        elif len(args) != 4:
+            raise CommandError(ERR_SYNTAX)
+        return table, low, high, count
+
+    def _count(self, name: str, shards: int) -> None:
+        self.reads += 1
+        self.shards_touched += shards
+        figures = self.by_table.setdefault(name, [0, 0, 0])
+        figures[0] += 1
+        figures[1] += shards
+        figures[2] = shards

@@ -1,0 +1,121 @@
+"""Tables on a live shardstore: three nodes in one event loop on 127.0.0.2-4, three shards
+of one replica (each node hosts one shard), driven with redis-py.
+
+A range table's rows go to the shard of their range and are served only by its node,
+which never answers -MOVED for them and names the router instead; TABLE.RANGE of one
+month reads one shard (counted in TABLE.INFO and INFO); TABLE.SPLIT at a new month is a
+map change, and a split that would need keys moved is refused."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import pytest
+import redis
+import redis.asyncio as aredis
+
+from tests.test_shardstore_daemon import LoopCluster, needs_aliases
+
+READY_S = 30.0
+
+
+async def _ready(cluster: LoopCluster) -> None:
+    """Until every node hosts its shard (replicas 1: one each) and knows the map."""
+    deadline = time.monotonic() + READY_S
+    while not all(len(n.machines) == 1 and n.config.initialised for n in cluster.nodes):
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.05)
+
+
+async def _everywhere(cluster: LoopCluster, name: str) -> None:
+    deadline = time.monotonic() + READY_S
+    while not all(name in n.config_machine.catalog.tables for n in cluster.nodes):
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.05)
+
+
+def _client_of(cluster: LoopCluster, shard_id: int) -> aredis.Redis:
+    for index, node in enumerate(cluster.nodes):
+        if shard_id in node.machines:
+            return cluster.client(index)
+    raise AssertionError(f"no node hosts shard {shard_id}")
+
+
+async def _check_tables(cluster: LoopCluster) -> None:
+    await _ready(cluster)
+    any_node = cluster.client(0)
+    assert await any_node.execute_command(
+        "TABLE.CREATE", "orders", "KEYSPACE", "default", "RANGE", "DATE",
+        "SPLITS", "2026-11", "2026-12", "SHARDS", "1", "2", "3") == b"OK"
+    assert await any_node.execute_command("TABLE.CREATE", "users", "HASH") == b"OK"
+    with pytest.raises(redis.ResponseError, match="no such keyspace 'sales'"):
+        await any_node.execute_command("TABLE.CREATE", "t", "KEYSPACE", "sales", "HASH")
+    await _everywhere(cluster, "orders")
+    assert await cluster.client(2).execute_command("TABLE.LIST") == [
+        [b"orders", b"default", b"RANGE DATE"], [b"users", b"default", b"HASH"]]
+    shard1, shard2, shard3 = (_client_of(cluster, s) for s in (1, 2, 3))
+    december = [f"orders:2026-12-{d:02d}:{i}" for d in (1, 9, 31) for i in range(3)]
+    for key in december:
+        assert await shard3.set(key, "x")
+    assert await shard2.set("orders:2026-11-05:1", "y")
+    assert await shard1.set("orders:2026-10-31:1", "z")
+    assert await shard3.get(december[0]) == b"x"
+    with pytest.raises(redis.ResponseError, match="use the router or shardstore.client"):
+        await shard1.get(december[0])
+    with pytest.raises(redis.ResponseError, match="different shards"):
+        await shard3.mget(december[0], "orders:2026-11-05:1")
+    with pytest.raises(redis.ResponseError, match="no date after the prefix"):
+        await shard3.set("orders:someday", "x")
+    assert await shard3.mget(december[0], december[1]) == [b"x", b"x"]
+
+    got = await shard3.execute_command("TABLE.RANGE", "orders", "2026-12", "2027-01")
+    assert got == sorted(k.encode() for k in december)
+    assert await shard3.execute_command("TABLE.RANGE", "orders", "2026-12-09", "+",
+                                        "COUNT", "2") == sorted(k.encode() for k in december)[3:5]
+    info = await shard3.execute_command("TABLE.INFO", "orders")
+    if isinstance(info, list):  # RESP2
+        info = dict(zip(info[::2], info[1::2], strict=True))
+    assert info[b"last_range_shards"] == 1 and info[b"range_reads"] == 2
+    assert [r[:3] for r in info[b"ranges"]] == [[b"-", b"2026-11", 1],
+                                                [b"2026-11", b"2026-12", 2],
+                                                [b"2026-12", b"+", 3]]
+    assert info[b"ranges"][2][4] == len(december)  # counted where the shard is hosted
+    assert info[b"ranges"][0][4] == -1
+    tables_info = await shard3.info("tables")
+    assert tables_info["range_reads"] == 2 and tables_info["range_shards_touched"] == 2
+    with pytest.raises(redis.ResponseError, match="use the router"):
+        await shard3.execute_command("TABLE.RANGE", "orders", "2026-11", "2027-01")
+
+    # A new month opens a new range on another shard: nothing moves.
+    assert await shard3.execute_command("TABLE.SPLIT", "orders", "2027-01", "SHARD",
+                                        "1") == b"OK"
+    with pytest.raises(redis.ResponseError, match="would move keys"):
+        await shard3.execute_command("TABLE.SPLIT", "orders", "2026-12-05", "SHARD", "2")
+    assert await shard3.execute_command("TABLE.SPLIT", "orders", "2026-12-05") == b"OK"
+    await _until_split(cluster)
+    assert await shard1.set("orders:2027-01-02:1", "n")
+    with pytest.raises(redis.ResponseError, match="use the router"):
+        await shard3.set("orders:2027-01-03:1", "n")
+
+
+async def _until_split(cluster: LoopCluster) -> None:
+    deadline = time.monotonic() + READY_S
+    while not all(len(n.config_machine.catalog.tables["orders"].splits) == 4
+                  for n in cluster.nodes):
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.05)
+
+
+@needs_aliases
+def test_range_tables_are_served_by_their_shards_only(tmp_path: Path) -> None:
+    async def main() -> None:
+        cluster = LoopCluster(tmp_path, shards=3, replicas=1)
+        await cluster.start()
+        try:
+            await _check_tables(cluster)
+        finally:
+            await cluster.stop()
+
+    asyncio.run(main())

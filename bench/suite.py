@@ -52,6 +52,7 @@ SUITE: list[Entry] = [
     Entry("kvcache_proxy", "bench.kvcache_proxy_bench"),
     Entry("scheduler", "bench.scheduler_bench"),
     Entry("raft_groups", "bench.raft_groups"),
+    Entry("shardstore", "bench.shardstore_bench"),
 ]
 
 

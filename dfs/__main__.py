@@ -17,6 +17,7 @@ import sys
 
 from core import cluster_options, daemon
 from core.raft.driver import RaftDriver
+from dfs import chunkserver_cli
 from dfs.master import DEFAULT_PURGE_EVERY_S, DEFAULT_TRASH_KEEP_MS
 
 log = logging.getLogger("dfs")
@@ -47,6 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="applied entries between snapshots (log compaction)")
     master.add_argument("--timeout-ms", type=int, default=DEFAULT_TIMEOUT_MS,
                         help="how long a request waits for the cluster before TRYAGAIN")
+    chunkserver_cli.add_master_options(master)
+    chunkserver_cli.add_chunkserver_parser(sub)
     return parser
 
 
@@ -54,6 +57,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     try:
         args = daemon.parse_args(parser, argv)
+        if args.action == "chunkserver":
+            return chunkserver_cli.serve_chunkserver(args)
         return serve_master(args)
     except daemon.ConfigError as exc:
         print(f"dfs: {exc}", file=sys.stderr)
@@ -78,6 +83,7 @@ def serve_master(args: argparse.Namespace) -> int:
     settings = cluster_options.cluster_settings(args, default_port=DEFAULT_PORT,
                                                 default_peer_port=DEFAULT_PEER_PORT)
     _check(args)
+    placement = chunkserver_cli.placement_options(args)
     daemon.setup_logging(args.log_level)
     config = cluster_options.driver_config(settings, snapshot_every=args.snapshot_every)
     host, port = settings.listen
@@ -89,7 +95,7 @@ def serve_master(args: argparse.Namespace) -> int:
         master = Master(factory, daemon.clock_from_args(args), password=args.requirepass,
                         max_clients=args.maxclients, trash_keep_ms=args.trash_keep_ms,
                         purge_every_s=args.purge_every_ms / 1000,
-                        timeout_s=args.timeout_ms / 1000)
+                        timeout_s=args.timeout_ms / 1000, placement=placement)
         try:
             await master.start(host, port)
         except OSError as exc:

@@ -27,6 +27,8 @@ from core.resp import OK, CommandError
 from core.resp_commands import ERR_SYNTAX
 from core.resp_server import Command, Limits
 from dfs import namespace as ns
+from dfs.chunk_commands import ChunkCommands
+from dfs.chunks import ChunkTable, MasterMachine
 from dfs.namespace import Namespace, PathError
 
 __all__ = ["DEFAULT_PURGE_EVERY_S", "DEFAULT_TRASH_KEEP_MS", "ERR_UTF8", "Master", "VERSION"]
@@ -73,15 +75,20 @@ class Master:
                  password: str | None = None, max_clients: int = 10_000,
                  trash_keep_ms: int = DEFAULT_TRASH_KEEP_MS,
                  purge_every_s: float = DEFAULT_PURGE_EVERY_S,
-                 timeout_s: float = 10.0) -> None:
+                 timeout_s: float = 10.0, placement: dict[str, Any] | None = None) -> None:
         self.namespace = Namespace()
         self.clock = clock
         self.trash_keep_ms = trash_keep_ms
         self.purge_every_s = purge_every_s
-        self.service = RaftService("dfs-master", VERSION, self.namespace, driver_factory,
-                                   self.commands(), password=password,
-                                   limits=Limits(max_clients=max_clients),
+        # The chunk table beside the namespace, and its commands (dfs/chunk_commands.py).
+        self.chunk_table = ChunkTable(self.namespace)
+        self.chunks = ChunkCommands(None, self.chunk_table, path_arg, clock, placement=placement)
+        self.service = RaftService("dfs-master", VERSION,
+                                   MasterMachine(self.namespace, self.chunk_table),
+                                   driver_factory, [*self.commands(), *self.chunks.commands()],
+                                   password=password, limits=Limits(max_clients=max_clients),
                                    timeout_s=timeout_s)
+        self.chunks.service = self.service
         self.driver = self.service.driver
         self._purger: asyncio.Task[None] | None = None
 
@@ -94,9 +101,11 @@ class Master:
         """Start the service (Raft and RESP), then the purger."""
         await self.service.start(host, port)
         self._purger = asyncio.create_task(self._purge_loop())
+        self.chunks.start()
 
     async def stop(self) -> None:
         """Stop the purger, then the service (handing leadership over)."""
+        await self.chunks.stop()
         if self._purger is not None:
             self._purger.cancel()
             await asyncio.gather(self._purger, return_exceptions=True)

@@ -1,0 +1,239 @@
+"""The master's chunk commands (FS.ALLOCATE/RENEW/COMPLETE/LOCATE/HEARTBEAT/BADREPLICA/
+REPORT) and the leader's chunk upkeep loop.
+
+Strategy: changes to which chunks make a file go through the Raft log (dfs/chunks.py's
+entries, via the service's `write`); where replicas are, leases and safe mode live only in
+the leader's memory (dfs/chunk_placement.py). So every command that needs them is answered
+by the leader alone: another master answers TRYAGAIN with the leader's client address
+(the service's leader hint), which the clients' failover follows. When a master becomes
+leader (a new term) its live view starts empty, in safe mode, and fills from heartbeats.
+
+The upkeep loop, every `check_every_s` on the leader: servers silent for too long are
+declared dead, under-replicated chunks get copies (handed out in heartbeat replies), and
+every `gc_every_s` the chunk lists of files gone from the namespace are dropped by a
+`chunk.forget` entry (their chunks become orphans the servers are told to delete).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Callable
+from typing import Any
+
+import msgpack
+
+from core.resp import OK, CommandError
+from core.resp_server import Command
+from dfs import chunks as ct
+from dfs.chunk_placement import Placement
+from dfs.chunks import ChunkTable
+from dfs.namespace import PathError
+
+__all__ = ["ChunkCommands", "ERR_BAD_REPORT", "ERR_NOT_LEADER", "ERR_STALE_LEASE"]
+
+log = logging.getLogger("dfs.chunks")
+
+WRITE = frozenset({"write"})
+READ = frozenset({"readonly"})
+DEFAULT_CHECK_EVERY_S = 0.5
+DEFAULT_GC_EVERY_S = 5.0
+ERR_NOT_LEADER = "not the leader (chunk locations live on the leader)"
+ERR_BAD_REPORT = "ERR bad heartbeat report: {}"
+ERR_STALE_LEASE = "ERR chunk {} version {} is not current (a newer lease exists)"
+ERR_INTEGER = "ERR value is not an integer or out of range"
+
+PathArg = Callable[[bytes], str]
+
+
+def int_arg(raw: bytes) -> int:
+    """A non-negative integer argument (CommandError otherwise)."""
+    try:
+        value = int(raw)
+    except ValueError:
+        raise CommandError(ERR_INTEGER) from None
+    if value < 0:
+        raise CommandError(ERR_INTEGER)
+    return value
+
+
+class ChunkCommands:
+    """The chunk commands of one master. `service` is its RaftService, `table` the chunk
+    table its state machine holds, `path_arg` the master's path check, `clock` its clock,
+    `placement` keyword arguments of `Placement` (replication, dead_after_s, ...)."""
+
+    def __init__(self, service: Any, table: ChunkTable, path_arg: PathArg, clock: Any, *,
+                 placement: dict[str, Any] | None = None,
+                 check_every_s: float = DEFAULT_CHECK_EVERY_S,
+                 gc_every_s: float = DEFAULT_GC_EVERY_S) -> None:
+        self.service = service  # (may be set after construction: the service needs commands)
+        self.table = table
+        self.path_arg = path_arg
+        self.clock = clock
+        self.placement = Placement(table, random.Random(), **(placement or {}))
+        self.check_every_s = check_every_s
+        self.gc_every_s = gc_every_s
+        self._term = -1
+        self._task: asyncio.Task[None] | None = None
+
+    # -- life -------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the upkeep loop."""
+        self._task = asyncio.create_task(self._upkeep())
+
+    async def stop(self) -> None:
+        """Stop the upkeep loop."""
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    def _leading(self) -> bool:
+        """True on the leader; a new term resets the live view (see the module header)."""
+        status = self.service.driver.status()
+        if status.get("role") != "leader":
+            self._term = -1
+            return False
+        if status.get("term") != self._term:
+            self._term = status.get("term")
+            self.placement.reset()
+            log.info("leader in term %s: safe mode until the chunk servers report",
+                     self._term)
+        return True
+
+    def _leader_only(self) -> None:
+        if not self._leading():
+            raise self.service.unavailable(self.service.handle(), RuntimeError(ERR_NOT_LEADER))
+
+    async def _upkeep(self) -> None:
+        last_gc = time.monotonic()
+        while True:
+            await asyncio.sleep(self.check_every_s)
+            if not self._leading():
+                continue
+            now = time.monotonic()
+            for sid in self.placement.expire(now):
+                log.warning("chunk server %s is dead: its replicas no longer count", sid)
+            if not self.placement.safe:
+                handed = self.placement.plan(now)
+                if handed:
+                    log.info("re-replication: %d chunk copies handed out", handed)
+            if now - last_gc >= self.gc_every_s:
+                last_gc = now
+                await self._forget_dead()
+
+    async def _forget_dead(self) -> None:
+        dead = ct.dead_inodes(self.table)
+        if not dead:
+            return
+        try:
+            dropped = await self.service.write(ct.encode_forget(self.clock.wall_ms(), dead))
+            log.info("chunks of %d deleted file(s) dropped: %d chunk(s)", len(dead), dropped)
+        except CommandError as exc:
+            log.debug("chunk gc not committed: %s", exc)
+
+    # -- commands ---------------------------------------------------------------------------
+
+    def commands(self) -> list[Command]:
+        return [
+            Command("FS.ALLOCATE", self.cmd_allocate, -3, WRITE,
+                    summary="FS.ALLOCATE path index [avoid-server ...]: a chunk for the "
+                            "file's chunk number `index` (again: a new version): [chunk, "
+                            "version, lease_ms, [servers, primary first]]"),
+            Command("FS.RENEW", self.cmd_renew, 3, WRITE,
+                    summary="FS.RENEW chunk version: extend the writer's lease; lease_ms"),
+            Command("FS.COMPLETE", self.cmd_complete, -2, WRITE,
+                    summary="FS.COMPLETE path [size ...]: close the file, every chunk's "
+                            "size in order; the file's size"),
+            Command("FS.LOCATE", self.cmd_locate, 2, READ,
+                    summary="FS.LOCATE path: [size, complete, [[chunk, version, size, "
+                            "[servers]], ...]]"),
+            Command("FS.HEARTBEAT", self.cmd_heartbeat, 2, WRITE,
+                    summary="FS.HEARTBEAT report: a chunk server's msgpack report; the "
+                            "msgpack reply (chunks to delete and to copy)"),
+            Command("FS.BADREPLICA", self.cmd_bad_replica, 3, WRITE,
+                    summary="FS.BADREPLICA chunk server: a client read damage there"),
+            Command("FS.REPORT", self.cmd_report, 1, READ,
+                    summary="FS.REPORT: safe mode, chunk servers, under-replicated chunks"),
+        ]
+
+    async def cmd_allocate(self, session: Any, args: list[bytes]) -> Any:
+        self._leader_only()
+        if self.placement.safe:
+            raise CommandError(self.placement.safe_mode_text())
+        path, index = self.path_arg(args[1]), int_arg(args[2])
+        chunk, version = await self.service.write(
+            ct.encode_alloc(self.clock.wall_ms(), path, index))
+        try:
+            avoid = [a.decode("utf-8", "replace") for a in args[3:]]
+            servers = self.placement.grant(time.monotonic(), chunk, avoid)
+        except ValueError as exc:
+            raise CommandError(str(exc)) from None
+        return [chunk, version, self.placement.lease_ms, servers]
+
+    async def cmd_renew(self, session: Any, args: list[bytes]) -> Any:
+        self._leader_only()
+        chunk, version = int_arg(args[1]), int_arg(args[2])
+        meta = self.table.chunks.get(chunk)
+        if meta is None or meta.version != version or not self.placement.renew(
+                time.monotonic(), chunk):
+            raise CommandError(ERR_STALE_LEASE.format(chunk, version))
+        return self.placement.lease_ms
+
+    async def cmd_complete(self, session: Any, args: list[bytes]) -> Any:
+        path = self.path_arg(args[1])
+        sizes = [int_arg(a) for a in args[2:]]
+        size = await self.service.write(ct.encode_complete(self.clock.wall_ms(), path, sizes))
+        try:
+            _, entry = self.table.file_of(path)
+            self.placement.release(entry.chunks)
+        except PathError:
+            pass
+        return size
+
+    async def cmd_locate(self, session: Any, args: list[bytes]) -> Any:
+        self._leader_only()
+        path = self.path_arg(args[1])
+        await self.service.barrier()
+        try:
+            node, entry = self.table.file_of(path)
+        except PathError as exc:
+            raise CommandError(str(exc)) from None
+        rows = []
+        for chunk in entry.chunks:
+            meta = self.table.chunks[chunk]
+            where = self.placement.locate(chunk)
+            if not where and self.placement.safe:
+                raise CommandError(self.placement.safe_mode_text())
+            rows.append([chunk, meta.version, meta.size, where])
+        return [self.table.file_size(node.inode), int(entry.complete), rows]
+
+    async def cmd_heartbeat(self, session: Any, args: list[bytes]) -> Any:
+        self._leader_only()
+        try:
+            report = msgpack.unpackb(args[1])
+            reply = self.placement.heartbeat(time.monotonic(), report)
+        except (ValueError, KeyError, TypeError, msgpack.UnpackException) as exc:
+            raise CommandError(ERR_BAD_REPORT.format(exc)) from None
+        return msgpack.packb(reply)
+
+    async def cmd_bad_replica(self, session: Any, args: list[bytes]) -> Any:
+        self._leader_only()
+        chunk, address = int_arg(args[1]), args[2].decode("utf-8", "replace")
+        if self.placement.bad_replica(chunk, address):
+            log.warning("chunk %d: the replica on %s is damaged; re-replicating", chunk,
+                        address)
+        return OK
+
+    async def cmd_report(self, session: Any, args: list[bytes]) -> Any:
+        self._leader_only()
+        now = time.monotonic()
+        placement = self.placement
+        return {"safe_mode": int(placement.safe), "replication": placement.replication,
+                "chunks": len(self.table.chunks),
+                "under_replicated": [[c, n] for c, n in placement.under_replicated()],
+                "servers": [s.row(now) for s in sorted(placement.servers.values(),
+                                                       key=lambda s: s.address)]}
+

@@ -1,0 +1,273 @@
+"""The leader's live view of the chunk servers, sans I/O: where each chunk's replicas are,
+placement of new chunks, leases, safe mode, re-replication and garbage collection.
+
+Strategy: nothing here is in the Raft log. The leader rebuilds it from heartbeats: each
+report lists a server's replicas ([chunk, version, size]); a replica whose chunk the table
+(dfs/chunks.py) no longer has (an orphan) or whose version is older than the table's (a
+stale replica that came back) is put on the server's delete list, which the heartbeat reply
+carries. A server not heard from for `dead_after_s` is dead: its replicas no longer count.
+
+- Placement: `replication` servers (default 3), one per rack while racks last, each rack's
+  and server's least used first (ties broken by the injected random source).
+- Leases: the first server of a new chunk's chain is its primary, with a lease of
+  `lease_ms` that the writer renews (`renew`); a new allocation of the same chunk bumps
+  its version, so an old primary's replica is stale wherever it shows up.
+- Safe mode: a new leader knows no replica. It refuses allocations (ERR_SAFE_MODE, a
+  TRYAGAIN, so clients retry) until `min_servers` servers have reported and at least
+  `safe_ratio` of the complete files' chunks have a replica; then it leaves for its term.
+- Re-replication (`plan`): every chunk of a complete file with fewer live replicas than the
+  target is copied, fewest replicas first: a live holder is told (in its heartbeat reply)
+  to copy it to a server that does not hold it (another rack first). A copy in flight is
+  not asked for again until `copy_timeout_s` passes. A chunk with more replicas than the
+  target loses the extra ones.
+Time enters as `now` (monotonic seconds) arguments.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from dfs.chunks import ChunkTable
+
+__all__ = [
+    "DEFAULT_DEAD_AFTER_S", "DEFAULT_LEASE_MS", "DEFAULT_REPLICATION", "ERR_NO_SERVERS",
+    "ERR_SAFE_MODE", "Placement", "ServerState",
+]
+
+DEFAULT_REPLICATION = 3
+DEFAULT_DEAD_AFTER_S = 10.0
+DEFAULT_LEASE_MS = 60_000  # GFS's lease length
+DEFAULT_SAFE_RATIO = 0.999  # HDFS's dfs.namenode.safemode.threshold-pct
+DEFAULT_COPY_TIMEOUT_S = 30.0
+MAX_COPIES_PER_REPLY = 4  # copies one heartbeat reply hands a server
+
+ERR_SAFE_MODE = ("TRYAGAIN safe mode: {} of {} chunk servers needed have reported, {} of "
+                 "{} chunks have a replica")
+ERR_NO_SERVERS = "ERR no chunk server can take a chunk ({} live, {} needed at least)"
+
+
+@dataclass
+class ServerState:
+    """One chunk server as its heartbeats describe it."""
+
+    server_id: str
+    address: str
+    rack: str
+    free: int = 0
+    used: int = 0
+    last_seen: float = 0.0
+    chunks: dict[int, int] = field(default_factory=dict)  # chunk -> version held
+    deletes: set[int] = field(default_factory=set)
+    copies: list[list[Any]] = field(default_factory=list)
+
+    def row(self, now: float) -> list[Any]:
+        """`dfs admin report`'s row: id, address, rack, chunks, used, free, seconds since
+        its last heartbeat."""
+        return [self.server_id, self.address, self.rack, len(self.chunks), self.used,
+                self.free, round(now - self.last_seen, 1)]
+
+
+class Placement:
+    """The live view (see the module header)."""
+
+    def __init__(self, table: ChunkTable, rng: random.Random, *,
+                 replication: int = DEFAULT_REPLICATION,
+                 dead_after_s: float = DEFAULT_DEAD_AFTER_S,
+                 lease_ms: int = DEFAULT_LEASE_MS, min_servers: int = 1,
+                 safe_ratio: float = DEFAULT_SAFE_RATIO,
+                 copy_timeout_s: float = DEFAULT_COPY_TIMEOUT_S) -> None:
+        self.table = table
+        self.rng = rng
+        self.replication = replication
+        self.dead_after_s = dead_after_s
+        self.lease_ms = lease_ms
+        self.min_servers = min_servers
+        self.safe_ratio = safe_ratio
+        self.copy_timeout_s = copy_timeout_s
+        self.servers: dict[str, ServerState] = {}
+        self.copying: dict[int, float] = {}  # chunk -> when the copy may be asked again
+        self.leases: dict[int, tuple[str, float]] = {}  # chunk -> (primary, expiry)
+        self.safe = True
+
+    def reset(self) -> None:
+        """Forget everything (a new term of leadership): safe mode again."""
+        self.servers.clear()
+        self.copying.clear()
+        self.leases.clear()
+        self.safe = True
+
+    # -- heartbeats -------------------------------------------------------------------------
+
+    def heartbeat(self, now: float, report: dict[str, Any]) -> dict[str, Any]:
+        """Take one server's report; its reply: {"delete": [chunk ids], "copy": [[chunk,
+        version, target address], ...]}."""
+        sid = str(report["id"])
+        server = self.servers.get(sid) or ServerState(sid, str(report["addr"]),
+                                                       str(report["rack"]))
+        self.servers[sid] = server
+        server.address, server.rack = str(report["addr"]), str(report["rack"])
+        server.free, server.used, server.last_seen = int(report["free"]), int(
+            report["used"]), now
+        server.chunks = {}
+        for chunk, version, _size in report["chunks"]:
+            if self._keeps(int(chunk), int(version)):
+                server.chunks[int(chunk)] = int(version)
+            else:
+                server.deletes.add(int(chunk))
+        for chunk in [c for c in self.copying if self._replicas(c) >= self.replication]:
+            del self.copying[chunk]
+        for chunk in report.get("bad", ()):
+            server.chunks.pop(int(chunk), None)
+        self._check_safe()
+        reply = {"delete": sorted(server.deletes), "copy": server.copies}
+        server.deletes, server.copies = set(), []
+        return reply
+
+    def _keeps(self, chunk: int, version: int) -> bool:
+        meta = self.table.chunks.get(chunk)
+        if meta is None:
+            return chunk >= self.table.next_chunk  # unknown to this log: leave it be
+        return version >= meta.version
+
+    def expire(self, now: float) -> list[str]:
+        """Declare the servers not heard from for `dead_after_s` dead; their ids."""
+        dead = [sid for sid, s in self.servers.items() if now - s.last_seen > self.dead_after_s]
+        for sid in dead:
+            del self.servers[sid]
+        return dead
+
+    def bad_replica(self, chunk: int, address: str) -> bool:
+        """A client read damage from the replica of `chunk` at `address`: it no longer
+        counts and its server is told to delete it. False if no such replica is known."""
+        for server in self.servers.values():
+            if server.address == address and chunk in server.chunks:
+                del server.chunks[chunk]
+                server.deletes.add(chunk)
+                return True
+        return False
+
+    # -- reads ------------------------------------------------------------------------------
+
+    def _replicas(self, chunk: int) -> int:
+        meta = self.table.chunks.get(chunk)
+        version = meta.version if meta else 0
+        return sum(1 for s in self.servers.values() if s.chunks.get(chunk) == version)
+
+    def holders(self, chunk: int) -> list[ServerState]:
+        """The live servers holding the current version of `chunk`."""
+        meta = self.table.chunks.get(chunk)
+        if meta is None:
+            return []
+        return [s for s in self.servers.values() if s.chunks.get(chunk) == meta.version]
+
+    def locate(self, chunk: int) -> list[str]:
+        """The addresses of the current replicas of `chunk`, in random order."""
+        found = [s.address for s in self.holders(chunk)]
+        self.rng.shuffle(found)
+        return found
+
+    def under_replicated(self) -> list[tuple[int, int]]:
+        """(chunk, live replicas) of complete files below the target, fewest first."""
+        rows = [(meta.chunk, self._replicas(meta.chunk)) for meta in self.table.sealed_chunks()]
+        return sorted(((c, n) for c, n in rows if n < self.replication), key=lambda r: r[1])
+
+    def _check_safe(self) -> None:
+        if not self.safe:
+            return
+        sealed = [meta.chunk for meta in self.table.sealed_chunks()]
+        found = sum(1 for c in sealed if self._replicas(c))
+        if len(self.servers) >= self.min_servers and found >= self.safe_ratio * len(sealed):
+            self.safe = False
+
+    def safe_mode_text(self) -> str:
+        """ERR_SAFE_MODE with the current figures."""
+        sealed = [meta.chunk for meta in self.table.sealed_chunks()]
+        found = sum(1 for c in sealed if self._replicas(c))
+        return ERR_SAFE_MODE.format(len(self.servers), self.min_servers, found, len(sealed))
+
+    # -- placement and leases ---------------------------------------------------------------
+
+    def choose(self, count: int, exclude: Iterable[str] = ()) -> list[ServerState]:
+        """Up to `count` servers (not in `exclude`), one per rack first (see the header)."""
+        left = [s for s in self.servers.values() if s.server_id not in set(exclude)]
+        self.rng.shuffle(left)
+        left.sort(key=lambda s: (len(s.chunks), s.used))
+        chosen: list[ServerState] = []
+        racks: set[str] = set()
+        for pass_ in (0, 1):
+            for server in left:
+                if len(chosen) == count:
+                    return chosen
+                if server in chosen or (pass_ == 0 and server.rack in racks):
+                    continue
+                chosen.append(server)
+                racks.add(server.rack)
+        return chosen
+
+    def grant(self, now: float, chunk: int, avoid: Iterable[str] = ()) -> list[str]:
+        """Servers for a new (version of a) chunk, the primary first, with its lease; the
+        servers at the `avoid` addresses only when there is no other."""
+        shunned = set(avoid)
+        chosen = self.choose(self.replication, exclude=[
+            s.server_id for s in self.servers.values() if s.address in shunned])
+        if not chosen:  # (fewer replicas than the target are re-replicated once complete)
+            chosen = self.choose(self.replication)
+        if not chosen:
+            raise ValueError(ERR_NO_SERVERS.format(len(self.servers), 1))
+        self.leases[chunk] = (chosen[0].server_id, now + self.lease_ms / 1000)
+        return [s.address for s in chosen]
+
+    def renew(self, now: float, chunk: int) -> bool:
+        """Extend the lease of `chunk`; False when it has none."""
+        lease = self.leases.get(chunk)
+        if lease is None:
+            return False
+        self.leases[chunk] = (lease[0], now + self.lease_ms / 1000)
+        return True
+
+    def release(self, chunks: Iterable[int]) -> None:
+        """The writer is done with these chunks' leases."""
+        for chunk in chunks:
+            self.leases.pop(chunk, None)
+
+    # -- re-replication ---------------------------------------------------------------------
+
+    def plan(self, now: float) -> int:
+        """Hand out copies for under-replicated chunks and deletes for over-replicated ones
+        (see the module header); how many copies were handed out."""
+        handed = 0
+        for chunk, _count in self.under_replicated():
+            if self.copying.get(chunk, 0.0) > now:
+                continue
+            holders = self.holders(chunk)
+            if not holders:
+                continue  # lost everywhere: nothing to copy from
+            source = min(holders, key=lambda s: len(s.copies))
+            if len(source.copies) >= MAX_COPIES_PER_REPLY:
+                continue
+            target = self._copy_target(holders)
+            if target is None:
+                continue
+            source.copies.append([chunk, source.chunks[chunk], target.address])
+            self.copying[chunk] = now + self.copy_timeout_s
+            handed += 1
+        self._trim_extra()
+        return handed
+
+    def _copy_target(self, holders: list[ServerState]) -> ServerState | None:
+        racks = {s.rack for s in holders}
+        others = self.choose(len(self.servers), exclude=[s.server_id for s in holders])
+        for server in others:
+            if server.rack not in racks:
+                return server
+        return others[0] if others else None
+
+    def _trim_extra(self) -> None:
+        for meta in self.table.sealed_chunks():
+            holders = self.holders(meta.chunk)
+            for server in holders[self.replication:]:
+                del server.chunks[meta.chunk]
+                server.deletes.add(meta.chunk)

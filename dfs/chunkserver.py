@@ -1,0 +1,343 @@
+"""The `dfs chunkserver` daemon: chunk replicas on disk (dfs/chunk_store.py) served on the
+data path's framing (dfs/chunk_wire.py), heartbeats to the masters, a scrubber.
+
+Strategy:
+- Writes are pipelined along the chain: a PUT's frames are forwarded to the next server of
+  the chain as they arrive, while this server writes them; at END it fsyncs its replica
+  (in a thread), then waits for the next server's reply, and only then answers ok. So an
+  ok from the first server means every replica of the chain is on disk. Any failure (a
+  bad digest, a next server that cannot be reached or fails) answers an error naming the
+  unreachable servers in "failed", and the part written here is dropped. The first server
+  of the chain (the primary) holds the write's lease: a frame that arrives after the lease
+  ran out (it is renewed by the writer through a "lease_ms" in a DATA header) fails it.
+- Reads check every block's checksum (the store does); on a mismatch the replica is
+  dropped here, the reader gets ERR_CHECKSUM (and fails over), and the next heartbeat
+  reports it as bad so the master re-replicates it from a good copy.
+- Every `heartbeat_s` the server reports its id, address, rack, free and used bytes and
+  every replica ([chunk, version, size]) to the master leader (FS.HEARTBEAT); the reply
+  lists replicas to delete (orphans, stale versions, extra copies) and copies to make (to
+  re-replicate): a copy is a PUT to the target, fed from this server's checked reads.
+- The scrubber rereads every replica at `scrub_rate` bytes per second, pausing
+  `scrub_pause_s` between passes; a damaged replica is dropped and reported bad.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import msgpack
+import xxhash
+
+from core.storage import DataDirLock, atomic_write, read_file
+from dfs import chunk_wire as wire
+from dfs.chunk_net import ReplyError, check_reply, read_frame, write_frame
+from dfs.chunk_store import ChecksumError, ChunkStore, ChunkWriter
+from dfs.client_master import AsyncMasterLink, DfsError
+
+__all__ = ["ChunkServer", "ChunkServerConfig", "COPY_PIECE_BYTES"]
+
+log = logging.getLogger("dfs.chunkserver")
+
+ID_FILE = "server-id"
+COPY_PIECE_BYTES = 4 * 1024 * 1024  # a re-replication copy reads and sends this much at once
+MAX_COPIES = 4  # copies running at once
+NEXT_TIMEOUT_S = 60.0  # the next server of a chain must answer within this
+
+
+@dataclass
+class ChunkServerConfig:
+    """What a chunk server is told: where its data lives, its rack, the masters' client
+    addresses, how often it reports, how fast it scrubs."""
+
+    data_dir: Path
+    rack: str
+    masters: list[str]
+    advertise: str = ""
+    password: str | None = None
+    heartbeat_s: float = 1.0
+    scrub_rate: int = 8 * 1024 * 1024
+    scrub_pause_s: float = 60.0
+
+
+class ChunkServer:
+    """One chunk server: `start(host, port)`, use, `stop()`."""
+
+    def __init__(self, config: ChunkServerConfig) -> None:
+        self.config = config
+        self.lock = DataDirLock.acquire(config.data_dir)
+        self.server_id = _server_id(Path(config.data_dir))
+        self.store = ChunkStore(Path(config.data_dir)).open()
+        self.masters = AsyncMasterLink(config.masters, password=config.password,
+                                       deadline_s=max(1.0, config.heartbeat_s * 3))
+        self.bad: set[int] = set()
+        self.port = 0
+        self._server: asyncio.Server | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._copies: set[asyncio.Task[None]] = set()
+
+    async def start(self, host: str, port: int) -> None:
+        """Listen, then start the heartbeat and the scrubber."""
+        self._server = await asyncio.start_server(self._serve, host, port,
+                                                  limit=2 * wire.MAX_PAYLOAD_BYTES)
+        self.port = self._server.sockets[0].getsockname()[1]
+        if not self.config.advertise:
+            self.config.advertise = f"{host}:{self.port}"
+        self._tasks = [asyncio.create_task(self._heartbeats()),
+                       asyncio.create_task(self._scrubber())]
+
+    async def stop(self) -> None:
+        """Stop listening and the loops; release the data directory."""
+        if self._server is not None:
+            self._server.close()
+        for task in [*self._tasks, *self._copies]:
+            task.cancel()
+        await asyncio.gather(*self._tasks, *self._copies, return_exceptions=True)
+        await self.masters.close()
+        self.lock.release()
+
+    # -- the data path ----------------------------------------------------------------------
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                frame = await read_frame(reader)
+                if frame is None:
+                    break
+                if frame.op == wire.OP_PUT:
+                    await self._put(frame.header, reader, writer)
+                elif frame.op == wire.OP_GET:
+                    await self._get(frame.header, writer)
+                elif frame.op == wire.OP_STAT:
+                    await write_frame(writer, {"ok": True, "chunks": len(self.store.replicas),
+                                               "used": self.store.used(),
+                                               "free": self.store.free()})
+                else:
+                    await write_frame(writer, {"err": wire.ERR_UNKNOWN_OP.format(frame.op)})
+                    break
+        except (ConnectionError, wire.FrameError, OSError) as exc:
+            log.debug("data connection dropped: %s", exc)
+        finally:
+            writer.close()
+
+    async def _get(self, header: dict[str, Any], writer: asyncio.StreamWriter) -> None:
+        chunk, version = int(header["chunk"]), int(header["version"])
+        replica = self.store.get(chunk)
+        if replica is None or replica.version != version:
+            here = self.config.advertise
+            await write_frame(writer, {"err": wire.ERR_NO_CHUNK.format(chunk, version, here)})
+            return
+        length = min(int(header.get("length", wire.MAX_PAYLOAD_BYTES)), wire.MAX_PAYLOAD_BYTES)
+        try:
+            data = await asyncio.to_thread(self.store.read, chunk, int(header["offset"]), length)
+        except ChecksumError as exc:
+            self._damaged(chunk)
+            text = wire.ERR_CHECKSUM.format(chunk, exc.block, self.config.advertise)
+            await write_frame(writer, {"err": text})
+            return
+        except (KeyError, OSError):
+            here = self.config.advertise
+            await write_frame(writer, {"err": wire.ERR_NO_CHUNK.format(chunk, version, here)})
+            return
+        await write_frame(writer, {"ok": True}, data)
+
+    def _damaged(self, chunk: int) -> None:
+        log.error("chunk %d: checksum mismatch, replica dropped and reported", chunk)
+        self.store.delete(chunk)
+        self.bad.add(chunk)
+
+    async def _put(self, header: dict[str, Any], reader: asyncio.StreamReader,
+                   writer: asyncio.StreamWriter) -> None:
+        """One PUT (see the module header): the reply is written here."""
+        chunk, version = int(header["chunk"]), int(header["version"])
+        chain = [str(a) for a in header.get("chain", [])]
+        held = self.store.get(chunk)
+        if held is not None and held.version > version:
+            await write_frame(writer, {"err": wire.ERR_STALE.format(chunk, version,
+                                                                    held.version)})
+            return
+        put = _Put(self, chunk, version, chain, header.get("lease_ms"))
+        reply = await put.run(reader)
+        await write_frame(writer, reply)
+
+    # -- heartbeats and the master's orders -------------------------------------------------
+
+    def report(self) -> dict[str, Any]:
+        """The heartbeat's report (see the module header)."""
+        return {"id": self.server_id, "addr": self.config.advertise, "rack": self.config.rack,
+                "free": self.store.free(), "used": self.store.used(),
+                "chunks": self.store.report(), "bad": sorted(self.bad)}
+
+    async def _heartbeats(self) -> None:
+        while True:
+            try:
+                reply = await self.masters.call("FS.HEARTBEAT", msgpack.packb(self.report()))
+                self.bad.clear()
+                self._obey(msgpack.unpackb(reply))
+            except (DfsError, ValueError, TypeError, msgpack.UnpackException) as exc:
+                log.warning("heartbeat failed: %s", exc)
+            await asyncio.sleep(self.config.heartbeat_s)
+
+    def _obey(self, orders: dict[str, Any]) -> None:
+        for chunk in orders.get("delete", []):
+            if self.store.delete(int(chunk)):
+                log.info("chunk %d deleted (the master's order)", chunk)
+        for chunk, version, target in orders.get("copy", []):
+            if len(self._copies) >= MAX_COPIES:
+                break
+            task = asyncio.create_task(self._copy(int(chunk), int(version), str(target)))
+            self._copies.add(task)
+            task.add_done_callback(self._copies.discard)
+
+    async def _copy(self, chunk: int, version: int, target: str) -> None:
+        """Re-replicate: PUT the replica of `chunk` here to `target`."""
+        replica = self.store.get(chunk)
+        if replica is None or replica.version != version:
+            return
+        host, _, port = target.rpartition(":")
+        try:
+            reader, writer = await asyncio.open_connection(host, int(port))
+        except OSError as exc:
+            log.warning("copy of chunk %d to %s: %s", chunk, target, exc)
+            return
+        try:
+            await self._send_copy(replica.chunk, replica.version, replica.size, writer)
+            check_reply(await asyncio.wait_for(read_frame(reader), NEXT_TIMEOUT_S), target)
+            log.info("chunk %d copied to %s", chunk, target)
+        except ChecksumError:
+            self._damaged(chunk)
+        except (OSError, ReplyError, wire.FrameError, TimeoutError) as exc:
+            log.warning("copy of chunk %d to %s failed: %s", chunk, target, exc)
+        finally:
+            writer.close()
+
+    async def _send_copy(self, chunk: int, version: int, size: int,
+                         writer: asyncio.StreamWriter) -> None:
+        digest = xxhash.xxh3_64()
+        await write_frame(writer, {"op": wire.OP_PUT, "chunk": chunk, "version": version,
+                                   "chain": []})
+        for offset in range(0, size, COPY_PIECE_BYTES):
+            data = await asyncio.to_thread(self.store.read, chunk, offset, COPY_PIECE_BYTES)
+            digest.update(data)
+            await write_frame(writer, {"op": wire.OP_DATA}, data)
+        await write_frame(writer, {"op": wire.OP_END, "size": size,
+                                   "digest": digest.intdigest()})
+
+    # -- the scrubber -----------------------------------------------------------------------
+
+    async def _scrubber(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.scrub_pause_s)
+            for chunk in self.store.iter_chunks():
+                replica = self.store.get(chunk)
+                if replica is None:
+                    continue
+                if not await asyncio.to_thread(self.store.verify, chunk):
+                    self._damaged(chunk)
+                await asyncio.sleep(replica.size / max(1, self.config.scrub_rate))
+
+
+class _Put:
+    """One PUT being received: the local writer, the link to the next server, the lease."""
+
+    def __init__(self, server: ChunkServer, chunk: int, version: int, chain: list[str],
+                 lease_ms: int | None) -> None:
+        self.server = server
+        self.chunk = chunk
+        self.version = version
+        self.chain = chain
+        self.deadline = None if lease_ms is None else time.monotonic() + lease_ms / 1000
+        self.next: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
+        self.failed: list[str] = []
+
+    async def run(self, reader: asyncio.StreamReader) -> dict[str, Any]:
+        """Receive the frames up to END; the reply header."""
+        writer: ChunkWriter = self.server.store.writer(self.chunk, self.version)
+        try:
+            await self._open_next()
+            end = await self._receive(reader, writer)
+            await asyncio.to_thread(writer.finish, int(end["size"]), int(end["digest"]))
+            await self._next_reply()
+        except (ValueError, OSError, ReplyError, wire.FrameError, TimeoutError,
+                KeyError) as exc:
+            writer.abort()
+            failed = [*self.failed, *(exc.failed if isinstance(exc, ReplyError) else [])]
+            return {"err": str(exc) or type(exc).__name__, "failed": failed}
+        finally:
+            if self.next is not None:
+                self.next[1].close()
+        return {"ok": True}
+
+    async def _open_next(self) -> None:
+        if not self.chain:
+            return
+        target = self.chain[0]
+        host, _, port = target.rpartition(":")
+        try:
+            self.next = await asyncio.wait_for(asyncio.open_connection(host, int(port)),
+                                               NEXT_TIMEOUT_S)
+        except (OSError, TimeoutError):
+            self.failed.append(target)
+            raise
+        await write_frame(self.next[1], {"op": wire.OP_PUT, "chunk": self.chunk,
+                                         "version": self.version, "chain": self.chain[1:]})
+
+    async def _receive(self, reader: asyncio.StreamReader, writer: ChunkWriter) -> dict[str, Any]:
+        while True:
+            frame = await read_frame(reader)
+            if frame is None:
+                raise ConnectionError("the writer went away before the end of the chunk")
+            self._check_lease(frame.header)
+            if self.next is not None:
+                await self._forward(frame.header, frame.payload)
+            if frame.op == wire.OP_END:
+                return frame.header
+            if frame.op != wire.OP_DATA:
+                raise wire.FrameError(wire.ERR_UNKNOWN_OP.format(frame.op))
+            writer.write(frame.payload)
+
+    def _check_lease(self, header: dict[str, Any]) -> None:
+        if self.deadline is None:
+            return
+        if time.monotonic() > self.deadline:
+            raise ValueError(wire.ERR_LEASE.format(self.chunk, self.server.config.advertise))
+        if "lease_ms" in header:
+            self.deadline = time.monotonic() + int(header["lease_ms"]) / 1000
+
+    async def _forward(self, header: dict[str, Any], payload: bytes) -> None:
+        assert self.next is not None
+        header = {k: v for k, v in header.items() if k not in ("len", "lease_ms")}
+        try:
+            await write_frame(self.next[1], header, payload)
+        except OSError:
+            self.failed.append(self.chain[0])
+            raise
+
+    async def _next_reply(self) -> None:
+        if self.next is None:
+            return
+        try:
+            frame = await asyncio.wait_for(read_frame(self.next[0]), NEXT_TIMEOUT_S)
+        except (OSError, TimeoutError, wire.FrameError):
+            self.failed.append(self.chain[0])
+            raise
+        if frame is None:
+            self.failed.append(self.chain[0])
+        check_reply(frame, self.chain[0])
+
+
+def _server_id(data_dir: Path) -> str:
+    """This server's id, made once and kept in the data directory."""
+    path = data_dir / ID_FILE
+    raw = read_file(path)
+    if raw:
+        return raw.decode().strip()
+    server_id = uuid.uuid4().hex[:12]
+    atomic_write(path, server_id.encode())
+    return server_id
+

@@ -1,0 +1,250 @@
+"""The client's file objects: `ChunkWriter` and `ChunkReader`, raw binary streams
+(io.RawIOBase) that `DfsClient.open` wraps in io.BufferedWriter / io.BufferedReader.
+
+Writing. The bytes of a file go chunk by chunk: the writer keeps the current chunk's bytes
+(at most `chunk_size`) so that a failed chunk can be sent again; a full chunk (or the last
+one, at close) is allocated by the master (FS.ALLOCATE: chunk id, version, lease, the
+servers with the primary first), then sent to the primary as a PUT whose chain is the other
+servers, in pieces of PIECE_BYTES, with its xxh3_64 digest at the end. The primary's ok
+means every replica has it on disk. On any failure the chunk is allocated again (a new
+version: the half-written replicas become stale) avoiding the servers that failed, up to
+MAX_CHUNK_ATTEMPTS times. `close` then commits the chunk list and sizes (FS.COMPLETE) and
+only then returns. The file is written under a temporary name (`<path>.<token>._COPYING_`,
+as `hdfs dfs -put` does) and renamed over `path` at close, so readers see the old file or
+the whole new one, never part of it.
+
+Reading. FS.LOCATE gives each chunk's version, size and replicas. A read asks one replica
+for at most PIECE_BYTES; on an error (unreachable, no such version, a checksum mismatch:
+the server checks every block) it fails over to the next replica, and a checksum mismatch
+is reported to the master (FS.BADREPLICA) so the bad copy is replaced. When every replica
+failed it locates the file again (the master may know new replicas) and retries, up to
+MAX_LOCATE_ROUNDS times, then raises OSError.
+"""
+
+from __future__ import annotations
+
+import io
+import secrets
+import time
+from typing import Any
+
+import xxhash
+
+from dfs import chunk_wire as wire
+from dfs.chunk_net import ReplyError, SyncLink, check_reply
+from dfs.client_master import DfsError, MasterLink
+
+__all__ = ["COPYING_SUFFIX", "ChunkReader", "ChunkWriter", "PIECE_BYTES", "temp_path"]
+
+PIECE_BYTES = 1024 * 1024  # one DATA frame, one GET
+MAX_CHUNK_ATTEMPTS = 6
+MAX_LOCATE_ROUNDS = 5
+RETRY_PAUSE_S = 0.3
+COPYING_SUFFIX = "._COPYING_"
+ERR_CHUNK_FAILED = "chunk {} of {} could not be written after {} attempts: {}"
+ERR_READ_FAILED = "{}: chunk {} could not be read from any replica: {}"
+ERR_INCOMPLETE = "{} is being written (not closed yet)"
+ERR_CLOSED = "I/O operation on closed file"
+
+
+def temp_path(path: str) -> str:
+    """The name a file is written under before its close renames it to `path`."""
+    return f"{path}.{secrets.token_hex(4)}{COPYING_SUFFIX}"
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+class ChunkWriter(io.RawIOBase):
+    """Writes a new file at `path` (see the module header)."""
+
+    def __init__(self, master: MasterLink, path: str, chunk_size: int, timeout_s: float,
+                 password: str | None = None) -> None:
+        super().__init__()
+        self.master = master
+        self.path = path
+        self.chunk_size = chunk_size
+        self.timeout_s = timeout_s
+        self.temp = temp_path(path)
+        self.sizes: list[int] = []
+        self._pending: list[bytes] = []
+        self._pending_bytes = 0
+        self.master.call("FS.CREATE", self.temp)
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        if self.closed:
+            raise ValueError(ERR_CLOSED)
+        view = memoryview(data).cast("B")
+        taken = len(view)
+        while view:
+            room = self.chunk_size - self._pending_bytes
+            self._pending.append(bytes(view[:room]))
+            self._pending_bytes += min(room, len(view))
+            view = view[room:]
+            if self._pending_bytes == self.chunk_size:
+                self._flush_chunk()
+        return taken
+
+    def _flush_chunk(self) -> None:
+        data = b"".join(self._pending)
+        self._pending, self._pending_bytes = [], 0
+        index = len(self.sizes)
+        avoid: list[str] = []
+        last: BaseException | None = None
+        for _attempt in range(MAX_CHUNK_ATTEMPTS):
+            chunk, version, lease_ms, servers = self.master.call(
+                "FS.ALLOCATE", self.temp, index, *avoid)
+            servers = [_text(s) for s in servers]
+            try:
+                self._send(int(chunk), int(version), int(lease_ms), servers, data)
+                self.sizes.append(len(data))
+                return
+            except (OSError, ReplyError, wire.FrameError) as exc:
+                last = exc
+                failed = exc.failed if isinstance(exc, ReplyError) and exc.failed else []
+                if not failed and not isinstance(exc, ReplyError):
+                    failed = servers[:1]  # the primary itself could not be reached
+                avoid += [f for f in failed if f not in avoid]
+                time.sleep(RETRY_PAUSE_S)
+        raise OSError(ERR_CHUNK_FAILED.format(index, self.path, MAX_CHUNK_ATTEMPTS, last))
+
+    def _send(self, chunk: int, version: int, lease_ms: int, servers: list[str],
+              data: bytes) -> None:
+        link = SyncLink(servers[0], self.timeout_s)
+        try:
+            link.send({"op": wire.OP_PUT, "chunk": chunk, "version": version,
+                       "chain": servers[1:], "lease_ms": lease_ms})
+            granted = time.monotonic()
+            view = memoryview(data)
+            for offset in range(0, len(data), PIECE_BYTES):
+                header: dict[str, Any] = {"op": wire.OP_DATA}
+                if time.monotonic() - granted > lease_ms / 2000:
+                    header["lease_ms"] = int(self.master.call("FS.RENEW", chunk, version))
+                    granted = time.monotonic()
+                link.send(header, view[offset:offset + PIECE_BYTES])
+            link.send({"op": wire.OP_END, "size": len(data),
+                       "digest": xxhash.xxh3_64_intdigest(data)})
+            check_reply(link.receive(), servers[0])
+        finally:
+            link.close()
+
+    def close(self) -> None:
+        """Send what is left, commit the file (FS.COMPLETE), rename it into place; returns
+        once the master committed it (see the module header)."""
+        if self.closed:
+            return
+        try:
+            if self._pending_bytes:
+                self._flush_chunk()
+            self.master.call("FS.COMPLETE", self.temp, *self.sizes)
+            self.master.call("FS.RENAME", self.temp, self.path, "REPLACE")
+        finally:
+            super().close()
+
+
+class ChunkReader(io.RawIOBase):
+    """Reads the file at `path` (see the module header); seekable."""
+
+    def __init__(self, master: MasterLink, path: str, timeout_s: float) -> None:
+        super().__init__()
+        self.master = master
+        self.path = path
+        self.timeout_s = timeout_s
+        self.position = 0
+        self._links: dict[str, SyncLink] = {}
+        self._locate()
+
+    def _locate(self) -> None:
+        size, complete, rows = self.master.call("FS.LOCATE", self.path)
+        if not complete:
+            raise DfsError(ERR_INCOMPLETE.format(self.path))
+        self.size = int(size)
+        self.chunks = [[int(c), int(v), int(n), [_text(a) for a in where]]
+                       for c, v, n, where in rows]
+        self.starts = []
+        at = 0
+        for row in self.chunks:
+            self.starts.append(at)
+            at += row[2]
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self.position
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self.position, io.SEEK_END: self.size}[whence]
+        self.position = max(0, base + offset)
+        return self.position
+
+    def readinto(self, buffer: Any) -> int:
+        if self.closed:
+            raise ValueError(ERR_CLOSED)
+        if self.position >= self.size:
+            return 0
+        index = self._chunk_at(self.position)
+        offset = self.position - self.starts[index]
+        want = min(len(buffer), PIECE_BYTES, self.chunks[index][2] - offset)
+        data = self._fetch(index, offset, want)
+        memoryview(buffer).cast("B")[:len(data)] = data
+        self.position += len(data)
+        return len(data)
+
+    def _chunk_at(self, position: int) -> int:
+        for index in range(len(self.chunks) - 1, -1, -1):
+            if self.starts[index] <= position:
+                return index
+        return 0
+
+    def _fetch(self, index: int, offset: int, length: int) -> bytes:
+        errors: list[str] = []
+        for round_ in range(MAX_LOCATE_ROUNDS):
+            chunk, version, _size, where = self.chunks[index]
+            for address in where:
+                try:
+                    return self._get(address, chunk, version, offset, length)
+                except (OSError, ReplyError, wire.FrameError) as exc:
+                    errors.append(f"{address}: {exc}")
+                    self._drop(address)
+                    if "checksum" in str(exc):
+                        self._report_bad(chunk, address)
+            time.sleep(RETRY_PAUSE_S * (round_ + 1))
+            self._locate()
+        raise OSError(ERR_READ_FAILED.format(self.path, index, "; ".join(errors[-3:])))
+
+    def _get(self, address: str, chunk: int, version: int, offset: int, length: int) -> bytes:
+        link = self._links.get(address)
+        if link is None:
+            link = self._links[address] = SyncLink(address, self.timeout_s)
+        link.send({"op": wire.OP_GET, "chunk": chunk, "version": version, "offset": offset,
+                   "length": length})
+        frame = link.receive()
+        check_reply(frame, address)
+        assert frame is not None
+        if len(frame.payload) != length:
+            raise ConnectionError(f"short read from {address}")
+        return frame.payload
+
+    def _drop(self, address: str) -> None:
+        link = self._links.pop(address, None)
+        if link is not None:
+            link.close()
+
+    def _report_bad(self, chunk: int, address: str) -> None:
+        try:
+            self.master.call("FS.BADREPLICA", chunk, address)
+        except DfsError:
+            pass  # the scrubber and the heartbeat report it too
+
+    def close(self) -> None:
+        for address in list(self._links):
+            self._drop(address)
+        super().close()

@@ -19,6 +19,7 @@ import logging
 import sys
 
 from core import cluster_options, daemon
+from shardstore import router_cli
 from shardstore.server import COMPACTION_MARGIN, SNAPSHOT_EVERY, NodeOptions, ShardNode
 
 log = logging.getLogger("shardstore")
@@ -50,6 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     # Tests make a lagging replica catch up by a snapshot sooner with a small margin.
     serve.add_argument("--compaction-margin", type=int, default=COMPACTION_MARGIN,
                        help=argparse.SUPPRESS)
+    router_cli.add_parser(sub)  # `shardstore router`: shardstore/router_cli.py
     return parser
 
 
@@ -57,6 +59,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     try:
         args = daemon.parse_args(parser, argv)
+        if args.action == "router":
+            return router_cli.run(args)
         return serve(args)
     except daemon.ConfigError as exc:
         print(f"shardstore: {exc}", file=sys.stderr)

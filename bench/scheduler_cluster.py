@@ -175,14 +175,17 @@ class SchedulerCluster:
 
 class WorkerChild:
     """The embedded-handler worker child (bench.scheduler_loads) of a cluster: `start()`,
-    then `finish()` -> its notes (bench.scheduler_loads.Note) and CPU seconds."""
+    then `finish()` -> its notes (bench.scheduler_loads.Note) and CPU seconds; `facts` then
+    holds what else it reported (its slots). `slots` None: the worker's default."""
 
-    def __init__(self, cluster: SchedulerCluster, slots: int) -> None:
+    def __init__(self, cluster: SchedulerCluster, slots: int | None) -> None:
         self.tmp = Path(tempfile.mkdtemp(prefix="bench-sched-worker-"))
         nodes = ",".join(f"{h}:{p}" for h, p in cluster.addresses)
         self.argv = [sys.executable, "-m", "bench.scheduler_loads", "--nodes", nodes,
-                     "--out", str(self.tmp / "notes.json"), "--slots", str(slots)]
+                     "--out", str(self.tmp / "notes.json"),
+                     *(("--slots", str(slots)) if slots is not None else ())]
         self.proc: subprocess.Popen[str] | None = None
+        self.facts: dict[str, Any] = {}
 
     @property
     def pid(self) -> int:
@@ -213,6 +216,7 @@ class WorkerChild:
             raise RuntimeError(f"worker exited with {code}, no notes:\n{self.log()}") from None
         finally:
             shutil.rmtree(self.tmp, ignore_errors=True)
+        self.facts = {k: v for k, v in result.items() if k not in ("notes", "cpu_s")}
         return [tuple(n) for n in result["notes"]], float(result["cpu_s"])  # type: ignore[misc]
 
     def kill(self) -> None:

@@ -1,11 +1,13 @@
 """The scheduler benchmark's worker: one embedded-handler worker in a child process.
 
-    python -m bench.scheduler_loads --nodes H:P,H:P,H:P --out FILE [--slots 64]
+    python -m bench.scheduler_loads --nodes H:P,H:P,H:P --out FILE [--slots N]
 
 Jobs whose command is HANDLER run `record`, which notes (job, scheduled ms, attempt, wall ms
 on entry). On SIGTERM the worker stops (runs in flight finish and report, as the worker's
 own SIGTERM path does), writes the notes and its CPU seconds as JSON to FILE, and exits 0.
-It lives apart from the benchmark's process so the benchmark's polling shares neither its
+Without --slots the worker is built with EmbeddedWorker's defaults (the servers only), as a
+user's would be; the slots it got are in the JSON. It lives apart from the benchmark's
+process so the benchmark's polling shares neither its
 GIL nor its event loop; both read the same wall clock as the daemons (one machine).
 """
 
@@ -23,9 +25,6 @@ from pathlib import Path
 from typing import Any
 
 HANDLER = "bench.record"
-# a second's 1,000 runs due in the same millisecond start together only if the worker has a
-# slot for each (and one claim takes at most scheduler.entries.MAX_CLAIM = 1,024 runs)
-SLOTS = 1024
 READY_LINE = "worker ready"
 
 # (job, scheduled_at_ms, attempt, handler entry in wall ms)
@@ -44,14 +43,17 @@ def embedded_worker_class() -> Any:
     return EmbeddedWorker
 
 
-async def run_worker(nodes: Sequence[tuple[str, int]], slots: int, notes: list[Note],
-                     stop: asyncio.Event) -> None:
+async def run_worker(nodes: Sequence[tuple[str, int]], slots: int | None, notes: list[Note],
+                     stop: asyncio.Event, facts: dict[str, Any]) -> None:
     """The worker part of the benchmark: serve HANDLER runs until `stop` is set, appending a
-    note per run to `notes` (the first thing the handler does, so it is the start time)."""
+    note per run to `notes` (the first thing the handler does, so it is the start time).
+    `slots` None: EmbeddedWorker's default; facts["slots"] says what the worker got."""
     worker_class = embedded_worker_class()
     if worker_class is None:
         raise RuntimeError("scheduler has no EmbeddedWorker")
-    worker = worker_class(list(nodes), tags=(), slots=slots)
+    worker = worker_class(list(nodes)) if slots is None else worker_class(list(nodes),
+                                                                          slots=slots)
+    facts["slots"] = getattr(worker, "concurrency", None)
 
     @worker.handler(HANDLER)
     async def record(run: Any) -> None:
@@ -72,16 +74,18 @@ async def _main(args: argparse.Namespace) -> dict[str, Any]:
     stop = asyncio.Event()
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
     notes: list[Note] = []
+    facts: dict[str, Any] = {}
     print(READY_LINE, flush=True)
-    await run_worker(parse_nodes(args.nodes), args.slots, notes, stop)
-    return {"notes": notes, "cpu_s": time.process_time()}
+    await run_worker(parse_nodes(args.nodes), args.slots, notes, stop, facts)
+    return {"notes": notes, "cpu_s": time.process_time(), **facts}
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.scheduler_loads")
     parser.add_argument("--nodes", required=True, help="H:P,... RESP ports of the nodes")
     parser.add_argument("--out", type=Path, required=True, help="JSON file for the notes")
-    parser.add_argument("--slots", type=int, default=SLOTS)
+    parser.add_argument("--slots", type=int, default=None,
+                        help="the worker's slots (default: EmbeddedWorker's own default)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     result = asyncio.run(_main(args))

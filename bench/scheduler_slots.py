@@ -51,28 +51,55 @@ def _slots_per_job(records: Iterable[Record]) -> dict[str, list[int]]:
     return per_job
 
 
+def expected_slots(records: Iterable[Record], jobs: Sequence[str], begin_ms: float,
+                   end_ms: float, period_ms: int) -> list[Slot]:
+    """Every slot the jobs were scheduled for in [begin_ms, end_ms): each job fires every
+    `period_ms` at its phase (its slots' remainder, taken from any of its records; a job
+    with no record at all is given the window's own phase), so none can hide by not firing."""
+    phase: dict[str, int] = {}
+    for r in records:
+        phase.setdefault(r["job"], int(r["slot_ms"]) % period_ms)
+    out: list[Slot] = []
+    for job in jobs:
+        p = phase.get(job, int(begin_ms) % period_ms)
+        first = int(begin_ms) - int(begin_ms) % period_ms + p
+        if first < begin_ms:
+            first += period_ms
+        out.extend((job, slot) for slot in range(first, int(end_ms), period_ms) if slot < end_ms)
+    return out
+
+
 def lateness(records: list[Record], notes: list[Note], begin_ms: float, end_ms: float,
-             stopped_ms: float, period_ms: int) -> dict[str, Any]:
-    """Fired, claimed and handler-start lateness of the slots in [begin_ms, end_ms). A slot
-    not claimed or not handled when the worker stopped (`stopped_ms`) counts as late by
-    stopped_ms - slot, a lower bound, so a worker that falls behind shows in the p99."""
+             stopped_ms: float, period_ms: int, jobs: Sequence[str]) -> dict[str, Any]:
+    """Fired, claimed and handler-start lateness of every slot the jobs were scheduled for
+    in [begin_ms, end_ms) (`expected_slots`). A slot that never fired, or was not claimed or
+    not handled when the worker stopped (`stopped_ms`), counts as late by stopped_ms - slot,
+    a lower bound: it is a miss in the percentiles, never left out."""
     handled = starts(notes)
-    window = [r for r in records if begin_ms <= r["slot_ms"] < end_ms]
-    fired = [r["fired_ms"] - r["slot_ms"] for r in window]
+    by_slot = {(r["job"], r["slot_ms"]): r for r in records}
+    expected = expected_slots(records, jobs, begin_ms, end_ms, period_ms)
+    fired_slots = [by_slot[s] for s in expected if s in by_slot]
+    never = len(expected) - len(fired_slots)
+    late = [stopped_ms - slot for job, slot in expected if (job, slot) not in by_slot]
+    fired = [r["fired_ms"] - r["slot_ms"] for r in fired_slots] + late
     claimed = [(r["started_ms"] if r["started_ms"] >= 0 else stopped_ms) - r["slot_ms"]
-               for r in window]
-    started = [min(handled.get((r["job"], r["slot_ms"]), [stopped_ms])) - r["slot_ms"]
-               for r in window]
+               for r in fired_slots] + late
+    started = [min(handled.get((job, slot), [stopped_ms])) - slot for job, slot in expected]
+    offered = len(jobs) * 1000 / period_ms
+    unexpected = sum(1 for r in records if begin_ms <= r["slot_ms"] < end_ms) - len(fired_slots)
     missed = sum(gaps(s, period_ms, begin_ms, end_ms) for s in _slots_per_job(records).values())
     return {
-        "slots_in_window": len(window), "fires_per_s": len(window) / ((end_ms - begin_ms) / 1000),
+        "slots_in_window": len(expected), "fired_in_window": len(fired_slots),
+        "offered_per_s": offered,
+        "fires_per_s": offered * len(fired_slots) / len(expected) if expected else 0.0,
+        "never_fired": never, "unexpected_slots": unexpected,
         "fired_ms": percentiles(fired), "claimed_ms": percentiles(claimed),
         "handler_start_ms": percentiles(started),
-        "not_claimed": sum(1 for r in window if r["started_ms"] < 0),
-        "not_handled": sum(1 for r in window if (r["job"], r["slot_ms"]) not in handled),
+        "not_claimed": sum(1 for r in fired_slots if r["started_ms"] < 0) + never,
+        "not_handled": sum(1 for s in expected if s not in handled),
         "handled_twice": sum(1 for v in handled.values() if len(v) > 1),
         "missed_slots": missed,
-        "phases_ms": len({r["slot_ms"] % 1000 for r in window}),
+        "phases_ms": len({r["slot_ms"] % period_ms for r in fired_slots}),
     }
 
 

@@ -42,7 +42,7 @@ ERR_BAD_NAME = "bad benchmark name {!r} in a marker (want {})"
 ERR_TWICE = "benchmark {!r} has two marker pairs"
 MISSING = "_No results yet: `bench/results/{}.json` does not exist (run `make bench`)._"
 HEADER = ("section", "figure", "value", "peer / limit", "ratio", "goal", "met")
-SETTINGS_SKIP = frozenset({"node_args"})  # shown elsewhere or empty
+SETTINGS_SKIP = frozenset({"node_args", "described"})  # shown otherwise
 
 
 class MarkerError(ValueError):
@@ -119,7 +119,10 @@ def _setting(value: Any) -> str:
 def settings_text(settings: dict[str, Any]) -> str:
     """`key=value` pairs of the run's settings, in their recorded order."""
     pairs = [f"{k}={_setting(v)}" for k, v in settings.items() if k not in SETTINGS_SKIP]
-    return " ".join(pairs) or "defaults"
+    text = " ".join(pairs) or "defaults"
+    if "described" in settings:
+        text = f"{settings['described']} ({text})"
+    return text
 
 
 def _load_text(doc: dict[str, Any]) -> str:

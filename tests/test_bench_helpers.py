@@ -1,0 +1,58 @@
+"""The benchmarks' own arithmetic: bench.scheduler_slots (which slots count, how a miss is
+counted) and bench.idgen_loads' check of distinct pipelined replies.
+
+Strategy: pure functions fed made-up run records and notes; hypothesis drives random
+histories so that no slot the jobs were scheduled for can drop out of the figures. No
+process, socket or clock.
+"""
+
+from __future__ import annotations
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from bench.scheduler_slots import expected_slots, lateness
+
+PERIOD = 1000
+
+
+def record(job: str, slot: int, fired: int = 0, started: int = 0) -> dict[str, object]:
+    return {"job": job, "slot_ms": slot, "fired_ms": slot + fired,
+            "started_ms": slot + started if started >= 0 else -1, "state": "succeeded"}
+
+
+def test_expected_slots_follow_each_jobs_phase_inside_the_window() -> None:
+    records = [record("a", 10_250), record("b", 9_000)]
+    slots = expected_slots(records, ["a", "b", "c"], 10_000, 13_000, PERIOD)
+    assert sorted(s for j, s in slots if j == "a") == [10_250, 11_250, 12_250]
+    assert sorted(s for j, s in slots if j == "b") == [10_000, 11_000, 12_000]
+    assert len([s for j, s in slots if j == "c"]) == 3  # no record: still three slots
+
+
+def test_a_slot_that_never_fired_is_a_miss_not_left_out() -> None:
+    records = [record("a", 10_000), record("a", 12_000)]  # 11_000 never fired
+    notes = [("a", 10_000, 1, 10_001.0), ("a", 12_000, 1, 12_002.0)]
+    result = lateness(records, notes, 10_000, 13_000, 15_000, PERIOD, ["a"])
+    assert result["slots_in_window"] == 3 and result["never_fired"] == 1
+    assert result["handler_start_ms"]["n"] == 3
+    assert result["handler_start_ms"]["max"] == 15_000 - 11_000  # late until the stop
+    assert result["fires_per_s"] == 1.0 * 2 / 3 and result["offered_per_s"] == 1.0
+    assert result["not_handled"] == 1
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from("abc"), st.integers(0, 9), st.booleans()),
+                max_size=40))
+def test_every_scheduled_slot_is_in_the_percentiles(runs: list[tuple[str, int, bool]]
+                                                    ) -> None:
+    phase = {"a": 0, "b": 300, "c": 999}
+    records = [record(job, 10_000 + k * PERIOD + phase[job]) for job, k, _ in runs]
+    notes = [(job, 10_000 + k * PERIOD + phase[job], 1, 10_000.0 + k * PERIOD + phase[job] + 1)
+             for job, k, handled in runs if handled]
+    result = lateness(records, notes, 10_000, 20_000, 21_000, PERIOD, ["a", "b", "c"])
+    fired = {(job, k) for job, k, _ in runs}
+    assert result["slots_in_window"] == 30
+    assert result["never_fired"] == 30 - len(fired)
+    assert result["fired_in_window"] == len(fired)
+    assert result["handler_start_ms"]["n"] == result["fired_ms"]["n"] == 30
+    assert result["not_handled"] == 30 - len({(j, k) for j, k, h in runs if h})

@@ -90,6 +90,7 @@ class Placement:
         self.servers: dict[str, ServerState] = {}
         self.copying: dict[int, float] = {}  # chunk -> when the copy may be asked again
         self.leases: dict[int, tuple[str, float]] = {}  # chunk -> (primary, expiry)
+        self.chains: dict[int, list[str]] = {}  # chunk -> its last write's servers
         self.safe = True
 
     def reset(self) -> None:
@@ -97,6 +98,7 @@ class Placement:
         self.servers.clear()
         self.copying.clear()
         self.leases.clear()
+        self.chains.clear()
         self.safe = True
 
     # -- heartbeats -------------------------------------------------------------------------
@@ -218,6 +220,7 @@ class Placement:
         if not chosen:
             raise ValueError(ERR_NO_SERVERS.format(len(self.servers), 1))
         self.leases[chunk] = (chosen[0].server_id, now + self.lease_ms / 1000)
+        self.chains[chunk] = [s.server_id for s in chosen]
         return [s.address for s in chosen]
 
     def renew(self, now: float, chunk: int) -> bool:
@@ -229,9 +232,16 @@ class Placement:
         return True
 
     def release(self, chunks: Iterable[int]) -> None:
-        """The writer is done with these chunks' leases."""
+        """The writer closed the file: every server of each chunk's last chain has it (the
+        writer had their acknowledgement), so they count as replicas before their next
+        report does; the leases end."""
         for chunk in chunks:
             self.leases.pop(chunk, None)
+            meta = self.table.chunks.get(chunk)
+            for sid in self.chains.pop(chunk, []):
+                server = self.servers.get(sid)
+                if meta is not None and server is not None:
+                    server.chunks[chunk] = meta.version
 
     # -- re-replication ---------------------------------------------------------------------
 

@@ -80,6 +80,7 @@ class ChunkServer:
         self._server: asyncio.Server | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._copies: set[asyncio.Task[None]] = set()
+        self._report_now = asyncio.Event()  # a replica arrived: report it at once
 
     async def start(self, host: str, port: int) -> None:
         """Listen, then start the heartbeat and the scrubber."""
@@ -181,7 +182,11 @@ class ChunkServer:
                 self._obey(msgpack.unpackb(reply))
             except (DfsError, ValueError, TypeError, msgpack.UnpackException) as exc:
                 log.warning("heartbeat failed: %s", exc)
-            await asyncio.sleep(self.config.heartbeat_s)
+            try:
+                await asyncio.wait_for(self._report_now.wait(), self.config.heartbeat_s)
+            except TimeoutError:
+                pass
+            self._report_now.clear()
 
     def _obey(self, orders: dict[str, Any]) -> None:
         for chunk in orders.get("delete", []):
@@ -262,6 +267,7 @@ class _Put:
             await self._open_next()
             end = await self._receive(reader, writer)
             await asyncio.to_thread(writer.finish, int(end["size"]), int(end["digest"]))
+            self.server._report_now.set()
             await self._next_reply()
         except (ValueError, OSError, ReplyError, wire.FrameError, TimeoutError,
                 KeyError) as exc:

@@ -1,0 +1,183 @@
+"""dfs end to end with real processes: 3 masters and 4 chunk servers (tests/dfs_cluster.py),
+small chunks (128 KiB) so files span many of them.
+
+- files of several sizes written and read back (hash equal), blocking and asyncio;
+- a chunk server SIGKILLed in the middle of a write storm: every file whose close was
+  acknowledged reads back with the right hash, and replication returns to 3 without help;
+- a byte flipped in a chunk file on disk: the read still returns the right bytes (another
+  replica) and the bad replica is replaced by a good one; another flipped byte in a chunk
+  no client reads is found by the scrubber and repaired the same way;
+- pandas writes a CSV to a dfs:// path and reads it back (fsspec).
+Timeouts only detect hangs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import random
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from dfs.client import AsyncDfsClient, DfsClient
+from tests.dfs_cluster import DfsCluster, eventually
+from tests.test_raft_driver import needs_aliases
+
+CHUNK = 128 * 1024
+SIZES = [0, 1, 65_536, CHUNK - 1, CHUNK, CHUNK + 1, 8 * CHUNK + 7]
+
+pytestmark = needs_aliases
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DfsCluster]:
+    c = DfsCluster(tmp_path_factory.mktemp("dfs"), chunkservers=4, scrub_pause_ms=1000)
+    try:
+        c.start()
+        yield c
+    except BaseException:
+        print(c.logs())
+        raise
+    finally:
+        c.stop()
+
+
+@pytest.fixture
+def fs(cluster: DfsCluster) -> Iterator[DfsClient]:
+    with cluster.client(chunk_size=CHUNK) as client:
+        yield client
+
+
+def digest(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def fully_replicated(fs: DfsClient, paths: list[str], replicas: int = 3) -> bool:
+    """Every chunk of every path has `replicas` replicas and nothing is under-replicated."""
+    if fs.report()["under_replicated"]:
+        return False
+    return all(len(row[3]) == replicas for p in paths for row in fs.locate(p)[2])
+
+
+def test_files_of_several_sizes_read_back(fs: DfsClient) -> None:
+    fs.mkdir("/sizes", parents=True)
+    blobs = {size: os.urandom(size) for size in SIZES}
+    for size, data in blobs.items():
+        with fs.open(f"/sizes/f{size}", "wb") as f:
+            for i in range(0, size, 50_000):  # written in pieces, as a stream
+                f.write(data[i:i + 50_000])
+    for size, data in blobs.items():
+        assert digest(fs.read_bytes(f"/sizes/f{size}")) == digest(data), size
+        assert fs.stat(f"/sizes/f{size}")["size"] == size
+        assert len(fs.locate(f"/sizes/f{size}")[2]) == -(-size // CHUNK)
+    with fs.open(f"/sizes/f{8 * CHUNK + 7}", "rb") as f:  # seek into the middle of a chunk
+        f.seek(3 * CHUNK + 5)
+        assert f.read(10) == blobs[8 * CHUNK + 7][3 * CHUNK + 5:3 * CHUNK + 15]
+    fs.write_bytes("/sizes/f1", b"replaced")  # an overwrite replaces the file at close
+    assert fs.read_bytes("/sizes/f1") == b"replaced"
+    assert sorted(fs.ls("/sizes")) == sorted(f"f{s}" for s in SIZES)
+    eventually(lambda: fully_replicated(fs, [f"/sizes/f{s}" for s in SIZES]),
+               "three replicas of every chunk")
+
+
+def test_the_asyncio_client(cluster: DfsCluster) -> None:
+    async def main() -> bytes:
+        async with AsyncDfsClient(cluster.master_addresses, chunk_size=CHUNK) as fs:
+            await fs.mkdir("/async", parents=True)
+            f = await fs.open("/async/a", "wb")
+            await f.write(b"x" * (CHUNK + 3))
+            await f.close()
+            return await fs.read_bytes("/async/a")
+
+    assert asyncio.run(main()) == b"x" * (CHUNK + 3)
+
+
+def test_a_chunk_server_killed_in_a_write_storm(cluster: DfsCluster, fs: DfsClient) -> None:
+    fs.mkdir("/storm", parents=True)
+    acknowledged: dict[str, str] = {}
+    lock = threading.Lock()
+    started = threading.Event()
+
+    def writer(n: int) -> None:
+        rng = random.Random(n)
+        with cluster.client(chunk_size=CHUNK) as client:
+            for i in range(12):
+                data = rng.randbytes(rng.randrange(1, 3 * CHUNK))
+                path = f"/storm/w{n}-{i}"
+                try:
+                    client.write_bytes(path, data)
+                except OSError:
+                    continue  # not acknowledged: no promise
+                with lock:
+                    acknowledged[path] = digest(data)
+                started.set()
+
+    threads = [threading.Thread(target=writer, args=(n,)) for n in range(4)]
+    for t in threads:
+        t.start()
+    started.wait(60)
+    victim = cluster.chunkservers[1]
+    victim.kill()
+    for t in threads:
+        t.join(120)
+    assert len(acknowledged) > 24  # the storm went on after the kill
+    for path, want in acknowledged.items():
+        assert digest(fs.read_bytes(path)) == want, path
+    eventually(lambda: fully_replicated(fs, sorted(acknowledged)),
+               "replication back to 3 on the three live servers")
+    victim.start()  # back on its data: its replicas are extra or stale, and deleted
+    eventually(lambda: cluster.ready(fs, 4), "the restarted server to report")
+
+
+def _chunk_files(cluster: DfsCluster, chunk: int) -> list[Path]:
+    return [p for i in range(len(cluster.chunkservers))
+            for p in cluster.chunk_dir(i).glob(f"{chunk}_*.data")]
+
+
+def _flip(path: Path, at: int) -> None:
+    raw = bytearray(path.read_bytes())
+    raw[at] ^= 0x5A
+    path.write_bytes(bytes(raw))
+
+
+def _all_copies_good(cluster: DfsCluster, chunk: int, want: bytes) -> bool:
+    files = _chunk_files(cluster, chunk)
+    return len(files) >= 3 and all(p.read_bytes() == want for p in files)
+
+
+def test_a_flipped_byte_is_read_around_and_repaired(cluster: DfsCluster, fs: DfsClient) -> None:
+    fs.mkdir("/flip", parents=True)
+    data = os.urandom(3 * CHUNK)
+    fs.write_bytes("/flip/read", data)
+    fs.write_bytes("/flip/scrub", data)
+    eventually(lambda: fully_replicated(fs, ["/flip/read", "/flip/scrub"]), "3 replicas")
+    read_chunk = fs.locate("/flip/read")[2][1][0]
+    scrub_chunk = fs.locate("/flip/scrub")[2][2][0]
+    for chunk in (read_chunk, scrub_chunk):
+        for path in _chunk_files(cluster, chunk):  # damage every replica but one
+            if path != _chunk_files(cluster, chunk)[-1]:
+                _flip(path, 1000)
+    assert digest(fs.read_bytes("/flip/read")) == digest(data)
+    piece = data[CHUNK:2 * CHUNK]
+    eventually(lambda: _all_copies_good(cluster, read_chunk, piece),
+               "the damaged replicas of the read chunk replaced")
+    eventually(lambda: _all_copies_good(cluster, scrub_chunk, data[2 * CHUNK:]),
+               "the scrubber to find and repair the damaged replicas")
+    assert digest(fs.read_bytes("/flip/scrub")) == digest(data)
+
+
+def test_pandas_writes_and_reads_a_csv(cluster: DfsCluster) -> None:
+    pd = pytest.importorskip("pandas")
+    import dfs.fsspec_fs  # noqa: F401 - registers dfs://
+
+    options = {"masters": ",".join(cluster.master_addresses)}
+    frame = pd.DataFrame({"id": range(1000), "name": [f"n{i}" for i in range(1000)]})
+    frame.to_csv("dfs:///tables/t.csv", index=False, storage_options=options)
+    back = pd.read_csv("dfs:///tables/t.csv", storage_options=options)
+    assert back.equals(frame)
+    host = cluster.master_addresses[0]
+    assert pd.read_csv(f"dfs://{host}/tables/t.csv").equals(frame)  # a master in the URL

@@ -1,0 +1,63 @@
+"""The dfs masters' users, sans I/O: USER.ADD / USER.DEL / USER.GROUPS as namespace entries.
+
+Strategy: the table is core/users.py's `UserTable`, kept inside the namespace's state
+machine, so it is replicated by the masters' Raft log and saved in their snapshots. The
+master that takes USER.ADD draws the salt and hashes the password (`encode_user_add`), so
+the entry carries only the finished credential and every master applies the same bytes.
+Only a superuser may change the table (checked when the entry is applied, like every
+permission). ROOT_USER is not in the table: its password is the masters' configuration
+(`--superuser-password`), the same on every master.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import msgpack
+
+from core.users import Credential, UserError, UserTable, check_user_name
+from dfs.perms import ERR_SUPERUSER_ONLY, NOBODY, ROOT_USER, Caller
+
+__all__ = ["OP_USER_ADD", "OP_USER_DEL", "OP_USER_GROUPS", "USER_OPS", "apply_user_op",
+           "encode_user_add", "encode_user_del", "encode_user_groups"]
+
+OP_USER_ADD = "user.add"
+OP_USER_DEL = "user.del"
+OP_USER_GROUPS = "user.groups"
+USER_OPS = frozenset({OP_USER_ADD, OP_USER_DEL, OP_USER_GROUPS})
+RESERVED = frozenset({ROOT_USER, NOBODY})
+ERR_RESERVED = "ERR user name '{}' is reserved"
+
+
+def encode_user_add(now_ms: int, name: str, credential: Credential, superuser: bool) -> bytes:
+    """Add user `name` with a credential made by core.users.make_credential."""
+    return msgpack.packb([OP_USER_ADD, now_ms, name, credential.to_wire(), superuser])
+
+
+def encode_user_del(now_ms: int, name: str) -> bytes:
+    return msgpack.packb([OP_USER_DEL, now_ms, name])
+
+
+def encode_user_groups(now_ms: int, name: str, groups: list[str]) -> bytes:
+    """Replace the extra groups of `name` (its own group always stays)."""
+    return msgpack.packb([OP_USER_GROUPS, now_ms, name, list(groups)])
+
+
+def apply_user_op(users: UserTable, caller: Caller, op: str, args: list[Any]) -> Any:
+    """Apply one user entry as `caller`; None, or raise UserError with the reply text."""
+    if not caller.superuser:
+        raise UserError(ERR_SUPERUSER_ONLY.format("change users"))
+    handlers: dict[str, Callable[..., None]] = {
+        OP_USER_ADD: lambda name, cred, su: _add(users, name, cred, su),
+        OP_USER_DEL: users.remove,
+        OP_USER_GROUPS: users.set_groups,
+    }
+    handlers[op](*args)
+    return None
+
+
+def _add(users: UserTable, name: str, credential: Any, superuser: bool) -> None:
+    if check_user_name(name) in RESERVED:
+        raise UserError(ERR_RESERVED.format(name))
+    users.add(name, Credential.from_wire(credential), bool(superuser))

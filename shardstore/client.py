@@ -13,6 +13,12 @@ raises `ShardstoreError`. A map found stale (another node answered for a slot) i
 again before the next request. `scan_iter` walks every master in turn with its own cursor
 (a node's SCAN covers the shards it is master of).
 
+Rows of range tables are not slot-addressed (shardstore/client_tables.py): the first time
+a node refuses one with its "use the router or shardstore.client" error, the client loads
+the tables (TABLE.LIST, TABLE.INFO) and from then on sends such rows to the master of their
+range; `range(table, low, high)` reads a range table's keys from the shards that hold
+[low, high) only, merged in key order.
+
 A write whose node vanished mid-request may or may not have been applied; the client sends
 it again to the next node, as every Redis Cluster client does (INCR may then count twice).
 """
@@ -46,6 +52,8 @@ from shardstore.client_core import (
     slot_of,
     usage_error,
 )
+from shardstore.client_tables import MAX_RANGE_KEYS, NOT_HERE, TableRoutes
+from shardstore.table_scan import merge_keys
 
 __all__ = [
     "AsyncShardstoreClient",
@@ -57,6 +65,16 @@ __all__ = [
 
 SCAN_ERRORS = (OSError, ProtocolError)
 ERR_SCAN_NODE = "SCAN on {}:{} failed: {}"
+ERR_NO_RANGE = "no range of a known table holds {!r}"
+
+
+def _range_parts(tables: TableRoutes, name: str, low: Any, high: Any, count: int
+                 ) -> list[tuple[Address, tuple[object, ...]]]:
+    try:
+        return tables.range_parts(name, low, high, count)
+    except ValueError as exc:
+        text = str(exc)
+        raise ShardstoreError(text if text.startswith("ERR") else f"ERR {text}") from None
 
 
 def _same(reply: object) -> object:
@@ -80,13 +98,41 @@ class ShardstoreClient:
         self._settings = Settings(nodes, password, timeout_s, deadline_s, rng)
         self._failover: Failover[RespConnection] = self._settings.failover()
         self.router = SlotRouter(self._failover)
+        self.tables = TableRoutes()
 
     def execute(self, *args: Any) -> Any:
-        """Any command, routed by its key (argument 1) unless it is keyless; the raw reply."""
+        """Any command, routed by its key (argument 1) unless it is keyless; the raw reply.
+        A row of a range table goes to the master of its range."""
+        address = self.tables.address_of(args)
+        if address is not None:
+            return self._on_node(address, args)
         slot = slot_of(args)
         if slot is not None and self.router.wants_refresh():
             self.refresh_slots()
-        return self._call(args, slot)
+        try:
+            return self._call(args, slot)
+        except ShardstoreError as exc:
+            if NOT_HERE not in str(exc):
+                raise
+        self.load_tables()  # a range row: the node named us; learn the ranges
+        address = self.tables.address_of(args)
+        if address is None:
+            raise ShardstoreError(ERR_NO_RANGE.format(args[1]))
+        return self._on_node(address, args)
+
+    def load_tables(self) -> None:
+        """Fetch the tables (TABLE.LIST, TABLE.INFO of each) from any node."""
+        names = self._call(("TABLE.LIST",), None)
+        self.tables.load([self._call(("TABLE.INFO", row[0]), None) for row in names])
+
+    def range(self, table: str, low: Any, high: Any, count: int | None = None) -> list[bytes]:
+        """The keys of range table `table` whose position lies in [low, high) (points as
+        TABLE.RANGE reads them, `-`/`+` the open ends), in key order, at most `count`;
+        read from the shards that hold those ranges only."""
+        self.load_tables()
+        limit = count or MAX_RANGE_KEYS
+        parts = _range_parts(self.tables, table, low, high, limit)
+        return merge_keys([self._on_node(a, args) for a, args in parts], limit)
 
     def refresh_slots(self) -> None:
         """Fetch `CLUSTER SLOTS` from any node and make it the slot map."""
@@ -220,15 +266,48 @@ class AsyncShardstoreClient:
         self._settings = Settings(nodes, password, timeout_s, deadline_s, rng)
         self._failover: Failover[AsyncRespConnection] = self._settings.failover()
         self.router = SlotRouter(self._failover)
+        self.tables = TableRoutes()
         self._lock = asyncio.Lock()
 
     async def execute(self, *args: Any) -> Any:
-        """Any command, routed by its key (argument 1) unless it is keyless; the raw reply."""
+        """Any command, routed by its key (argument 1) unless it is keyless; the raw reply.
+        A row of a range table goes to the master of its range."""
         slot = slot_of(args)
         async with self._lock:
+            address = self.tables.address_of(args)
+            if address is not None:
+                return await self._on_node(address, args)
             if slot is not None and self.router.wants_refresh():
                 await self._refresh()
-            return await self._call(args, slot)
+            try:
+                return await self._call(args, slot)
+            except ShardstoreError as exc:
+                if NOT_HERE not in str(exc):
+                    raise
+            await self._load_tables()  # a range row: the node named us; learn the ranges
+            address = self.tables.address_of(args)
+            if address is None:
+                raise ShardstoreError(ERR_NO_RANGE.format(args[1]))
+            return await self._on_node(address, args)
+
+    async def load_tables(self) -> None:
+        """Fetch the tables (TABLE.LIST, TABLE.INFO of each) from any node."""
+        async with self._lock:
+            await self._load_tables()
+
+    async def _load_tables(self) -> None:
+        names = await self._call(("TABLE.LIST",), None)
+        self.tables.load([await self._call(("TABLE.INFO", row[0]), None) for row in names])
+
+    async def range(self, table: str, low: Any, high: Any, count: int | None = None
+                    ) -> list[bytes]:
+        """ShardstoreClient.range as a coroutine."""
+        limit = count or MAX_RANGE_KEYS
+        async with self._lock:
+            await self._load_tables()
+            parts = _range_parts(self.tables, table, low, high, limit)
+            replies = [await self._on_node(a, args) for a, args in parts]
+        return merge_keys(replies, limit)
 
     async def refresh_slots(self) -> None:
         """Fetch `CLUSTER SLOTS` from any node and make it the slot map."""

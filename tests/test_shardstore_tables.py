@@ -16,6 +16,7 @@ import pytest
 import redis
 import redis.asyncio as aredis
 
+from shardstore.client import AsyncShardstoreClient, ShardstoreClient, ShardstoreError
 from tests.test_shardstore_daemon import LoopCluster, needs_aliases
 
 READY_S = 30.0
@@ -98,6 +99,32 @@ async def _check_tables(cluster: LoopCluster) -> None:
     assert await shard1.set("orders:2027-01-02:1", "n")
     with pytest.raises(redis.ResponseError, match="use the router"):
         await shard3.set("orders:2027-01-03:1", "n")
+    await _check_clients(cluster, december)
+
+
+async def _check_clients(cluster: LoopCluster, december: list[str]) -> None:
+    """shardstore.client, seeded with one node, sends range rows to their shards."""
+    seeds = [cluster.nodes[0].settings.advertise]
+    expected = sorted(k.encode() for k in december)
+    async with AsyncShardstoreClient(seeds) as client:
+        assert await client.set("orders:2026-12-20:9", "a")
+        assert await client.get("orders:2026-11-05:1") == b"y"
+        assert await client.get("orders:2026-12-20:9") == b"a"
+        assert await client.range("orders", "2026-12", "2027-01") == sorted(
+            [*expected, b"orders:2026-12-20:9"])
+        assert await client.range("orders", "-", "2026-12", count=1) == [
+            b"orders:2026-10-31:1"]
+
+    def blocking() -> None:
+        with ShardstoreClient(seeds) as sync:
+            assert sync.get("orders:2026-12-20:9") == b"a"
+            assert sync.set("orders:2027-01-02:2", "b")
+            assert sync.range("orders", "2027-01", "+") == [b"orders:2027-01-02:1",
+                                                            b"orders:2027-01-02:2"]
+            with pytest.raises(ShardstoreError, match="no such table"):
+                sync.range("nope", "-", "+")
+
+    await asyncio.to_thread(blocking)
 
 
 async def _until_split(cluster: LoopCluster) -> None:

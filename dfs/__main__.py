@@ -3,6 +3,7 @@ cluster options (core/cluster_options.py) and its own:
 
     dfs master --id N --listen H:P --peer-listen H:P --peers ID=H:P,... --data-dir D
                [--trash-keep-ms MS] [--purge-every-ms MS] [--snapshot-every N]
+               [--superuser-password P]
 
 Exit status: 0 after SIGTERM or SIGINT, 1 when it could not start or its Raft driver
 failed, 2 on bad usage.
@@ -13,11 +14,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import sys
 
 from core import cluster_options, daemon
 from core.raft.driver import RaftDriver
-from dfs import chunkserver_cli
+from dfs import chunkserver_cli, cli
 from dfs.master import DEFAULT_PURGE_EVERY_S, DEFAULT_TRASH_KEEP_MS
 
 log = logging.getLogger("dfs")
@@ -26,6 +28,7 @@ DEFAULT_PORT = 7480
 DEFAULT_PEER_PORT = 7481
 DEFAULT_SNAPSHOT_EVERY = 100_000  # as the scheduler: etcd's default
 DEFAULT_TIMEOUT_MS = 10_000
+SUPERUSER_ENV = "DFS_SUPERUSER_PASSWORD"
 ERR_TRASH_KEEP = "--trash-keep-ms must be >= 0"
 ERR_PURGE_EVERY = "--purge-every-ms must be >= 1"
 ERR_SNAPSHOT_EVERY = "--snapshot-every must be >= 1"
@@ -48,8 +51,13 @@ def build_parser() -> argparse.ArgumentParser:
                         help="applied entries between snapshots (log compaction)")
     master.add_argument("--timeout-ms", type=int, default=DEFAULT_TIMEOUT_MS,
                         help="how long a request waits for the cluster before TRYAGAIN")
+    master.add_argument("--superuser-password", default=os.environ.get(SUPERUSER_ENV),
+                        help="the password of the superuser 'root' (AUTH root PASSWORD); "
+                             "with it, a connection that does not AUTH is the unprivileged "
+                             f"'nobody', without it the superuser (default: ${SUPERUSER_ENV})")
     chunkserver_cli.add_master_options(master)
     chunkserver_cli.add_chunkserver_parser(sub)
+    cli.add_client_parsers(sub)
     return parser
 
 
@@ -57,6 +65,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     try:
         args = daemon.parse_args(parser, argv)
+        if args.action in cli.ACTIONS:
+            return cli.run(args)
         if args.action == "chunkserver":
             return chunkserver_cli.serve_chunkserver(args)
         return serve_master(args)
@@ -95,7 +105,8 @@ def serve_master(args: argparse.Namespace) -> int:
         master = Master(factory, daemon.clock_from_args(args), password=args.requirepass,
                         max_clients=args.maxclients, trash_keep_ms=args.trash_keep_ms,
                         purge_every_s=args.purge_every_ms / 1000,
-                        timeout_s=args.timeout_ms / 1000, placement=placement)
+                        timeout_s=args.timeout_ms / 1000, placement=placement,
+                        superuser_password=args.superuser_password)
         try:
             await master.start(host, port)
         except OSError as exc:

@@ -7,7 +7,8 @@ small chunks (128 KiB) so files span many of them.
 - a byte flipped in a chunk file on disk: the read still returns the right bytes (another
   replica) and the bad replica is replaced by a good one; another flipped byte in a chunk
   no client reads is found by the scrubber and repaired the same way;
-- pandas writes a CSV to a dfs:// path and reads it back (fsspec).
+- pandas writes a CSV to a dfs:// path and reads it back (fsspec);
+- the command line: put/get with progress bars, cat, ls, du, mv, stat, rm, admin report.
 Timeouts only detect hangs.
 """
 
@@ -17,6 +18,8 @@ import asyncio
 import hashlib
 import os
 import random
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,6 +28,7 @@ import pytest
 
 from dfs.client import AsyncDfsClient, DfsClient
 from tests.dfs_cluster import DfsCluster, eventually
+from tests.procs import ROOT
 from tests.test_raft_driver import needs_aliases
 
 CHUNK = 128 * 1024
@@ -181,3 +185,40 @@ def test_pandas_writes_and_reads_a_csv(cluster: DfsCluster) -> None:
     assert back.equals(frame)
     host = cluster.master_addresses[0]
     assert pd.read_csv(f"dfs://{host}/tables/t.csv").equals(frame)  # a master in the URL
+
+
+def dfs_cli(cluster: DfsCluster, *words: str, stdin: bytes | None = None
+            ) -> subprocess.CompletedProcess[bytes]:
+    """`python -m dfs WORDS --masters ...`, as a user runs it."""
+    return subprocess.run([sys.executable, "-m", "dfs", *words, "--masters",
+                           ",".join(cluster.master_addresses), "--chunk-size", str(CHUNK)],
+                          input=stdin, capture_output=True, timeout=120, cwd=ROOT,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+
+
+def test_the_command_line(cluster: DfsCluster, tmp_path: Path) -> None:
+    local = tmp_path / "big.bin"
+    data = os.urandom(5 * CHUNK + 11)
+    local.write_bytes(data)
+    assert dfs_cli(cluster, "mkdir", "-p", "/cli/in").returncode == 0
+    put = dfs_cli(cluster, "put", str(local), "/cli/in/")
+    assert put.returncode == 0, put.stderr
+    assert b"100%" in put.stderr and b"put /cli/in/big.bin [" in put.stderr  # the bar
+    got = dfs_cli(cluster, "get", "/cli/in/big.bin", str(tmp_path / "back.bin"))
+    assert got.returncode == 0 and b"100%" in got.stderr, got.stderr
+    assert (tmp_path / "back.bin").read_bytes() == data
+    assert dfs_cli(cluster, "put", "-", "/cli/small", stdin=b"hello\n").returncode == 0
+    assert dfs_cli(cluster, "cat", "/cli/small", "/cli/small").stdout == b"hello\nhello\n"
+    listing = dfs_cli(cluster, "ls", "/cli").stdout.decode().splitlines()
+    assert [line.split()[0] + " " + line.split()[-1] for line in listing] == [
+        "d /cli/in", "- /cli/small"]
+    assert f" {len(data)} " in dfs_cli(cluster, "ls", "/cli/in/big.bin").stdout.decode()
+    assert dfs_cli(cluster, "du", "-s", "/cli").stdout.split()[0] == str(len(data) + 6).encode()
+    assert dfs_cli(cluster, "mv", "/cli/small", "/cli/in").returncode == 0
+    assert b"size: 6" in dfs_cli(cluster, "stat", "/cli/in/small").stdout
+    assert dfs_cli(cluster, "rm", "-r", "/cli").returncode == 0
+    missing = dfs_cli(cluster, "stat", "/cli")
+    assert missing.returncode == 1 and b"no such file or directory" in missing.stderr
+    report = dfs_cli(cluster, "admin", "report").stdout.decode()
+    assert "safe mode: off" in report and "chunk servers: 4 live, racks: 2" in report
+    assert dfs_cli(cluster, "ls", "/", "--bogus").returncode == 2

@@ -12,6 +12,16 @@ Snowflake worker). Sections:
    ceiling) and redis-py for reference.
 4. The prefetching client `IdgenClient(servers, prefetch=P).next_id()` against 1 and 3
    servers (goal > 1,000,000 calls/s).
+5. Distinct pipelined requests: one raw socket keeping cycles of `NEXT`, `NEXT 2`, `PING`,
+   `NEXT 1`, `NEXT 3`, `NEXT 7` in flight (no two neighbours alike, so the server cannot
+   answer a run of them in one batch) vs `INCR`/`INCRBY n`/`PING` to redis-server,
+   interleaved rounds, medians (goal >= 0.5x, as pipelined NEXT). Every reply is checked,
+   every id unique across the run and the runs of one server, the server's count of ids
+   issued equal to what the client received.
+
+Each section checks what it received (ids unique and increasing where they must be, counts
+served equal to counts asked); a failed check fails the run, which is then reported as not
+measured. The command exits 1 when a goal is missed or a figure could not be measured.
 
 Prints a table (stdout) and progress (stderr); writes JSON with every raw number, the
 machine and the commands, and a PNG plot of the ratios, to --out (default bench/results/).
@@ -25,14 +35,12 @@ import argparse
 import contextlib
 import csv
 import io
-import json
 import os
 import shlex
 import subprocess
 import sys
-import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import partial
@@ -58,7 +66,9 @@ from bench.common import (
     redis_server,
     write_results,
 )
-from bench.idgen_loads import CEILING_IDS_PER_S, MARK_BEGIN, MARK_END
+from bench.idgen_loads import CEILING_IDS_PER_S
+from bench.idgen_mixed import section_mixed
+from bench.recorder import Recorder, _child_env, _cpu_note, load_command, run_load
 
 CLIENTS = 50
 BATCH = 1000
@@ -89,92 +99,6 @@ def make_plan(args: argparse.Namespace) -> Plan:
                     args.prefetch, 1.0, 1)
     return Plan(2.0, 3, {1: 200_000, 16: 2_000_000}, args.rounds, 3.0, 3, args.depth, 2.0,
                 args.prefetch, 2.0, 3)
-
-
-class Recorder:
-    """Collects figures, skipped sections, raw runs and the commands that produced them."""
-
-    def __init__(self) -> None:
-        self.figures: list[Figure] = []
-        self.skipped: list[Skipped] = []
-        self.sections: dict[str, dict[str, Any]] = {}
-        self.profiles: dict[str, Any] = {}
-
-    def section(self, name: str) -> dict[str, Any]:
-        return self.sections.setdefault(name, {"runs": [], "commands": [], "failures": []})
-
-    def attempt(self, section: str, label: str, run: Callable[[], dict[str, Any]]
-                ) -> dict[str, Any] | None:
-        """One measured run: its result (kept with its command), or None if it failed (the
-        failure is kept and reported; the benchmark goes on)."""
-        sec = self.section(section)
-        try:
-            result = run()
-        except (RuntimeError, ValueError, OSError) as exc:
-            sec["failures"].append({"label": label, "error": str(exc)[-4000:]})
-            progress(f"{label}: FAILED: {str(exc).strip().splitlines()[-1][:300]}")
-            return None
-        sec["runs"].append(result)
-        sec["commands"].append(result["command"])
-        return result
-
-    def add(self, figure: Figure | None, section: str, label: str) -> None:
-        """A figure, or a skipped row when every run behind it failed."""
-        if figure is None:
-            failures = self.section(section)["failures"]
-            reason = failures[-1]["error"].strip().splitlines()[-1][:80] if failures else "?"
-            self.skipped.append(Skipped(section, label, f"all runs failed: {reason}"))
-        else:
-            self.figures.append(figure)
-
-
-def _child_env() -> dict[str, str]:
-    path = os.environ.get("PYTHONPATH", "")
-    return {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{path}" if path else str(ROOT)}
-
-
-def load_command(kind: str, **kwargs: Any) -> list[str]:
-    return [sys.executable, "-m", "bench.idgen_loads", kind, json.dumps(kwargs)]
-
-
-def run_load(kind: str, metered: list[ServerProcess], **kwargs: Any) -> dict[str, Any]:
-    """Run one load in a fresh process; its JSON result, the command, and the CPU used by
-    the load, the `metered` servers and the rest of the machine between the load's BEGIN
-    and END marks (its timed window, without interpreter start-up or checks after it)."""
-    argv = load_command(kind, **kwargs)
-    meter = CpuMeter([s.pid for s in metered])
-    lines = []
-    # stderr to a file, not a pipe: a chatty child must not block while we read stdout.
-    with tempfile.TemporaryFile("w+") as errors:
-        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=errors, text=True,
-                                cwd=ROOT, env=_child_env())
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            tag = line.strip()
-            if tag == MARK_BEGIN:
-                meter.begin()
-            elif tag == MARK_END:
-                meter.end()
-            else:
-                lines.append(tag)
-        code = proc.wait()
-        errors.seek(0)
-        err = errors.read()
-    if code != 0 or not lines or not hasattr(meter, "result"):
-        raise RuntimeError(f"{shlex.join(argv)} failed:\n{err[-3000:]}")
-    result: dict[str, Any] = json.loads(lines[-1])
-    meter.add_client(result["cpu_seconds"])  # the load's own CPU over its window
-    result["cpu"] = meter.result
-    result["command"] = shlex.join(argv)
-    return result
-
-
-def _cpu_note(cpu: dict[str, Any]) -> str:
-    servers = "+".join(f"{c:.2f}" for c in cpu["server_cores"])
-    note = f"client {cpu['client_cores']:.2f} cores"
-    if servers:
-        note = f"server {servers} cores, " + note
-    return note + f", others {cpu['others_cores']:.2f} cores"
 
 
 # -- 1. in-process generator -------------------------------------------------------------
@@ -445,7 +369,7 @@ def profile_server(rec: Recorder, server: ServerProcess, name: str, out: Path,
 # -- main --------------------------------------------------------------------------------
 
 
-SECTIONS = ("1", "2", "3", "4")
+SECTIONS = ("1", "2", "3", "4", "5")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -495,6 +419,9 @@ def main(argv: list[str] | None = None) -> int:
     if "4" in args.sections:
         with _timed("4 prefetching client"):
             section_prefetch(plan, rec, profile_dir)
+    if "5" in args.sections:
+        with _timed("5 distinct pipelined requests"):
+            section_mixed(plan.rb_rounds, plan.batch_seconds, rec)
     finished = datetime.now(UTC)
     info["loadavg_at_end"] = list(os.getloadavg())
     text = figures_text(rec.figures, rec.skipped, rec.sections, info, "the timed windows")

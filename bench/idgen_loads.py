@@ -12,6 +12,10 @@ Loads:
 - batch: one raw socket pipelining `depth` `NEXT batch` requests; each reply is decoded to
   Python ints and checked (count, type of every element, increasing across replies).
 - redispy: redis-py calling `NEXT batch` one request at a time.
+- mixed: one raw socket pipelining distinct requests (`NEXT`, `NEXT n` of several counts,
+  `PING`; to redis-server `INCR`/`INCRBY n`/`PING`), so no run of identical commands can be
+  answered in one batch; every reply is parsed (core.resp_client.ReplyParser) and checked,
+  and every id is checked unique across the whole run.
 - prefetch: `idgen.client.IdgenClient(servers, prefetch=P).next_id()` in a loop.
 """
 
@@ -38,6 +42,7 @@ CRLF = b"\r\n"
 REPLY_TIMEOUT_S = 10.0  # a server that stops answering fails the run instead of hanging it
 MARK_BEGIN = "BEGIN"  # printed when the timed window opens and closes, so the parent can
 MARK_END = "END"  # meter CPU over exactly that window
+UNIQUE_SAMPLE = 200_000  # next_id() calls after the prefetch window, checked distinct
 
 
 def _mark(tag: str) -> None:
@@ -291,6 +296,120 @@ def load_redispy(host: str, port: int, batch: int, seconds: float) -> dict[str, 
     }
 
 
+# -- distinct pipelined requests --------------------------------------------------------
+
+MIXED_KEY = "bench:mixed"
+# One cycle of distinct requests and the ids each issues (NEXT n: n; INCRBY key n: n).
+MIXED = {
+    "idgen": [(("NEXT",), 1), (("NEXT", 2), 2), (("PING",), 0), (("NEXT", 1), 1),
+              (("NEXT", 3), 3), (("NEXT", 7), 7)],
+    "redis": [(("INCR", MIXED_KEY), 1), (("INCRBY", MIXED_KEY, 2), 2), (("PING",), 0),
+              (("INCRBY", MIXED_KEY, 1), 1), (("INCRBY", MIXED_KEY, 3), 3),
+              (("INCRBY", MIXED_KEY, 7), 7)],
+}
+
+
+class MixedChecker:
+    """Checks each reply of a MIXED cycle against its request and gathers the ids: idgen's
+    NEXT gives ids, NEXT n an array of n; redis's INCR/INCRBY n the counter's new value v,
+    that is the ids v-n+1..v. ValueError for a wrong reply; `unique()` after the run."""
+
+    def __init__(self, server: str) -> None:
+        self.cycle = MIXED[server]
+        self.server = server
+        self.ids: list[int] = []
+        self.last_counter = 0
+        self.index = 0
+
+    def check(self, reply: object) -> int:
+        """The next reply in order; returns the ids it issued."""
+        from core.resp_client import ReplyError
+
+        request, count = self.cycle[self.index]
+        self.index = (self.index + 1) % len(self.cycle)
+        if isinstance(reply, ReplyError):
+            raise ValueError(f"{request} answered an error: {reply}")
+        if count == 0:
+            if reply not in ("PONG", b"PONG"):
+                raise ValueError(f"{request} answered {reply!r:.80}")
+        elif self.server == "redis":
+            self._counter(request, count, reply)
+        elif len(request) == 1:
+            if type(reply) is not int:
+                raise ValueError(f"{request} answered {reply!r:.80}")
+            self.ids.append(reply)
+        elif not isinstance(reply, list) or len(reply) != count or \
+                any(type(i) is not int for i in reply):
+            raise ValueError(f"{request} answered {reply!r:.80}")
+        else:
+            self.ids.extend(reply)
+        return count
+
+    def _counter(self, request: tuple[object, ...], count: int, reply: object) -> None:
+        if type(reply) is not int or reply - count < self.last_counter:
+            raise ValueError(f"{request} answered {reply!r:.80} after {self.last_counter}")
+        self.last_counter = reply
+        self.ids.append(reply)
+
+    def unique(self) -> bool:
+        """Every id of the run distinct (redis: the counter ranges never overlapped, which
+        `_counter` checked reply by reply)."""
+        return len(set(self.ids)) == len(self.ids)
+
+
+def load_mixed(host: str, port: int, server: str, depth: int, seconds: float
+               ) -> dict[str, Any]:
+    """Keep `depth` cycles of MIXED[server] requests in flight on one connection for about
+    `seconds`, then drain; requests/s from the first send to the last reply."""
+    from core.resp_client import NEED_DATA, ReplyParser, encode_command
+
+    checker = MixedChecker(server)
+    cycle = b"".join(encode_command(*request) for request, _ in checker.cycle)
+    per_cycle = len(checker.cycle)
+    parser = ReplyParser()
+    sock = socket.create_connection((host, port), timeout=REPLY_TIMEOUT_S)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    requests = ids = 0
+    _mark(MARK_BEGIN)
+    cpu0 = time.process_time()
+    start = time.perf_counter()
+    deadline = start + seconds
+    sock.sendall(cycle * depth)
+    in_flight = depth * per_cycle
+    sending = True
+    while in_flight:
+        try:
+            data = sock.recv(RECV_BYTES)
+        except TimeoutError:
+            raise RuntimeError(f"no reply within {REPLY_TIMEOUT_S} s with {in_flight} "
+                               f"requests in flight after {requests}") from None
+        if not data:
+            raise ConnectionError("server closed the connection")
+        parser.feed(data)
+        while (reply := parser.next_reply()) is not NEED_DATA:
+            ids += checker.check(reply)
+            requests += 1
+            in_flight -= 1
+            if sending and checker.index == 0:
+                if time.perf_counter() < deadline:
+                    sock.sendall(cycle)
+                    in_flight += per_cycle
+                else:
+                    sending = False
+    elapsed = time.perf_counter() - start
+    cpu = time.process_time() - cpu0
+    _mark(MARK_END)
+    sock.close()
+    if not checker.unique():
+        raise RuntimeError(f"{len(checker.ids) - len(set(checker.ids))} ids issued twice")
+    return {
+        "server": server, "depth_cycles": depth, "cycle": [list(r) for r, _ in checker.cycle],
+        "requests": requests, "ids": ids, "seconds": elapsed, "cpu_seconds": cpu,
+        "rps": requests / elapsed, "first_id": min(checker.ids), "last_id": max(checker.ids),
+        "ids_unique": True,
+    }
+
+
 # -- the prefetching client --------------------------------------------------------------
 
 
@@ -320,6 +439,9 @@ def load_prefetch(servers: list[str], prefetch: int, seconds: float) -> dict[str
         final = next_id()
         if final <= last and len(servers) == 1:
             raise RuntimeError("ids from one server did not increase")
+        sample = [next_id() for _ in range(UNIQUE_SAMPLE)]
+        if len(set(sample)) != len(sample) or final in sample:
+            raise RuntimeError(f"next_id() gave an id twice in {UNIQUE_SAMPLE} calls")
         batch = getattr(client, "batch", None)
     finally:
         client.close()
@@ -334,6 +456,7 @@ LOADS = {
     "next_one": load_next_one,
     "batch": load_batch,
     "redispy": load_redispy,
+    "mixed": load_mixed,
     "prefetch": load_prefetch,
 }
 

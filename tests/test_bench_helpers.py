@@ -8,10 +8,13 @@ process, socket or clock.
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from bench.idgen_loads import MIXED, MixedChecker
 from bench.scheduler_slots import expected_slots, lateness
+from core.resp_client import ReplyError
 
 PERIOD = 1000
 
@@ -56,3 +59,58 @@ def test_every_scheduled_slot_is_in_the_percentiles(runs: list[tuple[str, int, b
     assert result["fired_in_window"] == len(fired)
     assert result["handler_start_ms"]["n"] == result["fired_ms"]["n"] == 30
     assert result["not_handled"] == 30 - len({(j, k) for j, k, h in runs if h})
+
+
+# -- idgen's distinct pipelined requests -------------------------------------------------
+
+
+def idgen_cycle(first: int) -> list[object]:
+    """Right replies to one MIXED["idgen"] cycle, ids from `first` on."""
+    replies: list[object] = []
+    next_id = first
+    for request, count in MIXED["idgen"]:
+        if count == 0:
+            replies.append("PONG")
+        elif len(request) == 1:
+            replies.append(next_id)
+        else:
+            replies.append(list(range(next_id, next_id + count)))
+        next_id += count
+    return replies
+
+
+def test_mixed_checker_takes_right_replies_and_sees_an_id_issued_twice() -> None:
+    checker = MixedChecker("idgen")
+    for reply in idgen_cycle(100) + idgen_cycle(200):
+        checker.check(reply)
+    assert checker.unique() and len(checker.ids) == 2 * sum(c for _, c in MIXED["idgen"])
+    for reply in idgen_cycle(100):
+        checker.check(reply)
+    assert not checker.unique()
+
+
+def test_mixed_checker_refuses_wrong_replies() -> None:
+    with pytest.raises(ValueError, match="error"):
+        MixedChecker("idgen").check(ReplyError("ERR no"))
+    checker = MixedChecker("idgen")
+    checker.check(1)
+    with pytest.raises(ValueError, match="NEXT"):
+        checker.check([2])  # NEXT 2 answered one id
+    redis = MixedChecker("redis")
+    redis.check(5)  # INCR -> 5
+    with pytest.raises(ValueError, match="after 5"):
+        redis.check(6)  # INCRBY 2 cannot end at 6 after 5: the ranges would overlap
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.one_of(st.integers(), st.text(max_size=4), st.binary(max_size=4),
+                          st.lists(st.integers(), max_size=8), st.none()), max_size=12),
+       st.sampled_from(["idgen", "redis"]))
+def test_mixed_checker_answers_any_reply_with_a_count_or_a_value_error(
+        replies: list[object], server: str) -> None:
+    checker = MixedChecker(server)
+    for reply in replies:
+        try:
+            assert checker.check(reply) >= 0
+        except ValueError:
+            return

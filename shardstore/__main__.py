@@ -3,6 +3,7 @@
     shardstore serve --id N --listen H:P --peer-listen H:P --peers 1=H:P,2=H:P,3=H:P \\
         --data-dir D [--shards S] [--replicas R] [--fsync always|everysec] \\
         [--snapshot-every N] [--cluster-secret ...] [--requirepass ...]
+    shardstore admin [--node H:P] reshard --from A --to B --slots N | rebalance | check
 
 The shared cluster options are core/cluster_options.py's; `--shards` and `--replicas`
 only matter when the cluster is made (the first leader of the configuration group writes
@@ -20,6 +21,8 @@ import sys
 
 from core import cluster_options, daemon
 from shardstore import router_cli
+from shardstore.admin import add_admin_parser, run_admin
+from shardstore.migrate import BATCH_KEYS
 from shardstore.server import COMPACTION_MARGIN, SNAPSHOT_EVERY, NodeOptions, ShardNode
 
 log = logging.getLogger("shardstore")
@@ -51,6 +54,10 @@ def build_parser() -> argparse.ArgumentParser:
     # Tests make a lagging replica catch up by a snapshot sooner with a small margin.
     serve.add_argument("--compaction-margin", type=int, default=COMPACTION_MARGIN,
                        help=argparse.SUPPRESS)
+    # Tests make a move take many small steps, so they can kill a node in the middle.
+    serve.add_argument("--move-batch-keys", type=int, default=BATCH_KEYS,
+                       help=argparse.SUPPRESS)
+    add_admin_parser(sub)  # `shardstore admin`: shardstore/admin.py
     router_cli.add_parser(sub)  # `shardstore router`: shardstore/router_cli.py
     return parser
 
@@ -59,6 +66,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     try:
         args = daemon.parse_args(parser, argv)
+        if args.action == "admin":
+            return run_admin(args)
         if args.action == "router":
             return router_cli.run(args)
         return serve(args)
@@ -81,7 +90,8 @@ def serve(args: argparse.Namespace) -> int:
         raise daemon.ConfigError(ERR_SNAPSHOT)
     options = NodeOptions(shards=args.shards, replicas=args.replicas, fsync=args.fsync,
                           snapshot_every=args.snapshot_every,
-                          compaction_margin=args.compaction_margin)
+                          compaction_margin=args.compaction_margin,
+                          move_batch_keys=max(1, args.move_batch_keys))
 
     async def run(stop: asyncio.Event) -> int:
         node = ShardNode(settings, options)

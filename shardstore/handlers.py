@@ -15,10 +15,16 @@ core answers for every daemon: COMMON_NAMES) gets a handler here by its key spec
   Redis Cluster's commands are about one node: a write goes through each of them, a read
   runs over them together (machine.MergedKV).
 
-While a shard has no leader the service answers `-TRYAGAIN ...`. The CLUSTER container
-(SLOTS SHARDS NODES INFO MYID KEYSLOT COUNTKEYSINSLOT GETKEYSINSLOT) and ASKING, READONLY,
-READWRITE answer as Redis does (replies built in shardstore/cluster.py); WAIT answers at
-once from the commit state of the shards this node leads.
+While a shard has no leader the service answers `-TRYAGAIN ...`. Keys a move has fenced
+in their shard (shardstore/fences.py) are refused with `-TRYAGAIN` too: a write when it
+is applied, a read after the barrier; once the move ends the slot map sends MOVED to the
+new owner (redis-py's RedisCluster and redis-cli -c follow it; redis-py retries TRYAGAIN).
+The slot-editing CLUSTER subcommands (SETSLOT, ADDSLOTS, ...) are refused with a clear
+error: slots move by `shardstore admin reshard`, not by `redis-cli --cluster reshard`.
+The CLUSTER container (SLOTS SHARDS NODES INFO MYID KEYSLOT COUNTKEYSINSLOT
+GETKEYSINSLOT) and ASKING, READONLY, READWRITE answer as Redis does (replies built in
+shardstore/cluster.py); WAIT answers at once from the commit state of the shards this
+node leads.
 """
 
 from __future__ import annotations
@@ -56,6 +62,11 @@ WALK_CHUNK = 1000  # keys read at a time when walking a shard for a slot's keys
 SLOT_KEYS_UNBOUNDED = 1 << 62  # COUNTKEYSINSLOT counts them all
 READONLY_ATTR = "shardstore_readonly"  # set on a Session by READONLY
 WRITE_FLAG = "write"
+# Slot edits of redis-cli --cluster (reshard, fix, add-node): refused, moves are ours.
+SLOT_EDITS = ("SETSLOT", "ADDSLOTS", "ADDSLOTSRANGE", "DELSLOTS", "DELSLOTSRANGE", "MEET",
+              "FORGET", "REPLICATE", "FAILOVER", "RESET", "BUMPEPOCH", "SET-CONFIG-EPOCH")
+ERR_SLOT_EDITS = ("ERR CLUSTER {} is not supported: shardstore moves slots itself, online "
+                  "and without loss; use `shardstore admin reshard` or SHARDSTORE.MOVE")
 
 
 class NodeView(Protocol):
@@ -162,7 +173,8 @@ class ClientCommands:
         machine = self.node.machines.get(shard.shard_id)
         if machine is None:
             raise CommandError(ERR_CLUSTERDOWN)
-        return self._reply(self.layer.execute_read(machine.engine, self.node.now_ms(), args))
+        self._reply(machine.refuse_request(args))
+        return self._reply(self.layer.execute_read(machine.store, self.node.now_ms(), args))
 
     @staticmethod
     def _reply(reply: Any) -> Any:
@@ -195,7 +207,7 @@ class ClientCommands:
                 await self.node.service.barrier(shard.group)
         machines = [self.node.machines[s.shard_id] for s in shards
                     if s.shard_id in self.node.machines]
-        kv = MergedKV([m.engine for m in machines])
+        kv = MergedKV([m.store for m in machines])
         return self._reply(self.layer.execute_read(kv, self.node.now_ms(), args,
                                                    cursors=self.cursors))
 
@@ -214,6 +226,7 @@ class ClientCommands:
             Command("KEYSLOT", lambda s, a: key_slot(a[2]), 3, view_flags),
             Command("COUNTKEYSINSLOT", self.cmd_countkeysinslot, 3, view_flags),
             Command("GETKEYSINSLOT", self.cmd_getkeysinslot, 4, view_flags),
+            *(Command(name, self.cmd_slots_refused, -2, view_flags) for name in SLOT_EDITS),
         )
         fast = frozenset({"fast", "loading", "stale"})
         return [
@@ -251,12 +264,15 @@ class ClientCommands:
         found: list[bytes] = []
         cursor = b""
         while len(found) < limit:
-            keys = machine.engine.keys_after(cursor, WALK_CHUNK)
+            keys = machine.store.keys_after(cursor, WALK_CHUNK)
             found.extend(k for k in keys if key_slot(k) == slot)
             if len(keys) < WALK_CHUNK:
                 break
             cursor = keys[-1]
         return found[:limit]
+
+    def cmd_slots_refused(self, session: Session, args: list[bytes]) -> Any:
+        raise CommandError(ERR_SLOT_EDITS.format(args[1].decode(errors="replace").upper()))
 
     def cmd_countkeysinslot(self, session: Session, args: list[bytes]) -> Any:
         slot = parse_int(args[2], ERR_NOT_INTEGER)

@@ -13,7 +13,8 @@ Its life, one configuration entry per step (ops, each a msgpack map):
   step starts there, and every step is idempotent anyway;
 - OP_END {id}: the target owns the key set (for slots: the slot map changes), the epoch
   goes up, state PURGE (the source deletes its copy);
-- OP_FINISH {id}: the record goes; `moves_done` counts it.
+- OP_FINISH {id}: state DONE; `moves_done` counts it. The last KEEP_DONE finished
+  records stay (so `admin` sees how many keys a move copied), older ones go.
 
 What the shards' logs get meanwhile (freeze, copy, lift, purge) is shardstore/migrate.py's
 part. A range key set changes no slot map at OP_END: the table catalog owns range maps
@@ -32,7 +33,8 @@ from native.crc16 import SLOT_COUNT
 from shardstore.keysets import KIND_SLOTS, KeySet
 
 __all__ = [
-    "OP_BEGIN", "OP_END", "OP_FINISH", "OP_PREFIX", "OP_STEP", "STATE_COPY", "STATE_PURGE",
+    "OP_BEGIN", "OP_END", "OP_FINISH", "OP_PREFIX", "OP_STEP", "STATE_COPY", "STATE_DONE",
+    "STATE_PURGE",
     "Move", "apply_move", "encode_begin", "encode_end", "encode_finish", "encode_step",
     "ranges_of",
 ]
@@ -44,6 +46,8 @@ OP_END = "move.end"
 OP_FINISH = "move.finish"
 STATE_COPY = "copy"
 STATE_PURGE = "purge"
+STATE_DONE = "done"
+KEEP_DONE = 16  # finished move records kept for `SHARDSTORE.MOVES`
 ERR_NO_SHARD = "ERR no shard {}"
 ERR_SAME_SHARD = "ERR a move needs two different shards"
 ERR_NOT_OWNER = "ERR slot {} is not owned by shard {}"
@@ -84,7 +88,7 @@ class MovesConfig(Protocol):
 
     epoch: int
     shards: dict[int, Any]
-    moves: dict[int, Move]
+    moves: dict[int, Move]  # under way and the last finished ones
     next_move: int
     moves_done: int
     slot_shard: list[int]
@@ -127,8 +131,11 @@ def apply_move(config: MovesConfig, entry: dict[str, Any],
     if op == OP_FINISH:
         if move.state != STATE_PURGE:
             return False
-        del config.moves[move.move_id]
+        move.state, move.cursor = STATE_DONE, None
         config.moves_done += 1
+        done = sorted(mid for mid, m in config.moves.items() if m.state == STATE_DONE)
+        for old in done[:-KEEP_DONE]:
+            del config.moves[old]
         return True
     return ERR_UNKNOWN_OP.format(op)
 
@@ -157,6 +164,8 @@ def _slots_refusal(config: MovesConfig, keys: KeySet, source: int) -> str | None
         if config.slot_shard[slot] != source:
             return ERR_NOT_OWNER.format(slot, source)
     for other in config.moves.values():
+        if other.state == STATE_DONE:
+            continue
         if other.keys.kind == KIND_SLOTS and other.keys.slots & keys.slots:
             return ERR_MOVING.format(min(other.keys.slots & keys.slots), other.move_id)
     return None

@@ -18,7 +18,10 @@ TRYAGAIN. The client commands live in shardstore/handlers.py. Background tasks:
   Cluster (redis-benchmark --cluster wants two masters or more);
 - `_expire` (every EXPIRE_S): for each shard this node leads, sample keys
   (machine.expired_keys) and propose the expired ones' deletion (an expire entry);
-- `_everysec` (fsync "everysec" only): sync each engine once a second.
+- `_everysec` (fsync "everysec" only): sync each engine once a second;
+- `_moves` (every RECONCILE_S, on the configuration group's leader): drive the slot moves
+  under way (shardstore/migrate.py's Mover; its node-to-node service SERVICE_MOVE runs on
+  every node). The SHARDSTORE.* admin commands are shardstore/admin_commands.py's.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from core.cluster_options import ClusterSettings
+from core.command_table import KeysError, get_keys
 from core.limits import REDIS_MAX_BULK_BYTES, Limits
 from core.raft.driver_types import Apply, SnapshotHook
 from core.raft.errors import RaftError
@@ -39,9 +43,11 @@ from core.raft.host import HostConfig, RaftHost
 from core.raft_service import RaftService
 from core.resp import CommandError
 from shardstore import cluster
+from shardstore.admin_commands import AdminCommands
 from shardstore.cluster import CONFIG_GROUP, ClusterView, ConfigMachine, Shard
 from shardstore.handlers import ClientCommands
 from shardstore.machine import ShardMachine, encode_expire, expired_keys
+from shardstore.migrate import BATCH_KEYS, SERVICE_MOVE, Mover, MoveService
 from shardstore.writes import SERVICE_WRITE, LeaderWrites
 
 __all__ = ["FSYNC_POLICIES", "HostDriver", "NodeOptions", "ShardNode"]
@@ -73,6 +79,7 @@ class NodeOptions:
     timeout_s: float = WRITE_TIMEOUT_S
     snapshot_every: int = SNAPSHOT_EVERY
     compaction_margin: int = COMPACTION_MARGIN
+    move_batch_keys: int = BATCH_KEYS
 
 
 class HostDriver:
@@ -128,14 +135,20 @@ class ShardNode:
                                  election_tick=settings.election_tick)
         self.host = RaftHost(host_config)
         self.writes = LeaderWrites(self.host, self.now_ms, options.timeout_s)
+        self.move_service = MoveService(self.host, self.machine_of_group, options.timeout_s)
+        self.mover = Mover(self, self.move_service, options.timeout_s,
+                           options.move_batch_keys)
+        self._key_rows: dict[bytes, Any] | None = None
 
         def factory(apply: Apply, snapshot: SnapshotHook, restore: Any) -> HostDriver:
             return HostDriver(self.host, apply, snapshot, restore, settings.founders)
 
         self.commands = ClientCommands(self)
+        self.admin = AdminCommands(self)
         limits = Limits(max_bulk=REDIS_MAX_BULK_BYTES)
         self.service = RaftService(NAME, VERSION, self.config_machine, factory,
-                                   self.commands.rows(), password=settings.password,
+                                   [*self.commands.rows(), *self.admin.rows()],
+                                   password=settings.password,
                                    limits=limits, info=self.info,
                                    advertise=settings.advertise, timeout_s=options.timeout_s)
         self._tasks: list[asyncio.Task[None]] = []
@@ -153,8 +166,9 @@ class ShardNode:
         self.settings.data_dir.mkdir(parents=True, exist_ok=True)
         self.name = cluster.load_node_name(self.data_dir, self.me)
         self.host.transport.register(SERVICE_WRITE, self.writes)
+        self.host.transport.register(SERVICE_MOVE, self.move_service)
         await self.service.start(*self.settings.listen)
-        loops = [self._reconcile(), self._expire()]
+        loops = [self._reconcile(), self._expire(), self._moves()]
         if self.options.fsync == "everysec":
             loops.append(self._everysec())
         self._tasks = [asyncio.create_task(loop) for loop in loops]
@@ -165,6 +179,7 @@ class ShardNode:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.service.stop()
         self.host.transport.router.unregister(SERVICE_WRITE)
+        self.host.transport.router.unregister(SERVICE_MOVE)
         for machine in self.machines.values():
             machine.engine.close()
         self.machines.clear()
@@ -293,7 +308,7 @@ class ShardNode:
             machine.engine.close()
             return engine_class.load(directory, pieces, index, fsync=fsync)
 
-        machine = ShardMachine(engine, self.layer, load)
+        machine = ShardMachine(engine, self.layer, load, keys_of=self.keys_of)
         config = self.host.group_config(shard.group, founders=tuple(shard.members),
                                         fsync=fsync,
                                         snapshot_every=self.options.snapshot_every,
@@ -328,10 +343,51 @@ class ShardNode:
             return
         now = self.now_ms()
         cursor = self._cursors.get(shard.shard_id, b"")
-        keys, self._cursors[shard.shard_id] = expired_keys(machine.engine, now, cursor,
+        keys, self._cursors[shard.shard_id] = expired_keys(machine.store, now, cursor,
                                                            EXPIRE_SAMPLE)
         if keys:
             await self.service.write(encode_expire(now, keys), group=shard.group)
+
+    # -- moves ---------------------------------------------------------------------------------
+
+    async def config_write(self, entry: bytes) -> Any:
+        """Commit `entry` in the configuration group (forwarded to its leader)."""
+        return await self.service.write(entry)
+
+    def machine_of_group(self, group_id: int) -> ShardMachine | None:
+        """The machine of the shard whose Raft group is `group_id`, if hosted here."""
+        for sid, machine in self.machines.items():
+            shard = self.config.shards.get(sid)
+            if shard is not None and shard.group == group_id:
+                return machine
+        return None
+
+    def keys_of(self, args: list[bytes]) -> list[bytes]:
+        """The keys of the client request `args` by the command table (none for an
+        unknown or malformed one: it changes nothing anyway)."""
+        if self._key_rows is None:
+            table = self.layer.COMMANDS
+            rows = table.values() if isinstance(table, dict) else table
+            self._key_rows = {r.name.upper().encode(): r for r in rows if r.key_specs}
+        row = self._key_rows.get(bytes(args[0]).upper()) if args else None
+        if row is None:
+            return []
+        try:
+            return list(get_keys(row, args))
+        except KeysError:
+            return []
+
+    async def _moves(self) -> None:
+        while True:
+            await asyncio.sleep(RECONCILE_S)
+            if not self.config.moves or not self.mover.leading():
+                continue
+            try:
+                await self.mover.run_once()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # a shard gone quiet, a lost leadership: next round
+                log.warning("moves: %r", exc)
 
     async def _everysec(self) -> None:
         while True:

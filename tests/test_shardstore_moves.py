@@ -33,6 +33,7 @@ from shardstore.machine import (
     encode_move,
 )
 from shardstore.moves import (
+    STATE_DONE,
     STATE_PURGE,
     encode_begin,
     encode_end,
@@ -110,7 +111,8 @@ def test_a_move_begins_ends_and_finishes_in_the_configuration() -> None:
     assert config.ranges[:2] == [(0, 9, 2), (10, 5460, 1)]
     assert config.shard_of_slot(3).shard_id == 2
     assert machine.apply([(9, encode_finish(1))]) == [True]
-    assert not config.moves and config.moves_done == 1
+    assert config.moves[1].state == STATE_DONE and config.moves_done == 1
+    assert machine.apply([(10, encode_begin(KeySet.of_slots([5]), 2, 3))]) == [2]
     assert ranges_of(config.slot_shard) == config.ranges
 
 

@@ -1,0 +1,212 @@
+"""`shardstore admin ...`: reshard, rebalance and check a running cluster over RESP.
+
+Strategy: the command line talks to any one node (`--node HOST:PORT`) with the SHARDSTORE.*
+commands (shardstore/admin_commands.py), which any node answers and forwards to the
+configuration group's leader; the moves themselves run inside the cluster, so this tool
+may stop at any time and the moves it began still finish.
+
+- `reshard --from A --to B --slots N [--batch K]`: the N highest slots of shard A go to
+  shard B, K slots per move, one move at a time; a progress bar shows slots moved and
+  keys copied (one line per move when stderr is not a terminal);
+- `rebalance`: moves slots from the shards with the most to those with the fewest until
+  every shard has 16384 / shards (the first ones one more), as reshard does;
+- `check`: every slot owned, every node agreeing on the epoch, every shard's replicas
+  having applied what its leader has committed, no move stuck; `[OK]`/`[ERR]` lines as
+  `redis-cli --cluster check` prints, exit status 1 on any `[ERR]`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Callable
+from typing import Any, TextIO
+
+import redis
+
+from native.crc16 import SLOT_COUNT
+from shardstore.admin_check import run_checks
+from shardstore.keysets import format_slots
+
+__all__ = ["add_admin_parser", "check", "plan_rebalance", "rebalance", "reshard", "run_admin"]
+
+DEFAULT_BATCH_SLOTS = 128
+POLL_S = 0.2
+MOVE_TIMEOUT_S = 600.0  # one move with no progress for this long: give up waiting
+BAR_WIDTH = 30
+ERR_NOT_ENOUGH = "shard {} owns {} slots, fewer than the {} asked for"
+ERR_NODE = "--node must be HOST:PORT, got {!r}"
+
+Out = Callable[[str], None]
+
+
+def add_admin_parser(sub: Any) -> None:
+    """The `admin` subcommand and its actions on the command line's subparsers."""
+    admin = sub.add_parser("admin", help="reshard, rebalance or check a running cluster")
+    admin.add_argument("--node", default="127.0.0.1:7601", help="any node, HOST:PORT")
+    admin.add_argument("--password", default=None, help="the cluster's requirepass")
+    actions = admin.add_subparsers(dest="admin_action", required=True)
+    move = actions.add_parser("reshard", help="move N slots from one shard to another")
+    move.add_argument("--from", dest="source", type=int, required=True, help="shard id")
+    move.add_argument("--to", dest="target", type=int, required=True, help="shard id")
+    move.add_argument("--slots", type=int, required=True, help="how many slots")
+    move.add_argument("--batch", type=int, default=DEFAULT_BATCH_SLOTS,
+                      help="slots per move (each move fences its slots while it copies)")
+    even = actions.add_parser("rebalance", help="spread the slots evenly over the shards")
+    even.add_argument("--batch", type=int, default=DEFAULT_BATCH_SLOTS, help="slots per move")
+    actions.add_parser("check", help="slots owned, replicas in sync, no move stuck")
+
+
+def connect(node: str, password: str | None) -> redis.Redis:
+    host, sep, port = node.rpartition(":")
+    if not sep or not port.isdigit():
+        raise ValueError(ERR_NODE.format(node))
+    return redis.Redis(host=host or "127.0.0.1", port=int(port), password=password,
+                       socket_timeout=30)
+
+
+def run_admin(args: argparse.Namespace) -> int:
+    """Carry out the admin action `args` names; the exit status."""
+    try:
+        client = connect(args.node, args.password)
+        with client:
+            if args.admin_action == "reshard":
+                reshard(client, args.source, args.target, args.slots, args.batch)
+                return 0
+            if args.admin_action == "rebalance":
+                rebalance(client, args.batch)
+                return 0
+            return check(client, print)
+    except (ValueError, redis.RedisError) as exc:
+        print(f"shardstore admin: {exc}", file=sys.stderr)
+        return 1
+
+
+def slot_owners(client: redis.Redis) -> dict[int, list[int]]:
+    """shard id -> its slots, from SHARDSTORE.SLOTS."""
+    owners: dict[int, list[int]] = {}
+    for first, last, sid in client.execute_command("SHARDSTORE.SLOTS"):
+        owners.setdefault(int(sid), []).extend(range(int(first), int(last) + 1))
+    return owners
+
+
+def reshard(client: redis.Redis, source: int, target: int, count: int, batch: int,
+            stream: TextIO | None = None) -> int:
+    """Move the `count` highest slots of `source` to `target`, `batch` per move; the
+    number of keys copied."""
+    owned = sorted(slot_owners(client).get(source, []))
+    if count > len(owned):
+        raise ValueError(ERR_NOT_ENOUGH.format(source, len(owned), count))
+    chosen = owned[len(owned) - count:]
+    bar = Progress(count, stream or sys.stderr)
+    copied = 0
+    for i in range(0, count, max(1, batch)):
+        slots = chosen[i:i + max(1, batch)]
+        move_id = int(client.execute_command("SHARDSTORE.MOVE", source, target, "SLOTS",
+                                             format_slots(slots)))
+        before = copied
+        copied += wait_for_move(client, move_id,
+                                lambda n, done=i, base=before: bar.show(done, base + n))
+        bar.show(i + len(slots), copied, final_move=move_id)
+    bar.close()
+    return copied
+
+
+def wait_for_move(client: redis.Redis, move_id: int, show: Callable[[int], None]) -> int:
+    """Poll SHARDSTORE.MOVES until move `move_id` is finished; the keys it copied."""
+    copied, last_change = 0, time.monotonic()
+    while True:
+        moves = {int(_field(m, "id")): m for m in client.execute_command("SHARDSTORE.MOVES")}
+        move = moves.get(move_id)
+        if move is None:  # finished long ago (its record is gone)
+            return copied
+        now_copied = int(_field(move, "copied"))
+        if _field(move, "state") in (b"done", "done"):
+            show(now_copied)
+            return now_copied
+        if now_copied != copied:
+            copied, last_change = now_copied, time.monotonic()
+            show(copied)
+        if time.monotonic() - last_change > MOVE_TIMEOUT_S:
+            raise ValueError(f"move {move_id} made no progress in {MOVE_TIMEOUT_S:.0f}s")
+        time.sleep(POLL_S)
+
+
+def _field(record: Any, name: str) -> Any:
+    """A field of a map reply (RESP3 dict, or RESP2 flat list of pairs)."""
+    if isinstance(record, dict):
+        return record.get(name.encode(), record.get(name))
+    pairs = dict(zip(record[::2], record[1::2], strict=True))
+    return pairs.get(name.encode(), pairs.get(name))
+
+
+def plan_rebalance(owners: dict[int, list[int]]) -> list[tuple[int, int, int]]:
+    """[(from shard, to shard, slots)] that leave every shard with SLOT_COUNT / shards
+    slots (the lowest shard ids one more when it does not divide)."""
+    ids = sorted(owners)
+    base, extra = divmod(SLOT_COUNT, len(ids))
+    want = {sid: base + (1 if i < extra else 0) for i, sid in enumerate(ids)}
+    surplus = {sid: len(owners[sid]) - want[sid] for sid in ids}
+    plan = []
+    for giver in [s for s in ids if surplus[s] > 0]:
+        for taker in [s for s in ids if surplus[s] < 0]:
+            amount = min(surplus[giver], -surplus[taker])
+            if amount > 0:
+                plan.append((giver, taker, amount))
+                surplus[giver] -= amount
+                surplus[taker] += amount
+    return plan
+
+
+def rebalance(client: redis.Redis, batch: int, stream: TextIO | None = None) -> int:
+    """Carry out `plan_rebalance`; the keys copied."""
+    plan = plan_rebalance(slot_owners(client))
+    out = stream or sys.stderr
+    if not plan:
+        out.write("the slots are balanced already\n")
+    copied = 0
+    for giver, taker, amount in plan:
+        out.write(f"shard {giver} -> shard {taker}: {amount} slots\n")
+        copied += reshard(client, giver, taker, amount, batch, out)
+    return copied
+
+
+class Progress:
+    """A progress bar of slots moved and keys copied on `stream`: redrawn in place on a
+    terminal, else one line per finished move."""
+
+    def __init__(self, total: int, stream: TextIO) -> None:
+        self.total = max(1, total)
+        self.stream = stream
+        self.tty = stream.isatty()
+
+    def show(self, slots: int, keys: int, final_move: int | None = None) -> None:
+        filled = BAR_WIDTH * slots // self.total
+        text = (f"[{'#' * filled}{'.' * (BAR_WIDTH - filled)}] {slots}/{self.total} slots "
+                f"moved, {keys} keys copied")
+        if self.tty:
+            self.stream.write("\r" + text)
+        elif final_move is not None:
+            self.stream.write(f"{text} (move {final_move} done)\n")
+        self.stream.flush()
+
+    def close(self) -> None:
+        if self.tty:
+            self.stream.write("\n")
+
+
+def check(client: redis.Redis, out: Out) -> int:
+    """Print the checks of the module header (shardstore/admin_check.py); 0 if all
+    passed, else 1."""
+    return run_checks(client, out, connect_like=_connect_like(client))
+
+
+def _connect_like(client: redis.Redis) -> Callable[[str], redis.Redis]:
+    kwargs = client.connection_pool.connection_kwargs
+    password = kwargs.get("password")
+
+    def make(address: str) -> redis.Redis:
+        return connect(address, password)
+
+    return make

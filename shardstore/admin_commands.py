@@ -1,0 +1,127 @@
+"""The SHARDSTORE.* admin commands of a node: begin a move, list moves, the slot map by
+shard id, and this node's replicas; readable with redis-cli, used by `shardstore admin`.
+
+Strategy: any node answers. A move begins with a configuration entry (forwarded to the
+configuration group's leader, which then drives it: shardstore/migrate.py); the lists are
+read from this node's copy of the configuration after a read barrier on the configuration
+group, so a move begun anywhere before is seen.
+
+    SHARDSTORE.MOVE <from shard> <to shard> SLOTS <0-99,200>   -> the move's id
+    SHARDSTORE.MOVE <from shard> <to shard> RANGE <first> <end|+inf>
+    SHARDSTORE.MOVES     -> per move under way or among the last finished (state done):
+                            id, keys, source, target, state, copied, purged, epoch (the
+                            epoch it began at)
+    SHARDSTORE.SLOTS     -> [first, last, shard id] per range of the slot map
+    SHARDSTORE.STATUS    -> this node: id, epoch, slots assigned, moves under way and done,
+                            the configuration group's leader, and per shard it hosts:
+                            role, leader, applied, commit, keys
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from core.command_table import Command
+from core.raft_service import RaftService
+from core.resp import CommandError
+from core.resp_commands import parse_int
+from core.resp_session import Session
+from shardstore.cluster import CONFIG_GROUP, ClusterConfig
+from shardstore.keysets import KeySet, parse_slots
+from shardstore.machine import ShardMachine
+from shardstore.moves import STATE_DONE, encode_begin
+
+__all__ = ["AdminCommands", "ERR_MOVE_SYNTAX"]
+
+ERR_MOVE_SYNTAX = ("ERR syntax: SHARDSTORE.MOVE <from shard> <to shard> SLOTS <list> | "
+                   "RANGE <first> <end|+inf>")
+ERR_NOT_INTEGER = "ERR value is not an integer or out of range"
+ERR_BAD_SLOTS = "ERR {}"
+UNBOUNDED = b"+inf"
+ADMIN_FLAGS = frozenset({"admin"})
+READ_FLAGS = frozenset({"loading", "stale"})
+
+
+class AdminNode(Protocol):
+    """What the admin commands need of shardstore.server.ShardNode."""
+
+    me: int
+    service: RaftService
+    machines: dict[int, ShardMachine]
+    host: Any
+
+    @property
+    def config(self) -> ClusterConfig: ...
+
+    async def config_write(self, entry: bytes) -> Any: ...
+
+
+class AdminCommands:
+    """The SHARDSTORE.* rows (see the module header)."""
+
+    def __init__(self, node: AdminNode) -> None:
+        self.node = node
+
+    def rows(self) -> list[Command]:
+        return [
+            Command("SHARDSTORE.MOVE", self.cmd_move, -5, ADMIN_FLAGS,
+                    summary="Begin an online move of slots (or a key range) between shards"),
+            Command("SHARDSTORE.MOVES", self.cmd_moves, 1, READ_FLAGS,
+                    summary="The moves under way and how far each got"),
+            Command("SHARDSTORE.SLOTS", self.cmd_slots, 1, READ_FLAGS,
+                    summary="The slot map as [first, last, shard id] ranges"),
+            Command("SHARDSTORE.STATUS", self.cmd_status, 1, READ_FLAGS,
+                    summary="This node's configuration epoch and shard replicas"),
+        ]
+
+    async def cmd_move(self, session: Session, args: list[bytes]) -> Any:
+        source = parse_int(args[1], ERR_NOT_INTEGER)
+        target = parse_int(args[2], ERR_NOT_INTEGER)
+        keys = _keyset(args[3:])
+        return await self.node.config_write(encode_begin(keys, source, target))
+
+    async def cmd_moves(self, session: Session, args: list[bytes]) -> Any:
+        await self.node.service.barrier(CONFIG_GROUP)
+        config = self.node.config
+        return [{b"id": m.move_id, b"keys": m.keys.describe().encode(), b"source": m.source,
+                 b"target": m.target, b"state": m.state.encode(), b"copied": m.copied,
+                 b"purged": m.purged, b"epoch": m.began_epoch}
+                for _, m in sorted(config.moves.items())]
+
+    async def cmd_slots(self, session: Session, args: list[bytes]) -> Any:
+        await self.node.service.barrier(CONFIG_GROUP)
+        return [[first, last, sid] for first, last, sid in self.node.config.ranges]
+
+    def cmd_status(self, session: Session, args: list[bytes]) -> Any:
+        config = self.node.config
+        shards = []
+        for sid, machine in sorted(self.node.machines.items()):
+            group = self.node.host.group(config.shards[sid].group)
+            node = group.node if group is not None else None
+            if node is None:
+                continue
+            shards.append({b"shard": sid, b"role": node.role.value.encode(),
+                           b"leader": node.lead, b"applied": group.applied,
+                           b"commit": node.committed, b"keys": machine.store.count()})
+        assigned = sum(last - first + 1 for first, last, _ in config.ranges)
+        return {b"node": self.node.me, b"epoch": config.epoch, b"slots_assigned": assigned,
+                b"moves": sum(1 for m in config.moves.values() if m.state != STATE_DONE),
+                b"moves_done": config.moves_done, b"config_leader": self._config_leader(),
+                b"shards": shards}
+
+    def _config_leader(self) -> int:
+        group = self.node.host.group(CONFIG_GROUP)
+        return group.node.lead if group is not None and group.node is not None else 0
+
+
+def _keyset(words: list[bytes]) -> KeySet:
+    kind = words[0].upper()
+    try:
+        if kind == b"SLOTS" and len(words) == 2:
+            return parse_slots(words[1].decode("ascii"))
+        if kind == b"RANGE" and len(words) == 3:
+            end = None if words[2] == UNBOUNDED else words[2]
+            return KeySet.of_range(words[1], end)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise CommandError(ERR_BAD_SLOTS.format(exc)) from None
+    raise CommandError(ERR_MOVE_SYNTAX)

@@ -42,9 +42,10 @@ from shardstore.table_keys import (
 )
 
 __all__ = [
-    "DEFAULT_KEYSPACE", "OP_CREATE", "OP_PREFIX", "OP_SPLIT", "RULE_HASH", "RULE_RANGE",
+    "DEFAULT_KEYSPACE", "MAX_RANGE_KEYS", "NOT_HERE", "OP_CREATE", "OP_PREFIX", "OP_SPLIT",
+    "RULE_HASH", "RULE_RANGE",
     "Catalog", "CatalogError", "Table", "encode_create", "encode_split", "parse_create",
-    "parse_split",
+    "parse_range", "parse_split",
 ]
 
 OP_PREFIX = "table."
@@ -75,6 +76,11 @@ ERR_KEY = "ERR key {!r} of range table {!r}: {}"
 ERR_POINT = "ERR {}"
 ERR_MIXED = "ERR keys of range tables and other keys in one command"
 ERR_SPAN = "ERR the keys of range table rows lie on different shards ({})"
+ERR_COUNT = "ERR COUNT must be 1..100000"
+MAX_RANGE_KEYS = 100_000  # keys one TABLE.RANGE answers at most (its COUNT's ceiling)
+# The words by which a node refusing a range row it does not hold names the way to it; the
+# router and shardstore.client recognise the refusal by them.
+NOT_HERE = "use the router or shardstore.client"
 
 
 class CatalogError(ValueError):
@@ -152,6 +158,12 @@ class Catalog:
         if not sep:
             return None
         return self.tables.get(name.decode("utf-8", "replace"))
+
+    def is_range_row(self, key: bytes) -> bool:
+        """True for a key of a RANGE table: not slot-addressed, so a move of slots must
+        leave it where it is."""
+        table = self.table_of(key)
+        return table is not None and table.ranged
 
     @property
     def has_ranges(self) -> bool:
@@ -352,6 +364,27 @@ def parse_split(args: Sequence[bytes], catalog: Catalog) -> dict[str, Any]:
     elif len(args) != 3:
         raise CatalogError(ERR_SYNTAX)
     return {"op": OP_SPLIT, "name": table.name, "at": at, "shard": shard}
+
+
+def parse_range(args: Sequence[bytes], catalog: Catalog) -> tuple[Table, int, int, int]:
+    """(table, low, high, count) of `TABLE.RANGE name from to [COUNT n]` (points, or `-`
+    and `+` for the open ends; COUNT 1..MAX_RANGE_KEYS, MAX_RANGE_KEYS without it).
+    CatalogError on bad syntax, table or bound."""
+    if len(args) not in (4, 6) or (len(args) == 6 and args[4].upper() != b"COUNT"):
+        raise CatalogError(ERR_SYNTAX)
+    table = catalog.range_table(_word(args, 1))
+    try:
+        low = table_keys.parse_bound(table.kind, args[2], low=True)
+        high = table_keys.parse_bound(table.kind, args[3], low=False)
+    except KeyFormatError as exc:
+        raise CatalogError(ERR_POINT.format(exc)) from None
+    count = MAX_RANGE_KEYS
+    if len(args) == 6:
+        text = _word(args, 5)
+        if not text.isdigit() or not 1 <= int(text[:7]) <= MAX_RANGE_KEYS:
+            raise CatalogError(ERR_COUNT)
+        count = int(text)
+    return table, low, high, count
 
 
 def encode_create(entry: dict[str, Any]) -> bytes:

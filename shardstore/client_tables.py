@@ -15,13 +15,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from core.failover import Address
+from shardstore.catalog import MAX_RANGE_KEYS, NOT_HERE
 from shardstore.router_plan import SHARD, RouteMap
 from shardstore.table_keys import parse_bound, point_text
 
 __all__ = ["MAX_RANGE_KEYS", "NOT_HERE", "TableRoutes"]
 
-NOT_HERE = "use the router or shardstore.client"  # cmd_tables.ERR_NOT_SERVED's words
-MAX_RANGE_KEYS = 100_000  # TABLE.RANGE's COUNT ceiling
 ERR_NO_MASTER = "no master known for shard {} of table {!r}"
 
 

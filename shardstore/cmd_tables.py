@@ -36,7 +36,6 @@ from typing import Any, Protocol
 from core.command_table import Command, KeysError, get_keys
 from core.raft_service import RaftService
 from core.resp import OK, CommandError
-from core.resp_commands import parse_int
 from core.resp_session import Session
 from shardstore import catalog as catalog_mod
 from shardstore.catalog import Catalog, CatalogError, Table
@@ -45,27 +44,21 @@ from shardstore.machine import ShardMachine
 from shardstore.table_keys import (
     KIND_SNOWFLAKE,
     MAX_POSITION,
-    KeyFormatError,
-    parse_bound,
     point_text,
 )
 from shardstore.table_scan import merge_keys, range_keys
 
-__all__ = ["ERR_NOT_SERVED", "MAX_RANGE_KEYS", "TableCommands"]
+__all__ = ["ERR_NOT_SERVED", "TableCommands"]
 
-MAX_RANGE_KEYS = 100_000  # keys one TABLE.RANGE answers at most (its COUNT's ceiling)
 INFO_COUNT_MAX = 100_000  # keys TABLE.INFO counts per range at most
 READONLY_ATTR = "shardstore_readonly"  # handlers.py's READONLY mark on a Session
 ERR_NOT_SERVED = ("ERR {} of range table {!r} lies on shard {}, which this node does not "
-                  "serve (its master: {}): use the router or shardstore.client")
+                  "serve (its master: {}): " + catalog_mod.NOT_HERE)
 ERR_OPENING = "TRYAGAIN shard {} is opening on this node"
 ERR_NO_SHARD = "CLUSTERDOWN shard {} of range table {!r} is not in the map"
 ERR_SPLIT_MOVES = ("ERR TABLE.SPLIT would move keys of {!r} from shard {} to shard {}: "
                    "moving keys waits for resharding (split at a point with no keys "
                    "beyond it, or without SHARD)")
-ERR_NOT_INTEGER = "ERR value is not an integer or out of range"
-ERR_COUNT = "ERR COUNT must be 1..100000"
-ERR_SYNTAX = "ERR syntax error"
 UNKNOWN = "unknown"
 
 
@@ -246,20 +239,9 @@ class TableCommands:
 
     def _range_args(self, args: list[bytes]) -> tuple[Table, int, int, int]:
         try:
-            table = self.catalog.range_table(args[1].decode("utf-8", "replace"))
-            low = parse_bound(table.kind, args[2], low=True)
-            high = parse_bound(table.kind, args[3], low=False)
-        except (CatalogError, KeyFormatError) as exc:
-            text = str(exc)
-            raise CommandError(text if text.startswith("ERR") else f"ERR {text}") from None
-        count = MAX_RANGE_KEYS
-        if len(args) == 6 and args[4].upper() == b"COUNT":
-            count = parse_int(args[5], ERR_NOT_INTEGER)
-            if not 1 <= count <= MAX_RANGE_KEYS:
-                raise CommandError(ERR_COUNT)
-        elif len(args) != 4:
-            raise CommandError(ERR_SYNTAX)
-        return table, low, high, count
+            return catalog_mod.parse_range(args, self.catalog)
+        except CatalogError as exc:
+            raise CommandError(str(exc)) from None
 
     def _count(self, name: str, shards: int) -> None:
         self.reads += 1

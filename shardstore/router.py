@@ -39,7 +39,7 @@ from core.resp_commands import parse_int
 from core.resp_server import RespServer
 from core.resp_session import Session
 from shardstore import commands as layer
-from shardstore.catalog import CatalogError, Table
+from shardstore.catalog import NOT_HERE, CatalogError, Table, parse_range
 from shardstore.router_plan import SHARD, Part, RouteMap, assemble, plan
 from shardstore.table_keys import KeyFormatError, parse_bound, point_text
 from shardstore.table_scan import merge_keys
@@ -59,20 +59,15 @@ PAUSE_MAX_S = 0.5
 MAX_REDIRECTS = 16  # MOVED/ASK hops of one part
 MAX_IDLE_PER_NODE = 32  # pooled connections kept per node
 MAX_MASTERS = 1024  # SCAN cursor: the master's index is the cursor modulo this
-MAX_RANGE_KEYS = 100_000
 COMMON_NAMES = frozenset({"PING", "ECHO", "HELLO", "AUTH", "QUIT", "INFO", "COMMAND",
                           "CLIENT", "CONFIG", "SELECT"})
 RETRY_CODES = frozenset({"TRYAGAIN", "CLUSTERDOWN", "LOADING"})
 RESP3_MAPS = frozenset({"HGETALL"})  # flat arrays from the nodes (RESP2), maps in RESP3
-NOT_HERE = "use the router"  # a node's refusal of a range row: our catalog is stale
 ERR_DOWN = "CLUSTERDOWN router: {} did not answer within {:g}s: {}"
 ERR_NO_MAP = "CLUSTERDOWN router: no node answered for the cluster's map: {}"
 ERR_UNKNOWN = ("TRYAGAIN router: lost {} while it ran a write; its outcome is unknown "
                "(not sent again)")
 ERR_NO_TARGET = "no master known for {} {}"
-ERR_SYNTAX = "ERR syntax error"
-ERR_COUNT = "ERR COUNT must be 1..100000"
-ERR_NOT_INTEGER = "ERR value is not an integer or out of range"
 ERR_CURSOR = "ERR invalid cursor"
 NODE_ERRORS = (OSError, ProtocolError, TimeoutError)
 
@@ -290,7 +285,7 @@ class Router:
                         hops += 1
                         address, asking = redirect
                         continue
-                    if NOT_HERE in err.message and catalog_retry:
+                    if NOT_HERE in err.message and catalog_retry:  # our catalog is behind
                         catalog_retry = False  # our catalog is behind the node's
                         await self._try_refresh()
                         address = None
@@ -409,24 +404,12 @@ class Router:
         return merge_keys(replies, count)  # type: ignore[arg-type]
 
     async def _range_args(self, args: list[bytes]) -> tuple[Table, int, int, int]:
-        name = args[1].decode("utf-8", "replace")
-        if name not in self.routes.catalog.tables:
+        if args[1].decode("utf-8", "replace") not in self.routes.catalog.tables:
             await self._try_refresh()
         try:
-            table = self.routes.catalog.range_table(name)
-            low = parse_bound(table.kind, args[2], low=True)
-            high = parse_bound(table.kind, args[3], low=False)
-        except (CatalogError, KeyFormatError) as exc:
-            text = str(exc)
-            raise CommandError(text if text.startswith("ERR") else f"ERR {text}") from None
-        count = MAX_RANGE_KEYS
-        if len(args) == 6 and args[4].upper() == b"COUNT":
-            count = parse_int(args[5], ERR_NOT_INTEGER)
-            if not 1 <= count <= MAX_RANGE_KEYS:
-                raise CommandError(ERR_COUNT)
-        elif len(args) != 4:
-            raise CommandError(ERR_SYNTAX)
-        return table, low, high, count
+            return parse_range(args, self.routes.catalog)
+        except CatalogError as exc:
+            raise CommandError(str(exc)) from None
 
     def info(self) -> dict[str, dict[str, object]]:
         """The Router section of INFO."""

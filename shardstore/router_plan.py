@@ -117,8 +117,11 @@ class RouteMap:
 def _pairs(reply: object) -> dict[bytes, Any]:
     if isinstance(reply, dict):
         return {k.encode() if isinstance(k, str) else k: v for k, v in reply.items()}
-    if isinstance(reply, list) and len(reply) % 2 == 0:
-        return dict(zip(reply[::2], reply[1::2], strict=True))
+    try:
+        if isinstance(reply, list) and len(reply) % 2 == 0:
+            return dict(zip(reply[::2], reply[1::2], strict=True))
+    except TypeError:  # an aggregate where a name should be
+        pass
     raise ValueError(ERR_BAD_TABLE.format(reply))
 
 
@@ -137,6 +140,9 @@ def _table_of(reply: object) -> tuple[Table, dict[int, list[str]]]:
             addresses[int(sid)] = [_text(m) for m in members]
     except (KeyError, TypeError, ValueError):
         raise ValueError(ERR_BAD_TABLE.format(reply)) from None
+    if table.ranged and (len(table.shards) != len(table.splits) + 1 or any(
+            b <= a for a, b in zip(table.splits, table.splits[1:], strict=False))):
+        raise ValueError(ERR_BAD_TABLE.format(reply))
     return table, addresses
 
 

@@ -17,7 +17,7 @@ from idgen.layout import DEFAULT_EPOCH_MS
 from idgen.layout import parse as idgen_parse
 from native.snowflake import make_id
 from shardstore import catalog, cluster, table_keys
-from shardstore.catalog import Catalog, CatalogError, parse_create, parse_split
+from shardstore.catalog import Catalog, CatalogError, parse_create, parse_range, parse_split
 from shardstore.cluster import ConfigMachine
 from shardstore.engine import Engine
 from shardstore.table_keys import (
@@ -100,6 +100,49 @@ def test_table_create_syntax_takes_any_words(words: list[bytes]) -> None:
         assert str(exc).startswith("ERR")
         return
     assert entry["op"] == catalog.OP_CREATE
+
+
+@given(st.sampled_from([KIND_DATE, KIND_SNOWFLAKE]), st.binary(max_size=24))
+def test_point_parser_takes_any_bytes(kind: str, text: bytes) -> None:
+    try:
+        position = parse_point(kind, text)
+    except KeyFormatError as exc:
+        assert "not a point" in str(exc)
+        return
+    assert parse_point(kind, point_text(kind, position).encode()) == position
+
+
+WORDS = st.lists(st.one_of(st.binary(max_size=10),
+                           st.sampled_from([b"orders", b"users", b"COUNT", b"SHARD", b"1",
+                                            b"2026-12", b"-", b"+", b"100001"])), max_size=7)
+
+
+@given(WORDS)
+def test_split_and_range_syntax_take_any_words(words: list[bytes]) -> None:
+    machine = _machine()
+    _create(machine, "orders", "RANGE", "DATE", "SPLITS", "2026-11")
+    _create(machine, "users", "HASH")
+    for parse in (parse_split, parse_range):
+        try:
+            parse([b"TABLE.X", *words], machine.catalog)
+        except CatalogError as exc:
+            assert str(exc).startswith("ERR")
+
+
+def test_range_syntax() -> None:
+    machine = _machine()
+    _create(machine, "orders", "RANGE", "DATE")
+    table, low, high, count = parse_range([b"T", b"orders", b"2026-12", b"+", b"COUNT", b"5"],
+                                          machine.catalog)
+    assert (table.name, low, high, count) == ("orders", 20261200, MAX_POSITION, 5)
+    for words, error in (([b"orders", b"-"], "syntax"), ([b"orders", b"-", b"+", b"COUNT",
+                                                          b"0"], "COUNT must be"),
+                         ([b"orders", b"x", b"+"], "not a point"),
+                         ([b"nope", b"-", b"+"], "no such table")):
+        with pytest.raises(CatalogError, match=error):
+            parse_range([b"T", *words], machine.catalog)
+    assert machine.catalog.is_range_row(b"orders:2026") and not machine.catalog.is_range_row(
+        b"users:1")
 
 
 # -- the catalog in the configuration machine -----------------------------------------------

@@ -19,6 +19,7 @@ import redis.asyncio as aredis
 from hypothesis import given
 from hypothesis import strategies as st
 
+from core.daemon import ConfigError
 from core.resp import CommandError
 from native.crc16 import key_slot
 from shardstore import commands, router_cli
@@ -69,6 +70,33 @@ def test_mget_parts_put_back_in_request_order(keys: list[bytes]) -> None:
     parts = plan(ROWS["MGET"], [b"MGET", *keys], routes)
     replies = [p.args[1:] for p in parts]  # each part answers its own keys
     assert assemble(ROWS["MGET"], parts, replies) == keys
+
+
+REPLIES = st.recursive(st.one_of(st.none(), st.integers(-5, 20000), st.binary(max_size=12),
+                                  st.sampled_from([b"-", b"+", b"2026-12", b"DATE", b"RANGE",
+                                                   b"name", b"ranges"])),
+                        lambda inner: st.lists(inner, max_size=6), max_leaves=30)
+
+
+@given(REPLIES)
+def test_route_map_parsers_take_any_reply(reply: object) -> None:
+    routes = RouteMap()
+    for load in (routes.load_slots, lambda r: routes.load_tables([r])):
+        try:
+            load(reply)
+        except ValueError as exc:
+            assert "not understood" in str(exc) or "not a point" in str(exc) or "ERR" in str(
+                exc)
+
+
+@given(st.text(max_size=24))
+def test_router_addresses_are_checked(text: str) -> None:
+    try:
+        host, port = router_cli._address(text)
+    except ConfigError as exc:
+        assert "not HOST:PORT" in str(exc)
+        return
+    assert host and 0 < port < 65536
 
 
 def test_router_command_line_refuses_what_cannot_work(capsys: pytest.CaptureFixture[str]

@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+import signal
 import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -30,6 +33,8 @@ from tests.conftest import find_free_port
 from tests.test_shardstore_daemon import LoopCluster, needs_aliases
 from tests.test_shardstore_tables import _ready
 
+ROOT = Path(__file__).resolve().parent.parent
+READY_S = 30.0
 ROWS = {row.name.upper(): row for row in commands.COMMANDS}
 
 
@@ -169,6 +174,32 @@ async def _check_redis_cli(port: int) -> None:
         assert out.decode().strip("\n") == expected.strip("\n"), words
 
 
+async def _check_process(seed: str) -> None:
+    """`python -m shardstore router` as a process: serves, and stops cleanly on SIGTERM."""
+    port = find_free_port("127.0.0.1")
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "shardstore", "router", "--listen", f"127.0.0.1:{port}",
+        "--nodes", seed, cwd=ROOT, stderr=subprocess.PIPE)
+    client = aredis.Redis(port=port)
+    try:
+        deadline = time.monotonic() + READY_S
+        while True:
+            try:
+                assert await client.ping()
+                break
+            except redis.ConnectionError:
+                assert time.monotonic() < deadline and proc.returncode is None
+                await asyncio.sleep(0.1)
+        assert await client.set("proc:key", "1")
+        assert await client.mget("proc:key", "key:3") == [b"1", b"key:3"]
+    finally:
+        await client.aclose()
+        proc.send_signal(signal.SIGTERM)
+        _, err = await proc.communicate()
+    assert proc.returncode == 0, err.decode()[-2000:]
+    assert b"shardstore router ready on 127.0.0.1:" in err
+
+
 async def _check_unreachable(cluster: LoopCluster, client: aredis.Redis) -> None:
     victim = next(n for n in cluster.nodes if 3 in n.machines)
     await victim.stop()
@@ -192,6 +223,7 @@ def test_router_in_front_of_three_nodes(tmp_path: Path) -> None:
             await _check_keys(client, router)
             await _check_range_table(client, router)
             await _check_redis_cli(router.server.port)
+            await _check_process(seeds[0])
             await _check_unreachable(cluster, client)
             await client.aclose()
         finally:

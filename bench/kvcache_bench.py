@@ -243,6 +243,9 @@ def run_memcaslap(target: McServer, counted: McServer, metered: list[McServer],
     if not int(ops) or abs(server_ops / int(ops) - 1) > SERVED_TOLERANCE:
         raise ValueError(f"{shlex.join(argv)}: memcaslap reports {ops} ops, the server "
                          f"counted {server_ops} gets and sets")
+    if counters.get("get_misses", 0):
+        raise ValueError(f"{shlex.join(argv)}: {counters['get_misses']} gets missed (each "
+                         "connection gets only keys it set, and nothing is evicted)")
     cpu = meter.result
     server_cpu_s = [c * cpu["wall_s"] for c in cpu["server_cores"]]
     return {
@@ -407,13 +410,25 @@ def _fill(server: McServer, count: int, batch: int) -> dict[str, Any]:
     return result
 
 
+def _fill_verified(server: McServer, count: int, batch: int) -> dict[str, Any]:
+    """_fill, then a sample of the keys read back: all there, all intact (nothing is
+    evicted at -m 1024), else the run fails."""
+    result = _fill(server, count, batch)
+    check = loads.verify(server.host, server.port, 0, count, VALUE_SIZE)
+    result["verified"] = check
+    if check["missing"] or check["wrong"]:
+        raise ValueError(f"{server.name}: of {check['sampled']} keys read back after the "
+                         f"fill, {check['missing']} missing, {check['wrong']} changed")
+    return result
+
+
 def section_memory(plan: Plan, rec: Recorder) -> None:
     section = "4 memory"
     full: dict[str, dict[str, Any]] = {}
     for name, factory in (("kvcache", kvcache_server), ("memcached", memcached_server)):
         with factory(MEMORY_MB) as server:
             result = rec.attempt(section, f"4 fill {name}", partial(
-                _fill, server, plan.fill_items, plan.batch))
+                _fill_verified, server, plan.fill_items, plan.batch))
             if result is not None:
                 result["side"] = name
                 full[name] = result

@@ -7,7 +7,9 @@ module only has what memcaslap does not do:
 - `fill`: one raw socket pipelining `set KEY 0 0 SIZE noreply` lines in big batches (no
   replies to wait for), then one `version` round trip, so every set before it has been
   processed when it returns. Whatever the server writes back meanwhile (an error despite
-  noreply) is drained after each batch, counted and kept (its start) for the report.
+  noreply) is drained after each batch, counted and kept (its start) for the report;
+- `verify`: reads a sample of the filled keys back with multi-key gets (`parse_values`)
+  and counts the ones missing or not what the fill stored.
 """
 
 from __future__ import annotations
@@ -21,6 +23,12 @@ from typing import Any
 REPLY_TIMEOUT_S = 30.0  # a fill's sync waits for every queued set; generous
 RECV_BYTES = 1 << 16
 KEY_FORMAT = b"key:%010d"  # 14 bytes, the same for every fill
+FILL_BYTE = b"v"  # every filled value is this byte repeated
+VERIFY_KEYS_PER_GET = 100
+VERIFY_SAMPLE = 2000  # keys read back after a fill
+ERR_VALUE_LINE = "bad VALUE line {!r}"
+ERR_VALUE_BLOCK = "VALUE block of {} bytes not followed by CRLF"
+ERR_NO_END = "reply does not end with END"
 
 
 def _read_until(sock: socket.socket, terminator: bytes, limit: int = 1 << 22) -> bytes:
@@ -84,7 +92,7 @@ def fill(host: str, port: int, count: int, value_size: int = 100, batch: int = 2
 
     `on_batch(items_sent)` is called after every batch (the caller samples RSS there).
     Returns the counts, the wall time and what the server wrote back besides VERSION."""
-    value = (b"v" * value_size)
+    value = FILL_BYTE * value_size
     template = b"set " + KEY_FORMAT + b" 0 0 %d noreply\r\n%s\r\n"
     unexpected = bytearray()
     unexpected_bytes = 0
@@ -118,3 +126,46 @@ def fill(host: str, port: int, count: int, value_size: int = 100, batch: int = 2
         "unexpected_reply_bytes": unexpected_bytes,
         "unexpected_reply_start": bytes(unexpected).decode(errors="replace"),
     }
+
+
+def parse_values(reply: bytes) -> dict[bytes, bytes]:
+    """The items of a complete `get k1 k2 ...` reply (`VALUE key flags bytes` lines, each
+    followed by its block, then `END`), as {key: value}. ValueError on anything else."""
+    items: dict[bytes, bytes] = {}
+    pos = 0
+    while True:
+        eol = reply.find(b"\r\n", pos)
+        if eol < 0:
+            raise ValueError(ERR_NO_END)
+        line = reply[pos:eol]
+        if line == b"END":
+            if eol + 2 != len(reply):
+                raise ValueError(ERR_NO_END)
+            return items
+        parts = line.split(b" ")
+        if len(parts) != 4 or parts[0] != b"VALUE" or not parts[3].isdigit():
+            raise ValueError(ERR_VALUE_LINE.format(line[:80]))
+        size = int(parts[3])
+        start = eol + 2
+        if reply[start + size:start + size + 2] != b"\r\n":
+            raise ValueError(ERR_VALUE_BLOCK.format(size))
+        items[parts[1]] = reply[start:start + size]
+        pos = start + size + 2
+
+
+def verify(host: str, port: int, first: int, count: int, value_size: int,
+           sample: int = VERIFY_SAMPLE) -> dict[str, int]:
+    """Read `sample` keys spread over the fill [first, first + count) back; how many were
+    missing and how many held another value than the fill's."""
+    step = max(1, count // sample)
+    keys = [KEY_FORMAT % i for i in range(first, first + count, step)][:sample]
+    expected = FILL_BYTE * value_size
+    missing = wrong = 0
+    with socket.create_connection((host, port), timeout=REPLY_TIMEOUT_S) as sock:
+        for at in range(0, len(keys), VERIFY_KEYS_PER_GET):
+            chunk = keys[at:at + VERIFY_KEYS_PER_GET]
+            sock.sendall(b"get " + b" ".join(chunk) + b"\r\n")
+            items = parse_values(_read_until(sock, b"END\r\n"))
+            missing += sum(1 for k in chunk if k not in items)
+            wrong += sum(1 for k in chunk if k in items and items[k] != expected)
+    return {"sampled": len(keys), "missing": missing, "wrong": wrong}

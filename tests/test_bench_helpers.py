@@ -13,6 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bench.idgen_loads import MIXED, MixedChecker
+from bench.kvcache_loads import parse_values
 from bench.scheduler_slots import expected_slots, lateness
 from core.resp_client import ReplyError
 
@@ -114,3 +115,34 @@ def test_mixed_checker_answers_any_reply_with_a_count_or_a_value_error(
             assert checker.check(reply) >= 0
         except ValueError:
             return
+
+
+# -- kvcache's read-back after a fill ----------------------------------------------------
+
+KEYS = st.binary(min_size=1, max_size=8).filter(lambda k: b" " not in k and b"\r" not in k
+                                                and b"\n" not in k)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.dictionaries(KEYS, st.binary(max_size=20), max_size=6))
+def test_parse_values_reads_what_a_get_reply_holds(items: dict[bytes, bytes]) -> None:
+    reply = b"".join(b"VALUE %s 0 %d\r\n%s\r\n" % (k, len(v), v) for k, v in items.items())
+    assert parse_values(reply + b"END\r\n") == items
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=60))
+def test_parse_values_refuses_garbage_with_a_value_error(data: bytes) -> None:
+    try:
+        parse_values(data)
+    except ValueError:
+        return
+
+
+def test_parse_values_errors_say_what_is_wrong() -> None:
+    with pytest.raises(ValueError, match="does not end with END"):
+        parse_values(b"VALUE k 0 1\r\nx\r\n")
+    with pytest.raises(ValueError, match="bad VALUE line"):
+        parse_values(b"VALUE k 0\r\nEND\r\n")
+    with pytest.raises(ValueError, match="not followed by CRLF"):
+        parse_values(b"VALUE k 0 5\r\nx\r\nEND\r\n")

@@ -29,7 +29,9 @@ from core.resp_server import Command, Limits
 from dfs import namespace as ns
 from dfs.chunk_commands import ChunkCommands
 from dfs.chunks import ChunkTable, MasterMachine
+from dfs.meta_commands import MetaCommands
 from dfs.namespace import Namespace, PathError
+from dfs.perms import Caller
 
 __all__ = ["DEFAULT_PURGE_EVERY_S", "DEFAULT_TRASH_KEEP_MS", "ERR_UTF8", "Master", "VERSION"]
 
@@ -75,7 +77,8 @@ class Master:
                  password: str | None = None, max_clients: int = 10_000,
                  trash_keep_ms: int = DEFAULT_TRASH_KEEP_MS,
                  purge_every_s: float = DEFAULT_PURGE_EVERY_S,
-                 timeout_s: float = 10.0, placement: dict[str, Any] | None = None) -> None:
+                 timeout_s: float = 10.0, placement: dict[str, Any] | None = None,
+                 superuser_password: str | None = None) -> None:
         self.namespace = Namespace()
         self.clock = clock
         self.trash_keep_ms = trash_keep_ms
@@ -83,12 +86,18 @@ class Master:
         # The chunk table beside the namespace, and its commands (dfs/chunk_commands.py).
         self.chunk_table = ChunkTable(self.namespace)
         self.chunks = ChunkCommands(None, self.chunk_table, path_arg, clock, placement=placement)
+        # Users, permissions, quotas, versions (dfs/meta_commands.py): who calls, and checks.
+        self.meta = MetaCommands(self.namespace, clock, path_arg,
+                                 superuser_password=superuser_password)
         self.service = RaftService("dfs-master", VERSION,
                                    MasterMachine(self.namespace, self.chunk_table),
-                                   driver_factory, [*self.commands(), *self.chunks.commands()],
-                                   password=password, limits=Limits(max_clients=max_clients),
+                                   driver_factory, [*self.commands(), *self.chunks.commands(),
+                                                    *self.meta.commands()],
+                                   password=password, users=self.meta,
+                                   limits=Limits(max_clients=max_clients),
                                    timeout_s=timeout_s)
         self.chunks.service = self.service
+        self.meta.service = self.service
         self.driver = self.service.driver
         self._purger: asyncio.Task[None] | None = None
 
@@ -134,8 +143,9 @@ class Master:
             Command("FS.MKDIR", self.cmd_mkdir, -2, WRITE, max_arity=3,
                     summary="FS.MKDIR path [PARENTS]: a directory (PARENTS: also the missing "
                             "ones above it, and an existing directory is fine)"),
-            Command("FS.CREATE", self.cmd_create, 2, WRITE,
-                    summary="FS.CREATE path: an empty file; refused if the path exists"),
+            Command("FS.CREATE", self.cmd_create, -2, WRITE, max_arity=3,
+                    summary="FS.CREATE path [OVERWRITE]: an empty file; refused if the path "
+                            "exists, unless OVERWRITE (the replaced file is kept as a version)"),
             Command("FS.RENAME", self.cmd_rename, -3, WRITE, max_arity=4,
                     summary="FS.RENAME src dst [REPLACE]: atomic; REPLACE lets a file "
                             "replace a file, a directory an empty directory"),
@@ -150,43 +160,40 @@ class Master:
                     summary="FS.TRASH: [id, path, type, deleted_ms, expires_ms] per item"),
         ]
 
-    async def _write(self, entry: bytes) -> Any:
-        return await self.service.write(entry)
+    async def _write(self, session: Any, entry: bytes) -> Any:
+        return await self.meta.write(session, entry)  # applied as the session's user
 
     async def cmd_mkdir(self, session: Any, args: list[bytes]) -> Any:
         path, parents = path_arg(args[1]), flag_arg(args, 2, b"PARENTS")
-        await self._write(ns.encode_mkdir(self.clock.wall_ms(), path, parents))
+        await self._write(session, ns.encode_mkdir(self.clock.wall_ms(), path, parents))
         return OK
 
     async def cmd_create(self, session: Any, args: list[bytes]) -> Any:
-        await self._write(ns.encode_create(self.clock.wall_ms(), path_arg(args[1])))
+        path, overwrite = path_arg(args[1]), flag_arg(args, 2, b"OVERWRITE")
+        await self._write(session, ns.encode_create(self.clock.wall_ms(), path, overwrite))
         return OK
 
     async def cmd_rename(self, session: Any, args: list[bytes]) -> Any:
         src, dst = path_arg(args[1]), path_arg(args[2])
         replace = flag_arg(args, 3, b"REPLACE")
-        await self._write(ns.encode_rename(self.clock.wall_ms(), src, dst, replace))
+        await self._write(session, ns.encode_rename(self.clock.wall_ms(), src, dst, replace))
         return OK
 
     async def cmd_delete(self, session: Any, args: list[bytes]) -> Any:
         path, recursive = path_arg(args[1]), flag_arg(args, 2, b"RECURSIVE")
         entry = ns.encode_delete(self.clock.wall_ms(), path, recursive, self.trash_keep_ms)
-        return await self._write(entry)
+        return await self._write(session, entry)
 
-    async def _read(self, read: Callable[[], Any]) -> Any:
-        await self.service.barrier()
-        try:
-            return read()
-        except PathError as exc:
-            raise CommandError(str(exc)) from None
+    async def _read(self, session: Any, read: Callable[[Caller], Any]) -> Any:
+        return await self.meta.read(session, read)  # checked as the session's user
 
     async def cmd_ls(self, session: Any, args: list[bytes]) -> Any:
         path = path_arg(args[1])
-        return await self._read(lambda: self.namespace.ls(path))
+        return await self._read(session, lambda c: self.namespace.ls(path, c))
 
     async def cmd_stat(self, session: Any, args: list[bytes]) -> Any:
         path = path_arg(args[1])
-        return await self._read(lambda: self.namespace.stat(path))
+        return await self._read(session, lambda c: self.namespace.stat(path, c))
 
     async def cmd_trash(self, session: Any, args: list[bytes]) -> Any:
-        return await self._read(self.namespace.trash_listing)
+        return await self._read(session, self.namespace.trash_listing)

@@ -1,0 +1,111 @@
+"""dfs users, permissions, quotas and versions on a real 3-master cluster (one process per
+master on 127.0.0.2-4, started with --superuser-password), driven with redis-py logging in
+with `AUTH username password`; each step on a different master than the last, so users and
+checks come from the replicated state. AUTH's errors are checked byte for byte against
+Redis's texts. Timeouts only detect hangs."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from redis.exceptions import AuthenticationError, ResponseError
+
+from tests.test_dfs_master import HANG_S, HOSTS, Cluster, eventually
+from tests.test_raft_driver import needs_aliases
+
+SUPERUSER_PASSWORD = "su-secret"
+# Redis 7's reply to AUTH with an unknown user or a wrong password (src/server.c, acl.c).
+WRONGPASS = b"-WRONGPASS invalid username-password pair or user is disabled.\r\n"
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[Cluster]:
+    c = Cluster(tmp_path)
+    for node in c.nodes:
+        node.argv += ["--superuser-password", SUPERUSER_PASSWORD]
+    try:
+        for node in c.nodes:
+            node.start()
+        eventually(c.leader, "a leader and a full address book")
+        yield c
+    finally:
+        for node in c.nodes:
+            if node.alive():
+                node.kill()
+
+
+def login(cluster: Cluster, i: int, user: str, password: str) -> redis.Redis:
+    return redis.Redis(host=HOSTS[i], port=cluster.ports[i], username=user, password=password,
+                       decode_responses=True, socket_timeout=HANG_S)
+
+
+def raw(cluster: Cluster, i: int, line: bytes) -> bytes:
+    """One inline command on a fresh connection; the first reply line, exactly."""
+    with socket.create_connection((HOSTS[i], cluster.ports[i]), timeout=HANG_S) as sock:
+        sock.sendall(line + b"\r\n")
+        return sock.makefile("rb").readline()
+
+
+def refused(client: redis.Redis, *args: Any) -> str:
+    with pytest.raises(ResponseError) as info:
+        client.execute_command(*args)
+    return str(info.value)
+
+
+@needs_aliases
+def test_users_modes_quotas_and_versions_across_masters(cluster: Cluster) -> None:
+    anon = cluster.clients[0]  # no AUTH: the unprivileged 'nobody'
+    assert anon.execute_command("FS.WHOAMI") == ["nobody", 0, ["nobody"]]
+    assert refused(anon, "FS.MKDIR", "/x").startswith("permission denied: user=nobody")
+    assert refused(anon, "USER.ADD", "eve", "pw") == \
+        "permission denied: only a superuser may change users"
+    root = login(cluster, 1, "root", SUPERUSER_PASSWORD)
+    assert root.execute_command("FS.WHOAMI")[:2] == ["root", 1]
+    for args in (("USER.ADD", "alice", "alice-pw"), ("USER.ADD", "bob", "bob-pw"),
+                 ("FS.MKDIR", "/home/alice", "PARENTS"), ("FS.CHOWN", "/home/alice", "alice"),
+                 ("FS.SETQUOTA", "/home/alice", "FILES", "6")):
+        assert root.execute_command(*args) == "OK"
+    assert [row[0] for row in root.execute_command("USER.LIST")] == ["alice", "bob"]
+
+    # AUTH's errors, exactly as Redis words them, on every master.
+    for i in range(3):
+        assert raw(cluster, i, b"AUTH alice wrong") == WRONGPASS
+        assert raw(cluster, i, b"AUTH mallory alice-pw") == WRONGPASS
+        assert raw(cluster, i, b"AUTH root nope") == WRONGPASS
+    with pytest.raises(AuthenticationError):
+        login(cluster, 0, "alice", "wrong").ping()
+
+    alice = login(cluster, 2, "alice", "alice-pw")
+    bob = login(cluster, 0, "bob", "bob-pw")
+    assert alice.execute_command("FS.CREATE", "/home/alice/f") == "OK"
+    assert alice.execute_command("FS.CHMOD", "/home/alice", "700") == "OK"
+    for args in (("FS.LS", "/home/alice"), ("FS.STAT", "/home/alice/f"),
+                 ("FS.CREATE", "/home/alice/g"), ("FS.DELETE", "/home/alice/f"),
+                 ("FS.RENAME", "/home/alice/f", "/home/alice/h"),
+                 ("FS.CREATE", "/home/alice/f", "OVERWRITE"), ("FS.VERSIONS", "/home/alice/f"),
+                 ("FS.CHMOD", "/home/alice", "777"), ("FS.CHOWN", "/home/alice", "bob")):
+        assert refused(bob, *args).startswith("permission denied"), args
+
+    # Overwrite three times; each version listed, then each restored in turn.
+    for _ in range(3):
+        assert alice.execute_command("FS.CREATE", "/home/alice/f", "OVERWRITE") == "OK"
+    rows = alice.execute_command("FS.VERSIONS", "/home/alice/f")
+    assert [(r[0], r[4]) for r in rows] == [(4, 1), (3, 0), (2, 0), (1, 0)]
+    for number in (1, 2, 3, 4):
+        assert root.execute_command("FS.RESTORE", "/home/alice/f", number) == "OK"
+        assert eventually(lambda n=number: alice.execute_command(
+            "FS.STAT", "/home/alice/f")["version"] == n, f"version {number} current")
+
+    # The quota counts old versions: /home/alice + f + 3 old versions + g = 6 names.
+    assert alice.execute_command("FS.CREATE", "/home/alice/g") == "OK"
+    assert refused(alice, "FS.MKDIR", "/home/alice/d").startswith(
+        "quota exceeded: the file count quota of '/home/alice' is 6")
+    count = root.execute_command("FS.COUNT", "/home/alice")
+    assert (count["dirs"], count["files"], count["remaining_files"]) == (1, 5, 0)
+    assert root.execute_command("USER.DEL", "bob") == "OK"
+    assert raw(cluster, 1, b"AUTH bob bob-pw") == WRONGPASS

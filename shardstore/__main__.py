@@ -10,6 +10,9 @@ only matter when the cluster is made (the first leader of the configuration grou
 the slot map), and are checked here against the number of `--peers`. `--fsync everysec`
 is for single-replica shards only (Raft's votes and log must survive a power cut), as
 Redis's `appendfsync everysec`: up to a second of acknowledged writes may be lost.
+
+`shardstore router --listen H:P --nodes H:P,...` runs the RESP proxy for clients that are
+not cluster-aware (shardstore/router_cli.py).
 """
 
 from __future__ import annotations

@@ -232,6 +232,20 @@ def test_routing_keys_of_range_tables() -> None:
     assert table.pieces(20261200, 20270100) == [(20261200, 20270100, 2)]
 
 
+@given(st.lists(st.integers(0, 1000), unique=True, max_size=8).map(sorted),
+       st.integers(0, 1005), st.integers(0, 1005))
+def test_ranges_cover_every_position_once(splits: list[int], low: int, high: int) -> None:
+    table = catalog.Table("t", rule=catalog.RULE_RANGE, kind=KIND_DATE, splits=splits,
+                          shards=list(range(1, len(splits) + 2)))
+    for position in (low, high):
+        owners = [sid for a, b, sid in table.ranges() if a <= position < b]
+        assert owners == [table.shard_at(position)]
+    pieces = table.pieces(low, high)
+    covered = [p for a, b, _ in pieces for p in range(a, b)]
+    assert covered == list(range(low, high))
+    assert all(table.shard_at(a) == sid == table.shard_at(b - 1) for a, b, sid in pieces)
+
+
 # -- range reads of one store ---------------------------------------------------------------
 
 def test_range_keys_reads_one_month_in_key_order(tmp_path: Path) -> None:

@@ -21,6 +21,7 @@ MASTER_HOSTS = ("127.0.0.2", "127.0.0.3", "127.0.0.4")
 HANG_S = 60.0
 HEARTBEAT_MS = 200
 DEAD_MS = 2000
+TRASH_KEEP_MS = 1000
 
 
 def eventually(probe: Callable[[], Any], what: str, hang_s: float = HANG_S) -> Any:
@@ -50,7 +51,9 @@ class DfsCluster:
                                 "--peers", peers, "--data-dir", str(tmp / f"m{i + 1}"),
                                 "--tick-ms", "10", "--election-tick", "100",
                                 "--timeout-ms", "5000", "--chunkserver-dead-ms", str(DEAD_MS),
-                                "--min-chunkservers", str(min(chunkservers, 3))],
+                                "--min-chunkservers", str(max(1, min(chunkservers, 3))),
+                                "--trash-keep-ms", str(TRASH_KEEP_MS), "--purge-every-ms",
+                                "200"],
                                h, ports[i], tmp / f"m{i + 1}.log")
                         for i, h in enumerate(MASTER_HOSTS)]
         self.chunkservers = [self._chunkserver(i, scrub_pause_ms) for i in range(chunkservers)]

@@ -8,6 +8,8 @@ small chunks (128 KiB) so files span many of them.
   replica) and the bad replica is replaced by a good one; another flipped byte in a chunk
   no client reads is found by the scrubber and repaired the same way;
 - pandas writes a CSV to a dfs:// path and reads it back (fsspec);
+- the chunks of a file replaced or deleted (and purged from the trash) are deleted on
+  every chunk server; a leader without chunk server reports refuses allocations (safe mode);
 - the command line: put/get with progress bars, cat, ls, du, mv, stat, rm, admin report.
 Timeouts only detect hangs.
 """
@@ -26,7 +28,7 @@ from pathlib import Path
 
 import pytest
 
-from dfs.client import AsyncDfsClient, DfsClient
+from dfs.client import AsyncDfsClient, DfsClient, DfsUnavailable
 from tests.dfs_cluster import DfsCluster, eventually
 from tests.procs import ROOT
 from tests.test_raft_driver import needs_aliases
@@ -222,3 +224,36 @@ def test_the_command_line(cluster: DfsCluster, tmp_path: Path) -> None:
     report = dfs_cli(cluster, "admin", "report").stdout.decode()
     assert "safe mode: off" in report and "chunk servers: 4 live, racks: 2" in report
     assert dfs_cli(cluster, "ls", "/", "--bogus").returncode == 2
+
+
+def test_chunks_of_replaced_and_deleted_files_are_collected(cluster: DfsCluster,
+                                                            fs: DfsClient) -> None:
+    fs.mkdir("/gc", parents=True)
+    fs.write_bytes("/gc/a", os.urandom(2 * CHUNK))
+    fs.write_bytes("/gc/b", os.urandom(CHUNK))
+    old = [row[0] for row in fs.locate("/gc/a")[2]]
+    gone = [row[0] for row in fs.locate("/gc/b")[2]]
+    eventually(lambda: all(len(_chunk_files(cluster, c)) == 3 for c in old + gone),
+               "the replicas on disk")
+    fs.write_bytes("/gc/a", b"new")  # the old file's chunks are orphans now
+    fs.delete("/gc/b")  # in the trash until its expiry (TRASH_KEEP_MS), then purged
+    eventually(lambda: not any(_chunk_files(cluster, c) for c in old + gone),
+               "the orphan chunks deleted on every chunk server")
+    assert fs.read_bytes("/gc/a") == b"new"
+
+
+def test_safe_mode_refuses_allocation_until_chunk_servers_report(tmp_path: Path) -> None:
+    lonely = DfsCluster(tmp_path, chunkservers=0)
+    try:
+        for master in lonely.masters:
+            master.start()
+        with lonely.client(deadline_s=2.0) as fs:
+            eventually(lambda: fs.exists("/"), "a leader")
+            fs.mkdir("/safe")  # the namespace works in safe mode
+            with pytest.raises(DfsUnavailable) as info:
+                fs.write_bytes("/safe/f", b"data")
+            assert "TRYAGAIN safe mode: 0 of 1 chunk servers needed have reported" in str(
+                info.value)
+            assert fs.report()["safe_mode"] == 1
+    finally:
+        lonely.stop()

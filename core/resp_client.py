@@ -437,8 +437,10 @@ class RespConnection:
         timeout: float = DEFAULT_TIMEOUT_S,
         password: str | bytes | None = None,
         protocol: int = 2,
+        username: str | None = None,
     ) -> RespConnection:
-        """Open a connection, send `AUTH password` if given, then `HELLO 3` for protocol 3.
+        """Open a connection, send `AUTH password` if given (`AUTH username password` with
+        a `username`), then `HELLO 3` for protocol 3.
 
         RespConnectionError/RespTimeoutError if the server cannot be reached; ReplyError
         (connection closed) if it refuses AUTH or HELLO.
@@ -455,7 +457,7 @@ class RespConnection:
         conn = cls(sock, timeout=timeout, address=address)
         try:
             if password is not None:
-                conn.call("AUTH", password)
+                conn.call("AUTH", *([username] if username else []), password)
             if protocol == 3:
                 conn.hello = conn.call("HELLO", 3)
         except BaseException:
@@ -572,8 +574,10 @@ class AsyncRespConnection:
         timeout: float = DEFAULT_TIMEOUT_S,
         password: str | bytes | None = None,
         protocol: int = 2,
+        username: str | None = None,
     ) -> AsyncRespConnection:
-        """Open a connection, send `AUTH password` if given, then `HELLO 3` for protocol 3."""
+        """Open a connection, send `AUTH [username] password` if given, then `HELLO 3` for
+        protocol 3."""
         _check_protocol(protocol)
         address = f"{host}:{port}"
         try:
@@ -585,7 +589,7 @@ class AsyncRespConnection:
         conn = cls(reader, writer, timeout=timeout, address=address)
         try:
             if password is not None:
-                await conn.call("AUTH", password)
+                await conn.call("AUTH", *([username] if username else []), password)
             if protocol == 3:
                 conn.hello = await conn.call("HELLO", 3)
         except BaseException:

@@ -13,6 +13,7 @@ import redis.asyncio as aioredis
 from hypothesis import given
 from hypothesis import strategies as st
 
+from core.resp_client import AsyncRespConnection, ReplyError
 from core.resp_server import RespServer
 from core.users import (
     DEFAULT_USER,
@@ -184,3 +185,19 @@ def test_without_a_user_table_only_the_default_user_exists() -> None:
         assert replies == [("-" + WRONGPASS).encode(), b"+OK"]
 
     run_server("pw", scenario)
+
+
+def test_core_clients_log_in_as_a_named_user() -> None:
+    async def scenario(server: RespServer) -> None:
+        conn = await AsyncRespConnection.connect("127.0.0.1", server.port, username="bob",
+                                                 password="builder", protocol=3)
+        try:
+            assert [s.user for s in server.sessions.values()] == ["bob"]
+            assert conn.hello[b"proto"] == 3
+        finally:
+            conn.abort()
+        with pytest.raises(ReplyError, match="WRONGPASS"):
+            await AsyncRespConnection.connect("127.0.0.1", server.port, username="bob",
+                                              password="nope")
+
+    run_server("topsecret", scenario)

@@ -151,6 +151,8 @@ class Catalog:
     def __init__(self) -> None:
         self.tables: dict[str, Table] = {}
         self.version = 0  # bumped by every change, so readers can cache
+        self._has_ranges = False
+        self._ranges_at = -1  # the version _has_ranges was computed at
 
     def table_of(self, key: bytes) -> Table | None:
         """The table a key belongs to by its prefix, or None."""
@@ -167,7 +169,12 @@ class Catalog:
 
     @property
     def has_ranges(self) -> bool:
-        return any(t.ranged for t in self.tables.values())
+        """True when some table is a RANGE table (asked on every keyed command: cached
+        per version)."""
+        if self._ranges_at != self.version:
+            self._has_ranges = any(t.ranged for t in self.tables.values())
+            self._ranges_at = self.version
+        return self._has_ranges
 
     def range_shard(self, keys: Iterable[bytes]) -> int | None:
         """The one shard the keys of a command go to when they are rows of range tables;
@@ -254,6 +261,7 @@ class Catalog:
     def from_wire(cls, wire: Sequence[Any]) -> Catalog:
         catalog = cls()
         catalog.tables = {str(t[0]): Table.from_wire(t) for t in wire}
+        catalog.version += 1
         return catalog
 
 

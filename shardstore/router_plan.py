@@ -93,6 +93,7 @@ class RouteMap:
             table, addresses = _table_of(info)
             catalog.tables[table.name] = table
             shards.update(addresses)
+        catalog.version += 1
         self.catalog, self.shards = catalog, shards
 
     def target(self, key: bytes) -> Target:

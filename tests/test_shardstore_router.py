@@ -22,8 +22,11 @@ import redis.asyncio as aredis
 from hypothesis import given
 from hypothesis import strategies as st
 
+from core.command_table import Command
 from core.daemon import ConfigError
-from core.resp import CommandError
+from core.resp import OK, CommandError
+from core.resp_server import RespServer
+from core.resp_session import Session
 from native.crc16 import key_slot
 from shardstore import commands, router_cli
 from shardstore.__main__ import main as shardstore_main
@@ -109,6 +112,77 @@ def test_router_command_line_refuses_what_cannot_work(capsys: pytest.CaptureFixt
     assert shardstore_main(["router", "--nodes", "nowhere"]) == 2
     assert "not HOST:PORT: 'nowhere'" in capsys.readouterr().err
     assert router_cli.DEFAULT_ROUTER_PORT == 7690
+
+
+# -- scripted nodes: what phase-1 nodes never send ------------------------------------------
+
+class ScriptedNode:
+    """A RESP server that claims every slot for `owner` and answers GET/SET by script:
+    `ask` sends GET elsewhere with -ASK (served there only after ASKING), `tryagain`
+    answers that many -TRYAGAIN first, SET never answers (a write whose outcome is lost)."""
+
+    def __init__(self) -> None:
+        self.owner = ""
+        self.ask = ""
+        self.tryagain = 0
+        slots = Command("SLOTS", lambda s, a: [[0, 16383, [*self._host_port(), b"x", {}]]], 2)
+        self.server = RespServer("scripted", "0", [
+            Command("CLUSTER", None, -2, subcommands=(slots,)),
+            Command("TABLE.LIST", lambda s, a: [], 1),
+            Command("ASKING", self._asking, 1),
+            Command("GET", self._get, 2),
+            Command("SET", self._set, -3),
+        ])
+
+    def _host_port(self) -> list[object]:
+        host, _, port = self.owner.rpartition(":")
+        return [host.encode(), int(port)]
+
+    def _asking(self, session: Session, args: list[bytes]) -> object:
+        session.asking = True  # type: ignore[attr-defined]
+        return OK
+
+    def _get(self, session: Session, args: list[bytes]) -> object:
+        if self.ask:
+            raise CommandError(f"ASK {key_slot(args[1])} {self.ask}")
+        if self.tryagain:
+            self.tryagain -= 1
+            raise CommandError("TRYAGAIN no leader yet")
+        if not getattr(session, "asking", False) and args[1] == b"asked":
+            raise CommandError(f"MOVED {key_slot(args[1])} {self.owner}")
+        return b"value of " + args[1]
+
+    async def _set(self, session: Session, args: list[bytes]) -> object:
+        await asyncio.sleep(30)
+        return OK
+
+
+def test_router_follows_ask_retries_tryagain_and_never_resends_a_lost_write() -> None:
+    async def main() -> None:
+        first, second = ScriptedNode(), ScriptedNode()
+        await first.server.start("127.0.0.1", 0)
+        await second.server.start("127.0.0.1", 0)
+        a, b = (f"127.0.0.1:{n.server.port}" for n in (first, second))
+        first.owner = second.owner = a
+        first.ask = b
+        router = Router(RouterOptions([a], timeout_s=0.5, deadline_s=3.0))
+        await router.start("127.0.0.1", 0)
+        client = aredis.Redis(port=router.server.port, protocol=3)
+        try:
+            assert await client.get("asked") == b"value of asked"
+            assert router.figures["ask"] == 1
+            first.ask, first.tryagain = "", 2
+            assert await client.get("k") == b"value of k"
+            assert router.figures["retries"] >= 2
+            with pytest.raises(redis.ResponseError, match="outcome is unknown"):
+                await client.set("k", "v")
+        finally:
+            await client.aclose()
+            await router.stop()
+            await first.server.stop(grace=0)
+            await second.server.stop(grace=0)
+
+    asyncio.run(main())
 
 
 # -- live -----------------------------------------------------------------------------------

@@ -42,6 +42,7 @@ from typing import Any
 
 from kvcache import replies
 from kvcache.proxy_backend import BackendFailure, BackendPool, Reply, ignore
+from kvcache.proxy_lane import lane_request
 from kvcache.proxy_plan import (
     UNAVAILABLE,
     Admin,
@@ -52,7 +53,7 @@ from kvcache.proxy_plan import (
     Retrieve,
     compare_succeeded,
 )
-from kvcache.proxy_wire import FENCED, VALUES, WHOLE_VALUES, is_error
+from kvcache.proxy_wire import FENCED, LINE, VALUES, WHOLE_VALUES, is_error
 
 log = logging.getLogger("kvcache.proxy")
 
@@ -190,6 +191,36 @@ class Executor:
             return Slot(later=lambda: self.admin(tokens))
         assert kind is Broadcast
         return self._broadcast(plan, index)  # type: ignore[arg-type]
+
+    def lane(self, data: bytes, index: int, value_max: int) -> Answer | None:
+        """If `data` is one plain get or set (kvcache/proxylane_pure.py `lane_request`) whose
+        key has a backend, and each key has one copy (--replicas 1): `data` sent as it is on
+        client connection `index`'s slot, counted as its plan would be; its slot. Else None
+        and nothing done: the caller parses `data`."""
+        if self.replicas != 1:
+            return None
+        found = lane_request(data, value_max)
+        if found is None:
+            return None
+        key, store = found
+        pool = self.pool
+        router = pool.router
+        server = router.route(key)
+        if server is None:
+            return None  # the plan answers it (unavailable), and counts it
+        counters = self.counters
+        if store:
+            if router.any_down:
+                router.wrote(key, server, 1)
+            counters.commands[b"set"] += 1
+            counters.cmd_set += 1
+            answer, shape = Answer(False, 0), LINE
+        else:
+            counters.commands[b"get"] += 1
+            counters.cmd_get += 1
+            answer, shape = Answer(False, 1), WHOLE_VALUES
+        pool.backends[server].conn(index).send(data, shape, answer)
+        return answer
 
     def _unavailable(self, silent: bool) -> Slot:
         self.counters.proxy_errors += 1

@@ -6,7 +6,10 @@ reply, a future of one, or (most requests, one backend) the reply the backend co
 delivers into it, and replies are written strictly in slot order, so a slow backend delays
 only the replies after it on that connection. Replies completed in one event-loop tick leave
 in one write per connection: connections with replies to write are flushed together, once
-per tick, after the tick's backend reads. At most MAX_INFLIGHT slots wait per connection:
+per tick, after the tick's backend reads; a reply that is the only one its client waits
+for goes at once, from the backend's read (nothing could join its write). A read that is one
+plain get or set, while the parser holds nothing, skips the parser and the plan (the lane,
+kvcache/proxylane_pure.py). At most MAX_INFLIGHT slots wait per connection:
 the proxy then stops reading it (requests already buffered wait in the parser, bounded by
 its framing limits); a client that does not read its replies is paused at WRITE_HIGH_WATER
 bytes. `quit` closes after the replies before it are written; so does the client's half-close
@@ -36,9 +39,10 @@ from core import daemon
 from core.connections import Connections, Listeners
 from core.stats import LatencyHistogram, ProcessFigures
 from kvcache import replies
-from kvcache.protocol import RequestParser
+from kvcache.protocol import Reject, RequestParser, Store
 from kvcache.proxy_backend import BackendPool
 from kvcache.proxy_exec import Answer, Executor, ProxyCounters, Slot
+from kvcache.proxy_lane import may_hold_a_block
 from kvcache.proxy_plan import CLOSE_NOW, QUIT, VERSION_LINE, plan
 from kvcache.settings import DEFAULT_ITEM_SIZE_MAX, DEFAULT_MAX_CONNECTIONS
 
@@ -247,6 +251,12 @@ class ClientConnection(asyncio.Protocol):
         self._barrier: Slot | Answer | None = None
         self._notify = self._on_reply  # made once, not per request
         self._flush_soon = False
+        # The lane may take the next read: the parser holds nothing (no byte, no block it
+        # waits for or swallows). Recomputed after each read the parser takes.
+        self._lane_open = True
+        self._lane = proxy.executor.lane
+        self._value_max = self.parser.lane_value_max
+        self._swallowing = False  # the parser's last request may have begun a swallow
 
     # -- asyncio.Protocol ----------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -272,8 +282,23 @@ class ClientConnection(asyncio.Protocol):
         if not self._admitted or self._quitting:
             return
         self.proxy.bytes_read += len(data)
-        self.parser.feed(data)
+        if self._lane_open and not self._blocked():
+            slot = self._lane(data, self.index, self._value_max)
+            if slot is not None:
+                self.queue.append(slot)
+                if slot.waiting:
+                    slot.notify = self._notify
+                else:  # failed at once (busy, or a connection already broken)
+                    self._flush()
+                if len(self.queue) >= MAX_INFLIGHT:
+                    self._set_reading()
+                return
+        parser = self.parser
+        held_before = parser.buffered() > 0
+        parser.feed(data)
         self._process()
+        self._lane_open = (parser.buffered() == 0 and not parser.closed
+                           and not self._swallowing and not may_hold_a_block(data, held_before))
 
     def eof_received(self) -> bool:
         """The client half-closed: answer every complete request it sent, then close
@@ -315,6 +340,8 @@ class ClientConnection(asyncio.Protocol):
                     if self._eof:  # nothing more can come: close once answered
                         self._quitting = True
                     break
+                kind = type(request)
+                self._swallowing = kind is Reject or (kind is Store and request.too_large)
                 action = plan(request)
                 if action is QUIT:
                     self._quitting = True
@@ -349,6 +376,17 @@ class ClientConnection(asyncio.Protocol):
         self._on_reply()
 
     def _on_reply(self) -> None:
+        queue = self.queue
+        if (len(queue) == 1 and queue[0].done() and self._reading and not self._flush_soon
+                and not self._quitting and not self._eof and not self.closed):
+            # The only reply this client waits for (its slot is done: a done callback may
+            # run after its slot was written and the next one queued): nothing could join
+            # its write, so it goes now, with no flush scheduled and nothing held back.
+            reply = queue.popleft().result(self.proxy.counters)
+            if reply:
+                self.proxy.bytes_written += len(reply)
+                self.transport.write(reply)
+            return
         # Replies that complete in one tick (one backend read answers many) go out in one
         # write: the flush runs once, after this tick's callbacks.
         if not self._flush_soon and not self.closed:

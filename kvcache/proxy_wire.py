@@ -74,6 +74,11 @@ class ReplyFramer(ReplyBuffer):
             self._whole_start = 0
         self._buf += data
 
+    def idle(self) -> bool:
+        """No byte unread and no reply in progress: the next read starts a reply."""
+        return (self._pos == len(self._buf) and self._whole_start < 0 and not self._hits
+                and not self._parts)
+
     def take(self, shape: str) -> bytes | Values | WholeValues | None:
         if shape == WHOLE_VALUES:
             return self._whole_values()

@@ -23,6 +23,10 @@ Syntax (points as shardstore/table_keys.py reads them; `-` and `+` are the open 
     TABLE.INFO name                              -> a map (see `cmd_info`)
     TABLE.RANGE name from to [COUNT n]           -> keys
 
+TABLE.CREATE of a RANGE table is refused when keys with its prefix exist in a shard this
+node hosts (they were placed by slot; the range map would hide them): create a range table
+before writing its rows. Only the shards hosted here are looked at.
+
 A split that gives [point, end) to another shard while the old shard holds keys there
 would need them moved; until resharding's generic move lands it is refused
 (ERR_SPLIT_MOVES), checked on a node that hosts the old shard after a read barrier.
@@ -30,7 +34,6 @@ would need them moved; until resharding's generic move lands it is refused
 
 from __future__ import annotations
 
-from collections.abc import Coroutine
 from typing import Any, Protocol
 
 from core.command_table import Command, KeysError, get_keys
@@ -55,6 +58,8 @@ READONLY_ATTR = "shardstore_readonly"  # handlers.py's READONLY mark on a Sessio
 ERR_NOT_SERVED = ("ERR {} of range table {!r} lies on shard {}, which this node does not "
                   "serve (its master: {}): " + catalog_mod.NOT_HERE)
 ERR_OPENING = "TRYAGAIN shard {} is opening on this node"
+ERR_PREFIX_USED = ("ERR keys beginning {!r} exist (shard {}): they are placed by slot, and a "
+                   "RANGE table would hide them; create a range table before its rows")
 ERR_NO_SHARD = "CLUSTERDOWN shard {} of range table {!r} is not in the map"
 ERR_SPLIT_MOVES = ("ERR TABLE.SPLIT would move keys of {!r} from shard {} to shard {}: "
                    "moving keys waits for resharding (split at a point with no keys "
@@ -149,12 +154,24 @@ class TableCommands:
 
     # -- commands ------------------------------------------------------------------------------
 
-    def cmd_create(self, session: Session, args: list[bytes]) -> Coroutine[Any, Any, Any]:
+    async def cmd_create(self, session: Session, args: list[bytes]) -> Any:
         try:
             entry = catalog_mod.parse_create(args)
         except CatalogError as exc:
             raise CommandError(str(exc)) from None
-        return self._commit(catalog_mod.encode_create(entry))
+        if entry["rule"] == catalog_mod.RULE_RANGE:
+            await self._check_prefix_unused(entry["name"])
+        return await self._commit(catalog_mod.encode_create(entry))
+
+    async def _check_prefix_unused(self, name: str) -> None:
+        """Refuse a RANGE table whose prefix already has keys in a shard hosted here:
+        they were placed by slot, and the range map would hide them."""
+        prefix = name.encode() + catalog_mod.SEPARATOR
+        end = prefix[:-1] + bytes([prefix[-1] + 1])
+        for sid, machine in sorted(self.node.machines.items()):
+            await self.node.service.barrier(self.node.config.shards[sid].group)
+            if machine.engine.scan(prefix, end, 1):
+                raise CommandError(ERR_PREFIX_USED.format(prefix.decode(), sid))
 
     async def _commit(self, data: bytes) -> Any:
         await self.node.service.write(data)

@@ -37,6 +37,12 @@ async def _everywhere(cluster: LoopCluster, name: str) -> None:
         await asyncio.sleep(0.05)
 
 
+def _slot_shard(cluster: LoopCluster, key: bytes) -> int:
+    shard = cluster.nodes[0].config.shard_of_key(key)
+    assert shard is not None
+    return shard.shard_id
+
+
 def _client_of(cluster: LoopCluster, shard_id: int) -> aredis.Redis:
     for index, node in enumerate(cluster.nodes):
         if shard_id in node.machines:
@@ -53,6 +59,10 @@ async def _check_tables(cluster: LoopCluster) -> None:
     assert await any_node.execute_command("TABLE.CREATE", "users", "HASH") == b"OK"
     with pytest.raises(redis.ResponseError, match="no such keyspace 'sales'"):
         await any_node.execute_command("TABLE.CREATE", "t", "KEYSPACE", "sales", "HASH")
+    early = _client_of(cluster, _slot_shard(cluster, b"early:2026-12-01"))
+    assert await early.set("early:2026-12-01", "placed by slot")
+    with pytest.raises(redis.ResponseError, match="keys beginning 'early:' exist"):
+        await early.execute_command("TABLE.CREATE", "early", "RANGE", "DATE")
     await _everywhere(cluster, "orders")
     assert await cluster.client(2).execute_command("TABLE.LIST") == [
         [b"orders", b"default", b"RANGE DATE"], [b"users", b"default", b"HASH"]]

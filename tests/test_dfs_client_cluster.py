@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import os
 import random
 import subprocess
@@ -28,6 +29,7 @@ from pathlib import Path
 
 import pytest
 
+from dfs import launch
 from dfs.client import AsyncDfsClient, DfsClient, DfsUnavailable
 from tests.dfs_cluster import DfsCluster, eventually
 from tests.procs import ROOT
@@ -69,7 +71,7 @@ def fully_replicated(fs: DfsClient, paths: list[str], replicas: int = 3) -> bool
     return all(len(row[3]) == replicas for p in paths for row in fs.locate(p)[2])
 
 
-def test_files_of_several_sizes_read_back(fs: DfsClient) -> None:
+def test_files_of_several_sizes_read_back(cluster: DfsCluster, fs: DfsClient) -> None:
     fs.mkdir("/sizes", parents=True)
     blobs = {size: os.urandom(size) for size in SIZES}
     for size, data in blobs.items():
@@ -77,6 +79,10 @@ def test_files_of_several_sizes_read_back(fs: DfsClient) -> None:
             for i in range(0, size, 50_000):  # written in pieces, as a stream
                 f.write(data[i:i + 50_000])
     for size, data in blobs.items():
+        for chunk, _version, _size, servers in fs.locate(f"/sizes/f{size}")[2]:
+            assert len(_chunk_files(cluster, chunk)) == 3  # on every disk once closed
+            racks = {(int(s.split(":")[0].rsplit(".", 1)[1]) - 5) // 2 for s in servers}
+            assert len(servers) == 3 and len(racks) == 2  # both racks
         assert digest(fs.read_bytes(f"/sizes/f{size}")) == digest(data), size
         assert fs.stat(f"/sizes/f{size}")["size"] == size
         assert len(fs.locate(f"/sizes/f{size}")[2]) == -(-size // CHUNK)
@@ -178,7 +184,7 @@ def test_a_flipped_byte_is_read_around_and_repaired(cluster: DfsCluster, fs: Dfs
 
 def test_pandas_writes_and_reads_a_csv(cluster: DfsCluster) -> None:
     pd = pytest.importorskip("pandas")
-    import dfs.fsspec_fs  # noqa: F401 - registers dfs://
+    from dfs.fsspec_fs import ENV_MASTERS  # (importing it registers dfs://)
 
     options = {"masters": ",".join(cluster.master_addresses)}
     frame = pd.DataFrame({"id": range(1000), "name": [f"n{i}" for i in range(1000)]})
@@ -187,6 +193,11 @@ def test_pandas_writes_and_reads_a_csv(cluster: DfsCluster) -> None:
     assert back.equals(frame)
     host = cluster.master_addresses[0]
     assert pd.read_csv(f"dfs://{host}/tables/t.csv").equals(frame)  # a master in the URL
+    os.environ[ENV_MASTERS] = options["masters"]
+    try:
+        assert pd.read_csv("dfs:///tables/t.csv").equals(frame)
+    finally:
+        del os.environ[ENV_MASTERS]
 
 
 def dfs_cli(cluster: DfsCluster, *words: str, stdin: bytes | None = None
@@ -257,3 +268,55 @@ def test_safe_mode_refuses_allocation_until_chunk_servers_report(tmp_path: Path)
             assert fs.report()["safe_mode"] == 1
     finally:
         lonely.stop()
+
+
+# -- the README's promises ----------------------------------------------------------------------
+
+PROMISES = {  # README.md's sentence -> the test here that checks it
+    "A chunk goes to 3 servers (`--replication`), on different racks while there are enough.":
+        test_files_of_several_sizes_read_back,
+    "A write is pipelined along the chain of its servers (client, then A, then B, then C) and "
+    "acknowledged once every one of them has fsynced it":
+        test_files_of_several_sizes_read_back,
+    "A new master leader is in safe mode, refusing allocations with `TRYAGAIN safe mode: ...`, "
+    "until enough chunk servers have reported.":
+        test_safe_mode_refuses_allocation_until_chunk_servers_report,
+    "A file whose close returned is on every replica's disk and reads back byte for byte after "
+    "any one chunk server is SIGKILLed, and the lost replicas are re-replicated to 3 without "
+    "help.": test_a_chunk_server_killed_in_a_write_storm,
+    "A byte flipped in a chunk file on disk is never returned: the read fails over to another "
+    "replica and reports the bad one, and the scrubber finds damage no client reads; either "
+    "way the bad replica is replaced by a good copy.":
+        test_a_flipped_byte_is_read_around_and_repaired,
+    "The chunks of a file replaced or deleted (once purged from the trash) are deleted from "
+    "every chunk server.": test_chunks_of_replaced_and_deleted_files_are_collected,
+    "`dfs put` and `dfs get` show a progress bar on stderr.": test_the_command_line,
+    "`import dfs.fsspec_fs` registers `dfs://` with fsspec, so pandas writes and reads CSVs at "
+    "`dfs:///path` (masters in `storage_options={\"masters\": ...}`, in the URL as "
+    "`dfs://host:port/path`, or in `DFS_MASTERS`).": test_pandas_writes_and_reads_a_csv,
+}
+FRAMING = ("on the data path's own framing (length-prefixed msgpack headers and raw bytes) "
+           "chunk data moved {:.2f} times as fast as the same bytes sent as RESP commands to "
+           "core's RESP server (`bench/dfs_framing.py`, 1 MiB pieces, this machine)")
+LAUNCH = ("`make run` also starts three dfs masters (clients on 7881-7883, Raft on 7981-7983) "
+          "and four chunk servers (7891-7894, on two racks).")
+
+
+def readme_text() -> str:
+    return " ".join((ROOT / "README.md").read_text().split())
+
+
+def test_the_readme_says_what_these_tests_check() -> None:
+    text = readme_text()
+    for sentence, test in PROMISES.items():
+        assert sentence in text, (sentence, test.__name__)
+    figures = json.loads((ROOT / "bench" / "results" / "dfs_framing.json").read_text())
+    assert FRAMING.format(figures["ratio"]) in text
+    assert LAUNCH in text
+    processes = launch.local_cluster(Path("var")).processes
+    masters = [p for p in processes if p.name.startswith("dfs-master-")]
+    chunkservers = [p for p in processes if p.name.startswith("dfs-chunk-")]
+    assert [p.port for p in masters] == [7881, 7882, 7883]
+    assert all(f"127.0.0.1:798{i}" in p.argv for i, p in enumerate(masters, start=1))
+    assert [p.port for p in chunkservers] == [7891, 7892, 7893, 7894]
+    assert len({p.argv[p.argv.index("--rack") + 1] for p in chunkservers}) == 2

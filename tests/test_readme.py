@@ -219,6 +219,10 @@ def check_shardstore_client(session: Session) -> None:
     assert session.shown == [True, True, [b"1", b"2"], b"ada"]
 
 
+def check_dfs_client(session: Session) -> None:
+    assert session.shown == [b"hello, dfs\n", 11]
+
+
 PYTHON_CHECKS: dict[str, Callable[[Session], None]] = {
     "from idgen.client import IdgenClient": check_idgen_client,
     "from kvcache.client import Client": check_kvcache_client,
@@ -226,6 +230,7 @@ PYTHON_CHECKS: dict[str, Callable[[Session], None]] = {
     "from scheduler.client import SchedulerClient": check_blocking_client,
     "from scheduler.client import AsyncSchedulerClient": check_async_client,
     "from shardstore.client import ShardstoreClient": check_shardstore_client,
+    "from dfs.client import DfsClient": check_dfs_client,
 }
 
 

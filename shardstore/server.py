@@ -398,6 +398,11 @@ class ShardNode:
     # -- INFO ----------------------------------------------------------------------------------
 
     def info(self) -> dict[str, dict[str, object]]:
+        """INFO's sections: Cluster (`cluster_enabled:1` as a Redis Cluster node says, which
+        redis-cli --cluster and redis-benchmark --cluster look for) and the node's own."""
+        return {"Cluster": {"cluster_enabled": 1}, **self._info()}
+
+    def _info(self) -> dict[str, dict[str, object]]:
         """The Shardstore, Raft and Tables (shardstore/cmd_tables.py) sections of INFO."""
         led = self.led_shards()
         section: dict[str, object] = {

@@ -13,13 +13,19 @@ refused with a clear error."""
 from __future__ import annotations
 
 import asyncio
+import shutil
+import subprocess
+import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
 import redis.asyncio as aredis
 from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
+from redis.cluster import RedisCluster
 
 from core.cluster_options import ClusterSettings
 from native.crc16 import key_slot
@@ -29,10 +35,12 @@ from shardstore.keysets import KeySet
 from shardstore.machine import decode_reply
 from shardstore.server import NodeOptions, ShardNode
 from tests.conftest import find_free_port
+from tests.procs import ROOT, Daemon
 
 HOSTS = ("127.0.0.2", "127.0.0.3", "127.0.0.4")
 READY_S = 30.0
 MOVE_S = 60.0
+PROC_BATCH_KEYS = 2  # keys per copy entry: a move of 600 keys takes 300 steps
 
 
 def _aliases_work() -> bool:
@@ -182,3 +190,187 @@ async def _check_stale_writes_refused(cluster: LoopCluster, key: str) -> None:
     assert node.machines[1].engine.get(key.encode()) == before is None
     assert node.machines[1].fences.refusing([key.encode()]) is not None
     assert KeySet.of_slots([key_slot(key.encode())]).kind == "slots"
+
+
+# -- as processes -----------------------------------------------------------------------------
+
+class ProcCluster:
+    """Three `shardstore serve` processes, 3 shards of 3 replicas, moves in tiny batches."""
+
+    def __init__(self, tmp: Path) -> None:
+        raft = {i + 1: (h, find_free_port(h)) for i, h in enumerate(HOSTS)}
+        peers = ",".join(f"{i}={h}:{p}" for i, (h, p) in raft.items())
+        self.daemons: list[Daemon] = []
+        for i, host in enumerate(HOSTS):
+            port = find_free_port(host)
+            argv = ["shardstore", "serve", "--id", str(i + 1), "--listen", f"{host}:{port}",
+                    "--peer-listen", f"{host}:{raft[i + 1][1]}", "--peers", peers,
+                    "--data-dir", str(tmp / f"n{i + 1}"), "--shards", "3", "--replicas", "3",
+                    "--move-batch-keys", str(PROC_BATCH_KEYS)]
+            self.daemons.append(Daemon(argv, host, port, tmp / f"n{i + 1}.log"))
+
+    def start(self) -> None:
+        for daemon in self.daemons:
+            daemon.start()
+        self.until_ready()
+
+    def until_ready(self) -> None:
+        deadline = time.monotonic() + READY_S
+        while True:
+            try:
+                infos = [self.client(d).execute_command("CLUSTER", "INFO")
+                         for d in self.daemons]
+                if all(b"cluster_state:ok" in i and b"cluster_known_nodes:3" in i
+                       for i in infos):
+                    return
+            except redis.RedisError:
+                pass
+            assert time.monotonic() < deadline, self.daemons[0].log()[-3000:]
+            time.sleep(0.2)
+
+    @staticmethod
+    def client(daemon: Daemon) -> redis.Redis:
+        return redis.Redis(host=daemon.host, port=daemon.port, socket_timeout=20)
+
+    def status(self, daemon: Daemon) -> dict[bytes, Any]:
+        with self.client(daemon) as c:
+            return _map(c.execute_command("SHARDSTORE.STATUS"))
+
+    def leader_of_shard(self, shard: int) -> Daemon:
+        for daemon in self.daemons:
+            for record in self.status(daemon)[b"shards"]:
+                record = _map(record)
+                if record[b"shard"] == shard and record[b"role"] == b"leader":
+                    return daemon
+        raise AssertionError(f"shard {shard} has no leader")
+
+    def config_leader(self) -> Daemon:
+        lead = self.status(self.daemons[0])[b"config_leader"]
+        return self.daemons[int(lead) - 1]
+
+    def move(self, move_id: int) -> dict[bytes, Any]:
+        for daemon in self.daemons:
+            if daemon.alive():
+                try:
+                    with self.client(daemon) as c:
+                        moves = [_map(m) for m in c.execute_command("SHARDSTORE.MOVES")]
+                    return next(m for m in moves if m[b"id"] == move_id)
+                except redis.RedisError:
+                    continue
+        raise AssertionError("no node answers")
+
+    def stop(self) -> None:
+        for daemon in self.daemons:
+            daemon.stop()
+
+
+def _map(record: Any) -> dict[bytes, Any]:
+    if isinstance(record, dict):
+        return record
+    return dict(zip(record[::2], record[1::2], strict=True))
+
+
+def _tags_in(slots: range, count: int) -> list[str]:
+    tags = []
+    i = 0
+    while len(tags) < count:
+        tag = f"t{i}"
+        if key_slot(tag.encode()) in slots:
+            tags.append(tag)
+        i += 1
+    return tags
+
+
+@needs_aliases
+def test_a_move_resumes_after_kills_and_admin_reshards_and_checks(tmp_path: Path) -> None:
+    cluster = ProcCluster(tmp_path)
+    try:
+        cluster.start()
+        _killed_mid_move(cluster)
+        _admin_commands(cluster, tmp_path)
+    finally:
+        cluster.stop()
+
+
+def _killed_mid_move(cluster: ProcCluster) -> None:
+    moving = range(5000, 5461)  # the top of shard 1's slots
+    keys = [f"{{{tag}}}:{i}" for tag in _tags_in(moving, 20) for i in range(30)]
+    cold = [f"{{{tag}}}:cold" for tag in _tags_in(range(0, 100), 5)]
+    rc = RedisCluster(host=cluster.daemons[0].host, port=cluster.daemons[0].port)
+    for key in keys + cold:
+        assert rc.set(key, key)
+    with cluster.client(cluster.daemons[0]) as c:
+        move_id = c.execute_command("SHARDSTORE.MOVE", 1, 2, "SLOTS", "5000-5460")
+    victims = [lambda: cluster.leader_of_shard(1), cluster.config_leader]
+    for pick in victims:
+        seen = cluster.move(move_id)[b"copied"]
+        _until(lambda seen=seen: cluster.move(move_id)[b"copied"] > seen + 4 * PROC_BATCH_KEYS)
+        victim = pick()
+        assert cluster.move(move_id)[b"state"] == b"copy"  # killed in the middle
+        victim.kill()
+        time.sleep(0.5)
+        victim.start()
+    _until(lambda: cluster.move(move_id)[b"state"] == b"done")
+    cluster.until_ready()
+    assert cluster.move(move_id)[b"copied"] >= len(keys)
+    rc.close()
+    rc = RedisCluster(host=cluster.daemons[1].host, port=cluster.daemons[1].port)
+    assert rc.mget_nonatomic(keys + cold) == [k.encode() for k in keys + cold]
+    rc.close()
+    for daemon in cluster.daemons:  # every replica of shard 1 purged, of shard 2 filled
+        counts = {_map(r)[b"shard"]: _map(r)[b"keys"] for r in cluster.status(daemon)[b"shards"]}
+        assert counts[1] == len(cold), (daemon.address, counts)
+        assert counts[2] == len(keys), (daemon.address, counts)
+
+
+def _until(condition: Callable[[], bool]) -> None:
+    deadline = time.monotonic() + MOVE_S
+    while not condition():
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+
+
+def _admin(cluster: ProcCluster, *words: str) -> subprocess.CompletedProcess[str]:
+    node = cluster.daemons[2].address
+    return subprocess.run([sys.executable, "-m", "shardstore", "admin", "--node", node,
+                           *words], capture_output=True, text=True, timeout=120, cwd=ROOT)
+
+
+def _admin_commands(cluster: ProcCluster, tmp_path: Path) -> None:
+    out = _admin(cluster, "check")
+    assert out.returncode == 0, out
+    assert "[OK] All 16384 slots covered." in out.stdout
+    assert "[OK] Shard 2: 3 replica(s) in sync" in out.stdout
+    assert "[OK] All checks passed." in out.stdout
+    out = _admin(cluster, "reshard", "--from", "2", "--to", "3", "--slots", "100",
+                 "--batch", "50")
+    assert out.returncode == 0, out
+    assert "[" + "#" * 30 + "] 100/100 slots moved" in out.stderr  # the progress lines
+    assert "(move 3 done)" in out.stderr
+    with cluster.client(cluster.daemons[0]) as c:
+        owners = [tuple(r) for r in c.execute_command("SHARDSTORE.SLOTS")]
+    assert sum(b - a + 1 for a, b, s in owners if s == 3) == 5462 + 100
+    out = _admin(cluster, "rebalance")
+    assert out.returncode == 0, out
+    assert "shard 3 -> shard 1: " in out.stderr
+    out = _admin(cluster, "check")
+    assert out.returncode == 0 and "[OK] No move under way." in out.stdout, out
+    refused = _admin(cluster, "reshard", "--from", "1", "--to", "2", "--slots", "99999")
+    assert refused.returncode == 1 and "fewer than the 99999 asked for" in refused.stderr
+    _redis_cli_reshard_refused(cluster)
+
+
+def _redis_cli_reshard_refused(cluster: ProcCluster) -> None:
+    cli = shutil.which("redis-cli")
+    if cli is None:
+        return
+    with cluster.client(cluster.daemons[0]) as c:
+        with pytest.raises(redis.ResponseError, match="shardstore admin reshard"):
+            c.execute_command("CLUSTER", "SETSLOT", 1, "IMPORTING", "x" * 40)
+    with cluster.client(cluster.daemons[1]) as c:
+        target = c.execute_command("CLUSTER", "MYID").decode()
+    out = subprocess.run([cli, "--cluster", "reshard", cluster.daemons[0].address,
+                          "--cluster-from", "all", "--cluster-to", target,
+                          "--cluster-slots", "10", "--cluster-yes"],
+                         capture_output=True, text=True, timeout=60)
+    assert "use `shardstore admin reshard`" in out.stdout + out.stderr, out

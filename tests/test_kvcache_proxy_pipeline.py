@@ -8,6 +8,7 @@ Faults are real (SIGSTOP, SIGKILL); nothing is timed, waits poll a condition.
 
 from __future__ import annotations
 
+import asyncio
 import signal
 import socket
 import time
@@ -16,6 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from kvcache.proxy_exec import Answer, Slot
+from kvcache.proxy_server import ClientConnection, ProxyConfig, ProxyServer
 from kvcache.ring import Ring
 from tests import hang
 from tests.conftest import find_free_port
@@ -155,3 +158,60 @@ def test_requests_waiting_on_a_killed_backend_fail_in_their_place(pool: Pool) ->
     assert got == (CONNECTION_ERROR + hit[kept[0]] + CONNECTION_ERROR + hit[kept[1]]
                    + b"VERSION 1.6.18-proxy\r\n")
     assert int(pool.stats()["proxy_errors"]) == 2
+
+
+class _Transport:
+    """What a client connection writes, kept (no socket)."""
+
+    def __init__(self) -> None:
+        self.written = b""
+
+    def get_extra_info(self, name: str) -> object:
+        return ("127.0.0.1", 1) if name == "peername" else None
+
+    def set_write_buffer_limits(self, high: int) -> None:
+        pass
+
+    def write(self, data: bytes) -> None:
+        self.written += data
+
+    def is_closing(self) -> bool:
+        return False
+
+    def close(self) -> None:
+        pass
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+
+def test_a_late_done_callback_never_takes_the_next_slot() -> None:
+    """The hang of the reverted quick replies (3b62cae): a future's done callback runs a tick
+    after the future completed; by then its slot was written and the next request's slot,
+    still waiting, is the only one. The callback must leave that slot alone: both replies
+    are written, in order."""
+
+    async def scenario() -> bytes:
+        proxy = ProxyServer(ProxyConfig(servers=[("127.0.0.1", 1, 1)]))
+        conn = ClientConnection(proxy)
+        transport = _Transport()
+        conn.connection_made(transport)  # type: ignore[arg-type]
+        fut = asyncio.get_running_loop().create_future()
+        conn.queue.append(Slot(fut=fut))
+        fut.add_done_callback(conn._on_done)
+        fut.set_result(b"FIRST\r\n")  # its callback is now scheduled, not run
+        conn._flush()  # as the request loop does when the head is done
+        waiting = Answer(False, 0)
+        waiting.notify = conn._notify
+        conn.queue.append(waiting)
+        await asyncio.sleep(0)  # the late done callback runs
+        waiting.set_result(b"SECOND\r\n")
+        for _ in range(3):
+            await asyncio.sleep(0)
+        proxy.pool.close()
+        return transport.written
+
+    assert asyncio.run(asyncio.wait_for(scenario(), HANG_S)) == b"FIRST\r\nSECOND\r\n"

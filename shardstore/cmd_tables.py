@@ -53,7 +53,7 @@ from shardstore.table_scan import merge_keys, range_keys
 
 __all__ = ["ERR_NOT_SERVED", "TableCommands"]
 
-INFO_COUNT_MAX = 100_000  # keys TABLE.INFO counts per range at most
+INFO_COUNT_MAX = 10_000  # keys TABLE.INFO counts per range at most (a walk of the key index)
 READONLY_ATTR = "shardstore_readonly"  # handlers.py's READONLY mark on a Session
 ERR_NOT_SERVED = ("ERR {} of range table {!r} lies on shard {}, which this node does not "
                   "serve (its master: {}): " + catalog_mod.NOT_HERE)

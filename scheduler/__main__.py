@@ -56,7 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     worker = sub.add_parser("worker", help="run jobs for a scheduler cluster")
     worker.add_argument("--scheduler", required=True, help="H:P,H:P,... RESP ports of nodes")
-    worker.add_argument("--tags", default="", help="a,b: tags this worker serves")
+    worker.add_argument("--tags", default="",
+                        help="a,b: the tags this worker advertises: it takes the runs of jobs "
+                             "without TARGET and of jobs whose TARGET names one of them")
     worker.add_argument("--id", default=None, help="worker id (default host-pid)")
     worker.add_argument("--password", default=None,
                         help="the nodes' --requirepass (the worker AUTHs with it)")
@@ -82,12 +84,15 @@ def build_parser() -> argparse.ArgumentParser:
     add = ops.add_parser("add", parents=[client], help="JOB.ADD")
     add.add_argument("name", help="the job's name (A-Z a-z 0-9 _ . -)")
     add.add_argument("schedule", help="cron (5 fields, or 6 with seconds first), a macro "
-                                      "such as @hourly, or '@every 10s'")
+                                      "such as @hourly, '@every 10s', or once: "
+                                      "'@in 30s', '@at 2030-01-31T09:00:00Z'")
     add.add_argument("command", help="the shell command (or an embedded worker's handler)")
     add.add_argument("options", nargs="*",
                      help="OPTION VALUE ... as JOB.ADD takes them (e.g. MISFIRE ALL): "
                           f"{' '.join(JOB_ADD_OPTIONS)}")
-    ops.add_parser("list", parents=[client], help="JOB.LIST")
+    ops.add_parser("list", parents=[client],
+                   help="JOB.LIST WITHSTATUS: each job and its status (scheduled, paused, "
+                        "waiting, running or finished)")
     for op in ("get", "del", "pause", "resume", "run"):
         ops.add_parser(op, parents=[client], help=f"JOB.{op.upper()}").add_argument(
             "name", help="the job's name")
@@ -164,11 +169,15 @@ def serve(args: argparse.Namespace) -> int:
 
 def work(args: argparse.Namespace) -> int:
     from scheduler.reaper import process_reaper
+    from scheduler.routing import NamesError, parse_names
     from scheduler.worker import Worker, fence_delay_s
 
     daemon.setup_logging(args.log_level)
     servers = [daemon.parse_hostport(s.strip()) for s in args.scheduler.split(",") if s.strip()]
-    tags = [t for t in args.tags.split(",") if t]
+    try:
+        tags = sorted(parse_names(args.tags, "--tags"))
+    except NamesError as exc:
+        raise daemon.ConfigError(exc.message.removeprefix("ERR ")) from None
     heartbeat_s = args.heartbeat_ms / 1000
     try:
         fence_s = (fence_delay_s(args.worker_timeout_ms, heartbeat_s)
@@ -251,7 +260,8 @@ def _client_request(client: Any, args: argparse.Namespace) -> list[str]:
         client.call("JOB.ADD", args.name, args.schedule, args.command, *options)
         return ["OK"]
     if args.op == "list":
-        return client.list()
+        pairs = client.call("JOB.LIST", "WITHSTATUS")
+        return [f"{_text(name)}\t{_text(status)}" for name, status in pairs]
     if args.op == "get":
         return [f"{k}: {_show(v)}" for k, v in _fields(client.get(args.name)).items()]
     if args.op == "run":

@@ -9,11 +9,15 @@
 
 It is the shell worker (`scheduler.worker.Worker`: registration, polling, heartbeats, each
 run id executed once, TIMEOUT, reporting) with another executor: the job's command names a
-handler. A handler that returns is a success (exit code 0); one that raises is a failure
-(exit code 1, the message the traceback's last line); a command without a handler fails
-with EXIT_NO_HANDLER. A coroutine function runs on the worker's loop and is cancelled on
-TIMEOUT; a plain function runs in a thread of a pool of `slots` threads, and on TIMEOUT the
-run is reported timed out while the thread, which Python cannot stop, runs on to its end.
+handler. Its polls advertise the names of its handlers (and its tags), and the cluster
+hands it only runs of jobs whose command is one of them (scheduler/routing.py): with a
+TARGET, one it has among its handlers or tags. A handler that returns is a success (exit
+code 0); one that raises is a failure (exit code 1, the message the traceback's last line);
+a run whose command has no handler here (a handler registered after its claim, or a
+cluster older than handler adverts) fails with EXIT_NO_HANDLER. A coroutine function runs
+on the worker's loop and is cancelled on TIMEOUT; a plain function runs in a thread of a
+pool of `slots` threads, and on TIMEOUT the run is reported timed out while the thread,
+which Python cannot stop, runs on to its end.
 """
 
 from __future__ import annotations
@@ -28,12 +32,15 @@ from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 from core.clock import Clock
+from scheduler.routing import MAX_NAME_BYTES, valid_name
 from scheduler.worker import HEARTBEAT_S, Run, Worker
 
 __all__ = ["EXIT_NO_HANDLER", "EmbeddedWorker", "Handler", "Run"]
 
 EXIT_NO_HANDLER = 127  # as the shell's "command not found"
 ERR_NO_HANDLER = "no handler for '{}' on worker {} (handlers: {})"
+ERR_HANDLER_NAME = ("handler name {!r}: 1 to " f"{MAX_NAME_BYTES}"
+                    " bytes without comma, space or NUL")
 
 Handler = Callable[[Run], Awaitable[object] | object]
 
@@ -47,18 +54,20 @@ class EmbeddedWorker(Worker):
                  worker_id: str | None = None, *, heartbeat_s: float = HEARTBEAT_S,
                  clock: Clock | None = None) -> None:
         worker_id = worker_id or f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
+        self.handlers: dict[str, Handler] = {}
         super().__init__(servers, tags, worker_id=worker_id, password=password,
                          concurrency=slots, heartbeat_s=heartbeat_s,
-                         executor=self._call_handler, clock=clock)
-        self.handlers: dict[str, Handler] = {}
+                         executor=self._call_handler, clock=clock,
+                         handlers=self.handlers.keys)
         self._coroutine: set[str] = set()  # handlers that are coroutine functions
         self._slots = slots
         self._pool: ThreadPoolExecutor | None = None
 
     def handler(self, name: str) -> Callable[[Handler], Handler]:
-        """Decorator: `fn` handles the runs of jobs whose command is `name`."""
-        if not name:
-            raise ValueError("a handler needs a name")
+        """Decorator: `fn` handles the runs of jobs whose command is `name` (1 to
+        MAX_NAME_BYTES bytes, no comma, space or NUL: the worker advertises it)."""
+        if not valid_name(name):
+            raise ValueError(ERR_HANDLER_NAME.format(name))
 
         def register(fn: Handler) -> Handler:
             if name in self.handlers:

@@ -69,15 +69,20 @@ def encode_run(name: str, now_ms: int, workers: Sequence[str] = ()) -> bytes:
 
 
 def claim_fields(worker: str, tags: Sequence[str], now_ms: int, limit: int = DEFAULT_CLAIM,
-                 resync: bool = False) -> dict[str, Any]:
-    """A worker's claim of up to `limit` FIRED runs matching `tags` (see scheduler.state)."""
-    return {"worker": worker, "tags": list(tags), "now_ms": now_ms, "max": limit,
-            "resync": resync}
+                 resync: bool = False,
+                 handlers: Sequence[str] | None = None) -> dict[str, Any]:
+    """A worker's claim of up to `limit` FIRED runs it can take (see scheduler.state): its
+    advert is `tags` and, for an embedded worker, `handlers` (scheduler/routing.py)."""
+    fields = {"worker": worker, "tags": list(tags), "now_ms": now_ms, "max": limit,
+              "resync": resync}
+    if handlers is not None:
+        fields["handlers"] = sorted(handlers)
+    return fields
 
 
 def encode_claim(worker: str, tags: Sequence[str], now_ms: int, limit: int = DEFAULT_CLAIM,
-                 resync: bool = False) -> bytes:
-    return _pack(op=OP_CLAIM, **claim_fields(worker, tags, now_ms, limit, resync))
+                 resync: bool = False, handlers: Sequence[str] | None = None) -> bytes:
+    return _pack(op=OP_CLAIM, **claim_fields(worker, tags, now_ms, limit, resync, handlers))
 
 
 def encode_done(name: str, run_id: str, exit_code: int, message: str, now_ms: int,

@@ -13,6 +13,11 @@ here (scheduler/polls.py) in the last one: one commit fires and dispatches. It d
 wait for the commit; it checks the active runs (timeouts, lost workers, retries) every
 CHECK_RUNS_S, then sleeps until the next slot or until an applied entry wakes it.
 
+A job no live worker can take (scheduler/routing.py) is held: its slots stay unhandled
+and it is looked at again every WAIT_RECHECK_MS, so once a worker that can take it has
+polled, its due slots fire by its MISFIRE policy (slots past the DEADLINE are missed; a
+one-shot job's is recorded expired, at once, without waiting for a worker).
+
 Fire-ahead (`--fire-ahead-ms`, as Quartz's fire-ahead time window): a job with CONCURRENCY
 allow fires up to that long before its slot. The run is committed and claimed ahead, and
 the worker holds it until the slot (Run.start_in_ms), so a second's burst of 1,000 runs
@@ -42,8 +47,9 @@ from core.resp import CommandError
 from scheduler import state as S
 from scheduler.firing import FirePlanner
 from scheduler.jobs import Job
-from scheduler.planning import plan_ahead, plan_due
+from scheduler.planning import expired, plan_ahead, plan_due
 from scheduler.polls import ParkedPoll, ParkedPolls
+from scheduler.routing import Advert
 from scheduler.state import SchedulerState
 
 __all__ = [
@@ -58,6 +64,7 @@ CHECK_RUNS_S = 0.1  # ... and at the active runs (timeouts, lost workers, retrie
 # jobs fired by one entry: a second's burst of 1,000 due jobs is 4 entries, not 1,000
 # (each entry costs the leader and every follower a proposal, an append and an apply)
 MAX_FIRES_PER_ENTRY = 256
+WAIT_RECHECK_MS = 100  # a job no worker can take is looked at again this often
 
 # the window covers committing a burst of runs due in one millisecond and handing them to
 # workers, with room for a slow fsync or GC pause (bench/README.md has the figures)
@@ -82,6 +89,7 @@ class FiringLoop:
         self.fired = asyncio.Event()  # set whenever an applied entry fired runs (wakes polls)
         self.parked = ParkedPolls()  # polls whose claims ride on the next fire entry
         self.planner = FirePlanner(fire_ahead_ms)  # which jobs are due (a heap)
+        self.waiting: dict[str, str] = {}  # job held for want of a worker -> why (logged)
         self._task: asyncio.Task[None] | None = None
         self._commits: set[asyncio.Task[None]] = set()  # fire entries being committed
         # wakes the loop (an applied entry, a poll to claim for)
@@ -169,11 +177,19 @@ class FiringLoop:
         (a job in flight is not planned again, see scheduler/firing.py)."""
         now = self.clock.wall_ms()
         self.planner.refresh(self.state)
-        fires, names = [], []
+        fires, names, held = [], [], []
+        live: list[Advert] | None = None  # the live workers' adverts, read once a turn
         for name, job in self.planner.take_due(self.state, now):
+            live = self.state.live_adverts(now, self.worker_timeout_ms) if live is None else live
+            if self._holds(name, job, now, live):
+                held.append(name)
+                continue
             names.append(name)
             if (fire := self._fire_fields(name, job, now)) is not None:
                 fires.append(fire)
+        self.planner.hold(held, now + WAIT_RECHECK_MS)
+        if len(self.waiting) > len(self.state.jobs):  # jobs deleted while they waited
+            self.waiting = {n: r for n, r in self.waiting.items() if n in self.state.jobs}
         if not self.leads() or not (fires or self.parked.eager):
             self.planner.settled(self.state, names)
             return
@@ -209,6 +225,24 @@ class FiringLoop:
             self.planner.settled(self.state, names)
             self._jobs_changed.set()  # their next slots are known: the loop may sleep less
 
+    def _holds(self, name: str, job: Job, now: int, live: list[Advert]) -> bool:
+        """Whether `job` waits: no live worker can take its runs (scheduler/routing.py).
+        A one-shot job past its misfire deadline does not wait: its fire entry records it
+        expired."""
+        reason = self.state.waiting(job, live)
+        if reason is None:
+            if self.waiting.pop(name, None) is not None:
+                log.info("job %s: a worker can take its runs now", name)
+            return False
+        once = job.one_shot_ms()
+        if once is not None and expired(job, once, now):
+            self.waiting.pop(name, None)
+            return False
+        if self.waiting.get(name) != reason:
+            log.info("job %s waits: %s", name, reason)
+            self.waiting[name] = reason
+        return True
+
     def _fire_fields(self, name: str, job: Job, now: int) -> dict[str, Any] | None:
         """The fire of `job` (`S.fire_fields`) if a slot is due at `now` (`plan_slots` from
         the replicated handled slot) or within the job's fire-ahead lead, else None."""
@@ -225,7 +259,7 @@ class FiringLoop:
         if plan.missed:
             log.warning("job %s: %d slot(s) missed (misfire %s)", name, plan.missed,
                         job.misfire)
-        workers = self.live_workers(now) if job.broadcast else ()
+        workers = self.live_workers(now, job) if job.broadcast else ()
         return S.fire_fields(name, plan.fire, plan.handled_ms, now, plan.missed, workers)
 
     async def _expire_and_retry(self) -> None:
@@ -259,6 +293,7 @@ class FiringLoop:
         except TimeoutError:
             pass
 
-    def live_workers(self, now_ms: int) -> list[str]:
-        """A broadcast's worker list, committed in the entry that fires it."""
-        return self.state.live_workers(now_ms, self.worker_timeout_ms)
+    def live_workers(self, now_ms: int, job: Job | None = None) -> list[str]:
+        """A broadcast's worker list, committed in the entry that fires it: the live
+        workers (with `job`, those that can take its runs: scheduler/routing.py)."""
+        return self.state.live_workers(now_ms, self.worker_timeout_ms, job)

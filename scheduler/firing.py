@@ -15,6 +15,9 @@ slot as it was: the same slot is due again at once).
 With a fire-ahead window (`scheduler serve --fire-ahead-ms`), a job that may overlap
 itself (CONCURRENCY allow) is due that long before its slot: the heap holds each job's
 fire time, its next slot minus its lead (`lead`). See scheduler/fireloop.py.
+
+A job no live worker can take is held (`hold`): due again a moment later, its slot not
+handled, so that once a worker for it is there its slots follow the MISFIRE policy.
 """
 
 from __future__ import annotations
@@ -107,6 +110,14 @@ class FirePlanner:
             if self._next.get(name) != fire_ms:
                 self._next[name] = fire_ms
                 heapq.heappush(self._heap, (fire_ms, name))
+
+    def hold(self, names: list[str], until_ms: int) -> None:
+        """Jobs taken due that wait for a worker (scheduler/routing.py): out of flight,
+        due again at `until_ms`, their slot still unhandled."""
+        for name in names:
+            self.in_flight.discard(name)
+            self._next[name] = until_ms
+            heapq.heappush(self._heap, (until_ms, name))
 
     def soonest(self) -> int | None:
         """The earliest fire time of a job not in flight (None: none)."""

@@ -21,7 +21,14 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields
 
 from core.resp import CommandError
-from scheduler.schedule import Schedule, ScheduleError, next_after, parse_schedule, zone
+from scheduler.schedule import (
+    OneShot,
+    Schedule,
+    ScheduleError,
+    next_after,
+    parse_schedule,
+    zone,
+)
 
 # -- limits and defaults (seconds unless the name says ms) --------------------------------
 MAX_NAME_LEN = 128
@@ -101,7 +108,9 @@ class Job:
     schedule: cron/macro/@every text, or AFTER_SCHEDULE when `after` names the parent.
     target: TARGET_ANY, TARGET_ALL (broadcast: each live worker runs shard i of n) or a tag.
     timeout_s 0 means no timeout. retries n: up to n more attempts (see `retry_run`).
-    created_ms anchors `@every` (fires at created_ms + k * period, k >= 1).
+    created_ms anchors `@every` (fires at created_ms + k * period, k >= 1) and `@in` (fires
+    once, its duration after created_ms): the time stamped into the JOB.ADD entry, so every
+    replica computes the same slots.
     """
 
     name: str
@@ -127,6 +136,18 @@ class Job:
     def parsed(self) -> Schedule | None:
         """The parsed schedule, or None for an AFTER job (it has no times of its own)."""
         return None if self.after else parse_schedule(self.schedule)
+
+    def one_shot_ms(self) -> int | None:
+        """The one fire time of an `@at`/`@in` job; None for any other job."""
+        schedule = self.parsed()
+        return schedule.fire_ms(self.created_ms) if isinstance(schedule, OneShot) else None
+
+    def first_handled_ms(self) -> int:
+        """The handled slot a new job starts from: its creation; for a one-shot job whose
+        time is not after its creation (an `@at` in the past, `@in 0s`), just before that
+        time, so its one slot is planned (fired, or expired past the misfire deadline)."""
+        once = self.one_shot_ms()
+        return self.created_ms if once is None else min(self.created_ms, once - 1)
 
     def next_fire(self, after_ms: int) -> int | None:
         """The first slot strictly after `after_ms` (None for an AFTER job)."""

@@ -57,7 +57,7 @@ def plan_slots(
     tz = zone(job.tz)
     if now_ms <= last:
         return MisfirePlan((), 0, last, next_after(schedule, last, tz, job.created_ms))
-    window_ms = on_time_ms if job.misfire == SKIP else max(job.deadline_s * 1000, on_time_ms)
+    window_ms = misfire_window_ms(job, on_time_ms)
     low = max(last, now_ms - window_ms - 1)  # slots at most window_ms late are inside
     keep = 1 if job.misfire == ONCE else MAX_CATCHUP_SLOTS
     fire, inside = last_slots(schedule, low, now_ms, tz, keep, job.created_ms)
@@ -67,6 +67,16 @@ def plan_slots(
     missed = inside - len(fire) + early
     next_ms = next_after(schedule, now_ms, tz, job.created_ms)
     return MisfirePlan(fire, min(missed, MISSED_COUNT_CAP), now_ms, next_ms)
+
+
+def misfire_window_ms(job: Job, on_time_ms: int = ON_TIME_MS) -> int:
+    """How late a slot of `job` may fire: on time only under skip, else its DEADLINE."""
+    return on_time_ms if job.misfire == SKIP else max(job.deadline_s * 1000, on_time_ms)
+
+
+def expired(job: Job, slot_ms: int, now_ms: int) -> bool:
+    """Whether `slot_ms` is past its misfire deadline at `now_ms` (`plan_slots` drops it)."""
+    return now_ms - slot_ms > misfire_window_ms(job)
 
 
 def plan_due(job: Job, last_ms: int, next_ms: int, now_ms: int) -> MisfirePlan:

@@ -44,6 +44,7 @@ class ParkedPoll:
     tags: list[str]
     limit: int
     eager: bool = False  # runs wait for it already: the loop should not wait for a fire
+    handlers: list[str] | None = None  # an embedded worker's (scheduler/routing.py)
     runs: asyncio.Future[RunDicts] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future())
     taken: bool = False
@@ -58,8 +59,9 @@ class ParkedPolls:
     def __init__(self) -> None:
         self._waiting: list[ParkedPoll] = []
 
-    def park(self, worker: str, tags: list[str], limit: int, eager: bool = False) -> ParkedPoll:
-        poll = ParkedPoll(worker, tags, limit, eager)
+    def park(self, worker: str, tags: list[str], limit: int, eager: bool = False,
+             handlers: list[str] | None = None) -> ParkedPoll:
+        poll = ParkedPoll(worker, tags, limit, eager, handlers)
         self._waiting.append(poll)
         return poll
 
@@ -80,7 +82,8 @@ class ParkedPolls:
         polls, self._waiting = self._waiting, []
         for poll in polls:
             poll.taken = True
-        return polls, [claim_fields(p.worker, p.tags, now_ms, p.limit) for p in polls]
+        return polls, [claim_fields(p.worker, p.tags, now_ms, p.limit, handlers=p.handlers)
+                       for p in polls]
 
     @staticmethod
     def resolve(polls: Sequence[ParkedPoll], claimed: Sequence[RunDicts]) -> None:

@@ -36,10 +36,12 @@ from scheduler.jobs import (
 FIRED, STARTED, SUCCEEDED = "fired", "started", "succeeded"
 FAILED, TIMED_OUT, LOST = "failed", "timed_out", "lost"
 KILLED, SKIPPED, RETRY_WAIT = "killed", "skipped", "retry_wait"
+EXPIRED = "expired"  # a one-shot job's slot that passed its misfire deadline unfired
 START, SUCCEED, FAIL, TIME_OUT = "start", "succeed", "fail", "time_out"
 LOSE, KILL, RETRY, FIRE = "lose", "kill", "retry", "fire"
 
-# (state, event) -> next state. A run is born FIRED (`fire_run`) or SKIPPED (`skipped_run`).
+# (state, event) -> next state. A run is born FIRED (`fire_run`), SKIPPED (`skipped_run`) or
+# EXPIRED (`expired_run`).
 TRANSITIONS: dict[tuple[str, str], str] = {
     (FIRED, START): STARTED,
     (FIRED, TIME_OUT): TIMED_OUT,  # not started within the timeout
@@ -56,7 +58,8 @@ TRANSITIONS: dict[tuple[str, str], str] = {
     (RETRY_WAIT, FIRE): FIRED,  # the next attempt, at retry_at_ms
     (RETRY_WAIT, KILL): KILLED,
 }
-STATES = (FIRED, STARTED, SUCCEEDED, FAILED, TIMED_OUT, LOST, KILLED, SKIPPED, RETRY_WAIT)
+STATES = (FIRED, STARTED, SUCCEEDED, FAILED, TIMED_OUT, LOST, KILLED, SKIPPED, RETRY_WAIT,
+          EXPIRED)
 EVENTS = (START, SUCCEED, FAIL, TIME_OUT, LOSE, KILL, RETRY, FIRE)
 ACTIVE = frozenset({FIRED, STARTED, RETRY_WAIT})  # the slot is not done yet
 RETRYABLE = frozenset({FAILED, TIMED_OUT, LOST})
@@ -128,6 +131,15 @@ def skipped_run(job: Job, slot_ms: int, now_ms: int, message: str = "") -> RunRe
     """The record of a slot that did not fire (FORBID while a run was active)."""
     return RunRecord(
         job.name, slot_ms, SKIPPED, fired_ms=now_ms, finished_ms=now_ms, message=message
+    )
+
+
+def expired_run(job: Job, slot_ms: int, now_ms: int, message: str) -> RunRecord:
+    """The record of a one-shot slot that was not fired: found past its misfire deadline
+    (or its job was paused at its time). It never runs."""
+    return RunRecord(
+        job.name, slot_ms, EXPIRED, fired_ms=now_ms, finished_ms=now_ms,
+        message=message[:MAX_MESSAGE_LEN],
     )
 
 

@@ -14,8 +14,10 @@ Fire times
 ----------
 A cron schedule names wall-clock times in the job's IANA zone (zoneinfo). `@every` is
 elapsed time: it fires at anchor + k * period (k >= 1, anchor = the job's creation time),
-whatever the zone. `next_after` returns the first fire time strictly after a given instant;
-every time is an integer of epoch milliseconds.
+whatever the zone. A one-shot schedule (`@at`, `@in`) has one fire time, whatever the zone
+(`@in`: its duration after the anchor). `next_after` returns the first fire time strictly
+after a given instant (None when a one-shot time is not after it); every time is an integer
+of epoch milliseconds.
 
 The DST rule
 ------------
@@ -59,9 +61,11 @@ from scheduler.schedule_parse import (
     MACROS,
     MAX_EVERY_MS,
     MAX_SCHEDULE_LEN,
+    MAX_TIME_MS,
     MIN_EVERY_MS,
     Cron,
     Every,
+    OneShot,
     Schedule,
     ScheduleError,
     parse_duration_ms,
@@ -76,6 +80,7 @@ __all__ = [
     "MIN_EVERY_MS",
     "Cron",
     "Every",
+    "OneShot",
     "Schedule",
     "ScheduleError",
     "count_slots",
@@ -88,7 +93,6 @@ __all__ = [
     "zone",
 ]
 
-MAX_TIME_MS = 221_845_392_000_000  # 9000-01-01T00:00:00Z: the latest `after_ms` accepted
 MAX_ZONE_LEN = 64
 MAX_SEARCH_YEARS = 100  # a valid cron schedule matches within 40 years (Feb 29 on a weekday)
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -116,18 +120,20 @@ def zone(name: str) -> ZoneInfo:
     raise ScheduleError(f"unknown time zone {name!r}")
 
 
-def next_after(schedule: Schedule, after_ms: int, tz: ZoneInfo, anchor_ms: int = 0) -> int:
-    """The first fire time strictly after `after_ms`, in epoch ms (module docstring rules).
+def next_after(schedule: Schedule, after_ms: int, tz: ZoneInfo,
+               anchor_ms: int = 0) -> int | None:
+    """The first fire time strictly after `after_ms`, in epoch ms (module docstring rules);
+    None only for a one-shot schedule whose time is not after `after_ms`.
 
-    `anchor_ms` is the `@every` anchor (the job's creation time); cron ignores it.
+    `anchor_ms` is the `@every` and `@in` anchor (the job's creation time); cron ignores it.
     Raises ValueError when a time is outside 0..MAX_TIME_MS.
     """
+    if isinstance(schedule, OneShot):
+        fire = schedule.fire_ms(anchor_ms)
+        return fire if fire > after_ms else None
     _check_time(after_ms)
     if isinstance(schedule, Every):
-        _check_time(anchor_ms)
-        if after_ms < anchor_ms:
-            return anchor_ms + schedule.period_ms
-        return anchor_ms + ((after_ms - anchor_ms) // schedule.period_ms + 1) * schedule.period_ms
+        return _every_after(schedule, after_ms, anchor_ms)
     return _next_cron(schedule, after_ms, tz)
 
 
@@ -141,13 +147,15 @@ def slots_between(
     out: list[int] = []
     if limit <= 0 or end_ms <= start_ms:
         return out
+    if isinstance(schedule, OneShot):
+        return _one_shot_in(schedule, start_ms, end_ms, anchor_ms)
     if isinstance(schedule, Every):
-        fire = next_after(schedule, start_ms, tz, anchor_ms)
+        fire = _every_after(schedule, start_ms, anchor_ms)
         last = min(end_ms, fire + (limit - 1) * schedule.period_ms)
         return list(range(fire, last + 1, schedule.period_ms))
     fire = start_ms
     while len(out) < limit:
-        fire = next_after(schedule, fire, tz)
+        fire = _cron_after(schedule, fire, tz)
         if fire > end_ms:
             break
         out.append(fire)
@@ -161,8 +169,11 @@ def last_slots(
     `@every` is computed directly; cron evaluates every time in the interval."""
     if end_ms <= start_ms or keep <= 0:
         return (), 0
+    if isinstance(schedule, OneShot):
+        fires = _one_shot_in(schedule, start_ms, end_ms, anchor_ms)
+        return tuple(fires), len(fires)
     if isinstance(schedule, Every):
-        first = next_after(schedule, start_ms, tz, anchor_ms)
+        first = _every_after(schedule, start_ms, anchor_ms)
         if first > end_ms:
             return (), 0
         count = (end_ms - first) // schedule.period_ms + 1
@@ -172,7 +183,7 @@ def last_slots(
     tail: deque[int] = deque(maxlen=keep)
     fire, count = start_ms, 0
     while True:
-        fire = next_after(schedule, fire, tz)
+        fire = _cron_after(schedule, fire, tz)
         if fire > end_ms:
             return tuple(tail), count
         tail.append(fire)
@@ -185,10 +196,33 @@ def count_slots(
     """How many fire times (start_ms, end_ms] holds, counting no further than `cap`."""
     if end_ms <= start_ms:
         return 0
+    if isinstance(schedule, OneShot):
+        return min(cap, len(_one_shot_in(schedule, start_ms, end_ms, anchor_ms)))
     if isinstance(schedule, Every):
-        first = next_after(schedule, start_ms, tz, anchor_ms)
+        first = _every_after(schedule, start_ms, anchor_ms)
         return 0 if first > end_ms else min(cap, (end_ms - first) // schedule.period_ms + 1)
     return len(slots_between(schedule, start_ms, end_ms, tz, cap))
+
+
+def _one_shot_in(schedule: OneShot, start_ms: int, end_ms: int, anchor_ms: int) -> list[int]:
+    """The one-shot time, if it lies in (start_ms, end_ms]."""
+    fire = schedule.fire_ms(anchor_ms)
+    return [fire] if start_ms < fire <= end_ms else []
+
+
+def _every_after(schedule: Every, after_ms: int, anchor_ms: int) -> int:
+    """`next_after` of an `@every` schedule (never None)."""
+    _check_time(after_ms)
+    _check_time(anchor_ms)
+    if after_ms < anchor_ms:
+        return anchor_ms + schedule.period_ms
+    return anchor_ms + ((after_ms - anchor_ms) // schedule.period_ms + 1) * schedule.period_ms
+
+
+def _cron_after(schedule: Cron, after_ms: int, tz: ZoneInfo) -> int:
+    """`next_after` of a cron schedule (never None)."""
+    _check_time(after_ms)
+    return _next_cron(schedule, after_ms, tz)
 
 
 def is_transition(ms: int, tz: ZoneInfo) -> bool:

@@ -1,4 +1,4 @@
-"""Schedule text -> `Cron` or `Every`, sans I/O. Evaluation lives in `scheduler.schedule`.
+"""Schedule text -> `Cron`, `Every` or `OneShot`, sans I/O. Evaluation: `scheduler.schedule`.
 
 Grammar (whitespace separates fields; names and macros are case-insensitive):
 
@@ -19,6 +19,11 @@ Grammar (whitespace separates fields; names and macros are case-insensitive):
   when the result is a whole number of ms. Between `MIN_EVERY_MS` and `MAX_EVERY_MS`.
 - Not supported, with a clear error: Quartz `L`, `W`, `#`, a year field, `@reboot`, and a
   `TZ=`/`CRON_TZ=` prefix (the zone is the job's TZ option).
+- `@at TIME`: once, at an RFC 3339 instant (`2030-01-31T09:00:00Z`, `2030-01-31T10:00:00.250+01:00`;
+  `T`/`Z` in either case, a fraction of up to 9 digits that is a whole number of ms, no leap
+  second, 1970 to 8999). `@in DURATION`: once, DURATION (as `@every` writes it, 0 allowed)
+  after the job's anchor, the time stamped into its JOB.ADD entry (scheduler/jobs.py).
+  Both are `OneShot`: one fire time, whatever the zone.
 - `@after` is no schedule of its own: it is the schedule of a job with the AFTER option
   (scheduler/jobs.py), which never reaches this parser; here it is refused, by name. An
   unknown macro, with fields or without, is refused with the list of every known one.
@@ -30,12 +35,14 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import UTC, date, datetime, timedelta, timezone
 from functools import lru_cache
 
 MAX_SCHEDULE_LEN = 256
 MIN_EVERY_MS = 100
 MAX_EVERY_MS = 10 * 366 * 86_400_000  # about ten years
+MIN_IN_MS = 0  # `@in 0s` fires as soon as the job is committed
+MAX_TIME_MS = 221_845_392_000_000  # 9000-01-01T00:00:00Z: the latest instant handled
 
 MACROS = {
     "@yearly": "0 0 1 1 *",
@@ -54,11 +61,22 @@ _UNIT_MS = {"d": 86_400_000, "h": 3_600_000, "m": 60_000, "s": 1000, "ms": 1}
 _DURATION_PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|d|h|m|s)")
 _DIGITS = re.compile(r"[0-9]{1,3}")
 EVERY_MACRO = "@every"
+AT_MACRO = "@at"  # once, at an RFC 3339 time
+IN_MACRO = "@in"  # once, a duration after the job was added
 AFTER_MACRO = "@after"  # scheduler.jobs.AFTER_SCHEDULE: a job that runs after another
-KNOWN_MACROS = (*MACROS, EVERY_MACRO, AFTER_MACRO)
+KNOWN_MACROS = (*MACROS, EVERY_MACRO, AT_MACRO, IN_MACRO, AFTER_MACRO)
 ERR_UNKNOWN_MACRO = "unknown macro {!r} (known: {})"
 ERR_MACRO_FIELDS = "macro {} takes no fields"
 ERR_AFTER_MACRO = f"{AFTER_MACRO} is the schedule of a job with the AFTER option, alone"
+ERR_AT_ARGS = f"{AT_MACRO} takes one RFC 3339 time, e.g. '{AT_MACRO} 2030-01-31T09:00:00Z'"
+ERR_IN_ARGS = f"{IN_MACRO} takes one duration, e.g. '{IN_MACRO} 30s'"
+ERR_AT_FORMAT = "@at time {!r}: expected RFC 3339, YYYY-MM-DDTHH:MM:SS[.fraction](Z|+HH:MM|-HH:MM)"
+ERR_AT_FIELD = "@at time {!r}: {}"
+ERR_AT_RANGE = "@at time {!r}: outside 1970-01-01T00:00:00Z to 8999-12-31T23:59:59Z"
+_RFC3339 = re.compile(
+    r"([0-9]{4})-([0-9]{2})-([0-9]{2})[Tt]([0-9]{2}):([0-9]{2}):([0-9]{2})"
+    r"(?:\.([0-9]{1,9}))?(?:([Zz])|([+-])([0-9]{2}):([0-9]{2}))")
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _QUARTZ = re.compile(r"[0-9]*L|[0-9]+W|LW|[0-9A-Z]+#[0-9]+|L-[0-9]+")  # L, 5L, 15W, FRI#3
 
 
@@ -133,7 +151,22 @@ class Every:
     period_ms: int
 
 
-Schedule = Cron | Every
+@dataclass(frozen=True)
+class OneShot:
+    """`@at TIME` (`at_ms` set) or `@in DURATION` (`delay_ms` set): one fire time."""
+
+    text: str
+    at_ms: int | None = None
+    delay_ms: int | None = None
+
+    def fire_ms(self, anchor_ms: int) -> int:
+        """The one fire time: `at_ms`, or `delay_ms` after `anchor_ms` (the job's anchor)."""
+        if self.at_ms is not None:
+            return self.at_ms
+        return anchor_ms + (self.delay_ms or 0)
+
+
+Schedule = Cron | Every | OneShot
 
 
 @lru_cache(maxsize=4096)
@@ -154,6 +187,8 @@ def parse_schedule(text: str) -> Schedule:
         if len(parts) != 2:
             raise ScheduleError("@every takes one duration, e.g. '@every 1h30m'")
         return Every(text, parse_duration_ms(parts[1]))
+    if head in (AT_MACRO, IN_MACRO):
+        return _parse_one_shot(text, head, parts)
     if head.startswith("@"):
         return _parse_macro(text, parts)
     return _parse_cron(text, parts)
@@ -170,9 +205,50 @@ def _parse_macro(text: str, parts: list[str]) -> Cron:
     return _parse_cron(text, MACROS[head].split())
 
 
+def _parse_one_shot(text: str, head: str, parts: list[str]) -> OneShot:
+    if len(parts) != 2:
+        raise ScheduleError(ERR_AT_ARGS if head == AT_MACRO else ERR_IN_ARGS)
+    if head == AT_MACRO:
+        return OneShot(text, at_ms=parse_rfc3339_ms(parts[1]))
+    return OneShot(text, delay_ms=_duration_ms(parts[1], IN_MACRO, MIN_IN_MS))
+
+
+def parse_rfc3339_ms(text: str) -> int:
+    """An RFC 3339 date-time (`2030-01-31T09:00:00Z`, `...T10:00:00.250+01:00`) -> epoch
+    ms, within 0..MAX_TIME_MS. The fraction must be a whole number of ms; a leap second
+    (second 60) is refused, as is an offset of 24 hours or more."""
+    found = _RFC3339.fullmatch(text)
+    if found is None:
+        raise ScheduleError(ERR_AT_FORMAT.format(text))
+    year, month, day, hour, minute, second = (int(found.group(i)) for i in range(1, 7))
+    frac, zulu, sign, off_h, off_m = found.group(7, 8, 9, 10, 11)
+    if second == 60:
+        raise ScheduleError(ERR_AT_FIELD.format(text, "leap seconds are not supported"))
+    if frac and frac[3:].strip("0"):
+        raise ScheduleError(ERR_AT_FIELD.format(text, "not a whole number of milliseconds"))
+    offset = timedelta(0)
+    if not zulu:
+        if int(off_h) > 23 or int(off_m) > 59:
+            raise ScheduleError(ERR_AT_FIELD.format(text, "offset out of range"))
+        offset = timedelta(hours=int(off_h), minutes=int(off_m)) * (-1 if sign == "-" else 1)
+    try:
+        wall = datetime(year, month, day, hour, minute, second, tzinfo=timezone(offset))
+    except ValueError as exc:  # month 13, February 30, hour 24, ...
+        raise ScheduleError(ERR_AT_FIELD.format(text, exc)) from None
+    ms = (wall - _EPOCH) // timedelta(milliseconds=1) + int((frac or "0")[:3].ljust(3, "0"))
+    if not 0 <= ms <= MAX_TIME_MS:
+        raise ScheduleError(ERR_AT_RANGE.format(text))
+    return ms
+
+
 def parse_duration_ms(text: str) -> int:
     """`1h30m`, `500ms`, `1.5s` -> milliseconds, within MIN_EVERY_MS..MAX_EVERY_MS."""
-    where = f"@every duration {text!r}"
+    return _duration_ms(text, EVERY_MACRO, MIN_EVERY_MS)
+
+
+def _duration_ms(text: str, macro: str, minimum_ms: int) -> int:
+    """A duration of `macro` -> ms, within minimum_ms..MAX_EVERY_MS."""
+    where = f"{macro} duration {text!r}"
     pos, total, last_rank = 0, 0, -1
     order = ["d", "h", "m", "s", "ms"]
     while pos < len(text):
@@ -194,9 +270,9 @@ def parse_duration_ms(text: str) -> int:
         total += value // scale
         pos = found.end()
     if not text:
-        raise ScheduleError("@every needs a duration")
-    if total < MIN_EVERY_MS:
-        raise ScheduleError(f"{where}: shorter than the minimum {MIN_EVERY_MS}ms")
+        raise ScheduleError(f"{macro} needs a duration")
+    if total < minimum_ms:
+        raise ScheduleError(f"{where}: shorter than the minimum {minimum_ms}ms")
     if total > MAX_EVERY_MS:
         raise ScheduleError(f"{where}: longer than the maximum {MAX_EVERY_MS // 86_400_000}d")
     return total

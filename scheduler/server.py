@@ -49,10 +49,13 @@ DEFAULT_WORKER_TIMEOUT_MS = 10_000
 
 ERR_NO_JOB = "ERR no such job '{}'"
 ERR_COUNT = "ERR count must be a positive integer"
+WITHSTATUS = "WITHSTATUS"
+ERR_LIST_OPTION = f"ERR JOB.LIST takes no argument but {WITHSTATUS}"
 
 
 def job_fields(job: Job, handled_ms: int, next_ms: int | None) -> dict[str, object]:
-    """JOB.GET's reply: the job's fields plus its handled and next slot."""
+    """JOB.GET's reply: the job's fields plus its handled and next slot (the server adds
+    its status and, while it waits for a worker, why: scheduler/state_queries.py)."""
     fields: dict[str, object] = {
         k: (int(v) if isinstance(v, bool) else v) for k, v in job.to_dict().items()
     }
@@ -154,7 +157,9 @@ class SchedulerServer:
                     summary="JOB.ADD name schedule command [option value ...]"),
             Command("JOB.GET", self.cmd_get, 2, READ, key_specs=(key_at(1, "RO", "access"),),
                     summary="JOB.GET name: the job's fields"),
-            Command("JOB.LIST", self.cmd_list, 1, READ, summary="The job names"),
+            Command("JOB.LIST", self.cmd_list, -1, READ, max_arity=2,
+                    summary="JOB.LIST [WITHSTATUS]: the job names (WITHSTATUS: [name, status] "
+                    "pairs)"),
             Command("JOB.DEL", self.cmd_del, 2, WRITE, key_specs=(key_at(1, "RM", "delete"),),
                     summary="JOB.DEL name"),
             Command("JOB.PAUSE", self.cmd_pause, 2, WRITE,
@@ -169,8 +174,9 @@ class SchedulerServer:
             Command("WORKER.HEARTBEAT", self.workers.cmd_heartbeat, 2, WRITE,
                     summary="WORKER.HEARTBEAT worker_id: the worker is alive; the reply "
                     "names its attempts killed by REPLACE (run_id#attempt)"),
-            Command("WORKER.POLL", self.workers.cmd_poll, -2, WRITE | {"blocking"}, max_arity=6,
-                    summary="WORKER.POLL worker_id [tags [timeout_ms [resync [max_runs]]]]"),
+            Command("WORKER.POLL", self.workers.cmd_poll, -2, WRITE | {"blocking"}, max_arity=8,
+                    summary="WORKER.POLL worker_id [tags [timeout_ms [resync [max_runs "
+                    "[HANDLERS name,...]]]]]"),
             Command("WORKER.RESULTS", self.workers.cmd_results, -5, WRITE,
                     summary="WORKER.RESULTS run_id exit_code output_tail attempt [...]"),
             Command("WORKER.DONE", self.workers.cmd_done, -3, WRITE, max_arity=5,
@@ -195,16 +201,31 @@ class SchedulerServer:
             job = self._job(args[1])
             handled = self.state.handled[job.name]
             next_ms = None if job.paused else job.next_fire(handled)
-            return job_fields(job, handled, next_ms)
+            fields = job_fields(job, handled, next_ms)
+            fields["status"], fields["waiting"] = self._status(job.name)
+            return fields
 
         return run()
 
     def cmd_list(self, session: Any, args: list[bytes]) -> Any:
+        """JOB.LIST [WITHSTATUS]: the job names, sorted; WITHSTATUS: [name, status] each."""
+        with_status = len(args) == 2
+        if with_status and text_arg(args[1]).upper() != WITHSTATUS:
+            raise CommandError(ERR_LIST_OPTION)
+
         async def run() -> Any:
             await self._barrier()
-            return sorted(self.state.jobs)
+            names = sorted(self.state.jobs)
+            if not with_status:
+                return names
+            return [[name, self._status(name)[0]] for name in names]
 
         return run()
+
+    def _status(self, name: str) -> tuple[str, str]:
+        """(status, why it waits) of a job, by this node's clock (state_queries)."""
+        return self.state.job_status(name, self.clock.wall_ms(),
+                                     self.firing.worker_timeout_ms)
 
     def _name_op(self, op: str, args: list[bytes]) -> Any:
         name = text_arg(args[1])
@@ -229,7 +250,8 @@ class SchedulerServer:
 
         async def run() -> Any:
             now, job = self.clock.wall_ms(), self.state.jobs.get(name)
-            workers = self.firing.live_workers(now) if job is not None and job.broadcast else ()
+            workers = (self.firing.live_workers(now, job) if job is not None and job.broadcast
+                       else ())
             fired = await self._write(S.encode_run(name, now, workers))
             if not fired:
                 return None

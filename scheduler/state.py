@@ -29,7 +29,8 @@ one run, shard 0 of 1, open to any worker. An AFTER child of a broadcast parent 
 every shard of the parent's slot has succeeded.
 
 Dispatch is a second committed step: a worker's poll becomes a "claim" that moves FIRED
-runs to STARTED with the worker's id, an entry of its own or one of the claims a
+runs it can execute (its advert, scheduler/routing.py, travels in the claim) to STARTED
+with the worker's id, an entry of its own or one of the claims a
 "fire_many" entry applies after its fires (the polls waiting at the leader). A run can be
 claimed once, so a run delivered by two leaders still starts once; and a leader without
 quorum cannot commit a claim, so it cannot dispatch. Results come back as "done" entries
@@ -78,6 +79,7 @@ from scheduler.entries import (
     fire_fields,
 )
 from scheduler.jobs import Job
+from scheduler.routing import Advert
 from scheduler.runs import RunRecord
 from scheduler.state_apply import (
     ERR_BAD_ENTRY,
@@ -116,6 +118,10 @@ class SchedulerState(SchedulerEntryHandlers, SnapshotSide):
         self.runs: dict[str, dict[str, RunRecord]] = {}
         self.missed: dict[str, int] = {}  # job -> slots dropped by the misfire policy
         self.workers: dict[str, int] = {}  # worker -> when the cluster last heard it (ms)
+        # worker -> what it can execute (scheduler/routing.py), from its latest claim;
+        # handler_names: the union of their handlers (which jobs are handler jobs)
+        self.adverts: dict[str, Advert] = {}
+        self.handler_names: frozenset[str] = frozenset()
         # Raft node id -> its RESP address ("": forget it), as old "member" entries and
         # snapshots carry it; the server moves it into core.raft_service's address book
         # after every apply and restore, so it is empty between them

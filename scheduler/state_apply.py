@@ -5,7 +5,10 @@
 `apply_entry` decodes an entry and dispatches on its "op" through `_HANDLERS`. Each handler
 changes the state as scheduler/state.py describes (the exactly-once fire rule, claims,
 results, timeouts, retries, losses, AFTER dependents) and returns None, an "ERR ..." text
-for the client, or the runs that moved. The entry formats are in scheduler/entries.py.
+for the client, or the runs that moved. A one-shot job (`@at`, `@in`) starts with its one
+slot unhandled even when its time is past; a fire entry that handles the slot without
+firing it (the misfire plan dropped it) records it EXPIRED, as does a resume past it.
+The entry formats are in scheduler/entries.py.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ from scheduler.entries import (
 )
 from scheduler.jobs import MAX_MESSAGE_LEN, Job, JobError, check_after
 from scheduler.planning import decide_overlap
+from scheduler.routing import Advert, can_take, handler_union
 from scheduler.runs import (
     ACTIVE,
     EXIT_ABANDONED,
@@ -56,6 +60,7 @@ from scheduler.runs import (
     TIME_OUT,
     RunRecord,
     dependents_to_fire,
+    expired_run,
     fire_run,
     note_late,
     retry_run,
@@ -68,7 +73,6 @@ from scheduler.state_queries import (
     QuerySide,
     _claimable,
     _held,
-    _matches,
 )
 
 TIMED_OUT_MESSAGE = "timed out"
@@ -85,6 +89,8 @@ class SchedulerEntryHandlers(QuerySide):
     handled: dict[str, int]
     missed: dict[str, int]
     clients: dict[int, str]
+    adverts: dict[str, Advert]
+    handler_names: frozenset[str]
     applied: int
     jobs_changes: int
 
@@ -120,7 +126,7 @@ class SchedulerEntryHandlers(QuerySide):
         if job.after:
             self._children.setdefault(job.after, []).append(job.name)
         self.jobs_changes += 1
-        self.handled[job.name] = job.created_ms
+        self.handled[job.name] = job.first_handled_ms()
         self.runs[job.name] = {}
         self.missed[job.name] = 0
         return None
@@ -154,6 +160,7 @@ class SchedulerEntryHandlers(QuerySide):
         self.jobs_changes += 1
         if not paused:  # slots that fell due while paused are not caught up
             self.handled[name] = max(self.handled[name], at_ms)
+            self._expire_one_shot(job, at_ms, MSG_PAUSED_AT_TIME)
             return None
         # Runs fired ahead of a slot after the pause (scheduler/fireloop.py) that no worker
         # took yet are killed: no worker gets them. One a worker holds runs at its slot
@@ -184,7 +191,20 @@ class SchedulerEntryHandlers(QuerySide):
             self.handled[name] = max(last, entry["handled_ms"])
         else:
             self.handled[name] = last
+        self._expire_one_shot(job, now_ms)
         return fired
+
+    def _expire_one_shot(self, job: Job, now_ms: int, message: str = "") -> None:
+        """A one-shot job whose slot is handled without a run of it (the misfire plan
+        dropped it, or it fell due while paused) gets its EXPIRED record: it never runs."""
+        once = job.one_shot_ms()
+        if once is None or once > self.handled[job.name]:
+            return
+        if fire_run(job, once, now_ms).run_id in self.runs[job.name]:
+            return  # it fired (or expired already)
+        text = message or MSG_EXPIRED.format(max(0, now_ms - once), job.misfire,
+                                             job.deadline_s)
+        self._record(job, expired_run(job, once, now_ms, text))
 
     def _fire_many(self, entry: dict[str, Any]) -> Any:
         """Several jobs' fires (`fire_fields` each), then the claims of waiting workers
@@ -241,15 +261,18 @@ class SchedulerEntryHandlers(QuerySide):
             del runs[next(iter(runs))]  # the oldest record goes first
 
     def _claim(self, entry: dict[str, Any]) -> Any:
-        """Hand up to `max` FIRED runs matching the worker's tags to `worker`; with
+        """Hand up to `max` FIRED runs the worker's advert can take (scheduler/routing.py,
+        also recorded for the waiting rule) to `worker`; with
         `resync`, first every run this worker already holds STARTED, whatever `max` (after a
         lost reply they are delivered again; the worker runs a run id once). Cutting those
         to `max` let the runs the worker executes crowd out one it never received, which then
         stayed STARTED for good (tests/test_scheduler_resync_limit.py). The held runs count
         against `max` for new claims, so the state changes exactly as before."""
-        worker, tags, now_ms = entry["worker"], set(entry.get("tags", ())), entry["now_ms"]
+        worker, now_ms = entry["worker"], entry["now_ms"]
+        advert = Advert.from_fields(entry)
         resync = bool(entry.get("resync", False))
         self._heard(worker, now_ms)
+        self._advertise(worker, advert)
         limit = min(int(entry.get("max", DEFAULT_CLAIM)), MAX_CLAIM)
         out: list[dict[str, Any]] = []
         if resync:
@@ -259,7 +282,7 @@ class SchedulerEntryHandlers(QuerySide):
             if len(out) >= limit:
                 break
             job = self.jobs[record.job]
-            if _claimable(record, worker) and _matches(job, tags):
+            if _claimable(record, worker) and can_take(job, advert, self.handler_names):
                 # a run fired ahead starts at its slot: its TIMEOUT counts from there
                 began = max(now_ms, record.slot_ms)
                 record = step(record, START, began, worker=worker)
@@ -350,6 +373,13 @@ class SchedulerEntryHandlers(QuerySide):
         self._fired.add((job.name, record.run_id))
         return [record.to_dict()]
 
+    def _advertise(self, worker: str, advert: Advert) -> None:
+        """Record what `worker` can execute (its latest claim says)."""
+        if self.adverts.get(worker) == advert:
+            return
+        self.adverts[worker] = advert
+        self.handler_names = handler_union(self.adverts.values())
+
     def _heard(self, worker: str, now_ms: int) -> None:
         if worker:
             self.workers[worker] = max(self.workers.get(worker, 0), now_ms)
@@ -415,6 +445,9 @@ _HANDLERS = {
 
 
 MSG_PAUSED_AHEAD = "the job was paused before its slot"
+MSG_PAUSED_AT_TIME = "expired: the job was paused at its time; not run"
+MSG_EXPIRED = ("expired: {} ms late, past its misfire deadline (MISFIRE {}, DEADLINE {} s); "
+               "not run")
 
 
 def _ordered(records: Iterable[RunRecord]) -> list[RunRecord]:

@@ -5,8 +5,9 @@
 except to drop stale keys from the run indexes (`_records`). It answers which runs are
 active or waiting (`active_records`, `pending`), a job's history, which workers are live
 and which of their attempts were killed, and which expire/lose/retry entries are due
-(`due_entries`). The helpers at the bottom (`_claimable`, `_matches`, `_held`) are shared
-with the apply handlers.
+(`due_entries`), and each job's status: whether it waits for a worker that can take its
+runs (scheduler/routing.py), or, one-shot, is finished. The helpers at the bottom
+(`_claimable`, `_held`) are shared with the apply handlers.
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 
 from scheduler.entries import OP_EXPIRE, OP_RETRY, encode_attempt, encode_lose
-from scheduler.jobs import REPLACE, TARGET_ALL, TARGET_ANY, Job
+from scheduler.jobs import REPLACE, Job
+from scheduler.routing import Advert, can_take, waiting_reason
 from scheduler.runs import (
     ACTIVE,
     FIRED,
@@ -26,6 +28,11 @@ from scheduler.runs import (
 )
 
 KILL_NOTICE_MS = 60_000  # a killed attempt is named to its worker's heartbeats this long
+# a job's status (JOB.GET, JOB.LIST WITHSTATUS): fires on its schedule; paused; holds its
+# slots because no live worker can take its runs; a one-shot job whose run is still going,
+# or is over (succeeded, failed for good, or expired)
+SCHEDULED, PAUSED, WAITING, RUNNING, FINISHED = (
+    "scheduled", "paused", "waiting", "running", "finished")
 
 
 class QuerySide:
@@ -34,6 +41,9 @@ class QuerySide:
     jobs: dict[str, Job]
     runs: dict[str, dict[str, RunRecord]]
     workers: dict[str, int]
+    handled: dict[str, int]
+    adverts: dict[str, Advert]
+    handler_names: frozenset[str]
     _active: set[tuple[str, str]]
     _fired: set[tuple[str, str]]
     _children: dict[str, list[str]]
@@ -55,10 +65,37 @@ class QuerySide:
                 if r.state == KILLED and r.worker == worker and r.started_ms is not None
                 and (r.finished_ms or 0) >= since]
 
-    def live_workers(self, now_ms: int, timeout_ms: int) -> list[str]:
+    def live_workers(self, now_ms: int, timeout_ms: int, job: Job | None = None) -> list[str]:
         """The workers heard within `timeout_ms` before `now_ms`, sorted: a broadcast's
-        worker list (the others' runs are lost by the same rule, see `due_entries`)."""
-        return sorted(w for w, heard in self.workers.items() if heard + timeout_ms > now_ms)
+        worker list (the others' runs are lost by the same rule, see `due_entries`). With
+        `job`, only those that can take its runs (a worker with no advert yet counts)."""
+        live = (w for w, heard in self.workers.items() if heard + timeout_ms > now_ms)
+        if job is None:
+            return sorted(live)
+        return sorted(w for w in live if w not in self.adverts
+                      or can_take(job, self.adverts[w], self.handler_names))
+
+    def live_adverts(self, now_ms: int, timeout_ms: int) -> list[Advert]:
+        """The adverts of the workers heard within `timeout_ms` before `now_ms`."""
+        return [self.adverts[w] for w, heard in self.workers.items()
+                if heard + timeout_ms > now_ms and w in self.adverts]
+
+    def waiting(self, job: Job, adverts: list[Advert]) -> str | None:
+        """Why no worker of `adverts` (`live_adverts`) can take `job`'s runs (None: one
+        can; scheduler/routing.py)."""
+        return waiting_reason(job, adverts, self.handler_names)
+
+    def job_status(self, name: str, now_ms: int, timeout_ms: int) -> tuple[str, str]:
+        """(status, why it waits or "") of job `name` at `now_ms` (see WAITING...)."""
+        job = self.jobs[name]
+        if job.paused:
+            return PAUSED, ""
+        once = job.one_shot_ms()
+        if once is not None and self.handled[name] >= once:
+            active = any(r.state in ACTIVE for r in self.runs[name].values())
+            return (RUNNING if active else FINISHED), ""
+        reason = self.waiting(job, self.live_adverts(now_ms, timeout_ms))
+        return (WAITING, reason) if reason else (SCHEDULED, "")
 
     def has_broadcast_dependent(self, name: str) -> bool:
         """Whether a TARGET ALL job runs AFTER `name` (its done entries need workers)."""
@@ -93,12 +130,14 @@ class QuerySide:
             else:
                 yield record
 
-    def pending(self, tags: Iterable[str] = (), worker: str = "") -> bool:
-        """Whether a FIRED run waits for `worker` with `tags` (any worker if "")."""
-        wanted = set(tags)
+    def pending(self, tags: Iterable[str] = (), worker: str = "",
+                handlers: Iterable[str] | None = None) -> bool:
+        """Whether a FIRED run waits for `worker` (any worker if "") advertising `tags`
+        and, for an embedded worker, `handlers` (scheduler/routing.py)."""
+        advert = Advert(frozenset(tags), None if handlers is None else frozenset(handlers))
         return any(
             (_claimable(record, worker) if worker else record.state == FIRED)
-            and _matches(self.jobs[record.job], wanted)
+            and can_take(self.jobs[record.job], advert, self.handler_names)
             for record in self._records(self._fired, (FIRED,))
         )
 
@@ -108,11 +147,6 @@ class QuerySide:
 
     def active_runs(self) -> int:
         return sum(1 for _ in self.active_records())
-
-
-def _matches(job: Job, tags: set[str]) -> bool:
-    # a broadcast run is for every worker, whatever its tags (_claimable binds it to one)
-    return job.target in (TARGET_ANY, TARGET_ALL) or job.target in tags
 
 
 def _claimable(record: RunRecord, worker: str) -> bool:

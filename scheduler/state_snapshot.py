@@ -8,8 +8,10 @@ which reads that view alone and may run in any thread while entries keep applyin
 encoder packs piece by piece (one small msgpack call per job or record list) so that the
 loop gets the GIL back between pieces; the bytes equal one `msgpack.packb` of the map.
 
-Run histories travel as rows in RUN_FIELDS order (a snapshot holds every job's history); a
-snapshot written before rows (maps) still restores. Restore rebuilds the AFTER children and
+The workers' adverts (scheduler/routing.py) travel too; a snapshot written before them
+restores with none (each worker's next claim brings its own). Run histories travel as rows
+in RUN_FIELDS order (a snapshot holds every job's history); a snapshot written before rows
+(maps) still restores. Restore rebuilds the AFTER children and
 the active/fired run indexes.
 """
 
@@ -22,6 +24,7 @@ from functools import partial
 import msgpack
 
 from scheduler.jobs import Job
+from scheduler.routing import Advert, handler_union
 from scheduler.runs import ACTIVE, FIRED, RUN_FIELDS, RunRecord
 
 
@@ -35,6 +38,7 @@ class _View:
     runs: dict[str, list[RunRecord]]
     workers: dict[str, int]
     clients: dict[int, str]
+    adverts: dict[str, Advert]
 
 
 class SnapshotSide:
@@ -46,6 +50,8 @@ class SnapshotSide:
     missed: dict[str, int]
     workers: dict[str, int]
     clients: dict[int, str]
+    adverts: dict[str, Advert]
+    handler_names: frozenset[str]
     jobs_changes: int
     _active: set[tuple[str, str]]
     _fired: set[tuple[str, str]]
@@ -60,7 +66,7 @@ class SnapshotSide:
         (which returns what `snapshot()` would have returned now)."""
         view = _View(list(self.jobs.values()), dict(self.handled), dict(self.missed),
                      {name: list(runs.values()) for name, runs in self.runs.items()},
-                     dict(self.workers), dict(self.clients))
+                     dict(self.workers), dict(self.clients), dict(self.adverts))
         return partial(_encode, view)
 
     def restore(self, blob: bytes) -> None:
@@ -78,6 +84,8 @@ class SnapshotSide:
         self.missed = dict(data["missed"])
         self.workers = dict(data.get("workers", {}))
         self.clients = {int(k): v for k, v in data.get("clients", {}).items()}
+        self.adverts = {w: Advert.from_wire(raw) for w, raw in data.get("adverts", {}).items()}
+        self.handler_names = handler_union(self.adverts.values())
         self.runs = {}
         if "run_rows" in data:
             names = data["run_fields"]
@@ -99,7 +107,7 @@ def _encode(view: _View) -> bytes:
     holding the GIL for tens of milliseconds."""
     packer = msgpack.Packer()
     pack = packer.pack
-    parts = [packer.pack_map_header(7), pack("jobs"), packer.pack_array_header(len(view.jobs))]
+    parts = [packer.pack_map_header(8), pack("jobs"), packer.pack_array_header(len(view.jobs))]
     parts += [pack(job.to_dict()) for job in view.jobs]
     parts += [pack("handled"), pack(view.handled), pack("missed"), pack(view.missed)]
     # rows, not maps: a snapshot holds every job's history
@@ -110,4 +118,5 @@ def _encode(view: _View) -> bytes:
     parts += [pack("workers"), pack(view.workers)]
     clients = {str(k): v for k, v in view.clients.items()}  # msgpack: str keys
     parts += [pack("clients"), pack(clients)]
+    parts += [pack("adverts"), pack({w: a.to_wire() for w, a in view.adverts.items()})]
     return b"".join(parts)

@@ -13,8 +13,11 @@ use fails, it is marked down and the worker moves to another. Polls go to the le
 one is found (CLUSTER.INFO of each node, asked when the poll connection opens, and checked
 at each heartbeat): there a poll waiting for runs is claimed for by the fire entry itself,
 and nothing is forwarded.
-`WORKER.POLL id tags timeout_ms resync max_runs` returns the runs the cluster committed
-to this worker (a claim: a run is claimed once); max_runs is what its free slots can take.
+`WORKER.POLL id tags timeout_ms resync max_runs [HANDLERS h1,h2]` returns the runs the
+cluster committed to this worker (a claim: a run is claimed once); max_runs is what its free
+slots can take. The poll is the worker's advert: a shell worker's tags; an embedded
+worker's tags and handler names (`handlers`); the cluster hands each worker only runs it
+can execute (scheduler/routing.py).
 After any error the next poll asks with resync=1 so runs whose claim reply was lost come
 back; a run id seen before (the same attempt) is never executed again (the last
 MAX_REMEMBERED are kept). Results are queued and sent in batches (WORKER.RESULTS, one Raft
@@ -57,7 +60,7 @@ import socket
 import time
 import traceback
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -143,10 +146,12 @@ class Worker:
                  worker_id: str | None = None, password: str | None = None,
                  concurrency: int = 8, heartbeat_s: float = HEARTBEAT_S,
                  executor: Executor = shell_executor, clock: Clock | None = None,
-                 fence_after_s: float | None = None) -> None:
+                 fence_after_s: float | None = None,
+                 handlers: Callable[[], Iterable[str]] | None = None) -> None:
         if not servers:
             raise ValueError("no scheduler address")
         self.executor = executor
+        self.handler_names = handlers  # None: a shell worker; else its handlers, advertised
         self.clock = clock or SystemClock()  # wall time: when a run fired ahead starts
         self.servers = list(servers)
         self.tags = list(tags)
@@ -242,7 +247,8 @@ class Worker:
                 wanted = self.concurrency - self._held
                 sent = time.monotonic()
                 runs = await self.call("WORKER.POLL", self.worker_id, ",".join(self.tags),
-                                       POLL_MS, 1 if resync else 0, wanted)
+                                       POLL_MS, 1 if resync else 0, wanted,
+                                       *self._advert_args())
                 if runs:  # claims were committed; an empty reply may come from a stale
                     self._answered(sent)  # leader that can commit nothing
                 resync = False
@@ -261,6 +267,12 @@ class Worker:
             for task in late:
                 task.cancel()
             await asyncio.gather(*late, return_exceptions=True)
+
+    def _advert_args(self) -> tuple[str, ...]:
+        """The poll's advert beyond its tags: an embedded worker's handler names."""
+        if self.handler_names is None:
+            return ()
+        return ("HANDLERS", ",".join(sorted(self.handler_names())))
 
     def _answered(self, sent: float) -> None:
         """A heartbeat, or a poll that got runs, sent at monotonic `sent` was answered: the

@@ -6,14 +6,16 @@ its firing loop (scheduler/fireloop.py), whose parked polls and wake-ups it uses
 server's `commands()` lists these handlers with the others. A poll
 at the leader first asks the firing loop to claim for it inside its next fire entry
 (scheduler/polls.py), then waits there for runs to fire; elsewhere it commits a claim entry
-(forwarded to the leader). Results go back as one entry per WORKER.RESULTS.
+(forwarded to the leader). A poll carries the worker's advert (its tags, and an embedded
+worker's handler names after the word HANDLERS), so it claims only runs it can execute
+(scheduler/routing.py). Results go back as one entry per WORKER.RESULTS.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 from core.clock import Clock
 from core.resp import OK, CommandError
@@ -22,6 +24,7 @@ from scheduler import state as S
 from scheduler.arguments import bounded_int, text_arg
 from scheduler.fireloop import FiringLoop
 from scheduler.jobs import MAX_RETRIES
+from scheduler.routing import NamesError, parse_names
 from scheduler.state import SchedulerState
 
 EAGER_CLAIM_WAIT_S = 0.2  # a poll waits this long for the firing loop to claim for it
@@ -39,6 +42,8 @@ ERR_MAX_RUNS = f"ERR max runs must be an integer from 1 to {S.MAX_CLAIM}"
 ERR_EXIT_CODE = f"ERR exit code must be an integer from {MIN_EXIT_CODE} to {MAX_EXIT_CODE}"
 ERR_ATTEMPT = f"ERR attempt must be an integer from 1 to {MAX_RETRIES + 1}"
 ERR_WORKER_ID = f"ERR worker id must be 1 to {MAX_WORKER_ID_BYTES} bytes"
+HANDLERS_WORD = "HANDLERS"  # WORKER.POLL ... max_runs HANDLERS h1,h2: an embedded worker
+ERR_POLL_OPTION = f"ERR WORKER.POLL takes {HANDLERS_WORD} name,... after max_runs"
 
 
 def _result(args: list[bytes]) -> S.Result:
@@ -51,6 +56,23 @@ def _result(args: list[bytes]) -> S.Result:
     output = args[2][-MAX_OUTPUT_BYTES:].decode("utf-8", "replace") if len(args) > 2 else ""
     attempt = bounded_int(args[3], 1, MAX_RETRIES + 1, ERR_ATTEMPT) if len(args) > 3 else None
     return job, run_id, exit_code, output, attempt
+
+
+class _Poller(NamedTuple):
+    """Who polls: the worker, its advert (tags; handlers, None for a shell worker), and
+    how many runs it takes."""
+
+    worker: str
+    tags: list[str]
+    handlers: list[str] | None
+    limit: int
+
+
+def _names(raw: bytes, what: str) -> frozenset[str]:
+    try:
+        return parse_names(text_arg(raw), what)
+    except NamesError as exc:
+        raise CommandError(exc.message) from None
 
 
 def _worker_id(raw: bytes) -> str:
@@ -89,8 +111,16 @@ class WorkerCommands:
         return run()
 
     def cmd_poll(self, session: Any, args: list[bytes]) -> Any:
+        """WORKER.POLL worker_id [tags [timeout_ms [resync [max_runs [HANDLERS names]]]]]:
+        the runs claimed for the worker, waiting up to timeout_ms for some. Its advert
+        (scheduler/routing.py): `tags`, and an embedded worker's handler names."""
         worker = _worker_id(args[1])
-        tags = [t for t in text_arg(args[2]).split(",") if t] if len(args) > 2 else []
+        tags = sorted(_names(args[2], "tags")) if len(args) > 2 else []
+        handlers = None
+        if len(args) > 6:
+            if len(args) != 8 or text_arg(args[6]).upper() != HANDLERS_WORD:
+                raise CommandError(ERR_POLL_OPTION)
+            handlers = sorted(_names(args[7], "handlers"))
         timeout_ms = DEFAULT_POLL_MS
         if len(args) > 3:
             timeout_ms = parse_int(args[3], ERR_TIMEOUT_MS)
@@ -102,18 +132,19 @@ class WorkerCommands:
             limit = parse_int(args[5], ERR_MAX_RUNS)
             if not 1 <= limit <= S.MAX_CLAIM:
                 raise CommandError(ERR_MAX_RUNS)
-        return self._poll(worker, tags, timeout_ms / 1000, resync, limit)
+        return self._poll(_Poller(worker, tags, handlers, limit), timeout_ms / 1000, resync)
 
-    async def _poll(self, worker: str, tags: list[str], timeout: float, resync: bool,
-                    limit: int) -> Any:
+    async def _poll(self, poller: _Poller, timeout: float, resync: bool) -> Any:
+        worker, tags, handlers, limit = poller
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         while True:
-            if resync or self.state.pending(tags, worker):
-                runs = None if resync else await self._claim_with_fires(worker, tags, limit)
+            if resync or self.state.pending(tags, worker, handlers):
+                runs = None if resync else await self._claim_with_fires(poller)
                 if runs is None:  # not the leader, or its firing loop did not take it
                     self.firing.fired.clear()
-                    entry = S.encode_claim(worker, tags, self.clock.wall_ms(), limit, resync)
+                    entry = S.encode_claim(worker, tags, self.clock.wall_ms(), limit, resync,
+                                           handlers)
                     runs = await self._write(entry)
                     self.counters["claims"] += 1
                 if runs:
@@ -122,17 +153,17 @@ class WorkerCommands:
             left = deadline - loop.time()
             if left <= 0:
                 return []
-            runs = await self._wait_for_runs(worker, tags, limit, left)
+            runs = await self._wait_for_runs(poller, left)
             if runs:
                 return _poll_reply(runs)
 
-    async def _claim_with_fires(self, worker: str, tags: list[str],
-                                limit: int) -> list[dict[str, Any]] | None:
+    async def _claim_with_fires(self, poller: _Poller) -> list[dict[str, Any]] | None:
         """On the leader, claim in the firing loop's next entry (scheduler/polls.py): the
         runs it claimed for this poll, or None if it did not take the poll in time."""
         if not self.firing.leads():
             return None
-        poll = self.firing.parked.park(worker, tags, limit, eager=True)
+        poll = self.firing.parked.park(poller.worker, poller.tags, poller.limit, eager=True,
+                                       handlers=poller.handlers)
         self.firing.wake()
         try:
             await asyncio.wait_for(asyncio.shield(poll.runs), EAGER_CLAIM_WAIT_S)
@@ -142,13 +173,15 @@ class WorkerCommands:
             self.firing.parked.unpark(poll)
         return await poll.runs if poll.taken else None
 
-    async def _wait_for_runs(self, worker: str, tags: list[str], limit: int,
-                             left: float) -> list[dict[str, Any]]:
+    async def _wait_for_runs(self, poller: _Poller, left: float) -> list[dict[str, Any]]:
         """Wait up to `left` s for runs to fire. On the leader the poll parks meanwhile, so
         the next fire entry also claims for it (scheduler/polls.py): those runs are
         returned; [] when it was not taken or they went to other claims."""
         self.firing.fired.clear()
-        poll = self.firing.parked.park(worker, tags, limit) if self.firing.leads() else None
+        poll = None
+        if self.firing.leads():
+            poll = self.firing.parked.park(poller.worker, poller.tags, poller.limit,
+                                           handlers=poller.handlers)
         try:
             async with asyncio.timeout(left):
                 await self.firing.fired.wait()

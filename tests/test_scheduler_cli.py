@@ -102,13 +102,13 @@ def test_an_unknown_macro_is_named_with_the_known_ones(node: Daemon, schedule: s
     message = done.stderr.strip()
     assert message.startswith("scheduler: ERR invalid schedule: unknown macro '@foo'"), message
     for known in ("@yearly", "@annually", "@monthly", "@weekly", "@daily", "@midnight",
-                  "@hourly", "@every", "@after"):
+                  "@hourly", "@every", "@at", "@in", "@after"):
         assert known in message, (known, message)
 
 
 @pytest.mark.parametrize(("schedule", "error"), [
     ("@foo", "unknown macro '@foo' (known: @yearly, @annually, @monthly, @weekly, @daily, "
-             "@midnight, @hourly, @every, @after)"),
+             "@midnight, @hourly, @every, @at, @in, @after)"),
     ("@foo bar", "unknown macro '@foo' (known: "),
     ("@after", "@after is the schedule of a job with the AFTER option, alone"),
     ("@after parent", "@after is the schedule of a job with the AFTER option, alone"),

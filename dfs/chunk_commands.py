@@ -31,6 +31,7 @@ from dfs import chunks as ct
 from dfs.chunk_placement import Placement
 from dfs.chunks import ChunkTable
 from dfs.namespace import PathError
+from dfs.perms import R, W
 
 __all__ = ["ChunkCommands", "ERR_BAD_REPORT", "ERR_NOT_LEADER", "ERR_STALE_LEASE"]
 
@@ -69,6 +70,9 @@ class ChunkCommands:
                  check_every_s: float = DEFAULT_CHECK_EVERY_S,
                  gc_every_s: float = DEFAULT_GC_EVERY_S) -> None:
         self.service = service  # (may be set after construction: the service needs commands)
+        # access(session, path, want): raise CommandError unless the session's user may do
+        # `want` (dfs.perms.R or W) to the file; set by the master (dfs/meta_commands.py).
+        self.access: Callable[[Any, str, int], None] = lambda session, path, want: None
         self.table = table
         self.path_arg = path_arg
         self.clock = clock
@@ -164,6 +168,7 @@ class ChunkCommands:
         if self.placement.safe:
             raise CommandError(self.placement.safe_mode_text())
         path, index = self.path_arg(args[1]), int_arg(args[2])
+        self.access(session, path, W)
         chunk, version = await self.service.write(
             ct.encode_alloc(self.clock.wall_ms(), path, index))
         try:
@@ -185,6 +190,7 @@ class ChunkCommands:
     async def cmd_complete(self, session: Any, args: list[bytes]) -> Any:
         path = self.path_arg(args[1])
         sizes = [int_arg(a) for a in args[2:]]
+        self.access(session, path, W)
         size = await self.service.write(ct.encode_complete(self.clock.wall_ms(), path, sizes))
         try:
             _, entry = self.table.file_of(path)
@@ -197,6 +203,7 @@ class ChunkCommands:
         self._leader_only()
         path = self.path_arg(args[1])
         await self.service.barrier()
+        self.access(session, path, R)
         try:
             node, entry = self.table.file_of(path)
         except PathError as exc:

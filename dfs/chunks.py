@@ -157,6 +157,7 @@ class ChunkTable:
             raise PathError(ERR_COMPLETE.format(ns.canonical(path)))
         if len(sizes) != len(entry.chunks):
             raise PathError(ERR_SIZES.format(ns.canonical(path), len(entry.chunks), len(sizes)))
+        self.namespace.charge(path, sum(int(s) for s in sizes) - node.size)  # quotas may refuse
         for chunk, size in zip(entry.chunks, sizes, strict=True):
             self.chunks[chunk].size = int(size)
         entry.complete = True
@@ -200,6 +201,7 @@ def _live_inodes(namespace: Namespace) -> set[int]:
     while stack:
         node = stack.pop()
         live.add(node.inode)
+        live.update(v.inode for v in node.versions)  # old versions keep their chunks
         stack.extend(node.children.values())
     return live
 

@@ -98,6 +98,7 @@ class Master:
                                    timeout_s=timeout_s)
         self.chunks.service = self.service
         self.meta.service = self.service
+        self.chunks.access = self.meta.check_access
         self.driver = self.service.driver
         self._purger: asyncio.Task[None] | None = None
 

@@ -114,6 +114,14 @@ class MetaCommands:
         """`entry` to be applied as the session's user."""
         return ns.encode_as(self.clock.wall_ms(), self.user_of(session), entry)
 
+    def check_access(self, session: Session, path: str, want: int) -> None:
+        """CommandError unless the session's user may do `want` (perms.R, W) to `path` (the
+        chunk commands' check before a write or a read of a file's data)."""
+        try:
+            self.namespace.check_access(path, self.caller(session), want)
+        except PathError as exc:
+            raise CommandError(str(exc)) from None
+
     async def write(self, session: Session, entry: bytes) -> Any:
         """Commit `entry` as the session's user; its result (CommandError on a refusal)."""
         return await self.service.write(self.wrap(session, entry))

@@ -15,6 +15,7 @@ import pytest
 import redis
 from redis.exceptions import AuthenticationError, ResponseError
 
+from tests import test_core_users, test_dfs_master, test_dfs_perms, test_dfs_versions
 from tests.test_dfs_master import HANG_S, HOSTS, Cluster, eventually
 from tests.test_raft_driver import needs_aliases
 
@@ -91,6 +92,10 @@ def test_users_modes_quotas_and_versions_across_masters(cluster: Cluster) -> Non
                  ("FS.CHMOD", "/home/alice", "777"), ("FS.CHOWN", "/home/alice", "bob")):
         assert refused(bob, *args).startswith("permission denied"), args
 
+    # The data path asks the same: reading a file's chunk list needs r on it (the leader).
+    on_leader = login(cluster, cluster.leader() - 1, "bob", "bob-pw")
+    assert refused(on_leader, "FS.LOCATE", "/home/alice/f").startswith("permission denied")
+
     # Overwrite three times; each version listed, then each restored in turn.
     for _ in range(3):
         assert alice.execute_command("FS.CREATE", "/home/alice/f", "OVERWRITE") == "OK"
@@ -109,3 +114,53 @@ def test_users_modes_quotas_and_versions_across_masters(cluster: Cluster) -> Non
     assert (count["dirs"], count["files"], count["remaining_files"]) == (1, 5, 0)
     assert root.execute_command("USER.DEL", "bob") == "OK"
     assert raw(cluster, 1, b"AUTH bob bob-pw") == WRONGPASS
+
+
+# -- the README's promises ----------------------------------------------------------------------
+
+PROMISES = {  # README.md's sentence -> the tests that check it
+    "Users log in as in Redis 6: `AUTH username password` (redis-py's `username=`).":
+        (test_users_modes_quotas_and_versions_across_masters,),
+    "The masters keep the users in their Raft log, each password only as a salted "
+    "PBKDF2-SHA256 hash;": (test_core_users.test_same_password_two_salts_two_digests,
+                           test_dfs_perms.test_snapshot_keeps_owners_modes_quotas_versions_and_users),
+    "With a superuser password, a connection that does not log in is the unprivileged "
+    "`nobody`; without one it is the superuser":
+        (test_users_modes_quotas_and_versions_across_masters,
+         test_dfs_master.test_operations_on_any_master),
+    "An unknown user or a wrong password gets Redis's reply, `WRONGPASS invalid "
+    "username-password pair or user is disabled.`":
+        (test_users_modes_quotas_and_versions_across_masters,
+         test_core_users.test_auth_username_password_and_redis_errors),
+    "x on every directory on the way, r to read a file, r and x to list a directory, w and x "
+    "on the parent to create, delete or rename; a recursive delete also needs rwx on every "
+    "directory below.":
+        (test_dfs_perms.test_each_write_is_refused_to_others_and_allowed_to_the_owner,
+         test_dfs_perms.test_each_read_needs_its_bits,
+         test_dfs_perms.test_a_recursive_delete_needs_rwx_on_every_directory_below),
+    "A new file is `-rw-r--r--` and a new directory `drwxr-xr-x`, owned by its creator, in "
+    "its parent's group.":
+        (test_dfs_perms.test_new_nodes_belong_to_their_creator_in_the_parents_group,),
+    "`FS.CHMOD path 750` is for the owner; `FS.CHOWN path owner[:group]` changes an owner "
+    "only for a superuser, while an owner may change the group to one of its own.":
+        (test_dfs_perms.test_chown_is_for_superusers_chgrp_for_the_owner_in_the_group,
+         test_users_modes_quotas_and_versions_across_masters),
+    "A superuser passes every check.": (test_dfs_perms.test_the_superuser_passes_every_check,),
+    "old versions count against both, and a change past a limit is refused with `ERR quota "
+    "exceeded: ...`.": (test_dfs_perms.test_file_quota_counts_names_and_old_versions,
+                        test_dfs_perms.test_space_quota_refuses_a_charge_past_the_limit,
+                        test_dfs_versions.test_the_chunk_table_charges_quotas_and_keeps_old_versions_chunks),
+    "past the limit the oldest is dropped and its chunks deleted.":
+        (test_dfs_versions.test_versions_past_the_limit_are_released,
+         test_dfs_versions.test_the_chunk_table_charges_quotas_and_keeps_old_versions_chunks),
+    "`FS.RESTORE path version` makes an old version current again, keeping the one it "
+    "replaces as a version.":
+        (test_dfs_versions.test_overwrite_three_times_then_read_and_restore_each_version,
+         test_users_modes_quotas_and_versions_across_masters),
+}
+
+
+def test_the_readme_says_what_these_tests_check() -> None:
+    text = " ".join((Path(__file__).resolve().parent.parent / "README.md").read_text().split())
+    for sentence, tests in PROMISES.items():
+        assert sentence in text, (sentence, [t.__name__ for t in tests])

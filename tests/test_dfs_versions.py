@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from dfs import chunks, versions
 from dfs import namespace as ns
-from dfs import versions
 from dfs.namespace import Namespace
 
 
@@ -87,3 +87,28 @@ def test_versions_travel_with_the_file_and_count_in_the_trash() -> None:
     assert apply(m, ns.encode_create(now(), "/d", True)) is None  # overwrite of nothing
     assert apply(m, ns.encode_mkdir(now(), "/dir", False)) is None
     assert apply(m, ns.encode_create(now(), "/dir", True)) == ns.ERR_IS_DIR.format("/dir")
+
+
+def test_the_chunk_table_charges_quotas_and_keeps_old_versions_chunks() -> None:
+    m, now = Namespace(), Clock()
+    table = chunks.ChunkTable(m)
+    machine = chunks.MasterMachine(m, table)
+
+    def run(entry: bytes) -> Any:
+        return machine.apply([(1, entry)])[0]
+
+    assert run(ns.encode_mkdir(now(), "/q", False)) is None
+    assert run(ns.encode_setquota(now(), "/q", {"BYTES": 100})) is None
+    for size in (60, 30):
+        assert run(ns.encode_create(now(), "/q/f", True)) is None
+        assert run(chunks.encode_alloc(now(), "/q/f", 0))[1] == 1
+        assert run(chunks.encode_complete(now(), "/q/f", [size])) == size
+    assert run(ns.encode_create(now(), "/q/f", True)) is None
+    run(chunks.encode_alloc(now(), "/q/f", 0))
+    assert run(chunks.encode_complete(now(), "/q/f", [11])).startswith(
+        "ERR quota exceeded: the space quota of '/q' is 100, 90 used, 11 more asked")
+    assert run(chunks.encode_complete(now(), "/q/f", [10])) == 10
+    assert chunks.dead_inodes(table) == []  # the old versions' chunks are still wanted
+    assert run(ns.encode_setversions(now(), "/q", 0)) is None
+    assert run(ns.encode_create(now(), "/q/f", True)) is None
+    assert len(chunks.dead_inodes(table)) == 3  # every old version dropped: its chunks go

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from datetime import UTC, date, datetime
 from pathlib import Path
+from unittest import mock
 
 import msgpack
 import pytest
@@ -16,7 +17,7 @@ from hypothesis import strategies as st
 from idgen.layout import DEFAULT_EPOCH_MS
 from idgen.layout import parse as idgen_parse
 from native.snowflake import make_id
-from shardstore import catalog, cluster, table_keys
+from shardstore import catalog, cluster, table_keys, table_scan
 from shardstore.catalog import Catalog, CatalogError, parse_create, parse_range, parse_split
 from shardstore.cluster import ConfigMachine
 from shardstore.engine import Engine
@@ -247,6 +248,43 @@ def test_ranges_cover_every_position_once(splits: list[int], low: int, high: int
 
 
 # -- range reads of one store ---------------------------------------------------------------
+
+class SortedKV:
+    """The engine's read calls range_keys uses, over a sorted list (no expiry)."""
+
+    def __init__(self, keys: set[bytes]) -> None:
+        self.keys = sorted(keys)
+
+    def scan(self, start: bytes, end: bytes, limit: int) -> list[tuple[bytes, bytes, int]]:
+        return [(k, b"", 0) for k in self.keys if start <= k < end][:limit]
+
+    def keys_after(self, cursor: bytes, limit: int) -> list[bytes]:
+        return [k for k in self.keys if k > cursor][:limit]
+
+
+DATE_RESTS = st.builds(lambda y, m, d, tail: f"{y:04d}-{m:02d}{f'-{d:02d}' if d else ''}"
+                       .encode() + tail, st.integers(2025, 2027), st.integers(1, 12),
+                       st.integers(0, 28), st.sampled_from([b"", b":1", b":x", b"-a", b"!"]))
+
+
+@given(st.sets(st.one_of(DATE_RESTS, st.binary(max_size=12)), max_size=40),
+       st.sampled_from([b"orders:", b"ordera:", b"orders;", b""]),
+       st.integers(20250000, 20280000), st.integers(20250000, 20280000),
+       st.integers(1, 50))
+def test_range_keys_equal_a_filter_of_every_key(rests: set[bytes], other: bytes, low: int,
+                                                high: int, limit: int) -> None:
+    table = catalog.Table("orders", rule=catalog.RULE_RANGE, kind=KIND_DATE)
+    keys = {b"orders:" + r for r in rests} | {other + r for r in rests}
+    expected = []
+    for key in sorted(keys):
+        try:
+            if key.startswith(b"orders:") and low <= table.position(key) < high:
+                expected.append(key)
+        except CatalogError:
+            pass
+    with mock.patch.object(table_scan, "WALK_CHUNK", 3):  # several chunks per walk
+        assert range_keys(SortedKV(keys), table, low, high, limit, 0) == expected[:limit]
+
 
 def test_range_keys_reads_one_month_in_key_order(tmp_path: Path) -> None:
     machine = _machine()

@@ -2,7 +2,7 @@
 
 Strategy: the tree lives in memory as `Node`s (a directory holds its children by name), so
 a rename moves a whole subtree by relinking one node. Every change is a log entry, msgpack
-[op, now_ms, *args] (see the `encode_*` functions): the node that builds the entry stamps
+[op, now_ms, *args] (dfs/entries.py's `encode_*` functions): the node that builds the entry stamps
 `now_ms`, and apply never reads a clock, only the entries, so every master that applies
 the same log holds the same tree. The machine's time is the largest `now_ms` it has applied
 (`clock_ms`), so times never go backwards when masters' clocks differ.
@@ -18,7 +18,8 @@ Paths are absolute, `/`-separated, without empty, "." or ".." names (a trailing 
 allowed and ignored). A change returns None, a delete its trash id, a purge how many items
 it dropped; a refusal returns its error text (the ERR_* strings), as core's StateMachine
 contract says.
-A snapshot is the tree in pre-order as a flat list (no recursion, however deep the tree).
+A snapshot is the tree in pre-order as a flat list (no recursion, however deep the tree;
+dfs/nodes.py's rows), with the trash and the users.
 
 Users, permissions, quotas and versions (dfs/accounts.py, dfs/perms.py, dfs/quotas.py,
 dfs/versions.py): an entry wrapped by `encode_as(now_ms, user, entry)` is applied as that
@@ -204,7 +205,7 @@ class Namespace:
 
     def set_size(self, path: str, size: int) -> Node:
         """The file at `path` now holds `size` bytes, charged to its quotas (see `charge`)."""
-        node = self.lookup(path)
+        node = self._file(path, None, 0)
         self.charge(path, int(size) - node.size)
         node.size = int(size)
         return node

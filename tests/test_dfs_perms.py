@@ -16,6 +16,7 @@ from dfs import accounts, perms, quotas
 from dfs import namespace as ns
 from dfs.meta_commands import parse_owner
 from dfs.namespace import Namespace
+from dfs.nodes import flatten
 from dfs.perms import NOBODY, R, W
 
 KEEP_MS = 1000
@@ -249,3 +250,64 @@ def test_parse_owner_refuses_cleanly(raw: str) -> None:
         return
     assert (owner, group) != (None, None)
     assert ":".join(x for x in (owner or "", group or "") if x) or True
+
+
+# -- random sequences ---------------------------------------------------------------------------
+
+PATHS = ["/a", "/a/b", "/a/f", "/a/b/f", "/c", "/c/f", "/a/b/c"]
+USERS = ["root", "alice", "bob"]
+step = st.one_of(
+    st.tuples(st.just("mkdir"), st.sampled_from(PATHS), st.booleans()),
+    st.tuples(st.just("create"), st.sampled_from(PATHS), st.booleans()),
+    st.tuples(st.just("rename"), st.sampled_from(PATHS), st.sampled_from(PATHS), st.booleans()),
+    st.tuples(st.just("delete"), st.sampled_from(PATHS), st.booleans()),
+    st.tuples(st.just("quota"), st.sampled_from(["/", "/a", "/a/b", "/c"]),
+              st.integers(1, 8), st.integers(1, 300)),
+    st.tuples(st.just("size"), st.sampled_from(PATHS), st.integers(0, 200)),
+    st.tuples(st.just("restore"), st.sampled_from(PATHS), st.integers(1, 4)),
+    st.tuples(st.just("keep"), st.sampled_from(["/a", "/a/b"]), st.integers(0, 2)),
+    st.tuples(st.just("chmod"), st.sampled_from(PATHS), st.sampled_from([0o700, 0o755, 0o777])),
+)
+
+
+def entry_of(now: int, op: tuple[Any, ...]) -> bytes:
+    kind, *args = op
+    if kind == "quota":
+        return ns.encode_setquota(now, args[0], {"FILES": args[1], "BYTES": args[2]})
+    makers = {"mkdir": ns.encode_mkdir, "create": ns.encode_create, "rename": ns.encode_rename,
+              "restore": ns.encode_restore, "keep": ns.encode_setversions,
+              "chmod": ns.encode_chmod,
+              "delete": lambda n, p, r: ns.encode_delete(n, p, r, KEEP_MS)}
+    return makers[kind](now, *args)
+
+
+def state_of(m: Namespace) -> Any:
+    trash = [(tid, item.path, list(flatten(item.node))) for tid, item in m.trash.items()]
+    return list(flatten(m.root)), trash, m.users.to_wire(), m.released[:]
+
+
+@given(st.lists(st.tuples(st.sampled_from(USERS), step), max_size=30))
+def test_random_operations_keep_quota_usage_exact_and_refusals_change_nothing(
+        ops: list[tuple[str, tuple[Any, ...]]]) -> None:
+    t = Tree()
+    for user, op in ops:
+        before = state_of(t.m)
+        if op[0] == "size":
+            try:
+                t.m.set_size(op[1], op[2])
+                reply = None
+            except ns.PathError as exc:
+                reply = str(exc)
+        else:
+            reply = t.as_(user, entry_of(t.tick(), op))
+        if isinstance(reply, str):
+            assert state_of(t.m) == before, (user, op, reply)
+        stack = [t.m.root]
+        while stack:
+            node = stack.pop()
+            if node.quota is not None:
+                assert (node.quota.used_files, node.quota.used_bytes) == quotas.usage(node), op
+            stack.extend(node.children.values())
+    copy = Namespace()
+    copy.restore(t.m.snapshot())
+    assert copy.snapshot() == t.m.snapshot()

@@ -17,8 +17,9 @@ carries. A server not heard from for `dead_after_s` is dead: its replicas no lon
   `safe_ratio` of the complete files' chunks have a replica; then it leaves for its term.
 - Re-replication (`plan`): every chunk of a complete file with fewer live replicas than the
   target is copied, fewest replicas first: a live holder is told (in its heartbeat reply)
-  to copy it to a server that does not hold it (another rack first). A copy in flight is
-  not asked for again until `copy_timeout_s` passes. A chunk with more replicas than the
+  to copy it to a server that does not hold it (another rack first), as many copies at
+  once as replicas are missing. A copy in flight counts until its target reports the
+  chunk or `copy_timeout_s` passes. A chunk with more replicas than the
   target loses the extra ones.
 Time enters as `now` (monotonic seconds) arguments.
 """
@@ -88,7 +89,8 @@ class Placement:
         self.safe_ratio = safe_ratio
         self.copy_timeout_s = copy_timeout_s
         self.servers: dict[str, ServerState] = {}
-        self.copying: dict[int, float] = {}  # chunk -> when the copy may be asked again
+        # chunk -> {target server id: when that copy counts as failed}: copies in flight
+        self.copying: dict[int, dict[str, float]] = {}
         self.leases: dict[int, tuple[str, float]] = {}  # chunk -> (primary, expiry)
         self.chains: dict[int, list[str]] = {}  # chunk -> its last write's servers
         self.safe = True
@@ -119,8 +121,13 @@ class Placement:
                 server.chunks[int(chunk)] = int(version)
             else:
                 server.deletes.add(int(chunk))
-        for chunk in [c for c in self.copying if self._replicas(c) >= self.replication]:
-            del self.copying[chunk]
+        for chunk in list(self.copying):
+            targets = self.copying[chunk]
+            for sid in [t for t in targets
+                        if t in self.servers and chunk in self.servers[t].chunks]:
+                del targets[sid]  # arrived
+            if not targets:
+                del self.copying[chunk]
         for chunk in report.get("bad", ()):
             server.chunks.pop(int(chunk), None)
         self._check_safe()
@@ -249,27 +256,31 @@ class Placement:
         """Hand out copies for under-replicated chunks and deletes for over-replicated ones
         (see the module header); how many copies were handed out."""
         handed = 0
-        for chunk, _count in self.under_replicated():
-            if self.copying.get(chunk, 0.0) > now:
-                continue
+        for chunk, count in self.under_replicated():
+            pending = {t: d for t, d in self.copying.get(chunk, {}).items() if d > now}
+            self.copying[chunk] = pending
             holders = self.holders(chunk)
-            if not holders:
-                continue  # lost everywhere: nothing to copy from
-            source = min(holders, key=lambda s: len(s.copies))
-            if len(source.copies) >= MAX_COPIES_PER_REPLY:
-                continue
-            target = self._copy_target(holders)
-            if target is None:
-                continue
-            source.copies.append([chunk, source.chunks[chunk], target.address])
-            self.copying[chunk] = now + self.copy_timeout_s
-            handed += 1
+            for _ in range(self.replication - count - len(pending)):
+                if not holders:
+                    break  # lost everywhere: nothing to copy from
+                source = min(holders, key=lambda s: len(s.copies))
+                if len(source.copies) >= MAX_COPIES_PER_REPLY:
+                    break
+                target = self._copy_target(holders, pending)
+                if target is None:
+                    break
+                source.copies.append([chunk, source.chunks[chunk], target.address])
+                pending[target.server_id] = now + self.copy_timeout_s
+                handed += 1
         self._trim_extra()
         return handed
 
-    def _copy_target(self, holders: list[ServerState]) -> ServerState | None:
-        racks = {s.rack for s in holders}
-        others = self.choose(len(self.servers), exclude=[s.server_id for s in holders])
+    def _copy_target(self, holders: list[ServerState],
+                     pending: dict[str, float]) -> ServerState | None:
+        racks = {s.rack for s in holders} | {self.servers[t].rack for t in pending
+                                             if t in self.servers}
+        others = self.choose(len(self.servers),
+                             exclude=[s.server_id for s in holders] + list(pending))
         for server in others:
             if server.rack not in racks:
                 return server

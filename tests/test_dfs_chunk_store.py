@@ -191,9 +191,10 @@ def test_placement_racks_safe_mode_orphans_and_re_replication() -> None:
     assert reply["delete"] == []  # (7 >= next_chunk 3: unknown, kept)
     p.heartbeat(0.0, _report("d", "r3", []))
     assert p.under_replicated() == [(2, 1), (1, 2)]  # the most endangered first
-    assert p.plan(0.0) == 2
+    assert p.plan(0.0) == 3  # as many copies as replicas are missing, at once
     copies = [c for s in p.servers.values() for c in s.copies]
-    assert sorted(c[0] for c in copies) == [1, 2]
+    assert sorted(c[0] for c in copies) == [1, 2, 2]
+    assert {c[2] for c in copies if c[0] == 2} == {"c:1", "d:1"}
     assert all(c[2] in ("c:1", "d:1") for c in copies)  # another rack than r1
     assert p.plan(1.0) == 0  # in flight: not asked again
     servers = p.grant(0.0, 3)

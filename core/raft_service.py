@@ -178,6 +178,14 @@ class RaftService:
         except (RaftError, TimeoutError) as exc:
             raise self.unavailable(handle, exc) from None
 
+    def reads_ready(self, group: int | None = None) -> bool:
+        """True when a read of the group's local state needs no barrier right now (see
+        RaftGroup.reads_ready): the caller may answer without awaiting anything."""
+        try:
+            return self.handle(group).reads_ready()
+        except (CommandError, RuntimeError, AssertionError):  # not hosted, not started yet
+            return False
+
     def unavailable(self, handle: GroupHandle, exc: BaseException) -> CommandError:
         """The TRYAGAIN reply for `exc`, with the leader hint when a leader other than this
         node is known and the book has its client address."""

@@ -429,3 +429,29 @@ def test_groups_quiesce_with_a_member_down_and_catch_it_up_when_it_returns(
             await cluster.stop()
 
     run(main)
+
+
+def test_reads_need_no_round_only_on_the_leader_of_a_single_voter_group(
+        tmp_path: Path) -> None:
+    async def main() -> None:
+        cluster = Cluster(tmp_path)
+        await cluster.start()
+        host1 = cluster.hosts[1]
+        try:
+            single = Counter()
+            solo = host1.create_group(9, host1.group_config(9, founders=(1,)), single.apply,
+                                      single.snapshot, single.restore)
+            assert not solo.reads_ready()  # not leading yet
+            await until(solo.reads_ready, "the single voter leading with its term committed")
+            await solo.propose(b"x")
+            assert solo.reads_ready() and single.items == [b"x"]
+            cluster.create(1)
+            leader = await until(lambda: cluster.leader(1), "a leader of group 1")
+            await leader.groups[1].execute(b"y", forward=True)
+            # with other voters, a leader may have been deposed unknowingly: reads need a round
+            assert not any(host.groups[1].reads_ready() for host in cluster.hosts.values())
+            assert await leader.groups[1].read_barrier() >= 1
+        finally:
+            await cluster.stop()
+
+    run(main)

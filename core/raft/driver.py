@@ -146,6 +146,9 @@ class RaftDriver:
     async def read_barrier(self, timeout: float = DEFAULT_TIMEOUT_S) -> int:
         return await self._group().read_barrier(timeout)
 
+    def reads_ready(self) -> bool:
+        return self._group().reads_ready()
+
     async def transfer_leadership(self, to: int | None = None,
                                   timeout: float | None = None) -> int:
         return await self._group().transfer_leadership(to, timeout)

@@ -318,6 +318,17 @@ class RaftGroup:
                 finally:
                     reads.pop(ctx, None)
 
+    def reads_ready(self) -> bool:
+        """True when a read of the local state machine is linearizable right now, with no
+        round trip: this node leads a group whose only voter it is (no other leader can
+        exist), its term's first entry is committed, and everything committed is applied.
+        A caller that gets False uses `read_barrier`."""
+        node = self.node
+        if node is None or node.role is not Role.LEADER or node.voters != {self.id}:
+            return False
+        committed = node.log.committed
+        return committed >= node.term_start_index and self.applied >= committed
+
     async def transfer_leadership(self, to: int | None = None,
                                   timeout: float | None = None) -> int:
         """Hand leadership to voter `to` (default: the most up-to-date other voter); return

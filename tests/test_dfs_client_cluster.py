@@ -4,6 +4,8 @@ small chunks (128 KiB) so files span many of them.
 - files of several sizes written and read back (hash equal), blocking and asyncio;
 - a chunk server SIGKILLed in the middle of a write storm: every file whose close was
   acknowledged reads back with the right hash, and replication returns to 3 without help;
+- a chunk server SIGSTOPped past its dead time while writes and reads go on, then
+  SIGCONTed: no stale replica is read, and stale replicas are deleted;
 - a byte flipped in a chunk file on disk: the read still returns the right bytes (another
   replica) and the bad replica is replaced by a good one; another flipped byte in a chunk
   no client reads is found by the scrubber and repaired the same way;
@@ -21,6 +23,7 @@ import hashlib
 import json
 import os
 import random
+import signal
 import subprocess
 import sys
 import threading
@@ -143,6 +146,48 @@ def test_a_chunk_server_killed_in_a_write_storm(cluster: DfsCluster, fs: DfsClie
                "replication back to 3 on the three live servers")
     victim.start()  # back on its data: its replicas are extra or stale, and deleted
     eventually(lambda: cluster.ready(fs, 4), "the restarted server to report")
+
+
+
+def _versions_on_disk(cluster: DfsCluster, chunk: int) -> list[int]:
+    return [int(p.stem.split("_")[1]) for p in _chunk_files(cluster, chunk)]
+
+
+def test_a_stopped_chunk_server_comes_back_stale(cluster: DfsCluster, fs: DfsClient) -> None:
+    """SIGSTOP a chunk server (a primary of some writes) past the dead time while writes go
+    on, then SIGCONT: no stale replica is ever read, and the stale ones are deleted."""
+    fs.mkdir("/stop", parents=True)
+    eventually(lambda: cluster.ready(fs, 4), "four chunk servers")
+    acknowledged: dict[str, bytes] = {}
+    victim = cluster.chunkservers[2]
+    rng = random.Random(7)
+    with cluster.client(chunk_size=CHUNK, data_timeout_s=1.0) as writer:
+        for i in range(30):
+            if i == 5:
+                victim.signal(signal.SIGSTOP)
+            if i == 20:
+                victim.signal(signal.SIGCONT)
+            data = rng.randbytes(rng.randrange(1, 2 * CHUNK))
+            try:
+                writer.write_bytes(f"/stop/f{i}", data)
+            except OSError:
+                continue
+            acknowledged[f"/stop/f{i}"] = data
+            if i % 5 == 4:  # reads go on too
+                for path, want in acknowledged.items():
+                    assert fs.read_bytes(path) == want, path
+    assert len(acknowledged) >= 25
+    for path, want in acknowledged.items():
+        assert fs.read_bytes(path) == want, path
+
+    def only_current_versions() -> bool:
+        rows = [row for p in acknowledged for row in fs.locate(p)[2]]
+        return all(set(_versions_on_disk(cluster, c)) == {v} and len(where) == 3
+                   for c, v, _n, where in rows)
+
+    eventually(only_current_versions, "stale replicas deleted, 3 current ones per chunk")
+    versions = [row[1] for p in acknowledged for row in fs.locate(p)[2]]
+    assert max(versions) > 1  # writes through the stopped server were allocated again
 
 
 def _chunk_files(cluster: DfsCluster, chunk: int) -> list[Path]:

@@ -16,10 +16,12 @@ after `kvcache serve`:
     -R N         write queued replies out at least every N commands (20)
     -o idle_timeout=N  close a client idle for more than N seconds (0, the default: never)
     -U N         also serve UDP on port N (0, the default: off), memcached's framing
-    -t N, -u USER, -o OPTS, -L, -k, -r, -D C, -W, -C
+    -C           disable CAS: items carry none (8 bytes less each), `cas` answers EXISTS
+    -o slab_reassign / no_slab_reassign, slab_automove=N (0 off, 1 the default, 2
+                 aggressive) / no_slab_automove: slab pages moving between classes
+    -t N, -u USER, -o OPTS, -L, -k, -r, -D C, -W
                  accepted for compatibility and logged: one event loop serves every
-                 client (-t), kvcache does not change user, CAS stays on (-C), other -o
-                 options are ignored
+                 client (-t), kvcache does not change user, other -o options are ignored
     -S, -Y, -Z, -e, -B binary   refused: SASL, auth files, TLS, memory files and the binary
                  protocol are not implemented (refusing beats silently serving without them)
 
@@ -60,7 +62,10 @@ log = logging.getLogger("kvcache")
 
 FD_HEADROOM = 64  # listeners, logs, the event loop's own descriptors
 DEFAULT_THREADS = Settings.threads_requested  # memcached's -t default, when -t is not given
-IDLE_TIMEOUT_OPTION = "idle_timeout"  # the one -o option kvcache takes
+IDLE_TIMEOUT_OPTION = "idle_timeout"  # -o options kvcache takes: this and SLAB_OPTIONS
+SLAB_OPTIONS = frozenset(("slab_reassign", "no_slab_reassign", "slab_automove",
+                          "no_slab_automove"))
+DEFAULT_SLAB_AUTOMOVE = Settings.slab_automove
 
 
 def _size(text: str) -> int:
@@ -119,9 +124,10 @@ def add_serve_options(serve: argparse.ArgumentParser) -> None:
     add("-o", "--extended", action="append", default=[],
         help="idle_timeout=N is taken; other options are accepted and ignored")
     for flag, long in (("-L", "--enable-largepages"), ("-k", "--lock-memory"),
-                       ("-r", "--enable-coredumps"), ("-W", "--disable-watch"),
-                       ("-C", "--disable-cas")):
+                       ("-r", "--enable-coredumps"), ("-W", "--disable-watch")):
         add(flag, long, action="store_true", help="accepted, ignored")
+    add("-C", "--disable-cas", action="store_true",
+        help="disable CAS: items carry none (8 bytes less each)")
     add("-D", dest="prefix_delimiter", default=None, help="accepted, ignored")
     add("-B", "--protocol", default="auto", choices=["auto", "ascii", "binary"],
         help="ascii (auto means ascii here); binary is not implemented")
@@ -165,6 +171,7 @@ def settings_from_args(args: argparse.Namespace) -> tuple[Settings, list[str]]:
     except ValueError:
         raise daemon.ConfigError(f"-a {args.unix_mask!r}: expected an octal mode") from None
     idle_timeout, _ = _extended(args.extended)
+    slab_reassign, slab_automove = _slab_options(args.extended)
     settings = Settings(
         port=port,
         inter=",".join(hosts),
@@ -185,6 +192,9 @@ def settings_from_args(args: argparse.Namespace) -> tuple[Settings, list[str]]:
         unix_mask=unix_mask,
         idle_timeout=idle_timeout,
         udp_port=0 if args.unix_socket else args.udp_port,
+        use_cas=not args.disable_cas,
+        slab_reassign=slab_reassign,
+        slab_automove=slab_automove,
     )
     try:
         settings.validate()
@@ -195,11 +205,14 @@ def settings_from_args(args: argparse.Namespace) -> tuple[Settings, list[str]]:
 
 def _extended(values: list[str]) -> tuple[int, list[str]]:
     """The -o options (each a comma list of name[=value], as memcached takes them): the
-    idle_timeout, and every other option, which is accepted and ignored."""
+    idle_timeout, and every other option but SLAB_OPTIONS (read by _slab_options), which
+    is accepted and ignored."""
     idle_timeout, ignored = 0, []
     for value in values:
         for option in filter(None, (o.strip() for o in value.split(","))):
             name, _, setting = option.partition("=")
+            if name in SLAB_OPTIONS:
+                continue
             if name != IDLE_TIMEOUT_OPTION:
                 ignored.append(option)
                 continue
@@ -207,6 +220,24 @@ def _extended(values: list[str]) -> tuple[int, list[str]]:
                 raise daemon.ConfigError(f"-o {option}: expected whole seconds")
             idle_timeout = int(setting)
     return idle_timeout, ignored
+
+
+def _slab_options(values: list[str]) -> tuple[bool, int]:
+    """-o slab_reassign / no_slab_reassign and slab_automove[=N] / no_slab_automove, as
+    memcached takes them (later options win): (slab_reassign, slab_automove)."""
+    reassign, automove = True, DEFAULT_SLAB_AUTOMOVE
+    for value in values:
+        for option in filter(None, (o.strip() for o in value.split(","))):
+            name, equals, setting = option.partition("=")
+            if name in ("slab_reassign", "no_slab_reassign"):
+                reassign = name == "slab_reassign"
+            elif name == "no_slab_automove":
+                automove = 0
+            elif name == "slab_automove":
+                if equals and not setting.isdigit():
+                    raise daemon.ConfigError(f"-o {option}: expected 0, 1 or 2")
+                automove = int(setting) if equals else 1
+    return reassign, automove
 
 
 def _beyond_loopback(host: str) -> bool:
@@ -230,8 +261,6 @@ def _log_accepted(args: argparse.Namespace, settings: Settings, hosts: list[str]
         log.warning("-U %d ignored: -s serves the UNIX socket only", args.udp_port)
     if args.user:
         log.info("-u %s ignored: kvcache does not change user", args.user)
-    if args.disable_cas:
-        log.warning("-C ignored: CAS stays enabled")
     for option in _extended(args.extended)[1]:
         log.info("-o %s ignored", option)
     for name in ("enable_largepages", "lock_memory", "enable_coredumps", "disable_watch"):

@@ -5,11 +5,13 @@ The rules (what to store, evict, reclaim, count) are _kvstore's; this layer only
 structures, as memcached keeps slabs.c apart from items.c. The model and its arithmetic
 are the pure twin's (kvcache/storage_pure.py, kvcache/slabs.py):
 
-- Memory is one anonymous mapping, reserved for the limit plus one chunk of every class
-  (a class's first chunk may go over the limit); the kernel backs it with pages only as
-  chunks are carved from it, bottom up, so RSS follows what is carved. Records are named
-  by 32-bit references, their offset in 8-byte units (0 is none): 32 GiB at most.
-- A freed chunk goes on its class's free list, linked through its `hnext` field.
+- Memory is one anonymous mapping, reserved for the limit plus one page of every class
+  (a class's first page may go over the limit); the kernel backs it only as pages are
+  carved from it, bottom up, so RSS follows what is carved. Records are named by 32-bit
+  references, their offset in 8-byte units (0 is none): 32 GiB at most.
+- Pages follow kvcache/pages_pure.py's rules exactly (numbered as carved; a page given to
+  a class puts its chunks on the free list, slot 0 on top; the emptiest page leaves).
+  The free list is linked through `hnext`; a chunk holding no item has the FREE bit.
 - The index is a chained hash table of u32 heads (FNV-1a over the key), chained through
   `hnext`, doubled as kvcache.slabs.grown_buckets says while the limit allows.
 - Each class has three lanes (HOT, WARM, COLD) linked through `prev`/`next`; a record's
@@ -45,34 +47,39 @@ cdef inline uint64_t fnv1a(const unsigned char* p, Py_ssize_t n) noexcept nogil:
 
 
 cdef class Arena:
-    """Chunks of the size classes `sizes` (kvcache.slabs.ArenaClasses), carved while the
-    limit allows, plus the index and the lanes over them."""
+    """Pages of `page_bytes` cut into chunks of the size classes `sizes`
+    (kvcache.slabs.ArenaClasses), carved while the limit allows, plus the index and the
+    lanes over them."""
 
-    def __cinit__(self, list sizes, int64_t limit):
+    def __cinit__(self, list sizes, int64_t limit, size_t page_bytes):
         cdef int i
         cdef int n = len(sizes) + 1  # class ids start at 1
         self.nclasses = len(sizes)
+        self.page_bytes = page_bytes
+        self.page_class = []
+        self.of_class = [[] for i in range(n)]
+        self.pool = []
         self.csizes = <uint32_t*>calloc(n, sizeof(uint32_t))
+        self.per_page = <uint32_t*>calloc(n, sizeof(uint32_t))
+        self.free_counts = <uint32_t*>calloc(n, sizeof(uint32_t))
         self.heads = <uint32_t*>calloc(n * LANES, sizeof(uint32_t))
         self.tails = <uint32_t*>calloc(n * LANES, sizeof(uint32_t))
         self.counts = <uint32_t*>calloc(n * LANES, sizeof(uint32_t))
         self.free_heads = <uint32_t*>calloc(n, sizeof(uint32_t))
-        self.carved = <uint64_t*>calloc(n, sizeof(uint64_t))
         self.nbuckets = INITIAL_BUCKETS
         self.table = <uint32_t*>calloc(self.nbuckets, sizeof(uint32_t))
         if not (self.csizes and self.heads and self.tails and self.counts and self.free_heads
-                and self.carved and self.table):
+                and self.per_page and self.free_counts and self.table):
             raise MemoryError()
         for i in range(self.nclasses):
             self.csizes[i + 1] = sizes[i]
-            self.first_chunks += sizes[i]
+            self.per_page[i + 1] = page_bytes // sizes[i]
         self.reserved = self.reserve_for(limit)
         self.base = <char*>mmap(NULL, self.reserved, PROT_READ | PROT_WRITE,
                                 MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0)
         if self.base == <char*>MAP_FAILED:
             self.base = NULL
             raise MemoryError(f"cannot reserve {self.reserved} bytes of arena")
-        self.top = 8  # reference 0 means none
 
     def __dealloc__(self):
         if self.base != NULL:
@@ -82,13 +89,15 @@ cdef class Arena:
         free(self.tails)
         free(self.counts)
         free(self.free_heads)
-        free(self.carved)
+        free(self.per_page)
+        free(self.free_counts)
         free(self.table)
 
     # -- memory --------------------------------------------------------------------------
     cdef size_t reserve_for(self, int64_t limit) noexcept:
-        # Everything the limit allows, plus the first chunk of every class.
-        cdef size_t want = <size_t>(limit if limit > 0 else 0) + self.first_chunks + 8
+        # Everything the limit allows, plus a first page for every class.
+        cdef size_t want = <size_t>(limit if limit > 0 else 0) + 8 + (
+            <size_t>(self.nclasses + 1) * self.page_bytes)
         want = (want + RESERVE_ALIGN - 1) // RESERVE_ALIGN * RESERVE_ALIGN
         return want if want < MAX_ARENA else MAX_ARENA
 
@@ -102,8 +111,8 @@ cdef class Arena:
                 self.reserved = want
 
     cdef size_t used_bytes(self) noexcept:
-        """Carved chunks plus the hash table: what the limit is checked against."""
-        return self.carved_bytes + <size_t>self.nbuckets * sizeof(uint32_t)
+        """Carved pages plus the hash table: what the limit is checked against."""
+        return <size_t>self.npages * self.page_bytes + <size_t>self.nbuckets * sizeof(uint32_t)
 
     cdef int cls_of(self, size_t nbytes) noexcept:
         """The class whose chunks hold `nbytes` (bisect); 0 if none does."""
@@ -116,29 +125,114 @@ cdef class Arena:
                 hi = mid
         return lo if lo <= self.nclasses else 0
 
-    cdef uint32_t take_chunk(self, int cls, int64_t limit) noexcept:
-        """A free chunk of class `cls`, else a newly carved one if the limit allows (or it
-        is the class's first), else 0: the caller evicts and asks again."""
+    cdef uint32_t take_chunk(self, int cls) noexcept:
+        """The top of class `cls`'s free list, or 0 when it is empty."""
         cdef uint32_t ref = self.free_heads[cls]
-        cdef size_t size = self.csizes[cls]
-        cdef size_t table = <size_t>self.nbuckets * sizeof(uint32_t)
-        cdef size_t room = <size_t>(limit if limit > 0 else 0)
         if ref:
             self.free_heads[cls] = rec_at(self.base, ref).hnext
-            return ref
-        if (self.carved_bytes + table + size <= room or (
-                self.carved[cls] == 0 and table + size <= room)) and (
-                self.top + size <= self.reserved):
-            ref = <uint32_t>(self.top >> UNIT_SHIFT)
-            self.top += size
-            self.carved_bytes += size
-            self.carved[cls] += 1
+            self.free_counts[cls] -= 1
         return ref
 
     cdef void free_chunk(self, Rec* r, uint32_t ref) noexcept:
         r.hnext = self.free_heads[r.cls]
         self.free_heads[r.cls] = ref
+        self.free_counts[r.cls] += 1
+        r.bits = FREE
         r.gen += 1  # views of the item it held no longer match
+
+    # -- pages ---------------------------------------------------------------------------
+    cdef uint32_t page_ref(self, Py_ssize_t page, Py_ssize_t slot, int cls) noexcept:
+        return <uint32_t>((8 + <size_t>page * self.page_bytes + <size_t>slot * self.csizes[cls])
+                          >> UNIT_SHIFT)
+
+    cdef bint carve_page(self, int cls, int64_t limit, bint over) except -1:
+        """A new page for `cls` if the limit allows (or `over` it: a class's first page)
+        and the reservation holds it."""
+        cdef size_t end = <size_t>(self.npages + 1) * self.page_bytes
+        if not over and (limit < 0 or end + <size_t>self.nbuckets * sizeof(uint32_t)
+                         > <size_t>limit):
+            return False
+        if 8 + end > self.reserved:
+            return False
+        self.page_class.append(0)
+        self.npages += 1
+        self.give(self.npages - 1, cls)
+        return True
+
+    cdef void give(self, Py_ssize_t page, int cls) except *:
+        """Hand `page` to `cls`: every chunk free, slot 0 on top of the free list."""
+        cdef Py_ssize_t slot
+        cdef uint32_t ref
+        cdef Rec* r
+        self.page_class[page] = cls
+        self.of_class[cls].append(page)
+        for slot in range(<Py_ssize_t>self.per_page[cls] - 1, -1, -1):
+            ref = self.page_ref(page, slot, cls)
+            r = rec_at(self.base, ref)
+            r.bits = FREE
+            r.cls = <uint8_t>cls
+            r.hnext = self.free_heads[cls]
+            self.free_heads[cls] = ref
+        self.free_counts[cls] += self.per_page[cls]
+
+    cdef bint from_pool(self, int cls) except -1:
+        if not self.pool:
+            return False
+        self.give(self.pool.pop(), cls)
+        return True
+
+    cdef Py_ssize_t emptiest(self, int cls) except -1:
+        """The page of `cls` holding the fewest items (the first such)."""
+        cdef Py_ssize_t best = -1, fewest = -1, used, slot, page
+        for page in self.of_class[cls]:
+            used = 0
+            for slot in range(self.per_page[cls]):
+                if not rec_at(self.base, self.page_ref(page, slot, cls)).bits & FREE:
+                    used += 1
+            if fewest < 0 or used < fewest:
+                best, fewest = page, used
+        return best
+
+    cdef void withdraw(self, Py_ssize_t page) except *:
+        """Take the free chunks of `page` off its class's free list (order kept)."""
+        cdef int cls = self.page_class[page]
+        cdef uint32_t low = self.page_ref(page, 0, cls)
+        cdef uint32_t high = low + <uint32_t>(self.page_bytes >> UNIT_SHIFT)
+        cdef uint32_t* link = &self.free_heads[cls]
+        cdef uint32_t ref = link[0]
+        while ref:
+            if low <= ref < high:
+                link[0] = rec_at(self.base, ref).hnext
+                self.free_counts[cls] -= 1
+            else:
+                link = &rec_at(self.base, ref).hnext
+            ref = link[0]
+
+    cdef void release(self, Py_ssize_t page) except *:
+        """`page`, emptied and withdrawn, leaves its class (for the caller to give on)."""
+        self.of_class[self.page_class[page]].remove(page)
+        self.page_class[page] = 0
+
+    cdef void relink(self, uint32_t old, uint32_t new) noexcept:
+        """The record copied from `old` to `new` takes its place in its hash chain, its
+        lane and under the crawler's cursor."""
+        cdef Rec* r = rec_at(self.base, new)
+        cdef int lane = lane_of(r)
+        cdef uint32_t* link = &self.table[
+            fnv1a(<const unsigned char*>key_of(r), r.nkey) & (self.nbuckets - 1)]
+        while link[0] != old:
+            link = &rec_at(self.base, link[0]).hnext
+        link[0] = new
+        if r.prev:
+            rec_at(self.base, r.prev).next = new
+        else:
+            self.heads[lane] = new
+        if r.next:
+            rec_at(self.base, r.next).prev = new
+        else:
+            self.tails[lane] = new
+        if self.cursor == old:
+            self.cursor = new
 
     cdef uint32_t victim(self, int cls) noexcept:
         """Who goes to make room in `cls`: COLD's tail, else WARM's, else HOT's."""
@@ -180,7 +274,8 @@ cdef class Arena:
         cdef Rec* r
         cdef uint32_t* bucket
         if self.count <= self.nbuckets or limit < 0 or (
-                self.carved_bytes + <size_t>nb * sizeof(uint32_t) > <size_t>limit):
+                <size_t>self.npages * self.page_bytes + <size_t>nb * sizeof(uint32_t)
+                > <size_t>limit):
             return
         grown = <uint32_t*>calloc(nb, sizeof(uint32_t))
         if grown == NULL:

@@ -18,10 +18,14 @@ cdef class ItemView:
 
 cdef class Lru:
     cdef public object stats, slabs, arena
-    cdef public bint evict
+    cdef public bint evict, use_cas
+    cdef public int64_t page_bytes
+    cdef public long long slabs_moved, reassign_rescues, reassign_evictions
     cdef public int hot_percent, warm_percent  # `lru tune` (the pure twin's attributes)
     cdef public int64_t limit_bytes, now, oldest_live, oldest_cas
     cdef uint64_t last_cas
+    cdef int64_t ntotal_fixed  # memcached's item size bar key and value (-C: no CAS)
+    cdef list evictions, automove_seen  # [cls] by the LRU; at the last automove
     cdef Arena a
     cdef int nmc
     cdef uint32_t* mcsizes     # memcached's class sizes, 0-based (stats buckets)
@@ -41,8 +45,12 @@ cdef class Lru:
     cdef void _balance(self, int cls) noexcept
     cdef uint32_t _insert(self, bytes key, bytes value, uint32_t flags, int64_t exptime,
                           uint8_t bits, uint32_t old) except? 0
+    cdef uint64_t _stamp(self) noexcept
     cdef uint32_t _take_chunk(self, int cls) except? 0
-    cdef void _evict(self, uint32_t ref) except *
+    cdef bint _grow(self, int cls) except -1
+    cdef void _move_page(self, int src, int dst) except *
+    cdef void _rescue(self, uint32_t old, uint32_t new) noexcept
+    cdef void _evict(self, uint32_t ref, bint moving=*) except *
     cdef void _unlink(self, uint32_t ref) except *
     cdef uint64_t _holding(self, int segment, int low, int high, number)
     cdef void _walk_tail(self, uint32_t ref, uint64_t wanted, dict ages)

@@ -26,6 +26,7 @@ from kvcache._kvarena cimport (
     CAS_SHIFT,
     COLD,
     FETCHED,
+    FREE,
     HOT,
     HOT_PERCENT,
     KEY_BINARY,
@@ -45,7 +46,16 @@ from kvcache._kvarena cimport (
 
 from kvcache import items as _items
 from kvcache import lru_pure as _pure
-from kvcache.slabs import ArenaClasses, SlabClasses, item_ntotal
+from kvcache.slab_policy import (
+    POOL_CLASS,
+    REASSIGN_OK,
+    ClassFigures,
+    automove_pick,
+    reassign_check,
+    reassign_source,
+    richest,
+)
+from kvcache.slabs import ArenaClasses, SlabClasses, item_ntotal, page_size
 from kvcache.counters import CacheStats
 
 cdef enum:
@@ -56,8 +66,6 @@ assert (FETCHED, TOKEN_SENT, STALE, KEY_BINARY, CAS_SHIFT) == (
 assert (ITEM_UPDATE_INTERVAL_S, HOT, WARM, COLD, LANES, HOT_PERCENT, WARM_PERCENT) == (
     _pure.ITEM_UPDATE_INTERVAL_S, _pure.HOT, _pure.WARM, _pure.COLD, _pure.LANES,
     _pure.HOT_PERCENT, _pure.WARM_PERCENT)
-
-cdef int64_t NTOTAL_FIXED = item_ntotal(0, 0, 0)
 
 
 cdef class ItemView:
@@ -84,17 +92,26 @@ cdef class Lru:
     Single-threaded; `now` is the current Unix time in whole seconds."""
 
     def __cinit__(self, int64_t limit_bytes, int64_t item_size_max, int64_t now, *,
-                  bint evict=True, stats=None, slabs=None):
+                  bint evict=True, stats=None, slabs=None, int64_t page_bytes=0,
+                  bint use_cas=True):
         cdef int i
         self.limit_bytes = limit_bytes
         self.slabs = slabs or SlabClasses(item_size_max)
-        self.arena = ArenaClasses(item_size_max)
+        self.use_cas = use_cas
+        self.ntotal_fixed = item_ntotal(0, 0, 0, use_cas)
+        self.arena = ArenaClasses(self.slabs)
+        self.page_bytes = page_bytes or page_size(item_size_max)
+        largest = self.arena.sizes[len(self.arena.sizes) - 1]  # (no wraparound here)
+        if self.page_bytes < largest or self.page_bytes % 8:
+            raise ValueError(f"a page of {self.page_bytes} bytes cannot hold an item of -I")
         self.evict = evict
         self.now = now
         self.stats = stats or CacheStats()
         self.hot_percent = HOT_PERCENT
         self.warm_percent = WARM_PERCENT
-        self.a = Arena(list(self.arena.sizes), limit_bytes)
+        self.a = Arena(list(self.arena.sizes), limit_bytes, self.page_bytes)
+        self.evictions = [0] * (len(self.arena.sizes) + 1)
+        self.automove_seen = list(self.evictions)
         self.nmc = len(self.slabs.sizes)
         self.mcsizes = <uint32_t*>PyMem_Malloc(self.nmc * sizeof(uint32_t))
         if self.mcsizes == NULL:
@@ -110,6 +127,12 @@ cdef class Lru:
         PyMem_Free(self.mcsizes)
 
     def next_cas(self) -> int:
+        """A new CAS value; 0 when CAS is disabled (-C)."""
+        return self._stamp()
+
+    cdef uint64_t _stamp(self) noexcept:
+        if not self.use_cas:
+            return 0
         self.last_cas += 1
         return self.last_cas
 
@@ -119,11 +142,26 @@ cdef class Lru:
 
     @property
     def used_bytes(self) -> int:
-        """Carved chunks plus the hash table: what the limit is checked against."""
+        """Every page carved plus the hash table: what the limit is checked against."""
         return self.a.used_bytes()
 
+    @property
+    def hash_bytes(self) -> int:
+        """The hash table's buckets."""
+        return self.a.nbuckets * 4
+
+    @property
+    def pool_pages(self) -> int:
+        """Pages carved that no class holds (stats: slab_global_page_pool)."""
+        return len(self.a.pool)
+
+    def page_table(self) -> list:
+        """(class, pages, free chunks) of every class holding a page, by class id."""
+        return [(cls, len(self.a.of_class[cls]), self.a.free_counts[cls])
+                for cls in range(1, self.a.nclasses + 1) if self.a.of_class[cls]]
+
     cdef int _mclsid(self, int64_t nkey, uint32_t flags, int64_t nvalue) noexcept:
-        cdef int64_t ntotal = NTOTAL_FIXED + nkey + nvalue + (4 if flags else 0)
+        cdef int64_t ntotal = self.ntotal_fixed + nkey + nvalue + (4 if flags else 0)
         cdef int lo = 0, hi = self.nmc, mid
         while lo < hi:  # bisect_left
             mid = (lo + hi) >> 1
@@ -165,7 +203,8 @@ cdef class Lru:
         """The record behind a view; it must still hold the view's item (be linked)."""
         cdef Rec* r = rec_at(self.a.base, v.ref)
         cdef Py_ssize_t n = PyBytes_GET_SIZE(v.key)
-        if v.ref == 0 or <size_t>v.ref << UNIT_SHIFT >= self.a.top or r.gen != v.gen or (
+        if v.ref == 0 or <size_t>v.ref << UNIT_SHIFT >= self.a.reserved or (
+                r.bits & FREE) or r.gen != v.gen or (
                 r.nkey != n) or memcmp(
                 key_of(r), PyBytes_AS_STRING(v.key), n) != 0:
             raise ValueError(f"{v!r} is no longer in the cache")
@@ -282,10 +321,8 @@ cdef class Lru:
         ages = ({}, {}, {})
         number = self.stats.slab.number
         for cls in range(1, self.a.nclasses + 1):
-            # the memcached classes this arena class's records can fall in (either flags)
-            smallest = self.a.csizes[cls - 1] + 1 if cls > 1 else 0
-            low = self._mclsid(max(0, smallest - <int64_t>sizeof(Rec)), 0, 0)
-            high = self._mclsid(<int64_t>self.a.csizes[cls] - <int64_t>sizeof(Rec), 1, 0)
+            # the memcached class this arena class's records fall in (see the pure twin)
+            low = high = min(cls, self.nmc)
             for segment in range(LANES):
                 wanted = self._holding(segment, low, high, number)
                 if wanted:
@@ -355,7 +392,7 @@ cdef class Lru:
         cdef char* k
         if old:
             self._unlink(old)
-        cls = self.a.cls_of(sizeof(Rec) + nkey + nvalue)
+        cls = self.a.cls_of(self.ntotal_fixed + nkey + nvalue + (4 if flags else 0))
         if cls:
             ref = self._take_chunk(cls)
         slab = self.stats.slab
@@ -371,8 +408,7 @@ cdef class Lru:
         r.cls = <uint8_t>cls
         r.bits = bits
         r.gen += 1  # a fresh carve is zeroed; a reused chunk counts on from its last item
-        self.last_cas += 1
-        r.cas = self.last_cas
+        r.cas = self._stamp()
         k = key_of(r)
         memcpy(k, PyBytes_AS_STRING(key), nkey)
         memcpy(k + nkey, PyBytes_AS_STRING(value), nvalue)
@@ -388,23 +424,114 @@ cdef class Lru:
         slab.number[mcls] = number
         if number > slab.peak[mcls]:
             slab.peak[mcls] = number
-        slab.requested[mcls] += NTOTAL_FIXED + nkey + nvalue + (4 if flags else 0)
+        slab.requested[mcls] += self.ntotal_fixed + nkey + nvalue + (4 if flags else 0)
         self.number_hot[mcls] += 1  # it entered HOT (balancing may have moved it on)
         self.a.maybe_grow_table(self.limit_bytes)
         return ref
 
     cdef uint32_t _take_chunk(self, int cls) except? 0:
-        """A chunk of class `cls`: a free one, a newly carved one, or the LRU tail's."""
-        cdef uint32_t ref = self.a.take_chunk(cls, self.limit_bytes)
-        if ref or not self.evict:
+        """A chunk of class `cls`: a free one, one of a page it gets now, or the LRU
+        tail's (see the pure twin)."""
+        cdef uint32_t ref = self.a.take_chunk(cls)
+        if ref:
             return ref
+        if self._grow(cls):
+            return self.a.take_chunk(cls)
+        if not self.evict:
+            return 0
         ref = self.a.victim(cls)
         if ref == 0:
             return 0
         self._evict(ref)
-        return self.a.take_chunk(cls, self.limit_bytes)
+        self.evictions[cls] += 1
+        return self.a.take_chunk(cls)
 
-    cdef void _evict(self, uint32_t ref) except *:
+    cdef bint _grow(self, int cls) except -1:
+        """A page for `cls`: the pool's, a new one within the limit, or, for a class with
+        none yet, another class's or one over the limit (the pure twin's _grow)."""
+        cdef int src
+        if self.a.from_pool(cls) or self.a.carve_page(cls, self.limit_bytes, False):
+            return True
+        if self.a.of_class[cls]:
+            return False
+        src = richest(self._page_counts(), cls)
+        if src:
+            self._move_page(src, cls)
+            return True
+        return self.a.carve_page(cls, self.limit_bytes, True)
+
+    def _page_counts(self) -> list:
+        return [len(held) for held in self.a.of_class]
+
+    cdef void _move_page(self, int src, int dst) except *:
+        """Empty the emptiest page of `src` (rescuing its items into free chunks of `src`
+        elsewhere, evicting the rest) and give it to `dst` (0: the pool)."""
+        cdef Py_ssize_t page = self.a.emptiest(src), slot
+        cdef uint32_t ref, target
+        self.a.withdraw(page)
+        for slot in range(self.a.per_page[src]):
+            ref = self.a.page_ref(page, slot, src)
+            if rec_at(self.a.base, ref).bits & FREE:
+                continue
+            target = self.a.take_chunk(src)
+            if target:
+                self._rescue(ref, target)
+                self.reassign_rescues += 1
+            else:
+                self._evict(ref, True)
+                self.a.take_chunk(src)  # the chunk just freed: it leaves with its page
+        self.a.release(page)
+        if dst == POOL_CLASS:
+            self.a.pool.append(page)
+        else:
+            self.a.give(page, dst)
+        self.slabs_moved += 1
+
+    cdef void _rescue(self, uint32_t old, uint32_t new) noexcept:
+        """Copy the record at `old` to the free chunk `new` and put it in its place."""
+        cdef Rec* r = rec_at(self.a.base, old)
+        cdef Rec* d = rec_at(self.a.base, new)
+        cdef uint8_t gen = d.gen + 1
+        memcpy(d, r, sizeof(Rec) + r.nkey + r.nvalue)
+        d.gen = gen
+        self.a.relink(old, new)
+        r.bits = FREE
+        r.gen += 1
+
+    # -- slab pages: reassign and automove -----------------------------------------------
+    def slabs_reassign(self, int src, int dst) -> int:
+        """`slabs reassign src dst` at once (see the pure twin): a REASSIGN_ code."""
+        counts = self._page_counts()
+        counts[0] = len(self.a.pool)
+        src = reassign_source(src, dst, counts)
+        code = reassign_check(src, dst, counts)
+        if code != REASSIGN_OK:
+            return code
+        if src == POOL_CLASS:
+            self.a.give(self.a.pool.pop(), dst)
+            self.slabs_moved += 1
+        else:
+            self._move_page(src, dst)
+        return code
+
+    def automove(self, int level) -> bool:
+        """One automove decision over the evictions since the last call (see the pure
+        twin); True if a page moved."""
+        cdef int cls
+        seen = self.automove_seen
+        figures = ClassFigures(
+            self._page_counts(),
+            [self.a.free_counts[cls] for cls in range(self.a.nclasses + 1)],
+            [self.a.per_page[cls] for cls in range(self.a.nclasses + 1)],
+            [count - seen[cls] for cls, count in enumerate(self.evictions)])
+        self.automove_seen = list(self.evictions)
+        pick = automove_pick(level, figures)
+        if pick is None:
+            return False
+        self._move_page(pick[0], pick[1])
+        return True
+
+    cdef void _evict(self, uint32_t ref, bint moving=False) except *:
         cdef Rec* r = rec_at(self.a.base, ref)
         cdef int mcls = self._mclsid(r.nkey, r.flags, r.nvalue)
         cdef bint flushed = self.oldest_live != 0 and self._flushed(r.atime, r.cas)
@@ -413,6 +540,8 @@ cdef class Lru:
             slab.reclaimed[mcls] += 1
             if not flushed and not r.bits & FETCHED:
                 slab.expired_unfetched[mcls] += 1
+        elif moving:
+            self.reassign_evictions += 1
         else:
             slab.evicted[mcls] += 1
             slab.evicted_time[mcls] = self.now - <int64_t>r.atime
@@ -436,7 +565,8 @@ cdef class Lru:
         stats.bytes -= self.a.csizes[r.cls]
         stats.curr_items -= 1
         stats.slab.number[mcls] -= 1
-        stats.slab.requested[mcls] -= NTOTAL_FIXED + r.nkey + r.nvalue + (4 if r.flags else 0)
+        stats.slab.requested[mcls] -= (self.ntotal_fixed + r.nkey + r.nvalue
+                                       + (4 if r.flags else 0))
         self.a.free_chunk(r, ref)
 
     cdef void _move(self, Rec* r, uint32_t ref, int lane) noexcept:

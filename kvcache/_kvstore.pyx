@@ -322,6 +322,9 @@ cdef class Storage(Lru):
             return Outcome.NOT_STORED, None
         if mode is _CAS:
             mcls = self._mclsid(r.nkey, r.flags, r.nvalue)
+            if not self.use_cas:  # -C: memcached answers EXISTS to every cas
+                stats.slab.cas_badval[mcls] += 1
+                return Outcome.EXISTS, None
             if cas == old_cas:
                 stats.slab.cas_hits[mcls] += 1
             elif set_stale and cas and cas < old_cas:
@@ -381,8 +384,7 @@ cdef class Storage(Lru):
         if exptime is not None:
             r.exptime = <uint32_t>exptime
         r.bits = (r.bits & ~TOKEN_SENT) | STALE
-        self.last_cas += 1
-        r.cas = self.last_cas
+        r.cas = self._stamp()
         self._sync(item, r)
 
     def vivify(self, bytes key not None, int64_t exptime, bint key_binary):
@@ -398,7 +400,7 @@ cdef class Storage(Lru):
         if ref == 0:
             return Delta(Outcome.NOT_FOUND, 0, None, False)
         r = rec_at(self.a.base, ref)
-        ntotal = item_ntotal(r.nkey, r.flags, r.nvalue)
+        ntotal = item_ntotal(r.nkey, r.flags, r.nvalue, self.use_cas)
         if r.nvalue == 0 or self.slabs.chunked(ntotal):
             return Delta(Outcome.NON_NUMERIC, 0, None, False)
         if cas and cas != r.cas:
@@ -420,8 +422,7 @@ cdef class Storage(Lru):
         if len(text) <= r.nvalue and view not in pinned:
             padded = text.ljust(r.nvalue)
             memcpy(key_of(r) + r.nkey, PyBytes_AS_STRING(padded), r.nvalue)
-            self.last_cas += 1
-            r.cas = self.last_cas
+            r.cas = self._stamp()
             self._refresh(ref)
             return Delta(Outcome.STORED, number, self._view(ref), True)
         outcome, new = self._store_new(key, text, r.flags, r.exptime, 0, ref)
@@ -431,5 +432,5 @@ cdef class Storage(Lru):
         """flush_all [delay]: everything stored before the deadline dies at the deadline."""
         deadline = self.expiry(delay) if delay > 0 else self.now
         self.oldest_live = deadline - 1
-        if self.oldest_live <= self.now:
+        if self.oldest_live <= self.now and self.use_cas:  # -C: by time alone
             self.oldest_cas = self.last_cas + 1

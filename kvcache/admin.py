@@ -1,8 +1,10 @@
 """The operator commands: stats, verbosity, shutdown, cache_memlimit, slabs, lru,
 lru_crawler and watch, answered with memcached 1.6.18's words.
 
-kvcache has no slab pages, so `slabs reassign` answers as memcached does where it finds no
-spare page. Each class has a segmented LRU without memcached's LRU maintainer thread:
+`slabs reassign` moves a page between classes at once (kvcache/slab_policy.py says which
+page and when it may not, in memcached's words); `slabs automove` sets the level the
+daemon's automove task runs at. Each class has a segmented LRU without memcached's LRU
+maintainer thread:
 `lru tune` sets the HOT and WARM shares the LRU keeps (the age factors are validated and
 reported by `stats settings`, not applied: no age caps are modelled); `lru mode` and
 `lru temp_ttl` are answered ERROR, as memcached answers them when its maintainer thread is
@@ -16,7 +18,7 @@ import logging
 import re
 from urllib.parse import quote
 
-from kvcache import replies
+from kvcache import replies, slab_policy
 from kvcache.engine import CLOSE_NOW, Engine, Handler, Reply
 from kvcache.items import FETCHED
 from kvcache.numbers import strtol32, strtoul32
@@ -39,6 +41,13 @@ MIN_MEMLIMIT_MB = 8
 MAX_MEMLIMIT_MB = 1_000_000_000
 MAX_CRAWLER_SLEEP_US = 1_000_000
 MAX_HOT_WARM_PCT = 80
+REASSIGN_DISABLED = "CLIENT_ERROR slab reassignment disabled"
+_REASSIGN_REPLIES = {
+    slab_policy.REASSIGN_OK: replies.OK,
+    slab_policy.REASSIGN_BADCLASS: replies.line(replies.REASSIGN_BAD_CLASS),
+    slab_policy.REASSIGN_NOSPARE: replies.line(replies.REASSIGN_NO_SPARE),
+    slab_policy.REASSIGN_SAME: replies.line(replies.REASSIGN_SAME),
+}
 _C_DOUBLE = re.compile(
     rb"^[ \t\n\v\f\r]*[+-]?(\d+\.?\d*([eE][+-]?\d+)?|\.\d+([eE][+-]?\d+)?|inf(inity)?|nan)"
     rb"[ \t\n\v\f\r]?$", re.IGNORECASE)
@@ -206,15 +215,15 @@ def _metadump(engine: Engine, classes: set[int]) -> bytes:
 def cmd_slabs(engine: Engine, tokens: list[bytes]) -> Reply:
     count = ntokens(tokens)
     if count == 5 and tokens[1] == b"reassign":
+        if not engine.settings.slab_reassign:
+            return replies.line(REASSIGN_DISABLED)
         src, dst = strtol32(tokens[2]), strtol32(tokens[3])
         if src is None or dst is None:
             return replies.line(replies.BAD_FORMAT)
-        largest = engine.storage.slabs.largest
-        if src == dst:
-            return replies.line(replies.REASSIGN_SAME)
-        if not (0 <= src <= largest or src == -1) or not 0 <= dst <= largest:
-            return replies.line(replies.REASSIGN_BAD_CLASS)
-        return replies.line(replies.REASSIGN_NO_SPARE)
+        code = engine.storage.slabs_reassign(src, dst)
+        if code == slab_policy.REASSIGN_OK:
+            log.info("slabs reassign: a page of class %d went to class %d", src, dst)
+        return _REASSIGN_REPLIES[code]
     if count >= 4 and tokens[1] == b"automove":
         noreply = has_noreply(tokens)
         if tokens[2] == b"ratio":
@@ -224,7 +233,10 @@ def cmd_slabs(engine: Engine, tokens: list[bytes]) -> Reply:
         level = strtoul32(tokens[2])
         if level is None:
             return replies.unless(noreply, replies.BAD_FORMAT)
-        return replies.unless(noreply, replies.OK if level <= 2 else replies.ERROR)
+        if level > slab_policy.AUTOMOVE_AGGRESSIVE:
+            return replies.unless(noreply, replies.ERROR)
+        engine.settings.slab_automove = level
+        return replies.unless(noreply, replies.OK)
     return replies.ERROR
 
 

@@ -7,12 +7,21 @@ keeps items.c (link, unlink, LRU, alloc with eviction) apart from do_store_item.
 twin has the same split (kvcache/_kvlru.pyx under kvcache/_kvstore.pyx).
 
 Memory is modelled on memcached's slab allocator, with the arithmetic of kvcache/slabs.py
-(`ArenaClasses`): an item takes one chunk of its size class; chunks are carved from the
-arena on demand while the carved bytes plus the hash table stay within the limit (-m), and
-a freed chunk goes back to its class. A class that may carve no more evicts from the tail
-of its own LRU (as memcached's per-class LRUs do). As in memcached, a class with no chunk
-at all may carve its first one over the limit, so no size is locked out. This twin only
-counts chunks and buckets (its items are Python objects); the native twin really has them.
+(`ArenaClasses`, `page_size`) and the page rules of kvcache/pages_pure.py: an item takes
+one chunk of its class, carved from the class's own pages; a freed chunk goes back to its
+class. A class with no free chunk gets a page (`_grow`): from the pool of pages no class
+holds, else a new one while the pages plus the hash table stay within the limit (-m).
+When memory is full, a class that has no page yet takes one from the class holding the
+most (kvcache/slab_policy.py), so no size is locked out and the limit holds; only when no
+class can spare a page does it get its first page over the limit (memcached's
+do_slabs_newslab grants a class its first page whatever the limit). A class that can get
+no page evicts from the tail of its own LRU (as memcached's per-class LRUs do).
+A page leaving a class (`slabs reassign`, automove, the taking above) is emptied: each of
+its items moves to a free chunk of the class on another page (a rescue), or, when there is
+none, is evicted (counted apart, as memcached's slab_reassign_evictions_nomem). With CAS
+disabled (-C), items carry CAS 0 and their memcached size drops the CAS's 8 bytes, which
+may put them in a smaller class. This twin only counts chunks and buckets (its items are
+Python objects); the native twin really has them.
 
 Each class has a segmented LRU as memcached's (HOT, WARM, COLD; each list intrusive: `prev`
 and `next` in the item, around a sentinel, most recent at `sentinel.next`). We call one
@@ -35,19 +44,27 @@ from bisect import bisect_left
 
 from kvcache.counters import CacheStats
 from kvcache.items import CAS_SHIFT, FETCHED, Item, Outcome
+from kvcache.pages_pure import Pages
+from kvcache.slab_policy import (
+    POOL_CLASS,
+    REASSIGN_OK,
+    ClassFigures,
+    automove_pick,
+    reassign_check,
+    reassign_source,
+    richest,
+)
 from kvcache.slabs import (
     HOT_PERCENT,
     INITIAL_BUCKETS,
-    RECORD_HEADER_BYTES,
     WARM_PERCENT,
     ArenaClasses,
     SlabClasses,
     grown_buckets,
     item_ntotal,
+    page_size,
     table_bytes,
 )
-
-_NTOTAL_FIXED = item_ntotal(0, 0, 0)  # what memcached adds to the key and value lengths
 
 ITEM_UPDATE_INTERVAL_S = 60  # memcached's: a write refreshes atime at most once a minute
 HOT, WARM, COLD = 0, 1, 2  # the segments of a class's LRU
@@ -77,9 +94,13 @@ class Lru:
         evict: bool = True,
         stats: CacheStats | None = None,
         slabs: SlabClasses | None = None,
+        page_bytes: int = 0,
+        use_cas: bool = True,
     ) -> None:
         self.limit_bytes = limit_bytes
         self.slabs = slabs or SlabClasses(item_size_max)
+        self.use_cas = use_cas
+        self._ntotal_fixed = item_ntotal(0, 0, 0, use_cas)  # memcached's size, bar key+value
         self._class_sizes = self.slabs.sizes
         self._classes = len(self.slabs.sizes)
         self.evict = evict
@@ -88,15 +109,22 @@ class Lru:
         # `lru tune`: the shares of a class's items HOT and WARM may hold, in percent.
         self.hot_percent = HOT_PERCENT
         self.warm_percent = WARM_PERCENT
-        self.arena = ArenaClasses(item_size_max)
+        self.arena = ArenaClasses(self.slabs)
+        self.page_bytes = page_bytes or page_size(item_size_max)
+        if self.page_bytes < self.arena.sizes[-1]:
+            raise ValueError(f"a page of {self.page_bytes} bytes cannot hold an item of -I")
         classes = len(self.arena.sizes) + 1  # index 0 unused, as class ids start at 1
+        self._pages: Pages[Item] = Pages(self.arena.sizes, self.page_bytes)
+        self._chunk_of: dict[bytes, int] = {}  # the chunk of each linked item, by key
+        self._evictions = [0] * classes  # by the LRU, per class: automove's input
+        self._automove_seen = [0] * classes  # _evictions at the last automove
+        self.slabs_moved = 0  # pages moved between classes (stats: slabs_moved)
+        self.reassign_rescues = 0  # items moved off a leaving page
+        self.reassign_evictions = 0  # items a leaving page could not keep
         self._index: dict[bytes, Item] = {}
         self._buckets = INITIAL_BUCKETS  # the native twin's table size, modelled
         self._lanes = [_sentinel() for _ in range(classes * LANES)]
         self._counts = [0] * (classes * LANES)  # items per lane
-        self._carved = [0] * classes  # chunks carved per class; invariant: used <= carved
-        self._used = [0] * classes
-        self._carved_bytes = 0
         # The crawl: the lane it is in (0: no pass under way) and the next item to check
         # there, walking towards the head (the sentinel: that lane is done).
         self._crawl_lane = 0
@@ -108,6 +136,9 @@ class Lru:
         self.oldest_cas = 0
 
     def next_cas(self) -> int:
+        """A new CAS value; 0 when CAS is disabled (-C)."""
+        if not self.use_cas:
+            return 0
         self._last_cas += 1
         return self._last_cas
 
@@ -117,19 +148,35 @@ class Lru:
 
     @property
     def used_bytes(self) -> int:
-        """Carved chunks plus the hash table: what the limit is checked against."""
-        return self._carved_bytes + table_bytes(self._buckets)
+        """Every page carved plus the hash table: what the limit is checked against."""
+        return self._pages.count * self.page_bytes + table_bytes(self._buckets)
+
+    @property
+    def hash_bytes(self) -> int:
+        """The hash table's buckets."""
+        return table_bytes(self._buckets)
+
+    @property
+    def pool_pages(self) -> int:
+        """Pages carved that no class holds (stats: slab_global_page_pool)."""
+        return len(self._pages.pool)
+
+    def page_table(self) -> list[tuple[int, int, int]]:
+        """(class, pages, free chunks) of every class holding a page, by class id."""
+        pages = self._pages
+        return [(cls, len(pages.of_class[cls]), len(pages.free[cls]))
+                for cls in range(1, len(pages.of_class)) if pages.of_class[cls]]
 
     def clsid_of(self, item: Item) -> int:
         """The memcached size class `item` falls in (hot: counted on every hit)."""
-        ntotal = _NTOTAL_FIXED + len(item.key) + len(item.value) + (4 if item.flags else 0)
+        ntotal = self._ntotal_fixed + len(item.key) + len(item.value) + (4 if item.flags else 0)
         index = bisect_left(self._class_sizes, ntotal)
         return index + 1 if index < self._classes else self._classes
 
     def clsid_for(self, nkey: int, flags: int, nvalue: int) -> int:
         """The size class of an item of these dimensions."""
         index = bisect_left(self._class_sizes,
-                            _NTOTAL_FIXED + nkey + nvalue + (4 if flags else 0))
+                            self._ntotal_fixed + nkey + nvalue + (4 if flags else 0))
         return index + 1 if index < self._classes else self._classes
 
     def set_limit(self, limit_bytes: int) -> None:
@@ -226,10 +273,10 @@ class Lru:
         return ages
 
     def _mcls_span(self, cls: int) -> tuple[int, int]:
-        """The memcached classes items of arena class `cls` can fall in (either flags)."""
-        low = self.arena.sizes[cls - 2] + 1 if cls > 1 else 0
-        return (self.clsid_for(max(0, low - RECORD_HEADER_BYTES), 0, 0),
-                self.clsid_for(self.arena.sizes[cls - 1] - RECORD_HEADER_BYTES, 1, 0))
+        """The memcached classes items of arena class `cls` can fall in: its own (the
+        large classes hold memcached's largest)."""
+        mcls = min(cls, self._classes)
+        return mcls, mcls
 
     def _holding(self, segment: int, low: int, high: int) -> int:
         """The memcached classes in [low, high] with items in `segment`, as a bit mask."""
@@ -287,8 +334,10 @@ class Lru:
     ) -> tuple[Outcome, Item | None]:
         if old is not None:
             self._unlink(old)
-        cls = self.arena.clsid(len(key), len(value))
-        if cls == 0 or not self._take_chunk(cls):
+        ntotal = self._ntotal_fixed + len(key) + len(value) + (4 if flags else 0)
+        cls = self.arena.clsid(ntotal)
+        chunk = self._take_chunk(cls) if cls else -1
+        if chunk < 0:
             self.stats.slab.outofmemory[self.clsid_for(len(key), flags, len(value))] += 1
             return Outcome.NO_MEMORY, None
         item = Item()
@@ -298,8 +347,9 @@ class Lru:
         item.exptime = exptime
         item.atime = self.now
         item.active = False
-        self._last_cas += 1
-        item.casbits = self._last_cas << CAS_SHIFT | bits
+        item.casbits = self.next_cas() << CAS_SHIFT | bits
+        self._pages.owner[chunk] = item
+        self._chunk_of[key] = chunk
         self._push(item, cls * LANES + HOT)
         self._balance(cls)
         self._index[key] = item
@@ -307,7 +357,6 @@ class Lru:
         stats.bytes += self.arena.sizes[cls - 1]
         stats.curr_items += 1
         stats.total_items += 1
-        ntotal = _NTOTAL_FIXED + len(key) + len(value) + (4 if flags else 0)
         index = bisect_left(self._class_sizes, ntotal)
         mcls = index + 1 if index < self._classes else self._classes
         slab = stats.slab
@@ -318,39 +367,116 @@ class Lru:
         slab.requested[mcls] += ntotal
         slab.number_hot[mcls] += 1  # it entered HOT (balancing may have moved it on)
         buckets = grown_buckets(len(self._index), self._buckets)
-        if buckets != self._buckets and (
-                self._carved_bytes + table_bytes(buckets) <= self.limit_bytes):
+        if buckets != self._buckets and (self._pages.count * self.page_bytes
+                                         + table_bytes(buckets) <= self.limit_bytes):
             self._buckets = buckets
         return Outcome.STORED, item
 
-    def _take_chunk(self, cls: int) -> bool:
-        """Claim a chunk of class `cls`: a free one, a newly carved one, or the one the
-        class's LRU tail gives up. False if none can be had."""
-        if self._used[cls] < self._carved[cls]:
-            self._used[cls] += 1
-            return True
-        size = self.arena.sizes[cls - 1]
-        table = table_bytes(self._buckets)
-        if self._carved_bytes + table + size <= self.limit_bytes or (
-                self._carved[cls] == 0 and table + size <= self.limit_bytes):
-            self._carved[cls] += 1
-            self._carved_bytes += size
-            self._used[cls] += 1
-            return True
+    def _take_chunk(self, cls: int) -> int:
+        """Claim a chunk of class `cls`: a free one, one of a page the class gets now, or
+        the one the class's LRU tail gives up. -1 if none can be had."""
+        free = self._pages.free[cls]
+        if free:
+            return free.pop()
+        if self._grow(cls):
+            return self._pages.free[cls].pop()
         if not self.evict:
-            return False
+            return -1
         for lane in (cls * LANES + COLD, cls * LANES + WARM, cls * LANES + HOT):
             victim = self._lanes[lane].prev
             if victim is not self._lanes[lane]:
                 break
         else:
-            return False
+            return -1
         self._evict(victim)
-        self._used[cls] += 1
+        self._evictions[cls] += 1
+        return self._pages.free[cls].pop()
+
+    def _grow(self, cls: int) -> bool:
+        """A page for `cls` (module docstring): from the pool, a new one within the limit,
+        or, for a class with none yet, another class's or one over the limit."""
+        pages = self._pages
+        if pages.from_pool(cls):
+            return True
+        if (pages.count + 1) * self.page_bytes + table_bytes(self._buckets) <= self.limit_bytes:
+            pages.carve(cls)
+            return True
+        if pages.of_class[cls]:
+            return False
+        src = richest(self._page_counts(), cls)
+        if src:
+            self._move_page(src, cls)
+        else:
+            pages.carve(cls)
         return True
 
-    def _evict(self, victim: Item) -> None:
-        """Unlink the LRU tail to reuse its chunk, counting it reclaimed or evicted."""
+    def _page_counts(self) -> list[int]:
+        return [len(held) for held in self._pages.of_class]
+
+    def _move_page(self, src: int, dst: int) -> None:
+        """Empty the emptiest page of `src` (rescuing its items into free chunks of `src`
+        elsewhere, evicting the rest) and give it to `dst` (0: the pool)."""
+        pages = self._pages
+        owner = pages.owner
+        page = pages.emptiest(src)
+        pages.withdraw(page)
+        for chunk in pages.chunks(page):
+            item = owner.get(chunk)
+            if item is None:
+                continue
+            free = pages.free[src]
+            if free:
+                target = free.pop()
+                del owner[chunk]
+                owner[target] = item
+                self._chunk_of[item.key] = target
+                self.reassign_rescues += 1
+            else:
+                self._evict(item, moving=True)
+                pages.free[src].pop()  # the chunk just freed: it leaves with its page
+        pages.release(page)
+        if dst == POOL_CLASS:
+            pages.pool.append(page)
+        else:
+            pages.give(page, dst)
+        self.slabs_moved += 1
+
+    # -- slab pages: reassign and automove -----------------------------------------------
+    def slabs_reassign(self, src: int, dst: int) -> int:
+        """`slabs reassign src dst`: move one page from class `src` (-1: the class with the
+        most pages; 0: the pool) to `dst` (0: the pool) at once. A kvcache.slab_policy
+        REASSIGN_ code (the rules and their order are there)."""
+        counts = self._page_counts()
+        counts[0] = len(self._pages.pool)
+        src = reassign_source(src, dst, counts)
+        code = reassign_check(src, dst, counts)
+        if code != REASSIGN_OK:
+            return code
+        if src == POOL_CLASS:
+            self._pages.give(self._pages.pool.pop(), dst)
+            self.slabs_moved += 1
+        else:
+            self._move_page(src, dst)
+        return code
+
+    def automove(self, level: int) -> bool:
+        """One automove decision over the evictions since the last call (kvcache/
+        slab_policy.py); True if a page moved."""
+        pages = self._pages
+        seen = self._automove_seen
+        figures = ClassFigures(self._page_counts(), [len(free) for free in pages.free],
+                               pages.per_page,
+                               [count - seen[cls] for cls, count in enumerate(self._evictions)])
+        self._automove_seen = list(self._evictions)
+        pick = automove_pick(level, figures)
+        if pick is None:
+            return False
+        self._move_page(*pick)
+        return True
+
+    def _evict(self, victim: Item, moving: bool = False) -> None:
+        """Unlink the LRU tail to reuse its chunk (or an item on a page that leaves its
+        class: `moving`), counting it reclaimed, evicted or a reassign eviction."""
         stats = self.stats
         mcls = self.clsid_of(victim)
         exptime = victim.exptime
@@ -359,6 +485,8 @@ class Lru:
             stats.slab.reclaimed[mcls] += 1
             if not flushed and not victim.casbits & FETCHED:
                 stats.slab.expired_unfetched[mcls] += 1
+        elif moving:
+            self.reassign_evictions += 1
         else:
             stats.slab.evicted[mcls] += 1
             stats.slab.evicted_time[mcls] = self.now - victim.atime
@@ -393,7 +521,7 @@ class Lru:
         self._pop(item)
         self._push(item, lane)
         slab = self.stats.slab
-        index = bisect_left(self._class_sizes, _NTOTAL_FIXED + len(item.key) + len(item.value)
+        index = bisect_left(self._class_sizes, self._ntotal_fixed + len(item.key) + len(item.value)
                             + (4 if item.flags else 0))  # clsid_of, inline: moves are hot
         mcls = index + 1 if index < self._classes else self._classes
         if old == HOT:
@@ -429,11 +557,13 @@ class Lru:
         self._pop(item)
         item.prev = item.next = None  # type: ignore[assignment]  # breaks the cycle
         cls = item.lane // LANES
-        self._used[cls] -= 1
+        chunk = self._chunk_of.pop(item.key)
+        del self._pages.owner[chunk]
+        self._pages.free[cls].append(chunk)
         stats = self.stats
         stats.bytes -= self.arena.sizes[cls - 1]
         stats.curr_items -= 1
-        ntotal = _NTOTAL_FIXED + len(item.key) + len(item.value) + (4 if item.flags else 0)
+        ntotal = self._ntotal_fixed + len(item.key) + len(item.value) + (4 if item.flags else 0)
         index = bisect_left(self._class_sizes, ntotal)
         mcls = index + 1 if index < self._classes else self._classes
         slab = stats.slab

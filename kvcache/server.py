@@ -77,7 +77,8 @@ class KvcacheServer:
         slabs = SlabClasses(settings.item_size_max, settings.growth_factor,
                             settings.slab_min_size)
         self.storage = Storage(settings.maxbytes, settings.item_size_max, now,
-                               evict=settings.evict_to_free, slabs=slabs)
+                               evict=settings.evict_to_free, slabs=slabs,
+                               use_cas=settings.use_cas)
         self.stats = self.storage.stats
         process = psutil.Process(os.getpid())
         self.view = ProcessView(
@@ -155,6 +156,8 @@ class KvcacheServer:
         now = self.clock.wall_ms() // 1000
         if now != storage.now:
             storage.tick(now)
+            if self.settings.slab_automove and self.settings.slab_reassign:
+                storage.automove(self.settings.slab_automove)  # once a second
             if self.settings.idle_timeout:
                 self._close_idle(now)
         mono = self.clock.monotonic()

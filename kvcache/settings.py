@@ -12,6 +12,7 @@ DEFAULT_ITEM_SIZE_MAX = MEGABYTE
 MIN_ITEM_SIZE_MAX = 1024  # memcached refuses -I below 1k
 MAX_ITEM_SIZE_MAX = 1024 * MEGABYTE  # ... and above 1g
 MAX_VERBOSITY = 2
+MAX_SLAB_AUTOMOVE = 2
 
 
 class SettingsError(ValueError):
@@ -45,6 +46,9 @@ class Settings:
     crawl_items_per_tick: int = 5000
     idle_timeout: int = 0  # -o idle_timeout: seconds a client may sit idle (0: for ever)
     crawl_interval_s: float = 0.1
+    use_cas: bool = True  # -C turns CAS off: items carry no CAS (8 bytes less each)
+    slab_reassign: bool = True  # -o slab_reassign / no_slab_reassign (on in memcached 1.6)
+    slab_automove: int = 1  # -o slab_automove=N and `slabs automove N`: 0 off, 1, 2
 
     def validate(self) -> None:
         """Raise SettingsError for the combinations memcached refuses."""
@@ -70,6 +74,8 @@ class Settings:
             raise SettingsError("listen backlog must be positive")
         if self.idle_timeout < 0:
             raise SettingsError("idle_timeout must not be negative")
+        if not 0 <= self.slab_automove <= MAX_SLAB_AUTOMOVE:
+            raise SettingsError("slab_automove must be between 0 and 2")
 
 
 def parse_size(text: str) -> int:

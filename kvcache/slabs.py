@@ -1,15 +1,18 @@
-"""memcached's item sizes and slab classes, as arithmetic.
+"""memcached's item sizes and slab classes, as arithmetic, and the page model both twins share.
 
-Two layouts live here. memcached's, as arithmetic only: three things clients can see
-depend on it and are reproduced from it: the largest value a `-I` limit admits (memcached
-counts its 48-byte item header, the key, the flags and the CAS against `-I`), the
-`cls=`/`size=` of `me`, and the per-class sections of `stats items` / `stats slabs`.
+memcached's layout: what clients can see depends on it and is reproduced from it: the
+largest value a `-I` limit admits (memcached counts its 48-byte item header, the key, the
+flags and the CAS against `-I`; `-C` drops the CAS), the `cls=`/`size=` of `me`, and the
+per-class sections of `stats items` / `stats slabs`.
 
-And kvcache's own arena (`ArenaClasses`), shared by both storage twins (kvcache/_kvstore.pyx
-and kvcache/storage_pure.py) so they charge and evict identically: an item is one record
-(a RECORD_HEADER_BYTES header, the key, the value) in a chunk of its size class; chunks are
-carved from one arena on demand and freed chunks go to their class's free list. What the
-memory limit is checked against is every carved chunk plus the hash table's buckets.
+kvcache's arena (`ArenaClasses`), shared by both storage twins (kvcache/_kvstore.pyx and
+kvcache/storage_pure.py) so they charge, evict and move pages identically: an item is one
+record (a RECORD_HEADER_BYTES header, the key, the value) in one chunk of its class. The
+classes are memcached's, chosen by memcached's item size (`item_ntotal`), so class ids are
+memcached's; records above memcached's largest chunk (which memcached splits over chunks)
+get "large" classes of their own, up to -I. Memory is handed to classes in whole pages
+(`page_size`: 1 MiB, or -I when that is larger); a class carves chunks only from its own
+pages. The memory limit is checked against every page plus the hash table's buckets.
 """
 
 from __future__ import annotations
@@ -27,8 +30,9 @@ CHUNK_ALIGN_BYTES = 8
 MAX_SLAB_CLASSES = 64
 
 
-def item_ntotal(nkey: int, client_flags: int, nvalue: int) -> int:
-    """ITEM_ntotal: the bytes memcached charges for an item (what `me` reports as size)."""
+def item_ntotal(nkey: int, client_flags: int, nvalue: int, use_cas: bool = True) -> int:
+    """ITEM_ntotal: the bytes memcached charges for an item (what `me` reports as size);
+    `use_cas` False (-C) drops the 8 bytes of the CAS."""
     return (
         ITEM_HEADER_BYTES
         + nkey
@@ -36,8 +40,17 @@ def item_ntotal(nkey: int, client_flags: int, nvalue: int) -> int:
         + (FLAGS_BYTES if client_flags else 0)
         + nvalue
         + CRLF_BYTES
-        + CAS_BYTES
+        + (CAS_BYTES if use_cas else 0)
     )
+
+
+def page_size(item_size_max: int) -> int:
+    """The bytes of one slab page: 1 MiB, or -I (rounded up to 8 bytes) when larger."""
+    return max(SLAB_PAGE_BYTES, _align(item_size_max))
+
+
+def _align(size: int) -> int:
+    return (size + CHUNK_ALIGN_BYTES - 1) & ~(CHUNK_ALIGN_BYTES - 1)
 
 
 class SlabClasses:
@@ -50,6 +63,7 @@ class SlabClasses:
         min_chunk: int = MIN_CHUNK_BYTES,
     ) -> None:
         self.item_size_max = item_size_max
+        self.growth_factor = growth_factor
         self.chunk_max = min(item_size_max, SLAB_PAGE_BYTES) // 2
         sizes: list[int] = []
         size = ITEM_HEADER_BYTES + min_chunk
@@ -90,10 +104,8 @@ class SlabClasses:
 
 # -- kvcache's arena ----------------------------------------------------------------------
 # Record header: cas u64, then hash-chain next, LRU prev/next, value length, client flags,
-# exptime, atime (u32 each), then key length, state bits and two spare bytes.
+# exptime, atime (u32 each), then key length, state bits, class and generation bytes.
 RECORD_HEADER_BYTES = 40
-ARENA_MIN_CHUNK_BYTES = 48
-ARENA_GROWTH_FACTOR = 1.15
 BUCKET_BYTES = 4  # one u32 record reference per hash bucket
 HOT_PERCENT = 20  # of a class's items in its HOT and WARM LRUs at most (memcached's
 WARM_PERCENT = 40  # hot_lru_pct and warm_lru_pct; `stats settings` reports them)
@@ -101,7 +113,7 @@ INITIAL_BUCKETS = 1024
 
 
 def record_bytes(nkey: int, nvalue: int) -> int:
-    """The bytes one item's record needs in the arena."""
+    """The bytes one item's record needs in the arena (never more than its item_ntotal)."""
     return RECORD_HEADER_BYTES + nkey + nvalue
 
 
@@ -114,38 +126,36 @@ def grown_buckets(count: int, buckets: int) -> int:
     return buckets * 2 if count > buckets else buckets
 
 
-def _geometric_chunks(limit: int) -> list[int]:
-    sizes = [ARENA_MIN_CHUNK_BYTES]
-    while sizes[-1] < limit:
-        grown = int(sizes[-1] * ARENA_GROWTH_FACTOR) + CHUNK_ALIGN_BYTES - 1
-        sizes.append(grown & ~(CHUNK_ALIGN_BYTES - 1))
-    return sizes
-
-
-# Every arena chunk size there can be, whatever -I is: a chunk's size depends only on the
-# record it holds, so `item_cost` needs no settings.
-ARENA_CHUNKS = _geometric_chunks(1 << 31)
-
-
-def item_cost(key: bytes, value: bytes, flags: int = 0, exptime: int = 0) -> int:
-    """What one item costs in the arena: the whole chunk its record sits in (flags and
-    exptime live in the fixed header, so they cost nothing extra)."""
-    return ARENA_CHUNKS[bisect_left(ARENA_CHUNKS, record_bytes(len(key), len(value)))]
-
-
 class ArenaClasses:
-    """The arena's size classes for one -I: ARENA_CHUNKS up to the first chunk that holds
-    the largest record -I admits (memcached's item_ntotal bounds it, and a record is
-    smaller than memcached's item)."""
+    """The arena's size classes for one SlabClasses: memcached's classes (ids 1 to
+    `slabs.largest`, chunk sizes equal), then large classes growing by the same factor
+    up to -I for the items memcached would split over chunks. A class holds the items
+    whose item_ntotal fits its chunk (a record is always smaller than its ntotal)."""
 
-    def __init__(self, item_size_max: int) -> None:
-        last = bisect_left(ARENA_CHUNKS, item_size_max)
-        self.sizes = ARENA_CHUNKS[: last + 1]  # sizes[i] is the chunk size of class i + 1
+    def __init__(self, slabs: SlabClasses) -> None:
+        sizes = list(slabs.sizes)
+        largest = _align(slabs.item_size_max)
+        size = sizes[-1]
+        while size < largest:
+            size = min(largest, _align(int(size * slabs.growth_factor)))
+            sizes.append(size)
+        self.sizes = sizes  # sizes[i] is the chunk size of class i + 1
+        self.largest_memcached = slabs.largest
 
-    def clsid(self, nkey: int, nvalue: int) -> int:
-        """The arena class of a record; 0 if no chunk holds it (only bigger than -I)."""
-        index = bisect_left(self.sizes, record_bytes(nkey, nvalue))
+    def clsid(self, ntotal: int) -> int:
+        """The arena class of an item of `ntotal` bytes; 0 if no chunk holds it."""
+        index = bisect_left(self.sizes, ntotal)
         return index + 1 if index < len(self.sizes) else 0
 
     def chunk_size(self, clsid: int) -> int:
         return self.sizes[clsid - 1]
+
+
+_DEFAULT_ARENA = ArenaClasses(SlabClasses(SLAB_PAGE_BYTES))
+
+
+def item_cost(key: bytes, value: bytes, flags: int = 0, exptime: int = 0) -> int:
+    """What one item costs under the default classes (-I 1m, -f 1.25, -n 48): the whole
+    chunk of its class (exptime lives in the fixed header, so it costs nothing extra)."""
+    ntotal = item_ntotal(len(key), flags, len(value))
+    return _DEFAULT_ARENA.sizes[_DEFAULT_ARENA.clsid(ntotal) - 1]

@@ -1,17 +1,17 @@
 """The `stats` family of replies, with memcached 1.6.18's names and order.
 
 Every stat name memcached prints is printed, in its order, so tools that scrape `stats`
-find what they expect. Where a figure describes machinery kvcache does not have (slab
-pages, worker threads, extstore, TLS) the value describes kvcache instead: one event loop,
-no TLS. Per-class figures use memcached's slab classes as size buckets
-(kvcache/slabs.py); kvcache's own memory use is `bytes` (see kvcache/storage.py). The
+find what they expect. Where a figure describes machinery kvcache does not have (worker
+threads, extstore, TLS) the value describes kvcache instead: one event loop, no TLS.
+Per-class figures use memcached's slab classes (kvcache/slabs.py), which are the arena's
+classes too: `stats slabs` shows each class's real pages and chunks (kvcache's large
+classes, above memcached's largest, among them), `bytes` the chunks items hold. The
 counters themselves live in kvcache/counters.py; this module reads them with the storage and
 the process figures.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -61,7 +61,7 @@ def general(view: ProcessView, settings: Settings, storage: Storage) -> list[Sta
     slab = stats.slab
     user, system = view.cpu_times()
     now = storage.now
-    index_bytes = storage.used_bytes - stats.bytes
+    index_bytes = storage.hash_bytes
     return [
         ("pid", view.pid), ("uptime", max(0, now - view.started)), ("time", now),
         ("version", VERSION), ("libevent", view.event_loop), ("pointer_size", 64),
@@ -96,17 +96,19 @@ def general(view: ProcessView, settings: Settings, storage: Storage) -> list[Sta
         ("conn_yields", 0),
         ("hash_power_level", max(1, index_bytes // 20).bit_length()),
         ("hash_bytes", index_bytes), ("hash_is_expanding", 0),
-        ("slab_reassign_rescues", 0), ("slab_reassign_chunk_rescues", 0),
-        ("slab_reassign_evictions_nomem", 0), ("slab_reassign_inline_reclaim", 0),
+        ("slab_reassign_rescues", storage.reassign_rescues),
+        ("slab_reassign_chunk_rescues", 0),
+        ("slab_reassign_evictions_nomem", storage.reassign_evictions),
+        ("slab_reassign_inline_reclaim", 0),
         ("slab_reassign_busy_items", 0), ("slab_reassign_busy_deletes", 0),
-        ("slab_reassign_running", 0), ("slabs_moved", 0),
+        ("slab_reassign_running", 0), ("slabs_moved", storage.slabs_moved),
         ("lru_crawler_running", 0), ("lru_crawler_starts", stats.crawler_starts),
         ("lru_maintainer_juggles", 0), ("malloc_fails", 0),
         ("log_worker_dropped", 0), ("log_worker_written", 0), ("log_watcher_skipped", 0),
         ("log_watcher_sent", 0), ("log_watchers", 0), ("unexpected_napi_ids", 0),
         ("round_robin_fallback", 0),
         ("bytes", stats.bytes), ("curr_items", stats.curr_items),
-        ("total_items", stats.total_items), ("slab_global_page_pool", 0),
+        ("total_items", stats.total_items), ("slab_global_page_pool", storage.pool_pages),
         ("expired_unfetched", slab.total("expired_unfetched")),
         ("evicted_unfetched", slab.total("evicted_unfetched")), ("evicted_active", 0),
         ("evictions", slab.total("evicted")), ("reclaimed", slab.total("reclaimed")),
@@ -134,12 +136,14 @@ def settings_stats(settings: Settings, storage: Storage) -> list[Stat]:
         ("growth_factor", f"{settings.growth_factor:.2f}"),
         ("chunk_size", settings.slab_min_size), ("num_threads", 1),
         ("num_threads_per_udp", 1), ("stat_key_prefix", ":"), ("detail_enabled", "no"),
-        ("reqs_per_event", settings.reqs_per_event), ("cas_enabled", "yes"),
+        ("reqs_per_event", settings.reqs_per_event), ("cas_enabled", _yes(storage.use_cas)),
         ("tcp_backlog", settings.backlog),
         ("binding_protocol", "ascii"), ("auth_enabled_sasl", "no"),
         ("auth_enabled_ascii", "no"), ("item_size_max", storage.slabs.item_size_max),
-        ("maxconns_fast", "yes"), ("hashpower_init", 0), ("slab_reassign", "yes"),
-        ("slab_automove", 0), ("slab_automove_ratio", "0.80"), ("slab_automove_window", 30),
+        ("maxconns_fast", "yes"), ("hashpower_init", 0),
+        ("slab_reassign", _yes(settings.slab_reassign)),
+        ("slab_automove", settings.slab_automove), ("slab_automove_ratio", "0.80"),
+        ("slab_automove_window", 30),
         ("slab_chunk_max", storage.slabs.chunk_max), ("lru_crawler", "yes"),
         ("lru_crawler_sleep", int(settings.crawl_interval_s * 1_000_000)),
         ("lru_crawler_tocrawl", settings.crawl_items_per_tick), ("tail_repair_time", 0),
@@ -204,28 +208,27 @@ def items_stats(storage: Storage) -> list[Stat]:
 
 
 def slabs_stats(storage: Storage) -> list[Stat]:
-    """`stats slabs`: classes that ever held an item; pages as memcached would have had."""
+    """`stats slabs`: every class holding a page, with its pages and chunks; the command
+    counters per class as memcached counts them (items of the large classes count to
+    memcached's largest, as memcached counts its chunked items)."""
     slab = storage.stats.slab
-    classes = storage.slabs
+    sizes = storage.arena.sizes
     out: list[Stat] = []
     active = 0
-    for cls in range(1, classes.largest + 1):
-        if not slab.peak[cls]:
-            continue
+    for cls, pages, free in storage.page_table():
         active += 1
-        per_page = classes.per_page(cls)
-        pages = max(1, math.ceil(slab.peak[cls] / per_page))
-        used = slab.number[cls]
+        per_page = storage.page_bytes // sizes[cls - 1]
+        total = pages * per_page
         p = f"{cls}:"
         out += [
-            (p + "chunk_size", classes.chunk_size(cls)), (p + "chunks_per_page", per_page),
-            (p + "total_pages", pages), (p + "total_chunks", pages * per_page),
-            (p + "used_chunks", used), (p + "free_chunks", pages * per_page - used),
+            (p + "chunk_size", sizes[cls - 1]), (p + "chunks_per_page", per_page),
+            (p + "total_pages", pages), (p + "total_chunks", total),
+            (p + "used_chunks", total - free), (p + "free_chunks", free),
             (p + "free_chunks_end", 0),
             *((p + ("cmd_set" if f == "set_cmds" else f), getattr(slab, f)[cls])
               for f in _SUMMED_SLAB_FIELDS),
         ]
-    out += [("active_slabs", active), ("total_malloced", storage.used_bytes)]
+    out += [("active_slabs", active), ("total_malloced", storage.used_bytes - storage.hash_bytes)]
     return out
 
 

@@ -215,6 +215,9 @@ class Storage(Lru):
             return Outcome.NOT_STORED, None
         if mode is Mode.CAS:
             cls = self.clsid_of(old)
+            if not self.use_cas:  # -C: memcached answers EXISTS to every cas
+                stats.slab.cas_badval[cls] += 1
+                return Outcome.EXISTS, None
             if cas == old_cas:
                 stats.slab.cas_hits[cls] += 1
             elif set_stale and cas and cas < old_cas:
@@ -280,7 +283,7 @@ class Storage(Lru):
         if item is None:
             return Delta(Outcome.NOT_FOUND, 0, None, False)
         old = item.value
-        ntotal = item_ntotal(len(key), item.flags, len(old))
+        ntotal = item_ntotal(len(key), item.flags, len(old), self.use_cas)
         if not old or self.slabs.chunked(ntotal):
             return Delta(Outcome.NON_NUMERIC, 0, None, False)
         if cas and cas != item.casbits >> CAS_SHIFT:
@@ -310,5 +313,5 @@ class Storage(Lru):
         """flush_all [delay]: everything stored before the deadline dies at the deadline."""
         deadline = self.expiry(delay) if delay > 0 else self.now
         self.oldest_live = deadline - 1
-        if self.oldest_live <= self.now:
+        if self.oldest_live <= self.now and self.use_cas:  # -C: by time alone
             self.oldest_cas = self._last_cas + 1

@@ -16,7 +16,14 @@ NOW = 1_750_000_000
 MB = 1024 * 1024
 
 
+SMALL = 16 * 1024  # -I and the page size of the small caches below: pages enough to share
+
+
 def make(limit: int = 64 * MB, item_size_max: int = MB) -> Storage:
+    """A cache of `limit` bytes; below 64 MB with SMALL pages (and -I), so every class
+    in use can have pages of its own."""
+    if limit < 64 * MB:
+        return Storage(limit, min(item_size_max, SMALL), NOW, page_bytes=SMALL)
     return Storage(limit, item_size_max, NOW)
 
 
@@ -178,7 +185,7 @@ def test_an_item_larger_than_the_limit_is_refused() -> None:
 
 
 def test_no_evictions_mode_refuses_writes_when_full() -> None:
-    s = Storage(MB, MB, NOW, evict=False)
+    s = Storage(MB, SMALL, NOW, evict=False, page_bytes=SMALL)
     outcomes = {s.store(Mode.SET, b"k%d" % i, b"x" * 1000, 0, 0)[0] for i in range(2000)}
     assert Outcome.NO_MEMORY in outcomes
     assert s.stats.slab.total("evicted") == 0
@@ -319,9 +326,9 @@ def test_bytes_return_to_zero() -> None:
 def test_an_item_costs_its_arena_chunk() -> None:
     s = make()
     put(s, b"k" * 14, b"v" * 100)
-    assert s.stats.bytes == item_cost(b"k" * 14, b"v" * 100) == 176
-    assert record_bytes(14, 100) == 154  # the record, rounded up to its class's chunk
-    assert s.used_bytes == 176 + table_bytes(INITIAL_BUCKETS)
+    assert s.stats.bytes == item_cost(b"k" * 14, b"v" * 100) == 192
+    assert record_bytes(14, 100) == 154  # the record, in the chunk of its memcached class
+    assert s.used_bytes == MB + table_bytes(INITIAL_BUCKETS)  # one whole page
 
 
 def test_freed_chunks_are_reused_not_carved_again() -> None:

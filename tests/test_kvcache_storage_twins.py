@@ -42,6 +42,7 @@ COUNTERS = ("bytes", "curr_items", "total_items", "get_expired", "get_flushed", 
             "get_cmds", "get_misses", "store_no_memory")
 SLAB_FIELDS = tuple(SlabStats().__dict__)
 LIMIT_FLOOR = table_bytes(INITIAL_BUCKETS)  # limits just above it make every class evict
+PAGE_BYTES = ITEM_SIZE_MAX  # the smallest page -I allows: a few pages make a small cache
 
 keys = st.sampled_from(KEYS)
 numbers = st.one_of(st.integers(0, 20), st.integers(0, 2**64 - 1))
@@ -80,6 +81,8 @@ operations = st.one_of(
                                "invalidate_ttl", "remove", "count_hit"])),
     st.tuples(st.just("vivify"), keys, st.booleans()),
     st.tuples(st.just("limit"), st.integers(LIMIT_FLOOR, LIMIT_FLOOR + 40_000)),
+    st.tuples(st.just("reassign"), st.integers(-1, 8), st.integers(-1, 8)),
+    st.tuples(st.just("automove"), st.integers(0, 2)),
 )
 
 
@@ -130,6 +133,8 @@ def state(s: Any) -> dict:
         "age": s.oldest_age(),
         "tail_ages": s.tail_ages(),  # stats items: age_hot, age_warm, age per class
         "flush": (s.oldest_live, s.oldest_cas),
+        "pages": (s.page_table(), s.pool_pages, s.slabs_moved, s.reassign_rescues,
+                  s.reassign_evictions, s.hash_bytes),
         "counters": [getattr(stats, name) for name in COUNTERS],
         "slab": {name: list(getattr(stats.slab, name)) for name in SLAB_FIELDS},
     }
@@ -138,8 +143,9 @@ def state(s: Any) -> dict:
 class Driver:
     """One twin, plus the items its caller holds (the pinned set of a pipeline)."""
 
-    def __init__(self, module: ModuleType, limit: int) -> None:
-        self.s = module.Storage(limit, ITEM_SIZE_MAX, NOW)
+    def __init__(self, module: ModuleType, limit: int, use_cas: bool = True) -> None:
+        self.s = module.Storage(limit, ITEM_SIZE_MAX, NOW, page_bytes=PAGE_BYTES,
+                                use_cas=use_cas)
         self.pinned: set = set()
 
     def step(self, op: tuple) -> Any:  # noqa: PLR0911 - one branch per operation
@@ -180,6 +186,10 @@ class Driver:
             return s.vivify(args[0], s.expiry(5), args[1]) if s.find(args[0]) is None else 0
         if name == "limit":
             return s.set_limit(args[0])
+        if name == "reassign":
+            return s.slabs_reassign(args[0], args[1])
+        if name == "automove":
+            return s.automove(args[0])
         return self.mutate(*args)
 
     def mutate(self, key: bytes, how: str) -> Any:
@@ -206,10 +216,12 @@ class Driver:
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(limit=st.sampled_from([LIMIT_FLOOR + 300, LIMIT_FLOOR + 900, LIMIT_FLOOR + 3000, 1 << 20]),
+@given(limit=st.sampled_from([LIMIT_FLOOR + 300, LIMIT_FLOOR + 3000, LIMIT_FLOOR + 3 * PAGE_BYTES,
+                              LIMIT_FLOOR + 6 * PAGE_BYTES, 1 << 20]),
+       use_cas=st.sampled_from([True, True, False]),
        ops=st.lists(operations, max_size=120))
-def test_twins_agree_step_by_step(limit: int, ops: list[tuple]) -> None:
-    pure, native = Driver(storage_pure, limit), Driver(NATIVE, limit)
+def test_twins_agree_step_by_step(limit: int, use_cas: bool, ops: list[tuple]) -> None:
+    pure, native = Driver(storage_pure, limit, use_cas), Driver(NATIVE, limit, use_cas)
     assert state(pure.s) == state(native.s)
     for number, op in enumerate(ops):
         expected = observe(pure.step(op))

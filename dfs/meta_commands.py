@@ -145,6 +145,9 @@ class MetaCommands:
                     summary="USER.DEL name: forget a user (superusers only)"),
             Command("USER.GROUPS", self.cmd_user_groups, -2, WRITE,
                     summary="USER.GROUPS name [group ...]: set a user's groups beside its own"),
+            Command("USER.PASSWD", self.cmd_user_passwd, 3, WRITE,
+                    summary="USER.PASSWD name password: a new password (for oneself, or by a "
+                            "superuser)"),
             Command("USER.LIST", self.cmd_user_list, 1, READ,
                     summary="USER.LIST: [name, superuser, groups] per user"),
             Command("FS.WHOAMI", self.cmd_whoami, 1, READ,
@@ -183,6 +186,20 @@ class MetaCommands:
             raise CommandError(str(exc)) from None
         entry = accounts.encode_user_add(self.clock.wall_ms(), name, credential, len(args) == 4)
         await self.write(session, entry)
+        return OK
+
+    async def cmd_user_passwd(self, session: Session, args: list[bytes]) -> Any:
+        name = args[1].decode("utf-8", "replace")
+        caller = self.caller(session)
+        if not caller.superuser and caller.name != name:
+            raise CommandError(perms.ERR_SUPERUSER_ONLY.format("change users"))
+        try:
+            credential = await asyncio.to_thread(make_credential, args[2],
+                                                 iterations=self.iterations)
+        except UserError as exc:
+            raise CommandError(str(exc)) from None
+        await self.write(session, accounts.encode_user_passwd(self.clock.wall_ms(), name,
+                                                              credential))
         return OK
 
     async def cmd_user_del(self, session: Session, args: list[bytes]) -> Any:

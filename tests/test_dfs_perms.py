@@ -311,3 +311,15 @@ def test_random_operations_keep_quota_usage_exact_and_refusals_change_nothing(
     copy = Namespace()
     copy.restore(t.m.snapshot())
     assert copy.snapshot() == t.m.snapshot()
+
+
+def test_a_user_changes_its_own_password_only(tree: Tree) -> None:
+    t = tree
+    new = make_credential(b"new", iterations=1)
+    assert t.as_("bob", accounts.encode_user_passwd(t.tick(), "alice", new)) == \
+        perms.ERR_SUPERUSER_ONLY.format("change users")
+    assert t.as_("alice", accounts.encode_user_passwd(t.tick(), "alice", new)) is None
+    assert t.m.users.verify("alice", b"new") and not t.m.users.verify("alice", b"alice")
+    assert t.as_("admin", accounts.encode_user_passwd(t.tick(), "bob", new)) is None
+    assert t.as_("admin", accounts.encode_user_passwd(t.tick(), "zed", new)).startswith(
+        "ERR no such user")

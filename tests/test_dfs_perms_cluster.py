@@ -72,6 +72,10 @@ def test_users_modes_quotas_and_versions_across_masters(cluster: Cluster) -> Non
                  ("FS.SETQUOTA", "/home/alice", "FILES", "6")):
         assert root.execute_command(*args) == "OK"
     assert [row[0] for row in root.execute_command("USER.LIST")] == ["alice", "bob"]
+    # AUTH reads the master's applied state: a follower knows a new user a moment later.
+    for i in range(3):
+        eventually(lambda i=i: raw(cluster, i, b"AUTH bob bob-pw") == b"+OK\r\n",
+                   f"master {i + 1} knows bob")
 
     # AUTH's errors, exactly as Redis words them, on every master.
     for i in range(3):
@@ -113,7 +117,10 @@ def test_users_modes_quotas_and_versions_across_masters(cluster: Cluster) -> Non
     count = root.execute_command("FS.COUNT", "/home/alice")
     assert (count["dirs"], count["files"], count["remaining_files"]) == (1, 5, 0)
     assert root.execute_command("USER.DEL", "bob") == "OK"
-    assert raw(cluster, 1, b"AUTH bob bob-pw") == WRONGPASS
+    eventually(lambda: raw(cluster, 1, b"AUTH bob bob-pw") == WRONGPASS, "bob forgotten")
+    assert alice.execute_command("USER.PASSWD", "alice", "fresh") == "OK"
+    eventually(lambda: raw(cluster, 0, b"AUTH alice alice-pw") == WRONGPASS, "a new password")
+    assert login(cluster, 0, "alice", "fresh").execute_command("FS.WHOAMI")[0] == "alice"
 
 
 # -- the README's promises ----------------------------------------------------------------------

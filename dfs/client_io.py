@@ -198,6 +198,14 @@ class ChunkReader(io.RawIOBase):
         self.position += len(data)
         return len(data)
 
+    def readall(self) -> bytes:
+        """The rest of the file, read PIECE_BYTES at a time (io's default asks 8 KiB)."""
+        parts = []
+        piece = bytearray(PIECE_BYTES)
+        while count := self.readinto(piece):
+            parts.append(bytes(piece[:count]))
+        return b"".join(parts)
+
     def _chunk_at(self, position: int) -> int:
         for index in range(len(self.chunks) - 1, -1, -1):
             if self.starts[index] <= position:

@@ -32,6 +32,7 @@ __all__ = [
     "OP_PURGE",
     "OP_RENAME",
     "OP_RESTORE",
+    "OP_SNAPSHOT",
     "OP_SETQUOTA",
     "OP_SETVERSIONS",
     "PathError",
@@ -46,6 +47,7 @@ __all__ = [
     "encode_purge",
     "encode_rename",
     "encode_restore",
+    "encode_snapshot",
     "encode_setquota",
     "encode_setversions",
 ]
@@ -76,6 +78,7 @@ OP_CHOWN = "chown"
 OP_SETQUOTA = "setquota"
 OP_SETVERSIONS = "setversions"
 OP_RESTORE = "restore"
+OP_SNAPSHOT = "snapshot"
 
 
 class PathError(ValueError):
@@ -154,3 +157,8 @@ def encode_setversions(now_ms: int, path: str, keep: int) -> bytes:
 def encode_restore(now_ms: int, path: str, version: int) -> bytes:
     """Make old version `version` of a file current again (the current one is kept)."""
     return msgpack.packb([OP_RESTORE, now_ms, path, version])
+
+
+def encode_snapshot(now_ms: int, path: str, name: str, delete: bool = False) -> bytes:
+    """Take snapshot `name` of the directory `path` (dfs/snapshots.py), or delete it."""
+    return msgpack.packb([OP_SNAPSHOT, now_ms, path, name, delete])

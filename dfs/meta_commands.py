@@ -1,6 +1,7 @@
 """The master's metadata commands: users (USER.*), permissions (FS.CHMOD, FS.CHOWN,
-FS.WHOAMI), quotas (FS.SETQUOTA, FS.COUNT) and versions (FS.SETVERSIONS, FS.VERSIONS,
-FS.RESTORE); and who a connection is, for every FS.* command.
+FS.WHOAMI), quotas (FS.SETQUOTA, FS.COUNT), versions (FS.SETVERSIONS, FS.VERSIONS,
+FS.RESTORE) and snapshots (FS.SNAPSHOT, FS.DELSNAPSHOT, FS.SNAPSHOTS); and who a connection
+is, for every FS.* command.
 
 Strategy: who calls is the RESP session's user (core/resp_session.py). A connection that
 did not AUTH as a named user is the default user, which dfs maps to ROOT_USER, the
@@ -33,7 +34,7 @@ from core.users import (
     check_user_name,
     make_credential,
 )
-from dfs import accounts, perms, quotas, versions
+from dfs import accounts, perms, quotas, snapshots, versions
 from dfs import namespace as ns
 from dfs.namespace import Namespace, PathError
 from dfs.perms import NOBODY, ROOT_USER, Caller
@@ -44,6 +45,7 @@ WRITE = frozenset({"write"})
 READ = frozenset({"readonly"})
 ERR_INTEGER = "ERR value is not an integer or out of range"
 ERR_CHOWN = "ERR syntax: FS.CHOWN path owner[:group] or :group"
+ERR_UTF8 = "ERR a name must be UTF-8"
 ERR_SUPERUSER_WORD = "ERR syntax: USER.ADD name password [SUPERUSER]"
 MAX_VERSION = 2**63 - 1
 
@@ -69,11 +71,11 @@ def _int(raw: bytes) -> int:
     return int(raw)
 
 
-def _text(raw: bytes) -> str:
+def _text(raw: bytes, error: str = ERR_UTF8) -> str:
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError:
-        raise CommandError(ERR_CHOWN) from None
+        raise CommandError(error) from None
 
 
 class MetaCommands:
@@ -168,6 +170,13 @@ class MetaCommands:
                             "per version, newest first"),
             Command("FS.RESTORE", self.cmd_restore, 3, WRITE,
                     summary="FS.RESTORE path version: make an old version current again"),
+            Command("FS.SNAPSHOT", self.cmd_snapshot, 3, WRITE,
+                    summary="FS.SNAPSHOT dir name: a read-only copy, read at "
+                            "dir/.snapshot/name (the directory's owner or a superuser)"),
+            Command("FS.DELSNAPSHOT", self.cmd_delsnapshot, 3, WRITE,
+                    summary="FS.DELSNAPSHOT dir name: drop a snapshot"),
+            Command("FS.SNAPSHOTS", self.cmd_snapshots, 2, READ,
+                    summary="FS.SNAPSHOTS dir: [name, ctime_ms] per snapshot, oldest first"),
         ]
 
     def _need_superuser(self, session: Session, what: str) -> None:
@@ -236,7 +245,7 @@ class MetaCommands:
     async def cmd_chown(self, session: Session, args: list[bytes]) -> Any:
         path = self.path_arg(args[1])
         try:
-            owner, group = parse_owner(_text(args[2]))
+            owner, group = parse_owner(_text(args[2], ERR_CHOWN))
         except ValueError as exc:
             raise CommandError(str(exc)) from None
         await self.write(session, ns.encode_chown(self.clock.wall_ms(), path, owner, group))
@@ -272,3 +281,23 @@ class MetaCommands:
         number = _int(args[2])
         await self.write(session, ns.encode_restore(self.clock.wall_ms(), path, number))
         return OK
+
+    async def cmd_snapshot(self, session: Session, args: list[bytes]) -> Any:
+        path, name = self.path_arg(args[1]), _text(args[2])
+        await self.write(session, ns.encode_snapshot(self.clock.wall_ms(), path, name))
+        return OK
+
+    async def cmd_delsnapshot(self, session: Session, args: list[bytes]) -> Any:
+        path, name = self.path_arg(args[1]), _text(args[2])
+        await self.write(session, ns.encode_snapshot(self.clock.wall_ms(), path, name, True))
+        return OK
+
+    async def cmd_snapshots(self, session: Session, args: list[bytes]) -> Any:
+        path = self.path_arg(args[1])
+
+        def rows(caller: Caller) -> list[list[Any]]:
+            node = self.namespace.check_access(path, caller, perms.R)
+            if node.kind != ns.DIR:
+                raise PathError(ns.ERR_NOT_DIR.format(ns.canonical(path)))
+            return snapshots.listing(node)
+        return await self.read(session, rows)

@@ -40,7 +40,7 @@ from typing import Any
 import msgpack
 
 from core.users import UserError, UserTable
-from dfs import accounts, perms, versions
+from dfs import accounts, perms, snapshots, versions
 from dfs.entries import (  # noqa: F401 - re-exported: the names callers knew here
     ERR_BAD_ENTRY,
     ERR_BAD_PATH,
@@ -65,6 +65,7 @@ from dfs.entries import (  # noqa: F401 - re-exported: the names callers knew he
     OP_RESTORE,
     OP_SETQUOTA,
     OP_SETVERSIONS,
+    OP_SNAPSHOT,
     PathError,
     canonical,
     check_path,
@@ -79,6 +80,7 @@ from dfs.entries import (  # noqa: F401 - re-exported: the names callers knew he
     encode_restore,
     encode_setquota,
     encode_setversions,
+    encode_snapshot,
 )
 from dfs.nodes import DIR, FILE, Node, TrashItem, flatten, unflatten
 from dfs.perms import DEFAULT_DIR_MODE, DEFAULT_FILE_MODE, ROOT_USER, Caller, R, W, X
@@ -92,6 +94,7 @@ __all__ = [
     "MAX_NAME", "MAX_PATH", "Namespace", "Node", "TrashItem", "check_path", "encode_as",
     "encode_chmod", "encode_chown", "encode_create", "encode_delete", "encode_mkdir",
     "encode_purge", "encode_rename", "encode_restore", "encode_setquota", "encode_setversions",
+    "encode_snapshot",
     "PathError", "canonical", "ERR_NOT_FILE",
 ]
 
@@ -109,6 +112,7 @@ class Namespace:
         self.users = UserTable()
         self.caller: Caller | None = None  # who the entry being applied runs as
         self.released: list[int] = []  # inodes dropped for good, for the chunk table
+        self.applying = False  # True while an entry applies: snapshots are read-only then
 
     # -- reads ----------------------------------------------------------------------------------
 
@@ -122,8 +126,12 @@ class Namespace:
             here = "/" + "/".join(names[:i])
             if node.kind != DIR:
                 raise PathError(ERR_NOT_DIR.format(here))
-            self._need(node, X, here, caller)
+            perms.need(node, X, here, caller)
             child = node.children.get(name)
+            if child is None and name == snapshots.SNAPSHOT_DIR and node.kind == DIR:
+                if self.applying:  # every change of the tree comes through apply
+                    raise PathError(snapshots.ERR_READ_ONLY.format(canonical(path)))
+                child = snapshots.view(node)
             if child is None:
                 raise PathError(ERR_NO_ENTRY.format(canonical(path)))
             node = child
@@ -140,7 +148,7 @@ class Namespace:
         node = self.lookup(path, caller)
         if node.kind == FILE:
             return [check_path(path)[-1]]
-        self._need(node, R | X, canonical(path), caller)
+        perms.need(node, R | X, canonical(path), caller)
         return [name + ("/" if child.kind == DIR else "")
                 for name, child in sorted(node.children.items())]
 
@@ -151,8 +159,11 @@ class Namespace:
     def check_access(self, path: str, caller: Caller | None, want: int) -> Node:
         """The node at `path` when `caller` may traverse to it and do `want` (perms.R, W, X)
         to it; PathError otherwise. For the data path: reading a file needs R, writing W."""
+        if want & W and snapshots.SNAPSHOT_DIR in check_path(path):
+            self.walk(path, caller)  # (no such entry, or a path through a snapshot)
+            raise PathError(snapshots.ERR_READ_ONLY.format(canonical(path)))
         node = self.lookup(path, caller)
-        self._need(node, want, canonical(path), caller)
+        perms.need(node, want, canonical(path), caller)
         return node
 
     def versions(self, path: str, caller: Caller | None = None) -> list[list[Any]]:
@@ -183,6 +194,7 @@ class Namespace:
             live.add(node.inode)
             live.update(v.inode for v in node.versions)
             stack.extend(node.children.values())
+            stack.extend(s.root for s in node.snapshots.values())
         return live
 
     def take_released(self) -> list[int]:
@@ -212,23 +224,6 @@ class Namespace:
 
     # -- permissions ----------------------------------------------------------------------------
 
-    @staticmethod
-    def _need(node: Node, want: int, path: str, caller: Caller | None) -> None:
-        if caller is not None and not perms.allowed(node.owner, node.group, node.mode,
-                                                    caller, want):
-            raise PathError(perms.ERR_PERMISSION.format(
-                caller.name, perms.access_name(want), path,
-                "owner" if caller.name == node.owner else "mode"))
-
-    def _need_subtree(self, top: Node, path: str) -> None:
-        """rwx on every directory under `top` (a recursive delete, as HDFS asks)."""
-        stack = [(path, top)]
-        while stack:
-            here, node = stack.pop()
-            if node.kind == DIR and node.children:
-                self._need(node, R | W | X, here, self.caller)
-                stack.extend((here.rstrip("/") + "/" + n, c) for n, c in node.children.items())
-
     def _file(self, path: str, caller: Caller | None, want: int) -> Node:
         node = self.check_access(path, caller, want)
         if node.kind != FILE:
@@ -253,15 +248,17 @@ class Namespace:
             handler = {OP_MKDIR: self._mkdir, OP_CREATE: self._create, OP_RENAME: self._rename,
                        OP_DELETE: self._delete, OP_PURGE: self._purge, OP_CHMOD: self._chmod,
                        OP_CHOWN: self._chown, OP_SETQUOTA: self._setquota,
-                       OP_SETVERSIONS: self._setversions, OP_RESTORE: self._restore}[op]
+                       OP_SETVERSIONS: self._setversions, OP_RESTORE: self._restore,
+                       OP_SNAPSHOT: self._snapshot}[op]
         except (ValueError, KeyError, TypeError, msgpack.UnpackException) as exc:
             return ERR_BAD_ENTRY.format(exc)
+        self.applying = True
         try:
             return handler(*args)
-        except (PathError, UserError) as exc:
+        except ValueError as exc:  # PathError, UserError, or a quota or version refusal
             return str(exc)
-        except ValueError as exc:  # a quota or version refusal
-            return str(exc)
+        finally:
+            self.applying = False
 
     def _apply_as(self, user: str, entry: bytes) -> Any:
         self.caller = perms.caller_for(self.users, user)
@@ -302,7 +299,7 @@ class Namespace:
         if parent.kind != DIR:
             raise PathError(ERR_NOT_DIR.format(where))
         if want:
-            self._need(parent, want, where, self.caller)
+            perms.need(parent, want, where, self.caller)
         return chain, names[-1]
 
     def _link(self, parent: Node, name: str, node: Node) -> None:
@@ -311,6 +308,8 @@ class Namespace:
 
     def _add(self, chain: list[tuple[str, Node]], name: str, kind: str) -> Node:
         """A new node `name` in the last directory of `chain`, charged to its quotas."""
+        if name == snapshots.SNAPSHOT_DIR:
+            raise PathError(snapshots.ERR_RESERVED)
         charges = Charges().add(chain, 1, 0)
         charges.check()
         node = self._new(kind, chain[-1][1])
@@ -337,12 +336,12 @@ class Namespace:
             here = where.rstrip("/") + "/" + name
             child = node.children.get(name)
             if child is None:
-                self._need(node, W | X, where, self.caller)
+                perms.need(node, W | X, where, self.caller)
                 child = self._add(chain, name, DIR)
             elif child.kind != DIR:
                 raise PathError(ERR_NOT_DIR.format(here))
             else:
-                self._need(node, X, where, self.caller)
+                perms.need(node, X, where, self.caller)
             chain.append((here, child))
         return None
 
@@ -352,7 +351,7 @@ class Namespace:
         old = parent.children.get(name)
         if old is not None and overwrite:
             return self._overwrite(chain, name, old, canonical(path))
-        self._need(parent, W | X, chain[-1][0], self.caller)
+        perms.need(parent, W | X, chain[-1][0], self.caller)
         if old is not None:
             raise PathError(ERR_EXISTS.format(canonical(path)))
         self._add(chain, name, FILE)
@@ -363,7 +362,7 @@ class Namespace:
         """A new empty file in `old`'s place, `old` kept as a version (dfs/versions.py)."""
         if old.kind != FILE:
             raise PathError(ERR_IS_DIR.format(path))
-        self._need(old, W, path, self.caller)
+        perms.need(old, W, path, self.caller)
         keep = versions.keep_limit([node for _, node in chain])
         dropped = old.versions[:max(0, len(old.versions) + 1 - keep)]
         charges = Charges().add(chain, 1 - len(dropped), -sum(v.size for v in dropped))
@@ -384,6 +383,8 @@ class Namespace:
             raise PathError(ERR_INTO_ITSELF.format(canonical(src), canonical(dst)))
         new_chain, new_name = self._parent_chain(dst, W | X)
         old_chain, old_name = self._parent_chain(src, W | X)
+        if new_name == snapshots.SNAPSHOT_DIR:
+            raise PathError(snapshots.ERR_RESERVED)
         new_parent = new_chain[-1][1]
         old = new_parent.children.get(new_name)
         if old is not None:
@@ -417,7 +418,7 @@ class Namespace:
             raise PathError(ERR_NO_ENTRY.format(canonical(path)))
         if node.children and not recursive:
             raise PathError(ERR_DIR_NOT_EMPTY.format(canonical(path)))
-        self._need_subtree(node, canonical(path))
+        perms.need_subtree(node, canonical(path), self.caller)
         names, size = usage(node)
         Charges().add(chain, -names, -size).apply()
         del parent.children[name]
@@ -451,6 +452,16 @@ class Namespace:
         node = self._dir(path)
         perms.need_owner(node, self.caller, canonical(path))
         node.keep_versions = versions.check_keep(keep)
+
+    def _snapshot(self, path: str, name: str, delete: bool) -> None:
+        """Take or delete a snapshot of a directory (its owner or a superuser)."""
+        node = self._dir(path)
+        perms.need_owner(node, self.caller, canonical(path))
+        if delete:
+            return snapshots.delete(node, name, canonical(path))
+        if check_path("/" + name) != [name] or name == snapshots.SNAPSHOT_DIR:
+            raise PathError(ERR_BAD_PATH.format(name))
+        return snapshots.take(node, name, self.clock_ms, canonical(path))
 
     def _dir(self, path: str) -> Node:
         node = self.lookup(path, self.caller)

@@ -3,11 +3,13 @@ changes; this module only holds the data).
 
 Strategy: a `Node` is a directory (children by name) or a file (size, chunk list), with the
 owner, group and mode every node has (dfs/perms.py), a directory's quota and versions limit
-(dfs/quotas.py, dfs/versions.py) and a file's version number and old versions. A subtree
-is saved as pre-order rows [depth, name, kind, inode, ctime, mtime, size, chunks, meta]
-(no recursion, however deep the tree); meta is [owner, group, mode, quota, keep_versions,
-version, old versions as [inode, ctime, mtime, size, chunks, version]]. A row without meta
-(a snapshot from before permissions) restores as root's 0755 node.
+(dfs/quotas.py, dfs/versions.py) and snapshots (dfs/snapshots.py), and a file's version
+number and old versions. A subtree is saved as pre-order rows [depth, name, kind, inode,
+ctime, mtime, size, chunks, meta] (no recursion, however deep the tree); meta is [owner,
+group, mode, quota, keep_versions, version, old versions as [inode, ctime, mtime, size,
+chunks, version], snapshots as [name, ctime, rows]] (a snapshot's copy holds no snapshots,
+so that nests one level only). A row without meta (a Raft snapshot from before permissions)
+restores as root's node with the default mode.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from dfs import perms
 from dfs.perms import DEFAULT_DIR_MODE, DEFAULT_FILE_MODE, ROOT_USER, SUPERGROUP
 from dfs.quotas import Quota
 
-__all__ = ["DIR", "FILE", "Node", "TrashItem", "flatten", "unflatten"]
+__all__ = ["DIR", "FILE", "Node", "Snapshot", "TrashItem", "flatten", "unflatten"]
 
 DIR = "dir"
 FILE = "file"
@@ -46,6 +48,7 @@ class Node:
     keep_versions: int | None = None
     version: int = 1
     versions: list[Node] = field(default_factory=list)
+    snapshots: dict[str, Snapshot] = field(default_factory=dict)
 
     def stat(self) -> dict[str, Any]:
         """FS.STAT's reply for this node."""
@@ -60,6 +63,16 @@ class Node:
             out["version"] = self.version
             out["versions"] = len(self.versions)
         return out
+
+
+@dataclass
+class Snapshot:
+    """One snapshot of a directory (dfs/snapshots.py): its name, when it was taken, and the
+    frozen copy of the subtree."""
+
+    name: str
+    ctime_ms: int
+    root: Node
 
 
 @dataclass
@@ -81,17 +94,20 @@ def _meta(node: Node) -> list[Any]:
     return [node.owner, node.group, node.mode,
             None if node.quota is None else node.quota.to_wire(), node.keep_versions,
             node.version, [[v.inode, v.ctime_ms, v.mtime_ms, v.size, v.chunks, v.version]
-                           for v in node.versions]]
+                           for v in node.versions],
+            [[s.name, s.ctime_ms, list(flatten(s.root))] for s in node.snapshots.values()]]
 
 
 def _set_meta(node: Node, meta: list[Any]) -> None:
-    owner, group, mode, quota, keep, version, olds = meta
+    owner, group, mode, quota, keep, version, olds, *more = meta
     node.owner, node.group, node.mode = owner, group, mode
     node.quota = None if quota is None else Quota.from_wire(quota)
     node.keep_versions, node.version = keep, version
     node.versions = [Node(FILE, inode, ctime, mtime, size, list(chunks), owner=owner,
                           group=group, mode=mode, version=number)
                      for inode, ctime, mtime, size, chunks, number in olds]
+    for name, ctime, rows in more[0] if more else ():
+        node.snapshots[name] = Snapshot(name, ctime, unflatten(rows))
 
 
 def flatten(top: Node) -> Iterator[list[Any]]:

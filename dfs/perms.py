@@ -21,15 +21,16 @@ connection that did not AUTH as a named user while the masters have a superuser 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from core.users import UserTable
+from dfs.entries import PathError
 
 __all__ = [
     "DEFAULT_DIR_MODE", "DEFAULT_FILE_MODE", "ERR_BAD_MODE", "ERR_NOT_OWNER", "ERR_PERMISSION",
     "ERR_SUPERUSER_ONLY", "NOBODY", "R", "ROOT_USER", "SUPERGROUP", "TRUSTED", "W", "X",
     "Caller", "PermissionRefused", "allowed", "caller_for", "chmod", "chown", "mode_string",
-    "need_owner", "parse_mode",
+    "need", "need_owner", "need_subtree", "parse_mode",
 ]
 
 R, W, X = 4, 2, 1
@@ -47,8 +48,8 @@ ERR_SUPERUSER_ONLY = "ERR permission denied: only a superuser may {}"
 ERR_BAD_MODE = "ERR invalid mode '{}': three octal digits, 000 to 777"
 
 
-class PermissionRefused(ValueError):
-    """A refused change; its text is the error reply."""
+class PermissionRefused(PathError):
+    """A refused operation; its text is the error reply."""
 
 
 @dataclass(frozen=True)
@@ -144,3 +145,28 @@ def chown(node: Owned, caller: Caller | None, path: str, owner: str | None,
     node.owner = owner if owner is not None else node.owner
     node.group = group if group is not None else node.group
 
+
+
+class Guarded(Owned, Protocol):
+    """A node as `need_subtree` walks it."""
+
+    kind: str
+    children: dict[str, Any]
+
+
+def need(node: Owned, want: int, path: str, caller: Caller | None) -> None:
+    """PermissionRefused unless `caller` may do `want` to `node` (None: trusted)."""
+    if caller is not None and not allowed(node.owner, node.group, node.mode, caller, want):
+        raise PermissionRefused(ERR_PERMISSION.format(
+            caller.name, access_name(want), path,
+            "owner" if caller.name == node.owner else "mode"))
+
+
+def need_subtree(top: Guarded, path: str, caller: Caller | None) -> None:
+    """rwx on every non-empty directory under `top` (a recursive delete, as HDFS asks)."""
+    stack = [(path, top)]
+    while stack:
+        here, node = stack.pop()
+        if node.kind == "dir" and node.children:
+            need(node, R | W | X, here, caller)
+            stack.extend((here.rstrip("/") + "/" + n, c) for n, c in node.children.items())

@@ -15,7 +15,13 @@ import pytest
 import redis
 from redis.exceptions import AuthenticationError, ResponseError
 
-from tests import test_core_users, test_dfs_master, test_dfs_perms, test_dfs_versions
+from tests import (
+    test_core_users,
+    test_dfs_master,
+    test_dfs_perms,
+    test_dfs_versions,
+    test_dfs_versions_snapshots,
+)
 from tests.test_dfs_master import HANG_S, HOSTS, Cluster, eventually
 from tests.test_raft_driver import needs_aliases
 
@@ -110,6 +116,12 @@ def test_users_modes_quotas_and_versions_across_masters(cluster: Cluster) -> Non
         assert eventually(lambda n=number: alice.execute_command(
             "FS.STAT", "/home/alice/f")["version"] == n, f"version {number} current")
 
+    # A snapshot reads as the directory was, on any master, and is read-only.
+    assert alice.execute_command("FS.SNAPSHOT", "/home/alice", "s1") == "OK"
+    assert root.execute_command("FS.SNAPSHOTS", "/home/alice")[0][0] == "s1"
+    assert alice.execute_command("FS.LS", "/home/alice/.snapshot/s1") == ["f"]
+    assert "read-only" in refused(alice, "FS.CREATE", "/home/alice/.snapshot/s1/x")
+
     # The quota counts old versions: /home/alice + f + 3 old versions + g = 6 names.
     assert alice.execute_command("FS.CREATE", "/home/alice/g") == "OK"
     assert refused(alice, "FS.MKDIR", "/home/alice/d").startswith(
@@ -164,6 +176,12 @@ PROMISES = {  # README.md's sentence -> the tests that check it
     "replaces as a version.":
         (test_dfs_versions.test_overwrite_three_times_then_read_and_restore_each_version,
          test_users_modes_quotas_and_versions_across_masters),
+    "takes a read-only snapshot of a directory, read under `dir/.snapshot/name/...` as in "
+    "HDFS;": (test_dfs_versions_snapshots.test_snapshots_are_read_only_and_dot_snapshot_is_reserved,
+              test_users_modes_quotas_and_versions_across_masters),
+    "A snapshot copies the directory's metadata when it is taken and shares its files' chunks, "
+    "which stay until no snapshot, version or path holds them.":
+        (test_dfs_versions_snapshots.test_a_snapshot_reads_as_the_directory_was,),
 }
 
 

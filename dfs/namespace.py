@@ -28,8 +28,9 @@ unwrapped entry is the masters' own and is trusted). Quota directories are charg
 name and byte a change adds or removes; a refusal leaves the tree as it was. An overwrite
 (FS.CREATE ... OVERWRITE) keeps the replaced file as an old version. The inodes of files the
 namespace drops for good (old versions past the limit) collect in `released` until the
-master takes them (`take_released`); `live_inodes` is every inode still held, versions and
-the trash included.
+master takes them (`take_released`); `live_inodes` is every inode still held, versions,
+snapshots (dfs/snapshots.py, read through `dir/.snapshot/name`, never changed) and the
+trash included.
 """
 
 from __future__ import annotations

@@ -7,7 +7,9 @@ read from this node's copy of the configuration after a read barrier on the conf
 group, so a move begun anywhere before is seen.
 
     SHARDSTORE.MOVE <from shard> <to shard> SLOTS <0-99,200>   -> the move's id
-    SHARDSTORE.MOVE <from shard> <to shard> RANGE <first> <end|+inf>
+    SHARDSTORE.MOVE <from shard> <to shard> TABLE <range table> <low|-> <high|+>
+                         -> the rows of a range table in [low, high) (points as
+                            TABLE.SPLIT writes them), the table's map handed over at the end
     SHARDSTORE.MOVES     -> per move under way or among the last finished (state done):
                             id, keys, source, target, state, copied, purged, epoch (the
                             epoch it began at)
@@ -26,7 +28,9 @@ from core.raft_service import RaftService
 from core.resp import CommandError
 from core.resp_commands import parse_int
 from core.resp_session import Session
-from shardstore.cluster import CONFIG_GROUP, ClusterConfig
+from shardstore import table_keys
+from shardstore.catalog import Catalog, CatalogError
+from shardstore.cluster import CONFIG_GROUP, ClusterConfig, ConfigMachine
 from shardstore.keysets import KeySet, parse_slots
 from shardstore.machine import ShardMachine
 from shardstore.moves import STATE_DONE, encode_begin
@@ -34,10 +38,9 @@ from shardstore.moves import STATE_DONE, encode_begin
 __all__ = ["AdminCommands", "ERR_MOVE_SYNTAX"]
 
 ERR_MOVE_SYNTAX = ("ERR syntax: SHARDSTORE.MOVE <from shard> <to shard> SLOTS <list> | "
-                   "RANGE <first> <end|+inf>")
+                   "TABLE <range table> <low|-> <high|+>")
 ERR_NOT_INTEGER = "ERR value is not an integer or out of range"
 ERR_BAD_SLOTS = "ERR {}"
-UNBOUNDED = b"+inf"
 ADMIN_FLAGS = frozenset({"admin"})
 READ_FLAGS = frozenset({"loading", "stale"})
 
@@ -46,6 +49,7 @@ class AdminNode(Protocol):
     """What the admin commands need of shardstore.server.ShardNode."""
 
     me: int
+    config_machine: ConfigMachine
     service: RaftService
     machines: dict[int, ShardMachine]
     host: Any
@@ -77,7 +81,7 @@ class AdminCommands:
     async def cmd_move(self, session: Session, args: list[bytes]) -> Any:
         source = parse_int(args[1], ERR_NOT_INTEGER)
         target = parse_int(args[2], ERR_NOT_INTEGER)
-        keys = _keyset(args[3:])
+        keys = _keyset(args[3:], self.node.config_machine.catalog)
         return await self.node.config_write(encode_begin(keys, source, target))
 
     async def cmd_moves(self, session: Session, args: list[bytes]) -> Any:
@@ -114,14 +118,18 @@ class AdminCommands:
         return group.node.lead if group is not None and group.node is not None else 0
 
 
-def _keyset(words: list[bytes]) -> KeySet:
+def _keyset(words: list[bytes], catalog: Catalog) -> KeySet:
     kind = words[0].upper()
     try:
         if kind == b"SLOTS" and len(words) == 2:
             return parse_slots(words[1].decode("ascii"))
-        if kind == b"RANGE" and len(words) == 3:
-            end = None if words[2] == UNBOUNDED else words[2]
-            return KeySet.of_range(words[1], end)
+        if kind == b"TABLE" and len(words) == 4:
+            table = catalog.range_table(words[1].decode("utf-8", "replace"))
+            low = table_keys.parse_bound(table.kind, words[2], low=True)
+            high = table_keys.parse_bound(table.kind, words[3], low=False)
+            return KeySet.of_positions(table.prefix, table.kind, table.epoch_ms, low, high)
+    except CatalogError as exc:
+        raise CommandError(str(exc)) from None
     except (ValueError, UnicodeDecodeError) as exc:
         raise CommandError(ERR_BAD_SLOTS.format(exc)) from None
     raise CommandError(ERR_MOVE_SYNTAX)

@@ -42,6 +42,7 @@ from shardstore import moves as moves_ops
 from shardstore.catalog import DEFAULT_KEYSPACE, Catalog
 from shardstore.catalog import OP_PREFIX as OP_TABLE_PREFIX
 from shardstore.moves import Move
+from shardstore.table_moves import TableMoveHooks
 
 __all__ = [
     "CONFIG_GROUP", "ERR_BAD_ENTRY", "OP_INIT", "OP_LEADER", "OP_NAME", "ClusterConfig",
@@ -193,7 +194,8 @@ class ConfigMachine:
                 return self._leader(int(entry["shard"]), int(entry["node"]),
                                     int(entry["term"]))
             if str(entry["op"]).startswith(moves_ops.OP_PREFIX):
-                return moves_ops.apply_move(self.config, entry)
+                hooks = TableMoveHooks(self.catalog, self.config.moves)  # range-table rows
+                return moves_ops.apply_move(self.config, entry, hooks)
         except (ValueError, KeyError, TypeError, msgpack.UnpackException) as exc:
             return ERR_BAD_ENTRY.format(exc)
         return ERR_BAD_ENTRY.format(entry)

@@ -16,6 +16,10 @@ one is refused, so it can never overwrite a write made after the move ended). A 
 deletes only keys the move's fence still holds here (a key set moved back in since is
 not touched). Both id sets grow by one small integer per move.
 
+A slot fence holds slot-addressed keys only and a positions fence rows of a range table
+only; which one a request's keys are is what the node that took the request routed it
+as, carried in the entry (shardstore/writes.py), so every replica decides alike.
+
 The fences are part of the shard's durable state: they live in the engine under the
 reserved key FENCES_KEY, written in the same atomic batch as the entry that changed them
 (so a restart or a snapshot carries them with the data, with no second file to keep in
@@ -30,7 +34,7 @@ from typing import Any
 
 import msgpack
 
-from shardstore.keysets import KeySet
+from shardstore.keysets import KIND_POSITIONS, KIND_SLOTS, KeySet
 
 __all__ = ["ERR_FENCED", "FENCES_KEY", "Fences", "HiddenKV", "RESERVED_PREFIX"]
 
@@ -95,13 +99,16 @@ class Fences:
     def holds(self, move_id: int) -> bool:
         return any(mid == move_id for mid, _ in self.fenced)
 
-    def refusing(self, keys: Iterable[bytes]) -> int | None:
-        """The id of a move whose fence holds one of `keys`, None if none does."""
+    def refusing(self, keys: Iterable[bytes], ranged: bool = False) -> int | None:
+        """The id of a move whose fence holds one of `keys`, None if none does. `ranged`:
+        the request was routed as rows of a range table (only fences of range rows and
+        key ranges apply), else by slot (only fences of slots and key ranges apply)."""
         if not self.fenced:
             return None
+        skip = KIND_SLOTS if ranged else KIND_POSITIONS
         for key in keys:
             for mid, fenced in self.fenced:
-                if key in fenced:
+                if fenced.kind != skip and key in fenced:
                     return mid
         return None
 

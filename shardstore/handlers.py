@@ -124,7 +124,7 @@ class ClientCommands:
         def handler(session: Session, args: list[bytes]) -> Coroutine[Any, Any, Any]:
             ranged = self.tables.range_shard(row, args)  # rows of range tables: no slots
             if ranged is not None:
-                return (self._write(ranged, args) if write
+                return (self._write(ranged, args, ranged=True) if write
                         else self._read(ranged, args, _readonly(session)))
             try:
                 slot = request_slot(row, args)
@@ -156,9 +156,9 @@ class ClientCommands:
             raise CommandError(ERR_CLUSTERDOWN)
         raise CommandError(cluster.moved(slot, view.addresses[members[0]]))
 
-    async def _write(self, shard: Shard, args: list[bytes]) -> Any:
+    async def _write(self, shard: Shard, args: list[bytes], ranged: bool = False) -> Any:
         try:
-            result = await self.node.writes.write(shard.group, args)
+            result = await self.node.writes.write(shard.group, args, ranged)
         except (RaftError, TimeoutError) as exc:
             service = self.node.service
             raise service.unavailable(service.handle(shard.group), exc) from None
@@ -173,7 +173,7 @@ class ClientCommands:
         machine = self.node.machines.get(shard.shard_id)
         if machine is None:
             raise CommandError(ERR_CLUSTERDOWN)
-        self._reply(machine.refuse_request(args))
+        self._reply(machine.refuse_request(args, is_range_row=self.tables.catalog.is_range_row))
         return self._reply(self.layer.execute_read(machine.store, self.node.now_ms(), args))
 
     @staticmethod

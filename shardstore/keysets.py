@@ -5,7 +5,14 @@ Strategy: a move is generic over the set of keys it moves. Two kinds exist:
 - slots: a set of Redis Cluster hash slots (a key belongs by `key_slot`, hash tags
   honoured), what `shardstore admin reshard` moves;
 - a key range: the half-open interval [first, end) in byte order (`end` None: no upper
-  bound), what a range-sharded table's split moves.
+  bound);
+- positions: the rows of one range table (its prefix `<table>:`) whose position (a date
+  or a Snowflake time: shardstore/table_keys.py) lies in [low, high), what a range
+  table's split moves.
+
+Slot sets hold slot-addressed keys only, positions sets hold range-table rows only: the
+request's route (shardstore/fences.py) says which a key is, since the table catalog may
+differ between nodes but a shard's log must be applied alike everywhere.
 
 A `KeySet` is immutable, hashable and has a msgpack-safe wire form (`to_wire` /
 `from_wire`) because it travels in configuration entries, shard log entries and the
@@ -21,11 +28,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from native.crc16 import SLOT_COUNT, key_slot
+from shardstore import table_keys
 
-__all__ = ["KIND_RANGE", "KIND_SLOTS", "ERR_BAD_KEYSET", "KeySet", "parse_slots"]
+__all__ = ["ERR_BAD_KEYSET", "KIND_POSITIONS", "KIND_RANGE", "KIND_SLOTS", "KeySet",
+           "format_slots", "parse_slots"]
 
 KIND_SLOTS = "slots"
 KIND_RANGE = "range"
+KIND_POSITIONS = "positions"
 ERR_BAD_KEYSET = "bad key set: {!r}"
 ERR_SLOT_RANGE = "slot {} is not in 0..16383"
 MAX_SLOT_DIGITS = 5
@@ -35,12 +45,17 @@ ERR_SLOT_SYNTAX = "bad slot list {!r}: expected numbers or first-last ranges, co
 @dataclass(frozen=True)
 class KeySet:
     """A set of keys (see the module header). `slots` for KIND_SLOTS; `first`/`end` for
-    KIND_RANGE."""
+    KIND_RANGE; `first` (the table's prefix), `order` (its kind of position), `epoch_ms`,
+    `low` and `high` for KIND_POSITIONS."""
 
     kind: str
     slots: frozenset[int] = frozenset()
     first: bytes = b""
     end: bytes | None = None
+    order: str = ""
+    epoch_ms: int = 0
+    low: int = 0
+    high: int = 0
 
     @classmethod
     def of_slots(cls, slots: Iterable[int]) -> KeySet:
@@ -58,12 +73,33 @@ class KeySet:
             raise ValueError(ERR_BAD_KEYSET.format((first, end)))
         return cls(KIND_RANGE, first=bytes(first), end=None if end is None else bytes(end))
 
+    @classmethod
+    def of_positions(cls, prefix: bytes, order: str, epoch_ms: int, low: int,
+                     high: int) -> KeySet:
+        """The rows of the range table with `prefix` whose position is in [low, high)."""
+        if high <= low or order not in table_keys.KINDS or not prefix:
+            raise ValueError(ERR_BAD_KEYSET.format((prefix, order, low, high)))
+        return cls(KIND_POSITIONS, first=bytes(prefix), order=order, epoch_ms=int(epoch_ms),
+                   low=int(low), high=int(high))
+
     def __contains__(self, key: object) -> bool:
         if not isinstance(key, bytes | bytearray):
             return False
         if self.kind == KIND_SLOTS:
             return key_slot(bytes(key)) in self.slots
+        if self.kind == KIND_POSITIONS:
+            return self._holds_row(bytes(key))
         return self.first <= key and (self.end is None or key < self.end)
+
+    def _holds_row(self, key: bytes) -> bool:
+        if not key.startswith(self.first):
+            return False
+        try:
+            position = table_keys.key_position(self.order, key[len(self.first):],
+                                               self.epoch_ms)
+        except table_keys.KeyFormatError:
+            return False
+        return self.low <= position < self.high
 
     @property
     def empty(self) -> bool:
@@ -74,6 +110,8 @@ class KeySet:
         is spread over the whole key order)."""
         if self.kind == KIND_RANGE:
             return self.first, self.end
+        if self.kind == KIND_POSITIONS:
+            return table_keys.scan_bounds(self.order, self.first, self.low, self.high)
         return b"", None
 
     def minus(self, other: KeySet) -> list[KeySet]:
@@ -83,6 +121,8 @@ class KeySet:
         if self.kind == KIND_SLOTS:
             rest = self.slots - other.slots
             return [KeySet(KIND_SLOTS, slots=rest)] if rest else []
+        if self.kind == KIND_POSITIONS:
+            return self._minus_positions(other)
         pieces = []
         if self.first < other.first:
             end = other.first if self.end is None else min(self.end, other.first)
@@ -93,16 +133,35 @@ class KeySet:
                 pieces.append(KeySet(KIND_RANGE, first=first, end=self.end))
         return pieces
 
+    def _minus_positions(self, other: KeySet) -> list[KeySet]:
+        if (other.first, other.order, other.epoch_ms) != (self.first, self.order,
+                                                           self.epoch_ms):
+            return [self]
+        pieces = []
+        if self.low < other.low:
+            pieces.append((self.low, min(self.high, other.low)))
+        if other.high < self.high:
+            pieces.append((max(self.low, other.high), self.high))
+        return [KeySet.of_positions(self.first, self.order, self.epoch_ms, a, b)
+                for a, b in pieces if a < b]
+
     def describe(self) -> str:
         """A short human form: `slots 0-99,200` or `range [a, b)`."""
         if self.kind == KIND_RANGE:
             end = "+inf" if self.end is None else repr(self.end)
             return f"range [{self.first!r}, {end})"
+        if self.kind == KIND_POSITIONS:
+            low = table_keys.point_text(self.order, self.low)
+            high = table_keys.point_text(self.order, self.high)
+            return f"rows of {self.first.decode(errors='replace')} in [{low}, {high})"
         return f"slots {format_slots(self.slots)}"
 
     def to_wire(self) -> list[Any]:
         if self.kind == KIND_SLOTS:
             return [KIND_SLOTS, sorted(self.slots)]
+        if self.kind == KIND_POSITIONS:
+            return [KIND_POSITIONS, self.first, self.order, self.epoch_ms, self.low,
+                    self.high]
         return [KIND_RANGE, self.first, self.end]
 
     @classmethod
@@ -117,6 +176,9 @@ class KeySet:
             if kind == KIND_RANGE and len(wire) == 3 and isinstance(wire[1], bytes) and (
                     wire[2] is None or isinstance(wire[2], bytes)):
                 return cls.of_range(wire[1], wire[2])
+            if kind == KIND_POSITIONS and len(wire) == 6 and isinstance(wire[1], bytes):
+                return cls.of_positions(wire[1], str(wire[2]), int(wire[3]), int(wire[4]),
+                                        int(wire[5]))
         except (TypeError, IndexError, UnicodeDecodeError):
             pass
         raise ValueError(ERR_BAD_KEYSET.format(wire))

@@ -3,8 +3,10 @@
 Strategy: a shard's Raft entries are msgpack lists, built by the node that takes the
 request and applied identically by every replica:
 
-- [KIND_COMMAND, now_ms, [arg, ...]]: a write command; `execute_write(kv, now_ms, args,
-  index)` of the command layer computes its effect and writes it with the entry's index;
+- [KIND_COMMAND, now_ms, [arg, ...]] or [KIND_COMMAND, now_ms, [arg, ...], ROUTE_RANGED]:
+  a write command (the second form: routed as rows of a range table, not by slot);
+  `execute_write(kv, now_ms, args, index)` of the command layer computes its effect and
+  writes it with the entry's index;
 - [KIND_EXPIRE, now_ms, [key, ...]]: the leader's expiry sweep (`expired_keys`); each key
   that still exists and has expired at `now_ms` is deleted;
 - the entries of a move (shardstore/migrate.py), whose items start with the move's id:
@@ -55,7 +57,7 @@ from shardstore.keysets import KeySet
 
 __all__ = [
     "KIND_COMMAND", "KIND_COPY", "KIND_EXPIRE", "KIND_FREEZE", "KIND_LIFT", "KIND_PURGE",
-    "BatchKV", "CommandLayer", "MergedKV", "ShardMachine",
+    "ROUTE_RANGED",    "BatchKV", "CommandLayer", "MergedKV", "ShardMachine",
     "decode_reply", "encode_command", "encode_expire", "encode_reply", "expired_keys",
 ]
 
@@ -65,6 +67,7 @@ KIND_FREEZE = 2
 KIND_COPY = 3
 KIND_LIFT = 4
 KIND_PURGE = 5
+ROUTE_RANGED = 1  # a command entry's route flag: rows of a range table
 SNAPSHOT_MAGIC = b"SSHARD1"
 _HEADER = struct.Struct(">Q")  # the applied index of the snapshot
 _PIECE = struct.Struct(">I")  # the length of each engine piece
@@ -82,7 +85,10 @@ class CommandLayer(Protocol):
                       applied_index: int) -> Any: ...
 
 
-def encode_command(now_ms: int, args: Sequence[bytes]) -> bytes:
+def encode_command(now_ms: int, args: Sequence[bytes], ranged: bool = False) -> bytes:
+    """A write command's entry; `ranged`: routed as rows of a range table."""
+    if ranged:
+        return msgpack.packb([KIND_COMMAND, now_ms, list(args), ROUTE_RANGED])
     return msgpack.packb([KIND_COMMAND, now_ms, list(args)])
 
 
@@ -170,16 +176,23 @@ class ShardMachine:
         """The engine as client commands see it (the reserved keys hidden)."""
         return HiddenKV(self.engine)
 
-    def refusing(self, keys: Sequence[bytes]) -> CommandError | None:
-        """The TRYAGAIN error for a request on `keys` if a fence holds one of them."""
-        move = self.fences.refusing(keys)
+    def refusing(self, keys: Sequence[bytes], ranged: bool = False) -> CommandError | None:
+        """The TRYAGAIN error for a request on `keys` if a fence holds one of them
+        (`ranged`: see Fences.refusing)."""
+        move = self.fences.refusing(keys, ranged)
         return None if move is None else CommandError(ERR_FENCED.format(move))
 
-    def refuse_request(self, args: list[bytes]) -> CommandError | None:
-        """`refusing` for the keys of the request `args` (none without `keys_of`)."""
+    def refuse_request(self, args: list[bytes], ranged: bool = False,
+                       is_range_row: Callable[[bytes], bool] | None = None
+                       ) -> CommandError | None:
+        """`refusing` for the keys of the request `args` (none without `keys_of`);
+        `is_range_row` (a read's node-local judgement) decides `ranged` when given."""
         if self.keys_of is None or not self.fences:
             return None
-        return self.refusing(self.keys_of(args))
+        keys = self.keys_of(args)
+        if is_range_row is not None:
+            ranged = any(is_range_row(k) for k in keys)
+        return self.refusing(keys, ranged)
 
     def apply(self, entries: Sequence[tuple[int, bytes]]) -> list[Any]:
         """One result per entry; the run's writes reach the engine as one batch (one
@@ -193,7 +206,7 @@ class ShardMachine:
         if index <= self.engine.applied_index:
             return None  # applied before a restart
         try:
-            kind, now_ms, items = msgpack.unpackb(data)
+            kind, now_ms, items, *route = msgpack.unpackb(data)
         except (ValueError, TypeError, msgpack.UnpackException) as exc:
             kv.write([], applied_index=index)
             return encode_reply(CommandError(ERR_BAD_ENTRY.format(exc)))
@@ -201,7 +214,7 @@ class ShardMachine:
             return encode_reply(self._expire(kv, index, now_ms, items))
         if kind in _MOVE_KINDS:
             return self._move_entry(kv, index, kind, items)
-        reply = self.refuse_request(list(items))
+        reply = self.refuse_request(list(items), ranged=route == [ROUTE_RANGED])
         try:
             if reply is None:
                 reply = self.commands.execute_write(HiddenKV(kv), now_ms, list(items), index)

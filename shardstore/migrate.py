@@ -23,7 +23,10 @@ record's state and cursor:
 
 Requests between nodes go over the node transport as core/rpc service SERVICE_MOVE:
 [OP_ENTRY, entry] appends an entry on the group's leader and returns its apply result;
-[OP_READ, move, after, limit] reads the next keys of a move on a replica of its source.
+[OP_READ, move, after, limit, first, end, excluded] reads the next keys of a move on a
+replica of its source: within the key set's scan bounds [first, end), leaving out keys
+under the `excluded` prefixes (a slot move leaves the rows of range tables, which are
+not slot-addressed, where they are: the coordinator names their tables' prefixes).
 The coordinator tries the group's leader as it knows it, then every other member.
 """
 
@@ -31,12 +34,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from core.raft.errors import ProposalDropped, RaftError
 from core.raft.host import RaftHost
 from core.rpc import RpcError, UnknownGroup
 from shardstore.cluster import CONFIG_GROUP, ClusterConfig
+from shardstore.keysets import KIND_SLOTS
 from shardstore.machine import (
     KIND_COPY,
     KIND_FREEZE,
@@ -56,7 +61,8 @@ from shardstore.moves import (
     encode_step,
 )
 
-__all__ = ["BATCH_KEYS", "SERVICE_MOVE", "MoveService", "MoveStalled", "Mover", "read_fenced"]
+__all__ = ["BATCH_KEYS", "SERVICE_MOVE", "MoveService", "MoveStalled", "Mover", "Scope",
+           "read_fenced"]
 
 log = logging.getLogger("shardstore.migrate")
 
@@ -89,6 +95,8 @@ class MoveNode(Protocol):
 
     def now_ms(self) -> int: ...
 
+    def range_prefixes(self) -> list[bytes]: ...
+
     async def config_write(self, entry: bytes) -> Any: ...
 
 
@@ -115,8 +123,9 @@ class MoveService:
             if payload[0] == OP_ENTRY and isinstance(payload[1], bytes):
                 return await self._entry(group_id, payload[1])
             if payload[0] == OP_READ:
+                scope = Scope(payload[4], payload[5], tuple(payload[6]))
                 return await self._read(group_id, int(payload[1]), payload[2],
-                                        int(payload[3]))
+                                        int(payload[3]), scope)
         except (TypeError, IndexError, ValueError):
             pass
         return [REPLY_REFUSED, ERR_MALFORMED]
@@ -132,7 +141,7 @@ class MoveService:
         return [REPLY_OK, result]
 
     async def _read(self, group_id: int, move_id: int, after: bytes | None,
-                    limit: int) -> list[Any]:
+                    limit: int, scope: Scope) -> list[Any]:
         group, machine = self.host.group(group_id), self.machine_of(group_id)
         if group is None or machine is None:
             return [REPLY_REFUSED, ERR_NOT_HERE.format(group_id)]
@@ -142,21 +151,31 @@ class MoveService:
             return [REPLY_REFUSED, repr(exc)]
         if not machine.fences.holds(move_id):
             return [REPLY_REFUSED, ERR_NOT_FROZEN.format(move_id)]
-        rows, cursor = read_fenced(machine, move_id, after, limit)
+        rows, cursor = read_fenced(machine, move_id, after, limit, scope)
         return [REPLY_OK, [list(r) for r in rows], cursor]
 
 
-def read_fenced(machine: ShardMachine, move_id: int, after: bytes | None, limit: int
-                ) -> tuple[list[tuple[bytes, bytes, int]], bytes | None]:
-    """The records after key `after` that move `move_id`'s fence holds here, up to `limit`
-    of them and BATCH_BYTES of values, looking at SCAN_KEYS keys at most; and the key to
-    go on after (None: the walk is over)."""
-    start = b"" if after is None else after + b"\x00"
-    scanned = machine.store.scan(start, None, SCAN_KEYS)
+@dataclass(frozen=True)
+class Scope:
+    """Where a move's keys may lie: [first, end) in key order (end None: no bound), and
+    the prefixes of keys it leaves out."""
+
+    first: bytes = b""
+    end: bytes | None = None
+    excluded: tuple[bytes, ...] = ()
+
+
+def read_fenced(machine: ShardMachine, move_id: int, after: bytes | None, limit: int,
+                scope: Scope = Scope()) -> tuple[list[tuple[bytes, bytes, int]], bytes | None]:
+    """The records after key `after` within `scope` that move `move_id`'s fence holds
+    here, up to `limit` of them and BATCH_BYTES of values, looking at SCAN_KEYS keys at
+    most; and the key to go on after (None: the walk is over)."""
+    start = scope.first if after is None else max(after + b"\x00", scope.first)
+    scanned = machine.store.scan(start, scope.end, SCAN_KEYS)
     rows: list[tuple[bytes, bytes, int]] = []
     size = 0
     for i, (key, value, expire) in enumerate(scanned):
-        if machine.fences.holds_key(move_id, key):
+        if machine.fences.holds_key(move_id, key) and not key.startswith(scope.excluded):
             rows.append((key, value, expire))
             size += len(key) + len(value)
         if len(rows) >= limit or size >= BATCH_BYTES:
@@ -252,8 +271,10 @@ class Mover:
 
     async def _read(self, move: Move, after: bytes | None
                     ) -> tuple[list[list[Any]], bytes | None]:
-        reply = await self._ask(move.source, [OP_READ, move.move_id, after, self.batch_keys],
-                                full=True)
+        first, end = move.keys.scan_bounds()
+        excluded = self.node.range_prefixes() if move.keys.kind == KIND_SLOTS else []
+        request = [OP_READ, move.move_id, after, self.batch_keys, first, end, excluded]
+        reply = await self._ask(move.source, request, full=True)
         return reply[1], reply[2]
 
     async def _ask(self, shard_id: int, payload: list[Any], full: bool = False) -> Any:

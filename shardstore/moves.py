@@ -17,13 +17,13 @@ Its life, one configuration entry per step (ops, each a msgpack map):
   records stay (so `admin` sees how many keys a move copied), older ones go.
 
 What the shards' logs get meanwhile (freeze, copy, lift, purge) is shardstore/migrate.py's
-part. A range key set changes no slot map at OP_END: the table catalog owns range maps
-(the `on_end` hook of `apply_move` tells it).
+part. A key set that is not slots changes no slot map: `apply_move`'s `hooks` (for range
+tables shardstore/table_moves.py) check it at OP_BEGIN and hand it over at OP_END; with
+no hooks such a move is refused.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -35,7 +35,7 @@ from shardstore.keysets import KIND_SLOTS, KeySet
 __all__ = [
     "OP_BEGIN", "OP_END", "OP_FINISH", "OP_PREFIX", "OP_STEP", "STATE_COPY", "STATE_DONE",
     "STATE_PURGE",
-    "Move", "apply_move", "encode_begin", "encode_end", "encode_finish", "encode_step",
+    "Move", "MoveHooks", "apply_move", "encode_begin", "encode_end", "encode_finish", "encode_step",
     "ranges_of",
 ]
 
@@ -55,6 +55,15 @@ ERR_MOVING = "ERR slot {} is already moving (move {})"
 ERR_NO_MOVE = "ERR no move {}"
 ERR_EMPTY = "ERR a move needs at least one slot"
 ERR_UNKNOWN_OP = "ERR unknown move op {!r}"
+ERR_NOT_SLOTS = "ERR only slots can move here"
+
+
+class MoveHooks(Protocol):
+    """The owner of key sets that are not slots (see the module header)."""
+
+    def begin(self, keys: KeySet, source: int) -> str | None: ...
+
+    def end(self, move: Move) -> None: ...
 
 
 @dataclass
@@ -114,20 +123,20 @@ def encode_finish(move_id: int) -> bytes:
 
 
 def apply_move(config: MovesConfig, entry: dict[str, Any],
-               on_end: Callable[[Move], None] | None = None) -> Any:
+               hooks: MoveHooks | None = None) -> Any:
     """Apply one move op to `config` (see the module header): the op's result, or an
     error string the service replies with."""
     op = entry["op"]
     if op == OP_BEGIN:
         return _begin(config, KeySet.from_wire(entry["keys"]), int(entry["source"]),
-                      int(entry["target"]))
+                      int(entry["target"]), hooks)
     move = config.moves.get(int(entry["id"]))
     if move is None:
         return False if op in (OP_END, OP_FINISH, OP_STEP) else ERR_UNKNOWN_OP.format(op)
     if op == OP_STEP:
         return _step(move, str(entry["state"]), entry["cursor"], int(entry["done"]))
     if op == OP_END:
-        return _end(config, move, on_end)
+        return _end(config, move, hooks)
     if op == OP_FINISH:
         if move.state != STATE_PURGE:
             return False
@@ -140,7 +149,8 @@ def apply_move(config: MovesConfig, entry: dict[str, Any],
     return ERR_UNKNOWN_OP.format(op)
 
 
-def _begin(config: MovesConfig, keys: KeySet, source: int, target: int) -> Any:
+def _begin(config: MovesConfig, keys: KeySet, source: int, target: int,
+           hooks: MoveHooks | None) -> Any:
     for shard in (source, target):
         if shard not in config.shards:
             return ERR_NO_SHARD.format(shard)
@@ -148,8 +158,10 @@ def _begin(config: MovesConfig, keys: KeySet, source: int, target: int) -> Any:
         return ERR_SAME_SHARD
     if keys.kind == KIND_SLOTS:
         refusal = _slots_refusal(config, keys, source)
-        if refusal:
-            return refusal
+    else:
+        refusal = hooks.begin(keys, source) if hooks is not None else ERR_NOT_SLOTS
+    if refusal:
+        return refusal
     config.next_move += 1
     config.epoch += 1
     move = Move(config.next_move, keys, source, target, began_epoch=config.epoch)
@@ -182,15 +194,15 @@ def _step(move: Move, state: str, cursor: bytes | None, done: int) -> bool:
     return True
 
 
-def _end(config: MovesConfig, move: Move, on_end: Callable[[Move], None] | None) -> bool:
+def _end(config: MovesConfig, move: Move, hooks: MoveHooks | None) -> bool:
     if move.state != STATE_COPY:
         return False
     if move.keys.kind == KIND_SLOTS:
         for slot in move.keys.slots:
             config.slot_shard[slot] = move.target
         config.ranges = ranges_of(config.slot_shard)
-    elif on_end is not None:
-        on_end(move)
+    elif hooks is not None:
+        hooks.end(move)
     move.state, move.cursor = STATE_PURGE, None
     config.epoch += 1
     return True

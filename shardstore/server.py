@@ -354,6 +354,11 @@ class ShardNode:
         """Commit `entry` in the configuration group (forwarded to its leader)."""
         return await self.service.write(entry)
 
+    def range_prefixes(self) -> list[bytes]:
+        """The key prefixes of the range tables (their rows are not slot-addressed)."""
+        tables = self.config_machine.catalog.tables.values()
+        return sorted(t.prefix for t in tables if t.ranged)
+
     def machine_of_group(self, group_id: int) -> ShardMachine | None:
         """The machine of the shard whose Raft group is `group_id`, if hosted here."""
         for sid, machine in self.machines.items():

@@ -18,6 +18,7 @@ from core.command_table import get_keys
 from core.resp import CommandError
 from native.crc16 import SLOT_COUNT, key_slot
 from shardstore import cluster, commands
+from shardstore.catalog import Table, encode_create, parse_create
 from shardstore.cluster import ConfigMachine
 from shardstore.engine import Engine
 from shardstore.fences import FENCES_KEY, Fences, HiddenKV
@@ -41,6 +42,8 @@ from shardstore.moves import (
     encode_step,
     ranges_of,
 )
+from shardstore.table_keys import parse_point
+from shardstore.table_moves import give_range
 
 ROWS = {row.name.upper(): row for row in commands.COMMANDS}
 
@@ -190,3 +193,76 @@ def test_the_reserved_record_is_invisible_to_commands(tmp_path: Path) -> None:
     shard.apply([(4, encode_command(1, [b"FLUSHALL"])),
                  (5, encode_command(1, [b"SET", FENCES_KEY, b"forged"]))])
     assert Fences.load(shard.engine).holds(1) and HiddenKV(shard.engine).count() == 0
+
+
+def test_positions_key_sets_hold_the_rows_of_a_range_table() -> None:
+    jan = parse_point_ms(b"2024-01")
+    feb = parse_point_ms(b"2024-02")
+    rows = KeySet.of_positions(b"orders:", "DATE", 0, jan, feb)
+    assert b"orders:2024-01-15:7" in rows and b"orders:2024-01" in rows
+    assert b"orders:2024-02-01:1" not in rows and b"users:2024-01-15" not in rows
+    assert b"orders:not-a-date" not in rows
+    assert KeySet.from_wire(msgpack.unpackb(msgpack.packb(rows.to_wire()))) == rows
+    first, end = rows.scan_bounds()
+    assert first <= b"orders:2024-01-15:7" < end
+    mid = parse_point_ms(b"2024-01-10")
+    assert rows.minus(KeySet.of_positions(b"orders:", "DATE", 0, mid, feb)) == \
+        [KeySet.of_positions(b"orders:", "DATE", 0, jan, mid)]
+    assert rows.minus(KeySet.of_slots([1])) == [rows]
+    assert "rows of orders: in [2024-01, 2024-02)" == rows.describe()
+
+
+def parse_point_ms(text: bytes) -> int:
+    return parse_point("DATE", text)
+
+
+def test_fences_judge_keys_by_the_route_the_entry_carries(tmp_path: Path) -> None:
+    """A slot fence does not touch a range table's row that hashes into its slots, and a
+    positions fence does not touch a slot-routed key: the entry says which it is."""
+    shard = _shard(tmp_path / "a")
+    row = b"orders:2024-01-15:1"
+    slot_fence = KeySet.of_slots([key_slot(row)])
+    jan, feb = parse_point_ms(b"2024-01"), parse_point_ms(b"2024-02")
+    row_fence = KeySet.of_positions(b"orders:", "DATE", 0, jan, feb)
+    out = shard.apply([
+        (1, encode_move(KIND_FREEZE, 1, 1, slot_fence.to_wire())),
+        (2, encode_command(1, [b"SET", row, b"ranged"], ranged=True)),
+        (3, encode_command(1, [b"SET", row, b"by slot"])),
+        (4, encode_move(KIND_FREEZE, 1, 2, row_fence.to_wire())),
+        (5, encode_command(1, [b"SET", row, b"ranged again"], ranged=True)),
+    ])
+    replies = [decode_reply(r) for r in out]
+    assert not isinstance(replies[1], CommandError)
+    assert str(replies[2]).startswith("TRYAGAIN") and str(replies[4]).startswith("TRYAGAIN")
+    assert shard.engine.get(row)[0].endswith(b"ranged")
+    assert shard.refuse_request([b"GET", row], is_range_row=lambda k: False) is not None
+
+
+def test_a_move_of_range_table_rows_hands_over_the_table_map() -> None:
+    machine = _config()
+    create = parse_create([b"TABLE.CREATE", b"orders", b"RANGE", b"DATE", b"SPLITS",
+                           b"2024-01", b"SHARDS", b"1", b"2"])
+    assert machine.apply([(2, encode_create(create))]) == [True]
+    jan, feb = parse_point_ms(b"2024-01"), parse_point_ms(b"2024-02")
+    rows = KeySet.of_positions(b"orders:", "DATE", create["epoch"], jan, feb)
+    refused = machine.apply([(3, encode_begin(rows, 1, 3)),
+                             (4, encode_begin(KeySet.of_range(b"a", b"b"), 1, 2)),
+                             (5, encode_begin(KeySet.of_positions(b"nope:", "DATE", 0, jan,
+                                                                  feb), 2, 1))])
+    assert refused[0].startswith("ERR rows of orders in [")  # January is shard 2's
+    assert refused[1].startswith("ERR a raw key range has no owner")
+    assert refused[2] == "ERR no range table has the prefix 'nope:'"
+    [mid] = machine.apply([(6, encode_begin(rows, 2, 3))])
+    assert machine.apply([(7, encode_begin(rows, 2, 1))])[0].startswith("ERR rows of orders")
+    table = machine.catalog.tables["orders"]
+    assert machine.apply([(8, encode_end(mid))]) == [True]
+    assert table.splits == [jan, feb] and table.shards == [1, 3, 2]
+    assert table.shard_at(parse_point_ms(b"2024-01-20")) == 3
+
+
+def test_give_range_cuts_and_hands_over() -> None:
+    table = Table("t", rule="RANGE", kind="DATE", splits=[100, 200], shards=[1, 2, 3])
+    give_range(table, 150, 250, 9)
+    assert table.splits == [100, 150, 200, 250] and table.shards == [1, 2, 9, 9, 3]
+    give_range(table, -1, 1 << 62, 4)
+    assert set(table.shards) == {4}

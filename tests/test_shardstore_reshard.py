@@ -374,3 +374,57 @@ def _redis_cli_reshard_refused(cluster: ProcCluster) -> None:
                           "--cluster-slots", "10", "--cluster-yes"],
                          capture_output=True, text=True, timeout=60)
     assert "use `shardstore admin reshard`" in out.stdout + out.stderr, out
+
+
+@needs_aliases
+def test_range_table_rows_stay_out_of_slot_moves_and_move_by_their_map(tmp_path: Path) -> None:
+    async def main() -> None:
+        cluster = LoopCluster(tmp_path)
+        await cluster.start()
+        try:
+            await _range_rows(cluster)
+        finally:
+            await cluster.stop()
+
+    asyncio.run(main())
+
+
+async def _range_rows(cluster: LoopCluster) -> None:
+    node = next(n for n in cluster.nodes if 1 in n.machines)  # shard 1 is January's
+    c = cluster.client(cluster.nodes.index(node))
+    await c.execute_command("TABLE.CREATE", "orders", "RANGE", "DATE", "SPLITS", "2024-02",
+                            "SHARDS", "1", "2")
+    rows = [f"orders:2024-01-{d:02d}:{i}" for d in range(1, 29) for i in range(2)]
+    for row in rows:
+        assert await c.execute_command("SET", row, row) in (b"OK", True)
+    slots = sorted({key_slot(r.encode()) for r in rows} & set(range(0, 5461)))
+    admin = cluster.client(2)
+    move_id = await admin.execute_command("SHARDSTORE.MOVE", 1, 2, "SLOTS",
+                                          ",".join(map(str, slots)))
+    await _until_finished(admin, move_id)
+    assert await c.execute_command("GET", rows[0]) == rows[0].encode()  # still shard 1's
+    assert await c.execute_command("SET", rows[0], "again") in (b"OK", True)
+    move_id = await admin.execute_command("SHARDSTORE.MOVE", 1, 3, "TABLE", "orders",
+                                          "2024-01", "2024-02")
+    await _until_finished(admin, move_id)
+    for each in cluster.nodes:
+        table = each.config_machine.catalog.tables["orders"]
+        assert [table.shard_at(table.position(r.encode())) for r in rows] == [3] * len(rows)
+        for sid, machine in each.machines.items():
+            held = [r for r in rows if machine.store.get(r.encode()) is not None]
+            deadline = time.monotonic() + 10
+            while held != (rows if sid == 3 else []):
+                assert time.monotonic() < deadline, (each.me, sid, len(held))
+                await asyncio.sleep(0.1)
+                held = [r for r in rows if machine.store.get(r.encode()) is not None]
+    reply = decode_reply(await node.writes.write(1, [b"SET", rows[1].encode(), b"stale"],
+                                                 ranged=True))
+    assert str(reply).startswith("TRYAGAIN")  # the old owner's fence, by its own log
+    reader = next(n for n in cluster.nodes if 3 in n.machines)
+    r = cluster.client(cluster.nodes.index(reader))
+    assert await r.execute_command("GET", rows[0]) == b"again"
+    with pytest.raises(redis.ResponseError, match="syntax"):
+        await admin.execute_command("SHARDSTORE.MOVE", 1, 2, "RANGE", "a", "b")
+    await c.aclose()
+    await admin.aclose()
+    await r.aclose()

@@ -1,0 +1,83 @@
+"""Moves of a range table's rows: what a move of a positions key set means to the table
+catalog; sans I/O.
+
+Strategy: the generic move (shardstore/moves.py, shardstore/migrate.py) carries any key
+set; for slots the configuration's slot map says who owns what, for the rows of a range
+table the table's map (shardstore/catalog.py: split points and one shard per range)
+does. `TableMoveHooks` is what `apply_move` calls for key sets that are not slots:
+
+- `begin(keys, source)`: refuses (an error string) unless the key set is the rows of one
+  RANGE table in [low, high) and every range of the table's map meeting [low, high) is
+  the source's; a raw key range is refused (nothing routes by it);
+- `end(move)`: the table's map gives [low, high) to the target: split points are added at
+  low and high where the map has none, and the ranges between them get the target.
+
+Both run inside the configuration group's apply, so every node's catalog changes alike.
+"""
+
+from __future__ import annotations
+
+import bisect
+
+from shardstore.catalog import Catalog, CatalogError, Table
+from shardstore.keysets import KIND_POSITIONS, KeySet
+from shardstore.moves import Move
+from shardstore.table_keys import MAX_POSITION, MIN_POSITION
+
+__all__ = ["ERR_RAW_RANGE", "TableMoveHooks", "give_range"]
+
+ERR_RAW_RANGE = ("ERR a raw key range has no owner to hand over: move slots, or the rows "
+                 "of a range table")
+ERR_NOT_TABLE = "ERR no range table has the prefix {!r}"
+ERR_NOT_SOURCE = "ERR rows of {} in [{}, {}) are on shard {}, not on shard {}"
+ERR_TABLE_MOVING = "ERR rows of {} in that range are already moving (move {})"
+
+
+class TableMoveHooks:
+    """The catalog's side of moves of range-table rows (see the module header)."""
+
+    def __init__(self, catalog: Catalog, moves: dict[int, Move]) -> None:
+        self.catalog = catalog
+        self.moves = moves
+
+    def _table(self, keys: KeySet) -> Table:
+        name = keys.first[:-1].decode("utf-8", "replace")
+        table = self.catalog.tables.get(name)
+        if table is None or not table.ranged or table.prefix != keys.first:
+            raise CatalogError(ERR_NOT_TABLE.format(keys.first.decode("utf-8", "replace")))
+        return table
+
+    def begin(self, keys: KeySet, source: int) -> str | None:
+        if keys.kind != KIND_POSITIONS:
+            return ERR_RAW_RANGE
+        try:
+            table = self._table(keys)
+        except CatalogError as exc:
+            return str(exc)
+        for low, high, sid in table.pieces(keys.low, keys.high):
+            if sid != source:
+                return ERR_NOT_SOURCE.format(table.name, low, high, sid, source)
+        for other in self.moves.values():
+            if (other.state != "done" and other.keys.kind == KIND_POSITIONS
+                    and other.keys.first == keys.first
+                    and max(other.keys.low, keys.low) < min(other.keys.high, keys.high)):
+                return ERR_TABLE_MOVING.format(table.name, other.move_id)
+        return None
+
+    def end(self, move: Move) -> None:
+        table = self._table(move.keys)
+        give_range(table, move.keys.low, move.keys.high, move.target)
+        self.catalog.version += 1
+
+
+def give_range(table: Table, low: int, high: int, shard: int) -> None:
+    """Give the positions [low, high) of `table`'s map to `shard` (see the module header)."""
+    for point in (low, high):
+        if MIN_POSITION < point < MAX_POSITION and point not in table.splits:
+            index = bisect.bisect_right(table.splits, point)
+            table.splits.insert(index, point)
+            table.shards.insert(index + 1, table.shards[index])
+    edges = [MIN_POSITION, *table.splits, MAX_POSITION]
+    for i in range(len(table.shards)):
+        if low <= edges[i] and edges[i + 1] <= high:
+            table.shards[i] = shard

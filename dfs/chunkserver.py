@@ -10,6 +10,8 @@ Strategy:
   unreachable servers in "failed", and the part written here is dropped. The first server
   of the chain (the primary) holds the write's lease: a frame that arrives after the lease
   ran out (it is renewed by the writer through a "lease_ms" in a DATA header) fails it.
+  A PUT that fails before its END has arrived reads and drops the rest of its frames
+  first, so the writer reads the error reply rather than a reset connection.
 - Reads check every block's checksum (the store does); on a mismatch the replica is
   dropped here, the reader gets ERR_CHECKSUM (and fails over), and the next heartbeat
   reports it as bad so the master re-replicates it from a good copy.
@@ -24,6 +26,7 @@ Strategy:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 import uuid
@@ -110,21 +113,37 @@ class ChunkServer:
                 frame = await read_frame(reader)
                 if frame is None:
                     break
-                if frame.op == wire.OP_PUT:
-                    await self._put(frame.header, reader, writer)
-                elif frame.op == wire.OP_GET:
-                    await self._get(frame.header, writer)
-                elif frame.op == wire.OP_STAT:
-                    await write_frame(writer, {"ok": True, "chunks": len(self.store.replicas),
-                                               "used": self.store.used(),
-                                               "free": self.store.free()})
-                else:
-                    await write_frame(writer, {"err": wire.ERR_UNKNOWN_OP.format(frame.op)})
+                if not await self._request(frame, reader, writer):
                     break
-        except (ConnectionError, wire.FrameError, OSError) as exc:
+        except wire.FrameError as exc:
+            with contextlib.suppress(OSError):
+                await write_frame(writer, {"err": str(exc)})
+        except (ConnectionError, OSError) as exc:
             log.debug("data connection dropped: %s", exc)
         finally:
             writer.close()
+
+    async def _request(self, frame: wire.Frame, reader: asyncio.StreamReader,
+                       writer: asyncio.StreamWriter) -> bool:
+        """Answer one request; False when the connection must close (a request it cannot
+        take: the stream may be out of step)."""
+        try:
+            if frame.op == wire.OP_PUT:
+                await self._put(frame.header, reader, writer)
+            elif frame.op == wire.OP_GET:
+                await self._get(frame.header, writer)
+            elif frame.op == wire.OP_STAT:
+                await write_frame(writer, {"ok": True, "chunks": len(self.store.replicas),
+                                           "used": self.store.used(),
+                                           "free": self.store.free()})
+            else:
+                await write_frame(writer, {"err": wire.ERR_UNKNOWN_OP.format(frame.op)})
+                return False
+        except (KeyError, ValueError, TypeError) as exc:
+            text = wire.ERR_BAD_FRAME.format(f"bad {frame.op!r} request: {exc!r}")
+            await write_frame(writer, {"err": text})
+            return False
+        return True
 
     async def _get(self, header: dict[str, Any], writer: asyncio.StreamWriter) -> None:
         chunk, version = int(header["chunk"]), int(header["version"])
@@ -259,6 +278,7 @@ class _Put:
         self.deadline = None if lease_ms is None else time.monotonic() + lease_ms / 1000
         self.next: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
         self.failed: list[str] = []
+        self.ended = False  # the writer's END arrived
 
     async def run(self, reader: asyncio.StreamReader) -> dict[str, Any]:
         """Receive the frames up to END; the reply header."""
@@ -272,12 +292,24 @@ class _Put:
         except (ValueError, OSError, ReplyError, wire.FrameError, TimeoutError,
                 KeyError) as exc:
             writer.abort()
+            if not self.ended:
+                await self._swallow(reader)
             failed = [*self.failed, *(exc.failed if isinstance(exc, ReplyError) else [])]
             return {"err": str(exc) or type(exc).__name__, "failed": failed}
         finally:
             if self.next is not None:
                 self.next[1].close()
         return {"ok": True}
+
+    async def _swallow(self, reader: asyncio.StreamReader) -> None:
+        """Read and drop the rest of a failed PUT, up to its END, so the writer gets the
+        error reply instead of a broken connection (the stream stays in step)."""
+        try:
+            while (frame := await read_frame(reader)) is not None:
+                if frame.op == wire.OP_END:
+                    return
+        except (ConnectionError, wire.FrameError, OSError):
+            return
 
     async def _open_next(self) -> None:
         if not self.chain:
@@ -297,11 +329,13 @@ class _Put:
         while True:
             frame = await read_frame(reader)
             if frame is None:
+                self.ended = True  # (nothing more will come)
                 raise ConnectionError("the writer went away before the end of the chunk")
             self._check_lease(frame.header)
             if self.next is not None:
                 await self._forward(frame.header, frame.payload)
             if frame.op == wire.OP_END:
+                self.ended = True
                 return frame.header
             if frame.op != wire.OP_DATA:
                 raise wire.FrameError(wire.ERR_UNKNOWN_OP.format(frame.op))

@@ -1,0 +1,195 @@
+"""A chunk server alone, in-process on its own event loop (no master: its heartbeats fail
+and it goes on), driven over real sockets with the blocking data-path link: a chain of
+three servers writes a chunk to all three disks before the first answers; a damaged
+digest is refused everywhere; a read of a flipped byte is an error naming the block and
+the replica is dropped; bad requests get a clear error and the connection is closed; a
+lease that ran out fails the write. And the heartbeat report's parser (hypothesis): any
+msgpack value is taken or refused with ValueError/KeyError/TypeError, nothing else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import xxhash
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from dfs import chunk_wire as wire
+from dfs.chunk_net import ReplyError, SyncLink, check_reply
+from dfs.chunk_placement import Placement
+from dfs.chunks import ChunkTable
+from dfs.chunkserver import ChunkServer, ChunkServerConfig
+from dfs.namespace import Namespace
+
+
+class Running:
+    """Chunk servers on one background event loop."""
+
+    def __init__(self, tmp: Path, count: int) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self.servers: list[ChunkServer] = []
+        for i in range(count):
+            config = ChunkServerConfig(tmp / f"cs{i}", "r", ["127.0.0.1:1"],
+                                       heartbeat_s=5.0, scrub_pause_s=3600)
+            server = self.run(self._start(config))
+            self.servers.append(server)
+
+    async def _start(self, config: ChunkServerConfig) -> ChunkServer:
+        server = ChunkServer(config)
+        await server.start("127.0.0.1", 0)
+        return server
+
+    def run(self, coroutine: Any) -> Any:
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(30)
+
+    def address(self, i: int) -> str:
+        return self.servers[i].config.advertise
+
+    def stop(self) -> None:
+        for server in self.servers:
+            self.run(server.stop())
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+
+
+@pytest.fixture
+def servers(tmp_path: Path) -> Iterator[Running]:
+    running = Running(tmp_path, 3)
+    try:
+        yield running
+    finally:
+        running.stop()
+
+
+def put(address: str, chunk: int, version: int, chain: list[str], data: bytes,
+        digest: int | None = None, lease_ms: int | None = None, pause_s: float = 0) -> None:
+    link = SyncLink(address, 10)
+    try:
+        header: dict[str, Any] = {"op": wire.OP_PUT, "chunk": chunk, "version": version,
+                                  "chain": chain}
+        if lease_ms is not None:
+            header["lease_ms"] = lease_ms
+        link.send(header)
+        for i in range(0, len(data), 100_000):
+            time.sleep(pause_s)
+            link.send({"op": wire.OP_DATA}, data[i:i + 100_000])
+        link.send({"op": wire.OP_END, "size": len(data),
+                   "digest": xxhash.xxh3_64_intdigest(data) if digest is None else digest})
+        check_reply(link.receive(), address)
+    finally:
+        link.close()
+
+
+def get(address: str, chunk: int, version: int, offset: int, length: int) -> bytes:
+    link = SyncLink(address, 10)
+    try:
+        return link.call({"op": wire.OP_GET, "chunk": chunk, "version": version,
+                          "offset": offset, "length": length}).payload
+    finally:
+        link.close()
+
+
+def test_a_chain_writes_every_replica_before_the_ok(servers: Running) -> None:
+    data = os.urandom(700_000)
+    a, b, c = (servers.address(i) for i in range(3))
+    put(a, 5, 1, [b, c], data)
+    for i in range(3):  # the ok came after all three had it on disk
+        assert servers.servers[i].store.report() == [[5, 1, len(data)]]
+        assert get(servers.address(i), 5, 1, 1000, 5000) == data[1000:6000]
+    with pytest.raises(ReplyError, match="no chunk 5 version 2"):
+        get(a, 5, 2, 0, 10)  # a version it does not hold is never served
+    with pytest.raises(ReplyError, match="older than the version 1"):
+        put(b, 5, 0, [], b"x")
+    with pytest.raises(ReplyError, match="arrived damaged"):
+        put(a, 6, 1, [b, c], data, digest=1)
+    assert all(6 not in s.store.replicas for s in servers.servers)
+
+
+def test_an_unreachable_next_server_is_named(servers: Running) -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        dead = f"127.0.0.1:{sock.getsockname()[1]}"  # nothing listens there
+    with pytest.raises(ReplyError) as info:
+        put(servers.address(0), 7, 1, [dead], b"data")
+    assert info.value.failed == [dead]
+    assert 7 not in servers.servers[0].store.replicas
+
+
+def test_a_flipped_byte_is_an_error_and_the_replica_is_dropped(servers: Running) -> None:
+    data = os.urandom(200_000)
+    put(servers.address(0), 9, 1, [], data)
+    path = servers.servers[0].store.dir / "9_1.data"
+    raw = bytearray(path.read_bytes())
+    raw[150_000] ^= 1
+    path.write_bytes(bytes(raw))
+    assert get(servers.address(0), 9, 1, 0, 1000) == data[:1000]  # block 0 is fine
+    with pytest.raises(ReplyError, match="checksum mismatch in chunk 9 block 2"):
+        get(servers.address(0), 9, 1, 140_000, 20_000)
+    assert servers.servers[0].store.get(9) is None and servers.servers[0].bad == {9}
+
+
+def test_a_lease_that_ran_out_fails_the_write(servers: Running) -> None:
+    with pytest.raises(ReplyError, match="lease of chunk 11 has expired"):
+        put(servers.address(0), 11, 1, [], os.urandom(300_000), lease_ms=50, pause_s=0.06)
+    put(servers.address(0), 11, 1, [], b"quick", lease_ms=60_000)
+
+
+@pytest.mark.parametrize(("header", "error"), [
+    ({"op": "nope"}, "unknown data-path request 'nope'"),
+    ({"op": wire.OP_GET, "chunk": 1}, "bad 'get' request"),
+    ({"op": wire.OP_GET, "chunk": "x", "version": 1, "offset": 0}, "bad 'get' request"),
+])
+def test_bad_requests_get_an_error_and_the_connection_closes(
+        servers: Running, header: dict[str, Any], error: str) -> None:
+    link = SyncLink(servers.address(0), 10)
+    try:
+        link.send(header)
+        with pytest.raises(ReplyError, match=error):
+            check_reply(link.receive(), "server")
+        assert link.receive() is None  # closed
+    finally:
+        link.close()
+
+
+def test_a_broken_frame_gets_an_error(servers: Running) -> None:
+    host, _, port = servers.address(0).rpartition(":")
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(b"\x00\x00\x00\x02\x91\x01")  # a msgpack array, not a map
+        reply = sock.recv(4096)
+    assert b"not a map" in reply
+
+
+# -- the heartbeat report parser ----------------------------------------------------------------
+
+values = st.recursive(st.one_of(st.none(), st.integers(-5, 2**40), st.text(max_size=5),
+                                st.binary(max_size=5)),
+                      lambda inner: st.one_of(st.lists(inner, max_size=4),
+                                              st.dictionaries(st.text(max_size=5), inner,
+                                                              max_size=4)), max_leaves=12)
+reports = st.one_of(values, st.fixed_dictionaries(
+    {"id": values, "addr": values, "rack": values, "free": values, "used": values,
+     "chunks": values}))
+
+
+@settings(max_examples=300, deadline=None)
+@given(reports)
+def test_any_report_is_taken_or_refused_cleanly(report: Any) -> None:
+    namespace = Namespace()
+    placement = Placement(ChunkTable(namespace), random.Random(0))
+    try:
+        reply = placement.heartbeat(0.0, report)
+    except (ValueError, KeyError, TypeError):
+        return
+    assert set(reply) == {"delete", "copy"}

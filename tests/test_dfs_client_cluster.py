@@ -4,6 +4,8 @@ small chunks (128 KiB) so files span many of them.
 - files of several sizes written and read back (hash equal), blocking and asyncio;
 - a chunk server SIGKILLed in the middle of a write storm: every file whose close was
   acknowledged reads back with the right hash, and replication returns to 3 without help;
+- the master leader SIGKILLed while files are written: every acknowledged file reads back
+  (a new leader leaves safe mode once the chunk servers report to it);
 - a chunk server SIGSTOPped past its dead time while writes and reads go on, then
   SIGCONTed: no stale replica is read, and stale replicas are deleted;
 - a byte flipped in a chunk file on disk: the read still returns the right bytes (another
@@ -33,7 +35,7 @@ from pathlib import Path
 import pytest
 
 from dfs import launch
-from dfs.client import AsyncDfsClient, DfsClient, DfsUnavailable
+from dfs.client import AsyncDfsClient, DfsClient, DfsError, DfsUnavailable
 from tests.dfs_cluster import DfsCluster, eventually
 from tests.procs import ROOT
 from tests.test_raft_driver import needs_aliases
@@ -147,6 +149,30 @@ def test_a_chunk_server_killed_in_a_write_storm(cluster: DfsCluster, fs: DfsClie
     victim.start()  # back on its data: its replicas are extra or stale, and deleted
     eventually(lambda: cluster.ready(fs, 4), "the restarted server to report")
 
+
+
+
+def test_the_master_leader_killed_while_files_are_written(cluster: DfsCluster,
+                                                          fs: DfsClient) -> None:
+    fs.mkdir("/failover", parents=True)
+    leader = int(fs.call("CLUSTER.LEADER")[0])
+    acknowledged: dict[str, bytes] = {}
+    rng = random.Random(3)
+    with cluster.client(chunk_size=CHUNK) as writer:
+        for i in range(16):
+            if i == 6:
+                cluster.masters[leader - 1].kill()
+            data = rng.randbytes(rng.randrange(1, 2 * CHUNK))
+            try:
+                writer.write_bytes(f"/failover/f{i}", data)
+            except (OSError, DfsError):
+                continue  # not acknowledged: no promise
+            acknowledged[f"/failover/f{i}"] = data
+    assert len(acknowledged) >= 12  # a new leader took over, out of safe mode
+    for path, want in acknowledged.items():
+        assert fs.read_bytes(path) == want, path
+    cluster.masters[leader - 1].start()
+    eventually(lambda: cluster.ready(fs), "the cluster whole again")
 
 
 def _versions_on_disk(cluster: DfsCluster, chunk: int) -> list[int]:

@@ -9,6 +9,7 @@ among its operations. The daemon tests need the memcached binary (skipped withou
 from __future__ import annotations
 
 import importlib
+from pathlib import Path
 from types import ModuleType
 from typing import Any
 
@@ -18,13 +19,14 @@ from hypothesis import strategies as st
 
 from kvcache import storage_pure
 from kvcache.items import Mode, Outcome
+from kvcache.settings import Settings
 from kvcache.slab_policy import (
     REASSIGN_BADCLASS,
     REASSIGN_NOSPARE,
     REASSIGN_OK,
     REASSIGN_SAME,
 )
-from kvcache.slabs import INITIAL_BUCKETS, item_ntotal, table_bytes
+from kvcache.slabs import INITIAL_BUCKETS, item_ntotal, page_size, table_bytes
 
 NOW = 1_750_000_000
 MB = 1024 * 1024
@@ -274,3 +276,48 @@ def test_no_stored_item_is_evicted_while_its_class_could_hold_it(
             if op[0] == "set":
                 assert not room, (op, k)  # and no page could be had
             del alive[k]
+
+
+# -- README.md's memory paragraph, sentence by sentence ----------------------------------------
+README_PROMISES = [
+    "Items live in one arena laid out as memcached's slab allocator: memory goes to size "
+    "classes in whole pages (1 MiB, or `-I` when larger), and each class carves its chunks "
+    "from its own pages.",
+    "A class that first appears when memory is full takes a page from the class holding the "
+    "most, so it never holds just one item.",
+    "`-m` bounds what items really cost: the pages carved and the hash index, not only the "
+    "values.",
+    "`slabs reassign <src> <dst>` moves one page at once, and with `slabs automove 1` (the "
+    "default, as in memcached 1.6) the daemon moves at most one page a second to the class "
+    "that evicts most.",
+    "`-C` disables CAS: items carry none and take 8 bytes less.",
+    "A value too large for half a page takes a chunk of a large class of its own, where "
+    "memcached splits it over smaller chunks, so such values pack less tightly than in "
+    "memcached.",
+]
+
+
+@pytest.mark.parametrize("promise", README_PROMISES)
+def test_the_readme_says_it_in_these_words(promise: str) -> None:
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    assert promise in " ".join(readme.split())
+
+
+@twin
+def test_the_readme_promises_hold(module: ModuleType) -> None:
+    assert page_size(MB) == MB and page_size(2 * MB) == 2 * MB  # 1 MiB, or -I when larger
+    s = module.Storage(8 * MB, MB, NOW)
+    put(s, b"a", 10)
+    assert s.used_bytes == MB + s.hash_bytes  # a whole page and the index
+    for i in range(3000):  # a class appearing when memory is full holds more than one
+        put(s, b"big%d" % i, 200_000)
+    put(s, b"x1", 1000)
+    put(s, b"x2", 1000)
+    assert s.find(b"x1") is not None and s.find(b"x2") is not None
+    assert s.used_bytes <= s.limit_bytes
+    moved = s.slabs_moved
+    assert s.slabs_reassign(-1, 3) == REASSIGN_OK and s.slabs_moved == moved + 1  # one page
+    assert Settings().slab_automove == 1
+    assert item_ntotal(1, 0, 1) - item_ntotal(1, 0, 1, use_cas=False) == 8
+    large = s.arena.clsid(item_ntotal(1, 0, MB // 2))
+    assert large > s.slabs.largest  # beyond memcached's classes

@@ -202,7 +202,7 @@ def _metadump(engine: Engine, classes: set[int]) -> bytes:
     for item in storage.items():
         if not storage.alive(item):
             continue
-        ntotal = item_ntotal(len(item.key), item.flags, len(item.value))
+        ntotal = item_ntotal(len(item.key), item.flags, len(item.value), storage.use_cas)
         cls = storage.slabs.clsid(ntotal)
         if cls not in classes:
             continue

@@ -331,7 +331,7 @@ def cmd_me(engine: Engine, tokens: list[bytes]) -> bytes:
         return replies.META_MISS + CRLF
     now = storage.now
     shown = encode_key(item.key) if item.casbits & KEY_BINARY else item.key
-    ntotal = item_ntotal(len(item.key), item.flags, len(item.value))
+    ntotal = item_ntotal(len(item.key), item.flags, len(item.value), storage.use_cas)
     return b"ME %s exp=%d la=%d cas=%d fetch=%s cls=%d size=%d\r\n" % (
         shown,
         -1 if not item.exptime else now - item.exptime,

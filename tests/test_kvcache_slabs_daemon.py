@@ -162,5 +162,7 @@ def test_disabled_cas_answers_as_memcached_does(tmp_path: Path) -> None:
             answers[name] = request(host, port, script)
             settings = stat_values(request(host, port, b"stats settings\r\n"))
             assert settings["cas_enabled"] == "no", name
+            meta = request(host, port, b"me a\r\n")  # memcached's size without the CAS
+            assert b" cas=0 " in meta and meta.endswith(b" cls=1 size=53\r\n"), (name, meta)
     assert answers["kvcache"] == answers["memcached"]
     assert answers["kvcache"].startswith(b"STORED\r\nVALUE a 0 1 0\r\n1\r\nEND\r\nEXISTS\r\n")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -23,6 +24,7 @@ from core.users import (
     check_user_name,
     make_credential,
 )
+from tests.redis_proc import needs_redis, redis_server
 
 FAST = 10  # PBKDF2 rounds in tests: the rules are the same at any count
 # Redis 7's texts (src/acl.c, src/server.c), checked by hand against redis-server.
@@ -201,3 +203,26 @@ def test_core_clients_log_in_as_a_named_user() -> None:
                                               password="nope")
 
     run_server("topsecret", scenario)
+
+
+TRANSCRIPT = [["PING"], ["AUTH", "alice", "nope"], ["AUTH", "carol", "wonder"],
+              ["AUTH", "bob", "builder"], ["PING"], ["AUTH", "default", "x"], ["AUTH", "x"],
+              ["AUTH", "a", "b", "c"]]
+
+
+@needs_redis
+@pytest.mark.parametrize("password", [None, "topsecret"])
+def test_auth_replies_are_redis_servers_byte_for_byte(password: str | None,
+                                                      tmp_path: Path) -> None:
+    """The same AUTH lines to redis-server (user bob added by ACL) and to our server."""
+    extra = ["--user", "bob", "on", ">builder", "~*", "+@all"]
+    extra += ["--requirepass", password] if password else []
+    with redis_server(tmp_path, *extra) as port:
+        theirs = asyncio.run(call(port, *TRANSCRIPT))
+    ours: list[list[bytes]] = []
+
+    async def scenario(server: RespServer) -> None:
+        ours.append(await call(server.port, *TRANSCRIPT))
+
+    run_server(password, scenario)
+    assert ours[0] == theirs

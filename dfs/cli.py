@@ -8,8 +8,8 @@
 Every command takes `--masters HOST:PORT,...` (default: $DFS_MASTERS, else the three
 masters of `make run`). put and get show a progress bar on stderr (bytes, percent, rate;
 `--quiet` hides it). A REMOTE naming a directory (or ending in "/") gets the local file's
-name, as with cp. Exit status: 0 done, 1 the file system refused or failed (the reason is
-printed), 2 bad usage.
+name, as with cp; put makes the directories above REMOTE that are missing. Exit status: 0
+done, 1 the file system refused or failed (the reason is printed), 2 bad usage.
 """
 
 from __future__ import annotations
@@ -152,20 +152,24 @@ def _target(fs: DfsClient, remote: str, name: str) -> str:
 
 
 def _copy(src: BinaryIO, dst: BinaryIO, progress: Progress) -> None:
-    while piece := src.read(PIECE_BYTES):
-        dst.write(piece)
-        progress.update(len(piece))
+    """Copy, then close `dst` (for dfs: the upload's end) and finish the bar."""
+    with dst:
+        while piece := src.read(PIECE_BYTES):
+            dst.write(piece)
+            progress.update(len(piece))
     progress.done()
 
 
 def cmd_put(fs: DfsClient, args: argparse.Namespace, out: Any) -> None:
     if args.local == "-":
         remote = args.remote
+        fs.mkdir(posixpath.dirname(remote) or "/", parents=True)
         with fs.open(remote, "wb") as dst:
             _copy(sys.stdin.buffer, dst, Progress(f"put {remote}", None, quiet=args.quiet))
         return
     local = Path(args.local)
     remote = _target(fs, args.remote, local.name)
+    fs.mkdir(posixpath.dirname(remote) or "/", parents=True)
     with open(local, "rb") as src, fs.open(remote, "wb") as dst:
         _copy(src, dst, Progress(f"put {remote}", local.stat().st_size, quiet=args.quiet))
 

@@ -20,7 +20,7 @@ TRY = [
     "  .venv/bin/dfs ls /docs && .venv/bin/dfs cat /docs/README.md | head -3",
     "  .venv/bin/dfs admin report                     # servers, racks, space",
     "  redis-cli -p 7881 FS.STAT /docs/README.md",
-    "  redis-cli -p 7882 FS.LOCATE /docs/README.md    # chunks and their servers",
+    "  redis-cli -p 7882 FS.LS /docs                  # any master answers",
 ]
 
 

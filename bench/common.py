@@ -292,6 +292,19 @@ def _git_commit() -> str:
     return _command_version(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"])
 
 
+def _git_uncommitted() -> list[str]:
+    """Files of the tree that differ from the commit (other engineers' work in progress
+    runs in the benchmark too), bench/results/ left out."""
+    try:
+        status = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain",
+                                 "--untracked-files=no"], capture_output=True, text=True,
+                                timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        return []
+    return [line[3:] for line in status.splitlines()
+            if line[3:] and not line[3:].startswith("bench/results/")]
+
+
 def machine() -> dict[str, Any]:
     """What the figures were measured on."""
     from native import resp as native_resp
@@ -312,6 +325,7 @@ def machine() -> dict[str, Any]:
         "snowflake_impl": snowflake.IMPLEMENTATION,
         "resp_parser_impl": native_resp.IMPLEMENTATION,
         "git_commit": _git_commit(),
+        "git_uncommitted": _git_uncommitted(),
         "loadavg_at_start": list(os.getloadavg()),
     }
 

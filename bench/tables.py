@@ -156,7 +156,10 @@ def summary(doc: dict[str, Any]) -> str:
     machine = doc.get("machine", {})
     when = str(doc["started"])[:16].replace("T", " ")
     kind = "`--quick` run" if doc.get("quick") else "full run"
-    return (f"{kind} of {when} UTC at commit `{machine.get('git_commit', '?')}`, "
+    dirty = machine.get("git_uncommitted") or []
+    commit = f"`{machine.get('git_commit', '?')}`" + (
+        f" plus {len(dirty)} files of uncommitted work" if dirty else "")
+    return (f"{kind} of {when} UTC at commit {commit}, "
             f"{machine.get('cpu_count', '?')} cpus ({machine.get('cpu_model', '?')}); "
             f"{_load_text(doc)}. Settings: {settings_text(doc['settings'])}. "
             f"Outcome: {_outcome_text(doc['outcome'])}.")

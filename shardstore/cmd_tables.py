@@ -18,7 +18,8 @@ Syntax (points as shardstore/table_keys.py reads them; `-` and `+` are the open 
     TABLE.CREATE name [KEYSPACE ks] HASH
     TABLE.CREATE name [KEYSPACE ks] RANGE DATE|SNOWFLAKE [EPOCH ms] [SPLITS point ...]
                  [SHARDS id ...]                 (one shard per range; default round-robin)
-    TABLE.SPLIT name point [SHARD id]            (default: the range's own shard)
+    TABLE.SPLIT name point [SHARD id]            (default: the range's own shard) -> OK,
+                                                 or a move's id when SHARD is another
     TABLE.LIST                                   -> [[name, keyspace, rule], ...]
     TABLE.INFO name                              -> a map (see `cmd_info`)
     TABLE.RANGE name from to [COUNT n]           -> keys
@@ -27,9 +28,13 @@ TABLE.CREATE of a RANGE table is refused when keys with its prefix exist in a sh
 node hosts (they were placed by slot; the range map would hide them): create a range table
 before writing its rows. Only the shards hosted here are looked at.
 
-A split that gives [point, end) to another shard while the old shard holds keys there
-would need them moved; until resharding's generic move lands it is refused
-(ERR_SPLIT_MOVES), checked on a node that hosts the old shard after a read barrier.
+A split that gives [point, end of its range) to another shard runs as a move of those rows
+(shardstore/moves.py with a positions key set, shardstore/table_moves.py): the source
+shard's log fences them first, so no write can land on the old shard unseen; they are
+copied, and the table's map gives the range to the new shard when the move ends (split
+there). It does so even when no row lies there (the move then copies nothing), as a bare
+map change could race a write routed by the old map. TABLE.SPLIT answers the move's id
+(`SHARDSTORE.MOVES` shows its progress); a split that keeps the shard answers OK.
 """
 
 from __future__ import annotations
@@ -43,7 +48,9 @@ from core.resp_session import Session
 from shardstore import catalog as catalog_mod
 from shardstore.catalog import Catalog, CatalogError, Table
 from shardstore.cluster import ClusterConfig, ClusterView, ConfigMachine, Shard
+from shardstore.keysets import KeySet
 from shardstore.machine import ShardMachine
+from shardstore.moves import encode_begin
 from shardstore.table_keys import (
     KIND_SNOWFLAKE,
     MAX_POSITION,
@@ -61,9 +68,6 @@ ERR_OPENING = "TRYAGAIN shard {} is opening on this node"
 ERR_PREFIX_USED = ("ERR keys beginning {!r} exist (shard {}): they are placed by slot, and a "
                    "RANGE table would hide them; create a range table before its rows")
 ERR_NO_SHARD = "CLUSTERDOWN shard {} of range table {!r} is not in the map"
-ERR_SPLIT_MOVES = ("ERR TABLE.SPLIT would move keys of {!r} from shard {} to shard {}: "
-                   "moving keys waits for resharding (split at a point with no keys "
-                   "beyond it, or without SHARD)")
 UNKNOWN = "unknown"
 
 
@@ -178,23 +182,19 @@ class TableCommands:
         return OK
 
     async def cmd_split(self, session: Session, args: list[bytes]) -> Any:
+        """A split keeping the range's shard: a map change (OK). One giving [at, end of
+        its range) to another shard: a move of those rows (the move's id)."""
         try:
             entry = catalog_mod.parse_split(args, self.catalog)
             table = self.catalog.range_table(entry["name"])
         except CatalogError as exc:
             raise CommandError(str(exc)) from None
         old = table.shard_at(entry["at"])
-        if entry["shard"] != old:
-            await self._check_nothing_moves(table, entry["at"], old, entry["shard"])
-        return await self._commit(catalog_mod.encode_split(entry))
-
-    async def _check_nothing_moves(self, table: Table, at: int, old: int, new: int) -> None:
-        _, high, _ = table.pieces(at, MAX_POSITION)[0]  # the rest of the range at `at`
-        shard = self._hosted(old, table.name, "TABLE.SPLIT of a range")
-        await self.node.service.barrier(shard.group)
-        engine = self.node.machines[old].engine
-        if range_keys(engine, table, at, high, 1, self.node.now_ms()):
-            raise CommandError(ERR_SPLIT_MOVES.format(table.name, old, new))
+        if entry["shard"] == old:
+            return await self._commit(catalog_mod.encode_split(entry))
+        _, high, _ = table.pieces(entry["at"], MAX_POSITION)[0]  # the rest of the range
+        keys = KeySet.of_positions(table.prefix, table.kind, table.epoch_ms, entry["at"], high)
+        return await self.node.service.write(encode_begin(keys, old, entry["shard"]))
 
     def cmd_list(self, session: Session, args: list[bytes]) -> Any:
         """[[name, keyspace, rule], ...] by name; rule HASH, RANGE DATE or RANGE SNOWFLAKE."""

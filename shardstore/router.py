@@ -41,7 +41,7 @@ from core.resp_session import Session
 from shardstore import commands as layer
 from shardstore.catalog import NOT_HERE, CatalogError, Table, parse_range
 from shardstore.router_plan import SHARD, Part, RouteMap, assemble, plan
-from shardstore.table_keys import KeyFormatError, parse_bound, point_text
+from shardstore.table_keys import point_text
 from shardstore.table_scan import merge_keys
 
 __all__ = ["Router", "RouterOptions"]
@@ -370,18 +370,9 @@ class Router:
         return _simple(await self._on(masters[0], args))
 
     async def _table_change(self, session: Session, args: list[bytes]) -> Any:
-        """TABLE.CREATE / TABLE.SPLIT: on any node, or for a split that gives a range to
-        another shard, on the master of the shard it takes keys from (the node checks)."""
-        address = (await self._masters())[0]
-        if args[0].upper() == b"TABLE.SPLIT" and len(args) >= 3:
-            table = self.routes.catalog.tables.get(args[1].decode("utf-8", "replace"))
-            if table is not None and table.ranged:
-                try:
-                    at = parse_bound(table.kind, args[2], low=True)
-                    address = self.routes.address((SHARD, table.shard_at(at))) or address
-                except KeyFormatError:
-                    pass  # the node answers the syntax error
-        reply = await self._on(address, args, write=True)
+        """TABLE.CREATE / TABLE.SPLIT on any node (it commits them in the configuration
+        group); the map is fetched again after."""
+        reply = await self._on((await self._masters())[0], args, write=True)
         await self._try_refresh()
         return _simple(reply)
 

@@ -229,8 +229,13 @@ async def _check_range_table(client: aredis.Redis, router: Router) -> None:
     assert await client.execute_command("TABLE.RANGE", "orders", "2026-10-10", "2026-11-20",
                                         "COUNT", "3") == sorted(
         r.encode() for r in rows if "10-17" in r or "11-03" in r)[:3]
-    assert await client.execute_command("TABLE.SPLIT", "orders", "2027-01", "SHARD",
-                                        "1") == b"OK"
+    assert isinstance(await client.execute_command("TABLE.SPLIT", "orders", "2027-01",
+                                                   "SHARD", "1"), int)  # a move's id
+    deadline = time.monotonic() + READY_S
+    while 20270100 not in router.routes.catalog.tables["orders"].splits:  # the move ends
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.1)
+        await router.refresh()
     assert await client.set("orders:2027-01-05:1", "n")
     assert (await client.info("router"))["range_reads"] == 3
 

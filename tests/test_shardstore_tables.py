@@ -3,8 +3,10 @@ of one replica (each node hosts one shard), driven with redis-py.
 
 A range table's rows go to the shard of their range and are served only by its node,
 which never answers -MOVED for them and names the router instead; TABLE.RANGE of one
-month reads one shard (counted in TABLE.INFO and INFO); TABLE.SPLIT at a new month is a
-map change, and a split that would need keys moved is refused."""
+month reads one shard (counted in TABLE.INFO and INFO); TABLE.SPLIT is a map change when
+the range keeps its shard, and a move of its rows (fenced, copied, the map handed over at
+the end) when another shard takes it; shardstore.client (both kinds) sends range rows to
+their shards and reads ranges across them."""
 
 from __future__ import annotations
 
@@ -99,16 +101,22 @@ async def _check_tables(cluster: LoopCluster) -> None:
     with pytest.raises(redis.ResponseError, match="use the router"):
         await shard3.execute_command("TABLE.RANGE", "orders", "2026-11", "2027-01")
 
-    # A new month opens a new range on another shard: nothing moves.
-    assert await shard3.execute_command("TABLE.SPLIT", "orders", "2027-01", "SHARD",
-                                        "1") == b"OK"
-    with pytest.raises(redis.ResponseError, match="would move keys"):
-        await shard3.execute_command("TABLE.SPLIT", "orders", "2026-12-05", "SHARD", "2")
-    assert await shard3.execute_command("TABLE.SPLIT", "orders", "2026-12-05") == b"OK"
-    await _until_split(cluster)
+    # A new month opens a new range on another shard (a move of no rows), then the rows of
+    # December from the 5th on move to shard 2: each split to another shard is a move.
+    assert isinstance(await shard3.execute_command("TABLE.SPLIT", "orders", "2027-01",
+                                                   "SHARD", "1"), int)
+    await _until_map(cluster, [20261100, 20261200, 20270100], [1, 2, 3, 1])
     assert await shard1.set("orders:2027-01-02:1", "n")
     with pytest.raises(redis.ResponseError, match="use the router"):
         await shard3.set("orders:2027-01-03:1", "n")
+    assert isinstance(await shard2.execute_command("TABLE.SPLIT", "orders", "2026-12-05",
+                                                   "SHARD", "2"), int)
+    await _until_map(cluster, [20261100, 20261200, 20261205, 20270100], [1, 2, 3, 2, 1])
+    assert await shard2.mget("orders:2026-12-09:0", "orders:2026-12-31:2") == [b"x", b"x"]
+    assert await shard3.get("orders:2026-12-01:0") == b"x"
+    with pytest.raises(redis.ResponseError, match="use the router"):
+        await shard3.get("orders:2026-12-09:0")
+    assert await shard3.execute_command("TABLE.SPLIT", "orders", "2026-12-02") == b"OK"
     await _check_clients(cluster, december)
 
 
@@ -137,11 +145,14 @@ async def _check_clients(cluster: LoopCluster, december: list[str]) -> None:
     await asyncio.to_thread(blocking)
 
 
-async def _until_split(cluster: LoopCluster) -> None:
+async def _until_map(cluster: LoopCluster, splits: list[int], shards: list[int]) -> None:
+    """Until every node's map of `orders` is that one (a move ends a little later)."""
     deadline = time.monotonic() + READY_S
-    while not all(len(n.config_machine.catalog.tables["orders"].splits) == 4
-                  for n in cluster.nodes):
-        assert time.monotonic() < deadline
+    while True:
+        tables = [n.config_machine.catalog.tables["orders"] for n in cluster.nodes]
+        if all(t.splits == splits and t.shards == shards for t in tables):
+            return
+        assert time.monotonic() < deadline, [(t.splits, t.shards) for t in tables]
         await asyncio.sleep(0.05)
 
 

@@ -21,6 +21,7 @@ OP_FIRE, OP_RUN, OP_CLAIM, OP_DONE = "fire", "run", "claim", "done"
 OP_EXPIRE, OP_RETRY, OP_DONE_MANY = "expire", "retry", "done_many"
 OP_BEAT, OP_LOSE, OP_MEMBER = "beat", "lose", "member"
 OP_FIRE_MANY = "fire_many"
+OP_ANCHOR = "anchor"  # the leader stamps an `@in` job's anchor (see `encode_add`)
 DEFAULT_CLAIM = 16  # runs one claim hands to one worker that does not say how many
 # ... and at most, whatever it asks for: a worker with async handlers may take a whole
 # second's burst of 1,000 runs in one claim (one Raft round) instead of one per 64
@@ -31,8 +32,18 @@ def _pack(**fields: Any) -> bytes:
     return msgpack.packb(fields)
 
 
-def encode_add(job: Job) -> bytes:
+def encode_add(job: Job, anchor: bool = False) -> bytes:
+    """Add `job`. With `anchor` (an `@in` job added through a node that does not lead), its
+    anchor waits for the leader to stamp it with an OP_ANCHOR entry: `@in` counts from the
+    leader's clock when the add has been committed, the same on every replica."""
+    if anchor:
+        return _pack(op=OP_ADD, job=job.to_dict(), anchor=True)
     return _pack(op=OP_ADD, job=job.to_dict())
+
+
+def encode_anchor(name: str, now_ms: int) -> bytes:
+    """The leader's stamp of job `name`'s anchor (created_ms), if it still waits for one."""
+    return _pack(op=OP_ANCHOR, name=name, now_ms=now_ms)
 
 
 def encode_name(op: str, name: str, at_ms: int = 0) -> bytes:

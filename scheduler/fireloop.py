@@ -13,6 +13,10 @@ here (scheduler/polls.py) in the last one: one commit fires and dispatches. It d
 wait for the commit; it checks the active runs (timeouts, lost workers, retries) every
 CHECK_RUNS_S, then sleeps until the next slot or until an applied entry wakes it.
 
+An `@in` job added through a node that did not lead waits for this loop to stamp its
+anchor (an "anchor" entry with the leader's time), so its duration counts from the leader's
+clock once the add has been committed.
+
 A job no live worker can take (scheduler/routing.py) is held: its slots stay unhandled
 and it is looked at again every WAIT_RECHECK_MS, so once a worker that can take it has
 polled, its due slots fire by its MISFIRE policy (slots past the DEADLINE are missed; a
@@ -92,6 +96,7 @@ class FiringLoop:
         self.waiting: dict[str, str] = {}  # job held for want of a worker -> why (logged)
         self._task: asyncio.Task[None] | None = None
         self._commits: set[asyncio.Task[None]] = set()  # fire entries being committed
+        self._anchoring: set[str] = set()  # `@in` jobs whose anchor entry is in flight
         # wakes the loop (an applied entry, a poll to claim for)
         self._jobs_changed = asyncio.Event()
         self._runs_checked = 0.0  # loop time of the last _expire_and_retry
@@ -155,6 +160,7 @@ class FiringLoop:
                     self._leading_since_ms = self.clock.wall_ms()
                     self.planner.refresh(self.state, force=True)
                     log.info("leading in term %d: firing loop running", term)
+                self._anchor_pending()
                 self._fire_due()
                 if asyncio.get_running_loop().time() >= self._runs_checked + CHECK_RUNS_S:
                     self._runs_checked = asyncio.get_running_loop().time()
@@ -224,6 +230,24 @@ class FiringLoop:
             ParkedPolls.fail(polls, CommandError(ERR_UNAVAILABLE.format(ERR_FIRE_UNKNOWN)))
             self.planner.settled(self.state, names)
             self._jobs_changed.set()  # their next slots are known: the loop may sleep less
+
+    def _anchor_pending(self) -> None:
+        """Stamp the anchor of each `@in` job added through a node that did not lead (one
+        entry each, not waited for): its duration counts from this leader's clock now."""
+        for name in self.state.unanchored - self._anchoring:
+            self._anchoring.add(name)
+            task = asyncio.create_task(self._commit_anchor(name, self.clock.wall_ms()))
+            self._commits.add(task)
+            task.add_done_callback(self._commits.discard)
+
+    async def _commit_anchor(self, name: str, now_ms: int) -> None:
+        try:
+            await self._group().execute(S.encode_anchor(name, now_ms))
+        except (RaftError, TimeoutError, ProposalUnknown) as exc:
+            log.warning("anchor of job %s: %s (tried again)", name, exc)
+        finally:
+            self._anchoring.discard(name)
+            self._jobs_changed.set()
 
     def _holds(self, name: str, job: Job, now: int, live: list[Advert]) -> bool:
         """Whether `job` waits: no live worker can take its runs (scheduler/routing.py).

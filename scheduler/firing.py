@@ -52,8 +52,8 @@ class FirePlanner:
     def next_fire(self, state: SchedulerState, name: str, job: Job) -> int | None:
         """The job's next slot after its handled one (None: paused, AFTER, or none)."""
         handled = state.handled.get(name)
-        if job.paused or job.after or handled is None:
-            return None
+        if job.paused or job.after or handled is None or name in state.unanchored:
+            return None  # (an unanchored `@in` job has no slot until the leader stamps it)
         cached = self._cache.get(name)
         if cached is not None and cached[0] is job and cached[1] == handled:
             return cached[2]

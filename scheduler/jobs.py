@@ -109,7 +109,8 @@ class Job:
     target: TARGET_ANY, TARGET_ALL (broadcast: each live worker runs shard i of n) or a tag.
     timeout_s 0 means no timeout. retries n: up to n more attempts (see `retry_run`).
     created_ms anchors `@every` (fires at created_ms + k * period, k >= 1) and `@in` (fires
-    once, its duration after created_ms): the time stamped into the JOB.ADD entry, so every
+    once, its duration after created_ms): a time in the log (the JOB.ADD entry's, or for an
+    `@in` job added through a node that did not lead, the leader's "anchor" entry's), so every
     replica computes the same slots.
     """
 
@@ -141,6 +142,11 @@ class Job:
         """The one fire time of an `@at`/`@in` job; None for any other job."""
         schedule = self.parsed()
         return schedule.fire_ms(self.created_ms) if isinstance(schedule, OneShot) else None
+
+    def counts_from_add(self) -> bool:
+        """Whether the schedule is `@in`: a duration after the job's anchor (created_ms)."""
+        schedule = self.parsed()
+        return isinstance(schedule, OneShot) and schedule.delay_ms is not None
 
     def first_handled_ms(self) -> int:
         """The handled slot a new job starts from: its creation; for a one-shot job whose

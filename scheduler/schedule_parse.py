@@ -22,7 +22,7 @@ Grammar (whitespace separates fields; names and macros are case-insensitive):
 - `@at TIME`: once, at an RFC 3339 instant (`2030-01-31T09:00:00Z`, `2030-01-31T10:00:00.250+01:00`;
   `T`/`Z` in either case, a fraction of up to 9 digits that is a whole number of ms, no leap
   second, 1970 to 8999). `@in DURATION`: once, DURATION (as `@every` writes it, 0 allowed)
-  after the job's anchor, the time stamped into its JOB.ADD entry (scheduler/jobs.py).
+  after the job's anchor, the leader's time when it took the JOB.ADD (scheduler/jobs.py).
   Both are `OneShot`: one fire time, whatever the zone.
 - `@after` is no schedule of its own: it is the schedule of a job with the AFTER option
   (scheduler/jobs.py), which never reaches this parser; here it is refused, by name. An

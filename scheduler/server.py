@@ -188,9 +188,12 @@ class SchedulerServer:
             job = parse_job_add(args[1:], self.clock.wall_ms())
         except JobError as exc:
             raise CommandError(exc.message) from None
+        # an `@in` job counts from the leader's clock: here if this node leads, else the
+        # leader stamps it once the add is committed (scheduler/fireloop.py)
+        anchor = job.counts_from_add() and not self.firing.leads()
 
         async def run() -> Any:
-            await self._write(S.encode_add(job))
+            await self._write(S.encode_add(job, anchor))
             return OK
 
         return run()
@@ -200,7 +203,8 @@ class SchedulerServer:
             await self._barrier()
             job = self._job(args[1])
             handled = self.state.handled[job.name]
-            next_ms = None if job.paused else job.next_fire(handled)
+            unset = job.paused or job.name in self.state.unanchored
+            next_ms = None if unset else job.next_fire(handled)
             fields = job_fields(job, handled, next_ms)
             fields["status"], fields["waiting"] = self._status(job.name)
             return fields

@@ -48,6 +48,7 @@ from scheduler.entries import (
     DEFAULT_CLAIM,
     MAX_CLAIM,
     OP_ADD,
+    OP_ANCHOR,
     OP_BEAT,
     OP_CLAIM,
     OP_DEL,
@@ -65,6 +66,7 @@ from scheduler.entries import (
     Result,
     claim_fields,
     encode_add,
+    encode_anchor,
     encode_attempt,
     encode_beat,
     encode_claim,
@@ -96,10 +98,12 @@ from scheduler.state_snapshot import SnapshotSide
 # the server and tests
 __all__ = [
     "SchedulerState", "ERR_BAD_ENTRY", "ERR_EXISTS", "ERR_HAS_DEPENDENTS", "ERR_NO_JOB",
-    "KILL_NOTICE_MS", "TIMED_OUT_MESSAGE", "DEFAULT_CLAIM", "MAX_CLAIM", "OP_ADD", "OP_BEAT",
+    "KILL_NOTICE_MS", "TIMED_OUT_MESSAGE", "DEFAULT_CLAIM", "MAX_CLAIM", "OP_ADD",
+    "OP_ANCHOR", "OP_BEAT",
     "OP_CLAIM", "OP_DEL", "OP_DONE", "OP_DONE_MANY", "OP_EXPIRE", "OP_FIRE",
     "OP_FIRE_MANY", "OP_LOSE",
     "OP_MEMBER", "OP_PAUSE", "OP_RESUME", "OP_RETRY", "OP_RUN", "Result", "encode_add",
+    "encode_anchor",
     "encode_attempt", "encode_beat", "encode_claim", "encode_done", "encode_done_many",
     "encode_fire",
     "encode_fire_many", "fire_fields", "claim_fields", "encode_lose", "encode_member",
@@ -127,7 +131,10 @@ class SchedulerState(SchedulerEntryHandlers, SnapshotSide):
         # after every apply and restore, so it is empty between them
         self.clients: dict[int, str] = {}
         self.applied = 0  # index of the last applied entry
-        self.jobs_changes = 0  # grows on every add, delete, pause, resume and restore
+        self.jobs_changes = 0  # grows on every add, delete, pause, resume, anchor, restore
+        # `@in` jobs added through a node that did not lead: their anchor (created_ms) waits
+        # for the leader's "anchor" entry, and they have no slot until then
+        self.unanchored: set[str] = set()
         # (job, run id) of every run that may be ACTIVE, and of every run that may be
         # FIRED, so claims and the leader's timeout/lost/retry checks need not scan the
         # whole history. Supersets: a run enters when it fires (or fires a retry) and is

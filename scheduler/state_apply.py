@@ -23,6 +23,7 @@ from scheduler.entries import (
     DEFAULT_CLAIM,
     MAX_CLAIM,
     OP_ADD,
+    OP_ANCHOR,
     OP_BEAT,
     OP_CLAIM,
     OP_DEL,
@@ -91,6 +92,7 @@ class SchedulerEntryHandlers(QuerySide):
     clients: dict[int, str]
     adverts: dict[str, Advert]
     handler_names: frozenset[str]
+    unanchored: set[str]
     applied: int
     jobs_changes: int
 
@@ -129,6 +131,21 @@ class SchedulerEntryHandlers(QuerySide):
         self.handled[job.name] = job.first_handled_ms()
         self.runs[job.name] = {}
         self.missed[job.name] = 0
+        if entry.get("anchor"):
+            self.unanchored.add(job.name)
+        return None
+
+    def _anchor(self, entry: dict[str, Any]) -> Any:
+        """The leader's stamp of an `@in` job's anchor: its created_ms becomes the entry's
+        time (the first stamp wins; a later one, or one for another job, is a no-op)."""
+        name = entry["name"]
+        if name not in self.unanchored or name not in self.jobs:
+            return None
+        self.unanchored.discard(name)
+        job = replace(self.jobs[name], created_ms=entry["now_ms"])
+        self.jobs[name] = job
+        self.handled[name] = job.first_handled_ms()
+        self.jobs_changes += 1
         return None
 
     def _del(self, entry: dict[str, Any]) -> Any:
@@ -143,6 +160,7 @@ class SchedulerEntryHandlers(QuerySide):
             self._children[parent].remove(name)
         for table in (self.jobs, self.handled, self.runs, self.missed, self._children):
             table.pop(name, None)
+        self.unanchored.discard(name)
         self.jobs_changes += 1
         return None
 
@@ -427,6 +445,7 @@ class SchedulerEntryHandlers(QuerySide):
 
 _HANDLERS = {
     OP_ADD: SchedulerEntryHandlers._add,
+    OP_ANCHOR: SchedulerEntryHandlers._anchor,
     OP_DEL: SchedulerEntryHandlers._del,
     OP_PAUSE: SchedulerEntryHandlers._pause,
     OP_RESUME: SchedulerEntryHandlers._resume,

@@ -9,7 +9,8 @@ encoder packs piece by piece (one small msgpack call per job or record list) so 
 loop gets the GIL back between pieces; the bytes equal one `msgpack.packb` of the map.
 
 The workers' adverts (scheduler/routing.py) travel too; a snapshot written before them
-restores with none (each worker's next claim brings its own). Run histories travel as rows
+restores with none (each worker's next claim brings its own); so do the `@in` jobs waiting
+for the leader to stamp their anchor. Run histories travel as rows
 in RUN_FIELDS order (a snapshot holds every job's history); a snapshot written before rows
 (maps) still restores. Restore rebuilds the AFTER children and
 the active/fired run indexes.
@@ -39,6 +40,7 @@ class _View:
     workers: dict[str, int]
     clients: dict[int, str]
     adverts: dict[str, Advert]
+    unanchored: list[str]
 
 
 class SnapshotSide:
@@ -52,6 +54,7 @@ class SnapshotSide:
     clients: dict[int, str]
     adverts: dict[str, Advert]
     handler_names: frozenset[str]
+    unanchored: set[str]
     jobs_changes: int
     _active: set[tuple[str, str]]
     _fired: set[tuple[str, str]]
@@ -66,7 +69,8 @@ class SnapshotSide:
         (which returns what `snapshot()` would have returned now)."""
         view = _View(list(self.jobs.values()), dict(self.handled), dict(self.missed),
                      {name: list(runs.values()) for name, runs in self.runs.items()},
-                     dict(self.workers), dict(self.clients), dict(self.adverts))
+                     dict(self.workers), dict(self.clients), dict(self.adverts),
+                     sorted(self.unanchored))
         return partial(_encode, view)
 
     def restore(self, blob: bytes) -> None:
@@ -86,6 +90,7 @@ class SnapshotSide:
         self.clients = {int(k): v for k, v in data.get("clients", {}).items()}
         self.adverts = {w: Advert.from_wire(raw) for w, raw in data.get("adverts", {}).items()}
         self.handler_names = handler_union(self.adverts.values())
+        self.unanchored = set(data.get("unanchored", ()))
         self.runs = {}
         if "run_rows" in data:
             names = data["run_fields"]
@@ -107,7 +112,7 @@ def _encode(view: _View) -> bytes:
     holding the GIL for tens of milliseconds."""
     packer = msgpack.Packer()
     pack = packer.pack
-    parts = [packer.pack_map_header(8), pack("jobs"), packer.pack_array_header(len(view.jobs))]
+    parts = [packer.pack_map_header(9), pack("jobs"), packer.pack_array_header(len(view.jobs))]
     parts += [pack(job.to_dict()) for job in view.jobs]
     parts += [pack("handled"), pack(view.handled), pack("missed"), pack(view.missed)]
     # rows, not maps: a snapshot holds every job's history
@@ -119,4 +124,5 @@ def _encode(view: _View) -> bytes:
     clients = {str(k): v for k, v in view.clients.items()}  # msgpack: str keys
     parts += [pack("clients"), pack(clients)]
     parts += [pack("adverts"), pack({w: a.to_wire() for w, a in view.adverts.items()})]
+    parts += [pack("unanchored"), pack(view.unanchored)]
     return b"".join(parts)

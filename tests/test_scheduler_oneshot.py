@@ -21,6 +21,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from scheduler import state as S
+from scheduler.firing import FirePlanner
 from scheduler.jobs import parse_job_add
 from scheduler.planning import plan_slots
 from scheduler.routing import REASON_SHELL
@@ -253,6 +254,27 @@ def test_one_shot_state_survives_a_snapshot() -> None:
     assert copy.jobs["soon"].next_fire(copy.handled["soon"]) == T0 + 3_600_000
 
 
+def test_an_in_job_added_through_a_follower_counts_from_the_leaders_stamp() -> None:
+    state = SchedulerState()
+    job = parse_job_add(["via", "@in 30s", "true"], T0)  # T0: the follower's clock
+    assert state.apply_entry(S.encode_add(job, anchor=True)) is None
+    planner = FirePlanner()
+    assert planner.next_fire(state, "via", state.jobs["via"]) is None  # no slot yet
+    assert state.apply_entry(S.encode_anchor("via", T0 + 700)) is None  # the leader's time
+    assert state.jobs["via"].created_ms == T0 + 700 and state.unanchored == set()
+    assert planner.next_fire(state, "via", state.jobs["via"]) == T0 + 30_700
+    state.apply_entry(S.encode_anchor("via", T0 + 900))  # an old leader's, late: no-op
+    assert state.jobs["via"].created_ms == T0 + 700
+    add(state, "waits", "@in 1s")
+    state.apply_entry(S.encode_add(parse_job_add(["later", "@in 5s", "true"], T0),
+                                   anchor=True))
+    copy = SchedulerState()
+    copy.restore(state.snapshot())
+    assert copy.unanchored == {"later"} and copy.snapshot() == state.snapshot()
+    state.apply_entry(S.encode_name(S.OP_DEL, "later"))
+    assert state.unanchored == set()
+
+
 def test_the_readme_states_the_one_shot_rules() -> None:
     text = " ".join(README.read_text().split())
     for sentence in (
@@ -264,8 +286,9 @@ def test_the_readme_states_the_one_shot_rules() -> None:
         "Once its run has ended, its status is `finished`.",
         "`@at TIME`, once at an RFC 3339 time (`@at 2030-01-31T09:00:00Z`, "
         "`@at 2030-01-31T10:00:00.250+01:00`)",
-        "`@in DURATION`, once, that long after the time stamped into the job's `JOB.ADD` "
-        "entry (`@in 30s`)",
+        "`@in DURATION`, once, that long after the job was added, by the leader's clock "
+        "(`@in 30s`: the leader stamps the time it took the `JOB.ADD` into the log, so every "
+        "replica agrees)",
     ):
         assert sentence in text, sentence
     for example in ("@at 2030-01-31T09:00:00Z", "@at 2030-01-31T10:00:00.250+01:00",
@@ -314,6 +337,20 @@ def test_in_fires_once_across_leader_changes(cluster: Cluster) -> None:
     for node in cluster.nodes:
         if not node.alive():
             node.start()
+
+
+def test_an_in_job_added_through_a_follower_runs_once(cluster: Cluster) -> None:
+    out = cluster.tmp / "via.txt"
+    leader = cluster.leader()
+    follower = next(node for node in cluster.nodes if node is not leader and node.alive())
+    sent_ms = int(time.time() * 1000)
+    assert cluster.client(follower).execute_command(
+        "JOB.ADD", "via", "@in 1s", f'echo "$SCHED_RUN_ID" >> {out}') == "OK"
+    wait_until(lambda: job_status(cluster, "via") == FINISHED, "the run of via", cluster)
+    got = cluster.call("JOB.GET", "via")
+    assert got["created_ms"] >= sent_ms  # stamped by the leader once the add committed
+    [run] = cluster.call("JOB.HISTORY", "via", "5")
+    assert run["slot_ms"] == got["created_ms"] + 1000 and lines(out) == [run["run_id"]]
 
 
 def test_at_in_the_past_beyond_misfire_is_expired_on_the_cluster(cluster: Cluster) -> None:

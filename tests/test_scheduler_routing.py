@@ -24,6 +24,7 @@ from hypothesis import strategies as st
 
 from scheduler import state as S
 from scheduler.embedded import EmbeddedWorker, Run
+from scheduler.firing import FirePlanner
 from scheduler.jobs import parse_job_add
 from scheduler.routing import (
     ERR_NAMES,
@@ -179,6 +180,19 @@ def test_a_broadcast_goes_to_the_live_workers_that_can_run_it() -> None:
     claim(state, "sh", SHELL)
     assert state.live_workers(T0 + 100, TIMEOUT_MS) == ["emb", "sh"]
     assert state.live_workers(T0 + 100, TIMEOUT_MS, state.jobs["bc"]) == ["emb"]
+
+
+def test_a_held_job_is_due_again_at_the_recheck_with_its_slot_unhandled() -> None:
+    state = state_with(("held", "h9", ("TARGET", "h9")))
+    planner = FirePlanner()
+    planner.refresh(state)
+    now = T0 + 366 * 86_400_000  # its yearly slot is due
+    assert [name for name, _ in planner.take_due(state, now)] == ["held"]
+    planner.hold(["held"], now + 100)
+    assert "held" not in planner.in_flight and planner.soonest() == now + 100
+    assert planner.take_due(state, now + 99) == []
+    assert [name for name, _ in planner.take_due(state, now + 100)] == ["held"]
+    assert state.handled["held"] == T0
 
 
 # -- a real cluster --------------------------------------------------------------------------------

@@ -102,8 +102,8 @@ def add_proxy_parser(subparsers: Any) -> argparse.ArgumentParser:
                        help="consecutive failures that mark a backend down (3)")
     proxy.add_argument("--retry-backoff", dest="retry_backoff", type=_backoff,
                        default=(0.5, 30.0), help="probe a down backend after MIN,MAX s")
-    proxy.add_argument("--pool-size", dest="pool_size", type=int, default=2,
-                       help="connections per backend (2)")
+    proxy.add_argument("--pool-size", dest="pool_size", type=int, default=1,
+                       help="connections per backend (1, as twemproxy's server_connections)")
     proxy.add_argument("-c", "--conn-limit", dest="conn_limit", type=int,
                        default=DEFAULT_MAX_CONNECTIONS, help="max simultaneous clients")
     proxy.add_argument("-I", "--max-item-size", dest="max_item_size", type=_size,

@@ -42,6 +42,7 @@ import contextlib
 import logging
 import socket
 import time
+from asyncio import Future
 from collections import deque
 from time import perf_counter_ns
 from typing import Literal, Protocol, TypeVar, overload
@@ -108,6 +109,7 @@ class BackendConn(asyncio.Protocol):
         self.loop = asyncio.get_running_loop()
         self.pending: deque[_Pending] = deque()
         self.framer = ReplyFramer()
+        self._framer_idle = True  # framer.idle() as of the end of the last read it took
         self.transport: asyncio.Transport | None = None
         self.closed = False
         self._out: list[bytes] = []  # written once connected, or at the end of this tick
@@ -138,42 +140,39 @@ class BackendConn(asyncio.Protocol):
         self._write_out()
 
     def data_received(self, data: bytes) -> None:
-        framer = self.framer
         pending = self.pending
-        backend = self.backend
-        record = backend.latency.record
         now = perf_counter_ns()  # the replies in this read all arrived by now
-        answered = False
-        if framer.idle():  # the plainest replies straight from the read's bytes
+        first = pending[0][3] if pending else now  # when the oldest request was sent
+        answered = 0
+        if self._framer_idle:  # the plainest replies straight from the read's bytes
             pos = 0
             while pending:
-                waiter, shape, _, started = pending[0]
+                waiter, shape, _, _ = pending[0]
                 got = quick_take(data, pos, shape)
                 if got is None:
                     break
                 reply, pos = got
                 pending.popleft()
-                record(now - started)
-                answered = True
-                if not waiter.done():
+                answered += 1
+                if type(waiter) is not Future or not waiter.done():  # an Answer: never done
                     waiter.set_result(reply)
             if pos == len(data):
                 if answered:
-                    self.pool.replied(backend.address)
+                    self._answered(now - first)
                 return
             if pos:
                 data = data[pos:]
+        framer = self.framer
         framer.feed(data)
         try:
             while pending:
-                waiter, shape, _, started = pending[0]
+                waiter, shape, _, _ = pending[0]
                 reply = framer.take(shape)
                 if reply is None:
                     break
                 pending.popleft()
-                record(now - started)
-                answered = True
-                if not waiter.done():
+                answered += 1
+                if type(waiter) is not Future or not waiter.done():
                     waiter.set_result(reply)
             else:
                 if framer.buffered():
@@ -181,8 +180,16 @@ class BackendConn(asyncio.Protocol):
         except ValueError as exc:
             self._break(proxy_plan.PROTOCOL_ERROR, f"bad reply: {exc}")
             return
+        self._framer_idle = framer.idle()
         if answered:
-            self.pool.replied(backend.address)
+            self._answered(now - first)
+
+    def _answered(self, nanos: int) -> None:
+        """A read answered requests: the backend replied (health), and the latency of the
+        oldest of them is the read's sample (one per read, not one per reply)."""
+        backend = self.backend
+        backend.latency.record(nanos)
+        self.pool.replied(backend.address)
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.closed:

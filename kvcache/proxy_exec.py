@@ -119,9 +119,9 @@ class Answer:
     """The slot of a request one backend answers (most requests): the backend connection
     delivers the reply straight into it, as the waiter of `BackendConn.send` (the interface
     of an asyncio.Future), so the hot path makes no future and schedules no callback per
-    request. `notify()` (set by the client connection while `waiting`) is called once the
-    reply or failure is in. `keys`: a retrieval of that many keys, whose reply (WHOLE_VALUES)
-    is passed on byte for byte."""
+    request. `notify(answer)` (set by the client connection while `waiting`) is called once
+    the reply or failure is in. `keys`: a retrieval of that many keys, whose reply
+    (WHOLE_VALUES) is passed on byte for byte."""
 
     __slots__ = ("reply", "error", "silent", "keys", "waiting", "notify")
     fut = None
@@ -133,7 +133,7 @@ class Answer:
         self.silent = silent
         self.keys = keys
         self.waiting = True
-        self.notify: Callable[[], None] | None = None
+        self.notify: Callable[[Answer], None] | None = None
 
     def done(self) -> bool:
         return not self.waiting
@@ -142,14 +142,14 @@ class Answer:
         self.reply = reply
         self.waiting = False
         if self.notify is not None:
-            self.notify()
+            self.notify(self)
 
     def set_exception(self, exc: BaseException) -> None:
         assert isinstance(exc, BackendFailure)
         self.error = exc
         self.waiting = False
         if self.notify is not None:
-            self.notify()
+            self.notify(self)
 
     def result(self, counters: ProxyCounters) -> bytes:
         if self.error is not None:

@@ -20,7 +20,8 @@ that pause and shutdown are core/connections.py's, as for every daemon.
 `stats` answers the proxy's own figures (memcached's names where they mean the same, then
 `backend:<host:port>:<figure>` for each backend: state up/down, weight, requests, errors,
 timeouts, consecutive failures, times marked down, probes, open connections, requests in
-flight, latency p50/p99 in microseconds at power-of-two resolution). `stats reset`,
+flight, latency p50/p99 in microseconds at power-of-two resolution, one sample per backend
+read: the oldest request it answered). `stats reset`,
 `stats settings` and `stats backends` work too; other arguments get ERROR. It is computed
 when its turn comes, after every earlier reply of the connection.
 """
@@ -61,7 +62,7 @@ class ProxyConfig:
     timeout: float = 1.0
     failure_threshold: int = 3
     retry_backoff: tuple[float, float] = (0.5, 30.0)
-    pool_size: int = 2
+    pool_size: int = 1  # one connection per backend carries every client's requests
     max_connections: int = DEFAULT_MAX_CONNECTIONS
     item_size_max: int = DEFAULT_ITEM_SIZE_MAX
 
@@ -249,7 +250,7 @@ class ClientConnection(asyncio.Protocol):
         self._reading = True
         self._eof = False  # the client half-closed: no more bytes will come
         self._barrier: Slot | Answer | None = None
-        self._notify = self._on_reply  # made once, not per request
+        self._notify = self._on_answer  # made once, not per request
         self._flush_soon = False
         # The lane may take the next read: the parser holds nothing (no byte, no block it
         # waits for or swallows). Recomputed after each read the parser takes.
@@ -375,18 +376,24 @@ class ClientConnection(asyncio.Protocol):
     def _on_done(self, _fut: asyncio.Future[Any]) -> None:
         self._on_reply()
 
-    def _on_reply(self) -> None:
+    def _on_answer(self, slot: Answer) -> None:
+        """`slot` (an Answer of this connection) just got its reply or failure."""
         queue = self.queue
-        if (len(queue) == 1 and queue[0].done() and self._reading and not self._flush_soon
+        if (len(queue) == 1 and queue[0] is slot and self._reading and not self._flush_soon
                 and not self._quitting and not self._eof and not self.closed):
-            # The only reply this client waits for (its slot is done: a done callback may
-            # run after its slot was written and the next one queued): nothing could join
-            # its write, so it goes now, with no flush scheduled and nothing held back.
-            reply = queue.popleft().result(self.proxy.counters)
+            # The only reply this client waits for: nothing could join its write, so it
+            # goes now, with no flush scheduled and nothing held back. (Only the slot that
+            # just completed: a future's done callback runs a tick late, when its slot may
+            # be written and the only one left a request still waiting.)
+            queue.pop()
+            reply = slot.result(self.proxy.counters)
             if reply:
                 self.proxy.bytes_written += len(reply)
                 self.transport.write(reply)
             return
+        self._on_reply()
+
+    def _on_reply(self) -> None:
         # Replies that complete in one tick (one backend read answers many) go out in one
         # write: the flush runs once, after this tick's callbacks.
         if not self._flush_soon and not self.closed:

@@ -137,7 +137,7 @@ class ClientCommands:
             shard = self._local_shard(slot)
             if write:
                 return self._write(shard, args)
-            return self._read(shard, args, _readonly(session))
+            return self._read_or_wait(shard, args, _readonly(session))
 
         return handler
 
@@ -167,9 +167,20 @@ class ClientCommands:
             raise reply
         return reply
 
+    def _read_or_wait(self, shard: Shard, args: list[bytes], stale_ok: bool) -> Any:
+        """The reply at once when the read needs no barrier (READONLY, or a group that needs
+        no round: RaftService.reads_ready); else a coroutine that waits for one first. A
+        reply at once spares the connection a task per command."""
+        if stale_ok or self.node.service.reads_ready(shard.group):
+            return self._read_local(shard, args)
+        return self._read(shard, args, stale_ok)
+
     async def _read(self, shard: Shard, args: list[bytes], stale_ok: bool) -> Any:
         if not stale_ok:
             await self.node.service.barrier(shard.group)
+        return self._read_local(shard, args)
+
+    def _read_local(self, shard: Shard, args: list[bytes]) -> Any:
         machine = self.node.machines.get(shard.shard_id)
         if machine is None:
             raise CommandError(ERR_CLUSTERDOWN)

@@ -518,12 +518,18 @@ cdef class Lru:
         """One automove decision over the evictions since the last call (see the pure
         twin); True if a page moved."""
         cdef int cls
+        cdef uint32_t tail
         seen = self.automove_seen
+        ages = [0]
+        for cls in range(1, self.a.nclasses + 1):
+            tail = self.a.victim(cls)
+            ages.append(max(0, self.now - <int64_t>rec_at(self.a.base, tail).atime)
+                        if tail else 0)
         figures = ClassFigures(
             self._page_counts(),
             [self.a.free_counts[cls] for cls in range(self.a.nclasses + 1)],
             [self.a.per_page[cls] for cls in range(self.a.nclasses + 1)],
-            [count - seen[cls] for cls, count in enumerate(self.evictions)])
+            [count - seen[cls] for cls, count in enumerate(self.evictions)], ages)
         self.automove_seen = list(self.evictions)
         pick = automove_pick(level, figures)
         if pick is None:

@@ -466,13 +466,24 @@ class Lru:
         seen = self._automove_seen
         figures = ClassFigures(self._page_counts(), [len(free) for free in pages.free],
                                pages.per_page,
-                               [count - seen[cls] for cls, count in enumerate(self._evictions)])
+                               [count - seen[cls] for cls, count in enumerate(self._evictions)],
+                               [self._tail_age(cls) for cls in range(len(seen))])
         self._automove_seen = list(self._evictions)
         pick = automove_pick(level, figures)
         if pick is None:
             return False
         self._move_page(*pick)
         return True
+
+    def _tail_age(self, cls: int) -> int:
+        """The age of the item `cls` would evict next (0 for none or class 0)."""
+        if cls == 0:
+            return 0
+        for lane in (cls * LANES + COLD, cls * LANES + WARM, cls * LANES + HOT):
+            tail = self._lanes[lane].prev
+            if tail is not self._lanes[lane]:
+                return max(0, self.now - tail.atime)
+        return 0
 
     def _evict(self, victim: Item, moving: bool = False) -> None:
         """Unlink the LRU tail to reuse its chunk (or an item on a page that leaves its

@@ -10,11 +10,13 @@ The policy, memcached's in spirit (slabs.c's reassign and slab_automove.c), simp
 - `slabs reassign -1 <dst>` and a class that has no page yet when memory is full take the
   page of the class holding the most pages (the lowest id on a tie; memcached's -1 goes
   round the classes instead). `slabs reassign 0 <dst>` hands on a page of the pool.
-- automove, given the evictions each class made since the last call: the class that
-  evicted most is short of memory (none evicted: nothing moves). Its page comes from a
-  class with a whole page of free chunks if there is one (the most free pages), else,
-  at level 1, from a class that evicted nothing (the most pages), else, at level 2
-  (memcached's aggressive mode), from any class that evicted fewer (the fewest
+- automove, given the evictions each class made since the last call and the age of each
+  class's LRU tail (now minus its last access): the class that evicted most is short of
+  memory (none evicted: nothing moves). Its page comes from a class with a whole page of
+  free chunks if there is one (the most free pages), else, at level 1, from a class that
+  evicted nothing and whose tail is older than the evicting class's (the oldest tail:
+  memory goes from older data to younger, as memcached's age ratio does), else, at
+  level 2 (memcached's aggressive mode), from any class that evicted fewer (the fewest
   evictions, then the most pages).
 """
 
@@ -38,6 +40,7 @@ class ClassFigures(NamedTuple):
     free_chunks: list[int]
     per_page: list[int]
     evictions: list[int]  # since the last automove call
+    ages: list[int]  # seconds since the class's LRU tail was last stored or read
 
 
 def richest(pages: list[int], dst: int) -> int:
@@ -82,8 +85,10 @@ def automove_pick(level: int, figures: ClassFigures) -> tuple[int, int] | None:
     if dst == 0:
         return None
     src = _free_page_holder(figures, dst)
-    if src == 0:
-        src = _least_evicting(figures, dst, level)
+    if src == 0 and level == AUTOMOVE_ON:
+        src = _oldest_idle(figures, dst)
+    elif src == 0:
+        src = _least_evicting(figures, dst)
     return (src, dst) if src else None
 
 
@@ -98,10 +103,18 @@ def _free_page_holder(figures: ClassFigures, dst: int) -> int:
     return best
 
 
-def _least_evicting(figures: ClassFigures, dst: int, level: int) -> int:
-    ceiling = 1 if level == AUTOMOVE_ON else figures.evictions[dst]
+def _oldest_idle(figures: ClassFigures, dst: int) -> int:
+    best, oldest = 0, figures.ages[dst]
+    for cls in range(1, len(figures.pages)):
+        if (cls != dst and figures.pages[cls] >= MIN_PAGES_TO_GIVE
+                and figures.evictions[cls] == 0 and figures.ages[cls] > oldest):
+            best, oldest = cls, figures.ages[cls]
+    return best
+
+
+def _least_evicting(figures: ClassFigures, dst: int) -> int:
     best = 0
-    best_key = (ceiling, -(1 << 62))  # only classes that evicted fewer than the ceiling
+    best_key = (figures.evictions[dst], -(1 << 62))  # only classes that evicted fewer
     for cls in range(1, len(figures.pages)):
         if cls == dst or figures.pages[cls] < MIN_PAGES_TO_GIVE:
             continue

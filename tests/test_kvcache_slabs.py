@@ -210,6 +210,25 @@ def test_automove_level_one_spares_classes_that_evict_and_level_two_does_not(
     assert s.automove(2) is True  # the class evicting less gives a page
 
 
+@twin
+def test_automove_level_one_takes_from_an_idle_class_with_older_data(module: ModuleType) -> None:
+    s = small(module, 6)
+    for i in range(500):  # three pages of older data, then idle
+        put(s, b"old%d" % i, 10)
+    old = s.clsid_of(s.find(b"old0"))
+    s.tick(NOW + 100)
+    for i in range(40):  # the rest of memory and evictions, all young
+        put(s, b"new%d" % i, 3000)
+    assert s.automove(1) is True
+    assert pages_of(s)[old] == 2 and s.reassign_evictions > 0  # the oldest went
+    for i in range(40, 80):
+        put(s, b"new%d" % i, 3000)
+    s.tick(NOW + 101)
+    for i in range(500, 1400):  # the small class is young again and evicting itself
+        put(s, b"old%d" % i, 10)
+    assert s.automove(1) is False  # the other class evicts too: level 1 leaves it be
+
+
 # -- -C --------------------------------------------------------------------------------------
 @twin
 def test_without_cas_items_carry_none_refuse_cas_and_save_eight_bytes(module: ModuleType) -> None:

@@ -185,9 +185,13 @@ class FiringLoop:
         self.planner.refresh(self.state)
         fires, names, held = [], [], []
         live: list[Advert] | None = None  # the live workers' adverts, read once a turn
+        reasons: dict[tuple[str, str], str | None] = {}  # (command, target) -> why it waits
         for name, job in self.planner.take_due(self.state, now):
             live = self.state.live_adverts(now, self.worker_timeout_ms) if live is None else live
-            if self._holds(name, job, now, live):
+            key = (job.command, job.target)  # (a burst of jobs shares a few: judged once)
+            if key not in reasons:
+                reasons[key] = self.state.waiting(job, live)
+            if self._holds(name, job, now, reasons[key]):
                 held.append(name)
                 continue
             names.append(name)
@@ -249,11 +253,10 @@ class FiringLoop:
             self._anchoring.discard(name)
             self._jobs_changed.set()
 
-    def _holds(self, name: str, job: Job, now: int, live: list[Advert]) -> bool:
-        """Whether `job` waits: no live worker can take its runs (scheduler/routing.py).
-        A one-shot job past its misfire deadline does not wait: its fire entry records it
-        expired."""
-        reason = self.state.waiting(job, live)
+    def _holds(self, name: str, job: Job, now: int, reason: str | None) -> bool:
+        """Whether `job` waits: no live worker can take its runs (`reason` says why, None
+        if one can: scheduler/routing.py). A one-shot job past its misfire deadline does
+        not wait: its fire entry records it expired."""
         if reason is None:
             if self.waiting.pop(name, None) is not None:
                 log.info("job %s: a worker can take its runs now", name)

@@ -390,16 +390,25 @@ class Namespace:
         old = new_parent.children.get(new_name)
         if old is not None:
             self._check_replace(node, old, canonical(dst), replace)
-        moved, replaced = usage(node), usage(old) if old is not None else (0, 0)
-        charges = Charges().add(new_chain, moved[0] - replaced[0], moved[1] - replaced[1])
+        kept = old is not None and old.kind == FILE  # a file over a file: old is a version
+        olds = versions.history(old, node) if kept else []
+        dropped = olds[:max(0, len(olds) - versions.keep_limit([n for _, n in new_chain]))]
+        moved = usage(node)
+        gone = (len(dropped), sum(v.size for v in dropped)) if kept else (
+            usage(old) if old is not None else (0, 0))
+        charges = Charges().add(new_chain, moved[0] - gone[0], moved[1] - gone[1])
         charges.add(old_chain, -moved[0], -moved[1])
         charges.check()
         charges.apply()
+        if kept:
+            self.released.extend(v.inode for v in versions.supersede(
+                old, node, olds, len(olds) - len(dropped)))
         old_parent = old_chain[-1][1]
         del old_parent.children[old_name]
         old_parent.mtime_ms = self.clock_ms
         self._link(new_parent, new_name, node)
         return None
+
     @staticmethod
     def _check_replace(node: Node, old: Node, dst: str, replace: bool) -> None:
         if not replace:

@@ -9,6 +9,8 @@ versions past the limit of the nearest directory that sets one (FS.SETVERSIONS; 
 DEFAULT_KEEP_VERSIONS) are dropped, oldest first, and returned so the namespace can release
 their inodes. A restore swaps: the chosen version becomes the path's node again (keeping
 its number and inode) and the node it replaces joins the versions, so nothing is lost.
+A file renamed over a file (FS.RENAME ... REPLACE, which is how a client commits a write)
+supersedes it the same way: the replaced file becomes the newest old version.
 """
 
 from __future__ import annotations
@@ -16,7 +18,8 @@ from __future__ import annotations
 from typing import Any, Protocol
 
 __all__ = ["DEFAULT_KEEP_VERSIONS", "ERR_BAD_KEEP", "ERR_NO_VERSION", "MAX_KEEP_VERSIONS",
-           "check_keep", "keep_limit", "listing", "overwrite", "restore", "trim"]
+           "check_keep", "history", "keep_limit", "listing", "overwrite", "restore",
+           "supersede", "trim"]
 
 DEFAULT_KEEP_VERSIONS = 3  # old versions a file keeps where no directory says otherwise
 MAX_KEEP_VERSIONS = 1000
@@ -67,6 +70,25 @@ def overwrite(old: Versioned, new: Versioned, keep: int) -> list[Any]:
     new.version = max([old.version, *(v.version for v in old.versions)]) + 1
     new.owner, new.group, new.mode = old.owner, old.group, old.mode
     new.versions = [*old.versions, old]
+    old.versions = []
+    return trim(new, keep)
+
+
+def history(old: Versioned, new: Versioned) -> list[Any]:
+    """The old versions `new` will have once it replaces `old` by a rename, oldest first:
+    old's versions, old itself, then new's own old versions. Changes nothing."""
+    return [*old.versions, old, *sorted(new.versions, key=lambda v: v.version)]
+
+
+def supersede(old: Versioned, new: Versioned, olds: list[Any], keep: int) -> list[Any]:
+    """`new` (renamed over `old`) takes `olds` (from `history`) as its old versions, new's
+    own renumbered after old's, and the next number; the versions dropped past `keep`.
+    `new` keeps its own owner, group and mode."""
+    top = max(v.version for v in [*old.versions, old])
+    for at, v in enumerate(olds[len(old.versions) + 1:], start=1):
+        v.version = top + at
+    new.version = max(v.version for v in olds) + 1
+    new.versions = olds
     old.versions = []
     return trim(new, keep)
 

@@ -311,6 +311,7 @@ def test_the_command_line(cluster: DfsCluster, tmp_path: Path) -> None:
 def test_chunks_of_replaced_and_deleted_files_are_collected(cluster: DfsCluster,
                                                             fs: DfsClient) -> None:
     fs.mkdir("/gc", parents=True)
+    fs.master.call("FS.SETVERSIONS", "/gc", "0")  # a replaced file is kept as no version
     fs.write_bytes("/gc/a", os.urandom(2 * CHUNK))
     fs.write_bytes("/gc/b", os.urandom(CHUNK))
     old = [row[0] for row in fs.locate("/gc/a")[2]]
@@ -359,8 +360,9 @@ PROMISES = {  # README.md's sentence -> the test here that checks it
     "replica and reports the bad one, and the scrubber finds damage no client reads; either "
     "way the bad replica is replaced by a good copy.":
         test_a_flipped_byte_is_read_around_and_repaired,
-    "The chunks of a file replaced or deleted (once purged from the trash) are deleted from "
-    "every chunk server.": test_chunks_of_replaced_and_deleted_files_are_collected,
+    "The chunks of a file replaced (once past its directory's versions limit) or deleted (once "
+    "purged from the trash) are deleted from every chunk server.":
+        test_chunks_of_replaced_and_deleted_files_are_collected,
     "`dfs put` and `dfs get` show a progress bar on stderr.": test_the_command_line,
     "`import dfs.fsspec_fs` registers `dfs://` with fsspec, so pandas writes and reads CSVs at "
     "`dfs:///path` (masters in `storage_options={\"masters\": ...}`, in the URL as "

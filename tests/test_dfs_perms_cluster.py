@@ -182,6 +182,9 @@ PROMISES = {  # README.md's sentence -> the tests that check it
     "A snapshot copies the directory's metadata when it is taken and shares its files' chunks, "
     "which stay until no snapshot, version or path holds them.":
         (test_dfs_versions_snapshots.test_a_snapshot_reads_as_the_directory_was,),
+    "and so does a file renamed over a file with `FS.RENAME src dst REPLACE` (how `dfs.client` "
+    "commits every write)":
+        (test_dfs_versions.test_a_file_renamed_over_a_file_keeps_it_as_a_version,),
 }
 
 

@@ -112,3 +112,20 @@ def test_the_chunk_table_charges_quotas_and_keeps_old_versions_chunks() -> None:
     assert run(ns.encode_setversions(now(), "/q", 0)) is None
     assert run(ns.encode_create(now(), "/q/f", True)) is None
     assert len(chunks.dead_inodes(table)) == 3  # every old version dropped: its chunks go
+
+
+def test_a_file_renamed_over_a_file_keeps_it_as_a_version() -> None:
+    """How a client commits a write: a temporary file renamed over the path with REPLACE."""
+    m, now = Namespace(), Clock()
+    write(m, now, "/f", 1, overwrite=False)
+    for size in (2, 3):
+        write(m, now, "/tmp1", size, overwrite=False)
+        assert apply(m, ns.encode_rename(now(), "/tmp1", "/f", True)) is None
+    assert [(r[0], r[2], r[4]) for r in m.versions("/f")] == [(3, 3, 1), (2, 2, 0), (1, 1, 0)]
+    write(m, now, "/g", 10, overwrite=False)
+    write(m, now, "/g", 20)  # /g has an old version of its own
+    assert apply(m, ns.encode_rename(now(), "/g", "/f", True)) is None
+    assert [(r[0], r[2]) for r in m.versions("/f")] == [(5, 20), (4, 10), (3, 3), (2, 2)]
+    assert len(m.take_released()) == 1  # version 1 of /f: past the default limit of 3
+    assert apply(m, ns.encode_restore(now(), "/f", 3)) is None
+    assert m.stat("/f")["size"] == 3

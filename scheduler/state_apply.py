@@ -250,7 +250,11 @@ class SchedulerEntryHandlers(QuerySide):
     def _fire_runs(self, job: Job, slot: int, now_ms: int,
                    workers: Sequence[str]) -> list[dict[str, Any]]:
         """The runs of one slot: one open to any worker, or for a broadcast job with live
-        `workers`, shard i of n bound to workers[i]."""
+        `workers`, shard i of n bound to workers[i], of those that can run it (their adverts:
+        an AFTER child's list is the live workers, whatever their kind)."""
+        if job.broadcast:
+            workers = [w for w in workers if w not in self.adverts
+                       or can_take(job, self.adverts[w], self.handler_names)]
         bound: Sequence[str] = workers if job.broadcast and workers else ("",)
         fired: list[dict[str, Any]] = []
         for shard, worker in enumerate(bound):

@@ -182,6 +182,18 @@ def test_a_broadcast_goes_to_the_live_workers_that_can_run_it() -> None:
     assert state.live_workers(T0 + 100, TIMEOUT_MS, state.jobs["bc"]) == ["emb"]
 
 
+def test_a_broadcast_after_child_binds_only_workers_that_can_run_it() -> None:
+    state = state_with(("parent", "echo parent", ()))
+    child = parse_job_add(["child", "@after", "echo child", "AFTER", "parent", "TARGET", "ALL"],
+                          T0)
+    assert state.apply_entry(S.encode_add(child)) is None
+    claim(state, "emb", EMBEDDED)
+    [run] = state.apply_entry(S.encode_claim("sh", ["t1"], T0 + 20))
+    fired = state.apply_entry(S.encode_done("parent", run["run_id"], 0, "", T0 + 30,
+                                            run["attempt"], ["emb", "sh"]))
+    assert [(r["job"], r["worker"], r["shards"]) for r in fired] == [("child", "sh", 1)]
+
+
 def test_a_held_job_is_due_again_at_the_recheck_with_its_slot_unhandled() -> None:
     state = state_with(("held", "h9", ("TARGET", "h9")))
     planner = FirePlanner()

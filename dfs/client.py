@@ -64,10 +64,12 @@ class DfsClient:
 
     def __init__(self, masters: Sequence[Node] | str, *, password: str | None = None,
                  chunk_size: int = DEFAULT_CHUNK_SIZE, deadline_s: float = 30.0,
-                 data_timeout_s: float = DATA_TIMEOUT_S) -> None:
+                 data_timeout_s: float = DATA_TIMEOUT_S, username: str | None = None) -> None:
         if chunk_size < 1:
             raise ValueError(ERR_CHUNK_SIZE)
-        self.master = MasterLink(masters, password=password, deadline_s=deadline_s)
+        # With a username the masters see a dfs user (AUTH username password).
+        self.master = MasterLink(masters, password=password, deadline_s=deadline_s,
+                                 username=username)
         self.chunk_size = chunk_size
         self.data_timeout_s = data_timeout_s
 

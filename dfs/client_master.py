@@ -66,9 +66,10 @@ def _same(reply: object) -> object:
 
 class _Settings:
     def __init__(self, masters: Sequence[Node] | str, password: str | None, timeout_s: float,
-                 deadline_s: float) -> None:
+                 deadline_s: float, username: str | None = None) -> None:
         self.nodes = parse_masters(masters)
         self.password = password
+        self.username = username  # AUTH username password (dfs users) when given
         self.timeout_s = timeout_s
         self.deadline_s = deadline_s
         self.policy = RetryPolicy(deadline_s=deadline_s, pause_initial_s=PAUSE_INITIAL_S,
@@ -91,8 +92,8 @@ class MasterLink:
 
     def __init__(self, masters: Sequence[Node] | str, *, password: str | None = None,
                  timeout_s: float = DEFAULT_TIMEOUT_S,
-                 deadline_s: float = DEFAULT_DEADLINE_S) -> None:
-        self._settings = _Settings(masters, password, timeout_s, deadline_s)
+                 deadline_s: float = DEFAULT_DEADLINE_S, username: str | None = None) -> None:
+        self._settings = _Settings(masters, password, timeout_s, deadline_s, username)
         self._failover: Failover[RespConnection] = self._settings.failover()
 
     def call(self, *args: Any) -> Any:
@@ -101,7 +102,8 @@ class MasterLink:
 
     def _connect(self, host: str, port: int) -> RespConnection:
         s = self._settings
-        return RespConnection.connect(host, port, timeout=s.timeout_s, password=s.password)
+        return RespConnection.connect(host, port, timeout=s.timeout_s, password=s.password,
+                                      username=s.username)
 
     def close(self) -> None:
         """Close the connections (the link reconnects when used again)."""
@@ -114,8 +116,8 @@ class AsyncMasterLink:
 
     def __init__(self, masters: Sequence[Node] | str, *, password: str | None = None,
                  timeout_s: float = DEFAULT_TIMEOUT_S,
-                 deadline_s: float = DEFAULT_DEADLINE_S) -> None:
-        self._settings = _Settings(masters, password, timeout_s, deadline_s)
+                 deadline_s: float = DEFAULT_DEADLINE_S, username: str | None = None) -> None:
+        self._settings = _Settings(masters, password, timeout_s, deadline_s, username)
         self._failover: Failover[AsyncRespConnection] = self._settings.failover()
         self._lock = asyncio.Lock()
 
@@ -128,7 +130,7 @@ class AsyncMasterLink:
     async def _connect(self, host: str, port: int) -> AsyncRespConnection:
         s = self._settings
         return await AsyncRespConnection.connect(host, port, timeout=s.timeout_s,
-                                                 password=s.password)
+                                                 password=s.password, username=s.username)
 
     async def close(self) -> None:
         """Close the connections."""

@@ -15,6 +15,7 @@ import pytest
 import redis
 from redis.exceptions import AuthenticationError, ResponseError
 
+from dfs.client import DfsClient, DfsError
 from tests import (
     test_core_users,
     test_dfs_master,
@@ -102,6 +103,14 @@ def test_users_modes_quotas_and_versions_across_masters(cluster: Cluster) -> Non
                  ("FS.CHMOD", "/home/alice", "777"), ("FS.CHOWN", "/home/alice", "bob")):
         assert refused(bob, *args).startswith("permission denied"), args
 
+    # dfs.client logs in the same way.
+    addresses = [f"{h}:{p}" for h, p in zip(HOSTS, cluster.ports, strict=True)]
+    with DfsClient(addresses, username="alice", password="alice-pw", deadline_s=HANG_S) as fs:
+        assert fs.ls("/home/alice") == ["f"] and fs.stat("/home/alice/f")["owner"] == "alice"
+    with DfsClient(addresses, username="bob", password="bob-pw", deadline_s=HANG_S) as fs:
+        with pytest.raises(DfsError, match="permission denied"):
+            fs.ls("/home/alice")
+
     # The data path asks the same: reading a file's chunk list needs r on it (the leader).
     on_leader = login(cluster, cluster.leader() - 1, "bob", "bob-pw")
     assert refused(on_leader, "FS.LOCATE", "/home/alice/f").startswith("permission denied")
@@ -185,6 +194,8 @@ PROMISES = {  # README.md's sentence -> the tests that check it
     "and so does a file renamed over a file with `FS.RENAME src dst REPLACE` (how `dfs.client` "
     "commits every write)":
         (test_dfs_versions.test_a_file_renamed_over_a_file_keeps_it_as_a_version,),
+    "`DfsClient(masters, username=\"alice\", password=...)` logs in as a named user;":
+        (test_users_modes_quotas_and_versions_across_masters,),
 }
 
 

@@ -41,7 +41,7 @@ from collections.abc import Callable
 from typing import Any
 
 from kvcache import replies
-from kvcache.proxy_backend import BackendFailure, BackendPool, Reply, ignore
+from kvcache.proxy_backend import BackendConn, BackendFailure, BackendPool, Reply, ignore
 from kvcache.proxy_lane import lane_request
 from kvcache.proxy_plan import (
     UNAVAILABLE,
@@ -173,6 +173,11 @@ class Executor:
         self.counters = counters
         self.admin = admin
         self.loop = asyncio.get_running_loop()
+        router = pool.router
+        # the lane's routing: the ring's lookup and the health it checks (fail mode); remap
+        # asks the Router, which knows the ring without the down backends
+        self._home = router.ring.get_server if router.on_down == "fail" else None
+        self._health = router.health
 
     def run(self, plan: Plan, index: int) -> Slot | Answer:
         """Start `plan` for client connection `index` (QUIT/CLOSE_NOW are the caller's)."""
@@ -192,26 +197,32 @@ class Executor:
         assert kind is Broadcast
         return self._broadcast(plan, index)  # type: ignore[arg-type]
 
-    def lane(self, data: bytes, index: int, value_max: int) -> Answer | None:
+    def lane(self, data: bytes, index: int, value_max: int,
+             conns: dict[str, BackendConn]) -> Answer | None:
         """If `data` is one plain get or set (kvcache/proxylane_pure.py `lane_request`) whose
         key has a backend, and each key has one copy (--replicas 1): `data` sent as it is on
         client connection `index`'s slot, counted as its plan would be; its slot. Else None
-        and nothing done: the caller parses `data`."""
+        and nothing done: the caller parses `data`. `conns`: the client's own cache of its
+        backend connections (server -> connection), kept here."""
         if self.replicas != 1:
             return None
         found = lane_request(data, value_max)
         if found is None:
             return None
         key, store = found
-        pool = self.pool
-        router = pool.router
-        server = router.route(key)
-        if server is None:
-            return None  # the plan answers it (unavailable), and counts it
+        home = self._home
+        if home is not None:  # on-down fail: the key's ring owner, unless it is down
+            server = home(key)
+            if self._health[server].down:
+                return None  # the plan answers it (unavailable), and counts it
+        else:
+            server = self.pool.router.route(key)
+            if server is None:
+                return None
         counters = self.counters
         if store:
-            if router.any_down:
-                router.wrote(key, server, 1)
+            if home is None and self.pool.router.any_down:  # remap: remember the move
+                self.pool.router.wrote(key, server, 1)
             counters.commands[b"set"] += 1
             counters.cmd_set += 1
             answer, shape = Answer(False, 0), LINE
@@ -219,7 +230,10 @@ class Executor:
             counters.commands[b"get"] += 1
             counters.cmd_get += 1
             answer, shape = Answer(False, 1), WHOLE_VALUES
-        pool.backends[server].conn(index).send(data, shape, answer)
+        conn = conns.get(server)
+        if conn is None or conn.closed:
+            conn = conns[server] = self.pool.backends[server].conn(index)
+        conn.send(data, shape, answer)
         return answer
 
     def _unavailable(self, silent: bool) -> Slot:

@@ -41,7 +41,7 @@ from core.connections import Connections, Listeners
 from core.stats import LatencyHistogram, ProcessFigures
 from kvcache import replies
 from kvcache.protocol import Reject, RequestParser, Store
-from kvcache.proxy_backend import BackendPool
+from kvcache.proxy_backend import BackendConn, BackendPool
 from kvcache.proxy_exec import Answer, Executor, ProxyCounters, Slot
 from kvcache.proxy_lane import may_hold_a_block
 from kvcache.proxy_plan import CLOSE_NOW, QUIT, VERSION_LINE, plan
@@ -258,6 +258,7 @@ class ClientConnection(asyncio.Protocol):
         self._lane = proxy.executor.lane
         self._value_max = self.parser.lane_value_max
         self._swallowing = False  # the parser's last request may have begun a swallow
+        self._conns: dict[str, BackendConn] = {}  # the lane's backend connections, by server
 
     # -- asyncio.Protocol ----------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -284,7 +285,7 @@ class ClientConnection(asyncio.Protocol):
             return
         self.proxy.bytes_read += len(data)
         if self._lane_open and not self._blocked():
-            slot = self._lane(data, self.index, self._value_max)
+            slot = self._lane(data, self.index, self._value_max, self._conns)
             if slot is not None:
                 self.queue.append(slot)
                 if slot.waiting:

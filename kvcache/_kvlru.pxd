@@ -52,5 +52,3 @@ cdef class Lru:
     cdef void _rescue(self, uint32_t old, uint32_t new) noexcept
     cdef void _evict(self, uint32_t ref, bint moving=*) except *
     cdef void _unlink(self, uint32_t ref) except *
-    cdef uint64_t _holding(self, int segment, int low, int high, number)
-    cdef void _walk_tail(self, uint32_t ref, uint64_t wanted, dict ages)

@@ -313,56 +313,20 @@ cdef class Lru:
 
     def tail_ages(self):
         """For HOT, WARM and COLD: memcached class -> the age of its tail in that segment
-        (see the pure twin: each lane walked from its tail until it has shown every class
-        it can hold that the segment holds)."""
-        cdef int cls, segment, low, high
-        cdef int64_t smallest
-        cdef uint64_t wanted
-        ages = ({}, {}, {})
-        number = self.stats.slab.number
-        for cls in range(1, self.a.nclasses + 1):
-            # the memcached class this arena class's records fall in (see the pure twin)
-            low = high = min(cls, self.nmc)
-            for segment in range(LANES):
-                wanted = self._holding(segment, low, high, number)
-                if wanted:
-                    self._walk_tail(self.a.tails[cls * LANES + segment], wanted,
-                                    ages[segment])
-        return ages
-
-    cdef uint64_t _holding(self, int segment, int low, int high, number):
-        """The memcached classes in [low, high] with items in `segment`, as a bit mask."""
-        cdef uint64_t mask = 0
-        cdef int mcls
-        cdef long long count
-        for mcls in range(low, high + 1):
-            if segment == HOT:
-                count = self.number_hot[mcls]
-            elif segment == WARM:
-                count = self.number_warm[mcls]
-            else:
-                count = number[mcls] - self.number_hot[mcls] - self.number_warm[mcls]
-            if count:
-                mask |= (<uint64_t>1) << mcls
-        return mask
-
-    cdef void _walk_tail(self, uint32_t ref, uint64_t wanted, dict ages):
-        """Note in `ages` the age of each class's record nearest the tail of this lane (from
-        `ref`, its tail), until every class in the `wanted` mask has been met."""
-        cdef uint64_t met = 0, bit
-        cdef int mcls
+        (see the pure twin: an arena class holds the items of one memcached class)."""
+        cdef int cls, segment, mcls
+        cdef uint32_t tail
         cdef int64_t age
-        cdef Rec* r
-        while wanted & ~met and ref:
-            r = rec_at(self.a.base, ref)
-            mcls = self._mclsid(r.nkey, r.flags, r.nvalue)
-            bit = (<uint64_t>1) << mcls
-            if not met & bit:
-                met |= bit
-                age = max(0, self.now - <int64_t>r.atime)
-                if mcls not in ages or age > ages[mcls]:
-                    ages[mcls] = age
-            ref = r.prev
+        ages = ({}, {}, {})
+        for cls in range(1, self.a.nclasses + 1):
+            mcls = min(cls, self.nmc)
+            for segment in range(LANES):
+                tail = self.a.tails[cls * LANES + segment]
+                if tail:
+                    age = max(0, self.now - <int64_t>rec_at(self.a.base, tail).atime)
+                    if mcls not in ages[segment] or age > ages[segment][mcls]:
+                        ages[segment][mcls] = age
+        return ages
 
     def alive(self, ItemView item not None) -> bool:
         """Neither expired nor flushed (a linked item may be either until reclaimed)."""

@@ -114,12 +114,9 @@ class Lru:
         if self.page_bytes < self.arena.sizes[-1]:
             raise ValueError(f"a page of {self.page_bytes} bytes cannot hold an item of -I")
         classes = len(self.arena.sizes) + 1  # index 0 unused, as class ids start at 1
-        self._pages: Pages[Item] = Pages(self.arena.sizes, self.page_bytes)
-        self._chunk_of: dict[bytes, int] = {}  # the chunk of each linked item, by key
+        self._pages = Pages(self.arena.sizes, self.page_bytes)
         self._evictions = [0] * classes  # by the LRU, per class: automove's input
         self._automove_seen = [0] * classes  # _evictions at the last automove
-        self.slabs_moved = 0  # pages moved between classes (stats: slabs_moved)
-        self.reassign_rescues = 0  # items moved off a leaving page
         self.reassign_evictions = 0  # items a leaving page could not keep
         self._index: dict[bytes, Item] = {}
         self._buckets = INITIAL_BUCKETS  # the native twin's table size, modelled
@@ -163,9 +160,17 @@ class Lru:
 
     def page_table(self) -> list[tuple[int, int, int]]:
         """(class, pages, free chunks) of every class holding a page, by class id."""
-        pages = self._pages
-        return [(cls, len(pages.of_class[cls]), len(pages.free[cls]))
-                for cls in range(1, len(pages.of_class)) if pages.of_class[cls]]
+        return self._pages.table()
+
+    @property
+    def slabs_moved(self) -> int:
+        """Pages moved between classes (stats: slabs_moved)."""
+        return self._pages.moved
+
+    @property
+    def reassign_rescues(self) -> int:
+        """Items moved off a leaving page into a free chunk of their class."""
+        return self._pages.rescues
 
     def clsid_of(self, item: Item) -> int:
         """The memcached size class `item` falls in (hot: counted on every hit)."""
@@ -258,50 +263,18 @@ class Lru:
     def tail_ages(self) -> tuple[dict[int, int], dict[int, int], dict[int, int]]:
         """For HOT, WARM and COLD: memcached class -> the age (now minus atime, at least 0)
         of the class's tail in that segment (`stats items` age_hot, age_warm, age); a class
-        with no item in the segment is absent. Lanes are per arena class, which do not line
-        up with memcached's, so a class's tail is its item nearest a lane's tail, the oldest
-        of those if it sits in several lanes. Each lane is walked from its tail until it has
-        shown every memcached class it can hold that the segment holds: a few items
-        usually, a whole lane when such a class has its items in a neighbouring lane only."""
+        with no item in the segment is absent. An arena class holds the items of one
+        memcached class (the large ones all hold memcached's largest), so a class's tail is
+        its lanes' tail, the oldest of those for memcached's largest."""
         ages: tuple[dict[int, int], dict[int, int], dict[int, int]] = ({}, {}, {})
         for cls in range(1, len(self.arena.sizes) + 1):
-            low, high = self._mcls_span(cls)
+            mcls = min(cls, self._classes)
             for segment in (HOT, WARM, COLD):
-                wanted = self._holding(segment, low, high)
-                if wanted:
-                    self._walk_tail(self._lanes[cls * LANES + segment], wanted, ages[segment])
+                lane = self._lanes[cls * LANES + segment]
+                if lane.prev is not lane:
+                    age = max(0, self.now - lane.prev.atime)
+                    ages[segment][mcls] = max(ages[segment].get(mcls, 0), age)
         return ages
-
-    def _mcls_span(self, cls: int) -> tuple[int, int]:
-        """The memcached classes items of arena class `cls` can fall in: its own (the
-        large classes hold memcached's largest)."""
-        mcls = min(cls, self._classes)
-        return mcls, mcls
-
-    def _holding(self, segment: int, low: int, high: int) -> int:
-        """The memcached classes in [low, high] with items in `segment`, as a bit mask."""
-        slab = self.stats.slab
-        mask = 0
-        for mcls in range(low, high + 1):
-            hot, warm = slab.number_hot[mcls], slab.number_warm[mcls]
-            count = (hot if segment == HOT else warm if segment == WARM
-                     else slab.number[mcls] - hot - warm)
-            if count:
-                mask |= 1 << mcls
-        return mask
-
-    def _walk_tail(self, sentinel: Item, wanted: int, ages: dict[int, int]) -> None:
-        """Note in `ages` the age of each class's item nearest the tail of this lane,
-        until every class in the `wanted` mask has been met."""
-        met = 0
-        item = sentinel.prev
-        while wanted & ~met and item is not sentinel:
-            bit = 1 << self.clsid_of(item)
-            if not met & bit:
-                met |= bit
-                mcls = bit.bit_length() - 1
-                ages[mcls] = max(ages.get(mcls, 0), self.now - item.atime)
-            item = item.prev
 
     def alive(self, item: Item) -> bool:
         """Neither expired nor flushed (a linked item may be either until reclaimed)."""
@@ -348,8 +321,7 @@ class Lru:
         item.atime = self.now
         item.active = False
         item.casbits = self.next_cas() << CAS_SHIFT | bits
-        self._pages.owner[chunk] = item
-        self._chunk_of[key] = chunk
+        self._pages.place(chunk, item)
         self._push(item, cls * LANES + HOT)
         self._balance(cls)
         self._index[key] = item
@@ -375,11 +347,11 @@ class Lru:
     def _take_chunk(self, cls: int) -> int:
         """Claim a chunk of class `cls`: a free one, one of a page the class gets now, or
         the one the class's LRU tail gives up. -1 if none can be had."""
-        free = self._pages.free[cls]
-        if free:
-            return free.pop()
+        chunk = self._pages.take(cls)
+        if chunk >= 0:
+            return chunk
         if self._grow(cls):
-            return self._pages.free[cls].pop()
+            return self._pages.take(cls)
         if not self.evict:
             return -1
         for lane in (cls * LANES + COLD, cls * LANES + WARM, cls * LANES + HOT):
@@ -403,60 +375,30 @@ class Lru:
             return True
         if pages.of_class[cls]:
             return False
-        src = richest(self._page_counts(), cls)
+        src = richest(pages.counts(), cls)
         if src:
-            self._move_page(src, cls)
+            self._pages.move(src, cls, self._evict_moving)
         else:
             pages.carve(cls)
         return True
 
-    def _page_counts(self) -> list[int]:
-        return [len(held) for held in self._pages.of_class]
-
-    def _move_page(self, src: int, dst: int) -> None:
-        """Empty the emptiest page of `src` (rescuing its items into free chunks of `src`
-        elsewhere, evicting the rest) and give it to `dst` (0: the pool)."""
-        pages = self._pages
-        owner = pages.owner
-        page = pages.emptiest(src)
-        pages.withdraw(page)
-        for chunk in pages.chunks(page):
-            item = owner.get(chunk)
-            if item is None:
-                continue
-            free = pages.free[src]
-            if free:
-                target = free.pop()
-                del owner[chunk]
-                owner[target] = item
-                self._chunk_of[item.key] = target
-                self.reassign_rescues += 1
-            else:
-                self._evict(item, moving=True)
-                pages.free[src].pop()  # the chunk just freed: it leaves with its page
-        pages.release(page)
-        if dst == POOL_CLASS:
-            pages.pool.append(page)
-        else:
-            pages.give(page, dst)
-        self.slabs_moved += 1
+    def _evict_moving(self, item: Item) -> None:
+        self._evict(item, moving=True)
 
     # -- slab pages: reassign and automove -----------------------------------------------
     def slabs_reassign(self, src: int, dst: int) -> int:
         """`slabs reassign src dst`: move one page from class `src` (-1: the class with the
         most pages; 0: the pool) to `dst` (0: the pool) at once. A kvcache.slab_policy
         REASSIGN_ code (the rules and their order are there)."""
-        counts = self._page_counts()
-        counts[0] = len(self._pages.pool)
+        counts = self._pages.counts()
         src = reassign_source(src, dst, counts)
         code = reassign_check(src, dst, counts)
         if code != REASSIGN_OK:
             return code
         if src == POOL_CLASS:
-            self._pages.give(self._pages.pool.pop(), dst)
-            self.slabs_moved += 1
+            self._pages.from_pool_to(dst)
         else:
-            self._move_page(src, dst)
+            self._pages.move(src, dst, self._evict_moving)
         return code
 
     def automove(self, level: int) -> bool:
@@ -464,7 +406,7 @@ class Lru:
         slab_policy.py); True if a page moved."""
         pages = self._pages
         seen = self._automove_seen
-        figures = ClassFigures(self._page_counts(), [len(free) for free in pages.free],
+        figures = ClassFigures(pages.counts(), [len(free) for free in pages.free],
                                pages.per_page,
                                [count - seen[cls] for cls, count in enumerate(self._evictions)],
                                [self._tail_age(cls) for cls in range(len(seen))])
@@ -472,7 +414,7 @@ class Lru:
         pick = automove_pick(level, figures)
         if pick is None:
             return False
-        self._move_page(*pick)
+        self._pages.move(pick[0], pick[1], self._evict_moving)
         return True
 
     def _tail_age(self, cls: int) -> int:
@@ -568,9 +510,7 @@ class Lru:
         self._pop(item)
         item.prev = item.next = None  # type: ignore[assignment]  # breaks the cycle
         cls = item.lane // LANES
-        chunk = self._chunk_of.pop(item.key)
-        del self._pages.owner[chunk]
-        self._pages.free[cls].append(chunk)
+        self._pages.vacate(item, cls)
         stats = self.stats
         stats.bytes -= self.arena.sizes[cls - 1]
         stats.curr_items -= 1

@@ -10,18 +10,20 @@ rules, in this order, so they hand out the same chunk every time:
   order the class got its pages); its free chunks leave the free list, keeping the order
   of the others. The caller empties its used chunks (rescued or evicted).
 - Pages no class holds wait in the pool (a stack) for the next class that needs one.
+- A page leaving its class is emptied slot by slot: each item moves to the top free chunk
+  of its class (a rescue) or, when there is none, is evicted by the caller's `evict`.
 """
 
 from __future__ import annotations
 
-from typing import Generic, TypeVar
+from collections.abc import Callable
 
-T = TypeVar("T")
+from kvcache.items import Item
 
 
-class Pages(Generic[T]):
+class Pages:
     """The pages of one arena: which class holds each, the free chunks of each class, and
-    what each used chunk holds (`owner`, set and cleared by the caller)."""
+    the chunk of each linked item (`place` and `vacate` keep it)."""
 
     def __init__(self, sizes: list[int], page_bytes: int) -> None:
         self.page_bytes = page_bytes
@@ -33,7 +35,36 @@ class Pages(Generic[T]):
         self.of_class: list[list[int]] = [[] for _ in range(classes)]
         self.pool: list[int] = []
         self.free: list[list[int]] = [[] for _ in range(classes)]
-        self.owner: dict[int, T] = {}
+        self.owner: dict[int, Item] = {}  # chunk -> the item in it
+        self.chunk_of: dict[bytes, int] = {}  # key -> the chunk of its item
+        self.moved = 0  # pages moved from one class to another or the pool
+        self.rescues = 0  # items moved off a leaving page
+
+    def counts(self) -> list[int]:
+        """Pages by class id; index 0: the pool."""
+        counts = [len(held) for held in self.of_class]
+        counts[0] = len(self.pool)
+        return counts
+
+    def table(self) -> list[tuple[int, int, int]]:
+        """(class, pages, free chunks) of every class holding a page, by class id."""
+        return [(cls, len(self.of_class[cls]), len(self.free[cls]))
+                for cls in range(1, len(self.of_class)) if self.of_class[cls]]
+
+    def take(self, cls: int) -> int:
+        """The top free chunk of `cls`, or -1."""
+        free = self.free[cls]
+        return free.pop() if free else -1
+
+    def place(self, chunk: int, item: Item) -> None:
+        self.owner[chunk] = item
+        self.chunk_of[item.key] = chunk
+
+    def vacate(self, item: Item, cls: int) -> None:
+        """`item` of class `cls` leaves: its chunk goes on top of the free list."""
+        chunk = self.chunk_of.pop(item.key)
+        del self.owner[chunk]
+        self.free[cls].append(chunk)
 
     def carve(self, cls: int) -> None:
         """A new page for `cls` (the caller checked the limit)."""
@@ -52,6 +83,35 @@ class Pages(Generic[T]):
             return False
         self.give(self.pool.pop(), cls)
         return True
+
+    def move(self, src: int, dst: int, evict: Callable[[Item], None]) -> None:
+        """Empty the emptiest page of `src` (rescues first, `evict` for the rest, which
+        must vacate the item) and give it to `dst` (0: the pool)."""
+        page = self.emptiest(src)
+        self.withdraw(page)
+        for chunk in self.chunks(page):
+            item = self.owner.get(chunk)
+            if item is None:
+                continue
+            target = self.take(src)
+            if target >= 0:
+                del self.owner[chunk]
+                self.place(target, item)
+                self.rescues += 1
+            else:
+                evict(item)
+                self.free[src].pop()  # the chunk just freed: it leaves with its page
+        self.release(page)
+        if dst == 0:
+            self.pool.append(page)
+        else:
+            self.give(page, dst)
+        self.moved += 1
+
+    def from_pool_to(self, dst: int) -> None:
+        """`slabs reassign 0 dst`: a pooled page to `dst`."""
+        self.give(self.pool.pop(), dst)
+        self.moved += 1
 
     def chunks(self, page: int) -> list[int]:
         cls = self.page_class[page]

@@ -57,8 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
     worker = sub.add_parser("worker", help="run jobs for a scheduler cluster")
     worker.add_argument("--scheduler", required=True, help="H:P,H:P,... RESP ports of nodes")
     worker.add_argument("--tags", default="",
-                        help="a,b: the tags this worker advertises: it takes the runs of jobs "
-                             "without TARGET and of jobs whose TARGET names one of them")
+                        help="a,b: the tags this worker advertises: it takes the runs of shell "
+                             "jobs without TARGET and of those whose TARGET names one of them")
     worker.add_argument("--id", default=None, help="worker id (default host-pid)")
     worker.add_argument("--password", default=None,
                         help="the nodes' --requirepass (the worker AUTHs with it)")

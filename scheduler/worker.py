@@ -93,6 +93,8 @@ FENCE_CHECK_S = 0.1  # how often a fenced worker looks for runs to fence (none a
 ERR_FENCE = ("--worker-timeout-ms {} leaves no fence margin above --heartbeat-ms {}: "
              "the worker would fence itself between heartbeats")
 _RULES = ErrorRules()  # what an error reply means (core/failover.py): TRYAGAIN -> retry
+# how a cluster older than handler adverts answers a poll that carries them (an arity error)
+ERR_OLD_POLL = "ERR wrong number of arguments for 'worker.poll' command"
 
 
 @dataclass(frozen=True)
@@ -152,6 +154,7 @@ class Worker:
             raise ValueError("no scheduler address")
         self.executor = executor
         self.handler_names = handlers  # None: a shell worker; else its handlers, advertised
+        self._old_cluster = False  # the cluster refused the handler advert (older version)
         self.clock = clock or SystemClock()  # wall time: when a run fired ahead starts
         self.servers = list(servers)
         self.tags = list(tags)
@@ -254,6 +257,8 @@ class Worker:
                 resync = False
             except (OSError, ReplyError, TimeoutError) as exc:
                 log.info("poll failed (%s); trying the next node", exc)
+                if isinstance(exc, ReplyError) and self._advert_refused(exc):
+                    continue  # polled again at once, without the handlers
                 self._drop()
                 resync = True
                 await asyncio.sleep(RETRY_S)
@@ -269,10 +274,23 @@ class Worker:
             await asyncio.gather(*late, return_exceptions=True)
 
     def _advert_args(self) -> tuple[str, ...]:
-        """The poll's advert beyond its tags: an embedded worker's handler names."""
-        if self.handler_names is None:
+        """The poll's advert beyond its tags: an embedded worker's handler names (none to a
+        cluster older than handler adverts, see `_advert_refused`)."""
+        if self.handler_names is None or self._old_cluster:
             return ()
         return ("HANDLERS", ",".join(sorted(self.handler_names())))
+
+    def _advert_refused(self, exc: ReplyError) -> bool:
+        """Whether `exc` is an older cluster refusing the HANDLERS argument of WORKER.POLL
+        (it routes by tags alone): from then on the worker polls without it."""
+        if self.handler_names is None or self._old_cluster:
+            return False
+        if not exc.message.startswith(ERR_OLD_POLL):
+            return False
+        log.warning("the cluster takes no handler adverts (an older version): polling "
+                    "without them, so runs of jobs without a handler here may arrive")
+        self._old_cluster = True
+        return True
 
     def _answered(self, sent: float) -> None:
         """A heartbeat, or a poll that got runs, sent at monotonic `sent` was answered: the

@@ -11,6 +11,7 @@ waits with its reason until a worker with that handler joins. Timeouts only dete
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -22,6 +23,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from core.resp_client import ReplyError
 from scheduler import state as S
 from scheduler.embedded import EmbeddedWorker, Run
 from scheduler.firing import FirePlanner
@@ -41,6 +43,7 @@ from scheduler.routing import (
     waiting_reason,
 )
 from scheduler.state import SchedulerState
+from scheduler.worker import ERR_OLD_POLL
 from scheduler.worker_commands import ERR_POLL_OPTION
 from tests.test_scheduler_daemon import Cluster, running_cluster, wait_until
 
@@ -340,6 +343,31 @@ def test_a_handler_name_must_be_advertisable() -> None:
     for bad in ("", "a,b", "a b", "x" * 256):
         with pytest.raises(ValueError, match="handler name"):
             worker.handler(bad)
+
+
+def test_an_embedded_worker_polls_an_older_cluster_without_its_handlers() -> None:
+    """A cluster older than handler adverts refuses the HANDLERS argument (arity): the
+    worker polls on without it (routed by tags alone, as that cluster does)."""
+    worker = EmbeddedWorker([("127.0.0.1", 1)], worker_id="e")
+    worker.handler("h1")(lambda run: None)
+    polls: list[tuple[object, ...]] = []
+
+    async def scenario() -> None:
+        stop = asyncio.Event()
+
+        async def old_cluster(*args: object, channel: int = 0) -> Any:
+            polls.append(args)
+            if len(args) > 6:
+                raise ReplyError(ERR_OLD_POLL)
+            stop.set()
+            return []
+
+        worker.call = old_cluster  # type: ignore[method-assign]
+        await worker._run(stop)
+
+    asyncio.run(scenario())
+    assert [len(args) for args in polls] == [8, 6]
+    assert polls[0][6:] == ("HANDLERS", "h1")
 
 
 def test_the_readme_states_the_routing_rules() -> None:

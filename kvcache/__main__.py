@@ -234,7 +234,7 @@ def _slab_options(values: list[str]) -> tuple[bool, int]:
             elif name == "no_slab_automove":
                 automove = 0
             elif name == "slab_automove":
-                if equals and not setting.isdigit():
+                if equals and not (setting.isascii() and setting.isdigit()):
                     raise daemon.ConfigError(f"-o {option}: expected 0, 1 or 2")
                 automove = int(setting) if equals else 1
     return reassign, automove

@@ -17,9 +17,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from core.daemon import ConfigError
 from kvcache import storage_pure
+from kvcache.__main__ import _slab_options
 from kvcache.items import Mode, Outcome
-from kvcache.settings import Settings
+from kvcache.settings import Settings, SettingsError
 from kvcache.slab_policy import (
     REASSIGN_BADCLASS,
     REASSIGN_NOSPARE,
@@ -340,3 +342,35 @@ def test_the_readme_promises_hold(module: ModuleType) -> None:
     assert item_ntotal(1, 0, 1) - item_ntotal(1, 0, 1, use_cas=False) == 8
     large = s.arena.clsid(item_ntotal(1, 0, MB // 2))
     assert large > s.slabs.largest  # beyond memcached's classes
+
+
+# -- the -o slab options, fuzzed ---------------------------------------------------------------
+option_words = st.sampled_from(["slab_reassign", "no_slab_reassign", "slab_automove",
+                                "no_slab_automove", "idle_timeout", "other"])
+options = st.lists(st.one_of(
+    option_words,
+    st.tuples(option_words, st.text(max_size=4)).map(lambda pair: f"{pair[0]}={pair[1]}"),
+    st.text(max_size=12),
+), max_size=5).map(",".join)
+
+
+@settings(max_examples=200, deadline=None)
+@given(values=st.lists(options, max_size=3))
+def test_slab_options_parse_or_say_what_is_wrong(values: list[str]) -> None:
+    try:
+        reassign, automove = _slab_options(values)
+    except ConfigError as exc:
+        assert "slab_automove" in str(exc)
+        return
+    assert isinstance(reassign, bool) and automove >= 0
+
+
+def test_slab_options_as_memcached_takes_them() -> None:
+    assert _slab_options([]) == (True, 1)
+    assert _slab_options(["no_slab_reassign,slab_automove=2"]) == (False, 2)
+    assert _slab_options(["slab_automove=0", "slab_automove"]) == (True, 1)  # later wins
+    assert _slab_options(["no_slab_automove", "slab_reassign"]) == (True, 0)
+    with pytest.raises(ConfigError, match="expected 0, 1 or 2"):
+        _slab_options(["slab_automove=x"])
+    with pytest.raises(SettingsError, match="between 0 and 2"):
+        Settings(slab_automove=3).validate()

@@ -14,7 +14,8 @@ directory; their mode is DEFAULT_FILE_MODE or DEFAULT_DIR_MODE (umask 022's resu
 
 Who the caller is comes from the masters' user table (core/users.py): a user's groups are
 its own name (its primary group) and the groups the table lists. ROOT_USER is always a
-superuser, so are users added as superusers. NOBODY is the unprivileged identity of a
+superuser, so are users added as superusers and the members of SUPERGROUP (as HDFS's
+dfs.permissions.superusergroup). NOBODY is the unprivileged identity of a
 connection that did not AUTH as a named user while the masters have a superuser password.
 """
 
@@ -70,13 +71,15 @@ TRUSTED = Caller(ROOT_USER, (ROOT_USER, SUPERGROUP), True)  # the masters' own e
 
 def caller_for(users: UserTable, name: str) -> Caller:
     """The Caller for user `name` as the table knows it now; a name the table does not know
-    (NOBODY, or a user removed since it logged in) is unprivileged with its own group."""
+    (NOBODY, or a user removed since it logged in) is unprivileged with its own group. A
+    member of SUPERGROUP is a superuser, as HDFS's superuser group."""
     if name == ROOT_USER:
         return TRUSTED
     user = users.get(name)
     if user is None:
         return Caller(name, (name,))
-    return Caller(name, tuple(user.all_groups()), user.superuser)
+    groups = tuple(user.all_groups())
+    return Caller(name, groups, user.superuser or SUPERGROUP in groups)
 
 
 def allowed(owner: str, group: str, mode: int, caller: Caller, want: int) -> bool:

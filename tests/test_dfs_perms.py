@@ -119,6 +119,10 @@ def test_the_superuser_passes_every_check(tree: Tree) -> None:
     admin = perms.caller_for(t.m.users, "admin")
     assert t.m.ls("/home/alice", admin) == ["d/", "f", "root-made"]
     assert t.as_("root", ns.encode_delete(t.tick(), "/home/alice/f", False, KEEP_MS)) == 1
+    # A member of 'supergroup' is a superuser too, as in HDFS.
+    assert denied(t.as_("bob", ns.encode_create(t.tick(), "/home/alice/by-bob")))
+    assert t.trusted(accounts.encode_user_groups(t.tick(), "bob", ["supergroup"])) is None
+    assert t.as_("bob", ns.encode_create(t.tick(), "/home/alice/by-bob")) is None
 
 
 def test_chown_is_for_superusers_chgrp_for_the_owner_in_the_group(tree: Tree) -> None:

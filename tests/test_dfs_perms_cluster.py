@@ -173,7 +173,10 @@ PROMISES = {  # README.md's sentence -> the tests that check it
     "only for a superuser, while an owner may change the group to one of its own.":
         (test_dfs_perms.test_chown_is_for_superusers_chgrp_for_the_owner_in_the_group,
          test_users_modes_quotas_and_versions_across_masters),
-    "A superuser passes every check.": (test_dfs_perms.test_the_superuser_passes_every_check,),
+    "A superuser passes every check; the superusers are `root`, the users added with "
+    "`SUPERUSER` and the members of the group `supergroup`, as HDFS's superuser group.":
+        (test_dfs_perms.test_the_superuser_passes_every_check,
+         test_users_modes_quotas_and_versions_across_masters),
     "old versions count against both, and a change past a limit is refused with `ERR quota "
     "exceeded: ...`.": (test_dfs_perms.test_file_quota_counts_names_and_old_versions,
                         test_dfs_perms.test_space_quota_refuses_a_charge_past_the_limit,

@@ -9,9 +9,10 @@ servers, in pieces of PIECE_BYTES, with its xxh3_64 digest at the end. The prima
 means every replica has it on disk. On any failure the chunk is allocated again (a new
 version: the half-written replicas become stale) avoiding the servers that failed, up to
 MAX_CHUNK_ATTEMPTS times. `close` then commits the chunk list and sizes (FS.COMPLETE) and
-only then returns. The file is written under a temporary name (`<path>.<token>._COPYING_`,
-as `hdfs dfs -put` does) and renamed over `path` at close, so readers see the old file or
-the whole new one, never part of it.
+only then returns (a retried FS.CREATE/COMPLETE/RENAME whose first try took effect, its reply
+lost with a master, counts as done). The file is written under a temporary name
+(`<path>.<token>._COPYING_`, as `hdfs dfs -put` does) and renamed over `path` at close, so
+readers see the old file or the whole new one, never part of it.
 
 Reading. FS.LOCATE gives each chunk's version, size and replicas. A read asks one replica
 for at most PIECE_BYTES; on an error (unreachable, no such version, a checksum mismatch:
@@ -41,6 +42,9 @@ MAX_CHUNK_ATTEMPTS = 6
 MAX_LOCATE_ROUNDS = 5
 RETRY_PAUSE_S = 0.3
 COPYING_SUFFIX = "._COPYING_"
+ALREADY_EXISTS = "already exists"  # (words of the masters' error replies)
+IS_COMPLETE = "is complete"
+NO_SUCH = "no such file"
 ERR_CHUNK_FAILED = "chunk {} of {} could not be written after {} attempts: {}"
 ERR_READ_FAILED = "{}: chunk {} could not be read from any replica: {}"
 ERR_INCOMPLETE = "{} is being written (not closed yet)"
@@ -70,7 +74,11 @@ class ChunkWriter(io.RawIOBase):
         self.sizes: list[int] = []
         self._pending: list[bytes] = []
         self._pending_bytes = 0
-        self.master.call("FS.CREATE", self.temp)
+        try:
+            self.master.call("FS.CREATE", self.temp)
+        except DfsError as exc:
+            if ALREADY_EXISTS not in str(exc):  # (a retried create of our own random name)
+                raise
 
     def writable(self) -> bool:
         return True
@@ -140,10 +148,33 @@ class ChunkWriter(io.RawIOBase):
         try:
             if self._pending_bytes:
                 self._flush_chunk()
-            self.master.call("FS.COMPLETE", self.temp, *self.sizes)
-            self.master.call("FS.RENAME", self.temp, self.path, "REPLACE")
+            self._commit()
         finally:
             super().close()
+
+    def _commit(self) -> None:
+        """FS.COMPLETE then FS.RENAME. The failover core retries a request whose reply was
+        lost, so a refusal that says the first try took effect is success."""
+        try:
+            self.master.call("FS.COMPLETE", self.temp, *self.sizes)
+        except DfsError as exc:
+            if IS_COMPLETE not in str(exc):
+                raise
+        try:
+            self.master.call("FS.RENAME", self.temp, self.path, "REPLACE")
+        except DfsError as exc:
+            if NO_SUCH not in str(exc) or not self._renamed():
+                raise
+
+    def _renamed(self) -> bool:
+        """True when the temporary name is gone and `path` is a complete file of our size."""
+        try:
+            self.master.call("FS.STAT", self.temp)
+            return False
+        except DfsError:
+            pass
+        size, complete, _rows = self.master.call("FS.LOCATE", self.path)
+        return bool(complete) and int(size) == sum(self.sizes)
 
 
 class ChunkReader(io.RawIOBase):

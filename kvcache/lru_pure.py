@@ -377,13 +377,28 @@ class Lru:
             return False
         src = richest(pages.counts(), cls)
         if src:
-            self._pages.move(src, cls, self._evict_moving)
+            self._pages.move(src, cls, self._evict_moving, self._rescue)
         else:
             pages.carve(cls)
         return True
 
     def _evict_moving(self, item: Item) -> None:
         self._evict(item, moving=True)
+
+    def _rescue(self, item: Item) -> Item:
+        """A copy of `item` linked in its place (index, lane, crawl cursor), as the native
+        twin copies a rescued record to its new chunk; `item` is left unlinked."""
+        copy = Item()
+        for name in ("key", "value", "flags", "exptime", "atime", "casbits", "lane", "active"):
+            setattr(copy, name, getattr(item, name))
+        copy.prev, copy.next = item.prev, item.next
+        item.prev.next = copy
+        item.next.prev = copy
+        self._index[item.key] = copy
+        if self._cursor is item:
+            self._cursor = copy
+        item.prev = item.next = None  # type: ignore[assignment]
+        return copy
 
     # -- slab pages: reassign and automove -----------------------------------------------
     def slabs_reassign(self, src: int, dst: int) -> int:
@@ -398,7 +413,7 @@ class Lru:
         if src == POOL_CLASS:
             self._pages.from_pool_to(dst)
         else:
-            self._pages.move(src, dst, self._evict_moving)
+            self._pages.move(src, dst, self._evict_moving, self._rescue)
         return code
 
     def automove(self, level: int) -> bool:
@@ -414,7 +429,7 @@ class Lru:
         pick = automove_pick(level, figures)
         if pick is None:
             return False
-        self._pages.move(pick[0], pick[1], self._evict_moving)
+        self._pages.move(pick[0], pick[1], self._evict_moving, self._rescue)
         return True
 
     def _tail_age(self, cls: int) -> int:

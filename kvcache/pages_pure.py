@@ -11,7 +11,9 @@ rules, in this order, so they hand out the same chunk every time:
   of the others. The caller empties its used chunks (rescued or evicted).
 - Pages no class holds wait in the pool (a stack) for the next class that needs one.
 - A page leaving its class is emptied slot by slot: each item moves to the top free chunk
-  of its class (a rescue) or, when there is none, is evicted by the caller's `evict`.
+  of its class (a rescue: the caller's `rescue` puts a copy in its place, as the native
+  twin copies the record, so what a caller held of it is no longer the item) or, when
+  there is none, is evicted by the caller's `evict`.
 """
 
 from __future__ import annotations
@@ -84,9 +86,11 @@ class Pages:
         self.give(self.pool.pop(), cls)
         return True
 
-    def move(self, src: int, dst: int, evict: Callable[[Item], None]) -> None:
-        """Empty the emptiest page of `src` (rescues first, `evict` for the rest, which
-        must vacate the item) and give it to `dst` (0: the pool)."""
+    def move(self, src: int, dst: int, evict: Callable[[Item], None],
+             rescue: Callable[[Item], Item]) -> None:
+        """Empty the emptiest page of `src` (rescues first: `rescue` returns the copy now
+        linked in the item's place; `evict`, which must vacate the item, for the rest) and
+        give it to `dst` (0: the pool)."""
         page = self.emptiest(src)
         self.withdraw(page)
         for chunk in self.chunks(page):
@@ -96,7 +100,7 @@ class Pages:
             target = self.take(src)
             if target >= 0:
                 del self.owner[chunk]
-                self.place(target, item)
+                self.place(target, rescue(item))
                 self.rescues += 1
             else:
                 evict(item)

@@ -374,3 +374,24 @@ def test_slab_options_as_memcached_takes_them() -> None:
         _slab_options(["slab_automove=x"])
     with pytest.raises(SettingsError, match="between 0 and 2"):
         Settings(slab_automove=3).validate()
+
+
+@pytest.mark.skipif(len(TWINS) < 2, reason="kvcache._kvstore is not built (make native)")
+def test_a_rescued_item_is_a_new_item_in_both_twins() -> None:
+    """The native twin copies a rescued record, so a view held before the move no longer
+    names the item (a pinned view does not pin it); the pure twin links a copy likewise."""
+    outcomes = []
+    for module in TWINS:
+        s = small(module, 4)
+        put(s, b"a", 10)
+        cls = s.clsid_of(s.find(b"a"))
+        per_page = PAGE // s.arena.sizes[cls - 1]
+        for i in range(per_page + 4):
+            s.store(Mode.SET, b"n%d" % i, b"7", 0, 0)  # the last five on a second page
+        for i in range(5):  # room on the first page
+            s.delete(b"n%d" % i)
+        held = s.find(b"n%d" % (per_page + 3))
+        assert s.slabs_reassign(cls, 0) == REASSIGN_OK and s.reassign_rescues == 5
+        delta = s.delta(b"n%d" % (per_page + 3), True, 1, pinned={held})
+        outcomes.append((delta.outcome, delta.number, delta.in_place, len(s.items())))
+    assert outcomes[0] == outcomes[1] == (Outcome.STORED, 8, True, per_page)

@@ -3,6 +3,7 @@
     shardstore serve --id N --listen H:P --peer-listen H:P --peers 1=H:P,2=H:P,3=H:P \\
         --data-dir D [--shards S] [--replicas R] [--fsync always|everysec] \\
         [--snapshot-every N] [--cluster-secret ...] [--requirepass ...]
+    shardstore serve ... --keyspace default=1,2,3 --keyspace users=4    (keyspaces)
     shardstore admin [--node H:P] reshard --from A --to B --slots N | rebalance | check
 
 The shared cluster options are core/cluster_options.py's; `--shards` and `--replicas`
@@ -25,6 +26,7 @@ import sys
 from core import cluster_options, daemon
 from shardstore import router_cli
 from shardstore.admin import add_admin_parser, run_admin
+from shardstore.keyspaces import DEFAULT_KEYSPACE, parse_keyspace_option
 from shardstore.migrate import BATCH_KEYS
 from shardstore.server import COMPACTION_MARGIN, SNAPSHOT_EVERY, NodeOptions, ShardNode
 
@@ -38,6 +40,9 @@ ERR_REPLICAS = "--replicas must be 1..{} (the number of --peers)"
 ERR_SHARDS = "--shards must be 1..16384"
 ERR_EVERYSEC = "--fsync everysec is only allowed with --replicas 1"
 ERR_SNAPSHOT = "--snapshot-every must be >= 1"
+ERR_KEYSPACE_PEERS = "--keyspace {}: node {} is not one of --peers"
+ERR_KEYSPACE_TWICE = "--keyspace: node {} is in two keyspaces (a node serves one)"
+ERR_NO_DEFAULT = "--keyspace: the keyspace 'default' needs nodes (keys of no table live there)"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -46,6 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="run a shardstore node")
     daemon.add_common_options(serve, DEFAULT_PORT)
     cluster_options.add_cluster_options(serve, DEFAULT_PEER_PORT)
+    serve.add_argument("--keyspace", action="append", default=[], metavar="NAME=ID,...",
+                       help="a keyspace of a new cluster and its nodes (repeat; default: "
+                            "every node in 'default'); each gets --shards shards")
     serve.add_argument("--shards", type=int, default=DEFAULT_SHARDS,
                        help="shards of a new cluster (16384 slots split evenly)")
     serve.add_argument("--replicas", type=int, default=DEFAULT_REPLICAS,
@@ -94,7 +102,8 @@ def serve(args: argparse.Namespace) -> int:
     options = NodeOptions(shards=args.shards, replicas=args.replicas, fsync=args.fsync,
                           snapshot_every=args.snapshot_every,
                           compaction_margin=args.compaction_margin,
-                          move_batch_keys=max(1, args.move_batch_keys))
+                          move_batch_keys=max(1, args.move_batch_keys),
+                          keyspaces=_keyspaces(args.keyspace, set(settings.peers)))
 
     async def run(stop: asyncio.Event) -> int:
         node = ShardNode(settings, options)
@@ -118,6 +127,28 @@ def serve(args: argparse.Namespace) -> int:
         return 0
 
     return daemon.run(run)
+
+
+def _keyspaces(options: list[str], peers: set[int]) -> tuple[tuple[str, tuple[int, ...]], ...]:
+    """The --keyspace options, checked: nodes among --peers, each in one keyspace, and a
+    `default` keyspace among them."""
+    spaces: dict[str, tuple[int, ...]] = {}
+    seen: set[int] = set()
+    for text in options:
+        try:
+            name, nodes = parse_keyspace_option(text)
+        except ValueError as exc:
+            raise daemon.ConfigError(str(exc)) from None
+        for node in nodes:
+            if node not in peers:
+                raise daemon.ConfigError(ERR_KEYSPACE_PEERS.format(name, node))
+            if node in seen:
+                raise daemon.ConfigError(ERR_KEYSPACE_TWICE.format(node))
+            seen.add(node)
+        spaces[name] = nodes
+    if spaces and DEFAULT_KEYSPACE not in spaces:
+        raise daemon.ConfigError(ERR_NO_DEFAULT)
+    return tuple(sorted(spaces.items()))
 
 
 if __name__ == "__main__":

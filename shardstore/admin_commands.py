@@ -14,6 +14,10 @@ group, so a move begun anywhere before is seen.
                             id, keys, source, target, state, copied, purged, epoch (the
                             epoch it began at)
     SHARDSTORE.SLOTS     -> [first, last, shard id] per range of the slot map
+    KEYSPACE.CREATE <name> <node id>... [SHARDS n] [REPLICAS r]  -> OK: a new keyspace
+                            on nodes serving none yet (shardstore/keyspaces.py)
+    KEYSPACE.LIST        -> per keyspace: name, nodes, shards, and whether it is this
+                            node's
     SHARDSTORE.STATUS    -> this node: id, epoch, slots assigned, moves under way and done,
                             the configuration group's leader, and per shard it hosts:
                             role, leader, applied, commit, keys
@@ -25,13 +29,14 @@ from typing import Any, Protocol
 
 from core.command_table import Command
 from core.raft_service import RaftService
-from core.resp import CommandError
+from core.resp import OK, CommandError
 from core.resp_commands import parse_int
 from core.resp_session import Session
 from shardstore import table_keys
 from shardstore.catalog import Catalog, CatalogError
 from shardstore.cluster import CONFIG_GROUP, ClusterConfig, ConfigMachine
 from shardstore.keysets import KeySet, parse_slots
+from shardstore.keyspaces import encode_keyspace, parse_create_keyspace
 from shardstore.machine import ShardMachine
 from shardstore.moves import STATE_DONE, encode_begin
 
@@ -76,7 +81,29 @@ class AdminCommands:
                     summary="The slot map as [first, last, shard id] ranges"),
             Command("SHARDSTORE.STATUS", self.cmd_status, 1, READ_FLAGS,
                     summary="This node's configuration epoch and shard replicas"),
+            Command("KEYSPACE.CREATE", self.cmd_keyspace_create, -3, ADMIN_FLAGS,
+                    summary="Make a keyspace: its own nodes, shards and slot map"),
+            Command("KEYSPACE.LIST", self.cmd_keyspace_list, 1, READ_FLAGS,
+                    summary="The keyspaces, their nodes and shards"),
         ]
+
+    async def cmd_keyspace_create(self, session: Session, args: list[bytes]) -> Any:
+        try:
+            name, nodes, shards, replicas = parse_create_keyspace(args)
+        except ValueError as exc:
+            raise CommandError(str(exc)) from None
+        await self.node.config_write(encode_keyspace(name, nodes, shards, replicas))
+        return OK
+
+    async def cmd_keyspace_list(self, session: Session, args: list[bytes]) -> Any:
+        await self.node.service.barrier(CONFIG_GROUP)
+        full = self.node.config_machine.config
+        mine = full.keyspace_of_node(self.node.me)
+        return [{b"name": name.encode(), b"nodes": list(space.nodes),
+                 b"shards": sorted(s.shard_id for s in full.shards.values()
+                                   if s.keyspace == name),
+                 b"mine": int(name == mine)}
+                for name, space in sorted(full.spaces.items())]
 
     async def cmd_move(self, session: Session, args: list[bytes]) -> Any:
         source = parse_int(args[1], ERR_NOT_INTEGER)

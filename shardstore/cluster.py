@@ -11,6 +11,8 @@ are msgpack maps with an "op":
   `replicas` of the nodes round-robin from the i-th, and the i-th even range of the slots)
   at epoch 1; later ones change nothing (every node's first leader proposes one, so the
   first committed wins). Result: True if this entry made the map.
+- OP_KEYSPACE {name, nodes, shards, replicas}: a new keyspace (shardstore/keyspaces.py)
+  on nodes that serve none yet, with its own shards and slot map; the epoch goes up;
 - "move.*" ops: slot moves (shardstore/moves.py: begin, step, end, finish), their records
   in `moves`; OP_END changes the slot map and each of begin and end raises the epoch.
 - OP_NAME {id, name}: node `id` is called `name` in CLUSTER NODES/SLOTS/SHARDS;
@@ -29,7 +31,7 @@ member with a known address first.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,6 +43,14 @@ from native.crc16 import SLOT_COUNT, key_slot
 from shardstore import moves as moves_ops
 from shardstore.catalog import DEFAULT_KEYSPACE, Catalog
 from shardstore.catalog import OP_PREFIX as OP_TABLE_PREFIX
+from shardstore.keyspaces import (
+    ERR_KEYSPACE_EXISTS,
+    ERR_KEYSPACE_NUMBERS,
+    ERR_NODE_TAKEN,
+    OP_KEYSPACE,
+    Keyspace,
+    check_name,
+)
 from shardstore.moves import Move
 from shardstore.table_moves import TableMoveHooks
 
@@ -62,17 +72,23 @@ NAME_HEX_CHARS = 40
 
 @dataclass
 class Shard:
-    """One shard: its Raft group and members (node ids, in founding order)."""
+    """One shard: its Raft group and members (node ids, in founding order), and the
+    keyspace whose slots it holds."""
 
     shard_id: int
     group: int
     members: list[int]
+    keyspace: str = DEFAULT_KEYSPACE
 
 
 @dataclass
 class ClusterConfig:
-    """The replicated configuration. `ranges`: [(first slot, last slot, shard id)] in slot
-    order, covering every slot once when initialised; `epoch` 0: not initialised yet."""
+    """The replicated configuration. `spaces`: every keyspace (shardstore/keyspaces.py)
+    with its nodes and slot map; `shards`: every shard of every keyspace. `keyspace` is
+    the one whose map `ranges` ([(first slot, last slot, shard id)] in slot order, every
+    slot once when initialised) and `slot_shard` show: `default` in the configuration
+    machine's own copy, a node's own keyspace in its `view`. `epoch` 0: not initialised
+    yet."""
 
     epoch: int = 0
     shards: dict[int, Shard] = field(default_factory=dict)
@@ -83,10 +99,41 @@ class ClusterConfig:
     moves: dict[int, Move] = field(default_factory=dict)  # the moves under way, by id
     next_move: int = 0  # the id of the last move begun
     moves_done: int = 0
+    spaces: dict[str, Keyspace] = field(default_factory=dict)
+    keyspace: str = DEFAULT_KEYSPACE
 
     @property
     def initialised(self) -> bool:
         return self.epoch > 0
+
+    def view(self, keyspace: str) -> ClusterConfig:
+        """This configuration as a node of `keyspace` sees it: that keyspace's shards and
+        slot map (names, leaders, moves and keyspaces shared with this one)."""
+        seen = ClusterConfig(self.epoch, {k: s for k, s in self.shards.items()
+                                          if s.keyspace == keyspace},
+                             names=self.names, leaders=self.leaders, moves=self.moves,
+                             next_move=self.next_move, moves_done=self.moves_done,
+                             spaces=self.spaces, keyspace=keyspace)
+        seen.rebuild()
+        return seen
+
+    def keyspace_of_node(self, node_id: int) -> str | None:
+        """The keyspace `node_id` serves, None if none."""
+        return next((k.name for k in self.spaces.values() if node_id in k.nodes), None)
+
+    def slot_table(self, keyspace: str) -> list[int]:
+        """slot -> shard id in `keyspace` (empty when it has no map)."""
+        space = self.spaces.get(keyspace)
+        return _table(space.ranges) if space is not None else []
+
+    def assign_slots(self, slots: Iterable[int], shard_id: int) -> None:
+        """Give `slots` to shard `shard_id` in its keyspace's map."""
+        space = self.spaces[self.shards[shard_id].keyspace]
+        table = _table(space.ranges)
+        for slot in slots:
+            table[slot] = shard_id
+        space.ranges = moves_ops.ranges_of(table)
+        self.rebuild()
 
     def shard_of_slot(self, slot: int) -> Shard | None:
         """The shard that owns `slot`, None before the map exists."""
@@ -105,25 +152,27 @@ class ClusterConfig:
         return [(a, b) for a, b, sid in self.ranges if sid == shard_id]
 
     def rebuild(self) -> None:
-        """Recompute the slot -> shard table from `ranges`."""
-        table = [0] * SLOT_COUNT
-        for first, last, sid in self.ranges:
-            table[first:last + 1] = [sid] * (last - first + 1)
-        self.slot_shard = table if self.ranges else []
+        """Recompute `ranges` (from `keyspace`'s map) and the slot -> shard table."""
+        if self.keyspace in self.spaces:
+            self.ranges = self.spaces[self.keyspace].ranges
+        self.slot_shard = _table(self.ranges) if self.ranges else []
 
     def to_wire(self) -> dict[str, Any]:
         return {"epoch": self.epoch,
-                "shards": [[s.shard_id, s.group, s.members] for s in self.shards.values()],
+                "shards": [[s.shard_id, s.group, s.members, s.keyspace]
+                           for s in self.shards.values()],
                 "ranges": [list(r) for r in self.ranges],
                 "names": {str(k): v for k, v in self.names.items()},
                 "leaders": {str(k): list(v) for k, v in self.leaders.items()},
                 "moves": [m.to_wire() for m in self.moves.values()],
-                "next_move": self.next_move, "moves_done": self.moves_done}
+                "next_move": self.next_move, "moves_done": self.moves_done,
+                "spaces": [k.to_wire() for k in self.spaces.values()]}
 
     @classmethod
     def from_wire(cls, wire: dict[str, Any]) -> ClusterConfig:
         config = cls(epoch=int(wire["epoch"]),
-                     shards={int(s[0]): Shard(int(s[0]), int(s[1]), [int(m) for m in s[2]])
+                     shards={int(s[0]): Shard(int(s[0]), int(s[1]), [int(m) for m in s[2]],
+                                              str(s[3]) if len(s) > 3 else DEFAULT_KEYSPACE)
                              for s in wire["shards"]},
                      ranges=[(int(a), int(b), int(c)) for a, b, c in wire["ranges"]],
                      names={int(k): str(v) for k, v in wire["names"].items()},
@@ -134,15 +183,28 @@ class ClusterConfig:
         for move_wire in wire.get("moves", []):
             move = Move.from_wire(move_wire)
             config.moves[move.move_id] = move
+        spaces = [Keyspace.from_wire(k) for k in wire.get("spaces", [])]
+        if not spaces and config.ranges:  # written before keyspaces: all is `default`
+            nodes = sorted({m for s in config.shards.values() for m in s.members})
+            spaces = [Keyspace(DEFAULT_KEYSPACE, nodes, config.ranges)]
+        config.spaces = {k.name: k for k in spaces}
         config.rebuild()
         return config
 
 
-def layout(nodes: Sequence[int], shards: int, replicas: int
+def _table(ranges: Iterable[tuple[int, int, int]]) -> list[int]:
+    table = [0] * SLOT_COUNT
+    for first, last, sid in ranges:
+        table[first:last + 1] = [sid] * (last - first + 1)
+    return table
+
+
+def layout(nodes: Sequence[int], shards: int, replicas: int, first_id: int = 1,
+           keyspace: str = DEFAULT_KEYSPACE
            ) -> tuple[dict[int, Shard], list[tuple[int, int, int]]]:
-    """Shards 1..`shards`: shard i gets `replicas` of the sorted `nodes` round-robin from
-    the (i-1)-th, and the i-th of `shards` even ranges of the slots. ValueError when the
-    numbers cannot work."""
+    """Shards first_id..: the i-th (from 0) gets `replicas` of the sorted `nodes`
+    round-robin from the i-th, and the i-th of `shards` even ranges of the slots.
+    ValueError when the numbers cannot work."""
     ordered = sorted(nodes)
     if shards < 1 or shards > SLOT_COUNT:
         raise ValueError(f"shards must be 1..{SLOT_COUNT}")
@@ -152,14 +214,21 @@ def layout(nodes: Sequence[int], shards: int, replicas: int
     ranges: list[tuple[int, int, int]] = []
     for i in range(shards):
         members = [ordered[(i + j) % len(ordered)] for j in range(replicas)]
-        table[i + 1] = Shard(i + 1, i + 1, members)
-        ranges.append((i * SLOT_COUNT // shards, (i + 1) * SLOT_COUNT // shards - 1, i + 1))
+        sid = first_id + i
+        table[sid] = Shard(sid, sid, members, keyspace)
+        ranges.append((i * SLOT_COUNT // shards, (i + 1) * SLOT_COUNT // shards - 1, sid))
     return table, ranges
 
 
-def encode_init(nodes: Sequence[int], shards: int, replicas: int) -> bytes:
-    return msgpack.packb({"op": OP_INIT, "nodes": sorted(nodes), "shards": shards,
-                          "replicas": replicas})
+def encode_init(nodes: Sequence[int], shards: int, replicas: int,
+                keyspaces: Mapping[str, Sequence[int]] | None = None) -> bytes:
+    """The entry that makes the map: `keyspaces` name -> nodes (default: every node in
+    `default`); each keyspace gets `shards` shards of `replicas` (at most its nodes)."""
+    entry: dict[str, Any] = {"op": OP_INIT, "nodes": sorted(nodes), "shards": shards,
+                             "replicas": replicas}
+    if keyspaces:
+        entry["keyspaces"] = {k: sorted(v) for k, v in keyspaces.items()}
+    return msgpack.packb(entry)
 
 
 def encode_leader(shard_id: int, node_id: int, term: int) -> bytes:
@@ -176,15 +245,19 @@ class ConfigMachine:
     def __init__(self) -> None:
         self.config = ClusterConfig()
         self.catalog = Catalog()  # the tables (shardstore/catalog.py)
+        self.version = 0  # bumped by every entry and restore, so views can be cached
 
     def apply(self, entries: Sequence[tuple[int, bytes]]) -> list[Any]:
-        return [self._apply_one(data) for _, data in entries]
+        results = [self._apply_one(data) for _, data in entries]
+        self.version += 1
+        return results
 
     def _apply_one(self, data: bytes) -> Any:
         try:
             entry = msgpack.unpackb(data)
             if str(entry["op"]).startswith(OP_TABLE_PREFIX):  # the tables' own entries
-                return self.catalog.apply(entry, self.config.shards, (DEFAULT_KEYSPACE,))
+                return self.catalog.apply(entry, self.config.shards,
+                                          tuple(self.config.spaces) or (DEFAULT_KEYSPACE,))
             if entry["op"] == OP_INIT:
                 return self._init(entry)
             if entry["op"] == OP_NAME:
@@ -193,6 +266,8 @@ class ConfigMachine:
             if entry["op"] == OP_LEADER:
                 return self._leader(int(entry["shard"]), int(entry["node"]),
                                     int(entry["term"]))
+            if entry["op"] == OP_KEYSPACE:
+                return self._keyspace(entry)
             if str(entry["op"]).startswith(moves_ops.OP_PREFIX):
                 hooks = TableMoveHooks(self.catalog, self.config.moves)  # range-table rows
                 return moves_ops.apply_move(self.config, entry, hooks)
@@ -203,9 +278,40 @@ class ConfigMachine:
     def _init(self, entry: dict[str, Any]) -> bool:
         if self.config.initialised:
             return False
-        shards, ranges = layout(entry["nodes"], int(entry["shards"]), int(entry["replicas"]))
-        self.config.shards, self.config.ranges, self.config.epoch = shards, ranges, 1
+        spaces = entry.get("keyspaces") or {DEFAULT_KEYSPACE: entry["nodes"]}
+        first_id = 1
+        for name in sorted(spaces, key=lambda k: (k != DEFAULT_KEYSPACE, k)):
+            nodes = sorted(int(n) for n in spaces[name])
+            replicas = min(int(entry["replicas"]), len(nodes))
+            shards, ranges = layout(nodes, int(entry["shards"]), replicas, first_id, name)
+            self.config.shards.update(shards)
+            self.config.spaces[name] = Keyspace(name, nodes, ranges)
+            first_id += len(shards)
+        self.config.epoch = 1
         self.config.rebuild()
+        return True
+
+    def _keyspace(self, entry: dict[str, Any]) -> Any:
+        """OP_KEYSPACE: a new keyspace on nodes serving none; the reply's error text if not."""
+        config = self.config
+        name, nodes = str(entry["name"]), sorted(int(n) for n in entry["nodes"])
+        shards, replicas = int(entry["shards"]), int(entry["replicas"])
+        try:
+            check_name(name)
+        except ValueError as exc:
+            return str(exc)
+        if name in config.spaces:
+            return ERR_KEYSPACE_EXISTS.format(name)
+        for node in nodes:
+            taken = config.keyspace_of_node(node)
+            if taken is not None:
+                return ERR_NODE_TAKEN.format(node, taken)
+        if not 1 <= shards <= SLOT_COUNT or not 1 <= replicas <= min(3, len(nodes)):
+            return ERR_KEYSPACE_NUMBERS.format(min(3, len(nodes)))
+        made, ranges = layout(nodes, shards, replicas, max(config.shards, default=0) + 1, name)
+        config.shards.update(made)
+        config.spaces[name] = Keyspace(name, nodes, ranges)
+        config.epoch += 1
         return True
 
     def _leader(self, shard_id: int, node_id: int, term: int) -> bool:
@@ -221,6 +327,7 @@ class ConfigMachine:
         wire = msgpack.unpackb(blob)
         self.config = ClusterConfig.from_wire(wire)
         self.catalog = Catalog.from_wire(wire.get("tables", []))
+        self.version += 1
 
 
 def load_node_name(data_dir: Path, node_id: int) -> str:

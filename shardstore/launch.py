@@ -1,7 +1,9 @@
-"""shardstore's part of `make run`: three nodes on loopback making one cluster of three
-shards of three replicas. Node N serves clients on 7600 + N and Raft on 7700 + N, with its
-data under var/shardstore-N. Out of scope in this phase: resharding, keyspaces and tables,
-the router, range tables (issue 12)."""
+"""shardstore's part of `make run`: four nodes on loopback making one cluster of two
+keyspaces: `default` on nodes 1-3 (three shards of three replicas) and `users` on node 4
+(three shards of one replica), each keyspace its own Redis Cluster. Node N serves clients
+on 7600 + N and Raft on 7700 + N, with its data under var/shardstore-ks-N (not the
+one-keyspace layout's var/shardstore-N: a configuration group is made once, by its
+founders). The router and range tables are the tables' part (issue 12)."""
 
 from __future__ import annotations
 
@@ -10,19 +12,24 @@ from pathlib import Path
 
 from core.launch_spec import LOOPBACK, LocalCluster, Process
 
-NODE_IDS = [1, 2, 3]
+NODE_IDS = [1, 2, 3, 4]
+KEYSPACES = {"default": [1, 2, 3], "users": [4]}
 CLIENT_PORT_BASE = 7600  # node N serves clients on 7600 + N
 PEER_PORT_BASE = 7700  # and Raft on 7700 + N
-SHARDS = 3
-REPLICAS = 3
+SHARDS = 3  # per keyspace
+REPLICAS = 3  # at most the keyspace's nodes
 
 TRY = [
     "  redis-cli -c -p 7601 SET user:1 alice        # any node: the write goes to the leader",
     "  redis-cli -c -p 7602 GET user:1",
     "  redis-cli -c -p 7601 MSET {user1}:a 1 {user1}:b 2   # one slot by the hash tag",
     "  redis-cli -p 7601 CLUSTER SLOTS              # ranges, leader first, then replicas",
-    "  redis-cli -p 7601 CLUSTER NODES",
+    "  redis-cli -c -p 7604 SET user:1 bob          # keyspace users: a cluster of its own",
+    "  redis-cli -p 7601 KEYSPACE.LIST",
     "  redis-cli -p 7603 INFO shardstore            # shards hosted and led, engine figures",
+    "  .venv/bin/python -m shardstore admin --node 127.0.0.1:7601 reshard --from 1 --to 2 "
+    "--slots 100",
+    "  .venv/bin/python -m shardstore admin --node 127.0.0.1:7601 check",
     '  .venv/bin/python -c "from redis.cluster import RedisCluster; \\',
     "c = RedisCluster(host='127.0.0.1', port=7601); c.set('k', 'v'); print(c.get('k'))\"",
 ]
@@ -31,17 +38,20 @@ TRY = [
 def _node(var: Path, node_id: int) -> Process:
     port = CLIENT_PORT_BASE + node_id
     peers = ",".join(f"{i}={LOOPBACK}:{PEER_PORT_BASE + i}" for i in NODE_IDS)
+    spaces = [arg for name, ids in KEYSPACES.items()
+              for arg in ("--keyspace", f"{name}={','.join(map(str, ids))}")]
     argv = [
         sys.executable, "-m", "shardstore", "serve", "--id", str(node_id),
         "--listen", f"{LOOPBACK}:{port}",
         "--peer-listen", f"{LOOPBACK}:{PEER_PORT_BASE + node_id}", "--peers", peers,
-        "--data-dir", str(var / f"shardstore-{node_id}"),
-        "--shards", str(SHARDS), "--replicas", str(REPLICAS),
+        "--data-dir", str(var / f"shardstore-ks-{node_id}"),
+        "--shards", str(SHARDS), "--replicas", str(REPLICAS), *spaces,
     ]
-    note = f"(node {node_id}, Raft on {LOOPBACK}:{PEER_PORT_BASE + node_id})"
+    space = next(name for name, ids in KEYSPACES.items() if node_id in ids)
+    note = f"(node {node_id}, keyspace {space}, Raft on {LOOPBACK}:{PEER_PORT_BASE + node_id})"
     return Process(f"shardstore-{node_id}", argv, LOOPBACK, port, note)
 
 
 def local_cluster(var: Path) -> LocalCluster:
-    """The three shardstore nodes (see the module header)."""
+    """The four shardstore nodes (see the module header)."""
     return LocalCluster([_node(var, node_id) for node_id in NODE_IDS], TRY)

@@ -91,7 +91,7 @@ class MoveNode(Protocol):
     machines: dict[int, ShardMachine]
 
     @property
-    def config(self) -> ClusterConfig: ...
+    def full_config(self) -> ClusterConfig: ...
 
     def now_ms(self) -> int: ...
 
@@ -200,7 +200,7 @@ class Mover:
 
     async def run_once(self) -> None:
         """Drive each move under way one step further, to its end if nothing fails."""
-        for move_id, move in sorted(self.node.config.moves.items()):
+        for move_id, move in sorted(self.node.full_config.moves.items()):
             if move.state == STATE_DONE:
                 continue
             if not self.leading():
@@ -211,13 +211,13 @@ class Mover:
                 log.info("move %d waits: %s", move_id, exc)
 
     async def drive(self, move_id: int) -> None:
-        move = self.node.config.moves.get(move_id)
+        move = self.node.full_config.moves.get(move_id)
         if move is not None and move.state == STATE_COPY:
             await self._copy(move)
             await self._config(encode_end(move.move_id))
             log.info("move %d: %s now served by shard %d (%d keys copied)", move.move_id,
                      move.keys.describe(), move.target, move.copied)
-        move = self.node.config.moves.get(move_id)
+        move = self.node.full_config.moves.get(move_id)
         if move is not None and move.state == STATE_PURGE:
             await self._purge(move)
             await self._config(encode_finish(move.move_id))
@@ -278,7 +278,7 @@ class Mover:
         return reply[1], reply[2]
 
     async def _ask(self, shard_id: int, payload: list[Any], full: bool = False) -> Any:
-        shard = self.node.config.shards[shard_id]
+        shard = self.node.full_config.shards[shard_id]
         errors = []
         for member in self._candidates(shard_id):
             try:
@@ -297,12 +297,12 @@ class Mover:
 
     def _candidates(self, shard_id: int) -> list[int]:
         """The shard's members, its leader as this node knows it first."""
-        shard = self.node.config.shards[shard_id]
+        shard = self.node.full_config.shards[shard_id]
         first = []
         group = self.node.host.group(shard.group)
         if group is not None and group.node is not None and group.node.lead:
             first.append(group.node.lead)
-        hint = self.node.config.leaders.get(shard_id)
+        hint = self.node.full_config.leaders.get(shard_id)
         if hint:
             first.append(hint[0])
         return [m for m in dict.fromkeys([*first, *shard.members]) if m in shard.members]

@@ -24,6 +24,7 @@ no hooks such a move is refused.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -56,6 +57,7 @@ ERR_NO_MOVE = "ERR no move {}"
 ERR_EMPTY = "ERR a move needs at least one slot"
 ERR_UNKNOWN_OP = "ERR unknown move op {!r}"
 ERR_NOT_SLOTS = "ERR only slots can move here"
+ERR_KEYSPACES = "ERR shards {} and {} serve different keyspaces"
 
 
 class MoveHooks(Protocol):
@@ -100,8 +102,10 @@ class MovesConfig(Protocol):
     moves: dict[int, Move]  # under way and the last finished ones
     next_move: int
     moves_done: int
-    slot_shard: list[int]
-    ranges: list[tuple[int, int, int]]
+
+    def slot_table(self, keyspace: str) -> list[int]: ...
+
+    def assign_slots(self, slots: Iterable[int], shard_id: int) -> None: ...
 
 
 def encode_begin(keys: KeySet, source: int, target: int) -> bytes:
@@ -156,6 +160,9 @@ def _begin(config: MovesConfig, keys: KeySet, source: int, target: int,
             return ERR_NO_SHARD.format(shard)
     if source == target:
         return ERR_SAME_SHARD
+    space = config.shards[source].keyspace
+    if config.shards[target].keyspace != space:
+        return ERR_KEYSPACES.format(source, target)
     if keys.kind == KIND_SLOTS:
         refusal = _slots_refusal(config, keys, source)
     else:
@@ -172,8 +179,9 @@ def _begin(config: MovesConfig, keys: KeySet, source: int, target: int,
 def _slots_refusal(config: MovesConfig, keys: KeySet, source: int) -> str | None:
     if keys.empty:
         return ERR_EMPTY
+    table = config.slot_table(config.shards[source].keyspace)
     for slot in sorted(keys.slots):
-        if config.slot_shard[slot] != source:
+        if table[slot] != source:
             return ERR_NOT_OWNER.format(slot, source)
     for other in config.moves.values():
         if other.state == STATE_DONE:
@@ -198,9 +206,7 @@ def _end(config: MovesConfig, move: Move, hooks: MoveHooks | None) -> bool:
     if move.state != STATE_COPY:
         return False
     if move.keys.kind == KIND_SLOTS:
-        for slot in move.keys.slots:
-            config.slot_shard[slot] = move.target
-        config.ranges = ranges_of(config.slot_shard)
+        config.assign_slots(move.keys.slots, move.target)
     elif hooks is not None:
         hooks.end(move)
     move.state, move.cursor = STATE_PURGE, None

@@ -22,6 +22,10 @@ TRYAGAIN. The client commands live in shardstore/handlers.py. Background tasks:
 - `_moves` (every RECONCILE_S, on the configuration group's leader): drive the slot moves
   under way (shardstore/migrate.py's Mover; its node-to-node service SERVICE_MOVE runs on
   every node). The SHARDSTORE.* admin commands are shardstore/admin_commands.py's.
+
+A node serves one keyspace (shardstore/keyspaces.py): `config` is the configuration as
+its keyspace sees it (its shards, its slot map, its nodes in CLUSTER replies), made with
+`--keyspace` options or KEYSPACE.CREATE; `full_config` is every keyspace's.
 """
 
 from __future__ import annotations
@@ -80,6 +84,7 @@ class NodeOptions:
     snapshot_every: int = SNAPSHOT_EVERY
     compaction_margin: int = COMPACTION_MARGIN
     move_batch_keys: int = BATCH_KEYS
+    keyspaces: tuple[tuple[str, tuple[int, ...]], ...] = ()  # when made: name -> node ids
 
 
 class HostDriver:
@@ -155,9 +160,24 @@ class ShardNode:
         self._cursors: dict[int, bytes] = {}
         self._balanced: dict[int, float] = {}  # shard id -> when it was last handed over
         self._failed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._view: cluster.ClusterConfig | None = None
+        self._view_at = -1
 
     @property
     def config(self) -> cluster.ClusterConfig:
+        """The configuration as this node's keyspace sees it (shardstore/keyspaces.py:
+        its shards and slot map), recomputed when the configuration changes."""
+        machine = self.config_machine
+        if self._view is None or self._view_at != machine.version:
+            full = machine.config
+            space = full.keyspace_of_node(self.me) or cluster.DEFAULT_KEYSPACE
+            self._view = full.view(space) if full.spaces else full
+            self._view_at = machine.version
+        return self._view
+
+    @property
+    def full_config(self) -> cluster.ClusterConfig:
+        """The configuration of every keyspace (what the move coordinator drives)."""
         return self.config_machine.config
 
     # -- life ----------------------------------------------------------------------------------
@@ -207,8 +227,12 @@ class ShardNode:
             if group is not None and group.node is not None:
                 leaders[sid] = group.node.lead
                 offsets[sid] = group.applied
-        return ClusterView(self.config, self.me, dict(self.service.book.clients), leaders,
-                           offsets, {k: v[1] for k, v in self.settings.peers.items()})
+        config = self.config
+        space = config.spaces.get(config.keyspace)
+        book = {node: address for node, address in self.service.book.clients.items()
+                if space is None or node in space.nodes}  # the nodes of this keyspace
+        return ClusterView(config, self.me, book, leaders, offsets,
+                           {k: v[1] for k, v in self.settings.peers.items()})
 
     def led_shards(self) -> list[Shard]:
         """The shards this node hosts and reports as their master (CLUSTER SLOTS): those
@@ -254,7 +278,7 @@ class ShardNode:
         config = self.config
         if not config.initialised and self.settings.founders and group0.node.lead == self.me:
             entry = cluster.encode_init(sorted(self.settings.peers), self.options.shards,
-                                        self.options.replicas)
+                                        self.options.replicas, dict(self.options.keyspaces))
             await self.service.write(entry)
         if config.initialised and config.names.get(self.me) != self.name and group0.node.lead:
             await self.service.write(cluster.encode_name(self.me, self.name))

@@ -1,0 +1,117 @@
+"""Keyspaces: named sets of nodes, each its own Redis Cluster of 16384 slots; sans I/O.
+
+Strategy: the configuration (shardstore/cluster.py) holds every keyspace: its nodes (a
+node serves one keyspace) and its slot map, [(first, last, shard id)] over the shards of
+that keyspace (shard ids, which are Raft group ids, are unique across keyspaces). The
+keyspace `default` holds the keys of no table and of the tables bound to it; when the
+cluster is made without naming keyspaces, it is every node.
+
+A node's CLUSTER replies, MOVED answers and slot map are those of its own keyspace (the
+configuration's `view` of it), so each keyspace is, on the wire, one Redis Cluster that
+redis-cli -c and redis-py's RedisCluster use unchanged.
+
+Keyspaces are made when the cluster is made (`serve --keyspace name=ids`, the first
+configuration entry) or later by `KEYSPACE.CREATE name node... [SHARDS n] [REPLICAS r]`
+(OP_KEYSPACE), whose nodes must serve no keyspace yet; `KEYSPACE.LIST` lists them.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgpack
+
+from shardstore.catalog import DEFAULT_KEYSPACE
+
+__all__ = [
+    "DEFAULT_KEYSPACE", "ERR_KEYSPACE_SYNTAX", "OP_KEYSPACE", "Keyspace", "encode_keyspace",
+    "parse_create_keyspace", "parse_keyspace_option",
+]
+
+OP_KEYSPACE = "keyspace.create"
+NAME_PATTERN = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+DEFAULT_SHARDS = 1
+ERR_KEYSPACE_SYNTAX = "ERR syntax: KEYSPACE.CREATE name node-id... [SHARDS n] [REPLICAS r]"
+ERR_KEYSPACE_NAME = "ERR bad keyspace name {!r} (1..64 of A-Z a-z 0-9 _ . -)"
+ERR_KEYSPACE_EXISTS = "ERR keyspace {!r} exists"
+ERR_NODE_TAKEN = "ERR node {} serves keyspace {!r} already (a node serves one keyspace)"
+ERR_KEYSPACE_NUMBERS = "ERR a keyspace needs 1..16384 shards and 1..{} replicas"
+ERR_OPTION = "--keyspace wants NAME=ID,ID,... (got {!r})"
+
+
+@dataclass
+class Keyspace:
+    """One keyspace: its nodes (sorted) and its slot map [(first, last, shard id)]."""
+
+    name: str
+    nodes: list[int]
+    ranges: list[tuple[int, int, int]] = field(default_factory=list)
+
+    def to_wire(self) -> list[Any]:
+        return [self.name, self.nodes, [list(r) for r in self.ranges]]
+
+    @classmethod
+    def from_wire(cls, wire: Sequence[Any]) -> Keyspace:
+        name, nodes, ranges = wire
+        return cls(str(name), [int(n) for n in nodes],
+                   [(int(a), int(b), int(c)) for a, b, c in ranges])
+
+
+def check_name(name: str) -> None:
+    """ValueError with the reply's text unless `name` is a valid keyspace name."""
+    if not NAME_PATTERN.fullmatch(name):
+        raise ValueError(ERR_KEYSPACE_NAME.format(name))
+
+
+def encode_keyspace(name: str, nodes: Sequence[int], shards: int, replicas: int) -> bytes:
+    return msgpack.packb({"op": OP_KEYSPACE, "name": name, "nodes": sorted(nodes),
+                          "shards": shards, "replicas": replicas})
+
+
+def parse_create_keyspace(args: Sequence[bytes]) -> tuple[str, list[int], int, int]:
+    """KEYSPACE.CREATE's words (the command's first) as (name, nodes, shards, replicas);
+    ValueError with the reply's text on anything else. Replicas default to every node,
+    at most 3; shards to one."""
+    if len(args) < 3:
+        raise ValueError(ERR_KEYSPACE_SYNTAX)
+    name = args[1].decode("utf-8", "replace")
+    check_name(name)
+    nodes: list[int] = []
+    options: dict[bytes, int] = {}
+    i = 2
+    while i < len(args):
+        word = args[i]
+        if word.upper() in (b"SHARDS", b"REPLICAS") and i + 1 < len(args):
+            options[word.upper()] = _number(args[i + 1])
+            i += 2
+            continue
+        if options:  # node ids come before the options
+            raise ValueError(ERR_KEYSPACE_SYNTAX)
+        nodes.append(_number(word))
+        i += 1
+    if not nodes or len(set(nodes)) != len(nodes):
+        raise ValueError(ERR_KEYSPACE_SYNTAX)
+    replicas = options.get(b"REPLICAS", min(3, len(nodes)))
+    return name, sorted(nodes), options.get(b"SHARDS", DEFAULT_SHARDS), replicas
+
+
+def _number(word: bytes) -> int:
+    if not word.isdigit() or len(word) > 9:
+        raise ValueError(ERR_KEYSPACE_SYNTAX)
+    return int(word)
+
+
+def parse_keyspace_option(text: str) -> tuple[str, tuple[int, ...]]:
+    """`--keyspace users=4,5` as ("users", (4, 5)); ValueError otherwise."""
+    name, sep, ids = text.partition("=")
+    try:
+        check_name(name)
+        nodes = tuple(int(i) for i in ids.split(","))
+    except ValueError:
+        raise ValueError(ERR_OPTION.format(text)) from None
+    if not sep or not nodes or min(nodes) < 1 or len(set(nodes)) != len(nodes):
+        raise ValueError(ERR_OPTION.format(text))
+    return name, nodes

@@ -10,8 +10,9 @@ leader (a new term) its live view starts empty, in safe mode, and fills from hea
 
 The upkeep loop, every `check_every_s` on the leader: servers silent for too long are
 declared dead, under-replicated chunks get copies (handed out in heartbeat replies), and
-every `gc_every_s` the chunk lists of files gone from the namespace are dropped by a
-`chunk.forget` entry (their chunks become orphans the servers are told to delete).
+every `gc_every_s` files left by writers that died are deleted (Placement.abandoned) and
+the chunk lists of files gone from the namespace are dropped by a `chunk.forget` entry
+(their chunks become orphans the servers are told to delete).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import msgpack
 from core.resp import OK, CommandError
 from core.resp_server import Command
 from dfs import chunks as ct
+from dfs import namespace as ns
 from dfs.chunk_placement import Placement
 from dfs.chunks import ChunkTable
 from dfs.namespace import PathError
@@ -126,7 +128,17 @@ class ChunkCommands:
                     log.info("re-replication: %d chunk copies handed out", handed)
             if now - last_gc >= self.gc_every_s:
                 last_gc = now
+                await self._delete_abandoned(now)
                 await self._forget_dead()
+
+    async def _delete_abandoned(self, now: float) -> None:
+        for path in self.placement.abandoned(ct.writing_files(self.table), now):
+            try:
+                await self.service.write(ns.encode_delete(self.clock.wall_ms(), path, False, 0))
+                log.warning("%s: its writer is gone (no call for %g s): deleted", path,
+                            self.placement.abandon_after_s)
+            except CommandError as exc:
+                log.debug("abandoned write %s not deleted: %s", path, exc)
 
     async def _forget_dead(self) -> None:
         dead = ct.dead_inodes(self.table)
@@ -171,6 +183,7 @@ class ChunkCommands:
         self.access(session, path, W)
         chunk, version = await self.service.write(
             ct.encode_alloc(self.clock.wall_ms(), path, index))
+        self.placement.touch(self.table.chunks[chunk].inode, time.monotonic())
         try:
             avoid = [a.decode("utf-8", "replace") for a in args[3:]]
             servers = self.placement.grant(time.monotonic(), chunk, avoid)
@@ -185,6 +198,7 @@ class ChunkCommands:
         if meta is None or meta.version != version or not self.placement.renew(
                 time.monotonic(), chunk):
             raise CommandError(ERR_STALE_LEASE.format(chunk, version))
+        self.placement.touch(meta.inode, time.monotonic())
         return self.placement.lease_ms
 
     async def cmd_complete(self, session: Any, args: list[bytes]) -> Any:

@@ -21,6 +21,9 @@ carries. A server not heard from for `dead_after_s` is dead: its replicas no lon
   once as replicas are missing. A copy in flight counts until its target reports the
   chunk or `copy_timeout_s` passes. A chunk with more replicas than the
   target loses the extra ones.
+- Abandoned writes: a file still being written (`*._COPYING_`, not complete) whose writer
+  has not allocated or renewed for `abandon_after_s` is deleted (the leader's upkeep), so
+  its chunks become orphans.
 Time enters as `now` (monotonic seconds) arguments.
 """
 
@@ -43,6 +46,7 @@ DEFAULT_DEAD_AFTER_S = 10.0
 DEFAULT_LEASE_MS = 60_000  # GFS's lease length
 DEFAULT_SAFE_RATIO = 0.999  # HDFS's dfs.namenode.safemode.threshold-pct
 DEFAULT_COPY_TIMEOUT_S = 30.0
+DEFAULT_ABANDON_AFTER_S = 3600.0  # HDFS's lease hard limit: a writer silent this long is gone
 MAX_COPIES_PER_REPLY = 4  # copies one heartbeat reply hands a server
 
 ERR_SAFE_MODE = ("TRYAGAIN safe mode: {} of {} chunk servers needed have reported, {} of "
@@ -79,7 +83,8 @@ class Placement:
                  dead_after_s: float = DEFAULT_DEAD_AFTER_S,
                  lease_ms: int = DEFAULT_LEASE_MS, min_servers: int = 1,
                  safe_ratio: float = DEFAULT_SAFE_RATIO,
-                 copy_timeout_s: float = DEFAULT_COPY_TIMEOUT_S) -> None:
+                 copy_timeout_s: float = DEFAULT_COPY_TIMEOUT_S,
+                 abandon_after_s: float = DEFAULT_ABANDON_AFTER_S) -> None:
         self.table = table
         self.rng = rng
         self.replication = replication
@@ -88,6 +93,8 @@ class Placement:
         self.min_servers = min_servers
         self.safe_ratio = safe_ratio
         self.copy_timeout_s = copy_timeout_s
+        self.abandon_after_s = abandon_after_s
+        self.activity: dict[int, float] = {}  # inode being written -> its writer's last call
         self.servers: dict[str, ServerState] = {}
         # chunk -> {target server id: when that copy counts as failed}: copies in flight
         self.copying: dict[int, dict[str, float]] = {}
@@ -101,6 +108,7 @@ class Placement:
         self.copying.clear()
         self.leases.clear()
         self.chains.clear()
+        self.activity.clear()
         self.safe = True
 
     # -- heartbeats -------------------------------------------------------------------------
@@ -249,6 +257,22 @@ class Placement:
                 server = self.servers.get(sid)
                 if meta is not None and server is not None:
                     server.chunks[chunk] = meta.version
+
+    # -- abandoned writes -------------------------------------------------------------------
+
+    def touch(self, inode: int, now: float) -> None:
+        """The writer of file `inode` is alive (it allocated or renewed)."""
+        self.activity[inode] = now
+
+    def abandoned(self, writing: list[tuple[str, int]], now: float) -> list[str]:
+        """Of the files being written ((path, inode): dfs.chunks.writing_files), those whose
+        writer has not called for `abandon_after_s` (counted from when this leader first
+        saw the file, if it never heard from the writer)."""
+        seen = {inode for _, inode in writing}
+        for inode in [i for i in self.activity if i not in seen]:
+            del self.activity[inode]
+        return [path for path, inode in writing
+                if now - self.activity.setdefault(inode, now) > self.abandon_after_s]
 
     # -- re-replication ---------------------------------------------------------------------
 

@@ -34,10 +34,11 @@ from dfs.namespace import Namespace, Node, PathError
 
 __all__ = [
     "ERR_BAD_INDEX", "ERR_COMPLETE", "ERR_SIZES", "ChunkMeta", "ChunkTable", "FileChunks",
-    "MasterMachine", "dead_inodes", "encode_alloc", "encode_complete", "encode_forget",
-    "is_chunk_entry",
+    "MasterMachine", "WRITING_SUFFIX", "dead_inodes", "encode_alloc", "encode_complete",
+    "encode_forget", "is_chunk_entry", "writing_files",
 ]
 
+WRITING_SUFFIX = "._COPYING_"  # the name dfs.client writes a file under until its close
 OP_ALLOC = "chunk.alloc"
 OP_COMPLETE = "chunk.complete"
 OP_FORGET = "chunk.forget"
@@ -204,6 +205,23 @@ def _live_inodes(namespace: Namespace) -> set[int]:
         live.update(v.inode for v in node.versions)  # old versions keep their chunks
         stack.extend(node.children.values())
     return live
+
+
+def writing_files(table: ChunkTable) -> list[tuple[str, int]]:
+    """(path, inode) of every file named `*._COPYING_` (WRITING_SUFFIX) that is not complete:
+    writes under way, or left by a writer that died before its close."""
+    found: list[tuple[str, int]] = []
+    stack = [("", table.namespace.root)]
+    while stack:
+        path, node = stack.pop()
+        for name, child in node.children.items():
+            if child.kind == ns.DIR:
+                stack.append((f"{path}/{name}", child))
+            elif name.endswith(WRITING_SUFFIX):
+                entry = table.files.get(child.inode)
+                if entry is None or not entry.complete:
+                    found.append((f"{path}/{name}", child.inode))
+    return found
 
 
 def dead_inodes(table: ChunkTable) -> list[int]:

@@ -3,6 +3,7 @@
     dfs chunkserver --data-dir D --rack R --listen H:P --masters H:P,H:P,...
                     [--heartbeat-ms MS] [--scrub-rate BYTES_PER_S] [--scrub-pause-ms MS]
     dfs master ... [--replication N] [--chunkserver-dead-ms MS] [--min-chunkservers N]
+                   [--abandoned-write-ms MS]
 
 Exit status: 0 after SIGTERM or SIGINT, 1 when it could not start, 2 on bad usage.
 """
@@ -17,7 +18,11 @@ from typing import Any
 
 from core import daemon
 from core.storage import DataDirLockedError
-from dfs.chunk_placement import DEFAULT_DEAD_AFTER_S, DEFAULT_REPLICATION
+from dfs.chunk_placement import (
+    DEFAULT_ABANDON_AFTER_S,
+    DEFAULT_DEAD_AFTER_S,
+    DEFAULT_REPLICATION,
+)
 
 __all__ = ["add_chunkserver_parser", "add_master_options", "placement_options",
            "serve_chunkserver"]
@@ -60,15 +65,21 @@ def add_master_options(parser: argparse.ArgumentParser) -> None:
                              "re-replicated")
     parser.add_argument("--min-chunkservers", type=int, default=1,
                         help="safe mode lasts until this many chunk servers reported")
+    parser.add_argument("--abandoned-write-ms", type=int,
+                        default=int(DEFAULT_ABANDON_AFTER_S * 1000),
+                        help="a file being written whose writer has not called for this "
+                             "long is deleted (its writer died before the close)")
 
 
 def placement_options(args: argparse.Namespace) -> dict[str, Any]:
     """The master's `placement` keyword arguments from its parsed options (checked)."""
-    for name in ("replication", "chunkserver_dead_ms", "min_chunkservers"):
+    for name in ("replication", "chunkserver_dead_ms", "min_chunkservers",
+                 "abandoned_write_ms"):
         if getattr(args, name) < 1:
             raise daemon.ConfigError(ERR_POSITIVE.format("--" + name.replace("_", "-")))
     return {"replication": args.replication, "dead_after_s": args.chunkserver_dead_ms / 1000,
-            "min_servers": args.min_chunkservers}
+            "min_servers": args.min_chunkservers,
+            "abandon_after_s": args.abandoned_write_ms / 1000}
 
 
 def _config(args: argparse.Namespace) -> Any:

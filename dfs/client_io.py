@@ -33,6 +33,7 @@ import xxhash
 
 from dfs import chunk_wire as wire
 from dfs.chunk_net import ReplyError, SyncLink, check_reply
+from dfs.chunks import WRITING_SUFFIX
 from dfs.client_master import DfsError, MasterLink
 
 __all__ = ["COPYING_SUFFIX", "ChunkReader", "ChunkWriter", "PIECE_BYTES", "temp_path"]
@@ -41,7 +42,7 @@ PIECE_BYTES = 1024 * 1024  # one DATA frame, one GET
 MAX_CHUNK_ATTEMPTS = 6
 MAX_LOCATE_ROUNDS = 5
 RETRY_PAUSE_S = 0.3
-COPYING_SUFFIX = "._COPYING_"
+COPYING_SUFFIX = WRITING_SUFFIX
 ALREADY_EXISTS = "already exists"  # (words of the masters' error replies)
 IS_COMPLETE = "is complete"
 NO_SUCH = "no such file"

@@ -22,6 +22,7 @@ HANG_S = 60.0
 HEARTBEAT_MS = 200
 DEAD_MS = 2000
 TRASH_KEEP_MS = 1000
+ABANDON_MS = 3000
 
 
 def eventually(probe: Callable[[], Any], what: str, hang_s: float = HANG_S) -> Any:
@@ -53,7 +54,7 @@ class DfsCluster:
                                 "--timeout-ms", "5000", "--chunkserver-dead-ms", str(DEAD_MS),
                                 "--min-chunkservers", str(max(1, min(chunkservers, 3))),
                                 "--trash-keep-ms", str(TRASH_KEEP_MS), "--purge-every-ms",
-                                "200"],
+                                "200", "--abandoned-write-ms", str(ABANDON_MS)],
                                h, ports[i], tmp / f"m{i + 1}.log")
                         for i, h in enumerate(MASTER_HOSTS)]
         self.chunkservers = [self._chunkserver(i, scrub_pause_ms) for i in range(chunkservers)]

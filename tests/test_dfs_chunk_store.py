@@ -206,3 +206,20 @@ def test_placement_racks_safe_mode_orphans_and_re_replication() -> None:
     _apply(m, ns.encode_purge(4))
     _apply(m, ct.encode_forget(5, ct.dead_inodes(m.table)))
     assert p.heartbeat(101.0, _report("a", "r1", [[2, 1, 5]]))["delete"] == [2]  # an orphan
+
+
+def test_abandoned_writes_are_found_after_their_writer_is_silent() -> None:
+    m = _machine()
+    for entry in (ns.encode_mkdir(1, "/d", False), ns.encode_create(1, "/d/a.1._COPYING_"),
+                  ns.encode_create(1, "/d/b.2._COPYING_"), ns.encode_create(1, "/d/plain"),
+                  ct.encode_alloc(1, "/d/b.2._COPYING_", 0),
+                  ct.encode_complete(1, "/d/b.2._COPYING_", [3])):
+        _apply(m, entry)
+    writing = ct.writing_files(m.table)
+    assert [path for path, _ in writing] == ["/d/a.1._COPYING_"]  # b is complete: renaming
+    p = Placement(m.table, random.Random(0), abandon_after_s=10)
+    assert p.abandoned(writing, 100.0) == []  # first seen now
+    p.touch(writing[0][1], 105.0)  # its writer called
+    assert p.abandoned(writing, 114.0) == []
+    assert p.abandoned(writing, 115.5) == ["/d/a.1._COPYING_"]
+    assert p.abandoned([], 200.0) == [] and p.activity == {}

@@ -12,6 +12,7 @@ small chunks (128 KiB) so files span many of them.
   replica) and the bad replica is replaced by a good one; another flipped byte in a chunk
   no client reads is found by the scrubber and repaired the same way;
 - pandas writes a CSV to a dfs:// path and reads it back (fsspec);
+- a file whose writer was SIGKILLed before its close is deleted, and its chunks;
 - the chunks of a file replaced or deleted (and purged from the trash) are deleted on
   every chunk server; a leader without chunk server reports refuses allocations (safe mode);
 - the command line: put/get with progress bars, cat, ls, du, mv, stat, rm, admin report.
@@ -325,6 +326,32 @@ def test_chunks_of_replaced_and_deleted_files_are_collected(cluster: DfsCluster,
     assert fs.read_bytes("/gc/a") == b"new"
 
 
+WRITER_DIES = """
+import os, signal, sys
+from dfs.client import DfsClient
+fs = DfsClient(sys.argv[1], chunk_size=int(sys.argv[2]))
+f = fs.open("/dead/f", "wb")
+f.write(os.urandom(int(sys.argv[2]) + 1))
+f.flush()  # the first chunk is on its servers
+print(fs.ls("/dead")[0], flush=True)
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def test_a_file_whose_writer_died_is_deleted_with_its_chunks(cluster: DfsCluster,
+                                                             fs: DfsClient) -> None:
+    fs.mkdir("/dead", parents=True)
+    died = subprocess.run([sys.executable, "-c", WRITER_DIES, ",".join(
+        cluster.master_addresses), str(CHUNK)], capture_output=True, timeout=60, cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)})
+    temp = died.stdout.decode().strip()
+    assert temp.endswith("._COPYING_"), died.stderr
+    [chunk] = [row[0] for row in fs.locate(f"/dead/{temp}")[2]]
+    assert _chunk_files(cluster, chunk)
+    eventually(lambda: fs.ls("/dead") == [], "the abandoned file deleted (ABANDON_MS)")
+    eventually(lambda: not _chunk_files(cluster, chunk), "its chunk deleted everywhere")
+
+
 def test_safe_mode_refuses_allocation_until_chunk_servers_report(tmp_path: Path) -> None:
     lonely = DfsCluster(tmp_path, chunkservers=0)
     try:
@@ -364,6 +391,10 @@ PROMISES = {  # README.md's sentence -> the test here that checks it
     "purged from the trash) are deleted from every chunk server.":
         test_chunks_of_replaced_and_deleted_files_are_collected,
     "`dfs put` and `dfs get` show a progress bar on stderr.": test_the_command_line,
+    "A file whose writer died before its close (it is written as "
+    "`<path>.<token>._COPYING_`) is deleted, and its chunks with it, once its writer has been "
+    "silent for `--abandoned-write-ms` (an hour by default, HDFS's lease hard limit).":
+        test_a_file_whose_writer_died_is_deleted_with_its_chunks,
     "`import dfs.fsspec_fs` registers `dfs://` with fsspec, so pandas writes and reads CSVs at "
     "`dfs:///path` (masters in `storage_options={\"masters\": ...}`, in the URL as "
     "`dfs://host:port/path`, or in `DFS_MASTERS`).": test_pandas_writes_and_reads_a_csv,

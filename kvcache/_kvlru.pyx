@@ -418,7 +418,7 @@ cdef class Lru:
             return True
         if self.a.of_class[cls]:
             return False
-        src = richest(self._page_counts(), cls)
+        src = richest(self._page_counts(), cls) if self.evict else 0  # -M: never evicts
         if src:
             self._move_page(src, cls)
             return True

@@ -6,7 +6,7 @@ on demand (their identity is their record, so `in`-tests over held items work fo
 Callers only read them; every change goes through a `Storage` method.
 
 What an item costs is the same for both: the arena chunk its record needs (kvcache/slabs.py:
-`item_cost`, `record_bytes`), e.g. 176 bytes for a 14-byte key and a 100-byte value.
+`item_cost`, `record_bytes`), e.g. 192 bytes for a 14-byte key and a 100-byte value.
 """
 
 from __future__ import annotations

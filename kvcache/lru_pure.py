@@ -13,9 +13,10 @@ class. A class with no free chunk gets a page (`_grow`): from the pool of pages 
 holds, else a new one while the pages plus the hash table stay within the limit (-m).
 When memory is full, a class that has no page yet takes one from the class holding the
 most (kvcache/slab_policy.py), so no size is locked out and the limit holds; only when no
-class can spare a page does it get its first page over the limit (memcached's
-do_slabs_newslab grants a class its first page whatever the limit). A class that can get
-no page evicts from the tail of its own LRU (as memcached's per-class LRUs do).
+class can spare a page, or evictions are off (-M), does it get its first page over the
+limit (memcached's do_slabs_newslab grants a class its first page whatever the limit).
+A class that can get no page evicts from the tail of its own LRU (as memcached's per-class
+LRUs do).
 A page leaving a class (`slabs reassign`, automove, the taking above) is emptied: each of
 its items moves to a free chunk of the class on another page (a rescue), or, when there is
 none, is evicted (counted apart, as memcached's slab_reassign_evictions_nomem). With CAS
@@ -375,7 +376,7 @@ class Lru:
             return True
         if pages.of_class[cls]:
             return False
-        src = richest(pages.counts(), cls)
+        src = richest(pages.counts(), cls) if self.evict else 0  # -M: never evicts
         if src:
             self._pages.move(src, cls, self._evict_moving, self._rescue)
         else:

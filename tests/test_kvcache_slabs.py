@@ -395,3 +395,15 @@ def test_a_rescued_item_is_a_new_item_in_both_twins() -> None:
         delta = s.delta(b"n%d" % (per_page + 3), True, 1, pinned={held})
         outcomes.append((delta.outcome, delta.number, delta.in_place, len(s.items())))
     assert outcomes[0] == outcomes[1] == (Outcome.STORED, 8, True, per_page)
+
+
+@twin
+def test_without_evictions_a_new_class_gets_its_first_page_over_the_limit(
+        module: ModuleType) -> None:
+    s = module.Storage(3 * PAGE + table_bytes(INITIAL_BUCKETS), PAGE, NOW, page_bytes=PAGE,
+                       evict=False)
+    stored = sum(put(s, b"a%d" % i, 10) is Outcome.STORED for i in range(1000))
+    assert stored < 1000 and s.stats.slab.total("evicted") == 0  # -M: full means refused
+    assert put(s, b"big", 3000) is Outcome.STORED  # memcached's do_slabs_newslab
+    assert s.slabs_moved == 0 and s.reassign_evictions == 0
+    assert s.stats.curr_items == stored + 1

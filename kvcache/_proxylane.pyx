@@ -19,7 +19,7 @@ cdef object _LINE = LINE
 cdef object _WHOLE = WHOLE_VALUES
 cdef long long _SATURATED = 1LL << 50  # above any value size: a bigger number stays here
 
-__all__ = ["LANE_DIGITS", "lane_request", "may_hold_a_block", "quick_take"]
+__all__ = ["LANE_DIGITS", "Answer", "lane_request", "may_hold_a_block", "quick_take"]
 
 
 cdef inline bint _crlf_at(const char* p, Py_ssize_t i):
@@ -199,3 +199,56 @@ cdef object _whole_values(bytes data, Py_ssize_t pos):
     if start == 0 and end == n:
         return (data, hits), end
     return (PyBytes_FromStringAndSize(p + start, end - start), hits), end
+
+
+cdef class Answer:
+    """The slot of a request one backend answers (see the pure twin): made, completed and
+    read once per request, so its methods are C calls."""
+
+    cdef public object reply, error, notify
+    cdef public bint silent, waiting
+    cdef public Py_ssize_t keys
+
+    def __init__(self, bint silent, Py_ssize_t keys):
+        self.reply = b""
+        self.error = None
+        self.silent = silent
+        self.keys = keys
+        self.waiting = True
+        self.notify = None
+
+    @property
+    def fut(self):
+        return None
+
+    @property
+    def barrier(self):
+        return False
+
+    cpdef bint done(self):
+        return not self.waiting
+
+    cpdef set_result(self, reply):
+        self.reply = reply
+        self.waiting = False
+        if self.notify is not None:
+            self.notify(self)
+
+    cpdef set_exception(self, exc):
+        self.error = exc
+        self.waiting = False
+        if self.notify is not None:
+            self.notify(self)
+
+    cpdef result(self, counters):
+        """The client's reply; counts errors, hits and misses in `counters`."""
+        cdef Py_ssize_t hits
+        if self.error is not None:
+            counters.proxy_errors += 1
+            return b"" if self.silent else self.error.line
+        reply = self.reply
+        if self.keys:
+            reply, hits = reply
+            counters.get_hits += hits
+            counters.get_misses += self.keys - hits
+        return b"" if self.silent else reply

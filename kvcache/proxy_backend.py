@@ -85,7 +85,7 @@ def ignore(fut: asyncio.Future[Reply]) -> None:
 
 class Waiter(Protocol):
     """What gets a request's reply: an asyncio.Future, or the client's reply slot itself
-    (kvcache/proxy_exec.py `Answer`: no future and no callback per request on the hot
+    (kvcache/proxylane_pure.py `Answer`: no future and no callback per request on the hot
     path). `set_result`/`set_exception` are called at most once, never when `done()`."""
 
     def done(self) -> bool: ...

@@ -42,7 +42,7 @@ from typing import Any
 
 from kvcache import replies
 from kvcache.proxy_backend import BackendConn, BackendFailure, BackendPool, Reply, ignore
-from kvcache.proxy_lane import lane_request
+from kvcache.proxy_lane import Answer, lane_request
 from kvcache.proxy_plan import (
     UNAVAILABLE,
     Admin,
@@ -81,8 +81,9 @@ class ProxyCounters:
 class Slot:
     """One request's place in its client's reply order: a reply now, a future of one, or
     (`later`) a reply made when its turn comes, after every earlier reply (stats).
-    `barrier`: the client's later requests must wait until this one is done. (`Answer` is
-    the slot of a request one backend answers; `waiting` is always False here.)"""
+    `barrier`: the client's later requests must wait until this one is done. (`Answer`,
+    kvcache/proxylane_pure.py, is the slot of a request one backend answers; `waiting` is
+    always False here.)"""
 
     __slots__ = ("fut", "reply", "silent", "barrier", "later")
     waiting = False
@@ -113,54 +114,6 @@ class Slot:
             counters.proxy_errors += 1
             reply = replies.line(replies.INTERNAL_ERROR)
         return b"" if self.silent else reply
-
-
-class Answer:
-    """The slot of a request one backend answers (most requests): the backend connection
-    delivers the reply straight into it, as the waiter of `BackendConn.send` (the interface
-    of an asyncio.Future), so the hot path makes no future and schedules no callback per
-    request. `notify(answer)` (set by the client connection while `waiting`) is called once
-    the reply or failure is in. `keys`: a retrieval of that many keys, whose reply
-    (WHOLE_VALUES) is passed on byte for byte."""
-
-    __slots__ = ("reply", "error", "silent", "keys", "waiting", "notify")
-    fut = None
-    barrier = False
-
-    def __init__(self, silent: bool, keys: int) -> None:
-        self.reply: Reply = b""
-        self.error: BackendFailure | None = None
-        self.silent = silent
-        self.keys = keys
-        self.waiting = True
-        self.notify: Callable[[Answer], None] | None = None
-
-    def done(self) -> bool:
-        return not self.waiting
-
-    def set_result(self, reply: Reply) -> None:
-        self.reply = reply
-        self.waiting = False
-        if self.notify is not None:
-            self.notify(self)
-
-    def set_exception(self, exc: BaseException) -> None:
-        assert isinstance(exc, BackendFailure)
-        self.error = exc
-        self.waiting = False
-        if self.notify is not None:
-            self.notify(self)
-
-    def result(self, counters: ProxyCounters) -> bytes:
-        if self.error is not None:
-            counters.proxy_errors += 1
-            return b"" if self.silent else self.error.line
-        reply = self.reply
-        if self.keys:
-            reply, hits = reply  # type: ignore[misc]
-            counters.get_hits += hits
-            counters.get_misses += self.keys - hits
-        return b"" if self.silent else reply  # type: ignore[return-value]
 
 
 class Executor:

@@ -17,9 +17,14 @@ backend's reply to it. Three functions let that path skip the general machinery:
 - `quick_take(data, pos, shape)`: the LINE or WHOLE_VALUES reply at `data[pos:]` when it is
   whole and of the plainest form (a success line; VALUE blocks then END); None leaves it to
   kvcache/proxy_wire.py's framer, which judges everything else (errors, cuts, bad bytes).
+- `Answer`: the reply slot of a request one backend answers (kvcache/proxy_exec.py), which
+  the backend connection completes directly: made, completed and read once per request.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
 
 from kvcache.client_codec import MAX_VALUE_BYTES
 from kvcache.mcproto_pure import CLASSIC_STORAGE, MAX_KEY_BYTES, tokenize
@@ -36,7 +41,7 @@ _VALUE = b"VALUE "
 _LINE_OK = (b"STORED", b"NOT_STORED", b"EXISTS", b"NOT_FOUND", b"DELETED", b"TOUCHED",
             b"OK", b"VERSION ")
 
-__all__ = ["LANE_DIGITS", "lane_request", "may_hold_a_block", "quick_take"]
+__all__ = ["LANE_DIGITS", "Answer", "lane_request", "may_hold_a_block", "quick_take"]
 
 
 def lane_request(data: bytes, value_max: int) -> tuple[bytes, bool] | None:
@@ -116,3 +121,54 @@ def _whole_values(data: bytes, pos: int) -> tuple[WholeValues, int] | None:
         hits += 1
     end = pos + len(_END)
     return (data if start == 0 and end == len(data) else data[start:end], hits), end
+
+
+class Answer:
+    """The slot of a request one backend answers (most requests): the backend connection
+    delivers the reply straight into it, as the waiter of `BackendConn.send` (the interface
+    of an asyncio.Future), so the hot path makes no future and schedules no callback per
+    request. `notify(answer)` (set by the client connection while `waiting`) is called once
+    the reply or failure is in. `keys`: a retrieval of that many keys, whose reply
+    (WHOLE_VALUES: bytes and hits) is passed on byte for byte. `silent`: the client gets
+    nothing (classic noreply). `fut` and `barrier` are a slot's (kvcache/proxy_exec.py
+    `Slot`): never a future, never a barrier."""
+
+    __slots__ = ("reply", "error", "silent", "keys", "waiting", "notify")
+    fut = None
+    barrier = False
+
+    def __init__(self, silent: bool, keys: int) -> None:
+        self.reply: Any = b""
+        self.error: Any = None  # a BackendFailure: its `line` is what the client is told
+        self.silent = silent
+        self.keys = keys
+        self.waiting = True
+        self.notify: Callable[[Answer], None] | None = None
+
+    def done(self) -> bool:
+        return not self.waiting
+
+    def set_result(self, reply: Any) -> None:
+        self.reply = reply
+        self.waiting = False
+        if self.notify is not None:
+            self.notify(self)
+
+    def set_exception(self, exc: BaseException) -> None:
+        self.error = exc
+        self.waiting = False
+        if self.notify is not None:
+            self.notify(self)
+
+    def result(self, counters: Any) -> bytes:
+        """The client's reply; counts errors and the retrieval's hits and misses in
+        `counters` (proxy_errors, get_hits, get_misses)."""
+        if self.error is not None:
+            counters.proxy_errors += 1
+            return b"" if self.silent else self.error.line  # type: ignore[no-any-return]
+        reply = self.reply
+        if self.keys:
+            reply, hits = reply
+            counters.get_hits += hits
+            counters.get_misses += self.keys - hits
+        return b"" if self.silent else reply  # type: ignore[no-any-return]

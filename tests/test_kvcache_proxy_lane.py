@@ -3,13 +3,13 @@ a client read that is one plain get or set skips the parser, and backend replies
 plainest form are cut straight from a read's bytes.
 
 Hypothesis, sans-I/O: the twins agree on every input (`lane_request`, `quick_take` at any
-position and shape); a read the lane takes parses to exactly that one request and leaves the
-parser idle; after any cut of a stream of requests, a parser holding no byte that
-`may_hold_a_block` does not suspect is idle; whatever `quick_take` reads, the framer
-(kvcache/proxy_wire.py) reads the same replies from the same bytes. Then real processes: a
-header read alone, its block (which reads like a get) next; a refused too-large set whose
-swallowed bytes hold gets; each through the proxy beside a kvcache server and memcached
-(when installed).
+position and shape, `Answer` completed either way and read); a read the lane takes parses to
+exactly that one request and leaves the parser idle; after any cut of a stream of requests,
+a parser holding no byte that `may_hold_a_block` does not suspect is idle; whatever
+`quick_take` reads, the framer (kvcache/proxy_wire.py) reads the same replies from the same
+bytes. Then real processes: a header read alone, its block (which reads like a get) next; a
+refused too-large set whose swallowed bytes hold gets; each through the proxy beside a
+kvcache server and memcached (when installed).
 """
 
 from __future__ import annotations
@@ -195,6 +195,45 @@ def test_quick_take_passes_a_whole_read_on_without_a_copy() -> None:
         data = b"VALUE a 0 1\r\n1\r\nEND\r\n"
         got = impl.quick_take(data, 0, WHOLE_VALUES)
         assert got == ((data, 1), len(data)) and got[0][0] is data
+
+
+class _Counters:
+    def __init__(self) -> None:
+        self.proxy_errors = self.get_hits = self.get_misses = 0
+
+
+class _Failure(Exception):
+    line = b"SERVER_ERROR backend timeout\r\n"
+
+
+def _run_answer(impl: ModuleType, silent: bool, keys: int, outcome: object,
+                notified: bool) -> tuple[object, ...]:
+    answer = impl.Answer(silent, keys)
+    seen: list[object] = []
+    if notified:
+        answer.notify = seen.append
+    before = (answer.done(), answer.fut, answer.barrier, answer.waiting)
+    if isinstance(outcome, BaseException):
+        answer.set_exception(outcome)
+    else:
+        answer.set_result(outcome)
+    counters = _Counters()
+    reply = answer.result(counters)
+    return (before, answer.done(), answer.waiting, reply, vars(counters),
+            [s is answer for s in seen])
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.booleans(), st.integers(0, 5), st.booleans(), st.integers(0, 5), st.binary(max_size=8),
+       st.sampled_from(["reply", "failure"]))
+@needs_native
+def test_the_twins_agree_on_answers(silent: bool, keys: int, notified: bool, hits: int,
+                                    data: bytes, kind: str) -> None:
+    outcome: object = _Failure() if kind == "failure" else (
+        (data, min(hits, keys)) if keys else data)
+    assert NATIVE is not None
+    assert (_run_answer(NATIVE, silent, keys, outcome, notified)
+            == _run_answer(proxylane_pure, silent, keys, outcome, notified))
 
 
 # -- real processes --------------------------------------------------------------------------

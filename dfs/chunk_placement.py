@@ -48,6 +48,7 @@ DEFAULT_SAFE_RATIO = 0.999  # HDFS's dfs.namenode.safemode.threshold-pct
 DEFAULT_COPY_TIMEOUT_S = 30.0
 DEFAULT_ABANDON_AFTER_S = 3600.0  # HDFS's lease hard limit: a writer silent this long is gone
 MAX_COPIES_PER_REPLY = 4  # copies one heartbeat reply hands a server
+MIN_FREE_BYTES = 64 * 1024 * 1024  # a server with less free space gets no new chunk
 
 ERR_SAFE_MODE = ("TRYAGAIN safe mode: {} of {} chunk servers needed have reported, {} of "
                  "{} chunks have a replica")
@@ -208,8 +209,11 @@ class Placement:
     # -- placement and leases ---------------------------------------------------------------
 
     def choose(self, count: int, exclude: Iterable[str] = ()) -> list[ServerState]:
-        """Up to `count` servers (not in `exclude`), one per rack first (see the header)."""
-        left = [s for s in self.servers.values() if s.server_id not in set(exclude)]
+        """Up to `count` servers (not in `exclude`, with MIN_FREE_BYTES free), one per rack
+        first (see the header)."""
+        shunned = set(exclude)
+        left = [s for s in self.servers.values()
+                if s.server_id not in shunned and s.free >= MIN_FREE_BYTES]
         self.rng.shuffle(left)
         left.sort(key=lambda s: (len(s.chunks), s.used))
         chosen: list[ServerState] = []

@@ -147,6 +147,8 @@ class ChunkServer:
 
     async def _get(self, header: dict[str, Any], writer: asyncio.StreamWriter) -> None:
         chunk, version = int(header["chunk"]), int(header["version"])
+        if int(header["offset"]) < 0 or int(header.get("length", 0)) < 0:
+            raise ValueError("offset and length must be >= 0")
         replica = self.store.get(chunk)
         if replica is None or replica.version != version:
             here = self.config.advertise

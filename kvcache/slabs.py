@@ -126,18 +126,24 @@ def grown_buckets(count: int, buckets: int) -> int:
     return buckets * 2 if count > buckets else buckets
 
 
+# The large classes grow by -f, but at least by this much: with -I 1g they stay few enough
+# for the record's one-byte class id.
+LARGE_CLASS_GROWTH = 1.25
+
+
 class ArenaClasses:
     """The arena's size classes for one SlabClasses: memcached's classes (ids 1 to
-    `slabs.largest`, chunk sizes equal), then large classes growing by the same factor
-    up to -I for the items memcached would split over chunks. A class holds the items
-    whose item_ntotal fits its chunk (a record is always smaller than its ntotal)."""
+    `slabs.largest`, chunk sizes equal), then large classes growing by -f (at least
+    LARGE_CLASS_GROWTH) up to -I for the items memcached would split over chunks. A class
+    holds the items whose item_ntotal fits its chunk (a record is smaller than that)."""
 
     def __init__(self, slabs: SlabClasses) -> None:
         sizes = list(slabs.sizes)
         largest = _align(slabs.item_size_max)
+        growth = max(slabs.growth_factor, LARGE_CLASS_GROWTH)
         size = sizes[-1]
         while size < largest:
-            size = min(largest, _align(int(size * slabs.growth_factor)))
+            size = min(largest, _align(int(size * growth)))
             sizes.append(size)
         self.sizes = sizes  # sizes[i] is the chunk size of class i + 1
         self.largest_memcached = slabs.largest

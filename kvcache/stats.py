@@ -213,6 +213,7 @@ def slabs_stats(storage: Storage) -> list[Stat]:
     memcached's largest, as memcached counts its chunked items)."""
     slab = storage.stats.slab
     sizes = storage.arena.sizes
+    largest = storage.slabs.largest  # the large classes' counts are under this one
     out: list[Stat] = []
     active = 0
     for cls, pages, free in storage.page_table():
@@ -225,8 +226,8 @@ def slabs_stats(storage: Storage) -> list[Stat]:
             (p + "total_pages", pages), (p + "total_chunks", total),
             (p + "used_chunks", total - free), (p + "free_chunks", free),
             (p + "free_chunks_end", 0),
-            *((p + ("cmd_set" if f == "set_cmds" else f), getattr(slab, f)[cls])
-              for f in _SUMMED_SLAB_FIELDS),
+            *((p + ("cmd_set" if f == "set_cmds" else f),
+               getattr(slab, f)[cls] if cls <= largest else 0) for f in _SUMMED_SLAB_FIELDS),
         ]
     out += [("active_slabs", active), ("total_malloced", storage.used_bytes - storage.hash_bytes)]
     return out

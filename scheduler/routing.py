@@ -58,6 +58,7 @@ class Advert:
 
     @property
     def embedded(self) -> bool:
+        """Whether the worker calls handlers (else it runs commands through the shell)."""
         return self.handlers is not None
 
     def fields(self) -> dict[str, Any]:
@@ -81,6 +82,7 @@ class Advert:
 
     @classmethod
     def from_wire(cls, raw: Sequence[Any]) -> Advert:
+        """The inverse of `to_wire`."""
         return cls(frozenset(raw[0]), None if raw[1] is None else frozenset(raw[1]))
 
 

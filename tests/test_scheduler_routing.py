@@ -286,9 +286,13 @@ def test_runs_land_only_on_workers_that_can_execute_them(cluster: Cluster) -> No
         assert cluster.call("JOB.HISTORY", "r-nobody", "5") == []
         assert dict(cluster.call("JOB.LIST", "WITHSTATUS"))["r-nobody"] == "waiting"
         # ... until a worker with that handler joins: then it runs there, and only there
+        joined_ms = time.time() * 1000
         stops.append(embedded(cluster, "emb-h2", "h2", landed))
         wait_until(succeeded(cluster, "r-nobody", 2), "runs of r-nobody", cluster)
         assert workers_of(cluster, "r-nobody") == {"emb-h2"}
+        # the slots it waited through followed MISFIRE once: only the latest one fired
+        first = cluster.call("JOB.HISTORY", "r-nobody", "50")[-1]
+        assert first["slot_ms"] >= joined_ms - 1000 and first["fired_ms"] >= joined_ms
         assert cluster.call("JOB.GET", "r-nobody")["waiting"] == ""
         assert landed.jobs_of("emb-h2") == {"r-nobody"}
         assert landed.jobs_of("emb-h1") == {"r-handler"}

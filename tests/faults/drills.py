@@ -33,4 +33,5 @@ DRILLS: dict[str, Drill] = {
     "idgen": lazy("tests.faults.idgen_drill"),
     "kvcache": lazy("tests.faults.kvcache_drill"),
     "scheduler": lazy("tests.faults.scheduler_drill"),
+    "shardstore": lazy("tests.faults.shardstore_drill"),
 }

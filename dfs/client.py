@@ -152,23 +152,29 @@ class DfsClient:
 
 
 class AsyncDfsFile:
-    """A file of `AsyncDfsClient.open`: read/write/seek/close as coroutines."""
+    """A file of `AsyncDfsClient.open`: read/write/seek/close as coroutines. Each call holds
+    its client's lock (the file talks to the masters through the client's one link)."""
 
-    def __init__(self, file: BinaryIO) -> None:
+    def __init__(self, file: BinaryIO, lock: asyncio.Lock) -> None:
         self.file = file
+        self._lock = lock
+
+    async def _run(self, method: Any, *args: Any) -> Any:
+        async with self._lock:
+            return await asyncio.to_thread(method, *args)
 
     async def read(self, size: int = -1) -> bytes:
-        return await asyncio.to_thread(self.file.read, size)
+        return await self._run(self.file.read, size)  # type: ignore[no-any-return]
 
     async def write(self, data: bytes) -> int:
-        return await asyncio.to_thread(self.file.write, data)
+        return await self._run(self.file.write, data)  # type: ignore[no-any-return]
 
     async def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        return await asyncio.to_thread(self.file.seek, offset, whence)
+        return await self._run(self.file.seek, offset, whence)  # type: ignore[no-any-return]
 
     async def close(self) -> None:
         """Close (for a written file: returns once the master committed it)."""
-        await asyncio.to_thread(self.file.close)
+        await self._run(self.file.close)
 
     async def __aenter__(self) -> AsyncDfsFile:
         return self
@@ -190,7 +196,7 @@ class AsyncDfsClient:
             return await asyncio.to_thread(getattr(self.sync, method), *args)
 
     async def open(self, path: str, mode: str = "rb") -> AsyncDfsFile:
-        return AsyncDfsFile(await self._run("open", path, mode))
+        return AsyncDfsFile(await self._run("open", path, mode), self._lock)
 
     async def read_bytes(self, path: str) -> bytes:
         return await self._run("read_bytes", path)  # type: ignore[no-any-return]

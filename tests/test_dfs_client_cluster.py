@@ -107,7 +107,8 @@ def test_the_asyncio_client(cluster: DfsCluster) -> None:
         async with AsyncDfsClient(cluster.master_addresses, chunk_size=CHUNK) as fs:
             await fs.mkdir("/async", parents=True)
             f = await fs.open("/async/a", "wb")
-            await f.write(b"x" * (CHUNK + 3))
+            listed = await asyncio.gather(f.write(b"x" * (CHUNK + 3)), fs.ls("/async"))
+            assert listed[0] == CHUNK + 3 and listed[1][0].endswith("._COPYING_")
             await f.close()
             return await fs.read_bytes("/async/a")
 

@@ -19,7 +19,8 @@ cdef object _LINE = LINE
 cdef object _WHOLE = WHOLE_VALUES
 cdef long long _SATURATED = 1LL << 50  # above any value size: a bigger number stays here
 
-__all__ = ["LANE_DIGITS", "Answer", "lane_request", "may_hold_a_block", "quick_take"]
+__all__ = ["LANE_DIGITS", "Answer", "deliver", "lane_request", "may_hold_a_block",
+           "quick_take"]
 
 
 cdef inline bint _crlf_at(const char* p, Py_ssize_t i):
@@ -106,6 +107,31 @@ def quick_take(bytes data not None, Py_ssize_t pos, shape):
     if shape is _LINE or shape == _LINE:
         return _line(data, pos)
     return None
+
+
+def deliver(bytes data not None, pending, future_type):
+    """quick_take for the requests at the head of `pending`, each reply handed to its
+    waiter; (the position after the last reply taken, the number taken)."""
+    cdef Py_ssize_t pos = 0, answered = 0
+    cdef tuple entry
+    while pending:
+        entry = <tuple>pending[0]
+        waiter = entry[0]
+        shape = entry[1]
+        if shape is _WHOLE or shape == _WHOLE:
+            got = _whole_values(data, pos)
+        elif shape is _LINE or shape == _LINE:
+            got = _line(data, pos)
+        else:
+            break
+        if got is None:
+            break
+        reply, pos = got
+        pending.popleft()
+        answered += 1
+        if type(waiter) is not future_type or not waiter.done():
+            waiter.set_result(reply)
+    return pos, answered
 
 
 cdef bint _line_ok(const char* p, Py_ssize_t n):

@@ -49,7 +49,7 @@ from typing import Literal, Protocol, TypeVar, overload
 
 from core.stats import LatencyHistogram
 from kvcache import proxy_plan
-from kvcache.proxy_lane import quick_take
+from kvcache.proxy_lane import deliver
 from kvcache.proxy_wire import FENCED, LINE, ReplyFramer, Values, WholeValues
 from kvcache.ring import Router, ServerSpec, parse_server
 
@@ -145,17 +145,7 @@ class BackendConn(asyncio.Protocol):
         first = pending[0][3] if pending else now  # when the oldest request was sent
         answered = 0
         if self._framer_idle:  # the plainest replies straight from the read's bytes
-            pos = 0
-            while pending:
-                waiter, shape, _, _ = pending[0]
-                got = quick_take(data, pos, shape)
-                if got is None:
-                    break
-                reply, pos = got
-                pending.popleft()
-                answered += 1
-                if type(waiter) is not Future or not waiter.done():  # an Answer: never done
-                    waiter.set_result(reply)
+            pos, answered = deliver(data, pending, Future)
             if pos == len(data):
                 if answered:
                     self._answered(now - first)

@@ -12,10 +12,12 @@ from native import load
 _impl = load("kvcache._proxylane", "kvcache.proxylane_pure")
 
 Answer = _impl.Answer
+deliver = _impl.deliver
 lane_request = _impl.lane_request
 may_hold_a_block = _impl.may_hold_a_block
 quick_take = _impl.quick_take
 # Which twin is in use: "native" (compiled) or "pure" (the reference).
 IMPLEMENTATION: str = implementation(_impl)
 
-__all__ = ["IMPLEMENTATION", "Answer", "lane_request", "may_hold_a_block", "quick_take"]
+__all__ = ["IMPLEMENTATION", "Answer", "deliver", "lane_request", "may_hold_a_block",
+           "quick_take"]

@@ -17,6 +17,8 @@ backend's reply to it. Three functions let that path skip the general machinery:
 - `quick_take(data, pos, shape)`: the LINE or WHOLE_VALUES reply at `data[pos:]` when it is
   whole and of the plainest form (a success line; VALUE blocks then END); None leaves it to
   kvcache/proxy_wire.py's framer, which judges everything else (errors, cuts, bad bytes).
+- `deliver(data, pending, future_type)`: `quick_take` for the requests waiting on a backend
+  connection, oldest first, each reply handed to its waiter.
 - `Answer`: the reply slot of a request one backend answers (kvcache/proxy_exec.py), which
   the backend connection completes directly: made, completed and read once per request.
 """
@@ -41,7 +43,8 @@ _VALUE = b"VALUE "
 _LINE_OK = (b"STORED", b"NOT_STORED", b"EXISTS", b"NOT_FOUND", b"DELETED", b"TOUCHED",
             b"OK", b"VERSION ")
 
-__all__ = ["LANE_DIGITS", "Answer", "lane_request", "may_hold_a_block", "quick_take"]
+__all__ = ["LANE_DIGITS", "Answer", "deliver", "lane_request", "may_hold_a_block",
+           "quick_take"]
 
 
 def lane_request(data: bytes, value_max: int) -> tuple[bytes, bool] | None:
@@ -96,6 +99,26 @@ def quick_take(data: bytes, pos: int, shape: str) -> tuple[bytes | WholeValues, 
             return None
         return (data if pos == 0 and eol + 2 == len(data) else data[pos:eol + 2]), eol + 2
     return None
+
+
+def deliver(data: bytes, pending: Any, future_type: type) -> tuple[int, int]:
+    """Take the replies at the start of `data` that `quick_take` reads for the requests at
+    the head of `pending` (a deque of (waiter, shape, ...) tuples, oldest first): each
+    request taken off `pending`, its reply handed to its waiter (`set_result`; a waiter of
+    `future_type` already done, cancelled, is skipped). (The position after the last reply
+    taken, the number taken); the rest is the framer's."""
+    pos = answered = 0
+    while pending:
+        waiter, shape = pending[0][:2]
+        got = quick_take(data, pos, shape)
+        if got is None:
+            break
+        reply, pos = got
+        pending.popleft()
+        answered += 1
+        if type(waiter) is not future_type or not waiter.done():
+            waiter.set_result(reply)
+    return pos, answered
 
 
 def _whole_values(data: bytes, pos: int) -> tuple[WholeValues, int] | None:

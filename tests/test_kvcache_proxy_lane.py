@@ -3,13 +3,13 @@ a client read that is one plain get or set skips the parser, and backend replies
 plainest form are cut straight from a read's bytes.
 
 Hypothesis, sans-I/O: the twins agree on every input (`lane_request`, `quick_take` at any
-position and shape, `Answer` completed either way and read); a read the lane takes parses to
-exactly that one request and leaves the parser idle; after any cut of a stream of requests,
-a parser holding no byte that `may_hold_a_block` does not suspect is idle; whatever
-`quick_take` reads, the framer (kvcache/proxy_wire.py) reads the same replies from the same
-bytes. Then real processes: a header read alone, its block (which reads like a get) next; a
-refused too-large set whose swallowed bytes hold gets; each through the proxy beside a
-kvcache server and memcached (when installed).
+position and shape, `deliver`, `Answer` completed either way and read); a read the lane
+takes parses to exactly that one request and leaves the parser idle; after any cut of a
+stream of requests, a parser holding no byte that `may_hold_a_block` does not suspect is
+idle; whatever `quick_take` reads, the framer (kvcache/proxy_wire.py) reads the same replies
+from the same bytes. Then real processes: a header read alone, its block (which reads like a
+get) next; a refused too-large set whose swallowed bytes hold gets; each through the proxy
+beside a kvcache server and memcached (when installed).
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import shutil
 import socket
 import subprocess
 import time
+from collections import deque
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
@@ -186,6 +187,58 @@ def test_quick_replies_are_the_framers(impl: ModuleType, pieces: list[bytes], cu
         assert framer.take(shape) == reply
         assert framer.buffered() == len(data) - pos
         assert framer.idle() == (pos == len(data))
+
+
+class _Waiter:
+    """A waiter that records its reply."""
+
+    def __init__(self) -> None:
+        self.replies: list[object] = []
+
+    def done(self) -> bool:
+        return False
+
+    def set_result(self, reply: object) -> None:
+        self.replies.append(reply)
+
+
+class _Cancelled(_Waiter):
+    """A future already done (cancelled): `deliver` takes its reply and hands it nothing."""
+
+    def done(self) -> bool:
+        return True
+
+
+def _deliver(impl: ModuleType, data: bytes, shapes: list[str], cancelled: int
+             ) -> tuple[object, ...]:
+    waiters = [_Cancelled() if i == cancelled else _Waiter() for i in range(len(shapes))]
+    pending = deque((w, shape, 0.0, 0) for w, shape in zip(waiters, shapes, strict=True))
+    pos, taken = impl.deliver(data, pending, _Cancelled)
+    return pos, taken, len(pending), [w.replies for w in waiters]
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@settings(max_examples=250, deadline=None)
+@given(pieces=st.lists(_replies, max_size=6), cut=st.integers(0, 80), cancelled=st.integers(0, 4),
+       shapes=st.lists(st.sampled_from([LINE, WHOLE_VALUES, META]), min_size=0, max_size=4))
+def test_deliver_is_quick_take_for_each_waiter(impl: ModuleType, pieces: list[bytes], cut: int,
+                                               cancelled: int, shapes: list[str]) -> None:
+    """`deliver` takes, oldest first, exactly the replies successive `quick_take`s read, and
+    hands each to its waiter (none to a done future); the twins agree."""
+    data = b"".join(pieces)[:cut] if cut else b"".join(pieces)
+    pos, taken, left, replies = _deliver(impl, data, shapes, cancelled)
+    expected_pos, expected = 0, []
+    for shape in shapes:
+        quick = proxylane_pure.quick_take(data, expected_pos, shape)
+        if quick is None:
+            break
+        expected.append(quick[0])
+        expected_pos = quick[1]
+    assert (pos, taken, left) == (expected_pos, len(expected), len(shapes) - len(expected))
+    assert replies == [[] if i == cancelled or i >= taken else [expected[i]]
+                       for i in range(len(shapes))]
+    if impl is not proxylane_pure:
+        assert (pos, taken, left, replies) == _deliver(proxylane_pure, data, shapes, cancelled)
 
 
 def test_quick_take_passes_a_whole_read_on_without_a_copy() -> None:

@@ -55,13 +55,17 @@ def stop_nodes(cluster: Cluster) -> None:
 
 @contextmanager
 def running_cluster(tmp: Path, offset_ms: int = 0,
-                    worker_timeout_ms: int = WORKER_TIMEOUT_MS) -> Iterator[Cluster]:
+                    worker_timeout_ms: int = WORKER_TIMEOUT_MS,
+                    worker_fence_ms: int | None = None) -> Iterator[Cluster]:
     """A fresh cluster and its worker, stopped (SIGTERM) on the way out. The worker
-    heartbeats six times per `worker_timeout_ms`, so only a real silence loses its runs."""
+    heartbeats six times per `worker_timeout_ms`, so only a real silence loses its runs.
+    `worker_fence_ms`, when given, is the worker's --worker-timeout-ms (how long it may hear
+    from no node before it fences itself); by default, the worker's own default."""
+    fence = [] if worker_fence_ms is None else ["--worker-timeout-ms", str(worker_fence_ms)]
     with daemon_tests.running_cluster(
             tmp, node_args=["--worker-timeout-ms", str(worker_timeout_ms),
                             OFFSET_FLAG, str(offset_ms)],
-            worker_args=["--heartbeat-ms", str(worker_timeout_ms // 6)]) as cluster:
+            worker_args=["--heartbeat-ms", str(worker_timeout_ms // 6), *fence]) as cluster:
         yield cluster
 
 

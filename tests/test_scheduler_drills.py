@@ -78,8 +78,14 @@ MISFIRE_JOBS = {  # name -> (schedule, options); FIXED is the once-a-year slot
 }
 
 
+# The worker hears from no node during an outage and the restart; with its default fence it
+# would kill its run in flight (tests/test_scheduler_fencing.py tests that). In the outage
+# drills it must outlast them, however slowly a busy machine restarts the nodes.
+OUTAGE_FENCE_MS = 600_000
+
+
 def test_whole_cluster_outage_keeps_jobs_and_follows_misfire(tmp_path: Path) -> None:
-    with running_cluster(tmp_path) as cluster:
+    with running_cluster(tmp_path, worker_fence_ms=OUTAGE_FENCE_MS) as cluster:
         fixed = (wall_ms() // 1000 + FIXED_LEAD_MS // 1000) * 1000
         for name, (schedule, *options) in MISFIRE_JOBS.items():
             schedule = cron_at(fixed) if schedule == "FIXED" else schedule
@@ -156,7 +162,7 @@ def _check_misfire(cluster: Cluster, outage: range, fixed: int) -> None:
 def test_a_run_in_flight_survives_a_clean_whole_cluster_restart(tmp_path: Path) -> None:
     """SIGTERM every node while a run executes, restart them 120 s later (clock offset): the
     worker, alive all along, keeps its run; it is neither lost nor retried."""
-    with running_cluster(tmp_path) as cluster:
+    with running_cluster(tmp_path, worker_fence_ms=OUTAGE_FENCE_MS) as cluster:
         out, gate = tmp_path / "inflight.txt", tmp_path / "inflight.gate"
         _add(cluster, "inflight", NEVER, gated(out, gate), "RETRIES", "1",
              "BACKOFF", "0")

@@ -33,17 +33,12 @@ table (stdout) and progress (stderr); writes scheduler.json and a PNG to --out
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import signal
-import subprocess
 import sys
-import tempfile
 import threading
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
@@ -56,91 +51,32 @@ from bench.common import (
     bench_parser,
     exit_status,
     machine,
-    median,
     parse_bench_args,
     progress,
     table,
     write_results,
 )
 from bench.idgen_bench import Recorder
-from bench.scheduler_cluster import SchedulerCluster, WorkerChild, wait_for
+from bench.scheduler_cluster import SchedulerCluster
+from bench.scheduler_failover import section_failover, section_raft
 from bench.scheduler_loads import HANDLER, embedded_worker_class
-from bench.scheduler_slots import accounting, first_start_after, lateness, starts
-from scheduler.client import SchedulerClient, SchedulerError
-
-LATENESS_GOAL_MS = 20.0
-GOAL_JOBS = 1000  # the lateness goal holds at 1,000 fires/s
-OFFERED_GOAL = 0.99  # fires/s over the offered rate: the load was really offered
-KILL_GOAL_MS = 3000.0
-TERM_GOAL_MS = 500.0
-RAFT_GOAL_PER_S = 10_000
-RAFT_ENTRY_BYTES = 100
-RAFT_PROPOSERS = 1000
-FAILOVER_JOBS = 4  # @every 100ms, a quarter period apart: a fire every 25 ms
-FAILOVER_PERIOD_MS = 100
-STEADY_S = 1.0  # fires before each kill
-HISTORY_READ = 1000  # run records read per job after each failover event
-DRAIN_S = 2.0  # after section 1's window, before the worker stops
-ADDERS = 16  # threads adding section 1's jobs
-MIN_HISTORY = 60  # section 1 reads each job's history after the window: it must hold it
-
-
-@dataclass(frozen=True)
-class Plan:
-    """How long and how often each section measures."""
-
-    job_counts: tuple[int, ...]
-    warmup_s: float
-    window_s: float
-    kills: int  # of each signal
-    raft_entries: int
-    raft_runs: int
-    history: int | None  # JOB.ADD HISTORY for section 1 (None: the daemon's default)
-    slots: int | None  # the embedded worker's slots (None: EmbeddedWorker's default)
-    failover: bool  # section 1 SIGKILLs the leader in the middle of each window
-    node_args: tuple[str, ...] = ()  # extra `scheduler serve` options (--fire-ahead-ms)
-
-
-def make_plan(args: argparse.Namespace) -> Plan:
-    node_args = () if args.fire_ahead_ms is None else ("--fire-ahead-ms", str(args.fire_ahead_ms))
-    if args.quick:
-        return Plan(args.jobs, 2.0, 6.0, 2, 10_000, 1, args.history, args.slots,
-                    args.failover, node_args)
-    return Plan(args.jobs, 5.0, 20.0, args.kills, 30_000, 3, args.history, args.slots,
-                args.failover, node_args)
-
-
-def ceiling_figure(section: str, label: str, value: float, unit: str, limit: float,
-                   goal: bool, detail: dict[str, Any]) -> Figure:
-    """A lower-is-better row: ratio = value / limit; met when value <= limit (if `goal`)."""
-    figure = Figure(section, label, value, unit, "limit", limit, 1.0 if goal else None,
-                    f"<= {limit:,.0f} {unit}" if goal else "-", detail=detail)
-    figure.met = (value <= limit) if goal else None
-    return figure
-
-
-def _fmt(stats: dict[str, float]) -> str:
-    return f"p50 {stats['p50']:.1f} / p99 {stats['p99']:.1f} / max {stats['max']:.1f} ms"
-
-
-@contextlib.contextmanager
-def failures_as_runtime_errors() -> Iterator[None]:
-    """Recorder.attempt records RuntimeError/OSError/ValueError as a failed run and goes
-    on; the cluster client's, a child's wait and the raft drill's hang errors become one."""
-    try:
-        yield
-    except (SchedulerError, subprocess.TimeoutExpired, AssertionError) as exc:
-        raise RuntimeError(f"{type(exc).__name__}: {exc}") from exc
-
-
-@contextlib.contextmanager
-def worker_for(cluster: SchedulerCluster, slots: int | None) -> Iterator[WorkerChild]:
-    worker = WorkerChild(cluster, slots).start()
-    try:
-        yield worker
-    finally:
-        worker.kill()  # only if still running: finish() normally reaped it
-
+from bench.scheduler_plan import (
+    ADDERS,
+    DRAIN_S,
+    GOAL_JOBS,
+    LATENESS_GOAL_MS,
+    MIN_HISTORY,
+    OFFERED_GOAL,
+    Plan,
+    ceiling_figure,
+    cores_text,
+    failures_as_runtime_errors,
+    fmt_stats,
+    make_plan,
+    worker_for,
+)
+from bench.scheduler_slots import lateness
+from scheduler.client import SchedulerClient
 
 # -- 1. firing lateness ------------------------------------------------------------------
 
@@ -283,10 +219,10 @@ def lateness_figures(rec: Recorder, section: str, label: str, count: int,
     fired and handler-start p99 (goal <= 20 ms at 1,000 jobs)."""
     progress(f"1 {label}: {result['fires_per_s']:.0f} of {count} fires/s offered "
              f"({result['never_fired']} slots never fired); fired "
-             f"{_fmt(result['fired_ms'])}; claimed {_fmt(result['claimed_ms'])}; handler "
-             f"{_fmt(result['handler_start_ms'])}; not handled {result['not_handled']}, twice "
+             f"{fmt_stats(result['fired_ms'])}; claimed {fmt_stats(result['claimed_ms'])}; handler "
+             f"{fmt_stats(result['handler_start_ms'])}; not handled {result['not_handled']}, twice "
              f"{result['handled_twice']}; worker slots {result['worker_slots']}; cores "
-             f"{_cores(result['cpu'])}")
+             f"{cores_text(result['cpu'])}")
     keys = ("never_fired", "not_handled", "handled_twice", "offered_per_s", "worker_slots")
     rec.add(Figure(section, f"{label}: fires/s", result["fires_per_s"], "/s", "offered",
                    count, OFFERED_GOAL, f">= {OFFERED_GOAL:.0%} of offered",
@@ -297,174 +233,6 @@ def lateness_figures(rec: Recorder, section: str, label: str, count: int,
         rec.add(ceiling_figure(section, f"{label}: {name} p99", stats["p99"], "ms",
                                LATENESS_GOAL_MS, goal and stage != "fired_ms",
                                detail={"stats": stats}), section, label)
-
-
-def _cores(cpu: dict[str, Any]) -> str:
-    nodes = "+".join(f"{c:.2f}" for c in cpu["server_cores"])
-    return f"servers {nodes}, others {cpu['others_cores']:.2f}"
-
-
-# -- 2. failover -------------------------------------------------------------------------
-
-
-def add_phased_jobs(cluster: SchedulerCluster) -> list[str]:
-    """FAILOVER_JOBS jobs @every FAILOVER_PERIOD_MS, a fraction of the period apart."""
-    names = [f"fo{i}" for i in range(FAILOVER_JOBS)]
-    step_s = FAILOVER_PERIOD_MS / FAILOVER_JOBS / 1000
-    with cluster.client() as client:
-        for name in names:
-            started = time.monotonic()
-            client.add(name, f"@every {FAILOVER_PERIOD_MS}ms", HANDLER, misfire="ALL",
-                       deadline=60, history=HISTORY_READ * 2)
-            time.sleep(max(0.0, step_s - (time.monotonic() - started)))
-    return names
-
-
-def fires_around(cluster: SchedulerCluster, names: list[str], at_ms: float
-                 ) -> tuple[float, float] | None:
-    """(last fired_ms at or before `at_ms`, first after it) among the latest runs of
-    `names`; None while nothing fired after `at_ms`."""
-    with cluster.client() as client:
-        times = [r["fired_ms"] for name in names for r in cluster.history(client, name, 40)]
-    after = [t for t in times if t > at_ms]
-    before = [t for t in times if t <= at_ms]
-    return (max(before, default=float("nan")), min(after)) if after else None
-
-
-def one_failover(cluster: SchedulerCluster, names: list[str], signum: int) -> dict[str, Any]:
-    """Signal the leader, time the next fire, restart the node; the event's figures."""
-    old = cluster.leader()
-    time.sleep(STEADY_S)
-    signalled_ms = time.time() * 1000
-    cluster.kill(old, signum)
-    last_fire, next_fire = wait_for(lambda: fires_around(cluster, names, signalled_ms),
-                                    "a fire after the signal")
-    exit_code = cluster.reap(old)
-    new = cluster.leader(exclude=old)
-    cluster.restart(old)
-    return {"signal": signal.Signals(signum).name, "old_leader": old + 1,
-            "new_leader": new + 1, "signalled_ms": signalled_ms,
-            "next_fire_ms": next_fire - signalled_ms, "fire_gap_ms": next_fire - last_fire,
-            "exit_code": exit_code}
-
-
-def failover_run(plan: Plan) -> dict[str, Any]:
-    records: dict[str, dict[str, Any]] = {}
-    events: list[dict[str, Any]] = []
-    with (failures_as_runtime_errors(), SchedulerCluster(plan.node_args) as cluster,
-          worker_for(cluster, plan.slots) as worker):
-        names = add_phased_jobs(cluster)
-        time.sleep(2.0)
-        for signum in [signal.SIGKILL, signal.SIGTERM] * plan.kills:
-            event = one_failover(cluster, names, signum)
-            events.append(event)
-            progress(f"2 {event['signal']} of node {event['old_leader']}: next fire after "
-                     f"{event['next_fire_ms']:.0f} ms, {event['fire_gap_ms']:.0f} ms after "
-                     f"the last one (new leader {event['new_leader']})")
-            _merge_history(cluster, names, records)
-        with cluster.client() as client:
-            for name in names:
-                client.pause(name)
-        time.sleep(2.0)  # the last fired runs reach the worker
-        _merge_history(cluster, names, records)
-        notes, _ = worker.finish()
-    handled = starts(notes)
-    for event in events:  # when the worker started the first run fired after the signal
-        event["next_handler_ms"] = first_start_after(records.values(), handled,
-                                                     event["signalled_ms"])
-    return {"events": events,
-            **accounting(list(records.values()), notes, FAILOVER_PERIOD_MS),
-            "command": f"{plan.kills} x SIGKILL and SIGTERM of the leader"}
-
-
-def _merge_history(cluster: SchedulerCluster, names: list[str],
-                   records: dict[str, dict[str, Any]]) -> None:
-    with cluster.client() as client:
-        for name in names:
-            for run in cluster.history(client, name, HISTORY_READ):
-                records[run["run_id"]] = run
-
-
-def section_failover(plan: Plan, rec: Recorder) -> None:
-    section = "2 failover"
-    if embedded_worker_class() is None:
-        progress("2 skipped: scheduler has no EmbeddedWorker yet")
-        rec.add(None, section, "next fire")
-        return
-    result = rec.attempt(section, "failover", partial(failover_run, plan))
-    if result is None:
-        rec.add(None, section, "next fire")
-        return
-    progress(f"2 slots {result['slots']}: history duplicates {result['history_duplicates']}, "
-             f"missed {result['history_missed']}, skipped {result['skipped']}; worker: "
-             f"handled twice {result['handled_twice']}, never {result['never_handled']}")
-    for name, limit in (("SIGKILL", KILL_GOAL_MS), ("SIGTERM", TERM_GOAL_MS)):
-        events = [e for e in result["events"] if e["signal"] == name]
-        if not events:
-            continue
-        times = [e["next_fire_ms"] for e in events]
-        handler = [e["next_handler_ms"] for e in events]
-        progress(f"2 {name}: next fire median {median(times):.0f} ms, max {max(times):.0f}; "
-                 f"next handler start median {median(handler):.0f} ms, max {max(handler):.0f}")
-        rec.add(ceiling_figure(section, f"{name} -> next fire, max of {len(times)}",
-                               max(times), "ms", limit, True,
-                               detail={"ms": times, "median": median(times),
-                                       "handler_ms": handler,
-                                       "gap_ms": [e["fire_gap_ms"] for e in events]}),
-                section, name)
-    bad = (result["history_duplicates"] + result["history_missed"] + result["skipped"]
-           + result["handled_twice"] + result["never_handled"])
-    rec.add(ceiling_figure(section, "duplicate + missed slots", bad, "slots", 0, True,
-                           detail={k: v for k, v in result.items() if k != "events"}),
-            section, "slots")
-
-
-# -- 3. raft alone -----------------------------------------------------------------------
-
-
-def raft_run(plan: Plan) -> dict[str, Any]:
-    """tests.test_raft_driver's three-node cluster of tests.raft_kv_demo processes; its
-    leader's BENCH command proposes `raft_entries` entries from RAFT_PROPOSERS coroutines."""
-    from tests.test_raft_driver import Cluster
-
-    with failures_as_runtime_errors(), tempfile.TemporaryDirectory(prefix="bench-raft-") as tmp:
-        cluster = Cluster(Path(tmp)).start()
-        try:
-            leader = cluster.leader()
-            leader.cmd(f"BENCH 2000 {RAFT_ENTRY_BYTES} {RAFT_PROPOSERS}")  # warm-up
-            pids = [n.daemon.proc.pid for n in cluster.nodes.values()  # type: ignore[union-attr]
-                    ]
-            runs = []
-            for _ in range(plan.raft_runs):
-                fsyncs = leader.status()["fsyncs"]
-                meter = CpuMeter(pids)
-                meter.begin()
-                reply = leader.cmd(f"BENCH {plan.raft_entries} {RAFT_ENTRY_BYTES} "
-                                   f"{RAFT_PROPOSERS}")[0].split()
-                meter.end()
-                if reply[0] != "BENCH":
-                    raise RuntimeError(f"BENCH failed: {' '.join(reply)}")
-                entries, seconds = int(reply[1]), float(reply[2])
-                runs.append({"entries_per_s": entries / seconds, "seconds": seconds,
-                             "leader_fsyncs": leader.status()["fsyncs"] - fsyncs,
-                             "cpu": meter.result})
-                progress(f"3 {entries / seconds:,.0f} entries/s, "
-                         f"{runs[-1]['leader_fsyncs']} leader fsyncs; {_cores(meter.result)}")
-            cluster.converged()
-        finally:
-            cluster.stop()
-    return {"runs": runs, "command": f"BENCH {plan.raft_entries} {RAFT_ENTRY_BYTES} "
-                                     f"{RAFT_PROPOSERS} on the leader of 3 raft_kv_demo nodes"}
-
-
-def section_raft(plan: Plan, rec: Recorder) -> None:
-    section = "3 raft"
-    label = f"{RAFT_ENTRY_BYTES} B entries, {RAFT_PROPOSERS} proposers, fsync"
-    result = rec.attempt(section, label, partial(raft_run, plan))
-    rates = [r["entries_per_s"] for r in result["runs"]] if result else []
-    rec.add(Figure(section, label, median(rates), "entries/s", "goal", RAFT_GOAL_PER_S, 1.0,
-                   f">= {RAFT_GOAL_PER_S:,}/s", detail={"entries_per_s": rates})
-            if rates else None, section, label)
 
 
 # -- main --------------------------------------------------------------------------------

@@ -50,6 +50,7 @@ SUITE: list[Entry] = [
     Entry("idgen", "bench.idgen_bench"),
     Entry("kvcache", "bench.kvcache_bench"),
     Entry("kvcache_proxy", "bench.kvcache_proxy_bench"),
+    Entry("kvcache_workloads", "bench.kvcache_workloads"),
     Entry("scheduler", "bench.scheduler_bench"),
     Entry("raft_groups", "bench.raft_groups"),
     Entry("shardstore", "bench.shardstore_bench"),

@@ -44,7 +44,7 @@ CONTROL_TIMEOUT_S = 5.0  # the drill's own commands
 HANG_S = 90.0  # a wait longer than this is a hang, not slowness
 POLL_S = 0.2
 MAX_REDIRECTS = 5
-RESHARD_TIMEOUT_S = 300.0
+CHECK_TIMEOUT_S = 120.0  # `shardstore admin check` takes at most this long
 SECRET = "drill-cluster-secret"
 LOG_TAIL_CHARS = 3000
 
@@ -189,7 +189,7 @@ class Cluster:
         """`shardstore admin check`: its exit status and output."""
         proc = self.admin("check", name=f"check-{time.monotonic_ns()}")
         assert proc.daemon.proc is not None
-        code = proc.daemon.proc.wait(timeout=RESHARD_TIMEOUT_S)
+        code = proc.daemon.proc.wait(timeout=CHECK_TIMEOUT_S)
         return code, proc.log()
 
 

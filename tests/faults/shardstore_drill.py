@@ -18,7 +18,8 @@ Each round, with the clients running: `shardstore admin reshard` moves the next 
 of one shard to the next shard (as a process on the client host), the leader of a shard is
 SIGKILLed and restarted after KILL_HOLD_S, a node is isolated from every other host (the
 clients' too) for ISOLATE_HOLD_S and healed; then the round waits for the cluster to say
-ok and for every move to end (a move outlives an admin process the faults cut off). After
+ok and for every move to end (a move outlives an admin process the faults cut off; the
+admin process's end is noted in the report). After
 the rounds every counter and register is read once more.
 
 Checks: every read of a counter lies within its increments (checkers.check_counter), and
@@ -32,6 +33,7 @@ from __future__ import annotations
 
 import logging
 import random
+import subprocess
 import threading
 import time
 from collections import defaultdict
@@ -48,11 +50,11 @@ from tests.faults.checkers import Register, check_counter, check_linearizable
 from tests.faults.drill import FAULT_F, HEAL_F, NEMESIS_PROCESS, DrillReport, finish
 from tests.faults.history import INFO, OK, Operation, Recorder
 from tests.faults.hosts import Harness
+from tests.faults.node import Node
 from tests.faults.report import CheckResult
 from tests.faults.shardstore_cluster import (
     CLIENT_HOST,
     NODES,
-    RESHARD_TIMEOUT_S,
     Cluster,
     NotSent,
     SlotClient,
@@ -77,6 +79,7 @@ WORK_S = 1.5  # clients work this long between two faults
 KILL_HOLD_S = 1.5
 ISOLATE_HOLD_S = 3.0
 FINAL_READ_TRIES = 200
+ADMIN_WAIT_S = 60.0
 ERROR_PAUSE_S = 0.05  # a client that got an error waits this long (no busy loop)
 FINAL = "final"
 F_INCR, F_READ, F_WRITE = "incr", "read", "write"
@@ -265,11 +268,9 @@ class Rounds:
         time.sleep(WORK_S)
         self.isolate_a_node()
         time.sleep(WORK_S)
-        assert admin.daemon.proc is not None
-        code = admin.daemon.proc.wait(timeout=RESHARD_TIMEOUT_S)
-        self.notes.append(f"round {self.done}: admin reshard exited {code}")
         self.cluster.until_ok()
         self.cluster.until_moves_done()
+        self.notes.append(f"round {self.done}: admin reshard {admin_exit(admin)}")
         self.note(HEAL_F, "move", f"round {self.done}: every move done")
         self.done += 1
 
@@ -291,6 +292,17 @@ class Rounds:
         time.sleep(ISOLATE_HOLD_S)
         self.cluster.harness.heal()
         self.note(HEAL_F, "isolate", f"heal {host.name}")
+
+
+def admin_exit(admin: Node) -> str:
+    """How an admin process ended: its exit status, or killed when it was still waiting
+    ADMIN_WAIT_S after the moves ended (a reply the faults cut off, retried by its client)."""
+    assert admin.daemon.proc is not None
+    try:
+        return f"exited {admin.daemon.proc.wait(timeout=ADMIN_WAIT_S)}"
+    except subprocess.TimeoutExpired:
+        admin.kill()
+        return f"still waiting {ADMIN_WAIT_S:.0f} s after its moves ended: killed"
 
 
 def preload(cluster: Cluster, keys: Keys) -> None:

@@ -571,11 +571,32 @@ def write_results(
     if figures:
         plot(png_path, figures, title)
     progress(f"wrote {json_path}" + (f" and {png_path}" if figures else ""))
+    if out.resolve() == DEFAULT_OUT.resolve():
+        _refresh_readme_table(name)
     outcome = document["outcome"]
     if outcome["missed"]:
         progress("goals missed: " + "; ".join(outcome["missed"]))
     if outcome["not_measured"]:
         progress("not measured: " + "; ".join(outcome["not_measured"]))
+
+
+def _refresh_readme_table(name: str) -> None:
+    """Rewrite bench/README.md's table of `name` from the JSON just written (bench.tables),
+    so a run into bench/results/ never leaves its table stale."""
+    from bench import tables
+
+    text = tables.README.read_text()
+    try:
+        if name not in tables.marker_names(text):
+            progress(f"bench/README.md has no table for {name} (bench.tables markers)")
+            return
+        new = tables.fill(text, tables.blocks_for([name], DEFAULT_OUT))
+    except (tables.MarkerError, KeyError, ValueError) as exc:
+        progress(f"bench/README.md's table of {name} not regenerated: {exc}")
+        return
+    if new != text:
+        tables.README.write_text(new)
+        progress(f"regenerated the {name} table of bench/README.md")
 
 
 def exit_status(document: dict[str, Any]) -> int:

@@ -166,6 +166,23 @@ def test_tables_check_exits_1_on_a_stale_table(tmp_path: Path) -> None:
     assert "| stale |" not in readme.read_text()
 
 
+def test_a_run_into_bench_results_rewrites_its_own_readme_table(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import bench.common
+
+    readme = tmp_path / "README.md"
+    readme.write_text("<!-- bench:x -->\nold\n<!-- /bench:x -->\n<!-- bench:y -->\nkept\n"
+                      "<!-- /bench:y -->\n")
+    monkeypatch.setattr(bench.common, "DEFAULT_OUT", tmp_path)
+    monkeypatch.setattr(tables, "README", readme)
+    sample = sample_document()
+    write_results(tmp_path, "x", "s", sample["doc"], sample["figures"], "t")  # type: ignore[arg-type]
+    text = readme.read_text()
+    assert "old" not in text and "| 1 a | met row |" in text and "\nkept\n" in text
+    assert squash("""A benchmark run by itself into `bench/results/` rewrites its own table
+        too""") in squash(BENCH_README.read_text())
+
+
 # -- the suite runner --------------------------------------------------------------------
 
 FAKE = '''

@@ -11,7 +11,8 @@ in its own process (its progress goes straight to the terminal), writes DIR/<nam
 be measured. A failure is reported and the rest still run; the suite exits 1 at the end if
 any failed. A full run then regenerates bench/README.md's tables (bench.tables). Quick runs
 write to bench/results/quick/ (git-ignored) and only print the tables, so trying the
-tooling never replaces the committed figures.
+tooling never replaces the committed figures; a full run regenerates only the tables of the
+benchmarks it ran.
 """
 
 from __future__ import annotations
@@ -148,13 +149,24 @@ def select(names: str | None) -> list[Entry]:
     return [known[n] for n in chosen]
 
 
-def tables(out: Path, quick: bool) -> int:
-    """Regenerate the README's tables (full runs) or print them (quick runs)."""
+def tables(out: Path, quick: bool, names: Sequence[str]) -> int:
+    """Regenerate the README's tables of the benchmarks that ran (full runs into
+    bench/results/; the others keep theirs) or print them (quick runs)."""
     from bench import tables as tables_module
 
-    argv = ["--results", str(out)] + (["--print"] if quick else [])
-    say("tables: " + ("printed from " + str(out) if quick else "bench/README.md regenerated"))
-    return tables_module.main(argv)
+    if quick or out.resolve() != RESULTS.resolve():
+        say(f"tables from {out}:")
+        return tables_module.main(["--results", str(out), "--print"])
+    text = tables_module.README.read_text()
+    try:
+        marked = [n for n in names if n in tables_module.marker_names(text)]
+        new = tables_module.fill(text, tables_module.blocks_for(marked, out))
+    except (tables_module.MarkerError, KeyError, ValueError) as exc:
+        say(f"tables: bench/README.md not regenerated: {exc}")
+        return 1
+    tables_module.README.write_text(new)
+    say(f"tables: {', '.join(marked)} regenerated in bench/README.md")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -175,9 +187,7 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out or (QUICK_RESULTS if quick else RESULTS)
     say(f"{len(entries)} benchmarks{' (quick)' if quick else ''}, JSON to {out}")
     status = report(run_suite(entries, out, quick))
-    if out.resolve() == RESULTS.resolve() or quick:
-        status = max(status, tables(out, quick))
-    return status
+    return max(status, tables(out, quick, [e.name for e in entries]))
 
 
 if __name__ == "__main__":

@@ -28,9 +28,11 @@ from __future__ import annotations
 import argparse
 import os
 import shlex
+import subprocess
 import sys
 from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from bench import kvcache_workload_client as wc
@@ -44,6 +46,8 @@ from bench.common import (
     machine,
     median,
     progress,
+    pyspy_record,
+    summarise_profile,
     uptime,
     write_results,
 )
@@ -65,6 +69,7 @@ EVICT_MB = 32
 EVICT_VALUE = 1024
 CLIENT_BOUND_CORES = 0.85
 NAME = "kvcache_workloads"
+PROFILE_SECONDS = 5
 
 
 @dataclass(frozen=True)
@@ -104,7 +109,7 @@ WORKLOADS: tuple[Workload, ...] = (
              _spec("getset", b"c1k:", 10_000, 100, 1, 1000)),
     Workload("evict_4x", f"cache-aside, working set 4x -m {EVICT_MB}", "ops/s",
              _spec("getset", b"ev:", 4 * EVICT_MB * MB // EVICT_VALUE, EVICT_VALUE, 8, 16,
-                   skew=True), preload=False),
+                   skew=True)),
 )
 NAMES = tuple(w.name for w in WORKLOADS)
 
@@ -121,9 +126,10 @@ class Plan:
 
 
 def scaled(workload: Workload, plan: Plan) -> Workload:
-    """The workload with its preloaded keyspace scaled by plan.scale (not evict's: its
-    keyspace is what makes it 4x the limit)."""
-    if not workload.preload:
+    """The workload with its preloaded keyspace scaled by plan.scale (not the skewed
+    eviction workload's: its keyspace is what makes it 4x the limit; its preload overfills
+    the cache, so every round starts from a full one)."""
+    if not workload.preload or workload.spec.skew:
         return workload
     keys = max(200, int(workload.spec.keys * plan.scale))
     return replace(workload, spec=replace(workload.spec, keys=keys))
@@ -162,6 +168,7 @@ def run_side(server: McServer, workload: Workload, plan: Plan, seed: int) -> dic
         "failed": total["errors"] > 0,
         "server_delta": {k: after[k] - before[k] for k in after},
         "curr_items": after["curr_items"],
+        "evictions": after["evictions"] - before["evictions"],
         "busiest_worker_cores": busiest,
         "client_bound": busiest >= CLIENT_BOUND_CORES,
         "cpu": meter.result,
@@ -242,6 +249,9 @@ def add_figures(rec: Recorder, workload: Workload, sides: dict[str, list[dict[st
         label = "hit ratio (informational)"
         rec.add(_ratio_figure(workload.name, label, "hits/gets", sides, "hit_ratio", None),
                 workload.name, label)
+        label = "evictions per run (informational)"
+        rec.add(_ratio_figure(workload.name, label, "items", sides, "evictions", None),
+                workload.name, label)
 
 
 def rss_figure(rec: Recorder, kv: McServer, mc: McServer, names: list[str],
@@ -266,12 +276,35 @@ def rss_figure(rec: Recorder, kv: McServer, mc: McServer, names: list[str],
                    detail={"baseline_rss": baseline}), "rss", label)
 
 
+# -- profiles ----------------------------------------------------------------------------
+
+
+def profile_workload(rec: Recorder, kv: McServer, workload: Workload, plan: Plan,
+                     out: Path) -> None:
+    """py-spy on kvcache for PROFILE_SECONDS under `workload` (not measured); the raw
+    profile goes to `out`, its summary to rec.profiles[workload.name]."""
+    path = out / f"kvcache-workloads-profile-{workload.name}.txt"
+    spies: list[subprocess.Popen[bytes]] = []
+    wc.run_workers(workload.spec, kv.host, kv.port, PROFILE_SECONDS + 1.0, plan.procs, 99,
+                   lambda: spies.append(pyspy_record(kv.pid, PROFILE_SECONDS, path)),
+                   lambda: None)
+    _, err = spies[0].communicate(timeout=PROFILE_SECONDS + 60)
+    if spies[0].returncode != 0 or not path.exists():
+        progress(f"profile {workload.name}: py-spy failed: {err.decode(errors='replace')[-300:]}")
+        return
+    summary = summarise_profile(path)
+    rec.profiles[workload.name] = {"file": str(path), **summary}
+    top = ", ".join(f"{frame} {share:.0%}" for frame, share in summary["self"][:3])
+    progress(f"profile {workload.name}: {path.name}; top self: {top}")
+
+
 # -- sections ----------------------------------------------------------------------------
 
 
 def run_pair(rec: Recorder, plan: Plan, chosen: list[Workload], megabytes: int,
-             with_rss: bool) -> None:
-    """Start kvcache and memcached at -m `megabytes`, preload, run `chosen` in turn."""
+             with_rss: bool, profile_dir: Path | None) -> None:
+    """Start kvcache and memcached at -m `megabytes`, preload, run `chosen` in turn (each
+    then profiled when `profile_dir` is given)."""
     with kvcache_server(megabytes) as kv, memcached_server(megabytes) as mc:
         progress(f"started {kv.name} and {mc.name}")
         baseline = {"kvcache": kv.rss(), "memcached": mc.rss()}
@@ -283,6 +316,8 @@ def run_pair(rec: Recorder, plan: Plan, chosen: list[Workload], megabytes: int,
                 progress(f"{workload.name}: preloaded {workload.spec.keys:,} keys of "
                          f"{workload.spec.value_size:,} B on both")
             add_figures(rec, workload, rounds(rec, workload, plan, kv, mc))
+            if profile_dir is not None:
+                profile_workload(rec, kv, workload, plan, profile_dir)
         if with_rss:
             rss_figure(rec, kv, mc, [w.name for w in chosen], baseline)
 
@@ -295,6 +330,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="seconds of each run (default 5)")
     parser.add_argument("--procs", type=int, default=2,
                         help="client worker processes (default 2)")
+    parser.add_argument("--profile", action="store_true",
+                        help="after each workload's rounds, py-spy kvcache under it")
     parser.add_argument("--workloads", dest="sections_alias", default=None,
                         help="the same as --sections")
     args = parser.parse_args(argv)
@@ -321,12 +358,14 @@ def main(argv: list[str] | None = None) -> int:
     info["uptime_at_start"] = uptime()
     progress(f"kvcache workloads on {info['cpu_count']} cpus, {info['memcached']}, "
              f"{info['uptime_at_start']}")
+    profile_dir = args.out if args.profile else None
     chosen = [scaled(w, plan) for w in WORKLOADS if w.name in args.sections]
     main_pair = [w for w in chosen if w.name != "evict_4x"]
     if main_pair:
-        run_pair(rec, plan, main_pair, LOAD_MB, with_rss=True)
+        run_pair(rec, plan, main_pair, LOAD_MB, True, profile_dir)
     if len(main_pair) < len(chosen):
-        run_pair(rec, plan, [w for w in chosen if w.name == "evict_4x"], EVICT_MB, False)
+        run_pair(rec, plan, [w for w in chosen if w.name == "evict_4x"], EVICT_MB, False,
+                 profile_dir)
     info["loadavg_at_end"] = list(os.getloadavg())
     text = figures_text(rec.figures, rec.skipped, rec.sections, info, "the rounds")
     print(text, flush=True)
@@ -337,7 +376,8 @@ def main(argv: list[str] | None = None) -> int:
         "workloads": {w.name: {"label": w.label, **asdict(w.spec),
                                "prefix": w.spec.prefix.decode()} for w in chosen},
         "machine": info, "server_flags": _common_flags(0, 0), "figures": rec.figures,
-        "skipped": rec.skipped, "sections": rec.sections, "server_logs": SERVER_LOGS,
+        "skipped": rec.skipped, "sections": rec.sections, "profiles": rec.profiles,
+        "server_logs": SERVER_LOGS,
         "table": text,
     }
     title = f"kvcache vs memcached by workload, {started:%Y-%m-%d %H:%M} UTC"

@@ -108,16 +108,19 @@ def key_of(spec: Spec, index: int) -> bytes:
 
 
 async def read_values(reader: asyncio.StreamReader, tally: Tally) -> dict[bytes, bytes]:
-    """The items of one `get` reply, up to END."""
+    """The items of one `get` reply, up to END. ConnectionError for a line that is neither
+    `VALUE key flags bytes` nor END; IncompleteReadError when the stream ends first."""
     items: dict[bytes, bytes] = {}
     while True:
         line = await reader.readline()
         if line == REPLY_END:
             return items
         parts = line.split()
-        if len(parts) != 4 or parts[0] != b"VALUE":
+        if len(parts) != 4 or parts[0] != b"VALUE" or not parts[3].isdigit():
             raise ConnectionError(ERR_REPLY.format("get", line[:80]))
         block = await reader.readexactly(int(parts[3]) + 2)
+        if not block.endswith(b"\r\n"):
+            raise ConnectionError(ERR_REPLY.format("get", block[-80:]))
         items[parts[1]] = block[:-2]
 
 

@@ -16,7 +16,9 @@ noreply, nor check what it reads): forked asyncio workers on raw sockets, pipeli
 check every reply (see that module). A round with any error is reported as failed (kept in
 the JSON, its workload's goal counted as missed), never dropped. The workers' own CPU is
 measured: a round whose busiest worker used over CLIENT_BOUND_CORES of a core is marked
-client-bound (the figure then says more about the client than the server).
+client-bound (the figure then says more about the client than the server), and one whose
+client used more CPU than the server is marked client-heavier (on a machine whose cores are
+taken by others, the client's share is then the tighter limit).
 
 Prints a table (stdout) and progress (stderr); writes kvcache_workloads.json and a PNG to
 --out (bench/results/) through bench.common.write_results; exits 1 when a goal is missed,
@@ -171,13 +173,15 @@ def run_side(server: McServer, workload: Workload, plan: Plan, seed: int) -> dic
         "evictions": after["evictions"] - before["evictions"],
         "busiest_worker_cores": busiest,
         "client_bound": busiest >= CLIENT_BOUND_CORES,
+        "client_heavier": meter.result["client_cores"] > meter.result["server_cores"][0],
         "cpu": meter.result,
     }
 
 
 def _say(label: str, r: dict[str, Any]) -> None:
     hit = "" if r["hit_ratio"] is None else f", hit ratio {r['hit_ratio']:.3f}"
-    bound = ", CLIENT-BOUND" if r["client_bound"] else ""
+    bound = (", CLIENT-BOUND" if r["client_bound"] else
+             ", client used more CPU than the server" if r["client_heavier"] else "")
     verdict = f"FAILED ({r['errors']} errors: {r['first_errors'][:1]})" if r["failed"] else "ok"
     progress(f"{label}: {r['ops_per_s']:,.0f}/s{hit}, server "
              f"{r['cpu']['server_cores'][0]:.2f} cores, client {r['cpu']['client_cores']:.2f} "
@@ -213,6 +217,10 @@ def rounds(rec: Recorder, workload: Workload, plan: Plan, kv: McServer, mc: McSe
 # -- figures -----------------------------------------------------------------------------
 
 
+def _marked(sides: dict[str, list[dict[str, Any]]], flag: str) -> list[str]:
+    return [f"{r['side']} {r['round']}" for runs in sides.values() for r in runs if r.get(flag)]
+
+
 def _ratio_figure(section: str, label: str, unit: str, sides: dict[str, list[dict[str, Any]]],
                   key: str, goal: float | None) -> Figure | None:
     """Medians of `key` per side; the ratio is the median of the per-round ratios of rounds
@@ -229,9 +237,8 @@ def _ratio_figure(section: str, label: str, unit: str, sides: dict[str, list[dic
                         "memcached": [b[key] for _, b in pairs],
                         "failed_rounds": [r["round"] for s in sides.values() for r in s
                                           if r["failed"]],
-                        "client_bound_rounds": [f"{r['side']} {r['round']}" for s in
-                                                sides.values() for r in s
-                                                if r.get("client_bound")]})
+                        "client_bound_rounds": _marked(sides, "client_bound"),
+                        "client_heavier_rounds": _marked(sides, "client_heavier")})
     figure.ratio = median(figure.detail["per_round_ratio"])
     if goal is not None:
         figure.met = figure.ratio >= goal and not figure.detail["failed_rounds"]

@@ -4,6 +4,7 @@ catches any damage (hypothesis)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import shutil
 from pathlib import Path
@@ -82,3 +83,31 @@ def test_bad_options_are_refused(capsys: pytest.CaptureFixture[str]) -> None:
             bench.parse_args(argv)
         assert exc.value.code == 2
     assert "subset of multiget" in capsys.readouterr().err
+
+
+def _parse(data: bytes) -> dict[bytes, bytes]:
+    async def go() -> dict[bytes, bytes]:
+        reader = asyncio.StreamReader()
+        reader.feed_data(data)
+        reader.feed_eof()
+        return await wc.read_values(reader, wc.Tally())
+
+    return asyncio.run(go())
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.dictionaries(st.binary(min_size=1, max_size=20).filter(
+    lambda k: not any(c in k for c in b" \r\n\t\x0b\x0c\x1c\x1d\x1e\x1f\x85\xa0")),
+    st.binary(max_size=300), max_size=5))
+def test_get_replies_parse_back(items: dict[bytes, bytes]) -> None:
+    reply = b"".join(b"VALUE %s 0 %d\r\n%s\r\n" % (k, len(v), v) for k, v in items.items())
+    assert _parse(reply + wc.REPLY_END) == items
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.binary(max_size=200))
+def test_any_bytes_give_items_or_a_clear_error(data: bytes) -> None:
+    try:
+        assert isinstance(_parse(data), dict)
+    except (ConnectionError, asyncio.IncompleteReadError):
+        pass

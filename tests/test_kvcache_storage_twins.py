@@ -190,6 +190,10 @@ class Driver:
             return s.slabs_reassign(args[0], args[1])
         if name == "automove":
             return s.automove(args[0])
+        if name == "fill":  # a run of keys of one size: a class takes pages of its own
+            first, value = args
+            return tuple(s.store_command(Mode.SET, b"p%d" % i, value, 0, 0)
+                         for i in range(first, first + 8))
         return self.mutate(*args)
 
     def mutate(self, key: bytes, how: str) -> Any:
@@ -305,3 +309,37 @@ def test_many_items_and_a_growing_table() -> None:
         s.get(b"key:1")
     assert state(pure) == state(native)
     assert native.find(b"key:29999") is not None
+
+
+page_keys = st.sampled_from([b"p%d" % i for i in range(60)])
+paging = st.one_of(  # few chunks per page, many keys: classes hold several pages, pages move
+    st.tuples(st.just("store_command"), st.just(Mode.SET), page_keys,
+              st.sampled_from([b"s" * 10, b"m" * 1500, b"l" * 2500, b"x" * 3900]),
+              st.just(0), st.sampled_from([0, 0, 0, 5]), st.just(0)),
+    st.tuples(st.just("fill"), st.integers(0, 52),
+              st.sampled_from([b"m" * 1500, b"l" * 2500, b"x" * 3900])),
+    st.tuples(st.just("read"), page_keys),
+    st.tuples(st.just("delete"), page_keys),
+    st.tuples(st.just("pin"), page_keys),
+    st.tuples(st.just("unpin")),
+    st.tuples(st.just("delta"), page_keys, st.booleans(), st.integers(0, 5), st.just(0)),
+    st.tuples(st.just("tick"), st.sampled_from([1, 3, 61])),
+    st.tuples(st.just("crawl"), st.integers(1, 30)),
+    st.tuples(st.just("flush"), st.sampled_from([0, 2])),
+    # the classes of those values (1, 14, 16, 17), -1 (any), 0 (the pool) and none (99)
+    st.tuples(st.just("reassign"), st.sampled_from([-1, -1, 0, 1, 14, 16, 17, 99]),
+              st.sampled_from([0, 1, 14, 16, 17, 99])),
+    st.tuples(st.just("automove"), st.integers(1, 2)),
+)
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(pages=st.integers(3, 12), ops=st.lists(paging, min_size=20, max_size=120))
+def test_twins_agree_while_pages_move(pages: int, ops: list[tuple]) -> None:
+    limit = LIMIT_FLOOR + pages * PAGE_BYTES
+    pure, native = Driver(storage_pure, limit), Driver(NATIVE, limit)
+    for number, op in enumerate(ops):
+        assert observe(native.step(op)) == observe(pure.step(op)), (number, op)
+        assert state(native.s) == state(pure.s), (number, op)
+    check_hits_add_up(pure.s)
+    check_tail_ages(pure.s)

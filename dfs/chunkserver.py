@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
 import uuid
 from dataclasses import dataclass
@@ -51,6 +52,7 @@ ID_FILE = "server-id"
 COPY_PIECE_BYTES = 4 * 1024 * 1024  # a re-replication copy reads and sends this much at once
 MAX_COPIES = 4  # copies running at once
 NEXT_TIMEOUT_S = 60.0  # the next server of a chain must answer within this
+SYNC_EVERY_BYTES = 8 * 1024 * 1024  # a PUT flushes behind its writes this often
 
 
 @dataclass
@@ -281,6 +283,8 @@ class _Put:
         self.next: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
         self.failed: list[str] = []
         self.ended = False  # the writer's END arrived
+        self.sync: asyncio.Future[None] | None = None  # a flush behind the writes
+        self.synced = 0  # bytes flushed (or being flushed) so far
 
     async def run(self, reader: asyncio.StreamReader) -> dict[str, Any]:
         """Receive the frames up to END; the reply header."""
@@ -288,11 +292,14 @@ class _Put:
         try:
             await self._open_next()
             end = await self._receive(reader, writer)
+            await self._settle()
             await asyncio.to_thread(writer.finish, int(end["size"]), int(end["digest"]))
             self.server._report_now.set()
             await self._next_reply()
         except (ValueError, OSError, ReplyError, wire.FrameError, TimeoutError,
                 KeyError) as exc:
+            with contextlib.suppress(OSError):
+                await self._settle()
             writer.abort()
             if not self.ended:
                 await self._swallow(reader)
@@ -342,6 +349,23 @@ class _Put:
             if frame.op != wire.OP_DATA:
                 raise wire.FrameError(wire.ERR_UNKNOWN_OP.format(frame.op))
             writer.write(frame.payload)
+            self._sync_behind(writer)
+
+    def _sync_behind(self, writer: ChunkWriter) -> None:
+        """Every SYNC_EVERY_BYTES, flush what was written so far in a thread while more
+        arrives, so the fsync at END has little left to do."""
+        if writer.size - self.synced < SYNC_EVERY_BYTES:
+            return
+        if self.sync is not None and not self.sync.done():
+            return
+        self.synced = writer.size
+        self.sync = asyncio.ensure_future(asyncio.to_thread(os.fdatasync, writer.fd))
+
+    async def _settle(self) -> None:
+        """Wait for the flush under way, if any (its error is the write's)."""
+        if self.sync is not None:
+            sync, self.sync = self.sync, None
+            await sync
 
     def _check_lease(self, header: dict[str, Any]) -> None:
         if self.deadline is None:

@@ -5,7 +5,9 @@ Writing. The bytes of a file go chunk by chunk: the writer keeps the current chu
 (at most `chunk_size`) so that a failed chunk can be sent again; a full chunk (or the last
 one, at close) is allocated by the master (FS.ALLOCATE: chunk id, version, lease, the
 servers with the primary first), then sent to the primary as a PUT whose chain is the other
-servers, in pieces of PIECE_BYTES, with its xxh3_64 digest at the end. The primary's ok
+servers, in pieces of PIECE_BYTES, with its xxh3_64 digest at the end; a send that lasts
+renews the lease (FS.RENEW) every RENEW_EVERY_S, which also tells the master the writer is
+alive. The primary's ok
 means every replica has it on disk. On any failure the chunk is allocated again (a new
 version: the half-written replicas become stale) avoiding the servers that failed, up to
 MAX_CHUNK_ATTEMPTS times. `close` then commits the chunk list and sizes (FS.COMPLETE) and
@@ -40,6 +42,7 @@ __all__ = ["COPYING_SUFFIX", "ChunkReader", "ChunkWriter", "PIECE_BYTES", "temp_
 
 PIECE_BYTES = 1024 * 1024  # one DATA frame, one GET
 MAX_CHUNK_ATTEMPTS = 6
+RENEW_EVERY_S = 1.0  # a long chunk send renews its lease (and shows the writer alive) this often
 MAX_LOCATE_ROUNDS = 5
 RETRY_PAUSE_S = 0.3
 COPYING_SUFFIX = WRITING_SUFFIX
@@ -131,7 +134,7 @@ class ChunkWriter(io.RawIOBase):
             view = memoryview(data)
             for offset in range(0, len(data), PIECE_BYTES):
                 header: dict[str, Any] = {"op": wire.OP_DATA}
-                if time.monotonic() - granted > lease_ms / 2000:
+                if time.monotonic() - granted > min(lease_ms / 2000, RENEW_EVERY_S):
                     header["lease_ms"] = int(self.master.call("FS.RENEW", chunk, version))
                     granted = time.monotonic()
                 link.send(header, view[offset:offset + PIECE_BYTES])

@@ -31,6 +31,8 @@ from dfs.chunks import ChunkTable
 from dfs.chunkserver import ChunkServer, ChunkServerConfig
 from dfs.namespace import Namespace
 
+HANG_S = 120.0  # (only detects a hang: a loaded machine is slow)
+
 
 class Running:
     """Chunk servers on one background event loop."""
@@ -42,7 +44,7 @@ class Running:
         self.servers: list[ChunkServer] = []
         for i in range(count):
             config = ChunkServerConfig(tmp / f"cs{i}", "r", ["127.0.0.1:1"],
-                                       heartbeat_s=5.0, scrub_pause_s=3600)
+                                       heartbeat_s=1.0, scrub_pause_s=3600)
             server = self.run(self._start(config))
             self.servers.append(server)
 
@@ -52,7 +54,7 @@ class Running:
         return server
 
     def run(self, coroutine: Any) -> Any:
-        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(30)
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(HANG_S)
 
     def address(self, i: int) -> str:
         return self.servers[i].config.advertise

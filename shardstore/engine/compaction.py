@@ -315,8 +315,8 @@ def _swap(engine: EngineHost, group: list[Segment], out: _Output) -> None:
     for start in range(0, len(out.copied), SWAP_CHUNK_ENTRIES):
         with engine.lock:
             for key, loc, offset in out.copied[start:start + SWAP_CHUNK_ENTRIES]:
-                if engine.keydir.get(key) == loc:
-                    engine.keydir[key] = (new.seg_id, offset, loc[2], loc[3], loc[4])
+                if engine.keydir.replace_if(key, loc,
+                                            (new.seg_id, offset, loc[2], loc[3], loc[4])):
                     size = entry_bytes(len(key), loc[2])
                     new.live_bytes += size
                     engine.segments[loc[0]].live_bytes -= size

@@ -5,8 +5,9 @@ Strategy:
   (records.py), followed by one fsync with fsync="always"; only then does the keydir change,
   so a reader never sees a write that is not on disk. The applied index travels in the frame.
 - The keydir maps key -> (segment, value offset, value length, expire, seq): keys and
-  positions in memory, values on disk (one pread per get). It is a SortedDict, so scans and
-  SCAN cursors walk keys in order without a second index.
+  positions in memory, values on disk (one pread per get). It is ordered (keydir.py: packed
+  sorted runs plus a small delta), so scans and SCAN cursors walk keys in order without a
+  second index, in a few tens of bytes per key beyond the key itself.
 - Opening rebuilds the keydir from the hint files of compaction outputs (hints.py) and by
   scanning the other segments (segments.py): a torn tail of the newest written segment is
   truncated, any other bad frame refuses to open (CorruptStore).
@@ -27,8 +28,6 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import TypeVar
 
-from sortedcontainers import SortedDict
-
 from shardstore.engine.compaction import (
     Background,
     compact_all,
@@ -37,6 +36,7 @@ from shardstore.engine.compaction import (
 )
 from shardstore.engine.errors import EngineError, StorageFailed
 from shardstore.engine.files import FileLayer, OsFiles
+from shardstore.engine.keydir import Keydir
 from shardstore.engine.records import encode_frame, entry_bytes
 from shardstore.engine.segments import (
     KIND_WRITTEN,
@@ -91,7 +91,7 @@ class Engine:
         self.background_compaction = background_compaction
         self.lock = threading.RLock()
         self.segments: dict[int, Segment] = {}
-        self.keydir: SortedDict = SortedDict()
+        self.keydir = Keydir()
         self.active: Segment | None = None
         self.next_seq = 1
         self.next_segment_id = 1
@@ -180,12 +180,10 @@ class Engine:
         """Live (key, value, expire_at_ms) with start <= key < end, in key order, at most limit."""
         with self.lock:
             self._check_open()
-            keys = self.keydir.irange(start, end, inclusive=(True, False))
             out = []
-            for key in keys:
+            for key, loc in self.keydir.items(start, end):
                 if limit is not None and len(out) >= limit:
                     break
-                loc = self.keydir[key]
                 out.append((key, self._read_value(loc), loc[3]))
             return out
 
@@ -201,11 +199,13 @@ class Engine:
         the empty key starts with `scan(b"", limit=...)` or checks `get(b"")` first.
         """
         with self.lock:
-            out = []
-            for key in self.keydir.irange(cursor, None, inclusive=(False, False)):
+            out: list[bytes] = []
+            if limit <= 0:
+                return out
+            for key, _loc in self.keydir.items(cursor, after=True):
+                out.append(key)
                 if len(out) >= limit:
                     break
-                out.append(key)
             return out
 
     def locate(self, key: bytes) -> Location | None:
@@ -253,15 +253,13 @@ class Engine:
         if items and seg.min_seq > items[0][3]:
             seg.min_seq = items[0][3]
         for (key, value, expire, seq), offset in zip(items, offsets, strict=True):
-            self._forget(key)
-            if value is not None:
-                self.keydir[key] = (seg.seg_id, offset, len(value), expire, seq)
+            if value is None:
+                old = self.keydir.pop(key)
+            else:
+                old = self.keydir.put(key, (seg.seg_id, offset, len(value), expire, seq))
                 seg.live_bytes += entry_bytes(len(key), len(value))
-
-    def _forget(self, key: bytes) -> None:
-        old = self.keydir.pop(key, None)
-        if old is not None:
-            self.segments[old[0]].live_bytes -= entry_bytes(len(key), old[2])
+            if old is not None:
+                self.segments[old[0]].live_bytes -= entry_bytes(len(key), old[2])
 
     def sync(self) -> None:
         """fsync the active segment now if anything was written since the last fsync."""
@@ -368,13 +366,15 @@ class Engine:
 
     @property
     def stats(self) -> dict[str, int]:
-        """keys, live_bytes, dead_bytes, segments, compactions, fsyncs, applied_index."""
+        """keys, live_bytes, dead_bytes, segments, compactions, fsyncs, applied_index, and
+        the keydir's figures (Keydir.stats: its bytes, its keys' own bytes, delta keys,
+        merges)."""
         with self.lock:
             live = sum(s.live_bytes for s in self.segments.values())
             dead = sum(s.dead_bytes for s in self.segments.values())
             return {"keys": len(self.keydir), "live_bytes": live, "dead_bytes": dead,
                     "segments": len(self.segments), **self.counters,
-                    "applied_index": self._applied_index}
+                    "applied_index": self._applied_index, **self.keydir.stats()}
 
     def close(self) -> None:
         """Stop compaction, fsync (unless fsync="no" or failed) and close every file."""

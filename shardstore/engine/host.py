@@ -11,10 +11,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol
 
-from sortedcontainers import SortedDict
-
 from shardstore.engine.errors import StorageFailed
 from shardstore.engine.files import FileLayer
+from shardstore.engine.keydir import Keydir
 from shardstore.engine.segments import Segment
 
 __all__ = ["CompactorThread", "EngineFactory", "EngineHost"]
@@ -35,7 +34,7 @@ class EngineHost(Protocol):
     layer: FileLayer
     lock: threading.RLock
     segments: dict[int, Segment]
-    keydir: SortedDict
+    keydir: Keydir
     fsync_mode: str
     max_segment_bytes: int
     compact_dead_ratio: float

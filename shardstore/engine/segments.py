@@ -27,11 +27,11 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sortedcontainers import SortedDict
-
 from shardstore.engine.errors import CorruptStore
 from shardstore.engine.files import FileHandle, FileLayer
 from shardstore.engine.hints import decode_hint, hint_path
+from shardstore.engine.keydir import Keydir
+from shardstore.engine.packed import Location
 from shardstore.engine.records import (
     NO_APPLIED_INDEX,
     Entry,
@@ -69,11 +69,6 @@ NAME_RE = re.compile(r"^(\d{6})-(\d{10})\.(seg|cmp)$")
 HINT_RE = re.compile(r"^(\d{6})-(\d{10})\.hint$")
 TEMP_RE = re.compile(r"^\.\d{6}-\d{10}\.(cmp|hint)\.tmp$")
 NO_SEQ = 2**64  # min_seq of a segment without entries
-
-# A keydir value: (segment id, value offset, value length, expire_at_ms, seq). Positions only:
-# values stay on disk.
-Location = tuple[int, int, int, int, int]
-
 
 @dataclass(eq=False)
 class Segment:
@@ -152,7 +147,7 @@ class Recovered:
     """The state rebuilt from a generation's segments."""
 
     segments: dict[int, Segment]
-    keydir: SortedDict  # bytes -> Location
+    keydir: Keydir
     next_seq: int
     next_segment_id: int
     applied_index: int
@@ -290,15 +285,17 @@ def _merge(best: dict[bytes, tuple[int, Entry]], seg_id: int, entries: list[Entr
 
 def _rebuild(segments: dict[int, Segment], best: dict[bytes, tuple[int, Entry]],
              next_id: int) -> Recovered:
-    """The keydir of the winners that are not tombstones; live bytes per segment."""
-    keydir = SortedDict()
-    max_seq = 0
-    for key, (seg_id, entry) in best.items():
-        max_seq = max(max_seq, entry.seq)
+    """The keydir of the winners that are not tombstones (built packed, in key order);
+    live bytes per segment."""
+    max_seq = max((entry.seq for _seg_id, entry in best.values()), default=0)
+    live: list[tuple[bytes, Location]] = []
+    for key in sorted(best):
+        seg_id, entry = best.pop(key)
         if entry.tombstone:
             continue
-        keydir[key] = (seg_id, entry.value_offset, entry.value_len, entry.expire_at_ms,
-                       entry.seq)
+        live.append((key, (seg_id, entry.value_offset, entry.value_len, entry.expire_at_ms,
+                           entry.seq)))
         segments[seg_id].live_bytes += entry_bytes(len(key), entry.value_len)
+    keydir = Keydir.from_items(live)
     applied = max((s.applied_index for s in segments.values()), default=NO_APPLIED_INDEX)
     return Recovered(segments, keydir, max_seq + 1, next_id, applied)

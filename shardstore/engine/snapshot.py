@@ -1,10 +1,11 @@
 """Snapshots for Raft: a stream of pieces out of a live engine, and a store rebuilt from them.
 
 Strategy:
-- `dump_pieces` freezes the keydir (keys and positions, not values) and pins every segment
-  under the engine lock, then reads values lazily as the pieces are consumed. Segments are
-  append-only and a pinned one is never deleted, so the view stays exactly that of the call
-  while writes and compactions go on. The pins go when the iterator ends or is closed.
+- `dump_pieces` freezes the keydir (`Keydir.view`: its packed runs are shared, only the
+  small delta is copied) and pins every segment under the engine lock, then reads values
+  lazily as the pieces are consumed. Segments are append-only and a pinned one is never
+  deleted, so the view stays exactly that of the call while writes and compactions go on.
+  The pins go when the iterator ends or is closed.
 - A piece is `[4-byte magic][u64 LE xxh64(body)][body]`, the body a run of entries in the
   segment entry format (records.py) with seq 0; a piece never splits an entry.
 - `load_generation` writes the pieces as a new generation of segments, fsyncs them, then
@@ -51,7 +52,7 @@ class SnapshotReader:
     pinned. Close it before closing the engine.
     """
 
-    def __init__(self, engine: EngineHost, items: list[tuple[bytes, Location]],
+    def __init__(self, engine: EngineHost, items: Iterator[tuple[bytes, Location]],
                  segments: dict[int, Segment]) -> None:
         self._engine = engine
         self._segments: dict[int, Segment] | None = segments
@@ -67,7 +68,7 @@ class SnapshotReader:
             self.close()
             raise
 
-    def _generate(self, items: list[tuple[bytes, Location]]) -> Iterator[bytes]:
+    def _generate(self, items: Iterator[tuple[bytes, Location]]) -> Iterator[bytes]:
         layer = self._engine.layer
         body: list[bytes] = []
         size = 0
@@ -104,7 +105,7 @@ def encode_piece(body: bytes) -> bytes:
 def dump_pieces(engine: EngineHost) -> SnapshotReader:
     """Freeze the keydir and pin every segment now; see SnapshotReader."""
     with engine.lock:
-        items = list(engine.keydir.items())
+        items = engine.keydir.view().items()
         segments = dict(engine.segments)
         for seg in segments.values():
             seg.pins += 1

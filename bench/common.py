@@ -546,9 +546,10 @@ def settings_of(document: dict[str, Any]) -> dict[str, Any]:
         return dict(document["settings"])
     if isinstance(document.get("plan"), dict):
         return dict(document["plan"])
-    skip = {"benchmark", "started", "finished", "table", "python", "root"}
+    skip = {"benchmark", "started", "finished", "table", "python", "root", "date", "uptime"}
     return {k: v for k, v in document.items()
-            if k not in skip and isinstance(v, int | float | str | bool)}
+            if k not in skip and isinstance(v, int | float | str | bool)
+            and not (isinstance(v, str) and "\n" in v)}
 
 
 def write_results(

@@ -42,7 +42,8 @@ ERR_BAD_NAME = "bad benchmark name {!r} in a marker (want {})"
 ERR_TWICE = "benchmark {!r} has two marker pairs"
 MISSING = "_No results yet: `bench/results/{}.json` does not exist (run `make bench`)._"
 HEADER = ("section", "figure", "value", "peer / limit", "ratio", "goal", "met")
-SETTINGS_SKIP = frozenset({"node_args", "described"})  # shown otherwise
+SETTINGS_SKIP = frozenset({"node_args", "described", "date"})  # shown otherwise
+# (a multi-line setting, such as a config file's text, stays in the JSON only)
 
 
 class MarkerError(ValueError):
@@ -118,7 +119,8 @@ def _setting(value: Any) -> str:
 
 def settings_text(settings: dict[str, Any]) -> str:
     """`key=value` pairs of the run's settings, in their recorded order."""
-    pairs = [f"{k}={_setting(v)}" for k, v in settings.items() if k not in SETTINGS_SKIP]
+    pairs = [f"{k}={_setting(v)}" for k, v in settings.items()
+             if k not in SETTINGS_SKIP and not (isinstance(v, str) and "\n" in v)]
     text = " ".join(pairs) or "defaults"
     if "described" in settings:
         text = f"{settings['described']} ({text})"

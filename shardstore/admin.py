@@ -26,7 +26,7 @@ from typing import Any, TextIO
 import redis
 
 from native.crc16 import SLOT_COUNT
-from shardstore.admin_check import run_checks
+from shardstore.admin_check import field_of, run_checks
 from shardstore.keysets import format_slots
 
 __all__ = ["add_admin_parser", "check", "plan_rebalance", "rebalance", "reshard", "run_admin"]
@@ -117,12 +117,12 @@ def wait_for_move(client: redis.Redis, move_id: int, show: Callable[[int], None]
     """Poll SHARDSTORE.MOVES until move `move_id` is finished; the keys it copied."""
     copied, last_change = 0, time.monotonic()
     while True:
-        moves = {int(_field(m, "id")): m for m in client.execute_command("SHARDSTORE.MOVES")}
+        moves = {int(field_of(m, "id")): m for m in client.execute_command("SHARDSTORE.MOVES")}
         move = moves.get(move_id)
         if move is None:  # finished long ago (its record is gone)
             return copied
-        now_copied = int(_field(move, "copied"))
-        if _field(move, "state") in (b"done", "done"):
+        now_copied = int(field_of(move, "copied"))
+        if field_of(move, "state") in (b"done", "done"):
             show(now_copied)
             return now_copied
         if now_copied != copied:
@@ -131,14 +131,6 @@ def wait_for_move(client: redis.Redis, move_id: int, show: Callable[[int], None]
         if time.monotonic() - last_change > MOVE_TIMEOUT_S:
             raise ValueError(f"move {move_id} made no progress in {MOVE_TIMEOUT_S:.0f}s")
         time.sleep(POLL_S)
-
-
-def _field(record: Any, name: str) -> Any:
-    """A field of a map reply (RESP3 dict, or RESP2 flat list of pairs)."""
-    if isinstance(record, dict):
-        return record.get(name.encode(), record.get(name))
-    pairs = dict(zip(record[::2], record[1::2], strict=True))
-    return pairs.get(name.encode(), pairs.get(name))
 
 
 def plan_rebalance(owners: dict[int, list[int]]) -> list[tuple[int, int, int]]:

@@ -22,7 +22,7 @@ import redis
 
 from native.crc16 import SLOT_COUNT
 
-__all__ = ["run_checks"]
+__all__ = ["field_of", "run_checks"]
 
 SYNC_WAIT_S = 5.0
 STUCK_WAIT_S = 2.0
@@ -31,7 +31,8 @@ POLL_S = 0.2
 Out = Callable[[str], None]
 
 
-def _get(record: Any, name: str) -> Any:
+def field_of(record: Any, name: str) -> Any:
+    """A field of a map reply (a RESP3 dict, or RESP2's flat list of pairs)."""
     if isinstance(record, dict):
         return record.get(name.encode(), record.get(name))
     pairs = dict(zip(record[::2], record[1::2], strict=True))
@@ -87,7 +88,7 @@ def _epochs(statuses: dict[str, Any], out: Out) -> int:
             out(f"[ERR] Node {address} does not answer: {status}")
             failures += 1
         else:
-            epochs[address] = int(_get(status, "epoch"))
+            epochs[address] = int(field_of(status, "epoch"))
     if len(set(epochs.values())) == 1:
         out(f"[OK] All {len(epochs)} nodes agree: configuration epoch "
             f"{next(iter(epochs.values()))}.")
@@ -126,8 +127,8 @@ def _by_shard(statuses: dict[str, Any]) -> dict[int, list[dict[str, Any]]]:
     for address, status in statuses.items():
         if isinstance(status, Exception):
             continue
-        for record in _get(status, "shards"):
-            row = {name: _get(record, name) for name in ("shard", "role", "applied",
+        for record in field_of(status, "shards"):
+            row = {name: field_of(record, name) for name in ("shard", "role", "applied",
                                                           "commit", "keys")}
             row = {k: (v.decode() if isinstance(v, bytes) else int(v)) for k, v in row.items()}
             row["address"] = address
@@ -153,8 +154,8 @@ def _lagging(statuses: dict[str, Any]) -> dict[int, str]:
 
 
 def _under_way(client: redis.Redis) -> dict[int, str]:
-    return {int(_get(m, "id")): _progress(m) for m in client.execute_command("SHARDSTORE.MOVES")
-            if _get(m, "state") not in (b"done", "done")}
+    return {int(field_of(m, "id")): _progress(m) for m in client.execute_command("SHARDSTORE.MOVES")
+            if field_of(m, "state") not in (b"done", "done")}
 
 
 def _moves(client: redis.Redis, out: Out) -> int:
@@ -177,7 +178,7 @@ def _moves(client: redis.Redis, out: Out) -> int:
 
 
 def _progress(move: Any) -> str:
-    state = _get(move, "state")
+    state = field_of(move, "state")
     state = state.decode() if isinstance(state, bytes) else str(state)
-    return (f"{state}, {int(_get(move, 'copied'))} keys copied, "
-            f"{int(_get(move, 'purged'))} purged")
+    return (f"{state}, {int(field_of(move, 'copied'))} keys copied, "
+            f"{int(field_of(move, 'purged'))} purged")

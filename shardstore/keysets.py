@@ -179,8 +179,8 @@ class KeySet:
             if kind == KIND_POSITIONS and len(wire) == 6 and isinstance(wire[1], bytes):
                 return cls.of_positions(wire[1], str(wire[2]), int(wire[3]), int(wire[4]),
                                         int(wire[5]))
-        except (TypeError, IndexError, UnicodeDecodeError):
-            pass
+        except (TypeError, IndexError, ValueError) as exc:  # UnicodeDecodeError too
+            raise ValueError(ERR_BAD_KEYSET.format(wire)) from exc
         raise ValueError(ERR_BAD_KEYSET.format(wire))
 
 

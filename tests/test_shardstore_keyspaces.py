@@ -10,6 +10,7 @@ each; KEYSPACE.LIST."""
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from pathlib import Path
 
@@ -20,7 +21,9 @@ from hypothesis import strategies as st
 from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 
 from core.cluster_options import ClusterSettings
+from core.daemon import ConfigError
 from native.crc16 import SLOT_COUNT
+from shardstore import __main__ as serve_cli
 from shardstore import cluster, commands
 from shardstore.cluster import ConfigMachine
 from shardstore.engine import Engine
@@ -186,14 +189,27 @@ async def _two_clusters(spaces: KeyspaceCluster) -> None:
 
 
 def test_serve_refuses_keyspaces_that_cannot_work(tmp_path: Path) -> None:
+    for options, text in ((["users=2"], "the keyspace 'default' needs nodes"),
+                          (["default=1,3"], "node 3 is not one of --peers"),
+                          (["default=1,2", "u=2"], "node 2 is in two keyspaces"),
+                          (["default"], "--keyspace wants NAME=ID")):
+        with pytest.raises(ConfigError, match=re.escape(text)):
+            serve_cli._keyspaces(options, {1, 2})
+    assert serve_cli._keyspaces(["users=2", "default=1"], {1, 2}) == (
+        ("default", (1,)), ("users", (2,)))
     base = ["shardstore", "serve", "--id", "1", "--listen", "127.0.0.1:0",
             "--peers", "1=127.0.0.1:1,2=127.0.0.1:2", "--replicas", "2",
-            "--data-dir", str(tmp_path / "d")]
-    for extra, text in ((["--keyspace", "users=2"], "the keyspace 'default' needs nodes"),
-                        (["--keyspace", "default=1,3"], "node 3 is not one of --peers"),
-                        (["--keyspace", "default=1,2", "--keyspace", "u=2"],
-                         "node 2 is in two keyspaces"),
-                        (["--keyspace", "default"], "--keyspace wants NAME=ID")):
-        daemon = Daemon([*base, *extra], "127.0.0.1", 0, tmp_path / "refused.log")
-        assert daemon.run_to_exit() == 2
-        assert text in daemon.log()
+            "--data-dir", str(tmp_path / "d"), "--keyspace", "users=2"]
+    daemon = Daemon(base, "127.0.0.1", 0, tmp_path / "refused.log")
+    assert daemon.run_to_exit() == 2  # the command line says so and exits 2
+    assert "the keyspace 'default' needs nodes" in daemon.log()
+
+
+@given(st.text(max_size=20))
+def test_the_keyspace_option_parser_refuses_clearly(text: str) -> None:
+    try:
+        name, nodes = parse_keyspace_option(text)
+    except ValueError as exc:
+        assert str(exc).startswith("--keyspace wants")
+    else:
+        assert name and nodes and min(nodes) >= 1

@@ -17,7 +17,8 @@ from hypothesis import strategies as st
 from core.command_table import get_keys
 from core.resp import CommandError
 from native.crc16 import SLOT_COUNT, key_slot
-from shardstore import cluster, commands
+from shardstore import admin_commands, cluster, commands
+from shardstore.admin import plan_rebalance
 from shardstore.catalog import Table, encode_create, parse_create
 from shardstore.cluster import ConfigMachine
 from shardstore.engine import Engine
@@ -266,3 +267,42 @@ def test_give_range_cuts_and_hands_over() -> None:
     assert table.splits == [100, 150, 200, 250] and table.shards == [1, 2, 9, 9, 3]
     give_range(table, -1, 1 << 62, 4)
     assert set(table.shards) == {4}
+
+
+_SCALAR = (st.none() | st.integers(-5, 20_000) | st.binary(max_size=6)
+           | st.sampled_from(["slots", "range", "positions", "DATE", b"slots"]))
+_WIRE = st.lists(_SCALAR | st.lists(_SCALAR, max_size=4), max_size=7)
+
+
+@given(_WIRE)
+def test_key_set_wire_forms_are_read_or_refused_clearly(wire: object) -> None:
+    try:
+        keys = KeySet.from_wire(wire)
+    except ValueError as exc:
+        assert "bad key set" in str(exc) or "slot" in str(exc)
+    else:
+        assert KeySet.from_wire(keys.to_wire()) == keys
+
+
+@given(st.lists(st.binary(max_size=10), min_size=1, max_size=5))
+def test_the_move_command_parser_refuses_clearly(words: list[bytes]) -> None:
+    catalog = ConfigMachine().catalog
+    try:
+        keys = admin_commands._keyset(words, catalog)
+    except CommandError as exc:
+        assert exc.message.startswith("ERR ")
+    else:
+        assert keys.kind == "slots" and keys.slots
+
+
+def test_rebalance_plans_moves_to_even_shares() -> None:
+    owners = {1: list(range(0, 10_000)), 2: list(range(10_000, 16_000)),
+              3: list(range(16_000, 16_384))}
+    plan = plan_rebalance(owners)
+    assert plan == [(1, 3, 10_000 - 5462), (2, 3, 6_000 - 5461)]
+    after = {sid: len(slots) for sid, slots in owners.items()}
+    for giver, taker, amount in plan:
+        after[giver] -= amount
+        after[taker] += amount
+    assert after == {1: 5462, 2: 5461, 3: 5461}
+    assert plan_rebalance({1: list(range(8192)), 2: list(range(8192, 16384))}) == []

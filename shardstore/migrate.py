@@ -166,21 +166,32 @@ class Scope:
 
 
 def read_fenced(machine: ShardMachine, move_id: int, after: bytes | None, limit: int,
-                scope: Scope = Scope()) -> tuple[list[tuple[bytes, bytes, int]], bytes | None]:
-    """The records after key `after` within `scope` that move `move_id`'s fence holds
-    here, up to `limit` of them and BATCH_BYTES of values, looking at SCAN_KEYS keys at
-    most; and the key to go on after (None: the walk is over)."""
-    start = scope.first if after is None else max(after + b"\x00", scope.first)
-    scanned = machine.store.scan(start, scope.end, SCAN_KEYS)
+                scope: Scope = Scope(), scan_keys: int = SCAN_KEYS
+                ) -> tuple[list[tuple[bytes, bytes, int]], bytes | None]:
+    """The records after key `after` (None: from the scope's first key) within `scope`
+    that move `move_id`'s fence holds here, up to `limit` of them and BATCH_BYTES of
+    values, walking `scan_keys` keys at most (only the records taken are read from
+    disk); and the key to go on after (None: the walk is over)."""
+    store = machine.store
+    if after is None:
+        head = [scope.first] if store.get(scope.first) is not None else []
+        walked = head + store.keys_after(scope.first, scan_keys - len(head))
+    else:
+        walked = store.keys_after(after, scan_keys)
+    more = len(walked) >= scan_keys  # the walk may go on past this batch
     rows: list[tuple[bytes, bytes, int]] = []
     size = 0
-    for i, (key, value, expire) in enumerate(scanned):
+    for i, key in enumerate(walked):
+        if scope.end is not None and key >= scope.end:
+            return rows, None
         if machine.fences.holds_key(move_id, key) and not key.startswith(scope.excluded):
-            rows.append((key, value, expire))
-            size += len(key) + len(value)
+            found = store.get(key)
+            if found is not None:
+                rows.append((key, found[0], found[1]))
+                size += len(key) + len(found[0])
         if len(rows) >= limit or size >= BATCH_BYTES:
-            return rows, key if i + 1 < len(scanned) or len(scanned) == SCAN_KEYS else None
-    return rows, (scanned[-1][0] if len(scanned) == SCAN_KEYS else None)
+            return rows, key if i + 1 < len(walked) or more else None
+    return rows, (walked[-1] if more and walked else None)
 
 
 class Mover:

@@ -6,6 +6,7 @@ and a snapshot, and the reserved record is invisible to commands."""
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,7 @@ from shardstore.machine import (
     encode_command,
     encode_move,
 )
+from shardstore.migrate import Scope, read_fenced
 from shardstore.moves import (
     STATE_DONE,
     STATE_PURGE,
@@ -306,3 +308,28 @@ def test_rebalance_plans_moves_to_even_shares() -> None:
         after[taker] += amount
     assert after == {1: 5462, 2: 5461, 3: 5461}
     assert plan_rebalance({1: list(range(8192)), 2: list(range(8192, 16384))}) == []
+
+
+@given(st.integers(1, 7), st.integers(2, 9), st.booleans())
+def test_a_move_reads_every_fenced_key_once_in_batches(limit: int, scan: int,
+                                                      empty_key: bool) -> None:
+    """read_fenced, resumed from each cursor, yields each key of the fence exactly once,
+    leaves out the excluded prefixes and stops at the scope's end."""
+    with tempfile.TemporaryDirectory() as tmp:
+        shard = _shard(Path(tmp))
+        keys = [f"k{i}".encode() for i in range(40)] + [b"skip:1", b"zz"]
+        keys += [b""] if empty_key else []
+        fence = KeySet.of_slots({key_slot(k) for k in keys[::3]} | {key_slot(b"")})
+        shard.apply([(1, encode_command(1, [b"MSET", *[x for k in keys for x in (k, k)]])),
+                     (2, encode_move(KIND_FREEZE, 1, 5, fence.to_wire()))])
+        scope = Scope(b"", b"z", (b"skip:",))
+        seen: list[bytes] = []
+        cursor: bytes | None = None
+        while True:
+            rows, cursor = read_fenced(shard, 5, cursor, limit, scope, scan_keys=scan)
+            seen.extend(r[0] for r in rows)
+            if cursor is None:
+                break
+        wanted = sorted(k for k in keys if k in fence and k < b"z" and not k.startswith(b"skip:"))
+        assert seen == wanted
+        shard.engine.close()

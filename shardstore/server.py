@@ -52,6 +52,7 @@ from shardstore.cluster import CONFIG_GROUP, ClusterView, ConfigMachine, Shard
 from shardstore.handlers import ClientCommands
 from shardstore.machine import ShardMachine, encode_expire, expired_keys
 from shardstore.migrate import BATCH_KEYS, SERVICE_MOVE, Mover, MoveService
+from shardstore.moves import STATE_DONE
 from shardstore.writes import SERVICE_WRITE, LeaderWrites
 
 __all__ = ["FSYNC_POLICIES", "HostDriver", "NodeOptions", "ShardNode"]
@@ -440,6 +441,10 @@ class ShardNode:
             "shards_hosted": ",".join(str(s) for s in sorted(self.machines)),
             "shards_leading": ",".join(str(s.shard_id) for s in led),
             "fsync": self.options.fsync,
+            "keyspace": self.config.keyspace,
+            "moves_under_way": sum(1 for m in self.config.moves.values()
+                                   if m.state != STATE_DONE),
+            "moves_done": self.config.moves_done,
         }
         for sid, machine in sorted(self.machines.items()):
             stats = dict(getattr(machine.engine, "stats", {}) or {})

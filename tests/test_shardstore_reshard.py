@@ -158,6 +158,9 @@ async def _move_under_writes(cluster: LoopCluster) -> None:
     [record] = [m for m in _moves_as_maps(await admin.execute_command("SHARDSTORE.MOVES"))
                 if m[b"id"] == move_id]
     assert record[b"copied"] >= len(hot) and record[b"purged"] >= len(hot)
+    info = await admin.info("shardstore")
+    assert info["moves_done"] == 1 and info["moves_under_way"] == 0
+    assert info["keyspace"] == "default"
     for key, value in acked.items():
         found = int(await rc.get(key))
         assert found == value or (found > value and found in tried[key]), (key, value, found)

@@ -216,7 +216,7 @@ def _extended(values: list[str]) -> tuple[int, list[str]]:
             if name != IDLE_TIMEOUT_OPTION:
                 ignored.append(option)
                 continue
-            if not setting.isdigit():
+            if not (setting.isascii() and setting.isdigit()):  # "²".isdigit() is True
                 raise daemon.ConfigError(f"-o {option}: expected whole seconds")
             idle_timeout = int(setting)
     return idle_timeout, ignored

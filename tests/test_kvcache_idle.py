@@ -15,6 +15,7 @@ import time
 import pytest
 
 from core.clock import ManualClock
+from core.daemon import ConfigError
 from kvcache.__main__ import build_parser, settings_from_args
 from kvcache.server import KvcacheServer
 from kvcache.settings import Settings
@@ -81,6 +82,13 @@ def test_the_option_is_read_from_o(options: list[str], expected: int) -> None:
     argv = ["serve", *(arg for option in options for arg in ("-o", option))]
     settings, _ = settings_from_args(build_parser().parse_args(argv))
     assert settings.idle_timeout == expected
+
+
+@pytest.mark.parametrize("setting", ["", "soon", "-1", "2.5", "\u00b2", "\u0663"])
+def test_a_setting_that_is_not_whole_ascii_seconds_is_refused(setting: str) -> None:
+    argv = ["serve", "-o", f"idle_timeout={setting}"]
+    with pytest.raises(ConfigError, match="expected whole seconds"):
+        settings_from_args(build_parser().parse_args(argv))
 
 
 def _closed_by_server(host: str, port: int) -> bool:

@@ -8,6 +8,7 @@ the keydir's accounting must stay under the memory target for 100,000 keys.
 
 from __future__ import annotations
 
+import platform
 from itertools import islice
 
 import hypothesis.strategies as st
@@ -17,6 +18,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 
 from shardstore.engine import keydir as keydir_module
 from shardstore.engine.keydir import Keydir, KeydirView
+from shardstore.engine.memory import trim_heap
 from shardstore.engine.packed import NARROW_MAX, Location, build_run
 from tests.test_shardstore_engine import EngineMachine
 
@@ -158,3 +160,8 @@ def test_the_keydir_holds_100k_keys_in_under_40_bytes_each_beyond_the_key() -> N
     beyond = (stats["keydir_bytes"] - stats["keydir_key_bytes"]) / MEMORY_KEYS
     assert stats["keydir_merges"] > 0
     assert beyond < BYTES_PER_KEY_TARGET, stats
+
+
+def test_freed_heap_pages_go_back_to_the_kernel_on_glibc() -> None:
+    asked = trim_heap()
+    assert asked == (platform.libc_ver()[0] == "glibc")

@@ -14,6 +14,8 @@ Strategy (an LSM of the index, in memory):
   short binary search. Scans merge the three layers in key order, newest first on ties.
 - `view()` is a frozen copy for snapshots: the runs are shared (never changed), only the
   active delta is copied.
+- After a merge the freed heap pages go back to the kernel (memory.py), or the old runs'
+  buffers would stay in the process's RSS.
 Not thread-safe: the engine calls it under its lock.
 """
 
@@ -25,6 +27,7 @@ from collections.abc import Iterable, Iterator
 
 from sortedcontainers import SortedDict
 
+from shardstore.engine.memory import trim_heap
 from shardstore.engine.packed import EMPTY_RUN, Location, PackedRun, RunBuilder, build_run
 
 __all__ = ["DELTA_MIN_KEYS", "DELTA_RATIO", "Keydir", "KeydirView"]
@@ -166,6 +169,7 @@ class Keydir:
         if done is not None:
             self._base, self._frozen, self._merge = done, None, None
             self.merges += 1
+            trim_heap()  # the old run's buffers were freed just now
 
     def flush(self) -> None:
         """Finish the running merge, then merge the active delta too (tests, bulk loads)."""

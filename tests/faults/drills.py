@@ -34,4 +34,5 @@ DRILLS: dict[str, Drill] = {
     "kvcache": lazy("tests.faults.kvcache_drill"),
     "scheduler": lazy("tests.faults.scheduler_drill"),
     "shardstore": lazy("tests.faults.shardstore_drill"),
+    "dfs": lazy("tests.faults.dfs_drill"),
 }

@@ -1,0 +1,93 @@
+"""The dfs fault drill, one short seeded round (tests/faults/dfs_drill.py says what it does
+and checks): the master leader SIGKILLed in a create/rename storm, a chunk primary
+SIGSTOPped while its file is rewritten and read, a chunk server added under load, and
+every acknowledged file read back through the loss of each server in turn.
+
+The drill's checks (tests/faults/dfs_checks.py) also run on hand-written histories, known
+good and known bad. What the issue asks and dfs lacks is a strict xfail naming the gap.
+Nothing is timed.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.faults import dfs_checks as checks
+from tests.faults.dfs_drill import drill
+from tests.faults.history import INFO, OK, Operation
+from tests.procs import ROOT
+from tests.test_raft_driver import needs_aliases
+
+SEED = 13
+DURATION_S = 0.0  # the minimum of every phase
+
+
+@needs_aliases
+def test_dfs_drill_short_round(tmp_path: Path) -> None:
+    report = drill(SEED, DURATION_S, tmp_path)
+    assert report.passed, report.report()
+    assert report.operations > 0 and report.faults >= 4
+
+
+@pytest.mark.xfail(strict=True, reason="issue 13: `dfs admin decommission NODE` (drain a "
+                   "chunk server before it is stopped) is not implemented")
+def test_dfs_admin_decommission_exists() -> None:
+    done = subprocess.run([sys.executable, "-m", "dfs", "admin", "decommission", "--help"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+
+
+# -- the checks on hand-written histories (no processes) -------------------------------------
+
+_ids = iter(range(1 << 30))
+
+
+def op(f: str, key: object, value: object, status: str = OK, t0: int = 0, t1: int | None = 1,
+       result: object = None) -> Operation:
+    return Operation(next(_ids), "p", f, key, value, result, status, t0, t1)
+
+
+def test_acknowledged_creates_and_renames_must_be_where_they_put_files() -> None:
+    ops = [op("create", "/a", "A"), op("rename", ("/a", "/b"), "A", t0=2, t1=3),
+           op("create", "/c", "C", t0=4, t1=5)]
+    assert checks.check_namespace(ops, {"/b": "A", "/c": "C"}).passed
+    assert not checks.check_namespace(ops, {"/a": "A", "/c": "C"}).passed  # rename lost
+    assert not checks.check_namespace(ops, {"/b": "A"}).passed  # create lost
+    assert not checks.check_namespace(ops, {"/b": "A", "/c": "C", "/d": "X"}).passed
+
+
+def test_an_unknown_operation_is_wholly_applied_or_not_at_all() -> None:
+    ops = [op("create", "/a", "A"), op("rename", ("/a", "/b"), "A", INFO, 2, None),
+           op("create", "/c", "C", INFO, 4, None)]
+    for found in ({"/a": "A"}, {"/b": "A", "/c": "C"}, {"/b": "A"}):
+        assert checks.check_namespace(ops, found).passed, found
+    half = checks.check_namespace(ops, {"/a": "A", "/b": "A"})  # a rename left a copy
+    assert half.valid is False and "found at ['/a', '/b']" in half.explanation
+    assert not checks.check_namespace(ops, {"/c": "C"}).passed  # the acked create vanished
+
+
+def test_a_stale_read_is_caught_and_an_overlapping_write_may_be_read() -> None:
+    w1 = op("write", "/f", "v1", t0=0, t1=10)
+    w2 = op("write", "/f", "v2", t0=20, t1=30)
+    unknown = op("write", "/f", "v3", INFO, 40, None)
+    during = op("read", "/f", None, t0=25, t1=35, result="v1")
+    after = op("read", "/f", None, t0=50, t1=60, result="v3")
+    assert checks.check_register([w1, w2, unknown, during, after]).passed
+    stale = op("read", "/f", None, t0=32, t1=38, result="v1")
+    result = checks.check_register([w1, w2, stale])
+    assert result.valid is False and result.window == (stale,)
+    never = op("read", "/f", None, t0=32, t1=38, result="v9")
+    assert not checks.check_register([w1, w2, never]).passed
+
+
+def test_failures_and_wrong_hashes_are_caught() -> None:
+    good = op("put", "/x", "d")
+    assert checks.check_no_failures([good], "m").passed
+    assert not checks.check_no_failures([good, op("get", "/x", "d", "fail")], "m").passed
+    want = {"/x": "d"}
+    assert checks.check_hashes([op("r", ("cs1", "/x"), None, result="d")], want).passed
+    assert not checks.check_hashes([op("r", ("cs1", "/x"), None, result="e")], want).passed

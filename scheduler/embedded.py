@@ -18,6 +18,15 @@ cluster older than handler adverts) fails with EXIT_NO_HANDLER. A coroutine func
 on the worker's loop and is cancelled on TIMEOUT; a plain function runs in a thread of a
 pool of `slots` threads, and on TIMEOUT the run is reported timed out while the thread,
 which Python cannot stop, runs on to its end.
+
+Fencing is the shell worker's (scheduler.worker.Worker, one piece of code for both): with
+`worker_timeout_ms` (the cluster's --worker-timeout-ms, 10000 by default as there; None
+never fences), a worker that has heard from no node for that less a margin
+(`fence_delay_s`) cancels every handler task it holds and reports those runs abandoned when
+a node answers again. A coroutine handler is cancelled, and commands it started with
+`run_command` (re-exported here) lose their process groups with it, as on TIMEOUT; a plain
+function's thread cannot be stopped and runs on to its end (its run is still reported
+abandoned and retried: only coroutine handlers are fenced from the retry).
 """
 
 from __future__ import annotations
@@ -33,9 +42,12 @@ from concurrent.futures import ThreadPoolExecutor
 
 from core.clock import Clock
 from scheduler.routing import MAX_NAME_BYTES, valid_name
-from scheduler.worker import HEARTBEAT_S, Run, Worker
+from scheduler.worker import HEARTBEAT_S, Run, Worker, fence_delay_s, run_command
 
-__all__ = ["EXIT_NO_HANDLER", "EmbeddedWorker", "Handler", "Run"]
+__all__ = ["DEFAULT_WORKER_TIMEOUT_MS", "EXIT_NO_HANDLER", "EmbeddedWorker", "Handler", "Run",
+           "run_command"]
+
+DEFAULT_WORKER_TIMEOUT_MS = 10_000  # the cluster's default --worker-timeout-ms
 
 EXIT_NO_HANDLER = 127  # as the shell's "command not found"
 ERR_NO_HANDLER = "no handler for '{}' on worker {} (handlers: {})"
@@ -47,18 +59,23 @@ Handler = Callable[[Run], Awaitable[object] | object]
 
 class EmbeddedWorker(Worker):
     """A worker whose runs call registered handlers (see the module header). The id
-    defaults to host-pid-random, so several embedded workers can share a process."""
+    defaults to host-pid-random, so several embedded workers can share a process.
+    `worker_timeout_ms` is the cluster's --worker-timeout-ms, from which the fence delay
+    comes (None: never fence); ValueError if it leaves no margin above `heartbeat_s`."""
 
     def __init__(self, servers: Sequence[tuple[str, int]], tags: Sequence[str] = (),
                  slots: int = 64, password: str | None = None,
                  worker_id: str | None = None, *, heartbeat_s: float = HEARTBEAT_S,
-                 clock: Clock | None = None) -> None:
+                 clock: Clock | None = None,
+                 worker_timeout_ms: int | None = DEFAULT_WORKER_TIMEOUT_MS) -> None:
         worker_id = worker_id or f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
+        fence_s = (None if worker_timeout_ms is None
+                   else fence_delay_s(worker_timeout_ms, heartbeat_s))
         self.handlers: dict[str, Handler] = {}
         super().__init__(servers, tags, worker_id=worker_id, password=password,
                          concurrency=slots, heartbeat_s=heartbeat_s,
                          executor=self._call_handler, clock=clock,
-                         handlers=self.handlers.keys)
+                         handlers=self.handlers.keys, fence_after_s=fence_s)
         self._coroutine: set[str] = set()  # handlers that are coroutine functions
         self._slots = slots
         self._pool: ThreadPoolExecutor | None = None

@@ -8,12 +8,13 @@ the keydir's accounting must stay under the memory target for 100,000 keys.
 
 from __future__ import annotations
 
+import bisect
 import platform
 from itertools import islice
 
 import hypothesis.strategies as st
 import pytest
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from shardstore.engine import keydir as keydir_module
@@ -30,6 +31,7 @@ keys = st.one_of(st.binary(max_size=3), st.sampled_from([b"", b"a", b"ab", b"b\x
 # Location fields that exercise every column width: 0 (no column), 32-bit, 64-bit.
 fields = st.sampled_from([0, 1, 7, NARROW_MAX, NARROW_MAX + 1, 2**63])
 locations = st.tuples(fields, fields, fields, fields, fields)
+tiny_keys = st.lists(st.sampled_from([b"\x00", b"a", b"b"]), max_size=5).map(b"".join)
 
 
 def model_items(model: dict[bytes, Location], start: bytes, end: bytes | None,
@@ -165,3 +167,16 @@ def test_the_keydir_holds_100k_keys_in_under_40_bytes_each_beyond_the_key() -> N
 def test_freed_heap_pages_go_back_to_the_kernel_on_glibc() -> None:
     asked = trim_heap()
     assert asked == (platform.libc_ver()[0] == "glibc")
+
+
+@settings(max_examples=150, deadline=None)
+@given(present=st.sets(tiny_keys, max_size=120), probes=st.lists(tiny_keys, max_size=30))
+def test_find_and_bisect_agree_with_a_sorted_list(present: set[bytes],
+                                                  probes: list[bytes]) -> None:
+    """Keys over a tiny alphabet, so a key often occurs inside others and across boundaries."""
+    ordered = sorted(present)
+    run = build_run([(k, (i, 0, 0, 0, 0)) for i, k in enumerate(ordered)])
+    for key in [*probes, *ordered]:
+        expected = ordered.index(key) if key in present else -1
+        assert run.find(key) == expected
+        assert run.bisect_left(key) == bisect.bisect_left(ordered, key)

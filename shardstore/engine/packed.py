@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import sys
 from array import array
-from bisect import bisect_left
+from bisect import bisect_left, bisect_right
 from collections.abc import Iterator
 from itertools import repeat
 from operator import add
@@ -82,9 +82,24 @@ class PackedRun:
         return low
 
     def find(self, key: bytes) -> int:
-        """The index of `key`, or -1."""
-        i = self.bisect_left(key)
-        return i if i < len(self) and self.key_at(i) == key else -1
+        """The index of `key`, or -1: a bytes.find inside its block, kept only where the
+        match starts and ends exactly at a key's boundaries."""
+        block = bisect_right(self.sparse, key) - 1
+        if block < 0:
+            return -1
+        koff = self.koff
+        lo = block * SPARSE_STRIDE
+        hi = min(len(koff) - 1, lo + SPARSE_STRIDE)
+        if not key:  # only the first key of the run can be empty
+            return 0 if koff[1] == 0 else -1
+        end, size = koff[hi], len(key)
+        pos = self.keys.find(key, koff[lo], end)
+        while pos >= 0:
+            i = bisect_right(koff, pos, lo, hi) - 1  # the empty key shares its offset
+            if koff[i] == pos and koff[i + 1] - pos == size:
+                return i
+            pos = self.keys.find(key, pos + 1, end)
+        return -1
 
     def get(self, key: bytes) -> Location | None:
         """The Location of `key`, or None."""

@@ -55,6 +55,7 @@ SUITE: list[Entry] = [
     Entry("scheduler", "bench.scheduler_bench"),
     Entry("raft_groups", "bench.raft_groups"),
     Entry("shardstore", "bench.shardstore_bench"),
+    Entry("dfs", "bench.dfs_bench"),
 ]
 
 

@@ -1,5 +1,5 @@
 """The master's chunk commands (FS.ALLOCATE/RENEW/COMPLETE/LOCATE/HEARTBEAT/BADREPLICA/
-REPORT) and the leader's chunk upkeep loop.
+REPORT/DECOMMISSION) and the leader's chunk upkeep loop.
 
 Strategy: changes to which chunks make a file go through the Raft log (dfs/chunks.py's
 entries, via the service's `write`); where replicas are, leases and safe mode live only in
@@ -47,6 +47,9 @@ ERR_NOT_LEADER = "not the leader (chunk locations live on the leader)"
 ERR_BAD_REPORT = "ERR bad heartbeat report: {}"
 ERR_STALE_LEASE = "ERR chunk {} version {} is not current (a newer lease exists)"
 ERR_INTEGER = "ERR value is not an integer or out of range"
+ERR_CANCEL_WORD = "ERR syntax error: FS.DECOMMISSION node [CANCEL]"
+ERR_NODE = "ERR a chunk server's id or address: 1 to {} characters"
+MAX_NODE_CHARS = 256
 
 PathArg = Callable[[bytes], str]
 
@@ -75,6 +78,9 @@ class ChunkCommands:
         # access(session, path, want): raise CommandError unless the session's user may do
         # `want` (dfs.perms.R or W) to the file; set by the master (dfs/meta_commands.py).
         self.access: Callable[[Any, str, int], None] = lambda session, path, want: None
+        # superuser(session, what): raise CommandError unless a superuser calls (set by the
+        # master, dfs/meta_commands.py).
+        self.superuser: Callable[[Any, str], None] = lambda session, what: None
         self.table = table
         self.path_arg = path_arg
         self.clock = clock
@@ -172,7 +178,13 @@ class ChunkCommands:
             Command("FS.BADREPLICA", self.cmd_bad_replica, 3, WRITE,
                     summary="FS.BADREPLICA chunk server: a client read damage there"),
             Command("FS.REPORT", self.cmd_report, 1, READ,
-                    summary="FS.REPORT: safe mode, chunk servers, under-replicated chunks"),
+                    summary="FS.REPORT: safe mode, chunk servers, under-replicated chunks, "
+                            "decommissioning servers"),
+            Command("FS.DECOMMISSION", self.cmd_decommission, -2, WRITE, max_arity=3,
+                    summary="FS.DECOMMISSION node [CANCEL]: drain a chunk server (its id or "
+                            "address): no new chunks on it, its replicas copied elsewhere; "
+                            "FS.REPORT's decommissioning rows show when it may be stopped "
+                            "(superusers only)"),
         ]
 
     async def cmd_allocate(self, session: Any, args: list[bytes]) -> Any:
@@ -256,5 +268,17 @@ class ChunkCommands:
                 "chunks": len(self.table.chunks),
                 "under_replicated": [[c, n] for c, n in placement.under_replicated()],
                 "servers": [s.row(now) for s in sorted(placement.servers.values(),
-                                                       key=lambda s: s.address)]}
+                                                       key=lambda s: s.address)],
+                "decommissioning": placement.drains()}
+
+    async def cmd_decommission(self, session: Any, args: list[bytes]) -> Any:
+        node = args[1].decode("utf-8", "replace")
+        cancel = len(args) == 3
+        if cancel and args[2].upper() != b"CANCEL":
+            raise CommandError(ERR_CANCEL_WORD)
+        if not node or len(node) > MAX_NODE_CHARS:
+            raise CommandError(ERR_NODE.format(MAX_NODE_CHARS))
+        self.superuser(session, "decommission chunk servers")
+        return await self.service.write(
+            ct.encode_decommission(self.clock.wall_ms(), node, not cancel))
 

@@ -20,7 +20,15 @@ carries. A server not heard from for `dead_after_s` is dead: its replicas no lon
   to copy it to a server that does not hold it (another rack first), as many copies at
   once as replicas are missing. A copy in flight counts until its target reports the
   chunk or `copy_timeout_s` passes. A chunk with more replicas than the
-  target loses the extra ones.
+  target loses the extra ones: a decommissioning server's first, then the fullest server's.
+- Decommissioning (the mark is in the Raft log: ChunkTable.decommissioning): a marked
+  server gets no new chunk and its replicas do not count toward the target, so `plan`
+  re-replicates everything on it (fewest replicas first) from it or another holder; once a
+  chunk has its target elsewhere, the marked server's replica is dropped. It may be stopped
+  when it holds nothing (`drains`).
+- Balancing (dfs/balancer.py): with nothing under-replicated, a few chunks at a time are
+  copied from the fullest server to the emptiest (a newly joined one); the trim then drops
+  the extra replica from the fullest.
 - Abandoned writes: a file still being written (`*._COPYING_`, not complete) whose writer
   has not allocated or renewed for `abandon_after_s` is deleted (the leader's upkeep), so
   its chunks become orphans.
@@ -34,11 +42,12 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from dfs.balancer import balance
 from dfs.chunks import ChunkTable
 
 __all__ = [
     "DEFAULT_DEAD_AFTER_S", "DEFAULT_LEASE_MS", "DEFAULT_REPLICATION", "ERR_NO_SERVERS",
-    "ERR_SAFE_MODE", "Placement", "ServerState",
+    "ERR_SAFE_MODE", "Placement", "ServerState", "balance",
 ]
 
 DEFAULT_REPLICATION = 3
@@ -126,6 +135,8 @@ class Placement:
             report["used"]), now
         server.chunks = {}
         for chunk, version, _size in report["chunks"]:
+            if int(chunk) in server.deletes:
+                continue  # ordered deleted (this reply carries the order): not a replica
             if self._keeps(int(chunk), int(version)):
                 server.chunks[int(chunk)] = int(version)
             else:
@@ -169,10 +180,17 @@ class Placement:
 
     # -- reads ------------------------------------------------------------------------------
 
-    def _replicas(self, chunk: int) -> int:
+    def leaving(self, server: ServerState) -> bool:
+        """True when `server` is marked decommissioning (by its id or address)."""
+        marks = self.table.decommissioning
+        return bool(marks) and (server.server_id in marks or server.address in marks)
+
+    def _replicas(self, chunk: int, staying: bool = False) -> int:
+        """Live current replicas of `chunk` (`staying`: on servers not decommissioning)."""
         meta = self.table.chunks.get(chunk)
         version = meta.version if meta else 0
-        return sum(1 for s in self.servers.values() if s.chunks.get(chunk) == version)
+        return sum(1 for s in self.servers.values() if s.chunks.get(chunk) == version
+                   and not (staying and self.leaving(s)))
 
     def holders(self, chunk: int) -> list[ServerState]:
         """The live servers holding the current version of `chunk`."""
@@ -188,8 +206,10 @@ class Placement:
         return found
 
     def under_replicated(self) -> list[tuple[int, int]]:
-        """(chunk, live replicas) of complete files below the target, fewest first."""
-        rows = [(meta.chunk, self._replicas(meta.chunk)) for meta in self.table.sealed_chunks()]
+        """(chunk, live replicas) of complete files below the target, fewest first (replicas
+        on decommissioning servers do not count)."""
+        rows = [(meta.chunk, self._replicas(meta.chunk, staying=True))
+                for meta in self.table.sealed_chunks()]
         return sorted(((c, n) for c, n in rows if n < self.replication), key=lambda r: r[1])
 
     def _check_safe(self) -> None:
@@ -212,8 +232,8 @@ class Placement:
         """Up to `count` servers (not in `exclude`, with MIN_FREE_BYTES free), one per rack
         first (see the header)."""
         shunned = set(exclude)
-        left = [s for s in self.servers.values()
-                if s.server_id not in shunned and s.free >= MIN_FREE_BYTES]
+        left = [s for s in self.servers.values() if s.server_id not in shunned
+                and s.free >= MIN_FREE_BYTES and not self.leaving(s)]
         self.rng.shuffle(left)
         left.sort(key=lambda s: (len(s.chunks), s.used))
         chosen: list[ServerState] = []
@@ -300,6 +320,8 @@ class Placement:
                 source.copies.append([chunk, source.chunks[chunk], target.address])
                 pending[target.server_id] = now + self.copy_timeout_s
                 handed += 1
+        if not handed and not self.under_replicated():
+            handed = balance(self, now)
         self._trim_extra()
         return handed
 
@@ -317,6 +339,24 @@ class Placement:
     def _trim_extra(self) -> None:
         for meta in self.table.sealed_chunks():
             holders = self.holders(meta.chunk)
-            for server in holders[self.replication:]:
+            if len(holders) <= self.replication:
+                continue
+            staying = [s for s in holders if not self.leaving(s)]
+            if len(staying) < self.replication:
+                continue  # a decommissioning holder still counts until the copies land
+            drop = [s for s in holders if self.leaving(s)]
+            staying.sort(key=lambda s: (len(s.chunks), s.used), reverse=True)
+            drop += staying[:len(staying) - self.replication]
+            for server in drop:
                 del server.chunks[meta.chunk]
                 server.deletes.add(meta.chunk)
+
+    def drains(self) -> list[list[Any]]:
+        """Each decommissioning mark: [mark, server id ("" when no live server has it),
+        chunks it still holds]; 0 chunks: it may be stopped."""
+        rows = []
+        for mark in sorted(self.table.decommissioning):
+            found = [s for s in self.servers.values() if mark in (s.server_id, s.address)]
+            rows.append([mark, found[0].server_id if found else "",
+                         len(found[0].chunks) if found else 0])
+        return rows

@@ -16,6 +16,9 @@ there is a complete file's size and chunk ids on its node (so FS.STAT shows them
 - `chunk.forget inodes`: drop the chunk lists of files that are gone from the namespace
   (the leader proposes it: see `dead_inodes`); their chunks become orphans that the chunk
   servers are told to delete.
+- `chunk.decommission node on`: mark (on) or unmark a chunk server (its id or address) as
+  decommissioning: the leader places no new chunk on it and drains it
+  (dfs/chunk_placement.py). Reply: the number of marked servers.
 
 Where chunks are (their replicas' servers) is not here: the leader rebuilds it from the
 chunk servers' reports (dfs/chunk_placement.py). A snapshot is the table as a msgpack map.
@@ -35,13 +38,14 @@ from dfs.namespace import Namespace, Node, PathError
 __all__ = [
     "ERR_BAD_INDEX", "ERR_COMPLETE", "ERR_SIZES", "ChunkMeta", "ChunkTable", "FileChunks",
     "MasterMachine", "WRITING_SUFFIX", "dead_inodes", "encode_alloc", "encode_complete",
-    "encode_forget", "is_chunk_entry", "writing_files",
+    "encode_decommission", "encode_forget", "is_chunk_entry", "writing_files",
 ]
 
 WRITING_SUFFIX = "._COPYING_"  # the name dfs.client writes a file under until its close
 OP_ALLOC = "chunk.alloc"
 OP_COMPLETE = "chunk.complete"
 OP_FORGET = "chunk.forget"
+OP_DECOMMISSION = "chunk.decommission"
 PREFIX = b"chunk."
 
 ERR_COMPLETE = "ERR file '{}' is complete: its chunks cannot change"
@@ -59,6 +63,10 @@ def encode_complete(now_ms: int, path: str, sizes: Sequence[int]) -> bytes:
 
 def encode_forget(now_ms: int, inodes: Sequence[int]) -> bytes:
     return msgpack.packb([OP_FORGET, now_ms, list(inodes)])
+
+
+def encode_decommission(now_ms: int, node: str, on: bool) -> bytes:
+    return msgpack.packb([OP_DECOMMISSION, now_ms, node, on])
 
 
 def is_chunk_entry(data: bytes) -> bool:
@@ -95,6 +103,7 @@ class ChunkTable:
         self.files: dict[int, FileChunks] = {}
         self.chunks: dict[int, ChunkMeta] = {}
         self.next_chunk = 1
+        self.decommissioning: set[str] = set()  # chunk server ids or addresses
 
     # -- reads ------------------------------------------------------------------------------
 
@@ -126,7 +135,7 @@ class ChunkTable:
             op, now_ms, *args = msgpack.unpackb(data)
             self.namespace.clock_ms = max(self.namespace.clock_ms, int(now_ms))
             handler = {OP_ALLOC: self._alloc, OP_COMPLETE: self._complete,
-                       OP_FORGET: self._forget}[op]
+                       OP_FORGET: self._forget, OP_DECOMMISSION: self._decommission}[op]
         except (ValueError, KeyError, TypeError, msgpack.UnpackException) as exc:
             return ns.ERR_BAD_ENTRY.format(exc)
         try:
@@ -176,18 +185,27 @@ class ChunkTable:
                 dropped += 1
         return dropped
 
+    def _decommission(self, node: str, on: bool) -> int:
+        if on:
+            self.decommissioning.add(str(node))
+        else:
+            self.decommissioning.discard(str(node))
+        return len(self.decommissioning)
+
     # -- snapshots --------------------------------------------------------------------------
 
     def snapshot(self) -> bytes:
         files = [[inode, entry.complete,
                   [[c, self.chunks[c].version, self.chunks[c].size] for c in entry.chunks]]
                  for inode, entry in sorted(self.files.items())]
-        return msgpack.packb({"next_chunk": self.next_chunk, "files": files})
+        return msgpack.packb({"next_chunk": self.next_chunk, "files": files,
+                              "decommissioning": sorted(self.decommissioning)})
 
     def restore(self, blob: bytes) -> None:
         state = msgpack.unpackb(blob)
         self.next_chunk = state["next_chunk"]
         self.files, self.chunks = {}, {}
+        self.decommissioning = set(state.get("decommissioning", ()))
         for inode, complete, rows in state["files"]:
             entry = FileChunks([row[0] for row in rows], complete)
             self.files[inode] = entry

@@ -3,7 +3,7 @@
     dfs put LOCAL REMOTE      dfs get REMOTE LOCAL     dfs cat REMOTE...
     dfs ls [PATH]             dfs rm [-r] PATH         dfs mv SRC DST
     dfs mkdir [-p] PATH       dfs stat PATH            dfs du [-s] PATH
-    dfs admin report
+    dfs admin report          dfs admin decommission [--cancel] [--no-wait] NODE
 
 Every command takes `--masters HOST:PORT,...` (default: $DFS_MASTERS, else the three
 masters of `make run`). put and get show a progress bar on stderr (bytes, percent, rate;
@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from dfs.admin import human, report_lines
+from dfs.admin import drain_line, drain_state, human, report_lines
 from dfs.client import DfsClient, DfsError
 from dfs.client_io import PIECE_BYTES
 
@@ -33,6 +33,8 @@ ACTIONS = ("put", "get", "cat", "ls", "rm", "mv", "mkdir", "stat", "du", "admin"
 PROGRESS_EVERY_S = 0.2
 BAR_WIDTH = 30
 ERR_NOT_FILE = "{} is a directory"
+ERR_NO_NODE = "admin decommission needs NODE (a chunk server's id or address)"
+DRAIN_POLL_S = 0.5
 
 
 class Progress:
@@ -104,9 +106,15 @@ def add_client_parsers(sub: Any) -> None:
         ("du", "bytes under a path", [(["-s"], {"action": "store_true", "dest": "summary",
                                                 "help": "one total only"}),
                                       (["path"], {"help": "dfs path"})]),
-        ("admin", "cluster administration", [(["what"], {"choices": ["report"],
-                                                         "help": "report: servers, racks, "
-                                                                 "space, under-replicated"})]),
+        ("admin", "cluster administration", [
+            (["what"], {"choices": ["report", "decommission"],
+                        "help": "report: servers, racks, space, under-replicated; "
+                                "decommission NODE: drain a chunk server, with progress"}),
+            (["node"], {"nargs": "?", "help": "decommission: the chunk server's id or "
+                                              "address"}),
+            (["--cancel"], {"action": "store_true", "help": "decommission: unmark NODE"}),
+            (["--no-wait"], {"action": "store_true", "dest": "no_wait",
+                             "help": "decommission: mark NODE and return at once"})]),
     ]
     for name, text, arguments in specs:
         parser = sub.add_parser(name, help=text)
@@ -252,8 +260,42 @@ def cmd_du(fs: DfsClient, args: argparse.Namespace, out: Any) -> None:
 
 
 def cmd_admin(fs: DfsClient, args: argparse.Namespace, out: Any) -> None:
+    if args.what == "decommission":
+        decommission(fs, args, out)
+        return
     for line in report_lines(fs.report()):
         print(line, file=out)
+
+
+def _drain_bar(node: str, left: int, total: int, quiet: bool, end: str = "\r") -> None:
+    if quiet:
+        return
+    share = (total - left) / total if total else 1.0
+    bar = "#" * int(share * BAR_WIDTH)
+    sys.stderr.write(f"decommission {node} [{bar:<{BAR_WIDTH}}] {share:4.0%} "
+                     f"{left}/{total} chunks left{end}")
+    sys.stderr.flush()
+
+
+def decommission(fs: DfsClient, args: argparse.Namespace, out: Any) -> None:
+    """Mark the node, then (unless --no-wait) show its drain as a bar of chunks moved off
+    it until it holds none: then it may be stopped."""
+    if not args.node:
+        raise ValueError(ERR_NO_NODE)
+    fs.decommission(args.node, cancel=args.cancel)
+    if args.cancel:
+        print(f"{args.node} is no longer decommissioning", file=out)
+        return
+    row = drain_state(fs.report(), args.node)
+    total = int(row[2]) if row else 0
+    while row and row[1] and int(row[2]) > 0 and not args.no_wait:
+        total = max(total, int(row[2]))
+        _drain_bar(args.node, int(row[2]), total, args.quiet)
+        time.sleep(DRAIN_POLL_S)
+        row = drain_state(fs.report(), args.node)
+    if total and not args.no_wait:
+        _drain_bar(args.node, int(row[2]) if row else 0, total, args.quiet, "\n")
+    print(drain_line(row) if row else f"{args.node} is not marked", file=out)
 
 
 COMMANDS = {"put": cmd_put, "get": cmd_get, "cat": cmd_cat, "ls": cmd_ls, "rm": cmd_rm,

@@ -150,6 +150,11 @@ class DfsClient:
         """FS.REPORT: safe mode, servers, under-replicated chunks."""
         return _as_map(self.master.call("FS.REPORT"))
 
+    def decommission(self, node: str, cancel: bool = False) -> int:
+        """FS.DECOMMISSION: mark the chunk server `node` (id or address) decommissioning
+        (`cancel`: unmark it); the number of servers marked."""
+        return int(self.master.call("FS.DECOMMISSION", node, *(["CANCEL"] if cancel else [])))
+
 
 class AsyncDfsFile:
     """A file of `AsyncDfsClient.open`: read/write/seek/close as coroutines. Each call holds

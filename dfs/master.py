@@ -99,6 +99,7 @@ class Master:
         self.chunks.service = self.service
         self.meta.service = self.service
         self.chunks.access = self.meta.check_access
+        self.chunks.superuser = self.meta._need_superuser
         self.driver = self.service.driver
         self._purger: asyncio.Task[None] | None = None
 

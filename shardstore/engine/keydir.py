@@ -217,7 +217,10 @@ def _merge_steps(base: PackedRun, frozen: Delta) -> Iterator[PackedRun | None]:
     for start in range(0, len(keys), STEP_KEYS):
         for key in keys[start:start + STEP_KEYS]:
             i = base.bisect_left(key, pos)
-            yield from _copy(out, base, pos, i)
+            if i - pos > STEP_COPY:
+                yield from _copy(out, base, pos, i)
+            elif i > pos:
+                out.extend_from(base, pos, i)
             pos = i
             if pos < len(base) and base.key_at(pos) == key:
                 pos += 1

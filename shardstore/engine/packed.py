@@ -164,11 +164,15 @@ class RunBuilder:
         if self.koff.typecode == NARROW and len(self.keys) + b - a > NARROW_MAX:
             self.koff = array(WIDE, self.koff)
         self.keys += memoryview(run.keys)[a:b]
-        self.koff.extend(_converted(array(self.koff.typecode, map(add, run.koff[i + 1:j + 1],
-                                                                  repeat(shift))),
-                                    self.koff.typecode))
+        self.koff.extend(array(self.koff.typecode, map(add, run.koff[i + 1:j + 1],
+                                                       repeat(shift))))
+        cols = self.cols
         for c, src in enumerate(run.cols):
-            self._extend_column(c, src, i, j)
+            col = cols[c]
+            if col is not None and src is not None and col.typecode == src.typecode:
+                col.extend(src[i:j])  # the common case, inline
+            else:
+                self._extend_column(c, src, i, j)
         self.count += j - i
 
     def _extend_column(self, c: int, src: Column, i: int, j: int) -> None:

@@ -56,13 +56,18 @@ from core.service_machine import AddressBook, ServiceMachine, StateMachine, enco
 from core.users import UserDirectory
 
 __all__ = [
-    "ERR_NO_GROUP", "ERR_TRYAGAIN", "LEADER_HINT", "MAIN_GROUP", "GroupDirectory",
-    "GroupHandle", "RaftService", "Redirect", "Routing", "SingleGroup", "group_id_of",
+    "ERR_NO_GROUP", "ERR_OUTCOME_UNKNOWN", "ERR_TRYAGAIN", "LEADER_HINT", "MAIN_GROUP",
+    "GroupDirectory", "GroupHandle", "RaftService", "Redirect", "Routing", "SingleGroup",
+    "group_id_of",
 ]
 
 log = logging.getLogger("core.raft_service")
 
 ERR_TRYAGAIN = "TRYAGAIN the cluster cannot take the request now: {}"
+# A write that may or may not have been applied. Not TRYAGAIN: Redis Cluster clients resend
+# a TRYAGAIN as not run (redis-py's RedisCluster does), which would apply an INCR twice.
+ERR_OUTCOME_UNKNOWN = ("UNKNOWN the write may or may not have been applied ({}): read before "
+                       "retrying it")
 LEADER_HINT = " leader={}"
 ERR_NO_GROUP = "ERR this node hosts no group {}"
 REASON_NO_LEADER = "no leader"

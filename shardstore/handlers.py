@@ -15,10 +15,13 @@ core answers for every daemon: COMMON_NAMES) gets a handler here by its key spec
   Redis Cluster's commands are about one node: a write goes through each of them, a read
   runs over them together (machine.MergedKV).
 
-While a shard has no leader the service answers `-TRYAGAIN ...`. Keys a move has fenced
-in their shard (shardstore/fences.py) are refused with `-TRYAGAIN` too: a write when it
-is applied, a read after the barrier; once the move ends the slot map sends MOVED to the
-new owner (redis-py's RedisCluster and redis-cli -c follow it; redis-py retries TRYAGAIN).
+While a shard has no leader the service answers `-TRYAGAIN ...`; a write whose outcome is
+unknown (the leader lost under it, a timeout) is answered `-UNKNOWN ...`, which clients do
+not resend by themselves as they resend TRYAGAIN (the write may have been applied). Keys
+a move has fenced in their shard (shardstore/fences.py) are refused with `-TRYAGAIN` too: a
+write when it is applied, a read after the barrier; once the move ends the slot map sends
+MOVED to the new owner (redis-py's RedisCluster and redis-cli -c follow it; redis-py
+retries TRYAGAIN).
 The slot-editing CLUSTER subcommands (SETSLOT, ADDSLOTS, ...) are refused with a clear
 error: slots move by `shardstore admin reshard`, not by `redis-cli --cluster reshard`.
 The CLUSTER container (SLOTS SHARDS NODES INFO MYID KEYSLOT COUNTKEYSINSLOT
@@ -34,8 +37,9 @@ from collections.abc import Coroutine, Iterable
 from typing import Any, Protocol
 
 from core.command_table import ERR_CROSSSLOT, Command, CrossSlotError, KeysError, request_slot
+from core.raft.driver_types import ProposalUnknown
 from core.raft.errors import RaftError
-from core.raft_service import RaftService
+from core.raft_service import ERR_OUTCOME_UNKNOWN, RaftService
 from core.resp import OK, CommandError
 from core.resp_commands import parse_int
 from core.resp_session import Session
@@ -159,7 +163,9 @@ class ClientCommands:
     async def _write(self, shard: Shard, args: list[bytes], ranged: bool = False) -> Any:
         try:
             result = await self.node.writes.write(shard.group, args, ranged)
-        except (RaftError, TimeoutError) as exc:
+        except (ProposalUnknown, TimeoutError) as exc:  # never TRYAGAIN: clients resend it
+            raise CommandError(ERR_OUTCOME_UNKNOWN.format(exc or "timed out")) from None
+        except RaftError as exc:
             service = self.node.service
             raise service.unavailable(service.handle(shard.group), exc) from None
         reply = decode_reply(result)

@@ -15,7 +15,7 @@ Each part follows the cluster: `-MOVED slot addr` repoints the slot and goes the
 without a leader) and a refused connection are tried again, after a fresh map, with
 pauses, until DEADLINE_S; then the client gets `-CLUSTERDOWN router: ...` naming the
 node and the last failure. A write whose connection broke after it was sent is not sent
-again (it may have been applied): the client gets `-TRYAGAIN router: ... outcome unknown`.
+again (it may have been applied): the client gets `-UNKNOWN router: ... outcome unknown`.
 
 Commands without keys: DBSIZE sums every master's, FLUSHALL runs on each, SCAN walks the
 masters in turn (the router's cursor is the node's cursor times MAX_MASTERS plus the
@@ -65,8 +65,8 @@ RETRY_CODES = frozenset({"TRYAGAIN", "CLUSTERDOWN", "LOADING"})
 RESP3_MAPS = frozenset({"HGETALL"})  # flat arrays from the nodes (RESP2), maps in RESP3
 ERR_DOWN = "CLUSTERDOWN router: {} did not answer within {:g}s: {}"
 ERR_NO_MAP = "CLUSTERDOWN router: no node answered for the cluster's map: {}"
-ERR_UNKNOWN = ("TRYAGAIN router: lost {} while it ran a write; its outcome is unknown "
-               "(not sent again)")
+ERR_UNKNOWN = ("UNKNOWN router: lost {} while it ran a write; its outcome is unknown "
+               "(not sent again)")  # not TRYAGAIN, which clients resend as not run
 ERR_NO_TARGET = "no master known for {} {}"
 ERR_CURSOR = "ERR invalid cursor"
 NODE_ERRORS = (OSError, ProtocolError, TimeoutError)

@@ -17,9 +17,9 @@ Outcomes: the leader refusing (it is not the leader any more, or the entry was d
 a new leader before it committed) means nothing was appended, so the request is sent
 again to whoever leads now, until `timeout_s`; a lost connection after sending, a timeout
 or another failure on the leader is an unknown outcome (ProposalUnknown), which the
-client gets as TRYAGAIN and must not retry blindly. A follower does not wait for its own
-replica to apply the write: reads wait for the read barrier anyway, and READONLY reads
-are allowed to be behind, as on Redis replicas.
+client gets as `-UNKNOWN ...` (shardstore/handlers.py) and must not retry blindly. A
+follower does not wait for its own replica to apply the write: reads wait for the read
+barrier anyway, and READONLY reads are allowed to be behind, as on Redis replicas.
 """
 
 from __future__ import annotations

@@ -48,7 +48,7 @@ SOURCE_DEFAULT: Final = "make run's nodes"
 ERR_NO_NODE: Final = "{} names no node"
 ERR_NONE_ANSWERS: Final = (
     "no {what} answered within {within:g} s at {nodes} (from {source}); start them "
-    "(make run starts a local cluster) or name running ones with --server or {env}"
+    "(make run starts a local cluster) or name running ones with {flag} or {env}"
 )
 
 Node = tuple[str, int]
@@ -108,12 +108,13 @@ def first_answering(
     servers: Servers, what: str, env_var: str, within_s: float = PROBE_WITHIN_S, *,
     ask: Callable[[Node, float], bool] = ping,
     clock: Callable[[], float] = time.monotonic,
-    sleep: Callable[[float], None] = time.sleep,
+    sleep: Callable[[float], None] = time.sleep, flag: str = SOURCE_FLAG,
 ) -> Node:
     """The first node (in order, round after round) for which `ask(node, timeout_s)` is
     true. No attempt starts after `within_s` from the call, and none is given more than
     the time left or than its share of `within_s` (so a hung node cannot keep the others
-    from being asked); NoNodeAnswers (see ERR_NONE_ANSWERS) when no node answered by then."""
+    from being asked); NoNodeAnswers (see ERR_NONE_ANSWERS, which names `flag` as the way to
+    name other nodes) when no node answered by then."""
     deadline = clock() + within_s
     share = min(PROBE_ATTEMPT_S, within_s / len(servers.nodes))
     while True:
@@ -121,7 +122,7 @@ def first_answering(
             left = deadline - clock()
             if left <= 0:
                 raise NoNodeAnswers(ERR_NONE_ANSWERS.format(
-                    what=what, within=within_s, source=servers.source, env=env_var,
+                    what=what, within=within_s, source=servers.source, env=env_var, flag=flag,
                     nodes=",".join(f"{host}:{port}" for host, port in servers.nodes)))
             if ask(node, min(share, left)):
                 return node

@@ -18,6 +18,7 @@ may stop at any time and the moves it began still finish.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -25,9 +26,11 @@ from typing import Any, TextIO
 
 import redis
 
+from core import client_cli, daemon
 from native.crc16 import SLOT_COUNT
 from shardstore.admin_check import field_of, run_checks
 from shardstore.keysets import format_slots
+from shardstore.launch import CLIENT_PORT_BASE, KEYSPACES, LOOPBACK
 
 __all__ = ["add_admin_parser", "check", "plan_rebalance", "rebalance", "reshard", "run_admin"]
 
@@ -37,6 +40,10 @@ MOVE_TIMEOUT_S = 600.0  # one move with no progress for this long: give up waiti
 BAR_WIDTH = 30
 ERR_NOT_ENOUGH = "shard {} owns {} slots, fewer than the {} asked for"
 ERR_NODE = "--node must be HOST:PORT, got {!r}"
+NODE_FLAG = "--node"
+SERVERS_ENV = "SHARDSTORE_SERVERS"  # the nodes admin asks when --node is not given
+# make run's nodes of its default keyspace (shardstore/launch.py)
+MAKE_RUN_NODES = tuple(f"{LOOPBACK}:{CLIENT_PORT_BASE + n}" for n in KEYSPACES["default"])
 
 Out = Callable[[str], None]
 
@@ -44,7 +51,10 @@ Out = Callable[[str], None]
 def add_admin_parser(sub: Any) -> None:
     """The `admin` subcommand and its actions on the command line's subparsers."""
     admin = sub.add_parser("admin", help="reshard, rebalance or check a running cluster")
-    admin.add_argument("--node", default="127.0.0.1:7601", help="any node, HOST:PORT")
+    admin.add_argument(NODE_FLAG, default=None,
+                       help=f"any node, HOST:PORT[,HOST:PORT...]: the first that answers "
+                            f"(default: ${SERVERS_ENV}, else make run's "
+                            f"{','.join(MAKE_RUN_NODES)})")
     admin.add_argument("--password", default=None, help="the cluster's requirepass")
     actions = admin.add_subparsers(dest="admin_action", required=True)
     move = actions.add_parser("reshard", help="move N slots from one shard to another")
@@ -66,10 +76,29 @@ def connect(node: str, password: str | None) -> redis.Redis:
                        socket_timeout=30)
 
 
+def answering_node(flag: str | None, environ: dict[str, str] | None = None) -> str:
+    """The first node that answers a PING (core/client_cli.py) of those `--node` names,
+    else $SHARDSTORE_SERVERS, else make run's; NoNodeAnswers, naming them and where they
+    came from, when none does within client_cli.PROBE_WITHIN_S."""
+    env = os.environ if environ is None else environ
+    if flag is not None:
+        text, source = flag, NODE_FLAG
+    elif env.get(SERVERS_ENV, "").strip():
+        text, source = env[SERVERS_ENV], f"${SERVERS_ENV}"
+    else:
+        text, source = ",".join(MAKE_RUN_NODES), client_cli.SOURCE_DEFAULT
+    nodes = [daemon.parse_hostport(item.strip()) for item in text.split(",") if item.strip()]
+    if not nodes:
+        raise ValueError(client_cli.ERR_NO_NODE.format(source))
+    host, port = client_cli.first_answering(client_cli.Servers(nodes, source),
+                                            "shardstore node", SERVERS_ENV, flag=NODE_FLAG)
+    return f"{host}:{port}"
+
+
 def run_admin(args: argparse.Namespace) -> int:
     """Carry out the admin action `args` names; the exit status."""
     try:
-        client = connect(args.node, args.password)
+        client = connect(answering_node(args.node), args.password)
         with client:
             if args.admin_action == "reshard":
                 reshard(client, args.source, args.target, args.slots, args.batch)
@@ -78,7 +107,7 @@ def run_admin(args: argparse.Namespace) -> int:
                 rebalance(client, args.batch)
                 return 0
             return check(client, print)
-    except (ValueError, redis.RedisError) as exc:
+    except (ValueError, redis.RedisError, daemon.ConfigError, client_cli.NoNodeAnswers) as exc:
         print(f"shardstore admin: {exc}", file=sys.stderr)
         return 1
 

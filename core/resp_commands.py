@@ -225,7 +225,7 @@ def cmd_hello(server: ServerView, session: Session, args: list[bytes]) -> object
         "version": server.version,
         "proto": protocol,
         "id": session.id,
-        "mode": "standalone",
+        "mode": server.mode,
         "role": "master",
         "modules": [],
     }

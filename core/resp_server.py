@@ -78,6 +78,7 @@ class RespServer:
     ) -> None:
         self.name = name
         self.version = version
+        self.mode = "standalone"  # HELLO's mode; a Redis Cluster node says "cluster"
         self.password = password
         self.users = users  # named users for `AUTH user pass` (core.users); None: default only
         self.limits = limits or DEFAULT_LIMITS

@@ -38,6 +38,7 @@ class ServerView(Protocol):
 
     name: str
     version: str
+    mode: str  # what HELLO says: "standalone", or "cluster" for a Redis Cluster node
     password: str | None
     users: UserDirectory | None
     sessions: dict[int, Session]

@@ -443,8 +443,8 @@ def shards_reply(view: ClusterView) -> list[Any]:
 def _shard_node(view: ClusterView, sid: int, node_id: int, role: str) -> dict[bytes, Any]:
     host, port = view.host_port(node_id)
     return {b"id": view.name(node_id).encode(), b"port": port, b"ip": host.encode(),
-            b"endpoint": host.encode(), b"replication-offset": view.offsets.get(sid, 0),
-            b"role": role.encode(), b"health": b"online"}
+            b"endpoint": host.encode(), b"role": role.encode(),
+            b"replication-offset": view.offsets.get(sid, 0), b"health": b"online"}
 
 
 def nodes_reply(view: ClusterView) -> Verbatim:

@@ -157,6 +157,7 @@ class ShardNode:
                                    password=settings.password,
                                    limits=limits, info=self.info,
                                    advertise=settings.advertise, timeout_s=options.timeout_s)
+        self.service.resp.mode = "cluster"  # HELLO says so, as a Redis Cluster node does
         self._tasks: list[asyncio.Task[None]] = []
         self._cursors: dict[int, bytes] = {}
         self._balanced: dict[int, float] = {}  # shard id -> when it was last handed over

@@ -33,8 +33,8 @@ shardstore's slot map has one epoch in its configuration group (Raft): the field
 and are numbers. (5) Redis prints a counter per gossip message type only for the types
 it exchanged (the set varies between Redis nodes too); shardstore has no gossip, so only
 the two totals. (7) a log position either way. (8) read at different instants. (9) the
-servers' own names. Two differences are bugs, each a strict xfail below: CLUSTER SHARDS's
-node field order, and HELLO's `mode` (standalone, where Redis Cluster says cluster).
+servers' own names. Two differences this test found were bugs, fixed since: CLUSTER
+SHARDS's node field order, and HELLO's `mode` (standalone, where Redis Cluster says cluster).
 """
 
 from __future__ import annotations
@@ -353,10 +353,6 @@ def test_cluster_shards_has_redis_clusters_fields(
     assert as_sets[1] == as_sets[0]
 
 
-@pytest.mark.xfail(strict=True, reason="bug: CLUSTER SHARDS sends a node's fields as "
-                   "id port ip endpoint replication-offset role health; Redis sends role "
-                   "before replication-offset (RESP2 clients reading pairs do not care, the "
-                   "order is still not Redis's)")
 def test_cluster_shards_node_fields_come_in_redis_order(
         redis_cluster: list[int], shardstore_cluster: list[int]) -> None:
     theirs, ours = (shard_fields(r) for r in both(
@@ -390,8 +386,6 @@ def test_cluster_nodes_and_myid_have_redis_clusters_forms(
         assert [line.split(" ")[0] for line in mine] == [bytes(me).decode()]
 
 
-@pytest.mark.xfail(strict=True, reason="bug: HELLO on a shardstore node says mode "
-                   "standalone; a Redis Cluster node says mode cluster")
 def test_hello_says_cluster_mode(redis_cluster: list[int],
                                  shardstore_cluster: list[int]) -> None:
     theirs, ours = both(redis_cluster, shardstore_cluster, "HELLO", "3")

@@ -134,6 +134,14 @@ def test_arbitrary_one_shot_text_parses_or_is_refused_with_a_schedule_error(
     except ScheduleError:
         return
     assert isinstance(schedule, OneShot)
+    # exactly one of the two, by the macro; its one fire time follows from it
+    is_at = macro.lower() == "@at"
+    assert (schedule.at_ms is not None, schedule.delay_ms is not None) == (is_at, not is_at)
+    if is_at:
+        assert schedule.fire_ms(0) == schedule.fire_ms(T0) == schedule.at_ms
+    else:
+        assert schedule.delay_ms is not None and schedule.delay_ms >= 0
+        assert schedule.fire_ms(T0) == T0 + schedule.delay_ms
 
 
 # -- the state rules, as the leader drives them ----------------------------------------------

@@ -256,7 +256,8 @@ def test_a_flipped_byte_is_read_around_and_repaired(cluster: DfsCluster, fs: Dfs
 
 
 def test_pandas_writes_and_reads_a_csv(cluster: DfsCluster) -> None:
-    pd = pytest.importorskip("pandas")
+    import pandas as pd  # (a requirement: imported here, only this test needs it)
+
     from dfs.fsspec_fs import ENV_MASTERS  # (importing it registers dfs://)
 
     options = {"masters": ",".join(cluster.master_addresses)}

@@ -3,13 +3,19 @@
     dfs put LOCAL REMOTE      dfs get REMOTE LOCAL     dfs cat REMOTE...
     dfs ls [PATH]             dfs rm [-r] PATH         dfs mv SRC DST
     dfs mkdir [-p] PATH       dfs stat PATH            dfs du [-s] PATH
+    dfs chmod [-R] MODE PATH  dfs chown [-R] OWNER[:GROUP] PATH
+    dfs versions PATH         dfs restore PATH VERSION dfs fsck [PATH]
     dfs admin report          dfs admin decommission [--cancel] [--no-wait] NODE
 
 Every command takes `--masters HOST:PORT,...` (default: $DFS_MASTERS, else the three
-masters of `make run`). put and get show a progress bar on stderr (bytes, percent, rate;
-`--quiet` hides it). A REMOTE naming a directory (or ending in "/") gets the local file's
-name, as with cp; put makes the directories above REMOTE that are missing. Exit status: 0
-done, 1 the file system refused or failed (the reason is printed), 2 bad usage.
+masters of `make run`) and `--user NAME --password P` to log in as a dfs user (default:
+$DFS_USER, $DFS_PASSWORD; a --password without a user is the masters' --requirepass). When
+no master accepts a connection within 2 s the command says so and fails. put and get show
+a progress bar on stderr (bytes, percent, rate; fsck a count of files checked, admin
+decommission the chunks left; `--quiet` hides it). A REMOTE naming a directory (or ending
+in "/") gets the local file's name, as with cp; put makes the directories above REMOTE that
+are missing. Exit status: 0 done, 1 the file system refused or failed (the reason is
+printed) or fsck found a missing chunk, 2 bad usage.
 """
 
 from __future__ import annotations
@@ -17,19 +23,30 @@ from __future__ import annotations
 import argparse
 import os
 import posixpath
+import socket
 import sys
 import time
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from dfs import fsck
 from dfs.admin import drain_line, drain_state, human, report_lines
 from dfs.client import DfsClient, DfsError
 from dfs.client_io import PIECE_BYTES
+from dfs.client_master import DfsUnavailable, parse_masters
 
 __all__ = ["ACTIONS", "Progress", "add_client_parsers", "human", "run"]
 
 ENV_MASTERS = "DFS_MASTERS"
-ACTIONS = ("put", "get", "cat", "ls", "rm", "mv", "mkdir", "stat", "du", "admin")
+ENV_USER = "DFS_USER"
+ENV_PASSWORD = "DFS_PASSWORD"
+ACTIONS = ("put", "get", "cat", "ls", "rm", "mv", "mkdir", "stat", "du", "chmod", "chown",
+           "versions", "restore", "fsck", "admin")
+REACH_S = 2.0  # how long the masters get to accept a connection before the command fails
+ERR_UNREACHABLE = "no dfs master reachable within {:g} s at {}: {}"
+MAX_PROBE_BYTES = 4096
+ERR_PREFIX = "ERR "  # a master's generic error word, left out of what the command prints
+ERR_NOT_RESP = "not a dfs master (no RESP reply to PING)"
 PROGRESS_EVERY_S = 0.2
 BAR_WIDTH = 30
 ERR_NOT_FILE = "{} is a directory"
@@ -78,7 +95,12 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--masters", default=None,
                         help="HOST:PORT,... of the masters (default: $DFS_MASTERS, else "
                              "make run's 127.0.0.1:7881-7883)")
-    parser.add_argument("--password", default=None, help="the masters' --requirepass")
+    parser.add_argument("--user", default=os.environ.get(ENV_USER),
+                        help=f"log in as this dfs user (default: ${ENV_USER}; none: the "
+                             "masters' default user)")
+    parser.add_argument("--password", default=os.environ.get(ENV_PASSWORD),
+                        help="the user's password, or without --user the masters' "
+                             f"--requirepass (default: ${ENV_PASSWORD})")
     parser.add_argument("--chunk-size", type=int, default=None,
                         help="bytes per chunk of a file written (default 64 MiB)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -106,6 +128,22 @@ def add_client_parsers(sub: Any) -> None:
         ("du", "bytes under a path", [(["-s"], {"action": "store_true", "dest": "summary",
                                                 "help": "one total only"}),
                                       (["path"], {"help": "dfs path"})]),
+        ("chmod", "change a path's mode", [
+            (["-R"], {"action": "store_true", "dest": "recursive",
+                      "help": "and everything under the directory"}),
+            (["mode"], {"help": "octal mode, e.g. 750"}), (["path"], {"help": "dfs path"})]),
+        ("chown", "change a path's owner and group (superusers) or group", [
+            (["-R"], {"action": "store_true", "dest": "recursive",
+                      "help": "and everything under the directory"}),
+            (["owner"], {"help": "OWNER, OWNER:GROUP or :GROUP"}),
+            (["path"], {"help": "dfs path"})]),
+        ("versions", "list a file's versions: version, time, size, current",
+         [(["path"], {"help": "dfs file"})]),
+        ("restore", "make an old version of a file current again",
+         [(["path"], {"help": "dfs file"}),
+          (["version"], {"type": int, "help": "the version number (see dfs versions)"})]),
+        ("fsck", "report files with missing or under-replicated chunks (exit 1 if missing)",
+         [(["path"], {"nargs": "?", "default": "/", "help": "dfs path (default /)"})]),
         ("admin", "cluster administration", [
             (["what"], {"choices": ["report", "decommission"],
                         "help": "report: servers, racks, space, under-replicated; "
@@ -136,16 +174,56 @@ def _masters(args: argparse.Namespace) -> str:
 def run(args: argparse.Namespace, out: Any = None) -> int:
     """Run one file command (see the module header); its exit status."""
     out = out or sys.stdout
-    options: dict[str, Any] = {"password": args.password}
+    options: dict[str, Any] = {"password": args.password, "username": args.user}
     if args.chunk_size:
         options["chunk_size"] = args.chunk_size
     try:
-        with DfsClient(_masters(args), **options) as fs:
-            COMMANDS[args.action](fs, args, out)
+        masters = _masters(args)
+        reachable(masters, args.user, args.password)
+        with DfsClient(masters, **options) as fs:
+            return int(COMMANDS[args.action](fs, args, out) or 0)
     except (DfsError, OSError, ValueError) as exc:
-        print(f"dfs: {exc}", file=sys.stderr)
+        text = str(exc)
+        print(f"dfs: {text.removeprefix(ERR_PREFIX)}", file=sys.stderr)
         return 1
-    return 0
+
+
+def reachable(masters: str, user: str | None = None, password: str | None = None,
+              within_s: float = REACH_S) -> None:
+    """Return once some master answers a PING, or with a `password` accepts the AUTH (a
+    refused AUTH raises DfsError with the master's words at once); DfsUnavailable when none
+    answers within `within_s` (every master tried in turn, each its share of the time)."""
+    nodes = parse_masters(masters)
+    words = [b"PING"] if password is None else [
+        b"AUTH", *([user.encode()] if user else []), password.encode()]
+    errors = []
+    for host, port in nodes:
+        try:
+            line = _first_line(host, port, words, within_s / len(nodes))
+        except OSError as exc:
+            errors.append(f"{host}:{port}: {exc.strerror or exc}")
+            continue
+        if line.startswith(b"+"):
+            return
+        if line.startswith(b"-"):
+            raise DfsError(line[1:].decode("utf-8", "replace"))
+        errors.append(f"{host}:{port}: {ERR_NOT_RESP}")
+    raise DfsUnavailable(ERR_UNREACHABLE.format(within_s, masters, "; ".join(errors)))
+
+
+def _first_line(host: str, port: int, words: list[bytes], timeout_s: float) -> bytes:
+    """Send one RESP command, return the first line of the reply (up to MAX_PROBE_BYTES)."""
+    request = b"*%d\r\n" % len(words) + b"".join(
+        b"$%d\r\n%s\r\n" % (len(w), w) for w in words)
+    with socket.create_connection((host, port), timeout=timeout_s) as conn:
+        conn.sendall(request)
+        reply = b""
+        while b"\r\n" not in reply and len(reply) < MAX_PROBE_BYTES:
+            piece = conn.recv(MAX_PROBE_BYTES)
+            if not piece:
+                break
+            reply += piece
+    return reply.split(b"\r\n", 1)[0]
 
 
 def _target(fs: DfsClient, remote: str, name: str) -> str:
@@ -298,6 +376,56 @@ def decommission(fs: DfsClient, args: argparse.Namespace, out: Any) -> None:
     print(drain_line(row) if row else f"{args.node} is not marked", file=out)
 
 
+def _paths(fs: DfsClient, path: str, recursive: bool) -> list[str]:
+    """`path`, and with `recursive` everything under it (a walk, parents first)."""
+    found, todo = [], [path]
+    while todo:
+        current = todo.pop()
+        found.append(current)
+        if recursive and fs.stat(current)["type"] == "dir":
+            todo += [posixpath.join(current, n.rstrip("/")) for n in fs.ls(current)]
+    return found
+
+
+def cmd_chmod(fs: DfsClient, args: argparse.Namespace, out: Any) -> None:
+    for path in _paths(fs, args.path, args.recursive):
+        fs.chmod(path, args.mode)
+
+
+def cmd_chown(fs: DfsClient, args: argparse.Namespace, out: Any) -> None:
+    for path in _paths(fs, args.path, args.recursive):
+        fs.chown(path, args.owner)
+
+
+def cmd_versions(fs: DfsClient, args: argparse.Namespace, out: Any) -> None:
+    print(f"{'version':>7} {'modified':<16} {'size':>12}", file=out)
+    for version, mtime_ms, size, _inode, current in fs.versions(args.path):
+        when = time.strftime("%Y-%m-%d %H:%M", time.localtime(int(mtime_ms) / 1000))
+        print(f"{version:>7} {when:<16} {int(size):>12}{'  (current)' if current else ''}",
+              file=out)
+
+
+def cmd_restore(fs: DfsClient, args: argparse.Namespace, out: Any) -> None:
+    fs.restore(args.path, args.version)
+    print(f"{args.path}: version {args.version} restored", file=out)
+
+
+def cmd_fsck(fs: DfsClient, args: argparse.Namespace, out: Any) -> int:
+    shown = [time.monotonic()]
+
+    def progress(files: int) -> None:
+        if not args.quiet and time.monotonic() - shown[0] >= PROGRESS_EVERY_S:
+            shown[0] = time.monotonic()
+            sys.stderr.write(f"fsck {args.path}: {files} files checked\r")
+            sys.stderr.flush()
+
+    health = fsck.check(fs, args.path, progress)
+    for line in fsck.lines(health, args.path):
+        print(line, file=out)
+    return 0 if health.healthy else 1
+
+
 COMMANDS = {"put": cmd_put, "get": cmd_get, "cat": cmd_cat, "ls": cmd_ls, "rm": cmd_rm,
             "mv": cmd_mv, "mkdir": cmd_mkdir, "stat": cmd_stat, "du": cmd_du,
-            "admin": cmd_admin}
+            "chmod": cmd_chmod, "chown": cmd_chown, "versions": cmd_versions,
+            "restore": cmd_restore, "fsck": cmd_fsck, "admin": cmd_admin}

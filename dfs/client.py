@@ -150,6 +150,22 @@ class DfsClient:
         """FS.REPORT: safe mode, servers, under-replicated chunks."""
         return _as_map(self.master.call("FS.REPORT"))
 
+    def chmod(self, path: str, mode: str) -> None:
+        """FS.CHMOD: `mode` in octal ("755")."""
+        self.master.call("FS.CHMOD", path, mode)
+
+    def chown(self, path: str, owner: str) -> None:
+        """FS.CHOWN: `owner`, `owner:group` or `:group`."""
+        self.master.call("FS.CHOWN", path, owner)
+
+    def versions(self, path: str) -> list[list[Any]]:
+        """FS.VERSIONS: [version, mtime_ms, size, inode, current] per version, newest first."""
+        return _decode(self.master.call("FS.VERSIONS", path))  # type: ignore[no-any-return]
+
+    def restore(self, path: str, version: int) -> None:
+        """FS.RESTORE: make the old `version` of the file current again."""
+        self.master.call("FS.RESTORE", path, str(version))
+
     def decommission(self, node: str, cancel: bool = False) -> int:
         """FS.DECOMMISSION: mark the chunk server `node` (id or address) decommissioning
         (`cancel`: unmark it); the number of servers marked."""

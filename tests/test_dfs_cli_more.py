@@ -1,0 +1,186 @@
+"""The `dfs` command line's chmod/chown/versions/restore/fsck, its login (--user/--password
+and $DFS_USER/$DFS_PASSWORD) and its errors, against a real cluster (3 masters, 3 chunk
+servers as processes) through `python -m dfs`; fsck's report and argument parsing sans I/O
+(the latter fuzzed). Timeouts only detect hangs.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from dfs import fsck
+from dfs.__main__ import build_parser
+from tests.dfs_cluster import DfsCluster, eventually
+from tests.test_raft_driver import needs_aliases
+
+ROOT = Path(__file__).parents[1]
+HANG_S = 60
+
+
+# -- sans I/O ---------------------------------------------------------------------------------
+
+class FakeFs:
+    """Just what fsck.check calls: a directory /d with a healthy, an under-replicated, a
+    missing and an open file."""
+
+    def report(self) -> dict[str, Any]:
+        return {"replication": 3}
+
+    def stat(self, path: str) -> dict[str, Any]:
+        return {"type": "dir" if path == "/d" else "file"}
+
+    def ls(self, path: str) -> list[str]:
+        return ["ok", "under", "lost", "open"]
+
+    def locate(self, path: str) -> list[Any]:
+        servers = {"/d/ok": ["a", "b", "c"], "/d/under": ["a"], "/d/lost": []}
+        if path == "/d/open":
+            return [0, 0, []]
+        return [10, 1, [[7, 1, 10, servers[path]]]]
+
+
+def test_fsck_counts_missing_and_under_replicated_chunks() -> None:
+    seen: list[int] = []
+    health = fsck.check(FakeFs(), "/d", seen.append)
+    assert (health.files, health.open_files, health.chunks, health.directories) == (3, 1, 3, 1)
+    assert health.missing == [("/d/lost", 7)] and health.under == [("/d/under", 7, 1)]
+    assert not health.healthy and seen[-1] == 4
+    text = fsck.lines(health, "/d")
+    assert "/d/lost: chunk 7 has no live replica (MISSING)" in text
+    assert "/d/under: chunk 7 has 1 of 3 replicas (under-replicated)" in text
+    assert text[-1] == fsck.MISSING
+
+
+WORDS = st.sampled_from(["chmod", "chown", "versions", "restore", "fsck", "admin", "-R", "1",
+                         "x", "/p", "--user", "--password", "report", "decommission",
+                         "--cancel", "--no-wait", "-9", ""])
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(WORDS, max_size=6))
+def test_argument_parsing_never_raises_but_usage(argv: list[str]) -> None:
+    try:
+        build_parser().parse_args(argv)
+    except SystemExit as exc:
+        assert exc.code == 2 or exc.code == 0
+
+
+# -- real processes ---------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DfsCluster]:
+    c = DfsCluster(tmp_path_factory.mktemp("dfscli"), chunkservers=3)
+    try:
+        c.start()
+        yield c
+    finally:
+        c.stop()
+
+
+def dfs(cluster: DfsCluster, *words: str, env: dict[str, str] | None = None,
+        data: bytes | None = None) -> subprocess.CompletedProcess[str]:
+    """`python -m dfs WORDS --masters ...` with extra environment `env`."""
+    full = {k: v for k, v in os.environ.items() if not k.startswith("DFS_")}
+    return subprocess.run([sys.executable, "-m", "dfs", *words, "--quiet", "--masters",
+                           ",".join(cluster.master_addresses)],
+                          capture_output=True, text=True, timeout=HANG_S, cwd=ROOT,
+                          env={**full, **(env or {})}, input=None if data is None else
+                          data.decode())
+
+
+def clean_failure(done: subprocess.CompletedProcess[str], start: str) -> bool:
+    return (done.returncode == 1 and done.stderr.startswith(f"dfs: {start}")
+            and "Traceback" not in done.stderr)
+
+
+@needs_aliases
+def test_chown_chmod_and_logging_in(cluster: DfsCluster, tmp_path: Path) -> None:
+    with cluster.client() as fs:
+        fs.call("USER.ADD", "alice", "alice-pw")
+        fs.call("USER.ADD", "bob", "bob-pw")
+    assert dfs(cluster, "mkdir", "-p", "/c/alice/sub").returncode == 0
+    done = dfs(cluster, "chown", "-R", "alice", "/c/alice")
+    assert done.returncode == 0, done.stderr
+    with cluster.client() as fs:
+        assert fs.stat("/c/alice/sub")["owner"] == "alice"
+    local = tmp_path / "note.txt"
+    local.write_bytes(b"alice's note\n")
+    alice = ["--user", "alice", "--password", "alice-pw"]
+    eventually(lambda: dfs(cluster, "put", str(local), "/c/alice/note", *alice).returncode
+               == 0, "alice logs in on every master")
+    done = dfs(cluster, "chmod", "700", "/c/alice", *alice)
+    assert done.returncode == 0, done.stderr
+    as_bob = {"DFS_USER": "bob", "DFS_PASSWORD": "bob-pw"}
+    assert clean_failure(dfs(cluster, "cat", "/c/alice/note", env=as_bob),
+                         "permission denied")
+    done = dfs(cluster, "cat", "/c/alice/note", env={"DFS_USER": "alice",
+                                                    "DFS_PASSWORD": "alice-pw"})
+    assert done.stdout == "alice's note\n"
+    assert clean_failure(dfs(cluster, "ls", "/", "--user", "alice", "--password", "no"), "")
+    assert clean_failure(dfs(cluster, "chmod", "9z", "/c/alice"), "")
+    assert clean_failure(dfs(cluster, "chown", "bob", "/c/alice", *alice), "permission denied")
+
+
+@needs_aliases
+def test_versions_and_restore(cluster: DfsCluster, tmp_path: Path) -> None:
+    contents = [b"first\n", b"second, longer\n", b"third\n"]
+    local = tmp_path / "f"
+    for data in contents:
+        local.write_bytes(data)
+        assert dfs(cluster, "put", str(local), "/c/v/f").returncode == 0
+    listing = dfs(cluster, "versions", "/c/v/f")
+    assert listing.returncode == 0, listing.stderr
+    rows = listing.stdout.splitlines()[1:]
+    assert [r.split()[0] for r in rows] == ["3", "2", "1"]
+    assert rows[0].endswith("(current)")
+    done = dfs(cluster, "restore", "/c/v/f", "1")
+    assert done.returncode == 0 and "version 1 restored" in done.stdout
+    assert dfs(cluster, "cat", "/c/v/f").stdout == "first\n"
+    assert clean_failure(dfs(cluster, "restore", "/c/v/f", "9"), "")
+    assert dfs(cluster, "restore", "/c/v/f", "one").returncode == 2
+    assert clean_failure(dfs(cluster, "versions", "/c/nothing"), "")
+
+
+def test_unreachable_masters_fail_clearly() -> None:
+    from tests.conftest import find_free_port
+
+    port = find_free_port("127.0.0.1")
+    done = subprocess.run([sys.executable, "-m", "dfs", "ls", "/", "--masters",
+                           f"127.0.0.1:{port}"], capture_output=True, text=True,
+                          timeout=HANG_S, cwd=ROOT)
+    assert done.returncode == 1
+    assert done.stderr.startswith("dfs: no dfs master reachable within 2 s")
+    assert "Traceback" not in done.stderr
+    bad = subprocess.run([sys.executable, "-m", "dfs", "ls", "/", "--masters", "nowhere"],
+                         capture_output=True, text=True, timeout=HANG_S, cwd=ROOT)
+    assert bad.returncode == 1 and "Traceback" not in bad.stderr
+
+
+@needs_aliases
+def test_fsck_healthy_then_under_replicated_then_missing(cluster: DfsCluster,
+                                                         tmp_path: Path) -> None:
+    """Last in this module: it stops the chunk servers."""
+    local = tmp_path / "blob"
+    local.write_bytes(os.urandom(100_000))
+    assert dfs(cluster, "put", str(local), "/c/fsck/blob").returncode == 0
+    done = dfs(cluster, "fsck", "/c/fsck")
+    assert done.returncode == 0 and fsck.HEALTHY in done.stdout, done.stdout + done.stderr
+    cluster.chunkservers[0].kill()
+    under = eventually(lambda: (d := dfs(cluster, "fsck", "/c")).returncode == 0
+                       and "under-replicated chunks: 0" not in d.stdout and d,
+                       "fsck sees the under-replicated chunks")
+    assert "has 2 of 3 replicas (under-replicated)" in under.stdout
+    for server in cluster.chunkservers[1:]:
+        server.kill()
+    lost = eventually(lambda: (d := dfs(cluster, "fsck", "/")).returncode == 1 and d,
+                      "fsck sees the missing chunks")
+    assert "/c/fsck/blob: chunk" in lost.stdout and fsck.MISSING in lost.stdout

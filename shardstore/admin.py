@@ -21,7 +21,7 @@ import argparse
 import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, TextIO
 
 import redis
@@ -76,22 +76,29 @@ def connect(node: str, password: str | None) -> redis.Redis:
                        socket_timeout=30)
 
 
-def answering_node(flag: str | None, environ: dict[str, str] | None = None) -> str:
-    """The first node that answers a PING (core/client_cli.py) of those `--node` names,
-    else $SHARDSTORE_SERVERS, else make run's; NoNodeAnswers, naming them and where they
-    came from, when none does within client_cli.PROBE_WITHIN_S."""
-    env = os.environ if environ is None else environ
+def admin_servers(flag: str | None, environ: Mapping[str, str]) -> client_cli.Servers:
+    """The nodes `--node` names, else $SHARDSTORE_SERVERS, else make run's, and which of
+    the three it was. ValueError when the text names no node, ConfigError (core.daemon)
+    when an item is not HOST:PORT."""
     if flag is not None:
         text, source = flag, NODE_FLAG
-    elif env.get(SERVERS_ENV, "").strip():
-        text, source = env[SERVERS_ENV], f"${SERVERS_ENV}"
+    elif environ.get(SERVERS_ENV, "").strip():
+        text, source = environ[SERVERS_ENV], f"${SERVERS_ENV}"
     else:
         text, source = ",".join(MAKE_RUN_NODES), client_cli.SOURCE_DEFAULT
     nodes = [daemon.parse_hostport(item.strip()) for item in text.split(",") if item.strip()]
     if not nodes:
         raise ValueError(client_cli.ERR_NO_NODE.format(source))
-    host, port = client_cli.first_answering(client_cli.Servers(nodes, source),
-                                            "shardstore node", SERVERS_ENV, flag=NODE_FLAG)
+    return client_cli.Servers(nodes, source)
+
+
+def answering_node(flag: str | None, environ: Mapping[str, str] | None = None) -> str:
+    """The first node of `admin_servers` that answers a PING (core/client_cli.py);
+    NoNodeAnswers, naming them and where they came from, when none does within
+    client_cli.PROBE_WITHIN_S."""
+    servers = admin_servers(flag, os.environ if environ is None else environ)
+    host, port = client_cli.first_answering(servers, "shardstore node", SERVERS_ENV,
+                                            flag=NODE_FLAG)
     return f"{host}:{port}"
 
 

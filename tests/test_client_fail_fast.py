@@ -17,9 +17,12 @@ import threading
 from collections.abc import Iterator
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from core.client_cli import NoNodeAnswers
-from shardstore.admin import MAKE_RUN_NODES, SERVERS_ENV, answering_node
+from core.daemon import ConfigError
+from shardstore.admin import MAKE_RUN_NODES, SERVERS_ENV, admin_servers, answering_node
 from tests.conftest import find_free_port
 from tests.procs import ROOT
 
@@ -94,3 +97,19 @@ def test_without_node_or_environment_it_asks_make_runs_nodes() -> None:
 def test_a_node_list_naming_nothing_is_a_clear_error() -> None:
     with pytest.raises(ValueError, match="--node names no node"):
         answering_node(" , ", {})
+
+
+@given(st.text(max_size=60))
+def test_any_node_list_parses_to_nodes_or_is_refused_clearly(text: str) -> None:
+    try:
+        servers = admin_servers(text, {})
+    except (ValueError, ConfigError) as exc:
+        assert str(exc)  # names what is wrong
+        return
+    assert servers.source == "--node" and servers.nodes
+    assert all(0 <= port <= 65535 for _, port in servers.nodes)
+
+
+def test_a_node_without_a_port_is_refused() -> None:
+    with pytest.raises(ConfigError, match="expected HOST:PORT"):
+        admin_servers("127.0.0.1", {})

@@ -1,6 +1,7 @@
 """The `dfs` command line's chmod/chown/versions/restore/fsck, its login (--user/--password
 and $DFS_USER/$DFS_PASSWORD) and its errors, against a real cluster (3 masters, 3 chunk
-servers as processes) through `python -m dfs`; fsck's report and argument parsing sans I/O
+servers as processes) through `dfs.__main__.main` in the test's process (one run of
+`python -m dfs` for an unreachable master); fsck's report and argument parsing sans I/O
 (the latter fuzzed). Timeouts only detect hangs.
 """
 
@@ -9,7 +10,8 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +20,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dfs import fsck
-from dfs.__main__ import build_parser
+from dfs.__main__ import build_parser, main
 from tests.dfs_cluster import DfsCluster, eventually
 from tests.test_raft_driver import needs_aliases
 
@@ -65,11 +67,14 @@ WORDS = st.sampled_from(["chmod", "chown", "versions", "restore", "fsck", "admin
                          "--cancel", "--no-wait", "-9", ""])
 
 
-@settings(max_examples=300, deadline=None)
+PARSER = build_parser()
+
+
+@settings(max_examples=150, deadline=None)
 @given(st.lists(WORDS, max_size=6))
 def test_argument_parsing_never_raises_but_usage(argv: list[str]) -> None:
     try:
-        build_parser().parse_args(argv)
+        PARSER.parse_args(argv)
     except SystemExit as exc:
         assert exc.code == 2 or exc.code == 0
 
@@ -86,68 +91,88 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DfsCluster]:
         c.stop()
 
 
-def dfs(cluster: DfsCluster, *words: str, env: dict[str, str] | None = None,
-        data: bytes | None = None) -> subprocess.CompletedProcess[str]:
-    """`python -m dfs WORDS --masters ...` with extra environment `env`."""
-    full = {k: v for k, v in os.environ.items() if not k.startswith("DFS_")}
-    return subprocess.run([sys.executable, "-m", "dfs", *words, "--quiet", "--masters",
-                           ",".join(cluster.master_addresses)],
-                          capture_output=True, text=True, timeout=HANG_S, cwd=ROOT,
-                          env={**full, **(env or {})}, input=None if data is None else
-                          data.decode())
+@dataclass
+class Done:
+    """What one in-process run of the command line left: exit status and its output."""
+
+    returncode: int
+    stdout: str
+    stderr: str
 
 
-def clean_failure(done: subprocess.CompletedProcess[str], start: str) -> bool:
+@pytest.fixture
+def dfs(cluster: DfsCluster, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> Callable[..., Done]:
+    """Run `dfs WORDS --quiet --masters ...` in this process (as `python -m dfs` would,
+    without its start-up time), with extra environment `env`."""
+    def run(*words: str, env: dict[str, str] | None = None) -> Done:
+        with monkeypatch.context() as patch:
+            for name in [k for k in os.environ if k.startswith("DFS_")]:
+                patch.delenv(name)
+            for name, value in (env or {}).items():
+                patch.setenv(name, value)
+            try:
+                code = main([*words, "--quiet", "--masters",
+                             ",".join(cluster.master_addresses)])
+            except SystemExit as exc:
+                code = int(exc.code or 0)
+        out = capsys.readouterr()
+        return Done(code, out.out, out.err)
+    return run
+
+
+def clean_failure(done: Done, start: str) -> bool:
     return (done.returncode == 1 and done.stderr.startswith(f"dfs: {start}")
             and "Traceback" not in done.stderr)
 
 
 @needs_aliases
-def test_chown_chmod_and_logging_in(cluster: DfsCluster, tmp_path: Path) -> None:
+def test_chown_chmod_and_logging_in(cluster: DfsCluster, dfs: Callable[..., Done],
+                                    tmp_path: Path) -> None:
     with cluster.client() as fs:
         fs.call("USER.ADD", "alice", "alice-pw")
         fs.call("USER.ADD", "bob", "bob-pw")
-    assert dfs(cluster, "mkdir", "-p", "/c/alice/sub").returncode == 0
-    done = dfs(cluster, "chown", "-R", "alice", "/c/alice")
+    assert dfs("mkdir", "-p", "/c/alice/sub").returncode == 0
+    done = dfs("chown", "-R", "alice", "/c/alice")
     assert done.returncode == 0, done.stderr
     with cluster.client() as fs:
         assert fs.stat("/c/alice/sub")["owner"] == "alice"
     local = tmp_path / "note.txt"
     local.write_bytes(b"alice's note\n")
     alice = ["--user", "alice", "--password", "alice-pw"]
-    eventually(lambda: dfs(cluster, "put", str(local), "/c/alice/note", *alice).returncode
+    eventually(lambda: dfs("put", str(local), "/c/alice/note", *alice).returncode
                == 0, "alice logs in on every master")
-    done = dfs(cluster, "chmod", "700", "/c/alice", *alice)
+    done = dfs("chmod", "700", "/c/alice", *alice)
     assert done.returncode == 0, done.stderr
     as_bob = {"DFS_USER": "bob", "DFS_PASSWORD": "bob-pw"}
-    assert clean_failure(dfs(cluster, "cat", "/c/alice/note", env=as_bob),
+    assert clean_failure(dfs("cat", "/c/alice/note", env=as_bob),
                          "permission denied")
-    done = dfs(cluster, "cat", "/c/alice/note", env={"DFS_USER": "alice",
+    done = dfs("cat", "/c/alice/note", env={"DFS_USER": "alice",
                                                     "DFS_PASSWORD": "alice-pw"})
     assert done.stdout == "alice's note\n"
-    assert clean_failure(dfs(cluster, "ls", "/", "--user", "alice", "--password", "no"), "")
-    assert clean_failure(dfs(cluster, "chmod", "9z", "/c/alice"), "")
-    assert clean_failure(dfs(cluster, "chown", "bob", "/c/alice", *alice), "permission denied")
+    assert clean_failure(dfs("ls", "/", "--user", "alice", "--password", "no"), "")
+    assert clean_failure(dfs("chmod", "9z", "/c/alice"), "")
+    assert clean_failure(dfs("chown", "bob", "/c/alice", *alice), "permission denied")
 
 
 @needs_aliases
-def test_versions_and_restore(cluster: DfsCluster, tmp_path: Path) -> None:
+def test_versions_and_restore(dfs: Callable[..., Done], tmp_path: Path) -> None:
     contents = [b"first\n", b"second, longer\n", b"third\n"]
     local = tmp_path / "f"
     for data in contents:
         local.write_bytes(data)
-        assert dfs(cluster, "put", str(local), "/c/v/f").returncode == 0
-    listing = dfs(cluster, "versions", "/c/v/f")
+        assert dfs("put", str(local), "/c/v/f").returncode == 0
+    listing = dfs("versions", "/c/v/f")
     assert listing.returncode == 0, listing.stderr
     rows = listing.stdout.splitlines()[1:]
     assert [r.split()[0] for r in rows] == ["3", "2", "1"]
     assert rows[0].endswith("(current)")
-    done = dfs(cluster, "restore", "/c/v/f", "1")
+    done = dfs("restore", "/c/v/f", "1")
     assert done.returncode == 0 and "version 1 restored" in done.stdout
-    assert dfs(cluster, "cat", "/c/v/f").stdout == "first\n"
-    assert clean_failure(dfs(cluster, "restore", "/c/v/f", "9"), "")
-    assert dfs(cluster, "restore", "/c/v/f", "one").returncode == 2
-    assert clean_failure(dfs(cluster, "versions", "/c/nothing"), "")
+    assert dfs("cat", "/c/v/f").stdout == "first\n"
+    assert clean_failure(dfs("restore", "/c/v/f", "9"), "")
+    assert dfs("restore", "/c/v/f", "one").returncode == 2
+    assert clean_failure(dfs("versions", "/c/nothing"), "")
 
 
 def test_unreachable_masters_fail_clearly() -> None:
@@ -166,21 +191,21 @@ def test_unreachable_masters_fail_clearly() -> None:
 
 
 @needs_aliases
-def test_fsck_healthy_then_under_replicated_then_missing(cluster: DfsCluster,
-                                                         tmp_path: Path) -> None:
+def test_fsck_healthy_then_under_replicated_then_missing(
+        cluster: DfsCluster, dfs: Callable[..., Done], tmp_path: Path) -> None:
     """Last in this module: it stops the chunk servers."""
     local = tmp_path / "blob"
     local.write_bytes(os.urandom(100_000))
-    assert dfs(cluster, "put", str(local), "/c/fsck/blob").returncode == 0
-    done = dfs(cluster, "fsck", "/c/fsck")
+    assert dfs("put", str(local), "/c/fsck/blob").returncode == 0
+    done = dfs("fsck", "/c/fsck")
     assert done.returncode == 0 and fsck.HEALTHY in done.stdout, done.stdout + done.stderr
     cluster.chunkservers[0].kill()
-    under = eventually(lambda: (d := dfs(cluster, "fsck", "/c")).returncode == 0
+    under = eventually(lambda: (d := dfs("fsck", "/c")).returncode == 0
                        and "under-replicated chunks: 0" not in d.stdout and d,
                        "fsck sees the under-replicated chunks")
     assert "has 2 of 3 replicas (under-replicated)" in under.stdout
     for server in cluster.chunkservers[1:]:
         server.kill()
-    lost = eventually(lambda: (d := dfs(cluster, "fsck", "/")).returncode == 1 and d,
+    lost = eventually(lambda: (d := dfs("fsck", "/")).returncode == 1 and d,
                       "fsck sees the missing chunks")
     assert "/c/fsck/blob: chunk" in lost.stdout and fsck.MISSING in lost.stdout

@@ -121,3 +121,17 @@ def test_the_readme_states_the_embedded_fence() -> None:
             "handlers, and commands they started with `run_command` die with them.") in readme
     assert ("the thread of a plain-function handler of an embedded worker (below), which "
             "runs on when fenced") in readme
+
+
+def test_the_readme_states_the_exactly_once_guarantee() -> None:
+    """The paragraph tests/test_scheduler_fencing.py (shell worker) and this file (embedded
+    worker) show, in its words."""
+    readme = " ".join((Path(__file__).parent.parent / "README.md").read_text().split())
+    for sentence in (
+        "every run is fired exactly once, and executed once unless its worker is lost; then "
+        "the earlier attempt is killed before, or fenced from, the retry.",
+        "A shell run's process group dies with its worker, even a SIGKILLed one",
+        "A result that arrives for an attempt already declared lost is noted as late in the "
+        "run's message and changes nothing else: it never overrides the retry.",
+    ):
+        assert sentence in readme, sentence

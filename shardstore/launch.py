@@ -3,7 +3,8 @@ keyspaces: `default` on nodes 1-3 (three shards of three replicas) and `users` o
 (three shards of one replica), each keyspace its own Redis Cluster. Node N serves clients
 on 7600 + N and Raft on 7700 + N, with its data under var/shardstore-ks-N (not the
 one-keyspace layout's var/shardstore-N: a configuration group is made once, by its
-founders). The router and range tables are the tables' part (issue 12)."""
+founders). The router on 7690 is one address for clients that are not cluster-aware, in
+front of the `default` keyspace's nodes."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ CLIENT_PORT_BASE = 7600  # node N serves clients on 7600 + N
 PEER_PORT_BASE = 7700  # and Raft on 7700 + N
 SHARDS = 3  # per keyspace
 REPLICAS = 3  # at most the keyspace's nodes
+ROUTER_PORT = 7690
 
 TRY = [
     "  redis-cli -c -p 7601 SET user:1 alice        # any node: the write goes to the leader",
@@ -30,6 +32,8 @@ TRY = [
     "  .venv/bin/python -m shardstore admin --node 127.0.0.1:7601 reshard --from 1 --to 2 "
     "--slots 100",
     "  .venv/bin/python -m shardstore admin --node 127.0.0.1:7601 check",
+    "  redis-cli -p 7690 MSET a 1 b 2 c 3            # the router: no -c, split by shard",
+    "  redis-cli -p 7690 MGET a b c",
     '  .venv/bin/python -c "from redis.cluster import RedisCluster; \\',
     "c = RedisCluster(host='127.0.0.1', port=7601); c.set('k', 'v'); print(c.get('k'))\"",
 ]
@@ -52,6 +56,14 @@ def _node(var: Path, node_id: int) -> Process:
     return Process(f"shardstore-{node_id}", argv, LOOPBACK, port, note)
 
 
+def _router() -> Process:
+    nodes = ",".join(f"{LOOPBACK}:{CLIENT_PORT_BASE + i}" for i in KEYSPACES["default"])
+    argv = [sys.executable, "-m", "shardstore", "router", "--listen",
+            f"{LOOPBACK}:{ROUTER_PORT}", "--nodes", nodes]
+    return Process("shardstore-router", argv, LOOPBACK, ROUTER_PORT,
+                   "(in front of keyspace default, for clients that are not cluster-aware)")
+
+
 def local_cluster(var: Path) -> LocalCluster:
-    """The four shardstore nodes (see the module header)."""
-    return LocalCluster([_node(var, node_id) for node_id in NODE_IDS], TRY)
+    """The four shardstore nodes and the router (see the module header)."""
+    return LocalCluster([*(_node(var, node_id) for node_id in NODE_IDS), _router()], TRY)

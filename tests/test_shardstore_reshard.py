@@ -465,7 +465,10 @@ def test_the_readme_says_what_these_tests_show() -> None:
 
 
 def test_make_run_declares_the_two_keyspaces(tmp_path: Path) -> None:
-    processes = local_cluster(tmp_path).processes
+    *processes, router = local_cluster(tmp_path).processes
     assert [p.port for p in processes] == [7601, 7602, 7603, 7604]
     assert all(["--keyspace", "default=1,2,3", "--keyspace", "users=4"] ==
                p.argv[p.argv.index("--keyspace"):] for p in processes)
+    assert router.port == 7690 and "router" in router.argv
+    assert router.argv[router.argv.index("--nodes") + 1] == \
+        "127.0.0.1:7601,127.0.0.1:7602,127.0.0.1:7603"

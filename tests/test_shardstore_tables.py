@@ -66,6 +66,12 @@ async def _check_tables(cluster: LoopCluster) -> None:
     with pytest.raises(redis.ResponseError, match="keys beginning 'early:' exist"):
         await early.execute_command("TABLE.CREATE", "early", "RANGE", "DATE")
     await _everywhere(cluster, "orders")
+    await _everywhere(cluster, "users")
+    users = _slot_shard(cluster, b"users:1")  # a HASH table's rows stay on their slots
+    assert await _client_of(cluster, users).set("users:1", "ada")
+    elsewhere = _client_of(cluster, next(s for s in (1, 2, 3) if s != users))
+    with pytest.raises(redis.exceptions.MovedError):
+        await elsewhere.get("users:1")
     assert await cluster.client(2).execute_command("TABLE.LIST") == [
         [b"orders", b"default", b"RANGE DATE"], [b"users", b"default", b"HASH"]]
     shard1, shard2, shard3 = (_client_of(cluster, s) for s in (1, 2, 3))
@@ -167,3 +173,26 @@ def test_range_tables_are_served_by_their_shards_only(tmp_path: Path) -> None:
             await cluster.stop()
 
     asyncio.run(main())
+
+
+README_SENTENCES = [  # each checked by a test of this file or test_shardstore_catalog.py
+    "`TABLE.CREATE users HASH` keeps its rows on slots like any other key; `TABLE.CREATE "
+    "orders RANGE DATE SPLITS 2026-11 2026-12 SHARDS 1 2 3` splits the rows "
+    "`orders:<date>...` by the date after the prefix into ranges, each held by one shard",
+    "A node never answers `-MOVED` for a row of a range table: it serves the rows of the "
+    "ranges its shards hold and refuses the others with an error that names the router "
+    "(`use the router or shardstore.client`).",
+    "`TABLE.RANGE orders 2026-12 2027-01` reads December's rows in key order from the shard "
+    "that holds them only, and `TABLE.INFO orders` shows the ranges, their shards and how "
+    "many shards the last range read touched.",
+    "`TABLE.SPLIT orders 2027-01 SHARD 1` opens a new month on shard 1; a split that gives "
+    "rows to another shard moves them as a slot moves, fenced and copied through the "
+    "shards' logs.",
+]
+
+
+def test_the_readme_says_what_these_tests_show() -> None:
+    readme = Path(__file__).resolve().parent.parent / "README.md"
+    text = " ".join(readme.read_text().split())
+    for sentence in README_SENTENCES:
+        assert sentence in text, sentence

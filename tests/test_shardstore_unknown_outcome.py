@@ -92,3 +92,13 @@ def test_an_unknown_outcome_is_not_a_tryagain_that_clients_retry(tmp_path: Path)
     assert isinstance(reply, redis.ResponseError), (reply, stored)
     assert str(reply).startswith("UNKNOWN the write may or may not have been applied"), reply
     assert stored == b"1", (reply, stored)
+
+
+README_SENTENCE = ("A write whose outcome is unknown on a node (its shard's leader lost under "
+                   "it) is answered `-UNKNOWN ...` too, never `-TRYAGAIN`, which Redis Cluster "
+                   "clients resend by themselves.")
+
+
+def test_the_readme_says_what_this_test_shows() -> None:
+    readme = Path(__file__).resolve().parent.parent / "README.md"
+    assert README_SENTENCE in " ".join(readme.read_text().split())

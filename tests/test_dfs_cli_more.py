@@ -209,3 +209,27 @@ def test_fsck_healthy_then_under_replicated_then_missing(
     lost = eventually(lambda: (d := dfs("fsck", "/")).returncode == 1 and d,
                       "fsck sees the missing chunks")
     assert "/c/fsck/blob: chunk" in lost.stdout and fsck.MISSING in lost.stdout
+
+
+# -- the README's promises ----------------------------------------------------------------------
+
+PROMISES = {  # README.md's sentence -> the tests that check it
+    "`dfs fsck PATH` lists every chunk with no live replica (MISSING) or fewer than the target "
+    "(under-replicated), and exits 1 when a chunk is missing.":
+        (test_fsck_counts_missing_and_under_replicated_chunks,
+         test_fsck_healthy_then_under_replicated_then_missing),
+    "`--user NAME --password P` (or `DFS_USER` and `DFS_PASSWORD`) logs the command line in as "
+    "a dfs user; when no master answers within 2 s, a command says so and fails.":
+        (test_chown_chmod_and_logging_in, test_unreachable_masters_fail_clearly),
+    "logs in as a named user; so does the `dfs` command line with `--user alice --password "
+    "...`.": (test_chown_chmod_and_logging_in,),
+    "`dfs put/get/cat/ls/rm/mv/mkdir/stat/du/chmod/chown/versions/restore/fsck`":
+        (test_chown_chmod_and_logging_in, test_versions_and_restore,
+         test_fsck_healthy_then_under_replicated_then_missing),
+}
+
+
+def test_the_readme_says_what_these_tests_check() -> None:
+    text = " ".join((ROOT / "README.md").read_text().split())
+    for sentence, tests in PROMISES.items():
+        assert sentence in text, (sentence, [t.__name__ for t in tests])

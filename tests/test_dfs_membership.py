@@ -209,3 +209,26 @@ def test_add_then_decommission_under_load(cluster: DfsCluster) -> None:
             assert fs.read_bytes(path) == base[path]
         for path, data in {**load.written, **load2.written}.items():
             assert fs.read_bytes(path) == data
+
+
+# -- the README's promises ----------------------------------------------------------------------
+
+PROMISES = {  # README.md's sentence -> the tests that check it
+    "A chunk server that joins gets chunks: when nothing is under-replicated, the leader's "
+    "balancer copies a few chunks at a time from the fullest server to the emptiest, then "
+    "drops the extra replica from the fullest, so a chunk never has fewer replicas than the "
+    "target.": (test_a_new_server_gets_chunks_and_replication_stays_at_3,
+                test_add_then_decommission_under_load),
+    "`dfs admin decommission NODE` (NODE is a chunk server's id or address) marks the "
+    "server in the Raft log: no new chunk goes to it, everything on it is copied elsewhere "
+    "(fewest replicas first) and its replicas are dropped once copied; the command shows the "
+    "chunks left as a progress bar and ends with `NODE is drained: it may be stopped`":
+        (test_a_decommissioned_server_drains_and_its_replicas_go,
+         test_add_then_decommission_under_load),
+}
+
+
+def test_the_readme_says_what_these_tests_check() -> None:
+    text = " ".join((Path(__file__).resolve().parents[1] / "README.md").read_text().split())
+    for sentence, tests in PROMISES.items():
+        assert sentence in text, (sentence, [t.__name__ for t in tests])

@@ -50,6 +50,8 @@ ERR_INTEGER = "ERR value is not an integer or out of range"
 ERR_CANCEL_WORD = "ERR syntax error: FS.DECOMMISSION node [CANCEL]"
 ERR_NODE = "ERR a chunk server's id or address: 1 to {} characters"
 MAX_NODE_CHARS = 256
+ERR_LOCATE_SYNTAX = "ERR syntax error: FS.LOCATE path [VERSION n]"
+ERR_NO_VERSION = "ERR no version {} of this file (see FS.VERSIONS)"
 
 PathArg = Callable[[bytes], str]
 
@@ -169,9 +171,10 @@ class ChunkCommands:
             Command("FS.COMPLETE", self.cmd_complete, -2, WRITE,
                     summary="FS.COMPLETE path [size ...]: close the file, every chunk's "
                             "size in order; the file's size"),
-            Command("FS.LOCATE", self.cmd_locate, 2, READ,
-                    summary="FS.LOCATE path: [size, complete, [[chunk, version, size, "
-                            "[servers]], ...]]"),
+            Command("FS.LOCATE", self.cmd_locate, -2, READ, max_arity=4,
+                    summary="FS.LOCATE path [VERSION n]: [size, complete, [[chunk, "
+                            "version, size, [servers]], ...]] of the file or of its version "
+                            "n (FS.VERSIONS' numbers)"),
             Command("FS.HEARTBEAT", self.cmd_heartbeat, 2, WRITE,
                     summary="FS.HEARTBEAT report: a chunk server's msgpack report; the "
                             "msgpack reply (chunks to delete and to copy)"),
@@ -234,6 +237,10 @@ class ChunkCommands:
             node, entry = self.table.file_of(path)
         except PathError as exc:
             raise CommandError(str(exc)) from None
+        inode = node.inode
+        if len(args) > 2:
+            inode = self._version_inode(node, args[2:])
+            entry = self.table.files.get(inode) or ct.FileChunks()
         rows = []
         for chunk in entry.chunks:
             meta = self.table.chunks[chunk]
@@ -241,7 +248,17 @@ class ChunkCommands:
             if not where and self.placement.safe:
                 raise CommandError(self.placement.safe_mode_text())
             rows.append([chunk, meta.version, meta.size, where])
-        return [self.table.file_size(node.inode), int(entry.complete), rows]
+        return [self.table.file_size(inode), int(entry.complete), rows]
+
+    def _version_inode(self, node: Any, words: list[bytes]) -> int:
+        """The inode of the file's version named by `VERSION n` (the current one too)."""
+        if len(words) != 2 or words[0].upper() != b"VERSION":
+            raise CommandError(ERR_LOCATE_SYNTAX)
+        number = int_arg(words[1])
+        found = [v.inode for v in [node, *node.versions] if v.version == number]
+        if not found:
+            raise CommandError(ERR_NO_VERSION.format(number))
+        return int(found[0])
 
     async def cmd_heartbeat(self, session: Any, args: list[bytes]) -> Any:
         self._leader_only()

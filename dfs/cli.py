@@ -113,7 +113,11 @@ def add_client_parsers(sub: Any) -> None:
          [(["local"], {"help": "local file, or -"}), (["remote"], {"help": "dfs path"})]),
         ("get", "copy a dfs file to a local file",
          [(["remote"], {"help": "dfs path"}), (["local"], {"help": "local path"})]),
-        ("cat", "print dfs files to stdout", [(["remote"], {"nargs": "+", "help": "dfs paths"})]),
+        ("cat", "print dfs files to stdout", [
+            (["remote"], {"nargs": "+", "help": "dfs paths"}),
+            (["--version"], {"type": int, "default": None,
+                             "help": "print this old version (see dfs versions) without "
+                                     "restoring it"})]),
         ("ls", "list a directory: type, size, time, path",
          [(["path"], {"nargs": "?", "default": "/", "help": "dfs path (default /)"})]),
         ("rm", "delete to the trash", [(["-r"], {"action": "store_true", "dest": "recursive",
@@ -276,7 +280,7 @@ def cmd_get(fs: DfsClient, args: argparse.Namespace, out: Any) -> None:
 def cmd_cat(fs: DfsClient, args: argparse.Namespace, out: Any) -> None:
     sink = getattr(out, "buffer", out)
     for remote in args.remote:
-        with fs.open(remote, "rb") as src:
+        with fs.open(remote, "rb", version=args.version) as src:
             while piece := src.read(PIECE_BYTES):
                 sink.write(piece)
     sink.flush()

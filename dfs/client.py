@@ -35,6 +35,7 @@ BUFFER_BYTES = 1024 * 1024
 DATA_TIMEOUT_S = 60.0
 ERR_MODE = "mode must be 'rb' or 'wb', not {!r}"
 ERR_CHUNK_SIZE = "chunk_size must be >= 1"
+ERR_VERSION_MODE = "a version can only be read (mode 'rb')"
 
 
 def _text(value: Any) -> str:
@@ -89,11 +90,14 @@ class DfsClient:
 
     # -- files ------------------------------------------------------------------------------
 
-    def open(self, path: str, mode: str = "rb") -> BinaryIO:
-        """A binary file: "rb" reads a complete file, "wb" writes a new one (replacing the
-        file at `path`, if any, when it is closed)."""
+    def open(self, path: str, mode: str = "rb", version: int | None = None) -> BinaryIO:
+        """A binary file: "rb" reads a complete file (or its old `version`, a number of
+        FS.VERSIONS, without restoring it), "wb" writes a new one (replacing the file at
+        `path`, if any, when it is closed)."""
+        if version is not None and mode != "rb":
+            raise ValueError(ERR_VERSION_MODE)
         if mode == "rb":
-            raw = ChunkReader(self.master, path, self.data_timeout_s)
+            raw = ChunkReader(self.master, path, self.data_timeout_s, version)
             return io.BufferedReader(raw, BUFFER_BYTES)  # type: ignore[return-value]
         if mode == "wb":
             writer = ChunkWriter(self.master, path, self.chunk_size, self.data_timeout_s)
@@ -216,8 +220,9 @@ class AsyncDfsClient:
         async with self._lock:
             return await asyncio.to_thread(getattr(self.sync, method), *args)
 
-    async def open(self, path: str, mode: str = "rb") -> AsyncDfsFile:
-        return AsyncDfsFile(await self._run("open", path, mode), self._lock)
+    async def open(self, path: str, mode: str = "rb",
+                   version: int | None = None) -> AsyncDfsFile:
+        return AsyncDfsFile(await self._run("open", path, mode, version), self._lock)
 
     async def read_bytes(self, path: str) -> bytes:
         return await self._run("read_bytes", path)  # type: ignore[no-any-return]

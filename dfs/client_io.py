@@ -184,17 +184,20 @@ class ChunkWriter(io.RawIOBase):
 class ChunkReader(io.RawIOBase):
     """Reads the file at `path` (see the module header); seekable."""
 
-    def __init__(self, master: MasterLink, path: str, timeout_s: float) -> None:
+    def __init__(self, master: MasterLink, path: str, timeout_s: float,
+                 version: int | None = None) -> None:
         super().__init__()
         self.master = master
         self.path = path
+        self.version = version  # an old version's number (FS.VERSIONS), None: the current
         self.timeout_s = timeout_s
         self.position = 0
         self._links: dict[str, SyncLink] = {}
         self._locate()
 
     def _locate(self) -> None:
-        size, complete, rows = self.master.call("FS.LOCATE", self.path)
+        which = [] if self.version is None else ["VERSION", str(self.version)]
+        size, complete, rows = self.master.call("FS.LOCATE", self.path, *which)
         if not complete:
             raise DfsError(ERR_INCOMPLETE.format(self.path))
         self.size = int(size)

@@ -19,8 +19,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from core.resp import CommandError
+from dfs import chunks as ct
 from dfs import fsck
 from dfs.__main__ import build_parser, main
+from dfs.chunk_commands import ChunkCommands
+from dfs.namespace import Namespace
 from tests.dfs_cluster import DfsCluster, eventually
 from tests.test_raft_driver import needs_aliases
 
@@ -77,6 +81,27 @@ def test_argument_parsing_never_raises_but_usage(argv: list[str]) -> None:
         PARSER.parse_args(argv)
     except SystemExit as exc:
         assert exc.code == 2 or exc.code == 0
+
+
+class Versioned:
+    """What FS.LOCATE's VERSION reader looks at: a file node and its old versions."""
+
+    def __init__(self, version: int, inode: int, versions: list[Any] | None = None) -> None:
+        self.version, self.inode, self.versions = version, inode, versions or []
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.binary(max_size=6) | st.sampled_from([b"VERSION", b"version", b"2", b"9"]),
+                max_size=3))
+def test_locate_version_words_are_checked(words: list[bytes]) -> None:
+    node = Versioned(3, 30, [Versioned(2, 20), Versioned(1, 10)])
+    commands = ChunkCommands(None, ct.ChunkTable(Namespace()), lambda raw: raw.decode(),
+                             None)
+    try:
+        inode = commands._version_inode(node, words)
+    except CommandError:
+        return
+    assert inode == int(words[1]) * 10
 
 
 # -- real processes ---------------------------------------------------------------------------
@@ -156,7 +181,8 @@ def test_chown_chmod_and_logging_in(cluster: DfsCluster, dfs: Callable[..., Done
 
 
 @needs_aliases
-def test_versions_and_restore(dfs: Callable[..., Done], tmp_path: Path) -> None:
+def test_versions_read_and_restore(cluster: DfsCluster, dfs: Callable[..., Done],
+                                   tmp_path: Path) -> None:
     contents = [b"first\n", b"second, longer\n", b"third\n"]
     local = tmp_path / "f"
     for data in contents:
@@ -167,6 +193,13 @@ def test_versions_and_restore(dfs: Callable[..., Done], tmp_path: Path) -> None:
     rows = listing.stdout.splitlines()[1:]
     assert [r.split()[0] for r in rows] == ["3", "2", "1"]
     assert rows[0].endswith("(current)")
+    assert dfs("cat", "--version", "2", "/c/v/f").stdout == "second, longer\n"
+    with cluster.client() as fs:
+        with fs.open("/c/v/f", version=1) as old:
+            assert old.read() == b"first\n"
+        assert fs.read_bytes("/c/v/f") == b"third\n"  # reading a version restores nothing
+        assert fs.locate("/c/v/f")[0] == len(b"third\n")
+    assert clean_failure(dfs("cat", "--version", "7", "/c/v/f"), "no version 7 of this file")
     done = dfs("restore", "/c/v/f", "1")
     assert done.returncode == 0 and "version 1 restored" in done.stdout
     assert dfs("cat", "/c/v/f").stdout == "first\n"
@@ -224,7 +257,7 @@ PROMISES = {  # README.md's sentence -> the tests that check it
     "logs in as a named user; so does the `dfs` command line with `--user alice --password "
     "...`.": (test_chown_chmod_and_logging_in,),
     "`dfs put/get/cat/ls/rm/mv/mkdir/stat/du/chmod/chown/versions/restore/fsck`":
-        (test_chown_chmod_and_logging_in, test_versions_and_restore,
+        (test_chown_chmod_and_logging_in, test_versions_read_and_restore,
          test_fsck_healthy_then_under_replicated_then_missing),
 }
 

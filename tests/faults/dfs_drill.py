@@ -14,22 +14,26 @@ tests/faults/dfs_checks.py.
    first chunk server of its chunk (the primary) is SIGSTOPped past the master's dead time
    (past the 60 s lease too in a long round) and SIGCONTed. Checked: no read returns stale
    bytes or bytes never written.
-3. Membership under load: writers and readers run while a fifth chunk server joins.
-   Checked: no read or write fails. `dfs admin decommission` does not exist yet (the
-   report's notes say so and tests/test_drill_dfs.py holds a strict xfail for it).
+3. Membership under load: writers and readers run while a fifth chunk server joins, then
+   while `dfs admin decommission` drains one of the first four (it returns once the
+   server holds no chunk), which is then stopped for good. Checked: no read or write fails.
 4. Loss of any one server: each chunk server, then the master leader, is SIGKILLed in
    turn; every file whose close was acknowledged in phases 1-3 is read back and hashed;
    the server is restarted and the cluster waits to be whole again.
+5. Partition (tests/faults/dfs_partition.py, on its own cluster in the fault harness's
+   namespaces; left out with a note where they are unavailable): the storm again while
+   the master leader is isolated by the network instead of killed, checked the same way.
 
-A round of `duration_s` repeats phase 1 (the storm's length) for about half the time; the
+A round of `duration_s` gives phase 1's storm about half of it and phase 5's a quarter; the
 short round in tests/test_drill_dfs.py uses the minimum. Timeouts only detect hangs.
 """
 
 from __future__ import annotations
 
-import hashlib
 import random
 import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -38,28 +42,28 @@ from pathlib import Path
 from dfs.client import DfsClient
 from tests.dfs_cluster import DfsCluster, eventually
 from tests.faults import dfs_checks as checks
+from tests.faults import netns
 from tests.faults.checkers import CheckResult
+from tests.faults.dfs_partition import partition_round
+from tests.faults.dfs_storm import digest, storm_ops, storm_writer
 from tests.faults.drill import FAULT_F, HEAL_F, NEMESIS_PROCESS, DrillReport, finish
 from tests.faults.history import Recorder
-from tests.procs import Daemon
+from tests.procs import ROOT, Daemon
 
 CHUNK = 64 * 1024
 WRITERS = 3
-MIN_STORM_S = 6.0
+MIN_STORM_S = 5.0
 KILL_EVERY_S = 3.0
 DOWN_S = 1.0  # how long a killed master stays down
 STOP_PAST_DEAD_S = 3.0  # the chunk server's pause beyond the master's dead time (2 s)
 LEASE_S = 60.0  # dfs/chunk_placement.py's DEFAULT_LEASE_MS: a long round pauses past it
 LONG_ROUND_S = 120.0  # rounds at least this long pause the primary past the lease
-LOAD_S = 4.0  # load before and after the new server joins
+LOAD_S = 3.0  # load before and after the new server joins
+READ_HANG_S = 60.0  # a read after a loss that has not succeeded by then is a failure
+SETTLE_S = 2.0  # reads and writes go on this long after the SIGCONT
 DEADLINE_S = 10.0  # a client call's failover budget
-MISSING_DECOMMISSION = ("`dfs admin decommission` is missing (dfs/cli.py offers only "
-                        "`admin report`): the drain under load was not drilled")
-
-
-def digest(data: bytes) -> str:
-    """The sha256 of `data`, hex: the name a file's bytes go by in the history."""
-    return hashlib.sha256(data).hexdigest()
+MEMBERSHIP = "membership-no-failure"  # the name of phase 3's check
+HANG_S = 120.0  # a decommission still draining after this is a hang
 
 
 class Round:
@@ -101,56 +105,13 @@ def _leader_id(fs: DfsClient) -> int | None:
 
 # -- phase 1: the namespace storm ------------------------------------------------------------
 
-def _storm_writer(r: Round, n: int, stop: threading.Event) -> None:
-    rng = random.Random(r.seed * 100 + n)
-    live: list[str] = []  # this writer's files whose every operation was acknowledged
-    with r.client() as fs:
-        for i in range(1 << 30):
-            if stop.is_set():
-                return
-            if live and rng.random() < 0.4:
-                _rename(r, fs, n, live, f"/ns/r{n}-{i}", rng)
-            else:
-                _create(r, fs, n, live, f"/ns/c{n}-{i}", rng.randbytes(rng.randrange(1, 2048)))
-
-
-def _create(r: Round, fs: DfsClient, n: int, live: list[str], path: str, data: bytes) -> None:
-    op = r.recorder.invoke(f"w{n}", checks.CREATE_F, path, digest(data))
-    try:
-        fs.write_bytes(path, data)
-    except Exception as error:  # noqa: BLE001 - any failure leaves the outcome unknown
-        op.info(repr(error))
-        return
-    op.ok()
-    live.append(path)
-    with r.lock:
-        r.acked[path] = digest(data)
-
-
-def _rename(r: Round, fs: DfsClient, n: int, live: list[str], dst: str,
-            rng: random.Random) -> None:
-    src = live.pop(rng.randrange(len(live)))
-    with r.lock:
-        data = r.acked.pop(src)
-    op = r.recorder.invoke(f"w{n}", checks.RENAME_F, (src, dst), data)
-    try:
-        fs.rename(src, dst)
-    except Exception as error:  # noqa: BLE001 - any failure leaves the outcome unknown
-        op.info(repr(error))
-        return
-    op.ok()
-    live.append(dst)
-    with r.lock:
-        r.acked[dst] = data
-
-
 def namespace_storm(r: Round) -> CheckResult:
     """Phase 1 (see the module header)."""
     storm_s = max(MIN_STORM_S, r.duration_s / 2)
     with r.client() as fs:
         fs.mkdir("/ns", parents=True)
         stop = threading.Event()
-        writers = [threading.Thread(target=_storm_writer, args=(r, n, stop), daemon=True)
+        writers = [threading.Thread(target=storm_writer, args=(r, f"w{n}", stop), daemon=True)
                    for n in range(WRITERS)]
         for t in writers:
             t.start()
@@ -163,9 +124,7 @@ def namespace_storm(r: Round) -> CheckResult:
             t.join(120)
         r.whole(fs)
         found = _namespace(fs, "/ns")
-    ops = [op for op in r.recorder.history().operations()
-           if op.f in (checks.CREATE_F, checks.RENAME_F)]
-    return checks.check_namespace(ops, found)
+    return checks.check_namespace(storm_ops(r.recorder, "w"), found)
 
 
 def _kill_leader(r: Round, fs: DfsClient) -> None:
@@ -235,7 +194,7 @@ def stale_primary(r: Round) -> CheckResult:
         time.sleep(pause_s)
         victim.signal(signal.SIGCONT)
         r.fault("pause", f"SIGCONT {primary}", heal=True)
-        time.sleep(3.0)
+        time.sleep(SETTLE_S)
         stop.set()
         for t in threads:
             t.join(120)
@@ -288,12 +247,29 @@ def membership(r: Round) -> CheckResult:
         joined.start()
         eventually(lambda: r.cluster.ready(fs), "the new chunk server to report")
         time.sleep(LOAD_S)
+        _decommission(r, r.cluster.chunkservers[0])
+        eventually(lambda: r.cluster.ready(fs), "the drained server to leave the report")
+        time.sleep(LOAD_S)
         stop.set()
         for t in threads:
             t.join(120)
-    r.notes.append(MISSING_DECOMMISSION)
     ops = [op for op in r.recorder.history().operations() if op.f in ("put", "get")]
-    return checks.check_no_failures(ops, "membership-no-failure")
+    return checks.check_no_failures(ops, MEMBERSHIP)
+
+
+def _decommission(r: Round, victim: Daemon) -> None:
+    """`dfs admin decommission` the server (it waits, with progress, until the server holds
+    no chunk), then stop it for good."""
+    r.fault("decommission", f"dfs admin decommission {victim.address}")
+    masters = ",".join(r.cluster.master_addresses)
+    done = subprocess.run([sys.executable, "-m", "dfs", "admin", "decommission", victim.address,
+                           "--masters", masters], cwd=ROOT, capture_output=True, text=True,
+                          timeout=HANG_S)
+    if done.returncode != 0:
+        raise RuntimeError(f"dfs admin decommission failed: {done.stdout}{done.stderr}")
+    victim.kill()
+    r.cluster.chunkservers.remove(victim)
+    r.notes.append(f"decommissioned {victim.address}: {done.stdout.strip()}")
 
 
 # -- phase 4: the loss of any one server ---------------------------------------------------
@@ -313,12 +289,20 @@ def any_one_loss(r: Round) -> CheckResult:
 
 
 def _read_all(r: Round, fs: DfsClient, lost: str) -> None:
+    """Read every acknowledged file once; a read refused while a new master leader takes
+    over is retried until READ_HANG_S (bytes must come back, not within a time)."""
     for path in sorted(r.acked):
         op = r.recorder.invoke("checker", "read_after_loss", (lost, path))
-        try:
-            op.ok(digest(fs.read_bytes(path)))
-        except Exception as error:  # noqa: BLE001 - a failed read is a violation
-            op.fail(repr(error))
+        deadline = time.monotonic() + READ_HANG_S
+        while True:
+            try:
+                op.ok(digest(fs.read_bytes(path)))
+                break
+            except Exception as error:  # noqa: BLE001 - retried, then a violation
+                if time.monotonic() > deadline:
+                    op.fail(repr(error))
+                    break
+                time.sleep(0.2)
 
 
 PHASES: tuple[Callable[[Round], CheckResult], ...] = (
@@ -336,4 +320,8 @@ def drill(seed: int, duration_s: float, workdir: Path) -> DrillReport:
         raise
     finally:
         r.cluster.stop()
+    if netns.unavailable_reason() is None:
+        results.append(partition_round(r, max(MIN_STORM_S, r.duration_s / 4), WRITERS))
+    else:
+        r.notes.append(f"partition round not run: {netns.unavailable_reason()}")
     return finish("dfs", seed, r.recorder.history(), results, r.faults, workdir, r.notes)

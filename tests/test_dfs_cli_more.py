@@ -256,6 +256,9 @@ PROMISES = {  # README.md's sentence -> the tests that check it
         (test_chown_chmod_and_logging_in, test_unreachable_masters_fail_clearly),
     "logs in as a named user; so does the `dfs` command line with `--user alice --password "
     "...`.": (test_chown_chmod_and_logging_in,),
+    "An old version reads without being restored: `FS.LOCATE path VERSION n`, "
+    "`DfsClient.open(path, version=n)` or `dfs cat --version n PATH`.":
+        (test_versions_read_and_restore,),
     "`dfs put/get/cat/ls/rm/mv/mkdir/stat/du/chmod/chown/versions/restore/fsck`":
         (test_chown_chmod_and_logging_in, test_versions_read_and_restore,
          test_fsck_healthy_then_under_replicated_then_missing),

@@ -330,7 +330,9 @@ class Namespace:
         return None
 
     def _mkdir_parents(self, path: str) -> None:
-        """mkdir -p: create what is missing; an existing directory is fine."""
+        """mkdir -p: create what is missing; an existing directory is fine. Everything is
+        checked before anything is created, so a refusal changes nothing."""
+        self._check_mkdir_parents(check_path(path))
         chain = [("/", self.root)]
         for name in check_path(path):
             where, node = chain[-1]
@@ -345,6 +347,25 @@ class Namespace:
                 perms.need(node, X, where, self.caller)
             chain.append((here, child))
         return None
+
+    def _check_mkdir_parents(self, names: list[str]) -> None:
+        """Raise what `_mkdir_parents` would raise part way, before it changes anything:
+        types and x bits of what exists, w on the deepest, the missing names' quota."""
+        chain = [("/", self.root)]
+        for at, name in enumerate(names):
+            where, node = chain[-1]
+            child = node.children.get(name)
+            if child is None:
+                perms.need(node, W | X, where, self.caller)
+                if snapshots.SNAPSHOT_DIR in names[at:]:
+                    raise PathError(snapshots.ERR_RESERVED)
+                Charges().add(chain, len(names) - at, 0).check()
+                return
+            here = where.rstrip("/") + "/" + name
+            if child.kind != DIR:
+                raise PathError(ERR_NOT_DIR.format(here))
+            perms.need(node, X, where, self.caller)
+            chain.append((here, child))
 
     def _create(self, path: str, overwrite: bool = False) -> None:
         chain, name = self._parent_chain(path)

@@ -336,7 +336,7 @@ class ShardNode:
 
         machine = ShardMachine(engine, self.layer, load, keys_of=self.keys_of)
         config = self.host.group_config(shard.group, founders=tuple(shard.members),
-                                        fsync=fsync,
+                                        fsync=fsync, machine_applied=engine.applied_index,
                                         snapshot_every=self.options.snapshot_every,
                                         compaction_margin=self.options.compaction_margin)
         self.host.create_group(shard.group, config, machine.apply, machine.snapshot,

@@ -455,3 +455,39 @@ def test_reads_need_no_round_only_on_the_leader_of_a_single_voter_group(
             await cluster.stop()
 
     run(main)
+
+
+def test_a_single_member_log_restarts_after_what_its_machine_applied(tmp_path: Path) -> None:
+    """A power cut with fsync everysec can keep a machine's writes and lose the log's tail:
+    reopened with `machine_applied` past the log's end, the group numbers new entries after
+    it. A group of several members refuses to (other nodes may hold those indexes)."""
+    async def main() -> None:
+        listen = ("127.0.0.1", find_free_port())
+        config = HostConfig(node_id=1, data_dir=tmp_path, listen=listen, tick_s=0.01,
+                            election_tick=10)
+        host = RaftHost(config)
+        await host.start()
+        machine = Counter()
+        group = host.create_group(1, host.group_config(1, founders=(1,)), machine.apply,
+                                  machine.snapshot, machine.restore)
+        await until(group.reads_ready, "the single member leading")
+        last = await group.propose(b"a")
+        await host.stop()
+        host = RaftHost(config)
+        await host.start()
+        try:
+            ahead = last + 40
+            group = host.create_group(1, host.group_config(1, founders=(1,),
+                                                           machine_applied=ahead),
+                                      machine.apply, machine.snapshot, machine.restore)
+            assert group.storage is not None and group.storage.snapshot().index == ahead
+            await until(group.reads_ready, "the single member leading again")
+            assert await group.propose(b"b") > ahead
+            with pytest.raises(ConfigError, match="only a single-member group"):
+                host.create_group(2, host.group_config(2, founders=(1, 2, 3),
+                                                       machine_applied=5),
+                                  machine.apply, machine.snapshot, machine.restore)
+        finally:
+            await host.stop()
+
+    run(main)

@@ -140,6 +140,13 @@ class Applier:
         self._snapshot_task = asyncio.get_running_loop().create_task(
             self._snapshot_off_loop(index, voters, addresses, out))
 
+    def snapshot_blob(self) -> bytes:
+        """The application's snapshot now, in the driver's format (encoded here, on the
+        caller's thread)."""
+        out = self._snapshot_fn()
+        addresses = {k: list(v) for k, v in self.group.addresses.items()}
+        return _wrap(addresses, out() if callable(out) else out)
+
     async def _snapshot_off_loop(self, index: int, voters: tuple[int, ...],
                                  addresses: dict[int, list[Any]],
                                  encode: Callable[[], bytes]) -> Snapshot | None:

@@ -155,6 +155,18 @@ class DiskStorage:
         self._count_fsyncs(1)
         return snapshot
 
+    def skip_to(self, index: int, voters: tuple[int, ...], data: bytes) -> Snapshot:
+        """Start the log after `index`, beyond its last entry, with the application's
+        snapshot `data` there (its term: the hard state's, no entry of the log is later):
+        for a single member whose state machine kept entries its log lost."""
+        hard = self._mem.initial_state()
+        snapshot = Snapshot(index, hard.term, tuple(voters), data)
+        self._mem.apply_snapshot(snapshot)
+        self._mem.set_hard_state(HardState(hard.term, hard.vote, max(hard.commit, index)))
+        atomic_write(self.directory / SNAPSHOT_NAME, _encode_snapshot(snapshot))
+        self._rewrite()
+        return snapshot
+
     def compact(self, index: int) -> None:
         """Drop entries up to `index` (<= snapshot index) and rewrite the log without them."""
         before = self._mem.first_index()

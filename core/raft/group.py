@@ -55,6 +55,8 @@ FSYNC_POLICIES = (FSYNC_ALWAYS, FSYNC_EVERYSEC)
 ERR_EVERYSEC_MEMBERS = ("fsync 'everysec' is only allowed for a single-member group: Raft's "
                         "votes and log must survive a power cut")
 FORWARDED_OPS = ("propose", "add", "remove")
+ERR_MACHINE_AHEAD = ("group {}: the state machine applied up to {} but the log ends at {}; "
+                     "only a single-member group may restart its log after its machine")
 
 
 @dataclass(frozen=True)
@@ -75,6 +77,11 @@ class GroupConfig:
     fsync: str = FSYNC_ALWAYS
     seed: int | None = None  # of the election-timeout randomness; None: from the OS
     raft_options: dict[str, Any] = field(default_factory=dict)  # more core.raft.Config
+    # The index the application's state machine has durably applied, if it keeps one (0:
+    # it does not say). A single member's machine may be ahead of its log after a power
+    # cut with fsync "everysec" (its own writes reached the disk, the log's did not): the
+    # log then starts after it, so no new entry takes an index the machine has applied.
+    machine_applied: int = 0
 
     def check(self) -> None:
         """ConfigError on a bad combination."""
@@ -153,6 +160,8 @@ class RaftGroup:
         cfg.directory.mkdir(parents=True, exist_ok=True)
         self.storage = DiskStorage.open(cfg.directory)
         self.snapshots = SnapshotTransfers(cfg.directory, self.id)
+        if cfg.machine_applied > self.storage.last_index():
+            self._skip_lost_tail(cfg.machine_applied)
         snap = self.storage.snapshot()
         if snap.index:
             self.applier.restore(snap)
@@ -166,6 +175,21 @@ class RaftGroup:
         log.info("raft: node %d group %d opened at applied %d (log %d..%d, snapshot %d, term "
                  "%d)", self.id, self.group_id, self.applied, self.storage.first_index(),
                  self.storage.last_index(), snap.index, self.node.term)
+
+    def _skip_lost_tail(self, index: int) -> None:
+        """The machine applied entries up to `index`, past the log's end: the log lost
+        them (see GroupConfig.machine_applied). Only a single member can be in that state
+        safely (no other node holds those indexes); the log restarts after `index` with a
+        snapshot of the machine there."""
+        assert self.storage is not None
+        if tuple(self.config.founders) != (self.id,) or self.storage.snapshot().voters not in (
+                (), (self.id,)):
+            raise ConfigError(ERR_MACHINE_AHEAD.format(self.group_id, index,
+                                                       self.storage.last_index()))
+        log.warning("raft: node %d group %d: the state machine applied up to %d, the log "
+                    "ends at %d (lost in a power cut); the log starts after %d", self.id,
+                    self.group_id, index, self.storage.last_index(), index)
+        self.storage.skip_to(index, (self.id,), self.applier.snapshot_blob())
 
     async def close(self) -> None:
         """Stop taking requests, wait for a snapshot in flight, fail what waits, close the

@@ -10,8 +10,10 @@ same disk as the peer's file. Sections:
    same directory's disk, divided by 3, since every byte lands on three disks, here one
    (goal >= 0.5).
 2. read: the same files read back through the client against a plain read of a local
-   file of the same size (goal >= 0.8). Every file read back is hashed and compared with
-   what was written; a mismatch fails the run.
+   file of the same size just written (goal >= 0.8). Both come from the page cache (the
+   chunk servers' files were just written too), so the peer is memory bandwidth and the
+   ratio measures the client, the chunk servers and loopback TCP, not the disk. Every
+   file read back is hashed and compared with what was written; a mismatch fails the run.
 3. create: CREATE_THREADS threads create 1 KiB files through the namespace (a create, one
    chunk allocated, written to three servers, closed and renamed into place) for a while;
    files per second, beside SeaweedFS's published 15.7k 1 KB blobs/s (its `weed benchmark`,

@@ -64,6 +64,8 @@ def one_packb(state: SchedulerState) -> bytes:
         "run_rows": {n: [r.to_row() for r in runs.values()] for n, runs in state.runs.items()},
         "workers": state.workers,
         "clients": {str(k): v for k, v in state.clients.items()},
+        "adverts": {w: a.to_wire() for w, a in state.adverts.items()},
+        "unanchored": sorted(state.unanchored),
     })
 
 
@@ -267,14 +269,18 @@ def test_a_leaders_snapshot_arriving_while_one_encodes_wins(
 def test_a_scheduler_killed_after_snapshots_restarts_with_the_same_history(
         tmp_path: Path) -> None:
     """One node taking a snapshot every 20 entries while a job fires and 60 more are added;
-    SIGKILL, restart on the data directory: the same jobs and the same run history."""
+    SIGKILL, restart on the data directory: the same jobs and the same run history. A shell
+    worker takes the runs (without one, a job waits and never fires)."""
     host = "127.0.0.1"
     port, raft_port = find_free_port(host), find_free_port(host)
     argv = ["scheduler", "serve", "--id", "1", "--listen", f"{host}:{port}",
             "--peer-listen", f"{host}:{raft_port}", "--peers", f"1={host}:{raft_port}",
             "--data-dir", str(tmp_path / "node"), "--snapshot-every", "20"]
     node = Daemon(argv, host, port, tmp_path / "node.log")
+    worker = Daemon(["scheduler", "worker", "--scheduler", f"{host}:{port}", "--id", "w1"],
+                    host, 0, tmp_path / "worker.log")
     node.start()
+    worker.start(wait=False)
     try:
         client = redis.Redis(host=host, port=port, socket_timeout=HANG_S,
                              decode_responses=True)
@@ -296,8 +302,9 @@ def test_a_scheduler_killed_after_snapshots_restarts_with_the_same_history(
         assert sorted(client.execute_command("JOB.LIST")) == jobs
         assert client.execute_command("JOB.HISTORY", "tick", "1000") == history
     finally:
-        if node.proc is not None:
-            node.stop()
+        for daemon in (worker, node):
+            if daemon.proc is not None:
+                daemon.stop()
 
 
 def _answers(client: redis.Redis) -> bool:

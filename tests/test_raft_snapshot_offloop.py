@@ -32,6 +32,7 @@ from scheduler.runs import RUN_FIELDS
 from scheduler.state import SchedulerState
 from tests.conftest import find_free_port
 from tests.procs import Daemon
+from tests.scheduler_drill import FINAL
 from tests.test_scheduler_state import T0, fire_due, make
 
 HANG_S = 30.0
@@ -290,6 +291,9 @@ def test_a_scheduler_killed_after_snapshots_restarts_with_the_same_history(
         wait_for(lambda: len(client.execute_command("JOB.HISTORY", "tick", "1000")) >= 3,
                  "fires of tick")
         assert client.execute_command("JOB.PAUSE", "tick") == "OK"
+        # a run the worker still executes would end after the restart: wait for the last
+        wait_for(lambda: _settled(client.execute_command("JOB.HISTORY", "tick", "1000")),
+                 "the last run of tick to end")
         history = client.execute_command("JOB.HISTORY", "tick", "1000")
         jobs = sorted(client.execute_command("JOB.LIST"))
         wait_for(lambda: node.log().count("took a snapshot") >= 3, "three snapshots")
@@ -305,6 +309,15 @@ def test_a_scheduler_killed_after_snapshots_restarts_with_the_same_history(
         for daemon in (worker, node):
             if daemon.proc is not None:
                 daemon.stop()
+
+
+def _settled(runs: list[Any]) -> bool:
+    """Every run in a JOB.HISTORY reply has ended (RESP2 rows are flat field lists)."""
+    def state(run: Any) -> Any:
+        return run.get("state") if isinstance(run, dict) else dict(
+            zip(run[::2], run[1::2], strict=True)).get("state")
+
+    return all(state(run) in FINAL for run in runs)
 
 
 def _answers(client: redis.Redis) -> bool:

@@ -87,10 +87,11 @@ def settled(cluster: Cluster, *jobs: str) -> bool:
 
 
 def job_definition(cluster: Cluster, job: str) -> dict[str, Any]:
-    """JOB.GET without the fields that move as time passes."""
+    """JOB.GET without the fields that move as time passes, or with which workers have
+    polled since (status and waiting: a job waits until a worker that can take it polls)."""
     fields = dict(cluster.call("JOB.GET", job))
-    for moving in ("handled_ms", "next_ms"):
-        fields.pop(moving)
+    for moving in ("handled_ms", "next_ms", "status", "waiting"):
+        fields.pop(moving, None)
     return fields
 
 

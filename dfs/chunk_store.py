@@ -101,10 +101,7 @@ class ChunkStore:
 
     def _remove_files(self, chunk: int, version: int) -> None:
         for suffix in (META, DATA):
-            try:
-                self._path(chunk, version, suffix).unlink()
-            except FileNotFoundError:
-                pass
+            self._path(chunk, version, suffix).unlink(missing_ok=True)
 
     # -- what the server asks ---------------------------------------------------------------
 
@@ -243,7 +240,4 @@ class ChunkWriter:
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
-        try:
-            self.part.unlink()
-        except FileNotFoundError:
-            pass
+        self.part.unlink(missing_ok=True)

@@ -114,6 +114,12 @@ def test_users_modes_quotas_and_versions_across_masters(cluster: Cluster) -> Non
     # The data path asks the same: reading a file's chunk list needs r on it (the leader).
     on_leader = login(cluster, cluster.leader() - 1, "bob", "bob-pw")
     assert refused(on_leader, "FS.LOCATE", "/home/alice/f").startswith("permission denied")
+    # Draining a chunk server is a superuser's act: anyone else is refused before it is logged.
+    for user in (on_leader, cluster.clients[cluster.leader() - 1]):
+        assert refused(user, "FS.DECOMMISSION", "127.0.0.1:1") == \
+            "permission denied: only a superuser may decommission chunk servers"
+    root_on_leader = login(cluster, cluster.leader() - 1, "root", SUPERUSER_PASSWORD)
+    assert root_on_leader.execute_command("FS.REPORT")["decommissioning"] == []
 
     # Overwrite three times; each version listed, then each restored in turn.
     for _ in range(3):

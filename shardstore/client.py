@@ -17,7 +17,7 @@ Rows of range tables are not slot-addressed (shardstore/client_tables.py): the f
 a node refuses one with its "use the router or shardstore.client" error, the client loads
 the tables (TABLE.LIST, TABLE.INFO) and from then on sends such rows to the master of their
 range; `range(table, low, high)` reads a range table's keys from the shards that hold
-[low, high) only, merged in key order.
+[low, high) only, merged in key order, page by page (paged TABLE.RANGE) to its end.
 
 A write whose node vanished mid-request may or may not have been applied; the client sends
 it again to the next node, as every Redis Cluster client does (INCR may then count twice).
@@ -52,8 +52,8 @@ from shardstore.client_core import (
     slot_of,
     usage_error,
 )
-from shardstore.client_tables import MAX_RANGE_KEYS, NOT_HERE, TableRoutes
-from shardstore.table_scan import merge_keys
+from shardstore.client_tables import NOT_HERE, TableRoutes, next_page, page_size
+from shardstore.range_pages import RangeRequest
 
 __all__ = [
     "AsyncShardstoreClient",
@@ -68,13 +68,26 @@ ERR_SCAN_NODE = "SCAN on {}:{} failed: {}"
 ERR_NO_RANGE = "no range of a known table holds {!r}"
 
 
-def _range_parts(tables: TableRoutes, name: str, low: Any, high: Any, count: int
-                 ) -> list[tuple[Address, tuple[object, ...]]]:
+def _usage(exc: ValueError) -> ShardstoreError:
+    text = str(exc)
+    return ShardstoreError(text if text.startswith("ERR") else f"ERR {text}")
+
+
+def _page_parts(tables: TableRoutes, name: str, low: Any, high: Any, count: int,
+                after: bytes | None
+                ) -> tuple[RangeRequest, list[tuple[Address, tuple[object, ...]]]]:
     try:
-        return tables.range_parts(name, low, high, count)
+        return tables.page_parts(name, low, high, count, after)
     except ValueError as exc:
-        text = str(exc)
-        raise ShardstoreError(text if text.startswith("ERR") else f"ERR {text}") from None
+        raise _usage(exc) from None
+
+
+def _next_page(request: RangeRequest, replies: list[object]
+               ) -> tuple[list[bytes], bytes | None]:
+    try:
+        return next_page(request, replies)
+    except ValueError as exc:
+        raise _usage(exc) from None
 
 
 def _same(reply: object) -> object:
@@ -127,12 +140,20 @@ class ShardstoreClient:
 
     def range(self, table: str, low: Any, high: Any, count: int | None = None) -> list[bytes]:
         """The keys of range table `table` whose position lies in [low, high) (points as
-        TABLE.RANGE reads them, `-`/`+` the open ends), in key order, at most `count`;
-        read from the shards that hold those ranges only."""
+        TABLE.RANGE reads them, `-`/`+` the open ends), in key order, at most `count`
+        (None: every one); read from the shards that hold those ranges only, a page of at
+        most PAGE_KEYS keys at a time, each key once."""
         self.load_tables()
-        limit = count or MAX_RANGE_KEYS
-        parts = _range_parts(self.tables, table, low, high, limit)
-        return merge_keys([self._on_node(a, args) for a, args in parts], limit)
+        keys: list[bytes] = []
+        after: bytes | None = None
+        while count is None or len(keys) < count:
+            request, parts = _page_parts(self.tables, table, low, high,
+                                         page_size(count, len(keys)), after)
+            page, after = _next_page(request, [self._on_node(a, args) for a, args in parts])
+            keys += page
+            if after is None:
+                break
+        return keys
 
     def refresh_slots(self) -> None:
         """Fetch `CLUSTER SLOTS` from any node and make it the slot map."""
@@ -302,12 +323,19 @@ class AsyncShardstoreClient:
     async def range(self, table: str, low: Any, high: Any, count: int | None = None
                     ) -> list[bytes]:
         """ShardstoreClient.range as a coroutine."""
-        limit = count or MAX_RANGE_KEYS
+        keys: list[bytes] = []
+        after: bytes | None = None
         async with self._lock:
             await self._load_tables()
-            parts = _range_parts(self.tables, table, low, high, limit)
-            replies = [await self._on_node(a, args) for a, args in parts]
-        return merge_keys(replies, limit)
+            while count is None or len(keys) < count:
+                request, parts = _page_parts(self.tables, table, low, high,
+                                             page_size(count, len(keys)), after)
+                page, after = _next_page(
+                    request, [await self._on_node(a, args) for a, args in parts])
+                keys += page
+                if after is None:
+                    break
+        return keys
 
     async def refresh_slots(self) -> None:
         """Fetch `CLUSTER SLOTS` from any node and make it the slot map."""

@@ -22,7 +22,10 @@ Syntax (points as shardstore/table_keys.py reads them; `-` and `+` are the open 
                                                  or a move's id when SHARD is another
     TABLE.LIST                                   -> [[name, keyspace, rule], ...]
     TABLE.INFO name                              -> a map (see `cmd_info`)
-    TABLE.RANGE name from to [COUNT n]           -> keys
+    TABLE.RANGE name from to [COUNT n]           -> keys (at most n)
+    TABLE.RANGE name from to [COUNT n] CURSOR c  -> [next cursor, keys]: a page; the
+                                                 first call sends 0, the last page
+                                                 answers 0 (shardstore/range_pages.py)
 
 TABLE.CREATE of a RANGE table is refused when keys with its prefix exist in a shard this
 node hosts (they were placed by slot; the range map would hide them): create a range table
@@ -51,6 +54,7 @@ from shardstore.cluster import ClusterConfig, ClusterView, ConfigMachine, Shard
 from shardstore.keysets import KeySet
 from shardstore.machine import ShardMachine
 from shardstore.moves import encode_begin
+from shardstore.range_pages import RangeRequest, page_reply, parse_range_request
 from shardstore.table_keys import (
     KIND_SNOWFLAKE,
     MAX_POSITION,
@@ -237,8 +241,11 @@ class TableCommands:
         return out
 
     async def cmd_range(self, session: Session, args: list[bytes]) -> Any:
-        table, low, high, count = self._range_args(args)
-        pieces = table.pieces(low, high)
+        """The keys of the range, at most COUNT, after CURSOR's key when it is given
+        (shardstore/range_pages.py says the reply's forms)."""
+        request = self._range_args(args)
+        table = request.table
+        pieces = table.pieces(request.low, request.high)
         sids = list(dict.fromkeys(sid for _, _, sid in pieces))
         shards = [self._hosted(sid, table.name, "part of the range") for sid in sids]
         if not getattr(session, READONLY_ATTR, False):
@@ -250,13 +257,14 @@ class TableCommands:
             machine = self.node.machines.get(sid)
             if machine is None:
                 raise CommandError(ERR_OPENING.format(sid))
-            parts.append(range_keys(machine.engine, table, piece_low, piece_high, count, now))
+            parts.append(range_keys(machine.engine, table, piece_low, piece_high,
+                                    request.count + 1, now, request.after))
         self._count(table.name, len(sids))
-        return merge_keys(parts, count)
+        return page_reply(merge_keys(parts, request.count + 1), request.count, request)
 
-    def _range_args(self, args: list[bytes]) -> tuple[Table, int, int, int]:
+    def _range_args(self, args: list[bytes]) -> RangeRequest:
         try:
-            return catalog_mod.parse_range(args, self.catalog)
+            return parse_range_request(args, self.catalog)
         except CatalogError as exc:
             raise CommandError(str(exc)) from None
 

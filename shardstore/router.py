@@ -21,7 +21,9 @@ Commands without keys: DBSIZE sums every master's, FLUSHALL runs on each, SCAN w
 masters in turn (the router's cursor is the node's cursor times MAX_MASTERS plus the
 master's index). `TABLE.RANGE table from to [COUNT n]` is cut by the table's range map
 into one part per range it meets, each read from its shard's master, and merged in key
-order; the shards touched are counted in the router's INFO (`Router` section).
+order; with `CURSOR c` it answers one page and the next cursor, each shard asked for the
+keys after the cursor's key (shardstore/range_pages.py); the shards touched are counted in
+the router's INFO (`Router` section).
 """
 
 from __future__ import annotations
@@ -39,10 +41,9 @@ from core.resp_commands import parse_int
 from core.resp_server import RespServer
 from core.resp_session import Session
 from shardstore import commands as layer
-from shardstore.catalog import NOT_HERE, CatalogError, Table, parse_range
+from shardstore.catalog import NOT_HERE, CatalogError
+from shardstore.range_pages import RangeRequest, join_pieces, parse_range_request, piece_args
 from shardstore.router_plan import SHARD, Part, RouteMap, assemble, plan
-from shardstore.table_keys import point_text
-from shardstore.table_scan import merge_keys
 
 __all__ = ["Router", "RouterOptions"]
 
@@ -377,14 +378,11 @@ class Router:
         return _simple(reply)
 
     async def cmd_range(self, session: Session, args: list[bytes]) -> Any:
-        """TABLE.RANGE across shards (see the module header)."""
-        table, low, high, count = await self._range_args(args)
-        pieces = table.pieces(low, high)
-        parts = [Part((SHARD, sid), [b"TABLE.RANGE", table.name.encode(),
-                                     point_text(table.kind, a).encode(),
-                                     point_text(table.kind, b).encode(),
-                                     b"COUNT", str(count).encode()])
-                 for a, b, sid in pieces]
+        """TABLE.RANGE across shards, one page when CURSOR is given (see the module
+        header and shardstore/range_pages.py)."""
+        request = await self._range_args(args)
+        pieces = request.table.pieces(request.low, request.high)
+        parts = [Part((SHARD, sid), piece_args(request, a, b)) for a, b, sid in pieces]
         replies = await asyncio.gather(*(self._send(p, False) for p in parts),
                                        return_exceptions=True)
         for reply in replies:
@@ -392,13 +390,16 @@ class Router:
                 raise reply
         self.figures["range_reads"] += 1
         self.figures["range_shards_touched"] += len({sid for _, _, sid in pieces})
-        return merge_keys(replies, count)  # type: ignore[arg-type]
+        try:
+            return join_pieces(replies, request)
+        except ValueError as exc:
+            raise CommandError(str(exc)) from None
 
-    async def _range_args(self, args: list[bytes]) -> tuple[Table, int, int, int]:
+    async def _range_args(self, args: list[bytes]) -> RangeRequest:
         if args[1].decode("utf-8", "replace") not in self.routes.catalog.tables:
             await self._try_refresh()
         try:
-            return parse_range(args, self.routes.catalog)
+            return parse_range_request(args, self.routes.catalog)
         except CatalogError as exc:
             raise CommandError(str(exc)) from None
 

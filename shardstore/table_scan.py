@@ -4,7 +4,9 @@ Strategy: the rows of a range table with a position in [low, high) lie inside ke
 table_keys.scan_bounds gives (for DATE tables a stretch of months, else the table's whole
 prefix); the walk goes through those bounds in key order, `WALK_CHUNK` keys at a time
 (`keys_after`), keeps the keys whose position is in [low, high) and that have not expired,
-and stops at `limit` keys or the end of the bounds. Keys come back in key order.
+and stops at `limit` keys or the end of the bounds. Keys come back in key order. A page of
+a longer read (shardstore/range_pages.py) starts after a key (`after`) instead: the walk
+begins there when it lies inside the bounds.
 """
 
 from __future__ import annotations
@@ -44,17 +46,20 @@ def _wanted(table: Table, key: bytes, low: int, high: int) -> bool:
 
 
 def range_keys(kv: Any, table: Table, low: int, high: int, limit: int,
-               now_ms: int) -> list[bytes]:
+               now_ms: int, after: bytes | None = None) -> list[bytes]:
     """Up to `limit` live keys of `table` in `kv` (a store with keys_after and scan) with a
-    position in [low, high), in key order."""
+    position in [low, high), in key order; only keys after `after` when it is given."""
     first, end = scan_bounds(table.kind, table.prefix, low, high)
     found: list[bytes] = []
-    if limit <= 0:
+    if limit <= 0 or (after is not None and after >= end):
         return found
-    if kv.scan(first, first + b"\x00", 1):  # keys_after starts after its cursor
-        if _wanted(table, first, low, high) and not _expired(kv, first, now_ms):
-            found.append(first)
-    cursor = first
+    if after is not None and after >= first:
+        cursor = after
+    else:
+        if kv.scan(first, first + b"\x00", 1):  # keys_after starts after its cursor
+            if _wanted(table, first, low, high) and not _expired(kv, first, now_ms):
+                found.append(first)
+        cursor = first
     while len(found) < limit:
         keys = kv.keys_after(cursor, WALK_CHUNK)
         for key in keys:

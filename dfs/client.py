@@ -24,7 +24,7 @@ import io
 from collections.abc import Sequence
 from typing import Any, BinaryIO
 
-from dfs.client_io import ChunkReader, ChunkWriter
+from dfs.client_io import ChunkReader, ChunkWriter, WriteFile
 from dfs.client_master import DfsError, DfsUnavailable, MasterLink, Node
 
 __all__ = ["DEFAULT_CHUNK_SIZE", "AsyncDfsClient", "AsyncDfsFile", "DfsClient", "DfsError",
@@ -101,7 +101,7 @@ class DfsClient:
             return io.BufferedReader(raw, BUFFER_BYTES)  # type: ignore[return-value]
         if mode == "wb":
             writer = ChunkWriter(self.master, path, self.chunk_size, self.data_timeout_s)
-            return io.BufferedWriter(writer, BUFFER_BYTES)  # type: ignore[return-value]
+            return WriteFile(writer, BUFFER_BYTES)  # type: ignore[return-value]
         raise ValueError(ERR_MODE.format(mode))
 
     def read_bytes(self, path: str) -> bytes:

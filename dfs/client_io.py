@@ -16,6 +16,12 @@ lost with a master, counts as done). The file is written under a temporary name
 (`<path>.<token>._COPYING_`, as `hdfs dfs -put` does) and renamed over `path` at close, so
 readers see the old file or the whole new one, never part of it.
 
+A writer dropped without `close` abandons its file, as HDFS does when a writer vanishes: the
+finalizer (of `WriteFile`, the buffered file `DfsClient.open` returns, and of the raw
+`ChunkWriter`) does no network I/O and never commits, so the garbage collector can neither
+publish a half-written file nor wait on unreachable masters; the temporary file is left to
+the master's abandoned-write reaper (`--abandoned-write-ms`).
+
 Reading. FS.LOCATE gives each chunk's version, size and replicas. A read asks one replica
 for at most PIECE_BYTES; on an error (unreachable, no such version, a checksum mismatch:
 the server checks every block) it fails over to the next replica, and a checksum mismatch
@@ -38,7 +44,8 @@ from dfs.chunk_net import ReplyError, SyncLink, check_reply
 from dfs.chunks import WRITING_SUFFIX
 from dfs.client_master import DfsError, MasterLink
 
-__all__ = ["COPYING_SUFFIX", "ChunkReader", "ChunkWriter", "PIECE_BYTES", "temp_path"]
+__all__ = ["COPYING_SUFFIX", "ChunkReader", "ChunkWriter", "PIECE_BYTES", "WriteFile",
+           "temp_path"]
 
 PIECE_BYTES = 1024 * 1024  # one DATA frame, one GET
 MAX_CHUNK_ATTEMPTS = 6
@@ -86,6 +93,16 @@ class ChunkWriter(io.RawIOBase):
 
     def writable(self) -> bool:
         return True
+
+    def abandon(self) -> None:
+        """Give the file up: drop what is buffered and close without committing, with no
+        network I/O (the temporary file is left to the master's reaper)."""
+        self._pending, self._pending_bytes = [], 0
+        super().close()
+
+    def __del__(self) -> None:
+        if not self.closed:
+            self.abandon()
 
     def write(self, data: Any) -> int:
         if self.closed:
@@ -179,6 +196,16 @@ class ChunkWriter(io.RawIOBase):
             pass
         size, complete, _rows = self.master.call("FS.LOCATE", self.path)
         return bool(complete) and int(size) == sum(self.sizes)
+
+
+class WriteFile(io.BufferedWriter):
+    """The buffered file of a `ChunkWriter`: `close` commits (see the module header); a
+    WriteFile dropped unclosed abandons its file instead, with no network I/O."""
+
+    def __del__(self) -> None:
+        raw = self.raw
+        if isinstance(raw, ChunkWriter) and not raw.closed:
+            raw.abandon()  # closed now, so io's own finalizer flushes and commits nothing
 
 
 class ChunkReader(io.RawIOBase):

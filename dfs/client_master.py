@@ -6,12 +6,18 @@ the one that answered last (or that a leader hint named), TRYAGAIN (no leader, s
 or "not the leader" for the chunk commands, with the leader's address) moves on, `-ERR` is
 the caller's mistake (DfsError, no failover), and giving up after the deadline raises
 DfsUnavailable listing each master's last failure.
+
+The deadline bounds the whole request, not only the pauses between attempts: each attempt's
+connect and round trip get the time the request has left (at most `timeout_s`, at least
+MIN_ATTEMPT_S), so a request whose masters all hang (stopped, or cut off by the network)
+ends at its deadline instead of waiting out `timeout_s` per master and per AUTH.
 """
 
 from __future__ import annotations
 
 import asyncio
 import random
+import time
 from collections.abc import Sequence
 from typing import Any, Final
 
@@ -27,6 +33,7 @@ PAUSE_INITIAL_S: Final = 0.05
 PAUSE_MAX_S: Final = 0.5
 NODE_BACKOFF_INITIAL_S: Final = 0.2
 NODE_BACKOFF_MAX_S: Final = 2.0
+MIN_ATTEMPT_S: Final = 0.5  # the last attempt of a request gets at least this long
 LOG_LABEL: Final = "dfs master"
 ERR_UNAVAILABLE: Final = "no dfs master answered within {:g} s ({})"
 ERR_NO_MASTER: Final = "no dfs master given"
@@ -64,6 +71,44 @@ def _same(reply: object) -> object:
     return reply
 
 
+class _Budget:
+    """The end of the request a link is sending (monotonic seconds), shared with its
+    connections, so that every attempt is bounded by what the request has left."""
+
+    def __init__(self, limit_s: float) -> None:
+        self.limit_s = limit_s
+        self.ends = float("inf")
+
+    def start(self, deadline_s: float) -> None:
+        self.ends = time.monotonic() + deadline_s
+
+    def seconds(self) -> float:
+        """An attempt's timeout: the request's remaining time within [MIN_ATTEMPT_S, limit]."""
+        return max(MIN_ATTEMPT_S, min(self.limit_s, self.ends - time.monotonic()))
+
+
+class _BoundedConnection(RespConnection):
+    """A blocking connection whose every request is bounded by its link's `_Budget`."""
+
+    budget: _Budget | None = None
+
+    def call(self, *args: Any) -> object:
+        if self.budget is not None:
+            self.timeout = self.budget.seconds()
+        return super().call(*args)
+
+
+class _AsyncBoundedConnection(AsyncRespConnection):
+    """`_BoundedConnection` for asyncio."""
+
+    budget: _Budget | None = None
+
+    async def call(self, *args: Any) -> object:
+        if self.budget is not None:
+            self.timeout = self.budget.seconds()
+        return await super().call(*args)
+
+
 class _Settings:
     def __init__(self, masters: Sequence[Node] | str, password: str | None, timeout_s: float,
                  deadline_s: float, username: str | None = None) -> None:
@@ -77,6 +122,7 @@ class _Settings:
                                   node_backoff_initial_s=NODE_BACKOFF_INITIAL_S,
                                   node_backoff_max_s=NODE_BACKOFF_MAX_S)
         self.raises = Raises(usage=_usage, unavailable=self.unavailable)
+        self.budget = _Budget(timeout_s)
 
     def failover(self) -> Failover[Any]:
         return Failover(self.nodes, random.Random(), policy=self.policy, rules=ErrorRules(),
@@ -98,12 +144,16 @@ class MasterLink:
 
     def call(self, *args: Any) -> Any:
         """One command (see the module header)."""
+        self._settings.budget.start(self._settings.deadline_s)
         return call_blocking(self._failover, args, _same, self._connect, self._settings.raises)
 
     def _connect(self, host: str, port: int) -> RespConnection:
         s = self._settings
-        return RespConnection.connect(host, port, timeout=s.timeout_s, password=s.password,
-                                      username=s.username)
+        conn = _BoundedConnection.connect(host, port, timeout=s.budget.seconds(),
+                                          password=s.password, username=s.username)
+        assert isinstance(conn, _BoundedConnection)
+        conn.budget = s.budget
+        return conn
 
     def close(self) -> None:
         """Close the connections (the link reconnects when used again)."""
@@ -124,13 +174,17 @@ class AsyncMasterLink:
     async def call(self, *args: Any) -> Any:
         """One command (see the module header)."""
         async with self._lock:
+            self._settings.budget.start(self._settings.deadline_s)
             return await call_async(self._failover, args, _same, self._connect,
                                     self._settings.raises)
 
     async def _connect(self, host: str, port: int) -> AsyncRespConnection:
         s = self._settings
-        return await AsyncRespConnection.connect(host, port, timeout=s.timeout_s,
-                                                 password=s.password, username=s.username)
+        conn = await _AsyncBoundedConnection.connect(host, port, timeout=s.budget.seconds(),
+                                                     password=s.password, username=s.username)
+        assert isinstance(conn, _AsyncBoundedConnection)
+        conn.budget = s.budget
+        return conn
 
     async def close(self) -> None:
         """Close the connections."""

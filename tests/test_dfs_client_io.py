@@ -1,18 +1,25 @@
 """dfs.client's file objects against a fake master link (no processes): a close whose
 FS.COMPLETE or FS.RENAME was applied by a first try whose reply was lost (the failover core
 sends it again, and the retry is refused) still succeeds, while a real refusal is raised;
-and `open` takes only "rb" and "wb".
+and `open` takes only "rb" and "wb". A writer dropped unclosed abandons its file with no
+network I/O (the garbage collector must never commit, nor wait on masters); and a master call
+whose every master hangs ends at its deadline, each attempt bounded by the time left.
 """
 
 from __future__ import annotations
 
+import asyncio
+import gc
+import re
+import socket
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 from dfs.client import DfsClient
-from dfs.client_io import ChunkWriter
-from dfs.client_master import DfsError
+from dfs.client_io import ChunkWriter, WriteFile
+from dfs.client_master import AsyncMasterLink, DfsError, DfsUnavailable, MasterLink
 
 
 class FakeMaster:
@@ -61,3 +68,72 @@ def test_a_real_refusal_is_raised() -> None:
 def test_open_takes_rb_and_wb_only() -> None:
     with DfsClient("127.0.0.1:1") as fs, pytest.raises(ValueError, match="'rb' or 'wb'"):
         fs.open("/x", "r+")
+
+
+class NoNetwork:
+    """Stands in for the master link and the sockets; records (and refuses) every use."""
+
+    def __init__(self) -> None:
+        self.used: list[tuple[Any, ...]] = []
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        self.used.append(args)
+        raise OSError("network I/O from a finalizer")
+
+
+@pytest.mark.parametrize("buffered", [True, False])
+def test_a_writer_dropped_unclosed_abandons_without_network_io(
+        monkeypatch: pytest.MonkeyPatch, buffered: bool) -> None:
+    master = FakeMaster({})
+    raw = writer(master)
+    file: Any = WriteFile(raw, 4096) if buffered else raw
+    file.write(b"x" * 100)  # buffered, below a chunk: nothing sent yet
+    file.cycle = file  # only the collector can free it, as with the drill's lost writers
+    network = NoNetwork()
+    monkeypatch.setattr(socket, "create_connection", network)
+    monkeypatch.setattr(master, "call", network)
+    del file, raw
+    gc.collect()
+    assert network.used == []  # no FS.COMPLETE, no FS.RENAME: the file never appears
+
+
+@pytest.fixture
+def hanging_masters() -> Iterator[list[str]]:
+    """Three listening sockets that never accept: a connect completes, no reply ever comes
+    (a stopped master)."""
+    socks = [socket.create_server(("127.0.0.1", 0), backlog=8) for _ in range(3)]
+    try:
+        yield [f"127.0.0.1:{s.getsockname()[1]}" for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def _attempt_timeouts(error: DfsUnavailable) -> list[float]:
+    return [float(m) for e in error.errors.values()
+            for m in re.findall(r"within ([0-9.]+)s", str(e))]
+
+
+def test_a_call_to_hanging_masters_ends_at_its_deadline(hanging_masters: list[str]) -> None:
+    link = MasterLink(hanging_masters, timeout_s=60.0, deadline_s=1.0)
+    with pytest.raises(DfsUnavailable) as info:
+        link.call("FS.STAT", "/")
+    link.close()
+    timeouts = _attempt_timeouts(info.value)
+    assert timeouts and all(t <= 1.0 for t in timeouts), info.value  # not 60 s per master
+
+
+def test_an_async_call_to_hanging_masters_ends_at_its_deadline(
+        hanging_masters: list[str]) -> None:
+    async def go() -> DfsUnavailable:
+        link = AsyncMasterLink(hanging_masters, timeout_s=60.0, deadline_s=1.0)
+        try:
+            await link.call("FS.STAT", "/")
+        except DfsUnavailable as error:
+            return error
+        finally:
+            await link.close()
+        raise AssertionError("a hanging master answered")
+
+    timeouts = _attempt_timeouts(asyncio.run(go()))
+    assert timeouts and all(t <= 1.0 for t in timeouts)

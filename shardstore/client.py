@@ -16,8 +16,10 @@ again before the next request. `scan_iter` walks every master in turn with its o
 Rows of range tables are not slot-addressed (shardstore/client_tables.py): the first time
 a node refuses one with its "use the router or shardstore.client" error, the client loads
 the tables (TABLE.LIST, TABLE.INFO) and from then on sends such rows to the master of their
-range; `range(table, low, high)` reads a range table's keys from the shards that hold
-[low, high) only, merged in key order, page by page (paged TABLE.RANGE) to its end.
+range (loaded again when a node refuses a row the loaded map sent it: the range moved, by
+TABLE.SPLIT or TABLE.MOVE); `range(table, low, high)` reads a range table's keys from the
+shards that hold [low, high) only, merged in key order, page by page (paged TABLE.RANGE)
+to its end.
 
 A write whose node vanished mid-request may or may not have been applied; the client sends
 it again to the next node, as every Redis Cluster client does (INCR may then count twice).
@@ -117,12 +119,12 @@ class ShardstoreClient:
         """Any command, routed by its key (argument 1) unless it is keyless; the raw reply.
         A row of a range table goes to the master of its range."""
         address = self.tables.address_of(args)
-        if address is not None:
-            return self._on_node(address, args)
         slot = slot_of(args)
-        if slot is not None and self.router.wants_refresh():
+        if address is None and slot is not None and self.router.wants_refresh():
             self.refresh_slots()
         try:
+            if address is not None:  # a stale range map is refused as a stranger is
+                return self._on_node(address, args)
             return self._call(args, slot)
         except ShardstoreError as exc:
             if NOT_HERE not in str(exc):
@@ -296,11 +298,11 @@ class AsyncShardstoreClient:
         slot = slot_of(args)
         async with self._lock:
             address = self.tables.address_of(args)
-            if address is not None:
-                return await self._on_node(address, args)
-            if slot is not None and self.router.wants_refresh():
+            if address is None and slot is not None and self.router.wants_refresh():
                 await self._refresh()
             try:
+                if address is not None:  # a stale range map is refused as a stranger is
+                    return await self._on_node(address, args)
                 return await self._call(args, slot)
             except ShardstoreError as exc:
                 if NOT_HERE not in str(exc):

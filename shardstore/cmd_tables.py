@@ -26,6 +26,8 @@ Syntax (points as shardstore/table_keys.py reads them; `-` and `+` are the open 
     TABLE.RANGE name from to [COUNT n] CURSOR c  -> [next cursor, keys]: a page; the
                                                  first call sends 0, the last page
                                                  answers 0 (shardstore/range_pages.py)
+    TABLE.MOVE name keyspace                     -> ids of the moves begun
+    TABLE.MOVE.REVERSE name | TABLE.MOVE.FINISH name  (shardstore/table_move.py)
 
 TABLE.CREATE of a RANGE table is refused when keys with its prefix exist in a shard this
 node hosts (they were placed by slot; the range map would hide them): create a range table
@@ -60,6 +62,7 @@ from shardstore.table_keys import (
     MAX_POSITION,
     point_text,
 )
+from shardstore.table_move import TableMoveCommands, move_status
 from shardstore.table_scan import merge_keys, range_keys
 
 __all__ = ["ERR_NOT_SERVED", "TableCommands"]
@@ -86,6 +89,9 @@ class TablesNode(Protocol):
     @property
     def config(self) -> ClusterConfig: ...
 
+    @property
+    def full_config(self) -> ClusterConfig: ...
+
     def now_ms(self) -> int: ...
 
     def view(self) -> ClusterView: ...
@@ -99,6 +105,7 @@ class TableCommands:
         self.reads = 0  # TABLE.RANGE calls answered
         self.shards_touched = 0  # shards they read, summed
         self.by_table: dict[str, list[int]] = {}  # name -> [reads, shards touched, last]
+        self.moves = TableMoveCommands(node, lambda: self.catalog)  # TABLE.MOVE*
 
     @property
     def catalog(self) -> Catalog:
@@ -117,6 +124,7 @@ class TableCommands:
                     summary="A table's rule, ranges, shards and range-read figures"),
             Command("TABLE.RANGE", self.cmd_range, -4, read,
                     summary="Keys of a range table with a position in [from, to)"),
+            *self.moves.rows(),
         ]
 
     def stats(self) -> dict[str, object]:
@@ -147,15 +155,26 @@ class TableCommands:
         name = table.name if table else ""
         return self._hosted(sid, name, f"key {keys[0].decode('utf-8', 'replace')!r}")
 
+    def _full_view(self) -> ClusterView:
+        """Every keyspace's shards and nodes: a range table's ranges may lie on shards of
+        other keyspaces (a table moved by TABLE.MOVE)."""
+        view = self.node.view()
+        full = self.node.full_config
+        if full is view.config:
+            return view
+        addresses = dict(self.node.service.book.clients)
+        return ClusterView(full, self.node.me, addresses, view.leaders, view.offsets,
+                           view.bus_ports)
+
     def _hosted(self, sid: int, table: str, what: str) -> Shard:
-        shard = self.node.config.shards.get(sid)
+        shard = self.node.full_config.shards.get(sid)
         if shard is None:
             raise CommandError(ERR_NO_SHARD.format(sid, table))
         if sid in self.node.machines:
             return shard
         if self.node.me in shard.members:
             raise CommandError(ERR_OPENING.format(sid))
-        view = self.node.view()
+        view = self._full_view()
         members = view.ordered_members(shard)
         master = view.addresses[members[0]] if members else UNKNOWN
         raise CommandError(ERR_NOT_SERVED.format(what, table, sid, master))
@@ -207,8 +226,9 @@ class TableCommands:
 
     def cmd_info(self, session: Session, args: list[bytes]) -> Any:
         """name, keyspace, rule, kind, epoch, ranges ([from, to, shard, [address ...]
-        master first, keys here or -1 when this node does not host the shard]) and the
-        range-read figures of this node: range_reads, range_shards_touched, last."""
+        master first, keys here or -1 when this node does not host the shard]), the
+        range-read figures of this node: range_reads, range_shards_touched, last, and
+        `move`: a move to another keyspace (table_move.move_status) or nil."""
         name = args[1].decode("utf-8", "replace")
         table = self.catalog.tables.get(name)
         if table is None:
@@ -221,14 +241,15 @@ class TableCommands:
             b"ranges": self._ranges(table) if table.ranged else [],
             b"range_reads": reads, b"range_shards_touched": touched,
             b"last_range_shards": last,
+            b"move": move_status(table, self.node.full_config),
         }
         return reply
 
     def _ranges(self, table: Table) -> list[Any]:
-        view = self.node.view()
+        view = self._full_view()
         out: list[Any] = []
         for low, high, sid in table.ranges():
-            shard = self.node.config.shards.get(sid)
+            shard = self.node.full_config.shards.get(sid)
             members = view.ordered_members(shard) if shard else []
             machine = self.node.machines.get(sid)
             keys = -1

@@ -160,9 +160,9 @@ def _begin(config: MovesConfig, keys: KeySet, source: int, target: int,
             return ERR_NO_SHARD.format(shard)
     if source == target:
         return ERR_SAME_SHARD
-    space = config.shards[source].keyspace
-    if config.shards[target].keyspace != space:
-        return ERR_KEYSPACES.format(source, target)
+    space = config.shards[source].keyspace  # range rows follow their table's map, which
+    if keys.kind == KIND_SLOTS and config.shards[target].keyspace != space:  # may cross
+        return ERR_KEYSPACES.format(source, target)  # keyspaces (shardstore/table_move.py)
     if keys.kind == KIND_SLOTS:
         refusal = _slots_refusal(config, keys, source)
     else:

@@ -10,7 +10,9 @@ does. `TableMoveHooks` is what `apply_move` calls for key sets that are not slot
   RANGE table in [low, high) and every range of the table's map meeting [low, high) is
   the source's; a raw key range is refused (nothing routes by it);
 - `end(move)`: the table's map gives [low, high) to the target: split points are added at
-  low and high where the map has none, and the ranges between them get the target.
+  low and high where the map has none, and the ranges between them get the target; a
+  table moving to another keyspace (shardstore/table_move.py) switches its binding when
+  its last range arrives (`Catalog.settle`).
 
 Both run inside the configuration group's apply, so every node's catalog changes alike.
 """
@@ -67,7 +69,7 @@ class TableMoveHooks:
     def end(self, move: Move) -> None:
         table = self._table(move.keys)
         give_range(table, move.keys.low, move.keys.high, move.target)
-        self.catalog.version += 1
+        self.catalog.settle(table)  # a table move's switch of keyspace (table_move.py)
 
 
 def give_range(table: Table, low: int, high: int, shard: int) -> None:

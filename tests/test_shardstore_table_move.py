@@ -1,0 +1,232 @@
+"""TABLE.MOVE (shardstore/table_move.py): the catalog's record of a table's move sans I/O
+(plan, switch, reverse, finish, refusals), its parser fuzzed with hypothesis, and a move on
+live nodes: a range table in the keyspace `default` (three nodes) with a month split off,
+moved to the keyspace `users` (node 4) while a thread writes a few hundred rows through
+shardstore.client; every acknowledged write is then read back with its last value from
+the new keyspace and none is left in the old one; a month's read touches one shard; and
+TABLE.MOVE.REVERSE brings it all back."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import redis.asyncio as aredis
+from hypothesis import given
+from hypothesis import strategies as st
+
+from shardstore import catalog
+from shardstore.catalog import Catalog, CatalogError, Table
+from shardstore.client import ShardstoreClient, ShardstoreError
+from shardstore.table_keys import KIND_DATE
+from shardstore.table_move import make_plan, parse_move
+from shardstore.table_moves import give_range
+from tests.test_shardstore_daemon import needs_aliases
+from tests.test_shardstore_keyspaces import KeyspaceCluster
+
+MOVE_S = 60.0
+ROWS = 300
+
+
+def _orders() -> tuple[Catalog, Table]:
+    table = Table("orders", rule=catalog.RULE_RANGE, kind=KIND_DATE,
+                  splits=[20261100, 20261200], shards=[1, 2, 3])
+    found = Catalog()
+    found.tables[table.name] = table
+    return found, table
+
+
+def _entry(op: str, **fields: object) -> dict[str, object]:
+    return {"op": op, "name": "orders", **fields}
+
+
+def _arrive(cat: Catalog, table: Table, column: int) -> None:
+    """Each range handed over as the generic moves' ends hand them (table_moves.py)."""
+    assert table.moving is not None
+    for step in table.moving.plan:
+        give_range(table, step[0], step[1], step[column])
+        cat.settle(table)
+
+
+def test_the_catalog_records_switches_reverses_and_finishes_a_move() -> None:
+    cat, table = _orders()
+    plan = make_plan(table, [4, 5])
+    assert [p[2:] for p in plan] == [(1, 4), (2, 5), (3, 4)]
+
+    def apply(op: str, **fields: object) -> object:
+        return cat.apply(_entry(op, **fields), [1, 2, 3, 4, 5], ["default", "users"])
+
+    assert "is in keyspace 'default' already" in apply(catalog.OP_MOVE, keyspace="default",
+                                                       plan=plan)
+    assert "no such keyspace 'x'" in apply(catalog.OP_MOVE, keyspace="x", plan=plan)
+    assert "changed meanwhile" in apply(catalog.OP_MOVE, keyspace="users", plan=plan[:2])
+    assert apply(catalog.OP_MOVE_FINISH) == "ERR table 'orders' is not moving"
+    assert apply(catalog.OP_MOVE, keyspace="users", plan=plan) is True
+    assert apply(catalog.OP_MOVE, keyspace="users", plan=plan) is True  # again: no-op
+    assert "moving to keyspace 'users'" in apply(catalog.OP_SPLIT, at=20270100, shard=3)
+    assert "needs it switched" in apply(catalog.OP_MOVE_REVERSE)
+    _arrive(cat, table, 3)
+    assert table.keyspace == "users" and table.moving is not None
+    assert (table.moving.state, table.moving.switches) == (catalog.MOVE_SWITCHED, 1)
+    assert Table.from_wire(table.to_wire()) == table
+    assert apply(catalog.OP_MOVE_REVERSE) is True and apply(catalog.OP_MOVE_REVERSE) is True
+    _arrive(cat, table, 2)
+    assert (table.keyspace, table.moving, table.shards) == ("default", None, [1, 2, 3])
+    assert apply(catalog.OP_MOVE, keyspace="users", plan=plan) is True
+    _arrive(cat, table, 3)
+    assert apply(catalog.OP_MOVE_FINISH) is True
+    assert table.moving is None and table.keyspace == "users"
+    hashed = Table("users")
+    cat.tables["users"] = hashed
+    assert "RANGE tables only" in cat.apply({"op": catalog.OP_MOVE, "name": "users",
+                                             "keyspace": "default", "plan": []},
+                                            [1], ["default"])
+
+
+@given(st.lists(st.one_of(st.sampled_from([b"orders", b"users", b"", b"a b", b"\xff"]),
+                          st.binary(max_size=8)), max_size=4))
+def test_the_move_parser_answers_names_or_a_clear_error(words: list[bytes]) -> None:
+    try:
+        name, keyspace = parse_move([b"TABLE.MOVE", *words])
+    except CatalogError as exc:
+        assert str(exc) == "ERR syntax: TABLE.MOVE table keyspace"
+    else:
+        assert [name.encode(), keyspace.encode()] == words
+
+
+# -- live nodes ----------------------------------------------------------------------------
+
+class Writer:
+    """A thread setting ROWS rows round after round through shardstore.client; a row's
+    acknowledged value is the round that wrote it last. TRYAGAIN (a frozen range) is
+    retried: the fence refused the write when it was applied."""
+
+    def __init__(self, seeds: list[str]) -> None:
+        self.seeds = seeds
+        self.acked: dict[str, str] = {}
+        self.unknown: dict[str, set[str]] = {}
+        self.writes = 0
+        self.refused = 0  # TRYAGAIN answers (a frozen range)
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self.run, daemon=True)
+
+    @staticmethod
+    def key(i: int) -> str:
+        return f"orders:{('2026-10', '2026-11', '2026-12', '2027-01')[i % 4]}-{1 + i % 28:02d}:{i}"
+
+    def run(self) -> None:
+        with ShardstoreClient(self.seeds) as client:
+            rounds = 0
+            while not self.stopping.is_set():
+                rounds += 1
+                for i in range(ROWS):
+                    self.set(client, self.key(i), str(rounds))
+
+    def set(self, client: ShardstoreClient, key: str, value: str) -> None:
+        while True:
+            try:
+                assert client.set(key, value)
+            except ShardstoreError as exc:
+                if "TRYAGAIN" in str(exc):
+                    self.refused += 1
+                    time.sleep(0.02)
+                    continue
+                self.unknown.setdefault(key, set()).add(value)  # UNKNOWN: either way
+                return
+            self.acked[key] = value
+            self.writes += 1
+            return
+
+
+async def _until(condition: object, what: str) -> None:
+    deadline = time.monotonic() + MOVE_S
+    while not condition():  # type: ignore[operator]
+        assert time.monotonic() < deadline, what
+        await asyncio.sleep(0.1)
+
+
+def _settled(spaces: KeyspaceCluster, keyspace: str) -> bool:
+    """Every node's catalog binds orders to `keyspace` and no move of its rows is open."""
+    for node in spaces.nodes:
+        table = node.config_machine.catalog.tables.get("orders")
+        if table is None or table.keyspace != keyspace:
+            return False
+        if any(m.state != "done" for m in node.full_config.moves.values()):
+            return False
+    return True
+
+
+def _rows_on(spaces: KeyspaceCluster, indexes: range) -> int:
+    return sum(len(machine.engine.scan(b"orders:", b"orders;", None))
+               for i in indexes for machine in spaces.nodes[i].machines.values())
+
+
+async def _move_under_writes(spaces: KeyspaceCluster) -> None:
+    node = aredis.Redis(**spaces.address(0), protocol=3)  # type: ignore[arg-type]
+    assert await node.execute_command("TABLE.CREATE", "orders", "RANGE", "DATE", "SPLITS",
+                                      "2026-11", "2026-12") == b"OK"
+    assert await node.execute_command("TABLE.SPLIT", "orders", "2027-01") == b"OK"
+    await _until(lambda: all(len(n.config_machine.catalog.tables.get("orders", Table(
+        "x")).shards) == 4 for n in spaces.nodes), "the split everywhere")
+    writer = Writer([spaces.nodes[0].settings.advertise])
+    writer.thread.start()
+    await _until(lambda: writer.writes >= ROWS // 2, "the first writes")
+    begun = await node.execute_command("TABLE.MOVE", "orders", "users")
+    assert len(begun) == 4
+    info = await node.execute_command("TABLE.INFO", "orders")
+    assert info[b"move"] is None or info[b"move"][b"to"] == b"users"
+    await _until(lambda: _settled(spaces, "users"), "the move's end")
+    done_at = writer.writes
+    await _until(lambda: writer.writes >= done_at + ROWS, "writes after the move")
+    writer.stopping.set()
+    await asyncio.to_thread(writer.thread.join)
+    await _check_rows(spaces, writer, new=range(3, 4), old=range(0, 3))
+    month = aredis.Redis(**spaces.address(3), protocol=3)  # type: ignore[arg-type]
+    december = await month.execute_command("TABLE.RANGE", "orders", "2026-12", "2027-01")
+    assert len(december) == ROWS // 4
+    info = await month.execute_command("TABLE.INFO", "orders")
+    assert info[b"last_range_shards"] == 1 and info[b"keyspace"] == b"users"
+    assert info[b"move"][b"state"] == b"switched" and info[b"move"][b"ranges_arrived"] == 4
+    assert await node.execute_command("TABLE.MOVE.REVERSE", "orders")
+    await _until(lambda: _settled(spaces, "default"), "the reverse's end")
+    await _check_rows(spaces, writer, new=range(0, 3), old=range(3, 4))
+    for client in (node, month):
+        await client.aclose()
+
+
+async def _check_rows(spaces: KeyspaceCluster, writer: Writer, new: range,
+                      old: range) -> None:
+    """Every acknowledged row read back with its last value; all of them in `new`'s
+    nodes' engines (each node of default holds every shard), none in `old`'s."""
+    def read() -> dict[str, bytes | None]:
+        with ShardstoreClient([spaces.nodes[3].settings.advertise]) as client:
+            return {key: client.get(key) for key in writer.acked}
+
+    values = await asyncio.to_thread(read)
+    for key, value in writer.acked.items():
+        possible = {value.encode(), *(v.encode() for v in writer.unknown.get(key, ()))}
+        assert values[key] in possible, key
+    assert _rows_on(spaces, old) == 0
+    await _until(lambda: _rows_on(spaces, new[-1:]) == ROWS, "every row on the new shards")
+
+
+@needs_aliases
+def test_a_range_table_moves_to_another_keyspace_under_writes_and_back(
+        tmp_path: Path) -> None:
+    async def main() -> None:
+        spaces = KeyspaceCluster(tmp_path)
+        await spaces.start()
+        try:
+            await _move_under_writes(spaces)
+        finally:
+            await spaces.stop()
+
+    asyncio.run(main())
+
+
+def test_a_hash_table_move_is_refused_clearly() -> None:
+    with pytest.raises(CatalogError):
+        parse_move([b"TABLE.MOVE", b"orders"])

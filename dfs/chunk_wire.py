@@ -9,7 +9,8 @@ header's "op" names the request (OP_*); a reply is a header with "ok" true, or w
 Requests a chunk server takes (one connection may carry many, one after the other):
 - OP_PUT {chunk, version, chain, lease_ms}: then OP_DATA frames with the bytes, in order,
   then OP_END {size, digest}: the server streams every frame to the next server of the
-  chain (the rest of `chain`) while it writes, and replies once its own copy is fsynced
+  chain (the rest of `chain`, with the lease's time left in the PUT, in each DATA that
+  renews it and in the END) while it writes, and replies once its own copy is fsynced
   and the next server has replied ok (so the first server's ok means every replica has it
   on disk). `digest` is the xxh3_64 of the whole chunk, checked by every replica.
 - OP_GET {chunk, version, offset, length}: reply {ok, len} then the bytes; every 64 KiB
@@ -52,7 +53,7 @@ ERR_CHECKSUM = "ERR checksum mismatch in chunk {} block {} on {}"
 ERR_DIGEST = "ERR chunk {} arrived damaged: digest {} != {}"
 ERR_NO_CHUNK = "ERR no chunk {} version {} on {}"
 ERR_STALE = "ERR chunk {} version {} is older than the version {} held here"
-ERR_LEASE = "ERR the lease of chunk {} has expired on its primary {}"
+ERR_LEASE = "ERR the lease of chunk {} has expired on {}"
 
 
 class FrameError(ValueError):

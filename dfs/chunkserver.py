@@ -8,8 +8,12 @@ Strategy:
   ok from the first server means every replica of the chain is on disk. Any failure (a
   bad digest, a next server that cannot be reached or fails) answers an error naming the
   unreachable servers in "failed", and the part written here is dropped. The first server
-  of the chain (the primary) holds the write's lease: a frame that arrives after the lease
-  ran out (it is renewed by the writer through a "lease_ms" in a DATA header) fails it.
+  of the chain (the primary) holds the write's lease (`lease_ms` in the PUT, as the master
+  granted it; renewed by the writer through a "lease_ms" in a DATA header): a frame that
+  arrives after the lease ran out fails the write. Every server of the chain checks the
+  lease the same way: a server forwards the PUT and each renewal with the lease's time
+  left by its own clock, so a secondary refuses the frames of a primary that was paused
+  past the lease (SIGSTOP, a long GC) and forwards what it held afterwards.
   A PUT that fails before its END has arrived reads and drops the rest of its frames
   first, so the writer reads the error reply rather than a reset connection.
 - Reads check every block's checksum (the store does); on a mismatch the replica is
@@ -331,8 +335,9 @@ class _Put:
         except (OSError, TimeoutError):
             self.failed.append(target)
             raise
-        await write_frame(self.next[1], {"op": wire.OP_PUT, "chunk": self.chunk,
-                                         "version": self.version, "chain": self.chain[1:]})
+        header = {"op": wire.OP_PUT, "chunk": self.chunk, "version": self.version,
+                  "chain": self.chain[1:]}
+        await write_frame(self.next[1], self._lease_left(header))
 
     async def _receive(self, reader: asyncio.StreamReader, writer: ChunkWriter) -> dict[str, Any]:
         while True:
@@ -375,9 +380,22 @@ class _Put:
         if "lease_ms" in header:
             self.deadline = time.monotonic() + int(header["lease_ms"]) / 1000
 
+    def _lease_left(self, header: dict[str, Any]) -> dict[str, Any]:
+        """`header` with the lease's time left here, for the next server (none: no lease);
+        a lease that ran out while this server was paused is refused before forwarding."""
+        if self.deadline is None:
+            return header
+        left_ms = int((self.deadline - time.monotonic()) * 1000)
+        if left_ms <= 0:
+            raise ValueError(wire.ERR_LEASE.format(self.chunk, self.server.config.advertise))
+        return {**header, "lease_ms": left_ms}
+
     async def _forward(self, header: dict[str, Any], payload: bytes) -> None:
         assert self.next is not None
+        renewed = "lease_ms" in header
         header = {k: v for k, v in header.items() if k not in ("len", "lease_ms")}
+        if renewed or header.get("op") == wire.OP_END:
+            header = self._lease_left(header)
         try:
             await write_frame(self.next[1], header, payload)
         except OSError:

@@ -3,7 +3,7 @@
     dfs chunkserver --data-dir D --rack R --listen H:P --masters H:P,H:P,...
                     [--heartbeat-ms MS] [--scrub-rate BYTES_PER_S] [--scrub-pause-ms MS]
     dfs master ... [--replication N] [--chunkserver-dead-ms MS] [--min-chunkservers N]
-                   [--abandoned-write-ms MS]
+                   [--abandoned-write-ms MS] [--lease-ms MS]
 
 Exit status: 0 after SIGTERM or SIGINT, 1 when it could not start, 2 on bad usage.
 """
@@ -21,6 +21,7 @@ from core.storage import DataDirLockedError
 from dfs.chunk_placement import (
     DEFAULT_ABANDON_AFTER_S,
     DEFAULT_DEAD_AFTER_S,
+    DEFAULT_LEASE_MS,
     DEFAULT_REPLICATION,
 )
 
@@ -69,17 +70,21 @@ def add_master_options(parser: argparse.ArgumentParser) -> None:
                         default=int(DEFAULT_ABANDON_AFTER_S * 1000),
                         help="a file being written whose writer has not called for this "
                              "long is deleted (its writer died before the close)")
+    parser.add_argument("--lease-ms", type=int, default=DEFAULT_LEASE_MS,
+                        help="a chunk write's lease, granted with each allocation and renewed "
+                             "by its writer; every replica refuses the write once it ran out "
+                             f"({DEFAULT_LEASE_MS}, GFS's)")
 
 
 def placement_options(args: argparse.Namespace) -> dict[str, Any]:
     """The master's `placement` keyword arguments from its parsed options (checked)."""
     for name in ("replication", "chunkserver_dead_ms", "min_chunkservers",
-                 "abandoned_write_ms"):
+                 "abandoned_write_ms", "lease_ms"):
         if getattr(args, name) < 1:
             raise daemon.ConfigError(ERR_POSITIVE.format("--" + name.replace("_", "-")))
     return {"replication": args.replication, "dead_after_s": args.chunkserver_dead_ms / 1000,
             "min_servers": args.min_chunkservers,
-            "abandon_after_s": args.abandoned_write_ms / 1000}
+            "abandon_after_s": args.abandoned_write_ms / 1000, "lease_ms": args.lease_ms}
 
 
 def _config(args: argparse.Namespace) -> Any:

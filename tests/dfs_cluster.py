@@ -40,7 +40,8 @@ def eventually(probe: Callable[[], Any], what: str, hang_s: float = HANG_S) -> A
 class DfsCluster:
     """Masters and chunk servers as processes (see the module header)."""
 
-    def __init__(self, tmp: Path, chunkservers: int = 4, scrub_pause_ms: int = 60_000) -> None:
+    def __init__(self, tmp: Path, chunkservers: int = 4, scrub_pause_ms: int = 60_000,
+                 lease_ms: int | None = None) -> None:
         self.tmp = tmp
         raft = [find_free_port(h) for h in MASTER_HOSTS]
         ports = [find_free_port(h) for h in MASTER_HOSTS]
@@ -54,7 +55,8 @@ class DfsCluster:
                                 "--timeout-ms", "5000", "--chunkserver-dead-ms", str(DEAD_MS),
                                 "--min-chunkservers", str(max(1, min(chunkservers, 3))),
                                 "--trash-keep-ms", str(TRASH_KEEP_MS), "--purge-every-ms",
-                                "200", "--abandoned-write-ms", str(ABANDON_MS)],
+                                "200", "--abandoned-write-ms", str(ABANDON_MS),
+                                *([] if lease_ms is None else ["--lease-ms", str(lease_ms)])],
                                h, ports[i], tmp / f"m{i + 1}.log")
                         for i, h in enumerate(MASTER_HOSTS)]
         self.chunkservers = [self._chunkserver(i, scrub_pause_ms) for i in range(chunkservers)]

@@ -3,7 +3,8 @@ and it goes on), driven over real sockets with the blocking data-path link: a ch
 three servers writes a chunk to all three disks before the first answers; a damaged
 digest is refused everywhere; a read of a flipped byte is an error naming the block and
 the replica is dropped; bad requests get a clear error and the connection is closed; a
-lease that ran out fails the write. And the heartbeat report's parser (hypothesis): any
+lease that ran out fails the write, and the chain carries the lease's time left to every
+secondary (which checks it the same way). And the heartbeat report's parser (hypothesis): any
 msgpack value is taken or refused with ValueError/KeyError/TypeError, nothing else.
 """
 
@@ -146,6 +147,56 @@ def test_a_lease_that_ran_out_fails_the_write(servers: Running) -> None:
     with pytest.raises(ReplyError, match="lease of chunk 11 has expired"):
         put(servers.address(0), 11, 1, [], os.urandom(300_000), lease_ms=50, pause_s=0.06)
     put(servers.address(0), 11, 1, [], b"quick", lease_ms=60_000)
+
+
+class FakeNext:
+    """A next server of a chain that records the frames it is sent and answers ok."""
+
+    def __init__(self) -> None:
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.address = f"127.0.0.1:{self.listener.getsockname()[1]}"
+        self.headers: list[dict[str, Any]] = []
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        conn, _ = self.listener.accept()
+        with conn:
+            reader = wire.FrameReader()
+            while not self.headers or self.headers[-1].get("op") != wire.OP_END:
+                data = conn.recv(1 << 16)
+                if not data:
+                    return
+                reader.feed(data)
+                while (frame := reader.next_frame()) is not None:
+                    self.headers.append(frame.header)
+            conn.sendall(b"".join(wire.encode_frame({"ok": True})))
+
+
+def test_a_secondary_learns_the_lease_and_its_renewals(servers: Running) -> None:
+    fake = FakeNext()
+    data = os.urandom(250_000)
+    link = SyncLink(servers.address(0), HANG_S)
+    try:
+        link.send({"op": wire.OP_PUT, "chunk": 13, "version": 1, "chain": [fake.address],
+                   "lease_ms": 60_000})
+        link.send({"op": wire.OP_DATA}, data[:100_000])
+        link.send({"op": wire.OP_DATA, "lease_ms": 30_000}, data[100_000:])  # a renewal
+        link.send({"op": wire.OP_END, "size": len(data),
+                   "digest": xxhash.xxh3_64_intdigest(data)})
+        check_reply(link.receive(), servers.address(0))
+    finally:
+        link.close()
+        fake.thread.join(HANG_S)
+        fake.listener.close()
+    put_, first, renewal, end = fake.headers
+    assert 0 < put_["lease_ms"] <= 60_000 and "lease_ms" not in first
+    assert 0 < renewal["lease_ms"] <= 30_000 and 0 < end["lease_ms"] <= 30_000
+    # A secondary checks what it was told as the primary does: a forwarded write whose
+    # lease ran out (its primary was paused past it) is refused.
+    with pytest.raises(ReplyError, match="lease of chunk 14 has expired on"):
+        put(servers.address(1), 14, 1, [], os.urandom(300_000), lease_ms=50, pause_s=0.06)
+    assert 14 not in servers.servers[1].store.replicas
 
 
 @pytest.mark.parametrize(("header", "error"), [

@@ -6,8 +6,9 @@ small chunks (128 KiB) so files span many of them.
   acknowledged reads back with the right hash, and replication returns to 3 without help;
 - the master leader SIGKILLed while files are written: every acknowledged file reads back
   (a new leader leaves safe mode once the chunk servers report to it);
-- a chunk server SIGSTOPped past its dead time while writes and reads go on, then
-  SIGCONTed: no stale replica is read, and stale replicas are deleted;
+- a chunk primary SIGSTOPped past its dead time and its lease (the masters' --lease-ms is
+  short here) while writes and reads go on, then SIGCONTed: its stale data is never read,
+  and stale replicas are deleted;
 - a byte flipped in a chunk file on disk: the read still returns the right bytes (another
   replica) and the bad replica is replaced by a good one; another flipped byte in a chunk
   no client reads is found by the scrubber and repaired the same way;
@@ -30,6 +31,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -42,6 +44,7 @@ from tests.procs import ROOT
 from tests.test_raft_driver import needs_aliases
 
 CHUNK = 128 * 1024
+LEASE_MS = 4000  # the masters' --lease-ms: a stopped primary is paused past it
 SIZES = [0, 1, 65_536, CHUNK - 1, CHUNK, CHUNK + 1, 8 * CHUNK + 7]
 
 pytestmark = needs_aliases
@@ -49,7 +52,8 @@ pytestmark = needs_aliases
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DfsCluster]:
-    c = DfsCluster(tmp_path_factory.mktemp("dfs"), chunkservers=4, scrub_pause_ms=1000)
+    c = DfsCluster(tmp_path_factory.mktemp("dfs"), chunkservers=4, scrub_pause_ms=1000,
+                   lease_ms=LEASE_MS)
     try:
         c.start()
         yield c
@@ -182,18 +186,21 @@ def _versions_on_disk(cluster: DfsCluster, chunk: int) -> list[int]:
 
 
 def test_a_stopped_chunk_server_comes_back_stale(cluster: DfsCluster, fs: DfsClient) -> None:
-    """SIGSTOP a chunk server (a primary of some writes) past the dead time while writes go
-    on, then SIGCONT: no stale replica is ever read, and the stale ones are deleted."""
+    """SIGSTOP a chunk primary past the dead time and its lease while writes go on, then
+    SIGCONT: its stale data is never read, and the stale replicas are deleted."""
     fs.mkdir("/stop", parents=True)
     eventually(lambda: cluster.ready(fs, 4), "four chunk servers")
     acknowledged: dict[str, bytes] = {}
-    victim = cluster.chunkservers[2]
     rng = random.Random(7)
     with cluster.client(chunk_size=CHUNK, data_timeout_s=1.0) as writer:
         for i in range(30):
-            if i == 5:
+            if i == 5:  # the primary of the last write's first chunk
+                primary = fs.locate(f"/stop/f{i - 1}")[2][0][3][0]
+                victim = next(c for c in cluster.chunkservers if c.address == primary)
                 victim.signal(signal.SIGSTOP)
+                stopped = time.monotonic()
             if i == 20:
+                time.sleep(max(0.0, stopped + LEASE_MS / 1000 + 1 - time.monotonic()))
                 victim.signal(signal.SIGCONT)
             data = rng.randbytes(rng.randrange(1, 2 * CHUNK))
             try:
@@ -393,6 +400,10 @@ PROMISES = {  # README.md's sentence -> the test here that checks it
     "purged from the trash) are deleted from every chunk server.":
         test_chunks_of_replaced_and_deleted_files_are_collected,
     "`dfs put` and `dfs get` show a progress bar on stderr.": test_the_command_line,
+    "A chunk write holds a lease that its writer renews (`--lease-ms` on the masters, 60 s by "
+    "default as in GFS); every replica of the chain refuses the write once the lease has run "
+    "out, so a primary paused past its lease never has its stale data read.":
+        test_a_stopped_chunk_server_comes_back_stale,
     "A file whose writer died before its close (it is written as "
     "`<path>.<token>._COPYING_`) is deleted, and its chunks with it, once its writer has been "
     "silent for `--abandoned-write-ms` (an hour by default, HDFS's lease hard limit).":

@@ -20,7 +20,9 @@ group, so a move begun anywhere before is seen.
                             node's
     SHARDSTORE.STATUS    -> this node: id, epoch, slots assigned, moves under way and done,
                             the configuration group's leader, and per shard it hosts:
-                            role, leader, applied, commit, keys
+                            role, leader, applied, commit, keys; and how many ASK
+                            redirections it answered and commands it served under
+                            ASKING (shardstore/asking.py)
 """
 
 from __future__ import annotations
@@ -58,6 +60,7 @@ class AdminNode(Protocol):
     service: RaftService
     machines: dict[int, ShardMachine]
     host: Any
+    commands: Any  # shardstore.handlers.ClientCommands (its `asking` counters)
 
     @property
     def config(self) -> ClusterConfig: ...
@@ -138,11 +141,18 @@ class AdminCommands:
         return {b"node": self.node.me, b"epoch": config.epoch, b"slots_assigned": assigned,
                 b"moves": sum(1 for m in config.moves.values() if m.state != STATE_DONE),
                 b"moves_done": config.moves_done, b"config_leader": self._config_leader(),
-                b"shards": shards}
+                b"shards": shards, **_asking_counters(self.node)}
 
     def _config_leader(self) -> int:
         group = self.node.host.group(CONFIG_GROUP)
         return group.node.lead if group is not None and group.node is not None else 0
+
+
+def _asking_counters(node: AdminNode) -> dict[bytes, int]:
+    asking = getattr(node.commands, "asking", None)
+    if asking is None:
+        return {}
+    return {k.encode(): int(v) for k, v in asking.stats().items()}
 
 
 def _keyset(words: list[bytes], catalog: Catalog) -> KeySet:

@@ -16,6 +16,13 @@ one is refused, so it can never overwrite a write made after the move ended). A 
 deletes only keys the move's fence still holds here (a key set moved back in since is
 not touched). Both id sets grow by one small integer per move.
 
+The other side of a move is tracked too (`imports`): how far the copy into this shard has
+walked the source's keys (the walk is in key order; each copy entry names where its batch
+ended). A copy entry writes only the rows past that point, so a resumed or late copy never
+overwrites a key written here since by a client under ASKING; and such a command is taken
+only for keys the walk has passed (`unimported`), so it never runs on a key whose value is
+still on its way (Redis Cluster's ASK/ASKING, shardstore/asking.py).
+
 A slot fence holds slot-addressed keys only and a positions fence rows of a range table
 only; which one a request's keys are is what the node that took the request routed it
 as, carried in the entry (shardstore/writes.py), so every replica decides alike.
@@ -29,19 +36,58 @@ reads, scans and counts, and a command can never write it.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import msgpack
 
 from shardstore.keysets import KIND_POSITIONS, KIND_SLOTS, KeySet
 
-__all__ = ["ERR_FENCED", "FENCES_KEY", "Fences", "HiddenKV", "RESERVED_PREFIX"]
+__all__ = ["ERR_FENCED", "ERR_IMPORTING", "FENCES_KEY", "Fences",
+           "HiddenKV", "Import", "RESERVED_PREFIX", "fenced_move"]
 
 RESERVED_PREFIX = b"\xff\xffshardstore:"  # sorts after every printable key
 FENCES_KEY = RESERVED_PREFIX + b"fences"
 ERR_FENCED = ("TRYAGAIN keys of this request are moving or moved to another shard "
               "(move {}); retry")
+ERR_IMPORTING = ("TRYAGAIN keys of this request are still being copied into this shard "
+                 "(move {}); retry")
+KEEP_IMPORTS = 16  # finished imports remembered (ASKING after the walk, before the map)
+_FENCED_RE = re.compile(r"^TRYAGAIN keys of this request are moving or moved to another "
+                        r"shard \(move (\d+)\); retry$")
+
+
+def fenced_move(message: str) -> int | None:
+    """The move id of a fence's refusal text (ERR_FENCED), None for any other text."""
+    found = _FENCED_RE.match(message)
+    return None if found is None else int(found.group(1))
+
+
+@dataclass
+class Import:
+    """How far the copy of one move into this shard got: `started` once a batch came,
+    `cursor` the last source key walked, `walked` once the walk is over (or the copy
+    was closed by its lift)."""
+
+    keys: KeySet
+    started: bool = False
+    cursor: bytes | None = None
+    walked: bool = False
+
+    def passed(self, key: bytes) -> bool:
+        """Whether the walk has gone past `key` (its value, if any, is here)."""
+        return self.walked or (self.started and self.cursor is not None
+                               and key <= self.cursor)
+
+    def to_wire(self) -> list[Any]:
+        return [self.keys.to_wire(), self.started, self.cursor, self.walked]
+
+    @classmethod
+    def from_wire(cls, wire: list[Any]) -> Import:
+        keys, started, cursor, walked = wire
+        return cls(KeySet.from_wire(keys), bool(started), cursor, bool(walked))
 
 
 class Fences:
@@ -49,10 +95,12 @@ class Fences:
     by a move back in keeps both halves under its id)."""
 
     def __init__(self, fenced: Iterable[tuple[int, KeySet]] = (),
-                 frozen: Iterable[int] = (), closed: Iterable[int] = ()) -> None:
+                 frozen: Iterable[int] = (), closed: Iterable[int] = (),
+                 imports: dict[int, Import] | None = None) -> None:
         self.fenced: list[tuple[int, KeySet]] = list(fenced)
         self.frozen: set[int] = set(frozen)  # moves ever frozen here
         self.closed: set[int] = set(closed)  # moves whose copy into here is over
+        self.imports: dict[int, Import] = dict(imports or {})  # copies into here, by move
 
     @classmethod
     def load(cls, kv: Any) -> Fences:
@@ -60,15 +108,19 @@ class Fences:
         found = kv.get(FENCES_KEY)
         if found is None:
             return cls()
-        fenced, frozen, closed = msgpack.unpackb(found[0])
-        return cls(((int(mid), KeySet.from_wire(ks)) for mid, ks in fenced), frozen, closed)
+        fenced, frozen, closed, *rest = msgpack.unpackb(found[0])
+        imports = {int(mid): Import.from_wire(w) for mid, w in rest[0]} if rest else {}
+        return cls(((int(mid), KeySet.from_wire(ks)) for mid, ks in fenced), frozen, closed,
+                   imports)
 
     def record(self) -> tuple[bytes, bytes | None, int]:
         """The engine write that stores these fences (a delete when there are none)."""
-        if not (self.fenced or self.frozen or self.closed):
+        if not (self.fenced or self.frozen or self.closed or self.imports):
             return (FENCES_KEY, None, 0)
-        wire = [[[mid, ks.to_wire()] for mid, ks in self.fenced], sorted(self.frozen),
-                sorted(self.closed)]
+        wire: list[Any] = [[[mid, ks.to_wire()] for mid, ks in self.fenced],
+                           sorted(self.frozen), sorted(self.closed)]
+        if self.imports:
+            wire.append([[mid, imp.to_wire()] for mid, imp in sorted(self.imports.items())])
         return (FENCES_KEY, msgpack.packb(wire), 0)
 
     def add(self, move_id: int, keys: KeySet) -> bool:
@@ -86,11 +138,53 @@ class Fences:
         if move_id in self.closed:
             return False
         self.closed.add(move_id)
+        self.imports.setdefault(move_id, Import(keys)).walked = True
+        self._prune_imports()
         kept: list[tuple[int, KeySet]] = []
         for mid, fenced in self.fenced:
             kept.extend((mid, piece) for piece in fenced.minus(keys))
         self.fenced = kept
         return True
+
+    def copy_rows(self, move_id: int, keys: KeySet, rows: list[tuple[bytes, bytes, int]],
+                  start: bytes | None, end: bytes | None
+                  ) -> list[tuple[bytes, bytes, int]]:
+        """The rows of a copy batch of move `move_id` (its walk went on after `start`, None:
+        from the first key, and stopped at `end`, None: the walk is over) to write here:
+        those past what earlier batches walked. Records the walk's progress."""
+        imp = self.imports.setdefault(move_id, Import(keys))
+        if imp.walked:
+            return []
+        if imp.started:
+            assert imp.cursor is not None
+            rows = [row for row in rows if row[0] > imp.cursor]
+        contiguous = start is None or (imp.started and imp.cursor is not None
+                                       and start <= imp.cursor)
+        if contiguous:  # a batch that leaves no gap behind it moves the walk on
+            if end is None:
+                imp.walked = True
+            elif not imp.started or imp.cursor is None or end > imp.cursor:
+                imp.cursor = end
+            imp.started = True
+        return rows
+
+    def unimported(self, keys: Iterable[bytes]) -> int | None:
+        """For a command under ASKING: the id of a move whose copy into here has not
+        passed one of `keys` yet (0: no copy into here holds the key), None if the copy
+        of every key is here."""
+        for key in keys:
+            covering = [(mid, imp) for mid, imp in self.imports.items() if key in imp.keys]
+            if not covering:
+                return 0
+            mid, imp = max(covering, key=lambda pair: pair[0])
+            if not imp.passed(key):
+                return mid
+        return None
+
+    def _prune_imports(self) -> None:
+        done = sorted(mid for mid, imp in self.imports.items() if imp.walked)
+        for mid in done[:-KEEP_IMPORTS]:
+            del self.imports[mid]
 
     def holds_key(self, move_id: int, key: bytes) -> bool:
         """Whether move `move_id`'s fence here still holds `key`."""

@@ -45,6 +45,7 @@ from core.resp_commands import parse_int
 from core.resp_session import Session
 from native.crc16 import SLOT_COUNT, key_slot
 from shardstore import cluster
+from shardstore.asking import Asking
 from shardstore.cluster import ClusterConfig, ClusterView, Shard
 from shardstore.cmd_tables import TableCommands
 from shardstore.machine import MergedKV, ShardMachine, decode_reply
@@ -105,6 +106,7 @@ class ClientCommands:
     def __init__(self, node: NodeView) -> None:
         self.node = node
         self.tables = TableCommands(node)  # type: ignore[arg-type]  # TABLE.*, range rows
+        self.asking = Asking(node)  # type: ignore[arg-type]  # ASK/ASKING (asking.py)
 
     def rows(self) -> list[Command]:
         self.layer = self.node.layer
@@ -126,6 +128,7 @@ class ClientCommands:
         write = WRITE_FLAG in row.flags
 
         def handler(session: Session, args: list[bytes]) -> Coroutine[Any, Any, Any]:
+            asking = self.asking.take(session)
             ranged = self.tables.range_shard(row, args)  # rows of range tables: no slots
             if ranged is not None:
                 return (self._write(ranged, args, ranged=True) if write
@@ -138,6 +141,9 @@ class ClientCommands:
                 raise CommandError(ERR_KEYS.format(row.name.lower())) from None
             if slot is None:
                 return self._keyless(row)(session, args)
+            importing = self.asking.importing(slot) if asking else None
+            if importing is not None:
+                return self.asking.serve(importing, args, write, _readonly(session))
             shard = self._local_shard(slot)
             if write:
                 return self._write(shard, args)
@@ -170,7 +176,7 @@ class ClientCommands:
             raise service.unavailable(service.handle(shard.group), exc) from None
         reply = decode_reply(result)
         if isinstance(reply, CommandError):
-            raise reply
+            raise self.asking.redirect(reply, args)
         return reply
 
     def _read_or_wait(self, shard: Shard, args: list[bytes], stale_ok: bool) -> Any:
@@ -190,7 +196,9 @@ class ClientCommands:
         machine = self.node.machines.get(shard.shard_id)
         if machine is None:
             raise CommandError(ERR_CLUSTERDOWN)
-        self._reply(machine.refuse_request(args, is_range_row=self.tables.catalog.is_range_row))
+        refusal = machine.refuse_request(args, is_range_row=self.tables.catalog.is_range_row)
+        if refusal is not None:
+            raise self.asking.redirect(refusal, args)
         return self._reply(self.layer.execute_read(machine.store, self.node.now_ms(), args))
 
     @staticmethod
@@ -248,7 +256,7 @@ class ClientCommands:
         fast = frozenset({"fast", "loading", "stale"})
         return [
             Command("CLUSTER", None, -2, subcommands=subs, summary="Redis Cluster commands"),
-            Command("ASKING", lambda s, a: OK, 1, fast),
+            Command("ASKING", self.asking.cmd_asking, 1, fast),
             Command("READONLY", self.cmd_readonly, 1, fast),
             Command("READWRITE", self.cmd_readwrite, 1, fast),
             Command("WAIT", self.cmd_wait, 3, frozenset({"noscript"}),

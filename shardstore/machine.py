@@ -12,16 +12,19 @@ request and applied identically by every replica:
 - the entries of a move (shardstore/migrate.py), whose items start with the move's id:
   [KIND_FREEZE, now_ms, [move, keyset]] fences the key set (shardstore/fences.py: from
   this entry on, commands on those keys are refused, TRYAGAIN, with no effect);
-  [KIND_COPY, now_ms, [move, [[key, value, expire_at], ...]]] writes copied records as
-  they are (idempotent: a resumed copy writes the same records again; refused once the
-  move's lift was applied here);
+  [KIND_COPY, now_ms, [move, [[key, value, expire_at], ...], keyset, start, end]] writes
+  copied records as they are, those past what earlier batches walked (the walk went on
+  after `start` and stopped at `end`: fences.Fences.copy_rows; the older form without
+  keyset, start and end writes them all); refused once the move's lift was applied here;
   [KIND_LIFT, now_ms, [move, keyset]] closes the move's copy into this shard and lifts
   fences on the key set (keys moving back in);
   [KIND_PURGE, now_ms, [move, keyset, [key, ...]]] deletes those keys the move's fence
   still holds here (the moved-out copy).
 
 A command's keys (`keys_of(args)`, from the command table) are checked against the fences
-when it is applied, so every replica refuses the same entries.
+when it is applied, so every replica refuses the same entries. A command entry routed
+ROUTE_ASKING (sent under Redis Cluster's ASKING to the target of a move) is applied only
+if the move's copy into this shard has passed each of its keys (fences.Fences.unimported).
 
 The writes of all the entries of one `apply` call gather in a `BatchKV` (later entries read
 what earlier ones wrote) and reach the engine as one atomic batch carrying the last index:
@@ -52,13 +55,19 @@ from typing import Any, Protocol
 import msgpack
 
 from core.resp import CommandError, RespSet, Simple, Verbatim
-from shardstore.fences import ERR_FENCED, Fences, HiddenKV
+from shardstore.fences import (
+    ERR_FENCED,
+    ERR_IMPORTING,
+    Fences,
+    HiddenKV,
+)
 from shardstore.keysets import KeySet
 
 __all__ = [
     "KIND_COMMAND", "KIND_COPY", "KIND_EXPIRE", "KIND_FREEZE", "KIND_LIFT", "KIND_PURGE",
     "ROUTE_RANGED",    "BatchKV", "CommandLayer", "MergedKV", "ShardMachine",
     "decode_reply", "encode_command", "encode_expire", "encode_reply", "expired_keys",
+    "ROUTE_ASKING",
 ]
 
 KIND_COMMAND = 0
@@ -68,6 +77,7 @@ KIND_COPY = 3
 KIND_LIFT = 4
 KIND_PURGE = 5
 ROUTE_RANGED = 1  # a command entry's route flag: rows of a range table
+ROUTE_ASKING = 2  # a command entry's route flag: under ASKING, to a move's target
 SNAPSHOT_MAGIC = b"SSHARD1"
 _HEADER = struct.Struct(">Q")  # the applied index of the snapshot
 _PIECE = struct.Struct(">I")  # the length of each engine piece
@@ -85,10 +95,14 @@ class CommandLayer(Protocol):
                       applied_index: int) -> Any: ...
 
 
-def encode_command(now_ms: int, args: Sequence[bytes], ranged: bool = False) -> bytes:
-    """A write command's entry; `ranged`: routed as rows of a range table."""
+def encode_command(now_ms: int, args: Sequence[bytes], ranged: bool = False,
+                   asking: bool = False) -> bytes:
+    """A write command's entry; `ranged`: routed as rows of a range table; `asking`: sent
+    under ASKING to the target of a move."""
     if ranged:
         return msgpack.packb([KIND_COMMAND, now_ms, list(args), ROUTE_RANGED])
+    if asking:
+        return msgpack.packb([KIND_COMMAND, now_ms, list(args), ROUTE_ASKING])
     return msgpack.packb([KIND_COMMAND, now_ms, list(args)])
 
 
@@ -182,6 +196,12 @@ class ShardMachine:
         move = self.fences.refusing(keys, ranged)
         return None if move is None else CommandError(ERR_FENCED.format(move))
 
+    def refuse_unimported(self, args: list[bytes]) -> CommandError | None:
+        """For a command under ASKING: TRYAGAIN unless the copy of each of its keys into
+        this shard is done (fences.Fences.unimported)."""
+        move = self.fences.unimported(self.keys_of(args) if self.keys_of else [])
+        return None if move is None else CommandError(ERR_IMPORTING.format(move))
+
     def refuse_request(self, args: list[bytes], ranged: bool = False,
                        is_range_row: Callable[[bytes], bool] | None = None
                        ) -> CommandError | None:
@@ -215,6 +235,8 @@ class ShardMachine:
         if kind in _MOVE_KINDS:
             return self._move_entry(kv, index, kind, items)
         reply = self.refuse_request(list(items), ranged=route == [ROUTE_RANGED])
+        if reply is None and route == [ROUTE_ASKING]:
+            reply = self.refuse_unimported(list(items))
         try:
             if reply is None:
                 reply = self.commands.execute_write(HiddenKV(kv), now_ms, list(items), index)
@@ -240,11 +262,7 @@ class ShardMachine:
             move_id, *rest = items
             move_id = int(move_id)
             if kind == KIND_COPY:
-                closed = move_id in self.fences.closed
-                rows = [] if closed else [(bytes(k), bytes(v), int(e)) for k, v, e in rest[0]]
-                HiddenKV(kv).write(rows, applied_index=index)
-                return encode_reply(CommandError(ERR_CLOSED.format(move_id))) if closed \
-                    else len(rows)
+                return self._copy(kv, index, move_id, rest)
             keys = KeySet.from_wire(rest[0])
             if kind == KIND_PURGE:
                 gone = [(bytes(k), None, 0) for k in rest[1]
@@ -258,6 +276,20 @@ class ShardMachine:
             return encode_reply(CommandError(ERR_BAD_ENTRY.format(exc)))
         kv.write([self.fences.record()] if changed else [], applied_index=index)
         return int(changed)
+
+    def _copy(self, kv: BatchKV, index: int, move_id: int, rest: list[Any]) -> Any:
+        """KIND_COPY (see the module header): the count of rows written."""
+        if move_id in self.fences.closed:
+            kv.write([], applied_index=index)
+            return encode_reply(CommandError(ERR_CLOSED.format(move_id)))
+        rows = [(bytes(k), bytes(v), int(e)) for k, v, e in rest[0]]
+        tracked = len(rest) >= 4  # the form with keyset, start and end
+        if tracked:
+            rows = self.fences.copy_rows(move_id, KeySet.from_wire(rest[1]), rows,
+                                         rest[2], rest[3])
+        HiddenKV(kv).write(rows, applied_index=index)
+        kv.write([self.fences.record()] if tracked else [], applied_index=index)
+        return len(rows)
 
     def snapshot(self) -> Callable[[], bytes]:
         """An encoder of the engine's consistent dump (run off the event loop)."""

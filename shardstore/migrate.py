@@ -11,8 +11,12 @@ record's state and cursor:
    (shardstore/fences.py); nothing written there later can be acknowledged;
 2. copy: the keys of the set are read from a source replica that has applied the freeze
    (a read barrier, then the fence is checked) in key order, BATCH_KEYS at a time, and
-   written through the target's log (KIND_COPY); after each batch the configuration
-   records the cursor and the count (OP_STEP), which is the progress `admin` shows;
+   written through the target's log (KIND_COPY, naming where the walk of the source's
+   keys went on from and where it stopped: the target writes only rows past what it had,
+   and takes ASKING commands for the keys the walk has passed: shardstore/asking.py);
+   after each batch the configuration records the cursor and the count (OP_STEP), which
+   is the progress `admin` shows (a walk with nothing to copy sends no entry and
+   records no step until its end, so a resumed walk starts where the target's stopped);
 3. lift (target's log, KIND_LIFT): the target closes the move's copy (a late copy is
    refused) and lifts any fence it had on the set (keys coming back);
 4. end (configuration, OP_END): the target owns the set, the epoch goes up; clients get
@@ -28,15 +32,21 @@ replica of its source: within the key set's scan bounds [first, end), leaving ou
 under the `excluded` prefixes (a slot move leaves the rows of range tables, which are
 not slot-addressed, where they are: the coordinator names their tables' prefixes).
 The coordinator tries the group's leader as it knows it, then every other member.
+[OP_ASKING, args] runs a client's write command sent under ASKING (shardstore/asking.py)
+on the group's leader, stamped with its clock: [REPLY_OK, apply result], [REPLY_REFUSED,
+reason] when nothing was appended (not the leader), [REPLY_UNKNOWN, reason] when the
+entry may have been appended but no outcome came.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from core.raft.driver_types import ProposalUnknown
 from core.raft.errors import ProposalDropped, RaftError
 from core.raft.host import RaftHost
 from core.rpc import RpcError, UnknownGroup
@@ -49,6 +59,7 @@ from shardstore.machine import (
     KIND_PURGE,
     ShardMachine,
     decode_reply,
+    encode_command,
     encode_move,
 )
 from shardstore.moves import (
@@ -61,16 +72,18 @@ from shardstore.moves import (
     encode_step,
 )
 
-__all__ = ["BATCH_KEYS", "SERVICE_MOVE", "MoveService", "MoveStalled", "Mover", "Scope",
-           "read_fenced"]
+__all__ = ["BATCH_KEYS", "OP_ASKING", "REPLY_OK", "REPLY_REFUSED", "REPLY_UNKNOWN",
+           "SERVICE_MOVE", "MoveService", "MoveStalled", "Mover", "Scope", "read_fenced"]
 
 log = logging.getLogger("shardstore.migrate")
 
 SERVICE_MOVE = "shardstore.move"
 OP_ENTRY = "entry"
 OP_READ = "read"
+OP_ASKING = "asking"
 REPLY_OK = "ok"
 REPLY_REFUSED = "refused"
+REPLY_UNKNOWN = "unknown"
 BATCH_KEYS = 256  # keys per copy or purge entry
 BATCH_BYTES = 1 << 20  # and at most about this many bytes of values
 SCAN_KEYS = 2048  # keys a read looks at per request (a slot's keys are spread out)
@@ -104,10 +117,11 @@ class MoveService:
     """The core/rpc service SERVICE_MOVE of a node (see the module header)."""
 
     def __init__(self, host: RaftHost, machine_of: Callable[[int], ShardMachine | None],
-                 timeout_s: float) -> None:
+                 timeout_s: float, now_ms: Callable[[], int] | None = None) -> None:
         self.host = host
         self.machine_of = machine_of  # group id -> the shard machine hosted here
         self.timeout_s = timeout_s
+        self.now_ms = now_ms or (lambda: int(time.time() * 1000))
 
     def on_message(self, peer_id: int, group_id: int, payload: Any) -> None:
         """The service takes requests only."""
@@ -122,6 +136,8 @@ class MoveService:
         try:
             if payload[0] == OP_ENTRY and isinstance(payload[1], bytes):
                 return await self._entry(group_id, payload[1])
+            if payload[0] == OP_ASKING and all(isinstance(a, bytes) for a in payload[1]):
+                return await self._asking(group_id, list(payload[1]))
             if payload[0] == OP_READ:
                 scope = Scope(payload[4], payload[5], tuple(payload[6]))
                 return await self._read(group_id, int(payload[1]), payload[2],
@@ -138,6 +154,19 @@ class MoveService:
             result = await group.execute(data, forward=False, timeout=self.timeout_s)
         except (ProposalDropped, RaftError, TimeoutError) as exc:
             return [REPLY_REFUSED, repr(exc)]
+        return [REPLY_OK, result]
+
+    async def _asking(self, group_id: int, args: list[bytes]) -> list[Any]:
+        group = self.host.group(group_id)
+        if group is None:
+            return [REPLY_REFUSED, ERR_NOT_HERE.format(group_id)]
+        entry = encode_command(self.now_ms(), args, asking=True)
+        try:
+            result = await group.execute(entry, forward=False, timeout=self.timeout_s)
+        except ProposalDropped as exc:  # NotLeaderError too: nothing appended
+            return [REPLY_REFUSED, str(exc)]
+        except (ProposalUnknown, RaftError, TimeoutError) as exc:
+            return [REPLY_UNKNOWN, str(exc) or "timed out"]
         return [REPLY_OK, result]
 
     async def _read(self, group_id: int, move_id: int, after: bytes | None,
@@ -239,13 +268,15 @@ class Mover:
         await self._entry(move.source, encode_move(KIND_FREEZE, self.node.now_ms(),
                                                    move.move_id, keys))
         cursor, done = move.cursor, move.copied
+        sent = cursor  # the walk is at the target up to here
         while True:
             rows, cursor = await self._read(move, cursor)
-            if rows:
-                await self._entry(move.target, encode_move(KIND_COPY, self.node.now_ms(),
-                                                           move.move_id, rows))
+            if rows or cursor is None:
+                await self._entry(move.target, encode_move(
+                    KIND_COPY, self.node.now_ms(), move.move_id, rows, keys, sent, cursor))
                 done += len(rows)
-            await self._config(encode_step(move.move_id, STATE_COPY, cursor, done))
+                sent = cursor
+                await self._config(encode_step(move.move_id, STATE_COPY, cursor, done))
             if cursor is None:
                 break
         await self._entry(move.target, encode_move(KIND_LIFT, self.node.now_ms(),

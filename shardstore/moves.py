@@ -48,6 +48,7 @@ OP_FINISH = "move.finish"
 STATE_COPY = "copy"
 STATE_PURGE = "purge"
 STATE_DONE = "done"
+STATE_CANCEL = "cancel"
 KEEP_DONE = 16  # finished move records kept for `SHARDSTORE.MOVES`
 ERR_NO_SHARD = "ERR no shard {}"
 ERR_SAME_SHARD = "ERR a move needs two different shards"
@@ -71,7 +72,8 @@ class MoveHooks(Protocol):
 @dataclass
 class Move:
     """One move's record. `cursor`: the last key handled by the current state's walk
-    (None: from the start); `copied`/`purged`: keys handled so far."""
+    (None: from the start, or the walk is over: `walked`); `copied`/`purged`: keys
+    handled so far."""
 
     move_id: int
     keys: KeySet
@@ -82,16 +84,23 @@ class Move:
     copied: int = 0
     purged: int = 0
     began_epoch: int = 0
+    walked: bool = False  # the copy's walk is over (every key is at the target)
+
+    def copied_past(self, key: bytes) -> bool:
+        """Whether the copy has (as far as this record says) taken `key` to the target."""
+        if self.state != STATE_COPY:
+            return self.state != STATE_CANCEL
+        return self.walked or (self.cursor is not None and key <= self.cursor)
 
     def to_wire(self) -> list[Any]:
         return [self.move_id, self.keys.to_wire(), self.source, self.target, self.state,
-                self.cursor, self.copied, self.purged, self.began_epoch]
+                self.cursor, self.copied, self.purged, self.began_epoch, self.walked]
 
     @classmethod
     def from_wire(cls, wire: list[Any]) -> Move:
-        mid, keys, source, target, state, cursor, copied, purged, began = wire
+        mid, keys, source, target, state, cursor, copied, purged, began, *rest = wire
         return cls(int(mid), KeySet.from_wire(keys), int(source), int(target), str(state),
-                   cursor, int(copied), int(purged), int(began))
+                   cursor, int(copied), int(purged), int(began), bool(rest and rest[0]))
 
 
 class MovesConfig(Protocol):
@@ -197,6 +206,7 @@ def _step(move: Move, state: str, cursor: bytes | None, done: int) -> bool:
     move.cursor = cursor
     if state == STATE_COPY:
         move.copied = max(move.copied, done)
+        move.walked = move.walked or cursor is None
     else:
         move.purged = max(move.purged, done)
     return True

@@ -438,15 +438,18 @@ async def _range_rows(cluster: LoopCluster) -> None:
     await r.aclose()
 
 
-README_SENTENCES = [  # each checked by a test of this file or test_shardstore_keyspaces.py
+README_SENTENCES = [  # each checked by a test of this file, test_shardstore_keyspaces.py or
+    # test_shardstore_asking.py (ASK, ASKING)
     "Slots move online, with nothing acknowledged lost: `shardstore admin --node HOST:PORT "
     "reshard --from 1 --to 2 --slots 100` moves the 100 highest slots of shard 1 to shard 2, "
     "`rebalance` evens the slots out over the shards, and `check` prints `[OK]` or `[ERR]` "
     "lines for the slot coverage, the replicas and the moves.",
     "A move is driven by the configuration group's leader and goes on where it stopped when "
-    "the source's leader or that leader is SIGKILLed; while a slot's keys are copied, "
-    "requests for them get `-TRYAGAIN`, then `-MOVED` to the new owner, and a node with a "
-    "stale slot map is refused by the old owner's own log.",
+    "the source's leader or that leader is SIGKILLed; while a slot's keys are copied, a key "
+    "the copy has taken gets `-ASK` to the new owner (redis-py's `RedisCluster` and "
+    "`redis-cli -c` follow it with `ASKING`), a key still on its way `-TRYAGAIN`, and once "
+    "the move ends `-MOVED`; a node with a stale slot map is refused by the old owner's own "
+    "log.",
     "`redis-cli --cluster reshard` is refused: `CLUSTER SETSLOT` answers that shardstore "
     "moves slots itself.",
     "A keyspace is its own Redis Cluster on its own nodes: `serve --keyspace default=1,2,3 "

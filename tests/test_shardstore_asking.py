@@ -1,0 +1,228 @@
+"""ASK and ASKING during a slot move (shardstore/asking.py, fences.Fences' imports).
+
+Sans I/O: a copy into the target writes only rows past what its walk already brought, so a
+resumed or late copy never overwrites a key written there under ASKING; a command under
+ASKING runs only on keys the walk has passed; the imports survive a restart. On real
+sockets, in one event loop (three nodes, 3 shards of 2 replicas), with the move's copy held
+after its first batch: redis-py's RedisCluster and `redis-cli -c` read and write a key the
+copy has taken, through the source's `-ASK` and the target's ASKING (counted by the nodes'
+SHARDSTORE.STATUS), a key still on its way gets `-TRYAGAIN`, and once the move finishes
+every write made under ASKING is there."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import msgpack
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
+
+from core.resp import CommandError
+from native.crc16 import key_slot
+from shardstore.fences import ERR_FENCED, Fences, fenced_move
+from shardstore.keysets import KeySet
+from shardstore.machine import (
+    KIND_COPY,
+    KIND_FREEZE,
+    KIND_LIFT,
+    decode_reply,
+    encode_command,
+    encode_move,
+)
+from shardstore.moves import Move
+from tests.test_shardstore_moves import _set, _shard
+from tests.test_shardstore_reshard import LoopCluster, _until_finished, needs_aliases
+
+ASK_RE = re.compile(r"^ASK (\d+) ([0-9.]+):(\d+)$")
+
+
+def _asking_set(key: bytes, value: bytes) -> bytes:
+    return encode_command(1_000, [b"SET", key, value], asking=True)
+
+
+def _copy(move: int, keys: KeySet, rows: list[list[Any]], start: bytes | None,
+          end: bytes | None) -> bytes:
+    return encode_move(KIND_COPY, 1_000, move, rows, keys.to_wire(), start, end)
+
+
+def test_a_copy_never_overwrites_a_write_made_under_asking(tmp_path: Path) -> None:
+    names = [b"a", b"b", b"c", b"d"]
+    keys = KeySet.of_slots(key_slot(k) for k in names)
+    target = _shard(tmp_path / "t")
+    first = [[b"a", b"old-a", 0], [b"b", b"old-b", 0]]
+    replies = [decode_reply(r) for r in target.apply([
+        (1, _copy(5, keys, first, None, b"b")),
+        (2, _asking_set(b"a", b"new-a")),  # the walk passed a: taken
+        (3, _asking_set(b"c", b"new-c")),  # not yet: TRYAGAIN, no effect
+        (4, _copy(5, keys, first, None, b"b")),  # a late copy of the first batch
+    ])]
+    assert replies[0] == 2 and replies[3] == 0
+    assert isinstance(replies[2], CommandError) and replies[2].message.startswith("TRYAGAIN")
+    assert target.engine.get(b"a")[0].endswith(b"new-a")
+    assert target.engine.get(b"c") is None
+    target.engine.close()
+    target = _shard(tmp_path / "t")  # the import's progress survives a restart
+    assert target.fences.imports[5].cursor == b"b"
+    replies = [decode_reply(r) for r in target.apply([
+        (5, _copy(5, keys, [[b"c", b"old-c", 0], [b"d", b"old-d", 0]], b"b", None)),
+        (6, _asking_set(b"c", b"new-c")),
+        (7, encode_move(KIND_LIFT, 1_000, 5, keys.to_wire())),
+        (8, _copy(5, keys, [[b"c", b"old-c", 0]], b"b", None)),  # late: refused
+    ])]
+    assert replies[0] == 2 and not isinstance(replies[1], CommandError)
+    assert "closed" in str(replies[3])
+    assert target.engine.get(b"c")[0].endswith(b"new-c")
+    assert target.fences.unimported([b"a", b"b", b"c", b"d"]) is None
+    target.engine.close()
+
+
+def test_a_batch_after_a_gap_writes_but_does_not_move_the_walk(tmp_path: Path) -> None:
+    keys = KeySet.of_slots(key_slot(k) for k in (b"a", b"x"))
+    fences = Fences()
+    assert fences.copy_rows(1, keys, [(b"x", b"1", 0)], b"m", b"x") == [(b"x", b"1", 0)]
+    assert not fences.imports[1].started and fences.unimported([b"a"]) == 1
+    assert fences.unimported([b"zzz-not-moving"]) == 0
+
+
+def test_the_source_refuses_moving_keys_with_the_fence_text(tmp_path: Path) -> None:
+    source = _shard(tmp_path / "s")
+    keys = KeySet.of_slots([key_slot(b"k")])
+    out = source.apply([(1, _set(b"k", b"1")),
+                        (2, encode_move(KIND_FREEZE, 1_000, 9, keys.to_wire())),
+                        (3, _set(b"k", b"2"))])
+    refusal = decode_reply(out[2])
+    assert refusal.message == ERR_FENCED.format(9) and fenced_move(refusal.message) == 9
+    source.engine.close()
+
+
+@given(st.text(max_size=120))
+def test_the_fence_text_parser_takes_only_fence_texts(text: str) -> None:
+    found = fenced_move(text)
+    assert found is None or ERR_FENCED.format(found) == text
+
+
+def test_old_move_records_still_read() -> None:
+    move = Move(3, KeySet.of_slots([1]), 1, 2, cursor=b"k", copied=4)
+    wire = msgpack.unpackb(msgpack.packb(move.to_wire()))
+    assert Move.from_wire(wire) == move and Move.from_wire(wire[:9]) == move
+    assert move.copied_past(b"a") and not move.copied_past(b"z")
+
+
+# -- on real sockets --------------------------------------------------------------------------
+
+def _hold_copies(cluster: LoopCluster, gate: asyncio.Event) -> None:
+    """Every node's coordinator sends the first copy batch of a move, then waits for
+    `gate` before each later one (so the move stays in its copy)."""
+    for node in cluster.nodes:
+        mover = node.mover
+        original = mover._entry
+        sent = {"copies": 0}
+
+        async def held(shard_id: int, entry: bytes, original: Any = original,
+                       sent: dict[str, int] = sent) -> Any:
+            if msgpack.unpackb(entry)[0] == KIND_COPY:
+                sent["copies"] += 1
+                if sent["copies"] > 1:
+                    await gate.wait()
+            return await original(shard_id, entry)
+
+        mover._entry = held  # type: ignore[method-assign]
+
+
+@needs_aliases
+def test_redis_clients_follow_ask_during_a_move(tmp_path: Path) -> None:
+    async def main() -> None:
+        cluster = LoopCluster(tmp_path, batch_keys=4)
+        await cluster.start()
+        try:
+            await _ask_during_move(cluster)
+        finally:
+            await cluster.stop()
+
+    asyncio.run(main())
+
+
+async def _until(check: Any, what: str, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, what
+        await asyncio.sleep(0.05)
+
+
+async def _ask_during_move(cluster: LoopCluster) -> None:
+    config = cluster.nodes[0].config
+    moving = list(range(config.ranges[0][1] - 31, config.ranges[0][1] + 1))
+    hot = [f"k{i}" for i in range(50_000) if key_slot(f"k{i}".encode()) in moving][:24]
+    host, port = cluster.nodes[0].settings.listen
+    rc = AsyncRedisCluster(host=host, port=port)
+    for key in hot:
+        assert await rc.set(key, f"v-{key}")
+    gate = asyncio.Event()
+    _hold_copies(cluster, gate)
+    admin = cluster.client(2)
+    move_id = await admin.execute_command("SHARDSTORE.MOVE", 1, 2, "SLOTS",
+                                          f"{moving[0]}-{moving[-1]}")
+    await _until(lambda: all(n.config.moves[move_id].cursor is not None
+                             for n in cluster.nodes), "the first batch")
+    move = cluster.nodes[0].config.moves[move_id]
+    taken = sorted(k for k in hot if move.copied_past(k.encode()))
+    waiting = sorted(k for k in hot if not move.copied_past(k.encode()))
+    assert taken and waiting
+    await _raw_replies(cluster, taken[0], waiting[0])
+    assert await rc.get(taken[0]) == f"v-{taken[0]}".encode()
+    assert await rc.set(taken[0], "written-under-asking")
+    assert await rc.get(taken[0]) == b"written-under-asking"
+    await _redis_cli_follows(cluster, taken[-1])
+    statuses = [await cluster.client(i).execute_command("SHARDSTORE.STATUS")
+                for i in range(3)]
+    asks = sum(int(s[b"asks"]) for s in statuses)
+    served = sum(int(s[b"asking_served"]) for s in statuses)
+    assert asks >= 4 and served >= 4, statuses
+    gate.set()
+    await _until_finished(admin, move_id)
+    assert await rc.get(taken[0]) == b"written-under-asking"
+    assert await rc.get(taken[-1]) == b"by-redis-cli"
+    for key in hot:
+        if key not in (taken[0], taken[-1]):
+            assert await rc.get(key) == f"v-{key}".encode(), key
+    await rc.aclose()
+    await admin.aclose()
+
+
+async def _raw_replies(cluster: LoopCluster, taken: str, waiting: str) -> None:
+    """The source's master answers ASK (Redis's format) for a key the copy took and
+    TRYAGAIN for one on its way."""
+    source = next(n for n in cluster.nodes if n.view().masters().get(1) == n.me)
+    reader, writer = await asyncio.open_connection(*source.settings.listen)
+    replies = []
+    for key in (taken, waiting):
+        writer.write(f"*2\r\n$3\r\nGET\r\n${len(key)}\r\n{key}\r\n".encode())
+        replies.append((await reader.readline()).decode().strip())
+    writer.close()
+    found = ASK_RE.match(replies[0][1:])
+    assert replies[0].startswith("-") and found, replies
+    assert int(found.group(1)) == key_slot(taken.encode())
+    target = next(n for n in cluster.nodes if n.view().masters().get(2) == n.me)
+    assert (found.group(2), int(found.group(3))) == target.settings.listen
+    assert replies[1].startswith("-TRYAGAIN"), replies
+
+
+async def _redis_cli_follows(cluster: LoopCluster, key: str) -> None:
+    cli = shutil.which("redis-cli")
+    if cli is None:
+        pytest.skip("no redis-cli")
+    host, port = cluster.nodes[0].settings.listen
+    for args, expected in ((["SET", key, "by-redis-cli"], b"OK"),
+                           (["GET", key], b"by-redis-cli")):
+        proc = await asyncio.create_subprocess_exec(
+            cli, "-c", "-h", host, "-p", str(port), *args,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        out, err = await asyncio.wait_for(proc.communicate(), 30)
+        assert out.strip() == expected, (out, err)

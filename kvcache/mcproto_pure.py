@@ -435,6 +435,16 @@ class Lane:
         self.stats.bytes_written += len(data)
         self.transport.write(data)
 
+    def send_parts(self, parts: list[bytes], size: int) -> None:
+        """`send` of the pieces of one write, `size` bytes in all, not joined: the
+        transport writes them in one gathered call (no copy of a large value)."""
+        if self.transport is None or self.transport.is_closing():
+            return
+        if self.pinned:
+            self.pinned.clear()
+        self.stats.bytes_written += size
+        self.transport.writelines(parts)
+
 
 def _answer_get(data: bytes, start: int, with_cas: bool, storage: Any) -> bytes | None:
     """A get (one key: `get_reply`) or a multi-get or gets (`get_many_reply`) whose keys

@@ -63,6 +63,7 @@ log = logging.getLogger("kvcache")
 
 WRITE_HIGH_WATER = 1024 * 1024
 WRITE_FLUSH_BYTES = 256 * 1024  # queued replies are written once they reach this much
+WRITE_JOIN_MAX = 16 * 1024  # queued replies up to this size are joined; larger go as pieces
 CRAWL_PASS_INTERVAL_S = 10.0
 GRACE_S = 5.0
 
@@ -348,11 +349,11 @@ class Connection(asyncio.Protocol):
                     count = 0
                     pinned.clear()
                 if size >= WRITE_FLUSH_BYTES:
-                    self._write(out)
+                    self._write(out, size)
                     out, size, committed = [], 0, 0
                 continue
             if type(reply) is Stream:
-                self._write(out)
+                self._write(out, size)
                 out, size, committed, count = [], 0, 0, 0
                 self._stream = reply.chunks  # type: ignore[union-attr]
                 self._open_lane()
@@ -365,7 +366,7 @@ class Connection(asyncio.Protocol):
                 log.info("closing %s: %s", self.peer, request.reason)
             self.transport.close()
             return
-        self._write(out)
+        self._write(out, size)
 
     def _drain_stream(self) -> bool:
         """Write stream pieces while the socket takes them; True when the stream is done."""
@@ -379,10 +380,22 @@ class Connection(asyncio.Protocol):
         self._open_lane()
         return True
 
-    def _write(self, out: list[bytes]) -> None:
-        """Queued replies in one write (Lane.send: a write point, counted)."""
-        if out:
-            self.lane.send(out[0] if len(out) == 1 else b"".join(out))
+    def _write(self, out: list[bytes], size: int = -1) -> None:
+        """Queued replies (`size` bytes in all, -1: not counted yet) in one write, a write
+        point (Lane.send). Small ones are joined; once they pass WRITE_JOIN_MAX they go to
+        the transport as pieces in one gathered write, so a large value is never copied
+        into a joined buffer."""
+        if not out:
+            return
+        if len(out) == 1:
+            self.lane.send(out[0])
+            return
+        if size < 0:
+            size = sum(map(len, out))
+        if size <= WRITE_JOIN_MAX:
+            self.lane.send(b"".join(out))
+        else:
+            self.lane.send_parts(out, size)
 
 
 def _follow_verbosity(level: int) -> None:

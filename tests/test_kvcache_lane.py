@@ -55,6 +55,9 @@ class Transport:
     def write(self, data: bytes) -> None:
         self.written.append(data)
 
+    def writelines(self, parts: list[bytes]) -> None:
+        self.written.append(tuple(parts))  # one gathered write, its pieces kept apart
+
     def is_closing(self) -> bool:
         return self.closing
 
@@ -142,6 +145,19 @@ def test_closed_traced_closing_and_released(module: ModuleType) -> None:
     h.lane.release()
     h.lane.data_received(b"get k\r\n")  # after connection_lost: nothing happens
     assert h.handed == [b"get k\r\n"] and h.storage.stats.get_cmds == 0
+
+
+@pytest.mark.parametrize("module", IMPLS)
+def test_send_parts_is_one_gathered_write_point(module: ModuleType) -> None:
+    h = Harness(module)
+    h.lane.attach(h.transport)
+    h.lane.send_parts([BIG, b"END\r\n"], len(BIG) + 5)
+    assert h.transport.written == [(BIG, b"END\r\n")]  # the pieces, not a joined copy
+    assert h.storage.stats.bytes_written == len(BIG) + 5
+    assert not h.pinned
+    h.transport.closing = True
+    h.lane.send_parts([b"late"], 4)
+    assert len(h.transport.written) == 1 and h.storage.stats.bytes_written == len(BIG) + 5
 
 
 @pytest.mark.skipif(NATIVE is None, reason="kvcache._mcproto is not built (make native)")

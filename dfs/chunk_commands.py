@@ -1,5 +1,5 @@
-"""The master's chunk commands (FS.ALLOCATE/RENEW/COMPLETE/LOCATE/HEARTBEAT/BADREPLICA/
-REPORT/DECOMMISSION) and the leader's chunk upkeep loop.
+"""The master's chunk commands (FS.ALLOCATE/RENEW/RENEWLEASE/COMPLETE/LOCATE/HEARTBEAT/
+BADREPLICA/REPORT/DECOMMISSION) and the leader's chunk upkeep loop.
 
 Strategy: changes to which chunks make a file go through the Raft log (dfs/chunks.py's
 entries, via the service's `write`); where replicas are, leases and safe mode live only in
@@ -12,7 +12,10 @@ The upkeep loop, every `check_every_s` on the leader: servers silent for too lon
 declared dead, under-replicated chunks get copies (handed out in heartbeat replies), and
 every `gc_every_s` files left by writers that died are deleted (Placement.abandoned) and
 the chunk lists of files gone from the namespace are dropped by a `chunk.forget` entry
-(their chunks become orphans the servers are told to delete).
+(their chunks become orphans the servers are told to delete). A writer is alive while it
+allocates, renews a chunk's lease, or renews its client's write lease (FS.RENEWLEASE, one
+call per client listing the files it has open, as an HDFS client renews its lease): only a
+writer that vanished stops calling and has its file reaped.
 """
 
 from __future__ import annotations
@@ -168,6 +171,10 @@ class ChunkCommands:
                             "version, lease_ms, [servers, primary first]]"),
             Command("FS.RENEW", self.cmd_renew, 3, WRITE,
                     summary="FS.RENEW chunk version: extend the writer's lease; lease_ms"),
+            Command("FS.RENEWLEASE", self.cmd_renew_lease, -2, WRITE,
+                    summary="FS.RENEWLEASE path [path ...]: a client's write lease: the "
+                            "writer of each file still being written is alive; [files "
+                            "renewed, the masters' abandoned-write time in ms]"),
             Command("FS.COMPLETE", self.cmd_complete, -2, WRITE,
                     summary="FS.COMPLETE path [size ...]: close the file, every chunk's "
                             "size in order; the file's size"),
@@ -215,6 +222,21 @@ class ChunkCommands:
             raise CommandError(ERR_STALE_LEASE.format(chunk, version))
         self.placement.touch(meta.inode, time.monotonic())
         return self.placement.lease_ms
+
+    async def cmd_renew_lease(self, session: Any, args: list[bytes]) -> Any:
+        self._leader_only()
+        now, renewed = time.monotonic(), 0
+        for raw in args[1:]:
+            path = self.path_arg(raw)
+            try:
+                self.access(session, path, W)
+                node, entry = self.table.file_of(path)
+            except (PathError, CommandError):
+                continue  # gone (reaped, renamed) or not the caller's: nothing to renew
+            if not entry.complete:
+                self.placement.touch(node.inode, now)
+                renewed += 1
+        return [renewed, int(self.placement.abandon_after_s * 1000)]
 
     async def cmd_complete(self, session: Any, args: list[bytes]) -> Any:
         path = self.path_arg(args[1])

@@ -25,6 +25,7 @@ from collections.abc import Sequence
 from typing import Any, BinaryIO
 
 from dfs.client_io import ChunkReader, ChunkWriter, WriteFile
+from dfs.client_lease import LeaseRenewer
 from dfs.client_master import DfsError, DfsUnavailable, MasterLink, Node
 
 __all__ = ["DEFAULT_CHUNK_SIZE", "AsyncDfsClient", "AsyncDfsFile", "DfsClient", "DfsError",
@@ -73,6 +74,10 @@ class DfsClient:
                                  username=username)
         self.chunk_size = chunk_size
         self.data_timeout_s = data_timeout_s
+        # One write lease for every file this client writes, renewed on its own link.
+        self.leases = LeaseRenewer(lambda: MasterLink(masters, password=password,
+                                                      deadline_s=deadline_s,
+                                                      username=username))
 
     def __enter__(self) -> DfsClient:
         return self
@@ -81,7 +86,8 @@ class DfsClient:
         self.close()
 
     def close(self) -> None:
-        """Close the connections to the masters."""
+        """Close the connections to the masters and stop renewing the write lease."""
+        self.leases.close()
         self.master.close()
 
     def call(self, *args: Any) -> Any:
@@ -100,7 +106,8 @@ class DfsClient:
             raw = ChunkReader(self.master, path, self.data_timeout_s, version)
             return io.BufferedReader(raw, BUFFER_BYTES)  # type: ignore[return-value]
         if mode == "wb":
-            writer = ChunkWriter(self.master, path, self.chunk_size, self.data_timeout_s)
+            writer = ChunkWriter(self.master, path, self.chunk_size, self.data_timeout_s,
+                                 self.leases)
             return WriteFile(writer, BUFFER_BYTES)  # type: ignore[return-value]
         raise ValueError(ERR_MODE.format(mode))
 

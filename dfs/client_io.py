@@ -16,7 +16,9 @@ lost with a master, counts as done). The file is written under a temporary name
 (`<path>.<token>._COPYING_`, as `hdfs dfs -put` does) and renamed over `path` at close, so
 readers see the old file or the whole new one, never part of it.
 
-A writer dropped without `close` abandons its file, as HDFS does when a writer vanishes: the
+While a writer is open its client's lease renewer (dfs/client_lease.py) tells the masters
+it is alive, however long it pauses between writes. A writer dropped without `close`
+abandons its file, as HDFS does when a writer vanishes: the
 finalizer (of `WriteFile`, the buffered file `DfsClient.open` returns, and of the raw
 `ChunkWriter`) does no network I/O and never commits, so the garbage collector can neither
 publish a half-written file nor wait on unreachable masters; the temporary file is left to
@@ -42,6 +44,7 @@ import xxhash
 from dfs import chunk_wire as wire
 from dfs.chunk_net import ReplyError, SyncLink, check_reply
 from dfs.chunks import WRITING_SUFFIX
+from dfs.client_lease import LeaseRenewer, WriteLease
 from dfs.client_master import DfsError, MasterLink
 
 __all__ = ["COPYING_SUFFIX", "ChunkReader", "ChunkWriter", "PIECE_BYTES", "WriteFile",
@@ -75,7 +78,7 @@ class ChunkWriter(io.RawIOBase):
     """Writes a new file at `path` (see the module header)."""
 
     def __init__(self, master: MasterLink, path: str, chunk_size: int, timeout_s: float,
-                 password: str | None = None) -> None:
+                 renewer: LeaseRenewer | None = None) -> None:
         super().__init__()
         self.master = master
         self.path = path
@@ -85,11 +88,18 @@ class ChunkWriter(io.RawIOBase):
         self.sizes: list[int] = []
         self._pending: list[bytes] = []
         self._pending_bytes = 0
+        self._lease: WriteLease | None = None
         try:
             self.master.call("FS.CREATE", self.temp)
         except DfsError as exc:
             if ALREADY_EXISTS not in str(exc):  # (a retried create of our own random name)
                 raise
+        if renewer is not None:
+            self._lease = renewer.add(self.temp)
+
+    def _end_lease(self) -> None:
+        if self._lease is not None:
+            self._lease.end()
 
     def writable(self) -> bool:
         return True
@@ -98,6 +108,7 @@ class ChunkWriter(io.RawIOBase):
         """Give the file up: drop what is buffered and close without committing, with no
         network I/O (the temporary file is left to the master's reaper)."""
         self._pending, self._pending_bytes = [], 0
+        self._end_lease()
         super().close()
 
     def __del__(self) -> None:
@@ -171,6 +182,7 @@ class ChunkWriter(io.RawIOBase):
                 self._flush_chunk()
             self._commit()
         finally:
+            self._end_lease()
             super().close()
 
     def _commit(self) -> None:

@@ -13,7 +13,10 @@ small chunks (128 KiB) so files span many of them.
   replica) and the bad replica is replaced by a good one; another flipped byte in a chunk
   no client reads is found by the scrubber and repaired the same way;
 - pandas writes a CSV to a dfs:// path and reads it back (fsspec);
-- a file whose writer was SIGKILLed before its close is deleted, and its chunks;
+- a file whose writer was SIGKILLed before its close is deleted, and its chunks; one whose
+  writer object was dropped unclosed is deleted too and never appears, while the writer
+  beside it in the same client, paused longer than --abandoned-write-ms, is kept alive by
+  its client's lease renewals and closes;
 - the chunks of a file replaced or deleted (and purged from the trash) are deleted on
   every chunk server; a leader without chunk server reports refuses allocations (safe mode);
 - the command line: put/get with progress bars, cat, ls, du, mv, stat, rm, admin report.
@@ -23,6 +26,7 @@ Timeouts only detect hangs.
 from __future__ import annotations
 
 import asyncio
+import gc
 import hashlib
 import json
 import os
@@ -349,7 +353,19 @@ os.kill(os.getpid(), signal.SIGKILL)
 
 def test_a_file_whose_writer_died_is_deleted_with_its_chunks(cluster: DfsCluster,
                                                              fs: DfsClient) -> None:
+    """A writer SIGKILLed, and one dropped unclosed, lose their files to the reaper, while a
+    writer of the same client opened before both and silent as long is kept alive by the
+    client's lease renewals (they all wait on the same reaper, so the test waits once)."""
     fs.mkdir("/dead", parents=True)
+    fs.mkdir("/alive", parents=True)
+    head, tail = os.urandom(1000), os.urandom(CHUNK + 5)
+    alive = fs.open("/alive/kept", "wb")  # opened first: never younger than the others
+    alive.write(head)
+    dropped = fs.open("/alive/dropped", "wb")
+    dropped.write(b"never committed")
+    [dropped_temp] = [n for n in fs.ls("/alive") if n.startswith("dropped.")]
+    del dropped
+    gc.collect()  # abandoned: no commit, and its lease is no longer renewed
     died = subprocess.run([sys.executable, "-c", WRITER_DIES, ",".join(
         cluster.master_addresses), str(CHUNK)], capture_output=True, timeout=60, cwd=ROOT,
         env={**os.environ, "PYTHONPATH": str(ROOT)})
@@ -359,6 +375,11 @@ def test_a_file_whose_writer_died_is_deleted_with_its_chunks(cluster: DfsCluster
     assert _chunk_files(cluster, chunk)
     eventually(lambda: fs.ls("/dead") == [], "the abandoned file deleted (ABANDON_MS)")
     eventually(lambda: not _chunk_files(cluster, chunk), "its chunk deleted everywhere")
+    eventually(lambda: dropped_temp not in fs.ls("/alive"), "the dropped writer's file reaped")
+    alive.write(tail)  # silent all along: only the lease renewals kept its file
+    alive.close()
+    assert fs.read_bytes("/alive/kept") == head + tail
+    assert fs.ls("/alive") == ["kept"] and fs.leases.renewals >= 1
 
 
 def test_safe_mode_refuses_allocation_until_chunk_servers_report(tmp_path: Path) -> None:
@@ -407,6 +428,10 @@ PROMISES = {  # README.md's sentence -> the test here that checks it
     "A file whose writer died before its close (it is written as "
     "`<path>.<token>._COPYING_`) is deleted, and its chunks with it, once its writer has been "
     "silent for `--abandoned-write-ms` (an hour by default, HDFS's lease hard limit).":
+        test_a_file_whose_writer_died_is_deleted_with_its_chunks,
+    "While a file is open for writing, its client renews its write lease (one FS.RENEWLEASE "
+    "per client for all its open files), so a writer that pauses longer keeps its file; a "
+    "writer dropped without its close is abandoned, never committed.":
         test_a_file_whose_writer_died_is_deleted_with_its_chunks,
     "`import dfs.fsspec_fs` registers `dfs://` with fsspec, so pandas writes and reads CSVs at "
     "`dfs:///path` (masters in `storage_options={\"masters\": ...}`, in the URL as "

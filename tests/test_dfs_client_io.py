@@ -3,7 +3,9 @@ FS.COMPLETE or FS.RENAME was applied by a first try whose reply was lost (the fa
 sends it again, and the retry is refused) still succeeds, while a real refusal is raised;
 and `open` takes only "rb" and "wb". A writer dropped unclosed abandons its file with no
 network I/O (the garbage collector must never commit, nor wait on masters); and a master call
-whose every master hangs ends at its deadline, each attempt bounded by the time left.
+whose every master hangs ends at its deadline, each attempt bounded by the time left. A
+client's lease renewer sends one FS.RENEWLEASE per period for all its open writers, and stops
+renewing a writer that closed or was dropped.
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ import asyncio
 import gc
 import re
 import socket
+import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -19,6 +23,7 @@ import pytest
 
 from dfs.client import DfsClient
 from dfs.client_io import ChunkWriter, WriteFile
+from dfs.client_lease import LeaseRenewer
 from dfs.client_master import AsyncMasterLink, DfsError, DfsUnavailable, MasterLink
 
 
@@ -137,3 +142,54 @@ def test_an_async_call_to_hanging_masters_ends_at_its_deadline(
 
     timeouts = _attempt_timeouts(asyncio.run(go()))
     assert timeouts and all(t <= 1.0 for t in timeouts)
+
+
+class FakeLeaseLink:
+    """The renewing thread's master link: records each FS.RENEWLEASE's paths."""
+
+    def __init__(self) -> None:
+        self.calls: list[list[str]] = []
+        self.closed = threading.Event()
+
+    def call(self, *args: Any) -> Any:
+        assert args[0] == "FS.RENEWLEASE"
+        self.calls.append(sorted(args[1:]))
+        return [len(args) - 1, 300]  # an abandoned-write time of 0.3 s: renew every 0.1 s
+
+    def close(self) -> None:
+        self.closed.set()
+
+
+def _until(probe: Any, what: str) -> None:
+    end = time.monotonic() + 60  # (only detects a hang)
+    while not probe():
+        assert time.monotonic() < end, f"hang: {what}"
+        time.sleep(0.01)
+
+
+def test_one_renewal_per_client_for_its_open_writers_only() -> None:
+    link = FakeLeaseLink()
+    renewer = LeaseRenewer(lambda: link)
+    a, b = renewer.add("/a._COPYING_"), renewer.add("/b._COPYING_")
+    _until(lambda: ["/a._COPYING_", "/b._COPYING_"] in link.calls, "both in one call")
+    a.end()  # what a close or a dropped writer does
+    seen = len(link.calls)
+    _until(lambda: link.calls[seen:] and link.calls[-1] == ["/b._COPYING_"], "b alone")
+    b.end()
+    link.closed.wait(60)  # no writer left: the thread ends and closes its link
+    assert link.closed.is_set() and renewer.every_s == 0.1
+    assert all(len(call) >= 1 for call in link.calls)
+
+
+def test_a_writer_s_lease_ends_at_close_and_when_dropped() -> None:
+    link = FakeLeaseLink()
+    renewer = LeaseRenewer(lambda: link)
+    master = FakeMaster({"FS.STAT": DfsError("no such file"), "FS.LOCATE": [0, 1, []]})
+    closed = ChunkWriter(master, "/d/f", 1024, 5.0, renewer)  # type: ignore[arg-type]
+    dropped = ChunkWriter(master, "/d/g", 1024, 5.0, renewer)  # type: ignore[arg-type]
+    leases = list(renewer._leases)
+    closed.close()
+    del dropped
+    gc.collect()
+    assert [lease.open for lease in leases] == [False, False]
+    renewer.close()

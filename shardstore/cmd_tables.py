@@ -47,6 +47,7 @@ from __future__ import annotations
 from typing import Any, Protocol
 
 from core.command_table import Command, KeysError, get_keys
+from core.raft.host import RaftHost
 from core.raft_service import RaftService
 from core.resp import OK, CommandError
 from core.resp_session import Session
@@ -55,6 +56,7 @@ from shardstore.catalog import Catalog, CatalogError, Table
 from shardstore.cluster import ClusterConfig, ClusterView, ConfigMachine, Shard
 from shardstore.keysets import KeySet
 from shardstore.machine import ShardMachine
+from shardstore.migrate import Mover
 from shardstore.moves import encode_begin
 from shardstore.range_pages import RangeRequest, page_reply, parse_range_request
 from shardstore.table_keys import (
@@ -64,6 +66,7 @@ from shardstore.table_keys import (
 )
 from shardstore.table_move import TableMoveCommands, move_status
 from shardstore.table_scan import merge_keys, range_keys
+from shardstore.table_verify import SERVICE_DIGEST, DigestService, Verifier
 
 __all__ = ["ERR_NOT_SERVED", "TableCommands"]
 
@@ -85,6 +88,8 @@ class TablesNode(Protocol):
     service: RaftService
     machines: dict[int, ShardMachine]
     config_machine: ConfigMachine
+    host: RaftHost
+    mover: Mover
 
     @property
     def config(self) -> ClusterConfig: ...
@@ -96,6 +101,8 @@ class TablesNode(Protocol):
 
     def view(self) -> ClusterView: ...
 
+    def machine_of_group(self, group_id: int) -> ShardMachine | None: ...
+
 
 class TableCommands:
     """The TABLE.* rows and `range_shard` (see the module header)."""
@@ -106,6 +113,23 @@ class TableCommands:
         self.shards_touched = 0  # shards they read, summed
         self.by_table: dict[str, list[int]] = {}  # name -> [reads, shards touched, last]
         self.moves = TableMoveCommands(node, lambda: self.catalog)  # TABLE.MOVE*
+        self.verifier = self._verifier(node)
+
+    @staticmethod
+    def _verifier(node: TablesNode) -> Verifier:
+        """The checksums compared before a range move's hand-over (table_verify.py): its
+        service on this node, and the coordinator's hook."""
+        timeout_s = node.mover.timeout_s
+
+        def store_of(group: int) -> Any:
+            machine = node.machine_of_group(group)
+            return machine.store if machine is not None else None
+
+        service = DigestService(node.host, store_of, timeout_s)
+        node.host.transport.register(SERVICE_DIGEST, service)
+        verifier = Verifier(node, service, timeout_s)
+        node.mover.verify = verifier.verify
+        return verifier
 
     @property
     def catalog(self) -> Catalog:
@@ -130,7 +154,9 @@ class TableCommands:
     def stats(self) -> dict[str, object]:
         """The Tables section of INFO."""
         return {"tables": len(self.catalog.tables), "range_reads": self.reads,
-                "range_shards_touched": self.shards_touched}
+                "range_shards_touched": self.shards_touched,
+                "move_rows_verified": self.verifier.verified,
+                "move_verify_mismatches": self.verifier.mismatches}
 
     # -- the routing decision ------------------------------------------------------------------
 

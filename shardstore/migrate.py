@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -233,6 +233,9 @@ class Mover:
         self.service = service
         self.timeout_s = timeout_s
         self.batch_keys = batch_keys
+        # Called before a move's hand-over, MoveStalled when it must wait (the checksums
+        # of shardstore/table_verify.py); None: no check.
+        self.verify: Callable[[Move], Awaitable[None]] | None = None
 
     def leading(self) -> bool:
         group = self.node.host.group(CONFIG_GROUP)
@@ -254,6 +257,8 @@ class Mover:
         move = self.node.full_config.moves.get(move_id)
         if move is not None and move.state == STATE_COPY:
             await self._copy(move)
+            if self.verify is not None:
+                await self.verify(move)
             await self._config(encode_end(move.move_id))
             log.info("move %d: %s now served by shard %d (%d keys copied)", move.move_id,
                      move.keys.describe(), move.target, move.copied)

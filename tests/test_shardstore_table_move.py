@@ -21,9 +21,15 @@ from hypothesis import strategies as st
 from shardstore import catalog
 from shardstore.catalog import Catalog, CatalogError, Table
 from shardstore.client import ShardstoreClient, ShardstoreError
+from shardstore.cluster import ClusterConfig, Shard
+from shardstore.keysets import KeySet
+from shardstore.migrate import MoveStalled
+from shardstore.moves import Move
 from shardstore.table_keys import KIND_DATE
 from shardstore.table_move import make_plan, parse_move
 from shardstore.table_moves import give_range
+from shardstore.table_verify import DigestService, Verifier, digest_rows
+from tests.test_shardstore_catalog import DATE_RESTS, SortedKV
 from tests.test_shardstore_daemon import needs_aliases
 from tests.test_shardstore_keyspaces import KeyspaceCluster
 
@@ -173,12 +179,15 @@ async def _move_under_writes(spaces: KeyspaceCluster) -> None:
         "x")).shards) == 4 for n in spaces.nodes), "the split everywhere")
     writer = Writer([spaces.nodes[0].settings.advertise])
     writer.thread.start()
-    await _until(lambda: writer.writes >= ROWS // 2, "the first writes")
+    await _until(lambda: writer.writes >= ROWS + ROWS // 4, "every row written once")
     begun = await node.execute_command("TABLE.MOVE", "orders", "users")
     assert len(begun) == 4
     info = await node.execute_command("TABLE.INFO", "orders")
     assert info[b"move"] is None or info[b"move"][b"to"] == b"users"
     await _until(lambda: _settled(spaces, "users"), "the move's end")
+    verifiers = [n.commands.tables.verifier for n in spaces.nodes]
+    assert sum(v.verified for v in verifiers) >= ROWS  # checksums equal before hand-over
+    assert sum(v.mismatches for v in verifiers) == 0
     done_at = writer.writes
     await _until(lambda: writer.writes >= done_at + ROWS, "writes after the move")
     writer.stopping.set()
@@ -227,6 +236,77 @@ def test_a_range_table_moves_to_another_keyspace_under_writes_and_back(
     asyncio.run(main())
 
 
-def test_a_hash_table_move_is_refused_clearly() -> None:
-    with pytest.raises(CatalogError):
-        parse_move([b"TABLE.MOVE", b"orders"])
+# -- checksums before the hand-over -----------------------------------------------------
+
+class Store(SortedKV):
+    """A store with values and expiries (the calls digest_rows uses)."""
+
+    def __init__(self, rows: dict[bytes, tuple[bytes, int]]) -> None:
+        super().__init__(set(rows))
+        self.rows = rows
+
+    def get(self, key: bytes) -> tuple[bytes, int] | None:
+        return self.rows.get(key)
+
+
+ROW_KEYS = st.dictionaries(DATE_RESTS.map(lambda r: b"orders:" + r),
+                           st.tuples(st.binary(max_size=4), st.sampled_from([0, 5, 50])),
+                           max_size=30)
+
+
+@given(ROW_KEYS, st.integers(1, 7))
+def test_checksum_pages_cover_every_live_row_once(rows: dict[bytes, tuple[bytes, int]],
+                                                  page: int) -> None:
+    keys = KeySet.of_positions(b"orders:", KIND_DATE, 0, 20261100, 20270100)
+    store = Store({**rows, b"other:2026-11-01": (b"x", 0)})
+    whole = digest_rows(store, keys, None, 10_000, now_ms=10)
+    live = [k for k, (_, expire) in rows.items() if k in keys and not 0 < expire <= 10]
+    assert whole[1] == len(live) and whole[2] is None
+    after, counted = None, 0
+    while True:
+        _, count, after = digest_rows(store, keys, after, page, now_ms=10)
+        counted += count
+        if after is None:
+            break
+    assert counted == len(live)
+    if live:
+        changed = dict(rows)
+        changed[live[0]] = (changed[live[0]][0] + b"!", changed[live[0]][1])
+        assert digest_rows(Store(changed), keys, None, 10_000, 10) != whole
+
+
+class FakeGroup:
+    async def read_barrier(self, timeout: float) -> int:
+        return 0
+
+
+class FakeNode:
+    """One node hosting both shards of a move, each a Store."""
+
+    me = 1
+
+    def __init__(self, stores: dict[int, Store]) -> None:
+        self.stores = stores
+        self.full_config = ClusterConfig(shards={sid: Shard(sid, sid, [1]) for sid in stores})
+        self.host = self
+
+    def group(self, group_id: int) -> FakeGroup | None:
+        return FakeGroup() if group_id in self.stores else None
+
+    def now_ms(self) -> int:
+        return 10
+
+
+def test_the_verifier_stops_a_hand_over_when_the_rows_differ() -> None:
+    keys = KeySet.of_positions(b"orders:", KIND_DATE, 0, 20261100, 20270100)
+    rows = {b"orders:2026-11-%02d" % d: (b"v", 0) for d in range(1, 20)}
+    node = FakeNode({1: Store(rows), 2: Store(dict(rows))})
+    service = DigestService(node, node.stores.get, 1.0)  # type: ignore[arg-type]
+    verifier = Verifier(node, service, 1.0, page_keys=4)  # type: ignore[arg-type]
+    move = Move(7, keys, 1, 2)
+    asyncio.run(verifier.verify(move))
+    assert (verifier.verified, verifier.mismatches) == (len(rows), 0)
+    node.stores[2].rows[b"orders:2026-11-05"] = (b"lost write", 0)
+    with pytest.raises(MoveStalled, match="rows of move 7 differ"):
+        asyncio.run(verifier.verify(move))
+    assert verifier.mismatches == 1

@@ -187,3 +187,17 @@ def test_a_range_is_read_in_pages_through_nodes_router_and_clients(tmp_path: Pat
             await cluster.stop()
 
     asyncio.run(main())
+
+
+README_SENTENCES = [  # checked by the tests of this file
+    "`TABLE.RANGE orders - + COUNT 1000 CURSOR 0` answers one page and the cursor of the "
+    "next (`0` when the range is read), so a range of any size is read page by page; the "
+    "router and `shardstore.client`'s `range()` do so across shards, each key once.",
+]
+
+
+def test_the_readme_says_what_these_tests_show() -> None:
+    readme = Path(__file__).resolve().parent.parent / "README.md"
+    text = " ".join(readme.read_text().split())
+    for sentence in README_SENTENCES:
+        assert sentence in text, sentence

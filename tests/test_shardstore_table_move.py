@@ -310,3 +310,19 @@ def test_the_verifier_stops_a_hand_over_when_the_rows_differ() -> None:
     with pytest.raises(MoveStalled, match="rows of move 7 differ"):
         asyncio.run(verifier.verify(move))
     assert verifier.mismatches == 1
+
+
+README_SENTENCES = [  # checked by the tests of this file
+    "`TABLE.MOVE orders users` moves a range table online to the keyspace `users`: each "
+    "range is frozen on its shard, copied to a shard of `users`, checked by xxhash "
+    "checksums on both sides and handed over, and the table is bound to `users` when the "
+    "last range has arrived; `TABLE.INFO orders` shows the move's progress.",
+    "Until `TABLE.MOVE.FINISH orders`, `TABLE.MOVE.REVERSE orders` moves it back.",
+]
+
+
+def test_the_readme_says_what_these_tests_show() -> None:
+    readme = Path(__file__).resolve().parent.parent / "README.md"
+    text = " ".join(readme.read_text().split())
+    for sentence in README_SENTENCES:
+        assert sentence in text, sentence

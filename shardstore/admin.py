@@ -10,6 +10,10 @@ may stop at any time and the moves it began still finish.
   keys copied (one line per move when stderr is not a terminal);
 - `rebalance`: moves slots from the shards with the most to those with the fewest until
   every shard has 16384 / shards (the first ones one more), as reshard does;
+- `move cancel ID`: roll back a move still copying (SHARDSTORE.MOVE CANCEL): the source
+  serves its keys again and the target's copies are purged, with a progress line of keys
+  purged; exit status 1 if the move went on instead (its target took writes under ASKING,
+  which a roll-back would lose) or had ended;
 - `check`: every slot owned, every node agreeing on the epoch, every shard's replicas
   having applied what its leader has committed, no move stuck; `[OK]`/`[ERR]` lines as
   `redis-cli --cluster check` prints, exit status 1 on any `[ERR]`.
@@ -32,7 +36,8 @@ from shardstore.admin_check import field_of, run_checks
 from shardstore.keysets import format_slots
 from shardstore.launch import CLIENT_PORT_BASE, KEYSPACES, LOOPBACK
 
-__all__ = ["add_admin_parser", "check", "plan_rebalance", "rebalance", "reshard", "run_admin"]
+__all__ = ["add_admin_parser", "cancel_move", "check", "plan_rebalance", "rebalance", "reshard",
+           "run_admin"]
 
 DEFAULT_BATCH_SLOTS = 128
 POLL_S = 0.2
@@ -66,6 +71,10 @@ def add_admin_parser(sub: Any) -> None:
     even = actions.add_parser("rebalance", help="spread the slots evenly over the shards")
     even.add_argument("--batch", type=int, default=DEFAULT_BATCH_SLOTS, help="slots per move")
     actions.add_parser("check", help="slots owned, replicas in sync, no move stuck")
+    one = actions.add_parser("move", help="act on one move (see SHARDSTORE.MOVES)")
+    one_actions = one.add_subparsers(dest="move_action", required=True)
+    cancel = one_actions.add_parser("cancel", help="roll back a move still copying")
+    cancel.add_argument("move_id", type=int, help="the move's id (SHARDSTORE.MOVES)")
 
 
 def connect(node: str, password: str | None) -> redis.Redis:
@@ -113,6 +122,8 @@ def run_admin(args: argparse.Namespace) -> int:
             if args.admin_action == "rebalance":
                 rebalance(client, args.batch)
                 return 0
+            if args.admin_action == "move":
+                return cancel_move(client, args.move_id)
             return check(client, print)
     except (ValueError, redis.RedisError, daemon.ConfigError, client_cli.NoNodeAnswers) as exc:
         print(f"shardstore admin: {exc}", file=sys.stderr)
@@ -164,6 +175,39 @@ def wait_for_move(client: redis.Redis, move_id: int, show: Callable[[int], None]
         if now_copied != copied:
             copied, last_change = now_copied, time.monotonic()
             show(copied)
+        if time.monotonic() - last_change > MOVE_TIMEOUT_S:
+            raise ValueError(f"move {move_id} made no progress in {MOVE_TIMEOUT_S:.0f}s")
+        time.sleep(POLL_S)
+
+
+def cancel_move(client: redis.Redis, move_id: int, stream: TextIO | None = None) -> int:
+    """Cancel move `move_id` and wait for its roll-back, showing keys purged from the
+    target; 0 once rolled back, 1 if the move went on instead."""
+    out = stream or sys.stderr
+    client.execute_command("SHARDSTORE.MOVE", "CANCEL", move_id)
+    purged, last_change = -1, time.monotonic()
+    while True:
+        moves = {int(field_of(m, "id")): m for m in client.execute_command("SHARDSTORE.MOVES")}
+        move = moves.get(move_id)
+        state = field_of(move, "state") if move is not None else b"done"
+        state = state.decode() if isinstance(state, bytes) else str(state)
+        now_purged = int(field_of(move, "purged")) if move is not None else purged
+        if state == "done" and move is not None and not int(field_of(move, "cancelled") or 0):
+            out.write(f"move {move_id} went on and finished: its target took writes under "
+                      f"ASKING that a roll-back would lose\n")
+            return 1
+        if state == "done":
+            out.write(f"move {move_id} cancelled: {max(0, now_purged)} keys purged from the "
+                      f"target\n")
+            return 0
+        if state != "cancel":
+            out.write(f"move {move_id} goes on (state {state}): its target took writes "
+                      f"under ASKING that a roll-back would lose\n")
+            return 1
+        if now_purged != purged:
+            purged, last_change = now_purged, time.monotonic()
+            out.write(f"\rcancelling move {move_id}: {purged} keys purged from the target")
+            out.flush()
         if time.monotonic() - last_change > MOVE_TIMEOUT_S:
             raise ValueError(f"move {move_id} made no progress in {MOVE_TIMEOUT_S:.0f}s")
         time.sleep(POLL_S)

@@ -10,9 +10,12 @@ group, so a move begun anywhere before is seen.
     SHARDSTORE.MOVE <from shard> <to shard> TABLE <range table> <low|-> <high|+>
                          -> the rows of a range table in [low, high) (points as
                             TABLE.SPLIT writes them), the table's map handed over at the end
+    SHARDSTORE.MOVE CANCEL <id>  -> OK: roll back a move still copying (shardstore/
+                            moves.py OP_CANCEL): the source serves its keys again, the
+                            target's copies are purged, the slot map never changed
     SHARDSTORE.MOVES     -> per move under way or among the last finished (state done):
                             id, keys, source, target, state, copied, purged, epoch (the
-                            epoch it began at)
+                            epoch it began at), cancelled (1: rolled back)
     SHARDSTORE.SLOTS     -> [first, last, shard id] per range of the slot map
     KEYSPACE.CREATE <name> <node id>... [SHARDS n] [REPLICAS r]  -> OK: a new keyspace
                             on nodes serving none yet (shardstore/keyspaces.py)
@@ -40,12 +43,12 @@ from shardstore.cluster import CONFIG_GROUP, ClusterConfig, ConfigMachine
 from shardstore.keysets import KeySet, parse_slots
 from shardstore.keyspaces import encode_keyspace, parse_create_keyspace
 from shardstore.machine import ShardMachine
-from shardstore.moves import STATE_DONE, encode_begin
+from shardstore.moves import STATE_DONE, encode_begin, encode_cancel
 
 __all__ = ["AdminCommands", "ERR_MOVE_SYNTAX"]
 
 ERR_MOVE_SYNTAX = ("ERR syntax: SHARDSTORE.MOVE <from shard> <to shard> SLOTS <list> | "
-                   "TABLE <range table> <low|-> <high|+>")
+                   "TABLE <range table> <low|-> <high|+>, or SHARDSTORE.MOVE CANCEL <id>")
 ERR_NOT_INTEGER = "ERR value is not an integer or out of range"
 ERR_BAD_SLOTS = "ERR {}"
 ADMIN_FLAGS = frozenset({"admin"})
@@ -76,8 +79,9 @@ class AdminCommands:
 
     def rows(self) -> list[Command]:
         return [
-            Command("SHARDSTORE.MOVE", self.cmd_move, -5, ADMIN_FLAGS,
-                    summary="Begin an online move of slots (or a key range) between shards"),
+            Command("SHARDSTORE.MOVE", self.cmd_move, -3, ADMIN_FLAGS,
+                    summary="Begin an online move of slots (or a key range) between "
+                            "shards, or cancel one still copying"),
             Command("SHARDSTORE.MOVES", self.cmd_moves, 1, READ_FLAGS,
                     summary="The moves under way and how far each got"),
             Command("SHARDSTORE.SLOTS", self.cmd_slots, 1, READ_FLAGS,
@@ -109,6 +113,14 @@ class AdminCommands:
                 for name, space in sorted(full.spaces.items())]
 
     async def cmd_move(self, session: Session, args: list[bytes]) -> Any:
+        if args[1].upper() == b"CANCEL":
+            if len(args) != 3:
+                raise CommandError(ERR_MOVE_SYNTAX)
+            move_id = parse_int(args[2], ERR_NOT_INTEGER)
+            await self.node.config_write(encode_cancel(move_id))  # an error str raises
+            return OK
+        if len(args) < 5:
+            raise CommandError(ERR_MOVE_SYNTAX)
         source = parse_int(args[1], ERR_NOT_INTEGER)
         target = parse_int(args[2], ERR_NOT_INTEGER)
         keys = _keyset(args[3:], self.node.config_machine.catalog)
@@ -119,7 +131,7 @@ class AdminCommands:
         config = self.node.config
         return [{b"id": m.move_id, b"keys": m.keys.describe().encode(), b"source": m.source,
                  b"target": m.target, b"state": m.state.encode(), b"copied": m.copied,
-                 b"purged": m.purged, b"epoch": m.began_epoch}
+                 b"purged": m.purged, b"epoch": m.began_epoch, b"cancelled": int(m.cancelled)}
                 for _, m in sorted(config.moves.items())]
 
     async def cmd_slots(self, session: Session, args: list[bytes]) -> Any:

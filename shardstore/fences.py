@@ -23,6 +23,13 @@ overwrites a key written here since by a client under ASKING; and such a command
 only for keys the walk has passed (`unimported`), so it never runs on a key whose value is
 still on its way (Redis Cluster's ASK/ASKING, shardstore/asking.py).
 
+A move cancelled before it ended is rolled back with two more lift modes (the entry's last
+item): MODE_ABORT on the target closes the copy and fences the key set there under the
+move's id (so the keys copied in are refused, and a purge, as on a source, deletes them);
+it is refused (AbortRefused) once the target has applied a write under ASKING for the move,
+since purging would lose it (the move then goes on); MODE_UNFREEZE on the source drops the
+move's own fence and marks the move frozen (a late freeze of it is a no-op).
+
 A slot fence holds slot-addressed keys only and a positions fence rows of a range table
 only; which one a request's keys are is what the node that took the request routed it
 as, carried in the entry (shardstore/writes.py), so every replica decides alike.
@@ -45,7 +52,8 @@ import msgpack
 
 from shardstore.keysets import KIND_POSITIONS, KIND_SLOTS, KeySet
 
-__all__ = ["ERR_FENCED", "ERR_IMPORTING", "FENCES_KEY", "Fences",
+__all__ = ["ERR_ABORT_REFUSED", "ERR_FENCED", "ERR_IMPORTING", "MODE_ABORT", "MODE_UNFREEZE",
+           "AbortRefused", "FENCES_KEY", "Fences",
            "HiddenKV", "Import", "RESERVED_PREFIX", "fenced_move"]
 
 RESERVED_PREFIX = b"\xff\xffshardstore:"  # sorts after every printable key
@@ -54,6 +62,10 @@ ERR_FENCED = ("TRYAGAIN keys of this request are moving or moved to another shar
               "(move {}); retry")
 ERR_IMPORTING = ("TRYAGAIN keys of this request are still being copied into this shard "
                  "(move {}); retry")
+ERR_ABORT_REFUSED = ("the target of move {} has applied {} writes under ASKING: the move "
+                     "cannot be rolled back without losing them")
+MODE_ABORT = "abort"
+MODE_UNFREEZE = "unfreeze"
 KEEP_IMPORTS = 16  # finished imports remembered (ASKING after the walk, before the map)
 _FENCED_RE = re.compile(r"^TRYAGAIN keys of this request are moving or moved to another "
                         r"shard \(move (\d+)\); retry$")
@@ -65,29 +77,41 @@ def fenced_move(message: str) -> int | None:
     return None if found is None else int(found.group(1))
 
 
+class AbortRefused(ValueError):
+    """A roll-back refused by the target (ERR_ABORT_REFUSED)."""
+
+
 @dataclass
 class Import:
     """How far the copy of one move into this shard got: `started` once a batch came,
     `cursor` the last source key walked, `walked` once the walk is over (or the copy
-    was closed by its lift)."""
+    was closed by its lift); `asked`: writes applied under ASKING; `aborted`: rolled
+    back (MODE_ABORT)."""
 
     keys: KeySet
     started: bool = False
     cursor: bytes | None = None
     walked: bool = False
+    asked: int = 0
+    aborted: bool = False
 
     def passed(self, key: bytes) -> bool:
         """Whether the walk has gone past `key` (its value, if any, is here)."""
+        if self.aborted:
+            return False
         return self.walked or (self.started and self.cursor is not None
                                and key <= self.cursor)
 
     def to_wire(self) -> list[Any]:
-        return [self.keys.to_wire(), self.started, self.cursor, self.walked]
+        return [self.keys.to_wire(), self.started, self.cursor, self.walked, self.asked,
+                self.aborted]
 
     @classmethod
     def from_wire(cls, wire: list[Any]) -> Import:
-        keys, started, cursor, walked = wire
-        return cls(KeySet.from_wire(keys), bool(started), cursor, bool(walked))
+        keys, started, cursor, walked, *rest = wire
+        asked, aborted = (rest + [0, False])[:2]
+        return cls(KeySet.from_wire(keys), bool(started), cursor, bool(walked), int(asked),
+                   bool(aborted))
 
 
 class Fences:
@@ -132,9 +156,16 @@ class Fences:
         self.fenced.append((move_id, keys))
         return True
 
-    def lift(self, move_id: int, keys: KeySet) -> bool:
+    def lift(self, move_id: int, keys: KeySet, mode: str | None = None) -> bool:
         """Close move `move_id`'s copy into this shard and unfence `keys` from every
-        fence; False if the copy was closed before."""
+        fence; False if the copy was closed before. `mode` MODE_ABORT or MODE_UNFREEZE:
+        a roll-back's step instead (the module header, `abort`, `unfreeze`)."""
+        if mode == MODE_ABORT:
+            return self.abort(move_id, keys)
+        if mode == MODE_UNFREEZE:
+            return self.unfreeze(move_id)
+        if mode is not None:
+            raise ValueError(f"unknown lift mode {mode!r}")
         if move_id in self.closed:
             return False
         self.closed.add(move_id)
@@ -145,6 +176,36 @@ class Fences:
             kept.extend((mid, piece) for piece in fenced.minus(keys))
         self.fenced = kept
         return True
+
+    def abort(self, move_id: int, keys: KeySet) -> bool:
+        """Roll back move `move_id`'s copy into this shard: close it and fence `keys`
+        here under its id; False if done before; AbortRefused once a write under ASKING
+        was applied for it."""
+        imp = self.imports.setdefault(move_id, Import(keys))
+        if imp.aborted:
+            return False
+        if imp.asked:
+            raise AbortRefused(ERR_ABORT_REFUSED.format(move_id, imp.asked))
+        imp.aborted = True
+        self.closed.add(move_id)
+        self.fenced.append((move_id, keys))
+        return True
+
+    def unfreeze(self, move_id: int) -> bool:
+        """Drop move `move_id`'s own fence here and mark it frozen (a late freeze is a
+        no-op); False if nothing changed."""
+        kept = [(mid, ks) for mid, ks in self.fenced if mid != move_id]
+        changed = len(kept) != len(self.fenced) or move_id not in self.frozen
+        self.fenced = kept
+        self.frozen.add(move_id)
+        return changed
+
+    def count_asking(self, keys: Iterable[bytes]) -> None:
+        """A write under ASKING on `keys` (each passed: `unimported`) was applied."""
+        for key in keys:
+            covering = [mid for mid, imp in self.imports.items() if key in imp.keys]
+            if covering:
+                self.imports[max(covering)].asked += 1
 
     def copy_rows(self, move_id: int, keys: KeySet, rows: list[tuple[bytes, bytes, int]],
                   start: bytes | None, end: bytes | None
@@ -182,7 +243,7 @@ class Fences:
         return None
 
     def _prune_imports(self) -> None:
-        done = sorted(mid for mid, imp in self.imports.items() if imp.walked)
+        done = sorted(mid for mid, imp in self.imports.items() if imp.walked or imp.aborted)
         for mid in done[:-KEEP_IMPORTS]:
             del self.imports[mid]
 

@@ -17,7 +17,8 @@ request and applied identically by every replica:
   after `start` and stopped at `end`: fences.Fences.copy_rows; the older form without
   keyset, start and end writes them all); refused once the move's lift was applied here;
   [KIND_LIFT, now_ms, [move, keyset]] closes the move's copy into this shard and lifts
-  fences on the key set (keys moving back in);
+  fences on the key set (keys moving back in); [KIND_LIFT, now_ms, [move, keyset, mode]]
+  is a step of a cancelled move's roll-back (fences.MODE_ABORT, MODE_UNFREEZE);
   [KIND_PURGE, now_ms, [move, keyset, [key, ...]]] deletes those keys the move's fence
   still holds here (the moved-out copy).
 
@@ -196,11 +197,18 @@ class ShardMachine:
         move = self.fences.refusing(keys, ranged)
         return None if move is None else CommandError(ERR_FENCED.format(move))
 
-    def refuse_unimported(self, args: list[bytes]) -> CommandError | None:
+    def refuse_unimported(self, args: list[bytes], kv: Any = None) -> CommandError | None:
         """For a command under ASKING: TRYAGAIN unless the copy of each of its keys into
-        this shard is done (fences.Fences.unimported)."""
-        move = self.fences.unimported(self.keys_of(args) if self.keys_of else [])
-        return None if move is None else CommandError(ERR_IMPORTING.format(move))
+        this shard is done (fences.Fences.unimported); with `kv` (a write being applied)
+        the write is counted in the fences record (a roll-back must not purge it)."""
+        keys = self.keys_of(args) if self.keys_of else []
+        move = self.fences.unimported(keys)
+        if move is not None:
+            return CommandError(ERR_IMPORTING.format(move))
+        if kv is not None:
+            self.fences.count_asking(keys)
+            kv.write([self.fences.record()])
+        return None
 
     def refuse_request(self, args: list[bytes], ranged: bool = False,
                        is_range_row: Callable[[bytes], bool] | None = None
@@ -236,7 +244,7 @@ class ShardMachine:
             return self._move_entry(kv, index, kind, items)
         reply = self.refuse_request(list(items), ranged=route == [ROUTE_RANGED])
         if reply is None and route == [ROUTE_ASKING]:
-            reply = self.refuse_unimported(list(items))
+            reply = self.refuse_unimported(list(items), kv)
         try:
             if reply is None:
                 reply = self.commands.execute_write(HiddenKV(kv), now_ms, list(items), index)
@@ -270,7 +278,7 @@ class ShardMachine:
                 HiddenKV(kv).write(gone, applied_index=index)
                 return len(gone)
             changed = (self.fences.add(move_id, keys) if kind == KIND_FREEZE
-                       else self.fences.lift(move_id, keys))
+                       else self.fences.lift(move_id, keys, *rest[1:2]))
         except (ValueError, TypeError, IndexError) as exc:
             kv.write([], applied_index=index)
             return encode_reply(CommandError(ERR_BAD_ENTRY.format(exc)))

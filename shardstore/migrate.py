@@ -25,6 +25,15 @@ record's state and cursor:
 5. purge: the source's copy is deleted through its log (KIND_PURGE, keys read as in 2);
    then OP_FINISH removes the record.
 
+A move cancelled while it copies (moves.OP_CANCEL, state CANCEL) is rolled back instead:
+the copy stops at its next batch; the target's copy is aborted (KIND_LIFT with
+fences.MODE_ABORT: closed, and its key set fenced there under the move's id); the keys
+copied in are read from a target replica and purged as in 5; the source is unfrozen
+(KIND_LIFT with MODE_UNFREEZE); OP_FINISH. Every step is idempotent, so a coordinator that
+dies mid-cancel is replaced by the next, which starts again at the record's state and
+cursor. If the target refuses the abort (it took writes under ASKING), the cancel is
+dropped (moves.OP_RESUME) and the move goes on.
+
 Requests between nodes go over the node transport as core/rpc service SERVICE_MOVE:
 [OP_ENTRY, entry] appends an entry on the group's leader and returns its apply result;
 [OP_READ, move, after, limit, first, end, excluded] reads the next keys of a move on a
@@ -51,6 +60,7 @@ from core.raft.errors import ProposalDropped, RaftError
 from core.raft.host import RaftHost
 from core.rpc import RpcError, UnknownGroup
 from shardstore.cluster import CONFIG_GROUP, ClusterConfig
+from shardstore.fences import ERR_ABORT_REFUSED, MODE_ABORT, MODE_UNFREEZE
 from shardstore.keysets import KIND_SLOTS
 from shardstore.machine import (
     KIND_COPY,
@@ -63,12 +73,14 @@ from shardstore.machine import (
     encode_move,
 )
 from shardstore.moves import (
+    STATE_CANCEL,
     STATE_COPY,
     STATE_DONE,
     STATE_PURGE,
     Move,
     encode_end,
     encode_finish,
+    encode_resume,
     encode_step,
 )
 
@@ -90,6 +102,7 @@ SCAN_KEYS = 2048  # keys a read looks at per request (a slot's keys are spread o
 ERR_NOT_HERE = "this node hosts no replica of group {}"
 ERR_NOT_FROZEN = "move {} is not frozen on this replica yet"
 ERR_MALFORMED = "malformed move request"
+ABORT_REFUSED_MARK = ERR_ABORT_REFUSED.split("{}")[-1]  # in the target's refusal text
 
 
 class MoveStalled(Exception):
@@ -255,8 +268,7 @@ class Mover:
 
     async def drive(self, move_id: int) -> None:
         move = self.node.full_config.moves.get(move_id)
-        if move is not None and move.state == STATE_COPY:
-            await self._copy(move)
+        if move is not None and move.state == STATE_COPY and await self._copy(move):
             if self.verify is not None:
                 await self.verify(move)
             await self._config(encode_end(move.move_id))
@@ -264,11 +276,34 @@ class Mover:
                      move.keys.describe(), move.target, move.copied)
         move = self.node.full_config.moves.get(move_id)
         if move is not None and move.state == STATE_PURGE:
-            await self._purge(move)
+            await self._purge(move, move.source)
             await self._config(encode_finish(move.move_id))
             log.info("move %d finished", move.move_id)
+        if move is not None and move.state == STATE_CANCEL:
+            await self._cancel(move)
 
-    async def _copy(self, move: Move) -> None:
+    def _state(self, move_id: int) -> str | None:
+        move = self.node.full_config.moves.get(move_id)
+        return None if move is None else move.state
+
+    async def _cancel(self, move: Move) -> None:
+        keys = move.keys.to_wire()
+        aborted = await self._entry(move.target, encode_move(
+            KIND_LIFT, self.node.now_ms(), move.move_id, keys, MODE_ABORT))
+        if isinstance(aborted, Exception) and ABORT_REFUSED_MARK in str(aborted):
+            await self._config(encode_resume(move.move_id))
+            log.warning("move %d goes on: %s", move.move_id, aborted)
+            return
+        await self._purge(move, move.target)
+        await self._entry(move.source, encode_move(KIND_LIFT, self.node.now_ms(),
+                                                   move.move_id, keys, MODE_UNFREEZE))
+        await self._config(encode_finish(move.move_id))
+        log.info("move %d cancelled: shard %d serves %s again", move.move_id, move.source,
+                 move.keys.describe())
+
+    async def _copy(self, move: Move) -> bool:
+        """Freeze, copy and lift (steps 1-3); False if the move left state COPY (a
+        cancel) before the copy was closed."""
         keys = move.keys.to_wire()
         await self._entry(move.source, encode_move(KIND_FREEZE, self.node.now_ms(),
                                                    move.move_id, keys))
@@ -282,21 +317,26 @@ class Mover:
                 done += len(rows)
                 sent = cursor
                 await self._config(encode_step(move.move_id, STATE_COPY, cursor, done))
+            if self._state(move.move_id) != STATE_COPY:
+                return False
             if cursor is None:
                 break
         await self._entry(move.target, encode_move(KIND_LIFT, self.node.now_ms(),
                                                    move.move_id, keys))
+        return True
 
-    async def _purge(self, move: Move) -> None:
+    async def _purge(self, move: Move, shard_id: int) -> None:
+        """Delete the keys the move's fence holds in `shard_id` (the source after the
+        move ended, the target in a roll-back), recording the walk in the move's state."""
         cursor, done = move.cursor, move.purged
         while True:
-            rows, cursor = await self._read(move, cursor)
+            rows, cursor = await self._read(move, cursor, shard_id)
             if rows:
-                await self._entry(move.source, encode_move(
+                await self._entry(shard_id, encode_move(
                     KIND_PURGE, self.node.now_ms(), move.move_id, move.keys.to_wire(),
                     [row[0] for row in rows]))
                 done += len(rows)
-            await self._config(encode_step(move.move_id, STATE_PURGE, cursor, done))
+            await self._config(encode_step(move.move_id, move.state, cursor, done))
             if cursor is None:
                 return
 
@@ -316,12 +356,13 @@ class Mover:
             log.warning("shard %d refused a move entry: %s", shard_id, result)
         return result
 
-    async def _read(self, move: Move, after: bytes | None
+    async def _read(self, move: Move, after: bytes | None, shard_id: int | None = None
                     ) -> tuple[list[list[Any]], bytes | None]:
         first, end = move.keys.scan_bounds()
         excluded = self.node.range_prefixes() if move.keys.kind == KIND_SLOTS else []
         request = [OP_READ, move.move_id, after, self.batch_keys, first, end, excluded]
-        reply = await self._ask(move.source, request, full=True)
+        shard = move.source if shard_id is None else shard_id
+        reply = await self._ask(shard, request, full=True)
         return reply[1], reply[2]
 
     async def _ask(self, shard_id: int, payload: list[Any], full: bool = False) -> Any:

@@ -16,6 +16,15 @@ Its life, one configuration entry per step (ops, each a msgpack map):
 - OP_FINISH {id}: state DONE; `moves_done` counts it. The last KEEP_DONE finished
   records stay (so `admin` sees how many keys a move copied), older ones go.
 
+- OP_CANCEL {id}: a move still copying is rolled back: state CANCEL, the epoch goes up
+  (the slot map never changed); the coordinator then aborts the target's copy (its
+  copied keys fenced there), purges them (OP_STEP in state CANCEL), unfreezes the source
+  and finishes the record (OP_FINISH: state DONE, `cancelled`). Refused once the move
+  has ended (OP_END: the target owns the keys; move them back instead);
+- OP_RESUME {id}: a cancel the target refused (it took writes under ASKING, which a purge
+  would lose) is dropped: state COPY again, the copy walks from the start (the target
+  keeps what it has).
+
 What the shards' logs get meanwhile (freeze, copy, lift, purge) is shardstore/migrate.py's
 part. A key set that is not slots changes no slot map: `apply_move`'s `hooks` (for range
 tables shardstore/table_moves.py) check it at OP_BEGIN and hand it over at OP_END; with
@@ -34,10 +43,10 @@ from native.crc16 import SLOT_COUNT
 from shardstore.keysets import KIND_SLOTS, KeySet
 
 __all__ = [
-    "OP_BEGIN", "OP_END", "OP_FINISH", "OP_PREFIX", "OP_STEP", "STATE_COPY", "STATE_DONE",
-    "STATE_PURGE",
-    "Move", "MoveHooks", "apply_move", "encode_begin", "encode_end", "encode_finish", "encode_step",
-    "ranges_of",
+    "OP_BEGIN", "OP_CANCEL", "OP_END", "OP_FINISH", "OP_PREFIX", "OP_RESUME", "OP_STEP",
+    "STATE_CANCEL", "STATE_COPY", "STATE_DONE", "STATE_PURGE",
+    "Move", "MoveHooks", "apply_move", "encode_begin", "encode_cancel", "encode_end",
+    "encode_finish", "encode_resume", "encode_step", "ranges_of",
 ]
 
 OP_PREFIX = "move."
@@ -45,6 +54,8 @@ OP_BEGIN = "move.begin"
 OP_STEP = "move.step"
 OP_END = "move.end"
 OP_FINISH = "move.finish"
+OP_CANCEL = "move.cancel"
+OP_RESUME = "move.resume"
 STATE_COPY = "copy"
 STATE_PURGE = "purge"
 STATE_DONE = "done"
@@ -59,6 +70,8 @@ ERR_EMPTY = "ERR a move needs at least one slot"
 ERR_UNKNOWN_OP = "ERR unknown move op {!r}"
 ERR_NOT_SLOTS = "ERR only slots can move here"
 ERR_KEYSPACES = "ERR shards {} and {} serve different keyspaces"
+ERR_NOT_CANCELLABLE = ("ERR move {} is {}: only a move still copying can be cancelled (an "
+                       "ended move is undone by moving its keys back)")
 
 
 class MoveHooks(Protocol):
@@ -85,6 +98,7 @@ class Move:
     purged: int = 0
     began_epoch: int = 0
     walked: bool = False  # the copy's walk is over (every key is at the target)
+    cancelled: bool = False  # finished by a roll-back (OP_CANCEL), not by OP_END
 
     def copied_past(self, key: bytes) -> bool:
         """Whether the copy has (as far as this record says) taken `key` to the target."""
@@ -94,13 +108,15 @@ class Move:
 
     def to_wire(self) -> list[Any]:
         return [self.move_id, self.keys.to_wire(), self.source, self.target, self.state,
-                self.cursor, self.copied, self.purged, self.began_epoch, self.walked]
+                self.cursor, self.copied, self.purged, self.began_epoch, self.walked,
+                self.cancelled]
 
     @classmethod
     def from_wire(cls, wire: list[Any]) -> Move:
         mid, keys, source, target, state, cursor, copied, purged, began, *rest = wire
+        walked, cancelled = (list(rest) + [False, False])[:2]
         return cls(int(mid), KeySet.from_wire(keys), int(source), int(target), str(state),
-                   cursor, int(copied), int(purged), int(began), bool(rest and rest[0]))
+                   cursor, int(copied), int(purged), int(began), bool(walked), bool(cancelled))
 
 
 class MovesConfig(Protocol):
@@ -135,6 +151,14 @@ def encode_finish(move_id: int) -> bytes:
     return msgpack.packb({"op": OP_FINISH, "id": move_id})
 
 
+def encode_cancel(move_id: int) -> bytes:
+    return msgpack.packb({"op": OP_CANCEL, "id": move_id})
+
+
+def encode_resume(move_id: int) -> bytes:
+    return msgpack.packb({"op": OP_RESUME, "id": move_id})
+
+
 def apply_move(config: MovesConfig, entry: dict[str, Any],
                hooks: MoveHooks | None = None) -> Any:
     """Apply one move op to `config` (see the module header): the op's result, or an
@@ -145,16 +169,28 @@ def apply_move(config: MovesConfig, entry: dict[str, Any],
                       int(entry["target"]), hooks)
     move = config.moves.get(int(entry["id"]))
     if move is None:
-        return False if op in (OP_END, OP_FINISH, OP_STEP) else ERR_UNKNOWN_OP.format(op)
+        if op == OP_CANCEL:
+            return ERR_NO_MOVE.format(entry["id"])
+        return False if op in (OP_END, OP_FINISH, OP_STEP, OP_RESUME) \
+            else ERR_UNKNOWN_OP.format(op)
+    if op == OP_CANCEL:
+        return _cancel(config, move)
+    if op == OP_RESUME:
+        if move.state != STATE_CANCEL:
+            return False
+        move.state, move.cursor = STATE_COPY, None
+        config.epoch += 1
+        return True
     if op == OP_STEP:
         return _step(move, str(entry["state"]), entry["cursor"], int(entry["done"]))
     if op == OP_END:
         return _end(config, move, hooks)
     if op == OP_FINISH:
-        if move.state != STATE_PURGE:
+        if move.state not in (STATE_PURGE, STATE_CANCEL):
             return False
+        move.cancelled = move.state == STATE_CANCEL
         move.state, move.cursor = STATE_DONE, None
-        config.moves_done += 1
+        config.moves_done += 0 if move.cancelled else 1
         done = sorted(mid for mid, m in config.moves.items() if m.state == STATE_DONE)
         for old in done[:-KEEP_DONE]:
             del config.moves[old]
@@ -183,6 +219,16 @@ def _begin(config: MovesConfig, keys: KeySet, source: int, target: int,
     move = Move(config.next_move, keys, source, target, began_epoch=config.epoch)
     config.moves[move.move_id] = move
     return move.move_id
+
+
+def _cancel(config: MovesConfig, move: Move) -> Any:
+    if move.state == STATE_CANCEL:
+        return False  # cancelled before: the roll-back is under way
+    if move.state != STATE_COPY:
+        return ERR_NOT_CANCELLABLE.format(move.move_id, move.state)
+    move.state, move.cursor = STATE_CANCEL, None
+    config.epoch += 1
+    return True
 
 
 def _slots_refusal(config: MovesConfig, keys: KeySet, source: int) -> str | None:

@@ -16,7 +16,9 @@ Layers (each its own module, the I/O ones thin):
 - kvcache/proxy_backend.py: pipelined backend connections, timeouts, health, probes;
 - kvcache/proxy_wire.py: where a backend reply ends (raw bytes passed through);
 - kvcache/proxy_server.py: the listener, client connections (reply order) and `stats`;
-- this module: the command line (`add_proxy_parser`, `run_proxy`, `main_proxy`).
+- this module: the command line (`add_proxy_parser`, `run_proxy`, `main_proxy`). It loads
+  the layers above only when a proxy runs: `kvcache serve` builds the same command line
+  and must not carry the proxy's modules in its memory.
 
 Commands without a key: `version` (the proxy's own, `1.6.18-proxy`), `stats` (the proxy's
 figures and each backend's, see kvcache/proxy_server.py), `flush_all` (every backend; OK if
@@ -31,14 +33,25 @@ import argparse
 import asyncio
 import logging
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from core import daemon
-from kvcache.proxy_server import ProxyConfig, ProxyServer
 from kvcache.ring import parse_server
 from kvcache.settings import DEFAULT_ITEM_SIZE_MAX, DEFAULT_MAX_CONNECTIONS, parse_size
 
+if TYPE_CHECKING:
+    from kvcache.proxy_server import ProxyConfig, ProxyServer
+
 __all__ = ["ProxyConfig", "ProxyServer", "add_proxy_parser", "main_proxy", "run_proxy"]
+
+
+def __getattr__(name: str) -> Any:
+    """ProxyConfig and ProxyServer, loaded on first use (see the module docstring)."""
+    if name in ("ProxyConfig", "ProxyServer"):
+        from kvcache import proxy_server
+
+        return getattr(proxy_server, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 log = logging.getLogger("kvcache.proxy")
 
@@ -123,6 +136,8 @@ def config_from_args(args: argparse.Namespace) -> tuple[ProxyConfig, list[str], 
     if args.port is not None:
         port = args.port
     hosts = [h.strip().strip("[]") for h in host.split(",") if h.strip()]
+    from kvcache.proxy_server import ProxyConfig
+
     config = ProxyConfig(
         servers=parse_servers(args.servers), replicas=args.replicas, on_down=args.on_down,
         timeout=args.timeout, failure_threshold=args.failure_threshold,
@@ -139,6 +154,8 @@ def run_proxy(args: argparse.Namespace) -> int:
     daemon.setup_logging(args.log_level)
 
     async def main(stop: asyncio.Event) -> int:
+        from kvcache.proxy_server import ProxyServer
+
         proxy = ProxyServer(config)
         try:
             await proxy.start(hosts, port)

@@ -13,7 +13,9 @@ address book) and then the daemon's blob, untouched. A blob without the magic is
 snapshot written before the service existed: the book starts empty and the whole blob goes
 to the daemon's `restore` (which may hand over an old book through `merge_legacy`). When
 the daemon's snapshot hook returns an encoder (to encode off the event loop), the wrapper
-returns an encoder too, over a copy of the book taken at capture time.
+returns an encoder too, over a copy of the book taken at capture time; when it returns a
+core StreamedSnapshot (written in pieces), the wrapper streams too, the book first. The
+daemon's `restore` takes bytes here (a streamed daemon restores through its own group).
 """
 
 from __future__ import annotations
@@ -23,6 +25,9 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
 import msgpack
+
+from core.raft.snapshot_file import SnapshotSink
+from core.raft.snapshot_hooks import StreamedSnapshot
 
 __all__ = [
     "ERR_BAD_ENTRY", "OP_CLIENT", "SERVICE_TAG", "SNAPSHOT_MAGIC", "AddressBook", "ServiceMachine",
@@ -36,7 +41,7 @@ OP_CLIENT = "client"
 ERR_BAD_ENTRY = "ERR bad service entry: {!r}"
 
 Entries = Sequence[tuple[int, bytes]]
-SnapshotResult = bytes | Callable[[], bytes]
+SnapshotResult = bytes | Callable[[], bytes] | StreamedSnapshot
 
 
 class StateMachine(Protocol):
@@ -125,9 +130,18 @@ class ServiceMachine:
         return None
 
     def snapshot(self) -> SnapshotResult:
-        """The daemon's snapshot with the book in front (an encoder if the daemon's is)."""
+        """The daemon's snapshot with the book in front (an encoder or a stream if the
+        daemon's is)."""
         head = self._head()
         inner = self.machine.snapshot()
+        if isinstance(inner, StreamedSnapshot):
+            stream = inner
+
+            def write(out: SnapshotSink) -> None:
+                out.write(head)
+                stream.write(out)
+
+            return StreamedSnapshot(write, stream.release)
         if callable(inner):
             encoder = inner
             return lambda: head + encoder()

@@ -7,15 +7,21 @@ address-book entries and configuration changes are handled here between batches,
 order. Applying an entry resolves whoever waits for it (core/raft/waiters.py).
 Invariant: `applied` only grows, and never passes the node's commit index.
 
-Snapshots. Taking one: on the loop, between Readies, the hook returns the blob or an encoder
-of a view it captured (driver_types.SnapshotHook). An encoder runs in a worker thread, which
-also writes the snapshot (storage.create_snapshot: the snapshot file, then the storage's
-in-memory snapshot); compaction rewrites the log, so it waits for the Ready loop
+Snapshots. Taking one: on the loop, between Readies, the hook returns the blob, an encoder
+of a view it captured, or a StreamedSnapshot (core/raft/snapshot_hooks.py). The blob is
+written on the loop; an encoder or a stream runs in a worker thread, which writes the
+snapshot file through a SnapshotWriter in bounded chunks (storage.create_snapshot_from:
+the file, then the storage's in-memory handle on it); compaction rewrites the log, so it
+waits for the Ready loop
 (`settle_snapshot`), never racing the log appends of the host's persist step. That write may
 run in the thread because nothing else touches the snapshot while it is in flight: at most
 one is, compaction waits for it, and so does the install of a leader's snapshot
 (`snapshot_yield`), which would otherwise have its newer file replaced by ours. The log
 appends meanwhile touch another file, and in memory only entries after the applied index.
+
+Restoring: the snapshot's data is read from its file through a SnapshotReader; a restore
+hook marked `restores_from_reader` reads it in its own ranges, any other gets the
+machine's part as one bytes object (the adapter for blob machines).
 """
 
 from __future__ import annotations
@@ -27,11 +33,18 @@ from typing import Any
 
 import msgpack
 
-from core.raft.driver_types import SNAPSHOT_FORMAT, TAG_ADDRESS, TAG_APP, Apply, SnapshotHook
-from core.raft.errors import RaftError
+from core.raft.driver_types import TAG_ADDRESS, TAG_APP, Apply, SnapshotHook
 from core.raft.group_view import GroupView
 from core.raft.messages import NONE, ConfChange, ConfChangeOp, Entry, EntryType, Snapshot
 from core.raft.ready import Ready
+from core.raft.snapshot_file import SnapshotWriter, open_reader, snapshot_size
+from core.raft.snapshot_hooks import (
+    MachineSnapshot,
+    StreamedSnapshot,
+    fill_driver_data,
+    open_driver_data,
+    reads_snapshot_stream,
+)
 from core.rpc import Address
 
 __all__ = ["Applier"]
@@ -43,7 +56,7 @@ class Applier:
     """The apply side of `group`, around the application's callbacks."""
 
     def __init__(self, group: GroupView, apply: Apply, snapshot: SnapshotHook,
-                 restore: Callable[[bytes], None]) -> None:
+                 restore: Callable[..., None]) -> None:
         self.group = group
         self._apply_fn, self._snapshot_fn, self._restore_fn = apply, snapshot, restore
         self.applied = 0  # the last index applied here (entries or a snapshot)
@@ -54,7 +67,7 @@ class Applier:
         """Step 3 of the Ready loop: restore, apply, resolve the waiters, answer reads."""
         waiters = self.group.waiters
         if rd.snapshot is not None:
-            self.restore(rd.snapshot)
+            self.restore(self._installed(rd.snapshot))
             waiters.cover_snapshot(rd.snapshot.index)
         entries = rd.committed_entries
         results: dict[int, Any] = {}
@@ -133,40 +146,63 @@ class Applier:
         voters = node.voters_at(index)
         addresses = {k: list(v) for k, v in group.addresses.items()}
         out = self._snapshot_fn()
-        if not callable(out):  # encoded on the loop, as hooks returning bytes do
-            self._compact(storage.create_snapshot(index, voters, _wrap(addresses, out)))
+        fill = fill_driver_data(addresses, out)
+        if not callable(out):  # written on the loop, as hooks returning bytes are
+            self._compact(storage.create_snapshot_from(index, voters, fill))
             return
         self._snapshot_skip = False
         self._snapshot_task = asyncio.get_running_loop().create_task(
-            self._snapshot_off_loop(index, voters, addresses, out))
+            self._snapshot_off_loop(index, voters, fill, out))
 
-    def snapshot_blob(self) -> bytes:
-        """The application's snapshot now, in the driver's format (encoded here, on the
-        caller's thread)."""
+    def snapshot_fill(self) -> Callable[[SnapshotWriter], None]:
+        """A writer of the application's snapshot now, in the driver's format (run it on
+        the caller's thread, once)."""
         out = self._snapshot_fn()
         addresses = {k: list(v) for k, v in self.group.addresses.items()}
-        return _wrap(addresses, out() if callable(out) else out)
+        fill = fill_driver_data(addresses, out)
+
+        def write(writer: SnapshotWriter) -> None:
+            try:
+                fill(writer)
+            finally:
+                _release(out)
+
+        return write
 
     async def _snapshot_off_loop(self, index: int, voters: tuple[int, ...],
-                                 addresses: dict[int, list[Any]],
-                                 encode: Callable[[], bytes]) -> Snapshot | None:
+                                 fill: Callable[[SnapshotWriter], None],
+                                 out: MachineSnapshot) -> Snapshot | None:
         try:
-            return await asyncio.to_thread(self._encode_snapshot, index, voters, addresses,
-                                           encode)
+            return await asyncio.to_thread(self._write_snapshot, index, voters, fill, out)
         finally:
             self.group.wake()  # the Ready loop settles it: compacts, or fails on its error
 
-    def _encode_snapshot(self, index: int, voters: tuple[int, ...],
-                         addresses: dict[int, list[Any]],
-                         encode: Callable[[], bytes]) -> Snapshot | None:
-        """In a worker thread: encode, then write the snapshot unless it is no longer
-        wanted (a leader's snapshot is to be installed, or the group stops)."""
-        blob = _wrap(addresses, encode())
+    def _write_snapshot(self, index: int, voters: tuple[int, ...],
+                        fill: Callable[[SnapshotWriter], None],
+                        out: MachineSnapshot) -> Snapshot | None:
+        """In a worker thread: write the snapshot, in chunks, unless it is no longer
+        wanted (a leader's snapshot is to be installed, or the group stops), which is
+        checked before and after the machine writes: an unwanted file is never renamed
+        into place."""
         group = self.group
-        if self._snapshot_skip or group.stopping:
+
+        def unwanted() -> bool:
+            return self._snapshot_skip or group.stopping
+
+        def fill_unless_unwanted(writer: SnapshotWriter) -> None:
+            fill(writer)
+            if unwanted():
+                raise _Unwanted
+
+        try:
+            if unwanted():
+                return None
+            assert group.storage is not None
+            return group.storage.create_snapshot_from(index, voters, fill_unless_unwanted)
+        except _Unwanted:
             return None
-        assert group.storage is not None
-        return group.storage.create_snapshot(index, voters, blob)
+        finally:
+            _release(out)
 
     def settle_snapshot(self) -> None:
         """On the loop, between Readies: finish the snapshot taken off the loop, if done.
@@ -209,22 +245,42 @@ class Applier:
             storage.compact(compact_to)  # a no-op below a leader's snapshot installed since
         group.stats["snapshots"] += 1
         log.info("raft: node %d took a snapshot at %d (%d bytes), log now %d..%d", group.id,
-                 snapshot.index, len(snapshot.data), storage.first_index(),
+                 snapshot.index, snapshot_size(snapshot.data), storage.first_index(),
                  storage.last_index())
 
     def restore(self, snap: Snapshot) -> None:
         """Load a snapshot (ours at start, or a leader's): the address book, then the
-        application's state."""
-        fmt, addresses, blob = msgpack.unpackb(snap.data, strict_map_key=False)
-        if fmt != SNAPSHOT_FORMAT:
-            raise RaftError(f"unknown snapshot format {fmt!r}")
-        for node_id, (host, port) in addresses.items():
-            self.set_address(node_id, (host, port))
-        self._restore_fn(blob)
+        application's state, read from the snapshot's file (see the module header)."""
+        reader = open_reader(snap.data)
+        try:
+            addresses, rest = open_driver_data(reader)
+            try:
+                for node_id, (host, port) in addresses.items():
+                    self.set_address(node_id, (host, port))
+                if reads_snapshot_stream(self._restore_fn):
+                    self._restore_fn(rest)
+                else:
+                    self._restore_fn(rest.read())
+            finally:
+                rest.close()
+        finally:
+            reader.close()
         self.applied = max(self.applied, snap.index)
         log.info("raft: node %d restored the snapshot at %d", self.group.id, snap.index)
 
 
-def _wrap(addresses: dict[int, list[Any]], blob: bytes) -> bytes:
-    """The driver's snapshot format (driver_types): the address book around the blob."""
-    return msgpack.packb([SNAPSHOT_FORMAT, addresses, blob])
+    def _installed(self, snap: Snapshot) -> Snapshot:
+        """The storage's copy of a leader's snapshot it just persisted (its data moved into
+        the storage's file), or `snap` itself."""
+        storage = self.group.storage
+        stored = storage.snapshot() if storage is not None else None
+        return stored if stored is not None and stored.index == snap.index else snap
+
+
+class _Unwanted(Exception):
+    """Raised after the machine wrote a snapshot no longer wanted: the file is dropped."""
+
+
+def _release(out: MachineSnapshot) -> None:
+    if isinstance(out, StreamedSnapshot):
+        out.release()

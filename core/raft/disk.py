@@ -5,17 +5,22 @@ Files in the data directory (the caller holds its DataDirLock):
     ["H", term, vote, commit]       the hard state from here on;
     ["E", [[index, term, type, data], ...]]   entries, dropping any stored at or after the
                                     first one's index (a truncation is just a later record).
-- `raft.snapshot`: msgpack [index, term, voters, data], replaced with atomic_write.
+- `raft.snapshot`: the snapshot file (core/raft/snapshot_source.py has its format): a
+  header naming index, term and voters, then the data. It is written through a
+  SnapshotWriter in bounded chunks and replaced atomically (core/raft/snapshot_file.py);
+  the in-memory mirror holds a `SnapshotFile` naming it, never the data.
 
 Strategy:
 - `persist(ready)` is the Ready's step 1 as one group commit: the entries and the hard
   state go out in one write and, when `ready.must_sync`, one fsync. Only then may the
   caller send. (A hard state whose only change is the commit index is written unsynced:
   a lost commit index is recomputed from the leader after a restart.)
-- Installing a leader's snapshot writes the snapshot file first, then atomically rewrites
-  the log to hold only the hard state and the entries after the snapshot.
-- `create_snapshot` writes the snapshot file; `compact` then rewrites the log without the
-  entries up to the compaction index. Between the two a crash is harmless.
+- Installing a leader's snapshot puts the snapshot file in place first (a received file is
+  renamed over `raft.snapshot`; another is copied chunk by chunk), then atomically
+  rewrites the log to hold only the hard state and the entries after the snapshot.
+- `create_snapshot_from` writes the snapshot file from the machine's writer; `compact`
+  then rewrites the log without the entries up to the compaction index. Between the two
+  a crash is harmless, and a crash while the file is written leaves the previous one.
 - Recovery reads the snapshot, replays the log, and keeps the logged entries after the
   snapshot only if the log holds the snapshot's own entry (same index and term); otherwise
   the log predates an install that the crash interrupted, and its tail is dropped.
@@ -25,9 +30,10 @@ Strategy:
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import msgpack
@@ -36,7 +42,14 @@ from core.raft.errors import InvariantError
 from core.raft.log import MemoryStorage
 from core.raft.messages import Entry, HardState, Snapshot
 from core.raft.ready import Ready
-from core.storage import DEFAULT_MAX_RECORD_BYTES, RecordLog, atomic_write, read_file
+from core.raft.snapshot_file import (
+    SnapshotFile,
+    SnapshotWriter,
+    open_reader,
+    open_snapshot_file,
+    write_snapshot_file,
+)
+from core.storage import DEFAULT_MAX_RECORD_BYTES, FatalStorageError, RecordLog, fsync_dir
 from core.storage import remove_stale_temp_files as _remove_stale_temp_files
 
 __all__ = ["DiskStorage"]
@@ -44,6 +57,7 @@ __all__ = ["DiskStorage"]
 LOG_NAME = "raft.log"
 SNAPSHOT_NAME = "raft.snapshot"
 MAX_ENTRIES_RECORD_BYTES = 8 * 1024 * 1024  # split larger entry batches over records
+Fill = Callable[[SnapshotWriter], None]  # writes a snapshot's data (the machine's, wrapped)
 
 
 class DiskStorage:
@@ -70,7 +84,7 @@ class DiskStorage:
         path = Path(directory)
         snapshot_path = path / SNAPSHOT_NAME
         _remove_stale_temp_files(snapshot_path)
-        snapshot = _decode_snapshot(read_file(snapshot_path))
+        snapshot = _load_snapshot(snapshot_path)
         log, records = RecordLog.open(path / LOG_NAME, max_record_bytes)
         hard_state, entries = _replay(records, path / LOG_NAME)
         mem = MemoryStorage()
@@ -144,26 +158,62 @@ class DiskStorage:
     def _install(self, ready: Ready) -> None:
         snapshot = ready.snapshot
         assert snapshot is not None
-        atomic_write(self.directory / SNAPSHOT_NAME, _encode_snapshot(snapshot))
-        self._mem.persist(ready)
+        installed = dataclasses.replace(snapshot, data=self._put_in_place(snapshot))
+        self._mem.persist(dataclasses.replace(ready, snapshot=installed))
         self._rewrite()
 
-    def create_snapshot(self, index: int, voters: tuple[int, ...], data: bytes) -> Snapshot:
-        """Durably record the application's snapshot at `index` (see MemoryStorage)."""
-        snapshot = self._mem.create_snapshot(index, voters, data)
-        atomic_write(self.directory / SNAPSHOT_NAME, _encode_snapshot(snapshot))
-        self._count_fsyncs(1)
-        return snapshot
+    def _put_in_place(self, snapshot: Snapshot) -> SnapshotFile:
+        """The leader's snapshot as our snapshot file: a received file is renamed into
+        place, other data (bytes, or another storage's file) copied in chunks."""
+        target = self.directory / SNAPSHOT_NAME
+        data = snapshot.data
+        if isinstance(data, SnapshotFile) and data.transient:
+            try:
+                os.replace(data.path, target)
+                fsync_dir(self.directory)
+            except OSError as exc:
+                raise FatalStorageError(f"installing {data.path} failed: {exc}") from exc
+            return data.moved_to(target)
 
-    def skip_to(self, index: int, voters: tuple[int, ...], data: bytes) -> Snapshot:
+        def copy(writer: SnapshotWriter) -> None:
+            with open_reader(data) as reader:
+                for chunk in reader.chunks():
+                    writer.write(chunk)
+
+        self._count_fsyncs(1)
+        return write_snapshot_file(target, snapshot.index, snapshot.term, snapshot.voters,
+                                   copy)
+
+    def create_snapshot(self, index: int, voters: tuple[int, ...], data: bytes) -> Snapshot:
+        """Durably record the application's snapshot `data` at `index` (see
+        MemoryStorage); `create_snapshot_from` with a writer of `data`."""
+        return self.create_snapshot_from(index, voters, lambda writer: writer.write(data))
+
+    def create_snapshot_from(self, index: int, voters: tuple[int, ...], fill: Fill) -> Snapshot:
+        """Durably record the snapshot at `index` whose data `fill` writes through a
+        SnapshotWriter (in bounded chunks). ValueError for an index that is not newer than
+        the current snapshot or is beyond the last index; an error of `fill` propagates
+        and leaves the previous snapshot."""
+        current = self._mem.snapshot().index
+        if not current < index <= self._mem.last_index():
+            raise ValueError(f"snapshot at {index} is not in ({current}, "
+                             f"{self._mem.last_index()}]")
+        term = self._mem.term(index)
+        written = write_snapshot_file(self.directory / SNAPSHOT_NAME, index, term,
+                                      tuple(voters), fill)
+        self._count_fsyncs(1)
+        return self._mem.create_snapshot(index, voters, written)
+
+    def skip_to(self, index: int, voters: tuple[int, ...], fill: Fill) -> Snapshot:
         """Start the log after `index`, beyond its last entry, with the application's
-        snapshot `data` there (its term: the hard state's, no entry of the log is later):
-        for a single member whose state machine kept entries its log lost."""
+        snapshot there, written by `fill` (its term: the hard state's, no entry of the log
+        is later): for a single member whose state machine kept entries its log lost."""
         hard = self._mem.initial_state()
-        snapshot = Snapshot(index, hard.term, tuple(voters), data)
+        written = write_snapshot_file(self.directory / SNAPSHOT_NAME, index, hard.term,
+                                      tuple(voters), fill)
+        snapshot = Snapshot(index, hard.term, tuple(voters), written)
         self._mem.apply_snapshot(snapshot)
         self._mem.set_hard_state(HardState(hard.term, hard.vote, max(hard.commit, index)))
-        atomic_write(self.directory / SNAPSHOT_NAME, _encode_snapshot(snapshot))
         self._rewrite()
         return snapshot
 
@@ -242,14 +292,13 @@ def _replay(records: list[bytes], path: Path) -> tuple[HardState, list[Entry]]:
     return hard_state, entries
 
 
-def _encode_snapshot(snapshot: Snapshot) -> bytes:
-    return msgpack.packb(snapshot.to_wire())
-
-
-def _decode_snapshot(data: bytes | None) -> Snapshot:
-    if data is None:
-        return Snapshot()
+def _load_snapshot(path: Path) -> Snapshot:
+    """The snapshot stored at `path` (its data stays on disk), Snapshot() if none."""
     try:
-        return Snapshot.from_wire(msgpack.unpackb(data))
-    except (ValueError, TypeError, msgpack.UnpackException) as exc:
+        found = open_snapshot_file(path)
+    except (ValueError, OSError) as exc:
         raise InvariantError(f"snapshot file is not a raft snapshot: {exc}") from exc
+    if found is None:
+        return Snapshot()
+    data, voters = found
+    return Snapshot(data.index, data.term, voters, data)

@@ -4,13 +4,15 @@
 ProposalUnknown); import them from there. The entry format: the data of every NORMAL
 entry starts with a one-byte tag, TAG_APP for application commands (the application sees
 only the bytes after it) and TAG_ADDRESS for the replicated address book (msgpack
-[node id, [host, port]]). A snapshot is msgpack [SNAPSHOT_FORMAT, address book,
-application blob].
+[node id, [host, port]]). A snapshot's data is the address book and the application's
+bytes (core/raft/snapshot_hooks.py has the format; format 1, msgpack [SNAPSHOT_FORMAT,
+address book, application blob], is still read).
 
 The application's snapshot hook (`SnapshotHook`) returns either the blob, encoded on the
-event loop, or a zero-argument encoder: the hook then only captures a consistent view of
-its state (on the loop, while no entry is being applied) and the driver calls the encoder
-in a worker thread, so a large state does not stall the loop. The encoder must read only
+event loop, or a zero-argument encoder, or a core.raft.snapshot_hooks.StreamedSnapshot
+that writes its state in pieces: the hook then only captures a consistent view of its
+state (on the loop, while no entry is being applied) and the driver runs the encoder or
+the stream in a worker thread, so a large state does not stall the loop. It must read only
 its captured view, never the live state, which keeps changing meanwhile.
 """
 

@@ -189,7 +189,7 @@ class RaftGroup:
         log.warning("raft: node %d group %d: the state machine applied up to %d, the log "
                     "ends at %d (lost in a power cut); the log starts after %d", self.id,
                     self.group_id, index, self.storage.last_index(), index)
-        self.storage.skip_to(index, (self.id,), self.applier.snapshot_blob())
+        self.storage.skip_to(index, (self.id,), self.applier.snapshot_fill())
 
     async def close(self) -> None:
         """Stop taking requests, wait for a snapshot in flight, fail what waits, close the

@@ -5,9 +5,11 @@ host does not send that message. It hands it to the group's `SnapshotTransfers`,
 streams it as chunk payloads of the "raft.snap" service (core/raft/snapshot_stream.py: a
 window of chunks, acks, resends), and the follower's transfers write them to a temporary
 file in the group's directory as they arrive, verify the whole, and step the completed
-snapshot into its Node as if it had come in one message (then the usual Ready path
-persists and restores it). The outcome of a stream is reported to the leader's Node with
-`report_snapshot`, as a sent message was before.
+snapshot into its Node as if it had come in one message, its data naming the received
+file; if the Node takes it, the file is handed over (the storage renames it into place
+when the usual Ready path persists it, then the machine restores from it), else removed.
+A leader's sender reads its snapshot file one chunk at a time. The outcome of a stream is
+reported to the leader's Node with `report_snapshot`, as a sent message was before.
 
 The host calls, for one group: `start` for each SnapshotRequest of a Ready, `on_payload` for
 each payload received, `tick` on ticks while `active`, and after each of them `drain`, which
@@ -22,6 +24,7 @@ from typing import Any
 
 from core.raft.messages import SnapshotRequest
 from core.raft.node import Node
+from core.raft.snapshot_file import SnapshotFile
 from core.raft.snapshot_stream import (
     SnapshotOutbox,
     SnapshotPayloadError,
@@ -44,6 +47,7 @@ class SnapshotTransfers:
         self.outbox = SnapshotOutbox()
         self.receiver = SnapshotReceiver(directory, node_id)
         self._replies: list[tuple[int, dict[str, Any]]] = []
+        self._unsent: list[int] = []  # followers whose snapshot could not be opened
         self.stats = {"snapshots_streamed": 0, "snapshots_received": 0, "bad_payloads": 0}
 
     @property
@@ -52,8 +56,15 @@ class SnapshotTransfers:
         return bool(self.outbox.senders()) or self.receiver.receiving is not None
 
     def start(self, msg: SnapshotRequest) -> None:
-        """Stream the snapshot of `msg` to `msg.to` (a repeat of one under way continues)."""
-        self.outbox.start(msg)
+        """Stream the snapshot of `msg` to `msg.to` (a repeat of one under way continues).
+        If its file cannot be opened (a newer snapshot replaced it), the stream fails at
+        once and the Node sends the newer one later."""
+        try:
+            self.outbox.start(msg)
+        except (ValueError, OSError) as exc:
+            log.warning("raft: snapshot %d for node %d not sent: %s", msg.snapshot.index,
+                        msg.to, exc)
+            self._unsent.append(msg.to)
 
     def on_payload(self, peer_id: int, payload: Any, node: Node) -> None:
         """A chunk, ack or nack from `peer_id`; a bad one is logged and dropped."""
@@ -64,7 +75,10 @@ class SnapshotTransfers:
                 self._replies.append((peer_id, reply))
                 if done is not None:
                     node.step(done.to_request(node.id))
-                    self.receiver.release()
+                    if _holds(node, done.path):
+                        self.receiver.hand_over()  # the storage moves it into place
+                    else:
+                        self.receiver.release()
                     self.stats["snapshots_received"] += 1
             elif kind in REPLIES:
                 self.outbox.on_reply(peer_id, payload)
@@ -83,6 +97,9 @@ class SnapshotTransfers:
         """The payloads to send now; finished streams are reported to `node`."""
         out, self._replies = self._replies, []
         out += self.outbox.poll()
+        for to in self._unsent:
+            node.report_snapshot(to, False)
+        self._unsent.clear()
         for to, ok in self.outbox.finished():
             self.stats["snapshots_streamed"] += int(ok)
             node.report_snapshot(to, ok)
@@ -94,3 +111,10 @@ class SnapshotTransfers:
     def close(self) -> None:
         self.outbox.cancel_all()
         self.receiver.close()
+
+
+def _holds(node: Node, path: Path) -> bool:
+    """Whether `node` took the snapshot in the file `path` (it waits to be persisted)."""
+    pending = node.log.unstable.snapshot
+    return (pending is not None and isinstance(pending.data, SnapshotFile)
+            and pending.data.path == path)

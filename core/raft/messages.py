@@ -107,13 +107,15 @@ class Snapshot:
     """The application's state after applying every entry up to `index` (Raft 7).
 
     `term` is the term of entry `index`; `voters` the configuration in force at `index`;
-    `data` the opaque state-machine blob. `index == 0` means "no snapshot".
+    `data` the opaque state-machine data: bytes held in memory, or a
+    core.raft.snapshot_file.SnapshotFile naming it on disk (DiskStorage's snapshots, and
+    streamed ones: `to_wire` then does not apply). `index == 0` means "no snapshot".
     """
 
     index: int = 0
     term: int = 0
     voters: tuple[int, ...] = ()
-    data: bytes = b""
+    data: Any = b""  # bytes | SnapshotFile
 
     def to_wire(self) -> list[Any]:
         return [self.index, self.term, list(self.voters), self.data]

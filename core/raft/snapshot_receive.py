@@ -3,9 +3,11 @@
 One `SnapshotReceiver` per Raft group, in the group's data directory. Each chunk payload
 (core/raft/snapshot_wire.py) is checked, hashed and written at once to a temporary file
 `.raft.snapshot.incoming.tmp.<random>` (core.storage's temp naming, so a crash's leftovers
-are found and removed when the next receiver opens the directory); nothing is buffered, so
-the receiver holds at most the chunk it is handling. Every chunk gets a reply: an ack with
-the next offset expected, or a nack (core/raft/snapshot_wire.py lists the reasons).
+are found and removed when the next receiver opens the directory), in the snapshot file
+format (core/raft/snapshot_source.py: the header first, its size and digest sealed at the
+end); nothing is buffered, so the receiver holds at most the chunk it is handling. Every
+chunk gets a reply: an ack with the next offset expected, or a nack
+(core/raft/snapshot_wire.py lists the reasons).
 
 Chunks are taken strictly in order; a chunk that starts past the end of the file is nacked
 (the sender resends from the file's end), one that ends before it is a duplicate and only
@@ -13,8 +15,10 @@ acked again. Transfers are ordered by (term, index): a newer one aborts the one 
 (its file is removed), an older one is nacked as stale, as are chunks of a term older than
 the Node's (`current_term`). When the last chunk is in, the file is fsynced and the digest
 of everything written is compared with the sender's; then `on_chunk` returns a
-`ReceivedSnapshot`, which the caller steps into its Node (`to_request`) and, once the Node
-has persisted it, releases (`release`), removing the file.
+`ReceivedSnapshot`, which the caller steps into its Node (`to_request`: the snapshot's data
+is a `SnapshotFile` naming this file, never loaded). If the Node took it, the caller
+`hand_over`s the file: the storage renames it into place when it persists the Ready
+(core/raft/disk.py); otherwise `release` removes it.
 
 File errors (write, fsync) raise core.storage.FatalStorageError, which is never retried:
 the process must exit. Bad payloads raise SnapshotPayloadError only.
@@ -31,6 +35,8 @@ from typing import Any
 import xxhash
 
 from core.raft.messages import Snapshot, SnapshotRequest
+from core.raft.snapshot_file import SnapshotFile
+from core.raft.snapshot_source import SNAPSHOT_BUFFERS, encode_file_header, seal_file_header
 from core.raft.snapshot_wire import (
     MAX_CHUNK_BYTES,
     MAX_SNAPSHOT_BYTES,
@@ -66,8 +72,8 @@ FILE_MODE = 0o600
 @dataclass(frozen=True, slots=True)
 class ReceivedSnapshot:
     """A whole snapshot on disk, fsynced and verified: sent by `leader` in `term`, its
-    bytes in `path` (`size` bytes, xxh64 `digest`). The file is the receiver's until
-    `SnapshotReceiver.release`; the caller may move it elsewhere first."""
+    data in the snapshot file `path` (`size` bytes from `offset`, xxh64 `digest`). The
+    file is the receiver's until `SnapshotReceiver.release` or `hand_over`."""
 
     leader: int
     term: int
@@ -75,29 +81,37 @@ class ReceivedSnapshot:
     path: Path
     size: int
     digest: int
+    offset: int = 0
+
+    @property
+    def file(self) -> SnapshotFile:
+        """The data as a SnapshotFile the storage may move into place."""
+        meta = self.meta
+        return SnapshotFile(self.path, meta.index, meta.term, self.offset, self.size,
+                            self.digest, transient=True)
 
     def read_data(self) -> bytes:
-        """The snapshot's bytes, for a `restore(bytes)` hook. OSError if the file is gone."""
-        with open(self.path, "rb") as f:
-            return f.read()
+        """The snapshot's bytes, all in memory. OSError if the file is gone."""
+        return self.file.read_all()
 
     def to_request(self, to: int) -> SnapshotRequest:
         """The SnapshotRequest to step into the Node of node `to`, as if the leader had sent
-        the snapshot in one message (reads the whole file)."""
+        the snapshot in one message; its data names the file (nothing is read)."""
         meta = self.meta
         return SnapshotRequest(frm=self.leader, to=to, term=self.term,
                                snapshot=Snapshot(meta.index, meta.term, meta.voters,
-                                                 self.read_data()))
+                                                 self.file))
 
 
 class _Transfer:
     """A transfer under way: its identity, its open temp file and how far it got."""
 
-    def __init__(self, chunk: Chunk, path: Path, fd: int) -> None:
+    def __init__(self, chunk: Chunk, path: Path, fd: int, offset: int) -> None:
         assert chunk.meta is not None
         self.leader, self.term, self.meta = chunk.frm, chunk.term, chunk.meta
         self.total = chunk.total
         self.path, self.fd = path, fd
+        self.offset = offset  # the data starts here, after the file's header
         self.expected = 0  # the file holds [0, expected)
         self.hasher = xxhash.xxh64()
         self.idle = 0
@@ -186,11 +200,17 @@ class SnapshotReceiver:
             _unlink_quietly(cur.path)
 
     def release(self) -> None:
-        """Forget the completed snapshot and remove its file (if still there): call once
-        the Node has persisted it, or to discard it."""
+        """Forget the completed snapshot and remove its file (if still there): to discard
+        it, or once the Node has persisted it."""
         done, self._completed = self._completed, None
         if done is not None:
             _unlink_quietly(done.path)
+
+    def hand_over(self) -> None:
+        """Forget the completed snapshot but keep its file: the Node took it, and the
+        storage moves the file into place when it persists it (a crash first leaves a
+        temp file the next receiver removes)."""
+        self._completed = None
 
     def close(self) -> None:
         """Abort and release everything (the group is stopping or being destroyed)."""
@@ -220,11 +240,14 @@ class SnapshotReceiver:
         self.abort()
         self.release()
         path = self.directory / f".{INCOMING_NAME}{TEMP_INFIX}{os.urandom(6).hex()}"
+        assert chunk.meta is not None
+        header = encode_file_header(chunk.meta.index, chunk.meta.term, chunk.meta.voters)
         try:
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE)
         except OSError as exc:
             raise FatalStorageError(f"cannot create {path}: {exc}") from exc
-        self._current = _Transfer(chunk, path, fd)
+        self._current = _Transfer(chunk, path, fd, len(header))
+        self._append(self._current, memoryview(header))
         return self._current
 
     def _write(self, cur: _Transfer, chunk: Chunk) -> tuple[dict[str, Any],
@@ -240,6 +263,7 @@ class SnapshotReceiver:
         if skip >= len(chunk.data) and not chunk.last:
             return self._ack(chunk, cur.expected), None  # a duplicate
         view = memoryview(chunk.data)[skip:]
+        SNAPSHOT_BUFFERS.note(len(chunk.data))
         self._append(cur, view)
         cur.hasher.update(view)
         cur.expected += len(view)
@@ -251,8 +275,10 @@ class SnapshotReceiver:
 
     def _finish(self, cur: _Transfer, chunk: Chunk) -> tuple[dict[str, Any],
                                                                ReceivedSnapshot | None]:
-        """The last chunk is in: fsync, verify the digest, hand the snapshot out."""
+        """The last chunk is in: seal the header, fsync, verify the digest, hand the
+        snapshot out."""
         try:
+            seal_file_header(cur.fd, cur.total, cur.hasher.intdigest())
             os.fsync(cur.fd)
         except OSError as exc:
             self.abort()
@@ -265,7 +291,7 @@ class SnapshotReceiver:
         os.close(cur.fd)
         self._current = None
         done = ReceivedSnapshot(cur.leader, cur.term, cur.meta, cur.path, cur.total,
-                                chunk.digest)
+                                chunk.digest, cur.offset)
         self._completed = done
         self._finished = (done.leader, done.term, done.meta.index, done.size)
         self.stats["completed"] += 1

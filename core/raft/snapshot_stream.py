@@ -47,6 +47,7 @@ from typing import Any
 import xxhash
 
 from core.raft.messages import SnapshotRequest
+from core.raft.snapshot_file import SnapshotFile
 from core.raft.snapshot_receive import (
     DEFAULT_IDLE_TICKS,
     INCOMING_NAME,
@@ -159,11 +160,15 @@ class SnapshotSender:
     def from_request(cls, msg: SnapshotRequest, source: SnapshotSource | None = None,
                      **options: int) -> SnapshotSender:
         """The sender for a SnapshotRequest a leader's Ready produced. `source` defaults to
-        the message's own bytes; pass a FileSource to stream from disk instead."""
+        the snapshot's data: its file read a chunk at a time (a SnapshotFile), or bytes.
+        ValueError if the file now holds a newer snapshot, OSError if it cannot be read."""
         snap = msg.snapshot
         meta = SnapshotMeta(snap.index, snap.term, snap.voters)
-        return cls(msg.frm, msg.to, msg.term, meta,
-                   BytesSource(snap.data) if source is None else source, **options)
+        if source is None:
+            data = snap.data
+            source = (data.open_source() if isinstance(data, SnapshotFile)
+                      else BytesSource(data))
+        return cls(msg.frm, msg.to, msg.term, meta, source, **options)
 
     @property
     def index(self) -> int:

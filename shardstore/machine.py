@@ -34,8 +34,10 @@ one append and one fsync per apply run, not per entry.
 An entry at or below the engine's stored `applied_index` was applied before a restart and
 is skipped (the engine is the state machine's durable copy; Raft replays the log tail
 from its last snapshot). Snapshots are the engine's `dump()` pieces framed with their
-lengths behind a header naming the applied index; `restore` of a snapshot that is not
-ahead of the engine leaves the engine alone (a restart), otherwise it loads the pieces.
+lengths behind a header naming the applied index, streamed: `snapshot` returns a
+core StreamedSnapshot that writes them one at a time to the Raft snapshot file, and
+`restore` reads them one at a time from a SnapshotReader into a fresh engine, so neither
+holds more than a piece. A snapshot not ahead of the engine leaves it alone (a restart).
 
 `now_ms` is stamped by the shard's leader (shardstore/writes.py; the expiry sweep's by
 the leader that sweeps). Every replica applies the same stamp, so they agree.
@@ -55,6 +57,8 @@ from typing import Any, Protocol
 
 import msgpack
 
+from core.raft.snapshot_file import SnapshotReader, SnapshotSink, open_reader
+from core.raft.snapshot_hooks import StreamedSnapshot, restores_from_reader
 from core.resp import CommandError, RespSet, Simple, Verbatim
 from shardstore.fences import (
     ERR_FENCED,
@@ -299,37 +303,43 @@ class ShardMachine:
         kv.write([self.fences.record()] if tracked else [], applied_index=index)
         return len(rows)
 
-    def snapshot(self) -> Callable[[], bytes]:
-        """An encoder of the engine's consistent dump (run off the event loop)."""
+    def snapshot(self) -> StreamedSnapshot:
+        """The engine's consistent dump, written piece by piece off the event loop
+        (calling the result gives it as bytes instead)."""
         index = self.engine.applied_index
         pieces = self.engine.dump()
 
-        def encode() -> bytes:
-            out = [SNAPSHOT_MAGIC, _HEADER.pack(index)]
+        def write(out: SnapshotSink) -> None:
+            out.write(SNAPSHOT_MAGIC + _HEADER.pack(index))
             for piece in pieces:
-                out.append(_PIECE.pack(len(piece)))
-                out.append(piece)
-            return b"".join(out)
+                out.write(_PIECE.pack(len(piece)))
+                out.write(piece)
 
-        return encode
+        return StreamedSnapshot(write, getattr(pieces, "close", _nothing))
 
-    def restore(self, blob: bytes) -> None:
-        if not blob.startswith(SNAPSHOT_MAGIC):
+    @restores_from_reader
+    def restore(self, snapshot: bytes | SnapshotReader) -> None:
+        """Load a snapshot ahead of the engine into a fresh one, piece by piece from
+        `snapshot` (a reader, or bytes); one not ahead is left alone (a restart)."""
+        reader = open_reader(snapshot) if isinstance(snapshot, bytes) else snapshot
+        if reader.read(len(SNAPSHOT_MAGIC)) != SNAPSHOT_MAGIC:
             raise ValueError("not a shard snapshot")
-        (index,) = _HEADER.unpack_from(blob, len(SNAPSHOT_MAGIC))
+        (index,) = _HEADER.unpack(reader.read_exact(_HEADER.size))
         if index <= self.engine.applied_index:
             return  # the engine is at or ahead of it already (a restart)
-        self.engine = self._load(_pieces(blob, len(SNAPSHOT_MAGIC) + _HEADER.size), index)
+        self.engine = self._load(_pieces(reader), index)
         self.fences = Fences.load(self.engine)
 
 
-def _pieces(blob: bytes, start: int) -> Iterator[bytes]:
-    pos = start
-    while pos < len(blob):
-        (length,) = _PIECE.unpack_from(blob, pos)
-        pos += _PIECE.size
-        yield blob[pos:pos + length]
-        pos += length
+def _pieces(reader: SnapshotReader) -> Iterator[bytes]:
+    """The engine pieces of a shard snapshot, one at a time."""
+    while reader.remaining:
+        (length,) = _PIECE.unpack(reader.read_exact(_PIECE.size))
+        yield reader.read_exact(length)
+
+
+def _nothing() -> None:
+    return None
 
 
 _MOVE_KINDS = (KIND_FREEZE, KIND_COPY, KIND_LIFT, KIND_PURGE)

@@ -14,6 +14,12 @@ reading (so a client that hangs up is noticed and its waiting command cancelled)
 MAX_WAITING_COMMANDS are queued, so memory stays bounded and the pipeline order holds.
 A protocol error is answered after the replies of the commands before it, then the
 connection is closed (Redis does the same: the stream cannot be resynchronised).
+
+A daemon may take a run of pipelined commands together (`RespServer.pipeline`, a
+`Pipeline`): offered the parsed commands from one on, it takes the first n >= 2 or none,
+and answers them with one coroutine of n results; the connection waits for it as for one
+command, and the replies are written in order (shardstore proposes a run of writes to
+one shard as one Raft entry).
 """
 
 from __future__ import annotations
@@ -41,7 +47,8 @@ from core.users import UserDirectory
 
 # Command, Handler, Limits and Session are defined apart (core.command_table, core.limits,
 # core.resp_session) and offered here too, where daemons have always imported them from.
-__all__ = ["Command", "Handler", "Limits", "RespServer", "ServerConnection", "Session"]
+__all__ = ["Command", "Handler", "Limits", "Pipeline", "RespServer", "ServerConnection",
+           "Session"]
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +65,15 @@ WRITE_CHUNK = 64 * 1024
 MAX_WAITING_COMMANDS = 1024
 # Redis shows at most this many characters of an unknown (sub)command and its arguments.
 MAX_SHOWN_CHARS = 128
+
+# A daemon's taker of pipelined runs: (session, commands, index) -> the rows of the run it
+# takes, commands[index:index + len(rows)] with len(rows) >= 2, and a coroutine of one
+# result per command in order (a reply value, or a CommandError); None: it takes none.
+# It sees authenticated sessions only and takes only commands whose `plain_row` it got.
+Pipeline = Callable[
+    [Session, list[list[bytes]], int],
+    tuple[list[Command], Coroutine[Any, Any, list[Any]]] | None,
+]
 
 
 class RespServer:
@@ -101,6 +117,7 @@ class RespServer:
             if command.batch is not None:
                 self.batchable[command.name.encode()] = command
                 self.batchable[command.name.lower().encode()] = command
+        self.pipeline: Pipeline | None = None  # see the module header
         self._next_id = 0
         # Listening, admission and shutdown: core/connections.py, as for every daemon.
         self._listeners = Listeners()
@@ -206,6 +223,49 @@ class RespServer:
             # One timing for the run, recorded as the mean cost of its commands.
             command.latency.record((perf_counter_ns() - started) // count)
         return replies
+
+    def plain_row(self, args: list[bytes]) -> Command | None:
+        """The row `dispatch` would run for `args` when it is a command without subcommands
+        and `args` meet its arity; else None (dispatch answers it)."""
+        command = self.commands.get(args[0]) or self.commands.get(args[0].upper())
+        if command is None or command.subcommands:
+            return None
+        return command if command.min_args <= len(args) <= command.max_args else None
+
+    def dispatch_pipeline(
+        self, session: Session, commands: list[list[bytes]], index: int
+    ) -> tuple[int, Coroutine[Any, Any, bytes]] | None:
+        """Offer commands[index:] to the daemon's `pipeline`: (how many it took, a coroutine
+        of their replies' bytes in order), or None when it took none."""
+        assert self.pipeline is not None
+        taken = self.pipeline(session, commands, index)
+        if taken is None:
+            return None
+        rows, pending = taken
+        self.commands_processed += len(rows)
+        for row in rows:
+            row.latency.calls += 1
+        session.last_command = rows[-1].name
+        return len(rows), self._finish_run(rows, session, pending, perf_counter_ns())
+
+    async def _finish_run(
+        self, rows: list[Command], session: Session,
+        pending: Coroutine[Any, Any, list[Any]], started: int,
+    ) -> bytes:
+        try:
+            results = await pending
+        except Exception:
+            return b"".join(self._internal_error(row) for row in rows)
+        each = (perf_counter_ns() - started) // len(rows)
+        replies = []
+        for row, result in zip(rows, results, strict=True):
+            if isinstance(result, CommandError):
+                row.latency.errors += 1
+                replies.append(encode_error(result.message))
+            else:
+                row.latency.record(each)
+                replies.append(encode(result, session.protocol))
+        return b"".join(replies)
 
     def _internal_error(self, command: Command) -> bytes:
         log.exception("command %s failed", command.name)
@@ -392,9 +452,14 @@ class ServerConnection(asyncio.Protocol):
             if command is not None and session.authenticated:
                 while index + run < end and commands[index + run] == args:
                     run += 1
+            taken = None
             if run > 1:
                 reply = server.dispatch_run(session, command, run)  # type: ignore[arg-type]
-            else:
+            elif server.pipeline is not None and index + 1 < end and session.authenticated:
+                taken = server.dispatch_pipeline(session, commands, index)
+            if taken is not None:
+                run, reply = taken
+            elif run == 1:
                 reply = server.dispatch(session, args)
             index += run
             if type(reply) is CoroutineType:

@@ -13,7 +13,16 @@ core answers for every daemon: COMMON_NAMES) gets a handler here by its key spec
   Cluster replicas serve);
 - a row without keys (DBSIZE, SCAN, FLUSHALL, ...): about the shards this node leads, as
   Redis Cluster's commands are about one node: a write goes through each of them, a read
-  runs over them together (machine.MergedKV).
+  runs over them together (machine.MergedKV), each shard's keys as the slot map gives them
+  to it while a move involving it is under way (shardstore/owned.py: no key counted
+  twice).
+
+Pipelined writes: a connection's run of consecutive keyed writes to one shard (core's
+`RespServer.pipeline` offers the parsed commands, `ClientCommands.pipeline` takes them)
+goes to the shard's leader as one request and one Raft entry (shardstore/writes.py's
+`write_many`), applied in order; one reply per command, in order. A read after them in
+the pipeline runs once they are applied, as it would one by one. An unknown outcome of
+the entry is every command's: each is answered `-UNKNOWN ...`.
 
 While a shard has no leader the service answers `-TRYAGAIN ...`; a write whose outcome is
 unknown (the leader lost under it, a timeout) is answered `-UNKNOWN ...`, which clients do
@@ -45,11 +54,12 @@ from core.resp_commands import parse_int
 from core.resp_session import Session
 from native.crc16 import SLOT_COUNT, key_slot
 from shardstore import cluster
-from shardstore.asking import Asking
+from shardstore.asking import ASKING_ATTR, Asking
 from shardstore.cluster import ClusterConfig, ClusterView, Shard
 from shardstore.cmd_tables import TableCommands
 from shardstore.machine import MergedKV, ShardMachine, decode_reply
-from shardstore.writes import LeaderWrites
+from shardstore.owned import owned_store
+from shardstore.writes import MAX_BATCH_COMMANDS, LeaderWrites
 
 __all__ = ["COMMON_NAMES", "ERR_CLUSTERDOWN", "ClientCommands", "NodeView"]
 
@@ -121,6 +131,64 @@ class ClientCommands:
     def _bind(self, row: Command) -> Command:
         handler = self._keyed(row) if row.key_specs else self._keyless(row)
         return dataclasses.replace(row, handler=handler, subcommands=())
+
+    # -- pipelined writes ----------------------------------------------------------------------
+
+    def pipeline(self, session: Session, commands: list[list[bytes]], index: int
+                 ) -> tuple[list[Command], Coroutine[Any, Any, list[Any]]] | None:
+        """core.resp_server.Pipeline: the run of keyed writes to one shard that starts at
+        commands[index] (two or more), or None. A connection that sent ASKING leaves its
+        next command to the handler, which takes the flag."""
+        if getattr(session, ASKING_ATTR, False):
+            return None
+        first = self._routed_write(commands[index])
+        if first is None:
+            return None
+        shard = first[1]
+        rows, run = [first[0]], [(commands[index], first[2])]
+        end = min(len(commands), index + MAX_BATCH_COMMANDS)
+        for args in commands[index + 1:end]:
+            routed = self._routed_write(args)
+            if routed is None or routed[1].shard_id != shard.shard_id:
+                break
+            rows.append(routed[0])
+            run.append((args, routed[2]))
+        if len(run) < 2:
+            return None
+        return rows, self._write_run(shard, run)
+
+    def _routed_write(self, args: list[bytes]) -> tuple[Command, Shard, bool] | None:
+        """(row, shard, routed as range rows) of a keyed write this node can send to its
+        shard; None for anything else (dispatch answers it, errors included)."""
+        row = self.node.service.resp.plain_row(args)
+        if row is None or WRITE_FLAG not in row.flags or not row.key_specs:
+            return None
+        try:
+            ranged = self.tables.range_shard(row, args)
+            if ranged is not None:
+                return row, ranged, True
+            slot = request_slot(row, args)
+            return (row, self._local_shard(slot), False) if slot is not None else None
+        except (CommandError, CrossSlotError, KeysError):
+            return None
+
+    async def _write_run(self, shard: Shard, run: list[tuple[list[bytes], bool]]
+                         ) -> list[Any]:
+        try:
+            results = await self.node.writes.write_many(shard.group, run)
+        except (ProposalUnknown, TimeoutError) as exc:  # every command's outcome
+            unknown = CommandError(ERR_OUTCOME_UNKNOWN.format(exc or "timed out"))
+            return [unknown] * len(run)
+        except RaftError as exc:
+            service = self.node.service
+            try:
+                error = service.unavailable(service.handle(shard.group), exc)
+            except CommandError as gone:  # the group is not hosted here any more
+                error = gone
+            return [error] * len(run)
+        replies = [decode_reply(result) for result in results]
+        return [self.asking.redirect(reply, args) if isinstance(reply, CommandError) else reply
+                for reply, (args, _) in zip(replies, run, strict=True)]
 
     # -- commands with keys --------------------------------------------------------------------
 
@@ -230,9 +298,10 @@ class ClientCommands:
         if not stale_ok:
             for shard in shards:
                 await self.node.service.barrier(shard.group)
-        machines = [self.node.machines[s.shard_id] for s in shards
-                    if s.shard_id in self.node.machines]
-        kv = MergedKV([m.store for m in machines])
+        is_range_row = self.tables.catalog.is_range_row
+        kv = MergedKV([owned_store(self.node.config, s.shard_id,
+                                   self.node.machines[s.shard_id].store, is_range_row)
+                       for s in shards if s.shard_id in self.node.machines])
         return self._reply(self.layer.execute_read(kv, self.node.now_ms(), args,
                                                    cursors=self.cursors))
 

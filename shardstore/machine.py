@@ -7,6 +7,11 @@ request and applied identically by every replica:
   a write command (the second form: routed as rows of a range table, not by slot);
   `execute_write(kv, now_ms, args, index)` of the command layer computes its effect and
   writes it with the entry's index;
+- [KIND_BATCH, now_ms, [[arg, ...], ...], [i, ...]]: several write commands in one entry
+  (a connection's pipelined writes to the shard, and the writes of every connection taken
+  in one loop pass: shardstore/writes.py), applied in order as if each were its own entry
+  at this index; the result is the list of their replies; the optional last item lists
+  the positions of the commands routed as rows of a range table;
 - [KIND_EXPIRE, now_ms, [key, ...]]: the leader's expiry sweep (`expired_keys`); each key
   that still exists and has expired at `now_ms` is deleted;
 - the entries of a move (shardstore/migrate.py), whose items start with the move's id:
@@ -29,7 +34,10 @@ if the move's copy into this shard has passed each of its keys (fences.Fences.un
 
 The writes of all the entries of one `apply` call gather in a `BatchKV` (later entries read
 what earlier ones wrote) and reach the engine as one atomic batch carrying the last index:
-one append and one fsync per apply run, not per entry.
+one append and one fsync per apply run, not per entry. With `sync_writes=False` (a group
+whose Raft log is fsynced before anything is applied) that append is not fsynced: the
+log holds every applied entry durably, the node syncs the engine on a timer, and after a
+power cut Raft replays what the engine lost (the log is only cut behind a snapshot).
 
 An entry at or below the engine's stored `applied_index` was applied before a restart and
 is skipped (the engine is the state machine's durable copy; Raft replays the log tail
@@ -69,9 +77,10 @@ from shardstore.fences import (
 from shardstore.keysets import KeySet
 
 __all__ = [
-    "KIND_COMMAND", "KIND_COPY", "KIND_EXPIRE", "KIND_FREEZE", "KIND_LIFT", "KIND_PURGE",
-    "ROUTE_RANGED",    "BatchKV", "CommandLayer", "MergedKV", "ShardMachine",
-    "decode_reply", "encode_command", "encode_expire", "encode_reply", "expired_keys",
+    "KIND_BATCH", "KIND_COMMAND", "KIND_COPY", "KIND_EXPIRE", "KIND_FREEZE", "KIND_LIFT",
+    "KIND_PURGE", "ROUTE_RANGED", "BatchKV", "CommandLayer", "MergedKV", "ShardMachine",
+    "decode_reply", "encode_batch", "encode_command", "encode_expire", "encode_reply",
+    "expired_keys",
     "ROUTE_ASKING",
 ]
 
@@ -81,6 +90,7 @@ KIND_FREEZE = 2
 KIND_COPY = 3
 KIND_LIFT = 4
 KIND_PURGE = 5
+KIND_BATCH = 6
 ROUTE_RANGED = 1  # a command entry's route flag: rows of a range table
 ROUTE_ASKING = 2  # a command entry's route flag: under ASKING, to a move's target
 SNAPSHOT_MAGIC = b"SSHARD1"
@@ -109,6 +119,15 @@ def encode_command(now_ms: int, args: Sequence[bytes], ranged: bool = False,
     if asking:
         return msgpack.packb([KIND_COMMAND, now_ms, list(args), ROUTE_ASKING])
     return msgpack.packb([KIND_COMMAND, now_ms, list(args)])
+
+
+def encode_batch(now_ms: int, commands: Sequence[tuple[Sequence[bytes], bool]]) -> bytes:
+    """One entry of several write commands, each (args, ranged), applied in order."""
+    ranged = [i for i, (_, is_ranged) in enumerate(commands) if is_ranged]
+    items: list[Any] = [KIND_BATCH, now_ms, [list(args) for args, _ in commands]]
+    if ranged:
+        items.append(ranged)
+    return msgpack.packb(items)
 
 
 def encode_expire(now_ms: int, keys: Sequence[bytes]) -> bytes:
@@ -183,8 +202,10 @@ class ShardMachine:
 
     def __init__(self, engine: Any, commands: CommandLayer,
                  load: Callable[[Iterator[bytes], int], Any],
-                 keys_of: Callable[[list[bytes]], list[bytes]] | None = None) -> None:
+                 keys_of: Callable[[list[bytes]], list[bytes]] | None = None,
+                 sync_writes: bool = True) -> None:
         self.engine = engine
+        self.sync_writes = sync_writes  # False: the Raft log is the durable copy (header)
         self.commands = commands
         self._load = load
         self.keys_of = keys_of
@@ -229,7 +250,7 @@ class ShardMachine:
     def apply(self, entries: Sequence[tuple[int, bytes]]) -> list[Any]:
         """One result per entry; the run's writes reach the engine as one batch (one
         append, one fsync) before the results go back."""
-        kv = BatchKV(self.engine)
+        kv = BatchKV(self.engine, self.sync_writes)
         results = [self._apply_one(kv, index, data) for index, data in entries]
         kv.flush()
         return results
@@ -246,12 +267,21 @@ class ShardMachine:
             return encode_reply(self._expire(kv, index, now_ms, items))
         if kind in _MOVE_KINDS:
             return self._move_entry(kv, index, kind, items)
-        reply = self.refuse_request(list(items), ranged=route == [ROUTE_RANGED])
-        if reply is None and route == [ROUTE_ASKING]:
-            reply = self.refuse_unimported(list(items), kv)
+        if kind == KIND_BATCH:
+            ranged = set(route[0]) if route else set()
+            return [self._command(kv, index, now_ms, args, i in ranged)
+                    for i, args in enumerate(items)]
+        return self._command(kv, index, now_ms, items, route == [ROUTE_RANGED],
+                             route == [ROUTE_ASKING])
+
+    def _command(self, kv: BatchKV, index: int, now_ms: int, args: list[bytes],
+                 ranged: bool, asking: bool = False) -> Any:
+        reply = self.refuse_request(list(args), ranged=ranged)
+        if reply is None and asking:
+            reply = self.refuse_unimported(list(args), kv)
         try:
             if reply is None:
-                reply = self.commands.execute_write(HiddenKV(kv), now_ms, list(items), index)
+                reply = self.commands.execute_write(HiddenKV(kv), now_ms, list(args), index)
         except CommandError as err:
             reply = err
         kv.write([], applied_index=index)  # no-op if the command wrote with the index
@@ -306,6 +336,8 @@ class ShardMachine:
     def snapshot(self) -> StreamedSnapshot:
         """The engine's consistent dump, written piece by piece off the event loop
         (calling the result gives it as bytes instead)."""
+        if not self.sync_writes:  # the log is cut behind a snapshot: the engine first
+            self.engine.sync()
         index = self.engine.applied_index
         pieces = self.engine.dump()
 
@@ -381,8 +413,9 @@ class BatchKV:
     (reads see them) and `flush` hands them to the engine as one batch carrying the last
     index. A scan or count flushes first, so it reads the engine itself."""
 
-    def __init__(self, engine: Any) -> None:
+    def __init__(self, engine: Any, sync: bool = True) -> None:
         self.engine = engine
+        self.sync = sync  # False: the engine's append is not fsynced (ShardMachine)
         self.pending: dict[bytes, tuple[bytes | None, int]] = {}
         self.index: int | None = None
 
@@ -404,7 +437,10 @@ class BatchKV:
         if not self.pending and self.index is None:
             return
         batch = [(key, value, expire) for key, (value, expire) in self.pending.items()]
-        self.engine.write(batch, applied_index=self.index)
+        if self.sync:
+            self.engine.write(batch, applied_index=self.index)
+        else:
+            self.engine.write(batch, applied_index=self.index, sync=False)
         self.pending, self.index = {}, None
 
     def scan(self, start: bytes = b"", end: bytes | None = None,

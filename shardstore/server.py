@@ -18,7 +18,10 @@ TRYAGAIN. The client commands live in shardstore/handlers.py. Background tasks:
   Cluster (redis-benchmark --cluster wants two masters or more);
 - `_expire` (every EXPIRE_S): for each shard this node leads, sample keys
   (machine.expired_keys) and propose the expired ones' deletion (an expire entry);
-- `_everysec` (fsync "everysec" only): sync each engine once a second;
+- `_everysec`: sync each engine once a second. With fsync "always" a shard's Raft log is
+  fsynced before its entries are applied, so the engine's appends are not fsynced one by
+  one (machine.ShardMachine's `sync_writes`): the timer only keeps a restart's replay
+  short;
 - `_moves` (every RECONCILE_S, on the configuration group's leader): drive the slot moves
   under way (shardstore/migrate.py's Mover; its node-to-node service SERVICE_MOVE runs on
   every node). The SHARDSTORE.* admin commands are shardstore/admin_commands.py's.
@@ -158,6 +161,7 @@ class ShardNode:
                                    limits=limits, info=self.info,
                                    advertise=settings.advertise, timeout_s=options.timeout_s)
         self.service.resp.mode = "cluster"  # HELLO says so, as a Redis Cluster node does
+        self.service.resp.pipeline = self.commands.pipeline  # a run of writes: one entry
         self._tasks: list[asyncio.Task[None]] = []
         self._cursors: dict[int, bytes] = {}
         self._balanced: dict[int, float] = {}  # shard id -> when it was last handed over
@@ -190,9 +194,7 @@ class ShardNode:
         self.host.transport.register(SERVICE_WRITE, self.writes)
         self.host.transport.register(SERVICE_MOVE, self.move_service)
         await self.service.start(*self.settings.listen)
-        loops = [self._reconcile(), self._expire(), self._moves()]
-        if self.options.fsync == "everysec":
-            loops.append(self._everysec())
+        loops = [self._reconcile(), self._expire(), self._moves(), self._everysec()]
         self._tasks = [asyncio.create_task(loop) for loop in loops]
 
     async def stop(self) -> None:
@@ -334,7 +336,8 @@ class ShardNode:
             machine.engine.close()
             return engine_class.load(directory, pieces, index, fsync=fsync)
 
-        machine = ShardMachine(engine, self.layer, load, keys_of=self.keys_of)
+        machine = ShardMachine(engine, self.layer, load, keys_of=self.keys_of,
+                               sync_writes=fsync != "always")
         config = self.host.group_config(shard.group, founders=tuple(shard.members),
                                         fsync=fsync, machine_applied=engine.applied_index,
                                         snapshot_every=self.options.snapshot_every,

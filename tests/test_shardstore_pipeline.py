@@ -1,0 +1,218 @@
+"""Pipelined and concurrent writes share Raft entries (shardstore/writes.py, handlers.py).
+
+A connection's run of consecutive writes to one shard is one request to the leader and one
+entry (machine.KIND_BATCH); writes of different connections that arrive in one loop pass
+share an entry too. The replies must stay what redis-server answers, in order, with a
+read after writes in the pipeline seeing them; an unknown outcome of the entry is every
+write's. One single-node daemon (two shards) runs in the test's loop; redis-server is a
+real one on a free port.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+from typing import Any
+
+import msgpack
+import pytest
+import redis
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from core.cluster_options import ClusterSettings
+from core.raft.driver_types import ProposalUnknown
+from shardstore import commands
+from shardstore.engine import Engine
+from shardstore.kvview import DictKV
+from shardstore.machine import ShardMachine, encode_batch, encode_command
+from shardstore.server import NodeOptions, ShardNode
+from shardstore.writes import _commands_of
+from tests.conftest import find_free_port
+from tests.redis_proc import REDIS_SERVER, redis_server
+
+HOST = "127.0.0.1"
+READY_S = 30.0
+SHARDS = 2
+
+SCRIPT = [
+    "SET a 1", "INCR a", "INCR a", "GET a", "SET b x", "APPEND b y", "INCR b", "GET b",
+    "DEL a", "INCR a", "INCRBY a 5", "SET {t}1 v", "SET {t}2 w", "MSET {t}1 p {t}2 q",
+    "GET {t}1", "DECR c", "DECRBY c 3", "HSET h f 1", "HINCRBY h f 2", "HGET h f",
+    "SET a 9 NX", "SET a 10 XX GET", "GETDEL a", "EXISTS {t}1 {t}2 {t}3", "STRLEN b",
+]
+
+
+async def single_node(tmp: Path) -> ShardNode:
+    raft = {1: (HOST, find_free_port(HOST))}
+    settings = ClusterSettings(node_id=1, listen=(HOST, find_free_port(HOST)),
+                               peer_listen=raft[1], peers=raft, founders=(1,),
+                               data_dir=tmp / "n1", secret=None, password=None, tick_s=0.02,
+                               election_tick=15)
+    node = ShardNode(settings, NodeOptions(SHARDS, 1, timeout_s=5), layer=commands,
+                     engine_class=Engine)
+    await node.start()
+    deadline = time.monotonic() + READY_S
+    while not (node.view().complete and len(node.machines) == SHARDS
+               and len(node.led_shards()) == SHARDS):
+        assert time.monotonic() < deadline, "the node never became ready"
+        await asyncio.sleep(0.05)
+    return node
+
+
+def pipelined(port: int, script: list[str]) -> list[Any]:
+    """The replies of `script` sent in one pipeline (one write) on one connection, errors
+    as their text."""
+    client = redis.Redis(host=HOST, port=port)
+    try:
+        pipe = client.pipeline(transaction=False)
+        for line in script:
+            pipe.execute_command(*line.split(" "))
+        replies = pipe.execute(raise_on_error=False)
+    finally:
+        client.close()
+    return [f"error: {r}" if isinstance(r, Exception) else r for r in replies]
+
+
+def record_runs(node: ShardNode) -> list[int]:
+    """The length of every run that goes to write_many from now on."""
+    real = node.writes.write_many
+    runs: list[int] = []
+
+    async def write_many(group_id: int, run: list[Any]) -> list[Any]:
+        runs.append(len(run))
+        return await real(group_id, run)
+
+    node.writes.write_many = write_many  # type: ignore[method-assign]
+    return runs
+
+
+@pytest.mark.skipif(REDIS_SERVER is None, reason="redis-server is not installed")
+def test_a_pipeline_of_writes_and_reads_answers_as_redis_server(tmp_path: Path) -> None:
+    (tmp_path / "redis").mkdir()
+    with redis_server(tmp_path / "redis") as redis_port:
+        expected = pipelined(redis_port, SCRIPT)
+
+    async def main() -> tuple[list[Any], list[int]]:
+        node = await single_node(tmp_path)
+        try:
+            runs = record_runs(node)
+            port = node.settings.listen[1]
+            return await asyncio.to_thread(pipelined, port, SCRIPT), runs
+        finally:
+            await node.stop()
+
+    got, runs = asyncio.run(main())
+    assert got == expected
+    assert runs and max(runs) >= 3, runs  # SET a, INCR a, INCR a went as one run
+
+
+def test_an_unknown_outcome_is_every_write_of_the_run(tmp_path: Path) -> None:
+    async def main() -> tuple[list[Any], list[Any]]:
+        node = await single_node(tmp_path)
+        try:
+            real = node.writes.write_many
+            lost = [False]
+
+            async def write_many(group_id: int, run: list[Any]) -> list[Any]:
+                results = await real(group_id, run)  # applied, then the outcome is lost
+                if len(run) > 1 and not lost[0]:
+                    lost[0] = True
+                    raise ProposalUnknown("the leader was lost after sending (test)")
+                return results
+
+            node.writes.write_many = write_many  # type: ignore[method-assign]
+            port = node.settings.listen[1]
+            script = ["SET k 1", "INCR k", "INCR k", "GET k"]
+            first = await asyncio.to_thread(pipelined, port, script)
+            again = await asyncio.to_thread(pipelined, port, ["INCR k", "INCR k", "GET k"])
+            return first, again
+        finally:
+            await node.stop()
+
+    first, again = asyncio.run(main())
+    assert [str(r).startswith("error: UNKNOWN the write may or may not have been applied")
+            for r in first] == [True, True, True, False], first
+    assert first[3] == b"3"  # they were applied: the read after them sees it
+    assert again == [4, 5, b"5"]
+
+
+def test_concurrent_writes_of_many_callers_share_entries(tmp_path: Path) -> None:
+    callers = 40
+
+    async def main() -> tuple[list[Any], int]:
+        node = await single_node(tmp_path)
+        try:
+            shard = node.led_shards()[0]
+            group = node.host.group(shard.group)
+            assert group is not None
+            before = group.stats["proposals"]
+            key = next(k for k in (f"n{i}".encode() for i in range(100))
+                       if node.config.shard_of_slot(_slot(k)) == shard)
+            results = await asyncio.gather(*(node.writes.write(shard.group, [b"INCR", key])
+                                             for _ in range(callers)))
+            return list(results), group.stats["proposals"] - before
+        finally:
+            await node.stop()
+
+    results, proposals = asyncio.run(main())
+    assert sorted(results) == list(range(1, callers + 1))
+    assert proposals < callers, proposals
+
+
+def _slot(key: bytes) -> int:
+    from native.crc16 import key_slot
+    return key_slot(key)
+
+
+# -- the machine: a batch entry applies as its commands one by one -------------------------
+
+KEYS = st.sampled_from([b"a", b"b", b"c"])
+WRITE = st.one_of(
+    st.tuples(st.just(b"SET"), KEYS, st.sampled_from([b"1", b"x", b"-7"])),
+    st.tuples(st.just(b"INCR"), KEYS),
+    st.tuples(st.just(b"APPEND"), KEYS, st.sampled_from([b"1", b"z"])),
+    st.tuples(st.just(b"DEL"), KEYS),
+    st.tuples(st.just(b"GETDEL"), KEYS),
+    st.tuples(st.just(b"NOSUCH"), KEYS),
+).map(list)
+
+
+def _machine() -> ShardMachine:
+    return ShardMachine(DictKV(), commands, lambda pieces, index: None)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(WRITE, st.booleans()), min_size=1, max_size=12))
+def test_a_batch_entry_applies_as_its_commands_one_by_one(run: list[Any]) -> None:
+    one_by_one, batched = _machine(), _machine()
+    entries = [(i + 1, encode_command(5, args, ranged)) for i, (args, ranged) in enumerate(run)]
+    singles = one_by_one.apply(entries)
+    (results,) = batched.apply([(1, encode_batch(5, run))])
+    assert results == singles
+    assert batched.engine.data == one_by_one.engine.data
+    assert batched.engine.applied_index == 1
+
+
+ANY = st.recursive(st.none() | st.booleans() | st.integers(-(2**63), 2**64 - 1)
+                   | st.binary(max_size=4) | st.text(max_size=4),
+                   lambda inner: st.lists(inner, max_size=4)
+                   | st.dictionaries(st.sampled_from(["batch", "ranged"]), inner, max_size=2),
+                   max_leaves=8)
+REQUEST = st.fixed_dictionaries({"batch": st.lists(st.lists(st.binary(max_size=3) | ANY,
+                                                            max_size=3), max_size=3),
+                                 "ranged": st.lists(st.integers(-2, 4) | ANY, max_size=3)})
+
+
+@settings(max_examples=100, deadline=None)
+@given(ANY | REQUEST)
+def test_a_forwarded_write_request_is_read_or_refused(payload: Any) -> None:
+    payload = msgpack.unpackb(msgpack.packb(payload))  # what crosses the node link
+    commands_ = _commands_of(payload)
+    if commands_ is None:
+        return
+    assert len(commands_) == len(payload["batch"])
+    for args, ranged in commands_:
+        assert args and all(isinstance(a, bytes) for a in args)
+        assert isinstance(ranged, bool)

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import bisect
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -247,11 +247,13 @@ class Catalog:
 
     def apply(self, entry: dict[str, Any], shard_ids: Iterable[int],
               keyspaces: Iterable[str]) -> Any:
-        """Apply one "table.*" entry against the configuration's shards and keyspaces;
-        True, or an error reply's text (the catalog is then unchanged)."""
+        """Apply one "table.*" entry against the configuration's shards (ids, or a map
+        id -> Shard: a range table's default ranges then go round-robin over its own
+        keyspace's shards) and keyspaces; True, or an error reply's text (the catalog is
+        then unchanged)."""
         try:
             if entry["op"] == OP_CREATE:
-                self._create(entry, sorted(shard_ids), set(keyspaces))
+                self._create(entry, shard_ids, set(keyspaces))
             elif entry["op"] == OP_SPLIT:
                 self._split(entry, set(shard_ids))
             elif entry["op"] == OP_MOVE:
@@ -265,7 +267,8 @@ class Catalog:
         self.version += 1
         return True
 
-    def _create(self, entry: dict[str, Any], shard_ids: list[int], keyspaces: set[str]) -> None:
+    def _create(self, entry: dict[str, Any], shard_ids: Iterable[int],
+                keyspaces: set[str]) -> None:
         table = Table(str(entry["name"]), str(entry["keyspace"]), str(entry["rule"]),
                       str(entry.get("kind", "")), int(entry.get("epoch", SNOWFLAKE_EPOCH_MS)),
                       [int(s) for s in entry.get("splits", [])],
@@ -279,7 +282,7 @@ class Catalog:
             raise CatalogError(ERR_NO_KEYSPACE.format(table.keyspace,
                                                       ", ".join(sorted(keyspaces))))
         if table.ranged:
-            _check_range(table, shard_ids)
+            _check_range(table, sorted(shard_ids), _own_shards(shard_ids, table.keyspace))
         self.tables[table.name] = table
 
     def _split(self, entry: dict[str, Any], shard_ids: set[int]) -> None:
@@ -377,22 +380,31 @@ def _listed(ids: Iterable[int]) -> str:
     return ", ".join(str(i) for i in sorted(ids)) or "none"
 
 
+def _own_shards(shard_ids: Iterable[int], keyspace: str) -> list[int]:
+    """The shards a new range table's ranges may take: with a map of shards (id ->
+    shardstore.cluster.Shard) those of its keyspace, else every one."""
+    if isinstance(shard_ids, Mapping):
+        return sorted(sid for sid, shard in shard_ids.items()
+                      if getattr(shard, "keyspace", keyspace) == keyspace)
+    return sorted(shard_ids)
+
+
 def _check_name(name: str) -> None:
     if not NAME_PATTERN.fullmatch(name):
         raise CatalogError(ERR_NAME.format(name))
 
 
-def _check_range(table: Table, shard_ids: list[int]) -> None:
+def _check_range(table: Table, shard_ids: list[int], own: list[int]) -> None:
     if table.kind not in KINDS:
         raise CatalogError(ERR_SYNTAX)
-    if not shard_ids:
+    if not own:
         raise CatalogError(ERR_NO_MAP)
     if any(b <= a for a, b in zip(table.splits, table.splits[1:], strict=False)):
         raise CatalogError(ERR_SPLITS_ORDER)
     if len(table.splits) + 1 > MAX_RANGES:
         raise CatalogError(ERR_TOO_MANY_RANGES)
-    if not table.shards:  # round-robin over the shards, in shard id order
-        table.shards = [shard_ids[i % len(shard_ids)] for i in range(len(table.splits) + 1)]
+    if not table.shards:  # round-robin over its keyspace's shards, in shard id order
+        table.shards = [own[i % len(own)] for i in range(len(table.splits) + 1)]
     if len(table.shards) != len(table.splits) + 1:
         raise CatalogError(ERR_SHARDS_COUNT.format(len(table.splits) + 1))
     for sid in table.shards:

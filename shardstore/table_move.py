@@ -88,11 +88,12 @@ def parse_move(args: Sequence[bytes]) -> tuple[str, str]:
 
 
 def make_plan(table: Table, targets: Sequence[int]) -> list[tuple[int, int, int, int]]:
-    """(low, high, from shard, to shard) for each range of `table`, the `targets` (the
-    target keyspace's shards) taken round-robin; ValueError when there are none."""
+    """(low, high, from shard, to shard) for each range of `table`: a range on one of
+    the `targets` (the target keyspace's shards) stays there, the others take them
+    round-robin; ValueError when there are none."""
     if not targets:
         raise ValueError("no target shards")
-    return [(low, high, sid, targets[i % len(targets)])
+    return [(low, high, sid, sid if sid in targets else targets[i % len(targets)])
             for i, (low, high, sid) in enumerate(table.ranges())]
 
 
@@ -190,6 +191,8 @@ class TableMoveCommands:
         begun: list[int] = []
         for low, high, origin, target in plan:
             source, destination = (origin, target) if forward else (target, origin)
+            if source == destination:
+                continue  # a range that was on the target keyspace already
             keys = KeySet.of_positions(table.prefix, table.kind, table.epoch_ms, low, high)
             try:
                 begun.append(int(await self.node.service.write(

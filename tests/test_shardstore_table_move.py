@@ -34,7 +34,7 @@ from tests.test_shardstore_daemon import needs_aliases
 from tests.test_shardstore_keyspaces import KeyspaceCluster
 
 MOVE_S = 60.0
-ROWS = 300
+ROWS = 200
 
 
 def _orders() -> tuple[Catalog, Table]:

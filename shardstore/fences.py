@@ -30,6 +30,11 @@ it is refused (AbortRefused) once the target has applied a write under ASKING fo
 since purging would lose it (the move then goes on); MODE_UNFREEZE on the source drops the
 move's own fence and marks the move frozen (a late freeze of it is a no-op).
 
+FLUSHALL would break a move under way (the source's frozen keys are the copy's source;
+the target's copied keys are the move's, not yet the target's to drop), so it is refused
+with TRYAGAIN (`flush_refusal`) while a copy into this shard is open or a fence here still
+holds a key of this shard (a move's keys not purged yet).
+
 A slot fence holds slot-addressed keys only and a positions fence rows of a range table
 only; which one a request's keys are is what the node that took the request routed it
 as, carried in the entry (shardstore/writes.py), so every replica decides alike.
@@ -52,9 +57,9 @@ import msgpack
 
 from shardstore.keysets import KIND_POSITIONS, KIND_SLOTS, KeySet
 
-__all__ = ["ERR_ABORT_REFUSED", "ERR_FENCED", "ERR_IMPORTING", "MODE_ABORT", "MODE_UNFREEZE",
-           "AbortRefused", "FENCES_KEY", "Fences",
-           "HiddenKV", "Import", "RESERVED_PREFIX", "fenced_move"]
+__all__ = ["ERR_ABORT_REFUSED", "ERR_FENCED", "ERR_FLUSH_MOVING", "ERR_IMPORTING", "FENCES_KEY",
+           "MODE_ABORT", "MODE_UNFREEZE", "RESERVED_PREFIX", "AbortRefused", "Fences",
+           "HiddenKV", "Import", "fenced_move"]
 
 RESERVED_PREFIX = b"\xff\xffshardstore:"  # sorts after every printable key
 FENCES_KEY = RESERVED_PREFIX + b"fences"
@@ -64,6 +69,9 @@ ERR_IMPORTING = ("TRYAGAIN keys of this request are still being copied into this
                  "(move {}); retry")
 ERR_ABORT_REFUSED = ("the target of move {} has applied {} writes under ASKING: the move "
                      "cannot be rolled back without losing them")
+ERR_FLUSH_MOVING = ("TRYAGAIN move {} is moving keys of this shard; a flush waits for it "
+                    "to end; retry")
+FLUSH_WALK_KEYS = 1024  # keys read at a time when a flush looks for fenced keys
 MODE_ABORT = "abort"
 MODE_UNFREEZE = "unfreeze"
 KEEP_IMPORTS = 16  # finished imports remembered (ASKING after the walk, before the map)
@@ -246,6 +254,25 @@ class Fences:
         done = sorted(mid for mid, imp in self.imports.items() if imp.walked or imp.aborted)
         for mid in done[:-KEEP_IMPORTS]:
             del self.imports[mid]
+
+    def flush_refusal(self, kv: Any) -> int | None:
+        """For FLUSHALL on this shard (its store `kv`): the id of a move it must wait for
+        (see the module header), None if none."""
+        for mid, imp in self.imports.items():
+            if imp.started and mid not in self.closed and not imp.aborted:
+                return mid
+        if not self.fenced:
+            return None
+        cursor = b""
+        while True:
+            keys = kv.keys_after(cursor, FLUSH_WALK_KEYS)
+            for key in keys:
+                for mid, fenced in self.fenced:
+                    if key in fenced:
+                        return mid
+            if len(keys) < FLUSH_WALK_KEYS:
+                return None
+            cursor = keys[-1]
 
     def holds_key(self, move_id: int, key: bytes) -> bool:
         """Whether move `move_id`'s fence here still holds `key`."""

@@ -28,7 +28,8 @@ request and applied identically by every replica:
   still holds here (the moved-out copy).
 
 A command's keys (`keys_of(args)`, from the command table) are checked against the fences
-when it is applied, so every replica refuses the same entries. A command entry routed
+when it is applied, so every replica refuses the same entries; so is FLUSHALL while a move
+is moving keys of the shard (fences.Fences.flush_refusal). A command entry routed
 ROUTE_ASKING (sent under Redis Cluster's ASKING to the target of a move) is applied only
 if the move's copy into this shard has passed each of its keys (fences.Fences.unimported).
 
@@ -70,6 +71,7 @@ from core.raft.snapshot_hooks import StreamedSnapshot, restores_from_reader
 from core.resp import CommandError, RespSet, Simple, Verbatim
 from shardstore.fences import (
     ERR_FENCED,
+    ERR_FLUSH_MOVING,
     ERR_IMPORTING,
     Fences,
     HiddenKV,
@@ -93,6 +95,7 @@ KIND_PURGE = 5
 KIND_BATCH = 6
 ROUTE_RANGED = 1  # a command entry's route flag: rows of a range table
 ROUTE_ASKING = 2  # a command entry's route flag: under ASKING, to a move's target
+FLUSH_COMMANDS = (b"FLUSHALL", b"FLUSHDB")  # refused while a move is moving keys here
 SNAPSHOT_MAGIC = b"SSHARD1"
 _HEADER = struct.Struct(">Q")  # the applied index of the snapshot
 _PIECE = struct.Struct(">I")  # the length of each engine piece
@@ -235,6 +238,12 @@ class ShardMachine:
             kv.write([self.fences.record()])
         return None
 
+    def refuse_flush(self, kv: Any) -> CommandError | None:
+        """For FLUSHALL: TRYAGAIN while a move is moving keys of this shard
+        (fences.Fences.flush_refusal)."""
+        move = self.fences.flush_refusal(HiddenKV(kv))
+        return None if move is None else CommandError(ERR_FLUSH_MOVING.format(move))
+
     def refuse_request(self, args: list[bytes], ranged: bool = False,
                        is_range_row: Callable[[bytes], bool] | None = None
                        ) -> CommandError | None:
@@ -279,6 +288,8 @@ class ShardMachine:
         reply = self.refuse_request(list(args), ranged=ranged)
         if reply is None and asking:
             reply = self.refuse_unimported(list(args), kv)
+        if reply is None and args and bytes(args[0]).upper() in FLUSH_COMMANDS:
+            reply = self.refuse_flush(kv)
         try:
             if reply is None:
                 reply = self.commands.execute_write(HiddenKV(kv), now_ms, list(args), index)

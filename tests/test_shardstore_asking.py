@@ -6,8 +6,9 @@ ASKING runs only on keys the walk has passed; the imports survive a restart. On 
 sockets, in one event loop (three nodes, 3 shards of 2 replicas), with the move's copy held
 after its first batch: redis-py's RedisCluster and `redis-cli -c` read and write a key the
 copy has taken, through the source's `-ASK` and the target's ASKING (counted by the nodes'
-SHARDSTORE.STATUS), a key still on its way gets `-TRYAGAIN`, and once the move finishes
-every write made under ASKING is there."""
+SHARDSTORE.STATUS), a key still on its way gets `-TRYAGAIN`, FLUSHALL on either shard's
+master gets `-TRYAGAIN`, DBSIZE summed over the nodes counts no key twice, and once the
+move finishes every write made under ASKING is there."""
 
 from __future__ import annotations
 
@@ -180,6 +181,8 @@ async def _ask_during_move(cluster: LoopCluster) -> None:
     assert await rc.set(taken[0], "written-under-asking")
     assert await rc.get(taken[0]) == b"written-under-asking"
     await _redis_cli_follows(cluster, taken[-1])
+    assert await _dbsize_sum(cluster) == len(hot)  # the copies are not counted twice
+    await _flushes_wait(cluster)
     statuses = [await cluster.client(i).execute_command("SHARDSTORE.STATUS")
                 for i in range(3)]
     asks = sum(int(s[b"asks"]) for s in statuses)
@@ -187,6 +190,7 @@ async def _ask_during_move(cluster: LoopCluster) -> None:
     assert asks >= 4 and served >= 4, statuses
     gate.set()
     await _until_finished(admin, move_id)
+    assert await _dbsize_sum(cluster) == len(hot)
     assert await rc.get(taken[0]) == b"written-under-asking"
     assert await rc.get(taken[-1]) == b"by-redis-cli"
     for key in hot:
@@ -194,6 +198,28 @@ async def _ask_during_move(cluster: LoopCluster) -> None:
             assert await rc.get(key) == f"v-{key}".encode(), key
     await rc.aclose()
     await admin.aclose()
+
+
+async def _dbsize_sum(cluster: LoopCluster) -> int:
+    """DBSIZE summed over the nodes (each counts the shards it leads), as `redis-cli
+    --cluster info` sums it over the masters."""
+    total = 0
+    for i in range(len(cluster.nodes)):
+        client = cluster.client(i)
+        total += await client.dbsize()
+        await client.aclose()
+    return total
+
+
+async def _flushes_wait(cluster: LoopCluster) -> None:
+    """FLUSHALL on the source's or the target's master is refused while the move copies."""
+    for shard in (1, 2):
+        node = next(n for n in cluster.nodes if n.view().masters().get(shard) == n.me)
+        reader, writer = await asyncio.open_connection(*node.settings.listen)
+        writer.write(b"FLUSHALL\r\n")
+        reply = (await reader.readline()).decode()
+        writer.close()
+        assert reply.startswith("-TRYAGAIN move "), (shard, reply)
 
 
 async def _raw_replies(cluster: LoopCluster, taken: str, waiting: str) -> None:

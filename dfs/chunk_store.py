@@ -10,13 +10,18 @@ its newest. Every read checks each block it touches against its stored checksum 
 raises ChecksumError on a mismatch: damaged bytes are never returned.
 
 The index (chunk id -> `Replica`) lives in memory. Blocking file calls only: the server
-runs the slow ones (fsync, big reads, scrubbing) in a thread.
+runs the slow ones (fsync, big reads, scrubbing) in a thread. A replica is installed by
+`finish` on such a thread while the event loop reports, counts and deletes, so the index
+changes and is copied only under the store's lock (a report iterating it while a copy's
+`finish` added a replica raised "dictionary changed size during iteration" and killed the
+chunk server's heartbeat loop: the master then declared a live server dead for good).
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,7 +67,8 @@ class ChunkStore:
 
     def __init__(self, root: Path) -> None:
         self.dir = Path(root) / "chunks"
-        self.replicas: dict[int, Replica] = {}
+        self.replicas: dict[int, Replica] = {}  # changed only under `_lock`
+        self._lock = threading.Lock()
 
     def open(self) -> ChunkStore:
         """Create the directory, clean up what a crash left, load the index."""
@@ -109,13 +115,18 @@ class ChunkStore:
         """The replica of `chunk` held here, if any."""
         return self.replicas.get(chunk)
 
+    def _held(self) -> list[Replica]:
+        """The replicas held now (a copy: safe while another thread installs one)."""
+        with self._lock:
+            return list(self.replicas.values())
+
     def report(self) -> list[list[int]]:
         """[chunk, version, size] of every replica, for the heartbeat."""
-        return [[r.chunk, r.version, r.size] for r in self.replicas.values()]
+        return [[r.chunk, r.version, r.size] for r in self._held()]
 
     def used(self) -> int:
         """Bytes of chunk data held."""
-        return sum(r.size for r in self.replicas.values())
+        return sum(r.size for r in self._held())
 
     def free(self) -> int:
         """Bytes free on the file system under the store."""
@@ -127,7 +138,8 @@ class ChunkStore:
 
     def delete(self, chunk: int) -> bool:
         """Drop the replica of `chunk`; False if none was held."""
-        replica = self.replicas.pop(chunk, None)
+        with self._lock:
+            replica = self.replicas.pop(chunk, None)
         if replica is None:
             return False
         self._remove_files(chunk, replica.version)
@@ -167,15 +179,17 @@ class ChunkStore:
 
     def iter_chunks(self) -> Iterator[int]:
         """The chunk ids held now (a copy: safe while the store changes)."""
-        return iter(list(self.replicas))
+        with self._lock:
+            return iter(list(self.replicas))
 
     def _install(self, replica: Replica, part: Path) -> None:
         os.replace(part, self._path(replica.chunk, replica.version, DATA))
         atomic_write(self._path(replica.chunk, replica.version, META),
                      msgpack.packb([replica.version, replica.size, replica.sums]))
         fsync_dir(self.dir)
-        old = self.replicas.get(replica.chunk)
-        self.replicas[replica.chunk] = replica
+        with self._lock:
+            old = self.replicas.get(replica.chunk)
+            self.replicas[replica.chunk] = replica
         if old is not None and old.version != replica.version:
             self._remove_files(old.chunk, old.version)
 

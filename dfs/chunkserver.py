@@ -22,7 +22,9 @@ Strategy:
 - Every `heartbeat_s` the server reports its id, address, rack, free and used bytes and
   every replica ([chunk, version, size]) to the master leader (FS.HEARTBEAT); the reply
   lists replicas to delete (orphans, stale versions, extra copies) and copies to make (to
-  re-replicate): a copy is a PUT to the target, fed from this server's checked reads.
+  re-replicate): a copy is a PUT to the target, fed from this server's checked reads. A
+  heartbeat that fails for any reason is logged and the next one goes as usual: a server
+  whose heartbeats stopped would be declared dead for good while it still serves.
 - The scrubber rereads every replica at `scrub_rate` bytes per second, pausing
   `scrub_pause_s` between passes; a damaged replica is dropped and reported bad.
 """
@@ -209,10 +211,13 @@ class ChunkServer:
                 self._obey(msgpack.unpackb(reply))
             except (DfsError, ValueError, TypeError, msgpack.UnpackException) as exc:
                 log.warning("heartbeat failed: %s", exc)
-            try:
-                await asyncio.wait_for(self._report_now.wait(), self.config.heartbeat_s)
-            except TimeoutError:
-                pass
+            except Exception:  # noqa: BLE001 - a bug must not stop the heartbeats for good
+                log.exception("heartbeat failed unexpectedly")
+            # (asyncio.timeout, not wait_for: 3.11's wait_for can swallow the cancellation
+            # that `stop` sends, and the loop then never ended)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.config.heartbeat_s):
+                    await self._report_now.wait()
             self._report_now.clear()
 
     def _obey(self, orders: dict[str, Any]) -> None:

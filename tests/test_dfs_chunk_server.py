@@ -4,7 +4,8 @@ three servers writes a chunk to all three disks before the first answers; a dama
 digest is refused everywhere; a read of a flipped byte is an error naming the block and
 the replica is dropped; bad requests get a clear error and the connection is closed; a
 lease that ran out fails the write, and the chain carries the lease's time left to every
-secondary (which checks it the same way). And the heartbeat report's parser (hypothesis): any
+secondary (which checks it the same way); an unexpected error in a heartbeat is logged
+and the heartbeats go on. And the heartbeat report's parser (hypothesis): any
 msgpack value is taken or refused with ValueError/KeyError/TypeError, nothing else.
 """
 
@@ -197,6 +198,35 @@ def test_a_secondary_learns_the_lease_and_its_renewals(servers: Running) -> None
     with pytest.raises(ReplyError, match="lease of chunk 14 has expired on"):
         put(servers.address(1), 14, 1, [], os.urandom(300_000), lease_ms=50, pause_s=0.06)
     assert 14 not in servers.servers[1].store.replicas
+
+
+def test_the_heartbeats_go_on_after_an_unexpected_error(tmp_path: Path) -> None:
+    """A heartbeat loop that died on one unforeseen exception left a live server declared
+    dead for good (the drill's "cluster not whole again")."""
+    calls: list[int] = []
+
+    async def run() -> None:
+        server = ChunkServer(ChunkServerConfig(tmp_path / "cs", "r", ["127.0.0.1:1"],
+                                               heartbeat_s=0.05, scrub_pause_s=3600))
+        real = server.report
+
+        def report() -> dict[str, Any]:
+            calls.append(1)
+            if len(calls) == 1:
+                raise RuntimeError("dictionary changed size during iteration")
+            return real()
+
+        server.report = report  # type: ignore[method-assign]
+        await server.start("127.0.0.1", 0)
+        try:
+            async with asyncio.timeout(HANG_S):
+                while len(calls) < 2:
+                    await asyncio.sleep(0.01)
+        finally:
+            await server.stop()
+
+    asyncio.run(run())
+    assert len(calls) >= 2
 
 
 @pytest.mark.parametrize(("header", "error"), [

@@ -1,7 +1,8 @@
 """The dfs data path's sans-I/O parts and its disk store, without processes: the frame
 parser (hypothesis: any split of a valid stream gives the same frames; garbage raises
 FrameError, never anything else), the chunk store (checksums per block, damage detected on
-read, crash leftovers cleaned, stale versions dropped), the chunk table (allocation,
+read, crash leftovers cleaned, stale versions dropped, its index reported while another
+thread installs replicas), the chunk table (allocation,
 version bumps, complete, forget, snapshots) and the leader's placement (racks, safe mode,
 orphans and stale replicas deleted, re-replication fewest-first).
 """
@@ -10,6 +11,8 @@ from __future__ import annotations
 
 import os
 import random
+import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -17,11 +20,12 @@ import xxhash
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from dfs import chunk_store
 from dfs import chunk_wire as wire
 from dfs import chunks as ct
 from dfs import namespace as ns
 from dfs.chunk_placement import Placement
-from dfs.chunk_store import BLOCK_BYTES, ChecksumError, ChunkStore
+from dfs.chunk_store import BLOCK_BYTES, ChecksumError, ChunkStore, Replica
 from dfs.chunks import ChunkTable, MasterMachine
 from dfs.namespace import Namespace
 
@@ -101,6 +105,33 @@ def test_store_reads_back_and_checks_every_block(tmp_path: Path) -> None:
     assert not store.verify(7)
     reopened = ChunkStore(tmp_path).open()  # the index comes back from the meta files
     assert reopened.report() == [[7, 1, len(data)]]
+
+
+def test_the_index_is_reported_while_a_thread_installs_replicas(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A copy's `finish` installs its replica on a worker thread while the event loop builds
+    the heartbeat's report: that must never see the index change under it."""
+    store = ChunkStore(tmp_path).open()
+    for name in ("atomic_write", "fsync_dir"):  # only the index matters here, not the disk
+        monkeypatch.setattr(chunk_store, name, lambda *args: None)
+    monkeypatch.setattr(os, "replace", lambda *args: None)
+    count = 5_000
+
+    def install() -> None:
+        for chunk in range(count):
+            store._install(Replica(chunk, 1, 1, [0]), tmp_path / "part")
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads as often as possible
+    try:
+        thread = threading.Thread(target=install)
+        thread.start()
+        while thread.is_alive():
+            store.report(), store.used(), list(store.iter_chunks())
+        thread.join()
+    finally:
+        sys.setswitchinterval(interval)
+    assert len(store.report()) == count and store.used() == count
 
 
 def test_store_refuses_a_damaged_arrival_and_cleans_up(tmp_path: Path) -> None:

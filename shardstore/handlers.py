@@ -45,7 +45,15 @@ import dataclasses
 from collections.abc import Coroutine, Iterable
 from typing import Any, Protocol
 
-from core.command_table import ERR_CROSSSLOT, Command, CrossSlotError, KeysError, request_slot
+from core.command_table import (
+    ERR_CROSSSLOT,
+    BeginIndex,
+    Command,
+    CrossSlotError,
+    FindRange,
+    KeysError,
+    request_slot,
+)
 from core.raft.driver_types import ProposalUnknown
 from core.raft.errors import RaftError
 from core.raft_service import ERR_OUTCOME_UNKNOWN, RaftService
@@ -104,6 +112,15 @@ class NodeView(Protocol):
     def led_shards(self) -> list[Shard]: ...
 
     def replicas_in_sync(self) -> int: ...
+
+
+def _single_key(row: Command) -> bool:
+    """Whether the row's one key is always its first argument (GET, SET, INCR, HSET...):
+    its slot is then that key's, without walking the key specs."""
+    if len(row.key_specs) != 1:
+        return False
+    spec = row.key_specs[0]
+    return spec.begin == BeginIndex(1) and spec.find == FindRange(0, 1, 0)
 
 
 def _readonly(session: Session) -> bool:
@@ -194,6 +211,7 @@ class ClientCommands:
 
     def _keyed(self, row: Command) -> Any:
         write = WRITE_FLAG in row.flags
+        single = _single_key(row)  # dispatch checked the arity: args[1] is there
 
         def handler(session: Session, args: list[bytes]) -> Coroutine[Any, Any, Any]:
             asking = self.asking.take(session)
@@ -202,7 +220,7 @@ class ClientCommands:
                 return (self._write(ranged, args, ranged=True) if write
                         else self._read(ranged, args, _readonly(session)))
             try:
-                slot = request_slot(row, args)
+                slot = key_slot(args[1]) if single else request_slot(row, args)
             except CrossSlotError:
                 raise CommandError(ERR_CROSSSLOT) from None
             except KeysError:

@@ -115,7 +115,17 @@ class LeaderWrites:
     async def write_many(self, group_id: int, commands: list[Command]) -> list[Any]:
         """What apply returned for each of `commands`, applied in order (in one entry, or
         in more than one when they exceed the batch limits, never interleaved with another
-        caller's inside that run). Raises ProposalUnknown for all of them together."""
+        caller's inside that run). Raises ProposalUnknown for all of them together.
+
+        On the leader the first try needs no timer of its own: its entry's proposal is
+        bounded by `timeout_s` already (`_propose`)."""
+        group = self.host.group(group_id)
+        node = group.node if group is not None else None
+        if node is not None and node.lead == self.host.node_id \
+                and len(commands) <= MAX_BATCH_COMMANDS:
+            reply = await self._here(group_id, commands)
+            if reply[0] == REPLY_OK:
+                return list(reply[1])
         try:
             async with asyncio.timeout(self.timeout_s):
                 return await self._until_done(group_id, commands)

@@ -16,11 +16,10 @@ configuration they apply against:
 - OP_SPLIT {name, at, shard}: the range holding position `at` is cut there; [at, its end)
   goes to `shard`. The proposer (shardstore/cmd_tables.py) checked that no key lies there
   when the shard changes (moving keys waits for resharding's generic move);
-- OP_MOVE {name, keyspace, plan}, OP_MOVE_REVERSE {name}, OP_MOVE_FINISH {name}: a table's
-  move to another keyspace (shardstore/table_move.py says its life): the record
-  (`TableMove`: the plan [low, high, from shard, to shard] of each range) is kept on the
-  table; `settle` switches the table's keyspace once every range lies where the plan
-  sends it (or back where it came from, after a reverse), and counts the switch.
+- OP_MOVE, OP_MOVE_REVERSE, OP_MOVE_CANCEL, OP_MOVE_FINISH: a table's move to another
+  keyspace (shardstore/table_move.py says its life), whose record (`TableMove`) is kept
+  on the table; shardstore/table_move_record.py applies them, and its `settle` switches
+  the table's binding when the ranges have arrived.
 
 Apply results are True, or an error reply's text. The syntax of TABLE.CREATE and
 TABLE.SPLIT is parsed here too (`parse_create`, `parse_split`), into those entries.
@@ -37,6 +36,7 @@ from typing import Any
 import msgpack
 
 from shardstore import table_keys
+from shardstore import table_move_record as record
 from shardstore.table_keys import (
     KIND_DATE,
     KINDS,
@@ -45,10 +45,25 @@ from shardstore.table_keys import (
     SNOWFLAKE_EPOCH_MS,
     KeyFormatError,
 )
+from shardstore.table_move_record import (
+    ERR_MOVE_HASH,
+    ERR_NO_KEYSPACE,
+    MOVE_CANCELLING,
+    MOVE_COPYING,
+    MOVE_REVERSING,
+    MOVE_SWITCHED,
+    OP_MOVE,
+    OP_MOVE_CANCEL,
+    OP_MOVE_FINISH,
+    OP_MOVE_REVERSE,
+    TableMove,
+)
 
 __all__ = [
-    "DEFAULT_KEYSPACE", "MAX_RANGE_KEYS", "MOVE_COPYING", "MOVE_REVERSING", "MOVE_SWITCHED",
-    "NOT_HERE", "OP_CREATE", "OP_MOVE", "OP_MOVE_FINISH", "OP_MOVE_REVERSE", "OP_PREFIX",
+    "DEFAULT_KEYSPACE", "ERR_MOVE_HASH", "ERR_NO_KEYSPACE", "MAX_RANGE_KEYS", "MOVE_CANCELLING",
+    "MOVE_COPYING", "MOVE_REVERSING",
+    "MOVE_SWITCHED", "NOT_HERE", "OP_CREATE", "OP_MOVE", "OP_MOVE_CANCEL", "OP_MOVE_FINISH",
+    "OP_MOVE_REVERSE", "OP_PREFIX",
     "OP_SPLIT", "RULE_HASH", "RULE_RANGE",
     "Catalog", "CatalogError", "Table", "TableMove", "encode_create", "encode_split",
     "parse_create", "parse_range", "parse_split",
@@ -57,12 +72,6 @@ __all__ = [
 OP_PREFIX = "table."
 OP_CREATE = "table.create"
 OP_SPLIT = "table.split"
-OP_MOVE = "table.move"
-OP_MOVE_REVERSE = "table.move.reverse"
-OP_MOVE_FINISH = "table.move.finish"
-MOVE_COPYING = "copying"  # the ranges are moving to the target keyspace
-MOVE_SWITCHED = "switched"  # they all lie there; the table is bound to it
-MOVE_REVERSING = "reversing"  # they are moving back
 RULE_HASH = "HASH"
 RULE_RANGE = "RANGE"
 DEFAULT_KEYSPACE = "default"
@@ -77,7 +86,6 @@ ERR_EXISTS = "ERR table {!r} exists"
 ERR_NO_TABLE = "ERR no such table {!r}"
 ERR_TOO_MANY_TABLES = "ERR too many tables (at most 1024)"
 ERR_TOO_MANY_RANGES = "ERR too many ranges (at most 4096 per table)"
-ERR_NO_KEYSPACE = "ERR no such keyspace {!r} (the keyspaces are: {})"
 ERR_NO_MAP = "ERR the cluster has no slot map yet"
 ERR_NO_SHARD = "ERR no such shard {} (the shards are: {})"
 ERR_SPLITS_ORDER = "ERR split points must be strictly increasing"
@@ -89,13 +97,6 @@ ERR_POINT = "ERR {}"
 ERR_MIXED = "ERR keys of range tables and other keys in one command"
 ERR_SPAN = "ERR the keys of range table rows lie on different shards ({})"
 ERR_COUNT = "ERR COUNT must be 1..100000"
-ERR_MOVE_HASH = ("ERR TABLE.MOVE moves RANGE tables only: the rows of a HASH table are "
-                 "placed by their keyspace's slot map")
-ERR_MOVE_SAME = "ERR table {!r} is in keyspace {!r} already"
-ERR_MOVE_BUSY = "ERR table {!r} is moving to keyspace {!r} already ({})"
-ERR_MOVE_PLAN = "ERR the map of table {!r} changed meanwhile: run TABLE.MOVE again"
-ERR_MOVE_NONE = "ERR table {!r} is not moving"
-ERR_MOVE_STATE = "ERR the move of table {!r} is {}: {} needs it {}"
 ERR_SPLIT_MOVING = "ERR table {!r} is moving to keyspace {!r}: split it after TABLE.MOVE.FINISH"
 MAX_RANGE_KEYS = 100_000  # keys one TABLE.RANGE answers at most (its COUNT's ceiling)
 # The words by which a node refusing a range row it does not hold names the way to it; the
@@ -105,30 +106,6 @@ NOT_HERE = "use the router or shardstore.client"
 
 class CatalogError(ValueError):
     """A request the catalog refuses; the message is the error reply's text."""
-
-
-@dataclass
-class TableMove:
-    """A table's move to another keyspace: `plan` holds (low, high, from shard, to shard)
-    for each range of the table's map when the move began; `switches` counts the times
-    the table's binding switched keyspace by this move (its epoch)."""
-
-    target: str
-    origin: str
-    plan: list[tuple[int, int, int, int]]
-    state: str = MOVE_COPYING
-    switches: int = 0
-
-    def to_wire(self) -> list[Any]:
-        return [self.target, self.origin, [list(p) for p in self.plan], self.state,
-                self.switches]
-
-    @classmethod
-    def from_wire(cls, wire: Sequence[Any]) -> TableMove:
-        target, origin, plan, state, switches = wire
-        return cls(str(target), str(origin),
-                   [(int(a), int(b), int(c), int(d)) for a, b, c, d in plan], str(state),
-                   int(switches))
 
 
 @dataclass
@@ -257,12 +234,13 @@ class Catalog:
             elif entry["op"] == OP_SPLIT:
                 self._split(entry, set(shard_ids))
             elif entry["op"] == OP_MOVE:
-                self._move(entry, set(shard_ids), set(keyspaces))
-            elif entry["op"] in (OP_MOVE_REVERSE, OP_MOVE_FINISH):
-                self._move_step(str(entry["name"]), entry["op"])
+                record.begin(self._table(entry["name"]), entry, set(shard_ids),
+                             set(keyspaces))
+            elif entry["op"] in (OP_MOVE_REVERSE, OP_MOVE_FINISH, OP_MOVE_CANCEL):
+                record.step(self._table(entry["name"]), entry["op"])
             else:
                 return ERR_SYNTAX
-        except CatalogError as exc:
+        except (CatalogError, record.MoveRefused) as exc:
             return str(exc)
         self.version += 1
         return True
@@ -301,59 +279,16 @@ class Catalog:
         table.splits.insert(index, at)
         table.shards.insert(index + 1, shard)
 
-    def _move(self, entry: dict[str, Any], shard_ids: set[int], keyspaces: set[str]) -> None:
-        """OP_MOVE: the record of a table's move (the same move again is a no-op)."""
-        table = self.tables.get(str(entry["name"]))
-        if table is None:
-            raise CatalogError(ERR_NO_TABLE.format(entry["name"]))
-        if not table.ranged:
-            raise CatalogError(ERR_MOVE_HASH)
-        target = str(entry["keyspace"])
-        if table.moving is not None:
-            if table.moving.target == target and table.moving.state == MOVE_COPYING:
-                return
-            raise CatalogError(ERR_MOVE_BUSY.format(table.name, table.moving.target,
-                                                    table.moving.state))
-        if target not in keyspaces:
-            raise CatalogError(ERR_NO_KEYSPACE.format(target, ", ".join(sorted(keyspaces))))
-        if target == table.keyspace:
-            raise CatalogError(ERR_MOVE_SAME.format(table.name, target))
-        plan = [(int(a), int(b), int(c), int(d)) for a, b, c, d in entry["plan"]]
-        if [p[:3] for p in plan] != table.ranges() or any(p[3] not in shard_ids
-                                                            for p in plan):
-            raise CatalogError(ERR_MOVE_PLAN.format(table.name))
-        table.moving = TableMove(target, table.keyspace, plan)
-
-    def _move_step(self, name: str, op: str) -> None:
-        """OP_MOVE_REVERSE (switched -> reversing; again: a no-op) and OP_MOVE_FINISH
-        (switched -> the record goes)."""
-        table = self.tables.get(name)
+    def _table(self, name: object) -> Table:
+        table = self.tables.get(str(name))
         if table is None:
             raise CatalogError(ERR_NO_TABLE.format(name))
-        move = table.moving
-        if move is None:
-            raise CatalogError(ERR_MOVE_NONE.format(name))
-        if op == OP_MOVE_REVERSE and move.state == MOVE_REVERSING:
-            return
-        if move.state != MOVE_SWITCHED:
-            verb = "TABLE.MOVE.REVERSE" if op == OP_MOVE_REVERSE else "TABLE.MOVE.FINISH"
-            raise CatalogError(ERR_MOVE_STATE.format(name, move.state, verb, MOVE_SWITCHED))
-        if op == OP_MOVE_REVERSE:
-            move.state = MOVE_REVERSING
-        else:
-            table.moving = None
+        return table
 
     def settle(self, table: Table) -> None:
-        """After a range of `table` changed shard: switch its keyspace binding when every
-        range lies where its move sends it (see the module header)."""
-        move = table.moving
-        if move is None:
-            return
-        if move.state == MOVE_COPYING and set(table.shards) <= {p[3] for p in move.plan}:
-            table.keyspace, move.state = move.target, MOVE_SWITCHED
-            move.switches += 1
-        elif move.state == MOVE_REVERSING and set(table.shards) <= {p[2] for p in move.plan}:
-            table.keyspace, table.moving = move.origin, None
+        """After a range of `table` changed shard: table_move_record.settle (a move's
+        switch of keyspace, or its end after a reverse or a cancel)."""
+        record.settle(table)
         self.version += 1
 
     def range_table(self, name: str) -> Table:

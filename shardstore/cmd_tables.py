@@ -27,7 +27,7 @@ Syntax (points as shardstore/table_keys.py reads them; `-` and `+` are the open 
                                                  first call sends 0, the last page
                                                  answers 0 (shardstore/range_pages.py)
     TABLE.MOVE name keyspace                     -> ids of the moves begun
-    TABLE.MOVE.REVERSE name | TABLE.MOVE.FINISH name  (shardstore/table_move.py)
+    TABLE.MOVE.REVERSE | .CANCEL | .FINISH name  (shardstore/table_move.py)
 
 TABLE.CREATE of a RANGE table is refused when keys with its prefix exist in a shard this
 node hosts (they were placed by slot; the range map would hide them): create a range table
@@ -113,6 +113,7 @@ class TableCommands:
         self.shards_touched = 0  # shards they read, summed
         self.by_table: dict[str, list[int]] = {}  # name -> [reads, shards touched, last]
         self.moves = TableMoveCommands(node, lambda: self.catalog)  # TABLE.MOVE*
+        node.mover.before_round = self.moves.drive  # the coordinator's table moves
         self.verifier = self._verifier(node)
 
     @staticmethod

@@ -249,6 +249,9 @@ class Mover:
         # Called before a move's hand-over, MoveStalled when it must wait (the checksums
         # of shardstore/table_verify.py); None: no check.
         self.verify: Callable[[Move], Awaitable[None]] | None = None
+        # Called first in each round while leading, never raising (the TABLE.MOVE
+        # coordinator of shardstore/table_move.py); None: nothing.
+        self.before_round: Callable[[], Awaitable[None]] | None = None
 
     def leading(self) -> bool:
         group = self.node.host.group(CONFIG_GROUP)
@@ -256,6 +259,8 @@ class Mover:
 
     async def run_once(self) -> None:
         """Drive each move under way one step further, to its end if nothing fails."""
+        if self.before_round is not None and self.leading():
+            await self.before_round()  # moves of whole tables begin what they still need
         for move_id, move in sorted(self.node.full_config.moves.items()):
             if move.state == STATE_DONE:
                 continue

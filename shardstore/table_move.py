@@ -3,36 +3,40 @@
 Strategy: Vitess's MoveTables is the model; its steps map onto ours as follows.
 
 - `TABLE.MOVE table keyspace` is MoveTables Create and SwitchTraffic in one. It commits a
-  plan in the configuration group (catalog.OP_MOVE: for each range of the table's map,
-  its shard and a shard of the target keyspace, round-robin in shard id order), then
-  begins one generic move of that range's rows (shardstore/moves.py with a positions key
-  set) from its shard to the planned one. The configuration leader drives those moves
+  plan in the configuration group (catalog.OP_MOVE, shardstore/table_move_record.py):
+  for each range of the table's map, its shard and a shard of the target keyspace,
+  round-robin in shard id order (a range already there stays). Then one generic move of
+  each range's rows (shardstore/moves.py with a positions key set) is begun from its
+  shard to the planned one, and the configuration leader drives those moves
   (shardstore/migrate.py): the source's log freezes the range's rows, they are copied in
-  idempotent batches through the target's log, the range is handed over with an epoch,
-  and the source's copy is purged. A coordinator killed mid-move is replaced by the next
-  leader, which resumes from the recorded cursor. When the last range has arrived, the
-  catalog switches the table's keyspace binding in the same configuration entry
-  (`Catalog.settle`), and the record's `switches` counts it.
+  idempotent batches through the target's log, and both sides' rows are compared by
+  xxhash checksums (shardstore/table_verify.py). Only then is the range handed over with
+  an epoch, and the source's copy is purged. When the last range has arrived, the
+  catalog switches the table's keyspace binding in the same configuration entry.
   Traffic switches range by range, not for the whole table at once as in Vitess:
   the freeze that the existing moves use is the catch-up. A range's rows are refused
   with TRYAGAIN from its freeze until its move ends; clients retry and land on the new
   shard. The freeze window is the copy time of one range, not the whole table. Vitess
   replicates from the source's binlog instead, so its window is shorter.
-- `TABLE.MOVE.REVERSE table` is ReverseTraffic: after the switch, it moves every range
+- `TABLE.MOVE.CANCEL table` is Cancel, before the switch. The generic moves still
+  copying are rolled back (moves.OP_CANCEL: the source serves its rows again and the
+  target's copies are deleted). Ranges that arrived already are moved back. Once every
+  range is on its first shard again, the record goes; the binding never changed.
+- `TABLE.MOVE.REVERSE table` is ReverseTraffic, after the switch. It moves every range
   back to the shard it came from (the same generic moves, reversed). When the last one
   is back, the binding returns to the origin keyspace and the record goes.
 - `TABLE.MOVE.FINISH table` is Complete: it drops the record, so the move can no longer
   be reversed and the table can be split again. TABLE.SPLIT is refused while a move is
   recorded, because the plan names the table's ranges.
-- Cancel before cut-over is Vitess's Cancel. It needs a generic move to be rolled back
-  mid-copy (lift the source's freeze, delete the target's copies, drop the record);
-  that belongs to shardstore/moves.py and is not offered here yet.
 
-Every command may be sent again. TABLE.MOVE with the same keyspace begins the ranges
-that are neither moving nor moved: a node that died between the plan and the begins
-leaves no range behind once TABLE.MOVE is repeated. Progress shows in `TABLE.INFO`
-(`move`: target, origin, state, switches, ranges moved of all, and the moves under way)
-and in `SHARDSTORE.MOVES`.
+The record, not a command's connection, drives the move: `drive` runs first in each of
+the coordinator's rounds (Mover.before_round). For every recorded table move it begins
+the generic moves still needed and cancels the ones a cancel stops. A coordinator
+SIGKILLed mid-move is replaced by the next configuration leader, which goes on from the
+records. Each command does the same once on its own node, after a read barrier on the
+configuration group, and answers the ids of the moves it began. Every command may be
+sent again. Progress shows in `TABLE.INFO` (`move`: target, origin, state, switches,
+ranges arrived of all, and the moves under way) and in `SHARDSTORE.MOVES`.
 
 Only RANGE tables move. A HASH table's rows are placed by the slot map of whichever
 keyspace's node is asked, so its binding does not route them yet.
@@ -40,7 +44,8 @@ keyspace's node is asked, so its binding does not route them yet.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import logging
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 import msgpack
@@ -51,8 +56,10 @@ from core.resp import OK, CommandError
 from core.resp_session import Session
 from shardstore import catalog as catalog_mod
 from shardstore.catalog import (
-    MOVE_REVERSING,
+    MOVE_CANCELLING,
+    MOVE_COPYING,
     OP_MOVE,
+    OP_MOVE_CANCEL,
     OP_MOVE_FINISH,
     OP_MOVE_REVERSE,
     Catalog,
@@ -62,14 +69,17 @@ from shardstore.catalog import (
 )
 from shardstore.cluster import ClusterConfig
 from shardstore.keysets import KIND_POSITIONS, KeySet
-from shardstore.moves import STATE_DONE, encode_begin
+from shardstore.moves import STATE_COPY, STATE_DONE, Move, encode_begin, encode_cancel
+from shardstore.table_keys import MAX_POSITION, MIN_POSITION
 
 __all__ = ["ERR_MOVE_SYNTAX", "TableMoveCommands", "make_plan", "move_status", "parse_move"]
 
 ERR_MOVE_SYNTAX = "ERR syntax: TABLE.MOVE table keyspace"
 ERR_NO_SHARDS = "ERR keyspace {!r} has no shards"
-# The generic move's refusals that mean "this range needs no begin": it moves or moved.
-SKIPPED_REFUSALS = ("already moving", "not on shard")
+STEP_OPS = {"TABLE.MOVE.REVERSE": OP_MOVE_REVERSE, "TABLE.MOVE.CANCEL": OP_MOVE_CANCEL,
+            "TABLE.MOVE.FINISH": OP_MOVE_FINISH}
+
+log = logging.getLogger("shardstore.table_move")
 
 
 def _text(word: bytes) -> str:
@@ -99,7 +109,7 @@ def make_plan(table: Table, targets: Sequence[int]) -> list[tuple[int, int, int,
 
 def _arrived(table: Table, move: TableMove) -> int:
     """How many ranges of the plan lie where the move's state sends them."""
-    column = 2 if move.state == MOVE_REVERSING else 3
+    column = 3 if move.state in (MOVE_COPYING, catalog_mod.MOVE_SWITCHED) else 2
     return sum(1 for step in move.plan if table.shard_at(step[0]) == step[column])
 
 
@@ -127,27 +137,35 @@ class MoveNode(Protocol):
     def full_config(self) -> ClusterConfig: ...
 
 
-class TableMoveCommands:
-    """TABLE.MOVE, TABLE.MOVE.REVERSE and TABLE.MOVE.FINISH (see the module header)."""
+def _overlaps(move: Move, table: Table, low: int, high: int) -> bool:
+    keys = move.keys
+    return (move.state != STATE_DONE and keys.kind == KIND_POSITIONS
+            and keys.first == table.prefix and max(keys.low, low) < min(keys.high, high))
 
-    def __init__(self, node: MoveNode, catalog_of: Any) -> None:
+
+class TableMoveCommands:
+    """TABLE.MOVE, TABLE.MOVE.REVERSE, TABLE.MOVE.CANCEL and TABLE.MOVE.FINISH, and
+    `drive`, the coordinator's round (see the module header)."""
+
+    def __init__(self, node: MoveNode, catalog_of: Callable[[], Catalog]) -> None:
         self.node = node
-        self.catalog_of = catalog_of  # () -> this node's Catalog
+        self.catalog_of = catalog_of  # this node's Catalog
 
     def rows(self) -> list[Command]:
         write = frozenset({"write"})
         return [
             Command("TABLE.MOVE", self.cmd_move, 3, write,
                     summary="Move a range table online to another keyspace"),
-            Command("TABLE.MOVE.REVERSE", self.cmd_reverse, 2, write,
+            Command("TABLE.MOVE.REVERSE", self.cmd_step, 2, write,
                     summary="Move a moved table back to the keyspace it came from"),
-            Command("TABLE.MOVE.FINISH", self.cmd_finish, 2, write,
+            Command("TABLE.MOVE.CANCEL", self.cmd_step, 2, write,
+                    summary="Roll a table's move back before its switch"),
+            Command("TABLE.MOVE.FINISH", self.cmd_step, 2, write,
                     summary="End a table's move: it can no longer be reversed"),
         ]
 
     def _table(self, name: str) -> Table:
-        catalog: Catalog = self.catalog_of()
-        table = catalog.tables.get(name)
+        table = self.catalog_of().tables.get(name)
         if table is None:
             raise CommandError(catalog_mod.ERR_NO_TABLE.format(name))
         if not table.ranged:
@@ -171,33 +189,65 @@ class TableMoveCommands:
             plan = make_plan(table, targets or [0])  # an unknown keyspace: apply says so
         await self.node.service.write(msgpack.packb(
             {"op": OP_MOVE, "name": name, "keyspace": keyspace, "plan": plan}))
-        return await self._begin(table, plan, forward=True)
+        return await self._after_write(name)
 
-    async def cmd_reverse(self, session: Session, args: list[bytes]) -> Any:
-        """The ids of the moves begun back to the origin's shards."""
-        table = self._table(_text(args[1]))
-        plan = table.moving.plan if table.moving is not None else []
-        await self.node.service.write(msgpack.packb({"op": OP_MOVE_REVERSE,
-                                                     "name": table.name}))
-        return await self._begin(table, plan, forward=False)
+    async def cmd_step(self, session: Session, args: list[bytes]) -> Any:
+        """REVERSE and CANCEL: the ids of the moves begun back; FINISH: OK."""
+        op = STEP_OPS[_text(args[0]).upper()]
+        name = _text(args[1])
+        await self.node.service.write(msgpack.packb({"op": op, "name": name}))
+        if op == OP_MOVE_FINISH:
+            return OK
+        return await self._after_write(name)
 
-    async def cmd_finish(self, session: Session, args: list[bytes]) -> Any:
-        await self.node.service.write(msgpack.packb({"op": OP_MOVE_FINISH,
-                                                     "name": _text(args[1])}))
-        return OK
+    async def _after_write(self, name: str) -> list[int]:
+        """Once this node's catalog has the entry just committed: what `drive` begins."""
+        await self.node.service.barrier()
+        table = self.catalog_of().tables.get(name)
+        return await self._drive_table(table) if table is not None else []
 
-    async def _begin(self, table: Table, plan: Sequence[tuple[int, int, int, int]],
-                     forward: bool) -> list[int]:
-        begun: list[int] = []
-        for low, high, origin, target in plan:
-            source, destination = (origin, target) if forward else (target, origin)
-            if source == destination:
-                continue  # a range that was on the target keyspace already
-            keys = KeySet.of_positions(table.prefix, table.kind, table.epoch_ms, low, high)
+    async def drive(self) -> None:
+        """Begin (or, for a cancel, cancel) the generic moves every recorded table move
+        still needs; errors are logged and the next round tries again."""
+        for table in list(self.catalog_of().tables.values()):
+            if table.moving is None:
+                continue
             try:
-                begun.append(int(await self.node.service.write(
-                    encode_begin(keys, source, destination))))
+                await self._drive_table(table)
             except CommandError as exc:
-                if not any(words in str(exc) for words in SKIPPED_REFUSALS):
-                    raise
+                log.info("the move of table %s waits: %s", table.name, exc)
+
+    async def _drive_table(self, table: Table) -> list[int]:
+        move = table.moving
+        if move is None or move.state == catalog_mod.MOVE_SWITCHED:
+            return []  # nothing to move until REVERSE or FINISH
+        moves = self.node.full_config.moves
+        if move.state == MOVE_CANCELLING:
+            for other in [m for m in moves.values() if m.state == STATE_COPY]:
+                if _overlaps(other, table, MIN_POSITION, MAX_POSITION):
+                    await self._write_quietly(encode_cancel(other.move_id))
+        forward = move.state == MOVE_COPYING
+        begun: list[int] = []
+        for low, high, origin, target in move.plan:
+            source, destination = (origin, target) if forward else (target, origin)
+            if source == destination or table.shard_at(low) != source or any(
+                    _overlaps(m, table, low, high) for m in moves.values()):
+                continue  # there already, not there (yet), or moving
+            keys = KeySet.of_positions(table.prefix, table.kind, table.epoch_ms, low, high)
+            begun_id = await self._write_quietly(encode_begin(keys, source, destination))
+            if isinstance(begun_id, int) and not isinstance(begun_id, bool):
+                begun.append(begun_id)
+        if move.state == MOVE_CANCELLING and not begun and not any(
+                _overlaps(m, table, MIN_POSITION, MAX_POSITION) for m in moves.values()):
+            await self._write_quietly(msgpack.packb({"op": OP_MOVE_CANCEL,
+                                                     "name": table.name}))  # closes it
         return begun
+
+    async def _write_quietly(self, entry: bytes) -> Any:
+        """The entry's result, or None when it was refused (another node's round or a
+        command got there first: the next round looks again)."""
+        try:
+            return await self.node.service.write(entry)
+        except CommandError as exc:
+            log.info("a table move's entry was refused: %s", exc)
+            return None

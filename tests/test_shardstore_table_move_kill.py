@@ -117,7 +117,7 @@ def _move_and_kill(procs: Procs) -> None:
         for key in _rows():
             assert client.set(key, key)
     begun = procs.ask("TABLE.MOVE", "orders", "users")
-    assert len(begun) == 3
+    assert 1 <= len(begun) <= 3  # the coordinator's round may begin some first
     _until(lambda: any(m[b"state"] == b"copy" and m[b"copied"] > 2 * BATCH_KEYS
                        for m in procs.table_moves()), "a copy under way")
     leader = int(procs.status(0)[b"config_leader"])

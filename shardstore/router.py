@@ -225,7 +225,10 @@ class Router:
                 Command("TABLE.LIST", self._anywhere, 1, read),
                 Command("TABLE.INFO", self._anywhere, 2, read),
                 Command("TABLE.CREATE", self._table_change, -3, write),
-                Command("TABLE.SPLIT", self._table_change, -3, write)]
+                Command("TABLE.SPLIT", self._table_change, -3, write),
+                Command("TABLE.MOVE", self._table_change, 3, write),
+                *(Command(f"TABLE.MOVE.{step}", self._table_change, 2, write)
+                  for step in ("REVERSE", "CANCEL", "FINISH"))]
         return out
 
     def _keyed(self, row: Command) -> Any:
@@ -371,8 +374,8 @@ class Router:
         return _simple(await self._on(masters[0], args))
 
     async def _table_change(self, session: Session, args: list[bytes]) -> Any:
-        """TABLE.CREATE / TABLE.SPLIT on any node (it commits them in the configuration
-        group); the map is fetched again after."""
+        """TABLE.CREATE / SPLIT / MOVE (and MOVE's REVERSE, CANCEL, FINISH) on any node (it
+        commits them in the configuration group); the map is fetched again after."""
         reply = await self._on((await self._masters())[0], args, write=True)
         await self._try_refresh()
         return _simple(reply)

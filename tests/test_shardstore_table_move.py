@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
+import redis
 import redis.asyncio as aredis
 from hypothesis import given
 from hypothesis import strategies as st
@@ -26,10 +27,12 @@ from shardstore.cluster import ClusterConfig, Shard
 from shardstore.keysets import KeySet
 from shardstore.migrate import MoveStalled
 from shardstore.moves import Move
+from shardstore.router import Router, RouterOptions
 from shardstore.table_keys import KIND_DATE
 from shardstore.table_move import make_plan, parse_move
 from shardstore.table_moves import give_range
 from shardstore.table_verify import DigestService, Verifier, digest_rows
+from tests.conftest import find_free_port
 from tests.test_shardstore_catalog import DATE_RESTS, SortedKV
 from tests.test_shardstore_daemon import needs_aliases
 from tests.test_shardstore_keyspaces import KeyspaceCluster
@@ -221,6 +224,7 @@ async def _move_under_writes(spaces: KeyspaceCluster) -> None:
     info = await month.execute_command("TABLE.INFO", "orders")
     assert info[b"last_range_shards"] == 1 and info[b"keyspace"] == b"users"
     assert info[b"move"][b"state"] == b"switched" and info[b"move"][b"ranges_arrived"] == 4
+    await _through_the_router(spaces, writer, december)
     assert await node.execute_command("TABLE.MOVE.REVERSE", "orders")
     await _until(lambda: _settled(spaces, "default"), "the reverse's end")
     await _check_rows(spaces, writer, new=range(0, 3), old=range(3, 4))
@@ -228,6 +232,24 @@ async def _move_under_writes(spaces: KeyspaceCluster) -> None:
     await _check_rows(spaces, writer, new=range(0, 3), old=range(3, 4))
     for client in (node, month):
         await client.aclose()
+
+
+async def _through_the_router(spaces: KeyspaceCluster, writer: Writer,
+                              december: list[bytes]) -> None:
+    """A router seeded with a node of `default` reads the moved rows from `users`."""
+    router = Router(RouterOptions([spaces.nodes[0].settings.advertise]))
+    await router.start("127.0.0.1", find_free_port("127.0.0.1"))
+    client = aredis.Redis(port=router.server.port)
+    try:
+        key = next(k for k in writer.acked if k.startswith("orders:2026-12"))
+        assert await client.get(key) == writer.acked[key].encode()
+        assert await client.execute_command("TABLE.RANGE", "orders", "2026-12",
+                                            "2027-01") == december
+        with pytest.raises(redis.ResponseError, match="needs it copying"):
+            await client.execute_command("TABLE.MOVE.CANCEL", "orders")
+    finally:
+        await client.aclose()
+        await router.stop()
 
 
 async def _cancelled(spaces: KeyspaceCluster, node: aredis.Redis) -> None:
@@ -357,7 +379,9 @@ README_SENTENCES = [  # checked by the tests of this file
     "range is frozen on its shard, copied to a shard of `users`, checked by xxhash "
     "checksums on both sides and handed over, and the table is bound to `users` when the "
     "last range has arrived; `TABLE.INFO orders` shows the move's progress.",
-    "Until `TABLE.MOVE.FINISH orders`, `TABLE.MOVE.REVERSE orders` moves it back.",
+    "Until `TABLE.MOVE.FINISH orders`, `TABLE.MOVE.REVERSE orders` moves it back; before "
+    "the switch, `TABLE.MOVE.CANCEL orders` rolls it back and every row stays in the "
+    "keyspace it was in.",
 ]
 
 

@@ -39,7 +39,7 @@ from shardstore.values import ERR_ARITY, ERR_NOT_A_READ, ERR_NOT_A_WRITE, ERR_UN
 __all__ = [
     "COMMANDS", "KV", "SPECS", "SWEEP_COMMAND", "CommandSpec", "DictKV", "ScanCursors",
     "build_rows", "execute_read", "execute_write", "expire_sweep", "is_write",
-    "sweep_request",
+    "read_runner", "sweep_request",
 ]
 
 CommandFn = Callable[[View, list[bytes]], object]
@@ -197,6 +197,24 @@ def execute_read(kv: KV, now_ms: int, args: list[bytes], *,
         return spec.fn(view, args)
     except CommandError as error:
         return error
+
+
+def read_runner(name: str) -> Callable[[KV, int, list[bytes]], object] | None:
+    """For a caller whose dispatcher has checked the arity already: `run(kv, now_ms, args)`
+    answers read command `name` exactly as `execute_read` does, without looking the
+    command up again; None for a write, SCAN or a name not in the table."""
+    spec = SPECS.get(name.upper().encode())
+    if spec is None or spec.is_write or spec.name == "scan":
+        return None
+    fn = spec.fn
+
+    def run(kv: KV, now_ms: int, args: list[bytes]) -> object:
+        try:
+            return fn(View(kv, now_ms, writable=False), args)
+        except CommandError as error:
+            return error
+
+    return run
 
 
 def execute_write(kv: KV, now_ms: int, args: list[bytes], applied_index: int) -> object:

@@ -212,6 +212,8 @@ class ClientCommands:
     def _keyed(self, row: Command) -> Any:
         write = WRITE_FLAG in row.flags
         single = _single_key(row)  # dispatch checked the arity: args[1] is there
+        runner = getattr(self.layer, "read_runner", None)
+        read = runner(row.name) if runner is not None and not write else None
 
         def handler(session: Session, args: list[bytes]) -> Coroutine[Any, Any, Any]:
             asking = self.asking.take(session)
@@ -233,7 +235,7 @@ class ClientCommands:
             shard = self._local_shard(slot)
             if write:
                 return self._write(shard, args)
-            return self._read_or_wait(shard, args, _readonly(session))
+            return self._read_or_wait(shard, args, _readonly(session), read)
 
         return handler
 
@@ -265,12 +267,14 @@ class ClientCommands:
             raise self.asking.redirect(reply, args)
         return reply
 
-    def _read_or_wait(self, shard: Shard, args: list[bytes], stale_ok: bool) -> Any:
+    def _read_or_wait(self, shard: Shard, args: list[bytes], stale_ok: bool,
+                      read: Any = None) -> Any:
         """The reply at once when the read needs no barrier (READONLY, or a group that needs
         no round: RaftService.reads_ready); else a coroutine that waits for one first. A
-        reply at once spares the connection a task per command."""
+        reply at once spares the connection a task per command. `read`: the command's
+        commands.read_runner, if it has one."""
         if stale_ok or self.node.service.reads_ready(shard.group):
-            return self._read_local(shard, args)
+            return self._read_local(shard, args, read)
         return self._read(shard, args, stale_ok)
 
     async def _read(self, shard: Shard, args: list[bytes], stale_ok: bool) -> Any:
@@ -278,13 +282,17 @@ class ClientCommands:
             await self.node.service.barrier(shard.group)
         return self._read_local(shard, args)
 
-    def _read_local(self, shard: Shard, args: list[bytes]) -> Any:
+    def _read_local(self, shard: Shard, args: list[bytes], read: Any = None) -> Any:
         machine = self.node.machines.get(shard.shard_id)
         if machine is None:
             raise CommandError(ERR_CLUSTERDOWN)
-        refusal = machine.refuse_request(args, is_range_row=self.tables.catalog.is_range_row)
-        if refusal is not None:
-            raise self.asking.redirect(refusal, args)
+        if machine.fences:  # nothing to refuse without one
+            refusal = machine.refuse_request(args,
+                                             is_range_row=self.tables.catalog.is_range_row)
+            if refusal is not None:
+                raise self.asking.redirect(refusal, args)
+        if read is not None:
+            return self._reply(read(machine.store, self.node.now_ms(), args))
         return self._reply(self.layer.execute_read(machine.store, self.node.now_ms(), args))
 
     @staticmethod

@@ -216,3 +216,33 @@ def test_a_forwarded_write_request_is_read_or_refused(payload: Any) -> None:
     for args, ranged in commands_:
         assert args and all(isinstance(a, bytes) for a in args)
         assert isinstance(ranged, bool)
+
+
+# -- the read path without a second lookup (commands.read_runner) -------------------------
+
+READ = st.one_of(
+    st.tuples(st.sampled_from([b"GET", b"get", b"STRLEN", b"TTL", b"PTTL", b"TYPE",
+                               b"EXISTS", b"HGETALL", b"HLEN"]), KEYS),
+    st.tuples(st.sampled_from([b"HGET", b"HMGET"]), KEYS, st.sampled_from([b"f", b"g"])),
+    st.tuples(st.just(b"MGET"), KEYS, KEYS),
+).map(list)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(WRITE, st.just(False)), max_size=6), READ)
+def test_a_read_runner_answers_as_execute_read(run: list[Any], args: list[bytes]) -> None:
+    machine = _machine()
+    machine.apply([(i + 1, encode_command(5, a, r)) for i, (a, r) in enumerate(run)])
+    machine.apply([(len(run) + 1, encode_command(5, [b"HSET", b"c", b"f", b"1"]))])
+    runner = commands.read_runner(args[0].decode())
+    assert runner is not None
+    expected = commands.execute_read(machine.engine, 6, args)
+    got = runner(machine.engine, 6, args)
+    assert type(got) is type(expected)
+    assert str(got) == str(expected) if isinstance(got, Exception) else got == expected
+
+
+def test_a_read_runner_is_for_reads_only() -> None:
+    assert commands.read_runner("set") is None
+    assert commands.read_runner("scan") is None
+    assert commands.read_runner("nosuch") is None

@@ -10,6 +10,12 @@ may stop at any time and the moves it began still finish.
   keys copied (one line per move when stderr is not a terminal);
 - `rebalance`: moves slots from the shards with the most to those with the fewest until
   every shard has 16384 / shards (the first ones one more), as reshard does;
+- `add-node --keyspace K --id N`: the running node N (serving no keyspace) joins K with a
+  new shard holding no slots yet (KEYSPACE.ADDNODE); `rebalance` then moves slots to it;
+- `remove-node --keyspace K --id N`: the slots of every shard N is a member of move to
+  the shards it is not, evenly, as reshard moves them (with its progress bar); then N
+  leaves K (KEYSPACE.REMOVENODE, which refuses while N still holds data). `--node` must
+  be a node of K;
 - `move cancel ID`: roll back a move still copying (SHARDSTORE.MOVE CANCEL): the source
   serves its keys again and the target's copies are purged, with a progress line of keys
   purged; exit status 1 if the move went on instead (its target took writes under ASKING,
@@ -36,8 +42,8 @@ from shardstore.admin_check import field_of, run_checks
 from shardstore.keysets import format_slots
 from shardstore.launch import CLIENT_PORT_BASE, KEYSPACES, LOOPBACK
 
-__all__ = ["add_admin_parser", "cancel_move", "check", "plan_rebalance", "rebalance", "reshard",
-           "run_admin"]
+__all__ = ["add_admin_parser", "add_node", "cancel_move", "check", "plan_rebalance", "rebalance",
+           "remove_node", "reshard", "run_admin"]
 
 DEFAULT_BATCH_SLOTS = 128
 POLL_S = 0.2
@@ -45,6 +51,9 @@ MOVE_TIMEOUT_S = 600.0  # one move with no progress for this long: give up waiti
 BAR_WIDTH = 30
 ERR_NOT_ENOUGH = "shard {} owns {} slots, fewer than the {} asked for"
 ERR_NODE = "--node must be HOST:PORT, got {!r}"
+ERR_OTHER_KEYSPACE = "--node serves keyspace {!r}, not {!r}: name a node of {!r}"
+ERR_NOWHERE_TO_GO = ("every shard of keyspace {!r} has a replica on node {}: its slots have "
+                     "nowhere to go (add a node first)")
 NODE_FLAG = "--node"
 SERVERS_ENV = "SHARDSTORE_SERVERS"  # the nodes admin asks when --node is not given
 # make run's nodes of its default keyspace (shardstore/launch.py)
@@ -71,6 +80,15 @@ def add_admin_parser(sub: Any) -> None:
     even = actions.add_parser("rebalance", help="spread the slots evenly over the shards")
     even.add_argument("--batch", type=int, default=DEFAULT_BATCH_SLOTS, help="slots per move")
     actions.add_parser("check", help="slots owned, replicas in sync, no move stuck")
+    for action, text in (("add-node", "a running node joins a keyspace (then rebalance)"),
+                         ("remove-node", "move a node's slots away, then it leaves")):
+        member = actions.add_parser(action, help=text)
+        member.add_argument("--keyspace", default="default", help="the keyspace's name")
+        member.add_argument("--id", dest="node_id", type=int, required=True,
+                            help="the node's id (its --id)")
+        if action == "remove-node":
+            member.add_argument("--batch", type=int, default=DEFAULT_BATCH_SLOTS,
+                                help="slots per move")
     one = actions.add_parser("move", help="act on one move (see SHARDSTORE.MOVES)")
     one_actions = one.add_subparsers(dest="move_action", required=True)
     cancel = one_actions.add_parser("cancel", help="roll back a move still copying")
@@ -124,15 +142,27 @@ def run_admin(args: argparse.Namespace) -> int:
                 return 0
             if args.admin_action == "move":
                 return cancel_move(client, args.move_id)
+            if args.admin_action == "add-node":
+                add_node(client, args.keyspace, args.node_id)
+                return 0
+            if args.admin_action == "remove-node":
+                remove_node(client, args.keyspace, args.node_id, args.batch)
+                return 0
             return check(client, print)
     except (ValueError, redis.RedisError, daemon.ConfigError, client_cli.NoNodeAnswers) as exc:
         print(f"shardstore admin: {exc}", file=sys.stderr)
         return 1
 
 
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
 def slot_owners(client: redis.Redis) -> dict[int, list[int]]:
-    """shard id -> its slots, from SHARDSTORE.SLOTS."""
-    owners: dict[int, list[int]] = {}
+    """shard id -> its slots, from SHARDSTORE.SLOTS; every shard of the keyspace, those
+    with none too (SHARDSTORE.SHARDS: a node's new shard)."""
+    owners: dict[int, list[int]] = {
+        int(field_of(s, "shard")): [] for s in client.execute_command("SHARDSTORE.SHARDS")}
     for first, last, sid in client.execute_command("SHARDSTORE.SLOTS"):
         owners.setdefault(int(sid), []).extend(range(int(first), int(last) + 1))
     return owners
@@ -178,6 +208,44 @@ def wait_for_move(client: redis.Redis, move_id: int, show: Callable[[int], None]
         if time.monotonic() - last_change > MOVE_TIMEOUT_S:
             raise ValueError(f"move {move_id} made no progress in {MOVE_TIMEOUT_S:.0f}s")
         time.sleep(POLL_S)
+
+
+def add_node(client: redis.Redis, keyspace: str, node_id: int,
+             stream: TextIO | None = None) -> int:
+    """Node `node_id` joins `keyspace`; the id of its new shard."""
+    shard = int(client.execute_command("KEYSPACE.ADDNODE", keyspace, node_id))
+    (stream or sys.stderr).write(
+        f"node {node_id} joined keyspace {keyspace} with shard {shard} (no slots yet): "
+        f"`shardstore admin rebalance` gives it its share\n")
+    return shard
+
+
+def remove_node(client: redis.Redis, keyspace: str, node_id: int, batch: int,
+                stream: TextIO | None = None) -> int:
+    """Move the slots of the shards `node_id` is a member of to the others, then the
+    node leaves `keyspace`; the keys copied."""
+    out = stream or sys.stderr
+    mine = [field_of(k, "name") for k in client.execute_command("KEYSPACE.LIST")
+            if int(field_of(k, "mine"))]
+    serves = _text(mine[0]) if mine else ""
+    if serves != keyspace:
+        raise ValueError(ERR_OTHER_KEYSPACE.format(serves, keyspace, keyspace))
+    shards = [(int(field_of(s, "shard")), [int(m) for m in field_of(s, "members")],
+               int(field_of(s, "slots"))) for s in client.execute_command("SHARDSTORE.SHARDS")]
+    donors = [(sid, slots) for sid, members, slots in shards if node_id in members and slots]
+    takers = [sid for sid, members, _ in shards if node_id not in members]
+    if donors and not takers:
+        raise ValueError(ERR_NOWHERE_TO_GO.format(keyspace, node_id))
+    copied = 0
+    for donor, slots in donors:
+        for i, taker in enumerate(takers):
+            share = slots // len(takers) + (1 if i < slots % len(takers) else 0)
+            if share:
+                out.write(f"shard {donor} -> shard {taker}: {share} slots\n")
+                copied += reshard(client, donor, taker, share, batch, out)
+    client.execute_command("KEYSPACE.REMOVENODE", keyspace, node_id)
+    out.write(f"node {node_id} left keyspace {keyspace} ({copied} keys moved)\n")
+    return copied
 
 
 def cancel_move(client: redis.Redis, move_id: int, stream: TextIO | None = None) -> int:

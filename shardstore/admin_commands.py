@@ -18,7 +18,15 @@ group, so a move begun anywhere before is seen.
                             epoch it began at), cancelled (1: rolled back)
     SHARDSTORE.SLOTS     -> [first, last, shard id] per range of the slot map
     KEYSPACE.CREATE <name> <node id>... [SHARDS n] [REPLICAS r]  -> OK: a new keyspace
-                            on nodes serving none yet (shardstore/keyspaces.py)
+                            on nodes serving none yet (shardstore/keyspaces.py); each
+                            node must be running (it answers on the node transport and
+                            has published its client address), else a clear refusal
+    KEYSPACE.ADDNODE <name> <node id>  -> the id of the new (empty) shard the running node
+                            joins the keyspace with; `rebalance` then gives it slots
+    KEYSPACE.REMOVENODE <name> <node id>  -> OK: the node leaves the keyspace; refused
+                            while a shard it is a member of owns slots or table ranges
+    SHARDSTORE.SHARDS    -> per shard of this node's keyspace: shard, members, slots
+                            (how many it owns)
     KEYSPACE.LIST        -> per keyspace: name, nodes, shards, and whether it is this
                             node's
     SHARDSTORE.STATUS    -> this node: id, epoch, slots assigned, moves under way and done,
@@ -30,6 +38,7 @@ group, so a move begun anywhere before is seen.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any, Protocol
 
 from core.command_table import Command
@@ -37,12 +46,19 @@ from core.raft_service import RaftService
 from core.resp import OK, CommandError
 from core.resp_commands import parse_int
 from core.resp_session import Session
+from core.rpc import RpcError
 from shardstore import table_keys
 from shardstore.catalog import Catalog, CatalogError
 from shardstore.cluster import CONFIG_GROUP, ClusterConfig, ConfigMachine
 from shardstore.keysets import KeySet, parse_slots
-from shardstore.keyspaces import encode_keyspace, parse_create_keyspace
+from shardstore.keyspaces import (
+    encode_add_node,
+    encode_keyspace,
+    encode_remove_node,
+    parse_create_keyspace,
+)
 from shardstore.machine import ShardMachine
+from shardstore.migrate import SERVICE_MOVE
 from shardstore.moves import STATE_DONE, encode_begin, encode_cancel
 
 __all__ = ["AdminCommands", "ERR_MOVE_SYNTAX"]
@@ -51,8 +67,13 @@ ERR_MOVE_SYNTAX = ("ERR syntax: SHARDSTORE.MOVE <from shard> <to shard> SLOTS <l
                    "TABLE <range table> <low|-> <high|+>, or SHARDSTORE.MOVE CANCEL <id>")
 ERR_NOT_INTEGER = "ERR value is not an integer or out of range"
 ERR_BAD_SLOTS = "ERR {}"
+ERR_NOT_RUNNING = ("ERR node {} is not running (it must answer on the node transport and "
+                   "have published its client address): start it first")
+PROBE_S = 3.0  # how long a node has to answer the running check (over the rpc backoff)
+PROBE_RETRY_S = 0.1
 ADMIN_FLAGS = frozenset({"admin"})
 READ_FLAGS = frozenset({"loading", "stale"})
+PROBE = "probe"  # a request the move service refuses: any answer says the node is up
 
 
 class AdminNode(Protocol):
@@ -92,6 +113,12 @@ class AdminCommands:
                     summary="Make a keyspace: its own nodes, shards and slot map"),
             Command("KEYSPACE.LIST", self.cmd_keyspace_list, 1, READ_FLAGS,
                     summary="The keyspaces, their nodes and shards"),
+            Command("KEYSPACE.ADDNODE", self.cmd_add_node, 3, ADMIN_FLAGS,
+                    summary="A running node joins a keyspace with a new empty shard"),
+            Command("KEYSPACE.REMOVENODE", self.cmd_remove_node, 3, ADMIN_FLAGS,
+                    summary="A node whose shards hold no slots leaves its keyspace"),
+            Command("SHARDSTORE.SHARDS", self.cmd_shards, 1, READ_FLAGS,
+                    summary="The shards of this node's keyspace: members, slots owned"),
         ]
 
     async def cmd_keyspace_create(self, session: Session, args: list[bytes]) -> Any:
@@ -99,8 +126,48 @@ class AdminCommands:
             name, nodes, shards, replicas = parse_create_keyspace(args)
         except ValueError as exc:
             raise CommandError(str(exc)) from None
+        for node in nodes:
+            await self._check_running(node)
         await self.node.config_write(encode_keyspace(name, nodes, shards, replicas))
         return OK
+
+    async def _check_running(self, node_id: int) -> None:
+        """CommandError ERR_NOT_RUNNING unless node `node_id` is up (see the header)."""
+        if node_id == self.node.me:
+            return
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + PROBE_S
+        while node_id in self.node.service.book.clients:
+            try:
+                await self.node.host.transport.request(node_id, SERVICE_MOVE, CONFIG_GROUP,
+                                                       [PROBE], PROBE_S)
+                return
+            except (RpcError, TimeoutError, OSError):  # down, or reconnecting after it
+                if loop.time() > deadline:
+                    break
+                await asyncio.sleep(PROBE_RETRY_S)
+        raise CommandError(ERR_NOT_RUNNING.format(node_id))
+
+    async def cmd_add_node(self, session: Session, args: list[bytes]) -> Any:
+        name = args[1].decode("utf-8", "replace")
+        node = parse_int(args[2], ERR_NOT_INTEGER)
+        await self._check_running(node)
+        return await self.node.config_write(encode_add_node(name, node))
+
+    async def cmd_remove_node(self, session: Session, args: list[bytes]) -> Any:
+        name = args[1].decode("utf-8", "replace")
+        node = parse_int(args[2], ERR_NOT_INTEGER)
+        await self.node.config_write(encode_remove_node(name, node))
+        return OK
+
+    async def cmd_shards(self, session: Session, args: list[bytes]) -> Any:
+        await self.node.service.barrier(CONFIG_GROUP)
+        config = self.node.config
+        owned: dict[int, int] = {}
+        for first, last, sid in config.ranges:
+            owned[sid] = owned.get(sid, 0) + last - first + 1
+        return [{b"shard": sid, b"members": list(shard.members), b"slots": owned.get(sid, 0)}
+                for sid, shard in sorted(config.shards.items())]
 
     async def cmd_keyspace_list(self, session: Session, args: list[bytes]) -> Any:
         await self.node.service.barrier(CONFIG_GROUP)

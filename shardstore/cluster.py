@@ -13,6 +13,7 @@ are msgpack maps with an "op":
   first committed wins). Result: True if this entry made the map.
 - OP_KEYSPACE {name, nodes, shards, replicas}: a new keyspace (shardstore/keyspaces.py)
   on nodes that serve none yet, with its own shards and slot map; the epoch goes up;
+  OP_NODE_ADD / OP_NODE_REMOVE: a node joins or leaves a keyspace (keyspaces.py);
 - "move.*" ops: slot moves (shardstore/moves.py: begin, step, end, finish), their records
   in `moves`; OP_END changes the slot map and each of begin and end raises the epoch.
 - OP_NAME {id, name}: node `id` is called `name` in CLUSTER NODES/SLOTS/SHARDS;
@@ -47,8 +48,10 @@ from shardstore.keyspaces import (
     ERR_KEYSPACE_EXISTS,
     ERR_KEYSPACE_NUMBERS,
     ERR_NODE_TAKEN,
+    NODE_OPS,
     OP_KEYSPACE,
     Keyspace,
+    apply_node_op,
     check_name,
 )
 from shardstore.moves import Move
@@ -268,6 +271,8 @@ class ConfigMachine:
                                     int(entry["term"]))
             if entry["op"] == OP_KEYSPACE:
                 return self._keyspace(entry)
+            if entry["op"] in NODE_OPS:  # a node joins or leaves a keyspace
+                return apply_node_op(self.config, entry, self.catalog, Shard)
             if str(entry["op"]).startswith(moves_ops.OP_PREFIX):
                 hooks = TableMoveHooks(self.catalog, self.config.moves)  # range-table rows
                 return moves_ops.apply_move(self.config, entry, hooks)

@@ -13,12 +13,24 @@ redis-cli -c and redis-py's RedisCluster use unchanged.
 Keyspaces are made when the cluster is made (`serve --keyspace name=ids`, the first
 configuration entry) or later by `KEYSPACE.CREATE name node... [SHARDS n] [REPLICAS r]`
 (OP_KEYSPACE), whose nodes must serve no keyspace yet; `KEYSPACE.LIST` lists them.
+
+Membership, online (shardstore/admin.py's add-node and remove-node drive it):
+- OP_NODE_ADD {keyspace, node}: a node serving no keyspace joins one; it gets a new shard
+  with no slots (its first member, so its preferred leader; as many replicas as the
+  keyspace's shards have, the others on its least loaded nodes), which `rebalance` then
+  moves slots to. The result is the new shard's id;
+- OP_NODE_REMOVE {keyspace, node}: the node leaves; refused while a shard it is a member
+  of owns slots or ranges of a range table (move them first: remove-node does) and for
+  the keyspace's last node. Its shards, empty, are retired: they leave every keyspace
+  (RETIRED) with no members, so every node closes them and their ids are never reused.
+Both raise the epoch. Whoever proposes them checks first that the node is running
+(shardstore/admin_commands.py), as KEYSPACE.CREATE does.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,8 +39,9 @@ import msgpack
 from shardstore.catalog import DEFAULT_KEYSPACE
 
 __all__ = [
-    "DEFAULT_KEYSPACE", "ERR_KEYSPACE_SYNTAX", "OP_KEYSPACE", "Keyspace", "encode_keyspace",
-    "parse_create_keyspace", "parse_keyspace_option",
+    "DEFAULT_KEYSPACE", "ERR_KEYSPACE_SYNTAX", "NODE_OPS", "OP_KEYSPACE", "OP_NODE_ADD",
+    "OP_NODE_REMOVE", "RETIRED", "Keyspace", "apply_node_op", "encode_add_node",
+    "encode_keyspace", "encode_remove_node", "parse_create_keyspace", "parse_keyspace_option",
 ]
 
 OP_KEYSPACE = "keyspace.create"
@@ -40,6 +53,16 @@ ERR_KEYSPACE_EXISTS = "ERR keyspace {!r} exists"
 ERR_NODE_TAKEN = "ERR node {} serves keyspace {!r} already (a node serves one keyspace)"
 ERR_KEYSPACE_NUMBERS = "ERR a keyspace needs 1..16384 shards and 1..{} replicas"
 ERR_OPTION = "--keyspace wants NAME=ID,ID,... (got {!r})"
+OP_NODE_ADD = "keyspace.addnode"
+OP_NODE_REMOVE = "keyspace.removenode"
+NODE_OPS = (OP_NODE_ADD, OP_NODE_REMOVE)
+RETIRED = ""  # the keyspace of a retired shard: none
+ERR_NO_KEYSPACE = "ERR no keyspace {!r}"
+ERR_NOT_MEMBER = "ERR node {} does not serve keyspace {!r}"
+ERR_HOLDS_SLOTS = ("ERR node {} still holds slots of shard {}: move them to shards "
+                   "without it first (`shardstore admin remove-node` does)")
+ERR_HOLDS_ROWS = "ERR node {} still holds ranges of table {!r} (shard {})"
+ERR_LAST_NODE = "ERR node {} is the last node of keyspace {!r}"
 
 
 @dataclass
@@ -115,3 +138,63 @@ def parse_keyspace_option(text: str) -> tuple[str, tuple[int, ...]]:
     if not sep or not nodes or min(nodes) < 1 or len(set(nodes)) != len(nodes):
         raise ValueError(ERR_OPTION.format(text))
     return name, nodes
+
+
+def encode_add_node(keyspace: str, node: int) -> bytes:
+    return msgpack.packb({"op": OP_NODE_ADD, "keyspace": keyspace, "node": node})
+
+
+def encode_remove_node(keyspace: str, node: int) -> bytes:
+    return msgpack.packb({"op": OP_NODE_REMOVE, "keyspace": keyspace, "node": node})
+
+
+def apply_node_op(config: Any, entry: dict[str, Any], catalog: Any,
+                  make_shard: Callable[[int, int, list[int], str], Any]) -> Any:
+    """Apply OP_NODE_ADD or OP_NODE_REMOVE (see the module header) to `config` (a
+    cluster.ClusterConfig); `make_shard(id, group, members, keyspace)` builds a Shard.
+    The result, or the reply's error text."""
+    name, node = str(entry["keyspace"]), int(entry["node"])
+    space = config.spaces.get(name)
+    if space is None:
+        return ERR_NO_KEYSPACE.format(name)
+    if entry["op"] == OP_NODE_ADD:
+        return _add_node(config, space, node, make_shard)
+    return _remove_node(config, space, node, catalog)
+
+
+def _add_node(config: Any, space: Keyspace, node: int,
+              make_shard: Callable[[int, int, list[int], str], Any]) -> Any:
+    taken = config.keyspace_of_node(node)
+    if taken is not None:
+        return ERR_NODE_TAKEN.format(node, taken)
+    shards = [s for s in config.shards.values() if s.keyspace == space.name]
+    replicas = max((len(s.members) for s in shards), default=1)
+    load = {n: sum(1 for s in shards if n in s.members) for n in space.nodes}
+    others = sorted(space.nodes, key=lambda n: (load[n], n))[:replicas - 1]
+    sid = max(config.shards, default=0) + 1
+    config.shards[sid] = make_shard(sid, sid, [node, *others], space.name)
+    space.nodes = sorted([*space.nodes, node])
+    config.epoch += 1
+    return sid
+
+
+def _remove_node(config: Any, space: Keyspace, node: int, catalog: Any) -> Any:
+    if node not in space.nodes:
+        return ERR_NOT_MEMBER.format(node, space.name)
+    if space.nodes == [node]:
+        return ERR_LAST_NODE.format(node, space.name)
+    leaving = [s for s in config.shards.values()
+               if s.keyspace == space.name and node in s.members]
+    owners = {sid for _, _, sid in space.ranges}
+    for shard in leaving:
+        if shard.shard_id in owners:
+            return ERR_HOLDS_SLOTS.format(node, shard.shard_id)
+    for table in getattr(catalog, "tables", {}).values():
+        held = set(getattr(table, "shards", ())) & {s.shard_id for s in leaving}
+        if held:
+            return ERR_HOLDS_ROWS.format(node, table.name, min(held))
+    for shard in leaving:
+        shard.keyspace, shard.members = RETIRED, []
+    space.nodes = [n for n in space.nodes if n != node]
+    config.epoch += 1
+    return True

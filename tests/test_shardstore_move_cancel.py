@@ -203,14 +203,15 @@ async def _cancel_mid_move(cluster: LoopCluster) -> None:
     hold = Hold(cluster)
     move_id = await client.execute_command("SHARDSTORE.MOVE", 1, 2, "SLOTS",
                                            f"{moving[0]}-{moving[-1]}")
-    await _until(lambda: all(n.config.moves[move_id].cursor is not None
+    await _until(lambda: all(move_id in n.config.moves
+                             and n.config.moves[move_id].cursor is not None
                              for n in cluster.nodes), "the first batch")
     admin = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "shardstore", "admin", "--node", f"{host}:{port}", "move",
         "cancel", str(move_id), cwd=ROOT, stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE)
-    await _until(lambda: cluster.nodes[0].config.moves[move_id].state == STATE_CANCEL,
-                 "the cancel")
+    await _until(lambda: all(n.config.moves[move_id].state == STATE_CANCEL
+                             for n in cluster.nodes), "the cancel")
     hold.copies.set()
     await asyncio.wait_for(hold.failed.wait(), CANCEL_S)
     leader = _config_leader(cluster)

@@ -27,10 +27,11 @@ the entry is every command's: each is answered `-UNKNOWN ...`.
 While a shard has no leader the service answers `-TRYAGAIN ...`; a write whose outcome is
 unknown (the leader lost under it, a timeout) is answered `-UNKNOWN ...`, which clients do
 not resend by themselves as they resend TRYAGAIN (the write may have been applied). Keys
-a move has fenced in their shard (shardstore/fences.py) are refused with `-TRYAGAIN` too: a
-write when it is applied, a read after the barrier; once the move ends the slot map sends
-MOVED to the new owner (redis-py's RedisCluster and redis-cli -c follow it; redis-py
-retries TRYAGAIN).
+a move has fenced in their shard (shardstore/fences.py) are refused there: a write when it
+is applied, a read after the barrier; the refusal is answered `-ASK` to the target when
+the copy has taken the keys, else `-TRYAGAIN`, and `-MOVED` once the move has ended
+(shardstore/asking.py, which also serves a command sent under ASKING to the target).
+redis-py's RedisCluster and redis-cli -c follow ASK and MOVED; redis-py retries TRYAGAIN.
 The slot-editing CLUSTER subcommands (SETSLOT, ADDSLOTS, ...) are refused with a clear
 error: slots move by `shardstore admin reshard`, not by `redis-cli --cluster reshard`.
 The CLUSTER container (SLOTS SHARDS NODES INFO MYID KEYSLOT COUNTKEYSINSLOT

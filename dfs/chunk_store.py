@@ -145,6 +145,17 @@ class ChunkStore:
         self._remove_files(chunk, replica.version)
         return True
 
+    def open_data(self, chunk: int, version: int) -> int | None:
+        """A read-only descriptor of the data file of (chunk, version), or None when that
+        replica is not held here (the caller closes it)."""
+        replica = self.replicas.get(chunk)
+        if replica is None or replica.version != version:
+            return None
+        try:
+            return os.open(self._path(chunk, version, DATA), os.O_RDONLY)
+        except FileNotFoundError:
+            return None  # deleted just now
+
     def read(self, chunk: int, offset: int, length: int) -> bytes:
         """`length` bytes from `offset` (fewer at the end), every block checked.
         KeyError when the replica is not here; ChecksumError on damage."""

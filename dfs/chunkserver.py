@@ -16,6 +16,8 @@ Strategy:
   past the lease (SIGSTOP, a long GC) and forwards what it held afterwards.
   A PUT that fails before its END has arrived reads and drops the rest of its frames
   first, so the writer reads the error reply rather than a reset connection.
+- A client on this host may read a replica's file itself through a descriptor this server
+  passes it (short-circuit local reads, dfs/chunk_local.py), checking the same checksums.
 - Reads check every block's checksum (the store does); on a mismatch the replica is
   dropped here, the reader gets ERR_CHECKSUM (and fails over), and the next heartbeat
   reports it as bad so the master re-replicates it from a good copy.
@@ -46,6 +48,7 @@ import xxhash
 
 from core.storage import DataDirLock, atomic_write, read_file
 from dfs import chunk_wire as wire
+from dfs.chunk_local import LocalReadServer
 from dfs.chunk_net import ReplyError, check_reply, read_frame, write_frame
 from dfs.chunk_store import ChecksumError, ChunkStore, ChunkWriter
 from dfs.client_master import AsyncMasterLink, DfsError
@@ -92,6 +95,7 @@ class ChunkServer:
         self._tasks: list[asyncio.Task[None]] = []
         self._copies: set[asyncio.Task[None]] = set()
         self._report_now = asyncio.Event()  # a replica arrived: report it at once
+        self.local: LocalReadServer | None = None  # short-circuit reads (dfs/chunk_local.py)
 
     async def start(self, host: str, port: int) -> None:
         """Listen, then start the heartbeat and the scrubber."""
@@ -100,6 +104,8 @@ class ChunkServer:
         self.port = self._server.sockets[0].getsockname()[1]
         if not self.config.advertise:
             self.config.advertise = f"{host}:{self.port}"
+        self.local = LocalReadServer(self.store, self.config.advertise)
+        self.local.start()
         self._tasks = [asyncio.create_task(self._heartbeats()),
                        asyncio.create_task(self._scrubber())]
 
@@ -107,6 +113,8 @@ class ChunkServer:
         """Stop listening and the loops; release the data directory."""
         if self._server is not None:
             self._server.close()
+        if self.local is not None:
+            self.local.stop()
         for task in [*self._tasks, *self._copies]:
             task.cancel()
         await asyncio.gather(*self._tasks, *self._copies, return_exceptions=True)

@@ -7,11 +7,13 @@
             assert f.read() == b"hello"
 
 Metadata goes to the masters over RESP with failover (dfs/client_master.py); bulk data
-straight to the chunk servers on the data path's framing (dfs/client_io.py says how writes
-and reads go, fail over and report bad replicas). `open` returns a standard buffered binary
-file (io.BufferedReader / io.BufferedWriter over the raw chunk streams), so anything that
-takes a binary file takes it; a file of any size streams through, holding at most one chunk
-(`chunk_size`, 64 MiB by default) in memory while writing.
+straight to the chunk servers on the data path's framing, or for a replica on this host
+from its file through a descriptor its chunk server passes (`short_circuit`, on by default;
+dfs/client_io.py says how writes and reads go, fail over and report bad replicas). `open`
+returns a standard buffered binary file (io.BufferedReader / io.BufferedWriter over the
+raw chunk streams), so anything that takes a binary file takes it; a file of any size
+streams through, holding at most one chunk (`chunk_size`, 64 MiB by default) in memory
+while writing.
 
 The asyncio client runs the blocking calls in a worker thread each (asyncio.to_thread):
 the event loop is never blocked, and its file objects have the same methods as coroutines.
@@ -66,7 +68,8 @@ class DfsClient:
 
     def __init__(self, masters: Sequence[Node] | str, *, password: str | None = None,
                  chunk_size: int = DEFAULT_CHUNK_SIZE, deadline_s: float = 30.0,
-                 data_timeout_s: float = DATA_TIMEOUT_S, username: str | None = None) -> None:
+                 data_timeout_s: float = DATA_TIMEOUT_S, username: str | None = None,
+                 short_circuit: bool = True) -> None:
         if chunk_size < 1:
             raise ValueError(ERR_CHUNK_SIZE)
         # With a username the masters see a dfs user (AUTH username password).
@@ -74,6 +77,7 @@ class DfsClient:
                                  username=username)
         self.chunk_size = chunk_size
         self.data_timeout_s = data_timeout_s
+        self.short_circuit = short_circuit  # read replicas on this host from their files
         # One write lease for every file this client writes, renewed on its own link.
         self.leases = LeaseRenewer(lambda: MasterLink(masters, password=password,
                                                       deadline_s=deadline_s,
@@ -103,7 +107,8 @@ class DfsClient:
         if version is not None and mode != "rb":
             raise ValueError(ERR_VERSION_MODE)
         if mode == "rb":
-            raw = ChunkReader(self.master, path, self.data_timeout_s, version)
+            raw = ChunkReader(self.master, path, self.data_timeout_s, version,
+                              self.short_circuit)
             return io.BufferedReader(raw, BUFFER_BYTES)  # type: ignore[return-value]
         if mode == "wb":
             writer = ChunkWriter(self.master, path, self.chunk_size, self.data_timeout_s,

@@ -24,7 +24,10 @@ finalizer (of `WriteFile`, the buffered file `DfsClient.open` returns, and of th
 publish a half-written file nor wait on unreachable masters; the temporary file is left to
 the master's abandoned-write reaper (`--abandoned-write-ms`).
 
-Reading. FS.LOCATE gives each chunk's version, size and replicas. A read asks one replica
+Reading. FS.LOCATE gives each chunk's version, size and replicas. A replica on this host
+is read from its file directly (short-circuit, dfs/chunk_local.py: the chunk server passes
+an open descriptor, every block is still checked against its checksum), into the caller's
+buffer; any other is asked over TCP. A read asks one replica
 for at most PIECE_BYTES; on an error (unreachable, no such version, a checksum mismatch:
 the server checks every block) it fails over to the next replica, and a checksum mismatch
 is reported to the master (FS.BADREPLICA) so the bad copy is replaced. When every replica
@@ -42,6 +45,7 @@ from typing import Any
 import xxhash
 
 from dfs import chunk_wire as wire
+from dfs.chunk_local import LocalReads
 from dfs.chunk_net import ReplyError, SyncLink, check_reply
 from dfs.chunks import WRITING_SUFFIX
 from dfs.client_lease import LeaseRenewer, WriteLease
@@ -224,7 +228,7 @@ class ChunkReader(io.RawIOBase):
     """Reads the file at `path` (see the module header); seekable."""
 
     def __init__(self, master: MasterLink, path: str, timeout_s: float,
-                 version: int | None = None) -> None:
+                 version: int | None = None, short_circuit: bool = True) -> None:
         super().__init__()
         self.master = master
         self.path = path
@@ -232,6 +236,7 @@ class ChunkReader(io.RawIOBase):
         self.timeout_s = timeout_s
         self.position = 0
         self._links: dict[str, SyncLink] = {}
+        self._local = LocalReads(timeout_s) if short_circuit else None
         self._locate()
 
     def _locate(self) -> None:
@@ -270,10 +275,9 @@ class ChunkReader(io.RawIOBase):
         index = self._chunk_at(self.position)
         offset = self.position - self.starts[index]
         want = min(len(buffer), PIECE_BYTES, self.chunks[index][2] - offset)
-        data = self._fetch(index, offset, want)
-        memoryview(buffer).cast("B")[:len(data)] = data
-        self.position += len(data)
-        return len(data)
+        count = self._fetch(index, offset, memoryview(buffer).cast("B")[:want])
+        self.position += count
+        return count
 
     def readall(self) -> bytes:
         """The rest of the file, read PIECE_BYTES at a time (io's default asks 8 KiB)."""
@@ -289,21 +293,38 @@ class ChunkReader(io.RawIOBase):
                 return index
         return 0
 
-    def _fetch(self, index: int, offset: int, length: int) -> bytes:
+    def _fetch(self, index: int, offset: int, view: memoryview) -> int:
+        """Fill `view` with the chunk's bytes from `offset`, failing over (module header)."""
         errors: list[str] = []
         for round_ in range(MAX_LOCATE_ROUNDS):
             chunk, version, _size, where = self.chunks[index]
             for address in where:
                 try:
-                    return self._get(address, chunk, version, offset, length)
+                    return self._read(address, chunk, version, offset, view)
                 except (OSError, ReplyError, wire.FrameError) as exc:
                     errors.append(f"{address}: {exc}")
                     self._drop(address)
+                    if self._local is not None:
+                        self._local.forget(address, chunk, version)
                     if "checksum" in str(exc):
                         self._report_bad(chunk, address)
             time.sleep(RETRY_PAUSE_S * (round_ + 1))
             self._locate()
         raise OSError(ERR_READ_FAILED.format(self.path, index, "; ".join(errors[-3:])))
+
+    def _read(self, address: str, chunk: int, version: int, offset: int,
+              view: memoryview) -> int:
+        """One replica's bytes into `view`: from its file when it is local, else over TCP."""
+        local = None if self._local is None else self._local.replica(address, chunk, version)
+        if local is not None:
+            count = local.read_into(offset, view)
+        else:
+            data = self._get(address, chunk, version, offset, len(view))
+            count = len(data)
+            view[:count] = data
+        if count != len(view):
+            raise ConnectionError(f"short read from {address}")
+        return count
 
     def _get(self, address: str, chunk: int, version: int, offset: int, length: int) -> bytes:
         link = self._links.get(address)
@@ -332,4 +353,6 @@ class ChunkReader(io.RawIOBase):
     def close(self) -> None:
         for address in list(self._links):
             self._drop(address)
+        if self._local is not None:
+            self._local.close()
         super().close()

@@ -5,7 +5,9 @@ digest is refused everywhere; a read of a flipped byte is an error naming the bl
 the replica is dropped; bad requests get a clear error and the connection is closed; a
 lease that ran out fails the write, and the chain carries the lease's time left to every
 secondary (which checks it the same way); an unexpected error in a heartbeat is logged
-and the heartbeats go on. And the heartbeat report's parser (hypothesis): any
+and the heartbeats go on; a client on the same host reads a replica's file through the
+descriptor the server passes (short-circuit), every block checked, and falls back to TCP
+where there is no local server. And the heartbeat report's parser (hypothesis): any
 msgpack value is taken or refused with ValueError/KeyError/TypeError, nothing else.
 """
 
@@ -27,6 +29,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dfs import chunk_wire as wire
+from dfs.chunk_local import OP_OPEN, LocalReads, LocalReadServer
 from dfs.chunk_net import ReplyError, SyncLink, check_reply
 from dfs.chunk_placement import Placement
 from dfs.chunks import ChunkTable
@@ -227,6 +230,61 @@ def test_the_heartbeats_go_on_after_an_unexpected_error(tmp_path: Path) -> None:
 
     asyncio.run(run())
     assert len(calls) >= 2
+
+
+def test_a_local_client_reads_the_replica_file_and_checks_every_block(
+        servers: Running) -> None:
+    data = os.urandom(3 * 65536 + 100)
+    address = servers.address(0)
+    put(address, 21, 1, [], data)
+    local = LocalReads(HANG_S)
+    try:
+        replica = local.replica(address, 21, 1)
+        assert replica is not None and replica.size == len(data)
+        whole = bytearray(len(data))
+        assert replica.read_into(0, memoryview(whole)) == len(data) and whole == data
+        part = bytearray(1000)  # not on block boundaries: through a scratch buffer
+        assert replica.read_into(65_000, memoryview(part)) == 1000
+        assert part == data[65_000:66_000]
+        with pytest.raises(ReplyError, match="no chunk 21 version 2"):
+            local.replica(address, 21, 2)
+        assert local.replica("127.0.0.1:1", 21, 1) is None  # no local server: TCP
+        put(address, 22, 1, [], data)
+        kept = local.replica(address, 22, 1)
+        servers.servers[0].store.delete(22)  # a descriptor outlives the file's name
+        assert kept is not None and kept.read_into(0, memoryview(whole)) == len(data)
+        assert whole == data
+        path = servers.servers[0].store.dir / "21_1.data"
+        raw = bytearray(path.read_bytes())
+        raw[65_536 + 7] ^= 1
+        path.write_bytes(bytes(raw))
+        with pytest.raises(ReplyError, match="checksum mismatch in chunk 21 block 1"):
+            replica.read_into(0, memoryview(whole))
+    finally:
+        local.close()
+
+
+@given(st.dictionaries(st.sampled_from(["op", "chunk", "version", "x"]),
+                       st.one_of(st.integers(-2, 2**70), st.text(max_size=6),
+                                 st.sampled_from([OP_OPEN, "get"]), st.none(),
+                                 st.lists(st.integers(), max_size=2)), max_size=4))
+@settings(max_examples=200, deadline=None)
+def test_any_local_request_is_answered_or_refused(header: dict[str, Any]) -> None:
+    class Store:
+        def get(self, chunk: int) -> None:
+            return None
+
+        def open_data(self, chunk: int, version: int) -> None:
+            return None
+
+    server = LocalReadServer(Store(), "127.0.0.1:9")  # type: ignore[arg-type]
+    a, b = socket.socketpair()
+    with a, b:
+        server._answer(a, header)
+        reader = wire.FrameReader()
+        reader.feed(b.recv(1 << 16))
+        frame = reader.next_frame()
+    assert frame is not None and "err" in frame.header
 
 
 @pytest.mark.parametrize(("header", "error"), [

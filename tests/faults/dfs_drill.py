@@ -12,8 +12,8 @@ tests/faults/dfs_checks.py.
    outcome is wholly applied or not at all (a file is in exactly one allowed place).
 2. Stale primary: a file is rewritten over and over while another client reads it; the
    first chunk server of its chunk (the primary) is SIGSTOPped past the master's dead time
-   (past the 60 s lease too in a long round) and SIGCONTed. Checked: no read returns stale
-   bytes or bytes never written.
+   and past the write lease (the masters' --lease-ms is LEASE_MS here), then SIGCONTed.
+   Checked: no read returns stale bytes or bytes never written.
 3. Membership under load: writers and readers run while a fifth chunk server joins, then
    while `dfs admin decommission` drains one of the first four (it returns once the
    server holds no chunk), which is then stopped for good. Checked: no read or write fails.
@@ -40,7 +40,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from dfs.client import DfsClient
-from tests.dfs_cluster import DfsCluster, eventually
+from tests.dfs_cluster import DEAD_MS, DfsCluster, eventually
 from tests.faults import dfs_checks as checks
 from tests.faults import netns
 from tests.faults.checkers import CheckResult
@@ -55,9 +55,8 @@ WRITERS = 3
 MIN_STORM_S = 5.0
 KILL_EVERY_S = 3.0
 DOWN_S = 1.0  # how long a killed master stays down
-STOP_PAST_DEAD_S = 3.0  # the chunk server's pause beyond the master's dead time (2 s)
-LEASE_S = 60.0  # dfs/chunk_placement.py's DEFAULT_LEASE_MS: a long round pauses past it
-LONG_ROUND_S = 120.0  # rounds at least this long pause the primary past the lease
+LEASE_MS = 2000  # the masters' --lease-ms: the stopped primary is paused past it
+STOP_PAST_S = 3.0  # the pause beyond the master's dead time (2 s) and the lease
 LOAD_S = 3.0  # load before and after the new server joins
 READ_HANG_S = 60.0  # a read after a loss that has not succeeded by then is a failure
 SETTLE_S = 2.0  # reads and writes go on this long after the SIGCONT
@@ -74,7 +73,7 @@ class Round:
         self.seed = seed
         self.duration_s = duration_s
         self.workdir = workdir
-        self.cluster = DfsCluster(workdir, chunkservers=4)
+        self.cluster = DfsCluster(workdir, chunkservers=4, lease_ms=LEASE_MS)
         self.recorder = Recorder()
         self.acked: dict[str, str] = {}  # path -> digest, files acknowledged at their place
         self.lock = threading.Lock()
@@ -188,7 +187,7 @@ def stale_primary(r: Round) -> CheckResult:
         for t in threads:
             t.start()
         time.sleep(1.0)
-        pause_s = STOP_PAST_DEAD_S + (LEASE_S if r.duration_s >= LONG_ROUND_S else 0.0)
+        pause_s = STOP_PAST_S + max(DEAD_MS, LEASE_MS) / 1000
         r.fault("pause", f"SIGSTOP primary {primary} for {pause_s:.0f} s")
         victim.signal(signal.SIGSTOP)
         time.sleep(pause_s)

@@ -10,7 +10,7 @@ arena of kvcache/_kvarena.pyx.
 """
 
 from libc.stdint cimport int64_t, uint8_t, uint32_t, uint64_t
-from libc.string cimport memcpy
+from libc.string cimport memcpy, memset
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.mem cimport PyMem_Free, PyMem_Malloc
 
@@ -64,6 +64,23 @@ cdef int _decimal(char* w, uint64_t n) noexcept:
     for i in range(count):
         w[1 + i] = digits[count - 1 - i]
     return count + 1
+
+
+cdef bint _plain_number(const char* p, Py_ssize_t n, uint64_t* out) noexcept:
+    """The common stored counter: 1 to 19 digits from the first byte, then the end or a C
+    whitespace byte (what safe_strtoull reads the same way, see kvcache/numbers.py);
+    False for anything else (signs, leading spaces, 20 digits and more)."""
+    cdef Py_ssize_t i = 0
+    cdef uint64_t value = 0
+    while i < n and i < 20 and p[i] >= 48 and p[i] <= 57:
+        value = value * 10 + <uint64_t>(p[i] - 48)
+        i += 1
+    if i == 0 or i >= 20:
+        return False
+    if i < n and p[i] != 32 and not (9 <= p[i] <= 13):
+        return False
+    out[0] = value
+    return True
 
 
 cdef bytes _value_reply(Rec* r):
@@ -127,13 +144,14 @@ cdef class Storage(Lru):
     stats=None, slabs=None)`."""
 
     # counters a plain get or set moves, written in C (kvcache/counters.py: HOT_COUNTERS)
-    cdef long long[::1] hot, get_hits, set_cmds
+    cdef long long[::1] hot, get_hits, set_cmds, incr_hits, decr_hits
     cdef long long[::1] hits_to_hot, hits_to_warm, hits_to_cold  # [mcls], by segment
 
     def __cinit__(self, *args, **kwargs):
         stats = self.stats
         slab = stats.slab
         self.hot, self.get_hits, self.set_cmds = stats.hot, slab.get_hits, slab.set_cmds
+        self.incr_hits, self.decr_hits = slab.incr_hits, slab.decr_hits
         self.hits_to_hot, self.hits_to_warm, self.hits_to_cold = (
             slab.hits_to_hot, slab.hits_to_warm, slab.hits_to_cold)
 
@@ -394,17 +412,50 @@ cdef class Storage(Lru):
         return self._view(ref) if ref else None
 
     def delta(self, bytes key not None, bint incr, delta, uint64_t cas=0, pinned=()):
-        """do_add_delta (see the pure twin): in place unless the item is `pinned`."""
+        """do_add_delta (see the pure twin): in place unless the item is `pinned`. The
+        common value (up to 19 digits, then nothing or whitespace) is read and rewritten
+        in C; any other value takes the pure twin's reader, parse_u64_prefix."""
         cdef uint32_t ref = self._find(key)
         cdef Rec* r
+        cdef int64_t ntotal
+        cdef uint64_t number, d
+        cdef char digits[24]
+        cdef int width
+        cdef char* value
         if ref == 0:
             return Delta(Outcome.NOT_FOUND, 0, None, False)
         r = rec_at(self.a.base, ref)
-        ntotal = item_ntotal(r.nkey, r.flags, r.nvalue, self.use_cas)
-        if r.nvalue == 0 or self.slabs.chunked(ntotal):
+        ntotal = self.ntotal_fixed + r.nkey + r.nvalue + (4 if r.flags else 0)
+        if r.nvalue == 0 or ntotal > self.slabs.chunk_max:
             return Delta(Outcome.NON_NUMERIC, 0, None, False)
         if cas and cas != r.cas:
             return Delta(Outcome.EXISTS, 0, None, False)
+        value = key_of(r) + r.nkey
+        if not _plain_number(value, r.nvalue, &number) or not 0 <= delta <= U64_MASK:
+            return self._delta_slow(key, ref, incr, delta, pinned)
+        d = delta
+        if incr:
+            number += d  # wraps at 2**64, as memcached's does
+        else:
+            number = number - d if d <= number else 0
+        if incr:
+            self.incr_hits[self._mclsid(r.nkey, r.flags, r.nvalue)] += 1
+        else:
+            self.decr_hits[self._mclsid(r.nkey, r.flags, r.nvalue)] += 1
+        width = _decimal(digits, number) - 1  # digits[0] is _decimal's leading space
+        if width <= r.nvalue and (not pinned or self._view(ref) not in pinned):
+            memcpy(value, digits + 1, width)
+            memset(value + width, 32, r.nvalue - width)
+            r.cas = self._stamp()
+            self._refresh(ref)
+            return Delta(Outcome.STORED, number, self._view(ref), True)
+        outcome, new = self._store_new(key, PyBytes_FromStringAndSize(digits + 1, width),
+                                       r.flags, r.exptime, 0, ref)
+        return Delta(outcome, number, new, False)
+
+    cdef object _delta_slow(self, bytes key, uint32_t ref, bint incr, delta, pinned):
+        # the pure twin's steps, for values _plain_number does not read
+        cdef Rec* r = rec_at(self.a.base, ref)
         view = self._view(ref)
         number = parse_u64_prefix(view.value)
         if number is None:
@@ -413,11 +464,10 @@ cdef class Storage(Lru):
             number = (number + delta) & U64_MASK
         else:
             number = number - delta if delta <= number else 0
-        cls = self.slabs.clsid(ntotal)
         if incr:
-            self.stats.slab.incr_hits[cls] += 1
+            self.incr_hits[self._mclsid(r.nkey, r.flags, r.nvalue)] += 1
         else:
-            self.stats.slab.decr_hits[cls] += 1
+            self.decr_hits[self._mclsid(r.nkey, r.flags, r.nvalue)] += 1
         text = b"%d" % number
         if len(text) <= r.nvalue and view not in pinned:
             padded = text.ljust(r.nvalue)

@@ -343,3 +343,34 @@ def test_twins_agree_while_pages_move(pages: int, ops: list[tuple]) -> None:
         assert state(native.s) == state(pure.s), (number, op)
     check_hits_add_up(pure.s)
     check_tail_ages(pure.s)
+
+
+counter_texts = st.one_of(
+    st.integers(0, 10**19 - 1).map(lambda n: b"%d" % n),
+    st.integers(0, 2**64 - 1).map(lambda n: b"%d" % n),
+    st.tuples(st.integers(0, 10**6), st.integers(0, 5)).map(  # padded, as a decr leaves it
+        lambda t: b"%d" % t[0] + b" " * t[1]),
+    st.tuples(st.sampled_from([b"", b" ", b"+", b"-", b"0000", b"\t"]),
+              st.integers(0, 2**64 - 1),
+              st.sampled_from([b"", b" ", b"\t", b"\n", b"\x0b", b"\x0c", b"\r", b"x",
+                               b"\x00", b"1"])).map(lambda t: t[0] + b"%d" % t[1] + t[2]),
+    st.binary(min_size=1, max_size=24),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(text=counter_texts, incr=st.booleans(), amount=numbers, pin=st.booleans(),
+       use_cas=st.booleans())
+def test_twins_read_and_rewrite_counters_alike(text: bytes, incr: bool, amount: int,
+                                               pin: bool, use_cas: bool) -> None:
+    """incr/decr over the value shapes safe_strtoull reads (and those it refuses): the
+    native twin's C reader for plain digits and its fallback agree with the pure twin."""
+    pure, native = Driver(storage_pure, 1 << 20, use_cas), Driver(NATIVE, 1 << 20, use_cas)
+    for driver in (pure, native):
+        driver.step(("store", Mode.SET, b"c", text, 0, 0, 0, False, False))
+        if pin:
+            driver.step(("pin", b"c"))
+    for _ in range(2):  # the second one reads what the first one wrote
+        expected = observe(pure.step(("delta", b"c", incr, amount, 0)))
+        assert observe(native.step(("delta", b"c", incr, amount, 0))) == expected
+        assert state(native.s) == state(pure.s)

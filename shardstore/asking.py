@@ -125,9 +125,9 @@ class Asking:
         machine = self.node.machines.get(shard.shard_id)
         if machine is None:
             raise CommandError(ERR_ASKING_TIMEOUT.format(shard.shard_id))
-        for refusal in (machine.refuse_unimported(args), machine.refuse_request(args)):
-            if refusal is not None:
-                raise refusal
+        refusal = machine.refuse_unimported(args)  # as a write under ASKING is judged
+        if refusal is not None:
+            raise refusal
         reply = self.node.layer.execute_read(machine.store, self.node.now_ms(), args)
         if isinstance(reply, CommandError):
             raise reply

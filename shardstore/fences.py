@@ -239,8 +239,9 @@ class Fences:
 
     def unimported(self, keys: Iterable[bytes]) -> int | None:
         """For a command under ASKING: the id of a move whose copy into here has not
-        passed one of `keys` yet (0: no copy into here holds the key), None if the copy
-        of every key is here."""
+        passed one of `keys` yet (0: no copy into here holds the key), or of a later move
+        that fenced it here again, None if the copy of every key is here (a fence of an
+        earlier move out of here does not count: the copy supersedes it)."""
         for key in keys:
             covering = [(mid, imp) for mid, imp in self.imports.items() if key in imp.keys]
             if not covering:
@@ -248,6 +249,9 @@ class Fences:
             mid, imp = max(covering, key=lambda pair: pair[0])
             if not imp.passed(key):
                 return mid
+            later = [fmid for fmid, fenced in self.fenced if fmid > mid and key in fenced]
+            if later:  # moved out again since: that fence wins
+                return max(later)
         return None
 
     def _prune_imports(self) -> None:

@@ -31,7 +31,8 @@ A command's keys (`keys_of(args)`, from the command table) are checked against t
 when it is applied, so every replica refuses the same entries; so is FLUSHALL while a move
 is moving keys of the shard (fences.Fences.flush_refusal). A command entry routed
 ROUTE_ASKING (sent under Redis Cluster's ASKING to the target of a move) is applied only
-if the move's copy into this shard has passed each of its keys (fences.Fences.unimported).
+if the move's copy into this shard has passed each of its keys (fences.Fences.unimported),
+whatever fence an earlier move out of this shard left on them: the copy supersedes it.
 
 The writes of all the entries of one `apply` call gather in a `BatchKV` (later entries read
 what earlier ones wrote) and reach the engine as one atomic batch carrying the last index:
@@ -285,9 +286,10 @@ class ShardMachine:
 
     def _command(self, kv: BatchKV, index: int, now_ms: int, args: list[bytes],
                  ranged: bool, asking: bool = False) -> Any:
-        reply = self.refuse_request(list(args), ranged=ranged)
-        if reply is None and asking:
+        if asking:  # the copy into here decides, not a fence left by a move out of here
             reply = self.refuse_unimported(list(args), kv)
+        else:
+            reply = self.refuse_request(list(args), ranged=ranged)
         if reply is None and args and bytes(args[0]).upper() in FLUSH_COMMANDS:
             reply = self.refuse_flush(kv)
         try:

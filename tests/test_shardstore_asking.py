@@ -84,6 +84,25 @@ def test_a_copy_never_overwrites_a_write_made_under_asking(tmp_path: Path) -> No
     target.engine.close()
 
 
+def test_asking_passes_an_older_fence_but_not_a_newer_one(tmp_path: Path) -> None:
+    keys = KeySet.of_slots([key_slot(b"a")])
+    wire = keys.to_wire()
+    shard = _shard(tmp_path / "t")  # keys moved out (move 3), then copied back in (move 5)
+    replies = [decode_reply(r) for r in shard.apply([
+        (1, encode_move(KIND_FREEZE, 1_000, 3, wire)),
+        (2, _copy(5, keys, [[b"a", b"1", 0]], None, b"a")),
+        (3, _asking_set(b"a", b"2")),  # the copy supersedes move 3's fence
+        (4, _set(b"a", b"stale")),  # not under ASKING: still refused by it
+        (5, encode_move(KIND_FREEZE, 1_000, 8, wire)),  # moved out again
+        (6, _asking_set(b"a", b"3")),
+    ])]
+    assert not isinstance(replies[2], CommandError)
+    assert isinstance(replies[3], CommandError) and isinstance(replies[5], CommandError)
+    assert "(move 8)" in replies[5].message
+    assert shard.engine.get(b"a")[0].endswith(b"2")
+    shard.engine.close()
+
+
 def test_a_batch_after_a_gap_writes_but_does_not_move_the_walk(tmp_path: Path) -> None:
     keys = KeySet.of_slots(key_slot(k) for k in (b"a", b"x"))
     fences = Fences()

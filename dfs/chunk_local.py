@@ -3,18 +3,18 @@
 Strategy (HDFS's short-circuit local reads, with its descriptor passing): every chunk server
 also listens on a Unix socket in Linux's abstract namespace, named after its data-path
 address (`local_name`), so a client that knows the address finds it with no setting, and
-only a client on the same host (and network namespace) can reach it. The client sends
-{op: "open", chunk, version}; the server answers with the replica's size and the checksums
-of its 64 KiB blocks in a frame header, and passes an open read-only descriptor of the data
-file with it (SCM_RIGHTS, socket.send_fds). The client needs no permission on the data
-directory, and a file the server deletes afterwards stays readable through the descriptor:
-the bytes of the version it asked for, whose checksums it holds (a version's bytes never
-change once installed). The client then reads with pread, straight into the caller's
-buffer when the range covers whole blocks, and checks every block it returns against its
-checksum, exactly as the server checks a GET: a mismatch is ERR_CHECKSUM (the reader fails
-over and reports the replica). When there is no such socket (another host, another
-namespace, an older server) the reader uses the TCP data path, as it does for anything that
-goes wrong here before bytes are returned.
+only a client on the same host (and network namespace) can reach it. The client sends {op:
+"open", chunk, version}; the server answers with the replica's size and the checksums of its
+64 KiB blocks (and their name) in a frame header, and passes an open read-only descriptor of
+the data file with it (SCM_RIGHTS, socket.send_fds). The client needs no permission on the
+data directory, and a file the server deletes afterwards stays readable through the
+descriptor: the bytes of the version it asked for, whose checksums it holds (a version's
+bytes never change once installed). The client then reads with pread, straight into the
+caller's buffer when the range covers whole blocks, and checks every block it returns
+against its checksum, exactly as the server checks a GET: a mismatch is ERR_CHECKSUM (the
+reader fails over and reports the replica). When there is no such socket (another host,
+another namespace, an older server) the reader uses the TCP data path, as it does for
+anything that goes wrong here before bytes are returned.
 
 The server side runs in threads (one accepting, one per client connection), because
 asyncio's streams cannot pass descriptors; it only reads the store's index.
@@ -28,11 +28,9 @@ import socket
 import threading
 from typing import Any, Final
 
-import xxhash
-
 from dfs import chunk_wire as wire
 from dfs.chunk_net import ReplyError, check_reply
-from dfs.chunk_store import BLOCK_BYTES, ChunkStore
+from dfs.chunk_store import BLOCK_BYTES, BLOCK_HASHES, ChunkStore, Replica
 
 __all__ = ["LocalReadServer", "LocalReads", "LocalReplica", "OP_OPEN", "local_name"]
 
@@ -120,7 +118,8 @@ class LocalReadServer:
             self._refuse(conn, wire.ERR_NO_CHUNK.format(chunk, version, self.address))
             return
         try:
-            reply = {"ok": True, "size": replica.size, "sums": replica.sums}
+            reply = {"ok": True, "size": replica.size, "sums": replica.sums,
+                     "hash": replica.hash}
             socket.send_fds(conn, [b"".join(wire.encode_frame(reply))], [fd])
         finally:
             os.close(fd)
@@ -132,14 +131,14 @@ class LocalReadServer:
 # -- the client's side ------------------------------------------------------------------------
 
 class LocalReplica:
-    """An open replica: its descriptor, size and block checksums. `read_into` checks every
-    block it returns."""
+    """An open replica: its descriptor and the store's `Replica` (size, block checksums).
+    `read_into` checks every block it returns."""
 
-    def __init__(self, fd: int, chunk: int, size: int, sums: list[int], address: str) -> None:
+    def __init__(self, fd: int, replica: Replica, address: str) -> None:
         self.fd = fd
-        self.chunk = chunk
-        self.size = size
-        self.sums = sums
+        self.replica = replica
+        self.chunk = replica.chunk
+        self.size = replica.size
         self.address = address
 
     def read_into(self, offset: int, view: memoryview) -> int:
@@ -166,7 +165,7 @@ class LocalReplica:
             raise OSError(f"short read of chunk {self.chunk} on {self.address}")
         for n, block in enumerate(range(first, first + -(-len(target) // BLOCK_BYTES))):
             piece = target[n * BLOCK_BYTES:(n + 1) * BLOCK_BYTES]
-            if xxhash.xxh64_intdigest(piece) != self.sums[block]:
+            if not self.replica.check(block, piece):
                 raise ReplyError(wire.ERR_CHECKSUM.format(self.chunk, block, self.address))
 
     def close(self) -> None:
@@ -214,8 +213,13 @@ class LocalReads:
             for fd in fds:
                 os.close(fd)
             return None
-        replica = LocalReplica(fds[0], chunk, int(header["size"]),
-                               [int(s) for s in header["sums"]], address)
+        hash_name = str(header.get("hash"))
+        if hash_name not in BLOCK_HASHES:
+            os.close(fds[0])
+            return None
+        replica = LocalReplica(fds[0], Replica(chunk, version, int(header["size"]),
+                                               [int(s) for s in header["sums"]], hash_name),
+                               address)
         self._open[key] = replica
         return replica
 

@@ -1,7 +1,9 @@
 """A chunk server's chunks on disk: one data file and one checksum file per chunk replica.
 
 Strategy: chunk `c` at version `v` is `chunks/c_v.data` (the bytes) beside `chunks/c_v.meta`
-(msgpack: version, size, and the xxh64 of every 64 KiB block of the data). A replica is
+(msgpack: version, size, the checksum of every 64 KiB block of the data, and the name of
+that checksum: "xxh3", the xxh3_64 of the block, for every replica written now; a meta file
+without a name, as written before, holds xxh64 checksums and is still read). A replica is
 written to `c_v.part` first; `finish` checks its size and whole-chunk digest, fsyncs it,
 renames it to `.data`, then writes the `.meta` atomically (core/storage.atomic_write:
 temporary file, fsync, rename, directory fsync). So a replica exists exactly when its meta
@@ -22,9 +24,10 @@ from __future__ import annotations
 import os
 import shutil
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import msgpack
 import xxhash
@@ -34,6 +37,10 @@ from core.storage import atomic_write, fsync_dir
 __all__ = ["BLOCK_BYTES", "ChecksumError", "ChunkStore", "ChunkWriter", "Replica"]
 
 BLOCK_BYTES = 64 * 1024  # one checksum per block
+BLOCK_HASH = "xxh3"  # new replicas' block checksum: xxh3_64, several times xxh64's speed
+OLD_BLOCK_HASH = "xxh64"  # meta files with no checksum name
+BLOCK_HASHES: dict[str, Callable[[Any], int]] = {
+    "xxh3": xxhash.xxh3_64_intdigest, "xxh64": xxhash.xxh64_intdigest}
 DATA, META, PART = ".data", ".meta", ".part"
 ERR_SIZE = "chunk {} arrived with {} bytes, the writer announced {}"
 ERR_DIGEST = "chunk {} arrived damaged: digest {:x} != {:x}"
@@ -56,6 +63,11 @@ class Replica:
     version: int
     size: int
     sums: list[int]
+    hash: str = BLOCK_HASH  # the name of the block checksum (BLOCK_HASHES)
+
+    def check(self, block: int, data: Any) -> bool:
+        """True when `data` (the bytes of block number `block`) matches its checksum."""
+        return BLOCK_HASHES[self.hash](data) == self.sums[block]
 
 
 def _name(chunk: int, version: int) -> str:
@@ -85,10 +97,12 @@ class ChunkStore:
 
     def _load(self, meta: Path) -> None:
         try:
-            version, size, sums = msgpack.unpackb(meta.read_bytes())
+            version, size, sums, *named = msgpack.unpackb(meta.read_bytes())
+            hash_name = named[0] if named else OLD_BLOCK_HASH
             chunk = int(meta.stem.split("_")[0])
             data = self._path(chunk, version, DATA)
-            usable = data.exists() and data.stat().st_size == size
+            usable = (data.exists() and data.stat().st_size == size
+                      and hash_name in BLOCK_HASHES)
         except (ValueError, TypeError, msgpack.UnpackException, OSError):
             usable = False
         if not usable:
@@ -100,7 +114,7 @@ class ChunkStore:
             return
         if held is not None:
             self._remove_files(chunk, held.version)
-        self.replicas[chunk] = Replica(chunk, version, size, list(sums))
+        self.replicas[chunk] = Replica(chunk, version, size, list(sums), hash_name)
 
     def _path(self, chunk: int, version: int, suffix: str) -> Path:
         return self.dir / (_name(chunk, version) + suffix)
@@ -169,7 +183,7 @@ class ChunkStore:
             data = f.read((last + 1 - first) * BLOCK_BYTES)
         for block in range(first, last + 1):
             start = (block - first) * BLOCK_BYTES
-            if xxhash.xxh64_intdigest(data[start:start + BLOCK_BYTES]) != replica.sums[block]:
+            if not replica.check(block, data[start:start + BLOCK_BYTES]):
                 raise ChecksumError(chunk, block)
         skip = offset - first * BLOCK_BYTES
         return data[skip:skip + end - offset]
@@ -196,7 +210,8 @@ class ChunkStore:
     def _install(self, replica: Replica, part: Path) -> None:
         os.replace(part, self._path(replica.chunk, replica.version, DATA))
         atomic_write(self._path(replica.chunk, replica.version, META),
-                     msgpack.packb([replica.version, replica.size, replica.sums]))
+                     msgpack.packb([replica.version, replica.size, replica.sums,
+                                    replica.hash]))
         fsync_dir(self.dir)
         with self._lock:
             old = self.replicas.get(replica.chunk)
@@ -216,7 +231,7 @@ class ChunkWriter:
         self.fd = os.open(self.part, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         self.size = 0
         self.sums: list[int] = []
-        self._block = xxhash.xxh64()
+        self._block = xxhash.xxh3_64()
         self._in_block = 0
         self._digest = xxhash.xxh3_64()
 
@@ -238,7 +253,7 @@ class ChunkWriter:
             view = view[take:]
             if self._in_block == BLOCK_BYTES:
                 self.sums.append(self._block.intdigest())
-                self._block, self._in_block = xxhash.xxh64(), 0
+                self._block, self._in_block = xxhash.xxh3_64(), 0
 
     def finish(self, size: int, digest: int) -> Replica:
         """Check size and digest, fsync, install (see the module header). ValueError when
@@ -256,7 +271,7 @@ class ChunkWriter:
             raise
         os.close(self.fd)
         self.fd = -1
-        replica = Replica(self.chunk, self.version, self.size, self.sums)
+        replica = Replica(self.chunk, self.version, self.size, self.sums, BLOCK_HASH)
         self.store._install(replica, self.part)
         return replica
 

@@ -335,3 +335,13 @@ def test_any_report_is_taken_or_refused_cleanly(report: Any) -> None:
     except (ValueError, KeyError, TypeError):
         return
     assert set(reply) == {"delete", "copy"}
+
+
+README = ("A client on a chunk server's host reads that server's replicas from their files, "
+          "through a descriptor the server passes it over a Unix socket (short-circuit reads, "
+          "as in HDFS), and checks every block itself.")
+
+
+def test_the_readme_says_what_the_short_circuit_test_checks() -> None:
+    text = " ".join((Path(__file__).parent.parent / "README.md").read_text().split())
+    assert README in text  # test_a_local_client_reads_the_replica_file_and_checks_every_block

@@ -15,6 +15,7 @@ import sys
 import threading
 from pathlib import Path
 
+import msgpack
 import pytest
 import xxhash
 from hypothesis import given, settings
@@ -105,6 +106,25 @@ def test_store_reads_back_and_checks_every_block(tmp_path: Path) -> None:
     assert not store.verify(7)
     reopened = ChunkStore(tmp_path).open()  # the index comes back from the meta files
     assert reopened.report() == [[7, 1, len(data)]]
+
+
+def test_a_replica_with_xxh64_block_sums_from_before_still_reads(tmp_path: Path) -> None:
+    store = ChunkStore(tmp_path).open()
+    data = os.urandom(2 * BLOCK_BYTES + 5)
+    _write(store, 8, 3, data)
+    meta = store.dir / "8_3.meta"
+    assert msgpack.unpackb(meta.read_bytes())[3] == "xxh3"  # new replicas name theirs
+    old_sums = [xxhash.xxh64_intdigest(data[i:i + BLOCK_BYTES])
+                for i in range(0, len(data), BLOCK_BYTES)]
+    meta.write_bytes(msgpack.packb([3, len(data), old_sums]))  # the format before names
+    reopened = ChunkStore(tmp_path).open()
+    assert reopened.read(8, 0, len(data)) == data
+    path = reopened.dir / "8_3.data"
+    raw = bytearray(path.read_bytes())
+    raw[BLOCK_BYTES + 1] ^= 1
+    path.write_bytes(bytes(raw))
+    with pytest.raises(ChecksumError):
+        reopened.read(8, BLOCK_BYTES, 10)
 
 
 def test_the_index_is_reported_while_a_thread_installs_replicas(

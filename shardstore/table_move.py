@@ -76,6 +76,7 @@ __all__ = ["ERR_MOVE_SYNTAX", "TableMoveCommands", "make_plan", "move_status", "
 
 ERR_MOVE_SYNTAX = "ERR syntax: TABLE.MOVE table keyspace"
 ERR_NO_SHARDS = "ERR keyspace {!r} has no shards"
+ERR_NO_TARGETS = "ERR a plan needs the target keyspace's shards"
 STEP_OPS = {"TABLE.MOVE.REVERSE": OP_MOVE_REVERSE, "TABLE.MOVE.CANCEL": OP_MOVE_CANCEL,
             "TABLE.MOVE.FINISH": OP_MOVE_FINISH}
 
@@ -102,7 +103,7 @@ def make_plan(table: Table, targets: Sequence[int]) -> list[tuple[int, int, int,
     the `targets` (the target keyspace's shards) stays there, the others take them
     round-robin; ValueError when there are none."""
     if not targets:
-        raise ValueError("no target shards")
+        raise ValueError(ERR_NO_TARGETS)
     return [(low, high, sid, sid if sid in targets else targets[i % len(targets)])
             for i, (low, high, sid) in enumerate(table.ranges())]
 
@@ -178,15 +179,20 @@ class TableMoveCommands:
             name, keyspace = parse_move(args)
         except CatalogError as exc:
             raise CommandError(str(exc)) from None
+        await self.node.service.barrier()  # the catalog as of every committed change
         table = self._table(name)
         if table.moving is not None and table.moving.target == keyspace:
             plan = table.moving.plan  # the same move again: begin what is left
         else:
             full = self.node.full_config
+            known = set(full.spaces) or {catalog_mod.DEFAULT_KEYSPACE}
+            if keyspace not in known:
+                raise CommandError(catalog_mod.ERR_NO_KEYSPACE.format(
+                    keyspace, ", ".join(sorted(known))))
             targets = sorted(sid for sid, s in full.shards.items() if s.keyspace == keyspace)
-            if not targets and keyspace in full.spaces:
+            if not targets:
                 raise CommandError(ERR_NO_SHARDS.format(keyspace))
-            plan = make_plan(table, targets or [0])  # an unknown keyspace: apply says so
+            plan = make_plan(table, targets)
         await self.node.service.write(msgpack.packb(
             {"op": OP_MOVE, "name": name, "keyspace": keyspace, "plan": plan}))
         return await self._after_write(name)

@@ -200,6 +200,11 @@ async def _move_under_writes(spaces: KeyspaceCluster) -> None:
     assert await node.execute_command("TABLE.CREATE", "orders", "RANGE", "DATE", "SPLITS",
                                       "2026-11", "2026-12") == b"OK"
     assert await node.execute_command("TABLE.SPLIT", "orders", "2027-01") == b"OK"
+    assert await node.execute_command("TABLE.CREATE", "carts", "HASH") == b"OK"
+    for words, text in ((("orders", "sales"), "no such keyspace 'sales'"),
+                        (("carts", "users"), "RANGE tables only")):
+        with pytest.raises(redis.ResponseError, match=text):
+            await node.execute_command("TABLE.MOVE", *words)
     await _until(lambda: all(len(n.config_machine.catalog.tables.get("orders", Table(
         "x")).shards) == 4 for n in spaces.nodes), "the split everywhere")
     writer = Writer([spaces.nodes[0].settings.advertise])

@@ -182,18 +182,22 @@ class Asking:
         move = self.node.config.moves.get(move_id)
         keys = self.node.keys_of(args)
         if move is None or move.keys.kind != KIND_SLOTS or not keys \
-                or move.state == STATE_CANCEL:
+                or move.state == STATE_CANCEL or move.cancelled:
             return error
         if move.state == STATE_COPY and not all(map(move.copied_past, keys)):
             return error
-        address = self._master_address(move.target)
-        if address is None:
-            return error
         slot = key_slot(keys[0])
         if move.state == STATE_COPY:
+            address = self._master_address(move.target)
+            if address is None:
+                return error
             self.asks += 1
             return CommandError(ASK.format(slot, address))
-        return CommandError(cluster.moved(slot, address))  # ended: the map is behind here
+        owner = self.node.config.shard_of_slot(slot)  # ended: the owner now, as we know it
+        ended_at = move.target if owner is None or owner.shard_id == move.source \
+            else owner.shard_id
+        address = self._master_address(ended_at)
+        return error if address is None else CommandError(cluster.moved(slot, address))
 
     def _master_address(self, shard_id: int) -> str | None:
         view = self.node.view()

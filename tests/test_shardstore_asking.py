@@ -211,6 +211,16 @@ async def _ask_during_move(cluster: LoopCluster) -> None:
     gate.set()
     await _until_finished(admin, move_id)
     await _dbsize_sum(cluster, len(hot))
+    node = cluster.nodes[0]  # a fence's refusal seen after the move: MOVED to the owner
+    await _until(lambda: all(n.config.moves[move_id].state == "done" for n in cluster.nodes),
+                 "the end everywhere")
+    moved = node.commands.asking.redirect(CommandError(ERR_FENCED.format(move_id)),
+                                          [b"GET", taken[0].encode()])
+    slot = key_slot(taken[0].encode())
+    assert moved.message.startswith(f"MOVED {slot} "), moved.message
+    assert moved.message.split()[2] in {f"{h}:{p}" for h, p in
+                                         (n.settings.listen for n in cluster.nodes
+                                          if 2 in n.machines)}
     assert await rc.get(taken[0]) == b"written-under-asking"
     assert await rc.get(taken[-1]) == b"by-redis-cli"
     for key in hot:

@@ -6,7 +6,8 @@ from the file, a new follower receives it into a file and restores from a reader
 checked on `SNAPSHOT_BUFFERS`, the largest buffer any snapshot reader, writer or receiver
 held (never on RSS or time); a machine that returns one blob is the contrast. A crash
 while a snapshot is written (an error in the machine's writing, or SIGKILL) leaves the
-previous snapshot usable. The snapshot file's header is fuzzed with hypothesis.
+previous snapshot usable, and a flipped byte fails the digest. The snapshot file's header
+and the driver's data format are fuzzed with hypothesis.
 """
 
 from __future__ import annotations
@@ -27,10 +28,23 @@ from hypothesis import strategies as st
 
 from core.raft import EntryType, HardState, Ready
 from core.raft.disk import SNAPSHOT_NAME, DiskStorage
+from core.raft.errors import RaftError
 from core.raft.host import HostConfig, RaftHost
 from core.raft.messages import Entry
-from core.raft.snapshot_file import SnapshotFile, SnapshotReader, SnapshotSink, data_bytes
-from core.raft.snapshot_hooks import StreamedSnapshot, restores_from_reader
+from core.raft.snapshot_file import (
+    SnapshotFile,
+    SnapshotFormatError,
+    SnapshotReader,
+    SnapshotSink,
+    data_bytes,
+    open_reader,
+)
+from core.raft.snapshot_hooks import (
+    DATA_MAGIC,
+    StreamedSnapshot,
+    open_driver_data,
+    restores_from_reader,
+)
 from core.raft.snapshot_source import SNAPSHOT_BUFFERS, FileSource, read_file_header
 from core.raft.snapshot_wire import DEFAULT_CHUNK_BYTES
 from tests.conftest import find_free_port
@@ -268,3 +282,28 @@ def test_a_written_snapshot_file_reads_back(tmp_path: Path, index: int, term: in
     handle, stored_voters = found
     assert handle == written and stored_voters == tuple(voters)
     assert data_bytes(handle) == data
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.one_of(st.binary(max_size=300),
+                 st.binary(max_size=300).map(lambda b: DATA_MAGIC + b)))
+def test_any_bytes_as_driver_data_decode_or_raise_the_raft_error(raw: bytes) -> None:
+    try:
+        book, rest = open_driver_data(open_reader(raw))
+    except RaftError:
+        return
+    assert isinstance(book, dict) and rest.remaining >= 0
+
+
+def test_a_flipped_byte_in_a_snapshot_file_fails_its_digest_when_read(tmp_path: Path) -> None:
+    disk = _storage_with_a_snapshot(tmp_path)
+    data = disk.snapshot().data
+    disk.close()
+    assert isinstance(data, SnapshotFile)
+    with open(data.path, "r+b") as f:
+        f.seek(data.offset + 100)
+        byte = f.read(1)
+        f.seek(data.offset + 100)
+        f.write(bytes([byte[0] ^ 1]))
+    with pytest.raises(SnapshotFormatError):
+        data.read_all()

@@ -22,6 +22,7 @@ OP_EXPIRE, OP_RETRY, OP_DONE_MANY = "expire", "retry", "done_many"
 OP_BEAT, OP_LOSE, OP_MEMBER = "beat", "lose", "member"
 OP_FIRE_MANY = "fire_many"
 OP_ANCHOR = "anchor"  # the leader stamps an `@in` job's anchor (see `encode_add`)
+OP_MISFIRE = "misfire"  # a fired attempt no worker took within its misfire deadline
 DEFAULT_CLAIM = 16  # runs one claim hands to one worker that does not say how many
 # ... and at most, whatever it asks for: a worker with async handlers may take a whole
 # second's burst of 1,000 runs in one claim (one Raft round) instead of one per 64
@@ -80,20 +81,27 @@ def encode_run(name: str, now_ms: int, workers: Sequence[str] = ()) -> bytes:
 
 
 def claim_fields(worker: str, tags: Sequence[str], now_ms: int, limit: int = DEFAULT_CLAIM,
-                 resync: bool = False,
-                 handlers: Sequence[str] | None = None) -> dict[str, Any]:
+                 resync: bool = False, handlers: Sequence[str] | None = None,
+                 ahead: int | None = None) -> dict[str, Any]:
     """A worker's claim of up to `limit` FIRED runs it can take (see scheduler.state): its
-    advert is `tags` and, for an embedded worker, `handlers` (scheduler/routing.py)."""
+    advert is `tags` and, for an embedded worker, `handlers` (scheduler/routing.py). With
+    `ahead`, `limit` counts only runs due by `now_ms`, and up to `ahead` runs whose slot is
+    later (fired ahead) are claimed besides; without it (an older worker) every run counts
+    against `limit`."""
     fields = {"worker": worker, "tags": list(tags), "now_ms": now_ms, "max": limit,
               "resync": resync}
     if handlers is not None:
         fields["handlers"] = sorted(handlers)
+    if ahead is not None:
+        fields["ahead"] = ahead
     return fields
 
 
 def encode_claim(worker: str, tags: Sequence[str], now_ms: int, limit: int = DEFAULT_CLAIM,
-                 resync: bool = False, handlers: Sequence[str] | None = None) -> bytes:
-    return _pack(op=OP_CLAIM, **claim_fields(worker, tags, now_ms, limit, resync, handlers))
+                 resync: bool = False, handlers: Sequence[str] | None = None,
+                 ahead: int | None = None) -> bytes:
+    return _pack(op=OP_CLAIM, **claim_fields(worker, tags, now_ms, limit, resync, handlers,
+                                             ahead))
 
 
 def encode_done(name: str, run_id: str, exit_code: int, message: str, now_ms: int,
@@ -114,7 +122,7 @@ def encode_done_many(results: Sequence[Result], now_ms: int,
 
 
 def encode_attempt(op: str, record: RunRecord, now_ms: int) -> bytes:
-    """OP_EXPIRE or OP_RETRY of the current attempt of `record`."""
+    """OP_EXPIRE, OP_RETRY or OP_MISFIRE of the current attempt of `record`."""
     return _pack(op=op, job=record.job, run_id=record.run_id, attempt=record.attempt,
                  now_ms=now_ms)
 

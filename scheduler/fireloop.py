@@ -72,7 +72,7 @@ WAIT_RECHECK_MS = 100  # a job no worker can take is looked at again this often
 
 # the window covers committing a burst of runs due in one millisecond and handing them to
 # workers, with room for a slow fsync or GC pause (bench/README.md has the figures)
-DEFAULT_FIRE_AHEAD_MS = 200
+DEFAULT_FIRE_AHEAD_MS = 1500
 MAX_FIRE_AHEAD_MS = 10_000
 
 ERR_UNAVAILABLE = ERR_TRYAGAIN  # (core.raft_service's TRYAGAIN text)
@@ -101,6 +101,9 @@ class FiringLoop:
         self._jobs_changed = asyncio.Event()
         self._runs_checked = 0.0  # loop time of the last _expire_and_retry
         self._leading_since_ms = 0  # wall time this node's firing loop last took over
+        # worker -> (its replicated last-heard time, this node's monotonic time when it saw
+        # that value): a worker is called lost only once silent by this clock too
+        self._heard_seen: dict[str, tuple[int, float]] = {}
         # many jobs' run records make a full GC collection a long pause of the loop; records
         # are acyclic, so survivors are frozen out of its reach
         self._gc: GcFreezer | None = None
@@ -158,6 +161,7 @@ class FiringLoop:
                     await self._group().read_barrier()
                     caught_up_term = term
                     self._leading_since_ms = self.clock.wall_ms()
+                    self._heard_seen = {}  # (every worker gets a timeout from now on)
                     self.planner.refresh(self.state, force=True)
                     log.info("leading in term %d: firing loop running", term)
                 self._anchor_pending()
@@ -297,13 +301,30 @@ class FiringLoop:
         # lost: heartbeats sent while no leader could commit them (an election, a whole-
         # cluster restart) are missing from the replicated last-heard times.
         settled = now - self._leading_since_ms >= self.worker_timeout_ms
-        entries = self.state.due_entries(now, self.worker_timeout_ms if settled else None)
+        entries = self.state.due_entries(now, self.worker_timeout_ms if settled else None,
+                                         self._silent_here())
         if entries and self.leads():
             results = await asyncio.gather(*(self._group().execute(e) for e in entries),
                                            return_exceptions=True)
             for result in results:
                 if isinstance(result, BaseException):
                     raise result
+
+    def _silent_here(self) -> frozenset[str]:
+        """The workers whose replicated last-heard time has not moved for the worker timeout
+        by this node's monotonic clock. `lose` entries are proposed only for them: the
+        entries' times are wall clocks, and a leader whose wall clock jumped forward would
+        otherwise find a worker that keeps heartbeating silent and retry its running
+        attempt elsewhere (the fault drill's clock jump)."""
+        mono = self.clock.monotonic()
+        seen = self._heard_seen
+        for worker, heard in self.state.workers.items():
+            if seen.get(worker, (None, 0.0))[0] != heard:
+                seen[worker] = (heard, mono)
+        if len(seen) > len(self.state.workers):
+            self._heard_seen = seen = {w: seen[w] for w in self.state.workers}
+        limit = self.worker_timeout_ms / 1000
+        return frozenset(w for w, (_, at) in seen.items() if mono - at >= limit)
 
     async def _sleep_until_next(self) -> None:
         now = self.clock.wall_ms()

@@ -45,6 +45,7 @@ class ParkedPoll:
     limit: int
     eager: bool = False  # runs wait for it already: the loop should not wait for a fire
     handlers: list[str] | None = None  # an embedded worker's (scheduler/routing.py)
+    ahead: int | None = None  # runs fired ahead it takes besides (entries.claim_fields)
     runs: asyncio.Future[RunDicts] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future())
     taken: bool = False
@@ -60,8 +61,8 @@ class ParkedPolls:
         self._waiting: list[ParkedPoll] = []
 
     def park(self, worker: str, tags: list[str], limit: int, eager: bool = False,
-             handlers: list[str] | None = None) -> ParkedPoll:
-        poll = ParkedPoll(worker, tags, limit, eager, handlers)
+             handlers: list[str] | None = None, ahead: int | None = None) -> ParkedPoll:
+        poll = ParkedPoll(worker, tags, limit, eager, handlers, ahead)
         self._waiting.append(poll)
         return poll
 
@@ -82,8 +83,8 @@ class ParkedPolls:
         polls, self._waiting = self._waiting, []
         for poll in polls:
             poll.taken = True
-        return polls, [claim_fields(p.worker, p.tags, now_ms, p.limit, handlers=p.handlers)
-                       for p in polls]
+        return polls, [claim_fields(p.worker, p.tags, now_ms, p.limit, handlers=p.handlers,
+                                    ahead=p.ahead) for p in polls]
 
     @staticmethod
     def resolve(polls: Sequence[ParkedPoll], claimed: Sequence[RunDicts]) -> None:

@@ -36,9 +36,12 @@ from scheduler.jobs import (
 FIRED, STARTED, SUCCEEDED = "fired", "started", "succeeded"
 FAILED, TIMED_OUT, LOST = "failed", "timed_out", "lost"
 KILLED, SKIPPED, RETRY_WAIT = "killed", "skipped", "retry_wait"
-EXPIRED = "expired"  # a one-shot job's slot that passed its misfire deadline unfired
+# a one-shot job's slot that passed its misfire deadline unfired, or a fired attempt that
+# passed it waiting for a worker (event MISFIRE)
+EXPIRED = "expired"
 START, SUCCEED, FAIL, TIME_OUT = "start", "succeed", "fail", "time_out"
 LOSE, KILL, RETRY, FIRE = "lose", "kill", "retry", "fire"
+MISFIRE = "misfire"
 
 # (state, event) -> next state. A run is born FIRED (`fire_run`), SKIPPED (`skipped_run`) or
 # EXPIRED (`expired_run`).
@@ -47,6 +50,7 @@ TRANSITIONS: dict[tuple[str, str], str] = {
     (FIRED, TIME_OUT): TIMED_OUT,  # not started within the timeout
     (FIRED, LOSE): LOST,  # its worker vanished before starting it
     (FIRED, KILL): KILLED,
+    (FIRED, MISFIRE): EXPIRED,  # no worker took it within the job's misfire deadline
     (STARTED, SUCCEED): SUCCEEDED,
     (STARTED, FAIL): FAILED,
     (STARTED, TIME_OUT): TIMED_OUT,
@@ -60,10 +64,10 @@ TRANSITIONS: dict[tuple[str, str], str] = {
 }
 STATES = (FIRED, STARTED, SUCCEEDED, FAILED, TIMED_OUT, LOST, KILLED, SKIPPED, RETRY_WAIT,
           EXPIRED)
-EVENTS = (START, SUCCEED, FAIL, TIME_OUT, LOSE, KILL, RETRY, FIRE)
+EVENTS = (START, SUCCEED, FAIL, TIME_OUT, LOSE, KILL, RETRY, FIRE, MISFIRE)
 ACTIVE = frozenset({FIRED, STARTED, RETRY_WAIT})  # the slot is not done yet
 RETRYABLE = frozenset({FAILED, TIMED_OUT, LOST})
-_FINISH_EVENTS = frozenset({SUCCEED, FAIL, TIME_OUT, LOSE, KILL})
+_FINISH_EVENTS = frozenset({SUCCEED, FAIL, TIME_OUT, LOSE, KILL, MISFIRE})
 
 
 @dataclass(frozen=True)

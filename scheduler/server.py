@@ -174,9 +174,9 @@ class SchedulerServer:
             Command("WORKER.HEARTBEAT", self.workers.cmd_heartbeat, 2, WRITE,
                     summary="WORKER.HEARTBEAT worker_id: the worker is alive; the reply "
                     "names its attempts killed by REPLACE (run_id#attempt)"),
-            Command("WORKER.POLL", self.workers.cmd_poll, -2, WRITE | {"blocking"}, max_arity=8,
-                    summary="WORKER.POLL worker_id [tags [timeout_ms [resync [max_runs "
-                    "[HANDLERS name,...]]]]]"),
+            Command("WORKER.POLL", self.workers.cmd_poll, -2, WRITE | {"blocking"},
+                    max_arity=10, summary="WORKER.POLL worker_id tags timeout_ms resync "
+                    "max_runs SHELL|HANDLERS name,... [AHEAD n]"),
             Command("WORKER.RESULTS", self.workers.cmd_results, -5, WRITE,
                     summary="WORKER.RESULTS run_id exit_code output_tail attempt [...]"),
             Command("WORKER.DONE", self.workers.cmd_done, -3, WRITE, max_arity=5,

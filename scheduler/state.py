@@ -59,6 +59,7 @@ from scheduler.entries import (
     OP_FIRE_MANY,
     OP_LOSE,
     OP_MEMBER,
+    OP_MISFIRE,
     OP_PAUSE,
     OP_RESUME,
     OP_RETRY,
@@ -80,6 +81,7 @@ from scheduler.entries import (
     encode_run,
     fire_fields,
 )
+from scheduler.fired_index import FiredIndex
 from scheduler.jobs import Job
 from scheduler.routing import Advert
 from scheduler.runs import RunRecord
@@ -102,8 +104,8 @@ __all__ = [
     "OP_ANCHOR", "OP_BEAT",
     "OP_CLAIM", "OP_DEL", "OP_DONE", "OP_DONE_MANY", "OP_EXPIRE", "OP_FIRE",
     "OP_FIRE_MANY", "OP_LOSE",
-    "OP_MEMBER", "OP_PAUSE", "OP_RESUME", "OP_RETRY", "OP_RUN", "Result", "encode_add",
-    "encode_anchor",
+    "OP_MEMBER", "OP_MISFIRE", "OP_PAUSE", "OP_RESUME", "OP_RETRY", "OP_RUN", "Result",
+    "encode_add", "encode_anchor",
     "encode_attempt", "encode_beat", "encode_claim", "encode_done", "encode_done_many",
     "encode_fire",
     "encode_fire_many", "fire_fields", "claim_fields", "encode_lose", "encode_member",
@@ -140,7 +142,7 @@ class SchedulerState(SchedulerEntryHandlers, SnapshotSide):
         # whole history. Supersets: a run enters when it fires (or fires a retry) and is
         # dropped when found in another state (`_records`).
         self._active: set[tuple[str, str]] = set()
-        self._fired: set[tuple[str, str]] = set()
+        self._fired = FiredIndex()  # ... in claim order (scheduler/fired_index.py)
         # parent job -> its AFTER children, in the jobs' order (every replica fires them in
         # the same order): each finished run looks up its children instead of every job
         self._children: dict[str, list[str]] = {}

@@ -13,7 +13,7 @@ The entry formats are in scheduler/entries.py.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -34,6 +34,7 @@ from scheduler.entries import (
     OP_FIRE_MANY,
     OP_LOSE,
     OP_MEMBER,
+    OP_MISFIRE,
     OP_PAUSE,
     OP_RESUME,
     OP_RETRY,
@@ -52,6 +53,7 @@ from scheduler.runs import (
     KILL,
     LOSE,
     LOST_PREFIX,
+    MISFIRE,
     RETRY_WAIT,
     RETRYABLE,
     START,
@@ -74,6 +76,9 @@ from scheduler.state_queries import (
     QuerySide,
     _claimable,
     _held,
+    dispatch_item,
+    misfired,
+    ordered_runs,
 )
 
 TIMED_OUT_MESSAGE = "timed out"
@@ -278,7 +283,7 @@ class SchedulerEntryHandlers(QuerySide):
         if record.state in ACTIVE:
             self._active.add((job.name, record.run_id))
         if record.state == FIRED:
-            self._fired.add((job.name, record.run_id))
+            self._fired.add(record)
         while len(runs) > job.history:
             del runs[next(iter(runs))]  # the oldest record goes first
 
@@ -296,20 +301,26 @@ class SchedulerEntryHandlers(QuerySide):
         self._heard(worker, now_ms)
         self._advertise(worker, advert)
         limit = min(int(entry.get("max", DEFAULT_CLAIM)), MAX_CLAIM)
+        ahead = entry.get("ahead")  # None: an older worker's claim, every run counts to max
+        room = [limit, 0 if ahead is None else min(int(ahead), MAX_CLAIM)]  # due, ahead
         out: list[dict[str, Any]] = []
         if resync:
             held = (r for r in self.active_records() if r.state == STARTED and r.worker == worker)
-            out = [_dispatch(self.jobs[r.job], r, now_ms) for r in _ordered(held)]
-        for record in _ordered(self._records(self._fired, (FIRED,))):
-            if len(out) >= limit:
+            out = [dispatch_item(self.jobs[r.job], r, now_ms) for r in ordered_runs(held)]
+            room[0] -= len(out)
+        for record in self._fired.records(self.runs):  # (oldest first, no sort)
+            if room[0] <= 0 and room[1] <= 0:
                 break
+            kind = 1 if ahead is not None and record.slot_ms > now_ms else 0
             job = self.jobs[record.job]
-            if _claimable(record, worker) and can_take(job, advert, self.handler_names):
+            if room[kind] > 0 and _claimable(record, worker) and can_take(
+                    job, advert, self.handler_names):
                 # a run fired ahead starts at its slot: its TIMEOUT counts from there
                 began = max(now_ms, record.slot_ms)
                 record = step(record, START, began, worker=worker)
                 self.runs[job.name][record.run_id] = record
-                out.append(_dispatch(job, record, now_ms))
+                out.append(dispatch_item(job, record, now_ms))
+                room[kind] -= 1
         return out
 
     def _done(self, entry: dict[str, Any]) -> Any:
@@ -382,6 +393,19 @@ class SchedulerEntryHandlers(QuerySide):
         self.runs[job.name][record.run_id] = self._maybe_retry(record)
         return None
 
+    def _misfire(self, entry: dict[str, Any]) -> Any:
+        """A FIRED attempt that no worker took within its job's misfire deadline (checked
+        against the entry's time, `misfired`) is EXPIRED: it never runs, and is not
+        retried. No-op unless still due."""
+        record, job = self._find(entry)
+        if record is None or job is None or not misfired(job, record, entry["now_ms"]):
+            return None
+        late = entry["now_ms"] - max(record.slot_ms, record.fired_ms)
+        message = MSG_WAITED.format(late, job.misfire, job.deadline_s)
+        self.runs[job.name][record.run_id] = step(record, MISFIRE, entry["now_ms"],
+                                                  message=message)
+        return None
+
     def _retry(self, entry: dict[str, Any]) -> Any:
         """A RETRY_WAIT run whose retry time has come fires its next attempt."""
         record, job = self._find(entry)
@@ -392,7 +416,7 @@ class SchedulerEntryHandlers(QuerySide):
         ended = f"attempt {record.attempt - 1}: {record.message}" if record.message else ""
         record = replace(step(record, FIRE, entry["now_ms"]), message=ended[:MAX_MESSAGE_LEN])
         self.runs[job.name][record.run_id] = record
-        self._fired.add((job.name, record.run_id))
+        self._fired.add(record)
         return [record.to_dict()]
 
     def _advertise(self, worker: str, advert: Advert) -> None:
@@ -461,6 +485,7 @@ _HANDLERS = {
     OP_DONE_MANY: SchedulerEntryHandlers._done_many,
     OP_EXPIRE: SchedulerEntryHandlers._expire,
     OP_RETRY: SchedulerEntryHandlers._retry,
+    OP_MISFIRE: SchedulerEntryHandlers._misfire,
     OP_BEAT: SchedulerEntryHandlers._beat,
     OP_LOSE: SchedulerEntryHandlers._lose,
     OP_MEMBER: SchedulerEntryHandlers._member,
@@ -471,20 +496,5 @@ MSG_PAUSED_AHEAD = "the job was paused before its slot"
 MSG_PAUSED_AT_TIME = "expired: the job was paused at its time; not run"
 MSG_EXPIRED = ("expired: {} ms late, past its misfire deadline (MISFIRE {}, DEADLINE {} s); "
                "not run")
-
-
-def _ordered(records: Iterable[RunRecord]) -> list[RunRecord]:
-    """One order every replica agrees on (fired time, then run id), whatever the order of
-    the index sets: so a claim hands out the same runs on each."""
-    return sorted(records, key=lambda r: (r.fired_ms, r.run_id))
-
-
-def _dispatch(job: Job, record: RunRecord, now_ms: int) -> dict[str, Any]:
-    """A claimed run as its worker gets it. start_in_ms: how long after the claim (by the
-    proposer's clock) the worker starts it: its slot, for a run fired ahead."""
-    return {
-        "run_id": record.run_id, "job": job.name, "command": job.command,
-        "slot_ms": record.slot_ms, "attempt": record.attempt, "timeout_s": job.timeout_s,
-        "shard": record.shard, "shards": record.shards,
-        "start_in_ms": max(0, (record.started_ms or now_ms) - now_ms),
-    }
+MSG_WAITED = ("expired: no worker took it for {} ms, past its misfire deadline (MISFIRE {}, "
+              "DEADLINE {} s); not run")

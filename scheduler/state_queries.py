@@ -13,9 +13,12 @@ runs (scheduler/routing.py), or, one-shot, is finished. The helpers at the botto
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
+from typing import Any
 
-from scheduler.entries import OP_EXPIRE, OP_RETRY, encode_attempt, encode_lose
+from scheduler.entries import OP_EXPIRE, OP_MISFIRE, OP_RETRY, encode_attempt, encode_lose
+from scheduler.fired_index import FiredIndex
 from scheduler.jobs import REPLACE, Job
+from scheduler.planning import expired
 from scheduler.routing import Advert, can_take, waiting_reason
 from scheduler.runs import (
     ACTIVE,
@@ -45,7 +48,7 @@ class QuerySide:
     adverts: dict[str, Advert]
     handler_names: frozenset[str]
     _active: set[tuple[str, str]]
-    _fired: set[tuple[str, str]]
+    _fired: FiredIndex
     _children: dict[str, list[str]]
 
     def last_heard(self, record: RunRecord) -> int:
@@ -101,19 +104,32 @@ class QuerySide:
         """Whether a TARGET ALL job runs AFTER `name` (its done entries need workers)."""
         return any(self.jobs[child].broadcast for child in self._children.get(name, ()))
 
-    def due_entries(self, now_ms: int, worker_timeout_ms: int | None = None) -> list[bytes]:
-        """The expire, lose and retry entries the leader should propose at `now_ms`
-        (lose: a STARTED run whose worker was silent for `worker_timeout_ms`)."""
+    def due_entries(self, now_ms: int, worker_timeout_ms: int | None = None,
+                    silent: frozenset[str] | None = None) -> list[bytes]:
+        """The expire, misfire, lose and retry entries the leader should propose at
+        `now_ms` (misfire: `misfired`; lose: a STARTED run whose worker was silent for
+        `worker_timeout_ms`, and is one of `silent` if given: the proposer's own view)."""
         out: list[bytes] = []
+        # (the walk runs every firing turn over thousands of runs fired ahead: each check is
+        # made only where it can be due, and a worker heard within the timeout loses nothing)
+        heard = {} if worker_timeout_ms is None else {
+            w: t for w, t in self.workers.items() if t + worker_timeout_ms > now_ms}
         for record in self.active_records():
-            due = timeout_at_ms(self.jobs[record.job], record)
+            job = self.jobs[record.job]
+            state = record.state
+            due = timeout_at_ms(job, record) if job.timeout_s else None
             if due is not None and due <= now_ms:
                 out.append(encode_attempt(OP_EXPIRE, record, now_ms))
-            elif (worker_timeout_ms is not None and _held(record)
-                  and self.last_heard(record) + worker_timeout_ms <= now_ms):
+            elif state == FIRED and not record.worker and misfired(job, record, now_ms):
+                out.append(encode_attempt(OP_MISFIRE, record, now_ms))
+            elif state == RETRY_WAIT:
+                if (record.retry_at_ms or 0) <= now_ms:
+                    out.append(encode_attempt(OP_RETRY, record, now_ms))
+            elif (worker_timeout_ms is not None and record.worker not in heard
+                  and (silent is None or record.worker in silent
+                       or record.worker not in self.workers)
+                  and _held(record) and self.last_heard(record) + worker_timeout_ms <= now_ms):
                 out.append(encode_lose(record, now_ms, worker_timeout_ms))
-            elif record.state == RETRY_WAIT and (record.retry_at_ms or 0) <= now_ms:
-                out.append(encode_attempt(OP_RETRY, record, now_ms))
         return out
 
     def active_records(self) -> Iterator[RunRecord]:
@@ -138,7 +154,7 @@ class QuerySide:
         return any(
             (_claimable(record, worker) if worker else record.state == FIRED)
             and can_take(self.jobs[record.job], advert, self.handler_names)
-            for record in self._records(self._fired, (FIRED,))
+            for record in self._fired.records(self.runs)
         )
 
     def history(self, name: str, count: int) -> list[RunRecord]:
@@ -147,6 +163,19 @@ class QuerySide:
 
     def active_runs(self) -> int:
         return sum(1 for _ in self.active_records())
+
+
+def misfired(job: Job, record: RunRecord, now_ms: int) -> bool:
+    """Whether a FIRED attempt open to any worker, fired outside the schedule (a retry, a
+    JOB.RUN, an AFTER child), has waited for one past its job's misfire deadline
+    (`planning.expired`), counted from when it fired. It is then recorded EXPIRED and never
+    runs. A scheduled slot's first attempt is left alone: the firing loop fires it only
+    once a live worker can take it (scheduler/routing.py), and its deadline applied then."""
+    if record.state != FIRED or record.worker:
+        return False
+    if not expired(job, max(record.slot_ms, record.fired_ms), now_ms):
+        return False
+    return record.attempt > 1 or job.next_fire(record.slot_ms - 1) != record.slot_ms
 
 
 def _claimable(record: RunRecord, worker: str) -> bool:
@@ -158,3 +187,19 @@ def _held(record: RunRecord) -> bool:
     """An attempt that waits on one worker: started by it, or fired bound to it."""
     return record.state == STARTED or (record.state == FIRED and record.worker != "")
 
+
+def ordered_runs(records: Iterable[RunRecord]) -> list[RunRecord]:
+    """One order every replica agrees on (fired time, then run id), whatever the order of
+    the index sets: so a claim hands out the same runs on each."""
+    return sorted(records, key=lambda r: (r.fired_ms, r.run_id))
+
+
+def dispatch_item(job: Job, record: RunRecord, now_ms: int) -> dict[str, Any]:
+    """A claimed run as its worker gets it. start_in_ms: how long after the claim (by the
+    proposer's clock) the worker starts it: its slot, for a run fired ahead."""
+    return {
+        "run_id": record.run_id, "job": job.name, "command": job.command,
+        "slot_ms": record.slot_ms, "attempt": record.attempt, "timeout_s": job.timeout_s,
+        "shard": record.shard, "shards": record.shards,
+        "start_in_ms": max(0, (record.started_ms or now_ms) - now_ms),
+    }

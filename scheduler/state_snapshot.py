@@ -24,9 +24,10 @@ from functools import partial
 
 import msgpack
 
+from scheduler.fired_index import FiredIndex
 from scheduler.jobs import Job
 from scheduler.routing import Advert, handler_union
-from scheduler.runs import ACTIVE, FIRED, RUN_FIELDS, RunRecord
+from scheduler.runs import ACTIVE, RUN_FIELDS, RunRecord
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,7 +58,7 @@ class SnapshotSide:
     unanchored: set[str]
     jobs_changes: int
     _active: set[tuple[str, str]]
-    _fired: set[tuple[str, str]]
+    _fired: FiredIndex
     _children: dict[str, list[str]]
 
     def snapshot(self) -> bytes:
@@ -103,7 +104,7 @@ class SnapshotSide:
             self.runs[name] = {r.run_id: r for r in runs}
         self._active = {(r.job, r.run_id) for runs in self.runs.values()
                         for r in runs.values() if r.state in ACTIVE}
-        self._fired = {key for key in self._active if self.runs[key[0]][key[1]].state == FIRED}
+        self._fired = FiredIndex(self.runs[job][run_id] for job, run_id in self._active)
 
 
 def _encode(view: _View) -> bytes:

@@ -13,18 +13,22 @@ use fails, it is marked down and the worker moves to another. Polls go to the le
 one is found (CLUSTER.INFO of each node, asked when the poll connection opens, and checked
 at each heartbeat): there a poll waiting for runs is claimed for by the fire entry itself,
 and nothing is forwarded.
-`WORKER.POLL id tags timeout_ms resync max_runs [HANDLERS h1,h2]` returns the runs the
-cluster committed to this worker (a claim: a run is claimed once); max_runs is what its free
-slots can take. The poll is the worker's advert: a shell worker's tags; an embedded
-worker's tags and handler names (`handlers`); the cluster hands each worker only runs it
-can execute (scheduler/routing.py).
+`WORKER.POLL id tags timeout_ms resync max_runs SHELL|HANDLERS h1,h2 AHEAD n` returns the
+runs the cluster committed to this worker (a claim: a run is claimed once). The poll is its
+advert (a shell worker's tags; an embedded worker's tags and handler names): the cluster
+hands each worker only runs it can execute (scheduler/routing.py).
 After any error the next poll asks with resync=1 so runs whose claim reply was lost come
 back; a run id seen before (the same attempt) is never executed again (the last
 MAX_REMEMBERED are kept). Results are queued and sent in batches (WORKER.RESULTS, one Raft
 entry each) over REPORT_CHANNELS connections.
 
-A run the cluster fired ahead of its slot (`scheduler serve --fire-ahead-ms`) is held until
-the slot (`start_delay`) and counts against the worker's slots meanwhile.
+A run fired ahead of its slot (`scheduler serve --fire-ahead-ms`) waits for the slot
+(`start_delay`) without taking a slot of the worker: a poll asks for `max_runs` runs due now
+(the free slots) and, after AHEAD, for the rest of its ahead budget (AHEAD_PER_SLOT runs a
+slot, at most MAX_AHEAD_RUNS); so it holds the fire-ahead window's runs, and starts them on
+time by its own clock while the cluster elects a new leader. Every poll says SHELL or
+HANDLERS (a cluster refuses one that says neither: an older worker); to an older cluster
+the worker falls back to the poll it takes (`_advert_refused`).
 
 An attempt past its TIMEOUT is cancelled (the shell executor then kills its process group)
 and reported as EXIT_TIMED_OUT. The shell executor runs the command through `/bin/sh -c` in
@@ -55,7 +59,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import signal
 import socket
 import time
 import traceback
@@ -67,8 +70,8 @@ from typing import Any
 from core.clock import Clock, SystemClock
 from core.failover import ErrorRules, Verdict
 from core.resp_client import ReplyError
-from scheduler.reaper import process_reaper
 from scheduler.runs import EXIT_ABANDONED
+from scheduler.shell import EXIT_TIMED_OUT, run_command
 from scheduler.worker_links import NodeLinks
 
 log = logging.getLogger("scheduler.worker")
@@ -76,9 +79,9 @@ log = logging.getLogger("scheduler.worker")
 MAX_REMEMBERED = 10_000  # run ids kept to execute each once
 POLL_MS = 1000
 CALL_TIMEOUT_S = 15.0  # above POLL_MS plus a forwarded proposal's timeout
+# a heartbeat or report unanswered this long goes to another node, well within the worker
+SIDE_CALL_TIMEOUT_S = 3.0  # timeout: one waiting on a stale leader got live runs called lost
 RETRY_S = 0.2
-OUTPUT_TAIL_BYTES = 1024
-EXIT_TIMED_OUT = 124  # as timeout(1)
 EXIT_FAILED = 1  # the executor raised
 HEARTBEAT_S = 2.0  # WORKER.HEARTBEAT interval
 REPORT_CHANNELS = 4  # report batches in flight at once: each waits for a Raft commit
@@ -95,6 +98,12 @@ ERR_FENCE = ("--worker-timeout-ms {} leaves no fence margin above --heartbeat-ms
 _RULES = ErrorRules()  # what an error reply means (core/failover.py): TRYAGAIN -> retry
 # how a cluster older than handler adverts answers a poll that carries them (an arity error)
 ERR_OLD_POLL = "ERR wrong number of arguments for 'worker.poll' command"
+# ... and one older than SHELL and AHEAD answers a poll with them (its option error)
+ERR_OLD_OPTIONS = "ERR WORKER.POLL takes HANDLERS name,... after max_runs"
+AHEAD_PER_SLOT = 32  # runs fired ahead a worker holds per slot, waiting for their slots
+MAX_AHEAD_RUNS = 4096  # ... and at most, whatever its slots
+MAX_POLL_AHEAD = 1024  # runs fired ahead one poll asks for (the cluster's MAX_CLAIM)
+NEW_CLUSTER, HANDLERS_ONLY, NO_OPTIONS = 0, 1, 2  # poll options a cluster takes: all, ...
 
 
 @dataclass(frozen=True)
@@ -154,7 +163,7 @@ class Worker:
             raise ValueError("no scheduler address")
         self.executor = executor
         self.handler_names = handlers  # None: a shell worker; else its handlers, advertised
-        self._old_cluster = False  # the cluster refused the handler advert (older version)
+        self._cluster_level = NEW_CLUSTER  # the poll options it takes (_advert_refused)
         self.clock = clock or SystemClock()  # wall time: when a run fired ahead starts
         self.servers = list(servers)
         self.tags = list(tags)
@@ -167,6 +176,8 @@ class Worker:
         self.tasks: set[asyncio.Task[None]] = set()
         self.running: dict[str, asyncio.Task[None]] = {}  # "run_id#attempt" -> its task
         self._held = 0  # runs claimed and not yet executed: a poll asks for the rest
+        self._gated = 0  # ... of which waiting for their slot (fired ahead): no slot taken
+        self.ahead_budget = min(MAX_AHEAD_RUNS, concurrency * AHEAD_PER_SLOT)
         self._freed = asyncio.Event()  # set when a held run ends
         # slot -> the wake-ups of its runs fired ahead, all set by one timer at the slot
         self._gates: dict[int, list[asyncio.Future[None]]] = {}
@@ -174,7 +185,8 @@ class Worker:
         # report never waits behind a long poll and several commit at once (one fsync)
         self.links = NodeLinks(self.servers, FIRST_REPORT + REPORT_CHANNELS, POLL,
                                password=password, call_timeout_s=CALL_TIMEOUT_S,
-                               find_timeout_s=FIND_LEADER_TIMEOUT_S, as_dict=_as_dict)
+                               find_timeout_s=FIND_LEADER_TIMEOUT_S, as_dict=_as_dict,
+                               side_timeout_s=SIDE_CALL_TIMEOUT_S)
         self._results: asyncio.Queue[tuple[tuple[str, int, bytes, int],
                                            asyncio.Future[None]]] = asyncio.Queue()
         self._repick = False  # the node polled no longer leads: reconnect before the next poll
@@ -219,17 +231,21 @@ class Worker:
     async def _heartbeats(self, stop: asyncio.Event) -> None:
         """Tell the cluster this worker is alive, idle or not: a worker silent for the
         cluster's --worker-timeout-ms loses its runs to a retry elsewhere, and only live
-        workers get a shard of a broadcast."""
+        workers get a shard of a broadcast. A failed heartbeat is sent again to the next
+        node at once (after RETRY_S), not a whole interval later."""
+        wait = self.heartbeat_s
         while not stop.is_set():
-            await asyncio.sleep(self.heartbeat_s)
+            await asyncio.sleep(wait)
             try:
                 sent = time.monotonic()
                 killed = await self.call("WORKER.HEARTBEAT", self.worker_id, channel=BEAT)
                 self._answered(sent)
+                wait = self.heartbeat_s
                 await self._check_leader()
             except (OSError, ReplyError, TimeoutError) as exc:
                 log.info("heartbeat failed (%s); trying the next node", exc)
                 self._drop(BEAT)
+                wait = RETRY_S
                 continue
             for key in killed if isinstance(killed, list) else ():  # (old clusters: OK)
                 task = self.running.get(_str(key))
@@ -241,13 +257,13 @@ class Worker:
         resync = True
         while not stop.is_set():
             try:
-                while self._held >= self.concurrency:  # (runs waiting for a slot count)
+                while self._held - self._gated >= self.concurrency:
                     self._freed.clear()
                     await self._freed.wait()
                 if self._repick:  # (between polls: no claim reply can be lost)
                     self._repick = False
                     self._drop(POLL)
-                wanted = self.concurrency - self._held
+                wanted = self.concurrency - (self._held - self._gated)
                 sent = time.monotonic()
                 runs = await self.call("WORKER.POLL", self.worker_id, ",".join(self.tags),
                                        POLL_MS, 1 if resync else 0, wanted,
@@ -274,22 +290,31 @@ class Worker:
             await asyncio.gather(*late, return_exceptions=True)
 
     def _advert_args(self) -> tuple[str, ...]:
-        """The poll's advert beyond its tags: an embedded worker's handler names (none to a
-        cluster older than handler adverts, see `_advert_refused`)."""
-        if self.handler_names is None or self._old_cluster:
+        """The poll's words after max_runs: the advert (SHELL, or an embedded worker's
+        HANDLERS and names) and AHEAD with the room left for runs fired ahead; fewer to a
+        cluster older than them (`_advert_refused`)."""
+        level = self._cluster_level
+        if level == NO_OPTIONS or (level == HANDLERS_ONLY and self.handler_names is None):
             return ()
-        return ("HANDLERS", ",".join(sorted(self.handler_names())))
+        if self.handler_names is None:
+            advert: tuple[str, ...] = ("SHELL",)
+        else:
+            advert = ("HANDLERS", ",".join(sorted(self.handler_names())))
+        if level == HANDLERS_ONLY:
+            return advert
+        room = max(0, min(MAX_POLL_AHEAD, self.ahead_budget - self._gated))
+        return (*advert, "AHEAD", str(room))
 
     def _advert_refused(self, exc: ReplyError) -> bool:
-        """Whether `exc` is an older cluster refusing the HANDLERS argument of WORKER.POLL
-        (it routes by tags alone): from then on the worker polls without it."""
-        if self.handler_names is None or self._old_cluster:
+        """Whether `exc` is an older cluster refusing the poll's options: from then on the
+        worker polls with what that cluster takes (its HANDLERS, or nothing: then it routes
+        by tags alone, and runs of jobs without a handler here may arrive)."""
+        if (self._cluster_level == NO_OPTIONS
+                or not exc.message.startswith((ERR_OLD_POLL, ERR_OLD_OPTIONS))):
             return False
-        if not exc.message.startswith(ERR_OLD_POLL):
-            return False
-        log.warning("the cluster takes no handler adverts (an older version): polling "
-                    "without them, so runs of jobs without a handler here may arrive")
-        self._old_cluster = True
+        self._cluster_level += 1  # one step down: without AHEAD (and SHELL), then without all
+        log.warning("the cluster is an older version: polling without %s",
+                    "AHEAD" if self._cluster_level == HANDLERS_ONLY else "options")
         return True
 
     def _answered(self, sent: float) -> None:
@@ -326,7 +351,10 @@ class Worker:
         while len(self.seen) > MAX_REMEMBERED:
             self.seen.popitem(last=False)
         self._held += 1
-        task = asyncio.create_task(self._execute(run, self._slot_gate(run)))
+        gate = self._slot_gate(run)
+        if gate is not None:
+            self._gated += 1
+        task = asyncio.create_task(self._execute(run, gate))
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
         self.running[key] = task
@@ -362,7 +390,10 @@ class Worker:
     async def _execute(self, run: Run, gate: asyncio.Future[None] | None) -> None:
         try:
             if gate is not None:  # fired ahead: it starts at its slot
-                await gate
+                try:
+                    await gate
+                finally:
+                    self._gated -= 1
             async with self.slots:
                 log.debug("run %s: %s", run.run_id, run.command)
                 code, output = await self._attempt(run)
@@ -427,37 +458,6 @@ class Worker:
             for _, taken in batch:
                 if not taken.done():  # (its run's task may have been cancelled)
                     taken.set_result(None)
-
-
-async def run_command(command: str, env: dict[str, str], timeout_s: int) -> tuple[int, bytes]:
-    """Run `command` with /bin/sh in its own process group; (exit code, output tail).
-    On timeout the whole group gets SIGKILL and the code is EXIT_TIMED_OUT."""
-    proc = await asyncio.create_subprocess_shell(
-        command, env=env, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT, start_new_session=True)
-    reaper = process_reaper()
-    reaper.watch(proc.pid)  # the group dies with this process (scheduler/reaper.py)
-    try:
-        async with asyncio.timeout(timeout_s or None):
-            output, _ = await proc.communicate()
-    except TimeoutError:
-        await _kill_group(proc)
-        return EXIT_TIMED_OUT, b"timed out"
-    except asyncio.CancelledError:
-        await _kill_group(proc)
-        raise
-    finally:
-        reaper.unwatch(proc.pid)
-    code = proc.returncode if proc.returncode is not None else -1
-    return (code if code >= 0 else 128 - code), output[-OUTPUT_TAIL_BYTES:]
-
-
-async def _kill_group(proc: asyncio.subprocess.Process) -> None:
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    await proc.wait()
 
 
 def fence_delay_s(worker_timeout_ms: int, heartbeat_s: float) -> float:

@@ -43,7 +43,15 @@ ERR_EXIT_CODE = f"ERR exit code must be an integer from {MIN_EXIT_CODE} to {MAX_
 ERR_ATTEMPT = f"ERR attempt must be an integer from 1 to {MAX_RETRIES + 1}"
 ERR_WORKER_ID = f"ERR worker id must be 1 to {MAX_WORKER_ID_BYTES} bytes"
 HANDLERS_WORD = "HANDLERS"  # WORKER.POLL ... max_runs HANDLERS h1,h2: an embedded worker
-ERR_POLL_OPTION = f"ERR WORKER.POLL takes {HANDLERS_WORD} name,... after max_runs"
+SHELL_WORD = "SHELL"  # ... max_runs SHELL: a shell worker
+AHEAD_WORD = "AHEAD"  # ... AHEAD n: runs fired ahead it takes besides max_runs
+ERR_POLL_OPTION = (f"ERR WORKER.POLL takes {HANDLERS_WORD} name,... or {SHELL_WORD}, then "
+                   f"{AHEAD_WORD} n, after max_runs")
+ERR_AHEAD = f"ERR ahead must be an integer from 0 to {S.MAX_CLAIM}"
+# a poll that says neither SHELL nor HANDLERS comes from a worker older than the cluster:
+# it could be either kind, so no run is known to be one it can execute
+ERR_NO_ADVERT = ("ERR this worker does not say what it runs (SHELL or HANDLERS): it is "
+                 "older than the cluster; upgrade the scheduler package where it runs")
 
 
 def _result(args: list[bytes]) -> S.Result:
@@ -60,12 +68,34 @@ def _result(args: list[bytes]) -> S.Result:
 
 class _Poller(NamedTuple):
     """Who polls: the worker, its advert (tags; handlers, None for a shell worker), and
-    how many runs it takes."""
+    how many runs it takes (due now; fired ahead, None: counted with the others)."""
 
     worker: str
     tags: list[str]
     handlers: list[str] | None
     limit: int
+    ahead: int | None = None
+
+
+def poll_options(args: list[bytes]) -> tuple[list[str] | None, int | None]:
+    """WORKER.POLL's words after max_runs: the advert, `SHELL` or `HANDLERS names` (one of
+    them, first), then optionally `AHEAD n`. Returns (handlers, None for a shell worker;
+    ahead, None if not given). CommandError: ERR_NO_ADVERT without an advert,
+    ERR_POLL_OPTION for any other shape."""
+    if not args:
+        raise CommandError(ERR_NO_ADVERT)
+    word = text_arg(args[0]).upper()
+    if word == SHELL_WORD:
+        handlers, rest = None, args[1:]
+    elif word == HANDLERS_WORD and len(args) >= 2:
+        handlers, rest = sorted(_names(args[1], "handlers")), args[2:]
+    else:
+        raise CommandError(ERR_POLL_OPTION)
+    if not rest:
+        return handlers, None
+    if len(rest) != 2 or text_arg(rest[0]).upper() != AHEAD_WORD:
+        raise CommandError(ERR_POLL_OPTION)
+    return handlers, bounded_int(rest[1], 0, S.MAX_CLAIM, ERR_AHEAD)
 
 
 def _names(raw: bytes, what: str) -> frozenset[str]:
@@ -111,16 +141,12 @@ class WorkerCommands:
         return run()
 
     def cmd_poll(self, session: Any, args: list[bytes]) -> Any:
-        """WORKER.POLL worker_id [tags [timeout_ms [resync [max_runs [HANDLERS names]]]]]:
-        the runs claimed for the worker, waiting up to timeout_ms for some. Its advert
-        (scheduler/routing.py): `tags`, and an embedded worker's handler names."""
+        """WORKER.POLL worker_id tags timeout_ms resync max_runs SHELL|HANDLERS names
+        [AHEAD n]: the runs claimed for the worker, waiting up to timeout_ms for some. Its
+        advert (scheduler/routing.py): `tags`, and an embedded worker's handler names; a
+        poll without one is refused (ERR_NO_ADVERT, `poll_options`)."""
         worker = _worker_id(args[1])
         tags = sorted(_names(args[2], "tags")) if len(args) > 2 else []
-        handlers = None
-        if len(args) > 6:
-            if len(args) != 8 or text_arg(args[6]).upper() != HANDLERS_WORD:
-                raise CommandError(ERR_POLL_OPTION)
-            handlers = sorted(_names(args[7], "handlers"))
         timeout_ms = DEFAULT_POLL_MS
         if len(args) > 3:
             timeout_ms = parse_int(args[3], ERR_TIMEOUT_MS)
@@ -132,10 +158,12 @@ class WorkerCommands:
             limit = parse_int(args[5], ERR_MAX_RUNS)
             if not 1 <= limit <= S.MAX_CLAIM:
                 raise CommandError(ERR_MAX_RUNS)
-        return self._poll(_Poller(worker, tags, handlers, limit), timeout_ms / 1000, resync)
+        handlers, ahead = poll_options(args[6:])
+        return self._poll(_Poller(worker, tags, handlers, limit, ahead), timeout_ms / 1000,
+                          resync)
 
     async def _poll(self, poller: _Poller, timeout: float, resync: bool) -> Any:
-        worker, tags, handlers, limit = poller
+        worker, tags, handlers, limit, ahead = poller
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         while True:
@@ -144,7 +172,7 @@ class WorkerCommands:
                 if runs is None:  # not the leader, or its firing loop did not take it
                     self.firing.fired.clear()
                     entry = S.encode_claim(worker, tags, self.clock.wall_ms(), limit, resync,
-                                           handlers)
+                                           handlers, ahead)
                     runs = await self._write(entry)
                     self.counters["claims"] += 1
                 if runs:
@@ -163,7 +191,7 @@ class WorkerCommands:
         if not self.firing.leads():
             return None
         poll = self.firing.parked.park(poller.worker, poller.tags, poller.limit, eager=True,
-                                       handlers=poller.handlers)
+                                       handlers=poller.handlers, ahead=poller.ahead)
         self.firing.wake()
         try:
             await asyncio.wait_for(asyncio.shield(poll.runs), EAGER_CLAIM_WAIT_S)
@@ -181,7 +209,7 @@ class WorkerCommands:
         poll = None
         if self.firing.leads():
             poll = self.firing.parked.park(poller.worker, poller.tags, poller.limit,
-                                           handlers=poller.handlers)
+                                           handlers=poller.handlers, ahead=poller.ahead)
         try:
             async with asyncio.timeout(left):
                 await self.firing.fired.wait()

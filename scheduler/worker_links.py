@@ -9,6 +9,11 @@ avoids it; a TRYAGAIN naming the leader (` leader=HOST:PORT`) makes that node pr
 answer clears a mark. The poll channel connects to the node that says it leads (CLUSTER.INFO
 of each node, asked from the preferred one on); the other channels are spread over the
 nodes that are not marked down. The worker's loops decide when to retry.
+
+The poll channel's calls may wait `call_timeout_s` (a long poll, then a forwarded claim);
+the others (heartbeats, reports) only `side_timeout_s`: a node that does not answer (a
+leader SIGSTOPped or cut off, holding forwarded writes it cannot commit) is left for another
+well before the cluster would call the worker silent and its runs lost.
 """
 
 from __future__ import annotations
@@ -36,7 +41,8 @@ class NodeLinks:
     def __init__(self, servers: Sequence[tuple[str, int]], channels: int, poll: int, *,
                  password: str | None, call_timeout_s: float, find_timeout_s: float,
                  as_dict: Callable[[Any], dict[str, Any]],
-                 rng: random.Random | None = None) -> None:
+                 rng: random.Random | None = None,
+                 side_timeout_s: float | None = None) -> None:
         policy = RetryPolicy(node_backoff_initial_s=NODE_BACKOFF_INITIAL_S,
                              node_backoff_max_s=NODE_BACKOFF_MAX_S)
         self.failover: Failover[AsyncRespConnection] = Failover(
@@ -45,6 +51,7 @@ class NodeLinks:
         self.poll = poll
         self.password = password
         self.call_timeout_s = call_timeout_s
+        self.side_timeout_s = call_timeout_s if side_timeout_s is None else side_timeout_s
         self.find_timeout_s = find_timeout_s
         self._as_dict = as_dict
         self.conns: list[AsyncRespConnection | None] = [None] * channels
@@ -101,7 +108,7 @@ class NodeLinks:
         healthy = sorted(self.failover.order(time.monotonic()))
         index = healthy[self._next[channel] % len(healthy)]
         self._next[channel] += 1
-        conn = await self._open(index, self.call_timeout_s)
+        conn = await self._open(index, self.side_timeout_s)
         self._node[channel] = index
         return conn
 

@@ -20,7 +20,7 @@ from tests import test_scheduler_daemon as daemon_tests
 from tests.test_scheduler_daemon import Cluster, paused_ahead, wait_until
 
 OFFSET_FLAG = "--clock-offset-ms"
-FINAL = frozenset({"succeeded", "failed", "timed_out", "lost", "killed", "skipped"})
+FINAL = frozenset({"succeeded", "failed", "timed_out", "lost", "killed", "skipped", "expired"})
 HISTORY_ALL = "1000"  # JOB.HISTORY count that returns every run the drills make
 WORKER_TIMEOUT_MS = 3000  # the nodes' --worker-timeout-ms
 
@@ -75,10 +75,10 @@ def history(cluster: Cluster, job: str) -> list[dict[str, Any]]:
 
 
 def fired_slots(cluster: Cluster, job: str) -> list[int]:
-    """The slots of `job` that fired (skipped slots and runs its pause killed before they
-    ran left out), ascending."""
+    """The slots of `job` that fired (skipped slots, runs its pause killed before they ran
+    and runs no worker took within the misfire deadline left out), ascending."""
     return sorted(run["slot_ms"] for run in history(cluster, job)
-                  if run["state"] != "skipped" and not paused_ahead(run))
+                  if run["state"] not in ("skipped", "expired") and not paused_ahead(run))
 
 
 def settled(cluster: Cluster, *jobs: str) -> bool:

@@ -44,7 +44,7 @@ from scheduler.routing import (
 )
 from scheduler.state import SchedulerState
 from scheduler.worker import ERR_OLD_POLL
-from scheduler.worker_commands import ERR_POLL_OPTION
+from scheduler.worker_commands import ERR_AHEAD, ERR_NO_ADVERT, ERR_POLL_OPTION
 from tests.test_scheduler_daemon import Cluster, running_cluster, wait_until
 
 T0 = 1_700_000_000_000
@@ -334,6 +334,8 @@ def test_poll_advert_errors(cluster: Cluster) -> None:
         (("w9", "", "0", "0", "1", "HANDLERS"), ERR_POLL_OPTION),
         (("w9", "a b", "0", "0", "1"), ERR_NAMES.format("tags")),
         (("w9", "", "0", "0", "1", "HANDLERS", "x" * 300), ERR_NAMES.format("handlers")),
+        (("w9", "", "0", "0", "1"), ERR_NO_ADVERT),
+        (("w9", "", "0", "0", "1", "SHELL", "AHEAD", "-1"), ERR_AHEAD),
     ):
         with pytest.raises(Exception) as raised:
             cluster.call("WORKER.POLL", *args)
@@ -351,7 +353,8 @@ def test_a_handler_name_must_be_advertisable() -> None:
 
 def test_an_embedded_worker_polls_an_older_cluster_without_its_handlers() -> None:
     """A cluster older than handler adverts refuses the HANDLERS argument (arity): the
-    worker polls on without it (routed by tags alone, as that cluster does)."""
+    worker polls on without AHEAD, then without it (routed by tags alone, as that cluster
+    does)."""
     worker = EmbeddedWorker([("127.0.0.1", 1)], worker_id="e")
     worker.handler("h1")(lambda run: None)
     polls: list[tuple[object, ...]] = []
@@ -370,8 +373,9 @@ def test_an_embedded_worker_polls_an_older_cluster_without_its_handlers() -> Non
         await worker._run(stop)
 
     asyncio.run(scenario())
-    assert [len(args) for args in polls] == [8, 6]
-    assert polls[0][6:] == ("HANDLERS", "h1")
+    assert [len(args) for args in polls] == [10, 8, 6]
+    assert polls[0][6:8] == ("HANDLERS", "h1") and polls[0][8] == "AHEAD"
+    assert polls[1][6:] == ("HANDLERS", "h1")
 
 
 def test_the_readme_states_the_routing_rules() -> None:

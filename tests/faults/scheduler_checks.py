@@ -37,8 +37,9 @@ FIRE_F = "fire"
 START, END = "start", "end"
 SLOT_MS = 1000  # every cron job of the drill fires each second
 LOST = "lost"
-ENDED = frozenset({"succeeded", "failed", "timed_out", "lost", "killed", "skipped"})
-NEVER_RAN = frozenset({"skipped"})
+ENDED = frozenset({"succeeded", "failed", "timed_out", "lost", "killed", "skipped",
+                   "expired"})
+NEVER_RAN = frozenset({"skipped", "expired"})  # (expired: no worker took it in time)
 FIRST_FIRE_ID = 1 << 40  # ids of synthesized fires, far above any recorder event index
 MAX_LISTED = 8
 

@@ -48,6 +48,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from scheduler.fireloop import DEFAULT_FIRE_AHEAD_MS
 from scheduler.jobs import ON_TIME_MS
 from tests.faults import clock as clock_faults
 from tests.faults import scheduler_checks as checks
@@ -69,7 +70,7 @@ from tests.faults.scheduler_cluster import (
 from tests.test_scheduler_daemon import paused_ahead
 
 NODES = 3
-FIRE_AHEAD_MS = 200  # the nodes' default, named for the cut-off check's grace
+FIRE_AHEAD_MS = DEFAULT_FIRE_AHEAD_MS  # the nodes' default, for the cut-off check's grace
 CUT_GRACE_MS = FIRE_AHEAD_MS + 800
 SETTLE_POLL_S = 0.5  # between the settling phase's history reads
 LATEST = 3  # runs a settling probe reads
@@ -80,7 +81,8 @@ SETTLE_S = 0.8  # healed time between two scripted faults
 CLOCK_STEP_S = 3.0
 LOSS = 0.3
 RESUMED_SLOTS = 2  # after the last heal each cron job fires this many slots before the pause
-WINDOW_BEFORE_MS = 1500  # a fault may disturb slots this long before it (fire-ahead, lateness)
+# a fault may disturb slots this long before it (fire-ahead, lateness)
+WINDOW_BEFORE_MS = FIRE_AHEAD_MS + 1300
 WINDOW_AFTER_MS = 3000  # ... and this long after its heal (an election, a read barrier)
 CLOCK_WINDOW_MS = int(CLOCK_STEP_S * 1000)  # more after a clock fault: slots move by the step
 NEMESIS_KINDS = ("isolate", "split", "bridge", "one_way", "loss", "kill", "pause")

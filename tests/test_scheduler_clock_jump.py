@@ -1,0 +1,56 @@
+"""A leader whose wall clock jumps forward does not call a live worker's runs lost.
+
+The `lose` entry's silence is measured between wall times (the proposer's clock), so a
+leader whose clock stepped forward by more than the worker timeout found every worker silent
+and retried their running attempts elsewhere while they still ran (the fault drill's clock
+jump). The firing loop now proposes a `lose` only for a worker whose replicated last-heard
+time has also not moved for the worker timeout by its own monotonic clock. Sans I/O: the
+loop's check on the real state machine with a ManualClock.
+"""
+
+from __future__ import annotations
+
+import msgpack
+
+from core.clock import ManualClock
+from scheduler import state as S
+from scheduler.fireloop import FiringLoop
+from scheduler.jobs import parse_job_add
+from scheduler.state import SchedulerState
+
+T0 = 1_700_000_000_000
+TIMEOUT_MS = 3000
+
+
+def loop_with_a_started_run() -> tuple[FiringLoop, ManualClock]:
+    state = SchedulerState()
+    assert state.apply_entry(S.encode_add(parse_job_add(["j", "@every 1h", "true"], T0))) is None
+    state.apply_entry(S.encode_run("j", T0))
+    [claimed] = state.apply_entry(S.encode_claim("w1", [], T0))
+    assert claimed["job"] == "j"
+    clock = ManualClock(T0)
+    return FiringLoop(state, clock, {}, worker_timeout_ms=TIMEOUT_MS), clock
+
+
+def loses(loop: FiringLoop, clock: ManualClock) -> list[str]:
+    entries = loop.state.due_entries(clock.wall_ms(), TIMEOUT_MS, loop._silent_here())
+    return [e["run_id"] for e in map(msgpack.unpackb, entries) if e["op"] == S.OP_LOSE]
+
+
+def test_a_wall_clock_jump_alone_loses_no_run() -> None:
+    loop, clock = loop_with_a_started_run()
+    assert loses(loop, clock) == []
+    clock.step_wall(10 * TIMEOUT_MS)  # the leader's clock jumps; no time passes
+    assert loses(loop, clock) == []
+    clock.advance(TIMEOUT_MS)  # now the worker has been silent by this node's clock too
+    assert len(loses(loop, clock)) == 1
+
+
+def test_a_worker_heard_meanwhile_is_not_silent() -> None:
+    loop, clock = loop_with_a_started_run()
+    assert loses(loop, clock) == []
+    clock.advance(TIMEOUT_MS - 1)
+    loop.state.apply_entry(S.encode_beat("w1", clock.wall_ms()))
+    clock.step_wall(10 * TIMEOUT_MS)
+    clock.advance(TIMEOUT_MS - 1)
+    assert loses(loop, clock) == []  # heard 2.999 s ago by the monotonic clock

@@ -62,6 +62,7 @@ COPY_PIECE_BYTES = 4 * 1024 * 1024  # a re-replication copy reads and sends this
 MAX_COPIES = 4  # copies running at once
 NEXT_TIMEOUT_S = 60.0  # the next server of a chain must answer within this
 SYNC_EVERY_BYTES = 8 * 1024 * 1024  # a PUT flushes behind its writes this often
+STOP_RETRY_S = 0.5  # `stop` cancels its loops again if they have not ended by then
 
 
 @dataclass
@@ -115,9 +116,11 @@ class ChunkServer:
             self._server.close()
         if self.local is not None:
             self.local.stop()
-        for task in [*self._tasks, *self._copies]:
-            task.cancel()
-        await asyncio.gather(*self._tasks, *self._copies, return_exceptions=True)
+        pending = {*self._tasks, *self._copies}
+        while pending:  # (again until they end: 3.11's wait_for, under the heartbeat's
+            for task in pending:  # connect, can swallow a cancellation)
+                task.cancel()
+            _done, pending = await asyncio.wait(pending, timeout=STOP_RETRY_S)
         await self.masters.close()
         self.lock.release()
 

@@ -17,12 +17,10 @@ core answers for every daemon: COMMON_NAMES) gets a handler here by its key spec
   to it while a move involving it is under way (shardstore/owned.py: no key counted
   twice).
 
-Pipelined writes: a connection's run of consecutive keyed writes to one shard (core's
-`RespServer.pipeline` offers the parsed commands, `ClientCommands.pipeline` takes them)
-goes to the shard's leader as one request and one Raft entry (shardstore/writes.py's
-`write_many`), applied in order; one reply per command, in order. A read after them in
-the pipeline runs once they are applied, as it would one by one. An unknown outcome of
-the entry is every command's: each is answered `-UNKNOWN ...`.
+Pipelined runs: core's `RespServer.pipeline` offers a connection's parsed commands and
+shardstore/pipeline.py takes a run of consecutive keyed writes to one shard (one request
+to its leader, one Raft entry; an unknown outcome is every command's `-UNKNOWN ...`), or
+of reads of one shard that need a read barrier (one barrier for the run).
 
 While a shard has no leader the service answers `-TRYAGAIN ...`; a write whose outcome is
 unknown (the leader lost under it, a timeout) is answered `-UNKNOWN ...`, which clients do
@@ -63,12 +61,13 @@ from core.resp_commands import parse_int
 from core.resp_session import Session
 from native.crc16 import SLOT_COUNT, key_slot
 from shardstore import cluster
-from shardstore.asking import ASKING_ATTR, Asking
+from shardstore.asking import Asking
 from shardstore.cluster import ClusterConfig, ClusterView, Shard
 from shardstore.cmd_tables import TableCommands
 from shardstore.machine import MergedKV, ShardMachine, decode_reply
 from shardstore.owned import owned_store
-from shardstore.writes import MAX_BATCH_COMMANDS, LeaderWrites
+from shardstore.pipeline import Pipelines
+from shardstore.writes import LeaderWrites
 
 __all__ = ["COMMON_NAMES", "ERR_CLUSTERDOWN", "ClientCommands", "NodeView"]
 
@@ -135,6 +134,7 @@ class ClientCommands:
         self.node = node
         self.tables = TableCommands(node)  # type: ignore[arg-type]  # TABLE.*, range rows
         self.asking = Asking(node)  # type: ignore[arg-type]  # ASK/ASKING (asking.py)
+        self.pipelines = Pipelines(self, _readonly)  # pipelined runs (pipeline.py)
 
     def rows(self) -> list[Command]:
         self.layer = self.node.layer
@@ -150,63 +150,13 @@ class ClientCommands:
         handler = self._keyed(row) if row.key_specs else self._keyless(row)
         return dataclasses.replace(row, handler=handler, subcommands=())
 
-    # -- pipelined writes ----------------------------------------------------------------------
+    # -- pipelined runs (shardstore/pipeline.py) ---------------------------------------------
 
     def pipeline(self, session: Session, commands: list[list[bytes]], index: int
                  ) -> tuple[list[Command], Coroutine[Any, Any, list[Any]]] | None:
-        """core.resp_server.Pipeline: the run of keyed writes to one shard that starts at
-        commands[index] (two or more), or None. A connection that sent ASKING leaves its
-        next command to the handler, which takes the flag."""
-        if getattr(session, ASKING_ATTR, False):
-            return None
-        first = self._routed_write(commands[index])
-        if first is None:
-            return None
-        shard = first[1]
-        rows, run = [first[0]], [(commands[index], first[2])]
-        end = min(len(commands), index + MAX_BATCH_COMMANDS)
-        for args in commands[index + 1:end]:
-            routed = self._routed_write(args)
-            if routed is None or routed[1].shard_id != shard.shard_id:
-                break
-            rows.append(routed[0])
-            run.append((args, routed[2]))
-        if len(run) < 2:
-            return None
-        return rows, self._write_run(shard, run)
-
-    def _routed_write(self, args: list[bytes]) -> tuple[Command, Shard, bool] | None:
-        """(row, shard, routed as range rows) of a keyed write this node can send to its
-        shard; None for anything else (dispatch answers it, errors included)."""
-        row = self.node.service.resp.plain_row(args)
-        if row is None or WRITE_FLAG not in row.flags or not row.key_specs:
-            return None
-        try:
-            ranged = self.tables.range_shard(row, args)
-            if ranged is not None:
-                return row, ranged, True
-            slot = request_slot(row, args)
-            return (row, self._local_shard(slot), False) if slot is not None else None
-        except (CommandError, CrossSlotError, KeysError):
-            return None
-
-    async def _write_run(self, shard: Shard, run: list[tuple[list[bytes], bool]]
-                         ) -> list[Any]:
-        try:
-            results = await self.node.writes.write_many(shard.group, run)
-        except (ProposalUnknown, TimeoutError) as exc:  # every command's outcome
-            unknown = CommandError(ERR_OUTCOME_UNKNOWN.format(exc or "timed out"))
-            return [unknown] * len(run)
-        except RaftError as exc:
-            service = self.node.service
-            try:
-                error = service.unavailable(service.handle(shard.group), exc)
-            except CommandError as gone:  # the group is not hosted here any more
-                error = gone
-            return [error] * len(run)
-        replies = [decode_reply(result) for result in results]
-        return [self.asking.redirect(reply, args) if isinstance(reply, CommandError) else reply
-                for reply, (args, _) in zip(replies, run, strict=True)]
+        """core.resp_server.Pipeline: shardstore/pipeline.py's run that starts at
+        commands[index], or None."""
+        return self.pipelines.take(session, commands, index)
 
     # -- commands with keys --------------------------------------------------------------------
 
@@ -233,14 +183,14 @@ class ClientCommands:
             importing = self.asking.importing(slot) if asking else None
             if importing is not None:
                 return self.asking.serve(importing, args, write, _readonly(session))
-            shard = self._local_shard(slot)
+            shard = self.local_shard(slot)
             if write:
                 return self._write(shard, args)
             return self._read_or_wait(shard, args, _readonly(session), read)
 
         return handler
 
-    def _local_shard(self, slot: int) -> Shard:
+    def local_shard(self, slot: int) -> Shard:
         """The shard of `slot` if this node hosts it; else CommandError MOVED/CLUSTERDOWN."""
         shard = self.node.config.shard_of_slot(slot)
         if shard is None:
@@ -275,15 +225,18 @@ class ClientCommands:
         reply at once spares the connection a task per command. `read`: the command's
         commands.read_runner, if it has one."""
         if stale_ok or self.node.service.reads_ready(shard.group):
-            return self._read_local(shard, args, read)
+            return self.read_local(shard, args, read)
         return self._read(shard, args, stale_ok)
 
     async def _read(self, shard: Shard, args: list[bytes], stale_ok: bool) -> Any:
         if not stale_ok:
             await self.node.service.barrier(shard.group)
-        return self._read_local(shard, args)
+        return self.read_local(shard, args)
 
-    def _read_local(self, shard: Shard, args: list[bytes], read: Any = None) -> Any:
+    def read_local(self, shard: Shard, args: list[bytes], read: Any = None) -> Any:
+        """The reply of read `args` from this node's replica of `shard`, with no barrier
+        (the caller had one, or needs none); CommandError for a refusal. `read`: the
+        command's commands.read_runner, if it has one."""
         machine = self.node.machines.get(shard.shard_id)
         if machine is None:
             raise CommandError(ERR_CLUSTERDOWN)

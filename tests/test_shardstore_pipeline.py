@@ -246,3 +246,33 @@ def test_a_read_runner_is_for_reads_only() -> None:
     assert commands.read_runner("set") is None
     assert commands.read_runner("scan") is None
     assert commands.read_runner("nosuch") is None
+
+
+def test_a_run_of_reads_behind_a_barrier_takes_one_barrier(tmp_path: Path) -> None:
+    """Reads of a shard whose reads need a barrier (several replicas; here the single
+    node is told so) share one: the replies stay those of one by one, in order."""
+    script = ["SET {r}1 a", "SET {r}2 b", "GET {r}1", "GET {r}2", "STRLEN {r}1", "GET {r}0",
+              "INCR {r}1", "GET {r}1", "EXISTS {r}1", "TTL {r}2"]
+
+    async def main() -> tuple[list[Any], int]:
+        node = await single_node(tmp_path)
+        try:
+            node.service.reads_ready = lambda group=None: False  # type: ignore[method-assign]
+            real = node.service.barrier
+            barriers = [0]
+
+            async def barrier(group: int | None = None) -> Any:
+                barriers[0] += 1
+                return await real(group)
+
+            node.service.barrier = barrier  # type: ignore[method-assign]
+            got = await asyncio.to_thread(pipelined, node.settings.listen[1], script)
+            return got, barriers[0]
+        finally:
+            await node.stop()
+
+    got, barriers = asyncio.run(main())
+    assert got[:6] == [True, True, b"a", b"b", 1, None]
+    assert str(got[6]).startswith("error: value is not an integer"), got
+    assert got[7:] == [b"a", 1, -1]
+    assert barriers == 2, barriers  # one per run of reads (one slot: one shard)

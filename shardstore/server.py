@@ -449,6 +449,7 @@ class ShardNode:
             "moves_under_way": sum(1 for m in self.config.moves.values()
                                    if m.state != STATE_DONE),
             "moves_done": self.config.moves_done,
+            **self.commands.asking.stats(),  # ASK answered, ASKING served (asking.py)
         }
         for sid, machine in sorted(self.machines.items()):
             stats = dict(getattr(machine.engine, "stats", {}) or {})

@@ -208,6 +208,8 @@ async def _ask_during_move(cluster: LoopCluster) -> None:
     asks = sum(int(s[b"asks"]) for s in statuses)
     served = sum(int(s[b"asking_served"]) for s in statuses)
     assert asks >= 4 and served >= 4, statuses
+    infos = [await cluster.client(i).info("shardstore") for i in range(3)]
+    assert sum(int(i["asks"]) for i in infos) >= asks  # INFO says it too
     gate.set()
     await _until_finished(admin, move_id)
     await _dbsize_sum(cluster, len(hot))

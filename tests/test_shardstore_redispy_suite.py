@@ -29,7 +29,7 @@ from tests.redispy_suite import (
 
 
 @pytest.fixture(scope="module")
-def suite(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def suite() -> Path:
     try:
         return suite_runner.fetch_suite()
     except SuiteUnavailable as exc:

@@ -38,7 +38,7 @@ from kvcache.mcproto_pure import (
 )
 from kvcache import replies
 from kvcache.items import Mode, Outcome
-from kvcache.slabs import SlabClasses, item_ntotal
+from kvcache.slabs import item_ntotal, shared_classes
 from kvcache.counters import HOT_COUNTERS
 
 cdef Py_ssize_t _KEY_MAX = MAX_KEY_BYTES
@@ -119,6 +119,7 @@ cdef class RequestParser:
     cdef public object slabs
     cdef public long long max_multiget_line
     cdef public bint closed
+    cdef readonly bint use_cas  # False (-C): items carry no CAS, 8 bytes more fit
     cdef bytes _buf
     cdef Py_ssize_t _pos
     cdef long long _swallow  # bytes still to discard
@@ -128,8 +129,10 @@ cdef class RequestParser:
     cdef long long _parts_len
     cdef readonly long long lane_value_max  # the fast lane's sets: values surely fitting
 
-    def __init__(self, item_size_max, max_multiget_line=MAX_MULTIGET_LINE_BYTES):
-        self.slabs = SlabClasses(item_size_max)
+    def __init__(self, item_size_max, max_multiget_line=MAX_MULTIGET_LINE_BYTES,
+                 bint use_cas=True):
+        self.slabs = shared_classes(item_size_max)
+        self.use_cas = use_cas
         self.lane_value_max = item_size_max - item_ntotal(_KEY_MAX, 1, 0)
         self.max_multiget_line = max_multiget_line
         self._buf = b""
@@ -255,7 +258,7 @@ cdef class RequestParser:
         meta = request.meta
         nflags = meta.client_flags if meta is not None else request.flags
         request.size = vlen
-        if not self.slabs.fits(len(request.key), nflags, vlen):
+        if not self.slabs.fits(len(request.key), nflags, vlen, self.use_cas):
             request.too_large = True
             self._swallow = vlen + 2
             return request

@@ -38,7 +38,7 @@ from kvcache import replies
 from kvcache.items import Mode, Outcome
 from kvcache.metaflags import MAX_META_TOKENS, MAX_OPAQUE_BYTES, MetaFlags, parse_meta_flags
 from kvcache.numbers import strtol32, strtoul32, strtoull
-from kvcache.slabs import SlabClasses, item_ntotal
+from kvcache.slabs import item_ntotal, shared_classes
 
 MAX_KEY_BYTES = 250  # KEY_MAX_LENGTH
 MAX_TOKENS = 24  # memcached tokenises at most 23 words (+ a terminal token) at a time
@@ -134,8 +134,11 @@ def _error(text: str, noreply: bool = False) -> Reject:
 class RequestParser:
     """Turns one connection's byte stream into requests (see the module docstring)."""
 
-    def __init__(self, item_size_max: int, max_multiget_line: int = MAX_MULTIGET_LINE_BYTES):
-        self.slabs = SlabClasses(item_size_max)
+    def __init__(self, item_size_max: int, max_multiget_line: int = MAX_MULTIGET_LINE_BYTES,
+                 use_cas: bool = True):
+        """`use_cas` False (-C): a value may be 8 bytes longer at the -I limit."""
+        self.slabs = shared_classes(item_size_max)
+        self.use_cas = use_cas
         # the fast lane's sets: values that fit whatever the key and flags (see `answer`)
         self.lane_value_max = item_size_max - item_ntotal(MAX_KEY_BYTES, 1, 0)
         self.max_multiget_line = max_multiget_line
@@ -244,7 +247,7 @@ class RequestParser:
         """Wait for `vlen` bytes and CRLF, or swallow them if the item cannot be stored."""
         nflags = request.meta.client_flags if request.meta is not None else request.flags
         request.size = vlen
-        if not self.slabs.fits(len(request.key), nflags, vlen):
+        if not self.slabs.fits(len(request.key), nflags, vlen, self.use_cas):
             request.too_large = True
             self._swallow = vlen + 2
             return request

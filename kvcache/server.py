@@ -218,7 +218,8 @@ class Connection(asyncio.Protocol):
         self.server = server
         self.engine = server.engine
         self.transport: asyncio.Transport = None  # type: ignore[assignment]
-        self.parser = RequestParser(server.settings.item_size_max)
+        self.parser = RequestParser(server.settings.item_size_max,
+                                    use_cas=server.settings.use_cas)
         self.fd = -1
         self.peer = "?"
         self.local = "?"

@@ -18,6 +18,7 @@ pages. The memory limit is checked against every page plus the hash table's buck
 from __future__ import annotations
 
 from bisect import bisect_left
+from functools import lru_cache
 
 ITEM_HEADER_BYTES = 48  # sizeof(item) on 64-bit builds
 CAS_BYTES = 8
@@ -93,9 +94,10 @@ class SlabClasses:
     def per_page(self, clsid: int) -> int:
         return SLAB_PAGE_BYTES // self.sizes[clsid - 1]
 
-    def fits(self, nkey: int, client_flags: int, nvalue: int) -> bool:
-        """item_size_ok: whether memcached would accept a value of `nvalue` bytes."""
-        return item_ntotal(nkey, client_flags, nvalue) <= self.item_size_max
+    def fits(self, nkey: int, client_flags: int, nvalue: int, use_cas: bool = True) -> bool:
+        """item_size_ok: whether memcached would accept a value of `nvalue` bytes (with
+        `use_cas` False, -C, an item carries no CAS: 8 bytes more fit)."""
+        return item_ntotal(nkey, client_flags, nvalue, use_cas) <= self.item_size_max
 
     def chunked(self, ntotal: int) -> bool:
         """Items above the largest chunk are stored in chunks (incr refuses them)."""
@@ -158,6 +160,14 @@ class ArenaClasses:
 
 
 _DEFAULT_ARENA = ArenaClasses(SlabClasses(SLAB_PAGE_BYTES))
+
+
+@lru_cache(maxsize=8)
+def shared_classes(item_size_max: int) -> SlabClasses:
+    """The default classes of -I `item_size_max`, one object per size for every caller
+    that only reads them (each connection's request parser: building them per connection
+    cost more than the rest of accepting it). Callers must not change it."""
+    return SlabClasses(item_size_max)
 
 
 def item_cost(key: bytes, value: bytes, flags: int = 0, exptime: int = 0) -> int:

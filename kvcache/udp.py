@@ -94,7 +94,7 @@ def responses_of(request: object, reply: bytes) -> list[Response]:
 
 def run_datagram(engine: Engine, item_size_max: int, payload: bytes) -> list[Response]:
     """Run every complete request in `payload`; their responses in order."""
-    parser = RequestParser(item_size_max)
+    parser = RequestParser(item_size_max, use_cas=engine.settings.use_cas)
     parser.feed(payload)
     engine.pinned = set()  # items a reply holds stay valid until it is sent (Engine.pinned)
     out: list[Response] = []

@@ -26,7 +26,6 @@ from dfs.__main__ import build_parser, main
 from dfs.chunk_commands import ChunkCommands
 from dfs.namespace import Namespace
 from tests.dfs_cluster import DfsCluster, eventually
-from tests.test_raft_driver import needs_aliases
 
 ROOT = Path(__file__).parents[1]
 HANG_S = 60
@@ -151,7 +150,6 @@ def clean_failure(done: Done, start: str) -> bool:
             and "Traceback" not in done.stderr)
 
 
-@needs_aliases
 def test_chown_chmod_and_logging_in(cluster: DfsCluster, dfs: Callable[..., Done],
                                     tmp_path: Path) -> None:
     with cluster.client() as fs:
@@ -180,7 +178,6 @@ def test_chown_chmod_and_logging_in(cluster: DfsCluster, dfs: Callable[..., Done
     assert clean_failure(dfs("chown", "bob", "/c/alice", *alice), "permission denied")
 
 
-@needs_aliases
 def test_versions_read_and_restore(cluster: DfsCluster, dfs: Callable[..., Done],
                                    tmp_path: Path) -> None:
     contents = [b"first\n", b"second, longer\n", b"third\n"]
@@ -223,7 +220,6 @@ def test_unreachable_masters_fail_clearly() -> None:
     assert bad.returncode == 1 and "Traceback" not in bad.stderr
 
 
-@needs_aliases
 def test_fsck_healthy_then_under_replicated_then_missing(
         cluster: DfsCluster, dfs: Callable[..., Done], tmp_path: Path) -> None:
     """Last in this module: it stops the chunk servers."""

@@ -45,13 +45,11 @@ from dfs import launch
 from dfs.client import AsyncDfsClient, DfsClient, DfsError, DfsUnavailable
 from tests.dfs_cluster import DfsCluster, eventually
 from tests.procs import ROOT
-from tests.test_raft_driver import needs_aliases
 
 CHUNK = 128 * 1024
 LEASE_MS = 4000  # the masters' --lease-ms: a stopped primary is paused past it
 SIZES = [0, 1, 65_536, CHUNK - 1, CHUNK, CHUNK + 1, 8 * CHUNK + 7]
 
-pytestmark = needs_aliases
 
 
 @pytest.fixture(scope="module")

@@ -24,7 +24,6 @@ from dfs import __main__ as cli
 from dfs import namespace as ns
 from tests.conftest import find_free_port
 from tests.procs import Daemon
-from tests.test_raft_driver import needs_aliases
 
 HOSTS = ("127.0.0.2", "127.0.0.3", "127.0.0.4")
 HANG_S = 30.0
@@ -120,7 +119,6 @@ def cluster(tmp_path: Path) -> Iterator[Cluster]:
                 node.kill()
 
 
-@needs_aliases
 def test_operations_on_any_master(cluster: Cluster) -> None:
     a, b, c = cluster.clients
     assert a.execute_command("FS.MKDIR", "/data/logs", "PARENTS") == "OK"
@@ -176,7 +174,6 @@ def attempt(cluster: Cluster, start: int, *args: str) -> tuple[str, Any]:
     raise AssertionError(f"hang: {args} never answered")
 
 
-@needs_aliases
 def test_a_sigkilled_leader_loses_no_acknowledged_operation(cluster: Cluster) -> None:
     count, kill_at = 40, 15
     created: list[int] = []  # acknowledged creates of /d/f<i>

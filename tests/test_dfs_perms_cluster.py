@@ -24,7 +24,6 @@ from tests import (
     test_dfs_versions_snapshots,
 )
 from tests.test_dfs_master import HANG_S, HOSTS, Cluster, eventually
-from tests.test_raft_driver import needs_aliases
 
 SUPERUSER_PASSWORD = "su-secret"
 # Redis 7's reply to AUTH with an unknown user or a wrong password (src/server.c, acl.c).
@@ -65,7 +64,6 @@ def refused(client: redis.Redis, *args: Any) -> str:
     return str(info.value)
 
 
-@needs_aliases
 def test_users_modes_quotas_and_versions_across_masters(cluster: Cluster) -> None:
     anon = cluster.clients[0]  # no AUTH: the unprivileged 'nobody'
     assert anon.execute_command("FS.WHOAMI") == ["nobody", 0, ["nobody"]]

@@ -12,7 +12,6 @@ import pytest
 
 from dfs.client import DfsClient
 from tests.dfs_cluster import DfsCluster
-from tests.test_raft_driver import needs_aliases
 
 
 @pytest.fixture
@@ -26,7 +25,6 @@ def fs(tmp_path: Path) -> Iterator[DfsClient]:
         cluster.stop()
 
 
-@needs_aliases
 def test_write_three_times_then_restore_and_read_each_version(fs: DfsClient) -> None:
     contents = [b"first\n", b"second, longer\n", b"third" * 1000]
     fs.mkdir("/v", parents=True)

@@ -44,22 +44,8 @@ def wait_until(predicate: Callable[[], Any], what: str, timeout: float = HANG_S)
         time.sleep(0.05)
 
 
-def _loopback_aliases_work() -> bool:
-    try:
-        with socket.socket() as sock:
-            sock.bind((HOSTS[-1], 0))
-        return True
-    except OSError:
-        return False
-
-
-needs_aliases = pytest.mark.skipif(not _loopback_aliases_work(),
-                                   reason="127.0.0.2-5 do not route here")
-
-
 # -- in-process: the API -----------------------------------------------------------------------
 
-@needs_aliases
 def test_in_process_cluster_api(tmp_path: Path) -> None:
     async def main() -> None:
         hosts = HOSTS[:3]
@@ -238,7 +224,6 @@ def check_all_present(node: KvNode, acked: dict[str, str]) -> None:
     assert not missing, f"acknowledged writes lost on node {node.id}: {missing[:10]}"
 
 
-@needs_aliases
 def test_writes_through_any_node_apply_on_all(cluster_factory: Callable[..., Cluster]) -> None:
     cluster = cluster_factory()
     cluster.leader()
@@ -253,7 +238,6 @@ def test_writes_through_any_node_apply_on_all(cluster_factory: Callable[..., Clu
         check_all_present(node, acked)
 
 
-@needs_aliases
 def test_sigkill_of_the_leader_loses_nothing_and_the_node_catches_up_after_restart(
         cluster_factory: Callable[..., Cluster]) -> None:
     cluster = cluster_factory(extra=["--snapshot-every", "200", "--compaction-margin", "50"])
@@ -276,7 +260,6 @@ def test_sigkill_of_the_leader_loses_nothing_and_the_node_catches_up_after_resta
     assert "restored the snapshot" in old.daemon.log()  # caught up by InstallSnapshot
 
 
-@needs_aliases
 def test_sigterm_of_the_leader_hands_leadership_over(
         cluster_factory: Callable[..., Cluster]) -> None:
     cluster = cluster_factory()
@@ -291,7 +274,6 @@ def test_sigterm_of_the_leader_hands_leadership_over(
     assert new.cmd("GET before")[0] == "VALUE term"
 
 
-@needs_aliases
 def test_sigstop_of_the_leader_then_sigcont_steps_it_down(
         cluster_factory: Callable[..., Cluster]) -> None:
     cluster = cluster_factory()
@@ -309,7 +291,6 @@ def test_sigstop_of_the_leader_then_sigcont_steps_it_down(
     assert old.cmd("LGET during")[0] == "VALUE stop"
 
 
-@needs_aliases
 def test_add_and_remove_a_node_while_proposals_run(
         cluster_factory: Callable[..., Cluster]) -> None:
     cluster = cluster_factory()
@@ -347,7 +328,6 @@ def bench_entries(digest: str) -> int:
     return int(digest.split()[2])
 
 
-@needs_aliases
 def test_throughput_figure(cluster_factory: Callable[..., Cluster]) -> None:
     """1000 concurrent proposers in the leader's process, 100-byte entries, 3 nodes, fsync
     on: every entry the benchmark saw committed is applied on every node, exactly once when

@@ -24,7 +24,7 @@ import pytest
 
 from tests.conftest import find_free_port, wait_for_tcp_port
 from tests.procs import Daemon
-from tests.test_raft_driver import HOSTS, SECRET, needs_aliases, wait_until
+from tests.test_raft_driver import HOSTS, SECRET, wait_until
 
 HANG_S = 60.0
 DATA_GROUPS = 50
@@ -209,7 +209,6 @@ def groups_cluster(tmp_path: Path) -> Iterator[Callable[..., GroupsCluster]]:
         cluster.stop()
 
 
-@needs_aliases
 def test_sigkill_of_a_node_with_51_groups_loses_no_acknowledged_write(
         groups_cluster: Callable[..., GroupsCluster]) -> None:
     cluster = groups_cluster(extra=["--quiesce"])

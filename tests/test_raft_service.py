@@ -25,7 +25,6 @@ from core.service_machine import SNAPSHOT_MAGIC, ServiceMachine, encode_client
 from tests.conftest import find_free_port
 from tests.procs import Daemon
 from tests.raft_service_toy import HOSTS, ToyCluster, ToyMachine
-from tests.test_raft_driver import needs_aliases
 
 HANG_S = 30.0
 
@@ -75,7 +74,6 @@ async def started(cluster: ToyCluster) -> int:
 
 # -- forwarding and the CLUSTER.* commands ----------------------------------------------------
 
-@needs_aliases
 def test_any_node_takes_writes_and_answers_the_cluster_commands(tmp_path: Path) -> None:
     async def test(cluster: ToyCluster) -> None:
         leader = await started(cluster)
@@ -139,7 +137,6 @@ def test_any_node_takes_writes_and_answers_the_cluster_commands(tmp_path: Path) 
 
 # -- TRYAGAIN ---------------------------------------------------------------------------------
 
-@needs_aliases
 def test_tryagain_names_the_leader_while_it_is_stopped(tmp_path: Path) -> None:
     """The leader stops; until the followers' (long) election timeout they still know it, so
     writes and reads on them fail with TRYAGAIN and its client address."""
@@ -159,7 +156,6 @@ def test_tryagain_names_the_leader_while_it_is_stopped(tmp_path: Path) -> None:
     run_cluster(tmp_path, test, election_tick=1000, node_options={"timeout_s": 0.5})
 
 
-@needs_aliases
 def test_tryagain_without_a_hint_while_no_leader_is_known(tmp_path: Path) -> None:
     async def test(cluster: ToyCluster) -> None:
         await cluster.start([1])  # one founder of three: never a quorum
@@ -173,7 +169,6 @@ def test_tryagain_without_a_hint_while_no_leader_is_known(tmp_path: Path) -> Non
     run_cluster(tmp_path, test, node_options={"timeout_s": 0.3})
 
 
-@needs_aliases
 def test_tryagain_names_the_leader_while_it_is_sigstopped(tmp_path: Path) -> None:
     """Real processes: the leader hangs (SIGSTOP) for less than an election timeout; a
     follower answers TRYAGAIN with its client address, then works again after SIGCONT."""
@@ -232,7 +227,6 @@ def moved(gid: int, leader: str | None) -> str:
     return f"MOVED {gid} {leader or SHARD_OWNERS.get(gid, '?')}"
 
 
-@needs_aliases
 def test_redirect_routing_sends_clients_to_the_leader(tmp_path: Path) -> None:
     async def test(cluster: ToyCluster) -> None:
         leader = await started(cluster)
@@ -252,7 +246,6 @@ def test_redirect_routing_sends_clients_to_the_leader(tmp_path: Path) -> None:
                 node_options={"routing": Routing.REDIRECT, "redirect": moved})
 
 
-@needs_aliases
 def test_forward_routing_redirects_only_groups_the_node_does_not_host(tmp_path: Path) -> None:
     async def test(cluster: ToyCluster) -> None:
         leader = await started(cluster)

@@ -39,7 +39,7 @@ from shardstore.machine import (
 )
 from shardstore.moves import Move
 from tests.test_shardstore_moves import _set, _shard
-from tests.test_shardstore_reshard import LoopCluster, _until_finished, needs_aliases
+from tests.test_shardstore_reshard import LoopCluster, _until_finished
 
 ASK_RE = re.compile(r"^ASK (\d+) ([0-9.]+):(\d+)$")
 
@@ -156,7 +156,6 @@ def _hold_copies(cluster: LoopCluster, gate: asyncio.Event) -> None:
         mover._entry = held  # type: ignore[method-assign]
 
 
-@needs_aliases
 def test_redis_clients_follow_ask_during_a_move(tmp_path: Path) -> None:
     async def main() -> None:
         cluster = LoopCluster(tmp_path, batch_keys=4)

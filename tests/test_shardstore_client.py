@@ -31,7 +31,7 @@ from shardstore.client import (
     ShardstoreUnavailable,
 )
 from shardstore.client_core import SlotRouter, set_args, slot_of
-from tests.test_shardstore_daemon import ProcCluster, needs_aliases
+from tests.test_shardstore_daemon import ProcCluster
 
 READY_S = 30.0
 POLL_S = 0.2
@@ -202,7 +202,6 @@ def single(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProcCluster]:
         cluster.stop()
 
 
-@needs_aliases
 def test_the_blocking_client_over_every_slot_range(single: ProcCluster) -> None:
     seed = single.daemons[0].address
     keys = _keys_over_every_range(60)
@@ -233,7 +232,6 @@ def test_the_blocking_client_over_every_slot_range(single: ProcCluster) -> None:
         assert found == {k.encode() for k in [*keys, "ck:ttl", "ck:pttl", "ck:n", "ck:h"]}
 
 
-@needs_aliases
 def test_a_stale_map_is_mended_by_moved(single: ProcCluster) -> None:
     with ShardstoreClient([single.daemons[1].address], rng=random.Random(3)) as client:
         client.refresh_slots()
@@ -247,7 +245,6 @@ def test_a_stale_map_is_mended_by_moved(single: ProcCluster) -> None:
         assert client.get(key) == b"v"
 
 
-@needs_aliases
 def test_the_async_client_over_every_slot_range(single: ProcCluster) -> None:
     keys = _keys_over_every_range(30)
 
@@ -273,7 +270,6 @@ def test_the_async_client_over_every_slot_range(single: ProcCluster) -> None:
 
 # -- three-replica shards: a shard leader killed ----------------------------------------------
 
-@needs_aliases
 def test_a_killed_shard_leader_moves_its_slots_master(tmp_path: Path) -> None:
     cluster = ProcCluster(tmp_path)
     try:

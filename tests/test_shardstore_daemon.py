@@ -127,7 +127,6 @@ def run_loop(tmp: Path, test: Callable[[LoopCluster], Awaitable[None]]) -> None:
     asyncio.run(main())
 
 
-@needs_aliases
 def test_cluster_clients_route_by_the_slot_map(tmp_path: Path) -> None:
     async def test(cluster: LoopCluster) -> None:
         rc = AsyncRedisCluster(host=HOSTS[1], port=cluster.nodes[1].settings.listen[1])
@@ -309,7 +308,6 @@ def procs(tmp_path: Path) -> Any:
         cluster.stop()
 
 
-@needs_aliases
 def test_processes_serve_redis_cluster_clients_and_survive_a_leader_kill(
         procs: ProcCluster) -> None:
     rc = procs.client()
@@ -397,7 +395,6 @@ def _writes_while_killing(procs: ProcCluster, rc: RedisCluster
     return acked, tried
 
 
-@needs_aliases
 def test_single_replica_shards_with_fsync_everysec(tmp_path: Path) -> None:
     cluster = ProcCluster(tmp_path, shards=3, replicas=1, extra=("--fsync", "everysec"))
     try:

@@ -28,7 +28,7 @@ from shardstore.keyspaces import (
     encode_remove_node,
 )
 from tests.procs import ROOT
-from tests.test_shardstore_keyspaces import KeyspaceCluster, needs_aliases
+from tests.test_shardstore_keyspaces import KeyspaceCluster
 
 README_SENTENCE = (
     "A node joins a keyspace online with `shardstore admin add-node --keyspace users --id 5` "
@@ -73,7 +73,6 @@ def test_a_node_joins_and_leaves_a_keyspace_in_the_configuration() -> None:
                          machine.catalog, Shard) == 9  # a retired id is never reused
 
 
-@needs_aliases
 def test_a_node_joins_rebalances_and_leaves_a_keyspace(tmp_path: Path) -> None:
     async def main() -> None:
         spaces = KeyspaceCluster(tmp_path)

@@ -50,7 +50,7 @@ from shardstore.moves import (
 )
 from tests.procs import ROOT
 from tests.test_shardstore_moves import _set, _shard
-from tests.test_shardstore_reshard import LoopCluster, needs_aliases
+from tests.test_shardstore_reshard import LoopCluster
 
 CANCEL_S = 60.0
 README_SENTENCE = (
@@ -162,7 +162,6 @@ class Hold:
         return held
 
 
-@needs_aliases
 def test_admin_cancels_a_move_and_a_new_coordinator_finishes_it(tmp_path: Path) -> None:
     async def main() -> None:
         cluster = LoopCluster(tmp_path, batch_keys=4)

@@ -32,7 +32,7 @@ from shardstore.table_keys import KIND_DATE, MAX_POSITION, MIN_POSITION
 from shardstore.table_scan import range_keys
 from tests.conftest import find_free_port
 from tests.test_shardstore_catalog import DATE_RESTS, SortedKV
-from tests.test_shardstore_daemon import LoopCluster, needs_aliases
+from tests.test_shardstore_daemon import LoopCluster
 from tests.test_shardstore_tables import _everywhere, _ready
 
 WORDS = st.one_of(st.sampled_from([b"COUNT", b"count", b"CURSOR", b"cursor", b"0", b"7",
@@ -171,7 +171,6 @@ def _sync_range(seeds: list[str]) -> list[bytes]:
         return client.range("orders", "-", "+")
 
 
-@needs_aliases
 def test_a_range_is_read_in_pages_through_nodes_router_and_clients(tmp_path: Path) -> None:
     async def main() -> None:
         cluster = LoopCluster(tmp_path, shards=3, replicas=1)

@@ -44,17 +44,6 @@ MOVE_S = 60.0
 PROC_BATCH_KEYS = 2  # keys per copy entry: a move of 600 keys takes 300 steps
 
 
-def _aliases_work() -> bool:
-    try:
-        find_free_port(HOSTS[2])
-        return True
-    except OSError:
-        return False
-
-
-needs_aliases = pytest.mark.skipif(not _aliases_work(), reason="no 127.0.0.2-4")
-
-
 class LoopCluster:
     """Three ShardNodes in this loop, 3 shards of 2 replicas."""
 
@@ -106,7 +95,6 @@ def _moves_as_maps(reply: list[object]) -> list[dict[bytes, object]]:
     return out
 
 
-@needs_aliases
 def test_a_move_under_writes_loses_and_duplicates_nothing(tmp_path: Path) -> None:
     async def main() -> None:
         cluster = LoopCluster(tmp_path)
@@ -285,7 +273,6 @@ def _tags_in(slots: range, count: int) -> list[str]:
     return tags
 
 
-@needs_aliases
 def test_a_move_resumes_after_kills_and_admin_reshards_and_checks(tmp_path: Path) -> None:
     cluster = ProcCluster(tmp_path)
     try:
@@ -384,7 +371,6 @@ def _redis_cli_reshard_refused(cluster: ProcCluster) -> None:
     assert "use `shardstore admin reshard`" in out.stdout + out.stderr, out
 
 
-@needs_aliases
 def test_range_table_rows_stay_out_of_slot_moves_and_move_by_their_map(tmp_path: Path) -> None:
     async def main() -> None:
         cluster = LoopCluster(tmp_path)

@@ -33,7 +33,7 @@ from shardstore.__main__ import main as shardstore_main
 from shardstore.router import Router, RouterOptions
 from shardstore.router_plan import SHARD, SLOT, RouteMap, assemble, plan
 from tests.conftest import find_free_port
-from tests.test_shardstore_daemon import LoopCluster, needs_aliases
+from tests.test_shardstore_daemon import LoopCluster
 from tests.test_shardstore_tables import _ready
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -292,7 +292,6 @@ async def _check_unreachable(cluster: LoopCluster, client: aredis.Redis) -> None
         await client.get("orders:2026-12-03:0")
 
 
-@needs_aliases
 def test_router_in_front_of_three_nodes(tmp_path: Path) -> None:
     async def main() -> None:
         cluster = LoopCluster(tmp_path, shards=3, replicas=1)

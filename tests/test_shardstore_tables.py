@@ -19,7 +19,7 @@ import redis
 import redis.asyncio as aredis
 
 from shardstore.client import AsyncShardstoreClient, ShardstoreClient, ShardstoreError
-from tests.test_shardstore_daemon import LoopCluster, needs_aliases
+from tests.test_shardstore_daemon import LoopCluster
 
 READY_S = 30.0
 
@@ -162,7 +162,6 @@ async def _until_map(cluster: LoopCluster, splits: list[int], shards: list[int])
         await asyncio.sleep(0.05)
 
 
-@needs_aliases
 def test_range_tables_are_served_by_their_shards_only(tmp_path: Path) -> None:
     async def main() -> None:
         cluster = LoopCluster(tmp_path, shards=3, replicas=1)

@@ -307,3 +307,34 @@ def test_a_flipped_byte_in_a_snapshot_file_fails_its_digest_when_read(tmp_path: 
         f.write(bytes([byte[0] ^ 1]))
     with pytest.raises(SnapshotFormatError):
         data.read_all()
+
+
+class _Reports:
+    """Stands for the leader's Node: records what the transfers report."""
+
+    def __init__(self) -> None:
+        self.reports: list[tuple[int, bool]] = []
+
+    def report_snapshot(self, to: int, ok: bool) -> None:
+        self.reports.append((to, ok))
+
+
+def test_a_snapshot_file_replaced_before_its_stream_starts_fails_that_stream(
+        tmp_path: Path) -> None:
+    """The Node asked to send snapshot 8, but a newer one took its file meanwhile: the
+    stream fails at once (the Node then sends the newer one), nothing wrong is sent."""
+    from core.raft.group_snapshots import SnapshotTransfers
+    from core.raft.messages import SnapshotRequest
+    disk = _storage_with_a_snapshot(tmp_path)
+    old = disk.snapshot()
+    disk.create_snapshot(15, (1, 2, 3), b"newer")
+    transfers = SnapshotTransfers(tmp_path, 1)
+    transfers.start(SnapshotRequest(frm=1, to=2, term=1, snapshot=old))
+    node = _Reports()
+    assert transfers.drain(node) == []  # type: ignore[arg-type]
+    assert node.reports == [(2, False)]
+    transfers.start(SnapshotRequest(frm=1, to=2, term=1, snapshot=disk.snapshot()))
+    [chunk] = [payload for _, payload in transfers.drain(node)]  # type: ignore[arg-type]
+    assert chunk["index"] == 15 and chunk["data"].endswith(b"newer")
+    transfers.close()
+    disk.close()

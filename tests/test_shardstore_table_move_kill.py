@@ -7,6 +7,7 @@ recorded cursor: every row is read back from `users` with its value, and the sha
 
 from __future__ import annotations
 
+import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -15,7 +16,7 @@ from typing import Any
 import redis
 
 from shardstore.client import ShardstoreClient
-from tests.conftest import find_free_port
+from tests.conftest import find_free_port, wait_for_tcp_port
 from tests.procs import Daemon
 from tests.test_shardstore_daemon import needs_aliases
 
@@ -43,7 +44,7 @@ class Procs:
             port = find_free_port(host)
             argv = ["shardstore", "serve", "--id", str(i + 1), "--listen", f"{host}:{port}",
                     "--peer-listen", f"{host}:{raft[i + 1][1]}", "--peers", peers,
-                    "--data-dir", str(tmp / f"n{i + 1}"), "--shards", "2", "--replicas", "2",
+                    "--data-dir", str(tmp / f"n{i + 1}"), "--shards", "1", "--replicas", "2",
                     "--keyspace", "default=1,2", "--keyspace", "users=3",
                     "--move-batch-keys", str(BATCH_KEYS)]
             self.daemons.append(Daemon(argv, host, port, tmp / f"n{i + 1}.log"))
@@ -100,11 +101,16 @@ def _bound_to_users(procs: Procs) -> bool:
 def test_a_table_move_resumes_after_its_coordinator_is_killed(tmp_path: Path) -> None:
     procs = Procs(tmp_path)
     try:
+        for daemon in procs.daemons:  # all at once, then wait for each
+            daemon.start(wait=False)
         for daemon in procs.daemons:
-            daemon.start()
+            wait_for_tcp_port(daemon.host, daemon.port, timeout=READY_S, proc=daemon.proc)
         _until(procs.ready, "the cluster")
         _move_and_kill(procs)
     finally:
+        for daemon in procs.daemons:
+            if daemon.alive():
+                daemon.signal(signal.SIGTERM)  # all stop together
         for daemon in procs.daemons:
             daemon.stop()
 

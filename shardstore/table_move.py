@@ -33,10 +33,11 @@ The record, not a command's connection, drives the move: `drive` runs first in e
 the coordinator's rounds (Mover.before_round). For every recorded table move it begins
 the generic moves still needed and cancels the ones a cancel stops. A coordinator
 SIGKILLed mid-move is replaced by the next configuration leader, which goes on from the
-records. Each command does the same once on its own node, after a read barrier on the
-configuration group, and answers the ids of the moves it began. Every command may be
-sent again. Progress shows in `TABLE.INFO` (`move`: target, origin, state, switches,
-ranges arrived of all, and the moves under way) and in `SHARDSTORE.MOVES`.
+records. TABLE.MOVE, REVERSE and CANCEL do the same once on their own node, after a
+read barrier on the configuration group, and answer the ids of the moves they began
+(FINISH answers OK). Every command may be sent again. Progress shows in `TABLE.INFO`
+(`move`: target, origin, state, switches, ranges arrived of all, and the moves under way)
+and in `SHARDSTORE.MOVES`.
 
 Only RANGE tables move. A HASH table's rows are placed by the slot map of whichever
 keyspace's node is asked, so its binding does not route them yet.

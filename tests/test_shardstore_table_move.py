@@ -34,7 +34,6 @@ from shardstore.table_moves import give_range
 from shardstore.table_verify import DigestService, Verifier, digest_rows
 from tests.conftest import find_free_port
 from tests.test_shardstore_catalog import DATE_RESTS, SortedKV
-from tests.test_shardstore_daemon import needs_aliases
 from tests.test_shardstore_keyspaces import KeyspaceCluster
 
 MOVE_S = 60.0
@@ -289,7 +288,6 @@ async def _check_rows(spaces: KeyspaceCluster, writer: Writer, new: range,
     await _until(lambda: _rows_on(spaces, new[-1:]) == ROWS, "every row on the new shards")
 
 
-@needs_aliases
 def test_a_range_table_moves_to_another_keyspace_under_writes_and_back(
         tmp_path: Path) -> None:
     async def main() -> None:

@@ -18,7 +18,6 @@ import redis
 from shardstore.client import ShardstoreClient
 from tests.conftest import find_free_port, wait_for_tcp_port
 from tests.procs import Daemon
-from tests.test_shardstore_daemon import needs_aliases
 
 HOSTS = ("127.0.0.2", "127.0.0.3", "127.0.0.4")
 READY_S = 30.0
@@ -97,7 +96,6 @@ def _bound_to_users(procs: Procs) -> bool:
         m[b"state"] == b"done" for m in procs.table_moves())
 
 
-@needs_aliases
 def test_a_table_move_resumes_after_its_coordinator_is_killed(tmp_path: Path) -> None:
     procs = Procs(tmp_path)
     try:

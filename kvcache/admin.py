@@ -181,6 +181,10 @@ def cmd_lru_crawler(engine: Engine, tokens: list[bytes]) -> Reply:
             return replies.line(replies.BAD_FORMAT)
         if sub == b"sleep" and number > MAX_CRAWLER_SLEEP_US:
             return replies.line(replies.CRAWLER_SLEEP_TOO_LONG)
+        if sub == b"sleep":  # microseconds between crawler slices (kvcache/server.py)
+            engine.settings.crawl_interval_s = number / 1_000_000
+        else:  # items checked per slice; 0: no limit
+            engine.settings.crawl_items_per_tick = number
         return replies.OK
     if count == 3 and sub == b"enable":
         if engine.crawler_enabled:

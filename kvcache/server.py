@@ -65,6 +65,11 @@ WRITE_HIGH_WATER = 1024 * 1024
 WRITE_FLUSH_BYTES = 256 * 1024  # queued replies are written once they reach this much
 WRITE_JOIN_MAX = 16 * 1024  # queued replies up to this size are joined; larger go as pieces
 CRAWL_PASS_INTERVAL_S = 10.0
+# The maintenance step's period is `lru_crawler sleep` (settings.crawl_interval_s) within
+# these bounds: the cache clock must not fall behind, nor the loop spin.
+MIN_TICK_S = 0.001
+MAX_TICK_S = 0.1
+UNLIMITED_SLICE = 1 << 30  # `lru_crawler tocrawl 0`: no limit per slice, as in memcached
 GRACE_S = 5.0
 
 
@@ -142,9 +147,9 @@ class KvcacheServer:
 
     # -- maintenance ---------------------------------------------------------------------
     async def _maintain(self) -> None:
-        interval = self.settings.crawl_interval_s
-        while True:
-            await asyncio.sleep(interval)
+        settings = self.settings
+        while True:  # the period is read each time: `lru_crawler sleep` changes it
+            await asyncio.sleep(min(max(settings.crawl_interval_s, MIN_TICK_S), MAX_TICK_S))
             try:
                 self.maintain_once()
             except Exception:  # never let the clock stop
@@ -170,7 +175,7 @@ class KvcacheServer:
         if not storage.crawling:
             self.engine.crawl_requested = False
             self.stats.crawler_starts += 1
-        reclaimed = storage.crawl(self.settings.crawl_items_per_tick)
+        reclaimed = storage.crawl(self.settings.crawl_items_per_tick or UNLIMITED_SLICE)
         if reclaimed:
             log.debug("crawler reclaimed %d expired items", reclaimed)
         if not storage.crawling:

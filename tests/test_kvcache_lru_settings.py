@@ -101,3 +101,35 @@ def test_tune_reaches_the_daemon_lru(tmp_path) -> None:
         assert hot == ITEMS * 60 // 100
     finally:
         assert fresh.stop() == 0, fresh.log()
+
+
+CRAWLER = b"lru_crawler sleep 2000\r\nlru_crawler tocrawl 7\r\nlru_crawler sleep 1000001\r\n"
+CRAWLER_SET = {"lru_crawler_sleep": "2000", "lru_crawler_tocrawl": "7"}
+
+
+def test_crawler_sleep_and_tocrawl_are_real(daemon) -> None:
+    """`lru_crawler sleep N` sets the pause between crawler slices (microseconds) and
+    `lru_crawler tocrawl N` the items per slice; `stats settings` shows both, as memcached's
+    does, and a sleep over one second is refused with memcached's words."""
+    reply = request(daemon.host, daemon.port, CRAWLER)
+    assert reply.startswith(b"OK\r\nOK\r\nCLIENT_ERROR"), reply
+    settings = settings_of(daemon.host, daemon.port)
+    assert {name: settings[name] for name in CRAWLER_SET} == CRAWLER_SET
+    assert request(daemon.host, daemon.port, b"lru_crawler tocrawl 0\r\n") == b"OK\r\n"
+    assert settings_of(daemon.host, daemon.port)["lru_crawler_tocrawl"] == "0"  # no limit
+
+
+@pytest.mark.skipif(MEMCACHED is None, reason="memcached is not installed")
+def test_crawler_settings_like_memcached(tmp_path) -> None:
+    real = Memcached(tmp_path, ["-t", "1", "-U", "0"]).start()
+    try:
+        theirs = request(real.host, real.port, CRAWLER)
+        settings = settings_of(real.host, real.port)
+    finally:
+        real.stop()
+    assert {name: settings[name] for name in CRAWLER_SET} == CRAWLER_SET
+    ours = kvcache_daemon(tmp_path).start()
+    try:
+        assert request(ours.host, ours.port, CRAWLER) == theirs
+    finally:
+        assert ours.stop() == 0, ours.log()

@@ -21,7 +21,7 @@ from typing import Any
 
 import msgpack
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 
@@ -120,6 +120,34 @@ def test_the_source_refuses_moving_keys_with_the_fence_text(tmp_path: Path) -> N
     refusal = decode_reply(out[2])
     assert refusal.message == ERR_FENCED.format(9) and fenced_move(refusal.message) == 9
     source.engine.close()
+
+
+SOURCE_KEYS = [f"key{i:02d}".encode() for i in range(12)]
+
+
+@settings(max_examples=60)
+@given(st.integers(1, 5),
+       st.lists(st.one_of(st.tuples(st.just("copy"), st.integers(0, 11)),
+                          st.tuples(st.just("asking"), st.integers(0, 11))), max_size=40))
+def test_no_copy_order_overwrites_a_write_taken_under_asking(
+        size: int, events: list[tuple[str, int]]) -> None:
+    """Copy batches delivered in any order, again and late, between writes under ASKING:
+    a write the target took is never overwritten, and every key ends up there."""
+    keys = KeySet.of_slots(key_slot(k) for k in SOURCE_KEYS)
+    chunks = [SOURCE_KEYS[i:i + size] for i in range(0, len(SOURCE_KEYS), size)]
+    batches = [([(k, b"source", 0) for k in chunk], chunks[i - 1][-1] if i else None,
+                chunk[-1] if i + 1 < len(chunks) else None) for i, chunk in enumerate(chunks)]
+    fences, store, taken = Fences(), {}, {}
+    plan = [*events, *(("copy", i) for i in range(len(batches)))]  # then the walk ends
+    for n, (kind, which) in enumerate(plan):
+        if kind == "copy":
+            rows, start, end = batches[which % len(batches)]
+            store.update((k, v) for k, v, _ in fences.copy_rows(1, keys, rows, start, end))
+        elif fences.unimported([SOURCE_KEYS[which]]) is None:
+            value = f"asked{n}".encode()
+            store[SOURCE_KEYS[which]] = taken[SOURCE_KEYS[which]] = value
+    assert fences.imports[1].walked
+    assert store == {k: taken.get(k, b"source") for k in SOURCE_KEYS}
 
 
 @given(st.text(max_size=120))

@@ -96,6 +96,7 @@ class ChunkServer:
         self._tasks: list[asyncio.Task[None]] = []
         self._copies: set[asyncio.Task[None]] = set()
         self._report_now = asyncio.Event()  # a replica arrived: report it at once
+        self._stopping = False  # the loops end on it even if a cancellation is swallowed
         self.local: LocalReadServer | None = None  # short-circuit reads (dfs/chunk_local.py)
 
     async def start(self, host: str, port: int) -> None:
@@ -112,6 +113,7 @@ class ChunkServer:
 
     async def stop(self) -> None:
         """Stop listening and the loops; release the data directory."""
+        self._stopping = True
         if self._server is not None:
             self._server.close()
         if self.local is not None:
@@ -215,7 +217,7 @@ class ChunkServer:
                 "chunks": self.store.report(), "bad": sorted(self.bad)}
 
     async def _heartbeats(self) -> None:
-        while True:
+        while not self._stopping:
             try:
                 reply = await self.masters.call("FS.HEARTBEAT", msgpack.packb(self.report()))
                 self.bad.clear()
@@ -279,7 +281,7 @@ class ChunkServer:
     # -- the scrubber -----------------------------------------------------------------------
 
     async def _scrubber(self) -> None:
-        while True:
+        while not self._stopping:
             await asyncio.sleep(self.config.scrub_pause_s)
             for chunk in self.store.iter_chunks():
                 replica = self.store.get(chunk)

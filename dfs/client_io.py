@@ -16,23 +16,23 @@ lost with a master, counts as done). The file is written under a temporary name
 (`<path>.<token>._COPYING_`, as `hdfs dfs -put` does) and renamed over `path` at close, so
 readers see the old file or the whole new one, never part of it.
 
-While a writer is open its client's lease renewer (dfs/client_lease.py) tells the masters
-it is alive, however long it pauses between writes. A writer dropped without `close`
-abandons its file, as HDFS does when a writer vanishes: the
-finalizer (of `WriteFile`, the buffered file `DfsClient.open` returns, and of the raw
-`ChunkWriter`) does no network I/O and never commits, so the garbage collector can neither
-publish a half-written file nor wait on unreachable masters; the temporary file is left to
-the master's abandoned-write reaper (`--abandoned-write-ms`).
+While a writer is open its client's lease renewer (dfs/client_lease.py) tells the masters it
+is alive, however long it pauses between writes. A writer dropped without `close` abandons
+its file, as HDFS does when a writer vanishes: the finalizer (of `WriteFile`, the buffered
+file `DfsClient.open` returns, and of the raw `ChunkWriter`) does no network I/O and never
+commits, so the garbage collector can neither publish a half-written file nor wait on
+unreachable masters; the temporary file is left to the master's abandoned-write reaper
+(`--abandoned-write-ms`).
 
-Reading. FS.LOCATE gives each chunk's version, size and replicas. A replica on this host
-is read from its file directly (short-circuit, dfs/chunk_local.py: the chunk server passes
-an open descriptor, every block is still checked against its checksum), into the caller's
-buffer; any other is asked over TCP. A read asks one replica
-for at most PIECE_BYTES; on an error (unreachable, no such version, a checksum mismatch:
-the server checks every block) it fails over to the next replica, and a checksum mismatch
-is reported to the master (FS.BADREPLICA) so the bad copy is replaced. When every replica
-failed it locates the file again (the master may know new replicas) and retries, up to
-MAX_LOCATE_ROUNDS times, then raises OSError.
+Reading. FS.LOCATE gives each chunk's version, size and replicas. A replica on this host is
+read from its file directly (short-circuit, dfs/chunk_local.py: the chunk server passes an
+open descriptor, every block is still checked against its checksum), into the caller's
+buffer; any other is asked over TCP. A read asks one replica for at most PIECE_BYTES; on an
+error (unreachable, no such version, a checksum mismatch: the server checks every block) it
+fails over to the next replica, and a checksum mismatch is reported to the master
+(FS.BADREPLICA) so the bad copy is replaced. When every replica failed it locates the file
+again (the master may know new replicas) and retries, up to MAX_LOCATE_ROUNDS times, then
+raises OSError.
 """
 
 from __future__ import annotations

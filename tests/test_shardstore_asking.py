@@ -150,6 +150,7 @@ def test_no_copy_order_overwrites_a_write_taken_under_asking(
     assert store == {k: taken.get(k, b"source") for k in SOURCE_KEYS}
 
 
+@settings(max_examples=50)
 @given(st.text(max_size=120))
 def test_the_fence_text_parser_takes_only_fence_texts(text: str) -> None:
     found = fenced_move(text)

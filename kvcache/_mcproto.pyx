@@ -120,6 +120,8 @@ cdef class RequestParser:
     cdef public long long max_multiget_line
     cdef public bint closed
     cdef readonly bint use_cas  # False (-C): items carry no CAS, 8 bytes more fit
+    # item_ntotal of an empty key and value, without and with client flags; -I
+    cdef long long _ntotal_plain, _ntotal_flags, _item_size_max
     cdef bytes _buf
     cdef Py_ssize_t _pos
     cdef long long _swallow  # bytes still to discard
@@ -133,6 +135,9 @@ cdef class RequestParser:
                  bint use_cas=True):
         self.slabs = shared_classes(item_size_max)
         self.use_cas = use_cas
+        self._ntotal_plain = item_ntotal(0, 0, 0, use_cas)
+        self._ntotal_flags = item_ntotal(0, 1, 0, use_cas)
+        self._item_size_max = item_size_max
         self.lane_value_max = item_size_max - item_ntotal(_KEY_MAX, 1, 0)
         self.max_multiget_line = max_multiget_line
         self._buf = b""
@@ -258,7 +263,9 @@ cdef class RequestParser:
         meta = request.meta
         nflags = meta.client_flags if meta is not None else request.flags
         request.size = vlen
-        if not self.slabs.fits(len(request.key), nflags, vlen, self.use_cas):
+        # SlabClasses.fits (the pure twin's call), in C
+        if ((self._ntotal_flags if nflags else self._ntotal_plain) + len(request.key) + vlen
+                > self._item_size_max):
             request.too_large = True
             self._swallow = vlen + 2
             return request

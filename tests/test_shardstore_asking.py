@@ -24,6 +24,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
+from redis.cluster import RedisCluster
 
 from core.resp import CommandError
 from native.crc16 import key_slot
@@ -229,6 +230,7 @@ async def _ask_during_move(cluster: LoopCluster) -> None:
     assert await rc.set(taken[0], "written-under-asking")
     assert await rc.get(taken[0]) == b"written-under-asking"
     await _redis_cli_follows(cluster, taken[-1])
+    assert await asyncio.to_thread(_blocking_get, host, port, taken[1]) == f"v-{taken[1]}"
     await _dbsize_sum(cluster, len(hot))  # the copies are not counted twice
     await _flushes_wait(cluster)
     statuses = [await cluster.client(i).execute_command("SHARDSTORE.STATUS")
@@ -310,6 +312,12 @@ async def _raw_replies(cluster: LoopCluster, taken: str, waiting: str) -> None:
     members = [n.settings.listen for n in cluster.nodes if 2 in n.machines]
     assert (found.group(2), int(found.group(3))) in members  # the target's master
     assert replies[1].startswith("-TRYAGAIN"), replies
+
+
+def _blocking_get(host: str, port: int, key: str) -> str:
+    """GET through redis-py's blocking RedisCluster (it follows ASK as the asyncio one)."""
+    with RedisCluster(host=host, port=port, decode_responses=True) as client:
+        return str(client.get(key))
 
 
 async def _redis_cli_follows(cluster: LoopCluster, key: str) -> None:

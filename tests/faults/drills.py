@@ -34,5 +34,6 @@ DRILLS: dict[str, Drill] = {
     "kvcache": lazy("tests.faults.kvcache_drill"),
     "scheduler": lazy("tests.faults.scheduler_drill"),
     "shardstore": lazy("tests.faults.shardstore_drill"),
+    "shardstore-nemesis": lazy("tests.faults.shardstore_nemesis"),
     "dfs": lazy("tests.faults.dfs_drill"),
 }

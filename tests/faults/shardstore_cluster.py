@@ -4,7 +4,9 @@ Strategy: hosts n1..n3 each run one `shardstore serve` node (3 shards x 3 replic
 node a member of every shard, small move batches so a reshard takes many steps); host n4
 runs the clients and the drill's own commands, so a partition that cuts a node off cuts it
 off from the clients too. Control calls go from a thread inside n4 to each node in turn
-until one answers. `reshard` runs `shardstore admin reshard` as a process on n4.
+until one answers. `reshard` runs `shardstore admin reshard` as a process on n4. With
+`faked_clock` the nodes run on their hosts' libfaketime clocks, for the nemesis's clock
+faults (tests/faults/shardstore_nemesis.py).
 
 `SlotClient` is the clients' routing: a slot map from CLUSTER SLOTS, MOVED followed (the
 command was not run), ASK followed with ASKING on the same connection, and nothing else
@@ -70,9 +72,10 @@ def _as_map(record: Any) -> dict[bytes, Any]:
 class Cluster:
     """The three nodes and the drill's control calls from inside the client host."""
 
-    def __init__(self, harness: Harness, workdir: Path) -> None:
+    def __init__(self, harness: Harness, workdir: Path, faked_clock: bool = False) -> None:
         self.harness = harness
         self.workdir = workdir
+        self.faked_clock = faked_clock  # the nodes run on their hosts' faked wall clocks
         self.hosts = harness.hosts[:NODES]
         self.nodes: dict[str, Node] = {}
         self.pool: ThreadPoolExecutor = harness.executor(CLIENT_HOST)
@@ -94,7 +97,8 @@ class Cluster:
                     "--move-batch-keys", str(MOVE_BATCH_KEYS),
                     "--cluster-secret", SECRET,
                     "--protected-mode", "no"]  # the harness's network is the test's own
-            self.nodes[host.name] = self.harness.spawn(host, argv, name=f"node-{host.name}")
+            self.nodes[host.name] = self.harness.spawn(host, argv, name=f"node-{host.name}",
+                                                       faked_clock=self.faked_clock)
         self.until_ok()
 
     def until_ok(self) -> None:
@@ -180,8 +184,9 @@ class Cluster:
         return self.wait(finished, "end of every move")[0]
 
     def admin(self, *words: str, name: str) -> Node:
-        """`shardstore admin --node <n1> <words>` as a process on the client host."""
-        node = f"{self.hosts[0].address}:{NODE_PORT}"
+        """`shardstore admin --node <n1>,<n2>,<n3> <words>` (the first node that answers)
+        as a process on the client host."""
+        node = ",".join(f"{host.address}:{NODE_PORT}" for host in self.hosts)
         return self.harness.spawn(CLIENT_HOST, ["shardstore", "admin", "--node", node,
                                                 *words], name=name)
 

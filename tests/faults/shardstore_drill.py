@@ -27,6 +27,9 @@ finally every counter lies between its acknowledged increments and those plus th
 ones, and at or above every value an acknowledged INCR returned (`check_final_counters`);
 the register history is linearizable (checkers.check_linearizable, Register model); every
 move ended and `shardstore admin check` passes (`check_moves`).
+
+The random-nemesis round (tests/faults/shardstore_nemesis.py) shares the cluster, keys,
+clients and checks: `start_workload`, `reshard`, `settle`.
 """
 
 from __future__ import annotations
@@ -60,7 +63,8 @@ from tests.faults.shardstore_cluster import (
     SlotClient,
 )
 
-__all__ = ["DAEMON", "check_final_counters", "check_moves", "drill", "run_round"]
+__all__ = ["DAEMON", "Round", "Workload", "admin_exit", "check_final_counters", "check_moves",
+           "drill", "reshard", "run_round", "settle", "start_workload"]
 
 log = logging.getLogger("tests.faults.shardstore_drill")
 
@@ -256,13 +260,8 @@ class Rounds:
         self.faults += f == FAULT_F
 
     def run(self) -> None:
-        shards = sorted(self.cluster.slot_counts())
-        source = shards[self.done % len(shards)]
-        target = shards[(self.done + 1) % len(shards)]
-        admin = self.cluster.admin("reshard", "--from", str(source), "--to", str(target),
-                                   "--slots", str(SLOTS_PER_ROUND), "--batch",
-                                   str(BATCH_SLOTS), name=f"reshard-{self.done}")
-        self.note(FAULT_F, "move", f"reshard {SLOTS_PER_ROUND} slots {source} -> {target}")
+        admin, text = reshard(self.cluster, self.done)
+        self.note(FAULT_F, "move", text)
         time.sleep(WORK_S / 3)
         self.kill_a_leader()
         time.sleep(WORK_S)
@@ -292,6 +291,18 @@ class Rounds:
         time.sleep(ISOLATE_HOLD_S)
         self.cluster.harness.heal()
         self.note(HEAL_F, "isolate", f"heal {host.name}")
+
+
+def reshard(cluster: Cluster, index: int) -> tuple[Node, str]:
+    """Start round `index`'s `shardstore admin reshard` (SLOTS_PER_ROUND top slots of one
+    shard to the next, the shards taken in turn); the admin process and what it does."""
+    shards = sorted(cluster.slot_counts())
+    source = shards[index % len(shards)]
+    target = shards[(index + 1) % len(shards)]
+    admin = cluster.admin("reshard", "--from", str(source), "--to", str(target),
+                          "--slots", str(SLOTS_PER_ROUND), "--batch", str(BATCH_SLOTS),
+                          name=f"reshard-{index}")
+    return admin, f"reshard {SLOTS_PER_ROUND} slots {source} -> {target}"
 
 
 def admin_exit(admin: Node) -> str:
@@ -411,19 +422,52 @@ class Round:
     ops: list[Operation]
 
 
+@dataclass
+class Workload:
+    """A started cluster with its keys planned and preloaded, and its clients (not yet
+    started)."""
+
+    cluster: Cluster
+    keys: Keys
+    clients: Clients
+
+
+def start_workload(harness: Harness, workdir: Path, recorder: Recorder, rng: random.Random,
+                   faked_clock: bool = False) -> Workload:
+    """Start the cluster, plan the keys in the slots the rounds move, preload the filler
+    and make the clients (one draw from `rng` seeds them)."""
+    cluster = Cluster(harness, workdir, faked_clock)
+    cluster.start()
+    top: dict[int, int] = {}
+    for _first, last, shard in cluster.call("SHARDSTORE.SLOTS"):
+        top[int(shard)] = max(top.get(int(shard), -1), int(last))
+    keys = plan_keys(top)
+    preload(cluster, keys)
+    return Workload(cluster, keys, Clients(cluster, recorder, keys, random.Random(rng.random())))
+
+
+def settle(cluster: Cluster, recorder: Recorder, keys: Keys) -> list[CheckResult]:
+    """After the faults are healed and the clients stopped: restart any node that is down,
+    wait for the cluster and its moves, read every key once more, run `admin check`; the
+    checkers' verdicts on the history so far."""
+    for node in cluster.nodes.values():
+        if not node.alive():
+            node.start()
+    cluster.until_ok()
+    moves = cluster.until_moves_done()
+    final_reads(cluster, recorder, keys)
+    check = admin_check(cluster)
+    ops = [op for op in recorder.history().operations() if op.process != NEMESIS_PROCESS]
+    return verdicts(ops, keys, moves, check)
+
+
 def run_round(seed: int, duration_s: float, workdir: Path) -> Round:
     """Rounds of faults for `duration_s` seconds (at least one), then the checks."""
     rng = random.Random(seed)
     recorder = Recorder()
     with Harness(HOSTS, workdir, seed=seed) as harness:
-        cluster = Cluster(harness, workdir)
-        cluster.start()
-        top: dict[int, int] = {}
-        for _first, last, shard in cluster.call("SHARDSTORE.SLOTS"):
-            top[int(shard)] = max(top.get(int(shard), -1), int(last))
-        keys = plan_keys(top)
-        preload(cluster, keys)
-        clients = Clients(cluster, recorder, keys, random.Random(rng.random()))
+        work = start_workload(harness, workdir, recorder, rng)
+        cluster, keys, clients = work.cluster, work.keys, work.clients
         rounds = Rounds(cluster, recorder, random.Random(rng.random()))
         clients.start()
         end_at = time.monotonic() + duration_s
@@ -434,16 +478,9 @@ def run_round(seed: int, duration_s: float, workdir: Path) -> Round:
         finally:
             harness.heal()
             clients.finish()
-        for node in cluster.nodes.values():
-            if not node.alive():
-                node.start()
-        cluster.until_ok()
-        moves = cluster.until_moves_done()
-        final_reads(cluster, recorder, keys)
-        check = admin_check(cluster)
+        results = settle(cluster, recorder, keys)
     history = recorder.history()
     ops = [op for op in history.operations() if op.process != NEMESIS_PROCESS]
-    results = verdicts(ops, keys, moves, check)
     report = finish(DAEMON, seed, history, results, rounds.faults, workdir, rounds.notes)
     return Round(report, keys, ops)
 

@@ -52,6 +52,7 @@ from core.resp import CommandError
 from shardstore import cluster
 from shardstore.admin_commands import AdminCommands
 from shardstore.cluster import CONFIG_GROUP, ClusterView, ConfigMachine, Shard
+from shardstore.engine.errors import EngineError, StorageFailed
 from shardstore.handlers import ClientCommands
 from shardstore.machine import ShardMachine, encode_expire, expired_keys
 from shardstore.migrate import BATCH_KEYS, SERVICE_MOVE, Mover, MoveService
@@ -426,8 +427,16 @@ class ShardNode:
     async def _everysec(self) -> None:
         while True:
             await asyncio.sleep(EVERYSEC_S)
-            for machine in list(self.machines.values()):
-                await asyncio.to_thread(machine.engine.sync)
+            for sid, machine in list(self.machines.items()):
+                try:
+                    await asyncio.to_thread(machine.engine.sync)
+                except StorageFailed as exc:  # an fsync error is fatal, never retried
+                    log.critical("node %d stops: shard %d: %r", self.me, sid, exc)
+                    if not self._failed.done():
+                        self._failed.set_exception(exc)
+                    return
+                except EngineError as exc:  # closed under the sync: the shard has gone
+                    log.debug("sync of shard %d: %r", sid, exc)
 
     # -- INFO ----------------------------------------------------------------------------------
 

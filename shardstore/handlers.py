@@ -20,7 +20,8 @@ core answers for every daemon: COMMON_NAMES) gets a handler here by its key spec
 Pipelined runs: core's `RespServer.pipeline` offers a connection's parsed commands and
 shardstore/pipeline.py takes a run of consecutive keyed writes to one shard (one request
 to its leader, one Raft entry; an unknown outcome is every command's `-UNKNOWN ...`), or
-of reads of one shard that need a read barrier (one barrier for the run).
+of reads of one shard that need a read barrier (one barrier for the run). Reads of one
+shard that arrive in the same loop turn share a barrier too (shardstore/barriers.py).
 
 While a shard has no leader the service answers `-TRYAGAIN ...`; a write whose outcome is
 unknown (the leader lost under it, a timeout) is answered `-UNKNOWN ...`, which clients do
@@ -62,6 +63,7 @@ from core.resp_session import Session
 from native.crc16 import SLOT_COUNT, key_slot
 from shardstore import cluster
 from shardstore.asking import Asking
+from shardstore.barriers import SharedBarriers
 from shardstore.cluster import ClusterConfig, ClusterView, Shard
 from shardstore.cmd_tables import TableCommands
 from shardstore.machine import MergedKV, ShardMachine, decode_reply
@@ -135,6 +137,8 @@ class ClientCommands:
         self.tables = TableCommands(node)  # type: ignore[arg-type]  # TABLE.*, range rows
         self.asking = Asking(node)  # type: ignore[arg-type]  # ASK/ASKING (asking.py)
         self.pipelines = Pipelines(self, _readonly)  # pipelined runs (pipeline.py)
+        # reads arriving in one loop turn share a read barrier (barriers.py)
+        self.barriers = SharedBarriers(lambda group: self.node.service.barrier(group))
 
     def rows(self) -> list[Command]:
         self.layer = self.node.layer
@@ -230,7 +234,7 @@ class ClientCommands:
 
     async def _read(self, shard: Shard, args: list[bytes], stale_ok: bool) -> Any:
         if not stale_ok:
-            await self.node.service.barrier(shard.group)
+            await self.barriers.wait(shard.group)
         return self.read_local(shard, args)
 
     def read_local(self, shard: Shard, args: list[bytes], read: Any = None) -> Any:
@@ -277,7 +281,7 @@ class ClientCommands:
         shards = self.node.led_shards()
         if not stale_ok:
             for shard in shards:
-                await self.node.service.barrier(shard.group)
+                await self.barriers.wait(shard.group)
         is_range_row = self.tables.catalog.is_range_row
         kv = MergedKV([owned_store(self.node.config, s.shard_id,
                                    self.node.machines[s.shard_id].store, is_range_row)

@@ -30,6 +30,7 @@ from core.raft_service import ERR_OUTCOME_UNKNOWN
 from core.resp import CommandError
 from core.resp_session import Session
 from shardstore.asking import ASKING_ATTR, Asking
+from shardstore.barriers import SharedBarriers
 from shardstore.cluster import Shard
 from shardstore.cmd_tables import TableCommands
 from shardstore.machine import decode_reply
@@ -47,6 +48,7 @@ class ClientView(Protocol):
     layer: Any  # shardstore.commands
     tables: TableCommands
     asking: Asking
+    barriers: SharedBarriers
 
     def local_shard(self, slot: int) -> Shard: ...
 
@@ -135,7 +137,7 @@ class Pipelines:
                         ) -> list[Any]:
         client = self.commands
         try:
-            await client.node.service.barrier(shard.group)
+            await client.barriers.wait(shard.group)
         except CommandError as error:  # TRYAGAIN: no leader, no quorum
             return [error] * len(run)
         replies: list[Any] = []

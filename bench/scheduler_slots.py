@@ -12,6 +12,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from bench.scheduler_loads import Note
+from scheduler.state_apply import MSG_PAUSED_AHEAD
 
 Record = dict[str, Any]
 Slot = tuple[str, int]
@@ -111,12 +112,20 @@ def first_start_after(records: Iterable[Record], handled: dict[Slot, list[float]
     return min(times, default=float("nan")) - at_ms
 
 
+def paused_ahead(record: Record) -> bool:
+    """A run fired ahead of its slot that the jobs' final pause killed before any worker
+    took it (scheduler/fireloop.py): it was never meant to run."""
+    return record["state"] == "killed" and record.get("message") == MSG_PAUSED_AHEAD
+
+
 def accounting(records: list[Record], notes: list[Note], period_ms: int) -> dict[str, Any]:
     """Duplicate and missed slots: in the history (gaps between the first and last slot of
-    each job, skipped records) and at the worker (a slot handled twice or never)."""
+    each job, skipped records) and at the worker (a slot handled twice or never; a run the
+    final pause killed before any worker took it is not one to handle)."""
     per_job = _slots_per_job(records)
     handled = starts(notes)
-    fired = {(r["job"], r["slot_ms"]) for r in records if r["state"] != "skipped"}
+    fired = {(r["job"], r["slot_ms"]) for r in records
+             if r["state"] != "skipped" and not paused_ahead(r)}
     return {
         "slots": len(records),
         "history_duplicates": sum(len(s) - len(set(s)) for s in per_job.values()),

@@ -268,7 +268,7 @@ def test_a_local_client_reads_the_replica_file_and_checks_every_block(
                        st.one_of(st.integers(-2, 2**70), st.text(max_size=6),
                                  st.sampled_from([OP_OPEN, "get"]), st.none(),
                                  st.lists(st.integers(), max_size=2)), max_size=4))
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=100, deadline=None)
 def test_any_local_request_is_answered_or_refused(header: dict[str, Any]) -> None:
     class Store:
         def get(self, chunk: int) -> None:

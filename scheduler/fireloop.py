@@ -11,7 +11,8 @@ plans each with `jobs.plan_due` from the replicated handled slot, and starts com
 their fires, MAX_FIRES_PER_ENTRY jobs to an entry, with the claims of the polls parked
 here (scheduler/polls.py) in the last one: one commit fires and dispatches. It does not
 wait for the commit; it checks the active runs (timeouts, lost workers, retries) every
-CHECK_RUNS_S, then sleeps until the next slot or until an applied entry wakes it.
+CHECK_RUNS_S (less often when that walk is long: it takes at most CHECK_RUNS_SHARE of the
+loop), then sleeps until the next slot or until an applied entry wakes it.
 
 An `@in` job added through a node that did not lead waits for this loop to stamp its
 anchor (an "anchor" entry with the leader's time), so its duration counts from the leader's
@@ -39,6 +40,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import Any
 
 from core.clock import Clock
@@ -65,6 +67,9 @@ log = logging.getLogger("scheduler.server")
 MAX_FIRE_SLEEP_S = 0.2  # the loop looks at the jobs at least this often
 MAX_FIRE_SLEEP_MS = int(MAX_FIRE_SLEEP_S * 1000)
 CHECK_RUNS_S = 0.1  # ... and at the active runs (timeouts, lost workers, retries) at most
+# ... but that walk (every active run, thousands with fire-ahead under load) takes at most
+# this share of the loop: after a walk of d seconds the next waits d / share at least
+CHECK_RUNS_SHARE = 0.1
 # jobs fired by one entry: a second's burst of 1,000 due jobs is 4 entries, not 1,000
 # (each entry costs the leader and every follower a proposal, an append and an apply)
 MAX_FIRES_PER_ENTRY = 256
@@ -99,7 +104,7 @@ class FiringLoop:
         self._anchoring: set[str] = set()  # `@in` jobs whose anchor entry is in flight
         # wakes the loop (an applied entry, a poll to claim for)
         self._jobs_changed = asyncio.Event()
-        self._runs_checked = 0.0  # loop time of the last _expire_and_retry
+        self._runs_check_at = 0.0  # loop time of the next _expire_and_retry
         self._leading_since_ms = 0  # wall time this node's firing loop last took over
         # worker -> (its replicated last-heard time, this node's monotonic time when it saw
         # that value): a worker is called lost only once silent by this clock too
@@ -166,8 +171,7 @@ class FiringLoop:
                     log.info("leading in term %d: firing loop running", term)
                 self._anchor_pending()
                 self._fire_due()
-                if asyncio.get_running_loop().time() >= self._runs_checked + CHECK_RUNS_S:
-                    self._runs_checked = asyncio.get_running_loop().time()
+                if asyncio.get_running_loop().time() >= self._runs_check_at:
                     await self._expire_and_retry()
                 await self._sleep_until_next()
             except asyncio.CancelledError:
@@ -301,8 +305,12 @@ class FiringLoop:
         # lost: heartbeats sent while no leader could commit them (an election, a whole-
         # cluster restart) are missing from the replicated last-heard times.
         settled = now - self._leading_since_ms >= self.worker_timeout_ms
+        began = time.perf_counter()
         entries = self.state.due_entries(now, self.worker_timeout_ms if settled else None,
                                          self._silent_here())
+        took = time.perf_counter() - began
+        self._runs_check_at = (asyncio.get_running_loop().time()
+                               + max(CHECK_RUNS_S, took / CHECK_RUNS_SHARE))
         if entries and self.leads():
             results = await asyncio.gather(*(self._group().execute(e) for e in entries),
                                            return_exceptions=True)

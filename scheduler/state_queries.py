@@ -173,6 +173,8 @@ def misfired(job: Job, record: RunRecord, now_ms: int) -> bool:
     once a live worker can take it (scheduler/routing.py), and its deadline applied then."""
     if record.state != FIRED or record.worker:
         return False
+    if record.attempt == 1 and record.slot_ms > record.fired_ms:
+        return False  # a scheduled slot fired ahead (the common case: no schedule read)
     if not expired(job, max(record.slot_ms, record.fired_ms), now_ms):
         return False
     return record.attempt > 1 or job.next_fire(record.slot_ms - 1) != record.slot_ms

@@ -10,9 +10,13 @@ loop's check on the real state machine with a ManualClock.
 
 from __future__ import annotations
 
+import asyncio
+from typing import Any
+
 import msgpack
 
 from core.clock import ManualClock
+from scheduler import fireloop
 from scheduler import state as S
 from scheduler.fireloop import FiringLoop
 from scheduler.jobs import parse_job_add
@@ -54,3 +58,18 @@ def test_a_worker_heard_meanwhile_is_not_silent() -> None:
     clock.step_wall(10 * TIMEOUT_MS)
     clock.advance(TIMEOUT_MS - 1)
     assert loses(loop, clock) == []  # heard 2.999 s ago by the monotonic clock
+
+
+def test_a_long_walk_of_the_active_runs_spaces_out_the_next(monkeypatch: Any) -> None:
+    """The expire/lose/retry walk takes at most CHECK_RUNS_SHARE of the loop: a walk of
+    0.5 s (read from a stand-in perf_counter) puts the next 0.5 / share s later."""
+    loop, _ = loop_with_a_started_run()
+    readings = iter([10.0, 10.5])
+    monkeypatch.setattr(fireloop.time, "perf_counter", lambda: next(readings))
+
+    async def walk() -> float:
+        await loop._expire_and_retry()
+        return asyncio.get_running_loop().time()
+
+    now = asyncio.run(walk())
+    assert loop._runs_check_at >= now + 0.5 / fireloop.CHECK_RUNS_SHARE - 0.5

@@ -14,7 +14,7 @@ thread), so the master declared a live server dead for good; fixed in dfs/chunk_
 and dfs/chunkserver.py, with tests in test_dfs_chunk_store.py and test_dfs_chunk_server.py.
 The membership phase's intermittent failure (a writer stalled past --abandoned-write-ms had
 its file reaped) is fixed by the client's lease renewals (dfs/client_lease.py). The round
-still takes well over a minute (150-170 s under load), more than this suite's budget, so
+still takes well over a minute (101-166 s under load), more than this suite's budget, so
 it stays in `make drills`. Here the drill's checks (tests/faults/dfs_checks.py) run on
 hand-written histories, known good and known bad. Nothing is timed.
 """

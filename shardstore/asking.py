@@ -12,7 +12,9 @@ within our guarantee (no acknowledged write lost or applied twice):
   the target applied the batch, so the target agrees); into `-MOVED` when the move has
   ended (a node whose slot map is behind); else the refusal stays `-TRYAGAIN` (a key on
   its way, or not yet walked: the source cannot tell a key that is not there yet);
-- the target: `ASKING` marks the connection for its next command. A command so marked on
+- the target: `ASKING` marks the connection for its next command, and only that one: any
+  other command clears the mark once it has run (`clear_after_other_commands`), as Redis
+  resets a client's ASKING flag after every command but ASKING itself. A command marked on
   a slot whose keys are being copied into a shard this node hosts is served by that shard:
   a write through the shard's log with the ASKING route, which the shard's machine applies
   only if the copy into it has passed every key (else TRYAGAIN, as Redis answers for keys
@@ -29,8 +31,10 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
+from core.command_table import Command
 from core.raft_service import ERR_OUTCOME_UNKNOWN
 from core.resp import OK, CommandError
 from core.resp_session import Session
@@ -50,12 +54,38 @@ from shardstore.migrate import (
 )
 from shardstore.moves import STATE_CANCEL, STATE_COPY
 
-__all__ = ["ASK", "ASKING_ATTR", "ERR_ASKING_TIMEOUT", "Asking"]
+__all__ = ["ASK", "ASKING_ATTR", "ERR_ASKING_TIMEOUT", "Asking", "clear_after_other_commands"]
 
 ASKING_ATTR = "shardstore_asking"  # set on a Session by ASKING, taken by the next command
+ASKING_NAME = "ASKING"
 ASK = "ASK {} {}"
 ERR_ASKING_TIMEOUT = "TRYAGAIN shard {} has no leader to take a write under ASKING; retry"
 RETRY_S = 0.05  # between two tries of a write under ASKING nobody took
+
+
+def clear_after_other_commands(rows: Iterable[Command]) -> None:
+    """Make every row of `rows` (and their subcommand rows) but ASKING clear the
+    connection's ASKING mark once its handler has returned, so the mark lasts for the one
+    command right after ASKING whatever that command is. The rows are changed in place:
+    the server's name and batch indexes keep pointing at them."""
+    for row in rows:
+        clear_after_other_commands(row.subcommands)
+        if row.name.upper() == ASKING_NAME:
+            continue
+        if row.handler is not None:
+            object.__setattr__(row, "handler", _clearing(row.handler))
+        if row.batch is not None:
+            object.__setattr__(row, "batch", _clearing(row.batch))
+
+
+def _clearing(inner: Callable[[Session, Any], Any]) -> Callable[[Session, Any], Any]:
+    def handler(session: Session, args: Any) -> Any:
+        try:
+            return inner(session, args)
+        finally:
+            session.__dict__.pop(ASKING_ATTR, None)
+
+    return handler
 
 
 class AskingNode(Protocol):

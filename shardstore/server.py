@@ -51,6 +51,7 @@ from core.raft_service import RaftService
 from core.resp import CommandError
 from shardstore import cluster
 from shardstore.admin_commands import AdminCommands
+from shardstore.asking import clear_after_other_commands
 from shardstore.cluster import CONFIG_GROUP, ClusterView, ConfigMachine, Shard
 from shardstore.engine.errors import EngineError, StorageFailed
 from shardstore.handlers import ClientCommands
@@ -163,6 +164,7 @@ class ShardNode:
                                    advertise=settings.advertise, timeout_s=options.timeout_s)
         self.service.resp.mode = "cluster"  # HELLO says so, as a Redis Cluster node does
         self.service.resp.pipeline = self.commands.pipeline  # a run of writes: one entry
+        clear_after_other_commands(self.service.resp.commands.values())  # ASKING: one command
         self._tasks: list[asyncio.Task[None]] = []
         self._cursors: dict[int, bytes] = {}
         self._balanced: dict[int, float] = {}  # shard id -> when it was last handed over

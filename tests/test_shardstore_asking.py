@@ -226,6 +226,7 @@ async def _ask_during_move(cluster: LoopCluster) -> None:
     waiting = sorted(k for k in hot if not move.copied_past(k.encode()))
     assert taken and waiting
     await _raw_replies(cluster, taken[0], waiting[0])
+    await _asking_lasts_one_command(cluster, taken[0])
     assert await rc.get(taken[0]) == f"v-{taken[0]}".encode()
     assert await rc.set(taken[0], "written-under-asking")
     assert await rc.get(taken[0]) == b"written-under-asking"
@@ -312,6 +313,23 @@ async def _raw_replies(cluster: LoopCluster, taken: str, waiting: str) -> None:
     members = [n.settings.listen for n in cluster.nodes if 2 in n.machines]
     assert (found.group(2), int(found.group(3))) in members  # the target's master
     assert replies[1].startswith("-TRYAGAIN"), replies
+
+
+async def _asking_lasts_one_command(cluster: LoopCluster, key: str) -> None:
+    """On a node of the target shard that does not host the source: ASKING then a keyless
+    command leaves the keyed command after it un-asked (MOVED), as Redis clears the flag
+    after any command but ASKING; ASKING right before it gets it served."""
+    node = next(n for n in cluster.nodes if 2 in n.machines and 1 not in n.machines)
+    reader, writer = await asyncio.open_connection(*node.settings.listen)
+    get = f"*2\r\n$3\r\nGET\r\n${len(key)}\r\n{key}\r\n".encode()
+    replies = []
+    for request, lines in ((b"ASKING\r\nPING\r\n" + get, 3), (b"ASKING\r\n" + get, 3)):
+        writer.write(request)
+        replies += [(await reader.readline()).decode().strip() for _ in range(lines)]
+    writer.close()
+    assert replies[:2] == ["+OK", "+PONG"], replies
+    assert replies[2].startswith(f"-MOVED {key_slot(key.encode())} "), replies
+    assert replies[3:] == ["+OK", f"${len(key) + 2}", f"v-{key}"], replies
 
 
 def _blocking_get(host: str, port: int, key: str) -> str:

@@ -27,11 +27,13 @@ Fire-ahead (`--fire-ahead-ms`, as Quartz's fire-ahead time window): a job with C
 allow fires up to that long before its slot. The run is committed and claimed ahead, and
 the worker holds it until the slot (Run.start_in_ms), so a second's burst of 1,000 runs
 due in the same millisecond (~80 ms of planning, applying and dispatching on this loop
-and the worker's) starts on time. A slot is fired ahead at most once and alone
-(`planning.plan_ahead`); exactly-once is unchanged, since the run record is committed
-before dispatch as always. What moves is the point of no return: a pause or delete
-committed inside a slot's window stops a run fired ahead for it only if no worker has taken
-it yet (a pause kills it, a delete drops it); a worker that holds it starts it at the slot.
+and the worker's) starts on time, and so do the runs of slots due while a new leader is
+elected (the default window is longer than an election). A slot is fired ahead at most
+once and alone (`planning.plan_ahead`); exactly-once is unchanged, since the run record is
+committed before dispatch as always. What moves is the point of no return: a pause or
+delete committed inside a slot's window stops a run fired ahead for it only if no worker
+has taken it yet (a pause kills it, a delete drops it); a worker that holds it starts it at
+the slot.
 Jobs with forbid or replace fire at their slot, because their decision depends on the
 earlier run's state then.
 """
@@ -75,8 +77,9 @@ CHECK_RUNS_SHARE = 0.1
 MAX_FIRES_PER_ENTRY = 256
 WAIT_RECHECK_MS = 100  # a job no worker can take is looked at again this often
 
-# the window covers committing a burst of runs due in one millisecond and handing them to
-# workers, with room for a slow fsync or GC pause (bench/README.md has the figures)
+# the window covers a leader election after a SIGKILL (an election timeout of 0.3-0.6 s,
+# then the new leader's read barrier and the workers finding it): the runs of the slots due
+# meanwhile were committed and claimed before, and the workers start them on time
 DEFAULT_FIRE_AHEAD_MS = 1500
 MAX_FIRE_AHEAD_MS = 10_000
 

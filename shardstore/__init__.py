@@ -4,7 +4,7 @@ Phase 1 (issue 12): one keyspace of 16384 hash slots split evenly over `--shards
 each a Raft group of `--replicas` nodes whose state machine is the storage engine
 (shardstore/engine) under the command layer (shardstore/commands.py), applied by
 shardstore/machine.py. The slot map lives in the configuration group 0
-(shardstore/cluster.py, which also builds the CLUSTER replies); a node
+(shardstore/cluster.py; the CLUSTER replies: shardstore/cluster_replies.py); a node
 (shardstore/server.py) hosts group 0 and the shard groups the map gives it, and its client
 port (shardstore/handlers.py) routes each request by its keys' slot: through the shard's
 Raft group, or `-MOVED` to the node that leads it. Run with `python -m shardstore serve`;

@@ -35,7 +35,7 @@ The slot-editing CLUSTER subcommands (SETSLOT, ADDSLOTS, ...) are refused with a
 error: slots move by `shardstore admin reshard`, not by `redis-cli --cluster reshard`.
 The CLUSTER container (SLOTS SHARDS NODES INFO MYID KEYSLOT COUNTKEYSINSLOT
 GETKEYSINSLOT) and ASKING, READONLY, READWRITE answer as Redis does (replies built in
-shardstore/cluster.py); WAIT answers at once from the commit state of the shards this
+shardstore/cluster_replies.py); WAIT answers at once from the commit state of the shards this
 node leads.
 """
 
@@ -65,6 +65,7 @@ from shardstore import cluster
 from shardstore.asking import Asking
 from shardstore.barriers import SharedBarriers
 from shardstore.cluster import ClusterConfig, ClusterView, Shard
+from shardstore.cluster_replies import info_reply, nodes_reply, shards_reply, slots_reply
 from shardstore.cmd_tables import TableCommands
 from shardstore.machine import MergedKV, ShardMachine, decode_reply
 from shardstore.owned import owned_store
@@ -294,12 +295,12 @@ class ClientCommands:
     def _cluster_rows(self) -> list[Command]:
         view_flags = frozenset({"loading", "stale"})
         subs = (
-            Command("SLOTS", lambda s, a: cluster.slots_reply(self.node.view()), 2, view_flags),
-            Command("SHARDS", lambda s, a: cluster.shards_reply(self.node.view()), 2,
+            Command("SLOTS", lambda s, a: slots_reply(self.node.view()), 2, view_flags),
+            Command("SHARDS", lambda s, a: shards_reply(self.node.view()), 2,
                     view_flags),
-            Command("NODES", lambda s, a: cluster.nodes_reply(self.node.view()), 2,
+            Command("NODES", lambda s, a: nodes_reply(self.node.view()), 2,
                     view_flags),
-            Command("INFO", lambda s, a: cluster.info_reply(self.node.view()), 2, view_flags),
+            Command("INFO", lambda s, a: info_reply(self.node.view()), 2, view_flags),
             Command("MYID", lambda s, a: self.node.name.encode(), 2, view_flags),
             Command("KEYSLOT", lambda s, a: key_slot(a[2]), 3, view_flags),
             Command("COUNTKEYSINSLOT", self.cmd_countkeysinslot, 3, view_flags),

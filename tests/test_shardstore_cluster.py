@@ -1,6 +1,7 @@
 """shardstore's sans-I/O daemon parts: the slot map and configuration machine
-(shardstore/cluster.py), the Redis Cluster replies as redis-py parses them, and the shard
-machine (shardstore/machine.py) over the engine and the command layer."""
+(shardstore/cluster.py), the Redis Cluster replies (shardstore/cluster_replies.py) as
+redis-py parses them, and the shard machine (shardstore/machine.py) over the engine and
+the command layer."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from redis.cluster import parse_cluster_shards, parse_cluster_slots
 
 from core.resp import OK, CommandError, RespSet, Simple, Verbatim, encode
 from native.crc16 import SLOT_COUNT, key_slot
-from shardstore import cluster, commands
+from shardstore import cluster, cluster_replies, commands
 from shardstore.cluster import ClusterView, ConfigMachine, layout
 from shardstore.engine import Engine
 from shardstore.machine import (
@@ -79,12 +80,12 @@ def _view(leaders: dict[int, int] | None = None) -> ClusterView:
 
 def test_cluster_slots_as_redis_py_reads_them() -> None:
     assert _view().complete
-    slots = parse_cluster_slots(cluster.slots_reply(_view()))
+    slots = parse_cluster_slots(cluster_replies.slots_reply(_view()))
     assert slots[(0, 5460)]["primary"] == ("127.0.0.3", 7002)
     assert slots[(10922, 16383)]["primary"] == ("127.0.0.2", 7001)
     assert len(slots[(5461, 10921)]["replicas"]) == 2
     # the wire shape: start, end, then [ip, port, id, metadata] per node
-    first = cluster.slots_reply(_view())[0]
+    first = cluster_replies.slots_reply(_view())[0]
     assert first[2] == [b"127.0.0.3", 7002, f"{2:040x}", {}]
     assert encode(first[2], 2).endswith(b"*0\r\n") and encode(first[2], 3).endswith(b"%0\r\n")
 
@@ -92,7 +93,7 @@ def test_cluster_slots_as_redis_py_reads_them() -> None:
 def test_cluster_nodes_shards_and_info_as_redis_py_reads_them() -> None:
     view = _view(leaders={1: 2, 2: 2, 3: 2})
     view.bus_ports = {1: 7701, 2: 7702, 3: 7703}
-    text = str(cluster.nodes_reply(view))
+    text = str(cluster_replies.nodes_reply(view))
     assert f"{1:040x} 127.0.0.2:7001@7701 myself,slave {2:040x} 0 0 1 connected\n" in text
     nodes = parse_cluster_nodes(text)
     me = nodes["127.0.0.2:7001"]
@@ -100,17 +101,17 @@ def test_cluster_nodes_shards_and_info_as_redis_py_reads_them() -> None:
     leader = nodes["127.0.0.3:7002"]
     assert leader["flags"] == "master"
     assert leader["slots"] == [["0", "5460"], ["5461", "10921"], ["10922", "16383"]]
-    shards = parse_cluster_shards(cluster.shards_reply(view))
+    shards = parse_cluster_shards(cluster_replies.shards_reply(view))
     assert shards[0][b"slots"] == [0, 5460]
     roles = [n[b"role"] for n in shards[0][b"nodes"]]
     assert roles == [b"master", b"replica", b"replica"]
-    info = parse_cluster_info(str(cluster.info_reply(view)))
+    info = parse_cluster_info(str(cluster_replies.info_reply(view)))
     assert info["cluster_state"] == "ok"
     assert info["cluster_slots_assigned"] == "16384" and info["cluster_size"] == "3"
     assert info["cluster_known_nodes"] == "3" and info["cluster_current_epoch"] == "1"
     # a shard member with no known client address: not ok yet
     view.addresses.pop(3)
-    assert "cluster_state:fail" in cluster.info_reply(view)
+    assert "cluster_state:fail" in cluster_replies.info_reply(view)
 
 
 def test_moved_text() -> None:

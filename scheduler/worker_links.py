@@ -108,7 +108,8 @@ class NodeLinks:
         healthy = sorted(self.failover.order(time.monotonic()))
         index = healthy[self._next[channel] % len(healthy)]
         self._next[channel] += 1
-        conn = await self._open(index, self.side_timeout_s)
+        timeout = self.call_timeout_s if channel == self.poll else self.side_timeout_s
+        conn = await self._open(index, timeout)  # (a poll with no leader found lands here)
         self._node[channel] = index
         return conn
 

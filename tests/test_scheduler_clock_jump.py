@@ -21,6 +21,7 @@ from scheduler import state as S
 from scheduler.fireloop import FiringLoop
 from scheduler.jobs import parse_job_add
 from scheduler.state import SchedulerState
+from scheduler.worker_links import NodeLinks
 
 T0 = 1_700_000_000_000
 TIMEOUT_MS = 3000
@@ -73,3 +74,30 @@ def test_a_long_walk_of_the_active_runs_spaces_out_the_next(monkeypatch: Any) ->
 
     now = asyncio.run(walk())
     assert loop._runs_check_at >= now + 0.5 / fireloop.CHECK_RUNS_SHARE - 0.5
+
+
+def test_a_poll_with_no_leader_found_keeps_the_long_timeout() -> None:
+    """Heartbeats and reports leave an unanswering node after the short side timeout; the
+    poll channel, even on a node picked with no leader found, keeps the long one (a long
+    poll and a forwarded claim)."""
+    links = NodeLinks([("127.0.0.1", 1), ("127.0.0.1", 2)], 3, 0, password=None,
+                      call_timeout_s=15.0, find_timeout_s=1.0, as_dict=dict,
+                      side_timeout_s=3.0)
+    opened: list[float] = []
+
+    async def fake_open(index: int, timeout: float) -> Any:
+        opened.append(timeout)
+        return object()
+
+    async def no_leader() -> None:
+        return None
+
+    links._open = fake_open  # type: ignore[method-assign]
+    links._find_leader = no_leader  # type: ignore[method-assign]
+
+    async def connect() -> None:
+        for channel in (0, 1, 2):
+            await links._connect_spread(channel)
+
+    asyncio.run(connect())
+    assert opened == [15.0, 3.0, 3.0]

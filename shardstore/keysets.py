@@ -8,17 +8,24 @@ Strategy: a move is generic over the set of keys it moves. Two kinds exist:
   bound);
 - positions: the rows of one range table (its prefix `<table>:`) whose position (a date
   or a Snowflake time: shardstore/table_keys.py) lies in [low, high), what a range
-  table's split moves.
+  table's split moves;
+- table slots: the rows of one HASH table (its prefix `<table>:`) whose slot is in a set
+  of slots, what a HASH table's move to another keyspace carries from one source shard
+  to one target shard (shardstore/table_move.py). Its rows are contiguous in key order,
+  so its scan bounds are the prefix's, and its checksums can be compared page by page.
 
-Slot sets hold slot-addressed keys only, positions sets hold range-table rows only: the
+Slot and table-slot sets hold slot-addressed keys only, positions sets hold range-table
+rows only: the
 request's route (shardstore/fences.py) says which a key is, since the table catalog may
 differ between nodes but a shard's log must be applied alike everywhere.
 
 A `KeySet` is immutable, hashable and has a msgpack-safe wire form (`to_wire` /
 `from_wire`) because it travels in configuration entries, shard log entries and the
 node-to-node requests of a move. `minus` removes another set of the same kind (a fence
-lifted by a move back in); sets of different kinds never overlap by definition (a key is
-either slot-addressed or belongs to a range table, never both).
+lifted by a move back in); a positions set never overlaps a set of another kind (a key is
+either slot-addressed or belongs to a range table, never both). A table-slots set may
+overlap a slots set; the two kinds never move the same slots at once (shardstore/moves.py
+and shardstore/table_moves.py refuse it), so `minus` leaves the other kind alone.
 """
 
 from __future__ import annotations
@@ -30,12 +37,13 @@ from typing import Any
 from native.crc16 import SLOT_COUNT, key_slot
 from shardstore import table_keys
 
-__all__ = ["ERR_BAD_KEYSET", "KIND_POSITIONS", "KIND_RANGE", "KIND_SLOTS", "KeySet",
-           "format_slots", "parse_slots"]
+__all__ = ["ERR_BAD_KEYSET", "KIND_POSITIONS", "KIND_RANGE", "KIND_SLOTS", "KIND_TABLE_SLOTS",
+           "KeySet", "format_slots", "parse_slots", "prefix_end"]
 
 KIND_SLOTS = "slots"
 KIND_RANGE = "range"
 KIND_POSITIONS = "positions"
+KIND_TABLE_SLOTS = "tableslots"
 ERR_BAD_KEYSET = "bad key set: {!r}"
 ERR_SLOT_RANGE = "slot {} is not in 0..16383"
 MAX_SLOT_DIGITS = 5
@@ -46,7 +54,8 @@ ERR_SLOT_SYNTAX = "bad slot list {!r}: expected numbers or first-last ranges, co
 class KeySet:
     """A set of keys (see the module header). `slots` for KIND_SLOTS; `first`/`end` for
     KIND_RANGE; `first` (the table's prefix), `order` (its kind of position), `epoch_ms`,
-    `low` and `high` for KIND_POSITIONS."""
+    `low` and `high` for KIND_POSITIONS; `first` (the table's prefix) and `slots` for
+    KIND_TABLE_SLOTS."""
 
     kind: str
     slots: frozenset[int] = frozenset()
@@ -82,11 +91,22 @@ class KeySet:
         return cls(KIND_POSITIONS, first=bytes(prefix), order=order, epoch_ms=int(epoch_ms),
                    low=int(low), high=int(high))
 
+    @classmethod
+    def of_table_slots(cls, prefix: bytes, slots: Iterable[int]) -> KeySet:
+        """The rows of the HASH table with `prefix` whose slot is one of `slots`;
+        ValueError on no prefix, no slot or a slot out of 0..16383."""
+        chosen = cls.of_slots(slots).slots
+        if not prefix or not chosen:
+            raise ValueError(ERR_BAD_KEYSET.format((prefix, len(chosen))))
+        return cls(KIND_TABLE_SLOTS, slots=chosen, first=bytes(prefix))
+
     def __contains__(self, key: object) -> bool:
         if not isinstance(key, bytes | bytearray):
             return False
         if self.kind == KIND_SLOTS:
             return key_slot(bytes(key)) in self.slots
+        if self.kind == KIND_TABLE_SLOTS:
+            return key.startswith(self.first) and key_slot(bytes(key)) in self.slots
         if self.kind == KIND_POSITIONS:
             return self._holds_row(bytes(key))
         return self.first <= key and (self.end is None or key < self.end)
@@ -112,15 +132,19 @@ class KeySet:
             return self.first, self.end
         if self.kind == KIND_POSITIONS:
             return table_keys.scan_bounds(self.order, self.first, self.low, self.high)
+        if self.kind == KIND_TABLE_SLOTS:
+            return self.first, prefix_end(self.first)
         return b"", None
 
     def minus(self, other: KeySet) -> list[KeySet]:
         """This set without `other`'s keys, as zero or more sets of this kind."""
         if other.kind != self.kind:
             return [self]
-        if self.kind == KIND_SLOTS:
+        if self.kind in (KIND_SLOTS, KIND_TABLE_SLOTS):
+            if other.first != self.first:
+                return [self]
             rest = self.slots - other.slots
-            return [KeySet(KIND_SLOTS, slots=rest)] if rest else []
+            return [KeySet(self.kind, slots=rest, first=self.first)] if rest else []
         if self.kind == KIND_POSITIONS:
             return self._minus_positions(other)
         pieces = []
@@ -154,11 +178,16 @@ class KeySet:
             low = table_keys.point_text(self.order, self.low)
             high = table_keys.point_text(self.order, self.high)
             return f"rows of {self.first.decode(errors='replace')} in [{low}, {high})"
+        if self.kind == KIND_TABLE_SLOTS:
+            table = self.first.decode(errors="replace")
+            return f"rows of {table} in slots {format_slots(self.slots)}"
         return f"slots {format_slots(self.slots)}"
 
     def to_wire(self) -> list[Any]:
         if self.kind == KIND_SLOTS:
             return [KIND_SLOTS, sorted(self.slots)]
+        if self.kind == KIND_TABLE_SLOTS:
+            return [KIND_TABLE_SLOTS, self.first, sorted(self.slots)]
         if self.kind == KIND_POSITIONS:
             return [KIND_POSITIONS, self.first, self.order, self.epoch_ms, self.low,
                     self.high]
@@ -173,6 +202,8 @@ class KeySet:
                 kind = kind.decode()
             if kind == KIND_SLOTS and len(wire) == 2:
                 return cls.of_slots(wire[1])
+            if kind == KIND_TABLE_SLOTS and len(wire) == 3 and isinstance(wire[1], bytes):
+                return cls.of_table_slots(wire[1], wire[2])
             if kind == KIND_RANGE and len(wire) == 3 and isinstance(wire[1], bytes) and (
                     wire[2] is None or isinstance(wire[2], bytes)):
                 return cls.of_range(wire[1], wire[2])
@@ -182,6 +213,14 @@ class KeySet:
         except (TypeError, IndexError, ValueError) as exc:  # UnicodeDecodeError too
             raise ValueError(ERR_BAD_KEYSET.format(wire)) from exc
         raise ValueError(ERR_BAD_KEYSET.format(wire))
+
+
+def prefix_end(prefix: bytes) -> bytes | None:
+    """The least key above every key starting with `prefix` (None: there is none)."""
+    trimmed = prefix.rstrip(b"\xff")
+    if not trimmed:
+        return None
+    return trimmed[:-1] + bytes([trimmed[-1] + 1])
 
 
 def format_slots(slots: Iterable[int]) -> str:

@@ -40,7 +40,7 @@ from typing import Any, Protocol
 import msgpack
 
 from native.crc16 import SLOT_COUNT
-from shardstore.keysets import KIND_SLOTS, KeySet
+from shardstore.keysets import KIND_SLOTS, KIND_TABLE_SLOTS, KeySet
 
 __all__ = [
     "OP_BEGIN", "OP_CANCEL", "OP_END", "OP_FINISH", "OP_PREFIX", "OP_RESUME", "OP_STEP",
@@ -241,7 +241,7 @@ def _slots_refusal(config: MovesConfig, keys: KeySet, source: int) -> str | None
     for other in config.moves.values():
         if other.state == STATE_DONE:
             continue
-        if other.keys.kind == KIND_SLOTS and other.keys.slots & keys.slots:
+        if other.keys.kind in (KIND_SLOTS, KIND_TABLE_SLOTS) and other.keys.slots & keys.slots:
             return ERR_MOVING.format(min(other.keys.slots & keys.slots), other.move_id)
     return None
 

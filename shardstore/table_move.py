@@ -1,4 +1,4 @@
-"""TABLE.MOVE: a range table moved online to another keyspace, reversible until finished.
+"""TABLE.MOVE: a table moved online to another keyspace, reversible until finished.
 
 Strategy: Vitess's MoveTables is the model; its steps map onto ours as follows.
 
@@ -39,8 +39,17 @@ read barrier on the configuration group, and answer the ids of the moves they be
 (`move`: target, origin, state, switches, ranges arrived of all, and the moves under way)
 and in `SHARDSTORE.MOVES`.
 
-Only RANGE tables move. A HASH table's rows are placed by the slot map of whichever
-keyspace's node is asked, so its binding does not route them yet.
+A HASH table moves the same way, by slot runs instead of ranges (`make_hash_plan`): its
+rows lie on the shards of its keyspace's slot map and go to the owners of the same slots
+in the target keyspace's map, so the plan has one run of slots for each pair (owner
+here, owner there), and one generic move per run carries the table's rows in those
+slots (keysets.KIND_TABLE_SLOTS), frozen, copied and checked by checksums like a range.
+A run has no map of its own to hand over: the record counts the runs arrived
+(table_move_record.arrive), and the binding switches when the last has arrived. Until
+then every arrived run's rows answer TRYAGAIN on the source (its fence stays), so a
+HASH table's freeze window is its whole copy, not one run's. The plan is made from both
+keyspaces' slot maps, so TABLE.MOVE of a HASH table is refused while slots move there,
+and slot moves of its slots are refused while it moves (shardstore/moves.py).
 """
 
 from __future__ import annotations
@@ -69,15 +78,19 @@ from shardstore.catalog import (
     TableMove,
 )
 from shardstore.cluster import ClusterConfig
-from shardstore.keysets import KIND_POSITIONS, KeySet
+from shardstore.keysets import KIND_POSITIONS, KIND_SLOTS, KIND_TABLE_SLOTS, KeySet
 from shardstore.moves import STATE_COPY, STATE_DONE, Move, encode_begin, encode_cancel
 from shardstore.table_keys import MAX_POSITION, MIN_POSITION
 
-__all__ = ["ERR_MOVE_SYNTAX", "TableMoveCommands", "make_plan", "move_status", "parse_move"]
+__all__ = ["ERR_MOVE_SYNTAX", "TableMoveCommands", "make_hash_plan", "make_plan", "move_status",
+           "parse_move"]
 
 ERR_MOVE_SYNTAX = "ERR syntax: TABLE.MOVE table keyspace"
 ERR_NO_SHARDS = "ERR keyspace {!r} has no shards"
 ERR_NO_TARGETS = "ERR a plan needs the target keyspace's shards"
+ERR_NO_MAP = "ERR keyspace {!r} has no slot map with every slot owned"
+ERR_SLOTS_MOVING = "ERR slots are moving (move {}): move a HASH table after that move ends"
+SLOT_COUNT = 16384
 STEP_OPS = {"TABLE.MOVE.REVERSE": OP_MOVE_REVERSE, "TABLE.MOVE.CANCEL": OP_MOVE_CANCEL,
             "TABLE.MOVE.FINISH": OP_MOVE_FINISH}
 
@@ -109,8 +122,30 @@ def make_plan(table: Table, targets: Sequence[int]) -> list[tuple[int, int, int,
             for i, (low, high, sid) in enumerate(table.ranges())]
 
 
+def make_hash_plan(here: Sequence[int], there: Sequence[int], shards: set[int]
+                   ) -> list[tuple[int, int, int, int]]:
+    """(low, high, from shard, to shard) for each run of slots [low, high) whose owner in
+    the slot map `here` (slot -> shard id) and in the map `there` are one shard each;
+    ValueError when a map misses a slot or names a shard not in `shards`."""
+    if len(here) != SLOT_COUNT or len(there) != SLOT_COUNT:
+        raise ValueError(ERR_NO_TARGETS)
+    plan: list[tuple[int, int, int, int]] = []
+    for slot in range(SLOT_COUNT):
+        pair = (here[slot], there[slot])
+        if not set(pair) <= shards:
+            raise ValueError(ERR_NO_TARGETS)
+        if plan and plan[-1][2:] == pair:
+            plan[-1] = (plan[-1][0], slot + 1, *pair)
+        else:
+            plan.append((slot, slot + 1, *pair))
+    return plan
+
+
 def _arrived(table: Table, move: TableMove) -> int:
     """How many ranges of the plan lie where the move's state sends them."""
+    if not table.ranged:
+        there = move.state in (MOVE_COPYING, catalog_mod.MOVE_SWITCHED)
+        return len(move.arrived) if there else len(move.plan) - len(move.arrived)
     column = 3 if move.state in (MOVE_COPYING, catalog_mod.MOVE_SWITCHED) else 2
     return sum(1 for step in move.plan if table.shard_at(step[0]) == step[column])
 
@@ -122,8 +157,7 @@ def move_status(table: Table, config: ClusterConfig) -> dict[bytes, Any] | None:
         return None
     under_way = [[m.move_id, m.state.encode(), m.copied]
                  for _, m in sorted(config.moves.items())
-                 if m.state != STATE_DONE and m.keys.kind == KIND_POSITIONS
-                 and m.keys.first == table.prefix]
+                 if m.state != STATE_DONE and _ours(m, table)]
     return {b"to": move.target.encode(), b"from": move.origin.encode(),
             b"state": move.state.encode(), b"switches": move.switches,
             b"ranges": len(move.plan), b"ranges_arrived": _arrived(table, move),
@@ -139,10 +173,21 @@ class MoveNode(Protocol):
     def full_config(self) -> ClusterConfig: ...
 
 
+def _ours(move: Move, table: Table) -> bool:
+    """Whether `move` carries rows of `table`."""
+    return (move.keys.kind in (KIND_POSITIONS, KIND_TABLE_SLOTS)
+            and move.keys.first == table.prefix)
+
+
 def _overlaps(move: Move, table: Table, low: int, high: int) -> bool:
+    """Whether `move` is open and carries rows of `table` in [low, high) (positions for
+    a RANGE table, slots for a HASH table)."""
     keys = move.keys
-    return (move.state != STATE_DONE and keys.kind == KIND_POSITIONS
-            and keys.first == table.prefix and max(keys.low, low) < min(keys.high, high))
+    if move.state == STATE_DONE or not _ours(move, table):
+        return False
+    if keys.kind == KIND_TABLE_SLOTS:
+        return any(low <= slot < high for slot in keys.slots)
+    return max(keys.low, low) < min(keys.high, high)
 
 
 class TableMoveCommands:
@@ -193,10 +238,27 @@ class TableMoveCommands:
             targets = sorted(sid for sid, s in full.shards.items() if s.keyspace == keyspace)
             if not targets:
                 raise CommandError(ERR_NO_SHARDS.format(keyspace))
-            plan = make_plan(table, targets)
+            plan = make_plan(table, targets) if table.ranged else self._hash_plan(
+                table, keyspace)
         await self.node.service.write(msgpack.packb(
             {"op": OP_MOVE, "name": name, "keyspace": keyspace, "plan": plan}))
         return await self._after_write(name)
+
+    def _hash_plan(self, table: Table, keyspace: str) -> list[tuple[int, int, int, int]]:
+        """The slot runs of a HASH table's move (see `make_hash_plan`); CommandError
+        while slots move (the maps would change under the plan)."""
+        full = self.node.full_config
+        for move in full.moves.values():
+            if move.state != STATE_DONE and move.keys.kind in (KIND_SLOTS, KIND_TABLE_SLOTS):
+                raise CommandError(ERR_SLOTS_MOVING.format(move.move_id))
+        here, there = full.slot_table(table.keyspace), full.slot_table(keyspace)
+        if not here and table.keyspace == catalog_mod.DEFAULT_KEYSPACE:
+            here = full.slot_shard
+        try:
+            return make_hash_plan(here, there, set(full.shards))
+        except ValueError:
+            missing = keyspace if len(there) == SLOT_COUNT else table.keyspace
+            raise CommandError(ERR_NO_MAP.format(missing)) from None
 
     async def cmd_step(self, session: Session, args: list[bytes]) -> Any:
         """REVERSE and CANCEL: the ids of the moves begun back; FINISH: OK."""
@@ -235,12 +297,18 @@ class TableMoveCommands:
                     await self._write_quietly(encode_cancel(other.move_id))
         forward = move.state == MOVE_COPYING
         begun: list[int] = []
-        for low, high, origin, target in move.plan:
+        for index, (low, high, origin, target) in enumerate(move.plan):
             source, destination = (origin, target) if forward else (target, origin)
-            if source == destination or table.shard_at(low) != source or any(
+            if table.ranged:
+                at = table.shard_at(low)
+                keys = KeySet.of_positions(table.prefix, table.kind, table.epoch_ms, low,
+                                           high)
+            else:
+                at = target if index in move.arrived else origin
+                keys = KeySet.of_table_slots(table.prefix, range(low, high))
+            if source == destination or at != source or any(
                     _overlaps(m, table, low, high) for m in moves.values()):
                 continue  # there already, not there (yet), or moving
-            keys = KeySet.of_positions(table.prefix, table.kind, table.epoch_ms, low, high)
             begun_id = await self._write_quietly(encode_begin(keys, source, destination))
             if isinstance(begun_id, int) and not isinstance(begun_id, bool):
                 begun.append(begun_id)

@@ -6,33 +6,40 @@ and the configuration entries that change it, which the catalog (shardstore/cata
 applies on every node alike:
 
 - OP_MOVE {name, keyspace, plan}: the record is made (state copying) from the plan, which
-  gives, for each range of the table's map, (low, high, from shard, to shard); refused
-  unless the table is a RANGE table, the keyspace exists and is not the table's own, and
-  the plan's ranges are the table's ranges now; the same move again is a no-op;
+  gives, for each range of a RANGE table's map, (low, high, from shard, to shard), and
+  for a HASH table, for each run of slots [low, high) whose owner in the table's keyspace
+  and owner in the target keyspace are both one shard, (low, high, from, to); refused
+  unless the keyspace exists and is not the table's own, and the plan's ranges are the
+  table's ranges now (a HASH table's runs must cover the 16384 slots in order); the
+  same move again is a no-op;
 - OP_MOVE_REVERSE {name}: switched -> reversing; OP_MOVE_CANCEL {name}: copying ->
   cancelling; OP_MOVE_FINISH {name}: switched -> the record goes. Each again: a no-op,
   but OP_MOVE_CANCEL again closes a cancel whose ranges are all home (the coordinator
   sends it once none of the table's generic moves is open).
 
 `settle` runs after any range of a moving table changed shard (a generic move's end,
-shardstore/table_moves.py) and after a cancel. In state copying, once every range lies
-on its planned shard, the table is bound to the target keyspace, the state becomes
-switched and `switches` (the binding's epoch) goes up. In state reversing (and
-cancelling, when closing), once every range is back on its first shard, the table is
-bound to its origin again and the record goes.
+shardstore/table_moves.py) and after a cancel. A HASH table's runs have no map of their
+own: the record keeps `arrived`, the indexes of the plan's runs that lie on their target
+shard (`arrive` adds or drops one at a generic move's end). In state copying, once every
+range (every run) lies on its planned shard, the table is bound to the target keyspace,
+the state becomes switched and `switches` (the binding's epoch) goes up. In state
+reversing (and cancelling, when closing), once every range is back on its first shard,
+the table is bound to its origin again and the record goes.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 __all__ = [
     "ERR_MOVE_HASH", "ERR_NO_KEYSPACE", "MOVE_CANCELLING", "MOVE_COPYING", "MOVE_REVERSING",
     "MOVE_SWITCHED", "OP_MOVE", "OP_MOVE_CANCEL", "OP_MOVE_FINISH", "OP_MOVE_REVERSE",
-    "MoveRefused", "TableMove", "begin", "settle", "step",
+    "MoveRefused", "TableMove", "arrive", "begin", "settle", "step",
 ]
+
+SLOT_COUNT = 16384  # a HASH table's plan covers the slots [0, SLOT_COUNT)
 
 OP_MOVE = "table.move"
 OP_MOVE_REVERSE = "table.move.reverse"
@@ -44,7 +51,7 @@ MOVE_REVERSING = "reversing"  # they are moving back
 MOVE_CANCELLING = "cancelling"  # cancelled before the switch: the ranges go back or stay
 ERR_NO_KEYSPACE = "ERR no such keyspace {!r} (the keyspaces are: {})"
 ERR_MOVE_HASH = ("ERR TABLE.MOVE moves RANGE tables only: the rows of a HASH table are "
-                 "placed by their keyspace's slot map")
+                 "placed by their keyspace's slot map")  # no longer sent; kept for callers
 ERR_MOVE_SAME = "ERR table {!r} is in keyspace {!r} already"
 ERR_MOVE_BUSY = "ERR table {!r} is moving to keyspace {!r} already ({})"
 ERR_MOVE_PLAN = "ERR the map of table {!r} changed meanwhile: run TABLE.MOVE again"
@@ -67,24 +74,26 @@ class MoveRefused(ValueError):
 class TableMove:
     """A table's move to another keyspace: `plan` holds (low, high, from shard, to shard)
     for each range of the table's map when the move began; `switches` counts the times
-    the table's binding switched keyspace by this move (its epoch)."""
+    the table's binding switched keyspace by this move (its epoch); `arrived` (HASH
+    tables) the indexes of the plan's slot runs on their target shard."""
 
     target: str
     origin: str
     plan: list[tuple[int, int, int, int]]
     state: str = MOVE_COPYING
     switches: int = 0
+    arrived: list[int] = field(default_factory=list)
 
     def to_wire(self) -> list[Any]:
         return [self.target, self.origin, [list(p) for p in self.plan], self.state,
-                self.switches]
+                self.switches, sorted(self.arrived)]
 
     @classmethod
     def from_wire(cls, wire: Sequence[Any]) -> TableMove:
-        target, origin, plan, state, switches = wire
+        target, origin, plan, state, switches, *rest = wire
         return cls(str(target), str(origin),
                    [(int(a), int(b), int(c), int(d)) for a, b, c, d in plan], str(state),
-                   int(switches))
+                   int(switches), [int(i) for i in rest[0]] if rest else [])
 
 
 class MovingTable(Protocol):
@@ -104,8 +113,6 @@ class MovingTable(Protocol):
 def begin(table: MovingTable, entry: dict[str, Any], shard_ids: set[int],
           keyspaces: set[str]) -> None:
     """Apply OP_MOVE to `table` (see the module header); MoveRefused otherwise."""
-    if not table.ranged:
-        raise MoveRefused(ERR_MOVE_HASH)
     target = str(entry["keyspace"])
     if table.moving is not None:
         if table.moving.target == target and table.moving.state == MOVE_COPYING:
@@ -117,9 +124,31 @@ def begin(table: MovingTable, entry: dict[str, Any], shard_ids: set[int],
     if target == table.keyspace:
         raise MoveRefused(ERR_MOVE_SAME.format(table.name, target))
     plan = [(int(a), int(b), int(c), int(d)) for a, b, c, d in entry["plan"]]
-    if [p[:3] for p in plan] != table.ranges() or any(p[3] not in shard_ids for p in plan):
+    ranges = table.ranges() if table.ranged else _slot_runs(plan)
+    if [p[:3] for p in plan] != ranges or any(p[3] not in shard_ids for p in plan):
         raise MoveRefused(ERR_MOVE_PLAN.format(table.name))
     table.moving = TableMove(target, table.keyspace, plan)
+
+
+def _slot_runs(plan: list[tuple[int, int, int, int]]) -> list[tuple[int, int, int]] | None:
+    """The plan's (low, high, from) when its runs cover the slots in order, else None."""
+    edges = [0, *(p[1] for p in plan)]
+    if not plan or edges[-1] != SLOT_COUNT or any(p[0] != edges[i] or p[1] <= p[0]
+                                                  for i, p in enumerate(plan)):
+        return None
+    return [p[:3] for p in plan]
+
+
+def arrive(table: MovingTable, index: int, there: bool) -> None:
+    """A HASH table's slot run `index` of the plan is on its target shard (`there`) or
+    back on its first one; then `settle`."""
+    move = table.moving
+    if move is None or not 0 <= index < len(move.plan):
+        return
+    arrived = set(move.arrived)
+    arrived = arrived | {index} if there else arrived - {index}
+    move.arrived = sorted(arrived)
+    settle(table)
 
 
 def step(table: MovingTable, op: str) -> None:
@@ -148,8 +177,12 @@ def settle(table: MovingTable, closing: bool = False) -> None:
     move = table.moving
     if move is None:
         return
-    home = set(table.shards) <= {p[2] for p in move.plan}
-    if move.state == MOVE_COPYING and set(table.shards) <= {p[3] for p in move.plan}:
+    if table.ranged:
+        home = set(table.shards) <= {p[2] for p in move.plan}
+        there = set(table.shards) <= {p[3] for p in move.plan}
+    else:
+        home, there = not move.arrived, len(move.arrived) == len(move.plan)
+    if move.state == MOVE_COPYING and there:
         table.keyspace, move.state = move.target, MOVE_SWITCHED
         move.switches += 1
     elif home and (move.state == MOVE_REVERSING

@@ -14,6 +14,15 @@ does. `TableMoveHooks` is what `apply_move` calls for key sets that are not slot
   table moving to another keyspace (shardstore/table_move.py) switches its binding when
   its last range arrives (`Catalog.settle`).
 
+For the rows of a HASH table in a set of slots (KIND_TABLE_SLOTS: one slot run of a
+HASH table's move to another keyspace, shardstore/table_move.py):
+
+- `begin` refuses unless the table is moving, the set is one run of its plan, the source
+  is that run's first or its target shard, and no open move carries any of its slots
+  (of this table, or a slot move: the plan was made from both keyspaces' slot maps);
+- `end` records that the run arrived at its target shard, or came back to its first
+  (table_move_record.arrive), which switches the binding when the last one arrived.
+
 Both run inside the configuration group's apply, so every node's catalog changes alike.
 """
 
@@ -21,8 +30,9 @@ from __future__ import annotations
 
 import bisect
 
+from shardstore import table_move_record as record
 from shardstore.catalog import Catalog, CatalogError, Table
-from shardstore.keysets import KIND_POSITIONS, KeySet
+from shardstore.keysets import KIND_POSITIONS, KIND_SLOTS, KIND_TABLE_SLOTS, KeySet
 from shardstore.moves import Move
 from shardstore.table_keys import MAX_POSITION, MIN_POSITION
 
@@ -33,6 +43,9 @@ ERR_RAW_RANGE = ("ERR a raw key range has no owner to hand over: move slots, or 
 ERR_NOT_TABLE = "ERR no range table has the prefix {!r}"
 ERR_NOT_SOURCE = "ERR rows of {} in [{}, {}) are on shard {}, not on shard {}"
 ERR_TABLE_MOVING = "ERR rows of {} in that range are already moving (move {})"
+ERR_NOT_HASH_MOVING = "ERR no HASH table with the prefix {!r} is moving"
+ERR_NOT_RUN = "ERR {} is not a slot run of the move of table {} from or to shard {}"
+ERR_SLOTS_MOVING = "ERR slots of {} are already moving (move {})"
 
 
 class TableMoveHooks:
@@ -49,7 +62,41 @@ class TableMoveHooks:
             raise CatalogError(ERR_NOT_TABLE.format(keys.first.decode("utf-8", "replace")))
         return table
 
+    def _hash_table(self, keys: KeySet) -> Table:
+        table = self.catalog.tables.get(keys.first[:-1].decode("utf-8", "replace"))
+        if (table is None or table.ranged or table.prefix != keys.first
+                or table.moving is None):
+            raise CatalogError(ERR_NOT_HASH_MOVING.format(
+                keys.first.decode("utf-8", "replace")))
+        return table
+
+    def _run(self, table: Table, keys: KeySet) -> int:
+        """The index of the plan's run that is `keys`'s slots; -1 if none is."""
+        assert table.moving is not None
+        for index, (low, high, _, _) in enumerate(table.moving.plan):
+            if keys.slots == frozenset(range(low, high)):
+                return index
+        return -1
+
+    def _begin_hash(self, keys: KeySet, source: int) -> str | None:
+        try:
+            table = self._hash_table(keys)
+        except CatalogError as exc:
+            return str(exc)
+        assert table.moving is not None
+        index = self._run(table, keys)
+        if index < 0 or source not in table.moving.plan[index][2:]:
+            return ERR_NOT_RUN.format(keys.describe(), table.name, source)
+        for other in self.moves.values():
+            if (other.state != "done" and other.keys.kind in (KIND_SLOTS, KIND_TABLE_SLOTS)
+                    and other.keys.first in (b"", keys.first)
+                    and other.keys.slots & keys.slots):
+                return ERR_SLOTS_MOVING.format(table.name, other.move_id)
+        return None
+
     def begin(self, keys: KeySet, source: int) -> str | None:
+        if keys.kind == KIND_TABLE_SLOTS:
+            return self._begin_hash(keys, source)
         if keys.kind != KIND_POSITIONS:
             return ERR_RAW_RANGE
         try:
@@ -67,9 +114,22 @@ class TableMoveHooks:
         return None
 
     def end(self, move: Move) -> None:
+        if move.keys.kind == KIND_TABLE_SLOTS:
+            self._end_hash(move)
+            return
         table = self._table(move.keys)
         give_range(table, move.keys.low, move.keys.high, move.target)
         self.catalog.settle(table)  # a table move's switch of keyspace (table_move.py)
+
+
+    def _end_hash(self, move: Move) -> None:
+        table = self.catalog.tables.get(move.keys.first[:-1].decode("utf-8", "replace"))
+        if table is None or table.moving is None:
+            return  # begin checked it; nothing else changes a moving table's record
+        index = self._run(table, move.keys)
+        if index >= 0:
+            record.arrive(table, index, move.target == table.moving.plan[index][3])
+            self.catalog.version += 1
 
 
 def give_range(table: Table, low: int, high: int, shard: int) -> None:

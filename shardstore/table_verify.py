@@ -16,8 +16,10 @@ Each replica answers as core/rpc service SERVICE_DIGEST:
 [keys, after, limit, now_ms] -> [checksum hex, rows, next cursor or None]. It answers
 after a read barrier on the group, so it sees everything committed before the request.
 A row that expired by `now_ms` (the coordinator's clock, the same for both sides) is
-left out, because the two sides' expiry sweeps need not have reached it alike. Slot
-moves are not checked: a slot set spreads over the whole key order.
+left out, because the two sides' expiry sweeps need not have reached it alike. The rows
+of a HASH table in a set of slots (a HASH table's move) are checked the same way: they
+lie within the table's prefix in key order. Slot moves are not checked: a slot set
+spreads over the whole key order.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from core.raft.errors import RaftError
 from core.raft.host import RaftHost
 from core.rpc import RpcError, UnknownGroup
 from shardstore.cluster import ClusterConfig
-from shardstore.keysets import KIND_POSITIONS, KeySet
+from shardstore.keysets import KIND_POSITIONS, KIND_TABLE_SLOTS, KeySet
 from shardstore.migrate import MoveStalled
 from shardstore.moves import Move
 
@@ -148,7 +150,7 @@ class Verifier:
 
     async def verify(self, move: Move) -> None:
         """Return when both sides hold the same rows; MoveStalled otherwise."""
-        if move.keys.kind != KIND_POSITIONS:
+        if move.keys.kind not in (KIND_POSITIONS, KIND_TABLE_SLOTS):
             return
         after: bytes | None = None
         now = self.node.now_ms()

@@ -1,0 +1,197 @@
+"""TABLE.MOVE of a HASH table (shardstore/table_move.py): the key set of a HASH table's rows
+in a set of slots (keysets.KIND_TABLE_SLOTS) and its wire form fuzzed with hypothesis, the
+plan of slot runs between two keyspaces' slot maps, the record's arrivals, switch and
+cancel sans I/O, and the copy on live nodes: a HASH table's rows in the keyspace
+`default` (three nodes, three shards) carried by the generic move machinery to the
+keyspace `users` (node 4), checked by checksums, none left in `default`."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import msgpack
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
+
+from native.crc16 import key_slot
+from shardstore import catalog
+from shardstore import table_move_record as record
+from shardstore.catalog import Catalog, Table
+from shardstore.keysets import KIND_TABLE_SLOTS, KeySet, prefix_end
+from shardstore.table_move import make_hash_plan
+from tests.test_shardstore_keyspaces import KeyspaceCluster
+
+MOVE_S = 60.0
+ROWS = 120
+SLOTS = 16384
+
+
+# -- the key set ----------------------------------------------------------------------------
+
+@given(st.binary(min_size=1, max_size=6), st.sets(st.integers(0, SLOTS - 1), min_size=1,
+                                                 max_size=20), st.binary(max_size=8))
+def test_a_table_slots_set_holds_its_table_rows_in_its_slots(prefix: bytes, slots: set[int],
+                                                            rest: bytes) -> None:
+    keys = KeySet.of_table_slots(prefix, slots)
+    key = prefix + rest
+    assert (key in keys) == (key_slot(key) in slots)
+    assert (rest in keys) == (rest.startswith(prefix) and key_slot(rest) in slots)
+    assert KeySet.from_wire(keys.to_wire()) == keys
+    first, end = keys.scan_bounds()
+    assert first == prefix and (end is None or key < end)
+    assert keys.minus(KeySet.of_table_slots(prefix, slots)) == []
+    assert keys.minus(KeySet.of_table_slots(prefix + b"x", slots)) == [keys]
+    assert keys.minus(KeySet.of_slots(slots)) == [keys]
+
+
+@given(st.lists(st.one_of(st.binary(max_size=4), st.integers(-2, SLOTS + 2), st.none(),
+                          st.text(max_size=4), st.lists(st.integers(-1, SLOTS), max_size=3)),
+                max_size=4))
+def test_a_key_set_wire_form_is_parsed_or_refused_clearly(wire: list[object]) -> None:
+    for candidate in (wire, [KIND_TABLE_SLOTS, *wire]):
+        try:
+            parsed = KeySet.from_wire(candidate)
+        except ValueError as exc:
+            assert "bad key set" in str(exc)
+        else:
+            assert KeySet.from_wire(parsed.to_wire()) == parsed
+
+
+def test_prefix_end_bounds_every_key_of_a_prefix() -> None:
+    assert prefix_end(b"carts:") == b"carts;"
+    assert prefix_end(b"a\xff") == b"b"
+    assert prefix_end(b"\xff\xff") is None
+
+
+# -- the plan and the record ------------------------------------------------------------------
+
+def _map(*runs: tuple[int, int, int]) -> list[int]:
+    table = [0] * SLOTS
+    for low, high, sid in runs:
+        table[low:high] = [sid] * (high - low)
+    return table
+
+
+def test_a_hash_plan_has_one_run_per_pair_of_owners() -> None:
+    here = _map((0, 5000, 1), (5000, 10000, 2), (10000, SLOTS, 3))
+    there = _map((0, 8000, 4), (8000, SLOTS, 5))
+    plan = make_hash_plan(here, there, {1, 2, 3, 4, 5})
+    assert plan == [(0, 5000, 1, 4), (5000, 8000, 2, 4), (8000, 10000, 2, 5),
+                    (10000, SLOTS, 3, 5)]
+    with pytest.raises(ValueError):
+        make_hash_plan(here, there, {1, 2, 3, 4})
+    with pytest.raises(ValueError):
+        make_hash_plan(here, [], {1, 2, 3, 4, 5})
+
+
+def _carts() -> tuple[Catalog, Table, list[tuple[int, int, int, int]]]:
+    found = Catalog()
+    table = Table("carts")
+    found.tables["carts"] = table
+    plan = make_hash_plan(_map((0, SLOTS, 1)), _map((0, 9000, 4), (9000, SLOTS, 5)),
+                          {1, 4, 5})
+    return found, table, plan
+
+
+def test_the_record_switches_a_hash_table_when_every_run_arrived() -> None:
+    cat, table, plan = _carts()
+
+    def apply(op: str, **fields: object) -> object:
+        return cat.apply({"op": op, "name": "carts", **fields}, [1, 4, 5],
+                         ["default", "users"])
+
+    assert "changed meanwhile" in str(apply(catalog.OP_MOVE, keyspace="users",
+                                            plan=plan[:1]))
+    assert apply(catalog.OP_MOVE, keyspace="users", plan=plan) is True
+    assert table.moving is not None
+    record.arrive(table, 0, True)
+    assert table.keyspace == "default" and table.moving.state == catalog.MOVE_COPYING
+    wire = Table.from_wire(msgpack.unpackb(msgpack.packb(table.to_wire())))
+    assert wire.moving is not None and wire.moving.arrived == [0]
+    record.arrive(table, 1, True)
+    assert table.keyspace == "users" and table.moving.state == catalog.MOVE_SWITCHED
+    assert apply(catalog.OP_MOVE_REVERSE) is True
+    record.arrive(table, 0, False)
+    record.arrive(table, 1, False)
+    assert table.keyspace == "default" and table.moving is None
+
+
+def test_a_cancelled_hash_move_ends_when_its_runs_are_home() -> None:
+    cat, table, plan = _carts()
+    assert cat.apply({"op": catalog.OP_MOVE, "name": "carts", "keyspace": "users",
+                      "plan": plan}, [1, 4, 5], ["default", "users"]) is True
+    record.arrive(table, 0, True)
+    record.step(table, catalog.OP_MOVE_CANCEL)
+    record.step(table, catalog.OP_MOVE_CANCEL)  # closing: run 0 is still away
+    assert table.moving is not None
+    record.arrive(table, 0, False)
+    record.step(table, catalog.OP_MOVE_CANCEL)
+    assert table.moving is None and table.keyspace == "default"
+
+
+# -- the copy on live nodes ---------------------------------------------------------------------
+
+async def _until(condition: object, what: str) -> None:
+    deadline = time.monotonic() + MOVE_S
+    while not condition():  # type: ignore[operator]
+        assert time.monotonic() < deadline, what
+        await asyncio.sleep(0.1)
+
+
+def _bound(spaces: KeyspaceCluster, keyspace: str) -> bool:
+    """Every node binds carts to `keyspace` and no move is open."""
+    for node in spaces.nodes:
+        table = node.config_machine.catalog.tables.get("carts")
+        if table is None or table.keyspace != keyspace:
+            return False
+        if any(m.state != "done" for m in node.full_config.moves.values()):
+            return False
+    return True
+
+
+def _rows_on(spaces: KeyspaceCluster, indexes: range) -> int:
+    return sum(len(machine.engine.scan(b"carts:", b"carts;", None))
+               for i in indexes for machine in spaces.nodes[i].machines.values())
+
+
+async def _copied(spaces: KeyspaceCluster) -> None:
+    default = AsyncRedisCluster(**spaces.address(0))  # type: ignore[arg-type]
+    assert await default.execute_command("TABLE.CREATE", "carts", "HASH") == b"OK"
+    await _until(lambda: all("carts" in n.config_machine.catalog.tables
+                             for n in spaces.nodes), "the table everywhere")
+    for i in range(ROWS):
+        assert await default.set(f"carts:{i}", f"v{i}")
+    full = spaces.nodes[0].full_config
+    plan = make_hash_plan(full.slot_shard, full.slot_table("users"), set(full.shards))
+    entry = {"op": catalog.OP_MOVE, "name": "carts", "keyspace": "users", "plan": plan}
+    assert await spaces.nodes[0].config_write(msgpack.packb(entry)) is True
+    await spaces.nodes[0].service.barrier()
+    await spaces.nodes[0].commands.tables.moves.drive()  # as TABLE.MOVE does
+    await _until(lambda: _bound(spaces, "users"), "the switch")
+    verifiers = [n.commands.tables.verifier for n in spaces.nodes]
+    assert sum(v.verified for v in verifiers) >= ROWS
+    assert sum(v.mismatches for v in verifiers) == 0
+    assert _rows_on(spaces, range(0, 3)) == 0
+    assert _rows_on(spaces, range(3, 4)) == ROWS
+    users = AsyncRedisCluster(**spaces.address(3))  # type: ignore[arg-type]
+    assert [await users.get(f"carts:{i}") for i in range(ROWS)] == [
+        f"v{i}".encode() for i in range(ROWS)]
+    for client in (default, users):
+        await client.aclose()
+
+
+def test_a_hash_tables_rows_are_copied_to_another_keyspace_and_checked(
+        tmp_path: Path) -> None:
+    async def main() -> None:
+        spaces = KeyspaceCluster(tmp_path)
+        await spaces.start()
+        try:
+            await _copied(spaces)
+        finally:
+            await spaces.stop()
+
+    asyncio.run(main())

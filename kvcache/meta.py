@@ -267,8 +267,9 @@ def cmd_ma(engine: Engine, tokens: list[bytes]) -> bytes:
     elif outcome is Outcome.NOT_FOUND:
         if flags.vivify:
             number = flags.initial
+            # as for mg's N: memcached does not mark a vivified item's key binary
             stored, item = storage.store(Mode.ADD, key, b"%d" % number, 0, 0,
-                                         key_binary=flags.key_binary)
+                                         key_binary=False)
             if stored is Outcome.NO_MEMORY:
                 return _error(replies.META_NEW_ITEM_NO_MEMORY)
             created = item is not None

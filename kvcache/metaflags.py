@@ -29,6 +29,9 @@ MAX_OPAQUE_BYTES = 32
 # (explicit CAS), x (md removes value) and S were added in later releases and 1.6.18 answers
 # them with "CLIENT_ERROR invalid flag", so kvcache does too.
 _KNOWN = frozenset(b"bNTRlOPLkstcfvhuqFCMJDI")
+# Letters that only ask for a field in the reply (or are ignored): nothing to parse, so
+# `_apply` is not called for them (the reply builders read `tokens`).
+_REPLY_ONLY = frozenset(b"OPLkstcf")
 
 
 class MetaFlags:
@@ -82,7 +85,8 @@ def parse_meta_flags(key: bytes, tokens: list[bytes]) -> MetaFlags:
         if letter not in _KNOWN:
             flags.error = replies.META_INVALID_FLAG
             return flags
-        _apply(flags, letter, token)
+        if letter not in _REPLY_ONLY:
+            _apply(flags, letter, token)
     return flags
 
 

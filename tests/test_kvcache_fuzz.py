@@ -235,6 +235,15 @@ def test_random_streams_match_memcached(pair, script: list[bytes]) -> None:
     assert {k: got[k] for k in COUNTERS} == {k: expected[k] for k in COUNTERS}
 
 
+def test_ma_vivifying_a_base64_key_keeps_the_plain_key(pair) -> None:  # noqa: ANN001
+    """Found by the random streams: `ma` with N and b creates the item unmarked, as mg's
+    N does, so `me` shows the plain key, as memcached 1.6.18 does."""
+    theirs, ours = pair
+    script = b"cas a 0 0 0 0\r\n\r\nma YQ== v N100 b\r\nme a\r\n"
+    expected = request(theirs[0], theirs[1], script)
+    assert masked(request(ours[0], ours[1], script)) == masked(expected)
+
+
 @pytest.mark.xfail(strict=True, reason="known difference found by the fuzzer: an `ms` append or "
                    "prepend with a base64 key (b flag) marks the item's key binary, so `me` "
                    "shows it in base64; memcached 1.6.18 keeps showing the plain key")

@@ -39,8 +39,9 @@ from shardstore.machine import (
     encode_move,
 )
 from shardstore.moves import Move
+from tests.shardstore_procs import LoopCluster, run_loop
 from tests.test_shardstore_moves import _set, _shard
-from tests.test_shardstore_reshard import LoopCluster, _until_finished
+from tests.test_shardstore_reshard import _until_finished
 
 ASK_RE = re.compile(r"^ASK (\d+) ([0-9.]+):(\d+)$")
 
@@ -187,15 +188,7 @@ def _hold_copies(cluster: LoopCluster, gate: asyncio.Event) -> None:
 
 
 def test_redis_clients_follow_ask_during_a_move(tmp_path: Path) -> None:
-    async def main() -> None:
-        cluster = LoopCluster(tmp_path, batch_keys=4)
-        await cluster.start()
-        try:
-            await _ask_during_move(cluster)
-        finally:
-            await cluster.stop()
-
-    asyncio.run(main())
+    run_loop(tmp_path, _ask_during_move, batch_keys=4)
 
 
 async def _until(check: Any, what: str, timeout: float = 20.0) -> None:

@@ -16,7 +16,6 @@ import shutil
 import subprocess
 import threading
 import time
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -36,22 +35,18 @@ from shardstore.engine import Engine
 from shardstore.server import NodeOptions, ShardNode
 from tests.conftest import find_free_port
 from tests.procs import Daemon
+from tests.shardstore_procs import (
+    HOSTS,
+    READY_S,
+    LoopCluster,
+    aliases_work,
+    run_loop,
+    serve_daemons,
+    until_ok,
+)
 
-HOSTS = ("127.0.0.2", "127.0.0.3", "127.0.0.4")
-READY_S = 30.0
 HOUR_MS = 3_600_000
 CLIENT_RETRIES = 10
-
-
-def _aliases_work() -> bool:
-    try:
-        find_free_port(HOSTS[2])
-        return True
-    except OSError:
-        return False
-
-
-needs_aliases = pytest.mark.skipif(not _aliases_work(), reason="no 127.0.0.2-4")
 
 
 def _keys_for_every_shard(count: int) -> list[str]:
@@ -64,67 +59,6 @@ def _keys_for_every_shard(count: int) -> list[str]:
         ranges.add(key_slot(key.encode()) * 3 // 16384)
         i += 1
     return keys
-
-
-# -- in one event loop ------------------------------------------------------------------------
-
-class LoopCluster:
-    """Three ShardNodes in this loop."""
-
-    def __init__(self, tmp: Path, shards: int = 3, replicas: int = 2) -> None:
-        raft = {i + 1: (h, find_free_port(h)) for i, h in enumerate(HOSTS)}
-        self.nodes = []
-        for i, host in enumerate(HOSTS):
-            settings = ClusterSettings(
-                node_id=i + 1, listen=(host, find_free_port(host)), peer_listen=raft[i + 1],
-                peers=raft, founders=(1, 2, 3), data_dir=tmp / f"n{i + 1}", secret=None,
-                password=None, tick_s=0.02, election_tick=15)
-            self.nodes.append(ShardNode(settings, NodeOptions(shards, replicas, timeout_s=5),
-                                        layer=commands, engine_class=Engine))
-
-    async def start(self) -> None:
-        for node in self.nodes:
-            await node.start()
-        await _until_ok([n.settings.advertise for n in self.nodes])
-
-    async def stop(self) -> None:
-        await asyncio.gather(*(node.stop() for node in self.nodes))
-
-    def client(self, index: int) -> aredis.Redis:
-        host, port = self.nodes[index].settings.listen
-        return aredis.Redis(host=host, port=port)
-
-
-async def _until_ok(addresses: list[str]) -> None:
-    """Until every node says cluster_state:ok with the same slot map."""
-    deadline = time.monotonic() + READY_S
-    while True:
-        states = []
-        for address in addresses:
-            host, port = address.rsplit(":", 1)
-            client = aredis.Redis(host=host, port=int(port))
-            try:
-                states.append(await client.execute_command("CLUSTER", "INFO"))
-            except redis.RedisError:
-                states.append(b"")
-            finally:
-                await client.aclose()
-        if all(b"cluster_state:ok" in s and b"cluster_known_nodes:3" in s for s in states):
-            return
-        assert time.monotonic() < deadline, states
-        await asyncio.sleep(0.1)
-
-
-def run_loop(tmp: Path, test: Callable[[LoopCluster], Awaitable[None]]) -> None:
-    async def main() -> None:
-        cluster = LoopCluster(tmp)
-        await cluster.start()
-        try:
-            await test(cluster)
-        finally:
-            await cluster.stop()
-
-    asyncio.run(main())
 
 
 def test_cluster_clients_route_by_the_slot_map(tmp_path: Path) -> None:
@@ -263,21 +197,12 @@ class ProcCluster:
 
     def __init__(self, tmp: Path, shards: int = 3, replicas: int = 3,
                  extra: tuple[str, ...] = ()) -> None:
-        raft = {i + 1: (h, find_free_port(h)) for i, h in enumerate(HOSTS)}
-        peers = ",".join(f"{i}={h}:{p}" for i, (h, p) in raft.items())
-        self.daemons: list[Daemon] = []
-        for i, host in enumerate(HOSTS):
-            port = find_free_port(host)
-            argv = ["shardstore", "serve", "--id", str(i + 1), "--listen", f"{host}:{port}",
-                    "--peer-listen", f"{host}:{raft[i + 1][1]}", "--peers", peers,
-                    "--data-dir", str(tmp / f"n{i + 1}"), "--shards", str(shards),
-                    "--replicas", str(replicas), *extra]
-            self.daemons.append(Daemon(argv, host, port, tmp / f"n{i + 1}.log"))
+        self.daemons = serve_daemons(tmp, shards, replicas, extra)
 
     def start(self) -> None:
         for daemon in self.daemons:
             daemon.start()
-        asyncio.run(_until_ok([d.address for d in self.daemons]))
+        asyncio.run(until_ok([d.address for d in self.daemons]))
 
     def client(self) -> RedisCluster:
         first = self.daemons[0]
@@ -328,7 +253,7 @@ def test_processes_serve_redis_cluster_clients_and_survive_a_leader_kill(
         assert daemon.stop() == 0, daemon.log()[-2000:]
     for daemon in procs.daemons:
         daemon.start()
-    asyncio.run(_until_ok([d.address for d in procs.daemons]))
+    asyncio.run(until_ok([d.address for d in procs.daemons]))
     rc = procs.client()
     assert rc.mget_nonatomic(keys) == [k.encode() for k in keys]
     _check_acked(rc, acked, tried)
@@ -467,7 +392,7 @@ class _CorruptEngine(Engine):
 
 def test_a_shard_engine_that_cannot_open_stops_the_node(tmp_path: Path) -> None:
     async def main() -> None:
-        host = HOSTS[0] if _aliases_work() else "127.0.0.1"
+        host = HOSTS[0] if aliases_work() else "127.0.0.1"
         raft = {1: (host, find_free_port(host))}
         settings = ClusterSettings(
             node_id=1, listen=(host, find_free_port(host)), peer_listen=raft[1], peers=raft,

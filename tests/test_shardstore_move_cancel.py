@@ -49,8 +49,8 @@ from shardstore.moves import (
     encode_step,
 )
 from tests.procs import ROOT
+from tests.shardstore_procs import LoopCluster, run_loop
 from tests.test_shardstore_moves import _set, _shard
-from tests.test_shardstore_reshard import LoopCluster
 
 CANCEL_S = 60.0
 README_SENTENCE = (
@@ -163,15 +163,7 @@ class Hold:
 
 
 def test_admin_cancels_a_move_and_a_new_coordinator_finishes_it(tmp_path: Path) -> None:
-    async def main() -> None:
-        cluster = LoopCluster(tmp_path, batch_keys=4)
-        await cluster.start()
-        try:
-            await _cancel_mid_move(cluster)
-        finally:
-            await cluster.stop()
-
-    asyncio.run(main())
+    run_loop(tmp_path, _cancel_mid_move, batch_keys=4)
 
 
 async def _until(check: Any, what: str) -> None:

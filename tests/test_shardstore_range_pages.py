@@ -31,8 +31,8 @@ from shardstore.router import Router, RouterOptions
 from shardstore.table_keys import KIND_DATE, MAX_POSITION, MIN_POSITION
 from shardstore.table_scan import range_keys
 from tests.conftest import find_free_port
+from tests.shardstore_procs import LoopCluster
 from tests.test_shardstore_catalog import DATE_RESTS, SortedKV
-from tests.test_shardstore_daemon import LoopCluster
 from tests.test_shardstore_tables import _everywhere, _ready
 
 WORDS = st.one_of(st.sampled_from([b"COUNT", b"count", b"CURSOR", b"cursor", b"0", b"7",

@@ -27,52 +27,16 @@ import redis.asyncio as aredis
 from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 from redis.cluster import RedisCluster
 
-from core.cluster_options import ClusterSettings
 from native.crc16 import key_slot
-from shardstore import commands
-from shardstore.engine import Engine
 from shardstore.keysets import KeySet
 from shardstore.launch import local_cluster
 from shardstore.machine import decode_reply
-from shardstore.server import NodeOptions, ShardNode
-from tests.conftest import find_free_port
 from tests.procs import ROOT, Daemon
+from tests.shardstore_procs import READY_S, LoopCluster, run_loop, serve_daemons
 
-HOSTS = ("127.0.0.2", "127.0.0.3", "127.0.0.4")
-READY_S = 30.0
 MOVE_S = 60.0
+LOOP_BATCH_KEYS = 8  # keys per copy entry in the one-loop cluster
 PROC_BATCH_KEYS = 2  # keys per copy entry: a move of 600 keys takes 300 steps
-
-
-class LoopCluster:
-    """Three ShardNodes in this loop, 3 shards of 2 replicas."""
-
-    def __init__(self, tmp: Path, batch_keys: int = 8) -> None:
-        raft = {i + 1: (h, find_free_port(h)) for i, h in enumerate(HOSTS)}
-        self.nodes = []
-        for i, host in enumerate(HOSTS):
-            settings = ClusterSettings(
-                node_id=i + 1, listen=(host, find_free_port(host)), peer_listen=raft[i + 1],
-                peers=raft, founders=(1, 2, 3), data_dir=tmp / f"n{i + 1}", secret=None,
-                password=None, tick_s=0.02, election_tick=15)
-            options = NodeOptions(3, 2, timeout_s=5, move_batch_keys=batch_keys)
-            self.nodes.append(ShardNode(settings, options, layer=commands,
-                                        engine_class=Engine))
-
-    async def start(self) -> None:
-        for node in self.nodes:
-            await node.start()
-        deadline = time.monotonic() + READY_S
-        while not all(n.view().complete and len(n.machines) == 2 for n in self.nodes):
-            assert time.monotonic() < deadline
-            await asyncio.sleep(0.1)
-
-    async def stop(self) -> None:
-        await asyncio.gather(*(node.stop() for node in self.nodes))
-
-    def client(self, index: int) -> aredis.Redis:
-        host, port = self.nodes[index].settings.listen
-        return aredis.Redis(host=host, port=port)
 
 
 async def _until_finished(client: aredis.Redis, move_id: int) -> None:
@@ -96,15 +60,7 @@ def _moves_as_maps(reply: list[object]) -> list[dict[bytes, object]]:
 
 
 def test_a_move_under_writes_loses_and_duplicates_nothing(tmp_path: Path) -> None:
-    async def main() -> None:
-        cluster = LoopCluster(tmp_path)
-        await cluster.start()
-        try:
-            await _move_under_writes(cluster)
-        finally:
-            await cluster.stop()
-
-    asyncio.run(main())
+    run_loop(tmp_path, _move_under_writes, batch_keys=LOOP_BATCH_KEYS)
 
 
 async def _move_under_writes(cluster: LoopCluster) -> None:
@@ -190,16 +146,7 @@ class ProcCluster:
     """Three `shardstore serve` processes, 3 shards of 3 replicas, moves in tiny batches."""
 
     def __init__(self, tmp: Path) -> None:
-        raft = {i + 1: (h, find_free_port(h)) for i, h in enumerate(HOSTS)}
-        peers = ",".join(f"{i}={h}:{p}" for i, (h, p) in raft.items())
-        self.daemons: list[Daemon] = []
-        for i, host in enumerate(HOSTS):
-            port = find_free_port(host)
-            argv = ["shardstore", "serve", "--id", str(i + 1), "--listen", f"{host}:{port}",
-                    "--peer-listen", f"{host}:{raft[i + 1][1]}", "--peers", peers,
-                    "--data-dir", str(tmp / f"n{i + 1}"), "--shards", "3", "--replicas", "3",
-                    "--move-batch-keys", str(PROC_BATCH_KEYS)]
-            self.daemons.append(Daemon(argv, host, port, tmp / f"n{i + 1}.log"))
+        self.daemons = serve_daemons(tmp, 3, 3, ("--move-batch-keys", str(PROC_BATCH_KEYS)))
 
     def start(self) -> None:
         for daemon in self.daemons:
@@ -372,15 +319,7 @@ def _redis_cli_reshard_refused(cluster: ProcCluster) -> None:
 
 
 def test_range_table_rows_stay_out_of_slot_moves_and_move_by_their_map(tmp_path: Path) -> None:
-    async def main() -> None:
-        cluster = LoopCluster(tmp_path)
-        await cluster.start()
-        try:
-            await _range_rows(cluster)
-        finally:
-            await cluster.stop()
-
-    asyncio.run(main())
+    run_loop(tmp_path, _range_rows, batch_keys=LOOP_BATCH_KEYS)
 
 
 async def _range_rows(cluster: LoopCluster) -> None:

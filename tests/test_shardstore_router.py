@@ -33,7 +33,7 @@ from shardstore.__main__ import main as shardstore_main
 from shardstore.router import Router, RouterOptions
 from shardstore.router_plan import SHARD, SLOT, RouteMap, assemble, plan
 from tests.conftest import find_free_port
-from tests.test_shardstore_daemon import LoopCluster
+from tests.shardstore_procs import LoopCluster
 from tests.test_shardstore_tables import _ready
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -19,7 +19,7 @@ import redis
 import redis.asyncio as aredis
 
 from shardstore.client import AsyncShardstoreClient, ShardstoreClient, ShardstoreError
-from tests.test_shardstore_daemon import LoopCluster
+from tests.shardstore_procs import LoopCluster, run_loop
 
 READY_S = 30.0
 
@@ -163,15 +163,7 @@ async def _until_map(cluster: LoopCluster, splits: list[int], shards: list[int])
 
 
 def test_range_tables_are_served_by_their_shards_only(tmp_path: Path) -> None:
-    async def main() -> None:
-        cluster = LoopCluster(tmp_path, shards=3, replicas=1)
-        await cluster.start()
-        try:
-            await _check_tables(cluster)
-        finally:
-            await cluster.stop()
-
-    asyncio.run(main())
+    run_loop(tmp_path, _check_tables, replicas=1)
 
 
 README_SENTENCES = [  # each checked by a test of this file or test_shardstore_catalog.py

@@ -1,0 +1,141 @@
+"""Shardstore clusters for tests: three nodes on 127.0.0.2-4, in this event loop or as
+`python -m shardstore serve` processes.
+
+Strategy: one place builds the three nodes' settings (client and Raft ports from the
+free-port helper, ids 1-3 all founders) and waits until every node says the map is
+complete, so each shardstore test file states only the shape it needs (shards, replicas,
+move batch size, extra serve options) and what it checks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import redis
+import redis.asyncio as aredis
+
+from core.cluster_options import ClusterSettings
+from shardstore import commands
+from shardstore.engine import Engine
+from shardstore.migrate import BATCH_KEYS
+from shardstore.server import NodeOptions, ShardNode
+from tests.conftest import find_free_port
+from tests.procs import Daemon
+
+__all__ = ["HOSTS", "READY_S", "LoopCluster", "aliases_work", "run_loop", "serve_daemons",
+           "until_ok"]
+
+HOSTS = ("127.0.0.2", "127.0.0.3", "127.0.0.4")
+READY_S = 30.0
+TICK_S = 0.02
+ELECTION_TICK = 15
+WRITE_TIMEOUT_S = 5.0
+POLL_S = 0.1
+
+
+def aliases_work() -> bool:
+    """Whether this machine can bind the loopback aliases HOSTS."""
+    try:
+        find_free_port(HOSTS[2])
+        return True
+    except OSError:
+        return False
+
+
+def _raft_ports() -> dict[int, tuple[str, int]]:
+    return {i + 1: (h, find_free_port(h)) for i, h in enumerate(HOSTS)}
+
+
+class LoopCluster:
+    """Three ShardNodes in this event loop: `shards` shards of `replicas` replicas, slot
+    moves copying `batch_keys` keys an entry."""
+
+    def __init__(self, tmp: Path, shards: int = 3, replicas: int = 2,
+                 batch_keys: int = BATCH_KEYS) -> None:
+        raft = _raft_ports()
+        options = NodeOptions(shards, replicas, timeout_s=WRITE_TIMEOUT_S,
+                              move_batch_keys=batch_keys)
+        self.nodes: list[ShardNode] = []
+        for i, host in enumerate(HOSTS):
+            settings = ClusterSettings(
+                node_id=i + 1, listen=(host, find_free_port(host)), peer_listen=raft[i + 1],
+                peers=raft, founders=(1, 2, 3), data_dir=tmp / f"n{i + 1}", secret=None,
+                password=None, tick_s=TICK_S, election_tick=ELECTION_TICK)
+            self.nodes.append(ShardNode(settings, options, layer=commands,
+                                        engine_class=Engine))
+
+    async def start(self) -> None:
+        """Start every node; return once each has the complete map, opened the shards the
+        map gives it, and answers cluster_state:ok on its client port."""
+        for node in self.nodes:
+            await node.start()
+        deadline = time.monotonic() + READY_S
+        while not all(n.view().complete and len(n.machines) == len(n.config.hosted_by(n.me))
+                      for n in self.nodes):
+            assert time.monotonic() < deadline, "the cluster never formed"
+            await asyncio.sleep(POLL_S)
+        await until_ok([n.settings.advertise for n in self.nodes])
+
+    async def stop(self) -> None:
+        await asyncio.gather(*(node.stop() for node in self.nodes))
+
+    def client(self, index: int) -> aredis.Redis:
+        """A plain (not cluster-aware) client of node `index`'s client port."""
+        host, port = self.nodes[index].settings.listen
+        return aredis.Redis(host=host, port=port)
+
+
+def run_loop(tmp: Path, test: Callable[[LoopCluster], Awaitable[None]], shards: int = 3,
+             replicas: int = 2, batch_keys: int = BATCH_KEYS) -> None:
+    """Run `test` on a started LoopCluster of that shape in a new event loop; stop the
+    cluster afterwards whatever happens."""
+    async def main() -> None:
+        cluster = LoopCluster(tmp, shards, replicas, batch_keys)
+        await cluster.start()
+        try:
+            await test(cluster)
+        finally:
+            await cluster.stop()
+
+    asyncio.run(main())
+
+
+async def until_ok(addresses: list[str]) -> None:
+    """Until every node at `addresses` says cluster_state:ok and knows all of them."""
+    deadline = time.monotonic() + READY_S
+    known = f"cluster_known_nodes:{len(addresses)}".encode()
+    while True:
+        states = []
+        for address in addresses:
+            host, port = address.rsplit(":", 1)
+            client = aredis.Redis(host=host, port=int(port))
+            try:
+                states.append(await client.execute_command("CLUSTER", "INFO"))
+            except redis.RedisError:
+                states.append(b"")
+            finally:
+                await client.aclose()
+        if all(b"cluster_state:ok" in s and known in s for s in states):
+            return
+        assert time.monotonic() < deadline, states
+        await asyncio.sleep(POLL_S)
+
+
+def serve_daemons(tmp: Path, shards: int, replicas: int, extra: tuple[str, ...] = ()
+                  ) -> list[Daemon]:
+    """Three `shardstore serve` daemons (not started), ids 1-3 on HOSTS, data in tmp/n<i>
+    and logs in tmp/n<i>.log; `extra`: more serve options for each."""
+    raft = _raft_ports()
+    peers = ",".join(f"{i}={h}:{p}" for i, (h, p) in raft.items())
+    daemons = []
+    for i, host in enumerate(HOSTS):
+        port = find_free_port(host)
+        argv = ["shardstore", "serve", "--id", str(i + 1), "--listen", f"{host}:{port}",
+                "--peer-listen", f"{host}:{raft[i + 1][1]}", "--peers", peers,
+                "--data-dir", str(tmp / f"n{i + 1}"), "--shards", str(shards),
+                "--replicas", str(replicas), *extra]
+        daemons.append(Daemon(argv, host, port, tmp / f"n{i + 1}.log"))
+    return daemons

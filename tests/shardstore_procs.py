@@ -25,15 +25,17 @@ from shardstore.server import NodeOptions, ShardNode
 from tests.conftest import find_free_port
 from tests.procs import Daemon
 
-__all__ = ["HOSTS", "READY_S", "LoopCluster", "aliases_work", "run_loop", "serve_daemons",
-           "until_ok"]
+__all__ = ["HOSTS", "READY_S", "SINGLE_HOST", "LoopCluster", "aliases_work", "run_loop",
+           "serve_daemons", "single_node", "until_ok"]
 
 HOSTS = ("127.0.0.2", "127.0.0.3", "127.0.0.4")
+SINGLE_HOST = "127.0.0.1"  # single_node's
 READY_S = 30.0
 TICK_S = 0.02
 ELECTION_TICK = 15
 WRITE_TIMEOUT_S = 5.0
 POLL_S = 0.1
+SINGLE_POLL_S = 0.05
 
 
 def aliases_work() -> bool:
@@ -45,8 +47,31 @@ def aliases_work() -> bool:
         return False
 
 
-def _raft_ports() -> dict[int, tuple[str, int]]:
-    return {i + 1: (h, find_free_port(h)) for i, h in enumerate(HOSTS)}
+def _raft_ports(hosts: tuple[str, ...] = HOSTS) -> dict[int, tuple[str, int]]:
+    return {i + 1: (h, find_free_port(h)) for i, h in enumerate(hosts)}
+
+
+def _settings(tmp: Path, raft: dict[int, tuple[str, int]], node_id: int) -> ClusterSettings:
+    host = raft[node_id][0]
+    return ClusterSettings(
+        node_id=node_id, listen=(host, find_free_port(host)), peer_listen=raft[node_id],
+        peers=raft, founders=tuple(raft), data_dir=tmp / f"n{node_id}", secret=None,
+        password=None, tick_s=TICK_S, election_tick=ELECTION_TICK)
+
+
+async def single_node(tmp: Path, shards: int = 1) -> ShardNode:
+    """A started one-node cluster on SINGLE_HOST (`shards` shards of one replica), once it
+    has the map and leads every shard."""
+    options = NodeOptions(shards, 1, timeout_s=WRITE_TIMEOUT_S)
+    node = ShardNode(_settings(tmp, _raft_ports((SINGLE_HOST,)), 1), options,
+                     layer=commands, engine_class=Engine)
+    await node.start()
+    deadline = time.monotonic() + READY_S
+    while not (node.view().complete and len(node.machines) == shards
+               and len(node.led_shards()) == shards):
+        assert time.monotonic() < deadline, "the node never became ready"
+        await asyncio.sleep(SINGLE_POLL_S)
+    return node
 
 
 class LoopCluster:
@@ -59,13 +84,9 @@ class LoopCluster:
         options = NodeOptions(shards, replicas, timeout_s=WRITE_TIMEOUT_S,
                               move_batch_keys=batch_keys)
         self.nodes: list[ShardNode] = []
-        for i, host in enumerate(HOSTS):
-            settings = ClusterSettings(
-                node_id=i + 1, listen=(host, find_free_port(host)), peer_listen=raft[i + 1],
-                peers=raft, founders=(1, 2, 3), data_dir=tmp / f"n{i + 1}", secret=None,
-                password=None, tick_s=TICK_S, election_tick=ELECTION_TICK)
-            self.nodes.append(ShardNode(settings, options, layer=commands,
-                                        engine_class=Engine))
+        for node_id in raft:
+            self.nodes.append(ShardNode(_settings(tmp, raft, node_id), options,
+                                        layer=commands, engine_class=Engine))
 
     async def start(self) -> None:
         """Start every node; return once each has the complete map, opened the shards the

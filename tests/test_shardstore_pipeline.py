@@ -11,7 +11,6 @@ real one on a free port.
 from __future__ import annotations
 
 import asyncio
-import time
 from pathlib import Path
 from typing import Any
 
@@ -21,19 +20,16 @@ import redis
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from core.cluster_options import ClusterSettings
 from core.raft.driver_types import ProposalUnknown
 from shardstore import commands
-from shardstore.engine import Engine
 from shardstore.kvview import DictKV
 from shardstore.machine import ShardMachine, encode_batch, encode_command
-from shardstore.server import NodeOptions, ShardNode
+from shardstore.server import ShardNode
 from shardstore.writes import _commands_of
-from tests.conftest import find_free_port
 from tests.redis_proc import REDIS_SERVER, redis_server
+from tests.shardstore_procs import SINGLE_HOST as HOST
+from tests.shardstore_procs import single_node
 
-HOST = "127.0.0.1"
-READY_S = 30.0
 SHARDS = 2
 
 SCRIPT = [
@@ -42,23 +38,6 @@ SCRIPT = [
     "GET {t}1", "DECR c", "DECRBY c 3", "HSET h f 1", "HINCRBY h f 2", "HGET h f",
     "SET a 9 NX", "SET a 10 XX GET", "GETDEL a", "EXISTS {t}1 {t}2 {t}3", "STRLEN b",
 ]
-
-
-async def single_node(tmp: Path) -> ShardNode:
-    raft = {1: (HOST, find_free_port(HOST))}
-    settings = ClusterSettings(node_id=1, listen=(HOST, find_free_port(HOST)),
-                               peer_listen=raft[1], peers=raft, founders=(1,),
-                               data_dir=tmp / "n1", secret=None, password=None, tick_s=0.02,
-                               election_tick=15)
-    node = ShardNode(settings, NodeOptions(SHARDS, 1, timeout_s=5), layer=commands,
-                     engine_class=Engine)
-    await node.start()
-    deadline = time.monotonic() + READY_S
-    while not (node.view().complete and len(node.machines) == SHARDS
-               and len(node.led_shards()) == SHARDS):
-        assert time.monotonic() < deadline, "the node never became ready"
-        await asyncio.sleep(0.05)
-    return node
 
 
 def pipelined(port: int, script: list[str]) -> list[Any]:
@@ -95,7 +74,7 @@ def test_a_pipeline_of_writes_and_reads_answers_as_redis_server(tmp_path: Path) 
         expected = pipelined(redis_port, SCRIPT)
 
     async def main() -> tuple[list[Any], list[int]]:
-        node = await single_node(tmp_path)
+        node = await single_node(tmp_path, SHARDS)
         try:
             runs = record_runs(node)
             port = node.settings.listen[1]
@@ -110,7 +89,7 @@ def test_a_pipeline_of_writes_and_reads_answers_as_redis_server(tmp_path: Path) 
 
 def test_an_unknown_outcome_is_every_write_of_the_run(tmp_path: Path) -> None:
     async def main() -> tuple[list[Any], list[Any]]:
-        node = await single_node(tmp_path)
+        node = await single_node(tmp_path, SHARDS)
         try:
             real = node.writes.write_many
             lost = [False]
@@ -142,7 +121,7 @@ def test_concurrent_writes_of_many_callers_share_entries(tmp_path: Path) -> None
     callers = 40
 
     async def main() -> tuple[list[Any], int]:
-        node = await single_node(tmp_path)
+        node = await single_node(tmp_path, SHARDS)
         try:
             shard = node.led_shards()[0]
             group = node.host.group(shard.group)
@@ -255,7 +234,7 @@ def test_a_run_of_reads_behind_a_barrier_takes_one_barrier(tmp_path: Path) -> No
               "INCR {r}1", "GET {r}1", "EXISTS {r}1", "TTL {r}2"]
 
     async def main() -> tuple[list[Any], int]:
-        node = await single_node(tmp_path)
+        node = await single_node(tmp_path, SHARDS)
         try:
             node.service.reads_ready = lambda group=None: False  # type: ignore[method-assign]
             real = node.service.barrier

@@ -15,39 +15,18 @@ request went out). The reply was `-TRYAGAIN` until the drill's review found it; 
 from __future__ import annotations
 
 import asyncio
-import time
 from pathlib import Path
 from typing import Any
 
 import redis
 from redis.cluster import RedisCluster
 
-from core.cluster_options import ClusterSettings
 from core.raft.driver_types import ProposalUnknown
-from shardstore import commands
-from shardstore.engine import Engine
-from shardstore.server import NodeOptions, ShardNode
-from tests.conftest import find_free_port
+from shardstore.server import ShardNode
+from tests.shardstore_procs import SINGLE_HOST as HOST
+from tests.shardstore_procs import single_node
 
-HOST = "127.0.0.1"
-READY_S = 30.0
 KEY = "visits"
-
-
-async def single_node(tmp: Path) -> ShardNode:
-    raft = {1: (HOST, find_free_port(HOST))}
-    settings = ClusterSettings(node_id=1, listen=(HOST, find_free_port(HOST)),
-                               peer_listen=raft[1], peers=raft, founders=(1,),
-                               data_dir=tmp / "n1", secret=None, password=None, tick_s=0.02,
-                               election_tick=15)
-    node = ShardNode(settings, NodeOptions(1, 1, timeout_s=5), layer=commands,
-                     engine_class=Engine)
-    await node.start()
-    deadline = time.monotonic() + READY_S
-    while not (node.view().complete and node.machines and node.led_shards()):
-        assert time.monotonic() < deadline, "the node never became ready"
-        await asyncio.sleep(0.05)
-    return node
 
 
 def lose_one_outcome(node: ShardNode) -> None:

@@ -1,5 +1,5 @@
 """Shardstore clusters for tests: three nodes on 127.0.0.2-4, in this event loop or as
-`python -m shardstore serve` processes.
+`python -m shardstore serve` processes; one node; one shard machine over a real engine.
 
 Strategy: one place builds the three nodes' settings (client and Raft ports from the
 free-port helper, ids 1-3 all founders) and waits until every node says the map is
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
 import redis
@@ -20,13 +20,14 @@ import redis.asyncio as aredis
 from core.cluster_options import ClusterSettings
 from shardstore import commands
 from shardstore.engine import Engine
+from shardstore.machine import ShardMachine
 from shardstore.migrate import BATCH_KEYS
 from shardstore.server import NodeOptions, ShardNode
 from tests.conftest import find_free_port
 from tests.procs import Daemon
 
-__all__ = ["HOSTS", "READY_S", "SINGLE_HOST", "LoopCluster", "aliases_work", "run_loop",
-           "serve_daemons", "single_node", "until_ok"]
+__all__ = ["HOSTS", "READY_S", "SINGLE_HOST", "LoopCluster", "aliases_work", "engine_shard",
+           "run_loop", "serve_daemons", "single_node", "until_ok"]
 
 HOSTS = ("127.0.0.2", "127.0.0.3", "127.0.0.4")
 SINGLE_HOST = "127.0.0.1"  # single_node's
@@ -160,3 +161,18 @@ def serve_daemons(tmp: Path, shards: int, replicas: int, extra: tuple[str, ...] 
                 "--replicas", str(replicas), *extra]
         daemons.append(Daemon(argv, host, port, tmp / f"n{i + 1}.log"))
     return daemons
+
+
+def engine_shard(directory: Path,
+                 keys_of: Callable[[list[bytes]], list[bytes]] | None = None) -> ShardMachine:
+    """A shard machine over a real engine in `directory` (made if missing) whose snapshot
+    restore closes the engine and loads the pieces in its place; `keys_of` as ShardMachine's.
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+
+    def load(pieces: Iterator[bytes], index: int) -> Engine:
+        shard.engine.close()
+        return Engine.load(directory, pieces, index)  # type: ignore[arg-type]
+
+    shard = ShardMachine(Engine.open(directory), commands, load, keys_of=keys_of)
+    return shard

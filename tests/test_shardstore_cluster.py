@@ -27,6 +27,7 @@ from shardstore.machine import (
     encode_reply,
     expired_keys,
 )
+from tests.shardstore_procs import engine_shard
 
 
 def test_layout_splits_slots_evenly_and_members_round_robin() -> None:
@@ -141,23 +142,12 @@ def test_verbatim_survives() -> None:
     assert type(decode_reply(encode_reply(Verbatim("a")))) is Verbatim
 
 
-def _shard(directory: Path) -> ShardMachine:
-    directory.mkdir(parents=True, exist_ok=True)
-
-    def load(pieces: object, index: int) -> Engine:
-        shard.engine.close()
-        return Engine.load(directory, pieces, index)  # type: ignore[arg-type]
-
-    shard = ShardMachine(Engine.open(directory), commands, load)
-    return shard
-
-
 def _get(machine: ShardMachine, key: bytes, now_ms: int = 0) -> object:
     return commands.execute_read(machine.engine, now_ms, [b"GET", key])
 
 
 def test_apply_runs_writes_once_and_skips_what_the_engine_has(tmp_path: Path) -> None:
-    machine = _shard(tmp_path)
+    machine = engine_shard(tmp_path)
     out = machine.apply([(1, encode_command(0, [b"SET", b"a", b"1"])),
                          (2, encode_command(0, [b"INCR", b"n"])),
                          (3, encode_command(0, [b"NOPE"]))])
@@ -170,7 +160,7 @@ def test_apply_runs_writes_once_and_skips_what_the_engine_has(tmp_path: Path) ->
 
 
 def test_one_apply_run_is_one_engine_write_and_entries_see_each_other(tmp_path: Path) -> None:
-    machine = _shard(tmp_path)
+    machine = engine_shard(tmp_path)
     writes: list[int | None] = []
     original = machine.engine.write
 
@@ -190,7 +180,7 @@ def test_one_apply_run_is_one_engine_write_and_entries_see_each_other(tmp_path: 
 
 
 def test_expire_entries_delete_only_what_expired_at_their_time(tmp_path: Path) -> None:
-    machine = _shard(tmp_path)
+    machine = engine_shard(tmp_path)
     machine.apply([(1, encode_command(1000, [b"SET", b"a", b"1", b"PX", b"10"])),
                    (2, encode_command(1000, [b"SET", b"b", b"1", b"PX", b"500"])),
                    (3, encode_command(1000, [b"SET", b"c", b"1"]))])
@@ -205,10 +195,10 @@ def test_expire_entries_delete_only_what_expired_at_their_time(tmp_path: Path) -
 
 
 def test_snapshots_restore_only_when_ahead_of_the_engine(tmp_path: Path) -> None:
-    machine = _shard(tmp_path / "a")
+    machine = engine_shard(tmp_path / "a")
     machine.apply([(1, encode_command(0, [b"MSET", b"x", b"1", b"y", b"2"]))])
     blob = machine.snapshot()()  # type: ignore[operator]
-    other = _shard(tmp_path / "b")
+    other = engine_shard(tmp_path / "b")
     other.restore(blob)
     assert [k for k, _, _ in other.engine.scan()] == [b"x", b"y"]
     assert _get(other, b"y") == b"2" and other.engine.applied_index == 1
@@ -230,7 +220,7 @@ def test_merged_kv_reads_shards_as_one(tmp_path: Path) -> None:
 
 
 def test_snapshots_of_the_real_engine_move_a_shard(tmp_path: Path) -> None:
-    source, target = _shard(tmp_path / "source"), _shard(tmp_path / "target")
+    source, target = engine_shard(tmp_path / "source"), engine_shard(tmp_path / "target")
     source.apply([(i + 1, encode_command(0, [b"HSET", b"h%d" % i, b"f", b"%d" % i]))
                   for i in range(50)])
     blob = source.snapshot()()  # type: ignore[operator]

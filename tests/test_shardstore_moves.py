@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
-from typing import Any
 
 import msgpack
 import pytest
@@ -22,7 +21,6 @@ from shardstore import admin_commands, cluster, commands
 from shardstore.admin import plan_rebalance
 from shardstore.catalog import Table, encode_create, parse_create
 from shardstore.cluster import ConfigMachine
-from shardstore.engine import Engine
 from shardstore.fences import FENCES_KEY, Fences, HiddenKV
 from shardstore.keysets import KeySet, format_slots, parse_slots
 from shardstore.machine import (
@@ -47,6 +45,7 @@ from shardstore.moves import (
 )
 from shardstore.table_keys import parse_point
 from shardstore.table_moves import give_range
+from tests.shardstore_procs import engine_shard
 
 ROWS = {row.name.upper(): row for row in commands.COMMANDS}
 
@@ -125,13 +124,7 @@ def test_a_move_begins_ends_and_finishes_in_the_configuration() -> None:
 # -- a shard machine's fences -----------------------------------------------------------------
 
 def _shard(directory: Path) -> ShardMachine:
-    def load(pieces: Any, index: int) -> Engine:
-        machine.engine.close()
-        return Engine.load(directory, pieces, index)
-
-    directory.mkdir(exist_ok=True)
-    machine = ShardMachine(Engine.open(directory), commands, load, keys_of=keys_of)
-    return machine
+    return engine_shard(directory, keys_of)
 
 
 def _set(key: bytes, value: bytes) -> bytes:

@@ -18,24 +18,13 @@ from core.raft.snapshot_file import SnapshotFile, open_reader
 from core.raft.snapshot_hooks import StreamedSnapshot, fill_driver_data, open_driver_data
 from core.raft.snapshot_source import SNAPSHOT_BUFFERS
 from shardstore import commands
-from shardstore.engine import Engine
 from shardstore.engine.snapshot import PIECE_TARGET_BYTES
-from shardstore.machine import ShardMachine, encode_command
+from shardstore.machine import encode_command
+from tests.shardstore_procs import engine_shard
 
 KEYS = 3000
 VALUE_BYTES = 2000  # about 6 MB of values: six engine pieces or more
 BOUND = PIECE_TARGET_BYTES + 64 * 1024  # a piece is cut after the entry that passes the target
-
-
-def _shard(directory: Path) -> ShardMachine:
-    directory.mkdir(parents=True, exist_ok=True)
-
-    def load(pieces: object, index: int) -> Engine:
-        shard.engine.close()
-        return Engine.load(directory, pieces, index)  # type: ignore[arg-type]
-
-    shard = ShardMachine(Engine.open(directory), commands, load)
-    return shard
 
 
 def _value(k: int) -> bytes:
@@ -43,7 +32,7 @@ def _value(k: int) -> bytes:
 
 
 def test_a_shard_snapshot_is_written_and_restored_a_piece_at_a_time(tmp_path: Path) -> None:
-    source = _shard(tmp_path / "source")
+    source = engine_shard(tmp_path / "source")
     batch = [(k + 1, encode_command(0, [b"SET", b"key:%06d" % k, _value(k)]))
              for k in range(KEYS)]
     for start in range(0, KEYS, 500):
@@ -68,7 +57,7 @@ def test_a_shard_snapshot_is_written_and_restored_a_piece_at_a_time(tmp_path: Pa
     assert 0 < written_peak <= BOUND, written_peak
 
     SNAPSHOT_BUFFERS.reset()
-    target = _shard(tmp_path / "target")
+    target = engine_shard(tmp_path / "target")
     book, reader = open_driver_data(open_reader(data))
     with reader:
         assert book == {}
@@ -83,10 +72,10 @@ def test_a_shard_snapshot_is_written_and_restored_a_piece_at_a_time(tmp_path: Pa
 
 
 def test_the_streamed_snapshot_called_as_a_blob_restores_the_same(tmp_path: Path) -> None:
-    source = _shard(tmp_path / "source")
+    source = engine_shard(tmp_path / "source")
     source.apply([(1, encode_command(0, [b"MSET", b"a", b"1", b"b", b"2"]))])
     blob = source.snapshot()()
-    target = _shard(tmp_path / "target")
+    target = engine_shard(tmp_path / "target")
     target.restore(blob)
     assert [k for k, _, _ in target.engine.scan()] == [b"a", b"b"]
     source.engine.close()

@@ -27,7 +27,7 @@ from tests.conftest import find_free_port
 from tests.procs import Daemon
 
 __all__ = ["HOSTS", "READY_S", "SINGLE_HOST", "LoopCluster", "aliases_work", "engine_shard",
-           "run_loop", "serve_daemons", "single_node", "until_ok"]
+           "node_settings", "raft_ports", "run_loop", "serve_daemons", "single_node", "until_ok"]
 
 HOSTS = ("127.0.0.2", "127.0.0.3", "127.0.0.4")
 SINGLE_HOST = "127.0.0.1"  # single_node's
@@ -48,11 +48,15 @@ def aliases_work() -> bool:
         return False
 
 
-def _raft_ports(hosts: tuple[str, ...] = HOSTS) -> dict[int, tuple[str, int]]:
+def raft_ports(hosts: tuple[str, ...] = HOSTS) -> dict[int, tuple[str, int]]:
+    """Node id (from 1) -> (host, a free Raft port there) for each of `hosts`."""
     return {i + 1: (h, find_free_port(h)) for i, h in enumerate(hosts)}
 
 
-def _settings(tmp: Path, raft: dict[int, tuple[str, int]], node_id: int) -> ClusterSettings:
+def node_settings(tmp: Path, raft: dict[int, tuple[str, int]], node_id: int
+                  ) -> ClusterSettings:
+    """Node `node_id`'s settings in a cluster whose every node of `raft` is a founder: a
+    free client port on its host, data in tmp/n<id>, the tests' fast Raft ticks."""
     host = raft[node_id][0]
     return ClusterSettings(
         node_id=node_id, listen=(host, find_free_port(host)), peer_listen=raft[node_id],
@@ -64,7 +68,7 @@ async def single_node(tmp: Path, shards: int = 1) -> ShardNode:
     """A started one-node cluster on SINGLE_HOST (`shards` shards of one replica), once it
     has the map and leads every shard."""
     options = NodeOptions(shards, 1, timeout_s=WRITE_TIMEOUT_S)
-    node = ShardNode(_settings(tmp, _raft_ports((SINGLE_HOST,)), 1), options,
+    node = ShardNode(node_settings(tmp, raft_ports((SINGLE_HOST,)), 1), options,
                      layer=commands, engine_class=Engine)
     await node.start()
     deadline = time.monotonic() + READY_S
@@ -81,12 +85,12 @@ class LoopCluster:
 
     def __init__(self, tmp: Path, shards: int = 3, replicas: int = 2,
                  batch_keys: int = BATCH_KEYS) -> None:
-        raft = _raft_ports()
+        raft = raft_ports()
         options = NodeOptions(shards, replicas, timeout_s=WRITE_TIMEOUT_S,
                               move_batch_keys=batch_keys)
         self.nodes: list[ShardNode] = []
         for node_id in raft:
-            self.nodes.append(ShardNode(_settings(tmp, raft, node_id), options,
+            self.nodes.append(ShardNode(node_settings(tmp, raft, node_id), options,
                                         layer=commands, engine_class=Engine))
 
     async def start(self) -> None:
@@ -150,7 +154,7 @@ def serve_daemons(tmp: Path, shards: int, replicas: int, extra: tuple[str, ...] 
                   ) -> list[Daemon]:
     """Three `shardstore serve` daemons (not started), ids 1-3 on HOSTS, data in tmp/n<i>
     and logs in tmp/n<i>.log; `extra`: more serve options for each."""
-    raft = _raft_ports()
+    raft = raft_ports()
     peers = ",".join(f"{i}={h}:{p}" for i, (h, p) in raft.items())
     daemons = []
     for i, host in enumerate(HOSTS):

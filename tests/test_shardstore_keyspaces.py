@@ -20,7 +20,6 @@ from hypothesis import given
 from hypothesis import strategies as st
 from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 
-from core.cluster_options import ClusterSettings
 from core.daemon import ConfigError
 from native.crc16 import SLOT_COUNT
 from shardstore import __main__ as serve_cli
@@ -31,8 +30,8 @@ from shardstore.keysets import KeySet
 from shardstore.keyspaces import encode_keyspace, parse_create_keyspace, parse_keyspace_option
 from shardstore.moves import encode_begin
 from shardstore.server import NodeOptions, ShardNode
-from tests.conftest import find_free_port
 from tests.procs import Daemon
+from tests.shardstore_procs import node_settings, raft_ports
 
 HOSTS = ("127.0.0.2", "127.0.0.3", "127.0.0.4", "127.0.0.5", "127.0.0.6")
 READY_S = 30.0
@@ -104,17 +103,11 @@ class KeyspaceCluster:
     of 1), node 5 in no keyspace."""
 
     def __init__(self, tmp: Path) -> None:
-        raft = {i + 1: (h, find_free_port(h)) for i, h in enumerate(HOSTS)}
-        self.nodes = []
+        raft = raft_ports(HOSTS)
         spaces = (("default", (1, 2, 3)), ("users", (4,)))
-        for i, host in enumerate(HOSTS):
-            settings = ClusterSettings(
-                node_id=i + 1, listen=(host, find_free_port(host)), peer_listen=raft[i + 1],
-                peers=raft, founders=(1, 2, 3, 4, 5), data_dir=tmp / f"n{i + 1}", secret=None,
-                password=None, tick_s=0.02, election_tick=15)
-            options = NodeOptions(3, 3, timeout_s=5, keyspaces=spaces)
-            self.nodes.append(ShardNode(settings, options, layer=commands,
-                                        engine_class=Engine))
+        options = NodeOptions(3, 3, timeout_s=5, keyspaces=spaces)
+        self.nodes = [ShardNode(node_settings(tmp, raft, node_id), options, layer=commands,
+                                engine_class=Engine) for node_id in raft]
 
     async def start(self) -> None:
         for node in self.nodes:

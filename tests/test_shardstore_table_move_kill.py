@@ -16,10 +16,9 @@ from typing import Any
 import redis
 
 from shardstore.client import ShardstoreClient
-from tests.conftest import find_free_port, wait_for_tcp_port
-from tests.procs import Daemon
+from tests.conftest import wait_for_tcp_port
+from tests.shardstore_procs import serve_daemons
 
-HOSTS = ("127.0.0.2", "127.0.0.3", "127.0.0.4")
 READY_S = 30.0
 MOVE_S = 90.0
 BATCH_KEYS = 2  # keys per copy entry: each range's copy takes many steps
@@ -36,17 +35,9 @@ class Procs:
     """The three processes (see the module header)."""
 
     def __init__(self, tmp: Path) -> None:
-        raft = {i + 1: (h, find_free_port(h)) for i, h in enumerate(HOSTS)}
-        peers = ",".join(f"{i}={h}:{p}" for i, (h, p) in raft.items())
-        self.daemons = []
-        for i, host in enumerate(HOSTS):
-            port = find_free_port(host)
-            argv = ["shardstore", "serve", "--id", str(i + 1), "--listen", f"{host}:{port}",
-                    "--peer-listen", f"{host}:{raft[i + 1][1]}", "--peers", peers,
-                    "--data-dir", str(tmp / f"n{i + 1}"), "--shards", "1", "--replicas", "2",
-                    "--keyspace", "default=1,2", "--keyspace", "users=3",
-                    "--move-batch-keys", str(BATCH_KEYS)]
-            self.daemons.append(Daemon(argv, host, port, tmp / f"n{i + 1}.log"))
+        self.daemons = serve_daemons(tmp, 1, 2, (
+            "--keyspace", "default=1,2", "--keyspace", "users=3",
+            "--move-batch-keys", str(BATCH_KEYS)))
 
     def client(self, index: int) -> redis.Redis:
         daemon = self.daemons[index]

@@ -13,6 +13,7 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import redis
 import redis.asyncio as aredis
@@ -26,8 +27,9 @@ from shardstore.server import NodeOptions, ShardNode
 from tests.conftest import find_free_port
 from tests.procs import Daemon
 
-__all__ = ["HOSTS", "READY_S", "SINGLE_HOST", "LoopCluster", "aliases_work", "engine_shard",
-           "node_settings", "raft_ports", "run_loop", "serve_daemons", "single_node", "until_ok"]
+__all__ = ["HOSTS", "READY_S", "SINGLE_HOST", "LoopCluster", "aliases_work", "as_map",
+           "engine_shard", "node_settings", "raft_ports", "run_loop", "serve_daemons",
+           "single_node", "until_move_done", "until_ok"]
 
 HOSTS = ("127.0.0.2", "127.0.0.3", "127.0.0.4")
 SINGLE_HOST = "127.0.0.1"  # single_node's
@@ -36,6 +38,7 @@ TICK_S = 0.02
 ELECTION_TICK = 15
 WRITE_TIMEOUT_S = 5.0
 POLL_S = 0.1
+MOVE_S = 60.0  # until_move_done's bound
 SINGLE_POLL_S = 0.05
 
 
@@ -180,3 +183,22 @@ def engine_shard(directory: Path,
 
     shard = ShardMachine(Engine.open(directory), commands, load, keys_of=keys_of)
     return shard
+
+
+def as_map(record: Any) -> dict[bytes, Any]:
+    """A map reply as a dict, whether it came as a RESP3 map or as RESP2's flat pairs."""
+    if isinstance(record, dict):
+        return record
+    return dict(zip(record[::2], record[1::2], strict=True))
+
+
+async def until_move_done(client: aredis.Redis, move_id: int) -> None:
+    """Until SHARDSTORE.MOVES on `client`'s node says slot move `move_id` is done."""
+    deadline = time.monotonic() + MOVE_S
+    while True:
+        moves = {m[b"id"]: m for m in map(as_map, await client.execute_command(
+            "SHARDSTORE.MOVES"))}
+        if moves[move_id][b"state"] == b"done":
+            return
+        assert time.monotonic() < deadline, moves
+        await asyncio.sleep(POLL_S)

@@ -39,9 +39,8 @@ from shardstore.machine import (
     encode_move,
 )
 from shardstore.moves import Move
-from tests.shardstore_procs import LoopCluster, run_loop
+from tests.shardstore_procs import LoopCluster, run_loop, until_move_done
 from tests.test_shardstore_moves import _set, _shard
-from tests.test_shardstore_reshard import _until_finished
 
 ASK_RE = re.compile(r"^ASK (\d+) ([0-9.]+):(\d+)$")
 
@@ -235,7 +234,7 @@ async def _ask_during_move(cluster: LoopCluster) -> None:
     infos = [await cluster.client(i).info("shardstore") for i in range(3)]
     assert sum(int(i["asks"]) for i in infos) >= asks  # INFO says it too
     gate.set()
-    await _until_finished(admin, move_id)
+    await until_move_done(admin, move_id)
     await _dbsize_sum(cluster, len(hot))
     node = cluster.nodes[0]  # a fence's refusal seen after the move: MOVED to the owner
     await _until(lambda: all(n.config.moves[move_id].state == "done" for n in cluster.nodes),

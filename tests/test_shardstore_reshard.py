@@ -23,7 +23,6 @@ from typing import Any
 
 import pytest
 import redis
-import redis.asyncio as aredis
 from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 from redis.cluster import RedisCluster
 
@@ -32,31 +31,18 @@ from shardstore.keysets import KeySet
 from shardstore.launch import local_cluster
 from shardstore.machine import decode_reply
 from tests.procs import ROOT, Daemon
-from tests.shardstore_procs import READY_S, LoopCluster, run_loop, serve_daemons
+from tests.shardstore_procs import (
+    READY_S,
+    LoopCluster,
+    as_map,
+    run_loop,
+    serve_daemons,
+    until_move_done,
+)
 
 MOVE_S = 60.0
 LOOP_BATCH_KEYS = 8  # keys per copy entry in the one-loop cluster
 PROC_BATCH_KEYS = 2  # keys per copy entry: a move of 600 keys takes 300 steps
-
-
-async def _until_finished(client: aredis.Redis, move_id: int) -> None:
-    deadline = time.monotonic() + MOVE_S
-    while True:
-        moves = {m[b"id"]: m for m in await client.execute_command("SHARDSTORE.MOVES")}
-        if moves[move_id][b"state"] == b"done":
-            return
-        assert time.monotonic() < deadline, moves
-        await asyncio.sleep(0.1)
-
-
-def _moves_as_maps(reply: list[object]) -> list[dict[bytes, object]]:
-    out = []
-    for record in reply:
-        if isinstance(record, dict):
-            out.append(record)
-        else:
-            out.append(dict(zip(record[::2], record[1::2], strict=True)))  # type: ignore[index]
-    return out
 
 
 def test_a_move_under_writes_loses_and_duplicates_nothing(tmp_path: Path) -> None:
@@ -95,11 +81,11 @@ async def _move_under_writes(cluster: LoopCluster) -> None:
     await asyncio.sleep(0.3)
     move_id = await admin.execute_command("SHARDSTORE.MOVE", 1, 2, "SLOTS",
                                           f"{moving[0]}-{moving[-1]}")
-    await _until_finished(admin, move_id)
+    await until_move_done(admin, move_id)
     await asyncio.sleep(0.3)  # writes go on after the move, now to the new owner
     stop.set()
     await task
-    [record] = [m for m in _moves_as_maps(await admin.execute_command("SHARDSTORE.MOVES"))
+    [record] = [m for m in map(as_map, await admin.execute_command("SHARDSTORE.MOVES"))
                 if m[b"id"] == move_id]
     assert record[b"copied"] >= len(hot) and record[b"purged"] >= len(hot)
     info = await admin.info("shardstore")
@@ -173,12 +159,12 @@ class ProcCluster:
 
     def status(self, daemon: Daemon) -> dict[bytes, Any]:
         with self.client(daemon) as c:
-            return _map(c.execute_command("SHARDSTORE.STATUS"))
+            return as_map(c.execute_command("SHARDSTORE.STATUS"))
 
     def leader_of_shard(self, shard: int) -> Daemon:
         for daemon in self.daemons:
             for record in self.status(daemon)[b"shards"]:
-                record = _map(record)
+                record = as_map(record)
                 if record[b"shard"] == shard and record[b"role"] == b"leader":
                     return daemon
         raise AssertionError(f"shard {shard} has no leader")
@@ -192,7 +178,7 @@ class ProcCluster:
             if daemon.alive():
                 try:
                     with self.client(daemon) as c:
-                        moves = [_map(m) for m in c.execute_command("SHARDSTORE.MOVES")]
+                        moves = [as_map(m) for m in c.execute_command("SHARDSTORE.MOVES")]
                     return next(m for m in moves if m[b"id"] == move_id)
                 except redis.RedisError:
                     continue
@@ -201,12 +187,6 @@ class ProcCluster:
     def stop(self) -> None:
         for daemon in self.daemons:
             daemon.stop()
-
-
-def _map(record: Any) -> dict[bytes, Any]:
-    if isinstance(record, dict):
-        return record
-    return dict(zip(record[::2], record[1::2], strict=True))
 
 
 def _tags_in(slots: range, count: int) -> list[str]:
@@ -255,7 +235,8 @@ def _killed_mid_move(cluster: ProcCluster) -> None:
     assert rc.mget_nonatomic(keys + cold) == [k.encode() for k in keys + cold]
     rc.close()
     for daemon in cluster.daemons:  # every replica of shard 1 purged, of shard 2 filled
-        counts = {_map(r)[b"shard"]: _map(r)[b"keys"] for r in cluster.status(daemon)[b"shards"]}
+        shards = map(as_map, cluster.status(daemon)[b"shards"])
+        counts = {r[b"shard"]: r[b"keys"] for r in shards}
         assert counts[1] == len(cold), (daemon.address, counts)
         assert counts[2] == len(keys), (daemon.address, counts)
 
@@ -334,12 +315,12 @@ async def _range_rows(cluster: LoopCluster) -> None:
     admin = cluster.client(2)
     move_id = await admin.execute_command("SHARDSTORE.MOVE", 1, 2, "SLOTS",
                                           ",".join(map(str, slots)))
-    await _until_finished(admin, move_id)
+    await until_move_done(admin, move_id)
     assert await c.execute_command("GET", rows[0]) == rows[0].encode()  # still shard 1's
     assert await c.execute_command("SET", rows[0], "again") in (b"OK", True)
     move_id = await admin.execute_command("SHARDSTORE.MOVE", 1, 3, "TABLE", "orders",
                                           "2024-01", "2024-02")
-    await _until_finished(admin, move_id)
+    await until_move_done(admin, move_id)
     for each in cluster.nodes:
         table = each.config_machine.catalog.tables["orders"]
         assert [table.shard_at(table.position(r.encode())) for r in rows] == [3] * len(rows)

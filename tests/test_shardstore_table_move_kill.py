@@ -17,18 +17,12 @@ import redis
 
 from shardstore.client import ShardstoreClient
 from tests.conftest import wait_for_tcp_port
-from tests.shardstore_procs import serve_daemons
+from tests.shardstore_procs import as_map, serve_daemons
 
 READY_S = 30.0
 MOVE_S = 90.0
 BATCH_KEYS = 2  # keys per copy entry: each range's copy takes many steps
 ROWS = 120
-
-
-def _map(record: Any) -> dict[bytes, Any]:
-    if isinstance(record, dict):
-        return record
-    return dict(zip(record[::2], record[1::2], strict=True))
 
 
 class Procs:
@@ -56,7 +50,7 @@ class Procs:
 
     def status(self, index: int) -> dict[bytes, Any]:
         with self.client(index) as c:
-            return _map(c.execute_command("SHARDSTORE.STATUS"))
+            return as_map(c.execute_command("SHARDSTORE.STATUS"))
 
     def ready(self) -> bool:
         try:
@@ -66,7 +60,7 @@ class Procs:
         return all(b"cluster_state:ok" in i for i in infos)
 
     def table_moves(self) -> list[dict[bytes, Any]]:
-        return [_map(m) for m in self.ask("SHARDSTORE.MOVES")]
+        return [as_map(m) for m in self.ask("SHARDSTORE.MOVES")]
 
 
 def _until(condition: Callable[[], bool], what: str) -> None:
@@ -82,7 +76,7 @@ def _rows() -> list[str]:
 
 
 def _bound_to_users(procs: Procs) -> bool:
-    info = _map(procs.ask("TABLE.INFO", "orders"))
+    info = as_map(procs.ask("TABLE.INFO", "orders"))
     return info[b"keyspace"] == b"users" and all(
         m[b"state"] == b"done" for m in procs.table_moves())
 
@@ -125,5 +119,5 @@ def _move_and_kill(procs: Procs) -> None:
     with ShardstoreClient(seeds) as client:
         assert [client.get(key) for key in _rows()] == [k.encode() for k in _rows()]
     for index in range(3):
-        counts = [_map(r)[b"keys"] for r in procs.status(index)[b"shards"]]
+        counts = [as_map(r)[b"keys"] for r in procs.status(index)[b"shards"]]
         assert sum(counts) == (ROWS if index == 2 else 0), (index, counts)

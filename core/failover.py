@@ -24,6 +24,13 @@ Strategy (each client module's header points here rather than restating it):
   jitter from an injected random source) and goes round again until its deadline; then it
   gives up with one error listing each node's last failure. A policy without a deadline
   makes one round and gives up at once (idgen: a caller with prefetch retries on its own).
+- Attempts. The deadline bounds the whole request, not only the pauses between attempts:
+  each attempt (connect, AUTH, ASKING, the command together) gets what the request has left,
+  at least `RetryPolicy.min_attempt_s` (`Request.attempt_seconds`), on top of each
+  connection's own timeout. So a request whose nodes all hang (stopped, or cut off by a
+  partition) ends within its deadline plus one minimum attempt, instead of waiting out the
+  connection timeout per node and per step. core/failover_io.py applies the bound through
+  core/attempt_deadline.py.
 
 Time enters only as the `now` arguments (monotonic seconds) and randomness as the `rng`
 given to `Failover`; connections are opaque values with a `closed` property that the core
@@ -34,8 +41,9 @@ keeps one slot of per node. The I/O loop every client runs around `Request`:
         step = request.next(now)
         GiveUp -> raise the client's unavailable error from step.errors
         Pause  -> sleep step.seconds
-        Attempt -> connect if failover.live(step.index) is None (keep it), send ASKING first
-                   if step.asking, send the command, check the reply; then
+        Attempt -> within request.attempt_seconds(now): connect if failover.live(step.index)
+                   is None (keep it), send ASKING first if step.asking, send the command;
+                   then check the reply;
                    request.answered(step) and return, or on an attempt error
                    failure = request.failed(step, error, now): close failure.close;
                    USAGE -> raise the client's usage error
@@ -59,6 +67,7 @@ __all__ = [
     "Failure",
     "GiveUp",
     "Link",
+    "MIN_ATTEMPT_S",
     "NodeState",
     "Pause",
     "RandomSource",
@@ -81,6 +90,7 @@ MAX_REDIRECTS: Final = 5  # MOVED/ASK/leader hints followed within one request
 DEFAULT_DEADLINE_S: Final = 30.0
 PAUSE_INITIAL_S: Final = 0.05  # between rounds: doubles per round, jittered, capped
 PAUSE_MAX_S: Final = 1.0
+MIN_ATTEMPT_S: Final = 0.5  # an attempt begun near (or past) the deadline still gets this
 NODE_BACKOFF_INITIAL_S: Final = 1.0  # a failed node is skipped this long, doubling per failure
 NODE_BACKOFF_MAX_S: Final = 30.0
 JITTER: Final = 0.5  # a pause is its base times a uniform factor in [1 - JITTER, 1]
@@ -184,7 +194,8 @@ def _leader_hint(words: list[str]) -> Address | None:
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    """Limits of one request. `deadline_s` None: one round, then give up."""
+    """Limits of one request. `deadline_s` None: one round, then give up (and each attempt
+    is bounded by its connection's timeouts only)."""
 
     deadline_s: float | None = DEFAULT_DEADLINE_S
     pause_initial_s: float = PAUSE_INITIAL_S
@@ -192,6 +203,7 @@ class RetryPolicy:
     node_backoff_initial_s: float = NODE_BACKOFF_INITIAL_S
     node_backoff_max_s: float = NODE_BACKOFF_MAX_S
     max_redirects: int = MAX_REDIRECTS
+    min_attempt_s: float = MIN_ATTEMPT_S
 
     def pause(self, round_: int, rng: RandomSource) -> float:
         """The pause after round `round_` (1, 2, ...): doubling, capped, jittered."""
@@ -236,6 +248,7 @@ class GiveUp:
 
     errors: dict[str, BaseException]
     redirects: int = 0
+    expired: bool = False  # the request's deadline passed (False: one round found nobody)
 
     @property
     def detail(self) -> str:
@@ -376,7 +389,7 @@ class Request(Generic[L]):
             step, self._redirect = self._redirect, None
             return self._hand_out(step)
         if self.attempts and self.deadline is not None and now >= self.deadline:
-            return self._give_up()
+            return self._give_up(now)
         if self._queue is None:
             self._begin_round(now)
         assert self._queue is not None
@@ -385,10 +398,17 @@ class Request(Generic[L]):
             if index not in self._tried:
                 return self._hand_out(Attempt(index))
         if self.deadline is None or now >= self.deadline:
-            return self._give_up()
+            return self._give_up(now)
         self._queue = None
         pause = self.failover.policy.pause(self.rounds, self.failover.rng)
         return Pause(min(pause, self.deadline - now))
+
+    def attempt_seconds(self, now: float) -> float | None:
+        """How long an attempt begun at `now` may take in total: what the request has left,
+        at least `min_attempt_s`; None without a deadline (connection timeouts only)."""
+        if self.deadline is None:
+            return None
+        return max(self.failover.policy.min_attempt_s, self.deadline - now)
 
     def answered(self, attempt: Attempt) -> None:
         """The attempt's node answered and its reply passed the caller's check."""
@@ -434,5 +454,6 @@ class Request(Generic[L]):
         self._tried.add(step.index)
         return step
 
-    def _give_up(self) -> GiveUp:
-        return GiveUp(self.failover.errors(), self.redirects)
+    def _give_up(self, now: float) -> GiveUp:
+        expired = self.deadline is not None and now >= self.deadline
+        return GiveUp(self.failover.errors(), self.redirects, expired)

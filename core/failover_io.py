@@ -6,6 +6,10 @@ send `ASKING` before an ASK redirect's attempt, run the caller's reply check, sl
 pauses the core asks for, close the connections it hands back, and raise the client's own
 errors (`Raises`) for a usage verdict and for giving up. Every decision is the core's;
 the strategy is written in core/failover.py's header.
+
+Each attempt runs inside `attempt_deadline.within(request.attempt_seconds(now))`, so its
+connect (AUTH included, whatever `connect` the client passes), ASKING and command together
+end by what the request has left: the request's deadline holds even when every node hangs.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TypeVar
 
+from core import attempt_deadline
 from core.failover import ATTEMPT_ERRORS, Attempt, Failover, GiveUp, Pause, Refused, Verdict
 from core.resp_client import AsyncRespConnection, ReplyError, RespConnection
 
@@ -72,7 +77,9 @@ def call_blocking(
             sleep(step.seconds)
             continue
         try:
-            result = check(_send_blocking(failover, step, args, connect))
+            with attempt_deadline.within(request.attempt_seconds(clock())):
+                reply = _send_blocking(failover, step, args, connect)
+            result = check(reply)
         except ATTEMPT_ERRORS as exc:
             failure = request.failed(step, exc, clock())
             if failure.close is not None:
@@ -115,7 +122,9 @@ async def call_async(
             await asyncio.sleep(step.seconds)
             continue
         try:
-            result = check(await _send_async(failover, step, args, connect))
+            with attempt_deadline.within(request.attempt_seconds(clock())):
+                reply = await _send_async(failover, step, args, connect)
+            result = check(reply)
         except ATTEMPT_ERRORS as exc:
             failure = request.failed(step, exc, clock())
             if failure.close is not None:

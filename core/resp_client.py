@@ -32,6 +32,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Final, TypeAlias
 
+from core.attempt_deadline import bounded
 from core.limits import REDIS_MAX_BULK_BYTES
 
 __all__ = [
@@ -448,9 +449,10 @@ class RespConnection:
         _check_protocol(protocol)
         address = f"{host}:{port}"
         try:
-            sock = socket.create_connection((host, port), timeout=timeout)
+            limit = bounded(timeout)
+            sock = socket.create_connection((host, port), timeout=limit)
         except TimeoutError as exc:
-            raise RespTimeoutError(f"connect to {address} timed out after {timeout}s") from exc
+            raise RespTimeoutError(f"connect to {address} timed out after {limit}s") from exc
         except OSError as exc:
             raise RespConnectionError(f"cannot connect to {address}: {exc}") from exc
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -488,9 +490,10 @@ class RespConnection:
             raise RespConnectionError(f"connection to {self.address} is closed")
         parser = self._parser
         replies: list[object] = []
-        deadline = time.monotonic() + self.timeout
+        timeout = bounded(self.timeout)  # shorter inside a failover attempt near its end
+        deadline = time.monotonic() + timeout
         try:
-            sock.settimeout(self.timeout)
+            sock.settimeout(timeout)
             sock.sendall(payload)
             while True:
                 reply = parser.next_reply()
@@ -517,7 +520,7 @@ class RespConnection:
         except TimeoutError as exc:
             self.close()
             raise RespTimeoutError(
-                f"no reply from {self.address} within {self.timeout}s"
+                f"no reply from {self.address} within {timeout}s"
             ) from exc
         except OSError as exc:
             self.close()
@@ -581,9 +584,10 @@ class AsyncRespConnection:
         _check_protocol(protocol)
         address = f"{host}:{port}"
         try:
-            reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
+            limit = bounded(timeout)
+            reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), limit)
         except TimeoutError as exc:
-            raise RespTimeoutError(f"connect to {address} timed out after {timeout}s") from exc
+            raise RespTimeoutError(f"connect to {address} timed out after {limit}s") from exc
         except OSError as exc:
             raise RespConnectionError(f"cannot connect to {address}: {exc}") from exc
         conn = cls(reader, writer, timeout=timeout, address=address)
@@ -622,9 +626,10 @@ class AsyncRespConnection:
             parser = self._parser
             reader = self._reader
             replies: list[object] = []
+            timeout = bounded(self.timeout)  # shorter inside a failover attempt near its end
             try:
                 # asyncio.timeout is wait_for's deadline without a task per request.
-                async with asyncio.timeout(self.timeout):
+                async with asyncio.timeout(timeout):
                     writer.write(payload)
                     await writer.drain()
                     while True:
@@ -650,7 +655,7 @@ class AsyncRespConnection:
             except TimeoutError as exc:
                 self.abort()
                 raise RespTimeoutError(
-                    f"no reply from {self.address} within {self.timeout}s"
+                    f"no reply from {self.address} within {timeout}s"
                 ) from exc
             except OSError as exc:
                 self.abort()

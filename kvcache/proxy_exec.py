@@ -81,21 +81,25 @@ class ProxyCounters:
 class Slot:
     """One request's place in its client's reply order: a reply now, a future of one, or
     (`later`) a reply made when its turn comes, after every earlier reply (stats).
-    `barrier`: the client's later requests must wait until this one is done. (`Answer`,
+    `barrier`: the client's later requests must wait until this one is done. `reads`: the
+    keys of a replicated read that may still ask another replica once it is sent (the
+    connection holds later requests for them, kvcache/proxy_order.py). (`Answer`,
     kvcache/proxylane_pure.py, is the slot of a request one backend answers; `waiting` is
     always False here.)"""
 
-    __slots__ = ("fut", "reply", "silent", "barrier", "later")
+    __slots__ = ("fut", "reply", "silent", "barrier", "later", "reads")
     waiting = False
 
     def __init__(self, reply: bytes = b"", fut: asyncio.Future[Any] | None = None,
                  silent: bool = False, barrier: bool = False,
-                 later: Callable[[], bytes] | None = None) -> None:
+                 later: Callable[[], bytes] | None = None,
+                 reads: tuple[bytes, ...] | None = None) -> None:
         self.reply = reply
         self.fut = fut
         self.silent = silent
         self.barrier = barrier
         self.later = later
+        self.reads = reads
 
     def done(self) -> bool:
         return self.fut is None or self.fut.done()
@@ -193,8 +197,10 @@ class Executor:
         self.counters.proxy_errors += 1
         return Slot(b"" if silent else UNAVAILABLE)
 
-    def _task(self, coro: Any, silent: bool = False, barrier: bool = False) -> Slot:
-        return Slot(fut=self.loop.create_task(coro), silent=silent, barrier=barrier)
+    def _task(self, coro: Any, silent: bool = False, barrier: bool = False,
+              reads: tuple[bytes, ...] | None = None) -> Slot:
+        return Slot(fut=self.loop.create_task(coro), silent=silent, barrier=barrier,
+                    reads=reads)
 
     # -- keyed commands --------------------------------------------------------------------
     def _forward(self, plan: Forward, index: int) -> Slot | Answer:
@@ -213,7 +219,8 @@ class Executor:
                         Answer(plan.silent, 0))
         if not plan.write:
             first = send(targets[0], index, plan.payload, plan.shape)
-            return self._task(self._read(plan, targets, first, index), plan.silent)
+            return self._task(self._read(plan, targets, first, index), plan.silent,
+                              reads=(plan.key,))
         if plan.compare is not None:
             first = send(targets[0], index, plan.payload, plan.shape)
             return self._task(self._compare(plan, targets, first, index), plan.silent,
@@ -310,7 +317,9 @@ class Executor:
             # One backend holds every key: its reply is the answer, byte for byte.
             return self._single(plan, next(iter(groups)), index)
         futs = self._send_groups(plan, groups, index)
-        return self._task(self._merge(plan, candidates, groups, futs, index))
+        reads = None if touch else tuple(k for k, c in candidates.items() if len(c) > 1)
+        return self._task(self._merge(plan, candidates, groups, futs, index),
+                          reads=reads or None)
 
     def _single(self, plan: Retrieve, server: str, index: int) -> Answer:
         """One backend holds every key: its reply is the answer, byte for byte."""

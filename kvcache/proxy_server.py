@@ -44,7 +44,8 @@ from kvcache.protocol import Reject, RequestParser, Store
 from kvcache.proxy_backend import BackendConn, BackendPool
 from kvcache.proxy_exec import Answer, Executor, ProxyCounters, Slot
 from kvcache.proxy_lane import may_hold_a_block
-from kvcache.proxy_plan import CLOSE_NOW, QUIT, VERSION_LINE, plan
+from kvcache.proxy_order import ReadFence
+from kvcache.proxy_plan import CLOSE_NOW, QUIT, VERSION_LINE, Plan, plan
 from kvcache.settings import DEFAULT_ITEM_SIZE_MAX, DEFAULT_MAX_CONNECTIONS
 
 log = logging.getLogger("kvcache.proxy")
@@ -249,7 +250,11 @@ class ClientConnection(asyncio.Protocol):
         self._write_paused = False
         self._reading = True
         self._eof = False  # the client half-closed: no more bytes will come
-        self._barrier: Slot | Answer | None = None
+        self._barrier: Slot | Answer | asyncio.Future[Any] | None = None
+        # replicated reads that may still ask another copy; a later request for one of
+        # their keys is held (`_held`) until they answer (kvcache/proxy_order.py)
+        self._fence = ReadFence()
+        self._held: Plan | None = None
         self._notify = self._on_answer  # made once, not per request
         self._flush_soon = False
         # The lane may take the next read: the parser holds nothing (no byte, no block it
@@ -337,25 +342,35 @@ class ClientConnection(asyncio.Protocol):
                 if self._blocked():
                     held = True
                     break
-                request = parser.next_request()
-                if request is None:
-                    if self._eof:  # nothing more can come: close once answered
+                action = self._held
+                if action is not None:  # its reads answered: it runs now, in its turn
+                    self._held = None
+                else:
+                    request = parser.next_request()
+                    if request is None:
+                        if self._eof:  # nothing more can come: close once answered
+                            self._quitting = True
+                        break
+                    kind = type(request)
+                    self._swallowing = kind is Reject or (kind is Store and request.too_large)
+                    action = plan(request)
+                    if action is QUIT:
                         self._quitting = True
-                    break
-                kind = type(request)
-                self._swallowing = kind is Reject or (kind is Store and request.too_large)
-                action = plan(request)
-                if action is QUIT:
-                    self._quitting = True
-                    break
-                if action is CLOSE_NOW:
-                    log.info("closing %s: %s", self.peer, getattr(request, "reason", "HTTP"))
-                    self.transport.close()
-                    return
+                        break
+                    if action is CLOSE_NOW:
+                        log.info("closing %s: %s", self.peer,
+                                 getattr(request, "reason", "HTTP"))
+                        self.transport.close()
+                        return
+                    if self._fence:
+                        wait = self._fence.hold(action)
+                        if wait is not None:  # a read of its key may still ask a replica
+                            self._held, self._barrier, held = action, wait, True
+                            break
                 try:
                     slot = run(action, self.index)
                 except Exception:
-                    log.exception("request %.200r failed; closing the connection", request)
+                    log.exception("request %.200r failed; closing the connection", action)
                     self._write([replies.line(replies.INTERNAL_ERROR)])
                     self.transport.close()
                     return
@@ -366,6 +381,8 @@ class ClientConnection(asyncio.Protocol):
                     slot.fut.add_done_callback(self._on_done)
                     if slot.barrier:
                         self._barrier = slot
+                    if slot.reads is not None:
+                        self._fence.add(slot.reads, slot.fut)
             if (queue and queue[0].done()) or self._quitting:  # most wait for a backend
                 self._flush()
             # Writing may have freed room: requests already buffered must not wait for

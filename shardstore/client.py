@@ -13,7 +13,8 @@ raises `ShardstoreError`. A map found stale (another node answered for a slot) i
 again before the next request. `scan_iter` walks every master in turn with its own cursor
 (a node's SCAN covers the shards it is master of).
 
-Rows of range tables are not slot-addressed (shardstore/client_tables.py): the first time
+Rows of range tables are not slot-addressed, nor are, for the seeds' keyspace, the rows of
+a HASH table bound to another keyspace (shardstore/client_tables.py): the first time
 a node refuses one with its "use the router or shardstore.client" error, the client loads
 the tables (TABLE.LIST, TABLE.INFO) and from then on sends such rows to the master of their
 range (loaded again when a node refuses a row the loaded map sent it: the range moved, by
@@ -131,6 +132,8 @@ class ShardstoreClient:
                 raise
         self.load_tables()  # a range row: the node named us; learn the ranges
         address = self.tables.address_of(args)
+        if address is None and slot is not None and self.tables.hash_row(args):
+            return self._call(args, slot)  # a HASH table bound to the seeds' keyspace
         if address is None:
             raise ShardstoreError(ERR_NO_RANGE.format(args[1]))
         return self._on_node(address, args)
@@ -309,6 +312,8 @@ class AsyncShardstoreClient:
                     raise
             await self._load_tables()  # a range row: the node named us; learn the ranges
             address = self.tables.address_of(args)
+            if address is None and slot is not None and self.tables.hash_row(args):
+                return await self._call(args, slot)  # a HASH table of the seeds' keyspace
             if address is None:
                 raise ShardstoreError(ERR_NO_RANGE.format(args[1]))
             return await self._on_node(address, args)

@@ -7,7 +7,9 @@ each range shard's master, made from the `TABLE.INFO` replies of every table
 (shardstore/router_plan.py's `RouteMap`, the router's own picture). A client loads it
 the first time a node answers NOT_HERE, or when it reads a range (`page_parts`); from
 then on `address_of` sends a command whose first key is a range row to the master of its
-range, and any other command by the slot map as before. A range read goes page by page
+range, or a row of a HASH table bound to another keyspace than the seeds' to the master
+of its slot in that keyspace's map (TABLE.INFO's `slots`, shardstore/table_bindings.py),
+and any other command by the slot map as before. A range read goes page by page
 (`page_parts`, `next_page`: paged TABLE.RANGE calls, shardstore/range_pages.py), so a
 whole range of any size is read, PAGE_KEYS keys at a time.
 """
@@ -64,7 +66,7 @@ class TableRoutes:
             return None
         key = _bytes(args[1])
         table = self.routes.catalog.table_of(key)
-        if table is None or not table.ranged:
+        if table is None or not (table.ranged or table.name in self.routes.hashed):
             return None
         try:
             target = self.routes.target(key)
@@ -72,6 +74,15 @@ class TableRoutes:
             return None
         address = self.routes.address(target)
         return _address(address) if address else None
+
+    def hash_row(self, args: Sequence[object]) -> bool:
+        """Whether a command's first key is a row of a known HASH table (after a reload,
+        one with no address is routed by the slot map: its table is in the seeds'
+        keyspace)."""
+        if not self.loaded or len(args) < 2:
+            return False
+        table = self.routes.catalog.table_of(_bytes(args[1]))
+        return table is not None and not table.ranged
 
     def page_parts(self, name: str, low: object, high: object, count: int,
                    after: bytes | None = None

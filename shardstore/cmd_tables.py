@@ -59,6 +59,7 @@ from shardstore.machine import ShardMachine
 from shardstore.migrate import Mover
 from shardstore.moves import encode_begin
 from shardstore.range_pages import RangeRequest, page_reply, parse_range_request
+from shardstore.table_bindings import Bindings, slot_runs
 from shardstore.table_keys import (
     KIND_SNOWFLAKE,
     MAX_POSITION,
@@ -115,6 +116,7 @@ class TableCommands:
         self.moves = TableMoveCommands(node, lambda: self.catalog)  # TABLE.MOVE*
         node.mover.before_round = self.moves.drive  # the coordinator's table moves
         self.verifier = self._verifier(node)
+        self.bindings = Bindings()  # HASH tables bound to other keyspaces
 
     @staticmethod
     def _verifier(node: TablesNode) -> Verifier:
@@ -164,14 +166,18 @@ class TableCommands:
     def range_shard(self, row: Command, args: list[bytes]) -> Shard | None:
         """The shard of a command whose keys are rows of range tables, hosted here; None
         when its keys are no such rows (the slot map decides). CommandError: the keys
-        span shards or mix kinds, a key has no position, or the shard is not served here."""
-        catalog = self.catalog
-        if not catalog.has_ranges:
+        span shards or mix kinds, a key has no position, or the shard is not served here,
+        or a key is a row of a HASH table bound to another keyspace (table_bindings.py)."""
+        catalog, keyspace = self.catalog, self.node.config.keyspace
+        if not catalog.has_ranges and not self.bindings.elsewhere(catalog, keyspace):
             return None
         try:
             keys = get_keys(row, args)
         except KeysError:
             return None  # the slot path answers the arity error
+        self.bindings.refuse(catalog, keyspace, keys)  # table_bindings.py
+        if not catalog.has_ranges:
+            return None
         try:
             sid = catalog.range_shard(keys)
         except CatalogError as exc:
@@ -270,6 +276,10 @@ class TableCommands:
             b"last_range_shards": last,
             b"move": move_status(table, self.node.full_config),
         }
+        if not table.ranged and table.keyspace != self.node.config.keyspace:
+            space = self.node.full_config.spaces.get(table.keyspace)  # table_bindings.py
+            reply[b"slots"] = slot_runs(space.ranges if space else [],
+                                        self.node.full_config.shards, self._full_view())
         return reply
 
     def _ranges(self, table: Table) -> list[Any]:

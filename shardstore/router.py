@@ -292,6 +292,7 @@ class Router:
                     if NOT_HERE in err.message and catalog_retry:  # our catalog is behind
                         catalog_retry = False  # our catalog is behind the node's
                         await self._try_refresh()
+                        self._retarget(part)  # a HASH table's binding may have switched
                         address = None
                         continue
                     if err.code not in RETRY_CODES:
@@ -311,6 +312,16 @@ class Router:
             pause = min(pause * 2, PAUSE_MAX_S)
             await self._try_refresh()
             address, asking = None, False
+
+    def _retarget(self, part: Part) -> None:
+        """Route `part` again by its first key (argument 1) with the routes refreshed:
+        a HASH table's rows follow its keyspace binding (shardstore/table_bindings.py)."""
+        if len(part.args) < 2:
+            return
+        try:
+            part.target = self.routes.target(bytes(part.args[1]))
+        except CatalogError:
+            pass  # a range row with no position: the node's answer stands
 
     def _redirect(self, err: ReplyError) -> tuple[str, bool] | None:
         """(address, asking) for -MOVED / -ASK; a MOVED repoints its slot."""

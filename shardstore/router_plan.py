@@ -3,7 +3,9 @@
 Strategy: `RouteMap` is the router's picture of the cluster: each slot's master (from
 `CLUSTER SLOTS`) and the tables (from `TABLE.LIST` and `TABLE.INFO`), with the master of
 every shard a range table's map names. A key's *target* is ("shard", id) when it is a row
-of a range table (the range map decides) and ("slot", n) otherwise (CRC16, hash tags).
+of a range table (the range map decides) or of a HASH table bound to another keyspace
+than the seeds' (its TABLE.INFO's `slots`, that keyspace's slot map, decides:
+shardstore/table_bindings.py), and ("slot", n) otherwise (CRC16, hash tags).
 
 `plan` cuts one client command into parts, each for one target:
 
@@ -27,7 +29,7 @@ from typing import Any
 
 from core.command_table import ERR_CROSSSLOT, Command, KeysError, get_keys
 from core.resp import OK, CommandError
-from native.crc16 import key_slot
+from native.crc16 import SLOT_COUNT, key_slot
 from shardstore.catalog import Catalog, CatalogError, Table
 from shardstore.table_keys import parse_point
 
@@ -67,6 +69,7 @@ class RouteMap:
     shards: dict[int, list[str]] = field(default_factory=dict)  # shard -> addresses
     catalog: Catalog = field(default_factory=Catalog)
     masters: list[str] = field(default_factory=list)  # every slot master, first seen first
+    hashed: dict[str, list[int]] = field(default_factory=dict)  # HASH table -> slot -> shard
 
     def load_slots(self, reply: object) -> None:
         """Take a `CLUSTER SLOTS` reply: each slot to its master."""
@@ -89,18 +92,24 @@ class RouteMap:
         """Take the `TABLE.INFO` replies of every table (the catalog and shard masters)."""
         catalog = Catalog()
         shards: dict[int, list[str]] = {}
+        hashed: dict[str, list[int]] = {}
         for info in infos:
             table, addresses = _table_of(info)
             catalog.tables[table.name] = table
             shards.update(addresses)
+            slot_map = _slots_of(info, shards)
+            if slot_map is not None and not table.ranged:
+                hashed[table.name] = slot_map
         catalog.version += 1
-        self.catalog, self.shards = catalog, shards
+        self.catalog, self.shards, self.hashed = catalog, shards, hashed
 
     def target(self, key: bytes) -> Target:
         """Where `key` goes; CatalogError for a range table's key without a position."""
         table = self.catalog.table_of(key)
         if table is not None and table.ranged:
             return SHARD, table.shard_at(table.position(key))
+        if table is not None and table.name in self.hashed:
+            return SHARD, self.hashed[table.name][key_slot(key)]
         return SLOT, key_slot(key)
 
     def address(self, target: Target) -> str | None:
@@ -145,6 +154,24 @@ def _table_of(reply: object) -> tuple[Table, dict[int, list[str]]]:
             b <= a for a, b in zip(table.splits, table.splits[1:], strict=False))):
         raise ValueError(ERR_BAD_TABLE.format(reply))
     return table, addresses
+
+
+def _slots_of(reply: object, shards: dict[int, list[str]]) -> list[int] | None:
+    """A HASH table's `slots` (its keyspace's map, slot -> shard id), adding each shard's
+    addresses to `shards`; None when the reply has none."""
+    runs = _pairs(reply).get(b"slots")
+    if not runs:
+        return None
+    table = [0] * SLOT_COUNT
+    try:
+        for first, last, sid, members in runs:
+            table[int(first):int(last) + 1] = [int(sid)] * (int(last) - int(first) + 1)
+            shards[int(sid)] = [_text(m) for m in members]
+    except (TypeError, ValueError):
+        raise ValueError(ERR_BAD_TABLE.format(reply)) from None
+    if len(table) != SLOT_COUNT:
+        raise ValueError(ERR_BAD_TABLE.format(reply))
+    return table
 
 
 def plan(row: Command, args: list[bytes], routes: RouteMap) -> list[Part]:

@@ -49,7 +49,9 @@ A run has no map of its own to hand over: the record counts the runs arrived
 then every arrived run's rows answer TRYAGAIN on the source (its fence stays), so a
 HASH table's freeze window is its whole copy, not one run's. The plan is made from both
 keyspaces' slot maps, so TABLE.MOVE of a HASH table is refused while slots move there,
-and slot moves of its slots are refused while it moves (shardstore/moves.py).
+and slot moves of its slots are refused while it moves (shardstore/moves.py). Who
+serves its rows before and after the switch, and how the router and shardstore.client
+follow the binding, is shardstore/table_bindings.py's part.
 """
 
 from __future__ import annotations
@@ -202,7 +204,7 @@ class TableMoveCommands:
         write = frozenset({"write"})
         return [
             Command("TABLE.MOVE", self.cmd_move, 3, write,
-                    summary="Move a range table online to another keyspace"),
+                    summary="Move a table online to another keyspace"),
             Command("TABLE.MOVE.REVERSE", self.cmd_step, 2, write,
                     summary="Move a moved table back to the keyspace it came from"),
             Command("TABLE.MOVE.CANCEL", self.cmd_step, 2, write,
@@ -215,8 +217,6 @@ class TableMoveCommands:
         table = self.catalog_of().tables.get(name)
         if table is None:
             raise CommandError(catalog_mod.ERR_NO_TABLE.format(name))
-        if not table.ranged:
-            raise CommandError(catalog_mod.ERR_MOVE_HASH)
         return table
 
     async def cmd_move(self, session: Session, args: list[bytes]) -> Any:

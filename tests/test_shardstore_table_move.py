@@ -201,7 +201,7 @@ async def _move_under_writes(spaces: KeyspaceCluster) -> None:
     assert await node.execute_command("TABLE.SPLIT", "orders", "2027-01") == b"OK"
     assert await node.execute_command("TABLE.CREATE", "carts", "HASH") == b"OK"
     for words, text in ((("orders", "sales"), "no such keyspace 'sales'"),
-                        (("carts", "users"), "RANGE tables only")):
+                        (("carts", "default"), "is in keyspace 'default' already")):
         with pytest.raises(redis.ResponseError, match=text):
             await node.execute_command("TABLE.MOVE", *words)
     await _until(lambda: all(len(n.config_machine.catalog.tables.get("orders", Table(

@@ -1,18 +1,26 @@
 """TABLE.MOVE of a HASH table (shardstore/table_move.py): the key set of a HASH table's rows
 in a set of slots (keysets.KIND_TABLE_SLOTS) and its wire form fuzzed with hypothesis, the
 plan of slot runs between two keyspaces' slot maps, the record's arrivals, switch and
-cancel sans I/O, and the copy on live nodes: a HASH table's rows in the keyspace
-`default` (three nodes, three shards) carried by the generic move machinery to the
-keyspace `users` (node 4), checked by checksums, none left in `default`."""
+cancel sans I/O, the copy on live nodes (a HASH table's rows in the keyspace `default`,
+three nodes and three shards, carried by the generic move machinery to the keyspace
+`users` on node 4, checked by checksums, none left in `default`), and TABLE.MOVE of a
+HASH table under a small write load through shardstore.client: every acknowledged write
+read back with its last value through shardstore.client and the router (both seeded with
+a node of `default`), none left in `default`, whose nodes refuse the table's rows with a
+plain error naming its keyspace (never `-MOVED`, which would repoint the slot for the
+keyspace's other keys); a move cancelled before its switch leaves every row in
+`default`."""
 
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from pathlib import Path
 
 import msgpack
 import pytest
+import redis
 from hypothesis import given
 from hypothesis import strategies as st
 from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
@@ -20,9 +28,12 @@ from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 from native.crc16 import key_slot
 from shardstore import catalog
 from shardstore import table_move_record as record
-from shardstore.catalog import Catalog, Table
+from shardstore.catalog import NOT_HERE, Catalog, Table
+from shardstore.client import ShardstoreClient, ShardstoreError
 from shardstore.keysets import KIND_TABLE_SLOTS, KeySet, prefix_end
+from shardstore.router import Router, RouterOptions
 from shardstore.table_move import make_hash_plan
+from tests.conftest import find_free_port
 from tests.test_shardstore_keyspaces import KeyspaceCluster
 
 MOVE_S = 60.0
@@ -191,6 +202,135 @@ def test_a_hash_tables_rows_are_copied_to_another_keyspace_and_checked(
         await spaces.start()
         try:
             await _copied(spaces)
+        finally:
+            await spaces.stop()
+
+    asyncio.run(main())
+
+
+# -- TABLE.MOVE of a HASH table under writes ----------------------------------------------------
+
+class Writer:
+    """A thread setting ROWS rows of carts round after round through shardstore.client
+    seeded with a node of `default`; a row's acknowledged value is the round that wrote
+    it last. TRYAGAIN (frozen rows) and NOT_HERE (a binding switched) are refusals: the
+    write was not applied, so it is sent again."""
+
+    def __init__(self, seeds: list[str]) -> None:
+        self.seeds = seeds
+        self.acked: dict[str, str] = {}
+        self.unknown: dict[str, set[str]] = {}
+        self.writes = 0
+        self.refused = 0
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self.run, daemon=True)
+
+    def run(self) -> None:
+        with ShardstoreClient(self.seeds) as client:
+            rounds = 0
+            while not self.stopping.is_set():
+                rounds += 1
+                for i in range(ROWS):
+                    self.set(client, f"carts:{i}", str(rounds))
+
+    def set(self, client: ShardstoreClient, key: str, value: str) -> None:
+        while True:
+            try:
+                assert client.set(key, value)
+            except ShardstoreError as exc:
+                if "TRYAGAIN" in str(exc) or NOT_HERE in str(exc):
+                    self.refused += 1
+                    time.sleep(0.02)
+                    continue
+                self.unknown.setdefault(key, set()).add(value)  # UNKNOWN: either way
+                return
+            self.acked[key] = value
+            self.writes += 1
+            return
+
+
+async def _cancelled(spaces: KeyspaceCluster, node: redis.asyncio.Redis) -> None:
+    """A move of carts cancelled in the middle of a slow copy: every row stays in (or
+    comes back to) `default`, and the record goes."""
+    for each in spaces.nodes:
+        each.mover.batch_keys = 1
+    assert await node.execute_command("TABLE.MOVE", "carts", "users")
+    await _until(lambda: any(m.state == "copy" and m.copied >= 2
+                             for m in spaces.nodes[0].full_config.moves.values()),
+                 "a copy under way")
+    await node.execute_command("TABLE.MOVE.CANCEL", "carts")
+    await _until(lambda: _bound(spaces, "default") and all(
+        n.config_machine.catalog.tables["carts"].moving is None for n in spaces.nodes),
+                 "the cancel's end")
+    assert any(m.cancelled for m in spaces.nodes[0].full_config.moves.values())
+    assert _rows_on(spaces, range(3, 4)) == 0 and _rows_on(spaces, range(2, 3)) == ROWS
+    for each in spaces.nodes:
+        each.mover.batch_keys = 256
+
+
+async def _read_back(spaces: KeyspaceCluster, writer: Writer) -> None:
+    """Every acknowledged write with its last value, through shardstore.client and the
+    router, both seeded with a node of `default`."""
+    seed = spaces.nodes[0].settings.advertise
+
+    def read() -> dict[str, bytes | None]:
+        with ShardstoreClient([seed]) as client:
+            return {key: client.get(key) for key in writer.acked}
+
+    router = Router(RouterOptions([seed]))
+    await router.start("127.0.0.1", find_free_port("127.0.0.1"))
+    through = redis.asyncio.Redis(port=router.server.port)
+    try:
+        values = await asyncio.to_thread(read)
+        routed = {key: await through.get(key) for key in writer.acked}
+    finally:
+        await through.aclose()
+        await router.stop()
+    for key, value in writer.acked.items():
+        possible = {value.encode(), *(v.encode() for v in writer.unknown.get(key, ()))}
+        assert values[key] in possible and routed[key] in possible, key
+
+
+async def _moved_under_writes(spaces: KeyspaceCluster) -> None:
+    node = redis.asyncio.Redis(**spaces.address(0), protocol=3)  # type: ignore[arg-type]
+    assert await node.execute_command("TABLE.CREATE", "carts", "HASH") == b"OK"
+    await _until(lambda: all("carts" in n.config_machine.catalog.tables
+                             for n in spaces.nodes), "the table everywhere")
+    writer = Writer([spaces.nodes[0].settings.advertise])
+    writer.thread.start()
+    await _until(lambda: writer.writes >= ROWS, "every row written once")
+    writer.stopping.set()
+    await asyncio.to_thread(writer.thread.join)
+    await _cancelled(spaces, node)
+    writer = Writer([spaces.nodes[0].settings.advertise])
+    writer.thread.start()
+    await _until(lambda: writer.writes >= ROWS, "every row written once more")
+    await node.execute_command("TABLE.MOVE", "carts", "users")
+    await _until(lambda: _bound(spaces, "users"), "the switch")
+    done_at = writer.writes
+    await _until(lambda: writer.writes >= done_at + ROWS, "writes after the switch")
+    writer.stopping.set()
+    await asyncio.to_thread(writer.thread.join)
+    info = await node.execute_command("TABLE.INFO", "carts")
+    assert info[b"keyspace"] == b"users" and info[b"move"][b"state"] == b"switched"
+    assert info[b"move"][b"ranges_arrived"] == info[b"move"][b"ranges"]
+    await _read_back(spaces, writer)
+    assert _rows_on(spaces, range(0, 3)) == 0 and _rows_on(spaces, range(3, 4)) == ROWS
+    with pytest.raises(redis.ResponseError, match="bound to keyspace 'users'") as refused:
+        await node.get("carts:1")
+    assert NOT_HERE in str(refused.value) and "MOVED" not in str(refused.value)
+    default = AsyncRedisCluster(**spaces.address(1))  # type: ignore[arg-type]
+    assert await default.set("plain", "kept") and await default.get("plain") == b"kept"
+    await default.aclose()
+    await node.aclose()
+
+
+def test_a_hash_table_moves_to_another_keyspace_under_writes(tmp_path: Path) -> None:
+    async def main() -> None:
+        spaces = KeyspaceCluster(tmp_path)
+        await spaces.start()
+        try:
+            await _moved_under_writes(spaces)
         finally:
             await spaces.stop()
 

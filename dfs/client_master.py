@@ -7,8 +7,9 @@ or "not the leader" for the chunk commands, with the leader's address) moves on,
 the caller's mistake (DfsError, no failover), and giving up after the deadline raises
 DfsUnavailable listing each master's last failure.
 
-The deadline bounds the whole request, not only the pauses between attempts: each attempt's
-connect and round trip get the time the request has left (at most `timeout_s`, at least
+The deadline bounds the whole request, not only the pauses between attempts (core's
+failover does it for every client): each attempt's connect, AUTH and command together get
+the time the request has left (each step at most `timeout_s`; the attempt at least
 MIN_ATTEMPT_S), so a request whose masters all hang (stopped, or cut off by the network)
 ends at its deadline instead of waiting out `timeout_s` per master and per AUTH.
 """
@@ -17,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-import time
 from collections.abc import Sequence
 from typing import Any, Final
 
@@ -71,44 +71,6 @@ def _same(reply: object) -> object:
     return reply
 
 
-class _Budget:
-    """The end of the request a link is sending (monotonic seconds), shared with its
-    connections, so that every attempt is bounded by what the request has left."""
-
-    def __init__(self, limit_s: float) -> None:
-        self.limit_s = limit_s
-        self.ends = float("inf")
-
-    def start(self, deadline_s: float) -> None:
-        self.ends = time.monotonic() + deadline_s
-
-    def seconds(self) -> float:
-        """An attempt's timeout: the request's remaining time within [MIN_ATTEMPT_S, limit]."""
-        return max(MIN_ATTEMPT_S, min(self.limit_s, self.ends - time.monotonic()))
-
-
-class _BoundedConnection(RespConnection):
-    """A blocking connection whose every request is bounded by its link's `_Budget`."""
-
-    budget: _Budget | None = None
-
-    def call(self, *args: Any) -> object:
-        if self.budget is not None:
-            self.timeout = self.budget.seconds()
-        return super().call(*args)
-
-
-class _AsyncBoundedConnection(AsyncRespConnection):
-    """`_BoundedConnection` for asyncio."""
-
-    budget: _Budget | None = None
-
-    async def call(self, *args: Any) -> object:
-        if self.budget is not None:
-            self.timeout = self.budget.seconds()
-        return await super().call(*args)
-
-
 class _Settings:
     def __init__(self, masters: Sequence[Node] | str, password: str | None, timeout_s: float,
                  deadline_s: float, username: str | None = None) -> None:
@@ -120,9 +82,9 @@ class _Settings:
         self.policy = RetryPolicy(deadline_s=deadline_s, pause_initial_s=PAUSE_INITIAL_S,
                                   pause_max_s=PAUSE_MAX_S,
                                   node_backoff_initial_s=NODE_BACKOFF_INITIAL_S,
-                                  node_backoff_max_s=NODE_BACKOFF_MAX_S)
+                                  node_backoff_max_s=NODE_BACKOFF_MAX_S,
+                                  min_attempt_s=MIN_ATTEMPT_S)
         self.raises = Raises(usage=_usage, unavailable=self.unavailable)
-        self.budget = _Budget(timeout_s)
 
     def failover(self) -> Failover[Any]:
         return Failover(self.nodes, random.Random(), policy=self.policy, rules=ErrorRules(),
@@ -144,16 +106,12 @@ class MasterLink:
 
     def call(self, *args: Any) -> Any:
         """One command (see the module header)."""
-        self._settings.budget.start(self._settings.deadline_s)
         return call_blocking(self._failover, args, _same, self._connect, self._settings.raises)
 
     def _connect(self, host: str, port: int) -> RespConnection:
         s = self._settings
-        conn = _BoundedConnection.connect(host, port, timeout=s.budget.seconds(),
-                                          password=s.password, username=s.username)
-        assert isinstance(conn, _BoundedConnection)
-        conn.budget = s.budget
-        return conn
+        return RespConnection.connect(host, port, timeout=s.timeout_s, password=s.password,
+                                      username=s.username)
 
     def close(self) -> None:
         """Close the connections (the link reconnects when used again)."""
@@ -174,17 +132,13 @@ class AsyncMasterLink:
     async def call(self, *args: Any) -> Any:
         """One command (see the module header)."""
         async with self._lock:
-            self._settings.budget.start(self._settings.deadline_s)
             return await call_async(self._failover, args, _same, self._connect,
                                     self._settings.raises)
 
     async def _connect(self, host: str, port: int) -> AsyncRespConnection:
         s = self._settings
-        conn = await _AsyncBoundedConnection.connect(host, port, timeout=s.budget.seconds(),
-                                                     password=s.password, username=s.username)
-        assert isinstance(conn, _AsyncBoundedConnection)
-        conn.budget = s.budget
-        return conn
+        return await AsyncRespConnection.connect(host, port, timeout=s.timeout_s,
+                                                 password=s.password, username=s.username)
 
     async def close(self) -> None:
         """Close the connections."""

@@ -28,7 +28,9 @@ Its life, one configuration entry per step (ops, each a msgpack map):
 What the shards' logs get meanwhile (freeze, copy, lift, purge) is shardstore/migrate.py's
 part. A key set that is not slots changes no slot map: `apply_move`'s `hooks` (for range
 tables shardstore/table_moves.py) check it at OP_BEGIN and hand it over at OP_END; with
-no hooks such a move is refused.
+no hooks such a move is refused. The hooks see a slot move's OP_BEGIN too, and refuse it
+while a HASH table's move to another keyspace is recorded (its plan was made from the
+slot maps).
 """
 
 from __future__ import annotations
@@ -75,7 +77,8 @@ ERR_NOT_CANCELLABLE = ("ERR move {} is {}: only a move still copying can be canc
 
 
 class MoveHooks(Protocol):
-    """The owner of key sets that are not slots (see the module header)."""
+    """The owner of key sets that are not slots; `begin` may refuse slots too (see the
+    module header)."""
 
     def begin(self, keys: KeySet, source: int) -> str | None: ...
 
@@ -210,6 +213,8 @@ def _begin(config: MovesConfig, keys: KeySet, source: int, target: int,
         return ERR_KEYSPACES.format(source, target)  # keyspaces (shardstore/table_move.py)
     if keys.kind == KIND_SLOTS:
         refusal = _slots_refusal(config, keys, source)
+        if not refusal and hooks is not None:  # a HASH table's move holds the slot maps
+            refusal = hooks.begin(keys, source)
     else:
         refusal = hooks.begin(keys, source) if hooks is not None else ERR_NOT_SLOTS
     if refusal:

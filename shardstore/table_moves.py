@@ -23,6 +23,10 @@ HASH table's move to another keyspace, shardstore/table_move.py):
 - `end` records that the run arrived at its target shard, or came back to its first
   (table_move_record.arrive), which switches the binding when the last one arrived.
 
+A slot move's `begin` is refused while any HASH table has a move recorded: its plan names
+the shards that own its slots in both keyspaces, which a slot move would change under a
+reverse or a cancel.
+
 Both run inside the configuration group's apply, so every node's catalog changes alike.
 """
 
@@ -46,6 +50,9 @@ ERR_TABLE_MOVING = "ERR rows of {} in that range are already moving (move {})"
 ERR_NOT_HASH_MOVING = "ERR no HASH table with the prefix {!r} is moving"
 ERR_NOT_RUN = "ERR {} is not a slot run of the move of table {} from or to shard {}"
 ERR_SLOTS_MOVING = "ERR slots of {} are already moving (move {})"
+ERR_HASH_MOVING = ("ERR HASH table {!r} has a move recorded (TABLE.MOVE), whose plan "
+                   "names the slot maps: move slots after TABLE.MOVE.FINISH, or once its "
+                   "reverse or cancel has ended")
 
 
 class TableMoveHooks:
@@ -95,6 +102,10 @@ class TableMoveHooks:
         return None
 
     def begin(self, keys: KeySet, source: int) -> str | None:
+        if keys.kind == KIND_SLOTS:
+            moving = sorted(t.name for t in self.catalog.tables.values()
+                            if not t.ranged and t.moving is not None)
+            return ERR_HASH_MOVING.format(moving[0]) if moving else None
         if keys.kind == KIND_TABLE_SLOTS:
             return self._begin_hash(keys, source)
         if keys.kind != KIND_POSITIONS:

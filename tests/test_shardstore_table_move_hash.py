@@ -33,6 +33,7 @@ from shardstore.client import ShardstoreClient, ShardstoreError
 from shardstore.keysets import KIND_TABLE_SLOTS, KeySet, prefix_end
 from shardstore.router import Router, RouterOptions
 from shardstore.table_move import make_hash_plan
+from shardstore.table_moves import TableMoveHooks
 from tests.conftest import find_free_port
 from tests.test_shardstore_keyspaces import KeyspaceCluster
 
@@ -142,6 +143,19 @@ def test_a_cancelled_hash_move_ends_when_its_runs_are_home() -> None:
     record.arrive(table, 0, False)
     record.step(table, catalog.OP_MOVE_CANCEL)
     assert table.moving is None and table.keyspace == "default"
+
+
+def test_slot_moves_wait_while_a_hash_table_has_a_move_recorded() -> None:
+    cat, table, plan = _carts()
+    hooks = TableMoveHooks(cat, {})
+    assert hooks.begin(KeySet.of_slots([7]), 1) is None
+    assert cat.apply({"op": catalog.OP_MOVE, "name": "carts", "keyspace": "users",
+                      "plan": plan}, [1, 4, 5], ["default", "users"]) is True
+    assert "after TABLE.MOVE.FINISH" in str(hooks.begin(KeySet.of_slots([7]), 1))
+    run = KeySet.of_table_slots(b"carts:", range(plan[0][0], plan[0][1]))
+    assert hooks.begin(run, 1) is None
+    assert "is not a slot run" in str(hooks.begin(run, 5))
+    assert "is not a slot run" in str(hooks.begin(KeySet.of_table_slots(b"carts:", [1]), 1))
 
 
 # -- the copy on live nodes ---------------------------------------------------------------------

@@ -15,6 +15,10 @@ minus the backends marked down; R = 1 is plain ketama sharding):
   others kept the key, so its return does not empty its share of the cache either.
   Multi-gets group keys per backend, one request each, all sent at once, merged back in the
   client's order with one END.
+  Such a second request would reach the next replica after the client's later requests, so
+  the client's connection holds a later request that touches one of the read's keys (and
+  everything after it) until the read has answered (kvcache/proxy_order.py): a read never
+  sees a write the client sent after it.
 - gat, gats: every replica (so every copy's TTL moves); the value is the first replica's
   answer (in ring order) that came back.
 - set add replace append prepend delete incr decr touch, ms md ma: every replica; the

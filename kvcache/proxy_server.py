@@ -289,7 +289,7 @@ class ClientConnection(asyncio.Protocol):
         if not self._admitted or self._quitting:
             return
         self.proxy.bytes_read += len(data)
-        if self._lane_open and not self._blocked():
+        if self._lane_open and self._held is None and not self._blocked():
             slot = self._lane(data, self.index, self._value_max, self._conns)
             if slot is not None:
                 self.queue.append(slot)

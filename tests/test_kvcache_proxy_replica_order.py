@@ -11,12 +11,16 @@ back): without the ordering, the retry would find the new value.
 
 from __future__ import annotations
 
+import asyncio
 import socket
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
+from kvcache.proxy_order import ReadFence
+from kvcache.proxy_plan import Broadcast, Forward, Local, Retrieve
+from kvcache.proxy_wire import LINE
 from kvcache.ring import Ring
 from tests.conftest import find_free_port
 from tests.procs import Daemon, kvcache_daemon
@@ -132,3 +136,36 @@ def test_a_miss_on_both_copies_stays_a_miss_and_other_keys_keep_flowing(
     got = cluster.ask(pipeline, lambda got: got.count(b"END\r\n") == 3)
     assert got == (b"END\r\nSTORED\r\n" + _value(other, b"x") + b"END\r\nSTORED\r\n"
                    + _value(key, NEW) + b"END\r\n")
+
+
+def test_a_held_write_still_runs_and_answers_after_the_client_half_closes(
+        cluster: Replicated) -> None:
+    key = b"order:halfclose"
+    cluster.second_copy_only(key, OLD)
+    with socket.create_connection(("127.0.0.1", cluster.port), timeout=TIMEOUT_S) as sock:
+        sock.sendall(b"get %s\r\n" % key + _set(key, NEW) + b"get %s\r\n" % key)
+        sock.shutdown(socket.SHUT_WR)
+        got = b""
+        while chunk := sock.recv(1 << 16):
+            got += chunk
+    assert got == (_value(key, OLD) + b"END\r\n" + b"STORED\r\n" + _value(key, NEW)
+                   + b"END\r\n")
+
+
+def test_the_fence_holds_only_requests_that_could_change_a_pending_reads_key() -> None:
+    loop = asyncio.new_event_loop()
+    try:
+        fence, fut = ReadFence(), loop.create_future()
+        fence.add([b"k", b"k"], fut)
+        assert fence.hold(Retrieve(b"get", None, [b"k"])) is None  # reads change nothing
+        assert fence.hold(Retrieve(b"gat", b"10", [b"x", b"k"])) is fut
+        assert fence.hold(Forward(b"set", b"k", b"", LINE, True)) is fut
+        assert fence.hold(Forward(b"set", b"other", b"", LINE, True)) is None
+        assert fence.hold(Local(b"", Forward(b"delete", b"k", b"", LINE, True))) is fut
+        assert fence.hold(Broadcast(b"flush_all\r\n", LINE, False)) is fut
+        fut.set_result(b"END\r\n")
+        loop.run_until_complete(asyncio.sleep(0))  # the done callback drops the entry
+        assert len(fence) == 0
+        assert fence.hold(Broadcast(b"flush_all\r\n", LINE, False)) is None
+    finally:
+        loop.close()

@@ -8,8 +8,8 @@ HASH table under a small write load through shardstore.client: every acknowledge
 read back with its last value through shardstore.client and the router (both seeded with
 a node of `default`), none left in `default`, whose nodes refuse the table's rows with a
 plain error naming its keyspace (never `-MOVED`, which would repoint the slot for the
-keyspace's other keys); a move cancelled before its switch leaves every row in
-`default`."""
+keyspace's other keys), and TABLE.MOVE.REVERSE brings it all back; a move cancelled
+before its switch leaves every row in `default`."""
 
 from __future__ import annotations
 
@@ -336,6 +336,18 @@ async def _moved_under_writes(spaces: KeyspaceCluster) -> None:
     default = AsyncRedisCluster(**spaces.address(1))  # type: ignore[arg-type]
     assert await default.set("plain", "kept") and await default.get("plain") == b"kept"
     await default.aclose()
+    stale = ShardstoreClient([spaces.nodes[0].settings.advertise])  # routes to users
+    key = next(iter(writer.acked))
+    assert await asyncio.to_thread(stale.get, key) == writer.acked[key].encode()
+    assert stale.tables.address_of(("GET", key)) == spaces.nodes[3].settings.listen
+    assert await node.execute_command("TABLE.MOVE.REVERSE", "carts")
+    await _until(lambda: _bound(spaces, "default") and all(
+        n.config_machine.catalog.tables["carts"].moving is None for n in spaces.nodes),
+                 "the reverse's end")
+    assert _rows_on(spaces, range(3, 4)) == 0 and _rows_on(spaces, range(2, 3)) == ROWS
+    await _read_back(spaces, writer)  # the client and the router follow it back
+    assert await asyncio.to_thread(stale.get, key) == writer.acked[key].encode()
+    stale.close()
     await node.aclose()
 
 

@@ -93,6 +93,17 @@ def _next_page(request: RangeRequest, replies: list[object]
         raise _usage(exc) from None
 
 
+def _learned_route(tables: TableRoutes, args: tuple[Any, ...], slot: int | None
+                   ) -> Address | None:
+    """Where a command a node refused as not its own goes once the tables are loaded: the
+    master of its range table's range, or None for the slot route (a row of a HASH table
+    bound to the seeds' keyspace); ShardstoreError when it is neither."""
+    address = tables.address_of(args)
+    if address is None and not (slot is not None and tables.hash_row(args)):
+        raise ShardstoreError(ERR_NO_RANGE.format(args[1]))
+    return address
+
+
 def _same(reply: object) -> object:
     return reply
 
@@ -131,11 +142,9 @@ class ShardstoreClient:
             if NOT_HERE not in str(exc):
                 raise
         self.load_tables()  # a range row: the node named us; learn the ranges
-        address = self.tables.address_of(args)
-        if address is None and slot is not None and self.tables.hash_row(args):
-            return self._call(args, slot)  # a HASH table bound to the seeds' keyspace
+        address = _learned_route(self.tables, args, slot)
         if address is None:
-            raise ShardstoreError(ERR_NO_RANGE.format(args[1]))
+            return self._call(args, slot)
         return self._on_node(address, args)
 
     def load_tables(self) -> None:
@@ -311,11 +320,9 @@ class AsyncShardstoreClient:
                 if NOT_HERE not in str(exc):
                     raise
             await self._load_tables()  # a range row: the node named us; learn the ranges
-            address = self.tables.address_of(args)
-            if address is None and slot is not None and self.tables.hash_row(args):
-                return await self._call(args, slot)  # a HASH table of the seeds' keyspace
+            address = _learned_route(self.tables, args, slot)
             if address is None:
-                raise ShardstoreError(ERR_NO_RANGE.format(args[1]))
+                return await self._call(args, slot)
             return await self._on_node(address, args)
 
     async def load_tables(self) -> None:

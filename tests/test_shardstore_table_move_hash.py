@@ -361,3 +361,21 @@ def test_a_hash_table_moves_to_another_keyspace_under_writes(tmp_path: Path) -> 
             await spaces.stop()
 
     asyncio.run(main())
+
+
+README_SENTENCES = [  # checked by the tests of this file
+    "A HASH table moves the same way, one run of slots at a time, from each shard of its "
+    "keyspace to the shard that owns those slots in the target keyspace; the rows of a run "
+    "answer `-TRYAGAIN` from its freeze until the last run has arrived, and slot moves are "
+    "refused while its move is recorded.",
+    "A node refuses the rows of a HASH table bound to another keyspace with an error naming "
+    "that keyspace and the router, never `-MOVED`; the router and `shardstore.client` "
+    "follow the table's binding.",
+]
+
+
+def test_the_readme_says_what_these_tests_show() -> None:
+    readme = Path(__file__).resolve().parent.parent / "README.md"
+    text = " ".join(readme.read_text().split())
+    for sentence in README_SENTENCES:
+        assert sentence in text, sentence

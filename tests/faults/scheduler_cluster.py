@@ -219,6 +219,9 @@ class Clients:
                 except redis.RedisError as exc:
                     handle.info(repr(exc))
                     continue
+                if run_id is None:  # a run of this job at that ms exists: nothing new fired
+                    handle.fail("nil: the job's run of that millisecond fired already")
+                    continue
                 handle.ok(int(str(run_id).split("@")[1].split("/")[0]))
         finally:
             conn.close()

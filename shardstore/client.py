@@ -139,8 +139,8 @@ class ShardstoreClient:
                 return self._on_node(address, args)
             return self._call(args, slot)
         except ShardstoreError as exc:
-            if NOT_HERE not in str(exc):
-                raise
+            if NOT_HERE not in str(exc) and not (address and exc.code == "MOVED"):
+                raise  # (a MOVED for a HASH table's row: its keyspace's map changed)
         self.load_tables()  # a range row: the node named us; learn the ranges
         address = _learned_route(self.tables, args, slot)
         if address is None:
@@ -317,8 +317,8 @@ class AsyncShardstoreClient:
                     return await self._on_node(address, args)
                 return await self._call(args, slot)
             except ShardstoreError as exc:
-                if NOT_HERE not in str(exc):
-                    raise
+                if NOT_HERE not in str(exc) and not (address and exc.code == "MOVED"):
+                    raise  # (a MOVED for a HASH table's row: its keyspace's map changed)
             await self._load_tables()  # a range row: the node named us; learn the ranges
             address = _learned_route(self.tables, args, slot)
             if address is None:

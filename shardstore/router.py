@@ -284,7 +284,7 @@ class Router:
                 except _Lost:
                     raise CommandError(ERR_UNKNOWN.format(address)) from None
                 except ReplyError as err:
-                    redirect = self._redirect(err)
+                    redirect = self._redirect(err, repoint=part.target[0] != SHARD)
                     if redirect is not None and hops < MAX_REDIRECTS:
                         hops += 1
                         address, asking = redirect
@@ -323,14 +323,17 @@ class Router:
         except CatalogError:
             pass  # a range row with no position: the node's answer stands
 
-    def _redirect(self, err: ReplyError) -> tuple[str, bool] | None:
-        """(address, asking) for -MOVED / -ASK; a MOVED repoints its slot."""
+    def _redirect(self, err: ReplyError, repoint: bool = True) -> tuple[str, bool] | None:
+        """(address, asking) for -MOVED / -ASK; a MOVED repoints its slot, unless it came
+        for a row routed by a HASH table's own map (another keyspace's slot, not the
+        seeds': the refresh it marks due reloads that map)."""
         words = err.message.split()
         if err.code not in ("MOVED", "ASK") or len(words) != 3:
             return None
         if err.code == "MOVED":
             self.figures["moved"] += 1
-            self.routes.moved(int(words[1]), words[2])
+            if repoint:
+                self.routes.moved(int(words[1]), words[2])
             self._stale = True
             return words[2], False
         self.figures["ask"] += 1

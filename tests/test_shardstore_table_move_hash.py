@@ -25,6 +25,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 
+from core.resp_client import ReplyError
 from native.crc16 import key_slot
 from shardstore import catalog
 from shardstore import table_move_record as record
@@ -32,6 +33,7 @@ from shardstore.catalog import NOT_HERE, Catalog, Table
 from shardstore.client import ShardstoreClient, ShardstoreError
 from shardstore.keysets import KIND_TABLE_SLOTS, KeySet, prefix_end
 from shardstore.router import Router, RouterOptions
+from shardstore.router_plan import SHARD, RouteMap
 from shardstore.table_move import make_hash_plan
 from shardstore.table_moves import TableMoveHooks
 from tests.conftest import find_free_port
@@ -156,6 +158,47 @@ def test_slot_moves_wait_while_a_hash_table_has_a_move_recorded() -> None:
     assert hooks.begin(run, 1) is None
     assert "is not a slot run" in str(hooks.begin(run, 5))
     assert "is not a slot run" in str(hooks.begin(KeySet.of_table_slots(b"carts:", [1]), 1))
+
+
+def test_routes_follow_a_hash_tables_own_slot_map() -> None:
+    """TABLE.INFO's `slots` routes a HASH table's rows by its keyspace's map; a MOVED for
+    such a row never repoints the seeds' map."""
+    info = {b"name": b"carts", b"keyspace": b"users", b"rule": b"HASH", b"kind": b"",
+            b"epoch": 0, b"ranges": [],
+            b"slots": [[0, 8999, 4, [b"127.0.0.5:7"]], [9000, SLOTS - 1, 5, [b"h:8"]]]}
+    routes = RouteMap()
+    routes.load_slots([[0, SLOTS - 1, [b"127.0.0.2", 6]]])
+    routes.load_tables([info])
+    key = b"carts:1"
+    owner = 4 if key_slot(key) < 9000 else 5
+    assert routes.target(key) == (SHARD, owner)
+    assert routes.target(b"plain") == ("slot", key_slot(b"plain"))
+    router = Router(RouterOptions(["127.0.0.2:6"]))
+    router.routes = routes
+    moved = ReplyError(f"MOVED {key_slot(key)} 127.0.0.9:1")
+    assert router._redirect(moved, repoint=False) == ("127.0.0.9:1", False)
+    assert routes.slots[key_slot(key)] == "127.0.0.2:6"
+    with pytest.raises(ValueError):
+        routes.load_tables([{**info, b"slots": [[0, 1]]}])
+
+
+SLOT_RUN_PARTS = st.one_of(st.integers(-3, SLOTS + 3), st.binary(max_size=3), st.none(),
+                           st.lists(st.binary(max_size=6), max_size=2))
+
+
+@given(st.one_of(st.none(), st.integers(), st.lists(st.lists(SLOT_RUN_PARTS, max_size=5),
+                                                     max_size=4)))
+def test_a_tables_slots_are_parsed_or_refused_clearly(slots: object) -> None:
+    info = {b"name": b"carts", b"keyspace": b"users", b"rule": b"HASH", b"kind": b"",
+            b"epoch": 0, b"ranges": [], b"slots": slots}
+    routes = RouteMap()
+    try:
+        routes.load_tables([info])
+    except ValueError as exc:
+        assert "TABLE.INFO reply not understood" in str(exc)
+    else:
+        for table in routes.hashed.values():
+            assert len(table) == SLOTS
 
 
 # -- the copy on live nodes ---------------------------------------------------------------------

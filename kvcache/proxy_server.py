@@ -343,7 +343,7 @@ class ClientConnection(asyncio.Protocol):
                     held = True
                     break
                 action = self._held
-                if action is not None:  # its reads answered: it runs now, in its turn
+                if action is not None:  # the read it waited for answered; others may not
                     self._held = None
                 else:
                     request = parser.next_request()
@@ -362,11 +362,11 @@ class ClientConnection(asyncio.Protocol):
                                  getattr(request, "reason", "HTTP"))
                         self.transport.close()
                         return
-                    if self._fence:
-                        wait = self._fence.hold(action)
-                        if wait is not None:  # a read of its key may still ask a replica
-                            self._held, self._barrier, held = action, wait, True
-                            break
+                if self._fence:
+                    wait = self._fence.hold(action)
+                    if wait is not None:  # a read of its key may still ask a replica
+                        self._held, self._barrier, held = action, wait, True
+                        break
                 try:
                     slot = run(action, self.index)
                 except Exception:

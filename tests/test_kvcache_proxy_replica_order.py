@@ -169,3 +169,16 @@ def test_the_fence_holds_only_requests_that_could_change_a_pending_reads_key() -
         assert fence.hold(Broadcast(b"flush_all\r\n", LINE, False)) is None
     finally:
         loop.close()
+
+
+def test_a_write_waits_for_every_pending_read_of_its_key(cluster: Replicated) -> None:
+    key, other = b"order:many", b"order:many-other"
+    cluster.ask(_set(other, b"o"), _lines(1))
+    cluster.second_copy_only(key, OLD)
+    reads = [b"get %s\r\n" % key, b"get %s %s\r\n" % (other, key), b"mg %s v\r\n" % key] * 10
+    got = cluster.ask(b"".join(reads) + _set(key, NEW) + b"get %s\r\n" % key,
+                      lambda got: got.endswith(b"STORED\r\n" + _value(key, NEW) + b"END\r\n"))
+    old_block = _value(key, OLD)
+    expected = [old_block + b"END\r\n", _value(other, b"o") + old_block + b"END\r\n",
+                b"VA 3\r\nold\r\n"] * 10
+    assert got == b"".join(expected) + b"STORED\r\n" + _value(key, NEW) + b"END\r\n"

@@ -273,7 +273,8 @@ class ConfigMachine:
             if entry["op"] in NODE_OPS:  # a node joins or leaves a keyspace
                 return apply_node_op(self.config, entry, self.catalog, Shard)
             if str(entry["op"]).startswith(moves_ops.OP_PREFIX):
-                hooks = TableMoveHooks(self.catalog, self.config.moves)  # range-table rows
+                hooks = TableMoveHooks(self.catalog, self.config.moves,  # table rows
+                                       self.config)
                 return moves_ops.apply_move(self.config, entry, hooks)
         except (ValueError, KeyError, TypeError, msgpack.UnpackException) as exc:
             return ERR_BAD_ENTRY.format(exc)

@@ -18,8 +18,9 @@ For the rows of a HASH table in a set of slots (KIND_TABLE_SLOTS: one slot run o
 HASH table's move to another keyspace, shardstore/table_move.py):
 
 - `begin` refuses unless the table is moving, the set is one run of its plan, the source
-  is that run's first or its target shard, and no open move carries any of its slots
-  (of this table, or a slot move: the plan was made from both keyspaces' slot maps);
+  is that run's first or its target shard, both still own the run's slots in their
+  keyspaces' slot maps, and no open move carries any of its slots (of this table, or a
+  slot move: the plan was made from both keyspaces' slot maps);
 - `end` records that the run arrived at its target shard, or came back to its first
   (table_move_record.arrive), which switches the binding when the last one arrived.
 
@@ -33,6 +34,7 @@ Both run inside the configuration group's apply, so every node's catalog changes
 from __future__ import annotations
 
 import bisect
+from typing import Any, Protocol
 
 from shardstore import table_move_record as record
 from shardstore.catalog import Catalog, CatalogError, Table
@@ -50,17 +52,29 @@ ERR_TABLE_MOVING = "ERR rows of {} in that range are already moving (move {})"
 ERR_NOT_HASH_MOVING = "ERR no HASH table with the prefix {!r} is moving"
 ERR_NOT_RUN = "ERR {} is not a slot run of the move of table {} from or to shard {}"
 ERR_SLOTS_MOVING = "ERR slots of {} are already moving (move {})"
+ERR_STALE_PLAN = ("ERR the slot maps changed under the move of table {!r} ({}): "
+                  "TABLE.MOVE.CANCEL it and run TABLE.MOVE again")
 ERR_HASH_MOVING = ("ERR HASH table {!r} has a move recorded (TABLE.MOVE), whose plan "
                    "names the slot maps: move slots after TABLE.MOVE.FINISH, or once its "
                    "reverse or cancel has ended")
 
 
+class SlotMaps(Protocol):
+    """What the hooks need of shardstore.cluster.ClusterConfig."""
+
+    shards: dict[int, Any]
+
+    def slot_table(self, keyspace: str) -> list[int]: ...
+
+
 class TableMoveHooks:
     """The catalog's side of moves of range-table rows (see the module header)."""
 
-    def __init__(self, catalog: Catalog, moves: dict[int, Move]) -> None:
+    def __init__(self, catalog: Catalog, moves: dict[int, Move],
+                 maps: SlotMaps | None = None) -> None:
         self.catalog = catalog
         self.moves = moves
+        self.maps = maps  # the configuration's slot maps (None: runs are not checked)
 
     def _table(self, keys: KeySet) -> Table:
         name = keys.first[:-1].decode("utf-8", "replace")
@@ -94,12 +108,28 @@ class TableMoveHooks:
         index = self._run(table, keys)
         if index < 0 or source not in table.moving.plan[index][2:]:
             return ERR_NOT_RUN.format(keys.describe(), table.name, source)
+        if not self._owned(table.moving.plan[index]):
+            return ERR_STALE_PLAN.format(table.name, keys.describe())
         for other in self.moves.values():
             if (other.state != "done" and other.keys.kind in (KIND_SLOTS, KIND_TABLE_SLOTS)
                     and other.keys.first in (b"", keys.first)
                     and other.keys.slots & keys.slots):
                 return ERR_SLOTS_MOVING.format(table.name, other.move_id)
         return None
+
+    def _owned(self, run: tuple[int, int, int, int]) -> bool:
+        """Whether the run's first shard and its target own its slots in their keyspaces'
+        maps (a slot move that began before the table's move was recorded and ended
+        since makes the plan stale)."""
+        if self.maps is None:
+            return True
+        low, high, first, target = run
+        for sid in (first, target):
+            shard = self.maps.shards.get(sid)
+            owners = self.maps.slot_table(shard.keyspace) if shard is not None else []
+            if len(owners) < high or any(owners[s] != sid for s in range(low, high)):
+                return False
+        return True
 
     def begin(self, keys: KeySet, source: int) -> str | None:
         if keys.kind == KIND_SLOTS:

@@ -182,6 +182,30 @@ def test_routes_follow_a_hash_tables_own_slot_map() -> None:
         routes.load_tables([{**info, b"slots": [[0, 1]]}])
 
 
+class Maps:
+    """Slot maps of `default` (shard 1) and `users` (shards 4, 5) as _carts plans them."""
+
+    def __init__(self) -> None:
+        self.shards = {1: Table("s1"), 4: Table("s4", "users"), 5: Table("s5", "users")}
+        self.tables = {"default": _map((0, SLOTS, 1)),
+                       "users": _map((0, 9000, 4), (9000, SLOTS, 5))}
+
+    def slot_table(self, keyspace: str) -> list[int]:
+        return self.tables.get(keyspace, [])
+
+
+def test_a_run_whose_slots_changed_owner_since_the_plan_is_refused() -> None:
+    cat, _, plan = _carts()
+    maps = Maps()
+    hooks = TableMoveHooks(cat, {}, maps)
+    cat.apply({"op": catalog.OP_MOVE, "name": "carts", "keyspace": "users", "plan": plan},
+              [1, 4, 5], ["default", "users"])
+    run = KeySet.of_table_slots(b"carts:", range(plan[0][0], plan[0][1]))
+    assert hooks.begin(run, 1) is None
+    maps.tables["users"][5] = 5  # a slot move ended between the plan and the record
+    assert "slot maps changed" in str(hooks.begin(run, 1))
+
+
 SLOT_RUN_PARTS = st.one_of(st.integers(-3, SLOTS + 3), st.binary(max_size=3), st.none(),
                            st.lists(st.binary(max_size=6), max_size=2))
 

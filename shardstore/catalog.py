@@ -19,7 +19,7 @@ configuration they apply against:
 - OP_MOVE, OP_MOVE_REVERSE, OP_MOVE_CANCEL, OP_MOVE_FINISH: a table's move to another
   keyspace (shardstore/table_move.py says its life), whose record (`TableMove`) is kept
   on the table; shardstore/table_move_record.py applies them, and its `settle` switches
-  the table's binding when the ranges have arrived.
+  the table's binding when the ranges (a HASH table's slot runs) have arrived.
 
 Apply results are True, or an error reply's text. The syntax of TABLE.CREATE and
 TABLE.SPLIT is parsed here too (`parse_create`, `parse_split`), into those entries.

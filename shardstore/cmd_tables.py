@@ -261,7 +261,9 @@ class TableCommands:
         """name, keyspace, rule, kind, epoch, ranges ([from, to, shard, [address ...]
         master first, keys here or -1 when this node does not host the shard]), the
         range-read figures of this node: range_reads, range_shards_touched, last, and
-        `move`: a move to another keyspace (table_move.move_status) or nil."""
+        `move`: a move to another keyspace (table_move.move_status) or nil; for a HASH
+        table bound to another keyspace than this node's, `slots` too (its keyspace's
+        slot runs: shardstore/table_bindings.py)."""
         name = args[1].decode("utf-8", "replace")
         table = self.catalog.tables.get(name)
         if table is None:

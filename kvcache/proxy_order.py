@@ -23,27 +23,29 @@ from kvcache.proxy_plan import Broadcast, Forward, Local, Plan, Retrieve
 class ReadFence:
     """The replicated reads of one client connection still waiting for their reply.
     `hold(plan)` names a read `plan` must wait for (None: it may run now); `add` records a
-    read that may still ask another replica. Entries leave when their read is answered."""
+    read that may still ask another replica. Entries leave when their read is answered.
+    `reads` (key -> the replies of its pending reads) is empty when nothing can be held: the
+    connection tests it before asking `hold`, a cheap check on every request."""
 
-    __slots__ = ("_reads",)
+    __slots__ = ("reads",)
 
     def __init__(self) -> None:
-        self._reads: dict[bytes, list[asyncio.Future[Any]]] = {}
+        self.reads: dict[bytes, list[asyncio.Future[Any]]] = {}
 
     def __len__(self) -> int:
-        return len(self._reads)
+        return len(self.reads)
 
     def add(self, keys: Iterable[bytes], fut: asyncio.Future[Any]) -> None:
         """`fut` is the reply of a read of `keys` that may ask their next replica after the
         client's later requests were sent."""
         keys = tuple(dict.fromkeys(keys))
         for key in keys:
-            self._reads.setdefault(key, []).append(fut)
+            self.reads.setdefault(key, []).append(fut)
         fut.add_done_callback(lambda done: self._drop(keys, done))
 
     def hold(self, plan: Plan) -> asyncio.Future[Any] | None:
         """A pending read that must be answered before `plan` runs, or None."""
-        if not self._reads:
+        if not self.reads:
             return None
         kind = type(plan)
         if kind is Retrieve:
@@ -56,11 +58,11 @@ class ReadFence:
             also = plan.also  # type: ignore[union-attr]
             return None if also is None else self._pending((also.key,))
         if kind is Broadcast:  # flush_all empties every key
-            return self._pending(list(self._reads))
+            return self._pending(list(self.reads))
         return None
 
     def _pending(self, keys: Iterable[bytes]) -> asyncio.Future[Any] | None:
-        reads = self._reads
+        reads = self.reads
         for key in keys:
             for fut in reads.get(key, ()):
                 if not fut.done():
@@ -68,7 +70,7 @@ class ReadFence:
         return None
 
     def _drop(self, keys: tuple[bytes, ...], fut: asyncio.Future[Any]) -> None:
-        reads = self._reads
+        reads = self.reads
         for key in keys:
             futs = reads.get(key)
             if futs is None:

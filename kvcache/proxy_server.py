@@ -362,7 +362,7 @@ class ClientConnection(asyncio.Protocol):
                                  getattr(request, "reason", "HTTP"))
                         self.transport.close()
                         return
-                if self._fence:
+                if self._fence.reads:
                     wait = self._fence.hold(action)
                     if wait is not None:  # a read of its key may still ask a replica
                         self._held, self._barrier, held = action, wait, True

@@ -12,6 +12,7 @@ back): without the ordering, the retry would find the new value.
 from __future__ import annotations
 
 import asyncio
+import random
 import socket
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -182,3 +183,47 @@ def test_a_write_waits_for_every_pending_read_of_its_key(cluster: Replicated) ->
     expected = [old_block + b"END\r\n", _value(other, b"o") + old_block + b"END\r\n",
                 b"VA 3\r\nold\r\n"] * 10
     assert got == b"".join(expected) + b"STORED\r\n" + _value(key, NEW) + b"END\r\n"
+
+
+def _random_pipeline(rng: random.Random, keys: list[bytes],
+                     model: dict[bytes, bytes]) -> tuple[bytes, bytes]:
+    """Forty requests over `keys` and the replies one memcached would give, in order."""
+    sent, expected = [], []
+    for _ in range(40):
+        key, roll = rng.choice(keys), rng.random()
+        if roll < 0.45:
+            sent.append(b"get %s\r\n" % key)
+            expected.append(_value(key, model[key]) if key in model else b"")
+            expected.append(b"END\r\n")
+        elif roll < 0.75:
+            value = b"v%d" % rng.randrange(1000)
+            sent.append(_set(key, value))
+            expected.append(b"STORED\r\n")
+            model[key] = value
+        elif roll < 0.85:
+            sent.append(b"delete %s noreply\r\n" % key)
+            model.pop(key, None)
+        else:
+            sent.append(b"get " + b" ".join(keys) + b"\r\n")
+            expected.extend(_value(k, model[k]) for k in keys if k in model)
+            expected.append(b"END\r\n")
+    return b"".join(sent), b"".join(expected)
+
+
+def test_random_pipelines_answer_as_one_server_would(cluster: Replicated) -> None:
+    rng = random.Random(14)
+    for round_ in range(30):
+        keys = [b"order:rand:%d:%d" % (round_, i) for i in range(4)]
+        model: dict[bytes, bytes] = {}
+        for key in keys:
+            if rng.random() < 0.6:  # a miss on its first copy, a hit on its second
+                cluster.second_copy_only(key, OLD)
+                model[key] = OLD
+        sent, expected = _random_pipeline(rng, keys, model)
+        with socket.create_connection(("127.0.0.1", cluster.port), timeout=TIMEOUT_S) as sock:
+            sock.sendall(sent)
+            sock.shutdown(socket.SHUT_WR)
+            got = b""
+            while chunk := sock.recv(1 << 16):
+                got += chunk
+        assert got == expected, f"round {round_}"

@@ -4,7 +4,9 @@ Per client connection, each request takes a slot in a FIFO as it is parsed (kvca
 protocol.py's parser, then kvcache/proxy_plan.py and kvcache/proxy_exec.py); a slot holds a
 reply, a future of one, or (most requests, one backend) the reply the backend connection
 delivers into it, and replies are written strictly in slot order, so a slow backend delays
-only the replies after it on that connection. Replies completed in one event-loop tick leave
+only the replies after it on that connection. With `--replicas` > 1 a request for a key
+that an earlier read may still ask another copy for waits, with the requests after it, until
+that read answered (kvcache/proxy_order.py). Replies completed in one event-loop tick leave
 in one write per connection: connections with replies to write are flushed together, once
 per tick, after the tick's backend reads; a reply that is the only one its client waits
 for goes at once, from the backend's read (nothing could join its write). A read that is one

@@ -30,7 +30,7 @@ from native.crc16 import key_slot
 from shardstore import catalog
 from shardstore import table_move_record as record
 from shardstore.catalog import NOT_HERE, Catalog, Table
-from shardstore.client import ShardstoreClient, ShardstoreError
+from shardstore.client import AsyncShardstoreClient, ShardstoreClient, ShardstoreError
 from shardstore.keysets import KIND_TABLE_SLOTS, KeySet, prefix_end
 from shardstore.router import Router, RouterOptions
 from shardstore.router_plan import SHARD, RouteMap
@@ -351,7 +351,7 @@ async def _cancelled(spaces: KeyspaceCluster, node: redis.asyncio.Redis) -> None
 
 async def _read_back(spaces: KeyspaceCluster, writer: Writer) -> None:
     """Every acknowledged write with its last value, through shardstore.client and the
-    router, both seeded with a node of `default`."""
+    router, both seeded with a node of `default` (and some through the asyncio client)."""
     seed = spaces.nodes[0].settings.advertise
 
     def read() -> dict[str, bytes | None]:
@@ -364,6 +364,10 @@ async def _read_back(spaces: KeyspaceCluster, writer: Writer) -> None:
     try:
         values = await asyncio.to_thread(read)
         routed = {key: await through.get(key) for key in writer.acked}
+        async with AsyncShardstoreClient([seed]) as client:
+            some = sorted(writer.acked)[:10]
+            assert {key: await client.get(key) for key in some} == {
+                key: values[key] for key in some}
     finally:
         await through.aclose()
         await router.stop()

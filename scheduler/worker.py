@@ -102,7 +102,7 @@ ERR_OLD_POLL = "ERR wrong number of arguments for 'worker.poll' command"
 ERR_OLD_OPTIONS = "ERR WORKER.POLL takes HANDLERS name,... after max_runs"
 AHEAD_PER_SLOT = 32  # runs fired ahead a worker holds per slot, waiting for their slots
 MAX_AHEAD_RUNS = 4096  # ... and at most, whatever its slots
-MAX_POLL_AHEAD = 1024  # runs fired ahead one poll asks for (the cluster's MAX_CLAIM)
+MAX_POLL_AHEAD = 256  # runs fired ahead one poll takes: a reply's runs are set up in one go
 NEW_CLUSTER, HANDLERS_ONLY, NO_OPTIONS = 0, 1, 2  # poll options a cluster takes: all, ...
 
 

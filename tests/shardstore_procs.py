@@ -202,3 +202,29 @@ async def until_move_done(client: aredis.Redis, move_id: int) -> None:
             return
         assert time.monotonic() < deadline, moves
         await asyncio.sleep(POLL_S)
+
+
+async def until_true(condition: Callable[[], bool], what: str, limit_s: float) -> None:
+    """Poll `condition` until it holds; fail naming `what` after `limit_s` seconds."""
+    deadline = time.monotonic() + limit_s
+    while not condition():
+        assert time.monotonic() < deadline, what
+        await asyncio.sleep(0.1)
+
+
+def table_bound(nodes: Any, table: str, keyspace: str) -> bool:
+    """Every node's catalog binds `table` to `keyspace` and every move is done."""
+    for node in nodes:
+        bound = node.config_machine.catalog.tables.get(table)
+        if bound is None or bound.keyspace != keyspace:
+            return False
+        if any(m.state != "done" for m in node.full_config.moves.values()):
+            return False
+    return True
+
+
+def table_rows(nodes: Any, table: str, indexes: range) -> int:
+    """How many rows of `table` the shards of the nodes at `indexes` hold."""
+    low, high = f"{table}:".encode(), f"{table};".encode()
+    return sum(len(machine.engine.scan(low, high, None))
+               for i in indexes for machine in nodes[i].machines.values())

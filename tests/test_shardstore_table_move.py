@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -33,6 +34,7 @@ from shardstore.table_move import make_plan, parse_move
 from shardstore.table_moves import give_range
 from shardstore.table_verify import DigestService, Verifier, digest_rows
 from tests.conftest import find_free_port
+from tests.shardstore_procs import table_bound, table_rows, until_true
 from tests.test_shardstore_catalog import DATE_RESTS, SortedKV
 from tests.test_shardstore_keyspaces import KeyspaceCluster
 
@@ -168,30 +170,21 @@ class Writer:
             return
 
 
-async def _until(condition: object, what: str) -> None:
-    deadline = time.monotonic() + MOVE_S
-    while not condition():  # type: ignore[operator]
-        assert time.monotonic() < deadline, what
-        await asyncio.sleep(0.1)
+async def _until(condition: Callable[[], bool], what: str) -> None:
+    await until_true(condition, what, MOVE_S)
 
 
 def _settled(spaces: KeyspaceCluster, keyspace: str) -> bool:
     """Every node's catalog binds orders to `keyspace` (moved there, or back with no
     record left) and no move of its rows is open."""
-    for node in spaces.nodes:
-        table = node.config_machine.catalog.tables.get("orders")
-        if table is None or table.keyspace != keyspace:
-            return False
-        if keyspace == "default" and table.moving is not None:
-            return False
-        if any(m.state != "done" for m in node.full_config.moves.values()):
-            return False
-    return True
+    if not table_bound(spaces.nodes, "orders", keyspace):
+        return False
+    return keyspace != "default" or all(
+        node.config_machine.catalog.tables["orders"].moving is None for node in spaces.nodes)
 
 
 def _rows_on(spaces: KeyspaceCluster, indexes: range) -> int:
-    return sum(len(machine.engine.scan(b"orders:", b"orders;", None))
-               for i in indexes for machine in spaces.nodes[i].machines.values())
+    return table_rows(spaces.nodes, "orders", indexes)
 
 
 async def _move_under_writes(spaces: KeyspaceCluster) -> None:
@@ -210,7 +203,7 @@ async def _move_under_writes(spaces: KeyspaceCluster) -> None:
     writer.thread.start()
     await _until(lambda: writer.writes >= ROWS + ROWS // 4, "every row written once")
     begun = await node.execute_command("TABLE.MOVE", "orders", "users")
-    assert 1 <= len(begun) <= 4  # the coordinator's round may begin some first
+    assert len(begun) <= 4  # the coordinator's round may begin some (or all) first
     info = await node.execute_command("TABLE.INFO", "orders")
     assert info[b"move"] is None or info[b"move"][b"to"] == b"users"
     await _until(lambda: _settled(spaces, "users"), "the move's end")
@@ -229,7 +222,8 @@ async def _move_under_writes(spaces: KeyspaceCluster) -> None:
     assert info[b"last_range_shards"] == 1 and info[b"keyspace"] == b"users"
     assert info[b"move"][b"state"] == b"switched" and info[b"move"][b"ranges_arrived"] == 4
     await _through_the_router(spaces, writer, december)
-    assert await node.execute_command("TABLE.MOVE.REVERSE", "orders")
+    # the ids of the moves this command began: the coordinator's round may begin them first
+    assert len(await node.execute_command("TABLE.MOVE.REVERSE", "orders")) <= 4
     await _until(lambda: _settled(spaces, "default"), "the reverse's end")
     await _check_rows(spaces, writer, new=range(0, 3), old=range(3, 4))
     await _cancelled(spaces, node)

@@ -3,7 +3,10 @@
 Strategy: the command line talks to any one node (`--node HOST:PORT`) with the SHARDSTORE.*
 commands (shardstore/admin_commands.py), which any node answers and forwards to the
 configuration group's leader; the moves themselves run inside the cluster, so this tool
-may stop at any time and the moves it began still finish.
+may stop at any time and the moves it began still finish. Transient errors (no leader,
+TRYAGAIN, a node down or paused) are ridden out by asking again, any node of `--node`,
+with backoff, for up to `--timeout` seconds (shardstore/admin_retry.py); a permanent error
+fails at once.
 
 - `reshard --from A --to B --slots N [--batch K]`: the N highest slots of shard A go to
   shard B, K slots per move, one move at a time; a progress bar shows slots moved and
@@ -39,7 +42,13 @@ import redis
 from core import client_cli, daemon
 from native.crc16 import SLOT_COUNT
 from shardstore.admin_check import field_of, run_checks
-from shardstore.keysets import format_slots
+from shardstore.admin_retry import (
+    DEFAULT_TIMEOUT_S,
+    AdminDeadline,
+    RetryingClient,
+    begin_move,
+    no_retry,
+)
 from shardstore.launch import CLIENT_PORT_BASE, KEYSPACES, LOOPBACK
 
 __all__ = ["add_admin_parser", "add_node", "cancel_move", "check", "plan_rebalance", "rebalance",
@@ -47,6 +56,7 @@ __all__ = ["add_admin_parser", "add_node", "cancel_move", "check", "plan_rebalan
 
 DEFAULT_BATCH_SLOTS = 128
 POLL_S = 0.2
+PING_CONNECT_S = 2.0  # a node that does not take a connection this soon counts as down
 MOVE_TIMEOUT_S = 600.0  # one move with no progress for this long: give up waiting
 BAR_WIDTH = 30
 ERR_NOT_ENOUGH = "shard {} owns {} slots, fewer than the {} asked for"
@@ -70,6 +80,10 @@ def add_admin_parser(sub: Any) -> None:
                             f"(default: ${SERVERS_ENV}, else make run's "
                             f"{','.join(MAKE_RUN_NODES)})")
     admin.add_argument("--password", default=None, help="the cluster's requirepass")
+    admin.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S,
+                       help="seconds to ride out transient errors (no leader, TRYAGAIN, a "
+                            "node down) by asking again, any --node, before giving up "
+                            f"(default {DEFAULT_TIMEOUT_S:g})")
     actions = admin.add_subparsers(dest="admin_action", required=True)
     move = actions.add_parser("reshard", help="move N slots from one shard to another")
     move.add_argument("--from", dest="source", type=int, required=True, help="shard id")
@@ -100,7 +114,8 @@ def connect(node: str, password: str | None) -> redis.Redis:
     if not sep or not port.isdigit():
         raise ValueError(ERR_NODE.format(node))
     return redis.Redis(host=host or "127.0.0.1", port=int(port), password=password,
-                       socket_timeout=30)
+                       socket_timeout=30, socket_connect_timeout=PING_CONNECT_S,
+                       retry=no_retry())
 
 
 def admin_servers(flag: str | None, environ: Mapping[str, str]) -> client_cli.Servers:
@@ -129,10 +144,22 @@ def answering_node(flag: str | None, environ: Mapping[str, str] | None = None) -
     return f"{host}:{port}"
 
 
+def retrying_client(args: argparse.Namespace) -> RetryingClient:
+    """A RetryingClient (shardstore/admin_retry.py) over the nodes of `args`, the first
+    that answers a PING first; NoNodeAnswers when none does at the start."""
+    first = answering_node(args.node)
+    servers = admin_servers(args.node, os.environ)
+    nodes = [f"{host}:{port}" for host, port in servers.nodes]
+    at = nodes.index(first) if first in nodes else 0
+    timeout = getattr(args, "timeout", DEFAULT_TIMEOUT_S)
+    return RetryingClient(nodes[at:] + nodes[:at], args.password, timeout, sys.stderr,
+                          connect=lambda node: connect(node, args.password))
+
+
 def run_admin(args: argparse.Namespace) -> int:
     """Carry out the admin action `args` names; the exit status."""
     try:
-        client = connect(answering_node(args.node), args.password)
+        client = retrying_client(args)
         with client:
             if args.admin_action == "reshard":
                 reshard(client, args.source, args.target, args.slots, args.batch)
@@ -149,7 +176,8 @@ def run_admin(args: argparse.Namespace) -> int:
                 remove_node(client, args.keyspace, args.node_id, args.batch)
                 return 0
             return check(client, print)
-    except (ValueError, redis.RedisError, daemon.ConfigError, client_cli.NoNodeAnswers) as exc:
+    except (ValueError, redis.RedisError, daemon.ConfigError, client_cli.NoNodeAnswers,
+            AdminDeadline) as exc:
         print(f"shardstore admin: {exc}", file=sys.stderr)
         return 1
 
@@ -168,7 +196,7 @@ def slot_owners(client: redis.Redis) -> dict[int, list[int]]:
     return owners
 
 
-def reshard(client: redis.Redis, source: int, target: int, count: int, batch: int,
+def reshard(client: redis.Redis | RetryingClient, source: int, target: int, count: int, batch: int,
             stream: TextIO | None = None) -> int:
     """Move the `count` highest slots of `source` to `target`, `batch` per move; the
     number of keys copied."""
@@ -180,8 +208,10 @@ def reshard(client: redis.Redis, source: int, target: int, count: int, batch: in
     copied = 0
     for i in range(0, count, max(1, batch)):
         slots = chosen[i:i + max(1, batch)]
-        move_id = int(client.execute_command("SHARDSTORE.MOVE", source, target, "SLOTS",
-                                             format_slots(slots)))
+        move_id = begin_move(client, source, target, slots)
+        if move_id is None:  # an earlier try began it and it has finished
+            bar.show(i + len(slots), copied)
+            continue
         before = copied
         copied += wait_for_move(client, move_id,
                                 lambda n, done=i, base=before: bar.show(done, base + n))

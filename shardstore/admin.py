@@ -47,7 +47,9 @@ from shardstore.admin_retry import (
     AdminDeadline,
     RetryingClient,
     begin_move,
+    cancel_once,
     no_retry,
+    remove_once,
 )
 from shardstore.launch import CLIENT_PORT_BASE, KEYSPACES, LOOPBACK
 
@@ -273,7 +275,7 @@ def remove_node(client: redis.Redis, keyspace: str, node_id: int, batch: int,
             if share:
                 out.write(f"shard {donor} -> shard {taker}: {share} slots\n")
                 copied += reshard(client, donor, taker, share, batch, out)
-    client.execute_command("KEYSPACE.REMOVENODE", keyspace, node_id)
+    remove_once(client, keyspace, node_id)
     out.write(f"node {node_id} left keyspace {keyspace} ({copied} keys moved)\n")
     return copied
 
@@ -282,7 +284,7 @@ def cancel_move(client: redis.Redis, move_id: int, stream: TextIO | None = None)
     """Cancel move `move_id` and wait for its roll-back, showing keys purged from the
     target; 0 once rolled back, 1 if the move went on instead."""
     out = stream or sys.stderr
-    client.execute_command("SHARDSTORE.MOVE", "CANCEL", move_id)
+    cancel_once(client, move_id)
     purged, last_change = -1, time.monotonic()
     while True:
         moves = {int(field_of(m, "id")): m for m in client.execute_command("SHARDSTORE.MOVES")}

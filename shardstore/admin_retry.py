@@ -8,9 +8,9 @@ holds; on a transient error (connection refused or reset, a timeout, `-TRYAGAIN`
 `--node` that answers a PING, and tries again with exponential backoff until `timeout_s`
 has passed since the last success; then `AdminDeadline`. Any other error (bad arguments, a
 refused move) is raised at once. While it waits it says so on the progress stream
-("waiting for a leader: <error>"). A step whose outcome may be lost with its reply (the
-begin of a move) must be made idempotent by its caller: `begin_move` looks for the move it
-may have begun before beginning it again.
+("waiting for a leader: <error>"). A step whose outcome may be lost with its reply must be
+made idempotent by its caller: `begin_move`, `cancel_once` and `remove_once` look for what
+an earlier try may have done before doing it again.
 """
 
 from __future__ import annotations
@@ -28,8 +28,8 @@ from core import client_cli
 from shardstore.admin_check import field_of
 from shardstore.keysets import format_slots
 
-__all__ = ["DEFAULT_TIMEOUT_S", "AdminDeadline", "RetryingClient", "begin_move", "is_transient",
-           "no_retry"]
+__all__ = ["DEFAULT_TIMEOUT_S", "AdminDeadline", "RetryingClient", "begin_move", "cancel_once",
+           "is_transient", "no_retry", "remove_once"]
 
 DEFAULT_TIMEOUT_S = 120.0  # how long admin waits out transient errors before giving up
 BACKOFF_FIRST_S = 0.1
@@ -211,6 +211,38 @@ def begin_move(client: Any, source: int, target: int, slots: list[int]) -> int |
         return int(node.execute_command("SHARDSTORE.MOVE", source, target, "SLOTS",
                                         format_slots(slots)))
 
+    return _run(client, attempt)
+
+
+def _run(client: Any, attempt: Callable[[redis.Redis], Any]) -> Any:
     if isinstance(client, RetryingClient):
         return client.step(attempt)
     return attempt(client)
+
+
+def cancel_once(client: Any, move_id: int) -> None:
+    """SHARDSTORE.MOVE CANCEL `move_id`, idempotently: not sent again when an earlier try
+    (whose reply was lost) already turned the move to rolling back or rolled it back."""
+    def attempt(node: redis.Redis) -> None:
+        for move in node.execute_command("SHARDSTORE.MOVES"):
+            if int(field_of(move, "id")) != move_id:
+                continue
+            state = field_of(move, "state")
+            if state in (b"cancel", "cancel") or int(field_of(move, "cancelled") or 0):
+                return
+        node.execute_command("SHARDSTORE.MOVE", "CANCEL", move_id)
+
+    _run(client, attempt)
+
+
+def remove_once(client: Any, keyspace: str, node_id: int) -> None:
+    """KEYSPACE.REMOVENODE, idempotently: not sent again once the node has left."""
+    def attempt(node: redis.Redis) -> None:
+        for space in node.execute_command("KEYSPACE.LIST"):
+            name = field_of(space, "name")
+            name = name.decode() if isinstance(name, bytes) else str(name)
+            if name == keyspace and node_id not in [int(n) for n in field_of(space, "nodes")]:
+                return
+        node.execute_command("KEYSPACE.REMOVENODE", keyspace, node_id)
+
+    _run(client, attempt)

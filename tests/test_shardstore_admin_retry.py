@@ -20,7 +20,14 @@ import pytest
 import redis
 
 from shardstore import admin
-from shardstore.admin_retry import AdminDeadline, RetryingClient, begin_move, is_transient, no_retry
+from shardstore.admin_retry import (
+    AdminDeadline,
+    RetryingClient,
+    begin_move,
+    cancel_once,
+    is_transient,
+    no_retry,
+)
 from tests.conftest import find_free_port
 
 TRYAGAIN = b"-TRYAGAIN the cluster cannot take the request now: no leader\r\n"
@@ -82,6 +89,9 @@ class FakeNode:
 
     def _move(self, args: list[bytes]) -> bytes:
         self.move_calls += 1
+        if args[1].upper() == b"CANCEL":
+            self.moves[int(args[2]) - 1][b"state"] = b"cancel"
+            return b"+OK\r\n"
         if self.refuse:
             return REFUSED
         if self.tryagain > 0:
@@ -226,6 +236,15 @@ def test_the_command_line_names_the_deadline_and_skips_a_dead_first_node(
                               slots=3, batch=3)
     assert admin.run_admin(args) == 1
     assert "gave up after 0.3 s of transient errors" in capsys.readouterr().err
+
+
+def test_a_cancel_is_not_sent_again_once_the_move_rolls_back(serve: Any) -> None:
+    node = FakeNode(lose_reply=True)
+    with _client([serve(node)]) as client:
+        assert begin_move(client, 1, 2, [99]) == 1  # the lost reply: the move is found
+        cancel_once(client, 1)
+        cancel_once(client, 1)  # a retry after a lost OK
+    assert node.move_calls == 2 and node.moves[0][b"state"] == b"cancel"
 
 
 def test_which_errors_are_transient() -> None:

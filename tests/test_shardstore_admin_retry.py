@@ -3,17 +3,24 @@
 A fake node in a thread speaks just enough RESP (the SHARDSTORE.* admin commands) to be
 resharded: it answers TRYAGAIN a few times before taking a move, or takes one and loses
 the reply (UNKNOWN), or refuses it for good. Beside it, a port nothing listens on (a node
-gone) and a socket that takes connections and never answers (a node under SIGSTOP).
+gone) and a socket that takes connections and never answers (a node under SIGSTOP). And
+three real `shardstore serve` processes, the first `--node` of admin paused by SIGSTOP.
 """
 
 from __future__ import annotations
 
 import argparse
 import io
+import os
+import signal
 import socket
 import socketserver
+import subprocess
+import sys
 import threading
+import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -29,6 +36,8 @@ from shardstore.admin_retry import (
     no_retry,
 )
 from tests.conftest import find_free_port
+from tests.procs import ROOT, Daemon
+from tests.shardstore_procs import READY_S, serve_daemons
 
 TRYAGAIN = b"-TRYAGAIN the cluster cannot take the request now: no leader\r\n"
 UNKNOWN = b"-UNKNOWN the write may or may not have been applied (timeout): read first\r\n"
@@ -151,7 +160,7 @@ def serve() -> Iterator[Any]:
         server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), _Handler)
         server.daemon_threads = True
         server.node = node  # type: ignore[attr-defined]
-        threading.Thread(target=server.serve_forever, daemon=True).start()
+        threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
         servers.append(server)
         return f"127.0.0.1:{server.server_address[1]}"
 
@@ -172,11 +181,11 @@ def paused() -> Iterator[str]:
     sock.close()
 
 
-def _client(nodes: list[str], timeout_s: float = 10.0,
-            stream: io.StringIO | None = None) -> RetryingClient:
+def _client(nodes: list[str], timeout_s: float = 10.0, stream: io.StringIO | None = None,
+            socket_s: float = SHORT_S) -> RetryingClient:
     def connect(node: str) -> redis.Redis:
         host, _, port = node.rpartition(":")
-        return redis.Redis(host=host, port=int(port), socket_timeout=SHORT_S,
+        return redis.Redis(host=host, port=int(port), socket_timeout=socket_s,
                            socket_connect_timeout=SHORT_S, retry=no_retry())
 
     return RetryingClient(nodes, None, timeout_s, stream or io.StringIO(), connect=connect)
@@ -253,3 +262,48 @@ def test_which_errors_are_transient() -> None:
     assert is_transient(redis.ResponseError("UNKNOWN the write may or may not"))
     assert not is_transient(redis.ResponseError("ERR slot 1 is already moving (move 2)"))
     assert not is_transient(ValueError("bad"))
+
+
+def test_reshard_completes_with_its_first_node_under_sigstop(tmp_path: Path) -> None:
+    """Real nodes: the first `--node` is paused (SIGSTOP) before admin starts; its shards'
+    and the configuration group's leaders move to the others while admin asks node 2."""
+    daemons = serve_daemons(tmp_path, 2, 3)
+    for daemon in daemons:
+        daemon.start()
+    try:
+        _until_serving(daemons)
+        assert daemons[0].proc is not None
+        os.kill(daemons[0].proc.pid, signal.SIGSTOP)
+        try:
+            out = io.StringIO()  # admin's client, already on the paused node
+            with _client([d.address for d in daemons[:2]], 60.0, out, 1.0) as client:
+                assert admin.reshard(client, 1, 2, 4, 2, out) == 0
+            assert "waiting for a leader" in out.getvalue() and client.retries >= 1
+            nodes = ",".join(d.address for d in daemons[:2])
+            done = subprocess.run(
+                [sys.executable, "-m", "shardstore", "admin", "--node", nodes, "--timeout",
+                 "60", "reshard", "--from", "2", "--to", "1", "--slots", "4", "--batch", "2"],
+                capture_output=True, text=True, timeout=120, cwd=ROOT)
+        finally:
+            os.kill(daemons[0].proc.pid, signal.SIGCONT)
+        assert done.returncode == 0, done.stderr
+        assert "4/4 slots moved" in done.stderr
+    finally:
+        for daemon in daemons:
+            daemon.stop()
+
+
+def _until_serving(daemons: list[Daemon]) -> None:
+    deadline = time.monotonic() + READY_S
+    while True:
+        try:
+            infos = []
+            for d in daemons:
+                with redis.Redis(host=d.host, port=d.port, socket_timeout=5) as c:
+                    infos.append(c.execute_command("CLUSTER", "INFO"))
+            if all(b"cluster_state:ok" in i for i in infos):
+                return
+        except redis.RedisError:
+            pass
+        assert time.monotonic() < deadline, daemons[0].log()[-2000:]
+        time.sleep(0.2)

@@ -46,6 +46,7 @@ from shardstore.admin_retry import (
     DEFAULT_TIMEOUT_S,
     AdminDeadline,
     RetryingClient,
+    add_once,
     begin_move,
     cancel_once,
     no_retry,
@@ -245,7 +246,7 @@ def wait_for_move(client: redis.Redis, move_id: int, show: Callable[[int], None]
 def add_node(client: redis.Redis, keyspace: str, node_id: int,
              stream: TextIO | None = None) -> int:
     """Node `node_id` joins `keyspace`; the id of its new shard."""
-    shard = int(client.execute_command("KEYSPACE.ADDNODE", keyspace, node_id))
+    shard = add_once(client, keyspace, node_id)
     (stream or sys.stderr).write(
         f"node {node_id} joined keyspace {keyspace} with shard {shard} (no slots yet): "
         f"`shardstore admin rebalance` gives it its share\n")

@@ -9,8 +9,8 @@ holds; on a transient error (connection refused or reset, a timeout, `-TRYAGAIN`
 has passed since the last success; then `AdminDeadline`. Any other error (bad arguments, a
 refused move) is raised at once. While it waits it says so on the progress stream
 ("waiting for a leader: <error>"). A step whose outcome may be lost with its reply must be
-made idempotent by its caller: `begin_move`, `cancel_once` and `remove_once` look for what
-an earlier try may have done before doing it again.
+made idempotent by its caller: `begin_move`, `cancel_once`, `add_once` and `remove_once`
+look for what an earlier try may have done before doing it again.
 """
 
 from __future__ import annotations
@@ -28,7 +28,8 @@ from core import client_cli
 from shardstore.admin_check import field_of
 from shardstore.keysets import format_slots
 
-__all__ = ["DEFAULT_TIMEOUT_S", "AdminDeadline", "RetryingClient", "begin_move", "cancel_once",
+__all__ = ["DEFAULT_TIMEOUT_S", "AdminDeadline", "RetryingClient", "add_once", "begin_move",
+           "cancel_once",
            "is_transient", "no_retry", "remove_once"]
 
 DEFAULT_TIMEOUT_S = 120.0  # how long admin waits out transient errors before giving up
@@ -235,13 +236,35 @@ def cancel_once(client: Any, move_id: int) -> None:
     _run(client, attempt)
 
 
+def add_once(client: Any, keyspace: str, node_id: int) -> int:
+    """KEYSPACE.ADDNODE; the new shard's id. On a retry (an earlier try's reply lost) it is
+    not sent again when the node serves `keyspace` already: the keyspace's newest shard
+    (the one that try made) is the answer. On the first try such a node is refused."""
+    tries = 0
+
+    def attempt(node: redis.Redis) -> int:
+        nonlocal tries
+        tries += 1
+        if tries > 1:
+            for space in node.execute_command("KEYSPACE.LIST"):
+                if (_name(field_of(space, "name")) == keyspace
+                        and node_id in [int(n) for n in field_of(space, "nodes")]):
+                    return max(int(s) for s in field_of(space, "shards"))
+        return int(node.execute_command("KEYSPACE.ADDNODE", keyspace, node_id))
+
+    return int(_run(client, attempt))
+
+
+def _name(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
 def remove_once(client: Any, keyspace: str, node_id: int) -> None:
     """KEYSPACE.REMOVENODE, idempotently: not sent again once the node has left."""
     def attempt(node: redis.Redis) -> None:
         for space in node.execute_command("KEYSPACE.LIST"):
-            name = field_of(space, "name")
-            name = name.decode() if isinstance(name, bytes) else str(name)
-            if name == keyspace and node_id not in [int(n) for n in field_of(space, "nodes")]:
+            members = [int(n) for n in field_of(space, "nodes")]
+            if _name(field_of(space, "name")) == keyspace and node_id not in members:
                 return
         node.execute_command("KEYSPACE.REMOVENODE", keyspace, node_id)
 

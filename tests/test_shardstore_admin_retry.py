@@ -34,6 +34,7 @@ from shardstore.admin_retry import (
     cancel_once,
     is_transient,
     no_retry,
+    remove_once,
 )
 from tests.conftest import find_free_port
 from tests.procs import ROOT, Daemon
@@ -68,6 +69,7 @@ class FakeNode:
         self.moves: list[dict[bytes, Any]] = []
         self.tryagain, self.lose_reply, self.refuse = tryagain, lose_reply, refuse
         self.move_calls = 0
+        self.nodes, self.empty, self.member_calls = [1, 2, 3], {3}, 0
         self.lock = threading.Lock()
 
     def answer(self, args: list[bytes]) -> bytes:
@@ -88,6 +90,12 @@ class FakeNode:
                 return _encode(self.moves)
             if name == b"SHARDSTORE.MOVE":
                 return self._move(args)
+            if name == b"KEYSPACE.LIST":
+                return _encode([{b"name": b"default", b"nodes": self.nodes,
+                                 b"shards": sorted(set(self.owner.values()) | self.empty),
+                                 b"mine": 1}])
+            if name in (b"KEYSPACE.ADDNODE", b"KEYSPACE.REMOVENODE"):
+                return self._member(name, int(args[2]))
         return b"+OK\r\n"  # CLIENT SETINFO and the like, which redis-py sends first
 
     def _counts(self) -> dict[int, int]:
@@ -121,6 +129,25 @@ class FakeNode:
             self.moves[-1][b"state"] = b"copy"  # still copying when the reply is lost
             return UNKNOWN
         return b":%d\r\n" % move_id
+
+    def _member(self, name: bytes, node: int) -> bytes:
+        """Join or leave, the reply lost (UNKNOWN) the first time when `lose_reply`."""
+        self.member_calls += 1
+        if name == b"KEYSPACE.ADDNODE":
+            if node in self.nodes:
+                return b"-ERR node %d serves keyspace 'default' already\r\n" % node
+            self.nodes.append(node)
+            self.empty.add(4)
+            reply = b":4\r\n"
+        else:
+            if node not in self.nodes:
+                return b"-ERR node %d does not serve keyspace 'default'\r\n" % node
+            self.nodes.remove(node)
+            reply = b"+OK\r\n"
+        if self.lose_reply:
+            self.lose_reply = False
+            return UNKNOWN
+        return reply
 
     def finish_copies(self) -> None:
         with self.lock:
@@ -254,6 +281,20 @@ def test_a_cancel_is_not_sent_again_once_the_move_rolls_back(serve: Any) -> None
         cancel_once(client, 1)
         cancel_once(client, 1)  # a retry after a lost OK
     assert node.move_calls == 2 and node.moves[0][b"state"] == b"cancel"
+
+
+def test_a_join_or_leave_whose_reply_was_lost_is_not_sent_again(serve: Any) -> None:
+    node = FakeNode(lose_reply=True)
+    address = serve(node)
+    with _client([address]) as client:
+        assert admin.add_node(client, "default", 7, io.StringIO()) == 4
+        assert node.member_calls == 1 and 7 in node.nodes
+        with pytest.raises(redis.ResponseError, match="serves keyspace"):
+            admin.add_node(client, "default", 7, io.StringIO())  # a first try: refused
+    node.lose_reply = True
+    with _client([address]) as client:
+        remove_once(client, "default", 7)
+    assert node.member_calls == 3 and 7 not in node.nodes
 
 
 def test_which_errors_are_transient() -> None:

@@ -10,6 +10,7 @@ the cluster).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 
@@ -45,8 +46,6 @@ async def run_command(command: str, env: dict[str, str], timeout_s: int) -> tupl
 
 
 async def _kill_group(proc: asyncio.subprocess.Process) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError):  # the group has already ended
         os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
     await proc.wait()

@@ -15,6 +15,7 @@ look for what an earlier try may have done before doing it again.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable, Sequence
 from typing import Any, TextIO
@@ -117,10 +118,8 @@ class RetryingClient:
     def _drop(self) -> None:
         """Forget the node asked now and move on to the next of the list."""
         if self._client is not None:
-            try:
+            with contextlib.suppress(redis.RedisError):  # a broken link closes as it can
                 self._client.close()
-            except redis.RedisError:
-                pass
         self._client = None
         self._turn += 1
 

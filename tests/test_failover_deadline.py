@@ -39,7 +39,7 @@ class Unavailable(Exception):
 
 
 class Usage(Exception):
-    pass
+    """What the failover core raises for an error reply (the caller's mistake, no failover)."""
 
 
 def _usage(error: ReplyError) -> Exception:

@@ -10,6 +10,7 @@ three real `shardstore serve` processes, the first `--node` of admin paused by S
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import os
 import signal
@@ -337,14 +338,12 @@ def test_reshard_completes_with_its_first_node_under_sigstop(tmp_path: Path) -> 
 def _until_serving(daemons: list[Daemon]) -> None:
     deadline = time.monotonic() + READY_S
     while True:
-        try:
-            infos = []
+        infos = []
+        with contextlib.suppress(redis.RedisError):  # a node not answering yet: ask again
             for d in daemons:
                 with redis.Redis(host=d.host, port=d.port, socket_timeout=5) as c:
                     infos.append(c.execute_command("CLUSTER", "INFO"))
-            if all(b"cluster_state:ok" in i for i in infos):
-                return
-        except redis.RedisError:
-            pass
+        if len(infos) == len(daemons) and all(b"cluster_state:ok" in i for i in infos):
+            return
         assert time.monotonic() < deadline, daemons[0].log()[-2000:]
         time.sleep(0.2)

@@ -11,7 +11,10 @@ within our guarantee (no acknowledged write lost or applied twice):
   move says the copy has passed each of the keys (`Move.copied_past`: recorded only once
   the target applied the batch, so the target agrees); into `-MOVED` when the move has
   ended (a node whose slot map is behind); else the refusal stays `-TRYAGAIN` (a key on
-  its way, or not yet walked: the source cannot tell a key that is not there yet);
+  its way, or not yet walked: the source cannot tell a key that is not there yet). A
+  multi-key command (keys of one slot, by hash tag) whose keys the copy has partly passed
+  gets `-TRYAGAIN Multiple keys request during rehashing of slot`, Redis's own reply when
+  a migrating node holds some of a request's keys and not the others;
 - the target: `ASKING` marks the connection for its next command, and only that one: any
   other command clears the mark once it has run (`clear_after_other_commands`), as Redis
   resets a client's ASKING flag after every command but ASKING itself. A command marked on
@@ -19,7 +22,9 @@ within our guarantee (no acknowledged write lost or applied twice):
   a write through the shard's log with the ASKING route, which the shard's machine applies
   only if the copy into it has passed every key (else TRYAGAIN, as Redis answers for keys
   not yet migrated), and the copy never overwrites a key once the walk has passed it; a
-  read after the shard's read barrier, with the same check.
+  read after the shard's read barrier, with the same check. A multi-key command refused
+  so gets Redis's `-TRYAGAIN Multiple keys request during rehashing of slot` too (Redis
+  answers it when an importing node lacks some of the keys of an ASKING request).
 
 Writes under ASKING go to the target's leader over the move service (migrate.OP_ASKING):
 refused (nothing appended) is retried until the timeout; a lost outcome is `-UNKNOWN`.
@@ -42,7 +47,7 @@ from core.rpc import PeerUnavailable, RpcError
 from native.crc16 import key_slot
 from shardstore import cluster
 from shardstore.cluster import ClusterConfig, ClusterView, Shard
-from shardstore.fences import fenced_move
+from shardstore.fences import ERR_IMPORTING, fenced_move
 from shardstore.keysets import KIND_SLOTS
 from shardstore.machine import ShardMachine, decode_reply
 from shardstore.migrate import (
@@ -54,13 +59,18 @@ from shardstore.migrate import (
 )
 from shardstore.moves import STATE_CANCEL, STATE_COPY
 
-__all__ = ["ASK", "ASKING_ATTR", "ERR_ASKING_TIMEOUT", "Asking", "clear_after_other_commands"]
+__all__ = ["ASK", "ASKING_ATTR", "ERR_ASKING_TIMEOUT", "ERR_MULTI_KEYS_MOVING", "Asking",
+           "clear_after_other_commands"]
 
 ASKING_ATTR = "shardstore_asking"  # set on a Session by ASKING, taken by the next command
 ASKING_NAME = "ASKING"
 ASK = "ASK {} {}"
 ERR_ASKING_TIMEOUT = "TRYAGAIN shard {} has no leader to take a write under ASKING; retry"
+# Redis's reply (cluster.c, CLUSTER_REDIR_UNSTABLE) to a request on several keys of a slot
+# that is being migrated when only some of them have moved.
+ERR_MULTI_KEYS_MOVING = "TRYAGAIN Multiple keys request during rehashing of slot"
 RETRY_S = 0.05  # between two tries of a write under ASKING nobody took
+_IMPORTING_HEAD = ERR_IMPORTING.split("{}")[0]
 
 
 def clear_after_other_commands(rows: Iterable[Command]) -> None:
@@ -157,7 +167,7 @@ class Asking:
             raise CommandError(ERR_ASKING_TIMEOUT.format(shard.shard_id))
         refusal = machine.refuse_unimported(args)  # as a write under ASKING is judged
         if refusal is not None:
-            raise refusal
+            raise self._unstable(refusal, args)
         reply = self.node.layer.execute_read(machine.store, self.node.now_ms(), args)
         if isinstance(reply, CommandError):
             raise reply
@@ -179,9 +189,15 @@ class Asking:
             await asyncio.sleep(RETRY_S)
         result = decode_reply(reply[1])
         if isinstance(result, CommandError):
-            raise result
+            raise self._unstable(result, args)
         self.asking_served += 1
         return result
+
+    def _unstable(self, error: CommandError, args: list[bytes]) -> CommandError:
+        """Redis's TRYAGAIN for a multi-key command the import refused, else `error`."""
+        if error.message.startswith(_IMPORTING_HEAD) and _several(self.node.keys_of(args)):
+            return CommandError(ERR_MULTI_KEYS_MOVING)
+        return error
 
     async def _try_write(self, shard: Shard, payload: list[Any], timeout: float
                          ) -> list[Any] | None:
@@ -214,8 +230,10 @@ class Asking:
         if move is None or move.keys.kind != KIND_SLOTS or not keys \
                 or move.state == STATE_CANCEL or move.cancelled:
             return error
-        if move.state == STATE_COPY and not all(map(move.copied_past, keys)):
-            return error
+        if move.state == STATE_COPY:
+            passed = [move.copied_past(k) for k in keys]
+            if not all(passed):  # some on their way: Redis's answer when only some moved
+                return CommandError(ERR_MULTI_KEYS_MOVING) if any(passed) else error
         slot = key_slot(keys[0])
         if move.state == STATE_COPY:
             address = self._master_address(move.target)
@@ -238,3 +256,8 @@ class Asking:
     def stats(self) -> dict[str, int]:
         """INFO fields: ASK redirections answered, commands served under ASKING."""
         return {"asks": self.asks, "asking_served": self.asking_served}
+
+
+def _several(keys: list[bytes]) -> bool:
+    """Whether a request names more than one distinct key."""
+    return len(set(keys)) > 1

@@ -6,7 +6,9 @@ ASKING runs only on keys the walk has passed; the imports survive a restart. On 
 sockets, in one event loop (three nodes, 3 shards of 2 replicas), with the move's copy held
 after its first batch: redis-py's RedisCluster and `redis-cli -c` read and write a key the
 copy has taken, through the source's `-ASK` and the target's ASKING (counted by the nodes'
-SHARDSTORE.STATUS), a key still on its way gets `-TRYAGAIN`, FLUSHALL on either shard's
+SHARDSTORE.STATUS), a key still on its way gets `-TRYAGAIN`, a multi-key request whose
+keys have partly moved gets Redis's `-TRYAGAIN Multiple keys request during rehashing of
+slot` (sans I/O, on both sides), FLUSHALL on either shard's
 master gets `-TRYAGAIN`, DBSIZE summed over the nodes counts no key twice, and once the
 move finishes every write made under ASKING is there."""
 
@@ -27,8 +29,10 @@ from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 from redis.cluster import RedisCluster
 
 from core.resp import CommandError
-from native.crc16 import key_slot
-from shardstore.fences import ERR_FENCED, Fences, fenced_move
+from native.crc16 import SLOT_COUNT, key_slot
+from shardstore.asking import ERR_MULTI_KEYS_MOVING, Asking
+from shardstore.cluster import ClusterConfig, ClusterView, Shard
+from shardstore.fences import ERR_FENCED, ERR_IMPORTING, Fences, fenced_move
 from shardstore.keysets import KeySet
 from shardstore.machine import (
     KIND_COPY,
@@ -163,6 +167,62 @@ def test_old_move_records_still_read() -> None:
     wire = msgpack.unpackb(msgpack.packb(move.to_wire()))
     assert Move.from_wire(wire) == move and Move.from_wire(wire[:9]) == move
     assert move.copied_past(b"a") and not move.copied_past(b"z")
+
+
+class _StubNode:
+    """What Asking.redirect and the ASKING write path read of a node: a configuration with
+    one slot move (shard 1 -> 2) and a view giving shard 2's master an address."""
+
+    def __init__(self, move: Move) -> None:
+        self.config = ClusterConfig(epoch=3, shards={1: Shard(1, 1, [1]), 2: Shard(2, 2, [2])},
+                                    moves={move.move_id: move})
+        self.config.ranges = [(0, SLOT_COUNT - 1, 1)]
+        self.config.rebuild()
+        self.me = 1
+
+    def keys_of(self, args: list[bytes]) -> list[bytes]:
+        return list(args[1::2]) if args[0].upper() == b"MSET" else list(args[1:])
+
+    def view(self) -> ClusterView:
+        return ClusterView(self.config, 1, {1: "127.0.0.1:7001", 2: "127.0.0.1:7002"},
+                           {1: 1, 2: 2})
+
+
+def test_a_multi_key_request_partly_moved_gets_redis_tryagain() -> None:
+    keys = [b"{t}a", b"{t}b", b"{t}c"]  # one slot; the copy has passed {t}a and {t}b
+    slot = key_slot(keys[0])
+    move = Move(9, KeySet.of_slots([slot]), 1, 2, cursor=b"{t}b")
+    asking = Asking(_StubNode(move))  # type: ignore[arg-type]
+    fenced = CommandError(ERR_FENCED.format(9))
+    assert asking.redirect(fenced, [b"MGET", *keys]).message == ERR_MULTI_KEYS_MOVING
+    assert asking.redirect(fenced, [b"MSET", keys[0], b"1", keys[2], b"2"]).message == (
+        "TRYAGAIN Multiple keys request during rehashing of slot")
+    assert asking.redirect(fenced, [b"MGET", *keys[:2]]).message == (
+        f"ASK {slot} 127.0.0.1:7002")  # every key passed: ASK, as Redis when none is left
+    assert asking.redirect(fenced, [b"MGET", keys[2], keys[2]]) is fenced  # one key
+    assert asking.redirect(fenced, [b"GET", keys[2]]) is fenced  # not yet walked
+    importing = CommandError(ERR_IMPORTING.format(9))  # the target, under ASKING
+    assert asking._unstable(importing, [b"MGET", *keys]).message == ERR_MULTI_KEYS_MOVING
+    assert asking._unstable(importing, [b"GET", keys[2]]) is importing
+    other = CommandError("ERR wrong number of arguments")
+    assert asking._unstable(other, [b"MGET", *keys]) is other
+
+
+@given(st.lists(st.binary(min_size=1, max_size=6), min_size=1, max_size=6),
+       st.binary(max_size=6))
+def test_the_source_answers_ask_tryagain_or_the_fence_by_the_copy_cursor(
+        keys: list[bytes], cursor: bytes) -> None:
+    move = Move(4, KeySet.of_slots([0]), 1, 2, cursor=cursor)
+    asking = Asking(_StubNode(move))  # type: ignore[arg-type]
+    fenced = CommandError(ERR_FENCED.format(4))
+    reply = asking.redirect(fenced, [b"MGET", *keys]).message
+    passed = [k <= cursor for k in keys]
+    if all(passed):
+        assert reply.startswith("ASK ")
+    elif any(passed):
+        assert reply == ERR_MULTI_KEYS_MOVING
+    else:
+        assert reply == fenced.message
 
 
 # -- on real sockets --------------------------------------------------------------------------

@@ -329,14 +329,21 @@ class Worker:
             if wait > 0:
                 await asyncio.sleep(wait)
                 continue
-            for key, task in list(self.running.items()):
-                if key not in self.fenced:
-                    log.warning("run %s: cut off from every node for %.1f s: killed "
-                                "(fenced), reported as abandoned on reconnection", key,
-                                time.monotonic() - self._contact)
-                    self.fenced.add(key)
-                    task.cancel()
+            self._fence_runs()
             await asyncio.sleep(FENCE_CHECK_S)
+
+    def _fence_runs(self) -> None:
+        """Cancel every run in `running` not fenced yet; each reports itself abandoned.
+        Only runs whose task has begun are there (`_execute` adds itself): a task cancelled
+        before its first step never enters its body, so it would neither report nor free
+        its place, and its run would stay started in the cluster for good."""
+        for key, task in list(self.running.items()):
+            if key not in self.fenced:
+                log.warning("run %s: cut off from every node for %.1f s: killed (fenced), "
+                            "reported as abandoned on reconnection", key,
+                            time.monotonic() - self._contact)
+                self.fenced.add(key)
+                task.cancel()
 
     def _start(self, raw: list[Any]) -> None:
         try:
@@ -354,11 +361,9 @@ class Worker:
         gate = self._slot_gate(run)
         if gate is not None:
             self._gated += 1
-        task = asyncio.create_task(self._execute(run, gate))
+        task = asyncio.create_task(self._execute(run, gate, key))
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
-        self.running[key] = task
-        task.add_done_callback(lambda _: self.running.pop(key, None))
 
     def _slot_gate(self, run: Run) -> asyncio.Future[None] | None:
         """What a run fired ahead waits on to start at its slot (None: start now). One
@@ -387,7 +392,11 @@ class Worker:
             if not gate.done():
                 gate.set_result(None)
 
-    async def _execute(self, run: Run, gate: asyncio.Future[None] | None) -> None:
+    async def _execute(self, run: Run, gate: asyncio.Future[None] | None, key: str) -> None:
+        """Run one attempt (at its slot, if gated) and report it. The run is in `running`
+        (where the fence and the cluster's kills find it) from this task's first step on,
+        and leaves it before its report."""
+        self.running[key] = asyncio.current_task()  # type: ignore[assignment]
         try:
             if gate is not None:  # fired ahead: it starts at its slot
                 try:
@@ -398,7 +407,8 @@ class Worker:
                 log.debug("run %s: %s", run.run_id, run.command)
                 code, output = await self._attempt(run)
         except asyncio.CancelledError:
-            if f"{run.run_id}#{run.attempt}" not in self.fenced:
+            if key not in self.fenced:
+                self.running.pop(key, None)
                 raise
             task = asyncio.current_task()
             if task is not None:
@@ -407,7 +417,6 @@ class Worker:
         finally:
             self._held -= 1
             self._freed.set()
-        key = f"{run.run_id}#{run.attempt}"
         self.running.pop(key, None)  # ended: nothing to kill
         await self._report(run.run_id, code, output, run.attempt)
         self.fenced.discard(key)

@@ -17,9 +17,10 @@ connection is closed (Redis does the same: the stream cannot be resynchronised).
 
 A daemon may take a run of pipelined commands together (`RespServer.pipeline`, a
 `Pipeline`): offered the parsed commands from one on, it takes the first n >= 2 or none,
-and answers them with one coroutine of n results; the connection waits for it as for one
-command, and the replies are written in order (shardstore proposes a run of writes to
-one shard as one Raft entry).
+and answers them with one coroutine of n results (the connection waits for it as for one
+command) or with the list of n results at once; the replies are written in order
+(shardstore proposes a run of writes to one shard as one Raft entry, and answers a run of
+reads that need no barrier at once).
 """
 
 from __future__ import annotations
@@ -68,11 +69,12 @@ MAX_SHOWN_CHARS = 128
 
 # A daemon's taker of pipelined runs: (session, commands, index) -> the rows of the run it
 # takes, commands[index:index + len(rows)] with len(rows) >= 2, and a coroutine of one
-# result per command in order (a reply value, or a CommandError); None: it takes none.
+# result per command in order (a reply value, or a CommandError), or that list itself when
+# it could answer at once; None: it takes none.
 # It sees authenticated sessions only and takes only commands whose `plain_row` it got.
 Pipeline = Callable[
     [Session, list[list[bytes]], int],
-    tuple[list[Command], Coroutine[Any, Any, list[Any]]] | None,
+    tuple[list[Command], Coroutine[Any, Any, list[Any]] | list[Any]] | None,
 ]
 
 
@@ -234,10 +236,11 @@ class RespServer:
 
     def dispatch_pipeline(
         self, session: Session, commands: list[list[bytes]], index: int
-    ) -> tuple[int, Coroutine[Any, Any, bytes]] | None:
-        """Offer commands[index:] to the daemon's `pipeline`: (how many it took, a coroutine
-        of their replies' bytes in order), or None when it took none."""
+    ) -> tuple[int, bytes | Coroutine[Any, Any, bytes]] | None:
+        """Offer commands[index:] to the daemon's `pipeline`: (how many it took, their
+        replies' bytes in order or a coroutine of them), or None when it took none."""
         assert self.pipeline is not None
+        started = perf_counter_ns()
         taken = self.pipeline(session, commands, index)
         if taken is None:
             return None
@@ -246,7 +249,9 @@ class RespServer:
         for row in rows:
             row.latency.calls += 1
         session.last_command = rows[-1].name
-        return len(rows), self._finish_run(rows, session, pending, perf_counter_ns())
+        if type(pending) is list:
+            return len(rows), self._encode_run(rows, session, pending, started)
+        return len(rows), self._finish_run(rows, session, pending, started)  # type: ignore[arg-type]
 
     async def _finish_run(
         self, rows: list[Command], session: Session,
@@ -256,10 +261,18 @@ class RespServer:
             results = await pending
         except Exception:
             return b"".join(self._internal_error(row) for row in rows)
+        return self._encode_run(rows, session, results, started)
+
+    def _encode_run(
+        self, rows: list[Command], session: Session, results: list[Any], started: int
+    ) -> bytes:
         each = (perf_counter_ns() - started) // len(rows)
         replies = []
         for row, result in zip(rows, results, strict=True):
-            if isinstance(result, CommandError):
+            if type(result) is bytes:  # the common reply (GET): a bulk string
+                row.latency.record(each)
+                replies.append(b"$%d\r\n%s\r\n" % (len(result), result))
+            elif isinstance(result, CommandError):
                 row.latency.errors += 1
                 replies.append(encode_error(result.message))
             else:

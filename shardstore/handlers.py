@@ -47,10 +47,8 @@ from typing import Any, Protocol
 
 from core.command_table import (
     ERR_CROSSSLOT,
-    BeginIndex,
     Command,
     CrossSlotError,
-    FindRange,
     KeysError,
     request_slot,
 )
@@ -69,7 +67,7 @@ from shardstore.cluster_replies import info_reply, nodes_reply, shards_reply, sl
 from shardstore.cmd_tables import TableCommands
 from shardstore.machine import MergedKV, ShardMachine, decode_reply
 from shardstore.owned import owned_store
-from shardstore.pipeline import Pipelines
+from shardstore.pipeline import Pipelines, single_key
 from shardstore.writes import LeaderWrites
 
 __all__ = ["COMMON_NAMES", "ERR_CLUSTERDOWN", "ClientCommands", "NodeView"]
@@ -117,15 +115,6 @@ class NodeView(Protocol):
     def replicas_in_sync(self) -> int: ...
 
 
-def _single_key(row: Command) -> bool:
-    """Whether the row's one key is always its first argument (GET, SET, INCR, HSET...):
-    its slot is then that key's, without walking the key specs."""
-    if len(row.key_specs) != 1:
-        return False
-    spec = row.key_specs[0]
-    return spec.begin == BeginIndex(1) and spec.find == FindRange(0, 1, 0)
-
-
 def _readonly(session: Session) -> bool:
     return bool(getattr(session, READONLY_ATTR, False))
 
@@ -167,7 +156,7 @@ class ClientCommands:
 
     def _keyed(self, row: Command) -> Any:
         write = WRITE_FLAG in row.flags
-        single = _single_key(row)  # dispatch checked the arity: args[1] is there
+        single = single_key(row)  # dispatch checked the arity: args[1] is there
         runner = getattr(self.layer, "read_runner", None)
         read = runner(row.name) if runner is not None and not write else None
 

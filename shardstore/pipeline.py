@@ -11,7 +11,15 @@ saves work; otherwise it takes nothing and core dispatches the command alone:
 - reads (keyed, slot-addressed) of a shard whose reads need a barrier (a shard of
   several replicas; not on a READONLY connection, where reads are served at once): one
   read barrier covers the run, then each read runs on the local replica. Every read of
-  the run arrived before the barrier began, so each is still linearizable.
+  the run arrived before the barrier began, so each is still linearizable;
+- reads that need no barrier (a READONLY connection, or shards whose group says
+  `reads_ready`: this node is the only voter and leader, with everything committed
+  applied): the run of them, over any shards hosted here, is answered at once from the
+  local replicas, in one pass, with no task and no await (core writes the replies in
+  one write). Each read is exactly what it would be alone: the state is the same.
+
+Routing a keyed command of one key in its first argument (GET, SET, INCR, ...) takes the
+key's slot directly, without walking the row's key specs.
 
 A run is at most MAX_BATCH_COMMANDS long and never mixes reads and writes, so a read
 after writes in the pipeline runs once they are applied, as it would one by one. A
@@ -23,12 +31,20 @@ from __future__ import annotations
 from collections.abc import Callable, Coroutine
 from typing import Any, Protocol
 
-from core.command_table import Command, CrossSlotError, KeysError, request_slot
+from core.command_table import (
+    BeginIndex,
+    Command,
+    CrossSlotError,
+    FindRange,
+    KeysError,
+    request_slot,
+)
 from core.raft.driver_types import ProposalUnknown
 from core.raft.errors import RaftError
 from core.raft_service import ERR_OUTCOME_UNKNOWN
 from core.resp import CommandError
 from core.resp_session import Session
+from native.crc16 import key_slot
 from shardstore.asking import ASKING_ATTR, Asking
 from shardstore.barriers import SharedBarriers
 from shardstore.cluster import Shard
@@ -36,7 +52,7 @@ from shardstore.cmd_tables import TableCommands
 from shardstore.machine import decode_reply
 from shardstore.writes import MAX_BATCH_COMMANDS
 
-__all__ = ["ClientView", "Pipelines"]
+__all__ = ["ClientView", "Pipelines", "single_key"]
 
 WRITE_FLAG = "write"
 
@@ -55,7 +71,16 @@ class ClientView(Protocol):
     def read_local(self, shard: Shard, args: list[bytes], read: Any = None) -> Any: ...
 
 Routed = tuple[Command, Shard, bool, bool]  # row, shard, routed as range rows, a write
-Run = tuple[list[Command], Coroutine[Any, Any, list[Any]]]
+Run = tuple[list[Command], Coroutine[Any, Any, list[Any]] | list[Any]]
+
+
+def single_key(row: Command) -> bool:
+    """Whether the row's one key is always its first argument (GET, SET, INCR, HSET...):
+    its slot is then that key's, without walking the key specs."""
+    if len(row.key_specs) != 1:
+        return False
+    spec = row.key_specs[0]
+    return spec.begin == BeginIndex(1) and spec.find == FindRange(0, 1, 0)
 
 
 class Pipelines:
@@ -65,6 +90,7 @@ class Pipelines:
         self.commands = commands
         self.readonly = readonly  # whether the connection sent READONLY
         self._readers: dict[str, Any] = {}  # command name -> commands.read_runner's
+        self._single: dict[str, bool] = {}  # command name -> single_key(row)
 
     def take(self, session: Session, commands: list[list[bytes]], index: int) -> Run | None:
         """core.resp_server.Pipeline: the run that starts at commands[index], or None."""
@@ -74,9 +100,12 @@ class Pipelines:
         if first is None:
             return None
         row, shard, ranged, write = first
-        if not write and (ranged or self.readonly(session)
-                          or self.commands.node.service.reads_ready(shard.group)):
-            return None  # answered at once, one by one
+        if not write:
+            if ranged:
+                return None  # answered one by one
+            stale_ok = self.readonly(session)
+            if stale_ok or self.commands.node.service.reads_ready(shard.group):
+                return self._ready_reads(commands, index, first, stale_ok)
         rows, run = [row], [(commands[index], ranged)]
         end = min(len(commands), index + MAX_BATCH_COMMANDS)
         for args in commands[index + 1:end]:
@@ -105,7 +134,10 @@ class Pipelines:
             ranged = client.tables.range_shard(row, args)
             if ranged is not None:
                 return row, ranged, True, write
-            slot = request_slot(row, args)
+            single = self._single.get(row.name)
+            if single is None:
+                single = self._single[row.name] = single_key(row)
+            slot = key_slot(args[1]) if single else request_slot(row, args)
             if slot is None:
                 return None
             return row, client.local_shard(slot), False, write
@@ -125,6 +157,37 @@ class Pipelines:
         replies = [decode_reply(result) for result in results]
         return [client.asking.redirect(reply, args) if isinstance(reply, CommandError)
                 else reply for reply, (args, _) in zip(replies, run, strict=True)]
+
+    def _ready_reads(self, commands: list[list[bytes]], index: int, first: Routed,
+                     stale_ok: bool) -> Run | None:
+        """The run of reads from commands[index] (routed as `first`) that need no barrier,
+        answered now from the local replicas; None when the run is one read long."""
+        reads_ready = self.commands.node.service.reads_ready
+        ready = {first[1].group: True}  # group -> reads_ready, asked once per run
+        run = [(commands[index], first[0], first[1])]
+        end = min(len(commands), index + MAX_BATCH_COMMANDS)
+        for args in commands[index + 1:end]:
+            routed = self._routed(args)
+            if routed is None or routed[2] or routed[3]:
+                break
+            shard = routed[1]
+            if not stale_ok:
+                ok = ready.get(shard.group)
+                if ok is None:
+                    ok = ready[shard.group] = reads_ready(shard.group)
+                if not ok:
+                    break
+            run.append((args, routed[0], shard))
+        if len(run) < 2:
+            return None
+        read_local = self.commands.read_local
+        results: list[Any] = []
+        for args, row, shard in run:
+            try:
+                results.append(read_local(shard, args, self._reader(row)))
+            except CommandError as error:
+                results.append(error)
+        return [row for _, row, _ in run], results
 
     def _unavailable(self, shard: Shard, exc: BaseException) -> CommandError:
         service = self.commands.node.service

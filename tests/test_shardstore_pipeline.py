@@ -255,3 +255,51 @@ def test_a_run_of_reads_behind_a_barrier_takes_one_barrier(tmp_path: Path) -> No
     assert str(got[6]).startswith("error: value is not an integer"), got
     assert got[7:] == [b"a", 1, -1]
     assert barriers == 2, barriers  # one per run of reads (one slot: one shard)
+
+
+READY_SCRIPT = [
+    "SET a 1", "SET b xy", "HSET h f 1", "GET a", "GET b", "GET missing", "HGET h f",
+    "GET h", "STRLEN b", "EXISTS {t}1 {t}2", "MGET {t}1 {t}2", "TTL a", "TYPE h",
+    "INCR a", "GET a", "get b", "PING", "GET a", "GET b",
+]
+
+
+@pytest.mark.skipif(REDIS_SERVER is None, reason="redis-server is not installed")
+def test_a_run_of_reads_that_need_no_barrier_is_answered_at_once(tmp_path: Path) -> None:
+    """One replica, this node the leader: a run of reads over both shards is answered in
+    one pass from the local replicas (no barrier, no task), with redis-server's replies
+    in order, errors included; a read after a write in the pipeline sees it."""
+    (tmp_path / "redis").mkdir()
+    with redis_server(tmp_path / "redis") as redis_port:
+        expected = pipelined(redis_port, READY_SCRIPT)
+
+    async def main() -> tuple[list[Any], list[int], int]:
+        node = await single_node(tmp_path, SHARDS)
+        try:
+            pipes = node.commands.pipelines
+            real_ready, real_barrier = pipes._ready_reads, node.service.barrier
+            runs: list[int] = []
+            barriers = [0]
+
+            def ready_reads(*args: Any) -> Any:
+                taken = real_ready(*args)
+                if taken is not None:
+                    assert type(taken[1]) is list  # answered at once
+                    runs.append(len(taken[0]))
+                return taken
+
+            async def barrier(group: int | None = None) -> Any:
+                barriers[0] += 1
+                return await real_barrier(group)
+
+            pipes._ready_reads = ready_reads  # type: ignore[method-assign]
+            node.service.barrier = barrier  # type: ignore[method-assign]
+            got = await asyncio.to_thread(pipelined, node.settings.listen[1], READY_SCRIPT)
+            return got, runs, barriers[0]
+        finally:
+            await node.stop()
+
+    got, runs, barriers = asyncio.run(main())
+    assert got == expected
+    assert runs == [10, 2, 2], runs  # GET a .. TYPE h; GET a, get b; GET a, GET b
+    assert barriers == 0

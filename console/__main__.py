@@ -35,6 +35,14 @@ HELP: Final = {
 }
 
 
+def _listen(text: str) -> str:
+    try:
+        split_address(text, any_port=True)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
 def _addresses(text: str) -> list[str]:
     out = [word.strip() for word in text.split(",") if word.strip()]
     for address in out:
@@ -51,7 +59,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         prog="python -m console",
         description="web console: cluster members and leaders, scheduler jobs, shardstore "
                     "slots, dfs servers, kvcache pools, live charts")
-    parser.add_argument("--listen", type=lambda t: _addresses(t)[0], default="127.0.0.1:8080",
+    parser.add_argument("--listen", type=_listen, default="127.0.0.1:8080",
                         help="HOST:PORT to serve HTTP on (default 127.0.0.1:8080)")
     for daemon in DAEMONS:
         parser.add_argument(f"--{daemon}", type=_addresses, default=[], metavar="H:P[,H:P]",
@@ -71,7 +79,7 @@ def targets_from(args: argparse.Namespace, environ: dict[str, str]) -> Targets:
 
 async def _serve(args: argparse.Namespace) -> None:
     server = ConsoleServer(targets_from(args, dict(os.environ)), interval_s=args.interval)
-    host, port = split_address(args.listen)
+    host, port = split_address(args.listen, any_port=True)
     bound = await server.start(host, port)
     print(f"console: http://{host}:{bound}/", flush=True)
     stop = asyncio.Event()

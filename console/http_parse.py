@@ -100,6 +100,8 @@ class RequestReader:
     def next_request(self) -> Request | _NeedData:
         """The next complete request, or NEED_DATA; raises HttpError on a bad request."""
         if self._head is None:
+            while self._buffer.startswith(b"\r\n"):  # empty lines before a request are ignored
+                del self._buffer[:2]
             end = self._buffer.find(_HEAD_END)
             if end < 0:
                 if len(self._buffer) > self.max_head:

@@ -21,6 +21,8 @@ __all__ = ["PROBE_TIMEOUT_S", "MemcachedLink", "NodeLink", "Reply", "parse_info"
 PROBE_TIMEOUT_S: Final = 1.5  # a node slower than this to answer is shown as down
 MAX_TEXT_CHARS: Final = 4096  # longer strings in a reply are cut (a job's command, a message)
 
+ERR_NO_STATS: Final = "no stats reply (server down)"
+
 Reply = Any  # a JSON-able value, or {"error": text}
 
 
@@ -56,10 +58,12 @@ def parse_info(text: str) -> dict[str, dict[str, str]]:
     return sections
 
 
-def split_address(address: str) -> tuple[str, int]:
-    """host:port -> (host, port); raises ValueError."""
+def split_address(address: str, *, any_port: bool = False) -> tuple[str, int]:
+    """host:port -> (host, port); raises ValueError. Port 0 only with `any_port` (a
+    listening address the system picks a port for)."""
     host, colon, port = address.rpartition(":")
-    if not colon or not host or not port.isdigit() or not 0 < int(port) < 65536:
+    low = 0 if any_port else 1
+    if not colon or not host or not port.isdigit() or not low <= int(port) < 65536:
         raise ValueError(f"address must be HOST:PORT, got {address!r}")
     return host, int(port)
 
@@ -131,8 +135,11 @@ class MemcachedLink:
             self.error = str(exc) or type(exc).__name__
             await self._client.close()
             return None
+        if not replies:  # the client skips a server it knows is down
+            self.error = ERR_NO_STATS
+            return None
         self.error = ""
-        return next(iter(replies.values()), {})
+        return next(iter(replies.values()))
 
     async def close(self) -> None:
         """Close the client's connections."""

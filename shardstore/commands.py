@@ -20,6 +20,11 @@ Expiry: expired keys are invisible at once (lazy); `expire_sweep` finds expired 
 `sweep_request(keys)` is the write the daemon proposes to delete them through Raft. It is
 an internal request, not in the table: applied, it deletes each key only if the key is
 still expired at the entry's now_ms (a key set again meanwhile survives).
+
+The two commands of the hot path have shortcuts with the same effect and reply: a plain
+`SET key value` (no options) is written without reading the old record (it replaces any
+value of any type and drops its expiry), and GET's read runner reads the record directly,
+without a View.
 """
 
 from __future__ import annotations
@@ -28,13 +33,20 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from core.command_table import Command, Handler, KeySpec, key_at, keys_from
-from core.resp import CommandError
+from core.resp import OK, CommandError
 from shardstore import cmd_hashes as h
 from shardstore import cmd_keys as k
 from shardstore import cmd_strings as s
 from shardstore.kvview import KV, DictKV, View, walk_keys
 from shardstore.scan_cursor import ScanCursors
-from shardstore.values import ERR_ARITY, ERR_NOT_A_READ, ERR_NOT_A_WRITE, ERR_UNKNOWN_COMMAND
+from shardstore.values import (
+    ERR_ARITY,
+    ERR_NOT_A_READ,
+    ERR_NOT_A_WRITE,
+    ERR_UNKNOWN_COMMAND,
+    ERR_WRONGTYPE,
+    TAG_STRING,
+)
 
 __all__ = [
     "COMMANDS", "KV", "SPECS", "SWEEP_COMMAND", "CommandSpec", "DictKV", "ScanCursors",
@@ -48,6 +60,7 @@ SWEEP_COMMAND = b"SHARDSTORE.SWEEP-EXPIRED"
 SWEEP_CHUNK_KEYS = 256
 # How much of a request an unknown-command error quotes (Redis's bound: 128 bytes).
 UNKNOWN_SHOWN_BYTES = 128
+PLAIN_SET_WORDS = 3  # SET key value, with no option
 
 
 @dataclass(frozen=True)
@@ -206,6 +219,8 @@ def read_runner(name: str) -> Callable[[KV, int, list[bytes]], object] | None:
     spec = SPECS.get(name.upper().encode())
     if spec is None or spec.is_write or spec.name == "scan":
         return None
+    if spec.name == "get":
+        return _get
     fn = spec.fn
 
     def run(kv: KV, now_ms: int, args: list[bytes]) -> object:
@@ -217,10 +232,26 @@ def read_runner(name: str) -> Callable[[KV, int, list[bytes]], object] | None:
     return run
 
 
+def _get(kv: KV, now_ms: int, args: list[bytes]) -> object:
+    """GET's read runner: cmd_strings.cmd_get's reply, read without a View."""
+    record = kv.get(args[1])
+    if record is None:
+        return None
+    stored, expire_at_ms = record
+    if expire_at_ms != 0 and expire_at_ms <= now_ms:
+        return None
+    if stored[:1] != TAG_STRING:
+        return CommandError(ERR_WRONGTYPE)
+    return stored[1:]
+
+
 def execute_write(kv: KV, now_ms: int, args: list[bytes], applied_index: int) -> object:
     """Apply write command `args` (name first, or a sweep_request) at the leader-stamped
     `now_ms`; calls kv.write(batch, applied_index) exactly once, even when the command
     fails or changes nothing, and returns the reply."""
+    if len(args) == PLAIN_SET_WORDS and args[0].upper() == b"SET":
+        kv.write([(args[1], TAG_STRING + args[2], 0)], applied_index)  # as cmd_set would
+        return OK
     view = View(kv, now_ms, writable=True)
     try:
         reply = _run_write(view, args)

@@ -18,6 +18,12 @@ Every figure is a ratio from this run on this machine. Sections:
    with `redis-cli --pipe`, beside redis-server's RSS for the same keys (goal: ours below
    it, since values stay on disk: the figure is redis / ours, goal >= 1.0).
 
+Sections 1 to 3 run `-t set` and `-t get` as separate redis-benchmark commands and read
+the servers' CPU seconds (user + system, psutil; every shardstore node of the run, and the
+redis-server or every Redis Cluster master) around each, so each throughput figure has a
+row beside it: requests per server CPU-second, ours against redis's (informational; it
+shows the cost per request apart from how busy the machine's other processes keep it).
+
 Each run checks its own result: redis-benchmark exits 0 and reports no error, the key it
 wrote reads back as written, and section 4's key count and sampled values are right on both
 sides. A failed run is reported (and in the JSON), never dropped; the command exits 1 when
@@ -169,58 +175,99 @@ def parse_rates(text: str) -> dict[str, float]:
     return rates
 
 
+def cpu_seconds(servers: list[ServerProcess]) -> float:
+    """User + system CPU seconds the servers' processes have used so far (every thread)."""
+    total = 0.0
+    for server in servers:
+        times = psutil.Process(server.pid).cpu_times()
+        total += times.user + times.system
+    return total
+
+
 def run_benchmark(server: ServerProcess, requests: int, pipeline: int,
-                  extra: tuple[str, ...] = ()) -> dict[str, Any]:
-    """redis-benchmark -t set,get against `server`; checks its exit, its errors and that
-    the key it wrote reads back as written."""
+                  extra: tuple[str, ...] = (), cpu_of: list[ServerProcess] | None = None
+                  ) -> dict[str, Any]:
+    """redis-benchmark -t set, then -t get, against `server`, with the CPU seconds of
+    `cpu_of` (default: `server`) used by each; checks each exit, its errors and that the
+    key it wrote reads back as written."""
     with contextlib.suppress(ReplyError, OSError):
         server.call("DEL", BENCH_KEY)
-    argv = [
-        "redis-benchmark", "-h", server.host, "-p", str(server.port), "-c", str(CLIENTS),
-        "-n", str(requests), "-P", str(pipeline), "-t", "set,get", "-q", "--csv", *extra,
-    ]
-    proc = subprocess.run(argv, capture_output=True, text=True, timeout=600)
-    if proc.returncode != 0 or "error" in proc.stderr.lower():
-        raise RuntimeError(f"{shlex.join(argv)} failed ({proc.returncode}): {proc.stderr[-2000:]}")
-    rates = parse_rates(proc.stdout)
+    rates: dict[str, float] = {}
+    per_cpu: dict[str, float] = {}
+    commands = []
+    for test in ("set", "get"):
+        argv = [
+            "redis-benchmark", "-h", server.host, "-p", str(server.port), "-c", str(CLIENTS),
+            "-n", str(requests), "-P", str(pipeline), "-t", test, "-q", "--csv", *extra,
+        ]
+        before = cpu_seconds(cpu_of or [server])
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=600)
+        used = cpu_seconds(cpu_of or [server]) - before
+        if proc.returncode != 0 or "error" in proc.stderr.lower():
+            raise RuntimeError(f"{shlex.join(argv)} failed ({proc.returncode}): "
+                               f"{proc.stderr[-2000:]}")
+        for name, rate in parse_rates(proc.stdout).items():
+            rates[name] = rate
+            per_cpu[name] = requests / used if used > 0 else 0.0
+        commands.append(shlex.join(argv))
     if "--cluster" not in extra:
         value = server.call("GET", BENCH_KEY)
         if not isinstance(value, bytes) or len(value) != DATA_BYTES:
             raise RuntimeError(f"{server.name}: GET {BENCH_KEY} read {value!r} after the SETs")
     return {"server": server.name, "pipeline": pipeline, "requests": requests, "rps": rates,
-            "command": shlex.join(argv)}
+            "per_cpu_second": per_cpu, "command": "; ".join(commands)}
 
 
-def compare(rec: Recorder, section: str, plan: Plan, ours: ServerProcess, peer: ServerProcess,
+@dataclass(frozen=True)
+class Side:
+    """One side of a comparison: the server redis-benchmark talks to, and every server
+    process whose CPU seconds count for it."""
+
+    server: ServerProcess
+    processes: list[ServerProcess]
+
+
+def compare(rec: Recorder, section: str, plan: Plan, ours: Side, peer: Side,
             label: str, peer_label: str, goals: dict[int, float | None],
             extra: tuple[str, ...] = ()) -> None:
-    """Interleaved rounds of both sides at each pipeline depth; one figure per test."""
+    """Interleaved rounds of both sides at each pipeline depth; per test one figure of
+    requests/s and one of requests per server CPU-second."""
     for pipeline, requests in plan.requests.items():
         if "--cluster" in extra:
             requests = plan.cluster_requests
         rates: dict[str, dict[str, list[float]]] = {"ours": {}, "peer": {}}
+        per_cpu: dict[str, dict[str, list[float]]] = {"ours": {}, "peer": {}}
         for round_ in range(plan.rounds):
-            for side, server in (("ours", ours), ("peer", peer)):
+            for side, which in (("ours", ours), ("peer", peer)):
                 name = f"{section} {label} -P {pipeline} round {round_ + 1} {side}"
                 result = rec.attempt(section, name,
-                                     partial(run_benchmark, server, requests, pipeline, extra))
+                                     partial(run_benchmark, which.server, requests, pipeline,
+                                             extra, which.processes))
                 if result is None:
                     continue
-                progress(f"{name}: " + ", ".join(f"{t} {r:,.0f}/s"
-                                                   for t, r in result["rps"].items()))
+                progress(f"{name}: " + ", ".join(
+                    f"{t} {r:,.0f}/s ({result['per_cpu_second'][t]:,.0f} per CPU-s)"
+                    for t, r in result["rps"].items()))
                 for test, rate in result["rps"].items():
                     rates[side].setdefault(test, []).append(rate)
+                    per_cpu[side].setdefault(test, []).append(result["per_cpu_second"][test])
         for test in ("SET", "GET"):
-            ours_rates = rates["ours"].get(test, [])
-            peer_rates = rates["peer"].get(test, [])
             goal = goals.get(pipeline)
             row = f"{label} {test} -c {CLIENTS} -P {pipeline}"
-            figure = Figure(
-                section, row, median(ours_rates), "req/s", peer_label, median(peer_rates),
-                goal, "-" if goal is None else f">= {goal}x",
-                detail={"ours": ours_rates, "peer": peer_rates},
-            ) if ours_rates and peer_rates else None
-            rec.add(figure, section, row)
+            rec.add(_figure(section, row, rates, test, "req/s", peer_label, goal), section, row)
+            row_cpu = f"{row} per CPU-second"
+            rec.add(_figure(section, row_cpu, per_cpu, test, "req/CPU-s", peer_label, None),
+                    section, row_cpu)
+
+
+def _figure(section: str, row: str, values: dict[str, dict[str, list[float]]], test: str,
+            unit: str, peer_label: str, goal: float | None) -> Figure | None:
+    """The median of each side's rounds for `test` as a Figure; None when a side has none."""
+    ours, peer = values["ours"].get(test, []), values["peer"].get(test, [])
+    if not ours or not peer:
+        return None
+    return Figure(section, row, median(ours), unit, peer_label, median(peer), goal,
+                  "-" if goal is None else f">= {goal}x", detail={"ours": ours, "peer": peer})
 
 
 def section_one_replica(plan: Plan, rec: Recorder) -> None:
@@ -228,16 +275,16 @@ def section_one_replica(plan: Plan, rec: Recorder) -> None:
         ours = shardstore_nodes(1, 1, 1, fsync)
         with running([*ours, redis_aof(fsync)]) as (node, redis):
             wait_writable(node)
-            compare(rec, "1", plan, node, redis, f"1 replica {fsync}",
-                    f"redis aof {fsync}", dict(GOALS))
+            compare(rec, "1", plan, Side(node, [node]), Side(redis, [redis]),
+                    f"1 replica {fsync}", f"redis aof {fsync}", dict(GOALS))
 
 
 def section_three_replicas(plan: Plan, rec: Recorder) -> None:
     with running([*shardstore_nodes(3, 1, 3, "always"), redis_aof("always")]) as servers:
         wait_writable(servers[0])
         leader = shard_leader(servers[:3])
-        compare(rec, "2", plan, leader, servers[3], "3 replicas always", "redis aof always",
-                {1: None, 16: None})
+        compare(rec, "2", plan, Side(leader, servers[:3]), Side(servers[3], [servers[3]]),
+                "3 replicas always", "redis aof always", {1: None, 16: None})
 
 
 @contextlib.contextmanager
@@ -266,8 +313,8 @@ def redis_cluster(masters: int) -> Iterator[list[ServerProcess]]:
 def section_cluster(plan: Plan, rec: Recorder) -> None:
     with running(shardstore_nodes(3, 3, 3, "always")) as ours, redis_cluster(3) as theirs:
         wait_writable(ours[0], "{bench}probe")
-        compare(rec, "3", plan, ours[0], theirs[0], "--cluster 3 shards", "redis cluster",
-                {1: None, 16: None}, ("--cluster",))
+        compare(rec, "3", plan, Side(ours[0], ours), Side(theirs[0], theirs),
+                "--cluster 3 shards", "redis cluster", {1: None, 16: None}, ("--cluster",))
 
 
 # -- memory ------------------------------------------------------------------------------

@@ -14,11 +14,17 @@ fails at once.
 - `rebalance`: moves slots from the shards with the most to those with the fewest until
   every shard has 16384 / shards (the first ones one more), as reshard does;
 - `add-node --keyspace K --id N`: the running node N (serving no keyspace) joins K with a
-  new shard holding no slots yet (KEYSPACE.ADDNODE); `rebalance` then moves slots to it;
-- `remove-node --keyspace K --id N`: the slots of every shard N is a member of move to
-  the shards it is not, evenly, as reshard moves them (with its progress bar); then N
-  leaves K (KEYSPACE.REMOVENODE, which refuses while N still holds data). `--node` must
-  be a node of K;
+  new shard holding no slots yet (KEYSPACE.ADDNODE); `rebalance` then moves slots to it.
+  With `--replica-of all|ID,...` it joins with no shard of its own and becomes a replica
+  of those shards instead (shardstore/admin_replicas.py: the leader's snapshot is
+  streamed to it and it catches up), with a progress bar;
+- `remove-node --keyspace K --id N`: N's replica of each shard moves to the least loaded
+  node of K without one (added, caught up, then N removed, a leader handing over first),
+  or is dropped when the shard keeps its replica count without it, with a progress bar;
+  refused before anything changes when a shard's replica would have nowhere to go (unless
+  its slots can move to shards without N, as reshard moves them). Then N leaves K
+  (KEYSPACE.REMOVENODE, which refuses while N still holds data). `--node` must be a node
+  of K. Run again after an interruption, it waits for what is under way and goes on;
 - `move cancel ID`: roll back a move still copying (SHARDSTORE.MOVE CANCEL): the source
   serves its keys again and the target's copies are purged, with a progress line of keys
   purged; exit status 1 if the move went on instead (its target took writes under ASKING,
@@ -42,6 +48,13 @@ import redis
 from core import client_cli, daemon
 from native.crc16 import SLOT_COUNT
 from shardstore.admin_check import field_of, run_checks
+from shardstore.admin_replicas import (
+    ERR_NO_ROOM,
+    add_replicas,
+    leave_replicas,
+    plan_leave,
+    shard_records,
+)
 from shardstore.admin_retry import (
     DEFAULT_TIMEOUT_S,
     AdminDeadline,
@@ -65,8 +78,6 @@ BAR_WIDTH = 30
 ERR_NOT_ENOUGH = "shard {} owns {} slots, fewer than the {} asked for"
 ERR_NODE = "--node must be HOST:PORT, got {!r}"
 ERR_OTHER_KEYSPACE = "--node serves keyspace {!r}, not {!r}: name a node of {!r}"
-ERR_NOWHERE_TO_GO = ("every shard of keyspace {!r} has a replica on node {}: its slots have "
-                     "nowhere to go (add a node first)")
 NODE_FLAG = "--node"
 SERVERS_ENV = "SHARDSTORE_SERVERS"  # the nodes admin asks when --node is not given
 # make run's nodes of its default keyspace (shardstore/launch.py)
@@ -106,6 +117,10 @@ def add_admin_parser(sub: Any) -> None:
         if action == "remove-node":
             member.add_argument("--batch", type=int, default=DEFAULT_BATCH_SLOTS,
                                 help="slots per move")
+        else:
+            member.add_argument("--replica-of", dest="replica_of", default=None,
+                                help="`all` or shard ids (comma-separated): join with no "
+                                     "shard of its own, as a replica of these shards")
     one = actions.add_parser("move", help="act on one move (see SHARDSTORE.MOVES)")
     one_actions = one.add_subparsers(dest="move_action", required=True)
     cancel = one_actions.add_parser("cancel", help="roll back a move still copying")
@@ -173,7 +188,7 @@ def run_admin(args: argparse.Namespace) -> int:
             if args.admin_action == "move":
                 return cancel_move(client, args.move_id)
             if args.admin_action == "add-node":
-                add_node(client, args.keyspace, args.node_id)
+                add_node(client, args.keyspace, args.node_id, replica_of=args.replica_of)
                 return 0
             if args.admin_action == "remove-node":
                 remove_node(client, args.keyspace, args.node_id, args.batch)
@@ -244,8 +259,14 @@ def wait_for_move(client: redis.Redis, move_id: int, show: Callable[[int], None]
 
 
 def add_node(client: redis.Redis, keyspace: str, node_id: int,
-             stream: TextIO | None = None) -> int:
-    """Node `node_id` joins `keyspace`; the id of its new shard."""
+             stream: TextIO | None = None, replica_of: str | None = None) -> int:
+    """Node `node_id` joins `keyspace`; the id of its new shard. With `replica_of` (`all`
+    or shard ids) it becomes a replica of those shards instead (0)."""
+    if replica_of is not None:
+        shards = add_replicas(client, keyspace, node_id, replica_of, stream or sys.stderr)
+        (stream or sys.stderr).write(f"node {node_id} joined keyspace {keyspace} as a "
+                                     f"replica of shards {shards}\n")
+        return 0
     shard = add_once(client, keyspace, node_id)
     (stream or sys.stderr).write(
         f"node {node_id} joined keyspace {keyspace} with shard {shard} (no slots yet): "
@@ -255,20 +276,26 @@ def add_node(client: redis.Redis, keyspace: str, node_id: int,
 
 def remove_node(client: redis.Redis, keyspace: str, node_id: int, batch: int,
                 stream: TextIO | None = None) -> int:
-    """Move the slots of the shards `node_id` is a member of to the others, then the
-    node leaves `keyspace`; the keys copied."""
+    """Move `node_id`'s replicas to other nodes of `keyspace` (the slots of a shard whose
+    replica cannot move, to shards without it), then the node leaves `keyspace`; the keys
+    copied by slot moves."""
     out = stream or sys.stderr
     mine = [field_of(k, "name") for k in client.execute_command("KEYSPACE.LIST")
             if int(field_of(k, "mine"))]
     serves = _text(mine[0]) if mine else ""
     if serves != keyspace:
         raise ValueError(ERR_OTHER_KEYSPACE.format(serves, keyspace, keyspace))
-    shards = [(int(field_of(s, "shard")), [int(m) for m in field_of(s, "members")],
-               int(field_of(s, "slots"))) for s in client.execute_command("SHARDSTORE.SHARDS")]
-    donors = [(sid, slots) for sid, members, slots in shards if node_id in members and slots]
-    takers = [sid for sid, members, _ in shards if node_id not in members]
+    records = shard_records(client)
+    nodes = [int(n) for k in client.execute_command("KEYSPACE.LIST")
+             if _text(field_of(k, "name")) == keyspace for n in field_of(k, "nodes")]
+    movable, stuck = plan_leave(records, nodes, node_id, keyspace)
+    donors = [(r.shard, r.slots) for r in stuck if r.slots]
+    takers = [r.shard for r in records if node_id not in r.members or r.shard in movable]
     if donors and not takers:
-        raise ValueError(ERR_NOWHERE_TO_GO.format(keyspace, node_id))
+        first = next(r for r in stuck if r.slots)
+        raise ValueError(ERR_NO_ROOM.format(first.shard, first.replicas, keyspace, node_id,
+                                            len(nodes) - 1))
+    moved = leave_replicas(client, movable, node_id, out) if movable else 0
     copied = 0
     for donor, slots in donors:
         for i, taker in enumerate(takers):
@@ -277,7 +304,8 @@ def remove_node(client: redis.Redis, keyspace: str, node_id: int, batch: int,
                 out.write(f"shard {donor} -> shard {taker}: {share} slots\n")
                 copied += reshard(client, donor, taker, share, batch, out)
     remove_once(client, keyspace, node_id)
-    out.write(f"node {node_id} left keyspace {keyspace} ({copied} keys moved)\n")
+    out.write(f"node {node_id} left keyspace {keyspace} ({moved} replicas moved, {copied} "
+              f"keys moved)\n")
     return copied
 
 

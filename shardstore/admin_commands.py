@@ -21,12 +21,19 @@ group, so a move begun anywhere before is seen.
                             on nodes serving none yet (shardstore/keyspaces.py); each
                             node must be running (it answers on the node transport and
                             has published its client address), else a clear refusal
-    KEYSPACE.ADDNODE <name> <node id>  -> the id of the new (empty) shard the running node
-                            joins the keyspace with; `rebalance` then gives it slots
+    KEYSPACE.ADDNODE <name> <node id> [REPLICA]  -> the id of the new (empty) shard the
+                            running node joins the keyspace with; `rebalance` then gives
+                            it slots. With REPLICA: 0, it joins with no shard of its own,
+                            to take replicas of existing shards (SHARDSTORE.REPLICA)
+    SHARDSTORE.REPLICA ADD|REMOVE|MOVE ...  -> OK: a shard's replicas change
+                            (shardstore/replicas.py: a node of the keyspace joins the
+                            shard's Raft group and catches up, then a leaving one is
+                            removed, its leader handing over first)
     KEYSPACE.REMOVENODE <name> <node id>  -> OK: the node leaves the keyspace; refused
                             while a shard it is a member of owns slots or table ranges
     SHARDSTORE.SHARDS    -> per shard of this node's keyspace: shard, members, slots
-                            (how many it owns)
+                            (how many it owns), replicas (how many members it keeps),
+                            joining and leaving (a replica change under way; 0: none)
     KEYSPACE.LIST        -> per keyspace: name, nodes, shards, and whether it is this
                             node's
     SHARDSTORE.STATUS    -> this node: id, epoch, slots assigned, moves under way and done,
@@ -60,6 +67,7 @@ from shardstore.keyspaces import (
 from shardstore.machine import ShardMachine
 from shardstore.migrate import SERVICE_MOVE
 from shardstore.moves import STATE_DONE, encode_begin, encode_cancel
+from shardstore.replicas import encode_change, parse_replica, plan_leave
 
 __all__ = ["AdminCommands", "ERR_MOVE_SYNTAX"]
 
@@ -69,6 +77,7 @@ ERR_NOT_INTEGER = "ERR value is not an integer or out of range"
 ERR_BAD_SLOTS = "ERR {}"
 ERR_NOT_RUNNING = ("ERR node {} is not running (it must answer on the node transport and "
                    "have published its client address): start it first")
+ERR_ADDNODE_SYNTAX = "ERR syntax: KEYSPACE.ADDNODE <name> <node id> [REPLICA]"
 PROBE_S = 3.0  # how long a node has to answer the running check (over the rpc backoff)
 PROBE_RETRY_S = 0.1
 ADMIN_FLAGS = frozenset({"admin"})
@@ -113,8 +122,12 @@ class AdminCommands:
                     summary="Make a keyspace: its own nodes, shards and slot map"),
             Command("KEYSPACE.LIST", self.cmd_keyspace_list, 1, READ_FLAGS,
                     summary="The keyspaces, their nodes and shards"),
-            Command("KEYSPACE.ADDNODE", self.cmd_add_node, 3, ADMIN_FLAGS,
-                    summary="A running node joins a keyspace with a new empty shard"),
+            Command("KEYSPACE.ADDNODE", self.cmd_add_node, -3, ADMIN_FLAGS,
+                    summary="A running node joins a keyspace with a new empty shard "
+                            "(REPLICA: with none, to take replicas)"),
+            Command("SHARDSTORE.REPLICA", self.cmd_replica, -4, ADMIN_FLAGS,
+                    summary="Add, remove or move a replica of a shard (a Raft "
+                            "membership change)"),
             Command("KEYSPACE.REMOVENODE", self.cmd_remove_node, 3, ADMIN_FLAGS,
                     summary="A node whose shards hold no slots leaves its keyspace"),
             Command("SHARDSTORE.SHARDS", self.cmd_shards, 1, READ_FLAGS,
@@ -149,10 +162,32 @@ class AdminCommands:
         raise CommandError(ERR_NOT_RUNNING.format(node_id))
 
     async def cmd_add_node(self, session: Session, args: list[bytes]) -> Any:
+        if len(args) > 4 or (len(args) == 4 and args[3].upper() != b"REPLICA"):
+            raise CommandError(ERR_ADDNODE_SYNTAX)
         name = args[1].decode("utf-8", "replace")
         node = parse_int(args[2], ERR_NOT_INTEGER)
         await self._check_running(node)
-        return await self.node.config_write(encode_add_node(name, node))
+        return await self.node.config_write(encode_add_node(name, node, len(args) == 4))
+
+    async def cmd_replica(self, session: Session, args: list[bytes]) -> Any:
+        try:
+            action, sid, node, to = parse_replica(args)
+        except ValueError as exc:
+            raise CommandError(str(exc)) from None
+        await self.node.service.barrier(CONFIG_GROUP)
+        config = self.node.config_machine.config
+        shard = config.shards.get(sid)
+        if action == "REMOVE" and shard is not None and shard.leaving == node:
+            return OK  # under way already (a retried request)
+        try:
+            add, remove = ((node, 0) if action == "ADD" else (to, node) if action == "MOVE"
+                           else (plan_leave(config, sid, node), node))
+        except ValueError as exc:
+            raise CommandError(str(exc)) from None
+        if add:
+            await self._check_running(add)
+        await self.node.config_write(encode_change(sid, add, remove))  # an error str raises
+        return OK
 
     async def cmd_remove_node(self, session: Session, args: list[bytes]) -> Any:
         name = args[1].decode("utf-8", "replace")
@@ -166,7 +201,9 @@ class AdminCommands:
         owned: dict[int, int] = {}
         for first, last, sid in config.ranges:
             owned[sid] = owned.get(sid, 0) + last - first + 1
-        return [{b"shard": sid, b"members": list(shard.members), b"slots": owned.get(sid, 0)}
+        return [{b"shard": sid, b"members": list(shard.members), b"slots": owned.get(sid, 0),
+                 b"replicas": shard.replicas, b"joining": shard.joining,
+                 b"leaving": shard.leaving}
                 for sid, shard in sorted(config.shards.items())]
 
     async def cmd_keyspace_list(self, session: Session, args: list[bytes]) -> Any:

@@ -14,6 +14,7 @@ are msgpack maps with an "op":
 - OP_KEYSPACE {name, nodes, shards, replicas}: a new keyspace (shardstore/keyspaces.py)
   on nodes that serve none yet, with its own shards and slot map; the epoch goes up;
   OP_NODE_ADD / OP_NODE_REMOVE: a node joins or leaves a keyspace (keyspaces.py);
+- "replica.*" ops: a shard's members change (shardstore/replicas.py); the epoch goes up;
 - "move.*" ops: slot moves (shardstore/moves.py: begin, step, end, finish), their records
   in `moves`; OP_END changes the slot map and each of begin and end raises the epoch.
 - OP_NAME {id, name}: node `id` is called `name` in CLUSTER NODES/SLOTS/SHARDS;
@@ -54,6 +55,7 @@ from shardstore.keyspaces import (
     check_name,
 )
 from shardstore.moves import Move
+from shardstore.replicas import REPLICA_OPS, apply_replica_op
 from shardstore.table_moves import TableMoveHooks
 
 __all__ = [
@@ -74,13 +76,39 @@ NAME_HEX_CHARS = 40
 
 @dataclass
 class Shard:
-    """One shard: its Raft group and members (node ids, in founding order), and the
-    keyspace whose slots it holds."""
+    """One shard: its Raft group and members (node ids, the preferred leader first), and
+    the keyspace whose slots it holds. `founders`: the members its group was made with
+    (default: `members`); `replicas`: how many members it keeps (default: as many as it
+    has); `joining`/`leaving`: a change of its members under way (shardstore/replicas.py;
+    0: none)."""
 
     shard_id: int
     group: int
     members: list[int]
     keyspace: str = DEFAULT_KEYSPACE
+    founders: list[int] | None = None
+    replicas: int = 0
+    joining: int = 0
+    leaving: int = 0
+
+    def __post_init__(self) -> None:
+        if self.founders is None:
+            self.founders = list(self.members)
+        if not self.replicas:
+            self.replicas = len(self.members)
+
+    def to_wire(self) -> list[Any]:
+        return [self.shard_id, self.group, self.members, self.keyspace, self.founders,
+                self.replicas, self.joining, self.leaving]
+
+    @classmethod
+    def from_wire(cls, wire: Sequence[Any]) -> Shard:
+        sid, group, members, *rest = wire
+        keyspace, founders, replicas, joining, leaving = (
+            list(rest) + [DEFAULT_KEYSPACE, None, 0, 0, 0][len(rest):])
+        return cls(int(sid), int(group), [int(m) for m in members], str(keyspace),
+                   None if founders is None else [int(m) for m in founders],
+                   int(replicas), int(joining), int(leaving))
 
 
 @dataclass
@@ -161,8 +189,7 @@ class ClusterConfig:
 
     def to_wire(self) -> dict[str, Any]:
         return {"epoch": self.epoch,
-                "shards": [[s.shard_id, s.group, s.members, s.keyspace]
-                           for s in self.shards.values()],
+                "shards": [s.to_wire() for s in self.shards.values()],
                 "ranges": [list(r) for r in self.ranges],
                 "names": {str(k): v for k, v in self.names.items()},
                 "leaders": {str(k): list(v) for k, v in self.leaders.items()},
@@ -173,9 +200,7 @@ class ClusterConfig:
     @classmethod
     def from_wire(cls, wire: dict[str, Any]) -> ClusterConfig:
         config = cls(epoch=int(wire["epoch"]),
-                     shards={int(s[0]): Shard(int(s[0]), int(s[1]), [int(m) for m in s[2]],
-                                              str(s[3]) if len(s) > 3 else DEFAULT_KEYSPACE)
-                             for s in wire["shards"]},
+                     shards={int(s[0]): Shard.from_wire(s) for s in wire["shards"]},
                      ranges=[(int(a), int(b), int(c)) for a, b, c in wire["ranges"]],
                      names={int(k): str(v) for k, v in wire["names"].items()},
                      leaders={int(k): (int(v[0]), int(v[1]))
@@ -272,6 +297,8 @@ class ConfigMachine:
                 return self._keyspace(entry)
             if entry["op"] in NODE_OPS:  # a node joins or leaves a keyspace
                 return apply_node_op(self.config, entry, self.catalog, Shard)
+            if entry["op"] in REPLICA_OPS:  # a shard's replicas change
+                return apply_replica_op(self.config, entry)
             if str(entry["op"]).startswith(moves_ops.OP_PREFIX):
                 hooks = TableMoveHooks(self.catalog, self.config.moves,  # table rows
                                        self.config)

@@ -19,6 +19,8 @@ Membership, online (shardstore/admin.py's add-node and remove-node drive it):
   with no slots (its first member, so its preferred leader; as many replicas as the
   keyspace's shards have, the others on its least loaded nodes), which `rebalance` then
   moves slots to. The result is the new shard's id;
+  with {replica: true} it joins with no shard of its own (result 0), to take replicas of
+  existing shards (SHARDSTORE.REPLICA, shardstore/replicas.py);
 - OP_NODE_REMOVE {keyspace, node}: the node leaves; refused while a shard it is a member
   of owns slots or ranges of a range table (move them first: remove-node does) and for
   the keyspace's last node. Its shards, empty, are retired: they leave every keyspace
@@ -57,10 +59,12 @@ OP_NODE_ADD = "keyspace.addnode"
 OP_NODE_REMOVE = "keyspace.removenode"
 NODE_OPS = (OP_NODE_ADD, OP_NODE_REMOVE)
 RETIRED = ""  # the keyspace of a retired shard: none
+NO_SHARD = 0  # OP_NODE_ADD's result for a node that joins to take replicas
 ERR_NO_KEYSPACE = "ERR no keyspace {!r}"
 ERR_NOT_MEMBER = "ERR node {} does not serve keyspace {!r}"
-ERR_HOLDS_SLOTS = ("ERR node {} still holds slots of shard {}: move them to shards "
-                   "without it first (`shardstore admin remove-node` does)")
+ERR_HOLDS_SLOTS = ("ERR node {} still holds slots of shard {}: move its replica "
+                   "(SHARDSTORE.REPLICA REMOVE) or the slots first (`shardstore admin "
+                   "remove-node` does)")
 ERR_HOLDS_ROWS = "ERR node {} still holds ranges of table {!r} (shard {})"
 ERR_LAST_NODE = "ERR node {} is the last node of keyspace {!r}"
 
@@ -140,8 +144,13 @@ def parse_keyspace_option(text: str) -> tuple[str, tuple[int, ...]]:
     return name, nodes
 
 
-def encode_add_node(keyspace: str, node: int) -> bytes:
-    return msgpack.packb({"op": OP_NODE_ADD, "keyspace": keyspace, "node": node})
+def encode_add_node(keyspace: str, node: int, replica: bool = False) -> bytes:
+    """OP_NODE_ADD; `replica`: the node joins with no shard of its own (it takes replicas
+    of existing shards, shardstore/replicas.py)."""
+    entry: dict[str, Any] = {"op": OP_NODE_ADD, "keyspace": keyspace, "node": node}
+    if replica:
+        entry["replica"] = True
+    return msgpack.packb(entry)
 
 
 def encode_remove_node(keyspace: str, node: int) -> bytes:
@@ -157,6 +166,8 @@ def apply_node_op(config: Any, entry: dict[str, Any], catalog: Any,
     space = config.spaces.get(name)
     if space is None:
         return ERR_NO_KEYSPACE.format(name)
+    if entry["op"] == OP_NODE_ADD and entry.get("replica"):
+        return _add_spare(config, space, node)
     if entry["op"] == OP_NODE_ADD:
         return _add_node(config, space, node, make_shard)
     return _remove_node(config, space, node, catalog)
@@ -176,6 +187,18 @@ def _add_node(config: Any, space: Keyspace, node: int,
     space.nodes = sorted([*space.nodes, node])
     config.epoch += 1
     return sid
+
+
+def _add_spare(config: Any, space: Keyspace, node: int) -> Any:
+    """The node joins with no shard (0); joining again is a no-op (a retried request)."""
+    if node in space.nodes:
+        return NO_SHARD
+    taken = config.keyspace_of_node(node)
+    if taken is not None:
+        return ERR_NODE_TAKEN.format(node, taken)
+    space.nodes = sorted([*space.nodes, node])
+    config.epoch += 1
+    return NO_SHARD
 
 
 def _remove_node(config: Any, space: Keyspace, node: int, catalog: Any) -> Any:

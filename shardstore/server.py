@@ -58,6 +58,8 @@ from shardstore.handlers import ClientCommands
 from shardstore.machine import ShardMachine, encode_expire, expired_keys
 from shardstore.migrate import BATCH_KEYS, SERVICE_MOVE, Mover, MoveService
 from shardstore.moves import STATE_DONE
+from shardstore.replica_moves import ReplicaDriver
+from shardstore.replicas import founders_for
 from shardstore.writes import SERVICE_WRITE, LeaderWrites
 
 __all__ = ["FSYNC_POLICIES", "HostDriver", "NodeOptions", "ShardNode"]
@@ -147,6 +149,7 @@ class ShardNode:
         self.host = RaftHost(host_config)
         self.writes = LeaderWrites(self.host, self.now_ms, options.timeout_s)
         self.move_service = MoveService(self.host, self.machine_of_group, options.timeout_s)
+        self.replicas = ReplicaDriver(self)  # shard membership changes (replica_moves.py)
         self.mover = Mover(self, self.move_service, options.timeout_s,
                            options.move_batch_keys)
         self._key_rows: dict[bytes, Any] | None = None
@@ -297,6 +300,7 @@ class ShardNode:
             await self._close_shard(sid)
         await self._publish_leaders()
         await self._prefer_leaders()
+        await self.replicas.run_once()
 
     async def _prefer_leaders(self) -> None:
         now = time.monotonic()
@@ -341,8 +345,10 @@ class ShardNode:
 
         machine = ShardMachine(engine, self.layer, load, keys_of=self.keys_of,
                                sync_writes=fsync != "always")
-        config = self.host.group_config(shard.group, founders=tuple(shard.members),
-                                        fsync=fsync, machine_applied=engine.applied_index,
+        founders = founders_for(shard, self.me)  # () for a joining replica: an empty log
+        config = self.host.group_config(shard.group, founders=founders,
+                                        fsync=fsync if founders else "always",
+                                        machine_applied=engine.applied_index,
                                         snapshot_every=self.options.snapshot_every,
                                         compaction_margin=self.options.compaction_margin)
         self.host.create_group(shard.group, config, machine.apply, machine.snapshot,

@@ -59,8 +59,8 @@ def test_a_node_joins_and_leaves_a_keyspace_in_the_configuration() -> None:
     assert config.shards[8].members[0] == 9 and len(config.shards[8].members) == 3
     config.assign_slots(range(10), 7)
     assert machine.apply([(6, encode_remove_node("users", 5))]) == [
-        "ERR node 5 still holds slots of shard 7: move them to shards without it first "
-        "(`shardstore admin remove-node` does)"]
+        "ERR node 5 still holds slots of shard 7: move its replica (SHARDSTORE.REPLICA "
+        "REMOVE) or the slots first (`shardstore admin remove-node` does)"]
     config.assign_slots(range(10), 4)
     assert machine.apply([(7, encode_remove_node("users", 5)),
                           (8, encode_remove_node("users", 4)),

@@ -37,6 +37,7 @@ from kvcache.mcproto_pure import (
     storage_header,
 )
 from kvcache import replies
+from kvcache._mcpipe import pipeline
 from kvcache.items import Mode, Outcome
 from kvcache.slabs import item_ntotal, shared_classes
 from kvcache.counters import HOT_COUNTERS
@@ -351,8 +352,9 @@ cdef class Lane:
         self.fallback = None
 
     def data_received(self, bytes data not None):
-        """Answer `data` if it is one plain get, gets or set and the lane is open; else
-        hand it to the fallback (the connection's request loop)."""
+        """Answer `data` if it is one plain get, gets or set and the lane is open, or the
+        simple commands it begins with (kvcache/_mcpipe.pyx); hand the rest, or all of it,
+        to the fallback (the connection's request loop)."""
         if self.open and self.settings.verbose < 2:
             reply = _answer(self.parser, data, self.get_reply, self.get_many_reply,
                             self.store_command, self.expiry)
@@ -361,6 +363,17 @@ cdef class Lane:
                 self.last_command = self.storage.now
                 self.send(reply)
                 return
+            done = pipeline(data, self.storage, self.pinned, self.parser.lane_value_max,
+                            self.settings.reqs_per_event) if _idle(self.parser) else None
+            if done is not None:
+                reply, consumed = done
+                self.hot[_BYTES_READ] += consumed
+                self.last_command = self.storage.now
+                if PyBytes_GET_SIZE(reply):
+                    self.send(reply)
+                if consumed == PyBytes_GET_SIZE(data):
+                    return
+                data = data[consumed:]
         if self.fallback is not None:
             self.fallback(data)
 

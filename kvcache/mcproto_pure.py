@@ -36,6 +36,7 @@ from typing import Any
 
 from kvcache import replies
 from kvcache.items import Mode, Outcome
+from kvcache.mcpipe_pure import pipeline
 from kvcache.metaflags import MAX_META_TOKENS, MAX_OPAQUE_BYTES, MetaFlags, parse_meta_flags
 from kvcache.numbers import strtol32, strtoul32, strtoull
 from kvcache.slabs import item_ntotal, shared_classes
@@ -417,7 +418,8 @@ class Lane:
 
     def data_received(self, data: bytes) -> None:
         """Answer `data` if it is one plain get, gets or set and the lane is open (see
-        `answer`); else hand it to the fallback."""
+        `answer`), or the simple commands it begins with (kvcache/mcpipe_pure.py); hand
+        the rest, or all of it, to the fallback."""
         if self.open and self.settings.verbose < 2:
             reply = answer(self.parser, data, self.storage)
             if reply is not None:
@@ -425,6 +427,17 @@ class Lane:
                 self.last_command = self.storage.now
                 self.send(reply)
                 return
+            done = pipeline(data, self.storage, self.pinned, self.parser.lane_value_max,
+                            self.settings.reqs_per_event) if _idle(self.parser) else None
+            if done is not None:
+                reply, consumed = done
+                self.stats.bytes_read += consumed
+                self.last_command = self.storage.now
+                if reply:
+                    self.send(reply)
+                if consumed == len(data):
+                    return
+                data = data[consumed:]
         if self.fallback is not None:
             self.fallback(data)
 

@@ -2,7 +2,9 @@
 
 Two pairs, each a Cython module beside the pure-Python reference whose rules it compiles:
 - `mcproto`: the request parser and the fast lane, kvcache._mcproto or kvcache.mcproto_pure
-  (tests/test_kvcache_mcproto.py and tests/test_kvcache_lane.py prove them equal);
+  (tests/test_kvcache_mcproto.py and tests/test_kvcache_lane.py prove them equal); each
+  calls its own pipeline lane, kvcache._mcpipe or kvcache.mcpipe_pure
+  (tests/test_kvcache_pipe.py), so that pair follows this one;
 - `kvstore`: the storage, kvcache._kvstore (over kvcache._kvlru and kvcache._kvarena, which
   it cimports) or kvcache.storage_pure (tests/test_kvcache_storage_twins.py).
 The choice follows the rule of every twin in the project (native.load): INFRA_PURE=1 forces

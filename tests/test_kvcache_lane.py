@@ -102,9 +102,9 @@ def test_answers_plain_reads_and_hands_on_the_rest(module: ModuleType) -> None:
     h.lane.attach(h.transport)
     h.lane.data_received(b"get k\r\n")
     h.lane.data_received(b"set n 0 0 1\r\nx\r\n")
-    h.lane.data_received(b"get k\r\nget k\r\n")  # a pipeline: the request loop's
+    h.lane.data_received(b"get k\r\nversion\r\n")  # not only simple commands: the loop's
     assert h.transport.written == [b"VALUE k 3 5\r\nvalue\r\nEND\r\n", b"STORED\r\n"]
-    assert h.handed == [b"get k\r\n", b"get k\r\nget k\r\n"]
+    assert h.handed == [b"get k\r\n", b"get k\r\nversion\r\n"]
     stats = h.storage.stats
     assert stats.bytes_read == 7 + 16  # only what the lane answered; the loop counts its own
     assert stats.bytes_written == 25 + 8

@@ -1,0 +1,533 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
+# cython: initializedcheck=False
+"""The pipeline lane, compiled: the twin of kvcache/mcpipe_pure.py, which documents the rules
+(which commands, in which forms; the two passes; the write points). tests/test_kvcache_pipe.py
+proves the two equal.
+
+What differs is only how: lines are found with memchr and cut into words over the read's
+char* without making a Python object, so the first pass (the check) allocates nothing; the
+second pass reads each line again into an `Op` and calls the storage as the pure twin does;
+meta replies are written into a C buffer.
+"""
+
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
+from libc.stdint cimport uint64_t
+from libc.string cimport memchr, memcpy, strchr
+
+from kvcache import replies
+from kvcache.items import KEY_BINARY, STALE, TOKEN_SENT, Mode, Outcome
+from kvcache.mcpipe_pure import (
+    DELTA_DIGITS,
+    GET_LINE_BYTES,
+    LANE_DIGITS,
+    LANE_MAX_KEYS,
+    LANE_REPLY_BYTES,
+    LINE_BYTES,
+    MAX_FLAG_TOKENS,
+    MAX_KEY_BYTES,
+)
+from kvcache.metaflags import MAX_OPAQUE_BYTES, encode_key
+
+cdef enum:
+    K_UNSUPPORTED = -2
+    K_PARTIAL = -1
+    K_GET = 0
+    K_GETS = 1
+    K_SET = 2
+    K_INCR = 3
+    K_DECR = 4
+    K_MN = 5
+    K_MG = 6
+    K_MS = 7
+
+cdef Py_ssize_t _KEY_MAX = MAX_KEY_BYTES
+cdef Py_ssize_t _DIGITS = LANE_DIGITS
+cdef Py_ssize_t _DELTA_DIGITS = DELTA_DIGITS
+cdef Py_ssize_t _LINE = LINE_BYTES
+cdef Py_ssize_t _GET_LINE = GET_LINE_BYTES
+cdef Py_ssize_t _MAX_KEYS = LANE_MAX_KEYS
+cdef Py_ssize_t _REPLY_MAX = LANE_REPLY_BYTES
+cdef Py_ssize_t _FLAG_TOKENS = MAX_FLAG_TOKENS
+cdef Py_ssize_t _OPAQUE = MAX_OPAQUE_BYTES
+# A meta reply's header: code, flags with their numbers, an opaque, the key, the states.
+cdef enum:
+    HEADER_BYTES = 1024
+
+cdef object _SET = Mode.SET, _STORED = Outcome.STORED, _NOT_FOUND = Outcome.NOT_FOUND
+cdef object _NON_NUMERIC_OUTCOME = Outcome.NON_NUMERIC
+cdef bytes _STORED_LINE = replies.STORED
+cdef bytes _NO_MEMORY = replies.line(replies.OUT_OF_MEMORY_STORING)
+cdef bytes _OUT_OF_MEMORY = replies.line(replies.OUT_OF_MEMORY)
+cdef bytes _NON_NUMERIC = replies.line(replies.NON_NUMERIC)
+cdef bytes _NOT_FOUND_LINE = replies.NOT_FOUND
+cdef bytes _MN = replies.META_NOOP_LINE
+cdef bytes _EMPTY = b""
+cdef long long _KEY_BINARY = KEY_BINARY, _STALE = STALE, _TOKEN_SENT = TOKEN_SENT
+cdef Py_ssize_t _CRLF_LEN = 2
+
+
+cdef struct Op:
+    int kind
+    Py_ssize_t end      # where the next command starts
+    Py_ssize_t args     # get: the keys' start; mg/ms: the flags' start
+    Py_ssize_t eol      # the line's end (its CR)
+    Py_ssize_t key
+    Py_ssize_t nkey
+    Py_ssize_t data     # set/ms: the block's start
+    long long n1        # set: flags; incr/decr: delta; ms: client flags
+    long long n2        # set, ms: exptime (wire)
+    long long vlen      # set, ms: the block's length
+    bint noreply        # set, incr/decr: noreply; mg, ms: q
+    bint has_ttl        # mg: T
+
+
+cdef inline Py_ssize_t _next_word(const char* p, Py_ssize_t* i, Py_ssize_t end) noexcept:
+    """Skip spaces from *i; the start of the next word (*i then at its end), or -1."""
+    cdef Py_ssize_t start
+    while i[0] < end and p[i[0]] == 32:
+        i[0] += 1
+    if i[0] >= end:
+        return -1
+    start = i[0]
+    while i[0] < end and p[i[0]] != 32:
+        i[0] += 1
+    return start
+
+
+cdef long long _number(const char* p, Py_ssize_t n, Py_ssize_t most) noexcept:
+    """1..`most` plain digits, or -1."""
+    cdef long long value = 0
+    cdef Py_ssize_t i
+    if n <= 0 or n > most:
+        return -1
+    for i in range(n):
+        if p[i] < 48 or p[i] > 57:
+            return -1
+        value = value * 10 + (p[i] - 48)
+    return value
+
+
+cdef inline bint _same(const char* a, const char* b, Py_ssize_t n) noexcept:
+    cdef Py_ssize_t i
+    for i in range(n):
+        if a[i] != b[i]:
+            return False
+    return True
+
+
+cdef int _meta_flags(const char* p, Py_ssize_t i, Py_ssize_t eol, const char* letters,
+                     const char* valued, Op* op) noexcept:
+    """Check the flags of an mg/ms from p[i] (see the pure twin's _meta_flags); 0 or -1.
+    Sets op.noreply (q), op.has_ttl, op.n1 (F) and op.n2 (T)."""
+    cdef unsigned char seen[128]
+    cdef Py_ssize_t start, n, count = 0
+    cdef unsigned char letter
+    cdef long long value
+    for start in range(128):
+        seen[start] = 0
+    while True:
+        start = _next_word(p, &i, eol)
+        if start < 0:
+            return 0
+        count += 1
+        n = i - start
+        letter = <unsigned char>p[start]
+        if count > _FLAG_TOKENS or letter >= 128 or seen[letter]:
+            return -1
+        seen[letter] = 1
+        if n == 1 and strchr(letters, letter) != NULL:
+            if letter == 113:  # q
+                op.noreply = True
+            continue
+        if letter == 79 and strchr(valued, 79) != NULL:  # O
+            if n > _OPAQUE:
+                return -1
+            continue
+        if strchr(valued, letter) == NULL:
+            return -1
+        value = _number(p + start + 1, n - 1, _DIGITS)
+        if value < 0:
+            return -1
+        if letter == 84:  # T
+            op.has_ttl = True
+            op.n2 = value
+        elif letter == 70:  # F
+            op.n1 = value
+
+
+cdef int _block(Py_ssize_t n, const char* p, Op* op, int kind, long long value_max) noexcept:
+    """A storage command's block at op.end: whole (kind), pending or bad."""
+    cdef Py_ssize_t start = op.end
+    if op.vlen < 0 or op.vlen > value_max:
+        return K_UNSUPPORTED
+    if n < start + op.vlen + 2:
+        return K_PARTIAL
+    if p[start + op.vlen] != 13 or p[start + op.vlen + 1] != 10:
+        return K_UNSUPPORTED
+    op.data = start
+    op.end = start + op.vlen + 2
+    return kind
+
+
+cdef int _parse(const char* p, Py_ssize_t pos, Py_ssize_t n, long long value_max,
+                Op* op) noexcept:
+    """The simple command at p[pos:] into *op; its kind, K_PARTIAL or K_UNSUPPORTED."""
+    cdef const char* hit = <const char*>memchr(p + pos, 10, n - pos)
+    cdef Py_ssize_t nl, eol, i, name, nname, start, words
+    if hit == NULL:
+        return K_PARTIAL if n - pos <= _LINE else K_UNSUPPORTED
+    nl = hit - p
+    if nl - pos < 2 or p[nl - 1] != 13 or memchr(p + pos, 0, nl - pos) != NULL:
+        return K_UNSUPPORTED
+    eol = nl - 1
+    op.end = nl + 1
+    op.eol = eol
+    op.noreply = False
+    op.has_ttl = False
+    op.n1 = op.n2 = 0
+    i = pos
+    name = _next_word(p, &i, eol)
+    if name < 0:
+        return K_UNSUPPORTED
+    nname = i - name
+    if (nname == 3 and _same(p + name, b"get", 3)) or (nname == 4 and _same(p + name, b"gets", 4)):
+        return _parse_get(p, i, eol, nl - pos, K_GET if nname == 3 else K_GETS, op)
+    if nname == 2 and _same(p + name, b"mn", 2):
+        return K_MN if nl - pos < _LINE and _next_word(p, &i, eol) < 0 else K_UNSUPPORTED
+    if nl - pos >= _LINE:
+        return K_UNSUPPORTED
+    op.key = _next_word(p, &i, eol)
+    op.nkey = i - op.key
+    if op.key < 0 or op.nkey > _KEY_MAX:
+        return K_UNSUPPORTED
+    if nname == 3 and _same(p + name, b"set", 3):
+        return _parse_set(p, i, eol, n, op, value_max)
+    if nname == 4 and (_same(p + name, b"incr", 4) or _same(p + name, b"decr", 4)):
+        return _parse_delta(p, i, eol, op, K_INCR if p[name] == 105 else K_DECR)
+    if nname == 2 and _same(p + name, b"mg", 2):
+        op.args = i
+        if _meta_flags(p, i, eol, b"vftcskqu", b"OT", op) < 0:
+            return K_UNSUPPORTED
+        return K_MG
+    if nname == 2 and _same(p + name, b"ms", 2):
+        start = _next_word(p, &i, eol)
+        if start < 0:
+            return K_UNSUPPORTED
+        op.vlen = _number(p + start, i - start, _DIGITS)
+        op.args = i
+        if _meta_flags(p, i, eol, b"qk", b"OTF", op) < 0:
+            return K_UNSUPPORTED
+        return _block(n, p, op, K_MS, value_max)
+    return K_UNSUPPORTED
+
+
+cdef int _parse_get(const char* p, Py_ssize_t i, Py_ssize_t eol, Py_ssize_t nline, int kind,
+                    Op* op) noexcept:
+    cdef Py_ssize_t start, keys = 0
+    if nline >= _GET_LINE:
+        return K_UNSUPPORTED
+    op.args = i
+    while True:
+        start = _next_word(p, &i, eol)
+        if start < 0:
+            break
+        keys += 1
+        if i - start > _KEY_MAX or keys > _MAX_KEYS:
+            return K_UNSUPPORTED
+    return kind if keys else K_UNSUPPORTED
+
+
+cdef int _parse_set(const char* p, Py_ssize_t i, Py_ssize_t eol, Py_ssize_t n, Op* op,
+                    long long value_max) noexcept:
+    cdef long long values[3]
+    cdef Py_ssize_t start, k
+    for k in range(3):
+        start = _next_word(p, &i, eol)
+        values[k] = _number(p + start, i - start, _DIGITS) if start >= 0 else -1
+        if values[k] < 0:
+            return K_UNSUPPORTED
+    start = _next_word(p, &i, eol)
+    if start >= 0:
+        if not (i - start == 7 and _same(p + start, b"noreply", 7)):
+            return K_UNSUPPORTED
+        if _next_word(p, &i, eol) >= 0:
+            return K_UNSUPPORTED
+        op.noreply = True
+    op.n1, op.n2, op.vlen = values[0], values[1], values[2]
+    return _block(n, p, op, K_SET, value_max)
+
+
+cdef int _parse_delta(const char* p, Py_ssize_t i, Py_ssize_t eol, Op* op, int kind) noexcept:
+    cdef Py_ssize_t start = _next_word(p, &i, eol)
+    if start < 0:
+        return K_UNSUPPORTED
+    op.n1 = _number(p + start, i - start, _DELTA_DIGITS)
+    if op.n1 < 0:
+        return K_UNSUPPORTED
+    start = _next_word(p, &i, eol)
+    if start >= 0:
+        if not (i - start == 7 and _same(p + start, b"noreply", 7)):
+            return K_UNSUPPORTED
+        if _next_word(p, &i, eol) >= 0:
+            return K_UNSUPPORTED
+        op.noreply = True
+    return kind
+
+
+cdef Py_ssize_t _scan(const char* p, Py_ssize_t n, long long value_max) noexcept:
+    """The first pass: how many complete simple commands the read begins with, every other
+    byte being a pending one's; -1 when the read holds anything else or none."""
+    cdef Op op
+    cdef Py_ssize_t pos = 0, count = 0
+    cdef int kind
+    while pos < n:
+        kind = _parse(p, pos, n, value_max, &op)
+        if kind == K_UNSUPPORTED:
+            return -1
+        if kind == K_PARTIAL:
+            break
+        count += 1
+        pos = op.end
+    return count if count else -1
+
+
+def pipeline(bytes data not None, storage, set pinned not None, long long value_max,
+             long long reqs_per_event):
+    """Answer the simple commands `data` holds: (replies, bytes consumed) or None (see the
+    pure twin)."""
+    cdef const char* p = PyBytes_AS_STRING(data)
+    cdef Py_ssize_t n = PyBytes_GET_SIZE(data)
+    cdef Py_ssize_t ops = _scan(p, n, value_max), done, size = 0, consumed = 0, pos = 0
+    cdef long long count = 0
+    cdef Op op
+    cdef int kind
+    cdef list out
+    if ops < 0:
+        return None
+    out = []
+    for done in range(ops):
+        kind = _parse(p, pos, n, value_max, &op)
+        reply = _run(kind, p, &op, storage, pinned)
+        if reply is None:
+            break
+        pos = consumed = op.end
+        out.append(reply)
+        size += len(reply)
+        count += 1
+        if count >= reqs_per_event or kind == K_GET or kind == K_GETS or kind == K_MN:
+            count = 0
+            if len(pinned):
+                pinned.clear()
+        if size >= _REPLY_MAX:
+            break
+    if not consumed:
+        return None
+    return _EMPTY.join(out), consumed
+
+
+cdef inline bytes _slice(const char* p, Py_ssize_t start, Py_ssize_t n):
+    return PyBytes_FromStringAndSize(p + start, n)
+
+
+cdef object _run(int kind, const char* p, Op* op, storage, set pinned):
+    cdef bytes key
+    if kind == K_GET or kind == K_GETS:
+        return _get(kind, p, op, storage)
+    if kind == K_MN:
+        return _MN
+    key = _slice(p, op.key, op.nkey)
+    if kind == K_SET or kind == K_MS:
+        return _set(kind, p, op, key, storage)
+    if kind == K_INCR or kind == K_DECR:
+        return _delta(kind == K_INCR, op, key, storage, pinned)
+    return _meta_get(p, op, key, storage, pinned)
+
+
+cdef object _get(int kind, const char* p, Op* op, storage):
+    cdef Py_ssize_t i = op.args, start
+    cdef list keys = []
+    while True:
+        start = _next_word(p, &i, op.eol)
+        if start < 0:
+            break
+        keys.append(_slice(p, start, i - start))
+    if kind == K_GET and len(keys) == 1:
+        return storage.get_reply(keys[0])
+    return storage.get_many_reply(keys, kind == K_GETS, _REPLY_MAX)
+
+
+cdef bytes _set(int kind, const char* p, Op* op, bytes key, storage):
+    outcome = storage.store_command(_SET, key, _slice(p, op.data, op.vlen), op.n1,
+                                    storage.expiry(op.n2))
+    if outcome is not _STORED:
+        return _EMPTY if kind == K_SET and op.noreply else _NO_MEMORY
+    if op.noreply:
+        return _EMPTY
+    if kind == K_SET:
+        return _STORED_LINE
+    return _meta_echo(p, op, b"HD", 2, key)
+
+
+cdef bytes _delta(bint incr, Op* op, bytes key, storage, set pinned):
+    cdef char digits[24]
+    cdef int width
+    delta = storage.delta(key, incr, op.n1, pinned=pinned)
+    outcome = delta[0]
+    if outcome is _STORED:
+        if op.noreply:
+            return _EMPTY
+        width = _decimal(digits, <uint64_t>delta[1])
+        digits[width] = 13
+        digits[width + 1] = 10
+        return PyBytes_FromStringAndSize(digits, width + 2)
+    if outcome is _NOT_FOUND:
+        stats = storage.stats
+        if incr:
+            stats.incr_misses += 1
+        else:
+            stats.decr_misses += 1
+        reply = _NOT_FOUND_LINE
+    else:
+        reply = _NON_NUMERIC if outcome is _NON_NUMERIC_OUTCOME else _OUT_OF_MEMORY
+    return _EMPTY if op.noreply else reply
+
+
+cdef int _decimal(char* w, uint64_t n) noexcept:
+    """n in decimal at w; the number of digits."""
+    cdef char digits[20]
+    cdef int count = 0, i
+    while True:
+        digits[count] = <char>(48 + n % 10)
+        count += 1
+        n //= 10
+        if n == 0:
+            break
+    for i in range(count):
+        w[i] = digits[count - 1 - i]
+    return count
+
+
+cdef inline Py_ssize_t _put(char* w, Py_ssize_t at, const char* s, Py_ssize_t n) noexcept:
+    memcpy(w + at, s, n)
+    return at + n
+
+
+cdef inline Py_ssize_t _put_number(char* w, Py_ssize_t at, char letter, uint64_t n) noexcept:
+    w[at] = 32
+    w[at + 1] = letter
+    return at + 2 + _decimal(w + at + 2, n)
+
+
+cdef bytes _meta_echo(const char* p, Op* op, const char* code, Py_ssize_t ncode, bytes key):
+    """`code` and the O and k flags in request order, CRLF (an ms or a miss)."""
+    cdef char w[HEADER_BYTES]
+    cdef Py_ssize_t at = _put(w, 0, code, ncode), i = op.args, start
+    while True:
+        start = _next_word(p, &i, op.eol)
+        if start < 0:
+            break
+        if p[start] == 79:  # O
+            w[at] = 32
+            at = _put(w, at + 1, p + start, i - start)
+        elif p[start] == 107:  # k
+            at = _put(w, at, b" k", 2)
+            at = _put(w, at, p + op.key, op.nkey)
+    at = _put(w, at, b"\r\n", 2)
+    return PyBytes_FromStringAndSize(w, at)
+
+
+cdef object _meta_get(const char* p, Op* op, bytes key, storage, set pinned):
+    item = storage.find(key)
+    if item is None:
+        stats = storage.stats
+        stats.get_misses += 1
+        stats.get_cmds += 1
+        return _EMPTY if op.noreply else _meta_echo(p, op, b"EN", 2, key)
+    return _meta_hit(p, op, item, storage, pinned)
+
+
+cdef bytes _meta_hit(const char* p, Op* op, item, storage, set pinned):
+    cdef char w[HEADER_BYTES]
+    cdef Py_ssize_t at, i = op.args, start, nvalue
+    cdef bint want_value = False, no_update = False
+    cdef long long casbits
+    cdef bytes value = item.value, out
+    cdef char* o
+    nvalue = PyBytes_GET_SIZE(value)
+    while True:  # v and u first: the code depends on v
+        start = _next_word(p, &i, op.eol)
+        if start < 0:
+            break
+        if i - start == 1 and p[start] == 118:
+            want_value = True
+        elif i - start == 1 and p[start] == 117:
+            no_update = True
+    at = _put(w, 0, b"VA ", 3) if want_value else _put(w, 0, b"HD", 2)
+    if want_value:
+        at += _decimal(w + at, nvalue)
+    at = _meta_fields(p, op, item, storage, w, at, nvalue)
+    casbits = item.casbits
+    if casbits & _TOKEN_SENT:
+        at = _put(w, at, b" Z", 2)
+    if casbits & _STALE:
+        at = _put(w, at, b" X", 2)
+        if not casbits & _TOKEN_SENT:
+            at = _put(w, at, b" W", 2)
+            storage.grant_token(item)
+    at = _put(w, at, b"\r\n", 2)
+    stats = storage.stats
+    if op.has_ttl:
+        stats.touch_cmds += 1
+        stats.slab.touch_hits[storage.clsid_of(item)] += 1
+    else:
+        stats.get_cmds += 1
+        storage.count_hit(item)
+    if not no_update:
+        storage.bump(item)
+    pinned.add(item)
+    if not want_value:
+        return PyBytes_FromStringAndSize(w, at)
+    out = PyBytes_FromStringAndSize(NULL, at + nvalue + 2)
+    o = PyBytes_AS_STRING(out)
+    memcpy(o, w, at)
+    memcpy(o + at, PyBytes_AS_STRING(value), nvalue)
+    memcpy(o + at + nvalue, b"\r\n", 2)
+    return out
+
+
+cdef Py_ssize_t _meta_fields(const char* p, Op* op, item, storage, char* w, Py_ssize_t at,
+                             Py_ssize_t nvalue) except -1:
+    """The flags of an mg hit in request order (T applied where it stands)."""
+    cdef Py_ssize_t i = op.args, start
+    cdef char letter
+    cdef long long exptime
+    cdef bytes shown
+    while True:
+        start = _next_word(p, &i, op.eol)
+        if start < 0:
+            return at
+        letter = p[start]
+        if letter == 84:  # T
+            storage.set_exptime(item, storage.expiry(op.n2))
+        elif letter == 115:  # s
+            at = _put_number(w, at, 115, nvalue)
+        elif letter == 116:  # t
+            exptime = item.exptime
+            if not exptime:
+                at = _put(w, at, b" t-1", 4)
+            else:
+                at = _put_number(w, at, 116, <uint64_t>((exptime - storage.now) & 0xFFFFFFFF))
+        elif letter == 99:  # c
+            at = _put_number(w, at, 99, <uint64_t>item.cas)
+        elif letter == 102:  # f
+            at = _put_number(w, at, 102, <uint64_t>item.flags)
+        elif letter == 79:  # O
+            w[at] = 32
+            at = _put(w, at + 1, p + start, i - start)
+        elif letter == 107:  # k
+            at = _put(w, at, b" k", 2)
+            if item.casbits & _KEY_BINARY:
+                shown = encode_key(item.key) + b" b"
+            else:
+                shown = item.key
+            at = _put(w, at, PyBytes_AS_STRING(shown), PyBytes_GET_SIZE(shown))

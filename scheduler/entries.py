@@ -133,8 +133,15 @@ def encode_lose(record: RunRecord, now_ms: int, timeout_ms: int) -> bytes:
                  now_ms=now_ms, timeout_ms=timeout_ms)
 
 
-def encode_beat(worker: str, now_ms: int) -> bytes:
-    return _pack(op=OP_BEAT, worker=worker, now_ms=now_ms)
+def encode_beat(worker: str, now_ms: int, holding: Sequence[str] | None = None,
+                sent_ms: int | None = None) -> bytes:
+    """A worker's heartbeat at `now_ms`. With `holding` (the "run_id#attempt" of every run
+    the worker holds, as of its clock's `sent_ms`), the apply also reconciles: a run the
+    state gives the worker that it does not hold is lost (see `_beat`)."""
+    if holding is None:
+        return _pack(op=OP_BEAT, worker=worker, now_ms=now_ms)
+    return _pack(op=OP_BEAT, worker=worker, now_ms=now_ms, holding=list(holding),
+                 sent_ms=now_ms if sent_ms is None else sent_ms)
 
 
 def encode_member(node_id: int, address: str) -> bytes:

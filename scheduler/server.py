@@ -171,9 +171,10 @@ class SchedulerServer:
             Command("JOB.HISTORY", self.cmd_history, -2, READ, max_arity=3,
                     key_specs=(key_at(1, "RO", "access"),),
                     summary="JOB.HISTORY name [count]: the latest runs, newest first"),
-            Command("WORKER.HEARTBEAT", self.workers.cmd_heartbeat, 2, WRITE,
-                    summary="WORKER.HEARTBEAT worker_id: the worker is alive; the reply "
-                    "names its attempts killed by REPLACE (run_id#attempt)"),
+            Command("WORKER.HEARTBEAT", self.workers.cmd_heartbeat, -2, WRITE, max_arity=5,
+                    summary="WORKER.HEARTBEAT worker_id [HOLDING sent_ms run_id#attempt,"
+                    "...]: the worker is alive (and holds those runs); the reply names its "
+                    "attempts killed by REPLACE (run_id#attempt)"),
             Command("WORKER.POLL", self.workers.cmd_poll, -2, WRITE | {"blocking"},
                     max_arity=10, summary="WORKER.POLL worker_id tags timeout_ms resync "
                     "max_runs SHELL|HANDLERS name,... [AHEAD n]"),

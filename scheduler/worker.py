@@ -41,6 +41,11 @@ The worker heartbeats every `heartbeat_s` even when idle: the cluster counts a w
 (for lost-run detection and for the worker list of a broadcast) while it hears from it.
 The heartbeat's reply names this worker's attempts the cluster killed (CONCURRENCY REPLACE);
 their tasks are cancelled as on a TIMEOUT (the group is killed) and nothing is reported.
+A heartbeat also lists every run the worker holds (`HOLDING`: received, result not yet
+taken), except while a resync poll is due or unanswered; the cluster loses a run it gives
+this worker that the list lacks, once claimed long enough ago that no claim reply can still
+be on its way (scheduler/state_apply.py `_beat`): a run whose claim reply never came, or
+whose result the cluster refused, ends and is retried instead of staying started for good.
 
 Fencing: a shell run's process group dies with the worker process, however it dies
 (scheduler/reaper.py). A worker cut off from every node (a partition, not a crash) fences
@@ -100,6 +105,11 @@ _RULES = ErrorRules()  # what an error reply means (core/failover.py): TRYAGAIN 
 ERR_OLD_POLL = "ERR wrong number of arguments for 'worker.poll' command"
 # ... and one older than SHELL and AHEAD answers a poll with them (its option error)
 ERR_OLD_OPTIONS = "ERR WORKER.POLL takes HANDLERS name,... after max_runs"
+# ... and one older than HOLDING answers a heartbeat that lists the runs a worker holds
+# (or a cluster refuses the list: the worker stops sending it rather than seem silent)
+ERR_OLD_BEATS = ("ERR wrong number of arguments for 'worker.heartbeat' command",
+                 "ERR WORKER.HEARTBEAT takes HOLDING")
+MAX_HOLDING_SENT = 65_536  # a heartbeat lists the runs held up to this many (the cluster's cap)
 AHEAD_PER_SLOT = 32  # runs fired ahead a worker holds per slot, waiting for their slots
 MAX_AHEAD_RUNS = 4096  # ... and at most, whatever its slots
 MAX_POLL_AHEAD = 256  # runs fired ahead one poll takes: a reply's runs are set up in one go
@@ -193,6 +203,14 @@ class Worker:
         self.fence_after_s = fence_after_s  # None: never fence (see the module docstring)
         self._contact = time.monotonic()  # when the last call the cluster answered was sent
         self.fenced: set[str] = set()  # "run_id#attempt" of the runs this worker abandoned
+        # "run_id#attempt" of every run received whose result the cluster has not taken:
+        # each heartbeat lists them (HOLDING), and the cluster loses runs it gives this
+        # worker that are not listed (scheduler/state_apply.py `_beat`)
+        self.holding: set[str] = set()
+        self._beat_holding = True  # False: the cluster is older than HOLDING
+        # the next poll asks with resync, or one that does is unanswered: runs this worker
+        # does not know may come back in its reply, so a heartbeat lists none meanwhile
+        self._resync = True
 
     async def call(self, *args: object, channel: int = POLL) -> Any:
         """One command on the channel's node (see scheduler/worker_links.py)."""
@@ -238,11 +256,22 @@ class Worker:
             await asyncio.sleep(wait)
             try:
                 sent = time.monotonic()
-                killed = await self.call("WORKER.HEARTBEAT", self.worker_id, channel=BEAT)
+                killed = await self.call("WORKER.HEARTBEAT", self.worker_id,
+                                         *self._holding_args(), channel=BEAT)
                 self._answered(sent)
                 wait = self.heartbeat_s
                 await self._check_leader()
-            except (OSError, ReplyError, TimeoutError) as exc:
+            except ReplyError as exc:
+                if self._beat_holding and exc.message.startswith(ERR_OLD_BEATS):
+                    log.warning("the cluster is an older version: heartbeats without HOLDING")
+                    self._beat_holding = False
+                    wait = 0
+                    continue
+                log.info("heartbeat failed (%s); trying the next node", exc)
+                self._drop(BEAT)
+                wait = RETRY_S
+                continue
+            except (OSError, TimeoutError) as exc:
                 log.info("heartbeat failed (%s); trying the next node", exc)
                 self._drop(BEAT)
                 wait = RETRY_S
@@ -253,8 +282,16 @@ class Worker:
                     log.info("run %s: killed by the cluster (replaced)", _str(key))
                     task.cancel()
 
+    def _holding_args(self) -> tuple[str, ...]:
+        """The heartbeat's words after the worker id: HOLDING, this clock's time and every
+        run held; none while a resync poll is due or unanswered (its reply may hand back
+        runs not listed), to a cluster older than HOLDING, or past MAX_HOLDING_SENT runs."""
+        if self._resync or not self._beat_holding or len(self.holding) > MAX_HOLDING_SENT:
+            return ()
+        return ("HOLDING", str(int(self.clock.wall_s() * 1000)), ",".join(self.holding))
+
     async def _run(self, stop: asyncio.Event) -> None:
-        resync = True
+        self._resync = True
         while not stop.is_set():
             try:
                 while self._held - self._gated >= self.concurrency:
@@ -266,17 +303,17 @@ class Worker:
                 wanted = self.concurrency - (self._held - self._gated)
                 sent = time.monotonic()
                 runs = await self.call("WORKER.POLL", self.worker_id, ",".join(self.tags),
-                                       POLL_MS, 1 if resync else 0, wanted,
+                                       POLL_MS, 1 if self._resync else 0, wanted,
                                        *self._advert_args())
                 if runs:  # claims were committed; an empty reply may come from a stale
                     self._answered(sent)  # leader that can commit nothing
-                resync = False
+                self._resync = False
             except (OSError, ReplyError, TimeoutError) as exc:
                 log.info("poll failed (%s); trying the next node", exc)
                 if isinstance(exc, ReplyError) and self._advert_refused(exc):
                     continue  # polled again at once, without the handlers
                 self._drop()
-                resync = True
+                self._resync = True
                 await asyncio.sleep(RETRY_S)
                 continue
             for run in runs or ():
@@ -357,6 +394,7 @@ class Worker:
         self.seen[key] = None
         while len(self.seen) > MAX_REMEMBERED:
             self.seen.popitem(last=False)
+        self.holding.add(key)
         self._held += 1
         gate = self._slot_gate(run)
         if gate is not None:
@@ -394,32 +432,33 @@ class Worker:
 
     async def _execute(self, run: Run, gate: asyncio.Future[None] | None, key: str) -> None:
         """Run one attempt (at its slot, if gated) and report it. The run is in `running`
-        (where the fence and the cluster's kills find it) from this task's first step on,
-        and leaves it before its report."""
-        self.running[key] = asyncio.current_task()  # type: ignore[assignment]
+        (where the fence and the cluster's kills find it) from this task's first step on
+        and until it ends, and in `holding` until the cluster has taken its result."""
+        task = asyncio.current_task()
+        if task is not None:
+            self.running[key] = task
         try:
-            if gate is not None:  # fired ahead: it starts at its slot
-                try:
-                    await gate
-                finally:
-                    self._gated -= 1
-            async with self.slots:
-                log.debug("run %s: %s", run.run_id, run.command)
-                code, output = await self._attempt(run)
-        except asyncio.CancelledError:
-            if key not in self.fenced:
-                self.running.pop(key, None)
-                raise
-            task = asyncio.current_task()
-            if task is not None:
+            try:
+                if gate is not None:  # fired ahead: it starts at its slot
+                    try:
+                        await gate
+                    finally:
+                        self._gated -= 1
+                async with self.slots:
+                    code, output = await self._attempt(run)
+            except asyncio.CancelledError:
+                if key not in self.fenced or task is None:
+                    raise
                 task.uncancel()  # fenced: its group is dead; report it once reconnected
-            code, output = EXIT_ABANDONED, ABANDONED_MESSAGE
+                code, output = EXIT_ABANDONED, ABANDONED_MESSAGE
+            finally:
+                self._held -= 1
+                self._freed.set()
+                self.running.pop(key, None)  # ended: nothing to kill
+            await self._report(run.run_id, code, output, run.attempt)
         finally:
-            self._held -= 1
-            self._freed.set()
-        self.running.pop(key, None)  # ended: nothing to kill
-        await self._report(run.run_id, code, output, run.attempt)
-        self.fenced.discard(key)
+            self.holding.discard(key)
+            self.fenced.discard(key)
 
     async def _attempt(self, run: Run) -> tuple[int, bytes]:
         """The executor under the run's TIMEOUT (on expiry its task is cancelled). An

@@ -42,6 +42,11 @@ ERR_MAX_RUNS = f"ERR max runs must be an integer from 1 to {S.MAX_CLAIM}"
 ERR_EXIT_CODE = f"ERR exit code must be an integer from {MIN_EXIT_CODE} to {MAX_EXIT_CODE}"
 ERR_ATTEMPT = f"ERR attempt must be an integer from 1 to {MAX_RETRIES + 1}"
 ERR_WORKER_ID = f"ERR worker id must be 1 to {MAX_WORKER_ID_BYTES} bytes"
+HOLDING_WORD = "HOLDING"  # WORKER.HEARTBEAT id HOLDING sent_ms key,...: the runs it holds
+MAX_HOLDING = 65_536  # run keys one heartbeat lists (a worker holds far fewer)
+MAX_SENT_MS = 2**62  # epoch ms of the worker's clock: any time msgpack carries
+ERR_HOLDING = (f"ERR WORKER.HEARTBEAT takes {HOLDING_WORD} sent_ms run_id#attempt,... "
+               f"(at most {MAX_HOLDING}) after the worker id")
 HANDLERS_WORD = "HANDLERS"  # WORKER.POLL ... max_runs HANDLERS h1,h2: an embedded worker
 SHELL_WORD = "SHELL"  # ... max_runs SHELL: a shell worker
 AHEAD_WORD = "AHEAD"  # ... AHEAD n: runs fired ahead it takes besides max_runs
@@ -64,6 +69,22 @@ def _result(args: list[bytes]) -> S.Result:
     output = args[2][-MAX_OUTPUT_BYTES:].decode("utf-8", "replace") if len(args) > 2 else ""
     attempt = bounded_int(args[3], 1, MAX_RETRIES + 1, ERR_ATTEMPT) if len(args) > 3 else None
     return job, run_id, exit_code, output, attempt
+
+
+def holding_option(args: list[bytes]) -> tuple[list[str] | None, int | None]:
+    """WORKER.HEARTBEAT's words after the worker id: none, or `HOLDING sent_ms keys`, the
+    keys (run_id#attempt; job names have no comma) joined by commas, at most MAX_HOLDING.
+    Returns (keys, sent_ms), (None, None) without them; CommandError ERR_HOLDING for any
+    other shape."""
+    if not args:
+        return None, None
+    if len(args) != 3 or text_arg(args[0]).upper() != HOLDING_WORD:
+        raise CommandError(ERR_HOLDING)
+    sent_ms = bounded_int(args[1], 0, MAX_SENT_MS, ERR_HOLDING)
+    keys = [key for key in text_arg(args[2]).split(",") if key]
+    if len(keys) > MAX_HOLDING:
+        raise CommandError(ERR_HOLDING)
+    return keys, sent_ms
 
 
 class _Poller(NamedTuple):
@@ -130,11 +151,15 @@ class WorkerCommands:
         self.counters = counters
 
     def cmd_heartbeat(self, session: Any, args: list[bytes]) -> Any:
+        """WORKER.HEARTBEAT worker_id [HOLDING sent_ms run_id#attempt,...]: the worker is
+        alive; with HOLDING, every run it holds as of its clock's sent_ms (the state loses
+        those it gives the worker and the worker does not list: state_apply's `_beat`)."""
         worker = _worker_id(args[1])
+        holding, sent_ms = holding_option(args[2:])
 
         async def run() -> Any:
             now = self.clock.wall_ms()
-            await self._write(S.encode_beat(worker, now))
+            await self._write(S.encode_beat(worker, now, holding, sent_ms))
             self.counters["heartbeats"] += 1
             return self.state.killed_attempts(worker, now)
 

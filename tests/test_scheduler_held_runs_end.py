@@ -14,8 +14,18 @@ from __future__ import annotations
 
 import asyncio
 
-from scheduler.runs import EXIT_ABANDONED
+from hypothesis import given
+from hypothesis import strategies as st
+
+from core.resp import CommandError
+from scheduler import state as S
+from scheduler.arguments import ERR_UTF8
+from scheduler.runs import EXIT_ABANDONED, LOST_PREFIX, RETRY_WAIT, STARTED, SUCCEEDED
+from scheduler.state import SchedulerState
+from scheduler.state_apply import DISOWNED_GRACE_MS, MSG_DISOWNED
 from scheduler.worker import ABANDONED_MESSAGE, FIRST_REPORT, Run, Worker
+from scheduler.worker_commands import ERR_HOLDING, holding_option
+from tests.test_scheduler_state import T0, fire_due, make
 
 HANG_S = 30.0
 AHEAD_MS = 60_000  # the slot of the run fired ahead: far enough that it waits through the test
@@ -72,3 +82,110 @@ def test_a_run_fenced_in_the_step_it_arrived_in_is_reported_abandoned() -> None:
     assert (code, message, attempt) == (EXIT_ABANDONED, ABANDONED_MESSAGE, 1)
     assert str(run_id).startswith("j@")
     assert (held, gated, fenced) == (0, 0, 0)
+
+
+# -- the heartbeat's reconciliation (state machine, no processes) -----------------------------
+
+GRACE = DISOWNED_GRACE_MS
+C = T0 + 1000  # the job's first slot: fired and claimed then
+
+
+def _claimed(*extra: str) -> tuple[SchedulerState, str, str]:
+    """A state whose job's first slot is claimed by w1 at C (its claim reply then lost:
+    the worker never heard of it). Returns the state, the run id and its key."""
+    state, _ = make("RETRIES", "1", "BACKOFF", "1", *extra)
+    fire_due(state, "j", C)
+    [item] = state.apply_entry(S.encode_claim("w1", [], C))
+    run_id = item["run_id"]
+    return state, run_id, f"{run_id}#1"
+
+
+def test_a_run_its_heartbeating_worker_does_not_hold_is_lost_after_the_grace() -> None:
+    """The leader committed the claim and died before answering the poll: the worker keeps
+    heartbeating without it. Within the grace nothing changes; past it the attempt is lost
+    and retried by the job's RETRIES."""
+    state, run_id, _ = _claimed()
+    state.apply_entry(S.encode_beat("w1", C + GRACE - 1, [], C + GRACE - 1))
+    assert state.runs["j"][run_id].state == STARTED
+    state.apply_entry(S.encode_beat("w1", C + GRACE, [], C + GRACE))
+    record = state.runs["j"][run_id]
+    assert (record.state, record.attempt) == (RETRY_WAIT, 2), record
+    assert record.message == LOST_PREFIX + MSG_DISOWNED.format("w1")
+
+
+def test_a_held_run_and_other_workers_runs_are_left_alone() -> None:
+    state, run_id, key = _claimed()
+    late = C + 10 * GRACE
+    state.apply_entry(S.encode_beat("w1", late, [key], late))  # w1 holds it
+    state.apply_entry(S.encode_beat("w2", late, [], late))  # not w2's run
+    state.apply_entry(S.encode_beat("w1", late))  # no list: an older worker
+    assert state.runs["j"][run_id].state == STARTED
+
+
+def test_the_workers_clock_bounds_a_heartbeat_that_arrives_late() -> None:
+    """A heartbeat held by a stalled node and applied much later lists what the worker held
+    when it sent it: its own time, not the entry's, decides."""
+    state, run_id, _ = _claimed()
+    state.apply_entry(S.encode_beat("w1", C + 10 * GRACE, [], C + 1))
+    assert state.runs["j"][run_id].state == STARTED
+
+
+def test_a_run_fired_ahead_counts_its_grace_from_its_slot() -> None:
+    state, _ = make("RETRIES", "1")
+    fire_due(state, "j", C)
+    claimed = C - 1500  # claimed 1.5 s ahead of its slot
+    [item] = state.apply_entry(S.encode_claim("w1", [], claimed, 1, ahead=8))
+    run_id = item["run_id"]
+    assert state.runs["j"][run_id].started_ms == C
+    state.apply_entry(S.encode_beat("w1", claimed + GRACE, [], claimed + GRACE))
+    assert state.runs["j"][run_id].state == STARTED  # its slot is 1.5 s later
+    state.apply_entry(S.encode_beat("w1", C + GRACE, [], C + GRACE))
+    assert state.runs["j"][run_id].state == RETRY_WAIT
+
+
+def test_a_result_taken_before_the_heartbeat_is_not_lost_again() -> None:
+    state, run_id, _ = _claimed()
+    state.apply_entry(S.encode_done("j", run_id, 0, "", C + 100, attempt=1))
+    state.apply_entry(S.encode_beat("w1", C + GRACE, [], C + GRACE))
+    assert state.runs["j"][run_id].state == SUCCEEDED
+
+
+WORDS = [b"HOLDING", b"holding", b"0", b"17", b"-1", b"j@1/0#1", b"a@1/0#1,b@2/0#2,", b""]
+
+
+@given(st.lists(st.one_of(st.sampled_from(WORDS), st.binary(max_size=12)), max_size=6))
+def test_the_holding_option_parses_or_refuses_clearly(words: list[bytes]) -> None:
+    try:
+        keys, sent_ms = holding_option(words)
+    except CommandError as exc:
+        assert exc.message in (ERR_HOLDING, ERR_UTF8), exc.message
+        return
+    if not words:
+        assert (keys, sent_ms) == (None, None)
+    else:
+        assert len(words) == 3 and words[0].upper() == b"HOLDING"
+        assert sent_ms == int(words[1]) and keys == [k for k in words[2].decode().split(",") if k]
+
+
+def test_a_heartbeat_lists_the_runs_held_but_none_while_a_resync_is_due() -> None:
+    sent: list[tuple[object, ...]] = []
+
+    async def main() -> None:
+        worker = _worker([])
+        worker._start(_ahead_item(worker))
+        await asyncio.sleep(0)
+        key = next(iter(worker.holding))
+        assert worker._holding_args() == ()  # a fresh worker's first poll resyncs
+        worker._resync = False
+        args = worker._holding_args()
+        sent.append(args)
+        for task in worker.tasks:
+            task.cancel()
+        await asyncio.gather(*worker.tasks, return_exceptions=True)
+        assert not worker.holding and not worker.running
+        sent.append((key,))
+
+    asyncio.run(main())
+    args, (key,) = sent
+    assert args[0] == "HOLDING" and int(str(args[1])) > 0 and args[2:] == (key,)
+    assert holding_option([str(a).encode() for a in args]) == ([key], int(str(args[1])))

@@ -29,6 +29,9 @@ log = logging.getLogger(__name__)
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s[%(process)d] %(message)s"
 
 
+ERR_METRICS_ADDRESS = "--metrics-listen {!r}: expected [HOST]:PORT, e.g. 127.0.0.1:9100"
+
+
 class ConfigError(Exception):
     """Options that cannot be used; the daemon prints the message and exits 2."""
 
@@ -64,8 +67,17 @@ def add_common_options(parser: argparse.ArgumentParser, default_port: int) -> No
         help="refuse to listen beyond loopback without --requirepass (default yes)",
     )
     parser.add_argument("--maxclients", type=int, default=10_000, help="connection limit")
+    add_metrics_option(parser)
     # Tests start a daemon with a shifted wall clock to drill skew and clock steps.
     parser.add_argument("--clock-offset-ms", type=int, default=0, help=argparse.SUPPRESS)
+
+
+def add_metrics_option(parser: argparse.ArgumentParser) -> None:
+    """`--metrics-listen [HOST]:PORT`, off by default (served by core/metrics.py)."""
+    parser.add_argument(
+        "--metrics-listen", dest="metrics_listen", default=None, metavar="[HOST]:PORT",
+        help="serve Prometheus metrics over HTTP here (off by default; no host: 127.0.0.1; "
+             "beyond loopback only with --requirepass)")
 
 
 def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
@@ -89,6 +101,7 @@ def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None) -> argpa
             defaults[dest] = value
         target.set_defaults(**defaults)
         args = parser.parse_args(argv)
+    metrics_address(args)  # an unsafe --metrics-listen is refused before anything starts
     return args
 
 
@@ -117,6 +130,21 @@ def check_bind(host: str, password: str | None, protected_mode: str) -> None:
             f"refusing to listen on {host} without --requirepass "
             "(set a password, or --protected-mode no if the network is trusted)"
         )
+
+
+def metrics_address(args: argparse.Namespace) -> tuple[str, int] | None:
+    """Where `--metrics-listen` asks to serve ([HOST]:PORT, or a bare PORT; no host:
+    127.0.0.1), or None when it is off. ConfigError for a malformed address, or a host
+    beyond loopback without a password (`check_bind`; a daemon without `--requirepass`
+    and `--protected-mode` counts as having no password, protected)."""
+    text = getattr(args, "metrics_listen", None)
+    if not text:
+        return None
+    if ":" not in text and not text.isdigit():
+        raise ConfigError(ERR_METRICS_ADDRESS.format(text))
+    host, port = parse_hostport(text if ":" in text else f":{text}")
+    check_bind(host, getattr(args, "requirepass", None), getattr(args, "protected_mode", "yes"))
+    return host, port
 
 
 def setup_logging(level: str) -> None:

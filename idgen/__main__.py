@@ -159,6 +159,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def serve(args: argparse.Namespace) -> int:
+    from core import metrics
+    from idgen import metrics as idgen_metrics
     from idgen.server import IdgenServer
     from idgen.store import IdentityMismatch, IdgenStore
 
@@ -210,11 +212,13 @@ def serve(args: argparse.Namespace) -> int:
             await server.close()
             return 1
         log.info("worker %d ready on %s:%d", store.worker_id, host, server.resp.port)
+        endpoint = await metrics.open_endpoint(args, lambda: idgen_metrics.collectors(server))
         stop_wait = asyncio.create_task(stop.wait())
         fatal_wait = asyncio.create_task(server.fatal.wait())
         await asyncio.wait([stop_wait, fatal_wait], return_when=asyncio.FIRST_COMPLETED)
         stop_wait.cancel()
         fatal_wait.cancel()
+        await metrics.close_endpoint(endpoint)
         await server.close()
         log.info("stopped")
         return 1 if server.fatal.is_set() else 0

@@ -75,6 +75,9 @@ class IdGenerator:
         self.reserve_ms = reserve_ms
         self.fault: str | None = None
         self.issued = 0
+        # times NEXT had to wait, by cause (slow paths only): the clock stepped back, the
+        # millisecond's sequence ran out, the durable high-water mark was reached
+        self.waits = {"clock": 0, "sequence": 0, "reserve": 0}
         # Resume strictly after the mark: every id up to it may already have been issued.
         if durable_hwm_ms is None:
             self.durable_hwm_ms = epoch_ms - 1
@@ -114,12 +117,15 @@ class IdGenerator:
 
     def _blocked(self, status: int) -> Wait:
         if status == snowflake.EXHAUSTED:
+            self.waits["sequence"] += 1
             return SPIN
         if status == snowflake.LIMIT:
+            self.waits["reserve"] += 1
             return RESERVE
         if status == snowflake.BEHIND:
             step = self._seq.last_ms - self._seq.now_ms
             if step <= self.max_backward_ms or (self.resuming and step <= self.resume_wait_ms):
+                self.waits["clock"] += 1
                 return Wait("sleep", step)
             raise IssueRefused(
                 f"CLOCK clock moved backwards by {step} ms; "

@@ -137,6 +137,7 @@ def add_serve_options(serve: argparse.ArgumentParser) -> None:
     add("-e", "--memory-file", default=None, help="not implemented: refused")
     add("--log-level", default=None, help="DEBUG, INFO, WARNING or ERROR")
     add("--config", default=None, help="TOML file with the same keys")
+    daemon.add_metrics_option(serve)
     # Tests start a daemon with a shifted wall clock (core.daemon's hidden option).
     add("--clock-offset-ms", type=int, default=0, help=argparse.SUPPRESS)
 
@@ -311,6 +312,8 @@ def _return_big_frees_to_the_os() -> None:
 
 
 def serve(args: argparse.Namespace) -> int:
+    from core import metrics
+    from kvcache import metrics as kvcache_metrics
     from kvcache.server import KvcacheServer
 
     if args.version:
@@ -339,11 +342,13 @@ def serve(args: argparse.Namespace) -> int:
             pidfile.write_text(f"{os.getpid()}\n")
         log.info("kvcache ready: %d MB, items up to %d bytes, %d connections",
                  settings.maxbytes // MEGABYTE, settings.item_size_max, settings.maxconns)
+        endpoint = await metrics.open_endpoint(args, lambda: kvcache_metrics.collectors(server))
         waits = [asyncio.create_task(stop.wait()),
                  asyncio.create_task(server.stop_requested.wait())]
         await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
         for task in waits:
             task.cancel()
+        await metrics.close_endpoint(endpoint)
         await server.close()
         if pidfile is not None:
             pidfile.unlink(missing_ok=True)

@@ -123,6 +123,7 @@ def add_proxy_parser(subparsers: Any) -> argparse.ArgumentParser:
                        default=DEFAULT_ITEM_SIZE_MAX, help="largest item accepted (1m)")
     proxy.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
     proxy.add_argument("--config", default=None, help="TOML file with the same keys")
+    daemon.add_metrics_option(proxy)
     return proxy
 
 
@@ -154,6 +155,8 @@ def run_proxy(args: argparse.Namespace) -> int:
     daemon.setup_logging(args.log_level)
 
     async def main(stop: asyncio.Event) -> int:
+        from core import metrics
+        from kvcache import metrics as kvcache_metrics
         from kvcache.proxy_server import ProxyServer
 
         proxy = ProxyServer(config)
@@ -163,7 +166,10 @@ def run_proxy(args: argparse.Namespace) -> int:
             log.error("refusing to start: cannot listen on %s:%d: %s", ",".join(hosts), port,
                       exc)
             return 1
+        endpoint = await metrics.open_endpoint(
+            args, lambda: kvcache_metrics.proxy_collectors(proxy))
         await stop.wait()
+        await metrics.close_endpoint(endpoint)
         await proxy.close()
         log.info("proxy stopped")
         return 0

@@ -35,6 +35,7 @@ import os
 import threading
 from collections.abc import Callable, Iterable
 from pathlib import Path
+from time import perf_counter_ns
 
 import msgpack
 
@@ -49,6 +50,7 @@ from core.raft.snapshot_file import (
     open_snapshot_file,
     write_snapshot_file,
 )
+from core.stats import LatencyHistogram
 from core.storage import DEFAULT_MAX_RECORD_BYTES, FatalStorageError, RecordLog, fsync_dir
 from core.storage import remove_stale_temp_files as _remove_stale_temp_files
 
@@ -68,6 +70,8 @@ class DiskStorage:
         self._log = log
         self._mem = mem
         self.fsyncs = 0  # group commits issued (for tests and stats)
+        # the log's synced appends and syncs, timed (write and fsync), for core/metrics
+        self.fsync_latency = LatencyHistogram()
         self.unsynced = False  # records appended without their fsync (everysec groups)
         # the log appends and a snapshot may each run in a worker thread at once (see
         # core/raft/driver_apply.py): `+=` from two threads can lose a count
@@ -140,16 +144,18 @@ class DiskStorage:
             records.append(_hard_state_record(ready.hard_state))
         if records:
             sync = ready.must_sync and fsync
+            started = perf_counter_ns() if sync else 0
             self._log.append_many(records, sync=sync)
-            self._count_fsyncs(int(sync))
+            self._count_fsyncs(int(sync), started)
             self.unsynced = self.unsynced or not sync
 
     def sync(self) -> None:
         """fsync what `write(..., fsync=False)` appended (a no-op when nothing waits)."""
         if self.unsynced:
             self.unsynced = False
+            started = perf_counter_ns()
             self._log.sync()
-            self._count_fsyncs(1)
+            self._count_fsyncs(1, started)
 
     def remember(self, ready: Ready) -> None:
         """The in-memory half of `persist`, after `write` returned."""
@@ -237,9 +243,13 @@ class DiskStorage:
         self._log.rewrite([_hard_state_record(mem.initial_state()), *_entry_records(kept)])
         self._count_fsyncs(1)
 
-    def _count_fsyncs(self, count: int) -> None:
+    def _count_fsyncs(self, count: int, started_ns: int = 0) -> None:
+        """Count `count` fsyncs; one that began at `started_ns` (perf_counter_ns) is timed."""
         with self._fsyncs_lock:
             self.fsyncs += count
+            if started_ns:
+                self.fsync_latency.record(perf_counter_ns() - started_ns)
+                self.fsync_latency.calls += 1
 
     def close(self) -> None:
         self._log.close()

@@ -136,7 +136,9 @@ class RaftGroup:
         self.applier = Applier(self, apply, snapshot, restore)
         self.snapshots: SnapshotTransfers | None = None  # made by open()
         self.stopping = False
-        self.stats = {"readies": 0, "proposals": 0, "applied_entries": 0, "snapshots": 0}
+        self.stats = {"readies": 0, "proposals": 0, "applied_entries": 0, "snapshots": 0,
+                      "leader_changes": 0}  # a new known leader, as this node learns it
+        self._known_leader = NONE
 
     @property
     def applied(self) -> int:
@@ -231,6 +233,9 @@ class RaftGroup:
                      self.group_id, soft.role.value, node.term, soft.lead or "unknown")
             if soft.role is not Role.LEADER and self.snapshots is not None:
                 self.snapshots.leadership_lost()
+            if soft.lead not in (NONE, self._known_leader):
+                self._known_leader = soft.lead
+                self.stats["leader_changes"] += 1
         return rd
 
     def outgoing(self, rd: Ready) -> list[Message]:

@@ -44,8 +44,17 @@ function isError(value) {
     Object.keys(value).length === 1 && "error" in value;
 }
 
-// Any reply as a table: a list of maps is one row per map, a map is one row per key.
-function render(value) {
+function fmtBytes(n) {
+  if (typeof n !== "number") return n;
+  const units = ["B", "KiB", "MiB", "GiB", "TiB"];
+  let i = 0;
+  while (n >= 1024 && i < units.length - 1) { n /= 1024; i += 1; }
+  return `${n.toFixed(i ? 1 : 0)} ${units[i]}`;
+}
+
+// Any reply as a table: a list of maps is one row per map, a map is one row per key, a list
+// of lists one row per list (under `headers` when given).
+function render(value, headers) {
   if (isError(value)) return el("p", { class: "error", text: "error: " + value.error });
   if (Array.isArray(value)) {
     if (value.length === 0) return el("p", { class: "muted", text: "none" });
@@ -54,7 +63,7 @@ function render(value) {
       return table(keys, value.map((v) => el("tr", {}, ...keys.map((k) => cell(v[k])))));
     }
     if (value.every((v) => Array.isArray(v))) {
-      return table([], value.map((v) => el("tr", {}, ...v.map((x) => cell(x)))));
+      return table(headers || [], value.map((v) => el("tr", {}, ...v.map((x) => cell(x)))));
     }
     return el("span", { text: value.map(String).join(", ") });
   }
@@ -165,7 +174,7 @@ function shardstoreSection(part) {
   fill("shardstore-body",
     el("h3", { text: "keyspaces" }), render(part.keyspaces),
     el("h3", { text: "tables" }), render(part.tables),
-    el("h3", { text: "slot map [first, last, shard]" }), render(part.slots),
+    el("h3", { text: "slot map" }), render(part.slots, ["first slot", "last slot", "shard"]),
     el("h3", { text: "moves in progress" }), render(part.moves));
 }
 
@@ -176,10 +185,14 @@ function dfsSection(part) {
   fill("dfs-body",
     el("p", { text: `safe mode: ${report.safe_mode ? "on" : "off"}; replication ` +
       `${report.replication ?? "–"}; chunks ${report.chunks ?? "–"}` }),
-    el("h3", { text: "chunk servers" }), render(report.servers || []),
-    el("h3", { text: "under-replicated chunks [chunk, replicas]" }),
-    render(report.under_replicated || []),
-    el("h3", { text: "decommissioning" }), render(report.decommissioning || []));
+    el("h3", { text: "chunk servers" }),
+    render((report.servers || []).map((r) => Array.isArray(r) && r.length === 7 ?
+      [r[0], r[1], r[2], r[3], fmtBytes(r[4]), fmtBytes(r[5]), r[6]] : r),
+    ["id", "address", "rack", "chunks", "used", "free", "last heartbeat (s ago)"]),
+    el("h3", { text: "under-replicated chunks" }),
+    render(report.under_replicated || [], ["chunk", "live replicas"]),
+    el("h3", { text: "decommissioning" }),
+    render(report.decommissioning || [], ["mark", "server id", "chunks left"]));
 }
 
 function kvcacheSection(part) {

@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 NATIVE := $(VENV)/.native
 
-.PHONY: run test bench lint native clean drills
+.PHONY: run test bench lint native clean drills demo
 
 $(STAMP): requirements.txt pyproject.toml setup.py
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
@@ -26,6 +26,10 @@ native: $(NATIVE)
 
 run: $(NATIVE)
 	$(PY) -m core.launcher
+
+# The order service on all five daemons (examples/orders): a load, then where it went.
+demo: $(NATIVE)
+	$(PY) -m examples.orders.demo
 
 test: $(NATIVE)
 	$(PY) -m ruff check .

@@ -1,0 +1,190 @@
+"""The whole local cluster the order service runs on, from the daemons' `make run` declarations.
+
+Strategy: core/launcher.py's `local_clusters(var)` gives every daemon's processes. This
+module moves every declared port to a free one (so the demo and its tests run beside a
+`make run` or each other), drops the processes the service does not use (the shell worker:
+the service brings its own embedded worker), starts each process in its own process group
+with its output in `<var>/<name>.log`, and waits for its port. `kill(name)` SIGKILLs one
+process and `start_again(name)` starts it on the same data directory and ports. `stop()`
+SIGTERMs everything still running and SIGKILLs what has not exited after a grace period;
+a `Cluster` is a context manager, so an exception or Ctrl-C (KeyboardInterrupt) stops it too.
+"""
+
+from __future__ import annotations
+
+import re
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from core.launch_spec import Process
+from core.launcher import local_clusters
+from shardstore.launch import KEYSPACES
+
+__all__ = ["Cluster", "Endpoints", "free_port", "remap_ports"]
+
+DROPPED = ("sched-worker",)  # the shell worker: the service runs an embedded one
+START_TIMEOUT_S = 60.0  # every daemon boots at once on a shared 2-core machine
+STOP_GRACE_S = 10.0
+POLL_S = 0.1
+ADDRESS = re.compile(r"(127\.0\.0\.1):(\d+)")
+PORT_FLAGS = ("-p",)  # a port given as its own word after one of these flags
+ERR_NOT_UP = "{} did not listen on {}:{} within {:.0f} s (see {})"
+ERR_UNKNOWN = "no process named {!r} in the cluster"
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port nothing listens on right now (the OS picks it; a small race remains)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def _declared_ports(spec: Process) -> set[int]:
+    ports = {spec.port} if spec.port else set()
+    for word in spec.argv:
+        ports.update(int(match.group(2)) for match in ADDRESS.finditer(word))
+    return ports
+
+
+def _rewrite(spec: Process, moved: dict[int, int]) -> Process:
+    def sub(match: re.Match[str]) -> str:
+        port = int(match.group(2))
+        return f"{match.group(1)}:{moved.get(port, port)}"
+
+    argv: list[str] = []
+    for index, word in enumerate(spec.argv):
+        word = ADDRESS.sub(sub, word)
+        if index and spec.argv[index - 1] in PORT_FLAGS and word.isdigit():
+            word = str(moved.get(int(word), int(word)))
+        argv.append(word)
+    return replace(spec, argv=argv, port=moved.get(spec.port, spec.port))
+
+
+def remap_ports(specs: Iterable[Process], moved: dict[int, int] | None = None) -> list[Process]:
+    """The same processes with every declared port (`host:port` words, `-p PORT`, the
+    process's own port) moved to a free one, consistently across all of them."""
+    specs = list(specs)
+    moved = dict(moved or {})
+    for spec in specs:
+        for port in sorted(_declared_ports(spec)):
+            moved.setdefault(port, free_port())
+    return [_rewrite(spec, moved) for spec in specs]
+
+
+@dataclass(frozen=True)
+class Endpoints:
+    """Where the service finds each daemon, `host:port` strings."""
+
+    idgen: list[str]
+    kvproxy: str
+    scheduler: list[str]
+    shardstore: dict[str, list[str]]  # keyspace -> its nodes
+    dfs: list[str]
+
+
+def _address(spec: Process) -> str:
+    return f"{spec.host}:{spec.port}"
+
+
+def endpoints_of(specs: list[Process]) -> Endpoints:
+    """The client addresses of a cluster started from the declarations."""
+    by_name = {spec.name: spec for spec in specs}
+
+    def named(prefix: str) -> list[str]:
+        return [_address(s) for s in specs if re.fullmatch(rf"{prefix}-\d+", s.name)]
+
+    spaces = {space: [_address(by_name[f"shardstore-{n}"]) for n in ids]
+              for space, ids in KEYSPACES.items()}
+    return Endpoints(named("idgen"), _address(by_name["kvproxy"]), named("scheduler"),
+                     spaces, named("dfs-master"))
+
+
+class Cluster:
+    """Every declared daemon but the dropped ones, on free ports, data under `var`."""
+
+    def __init__(self, var: Path, log: Callable[[str], None] | None = None) -> None:
+        self.var = var
+        declared = [spec for cluster in local_clusters(var) for spec in cluster.processes]
+        self.specs = remap_ports(s for s in declared if s.name not in DROPPED)
+        self.endpoints = endpoints_of(self.specs)
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self._log = log or (lambda _text: None)
+
+    def names(self) -> list[str]:
+        """The process names, in start order."""
+        return [spec.name for spec in self.specs]
+
+    def _spec(self, name: str) -> Process:
+        for spec in self.specs:
+            if spec.name == name:
+                return spec
+        raise KeyError(ERR_UNKNOWN.format(name))
+
+    def _popen(self, spec: Process) -> None:
+        self.var.mkdir(parents=True, exist_ok=True)
+        with open(self.var / f"{spec.name}.log", "ab") as log:
+            self.procs[spec.name] = subprocess.Popen(spec.argv, stdout=log, stderr=log,
+                                                     process_group=0)
+
+    def _wait_up(self, spec: Process) -> None:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if self.procs[spec.name].poll() is not None:
+                break
+            try:
+                socket.create_connection((spec.host, spec.port), timeout=0.5).close()
+                return
+            except OSError:
+                time.sleep(POLL_S)
+        log = self.var / f"{spec.name}.log"
+        raise RuntimeError(ERR_NOT_UP.format(spec.name, spec.host, spec.port,
+                                             START_TIMEOUT_S, log))
+
+    def start(self) -> None:
+        """Start every process, then wait for each one's port (RuntimeError if one fails)."""
+        for spec in self.specs:
+            self._popen(spec)
+        for index, spec in enumerate(self.specs, start=1):
+            self._wait_up(spec)
+            self._log(f"[{index}/{len(self.specs)}] {spec.name} up on {_address(spec)}")
+
+    def kill(self, name: str) -> None:
+        """SIGKILL one process and reap it."""
+        proc = self.procs[self._spec(name).name]
+        proc.kill()
+        proc.wait()
+
+    def start_again(self, name: str) -> None:
+        """Start a killed process again, same arguments and data; wait for its port."""
+        spec = self._spec(name)
+        self._popen(spec)
+        self._wait_up(spec)
+
+    def stop(self) -> None:
+        """SIGTERM everything still running; SIGKILL what outlives STOP_GRACE_S."""
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + STOP_GRACE_S
+        for proc in self.procs.values():
+            try:
+                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+    def __enter__(self) -> Cluster:
+        try:
+            self.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()

@@ -1,0 +1,223 @@
+"""The order service (examples/orders): its parsers fuzzed, its HTTP errors without a cluster,
+the port remapping of the launch declarations, and one `--quick --kill` run of the demo
+itself on the whole local cluster, whose printed summary carries the end-to-end checks.
+
+Strategy: the demo is the end-to-end test. It starts every daemon of `make run` on free
+ports, sends a small load through the HTTP API while one node of each daemon is SIGKILLed
+and restarted, then reads everything back (examples/orders/load.py `check`): every
+acknowledged create found, no id twice, no order pending past its deadline (the demo polls
+until the cancel job has run, with a generous limit), every paid order's invoice equal byte
+for byte to its rendering, and a pay of a cancelled order refused. The test asserts the
+summary's lines and the exit status. The README's promises are checked in its words.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from core.launch_spec import Process
+from examples.orders.cluster import Endpoints, remap_ports
+from examples.orders.http_api import Route, RouteError, route, serve
+from examples.orders.service import OrderService
+from examples.orders.store import (
+    FINAL_SUFFIX,
+    _split_key,
+    month_bounds,
+    parse_month,
+    record_key,
+    valid_name,
+)
+
+ROOT = Path(__file__).resolve().parent.parent
+README = ROOT / "examples" / "orders" / "README.md"
+DEMO_TIMEOUT_S = 600  # detects a hang only
+DEMO_ORDERS = 100
+VICTIMS = "idgen-1, kvcache-1, scheduler-1, shardstore-1, dfs-master-1"
+
+PROMISES = [
+    "No acknowledged order is lost.",
+    "No order id is handed out twice.",
+    "No unpaid order stays pending past its deadline.",
+    "Every invoice reads back from dfs byte for byte.",
+    "Paying a cancelled order is refused with 409.",
+    "A paid order is never cancelled.",
+    "`--kill` SIGKILLs one node of each daemon during the load and starts it again.",
+    "The deadline is 15\nminutes by default",
+    "a malformed request is answered 400",
+]
+
+names = st.from_regex(r"[A-Za-z0-9_-]{1,64}", fullmatch=True)
+
+
+# -- parsers ------------------------------------------------------------------------------------
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.sampled_from(["GET", "POST", "PUT", "DELETE"]), st.text(max_size=120))
+def test_route_takes_any_target_or_refuses_it(method: str, target: str) -> None:
+    try:
+        where = route(method, target)
+    except RouteError as exc:
+        assert exc.status in (400, 404)
+        return
+    assert where.action in ("create", "pay", "get", "list")
+
+
+@given(st.integers(0, (1 << 63) - 1), names, st.integers(1970, 9999), st.integers(1, 12))
+def test_routes_of_the_four_requests(order_id: int, user: str, year: int, month: int) -> None:
+    text = f"{year:04d}-{month:02d}"
+    assert route("POST", "/orders") == Route("create")
+    assert route("POST", f"/orders/{order_id}/pay") == Route("pay", order_id=order_id)
+    assert route("GET", f"/orders/{order_id}") == Route("get", order_id=order_id)
+    assert route("GET", f"/users/{user}/orders?month={text}") == Route("list", user=user,
+                                                                        month=text)
+    with pytest.raises(RouteError):
+        route("GET", f"/users/{user}/orders")
+    with pytest.raises(RouteError):
+        route("POST", f"/orders/{(1 << 63) + order_id}/pay")
+
+
+@given(st.text(max_size=12))
+def test_parse_month_refuses_all_but_real_months(text: str) -> None:
+    try:
+        year, month = parse_month(text)
+    except ValueError as exc:
+        assert repr(text) in str(exc)
+        return
+    assert text == f"{year:04d}-{month:02d}" and 1 <= month <= 12
+
+
+@given(st.integers(1970, 9999), st.integers(1, 12))
+def test_month_bounds_are_consecutive_months(year: int, month: int) -> None:
+    low, high = month_bounds(year, month)
+    assert parse_month(low) == (year, month)
+    following = parse_month(high)
+    assert following == ((year + 1, 1) if month == 12 else (year, month + 1))
+
+
+@given(st.integers(0, (1 << 63) - 1), names, st.booleans())
+def test_order_row_keys_round_trip(order_id: int, user: str, final: bool) -> None:
+    assert valid_name(user)
+    key = record_key(order_id, user) + (FINAL_SUFFIX if final else "")
+    assert _split_key(key.encode()) == (order_id, user, final)
+
+
+def test_remap_moves_every_declared_port_consistently() -> None:
+    specs = [Process("a", ["x", "--listen", "127.0.0.1:7101", "--peers", "1=127.0.0.1:7201"],
+                     port=7101),
+             Process("b", ["y", "-p", "11311", "--servers", "127.0.0.1:11311,127.0.0.1:7101"],
+                     port=11311)]
+    moved = remap_ports(specs)
+    words = " ".join(w for s in moved for w in s.argv)
+    assert not re.search(r"\b(7101|7201|11311)\b", words)
+    assert moved[0].port == int(moved[0].argv[2].split(":")[1])
+    assert moved[1].argv[2] == str(moved[1].port)
+    assert moved[1].argv[4].split(",")[1] == moved[0].argv[2]
+
+
+# -- the HTTP API's errors, no daemon needed ---------------------------------------------------
+
+
+@pytest.fixture
+def api() -> tuple[str, int]:
+    nowhere = Endpoints([], "127.0.0.1:1", [], {"default": [], "users": []}, [])
+    server, _ = serve(OrderService(nowhere))
+    yield server.server_address[:2]
+    server.shutdown()
+
+
+def _call(address: tuple[str, int], method: str, path: str, body: bytes = b"") -> tuple[int, dict]:
+    conn = http.client.HTTPConnection(*address, timeout=30)
+    conn.request(method, path, body=body, headers={"Content-Type": "application/json"})
+    reply = conn.getresponse()
+    status, data = reply.status, json.loads(reply.read())
+    conn.close()
+    return status, data
+
+
+@pytest.mark.parametrize(("method", "path", "body", "status"), [
+    ("POST", "/orders", b"{not json", 400),
+    ("POST", "/orders", b"[1, 2]", 400),
+    ("POST", "/orders", b'{"user": "u 1", "items": []}', 400),
+    ("POST", "/orders", b'{"user": "u1", "items": []}', 400),
+    ("POST", "/orders", b'{"user": "u1", "items": [{"product": "p", "qty": 0}]}', 400),
+    ("GET", "/users/u1/orders?month=2026-13", b"", 400),
+    ("GET", "/users/u1/orders", b"", 400),
+    ("GET", "/nowhere", b"", 404),
+    ("POST", "/orders/12/cancel", b"", 404),
+])
+def test_malformed_requests_answer_400_or_404(api: tuple[str, int], method: str, path: str,
+                                              body: bytes, status: int) -> None:
+    got, data = _call(api, method, path, body)
+    assert got == status
+    assert data["error"]
+
+
+# -- the README ---------------------------------------------------------------------------------
+
+
+def test_readme_promises_are_in_its_words() -> None:
+    text = README.read_text().replace("A malformed", "a malformed")
+    for promise in PROMISES:
+        assert promise in text, promise
+
+
+# -- the demo, end to end -----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def demo_run() -> subprocess.CompletedProcess[str]:
+    argv = [sys.executable, "-m", "examples.orders.demo", "--quick", "--orders",
+            str(DEMO_ORDERS), "--deadline", "3", "--kill"]
+    return subprocess.run(argv, cwd=ROOT, capture_output=True, text=True,
+                          timeout=DEMO_TIMEOUT_S, check=False)
+
+
+def _line(out: str, prefix: str) -> str:
+    found = [line for line in out.splitlines() if line.startswith(prefix)]
+    assert found, f"no line {prefix!r} in:\n{out}"
+    return found[0]
+
+
+def test_demo_quick_kill_run_passes_every_check(
+        demo_run: subprocess.CompletedProcess[str]) -> None:
+    out = demo_run.stdout
+    assert demo_run.returncode == 0, out + demo_run.stderr[-3000:]
+    checks = _line(out, "checks: ")
+    paid = int(re.search(r"(\d+) paid", _line(out, "orders: ")).group(1))
+    # No acknowledged order is lost. No order id is handed out twice. No unpaid order
+    # stays pending past its deadline. Every invoice reads back from dfs byte for byte.
+    assert f"lost 0, duplicate ids 0, unpaid past deadline 0, invoices verified {paid}/{paid}" \
+        in checks
+    # Paying a cancelled order is refused with 409 (a paid order is never cancelled: the
+    # invoices of every paid order are checked as paid above).
+    assert checks.endswith("pay after cancel refused: yes")
+    assert _line(out, "killed and restarted: ") == f"killed and restarted: {VICTIMS}"
+    assert _line(out, "result: ") == "result: OK"
+
+
+def test_demo_summary_says_where_each_piece_went(
+        demo_run: subprocess.CompletedProcess[str]) -> None:
+    out = demo_run.stdout
+    created = int(re.search(r"orders: (\d+) created in [\d.]+ s \([\d.]+ orders/s\)",
+                            _line(out, "orders: ")).group(1))
+    assert created == DEMO_ORDERS
+    assert re.search(r"idgen: ids by worker \d+: \d+", out)
+    assert re.search(r"shardstore keyspace default \(orders table\): shard \d+: \d+", out)
+    assert re.search(r"shardstore keyspace users: slots \d+-\d+: \d+", out)
+    ratio = float(re.search(r"product page hit ratio ([\d.]+)", out).group(1))
+    assert 0 < ratio < 1
+    assert re.search(r"dfs: invoices written \d+, reports written 1", out)
+    cancelled = int(re.search(r"orders cancelled by the job (\d+)", out).group(1))
+    assert cancelled > 0
+    # the progress bar went to stderr
+    assert f"{DEMO_ORDERS}/{DEMO_ORDERS}" in demo_run.stderr

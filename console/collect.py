@@ -32,7 +32,9 @@ INFO_SECTIONS: Final = ("server", "clients", "stats", "scheduler", "shardstore",
                         "idgen", "memory", "persistence", "replication", "keyspace")
 KVCACHE_FIELDS: Final = ("pid", "uptime", "curr_connections", "curr_items", "bytes",
                          "limit_maxbytes", "get_hits", "get_misses", "evictions",
-                         "cmd_get", "cmd_set", "total_items")
+                         "cmd_get", "cmd_set", "total_items", "backends", "backends_down")
+ERR_JOB_LIST: Final = "JOB.LIST: unexpected reply"
+PROXY_MARK: Final = "proxy_replicas"  # a `stats` field only the kvcache proxy reports
 
 
 @dataclass
@@ -79,7 +81,8 @@ class Collector:
             return None
         nodes = await _views(links, "CLUSTER.INFO")
         source = _source(links, nodes)
-        return {"nodes": nodes, "jobs": await _jobs(source) if source else [],
+        jobs, total = await _jobs(source) if source else ([], 0)
+        return {"nodes": nodes, "jobs": jobs, "job_count": total,
                 "source": source.address if source else None}
 
     async def _shardstore(self) -> dict[str, Any] | None:
@@ -115,7 +118,8 @@ class Collector:
         if not self.caches:
             return None
         stats = await asyncio.gather(*(cache.stats() for cache in self.caches))
-        return {"servers": [_cache_view(c, s) for c, s in zip(self.caches, stats, strict=True)]}
+        servers = [_cache_view(c, s) for c, s in zip(self.caches, stats, strict=True)]
+        return {"servers": servers, "pools": _pools(servers)}
 
 
 async def _view(link: NodeLink, cluster_command: str | None) -> dict[str, Any]:
@@ -157,31 +161,64 @@ async def _safe_calls(link: NodeLink, commands: Iterable[tuple[str | int, ...]])
     return out
 
 
-async def _jobs(link: NodeLink) -> list[dict[str, Any]] | dict[str, str]:
-    """Every job (up to MAX_JOBS) with its latest runs, newest first."""
+async def _jobs(link: NodeLink) -> tuple[list[dict[str, Any]] | dict[str, str], int]:
+    """The first MAX_JOBS jobs by name, each with its latest runs (newest first), and how
+    many jobs there are."""
     try:
         names = await link.call("JOB.LIST")
         if not isinstance(names, list):
-            return names if isinstance(names, dict) else {"error": "JOB.LIST: unexpected reply"}
+            return (names if isinstance(names, dict) else {"error": ERR_JOB_LIST}), 0
+        shown = sorted(names)[:MAX_JOBS]
+        commands: list[tuple[str | int, ...]] = []
+        for name in shown:
+            commands += [("JOB.GET", name), ("JOB.HISTORY", name, HISTORY_RUNS)]
+        replies = await link.pipeline(commands)  # one round trip for every job
         jobs = []
-        for name in sorted(names)[:MAX_JOBS]:
-            job = await link.call("JOB.GET", name)
-            if isinstance(job, dict) and "error" not in job:
-                history = await link.call("JOB.HISTORY", name, HISTORY_RUNS)
+        for job, history in zip(replies[::2], replies[1::2], strict=True):
+            if isinstance(job, dict) and "error" not in job:  # a job deleted meanwhile
                 job["history"] = history if isinstance(history, list) else []
                 jobs.append(job)
-        return jobs
+        return jobs, len(names)
     except RespConnectionError as exc:
-        return {"error": str(exc)}
+        return {"error": str(exc)}, 0
 
 
 def _cache_view(link: MemcachedLink, stats: dict[str, str] | None) -> dict[str, Any]:
     if stats is None:
         return {"address": link.address, "up": False, "error": link.error}
     figures = {k: _number(stats[k]) for k in KVCACHE_FIELDS if k in stats}
-    hits, misses = figures.get("get_hits", 0), figures.get("get_misses", 0)
-    ratio = hits / (hits + misses) if hits + misses else None
-    return {"address": link.address, "up": True, "stats": figures, "hit_ratio": ratio}
+    view = {"address": link.address, "up": True, "stats": figures,
+            "hit_ratio": _ratio(figures.get("get_hits", 0), figures.get("get_misses", 0)),
+            "kind": "proxy" if PROXY_MARK in stats else "server"}
+    if PROXY_MARK in stats:  # backend:<host:port>:state lines
+        view["backends"] = {k.split(":", 1)[1].rsplit(":", 1)[0]: v for k, v in stats.items()
+                            if k.startswith("backend:") and k.endswith(":state")}
+    return view
+
+
+def _ratio(hits: Any, misses: Any) -> float | None:
+    if not isinstance(hits, int) or not isinstance(misses, int) or hits + misses == 0:
+        return None
+    return hits / (hits + misses)
+
+
+def _pools(servers: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The watched cache servers as one pool (what a ketama client sees), and each proxy's
+    pool of backends as the proxy counts it."""
+    caches = [s for s in servers if s.get("kind") == "server"]
+    hits = sum(s["stats"].get("get_hits", 0) for s in caches)
+    misses = sum(s["stats"].get("get_misses", 0) for s in caches)
+    pools = [{"name": "cache servers", "servers": [s["address"] for s in caches],
+              "hit_ratio": _ratio(hits, misses), "get_hits": hits, "get_misses": misses}] \
+        if caches else []
+    for proxy in (s for s in servers if s.get("kind") == "proxy"):
+        stats = proxy["stats"]
+        pools.append({"name": f"proxy {proxy['address']}",
+                      "servers": sorted(proxy.get("backends", {})),
+                      "hit_ratio": proxy["hit_ratio"], "get_hits": stats.get("get_hits", 0),
+                      "get_misses": stats.get("get_misses", 0),
+                      "down": stats.get("backends_down", 0)})
+    return pools
 
 
 def _number(text: str) -> int | float | str:

@@ -87,24 +87,37 @@ class NodeLink:
         """One command's reply as plain data; an error reply as {"error": text}; raises
         RespConnectionError when the node cannot be reached (and marks it down)."""
         try:
-            if self._conn is None or self._conn.closed:
-                self._conn = await AsyncRespConnection.connect(
-                    self.host, self.port, timeout=PROBE_TIMEOUT_S,
-                    password=self._password, protocol=3)
-            reply = await self._conn.call(*args)
+            reply = await (await self._connected()).call(*args)
         except ReplyError as exc:
             self.error = ""
             return {"error": str(exc)}
         except (TimeoutError, RespConnectionError, OSError) as exc:
-            self._drop()
-            self.error = str(exc) or type(exc).__name__
-            raise RespConnectionError(self.error) from exc
+            raise self._down(exc) from exc
         self.error = ""
         return plain(reply)
 
-    async def calls(self, *commands: tuple[str | int, ...]) -> list[Reply]:
-        """Several commands in order; stops at the first unreachable node error."""
-        return [await self.call(*command) for command in commands]
+    async def pipeline(self, commands: list[tuple[str | int, ...]]) -> list[Reply]:
+        """Several commands sent at once; their replies in order as plain data (an error
+        reply as {"error": text}); raises RespConnectionError as `call` does."""
+        try:
+            conn = await self._connected()
+            replies = await conn.pipeline(commands)
+        except (TimeoutError, RespConnectionError, OSError) as exc:
+            raise self._down(exc) from exc
+        self.error = ""
+        return [plain(r) for r in replies]
+
+    async def _connected(self) -> AsyncRespConnection:
+        if self._conn is None or self._conn.closed:
+            self._conn = await AsyncRespConnection.connect(
+                self.host, self.port, timeout=PROBE_TIMEOUT_S, password=self._password,
+                protocol=3)
+        return self._conn
+
+    def _down(self, exc: BaseException) -> RespConnectionError:
+        self._drop()
+        self.error = str(exc) or type(exc).__name__
+        return RespConnectionError(self.error)
 
     def _drop(self) -> None:
         if self._conn is not None:

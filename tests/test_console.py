@@ -183,6 +183,29 @@ def test_info_and_plain() -> None:
     json.dumps(plain([ValueError("boom"), {1, 2}, b"\xff"]))
 
 
+def test_kvcache_pools_sum_the_servers_and_show_each_proxy() -> None:
+    from console.collect import _cache_view, _pools
+    from console.probes import MemcachedLink
+
+    def view(address: str, stats: dict[str, str] | None) -> dict[str, Any]:
+        return _cache_view(MemcachedLink(address), stats)
+
+    servers = [
+        view("127.0.0.1:1", {"get_hits": "3", "get_misses": "1", "curr_items": "2"}),
+        view("127.0.0.1:2", {"get_hits": "1", "get_misses": "3"}),
+        view("127.0.0.1:3", None),
+        view("127.0.0.1:4", {"get_hits": "0", "get_misses": "0", "proxy_replicas": "1",
+                             "backends_down": "1", "backend:127.0.0.1:1:state": "up",
+                             "backend:127.0.0.1:3:state": "down"}),
+    ]
+    assert servers[0]["hit_ratio"] == 0.75 and servers[3]["kind"] == "proxy"
+    assert servers[3]["backends"] == {"127.0.0.1:1": "up", "127.0.0.1:3": "down"}
+    whole, proxy = _pools(servers)
+    assert whole["servers"] == ["127.0.0.1:1", "127.0.0.1:2"] and whole["hit_ratio"] == 0.5
+    assert proxy["servers"] == ["127.0.0.1:1", "127.0.0.1:3"] and proxy["hit_ratio"] is None
+    assert proxy["down"] == 1
+
+
 # -- the JSON endpoint and the routes ----------------------------------------------------
 
 

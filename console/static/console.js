@@ -153,7 +153,8 @@ function schedulerSection(part) {
   if (!Array.isArray(part.jobs)) { fill("scheduler-body", render(part.jobs)); return; }
   const canAct = loggedIn.includes("scheduler");
   fill("scheduler-body",
-    el("p", { class: "muted", text: `from ${part.source || "no node"}; ${part.jobs.length} jobs` }),
+    el("p", { class: "muted", text: `from ${part.source || "no node"}; ${part.job_count} jobs` +
+      (part.job_count > part.jobs.length ? ` (the first ${part.jobs.length} by name shown)` : "") }),
     table(["job", "schedule", "status", "paused", "next fire", "run history (newest first)", ""],
       part.jobs.map((job) => jobRow(job, canAct))));
 }
@@ -195,16 +196,24 @@ function dfsSection(part) {
     render(report.decommissioning || [], ["mark", "server id", "chunks left"]));
 }
 
+function pct(ratio) {
+  return typeof ratio === "number" ? (100 * ratio).toFixed(1) + "%" : "–";
+}
+
 function kvcacheSection(part) {
   if (!part) { fill("kvcache-body", el("p", { class: "muted", text: "not watched" })); return; }
-  fill("kvcache-body", table(
+  fill("kvcache-body", table(["pool", "servers", "hit ratio", "hits", "misses", "backends down"],
+    (part.pools || []).map((p) => el("tr", { "data-pool": p.name }, cell(p.name),
+      cell(p.servers.join(", ")), el("td", { class: "hit-ratio", text: pct(p.hit_ratio) }),
+      cell(p.get_hits), cell(p.get_misses), cell(p.down)))),
+  table(
     ["server", "state", "hit ratio", "items", "bytes", "limit", "evictions", "connections"],
     part.servers.map((s) => {
       const st = s.stats || {};
       return el("tr", { class: s.up ? "up" : "down", "data-server": s.address },
-        cell(s.address), el("td", { class: "state", text: s.up ? "up" : "DOWN " + (s.error || "") }),
-        el("td", { class: "hit-ratio",
-          text: typeof s.hit_ratio === "number" ? (100 * s.hit_ratio).toFixed(1) + "%" : "–" }),
+        cell(s.kind === "proxy" ? `${s.address} (proxy)` : s.address),
+        el("td", { class: "state", text: s.up ? "up" : "DOWN " + (s.error || "") }),
+        el("td", { class: "hit-ratio", text: pct(s.hit_ratio) }),
         cell(st.curr_items), cell(st.bytes), cell(st.limit_maxbytes), cell(st.evictions),
         cell(st.curr_connections));
     })));

@@ -15,7 +15,7 @@ from tests.faults.hosts import skip_unless_available
 from tests.faults.idgen_drill import check_real_time_order, drill
 
 SEED = 11
-DURATION_S = 20.0
+DURATION_S = 8.0  # a few faults; `make drills` runs the long rounds (tests/faults/run_drills.py)
 
 
 def test_idgen_drill_short_round(tmp_path: Path) -> None:

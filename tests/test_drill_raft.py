@@ -13,7 +13,7 @@ from tests.faults.hosts import skip_unless_available
 from tests.faults.raft_register import drill
 
 SEED = 20261207
-DURATION_S = 20.0
+DURATION_S = 8.0  # a few faults; `make drills` runs the long rounds (tests/faults/run_drills.py)
 
 
 def test_raft_register_drill_is_linearizable(tmp_path: Path) -> None:

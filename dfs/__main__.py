@@ -88,6 +88,8 @@ def _check(args: argparse.Namespace) -> None:
 
 def serve_master(args: argparse.Namespace) -> int:
     """Run one master until SIGTERM/SIGINT (see the module header for the exit status)."""
+    from core import metrics
+    from dfs import metrics as dfs_metrics
     from dfs.master import Master
 
     settings = cluster_options.cluster_settings(args, default_port=DEFAULT_PORT,
@@ -113,6 +115,7 @@ def serve_master(args: argparse.Namespace) -> int:
             log.error("refusing to start: %s", exc)
             return 1
         log.info("dfs master %d ready on %s:%d", args.id, host, master.port)
+        endpoint = await metrics.open_endpoint(args, lambda: dfs_metrics.master_collectors(master))
         failed = asyncio.ensure_future(master.driver.wait())
         stopping = asyncio.ensure_future(stop.wait())
         await asyncio.wait({failed, stopping}, return_when=asyncio.FIRST_COMPLETED)
@@ -121,6 +124,7 @@ def serve_master(args: argparse.Namespace) -> int:
             log.error("raft driver stopped: %s", failed.exception())
             return 1
         failed.cancel()
+        await metrics.close_endpoint(endpoint)
         await master.stop()
         log.info("dfs master %d stopped", args.id)
         return 0

@@ -107,6 +107,8 @@ def _config(args: argparse.Namespace) -> Any:
 
 def serve_chunkserver(args: argparse.Namespace) -> int:
     """Run one chunk server until SIGTERM/SIGINT (see the module header)."""
+    from core import metrics
+    from dfs import metrics as dfs_metrics
     from dfs.chunkserver import ChunkServer
 
     host, port = daemon.parse_hostport(args.listen, DEFAULT_CHUNK_PORT)
@@ -123,7 +125,10 @@ def serve_chunkserver(args: argparse.Namespace) -> int:
             return 1
         log.info("dfs chunkserver %s (rack %s) ready on %s:%d with %d chunks",
                  server.server_id, config.rack, host, server.port, len(server.store.replicas))
+        endpoint = await metrics.open_endpoint(
+            args, lambda: dfs_metrics.chunkserver_collectors(server))
         await stop.wait()
+        await metrics.close_endpoint(endpoint)
         await server.stop()
         log.info("dfs chunkserver %s stopped", server.server_id)
         return 0

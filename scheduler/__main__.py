@@ -123,6 +123,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def serve(args: argparse.Namespace) -> int:
+    from core import metrics
+    from scheduler import metrics as scheduler_metrics
     from scheduler.server import SchedulerServer
 
     daemon.setup_logging(args.log_level)
@@ -152,6 +154,7 @@ def serve(args: argparse.Namespace) -> int:
             return 1
         log.info("scheduler node %d ready on %s:%d (raft %s:%d)", args.id, host,
                  server.resp.port, peer_host, peer_port)
+        endpoint = await metrics.open_endpoint(args, lambda: scheduler_metrics.collectors(server))
         failed = asyncio.ensure_future(server.driver.wait())
         stopping = asyncio.ensure_future(stop.wait())
         await asyncio.wait({failed, stopping}, return_when=asyncio.FIRST_COMPLETED)
@@ -160,6 +163,7 @@ def serve(args: argparse.Namespace) -> int:
             log.error("raft driver stopped: %s", failed.exception())
             return 1
         failed.cancel()
+        await metrics.close_endpoint(endpoint)
         await server.stop()
         log.info("scheduler node %d stopped", args.id)
         return 0

@@ -106,6 +106,9 @@ def serve(args: argparse.Namespace) -> int:
                           keyspaces=_keyspaces(args.keyspace, set(settings.peers)))
 
     async def run(stop: asyncio.Event) -> int:
+        from core import metrics
+        from shardstore import metrics as shardstore_metrics
+
         node = ShardNode(settings, options)
         try:
             await node.start()
@@ -114,6 +117,7 @@ def serve(args: argparse.Namespace) -> int:
             return 1
         log.info("shardstore node %d ready on %s (raft %s:%d)", settings.node_id,
                  settings.advertise, *settings.peer_listen)
+        endpoint = await metrics.open_endpoint(args, lambda: shardstore_metrics.collectors(node))
         failed = asyncio.ensure_future(node.wait_failed())
         stopping = asyncio.ensure_future(stop.wait())
         await asyncio.wait({failed, stopping}, return_when=asyncio.FIRST_COMPLETED)
@@ -122,6 +126,7 @@ def serve(args: argparse.Namespace) -> int:
             log.error("raft host stopped: %r", failed.exception())
             return 1
         failed.cancel()
+        await metrics.close_endpoint(endpoint)
         await node.stop()
         log.info("shardstore node %d stopped", settings.node_id)
         return 0

@@ -42,6 +42,7 @@ def add_parser(sub: Any) -> None:
     router.add_argument("--deadline", type=float, default=DEADLINE_S,
                         help="seconds a command may spend on retries before it fails")
     router.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
+    daemon.add_metrics_option(router)
 
 
 def _address(text: str) -> tuple[str, int]:
@@ -70,7 +71,13 @@ def run(args: argparse.Namespace) -> int:
             return 1
         log.info("shardstore router ready on %s:%d (nodes %s)", host, router.server.port,
                  ",".join(seeds))
+        from core import metrics
+        from shardstore import metrics as shardstore_metrics
+
+        endpoint = await metrics.open_endpoint(
+            args, lambda: shardstore_metrics.router_collectors(router))
         await stop.wait()
+        await metrics.close_endpoint(endpoint)
         await router.stop()
         log.info("shardstore router stopped")
         return 0

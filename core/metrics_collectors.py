@@ -201,9 +201,8 @@ class RaftCollector:
         duration = HistogramMetricFamily(f"{p}_fsync_duration_seconds", "Time to write and "
                                          "fsync one group commit of the log",
                                          labels=["group"])
-        for gid, handle in self._groups():
+        for gid, handle, status in self._groups():
             labels = [str(gid)]
-            status = handle.status()
             for key, family in families.items():
                 value = _status_value(status, key)
                 if value is not None:
@@ -214,7 +213,8 @@ class RaftCollector:
         yield from families.values()
         yield duration
 
-    def _groups(self) -> Iterator[tuple[int, Any]]:
+    def _groups(self) -> Iterator[tuple[int, Any, Mapping[str, Any]]]:
+        """(group id, handle, status) of each group open now."""
         directory = self.directory()
         if directory is None:
             return
@@ -222,10 +222,10 @@ class RaftCollector:
             handle = directory.group(gid)
             if handle is not None:
                 try:
-                    handle.status()
+                    status = handle.status()
                 except (RuntimeError, AssertionError):  # not open yet, or closing
                     continue
-                yield gid, handle
+                yield gid, handle, status
 
 
 def _status_value(status: Mapping[str, Any], key: str) -> float | None:

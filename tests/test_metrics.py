@@ -11,7 +11,7 @@ from pathlib import Path
 import psutil
 import pytest
 import redis
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from core import daemon
@@ -46,6 +46,8 @@ METRICS_SENTENCE = (
 AUTH_SENTENCE = ("A daemon started with `--requirepass` asks the scraper for that password as "
                  "HTTP Basic credentials (any user name).")
 PREFIX_SENTENCE = "Each daemon's names start with its own prefix"
+KVCACHE_SENTENCE = ("kvcache and its proxy, which take no password, serve metrics on loopback "
+                    "only.")
 PASSWORD = "metrics-secret"
 GETS = 7
 
@@ -98,6 +100,7 @@ def test_the_password_is_checked_as_http_basic() -> None:
     assert not password_matches(None, "secret")
 
 
+@settings(max_examples=40)
 @given(st.lists(st.integers(min_value=0, max_value=10**13), max_size=40))
 def test_power_of_two_buckets_become_cumulative_seconds(latencies: list[int]) -> None:
     hist = LatencyHistogram()
@@ -127,6 +130,9 @@ def test_beyond_loopback_without_a_password_is_refused_as_listen_is(
         "--protected-mode no if the network is trusted)\n")
     assert kvcache_main(["serve", "--metrics-listen", "10.1.2.3:9100"]) == 2
     assert "refusing to listen on 10.1.2.3" in capsys.readouterr().err
+    assert kvcache_main(["proxy", "--servers", "127.0.0.1:1", "--metrics-listen",
+                         "[::]:9100"]) == 2
+    assert "refusing to listen on :: without --requirepass" in capsys.readouterr().err
     assert idgen_main([*common, "--metrics-listen", "nonsense"]) == 2
     assert "--metrics-listen 'nonsense': expected [HOST]:PORT" in capsys.readouterr().err
 
@@ -159,7 +165,7 @@ def test_metrics_are_off_by_default(tmp_path: Path) -> None:
 
 def test_the_readme_says_how_to_turn_metrics_on() -> None:
     text = " ".join(README.read_text().split())
-    for sentence in (METRICS_SENTENCE, AUTH_SENTENCE, PREFIX_SENTENCE):
+    for sentence in (METRICS_SENTENCE, AUTH_SENTENCE, PREFIX_SENTENCE, KVCACHE_SENTENCE):
         assert sentence in text
 
 
@@ -180,6 +186,9 @@ def test_idgen_metrics_agree_with_info(tmp_path: Path) -> None:
         assert status_of(mport) == 401
         assert status_of(mport, "wrong") == 401
         assert status_of(mport, PASSWORD, path="/other") == 404
+        assert raw_reply(mport, b"POST /metrics HTTP/1.1\r\n\r\n").startswith(
+            b"HTTP/1.1 405 ")
+        assert raw_reply(mport, b"nonsense\r\n\r\n").startswith(b"HTTP/1.1 400 ")
         text = scrape(mport, PASSWORD)
         info = r.info("all")
         r.close()
@@ -195,6 +204,15 @@ def test_idgen_metrics_agree_with_info(tmp_path: Path) -> None:
         assert value(text, "process_resident_memory_bytes") > 0
     finally:
         assert d.stop() == 0
+
+
+def raw_reply(port: int, request: bytes) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(request)
+        reply = b""
+        while chunk := sock.recv(65536):
+            reply += chunk
+        return reply
 
 
 # -- kvcache -------------------------------------------------------------------------------------

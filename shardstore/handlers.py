@@ -60,7 +60,7 @@ from core.resp_commands import parse_int
 from core.resp_session import Session
 from native.crc16 import SLOT_COUNT, key_slot
 from shardstore import cluster
-from shardstore.asking import Asking
+from shardstore.asking import ASKING_ATTR, Asking
 from shardstore.barriers import SharedBarriers
 from shardstore.cluster import ClusterConfig, ClusterView, Shard
 from shardstore.cluster_replies import info_reply, nodes_reply, shards_reply, slots_reply
@@ -100,6 +100,7 @@ class NodeView(Protocol):
     name: str
     layer: Any  # shardstore.commands
     service: RaftService
+    host: Any  # core.raft.host.RaftHost
     writes: LeaderWrites
     machines: dict[int, ShardMachine]
 
@@ -181,6 +182,33 @@ class ClientCommands:
             if write:
                 return self._write(shard, args)
             return self._read_or_wait(shard, args, _readonly(session), read)
+
+        if single and read is not None:
+            return self._ready_read(read, handler)
+        return handler
+
+    def _ready_read(self, read: Any, general: Any) -> Any:
+        """The handler of a one-key read with a read runner (GET, STRLEN, HGET, ...): when
+        nothing but the slot map routes the key (no ASKING, no range or foreign table, no
+        fence on its shard) and the read needs no barrier (READONLY, or reads_ready: this
+        node the only voter and leader, everything committed applied), it is answered
+        here from the local replica; anything else goes to `general`, which decides the
+        same way with every case in view."""
+        node, tables = self.node, self.tables
+
+        def handler(session: Session, args: list[bytes]) -> Any:
+            catalog = tables.catalog
+            if (getattr(session, ASKING_ATTR, False) or catalog.has_ranges
+                    or tables.bindings.elsewhere(catalog, node.config.keyspace)):
+                return general(session, args)
+            shard = node.config.shard_of_slot(key_slot(args[1]))
+            machine = node.machines.get(shard.shard_id) if shard is not None else None
+            if machine is None or machine.fences:
+                return general(session, args)
+            group = node.host.group(shard.group)  # type: ignore[union-attr]
+            if group is None or not (group.reads_ready() or _readonly(session)):
+                return general(session, args)
+            return self._reply(read(machine.store, node.now_ms(), args))
 
         return handler
 

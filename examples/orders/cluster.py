@@ -5,7 +5,9 @@ module moves every declared port to a free one (so the demo and its tests run be
 `make run` or each other), drops the processes the service does not use (the shell worker:
 the service brings its own embedded worker), starts each process in its own process group
 with its output in `<var>/<name>.log`, and waits for its port. `kill(name)` SIGKILLs one
-process and `start_again(name)` starts it on the same data directory and ports. `stop()`
+process and `start_again(name)` starts it on the same data directory and ports. A small
+cluster (the tests') also leaves out one cache and one chunk server (`without` takes their
+addresses out of the others' lists). `stop()`
 SIGTERMs everything still running and SIGKILLs what has not exited after a grace period;
 a `Cluster` is a context manager, so an exception or Ctrl-C (KeyboardInterrupt) stops it too.
 """
@@ -25,9 +27,13 @@ from core.launch_spec import Process
 from core.launcher import local_clusters
 from shardstore.launch import KEYSPACES
 
-__all__ = ["Cluster", "Endpoints", "free_port", "remap_ports"]
+__all__ = ["Cluster", "Endpoints", "free_port", "remap_ports", "without"]
 
-DROPPED = ("sched-worker",)  # the shell worker: the service runs an embedded one
+# the shell worker (the service runs an embedded one) and the router (the service's client
+# is cluster-aware)
+DROPPED = ("sched-worker", "shardstore-router")
+# also left out of a small cluster (the tests'): one cache of three, one chunk server of four
+SMALL_DROPPED = ("kvcache-3", "dfs-chunk-4")
 START_TIMEOUT_S = 60.0  # every daemon boots at once on a shared 2-core machine
 STOP_GRACE_S = 10.0
 POLL_S = 0.1
@@ -76,6 +82,20 @@ def remap_ports(specs: Iterable[Process], moved: dict[int, int] | None = None) -
     return [_rewrite(spec, moved) for spec in specs]
 
 
+def without(specs: list[Process], names: Iterable[str]) -> list[Process]:
+    """The processes not named, each address of a dropped one also taken out of the
+    comma-separated lists of the others' arguments (e.g. a proxy's --servers)."""
+    names = set(names)
+    gone = {f"{s.host}:{s.port}" for s in specs if s.name in names and s.port}
+
+    def kept(word: str) -> str:
+        if "," not in word:
+            return word
+        return ",".join(part for part in word.split(",") if part not in gone)
+
+    return [replace(s, argv=[kept(w) for w in s.argv]) for s in specs if s.name not in names]
+
+
 @dataclass(frozen=True)
 class Endpoints:
     """Where the service finds each daemon, `host:port` strings."""
@@ -105,12 +125,15 @@ def endpoints_of(specs: list[Process]) -> Endpoints:
 
 
 class Cluster:
-    """Every declared daemon but the dropped ones, on free ports, data under `var`."""
+    """Every declared daemon but the dropped ones (DROPPED, and SMALL_DROPPED when
+    `small`), on free ports, data under `var`."""
 
-    def __init__(self, var: Path, log: Callable[[str], None] | None = None) -> None:
+    def __init__(self, var: Path, log: Callable[[str], None] | None = None,
+                 small: bool = False) -> None:
         self.var = var
         declared = [spec for cluster in local_clusters(var) for spec in cluster.processes]
-        self.specs = remap_ports(s for s in declared if s.name not in DROPPED)
+        dropped = DROPPED + (SMALL_DROPPED if small else ())
+        self.specs = remap_ports(without(declared, dropped))
         self.endpoints = endpoints_of(self.specs)
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self._log = log or (lambda _text: None)

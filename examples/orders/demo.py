@@ -64,6 +64,9 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
                              f"(default {DEFAULT_DEADLINE_S:g})")
     parser.add_argument("--kill", action="store_true",
                         help="SIGKILL and restart one node of each daemon during the load")
+    parser.add_argument("--small", action="store_true",
+                        help="a smaller cluster: two caches behind the proxy, three chunk "
+                             "servers (the tests use it)")
     parser.add_argument("--var", type=Path, default=None,
                         help="data directory (default: a temporary one, removed after)")
     args = parser.parse_args(argv)
@@ -107,7 +110,8 @@ def summary(service: OrderService, result: LoadResult, checks: Checks,
     hits, misses = figures["cache_hits"], figures["cache_misses"]
     workers = Counter(f"worker {parse_id(i).worker}" for i in ids)
     ok = not (checks.lost or checks.duplicates or checks.late_pending or checks.invoices_bad
-              or checks.pay_after_cancel_refused is False)
+              or checks.pay_after_cancel_refused is False
+              or not checks.month_listing_complete)
     lines = [
         f"orders: {len(ids)} created in {result.seconds:.1f} s "
         f"({len(ids) / max(result.seconds, 1e-9):.1f} orders/s), {len(result.paid)} paid, "
@@ -123,7 +127,8 @@ def summary(service: OrderService, result: LoadResult, checks: Checks,
         f"checks: lost {len(checks.lost)}, duplicate ids {checks.duplicates}, unpaid past "
         f"deadline {len(checks.late_pending)}, invoices verified {checks.invoices_ok}/"
         f"{len(result.paid)}, pay after cancel refused: "
-        f"{_yes(checks.pay_after_cancel_refused)}",
+        f"{_yes(checks.pay_after_cancel_refused)}, a user's month listed in full: "
+        f"{_yes(checks.month_listing_complete)}",
         f"killed and restarted: {', '.join(killed) or 'none'}",
         f"result: {'OK' if ok else 'FAILED'}",
     ]
@@ -144,7 +149,7 @@ def run(args: argparse.Namespace, var: Path) -> int:
     logging.basicConfig(filename=var / LOG_NAME, level=logging.INFO,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     _log(f"starting the local cluster, data under {var} (the clients' log: {LOG_NAME})")
-    with Cluster(var, log=_log) as cluster:
+    with Cluster(var, log=_log, small=args.small) as cluster:
         service = OrderService(cluster.endpoints, Settings(deadline_s=args.deadline))
         opened = service.setup(USERS, PRODUCTS, _months(datetime.now(UTC)))
         add_jobs(cluster.endpoints.scheduler, CANCEL_EVERY_S)

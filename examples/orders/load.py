@@ -20,13 +20,14 @@ import random
 import sys
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
 from examples.orders.cluster import Cluster
 from examples.orders.service import OrderService, render_invoice
-from examples.orders.store import CANCELLED, PAID, classify
+from examples.orders.store import CANCELLED, PAID, classify, month_of_ms
 from idgen.client import parse as parse_id
 
 __all__ = ["Chaos", "Checks", "LoadResult", "Progress", "check", "run_load"]
@@ -218,6 +219,7 @@ class Checks:
     invoices_bad: list[int]
     cancelled: int
     pay_after_cancel_refused: bool | None
+    month_listing_complete: bool
 
 
 def _pending(service: OrderService) -> list[int]:
@@ -258,7 +260,7 @@ def check(service: OrderService, result: LoadResult, api: tuple[str, int],
         else:
             bad.append(order_id)
     return Checks(lost, len(ids) - len(set(ids)), late, good, bad, _cancelled(service),
-                  _pay_after_cancel(service, result, api))
+                  _pay_after_cancel(service, result, api), _month_listing(result, api))
 
 
 def _find_user(service: OrderService, order_id: int) -> str | None:
@@ -277,3 +279,23 @@ def _pay_after_cancel(service: OrderService, result: LoadResult,
                                                  {200, 409})
             return status == 409
     return None
+
+
+def _month_listing(result: LoadResult, api: tuple[str, int]) -> bool:
+    """The busiest user's orders of each month through GET /users/{u}/orders?month=...:
+    every acknowledged order of theirs is listed, with the status GET /orders/{id} gives."""
+    users = Counter(user for _, user in result.created)
+    if not users:
+        return True
+    user = users.most_common(1)[0][0]
+    mine = {i for i, u in result.created if u == user}
+    client, listed = _Api(api), {}
+    for month in sorted({month_of_ms(parse_id(i).time_ms) for i in mine}):
+        _, reply = client.until_answered("GET", f"/users/{user}/orders?month={month}", None,
+                                         {200})
+        listed.update({int(o["id"]): o["status"] for o in reply["orders"]})
+    if not mine <= listed.keys():
+        return False
+    sample = min(mine)
+    _, order = client.until_answered("GET", f"/orders/{sample}", None, {200})
+    return order["status"] == listed[sample] and order["user"] == user

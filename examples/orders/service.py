@@ -45,7 +45,7 @@ from examples.orders.store import (
 from idgen.client import IdgenClient
 from idgen.client import parse as parse_id
 from kvcache.client import CacheError, Client
-from shardstore.client import ShardstoreUnavailable
+from shardstore.client import ShardstoreError, ShardstoreUnavailable
 
 __all__ = ["DEFAULT_DEADLINE_S", "BadRequest", "NotFound", "OrderService", "Refused",
            "Settings"]
@@ -55,6 +55,10 @@ DEFAULT_PAGE_TTL_S = 60
 MAX_ITEMS = 50
 MAX_QUANTITY = 1000
 WRITE_ATTEMPTS = 5  # a create's record write, each attempt within the client's deadline
+RETRY_PAUSE_S = 0.2
+# error replies after which the outcome is unknown or the shard had no leader: the same
+# SET NX is sent again (shardstore/admin_retry.py treats the same ones as transient)
+TRANSIENT_PREFIXES = ("UNKNOWN", "TRYAGAIN", "CLUSTERDOWN", "LOADING", "MASTERDOWN")
 MARK_KEY = "orders-job:cancel-mark"
 ERR_USER = "unknown user {!r}"
 ERR_PRODUCT = "unknown product {!r}"
@@ -233,10 +237,13 @@ class OrderService:
             try:
                 self.clients.store.write_record(order_id, user, record)
                 return
-            except ShardstoreUnavailable:
-                self.figures.add("create_retries")
-                if attempt == WRITE_ATTEMPTS - 1:
+            except ShardstoreError as exc:
+                transient = isinstance(exc, ShardstoreUnavailable) or str(exc).startswith(
+                    TRANSIENT_PREFIXES)
+                if not transient or attempt == WRITE_ATTEMPTS - 1:
                     raise
+                self.figures.add("create_retries")
+                time.sleep(RETRY_PAUSE_S)
 
     def get(self, order_id: int) -> Order:
         """The order; NotFound."""

@@ -342,6 +342,7 @@ def test_the_readme_promises() -> None:
         "The page polls `/api/state` every second",
         "No password ever appears in a page, a JSON reply or the console's log",
         "Read-only until you log in with the daemon's password",
+        "`make run` starts one on `http://127.0.0.1:7800/` watching its whole cluster",
     ]
     for promise in promises:
         assert promise in text, promise
@@ -351,3 +352,8 @@ def test_the_readme_promises() -> None:
     example = re.search(r"^python -m console (.+)$", README.read_text(), re.MULTILINE)
     assert example is not None  # the README's example command line parses
     parse_args(example.group(1).split())
+    from console.launch import CONSOLE_PORT, local_cluster
+
+    (process,) = local_cluster(Path("var")).processes
+    assert CONSOLE_PORT == 7800 and process.port == 7800
+    parse_args(process.argv[3:])  # after python -m console

@@ -109,8 +109,10 @@ function raftSection(data) {
     if (!part) continue;
     for (const [name, members] of raftRows(daemon, part.nodes)) {
       const leaders = members.filter((m) => m.up && m.role === "leader");
-      const leader = leaders.length ? (leaders[0].id ?? leaders[0].address) : "none";
-      out.push(el("h3", {}, `${name}: leader `,
+      const leader = leaders.length ? (leaders[0].id ?? leaders[0].leader) : "none";
+      const title = daemon === "shardstore" && name.endsWith(" group 0") ?
+        `${name} (configuration)` : name;
+      out.push(el("h3", {}, `${title}: leader node `,
         el("span", { id: `leader-${name.replace(/ /g, "-")}`, text: String(leader) })));
       out.push(table(["node", "state", "id", "role", "leader", "term", "commit", "members"],
         members.map((m) => el("tr", {

@@ -154,8 +154,18 @@ def test_page_loads_without_errors_and_shows_the_job(world: World, driver: Any) 
     assert severe == [], severe
 
 
+def test_a_job_opens_its_run_history(world: World, driver: Any) -> None:
+    wait_for(lambda: click(driver, f'button[data-history="{JOB}"]'), "the Runs button", world)
+    shown = wait_for(lambda: text_of(driver, f'tr[data-history-of="{JOB}"]'),
+                     "the job's run history", world)
+    assert "no runs yet" in shown or "run" in shown
+    click(driver, f'button[data-history="{JOB}"]')
+    wait_for(lambda: text_of(driver, f'tr[data-history-of="{JOB}"]') is None,
+             "the run history closed", world)
+
+
 def test_logged_out_no_action_is_offered_or_accepted(world: World, driver: Any) -> None:
-    assert css(driver, "button[data-action]") == []
+    assert css(driver, "button[data-action]") == []  # Pause, Resume, Run now
     assert driver.find_element(By.ID, "login-state").text == "read-only"
     # a session of its own (urllib), with a valid CSRF token but no login
     with urllib.request.urlopen(world.url + "api/state", timeout=HANG_S) as response:

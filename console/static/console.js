@@ -8,6 +8,7 @@ const POLL_MS = 1000;
 const COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b"];
 let csrf = "";
 let loggedIn = [];
+const openJobs = new Set();  // jobs whose run history table is shown
 
 function el(tag, attrs, ...children) {
   const node = document.createElement(tag);
@@ -143,11 +144,26 @@ function jobRow(job, canAct) {
   } else {
     actions.append(el("span", { class: "muted", text: "log in to act" }));
   }
+  actions.prepend(el("button", { type: "button", "data-history": job.name,
+    text: openJobs.has(job.name) ? "Hide runs" : "Runs" }));
   return el("tr", { "data-job": job.name }, cell(job.name), cell(job.schedule), cell(job.status),
     el("td", { class: `paused paused-${job.paused ? "yes" : "no"}`, text: job.paused ? "yes" : "no" }),
     el("td", { class: "next", text: fmtTime(job.next_ms) }),
     el("td", {}, runs, last ? ` last: ${last.state} (slot ${fmtTime(last.slot_ms)})` : ""),
     actions);
+}
+
+function historyRow(job) {
+  const runs = (job.history || []).map((r) => el("tr", { class: `run ${r.state}` },
+    cell(r.run_id), cell(r.state), cell(r.attempt), cell(r.worker || "–"),
+    cell(fmtTime(r.slot_ms)), cell(fmtTime(r.started_ms)), cell(fmtTime(r.finished_ms)),
+    cell(r.started_ms >= 0 ? r.started_ms - r.slot_ms : "–"),
+    cell(r.exit_code >= 0 ? r.exit_code : "–"), cell(r.message || "")));
+  const inner = runs.length ? table(["run", "state", "attempt", "worker", "slot", "started",
+    "finished", "late (ms)", "exit", "message"], runs) :
+    el("p", { class: "muted", text: "no runs yet" });
+  return el("tr", { class: "history", "data-history-of": job.name },
+    el("td", { colspan: "7" }, inner));
 }
 
 function schedulerSection(part) {
@@ -158,7 +174,8 @@ function schedulerSection(part) {
     el("p", { class: "muted", text: `from ${part.source || "no node"}; ${part.job_count} jobs` +
       (part.job_count > part.jobs.length ? ` (the first ${part.jobs.length} by name shown)` : "") }),
     table(["job", "schedule", "status", "paused", "next fire", "run history (newest first)", ""],
-      part.jobs.map((job) => jobRow(job, canAct))));
+      part.jobs.flatMap((job) => openJobs.has(job.name) ?
+        [jobRow(job, canAct), historyRow(job)] : [jobRow(job, canAct)])));
 }
 
 async function jobAction(button) {
@@ -348,6 +365,12 @@ function setup() {
   document.getElementById("scheduler-body").addEventListener("click", (event) => {
     const button = event.target.closest("button[data-action]");
     if (button) jobAction(button);
+    const toggle = event.target.closest("button[data-history]");
+    if (toggle) {
+      const name = toggle.dataset.history;
+      if (openJobs.has(name)) openJobs.delete(name); else openJobs.add(name);
+      refresh();
+    }
   });
   refresh();
   setInterval(refresh, POLL_MS);

@@ -60,9 +60,16 @@ def run_cluster(tmp: Path, test: Callable[[ToyCluster], Awaitable[None]],
     asyncio.run(main())
 
 
-async def started(cluster: ToyCluster) -> int:
-    """Start all three; the leader's id once every node knows every client address."""
+async def started(cluster: ToyCluster, first: int | None = None) -> int:
+    """Start all three; the leader's id once every node knows every client address. With
+    `first`, that node stands for election at once instead of after its election timeout
+    (a long one would otherwise be waited out before the first leader)."""
     await cluster.start()
+    if first is not None:
+        group = cluster.nodes[first].service.driver.group
+        assert group is not None
+        group.live_node().campaign()
+        group.wake()
 
     async def settled() -> int:
         leader = cluster.leader()
@@ -142,7 +149,7 @@ def test_tryagain_names_the_leader_while_it_is_stopped(tmp_path: Path) -> None:
     writes and reads on them fail with TRYAGAIN and its client address."""
 
     async def test(cluster: ToyCluster) -> None:
-        leader = await started(cluster)
+        leader = await started(cluster, first=1)
         follower = next(i for i in (1, 2, 3) if i != leader)
         hint = LEADER_HINT.format(cluster.address(leader))
         await cluster.halt(leader)

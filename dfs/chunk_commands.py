@@ -129,6 +129,7 @@ class ChunkCommands:
         while True:
             await asyncio.sleep(self.check_every_s)
             if not self._leading():
+                self.table.changed.clear()  # (see ChunkTable.changed)
                 continue
             now = time.monotonic()
             for sid in self.placement.expire(now):

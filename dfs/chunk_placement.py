@@ -1,11 +1,19 @@
 """The leader's live view of the chunk servers, sans I/O: where each chunk's replicas are,
 placement of new chunks, leases, safe mode, re-replication and garbage collection.
 
-Strategy: nothing here is in the Raft log. The leader rebuilds it from heartbeats: each
-report lists a server's replicas ([chunk, version, size]); a replica whose chunk the table
+Strategy: nothing here is in the Raft log. The leader rebuilds it from heartbeats: a full
+report lists every replica of a server ([chunk, version, size]), an incremental one those
+installed and dropped since the report it names as its base; the leader applies an
+incremental report only on top of that base and otherwise answers {"full": true} (so a
+lost reply or a new leader costs a full report), acknowledges each report it applied
+("ack": its sequence number), and ignores a late copy of a report older than the last one
+it applied from the same server process ("boot"). A replica whose chunk the table
 (dfs/chunks.py) no longer has (an orphan) or whose version is older than the table's (a
 stale replica that came back) is put on the server's delete list, which the heartbeat reply
-carries. A server not heard from for `dead_after_s` is dead: its replicas no longer count.
+carries; since a replica is no longer reported again and again, the chunks the table
+dropped or moved to a new version (ChunkTable.changed) are rechecked against the servers
+holding them at every heartbeat.
+A server not heard from for `dead_after_s` is dead: its replicas no longer count.
 
 - Placement: `replication` servers (default 3), one per rack while racks last, each rack's
   and server's least used first (ties broken by the injected random source).
@@ -75,6 +83,8 @@ class ServerState:
     used: int = 0
     last_seen: float = 0.0
     chunks: dict[int, int] = field(default_factory=dict)  # chunk -> version held
+    boot: int | None = None  # the server process's id: sequence numbers restart with it
+    seq: int | None = None  # the sequence number of the last report applied
     deletes: set[int] = field(default_factory=set)
     copies: list[list[Any]] = field(default_factory=list)
 
@@ -119,28 +129,38 @@ class Placement:
         self.leases.clear()
         self.chains.clear()
         self.activity.clear()
+        self.table.changed.clear()  # the full reports to come are checked as they arrive
         self.safe = True
 
     # -- heartbeats -------------------------------------------------------------------------
 
     def heartbeat(self, now: float, report: dict[str, Any]) -> dict[str, Any]:
-        """Take one server's report; its reply: {"delete": [chunk ids], "copy": [[chunk,
-        version, target address], ...]}."""
+        """Take one server's report (full or incremental, see the module header); its
+        reply: {"delete": [chunk ids], "copy": [[chunk, version, target address], ...],
+        "ack": the report's sequence number}, or {"full": true} for an incremental report
+        that does not follow the last one applied."""
         sid = str(report["id"])
-        server = self.servers.get(sid) or ServerState(sid, str(report["addr"]),
-                                                       str(report["rack"]))
-        self.servers[sid] = server
+        full = "chunks" in report
+        server = self.servers.get(sid)
+        same_run = server is not None and server.boot == report.get("boot")
+        if same_run and report.get("seq", 0) <= (server.seq or -1):
+            return {"delete": [], "copy": []}  # a late copy of a report already passed
+        if not full and not (same_run and server.seq == report["base"]):
+            return {"delete": [], "copy": [], "full": True}
+        self.recheck()
+        if server is None:
+            server = self.servers[sid] = ServerState(sid, str(report["addr"]),
+                                                     str(report["rack"]))
         server.address, server.rack = str(report["addr"]), str(report["rack"])
         server.free, server.used, server.last_seen = int(report["free"]), int(
             report["used"]), now
-        server.chunks = {}
-        for chunk, version, _size in report["chunks"]:
-            if int(chunk) in server.deletes:
-                continue  # ordered deleted (this reply carries the order): not a replica
-            if self._keeps(int(chunk), int(version)):
-                server.chunks[int(chunk)] = int(version)
-            else:
-                server.deletes.add(int(chunk))
+        server.boot, server.seq = report.get("boot"), report.get("seq")
+        if full:
+            server.chunks = {}
+        for chunk in () if full else report["removed"]:
+            server.chunks.pop(int(chunk), None)
+        for chunk, version, _size in report["chunks"] if full else report["added"]:
+            self._take(server, int(chunk), int(version))
         for chunk in list(self.copying):
             targets = self.copying[chunk]
             for sid in [t for t in targets
@@ -151,9 +171,32 @@ class Placement:
         for chunk in report.get("bad", ()):
             server.chunks.pop(int(chunk), None)
         self._check_safe()
-        reply = {"delete": sorted(server.deletes), "copy": server.copies}
+        reply: dict[str, Any] = {"delete": sorted(server.deletes), "copy": server.copies}
+        if server.seq is not None:
+            reply["ack"] = server.seq
         server.deletes, server.copies = set(), []
         return reply
+
+    def _take(self, server: ServerState, chunk: int, version: int) -> None:
+        """A replica the server reports: kept, or put on its delete list."""
+        if chunk in server.deletes:
+            return  # ordered deleted (this reply carries the order): not a replica
+        if self._keeps(chunk, version):
+            server.chunks[chunk] = version
+        else:
+            server.chunks.pop(chunk, None)
+            server.deletes.add(chunk)
+
+    def recheck(self) -> None:
+        """The replicas of the chunks the table dropped or moved to a new version since the
+        last look: those no longer kept go on their servers' delete lists."""
+        changed, self.table.changed = self.table.changed, set()
+        for chunk in changed:
+            for server in self.servers.values():
+                version = server.chunks.get(chunk)
+                if version is not None and not self._keeps(chunk, version):
+                    del server.chunks[chunk]
+                    server.deletes.add(chunk)
 
     def _keeps(self, chunk: int, version: int) -> bool:
         meta = self.table.chunks.get(chunk)

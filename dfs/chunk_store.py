@@ -17,6 +17,11 @@ runs the slow ones (fsync, big reads, scrubbing) in a thread. A replica is insta
 changes and is copied only under the store's lock (a report iterating it while a copy's
 `finish` added a replica raised "dictionary changed size during iteration" and killed the
 chunk server's heartbeat loop: the master then declared a live server dead for good).
+
+Reports: `take_report` gives every replica (a full report) or only what changed since the
+last report taken (a chunk's replica now, or its removal), so a heartbeat's size follows
+the changes, not the number of chunks held. The store keeps those changes, and the bytes
+held, under the same lock as the index.
 """
 
 from __future__ import annotations
@@ -81,6 +86,9 @@ class ChunkStore:
         self.dir = Path(root) / "chunks"
         self.replicas: dict[int, Replica] = {}  # changed only under `_lock`
         self._lock = threading.Lock()
+        # since the last report taken: chunk -> its replica now, or None when dropped
+        self._changes: dict[int, Replica | None] = {}
+        self._used = 0  # bytes of chunk data held
 
     def open(self) -> ChunkStore:
         """Create the directory, clean up what a crash left, load the index."""
@@ -90,6 +98,7 @@ class ChunkStore:
         for meta in sorted(self.dir.glob("*" + META)):
             self._load(meta)
         kept = {self._path(r.chunk, r.version, DATA).name for r in self.replicas.values()}
+        self._used = sum(r.size for r in self.replicas.values())
         for data in self.dir.glob("*" + DATA):
             if data.name not in kept:
                 data.unlink()
@@ -135,12 +144,23 @@ class ChunkStore:
             return list(self.replicas.values())
 
     def report(self) -> list[list[int]]:
-        """[chunk, version, size] of every replica, for the heartbeat."""
-        return [[r.chunk, r.version, r.size] for r in self._held()]
+        """[chunk, version, size] of every replica."""
+        return [_row(r) for r in self._held()]
+
+    def take_report(self, full: bool) -> dict[str, list[Any]]:
+        """The heartbeat's replicas: with `full`, {"chunks": every replica's [chunk,
+        version, size]}; else {"added": rows of the replicas installed since the last report
+        taken, "removed": the chunks dropped since}. Either way the changes start over."""
+        with self._lock:
+            changes, self._changes = self._changes, {}
+            if full:
+                return {"chunks": [_row(r) for r in self.replicas.values()]}
+        return {"added": [_row(r) for r in changes.values() if r is not None],
+                "removed": [chunk for chunk, r in changes.items() if r is None]}
 
     def used(self) -> int:
         """Bytes of chunk data held."""
-        return sum(r.size for r in self._held())
+        return self._used
 
     def free(self) -> int:
         """Bytes free on the file system under the store."""
@@ -154,6 +174,9 @@ class ChunkStore:
         """Drop the replica of `chunk`; False if none was held."""
         with self._lock:
             replica = self.replicas.pop(chunk, None)
+            if replica is not None:
+                self._changes[chunk] = None
+                self._used -= replica.size
         if replica is None:
             return False
         self._remove_files(chunk, replica.version)
@@ -216,8 +239,14 @@ class ChunkStore:
         with self._lock:
             old = self.replicas.get(replica.chunk)
             self.replicas[replica.chunk] = replica
+            self._changes[replica.chunk] = replica
+            self._used += replica.size - (old.size if old is not None else 0)
         if old is not None and old.version != replica.version:
             self._remove_files(old.chunk, old.version)
+
+
+def _row(replica: Replica) -> list[int]:
+    return [replica.chunk, replica.version, replica.size]
 
 
 class ChunkWriter:

@@ -104,6 +104,10 @@ class ChunkTable:
         self.chunks: dict[int, ChunkMeta] = {}
         self.next_chunk = 1
         self.decommissioning: set[str] = set()  # chunk server ids or addresses
+        # chunks dropped or given a new version since the leader's live view last looked
+        # (Placement.recheck): their replicas are no longer reported again and again, so
+        # the leader rechecks these; a follower empties it (a leader starts from reports)
+        self.changed: set[int] = set()
 
     # -- reads ------------------------------------------------------------------------------
 
@@ -150,6 +154,7 @@ class ChunkTable:
         if index < len(entry.chunks):
             meta = self.chunks[entry.chunks[index]]
             meta.version += 1
+            self.changed.add(meta.chunk)
             meta.size = 0
             return [meta.chunk, meta.version]
         if index != len(entry.chunks):
@@ -182,6 +187,7 @@ class ChunkTable:
             entry = self.files.pop(int(inode), None)
             for chunk in entry.chunks if entry else ():
                 del self.chunks[chunk]
+                self.changed.add(chunk)
                 dropped += 1
         return dropped
 

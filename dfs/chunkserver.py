@@ -22,11 +22,19 @@ Strategy:
   dropped here, the reader gets ERR_CHECKSUM (and fails over), and the next heartbeat
   reports it as bad so the master re-replicates it from a good copy.
 - Every `heartbeat_s` the server reports its id, address, rack, free and used bytes and
-  every replica ([chunk, version, size]) to the master leader (FS.HEARTBEAT); the reply
+  its replicas ([chunk, version, size]) to the master leader (FS.HEARTBEAT); the reply
   lists replicas to delete (orphans, stale versions, extra copies) and copies to make (to
   re-replicate): a copy is a PUT to the target, fed from this server's checked reads. A
   heartbeat that fails for any reason is logged and the next one goes as usual: a server
   whose heartbeats stopped would be declared dead for good while it still serves.
+  Reports are incremental, as HDFS's block reports are: a full report (every replica) at
+  start, every `full_report_s`, after a heartbeat that failed, and whenever the leader asks
+  for one (a new leader knows no replica); in between, only the replicas installed and
+  dropped since the last report. Each report has a sequence number; an incremental one
+  names the report it follows ("base") and the leader applies it only on top of that one,
+  so a lost reply or a change of leader costs one full report, never a missed change;
+  numbers start over with each process ("boot", random), and a late copy of an older
+  report is ignored.
 - The scrubber rereads every replica at `scrub_rate` bytes per second, pausing
   `scrub_pause_s` between passes; a damaged replica is dropped and reported bad.
 """
@@ -37,6 +45,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import random
 import time
 import uuid
 from dataclasses import dataclass
@@ -63,6 +72,7 @@ MAX_COPIES = 4  # copies running at once
 NEXT_TIMEOUT_S = 60.0  # the next server of a chain must answer within this
 SYNC_EVERY_BYTES = 8 * 1024 * 1024  # a PUT flushes behind its writes this often
 STOP_RETRY_S = 0.5  # `stop` cancels its loops again if they have not ended by then
+FULL_REPORT_S = 300.0  # every replica is reported at least this often (a safety net)
 
 
 @dataclass
@@ -78,6 +88,7 @@ class ChunkServerConfig:
     heartbeat_s: float = 1.0
     scrub_rate: int = 8 * 1024 * 1024
     scrub_pause_s: float = 60.0
+    full_report_s: float = FULL_REPORT_S
 
 
 class ChunkServer:
@@ -97,6 +108,10 @@ class ChunkServer:
         self._copies: set[asyncio.Task[None]] = set()
         self._report_now = asyncio.Event()  # a replica arrived: report it at once
         self._stopping = False  # the loops end on it even if a cancellation is swallowed
+        self._boot = random.getrandbits(63)  # reports' sequence numbers start over with it
+        self._seq = 0  # the last report's sequence number
+        self._acked = False  # the leader applied the last report: the next may be a delta
+        self._full_at = 0.0  # monotonic time of the last full report
         self.local: LocalReadServer | None = None  # short-circuit reads (dfs/chunk_local.py)
 
     async def start(self, host: str, port: int) -> None:
@@ -211,27 +226,53 @@ class ChunkServer:
     # -- heartbeats and the master's orders -------------------------------------------------
 
     def report(self) -> dict[str, Any]:
-        """The heartbeat's report (see the module header)."""
-        return {"id": self.server_id, "addr": self.config.advertise, "rack": self.config.rack,
-                "free": self.store.free(), "used": self.store.used(),
-                "chunks": self.store.report(), "bad": sorted(self.bad)}
+        """The next heartbeat's report, full or incremental (see the module header)."""
+        now = time.monotonic()
+        full = not self._acked or now - self._full_at >= self.config.full_report_s
+        if full:
+            self._full_at = now
+        self._seq += 1
+        report = {"id": self.server_id, "addr": self.config.advertise,
+                  "rack": self.config.rack, "free": self.store.free(),
+                  "used": self.store.used(), "bad": sorted(self.bad), "boot": self._boot,
+                  "seq": self._seq,
+                  **self.store.take_report(full)}
+        if not full:
+            report["base"] = self._seq - 1
+        return report
 
     async def _heartbeats(self) -> None:
         while not self._stopping:
-            try:
-                reply = await self.masters.call("FS.HEARTBEAT", msgpack.packb(self.report()))
-                self.bad.clear()
-                self._obey(msgpack.unpackb(reply))
-            except (DfsError, ValueError, TypeError, msgpack.UnpackException) as exc:
-                log.warning("heartbeat failed: %s", exc)
-            except Exception:  # noqa: BLE001 - a bug must not stop the heartbeats for good
-                log.exception("heartbeat failed unexpectedly")
-            # (asyncio.timeout, not wait_for: 3.11's wait_for can swallow the cancellation
-            # that `stop` sends, and the loop then never ended)
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self.config.heartbeat_s):
-                    await self._report_now.wait()
-            self._report_now.clear()
+            await self._heartbeat()
+            await self._pause()
+
+    async def _heartbeat(self) -> None:
+        """Send one report and obey the reply."""
+        try:
+            report = self.report()  # (full or not by the last report's outcome)
+            self._acked = False  # until the leader says it applied this one
+            reply = msgpack.unpackb(
+                await self.masters.call("FS.HEARTBEAT", msgpack.packb(report)))
+            self.bad.clear()
+            self._obey(reply)
+            self._acked = reply.get("ack") == report["seq"]
+            if reply.get("full"):
+                self._report_now.set()  # the leader asks for every replica: at once
+        except (DfsError, ValueError, TypeError, msgpack.UnpackException) as exc:
+            self._acked = False
+            log.warning("heartbeat failed: %s", exc)
+        except Exception:  # noqa: BLE001 - a bug must not stop the heartbeats for good
+            self._acked = False  # (whatever the report took from the store: all again)
+            log.exception("heartbeat failed unexpectedly")
+
+    async def _pause(self) -> None:
+        """Until the next heartbeat is due, or a change asks for a report at once."""
+        # (asyncio.timeout, not wait_for: 3.11's wait_for can swallow the cancellation that
+        # `stop` sends, and the loop then never ended)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self.config.heartbeat_s):
+                await self._report_now.wait()
+        self._report_now.clear()
 
     def _obey(self, orders: dict[str, Any]) -> None:
         for chunk in orders.get("delete", []):

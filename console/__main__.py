@@ -23,7 +23,7 @@ from console.collect import DAEMONS, RESP_DAEMONS, Targets
 from console.probes import split_address
 from console.server import POLL_INTERVAL_S, ConsoleServer
 
-__all__ = ["PASSWORD_ENV", "main", "parse_args", "targets_from"]
+__all__ = ["PASSWORD_ENV", "build_parser", "main", "parse_args", "targets_from"]
 
 PASSWORD_ENV: Final = "CONSOLE_{}_PASSWORD"
 HELP: Final = {
@@ -53,8 +53,8 @@ def _addresses(text: str) -> list[str]:
     return out
 
 
-def parse_args(argv: Sequence[str]) -> argparse.Namespace:
-    """The command line; exits with a usage error on a bad address."""
+def build_parser() -> argparse.ArgumentParser:
+    """The command line's parser."""
     parser = argparse.ArgumentParser(
         prog="python -m console",
         description="web console: cluster members and leaders, scheduler jobs, shardstore "
@@ -66,8 +66,13 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
                             help=HELP[daemon])
     parser.add_argument("--interval", type=float, default=POLL_INTERVAL_S,
                         help="seconds between polls of the daemons (default 1)")
-    parser.add_argument("--log-level", default="INFO")
-    return parser.parse_args(argv)
+    parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
+    return parser
+
+
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+    """The command line; exits with a usage error on a bad address."""
+    return build_parser().parse_args(argv)
 
 
 def targets_from(args: argparse.Namespace, environ: dict[str, str]) -> Targets:

@@ -43,6 +43,7 @@ from shardstore.machine import (
     encode_move,
 )
 from shardstore.moves import Move
+from tests.procs import ROOT
 from tests.shardstore_procs import LoopCluster, run_loop, until_move_done
 from tests.test_shardstore_moves import _set, _shard
 
@@ -186,6 +187,13 @@ class _StubNode:
     def view(self) -> ClusterView:
         return ClusterView(self.config, 1, {1: "127.0.0.1:7001", 2: "127.0.0.1:7002"},
                            {1: 1, 2: 2})
+
+
+def test_the_readme_names_the_multi_key_tryagain() -> None:
+    text = " ".join((ROOT / "README.md").read_text().split())
+    assert ("A multi-key command on keys of one moving slot, some already moved and some "
+            "not, gets `-TRYAGAIN Multiple keys request during rehashing of slot` as from "
+            "Redis.") in text
 
 
 def test_a_multi_key_request_partly_moved_gets_redis_tryagain() -> None:

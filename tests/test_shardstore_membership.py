@@ -32,15 +32,21 @@ from tests.test_shardstore_keyspaces import KeyspaceCluster
 
 README_SENTENCE = (
     "A node joins a keyspace online with `shardstore admin add-node --keyspace users --id 5` "
-    "(it must be running; it gets a new shard, and `rebalance` then gives it slots) and "
-    "leaves with `remove-node`, which first moves its shards' slots to the other shards "
-    "with a progress bar; `KEYSPACE.REMOVENODE` refuses while the node still holds data, "
-    "and `KEYSPACE.CREATE` refuses a node that is not running.")
+    "(it must be running; it gets a new shard, and `rebalance` then gives it slots), or with "
+    "`--replica-of all` (or shard ids) as a new replica of existing shards, which stream it "
+    "their snapshot. It leaves with `remove-node`, which first moves each of its replicas to "
+    "a node of the keyspace that has none (the new replica is added and caught up before the "
+    "old one is removed, and a leader hands over first), with a progress bar, and refuses "
+    "before changing anything when a shard would be left with fewer nodes than its "
+    "replicas; run again after it was killed, it goes on.")
+README_REFUSALS = (
+    "`KEYSPACE.REMOVENODE` refuses while the node still holds data, and `KEYSPACE.CREATE` "
+    "refuses a node that is not running.")
 
 
 def test_the_readme_says_what_these_tests_show() -> None:
     text = " ".join((ROOT / "README.md").read_text().split())
-    assert README_SENTENCE in text
+    assert README_SENTENCE in text and README_REFUSALS in text
 
 
 def test_a_node_joins_and_leaves_a_keyspace_in_the_configuration() -> None:
@@ -110,10 +116,11 @@ async def _join_and_leave(spaces: KeyspaceCluster) -> None:
     with pytest.raises(redis.ResponseError, match="still holds slots of shard"):
         await one.execute_command("KEYSPACE.REMOVENODE", "users", 5)
     await asyncio.to_thread(admin.remove_node, sync, "users", 5, 4096, out)
-    assert "node 5 left keyspace users" in out.getvalue()
+    assert "node 5 left keyspace users (1 replicas moved" in out.getvalue()
     listed = {k[b"name"]: k[b"nodes"] for k in await one.execute_command("KEYSPACE.LIST")}
     assert listed[b"users"] == [4]
     await spaces.until(lambda: not spaces.nodes[4].machines)
+    assert shard in spaces.nodes[3].machines  # its replica moved to node 4, slots and all
     await _every_key(spaces, keys)
     sync.close()
     await users.aclose()

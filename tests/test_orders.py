@@ -40,7 +40,7 @@ from examples.orders.store import (
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "examples" / "orders" / "README.md"
 DEMO_TIMEOUT_S = 600  # detects a hang only
-DEMO_ORDERS = 100
+DEMO_ORDERS = 80
 VICTIMS = "idgen-1, kvcache-1, scheduler-1, shardstore-1, dfs-master-1"
 
 PROMISES = [

@@ -32,8 +32,9 @@ __all__ = ["Cluster", "Endpoints", "free_port", "remap_ports", "without"]
 # the shell worker (the service runs an embedded one) and the router (the service's client
 # is cluster-aware)
 DROPPED = ("sched-worker", "shardstore-router")
-# also left out of a small cluster (the tests'): one cache of three, one chunk server of four
-SMALL_DROPPED = ("kvcache-3", "dfs-chunk-4")
+# also left out of a small cluster (the tests'): one cache of three, one chunk server of
+# four, and the web console (if declared), which the service does not use
+SMALL_DROPPED = ("kvcache-3", "dfs-chunk-4", "console")
 START_TIMEOUT_S = 60.0  # every daemon boots at once on a shared 2-core machine
 STOP_GRACE_S = 10.0
 POLL_S = 0.1

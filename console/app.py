@@ -2,18 +2,21 @@
 
 Strategy: `ConsoleApp.handle(request)` returns a `Response`; console/server.py reads and
 writes the bytes. GET serves the one page and its script and style (files of
-console/static, read once) and `/api/state`, the latest snapshot the poller took (see
-console/poller.py) with this session's CSRF token and logins. POSTs change something and
-each must carry the session's CSRF token in its form (field `csrf`): `/api/login`
-(daemon, password), `/api/logout`, `/api/job` (action, name). A POST whose Origin header
-names another site is refused as well. Replies to the page's scripts are JSON; a refusal is
-{"error": message} with a 4xx or 5xx status. Passwords and the session token never appear in
-any reply body.
+console/static, read once) and `/api/state`, the latest snapshot the poller took (the
+`Poller` of console/server.py) with this session's CSRF token and logins. POSTs change
+something and each must carry the session's CSRF token in its form (field `csrf`):
+`/api/login` (daemon, password), `/api/logout`, `/api/job` (action, name). A POST whose
+Origin header names another site is refused as well. After MAX_FAILED_LOGINS wrong
+passwords within FAILED_LOGIN_WINDOW_S, from any session, logins are refused (429) until
+the window passes. Replies to the page's scripts are JSON; a refusal is {"error": message}
+with a 4xx or 5xx status. Passwords and the session token never appear in any reply body.
 """
 
 from __future__ import annotations
 
 import json
+import time
+from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,6 +50,9 @@ ERR_NO_PASSWORD: Final = "password is empty"
 ERR_LOGIN_FIRST: Final = "log in to the scheduler with its password first (read-only until then)"
 ERR_NO_JOB: Final = "job name is empty"
 ERR_METHOD: Final = "{} is not allowed on {}"
+ERR_TOO_MANY_LOGINS: Final = "too many wrong passwords: try again in {} seconds"
+MAX_FAILED_LOGINS: Final = 5  # refused logins in FAILED_LOGIN_WINDOW_S, from any session
+FAILED_LOGIN_WINDOW_S: Final = 10
 
 StateSource = Callable[[], dict[str, Any]]
 
@@ -74,10 +80,13 @@ def error_response(status: int, message: str) -> Response:
 class ConsoleApp:
     """The routes over a state source (the poller's latest snapshot) and a session store."""
 
-    def __init__(self, targets: Targets, state: StateSource, sessions: SessionStore) -> None:
+    def __init__(self, targets: Targets, state: StateSource, sessions: SessionStore,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.targets = targets
         self.state = state
         self.sessions = sessions
+        self.clock = clock
+        self._failed_logins: deque[float] = deque(maxlen=MAX_FAILED_LOGINS)
         self.files = {path: ((STATIC / name).read_bytes(), kind)
                       for path, (name, kind) in PAGES.items()}
         self.posts: dict[str, Callable[[Session, dict[str, str]], Awaitable[Response]]] = {
@@ -130,7 +139,15 @@ class ConsoleApp:
             return error_response(400, ERR_NOT_WATCHED.format(daemon))
         if not password:
             return error_response(400, ERR_NO_PASSWORD)
-        await check_password(daemon, self.targets.of(daemon), password)
+        failed = self._failed_logins
+        if len(failed) == MAX_FAILED_LOGINS and self.clock() - failed[0] < FAILED_LOGIN_WINDOW_S:
+            return error_response(429, ERR_TOO_MANY_LOGINS.format(FAILED_LOGIN_WINDOW_S))
+        try:
+            await check_password(daemon, self.targets.of(daemon), password)
+        except ActionError as exc:
+            if exc.status == 403:
+                failed.append(self.clock())
+            raise
         session.passwords[daemon] = password
         self.sessions.rotate(session)
         return json_response(200, {"ok": True, "logged_in": session.logged_in(),

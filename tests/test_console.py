@@ -258,6 +258,47 @@ def test_routes_refuse_what_they_must() -> None:
     asyncio.run(main())
 
 
+def test_logins_rotate_the_session_and_wrong_ones_are_throttled(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from console import app as app_module
+    from console.actions import ActionError
+
+    async def check(daemon: str, addresses: list[str], password: str) -> None:
+        if password != "s3cret-OK":
+            raise ActionError(403, f"wrong password for {daemon}: WRONGPASS")
+
+    monkeypatch.setattr(app_module, "check_password", check)
+    now = [0.0]
+    app = ConsoleApp(Targets({"scheduler": ["127.0.0.1:1"]}, {}), lambda: {},
+                     SessionStore(lambda: now[0]), clock=lambda: now[0])
+
+    async def login(password: str, cookie: str, csrf: str) -> tuple[int, dict[str, Any], str]:
+        body = f"csrf={csrf}&daemon=scheduler&password={password}".encode()
+        reply = await app.handle(request("POST", "/api/login", body, cookie))
+        assert password.encode() not in reply.body
+        return reply.status, json.loads(reply.body), reply.headers.get("Set-Cookie", "")
+
+    async def main() -> None:
+        first = await app.handle(request("GET", "/api/state"))
+        cookie = first.headers["Set-Cookie"].split(";")[0]
+        csrf = json.loads(first.body)["session"]["csrf"]
+        for _ in range(app_module.MAX_FAILED_LOGINS):
+            status, reply, _ = await login("bad-Pa55", cookie, csrf)
+            assert status == 403 and "wrong password" in reply["error"]
+        status, reply, _ = await login("s3cret-OK", cookie, csrf)
+        assert status == 429 and "too many" in reply["error"]
+        now[0] += app_module.FAILED_LOGIN_WINDOW_S
+        status, reply, new_cookie = await login("s3cret-OK", cookie, csrf)
+        assert status == 200 and reply["logged_in"] == ["scheduler"]
+        assert new_cookie and new_cookie.split(";")[0] != cookie  # a new token
+        stale = await app.handle(request("GET", "/api/state", cookie=cookie))
+        assert json.loads(stale.body)["session"]["logged_in"] == []
+        fresh = await app.handle(request("GET", "/api/state", cookie=new_cookie.split(";")[0]))
+        assert json.loads(fresh.body)["session"]["logged_in"] == ["scheduler"]
+
+    asyncio.run(main())
+
+
 def test_state_shapes_against_real_daemons(tmp_path: Path) -> None:
     from tests.shardstore_procs import single_node
 

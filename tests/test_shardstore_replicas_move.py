@@ -13,11 +13,13 @@ members, and removing a second node is refused before anything changes."""
 
 from __future__ import annotations
 
+import asyncio
 import signal
 import subprocess
 import sys
 import threading
 import time
+import types
 from pathlib import Path
 from typing import Any
 
@@ -28,11 +30,14 @@ from hypothesis import given
 from hypothesis import strategies as st
 from redis.cluster import ClusterNode, RedisCluster
 
+from core.raft.ready import Role
 from shardstore import cluster
 from shardstore.admin_replicas import ShardRecord, parse_replica_of, plan_leave
 from shardstore.cluster import ClusterConfig, ConfigMachine, Shard
 from shardstore.keyspaces import encode_add_node
+from shardstore.replica_moves import ReplicaDriver, caught_up
 from shardstore.replicas import (
+    CAUGHT_UP_LAG,
     ERR_REPLICA_SYNTAX,
     encode_change,
     encode_done,
@@ -356,3 +361,107 @@ def _text(value: Any) -> str:
 def _field(record: Any, name: str) -> Any:
     return as_map(record).get(name.encode())
 
+
+
+# -- the shard leader's steps, with a stand-in group ---------------------------------------------
+
+class _Progress:
+    def __init__(self, match: int) -> None:
+        self.match = match
+
+
+class _Raft:
+    """The parts of a core.raft Node the driver reads, as the leader of a group."""
+
+    def __init__(self, me: int, voters: set[int], committed: int) -> None:
+        self.role = Role.LEADER
+        self.voters = set(voters)
+        self.committed = committed
+        self.progress = {v: _Progress(committed) for v in voters}
+        self.membership = types.SimpleNamespace(last_change_index=0)
+        self.me = me
+
+
+class _Group:
+    def __init__(self, raft: _Raft) -> None:
+        self.node = raft
+        self.calls: list[tuple[str, int]] = []
+
+    async def add_node(self, node_id: int, address: tuple[str, int]) -> int:
+        self.calls.append(("add", node_id))
+        self.node.voters.add(node_id)
+        self.node.progress[node_id] = _Progress(0)  # it has the log still to take
+        return 1
+
+    async def remove_node(self, node_id: int) -> int:
+        self.calls.append(("remove", node_id))
+        self.node.voters.discard(node_id)
+        return 1
+
+    async def transfer_leadership(self, to: int) -> int:
+        self.calls.append(("transfer", to))
+        self.node.role = Role.FOLLOWER
+        return to
+
+
+class _DriverNode:
+    def __init__(self, me: int, machine: ConfigMachine, group: _Group) -> None:
+        self.me = me
+        self.machine = machine
+        self.host = types.SimpleNamespace(group=lambda gid: group)
+        self.settings = types.SimpleNamespace(peers={n: ("127.0.0.1", 9000 + n)
+                                                     for n in range(1, 5)})
+        self.machines = {sid: object() for sid in machine.config.shards}
+        self.written: list[bytes] = []
+
+    @property
+    def full_config(self) -> ClusterConfig:
+        return self.machine.config
+
+    async def config_write(self, entry: bytes) -> Any:
+        self.written.append(entry)
+        return self.machine.apply([(100 + len(self.written), entry)])[0]
+
+
+def test_the_shard_leader_moves_a_replica_step_by_step_and_a_successor_resumes() -> None:
+    async def main() -> None:
+        machine = _machine()
+        assert machine.apply([(3, encode_change(1, 4, 1))]) == [True]  # 1 leads shard 1
+        raft = _Raft(1, {1, 2, 3}, committed=500)
+        group = _Group(raft)
+        leader = ReplicaDriver(_DriverNode(1, machine, group))  # type: ignore[arg-type]
+        await leader.run_once()
+        assert group.calls == [("add", 4)]
+        await leader.run_once()  # node 4 trails by 500 entries: nothing
+        assert group.calls == [("add", 4)] and caught_up(raft, 4) is False
+        raft.progress[4].match = 500 - CAUGHT_UP_LAG
+        await leader.run_once()  # caught up; the leaving leader hands over first
+        assert group.calls[-1] == ("transfer", 2)  # the most up-to-date other voter
+        heir = 2
+        assert raft.role is Role.FOLLOWER
+        await leader.run_once()  # not the leader any more: nothing
+        raft.role, raft.me = Role.LEADER, heir  # the heir's driver, fresh, resumes
+        successor = ReplicaDriver(_DriverNode(heir, machine, group))  # type: ignore[arg-type]
+        await successor.run_once()
+        assert group.calls[-1] == ("remove", 1) and raft.voters == {2, 3, 4}
+        raft.membership.last_change_index = 501  # not committed yet: no DONE
+        await successor.run_once()
+        assert machine.config.shards[1].leaving == 1
+        raft.committed = raft.progress[4].match = 501
+        await successor.run_once()
+        shard = machine.config.shards[1]
+        assert sorted(shard.members) == [2, 3, 4] and (shard.joining, shard.leaving) == (0, 0)
+        await successor.run_once()  # nothing left to do
+        assert len(group.calls) == 3 and successor.steps == 2
+
+    asyncio.run(main())
+
+
+@given(st.text(max_size=20), st.lists(st.integers(1, 9), min_size=1, max_size=4))
+def test_the_replica_of_option_parser_takes_any_text(text: str, shards: list[int]) -> None:
+    try:
+        chosen = parse_replica_of(text, shards, "default")
+    except ValueError as exc:
+        assert "--replica-of" in str(exc)
+        return
+    assert chosen and set(chosen) <= set(shards) and chosen == sorted(set(chosen))

@@ -23,6 +23,8 @@ the servers' CPU seconds (user + system, psutil; every shardstore node of the ru
 redis-server or every Redis Cluster master) around each, so each throughput figure has a
 row beside it: requests per server CPU-second, ours against redis's (informational; it
 shows the cost per request apart from how busy the machine's other processes keep it).
+The kernel counts CPU time in clock ticks (10 ms), so a side that used a few ticks in a
+--quick run, as redis-server does at -P 16, has a coarse figure.
 
 Each run checks its own result: redis-benchmark exits 0 and reports no error, the key it
 wrote reads back as written, and section 4's key count and sampled values are right on both

@@ -161,12 +161,17 @@ class Engine:
 
     def get(self, key: bytes) -> tuple[bytes, int] | None:
         """(value, expire_at_ms) of a live key, or None. Expiry is not judged here."""
-        with self.lock:
-            self._check_open()
+        with self.lock:  # every GET comes here: the checks of _check_open and _read_value inline
+            if self._closed:
+                self._check_open()
             loc = self.keydir.get(key)
             if loc is None:
                 return None
-            return self._read_value(loc), loc[3]
+            data = self.layer.pread(self.segments[loc[0]].handle, loc[2], loc[1])
+            if len(data) != loc[2]:
+                raise EngineError(f"{self.segments[loc[0]].path}: short read at byte offset "
+                                  f"{loc[1]}")
+            return data, loc[3]
 
     def _read_value(self, loc: Location) -> bytes:
         seg = self.segments[loc[0]]

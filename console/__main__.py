@@ -26,6 +26,9 @@ from console.server import POLL_INTERVAL_S, ConsoleServer
 __all__ = ["PASSWORD_ENV", "build_parser", "main", "parse_args", "targets_from"]
 
 PASSWORD_ENV: Final = "CONSOLE_{}_PASSWORD"
+MIN_INTERVAL_S: Final = 0.05
+MAX_INTERVAL_S: Final = 3600.0
+ERR_INTERVAL: Final = "interval must be seconds between 0.05 and 3600, got {!r}"
 HELP: Final = {
     "idgen": "idgen nodes' RESP ports",
     "kvcache": "kvcache servers' and the proxy's memcached ports",
@@ -41,6 +44,16 @@ def _listen(text: str) -> str:
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
     return text
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not MIN_INTERVAL_S <= value <= MAX_INTERVAL_S:
+        raise argparse.ArgumentTypeError(ERR_INTERVAL.format(text))
+    return value
 
 
 def _addresses(text: str) -> list[str]:
@@ -64,7 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     for daemon in DAEMONS:
         parser.add_argument(f"--{daemon}", type=_addresses, default=[], metavar="H:P[,H:P]",
                             help=HELP[daemon])
-    parser.add_argument("--interval", type=float, default=POLL_INTERVAL_S,
+    parser.add_argument("--interval", type=_seconds, default=POLL_INTERVAL_S,
                         help="seconds between polls of the daemons (default 1)")
     parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
     return parser

@@ -214,8 +214,10 @@ def test_arguments_and_read_passwords_from_the_environment() -> None:
     targets = targets_from(args, {"CONSOLE_SCHEDULER_PASSWORD": "pw"})
     assert targets.of("scheduler") == ["a:1", "b:2"] and targets.of("kvcache") == ["c:3"]
     assert targets.passwords["scheduler"] == "pw" and targets.passwords["dfs"] is None
-    with pytest.raises(SystemExit):
-        parse_args(["--scheduler", "no-port"])
+    for bad in (["--scheduler", "no-port"], ["--interval", "0"], ["--interval", "x"],
+                ["--listen", "127.0.0.1:99999"]):
+        with pytest.raises(SystemExit):
+            parse_args(bad)
 
 
 def request(method: str, path: str, body: bytes = b"", cookie: str = "") -> Request:
@@ -384,7 +386,11 @@ def test_the_readme_promises() -> None:
         "No password ever appears in a page, a JSON reply or the console's log",
         "Read-only until you log in with the daemon's password",
         "`make run` starts one on `http://127.0.0.1:7800/` watching its whole cluster",
+        "after five wrong passwords within ten seconds, from any browser, logins are refused",
     ]
+    from console.app import FAILED_LOGIN_WINDOW_S, MAX_FAILED_LOGINS
+
+    assert (MAX_FAILED_LOGINS, FAILED_LOGIN_WINDOW_S) == (5, 10)
     for promise in promises:
         assert promise in text, promise
     js = (ROOT / "console" / "static" / "console.js").read_text()

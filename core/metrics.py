@@ -1,23 +1,30 @@
-"""Prometheus metrics for every daemon: the `--metrics-listen H:P` option, its safe-bind
-check, the HTTP endpoint, and the collectors every daemon shares.
+"""Prometheus metrics for every daemon: the `--metrics-listen H:P` endpoint (the option
+itself and its safe-bind check are core/daemon.py's, so every parser gets them at once).
 
-Strategy: nothing is counted twice. Each collector is a `prometheus_client` custom
-collector whose `collect()` reads, at scrape time, the figures the daemon already keeps for
-INFO/`stats` (core/stats.py's LatencyHistogram per command, the connection counters, the
-Raft groups' status, psutil's process figures); the request paths are not touched.
+Strategy: nothing is counted twice. The registry holds `prometheus_client` custom
+collectors (core/metrics_collectors.py, and each daemon's `<pkg>/metrics.py`) whose
+`collect()` reads, at scrape time, the figures the daemon already keeps for INFO/`stats`
+(core/stats.py's LatencyHistogram per command, the connection counters, the Raft groups'
+status); the request paths are not touched. The few figures no daemon had (a Raft log's
+fsync durations, a group's leader changes, idgen's waits) are counted where they happen,
+off the request path.
 
 The endpoint is a small HTTP/1.1 responder on the daemon's own asyncio loop
 (`asyncio.start_server`), not prometheus_client's threaded server: the collectors read
 dicts and lists the loop mutates, and reading them on the loop needs no locks and never
-sees a figure half-updated. One request per connection: `GET /metrics` (or `/`) answers
-`generate_latest(registry)`, anything else 404/405, a head that does not parse 400; the
-connection is then closed. A daemon started with a password (`--requirepass`) asks for it
-as HTTP Basic credentials (any user name), which Prometheus' `basic_auth` sends.
+sees a figure half-updated (a scrape costs the loop the time to render the text). One
+request per connection: `GET /metrics` (or `/`, or HEAD) answers
+`generate_latest(registry)`, another path 404, another method 405, a head that does not
+parse 400 (431 when over MAX_HEAD_BYTES); the connection is then closed. At most
+MAX_CONNECTIONS are served at once (more get 503). A daemon started with a password
+(`--requirepass`) asks for it as HTTP Basic credentials (any user name), which
+Prometheus' `basic_auth` sends.
 
 Safe default (DESIGN.md): `--metrics-listen :P` (no host) listens on 127.0.0.1; a host
 beyond loopback is refused without `--requirepass`, unless `--protected-mode no`, with the
-same rule and message as the daemon's own `--listen` (core.daemon.check_bind). Daemons
-without a password option (kvcache, its proxy) therefore serve metrics on loopback only.
+same rule and message as the daemon's own `--listen` (core.daemon.check_bind), before
+anything starts. Daemons without a password option (kvcache, its proxy) therefore serve
+metrics on loopback only. A port that cannot be bound stops the daemon as a bad option does.
 """
 
 from __future__ import annotations
@@ -46,6 +53,7 @@ log = logging.getLogger("core.metrics")
 
 MAX_HEAD_BYTES = 8 * 1024  # a scrape's request line and headers are far shorter
 READ_TIMEOUT_S = 10.0  # a client that sends no complete head in this time is dropped
+MAX_CONNECTIONS = 32  # scrapers served at once; more are answered 503 and closed
 METRICS_PATHS = frozenset({"/metrics", "/"})
 REALM = "metrics"
 
@@ -56,9 +64,11 @@ ERR_HEAD_TOO_LARGE = "request head larger than {} bytes"
 ERR_NOT_FOUND = "not found: try /metrics"
 ERR_METHOD = "only GET and HEAD are served"
 ERR_AUTH = "the daemon's password is needed (HTTP Basic, any user name)"
+ERR_BUSY = "too many connections to the metrics endpoint ({} at most)"
 
 STATUS_TEXT = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found",
-               405: "Method Not Allowed", 431: "Request Header Fields Too Large"}
+               405: "Method Not Allowed", 431: "Request Header Fields Too Large",
+               503: "Service Unavailable"}
 
 
 # -- the option --------------------------------------------------------------------------------
@@ -143,6 +153,7 @@ class MetricsEndpoint:
         self.password = password
         self.port = 0
         self.scrapes = 0
+        self.open = 0  # connections being served
         self._server: asyncio.AbstractServer | None = None
 
     async def start(self, host: str, port: int) -> None:
@@ -175,7 +186,12 @@ class MetricsEndpoint:
                         head_only=head_only)
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.open += 1
         try:
+            if self.open > MAX_CONNECTIONS:
+                writer.write(response(503, ERR_BUSY.format(MAX_CONNECTIONS).encode()))
+                await writer.drain()
+                return
             try:
                 async with asyncio.timeout(READ_TIMEOUT_S):
                     head = await reader.readuntil(b"\r\n\r\n")
@@ -189,6 +205,7 @@ class MetricsEndpoint:
         except (asyncio.IncompleteReadError, TimeoutError, ConnectionError, OSError):
             pass  # the scraper went away or never sent a whole head
         finally:
+            self.open -= 1
             writer.close()
 
 

@@ -5,7 +5,10 @@ over the daemons' own protocols, each daemon one real process, each scrape linte
 
 from __future__ import annotations
 
+import asyncio
 import socket
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import psutil
@@ -13,10 +16,13 @@ import pytest
 import redis
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from prometheus_client import CollectorRegistry
 
 from core import daemon
 from core.metrics import (
+    MAX_CONNECTIONS,
     MAX_HEAD_BYTES,
+    MetricsEndpoint,
     RequestError,
     parse_request_head,
     password_matches,
@@ -113,6 +119,36 @@ def test_power_of_two_buckets_become_cumulative_seconds(latencies: list[int]) ->
     assert buckets[-1][0] == "+Inf"
     for le, count in buckets[:-1]:
         assert count == sum(1 for n in latencies if n / 1e9 < float(le))
+
+
+async def until(condition: Callable[[], bool], what: str) -> None:
+    deadline = time.monotonic() + 30
+    while not condition():
+        assert time.monotonic() < deadline, f"hang: still waiting for {what}"
+        await asyncio.sleep(0.01)
+
+
+def test_the_endpoint_answers_head_and_refuses_connections_beyond_its_limit() -> None:
+    async def main() -> None:
+        endpoint = MetricsEndpoint(CollectorRegistry(auto_describe=False))
+        await endpoint.start("127.0.0.1", 0)
+        idle = [await asyncio.open_connection("127.0.0.1", endpoint.port)
+                for _ in range(MAX_CONNECTIONS)]
+        await until(lambda: endpoint.open == MAX_CONNECTIONS, "the idle connections")
+        reader, writer = await asyncio.open_connection("127.0.0.1", endpoint.port)
+        assert (await reader.read()).startswith(b"HTTP/1.1 503 ")
+        writer.close()
+        for _, idle_writer in idle:
+            idle_writer.close()
+        await until(lambda: endpoint.open == 0, "the idle connections closed")
+        reader, writer = await asyncio.open_connection("127.0.0.1", endpoint.port)
+        writer.write(b"HEAD /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        reply = await reader.read()
+        assert reply.startswith(b"HTTP/1.1 200 ") and reply.endswith(b"\r\n\r\n")
+        writer.close()
+        await endpoint.close()
+
+    asyncio.run(main())
 
 
 # -- the option -----------------------------------------------------------------------------------

@@ -33,6 +33,8 @@ cdef class Lru:
     # [mcls] the arrays of stats.slab (kvcache.counters._LRU_FIELDS), written on every move
     cdef long long[::1] number_hot, number_warm, moves_to_cold, moves_to_warm
     cdef long long[::1] moves_within_lru
+    # [mcls] stats.slab's number, peak and requested; stats.hot (the item counts in it)
+    cdef long long[::1] number, peak, requested, counts
 
     cdef int _mclsid(self, int64_t nkey, uint32_t flags, int64_t nvalue) noexcept
     cdef ItemView _view(self, uint32_t ref)

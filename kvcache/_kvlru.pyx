@@ -56,7 +56,11 @@ from kvcache.slab_policy import (
     richest,
 )
 from kvcache.slabs import ArenaClasses, SlabClasses, item_ntotal, page_size
-from kvcache.counters import CacheStats
+from kvcache.counters import HOT_COUNTERS, CacheStats
+
+cdef Py_ssize_t _BYTES = HOT_COUNTERS.index("bytes")
+cdef Py_ssize_t _CURR_ITEMS = HOT_COUNTERS.index("curr_items")
+cdef Py_ssize_t _TOTAL_ITEMS = HOT_COUNTERS.index("total_items")
 
 cdef enum:
     ITEM_UPDATE_INTERVAL_S = 60
@@ -122,6 +126,8 @@ cdef class Lru:
         self.number_hot, self.number_warm = slab.number_hot, slab.number_warm
         self.moves_to_cold, self.moves_to_warm = slab.moves_to_cold, slab.moves_to_warm
         self.moves_within_lru = slab.moves_within_lru
+        self.number, self.peak, self.requested = slab.number, slab.peak, slab.requested
+        self.counts = self.stats.hot
 
     def __dealloc__(self):
         PyMem_Free(self.mcsizes)
@@ -359,9 +365,8 @@ cdef class Lru:
         cls = self.a.cls_of(self.ntotal_fixed + nkey + nvalue + (4 if flags else 0))
         if cls:
             ref = self._take_chunk(cls)
-        slab = self.stats.slab
         if ref == 0:
-            slab.outofmemory[self._mclsid(nkey, flags, nvalue)] += 1
+            self.stats.slab.outofmemory[self._mclsid(nkey, flags, nvalue)] += 1
             return 0
         r = rec_at(self.a.base, ref)
         r.nkey = <uint8_t>nkey
@@ -379,16 +384,14 @@ cdef class Lru:
         self.a.push(r, ref, cls * LANES + HOT)
         self._balance(cls)
         self.a.index(r, ref)
-        stats = self.stats
-        stats.bytes += self.a.csizes[cls]
-        stats.curr_items += 1
-        stats.total_items += 1
+        self.counts[_BYTES] += self.a.csizes[cls]
+        self.counts[_CURR_ITEMS] += 1
+        self.counts[_TOTAL_ITEMS] += 1
         mcls = self._mclsid(nkey, flags, nvalue)
-        number = slab.number[mcls] + 1
-        slab.number[mcls] = number
-        if number > slab.peak[mcls]:
-            slab.peak[mcls] = number
-        slab.requested[mcls] += self.ntotal_fixed + nkey + nvalue + (4 if flags else 0)
+        self.number[mcls] += 1
+        if self.number[mcls] > self.peak[mcls]:
+            self.peak[mcls] = self.number[mcls]
+        self.requested[mcls] += self.ntotal_fixed + nkey + nvalue + (4 if flags else 0)
         self.number_hot[mcls] += 1  # it entered HOT (balancing may have moved it on)
         self.a.maybe_grow_table(self.limit_bytes)
         return ref
@@ -531,12 +534,10 @@ cdef class Lru:
             self.number_hot[mcls] -= 1
         elif segment == WARM:
             self.number_warm[mcls] -= 1
-        stats = self.stats
-        stats.bytes -= self.a.csizes[r.cls]
-        stats.curr_items -= 1
-        stats.slab.number[mcls] -= 1
-        stats.slab.requested[mcls] -= (self.ntotal_fixed + r.nkey + r.nvalue
-                                       + (4 if r.flags else 0))
+        self.counts[_BYTES] -= self.a.csizes[r.cls]
+        self.counts[_CURR_ITEMS] -= 1
+        self.number[mcls] -= 1
+        self.requested[mcls] -= self.ntotal_fixed + r.nkey + r.nvalue + (4 if r.flags else 0)
         self.a.free_chunk(r, ref)
 
     cdef void _move(self, Rec* r, uint32_t ref, int lane) noexcept:

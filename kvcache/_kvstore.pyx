@@ -44,10 +44,18 @@ cdef object U64_MASK = (1 << 64) - 1
 cdef object _SET = Mode.SET, _ADD = Mode.ADD, _CAS = Mode.CAS
 cdef object _APPEND = Mode.APPEND, _PREPEND = Mode.PREPEND
 cdef object _STORED = Outcome.STORED, _NO_MEMORY = Outcome.NO_MEMORY
+cdef object _NOT_FOUND = Outcome.NOT_FOUND, _NON_NUMERIC = Outcome.NON_NUMERIC
+cdef object _EXISTS = Outcome.EXISTS
+cdef object _tuple_new = tuple.__new__
 cdef bytes _END = END
 cdef Py_ssize_t _GET_CMDS = HOT_COUNTERS.index("get_cmds")
 cdef Py_ssize_t _GET_MISSES = HOT_COUNTERS.index("get_misses")
 cdef Py_ssize_t _BLOCK_SLACK = _pure.VALUE_BLOCK_SLACK
+
+
+cdef inline object _delta(outcome, number, item, bint in_place):
+    """A Delta, made as its NamedTuple's __new__ makes it, without that Python frame."""
+    return _tuple_new(Delta, (outcome, number, item, in_place))
 
 
 cdef int _decimal(char* w, uint64_t n) noexcept:
@@ -423,13 +431,13 @@ cdef class Storage(Lru):
         cdef int width
         cdef char* value
         if ref == 0:
-            return Delta(Outcome.NOT_FOUND, 0, None, False)
+            return _delta(_NOT_FOUND, 0, None, False)
         r = rec_at(self.a.base, ref)
         ntotal = self.ntotal_fixed + r.nkey + r.nvalue + (4 if r.flags else 0)
         if r.nvalue == 0 or ntotal > self.slabs.chunk_max:
-            return Delta(Outcome.NON_NUMERIC, 0, None, False)
+            return _delta(_NON_NUMERIC, 0, None, False)
         if cas and cas != r.cas:
-            return Delta(Outcome.EXISTS, 0, None, False)
+            return _delta(_EXISTS, 0, None, False)
         value = key_of(r) + r.nkey
         if not _plain_number(value, r.nvalue, &number) or not 0 <= delta <= U64_MASK:
             return self._delta_slow(key, ref, incr, delta, pinned)
@@ -448,10 +456,10 @@ cdef class Storage(Lru):
             memset(value + width, 32, r.nvalue - width)
             r.cas = self._stamp()
             self._refresh(ref)
-            return Delta(Outcome.STORED, number, self._view(ref), True)
+            return _delta(_STORED, number, self._view(ref), True)
         outcome, new = self._store_new(key, PyBytes_FromStringAndSize(digits + 1, width),
                                        r.flags, r.exptime, 0, ref)
-        return Delta(outcome, number, new, False)
+        return _delta(outcome, number, new, False)
 
     cdef object _delta_slow(self, bytes key, uint32_t ref, bint incr, delta, pinned):
         # the pure twin's steps, for values _plain_number does not read
@@ -459,7 +467,7 @@ cdef class Storage(Lru):
         view = self._view(ref)
         number = parse_u64_prefix(view.value)
         if number is None:
-            return Delta(Outcome.NON_NUMERIC, 0, None, False)
+            return _delta(_NON_NUMERIC, 0, None, False)
         if incr:
             number = (number + delta) & U64_MASK
         else:
@@ -474,9 +482,9 @@ cdef class Storage(Lru):
             memcpy(key_of(r) + r.nkey, PyBytes_AS_STRING(padded), r.nvalue)
             r.cas = self._stamp()
             self._refresh(ref)
-            return Delta(Outcome.STORED, number, self._view(ref), True)
+            return _delta(_STORED, number, self._view(ref), True)
         outcome, new = self._store_new(key, text, r.flags, r.exptime, 0, ref)
-        return Delta(outcome, number, new, False)
+        return _delta(outcome, number, new, False)
 
     def flush(self, int64_t delay) -> None:
         """flush_all [delay]: everything stored before the deadline dies at the deadline."""

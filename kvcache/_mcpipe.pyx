@@ -15,6 +15,7 @@ from libc.stdint cimport uint64_t
 from libc.string cimport memchr, memcpy, strchr
 
 from kvcache import replies
+from kvcache.counters import HOT_COUNTERS
 from kvcache.items import KEY_BINARY, STALE, TOKEN_SENT, Mode, Outcome
 from kvcache.mcpipe_pure import (
     DELTA_DIGITS,
@@ -63,7 +64,8 @@ cdef bytes _NOT_FOUND_LINE = replies.NOT_FOUND
 cdef bytes _MN = replies.META_NOOP_LINE
 cdef bytes _EMPTY = b""
 cdef long long _KEY_BINARY = KEY_BINARY, _STALE = STALE, _TOKEN_SENT = TOKEN_SENT
-cdef Py_ssize_t _CRLF_LEN = 2
+cdef Py_ssize_t _GET_CMDS = HOT_COUNTERS.index("get_cmds")
+cdef Py_ssize_t _GET_MISSES = HOT_COUNTERS.index("get_misses")
 
 
 cdef struct Op:
@@ -302,12 +304,14 @@ def pipeline(bytes data not None, storage, set pinned not None, long long value_
     cdef Op op
     cdef int kind
     cdef list out
+    cdef long long[::1] hot
     if ops < 0:
         return None
+    hot = storage.stats.hot  # get_cmds and get_misses, added in C (kvcache/counters.py)
     out = []
     for done in range(ops):
         kind = _parse(p, pos, n, value_max, &op)
-        reply = _run(kind, p, &op, storage, pinned)
+        reply = _run(kind, p, &op, storage, pinned, hot)
         if reply is None:
             break
         pos = consumed = op.end
@@ -329,7 +333,7 @@ cdef inline bytes _slice(const char* p, Py_ssize_t start, Py_ssize_t n):
     return PyBytes_FromStringAndSize(p + start, n)
 
 
-cdef object _run(int kind, const char* p, Op* op, storage, set pinned):
+cdef object _run(int kind, const char* p, Op* op, storage, set pinned, long long[::1] hot):
     cdef bytes key
     if kind == K_GET or kind == K_GETS:
         return _get(kind, p, op, storage)
@@ -340,7 +344,7 @@ cdef object _run(int kind, const char* p, Op* op, storage, set pinned):
         return _set(kind, p, op, key, storage)
     if kind == K_INCR or kind == K_DECR:
         return _delta(kind == K_INCR, op, key, storage, pinned)
-    return _meta_get(p, op, key, storage, pinned)
+    return _meta_get(p, op, key, storage, pinned, hot)
 
 
 cdef object _get(int kind, const char* p, Op* op, storage):
@@ -371,7 +375,7 @@ cdef bytes _set(int kind, const char* p, Op* op, bytes key, storage):
 cdef bytes _delta(bint incr, Op* op, bytes key, storage, set pinned):
     cdef char digits[24]
     cdef int width
-    delta = storage.delta(key, incr, op.n1, pinned=pinned)
+    delta = storage.delta(key, incr, op.n1, 0, pinned)
     outcome = delta[0]
     if outcome is _STORED:
         if op.noreply:
@@ -436,17 +440,17 @@ cdef bytes _meta_echo(const char* p, Op* op, const char* code, Py_ssize_t ncode,
     return PyBytes_FromStringAndSize(w, at)
 
 
-cdef object _meta_get(const char* p, Op* op, bytes key, storage, set pinned):
+cdef object _meta_get(const char* p, Op* op, bytes key, storage, set pinned,
+                      long long[::1] hot):
     item = storage.find(key)
     if item is None:
-        stats = storage.stats
-        stats.get_misses += 1
-        stats.get_cmds += 1
+        hot[_GET_MISSES] += 1
+        hot[_GET_CMDS] += 1
         return _EMPTY if op.noreply else _meta_echo(p, op, b"EN", 2, key)
-    return _meta_hit(p, op, item, storage, pinned)
+    return _meta_hit(p, op, item, storage, pinned, hot)
 
 
-cdef bytes _meta_hit(const char* p, Op* op, item, storage, set pinned):
+cdef bytes _meta_hit(const char* p, Op* op, item, storage, set pinned, long long[::1] hot):
     cdef char w[HEADER_BYTES]
     cdef Py_ssize_t at, i = op.args, start, nvalue
     cdef bint want_value = False, no_update = False
@@ -475,12 +479,12 @@ cdef bytes _meta_hit(const char* p, Op* op, item, storage, set pinned):
             at = _put(w, at, b" W", 2)
             storage.grant_token(item)
     at = _put(w, at, b"\r\n", 2)
-    stats = storage.stats
     if op.has_ttl:
+        stats = storage.stats
         stats.touch_cmds += 1
         stats.slab.touch_hits[storage.clsid_of(item)] += 1
     else:
-        stats.get_cmds += 1
+        hot[_GET_CMDS] += 1
         storage.count_hit(item)
     if not no_update:
         storage.bump(item)

@@ -105,7 +105,8 @@ class _HotCounter:
 
 # The counters every plain get or set moves, by their index in CacheStats.hot: the compiled
 # fast lane and storage add to them in C, through a buffer, not as Python attributes.
-HOT_COUNTERS = ("get_cmds", "get_misses", "bytes_read", "bytes_written")
+HOT_COUNTERS = ("get_cmds", "get_misses", "bytes_read", "bytes_written", "bytes", "curr_items",
+                "total_items")
 
 
 class CacheStats:
@@ -116,6 +117,9 @@ class CacheStats:
     get_misses = _HotCounter(HOT_COUNTERS.index("get_misses"))
     bytes_read = _HotCounter(HOT_COUNTERS.index("bytes_read"))
     bytes_written = _HotCounter(HOT_COUNTERS.index("bytes_written"))
+    bytes = _HotCounter(HOT_COUNTERS.index("bytes"))
+    curr_items = _HotCounter(HOT_COUNTERS.index("curr_items"))
+    total_items = _HotCounter(HOT_COUNTERS.index("total_items"))
 
     def __init__(self) -> None:
         self.hot = array("q", bytes(8 * len(HOT_COUNTERS)))

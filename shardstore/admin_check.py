@@ -9,7 +9,9 @@ role, applied and commit indexes and key count). Checks, each one line or more:
 - each shard's replicas are in sync: every member has applied the commit index its
   leader reported (waiting up to SYNC_WAIT_S for a busy cluster to catch up), and when
   they stand at the same index they hold the same number of keys;
-- no move is stuck: a move under way must show progress within STUCK_WAIT_S.
+- no move is stuck: a move under way must show progress within STUCK_WAIT_S;
+- every shard has as many members as its replica count (a change of its replicas under
+  way, shardstore/replicas.py, is shown).
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ def run_checks(client: redis.Redis, out: Out,
     failures += _epochs(statuses, out)
     failures += _replicas(addresses, statuses, connect_like, out)
     failures += _moves(client, out)
+    failures += _members(client, out)
     out("[OK] All checks passed." if not failures else f"[ERR] {failures} check(s) failed.")
     return 0 if not failures else 1
 
@@ -182,3 +185,21 @@ def _progress(move: Any) -> str:
     state = state.decode() if isinstance(state, bytes) else str(state)
     return (f"{state}, {int(field_of(move, 'copied'))} keys copied, "
             f"{int(field_of(move, 'purged'))} purged")
+
+
+def _members(client: redis.Redis, out: Out) -> int:
+    """Every shard has its replica count of members (shardstore/replicas.py); a change of
+    them under way is shown, not failed."""
+    failures = 0
+    for record in client.execute_command("SHARDSTORE.SHARDS"):
+        sid, members = int(field_of(record, "shard")), list(field_of(record, "members"))
+        wanted = int(field_of(record, "replicas") or len(members))
+        joining = int(field_of(record, "joining") or 0)
+        leaving = int(field_of(record, "leaving") or 0)
+        if joining or leaving:
+            out(f"[OK] Shard {sid}: replica change under way (joining node {joining or '-'}, "
+                f"leaving node {leaving or '-'}).")
+        elif len(members) < wanted:
+            out(f"[ERR] Shard {sid}: {len(members)} replica(s), fewer than its {wanted}.")
+            failures += 1
+    return failures

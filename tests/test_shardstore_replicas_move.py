@@ -9,7 +9,8 @@ no keyspace. `shardstore admin add-node --replica-of 1` makes node 4 a replica o
 it runs and then run again, moves node 1's replica of shard 2 to node 4 and drops its
 replica of shard 1 (which keeps 3), while a writer writes: every acknowledged write reads
 back, node 1 deletes its shards' files, CLUSTER SHARDS and CLUSTER NODES show the new
-members, and removing a second node is refused before anything changes."""
+members, `admin check` passes, and removing a second node is refused before anything
+changes."""
 
 from __future__ import annotations
 
@@ -308,6 +309,8 @@ def _grow_and_shrink(daemons: list[Daemon], tmp: Path) -> None:
     writer.join(timeout=WAIT_S)
     _check_everything_there(two, seed, writer)
     _check_membership(daemons, tmp)
+    code, text = _admin([two, three], "check")
+    assert code == 0 and "[OK] All checks passed." in text, text
     code, text = _admin([two, three], "remove-node", "--keyspace", "default", "--id", "2")
     assert code == 1 and "has no other node to take the one on node 2" in text, text
     assert all(len(r[b"members"]) == 3 for r in _shards(two).values())

@@ -115,12 +115,28 @@ def start(spec: Process, log_dir: Path, cwd: Path = ROOT) -> subprocess.Popen[by
 def stop(process: subprocess.Popen[bytes]) -> int:
     if process.poll() is None:
         process.send_signal(signal.SIGTERM)
+    return reap(process)
+
+
+def reap(process: subprocess.Popen[bytes]) -> int:
+    """Wait for a signalled process's exit code (SIGKILL and raise after STOP_S). It is not
+    signalled again: a second SIGTERM during its shutdown would kill it uncleanly."""
     try:
         return process.wait(timeout=STOP_S)
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait()
         raise
+
+
+def stop_all(processes: list[subprocess.Popen[bytes]]) -> list[int]:
+    """SIGTERM every process first, then reap each: the nodes of a cluster shut down side by
+    side, so none waits on peers that an earlier stop already took away. Stop a cluster's
+    clients (a worker reporting its last run) in an earlier call, while their servers run."""
+    for process in processes:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+    return [reap(process) for process in processes]
 
 
 def scheduler_ready(ports: list[int]) -> bool:
@@ -151,7 +167,13 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         wait_until(lambda: scheduler_ready(scheduler_ports), "a scheduler leader")
         yield running
     finally:
-        codes = [stop(p) for p in running.processes]
+        # the portless processes (the shell worker) are clients of the others: they stop
+        # first, so a run in flight reports to a live scheduler instead of retrying into
+        # the worker's stop grace
+        started = zip(specs, running.processes, strict=False)  # shorter if a start failed
+        portless = [proc for spec, proc in started if not spec.port]
+        served = [proc for proc in running.processes if proc not in portless]
+        codes = stop_all(portless) + stop_all(served)
         logs = {f.name: f.read_text()[-2000:] for f in var.glob("*.log")}
         assert codes == [0] * len(codes), logs
 

@@ -89,10 +89,11 @@ function raftRows(daemon, nodes) {
   for (const node of nodes) {
     const views = !node.up ? [] : Array.isArray(node.cluster) ? node.cluster :
       node.cluster && !isError(node.cluster) ? [node.cluster] : [];
-    if (!node.up) {
+    if (!node.up || isError(node.cluster)) {  // down, or up but refusing (NOAUTH, ...)
       const key = daemon;
       if (!groups.has(key)) groups.set(key, []);
-      groups.get(key).push({ address: node.address, up: false, error: node.error });
+      groups.get(key).push({ address: node.address, up: node.up,
+        error: node.up ? node.cluster.error : node.error });
     }
     for (const view of views) {
       const key = view.group !== undefined ? `${daemon} group ${view.group}` : daemon;
@@ -120,7 +121,7 @@ function raftSection(data) {
           class: `${m.up ? "up" : "down"} ${m.role === "leader" ? "leader" : ""}`,
           "data-group": name, "data-node": m.address,
         }, cell(m.address), el("td", { class: "state", text: m.up ? "up" : "DOWN" }),
-        cell(m.id), el("td", { class: "role", text: m.up ? (m.role ?? "–") : (m.error || "") }),
+        cell(m.id), el("td", { class: "role", text: m.error || m.role || "–" }),
         cell(m.leader), cell(m.term), cell(m.commit_index),
         cell(Array.isArray(m.members) ? m.members.join(",") : m.members)))));
     }

@@ -129,6 +129,19 @@ def test_a_form_is_parsed_or_refused_with_400(body: bytes) -> None:
     assert all(isinstance(k, str) and isinstance(v, str) for k, v in form.items())
 
 
+@given(st.text(max_size=200))
+def test_cookies_info_and_addresses_never_crash(text: str) -> None:
+    from console.probes import split_address
+
+    assert all(isinstance(v, str) for v in parse_cookies(text).values())
+    assert all(isinstance(v, dict) for v in parse_info(text).values())
+    try:
+        host, port = split_address(text)
+    except ValueError:
+        return
+    assert host and 0 < port < 65536
+
+
 def test_a_form_and_cookies() -> None:
     assert parse_form(b"daemon=scheduler&password=a%26b+c") == {"daemon": "scheduler",
                                                                 "password": "a&b c"}

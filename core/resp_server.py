@@ -37,7 +37,7 @@ from core import resp_commands
 from core.command_table import Command, CommandTable, Handler, full_name_of
 from core.connections import Connections, Listeners
 from core.limits import DEFAULT_LIMITS, Limits
-from core.resp import CommandError, Raw, RequestParser, encode, encode_error
+from core.resp import OK, CommandError, Raw, RequestParser, encode, encode_error
 from core.resp_session import Session
 from core.stats import (
     LATENCY_SAMPLE_EVERY,
@@ -66,6 +66,7 @@ WRITE_CHUNK = 64 * 1024
 MAX_WAITING_COMMANDS = 1024
 # Redis shows at most this many characters of an unknown (sub)command and its arguments.
 MAX_SHOWN_CHARS = 128
+OK_REPLY = encode(OK)  # the same in RESP2 and RESP3
 
 # A daemon's taker of pipelined runs: (session, commands, index) -> the rows of the run it
 # takes, commands[index:index + len(rows)] with len(rows) >= 2, and a coroutine of one
@@ -150,7 +151,8 @@ class RespServer:
     def dispatch(self, session: Session, args: list[bytes]) -> bytes | Coroutine[Any, Any, bytes]:
         """Run one command; encoded reply bytes, or a coroutine when the handler must wait.
 
-        This is every daemon's hot path: an integer reply skips the generic encoder.
+        This is every daemon's hot path: an integer or bulk-string reply skips the generic
+        encoder.
         """
         self.commands_processed += 1
         command = self.commands.get(args[0]) or self.commands.get(args[0].upper())
@@ -182,7 +184,9 @@ class RespServer:
         except Exception:
             return self._internal_error(command)
         kind = type(result)
-        if kind is int:
+        if kind is bytes:  # a bulk string (GET's hit), the same in RESP2 and RESP3
+            reply = b"$%d\r\n%s\r\n" % (len(result), result)
+        elif kind is int:
             reply = b":%d\r\n" % result
         elif kind is Raw:
             reply = result
@@ -272,6 +276,9 @@ class RespServer:
             if type(result) is bytes:  # the common reply (GET): a bulk string
                 row.latency.record(each)
                 replies.append(b"$%d\r\n%s\r\n" % (len(result), result))
+            elif result is OK:  # SET's
+                row.latency.record(each)
+                replies.append(OK_REPLY)
             elif isinstance(result, CommandError):
                 row.latency.errors += 1
                 replies.append(encode_error(result.message))

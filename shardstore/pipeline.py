@@ -96,7 +96,8 @@ class Pipelines:
         """core.resp_server.Pipeline: the run that starts at commands[index], or None."""
         if getattr(session, ASKING_ATTR, False):
             return None
-        first = self._routed(commands[index])
+        slots_only = self._slots_only()
+        first = self._routed(commands[index], slots_only)
         if first is None:
             return None
         row, shard, ranged, write = first
@@ -105,11 +106,11 @@ class Pipelines:
                 return None  # answered one by one
             stale_ok = self.readonly(session)
             if stale_ok or self.commands.node.service.reads_ready(shard.group):
-                return self._ready_reads(commands, index, first, stale_ok)
+                return self._ready_reads(commands, index, first, stale_ok, slots_only)
         rows, run = [row], [(commands[index], ranged)]
         end = min(len(commands), index + MAX_BATCH_COMMANDS)
         for args in commands[index + 1:end]:
-            routed = self._routed(args)
+            routed = self._routed(args, slots_only)
             if (routed is None or routed[1].shard_id != shard.shard_id or routed[3] != write
                     or (not write and routed[2])):
                 break
@@ -121,17 +122,25 @@ class Pipelines:
             return rows, self._write_run(shard, run)
         return rows, self._read_run(shard, rows, [args for args, _ in run])
 
-    def _routed(self, args: list[bytes]) -> Routed | None:
+    def _slots_only(self) -> bool:
+        """Whether the slot map alone routes every key now (no range table, no HASH table
+        bound to another keyspace): TableCommands.range_shard would answer None for all."""
+        tables = self.commands.tables
+        catalog = tables.catalog
+        return not (catalog.has_ranges
+                    or tables.bindings.elsewhere(catalog, self.commands.node.config.keyspace))
+
+    def _routed(self, args: list[bytes], slots_only: bool = False) -> Routed | None:
         """(row, shard, routed as range rows, a write) of a keyed command this node serves
         from one of its shards; None for anything else (dispatch answers it, errors
-        included)."""
+        included). `slots_only`: _slots_only() said so for this run."""
         client = self.commands
         row = client.node.service.resp.plain_row(args)
         if row is None or not row.key_specs:
             return None
         write = WRITE_FLAG in row.flags
         try:
-            ranged = client.tables.range_shard(row, args)
+            ranged = None if slots_only else client.tables.range_shard(row, args)
             if ranged is not None:
                 return row, ranged, True, write
             single = self._single.get(row.name)
@@ -159,7 +168,7 @@ class Pipelines:
                 else reply for reply, (args, _) in zip(replies, run, strict=True)]
 
     def _ready_reads(self, commands: list[list[bytes]], index: int, first: Routed,
-                     stale_ok: bool) -> Run | None:
+                     stale_ok: bool, slots_only: bool) -> Run | None:
         """The run of reads from commands[index] (routed as `first`) that need no barrier,
         answered now from the local replicas; None when the run is one read long."""
         reads_ready = self.commands.node.service.reads_ready
@@ -167,7 +176,7 @@ class Pipelines:
         run = [(commands[index], first[0], first[1])]
         end = min(len(commands), index + MAX_BATCH_COMMANDS)
         for args in commands[index + 1:end]:
-            routed = self._routed(args)
+            routed = self._routed(args, slots_only)
             if routed is None or routed[2] or routed[3]:
                 break
             shard = routed[1]

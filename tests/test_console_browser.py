@@ -150,6 +150,8 @@ def test_page_loads_without_errors_and_shows_the_job(world: World, driver: Any) 
     assert text_of(driver, "#leader-scheduler") in ("1", "2", "3", "none")
     assert text_of(driver, f'tr[data-job="{JOB}"] td.paused') == "no"
     assert text_of(driver, f'tr[data-job="{JOB}"] td.next') not in (None, "–")  # next fire
+    # the throughput chart draws a line per daemon once two polls gave counter deltas
+    wait_for(lambda: len(css(driver, "#chart-ops polyline")) >= 2, "the throughput chart", world)
     severe = [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
     assert severe == [], severe
 

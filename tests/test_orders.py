@@ -25,9 +25,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from core.launch_spec import Process
-from examples.orders.cluster import Endpoints, remap_ports, without
+from examples.orders.cluster import Cluster, Endpoints, remap_ports, without
 from examples.orders.http_api import Route, RouteError, route, serve
-from examples.orders.service import OrderService
+from examples.orders.service import (
+    MAX_ITEMS,
+    MAX_QUANTITY,
+    BadRequest,
+    OrderService,
+    _checked_items,
+)
 from examples.orders.store import (
     FINAL_SUFFIX,
     _split_key,
@@ -132,6 +138,44 @@ def test_without_drops_a_process_and_its_address_from_lists() -> None:
     kept = without(specs, ["c2"])
     assert [s.name for s in kept] == ["c1", "proxy"]
     assert kept[1].argv == ["--servers", "127.0.0.1:11311"]
+
+
+LISTENER = ("import socket, sys, time; host, port = sys.argv[1].split(':'); "
+            "s = socket.socket(); s.bind((host, int(port))); s.listen(); time.sleep(600)")
+
+
+def test_cluster_kill_start_again_and_stop_on_ctrl_c(tmp_path: Path) -> None:
+    spec = Process("fake-1", [sys.executable, "-c", LISTENER, "127.0.0.1:7999"], port=7999)
+    cluster = Cluster(tmp_path, declared=[spec])
+    assert cluster.specs[0].port != 7999
+    with pytest.raises(KeyboardInterrupt), cluster:
+        first = cluster.procs["fake-1"]
+        cluster.kill("fake-1")
+        assert first.poll() is not None
+        cluster.start_again("fake-1")
+        again = cluster.procs["fake-1"]
+        assert again.poll() is None
+        raise KeyboardInterrupt
+    assert again.poll() is not None
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-5, 2000) | st.text(max_size=70),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(
+        st.sampled_from(["product", "qty", "x"]), inner, max_size=3),
+    max_leaves=12)
+
+
+@settings(max_examples=200, deadline=None)
+@given(json_values)
+def test_items_are_checked_before_any_daemon_is_asked(items: object) -> None:
+    try:
+        checked = _checked_items(items)
+    except BadRequest:
+        return
+    assert 1 <= len(checked) <= MAX_ITEMS
+    for item in checked:
+        assert valid_name(item["product"]) and 1 <= item["qty"] <= MAX_QUANTITY
 
 
 # -- the HTTP API's errors, no daemon needed ---------------------------------------------------

@@ -10,14 +10,22 @@ cluster (the tests') also leaves out one cache and one chunk server (`without` t
 addresses out of the others' lists). `stop()`
 SIGTERMs everything still running and SIGKILLs what has not exited after a grace period;
 a `Cluster` is a context manager, so an exception or Ctrl-C (KeyboardInterrupt) stops it too.
+Each process runs in its own process group (the terminal's Ctrl-C reaches the demo alone,
+which then stops them once), and a process started from the main thread gets SIGTERM if
+the demo dies (PR_SET_PDEATHSIG, as core/launcher.py does). That signal follows the
+starting *thread*, so a process started again from another thread (the kills during the
+load) goes without it and is stopped by `stop()` only.
 """
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import re
 import signal
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
@@ -35,12 +43,14 @@ DROPPED = ("sched-worker", "shardstore-router")
 # also left out of a small cluster (the tests'): one cache of three, one chunk server of
 # four, and the web console (if declared), which the service does not use
 SMALL_DROPPED = ("kvcache-3", "dfs-chunk-4", "console")
-START_TIMEOUT_S = 60.0  # every daemon boots at once on a shared 2-core machine
+START_TIMEOUT_S = 120.0  # every daemon boots at once on a shared 2-core machine
 STOP_GRACE_S = 10.0
 POLL_S = 0.1
+PR_SET_PDEATHSIG = 1  # prctl(2): the signal a child gets when its parent dies
 ADDRESS = re.compile(r"(127\.0\.0\.1):(\d+)")
 PORT_FLAGS = ("-p",)  # a port given as its own word after one of these flags
-ERR_NOT_UP = "{} did not listen on {}:{} within {:.0f} s (see {})"
+ERR_NOT_UP = "{} did not listen on {}:{} within {:.0f} s ({}); its log ends:\n{}"
+LOG_TAIL_CHARS = 2000
 ERR_UNKNOWN = "no process named {!r} in the cluster"
 
 
@@ -49,6 +59,13 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
         return int(sock.getsockname()[1])
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: SIGTERM when the parent's thread that started it ends (so
+    with the demo, when the main thread starts it; a no-op off Linux)."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def _declared_ports(spec: Process) -> set[int]:
@@ -130,14 +147,19 @@ class Cluster:
     `small`), on free ports, data under `var`."""
 
     def __init__(self, var: Path, log: Callable[[str], None] | None = None,
-                 small: bool = False) -> None:
+                 small: bool = False, declared: list[Process] | None = None) -> None:
         self.var = var
-        declared = [spec for cluster in local_clusters(var) for spec in cluster.processes]
+        if declared is None:
+            declared = [spec for cluster in local_clusters(var) for spec in cluster.processes]
         dropped = DROPPED + (SMALL_DROPPED if small else ())
         self.specs = remap_ports(without(declared, dropped))
-        self.endpoints = endpoints_of(self.specs)
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self._log = log or (lambda _text: None)
+
+    @property
+    def endpoints(self) -> Endpoints:
+        """Where the service finds each daemon (KeyError on a cluster without them all)."""
+        return endpoints_of(self.specs)
 
     def names(self) -> list[str]:
         """The process names, in start order."""
@@ -151,9 +173,11 @@ class Cluster:
 
     def _popen(self, spec: Process) -> None:
         self.var.mkdir(parents=True, exist_ok=True)
+        main = threading.current_thread() is threading.main_thread()
         with open(self.var / f"{spec.name}.log", "ab") as log:
-            self.procs[spec.name] = subprocess.Popen(spec.argv, stdout=log, stderr=log,
-                                                     process_group=0)
+            self.procs[spec.name] = subprocess.Popen(
+                spec.argv, stdout=log, stderr=log, process_group=0,
+                preexec_fn=_die_with_parent if main else None)
 
     def _wait_up(self, spec: Process) -> None:
         deadline = time.monotonic() + START_TIMEOUT_S
@@ -166,8 +190,11 @@ class Cluster:
             except OSError:
                 time.sleep(POLL_S)
         log = self.var / f"{spec.name}.log"
-        raise RuntimeError(ERR_NOT_UP.format(spec.name, spec.host, spec.port,
-                                             START_TIMEOUT_S, log))
+        tail = log.read_text(errors="replace")[-LOG_TAIL_CHARS:] if log.exists() else ""
+        state = self.procs[spec.name].poll()
+        raise RuntimeError(ERR_NOT_UP.format(spec.name, spec.host, spec.port, START_TIMEOUT_S,
+                                             "running" if state is None else f"exit {state}",
+                                             tail))
 
     def start(self) -> None:
         """Start every process, then wait for each one's port (RuntimeError if one fails)."""

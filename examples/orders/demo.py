@@ -6,13 +6,14 @@ range per month), add the two jobs and start the embedded worker, serve the HTTP
 send the load with a progress bar on stderr (examples/orders/load.py), optionally kill and
 restart one node of each daemon during it (`--kill`), read everything back, and print the
 summary. Everything is stopped at the end, on an error, and on Ctrl-C. The exit status is
-1 when a check failed.
+1 when a check failed, 130 when interrupted (Ctrl-C or SIGTERM).
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 import tempfile
 import time
@@ -191,10 +192,15 @@ def _drive(args: argparse.Namespace, cluster: Cluster, service: OrderService,
     return 0 if ok else 1
 
 
+def _interrupt(*_: object) -> None:
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
     """The command line (see the module header)."""
     args = _arguments(argv)
     started = time.monotonic()
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         if args.var is not None:
             code = run(args, args.var)

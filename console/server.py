@@ -32,6 +32,7 @@ IDLE_TIMEOUT_S: Final = 60.0
 READ_BYTES: Final = 64 * 1024
 MAX_CONNECTIONS: Final = 256
 ERR_BUSY: Final = "too many connections"
+ERR_INTERNAL: Final = "internal error (see the console's log)"
 
 log = logging.getLogger("console")
 
@@ -152,7 +153,11 @@ class ConsoleServer:
                 parser.feed(data)
                 continue
             assert isinstance(request, Request)
-            response = await self.app.handle(request)
+            try:
+                response = await self.app.handle(request)
+            except Exception:  # a bug answers 500 and is logged; the server keeps serving
+                log.exception("%s %s failed", request.method, request.path)
+                response = error_response(500, ERR_INTERNAL)
             writer.write(encode_response(response, head_only=request.method == "HEAD",
                                          keep_alive=request.keep_alive))
             await writer.drain()

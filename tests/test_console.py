@@ -365,6 +365,17 @@ def test_a_real_socket_gets_400_for_garbage_and_keeps_serving() -> None:
             reply = await reader.read()
             assert reply.startswith(b"HTTP/1.1 200 OK\r\n")
             assert "polls" in json.loads(reply.split(b"\r\n\r\n", 1)[1])
+
+            def broken() -> dict[str, Any]:
+                raise RuntimeError("a bug")
+
+            server.app.state = broken
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(b"GET /api/state HTTP/1.1\r\nHost: x\r\n\r\nGET / HTTP/1.1\r\n"
+                         b"Host: x\r\nConnection: close\r\n\r\n")
+            reply = await reader.read()  # a 500, then the same connection keeps serving
+            assert reply.startswith(b"HTTP/1.1 500 Internal Server Error\r\n")
+            assert reply.count(b"HTTP/1.1 200 OK\r\n") == 1
         finally:
             await server.stop()
 

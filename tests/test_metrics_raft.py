@@ -132,7 +132,7 @@ def _try(call: Callable[[], Any]) -> bool:
 
 def _started_runs(r: redis.Redis) -> int:
     history = r.execute_command("JOB.HISTORY", "tick", 10)
-    return sum(1 for run in history if _field(run, b"started_ms") not in (None, b"", 0))
+    return sum(1 for run in history if int(_field(run, b"started_ms") or -1) > 0)  # -1: not
 
 
 def _field(run: Any, name: bytes) -> Any:

@@ -323,7 +323,19 @@ function sessionView(state) {
   document.getElementById("logout-button").hidden = !loggedIn.length;
 }
 
+let refreshing = false;  // a slow reply is not overtaken by the next timer's request
+
 async function refresh() {
+  if (refreshing) return;
+  refreshing = true;
+  try {
+    await redraw();
+  } finally {
+    refreshing = false;
+  }
+}
+
+async function redraw() {
   const status = document.getElementById("status");
   let state;
   try {

@@ -62,6 +62,7 @@ them elsewhere; a report the cluster gets after that is late and changes nothing
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import socket
@@ -78,6 +79,7 @@ from core.resp_client import ReplyError
 from scheduler.runs import EXIT_ABANDONED
 from scheduler.shell import EXIT_TIMED_OUT, run_command
 from scheduler.worker_links import NodeLinks
+from scheduler.worker_slots import SlotGates, Slots
 
 log = logging.getLogger("scheduler.worker")
 
@@ -181,7 +183,7 @@ class Worker:
         self.password = password
         self.heartbeat_s = heartbeat_s
         self.concurrency = concurrency
-        self.slots = asyncio.Semaphore(concurrency)
+        self.slots = Slots(concurrency)
         self.seen: OrderedDict[str, None] = OrderedDict()
         self.tasks: set[asyncio.Task[None]] = set()
         self.running: dict[str, asyncio.Task[None]] = {}  # "run_id#attempt" -> its task
@@ -189,16 +191,17 @@ class Worker:
         self._gated = 0  # ... of which waiting for their slot (fired ahead): no slot taken
         self.ahead_budget = min(MAX_AHEAD_RUNS, concurrency * AHEAD_PER_SLOT)
         self._freed = asyncio.Event()  # set when a held run ends
-        # slot -> the wake-ups of its runs fired ahead, all set by one timer at the slot
-        self._gates: dict[int, list[asyncio.Future[None]]] = {}
+        self._gates = SlotGates(self.clock)  # runs fired ahead wait there for their slots
         # one connection per channel: POLL, BEAT, then REPORT_CHANNELS for reports, so a
         # report never waits behind a long poll and several commit at once (one fsync)
         self.links = NodeLinks(self.servers, FIRST_REPORT + REPORT_CHANNELS, POLL,
                                password=password, call_timeout_s=CALL_TIMEOUT_S,
                                find_timeout_s=FIND_LEADER_TIMEOUT_S, as_dict=_as_dict,
                                side_timeout_s=SIDE_CALL_TIMEOUT_S)
-        self._results: asyncio.Queue[tuple[tuple[str, int, bytes, int],
-                                           asyncio.Future[None]]] = asyncio.Queue()
+        # (result, its run's key) queued for the reporters; _unsent counts those not taken
+        self._results: asyncio.Queue[tuple[tuple[str, int, bytes, int], str]] = asyncio.Queue()
+        self._unsent = 0
+        self._sent = asyncio.Event()  # set as a reporter's batch is taken
         self._repick = False  # the node polled no longer leads: reconnect before the next poll
         self.fence_after_s = fence_after_s  # None: never fence (see the module docstring)
         self._contact = time.monotonic()  # when the last call the cluster answered was sent
@@ -320,11 +323,21 @@ class Worker:
                 self._start(run)
             if runs:  # let them start (short ones end) before asking for the free slots
                 await asyncio.sleep(0)
-        if self.tasks:  # finish and report what runs, for a while; then give up
+        await self._finish(asyncio.get_running_loop().time() + STOP_GRACE_S)
+
+    async def _finish(self, deadline: float) -> None:
+        """On stop: let the runs held finish, and their results be taken, until the loop's
+        `deadline`; then cancel what still runs."""
+        loop = asyncio.get_running_loop()
+        if self.tasks:
             _, late = await asyncio.wait(set(self.tasks), timeout=STOP_GRACE_S)
             for task in late:
                 task.cancel()
             await asyncio.gather(*late, return_exceptions=True)
+        while self._unsent and (left := deadline - loop.time()) > 0:
+            self._sent.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._sent.wait(), left)
 
     def _advert_args(self) -> tuple[str, ...]:
         """The poll's words after max_runs: the advert (SHELL, or an embedded worker's
@@ -399,66 +412,49 @@ class Worker:
         gate = self._slot_gate(run)
         if gate is not None:
             self._gated += 1
-        task = asyncio.create_task(self._execute(run, gate, key))
-        self.tasks.add(task)
-        task.add_done_callback(self.tasks.discard)
+        # (no done callback: each would cost a loop callback per run; it leaves `tasks`
+        # itself, as it ends)
+        self.tasks.add(asyncio.create_task(self._execute(run, gate, key)))
 
     def _slot_gate(self, run: Run) -> asyncio.Future[None] | None:
-        """What a run fired ahead waits on to start at its slot (None: start now). One
-        timer per slot sets them all: a timer per run would add its own cost at the slot
-        for every run of a burst, before the burst's first handler starts."""
-        now = self.clock.wall_s()
-        delay = start_delay(run, now)
-        if delay <= 0:
-            return None
-        loop = asyncio.get_running_loop()
-        waiters = self._gates.get(run.scheduled_at_ms)
-        if waiters is None:
-            waiters = self._gates[run.scheduled_at_ms] = []
-            loop.call_later(delay, self._open_gate, run.scheduled_at_ms, now + delay)
-        gate: asyncio.Future[None] = loop.create_future()  # one each: cancelling a run
-        waiters.append(gate)  # cancels only its own
-        return gate
-
-    def _open_gate(self, slot_ms: int, at_s: float) -> None:
-        """Start the runs of `slot_ms`, not before wall time `at_s` by the worker's clock
-        (the loop's timers run on the monotonic clock, and may be early by its resolution)."""
-        if (early := at_s - self.clock.wall_s()) > 0:
-            asyncio.get_running_loop().call_later(early, self._open_gate, slot_ms, at_s)
-            return
-        for gate in self._gates.pop(slot_ms, ()):
-            if not gate.done():
-                gate.set_result(None)
+        """What a run fired ahead waits on to start at its slot (None: start now)."""
+        delay = start_delay(run, self.clock.wall_s())
+        return self._gates.gate(run.scheduled_at_ms, delay) if delay > 0 else None
 
     async def _execute(self, run: Run, gate: asyncio.Future[None] | None, key: str) -> None:
-        """Run one attempt (at its slot, if gated) and report it. The run is in `running`
-        (where the fence and the cluster's kills find it) from this task's first step on
-        and until it ends, and in `holding` until the cluster has taken its result."""
+        """Run one attempt (at its slot, if gated) and queue its result. The run is in
+        `running` (where the fence and the cluster's kills find it) from this task's first
+        step on and until it ends, and in `holding` until the cluster has taken its result
+        (`_reporter`). Nothing between the gate and the handler allocates or waits when a
+        slot is free: at an aligned slot each run's step delays the rest of the burst."""
         task = asyncio.current_task()
         if task is not None:
             self.running[key] = task
         try:
+            if gate is not None:  # fired ahead: it starts at its slot
+                try:
+                    await gate
+                finally:
+                    self._gated -= 1
+            if not self.slots.take_now():
+                await self.slots.take()
             try:
-                if gate is not None:  # fired ahead: it starts at its slot
-                    try:
-                        await gate
-                    finally:
-                        self._gated -= 1
-                async with self.slots:
-                    code, output = await self._attempt(run)
-            except asyncio.CancelledError:
-                if key not in self.fenced or task is None:
-                    raise
-                task.uncancel()  # fenced: its group is dead; report it once reconnected
-                code, output = EXIT_ABANDONED, ABANDONED_MESSAGE
+                code, output = await self._attempt(run)
             finally:
-                self._held -= 1
-                self._freed.set()
-                self.running.pop(key, None)  # ended: nothing to kill
-            await self._report(run.run_id, code, output, run.attempt)
+                self.slots.release()
+        except asyncio.CancelledError:
+            if key not in self.fenced or task is None:
+                self.holding.discard(key)  # killed by the cluster, or stopped: no report
+                raise
+            task.uncancel()  # fenced: its group is dead; report it once reconnected
+            code, output = EXIT_ABANDONED, ABANDONED_MESSAGE
         finally:
-            self.holding.discard(key)
-            self.fenced.discard(key)
+            self._held -= 1
+            self._freed.set()
+            self.running.pop(key, None)  # ended: nothing to kill
+            self.tasks.discard(task)  # type: ignore[arg-type]
+        self._unsent += 1
+        self._results.put_nowait(((run.run_id, code, output, run.attempt), key))
 
     async def _attempt(self, run: Run) -> tuple[int, bytes]:
         """The executor under the run's TIMEOUT (on expiry its task is cancelled). An
@@ -474,12 +470,6 @@ class Worker:
                 return EXIT_TIMED_OUT, b"timed out"
             log.info("run %s failed: %r", run.run_id, exc)
             return EXIT_FAILED, failure_message(exc).encode()
-
-    async def _report(self, run_id: str, code: int, output: bytes, attempt: int) -> None:
-        """Queue the result for a reporter; return once the cluster has taken it."""
-        taken: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._results.put_nowait(((run_id, code, output, attempt), taken))
-        await taken
 
     async def _reporter(self, channel: int) -> None:
         """Send the queued results, up to MAX_REPORT_BATCH in one WORKER.RESULTS (one Raft
@@ -503,9 +493,11 @@ class Worker:
                     log.info("report of %d result(s) failed (%s); retrying", len(batch), exc)
                     self._drop(channel)
                     await asyncio.sleep(RETRY_S)
-            for _, taken in batch:
-                if not taken.done():  # (its run's task may have been cancelled)
-                    taken.set_result(None)
+            for _, key in batch:  # taken (or refused for good): no longer held here
+                self.holding.discard(key)
+                self.fenced.discard(key)
+            self._unsent -= len(batch)
+            self._sent.set()
 
 
 def fence_delay_s(worker_timeout_ms: int, heartbeat_s: float) -> float:

@@ -187,25 +187,20 @@ def test_runs_fired_ahead_start_only_once_the_workers_clock_reaches_the_slot() -
 
     async def main() -> None:
         worker = Worker([("127.0.0.1", 1)], worker_id="w", executor=executor, clock=clock)
-        worker._report = _no_report  # type: ignore[method-assign]
         for i in range(3):  # three runs of one slot, 30 ms ahead; one of the next slot
             worker._start([f"j{i}@{T0 + 30}/0", f"j{i}", "c", T0 + 30, 1, 0, 0, 1, 30])
         worker._start([f"k@{T0 + 1030}/0", "k", "c", T0 + 1030, 1, 0, 0, 1, 1030])
-        assert len(worker._gates) == 2 and len(worker._gates[T0 + 30]) == 3
+        assert worker._gates.pending() == {T0 + 30: 3, T0 + 1030: 1}
         await asyncio.sleep(0.1)  # the timers fired (loop clock); the wall clock did not move
         assert entered == []
         clock.step_wall(30)  # the slot, by the worker's clock
         await asyncio.wait_for(all_entered(), HANG_S)  # (only a hang fails here)
         assert sorted(entered) == [f"j{i}@{T0 + 30}/0" for i in range(3)]
-        assert list(worker._gates) == [T0 + 1030]  # the next slot's run still waits
+        assert worker._gates.pending() == {T0 + 1030: 1}  # the next slot's run still waits
         for task in worker.tasks:
             task.cancel()
 
     asyncio.run(main())
-
-
-async def _no_report(*_: object) -> None:
-    return None
 
 
 def test_the_poll_reply_carries_the_wait_to_the_worker() -> None:

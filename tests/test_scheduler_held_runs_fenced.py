@@ -25,6 +25,7 @@ WORKER_TIMEOUT_MS = 3000  # the cluster's and the worker's: the fence falls at 2
 FIRE_AHEAD_MS = 5000  # longer than the fence: runs still wait for their slots when it falls
 TAG = "ahead"
 HISTORY = 200
+GATED = 4  # runs the worker holds for their slots when the nodes stop
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +54,9 @@ def test_runs_fenced_while_waiting_for_their_slots_all_end(cluster: Cluster) -> 
     try:
         assert cluster.call("JOB.ADD", "tick", "@every 1s", "tick", "TARGET", TAG,
                             "HISTORY", str(HISTORY)) == "OK"
-        wait_until(lambda: worker._gated >= 2, "the worker to hold runs fired ahead")
+        # four slots a second apart: the last is past the fence, which falls 2.25 s after
+        # the last answer the worker got, so at least one run is fenced while it waits
+        wait_until(lambda: worker._gated >= GATED, "the worker to hold runs fired ahead")
         for node in cluster.nodes:  # every node silent: the worker hears from none
             node.signal(signal.SIGSTOP)
         try:

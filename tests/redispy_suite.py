@@ -111,6 +111,7 @@ import sys
 import tarfile
 import tempfile
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib.metadata import version as installed_version
@@ -362,6 +363,18 @@ def run_all(suite: Path, address: str, workdir: Path,
     outcomes = run(suite, address, MODE_CLUSTER, SELECTED_CLUSTER, workdir, stream)
     outcomes.update(run(suite, address, MODE_STANDALONE, SELECTED_STANDALONE, workdir, stream))
     return outcomes
+
+
+def run_side_by_side(suite: Path, cluster_address: str, standalone_address: str,
+                     workdir: Path) -> dict[str, Outcome]:
+    """`run_all`'s outcomes, the two modes run at the same time, each against its own node
+    (the suite flushes the database between tests, so they cannot share one)."""
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        cluster = pool.submit(run, suite, cluster_address, MODE_CLUSTER, SELECTED_CLUSTER,
+                              workdir)
+        standalone = pool.submit(run, suite, standalone_address, MODE_STANDALONE,
+                                 SELECTED_STANDALONE, workdir)
+        return {**cluster.result(), **standalone.result()}
 
 
 def table(outcomes: dict[str, Outcome]) -> str:

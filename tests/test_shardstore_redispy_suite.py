@@ -43,8 +43,11 @@ def suite() -> Path:
 def outcomes(suite: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
         dict[str, Outcome]]:
     tmp = tmp_path_factory.mktemp("redispy")
-    with suite_runner.single_node(tmp) as node:
-        yield suite_runner.run_all(suite, node.address, tmp)
+    (tmp / "cluster").mkdir()
+    (tmp / "standalone").mkdir()
+    with suite_runner.single_node(tmp / "cluster") as cluster, \
+            suite_runner.single_node(tmp / "standalone") as standalone:
+        yield suite_runner.run_side_by_side(suite, cluster.address, standalone.address, tmp)
 
 
 def test_selected_tests_pass_and_the_expected_failures_fail(

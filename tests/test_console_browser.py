@@ -166,6 +166,29 @@ def test_a_job_opens_its_run_history(world: World, driver: Any) -> None:
              "the run history closed", world)
 
 
+def test_the_state_endpoint_shapes(world: World) -> None:
+    with urllib.request.urlopen(world.url + "api/state", timeout=HANG_S) as response:
+        assert response.headers["Content-Type"] == "application/json"
+        state = json.loads(response.read())
+    assert set(state) >= {"polled_ms", "polls", "daemons", "charts", "session",
+                          "login_daemons"}
+    assert state["login_daemons"] == ["scheduler"] and state["session"]["logged_in"] == []
+    scheduler = state["daemons"]["scheduler"]
+    assert [n["address"] for n in scheduler["nodes"]] == [n.address for n in world.cluster.nodes]
+    for node in scheduler["nodes"]:
+        if node["up"]:
+            assert set(node["cluster"]) >= {"id", "role", "leader", "term", "members"}
+            assert "runs_fired" in node["info"]["scheduler"]
+    (job,) = [j for j in scheduler["jobs"] if j["name"] == JOB]
+    assert job["next_ms"] > 0 and isinstance(job["history"], list) and job["paused"] in (0, 1)
+    assert scheduler["job_count"] >= 1
+    (server,) = state["daemons"]["kvcache"]["servers"]
+    assert server["up"] and server["kind"] == "server"
+    assert state["daemons"]["kvcache"]["pools"][0]["servers"] == [world.kvcache.address]
+    assert all(isinstance(points, list) for points in state["charts"].values())
+    assert PASSWORD not in json.dumps(state)
+
+
 def test_logged_out_no_action_is_offered_or_accepted(world: World, driver: Any) -> None:
     assert css(driver, "button[data-action]") == []  # Pause, Resume, Run now
     assert driver.find_element(By.ID, "login-state").text == "read-only"

@@ -32,6 +32,8 @@ __all__ = ["ReplicaDriver", "caught_up"]
 
 log = logging.getLogger(__name__)
 
+STEP_TIMEOUT_S = 5.0  # one step's Raft change or hand-over; the reconcile loop waits on it
+
 
 class DriverNode(Protocol):
     """What the driver needs of shardstore.server.ShardNode."""
@@ -84,7 +86,8 @@ class ReplicaDriver:
         add, remove = shard.joining, shard.leaving
         if add and add not in raft.voters:
             log.info("shard %d: adding node %d as a replica", shard.shard_id, add)
-            await group.add_node(add, tuple(self.node.settings.peers[add]))
+            await group.add_node(add, tuple(self.node.settings.peers[add]),
+                                 timeout=STEP_TIMEOUT_S)
         elif add and not caught_up(raft, add):
             return
         elif remove and remove in raft.voters:
@@ -100,10 +103,10 @@ class ReplicaDriver:
         raft = group.node
         if remove != self.node.me:
             log.info("shard %d: removing the replica on node %d", shard.shard_id, remove)
-            await group.remove_node(remove)
+            await group.remove_node(remove, timeout=STEP_TIMEOUT_S)
             return
         others = [v for v in raft.voters if v != remove and caught_up(raft, v)]
         if others:  # the leaving leader hands over first; the new leader removes it
             heir = max(others, key=lambda v: (raft.progress[v].match, -v))
             log.info("shard %d: leaving leader hands over to node %d", shard.shard_id, heir)
-            await group.transfer_leadership(heir)
+            await group.transfer_leadership(heir, timeout=STEP_TIMEOUT_S)

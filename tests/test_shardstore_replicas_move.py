@@ -396,18 +396,18 @@ class _Group:
         self.node = raft
         self.calls: list[tuple[str, int]] = []
 
-    async def add_node(self, node_id: int, address: tuple[str, int]) -> int:
+    async def add_node(self, node_id: int, address: tuple[str, int], timeout: float) -> int:
         self.calls.append(("add", node_id))
         self.node.voters.add(node_id)
         self.node.progress[node_id] = _Progress(0)  # it has the log still to take
         return 1
 
-    async def remove_node(self, node_id: int) -> int:
+    async def remove_node(self, node_id: int, timeout: float) -> int:
         self.calls.append(("remove", node_id))
         self.node.voters.discard(node_id)
         return 1
 
-    async def transfer_leadership(self, to: int) -> int:
+    async def transfer_leadership(self, to: int, timeout: float) -> int:
         self.calls.append(("transfer", to))
         self.node.role = Role.FOLLOWER
         return to

@@ -311,6 +311,25 @@ cdef class Storage(Lru):
         rec_at(self.a.base, ref).exptime = <uint32_t>exptime
         return self._view(ref)
 
+    def meta_read(self, bytes key not None, exptime, bint bump):
+        """mg's lookup, counted, touched and bumped in one call (see the pure twin)."""
+        cdef uint32_t ref = self._find(key)
+        cdef Rec* r
+        if ref == 0:
+            return None
+        r = rec_at(self.a.base, ref)
+        if exptime is None:
+            self.hot[_GET_CMDS] += 1
+            self._count_hit(r)
+        else:
+            r.exptime = <uint32_t>exptime
+            stats = self.stats
+            stats.touch_cmds += 1
+            stats.slab.touch_hits[self._mclsid(r.nkey, r.flags, r.nvalue)] += 1
+        if bump:
+            self._bump(ref)
+        return self._view(ref)
+
     def set_exptime(self, ItemView item not None, int64_t exptime) -> None:
         """A new (converted) exptime for a linked item."""
         cdef Rec* r = rec_at(self.a.base, self._ref_of(item))

@@ -16,7 +16,8 @@ from libc.string cimport memchr, memcpy, strchr
 
 from kvcache import replies
 from kvcache.counters import HOT_COUNTERS
-from kvcache.items import KEY_BINARY, STALE, TOKEN_SENT, Mode, Outcome
+from kvcache._kvlru cimport ItemView
+from kvcache.items import CAS_SHIFT, KEY_BINARY, STALE, TOKEN_SENT, Mode, Outcome
 from kvcache.mcpipe_pure import (
     DELTA_DIGITS,
     GET_LINE_BYTES,
@@ -63,7 +64,8 @@ cdef bytes _NON_NUMERIC = replies.line(replies.NON_NUMERIC)
 cdef bytes _NOT_FOUND_LINE = replies.NOT_FOUND
 cdef bytes _MN = replies.META_NOOP_LINE
 cdef bytes _EMPTY = b""
-cdef long long _KEY_BINARY = KEY_BINARY, _STALE = STALE, _TOKEN_SENT = TOKEN_SENT
+cdef uint64_t _KEY_BINARY = KEY_BINARY, _STALE = STALE, _TOKEN_SENT = TOKEN_SENT
+cdef int _CAS_SHIFT = CAS_SHIFT
 cdef Py_ssize_t _GET_CMDS = HOT_COUNTERS.index("get_cmds")
 cdef Py_ssize_t _GET_MISSES = HOT_COUNTERS.index("get_misses")
 
@@ -135,6 +137,8 @@ cdef int _meta_flags(const char* p, Py_ssize_t i, Py_ssize_t eol, const char* le
         n = i - start
         letter = <unsigned char>p[start]
         if count > _FLAG_TOKENS or letter >= 128 or seen[letter]:
+            return -1
+        if letter == 84 and seen[116]:  # a t before a T: the loop's
             return -1
         seen[letter] = 1
         if n == 1 and strchr(letters, letter) != NULL:
@@ -442,35 +446,45 @@ cdef bytes _meta_echo(const char* p, Op* op, const char* code, Py_ssize_t ncode,
 
 cdef object _meta_get(const char* p, Op* op, bytes key, storage, set pinned,
                       long long[::1] hot):
-    item = storage.find(key)
+    item = storage.meta_read(key, storage.expiry(op.n2) if op.has_ttl else None,
+                             not _has_letter(p, op, 117))  # u
     if item is None:
         hot[_GET_MISSES] += 1
         hot[_GET_CMDS] += 1
         return _EMPTY if op.noreply else _meta_echo(p, op, b"EN", 2, key)
-    return _meta_hit(p, op, item, storage, pinned, hot)
+    return _meta_hit(p, op, item, storage, pinned)
 
 
-cdef bytes _meta_hit(const char* p, Op* op, item, storage, set pinned, long long[::1] hot):
-    cdef char w[HEADER_BYTES]
-    cdef Py_ssize_t at, i = op.args, start, nvalue
-    cdef bint want_value = False, no_update = False
-    cdef long long casbits
-    cdef bytes value = item.value, out
-    cdef char* o
-    nvalue = PyBytes_GET_SIZE(value)
-    while True:  # v and u first: the code depends on v
+cdef bint _has_letter(const char* p, Op* op, char letter) noexcept:
+    """Whether the flags hold the one-letter flag `letter`."""
+    cdef Py_ssize_t i = op.args, start
+    while True:
         start = _next_word(p, &i, op.eol)
         if start < 0:
-            break
-        if i - start == 1 and p[start] == 118:
-            want_value = True
-        elif i - start == 1 and p[start] == 117:
-            no_update = True
+            return False
+        if i - start == 1 and p[start] == letter:
+            return True
+
+
+cdef bytes _meta_hit(const char* p, Op* op, item, storage, set pinned):
+    cdef char w[HEADER_BYTES]
+    cdef Py_ssize_t at, nvalue
+    cdef bint want_value = _has_letter(p, op, 118)  # v
+    cdef uint64_t casbits, flags
+    cdef long long exptime
+    cdef bytes value, out
+    cdef char* o
+    cdef ItemView view
+    if type(item) is ItemView:  # the compiled storage's: its fields read in C
+        view = <ItemView>item
+        value, flags, exptime, casbits = view.value, view.flags, view.exptime, view.casbits
+    else:
+        value, flags, exptime, casbits = item.value, item.flags, item.exptime, item.casbits
+    nvalue = PyBytes_GET_SIZE(value)
     at = _put(w, 0, b"VA ", 3) if want_value else _put(w, 0, b"HD", 2)
     if want_value:
         at += _decimal(w + at, nvalue)
-    at = _meta_fields(p, op, item, storage, w, at, nvalue)
-    casbits = item.casbits
+    at = _meta_fields(p, op, storage, w, at, nvalue, flags, exptime, casbits, item)
     if casbits & _TOKEN_SENT:
         at = _put(w, at, b" Z", 2)
     if casbits & _STALE:
@@ -479,15 +493,6 @@ cdef bytes _meta_hit(const char* p, Op* op, item, storage, set pinned, long long
             at = _put(w, at, b" W", 2)
             storage.grant_token(item)
     at = _put(w, at, b"\r\n", 2)
-    if op.has_ttl:
-        stats = storage.stats
-        stats.touch_cmds += 1
-        stats.slab.touch_hits[storage.clsid_of(item)] += 1
-    else:
-        hot[_GET_CMDS] += 1
-        storage.count_hit(item)
-    if not no_update:
-        storage.bump(item)
     pinned.add(item)
     if not want_value:
         return PyBytes_FromStringAndSize(w, at)
@@ -499,38 +504,35 @@ cdef bytes _meta_hit(const char* p, Op* op, item, storage, set pinned, long long
     return out
 
 
-cdef Py_ssize_t _meta_fields(const char* p, Op* op, item, storage, char* w, Py_ssize_t at,
-                             Py_ssize_t nvalue) except -1:
-    """The flags of an mg hit in request order (T applied where it stands)."""
+cdef Py_ssize_t _meta_fields(const char* p, Op* op, storage, char* w, Py_ssize_t at,
+                             Py_ssize_t nvalue, uint64_t flags, long long exptime,
+                             uint64_t casbits, item) except -1:
+    """The flags of an mg hit in request order (its T was applied by meta_read)."""
     cdef Py_ssize_t i = op.args, start
     cdef char letter
-    cdef long long exptime
     cdef bytes shown
     while True:
         start = _next_word(p, &i, op.eol)
         if start < 0:
             return at
         letter = p[start]
-        if letter == 84:  # T
-            storage.set_exptime(item, storage.expiry(op.n2))
-        elif letter == 115:  # s
+        if letter == 115:  # s
             at = _put_number(w, at, 115, nvalue)
         elif letter == 116:  # t
-            exptime = item.exptime
             if not exptime:
                 at = _put(w, at, b" t-1", 4)
             else:
                 at = _put_number(w, at, 116, <uint64_t>((exptime - storage.now) & 0xFFFFFFFF))
         elif letter == 99:  # c
-            at = _put_number(w, at, 99, <uint64_t>item.cas)
+            at = _put_number(w, at, 99, casbits >> _CAS_SHIFT)
         elif letter == 102:  # f
-            at = _put_number(w, at, 102, <uint64_t>item.flags)
+            at = _put_number(w, at, 102, flags)
         elif letter == 79:  # O
             w[at] = 32
             at = _put(w, at + 1, p + start, i - start)
         elif letter == 107:  # k
             at = _put(w, at, b" k", 2)
-            if item.casbits & _KEY_BINARY:
+            if casbits & _KEY_BINARY:
                 shown = encode_key(item.key) + b" b"
             else:
                 shown = item.key

@@ -147,7 +147,7 @@ def _meta_flags(tokens: list[bytes], letters: frozenset[int], valued: bytes
     seen = set()
     for token in tokens:
         letter = token[0]
-        if letter in seen:
+        if letter in seen or (letter == 0x54 and 0x74 in seen):  # a t before a T
             return None
         seen.add(letter)
         if letter in letters and len(token) == 1:
@@ -259,9 +259,13 @@ def _echo(tokens: list[bytes], key: bytes, out: list[bytes]) -> None:
 
 
 def meta_get(storage: Any, pinned: set[Any], key: bytes, tokens: list[bytes]) -> bytes:
-    """kvcache.meta's mg for the simple flags (see the module docstring)."""
+    """kvcache.meta's mg for the simple flags (see the module docstring). The hit is
+    counted, given its T and bumped first (`Storage.meta_read`): only the flags' order could
+    tell, and a `t` before a `T` is left to the loop."""
     stats = storage.stats
-    item = storage.find(key)
+    ttl = next((int(token[1:]) for token in tokens if token[0] == 0x54), None)  # T
+    item = storage.meta_read(key, None if ttl is None else storage.expiry(ttl),
+                             b"u" not in tokens)
     quiet = b"q" in tokens
     if item is None:
         stats.get_misses += 1
@@ -280,13 +284,9 @@ def _meta_hit(storage: Any, pinned: set[Any], item: Any, tokens: list[bytes]) ->
     value = item.value
     want_value = b"v" in tokens
     out = [b"VA %d" % len(value) if want_value else replies.META_HIT]
-    ttl_set = False
     for token in tokens:
         letter = token[0]
-        if letter == 0x54:  # T
-            ttl_set = True
-            storage.set_exptime(item, storage.expiry(int(token[1:])))
-        elif letter == 0x73:  # s
+        if letter == 0x73:  # s
             out.append(b" s%d" % len(value))
         elif letter == 0x74:  # t
             out.append(b" t-1" if not item.exptime else
@@ -304,15 +304,6 @@ def _meta_hit(storage: Any, pinned: set[Any], item: Any, tokens: list[bytes]) ->
     if want_value:
         out.append(value)
         out.append(_CRLF)
-    stats = storage.stats
-    if ttl_set:
-        stats.touch_cmds += 1
-        stats.slab.touch_hits[storage.clsid_of(item)] += 1
-    else:
-        stats.get_cmds += 1
-        storage.count_hit(item)
-    if b"u" not in tokens:
-        storage.bump(item)
     pinned.add(item)
     return b"".join(out)
 

@@ -176,6 +176,26 @@ class Storage(Lru):
             self.set_exptime(item, exptime)
         return item
 
+    def meta_read(self, key: bytes, exptime: int | None, bump: bool) -> Item | None:
+        """mg's lookup (kvcache/mcpipe_pure.py): the live item or None, nothing counted for
+        a miss. A hit with `exptime` None is counted as a get hit (cmd_get, `count_hit`);
+        otherwise it takes that (converted) exptime and is counted as a touch. Then, with
+        `bump`, it is bumped; the item is returned as it is after all that."""
+        item = self.find(key)
+        if item is None:
+            return None
+        stats = self.stats
+        if exptime is None:
+            stats.get_cmds += 1
+            self.count_hit(item)
+        else:
+            self.set_exptime(item, exptime)
+            stats.touch_cmds += 1
+            stats.slab.touch_hits[self.clsid_of(item)] += 1
+        if bump:
+            self.bump(item)
+        return item
+
     def set_exptime(self, item: Item, exptime: int) -> None:
         """A new (converted) exptime for a linked item."""
         item.exptime = exptime

@@ -2,8 +2,9 @@
 
 - Examples: a pipeline of simple commands answered in one write; a read holding anything
   else handed on whole; a read ending inside a command answered up to it.
-- Hypothesis: both twins' `pipeline` give the same replies, consume the same bytes and leave
-  the same cache and counters on random reads of simple and other commands.
+- Hypothesis: both twins' `pipeline` (over either storage twin) give the same replies,
+  consume the same bytes and leave the same cache and counters on random reads of simple and
+  other commands.
 - Hypothesis: however a stream is cut into reads, a lane (either twin) in front of the request
   loop writes and counts what the loop alone does, the loop's write points (which release the
   items a pipeline pinned) included.
@@ -22,7 +23,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kvcache import mcpipe_pure, mcproto_pure
+from kvcache import mcpipe_pure, mcproto_pure, storage_pure
 from kvcache.commands import FLUSH_AFTER, execute
 from kvcache.engine import Engine, Stream
 from kvcache.items import STALE, Mode
@@ -53,8 +54,8 @@ PIPES = [pytest.param(mcpipe_pure, id="pure"),
          pytest.param(NATIVE_PIPE, id="native", marks=needs_native)]
 
 
-def _storage() -> Storage:
-    storage = Storage(4 << 20, ITEM_SIZE_MAX, NOW)
+def _storage(kind: Any = Storage) -> Any:
+    storage = kind(4 << 20, ITEM_SIZE_MAX, NOW)
     storage.store(Mode.SET, b"k", b"value", 3, 0)
     storage.store(Mode.SET, b"n", b"41", 0, NOW + 100)
     storage.store(Mode.SET, b"big", BIG, 0, 0)
@@ -122,7 +123,7 @@ SIMPLE = [b"get k\r\n", b"get k miss old k\r\n", b"gets k n\r\n", b"get  k  n \r
           b"ms n 2 T100\r\n99\r\n", b"get big k\r\n", b"incr t 10\r\n"]
 OTHER = [b"version\r\n", b"get big big\r\n", b"mg k b\r\n", b"ma n\r\n", b"md t q\r\n",
          b"set k 0 0 1\r\nxyz\r\n", b"touch k 10\r\n", b"get k\n", b"incr n -2\r\n",
-         b"mg k v v\r\n", b"ms k 1 I\r\nx\r\n", b"gat 10 k\r\n"]
+         b"mg k v v\r\n", b"ms k 1 I\r\nx\r\n", b"gat 10 k\r\n", b"mg k t T9 v\r\n"]
 commands = st.lists(st.one_of(st.sampled_from(SIMPLE), st.sampled_from(OTHER)),
                     min_size=1, max_size=8)
 
@@ -134,12 +135,13 @@ def test_twins_agree(stream: list[bytes], cut: int) -> None:
     data = b"".join(stream)
     data = data[:len(data) - cut % 8]
     seen = []
-    for pipe in (mcpipe_pure, NATIVE_PIPE):
-        storage = _storage()
+    for pipe, kind in ((mcpipe_pure, storage_pure.Storage), (NATIVE_PIPE, Storage),
+                       (NATIVE_PIPE, storage_pure.Storage)):
+        storage = _storage(kind)
         pinned: set[Any] = set()
         outcome = pipe.pipeline(data, storage, pinned, VALUE_MAX, 3)
         seen.append((outcome, len(pinned), _state(storage)))
-    assert seen[0] == seen[1]
+    assert seen[0] == seen[1] == seen[2]
 
 
 class Loop:

@@ -44,7 +44,7 @@ class Slots:
         except asyncio.CancelledError:
             if waiter.done() and not waiter.cancelled():
                 self.release()  # handed over as it was cancelled: not ours to keep
-            else:
+            elif waiter in self._waiters:  # (a release may have dropped it, cancelled)
                 self._waiters.remove(waiter)
             raise
 

@@ -25,6 +25,7 @@ from scheduler.state import SchedulerState
 from scheduler.state_apply import DISOWNED_GRACE_MS, MSG_DISOWNED
 from scheduler.worker import ABANDONED_MESSAGE, FIRST_REPORT, Run, Worker
 from scheduler.worker_commands import ERR_HOLDING, holding_option
+from scheduler.worker_slots import Slots
 from tests.test_scheduler_state import T0, fire_due, make
 
 HANG_S = 30.0
@@ -189,3 +190,36 @@ def test_a_heartbeat_lists_the_runs_held_but_none_while_a_resync_is_due() -> Non
     args, (key,) = sent
     assert args[0] == "HOLDING" and int(str(args[1])) > 0 and args[2:] == (key,)
     assert holding_option([str(a).encode() for a in args]) == ([key], int(str(args[1])))
+
+
+# -- the worker's slots (scheduler/worker_slots.py) --------------------------------------------
+
+
+def test_slots_hand_over_in_order_and_survive_cancelled_waiters() -> None:
+    """A waiter cancelled before a release (which then drops it) or after one handed it the
+    slot (which it passes on) leaves the count right; cancelling raises CancelledError, never
+    another error (a fenced run must reach its abandoned report)."""
+    order: list[str] = []
+
+    async def main() -> tuple[int, list[str]]:
+        slots = Slots(1)
+        assert slots.take_now() and not slots.take_now()
+
+        async def run(name: str) -> None:
+            await slots.take()
+            order.append(name)
+            slots.release()
+
+        a, b, c, d = (asyncio.create_task(run(n)) for n in "abcd")
+        await asyncio.sleep(0)  # all four wait, in order
+        a.cancel()  # cancelled while waiting, and in the same step
+        slots.release()  # a release drops its waiter and hands the slot to b
+        await asyncio.sleep(0)  # a sees its cancel; b runs and releases to c
+        c.cancel()  # handed the slot, cancelled before it runs: it passes the slot to d
+        results = await asyncio.gather(a, b, c, d, return_exceptions=True)
+        assert [type(r) for r in results] == [asyncio.CancelledError, type(None),
+                                              asyncio.CancelledError, type(None)], results
+        return slots.free, order
+
+    free, seen = asyncio.run(main())
+    assert (free, seen) == (1, ["b", "d"])

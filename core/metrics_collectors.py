@@ -10,7 +10,8 @@ them into Prometheus families; none keeps a counter of its own. Names are
   (bucket i: below 2**i microseconds). The RESP dispatcher times one command in
   LATENCY_SAMPLE_EVERY, so the histogram's count is the timed calls, not all calls.
 - `RespCollector`: the commands of a core.resp_server.RespServer and the figures of its
-  INFO Clients and Stats sections (connections, rejected connections, protocol errors).
+  INFO Clients and Stats sections (connections, rejected connections, protocol errors,
+  bytes read and written).
 - `FigureCollector`: named figures picked out of a mapping (an INFO section, `stats`)
   by a table of `Figure` rows: counter or gauge, scaled to base units.
 - `RaftCollector`: every Raft group of the process, labelled `group`: term, commit and
@@ -145,6 +146,8 @@ RESP_FIGURES = (
            "Connections closed on a malformed request"),
     Figure("total_commands_processed", "commands_processed", COUNTER,
            "Commands dispatched, all commands together"),
+    Figure("total_net_input_bytes", "read_bytes", COUNTER, "Bytes read from clients"),
+    Figure("total_net_output_bytes", "written_bytes", COUNTER, "Bytes written to clients"),
 )
 
 

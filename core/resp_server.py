@@ -110,6 +110,8 @@ class RespServer:
             "total_connections_received": 0,
             "rejected_connections": 0,
             "protocol_errors": 0,
+            "total_net_input_bytes": 0,  # read from clients, as Redis's INFO Stats says
+            "total_net_output_bytes": 0,  # written to clients
         }
         # The daemon's rows after the common ones, so a daemon may replace one of those.
         self.table = CommandTable([*resp_commands.common_commands(self), *commands])
@@ -423,6 +425,7 @@ class ServerConnection(asyncio.Protocol):
             self.transport.resume_reading()
 
     def data_received(self, data: bytes) -> None:
+        self.server.counters["total_net_input_bytes"] += len(data)
         if self.session is None:
             return
         parser = self.parser
@@ -500,7 +503,7 @@ class ServerConnection(asyncio.Protocol):
         self._write(replies)
         if self.parser.error is not None:
             self.server.counters["protocol_errors"] += 1
-            self.transport.write(encode_error("ERR " + str(self.parser.error)))
+            self._send(encode_error("ERR " + str(self.parser.error)))
             self.transport.close()
 
     async def _await_reply(self, pending: Coroutine[Any, Any, bytes]) -> None:
@@ -515,13 +518,21 @@ class ServerConnection(asyncio.Protocol):
             self.in_flight = None
         if self.transport.is_closing():
             return
-        self.transport.write(reply)
+        self._send(reply)
         commands, self._waiting = self._waiting, []
         self._run(commands, 0)
         self._resume_reading_if_idle()
 
     def _write(self, replies: list[bytes]) -> None:
         if len(replies) == 1:
-            self.transport.write(replies[0])
+            data = replies[0]
         elif replies:
-            self.transport.write(b"".join(replies))
+            data = b"".join(replies)
+        else:
+            return
+        self.server.counters["total_net_output_bytes"] += len(data)  # _send, inlined
+        self.transport.write(data)
+
+    def _send(self, data: bytes) -> None:
+        self.server.counters["total_net_output_bytes"] += len(data)
+        self.transport.write(data)

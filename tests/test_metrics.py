@@ -227,7 +227,6 @@ def test_idgen_metrics_agree_with_info(tmp_path: Path) -> None:
         assert raw_reply(mport, b"nonsense\r\n\r\n").startswith(b"HTTP/1.1 400 ")
         text = scrape(mport, PASSWORD)
         info = r.info("all")
-        r.close()
         assert promtool_problems(text) == ""
         assert unprefixed(text, "idgen") == set()
         assert value(text, "idgen_commands_total", cmd="next") == GETS + 1
@@ -237,6 +236,10 @@ def test_idgen_metrics_agree_with_info(tmp_path: Path) -> None:
         assert value(text, "idgen_connections_received_total") == int(
             info["total_connections_received"])
         assert value(text, "idgen_command_duration_seconds_count", cmd="next") >= 1
+        for name, field in (("read", "total_net_input_bytes"),  # INFO came after the scrape
+                            ("written", "total_net_output_bytes")):
+            assert 0 < value(text, f"idgen_{name}_bytes_total") <= info[field]
+        r.close()
         assert value(text, "process_resident_memory_bytes") > 0
     finally:
         assert d.stop() == 0

@@ -38,7 +38,9 @@ group, so a move begun anywhere before is seen.
                             node's
     SHARDSTORE.STATUS    -> this node: id, epoch, slots assigned, moves under way and done,
                             the configuration group's leader, and per shard it hosts:
-                            role, leader, applied, commit, keys; and how many ASK
+                            role, leader, applied, commit, keys; replica changes under
+                            way in its keyspace and the Raft steps this node took for
+                            them as a shard leader (replica_moves.py); and how many ASK
                             redirections it answered and commands it served under
                             ASKING (shardstore/asking.py)
 """
@@ -257,6 +259,9 @@ class AdminCommands:
         return {b"node": self.node.me, b"epoch": config.epoch, b"slots_assigned": assigned,
                 b"moves": sum(1 for m in config.moves.values() if m.state != STATE_DONE),
                 b"moves_done": config.moves_done, b"config_leader": self._config_leader(),
+                b"replica_changes": sum(1 for s in config.shards.values()
+                                        if s.joining or s.leaving),
+                b"replica_steps": int(getattr(getattr(self.node, "replicas", None), "steps", 0)),
                 b"shards": shards, **_asking_counters(self.node)}
 
     def _config_leader(self) -> int:

@@ -22,9 +22,10 @@ Membership, online (shardstore/admin.py's add-node and remove-node drive it):
   with {replica: true} it joins with no shard of its own (result 0), to take replicas of
   existing shards (SHARDSTORE.REPLICA, shardstore/replicas.py);
 - OP_NODE_REMOVE {keyspace, node}: the node leaves; refused while a shard it is a member
-  of owns slots or ranges of a range table (move them first: remove-node does) and for
-  the keyspace's last node. Its shards, empty, are retired: they leave every keyspace
-  (RETIRED) with no members, so every node closes them and their ids are never reused.
+  of owns slots or ranges of a range table (move its replica, shardstore/replicas.py, or
+  the slots first: remove-node does) and for the keyspace's last node. Its shards,
+  empty, are retired: they leave every keyspace (RETIRED) with no members, so every node
+  closes them and their ids are never reused.
 Both raise the epoch. Whoever proposes them checks first that the node is running
 (shardstore/admin_commands.py), as KEYSPACE.CREATE does.
 """

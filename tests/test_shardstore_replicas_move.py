@@ -315,6 +315,9 @@ def _grow_and_shrink(daemons: list[Daemon], tmp: Path) -> None:
     writer.join(timeout=WAIT_S)
     _check_everything_there(two, seed, writer)
     _check_membership(daemons, tmp)
+    statuses = [_status(d) for d in daemons]
+    assert sum(int(s[b"replica_steps"]) for s in statuses) >= 7  # add, remove, done per change
+    assert int(statuses[1][b"replica_changes"]) == 0
     code, text = _admin([two, three], "check")
     assert code == 0 and "[OK] All checks passed." in text, text
     code, text = _admin([two, three], "remove-node", "--keyspace", "default", "--id", "2")
@@ -324,9 +327,13 @@ def _grow_and_shrink(daemons: list[Daemon], tmp: Path) -> None:
     writer.rc.close()
 
 
-def _status_keys(node: Daemon) -> dict[int, int]:
+def _status(node: Daemon) -> dict[bytes, Any]:
     with _client(node) as client:
-        status = as_map(client.execute_command("SHARDSTORE.STATUS"))
+        return as_map(client.execute_command("SHARDSTORE.STATUS"))
+
+
+def _status_keys(node: Daemon) -> dict[int, int]:
+    status = _status(node)
     return {int(s[b"shard"]): int(s[b"keys"]) for s in map(as_map, status[b"shards"])}
 
 

@@ -501,7 +501,7 @@ change_st = st.one_of(
 
 
 @needs_native
-@settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(data=st.data(), stream=stream_st, options=options_st)
 def test_garbage_same_outcome(data: st.DataObject, stream: bytes, options: dict[str, Any]) -> None:
     pure, native = resp_pure.RequestParser(**options), NATIVE.RequestParser(**options)

@@ -72,6 +72,7 @@ def test_a_scrape_head_parses() -> None:
     assert request.headers == {"host": "a:1", "authorization": "Basic eDp5"}
 
 
+@settings(max_examples=200)
 @given(st.binary(max_size=300))
 def test_any_head_parses_or_is_refused_with_a_status(head: bytes) -> None:
     try:
@@ -83,6 +84,7 @@ def test_any_head_parses_or_is_refused_with_a_status(head: bytes) -> None:
         assert request.path.startswith("/")
 
 
+@settings(max_examples=50)
 @given(st.lists(st.sampled_from(["GET /metrics HTTP/1.1", "Host: x", "A:b", ":", "X y: z",
                                  "", "GET", "\x00"]), min_size=1, max_size=6))
 def test_heads_built_from_pieces_parse_or_are_refused(lines: list[str]) -> None:

@@ -434,25 +434,18 @@ class SchedulerEntryHandlers(QuerySide):
             self.workers[worker] = max(self.workers.get(worker, 0), now_ms)
 
     def _beat(self, entry: dict[str, Any]) -> Any:
-        """WORKER.HEARTBEAT: the worker is alive at `now_ms`. With `holding`, the runs it
-        holds: each attempt the state has STARTED by it that it does not hold, claimed at
-        least DISOWNED_GRACE_MS before the heartbeat (by both the worker's and this entry's
-        clock), is LOST, then RETRY_WAIT if retries are left. A worker that heartbeats is
-        never silent, so without this such a run (a claim reply it never got, a result the
-        cluster never took) would stay started for good. The grace exceeds the longest a
-        claim reply can be on its way: a worker gives up a poll after CALL_TIMEOUT_S and
-        asks again with resync, which hands the run back."""
+        """WORKER.HEARTBEAT: the worker is alive at `now_ms`. With `holding`, each attempt
+        it does not hold and claimed DISOWNED_GRACE_MS before the heartbeat by the worker's
+        clock and the entry's (`disowned`: longer than a claim reply can be on its way, as
+        a worker drops a poll after CALL_TIMEOUT_S and resyncs) is LOST, then RETRY_WAIT if
+        retries are left: a worker that heartbeats is never silent, so it would stay
+        started for good."""
         worker, now_ms = entry["worker"], entry["now_ms"]
         self._heard(worker, now_ms)
-        holding = entry.get("holding")
-        if holding is None:
+        if entry.get("holding") is None:
             return None
         cut = min(now_ms, entry.get("sent_ms", now_ms)) - DISOWNED_GRACE_MS
-        held = frozenset(holding)
-        disowned = [r for r in self.active_records() if r.state == STARTED
-                    and r.worker == worker and r.started_ms is not None
-                    and r.started_ms <= cut and f"{r.run_id}#{r.attempt}" not in held]
-        for record in disowned:
+        for record in self.disowned(worker, entry["holding"], cut):
             lost = step(record, LOSE, now_ms, message=LOST_PREFIX + MSG_DISOWNED.format(worker))
             self.runs[record.job][record.run_id] = self._maybe_retry(lost)
         return None

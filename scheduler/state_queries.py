@@ -146,6 +146,14 @@ class QuerySide:
             else:
                 yield record
 
+    def disowned(self, worker: str, holding: Iterable[str], cut_ms: int) -> list[RunRecord]:
+        """The attempts STARTED by `worker` (their start, or slot if fired ahead, at or
+        before `cut_ms`) whose "run_id#attempt" `holding` lacks: runs it does not know."""
+        held = frozenset(holding)
+        return [r for r in self.active_records() if r.state == STARTED and r.worker == worker
+                and r.started_ms is not None and r.started_ms <= cut_ms
+                and f"{r.run_id}#{r.attempt}" not in held]
+
     def pending(self, tags: Iterable[str] = (), worker: str = "",
                 handlers: Iterable[str] | None = None) -> bool:
         """Whether a FIRED run waits for `worker` (any worker if "") advertising `tags`

@@ -41,6 +41,8 @@ cdef enum:
     K_MN = 5
     K_MG = 6
     K_MS = 7
+    K_MD = 8
+    K_MA = 9
 
 cdef Py_ssize_t _KEY_MAX = MAX_KEY_BYTES
 cdef Py_ssize_t _DIGITS = LANE_DIGITS
@@ -56,7 +58,7 @@ cdef enum:
     HEADER_BYTES = 1024
 
 cdef object _SET = Mode.SET, _STORED = Outcome.STORED, _NOT_FOUND = Outcome.NOT_FOUND
-cdef object _NON_NUMERIC_OUTCOME = Outcome.NON_NUMERIC
+cdef object _NON_NUMERIC_OUTCOME = Outcome.NON_NUMERIC, _NO_MEMORY_OUTCOME = Outcome.NO_MEMORY
 cdef bytes _STORED_LINE = replies.STORED
 cdef bytes _NO_MEMORY = replies.line(replies.OUT_OF_MEMORY_STORING)
 cdef bytes _OUT_OF_MEMORY = replies.line(replies.OUT_OF_MEMORY)
@@ -83,6 +85,7 @@ cdef struct Op:
     long long vlen      # set, ms: the block's length
     bint noreply        # set, incr/decr: noreply; mg, ms: q
     bint has_ttl        # mg: T
+    bint decr           # ma: MD or M-
 
 
 cdef inline Py_ssize_t _next_word(const char* p, Py_ssize_t* i, Py_ssize_t end) noexcept:
@@ -120,9 +123,10 @@ cdef inline bint _same(const char* a, const char* b, Py_ssize_t n) noexcept:
 
 
 cdef int _meta_flags(const char* p, Py_ssize_t i, Py_ssize_t eol, const char* letters,
-                     const char* valued, Op* op) noexcept:
-    """Check the flags of an mg/ms from p[i] (see the pure twin's _meta_flags); 0 or -1.
-    Sets op.noreply (q), op.has_ttl, op.n1 (F) and op.n2 (T)."""
+                     const char* valued, const char* modes, Op* op) noexcept:
+    """Check the flags of an mg/ms/md/ma from p[i] (see the pure twin's _meta_flags and
+    _parse_ma); 0 or -1. Sets op.noreply (q), op.has_ttl, op.n1 (F or D), op.n2 (T) and
+    op.decr (an M of `modes`)."""
     cdef unsigned char seen[128]
     cdef Py_ssize_t start, n, count = 0
     cdef unsigned char letter
@@ -145,6 +149,11 @@ cdef int _meta_flags(const char* p, Py_ssize_t i, Py_ssize_t eol, const char* le
             if letter == 113:  # q
                 op.noreply = True
             continue
+        if letter == 77:  # M
+            if n != 2 or strchr(modes, p[start + 1]) == NULL:
+                return -1
+            op.decr = p[start + 1] == 68 or p[start + 1] == 45  # D -
+            continue
         if letter == 79 and strchr(valued, 79) != NULL:  # O
             if n > _OPAQUE:
                 return -1
@@ -157,7 +166,7 @@ cdef int _meta_flags(const char* p, Py_ssize_t i, Py_ssize_t eol, const char* le
         if letter == 84:  # T
             op.has_ttl = True
             op.n2 = value
-        elif letter == 70:  # F
+        elif letter == 70 or letter == 68:  # F D
             op.n1 = value
 
 
@@ -190,6 +199,7 @@ cdef int _parse(const char* p, Py_ssize_t pos, Py_ssize_t n, long long value_max
     op.eol = eol
     op.noreply = False
     op.has_ttl = False
+    op.decr = False
     op.n1 = op.n2 = 0
     i = pos
     name = _next_word(p, &i, eol)
@@ -212,7 +222,7 @@ cdef int _parse(const char* p, Py_ssize_t pos, Py_ssize_t n, long long value_max
         return _parse_delta(p, i, eol, op, K_INCR if p[name] == 105 else K_DECR)
     if nname == 2 and _same(p + name, b"mg", 2):
         op.args = i
-        if _meta_flags(p, i, eol, b"vftcskqu", b"OT", op) < 0:
+        if _meta_flags(p, i, eol, b"vftcskqu", b"OT", b"", op) < 0:
             return K_UNSUPPORTED
         return K_MG
     if nname == 2 and _same(p + name, b"ms", 2):
@@ -221,9 +231,16 @@ cdef int _parse(const char* p, Py_ssize_t pos, Py_ssize_t n, long long value_max
             return K_UNSUPPORTED
         op.vlen = _number(p + start, i - start, _DIGITS)
         op.args = i
-        if _meta_flags(p, i, eol, b"qk", b"OTF", op) < 0:
+        if _meta_flags(p, i, eol, b"qk", b"OTF", b"", op) < 0:
             return K_UNSUPPORTED
         return _block(n, p, op, K_MS, value_max)
+    if nname == 2 and _same(p + name, b"md", 2):
+        op.args = i
+        return K_MD if _meta_flags(p, i, eol, b"qk", b"O", b"", op) == 0 else K_UNSUPPORTED
+    if nname == 2 and _same(p + name, b"ma", 2):
+        op.args = i
+        op.n1 = 1  # the default delta
+        return K_MA if _meta_flags(p, i, eol, b"qkvtc", b"OD", b"I+D-", op) == 0 else K_UNSUPPORTED
     return K_UNSUPPORTED
 
 
@@ -348,6 +365,10 @@ cdef object _run(int kind, const char* p, Op* op, storage, set pinned, long long
         return _set(kind, p, op, key, storage)
     if kind == K_INCR or kind == K_DECR:
         return _delta(kind == K_INCR, op, key, storage, pinned)
+    if kind == K_MD:
+        return _meta_delete(p, op, key, storage)
+    if kind == K_MA:
+        return _meta_arith(p, op, key, storage, pinned)
     return _meta_get(p, op, key, storage, pinned, hot)
 
 
@@ -537,3 +558,67 @@ cdef Py_ssize_t _meta_fields(const char* p, Op* op, storage, char* w, Py_ssize_t
             else:
                 shown = item.key
             at = _put(w, at, PyBytes_AS_STRING(shown), PyBytes_GET_SIZE(shown))
+
+
+cdef bytes _meta_delete(const char* p, Op* op, bytes key, storage):
+    item = storage.delete(key)
+    stats = storage.stats
+    if item is None:
+        stats.delete_misses += 1
+        return _meta_echo(p, op, b"NF", 2, key)
+    stats.slab.delete_hits[storage.clsid_of(item)] += 1
+    return _EMPTY if op.noreply else _meta_echo(p, op, b"HD", 2, key)
+
+
+cdef bytes _meta_arith(const char* p, Op* op, bytes key, storage, set pinned):
+    cdef char w[HEADER_BYTES]
+    cdef char text[24]
+    cdef int ntext
+    cdef Py_ssize_t at, i = op.args, start
+    cdef bint want_value = _has_letter(p, op, 118)  # v
+    cdef bint incr = not op.decr
+    delta = storage.delta(key, incr, op.n1, 0, pinned)
+    outcome = delta[0]
+    if outcome is _NON_NUMERIC_OUTCOME:
+        return _NON_NUMERIC
+    if outcome is _NO_MEMORY_OUTCOME:
+        return _OUT_OF_MEMORY
+    if outcome is not _STORED:  # NOT_FOUND
+        stats = storage.stats
+        if incr:
+            stats.incr_misses += 1
+        else:
+            stats.decr_misses += 1
+        return _meta_echo(p, op, b"NF", 2, key)
+    if op.noreply:
+        return _EMPTY
+    item = delta[2]
+    ntext = _decimal(text, <uint64_t>delta[1])
+    if want_value:
+        at = _put(w, 0, b"VA ", 3)
+        at += _decimal(w + at, ntext)
+    else:
+        at = _put(w, 0, b"HD", 2)
+    while True:
+        start = _next_word(p, &i, op.eol)
+        if start < 0:
+            break
+        if p[start] == 99:  # c
+            at = _put_number(w, at, 99, <uint64_t>item.cas)
+        elif p[start] == 116:  # t
+            if not item.exptime:
+                at = _put(w, at, b" t-1", 4)
+            else:
+                at = _put_number(w, at, 116,
+                                 <uint64_t>((item.exptime - storage.now) & 0xFFFFFFFF))
+        elif p[start] == 79:  # O
+            w[at] = 32
+            at = _put(w, at + 1, p + start, i - start)
+        elif p[start] == 107:  # k
+            at = _put(w, at, b" k", 2)
+            at = _put(w, at, p + op.key, op.nkey)
+    if want_value:
+        at = _put(w, at, b"\r\n", 2)
+        at = _put(w, at, text, ntext)
+    at = _put(w, at, b"\r\n", 2)
+    return PyBytes_FromStringAndSize(w, at)

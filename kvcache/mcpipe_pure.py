@@ -21,7 +21,9 @@ splits them:
 - `mg <key> <flags>` with the flags v f t c s k q u, O<opaque> (at most MAX_OPAQUE_BYTES) and
   T<ttl> (plain digits), none twice;
 - `ms <key> <bytes> <flags>` with its block: the flags T<ttl> F<client flags> (plain digits),
-  q, k, O<opaque>, none twice (mode set, no CAS).
+  q, k, O<opaque>, none twice (mode set, no CAS);
+- `md <key>` with q, k, O<opaque>; `ma <key>` with q, k, v, t, c, O<opaque>, D<delta> (plain
+  digits) and one mode of MI M+ MD M-.
 Every other form (base64 keys, vivify, recache, CAS, modes, signs, ...) is the loop's: its
 rules are written once, in kvcache/meta.py and kvcache/commands.py.
 
@@ -50,10 +52,12 @@ LANE_MAX_KEYS = 512
 LANE_REPLY_BYTES = 256 * 1024  # the request loop writes once its queue reaches this much
 MAX_FLAG_TOKENS = 16  # words after an mg key or an ms length (memcached allows 17)
 
-GET, GETS, SET, INCR, DECR, MN, MG, MS = range(8)
+GET, GETS, SET, INCR, DECR, MN, MG, MS, MD, MA = range(10)
 PARTIAL = -1  # the read ends inside this command: the parser keeps it for the next read
 _MG_LETTERS = frozenset(b"vftcskqu")
 _MS_LETTERS = frozenset(b"qk")
+_MA_LETTERS = frozenset(b"qkvtc")
+_MA_MODES = {b"MI": True, b"M+": True, b"MD": False, b"M-": False}  # incr?
 _COMMITS = (GET, GETS, MN)  # the loop's write points (kvcache.commands.FLUSH_AFTER)
 
 _STORED = replies.STORED
@@ -106,7 +110,26 @@ def parse_op(data: bytes, pos: int, value_max: int) -> Op | None:
         return None if flags is None else (MG, end, (words[1], flags))
     if name == b"ms":
         return _parse_ms(data, words, end, value_max)
+    if name == b"md":
+        flags = _meta_flags(words[2:], _MS_LETTERS, b"O")
+        return None if flags is None else (MD, end, (words[1], flags))
+    if name == b"ma":
+        return _parse_ma(words, end)
     return None
+
+
+def _parse_ma(words: list[bytes], end: int) -> Op | None:
+    """ma with the flags q k v t c, O, D<delta> (plain digits) and a mode MI M+ MD M-."""
+    modes = [token for token in words[2:] if token[0] == 0x4D]  # M
+    tokens = [token for token in words[2:] if token[0] != 0x4D]
+    if len(modes) > 1 or (modes and modes[0] not in _MA_MODES):
+        return None
+    flags = _meta_flags(tokens, _MA_LETTERS, b"OD")
+    if flags is None or len(words) - 2 > MAX_FLAG_TOKENS:
+        return None
+    delta = next((int(token[1:]) for token in flags if token[0] == 0x44), 1)  # D
+    incr = _MA_MODES[modes[0]] if modes else True
+    return MA, end, (words[1], flags, incr, delta)
 
 
 def _block(data: bytes, start: int, vlen: int, fields: Any, kind: int) -> Op | None:
@@ -230,6 +253,10 @@ def _run(kind: int, fields: Any, storage: Any, pinned: set[Any]) -> bytes | None
         return replies.META_NOOP_LINE
     if kind == MG:
         return meta_get(storage, pinned, *fields)
+    if kind == MD:
+        return meta_delete(storage, *fields)
+    if kind == MA:
+        return meta_arith(storage, pinned, *fields)
     return meta_set(storage, *fields)
 
 
@@ -343,5 +370,60 @@ def meta_set(storage: Any, key: bytes, tokens: list[bytes], value: bytes) -> byt
         return b""
     out = [replies.META_HIT]
     _echo(tokens, key, out)
+    out.append(_CRLF)
+    return b"".join(out)
+
+
+def meta_delete(storage: Any, key: bytes, tokens: list[bytes]) -> bytes:
+    """kvcache.meta's md for the flags q, k and O: NF, or HD (silenced by q)."""
+    item = storage.delete(key)
+    stats = storage.stats
+    if item is None:
+        stats.delete_misses += 1
+        out = [replies.META_NOT_FOUND]
+    else:
+        stats.slab.delete_hits[storage.clsid_of(item)] += 1
+        if b"q" in tokens:
+            return b""
+        out = [replies.META_HIT]
+    _echo(tokens, key, out)
+    out.append(_CRLF)
+    return b"".join(out)
+
+
+def meta_arith(storage: Any, pinned: set[Any], key: bytes, tokens: list[bytes], incr: bool,
+               delta: int) -> bytes:
+    """kvcache.meta's ma for the simple flags (no vivify, no CAS, no TTL)."""
+    outcome, number, item, _ = storage.delta(key, incr, delta, 0, pinned)
+    if outcome is Outcome.NON_NUMERIC:
+        return _NON_NUMERIC
+    if outcome is Outcome.NO_MEMORY:
+        return _OUT_OF_MEMORY
+    if outcome is not Outcome.STORED:  # NOT_FOUND
+        if incr:
+            storage.stats.incr_misses += 1
+        else:
+            storage.stats.decr_misses += 1
+        out = [replies.META_NOT_FOUND]
+        _echo(tokens, key, out)
+        out.append(_CRLF)
+        return b"".join(out)
+    if b"q" in tokens:
+        return b""
+    text = b"%d" % number
+    out = [b"VA %d" % len(text) if b"v" in tokens else replies.META_HIT]
+    for token in tokens:
+        letter = token[0]
+        if letter == 0x63:  # c
+            out.append(b" c%d" % item.cas)
+        elif letter == 0x74:  # t
+            out.append(b" t-1" if not item.exptime else
+                       b" t%d" % ((item.exptime - storage.now) & 0xFFFFFFFF))
+        elif letter == 0x4F:  # O
+            out.append(b" " + token)
+        elif letter == 0x6B:  # k
+            out.append(b" k" + key)
+    if b"v" in tokens:
+        out.append(_CRLF + text)
     out.append(_CRLF)
     return b"".join(out)

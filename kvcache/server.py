@@ -10,7 +10,7 @@ chosen in kvcache/twins.py, each beside its pure twin, which documents the same 
    kvcache/storage_pure.py), which counts it and returns the reply bytes; `Lane.send` writes
    them.
 3. A read of simple commands in a pipeline (gets, sets with or without noreply, incr/decr,
-   mn, and mg/ms with their common flags) is answered there too, by the pipeline lane
+   mn, and mg/ms/md/ma with their common flags) is answered there too, by the pipeline lane
    (kvcache/_mcpipe.pyx, twin kvcache/mcpipe_pure.py: its header lists the forms), in one
    write; a read ending inside a command is answered up to it, the rest going on to 4.
 4. Any other read goes to `Connection._read`: the `RequestParser` (same modules) cuts it into

@@ -120,10 +120,13 @@ SIMPLE = [b"get k\r\n", b"get k miss old k\r\n", b"gets k n\r\n", b"get  k  n \r
           b"decr t 1 noreply\r\n", b"mg k v\r\n", b"mg n v f t c s k O7 q\r\n",
           b"mg miss k O3\r\n", b"mg miss v q\r\n", b"mg n T50 t\r\n", b"mg k u v\r\n",
           b"mg s v c\r\n", b"mg t v\r\n", b"ms k 2 T0 F9\r\nzz\r\n", b"ms m 1 q k O5\r\nq\r\n",
-          b"ms n 2 T100\r\n99\r\n", b"get big k\r\n", b"incr t 10\r\n"]
+          b"ms n 2 T100\r\n99\r\n", b"get big k\r\n", b"incr t 10\r\n", b"md t\r\n",
+          b"md miss q O4 k\r\n", b"md k q\r\n", b"ma n\r\n", b"ma n D5 MD v t c O2 k\r\n",
+          b"ma miss k\r\n", b"ma k v\r\n", b"ma n M+ q\r\n", b"ma t D100 M- v\r\n"]
 OTHER = [b"version\r\n", b"get big big\r\n", b"mg k b\r\n", b"ma n\r\n", b"md t q\r\n",
          b"set k 0 0 1\r\nxyz\r\n", b"touch k 10\r\n", b"get k\n", b"incr n -2\r\n",
-         b"mg k v v\r\n", b"ms k 1 I\r\nx\r\n", b"gat 10 k\r\n", b"mg k t T9 v\r\n"]
+         b"mg k v v\r\n", b"ms k 1 I\r\nx\r\n", b"gat 10 k\r\n", b"mg k t T9 v\r\n",
+         b"ma n N0\r\n", b"md k C5\r\n", b"ma n Mx\r\n", b"ma n MI MD\r\n", b"md k I\r\n"]
 commands = st.lists(st.one_of(st.sampled_from(SIMPLE), st.sampled_from(OTHER)),
                     min_size=1, max_size=8)
 
@@ -238,6 +241,8 @@ PIPELINES = {
     "counters": b"incr n 1\r\ndecr n 100\r\nincr n 18446744073709551615\r\nincr nope 1\r\n"
                 b"decr x 1\r\nincr t 5 noreply\r\nget t n\r\n",
     "gets": b"gets k n nope\r\nget k\r\nset k 9 0 1\r\nz\r\nmg k v f c\r\n",
+    "md-ma": b"ma n\r\nma n D5 MD v t c O2 k\r\nma nope k O1\r\nma x v\r\nma t M+ q\r\n"
+             b"ma t v\r\nmd t O3 k\r\nmd t\r\nmd nope q\r\nmd k q\r\nget k t\r\n",
 }
 
 

@@ -386,12 +386,13 @@ def answer(parser: RequestParser, data: bytes, storage: Any) -> bytes | None:
 
 class Lane:
     """One connection's read callback, fast lane first: the server installs
-    `data_received` as its protocol's, so a plain get, multi-get, gets or set is answered,
-    counted and written without a Python frame of the server's (compiled). `fallback(data)`
-    takes every other read (the connection's request loop). `open` says whether the lane may
-    answer (the server closes it while the connection is not admitted, is streaming a reply
-    or its writes are paused); `verbosity 2` (per-command traces) closes it too. `send` is
-    the connection's one way to write."""
+    `data_received` as its protocol's, so a plain get, multi-get, gets or set, or a pipeline
+    of simple commands (kvcache/mcpipe_pure.py), is answered, counted and written without a
+    Python frame of the server's (compiled). `fallback(data)` takes every other read, or
+    what follows the simple commands (the connection's request loop). `open` says whether
+    the lane may answer (the server closes it while the connection is not admitted, is
+    streaming a reply or its writes are paused); `verbosity 2` (per-command traces) closes
+    it too. `send` is the connection's one way to write."""
 
     def __init__(self, parser: RequestParser, storage: Any, settings: Any, pinned: set[Any],
                  fallback: Callable[[bytes], None]) -> None:

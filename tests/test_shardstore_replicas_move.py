@@ -37,7 +37,7 @@ from shardstore import admin, cluster
 from shardstore.admin_replicas import ShardRecord, parse_replica_of, plan_leave
 from shardstore.cluster import ClusterConfig, ConfigMachine, Shard
 from shardstore.keyspaces import encode_add_node
-from shardstore.replica_moves import ReplicaDriver, caught_up
+from shardstore.replica_moves import ReplicaDriver, caught_up, stale_shards
 from shardstore.replicas import (
     CAUGHT_UP_LAG,
     ERR_REPLICA_SYNTAX,
@@ -427,11 +427,18 @@ class _DriverNode:
     def __init__(self, me: int, machine: ConfigMachine, group: _Group) -> None:
         self.me = me
         self.machine = machine
-        self.host = types.SimpleNamespace(group=lambda gid: group)
+        self.host = types.SimpleNamespace(group=lambda gid: group, group_ids=lambda: [0])
         self.settings = types.SimpleNamespace(peers={n: ("127.0.0.1", 9000 + n)
                                                      for n in range(1, 5)})
         self.machines = {sid: object() for sid in machine.config.shards}
         self.written: list[bytes] = []
+        self.data_dir = Path("/nonexistent-shardstore-test-dir")
+        self.barriers = 0
+        self.service = types.SimpleNamespace(barrier=self._barrier)
+
+    async def _barrier(self, group: int) -> int:
+        self.barriers += 1
+        return 1
 
     @property
     def full_config(self) -> ClusterConfig:
@@ -474,6 +481,25 @@ def test_the_shard_leader_moves_a_replica_step_by_step_and_a_successor_resumes()
         assert len(group.calls) == 3 and successor.steps == 2
 
     asyncio.run(main())
+
+
+def test_a_node_deletes_the_files_of_shards_it_left_while_down(tmp_path: Path) -> None:
+    machine = _machine()
+    machine.apply([(3, encode_change(2, 4, 1)), (4, encode_done(2, 4, 1))])
+    assert stale_shards(machine.config, 1, [1, 2, 9], []) == [2]  # 9: unknown, kept
+    assert stale_shards(machine.config, 1, [1, 2], [2]) == []  # open here: kept
+    for root in ("shards", "groups"):
+        for sid in ("0", "1", "2"):
+            (tmp_path / root / sid).mkdir(parents=True)
+    raft = _Raft(1, {1, 2, 3}, committed=5)
+    node = _DriverNode(1, machine, _Group(raft))
+    node.data_dir = tmp_path
+    node.machines = {1: object()}
+    driver = ReplicaDriver(node)  # type: ignore[arg-type]
+    asyncio.run(driver.run_once())
+    assert driver.swept and node.barriers == 1
+    left = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.glob("*/*"))
+    assert left == ["groups/0", "groups/1", "shards/0", "shards/1"]
 
 
 @settings(max_examples=EXAMPLES)

@@ -50,6 +50,7 @@ from native.crc16 import SLOT_COUNT
 from shardstore.admin_check import field_of, run_checks
 from shardstore.admin_replicas import (
     ERR_NO_ROOM,
+    ERR_NOT_THIS_KEYSPACE,
     add_replicas,
     leave_replicas,
     plan_leave,
@@ -77,7 +78,7 @@ MOVE_TIMEOUT_S = 600.0  # one move with no progress for this long: give up waiti
 BAR_WIDTH = 30
 ERR_NOT_ENOUGH = "shard {} owns {} slots, fewer than the {} asked for"
 ERR_NODE = "--node must be HOST:PORT, got {!r}"
-ERR_OTHER_KEYSPACE = "--node serves keyspace {!r}, not {!r}: name a node of {!r}"
+ERR_OTHER_KEYSPACE = ERR_NOT_THIS_KEYSPACE
 NODE_FLAG = "--node"
 SERVERS_ENV = "SHARDSTORE_SERVERS"  # the nodes admin asks when --node is not given
 # make run's nodes of its default keyspace (shardstore/launch.py)

@@ -20,8 +20,8 @@ from typing import Any, TextIO
 from shardstore.admin_check import field_of
 from shardstore.admin_retry import _run
 
-__all__ = ["ERR_NO_ROOM", "ERR_UNKNOWN_SHARDS", "ShardRecord", "add_replicas",
-           "leave_replicas", "parse_replica_of", "plan_leave", "shard_records"]
+__all__ = ["ERR_NOT_THIS_KEYSPACE", "ERR_NO_ROOM", "ERR_UNKNOWN_SHARDS", "ShardRecord",
+           "add_replicas", "leave_replicas", "parse_replica_of", "plan_leave", "shard_records"]
 
 POLL_S = 0.2
 CHANGE_TIMEOUT_S = 600.0  # one shard's change with no end in sight for this long: give up
@@ -29,6 +29,7 @@ BAR_WIDTH = 30
 ALL = "all"
 ERR_UNKNOWN_SHARDS = "--replica-of names shards {} that keyspace {!r} does not have (it has {})"
 ERR_REPLICA_OF = "--replica-of wants `all` or shard ids, comma-separated (got {!r})"
+ERR_NOT_THIS_KEYSPACE = "--node serves keyspace {!r}, not {!r}: name a node of {!r}"
 ERR_NO_ROOM = ("shard {} keeps {} replicas and keyspace {!r} has no other node to take the "
                "one on node {} (it would be left with {} nodes): add a node first")
 
@@ -91,6 +92,11 @@ def add_replicas(client: Any, keyspace: str, node_id: int, which: str,
                  stream: TextIO) -> list[int]:
     """Node `node_id` joins `keyspace` with no shard of its own and becomes a replica of
     the shards `which` names (`parse_replica_of`); the shard ids."""
+    mine = [_text(field_of(k, "name")) for k in client.execute_command("KEYSPACE.LIST")
+            if int(field_of(k, "mine"))]
+    if mine != [keyspace]:  # SHARDSTORE.SHARDS lists the answering node's keyspace
+        serves = mine[0] if mine else ""
+        raise ValueError(ERR_NOT_THIS_KEYSPACE.format(serves, keyspace, keyspace))
     client.execute_command("KEYSPACE.ADDNODE", keyspace, node_id, "REPLICA")
     records = {r.shard: r for r in shard_records(client)}
     chosen = parse_replica_of(which, list(records), keyspace)
@@ -179,3 +185,7 @@ def _steady(line: str) -> str:
     """The line without its elapsed seconds (a pipe gets a line per change, not per poll)."""
     head, sep, _ = line.rpartition(" (")
     return head if sep else line
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)

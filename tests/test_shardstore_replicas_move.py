@@ -34,7 +34,12 @@ from redis.cluster import ClusterNode, RedisCluster
 
 from core.raft.ready import Role
 from shardstore import admin, cluster
-from shardstore.admin_replicas import ShardRecord, parse_replica_of, plan_leave
+from shardstore.admin_replicas import (
+    ShardRecord,
+    add_replicas,
+    parse_replica_of,
+    plan_leave,
+)
 from shardstore.cluster import ClusterConfig, ConfigMachine, Shard
 from shardstore.keyspaces import encode_add_node
 from shardstore.replica_moves import ReplicaDriver, caught_up, stale_shards
@@ -145,6 +150,20 @@ def test_the_admin_plans_where_each_replica_goes() -> None:
         parse_replica_of("1,7", [1, 2], "default")
     with pytest.raises(ValueError, match="wants `all` or shard ids"):
         parse_replica_of("one", [1, 2], "default")
+
+
+class _ListingClient:
+    """Answers KEYSPACE.LIST as a node of `users` does; anything else is a test failure."""
+
+    def execute_command(self, *args: Any) -> Any:
+        assert args[0] == "KEYSPACE.LIST", args
+        return [{b"name": b"default", b"nodes": [1, 2, 3], b"shards": [1, 2], b"mine": 0},
+                {b"name": b"users", b"nodes": [4], b"shards": [3], b"mine": 1}]
+
+
+def test_add_node_as_a_replica_wants_a_node_of_that_keyspace() -> None:
+    with pytest.raises(ValueError, match="--node serves keyspace 'users', not 'default'"):
+        add_replicas(_ListingClient(), "default", 5, "all", io.StringIO())
 
 
 def test_the_replica_command_parses() -> None:

@@ -4,10 +4,9 @@ an isolated leader with clients and a worker on its side, a split, a bridge, one
 loss, a clock jump forward and back on the leader, and a SIGKILLed leader.
 
 The round is run once per module; the strict checks are asserted together, with the
-no-overlap check of retried runs as a test of its own; the runs-ended check is a non-strict
-xfail (see below). The drill's own checks are also run on hand-written files and histories,
-good and bad. Skips with the harness's one reason where namespaces are unavailable; nothing
-is timed.
+no-overlap check of retried runs and the runs-ended check as tests of their own. The
+drill's own checks are also run on hand-written files and histories, good and bad. Skips
+with the harness's one reason where namespaces are unavailable; nothing is timed.
 """
 
 from __future__ import annotations
@@ -52,20 +51,14 @@ def test_no_retry_overlaps_a_cut_off_workers_attempt(round_: Round) -> None:
     assert round_.gap.passed, round_.gap.report()
 
 
-# Seen once in about ten rounds of this drill (seed 11, a round whose scripted SIGKILL hit the
-# leader n1 of term 10 right after it proposed a fire entry carrying the claims of parked
-# polls): once@...382000 claimed for w-n2 and slow@...381000 for w-n3 (started_ms = n1's
-# proposal time); n1 died before answering the polls, n3 (term 11) committed the entry, and
-# the workers, alive and heartbeating, never executed nor reported either run: both stayed
-# started in every node's state 60 s later (read back from the data directories), so the
-# cluster never calls them lost and they never end. The likely cause, reproduced without
-# processes in tests/test_scheduler_resync_limit.py: the workers' resync poll handed back the
-# runs they hold cut to their free slots, and runs they already execute (w-n3 ran five slow
-# runs then) crowded out the one never received. That cause is fixed (scheduler/state_apply.py
-# `_claim`); whether it was the only one (w-n2's case is not confirmed) needs more rounds, so
-# this stays a non-strict xfail until `make drills` shows it never recurs.
-@pytest.mark.xfail(strict=False, reason="a run claimed in an entry whose leader was killed "
-                   "before answering the poll can stay started for good (intermittent)")
+# Was a non-strict xfail: runs stayed started for good after the faults healed. Causes found:
+# a resync poll cut to the worker's free slots let runs it executed crowd out one it never
+# received (scheduler/state_apply.py `_claim`, tests/test_scheduler_resync_limit.py); and a
+# worker's fence cancelled runs received in the same loop step, before their tasks began, so
+# they never reported themselves abandoned (scheduler/worker.py, tests/
+# test_scheduler_held_runs_end.py). Any other run the state gives a live worker that the
+# worker does not hold is now lost by its heartbeat's HOLDING list once claimed 30 s ago
+# (state_apply `_beat`), within the settling phase's RUNS_END_S of the pause.
 def test_every_run_ends_after_the_faults_heal(round_: Round) -> None:
     assert round_.ended.passed, round_.ended.report()
 

@@ -329,15 +329,19 @@ def _grow_and_shrink(daemons: list[Daemon], tmp: Path) -> None:
     first.wait(timeout=10)
     code, text = _admin([two, three], "remove-node", "--keyspace", "default", "--id", "1")
     assert code == 0, text
-    assert "node 1 left keyspace default" in text and "replicas moved off node 1" in text
+    assert "node 1 left keyspace default" in text, text  # the moves: by the members below
     time.sleep(0.3)  # writes go on after the change, to the new members
     writer.stop.set()
     writer.join(timeout=WAIT_S)
     _check_everything_there(two, seed, writer)
     _check_membership(daemons, tmp)
     statuses = [_status(d) for d in daemons]
-    assert sum(int(s[b"replica_steps"]) for s in statuses) >= 7  # add, remove, done per change
+    assert sum(int(s[b"replica_steps"]) for s in statuses) >= 1
     assert int(statuses[1][b"replica_changes"]) == 0
+    logs = "".join(d.log() for d in daemons)  # each change ended by a shard leader
+    for change in ("shard 1: replicas changed (+4 -0)", "shard 1: replicas changed (+0 -1)",
+                   "shard 2: replicas changed (+4 -1)"):
+        assert change in logs, change
     lines: list[str] = []  # in this process: a command-line start-up less each
     with _client(two) as client:
         assert admin.check(client, lines.append) == 0, lines

@@ -137,6 +137,21 @@ def test_old_shard_records_still_read() -> None:
     assert Shard.from_wire(retired.to_wire()) == retired
 
 
+@settings(max_examples=EXAMPLES)
+@given(st.integers(1, 10**6), st.lists(st.integers(1, 99), max_size=5, unique=True),
+       st.sampled_from(["default", "users", ""]), st.integers(0, 5), st.integers(0, 99),
+       st.integers(0, 99), st.booleans())
+def test_shard_records_survive_the_wire(sid: int, members: list[int], keyspace: str,
+                                        replicas: int, joining: int, leaving: int,
+                                        founders_given: bool) -> None:
+    shard = Shard(sid, sid, members, keyspace, members[:2] if founders_given else None,
+                  replicas, joining, leaving)
+    wire = msgpack.unpackb(msgpack.packb(shard.to_wire()))
+    assert Shard.from_wire(wire) == shard
+    assert shard.founders == (members[:2] if founders_given else members)
+    assert shard.replicas == (replicas or len(members))
+
+
 def test_the_admin_plans_where_each_replica_goes() -> None:
     records = [ShardRecord(1, [1, 2, 3, 4], 8192, 3, 0, 0),
                ShardRecord(2, [2, 3, 1], 8192, 3, 0, 0),

@@ -316,8 +316,8 @@ cdef Py_ssize_t _scan(const char* p, Py_ssize_t n, long long value_max) noexcept
 
 def pipeline(bytes data not None, storage, set pinned not None, long long value_max,
              long long reqs_per_event):
-    """Answer the simple commands `data` holds: (replies, bytes consumed) or None (see the
-    pure twin)."""
+    """Answer the simple commands `data` holds: (replies, their size, bytes consumed) or
+    None (see the pure twin)."""
     cdef const char* p = PyBytes_AS_STRING(data)
     cdef Py_ssize_t n = PyBytes_GET_SIZE(data)
     cdef Py_ssize_t ops = _scan(p, n, value_max), done, size = 0, consumed = 0, pos = 0
@@ -336,8 +336,9 @@ def pipeline(bytes data not None, storage, set pinned not None, long long value_
         if reply is None:
             break
         pos = consumed = op.end
-        out.append(reply)
-        size += len(reply)
+        if len(reply):
+            out.append(reply)
+            size += len(reply)
         count += 1
         if count >= reqs_per_event or kind == K_GET or kind == K_GETS or kind == K_MN:
             count = 0
@@ -347,7 +348,7 @@ def pipeline(bytes data not None, storage, set pinned not None, long long value_
             break
     if not consumed:
         return None
-    return _EMPTY.join(out), consumed
+    return out, size, consumed
 
 
 cdef inline bytes _slice(const char* p, Py_ssize_t start, Py_ssize_t n):

@@ -38,6 +38,7 @@ from kvcache.mcproto_pure import (
 )
 from kvcache import replies
 from kvcache._mcpipe import pipeline
+from kvcache.mcpipe_pure import LANE_JOIN_BYTES
 from kvcache.items import Mode, Outcome
 from kvcache.slabs import item_ntotal, shared_classes
 from kvcache.counters import HOT_COUNTERS
@@ -50,6 +51,7 @@ cdef long long _COLLECT_OVER = COLLECT_BLOCKS_OVER
 cdef Py_ssize_t _LANE_LINE = LANE_LINE_BYTES
 cdef Py_ssize_t _LANE_KEYS = LANE_MAX_KEYS
 cdef Py_ssize_t _LANE_REPLY = LANE_REPLY_BYTES
+cdef Py_ssize_t _JOIN_MAX = LANE_JOIN_BYTES
 # Digits a number may have for the C path: below every wrap and range limit it would meet
 # (flags < 2**32, exptime and length < 2**31 - 2, CAS < 2**63).
 cdef Py_ssize_t _SHORT_DIGITS = 9
@@ -366,11 +368,13 @@ cdef class Lane:
             done = pipeline(data, self.storage, self.pinned, self.parser.lane_value_max,
                             self.settings.reqs_per_event) if _idle(self.parser) else None
             if done is not None:
-                reply, consumed = done
+                parts, size, consumed = done
                 self.hot[_BYTES_READ] += consumed
                 self.last_command = self.storage.now
-                if PyBytes_GET_SIZE(reply):
-                    self.send(reply)
+                if size > _JOIN_MAX:
+                    self.send_parts(parts, size)
+                elif size:
+                    self.send(b"".join(parts))
                 if consumed == PyBytes_GET_SIZE(data):
                     return
                 data = data[consumed:]

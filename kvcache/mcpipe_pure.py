@@ -50,6 +50,7 @@ LINE_BYTES = 2048  # a simple command line (memcached's LINE_WITHOUT_NEWLINE_BYT
 GET_LINE_BYTES = 16384  # a get line: what memcached reads at once (READ_BUFFER_BYTES)
 LANE_MAX_KEYS = 512
 LANE_REPLY_BYTES = 256 * 1024  # the request loop writes once its queue reaches this much
+LANE_JOIN_BYTES = 16 * 1024  # replies up to this much are joined, longer ones gathered
 MAX_FLAG_TOKENS = 16  # words after an mg key or an ms length (memcached allows 17)
 
 GET, GETS, SET, INCR, DECR, MN, MG, MS, MD, MA = range(10)
@@ -209,10 +210,12 @@ def scan(data: bytes, value_max: int) -> list[Op] | None:
 
 
 def pipeline(data: bytes, storage: Any, pinned: set[Any], value_max: int,
-             reqs_per_event: int) -> tuple[bytes, int] | None:
-    """Answer the simple commands `data` holds (see the module docstring): (the replies
-    joined, how many bytes of `data` they consumed), the rest being the loop's; or None,
-    nothing run, when the loop must take the whole read."""
+             reqs_per_event: int) -> tuple[list[bytes], int, int] | None:
+    """Answer the simple commands `data` holds (see the module docstring): (the replies,
+    the empty ones left out; their length in all; how many bytes of `data` they consumed),
+    the rest being the loop's; or None, nothing run, when the loop must take the whole
+    read. The caller writes the replies in one write (joined while short, as the request
+    loop joins them, else gathered)."""
     ops = scan(data, value_max)
     if ops is None:
         return None
@@ -225,8 +228,9 @@ def pipeline(data: bytes, storage: Any, pinned: set[Any], value_max: int,
         if reply is None:  # a multi-get the loop streams
             break
         consumed = end
-        out.append(reply)
-        size += len(reply)
+        if reply:
+            out.append(reply)
+            size += len(reply)
         count += 1
         if count >= reqs_per_event or kind in _COMMITS:
             count = 0
@@ -235,7 +239,7 @@ def pipeline(data: bytes, storage: Any, pinned: set[Any], value_max: int,
             break
     if not consumed:
         return None
-    return b"".join(out), consumed
+    return out, size, consumed
 
 
 def _run(kind: int, fields: Any, storage: Any, pinned: set[Any]) -> bytes | None:

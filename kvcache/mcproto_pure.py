@@ -36,7 +36,7 @@ from typing import Any
 
 from kvcache import replies
 from kvcache.items import Mode, Outcome
-from kvcache.mcpipe_pure import pipeline
+from kvcache.mcpipe_pure import LANE_JOIN_BYTES, pipeline
 from kvcache.metaflags import MAX_META_TOKENS, MAX_OPAQUE_BYTES, MetaFlags, parse_meta_flags
 from kvcache.numbers import strtol32, strtoul32, strtoull
 from kvcache.slabs import item_ntotal, shared_classes
@@ -431,11 +431,13 @@ class Lane:
             done = pipeline(data, self.storage, self.pinned, self.parser.lane_value_max,
                             self.settings.reqs_per_event) if _idle(self.parser) else None
             if done is not None:
-                reply, consumed = done
+                parts, size, consumed = done
                 self.stats.bytes_read += consumed
                 self.last_command = self.storage.now
-                if reply:
-                    self.send(reply)
+                if size > LANE_JOIN_BYTES:
+                    self.send_parts(parts, size)
+                elif size:
+                    self.send(b"".join(parts))
                 if consumed == len(data):
                     return
                 data = data[consumed:]

@@ -198,7 +198,8 @@ class Loop(Harness):
     def outcome(self) -> tuple[object, ...]:
         stats = self.storage.stats
         slab = stats.slab
-        return (b"".join(self.transport.written), stats.bytes_read, stats.bytes_written,
+        written = (b"".join(w) if isinstance(w, tuple) else w for w in self.transport.written)
+        return (b"".join(written), stats.bytes_read, stats.bytes_written,
                 stats.get_cmds, stats.get_misses, stats.get_expired, list(slab.get_hits),
                 list(slab.hits_to_hot), list(slab.hits_to_warm), list(slab.hits_to_cold),
                 list(slab.set_cmds),

@@ -83,11 +83,13 @@ def test_a_meta_pipeline_in_one_reply(pipe: ModuleType) -> None:
     data = (b"mg k v f t c s k O12\r\nms m 2 T0 F7 k O9\r\nhi\r\nmg m v f q\r\nmg nope v k O1\r\n"
             b"mg nope q\r\nincr n 2\r\ndecr n 50 noreply\r\nset a 0 0 1 noreply\r\nx\r\n"
             b"mg s k\r\nmg n T100 t v\r\n")
-    reply, consumed = pipe.pipeline(data, storage, pinned, VALUE_MAX, 20)
+    parts, size, consumed = pipe.pipeline(data, storage, pinned, VALUE_MAX, 20)
     cas = storage.find(b"k").cas
     assert consumed == len(data)
-    assert reply == (b"VA 5 f3 t-1 c%d s5 kk O12\r\nvalue\r\nHD km O9\r\nVA 2 f7\r\nhi\r\n"
-                     b"EN knope O1\r\n43\r\nHD ks X W\r\nVA 2 t100\r\n0 \r\n" % cas)
+    assert size == len(b"".join(parts))
+    assert b"".join(parts) == (
+        b"VA 5 f3 t-1 c%d s5 kk O12\r\nvalue\r\nHD km O9\r\nVA 2 f7\r\nhi\r\n"
+        b"EN knope O1\r\n43\r\nHD ks X W\r\nVA 2 t100\r\n0 \r\n" % cas)
     assert len(pinned) == 4  # the mg hits since the last write point
     assert storage.stats.touch_cmds == 1
 
@@ -109,9 +111,13 @@ def test_a_read_ending_inside_a_command(pipe: ModuleType) -> None:
     storage = _storage()
     data = b"get k\r\nset a 0 0 3\r\nab"
     assert pipe.pipeline(data, storage, set(), VALUE_MAX, 20) == (
-        b"VALUE k 3 5\r\nvalue\r\nEND\r\n", 7)
+        [b"VALUE k 3 5\r\nvalue\r\nEND\r\n"], 25, 7)
     data = b"mn\r\nget big big\r\nmn\r\n"  # a reply the loop streams: from there on its
-    assert pipe.pipeline(data, storage, set(), VALUE_MAX, 20) == (b"MN\r\n", 4)
+    assert pipe.pipeline(data, storage, set(), VALUE_MAX, 20) == ([b"MN\r\n"], 4, 4)
+    data = b"get big\r\nset a 0 0 1 noreply\r\nx\r\nget k\r\n"  # long: gathered, not joined
+    block = b"VALUE big 0 %d\r\n%s\r\nEND\r\n" % (len(BIG), BIG)
+    assert pipe.pipeline(data, storage, set(), VALUE_MAX, 20) == (
+        [block, b"VALUE k 3 5\r\nvalue\r\nEND\r\n"], len(block) + 25, len(data))
 
 
 SIMPLE = [b"get k\r\n", b"get k miss old k\r\n", b"gets k n\r\n", b"get  k  n \r\n",

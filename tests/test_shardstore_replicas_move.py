@@ -6,7 +6,8 @@ old records) and the parsers, fuzzed. As processes (`python -m shardstore serve`
 keyspace `default` of nodes 1-3 with 2 shards of 3 replicas, node 4 running and serving
 no keyspace. `shardstore admin add-node --replica-of 1` makes node 4 a replica of shard 1
 (it takes the leader's snapshot and catches up); `remove-node --id 1`, SIGKILLed once while
-it runs and then run again, moves node 1's replica of shard 2 to node 4 and drops its
+it runs together with the shard leader driving the change (restarted at once) and then run
+again, moves node 1's replica of shard 2 to node 4 and drops its
 replica of shard 1 (which keeps 3), while a writer writes: every acknowledged write reads
 back, node 1 deletes its shards' files, CLUSTER SHARDS and CLUSTER NODES show the new
 members, `admin check` passes, and removing a second node is refused before anything
@@ -340,10 +341,16 @@ def _grow_and_shrink(daemons: list[Daemon], tmp: Path) -> None:
                    wait=False)
     _until(lambda: any(r[b"leaving"] == 1 or 1 not in r[b"members"]
                        for r in _shards(two).values()), "a replica change began")
+    changing = next((sid for sid, r in _shards(two).items() if r[b"leaving"] == 1), 2)
+    victim = _leader_of(daemons, changing) or two  # the shard leader driving the change
     first.send_signal(signal.SIGKILL)  # the admin dies mid-way; run again, it goes on
     first.wait(timeout=10)
-    code, text = _admin([two, three], "remove-node", "--keyspace", "default", "--id", "1")
+    victim.kill()  # and so does the driving shard leader, restarted on its data at once
+    victim.start(wait=False)
+    others = [d for d in (two, three, four) if d is not victim]
+    code, text = _admin(others, "remove-node", "--keyspace", "default", "--id", "1")
     assert code == 0, text
+    wait_for_tcp_port(victim.host, victim.port, timeout=WAIT_S, proc=victim.proc)
     assert "node 1 left keyspace default" in text, text  # the moves: by the members below
     time.sleep(0.3)  # writes go on after the change, to the new members
     writer.stop.set()
@@ -366,6 +373,18 @@ def _grow_and_shrink(daemons: list[Daemon], tmp: Path) -> None:
     assert all(len(r[b"members"]) == 3 for r in _shards(two).values())
     seed.close()
     writer.rc.close()
+
+
+def _leader_of(daemons: list[Daemon], sid: int) -> Daemon | None:
+    """The daemon that says it leads shard `sid` now, if one does."""
+    for daemon in daemons:
+        try:
+            shards = map(as_map, _status(daemon)[b"shards"])
+        except (redis.RedisError, OSError):
+            continue
+        if any(int(s[b"shard"]) == sid and s[b"role"] == b"leader" for s in shards):
+            return daemon
+    return None
 
 
 def _status(node: Daemon) -> dict[bytes, Any]:

@@ -69,7 +69,7 @@ names = st.from_regex(r"[A-Za-z0-9_-]{1,64}", fullmatch=True)
 # -- parsers ------------------------------------------------------------------------------------
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(st.sampled_from(["GET", "POST", "PUT", "DELETE"]), st.text(max_size=120))
 def test_route_takes_any_target_or_refuses_it(method: str, target: str) -> None:
     try:
@@ -166,7 +166,7 @@ json_values = st.recursive(
     max_leaves=12)
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(json_values)
 def test_items_are_checked_before_any_daemon_is_asked(items: object) -> None:
     try:

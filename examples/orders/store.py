@@ -8,17 +8,19 @@ Strategy
   month its own range (`open_month` is a TABLE.SPLIT). An order is two rows:
   `orders:<id>:<user>` (the record, JSON) and, once the order is settled,
   `orders:<id>:<user>:final` (`paid` or `cancelled`). A pending order has no final row.
-- Reading one order is a TABLE.RANGE over the one millisecond of its id (one shard), then
-  GETs; a user's month is a TABLE.RANGE over that month only, filtered by the user part.
+- A pointer row `order-user:<id>` (a plain key, slot-routed) names an order's user, so
+  reading one order by its id is three GETs; a user's month is a TABLE.RANGE over that
+  month only, filtered by the user part of the keys.
 - The compare-and-set: the final row is written with SET ... NX, once, by whoever settles
   the order first; pay writes `paid`, the cancel job writes `cancelled`. The loser reads the
   row back to learn the outcome, so pay after cancel is refused and cancel after pay never
   happens. A SET NX whose reply was lost is sent again: NX then fails and the read-back
   names the value, the writer's own when it won. Pays of one order race harmlessly (both
   write `paid`).
-- A create is idempotent: its id comes from idgen first, then the record is written with
-  SET NX; a retry after an unknown outcome finds the same record (ids are unique, so no one
-  else writes that key) and counts as done.
+- A create is idempotent: its id comes from idgen first, then the pointer and the record
+  are written with SET NX; a retry after an unknown outcome finds the same rows (ids are
+  unique, so no one else writes those keys) and counts as done. A pointer without its
+  record (a create that never finished) reads as no order.
 """
 
 from __future__ import annotations
@@ -45,11 +47,15 @@ PAID = "paid"
 CANCELLED = "cancelled"
 PENDING = "pending"
 FINAL_SUFFIX = ":final"
+POINTER_PREFIX = "order-user:"  # outside the table's prefix `orders:`
+ERR_OTHER = "order {} exists with other contents"
 NAME_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,64}")
 MONTH_PATTERN = re.compile(r"(\d{4})-(\d{2})")
 ERR_MONTH = "month must be YYYY-MM (a real month, years 1970-9999): {!r}"
 ERR_TABLE_EXISTS = "exists"
 READY_KEY = "orders-service:ready"
+SETTLE_ATTEMPTS = 3
+ERR_SETTLE = "order {}: SET NX of its final row failed and no final row is there"
 READY_TIMEOUT_S = 120.0
 READY_POLL_S = 0.5
 
@@ -114,6 +120,11 @@ class Order:
 def record_key(order_id: int, user: str) -> str:
     """The record row of an order."""
     return f"{TABLE}:{order_id}:{user}"
+
+
+def pointer_key(order_id: int) -> str:
+    """The pointer row of an order (a plain key, slot-routed): its user."""
+    return f"{POINTER_PREFIX}{order_id}"
 
 
 def _split_key(key: bytes) -> tuple[int, str, bool]:
@@ -218,21 +229,24 @@ class OrderStore:
     # -- orders ----------------------------------------------------------------------------
 
     def write_record(self, order_id: int, user: str, record: bytes) -> None:
-        """SET NX of the record; a retry that finds its own record is a success."""
-        key = record_key(order_id, user)
-        if self.orders.set(key, record, nx=True):
-            return
-        if self.orders.get(key) != record:  # ids are unique: only a bug gets here
-            raise RuntimeError(f"order {order_id} exists with other contents")
+        """SET NX of the pointer, then of the record; a retry that finds its own rows is a
+        success (ids are unique: other contents are a bug, RuntimeError)."""
+        for key, value in ((pointer_key(order_id), user.encode()),
+                           (record_key(order_id, user), record)):
+            if not self.orders.set(key, value, nx=True) and self.orders.get(key) != value:
+                raise RuntimeError(ERR_OTHER.format(order_id))
 
     def settle(self, order_id: int, user: str, outcome: str) -> str:
         """Compare-and-set the final row to `outcome` if the order is pending; returns the
         outcome that holds afterwards (ours, or the one written first)."""
         key = record_key(order_id, user) + FINAL_SUFFIX
-        if self.orders.set(key, outcome, nx=True):
-            return outcome
-        held = self.orders.get(key)
-        return held.decode() if held is not None else self.settle(order_id, user, outcome)
+        for _ in range(SETTLE_ATTEMPTS):
+            if self.orders.set(key, outcome, nx=True):
+                return outcome
+            held = self.orders.get(key)
+            if held is not None:  # final rows are never deleted: None means none yet
+                return held.decode()
+        raise RuntimeError(ERR_SETTLE.format(order_id))
 
     def keys_between(self, low: str | int, high: str | int) -> list[bytes]:
         """The table's row keys with a position (an id's time) in [low, high). A range read
@@ -252,14 +266,15 @@ class OrderStore:
                     self.orders.load_tables()
 
     def find(self, order_id: int) -> Order | None:
-        """The order with this id, or None (a range read of its id's millisecond)."""
-        at = parse_id(order_id).time_ms
-        prefix = f"{TABLE}:{order_id}:".encode()
-        keys = [k for k in self.keys_between(at, at + 1) if k.startswith(prefix)]
-        records = [k for k in keys if not k.endswith(FINAL_SUFFIX.encode())]
-        if not records:
-            return None
-        return self._load(records[0], any(k.endswith(FINAL_SUFFIX.encode()) for k in keys))
+        """The order with this id, or None: its pointer row names the user, then the
+        record and final rows are read (three GETs; no range read, which on a SNOWFLAKE
+        table walks the shard's whole table)."""
+        user = self.orders.get(pointer_key(order_id))
+        return None if user is None else self.read(order_id, user.decode())
+
+    def read(self, order_id: int, user: str) -> Order | None:
+        """The order when its user is known: two GETs, no range read."""
+        return self._load(record_key(order_id, user).encode(), settled=True)
 
     def _load(self, key: bytes, settled: bool) -> Order | None:
         raw = self.orders.get(key)

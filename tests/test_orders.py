@@ -16,6 +16,7 @@ from __future__ import annotations
 import http.client
 import json
 import re
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -26,7 +27,7 @@ from hypothesis import strategies as st
 
 from core.launch_spec import Process
 from examples.orders.cluster import Cluster, Endpoints, remap_ports, without
-from examples.orders.http_api import Route, RouteError, route, serve
+from examples.orders.http_api import MAX_BODY_BYTES, Route, RouteError, route, serve
 from examples.orders.service import (
     MAX_ITEMS,
     MAX_QUANTITY,
@@ -217,6 +218,14 @@ def test_malformed_requests_answer_400_or_404(api: tuple[str, int], method: str,
 
 
 # -- the README ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("length", [b"-5", b"abc", str(MAX_BODY_BYTES + 1).encode()])
+def test_a_bad_content_length_is_a_bad_request(api: tuple[str, int], length: bytes) -> None:
+    with socket.create_connection(api, timeout=30) as sock:
+        sock.sendall(b"POST /orders HTTP/1.1\r\nHost: x\r\nContent-Length: " + length
+                     + b"\r\n\r\n")
+        assert sock.makefile("rb").readline().startswith(b"HTTP/1.1 400 ")
 
 
 def test_readme_promises_are_in_its_words() -> None:

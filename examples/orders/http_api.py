@@ -112,7 +112,8 @@ def _handler(service: OrderService) -> type[BaseHTTPRequestHandler]:
             self.wfile.write(data)
 
         def _body(self) -> dict[str, Any]:
-            length = int(self.headers.get("Content-Length") or 0)
+            text = self.headers.get("Content-Length") or "0"
+            length = int(text) if text.isdigit() else -1
             if not 0 <= length <= MAX_BODY_BYTES:
                 raise BadRequest(ERR_BODY)
             raw = self.rfile.read(length) if length else b"{}"

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from tests import test_scheduler_daemon as daemon_tests
+from tests.procs import stop_together
 from tests.test_scheduler_daemon import Cluster, paused_ahead, wait_until
 
 OFFSET_FLAG = "--clock-offset-ms"
@@ -46,11 +47,8 @@ def start_nodes(cluster: Cluster, offset_ms: int = 0) -> None:
 
 
 def stop_nodes(cluster: Cluster) -> None:
-    """SIGTERM every node and wait: a clean shutdown of the whole cluster."""
-    for node in cluster.nodes:
-        node.signal(signal.SIGTERM)
-    for node in cluster.nodes:
-        node.stop()
+    """SIGTERM every node (once) and wait: a clean shutdown of the whole cluster."""
+    stop_together(cluster.nodes)
 
 
 @contextmanager

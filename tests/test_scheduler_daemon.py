@@ -27,7 +27,7 @@ from redis.retry import Retry
 
 from scheduler.state_apply import MSG_PAUSED_AHEAD
 from tests.conftest import find_free_port, wait_for_tcp_port
-from tests.procs import Daemon
+from tests.procs import Daemon, stop_together
 
 HOSTS = ("127.0.0.2", "127.0.0.3", "127.0.0.4")
 HANG_S = 40.0  # a wait longer than this is a hang, not slowness
@@ -61,9 +61,10 @@ class Cluster:
             wait_for_tcp_port(node.host, node.port, timeout=20, proc=node.proc)
 
     def stop_all(self) -> None:
-        for daemon in (self.worker, *self.nodes):
-            if daemon.proc is not None:
-                daemon.stop()
+        """The worker first (its last reports reach live nodes), then the nodes together."""
+        if self.worker.proc is not None:
+            self.worker.stop()
+        stop_together(self.nodes)
 
     def client(self, node: Daemon, timeout: float = 15) -> redis.Redis:
         # no client-side retries: Cluster.call does its own, across nodes

@@ -100,6 +100,9 @@ class Daemon:
             self.proc.wait()
             raise
 
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
 
 def stop_together(daemons: Iterable[Daemon], timeout: float = 15) -> list[int]:
     """SIGTERM every running daemon at once, then reap each: the nodes of a cluster shut down
@@ -112,9 +115,6 @@ def stop_together(daemons: Iterable[Daemon], timeout: float = 15) -> list[int]:
             daemon.signal(signal.SIGCONT)  # in case a test left it stopped
             daemon.signal(signal.SIGTERM)
     return [daemon.reap(timeout) if daemon.proc is not None else 0 for daemon in daemons]
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
 
 def idgen_daemon(

@@ -251,11 +251,12 @@ def _settled(service: OrderService, log: Callable[[str], None]) -> list[int]:
         time.sleep(POLL_S)
 
 
-def _cancelled(service: OrderService) -> int:
-    store = service.clients.store
-    rows = classify(store.keys_between("-", "+"))
-    return sum(store.settle(i, rows.records[i], CANCELLED) == CANCELLED
-               for i in rows.settled if i in rows.records)
+def _cancelled(service: OrderService, pool: ThreadPoolExecutor) -> int:
+    """How many orders are cancelled (their final rows read, no write)."""
+    rows = classify(service.clients.store.keys_between("-", "+"))
+    settled = [(i, rows.records[i]) for i in rows.settled if i in rows.records]
+    finals = pool.map(lambda pair: service.clients.store.final(*pair), settled)
+    return sum(status == CANCELLED for status in finals)
 
 
 def check(service: OrderService, result: LoadResult, api: tuple[str, int],
@@ -269,9 +270,10 @@ def check(service: OrderService, result: LoadResult, api: tuple[str, int],
         late = _settled(service, log)
         users = dict(result.created)
         invoices = list(pool.map(lambda i: _invoice_ok(service, i, users[i]), paid))
+        cancelled = _cancelled(service, pool)
     good = sum(invoices)
     bad = [i for i, ok in zip(paid, invoices, strict=True) if not ok]
-    return Checks(lost, len(ids) - len(set(ids)), late, good, bad, _cancelled(service),
+    return Checks(lost, len(ids) - len(set(ids)), late, good, bad, cancelled,
                   _pay_after_cancel(service, result, api), _month_listing(result, api))
 
 

@@ -272,6 +272,11 @@ class OrderStore:
         user = self.orders.get(pointer_key(order_id))
         return None if user is None else self.read(order_id, user.decode())
 
+    def final(self, order_id: int, user: str) -> str:
+        """The order's status as its final row says (pending when it has none)."""
+        held = self.orders.get(record_key(order_id, user) + FINAL_SUFFIX)
+        return PENDING if held is None else held.decode()
+
     def read(self, order_id: int, user: str) -> Order | None:
         """The order when its user is known: two GETs, no range read."""
         return self._load(record_key(order_id, user).encode(), settled=True)

@@ -56,7 +56,9 @@ PROMISES = [
     "No unpaid order stays pending past its deadline.",
     "Every invoice reads back from dfs byte for byte.",
     "Paying a cancelled order is refused with 409.",
-    "A paid order is never cancelled.",
+    "A paid order is never cancelled.",  # and the rest: tests/test_orders_protocol.py
+    "A payment after the order's deadline cancels it instead.",
+    "cannot make a second order.",
     "`--kill` SIGKILLs one node of each daemon during the load and starts it again.",
     "The deadline is 15\nminutes by default",
     "a malformed request is answered 400",

@@ -442,6 +442,14 @@ cdef class Storage(Lru):
         """do_add_delta (see the pure twin): in place unless the item is `pinned`. The
         common value (up to 19 digits, then nothing or whitespace) is read and rewritten
         in C; any other value takes the pure twin's reader, parse_u64_prefix."""
+        return self._delta_of(key, incr, delta, cas, pinned, True)
+
+    def delta_number(self, bytes key not None, bint incr, delta, pinned=()):
+        """`delta` without a view of the item (see the pure twin)."""
+        return self._delta_of(key, incr, delta, 0, pinned, False)
+
+    cdef object _delta_of(self, bytes key, bint incr, delta, uint64_t cas, pinned,
+                          bint want_item):
         cdef uint32_t ref = self._find(key)
         cdef Rec* r
         cdef int64_t ntotal
@@ -459,7 +467,8 @@ cdef class Storage(Lru):
             return _delta(_EXISTS, 0, None, False)
         value = key_of(r) + r.nkey
         if not _plain_number(value, r.nvalue, &number) or not 0 <= delta <= U64_MASK:
-            return self._delta_slow(key, ref, incr, delta, pinned)
+            slow = self._delta_slow(key, ref, incr, delta, pinned)
+            return slow if want_item else _delta(slow[0], slow[1], None, slow[3])
         d = delta
         if incr:
             number += d  # wraps at 2**64, as memcached's does
@@ -475,10 +484,10 @@ cdef class Storage(Lru):
             memset(value + width, 32, r.nvalue - width)
             r.cas = self._stamp()
             self._refresh(ref)
-            return _delta(_STORED, number, self._view(ref), True)
+            return _delta(_STORED, number, self._view(ref) if want_item else None, True)
         outcome, new = self._store_new(key, PyBytes_FromStringAndSize(digits + 1, width),
                                        r.flags, r.exptime, 0, ref)
-        return _delta(outcome, number, new, False)
+        return _delta(outcome, number, new if want_item else None, False)
 
     cdef object _delta_slow(self, bytes key, uint32_t ref, bint incr, delta, pinned):
         # the pure twin's steps, for values _plain_number does not read

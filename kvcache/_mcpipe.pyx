@@ -401,7 +401,7 @@ cdef bytes _set(int kind, const char* p, Op* op, bytes key, storage):
 cdef bytes _delta(bint incr, Op* op, bytes key, storage, set pinned):
     cdef char digits[24]
     cdef int width
-    delta = storage.delta(key, incr, op.n1, 0, pinned)
+    delta = storage.delta_number(key, incr, op.n1, pinned)
     outcome = delta[0]
     if outcome is _STORED:
         if op.noreply:

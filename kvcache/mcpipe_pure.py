@@ -267,7 +267,7 @@ def _run(kind: int, fields: Any, storage: Any, pinned: set[Any]) -> bytes | None
 def _delta(storage: Any, pinned: set[Any], incr: bool, key: bytes, delta: int,
            noreply: bool) -> bytes:
     """kvcache.commands' incr/decr, for a plain delta."""
-    outcome, number, _, _ = storage.delta(key, incr, delta, pinned=pinned)
+    outcome, number, _, _ = storage.delta_number(key, incr, delta, pinned)
     if outcome is Outcome.STORED:
         reply = b"%d\r\n" % number
     elif outcome is Outcome.NOT_FOUND:

@@ -329,6 +329,13 @@ class Storage(Lru):
         outcome, new = self._insert(key, text, item.flags, item.exptime, 0, item)
         return Delta(outcome, number, new, False)
 
+    def delta_number(self, key: bytes, incr: bool, delta: int,
+                     pinned: Container[Item] = ()) -> Delta:
+        """`delta` (no CAS) whose Delta names no item: the pipeline lane's incr/decr, which
+        needs only the outcome and the number (the compiled twin makes no view for it)."""
+        outcome, number, _, in_place = self.delta(key, incr, delta, 0, pinned)
+        return Delta(outcome, number, None, in_place)
+
     def flush(self, delay: int) -> None:
         """flush_all [delay]: everything stored before the deadline dies at the deadline."""
         deadline = self.expiry(delay) if delay > 0 else self.now

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from dfs.client import DfsClient, DfsError
-from tests.conftest import find_free_port
+from tests.conftest import find_free_port, wait_for_tcp_port
 from tests.procs import Daemon
 
 MASTER_HOSTS = ("127.0.0.2", "127.0.0.3", "127.0.0.4")
@@ -76,8 +76,15 @@ class DfsCluster:
         return DfsClient(self.master_addresses, **options)
 
     def start(self) -> DfsCluster:
-        for node in [*self.masters, *self.chunkservers]:
-            node.start()
+        nodes = [*self.masters, *self.chunkservers]
+        for node in nodes:  # every process boots at once; then each must listen
+            node.start(wait=False)
+        for node in nodes:
+            assert node.proc is not None
+            try:
+                wait_for_tcp_port(node.host, node.port, timeout=HANG_S, proc=node.proc)
+            except (RuntimeError, TimeoutError) as exc:
+                raise RuntimeError(f"{exc}\n--- log ---\n{node.log()}") from None
         with self.client() as fs:
             eventually(lambda: self.ready(fs), "a leader out of safe mode, servers reporting")
         return self

@@ -22,6 +22,7 @@ CANCEL_JOB = "orders-cancel-unpaid"
 REPORT_JOB = "orders-daily-report"
 REPORT_SCHEDULE = "@daily"
 ERR_EXISTS = "already exists"
+DEADLINE_S = 120.0  # a cluster just started (or a node just killed) elects its leader first
 
 
 def _node(address: str) -> tuple[str, int]:
@@ -32,7 +33,7 @@ def _node(address: str) -> tuple[str, int]:
 def add_jobs(scheduler: list[str], cancel_every_s: float) -> None:
     """JOB.ADD both jobs (an existing one is left as it is)."""
     every = f"@every {max(1, round(cancel_every_s * 1000))}ms"
-    with SchedulerClient([_node(a) for a in scheduler]) as client:
+    with SchedulerClient([_node(a) for a in scheduler], deadline_s=DEADLINE_S) as client:
         for name, schedule, options in ((CANCEL_JOB, every, {"concurrency": "FORBID"}),
                                         (REPORT_JOB, REPORT_SCHEDULE, {})):
             try:
@@ -59,5 +60,5 @@ def start_worker(service: OrderService, scheduler: list[str]) -> Callable[[], No
 
 def run_now(scheduler: list[str], job: str) -> None:
     """JOB.RUN: the cluster fires the job now (its embedded worker runs it soon after)."""
-    with SchedulerClient([_node(a) for a in scheduler]) as client:
+    with SchedulerClient([_node(a) for a in scheduler], deadline_s=DEADLINE_S) as client:
         client.run(job)

@@ -12,10 +12,13 @@ the blocking clients are not thread-safe. The rules of each action:
   instead and the pay refused; once paid, the invoice is written to dfs
   (`/invoices/<YYYY-MM>/<id>.txt`, the same bytes on every retry) before the reply.
 - the cancel job (`cancel_expired`): reads the rows whose id time lies in [mark - deadline,
-  now - deadline) (the mark: the previous run's time, a plain key), cancels every pending
-  order there with the compare-and-set, then moves the mark to now. Re-reading one deadline
-  behind the mark covers a record that became visible late (up to its deadline; later ones
-  were cancelled by their creator).
+  now - deadline) (the mark: the previous run's start, a plain key; the first run reads
+  from the beginning), cancels every pending order there with the compare-and-set, then
+  moves the mark to this run's start. Consecutive windows meet end to end, and a failed run
+  leaves the mark, so the next covers its window too. A row of the window was written
+  before its deadline passed (a create that finished later cancelled its own order), so
+  before the run began, and the run's read sees it. The deadline must stay the same from
+  run to run (a shorter one would skip the stretch between the two windows).
 - the daily report job writes `/reports/<YYYY-MM-DD>.txt` (orders per status that day).
 """
 
@@ -24,9 +27,10 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from dfs.client import DfsClient
 from examples.orders.cluster import Endpoints
@@ -50,12 +54,14 @@ from shardstore.client import ShardstoreError, ShardstoreUnavailable
 __all__ = ["DEFAULT_DEADLINE_S", "BadRequest", "NotFound", "OrderService", "Refused",
            "Settings"]
 
+T = TypeVar("T")
 DEFAULT_DEADLINE_S = 15 * 60.0  # an unpaid order is cancelled this long after its id time
 DEFAULT_PAGE_TTL_S = 60
 MAX_ITEMS = 50
 MAX_QUANTITY = 1000
 WRITE_ATTEMPTS = 5  # a create's record write, each attempt within the client's deadline
 RETRY_PAUSE_S = 0.2
+SETUP_TIMEOUT_S = 120.0
 # error replies after which the outcome is unknown or the shard had no leader: the same
 # SET NX is sent again (shardstore/admin_retry.py treats the same ones as transient)
 TRANSIENT_PREFIXES = ("UNKNOWN", "TRYAGAIN", "CLUSTERDOWN", "LOADING", "MASTERDOWN")
@@ -174,8 +180,7 @@ class OrderService:
         the shard each month opened went to (None: open already)."""
         store = self.clients.store
         store.wait_ready()
-        store.create_table(months[:1])
-        opened = {month: store.open_month(month) for month in months[1:]}
+        opened = _retried(lambda: _table(store, months))
         for name in users:
             store.put_user(name, {"name": name})
         for name, price in products.items():
@@ -326,6 +331,24 @@ class OrderService:
         self.clients.dfs.write_bytes(path, text.encode())
         self.figures.add("reports")
         return path
+
+
+def _table(store: OrderStore, months: list[str]) -> dict[str, int | None]:
+    store.create_table(months[:1])
+    return {month: store.open_month(month) for month in months[1:]}
+
+
+def _retried(step: Callable[[], T]) -> T:
+    """Run an idempotent set-up step again after a shardstore error (a configuration group
+    or shard electing its leader, a move in progress) for up to SETUP_TIMEOUT_S."""
+    give_up = time.monotonic() + SETUP_TIMEOUT_S
+    while True:
+        try:
+            return step()
+        except ShardstoreError:
+            if time.monotonic() > give_up:
+                raise
+            time.sleep(RETRY_PAUSE_S)
 
 
 def _now_ms() -> int:

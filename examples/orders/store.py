@@ -51,7 +51,8 @@ POINTER_PREFIX = "order-user:"  # outside the table's prefix `orders:`
 ERR_OTHER = "order {} exists with other contents"
 NAME_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,64}")
 MONTH_PATTERN = re.compile(r"(\d{4})-(\d{2})")
-ERR_MONTH = "month must be YYYY-MM (a real month, years 1970-9999): {!r}"
+MAX_YEAR = 9998  # so that the month after any month is a date TABLE.RANGE takes
+ERR_MONTH = f"month must be YYYY-MM (a real month, years 1970-{MAX_YEAR}): {{!r}}"
 ERR_TABLE_EXISTS = "exists"
 READY_KEY = "orders-service:ready"
 SETTLE_ATTEMPTS = 3
@@ -71,7 +72,7 @@ def parse_month(text: str) -> tuple[int, int]:
     if match is None:
         raise ValueError(ERR_MONTH.format(text))
     year, month = int(match.group(1)), int(match.group(2))
-    if not (1970 <= year <= 9999 and 1 <= month <= 12):
+    if not (1970 <= year <= MAX_YEAR and 1 <= month <= 12):
         raise ValueError(ERR_MONTH.format(text))
     return year, month
 

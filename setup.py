@@ -9,8 +9,8 @@ from setuptools import setup
 
 NATIVE_MODULES = ["native._snowflake", "native._resp", "native._ketama", "native._crc16"]
 # kvcache's own (kvcache/twins.py picks each compiled module or its pure twin).
-KVCACHE_MODULES = ["kvcache._mcproto", "kvcache._mcpipe", "kvcache._kvarena", "kvcache._kvlru",
-                   "kvcache._kvstore", "kvcache._proxylane"]
+KVCACHE_MODULES = ["kvcache._mcproto", "kvcache._mcpipe", "kvcache._mcmeta", "kvcache._kvarena",
+                   "kvcache._kvlru", "kvcache._kvstore", "kvcache._proxylane"]
 
 
 def extensions() -> list:

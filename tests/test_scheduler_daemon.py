@@ -283,7 +283,7 @@ def test_worker_executes_a_run_id_once(monkeypatch: pytest.MonkeyPatch) -> None:
 
     executed: list[str] = []
 
-    async def record(self: Worker, run: Run, gate: object) -> None:
+    async def record(self: Worker, run: Run, gate: object, key: str) -> None:
         executed.append(run.run_id)
 
     monkeypatch.setattr(Worker, "_execute", record)

@@ -348,7 +348,9 @@ class Placement:
         (see the module header); how many copies were handed out."""
         handed = 0
         for chunk, count in self.under_replicated():
-            pending = {t: d for t, d in self.copying.get(chunk, {}).items() if d > now}
+            # (a copy to a server since declared dead will not arrive: asked again at once)
+            pending = {t: d for t, d in self.copying.get(chunk, {}).items()
+                       if d > now and t in self.servers}
             self.copying[chunk] = pending
             holders = self.holders(chunk)
             for _ in range(self.replication - count - len(pending)):

@@ -259,6 +259,22 @@ def test_placement_racks_safe_mode_orphans_and_re_replication() -> None:
     assert p.heartbeat(101.0, _report("a", "r1", [[2, 1, 5]]))["delete"] == [2]  # an orphan
 
 
+def test_a_copy_to_a_server_that_died_is_handed_out_again_at_once() -> None:
+    m = _machine()
+    for entry in (ns.encode_create(1, "/f"), ct.encode_alloc(1, "/f", 0),
+                  ct.encode_complete(1, "/f", [5])):
+        _apply(m, entry)
+    p = Placement(m.table, random.Random(1), replication=2, dead_after_s=10)
+    p.heartbeat(0.0, _report("a", "r1", [[1, 1, 5]]))
+    p.heartbeat(0.0, _report("b", "r2", []))
+    assert p.plan(0.0) == 1 and p.servers["a"].copies == [[1, 1, "b:1"]]
+    p.heartbeat(5.0, _report("a", "r1", [[1, 1, 5]]))  # the order went out; b dies
+    p.heartbeat(5.0, _report("c", "r3", []))
+    assert p.plan(6.0) == 0  # the copy to b is in flight (copy_timeout_s is 30 s)
+    assert p.expire(12.0) == ["b"]
+    assert p.plan(12.0) == 1 and p.servers["a"].copies == [[1, 1, "c:1"]]
+
+
 def test_abandoned_writes_are_found_after_their_writer_is_silent() -> None:
     m = _machine()
     for entry in (ns.encode_mkdir(1, "/d", False), ns.encode_create(1, "/d/a.1._COPYING_"),

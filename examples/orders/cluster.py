@@ -2,13 +2,14 @@
 
 Strategy: core/launcher.py's `local_clusters(var)` gives every daemon's processes. This
 module moves every declared port to a free one (so the demo and its tests run beside a
-`make run` or each other), drops the processes the service does not use (the shell worker:
-the service brings its own embedded worker), starts each process in its own process group
-with its output in `<var>/<name>.log`, and waits for its port. `kill(name)` SIGKILLs one
-process and `start_again(name)` starts it on the same data directory and ports. A small
-cluster (the tests') also leaves out one cache and one chunk server (`without` takes their
-addresses out of the others' lists). `stop()`
-SIGTERMs everything still running and SIGKILLs what has not exited after a grace period;
+`make run` or each other; picked below the kernel's ephemeral range, see `free_port`),
+drops the processes the service does not use (the shell worker: the service brings its
+own embedded worker; the router: its client is cluster-aware), starts each process in its
+own process group with its output in `<var>/<name>.log`, and waits for its port.
+`kill(name)` SIGKILLs one process and `start_again(name)` starts it on the same data
+directory and ports. A small cluster (the tests') also leaves out one cache and one chunk
+server (`without` takes their addresses out of the others' lists). `stop()` SIGTERMs
+everything still running and SIGKILLs what has not exited after a grace period;
 a `Cluster` is a context manager, so an exception or Ctrl-C (KeyboardInterrupt) stops it too.
 Each process runs in its own process group (the terminal's Ctrl-C reaches the demo alone,
 which then stops them once), and a process started from the main thread gets SIGTERM if
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import random
 import re
 import signal
 import socket
@@ -46,6 +48,12 @@ SMALL_DROPPED = ("kvcache-3", "dfs-chunk-4", "console")
 START_TIMEOUT_S = 120.0  # every daemon boots at once on a shared 2-core machine
 STOP_GRACE_S = 10.0
 POLL_S = 0.1
+EPHEMERAL_RANGE = "/proc/sys/net/ipv4/ip_local_port_range"
+EPHEMERAL_LOW_DEFAULT = 32768  # Linux's default
+PORT_PICK_LOW = 20000  # above the ports `make run` declares
+PORT_PICK_HIGH = 32768
+PORT_PICK_TRIES = 1000
+ERR_NO_PORT = "no free TCP port in {}..{}"
 PR_SET_PDEATHSIG = 1  # prctl(2): the signal a child gets when its parent dies
 ADDRESS = re.compile(r"(127\.0\.0\.1):(\d+)")
 PORT_FLAGS = ("-p",)  # a port given as its own word after one of these flags
@@ -54,11 +62,33 @@ LOG_TAIL_CHARS = 2000
 ERR_UNKNOWN = "no process named {!r} in the cluster"
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port nothing listens on right now (the OS picks it; a small race remains)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
+def _ephemeral_low() -> int:
+    """The first port of the kernel's range for outgoing connections' own ports."""
+    try:
+        return int(Path(EPHEMERAL_RANGE).read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return EPHEMERAL_LOW_DEFAULT
+
+
+def free_port(host: str = "127.0.0.1", rng: random.Random | None = None,
+              taken: set[int] | None = None) -> int:
+    """A TCP port nothing listens on right now, below the kernel's ephemeral range: a port
+    the OS hands out itself (bind to 0) may be taken meanwhile as the local port of one of
+    the cluster's own outgoing connections, which come from that range. A small race with
+    other programs remains. `taken`: ports not to return (those picked already)."""
+    rng = rng or random.Random()
+    high = min(_ephemeral_low(), PORT_PICK_HIGH)
+    for _ in range(PORT_PICK_TRIES):
+        port = rng.randrange(PORT_PICK_LOW, high)
+        if taken and port in taken:
+            continue
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind((host, port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(ERR_NO_PORT.format(PORT_PICK_LOW, high))
 
 
 def _die_with_parent() -> None:
@@ -96,7 +126,8 @@ def remap_ports(specs: Iterable[Process], moved: dict[int, int] | None = None) -
     moved = dict(moved or {})
     for spec in specs:
         for port in sorted(_declared_ports(spec)):
-            moved.setdefault(port, free_port())
+            if port not in moved:
+                moved[port] = free_port(taken=set(moved.values()))
     return [_rewrite(spec, moved) for spec in specs]
 
 

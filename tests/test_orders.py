@@ -26,7 +26,15 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from core.launch_spec import Process
-from examples.orders.cluster import Cluster, Endpoints, remap_ports, without
+from examples.orders.cluster import (
+    PORT_PICK_HIGH,
+    PORT_PICK_LOW,
+    Cluster,
+    Endpoints,
+    free_port,
+    remap_ports,
+    without,
+)
 from examples.orders.http_api import MAX_BODY_BYTES, Route, RouteError, route, serve
 from examples.orders.service import (
     MAX_ITEMS,
@@ -135,6 +143,13 @@ def test_remap_moves_every_declared_port_consistently() -> None:
     assert moved[0].port == int(moved[0].argv[2].split(":")[1])
     assert moved[1].argv[2] == str(moved[1].port)
     assert moved[1].argv[4].split(",")[1] == moved[0].argv[2]
+
+
+def test_free_ports_come_from_below_the_ephemeral_range() -> None:
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    picked = {free_port() for _ in range(20)}
+    assert all(PORT_PICK_LOW <= port < min(low, PORT_PICK_HIGH) for port in picked)
+    assert free_port(taken=picked) not in picked
 
 
 def test_without_drops_a_process_and_its_address_from_lists() -> None:

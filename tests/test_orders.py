@@ -59,6 +59,9 @@ DEMO_TIMEOUT_S = 600  # detects a hang only
 DEMO_ORDERS = 80
 VICTIMS = "idgen-1, kvcache-1, scheduler-1, shardstore-1, dfs-master-1"
 
+MAKE_DEMO = ("`make demo` runs the order service of `examples/orders/` (its README says what "
+             "goes where) on all five daemons of a local cluster of its own, with a progress "
+             "bar, and prints where each piece went.")
 PROMISES = [
     "No acknowledged order is lost.",
     "No order id is handed out twice.",
@@ -251,6 +254,9 @@ def test_readme_promises_are_in_its_words() -> None:
     text = README.read_text().replace("A malformed", "a malformed")
     for promise in PROMISES:
         assert promise in text, promise
+    root = " ".join((ROOT / "README.md").read_text().split())
+    assert MAKE_DEMO in root  # the demo run below prints the progress and where pieces went
+    assert "demo: $(NATIVE)\n\t$(PY) -m examples.orders.demo" in (ROOT / "Makefile").read_text()
 
 
 # -- the demo, end to end -----------------------------------------------------------------------

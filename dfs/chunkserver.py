@@ -55,6 +55,7 @@ from typing import Any
 import msgpack
 import xxhash
 
+from core.stats import LatencyHistogram
 from core.storage import DataDirLock, atomic_write, read_file
 from dfs import chunk_wire as wire
 from dfs.chunk_local import LocalReadServer
@@ -72,6 +73,8 @@ MAX_COPIES = 4  # copies running at once
 NEXT_TIMEOUT_S = 60.0  # the next server of a chain must answer within this
 SYNC_EVERY_BYTES = 8 * 1024 * 1024  # a PUT flushes behind its writes this often
 STOP_RETRY_S = 0.5  # `stop` cancels its loops again if they have not ended by then
+REQUEST_OPS = frozenset({wire.OP_PUT, wire.OP_GET, wire.OP_STAT})  # what a request may be
+UNKNOWN_OP = "unknown"  # the figures' name for every other op
 FULL_REPORT_S = 300.0  # every replica is reported at least this often (a safety net)
 
 
@@ -107,6 +110,7 @@ class ChunkServer:
         self._tasks: list[asyncio.Task[None]] = []
         self._copies: set[asyncio.Task[None]] = set()
         self._report_now = asyncio.Event()  # a replica arrived: report it at once
+        self.requests: dict[str, LatencyHistogram] = {}  # data-path requests by op
         self._stopping = False  # the loops end on it even if a cancellation is swallowed
         self._boot = random.getrandbits(63)  # reports' sequence numbers start over with it
         self._seq = 0  # the last report's sequence number
@@ -161,6 +165,19 @@ class ChunkServer:
 
     async def _request(self, frame: wire.Frame, reader: asyncio.StreamReader,
                        writer: asyncio.StreamWriter) -> bool:
+        """Answer one request, counted and timed by its op (`requests`; a request refused
+        as malformed counts as an error); False when the connection must close."""
+        op = frame.op if frame.op in REQUEST_OPS else UNKNOWN_OP  # (bounded: no op of a peer's)
+        figures = self.requests.get(op) or self.requests.setdefault(op, LatencyHistogram())
+        figures.calls += 1
+        started = time.perf_counter_ns()
+        answered = await self._answer(frame, reader, writer)
+        figures.record(time.perf_counter_ns() - started)
+        figures.errors += not answered
+        return answered
+
+    async def _answer(self, frame: wire.Frame, reader: asyncio.StreamReader,
+                      writer: asyncio.StreamWriter) -> bool:
         """Answer one request; False when the connection must close (a request it cannot
         take: the stream may be out of step)."""
         try:

@@ -17,7 +17,12 @@ from typing import TYPE_CHECKING, Any
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector, Metric
 
-from core.metrics_collectors import RaftCollector, RespCollector, process_collector
+from core.metrics_collectors import (
+    CommandCollector,
+    RaftCollector,
+    RespCollector,
+    process_collector,
+)
 
 if TYPE_CHECKING:
     from dfs.chunkserver import ChunkServer
@@ -107,4 +112,6 @@ class StoreCollector:
 
 def chunkserver_collectors(server: ChunkServer) -> list[Collector]:
     """The collectors of one dfs chunk server's endpoint."""
-    return [StoreCollector(server), process_collector()]
+    return [StoreCollector(server),
+            CommandCollector(CHUNKSERVER_PREFIX, lambda: server.requests.items()),
+            process_collector()]

@@ -232,6 +232,8 @@ def test_dfs_master_and_chunkserver_metrics_agree_with_the_report(tmp_path: Path
         ctext = checked(scrape(cmport), "dfs_chunkserver")
         assert value(ctext, "dfs_chunkserver_chunks") == held == 2
         assert value(ctext, "dfs_chunkserver_used_bytes") == 2000
+        assert value(ctext, "dfs_chunkserver_commands_total", cmd="put") == 2  # one per file
+        assert value(ctext, "dfs_chunkserver_command_duration_seconds_count", cmd="put") == 2
 
 
 def _report(fs: DfsClient) -> dict[str, Any]:

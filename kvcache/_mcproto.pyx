@@ -36,8 +36,13 @@ from kvcache.mcproto_pure import (
     Store,
     storage_header,
 )
+from time import perf_counter_ns
+
 from kvcache import replies
 from kvcache._mcpipe import pipeline
+from kvcache.latency import SAMPLE_MASK
+
+cdef long long _SAMPLE_MASK = SAMPLE_MASK  # (a C constant on the per-read path)
 from kvcache.mcpipe_pure import LANE_JOIN_BYTES
 from kvcache.items import Mode, Outcome
 from kvcache.slabs import item_ntotal, shared_classes
@@ -318,6 +323,8 @@ cdef class Lane:
 
     cdef public bint open
     cdef public long long last_command
+    cdef public object latency  # where timed reads go (kvcache/latency.py), or None
+    cdef public long long reads
     cdef RequestParser parser
     cdef object storage, settings, transport, fallback
     cdef set pinned
@@ -354,6 +361,17 @@ cdef class Lane:
         self.fallback = None
 
     def data_received(self, bytes data not None):
+        """`_receive`, one read in 8 timed into `latency` (see the pure twin)."""
+        cdef long long started
+        self.reads += 1
+        if self.latency is None or self.reads & _SAMPLE_MASK or not _idle(self.parser):
+            self._receive(data)
+            return
+        started = perf_counter_ns()
+        self._receive(data)
+        self.latency.record(data, perf_counter_ns() - started)
+
+    cdef _receive(self, bytes data):
         """Answer `data` if it is one plain get, gets or set and the lane is open, or the
         simple commands it begins with (kvcache/_mcpipe.pyx); hand the rest, or all of it,
         to the fallback (the connection's request loop)."""

@@ -31,11 +31,13 @@ Framing rules, each measured against memcached 1.6.18:
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any
 
 from kvcache import replies
 from kvcache.items import Mode, Outcome
+from kvcache.latency import SAMPLE_MASK, CommandLatency
 from kvcache.mcpipe_pure import LANE_JOIN_BYTES, pipeline
 from kvcache.metaflags import MAX_META_TOKENS, MAX_OPAQUE_BYTES, MetaFlags, parse_meta_flags
 from kvcache.numbers import strtol32, strtoul32, strtoull
@@ -405,6 +407,8 @@ class Lane:
         self.transport: Any = None
         self.last_command: int = storage.now  # the cache time of the last command served
         self.open = False
+        self.latency: CommandLatency | None = None  # where timed reads go (the server's)
+        self.reads = 0
 
     def attach(self, transport: Any) -> None:
         """The connection is admitted: replies go to `transport`, the lane may answer."""
@@ -418,6 +422,16 @@ class Lane:
         self.fallback = None
 
     def data_received(self, data: bytes) -> None:
+        """`_receive`, one read in 8 timed into `latency` (kvcache/latency.py)."""
+        self.reads += 1
+        if self.latency is None or self.reads & SAMPLE_MASK or not _idle(self.parser):
+            self._receive(data)
+            return
+        started = time.perf_counter_ns()
+        self._receive(data)
+        self.latency.record(data, time.perf_counter_ns() - started)
+
+    def _receive(self, data: bytes) -> None:
         """Answer `data` if it is one plain get, gets or set and the lane is open (see
         `answer`), or the simple commands it begins with (kvcache/mcpipe_pure.py); hand
         the rest, or all of it, to the fallback."""

@@ -88,6 +88,24 @@ class CommandCounts:
         yield family
 
 
+class CommandLatencies:
+    """`kvcache_command_duration_seconds{cmd}`: the connections' timed reads (one in 8, by
+    their first command: a read of one command is that command's latency; see
+    kvcache/latency.py)."""
+
+    def __init__(self, server: KvcacheServer) -> None:
+        self.server = server
+
+    def collect(self) -> Iterator[Metric]:
+        family = HistogramMetricFamily(
+            f"{PREFIX}_command_duration_seconds", "Time to answer a client's read, by its "
+            "first command (one read in 8; a read holds one command unless the client "
+            "pipelines)", labels=["cmd"])
+        for name, figures in sorted(self.server.latency.by_command.items()):
+            family.add_metric([name], histogram_buckets(figures), histogram_sum(figures))
+        yield family
+
+
 def _server_commands(server: KvcacheServer) -> Iterator[tuple[str, int]]:
     lines = _server_stats(server)
     for name in SERVER_COMMANDS:
@@ -102,6 +120,7 @@ def collectors(server: KvcacheServer) -> list[Collector]:
     """The collectors of one `kvcache serve` endpoint."""
     return [
         CommandCounts(PREFIX, lambda: _server_commands(server)),
+        CommandLatencies(server),
         FigureCollector(PREFIX, lambda: _server_stats(server), SERVER_FIGURES),
         process_collector(),
     ]

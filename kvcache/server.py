@@ -57,6 +57,7 @@ from kvcache import commands, replies, udp
 from kvcache.commands import FLUSH_AFTER
 from kvcache.engine import Closing, Engine, Stream
 from kvcache.items import Item
+from kvcache.latency import CommandLatency
 from kvcache.protocol import Close, Lane, RequestParser
 from kvcache.settings import Settings
 from kvcache.slabs import SlabClasses
@@ -90,6 +91,7 @@ class KvcacheServer:
                                evict=settings.evict_to_free, slabs=slabs,
                                use_cas=settings.use_cas)
         self.stats = self.storage.stats
+        self.latency = CommandLatency()  # the connections' timed reads, for the metrics
         process = psutil.Process(os.getpid())
         self.view = ProcessView(
             pid=process.pid,
@@ -237,6 +239,7 @@ class Connection(asyncio.Protocol):
         self._stream: Iterator[bytes] | None = None
         self._pinned: set[Item] = set()  # see Engine.pinned
         self.lane = Lane(self.parser, server.storage, server.settings, self._pinned, self._read)
+        self.lane.latency = server.latency  # one read in 8 timed (kvcache/latency.py)
         # The event loop calls this for every read: the lane, compiled, not a Python frame
         # (asyncio.Protocol's data_received is never reached).
         self.data_received = self.lane.data_received  # type: ignore[method-assign]

@@ -22,12 +22,16 @@ from typing import Final
 from console.collect import DAEMONS, RESP_DAEMONS, Targets
 from console.probes import split_address
 from console.server import POLL_INTERVAL_S, ConsoleServer
+from core.daemon import ConfigError, check_bind
 
 __all__ = ["PASSWORD_ENV", "build_parser", "main", "parse_args", "targets_from"]
 
 PASSWORD_ENV: Final = "CONSOLE_{}_PASSWORD"
 MIN_INTERVAL_S: Final = 0.05
 MAX_INTERVAL_S: Final = 3600.0
+ERR_PUBLIC: Final = ("refusing to serve the console on {} (it shows the daemons' state to "
+                     "whoever reaches it): use a loopback address, or --protected-mode no if "
+                     "the network is trusted")
 ERR_INTERVAL: Final = "interval must be seconds between 0.05 and 3600, got {!r}"
 HELP: Final = {
     "idgen": "idgen nodes' RESP ports",
@@ -80,12 +84,23 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--interval", type=_seconds, default=POLL_INTERVAL_S,
                         help="seconds between polls of the daemons (default 1)")
     parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
+    parser.add_argument("--protected-mode", choices=("yes", "no"), default="yes",
+                        help="yes (default): serve on loopback addresses only")
     return parser
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
-    """The command line; exits with a usage error on a bad address."""
-    return build_parser().parse_args(argv)
+    """The command line; exits with a usage error on a bad address, or on one beyond
+    loopback under protected mode: the page shows, to anyone who reaches it, what the
+    daemons answer the console with their passwords (as the daemons' own --listen rule)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    host = split_address(args.listen, any_port=True)[0]
+    try:
+        check_bind(host, None, args.protected_mode)
+    except ConfigError:
+        parser.error(ERR_PUBLIC.format(host))
+    return args
 
 
 def targets_from(args: argparse.Namespace, environ: dict[str, str]) -> Targets:

@@ -228,9 +228,16 @@ def test_arguments_and_read_passwords_from_the_environment() -> None:
     assert targets.of("scheduler") == ["a:1", "b:2"] and targets.of("kvcache") == ["c:3"]
     assert targets.passwords["scheduler"] == "pw" and targets.passwords["dfs"] is None
     for bad in (["--scheduler", "no-port"], ["--interval", "0"], ["--interval", "x"],
-                ["--listen", "127.0.0.1:99999"]):
+                ["--listen", "127.0.0.1:99999"], ["--listen", "0.0.0.0:8080"]):
         with pytest.raises(SystemExit):
             parse_args(bad)
+    assert parse_args(["--listen", "0.0.0.0:8080", "--protected-mode", "no"]).listen
+
+
+def test_beyond_loopback_is_refused_with_a_reason(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        parse_args(["--listen", "10.1.2.3:8080"])
+    assert "refusing to serve the console on 10.1.2.3" in capsys.readouterr().err
 
 
 def request(method: str, path: str, body: bytes = b"", cookie: str = "") -> Request:
@@ -411,6 +418,8 @@ def test_the_readme_promises() -> None:
         "Read-only until you log in with the daemon's password",
         "`make run` starts one on `http://127.0.0.1:7800/` watching its whole cluster",
         "after five wrong passwords within ten seconds, from any browser, logins are refused",
+        "The console serves on loopback addresses only unless started with `--protected-mode "
+        "no`",  # test_beyond_loopback_is_refused_with_a_reason
     ]
     from console.app import FAILED_LOGIN_WINDOW_S, MAX_FAILED_LOGINS
 

@@ -585,7 +585,10 @@ class AsyncRespConnection:
         address = f"{host}:{port}"
         try:
             limit = bounded(timeout)
-            reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), limit)
+            # (asyncio.timeout, not wait_for: 3.11's wait_for can swallow a cancellation that
+            # arrives as the connection completes, and the caller's task then never ends)
+            async with asyncio.timeout(limit):
+                reader, writer = await asyncio.open_connection(host, port)
         except TimeoutError as exc:
             raise RespTimeoutError(f"connect to {address} timed out after {limit}s") from exc
         except OSError as exc:

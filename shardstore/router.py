@@ -59,6 +59,7 @@ PAUSE_S = 0.05  # between two tries of a part, doubled up to PAUSE_MAX_S
 PAUSE_MAX_S = 0.5
 MAX_REDIRECTS = 16  # MOVED/ASK hops of one part
 MAX_IDLE_PER_NODE = 32  # pooled connections kept per node
+STOP_RETRY_S = 0.5  # `stop` cancels the refresh loop again if it has not ended by then
 MAX_MASTERS = 1024  # SCAN cursor: the master's index is the cursor modulo this
 COMMON_NAMES = frozenset({"PING", "ECHO", "HELLO", "AUTH", "QUIT", "INFO", "COMMAND",
                           "CLIENT", "CONFIG", "SELECT"})
@@ -155,6 +156,7 @@ class Router:
         self._stale = True
         self._refreshing: asyncio.Lock | None = None
         self._task: asyncio.Task[None] | None = None
+        self._stopping = False
         limits = Limits(max_bulk=REDIS_MAX_BULK_BYTES)
         self.server = RespServer(NAME, VERSION, self.rows(), password=password, limits=limits,
                                  info=self.info)
@@ -171,14 +173,15 @@ class Router:
         self._task = asyncio.create_task(self._refresh_loop())
 
     async def stop(self) -> None:
-        if self._task is not None:
+        self._stopping = True  # the refresh loop ends on it even if a cancellation is lost
+        while self._task is not None and not self._task.done():
             self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+            await asyncio.wait({self._task}, timeout=STOP_RETRY_S)
         await self.server.stop()
         await self.backends.close()
 
     async def _refresh_loop(self) -> None:
-        while True:
+        while not self._stopping:
             await asyncio.sleep(STALE_REFRESH_S if self._stale else REFRESH_S)
             try:
                 await self.refresh()

@@ -86,6 +86,9 @@ class ServerState:
     boot: int | None = None  # the server process's id: sequence numbers restart with it
     seq: int | None = None  # the sequence number of the last report applied
     deletes: set[int] = field(default_factory=set)
+    # chunks `recheck` found stale or orphaned here: deleted at this server's next report
+    # unless that report shows a current replica (one written since: not to be deleted)
+    suspects: set[int] = field(default_factory=set)
     copies: list[list[Any]] = field(default_factory=list)
 
     def row(self, now: float) -> list[Any]:
@@ -170,6 +173,8 @@ class Placement:
                 del self.copying[chunk]
         for chunk in report.get("bad", ()):
             server.chunks.pop(int(chunk), None)
+        server.deletes.update(c for c in server.suspects if c not in server.chunks)
+        server.suspects = set()
         self._check_safe()
         reply: dict[str, Any] = {"delete": sorted(server.deletes), "copy": server.copies}
         if server.seq is not None:
@@ -189,14 +194,17 @@ class Placement:
 
     def recheck(self) -> None:
         """The replicas of the chunks the table dropped or moved to a new version since the
-        last look: those no longer kept go on their servers' delete lists."""
+        last look: those no longer kept stop counting, and are deleted at their server's
+        next report unless it shows a current replica of the chunk. (Ordered deleted at
+        once, a stale replica's order could reach its server after it took the chunk's new
+        version, and a delete order names a chunk, not a version: the new replica went.)"""
         changed, self.table.changed = self.table.changed, set()
         for chunk in changed:
             for server in self.servers.values():
                 version = server.chunks.get(chunk)
                 if version is not None and not self._keeps(chunk, version):
-                    del server.chunks[chunk]
-                    server.deletes.add(chunk)
+                    del server.chunks[chunk]  # no longer counts; deleted at the server's
+                    server.suspects.add(chunk)  # next report unless a new one came since
 
     def _keeps(self, chunk: int, version: int) -> bool:
         meta = self.table.chunks.get(chunk)

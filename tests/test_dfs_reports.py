@@ -135,6 +135,19 @@ def test_a_change_report_on_another_base_or_a_late_old_report_is_not_applied() -
     assert placement.servers["s"].chunks == {}
 
 
+def test_a_new_version_written_where_the_old_one_was_is_kept() -> None:
+    master = Master()
+    with chunk_server(master) as server:
+        _write(server.store, 1, 1)
+        asyncio.run(server._heartbeat())
+        master.apply(ct.encode_alloc(1, "/f", 0))  # chunk 1 gets version 2
+        master.placement.recheck()  # (another server's heartbeat)
+        _write(server.store, 1, 2)  # the new chain wrote it here too
+        asyncio.run(server._heartbeat())
+        assert master.reports[-1]["added"] == [[1, 2, 3]]
+        assert _held(server) == {1: 2} == _view(master, server)
+
+
 def test_a_new_leader_asks_for_a_full_report_at_once() -> None:
     master = Master()
     with chunk_server(master) as server:

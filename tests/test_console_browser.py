@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -22,14 +21,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from selenium import webdriver
+from selenium.webdriver.common.by import By
 
 from scheduler.client import SchedulerClient
 from tests.conftest import find_free_port
 from tests.procs import Daemon, kvcache_daemon
-from tests.test_scheduler_daemon import Cluster, running_cluster
-
-webdriver = pytest.importorskip("selenium.webdriver")
-from selenium.webdriver.common.by import By  # noqa: E402
+from tests.test_scheduler_daemon import Cluster, running_cluster, wait_until
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
@@ -60,14 +58,8 @@ class World:
 
 
 def wait_for(probe: Callable[[], Any], what: str, world: World | None = None) -> Any:
-    deadline = time.monotonic() + HANG_S
-    while True:
-        value = probe()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"hang: no {what}\n{world.logs() if world else ''}")
-        time.sleep(0.2)
+    """tests/test_scheduler_daemon.py's wait_until, naming the console's log too."""
+    return wait_until(probe, what, world)  # type: ignore[arg-type]
 
 
 def job_fields(client: SchedulerClient, name: str) -> dict[str, Any]:

@@ -46,7 +46,7 @@ def test_both_lanes_time_one_read_in_eight_by_its_first_command(module: ModuleTy
     def request_loop(data: bytes) -> None:  # what the lane hands on: into the parser
         h.parser.feed(data)
         while h.parser.next_request() is not None:
-            pass
+            pass  # the requests themselves are dropped: only the parser's state matters
 
     h = Harness(module, fallback=request_loop)
     h.lane.attach(h.transport)
